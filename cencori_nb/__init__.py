@@ -1,0 +1,69 @@
+"""cencori_nb: bring-your-own-key LLM prompting for Jupyter, with Cencori credits.
+
+The public API is loaded lazily so ``import cencori_nb`` stays cheap: pandas, plotly,
+ipywidgets and the HTTP stack load on first use.
+
+>>> import cencori_nb
+>>> cencori_nb.keys.set("openai", key)          # encrypted per-user store
+>>> c = cencori_nb.chat("Say hi", model="gpt-4o-mini")
+>>> c.text, c.route, c.provider_cost_usd
+>>> cencori_nb.spend(by="day")                   # pandas
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import *  # noqa: F403  (the error tree is part of the public API)
+from .errors import __all__ as _error_names
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first attribute access)
+_LAZY: dict[str, str] = {
+    "keys": "cencori_nb.keys",
+    "Secret": "cencori_nb.keystore.secret",
+    "ChatRequest": "cencori_nb.types",
+    "Completion": "cencori_nb.types",
+    "Message": "cencori_nb.types",
+    "Usage": "cencori_nb.types",
+    "chat": "cencori_nb.client",
+    "stream": "cencori_nb.client",
+    "achat": "cencori_nb.client",
+    "explain_route": "cencori_nb.router",
+    "map": "cencori_nb.batch",
+    "amap": "cencori_nb.batch",
+    "usage": "cencori_nb.reports",
+    "spend": "cencori_nb.reports",
+    "compare_costs": "cencori_nb.reports",
+    "charts": "cencori_nb.charts",
+    "wallet": "cencori_nb.wallet",
+    "credits": "cencori_nb.wallet",
+    "settings": "cencori_nb.settings",
+    "setup": "cencori_nb.widgets",
+    "sandbox": "cencori_nb.sandbox",
+    "load_ipython_extension": "cencori_nb.magic",
+    "unload_ipython_extension": "cencori_nb.magic",
+}
+_MODULES = {"keys", "charts", "wallet", "settings", "sandbox"}
+
+__all__ = sorted([*_LAZY, *_error_names, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'cencori_nb' has no attribute {name!r}")
+    module = importlib.import_module(module_name)
+    value = module if name in _MODULES else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "cencori_nb.jupyter"}]

@@ -1,0 +1,56 @@
+"""The ``cencori-nb`` command (also ``python -m cencori_nb``).
+
+Each command group lives in its own module with a ``register(subparsers)`` function that
+adds its parser and sets ``handler``. Exit codes: 0 success; 1 a user-facing error (one
+plain line on stderr, no traceback); 2 a usage error (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ..errors import CencoriError
+
+__all__ = ["build_parser", "main"]
+
+# Modules registering sub-commands, in the order they appear in --help.
+_COMMAND_MODULES = ("keys", "ask", "money", "sandbox", "lab")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="cencori-nb",
+        description="Bring-your-own-key LLM prompting for Jupyter, with Cencori credits.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:  # a command group not built yet
+            if exc.name != f"{__name__}.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code (the console script exits with it)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.handler(args)
+    except CencoriError as exc:
+        print(f"cencori-nb: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cencori-nb: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

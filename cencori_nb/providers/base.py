@@ -1,0 +1,98 @@
+"""The provider adapter interface and registry.
+
+An adapter is pure: it turns a :class:`ChatRequest` into an ``httpx2.Request`` and a
+response (or a stream of server-sent events) into a :class:`ProviderResult`, and maps an
+error response into the ``CencoriError`` tree. It never does I/O, never touches the key
+store or the ledger. The client does the I/O through the shared transport.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from ..types import ChatRequest, Usage
+
+if TYPE_CHECKING:
+    import httpx2
+
+    from ..errors import ProviderError
+    from ..keystore.secret import Secret
+
+__all__ = ["Provider", "ProviderResult", "StreamParser", "get_provider", "register"]
+
+
+@dataclass(slots=True)
+class ProviderResult:
+    """What a provider said, normalised. ``usage`` is None when the provider sent none."""
+
+    text: str
+    model: str | None = None            # the model id the provider returned (bill on it)
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    request_id: str | None = None
+    gateway_cost_usd: Decimal | None = None   # Cencori's cost_usd (managed route)
+    served_by: str | None = None        # for the gateway: the provider that served it
+
+
+class StreamParser(ABC):
+    """Consumes one stream's server-sent events; one instance per request."""
+
+    done: bool = False                  # True once the provider's terminal event was seen
+
+    @abstractmethod
+    def feed(self, event: httpx2.ServerSentEvent) -> str | None:
+        """Take one event; return a text delta (or None). Raise ProviderError on an error event."""
+
+    @abstractmethod
+    def result(self) -> ProviderResult:
+        """The accumulated result so far (usage None if it never arrived)."""
+
+
+class Provider(ABC):
+    """One wire format. Subclasses set ``name`` and implement the four methods."""
+
+    name: str = ""
+    sandbox_prefix: str = ""            # path under the sandbox, e.g. "/openai/v1"
+
+    @abstractmethod
+    def build_request(self, request: ChatRequest, *, model: str, api_key: Secret,
+                      base_url: str) -> httpx2.Request:
+        """The HTTP request for ``request`` (``stream`` decides streaming)."""
+
+    @abstractmethod
+    def parse_response(self, response: httpx2.Response) -> ProviderResult:
+        """Parse a successful non-streaming response; raise BadResponseError if malformed."""
+
+    @abstractmethod
+    def stream_parser(self) -> StreamParser:
+        """A fresh parser for one streaming response."""
+
+    @abstractmethod
+    def map_error(self, response: httpx2.Response) -> ProviderError:
+        """The ProviderError subclass for an error response (status >= 400)."""
+
+
+_REGISTRY: dict[str, Provider] = {}
+
+
+def register(provider: Provider) -> Provider:
+    _REGISTRY[provider.name] = provider
+    return provider
+
+
+def get_provider(name: str) -> Provider:
+    """The adapter registered for ``name`` (importing the built-in adapters on first use)."""
+    if not _REGISTRY:
+        from . import load_builtin
+
+        load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        from ..catalog import provider_info
+
+        provider_info(name)  # raises UnknownProviderError with the list of names
+        raise

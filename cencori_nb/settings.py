@@ -1,0 +1,162 @@
+"""Non-secret settings: current project, sandbox URL, money policy, per-project budgets.
+
+Stored as ``config.json`` in the per-user home (0600, atomic writes). Environment variables
+win over the file:
+
+- ``CENCORI_NB_PROJECT``: the current project (default ``"default"``);
+- ``CENCORI_NB_SANDBOX``: base URL of a running sandbox (``http://127.0.0.1:PORT``); when
+  set, every adapter talks to it instead of the real providers.
+
+Secrets never live here; they live in the key store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigurationError
+from .home import atomic_write, ensure_home, home_dir
+
+__all__ = ["ProjectSettings", "Settings", "config_path", "current_project", "load_settings",
+           "sandbox_url", "save_settings", "update_project", "update_settings"]
+
+ENV_PROJECT = "CENCORI_NB_PROJECT"
+ENV_SANDBOX = "CENCORI_NB_SANDBOX"
+DEFAULT_PROJECT = "default"
+ByokPolicy = Literal["zero", "percent", "managed"]
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    """Per-project switches. Budgets are monthly, in USD."""
+
+    allow_fallback: bool = False          # BYOK failure may fall back to managed (spends credits)
+    soft_budget_usd: Decimal | None = None  # warnings at 50/80/100 %
+    hard_cap_usd: Decimal | None = None     # refuse requests that would pass it
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All non-secret settings. Use :func:`load_settings` / :func:`update_settings`."""
+
+    project: str = DEFAULT_PROJECT
+    markup_pct: Decimal = Decimal(50)       # Cencori's published catalogue markup
+    byok_policy: ByokPolicy = "zero"        # what a BYOK request costs the wallet
+    byok_fee_pct: Decimal = Decimal(0)      # used when byok_policy == "percent"
+    sandbox_url: str | None = None
+    base_urls: dict[str, str] = field(default_factory=dict)   # e.g. {"ollama": "http://…/v1"}
+    projects: dict[str, ProjectSettings] = field(default_factory=dict)
+
+    def for_project(self, project: str | None = None) -> ProjectSettings:
+        return self.projects.get(project or self.project, ProjectSettings())
+
+
+def config_path() -> Path:
+    return home_dir() / "config.json"
+
+
+def _decode(raw: dict[str, Any]) -> Settings:
+    known = {f.name for f in fields(Settings)}
+    data = {k: v for k, v in raw.items() if k in known}
+    for key in ("markup_pct", "byok_fee_pct"):
+        if key in data:
+            data[key] = Decimal(str(data[key]))
+    projects = {}
+    for name, p in (data.pop("projects", None) or {}).items():
+        projects[name] = ProjectSettings(
+            allow_fallback=bool(p.get("allow_fallback", False)),
+            soft_budget_usd=None if p.get("soft_budget_usd") is None
+            else Decimal(str(p["soft_budget_usd"])),
+            hard_cap_usd=None if p.get("hard_cap_usd") is None else Decimal(str(p["hard_cap_usd"])),
+        )
+    settings = Settings(projects=projects, **data)
+    if settings.byok_policy not in ("zero", "percent", "managed"):
+        raise ConfigurationError(
+            f"byok_policy {settings.byok_policy!r} in {config_path()} is not one of "
+            "zero, percent, managed.")
+    return settings
+
+
+def _encode(settings: Settings) -> bytes:
+    def default(o: Any) -> Any:
+        if isinstance(o, Decimal):
+            return str(o)
+        raise TypeError(type(o))
+
+    return json.dumps(asdict(settings), default=default, indent=2, sort_keys=True).encode()
+
+
+_cache: tuple[float, Settings] | None = None
+
+
+def _load_file() -> Settings:
+    global _cache
+    path = config_path()
+    try:
+        mtime = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return Settings()
+    if _cache is not None and _cache[0] == mtime:
+        return _cache[1]
+    try:
+        settings = _decode(json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(
+            f"The settings file {path} is not valid JSON ({exc}).",
+            hint="Fix it by hand or delete it to return to the defaults.", path=path) from None
+    _cache = (mtime, settings)
+    return settings
+
+
+def load_settings() -> Settings:
+    """The current settings, file values overridden by ``CENCORI_NB_PROJECT`` / ``_SANDBOX``."""
+    settings = _load_file()
+    env_project = os.environ.get(ENV_PROJECT)
+    env_sandbox = os.environ.get(ENV_SANDBOX)
+    if env_project:
+        settings = replace(settings, project=env_project)
+    if env_sandbox:
+        settings = replace(settings, sandbox_url=env_sandbox.rstrip("/"))
+    return settings
+
+
+def save_settings(settings: Settings) -> None:
+    global _cache
+    ensure_home()
+    atomic_write(config_path(), _encode(settings))
+    _cache = None
+
+
+def update_settings(**changes: Any) -> Settings:
+    """Change top-level settings in the file and return the new settings."""
+    current = _load_file()
+    new = replace(current, **changes)
+    _decode(json.loads(_encode(new)))  # validate before writing
+    save_settings(new)
+    return load_settings()
+
+
+def update_project(project: str | None = None, **changes: Any) -> ProjectSettings:
+    """Change one project's settings (``allow_fallback``, ``soft_budget_usd``, ``hard_cap_usd``)."""
+    current = _load_file()
+    name = project or load_settings().project
+    proj = replace(current.projects.get(name, ProjectSettings()), **changes)
+    save_settings(replace(current, projects={**current.projects, name: proj}))
+    return proj
+
+
+def current_project(explicit: str | None = None) -> str:
+    """The project to act on: the explicit one, else ``CENCORI_NB_PROJECT``, else the file's."""
+    if explicit:
+        return explicit
+    return load_settings().project
+
+
+def sandbox_url() -> str | None:
+    """Base URL of the sandbox every adapter should use, or None for the real providers."""
+    return load_settings().sandbox_url

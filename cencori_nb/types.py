@@ -1,0 +1,144 @@
+"""The values that flow through a request: what is asked, what came back, what it cost.
+
+These are plain dataclasses shared by the client, the router, the providers, the ledger and
+the faces (magic, widgets, CLI). They hold no secrets.
+
+Token convention (the genai-prices one): ``input_tokens`` is the *total* prompt size,
+including ``cache_read_tokens`` and ``cache_write_tokens``; ``output_tokens`` includes
+``thinking_tokens``. Adapters normalise each provider's usage to this.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+__all__ = ["ChatRequest", "Completion", "Message", "Route", "Usage"]
+
+Route = Literal["byok", "managed"]
+RouteChoice = Literal["auto", "byok", "managed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat message: ``role`` is ``system``, ``user`` or ``assistant``."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A provider-neutral chat request. ``model`` may be None (project default)."""
+
+    messages: tuple[Message, ...]
+    model: str | None = None
+    provider: str | None = None
+    route: RouteChoice = "auto"
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stream: bool = False
+    project: str | None = None
+    cache: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_prompt(cls, prompt: str | list[dict[str, str]] | list[Message], *,
+                    system: str | None = None, **kwargs: Any) -> ChatRequest:
+        """Build from a prompt string or a list of ``{"role", "content"}`` dicts."""
+        messages: list[Message] = []
+        if system:
+            messages.append(Message("system", system))
+        if isinstance(prompt, str):
+            messages.append(Message("user", prompt))
+        else:
+            for item in prompt:
+                messages.append(item if isinstance(item, Message)
+                                else Message(str(item["role"]), str(item["content"])))
+        return cls(messages=tuple(messages), **kwargs)
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts of one request (see the module docstring for the convention)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    thinking_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(slots=True)
+class Completion:
+    """The result of one chat request, with its route and what it cost.
+
+    ``provider_cost_usd`` is what the provider's list price says the tokens cost (what a
+    BYOK user pays the provider); ``credits_charged_usd`` is what the Cencori wallet was
+    charged (managed charge, or the BYOK policy fee). ``estimated`` is True when usage was
+    missing (a cut stream) and tokens were estimated from the text.
+    """
+
+    text: str
+    model: str
+    provider: str
+    route: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    thinking_tokens: int = 0
+    provider_cost_usd: Decimal | None = None
+    credits_charged_usd: Decimal = Decimal(0)
+    cached: bool = False
+    request_id: str = ""
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    finish_reason: str | None = None
+    estimated: bool = False
+    model_requested: str | None = None
+    credential_source: str = ""
+    project: str = "default"
+    gateway_cost_usd: Decimal | None = None
+    price_version: str | None = None
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(self.input_tokens, self.output_tokens, self.cache_read_tokens,
+                     self.cache_write_tokens, self.thinking_tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (Decimals as strings, so no precision is lost)."""
+        out = asdict(self)
+        for k, v in out.items():
+            if isinstance(v, Decimal):
+                out[k] = str(v)
+        return out
+
+    def footer(self) -> str:
+        """``model · route · tokens · cost`` (or ``cached``), as the magic shows it."""
+        if self.cached:
+            return f"{self.model} · cached · {self.input_tokens}+{self.output_tokens} tokens · $0"
+        route = "BYOK" if self.route == "byok" else "managed"
+        cost = self.credits_charged_usd if self.route == "managed" else self.provider_cost_usd
+        cost_s = "cost unknown" if cost is None else f"${cost:.6f}"
+        est = " (estimated)" if self.estimated else ""
+        return (f"{self.model} · {route} · {self.input_tokens} in / {self.output_tokens} out"
+                f" · {cost_s}{est}")
+
+    def __str__(self) -> str:
+        return self.text
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        return {
+            "text/plain": f"{self.text}\n\n[{self.footer()}]",
+            "text/html": (f"<div>{html.escape(self.text)}</div>"
+                          f"<div style='opacity:.6;font-size:85%'>{html.escape(self.footer())}"
+                          "</div>"),
+        }

@@ -1,0 +1,63 @@
+"""Shared fixtures: every test runs with a private home and no ambient configuration."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CANARY = "sk-canary-" + "Zq7xW2vR9tL4pK8mN3bY6cH1"   # a fake key planted to detect leaks
+
+_AMBIENT = ("CENCORI_NB_HOME", "CENCORI_NB_PASSPHRASE", "CENCORI_NB_SANDBOX",
+            "CENCORI_NB_PROJECT", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY",
+            "GOOGLE_API_KEY", "CENCORI_API_KEY")
+
+
+@pytest.fixture(autouse=True)
+def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Point CENCORI_NB_HOME at a fresh directory; keep the OS keyring out of the way."""
+    for name in _AMBIENT:
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "cencori-home"
+    monkeypatch.setenv("CENCORI_NB_HOME", str(home))
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring")
+    from cencori_nb import settings
+
+    settings._cache = None
+    _reset_process_state()
+    yield home
+    _reset_process_state()
+
+
+def _reset_process_state() -> None:
+    """Drop per-process caches (unlocked store, shared client, ledger) between tests."""
+    import importlib
+    import sys
+
+    for module_name, fn in (("cencori_nb.keystore", "_reset_for_tests"),
+                            ("cencori_nb.transport", "_reset_for_tests"),
+                            ("cencori_nb.ledger", "_reset_for_tests"),
+                            ("cencori_nb.cache", "_reset_for_tests")):
+        if module_name in sys.modules:
+            reset = getattr(importlib.import_module(module_name), fn, None)
+            if reset is not None:
+                reset()
+
+
+@pytest.fixture
+def canary() -> str:
+    return CANARY
+
+
+def all_bytes_under(path: Path) -> bytes:
+    """Every file's bytes under ``path`` concatenated (for leak searches)."""
+    out = b""
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            out += p.read_bytes()
+    return out
+
+
+__all__ = ["CANARY", "all_bytes_under", "os"]
