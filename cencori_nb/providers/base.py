@@ -18,7 +18,7 @@ from ..types import ChatRequest, Usage
 if TYPE_CHECKING:
     import httpx2
 
-    from ..errors import ProviderError
+    from ..errors import CencoriError
     from ..keystore.secret import Secret
 
 __all__ = ["Provider", "ProviderResult", "StreamParser", "get_provider", "register"]
@@ -71,8 +71,9 @@ class Provider(ABC):
         """A fresh parser for one streaming response."""
 
     @abstractmethod
-    def map_error(self, response: httpx2.Response) -> ProviderError:
-        """The ProviderError subclass for an error response (status >= 400)."""
+    def map_error(self, response: httpx2.Response) -> CencoriError:
+        """The error for a response with status >= 400: a ProviderError subclass, or for the
+        gateway's credit codes CreditsExhaustedError / SpendCapReachedError."""
 
 
 _REGISTRY: dict[str, Provider] = {}
