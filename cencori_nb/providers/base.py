@@ -35,6 +35,8 @@ class ProviderResult:
     request_id: str | None = None
     gateway_cost_usd: Decimal | None = None   # Cencori's cost_usd (managed route)
     served_by: str | None = None        # for the gateway: the provider that served it
+    reported_cost_usd: Decimal | None = None  # a cost the provider itself reported
+    #                                           (OpenRouter's usage.cost); informational
 
 
 class StreamParser(ABC):
@@ -56,6 +58,16 @@ class Provider(ABC):
 
     name: str = ""
     sandbox_prefix: str = ""            # path under the sandbox, e.g. "/openai/v1"
+    default_base_url: str = ""          # the real API's base URL (catalog; Cencori's for it)
+    request_id_headers: tuple[str, ...] = ()   # where the provider puts its request id
+
+    def request_id(self, response: httpx2.Response) -> str | None:
+        """The provider's request id from ``response``'s headers (None if it sent none)."""
+        for header in self.request_id_headers:
+            value = response.headers.get(header)
+            if value:
+                return value
+        return None
 
     @abstractmethod
     def build_request(self, request: ChatRequest, *, model: str, api_key: Secret,
@@ -67,8 +79,11 @@ class Provider(ABC):
         """Parse a successful non-streaming response; raise BadResponseError if malformed."""
 
     @abstractmethod
-    def stream_parser(self) -> StreamParser:
-        """A fresh parser for one streaming response."""
+    def stream_parser(self, response: httpx2.Response | None = None) -> StreamParser:
+        """A fresh parser for one streaming response.
+
+        ``response`` (optional) lets the parser take the request id from its headers.
+        """
 
     @abstractmethod
     def map_error(self, response: httpx2.Response) -> CencoriError:

@@ -1,0 +1,433 @@
+"""What every adapter shares: JSON bodies, status → error class, Retry-After, scrubbing.
+
+Kept pure like the adapters themselves: functions of a response, a header or a string. The
+one clock read (an HTTP-date ``Retry-After``) takes ``now`` so tests can fix it.
+
+Error messages are built here so they read the same for every provider: what happened,
+what the provider said (scrubbed of anything key-shaped, shortened), and what to do next.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+
+from ..errors import (
+    AuthenticationError,
+    BadResponseError,
+    CencoriError,
+    ConfigurationError,
+    InvalidRequestError,
+    PermissionDeniedError,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    RateLimitError,
+)
+from ..keystore.secret import key_hint
+from ..types import ChatRequest, Usage
+from .base import ProviderResult, StreamParser
+
+if TYPE_CHECKING:
+    import httpx2
+
+__all__ = [
+    "BaseStreamParser", "body_with_extra", "build_error", "class_for_status", "display_name",
+    "error_json", "header_retry_after", "json_request", "loads", "parse_duration",
+    "request_id_from", "require", "response_json", "scrub", "sent_key", "to_decimal", "to_int",
+]
+
+MAX_QUOTED = 300   # characters of a provider's own error message we quote
+
+# Key-shaped substrings that may appear in a provider's message (OpenAI's 401 echoes a
+# partially masked key, e.g. "sk-proj-****…abcd"). Order matters: specific before generic.
+_KEY_PATTERNS = re.compile(
+    r"(?:"
+    r"\bBearer\s+\S+"                              # an echoed Authorization header
+    r"|\b(?:sk|pk|rk)-[\w\-*.…]{4,}"               # OpenAI, Anthropic sk-ant-, OpenRouter sk-or-
+    r"|\b(?:sk|csk|cpk|gsk|xai)[_-][\w\-*.…]{4,}"  # Cencori csk_, Groq gsk_, xAI xai-
+    r"|AIza[\w\-]{8,}"                             # Google API keys
+    r"|\b[\w\-*]{32,}"                             # any long token-like run
+    r")"
+)
+REDACTED = "[redacted]"
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` without the given secrets and without anything that looks like a key."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, REDACTED)
+    return _KEY_PATTERNS.sub(REDACTED, text)
+
+
+def quote(text: Any, secrets: Iterable[str] = ()) -> str:
+    """A provider's message made safe to show: scrubbed, one line, at most MAX_QUOTED chars."""
+    s = " ".join(str(text).split())
+    s = scrub(s, secrets)
+    return s if len(s) <= MAX_QUOTED else s[: MAX_QUOTED - 1] + "…"
+
+
+def display_name(provider: str) -> str:
+    """``OpenAI``, ``Anthropic``… (``Cencori`` for the gateway)."""
+    from ..catalog import PROVIDERS
+
+    info = PROVIDERS.get(provider)
+    if info is not None:
+        return info.display_name
+    return "Cencori" if provider == "cencori" else provider
+
+
+# --- numbers -------------------------------------------------------------------------------
+
+def to_int(value: Any) -> int:
+    """A token count from JSON (None, missing or junk → 0)."""
+    if value is None or isinstance(value, bool):
+        return 0
+    try:
+        return int(value)
+    except (TypeError, ValueError, ArithmeticError):
+        return 0
+
+
+def to_decimal(value: Any) -> Decimal | None:
+    """Money from JSON. Floats go through ``str`` so ``0.0011`` stays ``Decimal('0.0011')``."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return value if isinstance(value, Decimal) else Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+
+
+# --- JSON -------------------------------------------------------------------------------------
+
+def loads(data: str | bytes, *, provider: str, what: str = "response") -> Any:
+    """Parse JSON (floats as Decimal, so money keeps its digits) or raise BadResponseError."""
+    try:
+        return json.loads(data, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadResponseError(
+            f"{display_name(provider)} sent a {what} that is not valid JSON.",
+            hint="Retry; if it keeps happening the provider (or a proxy in between) is "
+                 "returning something else, e.g. an HTML error page.",
+            provider=provider) from exc
+
+
+def response_json(response: httpx2.Response, *, provider: str,
+                  request_id: str | None = None) -> dict[str, Any]:
+    """The JSON object of a successful response, or BadResponseError."""
+    try:
+        content = response.content
+    except Exception as exc:  # httpx2.ResponseNotRead: the caller forgot to read it
+        raise BadResponseError(f"The {display_name(provider)} response body was not read.",
+                               provider=provider, status_code=response.status_code) from exc
+    try:
+        body = loads(content, provider=provider)
+    except BadResponseError as exc:
+        exc.status_code = response.status_code
+        exc.request_id = request_id
+        raise
+    if not isinstance(body, dict):
+        raise BadResponseError(
+            f"{display_name(provider)} sent a JSON {type(body).__name__} where an object "
+            "was expected.", provider=provider, status_code=response.status_code,
+            request_id=request_id)
+    return body
+
+
+def error_json(response: httpx2.Response) -> Any:
+    """The JSON body of an error response, or None when it has none (or it is not JSON)."""
+    try:
+        content = response.content
+    except Exception:  # an unread streamed response: map by status alone
+        return None
+    if not content:
+        return None
+    try:
+        return json.loads(content, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def error_text(response: httpx2.Response) -> str:
+    """A short non-JSON error body (e.g. a proxy's HTML page) for the message."""
+    try:
+        return response.text[:MAX_QUOTED]
+    except Exception:
+        return ""
+
+
+_MISSING = object()
+
+
+def require(obj: Any, *path: str | int, provider: str, what: str = "response",
+            status_code: int | None = None, request_id: str | None = None) -> Any:
+    """``obj[path[0]][path[1]]…`` or BadResponseError naming the missing field."""
+    cur = obj
+    for i, key in enumerate(path):
+        try:
+            cur = cur[key]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError):
+            cur = _MISSING
+        if cur is _MISSING or cur is None:
+            name = _dotted(path[: i + 1])
+            raise BadResponseError(
+                f"The {display_name(provider)} {what} has no `{name}`.",
+                hint="The provider's format may have changed, or a proxy altered the reply; "
+                     "retry, and report it if it persists.",
+                provider=provider, status_code=status_code, request_id=request_id,
+                missing=name)
+    return cur
+
+
+def _dotted(path: Iterable[str | int]) -> str:
+    out = ""
+    for key in path:
+        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else key)
+    return out
+
+
+def dig(obj: Any, *path: str | int) -> Any:
+    """``obj[a][b]…`` or None when any step is missing (for optional fields)."""
+    cur = obj
+    for key in path:
+        try:
+            cur = cur[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return cur
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+def json_request(url: str, headers: Mapping[str, str], body: dict[str, Any], *,
+                 stream: bool, params: Mapping[str, str] | None = None) -> httpx2.Request:
+    """A POST with a JSON body; ``Accept`` says whether we expect SSE."""
+    import httpx2
+
+    all_headers = {"Content-Type": "application/json",
+                   "Accept": "text/event-stream" if stream else "application/json"}
+    all_headers.update(headers)
+    content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+    return httpx2.Request("POST", url, headers=all_headers, params=params,
+                          content=content.encode("utf-8"))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+RESERVED_EXTRA = frozenset({"model", "messages", "stream"})
+
+
+def body_with_extra(body: dict[str, Any], request: ChatRequest,
+                    reserved: Iterable[str] = RESERVED_EXTRA) -> dict[str, Any]:
+    """``body`` updated with ``request.extra`` (provider-specific parameters pass through).
+
+    The keys that decide what is sent and how it is read (model, messages, stream) are set by
+    the request itself; overriding them through ``extra`` would break parsing, so it is an
+    error rather than a surprise.
+    """
+    clash = sorted(set(request.extra) & set(reserved))
+    if clash:
+        raise ConfigurationError(
+            f"ChatRequest.extra may not set {', '.join(map(repr, clash))}.",
+            hint="Pass the model, the messages and stream= as the request's own arguments.")
+    body.update(request.extra)
+    return body
+
+
+def join_base(base_url: str, path: str) -> str:
+    return base_url.rstrip("/") + path
+
+
+# --- responses: request id, credential, retry hints -----------------------------------------
+
+def request_id_from(response: httpx2.Response, names: Iterable[str]) -> str | None:
+    """The first of the named headers present on ``response``."""
+    for name in names:
+        value = response.headers.get(name)
+        if value:
+            return value
+    return None
+
+
+_KEY_HEADERS = ("x-api-key", "x-goog-api-key", "cencori_api_key")
+
+
+def sent_key(response: httpx2.Response) -> str | None:
+    """The credential the request carried, to show its hint and to scrub it from messages."""
+    try:
+        headers = response.request.headers
+    except RuntimeError:  # a Response built without its request (tests, odd callers)
+        return None
+    auth = headers.get("authorization")
+    if auth:
+        return auth.split(" ", 1)[1] if " " in auth else auth
+    for name in _KEY_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from ``"34s"``, ``"0.5s"``, ``"500ms"``, ``"1m30s"`` or a bare number."""
+    if value is None:
+        return None
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        return max(0.0, float(value))
+    s = str(value).strip().lower()
+    if not s:
+        return None
+    try:
+        return max(0.0, float(s))
+    except ValueError:
+        pass
+    total, matched = 0.0, ""
+    for m in re.finditer(r"(\d+(?:\.\d+)?)(ms|h|m|s)", s):
+        number, unit = float(m.group(1)), m.group(2)
+        total += number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+        matched += m.group(0)
+    return max(0.0, total) if matched == s.replace(" ", "") else None
+
+
+def header_retry_after(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date).
+
+    ``retry-after-ms`` first: it is the more precise one and the OpenAI and Anthropic SDKs
+    read it first too.
+    """
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+# --- the error tree -----------------------------------------------------------------------------
+
+def class_for_status(status: int | None) -> type[ProviderError]:
+    """The error class for an HTTP status (the rule every adapter starts from)."""
+    if status is None:
+        return ProviderUnavailableError
+    if status == 401:
+        return AuthenticationError
+    if status in (402, 403):
+        # 402 from a provider is its own billing (e.g. OpenRouter credits), not our wallet:
+        # the key works but the account may not do this. The gateway maps 402 itself.
+        return PermissionDeniedError
+    if status == 408:
+        return ProviderTimeoutError
+    if status == 409:
+        return ProviderUnavailableError   # a conflict the SDKs retry (lock / concurrent edit)
+    if status == 429:
+        return RateLimitError
+    if status >= 500:                     # incl. Anthropic's 529 overloaded
+        return ProviderUnavailableError
+    return InvalidRequestError            # 400, 404, 413, 422 and any other 4xx
+
+
+def build_error(cls: type[CencoriError], *, provider: str, status: int | None,
+                said: str | None = None, code: str | None = None,
+                request_id: str | None = None, retry_after: float | None = None,
+                key: str | None = None, hint: str | None = None,
+                retryable: bool | None = None, **extra: Any) -> CencoriError:
+    """A CencoriError with the house message: what happened, what the provider said, what next.
+
+    ``said`` is the provider's own message (scrubbed here); ``key`` is the credential the
+    request carried (used for its ``…1234`` hint and scrubbed from ``said``).
+    """
+    name = display_name(provider)
+    secrets = [key] if key else []
+    where = f" ({status})" if status else ""
+    quoted = quote(said, secrets) if said else ""
+    tail = f" {name} said: {quoted}" if quoted else ""
+    if issubclass(cls, AuthenticationError):
+        what = (f"The {name} key {key_hint(key)} was rejected{where}." if key
+                else f"No {name} key was sent and {name} refused the request{where}.")
+        default_hint = (f"Check it or set a new one with `cencori-nb keys set {provider}`.")
+    elif issubclass(cls, RateLimitError):
+        what = f"{name} rate limit reached{where}."
+        default_hint = (f"Retry in {retry_after:g} s, or send fewer requests at once."
+                        if retry_after is not None
+                        else "Wait a little and retry, or send fewer requests at once.")
+    elif issubclass(cls, PermissionDeniedError):
+        what = f"{name} refused the request{where}."
+        default_hint = (f"The key was accepted but may not do this: check the {name} "
+                        "account's permissions, billing and content policy.")
+    elif issubclass(cls, ProviderTimeoutError):
+        what = f"{name} timed out{where}."
+        default_hint = "Retry; if it keeps happening, shorten the request or raise the timeout."
+    elif issubclass(cls, ProviderUnavailableError):
+        what = f"{name} is unavailable{where}."
+        default_hint = (f"The problem is on {name}'s side: retry later, or use another "
+                        "provider or route.")
+    elif issubclass(cls, InvalidRequestError):
+        what = f"{name} rejected the request as invalid{where}."
+        default_hint = "Check the model name and the request parameters."
+    else:
+        what = f"{name} failed the request{where}."
+        default_hint = None
+    context: dict[str, Any] = {"provider": provider, "status_code": status,
+                               "request_id": request_id, "retry_after": retry_after, **extra}
+    if retryable is not None:
+        context["retryable"] = retryable
+    return cls(what + tail, code=code, hint=hint or default_hint, **context)
+
+
+# --- streams ------------------------------------------------------------------------------------
+
+class BaseStreamParser(StreamParser):
+    """Accumulates text, model, finish reason and usage; subclasses implement ``feed``."""
+
+    def __init__(self, provider: str, request_id: str | None = None) -> None:
+        self.provider = provider
+        self.done = False
+        self.parts: list[str] = []
+        self.model: str | None = None
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.request_id = request_id
+        self.served_by: str | None = None
+        self.gateway_cost_usd: Decimal | None = None
+        self.reported_cost_usd: Decimal | None = None
+
+    def json(self, event: httpx2.ServerSentEvent) -> Any:
+        return loads(event.data, provider=self.provider, what="stream event")
+
+    def emit(self, text: Any) -> str | None:
+        if isinstance(text, str) and text:
+            self.parts.append(text)
+            return text
+        return None
+
+    def result(self) -> ProviderResult:
+        return ProviderResult(
+            text="".join(self.parts), model=self.model, usage=self.usage,
+            finish_reason=self.finish_reason, request_id=self.request_id,
+            gateway_cost_usd=self.gateway_cost_usd, served_by=self.served_by,
+            reported_cost_usd=self.reported_cost_usd)
