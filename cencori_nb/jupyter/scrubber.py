@@ -1,0 +1,194 @@
+"""Remove API keys from a notebook before Jupyter writes it to disk.
+
+Two kinds of secrets are removed from every string of the notebook JSON (cell sources,
+outputs of every mime type, stream text, error tracebacks, cell and notebook metadata, the
+saved widget state under ``metadata.widgets``):
+
+1. every key held in the user's key store, matched exactly (the strongest guarantee: a key
+   we stored never reaches a ``.ipynb`` in clear, whatever its shape);
+2. key-shaped strings: ``sk-…``, ``sk-proj-…``, ``sk-ant-…``, ``sk-or-…``, ``AIza…``,
+   ``csk_…``, ``gsk_…``, ``xai-…`` and ``Bearer …`` tokens. The patterns want a long body
+   with a digit in it, so prose such as "sk-learn" or "Bearer token" is left alone.
+
+Each match becomes :data:`MARKER`. A notebook with nothing to remove is not touched at all
+(no string is reassigned), so Jupyter writes exactly the bytes it would have written without
+the scrubber.
+
+Binary payloads (base64 images, PDFs, widget buffers) only get the exact-value pass: a
+random base64 run can look like ``AIza…`` by chance, and rewriting it would corrupt the image.
+
+The functions here are pure; :mod:`cencori_nb.jupyter` wires :func:`pre_save_hook` into the
+Jupyter server's contents manager.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["MARKER", "KEY_PATTERN", "Scrubber", "pre_save_hook", "scrub_notebook",
+           "scrub_text", "stored_secrets"]
+
+MARKER = "[REDACTED by cencori_nb]"
+
+log = logging.getLogger(__name__)
+
+# Characters a key body is made of. Keys end where these stop.
+_BODY = r"[A-Za-z0-9_\-]"
+# Not preceded by a body character, so "task-…" or "disk-…" never start a match.
+_START = r"(?<![A-Za-z0-9_\-])"
+# The body must hold a digit somewhere (lookahead stays inside the run of body chars):
+# random keys always do in practice; English and package names (sk-learn) rarely do.
+_HAS_DIGIT = r"(?=[A-Za-z_\-]*[0-9])"
+
+KEY_PATTERN = re.compile(
+    "|".join((
+        # Prefixes that only keys use: no digit needed
+        rf"{_START}sk-(?:proj|ant|or|svcacct|admin)-{_BODY}{{20,}}",
+        # Other sk- keys (OpenAI legacy, DeepSeek, …)
+        rf"{_START}sk-{_HAS_DIGIT}{_BODY}{{20,}}",
+        # Google API keys: AIza + 35 characters
+        rf"{_START}AIza{_HAS_DIGIT}{_BODY}{{30,}}",
+        # Cencori project keys (managed route), Groq, xAI
+        rf"{_START}csk_{_HAS_DIGIT}{_BODY}{{16,}}",
+        rf"{_START}gsk_{_HAS_DIGIT}{_BODY}{{20,}}",
+        rf"{_START}xai-{_HAS_DIGIT}{_BODY}{{20,}}",
+    ))
+)
+# "Bearer <token>": keep the word, drop the token (JWTs and opaque tokens: dots, slashes, =).
+_BEARER = re.compile(r"(?<=Bearer )(?=[A-Za-z._~+/=\-]*[0-9])[A-Za-z0-9._~+/=\-]{20,}")
+
+# Exact stored values shorter than this are ignored: replacing a 3-character "key" would
+# shred the notebook, and no real provider key is that short.
+MIN_EXACT_LENGTH = 8
+
+# Output mime types whose payload is base64 (or otherwise not text a person reads).
+_BINARY_MIME_PREFIXES = ("image/", "audio/", "video/", "application/pdf",
+                         "application/octet-stream")
+_TEXT_IMAGE_TYPES = ("image/svg+xml",)
+WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
+
+
+def _is_binary_mime(mime: str) -> bool:
+    return mime.startswith(_BINARY_MIME_PREFIXES) and mime not in _TEXT_IMAGE_TYPES
+
+
+@dataclass
+class Scrubber:
+    """Replaces secrets in strings and counts how many it removed.
+
+    ``exact`` are clear key values (from the key store); patterns always apply to text.
+    """
+
+    exact: tuple[str, ...] = ()
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        values = sorted({v for v in self.exact if len(v) >= MIN_EXACT_LENGTH},
+                        key=len, reverse=True)   # longest first: a key may contain another
+        self._exact_re = re.compile("|".join(map(re.escape, values))) if values else None
+
+    def text(self, value: str, *, binary: bool = False) -> str:
+        """Return ``value`` with secrets replaced (the same object when nothing matched)."""
+        if self._exact_re is not None:
+            value = self._sub(self._exact_re, value)
+        if not binary:
+            value = self._sub(KEY_PATTERN, value)
+            if "Bearer " in value:
+                value = self._sub(_BEARER, value)
+        return value
+
+    def _sub(self, pattern: re.Pattern[str], value: str) -> str:
+        new, n = pattern.subn(MARKER, value)
+        if n:
+            self.count += n
+            return new
+        return value
+
+    def tree(self, node: Any, *, binary: bool = False) -> Any:
+        """Scrub every string under ``node`` in place; return the (possibly new) node.
+
+        Containers are mutated in place and only where a string actually changed.
+        """
+        if isinstance(node, str):
+            return self.text(node, binary=binary)
+        if isinstance(node, dict):
+            for key, child in node.items():
+                new = self.tree(child, binary=binary or self._binary_child(node, key))
+                if new is not child:
+                    node[key] = new
+            return node
+        if isinstance(node, list):
+            for i, child in enumerate(node):
+                new = self.tree(child, binary=binary)
+                if new is not child:
+                    node[i] = new
+            return node
+        return node
+
+    @staticmethod
+    def _binary_child(parent: dict[str, Any], key: Any) -> bool:
+        """Whether ``parent[key]`` holds base64 data (output bundles, attachments, buffers)."""
+        if not isinstance(key, str):
+            return False
+        if key == "buffers":          # widget state binary buffers
+            return True
+        return _is_binary_mime(key)   # output "data" and cell "attachments" bundles
+
+
+def scrub_text(text: str, exact: Iterable[str] = ()) -> tuple[str, int]:
+    """Return ``(scrubbed, removed)`` for one string."""
+    s = Scrubber(tuple(exact))
+    return s.text(text), s.count
+
+
+def scrub_notebook(nb: dict[str, Any], exact: Iterable[str] = ()) -> int:
+    """Scrub a notebook JSON dict in place; return how many secrets were removed.
+
+    Walks cells (source, outputs, metadata, attachments) and the notebook metadata,
+    which holds the saved widget state.
+    """
+    s = Scrubber(tuple(exact))
+    s.tree(nb)
+    return s.count
+
+
+def stored_secrets() -> list[str]:
+    """Every key in the user's store, in clear, or ``[]`` when the store cannot be opened.
+
+    Never prompts: the key store opens itself from ``CENCORI_NB_PASSPHRASE``, the OS keyring
+    or its key file; when none of those works (e.g. a passphrase store and no passphrase in
+    the server's environment) the scrubber falls back to the patterns alone.
+    """
+    try:
+        from .. import keystore
+
+        store = keystore.default_store()
+        return [s.reveal() for s in store.all_secrets()]
+    except Exception as exc:  # noqa: BLE001 - the scrubber must never block a save
+        log.debug("cencori_nb scrubber: key store not readable (%s); using key patterns only",
+                  type(exc).__name__)
+        return []
+
+
+def pre_save_hook(model: dict[str, Any], path: str = "", contents_manager: Any = None,
+                  **kwargs: Any) -> None:
+    """Jupyter pre-save hook: scrub a notebook model in place before it is written.
+
+    Never raises (a failure is logged and the save goes on) and never touches a model in
+    which nothing was found.
+    """
+    logger = getattr(contents_manager, "log", None) or log
+    try:
+        if model.get("type") != "notebook" or not isinstance(model.get("content"), dict):
+            return
+        removed = scrub_notebook(model["content"], stored_secrets())
+        if removed:
+            logger.warning("cencori_nb: removed %d secret(s) from %s before saving "
+                           "(replaced with %s)", removed, path or "notebook", MARKER)
+    except Exception:  # noqa: BLE001 - a save must never fail because of the scrubber
+        logger.error("cencori_nb: secret scrubber failed on %s; saving unchanged", path,
+                     exc_info=True)

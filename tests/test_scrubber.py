@@ -1,0 +1,227 @@
+"""The save-time scrubber as pure functions: patterns, the notebook walk, the hook contract."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import types
+
+import nbformat
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cencori_nb.jupyter import scrubber
+from cencori_nb.jupyter.scrubber import MARKER, pre_save_hook, scrub_notebook, scrub_text
+
+GOOGLE = "AIza" + "SyB3xQ9vL2mN7pR4tW8yZ1cF6hJ0kD5gE2s"     # 39 chars, Google's shape
+ANTHROPIC = "sk-ant-api03-" + "Qm7Zx2Lp9Vt4Rk8Wn3Yb6Hc1Jd5Fg0Se" + "-AA"
+OPENAI_PROJ = "sk-proj-" + "Tr9Wq2Lm7Xz4Pk8Vb3Nc6Hd1Jf5Gs0Ae"
+CENCORI = "csk_" + "live_8f3a9c2e7b1d4f6a"
+BEARER_JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dBjftJeZ4CVP"
+
+
+@pytest.mark.parametrize("secret", [GOOGLE, ANTHROPIC, OPENAI_PROJ, CENCORI,
+                                    "sk-" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8s9T0u1V2w3X4",
+                                    "gsk_" + "W8x2Lq9Zr4Tk7Vm3Pb6Nc1Hd5Jf",
+                                    "xai-" + "Pp4Lw9Qz2Rx7Tk3Vm8Nb1Hc6Jd"])
+def test_key_shaped_secrets_are_replaced_in_text(secret: str) -> None:
+    """Each provider's key shape is removed and the words around it survive."""
+    text, n = scrub_text(f"key = '{secret}'  # mine")
+    assert secret not in text
+    assert text == f"key = '{MARKER}'  # mine"
+    assert n == 1
+
+
+def test_bearer_token_keeps_the_word_and_drops_the_token() -> None:
+    text, n = scrub_text(f"Authorization: Bearer {BEARER_JWT}")
+    assert text == f"Authorization: Bearer {MARKER}"
+    assert n == 1
+
+
+@pytest.mark.parametrize("text", [
+    "pip install sk-learn scikit-learn",
+    "from sklearn import sk-learn-utils",
+    "Bearer token authentication is described in RFC 6750",
+    "the task-1234567890abcdefghijklmnop finished",
+    "disk-0123456789abcdefghijklmnopq is full",
+    "AIza is a prefix",
+    "csk_ short",
+    "cost per 1M tokens: $0.15 (gpt-4o-mini)",
+    MARKER,
+])
+def test_ordinary_text_is_left_alone(text: str) -> None:
+    """No false positives on prose, package names and our own marker (idempotent)."""
+    assert scrub_text(text) == (text, 0)
+
+
+def test_exact_store_values_are_removed_whatever_their_shape(canary: str) -> None:
+    """A stored key is removed even when it does not look like a key."""
+    odd_key = "hunter2-local-server-pass"
+    text, n = scrub_text(f"a={odd_key} b={canary} c={odd_key}", [odd_key, canary])
+    assert odd_key not in text and canary not in text
+    assert n == 3
+
+
+def test_exact_values_shorter_than_eight_chars_are_ignored() -> None:
+    """A silly 3-letter 'key' must not shred the notebook."""
+    assert scrub_text("the cat sat", ["cat"]) == ("the cat sat", 0)
+
+
+def _notebook_with(canary: str) -> dict:
+    """A v4 notebook carrying the canary in every place a key can hide."""
+    nb = nbformat.v4.new_notebook()
+    code = nbformat.v4.new_code_cell(
+        source=f'client = OpenAI(api_key="{canary}")\nprint(client.api_key)',
+        outputs=[
+            nbformat.v4.new_output("stream", name="stdout", text=f"{canary}\n"),
+            nbformat.v4.new_output("execute_result", execution_count=1, data={
+                "text/plain": f"'{canary}'",
+                "text/html": [f"<b>{canary}</b>", "<i>ok</i>"],
+                "application/json": {"headers": {"authorization": f"Bearer {canary}"}},
+            }),
+            nbformat.v4.new_output("error", ename="AuthenticationError",
+                                   evalue=f"Incorrect API key provided: {canary}",
+                                   traceback=[f"\x1b[0;31mcall(api_key='{canary}')\x1b[0m"]),
+        ],
+        execution_count=1,
+    )
+    code.metadata["note"] = canary
+    md = nbformat.v4.new_markdown_cell(f"Do not paste keys like `{canary}` here")
+    nb.cells = [code, md]
+    nb.metadata["secret_note"] = [canary]
+    nb.metadata["widgets"] = {scrubber.WIDGET_STATE_MIME: {
+        "version_major": 2, "version_minor": 0,
+        "state": {"abc123": {"model_name": "PasswordModel",
+                             "model_module": "@jupyter-widgets/controls",
+                             "model_module_version": "2.0.0",
+                             "state": {"value": canary, "description": "API key"}}},
+    }}
+    return json.loads(nbformat.writes(nb))
+
+
+def test_notebook_walk_removes_the_canary_everywhere(canary: str) -> None:
+    """Sources, all output kinds and mime types, metadata and widget state are scrubbed."""
+    nb = _notebook_with(canary)
+    removed = scrub_notebook(nb, [canary])
+    dumped = json.dumps(nb)
+    assert canary not in dumped
+    assert removed == 11
+    nbformat.validate(nbformat.from_dict(nb))
+    state = nb["metadata"]["widgets"][scrubber.WIDGET_STATE_MIME]["state"]["abc123"]["state"]
+    assert state == {"value": MARKER, "description": "API key"}
+    assert nb["cells"][0]["outputs"][2]["traceback"] == [
+        f"\x1b[0;31mcall(api_key='{MARKER}')\x1b[0m"]
+
+
+def test_notebook_without_secrets_is_not_touched() -> None:
+    """Nothing matched: same objects, same content (Jupyter then writes identical bytes)."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import sklearn  # sk-learn", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text="Bearer token docs\n")])]
+    raw = json.loads(nbformat.writes(nb))
+    before = copy.deepcopy(raw)
+    cells_obj, source_obj = raw["cells"], raw["cells"][0]["source"]
+    assert scrub_notebook(raw, ["not-in-this-notebook-123"]) == 0
+    assert raw == before
+    assert raw["cells"] is cells_obj and raw["cells"][0]["source"] is source_obj
+
+
+def test_binary_payloads_get_only_the_exact_pass(canary: str) -> None:
+    """Base64 images that happen to contain 'AIza…' are not corrupted."""
+    fake_png = "iVBORw0KGgo" + GOOGLE + "AAAA"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("plot()", outputs=[
+        nbformat.v4.new_output("display_data", data={"image/png": fake_png,
+                                                     "text/plain": GOOGLE})])]
+    raw = json.loads(nbformat.writes(nb))
+    assert scrub_notebook(raw) == 1
+    data = raw["cells"][0]["outputs"][0]["data"]
+    assert data["image/png"] == fake_png
+    assert "".join(data["text/plain"]) == MARKER
+
+
+class _CM:
+    """The part of a contents manager the hook uses: its logger."""
+
+    def __init__(self) -> None:
+        self.log = logging.getLogger("test.contents_manager")
+
+
+def test_pre_save_hook_scrubs_and_logs_count_not_secret(canary: str,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    model = {"type": "notebook", "format": "json", "content": _notebook_with(canary)}
+    with caplog.at_level(logging.WARNING, logger="test.contents_manager"):
+        pre_save_hook(model=model, path="work/leaky.ipynb", contents_manager=_CM())
+    assert canary not in json.dumps(model)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1
+    assert "work/leaky.ipynb" in messages[0] and "removed" in messages[0]
+    assert canary not in caplog.text
+
+
+def test_pre_save_hook_ignores_plain_files(canary: str) -> None:
+    model = {"type": "file", "format": "text", "content": canary}
+    pre_save_hook(model=model, path="notes.txt", contents_manager=_CM())
+    assert model["content"] == canary
+
+
+def test_pre_save_hook_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    """A broken model is logged and left alone: the save must go on."""
+    class Exploding(dict):
+        def items(self):  # type: ignore[override]
+            raise RuntimeError("boom")
+
+    model = {"type": "notebook", "content": Exploding(cells=[])}
+    with caplog.at_level(logging.ERROR, logger="test.contents_manager"):
+        pre_save_hook(model=model, path="x.ipynb", contents_manager=_CM())
+    assert "scrubber failed on x.ipynb" in caplog.text
+
+
+def test_stored_keys_are_scrubbed_through_the_keystore(canary: str) -> None:
+    """Keys in the user's store are removed exactly, even without a key shape."""
+    from cencori_nb import keys
+
+    odd = "plain-local-token-without-shape"
+    keys.set("local", odd)
+    keys.set("openai", canary)
+    assert set(scrubber.stored_secrets()) >= {odd, canary}
+    model = {"type": "notebook", "content": json.loads(nbformat.writes(
+        nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"token {odd}")])))}
+    pre_save_hook(model=model, path="a.ipynb", contents_manager=_CM())
+    assert model["content"]["cells"][0]["source"] == f"token {MARKER}"
+
+
+def test_unreadable_store_falls_back_to_patterns(monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """If the store cannot be opened, key shapes are still removed and nothing is raised."""
+    broken = types.ModuleType("cencori_nb.keystore")
+
+    def default_store():
+        raise PermissionError("store locked")
+
+    broken.default_store = default_store  # type: ignore[attr-defined]
+    monkeypatch.setitem(__import__("sys").modules, "cencori_nb.keystore", broken)
+    with caplog.at_level(logging.DEBUG, logger="cencori_nb.jupyter.scrubber"):
+        assert scrubber.stored_secrets() == []
+    assert "key patterns only" in caplog.text
+    assert scrub_text(f"k={OPENAI_PROJ}")[1] == 1
+
+
+_KEY_CHARS = st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_PROSE = st.text(alphabet=st.sampled_from(" .,:;'\"()=\n\tabcXYZ"), max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(prefix=st.sampled_from(["sk-", "sk-ant-api03-", "sk-proj-", "csk_", "AIza"]),
+       body=st.lists(_KEY_CHARS, min_size=35, max_size=60).map("".join),
+       before=_PROSE, after=_PROSE)
+def test_property_a_key_in_any_text_is_removed(prefix: str, body: str, before: str,
+                                               after: str) -> None:
+    """Any key of a known shape, wherever it sits in prose, leaves nothing behind."""
+    key = prefix + body[:-1] + "7"   # real keys carry digits
+    out, n = scrub_text(f"{before} {key}\n{after}")
+    assert key not in out and body[:20] not in out
+    assert out == f"{before} {MARKER}\n{after}"
+    assert n == 1
