@@ -1,0 +1,703 @@
+"""The one shared HTTP client: pooling, timeouts, bounded retries, error mapping, log redaction.
+
+Everything that goes over the network to a provider or to the Cencori gateway passes through
+:func:`send` / :func:`asend`. This module is also the one place where ``httpx2`` exceptions
+become :class:`~cencori_nb.errors.CencoriError` s (:func:`map_exception`, always with
+``raise … from``), so no other module needs to know httpx2's exception tree.
+
+- **Pooling**: one ``httpx2.Client`` per process and one ``httpx2.AsyncClient`` per event
+  loop (an ``AsyncClient`` is bound to the loop that opened its connections), keep-alive on,
+  limits sized for about a hundred concurrent requests.
+- **Timeouts**: connect 10 s, read 60 s (Cencori's per-attempt figure), write/pool 60 s.
+- **Retries**: on 429, 5xx, timeouts and connection errors, at most ``retries`` more attempts
+  (default 3) with exponential backoff and full jitter, except that a server's own wait
+  (``Retry-After`` in seconds or as an HTTP date, ``retry-after-ms``, Cencori's
+  ``retry_after_ms`` body field, or the adapter's ``err.retry_after``) is honoured exactly.
+  A wait longer than :data:`MAX_RETRY_WAIT` is *not* slept through: the error is raised at
+  once with its ``retry_after`` so the caller (a notebook user, the batch runner) decides.
+  Never retried: 400/401/402/403/404, credit and spend-cap errors, anything not marked
+  ``retryable``.
+- **Clock**: the waits go through a :class:`Clock` (``sleep``, ``asleep``, ``time``,
+  ``random``) that tests replace (``clock=`` argument or :func:`set_clock`), so retry tests
+  run instantly and assert the exact waits.
+- **Redaction**: :class:`RedactingFilter` is installed on the ``httpx2``, ``httpcore2``,
+  ``httpx``, ``httpcore`` and ``cencori_nb`` loggers (and their known children, because a
+  logger's filters do not apply to records propagated from its children). It scrubs
+  key-shaped strings and every credential this process has used (:func:`register_secret`)
+  from the message, its arguments, and any formatted traceback, at every level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import re
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    AuthenticationError,
+    BadResponseError,
+    CencoriError,
+    ConfigurationError,
+    InvalidRequestError,
+    PermissionDeniedError,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    RateLimitError,
+)
+
+if TYPE_CHECKING:
+    import httpx2
+
+__all__ = [
+    "DEFAULT_RETRIES",
+    "MAX_RETRY_WAIT",
+    "Clock",
+    "RedactingFilter",
+    "aiter_sse",
+    "asend",
+    "backoff_wait",
+    "error_for_status",
+    "get_async_client",
+    "get_client",
+    "install_log_redaction",
+    "iter_sse",
+    "map_exception",
+    "register_secret",
+    "retry_after_from_response",
+    "scrub",
+    "send",
+    "set_clock",
+    "set_transport",
+]
+
+DEFAULT_RETRIES = 3            # Cencori's gateway retries three times too
+BACKOFF_BASE = 0.5             # seconds; attempt n waits up to BASE * 2**n (full jitter)
+MAX_RETRY_WAIT = 60.0          # never sleep longer than this for one retry
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0
+MAX_CONNECTIONS = 128          # batch concurrency of ~100 plus headroom
+MAX_KEEPALIVE = 100
+KEEPALIVE_EXPIRY = 30.0
+USER_AGENT = "cencori-nb/0.1.0"
+
+# Statuses that are the caller's fault (or a money decision): retrying cannot help.
+NEVER_RETRY_STATUS = frozenset({400, 401, 402, 403, 404, 422})
+
+log = logging.getLogger("cencori_nb.transport")
+
+
+# --------------------------------------------------------------------------- clock
+
+
+class Clock:
+    """Time as the retry loop sees it. Replace it in tests (see :func:`set_clock`)."""
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    def time(self) -> float:
+        """Wall-clock seconds since the epoch (for ``Retry-After`` HTTP dates)."""
+        return time.time()
+
+    def random(self) -> float:
+        """A uniform number in [0, 1) for the backoff jitter."""
+        return random.random()
+
+
+_clock: Clock = Clock()
+
+
+def set_clock(clock: Clock | None) -> Clock:
+    """Use ``clock`` for every retry wait from now on (None restores the real one).
+
+    Returns the previous clock so a test can put it back.
+    """
+    global _clock
+    previous = _clock
+    _clock = clock if clock is not None else Clock()
+    return previous
+
+
+# --------------------------------------------------------------------------- redaction
+
+_KEY_PATTERNS = re.compile(
+    r"""
+    (?<![A-Za-z0-9])         # a key starts a token: "task-runner" is not a key
+    (?:
+      sk-ant-[A-Za-z0-9_\-]{6,}             # Anthropic
+    | sk-[A-Za-z0-9_\-]{6,}                  # OpenAI, OpenRouter (sk-or-), DeepSeek, canaries
+    | AIza[0-9A-Za-z_\-]{10,}               # Google
+    | csk_[A-Za-z0-9_\-]{6,}                # Cencori project keys
+    | gsk_[A-Za-z0-9_\-]{6,}                # Groq
+    | xai-[A-Za-z0-9_\-]{6,}                # xAI
+    )
+    """,
+    re.VERBOSE,
+)
+# "Bearer <token>", "key=<value>" and header-shaped "x-api-key: <value>" in any quoting.
+_CONTEXT_PATTERNS = re.compile(
+    r"""(?ix)
+      (\bbearer\s+)[^\s'",;}\]]+
+    | ((?:\b|_)(?:api[_-]?)?key=)[^&\s'",;}\]]+
+    | ((?:x-api-key|x-goog-api-key|api-key|cencori_api_key|authorization)
+       ['"]?\s*[:=]\s*(?:b?['"])?)(?!\[secure\]|<redacted>|\*\*\*)[^'"\s,;}\]]+
+    """,
+)
+REDACTED = "***"
+
+_secrets: set[str] = set()
+_secret_re: re.Pattern[str] | None = None
+_secret_lock = threading.Lock()
+
+
+def register_secret(value: Any) -> None:
+    """Scrub this credential (a ``Secret`` or a string) from logs and messages from now on.
+
+    The router registers every credential it hands out, so anything that can reach an HTTP
+    log in this process is known here even when it is not key-shaped.
+    """
+    global _secret_re
+    raw = value.reveal() if hasattr(value, "reveal") else str(value)
+    if len(raw) < 6 or raw in _secrets:   # too short to scrub without mangling text
+        return
+    with _secret_lock:
+        _secrets.add(raw)
+        _secret_re = re.compile("|".join(re.escape(s) for s in
+                                         sorted(_secrets, key=len, reverse=True)))
+
+
+def _keystore_secrets() -> None:
+    """Register every key of an already unlocked key store (never unlocks one)."""
+    import sys
+
+    module = sys.modules.get("cencori_nb.keystore")
+    peek = getattr(module, "_unlocked_store", None) if module is not None else None
+    store = peek() if callable(peek) else None
+    if store is None:
+        return
+    try:
+        for secret in store.all_secrets():
+            register_secret(secret)
+    except CencoriError:   # a damaged store: nothing more to learn from it here
+        pass
+
+
+def scrub(text: str) -> str:
+    """``text`` with key-shaped strings and every registered credential replaced by ``***``."""
+    if not text:
+        return text
+    pattern = _secret_re
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
+    text = _KEY_PATTERNS.sub(REDACTED, text)
+    return _CONTEXT_PATTERNS.sub(_keep_prefix, text)
+
+
+def _keep_prefix(match: re.Match[str]) -> str:
+    prefix = next((g for g in match.groups() if g is not None), "")
+    return prefix + REDACTED
+
+
+class RedactingFilter(logging.Filter):
+    """Scrubs secrets from a log record before any handler formats it.
+
+    The record's message is rendered once (``getMessage``) and replaced by its scrubbed text
+    with no args, so an argument whose ``str`` reveals a key (``httpx2.URL`` with
+    ``?key=``, a headers object) cannot slip through. A traceback is formatted and scrubbed
+    into ``exc_text``, which formatters then use as is. This runs only for records a logger
+    is enabled for, so it costs nothing when logging is off.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: keep its template only, scrubbed
+            message = str(record.msg)
+        record.msg = scrub(message)
+        record.args = ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info)
+        return True
+
+
+_FILTER = RedactingFilter()
+# Filters on a logger do not see records propagated from its children, so every logger the
+# HTTP stack actually uses is named here (from httpx2/httpcore2 sources).
+_LOGGER_NAMES = (
+    "httpx2", "httpx",
+    *(f"{base}{suffix}" for base in ("httpcore2", "httpcore") for suffix in
+      ("", ".connection", ".connection_pool", ".http11", ".http2", ".proxy", ".socks")),
+    "cencori_nb", "cencori_nb.transport", "cencori_nb.client", "cencori_nb.router",
+    "cencori_nb.cache",
+)
+_REDACTED_PREFIXES = ("httpx", "httpcore", "cencori_nb")
+
+
+def install_log_redaction() -> None:
+    """Put the redacting filter on every HTTP-stack and cencori_nb logger (idempotent)."""
+    _keystore_secrets()
+    names = set(_LOGGER_NAMES)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(_REDACTED_PREFIXES):
+            names.add(name)
+    for name in names:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
+# --------------------------------------------------------------------------- clients
+
+_lock = threading.Lock()
+_client: httpx2.Client | None = None
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx2.AsyncClient] = (
+    weakref.WeakKeyDictionary())
+_transport: Any = None          # an httpx2.BaseTransport injected by tests
+_async_transport: Any = None    # an httpx2.AsyncBaseTransport injected by tests
+
+
+def _client_options() -> dict[str, Any]:
+    import httpx2
+
+    return {
+        "timeout": httpx2.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+        "limits": httpx2.Limits(max_connections=MAX_CONNECTIONS,
+                                max_keepalive_connections=MAX_KEEPALIVE,
+                                keepalive_expiry=KEEPALIVE_EXPIRY),
+        "headers": {"user-agent": USER_AGENT},
+        "follow_redirects": False,   # a redirect from an API is a wrong base URL, not a hop
+    }
+
+
+def get_client() -> httpx2.Client:
+    """The process-wide pooled ``httpx2.Client`` (created on first use)."""
+    client = _client
+    if client is not None:
+        return client
+    return _make_client()
+
+
+def _make_client() -> httpx2.Client:
+    global _client
+    import httpx2
+
+    with _lock:
+        if _client is None:
+            install_log_redaction()
+            _client = httpx2.Client(transport=_transport, **_client_options())
+        return _client
+
+
+def get_async_client() -> httpx2.AsyncClient:
+    """The pooled ``httpx2.AsyncClient`` of the running event loop (one per loop)."""
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        import httpx2
+
+        install_log_redaction()
+        client = httpx2.AsyncClient(transport=_async_transport, **_client_options())
+        _async_clients[loop] = client
+    return client
+
+
+def set_transport(transport: Any = None, *, async_transport: Any = None) -> None:
+    """Route every request through these httpx2 transports (tests: ``MockTransport``).
+
+    ``None`` restores the real network. The shared clients are dropped and rebuilt lazily.
+    """
+    global _transport, _async_transport
+    _close_clients()
+    _transport = transport
+    _async_transport = async_transport
+
+
+def _close_clients() -> None:
+    global _client
+    with _lock:
+        client, _client = _client, None
+    if client is not None:
+        client.close()
+    # Async clients belong to their loops (maybe closed already); drop them and let their
+    # connections be collected rather than awaiting a close on a foreign loop.
+    _async_clients.clear()
+
+
+def _reset_for_tests() -> None:
+    """Close the shared clients, forget injected transports, the clock and registered keys."""
+    global _transport, _async_transport, _secret_re
+    _close_clients()
+    _transport = None
+    _async_transport = None
+    set_clock(None)
+    with _secret_lock:
+        _secrets.clear()
+        _secret_re = None
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _where(exc: BaseException) -> str:
+    """``host[:port]`` of the failed request (never the path or query: ``?key=`` lives there)."""
+    try:
+        url = exc.request.url  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):
+        return "the provider"
+    port = f":{url.port}" if url.port else ""
+    return f"{url.host}{port}"
+
+
+def _exception_table() -> dict[type[BaseException], tuple[type[CencoriError], str, str | None]]:
+    """httpx2 exception class → (our class, message template, hint). Every class is listed."""
+    import httpx2
+
+    retry_hint = "It was retried; try again later, or raise retries=."
+    net_hint = ("Check your network and the base URL (CENCORI_NB_SANDBOX, base_urls in "
+                "settings); the sandbox must be running if you use it.")
+    bug_hint = "This is a bug in cencori_nb; please report it."
+    return {
+        httpx2.ConnectTimeout: (ProviderTimeoutError,
+                                "Could not connect to {where} within the connect timeout.",
+                                net_hint),
+        httpx2.ReadTimeout: (ProviderTimeoutError, "{where} did not answer in time.",
+                             retry_hint),
+        httpx2.WriteTimeout: (ProviderTimeoutError, "Sending the request to {where} timed out.",
+                              retry_hint),
+        httpx2.PoolTimeout: (ProviderTimeoutError,
+                             "No free connection to {where} in time (too many requests at once).",
+                             "Lower the concurrency."),
+        httpx2.TimeoutException: (ProviderTimeoutError, "The request to {where} timed out.",
+                                  retry_hint),
+        httpx2.ConnectError: (ProviderUnavailableError, "Could not connect to {where}.",
+                              net_hint),
+        httpx2.ReadError: (ProviderUnavailableError,
+                           "The connection to {where} failed while reading the answer.",
+                           retry_hint),
+        httpx2.WriteError: (ProviderUnavailableError,
+                            "The connection to {where} failed while sending the request.",
+                            retry_hint),
+        httpx2.CloseError: (ProviderUnavailableError,
+                            "The connection to {where} failed while closing.", retry_hint),
+        httpx2.NetworkError: (ProviderUnavailableError, "Network error talking to {where}.",
+                              net_hint),
+        httpx2.RemoteProtocolError: (ProviderUnavailableError,
+                                     "{where} broke the HTTP protocol or closed the connection "
+                                     "early.", retry_hint),
+        httpx2.LocalProtocolError: (InvalidRequestError,
+                                    "The request to {where} could not be sent (an invalid "
+                                    "header or body).",
+                                    "Check the stored key for stray spaces or newlines "
+                                    "(cencori-nb keys set PROVIDER)."),
+        httpx2.ProtocolError: (ProviderUnavailableError, "HTTP protocol error with {where}.",
+                               retry_hint),
+        httpx2.ProxyError: (ProviderUnavailableError, "The proxy refused the request to {where}.",
+                            "Check HTTP_PROXY / HTTPS_PROXY / NO_PROXY."),
+        httpx2.UnsupportedProtocol: (ConfigurationError,
+                                     "The base URL for {where} is not http:// or https://.",
+                                     "Fix base_urls in settings or CENCORI_NB_SANDBOX."),
+        httpx2.SSEError: (BadResponseError, "{where} sent a malformed event stream.", None),
+        httpx2.TransportError: (ProviderUnavailableError, "Transport error talking to {where}.",
+                                retry_hint),
+        httpx2.DecodingError: (BadResponseError, "{where} sent a body that could not be decoded.",
+                               None),
+        httpx2.TooManyRedirects: (ConfigurationError, "{where} redirected too many times.",
+                                  "Check the base URL."),
+        httpx2.RequestError: (ProviderUnavailableError, "The request to {where} failed.",
+                              retry_hint),
+        httpx2.HTTPStatusError: (ProviderError, "{where} answered with an error status.", None),
+        httpx2.HTTPError: (ProviderError, "HTTP error talking to {where}.", None),
+        httpx2.InvalidURL: (ConfigurationError, "A provider URL is not valid.",
+                            "Fix base_urls in settings or CENCORI_NB_SANDBOX."),
+        httpx2.CookieConflict: (BadResponseError, "{where} set conflicting cookies.", None),
+        httpx2.StreamConsumed: (BadResponseError, "The response stream was already read.",
+                                bug_hint),
+        httpx2.StreamClosed: (BadResponseError,
+                              "The response stream was closed before it was read.",
+                              "Iterate a stream before closing it (or leaving its with-block)."),
+        httpx2.ResponseNotRead: (BadResponseError, "The response body was not read.", bug_hint),
+        httpx2.RequestNotRead: (BadResponseError, "The request body was not read.", bug_hint),
+        httpx2.StreamError: (BadResponseError, "Response stream error.", bug_hint),
+    }
+
+
+_TABLE: dict[type[BaseException], tuple[type[CencoriError], str, str | None]] | None = None
+_HTTPX_ERRORS: tuple[type[BaseException], ...] = ()
+
+
+def _table() -> dict[type[BaseException], tuple[type[CencoriError], str, str | None]]:
+    global _TABLE, _HTTPX_ERRORS
+    if _TABLE is None:
+        import httpx2
+
+        _TABLE = _exception_table()
+        _HTTPX_ERRORS = (httpx2.HTTPError, httpx2.InvalidURL, httpx2.CookieConflict,
+                         httpx2.StreamError)
+    return _TABLE
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    if not _HTTPX_ERRORS:
+        _table()
+    return _HTTPX_ERRORS
+
+
+def map_exception(exc: BaseException, *, provider: str | None = None) -> CencoriError:
+    """The :class:`CencoriError` for an httpx2 exception (the caller raises it ``from exc``).
+
+    Looks up the most specific class in the table along ``exc``'s MRO. The httpx2 message is
+    kept as ``detail`` (scrubbed: h11 may quote a header value in it).
+    """
+    import httpx2
+
+    if isinstance(exc, httpx2.HTTPStatusError):
+        return error_for_status(exc.response, provider=provider)
+    table = _table()
+    for cls in type(exc).__mro__:
+        entry = table.get(cls)
+        if entry is not None:
+            break
+    else:
+        entry = (ProviderError, "Unexpected HTTP failure talking to {where}.", None)
+    err_cls, template, hint = entry
+    detail = scrub(str(exc))[:300]
+    message = template.format(where=_where(exc))
+    if detail:
+        message = f"{message} ({type(exc).__name__}: {detail})"
+    context: dict[str, Any] = {"detail": detail}
+    if issubclass(err_cls, ProviderError):
+        context["provider"] = provider
+    return err_cls(message, hint=hint, **context)
+
+
+def retry_after_from_response(response: httpx2.Response, *, now: float | None = None
+                              ) -> float | None:
+    """The server's requested wait in seconds, from headers or a Cencori JSON body.
+
+    Order: ``retry-after-ms``; ``Retry-After`` as seconds or an HTTP date; the body's
+    ``retry_after_ms`` (Cencori's flat error) or ``error.retry_after_ms``.
+    """
+    headers = response.headers
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                when = None
+            if when is not None:
+                current = time.time() if now is None else now
+                return max(0.0, when.timestamp() - current)
+    try:
+        body = response.json()
+    except Exception:  # not read, not JSON: no body hint
+        return None
+    if isinstance(body, dict):
+        ms = body.get("retry_after_ms")
+        if ms is None and isinstance(body.get("error"), dict):
+            ms = body["error"].get("retry_after_ms")
+        if isinstance(ms, (int, float)):
+            return max(0.0, ms / 1000.0)
+    return None
+
+
+def error_for_status(response: httpx2.Response, *, provider: str | None = None
+                     ) -> CencoriError:
+    """A generic mapping of an error status, for responses no adapter mapped."""
+    status = response.status_code
+    where = response.request.url.host if response.request is not None else "the provider"
+    request_id = response.headers.get("x-request-id")
+    ctx: dict[str, Any] = {"provider": provider, "status_code": status, "request_id": request_id}
+    if status == 401:
+        return AuthenticationError(f"{where} rejected the API key (401).",
+                                   hint="Check or replace the key: cencori-nb keys set PROVIDER.",
+                                   **ctx)
+    if status in (402, 403):
+        return PermissionDeniedError(f"{where} refused the request ({status}).", **ctx)
+    if status in (400, 404, 405, 409, 413, 422):
+        return InvalidRequestError(f"{where} rejected the request ({status}).", **ctx)
+    if status == 429:
+        return RateLimitError(f"{where} is rate limiting requests (429).",
+                              retry_after=retry_after_from_response(response), **ctx)
+    if status == 408:
+        return ProviderTimeoutError(f"{where} timed out the request (408).", **ctx)
+    if status >= 500:
+        return ProviderUnavailableError(f"{where} failed with {status}.", **ctx)
+    return ProviderError(f"{where} answered {status}.", **ctx)
+
+
+def _retryable(err: CencoriError) -> bool:
+    if not getattr(err, "retryable", False):
+        return False
+    return getattr(err, "status_code", None) not in NEVER_RETRY_STATUS
+
+
+def backoff_wait(attempt: int, clock: Clock) -> float:
+    """Full-jitter exponential backoff for retry number ``attempt`` (0-based)."""
+    return min(MAX_RETRY_WAIT, BACKOFF_BASE * (2 ** attempt)) * clock.random()
+
+
+def _planned_wait(err: CencoriError, response: httpx2.Response | None, attempt: int,
+                  clock: Clock) -> float | None:
+    """Seconds to wait before the next attempt, or None when the server's wait is too long."""
+    wait = getattr(err, "retry_after", None)
+    if wait is None and response is not None:
+        wait = retry_after_from_response(response, now=clock.time())
+        if wait is not None:
+            err.retry_after = wait  # type: ignore[attr-defined]
+    if wait is None:
+        return backoff_wait(attempt, clock)
+    if wait > MAX_RETRY_WAIT:
+        return None
+    return float(wait)
+
+
+MapError = Callable[["httpx2.Response"], CencoriError]
+
+
+def _status_error(response: httpx2.Response, map_error: MapError | None,
+                  provider: str | None) -> CencoriError:
+    if map_error is not None:
+        return map_error(response)
+    return error_for_status(response, provider=provider)
+
+
+def send(request: httpx2.Request, *, stream: bool = False, retries: int | None = None,
+         clock: Clock | None = None, map_error: MapError | None = None,
+         provider: str | None = None, client: httpx2.Client | None = None) -> httpx2.Response:
+    """Send ``request`` on the shared client with bounded retries; return a 2xx/3xx response.
+
+    ``stream=True`` returns the response unread (the caller iterates and closes it).
+    ``map_error`` (an adapter's ``map_error``) turns an error response into our error; a
+    response with status >= 400 is always read first so the mapper can look at the body.
+    Raises a :class:`CencoriError` (``from`` the httpx2 exception for transport failures).
+    """
+    clock = clock or _clock
+    attempts = 1 + (DEFAULT_RETRIES if retries is None else max(0, retries))
+    http = client or _client or get_client()
+    errors = _HTTPX_ERRORS or _errors()
+    attempt = 0
+    while True:
+        response: httpx2.Response | None = None
+        try:
+            response = http.send(request, stream=stream)
+            if response.status_code < 400:
+                return response
+            if stream:
+                response.read()
+                response.close()
+        except errors as exc:
+            if response is not None:
+                response.close()
+            err = map_exception(exc, provider=provider)
+            cause: BaseException | None = exc
+            response = None
+        else:
+            err = _status_error(response, map_error, provider)
+            cause = None
+        attempt += 1
+        wait = _planned_wait(err, response, attempt - 1, clock) if (
+            attempt < attempts and _retryable(err)) else None
+        if wait is None:
+            raise err from cause
+        log.debug("retrying after %.3fs (attempt %d of %d): %s", wait, attempt + 1, attempts,
+                  err.code)
+        clock.sleep(wait)
+
+
+async def asend(request: httpx2.Request, *, stream: bool = False, retries: int | None = None,
+                clock: Clock | None = None, map_error: MapError | None = None,
+                provider: str | None = None, client: httpx2.AsyncClient | None = None
+                ) -> httpx2.Response:
+    """The async twin of :func:`send`, on the running loop's shared ``AsyncClient``."""
+    clock = clock or _clock
+    attempts = 1 + (DEFAULT_RETRIES if retries is None else max(0, retries))
+    http = client or get_async_client()
+    errors = _HTTPX_ERRORS or _errors()
+    attempt = 0
+    while True:
+        response: httpx2.Response | None = None
+        try:
+            response = await http.send(request, stream=stream)
+            if response.status_code < 400:
+                return response
+            if stream:
+                await response.aread()
+                await response.aclose()
+        except errors as exc:
+            if response is not None:
+                await response.aclose()
+            err = map_exception(exc, provider=provider)
+            cause: BaseException | None = exc
+            response = None
+        else:
+            err = _status_error(response, map_error, provider)
+            cause = None
+        attempt += 1
+        wait = _planned_wait(err, response, attempt - 1, clock) if (
+            attempt < attempts and _retryable(err)) else None
+        if wait is None:
+            raise err from cause
+        log.debug("retrying after %.3fs (attempt %d of %d): %s", wait, attempt + 1, attempts,
+                  err.code)
+        await clock.asleep(wait)
+
+
+def iter_sse(response: httpx2.Response, *, provider: str | None = None
+             ) -> Iterator[httpx2.ServerSentEvent]:
+    """Server-sent events of a streamed response, with httpx2 errors mapped to ours."""
+    import httpx2
+
+    errors = _HTTPX_ERRORS or _errors()
+    events = iter(httpx2.EventSource(response))
+    while True:
+        try:
+            event = next(events)
+        except StopIteration:
+            return
+        except errors as exc:
+            raise map_exception(exc, provider=provider) from exc
+        yield event
+
+
+async def aiter_sse(response: httpx2.Response, *, provider: str | None = None
+                    ) -> AsyncIterator[httpx2.ServerSentEvent]:
+    """The async twin of :func:`iter_sse`."""
+    import httpx2
+
+    errors = _HTTPX_ERRORS or _errors()
+    events = httpx2.EventSource(response).__aiter__()
+    while True:
+        try:
+            event = await events.__anext__()
+        except StopAsyncIteration:
+            return
+        except errors as exc:
+            raise map_exception(exc, provider=provider) from exc
+        yield event
+
+
+install_log_redaction()

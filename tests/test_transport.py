@@ -1,0 +1,380 @@
+"""The shared transport: retries with an injected clock, error mapping, pooling."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import inspect
+import json
+
+import httpx2
+import pytest
+
+from cencori_nb import errors, transport
+
+
+class FakeClock(transport.Clock):
+    """Records every wait instead of sleeping; jitter draws return ``rand``."""
+
+    def __init__(self, rand: float = 1.0, now: float = 1_800_000_000.0) -> None:
+        self.waits: list[float] = []
+        self.rand = rand
+        self.now = now
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+    async def asleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+    def time(self) -> float:
+        return self.now
+
+    def random(self) -> float:
+        return self.rand
+
+
+class Script:
+    """A MockTransport handler answering from a list of responses/exceptions, counting calls."""
+
+    def __init__(self, *steps: object) -> None:
+        self.steps = list(steps)
+        self.requests: list[httpx2.Request] = []
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        self.requests.append(request)
+        step = self.steps.pop(0) if len(self.steps) > 1 else self.steps[0]
+        if isinstance(step, BaseException):
+            raise step
+        assert isinstance(step, httpx2.Response)
+        return httpx2.Response(step.status_code, headers=step.headers, content=step.content)
+
+
+def _req() -> httpx2.Request:
+    return httpx2.Request("POST", "http://127.0.0.1:9/v1/chat", json={"x": 1})
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    c = FakeClock()
+    transport.set_clock(c)
+    return c
+
+
+def _use(handler: Script) -> None:
+    transport.set_transport(httpx2.MockTransport(handler))
+
+
+def test_success_is_returned_without_waiting(clock: FakeClock) -> None:
+    """A 200 comes back as is, after one request and no wait."""
+    script = Script(httpx2.Response(200, json={"ok": True}))
+    _use(script)
+    response = transport.send(_req())
+    assert response.json() == {"ok": True}
+    assert len(script.requests) == 1 and clock.waits == []
+
+
+def test_retry_after_seconds_is_honoured(clock: FakeClock) -> None:
+    """A 429 with Retry-After: 2 waits exactly 2 s, then succeeds."""
+    script = Script(httpx2.Response(429, headers={"Retry-After": "2"}),
+                    httpx2.Response(200, json={}))
+    _use(script)
+    assert transport.send(_req()).status_code == 200
+    assert clock.waits == [2.0]
+    assert len(script.requests) == 2
+
+
+def test_retry_after_http_date(clock: FakeClock) -> None:
+    """Retry-After as an HTTP date is converted with the injected wall clock."""
+    date = email.utils.formatdate(clock.now + 7, usegmt=True)
+    script = Script(httpx2.Response(503, headers={"Retry-After": date}),
+                    httpx2.Response(200, json={}))
+    _use(script)
+    transport.send(_req())
+    assert clock.waits == [pytest.approx(7.0, abs=1.0)]
+
+
+def test_retry_after_ms_header_and_cencori_body(clock: FakeClock) -> None:
+    """retry-after-ms (OpenAI) and Cencori's retry_after_ms body field are honoured."""
+    script = Script(httpx2.Response(429, headers={"retry-after-ms": "250"}),
+                    httpx2.Response(429, json={"error": "Rate limit exceeded",
+                                               "code": "rate_limit_exceeded",
+                                               "retry_after_ms": 1500}),
+                    httpx2.Response(200, json={}))
+    _use(script)
+    transport.send(_req())
+    assert clock.waits == [0.25, 1.5]
+
+
+def test_adapter_retry_after_wins(clock: FakeClock) -> None:
+    """When the adapter's map_error sets retry_after, that is the wait."""
+    script = Script(httpx2.Response(429, headers={"Retry-After": "30"}),
+                    httpx2.Response(200, json={}))
+    _use(script)
+
+    def map_error(response: httpx2.Response) -> errors.CencoriError:
+        return errors.RateLimitError("slow down", provider="openai", status_code=429,
+                                     retry_after=3.0)
+
+    transport.send(_req(), map_error=map_error)
+    assert clock.waits == [3.0]
+
+
+def test_attempts_are_bounded_with_exponential_backoff(clock: FakeClock) -> None:
+    """500 forever: 1 + 3 attempts, full-jitter waits 0.5, 1, 2 (jitter draw 1.0), then raise."""
+    script = Script(httpx2.Response(500, json={"error": "boom"}))
+    _use(script)
+    with pytest.raises(errors.ProviderUnavailableError) as info:
+        transport.send(_req())
+    assert len(script.requests) == 4
+    assert clock.waits == [0.5, 1.0, 2.0]
+    assert info.value.status_code == 500
+
+
+def test_jitter_scales_the_backoff(clock: FakeClock) -> None:
+    """With a jitter draw of 0.25 the waits are a quarter of the exponential ceiling."""
+    clock.rand = 0.25
+    _use(Script(httpx2.Response(502)))
+    with pytest.raises(errors.ProviderUnavailableError):
+        transport.send(_req(), retries=2)
+    assert clock.waits == [0.125, 0.25]
+
+
+def test_retries_argument_bounds_attempts(clock: FakeClock) -> None:
+    """retries=0 sends once; retries=1 twice."""
+    script = Script(httpx2.Response(503))
+    _use(script)
+    with pytest.raises(errors.ProviderUnavailableError):
+        transport.send(_req(), retries=0)
+    assert len(script.requests) == 1
+    with pytest.raises(errors.ProviderUnavailableError):
+        transport.send(_req(), retries=1)
+    assert len(script.requests) == 3
+
+
+@pytest.mark.parametrize("status", [400, 401, 402, 403, 404, 422])
+def test_client_errors_are_not_retried(clock: FakeClock, status: int) -> None:
+    """400/401/402/403/404/422 fail at once: one request, no wait."""
+    script = Script(httpx2.Response(status, json={"error": "no"}))
+    _use(script)
+    with pytest.raises(errors.CencoriError) as info:
+        transport.send(_req())
+    assert len(script.requests) == 1 and clock.waits == []
+    assert info.value.status_code == status
+
+
+def test_401_maps_to_authentication_error(clock: FakeClock) -> None:
+    """A 401 without an adapter mapper is an AuthenticationError saying how to fix the key."""
+    _use(Script(httpx2.Response(401)))
+    with pytest.raises(errors.AuthenticationError, match="keys set"):
+        transport.send(_req(), provider="openai")
+
+
+def test_credit_errors_are_not_retried(clock: FakeClock) -> None:
+    """A mapper returning CreditsExhaustedError (gateway 403) is raised at once."""
+    script = Script(httpx2.Response(403, json={"code": "credit_balance_exhausted"}))
+    _use(script)
+
+    def map_error(response: httpx2.Response) -> errors.CencoriError:
+        return errors.CreditsExhaustedError("wallet empty")
+
+    with pytest.raises(errors.CreditsExhaustedError):
+        transport.send(_req(), map_error=map_error)
+    assert len(script.requests) == 1
+
+
+def test_retry_after_beyond_cap_raises_at_once(clock: FakeClock) -> None:
+    """A server wait above MAX_RETRY_WAIT is not slept through: raised with retry_after."""
+    script = Script(httpx2.Response(429, headers={"Retry-After": "3600"}))
+    _use(script)
+    with pytest.raises(errors.RateLimitError) as info:
+        transport.send(_req())
+    assert clock.waits == [] and len(script.requests) == 1
+    assert info.value.retry_after == 3600.0
+
+
+def test_timeouts_and_connection_errors_are_retried(clock: FakeClock) -> None:
+    """ReadTimeout then ConnectError then 200: two backoff waits, success."""
+    script = Script(httpx2.ReadTimeout("slow"), httpx2.ConnectError("refused"),
+                    httpx2.Response(200, json={}))
+    _use(script)
+    assert transport.send(_req()).status_code == 200
+    assert clock.waits == [0.5, 1.0]
+
+
+def test_transport_error_raised_from_httpx2(clock: FakeClock) -> None:
+    """The final error is ours, chained from the httpx2 exception."""
+    _use(Script(httpx2.ConnectError("[Errno 111] Connection refused")))
+    with pytest.raises(errors.ProviderUnavailableError) as info:
+        transport.send(_req(), provider="openai")
+    assert isinstance(info.value.__cause__, httpx2.ConnectError)
+    assert info.value.provider == "openai"
+    assert "127.0.0.1:9" in str(info.value)
+    assert "Connection refused" in str(info.value)
+
+
+def test_stream_error_response_is_read_and_closed(clock: FakeClock) -> None:
+    """With stream=True an error body is still available to the mapper."""
+    seen: list[dict[str, str]] = []
+
+    def map_error(response: httpx2.Response) -> errors.CencoriError:
+        seen.append(response.json())
+        return errors.InvalidRequestError("bad", status_code=response.status_code)
+
+    _use(Script(httpx2.Response(400, json={"error": "bad model"})))
+    with pytest.raises(errors.InvalidRequestError):
+        transport.send(_req(), stream=True, map_error=map_error)
+    assert seen == [{"error": "bad model"}]
+
+
+def test_asend_retries_with_the_clock(clock: FakeClock) -> None:
+    """The async path honours Retry-After and bounds attempts the same way."""
+    script = Script(httpx2.Response(429, headers={"Retry-After": "1"}),
+                    httpx2.Response(200, json={"ok": 1}))
+    transport.set_transport(async_transport=httpx2.MockTransport(script))
+
+    async def run() -> httpx2.Response:
+        return await transport.asend(_req())
+
+    assert asyncio.run(run()).json() == {"ok": 1}
+    assert clock.waits == [1.0]
+
+    script2 = Script(httpx2.Response(401))
+    transport.set_transport(async_transport=httpx2.MockTransport(script2))
+    with pytest.raises(errors.AuthenticationError):
+        asyncio.run(run())
+    assert len(script2.requests) == 1
+
+
+# --------------------------------------------------------------------------- mapping
+
+
+def _httpx2_exception_classes() -> list[type[BaseException]]:
+    return [obj for name in httpx2.__all__ if inspect.isclass(obj := getattr(httpx2, name))
+            and issubclass(obj, BaseException)]
+
+
+def _instantiate(cls: type[BaseException]) -> BaseException:
+    request = httpx2.Request("GET", "https://api.example.test:8443/v1/x?key=AIzaSyCANARYcanary123")
+    if issubclass(cls, httpx2.HTTPStatusError):
+        response = httpx2.Response(503, request=request)
+        return cls("bad status", request=request, response=response)
+    if issubclass(cls, httpx2.RequestError):
+        return cls("failed sk-canary-Zq7xW2vR9tL4pK8mN3bY6cH1", request=request)
+    if issubclass(cls, httpx2.HTTPError):
+        exc = cls("failed")
+        exc.request = request  # type: ignore[attr-defined]
+        return exc
+    if cls in (httpx2.InvalidURL, httpx2.CookieConflict):
+        return cls("bad")
+    if cls is httpx2.StreamError:
+        return cls("stream")
+    return cls()  # the StreamError subclasses take no message
+
+
+EXPECTED = {
+    "ConnectTimeout": errors.ProviderTimeoutError, "ReadTimeout": errors.ProviderTimeoutError,
+    "WriteTimeout": errors.ProviderTimeoutError, "PoolTimeout": errors.ProviderTimeoutError,
+    "TimeoutException": errors.ProviderTimeoutError,
+    "ConnectError": errors.ProviderUnavailableError, "ReadError": errors.ProviderUnavailableError,
+    "WriteError": errors.ProviderUnavailableError, "CloseError": errors.ProviderUnavailableError,
+    "NetworkError": errors.ProviderUnavailableError,
+    "RemoteProtocolError": errors.ProviderUnavailableError,
+    "ProtocolError": errors.ProviderUnavailableError,
+    "ProxyError": errors.ProviderUnavailableError,
+    "TransportError": errors.ProviderUnavailableError,
+    "RequestError": errors.ProviderUnavailableError,
+    "LocalProtocolError": errors.InvalidRequestError,
+    "UnsupportedProtocol": errors.ConfigurationError, "InvalidURL": errors.ConfigurationError,
+    "TooManyRedirects": errors.ConfigurationError,
+    "DecodingError": errors.BadResponseError, "SSEError": errors.BadResponseError,
+    "CookieConflict": errors.BadResponseError, "StreamError": errors.BadResponseError,
+    "StreamConsumed": errors.BadResponseError, "StreamClosed": errors.BadResponseError,
+    "ResponseNotRead": errors.BadResponseError, "RequestNotRead": errors.BadResponseError,
+    "HTTPStatusError": errors.ProviderUnavailableError,   # by status: 503
+    "HTTPError": errors.ProviderError,
+}
+
+
+def test_every_httpx2_exception_class_is_mapped_explicitly() -> None:
+    """Each exception class httpx2 exports has its own row in the table (none falls through)."""
+    classes = _httpx2_exception_classes()
+    assert len(classes) >= 28
+    table = transport._table()
+    missing = [c.__name__ for c in classes if c not in table]
+    assert missing == []
+
+
+@pytest.mark.parametrize("cls", _httpx2_exception_classes(), ids=lambda c: c.__name__)
+def test_each_httpx2_exception_maps_to_the_right_error(cls: type[BaseException],
+                                                      canary: str) -> None:
+    """The mapped class is the expected one, and no key from the httpx2 message survives."""
+    exc = _instantiate(cls)
+    err = transport.map_exception(exc, provider="openai")
+    assert type(err) is EXPECTED[cls.__name__]
+    assert canary not in str(err) and canary not in repr(err)
+    assert "AIzaSyCANARY" not in str(err)
+    assert isinstance(err, errors.CencoriError)
+
+
+def test_retryable_flags_follow_the_mapping() -> None:
+    """Timeouts and connection errors are retryable; protocol misuse and config are not."""
+    req = _req()
+    assert transport.map_exception(httpx2.ConnectError("x", request=req)).retryable
+    assert transport.map_exception(httpx2.ReadTimeout("x", request=req)).retryable
+    assert not getattr(transport.map_exception(httpx2.UnsupportedProtocol("x", request=req)),
+                       "retryable", False)
+    assert not transport.map_exception(httpx2.LocalProtocolError("x", request=req)).retryable
+
+
+def test_error_for_status_table() -> None:
+    """The generic status mapping (used when no adapter mapper is given)."""
+    req = _req()
+    cases = {400: errors.InvalidRequestError, 401: errors.AuthenticationError,
+             403: errors.PermissionDeniedError, 404: errors.InvalidRequestError,
+             408: errors.ProviderTimeoutError, 429: errors.RateLimitError,
+             500: errors.ProviderUnavailableError, 503: errors.ProviderUnavailableError,
+             418: errors.ProviderError}
+    for status, cls in cases.items():
+        err = transport.error_for_status(httpx2.Response(status, request=req,
+                                                         headers={"x-request-id": "r1"}))
+        assert type(err) is cls, status
+        assert err.status_code == status and err.request_id == "r1"
+
+
+def test_retry_after_from_response_parsing() -> None:
+    """Header forms and the body form, and garbage ignored."""
+    parse = transport.retry_after_from_response
+    assert parse(httpx2.Response(429, headers={"retry-after": "12"})) == 12.0
+    assert parse(httpx2.Response(429, headers={"retry-after-ms": "40"})) == 0.04
+    assert parse(httpx2.Response(429, content=json.dumps({"retry_after_ms": 900}).encode())) == 0.9
+    assert parse(httpx2.Response(429, json={"error": {"retry_after_ms": 100}})) == 0.1
+    assert parse(httpx2.Response(429, headers={"retry-after": "soon"}, text="no")) is None
+    assert parse(httpx2.Response(429)) is None
+
+
+# --------------------------------------------------------------------------- clients
+
+
+def test_one_shared_client_with_pool_and_timeouts() -> None:
+    """get_client returns one pooled client with connect 10 s / read 60 s."""
+    client = transport.get_client()
+    assert transport.get_client() is client
+    assert client.timeout.connect == 10.0 and client.timeout.read == 60.0
+    transport._reset_for_tests()
+    assert transport.get_client() is not client
+    assert client.is_closed
+
+
+def test_one_async_client_per_event_loop() -> None:
+    """Within one loop the async client is shared; a new loop gets its own."""
+
+    async def grab() -> tuple[httpx2.AsyncClient, httpx2.AsyncClient]:
+        return transport.get_async_client(), transport.get_async_client()
+
+    a1, a2 = asyncio.run(grab())
+    b1, _ = asyncio.run(grab())
+    assert a1 is a2
+    assert a1 is not b1
