@@ -112,7 +112,7 @@ class Clock:
 
     def random(self) -> float:
         """A uniform number in [0, 1) for the backoff jitter."""
-        return random.random()
+        return random.random()  # noqa: S311 (jitter, not cryptography)
 
 
 _clock: Clock = Clock()
