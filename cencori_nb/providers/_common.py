@@ -228,19 +228,23 @@ def _json_default(value: Any) -> Any:
 RESERVED_EXTRA = frozenset({"model", "messages", "stream"})
 
 
-def body_with_extra(body: dict[str, Any], request: ChatRequest,
-                    reserved: Iterable[str] = RESERVED_EXTRA) -> dict[str, Any]:
-    """``body`` updated with ``request.extra`` (provider-specific parameters pass through).
+def reject_reserved(extra: Mapping[str, Any], reserved: Iterable[str] = RESERVED_EXTRA) -> None:
+    """Refuse ``extra`` keys that decide what is sent and how the answer is read.
 
-    The keys that decide what is sent and how it is read (model, messages, stream) are set by
-    the request itself; overriding them through ``extra`` would break parsing, so it is an
-    error rather than a surprise.
+    Overriding the model, the messages or streaming through ``extra`` would break parsing,
+    so it is an error rather than a surprise.
     """
-    clash = sorted(set(request.extra) & set(reserved))
+    clash = sorted(set(extra) & set(reserved))
     if clash:
         raise ConfigurationError(
             f"ChatRequest.extra may not set {', '.join(map(repr, clash))}.",
             hint="Pass the model, the messages and stream= as the request's own arguments.")
+
+
+def body_with_extra(body: dict[str, Any], request: ChatRequest,
+                    reserved: Iterable[str] = RESERVED_EXTRA) -> dict[str, Any]:
+    """``body`` updated with ``request.extra`` (provider-specific parameters pass through)."""
+    reject_reserved(request.extra, reserved)
     body.update(request.extra)
     return body
 
@@ -355,11 +359,13 @@ def build_error(cls: type[CencoriError], *, provider: str, status: int | None,
                 said: str | None = None, code: str | None = None,
                 request_id: str | None = None, retry_after: float | None = None,
                 key: str | None = None, hint: str | None = None,
-                retryable: bool | None = None, **extra: Any) -> CencoriError:
+                retryable: bool | None = None, headline: str | None = None,
+                **extra: Any) -> CencoriError:
     """A CencoriError with the house message: what happened, what the provider said, what next.
 
     ``said`` is the provider's own message (scrubbed here); ``key`` is the credential the
-    request carried (used for its ``…1234`` hint and scrubbed from ``said``).
+    request carried (used for its ``…1234`` hint and scrubbed from ``said``); a ``headline``
+    (``headline``) replaces the first sentence when the class's usual one would mislead.
     """
     name = display_name(provider)
     secrets = [key] if key else []
@@ -392,6 +398,8 @@ def build_error(cls: type[CencoriError], *, provider: str, status: int | None,
     else:
         what = f"{name} failed the request{where}."
         default_hint = None
+    if headline:
+        what = headline
     context: dict[str, Any] = {"provider": provider, "status_code": status,
                                "request_id": request_id, "retry_after": retry_after, **extra}
     if retryable is not None:

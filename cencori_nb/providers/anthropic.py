@@ -1,0 +1,229 @@
+"""Anthropic Messages (``POST {base}/v1/messages``).
+
+Headers: ``x-api-key`` and a pinned ``anthropic-version: 2023-06-01``. Why pin the old
+version: it is the one every Anthropic endpoint, proxy and compatible server accepts (the
+2026-10-21 version is recent), and under 2026-10-21 ``temperature`` returns 400, while our
+requests carry ``temperature`` when the user sets it. The version decides the wire format,
+so it is fixed here rather than left to a default that may move under us.
+
+- request: ``model``, ``max_tokens`` (required by the API: 1024 when the caller gave none),
+  ``system`` top-level (all system messages joined), ``messages`` (user/assistant only),
+  ``temperature``;
+- usage: ``input_tokens`` *excludes* cache tokens, so our ``input_tokens`` (a total, see
+  :mod:`cencori_nb.types`) is ``input_tokens + cache_creation_input_tokens +
+  cache_read_input_tokens``; ``output_tokens`` includes thinking
+  (``output_tokens_details.thinking_tokens``);
+- stream: named events ``message_start`` (input usage), ``content_block_delta``
+  (``text_delta``), ``message_delta`` (cumulative usage, stop reason), ``message_stop``
+  (the end); ``ping`` ignored; ``error`` raises;
+- errors: ``{"type": "error", "error": {"type", "message"}, "request_id"}``; request id
+  header ``request-id``; 529 is "overloaded".
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..catalog import PROVIDERS
+from ..errors import (
+    AuthenticationError,
+    BadResponseError,
+    CencoriError,
+    InvalidRequestError,
+    PermissionDeniedError,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    RateLimitError,
+)
+from ..types import ChatRequest, Usage
+from . import _common as c
+from .base import Provider, ProviderResult, register
+
+if TYPE_CHECKING:
+    import httpx2
+
+    from ..keystore.secret import Secret
+
+__all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "MessagesStreamParser", "anthropic_usage"]
+
+ANTHROPIC_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 1024
+
+_ERROR_TYPES: dict[str, type[ProviderError]] = {
+    "invalid_request_error": InvalidRequestError,
+    "not_found_error": InvalidRequestError,
+    "request_too_large": InvalidRequestError,
+    "authentication_error": AuthenticationError,
+    "permission_error": PermissionDeniedError,
+    "billing_error": PermissionDeniedError,
+    "rate_limit_error": RateLimitError,
+    "timeout_error": ProviderTimeoutError,
+    "api_error": ProviderUnavailableError,
+    "overloaded_error": ProviderUnavailableError,
+}
+
+
+def anthropic_usage(raw: Any) -> Usage | None:
+    """Our :class:`Usage` from Anthropic's ``usage`` (input made a total, see module doc)."""
+    if not isinstance(raw, dict):
+        return None
+    cache_write = c.to_int(raw.get("cache_creation_input_tokens"))
+    cache_read = c.to_int(raw.get("cache_read_input_tokens"))
+    return Usage(
+        input_tokens=c.to_int(raw.get("input_tokens")) + cache_write + cache_read,
+        output_tokens=c.to_int(raw.get("output_tokens")),
+        cache_read_tokens=cache_read, cache_write_tokens=cache_write,
+        thinking_tokens=c.to_int(c.dig(raw, "output_tokens_details", "thinking_tokens")))
+
+
+class AnthropicProvider(Provider):
+    """The Anthropic Messages wire format."""
+
+    name = "anthropic"
+    sandbox_prefix = "/anthropic"
+    default_base_url = PROVIDERS["anthropic"].base_url
+    request_id_headers = ("request-id", "x-request-id")
+
+    def __repr__(self) -> str:
+        return "AnthropicProvider()"
+
+    def build_request(self, request: ChatRequest, *, model: str, api_key: Secret,
+                      base_url: str) -> httpx2.Request:
+        """``POST {base_url}/v1/messages`` with ``x-api-key`` and the pinned version."""
+        system = [m.content for m in request.messages if m.role == "system"]
+        body: dict[str, Any] = {
+            "model": model,
+            "max_tokens": request.max_tokens if request.max_tokens is not None
+            else DEFAULT_MAX_TOKENS,
+            "messages": [{"role": m.role, "content": m.content}
+                         for m in request.messages if m.role != "system"],
+        }
+        if system:
+            body["system"] = "\n\n".join(system)
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.stream:
+            body["stream"] = True
+        c.body_with_extra(body, request)
+        headers = {"x-api-key": api_key.reveal(), "anthropic-version": ANTHROPIC_VERSION}
+        return c.json_request(c.join_base(base_url, "/v1/messages"), headers, body,
+                              stream=request.stream)
+
+    def parse_response(self, response: httpx2.Response) -> ProviderResult:
+        """Text (the ``text`` blocks joined), model, usage, stop reason of a ``message``."""
+        rid = self.request_id(response)
+        body = c.response_json(response, provider=self.name, request_id=rid)
+        if body.get("type") == "error":
+            raise self.error_from_body(body, status=None, key=c.sent_key(response),
+                                       request_id=rid)
+        where = {"provider": self.name, "status_code": response.status_code, "request_id": rid}
+        content = c.require(body, "content", **where)
+        if not isinstance(content, list):
+            raise BadResponseError("The Anthropic response's `content` is not a list.",
+                                   missing="content", **where)
+        usage = c.require(body, "usage", **where)
+        text = "".join(str(b.get("text") or "") for b in content
+                       if isinstance(b, dict) and b.get("type") == "text")
+        return ProviderResult(text=text, model=body.get("model") or None,
+                              usage=anthropic_usage(usage), finish_reason=body.get("stop_reason"),
+                              request_id=rid or body.get("id"))
+
+    def stream_parser(self, response: httpx2.Response | None = None) -> MessagesStreamParser:
+        """A parser for the named-event sequence ending with ``message_stop``."""
+        return MessagesStreamParser(
+            self, request_id=self.request_id(response) if response is not None else None,
+            key=c.sent_key(response) if response is not None else None)
+
+    def map_error(self, response: httpx2.Response) -> CencoriError:
+        """The error for a >= 400 response (the one place Anthropic errors map)."""
+        body = c.error_json(response)
+        rid = self.request_id(response)
+        key = c.sent_key(response)
+        retry_after = c.header_retry_after(response.headers)
+        if not isinstance(body, dict):
+            said = None if "html" in response.headers.get("content-type", "") \
+                else c.error_text(response)
+            return c.build_error(c.class_for_status(response.status_code), provider=self.name,
+                                 status=response.status_code, said=said, request_id=rid,
+                                 retry_after=retry_after, key=key)
+        return self.error_from_body(body, status=response.status_code, key=key,
+                                    request_id=rid, retry_after=retry_after)
+
+    def error_from_body(self, body: dict[str, Any], *, status: int | None,
+                        key: str | None = None, request_id: str | None = None,
+                        retry_after: float | None = None) -> CencoriError:
+        """Map ``{"type": "error", "error": {"type", "message"}}`` (response or stream)."""
+        err = body.get("error")
+        err_type = err.get("type") if isinstance(err, dict) else None
+        said = err.get("message") if isinstance(err, dict) else (err if isinstance(err, str)
+                                                                 else None)
+        request_id = request_id or (body.get("request_id") or None)
+        # The error type is more precise than the status (a 529 and a 500 differ only there).
+        cls = _ERROR_TYPES.get(str(err_type)) or c.class_for_status(status)
+        hint = None
+        if err_type == "billing_error":
+            hint = ("The Anthropic account has a billing problem (no credit or no payment "
+                    "method): fix it in the Anthropic console, or use another route.")
+        elif err_type == "not_found_error":
+            hint = "Check the model name: Anthropic does not know it or this key cannot use it."
+        elif err_type == "request_too_large":
+            hint = "The request is too large: shorten the prompt."
+        return c.build_error(cls, provider=self.name, status=status, said=said,
+                             code=str(err_type) if err_type else None, request_id=request_id,
+                             retry_after=retry_after, key=key, hint=hint)
+
+
+class MessagesStreamParser(c.BaseStreamParser):
+    """Anthropic's SSE events. Usage is reported only once ``message_delta`` carried the
+    final (cumulative) counts: a stream cut before it yields ``usage=None``."""
+
+    def __init__(self, adapter: AnthropicProvider, *, request_id: str | None = None,
+                 key: str | None = None) -> None:
+        super().__init__(adapter.name, request_id)
+        self.adapter = adapter
+        self.key = key
+        self._usage_raw: dict[str, Any] = {}
+
+    def feed(self, event: httpx2.ServerSentEvent) -> str | None:
+        if self.done or not event.data.strip():
+            return None
+        kind = event.event
+        if kind == "ping":
+            return None
+        data = self.json(event)
+        if not isinstance(data, dict):
+            raise BadResponseError("An Anthropic stream event is not a JSON object.",
+                                   provider=self.name, request_id=self.request_id)
+        if kind == "message":     # no ``event:`` line: fall back to the type in the data
+            kind = str(data.get("type") or "")
+        if kind == "error":
+            raise self.adapter.error_from_body(data, status=None, key=self.key,
+                                               request_id=self.request_id)
+        if kind == "message_start":
+            message = data.get("message") if isinstance(data.get("message"), dict) else {}
+            if message.get("model"):
+                self.model = str(message["model"])
+            if self.request_id is None and message.get("id"):
+                self.request_id = str(message["id"])
+            if isinstance(message.get("usage"), dict):
+                self._usage_raw.update({k: v for k, v in message["usage"].items()
+                                        if v is not None})
+        elif kind == "content_block_delta":
+            delta = data.get("delta")
+            if isinstance(delta, dict) and delta.get("type") == "text_delta":
+                return self.emit(delta.get("text"))
+        elif kind == "message_delta":
+            delta = data.get("delta")
+            if isinstance(delta, dict) and delta.get("stop_reason"):
+                self.finish_reason = str(delta["stop_reason"])
+            if isinstance(data.get("usage"), dict):
+                # cumulative counts: the latest value of each field wins
+                self._usage_raw.update({k: v for k, v in data["usage"].items() if v is not None})
+                self.usage = anthropic_usage(self._usage_raw)
+        elif kind == "message_stop":
+            self.done = True
+        return None
+
+
+register(AnthropicProvider())

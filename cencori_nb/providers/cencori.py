@@ -1,0 +1,253 @@
+"""The Cencori gateway's native door (``POST {base}/api/ai/chat``): the managed route.
+
+- auth: header ``CENCORI_API_KEY: csk_…`` (what Cencori's own SDK sends);
+- request: ``model``, ``messages``, ``temperature``, ``maxTokens``, ``stream``;
+- response: OpenAI-like ``choices[]`` plus top-level ``content``, ``model``, ``provider``
+  (who served it → ``served_by``), ``usage.{prompt,completion,total}_tokens``,
+  ``cost_usd`` (what the wallet was charged → ``gateway_cost_usd``) and ``finish_reason``;
+- stream: ``data: {"delta": "…"}`` lines, a ``{"delta": "", "finish_reason": …}`` line, a
+  terminal ``{"usage": {…}, "cost_usd": …}`` chunk, then ``data: [DONE]``; a mid-stream block
+  is ``data: {"error": "Response blocked"}`` and the connection closes without ``[DONE]``;
+- errors are flat, ``{"error", "message", "code", …extras}``, and mapped by ``code`` first
+  (the table in :data:`_CODES`), then by status.
+
+Two codes leave the provider-error branch of the tree because they are about money, not
+about a provider: ``credit_balance_exhausted`` (403) → :class:`CreditsExhaustedError` and
+``spend_cap_reached`` (402) → :class:`SpendCapReachedError`; ``pricing_unavailable`` (503)
+→ :class:`PricingError`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import (
+    AuthenticationError,
+    BadResponseError,
+    CencoriError,
+    CreditsExhaustedError,
+    InvalidRequestError,
+    PermissionDeniedError,
+    PricingError,
+    ProviderUnavailableError,
+    RateLimitError,
+    SpendCapReachedError,
+)
+from ..types import ChatRequest
+from . import _common as c
+from .base import Provider, ProviderResult, register
+from .openai import openai_usage
+
+if TYPE_CHECKING:
+    import httpx2
+
+    from ..keystore.secret import Secret
+
+__all__ = ["CENCORI_BASE_URL", "CencoriGatewayProvider", "CencoriStreamParser"]
+
+CENCORI_BASE_URL = "https://cencori.com"
+TOP_UP_URL = "https://cencori.com/dashboard/billing"   # shown when the gateway sends none
+
+_CODES: dict[str, type[CencoriError]] = {
+    "missing_api_key": AuthenticationError,
+    "invalid_api_key": AuthenticationError,
+    "provider_auth_error": AuthenticationError,
+    "credit_balance_exhausted": CreditsExhaustedError,
+    "spend_cap_reached": SpendCapReachedError,
+    "rate_limit_exceeded": RateLimitError,
+    "provider_rate_limited": RateLimitError,
+    "provider_invalid_request": InvalidRequestError,
+    "provider_model_not_found": InvalidRequestError,
+    "provider_unavailable": ProviderUnavailableError,
+    "provider_error": ProviderUnavailableError,
+    "pricing_unavailable": PricingError,
+    "security_violation": PermissionDeniedError,
+}
+
+
+def _money(value: Any) -> str:
+    dec = c.to_decimal(value)
+    return "unknown" if dec is None else f"${dec:.2f}"
+
+
+class CencoriGatewayProvider(Provider):
+    """Cencori's native chat endpoint (managed keys, paid from the credit wallet)."""
+
+    name = "cencori"
+    sandbox_prefix = ""              # the sandbox serves /api/ai/chat at its root
+    default_base_url = CENCORI_BASE_URL
+    request_id_headers = ("x-request-id",)
+
+    def __repr__(self) -> str:
+        return "CencoriGatewayProvider()"
+
+    def build_request(self, request: ChatRequest, *, model: str, api_key: Secret,
+                      base_url: str) -> httpx2.Request:
+        """``POST {base_url}/api/ai/chat`` with the ``CENCORI_API_KEY`` header."""
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        }
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            body["maxTokens"] = request.max_tokens
+        if request.stream:
+            body["stream"] = True
+        c.body_with_extra(body, request)
+        return c.json_request(c.join_base(base_url, "/api/ai/chat"),
+                              {"CENCORI_API_KEY": api_key.reveal()}, body, stream=request.stream)
+
+    def parse_response(self, response: httpx2.Response) -> ProviderResult:
+        """Content, model, serving provider, usage, ``cost_usd`` and finish reason."""
+        rid = self.request_id(response)
+        body = c.response_json(response, provider=self.name, request_id=rid)
+        rid = rid or body.get("id")
+        if body.get("error"):
+            raise self.error_from_body(body, status=None, key=c.sent_key(response),
+                                       request_id=rid)
+        where = {"provider": self.name, "status_code": response.status_code, "request_id": rid}
+        text = body.get("content")
+        if text is None:   # the OpenAI-shaped part carries it too
+            text = c.dig(body, "choices", 0, "message", "content")
+        if text is None:
+            c.require(body, "content", **where)   # raises, naming the field
+        return ProviderResult(
+            text=str(text), model=body.get("model") or None,
+            usage=openai_usage(body.get("usage")),
+            finish_reason=body.get("finish_reason")
+            or c.dig(body, "choices", 0, "finish_reason"),
+            request_id=rid, gateway_cost_usd=c.to_decimal(body.get("cost_usd")),
+            served_by=body.get("provider") or None)
+
+    def stream_parser(self, response: httpx2.Response | None = None) -> CencoriStreamParser:
+        """A parser for ``{"delta"}`` lines, the usage/cost chunk and ``[DONE]``."""
+        return CencoriStreamParser(
+            self, request_id=self.request_id(response) if response is not None else None,
+            key=c.sent_key(response) if response is not None else None)
+
+    def map_error(self, response: httpx2.Response) -> CencoriError:
+        """The error for a >= 400 gateway response (the one place its errors map)."""
+        body = c.error_json(response)
+        if not isinstance(body, dict):
+            said = None if "html" in response.headers.get("content-type", "") \
+                else c.error_text(response)
+            body = {"error": said} if said else {}
+        return self.error_from_body(body, status=response.status_code,
+                                    key=c.sent_key(response),
+                                    request_id=self.request_id(response),
+                                    headers=response.headers)
+
+    def error_from_body(self, body: dict[str, Any], *, status: int | None,
+                        key: str | None = None, request_id: str | None = None,
+                        headers: Any = None) -> CencoriError:
+        """Map a flat gateway error (from an error response or a stream line)."""
+        err = body.get("error")
+        if isinstance(err, dict):   # the OpenAI-compatible door nests it
+            body = {**body, **err}
+            err = err.get("message")
+        code = str(body.get("code") or "") or None
+        said = body.get("message") or err
+        if isinstance(said, str) and isinstance(err, str) and err and err not in said:
+            said = f"{err}: {said}"
+        cls = _CODES.get(code or "")
+        if cls is None:
+            if status == 402:
+                # Cencori's SDKs map any 402 to "insufficient credits", but the gateway uses
+                # 403 credit_balance_exhausted for an empty wallet and 402 only for the spend
+                # cap (reference/cencori.md, "Discrepancies"); we follow the server.
+                cls = SpendCapReachedError
+            elif status == 400 and body.get("reasons"):
+                cls = PermissionDeniedError   # the SDK's SafetyError: content was refused
+            elif status is None and isinstance(err, str) and "block" in err.lower():
+                cls = PermissionDeniedError   # {"error": "Response blocked"} mid-stream
+            else:
+                cls = c.class_for_status(status)
+        retry_after = c.header_retry_after(headers) if headers is not None else None
+        ms = c.to_decimal(body.get("retry_after_ms"))
+        if retry_after is None and ms is not None:
+            retry_after = max(0.0, float(ms) / 1000.0)
+        common = {"provider": self.name, "status_code": status, "request_id": request_id,
+                  "code": code}
+        secrets = [key] if key else []
+        quoted = c.quote(said, secrets) if said else ""
+        if cls is CreditsExhaustedError:
+            top_up = body.get("top_up_url") or TOP_UP_URL
+            balance = c.to_decimal(body.get("balance"))
+            return CreditsExhaustedError(
+                f"Your Cencori credit wallet is empty (balance {_money(balance)}), so the "
+                "managed route cannot be used.",
+                hint=f"Top up at {top_up} (then record it here with `cencori-nb credits "
+                     "top-up AMOUNT`), or use your own key for this provider (BYOK): "
+                     "`cencori-nb keys set PROVIDER`.",
+                balance=balance, top_up_url=top_up, **common)
+        if cls is SpendCapReachedError:
+            spend = body.get("spend") if isinstance(body.get("spend"), dict) else {}
+            current, cap = c.to_decimal(spend.get("current")), c.to_decimal(spend.get("cap"))
+            detail = f" ({_money(current)} of {_money(cap)})" if cap is not None else ""
+            return SpendCapReachedError(
+                f"This Cencori project reached its spend cap{detail}"
+                f" ({status or 'stream'}).",
+                hint="Raise the cap in the Cencori dashboard, wait for the next billing "
+                     "period, or use your own key for this provider (BYOK).",
+                spend_current=current, spend_cap=cap, **common)
+        if cls is PricingError:
+            return PricingError(
+                "Cencori has no price for this model, so it will not serve it on credits"
+                f" ({status or 'stream'}).{' Cencori said: ' + quoted if quoted else ''}",
+                hint="Use a model from the Cencori catalogue, or your own key for its "
+                     "provider (BYOK).", **common)
+        hint = headline = None
+        if code == "provider_auth_error":
+            headline = (f"The provider behind Cencori rejected Cencori's key for it"
+                        f" ({status or 'stream'}).")
+            hint = ("This is on Cencori's side (or the provider key stored in your Cencori "
+                    "project): check the project's provider settings, or retry later.")
+        elif cls is PermissionDeniedError:
+            hint = ("Cencori's security filter blocked the request or the response: rephrase "
+                    "the prompt, or review the project's security settings.")
+        elif code == "provider_model_not_found":
+            hint = "Check the model name against the Cencori catalogue (`%cencori models`)."
+        return c.build_error(cls, provider=self.name, status=status, said=said, code=code,
+                             request_id=request_id, retry_after=retry_after, key=key,
+                             hint=hint, headline=headline)
+
+
+class CencoriStreamParser(c.BaseStreamParser):
+    """The native stream. ``usage`` and ``gateway_cost_usd`` come from the terminal metrics
+    chunk; a stream cut before it yields ``usage=None`` and ``done=False``."""
+
+    def __init__(self, adapter: CencoriGatewayProvider, *, request_id: str | None = None,
+                 key: str | None = None) -> None:
+        super().__init__(adapter.name, request_id)
+        self.adapter = adapter
+        self.key = key
+
+    def feed(self, event: httpx2.ServerSentEvent) -> str | None:
+        data = event.data.strip()
+        if self.done or not data:
+            return None
+        if data == "[DONE]":
+            self.done = True
+            return None
+        line = self.json(event)
+        if not isinstance(line, dict):
+            raise BadResponseError("A Cencori stream line is not a JSON object.",
+                                   provider=self.name, request_id=self.request_id)
+        if line.get("error"):
+            raise self.adapter.error_from_body(line, status=None, key=self.key,
+                                               request_id=self.request_id)
+        if line.get("model"):
+            self.model = str(line["model"])
+        if line.get("provider"):
+            self.served_by = str(line["provider"])
+        if line.get("finish_reason"):
+            self.finish_reason = str(line["finish_reason"])
+        if isinstance(line.get("usage"), dict):
+            self.usage = openai_usage(line["usage"])
+        if line.get("cost_usd") is not None:
+            self.gateway_cost_usd = c.to_decimal(line["cost_usd"])
+        return self.emit(line.get("delta"))
+
+
+register(CencoriGatewayProvider())

@@ -1,0 +1,271 @@
+"""Google Gemini, the Developer API (``generateContent`` / ``streamGenerateContent``).
+
+- URL: ``POST {base}/v1beta/models/{model}:generateContent``, and for streams
+  ``…:streamGenerateContent?alt=sse`` (without ``alt=sse`` Google streams one JSON array,
+  which is not SSE). The key goes ONLY in the ``x-goog-api-key`` header: a ``?key=`` query
+  parameter would put it in every URL that gets logged.
+- request: ``contents`` (roles ``user`` / ``model``), ``systemInstruction``,
+  ``generationConfig.{maxOutputTokens, temperature}``.
+- usage: input = ``promptTokenCount + toolUsePromptTokenCount`` (prompt already includes
+  ``cachedContentTokenCount``), output = ``candidatesTokenCount + thoughtsTokenCount``
+  (thinking is billed as output), cache read = ``cachedContentTokenCount``; the model that
+  served is ``modelVersion``.
+- stream: each ``data:`` frame is a whole ``GenerateContentResponse``; there is no
+  ``[DONE]``: the frame whose candidate has a ``finishReason`` (it carries the final
+  ``usageMetadata``) ends it.
+- errors: Google RPC ``{"error": {"code", "message", "status", "details": [...]}}``; an
+  invalid key is ``INVALID_ARGUMENT`` (400) with ``ErrorInfo.reason == "API_KEY_INVALID"``;
+  ``RetryInfo.retryDelay`` (``"34s"``) is the retry hint.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from ..catalog import PROVIDERS
+from ..errors import (
+    AuthenticationError,
+    BadResponseError,
+    CencoriError,
+    InvalidRequestError,
+    PermissionDeniedError,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    RateLimitError,
+)
+from ..types import ChatRequest, Usage
+from . import _common as c
+from .base import Provider, ProviderResult, register
+
+if TYPE_CHECKING:
+    import httpx2
+
+    from ..keystore.secret import Secret
+
+__all__ = ["API_VERSION", "GeminiStreamParser", "GoogleProvider", "gemini_usage"]
+
+API_VERSION = "v1beta"   # systemInstruction and thinking fields are served here first
+
+_RPC_STATUS: dict[str, type[ProviderError]] = {
+    "INVALID_ARGUMENT": InvalidRequestError,
+    "FAILED_PRECONDITION": InvalidRequestError,
+    "NOT_FOUND": InvalidRequestError,
+    "OUT_OF_RANGE": InvalidRequestError,
+    "UNAUTHENTICATED": AuthenticationError,
+    "PERMISSION_DENIED": PermissionDeniedError,
+    "RESOURCE_EXHAUSTED": RateLimitError,
+    "DEADLINE_EXCEEDED": ProviderTimeoutError,
+    "UNAVAILABLE": ProviderUnavailableError,
+    "INTERNAL": ProviderUnavailableError,
+    "UNKNOWN": ProviderUnavailableError,
+    "ABORTED": ProviderUnavailableError,
+    "CANCELLED": ProviderUnavailableError,
+}
+_BAD_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
+
+
+def gemini_usage(raw: Any) -> Usage | None:
+    """Our :class:`Usage` from ``usageMetadata`` (None when absent)."""
+    if not isinstance(raw, dict):
+        return None
+    thoughts = c.to_int(raw.get("thoughtsTokenCount"))
+    return Usage(
+        input_tokens=c.to_int(raw.get("promptTokenCount"))
+        + c.to_int(raw.get("toolUsePromptTokenCount")),
+        output_tokens=c.to_int(raw.get("candidatesTokenCount")) + thoughts,
+        cache_read_tokens=c.to_int(raw.get("cachedContentTokenCount")),
+        thinking_tokens=thoughts)
+
+
+def _candidate_text(candidate: Any) -> str:
+    """The visible text of a candidate (thought summaries left out)."""
+    parts = c.dig(candidate, "content", "parts")
+    if not isinstance(parts, list):
+        return ""
+    return "".join(str(p.get("text") or "") for p in parts
+                   if isinstance(p, dict) and not p.get("thought"))
+
+
+class GoogleProvider(Provider):
+    """The Gemini Developer API wire format."""
+
+    name = "google"
+    sandbox_prefix = "/google"
+    default_base_url = PROVIDERS["google"].base_url
+    request_id_headers = ("x-request-id",)   # Google sends none; the body has responseId
+
+    def __repr__(self) -> str:
+        return "GoogleProvider()"
+
+    def build_request(self, request: ChatRequest, *, model: str, api_key: Secret,
+                      base_url: str) -> httpx2.Request:
+        """The ``generateContent`` (or ``streamGenerateContent?alt=sse``) request."""
+        model_id = model.removeprefix("models/")
+        method = "streamGenerateContent" if request.stream else "generateContent"
+        url = c.join_base(base_url,
+                          f"/{API_VERSION}/models/{quote(model_id, safe='-._~')}:{method}")
+        system = [{"text": m.content} for m in request.messages if m.role == "system"]
+        body: dict[str, Any] = {
+            "contents": [{"role": "model" if m.role == "assistant" else "user",
+                          "parts": [{"text": m.content}]}
+                         for m in request.messages if m.role != "system"],
+        }
+        if system:
+            body["systemInstruction"] = {"parts": system}
+        config: dict[str, Any] = {}
+        if request.max_tokens is not None:
+            config["maxOutputTokens"] = request.max_tokens
+        if request.temperature is not None:
+            config["temperature"] = request.temperature
+        extra = dict(request.extra)
+        if isinstance(extra.get("generationConfig"), dict):   # merge, not replace
+            config.update(extra.pop("generationConfig"))
+        if config:
+            body["generationConfig"] = config
+        c.reject_reserved(extra, {"contents", "model", "stream"})
+        body.update(extra)
+        return c.json_request(url, {"x-goog-api-key": api_key.reveal()}, body,
+                              stream=request.stream,
+                              params={"alt": "sse"} if request.stream else None)
+
+    def parse_response(self, response: httpx2.Response) -> ProviderResult:
+        """Text of the first candidate, ``modelVersion``, usage and finish reason."""
+        rid = self.request_id(response)
+        body = c.response_json(response, provider=self.name, request_id=rid)
+        rid = rid or body.get("responseId")
+        if body.get("error"):
+            raise self.error_from_body(body, status=None, key=c.sent_key(response),
+                                       request_id=rid)
+        self._raise_if_blocked(body, rid)
+        where = {"provider": self.name, "status_code": response.status_code, "request_id": rid}
+        candidate = c.require(body, "candidates", 0, **where)
+        return ProviderResult(text=_candidate_text(candidate),
+                              model=body.get("modelVersion") or None,
+                              usage=gemini_usage(body.get("usageMetadata")),
+                              finish_reason=candidate.get("finishReason")
+                              if isinstance(candidate, dict) else None,
+                              request_id=rid)
+
+    def _raise_if_blocked(self, body: dict[str, Any], request_id: str | None) -> None:
+        """A prompt Google's safety filter blocked comes back 200 with no candidates."""
+        reason = c.dig(body, "promptFeedback", "blockReason")
+        if reason and not body.get("candidates"):
+            raise c.build_error(
+                PermissionDeniedError, provider=self.name, status=None,
+                said=f"prompt blocked ({reason})", code="prompt_blocked",
+                request_id=request_id,
+                hint="Google's safety filter blocked the prompt: rephrase it, or adjust "
+                     "safetySettings through ChatRequest.extra.")
+
+    def stream_parser(self, response: httpx2.Response | None = None) -> GeminiStreamParser:
+        """A parser for ``alt=sse`` frames; the one with a ``finishReason`` ends the stream."""
+        return GeminiStreamParser(
+            self, request_id=self.request_id(response) if response is not None else None,
+            key=c.sent_key(response) if response is not None else None)
+
+    def map_error(self, response: httpx2.Response) -> CencoriError:
+        """The error for a >= 400 response (the one place Google errors map)."""
+        body = c.error_json(response)
+        if isinstance(body, list) and body and isinstance(body[0], dict):
+            body = body[0]       # the non-SSE stream endpoint wraps errors in an array
+        key = c.sent_key(response)
+        retry_after = c.header_retry_after(response.headers)
+        if not isinstance(body, dict):
+            said = None if "html" in response.headers.get("content-type", "") \
+                else c.error_text(response)
+            return c.build_error(c.class_for_status(response.status_code), provider=self.name,
+                                 status=response.status_code, said=said,
+                                 request_id=self.request_id(response),
+                                 retry_after=retry_after, key=key)
+        return self.error_from_body(body, status=response.status_code, key=key,
+                                    request_id=self.request_id(response),
+                                    retry_after=retry_after)
+
+    def error_from_body(self, body: dict[str, Any], *, status: int | None,
+                        key: str | None = None, request_id: str | None = None,
+                        retry_after: float | None = None) -> CencoriError:
+        """Map a Google RPC error (from an error response or a stream frame)."""
+        err = body.get("error") if isinstance(body.get("error"), dict) else {}
+        rpc_status = str(err.get("status") or "")
+        if status is None and isinstance(err.get("code"), int):
+            status = err["code"]
+        details = err.get("details") if isinstance(err.get("details"), list) else []
+        reasons = {str(d.get("reason")) for d in details if isinstance(d, dict)
+                   and str(d.get("@type", "")).endswith("ErrorInfo")}
+        for d in details:
+            if isinstance(d, dict) and str(d.get("@type", "")).endswith("RetryInfo"):
+                retry_after = c.parse_duration(d.get("retryDelay"))
+        daily = any(isinstance(v, dict) and "PerDay" in str(v.get("quotaId", ""))
+                    for d in details if isinstance(d, dict)
+                    for v in (d.get("violations") or []))
+        cls = _RPC_STATUS.get(rpc_status) or c.class_for_status(status)
+        hint: str | None = None
+        retryable: bool | None = None
+        if reasons & _BAD_KEY_REASONS:   # Google answers a bad key with 400 INVALID_ARGUMENT
+            cls = AuthenticationError
+        elif cls is RateLimitError and daily:
+            # A daily quota stays exhausted until it resets: retrying now only wastes calls.
+            retryable = False
+            hint = ("The key's daily Gemini quota is used up; it resets at midnight Pacific "
+                    "time. Use another key or route until then.")
+        elif rpc_status == "NOT_FOUND":
+            hint = "Check the model name: Google does not know it or this key cannot use it."
+        elif rpc_status == "FAILED_PRECONDITION":
+            hint = ("Google refuses this request in the key's current state (e.g. billing "
+                    "not enabled, or the region is not supported).")
+        code = next(iter(sorted(reasons)), None) or rpc_status or None
+        return c.build_error(cls, provider=self.name, status=status, said=err.get("message"),
+                             code=code.lower() if code else None, request_id=request_id,
+                             retry_after=retry_after, key=key, hint=hint, retryable=retryable,
+                             rpc_status=rpc_status or None)
+
+
+class GeminiStreamParser(c.BaseStreamParser):
+    """``alt=sse`` frames. Usage is reported once the final frame (with ``finishReason``)
+    arrived; a stream cut before it yields ``done=False`` and ``usage=None``."""
+
+    def __init__(self, adapter: GoogleProvider, *, request_id: str | None = None,
+                 key: str | None = None) -> None:
+        super().__init__(adapter.name, request_id)
+        self.adapter = adapter
+        self.key = key
+        self._usage_raw: Any = None
+
+    def feed(self, event: httpx2.ServerSentEvent) -> str | None:
+        if not event.data.strip():
+            return None
+        frame = self.json(event)
+        if isinstance(frame, list) and len(frame) == 1:
+            frame = frame[0]
+        if not isinstance(frame, dict):
+            raise BadResponseError("A Gemini stream frame is not a JSON object.",
+                                   provider=self.name, request_id=self.request_id)
+        if frame.get("error"):
+            raise self.adapter.error_from_body(frame, status=None, key=self.key,
+                                               request_id=self.request_id)
+        if isinstance(frame.get("usageMetadata"), dict):
+            self._usage_raw = frame["usageMetadata"]
+            if self.done:        # a late usage-only frame after the finish still counts
+                self.usage = gemini_usage(self._usage_raw)
+        if self.done:
+            return None
+        if frame.get("modelVersion"):
+            self.model = str(frame["modelVersion"])
+        if self.request_id is None and frame.get("responseId"):
+            self.request_id = str(frame["responseId"])
+        self.adapter._raise_if_blocked(frame, self.request_id)
+        candidates = frame.get("candidates")
+        candidate = candidates[0] if isinstance(candidates, list) and candidates else None
+        if not isinstance(candidate, dict):
+            return None
+        text = self.emit(_candidate_text(candidate))
+        if candidate.get("finishReason"):
+            self.finish_reason = str(candidate["finishReason"])
+            self.done = True
+            self.usage = gemini_usage(self._usage_raw)
+        return text
+
+
+register(GoogleProvider())

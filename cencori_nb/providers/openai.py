@@ -1,0 +1,279 @@
+"""OpenAI Chat Completions, and the machinery the OpenAI-compatible family reuses.
+
+Wire format (``POST {base}/chat/completions``, ``Authorization: Bearer``):
+
+- request: ``model``, ``messages``, ``temperature``, ``max_completion_tokens`` (OpenAI's
+  current name; ``max_tokens`` is deprecated for OpenAI and rejected by its o-series), and
+  when streaming ``stream: true`` + ``stream_options.include_usage`` so a final chunk with
+  ``choices: []`` carries the usage;
+- usage: ``prompt_tokens`` already includes ``prompt_tokens_details.cached_tokens`` and
+  ``completion_tokens`` already includes ``completion_tokens_details.reasoning_tokens``,
+  which is our convention (see :mod:`cencori_nb.types`);
+- errors: ``{"error": {"message", "type", "param", "code"}}``; request id in ``x-request-id``.
+
+The class is parametrised (``max_tokens_field``, ``include_usage``…) so that
+:mod:`.compatible` serves Mistral, Groq, xAI, DeepSeek, Together, OpenRouter and local
+servers with the same code.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..catalog import PROVIDERS
+from ..errors import (
+    AuthenticationError,
+    BadResponseError,
+    CencoriError,
+    InvalidRequestError,
+    PermissionDeniedError,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    RateLimitError,
+)
+from ..types import ChatRequest, Usage
+from . import _common as c
+from .base import Provider, ProviderResult, register
+
+if TYPE_CHECKING:
+    import httpx2
+
+    from ..keystore.secret import Secret
+
+__all__ = ["ChatCompletionsStreamParser", "OpenAIProvider", "openai_usage"]
+
+# The ``error.type`` / ``error.code`` values OpenAI-style APIs use, for errors that arrive
+# without a useful HTTP status (inside a 200 stream).
+_TYPE_CLASSES: dict[str, type[ProviderError]] = {
+    "invalid_request_error": InvalidRequestError,
+    "not_found_error": InvalidRequestError,
+    "context_length_exceeded": InvalidRequestError,
+    "model_not_found": InvalidRequestError,
+    "authentication_error": AuthenticationError,
+    "invalid_api_key": AuthenticationError,
+    "permission_error": PermissionDeniedError,
+    "permission_denied": PermissionDeniedError,
+    "rate_limit_error": RateLimitError,
+    "rate_limit_exceeded": RateLimitError,
+    "insufficient_quota": RateLimitError,
+    "timeout": ProviderTimeoutError,
+    "server_error": ProviderUnavailableError,
+    "api_error": ProviderUnavailableError,
+    "overloaded_error": ProviderUnavailableError,
+}
+
+
+def openai_usage(raw: Any) -> Usage | None:
+    """Our :class:`Usage` from an OpenAI-style ``usage`` object (None when absent).
+
+    Handles the variations of the compatible family: DeepSeek's ``prompt_cache_hit_tokens``
+    and providers (xAI) whose ``completion_tokens`` leave reasoning out; we detect the latter
+    from their own ``total_tokens`` rather than from the provider's name.
+    """
+    if not isinstance(raw, dict):
+        return None
+    prompt = c.to_int(raw.get("prompt_tokens"))
+    completion = c.to_int(raw.get("completion_tokens"))
+    cached = c.to_int(c.dig(raw, "prompt_tokens_details", "cached_tokens")
+                      or raw.get("prompt_cache_hit_tokens"))
+    cache_write = c.to_int(c.dig(raw, "prompt_tokens_details", "cache_write_tokens"))
+    reasoning = c.to_int(c.dig(raw, "completion_tokens_details", "reasoning_tokens")
+                         or raw.get("reasoning_tokens"))
+    total = raw.get("total_tokens")
+    output = completion
+    if (reasoning and total is not None and c.to_int(total) == prompt + completion + reasoning
+            and c.to_int(total) != prompt + completion):
+        output = completion + reasoning      # reasoning reported beside completion, not in it
+    return Usage(input_tokens=prompt, output_tokens=output, cache_read_tokens=cached,
+                 cache_write_tokens=cache_write, thinking_tokens=reasoning)
+
+
+class OpenAIProvider(Provider):
+    """The OpenAI Chat Completions wire format (and, parametrised, its compatible family)."""
+
+    def __init__(self, name: str = "openai", *, sandbox_prefix: str | None = None,
+                 default_base_url: str | None = None,
+                 max_tokens_field: str = "max_completion_tokens",
+                 include_usage: bool = True,
+                 request_id_headers: tuple[str, ...] = ("x-request-id",)) -> None:
+        self.name = name
+        self.sandbox_prefix = f"/{name}/v1" if sandbox_prefix is None else sandbox_prefix
+        info = PROVIDERS.get(name)
+        self.default_base_url = (default_base_url if default_base_url is not None
+                                 else (info.base_url if info else ""))
+        self.max_tokens_field = max_tokens_field
+        self.include_usage = include_usage
+        self.request_id_headers = request_id_headers
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    # --- request ------------------------------------------------------------------------
+
+    def build_request(self, request: ChatRequest, *, model: str, api_key: Secret,
+                      base_url: str) -> httpx2.Request:
+        """``POST {base_url}/chat/completions`` with a Bearer key (none if the key is empty)."""
+        headers: dict[str, str] = {}
+        key = api_key.reveal() if api_key is not None else ""
+        if key:   # a local server (Ollama, vLLM) may need no key: then send no header at all
+            headers["Authorization"] = f"Bearer {key}"
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        }
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            body[self.max_tokens_field] = request.max_tokens
+        if request.stream:
+            body["stream"] = True
+            if self.include_usage:
+                body["stream_options"] = {"include_usage": True}
+        c.body_with_extra(body, request)
+        return c.json_request(c.join_base(base_url, "/chat/completions"), headers, body,
+                              stream=request.stream)
+
+    # --- responses ----------------------------------------------------------------------
+
+    def parse_response(self, response: httpx2.Response) -> ProviderResult:
+        """Text, model, usage and finish reason of a ``chat.completion``."""
+        rid = self.request_id(response)
+        body = c.response_json(response, provider=self.name, request_id=rid)
+        if body.get("error"):   # some compatible gateways answer 200 with an error object
+            raise self.error_from_body(body, status=None, key=c.sent_key(response),
+                                       request_id=rid)
+        where = {"provider": self.name, "status_code": response.status_code, "request_id": rid}
+        choice = c.require(body, "choices", 0, **where)
+        message = c.require(choice, "message", **where) if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            raise BadResponseError(f"The {c.display_name(self.name)} response has no "
+                                   "`choices[0].message` object.", missing="choices[0].message",
+                                   **where)
+        text = message.get("content")
+        if text is None:   # a refusal, or only tool calls: no text to show
+            text = message.get("refusal") or ""
+        usage_raw = body.get("usage")
+        return ProviderResult(
+            text=str(text), model=body.get("model") or None, usage=openai_usage(usage_raw),
+            finish_reason=choice.get("finish_reason"), request_id=rid or body.get("id"),
+            reported_cost_usd=c.to_decimal(c.dig(usage_raw, "cost")))
+
+    def stream_parser(self, response: httpx2.Response | None = None) -> ChatCompletionsStreamParser:
+        """A parser for ``chat.completion.chunk`` events ending with ``data: [DONE]``."""
+        return ChatCompletionsStreamParser(
+            self, request_id=self.request_id(response) if response is not None else None,
+            key=c.sent_key(response) if response is not None else None)
+
+    # --- errors -------------------------------------------------------------------------
+
+    def map_error(self, response: httpx2.Response) -> CencoriError:
+        """The error for a >= 400 response (the one place this wire format's errors map)."""
+        body = c.error_json(response)
+        rid = self.request_id(response)
+        key = c.sent_key(response)
+        retry_after = c.header_retry_after(response.headers)
+        if not isinstance(body, dict):
+            said = None if "html" in response.headers.get("content-type", "") \
+                else c.error_text(response)
+            return c.build_error(c.class_for_status(response.status_code), provider=self.name,
+                                 status=response.status_code, said=said, request_id=rid,
+                                 retry_after=retry_after, key=key)
+        return self.error_from_body(body, status=response.status_code, key=key,
+                                    request_id=rid, retry_after=retry_after)
+
+    def error_from_body(self, body: dict[str, Any], *, status: int | None,
+                        key: str | None = None, request_id: str | None = None,
+                        retry_after: float | None = None) -> CencoriError:
+        """Map ``{"error": {...}}`` (from an error response or inside a 200 stream)."""
+        err = body.get("error")
+        if isinstance(err, dict):
+            said = err.get("message")
+            raw_code, err_type = err.get("code"), err.get("type")
+        else:
+            said, raw_code, err_type = (err if isinstance(err, str) else None), None, None
+            said = said or body.get("message")
+        # OpenRouter puts the HTTP-like status in error.code (an int), also inside streams.
+        if isinstance(raw_code, int) and not isinstance(raw_code, bool):
+            status = status if status and status >= 400 else raw_code
+            code = err_type if isinstance(err_type, str) else None
+        else:
+            code = str(raw_code) if raw_code else (err_type if isinstance(err_type, str) else None)
+        if status and status >= 400:
+            cls = c.class_for_status(status)
+        else:
+            cls = (_TYPE_CLASSES.get(code or "") or _TYPE_CLASSES.get(str(err_type or ""))
+                   or ProviderUnavailableError)
+        if code == "invalid_api_key":
+            cls = AuthenticationError
+        hint: str | None = None
+        retryable: bool | None = None
+        if code == "insufficient_quota":
+            # A 429 that waiting will not fix: the account has no quota or credit left.
+            cls, retryable = RateLimitError, False
+            hint = (f"The {c.display_name(self.name)} account is out of quota or credit: "
+                    "check its plan and billing, or use another route.")
+        elif code == "context_length_exceeded":
+            hint = ("The prompt is longer than the model's context window: shorten it or use "
+                    "a model with a longer context.")
+        elif cls is InvalidRequestError and status == 404:
+            hint = "Check the model name: the provider does not know it or this key cannot use it."
+        return c.build_error(cls, provider=self.name, status=status, said=said, code=code,
+                             request_id=request_id, retry_after=retry_after, key=key,
+                             hint=hint, retryable=retryable)
+
+
+class ChatCompletionsStreamParser(c.BaseStreamParser):
+    """``data: {chat.completion.chunk}`` … ``data: [DONE]``; usage on whichever chunk has it.
+
+    Comment lines (OpenRouter's ``: OPENROUTER PROCESSING``) never reach ``feed``: httpx2's
+    SSE decoder drops lines starting with ``:``; an event with empty data is ignored too.
+    Usage may come on a final ``choices: []`` chunk (``include_usage``), on the last content
+    chunk (Mistral, OpenRouter), under ``x_groq.usage`` (Groq), or not at all (None).
+    """
+
+    def __init__(self, adapter: OpenAIProvider, *, request_id: str | None = None,
+                 key: str | None = None) -> None:
+        super().__init__(adapter.name, request_id)
+        self.adapter = adapter
+        self.key = key
+
+    def feed(self, event: httpx2.ServerSentEvent) -> str | None:
+        data = event.data.strip()
+        if self.done or not data:
+            return None
+        if data == "[DONE]":
+            self.done = True
+            return None
+        chunk = self.json(event)
+        if not isinstance(chunk, dict):
+            raise BadResponseError(f"A {c.display_name(self.name)} stream event is not a JSON "
+                                   "object.", provider=self.name, request_id=self.request_id)
+        if chunk.get("error"):   # an error after the 200 status was sent
+            raise self.adapter.error_from_body(chunk, status=None, key=self.key,
+                                               request_id=self.request_id)
+        if chunk.get("model"):
+            self.model = str(chunk["model"])
+        if self.request_id is None and chunk.get("id"):
+            self.request_id = str(chunk["id"])
+        usage_raw = chunk.get("usage") or c.dig(chunk, "x_groq", "usage")
+        if isinstance(usage_raw, dict):
+            self.usage = openai_usage(usage_raw)
+            cost = c.to_decimal(usage_raw.get("cost"))
+            if cost is not None:
+                self.reported_cost_usd = cost
+        choices = chunk.get("choices")
+        if not isinstance(choices, list):
+            return None
+        for choice in choices:
+            if not isinstance(choice, dict) or c.to_int(choice.get("index")) != 0:
+                continue
+            if choice.get("finish_reason"):
+                self.finish_reason = str(choice["finish_reason"])
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                return self.emit(delta.get("content"))
+        return None
+
+
+register(OpenAIProvider())
