@@ -1,0 +1,138 @@
+"""plotly figures of spend and credits. Each function returns a ``plotly.graph_objects.Figure``
+with a title, axis labels with units and hover text with tokens and cost.
+
+Data comes from :mod:`cencori_nb.reports` (SQL-grouped, exact sums) and the wallet; plotly
+is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .wallet import LOW_BALANCE_USD
+
+__all__ = ["balance_over_time", "byok_vs_managed", "spend_by", "spend_over_time"]
+
+ROUTE_NAMES = {"byok": "BYOK (your provider account)", "managed": "Managed (Cencori credits)"}
+ROUTE_COLOURS = {"byok": "#2a9d8f", "managed": "#e76f51"}
+_HOVER_SPEND = ("%{x}<br>%{fullData.name}<br>Cost: $%{y:.6f}<br>"
+                "Requests: %{customdata[0]:,}<br>Tokens: %{customdata[1]:,} in / "
+                "%{customdata[2]:,} out<br>Credits charged: $%{customdata[3]:.6f}"
+                "<extra></extra>")
+
+
+def _go() -> Any:
+    import plotly.graph_objects as go
+
+    return go
+
+
+def spend_over_time(since: Any = None, project: str | None = None, *, by: str = "day") -> Any:
+    """Stacked bars of what requests cost per ``day`` or ``week`` (UTC), one trace per route.
+
+    Bar height is ``cost_usd`` (credits charged plus the provider price of BYOK requests).
+    """
+    from . import reports
+
+    if by not in ("day", "week"):
+        from .errors import ConfigurationError
+
+        raise ConfigurationError(f"spend_over_time(by={by!r}): use 'day' or 'week'.")
+    go = _go()
+    frame = reports.spend(by=[by, "route"], since=since, project=project)
+    fig = go.Figure()
+    for route in sorted(frame["route"].unique()) if len(frame) else []:
+        part = frame[frame["route"] == route]
+        fig.add_trace(go.Bar(
+            x=list(part[by]), y=list(part["cost_usd"]), name=ROUTE_NAMES.get(route, route),
+            marker_color=ROUTE_COLOURS.get(route),
+            customdata=list(zip(part["requests"], part["input_tokens"], part["output_tokens"],
+                                part["credits_charged_usd"], strict=True)),
+            hovertemplate=_HOVER_SPEND))
+    unit = "Day" if by == "day" else "Week starting"
+    fig.update_layout(barmode="stack", title=f"Spend per {by} by route",
+                      xaxis_title=f"{unit} (UTC)", yaxis_title="Cost (USD)",
+                      legend_title="Route", yaxis_tickprefix="$")
+    return fig
+
+
+def spend_by(by: str = "provider", since: Any = None, project: str | None = None) -> Any:
+    """Bars of cost per ``provider`` or ``model`` (largest first)."""
+    from . import reports
+
+    if by not in ("provider", "model", "route", "project"):
+        from .errors import ConfigurationError
+
+        raise ConfigurationError(f"spend_by(by={by!r}): use 'provider' or 'model'.")
+    go = _go()
+    frame = reports.spend(by=by, since=since, project=project)
+    fig = go.Figure(go.Bar(
+        x=list(frame[by]), y=list(frame["cost_usd"]), name="Cost",
+        customdata=list(zip(frame["requests"], frame["input_tokens"], frame["output_tokens"],
+                            frame["credits_charged_usd"], frame["provider_cost_usd"],
+                            strict=True)),
+        hovertemplate=("%{x}<br>Cost: $%{y:.6f}<br>Requests: %{customdata[0]:,}<br>"
+                       "Tokens: %{customdata[1]:,} in / %{customdata[2]:,} out<br>"
+                       "Provider price: $%{customdata[4]:.6f}<br>"
+                       "Credits charged: $%{customdata[3]:.6f}<extra></extra>")))
+    fig.update_layout(title=f"Spend by {by}", xaxis_title=by.capitalize(),
+                      yaxis_title="Cost (USD)", yaxis_tickprefix="$")
+    return fig
+
+
+def balance_over_time() -> Any:
+    """The mirrored credit balance after each wallet transaction (a step line), with a
+    dashed line at the $5 low-balance threshold."""
+    from . import wallet
+
+    go = _go()
+    txs = wallet.transactions(as_frame=False)
+    fig = go.Figure(go.Scatter(
+        x=[t.time for t in txs], y=[float(t.balance_after) for t in txs], name="Balance",
+        mode="lines+markers", line_shape="hv",
+        customdata=[(t.kind, float(t.amount), t.request_id or "") for t in txs],
+        hovertemplate=("%{x}<br>Balance: $%{y:.4f}<br>%{customdata[0]}: "
+                       "$%{customdata[1]:+.6f}<br>%{customdata[2]}<extra></extra>")))
+    fig.add_hline(y=float(LOW_BALANCE_USD), line_dash="dash", line_color="#b00020",
+                  annotation_text=f"Low balance (${LOW_BALANCE_USD})",
+                  annotation_position="bottom right")
+    fig.update_layout(title="Cencori credit balance (local mirror)", xaxis_title="Time (UTC)",
+                      yaxis_title="Balance (USD)", yaxis_tickprefix="$")
+    return fig
+
+
+_COMPARE_TRACES = (
+    ("provider_cost_usd", "Provider price (paid by BYOK)", "#2a9d8f"),
+    ("byok_total_usd", "BYOK total (with Cencori fee)", "#264653"),
+    ("managed_charge_usd", "Managed (Cencori credits)", "#e76f51"),
+    ("openrouter_byok_usd", "OpenRouter BYOK", "#8d99ae"),
+    ("vercel_byok_usd", "Vercel AI Gateway BYOK", "#adb5bd"),
+    ("cloudflare_credits_usd", "Cloudflare credits", "#ced4da"),
+)
+
+
+def byok_vs_managed(compare_df: Any = None) -> Any:
+    """Grouped bars per model of a :func:`cencori_nb.reports.compare_costs` frame (computed
+    from the ledger when not given): provider price, BYOK total, managed charge, and the
+    peers' columns when present."""
+    from . import reports
+
+    go = _go()
+    frame = reports.compare_costs() if compare_df is None else compare_df
+    fig = go.Figure()
+    labels = list(frame["model"])
+    custom = list(zip(frame["requests"], frame["input_tokens"], frame["output_tokens"],
+                      strict=True))
+    for column, name, colour in _COMPARE_TRACES:
+        if column not in frame.columns:
+            continue
+        fig.add_trace(go.Bar(
+            x=labels, y=list(frame[column]), name=name, marker_color=colour,
+            customdata=custom,
+            hovertemplate=("%{x}<br>%{fullData.name}: $%{y:.4f}<br>Requests: "
+                           "%{customdata[0]:,}<br>Tokens: %{customdata[1]:,} in / "
+                           "%{customdata[2]:,} out<extra></extra>")))
+    fig.update_layout(barmode="group", title="BYOK vs managed: monthly cost per model",
+                      xaxis_title="Model", yaxis_title="Cost per month (USD)",
+                      legend_title="Paid as", yaxis_tickprefix="$")
+    return fig

@@ -1,0 +1,230 @@
+"""``cencori-nb usage`` and ``cencori-nb credits``: the ledger and the wallet from a shell.
+
+::
+
+    cencori-nb usage [--since 7d] [--project P] [--json | --csv]
+    cencori-nb credits [--json]
+    cencori-nb credits top-up AMOUNT [--note TEXT]
+    cencori-nb credits set-balance AMOUNT
+    cencori-nb credits transactions [--json]
+    cencori-nb credits budget [--project P] [--soft USD|none] [--hard-cap USD|none]
+
+JSON and CSV keep money exact (decimal strings). pandas is not loaded: these read the
+ledger directly, so the commands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+__all__ = ["register"]
+
+USAGE_FIELDS = ("time", "request_id", "project", "provider", "model_requested", "model",
+                "route", "credential_source", "status", "error_code", "input_tokens",
+                "output_tokens", "cache_read_tokens", "cache_write_tokens", "thinking_tokens",
+                "provider_cost_usd", "credits_charged_usd", "estimated", "price_version",
+                "latency_ms", "ttft_ms")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``usage`` and ``credits`` commands."""
+    usage = subparsers.add_parser(
+        "usage", help="requests recorded in the ledger (tokens, cost, route)",
+        description="Show the requests recorded in the usage ledger.")
+    usage.add_argument("--since", default="7d",
+                       help='how far back: "7d", "24h", "30m", "2w" or a date (default 7d)')
+    usage.add_argument("--project", help="only this project")
+    fmt = usage.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="one JSON object: rows and totals")
+    fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
+    usage.set_defaults(handler=_usage)
+
+    credits = subparsers.add_parser(
+        "credits", help="the Cencori credit wallet (local mirror)",
+        description="Show or update the local mirror of your Cencori credit wallet.")
+    credits.add_argument("--json", action="store_true", help="print the summary as JSON")
+    credits.set_defaults(handler=_credits_show)
+    sub = credits.add_subparsers(dest="credits_command", metavar="ACTION")
+    top = sub.add_parser("top-up", help="record credits bought on cencori.com")
+    top.add_argument("amount", metavar="AMOUNT", help="USD, e.g. 25 or 10.50")
+    top.add_argument("--note", help="a note stored with the transaction")
+    top.add_argument("--json", action="store_true")
+    top.set_defaults(handler=_top_up)
+    setb = sub.add_parser("set-balance", help="make the mirror match the dashboard")
+    setb.add_argument("amount", metavar="AMOUNT", help="USD, e.g. 42.10")
+    setb.add_argument("--json", action="store_true")
+    setb.set_defaults(handler=_set_balance)
+    txs = sub.add_parser("transactions", help="every wallet movement")
+    txs.add_argument("--json", action="store_true")
+    txs.set_defaults(handler=_transactions)
+    budget = sub.add_parser("budget", help="a project's monthly soft budget and hard cap")
+    budget.add_argument("--project", help="the project (default: the current one)")
+    budget.add_argument("--soft", metavar="USD", help="soft budget (warnings at 50/80/100%%)"
+                        "; 'none' removes it")
+    budget.add_argument("--hard-cap", metavar="USD",
+                        help="refuse requests past this; 'none' removes it")
+    budget.add_argument("--json", action="store_true")
+    budget.set_defaults(handler=_budget)
+
+
+def _iso(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def _money(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _usage(args: argparse.Namespace) -> int:
+    from ..ledger import default_ledger, parse_since
+
+    parse_since(args.since)          # a clear error before touching the ledger
+    rows = default_ledger().rows(since=args.since, project=args.project)
+    records = []
+    for r in rows:
+        rec: dict[str, Any] = {f: getattr(r, f, None) for f in USAGE_FIELDS if f != "time"}
+        rec = {"time": _iso(r.ts_ms), **rec}
+        rec["provider_cost_usd"] = _money(r.provider_cost_usd)
+        rec["credits_charged_usd"] = _money(r.credits_charged_usd)
+        records.append(rec)
+    ok = [r for r in rows if r.status == "ok"]
+    totals = {
+        "requests": len(rows), "errors": sum(r.status == "error" for r in rows),
+        "cached": sum(r.status == "cached" for r in rows),
+        "input_tokens": sum(r.input_tokens for r in ok),
+        "output_tokens": sum(r.output_tokens for r in ok),
+        "provider_cost_usd": str(sum((r.provider_cost_usd or Decimal(0) for r in ok),
+                                     Decimal(0))),
+        "credits_charged_usd": str(sum((r.credits_charged_usd for r in ok), Decimal(0))),
+    }
+    if args.json:
+        json.dump({"since": args.since, "project": args.project, "rows": records,
+                   "totals": totals}, sys.stdout, indent=2)
+        print()
+    elif args.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(USAGE_FIELDS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+    else:
+        _print_usage_table(rows, totals, args.since)
+    return 0
+
+
+def _print_usage_table(rows: list[Any], totals: dict[str, Any], since: str) -> None:
+    if not rows:
+        print(f"No requests recorded since {since}.")
+        return
+    header = ("time (UTC)", "project", "provider", "model", "route", "status", "in", "out",
+              "provider $", "credits $")
+    table = [header]
+    for r in rows:
+        cost = "?" if r.provider_cost_usd is None and r.status == "ok" else \
+            f"{r.provider_cost_usd or 0:.6f}"
+        status = r.status if r.status != "error" else f"error:{r.error_code or '?'}"
+        table.append((_iso(r.ts_ms)[:19].replace("T", " "), r.project, r.provider,
+                      (r.model or r.model_requested or "") + ("*" if r.estimated else ""),
+                      r.route, status, str(r.input_tokens), str(r.output_tokens), cost,
+                      f"{r.credits_charged_usd:.6f}"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    numeric = {6, 7, 8, 9}
+    for row in table:
+        print("  ".join(cell.rjust(w) if i in numeric else cell.ljust(w)
+                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip())
+    print(f"\n{totals['requests']} requests ({totals['errors']} failed, {totals['cached']} "
+          f"cached) · {totals['input_tokens']:,} in / {totals['output_tokens']:,} out · "
+          f"provider ${Decimal(totals['provider_cost_usd']):.6f} · credits "
+          f"${Decimal(totals['credits_charged_usd']):.6f}"
+          + ("  (* estimated)" if any(r.estimated for r in rows) else ""))
+
+
+def _credits_show(args: argparse.Namespace) -> int:
+    from .. import wallet
+
+    summary = wallet.credits()
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print(summary)
+    return 0
+
+
+def _tx_out(tx: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(tx.to_dict(), indent=2))
+    else:
+        print(f"{tx.kind}: {tx.amount:+} USD · balance ${tx.balance_before} → "
+              f"${tx.balance_after}")
+
+
+def _top_up(args: argparse.Namespace) -> int:
+    from .. import wallet
+
+    _tx_out(wallet.top_up(wallet.parse_amount(args.amount), note=args.note), args.json)
+    return 0
+
+
+def _set_balance(args: argparse.Namespace) -> int:
+    from .. import wallet
+
+    amount = wallet.parse_amount(args.amount, allow_zero=True, what="balance")
+    _tx_out(wallet.set_balance(amount), args.json)
+    return 0
+
+
+def _transactions(args: argparse.Namespace) -> int:
+    from .. import wallet
+
+    txs = wallet.transactions(as_frame=False)
+    if args.json:
+        print(json.dumps([t.to_dict() for t in txs], indent=2))
+        return 0
+    if not txs:
+        print("No wallet transactions yet. Record a top-up: cencori-nb credits top-up AMOUNT")
+    for t in txs:
+        print(f"{t.time.isoformat(timespec='seconds')}  {t.kind:<10} {t.amount:+.6f}  "
+              f"→ ${t.balance_after:.6f}  {t.request_id or ''} {t.note or ''}".rstrip())
+    return 0
+
+
+def _budget_value(text: str | None, what: str) -> tuple[bool, Decimal | None]:
+    from .. import wallet
+
+    if text is None:
+        return False, None
+    if text.strip().lower() in ("none", "off", ""):
+        return True, None
+    return True, wallet.parse_amount(text, what=what)
+
+
+def _budget(args: argparse.Namespace) -> int:
+    from .. import settings
+
+    project = settings.current_project(args.project)
+    changes: dict[str, Any] = {}
+    set_soft, soft = _budget_value(args.soft, "soft budget")
+    set_cap, cap = _budget_value(args.hard_cap, "hard cap")
+    if set_soft:
+        changes["soft_budget_usd"] = soft
+    if set_cap:
+        changes["hard_cap_usd"] = cap
+    ps = (settings.update_project(project, **changes) if changes
+          else settings.load_settings().for_project(project))
+    from ..accounting import month_cost
+
+    spent = month_cost(project)
+    out = {"project": project, "soft_budget_usd": _money(ps.soft_budget_usd),
+           "hard_cap_usd": _money(ps.hard_cap_usd), "spent_this_month_usd": str(spent)}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"Project {project}: spent ${spent:.4f} this month · soft budget "
+              f"{'$' + str(ps.soft_budget_usd) if ps.soft_budget_usd is not None else 'none'}"
+              f" · hard cap "
+              f"{'$' + str(ps.hard_cap_usd) if ps.hard_cap_usd is not None else 'none'}")
+    return 0

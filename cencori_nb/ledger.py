@@ -1,0 +1,330 @@
+"""The usage ledger: one SQLite row per request (successful, failed or served from cache).
+
+``ledger.sqlite`` lives in the per-user home (0600). It is opened in WAL mode with
+``synchronous=NORMAL`` and a busy timeout, so two kernels can write at once and a commit
+does not wait for the disk (WAL with NORMAL is still crash-safe; at worst the last commits
+before a power cut are lost, never the file). The schema and its migrations are in
+:mod:`cencori_nb.migrations` (time as UTC epoch ms, money as integer pico-USD).
+
+Recording is a plain ``INSERT`` and commit: measured at tens of microseconds per row
+(``benchmarks/ledger.py``), so a background writer thread with batched commits was not
+worth its cost (rows invisible until flushed, lost on a hard kill, a wallet debit that can
+no longer share the row's transaction). ``flush()`` exists for callers written against a
+batching ledger; here there is nothing to flush.
+
+One :class:`Ledger` per process and home: :func:`default_ledger`. It reopens itself after a
+``fork`` (a SQLite connection must not cross processes) and when ``CENCORI_NB_HOME`` moves.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigurationError
+from .home import ensure_home, home_dir, open_private, private_umask
+from .migrations import migrate
+
+__all__ = ["PUSD", "Ledger", "LedgerRow", "default_ledger", "from_pusd", "ledger_path",
+           "month_start_ms", "now_ms", "parse_since", "to_pusd"]
+
+PUSD = 10**12                 # pico-USD per USD: the integer unit money is stored in
+_PICO = Decimal(1).scaleb(-12)
+DAY_MS = 86_400_000
+
+
+def to_pusd(amount: Decimal | int | str | None) -> int | None:
+    """USD (Decimal) → integer pico-USD, rounding half-even below a pico-dollar."""
+    if amount is None:
+        return None
+    value = Decimal(amount) if not isinstance(amount, Decimal) else amount
+    return int((value * PUSD).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def from_pusd(pusd: int | None) -> Decimal | None:
+    """Integer pico-USD → exact Decimal USD (``7500000000`` → ``Decimal('0.0075')``)."""
+    if pusd is None:
+        return None
+    return (Decimal(int(pusd)) * _PICO).normalize() if pusd else Decimal(0)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def month_start_ms(at: datetime | None = None) -> int:
+    """UTC epoch ms of the first instant of ``at``'s month (default: now)."""
+    at = at or datetime.now(UTC)
+    start = at.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return int(start.timestamp() * 1000)
+
+
+_SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
+_UNIT_MS = {"m": 60_000, "min": 60_000, "h": 3_600_000, "d": DAY_MS, "w": 7 * DAY_MS}
+
+
+def parse_since(since: str | datetime | date | int | float | None,
+                *, now: datetime | None = None) -> int | None:
+    """``"7d"``, ``"24h"``, ``"30m"``, ``"2w"``, an ISO date/time, a ``datetime`` (naive =
+    UTC) or a ``date`` (its UTC midnight) → UTC epoch ms; None → None."""
+    if since is None:
+        return None
+    if isinstance(since, datetime):
+        dt = since if since.tzinfo else since.replace(tzinfo=UTC)
+        return int(dt.timestamp() * 1000)
+    if isinstance(since, date):
+        return int(datetime(since.year, since.month, since.day, tzinfo=UTC).timestamp() * 1000)
+    if isinstance(since, (int, float)):
+        raise ConfigurationError(
+            f"since={since!r} is ambiguous.",
+            hint='Write a duration such as "7d", "24h", "30m", or a date "2026-11-01".')
+    text = str(since).strip()
+    match = _SINCE.match(text)
+    if match:
+        now_dt = now or datetime.now(UTC)
+        amount = float(match.group(1)) * _UNIT_MS[match.group(2).lower()]
+        return int(now_dt.timestamp() * 1000 - amount)
+    try:
+        return parse_since(datetime.fromisoformat(text))
+    except ValueError:
+        raise ConfigurationError(
+            f"Cannot read since={text!r}.",
+            hint='Write a duration such as "7d", "24h", "30m", "2w", or an ISO date '
+            '"2026-11-01".') from None
+
+
+@dataclass(slots=True)
+class LedgerRow:
+    """One request as recorded. Money in Decimal USD; ``ts_ms`` is UTC epoch ms."""
+
+    request_id: str
+    project: str
+    provider: str
+    route: str
+    status: str = "ok"                 # ok | error | cached
+    model_requested: str | None = None
+    model: str | None = None
+    credential_source: str = ""
+    error_code: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    thinking_tokens: int = 0
+    provider_cost_usd: Decimal | None = None
+    credits_charged_usd: Decimal = Decimal(0)
+    estimated: bool = False
+    price_version: str | None = None
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    ts_ms: int = 0
+
+    def as_params(self) -> tuple[Any, ...]:
+        return (self.ts_ms or now_ms(), self.request_id, self.project, self.provider,
+                self.model_requested, self.model, self.route, self.credential_source,
+                self.status, self.error_code, int(self.input_tokens), int(self.output_tokens),
+                int(self.cache_read_tokens), int(self.cache_write_tokens),
+                int(self.thinking_tokens), to_pusd(self.provider_cost_usd),
+                to_pusd(self.credits_charged_usd) or 0, int(bool(self.estimated)),
+                self.price_version, self.latency_ms, self.ttft_ms)
+
+
+# Column order of LedgerRow.as_params(), as stored.
+COLUMNS = ("ts_ms", "request_id", "project", "provider", "model_requested", "model", "route",
+           "credential_source", "status", "error_code", "input_tokens", "output_tokens",
+           "cache_read_tokens", "cache_write_tokens", "thinking_tokens", "provider_cost_pusd",
+           "credits_charged_pusd", "estimated", "price_version", "latency_ms", "ttft_ms")
+INSERT_SQL = (f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS)}) "  # noqa: S608 (constants)
+              f"VALUES ({', '.join('?' * len(COLUMNS))})")
+
+
+def ledger_path() -> Path:
+    return home_dir() / "ledger.sqlite"
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open ``path`` (created 0600) with the pragmas the ledger relies on; no migrations."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(open_private(path, os.O_WRONLY | os.O_CREAT))
+    with private_umask():   # the -wal and -shm files are private too
+        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None,
+                               check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+class Ledger:
+    """The request ledger (and the wallet's tables) in one SQLite file.
+
+    Thread-safe: one connection guarded by a lock. Cross-process safety comes from SQLite
+    (WAL, busy timeout, ``BEGIN IMMEDIATE`` for read-modify-write).
+    """
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        if path is None:
+            ensure_home()
+            path = ledger_path()
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self._conn: sqlite3.Connection | None = None
+        self._open()
+
+    def _open(self) -> None:
+        with private_umask():
+            self._conn = connect(self.path)
+            migrate(self._conn)
+        self._pid = os.getpid()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The connection (reopened after a fork)."""
+        if self._conn is None or self._pid != os.getpid():
+            self._conn = None     # never close a parent's connection from the child
+            self._open()
+        assert self._conn is not None
+        return self._conn
+
+    # -- writing ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (rollback on error), holding the thread lock."""
+        with self._lock:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def insert(self, conn: sqlite3.Connection, row: LedgerRow) -> bool:
+        """Insert ``row`` inside a caller's transaction; False if it was a duplicate."""
+        return conn.execute(INSERT_SQL, row.as_params()).rowcount == 1
+
+    def record(self, row: LedgerRow) -> bool:
+        """Write one row now (one commit); False if this ``ok`` request id was already there."""
+        with self._lock:
+            return self.conn.execute(INSERT_SQL, row.as_params()).rowcount == 1
+
+    def record_many(self, rows: Sequence[LedgerRow] | Sequence[tuple[Any, ...]]) -> None:
+        """Write many rows (LedgerRow or raw parameter tuples) in one transaction."""
+        params = [r.as_params() if isinstance(r, LedgerRow) else r for r in rows]
+        with self.transaction() as conn:
+            conn.executemany(INSERT_SQL, params)
+
+    def flush(self) -> None:
+        """Nothing is buffered (rows are committed as they are recorded); kept for callers."""
+
+    # -- reading ---------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self.conn.execute(sql, params).fetchall()
+
+    def rows(self, *, since: Any = None, project: str | None = None,
+             status: str | None = None) -> list[LedgerRow]:
+        """Rows (oldest first) as :class:`LedgerRow` objects with Decimal money."""
+        where, params = self.where(since=since, project=project)
+        if status:
+            where += " AND status = ?"
+            params.append(status)
+        out = []
+        sql = (f"SELECT {', '.join(COLUMNS)} FROM requests WHERE {where} "  # noqa: S608
+               "ORDER BY ts_ms, id")   # (constant names; values are bound parameters)
+        for r in self.query(sql, params):
+            data = dict(zip(COLUMNS, r, strict=True))
+            data["provider_cost_usd"] = from_pusd(data.pop("provider_cost_pusd"))
+            data["credits_charged_usd"] = from_pusd(data.pop("credits_charged_pusd"))
+            data["estimated"] = bool(data["estimated"])
+            out.append(LedgerRow(**data))
+        return out
+
+    @staticmethod
+    def where(*, since: Any = None, project: str | None = None,
+              until: Any = None) -> tuple[str, list[Any]]:
+        """A WHERE clause (always true when no filter) and its parameters."""
+        clauses, params = ["1"], []
+        since_ms = parse_since(since)
+        if since_ms is not None:
+            clauses.append("ts_ms >= ?")
+            params.append(since_ms)
+        until_ms = parse_since(until)
+        if until_ms is not None:
+            clauses.append("ts_ms < ?")
+            params.append(until_ms)
+        if project:
+            clauses.append("project = ?")
+            params.append(project)
+        return " AND ".join(clauses), params
+
+    def count(self) -> int:
+        return int(self.query("SELECT COUNT(*) FROM requests")[0][0])
+
+    def month_cost(self, project: str, *, at: datetime | None = None) -> Decimal:
+        """What ``project`` cost its user this UTC month: credits charged plus, for BYOK
+        requests, the provider's list price (paid on the user's own account)."""
+        start = month_start_ms(at)
+        end = month_start_ms((datetime.fromtimestamp(start / 1000, UTC)
+                              + timedelta(days=32)).replace(day=1))
+        (total,) = self.query(
+            "SELECT COALESCE(SUM(credits_charged_pusd + CASE WHEN route = 'byok' "
+            "THEN COALESCE(provider_cost_pusd, 0) ELSE 0 END), 0) FROM requests "
+            "WHERE project = ? AND ts_ms >= ? AND ts_ms < ? AND status = 'ok'",
+            (project, start, end))[0]
+        return from_pusd(int(total)) or Decimal(0)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+
+_default: Ledger | None = None
+_default_lock = threading.Lock()
+
+
+def default_ledger() -> Ledger:
+    """The process's ledger for the current home (opened and migrated on first use)."""
+    global _default
+    led = _default
+    if led is not None and led.path == ledger_path():
+        return led
+    with _default_lock:
+        if _default is not None and _default.path != ledger_path():
+            _default.close()
+            _default = None
+        if _default is None:
+            _default = Ledger()
+        return _default
+
+
+def _reset_for_tests() -> None:
+    """Flush and close the process's ledger (the next use reopens it)."""
+    global _default
+    with _default_lock:
+        if _default is not None:
+            _default.flush()
+            _default.close()
+        _default = None
+
+
+@atexit.register
+def _close_at_exit() -> None:   # pragma: no cover - interpreter shutdown
+    with contextlib.suppress(Exception):
+        _reset_for_tests()

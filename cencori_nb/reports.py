@@ -1,0 +1,308 @@
+"""pandas views of the ledger: usage rows, spend grouped in SQL, and BYOK-vs-managed costs.
+
+Only reads the ledger (never calls a provider). pandas is imported inside the functions so
+``import cencori_nb`` stays light. Money is summed exactly in SQLite (integer pico-USD) and
+converted to float USD only at the end, for plotting and display.
+
+Columns used across the views:
+
+- ``provider_cost_usd``: the provider's list price (what BYOK pays the provider);
+- ``credits_charged_usd``: what the Cencori wallet was charged;
+- ``cost_usd``: what the request cost its user: credits charged, plus the provider price
+  of BYOK requests (paid on the user's own account).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any
+
+from . import pricing
+from .ledger import COLUMNS, DAY_MS, PUSD, default_ledger
+from .settings import load_settings
+from .types import Usage
+
+__all__ = ["GROUPINGS", "compare_costs", "spend", "usage"]
+
+# how each ``by`` value is computed in SQL (UTC days: integer division of epoch ms)
+GROUPINGS: dict[str, str] = {
+    "day": f"(ts_ms / {DAY_MS})",
+    # Monday of the ISO week: day 0 (1970-01-01) was a Thursday
+    "week": f"(ts_ms / {DAY_MS}) - (((ts_ms / {DAY_MS}) + 3) % 7)",
+    "month": "strftime('%Y-%m', ts_ms / 1000, 'unixepoch')",
+    "provider": "provider",
+    "model": "COALESCE(model, model_requested, '')",
+    "route": "route",
+    "project": "project",
+    "status": "status",
+}
+_TIME_KEYS = {"day", "week"}
+_COST_SQL = ("credits_charged_pusd + CASE WHEN route = 'byok' "
+             "THEN COALESCE(provider_cost_pusd, 0) ELSE 0 END")
+
+# Peers' BYOK terms (reference/cencori.md, "Peers' BYOK terms")
+OPENROUTER_BYOK_FEE_PCT = Decimal(5)
+OPENROUTER_FREE_REQUESTS = 1_000_000
+CLOUDFLARE_CREDIT_FEE_PCT = Decimal(5)
+DEFAULT_TOKENS_PER_REQUEST = 1000
+
+
+def _usd(pusd: Any) -> float:
+    """Exact integer pico-USD → float USD (correctly rounded), NaN for NULL."""
+    return math.nan if pusd is None else int(pusd) / PUSD
+
+
+def usage(since: Any = None, project: str | None = None) -> Any:
+    """Ledger rows as a DataFrame, oldest first.
+
+    ``since``: ``"7d"``, ``"24h"``, ``"30m"``, ``"2w"``, an ISO date, a ``datetime`` or a
+    ``date``. Money columns are float USD (NaN = no price known); ``time`` is UTC.
+    """
+    import pandas as pd
+
+    led = default_ledger()
+    where, params = led.where(since=since, project=project)
+    # constant column names and expressions; values are bound parameters
+    sql = (f"SELECT {', '.join(COLUMNS)}, {_COST_SQL} FROM requests "  # noqa: S608
+           f"WHERE {where} ORDER BY ts_ms, id")
+    rows = led.query(sql, params)
+    names = [*COLUMNS, "cost_pusd"]
+    frame = pd.DataFrame.from_records(rows, columns=names)
+    for col in ("provider_cost_pusd", "credits_charged_pusd", "cost_pusd"):
+        frame[col.replace("_pusd", "_usd")] = [_usd(v) for v in frame[col]]
+    frame = frame.drop(columns=["provider_cost_pusd", "credits_charged_pusd", "cost_pusd"])
+    frame.insert(0, "time", pd.to_datetime(frame.pop("ts_ms").astype("int64"), unit="ms",
+                                           utc=True))
+    frame["estimated"] = frame["estimated"].astype(bool)
+    return frame
+
+
+def _by_list(by: str | Iterable[str]) -> list[str]:
+    keys = [by] if isinstance(by, str) else list(by)
+    bad = [k for k in keys if k not in GROUPINGS]
+    if bad or not keys:
+        from .errors import ConfigurationError
+
+        raise ConfigurationError(f"Cannot group spend by {bad or by!r}.",
+                                 hint="Use one or more of: " + ", ".join(GROUPINGS) + ".")
+    return keys
+
+
+def spend(by: str | Iterable[str] = "day", since: Any = None,
+          project: str | None = None) -> Any:
+    """Spend grouped by ``day``, ``week``, ``month``, ``provider``, ``model``, ``route``,
+    ``project`` or ``status`` (or a list of them), computed with SQL ``GROUP BY``.
+
+    Columns: the keys, then ``requests`` (all rows), ``errors``, ``cached``,
+    ``input_tokens`` / ``output_tokens`` (billed requests only), ``provider_cost_usd``,
+    ``credits_charged_usd``, ``cost_usd``. Time keys are UTC timestamps (the day, or the
+    Monday of the week); rows are in time order, else by cost (largest first).
+    """
+    import pandas as pd
+
+    keys = _by_list(by)
+    led = default_ledger()
+    where, params = led.where(since=since, project=project)
+    key_sql = ", ".join(f"{GROUPINGS[k]} AS k{i}" for i, k in enumerate(keys))
+    group = ", ".join(f"k{i}" for i in range(len(keys)))
+    ok = "status = 'ok'"
+    # keys come from GROUPINGS (validated); values are bound parameters
+    sql = (f"SELECT {key_sql}, COUNT(*), SUM(status = 'error'), "  # noqa: S608
+           "SUM(status = 'cached'), "
+           f"SUM(CASE WHEN {ok} THEN input_tokens ELSE 0 END), "
+           f"SUM(CASE WHEN {ok} THEN output_tokens ELSE 0 END), "
+           f"SUM(CASE WHEN {ok} THEN provider_cost_pusd END), "
+           f"SUM(credits_charged_pusd), SUM({_COST_SQL}) "
+           f"FROM requests WHERE {where} GROUP BY {group} ORDER BY {group}")
+    rows = led.query(sql, params)
+    names = [*keys, "requests", "errors", "cached", "input_tokens", "output_tokens",
+             "provider_cost_pusd", "credits_charged_pusd", "cost_pusd"]
+    frame = pd.DataFrame.from_records(rows, columns=names)
+    for key in keys:
+        if key in _TIME_KEYS:
+            frame[key] = pd.to_datetime(frame[key].astype("int64") * DAY_MS, unit="ms",
+                                        utc=True)
+    for col in ("provider_cost_pusd", "credits_charged_pusd", "cost_pusd"):
+        frame[col.replace("_pusd", "_usd")] = [
+            0.0 if v is None and col != "provider_cost_pusd" else _usd(v) for v in frame[col]]
+    frame = frame.drop(columns=["provider_cost_pusd", "credits_charged_pusd", "cost_pusd"])
+    for col in ("requests", "errors", "cached", "input_tokens", "output_tokens"):
+        frame[col] = frame[col].fillna(0).astype("int64")
+    if not any(k in _TIME_KEYS or k == "month" for k in keys):
+        frame = frame.sort_values("cost_usd", ascending=False, kind="stable")
+    return frame.reset_index(drop=True)
+
+
+# -- BYOK versus managed ---------------------------------------------------------------
+
+def _workload_rows(workload: Any, since: Any, project: str | None) -> list[dict[str, Any]]:
+    """Normalise the workload into dicts with exact (Decimal) provider costs."""
+    if workload is None or (isinstance(workload, str) and workload == "ledger"):
+        led = default_ledger()
+        where, params = led.where(since=since, project=project)
+        rows = led.query(
+            "SELECT provider, COALESCE(model, model_requested, ''), COUNT(*), "  # noqa: S608
+            "SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), "
+            "SUM(cache_write_tokens), SUM(provider_cost_pusd), "
+            "SUM(provider_cost_pusd IS NULL) "
+            f"FROM requests WHERE {where} AND status = 'ok' "
+            "GROUP BY 1, 2 ORDER BY 1, 2",
+            params)
+        return [{"provider": p, "model": m, "requests": int(n), "input_tokens": int(i or 0),
+                 "output_tokens": int(o or 0), "cache_read_tokens": int(cr or 0),
+                 "cache_write_tokens": int(cw or 0),
+                 "provider_cost": None if cost is None or unpriced else
+                 Decimal(int(cost)) / PUSD}
+                for p, m, n, i, o, cr, cw, cost, unpriced in rows]
+    if hasattr(workload, "to_dict") and hasattr(workload, "columns"):
+        records = workload.to_dict("records")
+    elif isinstance(workload, Mapping):
+        records = [dict(workload)]
+    else:
+        records = [dict(r) if isinstance(r, Mapping) else _completion_record(r)
+                   for r in workload]
+    out = []
+    for rec in records:
+        if "model" not in rec:
+            from .errors import ConfigurationError
+
+            raise ConfigurationError(
+                "Each workload row needs a 'model' (and 'input_tokens', 'output_tokens'; "
+                "optional 'requests', 'provider', 'cache_read_tokens').")
+        inp = int(rec.get("input_tokens") or 0)
+        outp = int(rec.get("output_tokens") or 0)
+        req = rec.get("requests")
+        if req is None or (isinstance(req, float) and math.isnan(req)):
+            # a typical prompt of ~1,000 tokens; keeps each request below long-context tiers
+            req = max(1, math.ceil(inp / DEFAULT_TOKENS_PER_REQUEST))
+        req = max(1, int(req))
+        provider = rec.get("provider") or "cencori"   # "cencori": infer from the model name
+        cr = int(rec.get("cache_read_tokens") or 0)
+        cw = int(rec.get("cache_write_tokens") or 0)
+        # Price one average request, then multiply: tiers apply per request, not per month.
+        n = Decimal(req)
+        avg = Usage(Decimal(inp) / n, Decimal(outp) / n, Decimal(cr) / n,  # type: ignore[arg-type]
+                    Decimal(cw) / n)
+        quote = pricing.provider_cost(str(provider), str(rec["model"]), avg)
+        out.append({"provider": provider, "model": str(rec["model"]), "requests": req,
+                    "input_tokens": inp, "output_tokens": outp, "cache_read_tokens": cr,
+                    "cache_write_tokens": cw,
+                    "provider_cost": None if quote.cost_usd is None else quote.cost_usd * n})
+    return out
+
+
+def _completion_record(obj: Any) -> dict[str, Any]:
+    return {"model": obj.model, "provider": obj.provider, "input_tokens": obj.input_tokens,
+            "output_tokens": obj.output_tokens, "requests": 1,
+            "cache_read_tokens": getattr(obj, "cache_read_tokens", 0),
+            "cache_write_tokens": getattr(obj, "cache_write_tokens", 0)}
+
+
+def compare_costs(workload_or_usage: Any = None, *, byok_policy: str | None = None,
+                  byok_fee_pct: Decimal | float | None = None,
+                  markup_pct: Decimal | float | None = None, include_peers: bool = True,
+                  plan_fee_usd: Decimal | float | None = None, since: Any = "30d",
+                  project: str | None = None) -> Any:
+    """Is BYOK or managed cheaper for this work? One row per model, monthly amounts in USD.
+
+    ``workload_or_usage``: None or ``"ledger"`` (the ledger's successful requests since
+    ``since``, default the last 30 days, priced as recorded), or a what-if: a DataFrame, a
+    list of dicts or one dict with ``model``, ``input_tokens``, ``output_tokens`` (monthly),
+    optional ``requests`` (default: one per 1,000 input tokens), ``provider``,
+    ``cache_read_tokens``, ``cache_write_tokens``. What-ifs are priced per average request
+    with genai-prices (so long-context tiers apply per request).
+
+    Columns: ``provider, model, requests, input_tokens, output_tokens, provider_cost_usd``
+    (what BYOK pays the provider), ``managed_charge_usd`` (provider × (1 + markup)),
+    ``byok_fee_usd`` and ``byok_total_usd`` under the BYOK policy (settings by default),
+    ``savings_usd`` (managed − BYOK total) and ``cheaper``. With ``include_peers``:
+    ``openrouter_byok_usd`` (5% fee, waived for the first 1M requests a month, across the
+    workload), ``vercel_byok_usd`` (no markup), ``cloudflare_credits_usd`` (no markup, 5% on
+    the credits bought). With ``plan_fee_usd`` (a monthly plan that makes BYOK cheaper):
+    ``break_even_requests`` / ``break_even_tokens``, the monthly volume of that model at
+    which its savings pay the plan (inf if BYOK never saves). ``frame.attrs["totals"]``
+    holds the sums and the workload's own break-even multiple.
+    """
+    import pandas as pd
+
+    s = load_settings()
+    policy = byok_policy or s.byok_policy
+    if policy not in ("zero", "percent", "managed"):
+        from .errors import ConfigurationError
+
+        raise ConfigurationError(f"byok_policy {policy!r} is not one of zero, percent, managed.")
+    fee_pct = Decimal(str(byok_fee_pct)) if byok_fee_pct is not None else s.byok_fee_pct
+    markup = Decimal(str(markup_pct)) if markup_pct is not None else s.markup_pct
+    plan = Decimal(str(plan_fee_usd)) if plan_fee_usd is not None else None
+    rows = _workload_rows(workload_or_usage, since, project)
+    total_requests = sum(r["requests"] for r in rows)
+    waived_share = (Decimal(0) if total_requests <= OPENROUTER_FREE_REQUESTS else
+                    Decimal(total_requests - OPENROUTER_FREE_REQUESTS) / total_requests)
+
+    records = []
+    totals = {"provider_cost_usd": Decimal(0), "managed_charge_usd": Decimal(0),
+              "byok_total_usd": Decimal(0)}
+    for r in rows:
+        cost: Decimal | None = r["provider_cost"]
+        rec: dict[str, Any] = {k: r[k] for k in ("provider", "model", "requests",
+                                                 "input_tokens", "output_tokens")}
+        if cost is None:
+            managed = fee = byok = None
+        else:
+            managed = cost * (1 + markup / 100)
+            fee = {"zero": Decimal(0), "percent": cost * fee_pct / 100,
+                   "managed": managed}[policy]
+            byok = cost + fee
+            totals["provider_cost_usd"] += cost
+            totals["managed_charge_usd"] += managed
+            totals["byok_total_usd"] += byok
+        savings = None if cost is None else managed - byok  # type: ignore[operator]
+        rec.update(provider_cost_usd=cost, managed_charge_usd=managed, byok_fee_usd=fee,
+                   byok_total_usd=byok, savings_usd=savings,
+                   cheaper="unknown" if savings is None else
+                   "byok" if savings > 0 else "managed" if savings < 0 else "equal")
+        if include_peers:
+            rec["openrouter_byok_usd"] = (None if cost is None else
+                                          cost + cost * OPENROUTER_BYOK_FEE_PCT / 100
+                                          * waived_share)
+            rec["vercel_byok_usd"] = cost
+            rec["cloudflare_credits_usd"] = (None if cost is None else
+                                             cost * (1 + CLOUDFLARE_CREDIT_FEE_PCT / 100))
+        if plan is not None:
+            tokens = r["input_tokens"] + r["output_tokens"]
+            if savings is None:
+                rec["break_even_requests"] = rec["break_even_tokens"] = math.nan
+            elif savings <= 0:
+                rec["break_even_requests"] = rec["break_even_tokens"] = math.inf
+            else:
+                rec["break_even_requests"] = float(plan * r["requests"] / savings)
+                rec["break_even_tokens"] = float(plan * tokens / savings)
+            rec["plan_fee_usd"] = plan
+        records.append(rec)
+
+    frame = pd.DataFrame.from_records(records, columns=_compare_columns(include_peers, plan))
+    money = [c for c in frame.columns if c.endswith("_usd")]
+    for col in money:
+        frame[col] = [math.nan if v is None else float(v) for v in frame[col]]
+    savings_total = totals["managed_charge_usd"] - totals["byok_total_usd"]
+    frame.attrs["totals"] = {
+        **{k: float(v) for k, v in totals.items()},
+        "savings_usd": float(savings_total), "requests": total_requests,
+        "byok_policy": policy, "markup_pct": float(markup),
+        "break_even_multiple": (None if plan is None else
+                                math.inf if savings_total <= 0 else float(plan / savings_total)),
+    }
+    return frame
+
+
+def _compare_columns(include_peers: bool, plan: Decimal | None) -> list[str]:
+    cols = ["provider", "model", "requests", "input_tokens", "output_tokens",
+            "provider_cost_usd", "managed_charge_usd", "byok_fee_usd", "byok_total_usd",
+            "savings_usd", "cheaper"]
+    if include_peers:
+        cols += ["openrouter_byok_usd", "vercel_byok_usd", "cloudflare_credits_usd"]
+    if plan is not None:
+        cols += ["plan_fee_usd", "break_even_requests", "break_even_tokens"]
+    return cols

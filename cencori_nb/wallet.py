@@ -1,0 +1,300 @@
+"""A local mirror of the Cencori organisation credit wallet, in Decimal USD.
+
+The gateway's wallet is the truth; this mirror lets a notebook see its balance and spend
+without a round trip. Every change is a transaction row (``topup | usage | refund |
+adjustment``) with the balance before and after, in the ledger's SQLite file (so a usage
+debit and its request row commit together).
+
+Rules mirrored from Cencori (reference/cencori.md, "Credits and billing"):
+
+- a usage debit is idempotent per request id (a UNIQUE index; debiting twice is a no-op);
+- the balance never goes negative: when a charge is larger than the mirrored balance, the
+  debit takes what is there (the balance becomes 0) and the transaction's note records the
+  full charge and the shortfall; the request's ledger row keeps the full charge;
+- a warning (:class:`LowBalanceWarning`) when a debit leaves the balance under $5.
+
+``set_balance`` records an ``adjustment`` (the difference), so the history stays complete.
+The gateway's ``403 credit_balance_exhausted`` / ``402 spend_cap_reached`` are raised by the
+adapters as :class:`~cencori_nb.errors.CreditsExhaustedError` /
+:class:`~cencori_nb.errors.SpendCapReachedError`; they change nothing here.
+"""
+
+from __future__ import annotations
+
+import html
+import sqlite3
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from .errors import ConfigurationError, CreditsError
+from .ledger import Ledger, default_ledger, from_pusd, month_start_ms, now_ms, to_pusd
+
+__all__ = ["LOW_BALANCE_USD", "CreditsSummary", "LowBalanceWarning", "Transaction", "balance",
+           "credits", "debit", "parse_amount", "refund", "set_balance", "top_up",
+           "transactions"]
+
+LOW_BALANCE_USD = Decimal(5)
+TOP_UP_URL = "https://cencori.com/dashboard/billing"
+
+
+class LowBalanceWarning(UserWarning):
+    """The mirrored credit balance fell under $5 (Cencori's low-balance threshold)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One wallet movement. ``amount`` is signed (debits negative), USD."""
+
+    id: int
+    time: datetime
+    kind: str
+    amount: Decimal
+    balance_before: Decimal
+    balance_after: Decimal
+    request_id: str | None = None
+    project: str | None = None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "time": self.time.isoformat(), "kind": self.kind,
+                "amount": str(self.amount), "balance_before": str(self.balance_before),
+                "balance_after": str(self.balance_after), "request_id": self.request_id,
+                "project": self.project, "note": self.note}
+
+
+_TX_COLUMNS = ("id, ts_ms, kind, amount_pusd, balance_before_pusd, balance_after_pusd, "
+               "request_id, project, note")
+
+
+def _tx(row: tuple[Any, ...]) -> Transaction:
+    return Transaction(id=row[0], time=datetime.fromtimestamp(row[1] / 1000, UTC), kind=row[2],
+                       amount=from_pusd(row[3]) or Decimal(0),
+                       balance_before=from_pusd(row[4]) or Decimal(0),
+                       balance_after=from_pusd(row[5]) or Decimal(0),
+                       request_id=row[6], project=row[7], note=row[8])
+
+
+def parse_amount(value: Any, *, allow_zero: bool = False, what: str = "amount") -> Decimal:
+    """A positive (or, with ``allow_zero``, non-negative) finite Decimal, or a clear error."""
+    try:
+        amount = value if isinstance(value, Decimal) else Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        raise ConfigurationError(f"The {what} {value!r} is not a number.",
+                                 hint="Write dollars as a decimal, e.g. 25 or 10.50.") from None
+    if not amount.is_finite() or amount < 0 or (amount == 0 and not allow_zero):
+        need = "zero or more" if allow_zero else "more than zero"
+        raise ConfigurationError(f"The {what} must be {need} dollars; got {value!r}.",
+                                 hint="Write dollars as a decimal, e.g. 25 or 10.50.")
+    if amount != amount.quantize(Decimal(1).scaleb(-12)):
+        raise ConfigurationError(f"The {what} {value!r} has more than 12 decimal places.")
+    return amount
+
+
+def _balance_pusd(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT balance_after_pusd FROM wallet_transactions "
+                       "ORDER BY id DESC LIMIT 1").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _insert(conn: sqlite3.Connection, kind: str, delta_pusd: int, before_pusd: int, *,
+            request_id: str | None = None, project: str | None = None,
+            note: str | None = None) -> Transaction:
+    ts = now_ms()
+    cur = conn.execute(
+        "INSERT INTO wallet_transactions (ts_ms, kind, amount_pusd, balance_before_pusd, "
+        "balance_after_pusd, request_id, project, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (ts, kind, delta_pusd, before_pusd, before_pusd + delta_pusd, request_id, project, note))
+    return _tx((cur.lastrowid, ts, kind, delta_pusd, before_pusd, before_pusd + delta_pusd,
+                request_id, project, note))
+
+
+def _ledger(ledger: Ledger | None) -> Ledger:
+    return ledger if ledger is not None else default_ledger()
+
+
+def balance(*, ledger: Ledger | None = None) -> Decimal:
+    """The mirrored balance in USD (0 before the first top-up)."""
+    led = _ledger(ledger)
+    with led._lock:
+        return from_pusd(_balance_pusd(led.conn)) or Decimal(0)
+
+
+def top_up(amount: Decimal | str | int, note: str | None = None, *,
+           ledger: Ledger | None = None) -> Transaction:
+    """Record credits bought on cencori.com (a positive amount)."""
+    value = to_pusd(parse_amount(amount))
+    assert value is not None
+    with _ledger(ledger).transaction() as conn:
+        return _insert(conn, "topup", value, _balance_pusd(conn), note=note)
+
+
+def set_balance(amount: Decimal | str | int, note: str | None = None, *,
+                ledger: Ledger | None = None) -> Transaction:
+    """Make the mirror match the dashboard: an ``adjustment`` of the difference."""
+    target = to_pusd(parse_amount(amount, allow_zero=True, what="balance"))
+    assert target is not None
+    with _ledger(ledger).transaction() as conn:
+        before = _balance_pusd(conn)
+        return _insert(conn, "adjustment", target - before, before,
+                       note=note or "set balance")
+
+
+def debit_in(conn: sqlite3.Connection, request_id: str, amount: Decimal, *,
+             project: str | None) -> Transaction | None:
+    """Debit inside the caller's transaction; None if ``request_id`` was already debited.
+
+    Clamps at zero (see the module docstring) and notes the shortfall.
+    """
+    if not request_id:
+        raise CreditsError("A usage debit needs a request id (it is what makes it idempotent).")
+    charge = to_pusd(amount) or 0
+    if charge < 0:
+        raise CreditsError(f"A usage debit must not be negative (got {amount}); use refund().")
+    if conn.execute("SELECT 1 FROM wallet_transactions WHERE kind = 'usage' AND request_id = ?",
+                    (request_id,)).fetchone():
+        return None
+    before = _balance_pusd(conn)
+    taken = min(charge, max(before, 0))
+    note = None
+    if taken < charge:
+        note = (f"charge ${from_pusd(charge)} exceeded the mirrored balance ${from_pusd(before)}"
+                f"; debited ${from_pusd(taken)}, shortfall ${from_pusd(charge - taken)}")
+    return _insert(conn, "usage", -taken, before, request_id=request_id, project=project,
+                   note=note)
+
+
+def debit(request_id: str, amount: Decimal | str | int, *, project: str | None = None,
+          ledger: Ledger | None = None) -> Transaction | None:
+    """Debit a request's charge once; a second call with the same ``request_id`` returns
+    None and changes nothing. Warns :class:`LowBalanceWarning` under $5."""
+    value = parse_amount(amount, allow_zero=True)
+    with _ledger(ledger).transaction() as conn:
+        tx = debit_in(conn, request_id, value, project=project)
+    if tx is not None:
+        warn_if_low(tx)
+    return tx
+
+
+_warned_low = False
+
+
+def warn_if_low(tx: Transaction) -> None:
+    """Warn when a debit takes the balance under $5 (crossing it, or the first time in this
+    process that a debit leaves it low)."""
+    global _warned_low
+    if tx.balance_after >= LOW_BALANCE_USD:
+        return
+    if tx.balance_before >= LOW_BALANCE_USD or not _warned_low:
+        _warned_low = True
+        warnings.warn(
+            f"Your Cencori credit balance (local mirror) is ${tx.balance_after:.2f}, under "
+            f"${LOW_BALANCE_USD}. Top up at {TOP_UP_URL}, then record it with "
+            "`cencori-nb credits top-up AMOUNT` (or cencori_nb.wallet.top_up).",
+            LowBalanceWarning, stacklevel=3)
+
+
+def refund(request_id: str, amount: Decimal | str | int | None = None, *,
+           ledger: Ledger | None = None, note: str | None = None) -> Transaction:
+    """Give back a request's debit (all of it by default); one refund per request id."""
+    with _ledger(ledger).transaction() as conn:
+        row = conn.execute("SELECT -amount_pusd, project FROM wallet_transactions "
+                           "WHERE kind = 'usage' AND request_id = ?", (request_id,)).fetchone()
+        if row is None:
+            raise CreditsError(f"No usage debit for request {request_id!r} to refund.",
+                               request_id=request_id)
+        if conn.execute("SELECT 1 FROM wallet_transactions WHERE kind = 'refund' "
+                        "AND request_id = ?", (request_id,)).fetchone():
+            raise CreditsError(f"Request {request_id!r} was already refunded.",
+                               request_id=request_id)
+        debited = int(row[0])
+        value = debited if amount is None else to_pusd(parse_amount(amount))
+        assert value is not None
+        if value > debited:
+            raise CreditsError(
+                f"Cannot refund ${from_pusd(value)} for request {request_id!r}: only "
+                f"${from_pusd(debited)} was debited.", request_id=request_id)
+        return _insert(conn, "refund", value, _balance_pusd(conn), request_id=request_id,
+                       project=row[1], note=note)
+
+
+def transactions(*, as_frame: bool = True, ledger: Ledger | None = None) -> Any:
+    """Every wallet movement, oldest first: a DataFrame (``time, kind, amount,
+    balance_before, balance_after, request_id, project, note``; money as float) or, with
+    ``as_frame=False``, a list of :class:`Transaction` (money as Decimal)."""
+    txs = [_tx(r) for r in _ledger(ledger).query(
+        f"SELECT {_TX_COLUMNS} FROM wallet_transactions ORDER BY id")]  # noqa: S608
+    if not as_frame:
+        return txs
+    import pandas as pd
+
+    columns = ["time", "kind", "amount", "balance_before", "balance_after", "request_id",
+               "project", "note"]
+    frame = pd.DataFrame(
+        [(t.time, t.kind, float(t.amount), float(t.balance_before), float(t.balance_after),
+          t.request_id, t.project, t.note) for t in txs], columns=columns)
+    frame["time"] = pd.to_datetime(frame["time"], utc=True)
+    return frame
+
+
+@dataclass(frozen=True, slots=True)
+class CreditsSummary:
+    """The wallet at a glance (what ``cencori-nb credits`` and ``%cencori credits`` show)."""
+
+    balance: Decimal
+    low: bool
+    top_ups_total: Decimal
+    spend_this_month: Decimal
+    transactions: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"balance": str(self.balance), "low": self.low,
+                "top_ups_total": str(self.top_ups_total),
+                "spend_this_month": str(self.spend_this_month),
+                "transactions": self.transactions, "low_balance_threshold": str(LOW_BALANCE_USD)}
+
+    def __str__(self) -> str:
+        low = f"  (low: under ${LOW_BALANCE_USD}; top up at {TOP_UP_URL})" if self.low else ""
+        return (f"Balance: ${self.balance:.2f}{low}\n"
+                f"Spent this month: ${self.spend_this_month:.4f}\n"
+                f"Top-ups (all time): ${self.top_ups_total:.2f}\n"
+                f"Transactions: {self.transactions}")
+
+    def _repr_html_(self) -> str:
+        colour = "#b00020" if self.low else "inherit"
+        low = (f" <span style='color:#b00020'>low — under ${LOW_BALANCE_USD}; "
+               f"<a href='{html.escape(TOP_UP_URL)}'>top up</a></span>") if self.low else ""
+        return ("<table><tr><th style='text-align:left'>Credit balance</th>"
+                f"<td style='color:{colour}'>${self.balance:.2f}{low}</td></tr>"
+                f"<tr><th style='text-align:left'>Spent this month</th>"
+                f"<td>${self.spend_this_month:.4f}</td></tr>"
+                f"<tr><th style='text-align:left'>Top-ups (all time)</th>"
+                f"<td>${self.top_ups_total:.2f}</td></tr>"
+                f"<tr><th style='text-align:left'>Transactions</th>"
+                f"<td>{self.transactions}</td></tr></table>")
+
+
+def credits(*, ledger: Ledger | None = None) -> CreditsSummary:
+    """Balance, low flag (under $5), top-ups total, and credits charged this UTC month."""
+    led = _ledger(ledger)
+    with led._lock:
+        conn = led.conn
+        bal = _balance_pusd(conn)
+        topups, count = conn.execute(
+            "SELECT COALESCE(SUM(CASE WHEN kind = 'topup' THEN amount_pusd END), 0), COUNT(*) "
+            "FROM wallet_transactions").fetchone()
+        (spent,) = conn.execute(
+            "SELECT COALESCE(SUM(credits_charged_pusd), 0) FROM requests "
+            "WHERE status = 'ok' AND ts_ms >= ?", (month_start_ms(),)).fetchone()
+    balance_usd = from_pusd(bal) or Decimal(0)
+    return CreditsSummary(balance=balance_usd, low=balance_usd < LOW_BALANCE_USD,
+                          top_ups_total=from_pusd(int(topups)) or Decimal(0),
+                          spend_this_month=from_pusd(int(spent)) or Decimal(0),
+                          transactions=int(count))
+
+
+def _reset_for_tests() -> None:
+    global _warned_low
+    _warned_low = False
