@@ -1,0 +1,227 @@
+"""The ``%cencori`` / ``%%cencori`` IPython magics (``%load_ext cencori_nb``).
+
+A thin face over the same services the CLI uses: the cell magic parses its line into
+:class:`~cencori_nb.magic.parser.CellArgs`, fills ``{placeholders}`` from the user namespace
+(:mod:`~cencori_nb.magic.interpolate`), and calls :mod:`cencori_nb.client`; the line magic
+dispatches subcommands (:mod:`~cencori_nb.magic.commands`).
+
+Loading must stay cheap: this module imports only what IPython has already imported.
+The client, the router, pandas, plotly and ipywidgets load when a magic first needs them.
+
+Errors: a :class:`~cencori_nb.errors.CencoriError` becomes one ``cencori: <message>`` line
+in the output (no traceback; the client has already recorded the failure in the ledger).
+Any other exception propagates as usual. No global exception handler is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.display import display
+from traitlets import Bool, Enum, Int, Unicode, validate
+
+from ..errors import CencoriError
+from .interpolate import interpolate
+from .parser import FORMATS, ROUTES, CellArgs, KeyInArgumentsError, parse_cell_line, usage_text
+from .render import Bundle, StreamView, error_bundle, notice_bundle, render_completion
+
+__all__ = ["CencoriMagics", "load_ipython_extension", "unload_ipython_extension"]
+
+
+def show(content: Bundle) -> None:
+    """Display a raw MIME bundle."""
+    display(content, raw=True)
+
+
+@magics_class
+class CencoriMagics(Magics):
+    """``%cencori`` subcommands and the ``%%cencori`` prompt cell.
+
+    Persistent defaults: ``%config CencoriMagics.default_model = "gpt-4o-mini"``.
+    """
+
+    default_model = Unicode(None, allow_none=True,
+                            help="Model used when a cell names none (else the project "
+                            "default).").tag(config=True)
+    default_provider = Unicode(None, allow_none=True,
+                               help="Provider forced when a cell names none.").tag(config=True)
+    default_route = Enum(ROUTES, default_value="auto",
+                         help="auto (your key if set, else Cencori credits), byok or "
+                         "managed.").tag(config=True)
+    default_format = Enum(FORMATS, default_value="markdown",
+                          help="How replies are shown.").tag(config=True)
+    default_system = Unicode(None, allow_none=True,
+                             help="System prompt used when a cell gives none.").tag(config=True)
+    default_max_tokens = Int(None, allow_none=True,
+                             help="max_tokens used when a cell gives none.").tag(config=True)
+    stream = Bool(True, help="Stream replies into the output as they arrive.").tag(config=True)
+    stream_throttle_ms = Int(80, help="Minimum time between two redraws of a streaming "
+                             "reply, in milliseconds.").tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self.sandbox_server: Any = None      # a SandboxServer started by `%cencori sandbox on`
+
+    @validate("stream_throttle_ms")
+    def _check_throttle(self, proposal: Any) -> int:
+        value = int(proposal["value"])
+        if value < 0:
+            raise ValueError("stream_throttle_ms must be ≥ 0")
+        return value
+
+    @validate("default_max_tokens")
+    def _check_max_tokens(self, proposal: Any) -> int | None:
+        value = proposal["value"]
+        if value is not None and value <= 0:
+            raise ValueError("default_max_tokens must be a positive integer")
+        return value
+
+    # ---------------------------------------------------------------- entry point
+    @line_cell_magic
+    def cencori(self, line: str, cell: str | None = None) -> Any:
+        """``%cencori SUBCOMMAND`` (see ``%cencori help``) or ``%%cencori`` + a prompt."""
+        try:
+            if cell is None:
+                from .commands import run_line
+
+                return run_line(self, line)
+            self.run_cell(line, cell)
+        except KeyInArgumentsError as exc:
+            self.forget_key_shaped_input()
+            show(error_bundle(str(exc)))
+        except CencoriError as exc:
+            show(error_bundle(str(exc)))
+        return None
+
+    # ---------------------------------------------------------------- the prompt cell
+    def run_cell(self, line: str, cell: str) -> None:
+        """Parse, interpolate, send (or dry-run) and render one ``%%cencori`` cell."""
+        args = parse_cell_line(line)
+        if args.help:
+            show(notice_bundle("\n" + usage_text()))
+            return
+        user_ns = self.shell.user_ns if self.shell is not None else {}
+        prompt = interpolate(cell, user_ns)
+        if not prompt.strip():
+            raise _usage("the cell is empty: write the prompt below the %%cencori line.")
+        options = self._request_options(args)
+        if args.dry_run:
+            from .commands import dry_run
+
+            dry_run(prompt, options)
+            return
+        completion, view = self._send(prompt, options, stream=args.stream and self.stream)
+        if completion is None:
+            return
+        rendered = render_completion(completion.text, completion.footer(),
+                                     args.format or self.default_format)
+        if view is None:
+            show(rendered.bundle)
+        else:
+            view.finish(rendered.bundle)   # the streamed text is replaced in place
+        if args.output:
+            user_ns[args.output] = completion
+        if rendered.next_input is not None and self.shell is not None:
+            self.shell.set_next_input(rendered.next_input, replace=False)
+
+    def _request_options(self, args: CellArgs) -> dict[str, Any]:
+        """Keyword arguments for ``client.chat``/``client.stream``: the cell, then defaults."""
+        return {
+            "model": args.model or self.default_model or None,
+            "provider": args.provider or self.default_provider or None,
+            "route": args.route or self.default_route,
+            "system": args.system if args.system is not None else self.default_system,
+            "temperature": args.temperature,
+            "max_tokens": args.max_tokens or self.default_max_tokens,
+            "project": args.project,
+            "cache": args.cache,
+        }
+
+    def _send(self, prompt: str, options: dict[str, Any], *,
+              stream: bool) -> tuple[Any, StreamView | None]:
+        """Send the prompt: ``(completion, view)``, or ``(None, view)`` after showing an error
+        in the streaming display. Errors before a display exists propagate to the caller."""
+        from .. import client
+
+        if not stream:
+            return client.chat(prompt, **options), None
+        view = StreamView(lambda b: display(b, raw=True, display_id=True),
+                          throttle_ms=self.stream_throttle_ms)
+        view.start()
+        try:
+            chunks = client.stream(prompt, **options)
+            for delta in chunks:
+                view.feed(delta)
+        except CencoriError as exc:
+            view.finish(error_bundle(str(exc)))   # the error replaces the partial text
+            return None, view
+        return chunks.completion, view
+
+    # ---------------------------------------------------------------- history hygiene
+    def forget_key_shaped_input(self) -> None:
+        """Redact key-shaped text from the current input in IPython's history.
+
+        IPython stores the line before the magic runs (memory, ``_i`` variables and
+        ``history.sqlite``); we cannot stop that, but we can overwrite it at once.
+        """
+        from .parser import redact
+
+        shell = self.shell
+        hm = getattr(shell, "history_manager", None)
+        if shell is None or hm is None:
+            return
+        for hist in (hm.input_hist_raw, hm.input_hist_parsed):
+            for i in range(max(0, len(hist) - 2), len(hist)):
+                hist[i] = redact(hist[i])
+        for attr in ("_i00", "_i", "_ii", "_iii"):
+            if isinstance(getattr(hm, attr, None), str):
+                setattr(hm, attr, redact(getattr(hm, attr)))
+        for name in list(shell.user_ns):
+            if re.fullmatch(r"_i+\d*", name) and isinstance(shell.user_ns[name], str):
+                shell.user_ns[name] = redact(shell.user_ns[name])
+        if not getattr(hm, "enabled", False) or getattr(hm, "db", None) is None:
+            return
+        # Holding the cache lock means the saving thread is not half-way through a write:
+        # the line is either still in the cache (redact it there) or committed (UPDATE it).
+        with hm.db_input_cache_lock:
+            hm.db_input_cache = [(n, redact(src), redact(raw)) for n, src, raw in
+                                 hm.db_input_cache]
+            rows = hm.db.execute("SELECT line, source, source_raw FROM history WHERE "
+                                 "session = ?", (hm.session_number,)).fetchall()
+            with hm.db:
+                for line_no, src, raw in rows:
+                    if redact(src or "") != (src or "") or redact(raw or "") != (raw or ""):
+                        hm.db.execute("UPDATE history SET source = ?, source_raw = ? WHERE "
+                                      "session = ? AND line = ?",
+                                      (redact(src or ""), redact(raw or ""),
+                                       hm.session_number, line_no))
+
+
+def _usage(message: str) -> CencoriError:
+    from .parser import MagicUsageError
+
+    return MagicUsageError(message)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register ``%cencori`` and ``%%cencori`` (called by ``%load_ext cencori_nb``)."""
+    for existing in ipython.configurables:
+        if isinstance(existing, CencoriMagics):   # loaded twice: keep one instance
+            return
+    ipython.register_magics(CencoriMagics(shell=ipython))
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Remove the magics and stop a sandbox the magic started."""
+    for existing in list(ipython.configurables):
+        if isinstance(existing, CencoriMagics):
+            if existing.sandbox_server is not None:
+                existing.sandbox_server.stop()
+                existing.sandbox_server = None
+                os.environ.pop("CENCORI_NB_SANDBOX", None)
+            ipython.configurables.remove(existing)
+    for kind in ("line", "cell"):
+        ipython.magics_manager.magics[kind].pop("cencori", None)

@@ -1,0 +1,205 @@
+"""The ``%cencori`` line subcommands and ``%%cencori --dry-run``.
+
+Each handler is a thin call into the service the CLI also uses (``keys``, ``router``,
+``reports``, ``charts``, ``wallet``, ``cache``, ``sandbox``) and a display of its result.
+Imported on first use of the line magic, so none of this weighs on ``%load_ext``.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from IPython.display import display
+
+from ..settings import ENV_PROJECT, ENV_SANDBOX
+from .parser import LineArgs, MagicUsageError, parse_line, usage_text
+from .render import Bundle, bundle, notice_bundle
+
+if TYPE_CHECKING:
+    from . import CencoriMagics
+
+__all__ = ["dry_run", "run_line"]
+
+_PROJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+
+
+def show(content: Bundle) -> None:
+    display(content, raw=True)
+
+
+def run_line(magics: CencoriMagics, line: str) -> Any:
+    """Parse ``line`` and run its subcommand. Returns what the cell should show as Out
+    (nothing: every subcommand displays its result, so no key-free-but-large object lands
+    in ``Out``)."""
+    args = parse_line(line)
+    handler = _HANDLERS[args.command]
+    handler(magics, args)
+    return None
+
+
+# ----------------------------------------------------------------------------- handlers
+def _help(magics: CencoriMagics, args: LineArgs) -> None:
+    show(bundle(usage_text(), text_html=f"<pre>{html.escape(usage_text())}</pre>"))
+
+
+def _setup(magics: CencoriMagics, args: LineArgs) -> None:
+    from ..widgets import setup
+
+    display(setup(project=args.project))
+
+
+def _providers(magics: CencoriMagics, args: LineArgs) -> None:
+    from ..widgets.controller import provider_rows
+
+    rows = provider_rows(args.project)
+    head = ("provider", "status", "key", "default model", "project default")
+    body = [(r.display_name, r.badge, r.key_hint or "", r.default_model or "",
+             "yes" if r.is_default else "") for r in rows]
+    show(_table(head, body, title=f"Providers — project {_project(args.project)}"))
+
+
+def _models(magics: CencoriMagics, args: LineArgs) -> None:
+    from ..catalog import PROVIDERS, provider_info
+
+    infos = [provider_info(args.provider)] if args.provider else list(PROVIDERS.values())
+    body = [(info.name, model, "default" if model == info.default_model else "")
+            for info in infos for model in info.models]
+    show(_table(("provider", "model", ""), body, title="Known models (any other id works as "
+                "provider/model)"))
+
+
+def _route(magics: CencoriMagics, args: LineArgs) -> None:
+    from .. import router
+
+    decision = router.explain_route(args.model, provider=args.provider, route=args.route,
+                                    project=args.project)
+    display(decision)
+
+
+def _usage_cmd(magics: CencoriMagics, args: LineArgs) -> None:
+    from .. import charts, reports
+
+    frame = reports.usage(since=args.since, project=args.project)
+    display(frame)
+    if len(frame):
+        chart = getattr(charts, "usage", None) or getattr(charts, "spend_over_time", None)
+        if chart is not None:
+            display(chart(frame))
+
+
+def _credits(magics: CencoriMagics, args: LineArgs) -> None:
+    from .. import wallet
+
+    display(wallet.credits())
+
+
+def _use(magics: CencoriMagics, args: LineArgs) -> None:
+    project = args.project or ""
+    if not _PROJECT_NAME.fullmatch(project):
+        raise MagicUsageError(
+            f"%cencori use: {project!r} is not a project name.",
+            hint="Use letters, digits, '.', '_' or '-' (at most 64 characters).")
+    os.environ[ENV_PROJECT] = project     # this kernel only; other kernels keep theirs
+    show(notice_bundle(f"current project for this kernel: {project}"))
+
+
+def _cache(magics: CencoriMagics, args: LineArgs) -> None:
+    from .. import cache
+
+    removed = cache.clear()
+    show(notice_bundle(f"cache cleared ({removed} cached repl{'y' if removed == 1 else 'ies'} "
+                       "removed)."))
+
+
+def _sandbox(magics: CencoriMagics, args: LineArgs) -> None:
+    if args.action == "on":
+        url = args.url
+        if url is None:
+            if magics.sandbox_server is None:
+                from ..sandbox import SandboxServer
+
+                server = SandboxServer(port=args.port)
+                server.start_in_thread()
+                magics.sandbox_server = server
+            url = magics.sandbox_server.url
+        elif not re.match(r"https?://", url):
+            raise MagicUsageError(f"%cencori sandbox on: {url!r} is not an http(s) URL.")
+        os.environ[ENV_SANDBOX] = url.rstrip("/")
+        show(notice_bundle(f"sandbox on: requests in this kernel go to {url.rstrip('/')} "
+                           "(no real provider is called, no real credits are spent)."))
+        return
+    if magics.sandbox_server is not None:
+        magics.sandbox_server.stop()
+        magics.sandbox_server = None
+    os.environ.pop(ENV_SANDBOX, None)
+    from ..settings import sandbox_url
+
+    still = sandbox_url()
+    if still:
+        show(notice_bundle(f"sandbox off in this kernel, but config.json still sets "
+                           f"sandbox_url = {still}."))
+    else:
+        show(notice_bundle("sandbox off: requests go to the real providers."))
+
+
+_HANDLERS = {"help": _help, "setup": _setup, "providers": _providers, "models": _models,
+             "route": _route, "usage": _usage_cmd, "credits": _credits, "use": _use,
+             "cache": _cache, "sandbox": _sandbox}
+
+
+# ----------------------------------------------------------------------------- dry run
+def dry_run(prompt: str, options: dict[str, Any]) -> None:
+    """Show the routing decision and an estimated cost; send nothing."""
+    from .. import pricing, router
+    from ..settings import load_settings
+    from ..tokens import estimate_messages_tokens
+
+    decision = router.explain_route(options["model"], provider=options["provider"],
+                                    route=options["route"], project=options["project"])
+    contents = [c for c in (options.get("system"), prompt) if c]
+    input_tokens = estimate_messages_tokens(contents)
+    assumed = options.get("max_tokens") is None
+    output_tokens = options.get("max_tokens") or DRY_RUN_OUTPUT_TOKENS
+    cost = pricing.estimate_cost(decision.provider, decision.model, input_tokens, output_tokens)
+    lines = [f"dry run — nothing was sent. Estimated ~{input_tokens} input tokens and "
+             f"{'up to ' if not assumed else ''}{output_tokens} output tokens"
+             f"{' (assumed; set --max-tokens)' if assumed else ''}."]
+    if cost is None:
+        lines.append(f"No price known for {decision.provider}/{decision.model}.")
+    elif decision.route == "managed":
+        markup = load_settings().markup_pct
+        charge = cost * (1 + markup / Decimal(100))
+        lines.append(f"Estimated provider cost ${cost:.6f}; charged to Cencori credits "
+                     f"≈ ${charge:.6f} (+{markup}% markup).")
+    else:
+        lines.append(f"Estimated cost ${cost:.6f}, paid to {decision.provider} with your key "
+                     "(BYOK).")
+    display(decision)
+    show(notice_bundle(" ".join(lines)))
+
+
+DRY_RUN_OUTPUT_TOKENS = 500   # assumed reply length when --max-tokens is not given
+
+
+# ----------------------------------------------------------------------------- helpers
+def _project(explicit: str | None) -> str:
+    from ..settings import current_project
+
+    return current_project(explicit)
+
+
+def _table(head: tuple[str, ...], rows: list[tuple[str, ...]], *, title: str) -> Bundle:
+    """A small table as HTML and aligned plain text."""
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    plain = "\n".join([title, fmt.format(*head), *(fmt.format(*r) for r in rows)])
+    th = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in head)
+    trs = "".join("<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(c))}</td>"
+                                   for c in r) + "</tr>" for r in rows)
+    return bundle(plain, text_html=(f"<div><b>{html.escape(title)}</b></div>"
+                                    f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody>"
+                                    "</table>"))

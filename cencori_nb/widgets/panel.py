@@ -1,0 +1,253 @@
+"""The providers panel: an ipywidgets view of :class:`ProvidersController`.
+
+Mirrors Cencori's Providers page: a project selector, one row per provider with a badge
+(Enabled / Disabled / Managed / Not configured), a dialog per provider (API key, default
+model, "Set as project default", Save, Test key, Enable/Disable, Remove), the managed
+Cencori project key, and the credit wallet.
+
+Password fields: ipywidgets syncs every trait to the browser and may save it in the
+notebook's widget state, so each handler reads a password field's value, wraps it in a
+:class:`Secret` and sets the field back to ``""`` *before* doing anything that can fail.
+The key is therefore never left in widget state, whatever happens next.
+"""
+
+from __future__ import annotations
+
+import html
+from decimal import Decimal
+from typing import Any
+
+import ipywidgets as w
+
+from ..errors import CencoriError
+from ..keystore.secret import Secret
+from .controller import DISABLED, ENABLED, MANAGED, ProviderRow, ProvidersController
+
+__all__ = ["ProvidersPanel"]
+
+_BADGE_STYLE = {
+    ENABLED: "background:#e6f4ea;color:#137333",
+    DISABLED: "background:#f1f3f4;color:#5f6368",
+    MANAGED: "background:#e8f0fe;color:#1a73e8",
+}
+_DEFAULT_BADGE_STYLE = "background:#fef7e0;color:#b06000"
+
+
+def badge_html(badge: str) -> str:
+    style = _BADGE_STYLE.get(badge, _DEFAULT_BADGE_STYLE)
+    return (f"<span class='cencori-badge' style='{style};border-radius:10px;"
+            f"padding:1px 8px;font-size:85%'>{html.escape(badge)}</span>")
+
+
+def _take(field: w.Password) -> Secret | None:
+    """Read a password field and empty it at once; the value leaves only as a Secret."""
+    value = field.value
+    field.value = ""
+    return Secret(value) if value else None
+
+
+class ProvidersPanel(w.VBox):
+    """The panel widget. ``controller`` does the work; this class only draws and wires."""
+
+    def __init__(self, controller: ProvidersController, **kwargs: Any) -> None:
+        self.controller = controller
+        self.project = w.Dropdown(description="Project", options=controller.projects(),
+                                  value=controller.project)
+        self.provider_buttons: dict[str, w.Button] = {}
+        self.badges: dict[str, w.HTML] = {}
+        self.hints: dict[str, w.HTML] = {}
+        rows = []
+        for row in controller.rows():
+            button = w.Button(description=row.display_name, tooltip=f"Configure {row.provider}",
+                              layout=w.Layout(width="220px"))
+            button.on_click(lambda _b, name=row.provider: self.select(name))
+            self.provider_buttons[row.provider] = button
+            self.badges[row.provider] = w.HTML()
+            self.hints[row.provider] = w.HTML()
+            rows.append(w.HBox([button, self.badges[row.provider], self.hints[row.provider]]))
+        self.provider_list = w.VBox(rows)
+
+        # The dialog of the selected provider.
+        self.dialog_title = w.HTML()
+        self.key = w.Password(description="API key", placeholder="paste the key, then Save")
+        self.model = w.Dropdown(description="Default model", options=[])
+        self.make_default = w.Checkbox(description="Set as project default", value=False)
+        self.save_button = w.Button(description="Save", button_style="primary")
+        self.test_button = w.Button(description="Test key")
+        self.toggle_button = w.Button(description="Disable")
+        self.remove_button = w.Button(description="Remove", button_style="danger")
+        self.save_button.on_click(lambda _b: self.save())
+        self.test_button.on_click(lambda _b: self.test_key())
+        self.toggle_button.on_click(lambda _b: self.toggle_enabled())
+        self.remove_button.on_click(lambda _b: self.remove())
+        self.dialog = w.VBox([
+            self.dialog_title, self.key, self.model, self.make_default,
+            w.HBox([self.save_button, self.test_button, self.toggle_button,
+                    self.remove_button])],
+            layout=w.Layout(display="none", border="1px solid #ddd", padding="6px"))
+
+        # The managed Cencori project key.
+        self.cencori_hint = w.HTML()
+        self.cencori_key = w.Password(description="Cencori key", placeholder="csk_…")
+        self.cencori_save = w.Button(description="Save Cencori key")
+        self.cencori_remove = w.Button(description="Remove")
+        self.cencori_save.on_click(lambda _b: self.save_cencori_key())
+        self.cencori_remove.on_click(lambda _b: self.remove_cencori_key())
+        cencori_box = w.VBox([
+            w.HTML("<b>Cencori project key</b> (managed route: requests without your own key "
+                   "are served through Cencori and paid with credits)"),
+            self.cencori_hint, w.HBox([self.cencori_key, self.cencori_save, self.cencori_remove])])
+
+        self.credits = w.HTML()
+        self.status = w.HTML()
+        self.project.observe(self._on_project, names="value")
+        super().__init__([
+            w.HTML("<h3 style='margin:0'>Providers</h3>"), self.project, self.provider_list,
+            self.dialog, cencori_box, w.HTML("<b>Credits</b>"), self.credits, self.status,
+        ], **kwargs)
+        self.refresh()
+
+    # ------------------------------------------------------------------ drawing
+    def refresh(self) -> None:
+        """Redraw badges, hints, the Cencori key line, the credits and the open dialog."""
+        for row in self.controller.rows():
+            self.badges[row.provider].value = badge_html(row.badge)
+            extra = [row.key_hint or ""]
+            if row.is_default:
+                extra.append("project default")
+            self.hints[row.provider].value = html.escape(" · ".join(x for x in extra if x))
+        hint = self.controller.cencori_hint()
+        self.cencori_hint.value = (f"Cencori key {html.escape(hint)} "
+                                   f"{badge_html('Enabled')}" if hint else "No Cencori key set.")
+        self._draw_credits()
+        if self.controller.selected is not None:
+            self._draw_dialog(self.controller.row(self.controller.selected))
+
+    def _draw_dialog(self, row: ProviderRow) -> None:
+        self.dialog_title.value = (f"<b>{html.escape(row.display_name)}</b> "
+                                   f"{badge_html(row.badge)} {html.escape(row.key_hint or '')}")
+        options = list(row.models)
+        if row.default_model and row.default_model not in options:
+            options.append(row.default_model)
+        self.model.options = options
+        self.model.value = row.default_model if row.default_model in options else None
+        self.make_default.value = row.is_default
+        self.toggle_button.description = "Disable" if row.badge == ENABLED else "Enable"
+        self.toggle_button.disabled = not row.has_key
+        self.remove_button.disabled = not row.has_key
+        self.test_button.disabled = not row.has_key
+        self.dialog.layout.display = ""
+
+    def _draw_credits(self) -> None:
+        try:
+            summary = self.controller.credits()
+        except CencoriError as exc:
+            self.credits.value = html.escape(f"Credits unavailable: {exc}")
+            return
+        self.credits.value = credits_html(summary)
+
+    def _say(self, message: str, *, ok: bool = True) -> None:
+        color = "#137333" if ok else "#b00020"
+        self.status.value = f"<span style='color:{color}'>{html.escape(message)}</span>"
+
+    # ------------------------------------------------------------------ actions
+    def select(self, provider: str) -> None:
+        """Open the dialog of ``provider`` (a fresh, empty key field)."""
+        self.key.value = ""
+        try:
+            row = self.controller.select(provider)
+        except CencoriError as exc:
+            self._say(str(exc), ok=False)
+            return
+        self._draw_dialog(row)
+
+    def save(self) -> None:
+        """Save the selected provider's key, default model and project-default choice."""
+        secret = _take(self.key)            # the field is empty from here on, even on failure
+        provider = self.controller.selected
+        if provider is None:
+            self._say("Select a provider first.", ok=False)
+            return
+        self._run(lambda: self.controller.save(provider, secret, default_model=self.model.value,
+                                               make_default=self.make_default.value))
+
+    def test_key(self) -> None:
+        provider = self.controller.selected
+        if provider is None:
+            self._say("Select a provider first.", ok=False)
+            return
+        self._say("Testing the key…")
+        result = self.controller.test_key(provider, self.model.value)
+        self._say(result.message, ok=result.ok)
+
+    def toggle_enabled(self) -> None:
+        provider = self.controller.selected
+        if provider is None:
+            return
+        enable = self.controller.row(provider).badge != ENABLED
+        self._run(lambda: self.controller.set_enabled(provider, enable))
+
+    def remove(self) -> None:
+        provider = self.controller.selected
+        if provider is None:
+            return
+        self._run(lambda: self.controller.remove(provider))
+
+    def save_cencori_key(self) -> None:
+        secret = _take(self.cencori_key)
+        self._run(lambda: self.controller.save_cencori_key(secret))
+
+    def remove_cencori_key(self) -> None:
+        self._run(self.controller.remove_cencori_key)
+
+    def _run(self, action: Any) -> None:
+        """Run a controller action; show its message or the error's, then redraw."""
+        try:
+            message = action()
+        except CencoriError as exc:
+            self._say(str(exc), ok=False)
+        else:
+            self._say(message)
+        self.refresh()
+
+    def _on_project(self, change: dict[str, Any]) -> None:
+        self.key.value = ""
+        self.controller.set_project(change["new"])
+        self.dialog.layout.display = "none"
+        self.refresh()
+
+
+def _field(summary: Any, *names: str) -> Any:
+    for name in names:
+        if isinstance(summary, dict) and name in summary:
+            return summary[name]
+        if hasattr(summary, name):
+            return getattr(summary, name)
+    return None
+
+
+def _money(value: Any) -> str:
+    if value is None:
+        return "—"
+    return f"${Decimal(str(value)):.2f}"
+
+
+def credits_html(summary: Any) -> str:
+    """The credits section from ``wallet.credits()``: balance, warning, top-ups, spend."""
+    balance = _field(summary, "balance", "balance_usd")
+    low = _field(summary, "low", "low_balance")
+    top_ups = _field(summary, "top_ups", "topups") or []
+    spend = _field(summary, "spend_this_month", "month_spend", "spent_this_month")
+    parts = [f"Balance: <b>{_money(balance)}</b>"]
+    if low:
+        parts.append("<span style='color:#b00020'>Low balance: under $5. Top up with "
+                     "<code>cencori-nb credits top-up AMOUNT</code>.</span>")
+    parts.append(f"Spend this month: {_money(spend)}")
+    if isinstance(top_ups, (int, float, Decimal, str)):
+        parts.append(f"Top-ups: {_money(top_ups)}")
+    else:
+        items = list(top_ups)
+        parts.append(f"Recorded top-ups: {len(items)}"
+                     + (f" (total {_money(sum(Decimal(str(_field(t, 'amount', 'amount_usd') or 0)) for t in items))})"  # noqa: E501
+                        if items else ""))
+    return "<br>".join(parts)
