@@ -1,0 +1,163 @@
+"""The response cache: exact-match answers for deterministic requests, in the per-user home.
+
+``cache.sqlite`` (0600) maps ``cache_key(decision, request)`` — a sha256 over the provider,
+the model sent, the messages and the sampling parameters — to the stored
+:class:`~cencori_nb.types.Completion`. Only deterministic requests are cached (temperature
+0 or unset; :func:`cacheable`). The route, the project and the key are *not* part of the key:
+the same question to the same model gets the same answer whoever pays for it.
+
+A hit returns a copy with ``cached=True`` and both costs zero; the client records it with
+``accounting.record_cached``. Entries do not expire (a notebook re-run months later should
+still hit); :func:`clear` empties the cache (``%cencori cache clear``).
+
+Speed: one connection per process (opened on first use, ``check_same_thread=False`` under a
+lock), statements the sqlite3 module caches as prepared, and no JSON re-encoding of the
+request beyond the key. A hit costs tens of microseconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .home import ensure_home, home_dir, open_private
+from .types import ChatRequest, Completion
+
+if TYPE_CHECKING:
+    from .router import Decision
+
+__all__ = ["cache_key", "cache_path", "cacheable", "clear", "lookup", "stats", "store"]
+
+SCHEMA_VERSION = 1
+_DECIMAL_FIELDS = frozenset(f.name for f in dataclasses.fields(Completion)
+                            if "Decimal" in str(f.type))
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Completion))
+
+_lock = threading.Lock()
+_conn: sqlite3.Connection | None = None
+_conn_path: Path | None = None
+_hits = 0
+_misses = 0
+
+
+def cache_path() -> Path:
+    return home_dir() / "cache.sqlite"
+
+
+def cacheable(request: ChatRequest) -> bool:
+    """True when ``request`` may be served from (and stored in) the cache."""
+    return bool(request.cache) and (request.temperature is None or request.temperature == 0)
+
+
+def cache_key(decision: Decision, request: ChatRequest) -> str:
+    """sha256 hex of (provider, model, messages, parameters) — what makes the answer."""
+    payload = [SCHEMA_VERSION, decision.provider, decision.model,
+               [[m.role, m.content] for m in request.messages],
+               request.temperature, request.max_tokens,
+               request.extra or None]
+    raw = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True,
+                     default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _connect() -> sqlite3.Connection:
+    global _conn, _conn_path
+    path = cache_path()
+    if _conn is not None and _conn_path == path:
+        return _conn
+    with _lock:
+        if _conn is not None and _conn_path == path:
+            return _conn
+        if _conn is not None:
+            _conn.close()
+        ensure_home()
+        if not path.exists():
+            import os
+
+            os.close(open_private(path, os.O_WRONLY | os.O_CREAT))   # 0600 from creation
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                               cached_statements=16)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS responses ("
+                     " key TEXT PRIMARY KEY, created_ms INTEGER NOT NULL,"
+                     " provider TEXT NOT NULL, model TEXT NOT NULL, completion TEXT NOT NULL)")
+        _conn, _conn_path = conn, path
+        return conn
+
+
+def _decode(raw: str) -> Completion:
+    data: dict[str, Any] = json.loads(raw)
+    fields = {k: v for k, v in data.items() if k in _FIELDS}
+    for name in _DECIMAL_FIELDS:
+        value = fields.get(name)
+        if value is not None:
+            fields[name] = Decimal(value)
+    return Completion(**fields)
+
+
+def lookup(key: str) -> Completion | None:
+    """The cached completion for ``key`` (``cached=True``, zero cost), or None."""
+    global _hits, _misses
+    conn = _conn if _conn is not None and _conn_path == cache_path() else _connect()
+    with _lock:
+        row = conn.execute("SELECT completion FROM responses WHERE key = ?", (key,)).fetchone()
+    if row is None:
+        _misses += 1
+        return None
+    _hits += 1
+    completion = _decode(row[0])
+    completion.cached = True
+    completion.provider_cost_usd = Decimal(0)
+    completion.credits_charged_usd = Decimal(0)
+    completion.gateway_cost_usd = None
+    completion.ttft_ms = None
+    return completion
+
+
+def store(key: str, completion: Completion) -> None:
+    """Remember ``completion`` under ``key`` (replacing an older answer)."""
+    data = completion.to_dict()
+    data["cached"] = False
+    conn = _connect()
+    with _lock:
+        conn.execute("INSERT OR REPLACE INTO responses (key, created_ms, provider, model,"
+                     " completion) VALUES (?, ?, ?, ?, ?)",
+                     (key, int(time.time() * 1000), completion.provider, completion.model,
+                      json.dumps(data, ensure_ascii=False)))
+
+
+def clear() -> int:
+    """Delete every cached answer; return how many there were."""
+    conn = _connect()
+    with _lock:
+        count = conn.execute("DELETE FROM responses").rowcount
+    return int(count)
+
+
+def stats() -> dict[str, Any]:
+    """Entries, size on disk, and this process's hits and misses."""
+    conn = _connect()
+    with _lock:
+        entries = conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    path = cache_path()
+    size = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal"))
+               if p.exists())
+    return {"entries": int(entries), "bytes": size, "hits": _hits, "misses": _misses,
+            "path": str(path)}
+
+
+def _reset_for_tests() -> None:
+    """Close the connection and zero the counters."""
+    global _conn, _conn_path, _hits, _misses
+    with _lock:
+        if _conn is not None:
+            _conn.close()
+        _conn, _conn_path, _hits, _misses = None, None, 0, 0

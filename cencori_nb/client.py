@@ -1,0 +1,579 @@
+"""chat, stream, achat, astream: one request from prompt to recorded Completion.
+
+The flow of every call::
+
+    ChatRequest → router.resolve → cache lookup (deterministic requests only)
+      → accounting.check_budget → adapter.build_request → transport.send (retries)
+      → adapter.parse_response / stream parser → Completion
+      → accounting.settle (price, charge, ledger row) → cache store
+
+Failures are recorded with ``accounting.record_failure`` (route and credential actually
+used) and then raised. A BYOK failure falls back to the managed route only when the router
+attached a ``fallback`` (the project allows it and a Cencori key exists) and the error is a
+rate limit, a timeout or an outage — never after 401/403 (an invalid BYOK key does not
+silently spend credits). Each attempt gets its own ledger row.
+
+Streams, and what a cut costs (decided here, documented in docs/contracts.md's spirit):
+
+- The text deltas are yielded as they arrive; ``.completion`` is set once the stream ends.
+- The provider's terminal event seen (``parser.done``) → the stream *completed*. If usage
+  never arrived, tokens are estimated (``tokens.estimate_*``) and ``estimated=True``; no
+  error is raised, the completion is settled and cached.
+- The stream ended or broke before the terminal event → it was *cut*. If any text arrived,
+  the request is settled with estimated tokens (the provider has billed it, so the spend
+  is recorded) and then :class:`~cencori_nb.errors.BadResponseError` ("stream was cut…") is
+  raised with the partial completion as ``err.completion``. If nothing arrived, the failure
+  is recorded and the transport's error is raised. A cut stream is never cached.
+- An error event inside a 200 stream is handled like a cut, but the provider's own error is
+  raised (with ``err.completion`` when text had arrived).
+- The consumer stopping early (``close()``, leaving the ``with`` block, ``break`` then
+  garbage collection) is not an error: the partial request is settled with estimated tokens.
+
+Per-call overhead is kept small on purpose: settings are re-read only when ``config.json``'s
+mtime changes, the key store is unlocked once per process and cached, the JSON body is built
+once by the adapter, and nothing is logged on the success path.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from . import accounting, cache, router, transport
+from .errors import (
+    BadResponseError,
+    CencoriError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    RateLimitError,
+)
+from .providers import get_provider
+from .tokens import estimate_messages_tokens, estimate_tokens
+from .types import ChatRequest, Completion, Message
+
+if TYPE_CHECKING:
+    import httpx2
+
+    from .providers.base import Provider, ProviderResult, StreamParser
+    from .router import Decision
+
+__all__ = ["AsyncChatStream", "ChatStream", "achat", "astream", "chat", "stream"]
+
+_perf = time.perf_counter
+_FALLBACK_ERRORS = (RateLimitError, ProviderTimeoutError, ProviderUnavailableError)
+
+
+def _build(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
+           model: str | None, provider: str | None, route: str, system: str | None,
+           temperature: float | None, max_tokens: int | None, project: str | None,
+           cache_: bool, stream_: bool) -> ChatRequest:
+    return ChatRequest.from_prompt(prompt_or_messages, system=system, model=model,
+                                   provider=provider, route=route, temperature=temperature,
+                                   max_tokens=max_tokens, stream=stream_, project=project,
+                                   cache=cache_)
+
+
+# --------------------------------------------------------------------------- shared steps
+
+
+def _cache_hit(request: ChatRequest, decision: Decision) -> tuple[str | None, Completion | None]:
+    """(cache key or None, recorded hit or None)."""
+    if not cache.cacheable(request):
+        return None, None
+    start = _perf()
+    key = cache.cache_key(decision, request)
+    hit = cache.lookup(key)
+    if hit is None:
+        return key, None
+    hit.request_id = uuid.uuid4().hex
+    hit.project = decision.project
+    hit.route = decision.route
+    hit.credential_source = decision.credential_source
+    hit.model_requested = request.model
+    hit.latency_ms = (_perf() - start) * 1000.0
+    return key, accounting.record_cached(hit)
+
+
+def _check_budget(request: ChatRequest, decision: Decision) -> None:
+    """Ask accounting before sending; the estimate is only computed when a budget is set."""
+    from .settings import load_settings
+
+    settings = load_settings()
+    ps = settings.for_project(decision.project)
+    estimate: Decimal | None = None
+    if ps.hard_cap_usd is not None or ps.soft_budget_usd is not None:
+        from .pricing import estimate_cost
+
+        est_in = estimate_messages_tokens(m.content for m in request.messages)
+        est_out = request.max_tokens or max(16, est_in)
+        cost = estimate_cost(decision.provider, decision.model, est_in, est_out)
+        if cost is not None:
+            estimate = accounting.charge_for(decision.route, cost, settings=settings)
+            if decision.route == "byok":   # the user's cost is the provider price (+ fee)
+                estimate = cost + (estimate or Decimal(0))
+    accounting.check_budget(decision.project, estimate)
+
+
+def _can_fall_back(decision: Decision, err: CencoriError) -> bool:
+    return decision.fallback is not None and isinstance(err, _FALLBACK_ERRORS)
+
+
+def _record_failure(decision: Decision, request: ChatRequest, err: CencoriError,
+                    started: float) -> None:
+    accounting.record_failure(
+        request_id=getattr(err, "request_id", None) or uuid.uuid4().hex,
+        project=decision.project, provider=decision.provider,
+        model=request.model or decision.model, route=decision.route,
+        credential_source=decision.credential_source, error=err,
+        latency_ms=(_perf() - started) * 1000.0)
+
+
+def _completion(decision: Decision, request: ChatRequest, result: ProviderResult, *,
+                text: str | None = None, latency_ms: float, ttft_ms: float | None = None,
+                complete: bool = True) -> Completion:
+    """Our Completion from the adapter's result; estimates tokens when usage is missing."""
+    text = result.text if text is None else text
+    usage = result.usage
+    estimated = usage is None or not complete
+    if usage is None:
+        input_tokens = estimate_messages_tokens(m.content for m in request.messages)
+        output_tokens = estimate_tokens(text)
+        cache_read = cache_write = thinking = 0
+    else:
+        input_tokens = usage.input_tokens or (
+            estimate_messages_tokens(m.content for m in request.messages) if not complete else 0)
+        output_tokens = usage.output_tokens if complete else max(usage.output_tokens,
+                                                                  estimate_tokens(text))
+        cache_read, cache_write = usage.cache_read_tokens, usage.cache_write_tokens
+        thinking = usage.thinking_tokens
+    provider = decision.provider
+    if decision.route == "managed" and result.served_by:
+        provider = result.served_by
+    return Completion(
+        text=text, model=result.model or decision.model, provider=provider,
+        route=decision.route, input_tokens=input_tokens, output_tokens=output_tokens,
+        cache_read_tokens=cache_read, cache_write_tokens=cache_write, thinking_tokens=thinking,
+        request_id=result.request_id or uuid.uuid4().hex, latency_ms=latency_ms,
+        ttft_ms=ttft_ms, finish_reason=result.finish_reason, estimated=estimated,
+        model_requested=request.model, credential_source=decision.credential_source,
+        project=decision.project, gateway_cost_usd=result.gateway_cost_usd)
+
+
+def _http_request(adapter: Provider, request: ChatRequest, decision: Decision) -> httpx2.Request:
+    return adapter.build_request(request, model=decision.model, api_key=decision.credential,
+                                 base_url=decision.base_url)
+
+
+# --------------------------------------------------------------------------- chat / achat
+
+
+def chat(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
+         model: str | None = None, provider: str | None = None, route: str = "auto",
+         system: str | None = None, temperature: float | None = None,
+         max_tokens: int | None = None, project: str | None = None, cache: bool = True,
+         retries: int | None = None) -> Completion:
+    """Send one prompt (or a list of ``{"role", "content"}`` messages); return the Completion.
+
+    ``route`` is ``auto`` (BYOK when an enabled key exists, else managed), ``byok`` or
+    ``managed``. A deterministic request (temperature 0 or unset) is answered from the
+    response cache when possible (``cache=False`` to skip). ``retries`` bounds the transport's
+    retries (default 3). Raises a :class:`~cencori_nb.errors.CencoriError`.
+    """
+    request = _build(prompt_or_messages, model=model, provider=provider, route=route,
+                     system=system, temperature=temperature, max_tokens=max_tokens,
+                     project=project, cache_=cache, stream_=False)
+    return _chat(request, retries)
+
+
+def _chat(request: ChatRequest, retries: int | None) -> Completion:
+    decision = router.resolve(request)
+    key, hit = _cache_hit(request, decision)
+    if hit is not None:
+        return hit
+    _check_budget(request, decision)
+    while True:
+        adapter = get_provider(decision.adapter)
+        started = _perf()
+        try:
+            response = transport.send(_http_request(adapter, request, decision),
+                                      retries=retries, map_error=adapter.map_error,
+                                      provider=decision.provider)
+            result = adapter.parse_response(response)
+        except CencoriError as err:
+            _record_failure(decision, request, err, started)
+            if _can_fall_back(decision, err):
+                decision = decision.fallback  # type: ignore[assignment]
+                continue
+            raise
+        completion = _completion(decision, request, result,
+                                 latency_ms=(_perf() - started) * 1000.0)
+        completion = accounting.settle(completion)
+        if key is not None:
+            cache.store(key, completion)
+        return completion
+
+
+async def achat(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
+                model: str | None = None, provider: str | None = None, route: str = "auto",
+                system: str | None = None, temperature: float | None = None,
+                max_tokens: int | None = None, project: str | None = None, cache: bool = True,
+                retries: int | None = None) -> Completion:
+    """The async twin of :func:`chat` (on the running loop's shared connection pool)."""
+    request = _build(prompt_or_messages, model=model, provider=provider, route=route,
+                     system=system, temperature=temperature, max_tokens=max_tokens,
+                     project=project, cache_=cache, stream_=False)
+    return await _achat(request, retries)
+
+
+async def _achat(request: ChatRequest, retries: int | None) -> Completion:
+    decision = router.resolve(request)
+    key, hit = _cache_hit(request, decision)
+    if hit is not None:
+        return hit
+    _check_budget(request, decision)
+    while True:
+        adapter = get_provider(decision.adapter)
+        started = _perf()
+        try:
+            response = await transport.asend(_http_request(adapter, request, decision),
+                                             retries=retries, map_error=adapter.map_error,
+                                             provider=decision.provider)
+            result = adapter.parse_response(response)
+        except CencoriError as err:
+            _record_failure(decision, request, err, started)
+            if _can_fall_back(decision, err):
+                decision = decision.fallback  # type: ignore[assignment]
+                continue
+            raise
+        completion = _completion(decision, request, result,
+                                 latency_ms=(_perf() - started) * 1000.0)
+        completion = accounting.settle(completion)
+        if key is not None:
+            cache.store(key, completion)
+        return completion
+
+
+# --------------------------------------------------------------------------- streams
+
+
+class _StreamState:
+    """What a stream (sync or async) accumulates, and how it ends."""
+
+    def __init__(self, request: ChatRequest, decision: Decision) -> None:
+        self.request = request
+        self.decision = decision
+        self.key: str | None = None
+        self.adapter: Provider | None = None
+        self.response: httpx2.Response | None = None
+        self.parser: StreamParser | None = None
+        self.parts: list[str] = []
+        self.started = 0.0
+        self.first: float | None = None
+        self.finished = False
+        self.completion: Completion | None = None
+        self.event_error: CencoriError | None = None   # an error event inside the stream
+
+    def feed(self, event: httpx2.ServerSentEvent) -> str | None:
+        try:
+            delta = self.parser.feed(event)  # type: ignore[union-attr]
+        except CencoriError as err:
+            self.event_error = err
+            raise
+        if delta:
+            if self.first is None:
+                self.first = _perf()
+            self.parts.append(delta)
+        return delta
+
+    def _settle(self, *, complete: bool) -> Completion:
+        assert self.parser is not None
+        now = _perf()
+        ttft = None if self.first is None else (self.first - self.started) * 1000.0
+        completion = _completion(self.decision, self.request, self.parser.result(),
+                                 text="".join(self.parts),
+                                 latency_ms=(now - self.started) * 1000.0, ttft_ms=ttft,
+                                 complete=complete)
+        completion = accounting.settle(completion)
+        self.completion = completion
+        return completion
+
+    def end(self) -> None:
+        """The server closed the stream: completed or cut (see the module docstring)."""
+        self.finished = True
+        complete = bool(self.parser is not None and self.parser.done)
+        if not complete and not self.parts:
+            err = BadResponseError(
+                f"The stream from {self.decision.provider} ended before any text or its final "
+                "event arrived.", provider=self.decision.provider,
+                hint="Try again; use stream=False if this keeps happening.")
+            _record_failure(self.decision, self.request, err, self.started)
+            raise err
+        completion = self._settle(complete=complete)
+        if not complete:
+            raise BadResponseError(
+                f"The stream from {self.decision.provider} was cut before it finished: "
+                f"{len(completion.text)} characters arrived. They were recorded with estimated "
+                "tokens; the partial completion is on this error as .completion.",
+                provider=self.decision.provider, completion=completion,
+                hint="Try again; use stream=False if this keeps happening.")
+        if self.key is not None:
+            cache.store(self.key, completion)
+
+    def broke(self, err: CencoriError) -> CencoriError:
+        """The stream failed mid-way with ``err``; return the error to raise."""
+        self.finished = True
+        if not self.parts:
+            _record_failure(self.decision, self.request, err, self.started)
+            return err
+        completion = self._settle(complete=False)
+        if err is self.event_error:   # the provider said why: keep its error
+            err.completion = completion  # type: ignore[attr-defined]
+            return err
+        return BadResponseError(
+            f"The stream from {self.decision.provider} was cut before it finished "
+            f"({err.code}): {len(completion.text)} characters arrived. They were recorded with "
+            "estimated tokens; the partial completion is on this error as .completion.",
+            provider=self.decision.provider, completion=completion, cause_code=err.code,
+            hint="Try again; use stream=False if this keeps happening.")
+
+    def abandon(self) -> None:
+        """The consumer stopped early: settle what was sent (estimated), no error."""
+        if self.finished or self.parser is None:
+            return
+        self.finished = True
+        self._settle(complete=False)
+
+
+def _open_stream(state: _StreamState, retries: int | None) -> None:
+    """Send the streaming request (with retries and fallback) and set up the parser."""
+    while True:
+        decision = state.decision
+        adapter = get_provider(decision.adapter)
+        state.started = _perf()
+        try:
+            response = transport.send(_http_request(adapter, state.request, decision),
+                                      stream=True, retries=retries,
+                                      map_error=adapter.map_error, provider=decision.provider)
+        except CencoriError as err:
+            _record_failure(decision, state.request, err, state.started)
+            if _can_fall_back(decision, err):
+                state.decision = decision.fallback  # type: ignore[assignment]
+                continue
+            raise
+        state.adapter, state.response = adapter, response
+        state.parser = adapter.stream_parser(response)
+        return
+
+
+async def _aopen_stream(state: _StreamState, retries: int | None) -> None:
+    while True:
+        decision = state.decision
+        adapter = get_provider(decision.adapter)
+        state.started = _perf()
+        try:
+            response = await transport.asend(_http_request(adapter, state.request, decision),
+                                             stream=True, retries=retries,
+                                             map_error=adapter.map_error,
+                                             provider=decision.provider)
+        except CencoriError as err:
+            _record_failure(decision, state.request, err, state.started)
+            if _can_fall_back(decision, err):
+                state.decision = decision.fallback  # type: ignore[assignment]
+                continue
+            raise
+        state.adapter, state.response = adapter, response
+        state.parser = adapter.stream_parser(response)
+        return
+
+
+class ChatStream:
+    """Text deltas of one streamed answer; ``.completion`` once the stream has ended.
+
+    The request is sent when the stream is created (so a missing key or a 401 raises at
+    once). Iterate it, or use it as a context manager that closes the connection::
+
+        with cencori_nb.stream("Tell me a story") as s:
+            for delta in s:
+                print(delta, end="")
+        s.completion.footer()
+    """
+
+    def __init__(self, request: ChatRequest, retries: int | None = None) -> None:
+        decision = router.resolve(request)
+        self._state = _StreamState(request, decision)
+        key, hit = _cache_hit(request, decision)
+        self._state.key = key
+        if hit is not None:
+            self._state.finished = True
+            self._state.completion = hit
+            self._iter: Iterator[str] = iter([hit.text] if hit.text else [])
+            return
+        _check_budget(request, decision)
+        _open_stream(self._state, retries)
+        self._iter = self._deltas()
+
+    @property
+    def completion(self) -> Completion | None:
+        """The final Completion (None until the stream has been consumed)."""
+        return self._state.completion
+
+    @property
+    def decision(self) -> Decision:
+        return self._state.decision
+
+    @property
+    def text(self) -> str:
+        """The text received so far."""
+        if self._state.completion is not None and self._state.completion.cached:
+            return self._state.completion.text
+        return "".join(self._state.parts)
+
+    def _deltas(self) -> Iterator[str]:
+        state = self._state
+        response = state.response
+        assert response is not None
+        try:
+            for event in transport.iter_sse(response, provider=state.decision.provider):
+                delta = state.feed(event)
+                if delta:
+                    yield delta
+        except CencoriError as err:
+            response.close()
+            raise state.broke(err) from err
+        except GeneratorExit:
+            response.close()
+            state.abandon()
+            raise
+        response.close()
+        state.end()
+
+    def __iter__(self) -> ChatStream:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._iter)
+
+    def close(self) -> None:
+        """Stop reading and release the connection (a partial answer is settled as such)."""
+        close = getattr(self._iter, "close", None)
+        if close is not None:
+            close()
+        state = self._state
+        if state.response is not None and not state.response.is_closed:
+            state.response.close()
+        state.abandon()
+
+    def __enter__(self) -> ChatStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:   # a stream dropped unread must not hold a pooled connection
+        state = getattr(self, "_state", None)
+        if state is not None and state.response is not None and not state.response.is_closed:
+            state.response.close()
+
+    def __repr__(self) -> str:
+        status = "done" if self._state.finished else "open"
+        return f"<ChatStream {self._state.decision.provider}/{self._state.decision.model} {status}>"
+
+
+def stream(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
+           model: str | None = None, provider: str | None = None, route: str = "auto",
+           system: str | None = None, temperature: float | None = None,
+           max_tokens: int | None = None, project: str | None = None, cache: bool = True,
+           retries: int | None = None) -> ChatStream:
+    """Stream one answer: iterate the returned :class:`ChatStream` for text deltas, then read
+    ``.completion``. Same arguments as :func:`chat`. A cut stream raises
+    :class:`~cencori_nb.errors.BadResponseError` after settling what arrived."""
+    request = _build(prompt_or_messages, model=model, provider=provider, route=route,
+                     system=system, temperature=temperature, max_tokens=max_tokens,
+                     project=project, cache_=cache, stream_=True)
+    return ChatStream(request, retries)
+
+
+class AsyncChatStream:
+    """The async twin of :class:`ChatStream`: ``async for delta in astream(...)``.
+
+    The request is sent on the first iteration (constructors cannot await).
+    ``async with`` closes the connection.
+    """
+
+    def __init__(self, request: ChatRequest, retries: int | None = None) -> None:
+        self._request = request
+        self._retries = retries
+        self._state: _StreamState | None = None
+        self._agen: AsyncIterator[str] = self._deltas()
+
+    @property
+    def completion(self) -> Completion | None:
+        return None if self._state is None else self._state.completion
+
+    async def _deltas(self) -> AsyncIterator[str]:
+        request = self._request
+        decision = router.resolve(request)
+        state = self._state = _StreamState(request, decision)
+        key, hit = _cache_hit(request, decision)
+        state.key = key
+        if hit is not None:
+            state.finished = True
+            state.completion = hit
+            if hit.text:
+                yield hit.text
+            return
+        _check_budget(request, decision)
+        await _aopen_stream(state, self._retries)
+        response = state.response
+        assert response is not None
+        try:
+            async for event in transport.aiter_sse(response, provider=state.decision.provider):
+                delta = state.feed(event)
+                if delta:
+                    yield delta
+        except CencoriError as err:
+            await response.aclose()
+            raise state.broke(err) from err
+        except GeneratorExit:
+            await response.aclose()
+            state.abandon()
+            raise
+        await response.aclose()
+        state.end()
+
+    def __aiter__(self) -> AsyncChatStream:
+        return self
+
+    async def __anext__(self) -> str:
+        return await self._agen.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop reading and release the connection."""
+        await self._agen.aclose()  # type: ignore[attr-defined]
+        state = self._state
+        if state is not None:
+            if state.response is not None and not state.response.is_closed:
+                await state.response.aclose()
+            state.abandon()
+
+    async def __aenter__(self) -> AsyncChatStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def astream(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
+            model: str | None = None, provider: str | None = None, route: str = "auto",
+            system: str | None = None, temperature: float | None = None,
+            max_tokens: int | None = None, project: str | None = None, cache: bool = True,
+            retries: int | None = None) -> AsyncChatStream:
+    """Async streaming: ``async for delta in astream(...)``; then ``.completion``."""
+    request = _build(prompt_or_messages, model=model, provider=provider, route=route,
+                     system=system, temperature=temperature, max_tokens=max_tokens,
+                     project=project, cache_=cache, stream_=True)
+    return AsyncChatStream(request, retries)
+

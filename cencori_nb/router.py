@@ -1,0 +1,344 @@
+"""Which provider, which model, which route, which key, which URL — and why.
+
+:func:`resolve` turns a :class:`~cencori_nb.types.ChatRequest` into a :class:`Decision`;
+:func:`explain_route` does the same from plain arguments (``%cencori route``, the CLI).
+
+Model → provider, as Cencori's router does it, in this order:
+
+1. ``provider/model`` when the part before the first ``/`` is a known provider
+   (``openrouter/meta-llama/llama-3.3-70b-instruct:free`` → openrouter, model
+   ``meta-llama/llama-3.3-70b-instruct:free``);
+2. an explicit ``provider=`` (``--provider``): it wins over an inferred split, so
+   ``provider="openrouter", model="openai/gpt-4o-mini"`` sends that OpenRouter model id, and
+   a leading ``"<provider>/"`` equal to it is dropped;
+3. an exact model id from the catalog (``meta-llama/Llama-3.3-70B-Instruct-Turbo`` → together);
+4. ``…:free`` → openrouter;
+5. name prefixes (``gpt-``, ``o1``/``o3``/``o4``, ``chatgpt-``, ``text-`` → openai;
+   ``claude-`` → anthropic; ``gemini-`` → google; ``mistral-``/``codestral-``/
+   ``open-mistral-``/``ministral-`` → mistral; ``llama…``/``mixtral-`` → groq; ``grok-`` → xai;
+   ``deepseek-`` → deepseek);
+6. otherwise :class:`~cencori_nb.errors.UnknownModelError` saying how to write
+   ``provider/model``.
+
+No model: the project default provider ("Set as project default") and its default model
+(the key record's, else the catalog's); no default at all → ``gemini-2.5-flash`` through the
+gateway when a Cencori key exists (Cencori's own default), else the only enabled BYOK
+provider if there is exactly one, else a clear error.
+
+Route ``auto``: an enabled BYOK key wins; else managed through Cencori with the project key;
+else :class:`~cencori_nb.errors.ProviderNotConfiguredError` naming both fixes. ``byok`` and
+``managed`` force the route and fail clearly. A BYOK decision carries a managed ``fallback``
+only when the project allows it (``allow_fallback``, default off: no silent spend) and a
+Cencori key exists; the client never uses it after a 401 (Cencori's rule).
+
+Base URL: ``sandbox_url`` + the adapter's ``sandbox_prefix`` when a sandbox is set; else
+``settings.base_urls[provider]``; else the adapter's ``default_base_url``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .catalog import CENCORI, PROVIDERS, provider_info
+from .errors import ConfigurationError, ProviderNotConfiguredError, UnknownModelError
+from .keystore.secret import Secret
+from .types import ChatRequest, Message
+
+__all__ = ["GATEWAY_DEFAULT_MODEL", "Decision", "explain_route", "provider_for_model",
+           "resolve"]
+
+GATEWAY_DEFAULT_MODEL = "gemini-2.5-flash"   # Cencori's gateway default when none is set
+
+_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("gpt-", "openai"), ("chatgpt-", "openai"), ("text-", "openai"),
+    ("claude-", "anthropic"),
+    ("gemini-", "google"),
+    ("mistral-", "mistral"), ("codestral-", "mistral"), ("open-mistral-", "mistral"),
+    ("open-mixtral-", "mistral"), ("ministral-", "mistral"),
+    ("llama", "groq"), ("mixtral-", "groq"),
+    ("grok-", "xai"),
+    ("deepseek-", "deepseek"),
+)
+_O_SERIES = re.compile(r"^o[134](?:-|$)")      # o1, o1-mini, o3-mini, o4-mini …
+_CATALOG_MODELS = {m.lower(): p.name for p in PROVIDERS.values() for m in p.models}
+
+
+@dataclass(frozen=True, eq=False)
+class Decision:
+    """How one request will be sent. Holds the credential, but never shows it.
+
+    ``route`` is ``"byok"`` or ``"managed"``; ``adapter`` is the wire format that will build
+    the request (``"cencori"`` on the managed route); ``credential_source`` says where the key
+    came from (``keystore:byok:openai``, ``keystore:managed:cencori``) and is what the ledger
+    records; ``why`` lists each step of the reasoning in plain words.
+    """
+
+    provider: str
+    model: str
+    route: str
+    credential: Secret = field(repr=False)
+    credential_source: str
+    base_url: str
+    adapter: str
+    why: list[str] = field(default_factory=list)
+    fallback: Decision | None = None
+    project: str = "default"
+    model_requested: str | None = None
+
+    @property
+    def key_hint(self) -> str:
+        return self.credential.hint
+
+    def __repr__(self) -> str:
+        fb = f", fallback={self.fallback.route}:{self.fallback.adapter}" if self.fallback else ""
+        return (f"Decision(provider={self.provider!r}, model={self.model!r}, "
+                f"route={self.route!r}, key={self.key_hint!r}, "
+                f"credential_source={self.credential_source!r}, base_url={self.base_url!r}, "
+                f"adapter={self.adapter!r}, project={self.project!r}{fb})")
+
+    def __str__(self) -> str:
+        lines = [f"{self.provider} · {self.model} · {self.route} (key {self.key_hint}, "
+                 f"{self.credential_source}) → {self.base_url}"]
+        lines += [f"  - {step}" for step in self.why]
+        if self.fallback is not None:
+            lines.append(f"  fallback: {self.fallback.route} via {self.fallback.adapter} "
+                         f"(key {self.fallback.key_hint})")
+        return "\n".join(lines)
+
+    def _repr_markdown_(self) -> str:
+        rows = [("provider", self.provider), ("model", self.model), ("route", self.route),
+                ("key", self.key_hint), ("credential source", self.credential_source),
+                ("base URL", self.base_url), ("adapter", self.adapter),
+                ("project", self.project),
+                ("fallback", f"{self.fallback.route} ({self.fallback.key_hint})"
+                 if self.fallback else "none")]
+        table = "| | |\n|---|---|\n" + "\n".join(
+            f"| {k} | `{_md(v)}` |" for k, v in rows)
+        why = "\n".join(f"- {_md(step)}" for step in self.why)
+        return f"{table}\n\n**Why**\n\n{why}\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view (key hint only)."""
+        return {"provider": self.provider, "model": self.model, "route": self.route,
+                "key_hint": self.key_hint, "credential_source": self.credential_source,
+                "base_url": self.base_url, "adapter": self.adapter, "project": self.project,
+                "why": list(self.why),
+                "fallback": self.fallback.to_dict() if self.fallback else None}
+
+
+def _md(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("`", "'")
+
+
+# --------------------------------------------------------------------------- model → provider
+
+
+def provider_for_model(model: str, provider: str | None = None) -> tuple[str, str, str]:
+    """``(provider, model id to send, reason)`` for a model name (see the module docstring)."""
+    if provider is not None:
+        provider_info(provider)            # UnknownProviderError listing the names
+        if model.startswith(provider + "/"):
+            model = model[len(provider) + 1:]
+        return provider, model, f"provider {provider!r} was given explicitly"
+    head, sep, rest = model.partition("/")
+    if sep and rest and head in PROVIDERS:
+        return head, rest, f"model written as provider/model ({head}/…)"
+    lower = model.lower()
+    known = _CATALOG_MODELS.get(lower)
+    if known is not None:
+        return known, model, f"{model!r} is a {known} model in the catalog"
+    if lower.endswith(":free"):
+        return "openrouter", model, "':free' models are served by OpenRouter"
+    if _O_SERIES.match(lower):
+        return "openai", model, f"{model!r} is an OpenAI o-series model"
+    for prefix, name in _PREFIXES:
+        if lower.startswith(prefix):
+            return name, model, f"model prefix {prefix!r} → {name}"
+    raise UnknownModelError(
+        f"No provider is known for model {model!r}.",
+        hint="Write it as provider/model (e.g. 'openai/gpt-4o-mini', "
+             "'openrouter/meta-llama/llama-3.3-70b-instruct:free') or pass provider=…; "
+             "known providers: " + ", ".join(sorted(PROVIDERS)) + ".",
+        model=model)
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def _store() -> Any:
+    from .keystore import default_store
+
+    return default_store()
+
+
+def _base_url(adapter_name: str, provider: str, settings: Any) -> tuple[str, str]:
+    from .providers import get_provider
+
+    adapter = get_provider(adapter_name)
+    if settings.sandbox_url:
+        return (settings.sandbox_url + adapter.sandbox_prefix,
+                f"sandbox at {settings.sandbox_url} (CENCORI_NB_SANDBOX / settings)")
+    configured = settings.base_urls.get(provider if adapter_name != CENCORI else CENCORI)
+    if configured:
+        return configured.rstrip("/"), "base URL from settings.base_urls"
+    default = getattr(adapter, "default_base_url", "") or (
+        PROVIDERS[provider].base_url if provider in PROVIDERS else "")
+    if not default:
+        raise ConfigurationError(
+            f"No base URL is known for {adapter_name!r}.",
+            hint=f"Set one: cencori_nb.settings.update_settings(base_urls={{'{provider}': "
+                 "'http://host:port/v1'}}).", provider=provider)
+    return default, "the provider's public API"
+
+
+def _not_configured(provider: str, project: str, *, disabled: bool) -> ProviderNotConfiguredError:
+    state = "its BYOK key is disabled" if disabled else "it has no BYOK key"
+    fixes = (f"Enable it with `cencori-nb keys enable {provider}`" if disabled else
+             f"Add your {provider} key with `cencori-nb keys set {provider}` "
+             "(or `%cencori setup` in a notebook)")
+    return ProviderNotConfiguredError(
+        f"Provider {provider!r} is not configured in project {project!r}: {state}, "
+        "and no Cencori project key is set.",
+        hint=f"{fixes}, or add a Cencori project key (csk_…) with `cencori-nb keys set "
+             "cencori` to use managed keys paid from credits.",
+        provider=provider, project=project)
+
+
+def _byok(provider: str, model: str, key: Any, project: str, settings: Any,
+          why: list[str]) -> Decision:
+    base_url, url_why = _base_url(provider, provider, settings)
+    return Decision(provider=provider, model=model, route="byok", credential=key.api_key,
+                    credential_source=f"keystore:byok:{provider}", base_url=base_url,
+                    adapter=provider, why=[*why, f"base URL: {url_why}"], project=project)
+
+
+def _managed(provider: str, model: str, cencori_key: Secret, project: str, settings: Any,
+             why: list[str]) -> Decision:
+    base_url, url_why = _base_url(CENCORI, provider, settings)
+    return Decision(provider=provider, model=model, route="managed", credential=cencori_key,
+                    credential_source=f"keystore:managed:{CENCORI}", base_url=base_url,
+                    adapter=CENCORI, why=[*why, f"base URL: {url_why}"], project=project)
+
+
+def _default_provider(store: Any, project: str, cencori_key: Secret | None,
+                      why: list[str]) -> tuple[str, str]:
+    default = store.project_default(project)
+    if default:
+        record = store.get(default, project)
+        model = (record.default_model if record is not None and record.default_model
+                 else provider_info(default).default_model)
+        why.append(f"no model given: project {project!r} default provider {default!r}, "
+                   f"model {model!r}")
+        return default, model
+    if cencori_key is not None:
+        why.append(f"no model and no project default: Cencori's gateway default "
+                   f"{GATEWAY_DEFAULT_MODEL!r}")
+        return "google", GATEWAY_DEFAULT_MODEL
+    enabled = [name for name in PROVIDERS
+               if (rec := store.get(name, project)) is not None and rec.enabled]
+    if len(enabled) == 1:
+        record = store.get(enabled[0], project)
+        model = record.default_model or provider_info(enabled[0]).default_model
+        why.append(f"no model and no project default: {enabled[0]!r} is the only enabled "
+                   f"BYOK key, model {model!r}")
+        return enabled[0], model
+    raise ConfigurationError(
+        f"No model was given and project {project!r} has no default provider.",
+        hint="Pass model=… (e.g. 'gpt-4o-mini'), or choose a default with `cencori-nb keys set "
+             "PROVIDER --make-default` (\"Set as project default\" in `%cencori setup`).",
+        project=project)
+
+
+def _decide(model: str | None, provider: str | None, route: str, project: str | None
+            ) -> Decision:
+    from .settings import load_settings
+    from .transport import register_secret
+
+    if route not in ("auto", "byok", "managed"):
+        raise ConfigurationError(f"Unknown route {route!r}.",
+                                 hint="Use 'auto', 'byok' or 'managed'.", route=route)
+    settings = load_settings()
+    project = project or settings.project
+    store = _store()
+    cencori_key: Secret | None = store.cencori_key(project)
+    why: list[str] = []
+    if model:
+        provider, wire_model, reason = provider_for_model(model, provider)
+        why.append(reason)
+    elif provider:
+        provider_info(provider)
+        record = store.get(provider, project)
+        wire_model = (record.default_model if record is not None and record.default_model
+                      else provider_info(provider).default_model)
+        why.append(f"no model given: {provider!r} default model {wire_model!r}")
+    else:
+        provider, wire_model = _default_provider(store, project, cencori_key, why)
+    managed_model = model or wire_model   # the gateway routes by the name the user wrote
+
+    record = store.get(provider, project)
+    byok_ok = record is not None and record.enabled
+    if route == "byok" or (route == "auto" and byok_ok):
+        if not byok_ok:
+            disabled = record is not None
+            raise ProviderNotConfiguredError(
+                f"Route 'byok' was forced but the BYOK key for {provider!r} in project "
+                f"{project!r} is {'disabled' if disabled else 'missing'}.",
+                hint=(f"Enable it with `cencori-nb keys enable {provider}`." if disabled else
+                      f"Add it with `cencori-nb keys set {provider}` (or `%cencori setup`)."),
+                provider=provider, project=project)
+        why.append(f"route {route}: BYOK key for {provider} is present and enabled "
+                   f"({record.api_key.hint}); you pay {provider} directly")
+        register_secret(record.api_key)
+        decision = _byok(provider, wire_model, record, project, settings, why)
+        allow = settings.for_project(project).allow_fallback
+        if route == "auto" and allow and cencori_key is not None:
+            register_secret(cencori_key)
+            fallback = _managed(provider, managed_model, cencori_key, project, settings,
+                                ["fallback after a BYOK failure (not after 401): managed "
+                                 "through Cencori, paid from credits"])
+            decision.why.append("fallback to managed is enabled for this project "
+                                "(not after an invalid key)")
+            object.__setattr__(decision, "fallback", fallback)
+        elif route == "auto":
+            decision.why.append("no fallback to managed (" + (
+                "project setting allow_fallback is off: no silent spend" if not allow
+                else "no Cencori key") + ")")
+        object.__setattr__(decision, "model_requested", model)
+        return decision
+
+    # managed: forced, or auto without a usable BYOK key
+    if cencori_key is None:
+        if route == "managed":
+            raise ProviderNotConfiguredError(
+                f"Route 'managed' was forced but project {project!r} has no Cencori project "
+                "key.",
+                hint="Add one (csk_…) with `cencori-nb keys set cencori`.",
+                provider=provider, project=project)
+        raise _not_configured(provider, project, disabled=record is not None)
+    if route == "auto":
+        state = f"the BYOK key for {provider} is disabled" if record else (
+            f"no BYOK key for {provider}")
+        why.append(f"route auto: {state}; managed through Cencori with the project key "
+                   f"({cencori_key.hint}), paid from credits")
+    else:
+        why.append(f"route managed was forced: Cencori project key ({cencori_key.hint}), "
+                   "paid from credits")
+    register_secret(cencori_key)
+    decision = _managed(provider, managed_model, cencori_key, project, settings, why)
+    object.__setattr__(decision, "model_requested", model)
+    return decision
+
+
+def resolve(request: ChatRequest) -> Decision:
+    """The :class:`Decision` for ``request`` (its model, provider, route and project)."""
+    return _decide(request.model, request.provider, request.route, request.project)
+
+
+def explain_route(model: str | None = None, *, provider: str | None = None,
+                  route: str = "auto", project: str | None = None) -> Decision:
+    """Where a request with these arguments would go, and why (shows only the key hint)."""
+    return resolve(ChatRequest(messages=(Message("user", ""),), model=model, provider=provider,
+                               route=route,  # type: ignore[arg-type]
+                               project=project))
