@@ -152,9 +152,10 @@ class CencoriMagics(Magics):
                           throttle_ms=self.stream_throttle_ms)
         view.start()
         try:
-            chunks = client.stream(prompt, **options)
-            for delta in chunks:
-                view.feed(delta)
+            # The context manager releases the connection on an error or an interrupt.
+            with client.stream(prompt, **options) as chunks:
+                for delta in chunks:
+                    view.feed(delta)
         except CencoriError as exc:
             view.finish(error_bundle(str(exc)))   # the error replaces the partial text
             return None, view

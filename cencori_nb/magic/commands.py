@@ -84,11 +84,12 @@ def _usage_cmd(magics: CencoriMagics, args: LineArgs) -> None:
     from .. import charts, reports
 
     frame = reports.usage(since=args.since, project=args.project)
+    if not len(frame):
+        show(notice_bundle("no requests recorded" + (f" since {args.since}" if args.since
+                                                      else "") + "."))
+        return
     display(frame)
-    if len(frame):
-        chart = getattr(charts, "usage", None) or getattr(charts, "spend_over_time", None)
-        if chart is not None:
-            display(chart(frame))
+    display(charts.spend_over_time(since=args.since, project=args.project))
 
 
 def _credits(magics: CencoriMagics, args: LineArgs) -> None:

@@ -14,8 +14,7 @@ The key is therefore never left in widget state, whatever happens next.
 from __future__ import annotations
 
 import html
-from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
@@ -23,7 +22,10 @@ from ..errors import CencoriError
 from ..keystore.secret import Secret
 from .controller import DISABLED, ENABLED, MANAGED, ProviderRow, ProvidersController
 
-__all__ = ["ProvidersPanel"]
+if TYPE_CHECKING:
+    from ..wallet import CreditsSummary
+
+__all__ = ["ProvidersPanel", "badge_html", "credits_html"]
 
 _BADGE_STYLE = {
     ENABLED: "background:#e6f4ea;color:#137333",
@@ -217,37 +219,12 @@ class ProvidersPanel(w.VBox):
         self.refresh()
 
 
-def _field(summary: Any, *names: str) -> Any:
-    for name in names:
-        if isinstance(summary, dict) and name in summary:
-            return summary[name]
-        if hasattr(summary, name):
-            return getattr(summary, name)
-    return None
-
-
-def _money(value: Any) -> str:
-    if value is None:
-        return "—"
-    return f"${Decimal(str(value)):.2f}"
-
-
-def credits_html(summary: Any) -> str:
-    """The credits section from ``wallet.credits()``: balance, warning, top-ups, spend."""
-    balance = _field(summary, "balance", "balance_usd")
-    low = _field(summary, "low", "low_balance")
-    top_ups = _field(summary, "top_ups", "topups") or []
-    spend = _field(summary, "spend_this_month", "month_spend", "spent_this_month")
-    parts = [f"Balance: <b>{_money(balance)}</b>"]
-    if low:
-        parts.append("<span style='color:#b00020'>Low balance: under $5. Top up with "
+def credits_html(summary: CreditsSummary) -> str:
+    """The credits section: balance, low-balance warning, top-ups, spend this month."""
+    parts = [f"Balance: <b>${summary.balance:.2f}</b>"]
+    if summary.low:
+        parts.append("<span style='color:#b00020'>Low balance (under $5): top up with "
                      "<code>cencori-nb credits top-up AMOUNT</code>.</span>")
-    parts.append(f"Spend this month: {_money(spend)}")
-    if isinstance(top_ups, (int, float, Decimal, str)):
-        parts.append(f"Top-ups: {_money(top_ups)}")
-    else:
-        items = list(top_ups)
-        parts.append(f"Recorded top-ups: {len(items)}"
-                     + (f" (total {_money(sum(Decimal(str(_field(t, 'amount', 'amount_usd') or 0)) for t in items))})"  # noqa: E501
-                        if items else ""))
+    parts.append(f"Recorded top-ups: ${summary.top_ups_total:.2f}")
+    parts.append(f"Spend this month: ${summary.spend_this_month:.4f}")
     return "<br>".join(parts)

@@ -1,0 +1,88 @@
+"""How much `import cencori_nb` and `%load_ext cencori_nb` add to an IPython start.
+
+Each variant runs in a fresh subprocess (cold interpreter, warm OS file cache), and the
+variants are interleaved round by round so machine noise hits them alike. We report the
+median wall time of each and the difference against the bare IPython start measured in the
+same run, never an absolute threshold. The goal (issue 5) is under 100 ms extra.
+
+Each child also reports whether pandas, plotly, ipywidgets, httpx2 or cryptography were
+imported: none of them may load with the extension.
+
+    .venv/bin/python benchmarks/load.py [--rounds 15] [--anchors]
+
+``--anchors`` adds `import openai` for scale. Numbers are noisy on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HEAVY = ("pandas", "plotly", "ipywidgets", "httpx2", "cryptography")
+
+_SHELL = ("from IPython.core.interactiveshell import InteractiveShell\n"
+          "shell = InteractiveShell.instance()\n")
+_REPORT = ("import json, sys\n"
+           f"print(json.dumps({{m: m in sys.modules for m in {HEAVY!r}}}))\n")
+
+VARIANTS: dict[str, str] = {
+    "bare IPython": _SHELL + _REPORT,
+    "IPython + import cencori_nb": _SHELL + "import cencori_nb\n" + _REPORT,
+    "IPython + %load_ext cencori_nb": _SHELL + "shell.run_line_magic('load_ext', 'cencori_nb')\n"
+                                      + _REPORT,
+}
+ANCHORS: dict[str, str] = {"IPython + import openai": _SHELL + "import openai\n" + _REPORT}
+
+
+def run_once(code: str, env: dict[str, str]) -> tuple[float, dict[str, bool]]:
+    """Wall time of one fresh interpreter running ``code``, and its heavy-module report."""
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                         capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    return elapsed, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--anchors", action="store_true", help="also time `import openai`")
+    args = parser.parse_args()
+
+    variants = dict(VARIANTS)
+    if args.anchors:
+        variants.update(ANCHORS)
+    with tempfile.TemporaryDirectory() as tmp:
+        # A private IPython dir and cencori home: no history file or key store of the user's.
+        env = {**os.environ, "IPYTHONDIR": os.path.join(tmp, "ipython"),
+               "CENCORI_NB_HOME": os.path.join(tmp, "home")}
+        for code in variants.values():       # one warm-up each (bytecode, page cache)
+            run_once(code, env)
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        heavy: dict[str, dict[str, bool]] = {}
+        for _ in range(args.rounds):
+            for name, code in variants.items():
+                elapsed, loaded = run_once(code, env)
+                times[name].append(elapsed)
+                heavy[name] = loaded
+
+    base = statistics.median(times["bare IPython"])
+    print(f"{args.rounds} interleaved rounds, fresh interpreter each, median wall time "
+          f"(Python {sys.version.split()[0]})")
+    print(f"{'variant':34} {'median ms':>10} {'extra ms':>9} {'ratio':>6}  heavy modules loaded")
+    for name, samples in times.items():
+        med = statistics.median(samples)
+        loaded = ", ".join(m for m, yes in heavy[name].items() if yes) or "none"
+        print(f"{name:34} {med * 1000:10.1f} {(med - base) * 1000:9.1f} {med / base:6.2f}  "
+              f"{loaded}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
