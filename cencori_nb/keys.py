@@ -1,0 +1,120 @@
+"""Manage your provider keys: ``cencori_nb.keys``.
+
+>>> from cencori_nb import keys
+>>> keys.set("openai", key, default_model="gpt-4o-mini", make_default=True)
+>>> keys.set_cencori_key(csk_key)          # the managed route (Cencori credits)
+>>> keys.status()                          # provider, enabled, key_hint, default_model, is_default
+
+Keys are stored encrypted (AES-256-GCM) in the per-user home, never shown: every return value
+carries at most the key hint (``…`` + last four characters). ``api_key`` may be a ``str`` or a
+:class:`~cencori_nb.keystore.secret.Secret`. Surrounding whitespace and line breaks are
+removed (copy-paste, ``echo key |``); whitespace inside a key, an empty key or an unknown
+provider is a :class:`~cencori_nb.errors.ConfigurationError` and nothing is stored.
+``project`` defaults to the current project (``CENCORI_NB_PROJECT`` or the settings file).
+"""
+
+from __future__ import annotations
+
+from .keystore import default_store
+from .keystore.secret import Secret
+
+__all__ = ["KeyStatus", "change_passphrase", "disable", "enable", "projects", "remove",
+           "rotate", "set", "set_cencori_key", "set_default", "status"]
+
+_CENCORI = "cencori"
+
+
+def __getattr__(name: str) -> object:
+    if name == "KeyStatus":
+        from .keystore.store import KeyStatus
+
+        return KeyStatus
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def set(provider: str, api_key: str | Secret, *, project: str | None = None,  # noqa: A001
+        default_model: str | None = None, make_default: bool = False,
+        enabled: bool = True):  # -> KeyStatus
+    """Store ``provider``'s key for ``project`` (replacing any stored one).
+
+    ``default_model`` (optional) is the model used when none is named; ``None`` keeps the
+    stored one. ``make_default=True`` makes this provider the project default ("Set as
+    project default"). ``enabled=False`` stores it switched off. ``provider="cencori"``
+    stores the managed Cencori project key (same as :func:`set_cencori_key`). Returns the
+    provider's :class:`KeyStatus` row.
+    """
+    if provider == _CENCORI:
+        if default_model is not None or make_default:
+            from .errors import ConfigurationError
+
+            raise ConfigurationError(
+                "The Cencori project key has no default model and cannot be the project "
+                "default provider.", hint="Set those on a provider, e.g. keys.set('openai', …).")
+        row = set_cencori_key(api_key, project=project)
+        if not enabled:
+            row = disable(_CENCORI, project=project)
+        return row
+    return default_store().set_key(provider, api_key, project=project,
+                                   default_model=default_model, make_default=make_default,
+                                   enabled=enabled)
+
+
+def set_cencori_key(api_key: str | Secret, *, project: str | None = None):  # -> KeyStatus
+    """Store the project's Cencori key (``csk_…``), used by the managed route."""
+    return default_store().set_cencori_key(api_key, project=project)
+
+
+def status(project: str | None = None) -> list:  # list[KeyStatus]
+    """One :class:`KeyStatus` per stored key of ``project`` (a ``cencori`` row for the
+    managed key), sorted by provider. Never the key itself."""
+    return default_store().status(project)
+
+
+def enable(provider: str, *, project: str | None = None):  # -> KeyStatus
+    """Switch a stored key on (``KeyNotFoundError`` if none is stored)."""
+    return default_store().set_enabled(provider, True, project=project)
+
+
+def disable(provider: str, *, project: str | None = None):  # -> KeyStatus
+    """Switch a stored key off without deleting it; routing then skips it."""
+    return default_store().set_enabled(provider, False, project=project)
+
+
+def remove(provider: str, *, project: str | None = None) -> None:
+    """Delete a stored key (``KeyNotFoundError`` if none is stored)."""
+    default_store().remove(provider, project=project)
+
+
+def set_default(provider: str, *, project: str | None = None) -> None:
+    """Make a stored provider the project default."""
+    default_store().set_default(provider, project=project)
+
+
+def rotate() -> int:
+    """New data key and KEK material; every record re-encrypted; nothing lost. With a
+    passphrase store, ``CENCORI_NB_PASSPHRASE`` must hold the current passphrase (it gets a
+    new salt). Returns the number of records re-encrypted."""
+    return default_store().rotate()
+
+
+def change_passphrase(new_or_old: str, new: str | None = None, *,
+                      old: str | None = None) -> None:
+    """Protect the store with a new passphrase: ``change_passphrase(new, old=…)`` (also
+    ``change_passphrase(old, new)``). ``old`` defaults to ``CENCORI_NB_PASSPHRASE`` (or this
+    process's already unlocked store); a key-file or keyring store switches to the
+    passphrase. The old passphrase stops working. Set ``CENCORI_NB_PASSPHRASE`` to the new
+    one before the next process starts."""
+    if new is not None:          # the two-positional form of docs/contracts.md
+        if old is not None:
+            from .errors import ConfigurationError
+
+            raise ConfigurationError("Give the old passphrase once (positionally or old=).")
+        old, new = new_or_old, new
+    else:
+        new = new_or_old
+    default_store().change_passphrase(new, old=old)
+
+
+def projects() -> list[str]:
+    """Projects with at least one stored key."""
+    return default_store().projects()

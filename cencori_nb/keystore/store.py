@@ -1,0 +1,735 @@
+"""The key store file: records, atomic writes, the cross-process lock, the in-process cache.
+
+One JSON file, ``keystore.json`` in the per-user home (0600; the home is 0700)::
+
+    {"format": "cencori-nb-keystore", "version": 1, "generation": 7,
+     "kek": {"source": "passphrase" | "keyring" | "keyfile", …, "check": …},
+     "dek": {"nonce": …, "ciphertext": …},          # the data key, wrapped by the KEK
+     "records": [{"project": …, "provider": …, "nonce": …, "ciphertext": …}, …],
+     "mac": {"nonce": …, "tag": …}}                 # AES-GCM tag over everything above
+
+One record per (project, provider). A provider record seals ``{key, enabled,
+default_model}``; the ``cencori`` record seals the managed project key; the ``@project``
+record seals the project default provider. Every field that changes behaviour is inside a
+ciphertext or covered by associated data; the MAC binds the record set and the generation.
+
+Writing: take the ``keystore.lock`` file lock, re-read the file, change, write a temp file,
+fsync, keep the old file as ``keystore.bak``, ``os.replace``, fsync the directory. A store
+that does not open (wrong passphrase, damaged) is never written: every write goes through
+the same load first.
+
+Reading: the process keeps the opened store and checks one ``stat`` per access (inode,
+mtime, ctime, size); another process's write changes it and the file is read again. The
+unwrapped data key is cached per wrapped key, so the KDF runs once per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..catalog import CENCORI, PROVIDERS, provider_info
+from ..errors import (
+    ConfigurationError,
+    KeyNotFoundError,
+    KeystoreCorruptError,
+    KeystoreError,
+    WrongPassphraseError,
+)
+from ..home import DIR_MODE, atomic_write, ensure_home, home_dir, private_umask
+from . import crypto, kek
+from .secret import Secret, key_hint
+
+__all__ = ["PROJECT_SLOT", "STORE_FILE", "KeyStatus", "KeyStore", "ProviderKey",
+           "clean_api_key", "clean_model", "clean_project", "clean_provider"]
+
+log = logging.getLogger("cencori_nb.keystore")
+
+STORE_FILE = "keystore.json"
+PROJECT_SLOT = "@project"        # the record holding project-level choices (default provider)
+_DOC_FIELDS = {"format", "version", "generation", "kek", "dek", "records", "mac"}
+_RECORD_FIELDS = {"project", "provider", "nonce", "ciphertext"}
+_MAX_NAME = 200
+
+# wrapped-DEK fingerprint -> DEK. A wrapped key this process has opened once is not opened
+# again (no second Argon2id), whichever KeyStore object reads it.
+_dek_cache: dict[bytes, bytes] = {}
+
+
+def _reset_cache() -> None:
+    _dek_cache.clear()
+
+
+# --------------------------------------------------------------------------- public values
+
+@dataclass(frozen=True)
+class ProviderKey:
+    """A stored BYOK key. ``api_key`` is a :class:`Secret`; the repr shows only its hint."""
+
+    provider: str
+    api_key: Secret
+    enabled: bool
+    default_model: str | None
+
+    @property
+    def hint(self) -> str:
+        return self.api_key.hint
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    """One row of ``keys.status()``: what is stored, never the key."""
+
+    provider: str
+    enabled: bool
+    key_hint: str
+    default_model: str | None
+    is_default: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``keys list --json`` object."""
+        return {"provider": self.provider, "enabled": self.enabled, "key_hint": self.key_hint,
+                "default_model": self.default_model, "is_default": self.is_default}
+
+
+# --------------------------------------------------------------------------- validation
+
+def clean_provider(provider: str, *, allow_cencori: bool = True) -> str:
+    """The provider name, or :class:`UnknownProviderError` listing the known ones."""
+    if allow_cencori and provider == CENCORI:
+        return provider
+    if not isinstance(provider, str):
+        raise ConfigurationError("The provider name must be a string.")
+    return provider_info(provider).name
+
+
+def clean_project(project: str) -> str:
+    """A project name: non-empty printable text without surrounding spaces."""
+    if not isinstance(project, str) or not project.strip():
+        raise ConfigurationError("The project name is empty.",
+                                 hint="Pass project='name' or set CENCORI_NB_PROJECT.")
+    if project != project.strip() or len(project) > _MAX_NAME or not project.isprintable():
+        raise ConfigurationError(
+            f"The project name {project!r} has surrounding spaces, control characters or is "
+            f"longer than {_MAX_NAME} characters.", hint="Use a short plain name.")
+    if project == PROJECT_SLOT:
+        raise ConfigurationError(f"{PROJECT_SLOT!r} is reserved.", hint="Use another name.")
+    return project
+
+
+def clean_model(model: str | None) -> str | None:
+    """A default model name (optional); surrounding spaces dropped, none inside."""
+    if model is None:
+        return None
+    if not isinstance(model, str) or not model.strip():
+        raise ConfigurationError("The default model is empty.",
+                                 hint="Leave it out, or name a model such as gpt-4o-mini.")
+    model = model.strip()
+    if any(ch.isspace() for ch in model) or not model.isprintable():
+        raise ConfigurationError(f"The default model {model!r} contains spaces or control "
+                                 "characters.", hint="Model ids look like gpt-4o-mini.")
+    return model
+
+
+def clean_api_key(provider: str, api_key: str | Secret) -> Secret:
+    """Validate and normalise an API key; the message never contains the key.
+
+    Surrounding whitespace and line breaks (from copy-paste or ``echo key |``) are removed.
+    An empty key, or whitespace, control or non-ASCII characters *inside* the key, is a
+    :class:`ConfigurationError`. A Cencori project key must start with ``csk_``.
+    """
+    raw = api_key.reveal() if isinstance(api_key, Secret) else api_key
+    name = "Cencori project" if provider == CENCORI else PROVIDERS[provider].display_name
+    if not isinstance(raw, str):
+        raise ConfigurationError(f"The {name} key must be text (a str or a Secret), not "
+                                 f"{type(raw).__name__}.")
+    raw = raw.strip()
+    if not raw:
+        raise ConfigurationError(f"The {name} key is empty.",
+                                 hint="Paste the whole key; nothing was stored.")
+    if any(ch.isspace() for ch in raw):
+        raise ConfigurationError(
+            f"The {name} key contains a space or a line break inside it.",
+            hint="A key is one unbroken string: paste it again; nothing was stored.")
+    if any(not 0x21 <= ord(ch) <= 0x7E for ch in raw):
+        raise ConfigurationError(
+            f"The {name} key contains characters that are not printable ASCII.",
+            hint="Paste it again from the provider's console; nothing was stored.")
+    if provider == CENCORI:
+        if not raw.startswith("csk_"):
+            raise ConfigurationError(
+                "A Cencori project key starts with 'csk_'.",
+                hint="Copy it from the Cencori dashboard (Project → API keys); nothing was "
+                "stored.")
+    else:
+        prefix = PROVIDERS[provider].key_prefix
+        if prefix and not raw.startswith(prefix):
+            log.warning("The %s key does not start with %r, the usual prefix; stored anyway.",
+                        name, prefix)
+    return Secret(raw)
+
+
+# --------------------------------------------------------------------------- internal state
+
+@dataclass(frozen=True)
+class _Record:
+    """A decrypted record; ``sealed`` is its ciphertext on disk (None: seal on next write)."""
+
+    key: Secret | None = None              # None only for the project slot
+    enabled: bool = True
+    default_model: str | None = None
+    default_provider: str | None = None    # project slot only
+    sealed: crypto.Sealed | None = field(default=None, repr=False)
+
+    def fields(self, provider: str) -> dict[str, Any]:
+        if provider == PROJECT_SLOT:
+            return {"default_provider": self.default_provider}
+        assert self.key is not None
+        if provider == CENCORI:
+            return {"key": self.key.reveal(), "enabled": self.enabled}
+        return {"key": self.key.reveal(), "enabled": self.enabled,
+                "default_model": self.default_model}
+
+
+@dataclass(frozen=True)
+class _State:
+    """One generation of the store, opened."""
+
+    raw: bytes = field(repr=False)         # the file bytes (b"" for a store not yet written)
+    generation: int
+    kek_header: dict[str, Any]
+    wrapped: crypto.Sealed = field(repr=False)
+    dek: bytes = field(repr=False)
+    records: dict[tuple[str, str], _Record]
+
+
+_Sig = tuple[int, int, int, int]
+
+
+def _sig(st: os.stat_result) -> _Sig:
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
+def _dek_fingerprint(header: dict[str, Any], wrapped: crypto.Sealed) -> bytes:
+    return hashlib.sha256(crypto.wrap_aad(header) + wrapped.nonce + wrapped.ciphertext).digest()
+
+
+_AUTO: Any = object()
+
+
+# --------------------------------------------------------------------------- the store
+
+class KeyStore:
+    """The encrypted per-user key store. Use :func:`cencori_nb.keystore.default_store`.
+
+    Reads (``get``, ``cencori_key``, ``project_default``, ``all_secrets``, ``projects``,
+    ``status``) cost one ``stat`` and a dict lookup once the store is open. Writes take the
+    file lock and re-read the file inside it.
+    """
+
+    def __init__(self, path: Path | str | None = None, *, keyring_backend: Any = _AUTO,
+                 lock_timeout: float = 30.0) -> None:
+        self.path = Path(path) if path is not None else home_dir() / STORE_FILE
+        self.backup_path = self.path.with_suffix(".bak")
+        self.lock_path = self.path.with_suffix(".lock")
+        self._keyring = keyring_backend        # _AUTO: look it up when first needed
+        self._lock_timeout = lock_timeout
+        self._mutex = threading.RLock()
+        self._state: _State | None = None
+        self._sig: _Sig | None = None
+
+    def __repr__(self) -> str:
+        return f"KeyStore({str(self.path)!r})"
+
+    # ----------------------------------------------------------------------- reads
+
+    def get(self, provider: str, project: str | None = None) -> ProviderKey | None:
+        """The stored BYOK key of ``provider`` in ``project`` (enabled or not), or None."""
+        record = self._records().get((self._project(project), provider))
+        if record is None or record.key is None or provider in (CENCORI, PROJECT_SLOT):
+            return None
+        return ProviderKey(provider, record.key, record.enabled, record.default_model)
+
+    def cencori_key(self, project: str | None = None) -> Secret | None:
+        """The project's Cencori key (``csk_…``, the managed route); None if unset or
+        disabled."""
+        record = self._records().get((self._project(project), CENCORI))
+        if record is None or not record.enabled:
+            return None
+        return record.key
+
+    def project_default(self, project: str | None = None) -> str | None:
+        """The provider marked "Set as project default", or None."""
+        record = self._records().get((self._project(project), PROJECT_SLOT))
+        return record.default_provider if record is not None else None
+
+    def all_secrets(self) -> list[Secret]:
+        """Every stored key of every project (for the save-time scrubber and log filter)."""
+        return [r.key for r in self._records().values() if r.key is not None]
+
+    def projects(self) -> list[str]:
+        """Projects that have at least one record, sorted."""
+        return sorted({p for (p, _), _r in self._records().items()})
+
+    def status(self, project: str | None = None) -> list[KeyStatus]:
+        """Rows for ``project`` sorted by provider; a ``cencori`` row if a managed key is set."""
+        project = self._project(project)
+        records = self._records()
+        slot = records.get((project, PROJECT_SLOT))
+        default = slot.default_provider if slot is not None else None
+        rows = []
+        for (proj, provider), record in sorted(records.items()):
+            if proj != project or provider == PROJECT_SLOT or record.key is None:
+                continue
+            rows.append(KeyStatus(provider, record.enabled, record.key.hint,
+                                  None if provider == CENCORI else record.default_model,
+                                  provider == default))
+        return rows
+
+    @property
+    def kek_source(self) -> str | None:
+        """``passphrase``, ``keyring`` or ``keyfile``; None while no store file exists."""
+        state = self._snapshot()
+        return state.kek_header["source"] if state is not None else None
+
+    def is_open(self) -> bool:
+        """True once this process holds the opened (unlocked) store."""
+        return self._state is not None
+
+    # ----------------------------------------------------------------------- writes
+
+    def set_key(self, provider: str, api_key: str | Secret, *, project: str | None = None,
+                default_model: str | None = None, make_default: bool = False,
+                enabled: bool = True) -> KeyStatus:
+        """Store (or replace) a BYOK key. ``default_model=None`` keeps the stored one."""
+        provider = clean_provider(provider, allow_cencori=False)
+        project = self._project(project)
+        secret = clean_api_key(provider, api_key)
+        model = clean_model(default_model)
+
+        def change(records: dict[tuple[str, str], _Record]) -> None:
+            old = records.get((project, provider))
+            keep_model = old.default_model if old is not None and model is None else model
+            records[(project, provider)] = _Record(secret, bool(enabled), keep_model)
+            if make_default:
+                records[(project, PROJECT_SLOT)] = _Record(default_provider=provider)
+
+        self._modify(change)
+        log.debug("stored a %s key for project %r", provider, project)
+        return self._row(project, provider)
+
+    def set_cencori_key(self, api_key: str | Secret, *, project: str | None = None) -> KeyStatus:
+        """Store (or replace) the project's Cencori key (must start with ``csk_``)."""
+        project = self._project(project)
+        secret = clean_api_key(CENCORI, api_key)
+
+        def change(records: dict[tuple[str, str], _Record]) -> None:
+            records[(project, CENCORI)] = _Record(secret, True)
+
+        self._modify(change)
+        log.debug("stored the Cencori key for project %r", project)
+        return self._row(project, CENCORI)
+
+    def set_enabled(self, provider: str, enabled: bool, *, project: str | None = None
+                    ) -> KeyStatus:
+        """Enable or disable a stored key (``cencori`` included) without removing it."""
+        provider = clean_provider(provider)
+        project = self._project(project)
+
+        def change(records: dict[tuple[str, str], _Record]) -> None:
+            old = records.get((project, provider))
+            if old is None:
+                raise self._not_found(provider, project)
+            records[(project, provider)] = replace(old, enabled=bool(enabled), sealed=None)
+
+        self._modify(change)
+        return self._row(project, provider)
+
+    def remove(self, provider: str, *, project: str | None = None) -> None:
+        """Delete a stored key; if it was the project default, the project has none after."""
+        provider = clean_provider(provider)
+        project = self._project(project)
+
+        def change(records: dict[tuple[str, str], _Record]) -> None:
+            if records.pop((project, provider), None) is None:
+                raise self._not_found(provider, project)
+            slot = records.get((project, PROJECT_SLOT))
+            if slot is not None and slot.default_provider == provider:
+                del records[(project, PROJECT_SLOT)]
+
+        self._modify(change)
+        log.debug("removed the %s key of project %r", provider, project)
+
+    def set_default(self, provider: str, *, project: str | None = None) -> None:
+        """Mark a stored provider as the project default."""
+        provider = clean_provider(provider, allow_cencori=False)
+        project = self._project(project)
+
+        def change(records: dict[tuple[str, str], _Record]) -> None:
+            if (project, provider) not in records:
+                raise self._not_found(provider, project)
+            records[(project, PROJECT_SLOT)] = _Record(default_provider=provider)
+
+        self._modify(change)
+
+    def rotate(self, *, passphrase: str | None = None) -> int:
+        """New data key, every record sealed again, new KEK material (a new key file or
+        keyring entry; a new salt for a passphrase, which must be the current one). The
+        backup is replaced by the new generation, so retired key material opens nothing.
+        Returns the number of records re-encrypted (0 if there is no store yet)."""
+        with self._mutex, self._locked():
+            current = self._load_locked()
+            if current is None:
+                return 0
+            if current.kek_header["source"] == "passphrase":
+                phrase = passphrase if passphrase is not None else kek.passphrase_from_env()
+                self._verify_passphrase(current, phrase)
+                assert phrase is not None
+                new_kek = kek.new_passphrase_kek(phrase)
+            else:
+                new_kek = kek.new_kek(self.path, passphrase=None, backend=self._backend())
+            dek = crypto.new_key()
+            records = {k: replace(r, sealed=None) for k, r in current.records.items()}
+            new = self._wrapped_state(current, new_kek, dek, records)
+            self._commit(current, new, replace_backup=True)
+        log.debug("rotated the key store: %d records re-encrypted", len(records))
+        return len(records)
+
+    def change_passphrase(self, new: str, *, old: str | None = None) -> None:
+        """Wrap the data key with a KEK from ``new`` (fresh salt). ``old`` (default: the
+        environment, or this process's open store) must open the store when it is
+        passphrase-protected. The backup is replaced by the new generation, so the old
+        passphrase opens nothing afterwards. Also switches a key-file or keyring store to
+        passphrase protection. This process stays unlocked; set ``CENCORI_NB_PASSPHRASE``
+        to the new passphrase for the next one."""
+        if not isinstance(new, str) or not new:
+            raise ConfigurationError("The new passphrase is empty.",
+                                     hint="Choose a long passphrase; nothing was changed.")
+        with self._mutex, self._locked():
+            # with ``old`` given, the load derives the KEK from it (no cache): a wrong
+            # ``old`` is a WrongPassphraseError here
+            current = self._load_locked(passphrase=old)
+            new_kek = kek.new_passphrase_kek(new)
+            if current is None:
+                current = self._new_state(new_kek)
+                self._commit(None, current, replace_backup=True)
+                return
+            state = self._wrapped_state(current, new_kek, current.dek, dict(current.records))
+            self._commit(current, state, replace_backup=True)
+        log.debug("changed the key store passphrase")
+
+    # ----------------------------------------------------------------------- helpers
+
+    def _project(self, project: str | None) -> str:
+        from ..settings import current_project
+
+        return clean_project(current_project(project))
+
+    def _row(self, project: str, provider: str) -> KeyStatus:
+        for row in self.status(project):
+            if row.provider == provider:
+                return row
+        raise self._not_found(provider, project)  # pragma: no cover - just written
+
+    def _not_found(self, provider: str, project: str) -> KeyNotFoundError:
+        what = "Cencori project key" if provider == CENCORI else f"{provider} key"
+        return KeyNotFoundError(
+            f"No {what} is stored for project {project!r} in {self.path}.",
+            hint=f"Add one with: cencori-nb keys set {provider} --project {project}",
+            path=self.path, provider=provider, project=project)
+
+    def _backend(self) -> Any | None:
+        if self._keyring is _AUTO:
+            self._keyring = kek.secure_keyring()
+        return self._keyring
+
+    def _corrupt(self, detail: str) -> KeystoreCorruptError:
+        if self.backup_path.exists():
+            hint = (f"Restore the previous generation: move {self.path} aside and copy "
+                    f"{self.backup_path} to {self.path}. Or delete {self.path} and set your "
+                    "keys again. cencori-nb will not write to the store until then.")
+        else:
+            hint = (f"There is no backup ({self.backup_path}): delete {self.path} and set your "
+                    "keys again. cencori-nb will not write to the store until then.")
+        return KeystoreCorruptError(
+            f"The key store {self.path} is damaged or was changed outside cencori-nb "
+            f"({detail}); no key was read from it.", hint=hint, path=self.path,
+            backup=self.backup_path)
+
+    def _wrong_passphrase(self, explicit: bool) -> WrongPassphraseError:
+        where = "The passphrase given" if explicit else f"{kek.ENV_PASSPHRASE}"
+        return WrongPassphraseError(
+            f"{where} does not open the key store {self.path}.",
+            hint=f"Set {kek.ENV_PASSPHRASE} to the passphrase the store was created with or "
+            "last changed to. If you are sure it is right, the file's header is damaged: "
+            f"restore {self.backup_path}.", path=self.path)
+
+    # ----------------------------------------------------------------------- loading
+
+    def _records(self) -> dict[tuple[str, str], _Record]:
+        state = self._snapshot()
+        return state.records if state is not None else {}
+
+    def _snapshot(self) -> _State | None:
+        """The current generation; one ``stat``, a re-read only when the file changed."""
+        try:
+            sig: _Sig | None = _sig(os.stat(self.path))
+        except FileNotFoundError:
+            sig = None
+        state = self._state
+        if state is not None and sig == self._sig:
+            return state
+        with self._mutex:
+            return self._reload()
+
+    def _reload(self, *, passphrase: str | None = None) -> _State | None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            self._state, self._sig = None, None
+            return None
+        with os.fdopen(fd, "rb") as fh:
+            sig = _sig(os.fstat(fh.fileno()))
+            raw = fh.read()
+        if self._state is not None and raw == self._state.raw and passphrase is None:
+            self._sig = sig
+            return self._state
+        state = self._parse(raw, passphrase=passphrase)
+        self._state, self._sig = state, sig
+        log.debug("opened key store %s: generation %d, %d records", self.path,
+                  state.generation, len(state.records))
+        return state
+
+    def _parse(self, raw: bytes, *, passphrase: str | None) -> _State:
+        """Bytes → opened state, or a KeystoreError; never a partially trusted state."""
+        if not raw:
+            raise self._corrupt("the file is empty")
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise self._corrupt("it is not valid JSON: truncated or damaged") from None
+        if not isinstance(doc, dict) or doc.get("format") != crypto.FORMAT:
+            raise self._corrupt("it is not a cencori-nb key store")
+        if doc.get("version") != crypto.VERSION:
+            raise self._corrupt(f"format version {doc.get('version')!r} is not one this "
+                                "cencori-nb reads: written by a newer version, or damaged")
+        if set(doc) != _DOC_FIELDS:
+            raise self._corrupt("unexpected or missing fields")
+        if crypto.dump_document(doc) != raw:
+            raise self._corrupt("its bytes are not the ones cencori-nb wrote")
+        try:
+            generation = doc["generation"]
+            if type(generation) is not int or generation < 1:
+                raise ValueError("bad generation")
+            header = doc["kek"]
+            kek.validate_header(header)
+            check = crypto.b64d(header.get("check"), size=16)
+            wrapped = crypto.Sealed.from_json(doc["dek"])
+            mac = doc["mac"]
+            if not isinstance(mac, dict) or set(mac) != {"nonce", "tag"}:
+                raise ValueError("bad mac")
+            mac_sealed = crypto.Sealed(crypto.b64d(mac["nonce"], size=crypto.NONCE_BYTES),
+                                       crypto.b64d(mac["tag"], size=crypto.TAG_BYTES))
+            entries = doc["records"]
+            if not isinstance(entries, list):
+                raise ValueError("records is not a list")
+            sealed_records: dict[tuple[str, str], crypto.Sealed] = {}
+            for entry in entries:
+                if not isinstance(entry, dict) or set(entry) != _RECORD_FIELDS:
+                    raise ValueError("bad record")
+                slot = (entry["project"], entry["provider"])
+                if not all(isinstance(s, str) for s in slot) or slot in sealed_records:
+                    raise ValueError("bad or duplicate record slot")
+                sealed_records[slot] = crypto.Sealed.from_json(entry)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise self._corrupt(str(exc) or type(exc).__name__) from None
+
+        dek = self._unwrap(header, wrapped, check, passphrase)
+        body = {k: v for k, v in doc.items() if k != "mac"}
+        try:
+            crypto.open_sealed(dek, mac_sealed, crypto.mac_aad(body))
+        except crypto.InvalidTag:
+            raise self._corrupt("its authentication tag does not match") from None
+        records = {}
+        for (project, provider), sealed in sealed_records.items():
+            try:
+                fields = crypto.open_record(dek, project, provider, sealed)
+                records[(project, provider)] = self._decode_record(provider, fields, sealed)
+            except (crypto.InvalidTag, ValueError, KeyError, TypeError):
+                raise self._corrupt(f"the record of {provider!r} in project {project!r} does "
+                                    "not open in its slot") from None
+        return _State(raw, generation, header, wrapped, dek, records)
+
+    @staticmethod
+    def _decode_record(provider: str, fields: dict[str, Any], sealed: crypto.Sealed) -> _Record:
+        if provider == PROJECT_SLOT:
+            default = fields["default_provider"]
+            if set(fields) != {"default_provider"} or not (
+                    default is None or isinstance(default, str)):
+                raise ValueError("bad project record")
+            return _Record(default_provider=default, sealed=sealed)
+        expected = {"key", "enabled"} if provider == CENCORI else {"key", "enabled",
+                                                                   "default_model"}
+        model = fields.get("default_model")
+        if (set(fields) != expected or not isinstance(fields["key"], str)
+                or type(fields["enabled"]) is not bool
+                or not (model is None or isinstance(model, str))):
+            raise ValueError("bad record fields")
+        return _Record(Secret(fields["key"]), fields["enabled"], model, sealed=sealed)
+
+    def _unwrap(self, header: dict[str, Any], wrapped: crypto.Sealed, check: bytes,
+                passphrase: str | None) -> bytes:
+        fingerprint = _dek_fingerprint(header, wrapped)
+        if passphrase is None:
+            cached = _dek_cache.get(fingerprint)
+            if cached is not None:
+                return cached
+        backend = self._backend() if header["source"] == "keyring" else None
+        kek_bytes = kek.load_kek(header, self.path, passphrase=passphrase, backend=backend)
+        try:
+            dek = crypto.open_sealed(kek_bytes, wrapped, crypto.wrap_aad(header))
+        except crypto.InvalidTag:
+            if hmac.compare_digest(crypto.kek_check(kek_bytes), check):
+                raise self._corrupt("the wrapped data key does not open") from None
+            if header["source"] == "passphrase":
+                raise self._wrong_passphrase(passphrase is not None) from None
+            raise self._corrupt(f"its {header['source']} key does not match it") from None
+        if len(dek) != crypto.KEY_BYTES:
+            raise self._corrupt("the data key has the wrong size")
+        _dek_cache[fingerprint] = dek
+        return dek
+
+    def _verify_passphrase(self, state: _State, passphrase: str | None) -> None:
+        """Raise unless ``passphrase`` is the one that wraps ``state``'s data key now."""
+        if not passphrase:
+            raise WrongPassphraseError(
+                f"The key store {self.path} is protected by a passphrase, but "
+                f"{kek.ENV_PASSPHRASE} is not set.",
+                hint=f"Set {kek.ENV_PASSPHRASE} to the current passphrase and try again.",
+                code="passphrase_required", path=self.path)
+        key = kek.load_kek(state.kek_header, self.path, passphrase=passphrase, backend=None)
+        try:
+            crypto.open_sealed(key, state.wrapped, crypto.wrap_aad(state.kek_header))
+        except crypto.InvalidTag:
+            raise self._wrong_passphrase(True) from None
+
+    # ----------------------------------------------------------------------- writing
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The cross-process lock on a separate ``.lock`` file (the store's inode changes
+        on every write, so it cannot carry the lock itself)."""
+        import filelock
+
+        if self.path.parent == home_dir():
+            ensure_home()
+        else:
+            with private_umask():
+                self.path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        lock = filelock.FileLock(self.lock_path, timeout=self._lock_timeout, mode=0o600)
+        try:
+            with private_umask():
+                lock.acquire()
+        except filelock.Timeout:
+            raise KeystoreError(
+                f"Another process has held the key store lock {self.lock_path} for over "
+                f"{self._lock_timeout:g} s.",
+                hint="Wait for it to finish and try again.", code="keystore_locked",
+                path=self.path) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _load_locked(self, *, passphrase: str | None = None) -> _State | None:
+        """Inside the lock: drop temp files of killed writers, then read the file afresh."""
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.backup_path.with_name(self.backup_path.name + ".tmp").unlink()
+        return self._reload(passphrase=passphrase)
+
+    def _modify(self, change: Callable[[dict[tuple[str, str], _Record]], None]) -> None:
+        """Read-modify-write under the lock. ``change`` edits a copy of the records."""
+        with self._mutex, self._locked():
+            current = self._load_locked()
+            if current is None:
+                records: dict[tuple[str, str], _Record] = {}
+                change(records)   # first: a refused change must not leave key material
+                new_kek = kek.new_kek(self.path, passphrase=kek.passphrase_from_env(),
+                                      backend=self._backend())
+                self._commit(None, replace(self._new_state(new_kek), records=records))
+                return
+            records = dict(current.records)
+            change(records)
+            self._commit(current, replace(current, records=records))
+
+    def _new_state(self, new_kek: kek.Kek) -> _State:
+        dek = crypto.new_key()
+        empty = _State(b"", 0, {}, crypto.Sealed(b"", b""), dek, {})
+        return self._wrapped_state(empty, new_kek, dek, {})
+
+    @staticmethod
+    def _wrapped_state(base: _State, new_kek: kek.Kek, dek: bytes,
+                       records: dict[tuple[str, str], _Record]) -> _State:
+        header = {**new_kek.header, "check": crypto.b64e(crypto.kek_check(new_kek.key))}
+        wrapped = crypto.seal(new_kek.key, dek, crypto.wrap_aad(header))
+        _dek_cache[_dek_fingerprint(header, wrapped)] = dek
+        return replace(base, kek_header=header, wrapped=wrapped, dek=dek, records=records)
+
+    def _backup_ref(self) -> tuple[str, str] | None:
+        try:
+            header = json.loads(self.backup_path.read_bytes())["kek"]
+            kek.validate_header(header)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return kek.ref(header)
+
+    def _commit(self, old: _State | None, new: _State, *, replace_backup: bool = False) -> None:
+        """Seal what changed, write the next generation atomically, retire unused KEKs."""
+        records = {}
+        for (project, provider), record in new.records.items():
+            if record.sealed is None:
+                record = replace(record, sealed=crypto.seal_record(
+                    new.dek, project, provider, record.fields(provider)))
+            records[(project, provider)] = record
+        generation = (old.generation if old is not None else 0) + 1
+        body = {
+            "format": crypto.FORMAT, "version": crypto.VERSION, "generation": generation,
+            "kek": new.kek_header, "dek": new.wrapped.to_json(),
+            "records": [{"project": p, "provider": v, **r.sealed.to_json()}  # type: ignore[union-attr]
+                        for (p, v), r in sorted(records.items())],
+        }
+        mac = crypto.seal(new.dek, b"", crypto.mac_aad(body))
+        raw = crypto.dump_document({**body, "mac": {"nonce": crypto.b64e(mac.nonce),
+                                                    "tag": crypto.b64e(mac.ciphertext)}})
+        before = {self._backup_ref()}
+        if old is not None:
+            before.add(kek.ref(old.kek_header))
+        atomic_write(self.path, raw, backup=self.backup_path)
+        if replace_backup:
+            atomic_write(self.backup_path, raw)
+        sig = _sig(os.stat(self.path))
+        self._state = replace(new, raw=raw, generation=generation, records=records)
+        self._sig = sig
+        after = {kek.ref(new.kek_header), self._backup_ref()}
+        for retired in before - after:
+            if retired is not None:
+                kek.retire(retired, self.path, self._keyring if self._keyring is not _AUTO
+                           else None)
+        # key files left by a writer killed between making one and writing the store
+        live = {name for kind, name in filter(None, after) if kind == "keyfile"}
+        for path in self.path.parent.glob(f"{self.path.stem}-*.key"):
+            if path.name not in live:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
