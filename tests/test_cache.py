@@ -1,0 +1,120 @@
+"""The response cache: keys, storage, file mode, hits with zero cost."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from cencori_nb import cache
+from cencori_nb.keystore.secret import Secret
+from cencori_nb.router import Decision
+from cencori_nb.types import ChatRequest, Completion
+
+
+def _decision(provider: str = "openai", model: str = "gpt-4o-mini", route: str = "byok",
+              key: str = "sk-test-aaaaaaaaaaaaaaaa") -> Decision:
+    return Decision(provider=provider, model=model, route=route, credential=Secret(key),
+                    credential_source=f"keystore:{route}:{provider}",
+                    base_url="http://127.0.0.1:1", adapter=provider)
+
+
+def _completion(text: str = "hello") -> Completion:
+    return Completion(text=text, model="gpt-4o-mini-2024-07-18", provider="openai", route="byok",
+                      input_tokens=12, output_tokens=3, provider_cost_usd=Decimal("0.0000036"),
+                      credits_charged_usd=Decimal("0.000005"), request_id="req-1",
+                      latency_ms=42.0, finish_reason="stop", project="default",
+                      gateway_cost_usd=Decimal("0.000005"))
+
+
+def test_key_depends_on_what_makes_the_answer() -> None:
+    """Provider, model, messages and parameters change the key; route and the key do not."""
+    req = ChatRequest.from_prompt("hi", system="be brief")
+    base = cache.cache_key(_decision(), req)
+    assert len(base) == 64
+    assert cache.cache_key(_decision(route="managed", key="csk_other_bbbbbbbb"), req) == base
+    assert cache.cache_key(_decision(model="gpt-4o"), req) != base
+    assert cache.cache_key(_decision(provider="groq"), req) != base
+    assert cache.cache_key(_decision(), ChatRequest.from_prompt("hi")) != base
+    assert cache.cache_key(_decision(), ChatRequest.from_prompt("hi!", system="be brief")) != base
+    assert cache.cache_key(_decision(), ChatRequest.from_prompt(
+        "hi", system="be brief", max_tokens=5)) != base
+    assert cache.cache_key(_decision(), ChatRequest.from_prompt(
+        "hi", system="be brief", temperature=0)) != base
+
+
+def test_cacheable_only_deterministic() -> None:
+    assert cache.cacheable(ChatRequest.from_prompt("x"))
+    assert cache.cacheable(ChatRequest.from_prompt("x", temperature=0))
+    assert cache.cacheable(ChatRequest.from_prompt("x", temperature=0.0))
+    assert not cache.cacheable(ChatRequest.from_prompt("x", temperature=0.7))
+    assert not cache.cacheable(ChatRequest.from_prompt("x", cache=False))
+
+
+def test_store_then_lookup_returns_cached_zero_cost(private_home: Path) -> None:
+    """A hit is a copy with cached=True and both costs zero; the rest round-trips."""
+    key = cache.cache_key(_decision(), ChatRequest.from_prompt("hi"))
+    assert cache.lookup(key) is None
+    cache.store(key, _completion())
+    hit = cache.lookup(key)
+    assert hit is not None
+    assert hit.cached is True
+    assert hit.provider_cost_usd == Decimal(0) and hit.credits_charged_usd == Decimal(0)
+    assert hit.text == "hello" and hit.model == "gpt-4o-mini-2024-07-18"
+    assert (hit.input_tokens, hit.output_tokens) == (12, 3)
+    assert hit.finish_reason == "stop"
+    assert cache.stats()["entries"] == 1
+    assert cache.stats()["hits"] == 1 and cache.stats()["misses"] == 1
+
+
+def test_file_is_private_and_in_the_home(private_home: Path) -> None:
+    """cache.sqlite lives in CENCORI_NB_HOME with mode 0600; the home is 0700."""
+    cache.store("k", _completion())
+    path = private_home / "cache.sqlite"
+    assert path.exists()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(private_home.stat().st_mode) == 0o700
+    for extra in (path.with_name("cache.sqlite-wal"), path.with_name("cache.sqlite-shm")):
+        if extra.exists():
+            assert stat.S_IMODE(extra.stat().st_mode) & 0o077 == 0
+
+
+def test_bytes_on_disk_hold_the_answer_not_a_key(private_home: Path, canary: str) -> None:
+    """The stored row is the answer; the credential is never written."""
+    decision = _decision(key=canary)
+    key = cache.cache_key(decision, ChatRequest.from_prompt("hi"))
+    cache.store(key, _completion("the answer"))
+    cache._reset_for_tests()        # close, so the WAL is checkpointed
+    rows = sqlite3.connect(private_home / "cache.sqlite").execute(
+        "SELECT key, provider, model, completion FROM responses").fetchall()
+    assert rows[0][0] == key and rows[0][1] == "openai"
+    assert "the answer" in rows[0][3]
+    data = b"".join(p.read_bytes() for p in private_home.iterdir() if p.is_file())
+    assert canary.encode() not in data
+
+
+def test_clear_returns_count(private_home: Path) -> None:
+    for i in range(3):
+        cache.store(f"k{i}", _completion(str(i)))
+    assert cache.clear() == 3
+    assert cache.lookup("k1") is None
+    assert cache.clear() == 0
+
+
+def test_another_process_sees_entries(private_home: Path) -> None:
+    """Entries are on disk: a fresh connection (another kernel) gets the same hit."""
+    cache.store("shared", _completion("from kernel A"))
+    cache._reset_for_tests()
+    hit = cache.lookup("shared")
+    assert hit is not None and hit.text == "from kernel A"
+
+
+def test_home_switch_reopens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A different CENCORI_NB_HOME gets its own cache file."""
+    cache.store("k", _completion())
+    monkeypatch.setenv("CENCORI_NB_HOME", str(tmp_path / "other-home"))
+    assert cache.lookup("k") is None
+    assert (tmp_path / "other-home" / "cache.sqlite").exists()
