@@ -1,0 +1,174 @@
+"""The Anthropic Messages door: ``POST /anthropic/v1/messages``.
+
+The key comes in ``x-api-key`` (older SDKs) or ``Authorization: Bearer`` (SDK 2.x); an
+``anthropic-version`` header is required and any value is accepted, but under
+``2026-10-21`` and later ``temperature``/``top_p``/``top_k`` are refused with a 400, as the
+real API does. Streams are named SSE events: ``message_start``, ``content_block_start``,
+``ping``, ``content_block_delta``…, ``content_block_stop``, ``message_delta`` (cumulative
+usage), ``message_stop``. Errors are ``{"type": "error", "error": {"type", "message"},
+"request_id"}`` with a ``request-id`` header; a 429 carries ``retry-after`` and the
+``anthropic-ratelimit-*`` headers.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .common import (
+    BadRequest,
+    ChatCall,
+    Door,
+    Exchange,
+    Headers,
+    bearer,
+    dumps,
+    max_tokens_of,
+    text_of,
+)
+from .openai import NOT_FOUND_MARK, SANDBOX_TAG
+from .replies import Reply
+
+__all__ = ["AnthropicDoor", "SAMPLING_REMOVED_IN"]
+
+SAMPLING_REMOVED_IN = "2026-10-21"   # first API version without temperature/top_p/top_k
+
+_ERRORS: dict[str, tuple[int, str, str]] = {
+    "missing_key": (401, "authentication_error", "x-api-key header is required"),
+    "invalid_key": (401, "authentication_error", "invalid x-api-key"),
+    "payment": (402, "billing_error", "Your credit balance is too low to access the "
+                "Anthropic API."),
+    "permission": (403, "permission_error", "Your API key does not have permission to use "
+                   "the specified resource."),
+    "not_found": (404, "not_found_error", "model not found"),
+    "rate_limit": (429, "rate_limit_error", "This request would exceed your organization's "
+                   "rate limit of requests per minute."),
+    "server": (500, "api_error", "Internal server error"),
+    "unavailable": (503, "overloaded_error", "Overloaded"),
+    "bad_request": (400, "invalid_request_error", "Invalid request"),
+}
+
+
+def _rfc3339(seconds_from_now: float) -> str:
+    when = datetime.now(UTC) + timedelta(seconds=seconds_from_now)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class AnthropicDoor(Door):
+    name = "anthropic"
+
+    def api_key(self, req: Any) -> str | None:
+        key = req.headers.get("x-api-key")
+        if key:
+            return key.strip() or None
+        return bearer(req.headers)
+
+    def send_error(self, ex: Exchange, kind: str, message: str | None = None, *,
+                   status: int | None = None, retry_after: int | None = None,
+                   param: str | None = None, code: str | None = None) -> None:
+        default_status, type_, default_message = _ERRORS.get(kind, _ERRORS["server"])
+        status = status or default_status
+        headers: Headers = [("request-id", ex.request_id)]
+        if status == 429:
+            headers.append(("retry-after", str(retry_after or 1)))
+            headers += self.ratelimit_headers(ex, remaining=0, reset=retry_after or 1)
+        if kind == "invalid_key":
+            default_message += f" ({ex.hint})"
+        ex.send_json(status, {"type": "error",
+                              "error": {"type": type_,
+                                        "message": (message or default_message) + SANDBOX_TAG},
+                              "request_id": ex.request_id}, headers)
+
+    def ratelimit_headers(self, ex: Exchange, *, remaining: int | None = None,
+                          reset: int | None = None) -> Headers:
+        limiter = ex.server.limiter
+        limit = limiter.rpm or 4000
+        if remaining is None:
+            remaining = ex.remaining if limiter.rpm else limit - 1
+        if reset is None:
+            reset = limiter.reset_seconds(ex.key or "") if limiter.rpm else 0
+        at = _rfc3339(reset)
+        headers: Headers = [("anthropic-ratelimit-requests-limit", str(limit)),
+                            ("anthropic-ratelimit-requests-remaining", str(remaining)),
+                            ("anthropic-ratelimit-requests-reset", at)]
+        for kind in ("tokens", "input-tokens", "output-tokens"):
+            headers += [(f"anthropic-ratelimit-{kind}-limit", "400000"),
+                        (f"anthropic-ratelimit-{kind}-remaining", "400000"),
+                        (f"anthropic-ratelimit-{kind}-reset", at)]
+        return headers
+
+    def ok_headers(self, ex: Exchange) -> Headers:
+        return [("request-id", ex.request_id), *self.ratelimit_headers(ex)]
+
+    def parse(self, ex: Exchange) -> ChatCall:
+        version = ex.req.headers.get("anthropic-version")
+        if not version:
+            raise BadRequest("anthropic-version: header is required")
+        try:
+            body = ex.req.json()
+        except ValueError:
+            raise BadRequest("There was an issue with the request body: invalid JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest("The request body must be a JSON object.")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("model: Field required")
+        if body.get("max_tokens") is None:
+            raise BadRequest("max_tokens: Field required")
+        max_tokens = max_tokens_of(body.get("max_tokens"), "max_tokens")
+        if version >= SAMPLING_REMOVED_IN:
+            for name in ("temperature", "top_p", "top_k"):
+                if name in body:
+                    raise BadRequest(f"{name}: is not supported with anthropic-version "
+                                     f"{version}; send anthropic-version 2023-06-01 to use it.")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadRequest("messages: at least one message is required")
+        conversation = [text_of(body["system"])] if body.get("system") else []
+        last_user = ""
+        for i, message in enumerate(messages):
+            role = message.get("role") if isinstance(message, dict) else None
+            if role not in ("user", "assistant"):
+                raise BadRequest(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+            text = text_of(message.get("content"))
+            conversation.append(text)
+            if role == "user":
+                last_user = text
+        if NOT_FOUND_MARK in model:
+            raise BadRequest(f"model: {model}", status=404, kind="not_found")
+        return ChatCall(model=model, provider=self.name, conversation=conversation,
+                        last_user=last_user, max_tokens=max_tokens,
+                        stream=bool(body.get("stream")))
+
+    async def respond(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
+        stop = "max_tokens" if reply.truncated else "end_turn"
+        msg_id = "msg_" + ex.request_id[4:]
+        usage = {"input_tokens": reply.input_tokens, "cache_creation_input_tokens": 0,
+                 "cache_read_input_tokens": 0, "output_tokens": reply.output_tokens,
+                 "service_tier": "standard"}
+        if not call.stream:
+            ex.send_json(200, {"id": msg_id, "type": "message", "role": "assistant",
+                               "model": call.model,
+                               "content": [{"type": "text", "text": reply.text}],
+                               "stop_reason": stop, "stop_sequence": None, "usage": usage},
+                         self.ok_headers(ex))
+            return
+        sse = ex.sse(self.ok_headers(ex), content_frames=len(reply.pieces))
+        start = {"type": "message_start", "message": {
+            "id": msg_id, "type": "message", "role": "assistant", "model": call.model,
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {**usage, "output_tokens": 0}}}
+        await sse.frame(dumps(start), event="message_start")
+        await sse.frame('{"type":"content_block_start","index":0,'
+                        '"content_block":{"type":"text","text":""}}', event="content_block_start")
+        await sse.frame('{"type":"ping"}', event="ping")
+        for piece in reply.pieces:
+            await sse.frame('{"type":"content_block_delta","index":0,"delta":{"type":"text_delta",'
+                            '"text":' + dumps(piece) + "}}", event="content_block_delta",
+                            content=True)
+        await sse.frame('{"type":"content_block_stop","index":0}', event="content_block_stop")
+        delta = {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+                 "usage": {k: v for k, v in usage.items() if k != "service_tier"}}
+        await sse.frame(dumps(delta), event="message_delta")
+        await sse.frame('{"type":"message_stop"}', event="message_stop")
+        await sse.close()

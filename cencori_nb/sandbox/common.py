@@ -1,0 +1,333 @@
+"""What every sandbox door shares: the request pipeline, the exchange and the SSE writer.
+
+A *door* is one wire format at one URL prefix (OpenAI at ``/openai/v1``, Anthropic at
+``/anthropic``, …). Each door module subclasses :class:`Door` and supplies only what its
+format decides: where the key is, how an error body looks, how a request is read and how
+a reply is written. The order of checks is the same everywhere::
+
+    injected error fault → key missing/revoked → rate limit → request body → door checks
+    (Cencori: model, price, wallet) → latency → timeout fault → reply (truncate/malformed)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .faults import ERROR_FAULTS
+from .replies import Reply, make_reply
+
+if TYPE_CHECKING:
+    from .server import Request, Responder, SandboxServer
+
+__all__ = ["BadRequest", "ChatCall", "Door", "Exchange", "SSEWriter", "StreamCut",
+           "bearer", "dumps", "key_hint", "text_of"]
+
+Headers = list[tuple[str, str]]
+
+# injected error fault -> the logical error kind each door renders in its own format
+FAULT_KINDS = {"401": "invalid_key", "402": "payment", "403": "permission",
+               "429": "rate_limit", "500": "server", "503": "unavailable"}
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON, non-ASCII kept (the bodies are UTF-8)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def key_hint(key: str | None) -> str:
+    """Cencori's key hint: ``…`` + last four characters (all masked for short keys)."""
+    if not key:
+        return "(none)"
+    return "…" + key[-4:] if len(key) > 8 else "…"
+
+
+def text_of(content: Any) -> str:
+    """The text of a message content: a string, or a list of text parts/blocks."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text") or "")
+    if isinstance(content, list):
+        return "\n".join(text_of(part) for part in content if part)
+    return str(content)
+
+
+def bearer(headers: dict[str, str]) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header, else ``None``."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def new_id(prefix: str, nbytes: int = 12) -> str:
+    return prefix + os.urandom(nbytes).hex()
+
+
+class BadRequest(Exception):
+    """The request body is wrong; the door renders it as its 400 (or ``status``)."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 status: int = 400, kind: str = "bad_request") -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.status = status
+        self.kind = kind
+
+
+class StreamCut(Exception):
+    """A ``truncate`` fault closed the connection in the middle of a stream."""
+
+
+@dataclass
+class ChatCall:
+    """One chat request, read from any wire format."""
+
+    model: str                       # the model id reported back to the client
+    provider: str                    # who "answers" and whose prices apply
+    conversation: list[str]          # every message text, system first
+    last_user: str                   # the text echoed back
+    max_tokens: int | None
+    stream: bool
+    include_usage: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def label(self, via: str | None = None) -> str:
+        model = self.model if self.model.startswith(self.provider + "/") else \
+            f"{self.provider}/{self.model}"
+        return model + (f" via {via}" if via else "")
+
+
+class Exchange:
+    """One request/response on a connection, with the fault chosen for it."""
+
+    __slots__ = ("server", "req", "resp", "route", "fault", "key", "hint", "request_id",
+                 "remaining", "model", "stream", "started")
+
+    def __init__(self, server: SandboxServer, req: Request, resp: Responder, route: str,
+                 fault: str | None) -> None:
+        self.server = server
+        self.req = req
+        self.resp = resp
+        self.route = route
+        self.fault = fault
+        self.key: str | None = None
+        self.hint = "(none)"
+        self.request_id = ""
+        self.remaining = 0
+        self.model: str | None = None
+        self.stream = False
+        self.started = time.perf_counter()
+
+    @property
+    def latency_s(self) -> float:
+        return self.server.latency_ms / 1000.0
+
+    async def delay(self) -> None:
+        """Wait the configured latency (never blocks the loop)."""
+        if self.server.latency_ms > 0:
+            await asyncio.sleep(self.latency_s)
+
+    def elapsed_ms(self) -> int:
+        return int((time.perf_counter() - self.started) * 1000)
+
+    def send_json(self, status: int, obj: Any, headers: Headers = (),  # type: ignore[assignment]
+                  content_type: str = "application/json") -> None:
+        """Send a JSON body; on a 200 the ``malformed``/``truncate`` faults apply."""
+        body = dumps(obj).encode()
+        headers = list(headers)
+        if self.fault is not None:
+            headers.append(("X-Sandbox-Fault", self.fault))
+        if status == 200 and self.fault == "malformed":
+            self.resp.send(200, body[: max(1, len(body) // 2)], headers, content_type)
+        elif status == 200 and self.fault == "truncate":
+            self.resp.send_cut(200, body, headers, content_type)
+        else:
+            self.resp.send(status, body, headers, content_type)
+
+    def sse(self, headers: Headers, *, content_frames: int,
+            content_type: str = "text/event-stream; charset=utf-8",
+            separator: str = "\n\n") -> SSEWriter:
+        headers = list(headers)
+        if self.fault is not None:
+            headers.append(("X-Sandbox-Fault", self.fault))
+        self.resp.start_stream(200, headers, content_type)
+        return SSEWriter(self, content_frames=content_frames, separator=separator)
+
+    async def hold(self) -> None:
+        """The ``timeout`` fault: answer nothing until the client gives up (or the cap)."""
+        await self.resp.hold(self.server.timeout_hold_s)
+
+
+class SSEWriter:
+    """Writes SSE frames as HTTP chunks; applies latency spread, truncate and malformed."""
+
+    def __init__(self, ex: Exchange, *, content_frames: int, separator: str) -> None:
+        self._ex = ex
+        self._resp = ex.resp
+        self._sep = separator
+        self._buf: list[str] = []
+        self._content = 0
+        self._cut_after = max(1, content_frames // 2) if ex.fault == "truncate" else None
+        self._malformed = ex.fault == "malformed"
+        # "spread a little": 10 % of the latency again, spread over the content frames
+        latency = ex.latency_s
+        self._spread = latency * 0.1 / max(1, content_frames) if latency > 0 else 0.0
+
+    def comment(self, text: str) -> None:
+        self._buf.append(f": {text}{self._sep}")
+
+    async def frame(self, data: str, *, event: str | None = None, content: bool = False) -> None:
+        if content:
+            if self._malformed:
+                data = data[: max(1, len(data) // 2)]
+                self._malformed = False
+            self._content += 1
+        self._buf.append((f"event: {event}\n" if event else "") + f"data: {data}{self._sep}")
+        if content and self._cut_after is not None and self._content >= self._cut_after:
+            await self.flush()
+            self._resp.close()
+            raise StreamCut
+        if content and self._spread:
+            await self.flush()
+            await asyncio.sleep(self._spread)
+
+    async def flush(self) -> None:
+        if self._buf:
+            self._resp.write_chunk("".join(self._buf).encode())
+            self._buf.clear()
+        await self._resp.drain()
+
+    async def close(self) -> None:
+        if self._buf:
+            self._resp.write_chunk("".join(self._buf).encode())
+            self._buf.clear()
+        self._resp.end_stream()
+        await self._resp.drain()
+
+
+class Door:
+    """One wire format at one prefix. Subclasses fill in the format-specific parts."""
+
+    name = "door"             # provider name (labels, pricing, stats)
+    via: str | None = None    # "cencori" when a gateway answers for another provider
+
+    # --- the parts a door defines -------------------------------------------------------
+    def api_key(self, req: Request) -> str | None:
+        raise NotImplementedError
+
+    def key_problem(self, key: str | None) -> str | None:
+        """``"missing_key"`` / ``"invalid_key"`` or ``None`` when the key is acceptable."""
+        if not key:
+            return "missing_key"
+        if "revoked" in key:
+            return "invalid_key"
+        return None
+
+    def send_error(self, ex: Exchange, kind: str, message: str | None = None, *,
+                   status: int | None = None, retry_after: int | None = None,
+                   param: str | None = None, code: str | None = None) -> None:
+        raise NotImplementedError
+
+    def ok_headers(self, ex: Exchange) -> Headers:
+        return []
+
+    def parse(self, ex: Exchange) -> ChatCall:
+        raise NotImplementedError
+
+    def precheck(self, ex: Exchange, call: ChatCall) -> bool:
+        """Door-specific checks after the body is read; send an error and return False."""
+        return True
+
+    async def respond(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
+        raise NotImplementedError
+
+    def settle(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
+        """After a complete, unfaulted answer (the gateway debits its wallet here)."""
+
+    def models(self) -> Iterable[tuple[str, str]]:
+        """``(model id, owner)`` pairs for the models list."""
+        return ()
+
+    # --- the shared pipeline ------------------------------------------------------------
+    def _admit(self, ex: Exchange) -> bool:
+        """Key and rate-limit checks shared by chat and models routes."""
+        key = self.api_key(ex.req)
+        ex.key = key
+        ex.hint = key_hint(key)
+        if ex.fault in ERROR_FAULTS:
+            return False
+        problem = self.key_problem(key)
+        if problem:
+            self.send_error(ex, problem)
+            return False
+        allowed, remaining, retry = ex.server.limiter.hit(key or "")
+        ex.remaining = remaining
+        if not allowed:
+            self.send_error(ex, "rate_limit", retry_after=retry)
+            return False
+        return True
+
+    async def handle_chat(self, ex: Exchange) -> None:
+        ex.request_id = new_id("req_")
+        if not self._admit(ex):
+            if ex.fault in ERROR_FAULTS:
+                await ex.delay()
+                self.send_error(ex, FAULT_KINDS[ex.fault],
+                                retry_after=1 if ex.fault == "429" else None)
+            return
+        try:
+            call = self.parse(ex)
+        except BadRequest as exc:
+            self.send_error(ex, exc.kind, exc.message, status=exc.status, param=exc.param,
+                            code=exc.code)
+            return
+        ex.model = call.model
+        ex.stream = call.stream
+        if not self.precheck(ex, call):
+            return
+        await ex.delay()
+        if ex.fault == "timeout":
+            await ex.hold()
+            return
+        server = ex.server
+        reply = make_reply(seed=server.seed, label=call.label(self.via),
+                           conversation=call.conversation, last_user=call.last_user,
+                           max_tokens=call.max_tokens)
+        try:
+            await self.respond(ex, call, reply)
+        except StreamCut:
+            return
+        if ex.fault is None:
+            self.settle(ex, call, reply)
+
+    async def handle_models(self, ex: Exchange) -> None:
+        ex.request_id = new_id("req_")
+        if not self._admit(ex):
+            if ex.fault in ERROR_FAULTS:
+                self.send_error(ex, FAULT_KINDS[ex.fault],
+                                retry_after=1 if ex.fault == "429" else None)
+            return
+        created = 1_700_000_000
+        data = [{"id": m, "object": "model", "created": created, "owned_by": owner}
+                for m, owner in self.models()]
+        ex.send_json(200, {"object": "list", "data": data}, self.ok_headers(ex))
+
+
+def max_tokens_of(value: Any, param: str) -> int | None:
+    """Validate an optional max-tokens field (a positive integer)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadRequest(f"{param} must be a positive integer, got {value!r}", param=param)
+    return value

@@ -1,0 +1,635 @@
+"""The sandbox's HTTP/1.1 server: a lean asyncio server, the route table and the controls.
+
+Why not a framework: the benchmarks push thousands of requests a second through one
+process that also runs the client, so the server does only what HTTP/1.1 needs here —
+keep-alive, ``Content-Length`` bodies, ``Transfer-Encoding: chunked`` for streams (and for
+request bodies, should a client send one) — on asyncio streams, and latency is an
+``asyncio.sleep``. Everything a wire format decides lives in the door modules.
+
+Routes::
+
+    /openai/v1/chat/completions, /openai/v1/models          OpenAI
+    /<p>/v1/chat/completions, /<p>/v1/models                mistral groq xai deepseek
+                                                             together openrouter local
+    /anthropic/v1/messages                                   Anthropic
+    /google/{v1,v1beta}/models/{m}:generateContent           Gemini
+    /google/{v1,v1beta}/models/{m}:streamGenerateContent     (?alt=sse, else a JSON array)
+    /api/ai/chat                                             Cencori native
+    /v1/chat/completions, /v1/models                         Cencori OpenAI-compatible
+    GET /_sandbox/stats, POST /_sandbox/reset, POST /_sandbox/balance {"usd": "…"}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from .common import Door, Exchange, dumps, new_id
+from .faults import FAULTS, FaultPicker, RateLimiter, parse_faults
+from .wallet import Wallet
+
+__all__ = ["COMPATIBLE_PROVIDERS", "Request", "Responder", "SandboxServer"]
+
+log = logging.getLogger("cencori_nb.sandbox")
+
+COMPATIBLE_PROVIDERS = ("mistral", "groq", "xai", "deepseek", "together", "openrouter",
+                        "local")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+MAX_HEAD = 64 * 1024
+MAX_BODY = 32 * 1024 * 1024
+RECENT = 100                      # requests kept in stats["recent"]
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 402: "Payment Required",
+            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+            413: "Payload Too Large", 429: "Too Many Requests", 431: "Request Header Fields "
+            "Too Large", 500: "Internal Server Error", 502: "Bad Gateway",
+            503: "Service Unavailable", 529: "Site Overloaded"}
+
+# headers whose values are credentials: masked in stats["recent"]
+_SECRET_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "cencori_api_key",
+                             "cencori-api-key", "api-key", "proxy-authorization", "cookie"})
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Request:
+    """A parsed HTTP request (headers lower-cased, the whole body read)."""
+
+    __slots__ = ("method", "target", "path", "query", "headers", "body", "http11", "_json")
+
+    def __init__(self, method: str, target: str, headers: dict[str, str], http11: bool) -> None:
+        self.method = method
+        self.target = target
+        path, _, qs = target.partition("?")
+        self.path = unquote(path)
+        self.query: dict[str, str] = dict(parse_qsl(qs)) if qs else {}
+        self.headers = headers
+        self.body = b""
+        self.http11 = http11
+        self._json: Any = None
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    def json(self) -> Any:
+        """The body as JSON (parsed once); ``ValueError`` when it is not JSON."""
+        if self._json is None:
+            import json
+
+            self._json = json.loads(self.body) if self.body else None
+        return self._json
+
+    @property
+    def keep_alive(self) -> bool:
+        conn = self.headers.get("connection", "").lower()
+        return "close" not in conn if self.http11 else "keep-alive" in conn
+
+
+def _parse_head(head: bytes) -> Request:
+    try:
+        text = head.decode("latin-1")
+        request_line, *lines = text.split("\r\n")
+        method, target, version = request_line.split(" ")
+    except ValueError:
+        raise HttpError(400, "malformed request line") from None
+    if not version.startswith("HTTP/1."):
+        raise HttpError(400, "only HTTP/1.x is served")
+    headers: dict[str, str] = {}
+    for line in lines:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise HttpError(400, "malformed header line")
+        name = name.strip().lower()
+        value = value.strip()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return Request(method, target, headers, version == "HTTP/1.1")
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True))
+    return _date_cache[1]
+
+
+class Responder:
+    """Writes one response on a keep-alive connection (whole, streamed, cut or never)."""
+
+    __slots__ = ("_reader", "_writer", "keep_alive", "status", "started", "closed")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 keep_alive: bool) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.keep_alive = keep_alive
+        self.status = 0
+        self.started = False
+        self.closed = False
+
+    def _head(self, status: int, headers: list[tuple[str, str]], content_type: str,
+              framing: str) -> bytes:
+        self.status = status
+        self.started = True
+        parts = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
+                 f"Date: {_http_date()}\r\nServer: cencori-nb-sandbox\r\nX-Sandbox: true\r\n"
+                 f"Content-Type: {content_type}\r\n{framing}"]
+        for name, value in headers:
+            parts.append(f"{name}: {value}\r\n")
+        if not self.keep_alive:
+            parts.append("Connection: close\r\n")
+        parts.append("\r\n")
+        return "".join(parts).encode("latin-1", "replace")
+
+    def send(self, status: int, body: bytes, headers: list[tuple[str, str]] = (),  # type: ignore[assignment]
+             content_type: str = "application/json") -> None:
+        head = self._head(status, headers, content_type, f"Content-Length: {len(body)}\r\n")
+        self._writer.write(head + body)
+
+    def send_cut(self, status: int, body: bytes, headers: list[tuple[str, str]],
+                 content_type: str) -> None:
+        """Announce the whole body, write half of it, then close (a cut response)."""
+        head = self._head(status, headers, content_type, f"Content-Length: {len(body)}\r\n")
+        self._writer.write(head + body[: len(body) // 2])
+        self.close()
+
+    def start_stream(self, status: int, headers: list[tuple[str, str]],
+                     content_type: str) -> None:
+        head = self._head(status, headers, content_type,
+                          "Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n")
+        self._writer.write(head)
+
+    def write_chunk(self, data: bytes) -> None:
+        if data and not self.closed:
+            self._writer.write(b"%x\r\n%b\r\n" % (len(data), data))
+
+    def end_stream(self) -> None:
+        if not self.closed:
+            self._writer.write(b"0\r\n\r\n")
+
+    async def drain(self) -> None:
+        if not self.closed:
+            await self._writer.drain()
+
+    def close(self) -> None:
+        """Close the connection now (whatever was written is flushed first)."""
+        if not self.closed:
+            self.closed = True
+            self._writer.close()
+
+    async def hold(self, seconds: float) -> None:
+        """Answer nothing: wait until the client disconnects or ``seconds`` pass, then close."""
+        try:
+            async with asyncio.timeout(seconds):
+                while await self._reader.read(65536):
+                    pass
+        except (TimeoutError, ConnectionError):
+            pass
+        self.close()
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = bytearray()
+    while True:
+        size_line = await reader.readuntil(b"\r\n")
+        try:
+            size = int(size_line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise HttpError(400, "malformed chunk size") from None
+        if size == 0:
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":   # trailers
+                pass
+            return bytes(body)
+        if len(body) + size > MAX_BODY:
+            raise HttpError(413, "request body too large")
+        body += await reader.readexactly(size)
+        await reader.readexactly(2)
+
+
+class _Stats:
+    """Request counters for tests and ``/_sandbox/stats`` (key hints only, never keys)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests = 0
+            self.routes: Counter[str] = Counter()
+            self.keys: Counter[str] = Counter()
+            self.statuses: Counter[str] = Counter()
+            self.faults: Counter[str] = Counter()
+            self.streams = 0
+            self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+
+    def record(self, ex: Exchange, status: str) -> None:
+        req = ex.req
+        headers = {k: (_mask(v) if k in _SECRET_HEADERS else v) for k, v in req.headers.items()}
+        try:
+            body = req.json() if req.body and len(req.body) <= 65536 else None
+        except ValueError:
+            body = None
+        entry = {"method": req.method, "path": req.path, "route": ex.route, "key": ex.hint,
+                 "status": status, "fault": ex.fault, "model": ex.model, "stream": ex.stream,
+                 "request_id": ex.request_id, "headers": headers, "query": dict(req.query),
+                 "json": body}
+        with self._lock:
+            self.requests += 1
+            self.routes[ex.route] += 1
+            self.keys[ex.hint] += 1
+            self.statuses[status] += 1
+            if ex.fault:
+                self.faults[ex.fault] += 1
+            if ex.stream:
+                self.streams += 1
+            self.recent.append(entry)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"requests": self.requests, "routes": dict(self.routes),
+                    "keys": dict(self.keys), "statuses": dict(self.statuses),
+                    "faults": dict(self.faults), "streams": self.streams,
+                    "recent": copy.deepcopy(list(self.recent))}
+
+
+def _mask(value: str) -> str:
+    """``Bearer sk-…abcd`` → ``Bearer …abcd``: the scheme stays, the secret does not."""
+    from .common import key_hint
+
+    scheme, sep, rest = value.partition(" ")
+    if sep and scheme.lower() in ("bearer", "basic", "token"):
+        return f"{scheme} {key_hint(rest.strip())}"
+    return key_hint(value)
+
+
+class SandboxServer:
+    """An offline server that speaks OpenAI, Anthropic, Gemini and Cencori wire formats.
+
+    >>> server = SandboxServer(latency_ms=50, rpm=600)
+    >>> url = server.start_in_thread()        # e.g. http://127.0.0.1:54321
+    >>> ...                                   # point SDKs at url + "/openai/v1" etc.
+    >>> server.stop()
+
+    ``faults`` is a spec such as ``"429=0.2,timeout=0.05"`` (or a mapping); faults are drawn
+    with ``seed``, which also seeds the replies. ``balance`` is the Cencori credit wallet in
+    USD. ``rpm`` limits requests per minute per API key (None: unlimited).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, latency_ms: float = 0,
+                 rpm: int | None = None, balance: Decimal | str | int = Decimal("25"),
+                 faults: str | Mapping[str, float] | None = None, seed: int = 0,
+                 timeout_hold_s: float = 30.0) -> None:
+        if latency_ms < 0:
+            raise ValueError("latency_ms must be >= 0")
+        self.host = host
+        self.port = port
+        self.seed = int(seed)
+        self.timeout_hold_s = timeout_hold_s
+        self._initial = {"latency_ms": float(latency_ms), "rpm": rpm,
+                         "balance": Decimal(str(balance)), "faults": parse_faults(faults)}
+        self.latency_ms = float(latency_ms)
+        self.limiter = RateLimiter(rpm)
+        self.faults = FaultPicker(self._initial["faults"], self.seed)
+        self.wallet = Wallet(self._initial["balance"])
+        self._stats = _Stats()
+        self._doors = _build_doors()
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+        self.url: str | None = None
+
+    # --- public API ---------------------------------------------------------------------
+    @property
+    def rpm(self) -> int | None:
+        return self.limiter.rpm
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters: ``requests``, ``routes``, ``keys`` (hints), ``statuses``, ``faults``,
+        ``streams``, ``recent`` (last requests, credential headers masked), balance."""
+        snap = self._stats.snapshot()
+        snap["balance_usd"] = str(self.wallet.balance)
+        snap["spent_usd"] = str(self.wallet.spent)
+        return snap
+
+    @property
+    def balance(self) -> Decimal:
+        """The sandbox Cencori wallet balance in USD."""
+        return self.wallet.balance
+
+    def set_balance(self, usd: Decimal | str | int | float) -> Decimal:
+        return self.wallet.set(usd)
+
+    def reset(self) -> None:
+        """Back to the constructor's state: counters, rate windows, fault RNG, balance,
+        latency. Replies need no reset (they depend on the seed only)."""
+        self._stats.reset()
+        self.limiter.reset()
+        self.faults.reset()
+        self.wallet = Wallet(self._initial["balance"])
+        self.latency_ms = self._initial["latency_ms"]
+
+    async def start(self) -> str:
+        """Bind and start accepting on the running loop; return the base URL."""
+        from .wallet import warm_up
+
+        warm_up()   # load the price catalogue before the first request, not during it
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        self._server = await asyncio.start_server(self._connection, self.host, self.port,
+                                                  limit=MAX_HEAD, backlog=1024)
+        sock = self._server.sockets[0]
+        host, port = sock.getsockname()[:2]
+        self.port = port
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{port}"
+        return self.url
+
+    async def serve(self) -> None:
+        """Serve on the running loop until :meth:`stop` (or cancellation)."""
+        if self._server is None:
+            await self.start()
+        assert self._stop_event is not None
+        try:
+            await self._stop_event.wait()
+        finally:
+            await self._shutdown()
+
+    def start_in_thread(self) -> str:
+        """Run the server on its own event loop in a daemon thread; return the base URL
+        once it is listening."""
+        if self._thread is not None:
+            assert self.url is not None
+            return self.url
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(self._run_threaded(ready, failure))
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="cencori-nb-sandbox", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            raise failure[0]
+        assert self.url is not None
+        return self.url
+
+    async def _run_threaded(self, ready: threading.Event,
+                            failure: list[BaseException]) -> None:
+        try:
+            await self.start()
+        except BaseException as exc:  # report bind errors to the caller's thread
+            failure.append(exc)
+            ready.set()
+            return
+        ready.set()
+        await self.serve()
+
+    def stop(self) -> None:
+        """Stop serving and close every connection (from any thread)."""
+        loop, event = self._loop, self._stop_event
+        if loop is None or event is None:
+            return
+        if not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:   # the loop closed meanwhile
+                pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self) -> str:
+        return self.start_in_thread()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"SandboxServer(url={self.url!r}, latency_ms={self.latency_ms}, rpm={self.rpm})"
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._conns):
+            task.cancel()
+        if self._conns:
+            await asyncio.gather(*self._conns, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    # --- connections --------------------------------------------------------------------
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                except asyncio.LimitOverrunError:
+                    _plain_error(writer, 431, "request head too large")
+                    break
+                try:
+                    req = _parse_head(head)
+                    req.body = await _read_body(reader, req)
+                except HttpError as exc:
+                    _plain_error(writer, exc.status, exc.message)
+                    break
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                resp = Responder(reader, writer, req.keep_alive)
+                await self._dispatch(req, resp)
+                if resp.closed or not resp.keep_alive:
+                    break
+                await writer.drain()
+        except asyncio.CancelledError:
+            pass
+        except ConnectionError:
+            pass
+        finally:
+            self._conns.discard(task)
+            writer.close()
+
+    async def _dispatch(self, req: Request, resp: Responder) -> None:
+        path = req.path
+        if path.startswith("/_sandbox"):
+            self._control(req, resp)
+            return
+        try:
+            route, handler, door = self._route(req)
+        except HttpError as exc:
+            resp.send(exc.status, dumps({"error": {"message": exc.message,
+                                                   "type": "not_found_error"},
+                                         "sandbox": True}).encode())
+            return
+        header_fault = req.headers.get("x-sandbox-fault")
+        fault: str | None
+        if header_fault:
+            fault = header_fault.strip().lower()
+            if fault not in FAULTS:
+                resp.send(400, dumps({"error": {
+                    "message": f"X-Sandbox-Fault {header_fault!r} is not one of "
+                               f"{', '.join(sorted(FAULTS))}", "type": "invalid_request_error"},
+                    "sandbox": True}).encode())
+                return
+        else:
+            fault = self.faults.draw() if handler == "chat" else None
+        ex = Exchange(self, req, resp, route, fault)
+        try:
+            if handler == "chat":
+                await door.handle_chat(ex)
+            else:
+                await door.handle_models(ex)
+        except asyncio.CancelledError:
+            raise
+        except Exception:   # a sandbox bug must not look like a provider answer
+            log.exception("sandbox: error handling %s %s", req.method, route)
+            if not resp.started:
+                resp.send(500, dumps({"error": {"message": "sandbox internal error",
+                                                "type": "sandbox_error"}}).encode())
+            else:
+                resp.close()
+        if not resp.started:
+            status = "timeout"
+        elif resp.closed and ex.fault == "truncate":
+            status = f"{resp.status}-cut"
+        else:
+            status = str(resp.status)
+        self._stats.record(ex, status)
+
+    def _route(self, req: Request) -> tuple[str, str, Door]:
+        """``(route label, "chat"|"models", door)``; ``HttpError`` 404/405 otherwise."""
+        path, method = req.path, req.method
+        first, _, rest = path.lstrip("/").partition("/")
+        want = None
+        if first in self._doors and first not in ("anthropic", "google", "cencori"):
+            if rest == "v1/chat/completions":
+                want = ("POST", f"/{first}/v1/chat/completions", "chat", self._doors[first])
+            elif rest == "v1/models":
+                want = ("GET", f"/{first}/v1/models", "models", self._doors[first])
+        elif first == "anthropic" and rest == "v1/messages":
+            want = ("POST", "/anthropic/v1/messages", "chat", self._doors["anthropic"])
+        elif first == "google":
+            version, _, tail = rest.partition("/")
+            if version in ("v1", "v1beta") and tail.startswith("models/") and ":" in tail:
+                model, _, verb = tail[len("models/"):].rpartition(":")
+                if model and verb in ("generateContent", "streamGenerateContent"):
+                    want = ("POST", f"/google/{version}/models/{{model}}:{verb}", "chat",
+                            self._doors["google"])
+        elif path == "/api/ai/chat":
+            want = ("POST", "/api/ai/chat", "chat", self._doors["cencori"])
+        elif path == "/v1/chat/completions":
+            want = ("POST", "/v1/chat/completions", "chat", self._doors["cencori-v1"])
+        elif path == "/v1/models":
+            want = ("GET", "/v1/models", "models", self._doors["cencori-v1"])
+        if want is None:
+            raise HttpError(404, f"No sandbox route for {method} {path}. Routes: "
+                            "/openai/v1/chat/completions, /<provider>/v1/chat/completions, "
+                            "/anthropic/v1/messages, /google/v1beta/models/{model}:"
+                            "generateContent, /api/ai/chat, /v1/chat/completions, /v1/models, "
+                            "/_sandbox/stats.")
+        if method != want[0]:
+            raise HttpError(405, f"{method} is not allowed on {want[1]}; use {want[0]}.")
+        return want[1], want[2], want[3]
+
+    # --- control endpoints ----------------------------------------------------------------
+    def _control(self, req: Request, resp: Responder) -> None:
+        path, method = req.path.rstrip("/"), req.method
+        if path in ("/_sandbox", "/_sandbox/stats") and method == "GET":
+            self._send_control(resp, 200, {"sandbox": True, **self.stats})
+        elif path == "/_sandbox/reset" and method == "POST":
+            self.reset()
+            self._send_control(resp, 200, {"sandbox": True, "reset": True,
+                                           "balance_usd": str(self.balance)})
+        elif path == "/_sandbox/balance" and method in ("GET", "POST"):
+            if method == "POST":
+                try:
+                    body = req.json() or {}
+                    self.set_balance(Decimal(str(body["usd"])))
+                except (ValueError, KeyError, TypeError, InvalidOperation):
+                    self._send_control(resp, 400, {"error": 'send {"usd": "12.50"}'})
+                    return
+            self._send_control(resp, 200, {"sandbox": True, "balance_usd": str(self.balance)})
+        else:
+            self._send_control(resp, 404, {"error": f"no control endpoint {method} {path}; "
+                                           "GET /_sandbox/stats, POST /_sandbox/reset, "
+                                           "POST /_sandbox/balance"})
+
+    @staticmethod
+    def _send_control(resp: Responder, status: int, obj: Any) -> None:
+        resp.send(status, dumps(obj).encode(), [("X-Request-Id", new_id("req_"))])
+
+
+async def _read_body(reader: asyncio.StreamReader, req: Request) -> bytes:
+    if "chunked" in req.headers.get("transfer-encoding", "").lower():
+        return await _read_chunked(reader)
+    length = req.headers.get("content-length")
+    if not length:
+        return b""
+    try:
+        n = int(length)
+    except ValueError:
+        raise HttpError(400, "bad Content-Length") from None
+    if n < 0:
+        raise HttpError(400, "bad Content-Length")
+    if n > MAX_BODY:
+        raise HttpError(413, "request body too large")
+    return await reader.readexactly(n) if n else b""
+
+
+def _plain_error(writer: asyncio.StreamWriter, status: int, message: str) -> None:
+    body = dumps({"error": {"message": message, "type": "http_error"}, "sandbox": True}).encode()
+    writer.write(f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nX-Sandbox: true\r\n"
+                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                 "Connection: close\r\n\r\n".encode() + body)
+
+
+def _build_doors() -> dict[str, Door]:
+    from .anthropic import AnthropicDoor
+    from .cencori import CencoriNativeDoor, CencoriOpenAIDoor
+    from .google import GoogleDoor
+    from .openai import OpenAIDoor
+
+    doors: dict[str, Door] = {"openai": OpenAIDoor("openai")}
+    for name in COMPATIBLE_PROVIDERS:
+        doors[name] = OpenAIDoor(name)
+    doors["anthropic"] = AnthropicDoor()
+    doors["google"] = GoogleDoor()
+    doors["cencori"] = CencoriNativeDoor()
+    doors["cencori-v1"] = CencoriOpenAIDoor()
+    return doors
