@@ -145,8 +145,9 @@ COLUMNS = ("ts_ms", "request_id", "project", "provider", "model_requested", "mod
            "credential_source", "status", "error_code", "input_tokens", "output_tokens",
            "cache_read_tokens", "cache_write_tokens", "thinking_tokens", "provider_cost_pusd",
            "credits_charged_pusd", "estimated", "price_version", "latency_ms", "ttft_ms")
-INSERT_SQL = (f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS)}) "  # noqa: S608 (constants)
-              f"VALUES ({', '.join('?' * len(COLUMNS))})")
+# ON CONFLICT DO NOTHING (not INSERT OR IGNORE, which would also drop rows failing a CHECK)
+INSERT_SQL = (f"INSERT INTO requests ({', '.join(COLUMNS)}) "  # noqa: S608 (constants)
+              f"VALUES ({', '.join('?' * len(COLUMNS))}) ON CONFLICT DO NOTHING")
 
 
 def ledger_path() -> Path:
@@ -315,13 +316,19 @@ def default_ledger() -> Ledger:
 
 
 def _reset_for_tests() -> None:
-    """Flush and close the process's ledger (the next use reopens it)."""
+    """Flush and close the process's ledger (the next use reopens it); also forget the
+    wallet's once-per-process low-balance warning, which belongs to the same state."""
     global _default
     with _default_lock:
         if _default is not None:
             _default.flush()
             _default.close()
         _default = None
+    import sys
+
+    wallet = sys.modules.get("cencori_nb.wallet")
+    if wallet is not None:
+        wallet._reset_for_tests()
 
 
 @atexit.register

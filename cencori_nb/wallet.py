@@ -13,6 +13,10 @@ Rules mirrored from Cencori (reference/cencori.md, "Credits and billing"):
   full charge and the shortfall; the request's ledger row keeps the full charge;
 - a warning (:class:`LowBalanceWarning`) when a debit leaves the balance under $5.
 
+The mirror starts tracking at the first recorded balance (``top_up`` or ``set_balance``):
+before that, usage debits are skipped (there is no known balance to debit or to warn about;
+the ledger still records every charge, so ``credits().spend_this_month`` is complete).
+
 ``set_balance`` records an ``adjustment`` (the difference), so the history stays complete.
 The gateway's ``403 credit_balance_exhausted`` / ``402 spend_cap_reached`` are raised by the
 adapters as :class:`~cencori_nb.errors.CreditsExhaustedError` /
@@ -156,7 +160,11 @@ def debit_in(conn: sqlite3.Connection, request_id: str, amount: Decimal, *,
     if conn.execute("SELECT 1 FROM wallet_transactions WHERE kind = 'usage' AND request_id = ?",
                     (request_id,)).fetchone():
         return None
-    before = _balance_pusd(conn)
+    last = conn.execute("SELECT balance_after_pusd FROM wallet_transactions "
+                        "ORDER BY id DESC LIMIT 1").fetchone()
+    if last is None:
+        return None      # the mirror is not tracking yet (no balance was ever recorded)
+    before = int(last[0])
     taken = min(charge, max(before, 0))
     note = None
     if taken < charge:
@@ -169,7 +177,8 @@ def debit_in(conn: sqlite3.Connection, request_id: str, amount: Decimal, *,
 def debit(request_id: str, amount: Decimal | str | int, *, project: str | None = None,
           ledger: Ledger | None = None) -> Transaction | None:
     """Debit a request's charge once; a second call with the same ``request_id`` returns
-    None and changes nothing. Warns :class:`LowBalanceWarning` under $5."""
+    None and changes nothing (as does a debit before any balance was recorded). Warns
+    :class:`LowBalanceWarning` under $5."""
     value = parse_amount(amount, allow_zero=True)
     with _ledger(ledger).transaction() as conn:
         tx = debit_in(conn, request_id, value, project=project)

@@ -1,0 +1,228 @@
+"""The SQLite ledger: schema and migrations, file modes, pragmas, concurrent writers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import stat
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from cencori_nb import ledger as ledger_mod
+from cencori_nb.errors import ConfigurationError
+from cencori_nb.ledger import Ledger, LedgerRow, default_ledger, from_pusd, parse_since, to_pusd
+from cencori_nb.migrations import MIGRATIONS, migrate
+
+EXPECTED_REQUESTS_COLUMNS = [
+    ("id", "INTEGER"), ("ts_ms", "INTEGER"), ("request_id", "TEXT"), ("project", "TEXT"),
+    ("provider", "TEXT"), ("model_requested", "TEXT"), ("model", "TEXT"), ("route", "TEXT"),
+    ("credential_source", "TEXT"), ("status", "TEXT"), ("error_code", "TEXT"),
+    ("input_tokens", "INTEGER"), ("output_tokens", "INTEGER"),
+    ("cache_read_tokens", "INTEGER"), ("cache_write_tokens", "INTEGER"),
+    ("thinking_tokens", "INTEGER"), ("provider_cost_pusd", "INTEGER"),
+    ("credits_charged_pusd", "INTEGER"), ("estimated", "INTEGER"), ("price_version", "TEXT"),
+    ("latency_ms", "REAL"), ("ttft_ms", "REAL"),
+]
+EXPECTED_WALLET_COLUMNS = [
+    ("id", "INTEGER"), ("ts_ms", "INTEGER"), ("kind", "TEXT"), ("amount_pusd", "INTEGER"),
+    ("balance_before_pusd", "INTEGER"), ("balance_after_pusd", "INTEGER"),
+    ("request_id", "TEXT"), ("project", "TEXT"), ("note", "TEXT"),
+]
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]:
+    return [(r[1], r[2]) for r in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def _objects(conn: sqlite3.Connection) -> set[tuple[str, str]]:
+    return {(r[0], r[1]) for r in conn.execute(
+        "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")}
+
+
+def test_schema_from_an_empty_file(private_home: Path) -> None:
+    """A fresh ledger has exactly the migrated tables, columns and indexes."""
+    led = default_ledger()
+    conn = led.conn
+    assert [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")] == \
+        ["001_create_requests", "002_wallet_and_budget_alerts"]
+    assert _columns(conn, "requests") == EXPECTED_REQUESTS_COLUMNS
+    assert _columns(conn, "wallet_transactions") == EXPECTED_WALLET_COLUMNS
+    assert _columns(conn, "budget_alerts") == [("project", "TEXT"), ("month", "TEXT"),
+                                               ("threshold", "INTEGER"), ("ts_ms", "INTEGER")]
+    assert _objects(conn) == {
+        ("table", "_migrations"), ("table", "requests"), ("index", "requests_ts"),
+        ("index", "requests_ok_request_id"), ("index", "requests_project_ts"),
+        ("table", "wallet_transactions"), ("index", "wallet_usage_request"),
+        ("index", "wallet_refund_request"), ("table", "budget_alerts"),
+    }
+    assert led.path == private_home / "ledger.sqlite"
+
+
+def test_migration_from_the_previous_schema_keeps_rows(tmp_path: Path) -> None:
+    """A file at 001 (with rows, duplicates allowed then) migrates to 002 keeping its rows."""
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrate(conn, upto="001_create_requests") == ["001_create_requests"]
+    conn.execute("INSERT INTO requests (ts_ms, request_id, project, provider, route, status, "
+                 "credits_charged_pusd) VALUES (1, 'r1', 'p', 'openai', 'managed', 'ok', 5)")
+    conn.close()
+    led = Ledger(path)
+    assert [r[0] for r in led.query("SELECT name FROM _migrations ORDER BY rowid")] == \
+        [name for name, _ in MIGRATIONS]
+    rows = led.rows()
+    assert [(r.request_id, r.credits_charged_usd) for r in rows] == [("r1", Decimal("5E-12"))]
+    # the new unique index now holds: the same ok request id is ignored
+    assert led.record(LedgerRow("r1", "p", "openai", "managed")) is False
+    assert led.count() == 1
+    led.close()
+
+
+def test_migrate_twice_is_a_no_op(tmp_path: Path) -> None:
+    """Opening an up-to-date file applies nothing."""
+    led = Ledger(tmp_path / "l.sqlite")
+    assert migrate(led.conn) == []
+    led.close()
+
+
+def test_file_modes_and_pragmas(private_home: Path) -> None:
+    """ledger.sqlite (and its WAL/SHM files) are 0600; WAL, synchronous=NORMAL, busy timeout."""
+    led = default_ledger()
+    led.record(LedgerRow("r1", "p", "openai", "byok"))
+    for suffix in ("", "-wal", "-shm"):
+        path = Path(str(led.path) + suffix)
+        assert path.exists(), path
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    conn = led.conn
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1      # NORMAL
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+    assert stat.S_IMODE(private_home.stat().st_mode) == 0o700
+
+
+def test_row_round_trip_keeps_exact_money() -> None:
+    """Every field comes back as written; money exactly (pico-USD)."""
+    led = default_ledger()
+    row = LedgerRow("req-1", "proj", "anthropic", "byok", status="ok",
+                    model_requested="claude-sonnet-4-5", model="claude-sonnet-4-5-20250929",
+                    credential_source="keystore:anthropic", input_tokens=3000,
+                    output_tokens=500, cache_read_tokens=1000, cache_write_tokens=1000,
+                    thinking_tokens=7, provider_cost_usd=Decimal("0.01455"),
+                    credits_charged_usd=Decimal("0.000000000001"), estimated=True,
+                    price_version="genai-prices 0.2.3", latency_ms=12.5, ttft_ms=3.25,
+                    ts_ms=1_700_000_000_123)
+    assert led.record(row) is True
+    (back,) = led.rows()
+    assert back == row
+
+
+def test_money_conversion_is_exact() -> None:
+    """Decimal → pico-USD → Decimal without loss; NULL stays None."""
+    for text in ("0.0075", "0.01455", "1.875E-8", "123456.000000000001", "0"):
+        assert from_pusd(to_pusd(Decimal(text))) == Decimal(text)
+    assert to_pusd(None) is None and from_pusd(None) is None
+    assert to_pusd(Decimal("0.0075")) == 7_500_000_000
+
+
+def test_ok_request_id_is_unique_but_errors_and_cache_hits_repeat() -> None:
+    """A second ok row with the same id is ignored; error and cached rows may repeat."""
+    led = default_ledger()
+    assert led.record(LedgerRow("same", "p", "openai", "byok")) is True
+    assert led.record(LedgerRow("same", "p", "openai", "byok")) is False
+    assert led.record(LedgerRow("same", "p", "openai", "byok", status="cached")) is True
+    assert led.record(LedgerRow("same", "p", "openai", "byok", status="cached")) is True
+    assert led.record(LedgerRow("same", "p", "openai", "byok", status="error")) is True
+    assert led.count() == 4
+
+
+def test_status_is_checked() -> None:
+    """A status other than ok/error/cached is refused by the schema."""
+    with pytest.raises(sqlite3.IntegrityError):
+        default_ledger().record(LedgerRow("x", "p", "openai", "byok", status="weird"))
+
+
+def _writer(home: str, worker: int, n: int) -> None:
+    import os
+
+    os.environ["CENCORI_NB_HOME"] = home
+    from cencori_nb.ledger import LedgerRow, default_ledger
+
+    led = default_ledger()
+    for i in range(n):
+        led.record(LedgerRow(f"w{worker}-{i}", "p", "openai", "byok",
+                             provider_cost_usd=Decimal("0.000001")))
+
+
+def test_two_processes_writing_at_once_lose_nothing(private_home: Path) -> None:
+    """Two processes × 500 rows, concurrently: all 1000 rows present, sums exact."""
+    default_ledger()   # create and migrate first, as a notebook kernel would
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(private_home), w, 500)) for w in (1, 2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    led = default_ledger()
+    assert led.count() == 1000
+    assert led.query("SELECT COUNT(DISTINCT request_id), SUM(provider_cost_pusd) "
+                     "FROM requests")[0] == (1000, 1000 * 1_000_000)
+
+
+def test_two_processes_migrating_a_fresh_file(private_home: Path) -> None:
+    """Two processes opening a brand-new ledger at once both succeed (one migrates)."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(private_home), w, 20)) for w in (1, 2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    led = default_ledger()
+    assert led.count() == 40
+    assert led.query("SELECT COUNT(*) FROM _migrations")[0][0] == len(MIGRATIONS)
+
+
+def test_reopens_after_fork(private_home: Path) -> None:
+    """A forked child gets its own connection; its row lands in the same file."""
+    led = default_ledger()
+    led.record(LedgerRow("parent", "p", "openai", "byok"))
+    ctx = multiprocessing.get_context("fork")
+    proc = ctx.Process(target=lambda: default_ledger().record(
+        LedgerRow("child", "p", "openai", "byok")))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    assert {r.request_id for r in led.rows()} == {"parent", "child"}
+
+
+def test_default_ledger_follows_the_home(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Moving CENCORI_NB_HOME opens the ledger there; _reset_for_tests closes it."""
+    first = default_ledger()
+    monkeypatch.setenv("CENCORI_NB_HOME", str(tmp_path / "other"))
+    second = default_ledger()
+    assert second is not first and second.path == tmp_path / "other" / "ledger.sqlite"
+    ledger_mod._reset_for_tests()
+    assert ledger_mod._default is None
+
+
+def test_parse_since() -> None:
+    """Durations, dates, datetimes and ISO strings become UTC epoch ms."""
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    base = int(now.timestamp() * 1000)
+    assert parse_since("7d", now=now) == base - 7 * 86_400_000
+    assert parse_since("24h", now=now) == base - 86_400_000
+    assert parse_since("30m", now=now) == base - 1_800_000
+    assert parse_since("2w", now=now) == base - 14 * 86_400_000
+    assert parse_since(date(2026, 11, 1)) == int(datetime(2026, 11, 1, tzinfo=UTC)
+                                                 .timestamp() * 1000)
+    assert parse_since("2026-11-01") == parse_since(date(2026, 11, 1))
+    assert parse_since(datetime(2026, 11, 1)) == parse_since(date(2026, 11, 1))
+    assert parse_since(None) is None
+    with pytest.raises(ConfigurationError, match="7d"):
+        parse_since("last tuesday")
+    with pytest.raises(ConfigurationError):
+        parse_since(7)

@@ -1,0 +1,140 @@
+"""The credit wallet mirror: top-ups, idempotent debits, refunds, adjustments, summary."""
+
+from __future__ import annotations
+
+import warnings
+from decimal import Decimal
+
+import pytest
+
+from cencori_nb import wallet
+from cencori_nb.errors import ConfigurationError, CreditsError
+from cencori_nb.ledger import LedgerRow, default_ledger, now_ms
+from cencori_nb.wallet import LowBalanceWarning
+
+
+def test_empty_wallet() -> None:
+    """Before any transaction the balance is 0 and the summary says low."""
+    assert wallet.balance() == Decimal(0)
+    summary = wallet.credits()
+    assert summary.balance == 0 and summary.low and summary.transactions == 0
+
+
+def test_top_up_debit_refund_adjust_with_balances() -> None:
+    """Each kind records the signed amount and the balance before/after, exactly."""
+    wallet.top_up("25", note="card")
+    tx = wallet.debit("req-1", Decimal("0.0075"), project="p")
+    assert tx is not None
+    assert (tx.kind, tx.amount, tx.balance_before, tx.balance_after) == \
+        ("usage", Decimal("-0.0075"), Decimal(25), Decimal("24.9925"))
+    refund = wallet.refund("req-1")
+    assert (refund.amount, refund.balance_after) == (Decimal("0.0075"), Decimal(25))
+    adj = wallet.set_balance("42.10")
+    assert (adj.kind, adj.amount, adj.balance_after) == ("adjustment", Decimal("17.1"),
+                                                         Decimal("42.1"))
+    assert wallet.balance() == Decimal("42.1")
+    kinds = [(t.kind, t.amount, t.note) for t in wallet.transactions(as_frame=False)]
+    assert kinds == [("topup", Decimal(25), "card"), ("usage", Decimal("-0.0075"), None),
+                     ("refund", Decimal("0.0075"), None),
+                     ("adjustment", Decimal("17.1"), "set balance")]
+
+
+def test_same_request_id_debited_twice_is_one_debit() -> None:
+    """The second debit of a request id returns None and changes nothing."""
+    wallet.top_up(10)
+    assert wallet.debit("dup", Decimal("1.5"), project="p") is not None
+    assert wallet.debit("dup", Decimal("1.5"), project="p") is None
+    assert wallet.debit("dup", Decimal("9"), project="p") is None
+    assert wallet.balance() == Decimal("8.5")
+    assert [t.kind for t in wallet.transactions(as_frame=False)] == ["topup", "usage"]
+
+
+def test_debit_never_goes_negative_and_notes_the_shortfall() -> None:
+    """A charge above the balance takes what is there; the note keeps the full charge."""
+    wallet.top_up(1)
+    with pytest.warns(LowBalanceWarning):
+        tx = wallet.debit("big", Decimal("3"), project="p")
+    assert tx is not None
+    assert (tx.amount, tx.balance_after) == (Decimal(-1), Decimal(0))
+    assert tx.note is not None and "charge $3" in tx.note and "shortfall $2" in tx.note
+    assert wallet.balance() == 0
+
+
+def test_low_balance_warning_when_crossing_five_dollars() -> None:
+    """Crossing under $5 warns once; staying above does not."""
+    wallet.top_up(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wallet.debit("a", Decimal("0.5"), project="p")          # 5.50: no warning
+    with pytest.warns(LowBalanceWarning, match=r"\$4\.50.*top-up"):
+        wallet.debit("b", Decimal("1"), project="p")
+
+
+def test_refund_rules() -> None:
+    """Refunds need a debit, cannot exceed it and happen once per request."""
+    wallet.top_up(10)
+    wallet.debit("r", Decimal(2), project="p")
+    with pytest.raises(CreditsError, match="No usage debit"):
+        wallet.refund("unknown")
+    with pytest.raises(CreditsError, match="only \\$2 was debited"):
+        wallet.refund("r", "3")
+    assert wallet.refund("r", "0.5").balance_after == Decimal("8.5")
+    with pytest.raises(CreditsError, match="already refunded"):
+        wallet.refund("r")
+
+
+@pytest.mark.parametrize("bad", ["-1", "abc", "NaN", "Infinity", "0", "1e-13", ""])
+def test_top_up_validates_amounts(bad: str) -> None:
+    """Only positive finite decimals (to the pico-dollar) are accepted."""
+    with pytest.raises(ConfigurationError):
+        wallet.top_up(bad)
+    assert wallet.transactions(as_frame=False) == []
+
+
+def test_set_balance_accepts_zero() -> None:
+    """set_balance(0) is a valid adjustment."""
+    wallet.top_up(3)
+    assert wallet.set_balance("0").amount == Decimal(-3)
+    assert wallet.balance() == 0
+
+
+def test_credits_summary_and_html() -> None:
+    """Summary: balance, low, top-ups total, credits charged this month (ok rows only)."""
+    wallet.top_up(20)
+    wallet.top_up("2.5")
+    led = default_ledger()
+    led.record(LedgerRow("m1", "p", "openai", "managed", credits_charged_usd=Decimal("0.75"),
+                         ts_ms=now_ms()))
+    led.record(LedgerRow("m2", "p", "openai", "managed", status="error",
+                         credits_charged_usd=Decimal(0)))
+    wallet.debit("m1", Decimal("0.75"), project="p")
+    summary = wallet.credits()
+    assert summary.balance == Decimal("21.75")
+    assert summary.low is False
+    assert summary.top_ups_total == Decimal("22.5")
+    assert summary.spend_this_month == Decimal("0.75")
+    assert summary.to_dict()["balance"] == "21.75"
+    assert "$21.75" in summary._repr_html_() and "low" not in summary._repr_html_()
+    wallet.set_balance(1)
+    assert "low" in wallet.credits()._repr_html_()
+
+
+def test_transactions_frame() -> None:
+    """transactions() as a DataFrame: kinds, float money, UTC times."""
+    wallet.top_up(10)
+    wallet.debit("x", Decimal("0.25"), project="p")
+    frame = wallet.transactions()
+    assert list(frame["kind"]) == ["topup", "usage"]
+    assert list(frame["balance_after"]) == [10.0, 9.75]
+    assert str(frame["time"].dt.tz) == "UTC"
+
+
+def test_untracked_mirror_skips_debits() -> None:
+    """Before any balance is recorded, a debit is skipped (no negative or fake history)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert wallet.debit("early", Decimal("0.5"), project="p") is None
+    assert wallet.transactions(as_frame=False) == []
+    wallet.top_up(10)
+    assert wallet.debit("early", Decimal("0.5"), project="p") is not None
+    assert wallet.balance() == Decimal("9.5")
