@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from .keystore import default_store
 from .keystore.secret import Secret
+from .keystore.store import KeyStatus
 
 __all__ = ["KeyStatus", "change_passphrase", "disable", "enable", "projects", "remove",
            "rotate", "set", "set_cencori_key", "set_default", "status"]
@@ -24,17 +25,9 @@ __all__ = ["KeyStatus", "change_passphrase", "disable", "enable", "projects", "r
 _CENCORI = "cencori"
 
 
-def __getattr__(name: str) -> object:
-    if name == "KeyStatus":
-        from .keystore.store import KeyStatus
-
-        return KeyStatus
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def set(provider: str, api_key: str | Secret, *, project: str | None = None,  # noqa: A001
         default_model: str | None = None, make_default: bool = False,
-        enabled: bool = True):  # -> KeyStatus
+        enabled: bool = True) -> KeyStatus:
     """Store ``provider``'s key for ``project`` (replacing any stored one).
 
     ``default_model`` (optional) is the model used when none is named; ``None`` keeps the
@@ -59,23 +52,23 @@ def set(provider: str, api_key: str | Secret, *, project: str | None = None,  # 
                                    enabled=enabled)
 
 
-def set_cencori_key(api_key: str | Secret, *, project: str | None = None):  # -> KeyStatus
+def set_cencori_key(api_key: str | Secret, *, project: str | None = None) -> KeyStatus:
     """Store the project's Cencori key (``csk_…``), used by the managed route."""
     return default_store().set_cencori_key(api_key, project=project)
 
 
-def status(project: str | None = None) -> list:  # list[KeyStatus]
+def status(project: str | None = None) -> list[KeyStatus]:
     """One :class:`KeyStatus` per stored key of ``project`` (a ``cencori`` row for the
     managed key), sorted by provider. Never the key itself."""
     return default_store().status(project)
 
 
-def enable(provider: str, *, project: str | None = None):  # -> KeyStatus
+def enable(provider: str, *, project: str | None = None) -> KeyStatus:
     """Switch a stored key on (``KeyNotFoundError`` if none is stored)."""
     return default_store().set_enabled(provider, True, project=project)
 
 
-def disable(provider: str, *, project: str | None = None):  # -> KeyStatus
+def disable(provider: str, *, project: str | None = None) -> KeyStatus:
     """Switch a stored key off without deleting it; routing then skips it."""
     return default_store().set_enabled(provider, False, project=project)
 

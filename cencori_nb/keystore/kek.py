@@ -36,7 +36,7 @@ __all__ = ["ENV_PASSPHRASE", "KEYRING_SERVICE", "Kek", "is_secure_backend", "loa
 
 log = logging.getLogger("cencori_nb.keystore")
 
-ENV_PASSPHRASE = "CENCORI_NB_PASSPHRASE"
+ENV_PASSPHRASE = "CENCORI_NB_PASSPHRASE"  # noqa: S105 (the variable name, not a secret)
 KEYRING_SERVICE = "cencori-nb"
 SOURCES = ("passphrase", "keyring", "keyfile")
 _ID_RE = re.compile(r"[0-9a-f]{16}")

@@ -47,7 +47,7 @@ from ..errors import (
 )
 from ..home import DIR_MODE, atomic_write, ensure_home, home_dir, private_umask
 from . import crypto, kek
-from .secret import Secret, key_hint
+from .secret import Secret
 
 __all__ = ["PROJECT_SLOT", "STORE_FILE", "KeyStatus", "KeyStore", "ProviderKey",
            "clean_api_key", "clean_model", "clean_project", "clean_provider"]
