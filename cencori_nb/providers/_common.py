@@ -371,11 +371,14 @@ def build_error(cls: type[CencoriError], *, provider: str, status: int | None,
     secrets = [key] if key else []
     where = f" ({status})" if status else ""
     quoted = quote(said, secrets) if said else ""
+    if quoted and quoted[-1] not in ".!?…":
+        quoted += "."
     tail = f" {name} said: {quoted}" if quoted else ""
     if issubclass(cls, AuthenticationError):
         what = (f"The {name} key {key_hint(key)} was rejected{where}." if key
-                else f"No {name} key was sent and {name} refused the request{where}.")
-        default_hint = (f"Check it or set a new one with `cencori-nb keys set {provider}`.")
+                else f"{name} refused the request{where}: no key was sent.")
+        default_hint = (f"Check it or set a new one with `cencori-nb keys set {provider}`."
+                        if key else f"Set one with `cencori-nb keys set {provider}`.")
     elif issubclass(cls, RateLimitError):
         what = f"{name} rate limit reached{where}."
         default_hint = (f"Retry in {retry_after:g} s, or send fewer requests at once."

@@ -171,6 +171,8 @@ class CencoriGatewayProvider(Provider):
                   "code": code}
         secrets = [key] if key else []
         quoted = c.quote(said, secrets) if said else ""
+        if quoted and quoted[-1] not in ".!?…":
+            quoted += "."
         if cls is CreditsExhaustedError:
             top_up = body.get("top_up_url") or TOP_UP_URL
             balance = c.to_decimal(body.get("balance"))
