@@ -68,11 +68,17 @@ def usage(since: Any = None, project: str | None = None) -> Any:
     sql = (f"SELECT {', '.join(COLUMNS)}, {_COST_SQL} FROM requests "  # noqa: S608
            f"WHERE {where} ORDER BY ts_ms, id")
     rows = led.query(sql, params)
-    names = [*COLUMNS, "cost_pusd"]
-    frame = pd.DataFrame.from_records(rows, columns=names)
-    for col in ("provider_cost_pusd", "credits_charged_pusd", "cost_pusd"):
-        frame[col.replace("_pusd", "_usd")] = [_usd(v) for v in frame[col]]
-    frame = frame.drop(columns=["provider_cost_pusd", "credits_charged_pusd", "cost_pusd"])
+    money = [COLUMNS.index("provider_cost_pusd"), COLUMNS.index("credits_charged_pusd"),
+             len(COLUMNS)]
+    # convert the exact integers before pandas sees them (it would turn NULLs into floats)
+    columns = list(zip(*rows, strict=True)) if rows else [()] * (len(COLUMNS) + 1)
+    data = {}
+    for i, name in enumerate([*COLUMNS, "cost_pusd"]):
+        if i in money:
+            data[name.replace("_pusd", "_usd")] = [_usd(v) for v in columns[i]]
+        else:
+            data[name] = list(columns[i])
+    frame = pd.DataFrame(data)
     frame.insert(0, "time", pd.to_datetime(frame.pop("ts_ms").astype("int64"), unit="ms",
                                            utc=True))
     frame["estimated"] = frame["estimated"].astype(bool)
@@ -117,19 +123,19 @@ def spend(by: str | Iterable[str] = "day", since: Any = None,
            f"SUM(credits_charged_pusd), SUM({_COST_SQL}) "
            f"FROM requests WHERE {where} GROUP BY {group} ORDER BY {group}")
     rows = led.query(sql, params)
+    n = len(keys)
+    # exact integer sums → float USD here, before pandas sees them
     names = [*keys, "requests", "errors", "cached", "input_tokens", "output_tokens",
-             "provider_cost_pusd", "credits_charged_pusd", "cost_pusd"]
-    frame = pd.DataFrame.from_records(rows, columns=names)
+             "provider_cost_usd", "credits_charged_usd", "cost_usd"]
+    records = [(*r[:n], *(int(v or 0) for v in r[n:n + 5]), _usd(r[n + 5]),
+                _usd(r[n + 6] or 0), _usd(r[n + 7] or 0)) for r in rows]
+    frame = pd.DataFrame.from_records(records, columns=names)
     for key in keys:
         if key in _TIME_KEYS:
             frame[key] = pd.to_datetime(frame[key].astype("int64") * DAY_MS, unit="ms",
                                         utc=True)
-    for col in ("provider_cost_pusd", "credits_charged_pusd", "cost_pusd"):
-        frame[col.replace("_pusd", "_usd")] = [
-            0.0 if v is None and col != "provider_cost_pusd" else _usd(v) for v in frame[col]]
-    frame = frame.drop(columns=["provider_cost_pusd", "credits_charged_pusd", "cost_pusd"])
     for col in ("requests", "errors", "cached", "input_tokens", "output_tokens"):
-        frame[col] = frame[col].fillna(0).astype("int64")
+        frame[col] = frame[col].astype("int64")
     if not any(k in _TIME_KEYS or k == "month" for k in keys):
         frame = frame.sort_values("cost_usd", ascending=False, kind="stable")
     return frame.reset_index(drop=True)

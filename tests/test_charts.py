@@ -1,0 +1,117 @@
+"""plotly figures: trace data, names, stacking, labels and hover text are asserted."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from cencori_nb import charts, reports, wallet
+from cencori_nb.errors import ConfigurationError
+from cencori_nb.ledger import LedgerRow, default_ledger
+
+TODAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+YESTERDAY = TODAY - timedelta(days=1)
+
+
+def _ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+@pytest.fixture
+def ledger_rows() -> None:
+    default_ledger().record_many([
+        LedgerRow("a", "p", "openai", "managed", model="gpt-4o", input_tokens=1000,
+                  output_tokens=500, provider_cost_usd=Decimal("0.0075"),
+                  credits_charged_usd=Decimal("0.01125"), ts_ms=_ms(YESTERDAY) + 5),
+        LedgerRow("b", "p", "anthropic", "byok", model="claude-haiku-4-5", input_tokens=2000,
+                  output_tokens=100, provider_cost_usd=Decimal("0.0025"),
+                  ts_ms=_ms(YESTERDAY) + 6),
+        LedgerRow("c", "p", "openai", "byok", model="gpt-4o", input_tokens=1000,
+                  output_tokens=500, provider_cost_usd=Decimal("0.0075"),
+                  ts_ms=_ms(TODAY) + 5),
+    ])
+
+
+def test_spend_over_time_is_stacked_by_route(ledger_rows: None) -> None:
+    """One bar trace per route, days on x, cost on y, stacked; tokens in customdata."""
+    fig = charts.spend_over_time()
+    assert isinstance(fig, go.Figure)
+    assert fig.layout.barmode == "stack"
+    assert fig.layout.title.text == "Spend per day by route"
+    assert fig.layout.yaxis.title.text == "Cost (USD)"
+    assert fig.layout.xaxis.title.text == "Day (UTC)"
+    byok, managed = fig.data
+    assert (byok.type, byok.name) == ("bar", "BYOK (your provider account)")
+    assert managed.name == "Managed (Cencori credits)"
+    assert [pd.Timestamp(x) for x in byok.x] == [pd.Timestamp(YESTERDAY), pd.Timestamp(TODAY)]
+    assert list(byok.y) == [0.0025, 0.0075]
+    assert [pd.Timestamp(x) for x in managed.x] == [pd.Timestamp(YESTERDAY)]
+    assert list(managed.y) == [0.01125]
+    assert [list(c) for c in byok.customdata] == [[1, 2000, 100, 0.0], [1, 1000, 500, 0.0]]
+    assert "Tokens" in byok.hovertemplate and "Cost" in byok.hovertemplate
+
+
+def test_spend_over_time_weekly_and_empty() -> None:
+    """Weekly works on an empty ledger (no traces, labels still set); bad 'by' is refused."""
+    fig = charts.spend_over_time(by="week")
+    assert fig.data == () and fig.layout.xaxis.title.text == "Week starting (UTC)"
+    with pytest.raises(ConfigurationError):
+        charts.spend_over_time(by="provider")
+
+
+def test_spend_by_provider_and_model(ledger_rows: None) -> None:
+    """Bars largest first, with cost and token hover data."""
+    fig = charts.spend_by("provider")
+    (bar,) = fig.data
+    assert list(bar.x) == ["openai", "anthropic"]
+    assert list(bar.y) == [0.01125 + 0.0075, 0.0025]
+    assert [list(c)[:3] for c in bar.customdata] == [[2, 2000, 1000], [1, 2000, 100]]
+    assert fig.layout.title.text == "Spend by provider"
+    assert fig.layout.yaxis.title.text == "Cost (USD)"
+    model = charts.spend_by("model").data[0]
+    assert list(model.x) == ["gpt-4o", "claude-haiku-4-5"]
+
+
+def test_balance_over_time_has_a_dashed_low_line() -> None:
+    """The balance after each transaction as a step line; a dashed line at $5."""
+    wallet.top_up(10)
+    with pytest.warns(wallet.LowBalanceWarning):
+        wallet.debit("x", Decimal("6"), project="p")
+    wallet.top_up("2.5")
+    fig = charts.balance_over_time()
+    (line,) = fig.data
+    assert list(line.y) == [10.0, 4.0, 6.5]
+    assert line.line.shape == "hv"
+    assert [c[0] for c in line.customdata] == ["topup", "usage", "topup"]
+    (shape,) = fig.layout.shapes
+    assert (shape.y0, shape.y1, shape.line.dash) == (5.0, 5.0, "dash")
+    assert fig.layout.yaxis.title.text == "Balance (USD)"
+    assert "Low balance" in fig.layout.annotations[0].text
+
+
+def test_byok_vs_managed_traces() -> None:
+    """Grouped bars per model: provider price, BYOK total, managed, and the peers."""
+    frame = reports.compare_costs([{"model": "gpt-4o", "provider": "openai",
+                                    "input_tokens": 1_000_000, "output_tokens": 500_000,
+                                    "requests": 1000}], byok_policy="percent",
+                                  byok_fee_pct=5)
+    fig = charts.byok_vs_managed(frame)
+    names = [t.name for t in fig.data]
+    assert names == ["Provider price (paid by BYOK)", "BYOK total (with Cencori fee)",
+                     "Managed (Cencori credits)", "OpenRouter BYOK", "Vercel AI Gateway BYOK",
+                     "Cloudflare credits"]
+    ys = {t.name: list(t.y) for t in fig.data}
+    assert ys["Provider price (paid by BYOK)"] == [7.5]
+    assert ys["BYOK total (with Cencori fee)"] == [7.875]
+    assert ys["Managed (Cencori credits)"] == [11.25]
+    assert list(fig.data[0].x) == ["gpt-4o"]
+    assert list(fig.data[0].customdata[0]) == [1000, 1_000_000, 500_000]
+    assert fig.layout.barmode == "group"
+    assert fig.layout.yaxis.title.text == "Cost per month (USD)"
+    without_peers = charts.byok_vs_managed(reports.compare_costs(
+        [{"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 10}], include_peers=False))
+    assert len(without_peers.data) == 3

@@ -1,0 +1,219 @@
+"""pandas views on a synthetic ledger: usage rows, SQL-grouped spend, BYOK vs managed."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pandas as pd
+import pytest
+
+from cencori_nb import reports
+from cencori_nb.errors import ConfigurationError
+from cencori_nb.ledger import LedgerRow, default_ledger
+from cencori_nb.settings import update_settings
+
+NOW = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+TODAY = NOW.replace(hour=0)
+YESTERDAY = TODAY - timedelta(days=1)
+
+
+def _ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+@pytest.fixture
+def synthetic() -> list[LedgerRow]:
+    """Six rows over two days, two routes, three models, one error, one cache hit."""
+    rows = [
+        LedgerRow("a", "p1", "openai", "managed", model="gpt-4o", input_tokens=1000,
+                  output_tokens=500, provider_cost_usd=Decimal("0.0075"),
+                  credits_charged_usd=Decimal("0.01125"), ts_ms=_ms(YESTERDAY) + 1000),
+        LedgerRow("b", "p1", "anthropic", "byok", model="claude-haiku-4-5", input_tokens=2000,
+                  output_tokens=100, provider_cost_usd=Decimal("0.0025"),
+                  credits_charged_usd=Decimal(0), ts_ms=_ms(YESTERDAY) + 2000),
+        LedgerRow("c", "p2", "openai", "byok", model="gpt-4o", input_tokens=1000,
+                  output_tokens=500, provider_cost_usd=Decimal("0.0075"),
+                  credits_charged_usd=Decimal("0.000375"), ts_ms=_ms(TODAY) + 1000),
+        LedgerRow("d", "p1", "openai", "managed", status="error", model_requested="gpt-4o",
+                  error_code="credit_balance_exhausted", ts_ms=_ms(TODAY) + 2000),
+        LedgerRow("e", "p1", "openai", "managed", status="cached", model="gpt-4o",
+                  input_tokens=1000, output_tokens=500, provider_cost_usd=Decimal(0),
+                  ts_ms=_ms(TODAY) + 3000),
+        LedgerRow("f", "p1", "local", "byok", model="llama3.2", input_tokens=10,
+                  output_tokens=10, provider_cost_usd=None, ts_ms=_ms(TODAY) + 4000),
+    ]
+    default_ledger().record_many(rows)
+    return rows
+
+
+def test_usage_frame(synthetic: list[LedgerRow]) -> None:
+    """Every row, in time order, with float money (NaN unknown) and UTC times."""
+    frame = reports.usage()
+    assert list(frame["request_id"]) == ["a", "b", "c", "d", "e", "f"]
+    assert frame["time"].iloc[0] == pd.Timestamp(YESTERDAY + timedelta(seconds=1))
+    assert str(frame["time"].dt.tz) == "UTC"
+    assert frame["provider_cost_usd"].iloc[0] == 0.0075
+    assert math.isnan(frame["provider_cost_usd"].iloc[5])
+    # cost_usd: managed = credits; byok = provider price + credits
+    assert list(frame["cost_usd"]) == [0.01125, 0.0025, 0.0075 + 0.000375, 0.0, 0.0, 0.0]
+    assert list(frame["status"]) == ["ok", "ok", "ok", "error", "cached", "ok"]
+    assert frame["error_code"].iloc[3] == "credit_balance_exhausted"
+
+
+def test_usage_filters(synthetic: list[LedgerRow]) -> None:
+    """since and project filter in SQL."""
+    assert list(reports.usage(project="p2")["request_id"]) == ["c"]
+    assert list(reports.usage(since=TODAY)["request_id"]) == ["c", "d", "e", "f"]
+    assert list(reports.usage(since=TODAY.date(), project="p1")["request_id"]) == \
+        ["d", "e", "f"]
+    assert len(reports.usage(since="7d")) == 6
+
+
+def test_spend_by_day(synthetic: list[LedgerRow]) -> None:
+    """Two days with exact totals; errors/cached counted, tokens billed only for ok rows."""
+    frame = reports.spend(by="day")
+    assert list(frame.columns) == ["day", "requests", "errors", "cached", "input_tokens",
+                                   "output_tokens", "provider_cost_usd",
+                                   "credits_charged_usd", "cost_usd"]
+    assert list(frame["day"]) == [pd.Timestamp(YESTERDAY), pd.Timestamp(TODAY)]
+    assert list(frame["requests"]) == [2, 4]
+    assert list(frame["errors"]) == [0, 1]
+    assert list(frame["cached"]) == [0, 1]
+    assert list(frame["input_tokens"]) == [3000, 1010]
+    assert list(frame["output_tokens"]) == [600, 510]
+    assert frame["provider_cost_usd"].tolist() == [0.01, 0.0075]
+    assert frame["credits_charged_usd"].tolist() == [0.01125, 0.000375]
+    assert frame["cost_usd"].tolist() == [0.01375, 0.007875]
+
+
+def test_spend_by_week_starts_on_monday(synthetic: list[LedgerRow]) -> None:
+    """Week keys are the Monday (UTC) of each row's ISO week."""
+    frame = reports.spend(by="week")
+    mondays = sorted({(d - timedelta(days=d.weekday())) for d in (YESTERDAY, TODAY)})
+    assert list(frame["week"]) == [pd.Timestamp(m) for m in mondays]
+    assert frame["requests"].sum() == 6
+    assert round(frame["cost_usd"].sum(), 12) == 0.021625
+
+
+def test_spend_by_provider_model_route(synthetic: list[LedgerRow]) -> None:
+    """Categorical groupings, largest cost first."""
+    prov = reports.spend(by="provider")
+    assert list(prov["provider"]) == ["openai", "anthropic", "local"]
+    assert prov["cost_usd"].tolist() == [0.01125 + 0.007875, 0.0025, 0.0]
+    model = reports.spend(by="model")
+    assert list(model["model"]) == ["gpt-4o", "claude-haiku-4-5", "llama3.2"]
+    assert list(model["requests"]) == [4, 1, 1]
+    route = reports.spend(by="route", project="p1")
+    assert dict(zip(route["route"], route["cost_usd"], strict=True)) == \
+        {"managed": 0.01125, "byok": 0.0025}
+
+
+def test_spend_by_two_keys(synthetic: list[LedgerRow]) -> None:
+    """A list of keys groups by both (what the stacked chart uses)."""
+    frame = reports.spend(by=["day", "route"])
+    assert [(d.date(), r) for d, r in zip(frame["day"], frame["route"], strict=True)] == [
+        (YESTERDAY.date(), "byok"), (YESTERDAY.date(), "managed"),
+        (TODAY.date(), "byok"), (TODAY.date(), "managed")]
+    assert frame["cost_usd"].tolist() == [0.0025, 0.01125, 0.007875, 0.0]
+
+
+def test_spend_bad_grouping() -> None:
+    """An unknown grouping is a clear error listing the choices."""
+    with pytest.raises(ConfigurationError, match="day, week"):
+        reports.spend(by="hour")
+
+
+def test_spend_empty_ledger() -> None:
+    """An empty ledger gives an empty frame with the columns."""
+    frame = reports.spend(by="day")
+    assert frame.empty and "cost_usd" in frame.columns
+
+
+def test_compare_costs_what_if() -> None:
+    """A what-if workload: provider price, managed ×1.5, BYOK under the policy, peers."""
+    frame = reports.compare_costs([
+        {"model": "gpt-4o", "provider": "openai", "input_tokens": 1_000_000,
+         "output_tokens": 500_000, "requests": 1000},
+        {"model": "claude-haiku-4-5", "input_tokens": 2_000_000, "output_tokens": 100_000,
+         "requests": 2000},
+    ], byok_policy="percent", byok_fee_pct=5)
+    gpt = frame.iloc[0]
+    assert gpt["provider_cost_usd"] == 7.5          # 2.5 + 5
+    assert gpt["managed_charge_usd"] == 11.25
+    assert gpt["byok_fee_usd"] == 0.375
+    assert gpt["byok_total_usd"] == 7.875
+    assert gpt["savings_usd"] == 3.375 and gpt["cheaper"] == "byok"
+    assert gpt["openrouter_byok_usd"] == 7.5        # under 1M requests: fee waived
+    assert gpt["vercel_byok_usd"] == 7.5
+    assert gpt["cloudflare_credits_usd"] == 7.875
+    haiku = frame.iloc[1]
+    assert haiku["provider"] == "cencori"           # inferred from the model name
+    assert haiku["provider_cost_usd"] == 2.5        # 2M × $1 + 0.1M × $5
+    assert frame.attrs["totals"]["provider_cost_usd"] == 10.0
+    assert frame.attrs["totals"]["byok_policy"] == "percent"
+
+
+def test_compare_costs_tiers_apply_per_request() -> None:
+    """10M input tokens over 100 requests (100K each) stay in gemini-2.5-pro's base tier."""
+    frame = reports.compare_costs([{"model": "gemini-2.5-pro", "provider": "google",
+                                    "input_tokens": 10_000_000, "output_tokens": 0,
+                                    "requests": 100}], include_peers=False)
+    assert frame["provider_cost_usd"].iloc[0] == 12.5
+    big = reports.compare_costs([{"model": "gemini-2.5-pro", "provider": "google",
+                                  "input_tokens": 10_000_000, "output_tokens": 0,
+                                  "requests": 40}], include_peers=False)
+    assert big["provider_cost_usd"].iloc[0] == 25.0  # 250K per request: the $2.50 tier
+    assert "openrouter_byok_usd" not in big.columns
+
+
+def test_compare_costs_openrouter_fee_past_one_million_requests() -> None:
+    """Past 1M requests a month, OpenRouter's 5% applies to the share above the waiver."""
+    frame = reports.compare_costs([{"model": "gpt-4o-mini", "provider": "openai",
+                                    "input_tokens": 2_000_000_000,
+                                    "output_tokens": 0, "requests": 2_000_000}])
+    cost = frame["provider_cost_usd"].iloc[0]
+    assert cost == 300.0
+    assert frame["openrouter_byok_usd"].iloc[0] == pytest.approx(300 + 300 * 0.05 * 0.5)
+
+
+def test_compare_costs_break_even_with_plan_fee() -> None:
+    """Plan $49/month, zero BYOK fee: break-even where savings (50% of price) reach $49."""
+    frame = reports.compare_costs([{"model": "gpt-4o", "provider": "openai",
+                                    "input_tokens": 1_000_000, "output_tokens": 500_000,
+                                    "requests": 1000}], byok_policy="zero", plan_fee_usd=49)
+    row = frame.iloc[0]
+    assert row["savings_usd"] == 3.75
+    assert row["break_even_requests"] == pytest.approx(49 / 3.75 * 1000)
+    assert row["break_even_tokens"] == pytest.approx(49 / 3.75 * 1_500_000)
+    assert frame.attrs["totals"]["break_even_multiple"] == pytest.approx(49 / 3.75)
+    managed = reports.compare_costs([{"model": "gpt-4o", "input_tokens": 1000,
+                                      "output_tokens": 0, "requests": 1}],
+                                    byok_policy="managed", plan_fee_usd=49)
+    # "managed" policy: the wallet pays the full managed charge on top of the provider bill
+    assert managed["break_even_requests"].iloc[0] == math.inf
+    assert managed["cheaper"].iloc[0] == "managed"
+
+
+def test_compare_costs_from_the_ledger(synthetic: list[LedgerRow]) -> None:
+    """From the ledger: ok rows by provider and model, priced as recorded."""
+    update_settings(byok_policy="zero")
+    frame = reports.compare_costs()
+    by_model = {r["model"]: r for r in frame.to_dict("records")}
+    assert set(by_model) == {"gpt-4o", "claude-haiku-4-5", "llama3.2"}
+    gpt = by_model["gpt-4o"]
+    assert gpt["requests"] == 2 and gpt["input_tokens"] == 2000
+    assert gpt["provider_cost_usd"] == 0.015 and gpt["managed_charge_usd"] == 0.0225
+    assert math.isnan(by_model["llama3.2"]["provider_cost_usd"])
+    assert by_model["llama3.2"]["cheaper"] == "unknown"
+
+
+def test_compare_costs_accepts_a_dataframe_and_default_requests() -> None:
+    """A DataFrame works; without 'requests', one request per 1,000 input tokens."""
+    frame = reports.compare_costs(pd.DataFrame([{"model": "gpt-4o", "input_tokens": 5000,
+                                                 "output_tokens": 100}]))
+    assert frame["requests"].iloc[0] == 5
+    assert frame["provider_cost_usd"].iloc[0] == pytest.approx(0.0125 + 0.001)
+    with pytest.raises(ConfigurationError, match="model"):
+        reports.compare_costs([{"input_tokens": 1}])
