@@ -65,7 +65,7 @@ def provider_rows(project: str | None = None) -> list[ProviderRow]:
     from .. import keys
 
     statuses = {s.provider: s for s in keys.status(project)}
-    managed = CENCORI in statuses
+    managed = CENCORI in statuses and statuses[CENCORI].enabled
     rows = []
     for name, info in PROVIDERS.items():
         st = statuses.get(name)

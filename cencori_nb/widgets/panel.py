@@ -17,6 +17,7 @@ import html
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
+from traitlets import Unicode
 
 from ..errors import CencoriError
 from ..keystore.secret import Secret
@@ -25,7 +26,7 @@ from .controller import DISABLED, ENABLED, MANAGED, ProviderRow, ProvidersContro
 if TYPE_CHECKING:
     from ..wallet import CreditsSummary
 
-__all__ = ["ProvidersPanel", "badge_html", "credits_html"]
+__all__ = ["ProvidersPanel", "SecretField", "badge_html", "credits_html"]
 
 _BADGE_STYLE = {
     ENABLED: "background:#e6f4ea;color:#137333",
@@ -39,6 +40,17 @@ def badge_html(badge: str) -> str:
     style = _BADGE_STYLE.get(badge, _DEFAULT_BADGE_STYLE)
     return (f"<span class='cencori-badge' style='{style};border-radius:10px;"
             f"padding:1px 8px;font-size:85%'>{html.escape(badge)}</span>")
+
+
+class SecretField(w.Password):
+    """A password field whose typed value is never echoed back over the widget comm.
+
+    ipywidgets 8 answers every browser update with an ``echo_update`` message carrying the
+    new value to all views; for a key that would put it on the wire a second time.
+    """
+
+    value = Unicode("", help="The typed key; read once and emptied by the panel.").tag(
+        sync=True, echo_update=False)
 
 
 def _take(field: w.Password) -> Secret | None:
@@ -71,7 +83,7 @@ class ProvidersPanel(w.VBox):
 
         # The dialog of the selected provider.
         self.dialog_title = w.HTML()
-        self.key = w.Password(description="API key", placeholder="paste the key, then Save")
+        self.key = SecretField(description="API key", placeholder="paste the key, then Save")
         self.model = w.Dropdown(description="Default model", options=[])
         self.make_default = w.Checkbox(description="Set as project default", value=False)
         self.save_button = w.Button(description="Save", button_style="primary")
@@ -90,7 +102,7 @@ class ProvidersPanel(w.VBox):
 
         # The managed Cencori project key.
         self.cencori_hint = w.HTML()
-        self.cencori_key = w.Password(description="Cencori key", placeholder="csk_…")
+        self.cencori_key = SecretField(description="Cencori key", placeholder="csk_…")
         self.cencori_save = w.Button(description="Save Cencori key")
         self.cencori_remove = w.Button(description="Remove")
         self.cencori_save.on_click(lambda _b: self.save_cencori_key())

@@ -1,0 +1,408 @@
+"""The %cencori / %%cencori magics in a real InteractiveShell, against the sandbox."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import CapturedIO, capture_output
+from traitlets.config import Config
+
+from cencori_nb.magic import CencoriMagics
+
+OPENAI_KEY = "sk-test-openai-0000000000Ab12"
+CENCORI_KEY = "csk_test_managed_00000Cd34"
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def ipython(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InteractiveShell]:
+    """One InteractiveShell for the module, its history in a private SQLite file."""
+    tmp = tmp_path_factory.mktemp("ipython")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IPYTHONDIR", str(tmp))
+        cfg = Config()
+        cfg.HistoryManager.hist_file = str(tmp / "history.sqlite")
+        shell = InteractiveShell.instance(config=cfg)
+        shell.run_line_magic("load_ext", "cencori_nb")
+        yield shell
+        shell.run_line_magic("unload_ext", "cencori_nb")
+
+
+@pytest.fixture
+def shell(ipython: InteractiveShell) -> Iterator[InteractiveShell]:
+    """The shared shell with the magic's configuration and our user variables reset."""
+    yield ipython
+    magics = _magics(ipython)
+    for name in ("default_model", "default_provider", "default_route", "default_format",
+                 "default_system", "default_max_tokens", "stream", "stream_throttle_ms"):
+        magics.traits()[name].set(magics, magics.traits()[name].default())
+    if magics.sandbox_server is not None:
+        magics.sandbox_server.stop()
+        magics.sandbox_server = None
+    ipython.rl_next_input = None
+    for name in ("reply", "topic", "cfg", "table"):
+        ipython.user_ns.pop(name, None)
+
+
+@pytest.fixture
+def openai_key(sandbox_env: str) -> str:
+    from cencori_nb import keys
+
+    keys.set("openai", OPENAI_KEY, default_model="gpt-4o-mini", make_default=True)
+    return OPENAI_KEY
+
+
+def _magics(shell: InteractiveShell) -> CencoriMagics:
+    return next(c for c in shell.configurables if isinstance(c, CencoriMagics))
+
+
+def run(shell: InteractiveShell, source: str) -> tuple[CapturedIO, Any]:
+    """Run one cell as a user would (stored in history) and capture what it displays."""
+    with capture_output() as cap:
+        result = shell.run_cell(source, store_history=True)
+    return cap, result
+
+
+def texts(cap: CapturedIO) -> list[str]:
+    return [o.data.get("text/plain", "") for o in cap.outputs]
+
+
+def assert_one_error_line(cap: CapturedIO, result: Any, *fragments: str) -> str:
+    """Exactly one ``cencori:`` error line, no traceback, the cell itself succeeded."""
+    assert result.error_in_exec is None and result.error_before_exec is None
+    assert "Traceback" not in cap.stdout + cap.stderr
+    errors = [o for o in cap.outputs if "cencori-error" in o.data.get("text/html", "")]
+    assert len(errors) == 1, texts(cap)
+    line = errors[0].data["text/plain"]
+    assert line.startswith("cencori: ") and "\n" not in line
+    for fragment in fragments:
+        assert fragment in line
+    return line
+
+
+def last_request(sandbox: Any) -> dict[str, Any]:
+    return sandbox.stats["recent"][-1]
+
+
+# ----------------------------------------------------------------------------- loading
+def test_load_twice_keeps_one_instance(shell: InteractiveShell) -> None:
+    """%load_ext twice registers one CencoriMagics (one set of config traits)."""
+    shell.run_line_magic("reload_ext", "cencori_nb")
+    assert sum(isinstance(c, CencoriMagics) for c in shell.configurables) == 1
+    assert shell.find_cell_magic("cencori") is not None
+
+
+def test_config_defaults(shell: InteractiveShell, openai_key: str, sandbox: Any) -> None:
+    """%config CencoriMagics.* sets persistent defaults used by later cells."""
+    run(shell, '%config CencoriMagics.default_model = "gpt-4o"')
+    run(shell, '%config CencoriMagics.default_system = "Be terse."')
+    run(shell, "%config CencoriMagics.default_format = 'text'")
+    cap, _ = run(shell, "%%cencori --no-cache\nhello config")
+    sent = last_request(sandbox)["json"]
+    assert sent["model"] == "gpt-4o"
+    assert sent["messages"][0] == {"role": "system", "content": "Be terse."}
+    assert "text/html" in cap.outputs[-1].data and "<pre" in cap.outputs[-1].data["text/html"]
+
+
+# ----------------------------------------------------------------------------- the cell
+def test_markdown_stream_and_output_var(shell: InteractiveShell, openai_key: str,
+                                        sandbox: Any) -> None:
+    """Default: streamed into one display, final markdown with a footer, -o stores it."""
+    cap, result = run(shell, "%%cencori -o reply --no-cache\nWhat is a magic?")
+    assert result.error_in_exec is None
+    reply = shell.user_ns["reply"]
+    assert type(reply).__name__ == "Completion" and reply.route == "byok"
+    assert reply.text.startswith("[sandbox reply from")
+    final = cap.outputs[-1].data
+    assert final["text/markdown"].startswith(reply.text)
+    assert reply.footer() in final["text/plain"] and "BYOK" in final["text/plain"]
+    assert all(t.endswith("▌") for t in texts(cap)[:-1])
+    assert last_request(sandbox)["stream"] is True
+
+
+def test_stream_throttle_bounds_redraws(shell: InteractiveShell, openai_key: str) -> None:
+    """Throttle 0: one redraw per delta; a huge throttle: only the first and final draw."""
+    magics = _magics(shell)
+    magics.stream_throttle_ms = 0
+    cap, _ = run(shell, "%%cencori -o reply --no-cache\nCount the redraws please")
+    deltas = shell.user_ns["reply"].output_tokens       # the sandbox sends one per token
+    assert len(cap.outputs) == 1 + deltas + 1
+    magics.stream_throttle_ms = 10**9
+    cap, _ = run(shell, "%%cencori --no-cache\nCount the redraws again")
+    assert len(cap.outputs) == 2
+
+
+def test_no_stream_and_cache_footer(shell: InteractiveShell, openai_key: str,
+                                    sandbox: Any) -> None:
+    """--no-stream sends a plain request; the same prompt again is served from the cache."""
+    before = sandbox.stats["requests"]
+    cap1, _ = run(shell, "%%cencori --no-stream -o reply\nA cached question")
+    assert sandbox.stats["requests"] == before + 1
+    assert last_request(sandbox)["stream"] is False
+    assert len(cap1.outputs) == 1
+    cap2, _ = run(shell, "%%cencori --no-stream -o reply\nA cached question")
+    assert sandbox.stats["requests"] == before + 1          # nothing sent the second time
+    assert shell.user_ns["reply"].cached
+    assert "cached" in cap2.outputs[-1].data["text/plain"]
+
+
+@pytest.mark.parametrize("fmt, mime", [("text", "text/html"), ("html", "text/html"),
+                                       ("markdown", "text/markdown")])
+def test_formats(shell: InteractiveShell, openai_key: str, fmt: str, mime: str) -> None:
+    cap, _ = run(shell, f"%%cencori -f {fmt} -o reply --no-cache\nFormat {fmt}")
+    final = cap.outputs[-1].data
+    assert mime in final
+    if fmt == "html":
+        assert f"<div>{shell.user_ns['reply'].text}</div>" in final["text/html"]
+
+
+def test_code_format_puts_code_in_next_cell(shell: InteractiveShell, openai_key: str) -> None:
+    """-f code: rendered as a code block, and the code is offered as the next cell."""
+    cap, _ = run(shell, "%%cencori -f code -o reply --no-cache\nWrite code")
+    text = shell.user_ns["reply"].text
+    assert shell.rl_next_input == text           # the sandbox reply has no fence: all of it
+    assert cap.outputs[-1].data["text/markdown"].startswith("```python\n")
+
+
+def test_json_format_invalid_reply_is_one_error_line(shell: InteractiveShell,
+                                                     openai_key: str) -> None:
+    """The sandbox never answers JSON: -f json shows one error line plus the raw text."""
+    cap, result = run(shell, "%%cencori -f json --no-stream -o reply\nGive JSON")
+    line = assert_one_error_line(cap, result, "not valid JSON")
+    assert line in cap.outputs[-1].data["text/plain"]
+    assert shell.user_ns["reply"].text in cap.outputs[-1].data["text/plain"]
+
+
+def test_interpolation_reaches_the_provider(shell: InteractiveShell, openai_key: str,
+                                            sandbox: Any) -> None:
+    """Names are filled from the namespace; pasted code with braces is sent intact."""
+    shell.user_ns["topic"] = "Saturn"
+    shell.user_ns["cfg"] = {"depth": 3}
+    pasted = ('lookup = {"a": {"b": 1}}\nseen = {1, 2, 3}\n'
+              'print(f"{name!r} {lookup[\'a\']}")\njson_doc = {"k": [1, {"z": 2}]}')
+    run(shell, "%%cencori --no-cache\nTell me about {topic} at depth {cfg[depth]}, "
+               "not {undefined_thing}, literally {{topic}}.\n" + pasted)
+    sent = last_request(sandbox)["json"]["messages"][-1]["content"]
+    assert sent == ("Tell me about Saturn at depth 3, not {undefined_thing}, literally {topic}.\n"
+                    + pasted)
+
+
+def test_dry_run_sends_nothing(shell: InteractiveShell, openai_key: str, sandbox: Any) -> None:
+    """--dry-run shows the decision and an estimated cost; the sandbox sees no request."""
+    before = sandbox.stats["requests"]
+    cap, result = run(shell, "%%cencori gpt-4o --dry-run --max-tokens 100\nEstimate me")
+    assert sandbox.stats["requests"] == before
+    assert result.error_in_exec is None
+    joined = "\n".join(texts(cap))
+    assert "dry run — nothing was sent" in joined and "up to 100 output tokens" in joined
+    assert "$" in joined and "BYOK" in joined
+    assert "Decision(provider='openai', model='gpt-4o', route='byok'" in joined
+    assert OPENAI_KEY not in joined
+
+
+def test_dry_run_managed_shows_markup(shell: InteractiveShell, sandbox_env: str,
+                                      sandbox: Any) -> None:
+    from cencori_nb import keys
+
+    keys.set_cencori_key(CENCORI_KEY)
+    before = sandbox.stats["requests"]
+    cap, _ = run(shell, "%%cencori gpt-4o-mini --dry-run\nEstimate managed")
+    assert sandbox.stats["requests"] == before
+    joined = "\n".join(texts(cap))
+    assert "route='managed'" in joined and "Cencori credits" in joined and "+50" in joined
+    assert CENCORI_KEY not in joined
+
+
+# ----------------------------------------------------------------------------- errors
+def _ledger_rows() -> Any:
+    from cencori_nb import reports
+
+    return reports.usage()
+
+
+def test_unknown_model(shell: InteractiveShell, openai_key: str) -> None:
+    cap, result = run(shell, "%%cencori frobnicator-9\nhi")
+    assert_one_error_line(cap, result, "frobnicator-9")
+
+
+def test_provider_not_configured(shell: InteractiveShell, sandbox_env: str) -> None:
+    cap, result = run(shell, "%%cencori claude-haiku-4-5\nhi")
+    assert_one_error_line(cap, result, "not configured")
+
+
+def test_revoked_key_401_is_one_line_and_recorded_once(shell: InteractiveShell,
+                                                       sandbox_env: str) -> None:
+    """A 401 from the provider: one line, no traceback, one failed row in the ledger."""
+    from cencori_nb import keys
+
+    keys.set("openai", "sk-test-revoked-000000000000")
+    for flags in ("", "--no-stream"):
+        cap, result = run(shell, f"%%cencori gpt-4o-mini --no-cache {flags}\nhi")
+        line = assert_one_error_line(cap, result)
+        assert "sk-test-revoked" not in line
+        assert "openai" in line.lower()
+    rows = _ledger_rows()
+    failed = rows[rows["status"] == "error"]
+    assert len(failed) == 2 and set(failed["route"]) == {"byok"}
+
+
+def test_zero_credits_is_one_line(shell: InteractiveShell, sandbox_env: str,
+                                  sandbox: Any) -> None:
+    """The managed route with an empty sandbox wallet: the credits error, as one line."""
+    from cencori_nb import keys
+
+    keys.set_cencori_key(CENCORI_KEY)
+    old = sandbox.balance
+    sandbox.set_balance(0)
+    try:
+        cap, result = run(shell, "%%cencori gpt-4o-mini --no-cache --no-stream\nhi")
+    finally:
+        sandbox.set_balance(old)
+    line = assert_one_error_line(cap, result)
+    assert "credit" in line.lower()
+
+
+def test_usage_error_is_one_line(shell: InteractiveShell) -> None:
+    cap, result = run(shell, "%%cencori -f yaml\nhi")
+    assert_one_error_line(cap, result, "invalid choice: 'yaml'")
+
+
+def test_empty_cell_is_one_line(shell: InteractiveShell) -> None:
+    cap, result = run(shell, "%%cencori\n   \n")
+    assert_one_error_line(cap, result, "empty")
+
+
+def test_key_shaped_argument_refused_and_scrubbed_from_history(shell: InteractiveShell,
+                                                               canary: str) -> None:
+    """A key on the magic line is refused, never echoed, and redacted from the history."""
+    for source in (f"%cencori use {canary}", f"%%cencori -s {canary}\nhi"):
+        cap, result = run(shell, source)
+        line = assert_one_error_line(cap, result, "%cencori setup", "cencori-nb keys set")
+        assert canary not in cap.stdout + cap.stderr + "".join(
+            str(o.data) for o in cap.outputs)
+        assert canary not in line
+    hm = shell.history_manager
+    assert not any(canary in s for s in hm.input_hist_raw + hm.input_hist_parsed)
+    assert not any(canary in str(v) for k, v in shell.user_ns.items() if k.startswith("_i"))
+    hm.writeout_cache()
+    rows = hm.db.execute("SELECT source, source_raw FROM history").fetchall()
+    assert rows and not any(canary in (a or "") + (b or "") for a, b in rows)
+
+
+# ----------------------------------------------------------------------------- subcommands
+def test_help(shell: InteractiveShell) -> None:
+    for source in ("%cencori", "%cencori help"):
+        cap, _ = run(shell, source)
+        assert "%%cencori [MODEL]" in texts(cap)[0]
+
+
+def test_unknown_subcommand(shell: InteractiveShell) -> None:
+    cap, result = run(shell, "%cencori frobnicate")
+    assert_one_error_line(cap, result, "unknown subcommand 'frobnicate'")
+
+
+def test_providers_table_shows_hints_only(shell: InteractiveShell, openai_key: str) -> None:
+    from cencori_nb import keys
+
+    keys.set_cencori_key(CENCORI_KEY)
+    cap, _ = run(shell, "%cencori providers")
+    table = texts(cap)[0]
+    lines = {ln.split("  ")[0]: ln for ln in table.splitlines()}
+    assert "Enabled" in lines["OpenAI"] and "…Ab12" in lines["OpenAI"]
+    assert "yes" in lines["OpenAI"]                                     # project default
+    assert "Managed" in lines["Anthropic"]
+    assert OPENAI_KEY not in table and CENCORI_KEY not in table
+
+
+def test_models(shell: InteractiveShell) -> None:
+    cap, _ = run(shell, "%cencori models anthropic")
+    out = texts(cap)[0]
+    assert "claude-haiku-4-5" in out and "gpt-4o" not in out
+    cap, result = run(shell, "%cencori models nosuch")
+    assert_one_error_line(cap, result, "Unknown provider 'nosuch'")
+
+
+def test_route(shell: InteractiveShell, openai_key: str) -> None:
+    cap, _ = run(shell, "%cencori route gpt-4o")
+    out = cap.outputs[0].data
+    assert "route='byok'" in out["text/plain"] and "openai" in out["text/markdown"]
+    assert OPENAI_KEY not in str(out)
+
+
+def test_usage_table_and_chart(shell: InteractiveShell, openai_key: str) -> None:
+    """After one request, usage shows a DataFrame and a plotly figure."""
+    cap, _ = run(shell, "%cencori usage --since 7d")
+    assert "no requests recorded since 7d" in texts(cap)[0]
+    run(shell, "%%cencori --no-stream --no-cache\nfor usage")
+    cap, _ = run(shell, "%cencori usage --since 7d")
+    assert "text/html" in cap.outputs[0].data and "gpt-4o-mini" in cap.outputs[0].data[
+        "text/html"]
+    assert any("application/vnd.plotly.v1+json" in o.data for o in cap.outputs[1:])
+
+
+def test_credits(shell: InteractiveShell) -> None:
+    from cencori_nb import wallet
+
+    wallet.top_up(Decimal("12.50"))
+    cap, _ = run(shell, "%cencori credits")
+    assert "Balance: $12.50" in texts(cap)[0]
+
+
+def test_use_project(shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
+    """use PROJECT sets the project for this kernel (in-process env)."""
+    monkeypatch.delenv("CENCORI_NB_PROJECT", raising=False)
+    from cencori_nb import keys
+
+    keys.set("openai", OPENAI_KEY, project="acme")
+    cap, _ = run(shell, "%cencori use acme")
+    assert os.environ["CENCORI_NB_PROJECT"] == "acme"
+    cap, _ = run(shell, "%cencori providers")
+    assert "project acme" in texts(cap)[0] and "…Ab12" in texts(cap)[0]
+    cap, result = run(shell, "%cencori use 'bad name!'")
+    assert_one_error_line(cap, result, "not a project name")
+
+
+def test_cache_clear(shell: InteractiveShell, openai_key: str) -> None:
+    run(shell, "%%cencori --no-stream\ncache me")
+    cap, _ = run(shell, "%cencori cache clear")
+    assert "1 cached reply removed" in texts(cap)[0]
+    cap, _ = run(shell, "%cencori cache clear")
+    assert "0 cached replies removed" in texts(cap)[0]
+
+
+def test_sandbox_on_and_off(shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sandbox on starts a server in a thread and points this kernel at it; off undoes it."""
+    monkeypatch.delenv("CENCORI_NB_SANDBOX", raising=False)
+    from cencori_nb import keys
+
+    keys.set("openai", OPENAI_KEY)
+    cap, _ = run(shell, "%cencori sandbox on")
+    server = _magics(shell).sandbox_server
+    assert server is not None and os.environ["CENCORI_NB_SANDBOX"] == server.url.rstrip("/")
+    run(shell, "%%cencori gpt-4o-mini --no-stream --no-cache -o reply\nvia the magic sandbox")
+    assert server.stats["requests"] == 1
+    assert shell.user_ns["reply"].text.startswith("[sandbox reply")
+    cap, _ = run(shell, "%cencori sandbox off")
+    assert "CENCORI_NB_SANDBOX" not in os.environ and _magics(shell).sandbox_server is None
+    assert "real providers" in texts(cap)[0]
+    cap, _ = run(shell, "%cencori sandbox on http://127.0.0.1:9")
+    assert os.environ["CENCORI_NB_SANDBOX"] == "http://127.0.0.1:9"
+
+
+def test_setup_displays_the_panel(shell: InteractiveShell) -> None:
+    cap, result = run(shell, "%cencori setup")
+    assert result.error_in_exec is None
+    assert "application/vnd.jupyter.widget-view+json" in cap.outputs[0].data
+
+
+def test_history_file_is_private_to_the_test(ipython: InteractiveShell,
+                                             tmp_path: Path) -> None:
+    """Guard: these tests never write the user's real IPython history."""
+    assert str(ipython.history_manager.hist_file) != str(
+        Path.home() / ".ipython/profile_default/history.sqlite")
