@@ -56,7 +56,11 @@ def from_pusd(pusd: int | None) -> Decimal | None:
     """Integer pico-USD → exact Decimal USD (``7500000000`` → ``Decimal('0.0075')``)."""
     if pusd is None:
         return None
-    return (Decimal(int(pusd)) * _PICO).normalize() if pusd else Decimal(0)
+    if not pusd:
+        return Decimal(0)
+    value = (Decimal(int(pusd)) * _PICO).normalize()
+    # normalize() writes 10 as 1E+1; keep whole dollars plain
+    return value.quantize(Decimal(1)) if value.as_tuple().exponent > 0 else value
 
 
 def now_ms() -> int:

@@ -124,6 +124,7 @@ def test_money_conversion_is_exact() -> None:
         assert from_pusd(to_pusd(Decimal(text))) == Decimal(text)
     assert to_pusd(None) is None and from_pusd(None) is None
     assert to_pusd(Decimal("0.0075")) == 7_500_000_000
+    assert str(from_pusd(10 * 10**12)) == "10" and str(from_pusd(1200 * 10**12)) == "1200"
 
 
 def test_ok_request_id_is_unique_but_errors_and_cache_hits_repeat() -> None:
