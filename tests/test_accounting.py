@@ -138,7 +138,8 @@ def test_low_balance_warning_from_settle() -> None:
 
 
 @pytest.mark.parametrize(("error", "code"), [
-    (CreditsExhaustedError("Credit balance exhausted.", status_code=403), "credit_balance_exhausted"),
+    (CreditsExhaustedError("Credit balance exhausted.", status_code=403),
+     "credit_balance_exhausted"),
     (SpendCapReachedError("Spend cap reached.", status_code=402), "spend_cap_reached"),
 ])
 def test_gateway_403_402_leave_wallet_and_ledger_consistent(error: Exception,
