@@ -61,3 +61,31 @@ def all_bytes_under(path: Path) -> bytes:
 
 
 __all__ = ["CANARY", "all_bytes_under", "os"]
+
+
+# --- the offline sandbox (cencori_nb/sandbox) ------------------------------------------------
+
+@pytest.fixture(scope="session")
+def _sandbox_session() -> Iterator[object]:
+    """One sandbox server for the whole run, on its own event loop in a daemon thread."""
+    from cencori_nb.sandbox import SandboxServer
+
+    server = SandboxServer(seed=0)
+    server.start_in_thread()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sandbox(_sandbox_session: object) -> object:
+    """The running session :class:`SandboxServer`, reset (counters, rate windows, fault RNG,
+    wallet, latency) before each test. ``sandbox.url`` is its base URL."""
+    _sandbox_session.reset()  # type: ignore[attr-defined]
+    return _sandbox_session
+
+
+@pytest.fixture
+def sandbox_env(sandbox: object, monkeypatch: pytest.MonkeyPatch) -> object:
+    """Point ``CENCORI_NB_SANDBOX`` at the running sandbox for one test; return the server."""
+    monkeypatch.setenv("CENCORI_NB_SANDBOX", sandbox.url)  # type: ignore[attr-defined]
+    return sandbox

@@ -33,7 +33,7 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from .common import Door, Exchange, dumps, new_id
+from .common import Door, Exchange, dumps, key_hint, new_id
 from .faults import FAULTS, FaultPicker, RateLimiter, parse_faults
 from .wallet import Wallet
 
@@ -245,15 +245,8 @@ class _Stats:
 
     def record(self, ex: Exchange, status: str) -> None:
         req = ex.req
-        headers = {k: (_mask(v) if k in _SECRET_HEADERS else v) for k, v in req.headers.items()}
-        try:
-            body = req.json() if req.body and len(req.body) <= 65536 else None
-        except ValueError:
-            body = None
-        entry = {"method": req.method, "path": req.path, "route": ex.route, "key": ex.hint,
-                 "status": status, "fault": ex.fault, "model": ex.model, "stream": ex.stream,
-                 "request_id": ex.request_id, "headers": headers, "query": dict(req.query),
-                 "json": body}
+        # kept raw on the hot path; masked and decoded only when a snapshot is taken
+        entry = (req, ex.route, ex.hint, status, ex.fault, ex.model, ex.stream, ex.request_id)
         with self._lock:
             self.requests += 1
             self.routes[ex.route] += 1
@@ -267,16 +260,31 @@ class _Stats:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {"requests": self.requests, "routes": dict(self.routes),
+            snap = {"requests": self.requests, "routes": dict(self.routes),
                     "keys": dict(self.keys), "statuses": dict(self.statuses),
-                    "faults": dict(self.faults), "streams": self.streams,
-                    "recent": copy.deepcopy(list(self.recent))}
+                    "faults": dict(self.faults), "streams": self.streams}
+            recent = list(self.recent)
+        snap["recent"] = [_describe(*entry) for entry in recent]
+        return snap
+
+
+def _describe(req: Request, route: str, hint: str, status: str, fault: str | None,
+              model: str | None, stream: bool, request_id: str) -> dict[str, Any]:
+    """One ``stats["recent"]`` entry: what the server received, credentials masked."""
+    headers = {k: (_mask(v) if k in _SECRET_HEADERS else v) for k, v in req.headers.items()}
+    query = {k: (key_hint(v) if k == "key" else v) for k, v in req.query.items()}
+    try:
+        body = req.json() if req.body and len(req.body) <= 65536 else None
+    except ValueError:
+        body = None
+    return {"method": req.method, "path": req.path, "route": route, "key": hint,
+            "status": status, "fault": fault, "model": model, "stream": stream,
+            "request_id": request_id, "headers": headers, "query": query,
+            "json": copy.deepcopy(body)}
 
 
 def _mask(value: str) -> str:
     """``Bearer sk-…abcd`` → ``Bearer …abcd``: the scheme stays, the secret does not."""
-    from .common import key_hint
-
     scheme, sep, rest = value.partition(" ")
     if sep and scheme.lower() in ("bearer", "basic", "token"):
         return f"{scheme} {key_hint(rest.strip())}"
