@@ -174,9 +174,9 @@ def test_json_format_invalid_reply_is_one_error_line(shell: InteractiveShell,
                                                      openai_key: str) -> None:
     """The sandbox never answers JSON: -f json shows one error line plus the raw text."""
     cap, result = run(shell, "%%cencori -f json --no-stream -o reply\nGive JSON")
-    line = assert_one_error_line(cap, result, "not valid JSON")
-    assert line in cap.outputs[-1].data["text/plain"]
-    assert shell.user_ns["reply"].text in cap.outputs[-1].data["text/plain"]
+    assert_one_error_line(cap, result, "not valid JSON")
+    assert shell.user_ns["reply"].text in cap.outputs[0].data["text/plain"]
+    assert "application/json" not in cap.outputs[0].data
 
 
 def test_interpolation_reaches_the_provider(shell: InteractiveShell, openai_key: str,

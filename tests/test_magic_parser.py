@@ -133,9 +133,9 @@ def test_render_formats() -> None:
 
 def test_render_invalid_json_is_one_error_line() -> None:
     bad = render_completion("not json at all", "f", "json")
-    assert bad.error is not None
-    assert bad.bundle["text/plain"].startswith("cencori: the reply is not valid JSON")
-    assert "Traceback" not in bad.bundle["text/plain"]
+    assert bad.error is not None and bad.error.startswith("the reply is not valid JSON")
+    assert bad.bundle["text/plain"] == "not json at all\n\n[f]"       # raw text stays visible
+    assert "application/json" not in bad.bundle
 
 
 def test_extract_code_without_fence_is_whole_text() -> None:

@@ -20,6 +20,7 @@ from cencori_nb.widgets.controller import (  # noqa: E402
     ENABLED,
     MANAGED,
     NOT_CONFIGURED,
+    TEST_MAX_TOKENS,
     ProvidersController,
     provider_rows,
 )
@@ -210,7 +211,9 @@ def test_test_key_success_and_provider_error(panel: Any, sandbox_env: str, sandb
     panel.test_button.click()
     assert sandbox.stats["requests"] == before + 1
     sent = sandbox.stats["recent"][-1]
-    assert sent["json"]["max_tokens"] <= 8 or sent["json"].get("max_completion_tokens", 9) <= 8
+    body = sent["json"]
+    assert body.get("max_completion_tokens", body.get("max_tokens")) == TEST_MAX_TOKENS <= 8
+    assert sent["stream"] is False and sent["key"].endswith("Xx77")
     assert "Key works" in panel.status.value
     keys.set("openai", "sk-test-revoked-0000000Vv55")
     panel.test_button.click()

@@ -104,7 +104,8 @@ class CencoriMagics(Magics):
             show(notice_bundle("\n" + usage_text()))
             return
         user_ns = self.shell.user_ns if self.shell is not None else {}
-        prompt = interpolate(cell, user_ns)
+        # IPython hands the body over with its final newline; it is not part of the prompt.
+        prompt = interpolate(cell.rstrip("\n"), user_ns)
         if not prompt.strip():
             raise _usage("the cell is empty: write the prompt below the %%cencori line.")
         options = self._request_options(args)
@@ -122,6 +123,8 @@ class CencoriMagics(Magics):
             show(rendered.bundle)
         else:
             view.finish(rendered.bundle)   # the streamed text is replaced in place
+        if rendered.error is not None:
+            show(error_bundle(rendered.error))
         if args.output:
             user_ns[args.output] = completion
         if rendered.next_input is not None and self.shell is not None:

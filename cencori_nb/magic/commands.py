@@ -95,7 +95,8 @@ def _usage_cmd(magics: CencoriMagics, args: LineArgs) -> None:
 def _credits(magics: CencoriMagics, args: LineArgs) -> None:
     from .. import wallet
 
-    display(wallet.credits())
+    summary = wallet.credits()
+    show(bundle(str(summary), text_html=summary._repr_html_()))
 
 
 def _use(magics: CencoriMagics, args: LineArgs) -> None:

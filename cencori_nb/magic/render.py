@@ -100,11 +100,9 @@ def render_completion(text: str, footer: str, fmt: str) -> Rendered:
         try:
             data = _parse_json(text)
         except ValueError as exc:
-            message = f"the reply is not valid JSON ({exc})."
-            err = error_bundle(message)
-            return Rendered(bundle(f"{err['text/plain']}\n{plain}", text_html=(
-                f"{err['text/html']}<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>"
-                f"{foot}")), error=message)
+            # The raw reply stays visible (as text); the caller shows ``error`` as its own line.
+            raw = render_completion(text, footer, "text")
+            return Rendered(raw.bundle, error=f"the reply is not valid JSON ({exc}).")
         pretty = json.dumps(data, indent=2, ensure_ascii=False)
         return Rendered({"application/json": data if isinstance(data, (dict, list)) else
                          {"value": data},
