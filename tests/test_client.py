@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,23 +19,12 @@ OPENAI_KEY = "sk-test-client-" + "A" * 20 + "q1w2"
 CENCORI_KEY = "csk_test_client_" + "B" * 20 + "e3r4"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[SandboxServer]:
-    srv = SandboxServer(latency_ms=0, seed=3)
-    srv.start_in_thread()
-    yield srv
-    srv.stop()
-
-
 @pytest.fixture
-def sbx(server: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> SandboxServer:
-    """The sandbox, reset, with CENCORI_NB_SANDBOX pointing at it and both keys stored."""
-    server.reset()
-    assert server.url is not None
-    monkeypatch.setenv("CENCORI_NB_SANDBOX", server.url)
+def sbx(sandbox_env: SandboxServer) -> SandboxServer:
+    """The shared sandbox (reset, CENCORI_NB_SANDBOX set) with both keys stored."""
     keys.set("openai", OPENAI_KEY)
     keys.set_cencori_key(CENCORI_KEY)
-    return server
+    return sandbox_env
 
 
 def _rows(status: str | None = None) -> list[object]:

@@ -1,0 +1,103 @@
+"""``cencori-nb ask``: one prompt from the command line, streamed to stdout.
+
+The prompt comes from the arguments, else from stdin (``cat notes.md | cencori-nb ask -m
+gpt-4o-mini``). By default the answer is streamed to stdout as it arrives and a one-line
+footer (model · route · tokens · cost) goes to stderr, so ``> answer.txt`` captures only the
+text. ``--json`` prints exactly one JSON object instead::
+
+    {"text", "model", "provider", "route", "input_tokens", "output_tokens",
+     "provider_cost_usd", "credits_charged_usd", "cached", "request_id"}
+
+Money fields are JSON *strings* holding the exact Decimal (``"0.0000297"``), so no precision
+is lost to binary floats; ``provider_cost_usd`` is ``null`` when no price is known.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..errors import ConfigurationError
+
+__all__ = ["JSON_FIELDS", "register"]
+
+JSON_FIELDS = ("text", "model", "provider", "route", "input_tokens", "output_tokens",
+               "provider_cost_usd", "credits_charged_usd", "cached", "request_id")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``ask`` command."""
+    p = subparsers.add_parser(
+        "ask", help="send one prompt (BYOK or managed) and print the answer",
+        description="Send one prompt and stream the answer to stdout. The prompt is read "
+                    "from stdin when not given as an argument.")
+    p.add_argument("prompt", nargs="*", metavar="PROMPT",
+                   help="the prompt (words are joined with spaces); default: stdin")
+    p.add_argument("-m", "--model", help="model id, or provider/model (default: the project "
+                                         "default)")
+    p.add_argument("--provider", help="provider to use (when the model name is ambiguous)")
+    p.add_argument("--route", choices=("auto", "byok", "managed"), default="auto",
+                   help="auto (BYOK if an enabled key exists, else managed), byok or managed")
+    p.add_argument("--system", "-s", help="system prompt")
+    p.add_argument("--max-tokens", type=int, metavar="N", help="maximum output tokens")
+    p.add_argument("--temperature", "-t", type=float, metavar="T", help="sampling temperature")
+    p.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
+    p.add_argument("--no-cache", action="store_true", help="do not use the response cache")
+    p.add_argument("--project", "-p", help="project (default: the current project)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (money as decimal strings)")
+    p.set_defaults(handler=_cmd_ask)
+
+
+def _prompt(args: argparse.Namespace) -> str:
+    if args.prompt:
+        return " ".join(args.prompt)
+    if sys.stdin is None or sys.stdin.isatty():
+        raise ConfigurationError("No prompt given.",
+                                 hint='Write it after `ask` (cencori-nb ask "Hello") or pipe it '
+                                      "on stdin.")
+    text = sys.stdin.read()
+    if not text.strip():
+        raise ConfigurationError("The prompt read from stdin is empty.",
+                                 hint='Write it after `ask` (cencori-nb ask "Hello").')
+    return text
+
+
+def _json_object(completion: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in JSON_FIELDS:
+        value = getattr(completion, name)
+        if name.endswith("_usd"):
+            value = None if value is None else str(value)
+        out[name] = value
+    return out
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from .. import client
+
+    prompt = _prompt(args)
+    kwargs: dict[str, Any] = {
+        "model": args.model, "provider": args.provider, "route": args.route,
+        "system": args.system, "temperature": args.temperature,
+        "max_tokens": args.max_tokens, "project": args.project, "cache": not args.no_cache}
+    if args.json or args.no_stream:
+        completion = client.chat(prompt, **kwargs)
+        if args.json:
+            sys.stdout.write(json.dumps(_json_object(completion), ensure_ascii=False) + "\n")
+            return 0
+        sys.stdout.write(completion.text)
+    else:
+        with client.stream(prompt, **kwargs) as s:
+            for delta in s:
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+        completion = s.completion
+        assert completion is not None
+    if not completion.text.endswith("\n"):
+        sys.stdout.write("\n")
+    sys.stdout.flush()
+    sys.stderr.write(f"[{completion.footer()}]\n")
+    return 0
