@@ -36,10 +36,13 @@ from .errors import ConfigurationError
 from .home import ensure_home, home_dir, open_private, private_umask
 from .migrations import migrate
 
-__all__ = ["PUSD", "Ledger", "LedgerRow", "default_ledger", "from_pusd", "ledger_path",
+__all__ = ["COST_SQL", "PUSD", "Ledger", "LedgerRow", "default_ledger", "from_pusd", "ledger_path",
            "month_start_ms", "now_ms", "parse_since", "to_pusd"]
 
 PUSD = 10**12                 # pico-USD per USD: the integer unit money is stored in
+# What a request cost its user: credits charged, plus the provider price of BYOK requests.
+COST_SQL = ("credits_charged_pusd + CASE WHEN route = 'byok' "
+            "THEN COALESCE(provider_cost_pusd, 0) ELSE 0 END")
 _PICO = Decimal(1).scaleb(-12)
 DAY_MS = 86_400_000
 
@@ -286,11 +289,11 @@ class Ledger:
         start = month_start_ms(at)
         end = month_start_ms((datetime.fromtimestamp(start / 1000, UTC)
                               + timedelta(days=32)).replace(day=1))
+        # a month is whole UTC days, so the daily rollup answers it exactly
         (total,) = self.query(
-            "SELECT COALESCE(SUM(credits_charged_pusd + CASE WHEN route = 'byok' "
-            "THEN COALESCE(provider_cost_pusd, 0) ELSE 0 END), 0) FROM requests "
-            "WHERE project = ? AND ts_ms >= ? AND ts_ms < ? AND status = 'ok'",
-            (project, start, end))[0]
+            "SELECT COALESCE(SUM(cost_pusd), 0) FROM requests_daily "
+            "WHERE day >= ? AND day < ? AND project = ? AND status = 'ok'",
+            (start // DAY_MS, end // DAY_MS, project))[0]
         return from_pusd(int(total)) or Decimal(0)
 
     def close(self) -> None:

@@ -10,6 +10,9 @@ Storage choices, for fast range queries and exact sums:
 
 - time is ``ts_ms``: UTC epoch milliseconds (INTEGER). A day is ``ts_ms / 86400000``,
   so grouping by day or week is integer arithmetic inside SQLite;
+- ``requests_daily`` (003) holds per-UTC-day sums by project, provider, model, route and
+  status, kept current by an ``AFTER INSERT`` trigger (rows are never updated or deleted),
+  so the spend views group thousands of rollup rows instead of millions of requests;
 - money is INTEGER **pico-USD** (``*_pusd``, 1 USD = 10^12): exact for every genai-prices
   rate (at most six decimals per million tokens, i.e. whole pico-dollars per token), summed
   exactly by SQLite's integer ``SUM`` (int64: up to $9.2 million per sum). ``NULL`` provider
@@ -79,6 +82,62 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             ts_ms INTEGER NOT NULL,
             PRIMARY KEY (project, month, threshold)
         )""",
+    ]),
+    # A per-day rollup kept by a trigger, so spend views read thousands of rows, not
+    # millions (benchmarks/ledger.py). Rows of a partial first day are read from requests.
+    ("003_daily_rollup", [
+        """CREATE TABLE requests_daily (
+            day INTEGER NOT NULL,
+            project TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            route TEXT NOT NULL,
+            status TEXT NOT NULL,
+            requests INTEGER NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL,
+            cache_read_tokens INTEGER NOT NULL,
+            cache_write_tokens INTEGER NOT NULL,
+            provider_cost_pusd INTEGER,
+            credits_charged_pusd INTEGER NOT NULL,
+            cost_pusd INTEGER NOT NULL,
+            unpriced INTEGER NOT NULL,
+            PRIMARY KEY (day, project, provider, model, route, status)
+        ) WITHOUT ROWID""",
+        # Written out in full (not built from constants): a shipped migration never changes.
+        """CREATE TRIGGER requests_daily_insert AFTER INSERT ON requests BEGIN
+            INSERT INTO requests_daily VALUES (
+                NEW.ts_ms / 86400000, NEW.project, NEW.provider,
+                COALESCE(NEW.model, NEW.model_requested, ''), NEW.route, NEW.status, 1,
+                NEW.input_tokens, NEW.output_tokens, NEW.cache_read_tokens,
+                NEW.cache_write_tokens, NEW.provider_cost_pusd, NEW.credits_charged_pusd,
+                NEW.credits_charged_pusd + CASE WHEN NEW.route = 'byok'
+                    THEN COALESCE(NEW.provider_cost_pusd, 0) ELSE 0 END,
+                NEW.provider_cost_pusd IS NULL)
+            ON CONFLICT DO UPDATE SET
+                requests = requests + 1,
+                input_tokens = input_tokens + excluded.input_tokens,
+                output_tokens = output_tokens + excluded.output_tokens,
+                cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+                cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
+                -- like SQL SUM: NULL (no price) is skipped; all-NULL stays NULL
+                provider_cost_pusd = CASE WHEN excluded.provider_cost_pusd IS NULL
+                    THEN provider_cost_pusd
+                    ELSE COALESCE(provider_cost_pusd, 0) + excluded.provider_cost_pusd END,
+                credits_charged_pusd = credits_charged_pusd + excluded.credits_charged_pusd,
+                cost_pusd = cost_pusd + excluded.cost_pusd,
+                unpriced = unpriced + excluded.unpriced;
+        END""",
+        # backfill from the rows written before this migration
+        """INSERT INTO requests_daily
+            SELECT ts_ms / 86400000, project, provider, COALESCE(model, model_requested, ''),
+                route, status, COUNT(*), SUM(input_tokens), SUM(output_tokens),
+                SUM(cache_read_tokens), SUM(cache_write_tokens), SUM(provider_cost_pusd),
+                SUM(credits_charged_pusd),
+                SUM(credits_charged_pusd + CASE WHEN route = 'byok'
+                    THEN COALESCE(provider_cost_pusd, 0) ELSE 0 END),
+                SUM(provider_cost_pusd IS NULL)
+            FROM requests GROUP BY 1, 2, 3, 4, 5, 6""",
     ]),
 ]
 

@@ -20,27 +20,49 @@ from decimal import Decimal
 from typing import Any
 
 from . import pricing
-from .ledger import COLUMNS, DAY_MS, PUSD, default_ledger
+from .ledger import COLUMNS, COST_SQL, DAY_MS, PUSD, default_ledger, parse_since
 from .settings import load_settings
 from .types import Usage
 
 __all__ = ["GROUPINGS", "compare_costs", "spend", "usage"]
 
-# how each ``by`` value is computed in SQL (UTC days: integer division of epoch ms)
+# how each ``by`` value is computed in SQL over the daily source (``day`` = UTC epoch day)
 GROUPINGS: dict[str, str] = {
-    "day": f"(ts_ms / {DAY_MS})",
+    "day": "day",
     # Monday of the ISO week: day 0 (1970-01-01) was a Thursday
-    "week": f"(ts_ms / {DAY_MS}) - (((ts_ms / {DAY_MS}) + 3) % 7)",
-    "month": "strftime('%Y-%m', ts_ms / 1000, 'unixepoch')",
+    "week": "day - ((day + 3) % 7)",
+    "month": "strftime('%Y-%m', day * 86400, 'unixepoch')",
     "provider": "provider",
-    "model": "COALESCE(model, model_requested, '')",
+    "model": "model",
     "route": "route",
     "project": "project",
     "status": "status",
 }
 _TIME_KEYS = {"day", "week"}
-_COST_SQL = ("credits_charged_pusd + CASE WHEN route = 'byok' "
-             "THEN COALESCE(provider_cost_pusd, 0) ELSE 0 END")
+_SOURCE_COLUMNS = ("day, project, provider, model, route, status, requests, input_tokens, "
+                   "output_tokens, cache_read_tokens, cache_write_tokens, provider_cost_pusd, "
+                   "credits_charged_pusd, cost_pusd, unpriced")
+_RAW_AS_SOURCE = (
+    f"ts_ms / {DAY_MS}, project, provider, COALESCE(model, model_requested, ''), route, "
+    "status, 1, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
+    f"provider_cost_pusd, credits_charged_pusd, {COST_SQL}, provider_cost_pusd IS NULL")
+
+
+def _daily_source(since: Any, project: str | None) -> tuple[str, list[Any]]:
+    """A ``WITH src AS (...)`` clause: whole days from the ``requests_daily`` rollup, and the
+    rows of a partial first day (when ``since`` is not midnight) from ``requests``."""
+    since_ms = parse_since(since)
+    proj = " AND project = ?" if project else ""
+    pparam = [project] if project else []
+    if since_ms is None:
+        return (f"WITH src AS (SELECT {_SOURCE_COLUMNS} FROM requests_daily "  # noqa: S608
+                f"WHERE 1{proj})", pparam)
+    first_full_day = -(-since_ms // DAY_MS)         # ceil: the first whole day
+    sql = (f"WITH src AS (SELECT {_SOURCE_COLUMNS} FROM requests_daily "  # noqa: S608
+           f"WHERE day >= ?{proj} UNION ALL SELECT {_RAW_AS_SOURCE} FROM requests "
+           f"WHERE ts_ms >= ? AND ts_ms < ?{proj})")
+    return sql, [first_full_day, *pparam, since_ms, first_full_day * DAY_MS, *pparam]
+
 
 # Peers' BYOK terms (reference/cencori.md, "Peers' BYOK terms")
 OPENROUTER_BYOK_FEE_PCT = Decimal(5)
@@ -65,7 +87,7 @@ def usage(since: Any = None, project: str | None = None) -> Any:
     led = default_ledger()
     where, params = led.where(since=since, project=project)
     # constant column names and expressions; values are bound parameters
-    sql = (f"SELECT {', '.join(COLUMNS)}, {_COST_SQL} FROM requests "  # noqa: S608
+    sql = (f"SELECT {', '.join(COLUMNS)}, {COST_SQL} FROM requests "  # noqa: S608
            f"WHERE {where} ORDER BY ts_ms, id")
     rows = led.query(sql, params)
     money = [COLUMNS.index("provider_cost_pusd"), COLUMNS.index("credits_charged_pusd"),
@@ -110,18 +132,19 @@ def spend(by: str | Iterable[str] = "day", since: Any = None,
 
     keys = _by_list(by)
     led = default_ledger()
-    where, params = led.where(since=since, project=project)
+    source, params = _daily_source(since, project)
     key_sql = ", ".join(f"{GROUPINGS[k]} AS k{i}" for i, k in enumerate(keys))
     group = ", ".join(f"k{i}" for i in range(len(keys)))
     ok = "status = 'ok'"
     # keys come from GROUPINGS (validated); values are bound parameters
-    sql = (f"SELECT {key_sql}, COUNT(*), SUM(status = 'error'), "  # noqa: S608
-           "SUM(status = 'cached'), "
+    sql = (f"{source} SELECT {key_sql}, SUM(requests), "  # noqa: S608
+           "SUM(CASE WHEN status = 'error' THEN requests ELSE 0 END), "
+           "SUM(CASE WHEN status = 'cached' THEN requests ELSE 0 END), "
            f"SUM(CASE WHEN {ok} THEN input_tokens ELSE 0 END), "
            f"SUM(CASE WHEN {ok} THEN output_tokens ELSE 0 END), "
            f"SUM(CASE WHEN {ok} THEN provider_cost_pusd END), "
-           f"SUM(credits_charged_pusd), SUM({_COST_SQL}) "
-           f"FROM requests WHERE {where} GROUP BY {group} ORDER BY {group}")
+           "SUM(credits_charged_pusd), SUM(cost_pusd) "
+           f"FROM src GROUP BY {group} ORDER BY {group}")
     rows = led.query(sql, params)
     n = len(keys)
     # exact integer sums → float USD here, before pandas sees them
@@ -147,15 +170,12 @@ def _workload_rows(workload: Any, since: Any, project: str | None) -> list[dict[
     """Normalise the workload into dicts with exact (Decimal) provider costs."""
     if workload is None or (isinstance(workload, str) and workload == "ledger"):
         led = default_ledger()
-        where, params = led.where(since=since, project=project)
+        source, params = _daily_source(since, project)
         rows = led.query(
-            "SELECT provider, COALESCE(model, model_requested, ''), COUNT(*), "  # noqa: S608
+            f"{source} SELECT provider, model, SUM(requests), "  # noqa: S608
             "SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), "
-            "SUM(cache_write_tokens), SUM(provider_cost_pusd), "
-            "SUM(provider_cost_pusd IS NULL) "
-            f"FROM requests WHERE {where} AND status = 'ok' "
-            "GROUP BY 1, 2 ORDER BY 1, 2",
-            params)
+            "SUM(cache_write_tokens), SUM(provider_cost_pusd), SUM(unpriced) "
+            "FROM src WHERE status = 'ok' GROUP BY 1, 2 ORDER BY 1, 2", params)
         return [{"provider": p, "model": m, "requests": int(n), "input_tokens": int(i or 0),
                  "output_tokens": int(o or 0), "cache_read_tokens": int(cr or 0),
                  "cache_write_tokens": int(cw or 0),

@@ -34,7 +34,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from .errors import ConfigurationError, CreditsError
-from .ledger import Ledger, default_ledger, from_pusd, month_start_ms, now_ms, to_pusd
+from .ledger import DAY_MS, Ledger, default_ledger, from_pusd, month_start_ms, now_ms, to_pusd
 
 __all__ = ["LOW_BALANCE_USD", "CreditsSummary", "LowBalanceWarning", "Transaction", "balance",
            "credits", "debit", "parse_amount", "refund", "set_balance", "top_up",
@@ -294,9 +294,9 @@ def credits(*, ledger: Ledger | None = None) -> CreditsSummary:
         topups, count = conn.execute(
             "SELECT COALESCE(SUM(CASE WHEN kind = 'topup' THEN amount_pusd END), 0), COUNT(*) "
             "FROM wallet_transactions").fetchone()
-        (spent,) = conn.execute(
-            "SELECT COALESCE(SUM(credits_charged_pusd), 0) FROM requests "
-            "WHERE status = 'ok' AND ts_ms >= ?", (month_start_ms(),)).fetchone()
+        (spent,) = conn.execute(   # the daily rollup: a month is whole UTC days
+            "SELECT COALESCE(SUM(credits_charged_pusd), 0) FROM requests_daily "
+            "WHERE status = 'ok' AND day >= ?", (month_start_ms() // DAY_MS,)).fetchone()
     balance_usd = from_pusd(bal) or Decimal(0)
     return CreditsSummary(balance=balance_usd, low=balance_usd < LOW_BALANCE_USD,
                           top_ups_total=from_pusd(int(topups)) or Decimal(0),

@@ -26,6 +26,14 @@ EXPECTED_REQUESTS_COLUMNS = [
     ("credits_charged_pusd", "INTEGER"), ("estimated", "INTEGER"), ("price_version", "TEXT"),
     ("latency_ms", "REAL"), ("ttft_ms", "REAL"),
 ]
+EXPECTED_DAILY_COLUMNS = [
+    ("day", "INTEGER"), ("project", "TEXT"), ("provider", "TEXT"), ("model", "TEXT"),
+    ("route", "TEXT"), ("status", "TEXT"), ("requests", "INTEGER"),
+    ("input_tokens", "INTEGER"), ("output_tokens", "INTEGER"),
+    ("cache_read_tokens", "INTEGER"), ("cache_write_tokens", "INTEGER"),
+    ("provider_cost_pusd", "INTEGER"), ("credits_charged_pusd", "INTEGER"),
+    ("cost_pusd", "INTEGER"), ("unpriced", "INTEGER"),
+]
 EXPECTED_WALLET_COLUMNS = [
     ("id", "INTEGER"), ("ts_ms", "INTEGER"), ("kind", "TEXT"), ("amount_pusd", "INTEGER"),
     ("balance_before_pusd", "INTEGER"), ("balance_after_pusd", "INTEGER"),
@@ -47,8 +55,9 @@ def test_schema_from_an_empty_file(private_home: Path) -> None:
     led = default_ledger()
     conn = led.conn
     assert [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")] == \
-        ["001_create_requests", "002_wallet_and_budget_alerts"]
+        ["001_create_requests", "002_wallet_and_budget_alerts", "003_daily_rollup"]
     assert _columns(conn, "requests") == EXPECTED_REQUESTS_COLUMNS
+    assert _columns(conn, "requests_daily") == EXPECTED_DAILY_COLUMNS
     assert _columns(conn, "wallet_transactions") == EXPECTED_WALLET_COLUMNS
     assert _columns(conn, "budget_alerts") == [("project", "TEXT"), ("month", "TEXT"),
                                                ("threshold", "INTEGER"), ("ts_ms", "INTEGER")]
@@ -57,12 +66,13 @@ def test_schema_from_an_empty_file(private_home: Path) -> None:
         ("index", "requests_ok_request_id"), ("index", "requests_project_ts"),
         ("table", "wallet_transactions"), ("index", "wallet_usage_request"),
         ("index", "wallet_refund_request"), ("table", "budget_alerts"),
+        ("table", "requests_daily"), ("trigger", "requests_daily_insert"),
     }
     assert led.path == private_home / "ledger.sqlite"
 
 
-def test_migration_from_the_previous_schema_keeps_rows(tmp_path: Path) -> None:
-    """A file at 001 (with rows, duplicates allowed then) migrates to 002 keeping its rows."""
+def test_migration_from_001_keeps_rows(tmp_path: Path) -> None:
+    """A file at 001 (with rows) migrates to the latest keeping its rows."""
     path = tmp_path / "old.sqlite"
     conn = sqlite3.connect(path, isolation_level=None)
     assert migrate(conn, upto="001_create_requests") == ["001_create_requests"]
@@ -74,10 +84,67 @@ def test_migration_from_the_previous_schema_keeps_rows(tmp_path: Path) -> None:
         [name for name, _ in MIGRATIONS]
     rows = led.rows()
     assert [(r.request_id, r.credits_charged_usd) for r in rows] == [("r1", Decimal("5E-12"))]
-    # the new unique index now holds: the same ok request id is ignored
+    # the unique index of 002 now holds: the same ok request id is ignored
     assert led.record(LedgerRow("r1", "p", "openai", "managed")) is False
     assert led.count() == 1
     led.close()
+
+
+def test_migration_from_the_previous_schema_backfills_the_rollup(tmp_path: Path) -> None:
+    """A file at 002 with rows gets 003: the daily rollup is backfilled, then kept current."""
+    path = tmp_path / "v2.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrate(conn, upto="002_wallet_and_budget_alerts") == \
+        ["001_create_requests", "002_wallet_and_budget_alerts"]
+    day = 20_000 * 86_400_000
+    conn.executemany(
+        "INSERT INTO requests (ts_ms, request_id, project, provider, model, route, status, "
+        "input_tokens, provider_cost_pusd, credits_charged_pusd) "
+        "VALUES (?, ?, 'p', 'openai', 'gpt-4o', ?, 'ok', 10, ?, ?)",
+        [(day + 1, "a", "managed", 100, 150), (day + 2, "b", "byok", 100, 5),
+         (day + 3, "c", "byok", None, 0)])
+    conn.close()
+    led = Ledger(path)
+    assert led.query("SELECT name FROM _migrations ORDER BY rowid")[-1] == ("003_daily_rollup",)
+    assert led.query("SELECT day, route, requests, input_tokens, provider_cost_pusd, "
+                     "credits_charged_pusd, cost_pusd, unpriced FROM requests_daily "
+                     "ORDER BY route") == [(20_000, "byok", 2, 20, 100, 5, 105, 1),
+                                          (20_000, "managed", 1, 10, 100, 150, 150, 0)]
+    led.record(LedgerRow("d", "p", "openai", "byok", model="gpt-4o", input_tokens=1,
+                         provider_cost_usd=Decimal("1E-12"), ts_ms=day + 4))
+    assert led.query("SELECT requests, provider_cost_pusd, cost_pusd FROM requests_daily "
+                     "WHERE route = 'byok'") == [(3, 101, 106)]
+    led.close()
+
+
+def test_rollup_matches_the_rows() -> None:
+    """After many inserts (and ignored duplicates) the rollup equals a GROUP BY of the rows."""
+    import random
+
+    rng = random.Random(3)
+    led = default_ledger()
+    rows = []
+    for i in range(300):
+        cost = None if rng.random() < 0.1 else Decimal(rng.randint(0, 10**6)) / 10**9
+        rows.append(LedgerRow(f"r{i % 250}", rng.choice(["p1", "p2"]), "openai",
+                              rng.choice(["byok", "managed"]),
+                              status=rng.choice(["ok", "ok", "error", "cached"]),
+                              model=rng.choice(["gpt-4o", None]), model_requested="gpt-4o",
+                              input_tokens=rng.randint(0, 99), provider_cost_usd=cost,
+                              credits_charged_usd=Decimal(rng.randint(0, 99)) / 10**6,
+                              ts_ms=1_700_000_000_000 + rng.randint(0, 5) * 86_400_000))
+    for row in rows:
+        led.record(row)
+    grouped = led.query(
+        "SELECT ts_ms / 86400000, project, provider, COALESCE(model, model_requested, ''), "
+        "route, status, COUNT(*), SUM(input_tokens), SUM(provider_cost_pusd), "
+        "SUM(credits_charged_pusd), SUM(provider_cost_pusd IS NULL) FROM requests "
+        "GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6")
+    rollup = led.query(
+        "SELECT day, project, provider, model, route, status, requests, input_tokens, "
+        "provider_cost_pusd, credits_charged_pusd, unpriced FROM requests_daily "
+        "ORDER BY 1, 2, 3, 4, 5, 6")
+    assert rollup == grouped and len(grouped) > 10
 
 
 def test_migrate_twice_is_a_no_op(tmp_path: Path) -> None:

@@ -217,3 +217,15 @@ def test_compare_costs_accepts_a_dataframe_and_default_requests() -> None:
     assert frame["provider_cost_usd"].iloc[0] == pytest.approx(0.0125 + 0.001)
     with pytest.raises(ConfigurationError, match="model"):
         reports.compare_costs([{"input_tokens": 1}])
+
+
+def test_spend_since_mid_day_reads_the_partial_day_from_rows(
+        synthetic: list[LedgerRow]) -> None:
+    """since inside a day: that day's rows come from requests, later days from the rollup."""
+    since = YESTERDAY + timedelta(milliseconds=1500)     # after "a", before "b"
+    frame = reports.spend(by="day", since=since)
+    assert list(frame["requests"]) == [1, 4]
+    assert frame["cost_usd"].tolist() == [0.0025, 0.007875]
+    p1 = reports.spend(by=["day", "project"], since=since, project="p1")
+    assert list(p1["project"]) == ["p1", "p1"] and list(p1["requests"]) == [1, 3]
+    assert reports.spend(by="day", since=TODAY)["requests"].tolist() == [4]
