@@ -166,6 +166,7 @@ class Exchange:
 
     async def hold(self) -> None:
         """The ``timeout`` fault: answer nothing until the client gives up (or the cap)."""
+        self.server.record_timeout(self)
         await self.resp.hold(self.server.timeout_hold_s)
 
 

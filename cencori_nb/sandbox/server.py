@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from email.utils import formatdate
 from typing import Any
@@ -136,7 +136,7 @@ def _http_date() -> str:
 class Responder:
     """Writes one response on a keep-alive connection (whole, streamed, cut or never)."""
 
-    __slots__ = ("_reader", "_writer", "keep_alive", "status", "started", "closed")
+    __slots__ = ("_reader", "_writer", "keep_alive", "status", "started", "closed", "on_head")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  keep_alive: bool) -> None:
@@ -146,11 +146,16 @@ class Responder:
         self.status = 0
         self.started = False
         self.closed = False
+        # called with the status just before the head is written, so counters are final
+        # by the time a client can read the answer
+        self.on_head: Callable[[int], None] | None = None
 
     def _head(self, status: int, headers: list[tuple[str, str]], content_type: str,
               framing: str) -> bytes:
         self.status = status
         self.started = True
+        if self.on_head is not None:
+            self.on_head(status)
         parts = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
                  f"Date: {_http_date()}\r\nServer: cencori-nb-sandbox\r\nX-Sandbox: true\r\n"
                  f"Content-Type: {content_type}\r\n{framing}"]
@@ -518,6 +523,8 @@ class SandboxServer:
         else:
             fault = self.faults.draw() if handler == "chat" else None
         ex = Exchange(self, req, resp, route, fault)
+        resp.on_head = lambda status: self._stats.record(
+            ex, f"{status}-cut" if status == 200 and fault == "truncate" else str(status))
         try:
             if handler == "chat":
                 await door.handle_chat(ex)
@@ -532,13 +539,10 @@ class SandboxServer:
                                                 "type": "sandbox_error"}}).encode())
             else:
                 resp.close()
-        if not resp.started:
-            status = "timeout"
-        elif resp.closed and ex.fault == "truncate":
-            status = f"{resp.status}-cut"
-        else:
-            status = str(resp.status)
-        self._stats.record(ex, status)
+
+    def record_timeout(self, ex: Exchange) -> None:
+        """Count a request the ``timeout`` fault will never answer."""
+        self._stats.record(ex, "timeout")
 
     def _route(self, req: Request) -> tuple[str, str, Door]:
         """``(route label, "chat"|"models", door)``; ``HttpError`` 404/405 otherwise."""
