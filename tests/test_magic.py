@@ -295,6 +295,23 @@ def test_key_shaped_argument_refused_and_scrubbed_from_history(shell: Interactiv
     assert rows and not any(canary in (a or "") + (b or "") for a, b in rows)
 
 
+def test_other_exceptions_propagate(shell: InteractiveShell) -> None:
+    """Only CencoriErrors become one line: a user object failing in str() raises as usual."""
+
+    class Broken:
+        def __str__(self) -> str:
+            raise ZeroDivisionError("user bug")
+
+    shell.user_ns["table"] = Broken()
+    _cap, result = run(shell, "%%cencori --dry-run\nlook at {table}")
+    assert isinstance(result.error_in_exec, ZeroDivisionError)
+
+
+def test_no_exception_handler_installed(shell: InteractiveShell) -> None:
+    """Loading the extension installs no custom exception handler."""
+    assert shell.custom_exceptions == ()
+
+
 # ----------------------------------------------------------------------------- subcommands
 def test_help(shell: InteractiveShell) -> None:
     for source in ("%cencori", "%cencori help"):

@@ -162,6 +162,10 @@ class CencoriMagics(Magics):
         except CencoriError as exc:
             view.finish(error_bundle(str(exc)))   # the error replaces the partial text
             return None, view
+        except KeyboardInterrupt:
+            # Keep what arrived, without the typing cursor; the interrupt goes on to IPython.
+            view.finish(notice_bundle(f"interrupted; partial reply:\n{view.text}"))
+            raise
         return chunks.completion, view
 
     # ---------------------------------------------------------------- history hygiene
