@@ -715,7 +715,14 @@ def map(prompts: Iterable[Prompt] | pd.Series, *, model: str | None = None,  # n
     loop = _batch_loop()
     future = asyncio.run_coroutine_threadsafe(batch.run(), loop)
     try:
-        future.result()
+        # Wait in short slices: a lock wait is not interruptible everywhere (Windows, or an
+        # interrupt raised by _thread.interrupt_main), and Ctrl-C must get through at once.
+        while True:
+            try:
+                future.result(timeout=0.2)
+                break
+            except concurrent.futures.TimeoutError:
+                continue
     except KeyboardInterrupt:
         loop.call_soon_threadsafe(batch.interrupt)
         with contextlib.suppress(concurrent.futures.TimeoutError, asyncio.CancelledError,

@@ -1,0 +1,455 @@
+"""Batch engine with an injected ``achat`` (a plain async function): order, errors, retries,
+rate-limit storms on a fake clock, interrupts and resume, the accessor, progress displays.
+
+End-to-end runs against the sandbox are in ``test_batch_sandbox.py``.
+"""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import io
+import random
+import threading
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import cencori_nb
+from cencori_nb import batch
+from cencori_nb.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    CreditsExhaustedError,
+    ProviderUnavailableError,
+    RateLimitError,
+)
+from cencori_nb.progress import TextProgress, WidgetProgress, summary_line
+from cencori_nb.ratelimit import AdaptiveLimiter
+from cencori_nb.types import Completion
+
+
+def completion(prompt: str, *, route: str = "byok", cached: bool = False,
+               cost: str = "0.001", credits: str = "0") -> Completion:
+    return Completion(text=f"echo: {prompt}", model="gpt-4o-mini", provider="openai",
+                      route=route, input_tokens=len(prompt), output_tokens=3,
+                      provider_cost_usd=Decimal(0) if cached else Decimal(cost),
+                      credits_charged_usd=Decimal(credits), cached=cached,
+                      request_id=f"req-{prompt}")
+
+
+class FakeAchat:
+    """Records every call; answers after an optional delay; fails rows on request."""
+
+    def __init__(self, *, delay: Any = None, fail: dict[str, BaseException] | None = None,
+                 route: str = "byok") -> None:
+        self.calls: list[str] = []
+        self.kwargs: list[dict[str, Any]] = []
+        self.delay = delay
+        self.fail = fail or {}
+        self.route = route
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def __call__(self, prompt: str, **kwargs: Any) -> Completion:
+        self.calls.append(prompt)
+        self.kwargs.append(kwargs)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay is not None:
+                await asyncio.sleep(self.delay(prompt) if callable(self.delay) else self.delay)
+            exc = self.fail.get(prompt)
+            if exc is not None:
+                raise exc
+            return completion(prompt, route=self.route,
+                              credits="0.002" if self.route == "managed" else "0")
+        finally:
+            self.in_flight -= 1
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 6))
+        target = self.now + seconds
+        await asyncio.sleep(0)
+        self.now = max(self.now, target)
+
+
+def test_order_preserved_with_shuffled_latencies() -> None:
+    """Rows come back in input order although they finish in a random order."""
+    rng = random.Random(7)
+    delays = {f"p{i}": rng.uniform(0, 0.02) for i in range(60)}
+    fake = FakeAchat(delay=lambda p: delays[p])
+    out = cencori_nb.map(list(delays), achat=fake, concurrency=16, progress=False)
+    assert list(out["prompt"]) == list(delays)
+    assert list(out["text"]) == [f"echo: {p}" for p in delays]
+    assert list(out.columns[:8]) == ["prompt", "text", "error", "input_tokens",
+                                     "output_tokens", "cost_usd", "route", "cached"]
+    assert out["error"].isna().all()
+    assert sorted(fake.calls) == sorted(delays)
+    assert 1 < fake.max_in_flight <= 16
+    assert out.attrs["cencori"]["sent_requests"] == 60
+
+
+def test_each_call_gets_the_batch_options_and_no_client_retries() -> None:
+    """achat sees model/route/system/temperature/max_tokens/project/cache and retries=0."""
+    fake = FakeAchat()
+    cencori_nb.map(["a"], achat=fake, model="gpt-4o-mini", route="byok", system="Be brief",
+                   temperature=0.3, max_tokens=20, project="p1", cache=False, progress=False)
+    assert fake.kwargs == [{"model": "gpt-4o-mini", "provider": None, "route": "byok",
+                            "system": "Be brief", "temperature": 0.3, "max_tokens": 20,
+                            "project": "p1", "cache": False, "retries": 0}]
+
+
+def test_series_input_keeps_its_index() -> None:
+    """A Series of prompts gives a result indexed like the Series."""
+    s = pd.Series(["x", "y", "z"], index=[30, 10, 20])
+    out = cencori_nb.map(s, achat=FakeAchat(), progress=False)
+    assert list(out.index) == [30, 10, 20]
+    assert list(out["text"]) == ["echo: x", "echo: y", "echo: z"]
+
+
+def test_failing_rows_get_their_error_and_the_batch_goes_on() -> None:
+    """A non-retryable error fills `error` for that row only; others succeed."""
+    bad = AuthenticationError("The openai key was rejected (401).", provider="openai",
+                              status_code=401, hint="Store a new key.")
+    fake = FakeAchat(fail={"p3": bad, "p7": ValueError("weird")})
+    out = cencori_nb.map([f"p{i}" for i in range(10)], achat=fake, progress=False)
+    errors = out["error"].tolist()
+    assert errors[3] == ("AuthenticationError (401): The openai key was rejected (401). "
+                         "Store a new key.")
+    assert errors[7] == "ValueError: weird"
+    assert out["text"].isna().tolist() == [i in (3, 7) for i in range(10)]
+    assert out.loc[3, "cost_usd"] == Decimal(0)
+    assert fake.calls.count("p3") == 1           # not retried
+    assert len(fake.calls) == 10
+
+
+def test_transient_errors_are_retried_a_bounded_number_of_times() -> None:
+    """5xx is retried `retries` times with backoff on the injected sleep, then reported."""
+    clock = FakeClock()
+    down = ProviderUnavailableError("openai answered 503.", provider="openai", status_code=503)
+    fake = FakeAchat(fail={"b": down})
+    lim = AdaptiveLimiter(4, clock=clock, sleep=clock.sleep)
+    out = cencori_nb.map(["a", "b"], achat=fake, retries=2, limiter=lim, progress=False)
+    assert fake.calls.count("b") == 3
+    assert out["error"].tolist()[1].startswith("ProviderUnavailableError (503)")
+    # two backoffs: 0.5 s and 1 s, each with jitter in [50 %, 100 %]
+    assert len(clock.sleeps) == 2
+    assert 0.25 <= clock.sleeps[0] <= 0.5 and 0.5 <= clock.sleeps[1] <= 1.0
+    assert lim.limit == 4                         # 5xx does not lower concurrency
+
+
+def test_429_storm_pauses_everyone_halves_concurrency_and_recovers() -> None:
+    """The first 24 calls get 429 (Retry-After 3 s): all rows still succeed, the workers
+    wait out the pause on the injected clock, concurrency halves once per overload."""
+    clock = FakeClock()
+    state = {"n": 0}
+    inner = FakeAchat(delay=0.002)
+
+    async def achat(prompt: str, **kw: Any) -> Completion:
+        state["n"] += 1
+        if state["n"] <= 24:
+            await asyncio.sleep(0)
+            raise RateLimitError("Rate limited.", provider="openai", status_code=429,
+                                 retry_after=3.0)
+        return await inner(prompt, **kw)
+
+    lim = AdaptiveLimiter(8, clock=clock, sleep=clock.sleep)
+    out = cencori_nb.map([f"p{i}" for i in range(40)], achat=achat, concurrency=8,
+                         limiter=lim, progress=False)
+    assert out["error"].isna().all()
+    assert lim.rate_limited == 24
+    kinds = [(e.kind, e.limit) for e in lim.events]
+    decreases = [limit for kind, limit in kinds if kind == "decrease"]
+    assert decreases[0] == 4                      # the first burst halves once, not 8 times
+    assert decreases == sorted(decreases, reverse=True)
+    assert all(e.pause_s == 3.0 for e in lim.events if e.kind == "pause")
+    assert set(clock.sleeps) == {3.0}             # only waits: the Retry-After
+    assert clock.now == 3.0 * len([e for e in lim.events if e.kind == "pause"])
+    assert inner.max_in_flight <= decreases[-1] + len(
+        [e for e in lim.events if e.kind == "increase"])
+    assert out.attrs["cencori"]["rate_limited"] == 24
+
+
+def test_rate_limit_retries_are_bounded() -> None:
+    """A row that is rate-limited forever fails after MAX_RATE_LIMIT_RETRIES + 1 tries."""
+    clock = FakeClock()
+    fake = FakeAchat(fail={"x": RateLimitError("Rate limited.", status_code=429,
+                                               retry_after=1.0)})
+    lim = AdaptiveLimiter(2, clock=clock, sleep=clock.sleep)
+    out = cencori_nb.map(["x"], achat=fake, limiter=lim, progress=False)
+    assert fake.calls.count("x") == batch.MAX_RATE_LIMIT_RETRIES + 1
+    assert out["error"][0].startswith("RateLimitError (429)")
+
+
+def test_credit_exhaustion_stops_starting_rows() -> None:
+    """After a credits error the remaining rows are not sent and say why."""
+    fake = FakeAchat(fail={"p2": CreditsExhaustedError("Credit balance exhausted.",
+                                                       hint="Top up.")})
+    out = cencori_nb.map([f"p{i}" for i in range(6)], achat=fake, concurrency=1,
+                         progress=False)
+    assert fake.calls == ["p0", "p1", "p2"]
+    assert out["error"].tolist()[3:] == [
+        "not sent: CreditsExhaustedError: Credit balance exhausted. Top up."] * 3
+    assert out.attrs["cencori"]["stopped"].startswith("CreditsExhaustedError")
+
+
+def test_empty_prompts_are_not_sent() -> None:
+    """None / NaN / blank rows are reported, not sent."""
+    fake = FakeAchat()
+    out = cencori_nb.map(["ok", None, float("nan"), "  "], achat=fake, progress=False)
+    assert fake.calls == ["ok"]
+    assert out["error"].tolist()[1:] == ["not sent: empty prompt"] * 3
+
+
+def test_cost_column_is_credits_for_managed_and_provider_cost_for_byok() -> None:
+    """cost_usd: managed → credits charged, BYOK → provider cost, cache hit → 0."""
+    managed = cencori_nb.map(["a"], achat=FakeAchat(route="managed"), progress=False)
+    assert managed["cost_usd"][0] == Decimal("0.002")
+    assert managed["provider_cost_usd"][0] == Decimal("0.001")
+    byok = cencori_nb.map(["a"], achat=FakeAchat(route="byok"), progress=False)
+    assert byok["cost_usd"][0] == Decimal("0.001")
+
+    async def hit(prompt: str, **kw: Any) -> Completion:
+        return completion(prompt, cached=True)
+
+    cached = cencori_nb.map(["a"], achat=hit, progress=False)
+    assert cached["cost_usd"][0] == Decimal(0) and bool(cached["cached"][0]) is True
+
+
+def test_duplicate_prompts_in_a_deterministic_batch_are_sent_one_after_the_other() -> None:
+    """Copies wait for the first send (so they can hit the cache) instead of racing it."""
+    events: list[str] = []
+
+    async def achat(prompt: str, **kw: Any) -> Completion:
+        events.append(f"start {prompt}")
+        await asyncio.sleep(0.01)
+        events.append(f"end {prompt}")
+        return completion(prompt)
+
+    cencori_nb.map(["a", "a", "b"], achat=achat, concurrency=4, progress=False)
+    assert events.index("end a") < events.index("start a", events.index("start a") + 1)
+    events.clear()
+    cencori_nb.map(["a", "a"], achat=achat, concurrency=4, temperature=0.7, progress=False)
+    assert events[:2] == ["start a", "start a"]   # sampling: both sent at once
+
+
+def test_checkpoint_resume_sends_only_missing_rows_and_is_removed_when_done(
+        private_home: Path) -> None:
+    """Failed rows are retried by the next identical run; finished rows are not resent."""
+    prompts = [f"q{i}" for i in range(8)]
+    first = FakeAchat(fail={"q2": ProviderUnavailableError("503", status_code=503),
+                            "q5": AuthenticationError("401", status_code=401)})
+    out1 = cencori_nb.map(prompts, achat=first, retries=0, temperature=0.9, progress=False)
+    assert out1["error"].notna().sum() == 2
+    files = list((private_home / "batches").glob("*.jsonl"))
+    assert len(files) == 1 and oct(files[0].stat().st_mode & 0o777) == "0o600"
+
+    second = FakeAchat()
+    out2 = cencori_nb.map(prompts, achat=second, temperature=0.9, progress=False)
+    assert sorted(second.calls) == ["q2", "q5"]
+    assert out2["error"].isna().all()
+    assert out2["text"].tolist() == [f"echo: {p}" for p in prompts]
+    assert out2["cost_usd"].tolist() == [Decimal("0.001")] * 8
+    assert out2.attrs["cencori"]["resumed_rows"] == 6
+    assert out2.attrs["cencori"]["spent_usd_this_run"] == "0.002"
+    assert not list((private_home / "batches").glob("*.jsonl"))   # done: checkpoint gone
+
+    third = FakeAchat()
+    cencori_nb.map(prompts, achat=third, temperature=0.9, progress=False)
+    assert len(third.calls) == 8                  # a finished batch runs afresh
+
+
+def test_resume_false_sends_every_row() -> None:
+    """resume=False ignores the checkpoint of an earlier partial run."""
+    prompts = ["a", "b"]
+    cencori_nb.map(prompts, achat=FakeAchat(fail={"b": ValueError("x")}), progress=False)
+    again = FakeAchat()
+    cencori_nb.map(prompts, achat=again, resume=False, progress=False)
+    assert sorted(again.calls) == ["a", "b"]
+
+
+def test_interrupt_returns_partial_and_resume_sends_only_missing_rows() -> None:
+    """Ctrl-C during map(): BatchInterrupted with .partial; the re-run sends the rest."""
+    prompts = [f"r{i}" for i in range(20)]
+    gate = threading.Event()
+
+    async def achat(prompt: str, **kw: Any) -> Completion:
+        if int(prompt[1:]) >= 5:
+            while not gate.is_set():
+                await asyncio.sleep(0.005)
+        return completion(prompt)
+
+    def interrupt_when_five_done() -> None:
+        import time
+
+        from cencori_nb.home import home_dir
+
+        def finished() -> int:   # lines in the batch's checkpoint = rows finished
+            return sum(len(p.read_text().splitlines())
+                       for p in (home_dir() / "batches").glob("*.jsonl"))
+
+        while finished() < 5:
+            time.sleep(0.005)
+        _thread.interrupt_main()
+
+    t = threading.Thread(target=interrupt_when_five_done)
+    t.start()
+    with pytest.raises(batch.BatchInterrupted) as info:
+        cencori_nb.map(prompts, achat=achat, concurrency=4, progress=False)
+    t.join()
+    gate.set()
+    err = info.value
+    assert isinstance(err, KeyboardInterrupt)
+    part = err.partial
+    assert part["text"].tolist()[:5] == [f"echo: r{i}" for i in range(5)]
+    assert part["error"].tolist()[5:] == ["interrupted"] * 15
+    assert "run the same call again to send only the 15 missing rows" in str(err)
+    assert part.attrs["cencori"]["interrupted"] is True
+
+    again = FakeAchat()
+    out = cencori_nb.map(prompts, achat=again, concurrency=4, progress=False)
+    assert sorted(again.calls) == sorted(prompts[5:])
+    assert out["error"].isna().all()
+    assert out["text"].tolist() == [f"echo: {p}" for p in prompts]
+
+
+@pytest.mark.asyncio
+async def test_amap_cancel_reraises_and_keeps_finished_rows_for_resume() -> None:
+    """Cancelling amap re-raises CancelledError; a re-run sends only the unfinished rows."""
+    prompts = [f"s{i}" for i in range(10)]
+    done = asyncio.Event()
+    finished: list[str] = []
+
+    async def achat(prompt: str, **kw: Any) -> Completion:
+        if int(prompt[1:]) >= 3:
+            await asyncio.sleep(3600)
+        finished.append(prompt)
+        if len(finished) == 3:
+            done.set()
+        return completion(prompt)
+
+    task = asyncio.create_task(cencori_nb.amap(prompts, achat=achat, concurrency=5,
+                                               progress=False))
+    await asyncio.wait_for(done.wait(), 5)
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    again = FakeAchat()
+    out = await cencori_nb.amap(prompts, achat=again, concurrency=5, progress=False)
+    assert sorted(again.calls) == sorted(prompts[3:])
+    assert out["error"].isna().all()
+
+
+def test_map_works_inside_a_running_event_loop() -> None:
+    """As in a Jupyter cell: map() called while the thread's loop is running."""
+
+    async def cell() -> pd.DataFrame:
+        return cencori_nb.map(["a", "b"], achat=FakeAchat(), progress=False)
+
+    out = asyncio.run(cell())
+    assert out["text"].tolist() == ["echo: a", "echo: b"]
+
+
+def test_map_refuses_a_single_string() -> None:
+    """A bare string is one prompt, not a batch: a clear error instead of 1-char rows."""
+    with pytest.raises(ConfigurationError, match="not one string"):
+        cencori_nb.map("hello", achat=FakeAchat(), progress=False)
+
+
+# -- accessor ---------------------------------------------------------------------------
+def test_dataframe_accessor_fills_template_and_aligns_with_index() -> None:
+    """df.cencori.prompt fills {column} per row; results keep the (non-default) index."""
+    df = pd.DataFrame({"text": ["alpha", "beta", None], "lang": ["en", "fr", "de"]},
+                      index=pd.Index(["k1", "k2", "k3"], name="key"))
+    fake = FakeAchat()
+    out = df.cencori.prompt("Summarise in {lang}: {text} {{ok}}", achat=fake, progress=False)
+    assert list(out.index) == ["k1", "k2", "k3"] and out.index.name == "key"
+    assert out.loc["k1", "prompt"] == "Summarise in en: alpha {ok}"
+    assert out.loc["k2", "text"] == "echo: Summarise in fr: beta {ok}"
+    assert out.loc["k3", "error"] == "not sent: empty value in column 'text'"
+    assert len(fake.calls) == 2
+    joined = df.join(out[["text"]].rename(columns={"text": "summary"}))
+    assert joined.loc["k2", "summary"] == "echo: Summarise in fr: beta {ok}"
+
+
+def test_dataframe_accessor_unknown_field_lists_columns() -> None:
+    """A brace naming no column fails before sending, naming the columns."""
+    df = pd.DataFrame({"text": ["a"], "title": ["t"]})
+    with pytest.raises(ConfigurationError) as info:
+        df.cencori.prompt("Summarise {body}", achat=FakeAchat(), progress=False)
+    assert "{body}" in str(info.value) and "Columns: text, title" in str(info.value)
+    assert "{{ and }}" in str(info.value)
+    with pytest.raises(ConfigurationError, match="positional"):
+        df.cencori.prompt("Summarise {}", achat=FakeAchat(), progress=False)
+    with pytest.raises(ConfigurationError, match="names no column"):
+        df.cencori.prompt("Summarise", achat=FakeAchat(), progress=False)
+
+
+def test_dataframe_accessor_numeric_column_names() -> None:
+    """{0} finds a column named 0 (format_map alone could not)."""
+    df = pd.DataFrame({0: ["a", "b"]}, index=[5, 6])
+    assert df.cencori.prompts("x={0}").tolist() == ["x=a", "x=b"]
+
+
+def test_series_accessor_fills_value_and_aligns() -> None:
+    """series.cencori.prompt('… {}') sends each value; index kept; named fields refused."""
+    s = pd.Series(["good", "bad"], index=[100, 7], name="review")
+    fake = FakeAchat()
+    out = s.cencori.prompt("Sentiment of: {}", achat=fake, progress=False)
+    assert list(out.index) == [100, 7]
+    assert out.loc[7, "prompt"] == "Sentiment of: bad"
+    assert s.cencori.prompt(achat=FakeAchat(), progress=False)["prompt"].tolist() == \
+        ["good", "bad"]
+    with pytest.raises(ConfigurationError, match="Series has one value"):
+        s.cencori.prompt("Sentiment of: {review}", achat=fake, progress=False)
+
+
+# -- progress ---------------------------------------------------------------------------
+def test_text_progress_is_throttled_and_ends_with_a_newline() -> None:
+    """The terminal line updates at most every min_interval_s, \\r in place, then \\n."""
+    t = {"now": 0.0}
+    buf = io.StringIO()
+    p = TextProgress(10, stream=buf, min_interval_s=0.1, clock=lambda: t["now"])
+    p.update(1, 0, Decimal("0.01"))
+    p.update(2, 0, Decimal("0.02"))             # throttled
+    t["now"] = 0.2
+    p.update(3, 1, Decimal("0.03"))
+    p.close(10, 1, Decimal("0.1"))
+    out = buf.getvalue()
+    assert out.count("\r") == 3
+    assert "1/10 rows · 0 errors · $0.0100" in out
+    assert "2/10" not in out
+    assert "3/10 rows · 1 error · $0.0300" in out
+    assert out.endswith("10/10 rows · 1 error · $0.1000\n")
+
+
+def test_map_prints_progress_to_stderr_in_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    """progress=True outside a notebook writes the summary line to stderr."""
+    cencori_nb.map(["a", "b", "c"], achat=FakeAchat(), progress=True)
+    err = capsys.readouterr().err
+    assert err.endswith("cencori: 3/3 rows · 0 errors · $0.0030\n")
+
+
+def test_widget_progress_state() -> None:
+    """The widget's bar and label follow the batch (no browser needed)."""
+    w = WidgetProgress(4, display=False, min_interval_s=0)
+    w.update(2, 1, Decimal("0.5"))
+    assert w.bar.value == 2 and w.bar.max == 4 and w.bar.bar_style == "warning"
+    assert w.label.value == summary_line(2, 4, 1, Decimal("0.5"))
+    w.close(4, 1, Decimal("0.75"), note="interrupted")
+    assert w.bar.value == 4 and w.bar.bar_style == "danger"
+    assert w.label.value.endswith("interrupted")
