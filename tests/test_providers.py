@@ -585,6 +585,58 @@ def test_openrouter_402_is_the_providers_billing_not_our_wallet() -> None:
     assert "OpenRouter" in str(err)
 
 
+def test_mistral_422_validation_detail_is_quoted_readably() -> None:
+    body = {"object": "error", "message": {"detail": [
+        {"type": "extra_forbidden", "loc": ["body", "stream_options", "include_usage"],
+         "msg": "Extra inputs are not permitted", "input": True}]},
+        "type": "invalid_request_error", "param": None, "code": None}
+    err = map_status(get_provider("mistral"), 422, body)
+    assert type(err) is errors.InvalidRequestError
+    assert err.code == "invalid_request_error"
+    assert "stream_options.include_usage: Extra inputs are not permitted" in str(err)
+
+
+def test_xai_wrong_key_400_is_authentication(canary: str) -> None:
+    """xAI answers a wrong key with 400 and a sentence; it is still an auth failure."""
+    masked = canary[:2] + "***" + canary[-2:]
+    body = {"code": "Client specified an invalid argument",
+            "error": f"Incorrect API key provided: {masked}. You can obtain an API key from "
+                     "https://console.x.ai."}
+    err = map_status(get_provider("xai"), 400, body, key=canary)
+    assert type(err) is errors.AuthenticationError
+    assert "`cencori-nb keys set xai`" in str(err)
+    assert_no_leak(err, canary)
+
+
+def test_ollama_model_not_pulled_hint() -> None:
+    err = map_status(get_provider("local"), 404,
+                     {"error": "model \"llama3.2\" not found, try pulling it first"}, key="")
+    assert type(err) is errors.InvalidRequestError
+    assert "ollama pull" in str(err)
+    assert "llama3.2" in str(err)
+
+
+def test_map_error_on_an_unread_stream_or_a_bare_response() -> None:
+    """The transport reads error bodies first, but a mapper must not crash if it did not."""
+    adapter = get_provider("openai")
+    unread = httpx2.Response(429, headers={"retry-after": "3"},
+                             stream=httpx2.ByteStream(b'{"error": {"message": "slow"}}'))
+    err = adapter.map_error(unread)
+    assert type(err) is errors.RateLimitError and err.retry_after == 3.0
+    bare = httpx2.Response(401, json={"error": {"message": "no", "code": "invalid_api_key"}})
+    err = adapter.map_error(bare)            # no .request: no key hint, still clear
+    assert type(err) is errors.AuthenticationError
+    assert "The OpenAI key was rejected (401)." in str(err)
+    assert "keys set openai" in str(err)
+
+
+def test_local_server_refusing_a_missing_key_says_none_was_sent() -> None:
+    err = map_status(get_provider("local"), 401, {"error": "unauthorized"}, key="")
+    assert type(err) is errors.AuthenticationError
+    assert "no key was sent" in str(err)
+    assert "`cencori-nb keys set local`" in str(err)
+
+
 # --- Anthropic --------------------------------------------------------------------------------
 
 ANTHROPIC_RESPONSE = {

@@ -252,11 +252,23 @@ def test_cencori_spend_cap_fault(sbx: SandboxServer, canary: str) -> None:
 
 
 def test_cencori_unpriced_model_is_pricing_error(sbx: SandboxServer, canary: str) -> None:
+    """A model the gateway can route but not price fails closed: 503 pricing_unavailable."""
     adapter = get_provider("cencori")
     req = adapter.build_request(ChatRequest.from_prompt("hi"), model="mistral-tiny-unpriced",
                                 api_key=Secret("csk_" + canary), base_url=sbx.url)
     with httpx2.Client(timeout=10) as client:
         response = client.send(req)
     err = adapter.map_error(response)
-    assert response.status_code in (400, 404, 503)
-    assert isinstance(err, errors.PricingError | errors.InvalidRequestError)
+    assert type(err) is errors.PricingError
+    assert err.status_code == 503 and err.code == "pricing_unavailable"
+    assert "BYOK" in str(err)
+
+
+def test_cencori_unknown_model_is_invalid_request(sbx: SandboxServer, canary: str) -> None:
+    adapter = get_provider("cencori")
+    req = adapter.build_request(ChatRequest.from_prompt("hi"), model="nosuchmodel",
+                                api_key=Secret("csk_" + canary), base_url=sbx.url)
+    with httpx2.Client(timeout=10) as client:
+        err = adapter.map_error(client.send(req))
+    assert type(err) is errors.InvalidRequestError
+    assert err.status_code == 400 and "nosuchmodel" in str(err)

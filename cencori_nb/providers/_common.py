@@ -268,7 +268,11 @@ _KEY_HEADERS = ("x-api-key", "x-goog-api-key", "cencori_api_key")
 
 
 def sent_key(response: httpx2.Response) -> str | None:
-    """The credential the request carried, to show its hint and to scrub it from messages."""
+    """The credential the request carried, to show its hint and to scrub it from messages.
+
+    ``""`` when the request carried none (a local server without a key); None when the
+    response has no request to look at.
+    """
     try:
         headers = response.request.headers
     except RuntimeError:  # a Response built without its request (tests, odd callers)
@@ -280,7 +284,7 @@ def sent_key(response: httpx2.Response) -> str | None:
         value = headers.get(name)
         if value:
             return value
-    return None
+    return ""
 
 
 def parse_duration(value: Any) -> float | None:
@@ -375,10 +379,13 @@ def build_error(cls: type[CencoriError], *, provider: str, status: int | None,
         quoted += "."
     tail = f" {name} said: {quoted}" if quoted else ""
     if issubclass(cls, AuthenticationError):
-        what = (f"The {name} key {key_hint(key)} was rejected{where}." if key
-                else f"{name} refused the request{where}: no key was sent.")
-        default_hint = (f"Check it or set a new one with `cencori-nb keys set {provider}`."
-                        if key else f"Set one with `cencori-nb keys set {provider}`.")
+        if key == "":
+            what = f"{name} refused the request{where}: no key was sent."
+            default_hint = f"Set one with `cencori-nb keys set {provider}`."
+        else:
+            what = (f"The {name} key {key_hint(key)} was rejected{where}." if key
+                    else f"The {name} key was rejected{where}.")
+            default_hint = f"Check it or set a new one with `cencori-nb keys set {provider}`."
     elif issubclass(cls, RateLimitError):
         what = f"{name} rate limit reached{where}."
         default_hint = (f"Retry in {retry_after:g} s, or send fewer requests at once."

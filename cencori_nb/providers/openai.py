@@ -18,6 +18,7 @@ servers with the same code.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from ..catalog import PROVIDERS
@@ -185,14 +186,19 @@ class OpenAIProvider(Provider):
     def error_from_body(self, body: dict[str, Any], *, status: int | None,
                         key: str | None = None, request_id: str | None = None,
                         retry_after: float | None = None) -> CencoriError:
-        """Map ``{"error": {...}}`` (from an error response or inside a 200 stream)."""
+        """Map ``{"error": {...}}`` (from an error response or inside a 200 stream).
+
+        Also reads the compatible family's other shapes: Mistral's top-level ``message``
+        (a validation ``detail`` list on 422) and ``type``; xAI's and Ollama's
+        ``{"error": "text"}``.
+        """
         err = body.get("error")
         if isinstance(err, dict):
             said = err.get("message")
             raw_code, err_type = err.get("code"), err.get("type")
         else:
-            said, raw_code, err_type = (err if isinstance(err, str) else None), None, None
-            said = said or body.get("message")
+            said = err if isinstance(err, str) else _detail_text(body.get("message"))
+            raw_code, err_type = None, body.get("type")
         # OpenRouter puts the HTTP-like status in error.code (an int), also inside streams.
         if isinstance(raw_code, int) and not isinstance(raw_code, bool):
             status = status if status and status >= 400 else raw_code
@@ -204,7 +210,9 @@ class OpenAIProvider(Provider):
         else:
             cls = (_TYPE_CLASSES.get(code or "") or _TYPE_CLASSES.get(str(err_type or ""))
                    or ProviderUnavailableError)
-        if code == "invalid_api_key":
+        if code == "invalid_api_key" or (status == 400 and isinstance(said, str)
+                                         and _BAD_KEY_400.search(said)):
+            # xAI answers a wrong key with 400 "Incorrect API key provided"; no code says so.
             cls = AuthenticationError
         hint: str | None = None
         retryable: bool | None = None
@@ -217,10 +225,28 @@ class OpenAIProvider(Provider):
             hint = ("The prompt is longer than the model's context window: shorten it or use "
                     "a model with a longer context.")
         elif cls is InvalidRequestError and status == 404:
-            hint = "Check the model name: the provider does not know it or this key cannot use it."
+            hint = ("Check the model name: the provider does not know it or this key cannot "
+                    "use it." if self.name != "local" else
+                    "Check the model name; an Ollama server needs it pulled first "
+                    "(`ollama pull MODEL`).")
         return c.build_error(cls, provider=self.name, status=status, said=said, code=code,
                              request_id=request_id, retry_after=retry_after, key=key,
                              hint=hint, retryable=retryable)
+
+
+_BAD_KEY_400 = re.compile(r"\b(?:incorrect|invalid) api key\b", re.IGNORECASE)
+
+
+def _detail_text(message: Any) -> str | None:
+    """Mistral's 422 ``message.detail`` (pydantic errors) as ``loc: msg; …``."""
+    if isinstance(message, dict) and isinstance(message.get("detail"), list):
+        parts = []
+        for item in message["detail"][:3]:
+            if isinstance(item, dict):
+                loc = ".".join(str(x) for x in item.get("loc") or [] if x != "body")
+                parts.append(f"{loc}: {item.get('msg')}" if loc else str(item.get("msg")))
+        return "; ".join(parts) or None
+    return message if isinstance(message, str) else None
 
 
 class ChatCompletionsStreamParser(c.BaseStreamParser):
