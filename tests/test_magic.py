@@ -314,7 +314,7 @@ def test_no_exception_handler_installed(shell: InteractiveShell) -> None:
 
 # ----------------------------------------------------------------------------- subcommands
 def test_help(shell: InteractiveShell) -> None:
-    for source in ("%cencori", "%cencori help"):
+    for source in ("%cencori", "%cencori help", "%cencori -h", "%%cencori -h\nignored"):
         cap, _ = run(shell, source)
         assert "%%cencori [MODEL]" in texts(cap)[0]
 

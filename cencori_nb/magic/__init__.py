@@ -25,7 +25,7 @@ from traitlets import Bool, Enum, Int, Unicode, validate
 
 from ..errors import CencoriError
 from .interpolate import interpolate
-from .parser import FORMATS, ROUTES, CellArgs, KeyInArgumentsError, parse_cell_line, usage_text
+from .parser import FORMATS, ROUTES, CellArgs, KeyInArgumentsError, parse_cell_line
 from .render import Bundle, StreamView, error_bundle, notice_bundle, render_completion
 
 __all__ = ["CencoriMagics", "load_ipython_extension", "unload_ipython_extension"]
@@ -101,7 +101,9 @@ class CencoriMagics(Magics):
         """Parse, interpolate, send (or dry-run) and render one ``%%cencori`` cell."""
         args = parse_cell_line(line)
         if args.help:
-            show(notice_bundle("\n" + usage_text()))
+            from .commands import help_bundle
+
+            show(help_bundle())
             return
         user_ns = self.shell.user_ns if self.shell is not None else {}
         # IPython hands the body over with its final newline; it is not part of the prompt.

@@ -22,7 +22,7 @@ from .render import Bundle, bundle, notice_bundle
 if TYPE_CHECKING:
     from . import CencoriMagics
 
-__all__ = ["dry_run", "run_line"]
+__all__ = ["dry_run", "help_bundle", "run_line"]
 
 _PROJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
@@ -42,8 +42,13 @@ def run_line(magics: CencoriMagics, line: str) -> Any:
 
 
 # ----------------------------------------------------------------------------- handlers
+def help_bundle() -> Bundle:
+    """``%cencori help`` (also ``%%cencori -h``)."""
+    return bundle(usage_text(), text_html=f"<pre>{html.escape(usage_text())}</pre>")
+
+
 def _help(magics: CencoriMagics, args: LineArgs) -> None:
-    show(bundle(usage_text(), text_html=f"<pre>{html.escape(usage_text())}</pre>"))
+    show(help_bundle())
 
 
 def _setup(magics: CencoriMagics, args: LineArgs) -> None:
