@@ -58,6 +58,13 @@ def openai_key(sandbox_env: str) -> str:
     return OPENAI_KEY
 
 
+def _restore_env_after_test(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Unset ``name`` now and restore its value after the test, even though the magic sets
+    it behind monkeypatch's back (delenv of an unset variable records no undo)."""
+    monkeypatch.setenv(name, "placeholder")
+    monkeypatch.delenv(name)
+
+
 def _magics(shell: InteractiveShell) -> CencoriMagics:
     return next(c for c in shell.configurables if isinstance(c, CencoriMagics))
 
@@ -373,7 +380,7 @@ def test_credits(shell: InteractiveShell) -> None:
 
 def test_use_project(shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
     """use PROJECT sets the project for this kernel (in-process env)."""
-    monkeypatch.delenv("CENCORI_NB_PROJECT", raising=False)
+    _restore_env_after_test(monkeypatch, "CENCORI_NB_PROJECT")
     from cencori_nb import keys
 
     keys.set("openai", OPENAI_KEY, project="acme")
@@ -395,7 +402,7 @@ def test_cache_clear(shell: InteractiveShell, openai_key: str) -> None:
 
 def test_sandbox_on_and_off(shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
     """sandbox on starts a server in a thread and points this kernel at it; off undoes it."""
-    monkeypatch.delenv("CENCORI_NB_SANDBOX", raising=False)
+    _restore_env_after_test(monkeypatch, "CENCORI_NB_SANDBOX")
     from cencori_nb import keys
 
     keys.set("openai", OPENAI_KEY)
