@@ -744,6 +744,19 @@ def test_anthropic_stream_full_sequence() -> None:
     assert result.usage == Usage(125, 15, 100, 0, 0)
 
 
+def test_anthropic_stream_thinking_deltas_are_not_text_and_unnamed_events_parse() -> None:
+    """thinking_delta is not shown; events without an ``event:`` line use their data type."""
+    adapter = get_provider("anthropic")
+    request = adapter.build_request(chat(stream=True), model="claude-sonnet-4-5",
+                                    api_key=Secret("sk-ant-x"), base_url=BASE)
+    thinking = data({"type": "content_block_delta", "index": 0,
+                     "delta": {"type": "thinking_delta", "thinking": "Hmm, let me see"}})
+    payload = _anthropic_events(extra=[thinking]).replace(b"event: message_stop\n", b"")
+    parser, deltas, _ = run_stream(adapter, request, payload)
+    assert deltas == ["Hello", "!"]
+    assert parser.done is True     # message_stop recognised from its data alone
+
+
 def test_anthropic_stream_cut_before_message_delta_has_no_usage() -> None:
     adapter = get_provider("anthropic")
     request = adapter.build_request(chat(stream=True), model="claude-haiku-4-5",

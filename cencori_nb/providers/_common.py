@@ -37,9 +37,10 @@ if TYPE_CHECKING:
     import httpx2
 
 __all__ = [
-    "BaseStreamParser", "body_with_extra", "build_error", "class_for_status", "display_name",
-    "error_json", "header_retry_after", "json_request", "loads", "parse_duration",
-    "request_id_from", "require", "response_json", "scrub", "sent_key", "to_decimal", "to_int",
+    "BaseStreamParser", "body_with_extra", "build_error", "class_for_status", "dig",
+    "display_name", "error_json", "error_text", "header_retry_after", "join_base",
+    "json_request", "loads", "parse_duration", "quote", "reject_reserved", "require",
+    "response_json", "scrub", "sent_key", "to_decimal", "to_int",
 ]
 
 MAX_QUOTED = 300   # characters of a provider's own error message we quote
@@ -253,16 +254,7 @@ def join_base(base_url: str, path: str) -> str:
     return base_url.rstrip("/") + path
 
 
-# --- responses: request id, credential, retry hints -----------------------------------------
-
-def request_id_from(response: httpx2.Response, names: Iterable[str]) -> str | None:
-    """The first of the named headers present on ``response``."""
-    for name in names:
-        value = response.headers.get(name)
-        if value:
-            return value
-    return None
-
+# --- responses: credential, retry hints -----------------------------------------
 
 _KEY_HEADERS = ("x-api-key", "x-goog-api-key", "cencori_api_key")
 
