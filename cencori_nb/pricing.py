@@ -19,8 +19,10 @@ wallet with its own price (managed); refusing would lose an answer that is paid 
 gateway's refusal still reaches the user as a :class:`~cencori_nb.errors.PricingError`
 from the adapter, and :func:`require_price` lets a caller fail closed *before* sending.
 
-Lookups are cached per ``(provider, model)``, so pricing a request costs microseconds
-after the first call (the first one imports the 1.5 MB price table, about 0.5 s).
+Lookups are cached per ``(provider, model)`` and the common chat price shapes are computed
+directly (checked against genai-prices' own calculation for every mapped model), so pricing
+a request costs a few microseconds after the first call (the first imports the 1.5 MB
+price table, about 0.5 s).
 """
 
 from __future__ import annotations
@@ -54,8 +56,6 @@ PROVIDER_IDS: dict[str, str | None] = {
     "openrouter": "openrouter",
     "local": None,
 }
-# Providers whose model ids legitimately contain a slash ("openai/gpt-4o-mini").
-_SLASHED_IDS = {"openrouter", "together"}
 # "cencori" (the gateway) and unknown names: genai-prices finds the provider from the model.
 _INFER = "__infer__"
 
@@ -89,22 +89,25 @@ def price_version() -> str:
     return f"genai-prices {genai_prices.__version__}" + (f" (data {date})" if date else "")
 
 
-def genai_provider_id(provider: str, model: str) -> tuple[str | None, str]:
-    """Map our provider name and a returned model id to (genai-prices provider id, model ref).
+def genai_provider_id(provider: str, model: str) -> list[tuple[str | None, str]]:
+    """Candidate (genai-prices provider id, model ref) pairs to look up, in order.
 
-    ``provider/model`` ids (the gateway's, or an explicit prefix) are split when the prefix
-    is a provider we know; returns ``(None, model)`` for providers without prices.
+    The id as given first; then, for ``prefix/model`` ids whose prefix is a provider we know
+    (the gateway's ``openai/gpt-4o``), that provider and the bare model. Providers whose
+    own ids contain slashes (groq's ``openai/gpt-oss-120b``, openrouter) match on the first
+    try. ``(None, model)`` means no price table (local servers); ``_INFER`` lets
+    genai-prices find the provider from the model name (the ``cencori`` gateway).
     """
     model = model.strip()
     if model.startswith("models/"):          # Gemini sometimes names its models so
         model = model[len("models/"):]
-    if provider not in _SLASHED_IDS and "/" in model:
+    first = (PROVIDER_IDS[provider] if provider in PROVIDER_IDS else _INFER, model)
+    out = [first]
+    if "/" in model:
         prefix, rest = model.split("/", 1)
-        if prefix in PROVIDER_IDS:
-            provider, model = prefix, rest
-    if provider in PROVIDER_IDS:
-        return PROVIDER_IDS[provider], model
-    return _INFER, model
+        if prefix in PROVIDER_IDS and PROVIDER_IDS[prefix] is not None:
+            out.append((PROVIDER_IDS[prefix], rest))
+    return out
 
 
 _lock = threading.Lock()
@@ -118,16 +121,18 @@ def _lookup(provider: str, model: str) -> Any:
         return _lookups[key]
     except KeyError:
         pass
-    pid, ref = genai_provider_id(provider, model)
     found: Any = None
-    if pid is not None and ref:
+    for pid, ref in genai_provider_id(provider, model):
+        if pid is None or not ref:
+            break                        # no price table for this provider (local)
         from genai_prices import data_snapshot
 
         snapshot = data_snapshot.get_snapshot()
         try:
             found = snapshot.find_provider_model(ref, None, None if pid == _INFER else pid, None)
+            break
         except LookupError:
-            found = None
+            continue
     with _lock:
         _lookups[key] = found
     return found
@@ -165,8 +170,75 @@ def provider_cost(provider: str, model: str | None, usage: Usage, *,
     if found is None:
         return PriceQuote(None, version)
     gprovider, ginfo = found
-    calc = ginfo.calc_price(_genai_usage(usage), gprovider, genai_request_timestamp=_utc(when))
+    ts = _utc(when)
+    model_price = ginfo.get_prices(ts)
+    entry = _fast_rates(model_price)
+    if entry[1] is not None:
+        return PriceQuote(_fast_cost(entry, usage), version)
+    calc = ginfo.calc_price(_genai_usage(usage), gprovider, genai_request_timestamp=ts)
     return PriceQuote(Decimal(calc.total_price), version)
+
+
+# -- fast path -----------------------------------------------------------------------------
+# genai-prices' general calculation (unit registry, usage decomposition) costs ~100 µs a
+# call. For the price shapes of chat models (input, output, cache read/write, optional
+# token tiers and a per-request fee) the same arithmetic is a few multiplications; any
+# other price key sends the request through genai-prices itself. Units we never report
+# (audio, images, searches…) have zero usage, so they add nothing and subtract nothing.
+# tests/test_pricing.py checks the two agree on every model of every provider we map.
+_FAST_KEYS = {"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok",
+              "requests_kcount"}
+_ZERO_USAGE_KEYS = {
+    "cache_write_1h_mtok", "input_audio_mtok", "input_image_mtok", "input_video_mtok",
+    "output_audio_mtok", "output_image_mtok", "output_video_mtok", "cache_audio_read_mtok",
+    "cache_image_read_mtok", "output_reasoning_mtok", "output_citation_mtok",
+    "web_searches_kcount", "storage_searches_kcount", "social_searches_kcount",
+    "code_executions_kcount", "rerank_searches_kcount", "audio_hours", "input_audio_hours",
+    "output_audio_hours", "input_document_kpages", "input_annotated_document_kpages",
+    "input_gpixels"}
+_rates: dict[int, Any] = {}     # id(ModelPrice) -> rates tuple, or None (use genai-prices)
+_MTOK = Decimal(1_000_000)
+
+
+def _fast_rates(model_price: Any) -> Any:
+    key = id(model_price)
+    try:
+        return _rates[key]
+    except KeyError:
+        pass
+    values = {k: v for k, v in model_price.__dict__.items()
+              if not k.startswith("_") and v is not None}
+    rates = None
+    if (set(values) <= _FAST_KEYS | _ZERO_USAGE_KEYS and "input_mtok" in values
+            and "output_mtok" in values):
+        inp = values["input_mtok"]
+        rates = (inp, values["output_mtok"], values.get("cache_read_mtok", inp),
+                 values.get("cache_write_mtok", inp), values.get("requests_kcount"))
+    with _lock:
+        _rates[key] = (model_price, rates)      # keep the object alive: ids stay unique
+    return _rates[key]
+
+
+def _tier(price: Any, total_input: Any) -> Decimal:
+    """genai-prices' "cliff" tiers: past a threshold, every token pays the tier price."""
+    tiers = getattr(price, "tiers", None)
+    if tiers is None:
+        return price
+    for tier in reversed(tiers):
+        if total_input > tier.start:
+            return tier.price
+    return price.base
+
+
+def _fast_cost(entry: Any, usage: Usage) -> Decimal:
+    _, (p_in, p_out, p_cr, p_cw, p_req) = entry
+    total_in = usage.input_tokens
+    cr, cw = usage.cache_read_tokens, usage.cache_write_tokens
+    cost = (_tier(p_in, total_in) * (total_in - cr - cw) + _tier(p_cr, total_in) * cr
+            + _tier(p_cw, total_in) * cw + _tier(p_out, total_in) * usage.output_tokens) / _MTOK
+    if p_req is not None:
+        cost += _tier(p_req, total_in) / 1000
+    return cost
 
 
 def estimate_cost(provider: str, model: str | None, input_tokens: int,
@@ -206,3 +278,4 @@ def require_price(provider: str, model: str) -> None:
 def _reset_for_tests() -> None:
     with _lock:
         _lookups.clear()
+        _rates.clear()

@@ -118,3 +118,40 @@ def test_lookups_are_cached_per_provider_and_model() -> None:
     assert ("openai", "gpt-4o") in pricing._lookups
     assert pricing._lookups[("openai", "nope-model")] is None
     assert pricing.unit_prices("google", "gemini-2.5-pro")["input_mtok"] == Decimal("1.25")
+
+
+_USAGES = [Usage(1000, 500), Usage(3000, 500, 1000, 1000), Usage(250_000, 1000, 50_000, 10_000),
+           Usage(0, 0), Usage(128_001, 9, 0, 0), Usage(1_000_001, 7, 3, 2), Usage(12, 0, 12, 0)]
+_WHENS = [datetime(2024, 1, 1, tzinfo=UTC), datetime(2025, 6, 1, tzinfo=UTC), None]
+
+
+def test_fast_path_equals_genai_prices_for_every_mapped_model() -> None:
+    """Our direct arithmetic equals genai-prices' calc_price for every model of every provider
+    we map, across usages (cache tokens, tier crossings) and price periods."""
+    from genai_prices.data import providers
+
+    checked = 0
+    for ours, pid in pricing.PROVIDER_IDS.items():
+        if pid is None:
+            continue
+        gprov = next(p for p in providers if p.id == pid)
+        for model in gprov.models:
+            for when in _WHENS:
+                for usage in _USAGES:
+                    mine = pricing.provider_cost(ours, model.id, usage, when=when).cost_usd
+                    try:
+                        theirs = genai_prices.calc_price(
+                            genai_prices.Usage(input_tokens=usage.input_tokens,
+                                               output_tokens=usage.output_tokens,
+                                               cache_read_tokens=usage.cache_read_tokens,
+                                               cache_write_tokens=usage.cache_write_tokens),
+                            model.id, provider_id=pid,
+                            genai_request_timestamp=when or datetime.now(UTC)).total_price
+                    except LookupError:     # an id its own match rules do not accept
+                        assert mine is None
+                        continue
+                    assert mine == theirs, (ours, model.id, usage, when)
+                    checked += 1
+    fast = sum(entry[1] is not None for entry in pricing._rates.values())
+    slow = sum(entry[1] is None for entry in pricing._rates.values())
+    assert checked > 1000 and fast > 100 and slow >= 0
