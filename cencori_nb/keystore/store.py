@@ -46,6 +46,7 @@ from ..errors import (
     WrongPassphraseError,
 )
 from ..home import DIR_MODE, atomic_write, ensure_home, home_dir, private_umask
+from ..settings import current_project
 from . import crypto, kek
 from .secret import Secret
 
@@ -210,6 +211,10 @@ class _State:
     wrapped: crypto.Sealed = field(repr=False)
     dek: bytes = field(repr=False)
     records: dict[tuple[str, str], _Record]
+    # ProviderKey objects handed out by get(), built once per generation (init=False: a
+    # dataclasses.replace() starts with an empty one)
+    views: dict[tuple[str, str], ProviderKey | None] = field(
+        init=False, default_factory=dict, repr=False)
 
 
 _Sig = tuple[int, int, int, int]
@@ -254,10 +259,21 @@ class KeyStore:
 
     def get(self, provider: str, project: str | None = None) -> ProviderKey | None:
         """The stored BYOK key of ``provider`` in ``project`` (enabled or not), or None."""
-        record = self._records().get((self._project(project), provider))
-        if record is None or record.key is None or provider in (CENCORI, PROJECT_SLOT):
+        state = self._snapshot()
+        if state is None:
             return None
-        return ProviderKey(provider, record.key, record.enabled, record.default_model)
+        slot = (self._project(project), provider)
+        try:
+            return state.views[slot]
+        except KeyError:
+            pass
+        record = state.records.get(slot)
+        view = None
+        if record is not None and record.key is not None and provider not in (CENCORI,
+                                                                              PROJECT_SLOT):
+            view = ProviderKey(provider, record.key, record.enabled, record.default_model)
+        state.views[slot] = view
+        return view
 
     def cencori_key(self, project: str | None = None) -> Secret | None:
         """The project's Cencori key (``csk_…``, the managed route); None if unset or
@@ -430,8 +446,6 @@ class KeyStore:
     # ----------------------------------------------------------------------- helpers
 
     def _project(self, project: str | None) -> str:
-        from ..settings import current_project
-
         return clean_project(current_project(project))
 
     def _row(self, project: str, provider: str) -> KeyStatus:
