@@ -331,9 +331,48 @@ def _decide(model: str | None, provider: str | None, route: str, project: str | 
     return decision
 
 
+# (model, provider, route, project) → (settings object, store file signature, Decision).
+# A decision is reused while neither the settings nor the key store file changed; checking
+# that costs one stat, where resolving again costs several store lookups and a base-URL
+# computation (per-call overhead matters: see benchmarks/overhead.py).
+_memo: dict[tuple[Any, ...], tuple[Any, Any, Decision]] = {}
+_MEMO_MAX = 256
+
+
+def _store_signature() -> tuple[Any, ...]:
+    import os
+
+    store = _store()
+    try:
+        st = os.stat(store.path)
+    except FileNotFoundError:
+        return (store.path, None)
+    return (store.path, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
 def resolve(request: ChatRequest) -> Decision:
     """The :class:`Decision` for ``request`` (its model, provider, route and project)."""
-    return _decide(request.model, request.provider, request.route, request.project)
+    from .settings import load_settings
+    from .transport import register_secret
+
+    key = (request.model, request.provider, request.route, request.project)
+    settings = load_settings()
+    signature = _store_signature()
+    hit = _memo.get(key)
+    if hit is not None and hit[0] is settings and hit[1] == signature:
+        decision = hit[2]
+        register_secret(decision.credential)   # cheap; the registry may have been reset
+        return decision
+    decision = _decide(request.model, request.provider, request.route, request.project)
+    if len(_memo) >= _MEMO_MAX:
+        _memo.clear()
+    _memo[key] = (settings, signature, decision)
+    return decision
+
+
+def _reset_for_tests() -> None:
+    """Forget memoised decisions."""
+    _memo.clear()
 
 
 def explain_route(model: str | None = None, *, provider: str | None = None,

@@ -92,6 +92,10 @@ def _encode(settings: Settings) -> bytes:
 
 
 _cache: tuple[float, Settings] | None = None
+_DEFAULTS = Settings()   # returned while no config.json exists (one object: memo-friendly)
+# load_settings() runs several times per request: memoise the env overlay on the file's
+# Settings object (held here, so its identity cannot be reused) and the two env values.
+_overlaid: tuple[Settings, str | None, str | None, Settings] | None = None
 
 
 def _load_file() -> Settings:
@@ -100,7 +104,7 @@ def _load_file() -> Settings:
     try:
         mtime = path.stat().st_mtime_ns
     except FileNotFoundError:
-        return Settings()
+        return _DEFAULTS
     if _cache is not None and _cache[0] == mtime:
         return _cache[1]
     try:
@@ -115,13 +119,20 @@ def _load_file() -> Settings:
 
 def load_settings() -> Settings:
     """The current settings, file values overridden by ``CENCORI_NB_PROJECT`` / ``_SANDBOX``."""
-    settings = _load_file()
+    global _overlaid
+    base = _load_file()
     env_project = os.environ.get(ENV_PROJECT)
     env_sandbox = os.environ.get(ENV_SANDBOX)
+    memo = _overlaid
+    if (memo is not None and memo[0] is base and memo[1] == env_project
+            and memo[2] == env_sandbox):
+        return memo[3]
+    settings = base
     if env_project:
         settings = replace(settings, project=env_project)
     if env_sandbox:
         settings = replace(settings, sandbox_url=env_sandbox.rstrip("/"))
+    _overlaid = (base, env_project, env_sandbox, settings)
     return settings
 
 
