@@ -65,5 +65,21 @@ def __dir__() -> list[str]:
     return __all__
 
 
+def _register_pandas_accessor() -> None:
+    """``df.cencori`` / ``series.cencori`` exist as soon as both pandas and we are imported.
+
+    Only when pandas is already loaded (importing it here would make ``import cencori_nb``
+    heavy); otherwise the accessor is registered when :mod:`cencori_nb.batch` is first
+    imported (``cencori_nb.map``, ``%load_ext cencori_nb``).
+    """
+    import sys
+
+    if "pandas" in sys.modules and "cencori_nb.batch" not in sys.modules:
+        importlib.import_module("cencori_nb.batch")
+
+
+_register_pandas_accessor()
+
+
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
     return [{"module": "cencori_nb.jupyter"}]
