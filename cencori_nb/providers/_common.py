@@ -108,10 +108,20 @@ def to_decimal(value: Any) -> Decimal | None:
 
 # --- JSON -------------------------------------------------------------------------------------
 
+# One decoder for every body and stream event: ``json.loads(..., parse_float=…)`` would
+# build a new decoder per call, which shows on streams of many small events.
+_DECODER = json.JSONDecoder(parse_float=Decimal)
+
+
+def _decode(data: str | bytes) -> Any:
+    text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+    return _DECODER.decode(text)
+
+
 def loads(data: str | bytes, *, provider: str, what: str = "response") -> Any:
     """Parse JSON (floats as Decimal, so money keeps its digits) or raise BadResponseError."""
     try:
-        return json.loads(data, parse_float=Decimal)
+        return _decode(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadResponseError(
             f"{display_name(provider)} sent a {what} that is not valid JSON.",
@@ -151,7 +161,7 @@ def error_json(response: httpx2.Response) -> Any:
     if not content:
         return None
     try:
-        return json.loads(content, parse_float=Decimal)
+        return _decode(content)
     except (ValueError, UnicodeDecodeError):
         return None
 
