@@ -8,6 +8,8 @@ import pytest
 
 from cencori_nb.sandbox.replies import count_tokens
 
+# one client for the module: building one per call costs an SSL context each time
+HTTP = httpx2.Client(verify=False, timeout=10)
 KEY = "sk-ant-sandboxtest-Qx4F"
 PROMPT = "Explain BYOK in one paragraph"
 
@@ -53,7 +55,7 @@ def test_stream_text_and_final_usage(client):
 
 def test_raw_event_sequence(sandbox):
     """Every event has its event: line, in the documented order, ping included."""
-    with httpx2.stream("POST", sandbox.url + "/anthropic/v1/messages",
+    with HTTP.stream("POST", sandbox.url + "/anthropic/v1/messages",
                        headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"},
                        json={"model": "claude-haiku-4-5", "max_tokens": 3, "stream": True,
                              "messages": [{"role": "user", "content": "hi"}]}) as r:
@@ -70,7 +72,7 @@ def test_max_tokens_stop_reason(client):
 
 
 def test_x_api_key_header_is_accepted(sandbox):
-    r = httpx2.post(sandbox.url + "/anthropic/v1/messages",
+    r = HTTP.post(sandbox.url + "/anthropic/v1/messages",
                     headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"},
                     json={"model": "claude-haiku-4-5", "max_tokens": 10, "temperature": 0.2,
                           "messages": [{"role": "user", "content": "hi"}]})
@@ -79,7 +81,7 @@ def test_x_api_key_header_is_accepted(sandbox):
 
 def test_sampling_params_refused_under_2026_10_21(sandbox):
     """As the real API: temperature is a 400 with the 2026-10-21 version header."""
-    r = httpx2.post(sandbox.url + "/anthropic/v1/messages",
+    r = HTTP.post(sandbox.url + "/anthropic/v1/messages",
                     headers={"x-api-key": KEY, "anthropic-version": "2026-10-21"},
                     json={"model": "claude-haiku-4-5", "max_tokens": 10, "temperature": 0.2,
                           "messages": [{"role": "user", "content": "hi"}]})
@@ -89,11 +91,11 @@ def test_sampling_params_refused_under_2026_10_21(sandbox):
 
 
 def test_missing_version_or_max_tokens_is_400(sandbox):
-    r = httpx2.post(sandbox.url + "/anthropic/v1/messages", headers={"x-api-key": KEY},
+    r = HTTP.post(sandbox.url + "/anthropic/v1/messages", headers={"x-api-key": KEY},
                     json={"model": "claude-haiku-4-5", "max_tokens": 10,
                           "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 400 and "anthropic-version" in r.json()["error"]["message"]
-    r = httpx2.post(sandbox.url + "/anthropic/v1/messages",
+    r = HTTP.post(sandbox.url + "/anthropic/v1/messages",
                     headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"},
                     json={"model": "claude-haiku-4-5",
                           "messages": [{"role": "user", "content": "hi"}]})

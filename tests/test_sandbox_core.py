@@ -15,6 +15,8 @@ from cencori_nb.sandbox import SandboxServer
 from cencori_nb.sandbox.faults import RateLimiter, parse_faults
 from cencori_nb.sandbox.replies import count_tokens, make_reply, split_tokens
 
+# one client for the module: building one per call costs an SSL context each time
+HTTP = httpx2.Client(verify=False, timeout=10)
 KEY = "sk-test-abcdefgh1234"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -24,7 +26,7 @@ def chat_body(prompt: str = "Summarise the history of Rome in three sentences", 
 
 
 def post_chat(url: str, body: dict, headers: dict | None = None, **kw) -> httpx2.Response:
-    return httpx2.post(url + "/openai/v1/chat/completions", json=body,
+    return HTTP.post(url + "/openai/v1/chat/completions", json=body,
                        headers={**AUTH, **(headers or {})}, **kw)
 
 
@@ -144,9 +146,9 @@ def test_raw_socket_chunked_request_body_and_connection_close(sandbox):
 
 def test_unknown_route_and_wrong_method(sandbox):
     """404 names the routes; a GET on a POST route is 405."""
-    r = httpx2.get(sandbox.url + "/nowhere")
+    r = HTTP.get(sandbox.url + "/nowhere")
     assert r.status_code == 404 and "/openai/v1/chat/completions" in r.json()["error"]["message"]
-    r = httpx2.get(sandbox.url + "/openai/v1/chat/completions", headers=AUTH)
+    r = HTTP.get(sandbox.url + "/openai/v1/chat/completions", headers=AUTH)
     assert r.status_code == 405
 
 
@@ -215,7 +217,7 @@ def test_truncate_fault_cuts_a_stream_before_usage(sandbox):
     """A stream stops half-way: some deltas arrive, no usage chunk, no [DONE]."""
     lines: list[str] = []
     with pytest.raises(httpx2.RemoteProtocolError):
-        with httpx2.stream("POST", sandbox.url + "/openai/v1/chat/completions",
+        with HTTP.stream("POST", sandbox.url + "/openai/v1/chat/completions",
                            json=chat_body(stream=True, stream_options={"include_usage": True}),
                            headers={**AUTH, "X-Sandbox-Fault": "truncate"}) as r:
             for line in r.iter_lines():
@@ -256,7 +258,7 @@ def test_stats_count_routes_and_keys_by_hint_never_the_key(sandbox):
     """Counters per route and per key hint; credentials masked in the recent log."""
     post_chat(sandbox.url, chat_body())
     post_chat(sandbox.url, chat_body(), {"Authorization": "Bearer sk-revoked-key-0000"})
-    httpx2.get(sandbox.url + "/openai/v1/models", headers=AUTH)
+    HTTP.get(sandbox.url + "/openai/v1/models", headers=AUTH)
     stats = sandbox.stats
     assert stats["requests"] == 3
     assert stats["routes"] == {"/openai/v1/chat/completions": 2, "/openai/v1/models": 1}
@@ -264,18 +266,18 @@ def test_stats_count_routes_and_keys_by_hint_never_the_key(sandbox):
     assert stats["statuses"] == {"200": 2, "401": 1}
     assert stats["recent"][0]["headers"]["authorization"] == "Bearer …1234"
     assert stats["recent"][0]["json"]["model"] == "gpt-4o-mini"
-    served = httpx2.get(sandbox.url + "/_sandbox/stats").json()
+    served = HTTP.get(sandbox.url + "/_sandbox/stats").json()
     assert KEY not in json.dumps(served) and KEY not in json.dumps(stats)
     assert served["requests"] == 3 and served["sandbox"] is True
 
 
 def test_control_endpoints_reset_and_set_balance(sandbox):
     post_chat(sandbox.url, chat_body())
-    r = httpx2.post(sandbox.url + "/_sandbox/balance", json={"usd": "3.25"})
+    r = HTTP.post(sandbox.url + "/_sandbox/balance", json={"usd": "3.25"})
     assert r.json()["balance_usd"] == "3.25" and sandbox.balance == Decimal("3.25")
-    bad = httpx2.post(sandbox.url + "/_sandbox/balance", json={"dollars": 1})
+    bad = HTTP.post(sandbox.url + "/_sandbox/balance", json={"dollars": 1})
     assert bad.status_code == 400
-    r = httpx2.post(sandbox.url + "/_sandbox/reset")
+    r = HTTP.post(sandbox.url + "/_sandbox/reset")
     assert r.json()["reset"] is True
     assert sandbox.stats["requests"] == 0
     assert sandbox.balance == Decimal("25")
@@ -304,4 +306,4 @@ def test_stopped_server_refuses_connections():
     url = server.start_in_thread()
     server.stop()
     with pytest.raises(httpx2.ConnectError):
-        httpx2.get(url + "/_sandbox/stats")
+        HTTP.get(url + "/_sandbox/stats")

@@ -11,6 +11,8 @@ import pytest
 from cencori_nb.sandbox.replies import count_tokens
 from cencori_nb.sandbox.wallet import provider_cost
 
+# one client for the module: building one per call costs an SSL context each time
+HTTP = httpx2.Client(verify=False, timeout=10)
 KEY = "sk-proj-sandboxtest-Wx9Q"
 PROMPT = "Summarise the history of Rome"
 
@@ -97,7 +99,7 @@ def test_revoked_key_is_authentication_error(sandbox):
 
 
 def test_missing_key_is_401(sandbox):
-    r = httpx2.post(sandbox.url + "/openai/v1/chat/completions",
+    r = HTTP.post(sandbox.url + "/openai/v1/chat/completions",
                     json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 401
     assert set(r.json()["error"]) == {"message", "type", "param", "code"}
@@ -163,7 +165,7 @@ def test_compatible_providers(sandbox, provider, model):
 
 def test_openrouter_stream_has_comment_and_cost(sandbox):
     """OpenRouter: ': OPENROUTER PROCESSING' comment, usage with cost even when not asked."""
-    with httpx2.stream("POST", sandbox.url + "/openrouter/v1/chat/completions",
+    with HTTP.stream("POST", sandbox.url + "/openrouter/v1/chat/completions",
                        json={"model": "openai/gpt-4o-mini", "stream": True,
                              "messages": [{"role": "user", "content": "hello"}]},
                        headers={"Authorization": f"Bearer {KEY}"}) as r:

@@ -15,7 +15,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -112,7 +112,7 @@ class Exchange:
     """One request/response on a connection, with the fault chosen for it."""
 
     __slots__ = ("server", "req", "resp", "route", "fault", "key", "hint", "request_id",
-                 "remaining", "model", "stream", "started")
+                 "remaining", "model", "stream", "started", "on_complete")
 
     def __init__(self, server: SandboxServer, req: Request, resp: Responder, route: str,
                  fault: str | None) -> None:
@@ -128,6 +128,14 @@ class Exchange:
         self.model: str | None = None
         self.stream = False
         self.started = time.perf_counter()
+        # settles a complete answer (the gateway's debit) just before its last bytes are
+        # written, so a client that has read the answer sees the new balance
+        self.on_complete: Callable[[], None] | None = None
+
+    def complete(self) -> None:
+        if self.on_complete is not None:
+            callback, self.on_complete = self.on_complete, None
+            callback()
 
     @property
     def latency_s(self) -> float:
@@ -153,6 +161,8 @@ class Exchange:
         elif status == 200 and self.fault == "truncate":
             self.resp.send_cut(200, body, headers, content_type)
         else:
+            if status == 200:
+                self.complete()
             self.resp.send(status, body, headers, content_type)
 
     def sse(self, headers: Headers, *, content_frames: int,
@@ -210,6 +220,7 @@ class SSEWriter:
         await self._resp.drain()
 
     async def close(self) -> None:
+        self._ex.complete()
         if self._buf:
             self._resp.write_chunk("".join(self._buf).encode())
             self._buf.clear()
@@ -305,12 +316,12 @@ class Door:
         reply = make_reply(seed=server.seed, label=call.label(self.via),
                            conversation=call.conversation, last_user=call.last_user,
                            max_tokens=call.max_tokens)
+        if ex.fault is None:
+            ex.on_complete = lambda: self.settle(ex, call, reply)
         try:
             await self.respond(ex, call, reply)
         except StreamCut:
             return
-        if ex.fault is None:
-            self.settle(ex, call, reply)
 
     async def handle_models(self, ex: Exchange) -> None:
         ex.request_id = new_id("req_")

@@ -1,0 +1,207 @@
+"""The Cencori gateway doors: the official cencori SDK (native) and openai SDK (/v1)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import cencori
+import httpx2
+import openai
+import pytest
+
+from cencori_nb.sandbox import SandboxServer
+from cencori_nb.sandbox.cencori import route_model
+from cencori_nb.sandbox.common import BadRequest
+from cencori_nb.sandbox.replies import count_tokens
+from cencori_nb.sandbox.wallet import provider_cost
+
+# one client for the module: building one per call costs an SSL context each time
+HTTP = httpx2.Client(verify=False, timeout=10)
+KEY = "csk_sandbox_test_Ab12"
+MESSAGES = [{"role": "user", "content": "Compare BYOK and managed keys"}]
+
+
+def native(url: str, body: dict, headers: dict | None = None) -> httpx2.Response:
+    return HTTP.post(url + "/api/ai/chat", json=body,
+                       headers={"CENCORI_API_KEY": KEY, **(headers or {})})
+
+
+def test_sdk_chat_and_wallet_debit(sandbox):
+    """cencori.Cencori().ai.chat works; cost_usd = provider cost x 1.5, debited exactly."""
+    client = cencori.Cencori(api_key=KEY, base_url=sandbox.url)
+    r = client.ai.chat(messages=MESSAGES, model="gpt-4o-mini", max_tokens=500)
+    assert r.provider == "openai" and r.model == "gpt-4o-mini"
+    assert r.content.startswith("[sandbox reply from openai/gpt-4o-mini via cencori] You asked: "
+                                "'Compare BYOK and managed keys'.")
+    assert r.usage.prompt_tokens == count_tokens(MESSAGES[0]["content"])
+    assert r.usage.completion_tokens == count_tokens(r.content)
+    assert r.finish_reason == "stop"
+    charge = provider_cost("openai", "gpt-4o-mini", r.usage.prompt_tokens,
+                           r.usage.completion_tokens) * Decimal("1.5")
+    assert Decimal(str(r.cost_usd)) == charge > 0
+    assert sandbox.balance == Decimal("25") - charge
+    seen = sandbox.stats["recent"][-1]
+    assert seen["headers"]["cencori_api_key"] == "…Ab12"
+    assert seen["json"]["maxTokens"] == 500
+
+
+def test_sdk_default_model_is_gemini_flash(sandbox):
+    """No model in the body → gemini-2.5-flash on google."""
+    r = native(sandbox.url, {"messages": MESSAGES})
+    body = r.json()
+    assert body["model"] == "gemini-2.5-flash" and body["provider"] == "google"
+    assert r.headers["X-Cencori-Cache"] == "MISS"
+    assert r.headers["X-Request-Id"].startswith("req_")
+    assert int(r.headers["X-RateLimit-Reset"]) > 1_700_000_000_000   # Unix ms
+    assert body["choices"][0]["message"]["content"] == body["content"]
+
+
+def test_sdk_stream(sandbox):
+    """chat_stream yields deltas, then the finish chunk; usage/cost line and [DONE] follow."""
+    client = cencori.Cencori(api_key=KEY, base_url=sandbox.url)
+    chunks = list(client.ai.chat_stream(messages=MESSAGES, model="claude-haiku-4-5"))
+    text = "".join(c.delta for c in chunks)
+    assert text.startswith("[sandbox reply from anthropic/claude-haiku-4-5 via cencori]")
+    # the SDK also yields the usage/cost line as an empty chunk, after the finish chunk
+    assert chunks[-2].finish_reason == "stop" and chunks[-2].delta == ""
+    with HTTP.stream("POST", sandbox.url + "/api/ai/chat", headers={"CENCORI_API_KEY": KEY},
+                       json={"messages": MESSAGES, "model": "claude-haiku-4-5",
+                             "stream": True}) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    metrics = json.loads(lines[-2][6:])
+    assert metrics["usage"]["completion_tokens"] == count_tokens(text)
+    expected = provider_cost("anthropic", "claude-haiku-4-5", metrics["usage"]["prompt_tokens"],
+                             metrics["usage"]["completion_tokens"]) * Decimal("1.5")
+    assert Decimal(str(metrics["cost_usd"])) == expected
+    assert all("delta" in json.loads(line[6:]) for line in lines[:-2])
+    assert sandbox.balance == Decimal("25") - 2 * expected
+
+
+def test_max_tokens_spellings(sandbox):
+    a = native(sandbox.url, {"messages": MESSAGES, "model": "gpt-4o-mini", "maxTokens": 3})
+    b = native(sandbox.url, {"messages": MESSAGES, "model": "gpt-4o-mini", "max_tokens": 4})
+    assert a.json()["usage"]["completion_tokens"] == 3 and a.json()["finish_reason"] == "length"
+    assert b.json()["usage"]["completion_tokens"] == 4
+
+
+def test_bearer_key_accepted_and_missing_or_bad_key_is_401(sandbox):
+    ok = HTTP.post(sandbox.url + "/api/ai/chat", json={"messages": MESSAGES},
+                     headers={"Authorization": f"Bearer {KEY}"})
+    assert ok.status_code == 200
+    missing = HTTP.post(sandbox.url + "/api/ai/chat", json={"messages": MESSAGES})
+    assert missing.status_code == 401 and missing.json()["code"] == "missing_api_key"
+    for bad in ("sk-not-a-cencori-key", "csk_revoked_0000"):
+        r = native(sandbox.url, {"messages": MESSAGES}, {"CENCORI_API_KEY": bad})
+        assert r.status_code == 401
+        assert set(r.json()) == {"error", "message", "code"}
+        assert r.json()["code"] == "invalid_api_key"
+    with pytest.raises(cencori.AuthenticationError):
+        cencori.Cencori(api_key="csk_revoked_1", base_url=sandbox.url).ai.chat(messages=MESSAGES)
+
+
+def test_credit_exhaustion_is_403_with_balance(sandbox):
+    """An empty wallet answers 403 credit_balance_exhausted and charges nothing."""
+    sandbox.set_balance("0")
+    r = native(sandbox.url, {"messages": MESSAGES})
+    assert r.status_code == 403
+    body = r.json()
+    assert body["code"] == "credit_balance_exhausted"
+    assert body["balance"] == 0 and body["top_up_url"].startswith("https://")
+    with pytest.raises(cencori.CencoriError) as info:
+        cencori.Cencori(api_key=KEY, base_url=sandbox.url).ai.chat(messages=MESSAGES)
+    assert info.value.status_code == 403 and info.value.message == "Insufficient credits"
+    assert sandbox.balance == 0
+
+
+def test_wallet_never_goes_negative(sandbox):
+    sandbox.set_balance("0.0000001")
+    assert native(sandbox.url, {"messages": MESSAGES}).status_code == 200
+    assert sandbox.balance == 0
+    assert native(sandbox.url, {"messages": MESSAGES}).status_code == 403
+
+
+def test_spend_cap_fault_is_402(sandbox):
+    r = native(sandbox.url, {"messages": MESSAGES}, {"X-Sandbox-Fault": "402"})
+    assert r.status_code == 402 and r.json()["code"] == "spend_cap_reached"
+    assert set(r.json()["spend"]) == {"current", "cap"}
+
+
+def test_rate_limit_has_retry_after_and_retry_after_ms():
+    with SandboxServer(rpm=1) as url:
+        assert native(url, {"messages": MESSAGES}).status_code == 200
+        r = native(url, {"messages": MESSAGES})
+    assert r.status_code == 429
+    body = r.json()
+    assert body["code"] == "rate_limit_exceeded"
+    assert body["retry_after_ms"] == int(r.headers["Retry-After"]) * 1000
+    assert r.headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_fault_and_failed_requests_do_not_debit(sandbox):
+    native(sandbox.url, {"messages": MESSAGES}, {"X-Sandbox-Fault": "500"})
+    native(sandbox.url, {"messages": MESSAGES}, {"X-Sandbox-Fault": "malformed"})
+    assert sandbox.balance == Decimal("25")
+
+
+def test_unknown_and_unpriced_models(sandbox):
+    r = native(sandbox.url, {"messages": MESSAGES, "model": "mystery-model"})
+    assert r.status_code == 400 and "provider/model" in r.json()["message"]
+    r = native(sandbox.url, {"messages": MESSAGES, "model": "qwen-max"})
+    assert r.status_code == 503 and r.json()["code"] == "pricing_unavailable"
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ("gpt-4o", ("openai", "gpt-4o")), ("o3-mini", ("openai", "o3-mini")),
+    ("claude-sonnet-4-5", ("anthropic", "claude-sonnet-4-5")),
+    ("gemini-2.5-pro", ("google", "gemini-2.5-pro")),
+    ("codestral-latest", ("mistral", "codestral-latest")),
+    ("llama-3.3-70b-versatile", ("groq", "llama-3.3-70b-versatile")),
+    ("grok-3-mini", ("xai", "grok-3-mini")), ("deepseek-chat", ("deepseek", "deepseek-chat")),
+    ("meta-llama/llama-3.3-70b-instruct:free",
+     ("openrouter", "meta-llama/llama-3.3-70b-instruct:free")),
+    ("openai/gpt-4o-mini", ("openai", "gpt-4o-mini")),
+])
+def test_route_model_prefix_rules(model, expected):
+    assert route_model(model) == expected
+
+
+def test_route_model_unknown():
+    with pytest.raises(BadRequest):
+        route_model("unknownvendor/some-model")
+
+
+def test_openai_compatible_door_with_openai_sdk(sandbox):
+    """/v1/chat/completions through the openai SDK, streaming with usage and cost_usd."""
+    client = openai.OpenAI(base_url=sandbox.url + "/v1", api_key=KEY, max_retries=0)
+    c = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert c.choices[0].message.content.startswith(
+        "[sandbox reply from openai/gpt-4o-mini via cencori]")
+    assert c.model_extra["provider"] == "openai"
+    cost = Decimal(str(c.model_extra["cost_usd"]))
+    assert cost == provider_cost("openai", "gpt-4o-mini", c.usage.prompt_tokens,
+                                 c.usage.completion_tokens) * Decimal("1.5")
+    chunks = list(client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True,
+        stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == c.usage.total_tokens
+    assert sandbox.balance == Decimal("25") - 2 * cost
+    assert "gpt-4o-mini" in [m.id for m in client.models.list()]
+
+
+def test_openai_compatible_door_errors(sandbox):
+    sandbox.set_balance(0)
+    client = openai.OpenAI(base_url=sandbox.url + "/v1", api_key=KEY, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert info.value.code == "credit_balance_exhausted"
+    assert info.value.body["top_up_url"].startswith("https://")
+    bad = openai.OpenAI(base_url=sandbox.url + "/v1", api_key="sk-openai-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as auth:
+        bad.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert auth.value.code == "invalid_api_key"
+    with pytest.raises(openai.RateLimitError) as limited:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES,
+                                       extra_headers={"X-Sandbox-Fault": "429"})
+    assert limited.value.body["retry_after_ms"] == 1000

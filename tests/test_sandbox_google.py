@@ -1,0 +1,136 @@
+"""The official google-genai SDK, unchanged, against the sandbox's Gemini door."""
+
+from __future__ import annotations
+
+import json
+
+import httpx2
+import pytest
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
+
+from cencori_nb.sandbox.replies import count_tokens
+
+# one client for the module: building one per call costs an SSL context each time
+HTTP = httpx2.Client(verify=False, timeout=10)
+KEY = "AIzaSandboxTestKey-Gm3k"
+PROMPT = "Write a haiku about offline tests"
+
+
+def make_client(sandbox, api_version: str | None = "v1beta", key: str = KEY) -> genai.Client:
+    options: dict = {"base_url": sandbox.url + "/google"}
+    if api_version:
+        options["api_version"] = api_version
+    return genai.Client(api_key=key, http_options=options)
+
+
+def test_generate_content_v1beta(sandbox):
+    """generate_content: text, finish reason, usageMetadata; key only in x-goog-api-key."""
+    client = make_client(sandbox)   # keep a reference: a collected Client closes its pool
+    r = client.models.generate_content(model="gemini-2.5-flash", contents=PROMPT)
+    assert r.text.startswith(f"[sandbox reply from google/gemini-2.5-flash] You asked: "
+                             f"'{PROMPT}'.")
+    assert r.candidates[0].finish_reason == genai_types.FinishReason.STOP
+    assert r.usage_metadata.prompt_token_count == count_tokens(PROMPT)
+    assert r.usage_metadata.candidates_token_count == count_tokens(r.text)
+    assert r.usage_metadata.thoughts_token_count == 0
+    assert r.usage_metadata.total_token_count == (r.usage_metadata.prompt_token_count
+                                                  + r.usage_metadata.candidates_token_count)
+    assert r.model_version == "gemini-2.5-flash"
+    seen = sandbox.stats["recent"][-1]
+    assert seen["route"] == "/google/v1beta/models/{model}:generateContent"
+    assert seen["headers"]["x-goog-api-key"] == "…Gm3k" and seen["query"] == {}
+
+
+def test_generate_content_default_v1(sandbox):
+    """The SDK's default API version (v1) is served too."""
+    client = make_client(sandbox, api_version=None)
+    r = client.models.generate_content(model="gemini-2.5-flash", contents=PROMPT)
+    assert r.text.startswith("[sandbox reply from google/gemini-2.5-flash]")
+    assert sandbox.stats["routes"] == {"/google/v1/models/{model}:generateContent": 1}
+
+
+def test_system_instruction_and_max_output_tokens(sandbox):
+    client = make_client(sandbox)
+    r = client.models.generate_content(
+        model="gemini-2.5-flash", contents=PROMPT,
+        config=genai_types.GenerateContentConfig(system_instruction="Be brief.",
+                                                 max_output_tokens=6))
+    assert r.candidates[0].finish_reason == genai_types.FinishReason.MAX_TOKENS
+    assert r.usage_metadata.candidates_token_count == 6
+    assert r.usage_metadata.prompt_token_count == count_tokens(PROMPT) + count_tokens(
+        "Be brief.")
+
+
+@pytest.mark.parametrize("api_version", ["v1beta", None])
+def test_stream_usage_on_last_frame(sandbox, api_version):
+    """streamGenerateContent?alt=sse: text joins to the reply, usage only on the last frame."""
+    client = make_client(sandbox, api_version=api_version)
+    chunks = list(client.models.generate_content_stream(model="gemini-2.5-flash",
+                                                        contents=PROMPT))
+    text = "".join(c.text or "" for c in chunks)
+    whole = client.models.generate_content(model="gemini-2.5-flash", contents=PROMPT).text
+    assert text == whole
+    assert all(c.usage_metadata is None for c in chunks[:-1])
+    assert chunks[-1].usage_metadata.candidates_token_count == count_tokens(text)
+    assert chunks[-1].candidates[0].finish_reason == genai_types.FinishReason.STOP
+    assert sandbox.stats["recent"][0]["query"] == {"alt": "sse"}
+
+
+def test_stream_without_alt_sse_is_a_json_array(sandbox):
+    r = HTTP.post(sandbox.url + "/google/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+                    headers={"x-goog-api-key": KEY},
+                    json={"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})
+    frames = json.loads(r.text)
+    assert isinstance(frames, list) and len(frames) > 1
+    assert "usageMetadata" in frames[-1] and "usageMetadata" not in frames[0]
+
+
+def test_key_query_parameter_also_works_and_is_masked(sandbox):
+    r = HTTP.post(sandbox.url + f"/google/v1beta/models/gemini-2.5-flash:generateContent"
+                    f"?key={KEY}", json={"contents": [{"parts": [{"text": "hi"}]}]})
+    assert r.status_code == 200
+    assert KEY not in json.dumps(sandbox.stats)
+
+
+def test_revoked_key_is_401_rpc_error(sandbox):
+    client = make_client(sandbox, key="AIza-revoked-key-0000")
+    with pytest.raises(genai_errors.ClientError) as info:
+        client.models.generate_content(model="gemini-2.5-flash", contents=PROMPT)
+    assert info.value.code == 401
+    assert info.value.status == "UNAUTHENTICATED"
+    assert info.value.details["error"]["details"][0]["reason"] == "API_KEY_INVALID"
+
+
+def test_missing_key_is_403_permission_denied(sandbox):
+    r = HTTP.post(sandbox.url + "/google/v1beta/models/gemini-2.5-flash:generateContent",
+                    json={"contents": [{"parts": [{"text": "hi"}]}]})
+    assert r.status_code == 403 and r.json()["error"]["status"] == "PERMISSION_DENIED"
+
+
+def test_rate_limit_fault_has_retry_info(sandbox):
+    client = make_client(sandbox)
+    with pytest.raises(genai_errors.ClientError) as info:
+        client.models.generate_content(
+            model="gemini-2.5-flash", contents=PROMPT,
+            config=genai_types.GenerateContentConfig(
+                http_options=genai_types.HttpOptions(headers={"X-Sandbox-Fault": "429"})))
+    assert info.value.code == 429 and info.value.status == "RESOURCE_EXHAUSTED"
+    details = info.value.details["error"]["details"]
+    assert {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"} in details
+
+
+def test_server_fault_is_server_error(sandbox):
+    r = HTTP.post(sandbox.url + "/google/v1beta/models/gemini-2.5-flash:generateContent",
+                    headers={"x-goog-api-key": KEY, "X-Sandbox-Fault": "503"},
+                    json={"contents": [{"parts": [{"text": "hi"}]}]})
+    assert r.status_code == 503
+    assert r.json()["error"] | {"message": ""} == {"code": 503, "message": "",
+                                                   "status": "UNAVAILABLE", "details": []}
+
+
+def test_empty_contents_is_invalid_argument(sandbox):
+    r = HTTP.post(sandbox.url + "/google/v1beta/models/gemini-2.5-flash:generateContent",
+                    headers={"x-goog-api-key": KEY}, json={"contents": []})
+    assert r.status_code == 400 and r.json()["error"]["status"] == "INVALID_ARGUMENT"
