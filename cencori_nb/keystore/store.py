@@ -31,6 +31,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -727,23 +728,26 @@ class KeyStore:
         mac = crypto.seal(new.dek, b"", crypto.mac_aad(body))
         raw = crypto.dump_document({**body, "mac": {"nonce": crypto.b64e(mac.nonce),
                                                     "tag": crypto.b64e(mac.ciphertext)}})
-        before = {self._backup_ref()}
-        if old is not None:
-            before.add(kek.ref(old.kek_header))
+        backup_before = self._backup_ref()
+        old_ref = kek.ref(old.kek_header) if old is not None else backup_before
         atomic_write(self.path, raw, backup=self.backup_path)
         if replace_backup:
             atomic_write(self.backup_path, raw)
         sig = _sig(os.stat(self.path))
         self._state = replace(new, raw=raw, generation=generation, records=records)
         self._sig = sig
-        after = {kek.ref(new.kek_header), self._backup_ref()}
+        # the backup now holds the previous generation (or the new one, when replaced)
+        new_ref = kek.ref(new.kek_header)
+        after = {new_ref, new_ref if replace_backup else old_ref}
+        before = {backup_before, old_ref}
         for retired in before - after:
             if retired is not None:
                 kek.retire(retired, self.path, self._keyring if self._keyring is not _AUTO
                            else None)
         # key files left by a writer killed between making one and writing the store
         live = {name for kind, name in filter(None, after) if kind == "keyfile"}
+        own = re.compile(re.escape(self.path.stem) + r"-[0-9a-f]{16}\.key")
         for path in self.path.parent.glob(f"{self.path.stem}-*.key"):
-            if path.name not in live:
+            if own.fullmatch(path.name) and path.name not in live:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
