@@ -31,6 +31,7 @@ _LAZY: dict[str, str] = {
     "chat": "cencori_nb.client",
     "stream": "cencori_nb.client",
     "achat": "cencori_nb.client",
+    "astream": "cencori_nb.client",
     "explain_route": "cencori_nb.router",
     "map": "cencori_nb.batch",
     "amap": "cencori_nb.batch",

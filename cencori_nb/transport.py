@@ -177,20 +177,27 @@ def register_secret(value: Any) -> None:
                                          sorted(_secrets, key=len, reverse=True)))
 
 
+_busy = threading.local()   # re-entrancy guard: reading the store may itself log
+
+
 def _keystore_secrets() -> None:
     """Register every key of an already unlocked key store (never unlocks one)."""
     import sys
 
     module = sys.modules.get("cencori_nb.keystore")
     peek = getattr(module, "_unlocked_store", None) if module is not None else None
-    store = peek() if callable(peek) else None
-    if store is None:
+    if peek is None or getattr(_busy, "on", False):
         return
+    _busy.on = True
     try:
-        for secret in store.all_secrets():
-            register_secret(secret)
+        store = peek()
+        if store is not None:
+            for secret in store.all_secrets():
+                register_secret(secret)
     except CencoriError:   # a damaged store: nothing more to learn from it here
         pass
+    finally:
+        _busy.on = False
 
 
 def scrub(text: str) -> str:
@@ -220,6 +227,7 @@ class RedactingFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        _keystore_secrets()   # keys stored since the filter was installed (a stat, a list)
         try:
             message = record.getMessage()
         except Exception:  # a malformed record: keep its template only, scrubbed

@@ -148,7 +148,7 @@ def test_achat_and_astream(sbx: SandboxServer) -> None:
     async def run() -> tuple[list[cencori_nb.Completion], str, object]:
         results = await asyncio.gather(*(cencori_nb.achat(f"async {i}", model="gpt-4o-mini")
                                          for i in range(5)))
-        s = cencori_nb.client.astream("async stream", model="gpt-4o-mini")
+        s = cencori_nb.astream("async stream", model="gpt-4o-mini")
         text = "".join([d async for d in s])
         return list(results), text, s.completion
 

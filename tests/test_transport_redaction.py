@@ -114,3 +114,16 @@ def test_filter_is_on_child_loggers() -> None:
                  "cencori_nb", "cencori_nb.client"):
         assert any(isinstance(f, transport.RedactingFilter)
                    for f in logging.getLogger(name).filters), name
+
+
+def test_keys_in_an_unlocked_store_are_scrubbed(caplog: pytest.LogCaptureFixture) -> None:
+    """A stored key that is not key-shaped is scrubbed once the store is open in-process."""
+    from cencori_nb import keys
+
+    token = "plainlocaltoken0987"
+    transport.install_log_redaction()     # installed before the key exists
+    keys.set("local", token)
+    caplog.set_level(logging.DEBUG, logger="httpx2")
+    logging.getLogger("httpx2").debug("sending with %s", token)
+    assert token not in caplog.text
+    assert "sending with ***" in caplog.text
