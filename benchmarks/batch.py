@@ -1,0 +1,362 @@
+"""Batch throughput: ``cencori_nb.map`` vs ``openai.AsyncOpenAI`` + semaphore vs raw httpx2.
+
+Run::
+
+    .venv/bin/python benchmarks/batch.py                 # everything (~2 minutes)
+    .venv/bin/python benchmarks/batch.py --skip-rpm      # (a) and (c) only (~30 s)
+    .venv/bin/python benchmarks/batch.py --profile       # + where map's time goes
+
+The sandbox runs in a separate *process* (``python -m cencori_nb sandbox``), so the server
+does not share the client's GIL. Everything lives in a throwaway ``CENCORI_NB_HOME``.
+
+(a) ``--rows`` prompts (2,000) at ``--latency-ms`` (50 ms) sandbox latency, concurrency 64,
+    ``--rounds`` rounds with the contenders interleaved in a rotating order, each round with
+    fresh prompts (no cache hits): requests/s, and ratios measured in the same run. The
+    ideal is concurrency / latency = 1,280 requests/s.
+(b) a rate-limited run: a second sandbox with ``--rpm`` (sliding 60-second window per key),
+    ``--rpm-rows`` prompts through ``map`` on the managed route (so the wallet is debited):
+    achieved rate over allowed rate, failed rows, duplicate debits per request id, and
+    requests the sandbox answered 200 more than once for the same prompt.
+(c) the last (a) round of ``map`` run again: every row from the response cache.
+
+All figures are from one run on whatever machine runs it; on a shared machine they are noisy
+(we print the spread across rounds). Compare the ratios, not the absolute rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+KEY = "sk-bench-" + "x" * 32
+CENCORI_KEY = "csk_bench_" + "y" * 32
+MODEL = "gpt-4o-mini"
+
+
+def _setup_env() -> None:
+    home = tempfile.mkdtemp(prefix="cencori-bench-batch-")
+    os.environ["CENCORI_NB_HOME"] = os.path.join(home, "home")
+    os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
+    for name in ("CENCORI_NB_PASSPHRASE", "CENCORI_NB_PROJECT", "OPENAI_API_KEY"):
+        os.environ.pop(name, None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def sandbox_process(*args: str) -> Iterator[str]:
+    """``python -m cencori_nb sandbox`` in its own process; yields the base URL."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "CENCORI_NB_SANDBOX"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cencori_nb", "sandbox", "--port", str(port), *args],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = proc.stderr.read().decode() if proc.stderr else ""
+                    raise RuntimeError(f"sandbox did not start: {err}") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def sandbox_stats(url: str) -> dict[str, Any]:
+    import httpx2
+
+    return httpx2.get(url + "/_sandbox/stats", timeout=10).json()
+
+
+def sandbox_reset(url: str) -> None:
+    import httpx2
+
+    httpx2.post(url + "/_sandbox/reset", timeout=10)
+
+
+# ------------------------------------------------------------------------------ contenders
+def run_map(prompts: list[str], concurrency: int, **kw: Any) -> tuple[float, Any]:
+    import cencori_nb
+
+    t0 = time.perf_counter()
+    df = cencori_nb.map(prompts, model=MODEL, concurrency=concurrency, progress=False, **kw)
+    return time.perf_counter() - t0, df
+
+
+def run_openai(url: str, prompts: list[str], concurrency: int) -> tuple[float, int]:
+    import openai
+
+    async def main() -> tuple[float, int]:
+        client = openai.AsyncOpenAI(base_url=url + "/openai/v1", api_key=KEY, max_retries=0)
+        sem = asyncio.Semaphore(concurrency)
+        errors = 0
+
+        async def one(p: str) -> None:
+            nonlocal errors
+            async with sem:
+                try:
+                    r = await client.chat.completions.create(
+                        model=MODEL, messages=[{"role": "user", "content": p}])
+                    _ = r.choices[0].message.content
+                except openai.OpenAIError:
+                    errors += 1
+
+        await asyncio.gather(*(one(f"warm {i}") for i in range(concurrency)))
+        errors = 0
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(p) for p in prompts))
+        elapsed = time.perf_counter() - t0
+        await client.close()
+        return elapsed, errors
+
+    return asyncio.run(main())
+
+
+def run_httpx2(url: str, prompts: list[str], concurrency: int) -> tuple[float, int]:
+    import httpx2
+
+    async def main() -> tuple[float, int]:
+        limits = httpx2.Limits(max_connections=concurrency,
+                               max_keepalive_connections=concurrency)
+        async with httpx2.AsyncClient(limits=limits, timeout=60) as client:
+            sem = asyncio.Semaphore(concurrency)
+            errors = 0
+            endpoint = url + "/openai/v1/chat/completions"
+            headers = {"Authorization": f"Bearer {KEY}"}
+
+            async def one(p: str) -> None:
+                nonlocal errors
+                async with sem:
+                    r = await client.post(endpoint, headers=headers, json={
+                        "model": MODEL, "messages": [{"role": "user", "content": p}]})
+                    if r.status_code != 200:
+                        errors += 1
+                        return
+                    _ = r.json()["choices"][0]["message"]["content"]
+
+            await asyncio.gather(*(one(f"warm {i}") for i in range(concurrency)))
+            errors = 0
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one(p) for p in prompts))
+            return time.perf_counter() - t0, errors
+
+    return asyncio.run(main())
+
+
+# ------------------------------------------------------------------------------ parts
+def part_a(url: str, rows: int, concurrency: int, rounds: int
+           ) -> tuple[dict[str, list[float]], list[str]]:
+    rates: dict[str, list[float]] = {"map": [], "openai": [], "httpx2": []}
+    last_map_prompts: list[str] = []
+    contenders: list[tuple[str, Callable[[list[str]], tuple[float, int]]]] = [
+        ("map", lambda ps: _map_contender(ps, concurrency)),
+        ("openai", lambda ps: run_openai(url, ps, concurrency)),
+        ("httpx2", lambda ps: run_httpx2(url, ps, concurrency)),
+    ]
+    # warm the map path (key store unlock, pooled connections, price tables) once
+    _map_contender([f"warm map {i}" for i in range(concurrency)], concurrency)
+    for r in range(rounds):
+        order = contenders[r % 3:] + contenders[:r % 3]
+        for name, fn in order:
+            prompts = [f"Round {r} {name}: summarise item {i} in one line." for i in range(rows)]
+            elapsed, errors = fn(prompts)
+            rate = rows / elapsed
+            rates[name].append(rate)
+            print(f"  round {r + 1} {name:7s} {rate:8.1f} req/s  ({elapsed:5.2f} s, "
+                  f"{errors} errors)", flush=True)
+            if name == "map":
+                last_map_prompts = prompts
+    return rates, last_map_prompts
+
+
+def _map_contender(prompts: list[str], concurrency: int) -> tuple[float, int]:
+    elapsed, df = run_map(prompts, concurrency)
+    return elapsed, int(df["error"].notna().sum())
+
+
+def part_b(rpm: int, rows: int, concurrency: int, latency_ms: float) -> dict[str, Any]:
+    import cencori_nb
+    from cencori_nb import wallet
+
+    with sandbox_process("--latency-ms", str(latency_ms), "--rpm", str(rpm),
+                         "--balance", "1000") as url:
+        os.environ["CENCORI_NB_SANDBOX"] = url
+        wallet.set_balance(1000)
+        prompts = [f"Rate-limited row {i}: one line please." for i in range(rows)]
+        t0 = time.perf_counter()
+        df = cencori_nb.map(prompts, model=MODEL, route="managed", concurrency=concurrency,
+                            progress=False)
+        elapsed = time.perf_counter() - t0
+        stats = sandbox_stats(url)
+    debits = Counter(t.request_id for t in wallet.transactions(as_frame=False)
+                     if t.kind == "usage")
+    statuses = {str(k): v for k, v in stats.get("statuses", {}).items()}
+    # Sliding 60 s window: the first `rpm` go at once, then `rpm` more per 60 s. The best a
+    # client can do for rows > rpm is finish after ceil(rows / rpm - 1) windows.
+    windows = max(0, -(-rows // rpm) - 1)
+    ideal_s = windows * 60.0
+    after_first = rows - rpm
+    steady = (after_first / elapsed) / (rpm / 60.0) if after_first > 0 else float("nan")
+    return {
+        "rows": rows, "rpm": rpm, "elapsed_s": elapsed, "ideal_s": ideal_s,
+        "achieved_over_allowed": steady,
+        "failed_rows": int(df["error"].notna().sum()),
+        "duplicate_debits": sum(1 for n in debits.values() if n > 1),
+        "debited_requests": len(debits),
+        "ok_at_sandbox": statuses.get("200", 0), "rate_limited_at_sandbox":
+            statuses.get("429", 0),
+        "limiter_429s": df.attrs["cencori"]["rate_limited"],
+    }
+
+
+def part_c(prompts: list[str], concurrency: int, url: str) -> dict[str, Any]:
+    before = sandbox_stats(url)["requests"]
+    times = []
+    for _ in range(3):
+        elapsed, df = run_map(prompts, concurrency)
+        times.append(elapsed)
+        assert bool(df["cached"].all()), "a cached re-run sent something"
+    return {"rows": len(prompts), "times_s": times,
+            "sent": sandbox_stats(url)["requests"] - before}
+
+
+def profile_map(url: str, rows: int, concurrency: int) -> None:
+    """amap on this thread under cProfile: time by module (tottime), top functions."""
+    import cProfile
+    import pstats
+
+    import cencori_nb
+
+    prompts = [f"Profile: summarise item {i}." for i in range(rows)]
+    prof = cProfile.Profile()
+
+    async def go() -> None:
+        await cencori_nb.amap(prompts, model=MODEL, concurrency=concurrency, progress=False)
+
+    t0 = time.perf_counter()
+    prof.enable()
+    asyncio.run(go())
+    prof.disable()
+    wall = time.perf_counter() - t0
+    st = pstats.Stats(prof)
+    by_module: Counter[str] = Counter()
+    for (filename, _line, _fn), (_cc, _nc, tt, _ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+        by_module[_bucket(filename)] += tt
+    total = sum(by_module.values())
+    print(f"\nprofile of amap({rows} rows) on the main thread: wall {wall:.2f} s under "
+          f"cProfile (profiling slows it), CPU by module (own time):")
+    for mod, tt in by_module.most_common(14):
+        print(f"  {mod:34s} {tt:6.2f} s  {100 * tt / total:5.1f} %  "
+              f"{1e6 * tt / rows:7.1f} µs/row")
+    st.sort_stats("cumulative").print_stats(r"cencori_nb", 25)
+
+
+def _bucket(filename: str) -> str:
+    path = filename.replace("\\", "/")
+    if "/cencori_nb/" in path:
+        return "cencori_nb." + path.split("/cencori_nb/", 1)[1].removesuffix(".py") \
+            .replace("/", ".")
+    for lib in ("httpx2", "httpcore2", "h11", "anyio", "pandas", "sqlite3", "asyncio",
+                "json", "genai_prices", "pydantic", "ssl", "selectors", "socket"):
+        if f"/{lib}/" in path or path.endswith(f"/{lib}.py"):
+            return lib
+    if path.startswith("~") or path.startswith("<"):
+        return "builtins (C: sqlite, socket, hashing…)"
+    return "other"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--latency-ms", type=float, default=50.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rpm", type=int, default=600)
+    ap.add_argument("--rpm-rows", type=int, default=1200)
+    ap.add_argument("--skip-rpm", action="store_true")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON too")
+    args = ap.parse_args(argv)
+    _setup_env()
+
+    from cencori_nb import keys
+
+    keys.set("openai", KEY)
+    keys.set_cencori_key(CENCORI_KEY)
+    results: dict[str, Any] = {}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"load average before: {load:.2f} on {os.cpu_count()} cores")
+    with sandbox_process("--latency-ms", str(args.latency_ms)) as url:
+        os.environ["CENCORI_NB_SANDBOX"] = url
+        ideal = args.concurrency / (args.latency_ms / 1000.0)
+        print(f"(a) {args.rows} prompts, {args.latency_ms:g} ms latency, concurrency "
+              f"{args.concurrency} (ideal {ideal:,.0f} req/s), {args.rounds} rounds:")
+        rates, last = part_a(url, args.rows, args.concurrency, args.rounds)
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        print("  medians: " + ", ".join(f"{k} {v:.0f}/s" for k, v in med.items()))
+        print(f"  map / httpx2 = {med['map'] / med['httpx2']:.2f}  (per round: "
+              + ", ".join(f"{m / h:.2f}" for m, h in zip(rates['map'], rates['httpx2'],
+                                                         strict=True)) + ")")
+        print(f"  map / openai = {med['map'] / med['openai']:.2f}  (per round: "
+              + ", ".join(f"{m / o:.2f}" for m, o in zip(rates['map'], rates['openai'],
+                                                         strict=True)) + ")")
+        print(f"  map / ideal  = {med['map'] / ideal:.2f}")
+        results["a"] = {"rates": rates, "medians": med, "ideal": ideal}
+
+        c = part_c(last, args.concurrency, url)
+        print(f"(c) cached re-run of {c['rows']} rows: "
+              + ", ".join(f"{t * 1000:.0f} ms" for t in c["times_s"])
+              + f"; requests sent: {c['sent']}")
+        results["c"] = c
+        if args.profile:
+            profile_map(url, args.rows, args.concurrency)
+    if not args.skip_rpm:
+        print(f"(b) rate limit {args.rpm} rpm, {args.rpm_rows} rows, managed route …",
+              flush=True)
+        b = part_b(args.rpm, args.rpm_rows, args.concurrency, args.latency_ms)
+        print(f"  {b['elapsed_s']:.1f} s (best possible ≈ {b['ideal_s']:.0f} s); achieved / "
+              f"allowed after the first window = {b['achieved_over_allowed']:.3f}; failed "
+              f"rows {b['failed_rows']}; duplicate debits {b['duplicate_debits']} "
+              f"(of {b['debited_requests']} debited); 200s at the sandbox {b['ok_at_sandbox']}"
+              f", 429s {b['rate_limited_at_sandbox']} (limiter saw {b['limiter_429s']})")
+        results["b"] = b
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"load average after: {load:.2f}")
+    if args.json:
+        print(json.dumps(results, default=str, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
