@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +139,39 @@ def test_untracked_mirror_skips_debits() -> None:
     wallet.top_up(10)
     assert wallet.debit("early", Decimal("0.5"), project="p") is not None
     assert wallet.balance() == Decimal("9.5")
+
+
+def _debitor(home: str, worker: int, n: int) -> None:
+    import os
+
+    os.environ["CENCORI_NB_HOME"] = home
+    import warnings as w
+    from decimal import Decimal as D
+
+    from cencori_nb import wallet as wal
+
+    w.simplefilter("ignore")
+    for i in range(n):
+        wal.debit(f"w{worker}-{i}", D("0.01"), project="p")
+        wal.debit(f"w{worker}-{i}", D("0.01"), project="p")     # a retry: no second debit
+
+
+def test_two_processes_debiting_keep_exact_balances(private_home: Path) -> None:
+    """Two processes × 100 debits of $0.01 (each retried) from $10: exactly $8 left, and
+    every transaction's before/after chain is unbroken."""
+    import multiprocessing
+
+    wallet.top_up(10)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_debitor, args=(str(private_home), w, 100)) for w in (1, 2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert wallet.balance() == Decimal(8)
+    txs = wallet.transactions(as_frame=False)
+    assert len(txs) == 201
+    for prev, tx in zip(txs, txs[1:], strict=False):
+        assert tx.balance_before == prev.balance_after
+        assert tx.balance_after == tx.balance_before + tx.amount
