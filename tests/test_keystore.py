@@ -681,3 +681,45 @@ def test_store_objects_do_not_show_keys(private_home: Path) -> None:
     text = repr(store) + repr(store._state) + repr(store.get("openai"))
     assert OPENAI not in text and CSK not in text
     assert store._state is not None and repr(store._state.dek) not in text
+
+
+def test_importing_the_keystore_and_cli_stays_light() -> None:
+    """``cencori_nb.keystore`` and the CLI parser load neither cryptography nor filelock."""
+    code = ("import sys, cencori_nb.keystore, cencori_nb.cli; cencori_nb.cli.build_parser(); "
+            "print(sorted(m for m in ('cryptography', 'filelock', 'cencori_nb.keystore.store') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out.strip() == "[]"
+
+
+def test_unlocked_store_never_unlocks(private_home: Path) -> None:
+    """_unlocked_store() (for the log filter) is None until this process opened the store."""
+    keys.set("openai", OPENAI)
+    keystore._reset_for_tests()
+    assert keystore._unlocked_store() is None
+    keystore.default_store()
+    assert keystore._unlocked_store() is None          # created but not yet opened
+    keystore.default_store().status()
+    assert keystore._unlocked_store() is keystore.default_store()
+
+
+def test_foreign_key_files_are_left_alone(private_home: Path) -> None:
+    """Key-file clean-up only touches this store's own key files."""
+    private_home.mkdir(parents=True, exist_ok=True)
+    foreign = private_home / "keystore-extra-0123456789abcdef.key"
+    foreign.write_bytes(os.urandom(32))
+    keys.set("openai", OPENAI)
+    keys.rotate()
+    assert foreign.exists()
+
+
+def test_passphrase_set_on_a_key_file_store_is_flagged(
+        private_home: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A passphrase in the environment does not silently pretend to protect a key-file store."""
+    keys.set("openai", OPENAI)
+    monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "too late")
+    with caplog.at_level("WARNING", logger="cencori_nb.keystore"):
+        assert _fresh().get("openai", "default") is not None
+    assert "keys passphrase" in caplog.text and "key" + "file" in caplog.text

@@ -252,6 +252,7 @@ class KeyStore:
         self._mutex = threading.RLock()
         self._state: _State | None = None
         self._sig: _Sig | None = None
+        self._warned = False
 
     def __repr__(self) -> str:
         return f"KeyStore({str(self.path)!r})"
@@ -608,6 +609,12 @@ class KeyStore:
             cached = _dek_cache.get(fingerprint)
             if cached is not None:
                 return cached
+        if header["source"] != "passphrase" and kek.passphrase_from_env() and not self._warned:
+            # someone expecting passphrase protection should learn it is not in force
+            self._warned = True
+            log.warning("%s is set, but the key store %s is protected by its %s, not by a "
+                        "passphrase; run `cencori-nb keys passphrase` to switch.",
+                        kek.ENV_PASSPHRASE, self.path, header["source"])
         backend = self._backend() if header["source"] == "keyring" else None
         kek_bytes = kek.load_kek(header, self.path, passphrase=passphrase, backend=backend)
         try:
