@@ -279,3 +279,17 @@ def test_rotate_command(private_home: Path, monkeypatch: pytest.MonkeyPatch,
     assert code == 0 and "1 records re-encrypted" in out and "new key file" in out
     keystore._reset_for_tests()
     assert keystore.default_store().get("openai") is not None
+
+
+def test_locked_store_fails_before_the_prompt(private_home: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A passphrase store without CENCORI_NB_PASSPHRASE: exit 1 before asking for a key."""
+    monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "locked up")
+    keys.set("openai", "sk-proj-locked-store-0001")
+    monkeypatch.delenv("CENCORI_NB_PASSPHRASE")
+    keystore._reset_for_tests()
+    asked: list[str] = []
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": asked.append(prompt) or "x")
+    code, out, err = _run(monkeypatch, capsys, ["keys", "set", "groq"], tty=True)
+    assert code == 1 and asked == [] and "CENCORI_NB_PASSPHRASE is not set" in err

@@ -122,6 +122,9 @@ def _cmd_set(args: argparse.Namespace) -> int:
     if provider == _CENCORI and (args.default_model or args.make_default):
         raise ConfigurationError("The Cencori project key takes no --default-model or "
                                  "--make-default.", hint="Set those on a provider key.")
+    from ..keystore import default_store
+
+    default_store().kek_source   # open the store first: a locked one fails before the prompt
     key = _read_key(provider)
     if provider == _CENCORI:
         row = keys.set(provider, key, project=project, enabled=not args.disabled)
