@@ -124,7 +124,7 @@ def _cmd_set(args: argparse.Namespace) -> int:
                                  "--make-default.", hint="Set those on a provider key.")
     from ..keystore import default_store
 
-    default_store().kek_source   # open the store first: a locked one fails before the prompt
+    default_store().projects()   # open the store first: a locked one fails before the prompt
     key = _read_key(provider)
     if provider == _CENCORI:
         row = keys.set(provider, key, project=project, enabled=not args.disabled)
