@@ -176,6 +176,20 @@ def run(rounds: int, profile: bool, separate_process: bool = False) -> str:
         out.append(f"{title} ({rounds} interleaved rounds"
                    + (f", {chunks} text chunks per stream" if title == "streams" else "") + "):")
         out += _summary(samples, names[0])
+    # Cache hits: the whole cencori_nb.chat (route, lookup, 'cached' ledger row) and the bare
+    # lookup; nothing is sent, so there is no baseline to interleave with.
+    from cencori_nb import cache, router
+    from cencori_nb.types import ChatRequest
+
+    cencori_nb.chat(PROMPT, model=MODEL)                     # fill the cache
+    hit_request = ChatRequest.from_prompt(PROMPT, model=MODEL)
+    hit_key = cache.cache_key(router.resolve(hit_request), hit_request)
+    for label, fn in (("cencori_nb.chat cache hit", lambda: cencori_nb.chat(PROMPT, model=MODEL)),
+                      ("cache.lookup alone", lambda: cache.lookup(hit_key))):
+        assert getattr(fn(), "cached", False)
+        times = sorted(_timeit(fn) for _ in range(rounds))
+        out.append(f"{label}: median {statistics.median(times) * 1000:.0f} us, "
+                   f"p90 {times[int(len(times) * 0.9) - 1] * 1000:.0f} us")
     if profile:
         import cProfile
         import io

@@ -275,6 +275,8 @@ _lock = threading.Lock()
 _client: httpx2.Client | None = None
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx2.AsyncClient] = (
     weakref.WeakKeyDictionary())
+_closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]] = (
+    weakref.WeakKeyDictionary())
 _transport: Any = None          # an httpx2.BaseTransport injected by tests
 _async_transport: Any = None    # an httpx2.AsyncBaseTransport injected by tests
 
@@ -312,7 +314,11 @@ def _make_client() -> httpx2.Client:
 
 
 def get_async_client() -> httpx2.AsyncClient:
-    """The pooled ``httpx2.AsyncClient`` of the running event loop (one per loop)."""
+    """The pooled ``httpx2.AsyncClient`` of the running event loop (one per loop).
+
+    It is closed when its loop shuts down (``asyncio.run`` finalises async generators, and
+    a small one per client closes it), so no connection outlives its loop.
+    """
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
@@ -321,7 +327,21 @@ def get_async_client() -> httpx2.AsyncClient:
         install_log_redaction()
         client = httpx2.AsyncClient(transport=_async_transport, **_client_options())
         _async_clients[loop] = client
+        closer = _close_with_loop(client)
+        # The loop holds async generators weakly: keep the closer alive with the client.
+        _closers[loop] = (closer, loop.create_task(_arm(closer)))
     return client
+
+
+async def _close_with_loop(client: httpx2.AsyncClient) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+async def _arm(closer: AsyncIterator[None]) -> None:
+    await closer.__anext__()   # first step: the loop now tracks it and will aclose() it
 
 
 def set_transport(transport: Any = None, *, async_transport: Any = None) -> None:
@@ -341,9 +361,10 @@ def _close_clients() -> None:
         client, _client = _client, None
     if client is not None:
         client.close()
-    # Async clients belong to their loops (maybe closed already); drop them and let their
-    # connections be collected rather than awaiting a close on a foreign loop.
+    # Async clients belong to their loops, which close them on shutdown; forget them here
+    # rather than awaiting a close on a foreign loop.
     _async_clients.clear()
+    _closers.clear()
 
 
 def _reset_for_tests() -> None:

@@ -378,3 +378,15 @@ def test_one_async_client_per_event_loop() -> None:
     b1, _ = asyncio.run(grab())
     assert a1 is a2
     assert a1 is not b1
+
+
+def test_async_client_is_closed_when_its_loop_ends() -> None:
+    """asyncio.run shuts the loop down: the loop's pooled client is closed with it."""
+
+    async def grab() -> httpx2.AsyncClient:
+        client = transport.get_async_client()
+        await asyncio.sleep(0)
+        return client
+
+    client = asyncio.run(grab())
+    assert client.is_closed
