@@ -23,6 +23,7 @@ from .common import (
     Headers,
     bearer,
     dumps,
+    json_str,
     max_tokens_of,
     text_of,
 )
@@ -164,7 +165,7 @@ class AnthropicDoor(Door):
         await sse.frame('{"type":"ping"}', event="ping")
         for piece in reply.pieces:
             await sse.frame('{"type":"content_block_delta","index":0,"delta":{"type":"text_delta",'
-                            '"text":' + dumps(piece) + "}}", event="content_block_delta",
+                            '"text":' + json_str(piece) + "}}", event="content_block_delta",
                             content=True)
         await sse.frame('{"type":"content_block_stop","index":0}', event="content_block_stop")
         delta = {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},

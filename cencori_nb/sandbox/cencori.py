@@ -19,7 +19,17 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
-from .common import BadRequest, ChatCall, Door, Exchange, Headers, bearer, dumps, max_tokens_of
+from .common import (
+    BadRequest,
+    ChatCall,
+    Door,
+    Exchange,
+    Headers,
+    bearer,
+    dumps,
+    json_str,
+    max_tokens_of,
+)
 from .openai import MODELS, NOT_FOUND_MARK, SANDBOX_TAG, OpenAIDoor, read_openai_chat
 from .replies import Reply
 from .wallet import gateway_charge, provider_cost
@@ -245,7 +255,7 @@ class CencoriNativeDoor(_Gateway, Door):
             return
         sse = ex.sse(self.ok_headers(ex), content_frames=len(reply.pieces))
         for piece in reply.pieces:
-            await sse.frame('{"delta":' + dumps(piece) + "}", content=True)
+            await sse.frame('{"delta":' + json_str(piece) + "}", content=True)
         await sse.frame(f'{{"delta":"","finish_reason":"{finish}"}}')
         await sse.frame(dumps({"usage": usage, "cost_usd": cost}))
         await sse.frame("[DONE]")

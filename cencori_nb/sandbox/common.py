@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any
 
 from .faults import ERROR_FAULTS
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from .server import Request, Responder, SandboxServer
 
 __all__ = ["BadRequest", "ChatCall", "Door", "Exchange", "SSEWriter", "StreamCut",
-           "bearer", "dumps", "key_hint", "text_of"]
+           "bearer", "dumps", "json_str", "key_hint", "text_of"]
 
 Headers = list[tuple[str, str]]
 
@@ -35,9 +36,16 @@ FAULT_KINDS = {"401": "invalid_key", "402": "payment", "403": "permission",
                "429": "rate_limit", "500": "server", "503": "unavailable"}
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON, non-ASCII kept (the bodies are UTF-8)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(obj)
+
+
+# a JSON string literal (the C encoder; streams call this once per token)
+json_str: Callable[[str], str] = encode_basestring
 
 
 def key_hint(key: str | None) -> str:
@@ -191,9 +199,12 @@ class SSEWriter:
         self._content = 0
         self._cut_after = max(1, content_frames // 2) if ex.fault == "truncate" else None
         self._malformed = ex.fault == "malformed"
-        # "spread a little": 10 % of the latency again, spread over the content frames
-        latency = ex.latency_s
-        self._spread = latency * 0.1 / max(1, content_frames) if latency > 0 else 0.0
+        # "spread a little": 10 % of the latency again, spread over the content frames in
+        # pauses of at least 1 ms (finer pauses only cost timers and syscalls)
+        spread_total = ex.latency_s * 0.1
+        pauses = min(max(1, content_frames), int(spread_total / 0.001))
+        self._spread = spread_total / pauses if pauses > 0 else 0.0
+        self._every = -(-max(1, content_frames) // pauses) if pauses > 0 else 0
 
     def comment(self, text: str) -> None:
         self._buf.append(f": {text}{self._sep}")
@@ -209,7 +220,7 @@ class SSEWriter:
             await self.flush()
             self._resp.close()
             raise StreamCut
-        if content and self._spread:
+        if content and self._spread and self._content % self._every == 0:
             await self.flush()
             await asyncio.sleep(self._spread)
 

@@ -16,7 +16,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import BadRequest, ChatCall, Door, Exchange, Headers, dumps, max_tokens_of, text_of
+from .common import (
+    BadRequest,
+    ChatCall,
+    Door,
+    Exchange,
+    Headers,
+    dumps,
+    json_str,
+    max_tokens_of,
+    text_of,
+)
 from .openai import NOT_FOUND_MARK, SANDBOX_TAG
 from .replies import Reply
 
@@ -140,7 +150,7 @@ class GoogleDoor(Door):
         last = len(reply.pieces) - 1
         frames = []
         for i, piece in enumerate(reply.pieces):
-            candidate = '{"candidates":[{"content":{"parts":[{"text":' + dumps(piece) + \
+            candidate = '{"candidates":[{"content":{"parts":[{"text":' + json_str(piece) + \
                 '}],"role":"model"}' + (f',"finishReason":"{finish}"' if i == last else "") + \
                 ',"index":0}]'
             usage = ',"usageMetadata":' + dumps(self._usage(reply)) if i == last else ""

@@ -23,6 +23,7 @@ from .common import (
     Headers,
     bearer,
     dumps,
+    json_str,
     max_tokens_of,
     text_of,
 )
@@ -224,7 +225,7 @@ class OpenAIDoor(Door):
         await sse.frame(head + '{"role":"assistant","content":"","refusal":null},' + tail
                         + "null}]" + usage_null)
         for piece in reply.pieces:
-            await sse.frame(head + '{"content":' + dumps(piece) + "}," + tail + "null}]"
+            await sse.frame(head + '{"content":' + json_str(piece) + "}," + tail + "null}]"
                             + usage_null, content=True)
         await sse.frame(head + "{}," + tail + f'"{finish}"}}]' + usage_null)
         if with_usage:
