@@ -13,7 +13,7 @@ attached a ``fallback`` (the project allows it and a Cencori key exists) and the
 rate limit, a timeout or an outage — never after 401/403 (an invalid BYOK key does not
 silently spend credits). Each attempt gets its own ledger row.
 
-Streams, and what a cut costs (decided here, documented in docs/contracts.md's spirit):
+Streams, and what a cut costs (the rule this module implements):
 
 - The text deltas are yielded as they arrive; ``.completion`` is set once the stream ends.
 - The provider's terminal event seen (``parser.done``) → the stream *completed*. If usage

@@ -232,3 +232,19 @@ def test_canary_key_never_leaks(sbx: SandboxServer, canary: str, private_home: P
     default_ledger().flush()
     cencori_nb.cache._reset_for_tests()
     assert canary.encode() not in all_bytes_under(private_home)
+
+
+def test_astream_closed_early(sbx: SandboxServer) -> None:
+    """Leaving an async stream after one delta closes it and settles the partial answer."""
+
+    async def run() -> object:
+        s = cencori_nb.astream("Async early stop", model="gpt-4o-mini", cache=False)
+        async for _delta in s:
+            break
+        await s.aclose()
+        return s.completion
+
+    completion = asyncio.run(run())
+    assert completion is not None and completion.estimated  # type: ignore[attr-defined]
+    rows = _rows()
+    assert len(rows) == 1 and rows[0].estimated
