@@ -17,10 +17,12 @@ What a batch does, in order:
    concurrency halves; successes raise it back). ``achat`` is called with ``retries=0``: the
    batch does its own bounded retries so the limiter sees every 429.
 3. **Record**: every request is settled in the ledger by the client (success, failure, cache
-   hit). The batch adds a *checkpoint* in the home (``batches/<id>.jsonl``, one line per
-   finished row) so that re-running the same batch after an interrupt or with failed rows
-   sends only the rows that are missing. The checkpoint is deleted when a run ends with
-   every row done; ``resume=False`` ignores it.
+   hit). Re-running the same batch sends only the rows that are missing (interrupted,
+   failed, or not sent): deterministic requests (temperature 0 or unset, cache on) are
+   answered by the response cache, each hit recorded as cached; for the others the batch
+   keeps a *checkpoint* in the home (``batches/<id>.jsonl``, 0600, one line per finished
+   row, keyed by a hash of the prompt and the parameters). The checkpoint is deleted when a
+   run ends with every sendable row done; ``resume=False`` ignores it.
 4. **Return** a DataFrame in input order (aligned with the input index for a Series or an
    accessor) with columns ``prompt, text, error, input_tokens, output_tokens, cost_usd,
    route, cached, model, provider_cost_usd, credits_charged_usd, request_id``.
@@ -28,8 +30,9 @@ What a batch does, in order:
 ``cost_usd`` is what the row cost *you*: the credits charged for a managed request, the
 provider's list price for a BYOK request (paid to the provider on your own account), 0 for a
 cache hit. ``provider_cost_usd`` and ``credits_charged_usd`` give both sides as the ledger
-has them. Rows restored from a checkpoint keep the values of the run that paid for them
-(they are not charged again; ``df.attrs["cencori"]`` counts them).
+has them. Rows restored from a checkpoint are shown like cache hits (``cached`` True, cost 0:
+the earlier run paid; ``request_id`` names that request); ``df.attrs["cencori"]`` counts
+them, with the requests sent and the 429s met.
 
 A failing row gets its message in ``error`` and the batch goes on. Rate limits, timeouts
 and 5xx are retried (``retries`` times for timeouts/5xx, up to
@@ -243,23 +246,31 @@ class BatchEstimate:
     output_assumed: bool            # True when max_tokens was not given (a guess per row)
     skipped_rows: int = 0           # already finished (checkpoint) or not sendable
 
-    def __str__(self) -> str:
-        cost = "cost unknown (no price for this model)" if self.cost_usd is None \
-            else f"~${self.cost_usd:.4f}"
-        what = "credits" if self.route == "managed" else "provider cost"
+    def detail(self) -> str:
+        """Where the figure comes from: model, route, tokens, the output assumption."""
         out = (f"~{self.output_tokens:,} output tokens "
                + (f"({DEFAULT_OUTPUT_TOKENS} a row assumed; pass max_tokens to bound it)"
                   if self.output_assumed else "(max_tokens a row)"))
-        skipped = f" ({self.skipped_rows} already done or not sendable)" if self.skipped_rows \
-            else ""
-        return (f"{self.rows} rows to send{skipped} to {self.model} via {self.route}: "
-                f"~{self.input_tokens:,} input tokens, {out}; {cost} {what}")
+        return (f"{self.model} via {self.route}: ~{self.input_tokens:,} input tokens, {out}")
+
+    def __str__(self) -> str:
+        cost = "cost unknown (no price for this model)" if self.cost_usd is None \
+            else f"~{_usd(self.cost_usd)}"
+        what = "in credits" if self.route == "managed" else "provider cost (your own key)"
+        skipped = f" ({self.skipped_rows} more not sendable or already done)" \
+            if self.skipped_rows else ""
+        return f"{self.rows} rows to send{skipped}: {cost} {what}; {self.detail()}"
 
     def _repr_markdown_(self) -> str:
         return str(self)
 
     def __repr__(self) -> str:
         return f"BatchEstimate({self})"
+
+
+def _usd(amount: Decimal) -> str:
+    """$0.0123, or six decimals for sub-cent figures (so they do not print as $0.0000)."""
+    return f"${amount:.4f}" if abs(amount) >= Decimal("0.01") else f"${amount:.6f}"
 
 
 def _resolve(params: _Params) -> tuple[str, str, str]:
@@ -423,15 +434,14 @@ class _Batch:
             out.append(pos)
         return out
 
-    def _finish(self, pos: int, row: dict[str, Any], *, save: bool = False,
-                spent: bool = True) -> None:
+    def _finish(self, pos: int, row: dict[str, Any], *, save: bool = False) -> None:
         self.rows[pos] = row
         o = self.outcome
         o.rows_done += 1
         if row["error"] is not None:
             o.errors += 1
         cost = row.get("cost_usd")
-        if spent and isinstance(cost, Decimal):
+        if isinstance(cost, Decimal):
             o.spent_usd += cost
         if save and self.checkpoint is not None and row["error"] is None:
             key = self.keys[pos]
@@ -467,8 +477,11 @@ class _Batch:
                 continue
             rec = self._resume_rows.get(pos)
             if rec is not None and rec.get("key") == key:
+                # Paid for by an earlier run: free now, like a cache hit.
                 row = {k: _from_json(rec.get(k)) for k in COLUMNS if k != "prompt"}
-                self._finish(pos, row, spent=False)
+                row.update(cached=True, cost_usd=Decimal(0), provider_cost_usd=Decimal(0),
+                           credits_charged_usd=Decimal(0))
+                self._finish(pos, row)
                 o.resumed += 1
         queue = iter(self.pending())
         n_workers = min(self.concurrency, max(1, len(self.prompts)))
@@ -499,7 +512,12 @@ class _Batch:
         with contextlib.suppress(Exception):
             self.progress.close(o.rows_done, o.errors, o.spent_usd, note=note)
         if self.checkpoint is not None:
-            if not o.interrupted and o.errors == 0:
+            # Keep it while a sendable row is unfinished (failed, interrupted, not sent):
+            # that is what a re-run completes. Empty prompts never will.
+            unfinished = any(row is None or row["error"] is not None
+                             for row, key in zip(self.rows, self.keys, strict=True)
+                             if key is not None)
+            if not unfinished:
                 self.checkpoint.delete()      # everything done: nothing to resume
             else:
                 self.checkpoint.close()
@@ -628,7 +646,10 @@ def _prepare(prompts: Any, *, model: str | None, provider: str | None, route: st
     limit = _decimal(max_cost_usd)
     fp = params.fingerprint()
     keys = [None if _empty_reason(p) else _row_key(p, fp) for p in values]
-    checkpoint = Checkpoint(_batch_id(keys, fp)) if values else None
+    # Deterministic requests with the cache on are resumed by the response cache (each hit
+    # recorded in the ledger as cached); the checkpoint covers what the cache cannot.
+    use_checkpoint = bool(values) and not (params.cache and params.deterministic)
+    checkpoint = Checkpoint(_batch_id(keys, fp)) if use_checkpoint else None
     if checkpoint is not None:
         checkpoint.prune()
     batch = _Batch(values, params, concurrency=concurrency, max_cost_usd=limit,
@@ -646,8 +667,8 @@ def _prepare(prompts: Any, *, model: str | None, provider: str | None, route: st
                 estimate_usd=None, rows=len(todo), max_cost_usd=limit)
         if est.cost_usd > limit:
             raise CostLimitError(
-                f"Estimated cost ${est.cost_usd:.4f} for {len(todo)} rows ({est}) is above "
-                f"max_cost_usd=${limit}. Nothing was sent.",
+                f"Estimated cost {_usd(est.cost_usd)} for {len(todo)} rows is above "
+                f"max_cost_usd=${limit}. Nothing was sent. ({est.detail()})",
                 hint="Raise max_cost_usd, lower max_tokens, or send fewer rows "
                 "(e.g. df.head(20)).",
                 estimate_usd=est.cost_usd, rows=len(todo), max_cost_usd=limit)

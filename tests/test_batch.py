@@ -262,7 +262,11 @@ def test_checkpoint_resume_sends_only_missing_rows_and_is_removed_when_done(
     assert sorted(second.calls) == ["q2", "q5"]
     assert out2["error"].isna().all()
     assert out2["text"].tolist() == [f"echo: {p}" for p in prompts]
-    assert out2["cost_usd"].tolist() == [Decimal("0.001")] * 8
+    # resumed rows cost nothing now (like cache hits); the resent two are paid
+    assert out2["cost_usd"].tolist() == [Decimal("0.001") if p in ("q2", "q5") else Decimal(0)
+                                         for p in prompts]
+    assert out2["cached"].tolist() == [p not in ("q2", "q5") for p in prompts]
+    assert out2["request_id"].tolist() == [f"req-{p}" for p in prompts]
     assert out2.attrs["cencori"]["resumed_rows"] == 6
     assert out2.attrs["cencori"]["spent_usd_this_run"] == "0.002"
     assert not list((private_home / "batches").glob("*.jsonl"))   # done: checkpoint gone
@@ -272,12 +276,25 @@ def test_checkpoint_resume_sends_only_missing_rows_and_is_removed_when_done(
     assert len(third.calls) == 8                  # a finished batch runs afresh
 
 
+def test_no_checkpoint_for_cached_requests_and_none_kept_for_empty_rows(
+        private_home: Path) -> None:
+    """Deterministic + cache: the response cache resumes, no checkpoint file is written. A
+    sampled batch whose only failures are empty prompts is complete: checkpoint removed."""
+    cencori_nb.map(["a", "b"], achat=FakeAchat(fail={"b": ValueError("x")}), progress=False)
+    assert not (private_home / "batches").exists() or \
+        not list((private_home / "batches").glob("*.jsonl"))
+    out = cencori_nb.map(["a", None], achat=FakeAchat(), temperature=0.7, progress=False)
+    assert out["error"].tolist()[1] == "not sent: empty prompt"
+    assert not list((private_home / "batches").glob("*.jsonl"))
+
+
 def test_resume_false_sends_every_row() -> None:
     """resume=False ignores the checkpoint of an earlier partial run."""
     prompts = ["a", "b"]
-    cencori_nb.map(prompts, achat=FakeAchat(fail={"b": ValueError("x")}), progress=False)
+    cencori_nb.map(prompts, achat=FakeAchat(fail={"b": ValueError("x")}), temperature=0.5,
+                   progress=False)
     again = FakeAchat()
-    cencori_nb.map(prompts, achat=again, resume=False, progress=False)
+    cencori_nb.map(prompts, achat=again, resume=False, temperature=0.5, progress=False)
     assert sorted(again.calls) == ["a", "b"]
 
 
@@ -308,7 +325,7 @@ def test_interrupt_returns_partial_and_resume_sends_only_missing_rows() -> None:
     t = threading.Thread(target=interrupt_when_five_done)
     t.start()
     with pytest.raises(batch.BatchInterrupted) as info:
-        cencori_nb.map(prompts, achat=achat, concurrency=4, progress=False)
+        cencori_nb.map(prompts, achat=achat, concurrency=4, temperature=0.5, progress=False)
     t.join()
     gate.set()
     err = info.value
@@ -320,7 +337,7 @@ def test_interrupt_returns_partial_and_resume_sends_only_missing_rows() -> None:
     assert part.attrs["cencori"]["interrupted"] is True
 
     again = FakeAchat()
-    out = cencori_nb.map(prompts, achat=again, concurrency=4, progress=False)
+    out = cencori_nb.map(prompts, achat=again, concurrency=4, temperature=0.5, progress=False)
     assert sorted(again.calls) == sorted(prompts[5:])
     assert out["error"].isna().all()
     assert out["text"].tolist() == [f"echo: {p}" for p in prompts]
@@ -342,14 +359,15 @@ async def test_amap_cancel_reraises_and_keeps_finished_rows_for_resume() -> None
         return completion(prompt)
 
     task = asyncio.create_task(cencori_nb.amap(prompts, achat=achat, concurrency=5,
-                                               progress=False))
+                                               temperature=1, progress=False))
     await asyncio.wait_for(done.wait(), 5)
     await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     again = FakeAchat()
-    out = await cencori_nb.amap(prompts, achat=again, concurrency=5, progress=False)
+    out = await cencori_nb.amap(prompts, achat=again, concurrency=5, temperature=1,
+                                progress=False)
     assert sorted(again.calls) == sorted(prompts[3:])
     assert out["error"].isna().all()
 

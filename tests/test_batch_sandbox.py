@@ -8,7 +8,6 @@ are checked at the source.
 from __future__ import annotations
 
 import _thread
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -187,29 +186,35 @@ def test_spend_reaching_max_cost_stops_new_rows(sbx: SandboxServer) -> None:
     assert out.attrs["cencori"]["stopped"] == "max_cost_usd reached"
 
 
+class InterruptAfter:
+    """A progress display that presses Ctrl-C once ``n`` rows are done (the public
+    ``progress=`` seam; it runs on the batch's loop thread, like a person's click)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.fired = False
+
+    def update(self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False) -> None:
+        if done >= self.n and not self.fired:
+            self.fired = True
+            _thread.interrupt_main()
+
+    def close(self, done: int, errors: int, cost_usd: Decimal, *, note: str = "") -> None:
+        pass
+
+
 @pytest.mark.parametrize("own_sandbox", [{"latency_ms": 150, "seed": 2}], indirect=True)
+@pytest.mark.parametrize("temperature", [0.8, None], ids=["sampled-checkpoint", "cached"])
 def test_interrupt_then_rerun_sends_only_missing_rows_and_charges_once(
-        own_sandbox: SandboxServer) -> None:
-    """Interrupt a managed, non-deterministic batch (no cache) mid-way; the re-run sends only
-    the unfinished rows (counted at the sandbox) and no request id is debited twice."""
+        own_sandbox: SandboxServer, temperature: float | None) -> None:
+    """Interrupt a managed batch mid-way; the re-run sends only the unfinished rows (counted
+    at the sandbox) and no request id is debited twice. Sampled requests (temperature 0.8)
+    resume from the batch checkpoint; deterministic ones from the response cache."""
     wallet.top_up(25)
     prompts = [f"sample row {i}" for i in range(12)]
-
-    def interrupt_after_four() -> None:
-        while True:
-            lines = sum(len(p.read_text().splitlines())
-                        for p in (home_dir() / "batches").glob("*.jsonl"))
-            if lines >= 4:
-                break
-            time.sleep(0.01)
-        _thread.interrupt_main()
-
-    t = threading.Thread(target=interrupt_after_four)
-    t.start()
     with pytest.raises(batch.BatchInterrupted) as info:
-        cencori_nb.map(prompts, model="gpt-4o-mini", route="managed", temperature=0.8,
-                       concurrency=2, progress=False)
-    t.join()
+        cencori_nb.map(prompts, model="gpt-4o-mini", route="managed", temperature=temperature,
+                       concurrency=2, progress=InterruptAfter(4))
     part = info.value.partial
     finished = part["error"].isna()
     n_done = int(finished.sum())
@@ -218,14 +223,20 @@ def test_interrupt_then_rerun_sends_only_missing_rows_and_charges_once(
     time.sleep(0.4)                     # let requests cut off in flight reach the server
     before = own_sandbox.stats["requests"]
 
-    out = cencori_nb.map(prompts, model="gpt-4o-mini", route="managed", temperature=0.8,
+    out = cencori_nb.map(prompts, model="gpt-4o-mini", route="managed", temperature=temperature,
                          concurrency=2, progress=False)
     assert own_sandbox.stats["requests"] - before == 12 - n_done
     assert out["error"].isna().all()
+    assert out["cached"].tolist() == finished.tolist()
+    assert (out["cost_usd"][finished] == 0).all() and (out["cost_usd"][~finished] > 0).all()
     assert out["text"][finished].tolist() == part["text"][finished].tolist()
     debits = _usage_debits()
-    assert set(out["request_id"]) <= set(debits)
+    assert set(out["request_id"][~finished]) <= set(debits)
+    assert set(part["request_id"][finished]) <= set(debits)
     assert max(debits.values()) == 1
+    if temperature is None:
+        assert len(_rows("cached")) == n_done       # the cache answered, and said so
+    assert not list((home_dir() / "batches").glob("*.jsonl"))   # complete: no checkpoint
 
 
 def test_dataframe_accessor_against_sandbox(sbx: SandboxServer) -> None:
