@@ -18,10 +18,14 @@ from cencori_nb import keystore
 from cencori_nb.keystore.store import KeyStore
 
 _WRITER = """
-import sys, time
+import pathlib, sys, time
 from cencori_nb import keys
-tag, provider, count, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-time.sleep(max(0.0, start - time.time()))     # both writers start together
+tag, provider, count, barrier = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+barrier = pathlib.Path(barrier)
+(barrier / tag).touch()                        # both writers start together
+deadline = time.time() + 120
+while len(list(barrier.iterdir())) < 2 and time.time() < deadline:
+    time.sleep(0.005)
 first = time.time()
 for i in range(count):
     keys.set(provider, f"{provider[:2]}-{tag}-key-{i:04d}-padding", project=f"{tag}-{i}")
@@ -54,8 +58,10 @@ def test_two_processes_writing_at_once_lose_nothing(private_home: Path,
     """2 × 50 writes to different projects and providers, started together on an empty
     home (both race to create the store): all 100 records are there afterwards."""
     extra = {"CENCORI_NB_PASSPHRASE": passphrase} if passphrase else {}
-    start = str(time.time() + 3.0)
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, tag, provider, "50", start],
+    barrier = private_home.parent / "barrier"
+    barrier.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, tag, provider, "50",
+                               str(barrier)],
                               env=_env(private_home, **extra), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
              for tag, provider in (("a", "openai"), ("b", "anthropic"))]
