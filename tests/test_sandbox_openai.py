@@ -205,3 +205,20 @@ async def test_async_client_streams(sandbox):
             text += chunk.choices[0].delta.content or ""
     await client.close()
     assert text.startswith("[sandbox reply from openai/gpt-4o-mini]")
+
+
+def test_mistral_stream_usage_on_last_chunk_and_no_stream_options(sandbox):
+    """Mistral: usage comes on the finishing chunk unasked; stream_options is a 422."""
+    client = openai.OpenAI(base_url=sandbox.url + "/mistral/v1", api_key=KEY, max_retries=0)
+    chunks = list(client.chat.completions.create(
+        model="mistral-small-latest", stream=True,
+        messages=[{"role": "user", "content": "hello"}]))
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks)
+    assert chunks[-1].usage.completion_tokens == count_tokens(text)
+    assert all(ch.usage is None for ch in chunks[:-1])
+    with pytest.raises(openai.UnprocessableEntityError) as info:
+        client.chat.completions.create(model="mistral-small-latest", stream=True,
+                                       messages=[{"role": "user", "content": "hello"}],
+                                       stream_options={"include_usage": True})
+    assert info.value.code == "extra_forbidden"

@@ -6,7 +6,8 @@ openrouter and local. Auth is ``Authorization: Bearer``; errors are
 ``x-ratelimit-*`` headers; streams are ``data: {chunk}`` lines ending with ``data: [DONE]``,
 with a separate usage chunk (empty ``choices``) when ``stream_options.include_usage`` is set.
 OpenRouter differs the way the real one does: an SSE comment ``: OPENROUTER PROCESSING``,
-usage always sent (with ``usage.cost``) and integer error codes.
+usage always sent (with ``usage.cost``) and integer error codes. Mistral puts usage on the
+last chunk without being asked and answers 422 to ``stream_options``.
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ class OpenAIDoor(Door):
     def __init__(self, name: str) -> None:
         self.name = name
         self.openrouter = name == "openrouter"
+        # Mistral: usage rides on the last chunk by default, and its schema refuses
+        # unknown fields such as stream_options (422)
+        self.mistral = name == "mistral"
 
     # --- auth and errors ----------------------------------------------------------------
     def api_key(self, req: Any) -> str | None:
@@ -174,6 +178,10 @@ class OpenAIDoor(Door):
         except ValueError:
             raise BadRequest("We could not parse the JSON body of your request.") from None
         fields = read_openai_chat(body)
+        if self.mistral and "stream_options" in body:
+            raise BadRequest("stream_options: Extra inputs are not permitted "
+                             "(extra_forbidden)", param="stream_options",
+                             code="extra_forbidden", status=422)
         if NOT_FOUND_MARK in fields["model"]:
             raise BadRequest(f"The model `{fields['model']}` does not exist or you do not "
                              "have access to it.", status=404, kind="not_found",
@@ -227,7 +235,11 @@ class OpenAIDoor(Door):
         for piece in reply.pieces:
             await sse.frame(head + '{"content":' + json_str(piece) + "}," + tail + "null}]"
                             + usage_null, content=True)
-        await sse.frame(head + "{}," + tail + f'"{finish}"}}]' + usage_null)
+        if self.mistral:
+            await sse.frame(head + "{}," + tail + f'"{finish}"}}],"usage":'
+                            + dumps(self.usage(call, reply)) + "}")
+        else:
+            await sse.frame(head + "{}," + tail + f'"{finish}"}}]' + usage_null)
         if with_usage:
             usage = {"id": cid, "object": "chat.completion.chunk", "created": created,
                      "model": call.model, "service_tier": "default",
