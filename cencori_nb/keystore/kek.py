@@ -38,7 +38,6 @@ log = logging.getLogger("cencori_nb.keystore")
 
 ENV_PASSPHRASE = "CENCORI_NB_PASSPHRASE"  # noqa: S105 (the variable name, not a secret)
 KEYRING_SERVICE = "cencori-nb"
-SOURCES = ("passphrase", "keyring", "keyfile")
 _ID_RE = re.compile(r"[0-9a-f]{16}")
 
 
