@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigurationError
-from .home import ensure_home, home_dir, open_private, private_umask
+from .home import ENV_HOME, ensure_home, home_dir, open_private, private_umask
 from .migrations import migrate
 
 __all__ = ["COST_SQL", "PUSD", "Ledger", "LedgerRow", "default_ledger", "from_pusd", "ledger_path",
@@ -304,14 +304,16 @@ class Ledger:
 
 
 _default: Ledger | None = None
+_default_env: str | None = None     # CENCORI_NB_HOME when _default was opened
 _default_lock = threading.Lock()
 
 
 def default_ledger() -> Ledger:
     """The process's ledger for the current home (opened and migrated on first use)."""
-    global _default
+    global _default, _default_env
+    env = os.environ.get(ENV_HOME)
     led = _default
-    if led is not None and led.path == ledger_path():
+    if led is not None and env == _default_env:     # cheap: no path building per request
         return led
     with _default_lock:
         if _default is not None and _default.path != ledger_path():
@@ -319,6 +321,7 @@ def default_ledger() -> Ledger:
             _default = None
         if _default is None:
             _default = Ledger()
+        _default_env = env
         return _default
 
 

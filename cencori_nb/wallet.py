@@ -157,14 +157,14 @@ def debit_in(conn: sqlite3.Connection, request_id: str, amount: Decimal, *,
     charge = to_pusd(amount) or 0
     if charge < 0:
         raise CreditsError(f"A usage debit must not be negative (got {amount}); use refund().")
-    if conn.execute("SELECT 1 FROM wallet_transactions WHERE kind = 'usage' AND request_id = ?",
-                    (request_id,)).fetchone():
-        return None
-    last = conn.execute("SELECT balance_after_pusd FROM wallet_transactions "
-                        "ORDER BY id DESC LIMIT 1").fetchone()
-    if last is None:
-        return None      # the mirror is not tracking yet (no balance was ever recorded)
-    before = int(last[0])
+    # one statement: was it debited already, and the current balance (NULL: not tracking)
+    done, last = conn.execute(
+        "SELECT (SELECT 1 FROM wallet_transactions WHERE kind = 'usage' AND request_id = ?), "
+        "(SELECT balance_after_pusd FROM wallet_transactions ORDER BY id DESC LIMIT 1)",
+        (request_id,)).fetchone()
+    if done or last is None:
+        return None      # already debited, or the mirror is not tracking yet
+    before = int(last)
     taken = min(charge, max(before, 0))
     note = None
     if taken < charge:
