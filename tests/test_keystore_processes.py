@@ -126,3 +126,30 @@ def test_writer_killed_mid_write_leaves_a_whole_generation(private_home: Path) -
     assert not list(private_home.glob(".keystore.json.*.tmp"))
     assert store.get("openai", "default").api_key.reveal() == "sk-after-the-kills-000001"  # type: ignore
     print(f"temp files left by killed writers over the rounds: {leftover_temps}")
+
+
+def test_threads_writing_at_once_lose_nothing(private_home: Path) -> None:
+    """4 threads × 10 writes through the one default store: 40 records afterwards."""
+    import threading
+
+    from cencori_nb import keys
+
+    errors: list[BaseException] = []
+
+    def writer(t: int) -> None:
+        try:
+            for i in range(10):
+                keys.set("openai", f"sk-thread-{t}-{i:03d}-padding", project=f"t{t}-{i}")
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not errors
+    keystore._reset_for_tests()
+    store = keystore.default_store()
+    assert len(store.projects()) == 40
+    assert store.get("openai", "t3-9").api_key.reveal() == "sk-thread-3-009-padding"  # type: ignore
