@@ -221,3 +221,17 @@ def test_soft_budget_warns_at_50_80_100_once_each() -> None:
     assert ["50%" in budget[0], "80%" in budget[1], "100%" in budget[2]] == [True] * 3
     assert default_ledger().query("SELECT threshold FROM budget_alerts ORDER BY threshold") \
         == [(50,), (80,), (100,)]
+
+
+def test_money_modules_import_light() -> None:
+    """Importing the money modules loads neither pandas, plotly nor the price table."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cencori_nb.accounting, cencori_nb.reports, cencori_nb.charts, "
+            "cencori_nb.cli.money; "
+            "print(sorted(m for m in ('pandas', 'plotly', 'genai_prices.data') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.strip()
+    assert out == "[]"
