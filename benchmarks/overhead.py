@@ -190,6 +190,7 @@ def run(rounds: int, profile: bool, separate_process: bool = False) -> str:
         times = sorted(_timeit(fn) for _ in range(rounds))
         out.append(f"{label}: median {statistics.median(times) * 1000:.0f} us, "
                    f"p90 {times[int(len(times) * 0.9) - 1] * 1000:.0f} us")
+    out += _breakdown(rounds)
     if profile:
         import cProfile
         import io
@@ -210,6 +211,44 @@ def run(rounds: int, profile: bool, separate_process: bool = False) -> str:
         server.stop()  # type: ignore[attr-defined]
     where = "a separate process" if separate_process else "a thread of this process"
     return f"sandbox in {where}, latency 0\n" + "\n".join(out)
+
+
+def _breakdown(rounds: int) -> list[str]:
+    """Median cost of each step of one chat call, measured alone (no network for most)."""
+    import uuid
+
+    from cencori_nb import accounting, client, router, transport
+    from cencori_nb.providers import get_provider
+    from cencori_nb.types import ChatRequest
+
+    request = ChatRequest.from_prompt(PROMPT, model=MODEL, cache=False)
+    decision = router.resolve(request)
+    adapter = get_provider(decision.adapter)
+    response = transport.send(adapter.build_request(
+        request, model=decision.model, api_key=decision.credential, base_url=decision.base_url))
+    result = adapter.parse_response(response)
+
+    def settle() -> object:
+        completion = client._completion(decision, request, result, latency_ms=1.0)
+        completion.request_id = uuid.uuid4().hex      # a new ledger row each time
+        return accounting.settle(completion)
+
+    steps = {
+        "router.resolve": lambda: router.resolve(request),
+        "budget check": lambda: client._check_budget(request, decision),
+        "adapter.build_request": lambda: adapter.build_request(
+            request, model=decision.model, api_key=decision.credential,
+            base_url=decision.base_url),
+        "adapter.parse_response": lambda: adapter.parse_response(response),
+        "accounting.settle": settle,
+    }
+    lines = ["per-step cost of one cencori_nb.chat, each measured alone:"]
+    for name, fn in steps.items():
+        for _ in range(20):
+            fn()
+        times = [_timeit(fn) for _ in range(rounds)]
+        lines.append(f"  {name:<24} median {statistics.median(times) * 1000:7.1f} us")
+    return lines
 
 
 def main() -> None:

@@ -22,14 +22,28 @@ __all__ = ["DIR_MODE", "ENV_HOME", "FILE_MODE", "atomic_write", "ensure_home", "
            "open_private", "private_umask"]
 
 
-def home_dir() -> Path:
-    """Return the per-user home (not created)."""
-    env = os.environ.get(ENV_HOME)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
+_home_memo: tuple[str | None, Path] | None = None   # (CENCORI_NB_HOME value, resolved path)
 
-    return Path(platformdirs.user_data_dir("cencori-nb", appauthor=False))
+
+def home_dir() -> Path:
+    """Return the per-user home (not created).
+
+    Memoised on the value of ``CENCORI_NB_HOME`` (it is read several times per request and
+    building a ``Path`` is not free); changing the variable is noticed at the next call.
+    """
+    global _home_memo
+    env = os.environ.get(ENV_HOME)
+    memo = _home_memo
+    if memo is not None and memo[0] == env:
+        return memo[1]
+    if env:
+        path = Path(env).expanduser()
+    else:
+        import platformdirs
+
+        path = Path(platformdirs.user_data_dir("cencori-nb", appauthor=False))
+    _home_memo = (env, path)
+    return path
 
 
 @contextlib.contextmanager

@@ -37,13 +37,16 @@ Base URL: ``sandbox_url`` + the adapter's ``sandbox_prefix`` when a sandbox is s
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from .catalog import CENCORI, PROVIDERS, provider_info
 from .errors import ConfigurationError, ProviderNotConfiguredError, UnknownModelError
+from .home import ENV_HOME
 from .keystore.secret import Secret
+from .settings import ENV_PROJECT, ENV_SANDBOX, config_path
 from .types import ChatRequest, Message
 
 __all__ = ["GATEWAY_DEFAULT_MODEL", "Decision", "explain_route", "provider_for_model",
@@ -331,48 +334,56 @@ def _decide(model: str | None, provider: str | None, route: str, project: str | 
     return decision
 
 
-# (model, provider, route, project) → (settings object, store file signature, Decision).
-# A decision is reused while neither the settings nor the key store file changed; checking
-# that costs one stat, where resolving again costs several store lookups and a base-URL
-# computation (per-call overhead matters: see benchmarks/overhead.py).
-_memo: dict[tuple[Any, ...], tuple[Any, Any, Decision]] = {}
+# (model, provider, route, project) → (state token, Decision). A decision is reused while
+# the state it was computed from is unchanged: the home, project and sandbox variables and
+# the signatures (inode, mtime, size) of config.json and of the key store file, which costs
+# two stats, where resolving again costs several store lookups and a base-URL computation
+# (per-call overhead matters: see benchmarks/overhead.py).
+_memo: dict[tuple[Any, ...], tuple[tuple[Any, ...], Decision]] = {}
 _MEMO_MAX = 256
+_paths: dict[str | None, tuple[str, str]] = {}   # CENCORI_NB_HOME → (config, store) paths
 
 
-def _store_signature() -> tuple[Any, ...]:
-    import os
-
-    store = _store()
+def _sig(path: str) -> tuple[int, int, int, int] | None:
     try:
-        st = os.stat(store.path)
+        st = os.stat(path)
     except FileNotFoundError:
-        return (store.path, None)
-    return (store.path, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
+def _state_token() -> tuple[Any, ...]:
+    environ = os.environ
+    home = environ.get(ENV_HOME)
+    paths = _paths.get(home)
+    if paths is None:
+        paths = _paths[home] = (str(config_path()), str(_store().path))
+    return (home, environ.get(ENV_PROJECT), environ.get(ENV_SANDBOX), _sig(paths[0]),
+            _sig(paths[1]))
 
 
 def resolve(request: ChatRequest) -> Decision:
     """The :class:`Decision` for ``request`` (its model, provider, route and project)."""
-    from .settings import load_settings
     from .transport import register_secret
 
     key = (request.model, request.provider, request.route, request.project)
-    settings = load_settings()
-    signature = _store_signature()
+    token = _state_token()
     hit = _memo.get(key)
-    if hit is not None and hit[0] is settings and hit[1] == signature:
-        decision = hit[2]
+    if hit is not None and hit[0] == token:
+        decision = hit[1]
         register_secret(decision.credential)   # cheap; the registry may have been reset
         return decision
     decision = _decide(request.model, request.provider, request.route, request.project)
     if len(_memo) >= _MEMO_MAX:
         _memo.clear()
-    _memo[key] = (settings, signature, decision)
+    _memo[key] = (token, decision)
     return decision
 
 
 def _reset_for_tests() -> None:
     """Forget memoised decisions."""
     _memo.clear()
+    _paths.clear()
 
 
 def explain_route(model: str | None = None, *, provider: str | None = None,

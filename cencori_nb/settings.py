@@ -56,8 +56,18 @@ class Settings:
         return self.projects.get(project or self.project, ProjectSettings())
 
 
+_config_memo: tuple[Path, Path] | None = None   # (home, config path): home_dir() is memoised
+
+
 def config_path() -> Path:
-    return home_dir() / "config.json"
+    global _config_memo
+    home = home_dir()
+    memo = _config_memo
+    if memo is not None and memo[0] is home:
+        return memo[1]
+    path = home / "config.json"
+    _config_memo = (home, path)
+    return path
 
 
 def _decode(raw: dict[str, Any]) -> Settings:
