@@ -24,7 +24,8 @@ from .faults import ERROR_FAULTS
 from .replies import Reply, make_reply
 
 if TYPE_CHECKING:
-    from .server import Request, Responder, SandboxServer
+    from .http import Request, Responder
+    from .server import SandboxServer
 
 __all__ = ["BadRequest", "ChatCall", "Door", "Exchange", "SSEWriter", "StreamCut",
            "bearer", "dumps", "json_str", "key_hint", "text_of"]

@@ -1,10 +1,7 @@
-"""The sandbox's HTTP/1.1 server: a lean asyncio server, the route table and the controls.
+"""The sandbox server: lifecycle (thread or caller's loop), the route table, the controls.
 
-Why not a framework: the benchmarks push thousands of requests a second through one
-process that also runs the client, so the server does only what HTTP/1.1 needs here —
-keep-alive, ``Content-Length`` bodies, ``Transfer-Encoding: chunked`` for streams (and for
-request bodies, should a client send one) — on asyncio streams, and latency is an
-``asyncio.sleep``. Everything a wire format decides lives in the door modules.
+HTTP/1.1 itself is in :mod:`.http` (a lean ``asyncio.Protocol``); everything a wire format
+decides is in the door modules; latency is an ``asyncio.sleep``, never a blocking call.
 
 Routes::
 
@@ -25,19 +22,17 @@ import asyncio
 import copy
 import logging
 import threading
-import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from email.utils import formatdate
 from typing import Any
-from urllib.parse import parse_qsl, unquote
 
 from .common import Door, Exchange, dumps, key_hint, new_id
 from .faults import FAULTS, FaultPicker, RateLimiter, parse_faults
+from .http import HttpError, HttpProtocol, Request, Responder
 from .wallet import Wallet
 
-__all__ = ["COMPATIBLE_PROVIDERS", "Request", "Responder", "SandboxServer"]
+__all__ = ["COMPATIBLE_PROVIDERS", "SandboxServer"]
 
 log = logging.getLogger("cencori_nb.sandbox")
 
@@ -45,190 +40,11 @@ COMPATIBLE_PROVIDERS = ("mistral", "groq", "xai", "deepseek", "together", "openr
                         "local")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
-MAX_HEAD = 64 * 1024
-MAX_BODY = 32 * 1024 * 1024
 RECENT = 100                      # requests kept in stats["recent"]
-
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 402: "Payment Required",
-            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-            413: "Payload Too Large", 429: "Too Many Requests", 431: "Request Header Fields "
-            "Too Large", 500: "Internal Server Error", 502: "Bad Gateway",
-            503: "Service Unavailable", 529: "Site Overloaded"}
 
 # headers whose values are credentials: masked in stats["recent"]
 _SECRET_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "cencori_api_key",
                              "cencori-api-key", "api-key", "proxy-authorization", "cookie"})
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class Request:
-    """A parsed HTTP request (headers lower-cased, the whole body read)."""
-
-    __slots__ = ("method", "target", "path", "query", "headers", "body", "http11", "_json")
-
-    def __init__(self, method: str, target: str, headers: dict[str, str], http11: bool) -> None:
-        self.method = method
-        self.target = target
-        path, _, qs = target.partition("?")
-        self.path = unquote(path)
-        self.query: dict[str, str] = dict(parse_qsl(qs)) if qs else {}
-        self.headers = headers
-        self.body = b""
-        self.http11 = http11
-        self._json: Any = None
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name)
-
-    def json(self) -> Any:
-        """The body as JSON (parsed once); ``ValueError`` when it is not JSON."""
-        if self._json is None:
-            import json
-
-            self._json = json.loads(self.body) if self.body else None
-        return self._json
-
-    @property
-    def keep_alive(self) -> bool:
-        conn = self.headers.get("connection", "").lower()
-        return "close" not in conn if self.http11 else "keep-alive" in conn
-
-
-def _parse_head(head: bytes) -> Request:
-    try:
-        text = head.decode("latin-1")
-        request_line, *lines = text.split("\r\n")
-        method, target, version = request_line.split(" ")
-    except ValueError:
-        raise HttpError(400, "malformed request line") from None
-    if not version.startswith("HTTP/1."):
-        raise HttpError(400, "only HTTP/1.x is served")
-    headers: dict[str, str] = {}
-    for line in lines:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise HttpError(400, "malformed header line")
-        name = name.strip().lower()
-        value = value.strip()
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return Request(method, target, headers, version == "HTTP/1.1")
-
-
-_date_cache: tuple[int, str] = (0, "")
-
-
-def _http_date() -> str:
-    global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, formatdate(now, usegmt=True))
-    return _date_cache[1]
-
-
-class Responder:
-    """Writes one response on a keep-alive connection (whole, streamed, cut or never)."""
-
-    __slots__ = ("_reader", "_writer", "keep_alive", "status", "started", "closed", "on_head")
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 keep_alive: bool) -> None:
-        self._reader = reader
-        self._writer = writer
-        self.keep_alive = keep_alive
-        self.status = 0
-        self.started = False
-        self.closed = False
-        # called with the status just before the head is written, so counters are final
-        # by the time a client can read the answer
-        self.on_head: Callable[[int], None] | None = None
-
-    def _head(self, status: int, headers: list[tuple[str, str]], content_type: str,
-              framing: str) -> bytes:
-        self.status = status
-        self.started = True
-        if self.on_head is not None:
-            self.on_head(status)
-        parts = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
-                 f"Date: {_http_date()}\r\nServer: cencori-nb-sandbox\r\nX-Sandbox: true\r\n"
-                 f"Content-Type: {content_type}\r\n{framing}"]
-        for name, value in headers:
-            parts.append(f"{name}: {value}\r\n")
-        if not self.keep_alive:
-            parts.append("Connection: close\r\n")
-        parts.append("\r\n")
-        return "".join(parts).encode("latin-1", "replace")
-
-    def send(self, status: int, body: bytes, headers: list[tuple[str, str]] = (),  # type: ignore[assignment]
-             content_type: str = "application/json") -> None:
-        head = self._head(status, headers, content_type, f"Content-Length: {len(body)}\r\n")
-        self._writer.write(head + body)
-
-    def send_cut(self, status: int, body: bytes, headers: list[tuple[str, str]],
-                 content_type: str) -> None:
-        """Announce the whole body, write half of it, then close (a cut response)."""
-        head = self._head(status, headers, content_type, f"Content-Length: {len(body)}\r\n")
-        self._writer.write(head + body[: len(body) // 2])
-        self.close()
-
-    def start_stream(self, status: int, headers: list[tuple[str, str]],
-                     content_type: str) -> None:
-        head = self._head(status, headers, content_type,
-                          "Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n")
-        self._writer.write(head)
-
-    def write_chunk(self, data: bytes) -> None:
-        if data and not self.closed:
-            self._writer.write(b"%x\r\n%b\r\n" % (len(data), data))
-
-    def end_stream(self) -> None:
-        if not self.closed:
-            self._writer.write(b"0\r\n\r\n")
-
-    async def drain(self) -> None:
-        if not self.closed:
-            await self._writer.drain()
-
-    def close(self) -> None:
-        """Close the connection now (whatever was written is flushed first)."""
-        if not self.closed:
-            self.closed = True
-            self._writer.close()
-
-    async def hold(self, seconds: float) -> None:
-        """Answer nothing: wait until the client disconnects or ``seconds`` pass, then close."""
-        try:
-            async with asyncio.timeout(seconds):
-                while await self._reader.read(65536):
-                    pass
-        except (TimeoutError, ConnectionError):
-            pass
-        self.close()
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    body = bytearray()
-    while True:
-        size_line = await reader.readuntil(b"\r\n")
-        try:
-            size = int(size_line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise HttpError(400, "malformed chunk size") from None
-        if size == 0:
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":   # trailers
-                pass
-            return bytes(body)
-        if len(body) + size > MAX_BODY:
-            raise HttpError(413, "request body too large")
-        body += await reader.readexactly(size)
-        await reader.readexactly(2)
 
 
 class _Stats:
@@ -331,7 +147,7 @@ class SandboxServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop_event: asyncio.Event | None = None
-        self._conns: set[asyncio.Task[None]] = set()
+        self._conns: set[HttpProtocol] = set()
         self.url: str | None = None
 
     # --- public API ---------------------------------------------------------------------
@@ -372,8 +188,9 @@ class SandboxServer:
         warm_up()   # load the price catalogue before the first request, not during it
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
-        self._server = await asyncio.start_server(self._connection, self.host, self.port,
-                                                  limit=MAX_HEAD, backlog=1024)
+        self._server = await self._loop.create_server(
+            lambda: HttpProtocol(self._dispatch, self._conns), self.host, self.port,
+            backlog=1024)
         sock = self._server.sockets[0]
         host, port = sock.getsockname()[:2]
         self.port = port
@@ -454,50 +271,18 @@ class SandboxServer:
     async def _shutdown(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._conns):
+        tasks = [conn.task for conn in self._conns if conn.task is not None]
+        for conn in list(self._conns):
+            conn.abort()
+        for task in tasks:
             task.cancel()
-        if self._conns:
-            await asyncio.gather(*self._conns, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
 
-    # --- connections --------------------------------------------------------------------
-    async def _connection(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._conns.add(task)
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    break
-                except asyncio.LimitOverrunError:
-                    _plain_error(writer, 431, "request head too large")
-                    break
-                try:
-                    req = _parse_head(head)
-                    req.body = await _read_body(reader, req)
-                except HttpError as exc:
-                    _plain_error(writer, exc.status, exc.message)
-                    break
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    break
-                resp = Responder(reader, writer, req.keep_alive)
-                await self._dispatch(req, resp)
-                if resp.closed or not resp.keep_alive:
-                    break
-                await writer.drain()
-        except asyncio.CancelledError:
-            pass
-        except ConnectionError:
-            pass
-        finally:
-            self._conns.discard(task)
-            writer.close()
-
+    # --- requests -----------------------------------------------------------------------
     async def _dispatch(self, req: Request, resp: Responder) -> None:
         path = req.path
         if path.startswith("/_sandbox"):
@@ -532,6 +317,8 @@ class SandboxServer:
                 await door.handle_models(ex)
         except asyncio.CancelledError:
             raise
+        except ConnectionError:   # the client went away mid-answer: nothing left to say
+            resp.close()
         except Exception:   # a sandbox bug must not look like a provider answer
             log.exception("sandbox: error handling %s %s", req.method, route)
             if not resp.started:
@@ -605,30 +392,6 @@ class SandboxServer:
     @staticmethod
     def _send_control(resp: Responder, status: int, obj: Any) -> None:
         resp.send(status, dumps(obj).encode(), [("X-Request-Id", new_id("req_"))])
-
-
-async def _read_body(reader: asyncio.StreamReader, req: Request) -> bytes:
-    if "chunked" in req.headers.get("transfer-encoding", "").lower():
-        return await _read_chunked(reader)
-    length = req.headers.get("content-length")
-    if not length:
-        return b""
-    try:
-        n = int(length)
-    except ValueError:
-        raise HttpError(400, "bad Content-Length") from None
-    if n < 0:
-        raise HttpError(400, "bad Content-Length")
-    if n > MAX_BODY:
-        raise HttpError(413, "request body too large")
-    return await reader.readexactly(n) if n else b""
-
-
-def _plain_error(writer: asyncio.StreamWriter, status: int, message: str) -> None:
-    body = dumps({"error": {"message": message, "type": "http_error"}, "sandbox": True}).encode()
-    writer.write(f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nX-Sandbox: true\r\n"
-                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                 "Connection: close\r\n\r\n".encode() + body)
 
 
 def _build_doors() -> dict[str, Door]:
