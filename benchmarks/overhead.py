@@ -91,7 +91,8 @@ def _sandbox_process() -> tuple[str, object]:
     raise SystemExit("the sandbox process did not start")
 
 
-def run(rounds: int, profile: bool, separate_process: bool = False) -> str:
+def run(rounds: int, profile: bool, separate_process: bool = False,
+        diagnose_settle: bool = False) -> str:
     _setup_env()
     import httpx2
     import openai
@@ -160,6 +161,21 @@ def run(rounds: int, profile: bool, separate_process: bool = False) -> str:
     chunks = sum(1 for _ in cencori_nb.stream(PROMPT, model=MODEL, max_tokens=20, cache=False))
 
     calls = {"raw httpx2": raw_call, "cencori_nb.chat": nb_call, "openai SDK": sdk_call}
+    if diagnose_settle:
+        from cencori_nb import accounting
+
+        real_settle = accounting.settle
+
+        def nb_call_unsettled() -> str:
+            # Diagnostic only: the same call with the ledger/wallet write skipped, to show
+            # what settling costs in context (it is not a way to use the library).
+            accounting.settle = lambda completion: completion  # type: ignore[assignment]
+            try:
+                return nb_call()
+            finally:
+                accounting.settle = real_settle
+
+        calls["chat without settle"] = nb_call_unsettled
     streams = {"raw httpx2 SSE": raw_stream, "cencori_nb.stream": nb_stream,
                "openai SDK stream": sdk_stream}
     out: list[str] = []
@@ -258,8 +274,10 @@ def main() -> None:
     parser.add_argument("--sandbox-process", action="store_true",
                         help="run the sandbox in its own process instead of a thread (the "
                              "clients then do not share the GIL with the server)")
+    parser.add_argument("--diagnose-settle", action="store_true",
+                        help="add a diagnostic contender: chat with accounting.settle skipped")
     args = parser.parse_args()
-    print(run(args.rounds, args.profile, args.sandbox_process))
+    print(run(args.rounds, args.profile, args.sandbox_process, args.diagnose_settle))
 
 
 if __name__ == "__main__":
