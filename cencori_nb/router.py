@@ -53,6 +53,7 @@ __all__ = ["GATEWAY_DEFAULT_MODEL", "Decision", "explain_route", "provider_for_m
            "resolve"]
 
 GATEWAY_DEFAULT_MODEL = "gemini-2.5-flash"   # Cencori's gateway default when none is set
+LOCAL = "local"                              # a local OpenAI-compatible server
 
 _PREFIXES: tuple[tuple[str, str], ...] = (
     ("gpt-", "openai"), ("chatgpt-", "openai"), ("text-", "openai"),
@@ -282,6 +283,15 @@ def _decide(model: str | None, provider: str | None, route: str, project: str | 
 
     record = store.get(provider, project)
     byok_ok = record is not None and record.enabled
+    if provider == LOCAL and record is None and route != "managed":
+        # A local OpenAI-compatible server (Ollama, vLLM) usually needs no key: send none.
+        base_url, url_why = _base_url(LOCAL, LOCAL, settings)
+        return Decision(provider=LOCAL, model=wire_model, route="byok", credential=Secret(""),
+                        credential_source="none:local", base_url=base_url, adapter=LOCAL,
+                        why=[*why, "local server: no key stored, none sent (store one with "
+                             "`cencori-nb keys set local` if yours needs it)",
+                             f"base URL: {url_why}"],
+                        project=project, model_requested=model)
     if route == "byok" or (route == "auto" and byok_ok):
         if not byok_ok:
             disabled = record is not None

@@ -282,3 +282,13 @@ def test_messages_and_parameters_reach_the_wire(net: Callable[[Handler], list]) 
     assert body["messages"][0] == {"role": "system", "content": "terse"}
     assert [m["content"] for m in body["messages"][1:]] == ["q1", "a1", "q2"]
     assert body["temperature"] == 0.2 and body["max_completion_tokens"] == 7
+
+
+def test_local_server_without_key_sends_no_authorization(
+        net: Callable[[Handler], list]) -> None:
+    """A local server with no stored key: the request carries no Authorization header."""
+    seen = net(lambda r: httpx2.Response(200, json=_openai_body()))
+    c = cencori_nb.chat("x", model="llama3.2", provider="local")
+    assert c.credential_source == "none:local" and c.route == "byok"
+    assert seen[0].url.path == "/local/v1/chat/completions"
+    assert "authorization" not in seen[0].headers

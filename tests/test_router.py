@@ -236,3 +236,14 @@ def test_decision_shows_only_the_hint() -> None:
         assert OPENAI_KEY not in text and CENCORI_KEY not in text
         assert "…wxyz" in text
     assert "…c5k9" in str(decision)       # the fallback's hint
+
+
+def test_local_server_needs_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """provider local without a stored key: BYOK with an empty credential (no header sent)."""
+    settings.update_settings(base_urls={"local": "http://127.0.0.1:11434/v1"})
+    decision = router.explain_route("llama3.2", provider="local")
+    assert (decision.route, decision.credential_source) == ("byok", "none:local")
+    assert decision.credential.reveal() == ""
+    assert decision.base_url == "http://127.0.0.1:11434/v1"
+    with pytest.raises(errors.ProviderNotConfiguredError):
+        router.explain_route("llama3.2", provider="local", route="managed")
