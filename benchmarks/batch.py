@@ -176,8 +176,11 @@ def run_httpx2(url: str, prompts: list[str], concurrency: int) -> tuple[float, i
 
 # ------------------------------------------------------------------------------ parts
 def part_a(url: str, rows: int, concurrency: int, rounds: int
-           ) -> tuple[dict[str, list[float]], list[str]]:
+           ) -> tuple[dict[str, list[float]], dict[str, list[float]], list[str]]:
     rates: dict[str, list[float]] = {"map": [], "openai": [], "httpx2": []}
+    # CPU time of this (client) process per request: the sandbox runs in another process, so
+    # this is what each client costs, and it is far steadier than wall time on a busy box.
+    cpu_us: dict[str, list[float]] = {"map": [], "openai": [], "httpx2": []}
     last_map_prompts: list[str] = []
     contenders: list[tuple[str, Callable[[list[str]], tuple[float, int]]]] = [
         ("map", lambda ps: _map_contender(ps, concurrency)),
@@ -190,14 +193,17 @@ def part_a(url: str, rows: int, concurrency: int, rounds: int
         order = contenders[r % 3:] + contenders[:r % 3]
         for name, fn in order:
             prompts = [f"Round {r} {name}: summarise item {i} in one line." for i in range(rows)]
+            cpu0 = time.process_time()
             elapsed, errors = fn(prompts)
+            cpu = (time.process_time() - cpu0) * 1e6 / rows
             rate = rows / elapsed
             rates[name].append(rate)
+            cpu_us[name].append(cpu)
             print(f"  round {r + 1} {name:7s} {rate:8.1f} req/s  ({elapsed:5.2f} s, "
-                  f"{errors} errors)", flush=True)
+                  f"{errors} errors)  client CPU {cpu:6.0f} µs/request", flush=True)
             if name == "map":
                 last_map_prompts = prompts
-    return rates, last_map_prompts
+    return rates, cpu_us, last_map_prompts
 
 
 def _map_contender(prompts: list[str], concurrency: int) -> tuple[float, int]:
@@ -276,9 +282,9 @@ def profile_map(url: str, rows: int, concurrency: int) -> None:
     total = sum(by_module.values())
     print(f"\nprofile of amap({rows} rows) on the main thread: wall {wall:.2f} s under "
           f"cProfile (profiling slows it), CPU by module (own time):")
-    for mod, tt in by_module.most_common(14):
-        print(f"  {mod:34s} {tt:6.2f} s  {100 * tt / total:5.1f} %  "
-              f"{1e6 * tt / rows:7.1f} µs/row")
+    for mod, tt in by_module.most_common(18):
+        print(f"  {mod:40s} {tt:6.2f} s  {100 * tt / total:5.1f} %  "
+              f"{1e6 * tt / rows:7.1f} µs/row (profiled)")
     st.sort_stats("cumulative").print_stats(r"cencori_nb", 25)
 
 
@@ -322,9 +328,15 @@ def main(argv: list[str] | None = None) -> int:
         ideal = args.concurrency / (args.latency_ms / 1000.0)
         print(f"(a) {args.rows} prompts, {args.latency_ms:g} ms latency, concurrency "
               f"{args.concurrency} (ideal {ideal:,.0f} req/s), {args.rounds} rounds:")
-        rates, last = part_a(url, args.rows, args.concurrency, args.rounds)
+        rates, cpu_us, last = part_a(url, args.rows, args.concurrency, args.rounds)
         med = {k: statistics.median(v) for k, v in rates.items()}
+        cpu_med = {k: statistics.median(v) for k, v in cpu_us.items()}
         print("  medians: " + ", ".join(f"{k} {v:.0f}/s" for k, v in med.items()))
+        print("  spread (min–max req/s): " + ", ".join(
+            f"{k} {min(v):.0f}–{max(v):.0f}" for k, v in rates.items()))
+        print("  client CPU µs/request (median): " + ", ".join(
+            f"{k} {v:.0f}" for k, v in cpu_med.items())
+            + f"; map − httpx2 = {cpu_med['map'] - cpu_med['httpx2']:.0f} µs")
         print(f"  map / httpx2 = {med['map'] / med['httpx2']:.2f}  (per round: "
               + ", ".join(f"{m / h:.2f}" for m, h in zip(rates['map'], rates['httpx2'],
                                                          strict=True)) + ")")
@@ -332,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{m / o:.2f}" for m, o in zip(rates['map'], rates['openai'],
                                                          strict=True)) + ")")
         print(f"  map / ideal  = {med['map'] / ideal:.2f}")
-        results["a"] = {"rates": rates, "medians": med, "ideal": ideal}
+        results["a"] = {"rates": rates, "medians": med, "ideal": ideal, "cpu_us": cpu_us}
 
         c = part_c(last, args.concurrency, url)
         print(f"(c) cached re-run of {c['rows']} rows: "
