@@ -307,3 +307,40 @@ def test_stopped_server_refuses_connections():
     server.stop()
     with pytest.raises(httpx2.ConnectError):
         HTTP.get(url + "/_sandbox/stats")
+
+
+def test_stop_releases_a_held_timeout_request():
+    """stop() closes connections held by the timeout fault instead of waiting 30 s."""
+    import threading
+    import time
+
+    server = SandboxServer()
+    url = server.start_in_thread()
+    outcome: list[BaseException] = []
+
+    def held() -> None:
+        try:
+            post_chat(url, chat_body(), {"X-Sandbox-Fault": "timeout"}, timeout=20)
+        except httpx2.HTTPError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=held)
+    worker.start()
+    for _ in range(200):   # wait until the server holds the request
+        if server.stats["statuses"].get("timeout"):
+            break
+        time.sleep(0.01)
+    server.stop()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert outcome and isinstance(outcome[0], httpx2.RemoteProtocolError | httpx2.ReadError)
+
+
+def test_sandbox_env_fixture_points_settings_at_the_server(sandbox_env):
+    """The sandbox_env fixture sets CENCORI_NB_SANDBOX, which settings reads."""
+    import os
+
+    from cencori_nb import settings
+
+    assert os.environ["CENCORI_NB_SANDBOX"] == sandbox_env.url
+    assert settings.sandbox_url() == sandbox_env.url

@@ -38,7 +38,6 @@ log = logging.getLogger("cencori_nb.sandbox")
 
 COMPATIBLE_PROVIDERS = ("mistral", "groq", "xai", "deepseek", "together", "openrouter",
                         "local")
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 RECENT = 100                      # requests kept in stats["recent"]
 
