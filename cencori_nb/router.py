@@ -25,6 +25,9 @@ No model: the project default provider ("Set as project default") and its defaul
 gateway when a Cencori key exists (Cencori's own default), else the only enabled BYOK
 provider if there is exactly one, else a clear error.
 
+A local OpenAI-compatible server (``provider="local"``) with no stored key routes BYOK with
+an empty credential: no key header is sent (Ollama and vLLM need none).
+
 Route ``auto``: an enabled BYOK key wins; else managed through Cencori with the project key;
 else :class:`~cencori_nb.errors.ProviderNotConfiguredError` naming both fixes. ``byok`` and
 ``managed`` force the route and fail clearly. A BYOK decision carries a managed ``fallback``

@@ -292,3 +292,42 @@ def test_local_server_without_key_sends_no_authorization(
     assert c.credential_source == "none:local" and c.route == "byok"
     assert seen[0].url.path == "/local/v1/chat/completions"
     assert "authorization" not in seen[0].headers
+
+
+def test_astream_cut_after_text(net: Callable[[Handler], list]) -> None:
+    """The async stream follows the same cut rule: settle what arrived, then raise."""
+    net(lambda r: _sse(_chunk("half "), _chunk("an answer"), done=False))
+
+    async def run() -> tuple[list[str], BaseException | None]:
+        got: list[str] = []
+        try:
+            async for delta in cencori_nb.astream("x", model="gpt-4o-mini"):
+                got.append(delta)
+        except errors.BadResponseError as err:
+            return got, err
+        return got, None
+
+    got, err = asyncio.run(run())
+    assert got == ["half ", "an answer"]
+    assert isinstance(err, errors.BadResponseError) and "cut" in str(err)
+    assert err.completion.text == "half an answer"  # type: ignore[attr-defined]
+    assert [(r.status, r.estimated) for r in _rows()] == [("ok", True)]
+
+
+def test_transport_error_mid_stream_is_a_cut(net: Callable[[Handler], list]) -> None:
+    """The connection breaking after some events: BadResponseError('cut') from the
+    mapped transport error, partial spend recorded."""
+
+    class Broken(httpx2.SyncByteStream):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            yield b'data: {"choices":[{"index":0,"delta":{"content":"so far"}}]}\n\n'
+            raise httpx2.ReadError("connection reset")
+
+    net(lambda r: httpx2.Response(200, headers={"content-type": "text/event-stream"},
+                                  stream=Broken()))
+    s = cencori_nb.stream("x", model="gpt-4o-mini")
+    with pytest.raises(errors.BadResponseError, match="cut") as info:
+        list(s)
+    assert isinstance(info.value.__cause__, errors.ProviderUnavailableError)
+    assert info.value.cause_code == "provider_unavailable"
+    assert info.value.completion.text == "so far"
