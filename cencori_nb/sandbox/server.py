@@ -61,7 +61,7 @@ class _Stats:
             self.statuses: Counter[str] = Counter()
             self.faults: Counter[str] = Counter()
             self.streams = 0
-            self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+            self.recent: deque[tuple[Any, ...]] = deque(maxlen=RECENT)
 
     def record(self, ex: Exchange, status: str) -> None:
         req = ex.req
@@ -112,12 +112,12 @@ def _mask(value: str) -> str:
 
 
 class SandboxServer:
-    """An offline server that speaks OpenAI, Anthropic, Gemini and Cencori wire formats.
+    """An offline server that speaks OpenAI, Anthropic, Gemini and Cencori wire formats::
 
-    >>> server = SandboxServer(latency_ms=50, rpm=600)
-    >>> url = server.start_in_thread()        # e.g. http://127.0.0.1:54321
-    >>> ...                                   # point SDKs at url + "/openai/v1" etc.
-    >>> server.stop()
+        server = SandboxServer(latency_ms=50, rpm=600)
+        url = server.start_in_thread()        # e.g. http://127.0.0.1:54321
+        openai.OpenAI(base_url=url + "/openai/v1", api_key="sk-anything")
+        server.stop()                         # or: with SandboxServer() as url: ...
 
     ``faults`` is a spec such as ``"429=0.2,timeout=0.05"`` (or a mapping); faults are drawn
     with ``seed``, which also seeds the replies. ``balance`` is the Cencori credit wallet in
