@@ -342,6 +342,9 @@ class Door:
                 self.send_error(ex, FAULT_KINDS[ex.fault],
                                 retry_after=1 if ex.fault == "429" else None)
             return
+        if ex.fault == "timeout":
+            await ex.hold()
+            return
         created = 1_700_000_000
         data = [{"id": m, "object": "model", "created": created, "owned_by": owner}
                 for m, owner in self.models()]
