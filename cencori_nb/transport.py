@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import os
 import random
 import re
 import threading
@@ -273,6 +274,7 @@ def install_log_redaction() -> None:
 
 _lock = threading.Lock()
 _client: httpx2.Client | None = None
+_client_pid = 0
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx2.AsyncClient] = (
     weakref.WeakKeyDictionary())
 _closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]] = (
@@ -295,21 +297,23 @@ def _client_options() -> dict[str, Any]:
 
 
 def get_client() -> httpx2.Client:
-    """The process-wide pooled ``httpx2.Client`` (created on first use)."""
+    """The process-wide pooled ``httpx2.Client`` (created on first use; a forked child gets
+    its own, never the parent's sockets)."""
     client = _client
-    if client is not None:
+    if client is not None and _client_pid == os.getpid():
         return client
     return _make_client()
 
 
 def _make_client() -> httpx2.Client:
-    global _client
+    global _client, _client_pid
     import httpx2
 
     with _lock:
-        if _client is None:
+        if _client is None or _client_pid != os.getpid():
             install_log_redaction()
             _client = httpx2.Client(transport=_transport, **_client_options())
+            _client_pid = os.getpid()
         return _client
 
 
@@ -626,7 +630,7 @@ def send(request: httpx2.Request, *, stream: bool = False, retries: int | None =
     """
     clock = clock or _clock
     attempts = 1 + (DEFAULT_RETRIES if retries is None else max(0, retries))
-    http = client or _client or get_client()
+    http = client or get_client()
     errors = _HTTPX_ERRORS or _errors()
     attempt = 0
     while True:

@@ -390,3 +390,23 @@ def test_async_client_is_closed_when_its_loop_ends() -> None:
 
     client = asyncio.run(grab())
     assert client.is_closed
+
+
+def test_forked_child_gets_its_own_client() -> None:
+    """After fork the child builds a new pool instead of sharing the parent's sockets."""
+    import os
+
+    parent = transport.get_client()
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # child: report whether it got a different client, then leave at once
+        try:
+            os.write(write_fd, b"new" if transport.get_client() is not parent else b"same")
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    answer = os.read(read_fd, 10)
+    os.waitpid(pid, 0)
+    os.close(read_fd)
+    assert answer == b"new"
+    assert transport.get_client() is parent
