@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"rows: {args.rows:,}; medians of {args.repeats} interleaved runs; "
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs (shared)",
-        f"spend(by='day'), SQL GROUP BY:          {q['spend'] * 1000:8.1f} ms",
+        f"spend(by='day'), GROUP BY daily rollup: {q['spend'] * 1000:8.1f} ms",
         f"naive read_sql + pandas groupby:        {q['naive_spend'] * 1000:8.1f} ms"
         f"   ratio naive/ours: {q['naive_spend'] / q['spend']:.1f}x",
         f"(SQL GROUP BY over all rows, no rollup: {q['raw_sql'] * 1000:8.1f} ms)",
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{r['enqueue'] * 1e6:6.1f} µs  (incl. drain: {r['batched_total'] * 1e6:.1f} µs)",
         f"accounting.settle() (price + row + wallet debit, managed): "
         f"{r['settle'] * 1e6:6.1f} µs",
-        f"pricing.provider_cost() (cached lookup, genai-prices calc): "
+        f"pricing.provider_cost() (cached lookup + direct arithmetic):"
         f"{r['price'] * 1e6:5.1f} µs",
     ]
     print("\n".join(lines))
