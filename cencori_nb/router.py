@@ -213,20 +213,23 @@ def _not_configured(provider: str, project: str, *, disabled: bool) -> ProviderN
         provider=provider, project=project)
 
 
-def _byok(provider: str, model: str, key: Any, project: str, settings: Any,
-          why: list[str]) -> Decision:
+def _byok(provider: str, model: str, key: Secret, project: str, settings: Any,
+          why: list[str], *, model_requested: str | None, fallback: Decision | None = None,
+          source: str | None = None) -> Decision:
     base_url, url_why = _base_url(provider, provider, settings)
-    return Decision(provider=provider, model=model, route="byok", credential=key.api_key,
-                    credential_source=f"keystore:byok:{provider}", base_url=base_url,
-                    adapter=provider, why=[*why, f"base URL: {url_why}"], project=project)
+    return Decision(provider=provider, model=model, route="byok", credential=key,
+                    credential_source=source or f"keystore:byok:{provider}", base_url=base_url,
+                    adapter=provider, why=[*why, f"base URL: {url_why}"], fallback=fallback,
+                    project=project, model_requested=model_requested)
 
 
 def _managed(provider: str, model: str, cencori_key: Secret, project: str, settings: Any,
-             why: list[str]) -> Decision:
+             why: list[str], *, model_requested: str | None) -> Decision:
     base_url, url_why = _base_url(CENCORI, provider, settings)
     return Decision(provider=provider, model=model, route="managed", credential=cencori_key,
                     credential_source=f"keystore:managed:{CENCORI}", base_url=base_url,
-                    adapter=CENCORI, why=[*why, f"base URL: {url_why}"], project=project)
+                    adapter=CENCORI, why=[*why, f"base URL: {url_why}"], project=project,
+                    model_requested=model_requested)
 
 
 def _default_provider(store: Any, project: str, cencori_key: Secret | None,
@@ -288,13 +291,10 @@ def _decide(model: str | None, provider: str | None, route: str, project: str | 
     byok_ok = record is not None and record.enabled
     if provider == LOCAL and record is None and route != "managed":
         # A local OpenAI-compatible server (Ollama, vLLM) usually needs no key: send none.
-        base_url, url_why = _base_url(LOCAL, LOCAL, settings)
-        return Decision(provider=LOCAL, model=wire_model, route="byok", credential=Secret(""),
-                        credential_source="none:local", base_url=base_url, adapter=LOCAL,
-                        why=[*why, "local server: no key stored, none sent (store one with "
-                             "`cencori-nb keys set local` if yours needs it)",
-                             f"base URL: {url_why}"],
-                        project=project, model_requested=model)
+        why.append("local server: no key stored, none sent (store one with `cencori-nb keys "
+                   "set local` if yours needs it)")
+        return _byok(LOCAL, wire_model, Secret(""), project, settings, why,
+                     model_requested=model, source="none:local")
     if route == "byok" or (route == "auto" and byok_ok):
         if not byok_ok:
             disabled = record is not None
@@ -307,22 +307,21 @@ def _decide(model: str | None, provider: str | None, route: str, project: str | 
         why.append(f"route {route}: BYOK key for {provider} is present and enabled "
                    f"({record.api_key.hint}); you pay {provider} directly")
         register_secret(record.api_key)
-        decision = _byok(provider, wire_model, record, project, settings, why)
         allow = settings.for_project(project).allow_fallback
+        fallback = None
         if route == "auto" and allow and cencori_key is not None:
             register_secret(cencori_key)
             fallback = _managed(provider, managed_model, cencori_key, project, settings,
                                 ["fallback after a BYOK failure (not after 401): managed "
-                                 "through Cencori, paid from credits"])
-            decision.why.append("fallback to managed is enabled for this project "
-                                "(not after an invalid key)")
-            object.__setattr__(decision, "fallback", fallback)
+                                 "through Cencori, paid from credits"], model_requested=model)
+            why.append("fallback to managed is enabled for this project (not after an "
+                       "invalid key)")
         elif route == "auto":
-            decision.why.append("no fallback to managed (" + (
+            why.append("no fallback to managed (" + (
                 "project setting allow_fallback is off: no silent spend" if not allow
                 else "no Cencori key") + ")")
-        object.__setattr__(decision, "model_requested", model)
-        return decision
+        return _byok(provider, wire_model, record.api_key, project, settings, why,
+                     model_requested=model, fallback=fallback)
 
     # managed: forced, or auto without a usable BYOK key
     if cencori_key is None:
@@ -342,9 +341,8 @@ def _decide(model: str | None, provider: str | None, route: str, project: str | 
         why.append(f"route managed was forced: Cencori project key ({cencori_key.hint}), "
                    "paid from credits")
     register_secret(cencori_key)
-    decision = _managed(provider, managed_model, cencori_key, project, settings, why)
-    object.__setattr__(decision, "model_requested", model)
-    return decision
+    return _managed(provider, managed_model, cencori_key, project, settings, why,
+                    model_requested=model)
 
 
 # (model, provider, route, project) → (state token, Decision). A decision is reused while
