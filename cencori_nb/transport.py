@@ -257,17 +257,29 @@ _LOGGER_NAMES = (
 _REDACTED_PREFIXES = ("httpx", "httpcore", "cencori_nb")
 
 
+_loggers_seen = 0   # size of the logging registry at the last scan
+
+
 def install_log_redaction() -> None:
     """Put the redacting filter on every HTTP-stack and cencori_nb logger (idempotent)."""
+    global _loggers_seen
     _keystore_secrets()
     names = set(_LOGGER_NAMES)
-    for name in list(logging.root.manager.loggerDict):
+    registry = logging.root.manager.loggerDict
+    for name in list(registry):
         if name.startswith(_REDACTED_PREFIXES):
             names.add(name)
     for name in names:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
+    _loggers_seen = len(registry)
+
+
+def _ensure_redaction() -> None:
+    """Rescan when loggers were created since the last scan (a len() on the hot path)."""
+    if len(logging.root.manager.loggerDict) != _loggers_seen:
+        install_log_redaction()
 
 
 # --------------------------------------------------------------------------- clients
@@ -630,6 +642,7 @@ def send(request: httpx2.Request, *, stream: bool = False, retries: int | None =
     """
     clock = clock or _clock
     attempts = 1 + (DEFAULT_RETRIES if retries is None else max(0, retries))
+    _ensure_redaction()
     http = client or get_client()
     errors = _HTTPX_ERRORS or _errors()
     attempt = 0
@@ -668,6 +681,7 @@ async def asend(request: httpx2.Request, *, stream: bool = False, retries: int |
     """The async twin of :func:`send`, on the running loop's shared ``AsyncClient``."""
     clock = clock or _clock
     attempts = 1 + (DEFAULT_RETRIES if retries is None else max(0, retries))
+    _ensure_redaction()
     http = client or get_async_client()
     errors = _HTTPX_ERRORS or _errors()
     attempt = 0

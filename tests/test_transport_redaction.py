@@ -127,3 +127,15 @@ def test_keys_in_an_unlocked_store_are_scrubbed(caplog: pytest.LogCaptureFixture
     logging.getLogger("httpx2").debug("sending with %s", token)
     assert token not in caplog.text
     assert "sending with ***" in caplog.text
+
+
+def test_loggers_created_later_are_covered(loopback: str, canary: str,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A cencori_nb.* logger created after import gets the filter at the next request."""
+    import httpx2
+
+    late = logging.getLogger("cencori_nb.some_module_loaded_late")
+    transport.send(httpx2.Request("POST", f"{loopback}/x", json={}))
+    caplog.set_level(logging.DEBUG, logger="cencori_nb")
+    late.warning("key was %s", canary)
+    assert canary not in caplog.text and "key was ***" in caplog.text
