@@ -73,7 +73,7 @@ class ProvidersPanel(w.VBox):
         rows = []
         for row in controller.rows():
             button = w.Button(description=row.display_name, tooltip=f"Configure {row.provider}",
-                              layout=w.Layout(width="220px"))
+                              layout=w.Layout(width="260px"))
             button.on_click(lambda _b, name=row.provider: self.select(name))
             self.provider_buttons[row.provider] = button
             self.badges[row.provider] = w.HTML()
@@ -83,8 +83,10 @@ class ProvidersPanel(w.VBox):
 
         # The dialog of the selected provider.
         self.dialog_title = w.HTML()
-        self.key = SecretField(description="API key", placeholder="paste the key, then Save")
-        self.model = w.Dropdown(description="Default model", options=[])
+        label = {"description_width": "110px"}
+        self.key = SecretField(description="API key", placeholder="paste the key, then Save",
+                               style=label)
+        self.model = w.Dropdown(description="Default model", options=[], style=label)
         self.make_default = w.Checkbox(description="Set as project default", value=False)
         self.save_button = w.Button(description="Save", button_style="primary")
         self.test_button = w.Button(description="Test key")
@@ -102,7 +104,8 @@ class ProvidersPanel(w.VBox):
 
         # The managed Cencori project key.
         self.cencori_hint = w.HTML()
-        self.cencori_key = SecretField(description="Cencori key", placeholder="csk_…")
+        self.cencori_key = SecretField(description="Cencori key", placeholder="csk_…",
+                                       style={"description_width": "110px"})
         self.cencori_save = w.Button(description="Save Cencori key")
         self.cencori_remove = w.Button(description="Remove")
         self.cencori_save.on_click(lambda _b: self.save_cencori_key())
