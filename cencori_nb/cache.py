@@ -27,6 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import ConfigurationError
 from .home import ensure_home, home_dir, open_private
 from .types import ChatRequest, Completion
 
@@ -84,11 +85,16 @@ def _connect() -> sqlite3.Connection:
             os.close(open_private(path, os.O_WRONLY | os.O_CREAT))   # 0600 from creation
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
                                cached_statements=16)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("CREATE TABLE IF NOT EXISTS responses ("
-                     " key TEXT PRIMARY KEY, created_ms INTEGER NOT NULL,"
-                     " provider TEXT NOT NULL, model TEXT NOT NULL, completion TEXT NOT NULL)")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("CREATE TABLE IF NOT EXISTS responses ("
+                         " key TEXT PRIMARY KEY, created_ms INTEGER NOT NULL,"
+                         " provider TEXT NOT NULL, model TEXT NOT NULL,"
+                         " completion TEXT NOT NULL)")
+        except sqlite3.Error:
+            conn.close()
+            raise
         _conn, _conn_path = conn, path
         return conn
 
@@ -103,17 +109,40 @@ def _decode(raw: str) -> Completion:
     return Completion(**fields)
 
 
+_warned = False
+
+
+def _unusable(exc: Exception) -> None:
+    """The cache is an optimisation: a damaged or busy cache file must not fail a request."""
+    global _warned
+    if not _warned:
+        _warned = True
+        import warnings
+
+        warnings.warn(f"The response cache {cache_path()} cannot be used ({exc}); requests go "
+                      "to the provider. Delete the file to start a fresh cache.",
+                      RuntimeWarning, stacklevel=3)
+
+
 def lookup(key: str) -> Completion | None:
-    """The cached completion for ``key`` (``cached=True``, zero cost), or None."""
+    """The cached completion for ``key`` (``cached=True``, zero cost), or None.
+
+    A cache file that cannot be read counts as a miss (with one warning per process).
+    """
     global _hits, _misses
-    conn = _conn if _conn is not None and _conn_path == cache_path() else _connect()
-    with _lock:
-        row = conn.execute("SELECT completion FROM responses WHERE key = ?", (key,)).fetchone()
-    if row is None:
+    try:
+        conn = _conn if _conn is not None and _conn_path == cache_path() else _connect()
+        with _lock:
+            row = conn.execute("SELECT completion FROM responses WHERE key = ?",
+                               (key,)).fetchone()
+        completion = None if row is None else _decode(row[0])
+    except (sqlite3.Error, ValueError, TypeError) as exc:
+        _unusable(exc)
+        completion = None
+    if completion is None:
         _misses += 1
         return None
     _hits += 1
-    completion = _decode(row[0])
     completion.cached = True
     completion.provider_cost_usd = Decimal(0)
     completion.credits_charged_usd = Decimal(0)
@@ -126,27 +155,42 @@ def store(key: str, completion: Completion) -> None:
     """Remember ``completion`` under ``key`` (replacing an older answer)."""
     data = completion.to_dict()
     data["cached"] = False
-    conn = _connect()
-    with _lock:
-        conn.execute("INSERT OR REPLACE INTO responses (key, created_ms, provider, model,"
-                     " completion) VALUES (?, ?, ?, ?, ?)",
-                     (key, int(time.time() * 1000), completion.provider, completion.model,
-                      json.dumps(data, ensure_ascii=False)))
+    try:
+        conn = _connect()
+        with _lock:
+            conn.execute("INSERT OR REPLACE INTO responses (key, created_ms, provider, model,"
+                         " completion) VALUES (?, ?, ?, ?, ?)",
+                         (key, int(time.time() * 1000), completion.provider, completion.model,
+                          json.dumps(data, ensure_ascii=False)))
+    except sqlite3.Error as exc:   # the answer was delivered and paid; only caching failed
+        _unusable(exc)
+
+
+def _damaged(exc: sqlite3.Error) -> ConfigurationError:
+    return ConfigurationError(f"The response cache {cache_path()} cannot be opened ({exc}).",
+                              hint="Delete that file; a fresh cache is created on the next "
+                                   "request.", path=cache_path())
 
 
 def clear() -> int:
     """Delete every cached answer; return how many there were."""
-    conn = _connect()
-    with _lock:
-        count = conn.execute("DELETE FROM responses").rowcount
+    try:
+        conn = _connect()
+        with _lock:
+            count = conn.execute("DELETE FROM responses").rowcount
+    except sqlite3.Error as exc:
+        raise _damaged(exc) from exc
     return int(count)
 
 
 def stats() -> dict[str, Any]:
     """Entries, size on disk, and this process's hits and misses."""
-    conn = _connect()
-    with _lock:
-        entries = conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    try:
+        conn = _connect()
+        with _lock:
+            entries = conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise _damaged(exc) from exc
     path = cache_path()
     size = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal"))
                if p.exists())
@@ -156,8 +200,8 @@ def stats() -> dict[str, Any]:
 
 def _reset_for_tests() -> None:
     """Close the connection and zero the counters."""
-    global _conn, _conn_path, _hits, _misses
+    global _conn, _conn_path, _hits, _misses, _warned
     with _lock:
         if _conn is not None:
             _conn.close()
-        _conn, _conn_path, _hits, _misses = None, None, 0, 0
+        _conn, _conn_path, _hits, _misses, _warned = None, None, 0, 0, False

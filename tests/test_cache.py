@@ -118,3 +118,18 @@ def test_home_switch_reopens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("CENCORI_NB_HOME", str(tmp_path / "other-home"))
     assert cache.lookup("k") is None
     assert (tmp_path / "other-home" / "cache.sqlite").exists()
+
+
+def test_damaged_cache_file_is_a_miss_not_a_failure(private_home: Path) -> None:
+    """Garbage in cache.sqlite: lookups miss and stores are skipped (one RuntimeWarning);
+    clear() says which file to delete."""
+    from cencori_nb import errors
+
+    private_home.mkdir(parents=True, exist_ok=True)
+    (private_home / "cache.sqlite").write_bytes(b"this is not a database" * 100)
+    with pytest.warns(RuntimeWarning, match="cache.sqlite"):
+        assert cache.lookup("k") is None
+    cache.store("k", _completion())          # no exception, no second warning
+    assert cache.lookup("k") is None
+    with pytest.raises(errors.ConfigurationError, match="Delete that file"):
+        cache.clear()
