@@ -105,6 +105,18 @@ def test_load_twice_keeps_one_instance(shell: InteractiveShell) -> None:
     assert shell.find_cell_magic("cencori") is not None
 
 
+def test_unload_removes_the_magics(shell: InteractiveShell) -> None:
+    """%unload_ext removes both magics and the configurable; loading again restores them."""
+    shell.run_line_magic("unload_ext", "cencori_nb")
+    try:
+        assert shell.find_line_magic("cencori") is None
+        assert shell.find_cell_magic("cencori") is None
+        assert not any(isinstance(c, CencoriMagics) for c in shell.configurables)
+    finally:
+        shell.run_line_magic("load_ext", "cencori_nb")
+    assert shell.find_cell_magic("cencori") is not None
+
+
 def test_config_defaults(shell: InteractiveShell, openai_key: str, sandbox: Any) -> None:
     """%config CencoriMagics.* sets persistent defaults used by later cells."""
     run(shell, '%config CencoriMagics.default_model = "gpt-4o"')
