@@ -248,3 +248,32 @@ def test_astream_closed_early(sbx: SandboxServer) -> None:
     assert completion is not None and completion.estimated  # type: ignore[attr-defined]
     rows = _rows()
     assert len(rows) == 1 and rows[0].estimated
+
+
+PROVIDER_KEYS = {"anthropic": "sk-ant-test-" + "E" * 20, "google": "AIzaTest" + "F" * 24,
+                 "mistral": "mistral-test-" + "G" * 16, "groq": "gsk_test_" + "H" * 20,
+                 "xai": "xai-test-" + "I" * 20, "deepseek": "sk-ds-test-" + "J" * 16,
+                 "together": "together-test-" + "K" * 16, "openrouter": "sk-or-test-" + "L" * 16}
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDER_KEYS))
+def test_every_provider_through_the_client(sandbox_env: SandboxServer, provider: str) -> None:
+    """Each adapter, BYOK, non-stream and stream, against its sandbox door: text, usage,
+    a priced-or-unknown row, and the sandbox saw our key's hint on that provider's route."""
+    from cencori_nb.catalog import provider_info
+
+    key = PROVIDER_KEYS[provider]
+    keys.set(provider, key)
+    model = provider_info(provider).default_model
+    c = cencori_nb.chat(f"Hello {provider}", model=model, provider=provider)
+    assert c.provider == provider and c.route == "byok"
+    assert f"Hello {provider}" in c.text
+    assert c.input_tokens > 0 and c.output_tokens > 0 and not c.estimated
+    s = cencori_nb.stream(f"Stream {provider}", model=model, provider=provider)
+    deltas = list(s)
+    assert s.completion is not None and s.completion.text == "".join(deltas)
+    assert s.completion.output_tokens > 0 and not s.completion.estimated
+    stats = sandbox_env.stats
+    assert stats["requests"] == 2
+    assert all(k.endswith(key[-4:]) for k in stats["keys"])
+    assert [r.status for r in _rows()] == ["ok", "ok"]
