@@ -5,9 +5,11 @@ Everything that goes over the network to a provider or to the Cencori gateway pa
 become :class:`~cencori_nb.errors.CencoriError` s (:func:`map_exception`, always with
 ``raise … from``), so no other module needs to know httpx2's exception tree.
 
-- **Pooling**: one ``httpx2.Client`` per process and one ``httpx2.AsyncClient`` per event
-  loop (an ``AsyncClient`` is bound to the loop that opened its connections), keep-alive on,
-  limits sized for about a hundred concurrent requests.
+- **Pooling**: one ``httpx2.Client`` per process (a forked child builds its own) and one
+  ``httpx2.AsyncClient`` per event loop (an ``AsyncClient`` is bound to the loop that opened
+  its connections; it is closed when that loop shuts down), keep-alive on, limits sized for
+  about a hundred concurrent requests. Tests inject ``httpx2.MockTransport`` with
+  :func:`set_transport`.
 - **Timeouts**: connect 10 s, read 60 s (Cencori's per-attempt figure), write/pool 60 s.
 - **Retries**: on 429, 5xx, timeouts and connection errors, at most ``retries`` more attempts
   (default 3) with exponential backoff and full jitter, except that a server's own wait
@@ -22,9 +24,10 @@ become :class:`~cencori_nb.errors.CencoriError` s (:func:`map_exception`, always
   run instantly and assert the exact waits.
 - **Redaction**: :class:`RedactingFilter` is installed on the ``httpx2``, ``httpcore2``,
   ``httpx``, ``httpcore`` and ``cencori_nb`` loggers (and their known children, because a
-  logger's filters do not apply to records propagated from its children). It scrubs
-  key-shaped strings and every credential this process has used (:func:`register_secret`)
-  from the message, its arguments, and any formatted traceback, at every level.
+  logger's filters do not apply to records propagated from its children; loggers created
+  later are picked up at the next request). It scrubs key-shaped strings, every credential
+  this process has used (:func:`register_secret`) and every key of an already unlocked key
+  store from the message, its arguments, and any formatted traceback, at every level.
 """
 
 from __future__ import annotations
