@@ -4,8 +4,10 @@ The client calls, per request:
 
 - :func:`check_budget` before sending (hard cap → :class:`BudgetExceededError`);
 - :func:`settle` after a success: fills ``provider_cost_usd``, ``price_version`` and
-  ``credits_charged_usd`` on the :class:`~cencori_nb.types.Completion`, debits the wallet
-  mirror once per request id and writes the ledger row, in one SQLite transaction;
+  ``credits_charged_usd`` on the :class:`~cencori_nb.types.Completion` (synchronously),
+  and queues the ledger row with the wallet debit (once per request id), which the
+  ledger's background writer commits in one SQLite transaction (see :mod:`cencori_nb.ledger`;
+  every read flushes first);
 - :func:`record_failure` after an error (a row with status ``error`` and the error code;
   no debit, so a gateway 403/402 leaves the wallet untouched);
 - :func:`record_cached` for a cache hit (a ``cached`` row, zero cost, no debit).
@@ -31,6 +33,7 @@ sending.
 
 from __future__ import annotations
 
+import threading
 import uuid
 import warnings
 from datetime import UTC, datetime
@@ -39,7 +42,7 @@ from typing import Any
 
 from . import pricing, wallet
 from .errors import BudgetExceededError
-from .ledger import Ledger, LedgerRow, default_ledger, now_ms
+from .ledger import Ledger, LedgerRow, default_ledger, from_pusd, now_ms, to_pusd
 from .settings import Settings, load_settings
 from .types import Completion
 from .wallet import LowBalanceWarning
@@ -177,18 +180,43 @@ def settle(completion: Completion, *, when: datetime | None = None) -> Completio
     completion.credits_charged_usd = charge if charge is not None else Decimal(0)
     row = _row(completion, status="ok", when=when)
     led = default_ledger()
-    tx = None
-    with led.transaction() as conn:
-        if led.insert(conn, row) and charge:
-            tx = wallet.debit_in(conn, completion.request_id, charge,
-                                 project=completion.project)
-    if tx is not None:
-        wallet.warn_if_low(tx)
+    if charge:
+        request_id, project, amount = completion.request_id, completion.project, charge
+
+        def debit(conn: Any) -> None:        # runs in the row's transaction, if inserted
+            wallet.debit_in(conn, request_id, amount, project=project)
+
+        led.submit(row, on_insert=debit)
+        _predict_low_balance(led, charge)
+    else:
+        led.submit(row)
     ps = s.for_project(completion.project)
     if ps.soft_budget_usd is not None:
         _soft_warnings(led, completion.project, led.month_cost(completion.project),
                        ps.soft_budget_usd)
     return completion
+
+
+# The balance this process expects once its queued debits are written: the low-balance
+# warning is decided now, not when the background writer commits. Reloaded from the file
+# when the ledger or the wallet (top-up, set-balance, refund) changes; other processes'
+# debits show up at the next reload, which is soon enough for a warning.
+_hint_lock = threading.Lock()
+_hint: dict[str, Any] = {"ledger": None, "generation": -1, "pusd": None}
+
+
+def _predict_low_balance(led: Ledger, charge: Decimal) -> None:
+    with _hint_lock:
+        if _hint["ledger"] is not led or _hint["generation"] != wallet.generation:
+            _hint.update(ledger=led, generation=wallet.generation,
+                         pusd=wallet.known_balance_pusd(led))
+        before = _hint["pusd"]
+        if before is None:
+            return                              # the mirror is not tracking
+        after = max(before - (to_pusd(charge) or 0), 0)
+        _hint["pusd"] = after
+    wallet.warn_low(from_pusd(before) or Decimal(0), from_pusd(after) or Decimal(0),
+                    stacklevel=4)
 
 
 def _row(c: Completion, *, status: str, when: datetime | None = None,
@@ -217,7 +245,7 @@ def record_cached(completion: Completion) -> Completion:
     completion.credits_charged_usd = Decimal(0)
     if not completion.request_id:
         completion.request_id = "cnb-" + uuid.uuid4().hex
-    default_ledger().record(_row(completion, status="cached"))
+    default_ledger().submit(_row(completion, status="cached"))
     return completion
 
 
@@ -237,7 +265,7 @@ def record_failure(*, request_id: str | None, project: str | None, provider: str
         code = None
     else:
         code = getattr(error, "code", None) or type(error).__name__
-    default_ledger().record(LedgerRow(
+    default_ledger().submit(LedgerRow(
         request_id=request_id or "cnb-" + uuid.uuid4().hex, project=_project(project, s),
         provider=provider, route=route, status="error", model_requested=model, model=None,
         credential_source=credential_source, error_code=code, latency_ms=latency_ms))

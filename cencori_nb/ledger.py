@@ -6,11 +6,18 @@ does not wait for the disk (WAL with NORMAL is still crash-safe; at worst the la
 before a power cut are lost, never the file). The schema and its migrations are in
 :mod:`cencori_nb.migrations` (time as UTC epoch ms, money as integer pico-USD).
 
-Recording is a plain ``INSERT`` and commit: measured at tens of microseconds per row
-(``benchmarks/ledger.py``), so a background writer thread with batched commits was not
-worth its cost (rows invisible until flushed, lost on a hard kill, a wallet debit that can
-no longer share the row's transaction). ``flush()`` exists for callers written against a
-batching ledger; here there is nothing to flush.
+Two ways to write, both measured in ``benchmarks/ledger.py``:
+
+- :meth:`Ledger.record` — a plain ``INSERT`` and commit, about 50 µs a row;
+- :meth:`Ledger.submit` — queue the row for a background writer thread that commits
+  batches, about 5 µs for the caller. ``accounting.settle`` uses it (with the wallet
+  debit in the same transaction as its row), because the synchronous commit was most of
+  the toolkit's per-call overhead against a raw HTTP call (docs/benchmarks.md, "Per-call
+  overhead"). Every read flushes first, so a program never sees its own rows missing;
+  ``flush()``, ``_reset_for_tests()`` and interpreter exit (``atexit``) write what is
+  queued. The trade-off, accepted: a process killed hard (SIGKILL, a crashed kernel)
+  loses the rows of its last few milliseconds, never a half-written row or a debit
+  without its row.
 
 One :class:`Ledger` per process and home: :func:`default_ledger`. It reopens itself after a
 ``fork`` (a SQLite connection must not cross processes) and when ``CENCORI_NB_HOME`` moves.
@@ -20,12 +27,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -39,6 +47,7 @@ from .migrations import migrate
 __all__ = ["COST_SQL", "PUSD", "Ledger", "LedgerRow", "default_ledger", "from_pusd", "ledger_path",
            "month_start_ms", "now_ms", "parse_since", "to_pusd"]
 
+_log = logging.getLogger("cencori_nb.ledger")
 PUSD = 10**12                 # pico-USD per USD: the integer unit money is stored in
 # What a request cost its user: credits charged, plus the provider price of BYOK requests.
 COST_SQL = ("credits_charged_pusd + CASE WHEN route = 'byok' "
@@ -190,6 +199,7 @@ class Ledger:
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._conn: sqlite3.Connection | None = None
+        self._writer: _Writer | None = None
         self._open()
 
     def _open(self) -> None:
@@ -210,7 +220,11 @@ class Ledger:
     # -- writing ---------------------------------------------------------------------
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT`` (rollback on error), holding the thread lock."""
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (rollback on error), holding the thread lock.
+
+        Queued rows are written first, so transactions stay in the order they were asked for.
+        """
+        self.flush()
         with self._lock:
             conn = self.conn
             conn.execute("BEGIN IMMEDIATE")
@@ -227,8 +241,29 @@ class Ledger:
 
     def record(self, row: LedgerRow) -> bool:
         """Write one row now (one commit); False if this ``ok`` request id was already there."""
+        self.flush()
         with self._lock:
             return self.conn.execute(INSERT_SQL, row.as_params()).rowcount == 1
+
+    def submit(self, row: LedgerRow,
+               on_insert: Callable[[sqlite3.Connection], Any] | None = None) -> None:
+        """Queue ``row`` for the background writer (returns in microseconds).
+
+        The writer commits queued rows in batches, one transaction per batch; ``on_insert``
+        runs inside that transaction right after the row is inserted (not when the row was
+        a duplicate), so a wallet debit commits together with its row or not at all. Every
+        read (``query``, ``rows``, ``transaction``…) flushes first, as do :meth:`flush`,
+        ``_reset_for_tests`` and interpreter exit.
+        """
+        params = row.as_params()
+        writer = self._writer
+        if writer is None or writer.pid != os.getpid():
+            with self._lock:
+                writer = self._writer
+                if writer is None or writer.pid != os.getpid():
+                    # a forked child starts its own writer; the parent's queue is the parent's
+                    writer = self._writer = _Writer(self)
+        writer.submit((params, on_insert))
 
     def record_many(self, rows: Sequence[LedgerRow] | Sequence[tuple[Any, ...]]) -> None:
         """Write many rows (LedgerRow or raw parameter tuples) in one transaction."""
@@ -237,10 +272,21 @@ class Ledger:
             conn.executemany(INSERT_SQL, params)
 
     def flush(self) -> None:
-        """Nothing is buffered (rows are committed as they are recorded); kept for callers."""
+        """Wait until every row submitted so far is committed (a no-op when none are queued)."""
+        writer = self._writer
+        if writer is not None and writer.pid == os.getpid():
+            writer.flush()
 
     # -- reading ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection for reads, after a flush, holding the thread lock."""
+        self.flush()
+        with self._lock:
+            yield self.conn
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self.flush()
         with self._lock:
             return self.conn.execute(sql, params).fetchall()
 
@@ -297,10 +343,109 @@ class Ledger:
         return from_pusd(int(total)) or Decimal(0)
 
     def close(self) -> None:
+        """Write what is queued, stop the writer and close the connection."""
+        writer = self._writer
+        if writer is not None and writer.pid == os.getpid():
+            writer.stop()
+        self._writer = None
         with self._lock:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
+
+    def _write_batch(self, batch: list[tuple[tuple[Any, ...], Any]]) -> None:
+        """Commit one batch of queued rows (the writer thread calls this)."""
+        delay = 0.05
+        for attempt in range(8):
+            try:
+                with self._lock:
+                    conn = self.conn
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        for params, on_insert in batch:
+                            inserted = conn.execute(INSERT_SQL, params).rowcount == 1
+                            if inserted and on_insert is not None:
+                                on_insert(conn)
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                    conn.execute("COMMIT")
+                return
+            except sqlite3.OperationalError as exc:
+                # another process held the write lock past the busy timeout: try again
+                if ("locked" in str(exc) or "busy" in str(exc)) and attempt < 7:
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                self._salvage(batch, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - a bad row must not kill the writer
+                self._salvage(batch, exc)
+                return
+
+    def _salvage(self, batch: list[tuple[tuple[Any, ...], Any]], exc: BaseException) -> None:
+        """A batch failed: write its rows one by one so only the bad ones are lost."""
+        if len(batch) == 1:
+            self._drop(batch, exc)
+            return
+        for item in batch:
+            self._write_batch([item])
+
+    def _drop(self, batch: list[Any], exc: BaseException) -> None:
+        self.dropped += len(batch)
+        _log.error("cencori_nb: %d ledger row(s) could not be written to %s: %s",
+                   len(batch), self.path, exc)
+
+    dropped = 0      # rows the writer could not commit (logged as errors)
+
+
+class _Writer:
+    """The background thread that commits submitted rows in batches (one per wake-up)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.pid = os.getpid()
+        self.cond = threading.Condition()
+        self.pending: list[tuple[tuple[Any, ...], Any]] = []
+        self.submitted = 0          # rows submitted so far
+        self.done = 0               # rows committed (or dropped) so far
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name="cencori-nb-ledger", daemon=True)
+        self.thread.start()
+
+    def submit(self, item: tuple[tuple[Any, ...], Any]) -> None:
+        with self.cond:
+            self.pending.append(item)
+            self.submitted += 1
+            self.cond.notify_all()
+
+    def flush(self) -> None:
+        if threading.current_thread() is self.thread:
+            return                  # never wait on ourselves
+        with self.cond:
+            target = self.submitted
+            self.cond.wait_for(lambda: self.done >= target or not self.thread.is_alive())
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        if threading.current_thread() is not self.thread:
+            self.thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                self.cond.wait_for(lambda: bool(self.pending) or self.stopping)
+                if not self.pending:
+                    return          # stopping, and nothing left to write
+                batch, self.pending = self.pending, []
+            try:
+                self.ledger._write_batch(batch)
+            finally:
+                with self.cond:
+                    self.done += len(batch)
+                    self.cond.notify_all()
 
 
 _default: Ledger | None = None

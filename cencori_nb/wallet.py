@@ -122,8 +122,8 @@ def _ledger(ledger: Ledger | None) -> Ledger:
 def balance(*, ledger: Ledger | None = None) -> Decimal:
     """The mirrored balance in USD (0 before the first top-up)."""
     led = _ledger(ledger)
-    with led._lock:
-        return from_pusd(_balance_pusd(led.conn)) or Decimal(0)
+    with led.locked() as conn:
+        return from_pusd(_balance_pusd(conn)) or Decimal(0)
 
 
 def top_up(amount: Decimal | str | int, note: str | None = None, *,
@@ -131,6 +131,7 @@ def top_up(amount: Decimal | str | int, note: str | None = None, *,
     """Record credits bought on cencori.com (a positive amount)."""
     value = to_pusd(parse_amount(amount))
     assert value is not None
+    _changed()
     with _ledger(ledger).transaction() as conn:
         return _insert(conn, "topup", value, _balance_pusd(conn), note=note)
 
@@ -140,6 +141,7 @@ def set_balance(amount: Decimal | str | int, note: str | None = None, *,
     """Make the mirror match the dashboard: an ``adjustment`` of the difference."""
     target = to_pusd(parse_amount(amount, allow_zero=True, what="balance"))
     assert target is not None
+    _changed()
     with _ledger(ledger).transaction() as conn:
         before = _balance_pusd(conn)
         return _insert(conn, "adjustment", target - before, before,
@@ -180,6 +182,7 @@ def debit(request_id: str, amount: Decimal | str | int, *, project: str | None =
     None and changes nothing (as does a debit before any balance was recorded). Warns
     :class:`LowBalanceWarning` under $5."""
     value = parse_amount(amount, allow_zero=True)
+    _changed()
     with _ledger(ledger).transaction() as conn:
         tx = debit_in(conn, request_id, value, project=project)
     if tx is not None:
@@ -190,24 +193,48 @@ def debit(request_id: str, amount: Decimal | str | int, *, project: str | None =
 _warned_low = False
 
 
-def warn_if_low(tx: Transaction) -> None:
+def warn_if_low(tx: Transaction, *, stacklevel: int = 3) -> None:
     """Warn when a debit takes the balance under $5 (crossing it, or the first time in this
     process that a debit leaves it low)."""
+    warn_low(tx.balance_before, tx.balance_after, stacklevel=stacklevel + 1)
+
+
+def warn_low(before: Decimal, after: Decimal, *, stacklevel: int = 3) -> None:
+    """:func:`warn_if_low` for a balance change given as numbers."""
     global _warned_low
-    if tx.balance_after >= LOW_BALANCE_USD:
+    if after >= LOW_BALANCE_USD:
         return
-    if tx.balance_before >= LOW_BALANCE_USD or not _warned_low:
+    if before >= LOW_BALANCE_USD or not _warned_low:
         _warned_low = True
         warnings.warn(
-            f"Your Cencori credit balance (local mirror) is ${tx.balance_after:.2f}, under "
+            f"Your Cencori credit balance (local mirror) is ${after:.2f}, under "
             f"${LOW_BALANCE_USD}. Top up at {TOP_UP_URL}, then record it with "
             "`cencori-nb credits top-up AMOUNT` (or cencori_nb.wallet.top_up).",
-            LowBalanceWarning, stacklevel=3)
+            LowBalanceWarning, stacklevel=stacklevel)
+
+
+# Bumped by every balance change made through this module, so accounting's predicted
+# balance (used to warn without waiting for the background writer) knows to reload.
+generation = 0
+
+
+def _changed() -> None:
+    global generation
+    generation += 1
+
+
+def known_balance_pusd(ledger: Ledger | None = None) -> int | None:
+    """The mirrored balance in pico-USD, or None while the mirror is not tracking."""
+    with _ledger(ledger).locked() as conn:
+        row = conn.execute("SELECT balance_after_pusd FROM wallet_transactions "
+                           "ORDER BY id DESC LIMIT 1").fetchone()
+    return None if row is None else int(row[0])
 
 
 def refund(request_id: str, amount: Decimal | str | int | None = None, *,
            ledger: Ledger | None = None, note: str | None = None) -> Transaction:
     """Give back a request's debit (all of it by default); one refund per request id."""
+    _changed()
     with _ledger(ledger).transaction() as conn:
         row = conn.execute("SELECT -amount_pusd, project FROM wallet_transactions "
                            "WHERE kind = 'usage' AND request_id = ?", (request_id,)).fetchone()
@@ -288,8 +315,7 @@ class CreditsSummary:
 def credits(*, ledger: Ledger | None = None) -> CreditsSummary:
     """Balance, low flag (under $5), top-ups total, and credits charged this UTC month."""
     led = _ledger(ledger)
-    with led._lock:
-        conn = led.conn
+    with led.locked() as conn:
         bal = _balance_pusd(conn)
         topups, count = conn.execute(
             "SELECT COALESCE(SUM(CASE WHEN kind = 'topup' THEN amount_pusd END), 0), COUNT(*) "
@@ -307,3 +333,4 @@ def credits(*, ledger: Ledger | None = None) -> CreditsSummary:
 def _reset_for_tests() -> None:
     global _warned_low
     _warned_low = False
+    _changed()

@@ -294,3 +294,80 @@ def test_parse_since() -> None:
         parse_since("last tuesday")
     with pytest.raises(ConfigurationError):
         parse_since(7)
+
+
+def test_submitted_rows_are_visible_to_every_read() -> None:
+    """Rows queued for the background writer are flushed before any read."""
+    led = default_ledger()
+    for i in range(50):
+        led.submit(LedgerRow(f"s{i}", "p", "openai", "byok"))
+    assert led.count() == 50          # count() reads, so it flushes first
+    led.submit(LedgerRow("late", "p", "openai", "byok"))
+    assert led.rows()[-1].request_id == "late"
+
+
+def test_on_insert_runs_in_the_rows_transaction_only_when_inserted() -> None:
+    """The callback runs once for a new row and not for a duplicate ok row."""
+    led = default_ledger()
+    calls: list[str] = []
+    led.submit(LedgerRow("dup", "p", "openai", "byok"), on_insert=lambda c: calls.append("a"))
+    led.submit(LedgerRow("dup", "p", "openai", "byok"), on_insert=lambda c: calls.append("b"))
+    led.flush()
+    assert calls == ["a"] and led.count() == 1
+
+
+def test_a_bad_row_is_dropped_alone_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A row failing a CHECK is logged and dropped; rows queued with it are written."""
+    led = default_ledger()
+    with led._lock:                   # hold the writer back so the bad row shares a batch
+        led.submit(LedgerRow("good1", "p", "openai", "byok"))
+        led.submit(LedgerRow("bad", "p", "openai", "byok", status="weird"))
+        led.submit(LedgerRow("good2", "p", "openai", "byok"))
+    led.flush()
+    assert [r.request_id for r in led.rows()] == ["good1", "good2"]
+    assert led.dropped == 1
+    assert "could not be written" in caplog.text and "CHECK" in caplog.text
+
+
+def test_threads_submitting_at_once() -> None:
+    """Four threads × 200 submitted rows: all present after a flush."""
+    import threading
+
+    led = default_ledger()
+
+    def work(t: int) -> None:
+        for i in range(200):
+            led.submit(LedgerRow(f"t{t}-{i}", "p", "openai", "byok",
+                                 provider_cost_usd=Decimal("0.000001")))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert led.query("SELECT COUNT(*), SUM(provider_cost_pusd) FROM requests")[0] == \
+        (800, 800 * 1_000_000)
+
+
+def _settle_and_exit(home: str, n: int) -> None:
+    import os
+
+    os.environ["CENCORI_NB_HOME"] = home
+    from cencori_nb import accounting
+    from cencori_nb.types import Completion
+
+    for i in range(n):
+        accounting.settle(Completion(text="x", model="gpt-4o", provider="openai",
+                                     route="byok", input_tokens=10, output_tokens=5,
+                                     request_id=f"exit-{i}", project="p"))
+    # no flush: interpreter exit (atexit) must write what is queued
+
+
+def test_queued_rows_are_written_at_interpreter_exit(private_home: Path) -> None:
+    """A process that settles and exits without flushing leaves every row on disk."""
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=_settle_and_exit, args=(str(private_home), 300))
+    proc.start()
+    proc.join(120)
+    assert proc.exitcode == 0
+    assert default_ledger().count() == 300
