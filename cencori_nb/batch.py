@@ -311,13 +311,19 @@ def _estimate(prompts: Sequence[Prompt], params: _Params, skipped: int = 0) -> B
 
 def estimate(prompts: Iterable[Prompt] | pd.Series, *, model: str | None = None,
              provider: str | None = None, route: str = "auto", system: str | None = None,
-             max_tokens: int | None = None, project: str | None = None) -> BatchEstimate:
+             max_tokens: int | None = None, project: str | None = None,
+             **map_options: Any) -> BatchEstimate:
     """Estimate what sending ``prompts`` would cost, without sending anything.
 
     Tokens are estimated from the text; output is ``max_tokens`` a row (or
     :data:`DEFAULT_OUTPUT_TOKENS`, a guess); prices are list prices (managed: with the
     markup). Rows a cache could answer are counted too, so this is an upper-side figure.
+    Other :func:`map` options (``concurrency``, ``temperature``…) are accepted and ignored,
+    so the same arguments work for both.
     """
+    unknown = set(map_options) - _MAP_OPTIONS
+    if unknown:
+        raise TypeError(f"estimate() got unexpected keyword arguments: {sorted(unknown)}")
     values, _ = _normalise(prompts)
     params = _Params(model, provider, route, system, None, max_tokens, project, True)
     sendable = [p for p in values if _empty_reason(p) is None]
@@ -327,6 +333,10 @@ def estimate(prompts: Iterable[Prompt] | pd.Series, *, model: str | None = None,
 # --------------------------------------------------------------------------------------
 # the runner
 # --------------------------------------------------------------------------------------
+_MAP_OPTIONS = frozenset({"concurrency", "max_cost_usd", "temperature", "cache", "progress",
+                          "retries", "resume", "achat", "limiter", "sleep"})
+
+
 def _empty_reason(prompt: Prompt) -> str | None:
     if prompt is None:
         return "not sent: empty prompt"

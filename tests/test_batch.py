@@ -382,6 +382,14 @@ def test_map_works_inside_a_running_event_loop() -> None:
     assert out["text"].tolist() == ["echo: a", "echo: b"]
 
 
+def test_empty_batch_gives_an_empty_frame_with_the_columns() -> None:
+    """No prompts: nothing sent, an empty frame with every column."""
+    fake = FakeAchat()
+    out = cencori_nb.map([], achat=fake, progress=False)
+    assert fake.calls == [] and len(out) == 0
+    assert list(out.columns) == list(batch.COLUMNS)
+
+
 def test_map_refuses_a_single_string() -> None:
     """A bare string is one prompt, not a batch: a clear error instead of 1-char rows."""
     with pytest.raises(ConfigurationError, match="not one string"):

@@ -161,6 +161,16 @@ def test_max_cost_refuses_before_sending_and_says_the_estimate(sbx: SandboxServe
     est = batch.estimate([f"Write an essay on topic {i}" for i in range(40)], model="gpt-4o",
                          max_tokens=1000)
     assert est.cost_usd == err.estimate_usd and est.output_tokens == 40_000
+    assert est.rows == 40 and est.route == "byok" and est.model == "gpt-4o"
+
+
+def test_accessor_estimate_takes_the_same_arguments_as_prompt(sbx: SandboxServer) -> None:
+    """df.cencori.estimate(template, **same kwargs as prompt) skips empty rows, sends nothing."""
+    df = pd.DataFrame({"text": ["a b c", None, "d e f"]})
+    est = df.cencori.estimate("Summarise: {text}", model="gpt-4o-mini", max_tokens=10,
+                              concurrency=4, temperature=0, max_cost_usd=1)
+    assert est.rows == 2 and est.output_tokens == 20 and est.cost_usd is not None
+    assert sbx.stats["requests"] == 0
 
 
 def test_managed_estimate_includes_the_markup(sbx: SandboxServer) -> None:
