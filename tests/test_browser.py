@@ -1,0 +1,219 @@
+"""End to end in a real browser: JupyterLab, the providers panel, a prompt, a safe save.
+
+``cencori-nb lab`` starts JupyterLab (with no key configured, so with its offline sandbox) on
+a temporary copy of ``02-provider-setup.ipynb``; headless Chromium (Debian's, at
+``/usr/bin/chromium``; never a downloaded one) then does what a person would:
+
+1. runs the whole notebook;
+2. enters a canary key for OpenAI in the panel, clicks Save and sees the badge turn
+   "Enabled" (the password field is emptied);
+3. runs a ``%%cencori`` cell and sees the streamed sandbox answer, now on the BYOK route;
+4. types the canary in the panel again without saving, and pastes it in a cell (the two ways
+   a key reaches a notebook: widget state and cell source);
+5. turns on "Save Widget State Automatically" (Settings menu) and saves the notebook.
+
+The ``.ipynb`` on disk (and every other file the run wrote) must not contain the canary.
+On failure a screenshot and the server log are kept under ``test-results/``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import pytest
+from jupyter_procs import JupyterProcess, free_port, isolated_jupyter_env
+
+from cencori_nb.jupyter.scrubber import MARKER, WIDGET_STATE_MIME
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = "02-provider-setup.ipynb"
+RESULTS = REPO / "test-results"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+WIDGETS_SETTINGS = "/lab/api/settings/@jupyter-widgets/jupyterlab-manager:plugin"
+
+pytestmark = [
+    pytest.mark.browser, pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(),
+                       reason="/usr/bin/chromium is not installed (./dev test and CI install "
+                              "Debian's chromium; run `apt-get install chromium`)"),
+]
+
+# JavaScript run in the page (JupyterLab started with --LabApp.expose_app_in_browser).
+_NOTEBOOK_DONE = """() => {
+  const nb = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+  if (!nb || !nb.content || !nb.sessionContext.session || !nb.sessionContext.session.kernel)
+    return null;
+  const cells = nb.content.widgets.filter(c => c.model.type === 'code');
+  const errors = [];
+  for (const c of cells)
+    for (const o of c.model.outputs.toJSON())
+      if (o.output_type === 'error') errors.push(o.ename + ': ' + o.evalue);
+  if (errors.length) return {errors};
+  const done = cells.every(c => c.model.executionCount !== null)
+    && nb.sessionContext.session.kernel.status === 'idle';
+  return done ? {errors: []} : null;
+}"""
+_ADD_CELL = """([source, run]) => {
+  const nb = window.jupyterapp.shell.currentWidget;
+  const n = nb.content.model.cells.length;
+  nb.content.model.sharedModel.insertCell(n, {cell_type: 'code', source});
+  nb.content.activeCellIndex = n;
+  if (run) return window.jupyterapp.commands.execute('notebook:run-cell');
+}"""
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[JupyterProcess]:
+    """``cencori-nb lab`` on a copy of notebook 02, no keys, isolated Jupyter folders."""
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(REPO / "notebooks" / NOTEBOOK, root / NOTEBOOK)
+    env = isolated_jupyter_env(tmp_path / "jupyter", CENCORI_NB_HOME=str(tmp_path / "home"),
+                               PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring")
+    for var in ("CENCORI_NB_SANDBOX", "CENCORI_NB_PASSPHRASE", "CENCORI_NB_PROJECT"):
+        env.pop(var, None)
+    port, token = free_port(), secrets.token_hex(16)
+    argv = [sys.executable, "-m", "cencori_nb", "lab", f"--ServerApp.root_dir={root}",
+            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+            "--ServerApp.open_browser=False", "--LabApp.expose_app_in_browser=True"]
+    server = JupyterProcess(argv, env=env, log_path=tmp_path / "lab.log", port=port,
+                            token=token)
+    server.root = root  # type: ignore[attr-defined]
+    server.start(timeout=120)
+    # No "get notified about Jupyter news?" toast over the notebook (and no fetch of news).
+    r = server.api("PUT", "/lab/api/settings/@jupyterlab/apputils-extension:notification",
+                   json={"raw": json.dumps({"fetchNews": "false"})})
+    assert r.status_code == 204, r.text
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _wait(page: object, js: str, arg: object = None, timeout: float = 120) -> object:
+    """Poll ``js`` in the page until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = page.evaluate(js, arg)  # type: ignore[attr-defined]
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for: {js[:80]}")
+
+
+def _wait_for_file(path: Path, predicate: object, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = path.read_text(errors="replace")
+        if predicate(text):  # type: ignore[operator]
+            return text
+        time.sleep(0.25)
+    raise AssertionError(f"{path.name} never reached the expected state:\n{text[:2000]}")
+
+
+def test_panel_prompt_and_save_keep_the_canary_out_of_the_notebook(
+        lab: JupyterProcess, tmp_path: Path, canary: str, request: pytest.FixtureRequest,
+        ) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    assert "OFFLINE SANDBOX at http://127.0.0.1:" in lab.log()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        try:
+            page.goto(f"{lab.url}/lab/tree/{NOTEBOOK}?token={lab.token}")
+            page.wait_for_selector(".jp-Notebook .jp-Cell")
+            _wait(page, "() => { const w = window.jupyterapp && window.jupyterapp.shell"
+                        ".currentWidget; return w && w.sessionContext && "
+                        "w.sessionContext.session && w.sessionContext.session.kernel && "
+                        "w.sessionContext.session.kernel.status === 'idle'; }")
+
+            # 1. Run the whole notebook.
+            page.evaluate("() => window.jupyterapp.commands.execute("
+                          "'notebook:run-all-cells')")
+            result = _wait(page, _NOTEBOOK_DONE, timeout=180)
+            assert result == {"errors": []}, result
+
+            # 2. The panel: OpenAI is served "Managed" (the demo Cencori key) until we save
+            #    our own key; then its badge says "Enabled" and the field is empty again.
+            openai_row = page.locator(".widget-hbox").filter(
+                has=page.get_by_role("button", name="OpenAI", exact=True))
+            expect(openai_row.locator(".cencori-badge")).to_have_text("Managed")
+            page.get_by_role("button", name="OpenAI", exact=True).click()
+            key_field = page.get_by_label("API key", exact=True)
+            key_field.fill(canary)
+            # A person's pause before clicking Save. ipywidgets buffers value updates while
+            # earlier ones are unacknowledged, so a click sent within milliseconds of the
+            # paste can reach the kernel before the field's last update, which then puts the
+            # key back in the (already emptied) field; the scrubber below still removes it
+            # from the saved notebook (step 4 checks that path on purpose).
+            key_field.press("Tab")
+            page.wait_for_timeout(750)
+            page.get_by_role("button", name="Save", exact=True).click()
+            expect(openai_row.locator(".cencori-badge")).to_have_text("Enabled")
+            expect(key_field).to_have_value("")
+
+            # 3. A prompt: the streamed sandbox answer, on the BYOK route with that key.
+            page.evaluate(_ADD_CELL, ["%%cencori gpt-4o-mini\nSay hello to the browser test.",
+                                      True])
+            last_output = page.locator(".jp-Notebook .jp-Cell").last.locator(
+                ".jp-OutputArea-output")
+            expect(last_output.first).to_contain_text("sandbox reply from openai/gpt-4o-mini",
+                                                      timeout=60_000)
+            expect(last_output.first).to_contain_text("BYOK")
+
+            # 4. The two ways a key sneaks into a notebook: typed in the panel but not saved
+            #    (widget state), and pasted into a cell (source).
+            key_field.fill(canary)
+            page.evaluate(_ADD_CELL, [f"# my key, do not commit: {canary}", False])
+
+            # 5. Settings ▸ Save Widget State Automatically, then save the notebook.
+            page.locator(".lm-MenuBar-item", has_text="Settings").click()
+            page.get_by_text("Save Widget State Automatically").click()
+            deadline = time.monotonic() + 30
+            while (lab.api("GET", WIDGETS_SETTINGS).json().get("settings") or {}).get(
+                    "saveState") is not True:
+                assert time.monotonic() < deadline, "saveState was not turned on"
+                time.sleep(0.25)
+            page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+            on_disk = _wait_for_file(lab.root / NOTEBOOK,  # type: ignore[attr-defined]
+                                     lambda t: WIDGET_STATE_MIME in t and MARKER in t)
+        except BaseException:
+            RESULTS.mkdir(exist_ok=True)
+            stem = request.node.name
+            page.screenshot(path=str(RESULTS / f"{stem}.png"), full_page=True)
+            shutil.copy(lab.log_path, RESULTS / f"{stem}.lab.log")
+            raise
+        finally:
+            browser.close()
+
+    # The notebook on disk: no canary, valid, and the scrubber's marks where it was.
+    assert canary not in on_disk
+    nb = nbformat.reads(on_disk, as_version=4)
+    nbformat.validate(nb)
+    state = nb.metadata["widgets"][WIDGET_STATE_MIME]["state"]
+    passwords = [m["state"].get("value") for m in state.values()
+                 if m.get("model_name") == "PasswordModel"]
+    assert MARKER in passwords, passwords
+    assert nb.cells[-1].source == f"# my key, do not commit: {MARKER}"
+    assert any("sandbox reply" in json.dumps(c.get("outputs", [])) for c in nb.cells)
+    log = lab.log()
+    assert f"from {NOTEBOOK} before saving" in log
+    assert canary not in log
+    # …nor anywhere else this run wrote: checkpoints, Jupyter/IPython folders, the home.
+    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and canary.encode() in p.read_bytes()]
+    assert leaks == []
