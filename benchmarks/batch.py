@@ -277,8 +277,8 @@ def profile_map(url: str, rows: int, concurrency: int) -> None:
     wall = time.perf_counter() - t0
     st = pstats.Stats(prof)
     by_module: Counter[str] = Counter()
-    for (filename, _line, _fn), (_cc, _nc, tt, _ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
-        by_module[_bucket(filename)] += tt
+    for (filename, _line, fn), (_cc, _nc, tt, _ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+        by_module[_bucket(filename, fn)] += tt
     total = sum(by_module.values())
     print(f"\nprofile of amap({rows} rows) on the main thread: wall {wall:.2f} s under "
           f"cProfile (profiling slows it), CPU by module (own time):")
@@ -288,8 +288,13 @@ def profile_map(url: str, rows: int, concurrency: int) -> None:
     st.sort_stats("cumulative").print_stats(r"cencori_nb", 25)
 
 
-def _bucket(filename: str) -> str:
+def _bucket(filename: str, fn: str = "") -> str:
     path = filename.replace("\\", "/")
+    if path.startswith("~"):          # a C function: name it by what it belongs to
+        for tag in ("sqlite3", "socket", "select", "epoll", "json", "hashlib", "sha256"):
+            if tag in fn:
+                return f"C: {tag}"
+        return "C: other builtins"
     if "/cencori_nb/" in path:
         return "cencori_nb." + path.split("/cencori_nb/", 1)[1].removesuffix(".py") \
             .replace("/", ".")
@@ -297,8 +302,8 @@ def _bucket(filename: str) -> str:
                 "json", "genai_prices", "pydantic", "ssl", "selectors", "socket"):
         if f"/{lib}/" in path or path.endswith(f"/{lib}.py"):
             return lib
-    if path.startswith("~") or path.startswith("<"):
-        return "builtins (C: sqlite, socket, hashing…)"
+    if path.startswith("<"):
+        return "frozen stdlib (os, importlib…)"
     return "other"
 
 

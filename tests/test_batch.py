@@ -390,6 +390,26 @@ def test_empty_batch_gives_an_empty_frame_with_the_columns() -> None:
     assert list(out.columns) == list(batch.COLUMNS)
 
 
+def test_concurrency_below_one_is_a_configuration_error() -> None:
+    """concurrency=0 fails before anything is sent."""
+    fake = FakeAchat()
+    with pytest.raises(ConfigurationError, match="concurrency must be at least 1"):
+        cencori_nb.map(["a"], achat=fake, concurrency=0, progress=False)
+    assert fake.calls == []
+
+
+def test_import_registers_accessor_when_pandas_is_loaded() -> None:
+    """`import cencori_nb` after pandas gives df.cencori without touching cencori_nb.batch."""
+    import subprocess
+    import sys
+
+    code = ("import pandas as pd, cencori_nb; "
+            "print(pd.DataFrame({'t': ['x']}).cencori.prompts('Say {t}').tolist())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "['Say x']"
+
+
 def test_map_refuses_a_single_string() -> None:
     """A bare string is one prompt, not a batch: a clear error instead of 1-char rows."""
     with pytest.raises(ConfigurationError, match="not one string"):
