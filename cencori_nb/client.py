@@ -99,13 +99,12 @@ def _cache_hit(request: ChatRequest, decision: Decision) -> tuple[str | None, Co
 
 def _check_budget(request: ChatRequest, decision: Decision) -> None:
     """Ask accounting before sending; the estimate is only computed when a budget is set."""
-    from .settings import load_settings
-
-    settings = load_settings()
-    ps = settings.for_project(decision.project)
     estimate: Decimal | None = None
-    if ps.hard_cap_usd is not None or ps.soft_budget_usd is not None:
+    if decision.budgeted:
         from .pricing import estimate_cost
+        from .settings import load_settings
+
+        settings = load_settings()
 
         est_in = estimate_messages_tokens(m.content for m in request.messages)
         est_out = request.max_tokens or max(16, est_in)

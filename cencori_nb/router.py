@@ -42,14 +42,14 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .catalog import CENCORI, PROVIDERS, provider_info
 from .errors import ConfigurationError, ProviderNotConfiguredError, UnknownModelError
 from .home import ENV_HOME
 from .keystore.secret import Secret
-from .settings import ENV_PROJECT, ENV_SANDBOX, config_path
+from .settings import ENV_PROJECT, ENV_SANDBOX, config_path, load_settings
 from .types import ChatRequest, Message
 
 __all__ = ["GATEWAY_DEFAULT_MODEL", "Decision", "explain_route", "provider_for_model",
@@ -93,6 +93,10 @@ class Decision:
     fallback: Decision | None = None
     project: str = "default"
     model_requested: str | None = None
+    # Whether the project had a soft budget or hard cap when this was decided (the client
+    # only estimates a request's cost when one is set; the memo is dropped when config.json
+    # changes, so this cannot go stale).
+    budgeted: bool = field(default=False, repr=False)
 
     @property
     def key_hint(self) -> str:
@@ -263,7 +267,6 @@ def _default_provider(store: Any, project: str, cencori_key: Secret | None,
 
 def _decide(model: str | None, provider: str | None, route: str, project: str | None
             ) -> Decision:
-    from .settings import load_settings
     from .transport import register_secret
 
     if route not in ("auto", "byok", "managed"):
@@ -385,6 +388,11 @@ def resolve(request: ChatRequest) -> Decision:
         register_secret(decision.credential)   # cheap; the registry may have been reset
         return decision
     decision = _decide(request.model, request.provider, request.route, request.project)
+    budgets = load_settings().for_project(decision.project)
+    if budgets.soft_budget_usd is not None or budgets.hard_cap_usd is not None:
+        fallback = decision.fallback
+        decision = replace(decision, budgeted=True, fallback=None if fallback is None
+                           else replace(fallback, budgeted=True))
     if len(_memo) >= _MEMO_MAX:
         _memo.clear()
     _memo[key] = (token, decision)

@@ -331,3 +331,16 @@ def test_transport_error_mid_stream_is_a_cut(net: Callable[[Handler], list]) -> 
     assert isinstance(info.value.__cause__, errors.ProviderUnavailableError)
     assert info.value.cause_code == "provider_unavailable"
     assert info.value.completion.text == "so far"
+
+
+def test_estimate_above_the_cap_is_refused(net: Callable[[Handler], list]) -> None:
+    """Nothing spent yet, but the estimate (prompt + max_tokens) passes the cap: refused,
+    with the estimate on the error; a cheap request under the same cap goes through."""
+    settings.update_project("default", hard_cap_usd=Decimal("0.001"))
+    seen = net(lambda r: httpx2.Response(200, json=_openai_body()))
+    with pytest.raises(errors.BudgetExceededError) as info:
+        cencori_nb.chat("long " * 2000, model="gpt-4o", max_tokens=100_000)
+    assert info.value.estimated_usd > Decimal("0.001")
+    assert seen == []
+    cencori_nb.chat("short", model="gpt-4o-mini", max_tokens=10)
+    assert len(seen) == 1
