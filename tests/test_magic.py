@@ -331,6 +331,24 @@ def test_no_exception_handler_installed(shell: InteractiveShell) -> None:
     assert shell.custom_exceptions == ()
 
 
+def test_key_in_prompt_is_not_sent(shell: InteractiveShell, openai_key: str, sandbox: Any,
+                                   canary: str) -> None:
+    """A key-shaped or stored key in the prompt: nothing sent, one line, history redacted."""
+    from cencori_nb import keys
+
+    stored = "mistralplainkey0000000000Tt31"          # no known prefix: caught as stored
+    keys.set("mistral", stored)
+    for body in (f"why does {canary} fail?", f"my key is {stored}"):
+        cap, result = run(shell, f"%%cencori --no-cache\n{body}")
+        line = assert_one_error_line(cap, result, "Not sent", "sk-XXXX")
+        assert canary not in line and stored not in line
+    assert sandbox.stats["requests"] == 0
+    assert not any(canary in s or stored in s for s in shell.history_manager.input_hist_raw)
+    digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    cap, result = run(shell, f"%%cencori --dry-run\nhash {digest}")
+    assert result.error_in_exec is None and "dry run" in texts(cap)[-1]   # hashes are fine
+
+
 # ----------------------------------------------------------------------------- subcommands
 def test_help(shell: InteractiveShell) -> None:
     for source in ("%cencori", "%cencori help", "%cencori -h", "%%cencori -h\nignored"):

@@ -179,3 +179,21 @@ def test_stream_view_throttles_with_injected_clock() -> None:
     assert all(r["text/plain"].endswith("▌") for r in redraws)
     assert log[-1] == {"text/plain": "final"}
     assert view.updates == len(log)
+
+
+def test_key_in_prompt_known_shapes_and_stored_keys() -> None:
+    """Known key shapes and exact stored keys are refused; hashes and prose are not."""
+    from cencori_nb.keystore.secret import Secret
+    from cencori_nb.magic.parser import KeyInPromptError, refuse_key_in_prompt
+
+    stored = frozenset({Secret("plainkeywithoutprefix0042")})
+    for prompt in ("use sk-proj-Abc123def456ghi789jkl012 here",
+                   'client = Mistral(api_key="plainkeywithoutprefix0042")',
+                   "the key plainkeywithoutprefix0042."):
+        with pytest.raises(KeyInPromptError) as info:
+            refuse_key_in_prompt(prompt, stored)
+        assert "0042" not in str(info.value) and "Abc123" not in str(info.value)
+    for prompt in ("sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                   "plainkeywithoutprefix004", "Summarise {df} please", "sk-XXXX"):
+        refuse_key_in_prompt(prompt, stored)
+    assert redact('k="plainkeywithoutprefix0042"', stored) == 'k="[redacted]"'

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
@@ -25,8 +26,18 @@ from traitlets import Bool, Enum, Int, Unicode, validate
 
 from ..errors import CencoriError
 from .interpolate import interpolate
-from .parser import FORMATS, ROUTES, CellArgs, KeyInArgumentsError, parse_cell_line
+from .parser import (
+    FORMATS,
+    ROUTES,
+    CellArgs,
+    KeyInArgumentsError,
+    KeyInPromptError,
+    parse_cell_line,
+)
 from .render import Bundle, StreamView, error_bundle, notice_bundle, render_completion
+
+if TYPE_CHECKING:
+    from ..keystore.secret import Secret
 
 __all__ = ["CencoriMagics", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -89,8 +100,8 @@ class CencoriMagics(Magics):
 
                 return run_line(self, line)
             self.run_cell(line, cell)
-        except KeyInArgumentsError as exc:
-            self.forget_key_shaped_input()
+        except (KeyInArgumentsError, KeyInPromptError) as exc:
+            self.forget_key_shaped_input(stored_keys())
             show(error_bundle(str(exc)))
         except CencoriError as exc:
             show(error_bundle(str(exc)))
@@ -110,6 +121,9 @@ class CencoriMagics(Magics):
         prompt = interpolate(cell.rstrip("\n"), user_ns)
         if not prompt.strip():
             raise _usage("the cell is empty: write the prompt below the %%cencori line.")
+        from .parser import refuse_key_in_prompt
+
+        refuse_key_in_prompt(prompt, stored_keys())
         options = self._request_options(args)
         if args.dry_run:
             from .commands import dry_run
@@ -171,13 +185,17 @@ class CencoriMagics(Magics):
         return chunks.completion, view
 
     # ---------------------------------------------------------------- history hygiene
-    def forget_key_shaped_input(self) -> None:
-        """Redact key-shaped text from the current input in IPython's history.
+    def forget_key_shaped_input(self, stored: Collection[Secret] = frozenset()) -> None:
+        """Redact key-shaped text (and the ``stored`` key values) from the current input in
+        IPython's history.
 
         IPython stores the line before the magic runs (memory, ``_i`` variables and
         ``history.sqlite``); we cannot stop that, but we can overwrite it at once.
         """
-        from .parser import redact
+        from .parser import redact as redact_all
+
+        def redact(text: str) -> str:
+            return redact_all(text, stored)
 
         shell = self.shell
         hm = getattr(shell, "history_manager", None)
@@ -208,6 +226,14 @@ class CencoriMagics(Magics):
                                       "session = ? AND line = ?",
                                       (redact(src or ""), redact(raw or ""),
                                        hm.session_number, line_no))
+
+
+def stored_keys() -> frozenset[Secret]:
+    """Every stored key, as Secrets: to recognise (never to show) them in a prompt or in
+    the history. Comparison happens inside ``Secret.__eq__``; nothing here reveals a key."""
+    from ..keystore import default_store
+
+    return frozenset(default_store().all_secrets())
 
 
 def _usage(message: str) -> CencoriError:

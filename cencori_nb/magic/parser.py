@@ -17,19 +17,30 @@ import math
 import re
 import shlex
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import ConfigurationError
 
-__all__ = ["FORMATS", "ROUTES", "CellArgs", "KeyInArgumentsError", "LineArgs",
-           "MagicUsageError", "looks_like_key", "parse_cell_line", "parse_line", "redact",
-           "refuse_key_shaped"]
+if TYPE_CHECKING:
+    from ..keystore.secret import Secret
+
+__all__ = ["FORMATS", "ROUTES", "CellArgs", "KeyInArgumentsError", "KeyInPromptError",
+           "LineArgs", "MagicUsageError", "looks_like_key", "parse_cell_line", "parse_line",
+           "redact", "refuse_key_in_prompt", "refuse_key_shaped"]
 
 FORMATS = ("markdown", "text", "code", "json", "html")
 ROUTES = ("auto", "byok", "managed")
 SUBCOMMANDS = ("setup", "providers", "models", "route", "usage", "credits", "use", "cache",
                "sandbox", "help")
+
+
+class KeyInPromptError(ConfigurationError):
+    """The prompt holds an API key: sending it would hand it to the provider, and the reply
+    might repeat it into the notebook."""
+
+    code = "key_in_prompt"
 
 
 class MagicUsageError(ConfigurationError):
@@ -90,6 +101,41 @@ def refuse_key_shaped(line: str, *, magic: str = "%cencori") -> None:
             "file.",
             hint="Store the key with `%cencori setup` (the providers panel) or "
             "`cencori-nb keys set PROVIDER` in a terminal, then rerun without it.")
+
+
+# Candidate tokens to compare with stored keys: a narrow and a broad reading of "a word",
+# so a key is found whether it stands in quotes, after "=", or at the end of a sentence.
+_CANDIDATES = (re.compile(r"[A-Za-z0-9_\-]{8,}"), re.compile(r"[^\s'\"`,;()\[\]{}<>=]{8,}"))
+
+
+def _stored_matches(text: str, stored: Collection[Secret]) -> set[str]:
+    """Tokens of ``text`` equal to one of the ``stored`` keys (compared as Secrets, so this
+    module never reveals a stored key)."""
+    if not stored:
+        return set()
+    from ..keystore.secret import Secret
+
+    found = set()
+    for pattern in _CANDIDATES:
+        for token in set(pattern.findall(text)):
+            if Secret(token) in stored:
+                found.add(token)
+    return found
+
+
+def refuse_key_in_prompt(prompt: str, stored: Collection[Secret] = ()) -> None:
+    """Raise :class:`KeyInPromptError` if ``prompt`` holds a known key shape (``sk-…``,
+    ``csk_…``, ``AIza…``…) or one of the ``stored`` keys.
+
+    Long random-looking tokens alone are allowed here: prompts legitimately carry hashes and
+    base64. The message never repeats the key.
+    """
+    if any(p.search(prompt) for p in _KEY_PATTERNS) or _stored_matches(prompt, stored):
+        raise KeyInPromptError(
+            "Not sent: the prompt contains an API key. The provider would receive it and the "
+            "reply could repeat it into the notebook.",
+            hint="Replace it with a placeholder such as sk-XXXX; keys belong in "
+            "`%cencori setup` or `cencori-nb keys set PROVIDER`.")
 
 
 class MagicParser(argparse.ArgumentParser):
@@ -287,8 +333,11 @@ default_provider, default_system, default_max_tokens, stream, stream_throttle_ms
 """
 
 
-def redact(text: str) -> str:
-    """``text`` with every key-shaped token replaced by ``[redacted]``."""
+def redact(text: str, stored: Collection[Secret] = ()) -> str:
+    """``text`` with every key-shaped token, and each of the ``stored`` keys, replaced by
+    ``[redacted]``."""
+    for token in sorted(_stored_matches(text, stored), key=len, reverse=True):
+        text = text.replace(token, "[redacted]")
     for pattern in _KEY_PATTERNS:
         text = pattern.sub("[redacted]", text)
 
