@@ -200,6 +200,7 @@ class Ledger:
         self._pid = os.getpid()
         self._conn: sqlite3.Connection | None = None
         self._writer: _Writer | None = None
+        self._writer_lock = threading.Lock()
         self._open()
 
     def _open(self) -> None:
@@ -225,7 +226,7 @@ class Ledger:
         Queued rows are written first, so transactions stay in the order they were asked for.
         """
         self.flush()
-        with self._lock:
+        with self._lock, self._holding():
             conn = self.conn
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -234,6 +235,18 @@ class Ledger:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _holding(self) -> Iterator[None]:
+        """Mark this thread as holding the lock, so a flush inside cannot deadlock on the
+        writer (which needs the same lock)."""
+        previous, self._holder = self._holder, threading.get_ident()
+        try:
+            yield
+        finally:
+            self._holder = previous
+
+    _holder: int | None = None
 
     def insert(self, conn: sqlite3.Connection, row: LedgerRow) -> bool:
         """Insert ``row`` inside a caller's transaction; False if it was a duplicate."""
@@ -258,7 +271,9 @@ class Ledger:
         params = row.as_params()
         writer = self._writer
         if writer is None or writer.pid != os.getpid():
-            with self._lock:
+            if writer is not None:           # forked: a lock copied mid-use would never open
+                self._writer_lock = threading.Lock()
+            with self._writer_lock:          # not self._lock: submitting never waits on I/O
                 writer = self._writer
                 if writer is None or writer.pid != os.getpid():
                     # a forked child starts its own writer; the parent's queue is the parent's
@@ -274,7 +289,8 @@ class Ledger:
     def flush(self) -> None:
         """Wait until every row submitted so far is committed (a no-op when none are queued)."""
         writer = self._writer
-        if writer is not None and writer.pid == os.getpid():
+        if (writer is not None and writer.pid == os.getpid()
+                and self._holder != threading.get_ident()):
             writer.flush()
 
     # -- reading ---------------------------------------------------------------------
@@ -282,7 +298,7 @@ class Ledger:
     def locked(self) -> Iterator[sqlite3.Connection]:
         """The connection for reads, after a flush, holding the thread lock."""
         self.flush()
-        with self._lock:
+        with self._lock, self._holding():
             yield self.conn
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

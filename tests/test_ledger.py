@@ -371,3 +371,18 @@ def test_queued_rows_are_written_at_interpreter_exit(private_home: Path) -> None
     proc.join(120)
     assert proc.exitcode == 0
     assert default_ledger().count() == 300
+
+
+def test_reading_inside_a_transaction_does_not_deadlock() -> None:
+    """A read inside transaction() while another thread has queued rows returns (no wait on
+    the writer, which needs the same lock); the queued rows follow after the commit."""
+    import threading
+
+    led = default_ledger()
+    with led.transaction() as conn:
+        t = threading.Thread(target=led.submit, args=(LedgerRow("q", "p", "openai", "byok"),))
+        t.start()
+        t.join()
+        assert led.query("SELECT COUNT(*) FROM requests") == [(0,)]
+        conn.execute("SELECT 1")
+    assert led.count() == 1
