@@ -393,13 +393,18 @@ def _error_row(message: str, route: str | None = None) -> dict[str, Any]:
 
 
 def _error_message(exc: BaseException) -> str:
-    if isinstance(exc, CencoriError):
-        status = getattr(exc, "status_code", None)
-        prefix = f"{type(exc).__name__}"
-        if status:
-            prefix += f" ({status})"
-        return f"{prefix}: {exc}"
-    return f"{type(exc).__name__}: {exc}"
+    """``Type (status): message`` for the ``error`` column, scrubbed of anything key-shaped.
+
+    Our errors never carry a secret, but a foreign exception (a bug, a library) might quote
+    a header; the column ends up in notebooks and CSV files, so it is scrubbed regardless.
+    """
+    prefix = type(exc).__name__
+    status = getattr(exc, "status_code", None) if isinstance(exc, CencoriError) else None
+    if status:
+        prefix += f" ({status})"
+    from .transport import scrub
+
+    return scrub(f"{prefix}: {exc}")
 
 
 class _Batch:

@@ -249,6 +249,30 @@ def test_interrupt_then_rerun_sends_only_missing_rows_and_charges_once(
     assert not list((home_dir() / "batches").glob("*.jsonl"))   # complete: no checkpoint
 
 
+def test_canary_key_never_reaches_results_or_the_home(sandbox_env: SandboxServer,
+                                                      canary: str, private_home: Any) -> None:
+    """With the canary as the BYOK key: not in the frame, its errors, the checkpoint, the
+    ledger or the cache (the key store holds it encrypted only)."""
+    from tests.conftest import all_bytes_under
+
+    keys.set("openai", canary)
+
+    from cencori_nb.client import achat as real_achat
+
+    async def leaky(prompt: str, **kw: Any) -> Completion:
+        if prompt == "three":       # a foreign error that quotes the header
+            raise ValueError(f"upstream said: bad header Authorization: Bearer {canary}")
+        return await real_achat(prompt, **kw)
+
+    out = cencori_nb.map(["one", "two", "three"], model="gpt-4o-mini", temperature=0.5,
+                         achat=leaky, progress=False)
+    assert out["error"][:2].isna().all() and "upstream said" in out["error"][2]
+    assert canary not in out["error"][2]
+    assert list((private_home / "batches").glob("*.jsonl"))    # kept: a row failed
+    assert canary not in out.to_json() and canary not in repr(out)
+    assert canary.encode() not in all_bytes_under(private_home)
+
+
 def test_dataframe_accessor_against_sandbox(sbx: SandboxServer) -> None:
     """df.cencori.prompt end to end with a shuffled integer index."""
     df = pd.DataFrame({"text": ["red apples", "green pears", "blue plums"]}, index=[9, 3, 5])
