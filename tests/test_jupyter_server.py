@@ -184,3 +184,38 @@ def test_stored_key_of_any_shape_is_removed(servers: dict[str, JupyterProcess],
     on_disk = (server.root / "odd.ipynb").read_text()  # type: ignore[attr-defined]
     assert odd not in on_disk
     assert MARKER in on_disk
+
+
+def test_save_goes_on_when_the_key_store_cannot_be_opened(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, canary: str) -> None:
+    """A passphrase store and no passphrase in the server's environment: the notebook is
+    still saved, key shapes are still removed; only exact matching is lost (documented)."""
+    from cencori_nb import keys, keystore
+
+    home = tmp_path / "locked-home"
+    monkeypatch.setenv("CENCORI_NB_HOME", str(home))
+    monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "correct horse battery staple")
+    keystore._reset_for_tests()
+    keys.set("openai", canary)
+    keys.set("local", "shapeless-local-secret")
+    monkeypatch.delenv("CENCORI_NB_PASSPHRASE")
+    root = tmp_path / "root"
+    root.mkdir()
+    env = isolated_jupyter_env(tmp_path / "jupyter", CENCORI_NB_HOME=str(home),
+                               PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring")
+    for var in _AMBIENT:
+        env.pop(var, None)
+    server = JupyterProcess.server(root, tmp_path, env=env, name="locked").start()
+    try:
+        content = _leaky_notebook(canary)
+        content["cells"].append(nbformat.v4.new_markdown_cell("shapeless-local-secret"))
+        _put(server, "locked.ipynb", content)
+        on_disk = (root / "locked.ipynb").read_text()
+        nbformat.validate(nbformat.reads(on_disk, as_version=4))
+        assert canary not in on_disk
+        # The store stayed closed (no prompt, no error): only the key shapes were matched.
+        assert "shapeless-local-secret" in on_disk
+        assert "removed 5 secret(s) from locked.ipynb" in server.log()
+        assert "scrubber failed" not in server.log()
+    finally:
+        server.stop()
