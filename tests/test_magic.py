@@ -460,3 +460,16 @@ def test_history_file_is_private_to_the_test(ipython: InteractiveShell,
     """Guard: these tests never write the user's real IPython history."""
     assert str(ipython.history_manager.hist_file) != str(
         Path.home() / ".ipython/profile_default/history.sqlite")
+
+
+def test_key_refusal_with_a_locked_store(shell: InteractiveShell, canary: str,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A passphrase store opened without its passphrase: the refusal is still one line."""
+    from cencori_nb import keys, keystore
+
+    monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "correct horse battery staple")
+    keys.set("openai", OPENAI_KEY)
+    monkeypatch.delenv("CENCORI_NB_PASSPHRASE")
+    keystore._reset_for_tests()
+    cap, result = run(shell, f"%cencori use {canary}")
+    assert_one_error_line(cap, result, "looks like it contains an API key")

@@ -230,10 +230,17 @@ class CencoriMagics(Magics):
 
 def stored_keys() -> frozenset[Secret]:
     """Every stored key, as Secrets: to recognise (never to show) them in a prompt or in
-    the history. Comparison happens inside ``Secret.__eq__``; nothing here reveals a key."""
+    the history. Comparison happens inside ``Secret.__eq__``; nothing here reveals a key.
+
+    A store that cannot be opened (e.g. no passphrase) gives no keys: shape checks still
+    apply, and the client reports the store's own error when it needs a key.
+    """
     from ..keystore import default_store
 
-    return frozenset(default_store().all_secrets())
+    try:
+        return frozenset(default_store().all_secrets())
+    except CencoriError:
+        return frozenset()
 
 
 def _usage(message: str) -> CencoriError:
