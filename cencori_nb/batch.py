@@ -584,7 +584,12 @@ class _Batch:
                 self._finish(pos, _row_from_completion(completion), save=True)
                 return
             if isinstance(error, RateLimitError):
-                self.limiter.on_rate_limited(epoch, error.retry_after)
+                pause = self.limiter.on_rate_limited(epoch, error.retry_after)
+                if pause >= 1:      # say why nothing moves (a 60 s window is long to stare at)
+                    o = self.outcome
+                    self.progress.update(o.rows_done, o.errors, o.spent_usd, force=True,
+                                         note=f"rate limited: waiting {pause:.0f} s, "
+                                         f"concurrency {self.limiter.limit}")
                 limited += 1
                 if limited <= MAX_RATE_LIMIT_RETRIES:
                     continue           # acquire() waits out the shared pause

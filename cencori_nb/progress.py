@@ -19,9 +19,13 @@ __all__ = ["NullProgress", "Progress", "TextProgress", "WidgetProgress", "in_not
 
 
 class Progress(Protocol):
-    """What a batch calls: ``update`` many times (throttled inside), ``close`` once."""
+    """What a batch calls: ``update`` many times (throttled inside), ``close`` once.
 
-    def update(self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False) -> None:
+    ``note`` (e.g. ``"rate limited: waiting 58 s"``) is shown until the next update.
+    """
+
+    def update(self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False,
+               note: str = "") -> None:
         ...
 
     def close(self, done: int, errors: int, cost_usd: Decimal, *, note: str = "") -> None:
@@ -38,7 +42,8 @@ def summary_line(done: int, total: int, errors: int, cost_usd: Decimal, note: st
 class NullProgress:
     """``progress=False``: shows nothing."""
 
-    def update(self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False) -> None:
+    def update(self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False,
+               note: str = "") -> None:
         return None
 
     def close(self, done: int, errors: int, cost_usd: Decimal, *, note: str = "") -> None:
@@ -67,12 +72,13 @@ class TextProgress:
         except (OSError, ValueError):   # a closed or broken stream must not fail the batch
             pass
 
-    def update(self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False) -> None:
+    def update(self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False,
+               note: str = "") -> None:
         now = self.clock()
         if not force and now - self._last < self.min_interval_s:
             return
         self._last = now
-        self._draw(f"{self.label}: {summary_line(done, self.total, errors, cost_usd)}")
+        self._draw(f"{self.label}: {summary_line(done, self.total, errors, cost_usd, note)}")
 
     def close(self, done: int, errors: int, cost_usd: Decimal, *, note: str = "") -> None:
         self._draw(f"{self.label}: {summary_line(done, self.total, errors, cost_usd, note)}",
@@ -104,13 +110,14 @@ class WidgetProgress:
 
             show(self.box)
 
-    def update(self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False) -> None:
+    def update(self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False,
+               note: str = "") -> None:
         now = self.clock()
         if not force and now - self._last < self.min_interval_s:
             return
         self._last = now
         self.bar.value = done
-        self.label.value = summary_line(done, self.total, errors, cost_usd)
+        self.label.value = summary_line(done, self.total, errors, cost_usd, note)
         if errors:
             self.bar.bar_style = "warning"
 

@@ -183,6 +183,29 @@ def test_429_storm_pauses_everyone_halves_concurrency_and_recovers() -> None:
     assert out.attrs["cencori"]["rate_limited"] == 24
 
 
+def test_progress_says_when_the_batch_waits_for_a_rate_limit() -> None:
+    """A 429 with Retry-After 30 s shows the wait and the new concurrency on the progress
+    line at once (not throttled away)."""
+    clock = FakeClock()
+    buf = io.StringIO()
+    calls = {"n": 0}
+
+    async def achat(prompt: str, **kw: Any) -> Completion:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RateLimitError("Rate limited.", status_code=429, retry_after=30.0)
+        return completion(prompt)
+
+    lim = AdaptiveLimiter(4, clock=clock, sleep=clock.sleep)
+    cencori_nb.map(["a"], achat=achat, limiter=lim,
+                   progress=TextProgress(1, stream=buf, min_interval_s=60, clock=clock))
+    out = buf.getvalue()
+    assert "0/1 rows · 0 errors · $0.0000 · rate limited: waiting 30 s, concurrency 2" in out
+    last = out.rsplit("\r", 1)[-1]       # padded with blanks over the longer line before
+    assert last.endswith("\n") and last.rstrip() == "cencori: 1/1 rows · 0 errors · $0.0010"
+    assert clock.sleeps == [30.0]
+
+
 def test_rate_limit_retries_are_bounded() -> None:
     """A row that is rate-limited forever fails after MAX_RATE_LIMIT_RETRIES + 1 tries."""
     clock = FakeClock()

@@ -204,7 +204,8 @@ class InterruptAfter:
         self.n = n
         self.fired = False
 
-    def update(self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False) -> None:
+    def update(self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False,
+               note: str = "") -> None:
         if done >= self.n and not self.fired:
             self.fired = True
             _thread.interrupt_main()
