@@ -170,6 +170,9 @@ def test_remove_with_cencori_key_falls_back_to_managed(panel: Any) -> None:
     panel.refresh()
     assert badge_of(panel, "groq") == ENABLED and badge_of(panel, "openai") == MANAGED
     panel.select("groq")
+    panel.toggle_button.click()
+    assert badge_of(panel, "groq") == DISABLED
+    assert "served through Cencori credits" in panel.hints["groq"].value
     panel.remove_button.click()
     assert badge_of(panel, "groq") == MANAGED
     panel.remove_cencori_key()

@@ -39,6 +39,7 @@ class ProviderRow:
     default_model: str | None
     is_default: bool
     models: tuple[str, ...]
+    managed_available: bool = False   # a Cencori key would serve it when BYOK is off/absent
 
     @property
     def has_key(self) -> bool:
@@ -78,7 +79,8 @@ def provider_rows(project: str | None = None) -> list[ProviderRow]:
             key_hint=st.key_hint if st is not None else None,
             default_model=(st.default_model if st is not None and st.default_model
                            else info.default_model),
-            is_default=bool(st is not None and st.is_default), models=info.models))
+            is_default=bool(st is not None and st.is_default), models=info.models,
+            managed_available=managed))
     return rows
 
 

@@ -132,6 +132,8 @@ class ProvidersPanel(w.VBox):
             extra = [row.key_hint or ""]
             if row.is_default:
                 extra.append("project default")
+            if row.badge == DISABLED and row.managed_available:
+                extra.append("served through Cencori credits while disabled")
             self.hints[row.provider].value = html.escape(" · ".join(x for x in extra if x))
         hint = self.controller.cencori_hint()
         self.cencori_hint.value = (f"Cencori key {html.escape(hint)} "
