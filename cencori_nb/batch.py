@@ -40,13 +40,17 @@ and 5xx are retried (``retries`` times for timeouts/5xx, up to
 the batch from starting more rows (``"not sent: …"``), as does actual spend reaching
 ``max_cost_usd``.
 
+The same prompt twice in a deterministic batch is sent once; the copies wait for it and are
+answered by the cache.
+
 **Interrupts.** Pressing *Interrupt* in Jupyter (or Ctrl-C) stops the batch: rows in
-flight are cancelled, finished rows are already in the ledger and in the checkpoint, and
+flight are cancelled, finished rows are already in the ledger (and in the response cache or
+the checkpoint), and
 :func:`map` raises :class:`BatchInterrupted` (a ``KeyboardInterrupt``, so the cell or
 script does stop) whose ``.partial`` is the DataFrame so far, unfinished rows with error
 ``"interrupted"``. Running the same call again sends only the missing rows. :func:`amap`
 follows asyncio's rules instead: cancelling it cancels the rows in flight and re-raises
-``CancelledError`` (the checkpoint makes the re-run cheap all the same).
+``CancelledError`` (the cache and the checkpoint make the re-run cheap all the same).
 
 **Jupyter.** :func:`map` is synchronous and works inside a running kernel loop: the batch
 runs on one private event-loop thread (created once per process, so its pooled connections
