@@ -127,3 +127,40 @@ def test_map_in_kernel_shows_a_widget_and_survives_an_interrupt(
     ok, cached = map(int, stdout(messages).split())
     assert (ok, cached) == (16, finished)
     assert slow_sandbox.stats["requests"] - before == 16 - finished
+
+
+def test_ctrl_c_in_a_script_stops_with_the_partial_result(
+        private_home: Path, slow_sandbox: Any) -> None:
+    """A plain script: SIGINT during map() ends it with BatchInterrupted (the script stops),
+    the stderr progress line says it was interrupted, `.partial` has the finished rows."""
+    import signal
+    import subprocess
+    import sys
+
+    from cencori_nb import keys
+
+    keys.set("openai", OPENAI_KEY, default_model="gpt-4o-mini", make_default=True)
+    script = (
+        "import cencori_nb\n"
+        "from cencori_nb.batch import BatchInterrupted\n"
+        "try:\n"
+        "    cencori_nb.map([f'script row {i}' for i in range(40)], model='gpt-4o-mini',\n"
+        "                   temperature=0.5, concurrency=2)\n"
+        "except BatchInterrupted as e:\n"
+        "    print('partial', int(e.partial.error.isna().sum()), flush=True)\n"
+        "    raise\n"
+        "print('not reached')\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    deadline = time.monotonic() + 60
+    while sum(len(p.read_text().splitlines())
+              for p in (private_home / "batches").glob("*.jsonl")) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "not reached" not in out
+    partial = int(out.split()[1])
+    assert 2 <= partial < 40
+    assert "BatchInterrupted: Batch interrupted:" in err
+    assert "interrupted: run the same call again to send only the missing rows" in err
