@@ -386,3 +386,22 @@ def test_reading_inside_a_transaction_does_not_deadlock() -> None:
         assert led.query("SELECT COUNT(*) FROM requests") == [(0,)]
         conn.execute("SELECT 1")
     assert led.count() == 1
+
+
+def _child_submits() -> None:
+    led = default_ledger()
+    led.submit(LedgerRow("child-q", "p", "openai", "byok"))
+    led.flush()
+
+
+def test_forked_child_gets_its_own_writer(private_home: Path) -> None:
+    """After fork, the child's submit starts its own writer; the parent's keeps working."""
+    led = default_ledger()
+    led.submit(LedgerRow("parent-1", "p", "openai", "byok"))
+    led.flush()
+    proc = multiprocessing.get_context("fork").Process(target=_child_submits)
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    led.submit(LedgerRow("parent-2", "p", "openai", "byok"))
+    assert sorted(r.request_id for r in led.rows()) == ["child-q", "parent-1", "parent-2"]

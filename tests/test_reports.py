@@ -229,3 +229,12 @@ def test_spend_since_mid_day_reads_the_partial_day_from_rows(
     p1 = reports.spend(by=["day", "project"], since=since, project="p1")
     assert list(p1["project"]) == ["p1", "p1"] and list(p1["requests"]) == [1, 3]
     assert reports.spend(by="day", since=TODAY)["requests"].tolist() == [4]
+
+
+def test_usage_empty_ledger_has_the_columns() -> None:
+    """An empty ledger gives an empty frame with every column, times typed UTC."""
+    frame = reports.usage()
+    assert frame.empty
+    assert list(frame.columns)[:3] == ["time", "request_id", "project"]
+    assert {"provider_cost_usd", "credits_charged_usd", "cost_usd"} <= set(frame.columns)
+    assert str(frame["time"].dt.tz) == "UTC"
