@@ -34,12 +34,27 @@ def refresh(path: Path) -> None:
             continue
         if CHECK_TAG not in cell.metadata.get("tags", []):
             cell.outputs, cell.execution_count = [], None
+        else:
+            cell.outputs = _merge_streams(cell.outputs)
         cell.metadata.pop("execution", None)
     nb.metadata.pop("widgets", None)
     nb.metadata["language_info"] = {"name": "python"}
     nbformat.validate(nb)
     nbformat.write(nb, path)
     print(f"refreshed {path.name}")
+
+
+def _merge_streams(outputs: list) -> list:
+    """Join consecutive writes to the same stream (how a person sees them; stable diffs)."""
+    merged: list = []
+    for out in outputs:
+        prev = merged[-1] if merged else None
+        if (out.output_type == "stream" and prev is not None
+                and prev.output_type == "stream" and prev.name == out.name):
+            prev.text += out.text
+        else:
+            merged.append(out)
+    return merged
 
 
 def main(argv: list[str]) -> int:
