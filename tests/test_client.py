@@ -277,3 +277,17 @@ def test_every_provider_through_the_client(sandbox_env: SandboxServer, provider:
     assert stats["requests"] == 2
     assert all(k.endswith(key[-4:]) for k in stats["keys"])
     assert [r.status for r in _rows()] == ["ok", "ok"]
+
+
+def test_stream_dropped_after_break_is_settled(sbx: SandboxServer) -> None:
+    """`break` out of a stream and drop it: garbage collection closes the connection and
+    the partial answer is recorded (estimated)."""
+    import gc
+
+    s = cencori_nb.stream("Dropped after one delta", model="gpt-4o-mini", cache=False)
+    for _delta in s:
+        break
+    del s
+    gc.collect()
+    rows = _rows()
+    assert len(rows) == 1 and rows[0].estimated and rows[0].status == "ok"
