@@ -76,6 +76,17 @@ def _json_object(completion: Any) -> dict[str, Any]:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
+    try:
+        return _ask(args)
+    except BrokenPipeError:
+        # `cencori-nb ask … | head`: the reader left; stop quietly (the request is recorded).
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _ask(args: argparse.Namespace) -> int:
     from .. import client
 
     prompt = _prompt(args)
