@@ -44,3 +44,25 @@ def test_magic_module_imports_no_heavy_module_or_service(tmp_path: Path) -> None
                          check=True, timeout=120,
                          env={"PATH": "/usr/bin:/bin", "CENCORI_NB_HOME": str(tmp_path)})
     assert json.loads(out.stdout) == []
+
+
+_ACCESSOR_CHILD = """
+import json, sys
+from IPython.core.interactiveshell import InteractiveShell
+shell = InteractiveShell.instance()
+shell.run_line_magic("load_ext", "cencori_nb")
+before = "cencori_nb.batch" in sys.modules
+shell.run_cell("import pandas as pd")
+shell.run_cell("ok = hasattr(pd.DataFrame, 'cencori') and hasattr(pd.Series, 'cencori')")
+print(json.dumps({"before": before, "ok": shell.user_ns["ok"]}))
+"""
+
+
+def test_accessor_appears_once_pandas_is_imported(tmp_path: Path) -> None:
+    """After %load_ext, importing pandas in a cell makes df.cencori available, not before."""
+    env = {"PATH": "/usr/bin:/bin", "IPYTHONDIR": str(tmp_path / "ipython"),
+           "CENCORI_NB_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, "-c", _ACCESSOR_CHILD], env=env, capture_output=True,
+                         text=True, check=True, timeout=120)
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report == {"before": False, "ok": True}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
@@ -255,6 +256,27 @@ def load_ipython_extension(ipython: Any) -> None:
         if isinstance(existing, CencoriMagics):   # loaded twice: keep one instance
             return
     ipython.register_magics(CencoriMagics(shell=ipython))
+    _register_accessor_when_pandas_loads(ipython)
+
+
+def _register_accessor_when_pandas_loads(ipython: Any) -> None:
+    """Make ``df.cencori`` available once the user imports pandas, without importing it now.
+
+    Loading the extension must stay cheap, so the accessor is registered after the first
+    cell that leaves pandas in ``sys.modules`` (or at once if it already is).
+    """
+    import cencori_nb
+
+    cencori_nb._register_pandas_accessor()
+    if "cencori_nb.batch" in sys.modules:
+        return
+
+    def after_cell(*_args: Any) -> None:
+        if "pandas" in sys.modules:
+            cencori_nb._register_pandas_accessor()
+            ipython.events.unregister("post_run_cell", after_cell)
+
+    ipython.events.register("post_run_cell", after_cell)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
