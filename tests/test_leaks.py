@@ -39,6 +39,10 @@ ANTHROPIC_CANARY = "sk-ant-canary-" + "Bn4Mv7Cx1Zl0Kj9Hg2Fd"
 REVOKED_CANARY = "sk-canary-revoked-" + "Yt5Re8Wq3Ui6Op1As"        # the sandbox answers 401
 REVOKED_CSK = "csk_canary_revoked_" + "Gh2Jk5Lm8Nb1Vc4Xz"
 REVOKED_GOOGLE = "AIzaCanaryrevoked" + "Qw9Er2Ty5Ui8Op"
+# Not key-shaped: only the registered-secret defences (not the regexes) can catch these.
+PLAIN_CANARY = "plainCanary" + "Mx3Nq7Rt1Vw5"
+REVOKED_PLAIN = "plainCanaryrevoked" + "Kd4Lf8Pg2"
+TOGETHER_MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 
 LOGGERS = ("httpx2", "httpcore2", "httpx", "httpcore", "cencori_nb", "asyncio")
 
@@ -49,7 +53,8 @@ def planted(canary: str) -> dict[str, str]:
     return {"openai canary": canary, "cencori canary": CENCORI_CANARY,
             "google canary": GOOGLE_CANARY, "anthropic canary": ANTHROPIC_CANARY,
             "revoked openai canary": REVOKED_CANARY, "revoked cencori canary": REVOKED_CSK,
-            "revoked google canary": REVOKED_GOOGLE}
+            "revoked google canary": REVOKED_GOOGLE, "plain together canary": PLAIN_CANARY,
+            "revoked plain canary": REVOKED_PLAIN}
 
 
 @pytest.fixture
@@ -82,6 +87,7 @@ def _plant_python(canary: str, *, openai_key: str | None = None) -> None:
     keys.set("openai", openai_key or canary, default_model="gpt-4o-mini", make_default=True)
     keys.set("google", GOOGLE_CANARY, default_model="gemini-2.5-flash")
     keys.set("anthropic", ANTHROPIC_CANARY)
+    keys.set("together", PLAIN_CANARY)
     keys.set_cencori_key(CENCORI_CANARY)
 
 
@@ -227,7 +233,7 @@ def test_cli_never_echoes_a_key_typed_on_the_command_line(private_home: Path, ca
 # ============================================================== entry points: Python, panel
 
 
-def test_python_api_and_panel(private_home: Path, canary: str, audit: Audit,
+def test_python_api_and_panel(private_home: Path, sandbox_env: Any, canary: str, audit: Audit,
                               debug_logs: pytest.LogCaptureFixture,
                               monkeypatch: pytest.MonkeyPatch) -> None:
     """``keys.set``/``set_cencori_key`` results and errors; the panel's Save path, its widget
@@ -285,6 +291,13 @@ def test_python_api_and_panel(private_home: Path, canary: str, audit: Audit,
     browser_types(panel.key, "x " + REVOKED_CANARY)
     panel.save_button.click()
     assert panel.key.value == "" and panel.cencori_key.value == ""
+    # "Test key" on a key the provider rejects: the status line quotes the provider.
+    browser_types(panel.key, REVOKED_CANARY)
+    panel.save_button.click()
+    panel.test_button.click()
+    assert "401" in panel.status.value, panel.status.value
+    keys.set("mistral", canary)
+    panel.provider_buttons["openai"].click()
 
     store = default_store()
     assert store.get("openai", "default").api_key == Secret(canary)
@@ -343,11 +356,13 @@ def test_successful_requests_and_cache(private_home: Path, sandbox_env: Any, can
         ("managed chat", client.chat("leak audit four", model="gpt-4o-mini",
                                      route="managed")),
         ("cache hit", client.chat("leak audit one", model="gpt-4o-mini")),
+        ("together chat (plain key)", client.chat("leak audit five", model=TOGETHER_MODEL)),
     ]
     assert done[4][1].cached
     assert done[3][1].route == "managed" and done[0][1].route == "byok"
     for model, route in (("gpt-4o-mini", "auto"), ("gemini-2.5-flash", "auto"),
-                         ("claude-3-5-haiku-latest", "auto"), ("gpt-4o-mini", "managed")):
+                         ("claude-3-5-haiku-latest", "auto"), ("gpt-4o-mini", "managed"),
+                         (TOGETHER_MODEL, "auto")):
         with client.stream("leak audit stream", model=model, route=route,
                            cache=False) as chunks:
             text = "".join(chunks)
@@ -433,8 +448,11 @@ def test_rejected_keys(private_home: Path, sandbox_env: Any, canary: str, audit:
     keys.set("google", REVOKED_GOOGLE)
     keys.set("anthropic", "sk-ant-" + REVOKED_CANARY)
     audit.secrets["revoked anthropic canary"] = "sk-ant-" + REVOKED_CANARY
+    keys.set("together", REVOKED_PLAIN)
     keys.set_cencori_key(REVOKED_CSK)
     errors = [
+        _expect_error(audit, "together 401 (plain key)", client.chat, "hi",
+                      model=TOGETHER_MODEL),
         _expect_error(audit, "openai 401", client.chat, "hi", model="gpt-4o-mini"),
         _expect_error(audit, "google 401", client.chat, "hi", model="gemini-2.5-flash"),
         _expect_error(audit, "anthropic 401", client.chat, "hi",
@@ -451,10 +469,12 @@ def test_rejected_keys(private_home: Path, sandbox_env: Any, canary: str, audit:
     errors.append(_expect_error(audit, "openai stream 401", stream_all, model="gpt-4o-mini"))
     errors.append(_expect_error(audit, "google stream 401", stream_all,
                                 model="gemini-2.5-flash"))
+    errors.append(_expect_error(audit, "together stream 401 (plain key)", stream_all,
+                                model=TOGETHER_MODEL))
     errors.append(_expect_error(audit, "async openai 401", asyncio.run,
                                 client.achat("hi", model="gpt-4o-mini")))
     assert all(isinstance(e, AuthenticationError) for e in errors), errors
-    assert "…" in str(errors[0])          # the hint is shown, and only the hint
+    assert "…" in str(errors[1])          # the hint is shown, and only the hint
     _check_where_keys_travel(audit, sandbox_env, {"google": REVOKED_GOOGLE})
     _check_logs(audit, debug_logs)
     audit.add_home(private_home)
@@ -508,7 +528,8 @@ def test_rate_limit_timeout_and_cut_stream(private_home: Path, faulty_sandbox: A
                 pass
 
     cases = (("gpt-4o-mini", "auto"), ("gemini-2.5-flash", "auto"),
-             ("claude-3-5-haiku-latest", "auto"), ("gpt-4o-mini", "managed"))
+             ("claude-3-5-haiku-latest", "auto"), ("gpt-4o-mini", "managed"),
+             (TOGETHER_MODEL, "auto"))
     faulty_sandbox("429=1")
     for model, route in cases:
         err = _expect_error(audit, f"429 {model} {route}", client.chat, "hi", model=model,
@@ -520,7 +541,7 @@ def test_rate_limit_timeout_and_cut_stream(private_home: Path, faulty_sandbox: A
                             route=route)
         assert isinstance(err, BadResponseError | ProviderUnavailableError), err
     server = faulty_sandbox("timeout=1")
-    for model, route in cases[:2] + cases[3:]:
+    for model, route in cases[:2] + cases[3:4]:
         err = _expect_error(audit, f"timeout {model} {route}", client.chat, "hi",
                             model=model, route=route, retries=0, cache=False)
         assert isinstance(err, ProviderTimeoutError), err
@@ -570,6 +591,7 @@ def test_magics_outputs_history_and_namespace(private_home: Path, sandbox_env: A
 
     _plant_python(canary)
     keys.set("mistral", REVOKED_CANARY)
+    keys.set("groq", REVOKED_PLAIN)
     shell = ipython
     ipython.user_ns["k"] = Secret(canary)     # what a careful user keeps in the namespace
     cells = [
@@ -579,6 +601,9 @@ def test_magics_outputs_history_and_namespace(private_home: Path, sandbox_env: A
         "%%cencori --route managed -m gpt-4o-mini\nleak audit magic three",
         "%%cencori -m mistral-small-latest\nleak audit revoked",
         "%%cencori -m mistral-small-latest --no-stream\nleak audit revoked",
+        f"%%cencori -m {TOGETHER_MODEL}\nleak audit plain key",
+        "%%cencori -m llama-3.3-70b-versatile\nleak audit revoked plain key",
+        f"%%cencori -m gpt-4o-mini\nis {PLAIN_CANARY} a good name?",
         f"%%cencori -m gpt-4o-mini\nplease use the key {canary} for this",
         f"%cencori route gpt-4o-mini --provider {GOOGLE_CANARY}",
         "%cencori providers",
@@ -619,6 +644,11 @@ def test_magics_outputs_history_and_namespace(private_home: Path, sandbox_env: A
     assert any("AuthenticationError" in text for where, text in audit.artifacts
                if "Verbose traceback" in where), "no Verbose traceback was produced"
 
+    shown = "\n".join(text for where, text in audit.artifacts
+                      if isinstance(text, str) and " display" in where)
+    assert shown.count("the prompt contains an API key") >= 2, "a pasted key was not refused"
+    assert "was rejected (401)" in shown and "Refused" in shown
+
     hm = shell.history_manager
     hm.writeout_cache()
     audit.add("In", repr(shell.user_ns.get("In")))
@@ -629,8 +659,9 @@ def test_magics_outputs_history_and_namespace(private_home: Path, sandbox_env: A
                                  if n.startswith("_i") and isinstance(v, str)}))
     audit.add("output_hist", repr(hm.output_hist))
     if hm.db is not None:
-        audit.add("history.sqlite", repr(hm.db.execute(
-            "SELECT source, source_raw FROM history").fetchall()))
+        rows = hm.db.execute("SELECT source, source_raw FROM history").fetchall()
+        assert any("please use the key" in raw for _src, raw in rows), "history not on disk"
+        audit.add("history.sqlite", repr(rows))
         audit.add("history.sqlite outputs", repr(hm.db.execute(
             "SELECT * FROM output_history").fetchall()))
     ns = {n: v for n, v in shell.user_ns.items() if n in ("k", "reply", "partial")}
