@@ -127,6 +127,20 @@ def test_notebook_without_secrets_is_not_touched() -> None:
     assert raw["cells"] is cells_obj and raw["cells"][0]["source"] is source_obj
 
 
+def test_a_key_split_over_two_stream_outputs_is_caught(canary: str) -> None:
+    """Printed piece by piece (a streamed reply), the key spans two outputs: they are merged
+    and scrubbed; neighbouring outputs without a split secret stay as they were."""
+    nb = nbformat.v4.new_notebook()
+    out = [nbformat.v4.new_output("stream", name="stdout", text=t)
+           for t in ("hello ", canary[:6], canary[6:] + " bye", "\nend")]
+    nb.cells = [nbformat.v4.new_code_cell("stream()", outputs=out)]
+    raw = json.loads(nbformat.writes(nb))
+    assert scrub_notebook(raw) == 1
+    texts = ["".join(o["text"]) for o in raw["cells"][0]["outputs"]]
+    assert texts == ["hello ", f"{MARKER} bye", "\nend"]
+    nbformat.validate(nbformat.from_dict(raw))
+
+
 def test_binary_payloads_get_only_the_exact_pass(canary: str) -> None:
     """Base64 images that happen to contain 'AIza…' are not corrupted."""
     fake_png = "iVBORw0KGgo" + GOOGLE + "AAAA"

@@ -101,6 +101,38 @@ class Scrubber:
                 value = self._sub(_BEARER, value)
         return value
 
+    def _count(self, value: str) -> int:
+        """How many secrets ``value`` holds (nothing is replaced or counted)."""
+        n = len(self._exact_re.findall(value)) if self._exact_re is not None else 0
+        if self._exact_re is not None:
+            value = self._exact_re.sub(MARKER, value)
+        n += len(KEY_PATTERN.findall(value))
+        return n + (len(_BEARER.findall(value)) if "Bearer " in value else 0)
+
+    def join_split_streams(self, nb: dict[str, Any]) -> None:
+        """Merge consecutive stream outputs of a cell when a secret spans their boundary.
+
+        Kernels send printed text in pieces (a streamed reply arrives token by token).
+        JupyterLab merges them before saving, but other clients may not; a key split over
+        two outputs would then slip past a per-string scan. Untouched when nothing spans.
+        """
+        for cell in nb.get("cells") or ():
+            outputs = cell.get("outputs") if isinstance(cell, dict) else None
+            if not isinstance(outputs, list):
+                continue
+            i = 0
+            while i < len(outputs) - 1:
+                a, b = outputs[i], outputs[i + 1]
+                if (isinstance(a, dict) and isinstance(b, dict)
+                        and a.get("output_type") == b.get("output_type") == "stream"
+                        and a.get("name") == b.get("name")):
+                    ta, tb = _joined(a.get("text")), _joined(b.get("text"))
+                    if self._count(ta + tb) > self._count(ta) + self._count(tb):
+                        a["text"] = ta + tb
+                        del outputs[i + 1]
+                        continue
+                i += 1
+
     def _sub(self, pattern: re.Pattern[str], value: str) -> str:
         new, n = pattern.subn(MARKER, value)
         if n:
@@ -139,6 +171,13 @@ class Scrubber:
         return _is_binary_mime(key)   # output "data" and cell "attachments" bundles
 
 
+def _joined(text: Any) -> str:
+    """nbformat text: a string or a list of strings."""
+    if isinstance(text, list):
+        return "".join(t for t in text if isinstance(t, str))
+    return text if isinstance(text, str) else ""
+
+
 def scrub_text(text: str, exact: Iterable[str] = ()) -> tuple[str, int]:
     """Return ``(scrubbed, removed)`` for one string."""
     s = Scrubber(tuple(exact))
@@ -152,6 +191,7 @@ def scrub_notebook(nb: dict[str, Any], exact: Iterable[str] = ()) -> int:
     which holds the saved widget state.
     """
     s = Scrubber(tuple(exact))
+    s.join_split_streams(nb)
     s.tree(nb)
     return s.count
 
