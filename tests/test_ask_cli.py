@@ -103,3 +103,19 @@ def test_bad_route_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["ask", "--route", "cheapest", "hi"])
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize("argv", [
+    ["ask", "--max-tokens", "{key}", "hi"],
+    ["ask", "--temperature", "{key}", "hi"],
+    ["ask", "--route", "{key}", "hi"],
+])
+def test_bad_option_values_are_not_echoed(argv: list[str], canary: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A key pasted as an option value: usage error (2) that does not quote it."""
+    with pytest.raises(SystemExit) as info:
+        main([a.format(key=canary) for a in argv])
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert canary not in captured.err and canary not in captured.out
+    assert "expected" in captured.err

@@ -27,6 +27,31 @@ JSON_FIELDS = ("text", "model", "provider", "route", "input_tokens", "output_tok
                "provider_cost_usd", "credits_charged_usd", "cached", "request_id")
 
 
+def _positive_int(text: str) -> int:
+    # ArgumentTypeError: argparse then prints our message instead of quoting the value (a key
+    # pasted into the wrong place would otherwise be echoed to stderr, and into a notebook).
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a whole number of tokens") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("expected a positive number of tokens")
+    return value
+
+
+def _temperature(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number such as 0 or 0.7") from None
+
+
+def _route(text: str) -> str:
+    if text not in ("auto", "byok", "managed"):
+        raise argparse.ArgumentTypeError("expected auto, byok or managed")
+    return text
+
+
 def register(subparsers: Any) -> None:
     """Add the ``ask`` command."""
     p = subparsers.add_parser(
@@ -38,11 +63,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("-m", "--model", help="model id, or provider/model (default: the project "
                                          "default)")
     p.add_argument("--provider", help="provider to use (when the model name is ambiguous)")
-    p.add_argument("--route", choices=("auto", "byok", "managed"), default="auto",
+    p.add_argument("--route", type=_route, default="auto", metavar="{auto,byok,managed}",
                    help="auto (BYOK if an enabled key exists, else managed), byok or managed")
     p.add_argument("--system", "-s", help="system prompt")
-    p.add_argument("--max-tokens", type=int, metavar="N", help="maximum output tokens")
-    p.add_argument("--temperature", "-t", type=float, metavar="T", help="sampling temperature")
+    p.add_argument("--max-tokens", type=_positive_int, metavar="N",
+                   help="maximum output tokens")
+    p.add_argument("--temperature", "-t", type=_temperature, metavar="T",
+                   help="sampling temperature")
     p.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
     p.add_argument("--no-cache", action="store_true", help="do not use the response cache")
     p.add_argument("--project", "-p", help="project (default: the current project)")
