@@ -138,8 +138,7 @@ def test_the_search_finds_every_encoding(canary: str) -> None:
 # ============================================================== entry points: the CLI
 
 
-def _cli(args: list[str], home: Path, *, stdin: str | None = None,
-         sandbox_url: str | None = None) -> subprocess.CompletedProcess[str]:
+def _cli_env(home: Path, sandbox_url: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CENCORI_", "OPENAI_",
                                                                    "ANTHROPIC_", "GEMINI_",
                                                                    "GOOGLE_API"))}
@@ -147,54 +146,76 @@ def _cli(args: list[str], home: Path, *, stdin: str | None = None,
     env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
     if sandbox_url:
         env["CENCORI_NB_SANDBOX"] = sandbox_url
+    return env
+
+
+def _cli(args: list[str], home: Path, *, stdin: str | None = None,
+         sandbox_url: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cencori_nb", *args], input=stdin or "",
-                          capture_output=True, text=True, env=env, timeout=60, check=False)
+                          capture_output=True, text=True, env=_cli_env(home, sandbox_url),
+                          timeout=60, check=False)
+
+
+def _cli_many(calls: list[tuple[str, list[str], str | None]], home: Path,
+              sandbox_url: str | None = None
+              ) -> list[tuple[str, subprocess.CompletedProcess[str]]]:
+    """Run independent CLI calls at once (a real process each); ``(name, result)`` in order."""
+    env = _cli_env(home, sandbox_url)
+    procs = []
+    for name, args, stdin in calls:
+        proc = subprocess.Popen([sys.executable, "-m", "cencori_nb", *args], env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        procs.append((name, args, stdin, proc))
+    results = []
+    for name, args, stdin, proc in procs:
+        out, err = proc.communicate(stdin or "", timeout=60)
+        results.append((name, subprocess.CompletedProcess(args, proc.returncode, out, err)))
+    return results
 
 
 def test_cli_keys_ask_usage(private_home: Path, sandbox: Any, canary: str, audit: Audit
                             ) -> None:
     """``keys set`` on stdin, ``keys list``, ``ask --json`` (ok and 401), ``usage --json``."""
-    runs = [
-        ("keys set openai", _cli(["keys", "set", "openai", "--default-model", "gpt-4o-mini",
-                                  "--make-default"], private_home, stdin=canary + "\n")),
-        ("keys set google", _cli(["keys", "set", "google"], private_home,
-                                 stdin=GOOGLE_CANARY + "\n")),
-        ("keys set anthropic", _cli(["keys", "set", "anthropic"], private_home,
-                                    stdin=ANTHROPIC_CANARY)),
-        ("keys set cencori", _cli(["keys", "set", "cencori"], private_home,
-                                  stdin=CENCORI_CANARY + "\r\n")),
-        ("keys set mistral (revoked)", _cli(["keys", "set", "mistral"], private_home,
-                                            stdin=REVOKED_CANARY)),
-    ]
+    # One after the other: concurrent writers are the key store's own tests' business.
+    runs = [(name, _cli(args, private_home, stdin=stdin)) for name, args, stdin in [
+        ("keys set openai", ["keys", "set", "openai", "--default-model", "gpt-4o-mini",
+                             "--make-default"], canary + "\n"),
+        ("keys set google", ["keys", "set", "google"], GOOGLE_CANARY + "\n"),
+        ("keys set anthropic", ["keys", "set", "anthropic"], ANTHROPIC_CANARY),
+        ("keys set cencori", ["keys", "set", "cencori"], CENCORI_CANARY + "\r\n"),
+        ("keys set mistral (revoked)", ["keys", "set", "mistral"], REVOKED_CANARY),
+        ("keys set together (plain)", ["keys", "set", "together"], PLAIN_CANARY),
+    ]]
     for name, run in runs:
         assert run.returncode == 0, (name, run.stderr)
-    runs += [
-        ("keys list --json", _cli(["keys", "list", "--json"], private_home)),
-        ("keys list", _cli(["keys", "list"], private_home)),
-        ("ask openai", _cli(["ask", "--json", "-m", "gpt-4o-mini", "say hi"], private_home,
-                            sandbox_url=sandbox.url)),
-        ("ask google stream", _cli(["ask", "-m", "gemini-2.5-flash", "say hi"], private_home,
-                                   sandbox_url=sandbox.url)),
-        ("ask anthropic", _cli(["ask", "--json", "-m", "claude-3-5-haiku-latest", "hi"],
-                               private_home, sandbox_url=sandbox.url)),
-        ("ask managed", _cli(["ask", "--json", "--route", "managed", "-m", "gpt-4o-mini",
-                              "hi"], private_home, sandbox_url=sandbox.url)),
-        ("ask revoked", _cli(["ask", "--json", "-m", "mistral-small-latest", "hi"],
-                             private_home, sandbox_url=sandbox.url)),
-        ("usage --json", _cli(["usage", "--json"], private_home)),
-        ("usage --csv", _cli(["usage", "--csv"], private_home)),
-        ("credits --json", _cli(["credits", "--json"], private_home)),
-    ]
-    listed = json.loads(runs[5][1].stdout)
-    assert {row["provider"] for row in listed} >= {"openai", "google", "cencori"}
-    assert runs[7][1].returncode == 0, runs[7][1].stderr
-    assert json.loads(runs[7][1].stdout)["route"] == "byok"
-    assert runs[10][1].returncode == 0, runs[10][1].stderr
-    assert json.loads(runs[10][1].stdout)["route"] == "managed"
-    revoked = runs[11][1]
+    asks = _cli_many([
+        ("ask openai", ["ask", "--json", "-m", "gpt-4o-mini", "say hi"], None),
+        ("ask google stream", ["ask", "-m", "gemini-2.5-flash", "say hi"], None),
+        ("ask anthropic", ["ask", "--json", "-m", "claude-3-5-haiku-latest", "hi"], None),
+        ("ask managed", ["ask", "--json", "--route", "managed", "-m", "gpt-4o-mini", "hi"],
+         None),
+        ("ask together (plain key)", ["ask", "--json", "-m", TOGETHER_MODEL], "hi"),
+        ("ask revoked", ["ask", "--json", "-m", "mistral-small-latest", "hi"], None),
+    ], private_home, sandbox.url)
+    results = dict(asks)
+    for name in ("ask openai", "ask google stream", "ask managed", "ask together (plain key)"):
+        assert results[name].returncode == 0, (name, results[name].stderr)
+    assert json.loads(results["ask openai"].stdout)["route"] == "byok"
+    assert json.loads(results["ask managed"].stdout)["route"] == "managed"
+    revoked = results["ask revoked"]
     assert revoked.returncode == 1 and "rejected" in revoked.stderr, revoked.stderr
-    assert len(json.loads(runs[12][1].stdout)["rows"]) >= 5   # every ask, the 401 too
-    for name, run in runs:
+    reports = _cli_many([
+        ("keys list --json", ["keys", "list", "--json"], None),
+        ("keys list", ["keys", "list"], None),
+        ("usage --json", ["usage", "--json"], None),
+        ("usage --csv", ["usage", "--csv"], None),
+        ("credits --json", ["credits", "--json"], None),
+    ], private_home)
+    listed = json.loads(reports[0][1].stdout)
+    assert {row["provider"] for row in listed} >= {"openai", "google", "cencori", "together"}
+    assert len(json.loads(reports[2][1].stdout)["rows"]) >= 6   # every ask, the 401 too
+    for name, run in runs + asks + reports:
         audit.add(f"`cencori-nb {name}` stdout", run.stdout)
         audit.add(f"`cencori-nb {name}` stderr", run.stderr)
     _check_where_keys_travel(audit, sandbox, {"google": GOOGLE_CANARY})
@@ -215,7 +236,8 @@ _ARGPARSE_ECHO = pytest.mark.xfail(strict=True, reason=(
     ["keys", "set", "cencori", "{csk}"],
     pytest.param(["keys", "list", "{key}"], marks=_ARGPARSE_ECHO, id="list-stray"),
     pytest.param(["ask", "--model", "gpt-4o-mini", "--max-tokens", "{key}", "hi"],
-                 marks=_ARGPARSE_ECHO, id="ask-bad-int"),
+                 id="ask-bad-int"),
+    pytest.param(["ask", "--route", "{key}", "hi"], id="ask-bad-choice"),
     pytest.param(["{key}"], marks=_ARGPARSE_ECHO, id="top-level"),
 ])
 def test_cli_never_echoes_a_key_typed_on_the_command_line(private_home: Path, canary: str,
@@ -749,4 +771,40 @@ def test_scrubber_removes_stored_keys_in_base64_and_hex(private_home: Path, cana
                 "buffers": [{"encoding": "base64", "path": ["value", 0, "content"],
                              "data": base64.b64encode(env_file).decode()}]}})
     audit.add("saved notebook", _save(nb))
+    audit.assert_clean()
+
+
+# ============================================================== batches
+
+
+def test_batch_rows_errors_and_checkpoints(private_home: Path, sandbox_env: Any, canary: str,
+                                           audit: Audit, capsys: pytest.CaptureFixture[str],
+                                           debug_logs: pytest.LogCaptureFixture) -> None:
+    """``map`` over prompts with a good and a rejected key: the result frames, the progress
+    line, checkpoint files and logs hold no key."""
+    from cencori_nb import batch, keys
+
+    _plant_python(canary)
+    keys.set("mistral", REVOKED_CANARY)
+    keys.set("groq", REVOKED_PLAIN)
+    frames = [
+        ("openai", batch.map(["one", "two", "three"], model="gpt-4o-mini", temperature=0.7,
+                             cache=False, progress=True)),
+        ("google", batch.map(["one", "two"], model="gemini-2.5-flash", progress=True)),
+        ("mistral 401", batch.map(["one", "two"], model="mistral-small-latest",
+                                  temperature=0.7, progress=True)),
+        ("groq 401 (plain key)", batch.map(["one"], model="llama-3.3-70b-versatile",
+                                           progress=True)),
+    ]
+    failed = frames[2][1]
+    assert "error" in failed.columns and failed["error"].notna().all(), failed
+    for name, frame in frames:
+        audit.add(f"map {name} csv", frame.to_csv())
+        audit.add(f"map {name} records", repr(frame.to_dict("records")))
+        audit.add(f"map {name} attrs", repr(frame.attrs))
+    out = capsys.readouterr()
+    audit.add("stdout", out.out)
+    audit.add("stderr (progress)", out.err)
+    _check_logs(audit, debug_logs)
+    audit.add_home(private_home)
     audit.assert_clean()
