@@ -77,8 +77,11 @@ def debug_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFi
     root.setLevel(old)
 
 
-def _check_logs(audit: Audit, caplog: pytest.LogCaptureFixture) -> None:
+def _check_logs(audit: Audit, caplog: pytest.LogCaptureFixture,
+                warnings: pytest.WarningsRecorder | None = None) -> None:
     audit.add_log_records("log", caplog.records, caplog.text)
+    for w in warnings or ():
+        audit.add(f"warning {w.category.__name__}", f"{w.message} {w.filename}:{w.lineno}")
 
 
 def _plant_python(canary: str, *, openai_key: str | None = None) -> None:
@@ -219,7 +222,8 @@ def test_cli_keys_ask_usage(private_home: Path, sandbox: Any, canary: str, audit
         audit.add(f"`cencori-nb {name}` stdout", run.stdout)
         audit.add(f"`cencori-nb {name}` stderr", run.stderr)
     _check_where_keys_travel(audit, sandbox, {"google": GOOGLE_CANARY})
-    assert "keystore.json" in {p.name for p in audit.add_home(private_home)}
+    assert {"keystore.json", "keystore.bak", "ledger.sqlite"} <= {
+        p.name for p in audit.add_home(private_home)}
     audit.assert_clean()
 
 
@@ -348,6 +352,7 @@ def test_python_api_and_panel(private_home: Path, sandbox_env: Any, canary: str,
         for b in buffers:
             audit.add(f"comm {msg_type} buffer", b)
     _check_logs(audit, debug_logs)
+    audit.add("os.environ", repr(dict(os.environ)))
     audit.add_home(private_home)
     audit.assert_clean()
 
@@ -365,7 +370,8 @@ def _completion_views(audit: Audit, where: str, completion: Any) -> None:
 
 def test_successful_requests_and_cache(private_home: Path, sandbox_env: Any, canary: str,
                                        audit: Audit, debug_logs: pytest.LogCaptureFixture
-                                       ) -> None:
+                                       ,
+        recwarn: pytest.WarningsRecorder) -> None:
     """chat/stream/achat/astream on every planted key, a cache hit, route explanations."""
     import cencori_nb
     from cencori_nb import client, router
@@ -422,7 +428,7 @@ def test_successful_requests_and_cache(private_home: Path, sandbox_env: Any, can
 
     audit.add("cache stats", repr(cache.stats()))
     _check_where_keys_travel(audit, sandbox_env, {"google": GOOGLE_CANARY})
-    _check_logs(audit, debug_logs)
+    _check_logs(audit, debug_logs, recwarn)
     files = audit.add_home(private_home)
     assert {"ledger.sqlite", "cache.sqlite"} <= {p.name for p in files}
     audit.assert_clean()
@@ -460,7 +466,8 @@ def _expect_error(audit: Audit, where: str, fn: Any, *args: Any, **kwargs: Any
 
 
 def test_rejected_keys(private_home: Path, sandbox_env: Any, canary: str, audit: Audit,
-                       debug_logs: pytest.LogCaptureFixture) -> None:
+                       debug_logs: pytest.LogCaptureFixture,
+        recwarn: pytest.WarningsRecorder) -> None:
     """A key the provider rejects (401, which some providers answer by quoting the key):
     the error, its chain, its traceback, the logs and the ledger hold no key."""
     from cencori_nb import client, keys
@@ -498,7 +505,7 @@ def test_rejected_keys(private_home: Path, sandbox_env: Any, canary: str, audit:
     assert all(isinstance(e, AuthenticationError) for e in errors), errors
     assert "…" in str(errors[1])          # the hint is shown, and only the hint
     _check_where_keys_travel(audit, sandbox_env, {"google": REVOKED_GOOGLE})
-    _check_logs(audit, debug_logs)
+    _check_logs(audit, debug_logs, recwarn)
     audit.add_home(private_home)
     import cencori_nb
 
@@ -531,7 +538,8 @@ def faulty_sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 def test_rate_limit_timeout_and_cut_stream(private_home: Path, faulty_sandbox: Any,
                                            canary: str, audit: Audit,
-                                           debug_logs: pytest.LogCaptureFixture) -> None:
+                                           debug_logs: pytest.LogCaptureFixture,
+        recwarn: pytest.WarningsRecorder) -> None:
     """429 (with retries logged), a read timeout, a truncated stream, for each key."""
     from cencori_nb import client, transport
     from cencori_nb.errors import (
@@ -572,7 +580,7 @@ def test_rate_limit_timeout_and_cut_stream(private_home: Path, faulty_sandbox: A
     assert isinstance(err, ProviderTimeoutError), err
     _check_where_keys_travel(audit, server, {"google": GOOGLE_CANARY})
     assert any("retrying" in r.getMessage() for r in debug_logs.records)
-    _check_logs(audit, debug_logs)
+    _check_logs(audit, debug_logs, recwarn)
     import cencori_nb
 
     audit.add("usage() csv", cencori_nb.usage().to_csv())
@@ -603,7 +611,8 @@ def ipython(tmp_path: Path) -> Iterator[Any]:
 
 def test_magics_outputs_history_and_namespace(private_home: Path, sandbox_env: Any,
                                               canary: str, audit: Audit, ipython: Any,
-                                              debug_logs: pytest.LogCaptureFixture) -> None:
+                                              debug_logs: pytest.LogCaptureFixture,
+        recwarn: pytest.WarningsRecorder) -> None:
     """``%%cencori`` (ok, streamed, 401 under ``%xmode Verbose``, a key pasted in the prompt),
     ``%cencori providers``/``route``, a raised error in Verbose mode, ``%whos``."""
     from IPython.utils.capture import capture_output
@@ -689,7 +698,8 @@ def test_magics_outputs_history_and_namespace(private_home: Path, sandbox_env: A
     ns = {n: v for n, v in shell.user_ns.items() if n in ("k", "reply", "partial")}
     audit.add("namespace reprs", repr(ns))
     audit.add("namespace strs", repr({n: str(v) for n, v in ns.items()}))
-    _check_logs(audit, debug_logs)
+    _check_logs(audit, debug_logs, recwarn)
+    audit.add("os.environ", repr(dict(os.environ)))
     audit.add_home(private_home)
     audit.assert_clean()
 
@@ -779,7 +789,8 @@ def test_scrubber_removes_stored_keys_in_base64_and_hex(private_home: Path, cana
 
 def test_batch_rows_errors_and_checkpoints(private_home: Path, sandbox_env: Any, canary: str,
                                            audit: Audit, capsys: pytest.CaptureFixture[str],
-                                           debug_logs: pytest.LogCaptureFixture) -> None:
+                                           debug_logs: pytest.LogCaptureFixture,
+        recwarn: pytest.WarningsRecorder) -> None:
     """``map`` over prompts with a good and a rejected key: the result frames, the progress
     line, checkpoint files and logs hold no key."""
     from cencori_nb import batch, keys
@@ -805,6 +816,7 @@ def test_batch_rows_errors_and_checkpoints(private_home: Path, sandbox_env: Any,
     out = capsys.readouterr()
     audit.add("stdout", out.out)
     audit.add("stderr (progress)", out.err)
-    _check_logs(audit, debug_logs)
+    _check_logs(audit, debug_logs, recwarn)
+    audit.add("os.environ", repr(dict(os.environ)))
     audit.add_home(private_home)
     audit.assert_clean()
