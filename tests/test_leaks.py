@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,17 @@ def audit(planted: dict[str, str]) -> Audit:
     return Audit(planted)
 
 
+@dataclass
+class Observed:
+    """What the process logged (at DEBUG, everywhere) and warned during one test."""
+
+    caplog: pytest.LogCaptureFixture
+    warnings: pytest.WarningsRecorder
+
+
 @pytest.fixture
-def debug_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+def observed(caplog: pytest.LogCaptureFixture, recwarn: pytest.WarningsRecorder
+             ) -> Iterator[Observed]:
     """Everything logged anywhere at DEBUG, as the root logger's handlers would see it."""
     root = logging.getLogger()
     old = root.level
@@ -71,16 +81,14 @@ def debug_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFi
     caplog.set_level(logging.DEBUG)
     for name in LOGGERS:
         caplog.set_level(logging.DEBUG, logger=name)
-    caplog.handler.setFormatter(logging.Formatter(
-        "%(name)s %(levelname)s %(message)s"))
-    yield caplog
+    caplog.handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    yield Observed(caplog, recwarn)
     root.setLevel(old)
 
 
-def _check_logs(audit: Audit, caplog: pytest.LogCaptureFixture,
-                warnings: pytest.WarningsRecorder | None = None) -> None:
-    audit.add_log_records("log", caplog.records, caplog.text)
-    for w in warnings or ():
+def _check_logs(audit: Audit, seen: Observed) -> None:
+    audit.add_log_records("log", seen.caplog.records, seen.caplog.text)
+    for w in seen.warnings:
         audit.add(f"warning {w.category.__name__}", f"{w.message} {w.filename}:{w.lineno}")
 
 
@@ -260,7 +268,7 @@ def test_cli_never_echoes_a_key_typed_on_the_command_line(private_home: Path, ca
 
 
 def test_python_api_and_panel(private_home: Path, sandbox_env: Any, canary: str, audit: Audit,
-                              debug_logs: pytest.LogCaptureFixture,
+                              observed: Observed,
                               monkeypatch: pytest.MonkeyPatch) -> None:
     """``keys.set``/``set_cencori_key`` results and errors; the panel's Save path, its widget
     states and every message it sent to the browser."""
@@ -351,7 +359,7 @@ def test_python_api_and_panel(private_home: Path, sandbox_env: Any, canary: str,
         audit.add(f"comm {msg_type}", json.dumps(data, default=str))
         for b in buffers:
             audit.add(f"comm {msg_type} buffer", b)
-    _check_logs(audit, debug_logs)
+    _check_logs(audit, observed)
     audit.add("os.environ", repr(dict(os.environ)))
     audit.add_home(private_home)
     audit.assert_clean()
@@ -369,9 +377,7 @@ def _completion_views(audit: Audit, where: str, completion: Any) -> None:
 
 
 def test_successful_requests_and_cache(private_home: Path, sandbox_env: Any, canary: str,
-                                       audit: Audit, debug_logs: pytest.LogCaptureFixture
-                                       ,
-        recwarn: pytest.WarningsRecorder) -> None:
+                                       audit: Audit, observed: Observed) -> None:
     """chat/stream/achat/astream on every planted key, a cache hit, route explanations."""
     import cencori_nb
     from cencori_nb import client, router
@@ -428,7 +434,7 @@ def test_successful_requests_and_cache(private_home: Path, sandbox_env: Any, can
 
     audit.add("cache stats", repr(cache.stats()))
     _check_where_keys_travel(audit, sandbox_env, {"google": GOOGLE_CANARY})
-    _check_logs(audit, debug_logs, recwarn)
+    _check_logs(audit, observed)
     files = audit.add_home(private_home)
     assert {"ledger.sqlite", "cache.sqlite"} <= {p.name for p in files}
     audit.assert_clean()
@@ -466,8 +472,7 @@ def _expect_error(audit: Audit, where: str, fn: Any, *args: Any, **kwargs: Any
 
 
 def test_rejected_keys(private_home: Path, sandbox_env: Any, canary: str, audit: Audit,
-                       debug_logs: pytest.LogCaptureFixture,
-        recwarn: pytest.WarningsRecorder) -> None:
+                       observed: Observed) -> None:
     """A key the provider rejects (401, which some providers answer by quoting the key):
     the error, its chain, its traceback, the logs and the ledger hold no key."""
     from cencori_nb import client, keys
@@ -505,7 +510,7 @@ def test_rejected_keys(private_home: Path, sandbox_env: Any, canary: str, audit:
     assert all(isinstance(e, AuthenticationError) for e in errors), errors
     assert "…" in str(errors[1])          # the hint is shown, and only the hint
     _check_where_keys_travel(audit, sandbox_env, {"google": REVOKED_GOOGLE})
-    _check_logs(audit, debug_logs, recwarn)
+    _check_logs(audit, observed)
     audit.add_home(private_home)
     import cencori_nb
 
@@ -538,8 +543,7 @@ def faulty_sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 def test_rate_limit_timeout_and_cut_stream(private_home: Path, faulty_sandbox: Any,
                                            canary: str, audit: Audit,
-                                           debug_logs: pytest.LogCaptureFixture,
-        recwarn: pytest.WarningsRecorder) -> None:
+                                           observed: Observed) -> None:
     """429 (with retries logged), a read timeout, a truncated stream, for each key."""
     from cencori_nb import client, transport
     from cencori_nb.errors import (
@@ -579,8 +583,8 @@ def test_rate_limit_timeout_and_cut_stream(private_home: Path, faulty_sandbox: A
                         client.achat("hi", model="gemini-2.5-flash", retries=0, cache=False))
     assert isinstance(err, ProviderTimeoutError), err
     _check_where_keys_travel(audit, server, {"google": GOOGLE_CANARY})
-    assert any("retrying" in r.getMessage() for r in debug_logs.records)
-    _check_logs(audit, debug_logs, recwarn)
+    assert any("retrying" in r.getMessage() for r in observed.caplog.records)
+    _check_logs(audit, observed)
     import cencori_nb
 
     audit.add("usage() csv", cencori_nb.usage().to_csv())
@@ -611,8 +615,7 @@ def ipython(tmp_path: Path) -> Iterator[Any]:
 
 def test_magics_outputs_history_and_namespace(private_home: Path, sandbox_env: Any,
                                               canary: str, audit: Audit, ipython: Any,
-                                              debug_logs: pytest.LogCaptureFixture,
-        recwarn: pytest.WarningsRecorder) -> None:
+                                              observed: Observed) -> None:
     """``%%cencori`` (ok, streamed, 401 under ``%xmode Verbose``, a key pasted in the prompt),
     ``%cencori providers``/``route``, a raised error in Verbose mode, ``%whos``."""
     from IPython.utils.capture import capture_output
@@ -698,7 +701,7 @@ def test_magics_outputs_history_and_namespace(private_home: Path, sandbox_env: A
     ns = {n: v for n, v in shell.user_ns.items() if n in ("k", "reply", "partial")}
     audit.add("namespace reprs", repr(ns))
     audit.add("namespace strs", repr({n: str(v) for n, v in ns.items()}))
-    _check_logs(audit, debug_logs, recwarn)
+    _check_logs(audit, observed)
     audit.add("os.environ", repr(dict(os.environ)))
     audit.add_home(private_home)
     audit.assert_clean()
@@ -789,8 +792,7 @@ def test_scrubber_removes_stored_keys_in_base64_and_hex(private_home: Path, cana
 
 def test_batch_rows_errors_and_checkpoints(private_home: Path, sandbox_env: Any, canary: str,
                                            audit: Audit, capsys: pytest.CaptureFixture[str],
-                                           debug_logs: pytest.LogCaptureFixture,
-        recwarn: pytest.WarningsRecorder) -> None:
+                                           observed: Observed) -> None:
     """``map`` over prompts with a good and a rejected key: the result frames, the progress
     line, checkpoint files and logs hold no key."""
     from cencori_nb import batch, keys
@@ -816,7 +818,7 @@ def test_batch_rows_errors_and_checkpoints(private_home: Path, sandbox_env: Any,
     out = capsys.readouterr()
     audit.add("stdout", out.out)
     audit.add("stderr (progress)", out.err)
-    _check_logs(audit, debug_logs, recwarn)
+    _check_logs(audit, observed)
     audit.add("os.environ", repr(dict(os.environ)))
     audit.add_home(private_home)
     audit.assert_clean()
