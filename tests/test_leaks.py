@@ -108,26 +108,40 @@ def _sandbox_requests(sandbox: Any) -> list[Any]:
         return [entry[0] for entry in sandbox._stats.recent]
 
 
-def _check_where_keys_travel(audit: Audit, sandbox: Any, expected_headers: dict[str, str]
-                             ) -> None:
-    """Each key only in its own header; never in a path, query, body or another header."""
+_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "cencori_api_key")
+# Where each wire format carries its key (the only place a key may travel).
+_KEY_HEADER = {"/openai/": "authorization", "/mistral/": "authorization",
+               "/together/": "authorization", "/groq/": "authorization",
+               "/anthropic/": "x-api-key", "/google/": "x-goog-api-key",
+               "/api/ai/": "cencori_api_key"}
+
+
+def _check_where_keys_travel(audit: Audit, sandbox: Any, expected: dict[str, str]) -> None:
+    """Each key only in its own header; never in a path, query, body or another header.
+
+    ``expected`` maps a path prefix (``/google/``) to the key its requests must carry: a
+    positive control that the requests seen are the ones this test made.
+    """
     requests = _sandbox_requests(sandbox)
     assert requests, "the sandbox saw no request"
     for req in requests:
         where = f"sandbox {req.method} {req.path}"
         audit.add(f"{where} target (path + query)", req.target)
         audit.add(f"{where} body", req.body)
+        own = next((h for prefix, h in _KEY_HEADER.items() if req.path.startswith(prefix)),
+                   None)
         for name, value in req.headers.items():
-            if name not in ("authorization", "x-api-key", "x-goog-api-key", "cencori_api_key"):
+            if name != own:
                 audit.add(f"{where} header {name}", value)
-    # The Gemini key rides in x-goog-api-key, never in ?key=.
-    google = [r for r in requests if r.path.startswith("/google/")]
-    if "google" in expected_headers:
-        assert google, "no Google request reached the sandbox"
-        for req in google:
-            assert "key" not in req.query, req.target
-            assert req.headers.get("x-goog-api-key") == expected_headers["google"]
-            assert "authorization" not in req.headers
+        assert "key" not in req.query, req.target          # Gemini: never ?key=
+    for prefix, key in expected.items():
+        seen = [r for r in requests if r.path.startswith(prefix)]
+        assert seen, f"no {prefix} request reached the sandbox"
+        header = _KEY_HEADER[prefix]
+        for req in seen:
+            value = req.headers.get(header, "")
+            assert value in (key, f"Bearer {key}"), (prefix, header)
+            assert not set(_CREDENTIAL_HEADERS) - {header} & set(req.headers), req.headers
 
 
 # ============================================================== the audit can fail
@@ -229,7 +243,10 @@ def test_cli_keys_ask_usage(private_home: Path, sandbox: Any, canary: str, audit
     for name, run in runs + asks + reports:
         audit.add(f"`cencori-nb {name}` stdout", run.stdout)
         audit.add(f"`cencori-nb {name}` stderr", run.stderr)
-    _check_where_keys_travel(audit, sandbox, {"google": GOOGLE_CANARY})
+    _check_where_keys_travel(audit, sandbox, {"/google/": GOOGLE_CANARY, "/openai/": canary,
+                                              "/anthropic/": ANTHROPIC_CANARY,
+                                              "/api/ai/": CENCORI_CANARY,
+                                              "/together/": PLAIN_CANARY})
     assert {"keystore.json", "keystore.bak", "ledger.sqlite"} <= {
         p.name for p in audit.add_home(private_home)}
     audit.assert_clean()
@@ -433,7 +450,10 @@ def test_successful_requests_and_cache(private_home: Path, sandbox_env: Any, can
     from cencori_nb import cache
 
     audit.add("cache stats", repr(cache.stats()))
-    _check_where_keys_travel(audit, sandbox_env, {"google": GOOGLE_CANARY})
+    _check_where_keys_travel(audit, sandbox_env, {"/google/": GOOGLE_CANARY, "/openai/": canary,
+                                                  "/anthropic/": ANTHROPIC_CANARY,
+                                                  "/api/ai/": CENCORI_CANARY,
+                                                  "/together/": PLAIN_CANARY})
     _check_logs(audit, observed)
     files = audit.add_home(private_home)
     assert {"ledger.sqlite", "cache.sqlite"} <= {p.name for p in files}
@@ -509,7 +529,10 @@ def test_rejected_keys(private_home: Path, sandbox_env: Any, canary: str, audit:
                                 client.achat("hi", model="gpt-4o-mini")))
     assert all(isinstance(e, AuthenticationError) for e in errors), errors
     assert "…" in str(errors[1])          # the hint is shown, and only the hint
-    _check_where_keys_travel(audit, sandbox_env, {"google": REVOKED_GOOGLE})
+    _check_where_keys_travel(audit, sandbox_env, {"/google/": REVOKED_GOOGLE,
+                                                  "/openai/": REVOKED_CANARY,
+                                                  "/api/ai/": REVOKED_CSK,
+                                                  "/together/": REVOKED_PLAIN})
     _check_logs(audit, observed)
     audit.add_home(private_home)
     import cencori_nb
@@ -564,12 +587,12 @@ def test_rate_limit_timeout_and_cut_stream(private_home: Path, faulty_sandbox: A
     cases = (("gpt-4o-mini", "auto"), ("gemini-2.5-flash", "auto"),
              ("claude-3-5-haiku-latest", "auto"), ("gpt-4o-mini", "managed"),
              (TOGETHER_MODEL, "auto"))
-    faulty_sandbox("429=1")
+    limited = faulty_sandbox("429=1")
     for model, route in cases:
         err = _expect_error(audit, f"429 {model} {route}", client.chat, "hi", model=model,
                             route=route, retries=1, cache=False)
         assert isinstance(err, RateLimitError), err
-    faulty_sandbox("truncate=1")
+    cutter = faulty_sandbox("truncate=1")
     for model, route in cases:
         err = _expect_error(audit, f"cut {model} {route}", stream_all, model=model,
                             route=route)
@@ -582,8 +605,16 @@ def test_rate_limit_timeout_and_cut_stream(private_home: Path, faulty_sandbox: A
     err = _expect_error(audit, "async timeout", asyncio.run,
                         client.achat("hi", model="gemini-2.5-flash", retries=0, cache=False))
     assert isinstance(err, ProviderTimeoutError), err
-    _check_where_keys_travel(audit, server, {"google": GOOGLE_CANARY})
+    _check_where_keys_travel(audit, server, {"/google/": GOOGLE_CANARY, "/openai/": canary,
+                                             "/api/ai/": CENCORI_CANARY})
+    for srv in (limited, cutter):
+        _check_where_keys_travel(audit, srv, {"/google/": GOOGLE_CANARY, "/openai/": canary,
+                                              "/anthropic/": ANTHROPIC_CANARY,
+                                              "/api/ai/": CENCORI_CANARY,
+                                              "/together/": PLAIN_CANARY})
     assert any("retrying" in r.getMessage() for r in observed.caplog.records)
+    assert any(r.name == "httpx2" and "HTTP Request" in r.getMessage()
+               for r in observed.caplog.records), "httpx2 request logs were not captured"
     _check_logs(audit, observed)
     import cencori_nb
 
