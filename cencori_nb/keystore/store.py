@@ -136,10 +136,21 @@ def clean_model(model: str | None) -> str | None:
         raise ConfigurationError("The default model is empty.",
                                  hint="Leave it out, or name a model such as gpt-4o-mini.")
     model = model.strip()
+    if _KEY_SHAPED_MODEL.match(model):
+        # A key pasted into the model field: stored, it would be shown in clear everywhere a
+        # default model is (keys list, the panel's dropdown, %cencori providers).
+        raise ConfigurationError("The default model looks like an API key; nothing was stored.",
+                                 hint="Give the key on stdin or in the key field; model ids "
+                                 "look like gpt-4o-mini.")
     if any(ch.isspace() for ch in model) or not model.isprintable():
         raise ConfigurationError(f"The default model {model!r} contains spaces or control "
                                  "characters.", hint="Model ids look like gpt-4o-mini.")
     return model
+
+
+# Key prefixes no model id starts with (OpenAI/Anthropic/DeepSeek sk-, Google, Cencori, Groq,
+# xAI), followed by a long key body.
+_KEY_SHAPED_MODEL = re.compile(r"(?:sk-|csk_|gsk_|xai-|AIza)[A-Za-z0-9_\-]{16,}\s*$")
 
 
 def clean_api_key(provider: str, api_key: str | Secret) -> Secret:
