@@ -175,10 +175,13 @@ def _cli_env(home: Path, sandbox_url: str | None) -> dict[str, str]:
 
 
 def _cli(args: list[str], home: Path, *, stdin: str | None = None,
-         sandbox_url: str | None = None) -> subprocess.CompletedProcess[str]:
+         sandbox_url: str | None = None, passphrase: str | None = None
+         ) -> subprocess.CompletedProcess[str]:
+    env = _cli_env(home, sandbox_url)
+    if passphrase is not None:
+        env["CENCORI_NB_PASSPHRASE"] = passphrase
     return subprocess.run([sys.executable, "-m", "cencori_nb", *args], input=stdin or "",
-                          capture_output=True, text=True, env=_cli_env(home, sandbox_url),
-                          timeout=60, check=False)
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
 
 
 def _cli_many(calls: list[tuple[str, list[str], str | None]], home: Path,
@@ -278,6 +281,44 @@ def test_cli_never_echoes_a_key_typed_on_the_command_line(private_home: Path, ca
     assert run.returncode == 2, (run.returncode, run.stderr)
     audit.add("stdout", run.stdout)
     audit.add("stderr", run.stderr)
+    audit.assert_clean()
+
+
+def test_cli_passphrases_and_rejected_keys(private_home: Path, canary: str, audit: Audit
+                                           ) -> None:
+    """Passphrases (right, wrong, changed) and keys refused on stdin are never shown, and
+    the passphrases are not in the home in any form."""
+    first, second, wrong = ("pass-canary-" + "Rr5Tt8Yy1Uu4", "pass-canary-" + "Ii7Oo0Pp3Aa6",
+                            "wrong-canary-" + "Ee3Ww6Qq9Zz2")
+    audit.secrets.update({"passphrase 1": first, "passphrase 2": second,
+                          "wrong passphrase": wrong})
+    runs = [
+        ("set openai", _cli(["keys", "set", "openai"], private_home, stdin=canary,
+                            passphrase=first), 0),
+        ("set cencori", _cli(["keys", "set", "cencori"], private_home, stdin=CENCORI_CANARY,
+                             passphrase=first), 0),
+        ("wrong passphrase", _cli(["keys", "list"], private_home, passphrase=wrong), 1),
+        ("no passphrase", _cli(["keys", "list"], private_home), 1),
+        ("space inside", _cli(["keys", "set", "google"], private_home,
+                              stdin=GOOGLE_CANARY[:9] + " " + GOOGLE_CANARY[9:],
+                              passphrase=first), 1),
+        ("not csk_", _cli(["keys", "set", "cencori"], private_home,
+                          stdin="x" + CENCORI_CANARY, passphrase=first), 1),
+        ("two keys pasted", _cli(["keys", "set", "anthropic"], private_home,
+                                 stdin=ANTHROPIC_CANARY + "\n" + canary + "\n",
+                                 passphrase=first), 1),
+        ("change passphrase", _cli(["keys", "passphrase"], private_home,
+                                   stdin=f"{first}\n{second}\n"), 0),
+        ("old passphrase", _cli(["keys", "list"], private_home, passphrase=first), 1),
+        ("rotate", _cli(["keys", "rotate"], private_home, passphrase=second), 0),
+        ("list", _cli(["keys", "list", "--json"], private_home, passphrase=second), 0),
+    ]
+    for name, run, code in runs:
+        assert run.returncode == code, (name, run.returncode, run.stderr)
+        audit.add(f"`{name}` stdout", run.stdout)
+        audit.add(f"`{name}` stderr", run.stderr)
+    assert {r["provider"] for r in json.loads(runs[-1][1].stdout)} == {"openai", "cencori"}
+    audit.add_home(private_home)
     audit.assert_clean()
 
 
