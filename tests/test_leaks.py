@@ -751,11 +751,19 @@ def test_magics_outputs_history_and_namespace(private_home: Path, sandbox_env: A
         "%cencori route gemini-2.5-flash",
         "%cencori route gpt-4o-mini --route managed",
         "%cencori credits",
+        "%%cencori -m gpt-4o-mini --dry-run\nleak audit dry run",
+        "%%cencori -m mistral-small-latest --dry-run\nleak audit dry run",
+        "%cencori setup",
+        "%cencori models openai",
+        "%cencori cache",
+        "%cencori help",
         "%cencori usage",
         "import cencori_nb\nresult = cencori_nb.chat('leak audit', model='mistral-small-latest')",
         "import cencori_nb\ncencori_nb.keys.set('openai', cencori_nb.Secret(k.reveal() + ' x'))",
         "def helper(key=k):\n    return cencori_nb.chat('x', model='mistral-small-latest')\n"
         "helper()",
+        "import asyncio\n"
+        "asyncio.run(cencori_nb.achat('leak audit', model='llama-3.3-70b-versatile'))",
         "%whos",
         "k",
         "reply",
@@ -780,6 +788,14 @@ def test_magics_outputs_history_and_namespace(private_home: Path, sandbox_env: A
                           shell.InteractiveTB.text(etype, value, tb))
             shell.InteractiveTB.set_mode("Verbose")
     assert "reply" in shell.user_ns and shell.user_ns["reply"].text
+    verbose = [text for where, text in audit.artifacts if "Verbose traceback" in where]
+    assert any("achat" in text for text in verbose), "the async error was not raised"
+    from ipywidgets.widgets.widget import _instances
+
+    assert any(type(w).__name__ == "ProvidersPanel" for w in _instances.values())
+    for widget in list(_instances.values()):
+        audit.add(f"widget state {type(widget).__name__}",
+                  json.dumps(widget.get_state(), default=str))
     assert "Verbose" in shell.InteractiveTB.mode
     assert any("AuthenticationError" in text for where, text in audit.artifacts
                if "Verbose traceback" in where), "no Verbose traceback was produced"
