@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ..errors import CencoriError
 
@@ -19,10 +20,24 @@ __all__ = ["build_parser", "main"]
 _COMMAND_MODULES = ("keys", "ask", "money", "sandbox", "lab")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors never echo a key.
+
+    argparse quotes the offending value ("unrecognized arguments: sk-…", "invalid choice:
+    'sk-…'"); a key pasted on the command line by mistake would then land on stderr, which
+    a notebook's ``!cencori-nb`` cell saves. Sub-parsers inherit this class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        from ..redact import scrub
+
+        super().error(scrub(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cencori-nb",
         description="Bring-your-own-key LLM prompting for Jupyter, with Cencori credits.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

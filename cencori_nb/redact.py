@@ -1,0 +1,72 @@
+"""What a key looks like, in one place, and how to blank it out of text.
+
+Every provider key we know has a recognisable prefix (``sk-``, ``sk-ant-``, ``sk-proj-``,
+``sk-or-``, ``AIza``, ``csk_``, ``gsk_``, ``xai-``). :data:`KEY_PREFIXES` lists them and
+:func:`key_pattern` builds a regex for them with the strictness a caller needs:
+
+- messages and logs (:func:`scrub`) want to miss nothing: short bodies match, and
+  ``Bearer …`` / ``key=…`` / ``x-api-key: …`` values go too;
+- the notebook scrubber must not corrupt an image or a word such as ``sk-learn``: it asks for
+  longer bodies containing a digit.
+
+Exact stored values (which need not be key-shaped) are removed first by every caller.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+__all__ = ["KEY_PREFIXES", "REDACTED", "key_pattern", "looks_like_key", "scrub"]
+
+REDACTED = "[redacted]"
+
+# Prefix → provider. Specific prefixes come before the generic ``sk-``.
+KEY_PREFIXES: dict[str, str] = {
+    "sk-ant-": "anthropic", "sk-proj-": "openai", "sk-svcacct-": "openai",
+    "sk-admin-": "openai", "sk-or-": "openrouter", "sk-": "openai/deepseek",
+    "AIza": "google", "csk_": "cencori", "gsk_": "groq", "xai-": "xai",
+}
+
+_BODY = r"[A-Za-z0-9_\-]"
+_START = r"(?<![A-Za-z0-9_\-])"           # "task-runner" or "disk-…" never start a key
+
+
+def key_pattern(min_body: int = 6, *, require_digit: bool = False) -> re.Pattern[str]:
+    """A regex matching any known key shape with at least ``min_body`` body characters.
+
+    ``require_digit`` demands a digit in the body (random keys always have one; English
+    words and package names rarely do), for callers that must avoid false positives.
+    """
+    digit = r"(?=[A-Za-z_\-]*[0-9])" if require_digit else ""
+    prefixes = "|".join(re.escape(p) for p in KEY_PREFIXES)
+    return re.compile(rf"{_START}(?:{prefixes}){digit}{_BODY}{{{min_body},}}")
+
+
+_ANY_KEY = key_pattern()
+# Credentials named by their context, whatever they look like.
+_CONTEXT = re.compile(
+    r"""(?ix)
+      (\bbearer\s+)[^\s'",;}\]]+
+    | ((?:\b|_)(?:api[_-]?)?key=)[^&\s'",;}\]]+
+    | ((?:x-api-key|x-goog-api-key|api-key|cencori_api_key|authorization)
+       ['"]?\s*[:=]\s*(?:b?['"])?)(?!\[secure\]|<redacted>|\[redacted\])[^'"\s,;}\]]+
+    """)
+
+
+def _keep_context(match: re.Match[str]) -> str:
+    prefix = next((g for g in match.groups() if g), "")
+    return prefix + REDACTED
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` without the given exact ``secrets`` and without anything key-shaped."""
+    for secret in sorted((s for s in secrets if s and len(s) >= 6), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    text = _ANY_KEY.sub(REDACTED, text)
+    return _CONTEXT.sub(_keep_context, text)
+
+
+def looks_like_key(text: str) -> bool:
+    """True if ``text`` contains something shaped like a provider key."""
+    return _ANY_KEY.search(text) is not None
