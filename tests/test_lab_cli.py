@@ -67,6 +67,14 @@ def test_no_sandbox_conflicting_with_environment_is_a_clear_error(
     assert "CENCORI_NB_SANDBOX" in err and "Traceback" not in err
 
 
+def test_a_key_on_the_command_line_is_refused_without_echo(
+        canary: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lab", "--dry-run", f"--IdentityProvider.token={canary}"]) == 1
+    captured = capsys.readouterr()
+    assert "looks like an API key" in captured.err
+    assert canary not in captured.err + captured.out
+
+
 @pytest.mark.parametrize(("kw", "args", "allow_root", "no_browser"), [
     ({"is_root": True}, [], True, False),
     ({"is_root": True}, ["--allow-root"], True, False),

@@ -144,6 +144,20 @@ def extension_state() -> bool | None:
     return None if value is None else bool(value)
 
 
+def _refuse_keys(args: Sequence[str]) -> None:
+    """A key on the command line would be in the process list and Jupyter's log: refuse it
+    (without repeating it)."""
+    from ..jupyter.scrubber import KEY_PATTERN
+
+    if any(KEY_PATTERN.search(a) for a in args):
+        raise ConfigurationError(
+            "Refused: an argument of `cencori-nb lab` looks like an API key. Keys are never "
+            "taken from the command line (other users can read the process list, and "
+            "Jupyter logs its arguments).",
+            hint="Store it with `cencori-nb keys set PROVIDER` (it reads the key from a "
+                 "hidden prompt or stdin) or in the providers panel.")
+
+
 def _has_display() -> bool:
     if sys.platform in ("darwin", "win32"):
         return True
@@ -175,6 +189,7 @@ def plan(jupyter_args: Sequence[str], *, sandbox: bool | None = None,
     """Decide the jupyter command and environment (pure apart from reading config/keys)."""
     environ = dict(os.environ if environ is None else environ)
     args = list(jupyter_args)
+    _refuse_keys(args)
     if is_root is None:
         is_root = hasattr(os, "geteuid") and os.geteuid() == 0
     if has_display is None:
