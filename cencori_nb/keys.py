@@ -36,6 +36,7 @@ def set(provider: str, api_key: str | Secret, *, project: str | None = None,  # 
     stores the managed Cencori project key (same as :func:`set_cencori_key`). Returns the
     provider's :class:`KeyStatus` row.
     """
+    api_key = _wrap(api_key)   # from here on no frame holds the key in clear (tracebacks)
     if provider == _CENCORI:
         if default_model is not None or make_default:
             from .errors import ConfigurationError
@@ -54,7 +55,15 @@ def set(provider: str, api_key: str | Secret, *, project: str | None = None,  # 
 
 def set_cencori_key(api_key: str | Secret, *, project: str | None = None) -> KeyStatus:
     """Store the project's Cencori key (``csk_…``), used by the managed route."""
+    api_key = _wrap(api_key)
     return default_store().set_cencori_key(api_key, project=project)
+
+
+def _wrap(api_key: str | Secret) -> str | Secret:
+    """A ``str`` key as a :class:`Secret`, so that a traceback printed with the frames'
+    values (``%xmode Verbose``) shows only its hint; anything else is left for the store's
+    checks to refuse."""
+    return Secret(api_key) if isinstance(api_key, str) else api_key
 
 
 def status(project: str | None = None) -> list[KeyStatus]:

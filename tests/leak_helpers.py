@@ -14,6 +14,7 @@ import sqlite3
 import traceback
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 __all__ = ["Audit", "encodings", "exception_texts", "find", "sqlite_dump"]
@@ -66,11 +67,16 @@ def exception_texts(exc: BaseException) -> list[tuple[str, str]]:
     seen: set[int] = set()
     todo: list[tuple[str, BaseException]] = [("exc", exc)]
     out.append(("traceback", "".join(traceback.format_exception(exc))))
+    out.append(("IPython %xmode Verbose traceback", _verbose_tb(exc)))
     while todo:
         name, e = todo.pop()
         if id(e) in seen:
             continue
         seen.add(id(e))
+        out.append((f"{name} traceback with locals (pytest --showlocals, error trackers)",
+                    "".join(traceback.StackSummary.extract(
+                        traceback.walk_tb(_library_tb(e.__traceback__)),
+                        capture_locals=True).format())))
         out.append((f"{name} str", str(e)))
         out.append((f"{name} repr", repr(e)))
         out.append((f"{name} args", repr(e.args)))
@@ -87,6 +93,27 @@ def exception_texts(exc: BaseException) -> list[tuple[str, str]]:
         if e.__context__ is not None:
             todo.append((f"{name}.__context__", e.__context__))
     return out
+
+
+_TESTS = str(Path(__file__).resolve().parent)
+
+
+def _library_tb(tb: TracebackType | None) -> TracebackType | None:
+    """``tb`` without its leading frames in the tests (they hold the planted keys on
+    purpose): what is left is the toolkit's and its libraries' frames."""
+    while tb is not None and (tb.tb_frame.f_code.co_filename.startswith(_TESTS)
+                              or "/_pytest/" in tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    return tb
+
+
+def _verbose_tb(exc: BaseException) -> str:
+    """The traceback as IPython prints it under ``%xmode Verbose`` (values of the names on
+    each executed line, along the whole cause/context chain)."""
+    from IPython.core.ultratb import VerboseTB
+
+    return VerboseTB(theme_name="nocolor").text(type(exc), exc,
+                                                _library_tb(exc.__traceback__))
 
 
 def sqlite_dump(path: Path) -> str:

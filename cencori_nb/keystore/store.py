@@ -160,35 +160,45 @@ def clean_api_key(provider: str, api_key: str | Secret) -> Secret:
     An empty key, or whitespace, control or non-ASCII characters *inside* the key, is a
     :class:`ConfigurationError`. A Cencori project key must start with ``csk_``.
     """
-    raw = api_key.reveal() if isinstance(api_key, Secret) else api_key
     name = "Cencori project" if provider == CENCORI else PROVIDERS[provider].display_name
+    if isinstance(api_key, str):
+        api_key = Secret(api_key)
+    # The checks run in a helper that *returns* the problem: when the error is raised, no
+    # frame in its traceback holds the key in clear (``%xmode Verbose``, ``--showlocals``
+    # and error trackers print the locals of every frame they show).
+    problem = _key_problem(provider, name, api_key)
+    if problem is not None:
+        message, hint = problem
+        raise ConfigurationError(message, hint=hint)
+    return Secret(api_key.reveal().strip())   # type: ignore[union-attr]
+
+
+def _key_problem(provider: str, name: str, api_key: object) -> tuple[str, str | None] | None:
+    """``(message, hint)`` saying what is wrong with ``api_key`` (a Secret), or None."""
+    raw = api_key.reveal() if isinstance(api_key, Secret) else api_key
     if not isinstance(raw, str):
-        raise ConfigurationError(f"The {name} key must be text (a str or a Secret), not "
-                                 f"{type(raw).__name__}.")
+        return (f"The {name} key must be text (a str or a Secret), not "
+                f"{type(raw).__name__}.", None)
     raw = raw.strip()
     if not raw:
-        raise ConfigurationError(f"The {name} key is empty.",
-                                 hint="Paste the whole key; nothing was stored.")
+        return f"The {name} key is empty.", "Paste the whole key; nothing was stored."
     if any(ch.isspace() for ch in raw):
-        raise ConfigurationError(
-            f"The {name} key contains a space or a line break inside it.",
-            hint="A key is one unbroken string: paste it again; nothing was stored.")
+        return (f"The {name} key contains a space or a line break inside it.",
+                "A key is one unbroken string: paste it again; nothing was stored.")
     if any(not 0x21 <= ord(ch) <= 0x7E for ch in raw):
-        raise ConfigurationError(
-            f"The {name} key contains characters that are not printable ASCII.",
-            hint="Paste it again from the provider's console; nothing was stored.")
+        return (f"The {name} key contains characters that are not printable ASCII.",
+                "Paste it again from the provider's console; nothing was stored.")
     if provider == CENCORI:
         if not raw.startswith("csk_"):
-            raise ConfigurationError(
-                "A Cencori project key starts with 'csk_'.",
-                hint="Copy it from the Cencori dashboard (Project → API keys); nothing was "
-                "stored.")
+            return ("A Cencori project key starts with 'csk_'.",
+                    "Copy it from the Cencori dashboard (Project → API keys); nothing was "
+                    "stored.")
     else:
         prefix = PROVIDERS[provider].key_prefix
         if prefix and not raw.startswith(prefix):
             log.warning("The %s key does not start with %r, the usual prefix; stored anyway.",
                         name, prefix)
-    return Secret(raw)
+    return None
 
 
 # --------------------------------------------------------------------------- internal state
