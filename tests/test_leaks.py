@@ -238,7 +238,6 @@ def test_cli_keys_ask_usage(private_home: Path, sandbox: Any, canary: str, audit
         ("keys list", ["keys", "list"], None),
         ("usage --json", ["usage", "--json"], None),
         ("usage --csv", ["usage", "--csv"], None),
-        ("credits --json", ["credits", "--json"], None),
     ], private_home)
     listed = json.loads(reports[0][1].stdout)
     assert {row["provider"] for row in listed} >= {"openai", "google", "cencori", "together"}
@@ -625,7 +624,7 @@ def faulty_sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         return server
 
     # A real read timeout, just shorter than the sandbox's hold (the network is not faked).
-    monkeypatch.setattr(transport, "READ_TIMEOUT", 0.4)
+    monkeypatch.setattr(transport, "READ_TIMEOUT", 0.25)
     transport.set_transport(None)
     yield start
     for server in servers.values():
