@@ -73,7 +73,11 @@ class JupyterProcess:
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()          # never leave a half-started server behind
+            raise
         return self
 
     def wait_ready(self, timeout: float) -> None:
