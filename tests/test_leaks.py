@@ -466,7 +466,10 @@ def test_successful_requests_and_cache(private_home: Path, sandbox_env: Any, can
     import cencori_nb
     from cencori_nb import client, router
 
+    from cencori_nb import settings
+
     _plant_python(canary)
+    settings.update_project("default", allow_fallback=True)   # decisions carry the csk_ key
     done = [
         ("openai chat", client.chat("leak audit one", model="gpt-4o-mini")),
         ("google chat", client.chat("leak audit two", model="gemini-2.5-flash")),
@@ -523,7 +526,8 @@ def test_successful_requests_and_cache(private_home: Path, sandbox_env: Any, can
                                                   "/together/": PLAIN_CANARY})
     _check_logs(audit, observed)
     files = audit.add_home(private_home)
-    assert {"ledger.sqlite", "cache.sqlite"} <= {p.name for p in files}
+    assert {"ledger.sqlite", "cache.sqlite", "config.json", "keystore.json"} <= {
+        p.name for p in files}
     audit.assert_clean()
 
 
@@ -643,7 +647,10 @@ def test_rate_limit_timeout_and_cut_stream(private_home: Path, faulty_sandbox: A
         RateLimitError,
     )
 
+    from cencori_nb import settings
+
     _plant_python(canary)
+    settings.update_project("default", allow_fallback=True)   # BYOK 429/timeout → managed
     transport.set_clock(_NoSleep())
 
     def stream_all(**kw: Any) -> None:
