@@ -124,6 +124,7 @@ def _check_where_keys_travel(audit: Audit, sandbox: Any, expected: dict[str, str
     """
     requests = _sandbox_requests(sandbox)
     assert requests, "the sandbox saw no request"
+    audit.add("sandbox stats (GET /_sandbox/stats)", json.dumps(sandbox.stats, default=str))
     for req in requests:
         where = f"sandbox {req.method} {req.path}"
         audit.add(f"{where} target (path + query)", req.target)
@@ -453,6 +454,9 @@ def test_python_api_and_panel(private_home: Path, sandbox_env: Any, canary: str,
 
 
 def _completion_views(audit: Audit, where: str, completion: Any) -> None:
+    import pickle
+
+    audit.add(f"{where} pickle (%store, multiprocessing)", pickle.dumps(completion))
     audit.add(f"{where} repr", repr(completion))
     audit.add(f"{where} str", str(completion))
     audit.add(f"{where} to_dict", json.dumps(completion.to_dict(), default=str))
@@ -463,10 +467,10 @@ def _completion_views(audit: Audit, where: str, completion: Any) -> None:
 def test_successful_requests_and_cache(private_home: Path, sandbox_env: Any, canary: str,
                                        audit: Audit, observed: Observed) -> None:
     """chat/stream/achat/astream on every planted key, a cache hit, route explanations."""
-    import cencori_nb
-    from cencori_nb import client, router
+    import pickle
 
-    from cencori_nb import settings
+    import cencori_nb
+    from cencori_nb import client, router, settings
 
     _plant_python(canary)
     settings.update_project("default", allow_fallback=True)   # decisions carry the csk_ key
@@ -508,6 +512,9 @@ def test_successful_requests_and_cache(private_home: Path, sandbox_env: Any, can
     for model, route in (("gpt-4o-mini", "auto"), ("gemini-2.5-flash", "auto"),
                          ("gpt-4o-mini", "managed"), (None, "auto")):
         decision = router.explain_route(model, route=route)
+        with pytest.raises(TypeError) as refused:   # %store / copy.deepcopy would write it
+            pickle.dumps(decision)
+        audit.add_exception("pickle Decision", refused.value)
         for view in (repr(decision), str(decision), decision._repr_markdown_(),
                      json.dumps(decision.to_dict())):
             audit.add(f"Decision {model} {route}", view)
@@ -639,15 +646,13 @@ def test_rate_limit_timeout_and_cut_stream(private_home: Path, faulty_sandbox: A
                                            canary: str, audit: Audit,
                                            observed: Observed) -> None:
     """429 (with retries logged), a read timeout, a truncated stream, for each key."""
-    from cencori_nb import client, transport
+    from cencori_nb import client, settings, transport
     from cencori_nb.errors import (
         BadResponseError,
         ProviderTimeoutError,
         ProviderUnavailableError,
         RateLimitError,
     )
-
-    from cencori_nb import settings
 
     _plant_python(canary)
     settings.update_project("default", allow_fallback=True)   # BYOK 429/timeout → managed
