@@ -141,6 +141,43 @@ def test_a_key_split_over_two_stream_outputs_is_caught(canary: str) -> None:
     nbformat.validate(nbformat.from_dict(raw))
 
 
+def test_stored_keys_are_also_found_hex_and_base64_encoded(canary: str) -> None:
+    """A Basic-auth header, a hex dump, an uploaded .env file (widget buffer) and an
+    octet-stream output: every encoded form of a stored key goes, the rest stays."""
+    import base64
+
+    env_file = f"OPENAI_API_KEY={canary}\nDEBUG=1\n".encode()
+    basic = base64.b64encode(f"user:{canary}".encode()).decode()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("upload", outputs=[
+        nbformat.v4.new_output("stream", name="stdout",
+                               text=f"Authorization: Basic {basic}\n{env_file.hex()}\n"),
+        nbformat.v4.new_output("display_data", data={
+            "application/octet-stream": base64.urlsafe_b64encode(env_file).decode(),
+            "text/plain": "<bytes>"})])]
+    safe = base64.b64encode(b"harmless bytes").decode()
+    nb.metadata["widgets"] = {scrubber.WIDGET_STATE_MIME: {
+        "version_major": 2, "version_minor": 0, "state": {"up": {
+            "model_name": "FileUploadModel", "model_module": "@jupyter-widgets/controls",
+            "model_module_version": "2.0.0",
+            "state": {"value": [{"name": ".env", "content": None},
+                                {"name": "ok.txt", "content": None}]},
+            "buffers": [{"encoding": "base64", "path": ["value", 0, "content"],
+                         "data": base64.b64encode(env_file).decode()},
+                        {"encoding": "base64", "path": ["value", 1, "content"],
+                         "data": safe}]}}}}
+    raw = json.loads(nbformat.writes(nb))
+    removed = scrub_notebook(raw, [canary])
+    dumped = json.dumps(raw)
+    for form in scrubber.encoded_forms(canary):
+        assert form not in dumped
+    assert removed == 4
+    model = raw["metadata"]["widgets"][scrubber.WIDGET_STATE_MIME]["state"]["up"]
+    assert model["buffers"] == [{"encoding": "base64", "path": ["value", 1, "content"],
+                                 "data": safe}]
+    nbformat.validate(nbformat.from_dict(raw))
+
+
 def test_binary_payloads_get_only_the_exact_pass(canary: str) -> None:
     """Base64 images that happen to contain 'AIza…' are not corrupted."""
     fake_png = "iVBORw0KGgo" + GOOGLE + "AAAA"

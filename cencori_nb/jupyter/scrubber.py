@@ -5,7 +5,9 @@ outputs of every mime type, stream text, error tracebacks, cell and notebook met
 saved widget state under ``metadata.widgets``):
 
 1. every key held in the user's key store, matched exactly (the strongest guarantee: a key
-   we stored never reaches a ``.ipynb`` in clear, whatever its shape);
+   we stored never reaches a ``.ipynb``, whatever its shape), also hex- or base64-encoded
+   (a printed Basic-auth header, an uploaded ``.env`` file in widget state); a saved widget
+   buffer holding one is dropped;
 2. key-shaped strings: ``sk-…``, ``sk-proj-…``, ``sk-ant-…``, ``sk-or-…``, ``AIza…``,
    ``csk_…``, ``gsk_…``, ``xai-…`` and ``Bearer …`` tokens. The patterns want a long body
    with a digit in it, so prose such as "sk-learn" or "Bearer token" is left alone.
@@ -29,8 +31,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MARKER", "KEY_PATTERN", "Scrubber", "pre_save_hook", "scrub_notebook",
-           "scrub_text", "stored_secrets"]
+__all__ = ["KEY_PATTERN", "MARKER", "Scrubber", "encoded_forms", "pre_save_hook",
+           "scrub_notebook", "scrub_text", "stored_secrets"]
 
 MARKER = "[REDACTED by cencori_nb]"
 
@@ -87,8 +89,9 @@ class Scrubber:
     count: int = 0
 
     def __post_init__(self) -> None:
-        values = sorted({v for v in self.exact if len(v) >= MIN_EXACT_LENGTH},
-                        key=len, reverse=True)   # longest first: a key may contain another
+        forms = {form for v in self.exact if len(v) >= MIN_EXACT_LENGTH
+                 for form in encoded_forms(v)}
+        values = sorted(forms, key=len, reverse=True)   # longest first: a key may hold another
         self._exact_re = re.compile("|".join(map(re.escape, values))) if values else None
 
     def text(self, value: str, *, binary: bool = False) -> str:
@@ -148,6 +151,7 @@ class Scrubber:
         if isinstance(node, str):
             return self.text(node, binary=binary)
         if isinstance(node, dict):
+            self._drop_widget_buffers(node)
             for key, child in node.items():
                 new = self.tree(child, binary=binary or self._binary_child(node, key))
                 if new is not child:
@@ -161,6 +165,18 @@ class Scrubber:
             return node
         return node
 
+    def _drop_widget_buffers(self, model: dict[str, Any]) -> None:
+        """Remove saved widget buffers whose bytes hold a stored key (a FileUpload of a
+        ``.env`` file, say): rewriting base64 in place would leave a broken buffer."""
+        buffers = model.get("buffers")
+        if self._exact_re is None or not isinstance(buffers, list):
+            return
+        keep = [b for b in buffers if not (isinstance(b, dict) and isinstance(
+            b.get("data"), str) and self._exact_re.search(b["data"]))]
+        if len(keep) != len(buffers):
+            self.count += len(buffers) - len(keep)
+            model["buffers"] = keep
+
     @staticmethod
     def _binary_child(parent: dict[str, Any], key: Any) -> bool:
         """Whether ``parent[key]`` holds base64 data (output bundles, attachments, buffers)."""
@@ -169,6 +185,29 @@ class Scrubber:
         if key == "buffers":          # widget state binary buffers
             return True
         return _is_binary_mime(key)   # output "data" and cell "attachments" bundles
+
+
+def _base64_cores(raw: bytes, encode: Any) -> list[str]:
+    """``raw`` base64-encoded as it appears inside a larger blob, for each of the three
+    byte alignments: only the characters made of ``raw``'s own bits."""
+    cores = []
+    for offset in range(3):
+        enc = encode(b"\0" * offset + raw).rstrip(b"=").decode()
+        start = -(-8 * offset // 6)                  # first character of raw bits only
+        end = (8 * (offset + len(raw))) // 6         # later ones mix in the next bytes
+        if end - start >= MIN_EXACT_LENGTH:
+            cores.append(enc[start:end])
+    return cores
+
+
+def encoded_forms(value: str) -> list[str]:
+    """A stored key and the forms it takes when encoded: hex (both cases) and base64
+    (standard and URL-safe, every alignment), e.g. in a Basic-auth header or an upload."""
+    import base64
+
+    raw = value.encode()
+    return [value, raw.hex(), raw.hex().upper(),
+            *_base64_cores(raw, base64.b64encode), *_base64_cores(raw, base64.urlsafe_b64encode)]
 
 
 def _joined(text: Any) -> str:
