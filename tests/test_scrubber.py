@@ -278,3 +278,17 @@ def test_property_a_key_in_any_text_is_removed(prefix: str, body: str, before: s
     assert key not in out and body[:20] not in out
     assert out == f"{before} {MARKER}\n{after}"
     assert n == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(words=st.lists(st.text(alphabet="ab.c", min_size=1, max_size=5), min_size=1,
+                      max_size=6),
+       text=st.text(alphabet="ab.c x", max_size=60))
+def test_property_trie_matches_like_longest_first_alternation(words: list[str],
+                                                               text: str) -> None:
+    """The trie regex finds exactly what `longest|…|shortest` finds."""
+    import re
+
+    plain = re.compile("|".join(map(re.escape, sorted(set(words), key=len, reverse=True))))
+    trie = re.compile(scrubber._trie_pattern(words))
+    assert trie.findall(text) == plain.findall(text)
