@@ -47,6 +47,7 @@ from ..errors import (
     WrongPassphraseError,
 )
 from ..home import DIR_MODE, atomic_write, ensure_home, home_dir, private_umask
+from ..redact import looks_like_key
 from ..settings import current_project
 from . import crypto, kek
 from .secret import Secret
@@ -125,6 +126,10 @@ def clean_project(project: str) -> str:
             f"longer than {_MAX_NAME} characters.", hint="Use a short plain name.")
     if project == PROJECT_SLOT:
         raise ConfigurationError(f"{PROJECT_SLOT!r} is reserved.", hint="Use another name.")
+    if looks_like_key(project):   # a key pasted as the project: never echo or store it
+        raise ConfigurationError("The project name looks like an API key; nothing was done.",
+                                 hint="Give keys on stdin or in the key field; project names "
+                                 "look like 'default' or 'research'.")
     return project
 
 
@@ -136,7 +141,7 @@ def clean_model(model: str | None) -> str | None:
         raise ConfigurationError("The default model is empty.",
                                  hint="Leave it out, or name a model such as gpt-4o-mini.")
     model = model.strip()
-    if _KEY_SHAPED_MODEL.match(model):
+    if looks_like_key(model):
         # A key pasted into the model field: stored, it would be shown in clear everywhere a
         # default model is (keys list, the panel's dropdown, %cencori providers).
         raise ConfigurationError("The default model looks like an API key; nothing was stored.",
@@ -146,11 +151,6 @@ def clean_model(model: str | None) -> str | None:
         raise ConfigurationError(f"The default model {model!r} contains spaces or control "
                                  "characters.", hint="Model ids look like gpt-4o-mini.")
     return model
-
-
-# Key prefixes no model id starts with (OpenAI/Anthropic/DeepSeek sk-, Google, Cencori, Groq,
-# xAI), followed by a long key body.
-_KEY_SHAPED_MODEL = re.compile(r"(?:sk-|csk_|gsk_|xai-|AIza)[A-Za-z0-9_\-]{16,}\s*$")
 
 
 def clean_api_key(provider: str, api_key: str | Secret) -> Secret:
