@@ -939,3 +939,38 @@ def test_batch_rows_errors_and_checkpoints(private_home: Path, sandbox_env: Any,
     audit.add("os.environ", repr(dict(os.environ)))
     audit.add_home(private_home)
     audit.assert_clean()
+
+
+# ============================================================== a stored key inside a prompt
+
+_KEY_IN_PROMPT = pytest.mark.xfail(strict=True, reason=(
+    "LEAK: only the magic refuses a prompt holding a stored key (cencori_nb/magic/__init__.py "
+    "CencoriMagics.run_cell -> parser.refuse_key_in_prompt). cencori_nb/client.py chat/"
+    "stream/achat/astream (and so `cencori-nb ask`, cencori_nb/cli/ask.py, and batch.map) "
+    "send it to the provider; the reply quoting it is printed and written in clear to "
+    "cache.sqlite in the home. Fix: do the same refusal in client._build (one place for "
+    "every face), with the magic's message."))
+
+
+@_KEY_IN_PROMPT
+def test_a_stored_key_in_a_prompt_is_not_sent_or_cached(private_home: Path, sandbox_env: Any,
+                                                        canary: str, audit: Audit) -> None:
+    """Pasting a stored key into a prompt (any face) is refused, as ``%%cencori`` does: the
+    provider would receive it and its reply could repeat it into outputs and the cache."""
+    from cencori_nb import client
+    from cencori_nb.errors import CencoriError
+
+    _plant_python(canary)
+    for prompt, model in ((f"why is {canary} rejected?", "gpt-4o-mini"),
+                          (f"is {PLAIN_CANARY} a valid key?", "gemini-2.5-flash")):
+        with pytest.raises(CencoriError) as err:
+            client.chat(prompt, model=model)
+        audit.add_exception("chat with a key in the prompt", err.value)
+    run = _cli(["ask", "--json", "-m", "gpt-4o-mini"], private_home,
+               stdin=f"why is {canary} rejected?", sandbox_url=sandbox_env.url)
+    assert run.returncode == 1, run.stdout
+    audit.add("ask stdout", run.stdout)
+    audit.add("ask stderr", run.stderr)
+    assert not _sandbox_requests(sandbox_env), "the prompt reached the provider"
+    audit.add_home(private_home)
+    audit.assert_clean()
