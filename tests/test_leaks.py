@@ -621,7 +621,6 @@ def test_rejected_keys(private_home: Path, sandbox_env: Any, canary: str, audit:
 @pytest.fixture
 def faulty_sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A private sandbox per fault (429, timeout, cut stream), with short waits."""
-    from cencori_nb import transport
     from cencori_nb.sandbox import SandboxServer
 
     servers: dict[str, Any] = {}
@@ -633,9 +632,6 @@ def faulty_sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         monkeypatch.setenv("CENCORI_NB_SANDBOX", server.url)
         return server
 
-    # A real read timeout, just shorter than the sandbox's hold (the network is not faked).
-    monkeypatch.setattr(transport, "READ_TIMEOUT", 0.25)
-    transport.set_transport(None)
     yield start
     for server in servers.values():
         server.stop()
@@ -643,6 +639,7 @@ def faulty_sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 def test_rate_limit_timeout_and_cut_stream(private_home: Path, faulty_sandbox: Any,
                                            canary: str, audit: Audit,
+                                           monkeypatch: pytest.MonkeyPatch,
                                            observed: Observed) -> None:
     """429 (with retries logged), a read timeout, a truncated stream, for each key."""
     from cencori_nb import client, settings, transport
@@ -676,6 +673,10 @@ def test_rate_limit_timeout_and_cut_stream(private_home: Path, faulty_sandbox: A
                             route=route)
         assert isinstance(err, BadResponseError | ProviderUnavailableError), err
     server = faulty_sandbox("timeout=1")
+    # A real read timeout, shorter than the sandbox's hold (the network is not faked); set
+    # only now, so a slow machine cannot turn the 429s and cut streams above into timeouts.
+    monkeypatch.setattr(transport, "READ_TIMEOUT", 0.25)
+    transport.set_transport(None)
     for model, route in cases[:2] + cases[3:4]:
         err = _expect_error(audit, f"timeout {model} {route}", client.chat, "hi",
                             model=model, route=route, retries=0, cache=False)
