@@ -910,6 +910,7 @@ def test_scrubber_removes_stored_keys_in_base64_and_hex(private_home: Path, cana
 
 def test_batch_rows_errors_and_checkpoints(private_home: Path, sandbox_env: Any, canary: str,
                                            audit: Audit, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch,
                                            observed: Observed) -> None:
     """``map`` over prompts with a good and a rejected key: the result frames, the progress
     line, checkpoint files and logs hold no key."""
@@ -929,6 +930,16 @@ def test_batch_rows_errors_and_checkpoints(private_home: Path, sandbox_env: Any,
     ]
     failed = frames[2][1]
     assert "error" in failed.columns and failed["error"].notna().all(), failed
+    # A partly failed sampled batch keeps a checkpoint file in the home: scan it too.
+    from cencori_nb.sandbox import SandboxServer
+
+    with SandboxServer(faults="401=0.5", seed=0) as url:
+        monkeypatch.setenv("CENCORI_NB_SANDBOX", url)
+        partial = batch.map([f"row {i}" for i in range(6)], model="gpt-4o-mini",
+                            temperature=0.7, concurrency=1, progress=True)
+    assert partial["error"].notna().any() and partial["error"].isna().any(), partial
+    assert list((private_home / "batches").glob("*.jsonl")), "no checkpoint was kept"
+    frames.append(("partly failed", partial))
     for name, frame in frames:
         audit.add(f"map {name} csv", frame.to_csv())
         audit.add(f"map {name} records", repr(frame.to_dict("records")))
