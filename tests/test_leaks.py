@@ -1,21 +1,29 @@
 """Cross-cutting leak audit: plant canary keys through every entry point, then search every
 artifact for them, in clear, base64 (standard and urlsafe, any alignment) and hex.
 
+Canaries: OpenAI/Anthropic ``sk-``, Google ``AIza``, Cencori ``csk_`` (managed route), keys
+the sandbox rejects (``revoked``: 401), and keys that are *not* key-shaped (only the
+registered-secret defences can catch those, not the regexes); passphrases too.
+
 Entry points: ``cencori-nb keys set`` on stdin (a real subprocess), ``keys.set``,
 ``keys.set_cencori_key``, the providers panel (the browser types into the password field,
-Save is clicked); then real requests against the sandbox: chat, stream, achat (OpenAI,
-Anthropic, Google, the managed Cencori route), a key the provider rejects (401), a 429, a
-timeout, a cut stream, a cache hit, the magics in a real ``InteractiveShell`` (with
-``%xmode Verbose``), ``cencori-nb ask/usage/keys list --json``.
+Save / Test key are clicked); then real requests against the sandbox: chat, stream, achat,
+astream (OpenAI, Anthropic, Google, Together, the managed Cencori route), 401s, 429s (with
+a retry), read timeouts, cut streams, a cache hit, batches (with a checkpoint), the magics in
+a real ``InteractiveShell`` (with ``%xmode Verbose``), ``cencori-nb ask/usage/keys list
+--json``; keys typed into the wrong CLI argument or pasted into a prompt.
 
 Artifacts: every file under ``CENCORI_NB_HOME`` (raw bytes and an SQL dump of each SQLite
-file), the CLI's stdout/stderr, every log record at DEBUG (root logger), every exception's
-str/repr/attributes/traceback along its cause/context chain, IPython outputs (all MIME
-types) and history (memory and SQLite), live widget states and the messages sent to the
-browser, Completion/Decision reprs and dicts, ledger rows, and where the sandbox saw each
-key (header only: never a URL, a query string or a body).
-"""
+file), the CLI's stdout/stderr, every log record at DEBUG (root logger) and every warning,
+every exception's str/repr/attributes/traceback (plain, with locals, IPython Verbose) along
+its cause/context chain, IPython outputs (all MIME types), history (memory and SQLite) and
+namespace (``%whos``), live widget states and every message sent to the browser,
+Completion/Decision reprs, dicts and pickles, ledger rows, the notebook the save-time
+scrubber writes, and where the sandbox saw each key (its own header only: never a URL, a
+query string, a body or another header).
 
+A leak not yet fixed is a ``strict`` xfail whose reason names the file and function.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -92,10 +100,11 @@ def _check_logs(audit: Audit, seen: Observed) -> None:
         audit.add(f"warning {w.category.__name__}", f"{w.message} {w.filename}:{w.lineno}")
 
 
-def _plant_python(canary: str, *, openai_key: str | None = None) -> None:
+def _plant_python(canary: str) -> None:
+    """Store every canary through the Python API (the CLI and the panel have their tests)."""
     from cencori_nb import keys
 
-    keys.set("openai", openai_key or canary, default_model="gpt-4o-mini", make_default=True)
+    keys.set("openai", canary, default_model="gpt-4o-mini", make_default=True)
     keys.set("google", GOOGLE_CANARY, default_model="gemini-2.5-flash")
     keys.set("anthropic", ANTHROPIC_CANARY)
     keys.set("together", PLAIN_CANARY)
