@@ -728,7 +728,7 @@ def ipython(tmp_path: Path) -> Iterator[Any]:
         mode = shell.InteractiveTB.mode
         yield shell
         shell.run_line_magic("xmode", mode)
-        for name in ("reply", "partial", "k", "result"):
+        for name in ("reply", "partial", "k", "plain", "result"):
             shell.user_ns.pop(name, None)
 
 
@@ -747,6 +747,7 @@ def test_magics_outputs_history_and_namespace(private_home: Path, sandbox_env: A
     keys.set("groq", REVOKED_PLAIN)
     shell = ipython
     ipython.user_ns["k"] = Secret(canary)     # what a careful user keeps in the namespace
+    ipython.user_ns["plain"] = PLAIN_CANARY   # what a careless one does (never in a cell)
     cells = [
         "%xmode Verbose",
         "%%cencori -m gpt-4o-mini -o reply\nleak audit magic",
@@ -758,6 +759,9 @@ def test_magics_outputs_history_and_namespace(private_home: Path, sandbox_env: A
         "%%cencori -m llama-3.3-70b-versatile\nleak audit revoked plain key",
         f"%%cencori -m gpt-4o-mini\nis {PLAIN_CANARY} a good name?",
         f"%%cencori -m gpt-4o-mini\nplease use the key {canary} for this",
+        "%%cencori -m gpt-4o-mini --no-cache\nmy key ends with {k} and {k.hint}; {k.reveal}",
+        "%%cencori -m gpt-4o-mini\nis {plain} right?",
+        "del plain   # the user's own str variable would show in %whos: their choice, not ours",
         f"%cencori route gpt-4o-mini --provider {GOOGLE_CANARY}",
         "%cencori providers",
         "%cencori route gpt-4o-mini",
@@ -815,7 +819,7 @@ def test_magics_outputs_history_and_namespace(private_home: Path, sandbox_env: A
 
     shown = "\n".join(text for where, text in audit.artifacts
                       if isinstance(text, str) and " display" in where)
-    assert shown.count("the prompt contains an API key") >= 2, "a pasted key was not refused"
+    assert shown.count("the prompt contains an API key") >= 3, "a pasted key was not refused"
     assert "was rejected (401)" in shown and "Refused" in shown
 
     hm = shell.history_manager
