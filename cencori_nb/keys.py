@@ -106,6 +106,9 @@ def change_passphrase(new_or_old: str, new: str | None = None, *,
     process's already unlocked store); a key-file or keyring store switches to the
     passphrase. The old passphrase stops working. Set ``CENCORI_NB_PASSPHRASE`` to the new
     one before the next process starts."""
+    # as Secrets at once, so no frame of a traceback shows a passphrase
+    new_or_old, new, old = (_wrap(new_or_old), None if new is None else _wrap(new),
+                            None if old is None else _wrap(old))
     if new is not None:          # the two-positional form of docs/contracts.md
         if old is not None:
             from .errors import ConfigurationError

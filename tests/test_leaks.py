@@ -338,6 +338,42 @@ def test_cli_passphrases_and_rejected_keys(private_home: Path, canary: str, audi
     audit.assert_clean()
 
 
+def test_passphrases_stay_out_of_python_tracebacks(private_home: Path, canary: str,
+                                                   audit: Audit,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong passphrase (given, or in the environment) fails with tracebacks whose frame
+    values (``%xmode Verbose``, ``--showlocals``) show no passphrase and no key material."""
+    import cencori_nb.keystore as keystore
+    from cencori_nb import keys
+    from cencori_nb.errors import CencoriError
+
+    right, wrong, new = ("pass-canary-" + "Rr5Tt8Yy1Uu4", "wrong-canary-" + "Ee3Ww6Qq9Zz2",
+                         "new-canary-" + "Ii7Oo0Pp3Aa6")
+    audit.secrets.update({"passphrase": right, "wrong passphrase": wrong,
+                          "new passphrase": new})
+    monkeypatch.setenv("CENCORI_NB_PASSPHRASE", right)
+    keys.set("openai", canary)
+    keystore._reset_for_tests()
+    attempts = [("change_passphrase(new, old=wrong)", lambda: keys.change_passphrase(
+                    new, old=wrong)),
+                ("change_passphrase(wrong, new)", lambda: keys.change_passphrase(wrong, new))]
+    for name, call in attempts:
+        with pytest.raises(CencoriError) as err:
+            call()
+        audit.add_exception(name, err.value)
+    monkeypatch.setenv("CENCORI_NB_PASSPHRASE", wrong)
+    for name, call in (("status() with a wrong env passphrase", keys.status),
+                       ("rotate() with a wrong env passphrase", keys.rotate)):
+        keystore._reset_for_tests()
+        with pytest.raises(CencoriError) as err:
+            call()
+        audit.add_exception(name, err.value)
+    verbose = [t for w, t in audit.artifacts if "Verbose" in w]
+    assert verbose and all("WrongPassphraseError" in t for t in verbose)
+    audit.add_home(private_home)
+    audit.assert_clean()
+
+
 _CLI_ECHO = pytest.mark.xfail(strict=True, reason=(
     "LEAK: cencori_nb/cli/__init__.py main(): `print(f'cencori-nb: {exc}')` prints a "
     "CencoriError whose message quotes the user's argument: catalog.provider_info "

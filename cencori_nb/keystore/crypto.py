@@ -31,6 +31,8 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .secret import Secret
+
 __all__ = ["FORMAT", "KEY_BYTES", "NONCE_BYTES", "VERSION", "Argon2Params", "InvalidTag",
            "Sealed", "b64d", "b64e", "canonical_json", "derive_kek", "dump_document",
            "kdf_runs", "kek_check", "mac_aad", "new_key", "open_record", "open_sealed",
@@ -200,14 +202,16 @@ class Argon2Params:
         return params
 
 
-def derive_kek(passphrase: str, params: Argon2Params) -> bytes:
+def derive_kek(passphrase: str | Secret, params: Argon2Params) -> bytes:
     """Argon2id(passphrase) → 32-byte KEK. The passphrase is NFC-normalised UTF-8, so the
-    same text typed on another keyboard layout gives the same key."""
+    same text typed on another keyboard layout gives the same key. It travels as a
+    :class:`Secret` up to here, so no frame of a traceback shows it."""
     global _kdf_runs
     from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
     _kdf_runs += 1
-    secret = unicodedata.normalize("NFC", passphrase).encode("utf-8")
+    clear = passphrase.reveal() if isinstance(passphrase, Secret) else passphrase
+    secret = unicodedata.normalize("NFC", clear).encode("utf-8")
     return Argon2id(salt=params.salt, length=params.length, iterations=params.iterations,
                     lanes=params.lanes, memory_cost=params.memory_cost).derive(secret)
 

@@ -29,6 +29,7 @@ from typing import Any
 from ..errors import KeystoreCorruptError, KeystoreError, WrongPassphraseError
 from ..home import FILE_MODE, private_umask
 from . import crypto
+from .secret import Secret
 
 __all__ = ["ENV_PASSPHRASE", "KEYRING_SERVICE", "Kek", "is_secure_backend", "load_kek",
            "new_kek", "new_keyfile_kek", "new_keyring_kek", "new_passphrase_kek",
@@ -52,9 +53,11 @@ class Kek:
         return f"Kek(source={self.header.get('source')!r})"
 
 
-def passphrase_from_env() -> str | None:
-    """``CENCORI_NB_PASSPHRASE`` if set and non-empty."""
-    return os.environ.get(ENV_PASSPHRASE) or None
+def passphrase_from_env() -> Secret | None:
+    """``CENCORI_NB_PASSPHRASE`` if set and non-empty, as a :class:`Secret` (a traceback
+    printed with its frames' values then shows only ``…`` and four characters)."""
+    value = os.environ.get(ENV_PASSPHRASE)
+    return Secret(value) if value else None
 
 
 # --------------------------------------------------------------------------- keyring
@@ -102,7 +105,7 @@ def secure_keyring() -> Any | None:
 
 # --------------------------------------------------------------------------- creating KEKs
 
-def new_passphrase_kek(passphrase: str) -> Kek:
+def new_passphrase_kek(passphrase: str | Secret) -> Kek:
     """A KEK derived from ``passphrase`` with a fresh salt (one Argon2id run)."""
     params = crypto.Argon2Params.fresh()
     return Kek({"source": "passphrase", "kdf": params.to_json()},
@@ -138,7 +141,8 @@ def new_keyfile_kek(store_path: Path) -> Kek:
     return Kek({"source": "keyfile", "file": name}, key)
 
 
-def new_kek(store_path: Path, *, passphrase: str | None, backend: Any | None) -> Kek:
+def new_kek(store_path: Path, *, passphrase: str | Secret | None, backend: Any | None
+            ) -> Kek:
     """Choose the source for a new store (or a rotation) in the documented order."""
     if passphrase:
         return new_passphrase_kek(passphrase)
@@ -191,7 +195,7 @@ def ref(header: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def load_kek(header: dict[str, Any], store_path: Path, *, passphrase: str | None,
+def load_kek(header: dict[str, Any], store_path: Path, *, passphrase: str | Secret | None,
              backend: Any | None) -> bytes:
     """The KEK a (validated) header describes. ``passphrase`` overrides the environment."""
     source = header["source"]

@@ -420,7 +420,7 @@ class KeyStore:
 
         self._modify(change)
 
-    def rotate(self, *, passphrase: str | None = None) -> int:
+    def rotate(self, *, passphrase: str | Secret | None = None) -> int:
         """New data key, every record sealed again, new KEK material (a new key file or
         keyring entry; a new salt for a passphrase, which must be the current one). The
         backup is replaced by the new generation, so retired key material opens nothing.
@@ -430,7 +430,8 @@ class KeyStore:
             if current is None:
                 return 0
             if current.kek_header["source"] == "passphrase":
-                phrase = passphrase if passphrase is not None else kek.passphrase_from_env()
+                phrase = (Secret(passphrase) if passphrase is not None
+                          else kek.passphrase_from_env())
                 self._verify_passphrase(current, phrase)
                 assert phrase is not None
                 new_kek = kek.new_passphrase_kek(phrase)
@@ -443,16 +444,19 @@ class KeyStore:
         log.debug("rotated the key store: %d records re-encrypted", len(records))
         return len(records)
 
-    def change_passphrase(self, new: str, *, old: str | None = None) -> None:
+    def change_passphrase(self, new: str | Secret, *,
+                          old: str | Secret | None = None) -> None:
         """Wrap the data key with a KEK from ``new`` (fresh salt). ``old`` (default: the
         environment, or this process's open store) must open the store when it is
         passphrase-protected. The backup is replaced by the new generation, so the old
         passphrase opens nothing afterwards. Also switches a key-file or keyring store to
         passphrase protection. This process stays unlocked; set ``CENCORI_NB_PASSPHRASE``
         to the new passphrase for the next one."""
-        if not isinstance(new, str) or not new:
+        if not isinstance(new, str | Secret) or not new:
             raise ConfigurationError("The new passphrase is empty.",
                                      hint="Choose a long passphrase; nothing was changed.")
+        # as Secrets from here on: no frame of a traceback shows them
+        new, old = Secret(new), (Secret(old) if isinstance(old, str) else old)
         with self._mutex, self._locked():
             # with ``old`` given, the load derives the KEK from it (no cache): a wrong
             # ``old`` is a WrongPassphraseError here
@@ -528,7 +532,7 @@ class KeyStore:
         with self._mutex:
             return self._reload()
 
-    def _reload(self, *, passphrase: str | None = None) -> _State | None:
+    def _reload(self, *, passphrase: str | Secret | None = None) -> _State | None:
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
@@ -546,7 +550,7 @@ class KeyStore:
                   state.generation, len(state.records))
         return state
 
-    def _parse(self, raw: bytes, *, passphrase: str | None) -> _State:
+    def _parse(self, raw: bytes, *, passphrase: str | Secret | None) -> _State:
         """Bytes → opened state, or a KeystoreError; never a partially trusted state."""
         if not raw:
             raise self._corrupt("the file is empty")
@@ -624,7 +628,7 @@ class KeyStore:
         return _Record(Secret(fields["key"]), fields["enabled"], model, sealed=sealed)
 
     def _unwrap(self, header: dict[str, Any], wrapped: crypto.Sealed, check: bytes,
-                passphrase: str | None) -> bytes:
+                passphrase: str | Secret | None) -> bytes:
         fingerprint = _dek_fingerprint(header, wrapped)
         if passphrase is None:
             cached = _dek_cache.get(fingerprint)
@@ -641,7 +645,9 @@ class KeyStore:
         try:
             dek = crypto.open_sealed(kek_bytes, wrapped, crypto.wrap_aad(header))
         except crypto.InvalidTag:
-            if hmac.compare_digest(crypto.kek_check(kek_bytes), check):
+            matches = hmac.compare_digest(crypto.kek_check(kek_bytes), check)
+            del kek_bytes   # key material: not for a traceback's frame values
+            if matches:
                 raise self._corrupt("the wrapped data key does not open") from None
             if header["source"] == "passphrase":
                 raise self._wrong_passphrase(passphrase is not None) from None
@@ -651,7 +657,7 @@ class KeyStore:
         _dek_cache[fingerprint] = dek
         return dek
 
-    def _verify_passphrase(self, state: _State, passphrase: str | None) -> None:
+    def _verify_passphrase(self, state: _State, passphrase: str | Secret | None) -> None:
         """Raise unless ``passphrase`` is the one that wraps ``state``'s data key now."""
         if not passphrase:
             raise WrongPassphraseError(
@@ -693,7 +699,7 @@ class KeyStore:
         finally:
             lock.release()
 
-    def _load_locked(self, *, passphrase: str | None = None) -> _State | None:
+    def _load_locked(self, *, passphrase: str | Secret | None = None) -> _State | None:
         """Inside the lock: drop temp files of killed writers, then read the file afresh."""
         for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
             with contextlib.suppress(FileNotFoundError):
