@@ -374,23 +374,16 @@ def test_passphrases_stay_out_of_python_tracebacks(private_home: Path, canary: s
     audit.assert_clean()
 
 
-_CLI_ECHO = pytest.mark.xfail(strict=True, reason=(
-    "LEAK: cencori_nb/cli/__init__.py main(): `print(f'cencori-nb: {exc}')` prints a "
-    "CencoriError whose message quotes the user's argument: catalog.provider_info "
-    "('Unknown provider {name!r}'), router.provider_for_model ('No provider is known for "
-    "model {model!r}'), reports ('Cannot read since={since!r}'). A key pasted into the wrong "
-    "argument lands on stderr (saved by a `!cencori-nb` cell). Fix: print "
-    "redact.scrub(str(exc)) there, as _Parser.error already does for usage errors."))
 
 
 @pytest.mark.parametrize("argv", [
     pytest.param(["keys", "set", "openai", "--default-model", "{key}"], id="default-model"),
-    pytest.param(["keys", "enable", "{key}"], marks=_CLI_ECHO, id="enable-provider"),
-    pytest.param(["keys", "set", "{key}"], marks=_CLI_ECHO, id="set-provider"),
+    pytest.param(["keys", "enable", "{key}"], id="enable-provider"),
+    pytest.param(["keys", "set", "{key}"], id="set-provider"),
     pytest.param(["keys", "list", "--project", "{key}"], id="list-project"),
-    pytest.param(["ask", "-m", "{key}", "hi"], marks=_CLI_ECHO, id="ask-model"),
-    pytest.param(["ask", "--provider", "{key}", "hi"], marks=_CLI_ECHO, id="ask-provider"),
-    pytest.param(["usage", "--since", "{key}"], marks=_CLI_ECHO, id="usage-since"),
+    pytest.param(["ask", "-m", "{key}", "hi"], id="ask-model"),
+    pytest.param(["ask", "--provider", "{key}", "hi"], id="ask-provider"),
+    pytest.param(["usage", "--since", "{key}"], id="usage-since"),
 ])
 def test_cli_key_in_the_wrong_argument_is_not_echoed(private_home: Path, canary: str,
                                                      audit: Audit, argv: list[str]) -> None:
@@ -508,16 +501,8 @@ def test_python_api_and_panel(private_home: Path, sandbox_env: Any, canary: str,
     audit.assert_clean()
 
 
-_KERNEL_SIDE_VALUE = pytest.mark.xfail(strict=True, reason=(
-    "LEAK: cencori_nb/widgets/panel.py SecretField: setting `.value` from Python (the "
-    "brief's `panel.key.value = key`, or code filling the field from an env var) sends the "
-    "key to the browser in a comm `update` message before Save empties it, and get_state() "
-    "returns it meanwhile (echo_update=False only covers browser-originated values). Fix: "
-    "SecretField.get_state() (used by send_state and the embed/save paths) always reports "
-    "value '' so a key never leaves the kernel."))
 
 
-@_KERNEL_SIDE_VALUE
 def test_panel_value_set_from_python_never_reaches_the_browser(
         private_home: Path, canary: str, audit: Audit, monkeypatch: pytest.MonkeyPatch,
         close_new_widgets: None) -> None:

@@ -59,7 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = args.handler(args)
     except CencoriError as exc:
-        print(f"cencori-nb: {exc}", file=sys.stderr)
+        from ..redact import scrub
+
+        # Messages may quote an argument; a key pasted into the wrong one must not show.
+        print(f"cencori-nb: {scrub(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cencori-nb: interrupted", file=sys.stderr)

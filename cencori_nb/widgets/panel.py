@@ -52,6 +52,14 @@ class SecretField(w.Password):
     value = Unicode("", help="The typed key; read once and emptied by the panel.").tag(
         sync=True, echo_update=False)
 
+    def get_state(self, key: Any = None, drop_defaults: bool = False) -> dict[str, Any]:
+        """The state sent to the browser and saved with the notebook: ``value`` is always
+        empty, so a key set from Python (``panel.key.value = …``) never leaves the kernel."""
+        state = super().get_state(key=key, drop_defaults=drop_defaults)
+        if "value" in state:
+            state["value"] = ""
+        return state
+
 
 def _take(field: w.Password) -> Secret | None:
     """Read a password field and empty it at once; the value leaves only as a Secret."""
