@@ -123,6 +123,7 @@ def test_installed_package_copies_bundled_notebooks_once(private_home: Path,
     assert (target / "01-quickstart.ipynb").read_text() == "edited"
     assert (target / "02-provider-setup.ipynb").read_text() == "v1"
     assert lab_cli.notebooks_dir() == REPO / "notebooks"     # this checkout
+    assert not any("has no notebooks" in n for n in _plan().notes)
 
 
 def test_dry_run_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> None:

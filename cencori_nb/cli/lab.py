@@ -200,7 +200,11 @@ def plan(jupyter_args: Sequence[str], *, sandbox: bool | None = None,
     extra: list[str] = []
     notes: list[str] = []
     if not _has_flag(args, _ROOT_DIR_FLAGS):
-        extra.append(f"--ServerApp.root_dir={notebooks_dir()}")
+        folder = notebooks_dir()
+        extra.append(f"--ServerApp.root_dir={folder}")
+        if not any(folder.glob("*.ipynb")):
+            notes.append(f"{folder} has no notebooks yet (this installation bundles none); "
+                         "the walkthroughs are in the project's notebooks/ folder.")
     if is_root and "--allow-root" not in args:
         extra.append("--allow-root")
     if (_truthy(environ.get("CI")) or not has_display) and not _has_flag(args, _BROWSER_FLAGS):
