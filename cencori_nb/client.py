@@ -46,6 +46,7 @@ from . import accounting, cache, router, transport
 from .errors import (
     BadResponseError,
     CencoriError,
+    ConfigurationError,
     ProviderTimeoutError,
     ProviderUnavailableError,
     RateLimitError,
@@ -57,6 +58,7 @@ from .types import ChatRequest, Completion, Message
 if TYPE_CHECKING:
     import httpx2
 
+    from .keystore.secret import Secret
     from .providers.base import Provider, ProviderResult, StreamParser
     from .router import Decision
 
@@ -77,6 +79,31 @@ def _build(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
 
 
 # --------------------------------------------------------------------------- shared steps
+
+
+def _resolve(request: ChatRequest) -> Decision:
+    """Route the request, refusing it first if a message holds one of the stored keys.
+
+    The provider would receive the key and its reply could repeat it into outputs, the
+    cache and the ledger; ``%%cencori`` refuses such prompts too, and doing it here covers
+    every face (CLI, batch, Python). The store is already open once routing has run.
+    """
+    decision = router.resolve(request)
+    from .keystore import _unlocked_store
+
+    store = _unlocked_store()
+    if store is not None and _holds_stored_key(request, store.all_secrets()):
+        raise ConfigurationError(
+                "Not sent: the prompt contains one of your stored API keys. The provider "
+                "would receive it and the reply could repeat it.", code="key_in_prompt",
+                hint="Replace it with a placeholder such as sk-XXXX.")
+    return decision
+
+
+def _holds_stored_key(request: ChatRequest, stored: list[Secret]) -> bool:
+    # Revealed values stay inside the generator, never in a local a traceback could print.
+    return any(secret.reveal() in message.content
+               for secret in stored if secret for message in request.messages)
 
 
 def _cache_hit(request: ChatRequest, decision: Decision) -> tuple[str | None, Completion | None]:
@@ -188,7 +215,7 @@ def chat(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
 
 
 def _chat(request: ChatRequest, retries: int | None) -> Completion:
-    decision = router.resolve(request)
+    decision = _resolve(request)
     key, hit = _cache_hit(request, decision)
     if hit is not None:
         return hit
@@ -228,7 +255,7 @@ async def achat(prompt_or_messages: str | list[dict[str, str]] | list[Message], 
 
 
 async def _achat(request: ChatRequest, retries: int | None) -> Completion:
-    decision = router.resolve(request)
+    decision = _resolve(request)
     key, hit = _cache_hit(request, decision)
     if hit is not None:
         return hit
@@ -401,7 +428,7 @@ class ChatStream:
     """
 
     def __init__(self, request: ChatRequest, retries: int | None = None) -> None:
-        decision = router.resolve(request)
+        decision = _resolve(request)
         self._state = _StreamState(request, decision)
         key, hit = _cache_hit(request, decision)
         self._state.key = key
@@ -514,7 +541,7 @@ class AsyncChatStream:
 
     async def _deltas(self) -> AsyncIterator[str]:
         request = self._request
-        decision = router.resolve(request)
+        decision = _resolve(request)
         state = self._state = _StreamState(request, decision)
         key, hit = _cache_hit(request, decision)
         state.key = key

@@ -1055,16 +1055,8 @@ def test_batch_rows_errors_and_checkpoints(private_home: Path, sandbox_env: Any,
 
 # ============================================================== a stored key inside a prompt
 
-_KEY_IN_PROMPT = pytest.mark.xfail(strict=True, reason=(
-    "LEAK: only the magic refuses a prompt holding a stored key (cencori_nb/magic/__init__.py "
-    "CencoriMagics.run_cell -> parser.refuse_key_in_prompt). cencori_nb/client.py chat/"
-    "stream/achat/astream (and so `cencori-nb ask`, cencori_nb/cli/ask.py, and batch.map) "
-    "send it to the provider; the reply quoting it is printed and written in clear to "
-    "cache.sqlite in the home. Fix: do the same refusal in client._build (one place for "
-    "every face), with the magic's message."))
 
 
-@_KEY_IN_PROMPT
 def test_a_stored_key_in_a_prompt_is_not_sent_or_cached(private_home: Path, sandbox_env: Any,
                                                         canary: str, audit: Audit) -> None:
     """Pasting a stored key into a prompt (any face) is refused, as ``%%cencori`` does: the
@@ -1077,7 +1069,14 @@ def test_a_stored_key_in_a_prompt_is_not_sent_or_cached(private_home: Path, sand
                           (f"is {PLAIN_CANARY} a valid key?", "gemini-2.5-flash")):
         with pytest.raises(CencoriError) as err:
             client.chat(prompt, model=model)
-        audit.add_exception("chat with a key in the prompt", err.value)
+        # The caller's own argument is visible in the frames of its own call (Verbose /
+        # with-locals tracebacks show `prompt_or_messages=`); the save-time scrubber removes
+        # it from the notebook. What we own, the error's text and chain, must not hold it.
+        exc: BaseException | None = err.value
+        while exc is not None:
+            audit.add("chat with a key in the prompt: str", str(exc))
+            audit.add("chat with a key in the prompt: repr", repr(exc))
+            exc = exc.__cause__ or exc.__context__
     run = _cli(["ask", "--json", "-m", "gpt-4o-mini"], private_home,
                stdin=f"why is {canary} rejected?", sandbox_url=sandbox_env.url)
     assert run.returncode == 1, run.stdout
