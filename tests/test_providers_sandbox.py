@@ -113,12 +113,8 @@ def test_non_stream_answer_parses_with_usage(sbx: SandboxServer, name: str,
 
 
 # Real Mistral sends usage on the last stream chunk by default and answers 422
-# (extra_forbidden) to stream_options, so the adapter does not ask; the sandbox (so far)
-# sends compatible-provider stream usage only when include_usage is asked for.
-_MISTRAL_STREAM_USAGE = pytest.mark.xfail(
-    reason="sandbox omits Mistral's default stream usage without include_usage", strict=False)
-STREAM_CASES = [pytest.param(n, marks=_MISTRAL_STREAM_USAGE) if n == "mistral" else n
-                for n in ALL]
+# (extra_forbidden) to stream_options, so the adapter does not ask; the sandbox does the same.
+STREAM_CASES = ALL
 
 
 @pytest.mark.parametrize("name", STREAM_CASES)
