@@ -15,9 +15,9 @@ Exact stored values (which need not be key-shaped) are removed first by every ca
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 
-__all__ = ["KEY_PREFIXES", "REDACTED", "key_pattern", "looks_like_key", "scrub"]
+__all__ = ["KEY_PREFIXES", "REDACTED", "key_pattern", "key_regex", "looks_like_key", "scrub"]
 
 REDACTED = "[redacted]"
 
@@ -30,17 +30,46 @@ KEY_PREFIXES: dict[str, str] = {
 
 _BODY = r"[A-Za-z0-9_\-]"
 _START = r"(?<![A-Za-z0-9_\-])"           # "task-runner" or "disk-…" never start a key
+# A digit somewhere in the body (the lookahead stays inside the run of body characters).
+_DIGIT_AHEAD = r"(?=[A-Za-z_\-]*[0-9])"
 
 
-def key_pattern(min_body: int = 6, *, require_digit: bool = False) -> re.Pattern[str]:
+def key_regex(min_body: int | Mapping[str, int] = 6, *,
+              require_digit: bool | Collection[str] = False,
+              body: str | Mapping[str, str] = _BODY, start: str = _START) -> str:
+    """The source of :func:`key_pattern`'s regex, to embed in a larger pattern.
+
+    ``min_body`` is either one minimum for every prefix in :data:`KEY_PREFIXES`, or a
+    mapping ``prefix → minimum`` naming exactly the prefixes to match (in that order; they
+    need not be in :data:`KEY_PREFIXES`, e.g. a caller that also wants ``pk-``).
+    ``require_digit`` is ``True``/``False`` for every prefix, or the prefixes whose body must
+    hold a digit. ``body`` is the character class of a key body (one for all, or per prefix;
+    unnamed prefixes get the default). ``start`` is what must hold just before the prefix
+    (default: not after a body character; ``r"\b"`` or ``""`` for callers that want those).
+    The regex has no capturing groups.
+    """
+    minimums = dict(min_body) if isinstance(min_body, Mapping) else dict.fromkeys(
+        KEY_PREFIXES, min_body)
+    alternatives = []
+    for prefix, minimum in minimums.items():
+        needs_digit = (require_digit if isinstance(require_digit, bool)
+                       else prefix in require_digit)
+        chars = body.get(prefix, _BODY) if isinstance(body, Mapping) else body
+        digit = _DIGIT_AHEAD if needs_digit else ""
+        alternatives.append(f"{re.escape(prefix)}{digit}{chars}{{{minimum},}}")
+    return f"{start}(?:{'|'.join(alternatives)})"
+
+
+def key_pattern(min_body: int | Mapping[str, int] = 6, *,
+                require_digit: bool | Collection[str] = False,
+                body: str | Mapping[str, str] = _BODY, start: str = _START) -> re.Pattern[str]:
     """A regex matching any known key shape with at least ``min_body`` body characters.
 
     ``require_digit`` demands a digit in the body (random keys always have one; English
     words and package names rarely do), for callers that must avoid false positives.
+    Every argument may also be given per prefix: see :func:`key_regex`.
     """
-    digit = r"(?=[A-Za-z_\-]*[0-9])" if require_digit else ""
-    prefixes = "|".join(re.escape(p) for p in KEY_PREFIXES)
-    return re.compile(rf"{_START}(?:{prefixes}){digit}{_BODY}{{{min_body},}}")
+    return re.compile(key_regex(min_body, require_digit=require_digit, body=body, start=start))
 
 
 _ANY_KEY = key_pattern()

@@ -31,6 +31,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..redact import key_pattern
+
 __all__ = ["KEY_PATTERN", "MARKER", "Scrubber", "encoded_forms", "pre_save_hook",
            "scrub_notebook", "scrub_text", "stored_secrets"]
 
@@ -38,27 +40,17 @@ MARKER = "[REDACTED by cencori_nb]"
 
 log = logging.getLogger(__name__)
 
-# Characters a key body is made of. Keys end where these stop.
-_BODY = r"[A-Za-z0-9_\-]"
-# Not preceded by a body character, so "task-…" or "disk-…" never start a match.
-_START = r"(?<![A-Za-z0-9_\-])"
-# The body must hold a digit somewhere (lookahead stays inside the run of body chars):
-# random keys always do in practice; English and package names (sk-learn) rarely do.
-_HAS_DIGIT = r"(?=[A-Za-z_\-]*[0-9])"
-
-KEY_PATTERN = re.compile(
-    "|".join((
-        # Prefixes that only keys use: no digit needed
-        rf"{_START}sk-(?:proj|ant|or|svcacct|admin)-{_BODY}{{20,}}",
-        # Other sk- keys (OpenAI legacy, DeepSeek, …)
-        rf"{_START}sk-{_HAS_DIGIT}{_BODY}{{20,}}",
-        # Google API keys: AIza + 35 characters
-        rf"{_START}AIza{_HAS_DIGIT}{_BODY}{{30,}}",
-        # Cencori project keys (managed route), Groq, xAI
-        rf"{_START}csk_{_HAS_DIGIT}{_BODY}{{16,}}",
-        rf"{_START}gsk_{_HAS_DIGIT}{_BODY}{{20,}}",
-        rf"{_START}xai-{_HAS_DIGIT}{_BODY}{{20,}}",
-    ))
+# Key shapes (see cencori_nb.redact). The body must hold a digit, except after prefixes that
+# only keys use: random keys always have one; English and package names (sk-learn) rarely do.
+# Bodies are long so that words, hashes and base64 images are never cut.
+_ONLY_KEYS_USE = ("sk-proj-", "sk-ant-", "sk-or-", "sk-svcacct-", "sk-admin-")
+KEY_PATTERN = key_pattern(
+    {**dict.fromkeys(_ONLY_KEYS_USE, 20),
+     "sk-": 20,      # OpenAI legacy, DeepSeek, …
+     "AIza": 30,     # Google API keys: AIza + 35 characters
+     "csk_": 16,     # Cencori project keys (managed route)
+     "gsk_": 20, "xai-": 20},
+    require_digit={"sk-", "AIza", "csk_", "gsk_", "xai-"},
 )
 # "Bearer <token>": keep the word, drop the token (JWTs and opaque tokens: dots, slashes, =).
 _BEARER = re.compile(r"(?<=Bearer )(?=[A-Za-z._~+/=\-]*[0-9])[A-Za-z0-9._~+/=\-]{20,}")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import ConfigurationError
+from ..redact import key_pattern
 
 if TYPE_CHECKING:
     from ..keystore.secret import Secret
@@ -56,13 +57,17 @@ class KeyInArgumentsError(ConfigurationError):
 
 
 # Known key shapes (prefix + a run of key characters), and a generic "long random token".
-_KEY_PATTERNS = (
-    re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}"),          # OpenAI, DeepSeek, sk-ant-, sk-or-, sk-proj-
-    re.compile(r"\bcsk_[A-Za-z0-9_\-]{8,}"),          # Cencori project keys
-    re.compile(r"\bAIza[0-9A-Za-z_\-]{20,}"),         # Google
-    re.compile(r"\bgsk_[A-Za-z0-9]{16,}"),            # Groq
-    re.compile(r"\bxai-[A-Za-z0-9]{16,}"),            # xAI
-)
+# One pattern per shape, applied one after another (redact() substitutes them in this order).
+_KEY_PATTERNS = tuple(
+    key_pattern({prefix: minimum}, body={"gsk_": "[A-Za-z0-9]", "xai-": "[A-Za-z0-9]"},
+                start=r"\b")
+    for prefix, minimum in {
+        "sk-": 16,     # OpenAI, DeepSeek, sk-ant-, sk-or-, sk-proj-
+        "csk_": 8,     # Cencori project keys
+        "AIza": 20,    # Google
+        "gsk_": 16,    # Groq
+        "xai-": 16,    # xAI
+    }.items())
 _LONG_TOKEN = re.compile(r"[A-Za-z0-9_\-+=]{32,}")
 
 

@@ -30,6 +30,7 @@ from ..errors import (
     RateLimitError,
 )
 from ..keystore.secret import key_hint
+from ..redact import KEY_PREFIXES, key_regex
 from ..types import ChatRequest, Usage
 from .base import ProviderResult, StreamParser
 
@@ -47,14 +48,18 @@ MAX_QUOTED = 300   # characters of a provider's own error message we quote
 
 # Key-shaped substrings that may appear in a provider's message (OpenAI's 401 echoes a
 # partially masked key, e.g. "sk-proj-****…abcd"). Order matters: specific before generic.
+# The known prefixes plus the ones a provider may echo (pk-/rk- OpenAI, cpk Cencori, and the
+# other separator); masked bodies keep their "*", "." and "…". Google's AIza is matched alone
+# below (no masking, anywhere in a word), and so is any long token-like run.
+_MASKED_PREFIXES = (*(p for p in KEY_PREFIXES if p != "AIza"),
+                    "pk-", "rk-", "sk_", "csk-", "cpk_", "cpk-", "gsk-", "xai_")
 _KEY_PATTERNS = re.compile(
-    r"(?:"
-    r"\bBearer\s+\S+"                              # an echoed Authorization header
-    r"|\b(?:sk|pk|rk)-[\w\-*.…]{4,}"               # OpenAI, Anthropic sk-ant-, OpenRouter sk-or-
-    r"|\b(?:sk|csk|cpk|gsk|xai)[_-][\w\-*.…]{4,}"  # Cencori csk_, Groq gsk_, xAI xai-
-    r"|AIza[\w\-]{8,}"                             # Google API keys
-    r"|\b[\w\-*]{32,}"                             # any long token-like run
-    r")"
+    "|".join((
+        r"\bBearer\s+\S+",                              # an echoed Authorization header
+        key_regex(dict.fromkeys(_MASKED_PREFIXES, 4), body=r"[\w\-*.…]", start=r"\b"),
+        key_regex({"AIza": 8}, body=r"[\w\-]", start=""),  # Google API keys
+        r"\b[\w\-*]{32,}",                               # any long token-like run
+    ))
 )
 REDACTED = "[redacted]"
 

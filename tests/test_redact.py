@@ -1,0 +1,141 @@
+"""cencori_nb.redact: the one home of key shapes, and the callers that build on it.
+
+Each caller used to carry its own regex; the old literals are kept here as references, and
+hypothesis checks that the patterns now built by :func:`key_pattern` behave exactly the same.
+"""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cencori_nb.jupyter import scrubber
+from cencori_nb.magic import parser
+from cencori_nb.providers import _common
+from cencori_nb.redact import KEY_PREFIXES, REDACTED, key_pattern, key_regex, looks_like_key, scrub
+
+# The literals each module held before they were built from cencori_nb.redact.
+_OLD_COMMON = re.compile(
+    r"(?:"
+    r"\bBearer\s+\S+"
+    r"|\b(?:sk|pk|rk)-[\w\-*.…]{4,}"
+    r"|\b(?:sk|csk|cpk|gsk|xai)[_-][\w\-*.…]{4,}"
+    r"|AIza[\w\-]{8,}"
+    r"|\b[\w\-*]{32,}"
+    r")"
+)
+_OLD_PARSER = (
+    re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}"),
+    re.compile(r"\bcsk_[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"\bAIza[0-9A-Za-z_\-]{20,}"),
+    re.compile(r"\bgsk_[A-Za-z0-9]{16,}"),
+    re.compile(r"\bxai-[A-Za-z0-9]{16,}"),
+)
+_B, _S, _D = r"[A-Za-z0-9_\-]", r"(?<![A-Za-z0-9_\-])", r"(?=[A-Za-z_\-]*[0-9])"
+_OLD_SCRUBBER = re.compile("|".join((
+    rf"{_S}sk-(?:proj|ant|or|svcacct|admin)-{_B}{{20,}}",
+    rf"{_S}sk-{_D}{_B}{{20,}}",
+    rf"{_S}AIza{_D}{_B}{{30,}}",
+    rf"{_S}csk_{_D}{_B}{{16,}}",
+    rf"{_S}gsk_{_D}{_B}{{20,}}",
+    rf"{_S}xai-{_D}{_B}{{20,}}",
+)))
+_OLD_DEFAULT = re.compile(
+    _S + "(?:" + "|".join(re.escape(p) for p in KEY_PREFIXES) + f"){_B}{{6,}}")
+_OLD_DEFAULT_DIGIT = re.compile(
+    _S + "(?:" + "|".join(re.escape(p) for p in KEY_PREFIXES) + f"){_D}{_B}{{6,}}")
+
+# Text made of key prefixes, key characters, masks and separators, so that near-misses
+# (short bodies, missing digits, a prefix inside a word) come up often.
+_PIECES = st.sampled_from([
+    *KEY_PREFIXES, "pk-", "rk-", "sk_", "csk-", "cpk_", "cpk-", "gsk-", "xai_", "Bearer ",
+    "a", "Z", "0", "7", "_", "-", "*", ".", "…", " ", "/", "é", "x", "abcdefgh", "12345678",
+    "proj-", "ant-", "\n", "'", "=",
+])
+_TEXT = st.lists(_PIECES, max_size=40).map("".join)
+
+
+def _old_parser_redact(text: str) -> str:
+    for pattern in _OLD_PARSER:
+        text = pattern.sub("[redacted]", text)
+    return text
+
+
+@settings(max_examples=400, deadline=None)
+@given(_TEXT)
+def test_callers_match_exactly_as_their_old_literals(text: str) -> None:
+    assert _common._KEY_PATTERNS.sub(REDACTED, text) == _OLD_COMMON.sub(REDACTED, text)
+    assert scrubber.KEY_PATTERN.findall(text) == _OLD_SCRUBBER.findall(text)
+    assert scrubber.KEY_PATTERN.sub("#", text) == _OLD_SCRUBBER.sub("#", text)
+    assert [bool(p.search(text)) for p in parser._KEY_PATTERNS] == [
+        bool(p.search(text)) for p in _OLD_PARSER]
+    new = text
+    for pattern in parser._KEY_PATTERNS:
+        new = pattern.sub("[redacted]", new)
+    assert new == _old_parser_redact(text)
+    assert key_pattern().sub("#", text) == _OLD_DEFAULT.sub("#", text)
+    assert key_pattern(require_digit=True).sub("#", text) == _OLD_DEFAULT_DIGIT.sub("#", text)
+
+
+def test_every_known_prefix_is_a_key_with_a_long_enough_body() -> None:
+    for prefix in KEY_PREFIXES:
+        assert looks_like_key(f"use {prefix}abc123 here")
+        if not any(prefix.startswith(p) for p in KEY_PREFIXES if p != prefix):
+            assert not looks_like_key(f"use {prefix}abc12 here")  # 5 body characters
+        assert scrub(f"key: {prefix}abcdef123") == "key: [redacted]"
+
+
+def test_a_prefix_inside_a_word_is_not_a_key() -> None:
+    assert not looks_like_key("task-runner-123456 disk-0123456789 mask_abcdef12")
+    assert not key_pattern(4).search("task-abcdef")
+
+
+def test_require_digit_per_prefix_and_for_all() -> None:
+    words = "sk-learn-classifier"
+    assert key_pattern().search(words)
+    assert not key_pattern(require_digit=True).search(words)
+    mixed = key_pattern({"sk-ant-": 6, "sk-": 6}, require_digit={"sk-"})
+    assert mixed.search("sk-ant-abcdefgh")                     # no digit needed here
+    assert not mixed.search("sk-abcdefgh")
+    assert mixed.search("sk-abcdefg1")
+
+
+def test_min_body_mapping_names_exactly_the_prefixes() -> None:
+    only = key_pattern({"gsk_": 8, "pk-": 4})
+    assert only.search("gsk_abcdefgh") and only.search("pk-abcd")
+    assert not only.search("gsk_abcdefg")                      # 7 < 8
+    assert not only.search("sk-abcdefghijkl")                  # not named
+    assert not only.search("AIzaabcdefghijkl")
+
+
+def test_body_and_start_can_be_chosen_per_caller() -> None:
+    plain = key_pattern({"xai-": 4}, body={"xai-": "[A-Za-z0-9]"})
+    assert plain.search("xai-ab_cd") is None                   # "_" stops the body at 2
+    assert plain.search("xai-abcd").group(0) == "xai-abcd"
+    masked = key_pattern({"sk-": 4}, body=r"[\w\-*.…]")
+    assert masked.search("key sk-****…abcd!").group(0) == "sk-****…abcd"
+    anywhere = key_pattern({"AIza": 4}, start="")
+    assert anywhere.search("xAIzaabcd") and not key_pattern({"AIza": 4}).search("xAIzaabcd")
+
+
+def test_key_regex_has_no_groups_so_it_can_be_embedded() -> None:
+    combined = re.compile(rf"(key)=({key_regex(4)})")
+    m = combined.search("key=csk_abcd1234")
+    assert m is not None and m.group(2) == "csk_abcd1234" and combined.groups == 2
+
+
+def test_scrub_removes_exact_secrets_first_and_context_values() -> None:
+    out = scrub("token plainsecretvalue and Bearer abc.def and api_key=hunter22x",
+                ["plainsecretvalue"])
+    assert "plainsecretvalue" not in out and "abc.def" not in out and "hunter22x" not in out
+    assert out == f"token {REDACTED} and Bearer {REDACTED} and api_key={REDACTED}"
+
+
+def test_canary_is_scrubbed(canary: str) -> None:
+    text = f"the server said: invalid key {canary}."
+    assert canary not in scrub(text)
+    assert canary not in _common.scrub(text)
+    assert canary not in scrubber.KEY_PATTERN.sub("#", text)
+    assert canary not in parser.redact(text)
