@@ -38,10 +38,12 @@ if TYPE_CHECKING:
     import httpx2
 
 __all__ = [
-    "BaseStreamParser", "body_with_extra", "build_error", "class_for_status", "dig",
-    "display_name", "error_json", "error_text", "header_retry_after", "join_base",
-    "json_request", "loads", "parse_duration", "quote", "reject_reserved", "require",
-    "response_json", "scrub", "sent_key", "to_decimal", "to_int",
+    "AdapterStreamParser", "BaseStreamParser", "body_with_extra", "build_error",
+    "class_for_status", "dig", "display_name", "error_json", "error_text",
+    "header_retry_after", "join_base",
+    "json_request", "loads", "map_error_body", "parse_duration", "quote", "raw_said",
+    "reject_reserved", "require", "response_json", "scrub", "sent_key", "stream_context",
+    "to_decimal", "to_int",
 ]
 
 MAX_QUOTED = 300   # characters of a provider's own error message we quote
@@ -424,6 +426,37 @@ def build_error(cls: type[CencoriError], *, provider: str, status: int | None,
     return cls(what + tail, code=code, hint=hint or default_hint, **context)
 
 
+def raw_said(response: httpx2.Response) -> str | None:
+    """What a non-JSON error response said: its text, unless it is an HTML page (a proxy's)."""
+    if "html" in response.headers.get("content-type", ""):
+        return None
+    return error_text(response)
+
+
+def map_error_body(adapter: Any, response: httpx2.Response, body: Any) -> CencoriError:
+    """The error for a >= 400 response whose decoded ``body`` the adapter maps itself.
+
+    Not a JSON object: the class follows the status and the message quotes the raw text.
+    Otherwise ``adapter.error_from_body(body, status=, key=, request_id=, retry_after=)``.
+    """
+    key = sent_key(response)
+    request_id = adapter.request_id(response)
+    retry_after = header_retry_after(response.headers)
+    if not isinstance(body, dict):
+        return build_error(class_for_status(response.status_code), provider=adapter.name,
+                           status=response.status_code, said=raw_said(response),
+                           request_id=request_id, retry_after=retry_after, key=key)
+    return adapter.error_from_body(body, status=response.status_code, key=key,
+                                   request_id=request_id, retry_after=retry_after)
+
+
+def stream_context(adapter: Any, response: httpx2.Response | None) -> dict[str, Any]:
+    """``request_id`` and ``key`` for an adapter's stream parser (both None without a response)."""
+    if response is None:
+        return {"request_id": None, "key": None}
+    return {"request_id": adapter.request_id(response), "key": sent_key(response)}
+
+
 # --- streams ------------------------------------------------------------------------------------
 
 class BaseStreamParser(StreamParser):
@@ -456,3 +489,14 @@ class BaseStreamParser(StreamParser):
             finish_reason=self.finish_reason, request_id=self.request_id,
             gateway_cost_usd=self.gateway_cost_usd, served_by=self.served_by,
             reported_cost_usd=self.reported_cost_usd)
+
+
+class AdapterStreamParser(BaseStreamParser):
+    """A stream parser that maps in-stream errors through its adapter's ``error_from_body``,
+    scrubbing the ``key`` the request carried from the message."""
+
+    def __init__(self, adapter: Any, *, request_id: str | None = None,
+                 key: str | None = None) -> None:
+        super().__init__(adapter.name, request_id)
+        self.adapter = adapter
+        self.key = key

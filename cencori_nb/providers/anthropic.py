@@ -131,24 +131,11 @@ class AnthropicProvider(Provider):
 
     def stream_parser(self, response: httpx2.Response | None = None) -> MessagesStreamParser:
         """A parser for the named-event sequence ending with ``message_stop``."""
-        return MessagesStreamParser(
-            self, request_id=self.request_id(response) if response is not None else None,
-            key=c.sent_key(response) if response is not None else None)
+        return MessagesStreamParser(self, **c.stream_context(self, response))
 
     def map_error(self, response: httpx2.Response) -> CencoriError:
         """The error for a >= 400 response (the one place Anthropic errors map)."""
-        body = c.error_json(response)
-        rid = self.request_id(response)
-        key = c.sent_key(response)
-        retry_after = c.header_retry_after(response.headers)
-        if not isinstance(body, dict):
-            said = None if "html" in response.headers.get("content-type", "") \
-                else c.error_text(response)
-            return c.build_error(c.class_for_status(response.status_code), provider=self.name,
-                                 status=response.status_code, said=said, request_id=rid,
-                                 retry_after=retry_after, key=key)
-        return self.error_from_body(body, status=response.status_code, key=key,
-                                    request_id=rid, retry_after=retry_after)
+        return c.map_error_body(self, response, c.error_json(response))
 
     def error_from_body(self, body: dict[str, Any], *, status: int | None,
                         key: str | None = None, request_id: str | None = None,
@@ -174,15 +161,15 @@ class AnthropicProvider(Provider):
                              retry_after=retry_after, key=key, hint=hint)
 
 
-class MessagesStreamParser(c.BaseStreamParser):
+class MessagesStreamParser(c.AdapterStreamParser):
     """Anthropic's SSE events. Usage is reported only once ``message_delta`` carried the
     final (cumulative) counts: a stream cut before it yields ``usage=None``."""
 
+    adapter: AnthropicProvider
+
     def __init__(self, adapter: AnthropicProvider, *, request_id: str | None = None,
                  key: str | None = None) -> None:
-        super().__init__(adapter.name, request_id)
-        self.adapter = adapter
-        self.key = key
+        super().__init__(adapter, request_id=request_id, key=key)
         self._usage_raw: dict[str, Any] = {}
 
     def feed(self, event: httpx2.ServerSentEvent) -> str | None:

@@ -122,16 +122,13 @@ class CencoriGatewayProvider(Provider):
 
     def stream_parser(self, response: httpx2.Response | None = None) -> CencoriStreamParser:
         """A parser for ``{"delta"}`` lines, the usage/cost chunk and ``[DONE]``."""
-        return CencoriStreamParser(
-            self, request_id=self.request_id(response) if response is not None else None,
-            key=c.sent_key(response) if response is not None else None)
+        return CencoriStreamParser(self, **c.stream_context(self, response))
 
     def map_error(self, response: httpx2.Response) -> CencoriError:
         """The error for a >= 400 gateway response (the one place its errors map)."""
         body = c.error_json(response)
         if not isinstance(body, dict):
-            said = None if "html" in response.headers.get("content-type", "") \
-                else c.error_text(response)
+            said = c.raw_said(response)
             body = {"error": said} if said else {}
         return self.error_from_body(body, status=response.status_code,
                                     key=c.sent_key(response),
@@ -215,15 +212,11 @@ class CencoriGatewayProvider(Provider):
                              hint=hint, headline=headline)
 
 
-class CencoriStreamParser(c.BaseStreamParser):
+class CencoriStreamParser(c.AdapterStreamParser):
     """The native stream. ``usage`` and ``gateway_cost_usd`` come from the terminal metrics
     chunk; a stream cut before it yields ``usage=None`` and ``done=False``."""
 
-    def __init__(self, adapter: CencoriGatewayProvider, *, request_id: str | None = None,
-                 key: str | None = None) -> None:
-        super().__init__(adapter.name, request_id)
-        self.adapter = adapter
-        self.key = key
+    adapter: CencoriGatewayProvider
 
     def feed(self, event: httpx2.ServerSentEvent) -> str | None:
         data = event.data.strip()

@@ -161,27 +161,14 @@ class GoogleProvider(Provider):
 
     def stream_parser(self, response: httpx2.Response | None = None) -> GeminiStreamParser:
         """A parser for ``alt=sse`` frames; the one with a ``finishReason`` ends the stream."""
-        return GeminiStreamParser(
-            self, request_id=self.request_id(response) if response is not None else None,
-            key=c.sent_key(response) if response is not None else None)
+        return GeminiStreamParser(self, **c.stream_context(self, response))
 
     def map_error(self, response: httpx2.Response) -> CencoriError:
         """The error for a >= 400 response (the one place Google errors map)."""
         body = c.error_json(response)
         if isinstance(body, list) and body and isinstance(body[0], dict):
             body = body[0]       # the non-SSE stream endpoint wraps errors in an array
-        key = c.sent_key(response)
-        retry_after = c.header_retry_after(response.headers)
-        if not isinstance(body, dict):
-            said = None if "html" in response.headers.get("content-type", "") \
-                else c.error_text(response)
-            return c.build_error(c.class_for_status(response.status_code), provider=self.name,
-                                 status=response.status_code, said=said,
-                                 request_id=self.request_id(response),
-                                 retry_after=retry_after, key=key)
-        return self.error_from_body(body, status=response.status_code, key=key,
-                                    request_id=self.request_id(response),
-                                    retry_after=retry_after)
+        return c.map_error_body(self, response, body)
 
     def error_from_body(self, body: dict[str, Any], *, status: int | None,
                         key: str | None = None, request_id: str | None = None,
@@ -222,15 +209,15 @@ class GoogleProvider(Provider):
                              rpc_status=rpc_status or None)
 
 
-class GeminiStreamParser(c.BaseStreamParser):
+class GeminiStreamParser(c.AdapterStreamParser):
     """``alt=sse`` frames. Usage is reported once the final frame (with ``finishReason``)
     arrived; a stream cut before it yields ``done=False`` and ``usage=None``."""
 
+    adapter: GoogleProvider
+
     def __init__(self, adapter: GoogleProvider, *, request_id: str | None = None,
                  key: str | None = None) -> None:
-        super().__init__(adapter.name, request_id)
-        self.adapter = adapter
-        self.key = key
+        super().__init__(adapter, request_id=request_id, key=key)
         self._usage_raw: Any = None
 
     def feed(self, event: httpx2.ServerSentEvent) -> str | None:

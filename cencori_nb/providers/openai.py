@@ -162,26 +162,13 @@ class OpenAIProvider(Provider):
 
     def stream_parser(self, response: httpx2.Response | None = None) -> ChatCompletionsStreamParser:
         """A parser for ``chat.completion.chunk`` events ending with ``data: [DONE]``."""
-        return ChatCompletionsStreamParser(
-            self, request_id=self.request_id(response) if response is not None else None,
-            key=c.sent_key(response) if response is not None else None)
+        return ChatCompletionsStreamParser(self, **c.stream_context(self, response))
 
     # --- errors -------------------------------------------------------------------------
 
     def map_error(self, response: httpx2.Response) -> CencoriError:
         """The error for a >= 400 response (the one place this wire format's errors map)."""
-        body = c.error_json(response)
-        rid = self.request_id(response)
-        key = c.sent_key(response)
-        retry_after = c.header_retry_after(response.headers)
-        if not isinstance(body, dict):
-            said = None if "html" in response.headers.get("content-type", "") \
-                else c.error_text(response)
-            return c.build_error(c.class_for_status(response.status_code), provider=self.name,
-                                 status=response.status_code, said=said, request_id=rid,
-                                 retry_after=retry_after, key=key)
-        return self.error_from_body(body, status=response.status_code, key=key,
-                                    request_id=rid, retry_after=retry_after)
+        return c.map_error_body(self, response, c.error_json(response))
 
     def error_from_body(self, body: dict[str, Any], *, status: int | None,
                         key: str | None = None, request_id: str | None = None,
@@ -249,7 +236,7 @@ def _detail_text(message: Any) -> str | None:
     return message if isinstance(message, str) else None
 
 
-class ChatCompletionsStreamParser(c.BaseStreamParser):
+class ChatCompletionsStreamParser(c.AdapterStreamParser):
     """``data: {chat.completion.chunk}`` … ``data: [DONE]``; usage on whichever chunk has it.
 
     Comment lines (OpenRouter's ``: OPENROUTER PROCESSING``) never reach ``feed``: httpx2's
@@ -258,11 +245,7 @@ class ChatCompletionsStreamParser(c.BaseStreamParser):
     chunk (Mistral, OpenRouter), under ``x_groq.usage`` (Groq), or not at all (None).
     """
 
-    def __init__(self, adapter: OpenAIProvider, *, request_id: str | None = None,
-                 key: str | None = None) -> None:
-        super().__init__(adapter.name, request_id)
-        self.adapter = adapter
-        self.key = key
+    adapter: OpenAIProvider
 
     def feed(self, event: httpx2.ServerSentEvent) -> str | None:
         data = event.data.strip()
