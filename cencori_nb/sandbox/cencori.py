@@ -103,6 +103,9 @@ def _key_problem(key: str | None) -> str | None:
     return None
 
 
+# A 403 fault and a real exhausted wallet answer the same way.
+_NO_CREDITS = (403, "Insufficient credits", "credit_balance_exhausted",
+               "Your organization's credit balance is exhausted. Top up to continue.")
 # kind -> (status, error title, code, message)
 _ERRORS: dict[str, tuple[int, str, str, str]] = {
     "missing_key": (401, "Missing API key", "missing_api_key",
@@ -113,10 +116,8 @@ _ERRORS: dict[str, tuple[int, str, str, str]] = {
                     "Create one in your project's API keys page."),
     "payment": (402, "Spend cap reached", "spend_cap_reached",
                 "This project reached its spend cap. Raise the cap or wait for the next period."),
-    "permission": (403, "Insufficient credits", "credit_balance_exhausted",
-                   "Your organization's credit balance is exhausted. Top up to continue."),
-    "credits": (403, "Insufficient credits", "credit_balance_exhausted",
-                "Your organization's credit balance is exhausted. Top up to continue."),
+    "permission": _NO_CREDITS,
+    "credits": _NO_CREDITS,
     "rate_limit": (429, "Rate limit exceeded", "rate_limit_exceeded",
                    "Too many requests for this project. Retry after the indicated delay."),
     "server": (500, "Internal server error", "internal_error",
