@@ -1184,3 +1184,15 @@ def test_a_key_of_no_known_shape_is_still_scrubbed_when_echoed() -> None:
                      key=key)
     assert key not in str(err)
     assert "[redacted]" in str(err)
+
+
+@pytest.mark.parametrize("name", ["openai", "mistral", "anthropic", "google", "cencori"])
+def test_stream_event_that_is_json_but_not_an_object_is_a_bad_response(name: str) -> None:
+    """A frame like `data: [1, 2]` or `data: 42` is BadResponseError naming the provider."""
+    load_builtin()
+    parser = get_provider(name).stream_parser()
+    event = httpx2.ServerSentEvent(event="message", data="42")
+    with pytest.raises(errors.BadResponseError) as err:
+        parser.feed(event)
+    assert err.value.provider == name
+    assert "not a JSON object" in str(err.value)

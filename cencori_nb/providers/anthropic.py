@@ -181,7 +181,7 @@ class MessagesStreamParser(c.AdapterStreamParser):
         data = self.json(event)
         if not isinstance(data, dict):
             raise BadResponseError("An Anthropic stream event is not a JSON object.",
-                                   provider=self.name, request_id=self.request_id)
+                                   provider=self.provider, request_id=self.request_id)
         if kind == "message":     # no ``event:`` line: fall back to the type in the data
             kind = str(data.get("type") or "")
         if kind == "error":

@@ -228,7 +228,7 @@ class CencoriStreamParser(c.AdapterStreamParser):
         line = self.json(event)
         if not isinstance(line, dict):
             raise BadResponseError("A Cencori stream line is not a JSON object.",
-                                   provider=self.name, request_id=self.request_id)
+                                   provider=self.provider, request_id=self.request_id)
         if line.get("error"):
             raise self.adapter.error_from_body(line, status=None, key=self.key,
                                                request_id=self.request_id)

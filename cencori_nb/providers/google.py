@@ -228,7 +228,7 @@ class GeminiStreamParser(c.AdapterStreamParser):
             frame = frame[0]
         if not isinstance(frame, dict):
             raise BadResponseError("A Gemini stream frame is not a JSON object.",
-                                   provider=self.name, request_id=self.request_id)
+                                   provider=self.provider, request_id=self.request_id)
         if frame.get("error"):
             raise self.adapter.error_from_body(frame, status=None, key=self.key,
                                                request_id=self.request_id)

@@ -256,8 +256,8 @@ class ChatCompletionsStreamParser(c.AdapterStreamParser):
             return None
         chunk = self.json(event)
         if not isinstance(chunk, dict):
-            raise BadResponseError(f"A {c.display_name(self.name)} stream event is not a JSON "
-                                   "object.", provider=self.name, request_id=self.request_id)
+            raise BadResponseError(f"A {c.display_name(self.provider)} stream event is not a JSON "
+                                   "object.", provider=self.provider, request_id=self.request_id)
         if chunk.get("error"):   # an error after the 200 status was sent
             raise self.adapter.error_from_body(chunk, status=None, key=self.key,
                                                request_id=self.request_id)
