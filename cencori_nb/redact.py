@@ -17,7 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterable, Mapping
 
-__all__ = ["KEY_PREFIXES", "REDACTED", "key_pattern", "key_regex", "looks_like_key", "scrub"]
+__all__ = ["CONTEXT_PATTERN", "KEY_PREFIXES", "REDACTED", "key_pattern", "key_regex",
+           "looks_like_key", "scrub", "scrub_context"]
 
 REDACTED = "[redacted]"
 
@@ -73,19 +74,21 @@ def key_pattern(min_body: int | Mapping[str, int] = 6, *,
 
 
 _ANY_KEY = key_pattern()
-# Credentials named by their context, whatever they look like.
-_CONTEXT = re.compile(
+# Credentials named by their context (the marker a scrub already left is not re-matched).
+CONTEXT_PATTERN = re.compile(
     r"""(?ix)
       (\bbearer\s+)[^\s'",;}\]]+
     | ((?:\b|_)(?:api[_-]?)?key=)[^&\s'",;}\]]+
     | ((?:x-api-key|x-goog-api-key|api-key|cencori_api_key|authorization)
-       ['"]?\s*[:=]\s*(?:b?['"])?)(?!\[secure\]|<redacted>|\[redacted\])[^'"\s,;}\]]+
+       ['"]?\s*[:=]\s*(?:b?['"])?)(?!\[secure\]|<redacted>|\[redacted\]|\*\*\*)[^'"\s,;}\]]+
     """)
 
 
-def _keep_context(match: re.Match[str]) -> str:
-    prefix = next((g for g in match.groups() if g), "")
-    return prefix + REDACTED
+def scrub_context(text: str, marker: str = REDACTED) -> str:
+    """Replace the values of ``Bearer …``, ``key=…`` and ``x-api-key: …`` with ``marker``,
+    keeping the words that named them."""
+    return CONTEXT_PATTERN.sub(
+        lambda m: next((g for g in m.groups() if g), "") + marker, text)
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
@@ -93,7 +96,7 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     for secret in sorted((s for s in secrets if s and len(s) >= 6), key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     text = _ANY_KEY.sub(REDACTED, text)
-    return _CONTEXT.sub(_keep_context, text)
+    return scrub_context(text)
 
 
 def looks_like_key(text: str) -> bool:

@@ -56,6 +56,7 @@ from .errors import (
     ProviderUnavailableError,
     RateLimitError,
 )
+from .redact import KEY_PREFIXES, key_pattern, scrub_context
 
 if TYPE_CHECKING:
     import httpx2
@@ -135,29 +136,10 @@ def set_clock(clock: Clock | None) -> Clock:
 
 # --------------------------------------------------------------------------- redaction
 
-_KEY_PATTERNS = re.compile(
-    r"""
-    (?<![A-Za-z0-9])         # a key starts a token: "task-runner" is not a key
-    (?:
-      sk-ant-[A-Za-z0-9_\-]{6,}             # Anthropic
-    | sk-[A-Za-z0-9_\-]{6,}                  # OpenAI, OpenRouter (sk-or-), DeepSeek, canaries
-    | AIza[0-9A-Za-z_\-]{10,}               # Google
-    | csk_[A-Za-z0-9_\-]{6,}                # Cencori project keys
-    | gsk_[A-Za-z0-9_\-]{6,}                # Groq
-    | xai-[A-Za-z0-9_\-]{6,}                # xAI
-    )
-    """,
-    re.VERBOSE,
-)
-# "Bearer <token>", "key=<value>" and header-shaped "x-api-key: <value>" in any quoting.
-_CONTEXT_PATTERNS = re.compile(
-    r"""(?ix)
-      (\bbearer\s+)[^\s'",;}\]]+
-    | ((?:\b|_)(?:api[_-]?)?key=)[^&\s'",;}\]]+
-    | ((?:x-api-key|x-goog-api-key|api-key|cencori_api_key|authorization)
-       ['"]?\s*[:=]\s*(?:b?['"])?)(?!\[secure\]|<redacted>|\*\*\*)[^'"\s,;}\]]+
-    """,
-)
+# Log-grade key shapes: short bodies count (a log line may hold a truncated key); a key
+# starts a token, so "task-runner" is not one. Context-named values go too (redact.py).
+_KEY_PATTERNS = key_pattern({**dict.fromkeys(KEY_PREFIXES, 6), "AIza": 10},
+                            start=r"(?<![A-Za-z0-9])")
 REDACTED = "***"
 
 _secrets: set[str] = set()
@@ -212,12 +194,7 @@ def scrub(text: str) -> str:
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
     text = _KEY_PATTERNS.sub(REDACTED, text)
-    return _CONTEXT_PATTERNS.sub(_keep_prefix, text)
-
-
-def _keep_prefix(match: re.Match[str]) -> str:
-    prefix = next((g for g in match.groups() if g is not None), "")
-    return prefix + REDACTED
+    return scrub_context(text, REDACTED)
 
 
 class RedactingFilter(logging.Filter):
