@@ -214,12 +214,30 @@ def chat(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
     return _chat(request, retries)
 
 
-def _chat(request: ChatRequest, retries: int | None) -> Completion:
+def _prepare(request: ChatRequest) -> tuple[Decision, str | None, Completion | None]:
+    """Route, look in the cache, check the budget: (decision, cache key, cached answer)."""
     decision = _resolve(request)
     key, hit = _cache_hit(request, decision)
+    if hit is None:
+        _check_budget(request, decision)
+    return decision, key, hit
+
+
+def _finish(decision: Decision, request: ChatRequest, result: ProviderResult, started: float,
+            key: str | None) -> Completion:
+    """Turn a parsed answer into a settled Completion and cache it (sync and async alike)."""
+    completion = _completion(decision, request, result,
+                             latency_ms=(_perf() - started) * 1000.0)
+    completion = accounting.settle(completion)
+    if key is not None:
+        cache.store(key, completion)
+    return completion
+
+
+def _chat(request: ChatRequest, retries: int | None) -> Completion:
+    decision, key, hit = _prepare(request)
     if hit is not None:
         return hit
-    _check_budget(request, decision)
     while True:
         adapter = get_provider(decision.adapter)
         started = _perf()
@@ -234,12 +252,7 @@ def _chat(request: ChatRequest, retries: int | None) -> Completion:
                 decision = decision.fallback  # type: ignore[assignment]
                 continue
             raise
-        completion = _completion(decision, request, result,
-                                 latency_ms=(_perf() - started) * 1000.0)
-        completion = accounting.settle(completion)
-        if key is not None:
-            cache.store(key, completion)
-        return completion
+        return _finish(decision, request, result, started, key)
 
 
 async def achat(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
@@ -255,11 +268,9 @@ async def achat(prompt_or_messages: str | list[dict[str, str]] | list[Message], 
 
 
 async def _achat(request: ChatRequest, retries: int | None) -> Completion:
-    decision = _resolve(request)
-    key, hit = _cache_hit(request, decision)
+    decision, key, hit = _prepare(request)
     if hit is not None:
         return hit
-    _check_budget(request, decision)
     while True:
         adapter = get_provider(decision.adapter)
         started = _perf()
@@ -274,12 +285,7 @@ async def _achat(request: ChatRequest, retries: int | None) -> Completion:
                 decision = decision.fallback  # type: ignore[assignment]
                 continue
             raise
-        completion = _completion(decision, request, result,
-                                 latency_ms=(_perf() - started) * 1000.0)
-        completion = accounting.settle(completion)
-        if key is not None:
-            cache.store(key, completion)
-        return completion
+        return _finish(decision, request, result, started, key)
 
 
 # --------------------------------------------------------------------------- streams
