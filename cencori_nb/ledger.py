@@ -179,9 +179,26 @@ def connect(path: Path) -> sqlite3.Connection:
         conn = sqlite3.connect(path, timeout=30.0, isolation_level=None,
                                check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 30000")
-    conn.execute("PRAGMA journal_mode = WAL")
+    _set_wal(conn)
     conn.execute("PRAGMA synchronous = NORMAL")
     return conn
+
+
+def _set_wal(conn: sqlite3.Connection, attempts: int = 300) -> None:
+    """Switch to WAL, waiting out another process that is switching the same fresh file.
+
+    Changing the journal mode needs an exclusive lock, and SQLite answers ``database is
+    locked`` at once instead of calling the busy handler when two connections race for it
+    on a new file; so the wait is here.
+    """
+    for attempt in range(attempts):
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01 * min(attempt + 1, 10))
 
 
 class Ledger:
