@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +46,62 @@ def _reset_process_state() -> None:
             reset = getattr(importlib.import_module(module_name), fn, None)
             if reset is not None:
                 reset()
+
+
+# --- signals and child processes: the suite runs the same under any launcher ----------------
+#
+# A launcher that ignores SIGINT (a background job, nohup, some CI runners) hands SIG_IGN to
+# this process, and SIG_IGN survives exec: every child would then ignore Ctrl-C, and
+# _thread.interrupt_main() would do nothing. Python handlers, unlike SIG_IGN, are reset to
+# the default on exec, so installing Python's own handler here gives every child the default.
+
+@pytest.fixture(scope="session", autouse=True)
+def _default_sigint() -> Iterator[None]:
+    """Run the session with Python's KeyboardInterrupt handler whatever the launcher set."""
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if before is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, before)
+
+
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """For a test that presses Ctrl-C in this process: SIGINT raises KeyboardInterrupt here,
+    whatever an earlier test or the launcher installed; the previous handler comes back."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+@pytest.fixture(autouse=True)
+def _reap_children(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[subprocess.Popen]]:
+    """Every child a test starts is gone after it: still running → killed (its whole process
+    group when it leads one, e.g. a Jupyter server and its kernels); pipes closed."""
+    started: list[subprocess.Popen] = []
+    original = subprocess.Popen.__init__
+
+    def tracking_init(self: subprocess.Popen, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        started.append(self)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", tracking_init)
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            try:
+                if os.getpgid(proc.pid) == proc.pid:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.kill()
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=30)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None and not stream.closed:
+                stream.close()
 
 
 @pytest.fixture

@@ -321,6 +321,7 @@ def test_resume_false_sends_every_row() -> None:
     assert sorted(again.calls) == ["a", "b"]
 
 
+@pytest.mark.usefixtures("ctrl_c")
 def test_interrupt_returns_partial_and_resume_sends_only_missing_rows() -> None:
     """Ctrl-C during map(): BatchInterrupted with .partial; the re-run sends the rest."""
     prompts = [f"r{i}" for i in range(20)]

@@ -214,6 +214,7 @@ class InterruptAfter:
         pass
 
 
+@pytest.mark.usefixtures("ctrl_c")
 @pytest.mark.parametrize("own_sandbox", [{"latency_ms": 150, "seed": 2}], indirect=True)
 @pytest.mark.parametrize("temperature", [0.8, None], ids=["sampled-checkpoint", "cached"])
 def test_interrupt_then_rerun_sends_only_missing_rows_and_charges_once(
