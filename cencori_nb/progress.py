@@ -103,12 +103,23 @@ class WidgetProgress:
         self._last = float("-inf")
         self.bar = ipywidgets.IntProgress(value=0, min=0, max=max(total, 1),
                                           description="cencori", bar_style="info")
-        self.label = ipywidgets.Label(value=summary_line(0, total, 0, Decimal(0)))
+        # An HTML widget with escaped text, not a Label: a Label's text is typeset by
+        # MathJax, and a note can carry a provider's error text ("stopped: …") between
+        # two dollar amounts. safe_html keeps it text (no markup, no math).
+        self.label = ipywidgets.HTML()
+        self.text = ""
+        self._show(summary_line(0, total, 0, Decimal(0)))
         self.box = ipywidgets.HBox([self.bar, self.label])
         if display:
             from IPython.display import display as show
 
             show(self.box)
+
+    def _show(self, text: str) -> None:
+        from .safe_html import text_html
+
+        self.text = text
+        self.label.value = text_html(text, cls="cencori-progress", tag="span")
 
     def update(self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False,
                note: str = "") -> None:
@@ -117,13 +128,13 @@ class WidgetProgress:
             return
         self._last = now
         self.bar.value = done
-        self.label.value = summary_line(done, self.total, errors, cost_usd, note)
+        self._show(summary_line(done, self.total, errors, cost_usd, note))
         if errors:
             self.bar.bar_style = "warning"
 
     def close(self, done: int, errors: int, cost_usd: Decimal, *, note: str = "") -> None:
         self.bar.value = done
-        self.label.value = summary_line(done, self.total, errors, cost_usd, note)
+        self._show(summary_line(done, self.total, errors, cost_usd, note))
         if note:
             self.bar.bar_style = "danger"
         else:

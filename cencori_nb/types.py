@@ -10,7 +10,6 @@ including ``cache_read_tokens`` and ``cache_write_tokens``; ``output_tokens`` in
 
 from __future__ import annotations
 
-import html
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -136,9 +135,11 @@ class Completion:
         return self.text
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        from .safe_html import text_html
+
         return {
             "text/plain": f"{self.text}\n\n[{self.footer()}]",
-            "text/html": (f"<div>{html.escape(self.text)}</div>"
-                          f"<div style='opacity:.6;font-size:85%'>{html.escape(self.footer())}"
-                          "</div>"),
+            # The reply is data, shown as text (see cencori_nb.safe_html).
+            "text/html": (text_html(self.text, style="white-space:pre-wrap")
+                          + text_html(self.footer(), style="opacity:.6;font-size:85%")),
         }

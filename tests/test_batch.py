@@ -519,7 +519,7 @@ def test_widget_progress_state() -> None:
     w = WidgetProgress(4, display=False, min_interval_s=0)
     w.update(2, 1, Decimal("0.5"))
     assert w.bar.value == 2 and w.bar.max == 4 and w.bar.bar_style == "warning"
-    assert w.label.value == summary_line(2, 4, 1, Decimal("0.5"))
+    assert w.text == summary_line(2, 4, 1, Decimal("0.5"))
     w.close(4, 1, Decimal("0.75"), note="interrupted")
     assert w.bar.value == 4 and w.bar.bar_style == "danger"
-    assert w.label.value.endswith("interrupted")
+    assert w.text.endswith("interrupted")

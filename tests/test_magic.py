@@ -139,7 +139,10 @@ def test_markdown_stream_and_output_var(shell: InteractiveShell, openai_key: str
     assert type(reply).__name__ == "Completion" and reply.route == "byok"
     assert reply.text.startswith("[sandbox reply from")
     final = cap.outputs[-1].data
-    assert final["text/markdown"].startswith(reply.text)
+    # Markdown is rendered to sanitised HTML here; no text/markdown (JupyterLab would run
+    # raw HTML inside it as trusted).
+    assert "text/markdown" not in final
+    assert "[sandbox reply from openai/gpt-4o-mini]" in final["text/html"]
     assert reply.footer() in final["text/plain"] and "BYOK" in final["text/plain"]
     assert all(t.endswith("▌") for t in texts(cap)[:-1])
     assert last_request(sandbox)["stream"] is True
@@ -171,14 +174,27 @@ def test_no_stream_and_cache_footer(shell: InteractiveShell, openai_key: str,
     assert "cached" in cap2.outputs[-1].data["text/plain"]
 
 
-@pytest.mark.parametrize("fmt, mime", [("text", "text/html"), ("html", "text/html"),
-                                       ("markdown", "text/markdown")])
-def test_formats(shell: InteractiveShell, openai_key: str, fmt: str, mime: str) -> None:
+@pytest.mark.parametrize("fmt", ["text", "html", "markdown"])
+def test_formats(shell: InteractiveShell, openai_key: str, fmt: str) -> None:
+    """Every format is plain text plus sanitised HTML, never text/markdown."""
     cap, _ = run(shell, f"%%cencori -f {fmt} -o reply --no-cache\nFormat {fmt}")
     final = cap.outputs[-1].data
-    assert mime in final
-    if fmt == "html":
-        assert f"<div>{shell.user_ns['reply'].text}</div>" in final["text/html"]
+    assert set(final) == {"text/plain", "text/html"}
+    assert "[sandbox reply from openai/gpt-4o-mini]" in final["text/html"]
+
+
+def test_unsafe_html_shows_the_reply_as_is_and_only_with_html(
+        shell: InteractiveShell, openai_key: str) -> None:
+    """--unsafe-html (the user's explicit choice) skips the sanitiser for -f html only."""
+    payload = "<b onclick='x()'>bold</b>"
+    cap, _ = run(shell, f"%%cencori -f html --unsafe-html --no-cache\nSANDBOX-ECHO:{payload}")
+    assert f"<div>{payload}</div>" in cap.outputs[-1].data["text/html"]
+    cap, _ = run(shell, f"%%cencori -f html --no-cache\nSANDBOX-ECHO:{payload}")
+    assert "onclick" not in cap.outputs[-1].data["text/html"]
+    assert "<b>bold</b>" in cap.outputs[-1].data["text/html"]
+    cap, _ = run(shell, f"%%cencori --unsafe-html --no-cache\nSANDBOX-ECHO:{payload}")
+    assert texts(cap) == ["cencori: --unsafe-html only applies to -f html (other formats "
+                          "never show a reply's HTML)."]
 
 
 def test_code_format_puts_code_in_next_cell(shell: InteractiveShell, openai_key: str) -> None:
@@ -186,7 +202,7 @@ def test_code_format_puts_code_in_next_cell(shell: InteractiveShell, openai_key:
     cap, _ = run(shell, "%%cencori -f code -o reply --no-cache\nWrite code")
     text = shell.user_ns["reply"].text
     assert shell.rl_next_input == text           # the sandbox reply has no fence: all of it
-    assert cap.outputs[-1].data["text/markdown"].startswith("```python\n")
+    assert "<code class='language-python'>" in cap.outputs[-1].data["text/html"]
 
 
 def test_json_format_invalid_reply_is_one_error_line(shell: InteractiveShell,

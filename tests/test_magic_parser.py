@@ -117,7 +117,8 @@ def test_ordinary_arguments_are_not_key_shaped(text: str) -> None:
 def test_render_formats() -> None:
     """Each format gives the right MIME types, with the footer."""
     md = render_completion("**hi**", "m · BYOK", "markdown").bundle
-    assert md["text/markdown"].startswith("**hi**") and "m · BYOK" in md["text/markdown"]
+    assert "text/markdown" not in md       # rendered here, sanitised (see safe_html)
+    assert "<strong>hi</strong>" in md["text/html"] and "m · BYOK" in md["text/html"]
     assert md["text/plain"] == "**hi**\n\n[m · BYOK]"
     text = render_completion("<b>x</b>", "f", "text").bundle
     assert "&lt;b&gt;x&lt;/b&gt;" in text["text/html"]
@@ -125,7 +126,7 @@ def test_render_formats() -> None:
     assert "<b>x</b>" in htm["text/html"]
     code = render_completion("Here:\n```python\nprint(1)\n```\nDone.", "f", "code")
     assert code.next_input == "print(1)"
-    assert "```python\nprint(1)\n```" in code.bundle["text/markdown"]
+    assert "<code class='language-python'>print(1)</code>" in code.bundle["text/html"]
     js = render_completion('```json\n{"a": [1, 2]}\n```', "f", "json")
     assert js.error is None and js.bundle["application/json"] == {"a": [1, 2]}
     assert json.loads(js.bundle["text/plain"].split("\n\n[")[0]) == {"a": [1, 2]}

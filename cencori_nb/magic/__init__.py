@@ -125,6 +125,10 @@ class CencoriMagics(Magics):
         from .parser import refuse_key_in_prompt
 
         refuse_key_in_prompt(prompt, stored_keys())
+        fmt = args.format or self.default_format
+        if args.unsafe_html and fmt != "html":
+            raise _usage("--unsafe-html only applies to -f html (other formats never show a "
+                         "reply's HTML).")
         options = self._request_options(args)
         if args.dry_run:
             from .commands import dry_run
@@ -134,8 +138,8 @@ class CencoriMagics(Magics):
         completion, view = self._send(prompt, options, stream=args.stream and self.stream)
         if completion is None:
             return
-        rendered = render_completion(completion.text, completion.footer(),
-                                     args.format or self.default_format)
+        rendered = render_completion(completion.text, completion.footer(), fmt,
+                                     unsafe_html=args.unsafe_html)
         if view is None:
             show(rendered.bundle)
         else:

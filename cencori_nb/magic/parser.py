@@ -195,6 +195,7 @@ class CellArgs:
     project: str | None = None
     dry_run: bool = False
     help: bool = False
+    unsafe_html: bool = False        # -f html shown unsanitised (the user trusts this reply)
 
 
 def _cell_parser() -> MagicParser:
@@ -212,6 +213,7 @@ def _cell_parser() -> MagicParser:
     p.add_argument("--no-cache", dest="cache", action="store_false")
     p.add_argument("--project", default=None)
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--unsafe-html", action="store_true")
     p.add_argument("-h", "--help", action="store_true")
     return p
 
@@ -231,7 +233,8 @@ def parse_cell_line(line: str) -> CellArgs:
     return CellArgs(model=ns.model_pos or ns.model, provider=ns.provider, route=ns.route,
                     system=ns.system, temperature=ns.temperature, max_tokens=ns.max_tokens,
                     format=ns.format, output=ns.output, stream=ns.stream, cache=ns.cache,
-                    project=ns.project, dry_run=ns.dry_run, help=ns.help)
+                    project=ns.project, dry_run=ns.dry_run, help=ns.help,
+                    unsafe_html=ns.unsafe_html)
 
 
 @dataclass(frozen=True)
@@ -311,7 +314,11 @@ HELP = """\
   -t/--temperature T             0 to 2
   --max-tokens N
   -f/--format markdown|text|code|json|html
-                                 code also puts the code in a new cell below
+                                 code also puts the code in a new cell below;
+                                 replies never run as HTML: markdown and html are
+                                 sanitised (no scripts, handlers, iframes, images)
+  --unsafe-html                  with -f html: show the reply's HTML unsanitised
+                                 (only for a reply you trust: it runs in JupyterLab)
   -o VAR                         store the Completion in VAR
   --no-stream, --no-cache, --project P
   --dry-run                      show the route and an estimated cost, send nothing

@@ -1,19 +1,25 @@
 """What the magic shows: streamed text, the final reply in a format, footers, error lines.
 
-Everything here builds plain MIME bundles (``{"text/plain": …, "text/markdown": …}``) so it
+Everything here builds plain MIME bundles (``{"text/plain": …, "text/html": …}``) so it
 is testable without a notebook; :class:`StreamView` is the only piece that talks to a display
 handle, and it takes the display function and the clock as arguments.
+
+A reply is data, never markup: every bundle's HTML is made by :mod:`cencori_nb.safe_html`
+(markdown rendered with raw HTML escaped and an allow-list sanitiser), and no bundle carries
+``text/markdown`` (JupyterLab would render HTML inside it as trusted). Only ``-f html
+--unsafe-html`` shows a reply's HTML as it is, on the user's explicit request.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from .. import safe_html
 
 __all__ = ["Rendered", "StreamView", "bundle", "error_bundle", "extract_code", "notice_bundle",
            "render_completion"]
@@ -34,17 +40,16 @@ def bundle(plain: str, **others: Any) -> Bundle:
 def error_bundle(message: str) -> Bundle:
     """One styled line ``cencori: <message>`` (no traceback)."""
     line = f"cencori: {message}"
-    return bundle(line, text_html=(
-        "<div class='cencori-error' style='color:#b00020;font-family:monospace;"
-        f"white-space:pre-wrap'>{html.escape(line)}</div>"))
+    return bundle(line, text_html=safe_html.text_html(
+        line, cls="cencori-error", style="color:#b00020;font-family:monospace;"
+        "white-space:pre-wrap"))
 
 
 def notice_bundle(message: str) -> Bundle:
     """One neutral line ``cencori: <message>``."""
     line = f"cencori: {message}"
-    return bundle(line, text_html=(
-        "<div class='cencori-notice' style='font-family:monospace;white-space:pre-wrap'>"
-        f"{html.escape(line)}</div>"))
+    return bundle(line, text_html=safe_html.text_html(
+        line, cls="cencori-notice", style="font-family:monospace;white-space:pre-wrap"))
 
 
 def extract_code(text: str) -> tuple[str, str]:
@@ -66,8 +71,15 @@ def _parse_json(text: str) -> Any:
 
 
 def _footer_html(footer: str) -> str:
-    return (f"<div class='cencori-footer' style='opacity:.6;font-size:85%;margin-top:.4em'>"
-            f"{html.escape(footer)}</div>")
+    # The footer carries the model name the provider reported: untrusted text too.
+    return safe_html.text_html(footer, cls="cencori-footer",
+                               style="opacity:.6;font-size:85%;margin-top:.4em")
+
+
+def _pre(text: str, *, lang: str = "") -> str:
+    cls = f" class='language-{lang}'" if re.fullmatch(r"[\w+\-.#]+", lang) else ""
+    return (f"<pre style='white-space:pre-wrap'><code{cls}>{safe_html.escape(text)}</code>"
+            "</pre>")
 
 
 @dataclass(frozen=True)
@@ -79,22 +91,30 @@ class Rendered:
     error: str | None = None
 
 
-def render_completion(text: str, footer: str, fmt: str) -> Rendered:
-    """The final bundle for a reply ``text`` in format ``fmt`` with its ``footer`` line."""
+def render_completion(text: str, footer: str, fmt: str, *,
+                      unsafe_html: bool = False) -> Rendered:
+    """The final bundle for a reply ``text`` in format ``fmt`` with its ``footer`` line.
+
+    ``unsafe_html`` (only with ``fmt="html"``) shows the reply's HTML unsanitised: the
+    user's explicit choice (``--unsafe-html``) for a reply they trust.
+    """
     plain = f"{text}\n\n[{footer}]"
     foot = _footer_html(footer)
     if fmt == "markdown":
-        return Rendered(bundle(plain, text_markdown=f"{text}\n\n<sub>{html.escape(footer)}</sub>"))
+        body = safe_html.block(safe_html.markdown_html(text), cls="cencori-reply")
+        return Rendered(bundle(plain, text_html=body + foot))
     if fmt == "text":
-        return Rendered(bundle(plain, text_html=(
-            f"<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>{foot}")))
+        return Rendered(bundle(plain, text_html=safe_html.block(_pre(text) + foot)))
     if fmt == "html":
-        return Rendered(bundle(plain, text_html=f"<div>{text}</div>{foot}"))
+        if unsafe_html:
+            return Rendered(bundle(plain, text_html=f"<div>{text}</div>{foot}"))
+        body = safe_html.block(safe_html.clean_html(text), cls="cencori-reply")
+        return Rendered(bundle(plain, text_html=body + foot))
     if fmt == "code":
         code, lang = extract_code(text)
-        fence = f"```{lang or 'python'}\n{code}\n```"
         return Rendered(bundle(f"{code}\n\n[{footer}]",
-                               text_markdown=f"{fence}\n\n<sub>{html.escape(footer)}</sub>"),
+                               text_html=safe_html.block(_pre(code, lang=lang or "python")
+                                                         + foot)),
                         next_input=code)
     if fmt == "json":
         try:
@@ -107,13 +127,16 @@ def render_completion(text: str, footer: str, fmt: str) -> Rendered:
         return Rendered({"application/json": data if isinstance(data, (dict, list)) else
                          {"value": data},
                          "text/plain": f"{pretty}\n\n[{footer}]",
-                         "text/html": (f"<pre>{html.escape(pretty)}</pre>{foot}")})
+                         "text/html": safe_html.block(_pre(pretty) + foot)})
     raise ValueError(f"unknown format {fmt!r}")
 
 
 def streaming_bundle(text: str) -> Bundle:
-    """What the display shows while a reply is still arriving."""
-    return bundle(text + " ▌", text_markdown=text + " ▌")
+    """What the display shows while a reply is still arriving (the same safe markdown as
+    the final reply, so a half-received tag is never markup either)."""
+    cursor = "<span class='cencori-cursor'> ▌</span>"
+    return bundle(text + " ▌", text_html=safe_html.block(
+        safe_html.markdown_html(text) + cursor, cls="cencori-reply cencori-streaming"))
 
 
 class StreamView:

@@ -23,6 +23,9 @@ must start with ``csk_``. A request header ``X-Sandbox-Fault: 401|402|403|429|50
 timeout|truncate|malformed`` injects one fault; a model id containing ``does-not-exist``
 gets the provider's 404. Replies are deterministic in (seed, prompt), say they come from
 the sandbox, and count tokens with one rule (:func:`replies.count_tokens`).
+A last user message starting with ``SANDBOX-ECHO:`` is answered with exactly the rest of
+the message, one starting with ``SANDBOX-ERROR:`` with a 400 carrying the rest as the
+error message (tests use them to make a "model" or "provider" say something hostile).
 
 This module stays light: the server loads on first use of ``SandboxServer``.
 """

@@ -21,7 +21,7 @@ from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any
 
 from .faults import ERROR_FAULTS
-from .replies import Reply, make_reply
+from .replies import Reply, exact_reply, make_reply, scripted
 
 if TYPE_CHECKING:
     from .http import Request, Responder
@@ -325,9 +325,17 @@ class Door:
             await ex.hold()
             return
         server = ex.server
-        reply = make_reply(seed=server.seed, label=call.label(self.via),
-                           conversation=call.conversation, last_user=call.last_user,
-                           max_tokens=call.max_tokens)
+        script = scripted(call.last_user)
+        if script is not None and script[0] == "error":
+            self.send_error(ex, "bad_request", script[1])
+            return
+        if script is not None:
+            reply = exact_reply(script[1], conversation=call.conversation,
+                                max_tokens=call.max_tokens)
+        else:
+            reply = make_reply(seed=server.seed, label=call.label(self.via),
+                               conversation=call.conversation, last_user=call.last_user,
+                               max_tokens=call.max_tokens)
         if ex.fault is None:
             ex.on_complete = lambda: self.settle(ex, call, reply)
         try:

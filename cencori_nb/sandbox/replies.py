@@ -9,6 +9,16 @@ Tokens are counted with one rule for prompts and replies alike: a run of word ch
 or a single punctuation mark is one token (``\\w+|[^\\w\\s]``). A reply is cut into pieces of
 exactly one token each (with the whitespace before it), so a stream has one delta per
 output token and the deltas concatenate to the reply.
+
+Scripted replies, for tests that need a model to say something exact (a hostile reply, a
+hostile provider error): a last user message that starts with
+
+- ``SANDBOX-ECHO:`` is answered with the rest of the message, verbatim (streamed one token
+  per chunk like any reply; trailing whitespace is dropped);
+- ``SANDBOX-ERROR:`` is answered with the door's own 400 error whose message is the rest
+  of the message.
+
+The convention lives only in the sandbox: a real provider receives the text as a prompt.
 """
 
 from __future__ import annotations
@@ -20,7 +30,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-__all__ = ["FILLERS", "Reply", "count_tokens", "echo", "make_reply", "split_tokens"]
+__all__ = ["ECHO_PREFIX", "ERROR_PREFIX", "FILLERS", "Reply", "count_tokens", "echo",
+           "exact_reply", "make_reply", "scripted", "split_tokens"]
+
+ECHO_PREFIX = "SANDBOX-ECHO:"     # reply with exactly the rest of the message
+ERROR_PREFIX = "SANDBOX-ERROR:"   # answer a 400 whose message is the rest of the message
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _PIECE = re.compile(r"\s*(?:\w+|[^\w\s])")
@@ -105,4 +119,26 @@ def _make_reply(seed: int, label: str, conversation: tuple[str, ...], last_user:
         pieces = pieces[:max(1, int(max_tokens or 1))]
     input_tokens = sum(count_tokens(t) for t in conversation)
     return Reply(text="".join(pieces), pieces=tuple(pieces), input_tokens=input_tokens,
+                 output_tokens=len(pieces), truncated=truncated)
+
+
+def scripted(last_user: str) -> tuple[str, str] | None:
+    """``("echo", text)`` or ``("error", text)`` when the message asks for a scripted
+    answer (see the module docstring), else None."""
+    for kind, prefix in (("echo", ECHO_PREFIX), ("error", ERROR_PREFIX)):
+        if last_user.startswith(prefix):
+            return kind, last_user[len(prefix):].lstrip(" ")
+    return None
+
+
+def exact_reply(text: str, *, conversation: Sequence[str], max_tokens: int | None) -> Reply:
+    """A reply that is exactly ``text`` (cut at ``max_tokens`` like any other)."""
+    pieces = split_tokens(text)
+    if not pieces:
+        pieces = ["(empty)"]
+    truncated = max_tokens is not None and len(pieces) > max_tokens
+    if truncated:
+        pieces = pieces[:max(1, int(max_tokens or 1))]
+    return Reply(text="".join(pieces), pieces=tuple(pieces),
+                 input_tokens=sum(count_tokens(t) for t in conversation),
                  output_tokens=len(pieces), truncated=truncated)

@@ -13,12 +13,12 @@ The key is therefore never left in widget state, whatever happens next.
 
 from __future__ import annotations
 
-import html
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 from traitlets import Unicode
 
+from .. import safe_html
 from ..errors import CencoriError
 from ..keystore.secret import Secret
 from .controller import DISABLED, ENABLED, MANAGED, ProviderRow, ProvidersController
@@ -39,7 +39,7 @@ _DEFAULT_BADGE_STYLE = "background:#fef7e0;color:#b06000"
 def badge_html(badge: str) -> str:
     style = _BADGE_STYLE.get(badge, _DEFAULT_BADGE_STYLE)
     return (f"<span class='cencori-badge' style='{style};border-radius:10px;"
-            f"padding:1px 8px;font-size:85%'>{html.escape(badge)}</span>")
+            f"padding:1px 8px;font-size:85%'>{safe_html.escape(badge)}</span>")
 
 
 class SecretField(w.Password):
@@ -142,17 +142,19 @@ class ProvidersPanel(w.VBox):
                 extra.append("project default")
             if row.badge == DISABLED and row.managed_available:
                 extra.append("served through Cencori credits while disabled")
-            self.hints[row.provider].value = html.escape(" · ".join(x for x in extra if x))
+            self.hints[row.provider].value = safe_html.text_html(
+                " · ".join(x for x in extra if x), tag="span")
         hint = self.controller.cencori_hint()
-        self.cencori_hint.value = (f"Cencori key {html.escape(hint)} "
+        self.cencori_hint.value = (f"Cencori key {safe_html.escape(hint)} "
                                    f"{badge_html('Enabled')}" if hint else "No Cencori key set.")
         self._draw_credits()
         if self.controller.selected is not None:
             self._draw_dialog(self.controller.row(self.controller.selected))
 
     def _draw_dialog(self, row: ProviderRow) -> None:
-        self.dialog_title.value = (f"<b>{html.escape(row.display_name)}</b> "
-                                   f"{badge_html(row.badge)} {html.escape(row.key_hint or '')}")
+        self.dialog_title.value = (f"<b>{safe_html.escape(row.display_name)}</b> "
+                                   f"{badge_html(row.badge)} "
+                                   f"{safe_html.escape(row.key_hint or '')}")
         options = list(row.models)
         if row.default_model and row.default_model not in options:
             options.append(row.default_model)
@@ -169,13 +171,15 @@ class ProvidersPanel(w.VBox):
         try:
             summary = self.controller.credits()
         except CencoriError as exc:
-            self.credits.value = html.escape(f"Credits unavailable: {exc}")
+            self.credits.value = safe_html.text_html(f"Credits unavailable: {exc}")
             return
         self.credits.value = credits_html(summary)
 
     def _say(self, message: str, *, ok: bool = True) -> None:
+        """Show one status line. ``message`` may carry a provider's error text (Test key):
+        it is shown as text, never as markup or math."""
         color = "#137333" if ok else "#b00020"
-        self.status.value = f"<span style='color:{color}'>{html.escape(message)}</span>"
+        self.status.value = safe_html.text_html(message, style=f"color:{color}", tag="span")
 
     # ------------------------------------------------------------------ actions
     def select(self, provider: str) -> None:
