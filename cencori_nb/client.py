@@ -46,19 +46,18 @@ from . import accounting, cache, router, transport
 from .errors import (
     BadResponseError,
     CencoriError,
-    ConfigurationError,
     ProviderTimeoutError,
     ProviderUnavailableError,
     RateLimitError,
 )
 from .providers import get_provider
+from .redact import refuse_key_in_prompt
 from .tokens import estimate_messages_tokens, estimate_tokens
 from .types import ChatRequest, Completion, Message
 
 if TYPE_CHECKING:
     import httpx2
 
-    from .keystore.secret import Secret
     from .providers.base import Provider, ProviderResult, StreamParser
     from .router import Decision
 
@@ -89,21 +88,10 @@ def _resolve(request: ChatRequest) -> Decision:
     every face (CLI, batch, Python). The store is already open once routing has run.
     """
     decision = router.resolve(request)
-    from .keystore import _unlocked_store
-
-    store = _unlocked_store()
-    if store is not None and _holds_stored_key(request, store.all_secrets()):
-        raise ConfigurationError(
-                "Not sent: the prompt contains one of your stored API keys. The provider "
-                "would receive it and the reply could repeat it.", code="key_in_prompt",
-                hint="Replace it with a placeholder such as sk-XXXX.")
+    # Routing opened the store, which registered every key with cencori_nb.redact.
+    for message in request.messages:
+        refuse_key_in_prompt(message.content, shapes=False)
     return decision
-
-
-def _holds_stored_key(request: ChatRequest, stored: list[Secret]) -> bool:
-    # Revealed values stay inside the generator, never in a local a traceback could print.
-    return any(secret.reveal() in message.content
-               for secret in stored if secret for message in request.messages)
 
 
 def _cache_hit(request: ChatRequest, decision: Decision) -> tuple[str | None, Completion | None]:

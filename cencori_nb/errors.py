@@ -9,7 +9,8 @@ only inside the message, and no message ever contains a secret.
     CencoriError
     ├── ConfigurationError            bad settings or arguments
     │   ├── UnknownProviderError      a provider name we do not know
-    │   └── ProviderNotConfiguredError neither a BYOK key nor a Cencori key for the provider
+    │   ├── ProviderNotConfiguredError neither a BYOK key nor a Cencori key for the provider
+    │   └── KeyInPromptError          a prompt holds an API key (never sent)
     ├── KeystoreError                 the encrypted key store (names the file)
     │   ├── WrongPassphraseError      the KEK does not open the data key
     │   ├── KeystoreCorruptError      tampered, truncated or emptied file
@@ -49,6 +50,7 @@ __all__ = [
     "CreditsError",
     "CreditsExhaustedError",
     "InvalidRequestError",
+    "KeyInPromptError",
     "KeyNotFoundError",
     "KeystoreCorruptError",
     "KeystoreError",
@@ -101,6 +103,14 @@ class UnknownProviderError(ConfigurationError):
 
 class ProviderNotConfiguredError(ConfigurationError):
     code = "provider_not_configured"
+
+
+class KeyInPromptError(ConfigurationError):
+    """The prompt holds an API key: sending it would hand it to the provider, and the reply
+    might repeat it into the notebook. Raised by :func:`cencori_nb.redact.refuse_key_in_prompt`
+    for every face (magic, client, CLI)."""
+
+    code = "key_in_prompt"
 
 
 class KeystoreError(CencoriError):

@@ -1,26 +1,51 @@
-"""What a key looks like, in one place, and how to blank it out of text.
+"""The one home of secret scrubbing: what a key looks like, which keys we hold, how to blank
+them out of text.
 
 Every provider key we know has a recognisable prefix (``sk-``, ``sk-ant-``, ``sk-proj-``,
 ``sk-or-``, ``AIza``, ``csk_``, ``gsk_``, ``xai-``). :data:`KEY_PREFIXES` lists them and
-:func:`key_pattern` builds a regex for them with the strictness a caller needs:
+:func:`key_pattern` builds a regex for them with the strictness a caller needs.
 
-- messages and logs (:func:`scrub`) want to miss nothing: short bodies match, and
-  ``Bearer …`` / ``key=…`` / ``x-api-key: …`` values go too;
-- the notebook scrubber must not corrupt an image or a word such as ``sk-learn``: it asks for
-  longer bodies containing a digit.
+Three named policies say how strict each kind of output is; every caller uses one of them
+and every match becomes the one :data:`MARKER`:
 
-Exact stored values (which need not be key-shaped) are removed first by every caller.
+- :data:`LOG_LINE` (the log filter, error details): short bodies match (a log line may hold a
+  truncated key), and ``Bearer …`` / ``key=…`` / ``x-api-key: …`` values go too;
+- :data:`USER_MESSAGE` (a provider's error text, CLI and magic messages, IPython history):
+  masked keys (``sk-proj-****abcd``), ``Bearer`` tokens, context values and any long
+  token-like run (32+ characters) go, because a person reads these and nothing breaks;
+- :data:`NOTEBOOK` (the save-time scrubber): must not corrupt an image or a word such as
+  ``sk-learn``, so shapes need longer bodies containing a digit; in exchange it also finds
+  the exact stored keys hex- or base64-encoded (any alignment, across line breaks),
+  LaTeX-escaped (``csk\\_live…``), percent-encoded (``%5F``), JSON-escaped (``\\u005f``) or as
+  HTML character references.
+
+Exact stored values (which need not be key-shaped) are removed first by every policy. They
+come from the secrets registry: the key store calls :func:`register_secrets` whenever it
+opens or writes a store, the router registers every credential it hands out, and callers may
+pass more for one call. Nothing here imports the key store.
+
+:class:`~cencori_nb.errors.KeyInPromptError` is raised by :func:`refuse_key_in_prompt`, the
+one check for a key pasted into a prompt.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import re
-from collections.abc import Collection, Iterable, Mapping
+import threading
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["CONTEXT_PATTERN", "KEY_PREFIXES", "REDACTED", "key_pattern", "key_regex",
-           "looks_like_key", "scrub", "scrub_context"]
+__all__ = ["CONTEXT_PATTERN", "KEY_PREFIXES", "LOG_LINE", "MARKER", "NOTEBOOK", "REDACTED",
+           "USER_MESSAGE", "Policy", "encoded_forms", "key_pattern", "key_regex",
+           "looks_like_key", "looks_like_secret", "refuse_key_in_prompt", "register_secret",
+           "register_secrets", "registered_secrets", "scrub", "scrub_context"]
 
-REDACTED = "[redacted]"
+MARKER = "[redacted]"
+REDACTED = MARKER   # older name, same marker
 
 # Prefix → provider. Specific prefixes come before the generic ``sk-``.
 KEY_PREFIXES: dict[str, str] = {
@@ -74,31 +99,428 @@ def key_pattern(min_body: int | Mapping[str, int] = 6, *,
 
 
 _ANY_KEY = key_pattern()
+_NOT_MARKER = r"(?!\[redacted\]|\[secure\]|<redacted>|\*\*\*)"
 # Credentials named by their context (the marker a scrub already left is not re-matched).
 CONTEXT_PATTERN = re.compile(
-    r"""(?ix)
-      (\bbearer\s+)[^\s'",;}\]]+
-    | ((?:\b|_)(?:api[_-]?)?key=)[^&\s'",;}\]]+
+    rf"""(?ix)
+      (\bbearer\s+){_NOT_MARKER}[^\s'",;}}\]]+
+    | ((?:\b|_)(?:api[_-]?)?key=){_NOT_MARKER}[^&\s'",;}}\]]+
     | ((?:x-api-key|x-goog-api-key|api-key|cencori_api_key|authorization)
-       ['"]?\s*[:=]\s*(?:b?['"])?)(?!\[secure\]|<redacted>|\[redacted\]|\*\*\*)[^'"\s,;}\]]+
+       ['"]?\s*[:=]\s*(?:b?['"])?){_NOT_MARKER}[^'"\s,;}}\]]+
     """)
 
 
-def scrub_context(text: str, marker: str = REDACTED) -> str:
+def scrub_context(text: str, marker: str = MARKER) -> str:
     """Replace the values of ``Bearer …``, ``key=…`` and ``x-api-key: …`` with ``marker``,
     keeping the words that named them."""
     return CONTEXT_PATTERN.sub(
         lambda m: next((g for g in m.groups() if g), "") + marker, text)
 
 
-def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` without the given exact ``secrets`` and without anything key-shaped."""
-    for secret in sorted((s for s in secrets if s and len(s) >= 6), key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    text = _ANY_KEY.sub(REDACTED, text)
-    return scrub_context(text)
+# --------------------------------------------------------------------------- the registry
+
+_registered: set[str] = set()
+_registry_version = 0
+_registry_lock = threading.Lock()
+# Nothing shorter is registered: blanking a 3-letter "key" would shred every message.
+MIN_REGISTERED = 6
+
+
+def _reveal(value: Any) -> str:
+    return value.reveal() if hasattr(value, "reveal") else str(value)
+
+
+def register_secrets(values: Iterable[Any]) -> None:
+    """Scrub these credentials (``Secret`` s or strings) from every output from now on.
+
+    The key store calls this with every key it opens or writes; the router with every
+    credential it hands out. Registering is idempotent and cheap when nothing is new.
+    """
+    global _registry_version
+    new = {raw for raw in map(_reveal, values) if len(raw) >= MIN_REGISTERED} - _registered
+    if not new:
+        return
+    with _registry_lock:
+        _registered.update(new)
+        _registry_version += 1
+
+
+def register_secret(value: Any) -> None:
+    """:func:`register_secrets` for one credential."""
+    register_secrets((value,))
+
+
+def registered_secrets() -> frozenset[str]:
+    """Every registered credential, in clear (for the policies; never print them)."""
+    return frozenset(_registered)
+
+
+def _reset_for_tests() -> None:
+    global _registry_version
+    with _registry_lock:
+        _registered.clear()
+        _registry_version += 1
+
+
+# --------------------------------------------------------------------------- encodings
+
+def _base64_cores(raw: bytes, encode: Callable[[bytes], bytes], minimum: int) -> list[str]:
+    """``raw`` base64-encoded as it appears inside a larger blob, for each of the three
+    byte alignments: only the characters made of ``raw``'s own bits."""
+    cores = []
+    for offset in range(3):
+        enc = encode(b"\0" * offset + raw).rstrip(b"=").decode()
+        start = -(-8 * offset // 6)                  # first character of raw bits only
+        end = (8 * (offset + len(raw))) // 6         # later ones mix in the next bytes
+        if end - start >= minimum:
+            cores.append(enc[start:end])
+    return cores
+
+
+def encoded_forms(value: str, minimum: int = 8) -> list[str]:
+    """A stored key and the forms it takes when encoded: hex (both cases) and base64
+    (standard and URL-safe, every alignment), e.g. in a Basic-auth header or an upload.
+
+    Escaped forms (``\\_``, ``%5F``, ``\\u005f``) are not listed: the notebook policy
+    decodes the text instead, which also finds a key escaped only in places.
+    """
+    import base64
+
+    raw = value.encode()
+    return [value, raw.hex(), raw.hex().upper(),
+            *_base64_cores(raw, base64.b64encode, minimum),
+            *_base64_cores(raw, base64.urlsafe_b64encode, minimum)]
+
+
+def _trie_pattern(words: Iterable[str]) -> str:
+    """One regex matching any of ``words`` (longest first), as a character trie.
+
+    A plain ``a|b|c…`` alternation tries every word at every position; with each stored key
+    in nine forms that made saving a large notebook several times slower. The trie tries
+    one branch per character instead.
+    """
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def build(node: dict[str, Any]) -> str:
+        alternatives = [re.escape(ch) + build(child) for ch, child in node.items() if ch]
+        if not alternatives:
+            return ""
+        ends_here = "" in node
+        if len(alternatives) == 1 and not ends_here:
+            return alternatives[0]
+        group = "(?:" + "|".join(alternatives) + ")"
+        return group + "?" if ends_here else group   # greedy: the longer word wins
+
+    return build(trie)
+
+
+@functools.lru_cache(maxsize=64)
+def _exact_regex(secrets: frozenset[str], encoded: bool, minimum: int
+                 ) -> re.Pattern[str] | None:
+    words = {form for s in secrets if len(s) >= minimum
+             for form in (encoded_forms(s, minimum) if encoded else (s,))}
+    return re.compile(_trie_pattern(words)) if words else None
+
+
+# --------------------------------------------------------------------------- decoded views
+#
+# A view is the text with one kind of folding applied (line breaks dropped, escapes
+# decoded) plus, for each character of the view, where it came from. A match in the view is
+# replaced in the original text over the span its characters came from.
+
+_ESCAPES = re.compile(
+    r"\\u(?P<u>[0-9A-Fa-f]{4})"                    # JSON / Python: \u005f
+    r"|\\x(?P<x>[0-9A-Fa-f]{2})"                   # Python: \x5f
+    r"|%(?P<pct>[0-9A-Fa-f]{2})"                   # URL: %5F
+    r"|&\#(?:[xX](?P<hx>[0-9A-Fa-f]{1,6})|(?P<dec>[0-9]{1,7}));"   # HTML: &#95; &#x5f;
+    r"|\\(?P<tex>[_\-#$%&{}])"                     # LaTeX: csk\_live
+)
+_LINE_BREAKS = re.compile(r"\r?\n|\r")
+
+
+def _unescape_one(m: re.Match[str]) -> str:
+    if m.group("tex") is not None:
+        return m.group("tex")
+    for name, base in (("u", 16), ("x", 16), ("pct", 16), ("hx", 16), ("dec", 10)):
+        digits = m.group(name)
+        if digits is not None:
+            code = int(digits, base)
+            return chr(code) if code < 0x110000 else m.group(0)
+    return m.group(0)   # pragma: no cover - every alternative is named above
+
+
+def _view(text: str, pattern: re.Pattern[str], decode: Callable[[re.Match[str]], str]
+          ) -> tuple[str, list[int], list[int]]:
+    """``(view, starts, ends)``: ``text`` with every ``pattern`` match replaced by
+    ``decode(match)``; view character ``i`` came from ``text[starts[i]:ends[i]]``."""
+    out: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    pos = 0
+    for m in pattern.finditer(text):
+        for i in range(pos, m.start()):
+            out.append(text[i])
+            starts.append(i)
+            ends.append(i + 1)
+        for ch in decode(m):
+            out.append(ch)
+            starts.append(m.start())
+            ends.append(m.end())
+        pos = m.end()
+    for i in range(pos, len(text)):
+        out.append(text[i])
+        starts.append(i)
+        ends.append(i + 1)
+    return "".join(out), starts, ends
+
+
+def _spans_in_view(text: str, pattern: re.Pattern[str],
+                   decode: Callable[[re.Match[str]], str],
+                   finders: Iterable[re.Pattern[str]]) -> list[tuple[int, int]]:
+    """Spans of ``text`` whose decoded view matches one of ``finders``."""
+    quick = pattern.sub(decode, text)      # cheap test first: build the index map on a hit
+    if quick == text or not any(f.search(quick) for f in finders):
+        return []
+    view, starts, ends = _view(text, pattern, decode)
+    spans = []
+    for finder in finders:
+        for m in finder.finditer(view):
+            if m.end() > m.start():
+                spans.append((starts[m.start()], ends[m.end() - 1]))
+    return spans
+
+
+def _replace_spans(text: str, spans: list[tuple[int, int]]) -> tuple[str, int]:
+    merged: list[list[int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    out, pos = [], 0
+    for start, end in merged:
+        out.append(text[pos:start])
+        out.append(MARKER)
+        pos = end
+    out.append(text[pos:])
+    return "".join(out), len(merged)
+
+
+# --------------------------------------------------------------------------- policies
+
+_LONG_TOKEN = re.compile(r"[A-Za-z0-9_\-+=]{32,}")
+
+
+def _entropy_bits_per_char(token: str) -> float:
+    counts = Counter(token)
+    n = len(token)
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def _random_looking(token: str) -> bool:
+    return (any(c.isdigit() for c in token) and any(c.isalpha() for c in token)
+            and _entropy_bits_per_char(token) >= 3.5)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How strict one kind of output is. Use :meth:`scrub`, :meth:`subn` or :meth:`finds`.
+
+    ``shapes`` are substituted in order after the exact secrets; ``context`` also blanks the
+    values of ``Bearer``/``key=``/``x-api-key:``; ``min_secret`` is the shortest exact value
+    honoured; ``encoded`` adds the encoded and escaped forms of exact secrets (and decoded
+    views of the text) as the notebook needs.
+    """
+
+    name: str
+    shapes: tuple[re.Pattern[str], ...]
+    min_secret: int
+    context: bool = False
+    encoded: bool = False
+
+    def exact_regex(self, secrets: Iterable[Any] = ()) -> re.Pattern[str] | None:
+        """The regex of registered plus ``secrets`` (and their encoded forms if
+        ``encoded``), or None when there are none long enough."""
+        extra = frozenset(map(_reveal, secrets))
+        return _exact_regex(frozenset(_registered) | extra, self.encoded, self.min_secret)
+
+    def subn(self, text: str, secrets: Iterable[Any] = (), *, binary: bool = False,
+             exact: re.Pattern[str] | None | bool = True) -> tuple[str, int]:
+        """``(scrubbed, how many were replaced)``; ``text`` itself when nothing was.
+
+        ``binary`` (base64 payloads) applies only the exact secrets: a random run of base64
+        can look like ``AIza…`` by chance. ``exact`` may be a regex from
+        :meth:`exact_regex` (to build it once for many strings).
+        """
+        if not text:
+            return text, 0
+        exact_re = self.exact_regex(secrets) if exact is True else exact or None
+        count = 0
+        if exact_re is not None:
+            text, n = exact_re.subn(MARKER, text)
+            count += n
+        if not binary:
+            for shape in self.shapes:
+                text, n = shape.subn(MARKER, text)
+                count += n
+            if self.context:
+                new = scrub_context(text)
+                if new != text:
+                    count += 1
+                    text = new
+        if self.encoded:
+            text, n = self._views(text, exact_re, binary)
+            count += n
+        return text, count
+
+    def _views(self, text: str, exact_re: re.Pattern[str] | None, binary: bool
+               ) -> tuple[str, int]:
+        spans: list[tuple[int, int]] = []
+        if exact_re is not None and ("\n" in text or "\r" in text):
+            # MIME base64 (76-character lines), a hex dump, a key wrapped by an editor
+            spans += _spans_in_view(text, _LINE_BREAKS, lambda m: "", (exact_re,))
+        if not binary and ("\\" in text or "%" in text or "&#" in text):
+            finders = (*((exact_re,) if exact_re is not None else ()), *self.shapes)
+            spans += _spans_in_view(text, _ESCAPES, _unescape_one, finders)
+        if not spans:
+            return text, 0
+        return _replace_spans(text, spans)
+
+    def scrub(self, text: str, secrets: Iterable[Any] = ()) -> str:
+        """``text`` with every secret this policy knows replaced by :data:`MARKER`."""
+        return self.subn(text, secrets)[0]
+
+    def finds(self, text: str, secrets: Iterable[Any] = ()) -> bool:
+        """True if :meth:`scrub` would change ``text``."""
+        return self.subn(text, secrets)[1] > 0
+
+
+class _RandomTokens:
+    """A long token-like run that looks random (letters and digits, high entropy): keys
+    without a known prefix, while code identifiers and model names stay."""
+
+    def subn(self, repl: str, text: str) -> tuple[str, int]:
+        count = 0
+
+        def one(m: re.Match[str]) -> str:
+            nonlocal count
+            if _random_looking(m.group(0)):
+                count += 1
+                return repl
+            return m.group(0)
+
+        return _LONG_TOKEN.sub(one, text), count
+
+    def search(self, text: str) -> bool:
+        return any(_random_looking(m.group(0)) for m in _LONG_TOKEN.finditer(text))
+
+    def finditer(self, text: str) -> Iterable[re.Match[str]]:
+        return (m for m in _LONG_TOKEN.finditer(text) if _random_looking(m.group(0)))
+
+
+# Log lines: short bodies count (a log line may hold a truncated key); a key starts a token,
+# so "task-runner" is not one.
+LOG_LINE = Policy(
+    "log line",
+    (key_pattern(MIN_REGISTERED, start=r"(?<![A-Za-z0-9])"),),
+    min_secret=MIN_REGISTERED, context=True)
+
+# Messages a person reads (a provider's error text, CLI and magic errors, history): the known
+# prefixes plus the ones a provider may echo (pk-/rk- OpenAI, cpk Cencori, the other
+# separator), masked bodies keeping their "*", "." and "…" (OpenAI's 401 echoes
+# "sk-proj-****…abcd"); Google's AIza anywhere in a word; any long token-like run that is not
+# a path segment (a key in a URL path still has its prefix).
+_MASKED_PREFIXES = (*(p for p in KEY_PREFIXES if p != "AIza"),
+                    "pk-", "rk-", "sk_", "csk-", "cpk_", "cpk-", "gsk-", "xai_")
+USER_MESSAGE = Policy(
+    "user message",
+    (re.compile("|".join((
+        rf"\bBearer\s+{_NOT_MARKER}\S+",
+        key_regex(dict.fromkeys(_MASKED_PREFIXES, 4), body=r"[\w\-*.…]", start=r"\b"),
+        key_regex({"AIza": 8}, body=r"[\w\-]", start=""),
+        r"(?<![/\\.])\b[\w\-*]{32,}",     # not a path segment or a file's extension
+    ))),),
+    min_secret=4, context=True)
+
+# Notebooks: bodies are long and (except after prefixes only keys use) hold a digit, so
+# words, package names (sk-learn), hashes and base64 images are never cut.
+_ONLY_KEYS_USE = ("sk-proj-", "sk-ant-", "sk-or-", "sk-svcacct-", "sk-admin-")
+NOTEBOOK_KEY_SHAPES = key_pattern(
+    {**dict.fromkeys(_ONLY_KEYS_USE, 20),
+     "sk-": 20,      # OpenAI legacy, DeepSeek, …
+     "AIza": 30,     # Google API keys: AIza + 35 characters
+     "csk_": 16,     # Cencori project keys (managed route)
+     "gsk_": 20, "xai-": 20},
+    require_digit={"sk-", "AIza", "csk_", "gsk_", "xai-"},
+)
+# "Bearer <token>": keep the word, drop the token (JWTs and opaque tokens: dots, slashes, =).
+BEARER_TOKEN = re.compile(r"(?<=Bearer )(?=[A-Za-z._~+/=\-]*[0-9])[A-Za-z0-9._~+/=\-]{20,}")
+NOTEBOOK = Policy("notebook", (NOTEBOOK_KEY_SHAPES, BEARER_TOKEN), min_secret=8,
+                  encoded=True)
+
+# What a prompt may not hold (refuse_key_in_prompt) and what a magic line may not hold
+# (looks_like_secret): one pattern per shape. Long random tokens are allowed in prompts
+# (hashes, base64), refused on magic lines.
+PROMPT_KEY_SHAPES = tuple(
+    key_pattern({prefix: minimum}, body={"gsk_": "[A-Za-z0-9]", "xai-": "[A-Za-z0-9]"},
+                start=r"\b")
+    for prefix, minimum in {
+        "sk-": 16,     # OpenAI, DeepSeek, sk-ant-, sk-or-, sk-proj-
+        "csk_": 8,     # Cencori project keys
+        "AIza": 20,    # Google
+        "gsk_": 16,    # Groq
+        "xai-": 16,    # xAI
+    }.items())
+RANDOM_TOKENS = _RandomTokens()
+
+
+def scrub(text: str, secrets: Iterable[Any] = ()) -> str:
+    """``text`` under the :data:`LOG_LINE` policy (registered and given ``secrets``, key
+    shapes, context values)."""
+    return LOG_LINE.scrub(text, secrets)
 
 
 def looks_like_key(text: str) -> bool:
     """True if ``text`` contains something shaped like a provider key."""
     return _ANY_KEY.search(text) is not None
+
+
+def looks_like_secret(text: str) -> bool:
+    """True if ``text`` contains a known key shape or a long high-entropy token.
+
+    A long token counts when it has at least 32 key characters, mixes letters and digits
+    and looks random (≥ 3.5 bits of entropy per character); model names such as
+    ``meta-llama/Llama-3.3-70B-Instruct-Turbo`` are split on ``/`` and ``.`` and stay short.
+    """
+    return any(p.search(text) for p in PROMPT_KEY_SHAPES) or RANDOM_TOKENS.search(text)
+
+
+def holds_secret(text: str, secrets: Iterable[Any] = ()) -> bool:
+    """True if ``text`` holds a registered credential or one of ``secrets`` verbatim."""
+    regex = _exact_regex(frozenset(_registered) | frozenset(map(_reveal, secrets)), False,
+                         MIN_REGISTERED)
+    return regex is not None and regex.search(text) is not None
+
+
+def refuse_key_in_prompt(prompt: str, secrets: Iterable[Any] = (), *,
+                         shapes: bool = True) -> None:
+    """Raise :class:`~cencori_nb.errors.KeyInPromptError` if ``prompt`` holds a registered
+    or given key (or, with ``shapes``, a known key shape: ``sk-…``, ``csk_…``, ``AIza…``).
+
+    Long random-looking tokens alone are allowed: prompts legitimately carry hashes and
+    base64. The message never repeats the key.
+    """
+    from .errors import KeyInPromptError
+
+    if (shapes and any(p.search(prompt) for p in PROMPT_KEY_SHAPES)) or holds_secret(
+            prompt, secrets):
+        raise KeyInPromptError(
+            "Not sent: the prompt contains an API key. The provider would receive it and the "
+            "reply could repeat it into the notebook.",
+            hint="Replace it with a placeholder such as sk-XXXX; keys belong in "
+            "`%cencori setup` or `cencori-nb keys set PROVIDER`.")

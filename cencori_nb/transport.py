@@ -26,8 +26,9 @@ become :class:`~cencori_nb.errors.CencoriError` s (:func:`map_exception`, always
   ``httpx``, ``httpcore`` and ``cencori_nb`` loggers (and their known children, because a
   logger's filters do not apply to records propagated from its children; loggers created
   later are picked up at the next request). It scrubs key-shaped strings, every credential
-  this process has used (:func:`register_secret`) and every key of an already unlocked key
-  store from the message, its arguments, and any formatted traceback, at every level.
+  this process has used and every key of an opened key store (both registered with
+  :mod:`cencori_nb.redact`, whose log-line policy this is) from the message, its
+  arguments, and any formatted traceback, at every level.
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ import email.utils
 import logging
 import os
 import random
-import re
 import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from . import redact
 from .errors import (
     AuthenticationError,
     BadResponseError,
@@ -56,7 +57,7 @@ from .errors import (
     ProviderUnavailableError,
     RateLimitError,
 )
-from .redact import KEY_PREFIXES, key_pattern, scrub_context
+from .redact import LOG_LINE, MARKER
 
 if TYPE_CHECKING:
     import httpx2
@@ -136,65 +137,16 @@ def set_clock(clock: Clock | None) -> Clock:
 
 # --------------------------------------------------------------------------- redaction
 
-# Log-grade key shapes: short bodies count (a log line may hold a truncated key); a key
-# starts a token, so "task-runner" is not one. Context-named values go too (redact.py).
-_KEY_PATTERNS = key_pattern({**dict.fromkeys(KEY_PREFIXES, 6), "AIza": 10},
-                            start=r"(?<![A-Za-z0-9])")
-REDACTED = "***"
-
-_secrets: set[str] = set()
-_secret_re: re.Pattern[str] | None = None
-_secret_lock = threading.Lock()
-
-
-def register_secret(value: Any) -> None:
-    """Scrub this credential (a ``Secret`` or a string) from logs and messages from now on.
-
-    The router registers every credential it hands out, so anything that can reach an HTTP
-    log in this process is known here even when it is not key-shaped.
-    """
-    global _secret_re
-    raw = value.reveal() if hasattr(value, "reveal") else str(value)
-    if len(raw) < 6 or raw in _secrets:   # too short to scrub without mangling text
-        return
-    with _secret_lock:
-        _secrets.add(raw)
-        _secret_re = re.compile("|".join(re.escape(s) for s in
-                                         sorted(_secrets, key=len, reverse=True)))
-
-
-_busy = threading.local()   # re-entrancy guard: reading the store may itself log
-
-
-def _keystore_secrets() -> None:
-    """Register every key of an already unlocked key store (never unlocks one)."""
-    import sys
-
-    module = sys.modules.get("cencori_nb.keystore")
-    peek = getattr(module, "_unlocked_store", None) if module is not None else None
-    if peek is None or getattr(_busy, "on", False):
-        return
-    _busy.on = True
-    try:
-        store = peek()
-        if store is not None:
-            for secret in store.all_secrets():
-                register_secret(secret)
-    except CencoriError:   # a damaged store: nothing more to learn from it here
-        pass
-    finally:
-        _busy.on = False
+# The log-line policy lives in cencori_nb.redact, with the registry of credentials to scrub
+# (the key store registers every key it opens; the router every credential it hands out).
+REDACTED = MARKER
+register_secret = redact.register_secret
 
 
 def scrub(text: str) -> str:
-    """``text`` with key-shaped strings and every registered credential replaced by ``***``."""
-    if not text:
-        return text
-    pattern = _secret_re
-    if pattern is not None:
-        text = pattern.sub(REDACTED, text)
-    text = _KEY_PATTERNS.sub(REDACTED, text)
-    return scrub_context(text, REDACTED)
+    """``text`` under the log-line policy: key shapes, context values and every registered
+    credential replaced by the marker."""
+    return LOG_LINE.scrub(text) if text else text
 
 
 class RedactingFilter(logging.Filter):
@@ -208,7 +160,6 @@ class RedactingFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        _keystore_secrets()   # keys stored since the filter was installed (a stat, a list)
         try:
             message = record.getMessage()
         except Exception:  # a malformed record: keep its template only, scrubbed
@@ -243,7 +194,6 @@ _loggers_seen = 0   # size of the logging registry at the last scan
 def install_log_redaction() -> None:
     """Put the redacting filter on every HTTP-stack and cencori_nb logger (idempotent)."""
     global _loggers_seen
-    _keystore_secrets()
     names = set(_LOGGER_NAMES)
     registry = logging.root.manager.loggerDict
     for name in list(registry):
@@ -365,14 +315,12 @@ def _close_clients() -> None:
 
 def _reset_for_tests() -> None:
     """Close the shared clients, forget injected transports, the clock and registered keys."""
-    global _transport, _async_transport, _secret_re
+    global _transport, _async_transport
     _close_clients()
     _transport = None
     _async_transport = None
     set_clock(None)
-    with _secret_lock:
-        _secrets.clear()
-        _secret_re = None
+    redact._reset_for_tests()
 
 
 # --------------------------------------------------------------------------- errors

@@ -693,15 +693,20 @@ def test_importing_the_keystore_and_cli_stays_light() -> None:
     assert out.strip() == "[]"
 
 
-def test_unlocked_store_never_unlocks(private_home: Path) -> None:
-    """_unlocked_store() (for the log filter) is None until this process opened the store."""
+def test_opening_the_store_registers_its_keys_with_redact(private_home: Path) -> None:
+    """The store tells cencori_nb.redact its keys when it opens or writes them, and not
+    before (the scrubbers never reach into the store)."""
+    from cencori_nb import redact
+
     keys.set("openai", OPENAI)
+    assert OPENAI in redact.registered_secrets()            # written → registered
     keystore._reset_for_tests()
-    assert keystore._unlocked_store() is None
+    redact._reset_for_tests()
     keystore.default_store()
-    assert keystore._unlocked_store() is None          # created but not yet opened
+    assert OPENAI not in redact.registered_secrets()        # created but not yet opened
     keystore.default_store().status()
-    assert keystore._unlocked_store() is keystore.default_store()
+    assert OPENAI in redact.registered_secrets()            # opened → registered
+    assert redact.LOG_LINE.scrub(f"x {OPENAI} y") == f"x {redact.MARKER} y"
 
 
 def test_foreign_key_files_are_left_alone(private_home: Path) -> None:

@@ -14,7 +14,16 @@ from hypothesis import strategies as st
 from cencori_nb.jupyter import scrubber
 from cencori_nb.magic import parser
 from cencori_nb.providers import _common
-from cencori_nb.redact import KEY_PREFIXES, REDACTED, key_pattern, key_regex, looks_like_key, scrub
+from cencori_nb.redact import (
+    KEY_PREFIXES,
+    PROMPT_KEY_SHAPES,
+    REDACTED,
+    USER_MESSAGE,
+    key_pattern,
+    key_regex,
+    looks_like_key,
+    scrub,
+)
 
 # The literals each module held before they were built from cencori_nb.redact.
 _OLD_COMMON = re.compile(
@@ -23,7 +32,7 @@ _OLD_COMMON = re.compile(
     r"|\b(?:sk|pk|rk)-[\w\-*.…]{4,}"
     r"|\b(?:sk|csk|cpk|gsk|xai)[_-][\w\-*.…]{4,}"
     r"|AIza[\w\-]{8,}"
-    r"|\b[\w\-*]{32,}"
+    r"|(?<![/\\.])\b[\w\-*]{32,}"   # since the policies: not after "/", "\\" or "."
     r")"
 )
 _OLD_PARSER = (
@@ -66,13 +75,13 @@ def _old_parser_redact(text: str) -> str:
 @settings(max_examples=400, deadline=None)
 @given(_TEXT)
 def test_callers_match_exactly_as_their_old_literals(text: str) -> None:
-    assert _common._KEY_PATTERNS.sub(REDACTED, text) == _OLD_COMMON.sub(REDACTED, text)
+    assert USER_MESSAGE.shapes[0].sub(REDACTED, text) == _OLD_COMMON.sub(REDACTED, text)
     assert scrubber.KEY_PATTERN.findall(text) == _OLD_SCRUBBER.findall(text)
     assert scrubber.KEY_PATTERN.sub("#", text) == _OLD_SCRUBBER.sub("#", text)
-    assert [bool(p.search(text)) for p in parser._KEY_PATTERNS] == [
+    assert [bool(p.search(text)) for p in PROMPT_KEY_SHAPES] == [
         bool(p.search(text)) for p in _OLD_PARSER]
     new = text
-    for pattern in parser._KEY_PATTERNS:
+    for pattern in PROMPT_KEY_SHAPES:
         new = pattern.sub("[redacted]", new)
     assert new == _old_parser_redact(text)
     assert key_pattern().sub("#", text) == _OLD_DEFAULT.sub("#", text)
@@ -139,3 +148,41 @@ def test_canary_is_scrubbed(canary: str) -> None:
     assert canary not in _common.scrub(text)
     assert canary not in scrubber.KEY_PATTERN.sub("#", text)
     assert canary not in parser.redact(text)
+
+
+def test_one_marker_for_every_policy_and_caller(canary: str) -> None:
+    """Logs, messages, history and notebooks all leave the same marker."""
+    from cencori_nb import transport
+    from cencori_nb.redact import LOG_LINE, MARKER, NOTEBOOK
+
+    text = f"key {canary} end"
+    for out in (LOG_LINE.scrub(text), USER_MESSAGE.scrub(text), NOTEBOOK.scrub(text),
+                transport.scrub(text), _common.scrub(text), parser.redact(text),
+                scrubber.scrub_text(text)[0]):
+        assert out == f"key {MARKER} end"
+
+
+def test_registered_secrets_reach_every_policy() -> None:
+    """A registered credential (not key-shaped) is blanked by each policy; short ones are
+    not registered (they would shred text)."""
+    from cencori_nb import redact
+
+    redact.register_secret("plain-registered-token-77")
+    redact.register_secret("abc")
+    assert "abc" not in redact.registered_secrets()
+    for policy in (redact.LOG_LINE, redact.USER_MESSAGE, redact.NOTEBOOK):
+        assert policy.scrub("t=plain-registered-token-77;") == "t=[redacted];"
+
+
+def test_key_in_prompt_is_one_class_everywhere() -> None:
+    """The magic's, the client's and redact's refusals raise the errors module's class."""
+    import pytest
+
+    from cencori_nb import errors, redact
+
+    assert parser.KeyInPromptError is errors.KeyInPromptError
+    redact.register_secret("plain-registered-token-77")
+    with pytest.raises(errors.KeyInPromptError) as info:
+        redact.refuse_key_in_prompt("please use plain-registered-token-77", shapes=False)
+    assert "token-77" not in str(info.value) and info.value.code == "key_in_prompt"
+    redact.refuse_key_in_prompt("sk-proj-Abc123def456ghi789jkl012", shapes=False)  # shape only

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cencori_nb import redact
 from cencori_nb.jupyter import scrubber
 from cencori_nb.jupyter.scrubber import MARKER, pre_save_hook, scrub_notebook, scrub_text
 
@@ -290,5 +291,5 @@ def test_property_trie_matches_like_longest_first_alternation(words: list[str],
     import re
 
     plain = re.compile("|".join(map(re.escape, sorted(set(words), key=len, reverse=True))))
-    trie = re.compile(scrubber._trie_pattern(words))
+    trie = re.compile(redact._trie_pattern(words))
     assert trie.findall(text) == plain.findall(text)

@@ -11,6 +11,7 @@ import pytest
 
 from cencori_nb import transport
 from cencori_nb.keystore.secret import Secret
+from cencori_nb.redact import MARKER
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -51,10 +52,10 @@ def loopback() -> Iterator[str]:
     ("gsk_abcdefghijkl and xai-abcdefghijkl", "abcdefghijkl"),
 ])
 def test_scrub_patterns(text: str, leaked: str) -> None:
-    """Each key shape is replaced by *** and the surrounding text kept."""
+    """Each key shape is replaced by the one marker and the surrounding text kept."""
     out = transport.scrub(text)
     assert leaked not in out
-    assert "***" in out
+    assert MARKER in out
 
 
 def test_scrub_keeps_ordinary_text() -> None:
@@ -66,7 +67,7 @@ def test_scrub_keeps_ordinary_text() -> None:
 def test_registered_secret_is_scrubbed_even_when_not_key_shaped() -> None:
     """A credential registered by the router is scrubbed wherever it appears."""
     transport.register_secret(Secret("local-ollama-token-42"))
-    assert transport.scrub("token=local-ollama-token-42!") == "token=***!"
+    assert transport.scrub("token=local-ollama-token-42!") == f"token={MARKER}!"
     assert "local-ollama-token-42" not in transport.scrub("x local-ollama-token-42 y")
 
 
@@ -126,7 +127,7 @@ def test_keys_in_an_unlocked_store_are_scrubbed(caplog: pytest.LogCaptureFixture
     caplog.set_level(logging.DEBUG, logger="httpx2")
     logging.getLogger("httpx2").debug("sending with %s", token)
     assert token not in caplog.text
-    assert "sending with ***" in caplog.text
+    assert f"sending with {MARKER}" in caplog.text
 
 
 def test_loggers_created_later_are_covered(loopback: str, canary: str,
@@ -138,4 +139,4 @@ def test_loggers_created_later_are_covered(loopback: str, canary: str,
     transport.send(httpx2.Request("POST", f"{loopback}/x", json={}))
     caplog.set_level(logging.DEBUG, logger="cencori_nb")
     late.warning("key was %s", canary)
-    assert canary not in caplog.text and "key was ***" in caplog.text
+    assert canary not in caplog.text and f"key was {MARKER}" in caplog.text

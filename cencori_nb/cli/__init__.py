@@ -29,9 +29,9 @@ class _Parser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> NoReturn:
-        from ..redact import scrub
+        from ..redact import USER_MESSAGE
 
-        super().error(scrub(message))
+        super().error(USER_MESSAGE.scrub(message))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,10 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = args.handler(args)
     except CencoriError as exc:
-        from ..redact import scrub
+        from ..redact import USER_MESSAGE
 
         # Messages may quote an argument; a key pasted into the wrong one must not show.
-        print(f"cencori-nb: {scrub(str(exc))}", file=sys.stderr)
+        print(f"cencori-nb: {USER_MESSAGE.scrub(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cencori-nb: interrupted", file=sys.stderr)

@@ -26,38 +26,21 @@ Jupyter server's contents manager.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..redact import key_pattern
+from ..redact import BEARER_TOKEN, MARKER, NOTEBOOK, NOTEBOOK_KEY_SHAPES, encoded_forms
 
 __all__ = ["KEY_PATTERN", "MARKER", "Scrubber", "encoded_forms", "pre_save_hook",
            "scrub_notebook", "scrub_text", "stored_secrets"]
 
-MARKER = "[REDACTED by cencori_nb]"
-
 log = logging.getLogger(__name__)
 
-# Key shapes (see cencori_nb.redact). The body must hold a digit, except after prefixes that
-# only keys use: random keys always have one; English and package names (sk-learn) rarely do.
-# Bodies are long so that words, hashes and base64 images are never cut.
-_ONLY_KEYS_USE = ("sk-proj-", "sk-ant-", "sk-or-", "sk-svcacct-", "sk-admin-")
-KEY_PATTERN = key_pattern(
-    {**dict.fromkeys(_ONLY_KEYS_USE, 20),
-     "sk-": 20,      # OpenAI legacy, DeepSeek, …
-     "AIza": 30,     # Google API keys: AIza + 35 characters
-     "csk_": 16,     # Cencori project keys (managed route)
-     "gsk_": 20, "xai-": 20},
-    require_digit={"sk-", "AIza", "csk_", "gsk_", "xai-"},
-)
-# "Bearer <token>": keep the word, drop the token (JWTs and opaque tokens: dots, slashes, =).
-_BEARER = re.compile(r"(?<=Bearer )(?=[A-Za-z._~+/=\-]*[0-9])[A-Za-z0-9._~+/=\-]{20,}")
-
-# Exact stored values shorter than this are ignored: replacing a 3-character "key" would
-# shred the notebook, and no real provider key is that short.
-MIN_EXACT_LENGTH = 8
+# The notebook policy's key shapes (cencori_nb.redact.NOTEBOOK), for callers that only test.
+KEY_PATTERN = NOTEBOOK_KEY_SHAPES
+_BEARER = BEARER_TOKEN
+MIN_EXACT_LENGTH = NOTEBOOK.min_secret   # shorter stored values would shred the notebook
 
 # Output mime types whose payload is base64 (or otherwise not text a person reads).
 _BINARY_MIME_PREFIXES = ("image/", "audio/", "video/", "application/pdf",
@@ -81,27 +64,19 @@ class Scrubber:
     count: int = 0
 
     def __post_init__(self) -> None:
-        forms = {form for v in self.exact if len(v) >= MIN_EXACT_LENGTH
-                 for form in encoded_forms(v)}
-        self._exact_re = re.compile(_trie_pattern(forms)) if forms else None
+        self._exact_re = NOTEBOOK.exact_regex(self.exact)
 
     def text(self, value: str, *, binary: bool = False) -> str:
         """Return ``value`` with secrets replaced (the same object when nothing matched)."""
-        if self._exact_re is not None:
-            value = self._sub(self._exact_re, value)
-        if not binary:
-            value = self._sub(KEY_PATTERN, value)
-            if "Bearer " in value:
-                value = self._sub(_BEARER, value)
+        new, n = NOTEBOOK.subn(value, binary=binary, exact=self._exact_re)
+        if n:
+            self.count += n
+            return new
         return value
 
     def _count(self, value: str) -> int:
         """How many secrets ``value`` holds (nothing is replaced or counted)."""
-        n = len(self._exact_re.findall(value)) if self._exact_re is not None else 0
-        if self._exact_re is not None:
-            value = self._exact_re.sub(MARKER, value)
-        n += len(KEY_PATTERN.findall(value))
-        return n + (len(_BEARER.findall(value)) if "Bearer " in value else 0)
+        return NOTEBOOK.subn(value, exact=self._exact_re)[1]
 
     def join_split_streams(self, nb: dict[str, Any]) -> None:
         """Merge consecutive stream outputs of a cell when a secret spans their boundary.
@@ -126,13 +101,6 @@ class Scrubber:
                         del outputs[i + 1]
                         continue
                 i += 1
-
-    def _sub(self, pattern: re.Pattern[str], value: str) -> str:
-        new, n = pattern.subn(MARKER, value)
-        if n:
-            self.count += n
-            return new
-        return value
 
     def tree(self, node: Any, *, binary: bool = False) -> Any:
         """Scrub every string under ``node`` in place; return the (possibly new) node.
@@ -176,56 +144,6 @@ class Scrubber:
         if key == "buffers":          # widget state binary buffers
             return True
         return _is_binary_mime(key)   # output "data" and cell "attachments" bundles
-
-
-def _trie_pattern(words: Iterable[str]) -> str:
-    """One regex matching any of ``words`` (longest first), as a character trie.
-
-    A plain ``a|b|c…`` alternation tries every word at every position; with each stored key
-    in nine forms that made saving a large notebook several times slower. The trie tries
-    one branch per character instead.
-    """
-    trie: dict[str, Any] = {}
-    for word in words:
-        node = trie
-        for ch in word:
-            node = node.setdefault(ch, {})
-        node[""] = {}
-
-    def build(node: dict[str, Any]) -> str:
-        alternatives = [re.escape(ch) + build(child) for ch, child in node.items() if ch]
-        if not alternatives:
-            return ""
-        ends_here = "" in node
-        if len(alternatives) == 1 and not ends_here:
-            return alternatives[0]
-        group = "(?:" + "|".join(alternatives) + ")"
-        return group + "?" if ends_here else group   # greedy: the longer word wins
-
-    return build(trie)
-
-
-def _base64_cores(raw: bytes, encode: Any) -> list[str]:
-    """``raw`` base64-encoded as it appears inside a larger blob, for each of the three
-    byte alignments: only the characters made of ``raw``'s own bits."""
-    cores = []
-    for offset in range(3):
-        enc = encode(b"\0" * offset + raw).rstrip(b"=").decode()
-        start = -(-8 * offset // 6)                  # first character of raw bits only
-        end = (8 * (offset + len(raw))) // 6         # later ones mix in the next bytes
-        if end - start >= MIN_EXACT_LENGTH:
-            cores.append(enc[start:end])
-    return cores
-
-
-def encoded_forms(value: str) -> list[str]:
-    """A stored key and the forms it takes when encoded: hex (both cases) and base64
-    (standard and URL-safe, every alignment), e.g. in a Basic-auth header or an upload."""
-    import base64
-
-    raw = value.encode()
-    return [value, raw.hex(), raw.hex().upper(),
-            *_base64_cores(raw, base64.b64encode), *_base64_cores(raw, base64.urlsafe_b64encode)]
 
 
 def _joined(text: Any) -> str:

@@ -42,13 +42,6 @@ def default_store() -> KeyStore:
         return _default
 
 
-def _unlocked_store() -> KeyStore | None:
-    """The default store if this process has already opened it, else None (never unlocks:
-    for the log filter, which must not trigger a KDF or a passphrase error)."""
-    store = _default
-    return store if store is not None and store.is_open() else None
-
-
 def _reset_for_tests() -> None:
     """Forget the default store and every cached data key."""
     global _default

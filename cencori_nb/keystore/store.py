@@ -47,7 +47,7 @@ from ..errors import (
     WrongPassphraseError,
 )
 from ..home import DIR_MODE, atomic_write, ensure_home, home_dir, private_umask
-from ..redact import looks_like_key
+from ..redact import looks_like_key, register_secrets
 from ..settings import current_project
 from . import crypto, kek
 from .secret import Secret
@@ -251,6 +251,12 @@ def _dek_fingerprint(header: dict[str, Any], wrapped: crypto.Sealed) -> bytes:
 
 
 _AUTO: Any = object()
+
+
+def _register(records: dict[tuple[str, str], _Record]) -> None:
+    """Tell the scrubbers (:mod:`cencori_nb.redact`) every key this store holds, so logs,
+    messages and saved notebooks blank them wherever they appear."""
+    register_secrets(r.key for r in records.values() if r.key is not None)
 
 
 # --------------------------------------------------------------------------- the store
@@ -546,6 +552,7 @@ class KeyStore:
             return self._state
         state = self._parse(raw, passphrase=passphrase)
         self._state, self._sig = state, sig
+        _register(state.records)
         log.debug("opened key store %s: generation %d, %d records", self.path,
                   state.generation, len(state.records))
         return state
@@ -770,6 +777,7 @@ class KeyStore:
         sig = _sig(os.stat(self.path))
         self._state = replace(new, raw=raw, generation=generation, records=records)
         self._sig = sig
+        _register(records)
         # the backup now holds the previous generation (or the new one, when replaced)
         new_ref = kek.ref(new.kek_header)
         after = {new_ref, new_ref if replace_backup else old_ref}

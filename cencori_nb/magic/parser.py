@@ -13,16 +13,14 @@ keys belong.
 from __future__ import annotations
 
 import argparse
-import math
-import re
 import shlex
-from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ..errors import ConfigurationError
-from ..redact import key_pattern
+from ..errors import ConfigurationError, KeyInPromptError
+from ..redact import USER_MESSAGE, looks_like_secret
+from ..redact import refuse_key_in_prompt as _refuse_key_in_prompt
 
 if TYPE_CHECKING:
     from ..keystore.secret import Secret
@@ -37,13 +35,6 @@ SUBCOMMANDS = ("setup", "providers", "models", "route", "usage", "credits", "use
                "sandbox", "help")
 
 
-class KeyInPromptError(ConfigurationError):
-    """The prompt holds an API key: sending it would hand it to the provider, and the reply
-    might repeat it into the notebook."""
-
-    code = "key_in_prompt"
-
-
 class MagicUsageError(ConfigurationError):
     """The magic line could not be parsed; the message says what was wrong."""
 
@@ -56,42 +47,10 @@ class KeyInArgumentsError(ConfigurationError):
     code = "key_in_arguments"
 
 
-# Known key shapes (prefix + a run of key characters), and a generic "long random token".
-# One pattern per shape, applied one after another (redact() substitutes them in this order).
-_KEY_PATTERNS = tuple(
-    key_pattern({prefix: minimum}, body={"gsk_": "[A-Za-z0-9]", "xai-": "[A-Za-z0-9]"},
-                start=r"\b")
-    for prefix, minimum in {
-        "sk-": 16,     # OpenAI, DeepSeek, sk-ant-, sk-or-, sk-proj-
-        "csk_": 8,     # Cencori project keys
-        "AIza": 20,    # Google
-        "gsk_": 16,    # Groq
-        "xai-": 16,    # xAI
-    }.items())
-_LONG_TOKEN = re.compile(r"[A-Za-z0-9_\-+=]{32,}")
-
-
-def _entropy_bits_per_char(token: str) -> float:
-    counts = Counter(token)
-    n = len(token)
-    return -sum(c / n * math.log2(c / n) for c in counts.values())
-
-
 def looks_like_key(text: str) -> bool:
-    """True if ``text`` contains a known key shape or a long high-entropy token.
-
-    A long token counts when it has at least 32 key characters, mixes letters and digits
-    and looks random (≥ 3.5 bits of entropy per character); model names such as
-    ``meta-llama/Llama-3.3-70B-Instruct-Turbo`` are split on ``/`` and ``.`` and stay short.
-    """
-    if any(p.search(text) for p in _KEY_PATTERNS):
-        return True
-    for match in _LONG_TOKEN.finditer(text):
-        token = match.group(0)
-        if (any(c.isdigit() for c in token) and any(c.isalpha() for c in token)
-                and _entropy_bits_per_char(token) >= 3.5):
-            return True
-    return False
+    """True if ``text`` contains a known key shape or a long high-entropy token (see
+    :func:`cencori_nb.redact.looks_like_secret`)."""
+    return looks_like_secret(text)
 
 
 def refuse_key_shaped(line: str, *, magic: str = "%cencori") -> None:
@@ -108,39 +67,11 @@ def refuse_key_shaped(line: str, *, magic: str = "%cencori") -> None:
             "`cencori-nb keys set PROVIDER` in a terminal, then rerun without it.")
 
 
-# Candidate tokens to compare with stored keys: a narrow and a broad reading of "a word",
-# so a key is found whether it stands in quotes, after "=", or at the end of a sentence.
-_CANDIDATES = (re.compile(r"[A-Za-z0-9_\-]{8,}"), re.compile(r"[^\s'\"`,;()\[\]{}<>=]{8,}"))
-
-
-def _stored_matches(text: str, stored: Collection[Secret]) -> set[str]:
-    """Tokens of ``text`` equal to one of the ``stored`` keys (compared as Secrets, so this
-    module never reveals a stored key)."""
-    if not stored:
-        return set()
-    from ..keystore.secret import Secret
-
-    found = set()
-    for pattern in _CANDIDATES:
-        for token in set(pattern.findall(text)):
-            if Secret(token) in stored:
-                found.add(token)
-    return found
-
-
 def refuse_key_in_prompt(prompt: str, stored: Collection[Secret] = ()) -> None:
-    """Raise :class:`KeyInPromptError` if ``prompt`` holds a known key shape (``sk-…``,
-    ``csk_…``, ``AIza…``…) or one of the ``stored`` keys.
-
-    Long random-looking tokens alone are allowed here: prompts legitimately carry hashes and
-    base64. The message never repeats the key.
-    """
-    if any(p.search(prompt) for p in _KEY_PATTERNS) or _stored_matches(prompt, stored):
-        raise KeyInPromptError(
-            "Not sent: the prompt contains an API key. The provider would receive it and the "
-            "reply could repeat it into the notebook.",
-            hint="Replace it with a placeholder such as sk-XXXX; keys belong in "
-            "`%cencori setup` or `cencori-nb keys set PROVIDER`.")
+    """Raise :class:`~cencori_nb.errors.KeyInPromptError` if ``prompt`` holds a known key
+    shape (``sk-…``, ``csk_…``, ``AIza…``…), a registered key or one of the ``stored`` keys
+    (the check lives in :func:`cencori_nb.redact.refuse_key_in_prompt`)."""
+    _refuse_key_in_prompt(prompt, stored)
 
 
 class MagicParser(argparse.ArgumentParser):
@@ -346,15 +277,6 @@ default_provider, default_system, default_max_tokens, stream, stream_throttle_ms
 
 
 def redact(text: str, stored: Collection[Secret] = ()) -> str:
-    """``text`` with every key-shaped token, and each of the ``stored`` keys, replaced by
-    ``[redacted]``."""
-    for token in sorted(_stored_matches(text, stored), key=len, reverse=True):
-        text = text.replace(token, "[redacted]")
-    for pattern in _KEY_PATTERNS:
-        text = pattern.sub("[redacted]", text)
-
-    def long_token(match: re.Match[str]) -> str:
-        token = match.group(0)
-        return "[redacted]" if looks_like_key(token) else token
-
-    return _LONG_TOKEN.sub(long_token, text)
+    """``text`` with every key-shaped token, each registered key and each of the ``stored``
+    keys replaced by the marker (the :data:`~cencori_nb.redact.USER_MESSAGE` policy)."""
+    return USER_MESSAGE.scrub(text, stored)

@@ -30,7 +30,7 @@ from ..errors import (
     RateLimitError,
 )
 from ..keystore.secret import key_hint
-from ..redact import KEY_PREFIXES, key_regex
+from ..redact import MARKER, USER_MESSAGE
 from ..types import ChatRequest, Usage
 from .base import ProviderResult, StreamParser
 
@@ -48,30 +48,13 @@ __all__ = [
 
 MAX_QUOTED = 300   # characters of a provider's own error message we quote
 
-# Key-shaped substrings that may appear in a provider's message (OpenAI's 401 echoes a
-# partially masked key, e.g. "sk-proj-****…abcd"). Order matters: specific before generic.
-# The known prefixes plus the ones a provider may echo (pk-/rk- OpenAI, cpk Cencori, and the
-# other separator); masked bodies keep their "*", "." and "…". Google's AIza is matched alone
-# below (no masking, anywhere in a word), and so is any long token-like run.
-_MASKED_PREFIXES = (*(p for p in KEY_PREFIXES if p != "AIza"),
-                    "pk-", "rk-", "sk_", "csk-", "cpk_", "cpk-", "gsk-", "xai_")
-_KEY_PATTERNS = re.compile(
-    "|".join((
-        r"\bBearer\s+\S+",                              # an echoed Authorization header
-        key_regex(dict.fromkeys(_MASKED_PREFIXES, 4), body=r"[\w\-*.…]", start=r"\b"),
-        key_regex({"AIza": 8}, body=r"[\w\-]", start=""),  # Google API keys
-        r"\b[\w\-*]{32,}",                               # any long token-like run
-    ))
-)
-REDACTED = "[redacted]"
+REDACTED = MARKER
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` without the given secrets and without anything that looks like a key."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, REDACTED)
-    return _KEY_PATTERNS.sub(REDACTED, text)
+    """``text`` without the given secrets, the registered ones, and anything that looks like
+    a key (the :data:`~cencori_nb.redact.USER_MESSAGE` policy)."""
+    return USER_MESSAGE.scrub(text, secrets)
 
 
 def quote(text: Any, secrets: Iterable[str] = ()) -> str:
