@@ -1,16 +1,27 @@
-"""Money for one request: budget check before sending; price, charge, debit and record after.
+"""Money for one request: reserve before sending; price, charge, debit and record after.
 
 The client calls, per request:
 
-- :func:`check_budget` before sending (hard cap → :class:`BudgetExceededError`);
-- :func:`settle` after a success: fills ``provider_cost_usd``, ``price_version`` and
-  ``credits_charged_usd`` on the :class:`~cencori_nb.types.Completion` (synchronously),
-  and queues the ledger row with the wallet debit (once per request id), which the
-  ledger's background writer commits in one SQLite transaction (see :mod:`cencori_nb.ledger`;
-  every read flushes first);
+- :func:`reserve` before sending: under a hard cap, the request's estimated maximum cost
+  is reserved in the ledger file (or :class:`BudgetExceededError`); see "Hard caps" below;
+- :func:`settle` after a success: fills ``provider_cost_usd``, ``price_version``,
+  ``credits_charged_usd`` and ``cost_usd`` on the :class:`~cencori_nb.types.Completion`
+  (synchronously) and records the row with the wallet debit (once per request id) in one
+  SQLite transaction: queued for the ledger's background writer, or, when the request
+  holds a reservation, written at once in the transaction that releases it;
 - :func:`record_failure` after an error (a row with status ``error`` and the error code;
   no debit, so a gateway 403/402 leaves the wallet untouched);
 - :func:`record_cached` for a cache hit (a ``cached`` row, zero cost, no debit).
+
+One cost rule (:func:`cost_of`): what a request cost its user (``cost_usd``) is the credits
+charged for a managed request, the provider price plus the credits charged (the BYOK fee)
+for a BYOK one, 0 for a cache hit or a Cencori test key, None when unknown. It is computed
+once, here, at settle time, stored on the Completion and on the ledger row (``cost_pusd``),
+and every view (footer, ``map``, ``usage()``, ``spend()``, the CLI), the budget check and
+the SQL rollup read that stored value.
+
+Test keys (``csk_test_…``) are free at Cencori: a completion made with one has
+``test_mode=True``, is charged nothing, debits nothing and needs no reservation.
 
 Charges (reference/cencori.md, "Credits and billing"):
 
@@ -25,33 +36,63 @@ locally, with a :class:`PricingWarning`; a managed one was priced by the gateway
 wallet stays the truth (see :mod:`cencori_nb.pricing` for why we do not fail closed here).
 
 Budgets (per project, per UTC month, ``settings.update_project(...)``): the project's cost
-is what it cost its user: credits charged, plus the provider price of BYOK requests.
-``soft_budget_usd`` → :class:`BudgetWarning` at 50/80/100 %, once per threshold per month
-(remembered in the ledger, so across kernels too); ``hard_cap_usd`` → refusal before
-sending.
+is the sum of its rows' ``cost_usd``. ``soft_budget_usd`` → :class:`BudgetWarning` at
+50/80/100 %, once per threshold per month (remembered in the ledger, so across kernels too);
+``hard_cap_usd`` → refusal before sending.
+
+Hard caps hold across threads, ``map`` concurrency and processes sharing the home. Before
+a request is sent, :func:`reserve` runs one ``BEGIN IMMEDIATE`` transaction on the ledger
+file: month spend (committed rows) + every reservation in flight + this request's estimate
+must fit under the cap, and then the estimate is inserted into ``budget_reservations``.
+The estimate is the list price of the prompt (estimated tokens) plus ``max_tokens`` of
+output, turned into cost-to-you by the same rule as :func:`cost_of`. Without ``max_tokens``
+the output reserved is ``settings.reserve_output_tokens`` (1,024 by default), or less when
+the model's context window (the only output bound genai-prices records) leaves less room;
+the refusal message says when that assumption was made. Settling deletes the reservation
+in the transaction that writes the row, so spend is never counted twice nor missed. A
+request whose estimate fits under the cap on committed spend alone, but not beside the
+reservations in flight, waits for them to settle rather than being refused; one that
+cannot fit even then is refused at once. Reservations record pid, host and time: those of
+a dead process (or older than :data:`RESERVATION_TTL_MS`) expire. The overshoot past a cap
+is therefore bounded by how far one request's real cost can exceed its estimate (the
+prompt-token estimate), never by concurrency. Under a hard cap, a model with no known
+price is refused unless listed in ``settings.unpriced_models_allowed``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import socket
+import sqlite3
 import threading
+import time
 import uuid
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from . import pricing, wallet
-from .errors import BudgetExceededError
+from .errors import BudgetExceededError, CencoriError
 from .ledger import Ledger, LedgerRow, default_ledger, from_pusd, now_ms, to_pusd
 from .settings import Settings, load_settings
 from .types import Completion
 from .wallet import LowBalanceWarning
 
-__all__ = ["BudgetWarning", "LowBalanceWarning", "PricingWarning", "SOFT_THRESHOLDS",
-           "check_budget", "charge_for", "month_cost", "record_cached", "record_failure",
-           "settle"]
+__all__ = ["RESERVATION_TTL_MS", "SOFT_THRESHOLDS", "TEST_KEY_PREFIX", "BudgetWarning",
+           "LowBalanceWarning", "PricingWarning", "Reservation", "areserve", "check_budget",
+           "charge_for", "cost_of", "estimate_for", "is_test_key", "month_cost",
+           "record_cached", "record_failure", "reserve", "settle"]
 
 SOFT_THRESHOLDS = (50, 80, 100)
+TEST_KEY_PREFIX = "csk_test_"       # Cencori test keys: no charges (reference/cencori.md)
+RESERVATION_TTL_MS = 3_600_000      # a reservation older than this expires even if its
+#                                     process still runs (no request takes an hour)
+RESERVATION_WAIT_S = 600.0          # how long a request waits for others to settle
 
 
 class BudgetWarning(UserWarning):
@@ -85,6 +126,28 @@ def charge_for(route: str, provider_cost: Decimal | None, gateway_cost: Decimal 
     return provider_cost * markup      # "managed": the full managed charge
 
 
+def is_test_key(key: str | None) -> bool:
+    """True for a Cencori test key (``csk_test_…``): requests made with it are free."""
+    return bool(key) and str(key).startswith(TEST_KEY_PREFIX)
+
+
+def cost_of(route: str, provider_cost: Decimal | None, charge: Decimal | None, *,
+            cached: bool = False, test_mode: bool = False) -> Decimal | None:
+    """What one request cost its user: THE cost rule (every view reads its stored result).
+
+    Managed: the credits charged (``charge``). BYOK: the provider price (paid on the user's
+    own account) plus the credits charged (the BYOK fee, 0 under the ``zero`` policy). A
+    cache hit or a test-key request: 0. None when the needed price is unknown.
+    """
+    if cached or test_mode:
+        return Decimal(0)
+    if route == "byok":
+        if provider_cost is None:
+            return None
+        return provider_cost + (charge or Decimal(0))
+    return charge
+
+
 def month_cost(project: str | None = None, *, ledger: Ledger | None = None) -> Decimal:
     """What ``project`` cost its user this UTC month (credits + BYOK provider price)."""
     s = load_settings()
@@ -95,11 +158,26 @@ def _fmt(usd: Decimal) -> str:
     return f"${usd:.4f}" if usd < 1 else f"${usd:,.2f}"
 
 
+def _cap_error(name: str, spent: Decimal, cap: Decimal, estimate: Decimal | None,
+               note: str = "", held: Decimal = Decimal(0)) -> BudgetExceededError:
+    est = f" and this request is estimated at up to {_fmt(estimate)}{note}" if estimate else ""
+    flight = f" ({_fmt(held)} more is reserved by requests in flight)" if held else ""
+    return BudgetExceededError(
+        f"Project {name!r} has spent {_fmt(spent)} this month of its {_fmt(cap)} hard cap"
+        f"{flight}{est}, so the request was not sent.",
+        hint=(f"Raise the cap with cencori_nb.settings.update_project({name!r}, "
+              f"hard_cap_usd=...) or `cencori-nb credits budget --project {name} "
+              "--hard-cap USD` (use `none` to remove it)."
+              + (" Setting max_tokens lowers the estimate." if note else "")),
+        project=name, spent_usd=spent, cap_usd=cap, estimated_usd=estimate)
+
+
 def check_budget(project: str | None, estimated_cost_usd: Decimal | None) -> None:
     """Refuse a request that would pass the project's monthly hard cap; warn on the soft one.
 
-    ``estimated_cost_usd`` is the caller's estimate of the request's cost (None: unknown,
-    then only a cap already reached refuses).
+    A check only (nothing is reserved; the client uses :func:`reserve`). Spend counts the
+    reservations of requests in flight. ``estimated_cost_usd`` None: only a cap already
+    reached refuses.
     """
     s = load_settings()
     name = _project(project, s)
@@ -113,16 +191,232 @@ def check_budget(project: str | None, estimated_cost_usd: Decimal | None) -> Non
     if ps.hard_cap_usd is None:
         return
     cap = ps.hard_cap_usd
+    held = _held(led, name)
     estimate = estimated_cost_usd or Decimal(0)
-    if spent + estimate > cap or spent >= cap:
-        est = f" and this request is estimated at {_fmt(estimate)}" if estimate else ""
-        raise BudgetExceededError(
-            f"Project {name!r} has spent {_fmt(spent)} this month of its {_fmt(cap)} hard cap"
-            f"{est}, so the request was not sent.",
-            hint=(f"Raise the cap with cencori_nb.settings.update_project({name!r}, "
-                  f"hard_cap_usd=...) or `cencori-nb credits budget --project {name} "
-                  "--hard-cap USD` (use `none` to remove it)."),
-            project=name, spent_usd=spent, cap_usd=cap, estimated_usd=estimated_cost_usd)
+    if spent + held + estimate > cap or spent + held >= cap:
+        raise _cap_error(name, spent, cap, estimated_cost_usd, held=held)
+
+
+# --------------------------------------------------------------------------- reservations
+
+
+@dataclass(slots=True)
+class Reservation:
+    """A request's estimated maximum cost, held against its project's hard cap until the
+    request is settled or recorded as failed (both release it), or :meth:`release`."""
+
+    id: str
+    project: str
+    amount_usd: Decimal
+    output_tokens: int = 0
+    output_assumed: bool = False      # max_tokens was not set: reserve_output_tokens used
+    released: bool = False
+
+    def release(self) -> None:
+        """Drop the reservation now (idempotent; best effort: a stale one expires)."""
+        if self.released:
+            return
+        self.released = True
+        with contextlib.suppress(sqlite3.Error, CencoriError, OSError):
+            with default_ledger().transaction() as conn:
+                conn.execute("DELETE FROM budget_reservations WHERE id = ?", (self.id,))
+
+
+def estimate_for(provider: str, model: str | None, route: str, input_tokens: int,
+                 max_tokens: int | None, *, settings: Settings | None = None
+                 ) -> tuple[Decimal | None, int, bool]:
+    """``(estimated maximum cost to you, output tokens assumed, assumed?)`` of a request.
+
+    The list price of ``input_tokens`` plus its output allowance, by :func:`cost_of`.
+    The allowance is ``max_tokens``; without it, ``settings.reserve_output_tokens``
+    (default 1,024), lowered to what the model's context window leaves after the prompt.
+    """
+    s = settings or load_settings()
+    assumed = max_tokens is None
+    out = int(max_tokens) if max_tokens is not None else s.reserve_output_tokens
+    if assumed:
+        window = pricing.context_window(provider, model)
+        if window:
+            out = max(1, min(out, window - input_tokens))
+    cost = pricing.estimate_cost(provider, model, input_tokens, out)
+    if cost is None:
+        return None, out, assumed
+    return cost_of(route, cost, charge_for(route, cost, settings=s)), out, assumed
+
+
+def _held(conn_or_led: Any, project: str) -> Decimal:
+    if isinstance(conn_or_led, Ledger):
+        rows = conn_or_led.query("SELECT COALESCE(SUM(amount_pusd), 0) FROM budget_reservations "
+                                 "WHERE project = ?", (project,))
+    else:
+        rows = conn_or_led.execute("SELECT COALESCE(SUM(amount_pusd), 0) FROM "
+                                   "budget_reservations WHERE project = ?", (project,)).fetchall()
+    return from_pusd(int(rows[0][0])) or Decimal(0)
+
+
+_HOST = socket.gethostname()
+
+
+def _boot_ms() -> int | None:
+    try:
+        with open("/proc/stat") as fh:
+            for line in fh:
+                if line.startswith("btime "):
+                    return int(line.split()[1]) * 1000
+    except OSError:
+        pass
+    return None
+
+
+def _started_ms(pid: int) -> int | None:
+    """When process ``pid`` started (Linux /proc), to tell a reused pid from the original."""
+    boot = _boot_ms()
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])          # field 22 (starttime), counted after "(comm)"
+        return None if boot is None else boot + ticks * 1000 // os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int, host: str, created_ms: int, now: int) -> bool:
+    """Whether the process that made a reservation may still settle it."""
+    if now - created_ms > RESERVATION_TTL_MS:
+        return False
+    if host != _HOST:
+        return True                      # another machine sharing the home: wait for the TTL
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass                             # exists, someone else's
+    started = _started_ms(pid)
+    # a pid reused by a process started after the reservation (2 s for clock granularity)
+    return started is None or started <= created_ms + 2000
+
+
+def _expire_stale(conn: sqlite3.Connection) -> None:
+    now = now_ms()
+    dead = [(rid,) for rid, pid, host, created in conn.execute(
+        "SELECT id, pid, host, created_ms FROM budget_reservations")
+        if not _alive(int(pid), str(host), int(created), now)]
+    if dead:
+        conn.executemany("DELETE FROM budget_reservations WHERE id = ?", dead)
+
+
+def _unpriced_error(name: str, model: str | None, provider: str | None,
+                    cap: Decimal) -> BudgetExceededError:
+    return BudgetExceededError(
+        f"Project {name!r} has a {_fmt(cap)} hard cap and no price is known for model "
+        f"{model!r} at {provider!r}, so its cost cannot be held against the cap; the request "
+        "was not sent.",
+        hint=("Use a priced model, or allow this one explicitly with cencori_nb.settings."
+              f"update_settings(unpriced_models_allowed=[{model!r}]) (it is then sent "
+              "and recorded with cost unknown)."),
+        project=name, spent_usd=None, cap_usd=cap, estimated_usd=None)
+
+
+def _try_reserve(led: Ledger, name: str, cap: Decimal, estimate: Decimal, note: str,
+                 output_tokens: int, assumed: bool) -> Reservation | None:
+    """One attempt in one transaction: a Reservation, None (wait: fits once others settle),
+    or BudgetExceededError (cannot fit even then)."""
+    est = to_pusd(estimate) or 0
+    with led.transaction() as conn:
+        _expire_stale(conn)
+        spent = led.month_cost(name)    # inside the transaction: no flush, same snapshot
+        spent_p = to_pusd(spent) or 0
+        cap_p = to_pusd(cap) or 0
+        if spent_p + est > cap_p or (spent_p >= cap_p and est == 0):
+            raise _cap_error(name, spent, cap, estimate, note)
+        (held,) = conn.execute("SELECT COALESCE(SUM(amount_pusd), 0) FROM budget_reservations "
+                               "WHERE project = ?", (name,)).fetchone()
+        if spent_p + int(held) + est > cap_p:
+            return None
+        rid = uuid.uuid4().hex
+        conn.execute("INSERT INTO budget_reservations (id, project, amount_pusd, pid, host, "
+                     "created_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                     (rid, name, est, os.getpid(), _HOST, now_ms()))
+    return Reservation(rid, name, estimate, output_tokens, assumed)
+
+
+def _reserve_steps(project: str | None, estimate: Decimal | None, *, model: str | None,
+                   provider: str | None, output_tokens: int, output_assumed: bool,
+                   test_mode: bool) -> Any:
+    """The reserve loop as a generator: yields a delay to wait, returns the Reservation
+    (or None: no hard cap, or nothing to hold). Shared by :func:`reserve` / :func:`areserve`."""
+    s = load_settings()
+    name = _project(project, s)
+    ps = s.for_project(name)
+    if ps.hard_cap_usd is None and ps.soft_budget_usd is None:
+        return None
+    led = default_ledger()
+    if ps.soft_budget_usd is not None:
+        _soft_warnings(led, name, led.month_cost(name), ps.soft_budget_usd)
+    if ps.hard_cap_usd is None or test_mode:
+        return None                    # no cap, or a free test-key request
+    cap = ps.hard_cap_usd
+    if estimate is None:
+        if model not in s.unpriced_models_allowed:
+            raise _unpriced_error(name, model, provider, cap)
+        estimate = Decimal(0)
+    note = (f" (no max_tokens: {output_tokens:,} output tokens assumed)"
+            if output_assumed else "")
+    deadline = time.monotonic() + RESERVATION_WAIT_S
+    delay = 0.01
+    while True:
+        got = _try_reserve(led, name, cap, estimate, note, output_tokens, output_assumed)
+        if got is not None:
+            return got
+        if time.monotonic() > deadline:
+            spent = led.month_cost(name)
+            raise _cap_error(name, spent, cap, estimate, note, held=_held(led, name))
+        yield delay
+        delay = min(delay * 2, 0.25)
+
+
+def _run_sync(steps: Any) -> Any:
+    try:
+        while True:
+            time.sleep(next(steps))
+    except StopIteration as stop:
+        return stop.value
+
+
+def reserve(project: str | None, estimate: Decimal | None, *, model: str | None = None,
+            provider: str | None = None, output_tokens: int = 0,
+            output_assumed: bool = False, test_mode: bool = False) -> Reservation | None:
+    """Hold ``estimate`` against the project's hard cap before sending (see the module
+    docstring); warn on the soft budget. Returns the :class:`Reservation` to pass to
+    :func:`settle` / :func:`record_failure`, or None when there is no cap.
+
+    Raises :class:`BudgetExceededError` when the request cannot fit under the cap, or has
+    no known price (``estimate`` None) and its model is not in
+    ``settings.unpriced_models_allowed``. Blocks while it fits only once requests in flight
+    settle.
+    """
+    return _run_sync(_reserve_steps(project, estimate, model=model, provider=provider,
+                                    output_tokens=output_tokens,
+                                    output_assumed=output_assumed, test_mode=test_mode))
+
+
+async def areserve(project: str | None, estimate: Decimal | None, *, model: str | None = None,
+                   provider: str | None = None, output_tokens: int = 0,
+                   output_assumed: bool = False,
+                   test_mode: bool = False) -> Reservation | None:
+    """:func:`reserve` for coroutines: waits with ``asyncio.sleep``, so requests in flight
+    on the same loop can settle meanwhile."""
+    steps = _reserve_steps(project, estimate, model=model, provider=provider,
+                           output_tokens=output_tokens, output_assumed=output_assumed,
+                           test_mode=test_mode)
+    try:
+        while True:
+            await asyncio.sleep(next(steps))
+    except StopIteration as stop:
+        return stop.value
 
 
 def _month_key(at: datetime | None = None) -> str:
@@ -149,13 +443,18 @@ def _soft_warnings(led: Ledger, project: str, spent: Decimal, budget: Decimal) -
                 BudgetWarning, stacklevel=4)
 
 
-def settle(completion: Completion, *, when: datetime | None = None) -> Completion:
+def settle(completion: Completion, *, when: datetime | None = None,
+           reservation: Reservation | None = None) -> Completion:
     """Price, charge, debit and record one successful request; returns the completion.
 
-    Idempotent per ``completion.request_id``: settling the same request again writes no
-    second row and debits nothing more.
+    Sets ``provider_cost_usd``, ``credits_charged_usd`` and ``cost_usd`` (:func:`cost_of`)
+    on the completion. Idempotent per ``completion.request_id``: settling the same request
+    again writes no second row and debits nothing more. With a ``reservation`` the row is
+    written now, in the transaction that releases it.
     """
     if completion.cached:
+        if reservation is not None:
+            reservation.release()
         return record_cached(completion)
     s = load_settings()
     completion.project = _project(completion.project, s)
@@ -166,8 +465,9 @@ def settle(completion: Completion, *, when: datetime | None = None) -> Completio
     provider_cost = quote.cost_usd
     if provider_cost is None:
         provider_cost = completion.provider_cost_usd   # a price the caller already had
-    charge = charge_for(completion.route, provider_cost, completion.gateway_cost_usd,
-                        settings=s)
+    test = completion.test_mode
+    charge = Decimal(0) if test else charge_for(completion.route, provider_cost,
+                                                 completion.gateway_cost_usd, settings=s)
     if charge is None:
         warnings.warn(
             f"No price is known for model {model!r} at {completion.provider!r} "
@@ -178,23 +478,51 @@ def settle(completion: Completion, *, when: datetime | None = None) -> Completio
     completion.provider_cost_usd = provider_cost
     completion.price_version = quote.version
     completion.credits_charged_usd = charge if charge is not None else Decimal(0)
+    completion.cost_usd = cost_of(completion.route, provider_cost, charge, test_mode=test)
     row = _row(completion, status="ok", when=when)
     led = default_ledger()
+    debit: Callable[[Any], None] | None = None
     if charge:
         request_id, project, amount = completion.request_id, completion.project, charge
 
         def debit(conn: Any) -> None:        # runs in the row's transaction, if inserted
             wallet.debit_in(conn, request_id, amount, project=project)
 
-        led.submit(row, on_insert=debit)
+    _write(led, row, debit, reservation)
+    if charge:
         _predict_low_balance(led, charge)
-    else:
-        led.submit(row)
     ps = s.for_project(completion.project)
     if ps.soft_budget_usd is not None:
         _soft_warnings(led, completion.project, led.month_cost(completion.project),
                        ps.soft_budget_usd)
     return completion
+
+
+def _write(led: Ledger, row: LedgerRow, on_insert: Callable[[Any], None] | None,
+           reservation: Reservation | None) -> None:
+    """Record ``row`` (with its debit). Without a reservation: queued for the background
+    writer. With one: written now, and the reservation deleted in the same transaction, so
+    the cap never sees the request twice or not at all. If that write fails the row is
+    queued, and the reservation is released when the writer commits it (until then it
+    keeps counting against the cap: fail closed)."""
+    if reservation is None or reservation.released:
+        led.submit(row, on_insert=on_insert)
+        return
+    rid = reservation.id
+
+    def commit(conn: Any) -> None:
+        if on_insert is not None:
+            on_insert(conn)
+        conn.execute("DELETE FROM budget_reservations WHERE id = ?", (rid,))
+
+    try:
+        with led.transaction() as conn:
+            if led.insert(conn, row) and on_insert is not None:
+                on_insert(conn)
+            conn.execute("DELETE FROM budget_reservations WHERE id = ?", (rid,))
+    except sqlite3.Error:
+        led.submit(row, on_insert=commit)
+    reservation.released = True
 
 
 # The balance this process expects once its queued debits are written: the low-balance
@@ -230,7 +558,7 @@ def _row(c: Completion, *, status: str, when: datetime | None = None,
         cache_write_tokens=c.cache_write_tokens, thinking_tokens=c.thinking_tokens,
         provider_cost_usd=c.provider_cost_usd, credits_charged_usd=c.credits_charged_usd,
         estimated=c.estimated, price_version=c.price_version, latency_ms=c.latency_ms,
-        ttft_ms=c.ttft_ms, ts_ms=ts)
+        ttft_ms=c.ttft_ms, ts_ms=ts, cost_usd=c.cost_usd, test_mode=c.test_mode)
     for key, value in overrides.items():
         setattr(row, key, value)
     return row
@@ -243,6 +571,7 @@ def record_cached(completion: Completion) -> Completion:
     completion.cached = True
     completion.provider_cost_usd = Decimal(0)
     completion.credits_charged_usd = Decimal(0)
+    completion.cost_usd = cost_of(completion.route, Decimal(0), Decimal(0), cached=True)
     if not completion.request_id:
         completion.request_id = "cnb-" + uuid.uuid4().hex
     default_ledger().submit(_row(completion, status="cached"))
@@ -252,8 +581,10 @@ def record_cached(completion: Completion) -> Completion:
 def record_failure(*, request_id: str | None, project: str | None, provider: str,
                    model: str | None, route: str, credential_source: str = "",
                    error: BaseException | str | None = None,
-                   latency_ms: float | None = None) -> None:
-    """Record a failed request: one ``error`` row with the error's code; nothing is debited.
+                   latency_ms: float | None = None, test_mode: bool = False,
+                   reservation: Reservation | None = None) -> None:
+    """Record a failed request: one ``error`` row with the error's code; nothing is debited
+    (its ``cost_usd`` is 0). Releases ``reservation`` with the row.
 
     ``error`` is the exception (its ``code`` attribute, e.g. ``credit_balance_exhausted``, is
     stored) or a code string.
@@ -265,7 +596,9 @@ def record_failure(*, request_id: str | None, project: str | None, provider: str
         code = None
     else:
         code = getattr(error, "code", None) or type(error).__name__
-    default_ledger().submit(LedgerRow(
+    row = LedgerRow(
         request_id=request_id or "cnb-" + uuid.uuid4().hex, project=_project(project, s),
         provider=provider, route=route, status="error", model_requested=model, model=None,
-        credential_source=credential_source, error_code=code, latency_ms=latency_ms))
+        credential_source=credential_source, error_code=code, latency_ms=latency_ms,
+        cost_usd=Decimal(0), test_mode=test_mode)
+    _write(default_ledger(), row, None, reservation)

@@ -25,14 +25,15 @@ What a batch does, in order:
    run ends with every sendable row done; ``resume=False`` ignores it.
 4. **Return** a DataFrame in input order (aligned with the input index for a Series or an
    accessor) with columns ``prompt, text, error, input_tokens, output_tokens, cost_usd,
-   route, cached, model, provider_cost_usd, credits_charged_usd, request_id``.
+   route, cached, model, provider_cost_usd, credits_charged_usd, request_id, test_mode``.
 
-``cost_usd`` is what the row cost *you*: the credits charged for a managed request, the
-provider's list price for a BYOK request (paid to the provider on your own account), 0 for a
-cache hit. ``provider_cost_usd`` and ``credits_charged_usd`` give both sides as the ledger
-has them. Rows restored from a checkpoint are shown like cache hits (``cached`` True, cost 0:
-the earlier run paid; ``request_id`` names that request); ``df.attrs["cencori"]`` counts
-them, with the requests sent and the 429s met.
+``cost_usd`` is what the row cost *you*, as the request was settled (the one rule,
+:func:`cencori_nb.accounting.cost_of`): the credits charged for a managed request, the
+provider's list price plus any BYOK fee for a BYOK request, 0 for a cache hit or a Cencori
+test key (``test_mode``). ``provider_cost_usd`` and ``credits_charged_usd`` give both
+sides as the ledger has them. Rows restored from a checkpoint are shown like cache hits
+(``cached`` True, cost 0: the earlier run paid; ``request_id`` names that request);
+``df.attrs["cencori"]`` counts them, with the requests sent and the 429s met.
 
 A failing row gets its message in ``error`` and the batch goes on. Rate limits, timeouts
 and 5xx are retried (``retries`` times for timeouts/5xx, up to
@@ -95,7 +96,8 @@ __all__ = ["COLUMNS", "DEFAULT_OUTPUT_TOKENS", "MAX_RATE_LIMIT_RETRIES", "BatchE
            "BatchInterrupted", "amap", "estimate", "fill_template", "map"]
 
 COLUMNS = ("prompt", "text", "error", "input_tokens", "output_tokens", "cost_usd", "route",
-           "cached", "model", "provider_cost_usd", "credits_charged_usd", "request_id")
+           "cached", "model", "provider_cost_usd", "credits_charged_usd", "request_id",
+           "test_mode")
 DEFAULT_OUTPUT_TOKENS = 256        # the output guess per row when max_tokens is not given
 DEFAULT_RETRIES = 3                # timeouts / 5xx, per row
 MAX_RATE_LIMIT_RETRIES = 20        # 429s, per row: pacing, not failure, so a larger bound
@@ -305,8 +307,10 @@ def _estimate(prompts: Sequence[Prompt], params: _Params, skipped: int = 0) -> B
     output_tokens = per_row_out * len(prompts)
     cost = pricing.estimate_cost(provider, model, input_tokens, output_tokens) if prompts \
         else Decimal(0)
-    if cost is not None and route == "managed":
-        cost = cost * (1 + load_settings().markup_pct / 100)
+    if cost is not None:     # list price → what it would cost you, by the one cost rule
+        from .accounting import charge_for, cost_of
+
+        cost = cost_of(route, cost, charge_for(route, cost, settings=load_settings()))
     return BatchEstimate(rows=len(prompts), input_tokens=input_tokens,
                          output_tokens=output_tokens, cost_usd=cost, model=model,
                          provider=provider, route=route,
@@ -376,24 +380,22 @@ def _row_from_completion(c: Any) -> dict[str, Any]:
     route = getattr(c, "route", None)
     provider_cost = getattr(c, "provider_cost_usd", None)
     credits = getattr(c, "credits_charged_usd", None)
-    if cached:
-        cost: Decimal | None = Decimal(0)
-    elif route == "managed":
-        cost = credits
-    else:
-        cost = provider_cost
+    # the value settle stored (accounting.cost_of); never recomputed here
+    cost: Decimal | None = Decimal(0) if cached else getattr(c, "cost_usd", None)
     return {"text": getattr(c, "text", str(c)), "error": None,
             "input_tokens": getattr(c, "input_tokens", None),
             "output_tokens": getattr(c, "output_tokens", None),
             "cost_usd": cost, "route": route, "cached": cached,
             "model": getattr(c, "model", None), "provider_cost_usd": provider_cost,
-            "credits_charged_usd": credits, "request_id": getattr(c, "request_id", None)}
+            "credits_charged_usd": credits, "request_id": getattr(c, "request_id", None),
+            "test_mode": bool(getattr(c, "test_mode", False))}
 
 
 def _error_row(message: str, route: str | None = None) -> dict[str, Any]:
     return {"text": None, "error": message, "input_tokens": None, "output_tokens": None,
             "cost_usd": Decimal(0), "route": route, "cached": False, "model": None,
-            "provider_cost_usd": None, "credits_charged_usd": None, "request_id": None}
+            "provider_cost_usd": None, "credits_charged_usd": None, "request_id": None,
+            "test_mode": False}
 
 
 def _error_message(exc: BaseException) -> str:
@@ -625,6 +627,7 @@ class _Batch:
         for col in ("input_tokens", "output_tokens"):
             df[col] = df[col].astype("Int64")
         df["cached"] = df["cached"].astype(bool)
+        df["test_mode"] = df["test_mode"].fillna(False).astype(bool)
         o = self.outcome
         df.attrs["cencori"] = {
             "rows": len(rows), "sent_requests": o.sent, "resumed_rows": o.resumed,

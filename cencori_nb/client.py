@@ -3,9 +3,14 @@
 The flow of every call::
 
     ChatRequest → router.resolve → cache lookup (deterministic requests only)
-      → accounting.check_budget → adapter.build_request → transport.send (retries)
+      → accounting.reserve (hard cap: hold the estimated maximum cost)
+      → adapter.build_request → transport.send (retries)
       → adapter.parse_response / stream parser → Completion
-      → accounting.settle (price, charge, ledger row) → cache store
+      → accounting.settle (price, charge, ledger row, reservation released) → cache store
+
+A reservation is released by the settle or failure record that ends its request, and in
+any case when the call leaves (an exception, Ctrl-C, a stream dropped unread), so none
+outlives its request in a live process.
 
 Failures are recorded with ``accounting.record_failure`` (route and credential actually
 used) and then raised. A BYOK failure falls back to the managed route only when the router
@@ -39,7 +44,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from . import accounting, cache, router, transport
@@ -58,6 +62,7 @@ from .types import ChatRequest, Completion, Message
 if TYPE_CHECKING:
     import httpx2
 
+    from .accounting import Reservation
     from .providers.base import Provider, ProviderResult, StreamParser
     from .router import Decision
 
@@ -112,23 +117,40 @@ def _cache_hit(request: ChatRequest, decision: Decision) -> tuple[str | None, Co
     return key, accounting.record_cached(hit)
 
 
-def _check_budget(request: ChatRequest, decision: Decision) -> None:
-    """Ask accounting before sending; the estimate is only computed when a budget is set."""
-    estimate: Decimal | None = None
-    if decision.budgeted:
-        from .pricing import estimate_cost
-        from .settings import load_settings
+def _test_mode(decision: Decision) -> bool:
+    """A Cencori test key (``csk_test_…``) on the managed route: free, never debited."""
+    return decision.route == "managed" and accounting.is_test_key(decision.credential.reveal())
 
-        settings = load_settings()
 
-        est_in = estimate_messages_tokens(m.content for m in request.messages)
-        est_out = request.max_tokens or max(16, est_in)
-        cost = estimate_cost(decision.provider, decision.model, est_in, est_out)
-        if cost is not None:
-            estimate = accounting.charge_for(decision.route, cost, settings=settings)
-            if decision.route == "byok":   # the user's cost is the provider price (+ fee)
-                estimate = cost + (estimate or Decimal(0))
-    accounting.check_budget(decision.project, estimate)
+def _reserve_args(request: ChatRequest, decision: Decision) -> dict[str, object] | None:
+    """Arguments for accounting.reserve; None when the project has no budget (no estimate)."""
+    if not decision.budgeted:
+        return None
+    est_in = estimate_messages_tokens(m.content for m in request.messages)
+    estimate, out, assumed = accounting.estimate_for(
+        decision.provider, decision.model, decision.route, est_in, request.max_tokens)
+    return {"estimate": estimate, "model": decision.model, "provider": decision.provider,
+            "output_tokens": out, "output_assumed": assumed, "test_mode": _test_mode(decision)}
+
+
+def _reserve(request: ChatRequest, decision: Decision) -> Reservation | None:
+    """Hold the request's estimated maximum cost against a hard cap (may wait; may refuse)."""
+    args = _reserve_args(request, decision)
+    if args is None:
+        return None
+    return accounting.reserve(decision.project, **args)  # type: ignore[arg-type]
+
+
+async def _areserve(request: ChatRequest, decision: Decision) -> Reservation | None:
+    args = _reserve_args(request, decision)
+    if args is None:
+        return None
+    return await accounting.areserve(decision.project, **args)  # type: ignore[arg-type]
+
+
+def _release(reservation: Reservation | None) -> None:
+    if reservation is not None:
+        reservation.release()
 
 
 def _can_fall_back(decision: Decision, err: CencoriError) -> bool:
@@ -136,13 +158,14 @@ def _can_fall_back(decision: Decision, err: CencoriError) -> bool:
 
 
 def _record_failure(decision: Decision, request: ChatRequest, err: CencoriError,
-                    started: float) -> None:
+                    started: float, reservation: Reservation | None = None) -> None:
     accounting.record_failure(
         request_id=getattr(err, "request_id", None) or uuid.uuid4().hex,
         project=decision.project, provider=decision.provider,
         model=request.model or decision.model, route=decision.route,
         credential_source=decision.credential_source, error=err,
-        latency_ms=(_perf() - started) * 1000.0)
+        latency_ms=(_perf() - started) * 1000.0, test_mode=_test_mode(decision),
+        reservation=reservation)
 
 
 def _completion(decision: Decision, request: ChatRequest, result: ProviderResult, *,
@@ -173,7 +196,8 @@ def _completion(decision: Decision, request: ChatRequest, result: ProviderResult
         request_id=result.request_id or uuid.uuid4().hex, latency_ms=latency_ms,
         ttft_ms=ttft_ms, finish_reason=result.finish_reason, estimated=estimated,
         model_requested=request.model, credential_source=decision.credential_source,
-        project=decision.project, gateway_cost_usd=result.gateway_cost_usd)
+        project=decision.project, gateway_cost_usd=result.gateway_cost_usd,
+        test_mode=_test_mode(decision))
 
 
 def _http_request(adapter: Provider, request: ChatRequest, decision: Decision) -> httpx2.Request:
@@ -203,20 +227,19 @@ def chat(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
 
 
 def _prepare(request: ChatRequest) -> tuple[Decision, str | None, Completion | None]:
-    """Route, look in the cache, check the budget: (decision, cache key, cached answer)."""
+    """Route and look in the cache: (decision, cache key, cached answer). The budget
+    reservation follows (sync or async), only on a miss."""
     decision = _resolve(request)
     key, hit = _cache_hit(request, decision)
-    if hit is None:
-        _check_budget(request, decision)
     return decision, key, hit
 
 
 def _finish(decision: Decision, request: ChatRequest, result: ProviderResult, started: float,
-            key: str | None) -> Completion:
+            key: str | None, reservation: Reservation | None = None) -> Completion:
     """Turn a parsed answer into a settled Completion and cache it (sync and async alike)."""
     completion = _completion(decision, request, result,
                              latency_ms=(_perf() - started) * 1000.0)
-    completion = accounting.settle(completion)
+    completion = accounting.settle(completion, reservation=reservation)
     if key is not None:
         cache.store(key, completion)
     return completion
@@ -226,21 +249,26 @@ def _chat(request: ChatRequest, retries: int | None) -> Completion:
     decision, key, hit = _prepare(request)
     if hit is not None:
         return hit
-    while True:
-        adapter = get_provider(decision.adapter)
-        started = _perf()
-        try:
-            response = transport.send(_http_request(adapter, request, decision),
-                                      retries=retries, map_error=adapter.map_error,
-                                      provider=decision.provider)
-            result = adapter.parse_response(response)
-        except CencoriError as err:
-            _record_failure(decision, request, err, started)
-            if _can_fall_back(decision, err):
-                decision = decision.fallback  # type: ignore[assignment]
-                continue
-            raise
-        return _finish(decision, request, result, started, key)
+    reservation = _reserve(request, decision)
+    try:
+        while True:
+            adapter = get_provider(decision.adapter)
+            started = _perf()
+            try:
+                response = transport.send(_http_request(adapter, request, decision),
+                                          retries=retries, map_error=adapter.map_error,
+                                          provider=decision.provider)
+                result = adapter.parse_response(response)
+            except CencoriError as err:
+                _record_failure(decision, request, err, started, reservation)
+                if _can_fall_back(decision, err):
+                    decision = decision.fallback  # type: ignore[assignment]
+                    reservation = _reserve(request, decision)
+                    continue
+                raise
+            return _finish(decision, request, result, started, key, reservation)
+    finally:
+        _release(reservation)
 
 
 async def achat(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
@@ -259,21 +287,26 @@ async def _achat(request: ChatRequest, retries: int | None) -> Completion:
     decision, key, hit = _prepare(request)
     if hit is not None:
         return hit
-    while True:
-        adapter = get_provider(decision.adapter)
-        started = _perf()
-        try:
-            response = await transport.asend(_http_request(adapter, request, decision),
-                                             retries=retries, map_error=adapter.map_error,
-                                             provider=decision.provider)
-            result = adapter.parse_response(response)
-        except CencoriError as err:
-            _record_failure(decision, request, err, started)
-            if _can_fall_back(decision, err):
-                decision = decision.fallback  # type: ignore[assignment]
-                continue
-            raise
-        return _finish(decision, request, result, started, key)
+    reservation = await _areserve(request, decision)
+    try:
+        while True:
+            adapter = get_provider(decision.adapter)
+            started = _perf()
+            try:
+                response = await transport.asend(_http_request(adapter, request, decision),
+                                                 retries=retries, map_error=adapter.map_error,
+                                                 provider=decision.provider)
+                result = adapter.parse_response(response)
+            except CencoriError as err:
+                _record_failure(decision, request, err, started, reservation)
+                if _can_fall_back(decision, err):
+                    decision = decision.fallback  # type: ignore[assignment]
+                    reservation = await _areserve(request, decision)
+                    continue
+                raise
+            return _finish(decision, request, result, started, key, reservation)
+    finally:
+        _release(reservation)
 
 
 # --------------------------------------------------------------------------- streams
@@ -295,6 +328,7 @@ class _StreamState:
         self.finished = False
         self.completion: Completion | None = None
         self.event_error: CencoriError | None = None   # an error event inside the stream
+        self.reservation: Reservation | None = None    # held against a hard cap until settled
 
     def feed(self, event: httpx2.ServerSentEvent) -> str | None:
         try:
@@ -316,7 +350,7 @@ class _StreamState:
                                  text="".join(self.parts),
                                  latency_ms=(now - self.started) * 1000.0, ttft_ms=ttft,
                                  complete=complete)
-        completion = accounting.settle(completion)
+        completion = accounting.settle(completion, reservation=self.reservation)
         self.completion = completion
         return completion
 
@@ -329,7 +363,7 @@ class _StreamState:
                 f"The stream from {self.decision.provider} ended before any text or its final "
                 "event arrived.", provider=self.decision.provider,
                 hint="Try again; use stream=False if this keeps happening.")
-            _record_failure(self.decision, self.request, err, self.started)
+            _record_failure(self.decision, self.request, err, self.started, self.reservation)
             raise err
         completion = self._settle(complete=complete)
         if not complete:
@@ -346,7 +380,7 @@ class _StreamState:
         """The stream failed mid-way with ``err``; return the error to raise."""
         self.finished = True
         if not self.parts:
-            _record_failure(self.decision, self.request, err, self.started)
+            _record_failure(self.decision, self.request, err, self.started, self.reservation)
             return err
         completion = self._settle(complete=False)
         if err is self.event_error:   # the provider said why: keep its error
@@ -362,6 +396,7 @@ class _StreamState:
     def abandon(self) -> None:
         """The consumer stopped early: settle what was sent (estimated), no error."""
         if self.finished or self.parser is None:
+            _release(self.reservation)
             return
         self.finished = True
         self._settle(complete=False)
@@ -378,9 +413,10 @@ def _open_stream(state: _StreamState, retries: int | None) -> None:
                                       stream=True, retries=retries,
                                       map_error=adapter.map_error, provider=decision.provider)
         except CencoriError as err:
-            _record_failure(decision, state.request, err, state.started)
+            _record_failure(decision, state.request, err, state.started, state.reservation)
             if _can_fall_back(decision, err):
                 state.decision = decision.fallback  # type: ignore[assignment]
+                state.reservation = _reserve(state.request, state.decision)
                 continue
             raise
         state.adapter, state.response = adapter, response
@@ -399,9 +435,10 @@ async def _aopen_stream(state: _StreamState, retries: int | None) -> None:
                                              map_error=adapter.map_error,
                                              provider=decision.provider)
         except CencoriError as err:
-            _record_failure(decision, state.request, err, state.started)
+            _record_failure(decision, state.request, err, state.started, state.reservation)
             if _can_fall_back(decision, err):
                 state.decision = decision.fallback  # type: ignore[assignment]
+                state.reservation = await _areserve(state.request, state.decision)
                 continue
             raise
         state.adapter, state.response = adapter, response
@@ -431,8 +468,12 @@ class ChatStream:
             self._state.completion = hit
             self._iter: Iterator[str] = iter([hit.text] if hit.text else [])
             return
-        _check_budget(request, decision)
-        _open_stream(self._state, retries)
+        self._state.reservation = _reserve(request, decision)
+        try:
+            _open_stream(self._state, retries)
+        except BaseException:
+            _release(self._state.reservation)
+            raise
         self._iter = self._deltas()
 
     @property
@@ -467,6 +508,9 @@ class ChatStream:
             response.close()
             state.abandon()
             raise
+        except BaseException:
+            _release(state.reservation)    # Ctrl-C mid-stream: nothing may stay held
+            raise
         response.close()
         state.end()
 
@@ -496,6 +540,8 @@ class ChatStream:
         state = getattr(self, "_state", None)
         if state is not None and state.response is not None and not state.response.is_closed:
             state.response.close()
+        if state is not None:
+            _release(state.reservation)
 
     def __repr__(self) -> str:
         status = "done" if self._state.finished else "open"
@@ -545,8 +591,12 @@ class AsyncChatStream:
             if hit.text:
                 yield hit.text
             return
-        _check_budget(request, decision)
-        await _aopen_stream(state, self._retries)
+        state.reservation = await _areserve(request, decision)
+        try:
+            await _aopen_stream(state, self._retries)
+        except BaseException:
+            _release(state.reservation)
+            raise
         response = state.response
         assert response is not None
         try:
@@ -560,6 +610,9 @@ class AsyncChatStream:
         except GeneratorExit:
             await response.aclose()
             state.abandon()
+            raise
+        except BaseException:
+            _release(state.reservation)
             raise
         await response.aclose()
         state.end()

@@ -49,9 +49,9 @@ __all__ = ["COST_SQL", "PUSD", "Ledger", "LedgerRow", "default_ledger", "from_pu
 
 _log = logging.getLogger("cencori_nb.ledger")
 PUSD = 10**12                 # pico-USD per USD: the integer unit money is stored in
-# What a request cost its user: credits charged, plus the provider price of BYOK requests.
-COST_SQL = ("credits_charged_pusd + CASE WHEN route = 'byok' "
-            "THEN COALESCE(provider_cost_pusd, 0) ELSE 0 END")
+# What a request cost its user, as stored when it was settled (accounting.cost_of is the
+# one rule; NULL = cost unknown). Views read this column, never recompute it.
+COST_SQL = "cost_pusd"
 _PICO = Decimal(1).scaleb(-12)
 DAY_MS = 86_400_000
 
@@ -120,9 +120,23 @@ def parse_since(since: str | datetime | date | int | float | None,
             '"2026-11-01".') from None
 
 
+class _Derive:
+    def __repr__(self) -> str:
+        return "DERIVE"
+
+
+# LedgerRow.cost_usd's default: derive it from the row's own fields by the one cost rule
+# (accounting.cost_of) when the row is built. accounting.settle always passes the value.
+DERIVE: Any = _Derive()
+
+
 @dataclass(slots=True)
 class LedgerRow:
-    """One request as recorded. Money in Decimal USD; ``ts_ms`` is UTC epoch ms."""
+    """One request as recorded. Money in Decimal USD; ``ts_ms`` is UTC epoch ms.
+
+    ``cost_usd`` (what it cost its user; None = unknown) defaults to the cost rule applied
+    to the row's route, provider cost and credits (0 for a failed request).
+    """
 
     request_id: str
     project: str
@@ -145,6 +159,16 @@ class LedgerRow:
     latency_ms: float | None = None
     ttft_ms: float | None = None
     ts_ms: int = 0
+    cost_usd: Decimal | None = DERIVE  # what it cost its user (accounting.cost_of); None: unknown
+    test_mode: bool = False            # made with a Cencori test key: never charged
+
+    def __post_init__(self) -> None:
+        if self.cost_usd is DERIVE:
+            from .accounting import cost_of  # the one rule (accounting imports this module)
+
+            self.cost_usd = Decimal(0) if self.status == "error" else cost_of(
+                self.route, self.provider_cost_usd, self.credits_charged_usd,
+                cached=self.status == "cached", test_mode=self.test_mode)
 
     def as_params(self) -> tuple[Any, ...]:
         return (self.ts_ms or now_ms(), self.request_id, self.project, self.provider,
@@ -153,14 +177,16 @@ class LedgerRow:
                 int(self.cache_read_tokens), int(self.cache_write_tokens),
                 int(self.thinking_tokens), to_pusd(self.provider_cost_usd),
                 to_pusd(self.credits_charged_usd) or 0, int(bool(self.estimated)),
-                self.price_version, self.latency_ms, self.ttft_ms)
+                self.price_version, self.latency_ms, self.ttft_ms, to_pusd(self.cost_usd),
+                int(bool(self.test_mode)))
 
 
 # Column order of LedgerRow.as_params(), as stored.
 COLUMNS = ("ts_ms", "request_id", "project", "provider", "model_requested", "model", "route",
            "credential_source", "status", "error_code", "input_tokens", "output_tokens",
            "cache_read_tokens", "cache_write_tokens", "thinking_tokens", "provider_cost_pusd",
-           "credits_charged_pusd", "estimated", "price_version", "latency_ms", "ttft_ms")
+           "credits_charged_pusd", "estimated", "price_version", "latency_ms", "ttft_ms",
+           "cost_pusd", "test_mode")
 # ON CONFLICT DO NOTHING (not INSERT OR IGNORE, which would also drop rows failing a CHECK)
 INSERT_SQL = (f"INSERT INTO requests ({', '.join(COLUMNS)}) "  # noqa: S608 (constants)
               f"VALUES ({', '.join('?' * len(COLUMNS))}) ON CONFLICT DO NOTHING")
@@ -337,7 +363,9 @@ class Ledger:
             data = dict(zip(COLUMNS, r, strict=True))
             data["provider_cost_usd"] = from_pusd(data.pop("provider_cost_pusd"))
             data["credits_charged_usd"] = from_pusd(data.pop("credits_charged_pusd"))
+            data["cost_usd"] = from_pusd(data.pop("cost_pusd"))
             data["estimated"] = bool(data["estimated"])
+            data["test_mode"] = bool(data["test_mode"])
             out.append(LedgerRow(**data))
         return out
 
@@ -363,15 +391,16 @@ class Ledger:
         return int(self.query("SELECT COUNT(*) FROM requests")[0][0])
 
     def month_cost(self, project: str, *, at: datetime | None = None) -> Decimal:
-        """What ``project`` cost its user this UTC month: credits charged plus, for BYOK
-        requests, the provider's list price (paid on the user's own account)."""
+        """What ``project`` cost its user this UTC month: the sum of the rows' stored
+        ``cost_usd`` (credits charged; for BYOK the provider's list price plus any fee).
+        Every status counts: a failed or cached row costs 0 unless it was billed."""
         start = month_start_ms(at)
         end = month_start_ms((datetime.fromtimestamp(start / 1000, UTC)
                               + timedelta(days=32)).replace(day=1))
         # a month is whole UTC days, so the daily rollup answers it exactly
         (total,) = self.query(
             "SELECT COALESCE(SUM(cost_pusd), 0) FROM requests_daily "
-            "WHERE day >= ? AND day < ? AND project = ? AND status = 'ok'",
+            "WHERE day >= ? AND day < ? AND project = ?",
             (start // DAY_MS, end // DAY_MS, project))[0]
         return from_pusd(int(total)) or Decimal(0)
 

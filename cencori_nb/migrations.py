@@ -139,6 +139,53 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                 SUM(provider_cost_pusd IS NULL)
             FROM requests GROUP BY 1, 2, 3, 4, 5, 6""",
     ]),
+    # What a request cost its user is computed once, when it is settled (accounting.cost_of)
+    # and stored per row; the rollup and every view sum that one value. Rows written before
+    # get the rule as it was (credits charged, plus the provider price of BYOK requests;
+    # NULL when a BYOK price was unknown). ``test_mode``: made with a Cencori test key
+    # (csk_test_…), never charged. ``budget_reservations``: the estimated maximum cost of
+    # each request in flight under a hard cap (accounting.reserve), released in the
+    # transaction that writes its row; ``pid``/``host``/``created_ms`` let a dead process's
+    # reservations expire.
+    ("004_cost_rule_and_reservations", [
+        "ALTER TABLE requests ADD COLUMN cost_pusd INTEGER",
+        "ALTER TABLE requests ADD COLUMN test_mode INTEGER NOT NULL DEFAULT 0",
+        """UPDATE requests SET cost_pusd = CASE
+            WHEN status != 'ok' THEN 0
+            WHEN route = 'byok' THEN CASE WHEN provider_cost_pusd IS NULL
+                THEN NULL ELSE provider_cost_pusd + credits_charged_pusd END
+            ELSE credits_charged_pusd END""",
+        "DROP TRIGGER requests_daily_insert",
+        """CREATE TRIGGER requests_daily_insert AFTER INSERT ON requests BEGIN
+            INSERT INTO requests_daily VALUES (
+                NEW.ts_ms / 86400000, NEW.project, NEW.provider,
+                COALESCE(NEW.model, NEW.model_requested, ''), NEW.route, NEW.status, 1,
+                NEW.input_tokens, NEW.output_tokens, NEW.cache_read_tokens,
+                NEW.cache_write_tokens, NEW.provider_cost_pusd, NEW.credits_charged_pusd,
+                COALESCE(NEW.cost_pusd, 0), NEW.provider_cost_pusd IS NULL)
+            ON CONFLICT DO UPDATE SET
+                requests = requests + 1,
+                input_tokens = input_tokens + excluded.input_tokens,
+                output_tokens = output_tokens + excluded.output_tokens,
+                cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+                cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
+                provider_cost_pusd = CASE WHEN excluded.provider_cost_pusd IS NULL
+                    THEN provider_cost_pusd
+                    ELSE COALESCE(provider_cost_pusd, 0) + excluded.provider_cost_pusd END,
+                credits_charged_pusd = credits_charged_pusd + excluded.credits_charged_pusd,
+                cost_pusd = cost_pusd + excluded.cost_pusd,
+                unpriced = unpriced + excluded.unpriced;
+        END""",
+        """CREATE TABLE budget_reservations (
+            id TEXT PRIMARY KEY,
+            project TEXT NOT NULL,
+            amount_pusd INTEGER NOT NULL,
+            pid INTEGER NOT NULL,
+            host TEXT NOT NULL,
+            created_ms INTEGER NOT NULL
+        )""",
+        "CREATE INDEX budget_reservations_project ON budget_reservations (project)",
+    ]),
 ]
 
 

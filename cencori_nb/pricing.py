@@ -40,8 +40,8 @@ from .errors import PricingError
 if TYPE_CHECKING:
     from .types import Usage
 
-__all__ = ["PROVIDER_IDS", "PriceQuote", "estimate_cost", "genai_provider_id", "price_version",
-           "provider_cost", "require_price", "unit_prices"]
+__all__ = ["PROVIDER_IDS", "PriceQuote", "context_window", "estimate_cost", "genai_provider_id",
+           "price_version", "provider_cost", "require_price", "unit_prices"]
 
 # Our provider names -> genai-prices provider ids. ``None``: no price table (local servers).
 PROVIDER_IDS: dict[str, str | None] = {
@@ -262,6 +262,21 @@ def unit_prices(provider: str, model: str, *, when: datetime | None = None) -> d
         if value is not None:
             out[name] = getattr(value, "base", value)
     return out
+
+
+def context_window(provider: str, model: str | None) -> int | None:
+    """The model's context window in tokens from the catalogue, or None if unknown.
+
+    genai-prices records no maximum *output*, so this (prompt plus output) is the only
+    per-model bound on output the catalogue gives.
+    """
+    if not model:
+        return None
+    found = _lookup(provider, model)
+    if found is None:
+        return None
+    window = getattr(found[1], "context_window", None)
+    return int(window) if window else None
 
 
 def require_price(provider: str, model: str) -> None:

@@ -8,8 +8,10 @@ Columns used across the views:
 
 - ``provider_cost_usd``: the provider's list price (what BYOK pays the provider);
 - ``credits_charged_usd``: what the Cencori wallet was charged;
-- ``cost_usd``: what the request cost its user: credits charged, plus the provider price
-  of BYOK requests (paid on the user's own account).
+- ``cost_usd``: what the request cost its user, computed once when it was settled
+  (:func:`cencori_nb.accounting.cost_of`) and stored on its row: the credits charged for a
+  managed request, the provider price plus any BYOK fee for a BYOK one, 0 for cache hits
+  and test-key requests. Every view reads that stored value.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ _SOURCE_COLUMNS = ("day, project, provider, model, route, status, requests, inpu
 _RAW_AS_SOURCE = (
     f"ts_ms / {DAY_MS}, project, provider, COALESCE(model, model_requested, ''), route, "
     "status, 1, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
-    f"provider_cost_pusd, credits_charged_pusd, {COST_SQL}, provider_cost_pusd IS NULL")
+    f"provider_cost_pusd, credits_charged_pusd, COALESCE({COST_SQL}, 0), "
+    "provider_cost_pusd IS NULL")
 
 
 def _daily_source(since: Any, project: str | None) -> tuple[str, list[Any]]:
@@ -87,15 +90,14 @@ def usage(since: Any = None, project: str | None = None) -> Any:
     led = default_ledger()
     where, params = led.where(since=since, project=project)
     # constant column names and expressions; values are bound parameters
-    sql = (f"SELECT {', '.join(COLUMNS)}, {COST_SQL} FROM requests "  # noqa: S608
+    sql = (f"SELECT {', '.join(COLUMNS)} FROM requests "  # noqa: S608
            f"WHERE {where} ORDER BY ts_ms, id")
     rows = led.query(sql, params)
-    money = [COLUMNS.index("provider_cost_pusd"), COLUMNS.index("credits_charged_pusd"),
-             len(COLUMNS)]
+    money = [COLUMNS.index(c) for c in COLUMNS if c.endswith("_pusd")]
     # convert the exact integers before pandas sees them (it would turn NULLs into floats)
-    columns = list(zip(*rows, strict=True)) if rows else [()] * (len(COLUMNS) + 1)
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(COLUMNS)
     data = {}
-    for i, name in enumerate([*COLUMNS, "cost_pusd"]):
+    for i, name in enumerate(COLUMNS):
         if i in money:
             data[name.replace("_pusd", "_usd")] = [_usd(v) for v in columns[i]]
         else:
@@ -104,6 +106,7 @@ def usage(since: Any = None, project: str | None = None) -> Any:
     frame.insert(0, "time", pd.to_datetime(frame.pop("ts_ms").astype("int64"), unit="ms",
                                            utc=True))
     frame["estimated"] = frame["estimated"].astype(bool)
+    frame["test_mode"] = frame["test_mode"].astype(bool)
     return frame
 
 

@@ -51,6 +51,12 @@ class Settings:
     sandbox_url: str | None = None
     base_urls: dict[str, str] = field(default_factory=dict)   # e.g. {"ollama": "http://…/v1"}
     projects: dict[str, ProjectSettings] = field(default_factory=dict)
+    # Under a hard cap, the output tokens reserved for a request sent without max_tokens
+    # (at most; less when the model's context window says so). See accounting.reserve.
+    reserve_output_tokens: int = 1024
+    # Models that may be sent under a hard cap although no price is known for them (they
+    # are reserved at $0 and recorded "cost unknown"); every other unpriced model is refused.
+    unpriced_models_allowed: list[str] = field(default_factory=list)
 
     def for_project(self, project: str | None = None) -> ProjectSettings:
         return self.projects.get(project or self.project, ProjectSettings())
@@ -84,6 +90,22 @@ def _decode(raw: dict[str, Any]) -> Settings:
             else Decimal(str(p["soft_budget_usd"])),
             hard_cap_usd=None if p.get("hard_cap_usd") is None else Decimal(str(p["hard_cap_usd"])),
         )
+    if "reserve_output_tokens" in data:
+        try:
+            data["reserve_output_tokens"] = int(data["reserve_output_tokens"])
+        except (TypeError, ValueError):
+            raise ConfigurationError(
+                f"reserve_output_tokens in {config_path()} must be a whole number of tokens."
+            ) from None
+        if data["reserve_output_tokens"] < 1:
+            raise ConfigurationError(
+                f"reserve_output_tokens in {config_path()} must be at least 1.")
+    if "unpriced_models_allowed" in data:
+        allowed = data["unpriced_models_allowed"] or []
+        if isinstance(allowed, str) or not all(isinstance(m, str) for m in allowed):
+            raise ConfigurationError(
+                f"unpriced_models_allowed in {config_path()} must be a list of model ids.")
+        data["unpriced_models_allowed"] = list(allowed)
     settings = Settings(projects=projects, **data)
     if settings.byok_policy not in ("zero", "percent", "managed"):
         raise ConfigurationError(

@@ -80,8 +80,13 @@ class Completion:
 
     ``provider_cost_usd`` is what the provider's list price says the tokens cost (what a
     BYOK user pays the provider); ``credits_charged_usd`` is what the Cencori wallet was
-    charged (managed charge, or the BYOK policy fee). ``estimated`` is True when usage was
-    missing (a cut stream) and tokens were estimated from the text.
+    charged (managed charge, or the BYOK policy fee). ``cost_usd`` is what the request cost
+    you, set once when it is settled (:func:`cencori_nb.accounting.cost_of`: credits charged
+    for managed, provider price plus any BYOK fee for BYOK, 0 for a cache hit or a test key;
+    None while unsettled or when no price is known); every view shows that value.
+    ``test_mode`` is True when a Cencori test key (``csk_test_…``) was used: free, never
+    debited. ``estimated`` is True when usage was missing (a cut stream) and tokens were
+    estimated from the text.
     """
 
     text: str
@@ -106,6 +111,8 @@ class Completion:
     project: str = "default"
     gateway_cost_usd: Decimal | None = None
     price_version: str | None = None
+    cost_usd: Decimal | None = None
+    test_mode: bool = False
 
     @property
     def usage(self) -> Usage:
@@ -125,7 +132,9 @@ class Completion:
         if self.cached:
             return f"{self.model} · cached · {self.input_tokens}+{self.output_tokens} tokens · $0"
         route = "BYOK" if self.route == "byok" else "managed"
-        cost = self.credits_charged_usd if self.route == "managed" else self.provider_cost_usd
+        if self.test_mode:
+            route += " · test mode (free)"
+        cost = self.cost_usd
         cost_s = "cost unknown" if cost is None else f"${cost:.6f}"
         est = " (estimated)" if self.estimated else ""
         return (f"{self.model} · {route} · {self.input_tokens} in / {self.output_tokens} out"

@@ -14,7 +14,7 @@ from cencori_nb.cli import main
 from cencori_nb.cli.ask import JSON_FIELDS
 
 OPENAI_KEY = "sk-test-cli-" + "A" * 20 + "k1k1"
-CENCORI_KEY = "csk_test_cli_" + "B" * 20 + "k2k2"
+CENCORI_KEY = "csk_live_cli_" + "B" * 20 + "k2k2"
 
 
 @pytest.fixture

@@ -29,16 +29,20 @@ from cencori_nb.errors import (
 )
 from cencori_nb.progress import TextProgress, WidgetProgress, summary_line
 from cencori_nb.ratelimit import AdaptiveLimiter
+from cencori_nb.accounting import cost_of
 from cencori_nb.types import Completion
 
 
 def completion(prompt: str, *, route: str = "byok", cached: bool = False,
                cost: str = "0.001", credits: str = "0") -> Completion:
+    provider_cost = Decimal(0) if cached else Decimal(cost)
+    # a settled completion, as achat returns it: cost_usd by the one rule
     return Completion(text=f"echo: {prompt}", model="gpt-4o-mini", provider="openai",
                       route=route, input_tokens=len(prompt), output_tokens=3,
-                      provider_cost_usd=Decimal(0) if cached else Decimal(cost),
+                      provider_cost_usd=provider_cost,
                       credits_charged_usd=Decimal(credits), cached=cached,
-                      request_id=f"req-{prompt}")
+                      request_id=f"req-{prompt}",
+                      cost_usd=cost_of(route, provider_cost, Decimal(credits), cached=cached))
 
 
 class FakeAchat:
@@ -238,7 +242,8 @@ def test_empty_prompts_are_not_sent() -> None:
 
 
 def test_cost_column_is_credits_for_managed_and_provider_cost_for_byok() -> None:
-    """cost_usd: managed → credits charged, BYOK → provider cost, cache hit → 0."""
+    """cost_usd is the completion's settled cost: managed → credits charged, BYOK →
+    provider cost (+ fee), cache hit → 0."""
     managed = cencori_nb.map(["a"], achat=FakeAchat(route="managed"), progress=False)
     assert managed["cost_usd"][0] == Decimal("0.002")
     assert managed["provider_cost_usd"][0] == Decimal("0.001")

@@ -26,7 +26,7 @@ from cencori_nb.sandbox.server import SandboxServer
 from cencori_nb.types import Completion
 
 OPENAI_KEY = "sk-test-batch-" + "A" * 20 + "b4tc"
-CENCORI_KEY = "csk_test_batch_" + "B" * 20 + "m4nd"
+CENCORI_KEY = "csk_live_batch_" + "B" * 20 + "m4nd"
 
 
 @pytest.fixture
@@ -187,7 +187,8 @@ def test_spend_reaching_max_cost_stops_new_rows(sbx: SandboxServer) -> None:
 
     async def pricey(prompt: str, **kw: Any) -> Completion:
         return Completion(text="ok", model="gpt-4o-mini", provider="openai", route="byok",
-                          provider_cost_usd=Decimal("0.01"), request_id=prompt)
+                          provider_cost_usd=Decimal("0.01"), request_id=prompt,
+                          cost_usd=Decimal("0.01"))    # settled: map reads cost_usd
 
     out = cencori_nb.map([f"p{i}" for i in range(6)], model="gpt-4o-mini", max_tokens=5,
                          max_cost_usd="0.025", concurrency=1, achat=pricey, progress=False)

@@ -16,7 +16,7 @@ from cencori_nb.sandbox.server import SandboxServer
 from tests.conftest import all_bytes_under
 
 OPENAI_KEY = "sk-test-client-" + "A" * 20 + "q1w2"
-CENCORI_KEY = "csk_test_client_" + "B" * 20 + "e3r4"
+CENCORI_KEY = "csk_live_client_" + "B" * 20 + "e3r4"
 
 
 @pytest.fixture

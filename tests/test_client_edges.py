@@ -17,7 +17,7 @@ from cencori_nb.ledger import default_ledger
 
 BASE = "http://mock.test"
 OPENAI_KEY = "sk-test-edges-" + "A" * 20 + "z9z9"
-CENCORI_KEY = "csk_test_edges_" + "B" * 20 + "y8y8"
+CENCORI_KEY = "csk_live_edges_" + "B" * 20 + "y8y8"
 
 
 class NoSleep(transport.Clock):

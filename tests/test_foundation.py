@@ -149,10 +149,15 @@ def test_chat_request_from_prompt_and_completion_dict() -> None:
     req2 = ChatRequest.from_prompt([{"role": "user", "content": "a"}])
     assert req2.messages == (Message("user", "a"),)
     c = Completion(text="t", model="m", provider="openai", route="byok",
-                   provider_cost_usd=Decimal("0.000123"), input_tokens=3, output_tokens=4)
+                   provider_cost_usd=Decimal("0.000123"), input_tokens=3, output_tokens=4,
+                   cost_usd=Decimal("0.000123"))
     d = c.to_dict()
     assert d["provider_cost_usd"] == "0.000123" and d["credits_charged_usd"] == "0"
+    assert d["cost_usd"] == "0.000123" and d["test_mode"] is False
     assert "BYOK" in c.footer() and "$0.000123" in c.footer()
+    # the footer shows the settled cost_usd (the one rule), never recomputes it
+    assert "cost unknown" in Completion(text="t", model="m", provider="openai", route="byok",
+                                        provider_cost_usd=Decimal(1)).footer()
     assert "t" in c._repr_mimebundle_()["text/plain"]
 
 

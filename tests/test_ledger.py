@@ -24,7 +24,8 @@ EXPECTED_REQUESTS_COLUMNS = [
     ("cache_read_tokens", "INTEGER"), ("cache_write_tokens", "INTEGER"),
     ("thinking_tokens", "INTEGER"), ("provider_cost_pusd", "INTEGER"),
     ("credits_charged_pusd", "INTEGER"), ("estimated", "INTEGER"), ("price_version", "TEXT"),
-    ("latency_ms", "REAL"), ("ttft_ms", "REAL"),
+    ("latency_ms", "REAL"), ("ttft_ms", "REAL"), ("cost_pusd", "INTEGER"),
+    ("test_mode", "INTEGER"),
 ]
 EXPECTED_DAILY_COLUMNS = [
     ("day", "INTEGER"), ("project", "TEXT"), ("provider", "TEXT"), ("model", "TEXT"),
@@ -55,7 +56,8 @@ def test_schema_from_an_empty_file(private_home: Path) -> None:
     led = default_ledger()
     conn = led.conn
     assert [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")] == \
-        ["001_create_requests", "002_wallet_and_budget_alerts", "003_daily_rollup"]
+        ["001_create_requests", "002_wallet_and_budget_alerts", "003_daily_rollup",
+         "004_cost_rule_and_reservations"]
     assert _columns(conn, "requests") == EXPECTED_REQUESTS_COLUMNS
     assert _columns(conn, "requests_daily") == EXPECTED_DAILY_COLUMNS
     assert _columns(conn, "wallet_transactions") == EXPECTED_WALLET_COLUMNS
@@ -67,6 +69,7 @@ def test_schema_from_an_empty_file(private_home: Path) -> None:
         ("table", "wallet_transactions"), ("index", "wallet_usage_request"),
         ("index", "wallet_refund_request"), ("table", "budget_alerts"),
         ("table", "requests_daily"), ("trigger", "requests_daily_insert"),
+        ("table", "budget_reservations"), ("index", "budget_reservations_project"),
     }
     assert led.path == private_home / "ledger.sqlite"
 
@@ -105,7 +108,7 @@ def test_migration_from_the_previous_schema_backfills_the_rollup(tmp_path: Path)
          (day + 3, "c", "byok", None, 0)])
     conn.close()
     led = Ledger(path)
-    assert led.query("SELECT name FROM _migrations ORDER BY rowid")[-1] == ("003_daily_rollup",)
+    assert ("003_daily_rollup",) in led.query("SELECT name FROM _migrations ORDER BY rowid")
     assert led.query("SELECT day, route, requests, input_tokens, provider_cost_pusd, "
                      "credits_charged_pusd, cost_pusd, unpriced FROM requests_daily "
                      "ORDER BY route") == [(20_000, "byok", 2, 20, 100, 5, 105, 1),

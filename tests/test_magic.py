@@ -16,7 +16,7 @@ from traitlets.config import Config
 from cencori_nb.magic import CencoriMagics
 
 OPENAI_KEY = "sk-test-openai-0000000000Ab12"
-CENCORI_KEY = "csk_test_managed_00000Cd34"
+CENCORI_KEY = "csk_live_managed_00000Cd34"
 
 
 # ----------------------------------------------------------------------------- fixtures

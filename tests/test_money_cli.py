@@ -52,9 +52,11 @@ def test_usage_json_shape(rows: None, capsys: pytest.CaptureFixture[str]) -> Non
     assert first["time"].endswith("+00:00")
     assert data["rows"][1]["provider_cost_usd"] is None
     assert data["rows"][2]["error_code"] == "spend_cap_reached"
+    assert first["cost_usd"] == "0.01125" and data["rows"][1]["cost_usd"] is None
     assert data["totals"] == {"requests": 3, "errors": 1, "cached": 0, "input_tokens": 1007,
                               "output_tokens": 503, "provider_cost_usd": "0.0075",
-                              "credits_charged_usd": "0.01125"}
+                              "credits_charged_usd": "0.01125", "cost_usd": "0.01125",
+                              "cost_unknown_rows": 1, "test_mode_rows": 0}
 
 
 def test_usage_csv_shape(rows: None, capsys: pytest.CaptureFixture[str]) -> None:
@@ -67,8 +69,8 @@ def test_usage_csv_shape(rows: None, capsys: pytest.CaptureFixture[str]) -> None
                               "model", "route", "credential_source", "status", "error_code",
                               "input_tokens", "output_tokens", "cache_read_tokens",
                               "cache_write_tokens", "thinking_tokens", "provider_cost_usd",
-                              "credits_charged_usd", "estimated", "price_version",
-                              "latency_ms", "ttft_ms"]
+                              "credits_charged_usd", "cost_usd", "estimated",
+                              "price_version", "latency_ms", "ttft_ms", "test_mode"]
     assert table[1]["credits_charged_usd"] == "0.01125"
 
 

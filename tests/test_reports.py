@@ -56,8 +56,10 @@ def test_usage_frame(synthetic: list[LedgerRow]) -> None:
     assert str(frame["time"].dt.tz) == "UTC"
     assert frame["provider_cost_usd"].iloc[0] == 0.0075
     assert math.isnan(frame["provider_cost_usd"].iloc[5])
-    # cost_usd: managed = credits; byok = provider price + credits
-    assert list(frame["cost_usd"]) == [0.01125, 0.0025, 0.0075 + 0.000375, 0.0, 0.0, 0.0]
+    # cost_usd: managed = credits; byok = provider price + credits; a BYOK row with no
+    # known price is "cost unknown" (NaN), not $0
+    assert list(frame["cost_usd"])[:5] == [0.01125, 0.0025, 0.0075 + 0.000375, 0.0, 0.0]
+    assert math.isnan(frame["cost_usd"].iloc[5])
     assert list(frame["status"]) == ["ok", "ok", "ok", "error", "cached", "ok"]
     assert frame["error_code"].iloc[3] == "credit_balance_exhausted"
 

@@ -8,7 +8,7 @@ from cencori_nb import errors, keys, router, settings
 from cencori_nb.types import ChatRequest
 
 OPENAI_KEY = "sk-test-openai-" + "A" * 20 + "wxyz"
-CENCORI_KEY = "csk_test_" + "B" * 24 + "c5k9"
+CENCORI_KEY = "csk_live_" + "B" * 24 + "c5k9"
 
 
 # --------------------------------------------------------------------------- model → provider

@@ -25,7 +25,7 @@ from cencori_nb.widgets.controller import (  # noqa: E402
     provider_rows,
 )
 
-CENCORI_KEY = "csk_test_panel_000000Zz99"
+CENCORI_KEY = "csk_live_panel_000000Zz99"
 
 
 class RecordingComm(DummyComm):

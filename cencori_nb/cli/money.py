@@ -11,6 +11,10 @@
 
 JSON and CSV keep money exact (decimal strings). pandas is not loaded: these read the
 ledger directly, so the commands start fast.
+
+Two figures are kept apart everywhere: **credits spent** (what the Cencori wallet was
+charged) and **all spend including BYOK** (``cost_usd``: credits plus the provider price of
+BYOK requests, paid on your own provider accounts). Budgets count the second.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ __all__ = ["register"]
 USAGE_FIELDS = ("time", "request_id", "project", "provider", "model_requested", "model",
                 "route", "credential_source", "status", "error_code", "input_tokens",
                 "output_tokens", "cache_read_tokens", "cache_write_tokens", "thinking_tokens",
-                "provider_cost_usd", "credits_charged_usd", "estimated", "price_version",
-                "latency_ms", "ttft_ms")
+                "provider_cost_usd", "credits_charged_usd", "cost_usd", "estimated",
+                "price_version", "latency_ms", "ttft_ms", "test_mode")
 
 
 def register(subparsers: Any) -> None:
@@ -92,6 +96,7 @@ def _usage(args: argparse.Namespace) -> int:
         rec = {"time": _iso(r.ts_ms), **rec}
         rec["provider_cost_usd"] = _money(r.provider_cost_usd)
         rec["credits_charged_usd"] = _money(r.credits_charged_usd)
+        rec["cost_usd"] = _money(r.cost_usd)
         records.append(rec)
     ok = [r for r in rows if r.status == "ok"]
     totals = {
@@ -102,6 +107,10 @@ def _usage(args: argparse.Namespace) -> int:
         "provider_cost_usd": str(sum((r.provider_cost_usd or Decimal(0) for r in ok),
                                      Decimal(0))),
         "credits_charged_usd": str(sum((r.credits_charged_usd for r in ok), Decimal(0))),
+        # the stored cost of every row (the one rule); rows of unknown cost are counted
+        "cost_usd": str(sum((r.cost_usd or Decimal(0) for r in rows), Decimal(0))),
+        "cost_unknown_rows": sum(r.cost_usd is None for r in rows),
+        "test_mode_rows": sum(bool(r.test_mode) for r in rows),
     }
     if args.json:
         json.dump({"since": args.since, "project": args.project, "rows": records,
@@ -121,25 +130,30 @@ def _print_usage_table(rows: list[Any], totals: dict[str, Any], since: str) -> N
         print(f"No requests recorded since {since}.")
         return
     header = ("time (UTC)", "project", "provider", "model", "route", "status", "in", "out",
-              "provider $", "credits $")
+              "provider $", "credits $", "cost $")
     table = [header]
     for r in rows:
-        cost = "?" if r.provider_cost_usd is None and r.status == "ok" else \
+        provider = "?" if r.provider_cost_usd is None and r.status == "ok" else \
             f"{r.provider_cost_usd or 0:.6f}"
+        cost = "?" if r.cost_usd is None else f"{r.cost_usd:.6f}"
         status = r.status if r.status != "error" else f"error:{r.error_code or '?'}"
+        route = r.route + (" (test key, free)" if r.test_mode else "")
         table.append((_iso(r.ts_ms)[:19].replace("T", " "), r.project, r.provider,
                       (r.model or r.model_requested or "") + ("*" if r.estimated else ""),
-                      r.route, status, str(r.input_tokens), str(r.output_tokens), cost,
-                      f"{r.credits_charged_usd:.6f}"))
+                      route, status, str(r.input_tokens), str(r.output_tokens), provider,
+                      f"{r.credits_charged_usd:.6f}", cost))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    numeric = {6, 7, 8, 9}
+    numeric = {6, 7, 8, 9, 10}
     for row in table:
         print("  ".join(cell.rjust(w) if i in numeric else cell.ljust(w)
                         for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip())
     print(f"\n{totals['requests']} requests ({totals['errors']} failed, {totals['cached']} "
           f"cached) · {totals['input_tokens']:,} in / {totals['output_tokens']:,} out · "
-          f"provider ${Decimal(totals['provider_cost_usd']):.6f} · credits "
-          f"${Decimal(totals['credits_charged_usd']):.6f}"
+          f"all spend incl. BYOK ${Decimal(totals['cost_usd']):.6f} · credits spent "
+          f"${Decimal(totals['credits_charged_usd']):.6f} · provider price "
+          f"${Decimal(totals['provider_cost_usd']):.6f}"
+          + (f" · {totals['cost_unknown_rows']} of unknown cost"
+             if totals["cost_unknown_rows"] else "")
           + ("  (* estimated)" if any(r.estimated for r in rows) else ""))
 
 
