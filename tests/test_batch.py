@@ -20,6 +20,7 @@ import pytest
 
 import cencori_nb
 from cencori_nb import batch
+from cencori_nb.accounting import cost_of
 from cencori_nb.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -29,7 +30,6 @@ from cencori_nb.errors import (
 )
 from cencori_nb.progress import TextProgress, WidgetProgress, summary_line
 from cencori_nb.ratelimit import AdaptiveLimiter
-from cencori_nb.accounting import cost_of
 from cencori_nb.types import Completion
 
 
