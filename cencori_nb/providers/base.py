@@ -8,6 +8,7 @@ store or the ledger. The client does the I/O through the shared transport.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from decimal import Decimal
@@ -99,12 +100,24 @@ def register(provider: Provider) -> Provider:
     return provider
 
 
-def get_provider(name: str) -> Provider:
-    """The adapter registered for ``name`` (importing the built-in adapters on first use)."""
-    if not _REGISTRY:
-        from . import load_builtin
+_load_lock = threading.Lock()
+_loaded = False
 
-        load_builtin()
+
+def get_provider(name: str) -> Provider:
+    """The adapter registered for ``name`` (importing the built-in adapters on first use).
+
+    The first load is done under a lock and only then marked done: a second thread must not
+    see a half-filled registry (16 threads starting at once got ``KeyError: 'openai'``).
+    """
+    global _loaded
+    if not _loaded:
+        with _load_lock:
+            if not _loaded:
+                from . import load_builtin
+
+                load_builtin()
+                _loaded = True
     try:
         return _REGISTRY[name]
     except KeyError:
