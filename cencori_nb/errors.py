@@ -29,13 +29,17 @@ only inside the message, and no message ever contains a secret.
     ├── CreditsError                  the Cencori credit wallet
     │   ├── CreditsExhaustedError     gateway 403 ``credit_balance_exhausted`` / local balance 0
     │   └── SpendCapReachedError      gateway 402 ``spend_cap_reached``
-    └── BudgetError                   local budgets and cost limits
-        ├── BudgetExceededError       a project's hard cap would be passed
-        └── CostLimitError            a batch estimate above ``max_cost_usd``
+    ├── BudgetError                   local budgets and cost limits
+    │   ├── BudgetExceededError       a project's hard cap would be passed
+    │   └── CostLimitError            a batch estimate above ``max_cost_usd``
+    └── LocalEnvironmentError         a local file, disk or input the user can fix
+                                      (from :func:`user_error`)
 """
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,7 @@ __all__ = [
     "KeyNotFoundError",
     "KeystoreCorruptError",
     "KeystoreError",
+    "LocalEnvironmentError",
     "PermissionDeniedError",
     "PricingError",
     "ProviderError",
@@ -212,3 +217,74 @@ class BudgetExceededError(BudgetError):
 
 class CostLimitError(BudgetError):
     code = "cost_limit"
+
+
+class LocalEnvironmentError(CencoriError):
+    """Something on this machine that the user can fix: a full disk, a file they cannot
+    read, a file where a folder should be, a damaged database, input that is not UTF-8.
+    ``path`` names the file when it is known."""
+
+    code = "local_environment"
+    path: str | None = None
+
+
+# errno → what a person can do about it (the message names the file before this).
+_OS_HINTS: dict[int, str] = {
+    errno.ENOSPC: "the disk is full: free some space and run the command again.",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f, or a full "
+                 "disk): free space or raise the limit and run again.",
+    errno.EDQUOT: "your disk quota is used up: free some space and run again.",
+    errno.EROFS: "the file system is read-only: point CENCORI_NB_HOME at a writable folder.",
+    errno.EACCES: "permission denied: the file and its folder must be yours "
+                  "(folder 0700, files 0600); fix the owner or mode, or point "
+                  "CENCORI_NB_HOME elsewhere.",
+    errno.EPERM: "operation not permitted: the file and its folder must be yours; fix the "
+                 "owner or mode, or point CENCORI_NB_HOME elsewhere.",
+    errno.ENOTDIR: "a part of this path is a file, not a folder: CENCORI_NB_HOME must name "
+                   "a folder (or a path where one can be created).",
+    errno.EISDIR: "a folder stands where a file is expected: move it aside and run again.",
+    errno.ENOENT: "it does not exist: check the path (CENCORI_NB_HOME) and run again.",
+    errno.ELOOP: "too many symbolic links: point CENCORI_NB_HOME at a real folder.",
+    errno.ENAMETOOLONG: "the path is too long: use a shorter CENCORI_NB_HOME.",
+}
+
+
+def user_error(exc: BaseException) -> CencoriError | None:
+    """What a face (the CLI, the magic, the panel) shows for ``exc`` as one line: the
+    :class:`CencoriError` itself, or the one translation of a foreign error a user's machine
+    can cause (``OSError``, ``sqlite3.Error``, ``UnicodeError``) into a
+    :class:`LocalEnvironmentError`; ``None`` for anything else (a bug, which should stay a
+    traceback).
+
+    Modules that know more raise their own errors first (the key store, the ledger); this
+    is the net under them, so nothing a user can cause ends in a traceback.
+    """
+    import sqlite3
+
+    if isinstance(exc, CencoriError):
+        return exc
+    if isinstance(exc, UnicodeError):
+        return LocalEnvironmentError(
+            "The input holds bytes that are not valid UTF-8 (" + _short(exc) + ").",
+            hint="Save or pipe the text as UTF-8 (e.g. iconv -t UTF-8) and run again.")
+    if isinstance(exc, sqlite3.DatabaseError):
+        from .home import home_dir
+
+        return LocalEnvironmentError(
+            f"A database in {home_dir()} could not be used ({_short(exc)}).",
+            hint="If another program holds it, close that and retry; if it is damaged, "
+                 "move ledger.sqlite (or cache.sqlite) aside and run again.")
+    if isinstance(exc, OSError):
+        # os.fdopen and friends report a file descriptor number as the "filename".
+        path = exc.filename if isinstance(exc.filename, str | bytes | os.PathLike) else None
+        where = f" {path}" if path is not None else ""
+        what = exc.strerror or type(exc).__name__
+        hint = _OS_HINTS.get(exc.errno or 0, "check the file and its folder, then run again.")
+        return LocalEnvironmentError(f"Cannot use{where}: {what};", hint=hint,
+                                     path=None if path is None else str(path))
+    return None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:160]

@@ -140,10 +140,20 @@ def _load_file() -> Settings:
     if _cache is not None and _cache[0] == mtime:
         return _cache[1]
     try:
-        settings = _decode(json.loads(path.read_text()))
-    except (ValueError, TypeError) as exc:
+        raw = json.loads(path.read_bytes())
+    except ValueError as exc:      # also bytes that are not UTF-8
         raise ConfigurationError(
-            f"The settings file {path} is not valid JSON ({exc}).",
+            f"The settings file {path} is not valid UTF-8 JSON ({str(exc)[:120]}).",
+            hint="Fix it by hand or delete it to return to the defaults.", path=path) from None
+    try:
+        if not isinstance(raw, dict):
+            raise TypeError(f"a JSON object is expected, not {type(raw).__name__}")
+        settings = _decode(raw)
+    except ConfigurationError:
+        raise
+    except (ValueError, TypeError, AttributeError, ArithmeticError) as exc:
+        raise ConfigurationError(
+            f"The settings file {path} holds values of the wrong shape ({str(exc)[:120]}).",
             hint="Fix it by hand or delete it to return to the defaults.", path=path) from None
     _cache = (mtime, settings)
     return settings

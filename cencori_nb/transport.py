@@ -225,11 +225,32 @@ _transport: Any = None          # an httpx2.BaseTransport injected by tests
 _async_transport: Any = None    # an httpx2.AsyncBaseTransport injected by tests
 
 
+ENV_TIMEOUT = "CENCORI_NB_TIMEOUT"
+
+
+def read_timeout() -> float:
+    """Seconds to wait for a provider's next bytes: ``CENCORI_NB_TIMEOUT`` if set (a slow
+    local model wants more, a test of a hanging server less), else :data:`READ_TIMEOUT`."""
+    raw = os.environ.get(ENV_TIMEOUT)
+    if not raw:
+        return READ_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        from .errors import ConfigurationError
+
+        raise ConfigurationError(f"{ENV_TIMEOUT}={raw[:40]!r} is not a number of seconds.",
+                                 hint="Set it to a value between 0 and 3600, or unset it.")
+    return value
+
+
 def _client_options() -> dict[str, Any]:
     import httpx2
 
     return {
-        "timeout": httpx2.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+        "timeout": httpx2.Timeout(read_timeout(), connect=CONNECT_TIMEOUT),
         "limits": httpx2.Limits(max_connections=MAX_CONNECTIONS,
                                 max_keepalive_connections=MAX_KEEPALIVE,
                                 keepalive_expiry=KEEPALIVE_EXPIRY),
@@ -336,6 +357,19 @@ def _where(exc: BaseException) -> str:
     return f"{url.host}{port}"
 
 
+def _origin(exc: BaseException) -> str:
+    """``'scheme://host[:port]'`` of the failed request, quoted (never its path or query),
+    for messages about the URL itself; a URL with no host says so."""
+    try:
+        url = exc.request.url  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):
+        return "of the provider"
+    if not url.host:
+        return f"{str(url)[:60]!r} (it has no host)"
+    port = f":{url.port}" if url.port else ""
+    return repr(f"{url.scheme}://{url.host}{port}")
+
+
 def _exception_table() -> dict[type[BaseException], tuple[type[CencoriError], str, str | None]]:
     """httpx2 exception class → (our class, message template, hint). Every class is listed."""
     import httpx2
@@ -382,7 +416,7 @@ def _exception_table() -> dict[type[BaseException], tuple[type[CencoriError], st
         httpx2.ProxyError: (ProviderUnavailableError, "The proxy refused the request to {where}.",
                             "Check HTTP_PROXY / HTTPS_PROXY / NO_PROXY."),
         httpx2.UnsupportedProtocol: (ConfigurationError,
-                                     "The base URL for {where} is not http:// or https://.",
+                                     "The base URL {url} is not http:// or https://.",
                                      "Fix base_urls in settings or CENCORI_NB_SANDBOX."),
         httpx2.SSEError: (BadResponseError, "{where} sent a malformed event stream.", None),
         httpx2.TransportError: (ProviderUnavailableError, "Transport error talking to {where}.",
@@ -449,7 +483,7 @@ def map_exception(exc: BaseException, *, provider: str | None = None) -> Cencori
         entry = (ProviderError, "Unexpected HTTP failure talking to {where}.", None)
     err_cls, template, hint = entry
     detail = scrub(str(exc))[:300]
-    message = template.format(where=_where(exc))
+    message = template.format(where=_where(exc), url=_origin(exc))
     if detail:
         message = f"{message} ({type(exc).__name__}: {detail})"
     context: dict[str, Any] = {"detail": detail}

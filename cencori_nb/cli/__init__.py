@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from ..errors import CencoriError
+from ..errors import user_error
 
 __all__ = ["build_parser", "main"]
 
@@ -52,21 +53,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str,
+                  lineno: int, file: Any = None, line: str | None = None) -> None:
+    """A warning in the shell is one ``cencori-nb: warning: …`` line, not Python's
+    two-line ``file:line: Category`` form with a source excerpt."""
+    from ..redact import USER_MESSAGE
+
+    print(f"cencori-nb: warning: {USER_MESSAGE.scrub(str(message))}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code (the console script exits with it)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         code = args.handler(args)
-    except CencoriError as exc:
+    except Exception as exc:
+        # Ours, or anything else the user's machine can cause (full disk, a file they
+        # cannot read, a damaged database, bytes that are not UTF-8): one line, no traceback.
+        err = user_error(exc)
+        if err is None:
+            raise
         from ..redact import USER_MESSAGE
 
         # Messages may quote an argument; a key pasted into the wrong one must not show.
-        print(f"cencori-nb: {USER_MESSAGE.scrub(str(exc))}", file=sys.stderr)
+        print(f"cencori-nb: {USER_MESSAGE.scrub(str(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cencori-nb: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
     return int(code or 0)
 
 

@@ -544,9 +544,14 @@ class KeyStore:
         except FileNotFoundError:
             self._state, self._sig = None, None
             return None
-        with os.fdopen(fd, "rb") as fh:
-            sig = _sig(os.fstat(fh.fileno()))
-            raw = fh.read()
+        except OSError as exc:
+            raise self._unreadable(exc) from None
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                sig = _sig(os.fstat(fh.fileno()))
+                raw = fh.read()
+        except OSError as exc:       # e.g. a folder where the file should be
+            raise self._unreadable(exc) from None
         if self._state is not None and raw == self._state.raw and passphrase is None:
             self._sig = sig
             return self._state
@@ -556,6 +561,12 @@ class KeyStore:
         log.debug("opened key store %s: generation %d, %d records", self.path,
                   state.generation, len(state.records))
         return state
+
+    def _unreadable(self, exc: OSError) -> KeystoreError:
+        return KeystoreError(
+            f"Cannot read the key store {self.path}: {exc.strerror or exc}.",
+            hint="It must be a file you own (mode 0600); move aside whatever stands there "
+                 "and restore it from keystore.json.bak if you have one.", path=self.path)
 
     def _parse(self, raw: bytes, *, passphrase: str | Secret | None) -> _State:
         """Bytes → opened state, or a KeystoreError; never a partially trusted state."""

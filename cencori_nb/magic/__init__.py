@@ -25,7 +25,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 from traitlets import Bool, Enum, Int, Unicode, validate
 
-from ..errors import CencoriError
+from ..errors import CencoriError, user_error
 from .interpolate import interpolate
 from .parser import (
     FORMATS,
@@ -104,8 +104,13 @@ class CencoriMagics(Magics):
         except (KeyInArgumentsError, KeyInPromptError) as exc:
             self.forget_key_shaped_input(stored_keys())
             show(error_bundle(str(exc)))
-        except CencoriError as exc:
-            show(error_bundle(str(exc)))
+        except Exception as exc:
+            # Ours, or what the machine caused (full disk, damaged database…): the same one
+            # line the CLI gives; anything else is a bug and keeps its traceback.
+            err = user_error(exc)
+            if err is None:
+                raise
+            show(error_bundle(str(err)))
         return None
 
     # ---------------------------------------------------------------- the prompt cell

@@ -19,7 +19,7 @@ import ipywidgets as w
 from traitlets import Unicode
 
 from .. import safe_html
-from ..errors import CencoriError
+from ..errors import CencoriError, user_error
 from ..keystore.secret import Secret
 from .controller import DISABLED, ENABLED, MANAGED, ProviderRow, ProvidersController
 
@@ -235,8 +235,11 @@ class ProvidersPanel(w.VBox):
         """Run a controller action; show its message or the error's, then redraw."""
         try:
             message = action()
-        except CencoriError as exc:
-            self._say(str(exc), ok=False)
+        except Exception as exc:
+            err = user_error(exc)       # ours, or a full disk, a damaged file…: one line
+            if err is None:
+                raise
+            self._say(str(err), ok=False)
         else:
             self._say(message)
         self.refresh()
