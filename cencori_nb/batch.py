@@ -36,8 +36,10 @@ sides as the ledger has them. Rows restored from a checkpoint are shown like cac
 ``df.attrs["cencori"]`` counts them, with the requests sent and the 429s met.
 
 A failing row gets its message in ``error`` and the batch goes on. Rate limits, timeouts
-and 5xx are retried (``retries`` times for timeouts/5xx, up to
-:data:`MAX_RATE_LIMIT_RETRIES` times for 429s); credit, spend-cap and budget errors stop
+and 5xx are retried by the one retry policy, :func:`cencori_nb.transport.next_wait`
+(``retries`` times for timeouts/5xx; in its pacing form up to
+:data:`~cencori_nb.transport.PACED_RATE_LIMIT_RETRIES` times for 429s, each wait shared by
+every worker through the limiter); credit, spend-cap and budget errors stop
 the batch from starting more rows (``"not sent: …"``), as does actual spend reaching
 ``max_cost_usd``.
 
@@ -77,13 +79,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import transport
 from .errors import (
     BudgetError,
     CencoriError,
     ConfigurationError,
     CostLimitError,
     CreditsError,
-    ProviderError,
     RateLimitError,
 )
 from .progress import NullProgress, Progress, make_progress
@@ -92,17 +94,13 @@ from .ratelimit import AdaptiveLimiter
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["COLUMNS", "DEFAULT_OUTPUT_TOKENS", "MAX_RATE_LIMIT_RETRIES", "BatchEstimate",
+__all__ = ["COLUMNS", "DEFAULT_OUTPUT_TOKENS", "BatchEstimate",
            "BatchInterrupted", "amap", "estimate", "fill_template", "map"]
 
 COLUMNS = ("prompt", "text", "error", "input_tokens", "output_tokens", "cost_usd", "route",
            "cached", "model", "provider_cost_usd", "credits_charged_usd", "request_id",
            "test_mode")
 DEFAULT_OUTPUT_TOKENS = 256        # the output guess per row when max_tokens is not given
-DEFAULT_RETRIES = 3                # timeouts / 5xx, per row
-MAX_RATE_LIMIT_RETRIES = 20        # 429s, per row: pacing, not failure, so a larger bound
-BACKOFF_BASE_S = 0.5
-BACKOFF_MAX_S = 8.0
 CHECKPOINT_MAX_AGE_S = 7 * 24 * 3600
 INTERRUPTED = "interrupted"
 
@@ -568,8 +566,7 @@ class _Batch:
     async def _run_row(self, pos: int) -> None:
         assert self.limiter is not None and self._achat is not None and self.sleep is not None
         prompt = self.prompts[pos]
-        transient = 0
-        limited = 0
+        attempt = 0
         while True:
             epoch = await self.limiter.acquire()
             self.outcome.sent += 1
@@ -589,31 +586,29 @@ class _Batch:
                     self.limiter.observe_headers(headers)
                 self._finish(pos, _row_from_completion(completion), save=True)
                 return
+            if isinstance(error, CreditsError | BudgetError):
+                # Every later row would fail the same way (and a budget says stop spending).
+                if self.outcome.stop_reason is None:
+                    self.outcome.stop_reason = _error_message(error)
+                self._finish(pos, _error_row(_error_message(error)))
+                return
+            # The one retry policy (transport.next_wait), in its pacing form: a 429 is
+            # pacing for a batch, so it is retried longer and its wait is shared by all rows.
+            wait = transport.next_wait(error, None, attempt, retries=self.retries,
+                                       pacing=True, random=self.rng.random)
+            if wait is None:
+                self._finish(pos, _error_row(_error_message(error)))
+                return
+            attempt += 1
             if isinstance(error, RateLimitError):
-                pause = self.limiter.on_rate_limited(epoch, error.retry_after)
+                pause = self.limiter.on_rate_limited(epoch, wait)
                 if pause >= 1:      # say why nothing moves (a 60 s window is long to stare at)
                     o = self.outcome
                     self.progress.update(o.rows_done, o.errors, o.spent_usd, force=True,
                                          note=f"rate limited: waiting {pause:.0f} s, "
                                          f"concurrency {self.limiter.limit}")
-                limited += 1
-                if limited <= MAX_RATE_LIMIT_RETRIES:
-                    continue           # acquire() waits out the shared pause
-            elif isinstance(error, CreditsError | BudgetError):
-                # Every later row would fail the same way (and a budget says stop spending).
-                if self.outcome.stop_reason is None:
-                    self.outcome.stop_reason = _error_message(error)
-            elif (isinstance(error, ProviderError) and error.retryable
-                  and transient < self.retries):
-                transient += 1
-                wait = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (transient - 1))
-                wait *= 0.5 + 0.5 * self.rng.random()          # jitter: do not stampede
-                if error.retry_after is not None:
-                    wait = max(wait, min(error.retry_after, BACKOFF_MAX_S * 4))
-                await self.sleep(wait)
-                continue
-            self._finish(pos, _error_row(_error_message(error)))
-            return
+                continue           # acquire() waits out the shared pause
+            await self.sleep(wait)
 
     # -- result ------------------------------------------------------------------------
     def frame(self, index: Any = None) -> pd.DataFrame:
@@ -680,7 +675,8 @@ def _prepare(prompts: Any, *, model: str | None, provider: str | None, route: st
     if checkpoint is not None:
         checkpoint.prune()
     batch = _Batch(values, params, concurrency=concurrency, max_cost_usd=limit,
-                   retries=DEFAULT_RETRIES if retries is None else retries, achat=achat,
+                   retries=transport.DEFAULT_RETRIES if retries is None else retries,
+                   achat=achat,
                    limiter=limiter, progress=NullProgress(), checkpoint=checkpoint,
                    resume=resume, sleep=sleep, rng=None)
     if limit is not None:
@@ -742,7 +738,7 @@ def map(prompts: Iterable[Prompt] | pd.Series, *, model: str | None = None,  # n
     - ``max_cost_usd``: refuse to start if the estimate is above it
       (:class:`CostLimitError`), and stop starting rows once actual spend reaches it;
     - ``retries``: retries of a row after a timeout or 5xx (429s are paced, up to
-      :data:`MAX_RATE_LIMIT_RETRIES`);
+      :data:`~cencori_nb.transport.PACED_RATE_LIMIT_RETRIES`);
     - ``progress``: a widget in Jupyter, a line on stderr elsewhere; False for none;
     - ``resume``: skip rows an interrupted or partly failed earlier run of the same batch
       finished (the default); False sends every row;

@@ -11,14 +11,17 @@ become :class:`~cencori_nb.errors.CencoriError` s (:func:`map_exception`, always
   about a hundred concurrent requests. Tests inject ``httpx2.MockTransport`` with
   :func:`set_transport`.
 - **Timeouts**: connect 10 s, read 60 s (Cencori's per-attempt figure), write/pool 60 s.
-- **Retries**: on 429, 5xx, timeouts and connection errors, at most ``retries`` more attempts
-  (default 3) with exponential backoff and full jitter, except that a server's own wait
-  (``Retry-After`` in seconds or as an HTTP date, ``retry-after-ms``, Cencori's
-  ``retry_after_ms`` body field, or the adapter's ``err.retry_after``) is honoured exactly.
-  A wait longer than :data:`MAX_RETRY_WAIT` is *not* slept through: the error is raised at
-  once with its ``retry_after`` so the caller (a notebook user, the batch runner) decides.
-  Never retried: 400/401/402/403/404, credit and spend-cap errors, anything not marked
-  ``retryable``.
+- **Errors**: one table turns a status and the provider's error code into our error class
+  (:func:`error_class`, used by every adapter), one parser reads every wait a server asks for
+  (:func:`retry_after`: ``retry-after-ms``, ``Retry-After`` seconds or HTTP date, Cencori's
+  ``retry_after_ms`` / ``retry_after``, Google's ``RetryInfo.retryDelay``).
+- **Retries**: one policy, :func:`next_wait` (sans-I/O), used by chat, stream and batch: on
+  429, 409, 5xx, timeouts and connection errors, at most ``retries`` more attempts (default
+  3) with exponential backoff and full jitter, except that the server's own wait is honoured
+  exactly and its ``x-should-retry: true|false`` overrides the status. A wait longer than
+  :data:`MAX_RETRY_WAIT` is *not* slept through: the error is raised at once with its
+  ``retry_after`` so the caller (a notebook user, the batch runner) decides. Never retried:
+  400/401/402/403/404/422, credit and spend-cap errors, out-of-quota and no-price errors.
 - **Clock**: the waits go through a :class:`Clock` (``sleep``, ``asleep``, ``time``,
   ``random``) that tests replace (``clock=`` argument or :func:`set_clock`), so retry tests
   run instantly and assert the exact waits.
@@ -34,6 +37,7 @@ become :class:`~cencori_nb.errors.CencoriError` s (:func:`map_exception`, always
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import logging
 import os
@@ -50,12 +54,15 @@ from .errors import (
     BadResponseError,
     CencoriError,
     ConfigurationError,
+    CreditsExhaustedError,
     InvalidRequestError,
     PermissionDeniedError,
+    PricingError,
     ProviderError,
     ProviderTimeoutError,
     ProviderUnavailableError,
     RateLimitError,
+    SpendCapReachedError,
 )
 from .redact import LOG_LINE, MARKER
 
@@ -65,28 +72,38 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_RETRIES",
     "MAX_RETRY_WAIT",
+    "PACED_MAX_WAIT",
+    "PACED_RATE_LIMIT_RETRIES",
     "Clock",
     "RedactingFilter",
     "aiter_sse",
     "asend",
     "backoff_wait",
+    "error_class",
     "error_for_status",
     "get_async_client",
     "get_client",
     "install_log_redaction",
+    "is_retryable",
     "iter_sse",
     "map_exception",
+    "next_wait",
     "register_secret",
+    "retry_after",
     "retry_after_from_response",
+    "retryable_code",
     "scrub",
     "send",
     "set_clock",
     "set_transport",
+    "should_retry_header",
 ]
 
 DEFAULT_RETRIES = 3            # Cencori's gateway retries three times too
 BACKOFF_BASE = 0.5             # seconds; attempt n waits up to BASE * 2**n (full jitter)
 MAX_RETRY_WAIT = 60.0          # never sleep longer than this for one retry
+PACED_RATE_LIMIT_RETRIES = 20  # a self-pacing batch: 429s are pacing, not failure
+PACED_MAX_WAIT = 120.0         # ... and it waits out a longer Retry-After, shared by all rows
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
 MAX_CONNECTIONS = 128          # batch concurrency of ~100 plus headroom
@@ -492,43 +509,179 @@ def map_exception(exc: BaseException, *, provider: str | None = None) -> Cencori
     return err_cls(message, hint=hint, **context)
 
 
-def retry_after_from_response(response: httpx2.Response, *, now: float | None = None
-                              ) -> float | None:
-    """The server's requested wait in seconds, from headers or a Cencori JSON body.
+# --------------------------------------------------------------------------- the error table
 
-    Order: ``retry-after-ms``; ``Retry-After`` as seconds or an HTTP date; the body's
-    ``retry_after_ms`` (Cencori's flat error) or ``error.retry_after_ms``.
+# The one status → error class table (every adapter and the generic mapper use it). 409 is a
+# conflict the official SDKs retry (a lock or a concurrent change), so it is "unavailable".
+_STATUS_ERRORS: dict[int, type[ProviderError]] = {
+    400: InvalidRequestError, 401: AuthenticationError, 402: PermissionDeniedError,
+    403: PermissionDeniedError, 404: InvalidRequestError, 405: InvalidRequestError,
+    408: ProviderTimeoutError, 409: ProviderUnavailableError, 413: InvalidRequestError,
+    422: InvalidRequestError, 429: RateLimitError,
+}
+
+# Provider error codes that name the failure more precisely than the HTTP status (and decide
+# the class even when there is no status: an error event inside a 200 stream). Sources: the
+# OpenAI and Anthropic error docs, Google's AIP-193 RPC codes, Cencori's gateway source.
+_PRECISE_CODES: dict[str, type[CencoriError]] = {
+    # OpenAI-style error.code / error.type
+    "invalid_api_key": AuthenticationError, "authentication_error": AuthenticationError,
+    "permission_error": PermissionDeniedError, "permission_denied": PermissionDeniedError,
+    "rate_limit_error": RateLimitError, "rate_limit_exceeded": RateLimitError,
+    "insufficient_quota": RateLimitError, "context_length_exceeded": InvalidRequestError,
+    "model_not_found": InvalidRequestError, "overloaded_error": ProviderUnavailableError,
+    # Anthropic error.type
+    "billing_error": PermissionDeniedError, "request_too_large": InvalidRequestError,
+    "timeout_error": ProviderTimeoutError,
+    # Google: ErrorInfo.reason and RPC status
+    "API_KEY_INVALID": AuthenticationError, "API_KEY_EXPIRED": AuthenticationError,
+    "UNAUTHENTICATED": AuthenticationError, "PERMISSION_DENIED": PermissionDeniedError,
+    "RESOURCE_EXHAUSTED": RateLimitError, "DEADLINE_EXCEEDED": ProviderTimeoutError,
+    # Cencori's gateway (middleware `code`, or the engine's `error` string)
+    "missing_api_key": AuthenticationError, "provider_auth_error": AuthenticationError,
+    "credit_balance_exhausted": CreditsExhaustedError, "spend_cap_reached": SpendCapReachedError,
+    "provider_rate_limited": RateLimitError, "provider_invalid_request": InvalidRequestError,
+    "provider_model_not_found": InvalidRequestError,
+    "provider_unavailable": ProviderUnavailableError, "provider_error": ProviderUnavailableError,
+    "provider_timeout": ProviderTimeoutError, "internal_error": ProviderUnavailableError,
+    "rate_limit_unavailable": ProviderUnavailableError, "pricing_unavailable": PricingError,
+    "security_violation": PermissionDeniedError, "provider_content_filtered": PermissionDeniedError,
+    "model_access_denied": PermissionDeniedError, "domain_not_allowed": PermissionDeniedError,
+    "billing_frozen": PermissionDeniedError, "network_access_denied": PermissionDeniedError,
+}
+
+# Broad codes: they only decide when there is no HTTP status to go by (inside a stream).
+_BROAD_CODES: dict[str, type[ProviderError]] = {
+    "invalid_request_error": InvalidRequestError, "not_found_error": InvalidRequestError,
+    "timeout": ProviderTimeoutError, "server_error": ProviderUnavailableError,
+    "api_error": ProviderUnavailableError,
+    "INVALID_ARGUMENT": InvalidRequestError, "FAILED_PRECONDITION": InvalidRequestError,
+    "NOT_FOUND": InvalidRequestError, "OUT_OF_RANGE": InvalidRequestError,
+    "UNAVAILABLE": ProviderUnavailableError, "INTERNAL": ProviderUnavailableError,
+    "UNKNOWN": ProviderUnavailableError, "ABORTED": ProviderUnavailableError,
+    "CANCELLED": ProviderUnavailableError,
+}
+
+# Codes that waiting cannot fix although their class is normally retried.
+_NOT_RETRYABLE_CODES = frozenset({"insufficient_quota", "pricing_unavailable"})
+
+
+def error_class(status: int | None, *codes: str | None) -> type[CencoriError]:
+    """The error class for an HTTP ``status`` and the provider's error ``codes`` (most
+    precise first). The one table: adapters and :func:`error_for_status` both use it.
+
+    A precise code wins over the status (Google answers a bad key with 400
+    ``API_KEY_INVALID``; Anthropic's 529 and 500 differ only in their type); a broad code
+    (``invalid_request_error``, ``INTERNAL``…) only decides when there is no status.
     """
-    headers = response.headers
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
+    for code in codes:
+        if code and code in _PRECISE_CODES:
+            return _PRECISE_CODES[code]
+    if status is not None and status >= 400:
+        if status in _STATUS_ERRORS:
+            return _STATUS_ERRORS[status]
+        return ProviderUnavailableError if status >= 500 else InvalidRequestError
+    for code in codes:
+        if code and code in _BROAD_CODES:
+            return _BROAD_CODES[code]
+    return ProviderUnavailableError
+
+
+def retryable_code(code: str | None) -> bool | None:
+    """False for codes no wait can fix (out of quota, no price); None: the class decides."""
+    return False if code in _NOT_RETRYABLE_CODES else None
+
+
+# --------------------------------------------------------------------------- retry hints
+
+
+def _seconds(value: Any, scale: float = 1.0) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if number != number or number in (float("inf"), float("-inf")):   # NaN, infinities
+        return None
+    return max(0.0, number * scale)
+
+
+def _duration(value: Any) -> float | None:
+    """A protobuf duration (``"53s"``, ``"0.5s"``, ``"45.837906927s"``) in seconds."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)s\s*", value)
+        return float(match.group(1)) if match else None
+    return _seconds(value)
+
+
+def retry_after(headers: Any = None, body: Any = None, *, now: float | None = None
+                ) -> float | None:
+    """The server's requested wait in seconds, from every hint a provider sends, or None.
+
+    The one Retry-After parser. In order (the OpenAI and Anthropic SDKs read the headers in
+    this order too): ``retry-after-ms``; ``Retry-After`` as seconds or an HTTP date (relative
+    to ``now``, epoch seconds); then the body: Cencori's ``retry_after_ms`` (top level or
+    under ``error``), Cencori's engine ``retry_after`` (seconds), Google's
+    ``google.rpc.RetryInfo.retryDelay`` (``"53s"``) in ``error.details``.
+    """
+    if headers is not None:
+        wait = _seconds(headers.get("retry-after-ms"), 0.001)
+        if wait is not None:
+            return wait
+        value = headers.get("retry-after")
+        if value:
+            wait = _seconds(value)
+            if wait is not None:
+                return wait
             try:
                 when = email.utils.parsedate_to_datetime(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, IndexError):
                 when = None
             if when is not None:
+                if when.tzinfo is None:
+                    when = when.replace(tzinfo=datetime.UTC)
                 current = time.time() if now is None else now
                 return max(0.0, when.timestamp() - current)
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]            # Google's non-SSE stream endpoint wraps errors in an array
+    if not isinstance(body, dict):
+        return None
+    inner = body.get("error") if isinstance(body.get("error"), dict) else {}
+    for source in (body, inner):
+        wait = _seconds(source.get("retry_after_ms"), 0.001)
+        if wait is not None:
+            return wait
+    for source in (body, inner):
+        wait = _seconds(source.get("retry_after"))
+        if wait is not None:
+            return wait
+    details = inner.get("details")
+    if isinstance(details, list):
+        for detail in details:
+            if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("RetryInfo"):
+                wait = _duration(detail.get("retryDelay"))
+                if wait is not None:
+                    return wait
+    return None
+
+
+def should_retry_header(headers: Any) -> bool | None:
+    """The server's own verdict, ``x-should-retry: true|false`` (OpenAI, Anthropic), or None."""
+    if headers is None:
+        return None
+    value = str(headers.get("x-should-retry") or "").strip().lower()
+    return {"true": True, "false": False}.get(value)
+
+
+def retry_after_from_response(response: httpx2.Response, *, now: float | None = None
+                              ) -> float | None:
+    """:func:`retry_after` of a response's headers and (already read) JSON body."""
     try:
         body = response.json()
-    except Exception:  # not read, not JSON: no body hint
-        return None
-    if isinstance(body, dict):
-        ms = body.get("retry_after_ms")
-        if ms is None and isinstance(body.get("error"), dict):
-            ms = body["error"].get("retry_after_ms")
-        if isinstance(ms, (int, float)):
-            return max(0.0, ms / 1000.0)
-    return None
+    except Exception:  # not read, not JSON: headers only
+        body = None
+    return retry_after(response.headers, body, now=now)
 
 
 def error_for_status(response: httpx2.Response, *, provider: str | None = None
@@ -538,46 +691,88 @@ def error_for_status(response: httpx2.Response, *, provider: str | None = None
     where = response.request.url.host if response.request is not None else "the provider"
     request_id = response.headers.get("x-request-id")
     ctx: dict[str, Any] = {"provider": provider, "status_code": status, "request_id": request_id}
-    if status == 401:
+    cls = error_class(status)
+    if status < 400:
+        return ProviderError(f"{where} answered {status}.", **ctx)
+    if cls is AuthenticationError:
         return AuthenticationError(f"{where} rejected the API key (401).",
                                    hint="Check or replace the key: cencori-nb keys set PROVIDER.",
                                    **ctx)
-    if status in (402, 403):
+    if cls is PermissionDeniedError:
         return PermissionDeniedError(f"{where} refused the request ({status}).", **ctx)
-    if status in (400, 404, 405, 409, 413, 422):
+    if cls is InvalidRequestError and status < 500:
+        if status not in _STATUS_ERRORS:        # an unlisted 4xx: say only what we know
+            return ProviderError(f"{where} answered {status}.", **ctx)
         return InvalidRequestError(f"{where} rejected the request ({status}).", **ctx)
-    if status == 429:
+    if cls is RateLimitError:
         return RateLimitError(f"{where} is rate limiting requests (429).",
                               retry_after=retry_after_from_response(response), **ctx)
-    if status == 408:
-        return ProviderTimeoutError(f"{where} timed out the request (408).", **ctx)
-    if status >= 500:
-        return ProviderUnavailableError(f"{where} failed with {status}.", **ctx)
-    return ProviderError(f"{where} answered {status}.", **ctx)
+    if cls is ProviderTimeoutError:
+        return ProviderTimeoutError(f"{where} timed out the request ({status}).", **ctx)
+    return ProviderUnavailableError(f"{where} failed with {status}.", **ctx)
 
 
-def _retryable(err: CencoriError) -> bool:
+# --------------------------------------------------------------------------- the retry policy
+
+
+def is_retryable(err: BaseException) -> bool:
+    """Whether waiting and sending again can help (the server's ``x-should-retry`` first).
+
+    Retried: rate limits, timeouts, 409, 5xx and connection failures, unless the error says
+    otherwise (``retryable=False``: out of quota, a daily quota, no price). Never retried:
+    400/401/402/403/404/422, credit and spend-cap errors.
+    """
+    verdict = getattr(err, "should_retry", None)
+    if verdict is not None:
+        return bool(verdict)
     if not getattr(err, "retryable", False):
         return False
     return getattr(err, "status_code", None) not in NEVER_RETRY_STATUS
 
 
-def backoff_wait(attempt: int, clock: Clock) -> float:
+def backoff_wait(attempt: int, clock: Clock | None = None, *,
+                 random: Callable[[], float] | None = None) -> float:
     """Full-jitter exponential backoff for retry number ``attempt`` (0-based)."""
-    return min(MAX_RETRY_WAIT, BACKOFF_BASE * (2 ** attempt)) * clock.random()
+    draw = random() if random is not None else (clock or _clock).random()
+    return min(MAX_RETRY_WAIT, BACKOFF_BASE * (2 ** attempt)) * draw
 
 
-def _planned_wait(err: CencoriError, response: httpx2.Response | None, attempt: int,
-                  clock: Clock) -> float | None:
-    """Seconds to wait before the next attempt, or None when the server's wait is too long."""
-    wait = getattr(err, "retry_after", None)
+def next_wait(error: BaseException, response: httpx2.Response | None = None,
+              attempt: int = 0, *, retries: int | None = None, pacing: bool = False,
+              random: Callable[[], float] | None = None, now: float | None = None
+              ) -> float | None:
+    """The retry policy: seconds to wait before sending again, or None to give up now.
+
+    Sans-I/O: it sleeps nothing and sends nothing, so ``send``, ``asend``, the stream
+    opener and the batch runner all obey the same rule. ``attempt`` counts the retries
+    already made (0 after the first failure); ``retries`` bounds them (default
+    :data:`DEFAULT_RETRIES`). The server's wait (any hint :func:`retry_after` reads, or the
+    adapter's ``error.retry_after``) is honoured exactly; otherwise full-jitter backoff.
+    A wait above :data:`MAX_RETRY_WAIT` is not slept through: None, and the error keeps
+    its ``retry_after`` so the caller decides.
+
+    ``pacing=True`` is for a batch that paces itself on rate limits (it shares the wait
+    with every worker): a 429 is then pacing, not failure, so it gets up to
+    :data:`PACED_RATE_LIMIT_RETRIES` retries and waits up to :data:`PACED_MAX_WAIT`.
+    """
+    bound = DEFAULT_RETRIES if retries is None else max(0, retries)
+    limit = MAX_RETRY_WAIT
+    if pacing and isinstance(error, RateLimitError):
+        bound, limit = max(bound, PACED_RATE_LIMIT_RETRIES), PACED_MAX_WAIT
+    if response is not None and getattr(error, "should_retry", None) is None:
+        verdict = should_retry_header(response.headers)
+        if verdict is not None and isinstance(error, CencoriError):
+            error.should_retry = verdict  # type: ignore[attr-defined]
+    if attempt >= bound or not is_retryable(error):
+        return None
+    wait = getattr(error, "retry_after", None)
     if wait is None and response is not None:
-        wait = retry_after_from_response(response, now=clock.time())
-        if wait is not None:
-            err.retry_after = wait  # type: ignore[attr-defined]
+        wait = retry_after_from_response(response, now=now)
+        if wait is not None and isinstance(error, CencoriError):
+            error.retry_after = wait  # type: ignore[attr-defined]
     if wait is None:
-        return backoff_wait(attempt, clock)
-    if wait > MAX_RETRY_WAIT:
+        return backoff_wait(attempt, random=random)
+    if wait > limit:
         return None
     return float(wait)
 
@@ -587,9 +782,12 @@ MapError = Callable[["httpx2.Response"], CencoriError]
 
 def _status_error(response: httpx2.Response, map_error: MapError | None,
                   provider: str | None) -> CencoriError:
-    if map_error is not None:
-        return map_error(response)
-    return error_for_status(response, provider=provider)
+    err = map_error(response) if map_error is not None else error_for_status(
+        response, provider=provider)
+    verdict = should_retry_header(response.headers)
+    if verdict is not None and getattr(err, "should_retry", None) is None:
+        err.should_retry = verdict  # type: ignore[attr-defined]
+    return err
 
 
 def send(request: httpx2.Request, *, stream: bool = False, retries: int | None = None,
@@ -603,7 +801,7 @@ def send(request: httpx2.Request, *, stream: bool = False, retries: int | None =
     Raises a :class:`CencoriError` (``from`` the httpx2 exception for transport failures).
     """
     clock = clock or _clock
-    attempts = 1 + (DEFAULT_RETRIES if retries is None else max(0, retries))
+    attempts = 1 + (DEFAULT_RETRIES if retries is None else max(0, retries))   # for the log
     _ensure_redaction()
     http = client or get_client()
     errors = _HTTPX_ERRORS or _errors()
@@ -626,9 +824,9 @@ def send(request: httpx2.Request, *, stream: bool = False, retries: int | None =
         else:
             err = _status_error(response, map_error, provider)
             cause = None
+        wait = next_wait(err, response, attempt, retries=retries, random=clock.random,
+                         now=clock.time())
         attempt += 1
-        wait = _planned_wait(err, response, attempt - 1, clock) if (
-            attempt < attempts and _retryable(err)) else None
         if wait is None:
             raise err from cause
         log.debug("retrying after %.3fs (attempt %d of %d): %s", wait, attempt + 1, attempts,
@@ -642,7 +840,7 @@ async def asend(request: httpx2.Request, *, stream: bool = False, retries: int |
                 ) -> httpx2.Response:
     """The async twin of :func:`send`, on the running loop's shared ``AsyncClient``."""
     clock = clock or _clock
-    attempts = 1 + (DEFAULT_RETRIES if retries is None else max(0, retries))
+    attempts = 1 + (DEFAULT_RETRIES if retries is None else max(0, retries))   # for the log
     _ensure_redaction()
     http = client or get_async_client()
     errors = _HTTPX_ERRORS or _errors()
@@ -665,9 +863,9 @@ async def asend(request: httpx2.Request, *, stream: bool = False, retries: int |
         else:
             err = _status_error(response, map_error, provider)
             cause = None
+        wait = next_wait(err, response, attempt, retries=retries, random=clock.random,
+                         now=clock.time())
         attempt += 1
-        wait = _planned_wait(err, response, attempt - 1, clock) if (
-            attempt < attempts and _retryable(err)) else None
         if wait is None:
             raise err from cause
         log.debug("retrying after %.3fs (attempt %d of %d): %s", wait, attempt + 1, attempts,

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 import cencori_nb
-from cencori_nb import batch
+from cencori_nb import batch, transport
 from cencori_nb.accounting import cost_of
 from cencori_nb.errors import (
     AuthenticationError,
@@ -149,9 +149,10 @@ def test_transient_errors_are_retried_a_bounded_number_of_times() -> None:
     out = cencori_nb.map(["a", "b"], achat=fake, retries=2, limiter=lim, progress=False)
     assert fake.calls.count("b") == 3
     assert out["error"].tolist()[1].startswith("ProviderUnavailableError (503)")
-    # two backoffs: 0.5 s and 1 s, each with jitter in [50 %, 100 %]
+    # two backoffs of the one retry policy (transport.next_wait): full jitter under
+    # 0.5 s, then under 1 s (the batch no longer has its own constants)
     assert len(clock.sleeps) == 2
-    assert 0.25 <= clock.sleeps[0] <= 0.5 and 0.5 <= clock.sleeps[1] <= 1.0
+    assert 0 <= clock.sleeps[0] <= 0.5 and 0 <= clock.sleeps[1] <= 1.0
     assert lim.limit == 4                         # 5xx does not lower concurrency
 
 
@@ -211,13 +212,13 @@ def test_progress_says_when_the_batch_waits_for_a_rate_limit() -> None:
 
 
 def test_rate_limit_retries_are_bounded() -> None:
-    """A row that is rate-limited forever fails after MAX_RATE_LIMIT_RETRIES + 1 tries."""
+    """A row that is rate-limited forever fails after PACED_RATE_LIMIT_RETRIES + 1 tries."""
     clock = FakeClock()
     fake = FakeAchat(fail={"x": RateLimitError("Rate limited.", status_code=429,
                                                retry_after=1.0)})
     lim = AdaptiveLimiter(2, clock=clock, sleep=clock.sleep)
     out = cencori_nb.map(["x"], achat=fake, limiter=lim, progress=False)
-    assert fake.calls.count("x") == batch.MAX_RATE_LIMIT_RETRIES + 1
+    assert fake.calls.count("x") == transport.PACED_RATE_LIMIT_RETRIES + 1
     assert out["error"][0].startswith("RateLimitError (429)")
 
 

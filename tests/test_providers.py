@@ -17,7 +17,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from cencori_nb import errors
+from cencori_nb import errors, transport
 from cencori_nb.catalog import PROVIDERS
 from cencori_nb.keystore.secret import Secret
 from cencori_nb.providers import _common, get_provider, load_builtin
@@ -165,34 +165,60 @@ def test_unknown_provider_is_a_clear_error() -> None:
     (400, errors.InvalidRequestError), (404, errors.InvalidRequestError),
     (422, errors.InvalidRequestError), (401, errors.AuthenticationError),
     (403, errors.PermissionDeniedError), (408, errors.ProviderTimeoutError),
-    (429, errors.RateLimitError), (500, errors.ProviderUnavailableError),
-    (503, errors.ProviderUnavailableError), (529, errors.ProviderUnavailableError),
+    (409, errors.ProviderUnavailableError), (429, errors.RateLimitError),
+    (500, errors.ProviderUnavailableError), (503, errors.ProviderUnavailableError),
+    (529, errors.ProviderUnavailableError), (418, errors.InvalidRequestError),
 ])
-def test_class_for_status(status: int, cls: type) -> None:
-    assert _common.class_for_status(status) is cls
+def test_error_class_for_status(status: int, cls: type) -> None:
+    """The one status table (409 is a conflict the SDKs retry, so it is 'unavailable')."""
+    assert _common.error_class(status) is cls
+    assert transport.error_class(status) is cls
+
+
+@pytest.mark.parametrize(("status", "codes", "cls"), [
+    (400, ("API_KEY_INVALID", "INVALID_ARGUMENT"), errors.AuthenticationError),  # Google bad key
+    (400, ("INVALID_ARGUMENT",), errors.InvalidRequestError),
+    (500, ("overloaded_error",), errors.ProviderUnavailableError),
+    (401, (None, "invalid_request_error"), errors.AuthenticationError),  # status beats broad
+    (None, ("invalid_request_error",), errors.InvalidRequestError),   # in-stream: type decides
+    (None, (None,), errors.ProviderUnavailableError),
+    (503, ("pricing_unavailable",), errors.PricingError),
+    (401, ("provider_auth_error",), errors.AuthenticationError),
+    (403, ("credit_balance_exhausted",), errors.CreditsExhaustedError),
+    (429, ("insufficient_quota",), errors.RateLimitError),
+])
+def test_error_class_codes(status: int | None, codes: tuple[str | None, ...], cls: type) -> None:
+    """A precise code beats the status; a broad one only decides without a status."""
+    assert transport.error_class(status, *codes) is cls
 
 
 def test_retry_after_seconds_ms_and_http_date() -> None:
     """retry-after-ms wins; Retry-After is seconds or an HTTP date relative to now."""
     now = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
     h = httpx2.Headers
-    assert _common.header_retry_after(h({"retry-after": "7"})) == 7.0
-    assert _common.header_retry_after(h({"retry-after": "1.5"})) == 1.5
-    assert _common.header_retry_after(h({"retry-after-ms": "250", "retry-after": "9"})) == 0.25
+    parse = transport.retry_after
+    assert parse(h({"retry-after": "7"})) == 7.0
+    assert parse(h({"retry-after": "1.5"})) == 1.5
+    assert parse(h({"retry-after-ms": "250", "retry-after": "9"})) == 0.25
     date = format_datetime(now + timedelta(seconds=30), usegmt=True)
-    assert _common.header_retry_after(h({"retry-after": date}), now=now) == 30.0
+    assert parse(h({"retry-after": date}), now=now.timestamp()) == 30.0
     past = format_datetime(now - timedelta(seconds=30), usegmt=True)
-    assert _common.header_retry_after(h({"retry-after": past}), now=now) == 0.0
-    assert _common.header_retry_after(h({"retry-after": "soon"})) is None
-    assert _common.header_retry_after(h({})) is None
+    assert parse(h({"retry-after": past}), now=now.timestamp()) == 0.0
+    assert parse(h({"retry-after": "soon"})) is None
+    assert parse(h({"retry-after": "nan"})) is None
+    assert parse(h({"retry-after-ms": "-5"})) == 0.0
+    assert parse(h({})) is None
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("34s", 34.0), ("0.500s", 0.5), ("500ms", 0.5), ("1m30s", 90.0), ("12", 12.0),
-    ("later", None), (None, None),
+@pytest.mark.parametrize(("delay", "seconds"), [
+    ("34s", 34.0), ("0.500s", 0.5), ("45.837906927s", 45.837906927), (12, 12.0),
+    ("later", None), (None, None), ("1m30s", None),
 ])
-def test_parse_duration(text: str | None, seconds: float | None) -> None:
-    assert _common.parse_duration(text) == seconds
+def test_retry_after_reads_gemini_retry_info(delay: object, seconds: float | None) -> None:
+    """google.rpc.RetryInfo.retryDelay is a protobuf duration (decimal seconds + 's')."""
+    body = {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}]}}
+    assert transport.retry_after(httpx2.Headers(), body) == seconds
 
 
 @pytest.mark.parametrize("secret", [

@@ -1,7 +1,9 @@
-"""What every adapter shares: JSON bodies, status → error class, Retry-After, scrubbing.
+"""What every adapter shares: JSON bodies, the house error message, scrubbing.
 
 Kept pure like the adapters themselves: functions of a response, a header or a string. The
-one clock read (an HTTP-date ``Retry-After``) takes ``now`` so tests can fix it.
+error class table and the Retry-After parser live in :mod:`cencori_nb.transport` (one home
+each: :func:`~cencori_nb.transport.error_class`, :func:`~cencori_nb.transport.retry_after`)
+and are re-exported here for the adapters.
 
 Error messages are built here so they read the same for every provider: what happened,
 what the provider said (scrubbed of anything key-shaped, shortened), and what to do next.
@@ -10,11 +12,8 @@ what the provider said (scrubbed of anything key-shaped, shortened), and what to
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
@@ -24,13 +23,13 @@ from ..errors import (
     ConfigurationError,
     InvalidRequestError,
     PermissionDeniedError,
-    ProviderError,
     ProviderTimeoutError,
     ProviderUnavailableError,
     RateLimitError,
 )
 from ..keystore.secret import key_hint
 from ..redact import MARKER, USER_MESSAGE
+from ..transport import error_class, retry_after, retryable_code
 from ..types import ChatRequest, Usage
 from .base import ProviderResult, StreamParser
 
@@ -39,9 +38,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AdapterStreamParser", "BaseStreamParser", "body_with_extra", "build_error",
-    "class_for_status", "dig", "display_name", "error_json", "error_text",
-    "header_retry_after", "join_base",
-    "json_request", "loads", "map_error_body", "parse_duration", "quote", "raw_said",
+    "dig", "display_name", "error_class", "error_json", "error_text", "join_base",
+    "json_request", "loads", "map_error_body", "quote", "raw_said", "retry_after",
+    "retryable_code",
     "reject_reserved", "require", "response_json", "scrub", "sent_key", "stream_context",
     "to_decimal", "to_int",
 ]
@@ -279,77 +278,7 @@ def sent_key(response: httpx2.Response) -> str | None:
     return ""
 
 
-def parse_duration(value: Any) -> float | None:
-    """Seconds from ``"34s"``, ``"0.5s"``, ``"500ms"``, ``"1m30s"`` or a bare number."""
-    if value is None:
-        return None
-    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
-        return max(0.0, float(value))
-    s = str(value).strip().lower()
-    if not s:
-        return None
-    try:
-        return max(0.0, float(s))
-    except ValueError:
-        pass
-    total, matched = 0.0, ""
-    for m in re.finditer(r"(\d+(?:\.\d+)?)(ms|h|m|s)", s):
-        number, unit = float(m.group(1)), m.group(2)
-        total += number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
-        matched += m.group(0)
-    return max(0.0, total) if matched == s.replace(" ", "") else None
-
-
-def header_retry_after(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date).
-
-    ``retry-after-ms`` first: it is the more precise one and the OpenAI and Anthropic SDKs
-    read it first too.
-    """
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
 # --- the error tree -----------------------------------------------------------------------------
-
-def class_for_status(status: int | None) -> type[ProviderError]:
-    """The error class for an HTTP status (the rule every adapter starts from)."""
-    if status is None:
-        return ProviderUnavailableError
-    if status == 401:
-        return AuthenticationError
-    if status in (402, 403):
-        # 402 from a provider is its own billing (e.g. OpenRouter credits), not our wallet:
-        # the key works but the account may not do this. The gateway maps 402 itself.
-        return PermissionDeniedError
-    if status == 408:
-        return ProviderTimeoutError
-    if status == 409:
-        return ProviderUnavailableError   # a conflict the SDKs retry (lock / concurrent edit)
-    if status == 429:
-        return RateLimitError
-    if status >= 500:                     # incl. Anthropic's 529 overloaded
-        return ProviderUnavailableError
-    return InvalidRequestError            # 400, 404, 413, 422 and any other 4xx
-
 
 def build_error(cls: type[CencoriError], *, provider: str, status: int | None,
                 said: str | None = None, code: str | None = None,
@@ -424,13 +353,13 @@ def map_error_body(adapter: Any, response: httpx2.Response, body: Any) -> Cencor
     """
     key = sent_key(response)
     request_id = adapter.request_id(response)
-    retry_after = header_retry_after(response.headers)
+    wait = retry_after(response.headers, body)
     if not isinstance(body, dict):
-        return build_error(class_for_status(response.status_code), provider=adapter.name,
+        return build_error(error_class(response.status_code), provider=adapter.name,
                            status=response.status_code, said=raw_said(response),
-                           request_id=request_id, retry_after=retry_after, key=key)
+                           request_id=request_id, retry_after=wait, key=key)
     return adapter.error_from_body(body, status=response.status_code, key=key,
-                                   request_id=request_id, retry_after=retry_after)
+                                   request_id=request_id, retry_after=wait)
 
 
 def stream_context(adapter: Any, response: httpx2.Response | None) -> dict[str, Any]:

@@ -26,15 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..catalog import PROVIDERS
 from ..errors import (
-    AuthenticationError,
     BadResponseError,
     CencoriError,
-    InvalidRequestError,
-    PermissionDeniedError,
-    ProviderError,
-    ProviderTimeoutError,
-    ProviderUnavailableError,
-    RateLimitError,
 )
 from ..types import ChatRequest, Usage
 from . import _common as c
@@ -49,20 +42,6 @@ __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "MessagesStreamParser", "an
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024
-
-_ERROR_TYPES: dict[str, type[ProviderError]] = {
-    "invalid_request_error": InvalidRequestError,
-    "not_found_error": InvalidRequestError,
-    "request_too_large": InvalidRequestError,
-    "authentication_error": AuthenticationError,
-    "permission_error": PermissionDeniedError,
-    "billing_error": PermissionDeniedError,
-    "rate_limit_error": RateLimitError,
-    "timeout_error": ProviderTimeoutError,
-    "api_error": ProviderUnavailableError,
-    "overloaded_error": ProviderUnavailableError,
-}
-
 
 def anthropic_usage(raw: Any) -> Usage | None:
     """Our :class:`Usage` from Anthropic's ``usage`` (input made a total, see module doc)."""
@@ -147,7 +126,7 @@ class AnthropicProvider(Provider):
                                                                  else None)
         request_id = request_id or (body.get("request_id") or None)
         # The error type is more precise than the status (a 529 and a 500 differ only there).
-        cls = _ERROR_TYPES.get(str(err_type)) or c.class_for_status(status)
+        cls = c.error_class(status, str(err_type) if err_type else None)
         hint = None
         if err_type == "billing_error":
             hint = ("The Anthropic account has a billing problem (no credit or no payment "

@@ -8,8 +8,10 @@
 - stream: ``data: {"delta": "…"}`` lines, a ``{"delta": "", "finish_reason": …}`` line, a
   terminal ``{"usage": {…}, "cost_usd": …}`` chunk, then ``data: [DONE]``; a mid-stream block
   is ``data: {"error": "Response blocked"}`` and the connection closes without ``[DONE]``;
-- errors are flat, ``{"error", "message", "code", …extras}``, and mapped by ``code`` first
-  (the table in :data:`_CODES`), then by status.
+- errors come in two shapes (see :meth:`CencoriGatewayProvider.error_from_body`) and are
+  mapped by their code first, then by status, through the one table
+  (:func:`cencori_nb.transport.error_class`); ``top_up_url`` arrives relative (``/billing``)
+  and is made absolute.
 
 Two codes leave the provider-error branch of the tree because they are about money, not
 about a provider: ``credit_balance_exhausted`` (403) → :class:`CreditsExhaustedError` and
@@ -19,18 +21,16 @@ about a provider: ``credit_balance_exhausted`` (403) → :class:`CreditsExhauste
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin
 
 from ..errors import (
-    AuthenticationError,
     BadResponseError,
     CencoriError,
     CreditsExhaustedError,
-    InvalidRequestError,
     PermissionDeniedError,
     PricingError,
-    ProviderUnavailableError,
-    RateLimitError,
     SpendCapReachedError,
 )
 from ..types import ChatRequest
@@ -43,26 +43,22 @@ if TYPE_CHECKING:
 
     from ..keystore.secret import Secret
 
-__all__ = ["CENCORI_BASE_URL", "CencoriGatewayProvider", "CencoriStreamParser"]
+__all__ = ["CENCORI_BASE_URL", "CencoriGatewayProvider", "CencoriStreamParser", "top_up_url"]
 
 CENCORI_BASE_URL = "https://cencori.com"
-TOP_UP_URL = "https://cencori.com/dashboard/billing"   # shown when the gateway sends none
+TOP_UP_URL = "https://cencori.com/billing"   # shown when the gateway sends none
 
-_CODES: dict[str, type[CencoriError]] = {
-    "missing_api_key": AuthenticationError,
-    "invalid_api_key": AuthenticationError,
-    "provider_auth_error": AuthenticationError,
-    "credit_balance_exhausted": CreditsExhaustedError,
-    "spend_cap_reached": SpendCapReachedError,
-    "rate_limit_exceeded": RateLimitError,
-    "provider_rate_limited": RateLimitError,
-    "provider_invalid_request": InvalidRequestError,
-    "provider_model_not_found": InvalidRequestError,
-    "provider_unavailable": ProviderUnavailableError,
-    "provider_error": ProviderUnavailableError,
-    "pricing_unavailable": PricingError,
-    "security_violation": PermissionDeniedError,
-}
+# The engine's `{error: "<code>"}`: a snake_case word, never a title with spaces.
+_CODE_WORD = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)+")
+
+
+def top_up_url(value: Any) -> str:
+    """The gateway's ``top_up_url`` made absolute. The gateway sends ``/billing`` (relative
+    to its own site), and the billing page is on Cencori's site even when the request went to
+    a sandbox or a proxy, so it resolves against :data:`CENCORI_BASE_URL`."""
+    if not isinstance(value, str) or not value.strip():
+        return TOP_UP_URL
+    return urljoin(CENCORI_BASE_URL + "/", value.strip())
 
 
 def _money(value: Any) -> str:
@@ -138,32 +134,36 @@ class CencoriGatewayProvider(Provider):
     def error_from_body(self, body: dict[str, Any], *, status: int | None,
                         key: str | None = None, request_id: str | None = None,
                         headers: Any = None) -> CencoriError:
-        """Map a flat gateway error (from an error response or a stream line)."""
+        """Map a gateway error (from an error response or a stream line).
+
+        Two shapes (lib/gateway-middleware.ts and lib/gateway/ai-chat-handler.ts in the
+        public cencori/cencori repository): middleware errors are ``{error: "<title>",
+        message, code, …}``; engine and provider failures are ``{error: "<code>", message}``
+        with no ``code`` (and ``retry_after`` in seconds on ``provider_rate_limited``). The
+        OpenAI-compatible door nests ``{error: {message, type, code}}``.
+        """
         err = body.get("error")
         if isinstance(err, dict):   # the OpenAI-compatible door nests it
             body = {**body, **err}
             err = err.get("message")
         code = str(body.get("code") or "") or None
-        said = body.get("message") or err
-        if isinstance(said, str) and isinstance(err, str) and err and err not in said:
-            said = f"{err}: {said}"
-        cls = _CODES.get(code or "")
-        if cls is None:
-            if status == 402:
-                # Cencori's SDKs map any 402 to "insufficient credits", but the gateway uses
-                # 403 credit_balance_exhausted for an empty wallet and 402 only for the spend
-                # cap (reference/cencori.md, "Discrepancies"); we follow the server.
-                cls = SpendCapReachedError
-            elif status == 400 and body.get("reasons"):
-                cls = PermissionDeniedError   # the SDK's SafetyError: content was refused
-            elif status is None and isinstance(err, str) and "block" in err.lower():
-                cls = PermissionDeniedError   # {"error": "Response blocked"} mid-stream
-            else:
-                cls = c.class_for_status(status)
-        retry_after = c.header_retry_after(headers) if headers is not None else None
-        ms = c.to_decimal(body.get("retry_after_ms"))
-        if retry_after is None and ms is not None:
-            retry_after = max(0.0, float(ms) / 1000.0)
+        title = err if isinstance(err, str) else None
+        if code is None and title and _CODE_WORD.fullmatch(title):
+            code, title = title, None          # the engine's shape: the error IS the code
+        said = body.get("message") or title
+        if isinstance(said, str) and title and title not in said:
+            said = f"{title}: {said}"
+        cls = c.error_class(status, code)
+        if status == 402 and cls is PermissionDeniedError:
+            # Cencori's SDKs map any 402 to "insufficient credits", but the gateway uses
+            # 403 credit_balance_exhausted for an empty wallet and 402 only for the spend
+            # cap (reference/cencori.md, "Discrepancies"); we follow the server.
+            cls = SpendCapReachedError
+        elif status in (400, 403, None) and body.get("reasons"):
+            cls = PermissionDeniedError   # the SDK's SafetyError: content was refused
+        elif status is None and title and "block" in title.lower():
+            cls = PermissionDeniedError   # {"error": "Response blocked"} mid-stream
+        retry_after = c.retry_after(headers, body)
         common = {"provider": self.name, "status_code": status, "request_id": request_id,
                   "code": code}
         secrets = [key] if key else []
@@ -171,7 +171,7 @@ class CencoriGatewayProvider(Provider):
         if quoted and quoted[-1] not in ".!?…":
             quoted += "."
         if cls is CreditsExhaustedError:
-            top_up = body.get("top_up_url") or TOP_UP_URL
+            top_up = top_up_url(body.get("top_up_url"))
             balance = c.to_decimal(body.get("balance"))
             return CreditsExhaustedError(
                 f"Your Cencori credit wallet is empty (balance {_money(balance)}), so the "

@@ -25,14 +25,9 @@ from urllib.parse import quote
 
 from ..catalog import PROVIDERS
 from ..errors import (
-    AuthenticationError,
     BadResponseError,
     CencoriError,
-    InvalidRequestError,
     PermissionDeniedError,
-    ProviderError,
-    ProviderTimeoutError,
-    ProviderUnavailableError,
     RateLimitError,
 )
 from ..types import ChatRequest, Usage
@@ -48,21 +43,6 @@ __all__ = ["API_VERSION", "GeminiStreamParser", "GoogleProvider", "gemini_usage"
 
 API_VERSION = "v1beta"   # systemInstruction and thinking fields are served here first
 
-_RPC_STATUS: dict[str, type[ProviderError]] = {
-    "INVALID_ARGUMENT": InvalidRequestError,
-    "FAILED_PRECONDITION": InvalidRequestError,
-    "NOT_FOUND": InvalidRequestError,
-    "OUT_OF_RANGE": InvalidRequestError,
-    "UNAUTHENTICATED": AuthenticationError,
-    "PERMISSION_DENIED": PermissionDeniedError,
-    "RESOURCE_EXHAUSTED": RateLimitError,
-    "DEADLINE_EXCEEDED": ProviderTimeoutError,
-    "UNAVAILABLE": ProviderUnavailableError,
-    "INTERNAL": ProviderUnavailableError,
-    "UNKNOWN": ProviderUnavailableError,
-    "ABORTED": ProviderUnavailableError,
-    "CANCELLED": ProviderUnavailableError,
-}
 _BAD_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
 
 
@@ -181,18 +161,17 @@ class GoogleProvider(Provider):
         details = err.get("details") if isinstance(err.get("details"), list) else []
         reasons = {str(d.get("reason")) for d in details if isinstance(d, dict)
                    and str(d.get("@type", "")).endswith("ErrorInfo")}
-        for d in details:
-            if isinstance(d, dict) and str(d.get("@type", "")).endswith("RetryInfo"):
-                retry_after = c.parse_duration(d.get("retryDelay"))
+        if retry_after is None:     # an error frame inside a stream: only the body says
+            retry_after = c.retry_after(None, body)
         daily = any(isinstance(v, dict) and "PerDay" in str(v.get("quotaId", ""))
                     for d in details if isinstance(d, dict)
                     for v in (d.get("violations") or []))
-        cls = _RPC_STATUS.get(rpc_status) or c.class_for_status(status)
+        # Google answers a bad key with 400 INVALID_ARGUMENT and ErrorInfo API_KEY_INVALID:
+        # the reason is more precise than the status, which is more precise than the RPC code.
+        cls = c.error_class(status, *sorted(reasons), rpc_status or None)
         hint: str | None = None
         retryable: bool | None = None
-        if reasons & _BAD_KEY_REASONS:   # Google answers a bad key with 400 INVALID_ARGUMENT
-            cls = AuthenticationError
-        elif cls is RateLimitError and daily:
+        if cls is RateLimitError and daily:
             # A daily quota stays exhausted until it resets: retrying now only wastes calls.
             retryable = False
             hint = ("The key's daily Gemini quota is used up; it resets at midnight Pacific "

@@ -27,11 +27,6 @@ from ..errors import (
     BadResponseError,
     CencoriError,
     InvalidRequestError,
-    PermissionDeniedError,
-    ProviderError,
-    ProviderTimeoutError,
-    ProviderUnavailableError,
-    RateLimitError,
 )
 from ..types import ChatRequest, Usage
 from . import _common as c
@@ -42,28 +37,7 @@ if TYPE_CHECKING:
 
     from ..keystore.secret import Secret
 
-__all__ = ["ChatCompletionsStreamParser", "OpenAIProvider", "openai_usage"]
-
-# The ``error.type`` / ``error.code`` values OpenAI-style APIs use, for errors that arrive
-# without a useful HTTP status (inside a 200 stream).
-_TYPE_CLASSES: dict[str, type[ProviderError]] = {
-    "invalid_request_error": InvalidRequestError,
-    "not_found_error": InvalidRequestError,
-    "context_length_exceeded": InvalidRequestError,
-    "model_not_found": InvalidRequestError,
-    "authentication_error": AuthenticationError,
-    "invalid_api_key": AuthenticationError,
-    "permission_error": PermissionDeniedError,
-    "permission_denied": PermissionDeniedError,
-    "rate_limit_error": RateLimitError,
-    "rate_limit_exceeded": RateLimitError,
-    "insufficient_quota": RateLimitError,
-    "timeout": ProviderTimeoutError,
-    "server_error": ProviderUnavailableError,
-    "api_error": ProviderUnavailableError,
-    "overloaded_error": ProviderUnavailableError,
-}
-
+__all__ = ["ChatCompletionsStreamParser", "OpenAIProvider", "content_text", "openai_usage"]
 
 def openai_usage(raw: Any) -> Usage | None:
     """Our :class:`Usage` from an OpenAI-style ``usage`` object (None when absent).
@@ -151,7 +125,7 @@ class OpenAIProvider(Provider):
             raise BadResponseError(f"The {c.display_name(self.name)} response has no "
                                    "`choices[0].message` object.", missing="choices[0].message",
                                    **where)
-        text = message.get("content")
+        text = content_text(message.get("content"))
         if text is None:   # a refusal, or only tool calls: no text to show
             text = message.get("refusal") or ""
         usage_raw = body.get("usage")
@@ -192,11 +166,8 @@ class OpenAIProvider(Provider):
             code = err_type if isinstance(err_type, str) else None
         else:
             code = str(raw_code) if raw_code else (err_type if isinstance(err_type, str) else None)
-        if status and status >= 400:
-            cls = c.class_for_status(status)
-        else:
-            cls = (_TYPE_CLASSES.get(code or "") or _TYPE_CLASSES.get(str(err_type or ""))
-                   or ProviderUnavailableError)
+        cls = c.error_class(status if status and status >= 400 else None, code,
+                            err_type if isinstance(err_type, str) else None)
         if code == "invalid_api_key" or (status == 400 and isinstance(said, str)
                                          and _BAD_KEY_400.search(said)):
             # xAI answers a wrong key with 400 "Incorrect API key provided"; no code says so.
@@ -205,7 +176,7 @@ class OpenAIProvider(Provider):
         retryable: bool | None = None
         if code == "insufficient_quota":
             # A 429 that waiting will not fix: the account has no quota or credit left.
-            cls, retryable = RateLimitError, False
+            retryable = c.retryable_code(code)
             hint = (f"The {c.display_name(self.name)} account is out of quota or credit: "
                     "check its plan and billing, or use another route.")
         elif code == "context_length_exceeded":
@@ -219,6 +190,22 @@ class OpenAIProvider(Provider):
         return c.build_error(cls, provider=self.name, status=status, said=said, code=code,
                              request_id=request_id, retry_after=retry_after, key=key,
                              hint=hint, retryable=retryable)
+
+
+def content_text(content: Any) -> str | None:
+    """The visible text of a message's ``content``: a string, or a list of content chunks.
+
+    Mistral's reasoning models answer with a list of chunks, ``{"type": "thinking",
+    "thinking": [...]}`` and ``{"type": "text", "text": "..."}`` (the mistralai SDK's
+    ``ThinkChunk`` / ``TextChunk``); only the ``text`` chunks are the answer, the reasoning
+    stays hidden. None when there is no content at all.
+    """
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(chunk.get("text") or "") for chunk in content
+                       if isinstance(chunk, dict) and chunk.get("type") == "text")
+    return str(content)
 
 
 _BAD_KEY_400 = re.compile(r"\b(?:incorrect|invalid) api key\b", re.IGNORECASE)
@@ -281,7 +268,7 @@ class ChatCompletionsStreamParser(c.AdapterStreamParser):
                 self.finish_reason = str(choice["finish_reason"])
             delta = choice.get("delta")
             if isinstance(delta, dict):
-                return self.emit(delta.get("content"))
+                return self.emit(content_text(delta.get("content")))
         return None
 
 
