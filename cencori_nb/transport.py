@@ -42,6 +42,7 @@ import email.utils
 import logging
 import os
 import random
+import re
 import threading
 import time
 import weakref
