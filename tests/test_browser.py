@@ -14,6 +14,12 @@ a temporary copy of ``02-provider-setup.ipynb``; headless Chromium (Debian's, at
 
 The ``.ipynb`` on disk (and every other file the run wrote) must not contain the canary.
 On failure a screenshot and the server log are kept under ``test-results/``.
+
+A second test opens a notebook whose replies (the sandbox's ``SANDBOX-ECHO:``) and provider
+errors (``SANDBOX-ERROR:``) carry the classic XSS payloads of tests/attack_payloads.py
+through every display path, and checks that none runs, live and after save, close and
+reopen; a deliberate trusted-HTML control proves that execution would be seen. Screenshots
+of every output are written to ``test-results/xss-*.png``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -210,3 +217,167 @@ def test_panel_prompt_and_save_keep_the_canary_out_of_the_notebook(
     # …nor anywhere else this run wrote: checkpoints, Jupyter/IPython folders, the home.
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and canary.encode() in p.read_bytes()]
     assert leaks == []
+
+
+# ----------------------------------------------------------------------------- XSS
+XSS_NOTEBOOK = "xss-replies.ipynb"
+# Before any output renders: record every payload that runs (a dialog, or window.__xss set
+# by the page or by a frame through parent.__xss).
+_XSS_PROBE = """() => {
+  window.__xss_log = window.__xss_log || [];
+  for (const name of ['alert', 'confirm', 'prompt'])
+    window[name] = (m) => { window.__xss_log.push(name + ':' + m); };
+  return true;
+}"""
+_XSS_STATE = """() => {
+  const outputs = [...document.querySelectorAll('.jp-OutputArea-output')];
+  const bad = [];
+  for (const o of outputs) {
+    if (o.querySelector('.xss-control')) continue;      // the control, not a reply
+    for (const el of o.querySelectorAll('*')) {
+      for (const a of el.getAttributeNames())
+        if (a.startsWith('on')) bad.push(el.tagName + ' ' + a);
+      if (['fixed', 'sticky'].includes(getComputedStyle(el).position))
+        bad.push(el.tagName + ' position ' + getComputedStyle(el).position);
+      for (const a of ['href', 'src', 'action', 'formaction', 'data', 'xlink:href'])
+        if (el.hasAttribute(a) && !/^(https?:|mailto:)/i.test(el.getAttribute(a).trim()))
+          bad.push(el.tagName + ' ' + a + '=' + el.getAttribute(a));
+      if (['SCRIPT', 'IFRAME', 'OBJECT', 'EMBED', 'FORM', 'BASE', 'META'].includes(el.tagName)
+          && !el.closest('.jupyter-widgets'))
+        bad.push(el.tagName);
+    }
+  }
+  return {xss: window.__xss === undefined ? null : window.__xss,
+          log: window.__xss_log || [], control: window.__control || 0,
+          url: location.pathname, bad, outputs: outputs.length,
+          // TeX typeset anywhere but inside a DataFrame's table (pandas' HTML, not ours:
+          // there MathJax may typeset a reply's $…$, but runs nothing, see `bad`)
+          math: [...document.querySelectorAll('.jp-OutputArea-output mjx-container')]
+            .filter(m => !m.closest('table.dataframe')).map(m => m.outerHTML.slice(0, 200)),
+          tableMath: document.querySelectorAll('table.dataframe mjx-container').length};
+}"""
+
+
+def _xss_notebook() -> nbformat.NotebookNode:
+    """The attack notebook: every display path fed the payloads by the sandbox."""
+    from attack_payloads import PAYLOADS
+
+    texts = [t for _n, t in PAYLOADS]
+    cells = [
+        "import json\nfrom decimal import Decimal\nimport cencori_nb\n%load_ext cencori_nb\n"
+        # a demo key in the offline session's own home (as notebook 02 does)
+        "cencori_nb.keys.set('openai', 'sk-' + 'sandbox-demo-xss', make_default=True,\n"
+        "                    default_model='gpt-4o-mini')\n"
+        f"PAYLOADS = json.loads({json.dumps(json.dumps(texts))})\n"
+        "ALL = '\\n\\n'.join(PAYLOADS)",
+        # a control: trusted HTML really runs in this page (so the probe can see execution)
+        "from IPython.display import HTML\n"
+        "HTML('<div class=\"xss-control\"><img src=x '\n"
+        "     'onerror=\"window.__control = (window.__control || 0) + 1\"></div>')",
+        "%%cencori gpt-4o-mini --no-cache\nSANDBOX-ECHO:{ALL}",
+        "%%cencori gpt-4o-mini -f html --no-cache\nSANDBOX-ECHO:{ALL}",
+        "%%cencori gpt-4o-mini -f text --no-stream --no-cache\nSANDBOX-ECHO:{ALL}",
+        "%%cencori gpt-4o-mini --no-cache\nSANDBOX-ERROR:{ALL}",
+        "frame = cencori_nb.map(['SANDBOX-ECHO:' + p for p in PAYLOADS]\n"
+        "                       + ['SANDBOX-ERROR:' + p for p in PAYLOADS], model='gpt-4o-mini',\n"
+        "                       cache=False)\n"
+        "frame[['text', 'error']]",
+        "from cencori_nb.progress import WidgetProgress\n"
+        "w = WidgetProgress(3)\n"
+        "w.close(3, 1, Decimal('0.01'), note='stopped: ' + ALL)",
+        "from cencori_nb.widgets import setup\npanel = setup()\n"
+        "panel._say('Key test failed: ' + ALL, ok=False)\npanel",
+        "reply = cencori_nb.chat('SANDBOX-ECHO:' + ALL, model='gpt-4o-mini', cache=False)\n"
+        "reply",
+    ]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    return nb
+
+
+def _open_and_wait(page: object, lab: JupyterProcess, name: str) -> None:
+    page.goto(f"{lab.url}/lab/tree/{name}?token={lab.token}")  # type: ignore[attr-defined]
+    page.wait_for_selector(".jp-Notebook .jp-Cell")  # type: ignore[attr-defined]
+    page.evaluate(_XSS_PROBE)  # type: ignore[attr-defined]
+    _wait(page, "() => { const w = window.jupyterapp && window.jupyterapp.shell"
+                ".currentWidget; return w && w.sessionContext && w.sessionContext.session "
+                "&& w.sessionContext.session.kernel && "
+                "w.sessionContext.session.kernel.status === 'idle'; }")
+
+
+def _poke(page: Any) -> None:
+    """What a reader does: move over every output, scroll, focus (hover/focus payloads)."""
+    for out in page.locator(".jp-OutputArea-output").all():
+        out.scroll_into_view_if_needed()
+        out.hover()
+    for x, y in ((10, 10), (700, 500), (1390, 990)):
+        page.mouse.move(x, y)
+    page.keyboard.press("Tab")
+    time.sleep(1.5)          # onerror/onload/animations/meta refresh have had their chance
+
+
+def _screenshots(page: Any, stem: str) -> None:
+    """One picture per output (JupyterLab scrolls inside the notebook, so a full-page
+    screenshot shows only the viewport), under test-results/, to look at."""
+    outputs = page.locator(".jp-Cell-outputArea").filter(
+        has=page.locator(".jp-OutputArea-output"))
+    for i, out in enumerate(outputs.all()):
+        if out.is_visible():
+            out.scroll_into_view_if_needed()
+            out.screenshot(path=str(RESULTS / f"{stem}-{i:02d}.png"), timeout=10_000)
+
+
+def test_hostile_replies_run_nothing_live_or_after_reopen(
+        lab: JupyterProcess, request: pytest.FixtureRequest) -> None:
+    """A reply carrying the classic XSS payloads (tests/attack_payloads.py), shown through
+    every display path, runs none of them: live, and after save, close and reopen (when
+    JupyterLab trusts the saved outputs). A control output proves execution is seen."""
+    from playwright.sync_api import sync_playwright
+
+    nbformat.write(_xss_notebook(), lab.root / XSS_NOTEBOOK)  # type: ignore[attr-defined]
+    RESULTS.mkdir(exist_ok=True)
+    dialogs: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        try:
+            _open_and_wait(page, lab, XSS_NOTEBOOK)
+            page.evaluate("() => window.jupyterapp.commands.execute("
+                          "'notebook:run-all-cells')")
+            result = _wait(page, _NOTEBOOK_DONE, timeout=180)
+            assert result == {"errors": []}, result
+            _poke(page)
+            live = page.evaluate(_XSS_STATE)
+            _screenshots(page, "xss-live")
+
+            page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+            _wait_for_file(lab.root / XSS_NOTEBOOK,  # type: ignore[attr-defined]
+                           lambda t: "frame[['text', 'error']]" in t and "cencori-reply" in t)
+            page.evaluate("() => window.jupyterapp.commands.execute('application:close-all')")
+            page.goto("about:blank")
+            _open_and_wait(page, lab, XSS_NOTEBOOK)
+            page.wait_for_selector(".cencori-reply")
+            _poke(page)
+            reopened = page.evaluate(_XSS_STATE)
+            _screenshots(page, "xss-reopened")
+        except BaseException:
+            page.screenshot(path=str(RESULTS / f"{request.node.name}.png"), full_page=True)
+            shutil.copy(lab.log_path, RESULTS / f"{request.node.name}.lab.log")
+            raise
+        finally:
+            browser.close()
+
+    for state in (live, reopened):
+        assert state["control"] >= 1, state        # trusted HTML does run here…
+        assert state["xss"] is None and state["log"] == [], state   # …and no payload did
+        assert state["bad"] == [] and state["math"] == [], state
+        assert state["url"].endswith(XSS_NOTEBOOK), state             # no navigation
+        assert state["outputs"] >= 9, state
+    assert dialogs == []
+    saved = (lab.root / XSS_NOTEBOOK).read_text()  # type: ignore[attr-defined]
+    assert "window.__xss" in saved                 # the replies were saved, as text
