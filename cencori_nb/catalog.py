@@ -23,6 +23,7 @@ class ProviderInfo:
     models: tuple[str, ...]
     key_prefix: str = ""         # typical key prefix, for a gentle warning only
     base_url: str = ""           # real API base URL (OpenAI-compatible ones end in /v1)
+    managed: bool = True         # whether Cencori's gateway can serve it (not your localhost)
 
 
 PROVIDERS: dict[str, ProviderInfo] = {p.name: p for p in (
@@ -57,7 +58,7 @@ PROVIDERS: dict[str, ProviderInfo] = {p.name: p for p in (
                   "meta-llama/llama-3.3-70b-instruct:free"),
                  "sk-or-", "https://openrouter.ai/api/v1"),
     ProviderInfo("local", "Local OpenAI-compatible server", "openai-compatible", "llama3.2",
-                 ("llama3.2",), "", "http://127.0.0.1:11434/v1"),
+                 ("llama3.2",), "", "http://127.0.0.1:11434/v1", managed=False),
 )}
 
 

@@ -159,7 +159,9 @@ def provider_for_model(model: str, provider: str | None = None) -> tuple[str, st
     lower = model.lower()
     known = _CATALOG_MODELS.get(lower)
     if known is not None:
-        return known, model, f"{model!r} is a {known} model in the catalog"
+        name = provider_info(known).display_name
+        article = "an" if name[:1].lower() in "aeio" else "a"
+        return known, model, f"{model!r} is {article} {name} model in the catalog"
     if lower.endswith(":free"):
         return "openrouter", model, "':free' models are served by OpenRouter"
     if _O_SERIES.match(lower):

@@ -4,7 +4,7 @@ Each notebook gets its own pytest process (``--nbval-lax``: outputs are compared
 cells tagged ``nbval-check-output``, against the reference output stored in the notebook;
 cells with varying output are tagged ``nbval-ignore-output``; an exception in any cell
 fails), a fresh ``CENCORI_NB_HOME`` and a sandbox started here, so the kernels never see the
-real home or a real provider. ``notebooks/refresh_outputs.py`` rewrites the references.
+real home or a real provider. ``tools/refresh_notebook_outputs.py`` rewrites the references.
 """
 
 from __future__ import annotations
@@ -49,6 +49,23 @@ def test_notebooks_are_found() -> None:
     names = {p.name for p in NOTEBOOKS}
     assert {"01-quickstart.ipynb", "02-provider-setup.ipynb",
             "03-byok-vs-managed-cost.ipynb"} <= names
+
+
+def test_notebooks_folder_holds_only_notebooks() -> None:
+    """It is what JupyterLab shows a newcomer and what the wheel ships: no test helpers."""
+    others = [p.name for p in (REPO / "notebooks").iterdir()
+              if p.suffix != ".ipynb" and p.name != ".ipynb_checkpoints"]
+    assert others == []
+
+
+def test_quickstart_points_at_every_other_notebook() -> None:
+    """Notebook 01's "Next" section lists each of the other notebooks."""
+    nb = json.loads((REPO / "notebooks" / "01-quickstart.ipynb").read_text())
+    text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    nxt = text[text.lower().rfind("next"):]
+    for p in NOTEBOOKS:
+        if not p.name.startswith("01-"):
+            assert p.stem in nxt or p.name in nxt, p.name
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

@@ -98,16 +98,19 @@ BUNDLED_NOTEBOOKS = Path(__file__).resolve().parents[1] / "_notebooks"
 
 
 def notebooks_dir(checkout: Path | None | str = "detect",
-                  bundled: Path = BUNDLED_NOTEBOOKS) -> Path:
+                  bundled: Path = BUNDLED_NOTEBOOKS, *, write: bool = True) -> Path:
     """Where JupyterLab opens: the checkout's ``notebooks/`` or the home's copy.
 
     ``checkout`` and ``bundled`` exist for tests; by default the checkout is detected.
+    ``write=False`` (``--dry-run``) only names the folder: nothing is created or copied.
     """
     root = repo_root() if checkout == "detect" else checkout
     if root is not None:
         return Path(root) / "notebooks"
-    from ..home import ensure_home
+    from ..home import ensure_home, home_dir
 
+    if not write:
+        return home_dir() / "notebooks"
     target = ensure_home() / "notebooks"
     target.mkdir(exist_ok=True)
     if bundled.is_dir():
@@ -185,8 +188,9 @@ class LabPlan:
 def plan(jupyter_args: Sequence[str], *, sandbox: bool | None = None,
          environ: dict[str, str] | None = None, is_root: bool | None = None,
          has_display: bool | None = None, scrubber_config: bool | None | str = "detect",
-         ) -> LabPlan:
-    """Decide the jupyter command and environment (pure apart from reading config/keys)."""
+         dry_run: bool = False) -> LabPlan:
+    """Decide the jupyter command and environment (pure apart from reading config/keys,
+    and, unless ``dry_run``, copying the bundled notebooks into the home)."""
     environ = dict(os.environ if environ is None else environ)
     args = list(jupyter_args)
     _refuse_keys(args)
@@ -200,9 +204,9 @@ def plan(jupyter_args: Sequence[str], *, sandbox: bool | None = None,
     extra: list[str] = []
     notes: list[str] = []
     if not _has_flag(args, _ROOT_DIR_FLAGS):
-        folder = notebooks_dir()
+        folder = notebooks_dir(write=not dry_run)
         extra.append(f"--ServerApp.root_dir={folder}")
-        if not any(folder.glob("*.ipynb")):
+        if not dry_run and not any(folder.glob("*.ipynb")):
             notes.append(f"{folder} has no notebooks yet (this installation bundles none); "
                          "the walkthroughs are in the project's notebooks/ folder.")
     if is_root and "--allow-root" not in args:
@@ -253,7 +257,7 @@ def _banner(url: str, home: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``cencori-nb lab``: start the sandbox if needed, then JupyterLab."""
-    lab = plan(args.jupyter_args, sandbox=args.sandbox)
+    lab = plan(args.jupyter_args, sandbox=args.sandbox, dry_run=args.dry_run)
     for note in lab.notes:
         print(f"cencori-nb: {note}", file=sys.stderr)
     if args.dry_run:

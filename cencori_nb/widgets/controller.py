@@ -72,15 +72,15 @@ def provider_rows(project: str | None = None) -> list[ProviderRow]:
         st = statuses.get(name)
         if st is not None:
             badge = ENABLED if st.enabled else DISABLED
-        else:
-            badge = MANAGED if managed else NOT_CONFIGURED
+        else:     # Cencori cannot serve a server on your machine (local): never Managed
+            badge = MANAGED if managed and info.managed else NOT_CONFIGURED
         rows.append(ProviderRow(
             provider=name, display_name=info.display_name, badge=badge,
             key_hint=st.key_hint if st is not None else None,
             default_model=(st.default_model if st is not None and st.default_model
                            else info.default_model),
             is_default=bool(st is not None and st.is_default), models=info.models,
-            managed_available=managed))
+            managed_available=managed and info.managed))
     return rows
 
 

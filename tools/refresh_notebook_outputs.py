@@ -4,8 +4,8 @@ The notebooks are kept in git without outputs, except the cells tagged
 ``nbval-check-output``: their stored output is what nbval compares a fresh run against (a
 cell without a stored output is never compared). After editing a notebook, run::
 
-    .venv/bin/python notebooks/refresh_outputs.py            # all notebooks
-    .venv/bin/python notebooks/refresh_outputs.py 03-*.ipynb  # some
+    .venv/bin/python tools/refresh_notebook_outputs.py            # all notebooks
+    .venv/bin/python tools/refresh_notebook_outputs.py 03-*.ipynb  # some
 
 Each notebook runs offline (a temporary ``CENCORI_NB_HOME`` and a sandbox started here, never
 your real keys). Review the diff before committing: a checked output is a promise.
@@ -18,7 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+# The notebooks folder holds only notebooks (it is what JupyterLab shows and the wheel ships).
+HERE = Path(__file__).resolve().parents[1] / "notebooks"
 CHECK_TAG = "nbval-check-output"
 
 
