@@ -7,6 +7,7 @@ is imported inside the functions.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .wallet import LOW_BALANCE_USD
@@ -21,10 +22,52 @@ _HOVER_SPEND = ("%{x}<br>%{fullData.name}<br>Cost: $%{y:.6f}<br>"
                 "<extra></extra>")
 
 
+DAY_MS = 86_400_000
+MAX_DATE_TICKS = 10        # at most this many date ticks on a time axis
+
+
 def _go() -> Any:
     import plotly.graph_objects as go
 
     return go
+
+
+def money_axis(values: Any) -> dict[str, Any]:
+    """y-axis settings that always read as dollars: ``$0.0005``, never plotly's SI
+    ``$500µ``; enough decimals for the largest value (at least two, at most eight)."""
+    top = max((abs(float(v)) for v in values if v == v), default=0.0)   # v == v: not NaN
+    decimals = 2 if top <= 0 or top >= 1 else min(8, 2 - math.floor(math.log10(top)))
+    return {"tickprefix": "$", "tickformat": f",.{decimals}f", "exponentformat": "none",
+            "rangemode": "tozero"}
+
+
+def date_axis(days: Any, *, step_days: int = 1) -> dict[str, Any]:
+    """x-axis settings for whole UTC days (or weeks): a ``date`` axis whose ticks fall on
+    the days themselves (``Mar 04, 2026``), never on hours (``23:59:59.9996``), with half
+    a step of room either side so one bar is a bar, not the whole plot."""
+    stamps = sorted({int(_epoch_ms(d)) for d in days})
+    out: dict[str, Any] = {"type": "date", "tickformat": "%b %d, %Y",
+                           "hoverformat": "%a %b %d, %Y"}
+    if not stamps:
+        return out
+    span_steps = (stamps[-1] - stamps[0]) // (step_days * DAY_MS) + 1
+    every = max(1, math.ceil(span_steps / MAX_DATE_TICKS))
+    half = step_days * DAY_MS // 2
+    out.update(tick0=stamps[0], dtick=every * step_days * DAY_MS,
+               range=[_iso(stamps[0] - half), _iso(stamps[-1] + half)])
+    return out
+
+
+def _epoch_ms(value: Any) -> float:
+    import pandas as pd
+
+    return float(pd.Timestamp(value).timestamp() * 1000)
+
+
+def _iso(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def spend_over_time(since: Any = None, project: str | None = None, *, by: str = "day") -> Any:
@@ -44,15 +87,21 @@ def spend_over_time(since: Any = None, project: str | None = None, *, by: str = 
     for route in sorted(frame["route"].unique()) if len(frame) else []:
         part = frame[frame["route"] == route]
         fig.add_trace(go.Bar(
-            x=list(part[by]), y=list(part["cost_usd"]), name=ROUTE_NAMES.get(route, route),
+            # plain dates: a UTC day is a date, not an instant (no time zone to misread)
+            x=[d.strftime("%Y-%m-%d") for d in part[by]], y=list(part["cost_usd"]),
+            name=ROUTE_NAMES.get(route, route),
             marker_color=ROUTE_COLOURS.get(route),
             customdata=list(zip(part["requests"], part["input_tokens"], part["output_tokens"],
                                 part["credits_charged_usd"], strict=True)),
             hovertemplate=_HOVER_SPEND))
     unit = "Day" if by == "day" else "Week starting"
+    # The title promises routes: the legend names them even when there is only one.
     fig.update_layout(barmode="stack", title=f"Spend per {by} by route",
                       xaxis_title=f"{unit} (UTC)", yaxis_title="Cost (USD)",
-                      legend_title="Route", yaxis_tickprefix="$")
+                      legend_title="Route", showlegend=True,
+                      xaxis=date_axis(frame[by] if len(frame) else [],
+                                      step_days=1 if by == "day" else 7),
+                      yaxis=money_axis(frame["cost_usd"] if len(frame) else []))
     return fig
 
 
@@ -76,7 +125,8 @@ def spend_by(by: str = "provider", since: Any = None, project: str | None = None
                        "Provider price: $%{customdata[4]:.6f}<br>"
                        "Credits charged: $%{customdata[3]:.6f}<extra></extra>")))
     fig.update_layout(title=f"Spend by {by}", xaxis_title=by.capitalize(),
-                      yaxis_title="Cost (USD)", yaxis_tickprefix="$")
+                      yaxis_title="Cost (USD)", showlegend=False,
+                      xaxis={"type": "category"}, yaxis=money_axis(frame["cost_usd"]))
     return fig
 
 
@@ -97,7 +147,9 @@ def balance_over_time() -> Any:
                   annotation_text=f"Low balance (${LOW_BALANCE_USD})",
                   annotation_position="bottom right")
     fig.update_layout(title="Cencori credit balance (local mirror)", xaxis_title="Time (UTC)",
-                      yaxis_title="Balance (USD)", yaxis_tickprefix="$")
+                      yaxis_title="Balance (USD)", showlegend=False,
+                      xaxis={"type": "date"},
+                      yaxis=money_axis([*(t.balance_after for t in txs), LOW_BALANCE_USD]))
     return fig
 
 
@@ -132,7 +184,10 @@ def byok_vs_managed(compare_df: Any = None) -> Any:
             hovertemplate=("%{x}<br>%{fullData.name}: $%{y:.4f}<br>Requests: "
                            "%{customdata[0]:,}<br>Tokens: %{customdata[1]:,} in / "
                            "%{customdata[2]:,} out<extra></extra>")))
+    money = [v for column, _n, _c in _COMPARE_TRACES if column in frame.columns
+             for v in frame[column]]
     fig.update_layout(barmode="group", title="BYOK vs managed: monthly cost per model",
                       xaxis_title="Model", yaxis_title="Cost per month (USD)",
-                      legend_title="Paid as", yaxis_tickprefix="$")
+                      legend_title="Paid as", showlegend=True, xaxis={"type": "category"},
+                      yaxis=money_axis(money))
     return fig

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -47,9 +48,9 @@ def test_spend_over_time_is_stacked_by_route(ledger_rows: None) -> None:
     byok, managed = fig.data
     assert (byok.type, byok.name) == ("bar", "BYOK (your provider account)")
     assert managed.name == "Managed (Cencori credits)"
-    assert [pd.Timestamp(x) for x in byok.x] == [pd.Timestamp(YESTERDAY), pd.Timestamp(TODAY)]
+    assert list(byok.x) == [f"{YESTERDAY:%Y-%m-%d}", f"{TODAY:%Y-%m-%d}"]
     assert list(byok.y) == [0.0025, 0.0075]
-    assert [pd.Timestamp(x) for x in managed.x] == [pd.Timestamp(YESTERDAY)]
+    assert list(managed.x) == [f"{YESTERDAY:%Y-%m-%d}"]
     assert list(managed.y) == [0.01125]
     assert [list(c) for c in byok.customdata] == [[1, 2000, 100, 0.0], [1, 1000, 500, 0.0]]
     assert "Tokens" in byok.hovertemplate and "Cost" in byok.hovertemplate
@@ -115,3 +116,83 @@ def test_byok_vs_managed_traces() -> None:
     without_peers = charts.byok_vs_managed(reports.compare_costs(
         [{"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 10}], include_peers=False))
     assert len(without_peers.data) == 3
+
+
+# ------------------------------------------------------------------ issue 13.3: any amount
+def _one_request(cost: str = "0.0002", route: str = "byok", when: datetime = TODAY,
+                 request_id: str = "one") -> None:
+    default_ledger().record_many([
+        LedgerRow(request_id, "p", "openai", route, model="gpt-4o-mini", input_tokens=12,
+                  output_tokens=30, provider_cost_usd=Decimal(cost),
+                  credits_charged_usd=Decimal(cost) if route == "managed" else None,
+                  ts_ms=_ms(when) + 3_600_000)])
+
+
+def test_one_row_spend_chart_reads_as_dates_dollars_and_a_legend() -> None:
+    """One request, one day, one route: a date axis ticking on days (no 23:59:59.9996),
+    dollars with enough decimals (no $200µ), and the legend the title promises."""
+    _one_request()
+    fig = charts.spend_over_time()
+    (bar,) = fig.data
+    assert list(bar.x) == [f"{TODAY:%Y-%m-%d}"]
+    x, y = fig.layout.xaxis, fig.layout.yaxis
+    assert x.type == "date" and x.tickformat == "%b %d, %Y"
+    assert x.dtick == 86_400_000                      # ticks a day apart, never hours
+    start, end = (pd.Timestamp(v) for v in x.range)   # half a day either side of the bar
+    assert (end - start) == pd.Timedelta(days=1)
+    assert start + pd.Timedelta(hours=12) == pd.Timestamp(TODAY).tz_localize(None)
+    assert y.tickprefix == "$" and y.exponentformat == "none"
+    assert y.tickformat == ",.6f"                     # $0.000200, not $200µ
+    assert fig.layout.showlegend is True
+    assert bar.name == "BYOK (your provider account)"
+
+
+def test_weekly_and_long_spans_keep_ticks_on_whole_steps() -> None:
+    """A week axis ticks in weeks; a 60-day span thins the ticks to at most ten, in days."""
+    _one_request(when=TODAY - timedelta(days=59), request_id="old")
+    _one_request(cost="12.5", route="managed", request_id="new")
+    daily = charts.spend_over_time().layout.xaxis
+    assert daily.dtick % 86_400_000 == 0 and daily.dtick >= 6 * 86_400_000
+    assert charts.spend_over_time(by="week").layout.xaxis.dtick % (7 * 86_400_000) == 0
+    assert charts.spend_over_time().layout.yaxis.tickformat == ",.2f"   # dollars and cents
+
+
+def test_money_axis_decimals() -> None:
+    """Enough decimals for the largest value, never SI prefixes."""
+    assert charts.money_axis([0.0002])["tickformat"] == ",.6f"
+    assert charts.money_axis([0.03, 0.01])["tickformat"] == ",.4f"
+    assert charts.money_axis([150.0])["tickformat"] == ",.2f"
+    assert charts.money_axis([])["tickformat"] == ",.2f"
+    assert charts.money_axis([float("nan"), 1e-12])["tickformat"] == ",.8f"
+
+
+def test_single_bar_charts_say_dollars_and_hide_a_pointless_legend() -> None:
+    _one_request()
+    fig = charts.spend_by("provider")
+    assert fig.layout.yaxis.tickformat == ",.6f" and fig.layout.showlegend is False
+    assert fig.layout.xaxis.type == "category"
+    compare = charts.byok_vs_managed()
+    assert compare.layout.showlegend is True and compare.layout.yaxis.tickprefix == "$"
+    assert compare.layout.yaxis.exponentformat == "none"
+
+
+def test_usage_summary_table_totals_two_routes_in_whole_numbers() -> None:
+    """``%cencori usage``'s table: one line per provider and route, then a total line;
+    counts are integers with separators, money in dollars."""
+    from cencori_nb.magic.commands import usage_summary_bundle
+
+    default_ledger().record_many([
+        LedgerRow(f"r{i}", "p", "openai", "byok" if i % 2 else "managed",
+                  model="gpt-4o-mini", input_tokens=1500, output_tokens=250,
+                  provider_cost_usd=Decimal("0.0002"),
+                  credits_charged_usd=None if i % 2 else Decimal("0.0003"),
+                  ts_ms=_ms(TODAY) + i) for i in range(4)])
+    frame = reports.spend(by=["provider", "route"])
+    plain = usage_summary_bundle(frame, since=None, project="default")["text/plain"]
+    lines = plain.splitlines()
+    assert lines[0].startswith("Usage — project default")
+    body = [re.split(r"\s{2,}", line.strip()) for line in lines[2:]]
+    assert body == [
+        ["openai", "managed (credits)", "2", "0", "0", "3,000", "500", "$0.000600"],
+        ["openai", "BYOK", "2", "0", "0", "3,000", "500", "$0.000400"],
+        ["total", "4", "0", "0", "6,000", "1,000", "$0.001000"]]

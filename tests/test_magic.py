@@ -405,14 +405,24 @@ def test_route(shell: InteractiveShell, openai_key: str) -> None:
     assert OPENAI_KEY not in str(out)
 
 
-def test_usage_table_and_chart(shell: InteractiveShell, openai_key: str) -> None:
-    """After one request, usage shows a DataFrame and a plotly figure."""
+def test_usage_summary_and_chart(shell: InteractiveShell, openai_key: str) -> None:
+    """After requests, usage shows a summary by provider and route (not the 22-column
+    ledger) with whole-number counts and dollars, then a plotly figure."""
     cap, _ = run(shell, "%cencori usage --since 7d")
     assert "no requests recorded since 7d" in texts(cap)[0]
     run(shell, "%%cencori --no-stream --no-cache\nfor usage")
+    run(shell, "%%cencori --no-stream --no-cache\nfor usage again")
     cap, _ = run(shell, "%cencori usage --since 7d")
-    assert "text/html" in cap.outputs[0].data and "gpt-4o-mini" in cap.outputs[0].data[
-        "text/html"]
+    summary = cap.outputs[0].data
+    lines = summary["text/plain"].splitlines()
+    assert lines[0].startswith("Usage since 7d — project default")
+    assert lines[1].split() == ["provider", "route", "requests", "errors", "cached", "input",
+                                "tokens", "output", "tokens", "cost"]
+    row = lines[2].split()
+    assert row[:5] == ["openai", "BYOK", "2", "0", "0"] and row[-1].startswith("$0.0")
+    assert all(cell.replace(",", "").isdigit() for cell in row[2:7])   # whole numbers
+    assert len(lines) == 3                        # one provider and route: no total line
+    assert "request_id" not in summary["text/html"] and "<table>" in summary["text/html"]
     assert any("application/vnd.plotly.v1+json" in o.data for o in cap.outputs[1:])
 
 

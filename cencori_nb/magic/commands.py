@@ -86,15 +86,43 @@ def _route(magics: CencoriMagics, args: LineArgs) -> None:
 
 
 def _usage_cmd(magics: CencoriMagics, args: LineArgs) -> None:
+    """A summary, not the ledger: requests, tokens and cost by provider and route (with a
+    total line), then the spend chart. ``cencori_nb.usage()`` has every row."""
     from .. import charts, reports
 
-    frame = reports.usage(since=args.since, project=args.project)
+    frame = reports.spend(by=["provider", "route"], since=args.since, project=args.project)
     if not len(frame):
         show(notice_bundle("no requests recorded" + (f" since {args.since}" if args.since
                                                       else "") + "."))
         return
-    display(frame)
+    show(usage_summary_bundle(frame, since=args.since, project=_project(args.project)))
     display(charts.spend_over_time(since=args.since, project=args.project))
+
+
+_ROUTE_LABELS = {"byok": "BYOK", "managed": "managed (credits)"}
+
+
+def usage_summary_bundle(frame: Any, *, since: str | None, project: str) -> Bundle:
+    """The ``%cencori usage`` table from a ``reports.spend(by=["provider", "route"])``
+    frame: whole-number counts with thousands separators, dollars, and a total line."""
+    head = ("provider", "route", "requests", "errors", "cached", "input tokens",
+            "output tokens", "cost")
+    rows = [(r.provider, _ROUTE_LABELS.get(r.route, r.route), f"{int(r.requests):,}",
+             f"{int(r.errors):,}", f"{int(r.cached):,}", f"{int(r.input_tokens):,}",
+             f"{int(r.output_tokens):,}", _dollars(r.cost_usd))
+            for r in frame.itertuples(index=False)]
+    if len(rows) > 1:
+        rows.append(("total", "", *(f"{int(frame[c].sum()):,}" for c in
+                                    ("requests", "errors", "cached", "input_tokens",
+                                     "output_tokens")), _dollars(frame["cost_usd"].sum())))
+    when = f" since {since}" if since else ""
+    return _table(head, rows, title=f"Usage{when} — project {project} (every request: "
+                  "cencori_nb.usage())", numeric=range(2, len(head)))
+
+
+def _dollars(value: float) -> str:
+    """$1,234.56 / $0.0123 / $0.000042: sub-cent amounts keep their digits."""
+    return f"${value:,.2f}" if abs(value) >= 1 or value == 0 else f"${value:,.6f}"
 
 
 def _credits(magics: CencoriMagics, args: LineArgs) -> None:
@@ -199,14 +227,22 @@ def _project(explicit: str | None) -> str:
     return current_project(explicit)
 
 
-def _table(head: tuple[str, ...], rows: list[tuple[str, ...]], *, title: str) -> Bundle:
-    """A small table as HTML and aligned plain text."""
+def _table(head: tuple[str, ...], rows: list[tuple[str, ...]], *, title: str,
+           numeric: Any = ()) -> Bundle:
+    """A small table as HTML and aligned plain text; ``numeric`` columns align right."""
+    right = set(numeric)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    fmt = "  ".join(f"{{:{'>' if i in right else '<'}{w}}}" for i, w in enumerate(widths))
     plain = "\n".join([title, fmt.format(*head), *(fmt.format(*r) for r in rows)])
-    th = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in head)
-    trs = "".join("<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(c))}</td>"
-                                   for c in r) + "</tr>" for r in rows)
+
+    def align(i: int) -> str:
+        return "right" if i in right else "left"
+
+    th = "".join(f"<th style='text-align:{align(i)}'>{html.escape(h)}</th>"
+                 for i, h in enumerate(head))
+    trs = "".join("<tr>" + "".join(f"<td style='text-align:{align(i)}'>"
+                                   f"{html.escape(str(c))}</td>" for i, c in enumerate(r))
+                  + "</tr>" for r in rows)
     return bundle(plain, text_html=(f"<div><b>{html.escape(title)}</b></div>"
                                     f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody>"
                                     "</table>"))
