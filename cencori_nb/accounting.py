@@ -6,7 +6,7 @@ The client calls, per request:
   is reserved in the ledger file (or :class:`BudgetExceededError`); see "Hard caps" below;
 - :func:`settle` after a success: fills ``provider_cost_usd``, ``price_version``,
   ``credits_charged_usd`` and ``cost_usd`` on the :class:`~cencori_nb.types.Completion`
-  (synchronously) and records the row with the wallet debit (once per request id) in one
+  (synchronously) and records the row with the wallet debit (once per client id) in one
   SQLite transaction: queued for the ledger's background writer, or, when the request
   holds a reservation, written at once in the transaction that releases it;
 - :func:`record_failure` after an error (a row with status ``error`` and the error code;
@@ -70,15 +70,14 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from . import pricing, wallet
-from .errors import BudgetExceededError, CencoriError
-from .ledger import Ledger, LedgerRow, default_ledger, from_pusd, now_ms, to_pusd
+from .errors import BudgetExceededError, CencoriError, LedgerError
+from .ledger import Ledger, LedgerRow, default_ledger, from_pusd, new_client_id, now_ms, to_pusd
 from .settings import Settings, load_settings
 from .types import Completion
 from .wallet import LowBalanceWarning
@@ -86,7 +85,7 @@ from .wallet import LowBalanceWarning
 __all__ = ["RESERVATION_TTL_MS", "SOFT_THRESHOLDS", "TEST_KEY_PREFIX", "BudgetWarning",
            "LowBalanceWarning", "PricingWarning", "Reservation", "areserve", "check_budget",
            "charge_for", "cost_of", "estimate_for", "is_test_key", "month_cost",
-           "record_cached", "record_failure", "reserve", "settle"]
+           "record_cached", "record_failure", "record_recovered", "reserve", "settle"]
 
 SOFT_THRESHOLDS = (50, 80, 100)
 TEST_KEY_PREFIX = "csk_test_"       # Cencori test keys: no charges (reference/cencori.md)
@@ -448,9 +447,11 @@ def settle(completion: Completion, *, when: datetime | None = None,
     """Price, charge, debit and record one successful request; returns the completion.
 
     Sets ``provider_cost_usd``, ``credits_charged_usd`` and ``cost_usd`` (:func:`cost_of`)
-    on the completion. Idempotent per ``completion.request_id``: settling the same request
-    again writes no second row and debits nothing more. With a ``reservation`` the row is
-    written now, in the transaction that releases it.
+    on the completion. Idempotent per ``completion.client_id`` (given one when empty):
+    settling the same request again writes no second row and debits nothing more. A
+    completion marked ``interrupted`` (a stream stopped part way) is recorded with that
+    status. With a ``reservation`` the row is written now, in the transaction that
+    releases it.
     """
     if completion.cached:
         if reservation is not None:
@@ -479,16 +480,13 @@ def settle(completion: Completion, *, when: datetime | None = None,
     completion.price_version = quote.version
     completion.credits_charged_usd = charge if charge is not None else Decimal(0)
     completion.cost_usd = cost_of(completion.route, provider_cost, charge, test_mode=test)
-    row = _row(completion, status="ok", when=when)
+    row = _row(completion, status="interrupted" if completion.interrupted else "ok",
+               when=when)
     led = default_ledger()
-    debit: Callable[[Any], None] | None = None
+    debit_usd: Decimal | None = None
     if charge:
-        request_id, project, amount = completion.request_id, completion.project, charge
-
-        def debit(conn: Any) -> None:        # runs in the row's transaction, if inserted
-            wallet.debit_in(conn, request_id, amount, project=project)
-
-    _write(led, row, debit, reservation)
+        debit_usd = charge        # debited in the row's transaction, once per client_id
+    _write(led, row, debit_usd, reservation)
     if charge:
         _predict_low_balance(led, charge)
     ps = s.for_project(completion.project)
@@ -498,30 +496,30 @@ def settle(completion: Completion, *, when: datetime | None = None,
     return completion
 
 
-def _write(led: Ledger, row: LedgerRow, on_insert: Callable[[Any], None] | None,
+def _write(led: Ledger, row: LedgerRow, debit_usd: Decimal | None,
            reservation: Reservation | None) -> None:
-    """Record ``row`` (with its debit). Without a reservation: queued for the background
-    writer. With one: written now, and the reservation deleted in the same transaction, so
-    the cap never sees the request twice or not at all. If that write fails the row is
-    queued, and the reservation is released when the writer commits it (until then it
-    keeps counting against the cap: fail closed)."""
+    """Record ``row`` (with its wallet debit, once per client id). Without a reservation:
+    queued for the background writer. With one: written now, and the reservation deleted
+    in the same transaction, so the cap never sees the request twice or not at all. If that
+    write fails the row is queued, and the reservation is released when the writer commits
+    it (until then, or if the row has to wait in the spill file, it keeps counting against
+    the cap until it expires: fail closed)."""
     if reservation is None or reservation.released:
-        led.submit(row, on_insert=on_insert)
+        led.submit(row, debit_usd=debit_usd)
         return
     rid = reservation.id
 
-    def commit(conn: Any) -> None:
-        if on_insert is not None:
-            on_insert(conn)
+    def release(conn: Any) -> None:
         conn.execute("DELETE FROM budget_reservations WHERE id = ?", (rid,))
 
     try:
         with led.transaction() as conn:
-            if led.insert(conn, row) and on_insert is not None:
-                on_insert(conn)
-            conn.execute("DELETE FROM budget_reservations WHERE id = ?", (rid,))
-    except sqlite3.Error:
-        led.submit(row, on_insert=commit)
+            if led.insert(conn, row) and debit_usd:
+                wallet.debit_in(conn, row.client_id, debit_usd, project=row.project,
+                                request_id=row.request_id)
+            release(conn)
+    except (sqlite3.Error, LedgerError):
+        led.submit(row, release, debit_usd=debit_usd)
     reservation.released = True
 
 
@@ -550,9 +548,12 @@ def _predict_low_balance(led: Ledger, charge: Decimal) -> None:
 def _row(c: Completion, *, status: str, when: datetime | None = None,
          **overrides: Any) -> LedgerRow:
     ts = int(when.timestamp() * 1000) if when is not None else now_ms()
+    if not c.client_id:
+        c.client_id = new_client_id()
     row = LedgerRow(
-        request_id=c.request_id, project=c.project, provider=c.provider, route=c.route,
-        status=status, model_requested=c.model_requested, model=c.model,
+        client_id=c.client_id, request_id=c.request_id, project=c.project,
+        provider=c.provider, route=c.route, status=status,
+        model_requested=c.model_requested, model=c.model,
         credential_source=c.credential_source, input_tokens=c.input_tokens,
         output_tokens=c.output_tokens, cache_read_tokens=c.cache_read_tokens,
         cache_write_tokens=c.cache_write_tokens, thinking_tokens=c.thinking_tokens,
@@ -562,6 +563,21 @@ def _row(c: Completion, *, status: str, when: datetime | None = None,
     for key, value in overrides.items():
         setattr(row, key, value)
     return row
+
+
+def record_recovered(completion: Completion, *, ts_ms: int) -> None:
+    """Record a request found answered (in the response cache) but missing from the ledger:
+    its row as it was settled, at ``ts_ms``, with its debit; a no-op when its
+    ``client_id`` is already recorded."""
+    if completion.cost_usd is None:
+        completion.cost_usd = cost_of(completion.route, completion.provider_cost_usd,
+                                      completion.credits_charged_usd,
+                                      test_mode=completion.test_mode)
+    row = _row(completion, status="interrupted" if completion.interrupted else "ok")
+    row.ts_ms = ts_ms
+    charge = completion.credits_charged_usd
+    default_ledger().submit(row, debit_usd=charge if charge and not completion.test_mode
+                            else None)
 
 
 def record_cached(completion: Completion) -> Completion:
@@ -574,6 +590,7 @@ def record_cached(completion: Completion) -> Completion:
     completion.cost_usd = cost_of(completion.route, Decimal(0), Decimal(0), cached=True)
     if not completion.request_id:
         completion.request_id = "cnb-" + uuid.uuid4().hex
+    completion.client_id = new_client_id()          # a hit is a request of its own
     default_ledger().submit(_row(completion, status="cached"))
     return completion
 
@@ -582,7 +599,8 @@ def record_failure(*, request_id: str | None, project: str | None, provider: str
                    model: str | None, route: str, credential_source: str = "",
                    error: BaseException | str | None = None,
                    latency_ms: float | None = None, test_mode: bool = False,
-                   reservation: Reservation | None = None) -> None:
+                   reservation: Reservation | None = None,
+                   client_id: str | None = None) -> None:
     """Record a failed request: one ``error`` row with the error's code; nothing is debited
     (its ``cost_usd`` is 0). Releases ``reservation`` with the row.
 
@@ -597,6 +615,7 @@ def record_failure(*, request_id: str | None, project: str | None, provider: str
     else:
         code = getattr(error, "code", None) or type(error).__name__
     row = LedgerRow(
+        client_id=client_id or new_client_id(),
         request_id=request_id or "cnb-" + uuid.uuid4().hex, project=_project(project, s),
         provider=provider, route=route, status="error", model_requested=model, model=None,
         credential_source=credential_source, error_code=code, latency_ms=latency_ms,

@@ -7,7 +7,16 @@ the model sent, the messages and the sampling parameters — to the stored
 the same question to the same model gets the same answer whoever pays for it.
 
 A hit returns a copy with ``cached=True`` and both costs zero; the client records it with
-``accounting.record_cached``. Entries do not expire (a notebook re-run months later should
+``accounting.record_cached``.
+
+**Never ahead of the ledger.** The client stores an answer only once its ledger row is
+committed (``Ledger.after_commit``; the cache keeps its own file), so a crash can leave an
+answer recorded but not cached — the re-run pays for it again — and never cached but
+unrecorded. Each entry keeps the ``client_id`` of the request that paid for it; a hit whose
+request has no ledger row (an entry written by an older version, or a ledger restored from
+a backup) records that request's row first, once. :func:`fetch` gives the entry as stored.
+
+Entries do not expire (a notebook re-run months later should
 still hit); :func:`clear` empties the cache (``%cencori cache clear``).
 
 Speed: one connection per process (opened on first use, ``check_same_thread=False`` under a
@@ -34,7 +43,8 @@ from .types import ChatRequest, Completion
 if TYPE_CHECKING:
     from .router import Decision
 
-__all__ = ["cache_key", "cache_path", "cacheable", "clear", "lookup", "stats", "store"]
+__all__ = ["CacheEntry", "as_hit", "cache_key", "cache_path", "cacheable", "clear", "fetch",
+           "lookup", "pending", "stats", "store", "store_after_commit"]
 
 SCHEMA_VERSION = 1
 _DECIMAL_FIELDS = frozenset(f.name for f in dataclasses.fields(Completion)
@@ -124,31 +134,84 @@ def _unusable(exc: Exception) -> None:
                       RuntimeWarning, stacklevel=3)
 
 
-def lookup(key: str) -> Completion | None:
-    """The cached completion for ``key`` (``cached=True``, zero cost), or None.
+@dataclasses.dataclass(slots=True)
+class CacheEntry:
+    """One stored answer as it was paid for (``cached`` False, its real costs and
+    ``client_id``), and when it was stored (UTC epoch ms)."""
+
+    completion: Completion
+    created_ms: int
+
+
+def fetch(key: str) -> CacheEntry | None:
+    """The entry stored under ``key``, or None (counted as a hit or a miss).
 
     A cache file that cannot be read counts as a miss (with one warning per process).
     """
     global _hits, _misses
+    if key in _pending:       # stored once its ledger row commits: wait for that
+        _wait_pending()
     try:
         conn = _conn if _conn is not None and _conn_path == cache_path() else _connect()
         with _lock:
-            row = conn.execute("SELECT completion FROM responses WHERE key = ?",
+            row = conn.execute("SELECT completion, created_ms FROM responses WHERE key = ?",
                                (key,)).fetchone()
-        completion = None if row is None else _decode(row[0])
+        entry = None if row is None else CacheEntry(_decode(row[0]), int(row[1]))
     except (sqlite3.Error, ValueError, TypeError) as exc:
         _unusable(exc)
-        completion = None
-    if completion is None:
+        entry = None
+    if entry is None:
         _misses += 1
         return None
     _hits += 1
+    return entry
+
+
+def lookup(key: str) -> Completion | None:
+    """The cached completion for ``key`` (``cached=True``, zero cost), or None."""
+    entry = fetch(key)
+    return None if entry is None else as_hit(entry)
+
+
+def as_hit(entry: CacheEntry) -> Completion:
+    """A copy of the entry's completion as a hit: ``cached=True``, zero cost."""
+    completion = dataclasses.replace(entry.completion)
     completion.cached = True
     completion.provider_cost_usd = Decimal(0)
     completion.credits_charged_usd = Decimal(0)
     completion.gateway_cost_usd = None
     completion.ttft_ms = None
     return completion
+
+
+# keys whose answer waits for its ledger row to commit (then it is stored)
+_pending: set[str] = set()
+
+
+def _wait_pending() -> None:
+    from .ledger import default_ledger
+
+    default_ledger().flush()
+
+
+def pending() -> int:
+    """How many answers wait for their ledger row before being stored."""
+    return len(_pending)
+
+
+def store_after_commit(key: str, completion: Completion) -> None:
+    """Store ``completion`` once every ledger row this process submitted so far (its own
+    included) is committed; never, if the ledger could not take them."""
+    from .ledger import default_ledger
+
+    snapshot = dataclasses.replace(completion)
+    _pending.add(key)
+
+    def write() -> None:
+        _pending.discard(key)
+        store(key, snapshot)
+
+    default_ledger().after_commit(write)
 
 
 def store(key: str, completion: Completion) -> None:
@@ -174,6 +237,8 @@ def _damaged(exc: sqlite3.Error) -> ConfigurationError:
 
 def clear() -> int:
     """Delete every cached answer; return how many there were."""
+    if _pending:
+        _wait_pending()
     try:
         conn = _connect()
         with _lock:
@@ -185,6 +250,8 @@ def clear() -> int:
 
 def stats() -> dict[str, Any]:
     """Entries, size on disk, and this process's hits and misses."""
+    if _pending:
+        _wait_pending()
     try:
         conn = _connect()
         with _lock:
@@ -205,3 +272,4 @@ def _reset_for_tests() -> None:
         if _conn is not None:
             _conn.close()
         _conn, _conn_path, _hits, _misses, _warned = None, None, 0, 0, False
+        _pending.clear()

@@ -54,6 +54,7 @@ from .errors import (
     ProviderUnavailableError,
     RateLimitError,
 )
+from .ledger import Ledger, default_ledger
 from .providers import get_provider
 from .redact import refuse_key_in_prompt
 from .tokens import estimate_messages_tokens, estimate_tokens
@@ -99,15 +100,30 @@ def _resolve(request: ChatRequest) -> Decision:
     return decision
 
 
+def _ledger_ready() -> Ledger:
+    """The ledger, known writable before anything that can cost money is sent: opened and
+    migrated (a damaged file raises :class:`~cencori_nb.errors.LedgerError`), with no rows
+    of this process waiting that it could not commit (``Ledger.check``)."""
+    led = default_ledger()
+    led.check()
+    return led
+
+
 def _cache_hit(request: ChatRequest, decision: Decision) -> tuple[str | None, Completion | None]:
     """(cache key or None, recorded hit or None)."""
     if not cache.cacheable(request):
         return None, None
     start = _perf()
     key = cache.cache_key(decision, request)
-    hit = cache.lookup(key)
-    if hit is None:
+    entry = cache.fetch(key)
+    if entry is None:
         return key, None
+    paid = entry.completion
+    if paid.client_id and not default_ledger().has_row(paid.client_id):
+        # cached but never recorded (a crash before its row committed, written by an older
+        # version): record the request that paid for this answer, once, as it was
+        accounting.record_recovered(paid, ts_ms=entry.created_ms)
+    hit = cache.as_hit(entry)
     hit.request_id = uuid.uuid4().hex
     hit.project = decision.project
     hit.route = decision.route
@@ -138,14 +154,28 @@ def _reserve(request: ChatRequest, decision: Decision) -> Reservation | None:
     args = _reserve_args(request, decision)
     if args is None:
         return None
-    return accounting.reserve(decision.project, **args)  # type: ignore[arg-type]
+    return _caught_up(accounting.reserve(decision.project, **args))  # type: ignore[arg-type]
 
 
 async def _areserve(request: ChatRequest, decision: Decision) -> Reservation | None:
     args = _reserve_args(request, decision)
     if args is None:
         return None
-    return await accounting.areserve(decision.project, **args)  # type: ignore[arg-type]
+    return _caught_up(
+        await accounting.areserve(decision.project, **args))  # type: ignore[arg-type]
+
+
+def _caught_up(reservation: Reservation | None) -> Reservation | None:
+    """Under a budget, no request is sent while the ledger is behind: every row queued so
+    far must be committed (the spend the reservation was checked against is all in)."""
+    led = default_ledger()
+    try:
+        led.flush()
+        led.check()
+    except BaseException:
+        _release(reservation)
+        raise
+    return reservation
 
 
 def _release(reservation: Reservation | None) -> None:
@@ -230,6 +260,7 @@ def _prepare(request: ChatRequest) -> tuple[Decision, str | None, Completion | N
     """Route and look in the cache: (decision, cache key, cached answer). The budget
     reservation follows (sync or async), only on a miss."""
     decision = _resolve(request)
+    _ledger_ready()
     key, hit = _cache_hit(request, decision)
     return decision, key, hit
 
@@ -241,7 +272,7 @@ def _finish(decision: Decision, request: ChatRequest, result: ProviderResult, st
                              latency_ms=(_perf() - started) * 1000.0)
     completion = accounting.settle(completion, reservation=reservation)
     if key is not None:
-        cache.store(key, completion)
+        cache.store_after_commit(key, completion)
     return completion
 
 
@@ -374,7 +405,7 @@ class _StreamState:
                 provider=self.decision.provider, completion=completion,
                 hint="Try again; use stream=False if this keeps happening.")
         if self.key is not None:
-            cache.store(self.key, completion)
+            cache.store_after_commit(self.key, completion)
 
     def broke(self, err: CencoriError) -> CencoriError:
         """The stream failed mid-way with ``err``; return the error to raise."""
@@ -459,9 +490,8 @@ class ChatStream:
     """
 
     def __init__(self, request: ChatRequest, retries: int | None = None) -> None:
-        decision = _resolve(request)
+        decision, key, hit = _prepare(request)
         self._state = _StreamState(request, decision)
-        key, hit = _cache_hit(request, decision)
         self._state.key = key
         if hit is not None:
             self._state.finished = True
@@ -581,9 +611,8 @@ class AsyncChatStream:
 
     async def _deltas(self) -> AsyncIterator[str]:
         request = self._request
-        decision = _resolve(request)
+        decision, key, hit = _prepare(request)
         state = self._state = _StreamState(request, decision)
-        key, hit = _cache_hit(request, decision)
         state.key = key
         if hit is not None:
             state.finished = True

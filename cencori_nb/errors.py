@@ -32,8 +32,11 @@ only inside the message, and no message ever contains a secret.
     ├── BudgetError                   local budgets and cost limits
     │   ├── BudgetExceededError       a project's hard cap would be passed
     │   └── CostLimitError            a batch estimate above ``max_cost_usd``
-    └── LocalEnvironmentError         a local file, disk or input the user can fix
-                                      (from :func:`user_error`)
+    ├── LocalEnvironmentError         a local file, disk or input the user can fix
+    │                                 (from :func:`user_error`)
+    └── LedgerError                   the usage ledger cannot record (names the file)
+        ├── LedgerCorruptError        ``ledger.sqlite`` is not a readable database
+        └── LedgerWriteError          recorded requests could not be committed (``pending``)
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ __all__ = [
     "KeyNotFoundError",
     "KeystoreCorruptError",
     "KeystoreError",
+    "LedgerCorruptError",
+    "LedgerError",
+    "LedgerWriteError",
     "LocalEnvironmentError",
     "PermissionDeniedError",
     "PricingError",
@@ -288,3 +294,23 @@ def user_error(exc: BaseException) -> CencoriError | None:
 def _short(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:160]
+
+
+class LedgerError(CencoriError):
+    """The usage ledger cannot record requests, so none is sent; ``path`` names the file."""
+
+    code = "ledger_error"
+    path: Path | None = None
+
+
+class LedgerCorruptError(LedgerError):
+    code = "ledger_corrupt"
+
+
+class LedgerWriteError(LedgerError):
+    """Rows this process recorded could not be committed to the ledger. ``pending`` rows
+    wait in ``spill_path`` (written to the ledger on the next start or request)."""
+
+    code = "ledger_write_failed"
+    pending: int = 0
+    spill_path: Path | None = None

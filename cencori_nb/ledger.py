@@ -27,31 +27,39 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
+import json
 import logging
 import os
 import re
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, LedgerCorruptError, LedgerError, LedgerWriteError
 from .home import ENV_HOME, ensure_home, home_dir, open_private, private_umask
 from .migrations import migrate
 
-__all__ = ["COST_SQL", "PUSD", "Ledger", "LedgerRow", "default_ledger", "from_pusd", "ledger_path",
-           "month_start_ms", "now_ms", "parse_since", "to_pusd"]
+__all__ = ["BILLED_SQL", "BILLED_STATUSES", "COST_SQL", "PUSD", "Ledger", "LedgerRow",
+           "default_ledger", "from_pusd", "ledger_path", "month_start_ms", "new_client_id",
+           "now_ms", "parse_since", "to_pusd"]
 
 _log = logging.getLogger("cencori_nb.ledger")
 PUSD = 10**12                 # pico-USD per USD: the integer unit money is stored in
 # What a request cost its user, as stored when it was settled (accounting.cost_of is the
 # one rule; NULL = cost unknown). Views read this column, never recompute it.
 COST_SQL = "cost_pusd"
+# Rows that cost money: answered requests and requests stopped part way (a provider bills
+# what it generated before the cut). ``error`` and ``cached`` rows cost nothing.
+BILLED_STATUSES = ("ok", "interrupted")
+BILLED_SQL = "status IN ('ok', 'interrupted')"
 _PICO = Decimal(1).scaleb(-12)
 DAY_MS = 86_400_000
 
@@ -73,6 +81,11 @@ def from_pusd(pusd: int | None) -> Decimal | None:
     value = (Decimal(int(pusd)) * _PICO).normalize()
     # normalize() writes 10 as 1E+1; keep whole dollars plain
     return value.quantize(Decimal(1)) if value.as_tuple().exponent > 0 else value
+
+
+def new_client_id() -> str:
+    """A fresh id for one request's ledger row (what rows are unique on; 32 hex chars)."""
+    return uuid.uuid4().hex
 
 
 def now_ms() -> int:
@@ -136,13 +149,15 @@ class LedgerRow:
 
     ``cost_usd`` (what it cost its user; None = unknown) defaults to the cost rule applied
     to the row's route, provider cost and credits (0 for a failed request).
+    ``client_id`` is the id this toolkit generated for the request (unique: one row per
+    request); ``request_id`` is the provider's id for it, which need not be unique.
     """
 
     request_id: str
     project: str
     provider: str
     route: str
-    status: str = "ok"                 # ok | error | cached
+    status: str = "ok"                 # ok | error | cached | interrupted
     model_requested: str | None = None
     model: str | None = None
     credential_source: str = ""
@@ -161,6 +176,7 @@ class LedgerRow:
     ts_ms: int = 0
     cost_usd: Decimal | None = DERIVE  # what it cost its user (accounting.cost_of); None: unknown
     test_mode: bool = False            # made with a Cencori test key: never charged
+    client_id: str = field(default_factory=new_client_id)
 
     def __post_init__(self) -> None:
         if self.cost_usd is DERIVE:
@@ -171,9 +187,10 @@ class LedgerRow:
                 cached=self.status == "cached", test_mode=self.test_mode)
 
     def as_params(self) -> tuple[Any, ...]:
-        return (self.ts_ms or now_ms(), self.request_id, self.project, self.provider,
-                self.model_requested, self.model, self.route, self.credential_source,
-                self.status, self.error_code, int(self.input_tokens), int(self.output_tokens),
+        return (self.ts_ms or now_ms(), self.client_id or new_client_id(), self.request_id,
+                self.project, self.provider, self.model_requested, self.model, self.route,
+                self.credential_source, self.status, self.error_code,
+                int(self.input_tokens), int(self.output_tokens),
                 int(self.cache_read_tokens), int(self.cache_write_tokens),
                 int(self.thinking_tokens), to_pusd(self.provider_cost_usd),
                 to_pusd(self.credits_charged_usd) or 0, int(bool(self.estimated)),
@@ -182,11 +199,11 @@ class LedgerRow:
 
 
 # Column order of LedgerRow.as_params(), as stored.
-COLUMNS = ("ts_ms", "request_id", "project", "provider", "model_requested", "model", "route",
-           "credential_source", "status", "error_code", "input_tokens", "output_tokens",
-           "cache_read_tokens", "cache_write_tokens", "thinking_tokens", "provider_cost_pusd",
-           "credits_charged_pusd", "estimated", "price_version", "latency_ms", "ttft_ms",
-           "cost_pusd", "test_mode")
+COLUMNS = ("ts_ms", "client_id", "request_id", "project", "provider", "model_requested",
+           "model", "route", "credential_source", "status", "error_code",
+           "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+           "thinking_tokens", "provider_cost_pusd", "credits_charged_pusd", "estimated",
+           "price_version", "latency_ms", "ttft_ms", "cost_pusd", "test_mode")
 # ON CONFLICT DO NOTHING (not INSERT OR IGNORE, which would also drop rows failing a CHECK)
 INSERT_SQL = (f"INSERT INTO requests ({', '.join(COLUMNS)}) "  # noqa: S608 (constants)
               f"VALUES ({', '.join('?' * len(COLUMNS))}) ON CONFLICT DO NOTHING")
@@ -239,18 +256,60 @@ class Ledger:
             ensure_home()
             path = ledger_path()
         self.path = Path(path)
+        self.spill_path = self.path.with_name(self.path.stem + "-spill.jsonl")
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._conn: sqlite3.Connection | None = None
         self._writer: _Writer | None = None
         self._writer_lock = threading.Lock()
+        # rows the writer could not commit (see _spill); guarded by _spill_lock
+        self._spill_lock = threading.Lock()
+        self._failure: str | None = None
+        self._failure_reported = False
+        self._pending = 0                      # rows not in the ledger: spilled or in memory
+        self._unspilled: list[_Item] = []      # rows the spill file could not take either
         self._open()
 
     def _open(self) -> None:
-        with private_umask():
-            self._conn = connect(self.path)
-            migrate(self._conn)
+        """Connect, migrate, then write any spilled rows: a ledger that cannot do all three
+        raises a :class:`LedgerError` (so the request that needed it is not sent)."""
+        conn: sqlite3.Connection | None = None
+        try:
+            with private_umask():
+                conn = connect(self.path)
+                migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            raise self._error(exc) from None
+        self._conn = conn
         self._pid = os.getpid()
+        self._replay_spill()
+
+    def _error(self, exc: BaseException) -> LedgerError:
+        """The LedgerError for a SQLite failure on this file, with what to do about it."""
+        text = str(exc)
+        if isinstance(exc, sqlite3.DatabaseError) and any(
+                word in text for word in ("not a database", "malformed", "corrupt")):
+            return LedgerCorruptError(
+                f"The usage ledger {self.path} is damaged ({text}); no request was sent, "
+                "because it could not be recorded.",
+                hint=f"Move the file aside (mv {self.path} {self.path}.broken) and run again: "
+                     "a fresh ledger is created, and the moved file keeps what can be read "
+                     "of your history.", path=self.path, reason=text)
+        if "locked" in text or "busy" in text:
+            what = "is locked by another process"
+            hint = "Close the other program using it (a stuck kernel?) and run again."
+        elif "full" in text or isinstance(exc, OSError):
+            what = "cannot be written: the disk is full"
+            hint = f"Free space on the disk holding {self.path.parent} and run again."
+        else:
+            what = "cannot be written"
+            hint = f"Check that {self.path} and its folder are writable, then run again."
+        return LedgerError(f"The usage ledger {self.path} {what} ({text}); no request was "
+                           "sent, because it could not be recorded.", hint=hint,
+                           path=self.path, reason=text)
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -261,6 +320,17 @@ class Ledger:
         assert self._conn is not None
         return self._conn
 
+    @contextlib.contextmanager
+    def _sqlite_errors(self) -> Iterator[None]:
+        """Turn SQLite's failures into :class:`LedgerError` (a constraint violation, which
+        is a bug in the row and not the file's fault, stays ``IntegrityError``)."""
+        try:
+            yield
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise self._error(exc) from None
+
     # -- writing ---------------------------------------------------------------------
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -269,15 +339,15 @@ class Ledger:
         Queued rows are written first, so transactions stay in the order they were asked for.
         """
         self.flush()
-        with self._lock, self._holding():
+        with self._lock, self._holding(), self._sqlite_errors():
             conn = self.conn
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
-            conn.execute("COMMIT")
 
     @contextlib.contextmanager
     def _holding(self) -> Iterator[None]:
@@ -296,22 +366,36 @@ class Ledger:
         return conn.execute(INSERT_SQL, row.as_params()).rowcount == 1
 
     def record(self, row: LedgerRow) -> bool:
-        """Write one row now (one commit); False if this ``ok`` request id was already there."""
+        """Write one row now (one commit); False if its ``client_id`` was already there."""
         self.flush()
-        with self._lock:
+        with self._lock, self._sqlite_errors():
             return self.conn.execute(INSERT_SQL, row.as_params()).rowcount == 1
 
     def submit(self, row: LedgerRow,
-               on_insert: Callable[[sqlite3.Connection], Any] | None = None) -> None:
+               on_insert: Callable[[sqlite3.Connection], Any] | None = None, *,
+               debit_usd: Decimal | None = None) -> None:
         """Queue ``row`` for the background writer (returns in microseconds).
 
-        The writer commits queued rows in batches, one transaction per batch; ``on_insert``
-        runs inside that transaction right after the row is inserted (not when the row was
-        a duplicate), so a wallet debit commits together with its row or not at all. Every
-        read (``query``, ``rows``, ``transaction``…) flushes first, as do :meth:`flush`,
-        ``_reset_for_tests`` and interpreter exit.
+        The writer commits queued rows in batches, one transaction per batch. ``debit_usd``
+        debits the wallet mirror for this row (idempotent on its ``client_id``) and
+        ``on_insert`` runs a callback, both inside that transaction right after the row is
+        inserted (not when it was a duplicate), so a debit commits together with its row or
+        not at all. Every read (``query``, ``rows``, ``transaction``…) flushes first, as do
+        :meth:`flush`, ``_reset_for_tests`` and interpreter exit.
+
+        If the writer cannot commit (disk full, file locked too long, damaged file), the
+        rows go to the spill file instead and the next request fails (:meth:`check`).
         """
-        params = row.as_params()
+        self._enqueue(_Item(row.as_params(), on_insert, to_pusd(debit_usd) or None))
+
+    def after_commit(self, callback: Callable[[], Any]) -> None:
+        """Run ``callback`` (in the writer thread) once every row submitted so far by this
+        process is committed; never, if one of them could not be (it went to the spill
+        file). The response cache is written this way, so it never holds an answer the
+        ledger does not."""
+        self._enqueue(_Item(None, callback, None))
+
+    def _enqueue(self, item: _Item) -> None:
         writer = self._writer
         if writer is None or writer.pid != os.getpid():
             if writer is not None:           # forked: a lock copied mid-use would never open
@@ -321,7 +405,7 @@ class Ledger:
                 if writer is None or writer.pid != os.getpid():
                     # a forked child starts its own writer; the parent's queue is the parent's
                     writer = self._writer = _Writer(self)
-        writer.submit((params, on_insert))
+        writer.submit(item)
 
     def record_many(self, rows: Sequence[LedgerRow] | Sequence[tuple[Any, ...]]) -> None:
         """Write many rows (LedgerRow or raw parameter tuples) in one transaction."""
@@ -341,12 +425,12 @@ class Ledger:
     def locked(self) -> Iterator[sqlite3.Connection]:
         """The connection for reads, after a flush, holding the thread lock."""
         self.flush()
-        with self._lock, self._holding():
+        with self._lock, self._holding(), self._sqlite_errors():
             yield self.conn
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self.flush()
-        with self._lock:
+        with self._lock, self._sqlite_errors():
             return self.conn.execute(sql, params).fetchall()
 
     def rows(self, *, since: Any = None, project: str | None = None,
@@ -387,6 +471,10 @@ class Ledger:
             params.append(project)
         return " AND ".join(clauses), params
 
+    def has_row(self, client_id: str) -> bool:
+        """True when a row with this ``client_id`` is in the ledger (after a flush)."""
+        return bool(self.query("SELECT 1 FROM requests WHERE client_id = ?", (client_id,)))
+
     def count(self) -> int:
         return int(self.query("SELECT COUNT(*) FROM requests")[0][0])
 
@@ -415,8 +503,28 @@ class Ledger:
                 self._conn.close()
             self._conn = None
 
-    def _write_batch(self, batch: list[tuple[tuple[Any, ...], Any]]) -> None:
-        """Commit one batch of queued rows (the writer thread calls this)."""
+    def _write_batch(self, batch: list[_Item]) -> None:
+        """Commit one batch of queued rows (the writer thread calls this), then run the
+        ``after_commit`` callbacks of the batch if none of its rows had to be spilled."""
+        if self._failure is not None:
+            # rows are already waiting in the spill file: keep their order, spill these too
+            # (check() writes them all once the ledger takes writes again)
+            self._spill(batch, self._failure)
+            return
+        try:
+            self._commit(batch)
+        except sqlite3.IntegrityError as exc:
+            self._salvage(batch, exc)
+            return
+        except sqlite3.DatabaseError as exc:
+            self._spill(batch, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - a bad row must not kill the writer
+            self._salvage(batch, exc)
+            return
+        self._run_callbacks(batch)
+
+    def _commit(self, batch: list[_Item]) -> None:
         delay = 0.05
         for attempt in range(8):
             try:
@@ -424,14 +532,13 @@ class Ledger:
                     conn = self.conn
                     conn.execute("BEGIN IMMEDIATE")
                     try:
-                        for params, on_insert in batch:
-                            inserted = conn.execute(INSERT_SQL, params).rowcount == 1
-                            if inserted and on_insert is not None:
-                                on_insert(conn)
+                        for item in batch:
+                            if item.params is not None:
+                                self._insert_item(conn, item)
+                        conn.execute("COMMIT")
                     except BaseException:
-                        conn.execute("ROLLBACK")
+                        _rollback(conn)
                         raise
-                    conn.execute("COMMIT")
                 return
             except sqlite3.OperationalError as exc:
                 # another process held the write lock past the busy timeout: try again
@@ -439,19 +546,44 @@ class Ledger:
                     time.sleep(delay)
                     delay *= 2
                     continue
-                self._salvage(batch, exc)
-                return
-            except Exception as exc:  # noqa: BLE001 - a bad row must not kill the writer
-                self._salvage(batch, exc)
-                return
+                raise
 
-    def _salvage(self, batch: list[tuple[tuple[Any, ...], Any]], exc: BaseException) -> None:
-        """A batch failed: write its rows one by one so only the bad ones are lost."""
-        if len(batch) == 1:
+    @staticmethod
+    def _insert_item(conn: sqlite3.Connection, item: _Item) -> bool:
+        assert item.params is not None
+        inserted = conn.execute(INSERT_SQL, item.params).rowcount == 1
+        if inserted:
+            if item.debit_pusd:
+                from .wallet import debit_in  # here: wallet imports the ledger
+
+                client_id, request_id, project = item.params[1], item.params[2], item.params[3]
+                debit_in(conn, client_id, from_pusd(item.debit_pusd) or Decimal(0),
+                         project=project, request_id=request_id)
+            if item.callback is not None:
+                item.callback(conn)
+        return inserted
+
+    def _run_callbacks(self, batch: list[_Item]) -> None:
+        for item in batch:
+            if item.params is None and item.callback is not None:
+                try:
+                    item.callback()
+                except Exception as exc:  # noqa: BLE001 - e.g. a cache write: log, go on
+                    _log.warning("cencori_nb: after-commit step failed: %s", exc)
+
+    def _salvage(self, batch: list[_Item], exc: BaseException) -> None:
+        """A batch failed on a bad row: write its rows one by one so only the bad ones are
+        lost (logged), and the rest commit or spill as usual."""
+        rows = [item for item in batch if item.params is not None]
+        if len(rows) == 1 and len(batch) == 1:
             self._drop(batch, exc)
             return
         for item in batch:
-            self._write_batch([item])
+            if item.params is None:
+                if self._failure is None:       # every row before it is committed
+                    self._run_callbacks([item])
+            else:
+                self._write_batch([item])
 
     def _drop(self, batch: list[Any], exc: BaseException) -> None:
         self.dropped += len(batch)
@@ -459,6 +591,158 @@ class Ledger:
                    len(batch), self.path, exc)
 
     dropped = 0      # rows the writer could not commit (logged as errors)
+
+    # -- when the ledger cannot be written ------------------------------------------------
+    def _spill(self, batch: list[_Item], reason: str) -> None:
+        """Keep rows the ledger could not take in the spill file (append-only JSONL,
+        fsynced, 0600), or in memory if even that fails; the next request fails (check)."""
+        rows = [item for item in batch if item.params is not None]
+        with self._spill_lock:
+            if self._failure is None:
+                self._failure, self._failure_reported = reason, False
+            self._pending += len(rows)
+            self._unspilled.extend(rows)
+            self._write_spill()
+        _log.error("cencori_nb: %d ledger row(s) could not be committed to %s (%s); kept in "
+                   "%s", len(rows), self.path, reason, self.spill_path)
+
+    def _write_spill(self) -> None:
+        """Append the rows held in memory to the spill file (caller holds _spill_lock)."""
+        if not self._unspilled:
+            return
+        data = "".join(json.dumps(item.to_json(), separators=(",", ":")) + "\n"
+                       for item in self._unspilled).encode()
+        try:
+            fd = open_private(self.spill_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)   # a replaying process truncates under it
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            _log.error("cencori_nb: cannot write the ledger spill file %s: %s",
+                       self.spill_path, exc)
+            return
+        self._unspilled = []
+
+    def _replay_spill(self) -> int:
+        """Write the spill file's rows into the ledger (idempotent: rows are unique on
+        ``client_id``, debits too), then empty it. Raises :class:`LedgerError` when the
+        ledger still cannot take them."""
+        try:
+            if self.spill_path.stat().st_size == 0:
+                return 0
+            fd = os.open(self.spill_path, os.O_RDWR)
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise self._error(exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                lines = fh.read().splitlines()
+            items, unreadable = [], 0
+            for line in lines:
+                try:
+                    items.append(_Item.from_json(json.loads(line)))
+                except (ValueError, TypeError, KeyError):
+                    unreadable += 1          # a torn last line (a crash mid-append)
+            written = self._replay_items(items)
+            os.ftruncate(fd, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)                     # also releases the lock
+        if unreadable:
+            _log.error("cencori_nb: %d unreadable line(s) in %s were skipped", unreadable,
+                       self.spill_path)
+        return written
+
+    def _replay_items(self, items: list[_Item]) -> int:
+        written = 0
+        with self._lock, self._sqlite_errors():
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for item in items:
+                    try:
+                        written += self._insert_item(conn, item)
+                    except sqlite3.IntegrityError as exc:   # a bad row: log, never block
+                        self._drop([item], exc)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+        return written
+
+    def check(self) -> None:
+        """Raise :class:`LedgerWriteError` when rows this process recorded are not in the
+        ledger (the writer could not commit them). The client calls it before every request
+        that can cost money, so nothing is sent while the ledger is behind.
+
+        The first call after a failure always raises (naming the file and how many rows
+        wait); later calls first try to write the waiting rows, and let the request go
+        only once they are in.
+        """
+        if self._failure is None:
+            return
+        with self._spill_lock:
+            if self._failure is None:
+                return
+            if self._failure_reported:
+                try:
+                    self._write_spill()
+                    if not self._unspilled:
+                        self._replay_spill()
+                        self._failure, self._pending = None, 0
+                        return
+                except LedgerError as exc:
+                    self._failure = getattr(exc, "reason", None) or exc.message
+            self._failure_reported = True
+            raise self._write_error()
+
+    def _write_error(self) -> LedgerWriteError:
+        where = (f"kept in {self.spill_path}" if not self._unspilled else
+                 f"{len(self._unspilled)} of them held in memory only (the spill file "
+                 f"{self.spill_path} could not be written either)")
+        return LedgerWriteError(
+            f"The usage ledger {self.path} could not record {self._pending} request(s) "
+            f"({self._failure}); they are {where}. This request was not sent.",
+            hint=("Fix the cause (free disk space, close the program holding the file, or "
+                  "move a damaged file aside), then run again: the waiting rows are written "
+                  "to the ledger first."),
+            path=self.path, pending=self._pending, spill_path=self.spill_path)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """End a failed transaction (a failed COMMIT may or may not have ended it already)."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+@dataclass(slots=True)
+class _Item:
+    """One queued write: a row (``params``) with its optional debit and in-transaction
+    callback, or (``params`` None) an after-commit callback."""
+
+    params: tuple[Any, ...] | None
+    callback: Callable[..., Any] | None
+    debit_pusd: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        assert self.params is not None
+        if self.callback is not None:
+            _log.error("cencori_nb: a spilled ledger row loses its on_insert callback")
+        return {"v": 1, "row": dict(zip(COLUMNS, self.params, strict=True)),
+                "debit_pusd": self.debit_pusd}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Item:
+        row = data["row"]
+        return cls(tuple(row[c] for c in COLUMNS), None, data.get("debit_pusd"))
 
 
 class _Writer:
@@ -468,14 +752,14 @@ class _Writer:
         self.ledger = ledger
         self.pid = os.getpid()
         self.cond = threading.Condition()
-        self.pending: list[tuple[tuple[Any, ...], Any]] = []
+        self.pending: list[_Item] = []
         self.submitted = 0          # rows submitted so far
         self.done = 0               # rows committed (or dropped) so far
         self.stopping = False
         self.thread = threading.Thread(target=self._run, name="cencori-nb-ledger", daemon=True)
         self.thread.start()
 
-    def submit(self, item: tuple[tuple[Any, ...], Any]) -> None:
+    def submit(self, item: _Item) -> None:
         with self.cond:
             self.pending.append(item)
             self.submitted += 1

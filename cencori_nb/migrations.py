@@ -186,6 +186,97 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         )""",
         "CREATE INDEX budget_reservations_project ON budget_reservations (project)",
     ]),
+    # Every request its own row (issue 11): rows are keyed on an id the client generates
+    # (``client_id``, unique); the provider's ``request_id`` is kept but no longer unique
+    # (Ollama draws ids from 999 values, some gateways reuse them). A stream stopped part
+    # way is ``interrupted``. SQLite cannot change a CHECK, so the table is rebuilt; old
+    # rows get ``legacy-<id>`` client ids. The wallet's usage/refund idempotency moves to
+    # the client id too (each old debit gets its request row's client id).
+    ("005_client_ids_and_interrupted", [
+        """CREATE TABLE requests_new (
+            id INTEGER PRIMARY KEY,
+            ts_ms INTEGER NOT NULL,
+            client_id TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            project TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            model_requested TEXT,
+            model TEXT,
+            route TEXT NOT NULL,
+            credential_source TEXT NOT NULL DEFAULT '',
+            status TEXT NOT NULL
+                CHECK (status IN ('ok', 'error', 'cached', 'interrupted')),
+            error_code TEXT,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+            thinking_tokens INTEGER NOT NULL DEFAULT 0,
+            provider_cost_pusd INTEGER,
+            credits_charged_pusd INTEGER NOT NULL DEFAULT 0,
+            estimated INTEGER NOT NULL DEFAULT 0,
+            price_version TEXT,
+            latency_ms REAL,
+            ttft_ms REAL,
+            cost_pusd INTEGER,
+            test_mode INTEGER NOT NULL DEFAULT 0
+        )""",
+        """INSERT INTO requests_new SELECT id, ts_ms, 'legacy-' || id, request_id, project,
+            provider, model_requested, model, route, credential_source, status, error_code,
+            input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+            thinking_tokens, provider_cost_pusd, credits_charged_pusd, estimated,
+            price_version, latency_ms, ttft_ms, cost_pusd, test_mode FROM requests""",
+        "DROP TABLE requests",                   # also drops its indexes and trigger
+        "ALTER TABLE requests_new RENAME TO requests",
+        "CREATE UNIQUE INDEX requests_client_id ON requests (client_id)",
+        "CREATE INDEX requests_request_id ON requests (request_id)",
+        "CREATE INDEX requests_ts ON requests (ts_ms)",
+        "CREATE INDEX requests_project_ts ON requests (project, ts_ms)",
+        # the rollup also counts rows whose tokens (so cost) are estimates
+        "ALTER TABLE requests_daily ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0",
+        """UPDATE requests_daily SET estimated = (SELECT COUNT(*) FROM requests r
+            WHERE r.estimated AND r.ts_ms / 86400000 = requests_daily.day
+            AND r.project = requests_daily.project AND r.provider = requests_daily.provider
+            AND COALESCE(r.model, r.model_requested, '') = requests_daily.model
+            AND r.route = requests_daily.route AND r.status = requests_daily.status)""",
+        """CREATE TRIGGER requests_daily_insert AFTER INSERT ON requests BEGIN
+            INSERT INTO requests_daily (day, project, provider, model, route, status,
+                requests, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+                provider_cost_pusd, credits_charged_pusd, cost_pusd, unpriced, estimated)
+            VALUES (
+                NEW.ts_ms / 86400000, NEW.project, NEW.provider,
+                COALESCE(NEW.model, NEW.model_requested, ''), NEW.route, NEW.status, 1,
+                NEW.input_tokens, NEW.output_tokens, NEW.cache_read_tokens,
+                NEW.cache_write_tokens, NEW.provider_cost_pusd, NEW.credits_charged_pusd,
+                COALESCE(NEW.cost_pusd, 0), NEW.provider_cost_pusd IS NULL,
+                NEW.estimated != 0)
+            ON CONFLICT DO UPDATE SET
+                requests = requests + 1,
+                input_tokens = input_tokens + excluded.input_tokens,
+                output_tokens = output_tokens + excluded.output_tokens,
+                cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+                cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
+                provider_cost_pusd = CASE WHEN excluded.provider_cost_pusd IS NULL
+                    THEN provider_cost_pusd
+                    ELSE COALESCE(provider_cost_pusd, 0) + excluded.provider_cost_pusd END,
+                credits_charged_pusd = credits_charged_pusd + excluded.credits_charged_pusd,
+                cost_pusd = cost_pusd + excluded.cost_pusd,
+                unpriced = unpriced + excluded.unpriced,
+                estimated = estimated + excluded.estimated;
+        END""",
+        "ALTER TABLE wallet_transactions ADD COLUMN client_id TEXT",
+        # before 005 an ok request id was unique, so it names at most one row
+        """UPDATE wallet_transactions SET client_id = COALESCE(
+            (SELECT r.client_id FROM requests r WHERE r.request_id =
+                wallet_transactions.request_id AND r.status = 'ok'),
+            'legacy-w' || id) WHERE request_id IS NOT NULL""",
+        "DROP INDEX wallet_usage_request",
+        "DROP INDEX wallet_refund_request",
+        "CREATE UNIQUE INDEX wallet_usage_client ON wallet_transactions (client_id)"
+        " WHERE kind = 'usage'",
+        "CREATE UNIQUE INDEX wallet_refund_client ON wallet_transactions (client_id)"
+        " WHERE kind = 'refund'",
+    ]),
 ]
 
 

@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from . import pricing
-from .ledger import COLUMNS, COST_SQL, DAY_MS, PUSD, default_ledger, parse_since
+from .ledger import BILLED_SQL, COLUMNS, COST_SQL, DAY_MS, PUSD, default_ledger, parse_since
 from .settings import load_settings
 from .types import Usage
 
@@ -43,12 +43,12 @@ GROUPINGS: dict[str, str] = {
 _TIME_KEYS = {"day", "week"}
 _SOURCE_COLUMNS = ("day, project, provider, model, route, status, requests, input_tokens, "
                    "output_tokens, cache_read_tokens, cache_write_tokens, provider_cost_pusd, "
-                   "credits_charged_pusd, cost_pusd, unpriced")
+                   "credits_charged_pusd, cost_pusd, unpriced, estimated")
 _RAW_AS_SOURCE = (
     f"ts_ms / {DAY_MS}, project, provider, COALESCE(model, model_requested, ''), route, "
     "status, 1, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
     f"provider_cost_pusd, credits_charged_pusd, COALESCE({COST_SQL}, 0), "
-    "provider_cost_pusd IS NULL")
+    "provider_cost_pusd IS NULL, estimated != 0")
 
 
 def _daily_source(since: Any, project: str | None) -> tuple[str, list[Any]]:
@@ -129,9 +129,13 @@ def spend(by: str | Iterable[str] = "day", since: Any = None,
     UTC midnight), so a million-row ledger answers in milliseconds.
 
     Columns: the keys, then ``requests`` (all rows), ``errors``, ``cached``,
-    ``input_tokens`` / ``output_tokens`` (billed requests only), ``provider_cost_usd``,
-    ``credits_charged_usd``, ``cost_usd``. Time keys are UTC timestamps (the day, or the
-    Monday of the week); rows are in time order, else by cost (largest first).
+    ``interrupted``, ``input_tokens`` / ``output_tokens`` (billed requests only: ``ok`` and
+    ``interrupted``), ``provider_cost_usd``, ``credits_charged_usd``, ``cost_usd``, and
+    what the sums cannot vouch for: ``unpriced`` (billed rows with no known price, left out
+    of ``provider_cost_usd`` and ``cost_usd``) and ``estimated`` (billed rows whose tokens,
+    so cost, are estimates: a stream cut or stopped part way, usage never sent). Time keys
+    are UTC timestamps (the day, or the Monday of the week); rows are in time order, else
+    by cost (largest first).
     """
     import pandas as pd
 
@@ -140,29 +144,34 @@ def spend(by: str | Iterable[str] = "day", since: Any = None,
     source, params = _daily_source(since, project)
     key_sql = ", ".join(f"{GROUPINGS[k]} AS k{i}" for i, k in enumerate(keys))
     group = ", ".join(f"k{i}" for i in range(len(keys)))
-    ok = "status = 'ok'"
+    ok = BILLED_SQL
     # keys come from GROUPINGS (validated); values are bound parameters
     sql = (f"{source} SELECT {key_sql}, SUM(requests), "  # noqa: S608
            "SUM(CASE WHEN status = 'error' THEN requests ELSE 0 END), "
            "SUM(CASE WHEN status = 'cached' THEN requests ELSE 0 END), "
+           "SUM(CASE WHEN status = 'interrupted' THEN requests ELSE 0 END), "
            f"SUM(CASE WHEN {ok} THEN input_tokens ELSE 0 END), "
            f"SUM(CASE WHEN {ok} THEN output_tokens ELSE 0 END), "
+           f"SUM(CASE WHEN {ok} THEN unpriced ELSE 0 END), "
+           f"SUM(CASE WHEN {ok} THEN estimated ELSE 0 END), "
            f"SUM(CASE WHEN {ok} THEN provider_cost_pusd END), "
            "SUM(credits_charged_pusd), SUM(cost_pusd) "
            f"FROM src GROUP BY {group} ORDER BY {group}")
     rows = led.query(sql, params)
     n = len(keys)
     # exact integer sums → float USD here, before pandas sees them
-    names = [*keys, "requests", "errors", "cached", "input_tokens", "output_tokens",
-             "provider_cost_usd", "credits_charged_usd", "cost_usd"]
-    records = [(*r[:n], *(int(v or 0) for v in r[n:n + 5]), _usd(r[n + 5]),
-                _usd(r[n + 6] or 0), _usd(r[n + 7] or 0)) for r in rows]
+    counts = ["requests", "errors", "cached", "interrupted", "input_tokens", "output_tokens",
+              "unpriced", "estimated"]
+    names = [*keys, *counts, "provider_cost_usd", "credits_charged_usd", "cost_usd"]
+    m = n + len(counts)
+    records = [(*r[:n], *(int(v or 0) for v in r[n:m]), _usd(r[m]),
+                _usd(r[m + 1] or 0), _usd(r[m + 2] or 0)) for r in rows]
     frame = pd.DataFrame.from_records(records, columns=names)
     for key in keys:
         if key in _TIME_KEYS:
             frame[key] = pd.to_datetime(frame[key].astype("int64") * DAY_MS, unit="ms",
                                         utc=True)
-    for col in ("requests", "errors", "cached", "input_tokens", "output_tokens"):
+    for col in counts:
         frame[col] = frame[col].astype("int64")
     if not any(k in _TIME_KEYS or k == "month" for k in keys):
         frame = frame.sort_values("cost_usd", ascending=False, kind="stable")

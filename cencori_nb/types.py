@@ -113,6 +113,12 @@ class Completion:
     price_version: str | None = None
     cost_usd: Decimal | None = None
     test_mode: bool = False
+    # The id this toolkit gave the request: its ledger row is unique on it (the provider's
+    # request_id need not be unique). Set when the answer is recorded.
+    client_id: str = ""
+    # The answer stopped part way (a cut stream, an interrupt): recorded as ``interrupted``
+    # with estimated tokens.
+    interrupted: bool = False
 
     @property
     def usage(self) -> Usage:

@@ -7,7 +7,9 @@ debit and its request row commit together).
 
 Rules mirrored from Cencori (reference/cencori.md, "Credits and billing"):
 
-- a usage debit is idempotent per request id (a UNIQUE index; debiting twice is a no-op);
+- a usage debit is idempotent per request: keyed on the ledger row's ``client_id`` (a
+  UNIQUE index; debiting twice is a no-op). Not on the provider's request id, which some
+  providers repeat (migration 004);
 - the balance never goes negative: when a charge is larger than the mirrored balance, the
   debit takes what is there (the balance becomes 0) and the transaction's note records the
   full charge and the shortfall; the request's ledger row keeps the full charge;
@@ -34,7 +36,16 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from .errors import ConfigurationError, CreditsError
-from .ledger import DAY_MS, Ledger, default_ledger, from_pusd, month_start_ms, now_ms, to_pusd
+from .ledger import (
+    BILLED_SQL,
+    DAY_MS,
+    Ledger,
+    default_ledger,
+    from_pusd,
+    month_start_ms,
+    now_ms,
+    to_pusd,
+)
 
 __all__ = ["LOW_BALANCE_USD", "CreditsSummary", "LowBalanceWarning", "Transaction", "balance",
            "credits", "debit", "parse_amount", "refund", "set_balance", "top_up",
@@ -61,16 +72,17 @@ class Transaction:
     request_id: str | None = None
     project: str | None = None
     note: str | None = None
+    client_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "time": self.time.isoformat(), "kind": self.kind,
                 "amount": str(self.amount), "balance_before": str(self.balance_before),
                 "balance_after": str(self.balance_after), "request_id": self.request_id,
-                "project": self.project, "note": self.note}
+                "project": self.project, "note": self.note, "client_id": self.client_id}
 
 
 _TX_COLUMNS = ("id, ts_ms, kind, amount_pusd, balance_before_pusd, balance_after_pusd, "
-               "request_id, project, note")
+               "request_id, project, note, client_id")
 
 
 def _tx(row: tuple[Any, ...]) -> Transaction:
@@ -78,7 +90,7 @@ def _tx(row: tuple[Any, ...]) -> Transaction:
                        amount=from_pusd(row[3]) or Decimal(0),
                        balance_before=from_pusd(row[4]) or Decimal(0),
                        balance_after=from_pusd(row[5]) or Decimal(0),
-                       request_id=row[6], project=row[7], note=row[8])
+                       request_id=row[6], project=row[7], note=row[8], client_id=row[9])
 
 
 def parse_amount(value: Any, *, allow_zero: bool = False, what: str = "amount") -> Decimal:
@@ -105,14 +117,16 @@ def _balance_pusd(conn: sqlite3.Connection) -> int:
 
 def _insert(conn: sqlite3.Connection, kind: str, delta_pusd: int, before_pusd: int, *,
             request_id: str | None = None, project: str | None = None,
-            note: str | None = None) -> Transaction:
+            note: str | None = None, client_id: str | None = None) -> Transaction:
     ts = now_ms()
     cur = conn.execute(
         "INSERT INTO wallet_transactions (ts_ms, kind, amount_pusd, balance_before_pusd, "
-        "balance_after_pusd, request_id, project, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (ts, kind, delta_pusd, before_pusd, before_pusd + delta_pusd, request_id, project, note))
+        "balance_after_pusd, request_id, project, note, client_id) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (ts, kind, delta_pusd, before_pusd, before_pusd + delta_pusd, request_id, project, note,
+         client_id))
     return _tx((cur.lastrowid, ts, kind, delta_pusd, before_pusd, before_pusd + delta_pusd,
-                request_id, project, note))
+                request_id, project, note, client_id))
 
 
 def _ledger(ledger: Ledger | None) -> Ledger:
@@ -148,22 +162,25 @@ def set_balance(amount: Decimal | str | int, note: str | None = None, *,
                        note=note or "set balance")
 
 
-def debit_in(conn: sqlite3.Connection, request_id: str, amount: Decimal, *,
-             project: str | None) -> Transaction | None:
-    """Debit inside the caller's transaction; None if ``request_id`` was already debited.
+def debit_in(conn: sqlite3.Connection, client_id: str, amount: Decimal, *,
+             project: str | None, request_id: str | None = None) -> Transaction | None:
+    """Debit inside the caller's transaction; None if ``client_id`` was already debited.
 
-    Clamps at zero (see the module docstring) and notes the shortfall.
+    ``client_id`` is the request's ledger row id (what makes the debit idempotent);
+    ``request_id`` the provider's id, kept for reference. Clamps at zero (see the module
+    docstring) and notes the shortfall.
     """
-    if not request_id:
-        raise CreditsError("A usage debit needs a request id (it is what makes it idempotent).")
+    if not client_id:
+        raise CreditsError("A usage debit needs the request's client id (it is what makes it "
+                           "idempotent).")
     charge = to_pusd(amount) or 0
     if charge < 0:
         raise CreditsError(f"A usage debit must not be negative (got {amount}); use refund().")
     # one statement: was it debited already, and the current balance (NULL: not tracking)
     done, last = conn.execute(
-        "SELECT (SELECT 1 FROM wallet_transactions WHERE kind = 'usage' AND request_id = ?), "
+        "SELECT (SELECT 1 FROM wallet_transactions WHERE kind = 'usage' AND client_id = ?), "
         "(SELECT balance_after_pusd FROM wallet_transactions ORDER BY id DESC LIMIT 1)",
-        (request_id,)).fetchone()
+        (client_id,)).fetchone()
     if done or last is None:
         return None      # already debited, or the mirror is not tracking yet
     before = int(last)
@@ -172,19 +189,19 @@ def debit_in(conn: sqlite3.Connection, request_id: str, amount: Decimal, *,
     if taken < charge:
         note = (f"charge ${from_pusd(charge)} exceeded the mirrored balance ${from_pusd(before)}"
                 f"; debited ${from_pusd(taken)}, shortfall ${from_pusd(charge - taken)}")
-    return _insert(conn, "usage", -taken, before, request_id=request_id, project=project,
-                   note=note)
+    return _insert(conn, "usage", -taken, before, request_id=request_id or client_id,
+                   project=project, note=note, client_id=client_id)
 
 
-def debit(request_id: str, amount: Decimal | str | int, *, project: str | None = None,
-          ledger: Ledger | None = None) -> Transaction | None:
-    """Debit a request's charge once; a second call with the same ``request_id`` returns
+def debit(client_id: str, amount: Decimal | str | int, *, project: str | None = None,
+          request_id: str | None = None, ledger: Ledger | None = None) -> Transaction | None:
+    """Debit a request's charge once; a second call with the same ``client_id`` returns
     None and changes nothing (as does a debit before any balance was recorded). Warns
     :class:`LowBalanceWarning` under $5."""
     value = parse_amount(amount, allow_zero=True)
     _changed()
     with _ledger(ledger).transaction() as conn:
-        tx = debit_in(conn, request_id, value, project=project)
+        tx = debit_in(conn, client_id, value, project=project, request_id=request_id)
     if tx is not None:
         warn_if_low(tx)
     return tx
@@ -233,16 +250,31 @@ def known_balance_pusd(ledger: Ledger | None = None) -> int | None:
 
 def refund(request_id: str, amount: Decimal | str | int | None = None, *,
            ledger: Ledger | None = None, note: str | None = None) -> Transaction:
-    """Give back a request's debit (all of it by default); one refund per request id."""
+    """Give back a request's debit (all of it by default); one refund per request.
+
+    ``request_id`` names the request by its ledger ``client_id`` or, when only one debit
+    carries it, by the provider's request id.
+    """
     _changed()
     with _ledger(ledger).transaction() as conn:
-        row = conn.execute("SELECT -amount_pusd, project FROM wallet_transactions "
-                           "WHERE kind = 'usage' AND request_id = ?", (request_id,)).fetchone()
+        found = conn.execute("SELECT -amount_pusd, project, client_id FROM wallet_transactions "
+                             "WHERE kind = 'usage' AND client_id = ?", (request_id,)).fetchall()
+        if not found:
+            found = conn.execute("SELECT -amount_pusd, project, client_id FROM "
+                                 "wallet_transactions WHERE kind = 'usage' AND request_id = ?",
+                                 (request_id,)).fetchall()
+        if len(found) > 1:
+            raise CreditsError(
+                f"{len(found)} debits carry the provider request id {request_id!r}.",
+                hint="Name the one to refund by its client_id (cencori_nb.wallet."
+                     "transactions() lists them).", request_id=request_id)
+        row = found[0] if found else None
         if row is None:
             raise CreditsError(f"No usage debit for request {request_id!r} to refund.",
                                request_id=request_id)
+        client_id = row[2]
         if conn.execute("SELECT 1 FROM wallet_transactions WHERE kind = 'refund' "
-                        "AND request_id = ?", (request_id,)).fetchone():
+                        "AND client_id = ?", (client_id,)).fetchone():
             raise CreditsError(f"Request {request_id!r} was already refunded.",
                                request_id=request_id)
         debited = int(row[0])
@@ -253,13 +285,13 @@ def refund(request_id: str, amount: Decimal | str | int | None = None, *,
                 f"Cannot refund ${from_pusd(value)} for request {request_id!r}: only "
                 f"${from_pusd(debited)} was debited.", request_id=request_id)
         return _insert(conn, "refund", value, _balance_pusd(conn), request_id=request_id,
-                       project=row[1], note=note)
+                       project=row[1], note=note, client_id=client_id)
 
 
 def transactions(*, as_frame: bool = True, ledger: Ledger | None = None) -> Any:
     """Every wallet movement, oldest first: a DataFrame (``time, kind, amount,
-    balance_before, balance_after, request_id, project, note``; money as float) or, with
-    ``as_frame=False``, a list of :class:`Transaction` (money as Decimal)."""
+    balance_before, balance_after, request_id, project, note, client_id``; money as float)
+    or, with ``as_frame=False``, a list of :class:`Transaction` (money as Decimal)."""
     txs = [_tx(r) for r in _ledger(ledger).query(
         f"SELECT {_TX_COLUMNS} FROM wallet_transactions ORDER BY id")]  # noqa: S608
     if not as_frame:
@@ -267,10 +299,10 @@ def transactions(*, as_frame: bool = True, ledger: Ledger | None = None) -> Any:
     import pandas as pd
 
     columns = ["time", "kind", "amount", "balance_before", "balance_after", "request_id",
-               "project", "note"]
+               "project", "note", "client_id"]
     frame = pd.DataFrame(
         [(t.time, t.kind, float(t.amount), float(t.balance_before), float(t.balance_after),
-          t.request_id, t.project, t.note) for t in txs], columns=columns)
+          t.request_id, t.project, t.note, t.client_id) for t in txs], columns=columns)
     frame["time"] = pd.to_datetime(frame["time"], utc=True)
     return frame
 
@@ -321,8 +353,9 @@ def credits(*, ledger: Ledger | None = None) -> CreditsSummary:
             "SELECT COALESCE(SUM(CASE WHEN kind = 'topup' THEN amount_pusd END), 0), COUNT(*) "
             "FROM wallet_transactions").fetchone()
         (spent,) = conn.execute(   # the daily rollup: a month is whole UTC days
-            "SELECT COALESCE(SUM(credits_charged_pusd), 0) FROM requests_daily "
-            "WHERE status = 'ok' AND day >= ?", (month_start_ms() // DAY_MS,)).fetchone()
+            "SELECT COALESCE(SUM(credits_charged_pusd), 0) FROM requests_daily "  # noqa: S608
+            f"WHERE {BILLED_SQL} AND day >= ?",   # (BILLED_SQL is a constant)
+            (month_start_ms() // DAY_MS,)).fetchone()
     balance_usd = from_pusd(bal) or Decimal(0)
     return CreditsSummary(balance=balance_usd, low=balance_usd < LOW_BALANCE_USD,
                           top_ups_total=from_pusd(int(topups)) or Decimal(0),

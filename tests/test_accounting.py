@@ -88,12 +88,25 @@ def test_byok_policies(policy: str, fee: Decimal, expected: Decimal) -> None:
 
 
 def test_settling_the_same_request_twice_is_one_row_and_one_debit() -> None:
-    """Idempotent per request id: a retry of settle() adds nothing."""
+    """Idempotent per client id: a retry of settle() adds nothing."""
     wallet.top_up(25)
-    accounting.settle(_completion())
-    accounting.settle(_completion())
+    accounting.settle(_completion(client_id="c-1"))
+    accounting.settle(_completion(client_id="c-1"))
     assert default_ledger().count() == 1
     assert _wallet_usage() == [("req-1", Decimal("-0.01125"))]
+
+
+def test_a_provider_repeating_its_request_id_keeps_every_row_and_debit() -> None:
+    """Two requests the provider gave the same id are two rows and two debits (was: one)."""
+    wallet.top_up(25)
+    first = accounting.settle(_completion(request_id="dup"))
+    second = accounting.settle(_completion(request_id="dup"))
+    assert first.client_id and second.client_id and first.client_id != second.client_id
+    rows = default_ledger().rows()
+    assert [(r.request_id, r.client_id) for r in rows] == [("dup", first.client_id),
+                                                           ("dup", second.client_id)]
+    assert _wallet_usage() == [("dup", Decimal("-0.01125"))] * 2
+    assert wallet.balance() == Decimal(25) - 2 * Decimal("0.01125")
 
 
 def test_missing_request_id_gets_one() -> None:

@@ -17,8 +17,9 @@ from cencori_nb.ledger import Ledger, LedgerRow, default_ledger, from_pusd, pars
 from cencori_nb.migrations import MIGRATIONS, migrate
 
 EXPECTED_REQUESTS_COLUMNS = [
-    ("id", "INTEGER"), ("ts_ms", "INTEGER"), ("request_id", "TEXT"), ("project", "TEXT"),
-    ("provider", "TEXT"), ("model_requested", "TEXT"), ("model", "TEXT"), ("route", "TEXT"),
+    ("id", "INTEGER"), ("ts_ms", "INTEGER"), ("client_id", "TEXT"), ("request_id", "TEXT"),
+    ("project", "TEXT"), ("provider", "TEXT"), ("model_requested", "TEXT"), ("model", "TEXT"),
+    ("route", "TEXT"),
     ("credential_source", "TEXT"), ("status", "TEXT"), ("error_code", "TEXT"),
     ("input_tokens", "INTEGER"), ("output_tokens", "INTEGER"),
     ("cache_read_tokens", "INTEGER"), ("cache_write_tokens", "INTEGER"),
@@ -33,12 +34,12 @@ EXPECTED_DAILY_COLUMNS = [
     ("input_tokens", "INTEGER"), ("output_tokens", "INTEGER"),
     ("cache_read_tokens", "INTEGER"), ("cache_write_tokens", "INTEGER"),
     ("provider_cost_pusd", "INTEGER"), ("credits_charged_pusd", "INTEGER"),
-    ("cost_pusd", "INTEGER"), ("unpriced", "INTEGER"),
+    ("cost_pusd", "INTEGER"), ("unpriced", "INTEGER"), ("estimated", "INTEGER"),
 ]
 EXPECTED_WALLET_COLUMNS = [
     ("id", "INTEGER"), ("ts_ms", "INTEGER"), ("kind", "TEXT"), ("amount_pusd", "INTEGER"),
     ("balance_before_pusd", "INTEGER"), ("balance_after_pusd", "INTEGER"),
-    ("request_id", "TEXT"), ("project", "TEXT"), ("note", "TEXT"),
+    ("request_id", "TEXT"), ("project", "TEXT"), ("note", "TEXT"), ("client_id", "TEXT"),
 ]
 
 
@@ -57,7 +58,7 @@ def test_schema_from_an_empty_file(private_home: Path) -> None:
     conn = led.conn
     assert [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")] == \
         ["001_create_requests", "002_wallet_and_budget_alerts", "003_daily_rollup",
-         "004_cost_rule_and_reservations"]
+         "004_cost_rule_and_reservations", "005_client_ids_and_interrupted"]
     assert _columns(conn, "requests") == EXPECTED_REQUESTS_COLUMNS
     assert _columns(conn, "requests_daily") == EXPECTED_DAILY_COLUMNS
     assert _columns(conn, "wallet_transactions") == EXPECTED_WALLET_COLUMNS
@@ -65,9 +66,10 @@ def test_schema_from_an_empty_file(private_home: Path) -> None:
                                                ("threshold", "INTEGER"), ("ts_ms", "INTEGER")]
     assert _objects(conn) == {
         ("table", "_migrations"), ("table", "requests"), ("index", "requests_ts"),
-        ("index", "requests_ok_request_id"), ("index", "requests_project_ts"),
-        ("table", "wallet_transactions"), ("index", "wallet_usage_request"),
-        ("index", "wallet_refund_request"), ("table", "budget_alerts"),
+        ("index", "requests_client_id"), ("index", "requests_request_id"),
+        ("index", "requests_project_ts"),
+        ("table", "wallet_transactions"), ("index", "wallet_usage_client"),
+        ("index", "wallet_refund_client"), ("table", "budget_alerts"),
         ("table", "requests_daily"), ("trigger", "requests_daily_insert"),
         ("table", "budget_reservations"), ("index", "budget_reservations_project"),
     }
@@ -86,10 +88,12 @@ def test_migration_from_001_keeps_rows(tmp_path: Path) -> None:
     assert [r[0] for r in led.query("SELECT name FROM _migrations ORDER BY rowid")] == \
         [name for name, _ in MIGRATIONS]
     rows = led.rows()
-    assert [(r.request_id, r.credits_charged_usd) for r in rows] == [("r1", Decimal("5E-12"))]
-    # the unique index of 002 now holds: the same ok request id is ignored
-    assert led.record(LedgerRow("r1", "p", "openai", "managed")) is False
-    assert led.count() == 1
+    assert [(r.client_id, r.request_id, r.credits_charged_usd) for r in rows] == \
+        [("legacy-1", "r1", Decimal("5E-12"))]
+    # 004: rows are unique on client_id, so the same provider id is a new request
+    assert led.record(LedgerRow("r1", "p", "openai", "managed")) is True
+    assert led.record(LedgerRow("r1", "p", "openai", "managed", client_id="legacy-1")) is False
+    assert led.count() == 2
     led.close()
 
 
@@ -129,9 +133,9 @@ def test_rollup_matches_the_rows() -> None:
     rows = []
     for i in range(300):
         cost = None if rng.random() < 0.1 else Decimal(rng.randint(0, 10**6)) / 10**9
-        rows.append(LedgerRow(f"r{i % 250}", rng.choice(["p1", "p2"]), "openai",
-                              rng.choice(["byok", "managed"]),
-                              status=rng.choice(["ok", "ok", "error", "cached"]),
+        rows.append(LedgerRow(f"r{i % 7}", rng.choice(["p1", "p2"]), "openai",
+                              rng.choice(["byok", "managed"]), client_id=f"c{i % 250}",
+                              status=rng.choice(["ok", "ok", "error", "cached", "interrupted"]),
                               model=rng.choice(["gpt-4o", None]), model_requested="gpt-4o",
                               input_tokens=rng.randint(0, 99), provider_cost_usd=cost,
                               credits_charged_usd=Decimal(rng.randint(0, 99)) / 10**6,
@@ -197,19 +201,21 @@ def test_money_conversion_is_exact() -> None:
     assert str(from_pusd(10 * 10**12)) == "10" and str(from_pusd(1200 * 10**12)) == "1200"
 
 
-def test_ok_request_id_is_unique_but_errors_and_cache_hits_repeat() -> None:
-    """A second ok row with the same id is ignored; error and cached rows may repeat."""
+def test_rows_are_unique_on_client_id_not_on_the_providers_id() -> None:
+    """The provider's request id may repeat (every row kept); a client id may not."""
     led = default_ledger()
-    assert led.record(LedgerRow("same", "p", "openai", "byok")) is True
-    assert led.record(LedgerRow("same", "p", "openai", "byok")) is False
-    assert led.record(LedgerRow("same", "p", "openai", "byok", status="cached")) is True
-    assert led.record(LedgerRow("same", "p", "openai", "byok", status="cached")) is True
-    assert led.record(LedgerRow("same", "p", "openai", "byok", status="error")) is True
-    assert led.count() == 4
+    for _ in range(3):
+        assert led.record(LedgerRow("same", "p", "openai", "byok")) is True
+    assert led.record(LedgerRow("same", "p", "openai", "byok", client_id="c1")) is True
+    assert led.record(LedgerRow("other", "p", "openai", "byok", client_id="c1")) is False
+    assert led.record(LedgerRow("same", "p", "openai", "byok", status="interrupted",
+                                estimated=True)) is True
+    assert led.count() == 5
+    assert [r.status for r in led.rows()][-1] == "interrupted"
 
 
 def test_status_is_checked() -> None:
-    """A status other than ok/error/cached is refused by the schema."""
+    """A status other than ok/error/cached/interrupted is refused by the schema."""
     with pytest.raises(sqlite3.IntegrityError):
         default_ledger().record(LedgerRow("x", "p", "openai", "byok", status="weird"))
 
@@ -313,8 +319,10 @@ def test_on_insert_runs_in_the_rows_transaction_only_when_inserted() -> None:
     """The callback runs once for a new row and not for a duplicate ok row."""
     led = default_ledger()
     calls: list[str] = []
-    led.submit(LedgerRow("dup", "p", "openai", "byok"), on_insert=lambda c: calls.append("a"))
-    led.submit(LedgerRow("dup", "p", "openai", "byok"), on_insert=lambda c: calls.append("b"))
+    led.submit(LedgerRow("dup", "p", "openai", "byok", client_id="c-dup"),
+               on_insert=lambda c: calls.append("a"))
+    led.submit(LedgerRow("dup", "p", "openai", "byok", client_id="c-dup"),
+               on_insert=lambda c: calls.append("b"))
     led.flush()
     assert calls == ["a"] and led.count() == 1
 

@@ -76,13 +76,15 @@ def test_usage_filters(synthetic: list[LedgerRow]) -> None:
 def test_spend_by_day(synthetic: list[LedgerRow]) -> None:
     """Two days with exact totals; errors/cached counted, tokens billed only for ok rows."""
     frame = reports.spend(by="day")
-    assert list(frame.columns) == ["day", "requests", "errors", "cached", "input_tokens",
-                                   "output_tokens", "provider_cost_usd",
-                                   "credits_charged_usd", "cost_usd"]
+    assert list(frame.columns) == ["day", "requests", "errors", "cached", "interrupted",
+                                   "input_tokens", "output_tokens", "unpriced", "estimated",
+                                   "provider_cost_usd", "credits_charged_usd", "cost_usd"]
     assert list(frame["day"]) == [pd.Timestamp(YESTERDAY), pd.Timestamp(TODAY)]
     assert list(frame["requests"]) == [2, 4]
     assert list(frame["errors"]) == [0, 1]
     assert list(frame["cached"]) == [0, 1]
+    assert list(frame["unpriced"]) == [0, 1]          # "f": llama3.2 has no price
+    assert list(frame["interrupted"]) == [0, 0] and list(frame["estimated"]) == [0, 0]
     assert list(frame["input_tokens"]) == [3000, 1010]
     assert list(frame["output_tokens"]) == [600, 510]
     assert frame["provider_cost_usd"].tolist() == [0.01, 0.0075]
@@ -237,6 +239,6 @@ def test_usage_empty_ledger_has_the_columns() -> None:
     """An empty ledger gives an empty frame with every column, times typed UTC."""
     frame = reports.usage()
     assert frame.empty
-    assert list(frame.columns)[:3] == ["time", "request_id", "project"]
+    assert list(frame.columns)[:4] == ["time", "client_id", "request_id", "project"]
     assert {"provider_cost_usd", "credits_charged_usd", "cost_usd"} <= set(frame.columns)
     assert str(frame["time"].dt.tz) == "UTC"

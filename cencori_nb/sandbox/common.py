@@ -303,7 +303,7 @@ class Door:
         return True
 
     async def handle_chat(self, ex: Exchange) -> None:
-        ex.request_id = new_id("req_")
+        ex.request_id = ex.server.new_request_id()
         if not self._admit(ex):
             if ex.fault in ERROR_FAULTS:
                 await ex.delay()

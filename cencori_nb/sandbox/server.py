@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import secrets
 import threading
 from collections import Counter, deque
 from collections.abc import Mapping
@@ -179,6 +180,17 @@ class SandboxServer:
         self.faults.reset()
         self.wallet = Wallet(self._initial["balance"])
         self.latency_ms = self._initial["latency_ms"]
+        self.id_pool = None
+
+    # Chat answers draw their ids from this many values when set (Ollama draws from 999),
+    # so tests can meet a provider that repeats ids; None: a fresh random id each time.
+    id_pool: int | None = None
+
+    def new_request_id(self) -> str:
+        """The id of the next chat answer (``req_…``; doors derive their own forms)."""
+        if self.id_pool:
+            return f"req_{secrets.randbelow(self.id_pool):024d}"
+        return new_id("req_")
 
     async def start(self) -> str:
         """Bind and start accepting on the running loop; return the base URL."""
