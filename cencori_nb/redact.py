@@ -281,9 +281,12 @@ def _view(text: str, pattern: re.Pattern[str], decode: Callable[[re.Match[str]],
 
 def _spans_in_view(text: str, pattern: re.Pattern[str],
                    decode: Callable[[re.Match[str]], str],
-                   finders: Iterable[re.Pattern[str]]) -> list[tuple[int, int]]:
-    """Spans of ``text`` whose decoded view matches one of ``finders``."""
-    quick = pattern.sub(decode, text)      # cheap test first: build the index map on a hit
+                   finders: Iterable[re.Pattern[str]], quick: str | None = None
+                   ) -> list[tuple[int, int]]:
+    """Spans of ``text`` whose decoded view matches one of ``finders``. ``quick`` is the
+    view already computed (without its index map), if the caller has a faster way."""
+    if quick is None:
+        quick = pattern.sub(decode, text)  # cheap test first: build the index map on a hit
     if quick == text or not any(f.search(quick) for f in finders):
         return []
     view, starts, ends = _view(text, pattern, decode)
@@ -383,7 +386,8 @@ class Policy:
         spans: list[tuple[int, int]] = []
         if exact_re is not None and ("\n" in text or "\r" in text):
             # MIME base64 (76-character lines), a hex dump, a key wrapped by an editor
-            spans += _spans_in_view(text, _LINE_BREAKS, lambda m: "", (exact_re,))
+            spans += _spans_in_view(text, _LINE_BREAKS, lambda m: "", (exact_re,),
+                                    text.replace("\r", "").replace("\n", ""))
         if not binary and ("\\" in text or "%" in text or "&#" in text):
             finders = (*((exact_re,) if exact_re is not None else ()), *self.shapes)
             spans += _spans_in_view(text, _ESCAPES, _unescape_one, finders)

@@ -14,7 +14,7 @@ CANARY = "sk-canary-" + "Zq7xW2vR9tL4pK8mN3bY6cH1"   # a fake key planted to det
 
 _AMBIENT = ("CENCORI_NB_HOME", "CENCORI_NB_PASSPHRASE", "CENCORI_NB_SANDBOX",
             "CENCORI_NB_PROJECT", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY",
-            "GOOGLE_API_KEY", "CENCORI_API_KEY")
+            "GOOGLE_API_KEY", "CENCORI_API_KEY", "CENCORI_NB_SCRUB_HOMES")
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +41,8 @@ def _reset_process_state() -> None:
     for module_name, fn in (("cencori_nb.keystore", "_reset_for_tests"),
                             ("cencori_nb.transport", "_reset_for_tests"),
                             ("cencori_nb.ledger", "_reset_for_tests"),
-                            ("cencori_nb.cache", "_reset_for_tests")):
+                            ("cencori_nb.cache", "_reset_for_tests"),
+                            ("cencori_nb.jupyter.scrubber", "_reset_for_tests")):
         if module_name in sys.modules:
             reset = getattr(importlib.import_module(module_name), fn, None)
             if reset is not None:

@@ -217,5 +217,34 @@ def test_save_goes_on_when_the_key_store_cannot_be_opened(
         assert "shapeless-local-secret" in on_disk
         assert "removed 5 secret(s) from locked.ipynb" in server.log()
         assert "scrubber failed" not in server.log()
+        # Said as a WARNING at startup and at the first save, not again (issue 10.4).
+        warnings = [line for line in server.log().splitlines()
+                    if "cannot read the key store" in line]
+        assert len(warnings) == 2 and all(line.startswith("[W") for line in warnings), warnings
+        _put(server, "again.ipynb", _leaky_notebook(canary))
+        assert server.log().count("cannot read the key store") == 2
+        assert canary not in server.log()
     finally:
         server.stop()
+
+
+def test_uploaded_notebook_as_a_base64_file_model_is_scrubbed(
+        servers: dict[str, JupyterProcess], canary: str) -> None:
+    """JupyterLab's upload sends a `type: file`, base64 model; a .ipynb is still a notebook
+    (issue 10.4), and so is a text file model of one."""
+    import base64
+
+    server = servers["on"]
+    text = json.dumps(_leaky_notebook(canary))
+    for name, body in (
+            ("uploaded.ipynb", {"type": "file", "format": "base64",
+                                "content": base64.b64encode(text.encode()).decode()}),
+            ("as-text.ipynb", {"type": "file", "format": "text", "content": text}),
+            ("notes.txt", {"type": "file", "format": "text", "content": f"key {canary}\n"})):
+        r = server.api("PUT", f"/api/contents/{name}", json=body)
+        assert r.status_code in (200, 201), r.text
+        on_disk = (server.root / name).read_text()  # type: ignore[attr-defined]
+        assert canary not in on_disk and MARKER in on_disk
+        if name.endswith(".ipynb"):
+            nbformat.validate(nbformat.reads(on_disk, as_version=4))
+    assert canary not in server.log()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from jupyter_procs import free_port, isolated_jupyter_env
+from jupyter_procs import JupyterProcess, free_port, isolated_jupyter_env, server_args
 
 from cencori_nb.cli import build_parser, main
 from cencori_nb.cli import lab as lab_cli
@@ -40,7 +40,9 @@ def test_jupyter_arguments_pass_through_in_order() -> None:
 def test_no_keys_means_offline_sandbox_with_its_own_home(private_home: Path) -> None:
     plan = _plan()
     assert plan.start_sandbox
-    assert plan.env_changes == {"CENCORI_NB_HOME": str(private_home / "sandbox")}
+    # the kernels use the sandbox home; the scrubber also reads the real one (issue 10.4)
+    assert plan.env_changes == {"CENCORI_NB_HOME": str(private_home / "sandbox"),
+                                "CENCORI_NB_SCRUB_HOMES": str(private_home)}
     assert plan.argv[:3] == [sys.executable, "-m", "jupyterlab"]
     assert f"--ServerApp.root_dir={REPO / 'notebooks'}" in plan.argv
 
@@ -180,3 +182,46 @@ def test_lab_starts_offline_with_banner_scrubber_and_sandbox(tmp_path: Path) -> 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.mark.slow
+def test_lab_in_sandbox_mode_still_scrubs_the_real_stored_keys(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cencori-nb lab --sandbox`: kernels use the sandbox home, yet a REAL stored key (no
+    key shape, so only an exact match finds it) pasted into a notebook never reaches disk,
+    and the real store is only read (issue 10.4)."""
+    import json
+
+    import nbformat
+
+    from cencori_nb import keys
+
+    real_home = tmp_path / "home"
+    real_key = "real-shapeless-token-" + secrets.token_hex(8)
+    env = isolated_jupyter_env(tmp_path / "jupyter", CENCORI_NB_HOME=str(real_home),
+                               PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring")
+    for name in ("CENCORI_NB_SANDBOX", "CENCORI_NB_PASSPHRASE", "CENCORI_NB_SCRUB_HOMES"):
+        env.pop(name, None)
+    monkeypatch.setenv("CENCORI_NB_HOME", str(real_home))
+    keys.set("local", real_key)
+    store = real_home / "keystore.json"
+    before = store.read_bytes()
+    root = tmp_path / "root"
+    root.mkdir()
+    port, token = free_port(), secrets.token_hex(8)
+    lab = JupyterProcess([sys.executable, "-m", "cencori_nb", "lab", "--sandbox",
+                          *server_args(root, port, token)],
+                         env=env, log_path=tmp_path / "lab.log", port=port, token=token)
+    lab.start()
+    try:
+        assert "OFFLINE SANDBOX" in lab.log()
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"k={real_key}")])
+        r = lab.api("PUT", "/api/contents/real.ipynb",
+                    json={"type": "notebook", "content": json.loads(nbformat.writes(nb))})
+        assert r.status_code in (200, 201), r.text
+        on_disk = (root / "real.ipynb").read_text()
+        assert real_key not in on_disk and "[redacted]" in on_disk
+        assert store.read_bytes() == before
+        assert real_key not in lab.log()
+    finally:
+        lab.stop()

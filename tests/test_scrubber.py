@@ -212,10 +212,18 @@ def test_pre_save_hook_scrubs_and_logs_count_not_secret(canary: str,
     assert canary not in caplog.text
 
 
-def test_pre_save_hook_ignores_plain_files(canary: str) -> None:
-    model = {"type": "file", "format": "text", "content": canary}
+def test_pre_save_hook_scrubs_text_files_and_leaves_binary_ones(canary: str) -> None:
+    """Text file models are scrubbed too (issue 10.4; this test used to assert they were
+    ignored); a binary file's bytes are left alone."""
+    model = {"type": "file", "format": "text", "content": f"KEY={canary}\n"}
     pre_save_hook(model=model, path="notes.txt", contents_manager=_CM())
-    assert model["content"] == canary
+    assert model["content"] == f"KEY={MARKER}\n"
+    import base64
+
+    blob = base64.b64encode(b"\x89PNG\xff\xfe" + canary.encode()).decode()
+    model = {"type": "file", "format": "base64", "content": blob}
+    pre_save_hook(model=model, path="image.png", contents_manager=_CM())
+    assert model["content"] == blob
 
 
 def test_pre_save_hook_never_raises(caplog: pytest.LogCaptureFixture) -> None:

@@ -13,7 +13,8 @@ What it does, in order:
    (``CENCORI_NB_SANDBOX`` in JupyterLab's environment, inherited by every kernel) and prints
    a banner saying replies are fake. The offline session uses its own home,
    ``<CENCORI_NB_HOME>/sandbox``, so demo keys, fake spend and the sandbox wallet never mix
-   with your real store, ledger and credits.
+   with your real store, ledger and credits. The save-time scrubber still reads the real
+   store (``CENCORI_NB_SCRUB_HOMES``), so your real keys are scrubbed from notebooks too.
 3. Runs ``python -m jupyterlab`` with the arguments given, adding ``--allow-root`` when run as
    root and ``--no-browser`` when there is no display or ``CI`` is set; makes sure the
    save-time scrubber (``cencori_nb.jupyter``) is loaded even if the Jupyter config that
@@ -232,8 +233,13 @@ def plan(jupyter_args: Sequence[str], *, sandbox: bool | None = None,
             hint=f"Unset {ENV_SANDBOX} to talk to the real providers.")
     if start_sandbox:
         from ..home import home_dir
+        from ..jupyter.scrubber import ENV_SCRUB_HOMES
 
         env_changes[ENV_HOME] = str(home_dir() / "sandbox")
+        # The kernels use the sandbox home, but a real key pasted into a notebook must
+        # still be scrubbed: the scrubber also reads (only reads) the real home's store.
+        env_changes[ENV_SCRUB_HOMES] = os.pathsep.join(
+            p for p in (str(home_dir()), environ.get(ENV_SCRUB_HOMES, "")) if p)
     argv = [sys.executable, "-m", "jupyterlab", *extra, *args]
     return LabPlan(argv=argv, env_changes=env_changes, start_sandbox=start_sandbox,
                    notes=notes)

@@ -6,32 +6,52 @@ install: hatchling installs shared data there too). Check with::
 
     jupyter server extension list     # cencori_nb.jupyter  enabled  OK
 
-The extension registers :func:`~cencori_nb.jupyter.scrubber.pre_save_hook` with the server's
-contents manager. It is added next to any other pre-save hook (a user's
+The extension registers :func:`~cencori_nb.jupyter.scrubber.pre_save_hook` (and
+:func:`~cencori_nb.jupyter.scrubber.post_save_hook`, for chunked uploads) with the server's
+contents manager. They are added next to any other hooks (a user's
 ``ContentsManager.pre_save_hook`` config runs first, then the registered hooks in order).
+At startup it checks that it can read the key stores it scrubs and logs a WARNING for each
+one it cannot (e.g. a passphrase store and no ``CENCORI_NB_PASSPHRASE``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .scrubber import MARKER, pre_save_hook, scrub_notebook, scrub_text
+from .scrubber import (
+    MARKER,
+    post_save_hook,
+    pre_save_hook,
+    scrub_notebook,
+    scrub_text,
+    store_problems,
+)
 
-__all__ = ["MARKER", "pre_save_hook", "scrub_notebook", "scrub_text"]
+__all__ = ["MARKER", "install", "post_save_hook", "pre_save_hook", "scrub_notebook",
+           "scrub_text"]
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
     return [{"module": "cencori_nb.jupyter"}]
 
 
+def install(manager: Any, log: Any) -> bool:
+    """Register the scrubber's hooks on a contents manager (once); warn on ``log`` about
+    every key store it cannot read. Returns False if it was already installed."""
+    if pre_save_hook in getattr(manager, "_pre_save_hooks", ()):
+        return False
+    manager.register_pre_save_hook(pre_save_hook)
+    manager.register_post_save_hook(post_save_hook)
+    for problem in store_problems():
+        log.warning("cencori_nb: %s", problem)
+    return True
+
+
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     """Register the scrubber on the server's contents manager (once per manager)."""
-    manager = serverapp.contents_manager
-    if pre_save_hook in getattr(manager, "_pre_save_hooks", ()):
-        return
-    manager.register_pre_save_hook(pre_save_hook)
-    serverapp.log.info("cencori_nb: secret scrubber registered (keys are removed from "
-                       "notebooks on save)")
+    if install(serverapp.contents_manager, serverapp.log):
+        serverapp.log.info("cencori_nb: secret scrubber registered (keys are removed from "
+                           "notebooks on save)")
 
 
 # Name used by older notebook servers.
