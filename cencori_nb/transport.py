@@ -596,7 +596,9 @@ def retryable_code(code: str | None) -> bool | None:
 # --------------------------------------------------------------------------- retry hints
 
 
-def _seconds(value: Any, scale: float = 1.0) -> float | None:
+def _seconds(value: Any, per_second: float = 1.0) -> float | None:
+    """A finite, non-negative number of seconds from a number or numeric string (``per_second``
+    units make a second: 1000 for milliseconds), or None."""
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -605,7 +607,7 @@ def _seconds(value: Any, scale: float = 1.0) -> float | None:
         return None
     if number != number or number in (float("inf"), float("-inf")):   # NaN, infinities
         return None
-    return max(0.0, number * scale)
+    return max(0.0, number / per_second)
 
 
 def _duration(value: Any) -> float | None:
@@ -627,7 +629,7 @@ def retry_after(headers: Any = None, body: Any = None, *, now: float | None = No
     ``google.rpc.RetryInfo.retryDelay`` (``"53s"``) in ``error.details``.
     """
     if headers is not None:
-        wait = _seconds(headers.get("retry-after-ms"), 0.001)
+        wait = _seconds(headers.get("retry-after-ms"), 1000.0)
         if wait is not None:
             return wait
         value = headers.get("retry-after")
@@ -650,7 +652,7 @@ def retry_after(headers: Any = None, body: Any = None, *, now: float | None = No
         return None
     inner = body.get("error") if isinstance(body.get("error"), dict) else {}
     for source in (body, inner):
-        wait = _seconds(source.get("retry_after_ms"), 0.001)
+        wait = _seconds(source.get("retry_after_ms"), 1000.0)
         if wait is not None:
             return wait
     for source in (body, inner):
@@ -767,10 +769,14 @@ def next_wait(error: BaseException, response: httpx2.Response | None = None,
     if attempt >= bound or not is_retryable(error):
         return None
     wait = getattr(error, "retry_after", None)
-    if wait is None and response is not None:
-        wait = retry_after_from_response(response, now=now)
-        if wait is not None and isinstance(error, CencoriError):
-            error.retry_after = wait  # type: ignore[attr-defined]
+    if response is not None:
+        # Read again against the transport's clock: an HTTP-date Retry-After is relative
+        # to "now", which the adapter (pure, no clock) could only take from the wall.
+        hint = retry_after_from_response(response, now=now)
+        if hint is not None:
+            wait = hint
+            if isinstance(error, CencoriError):
+                error.retry_after = hint  # type: ignore[attr-defined]
     if wait is None:
         return backoff_wait(attempt, random=random)
     if wait > limit:

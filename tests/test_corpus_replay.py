@@ -146,6 +146,21 @@ def ids(paths: list[Path]) -> list[str]:
 # --------------------------------------------------------------------------- the corpus itself
 
 
+def test_the_corpus_covers_what_the_project_speaks() -> None:
+    """At least 60 recordings; every provider; JSON, SSE and errors; the statuses that matter."""
+    recs = [load(p) for p in RECORDINGS]
+    assert len(recs) >= 60, len(recs)
+    assert {r["provider"] for r in recs} == PROVIDERS
+    assert {r["kind"] for r in recs} == {"json", "sse", "error"}
+    statuses = {r["status"] for r in recs}
+    assert {400, 401, 402, 403, 404, 429, 500, 503, 529} <= statuses, sorted(statuses)
+    assert any(r["kind"] == "sse" and "error" in r["expect"] for r in recs)   # error in a 200
+    expects = [r["expect"] for r in recs]
+    assert any(e.get("cache_read_tokens") for e in expects)
+    assert any(e.get("cache_write_tokens") for e in expects)
+    assert any(e.get("thinking_tokens") for e in expects)
+
+
 @pytest.mark.parametrize("path", RECORDINGS, ids=ids(RECORDINGS))
 def test_recording_names_its_source(path: Path) -> None:
     """Every file says where it came from: a repository path at a commit, or a URL."""
@@ -224,6 +239,8 @@ def test_replay_error(path: Path, replay: ReplayServer) -> None:
     if "top_up_url" in expect:
         assert err.top_up_url == expect["top_up_url"]
         assert expect["top_up_url"] in str(err)
+    if "message_contains" in expect:
+        assert expect["message_contains"] in str(err), str(err)
     if "partial_text" in expect:
         assert "".join(parts) == expect["partial_text"]
     if "blames_user_key" in expect:
@@ -231,3 +248,169 @@ def test_replay_error(path: Path, replay: ReplayServer) -> None:
         assert names_our_key is expect["blames_user_key"], str(err)
     for key in (*BYOK_KEYS.values(), CENCORI_KEY):
         assert key not in str(err)
+
+
+# --------------------------------------------------------------------------- retry hints
+
+
+class RecordingClock:
+    """The transport's clock, recording waits instead of sleeping (jitter draws are 1.0)."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.waits: list[float] = []
+        self.now = now
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+    def time(self) -> float:
+        return self.now
+
+    def random(self) -> float:
+        return 1.0
+
+
+def as_response(rec: dict[str, Any], **header_changes: str | None) -> Any:
+    """The recording as an httpx2.Response (with a request, as the transport sees it)."""
+    import httpx2
+
+    headers = {k: v for k, v in rec["headers"].items() if k not in _HOP_HEADERS}
+    for name, value in header_changes.items():
+        name = name.replace("_", "-")
+        if value is None:
+            headers.pop(name, None)
+        else:
+            headers[name] = value
+    request = httpx2.Request("POST", "https://provider.test/v1/chat")
+    return httpx2.Response(rec["status"], headers=headers, content=body_bytes(rec),
+                           request=request)
+
+
+def policy_wait(path: str, attempt: int = 0, **header_changes: str | None) -> float | None:
+    """What the one retry policy says for this recording, as mapped by its adapter."""
+    from cencori_nb import transport
+    from cencori_nb.providers import get_provider
+
+    rec = load(CORPUS / path)
+    response = as_response(rec, **header_changes)
+    adapter = get_provider("cencori" if rec["provider"] == "cencori" else rec["provider"])
+    err = transport._status_error(response, adapter.map_error, rec["provider"])
+    return transport.next_wait(err, response, attempt, random=lambda: 1.0,
+                               now=1_800_000_000.0)
+
+
+def test_hint_retry_after_seconds_beats_the_body() -> None:
+    """Cencori's 429: Retry-After 12 (seconds) wins over the body's retry_after_ms 11873."""
+    assert policy_wait("cencori/native_429_rate_limit_exceeded.json") == 12.0
+
+
+def test_hint_retry_after_ms_in_the_body() -> None:
+    """The same 429 without its header: the body's retry_after_ms (milliseconds)."""
+    assert policy_wait("cencori/native_429_rate_limit_exceeded.json", retry_after=None) == 11.873
+
+
+def test_hint_retry_after_seconds_in_the_engine_body() -> None:
+    """Cencori's provider_rate_limited carries retry_after in seconds, no header."""
+    assert policy_wait("cencori/native_429_provider_rate_limited.json") == 30.0
+
+
+def test_hint_gemini_retry_info() -> None:
+    """Gemini's 429 has no Retry-After header; RetryInfo.retryDelay '53s' is the wait."""
+    assert policy_wait("google/error_429_retryinfo.json") == 53.0
+
+
+def test_hint_retry_after_http_date_and_ms_header() -> None:
+    """The header forms the OpenAI and Anthropic SDKs read, on Anthropic's 529 recording:
+    an HTTP date (relative to now) and retry-after-ms (which wins over Retry-After)."""
+    date = "Fri, 15 Jan 2027 08:00:20 GMT"   # 1_800_000_000 is 08:00:00 that day
+    assert policy_wait("anthropic/error_529_overloaded.json", retry_after=date) == 20.0
+    assert policy_wait("anthropic/error_529_overloaded.json", retry_after="9",
+                       retry_after_ms="1500") == 1.5
+    # no hint at all: full-jitter backoff (draw 1.0), growing with the attempt
+    assert policy_wait("anthropic/error_529_overloaded.json") == 0.5
+    assert policy_wait("anthropic/error_529_overloaded.json", attempt=2) == 2.0
+
+
+def test_hint_x_should_retry_false_stops_a_429() -> None:
+    """Anthropic's spend-limit 429 says x-should-retry: false: not retried, whatever the status."""
+    assert policy_wait("anthropic/error_429_spend_limit_should_retry_false.json") is None
+    # the same 429 without the header is still not retried: billing_error is no rate limit
+    assert policy_wait("anthropic/error_429_spend_limit_should_retry_false.json",
+                       x_should_retry=None) is None
+
+
+def test_hint_x_should_retry_true_retries_a_400() -> None:
+    """x-should-retry: true overrides the status (the SDKs' rule), here on OpenAI's 404."""
+    assert policy_wait("openai/error_404_model_not_found.json") is None
+    assert policy_wait("openai/error_404_model_not_found.json", x_should_retry="true") == 0.5
+
+
+def test_no_retry_for_what_waiting_cannot_fix() -> None:
+    """Out of quota, no price, a bad key, a daily quota: never retried."""
+    for path in ("openai/error_429_insufficient_quota.json",
+                 "cencori/native_503_pricing_unavailable.json",
+                 "cencori/native_401_provider_auth_error.json",
+                 "google/error_400_api_key_invalid.json",
+                 "cencori/native_403_credit_balance_exhausted.json"):
+        assert policy_wait(path) is None, path
+
+
+def test_policy_bounds_attempts_and_long_waits() -> None:
+    """After `retries` retries: stop. A wait above MAX_RETRY_WAIT: stop (raise with the
+    hint) for chat; the pacing form (batch) waits up to PACED_MAX_WAIT for a 429."""
+    from cencori_nb import errors, transport
+
+    assert policy_wait("google/error_429_retryinfo.json", attempt=3) is None
+    err = errors.RateLimitError("slow down", status_code=429, retry_after=90.0)
+    assert transport.next_wait(err, None, 0) is None
+    assert transport.next_wait(err, None, 0, pacing=True) == 90.0
+    assert transport.next_wait(err, None, 19, pacing=True) == 90.0
+    assert transport.next_wait(err, None, transport.PACED_RATE_LIMIT_RETRIES,
+                               pacing=True) is None
+
+
+class ScriptedServer(ReplayServer):
+    """Answers each POST with the next recording of a list (the last one repeats)."""
+
+    def __init__(self, recordings: list[dict[str, Any]]) -> None:
+        self.script = list(recordings)
+        super().__init__()
+        self.recording = self.script[0]
+
+    def next(self) -> None:
+        if len(self.script) > 1:
+            self.script.pop(0)
+        self.recording = self.script[0]
+
+
+def test_chat_waits_the_recorded_hint_then_succeeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end: Gemini's 429 (RetryInfo 53s) then its answer: chat waits exactly 53 s on
+    the transport's clock, sends twice, and returns the answer."""
+    from cencori_nb import transport
+
+    first = load(CORPUS / "google/error_429_retryinfo.json")
+    second = load(CORPUS / "google/generate_25pro_thinking.json")
+    server = ScriptedServer([first, second])
+    original = server.httpd.RequestHandlerClass.do_POST
+
+    def advancing(handler: Any) -> None:
+        original(handler)
+        server.next()
+
+    server.httpd.RequestHandlerClass.do_POST = advancing  # type: ignore[method-assign]
+    clock = RecordingClock()
+    previous = transport.set_clock(clock)  # type: ignore[arg-type]
+    try:
+        monkeypatch.setenv("CENCORI_NB_SANDBOX", server.url)
+        keys.set("google", BYOK_KEYS["google"])
+        c = cencori_nb.chat("Replay", model="gemini-2.5-pro", provider="google",
+                            route="byok", cache=False, retries=2)
+    finally:
+        transport.set_clock(previous)
+        server.close()
+    assert c.text == second["expect"]["text"]
+    assert clock.waits == [53.0]
+    assert len(server.requests) == 2

@@ -108,10 +108,9 @@ def test_retry_after_ms_header_and_cencori_body(clock: FakeClock) -> None:
     assert clock.waits == [0.25, 1.5]
 
 
-def test_adapter_retry_after_wins(clock: FakeClock) -> None:
-    """When the adapter's map_error sets retry_after, that is the wait."""
-    script = Script(httpx2.Response(429, headers={"Retry-After": "30"}),
-                    httpx2.Response(200, json={}))
+def test_adapter_retry_after_is_used_when_the_response_has_none(clock: FakeClock) -> None:
+    """An adapter's retry_after counts when the response itself carries no hint."""
+    script = Script(httpx2.Response(429), httpx2.Response(200, json={}))
     _use(script)
 
     def map_error(response: httpx2.Response) -> errors.CencoriError:
@@ -120,6 +119,22 @@ def test_adapter_retry_after_wins(clock: FakeClock) -> None:
 
     transport.send(_req(), map_error=map_error)
     assert clock.waits == [3.0]
+
+
+def test_the_response_hint_is_read_on_the_transport_clock(clock: FakeClock) -> None:
+    """The response's own hint wins over the adapter's (which had only the wall clock for an
+    HTTP-date Retry-After): the one parser, read against the injected clock."""
+    when = email.utils.formatdate(clock.now + 7, usegmt=True)
+    script = Script(httpx2.Response(429, headers={"Retry-After": when}),
+                    httpx2.Response(200, json={}))
+    _use(script)
+
+    def map_error(response: httpx2.Response) -> errors.CencoriError:
+        return errors.RateLimitError("slow down", provider="openai", status_code=429,
+                                     retry_after=3.0)
+
+    transport.send(_req(), map_error=map_error)
+    assert clock.waits == [7.0]
 
 
 def test_attempts_are_bounded_with_exponential_backoff(clock: FakeClock) -> None:
