@@ -41,6 +41,7 @@ _LAZY: dict[str, str] = {
     "charts": "cencori_nb.charts",
     "wallet": "cencori_nb.wallet",
     "credits": "cencori_nb.wallet",
+    "reconcile": "cencori_nb.wallet",
     "settings": "cencori_nb.settings",
     "setup": "cencori_nb.widgets",
     "sandbox": "cencori_nb.sandbox",

@@ -17,7 +17,17 @@ Rules mirrored from Cencori (reference/cencori.md, "Credits and billing"):
 
 The mirror starts tracking at the first recorded balance (``top_up`` or ``set_balance``):
 before that, usage debits are skipped (there is no known balance to debit or to warn about;
-the ledger still records every charge, so ``credits().spend_this_month`` is complete).
+the ledger still records every charge, so ``credits().credits_spent_this_month`` is
+complete) and :func:`credits` says the balance is not tracked yet, never "$0.00, low".
+
+Two figures are kept apart everywhere: **credits spent** (charged to the Cencori wallet)
+and **all spend including BYOK** (each request's ``cost_usd``: credits plus the provider
+price paid on your own keys). Requests made with a Cencori test key (``csk_test_…``) are
+free and never debited.
+
+:func:`reconcile` compares the ledger's managed spend with what the gateway reports for
+the same period (Cencori's Metrics API, ``GET /api/v1/metrics?period=…``): the balance
+itself has no public API, but the spend does.
 
 ``set_balance`` records an ``adjustment`` (the difference), so the history stays complete.
 The gateway's ``403 credit_balance_exhausted`` / ``402 spend_cap_reached`` are raised by the
@@ -47,9 +57,9 @@ from .ledger import (
     to_pusd,
 )
 
-__all__ = ["LOW_BALANCE_USD", "CreditsSummary", "LowBalanceWarning", "Transaction", "balance",
-           "credits", "debit", "parse_amount", "refund", "set_balance", "top_up",
-           "transactions"]
+__all__ = ["LOW_BALANCE_USD", "PERIODS", "CreditsSummary", "LowBalanceWarning", "Reconciliation",
+           "Transaction", "balance", "credits", "debit", "parse_amount", "reconcile", "refund",
+           "set_balance", "top_up", "transactions"]
 
 LOW_BALANCE_USD = Decimal(5)
 TOP_UP_URL = "https://cencori.com/dashboard/billing"
@@ -307,60 +317,220 @@ def transactions(*, as_frame: bool = True, ledger: Ledger | None = None) -> Any:
     return frame
 
 
+_NOT_TRACKED = ("not tracked yet: record it with `cencori-nb credits set-balance AMOUNT` "
+                "(the balance shown at " + TOP_UP_URL + ") or `cencori-nb credits top-up "
+                "AMOUNT`")
+
+
 @dataclass(frozen=True, slots=True)
 class CreditsSummary:
-    """The wallet at a glance (what ``cencori-nb credits`` and ``%cencori credits`` show)."""
+    """The wallet at a glance (what ``cencori-nb credits`` and ``%cencori credits`` show).
 
-    balance: Decimal
+    ``balance`` is None (and ``tracked`` False) until a balance is recorded: the mirror does
+    not know it. ``credits_spent_this_month`` is what the Cencori wallet was charged;
+    ``all_spend_this_month`` is every request's cost to you, BYOK provider prices included.
+    """
+
+    balance: Decimal | None
     low: bool
     top_ups_total: Decimal
-    spend_this_month: Decimal
+    credits_spent_this_month: Decimal
+    all_spend_this_month: Decimal
     transactions: int
+    tracked: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"balance": str(self.balance), "low": self.low,
-                "top_ups_total": str(self.top_ups_total),
-                "spend_this_month": str(self.spend_this_month),
-                "transactions": self.transactions, "low_balance_threshold": str(LOW_BALANCE_USD)}
+        return {"tracked": self.tracked,
+                "balance": None if self.balance is None else str(self.balance),
+                "low": self.low, "top_ups_total": str(self.top_ups_total),
+                "credits_spent_this_month": str(self.credits_spent_this_month),
+                "all_spend_this_month_incl_byok": str(self.all_spend_this_month),
+                "transactions": self.transactions,
+                "low_balance_threshold": str(LOW_BALANCE_USD)}
+
+    def _lines(self) -> list[tuple[str, str]]:
+        if self.balance is None:
+            bal = "Balance " + _NOT_TRACKED
+        else:
+            low = (f"  (low: under ${LOW_BALANCE_USD}; top up at {TOP_UP_URL})"
+                   if self.low else "")
+            bal = f"Balance: ${self.balance:.2f}{low}"
+        return [("", bal),
+                ("Credits spent this month (charged to the Cencori wallet)",
+                 f"${self.credits_spent_this_month:.4f}"),
+                ("All spend this month incl. BYOK (credits + provider price on your keys)",
+                 f"${self.all_spend_this_month:.4f}"),
+                ("Top-ups recorded (all time)", f"${self.top_ups_total:.2f}"),
+                ("Transactions", str(self.transactions))]
 
     def __str__(self) -> str:
-        low = f"  (low: under ${LOW_BALANCE_USD}; top up at {TOP_UP_URL})" if self.low else ""
-        return (f"Balance: ${self.balance:.2f}{low}\n"
-                f"Spent this month: ${self.spend_this_month:.4f}\n"
-                f"Top-ups (all time): ${self.top_ups_total:.2f}\n"
-                f"Transactions: {self.transactions}")
+        return "\n".join(text if not label else f"{label}: {text}"
+                         for label, text in self._lines())
 
     def _repr_html_(self) -> str:
-        colour = "#b00020" if self.low else "inherit"
-        low = (f" <span style='color:#b00020'>low — under ${LOW_BALANCE_USD}; "
-               f"<a href='{html.escape(TOP_UP_URL)}'>top up</a></span>") if self.low else ""
-        return ("<table><tr><th style='text-align:left'>Credit balance</th>"
-                f"<td style='color:{colour}'>${self.balance:.2f}{low}</td></tr>"
-                f"<tr><th style='text-align:left'>Spent this month</th>"
-                f"<td>${self.spend_this_month:.4f}</td></tr>"
-                f"<tr><th style='text-align:left'>Top-ups (all time)</th>"
-                f"<td>${self.top_ups_total:.2f}</td></tr>"
-                f"<tr><th style='text-align:left'>Transactions</th>"
-                f"<td>{self.transactions}</td></tr></table>")
+        if self.balance is None:
+            balance = html.escape("not tracked yet") + (
+                " — record it with <code>cencori-nb credits set-balance AMOUNT</code> (the "
+                f"balance at <a href='{html.escape(TOP_UP_URL)}'>cencori.com</a>)")
+            colour = "inherit"
+        else:
+            colour = "#b00020" if self.low else "inherit"
+            low = (f" <span style='color:#b00020'>low — under ${LOW_BALANCE_USD}; "
+                   f"<a href='{html.escape(TOP_UP_URL)}'>top up</a></span>") if self.low else ""
+            balance = f"${self.balance:.2f}{low}"
+        rows = [f"<tr><th style='text-align:left'>Credit balance</th>"
+                f"<td style='color:{colour}'>{balance}</td></tr>"]
+        for label, text in self._lines()[1:]:
+            rows.append(f"<tr><th style='text-align:left'>{html.escape(label)}</th>"
+                        f"<td>{html.escape(text)}</td></tr>")
+        return "<table>" + "".join(rows) + "</table>"
 
 
 def credits(*, ledger: Ledger | None = None) -> CreditsSummary:
-    """Balance, low flag (under $5), top-ups total, and credits charged this UTC month."""
+    """Balance (None until one is recorded), low flag (under $5), top-ups total, credits
+    spent and all spend including BYOK this UTC month."""
     led = _ledger(ledger)
     with led.locked() as conn:
-        bal = _balance_pusd(conn)
+        last = conn.execute("SELECT balance_after_pusd FROM wallet_transactions "
+                            "ORDER BY id DESC LIMIT 1").fetchone()
         topups, count = conn.execute(
             "SELECT COALESCE(SUM(CASE WHEN kind = 'topup' THEN amount_pusd END), 0), COUNT(*) "
             "FROM wallet_transactions").fetchone()
-        (spent,) = conn.execute(   # the daily rollup: a month is whole UTC days
-            "SELECT COALESCE(SUM(credits_charged_pusd), 0) FROM requests_daily "  # noqa: S608
-            f"WHERE {BILLED_SQL} AND day >= ?",   # (BILLED_SQL is a constant)
-            (month_start_ms() // DAY_MS,)).fetchone()
-    balance_usd = from_pusd(bal) or Decimal(0)
-    return CreditsSummary(balance=balance_usd, low=balance_usd < LOW_BALANCE_USD,
-                          top_ups_total=from_pusd(int(topups)) or Decimal(0),
-                          spend_this_month=from_pusd(int(spent)) or Decimal(0),
-                          transactions=int(count))
+        # the daily rollup: whole UTC days. All spend sums every row's stored cost, as the
+        # budgets do (month_cost); BILLED_SQL is a constant
+        sql = (f"SELECT COALESCE(SUM(CASE WHEN {BILLED_SQL} THEN credits_charged_pusd END), "  # noqa: S608
+               "0), COALESCE(SUM(cost_pusd), 0) FROM requests_daily WHERE day >= ?")
+        credits_spent, all_spend = conn.execute(
+            sql, (month_start_ms() // DAY_MS,)).fetchone()
+    balance_usd = None if last is None else from_pusd(int(last[0])) or Decimal(0)
+    return CreditsSummary(
+        balance=balance_usd, tracked=balance_usd is not None,
+        low=balance_usd is not None and balance_usd < LOW_BALANCE_USD,
+        top_ups_total=from_pusd(int(topups)) or Decimal(0),
+        credits_spent_this_month=from_pusd(int(credits_spent)) or Decimal(0),
+        all_spend_this_month=from_pusd(int(all_spend)) or Decimal(0),
+        transactions=int(count))
+
+
+# --------------------------------------------------------------------------- reconcile
+
+PERIODS = ("1h", "24h", "7d", "30d", "mtd")      # what Cencori's Metrics API accepts
+# Cencori rounds cost.total_usd to 4 decimals (Math.round(x * 10000) / 10000).
+GATEWAY_ROUNDING_USD = Decimal("0.00005")
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """The ledger's managed spend against the gateway's for one period.
+
+    ``drift_usd`` = ``gateway_usd`` − ``ledger_usd``: positive when the gateway charged more
+    than this ledger recorded (requests made elsewhere with the same key, or rows lost),
+    negative when the ledger holds more. Within ±$0.00005 it is the gateway's rounding.
+    """
+
+    period: str
+    project: str
+    start: datetime
+    end: datetime
+    ledger_usd: Decimal
+    gateway_usd: Decimal
+    drift_usd: Decimal
+    ledger_requests: int
+    gateway_requests: int
+
+    @property
+    def within_rounding(self) -> bool:
+        return abs(self.drift_usd) <= GATEWAY_ROUNDING_USD
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"period": self.period, "ledger_usd": str(self.ledger_usd),
+                "gateway_usd": str(self.gateway_usd), "drift_usd": str(self.drift_usd),
+                "project": self.project, "start": self.start.isoformat(),
+                "end": self.end.isoformat(), "ledger_requests": self.ledger_requests,
+                "gateway_requests": self.gateway_requests,
+                "within_rounding": self.within_rounding}
+
+    def __str__(self) -> str:
+        verdict = ("in agreement (within the gateway's rounding to $0.0001)"
+                   if self.within_rounding else
+                   "the gateway reports MORE than the ledger recorded" if self.drift_usd > 0
+                   else "the ledger recorded MORE than the gateway reports")
+        return (f"Managed (credits) spend, project {self.project!r}, period {self.period} "
+                f"({self.start:%Y-%m-%d %H:%M} → {self.end:%Y-%m-%d %H:%M} UTC):\n"
+                f"  ledger:  ${self.ledger_usd:.6f} ({self.ledger_requests} requests)\n"
+                f"  gateway: ${self.gateway_usd:.6f} ({self.gateway_requests} requests, "
+                "Cencori Metrics API)\n"
+                f"  drift:   ${self.drift_usd:+.6f}: {verdict}")
+
+    def _repr_html_(self) -> str:
+        return "<pre>" + html.escape(str(self)) + "</pre>"
+
+
+def _parse_gateway_time(value: Any, what: str) -> datetime:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        raise CreditsError(f"The gateway's metrics had an unreadable {what}: {value!r}.") \
+            from None
+
+
+def reconcile(period: str = "24h", *, project: str | None = None,
+              ledger: Ledger | None = None) -> Reconciliation:
+    """Compare the ledger's managed spend with Cencori's for the same period.
+
+    Asks the gateway's Metrics API (``GET /api/v1/metrics?period=…`` with the project's
+    Cencori key; the sandbox when one is configured) for ``cost.total_usd`` and sums the
+    credits charged on this ledger's managed rows between the ``start_date`` and
+    ``end_date`` the gateway reports, so both sides cover the same window. Test-key rows
+    count 0 on both sides. The gateway counts every client using that key; the ledger only
+    this machine's requests.
+    """
+    import httpx2
+
+    from . import settings as settings_mod
+    from . import transport
+    from .keystore import default_store
+    from .providers import get_provider
+    from .router import CENCORI, _base_url
+
+    if period not in PERIODS:
+        raise ConfigurationError(f"Cannot reconcile over period {period!r}.",
+                                 hint="Use one of: " + ", ".join(PERIODS) + ".")
+    s = settings_mod.load_settings()
+    name = project or s.project
+    key = default_store().cencori_key(name)
+    if key is None:
+        raise ConfigurationError(
+            f"Project {name!r} has no Cencori key, so there is no gateway spend to compare.",
+            hint="Add one with `cencori-nb keys set cencori` (or --project NAME).")
+    base, _ = _base_url(CENCORI, CENCORI, s)
+    adapter = get_provider(CENCORI)
+    request = httpx2.Request("GET", base.rstrip("/") + "/api/v1/metrics",
+                             params={"period": period},
+                             headers={"Authorization": f"Bearer {key.reveal()}"})
+    response = transport.send(request, retries=1, map_error=adapter.map_error,
+                              provider=CENCORI)
+    try:
+        body = response.json()
+        gateway = Decimal(str(body["cost"]["total_usd"]))
+        gateway_requests = int(body["requests"]["total"])
+        start = _parse_gateway_time(body["start_date"], "start_date")
+        end = _parse_gateway_time(body["end_date"], "end_date")
+    except (ValueError, KeyError, TypeError, InvalidOperation):
+        raise CreditsError("The gateway's metrics answer did not have cost.total_usd, "
+                           "requests.total, start_date and end_date.",
+                           hint="Check the base URL (settings.base_urls['cencori']).") \
+            from None
+    start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+    (pusd, count), = _ledger(ledger).query(
+        "SELECT COALESCE(SUM(credits_charged_pusd), 0), COUNT(*) FROM requests "
+        "WHERE route = 'managed' AND project = ? AND ts_ms >= ? AND ts_ms <= ? "
+        "AND status != 'cached'", (name, start_ms, end_ms))
+    ledger_usd = from_pusd(int(pusd)) or Decimal(0)
+    return Reconciliation(period=period, project=name, start=start, end=end,
+                          ledger_usd=ledger_usd, gateway_usd=gateway,
+                          drift_usd=gateway - ledger_usd, ledger_requests=int(count),
+                          gateway_requests=gateway_requests)
 
 
 def _reset_for_tests() -> None:

@@ -110,9 +110,9 @@ def test_credits_top_up_set_balance_and_show(capsys: pytest.CaptureFixture[str])
     assert code == 0 and "adjustment" in out and "$4.5" in out
     code, out, _ = _run(capsys, "credits", "--json")
     summary = json.loads(out)
-    assert summary == {"balance": "4.5", "low": True, "top_ups_total": "25",
-                       "spend_this_month": "0", "transactions": 2,
-                       "low_balance_threshold": "5"}
+    assert summary == {"tracked": True, "balance": "4.5", "low": True, "top_ups_total": "25",
+                       "credits_spent_this_month": "0", "all_spend_this_month_incl_byok": "0",
+                       "transactions": 2, "low_balance_threshold": "5"}
     code, out, _ = _run(capsys, "credits")
     assert "Balance: $4.50" in out and "low" in out
     assert wallet.balance() == Decimal("4.5")
@@ -162,5 +162,5 @@ def test_console_entry_point(private_home: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "cencori_nb", "credits", "--json"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["balance"] == "0"
+    assert json.loads(proc.stdout)["balance"] is None     # not tracked yet, not "$0"
     assert (private_home / "ledger.sqlite").exists()

@@ -15,10 +15,20 @@ from cencori_nb.wallet import LowBalanceWarning
 
 
 def test_empty_wallet() -> None:
-    """Before any transaction the balance is 0 and the summary says low."""
+    """Before any balance is recorded the summary says it is not tracked and how to set it
+    (it used to say "$0.00, low"); balance() itself stays 0."""
     assert wallet.balance() == Decimal(0)
     summary = wallet.credits()
-    assert summary.balance == 0 and summary.low and summary.transactions == 0
+    assert summary.balance is None and not summary.tracked and summary.transactions == 0
+    assert summary.low is False
+    text = str(summary)
+    assert "not tracked yet" in text and "cencori-nb credits set-balance" in text
+    assert text.splitlines()[0].startswith("Balance not tracked yet")
+    assert "$0.00" not in text.splitlines()[0] and "low" not in text
+    assert "not tracked yet" in summary._repr_html_()
+    assert summary.to_dict()["balance"] is None and summary.to_dict()["tracked"] is False
+    wallet.set_balance(0)
+    assert wallet.credits().tracked and wallet.credits().low
 
 
 def test_top_up_debit_refund_adjust_with_balances() -> None:
@@ -100,7 +110,8 @@ def test_set_balance_accepts_zero() -> None:
 
 
 def test_credits_summary_and_html() -> None:
-    """Summary: balance, low, top-ups total, credits charged this month (ok rows only)."""
+    """Summary: balance, low, top-ups total, credits spent and all spend incl. BYOK this
+    month, labelled as different figures."""
     wallet.top_up(20)
     wallet.top_up("2.5")
     led = default_ledger()
@@ -108,13 +119,18 @@ def test_credits_summary_and_html() -> None:
                          ts_ms=now_ms()))
     led.record(LedgerRow("m2", "p", "openai", "managed", status="error",
                          credits_charged_usd=Decimal(0)))
+    led.record(LedgerRow("b1", "p", "openai", "byok", provider_cost_usd=Decimal("0.5"),
+                         ts_ms=now_ms()))
     wallet.debit("m1", Decimal("0.75"), project="p")
     summary = wallet.credits()
     assert summary.balance == Decimal("21.75")
     assert summary.low is False
     assert summary.top_ups_total == Decimal("22.5")
-    assert summary.spend_this_month == Decimal("0.75")
+    assert summary.credits_spent_this_month == Decimal("0.75")
+    assert summary.all_spend_this_month == Decimal("1.25")
     assert summary.to_dict()["balance"] == "21.75"
+    assert "Credits spent this month (charged to the Cencori wallet): $0.7500" in str(summary)
+    assert "All spend this month incl. BYOK" in str(summary) and "$1.2500" in str(summary)
     assert "$21.75" in summary._repr_html_() and "low" not in summary._repr_html_()
     wallet.set_balance(1)
     assert "low" in wallet.credits()._repr_html_()

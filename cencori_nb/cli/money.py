@@ -8,6 +8,7 @@
     cencori-nb credits set-balance AMOUNT
     cencori-nb credits transactions [--json]
     cencori-nb credits budget [--project P] [--soft USD|none] [--hard-cap USD|none]
+    cencori-nb credits reconcile [--period 1h|24h|7d|30d|mtd] [--project P] [--json]
 
 JSON and CSV keep money exact (decimal strings). pandas is not loaded: these read the
 ledger directly, so the commands start fast.
@@ -75,6 +76,15 @@ def register(subparsers: Any) -> None:
                         help="refuse requests past this; 'none' removes it")
     budget.add_argument("--json", action="store_true")
     budget.set_defaults(handler=_budget)
+    rec = sub.add_parser("reconcile", help="the ledger's managed spend vs the gateway's",
+                         description="Compare the credits this ledger recorded with what "
+                         "Cencori's Metrics API reports for the same period.")
+    rec.add_argument("--period", choices=("1h", "24h", "7d", "30d", "mtd"), default="24h",
+                     help="the gateway's period (default 24h)")
+    rec.add_argument("--project", help="the project (default: the current one)")
+    rec.add_argument("--json", action="store_true",
+                     help="period, ledger_usd, gateway_usd, drift_usd (decimal strings)")
+    rec.set_defaults(handler=_reconcile)
 
 
 def _iso(ts_ms: int) -> str:
@@ -237,8 +247,19 @@ def _budget(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"Project {project}: spent ${spent:.4f} this month · soft budget "
+        print(f"Project {project}: all spend incl. BYOK ${spent:.4f} this month · soft budget "
               f"{'$' + str(ps.soft_budget_usd) if ps.soft_budget_usd is not None else 'none'}"
               f" · hard cap "
               f"{'$' + str(ps.hard_cap_usd) if ps.hard_cap_usd is not None else 'none'}")
+    return 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from .. import wallet
+
+    result = wallet.reconcile(args.period, project=args.project)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result)
     return 0

@@ -128,6 +128,10 @@ def _dollars(value: float) -> str:
 def _credits(magics: CencoriMagics, args: LineArgs) -> None:
     from .. import wallet
 
+    if args.action == "reconcile":
+        result = wallet.reconcile(args.period, project=args.project)
+        show(bundle(str(result), text_html=result._repr_html_()))
+        return
     summary = wallet.credits()
     show(bundle(str(summary), text_html=summary._repr_html_()))
 

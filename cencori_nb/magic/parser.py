@@ -178,7 +178,8 @@ class LineArgs:
     model: str | None = None             # route MODEL
     route: str = "auto"                  # route --route
     since: str | None = None             # usage --since
-    action: str | None = None            # cache clear | sandbox on/off
+    action: str | None = None            # cache clear | sandbox on/off | credits reconcile
+    period: str = "24h"                  # credits reconcile --period
     url: str | None = None               # sandbox on URL
     port: int = 0                        # sandbox on --port
 
@@ -200,7 +201,10 @@ def _line_parser() -> MagicParser:
     s = sub.add_parser("usage")
     s.add_argument("--since", default=None)
     s.add_argument("--project", default=None)
-    sub.add_parser("credits")
+    s = sub.add_parser("credits")
+    s.add_argument("action", nargs="?", choices=("reconcile",), default=None)
+    s.add_argument("--period", choices=("1h", "24h", "7d", "30d", "mtd"), default="24h")
+    s.add_argument("--project", default=None)
     s = sub.add_parser("use")
     s.add_argument("project")
     s = sub.add_parser("cache")
@@ -263,7 +267,9 @@ HELP = """\
 %cencori route MODEL [--provider P] [--route R] [--project P]
                                  explain which provider, route and key would be used
 %cencori usage [--since 7d]      usage table and chart
-%cencori credits                 credit wallet: balance, top-ups, spend this month
+%cencori credits                 credit wallet: balance, credits spent, all spend incl. BYOK
+%cencori credits reconcile [--period 1h|24h|7d|30d|mtd]
+                                 ledger's managed spend vs the gateway's (Metrics API)
 %cencori use PROJECT             current project for this kernel
 %cencori cache clear             forget cached replies
 %cencori sandbox on [URL] | off  use the offline sandbox instead of real providers

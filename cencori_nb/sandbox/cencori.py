@@ -9,14 +9,23 @@ sandbox wallet by ``cost_usd`` = provider cost × 1.5. A wallet at or below zero
 
 Native errors are flat ``{"error", "message", "code", …extras}``; the ``/v1`` door uses
 OpenAI's nested shape (so the openai SDK reads it) with the same Cencori codes and extras.
+
+A test key (``csk_test_…``) is free, as at Cencori: its answers carry ``cost_usd`` 0 and
+debit nothing. ``GET /api/v1/metrics?period=1h|24h|7d|30d|mtd`` (also ``/v1/metrics``) is
+Cencori's Metrics API for the calling key's requests, in the shape of cencori/cencori
+``app/api/v1/metrics/route.ts`` and its docs page ``app/docs/api/metrics/page.tsx``.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import time
+import weakref
 from collections.abc import Iterable
-from decimal import Decimal
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from .common import (
@@ -29,10 +38,11 @@ from .common import (
     dumps,
     json_str,
     max_tokens_of,
+    new_id,
 )
 from .openai import MODELS, NOT_FOUND_MARK, SANDBOX_TAG, OpenAIDoor, read_openai_chat
 from .replies import Reply
-from .wallet import gateway_charge, provider_cost
+from .wallet import Wallet, gateway_charge, provider_cost
 
 __all__ = ["DEFAULT_MODEL", "GATEWAY_PROVIDERS", "CencoriNativeDoor", "CencoriOpenAIDoor",
            "route_model"]
@@ -95,6 +105,111 @@ def _cencori_key(req_headers: dict[str, str]) -> str | None:
     return (key.strip() or None) if key else bearer(req_headers)
 
 
+def _is_test_key(key: str | None) -> bool:
+    return bool(key) and key.startswith("csk_test_")  # type: ignore[union-attr]
+
+
+# --- the Metrics API's request log -------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class _Logged:
+    """One gateway request as Cencori's ``ai_requests`` table keeps it (for /v1/metrics)."""
+
+    ts: float
+    key: str
+    status: str                 # success | error
+    cost_usd: Decimal
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: int
+    provider: str | None
+    model: str | None
+
+
+class _RequestLog:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entries: list[_Logged] = []
+
+    def add(self, entry: _Logged) -> None:
+        with self.lock:
+            self.entries.append(entry)
+
+
+# One log per wallet object: the server's reset() makes a new Wallet, so the log resets with
+# the balance, and this module needs no hook in the server.
+_LOGS: weakref.WeakKeyDictionary[Wallet, _RequestLog] = weakref.WeakKeyDictionary()
+_LOGS_LOCK = threading.Lock()
+
+
+def _log_of(ex: Exchange) -> _RequestLog:
+    wallet = ex.server.wallet
+    with _LOGS_LOCK:
+        log = _LOGS.get(wallet)
+        if log is None:
+            log = _LOGS[wallet] = _RequestLog()
+    return log
+
+
+_PERIODS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7),
+            "30d": timedelta(days=30)}
+
+
+def _period_start(period: str, end: datetime) -> datetime:
+    if period == "mtd":      # month to date (Cencori's server runs in UTC)
+        return end.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return end - _PERIODS.get(period, _PERIODS["24h"])    # unknown: 24h, as Cencori does
+
+
+def _round(value: Decimal, places: int) -> float:
+    """JavaScript's ``Math.round(x * 10**places) / 10**places`` (half up), as Cencori rounds."""
+    return float(value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP))
+
+
+def _iso(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def metrics_body(entries: list[_Logged], key: str, period: str, end: datetime) -> dict[str, Any]:
+    """The Metrics API response for ``key``'s requests in the period ending at ``end``."""
+    start = _period_start(period, end)
+    lo, hi = start.timestamp(), end.timestamp()
+    rows = [e for e in entries if e.key == key and lo <= e.ts <= hi]
+    total = len(rows)
+    success = sum(e.status == "success" for e in rows)
+    cost = sum((e.cost_usd for e in rows), Decimal(0))
+    latencies = sorted(e.latency_ms for e in rows)
+    providers: dict[str, dict[str, Any]] = {}
+    models: dict[str, dict[str, Any]] = {}
+    for e in rows:
+        for table, name in ((providers, e.provider), (models, e.model)):
+            if name:
+                slot = table.setdefault(name, {"requests": 0, "cost_usd": Decimal(0)})
+                slot["requests"] += 1
+                slot["cost_usd"] += e.cost_usd
+    for table in (providers, models):
+        for slot in table.values():
+            slot["cost_usd"] = _round(slot["cost_usd"], 4)
+
+    def pct(q: float) -> int | None:
+        return latencies[int(len(latencies) * q)] if latencies else None
+
+    prompt = sum(e.prompt_tokens for e in rows)
+    completion = sum(e.completion_tokens for e in rows)
+    return {
+        "period": period, "start_date": _iso(start), "end_date": _iso(end),
+        "requests": {"total": total, "success": success,
+                     "error": sum(e.status == "error" for e in rows), "filtered": 0,
+                     "success_rate": _round(Decimal(success * 100) / total, 2) if total else 0},
+        "cost": {"total_usd": _round(cost, 4),
+                 "average_per_request_usd": _round(cost / total, 6) if total else 0},
+        "tokens": {"prompt": prompt, "completion": completion, "total": prompt + completion},
+        "latency": {"avg_ms": round(sum(latencies) / len(latencies)) if latencies else 0,
+                    "p50_ms": pct(0.5), "p90_ms": pct(0.9), "p99_ms": pct(0.99)},
+        "providers": providers, "models": models,
+    }
+
+
 def _key_problem(key: str | None) -> str | None:
     if not key:
         return "missing_key"
@@ -154,6 +269,9 @@ class _Gateway:
                                   "message": (message or default_message) + SANDBOX_TAG,
                                   "code": code or default_code}
         headers: Headers = [("X-Request-Id", ex.request_id)]
+        if ex.key and _key_problem(ex.key) is None:    # a project's request that failed
+            _log_of(ex).add(_Logged(time.time(), ex.key, "error", Decimal(0), 0, 0,
+                                    ex.elapsed_ms(), None, ex.model))
         if fields["code"] == "credit_balance_exhausted":
             fields["balance"] = float(max(ex.server.wallet.balance, Decimal(0)))
             fields["top_up_url"] = TOP_UP_URL
@@ -202,12 +320,38 @@ class _Gateway:
 
     @staticmethod
     def charge(call: ChatCall, reply: Reply) -> Decimal:
+        if call.extra.get("test_key"):
+            return Decimal(0)             # csk_test_ keys: no charges
         cost = provider_cost(call.provider, call.model, reply.input_tokens,
                              reply.output_tokens) or Decimal(0)
         return gateway_charge(cost)
 
     def settle(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
-        ex.server.wallet.debit(self.charge(call, reply))
+        charge = self.charge(call, reply)
+        if charge:
+            ex.server.wallet.debit(charge)
+        _log_of(ex).add(_Logged(time.time(), ex.key or "", "success", charge,
+                                reply.input_tokens, reply.output_tokens, ex.elapsed_ms(),
+                                call.provider, call.model))
+
+    def handle_metrics(self, ex: Exchange) -> None:
+        """``GET /api/v1/metrics?period=…``: Bearer key only, 401 ``{"error": …}`` as Cencori."""
+        ex.request_id = new_id("req_")
+        auth = ex.req.headers.get("authorization") or ""
+        key = auth.replace("Bearer ", "", 1).strip() if auth else ""
+        headers: Headers = [("X-Request-Id", ex.request_id)]
+        if not key:
+            ex.send_json(401, {"error": "Missing API key. Use Authorization: Bearer <api_key>"},
+                         headers)
+            return
+        if _key_problem(key):
+            ex.send_json(401, {"error": "Invalid API key"}, headers)
+            return
+        period = ex.req.query.get("period") or "24h"
+        log = _log_of(ex)
+        with log.lock:
+            entries = list(log.entries)
+        ex.send_json(200, metrics_body(entries, key, period, datetime.now(UTC)), headers)
 
     def models(self) -> Iterable[tuple[str, str]]:
         return GATEWAY_MODELS
@@ -238,7 +382,8 @@ class CencoriNativeDoor(_Gateway, Door):
             max_tokens_of(body.get("max_tokens"), "max_tokens")
         fields.pop("include_usage")
         provider, upstream = self.routed(fields.pop("model"))
-        return ChatCall(model=upstream, provider=provider, **fields)
+        return ChatCall(model=upstream, provider=provider, **fields,
+                        extra={"test_key": _is_test_key(ex.key)})
 
     async def respond(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
         finish = "length" if reply.truncated else "stop"
@@ -285,7 +430,8 @@ class CencoriOpenAIDoor(_Gateway, OpenAIDoor):
             raise BadRequest("The request body is not valid JSON.") from None
         fields = read_openai_chat(body, default_model=DEFAULT_MODEL)
         provider, upstream = self.routed(fields.pop("model"))
-        return ChatCall(model=upstream, provider=provider, **fields)
+        return ChatCall(model=upstream, provider=provider, **fields,
+                        extra={"test_key": _is_test_key(ex.key)})
 
     def usage_extra(self, call: ChatCall, reply: Reply) -> dict[str, Any]:
         return {}

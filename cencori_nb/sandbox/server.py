@@ -324,6 +324,8 @@ class SandboxServer:
         try:
             if handler == "chat":
                 await door.handle_chat(ex)
+            elif handler == "metrics":      # Cencori's Metrics API (sandbox/cencori.py)
+                door.handle_metrics(ex)  # type: ignore[attr-defined]
             else:
                 await door.handle_models(ex)
         except asyncio.CancelledError:
@@ -367,11 +369,14 @@ class SandboxServer:
             want = ("POST", "/v1/chat/completions", "chat", self._doors["cencori-v1"])
         elif path == "/v1/models":
             want = ("GET", "/v1/models", "models", self._doors["cencori-v1"])
+        elif path in ("/api/v1/metrics", "/v1/metrics"):
+            want = ("GET", path, "metrics", self._doors["cencori-v1"])
         if want is None:
             raise HttpError(404, f"No sandbox route for {method} {path}. Routes: "
                             "/openai/v1/chat/completions, /<provider>/v1/chat/completions, "
                             "/anthropic/v1/messages, /google/v1beta/models/{model}:"
                             "generateContent, /api/ai/chat, /v1/chat/completions, /v1/models, "
+                            "/api/v1/metrics, "
                             "/_sandbox/stats.")
         if method != want[0]:
             raise HttpError(405, f"{method} is not allowed on {want[1]}; use {want[0]}.")

@@ -252,11 +252,17 @@ class ProvidersPanel(w.VBox):
 
 
 def credits_html(summary: CreditsSummary) -> str:
-    """The credits section: balance, low-balance warning, top-ups, spend this month."""
-    parts = [f"Balance: <b>${summary.balance:.2f}</b>"]
+    """The credits section: balance (or "not tracked yet"), low-balance warning, top-ups,
+    credits spent and all spend including BYOK (two different figures, labelled so)."""
+    if summary.balance is None:
+        parts = ["Balance: <b>not tracked yet</b> — record it with "
+                 "<code>cencori-nb credits set-balance AMOUNT</code>."]
+    else:
+        parts = [f"Balance: <b>${summary.balance:.2f}</b>"]
     if summary.low:
         parts.append("<span style='color:#b00020'>Low balance (under $5): top up with "
                      "<code>cencori-nb credits top-up AMOUNT</code>.</span>")
     parts.append(f"Recorded top-ups: ${summary.top_ups_total:.2f}")
-    parts.append(f"Spend this month: ${summary.spend_this_month:.4f}")
+    parts.append(f"Credits spent this month: ${summary.credits_spent_this_month:.4f}")
+    parts.append(f"All spend this month incl. BYOK: ${summary.all_spend_this_month:.4f}")
     return "<br>".join(parts)
