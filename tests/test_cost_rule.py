@@ -13,19 +13,22 @@ import sqlite3
 import uuid
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cencori_nb
-from cencori_nb import accounting, keys, reports
+from cencori_nb import accounting, keys, pricing, reports
 from cencori_nb.cli import main as cli_main
 from cencori_nb.errors import BudgetExceededError
 from cencori_nb.ledger import DERIVE, Ledger, LedgerRow, default_ledger, from_pusd, to_pusd
 from cencori_nb.migrations import migrate
 from cencori_nb.sandbox.server import SandboxServer
 from cencori_nb.settings import update_project, update_settings
+from cencori_nb.tokens import estimate_messages_tokens
+from tests.test_magic import ipython, run, shell, texts  # noqa: F401  (fixtures)
 
 OPENAI_KEY = "sk-test-costrule-" + "A" * 20 + "c0s7"
 
@@ -182,3 +185,21 @@ def test_settle_stores_the_value_it_computed() -> None:
     assert c.cost_usd is not DERIVE and c.cost_usd == c.provider_cost_usd * Decimal("1.1")
     (row,) = default_ledger().rows()
     assert row.cost_usd == c.cost_usd
+
+
+def test_ask_json_and_dry_run_use_the_same_rule(
+        byok_ten_percent: SandboxServer, capsys: pytest.CaptureFixture[str],
+        shell: Any) -> None:  # noqa: F811
+    """`ask --json` carries cost_usd (price + fee) and test_mode; the magic's dry run
+    estimates price + fee too (it showed the bare provider price)."""
+    assert cli_main(["ask", "-m", "gpt-4o", "--max-tokens", "20", "--json", "fee check"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert Decimal(obj["cost_usd"]) == Decimal(obj["provider_cost_usd"]) * Decimal("1.10")
+    assert obj["test_mode"] is False
+    cap, _ = run(shell, "%%cencori gpt-4o --dry-run --max-tokens 100\nEstimate the fee")
+    line = [t for t in texts(cap) if "dry run" in t][0]
+    price = pricing.estimate_cost("openai", "gpt-4o",
+                                  estimate_messages_tokens(["Estimate the fee"]), 100)
+    assert price is not None
+    assert f"Estimated cost ${price * Decimal('1.10'):.6f}" in line
+    assert f"BYOK fee of ${price / 10:.6f}" in line

@@ -6,10 +6,13 @@ footer (model · route · tokens · cost) goes to stderr, so ``> answer.txt`` ca
 text. ``--json`` prints exactly one JSON object instead::
 
     {"text", "model", "provider", "route", "input_tokens", "output_tokens",
-     "provider_cost_usd", "credits_charged_usd", "cached", "request_id"}
+     "provider_cost_usd", "credits_charged_usd", "cost_usd", "test_mode", "cached",
+     "request_id"}
 
 Money fields are JSON *strings* holding the exact Decimal (``"0.0000297"``), so no precision
-is lost to binary floats; ``provider_cost_usd`` is ``null`` when no price is known.
+is lost to binary floats; ``provider_cost_usd`` and ``cost_usd`` (what it cost you, the one
+rule of :func:`cencori_nb.accounting.cost_of`) are ``null`` when no price is known;
+``test_mode`` is true for a Cencori test key (free).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from ..errors import ConfigurationError
 __all__ = ["JSON_FIELDS", "register"]
 
 JSON_FIELDS = ("text", "model", "provider", "route", "input_tokens", "output_tokens",
-               "provider_cost_usd", "credits_charged_usd", "cached", "request_id")
+               "provider_cost_usd", "credits_charged_usd", "cost_usd", "test_mode", "cached",
+               "request_id")
 
 
 def _positive_int(text: str) -> int:

@@ -193,7 +193,7 @@ _HANDLERS = {"help": _help, "setup": _setup, "providers": _providers, "models": 
 # ----------------------------------------------------------------------------- dry run
 def dry_run(prompt: str, options: dict[str, Any]) -> None:
     """Show the routing decision and an estimated cost; send nothing."""
-    from .. import pricing, router
+    from .. import accounting, pricing, router
     from ..settings import load_settings
     from ..tokens import estimate_messages_tokens
 
@@ -211,12 +211,16 @@ def dry_run(prompt: str, options: dict[str, Any]) -> None:
         lines.append(f"No price known for {decision.provider}/{decision.model}.")
     elif decision.route == "managed":
         markup = load_settings().markup_pct
-        charge = cost * (1 + markup / Decimal(100))
+        charge = accounting.charge_for("managed", cost)
         lines.append(f"Estimated provider cost ${cost:.6f}; charged to Cencori credits "
                      f"≈ ${charge:.6f} (+{markup}% markup).")
     else:
-        lines.append(f"Estimated cost ${cost:.6f}, paid to {decision.provider} with your key "
-                     "(BYOK).")
+        # the one cost rule: provider price plus any BYOK fee the policy charges in credits
+        fee = accounting.charge_for("byok", cost) or Decimal(0)
+        total = accounting.cost_of("byok", cost, fee)
+        fee_note = f" plus a BYOK fee of ${fee:.6f} in credits" if fee else ""
+        lines.append(f"Estimated cost ${total:.6f}: ${cost:.6f} paid to {decision.provider} "
+                     f"with your key (BYOK){fee_note}.")
     display(decision)
     show(notice_bundle(" ".join(lines)))
 
