@@ -72,11 +72,17 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from . import pricing, wallet
-from .errors import BudgetExceededError, CencoriError, LedgerError
+from .errors import (
+    BudgetExceededError,
+    CencoriError,
+    CostConfirmationError,
+    LedgerError,
+    RequestTooLargeError,
+)
 from .ledger import Ledger, LedgerRow, default_ledger, from_pusd, new_client_id, now_ms, to_pusd
 from .settings import Settings, load_settings
 from .types import Completion
@@ -241,6 +247,52 @@ def estimate_for(provider: str, model: str | None, route: str, input_tokens: int
     if cost is None:
         return None, out, assumed
     return cost_of(route, cost, charge_for(route, cost, settings=s)), out, assumed
+
+
+def check_context(provider: str, model: str | None, prompt_tokens: int) -> None:
+    """Refuse, before sending, a prompt (``prompt_tokens``, estimated) larger than the
+    model's context window: :class:`RequestTooLargeError` with both sizes (the provider
+    would refuse it anyway, some only after reading a huge body). Unknown window: no check."""
+    window = pricing.context_window(provider, model)
+    if window and prompt_tokens > window:
+        raise RequestTooLargeError(
+            f"The prompt is about {prompt_tokens:,} tokens but {model} takes at most "
+            f"{window:,} (its context window), so it was not sent.",
+            hint="Shorten the prompt or split it (cencori_nb.map over chunks), or use a model "
+                 "with a larger context window.",
+            prompt_tokens=prompt_tokens, context_window=window, model=model)
+
+
+def confirm_cost(provider: str, model: str | None, route: str, prompt_tokens: int,
+                 max_tokens: int | None, max_cost_usd: Decimal | None, *, free: bool = False,
+                 settings: Settings | None = None) -> None:
+    """Refuse a request whose estimated maximum cost to you (:func:`estimate_for`) is above
+    what was accepted: ``max_cost_usd``, else the ``confirm_above_usd`` setting (default
+    $0.10), with :class:`CostConfirmationError`, on which the faces ask. A model with no
+    known price, a free test key, or ``confirm_above_usd`` None: no check."""
+    s = settings or load_settings()
+    limit = max_cost_usd if max_cost_usd is not None else s.confirm_above_usd
+    if limit is None or free:
+        return
+    estimate, out, assumed = estimate_for(provider, model, route, prompt_tokens, max_tokens,
+                                          settings=s)
+    if estimate is None or estimate <= limit:
+        return
+    allowance = (f"up to {out:,} output tokens" + (" (no max_tokens given: the default "
+                 "allowance)" if assumed else ""))
+    raise CostConfirmationError(
+        f"This request may cost up to {_fmt(estimate)} (about {prompt_tokens:,} prompt tokens "
+        f"and {allowance} of {model} at list price), more than the {_fmt(limit)} accepted "
+        "for one request; nothing was sent.",
+        hint=f"To send it pass max_cost_usd={_round_up(estimate)} (`--max-cost "
+             f"{_round_up(estimate)}` in %%cencori, --yes in the CLI), or lower max_tokens; "
+             "the threshold is the confirm_above_usd setting.",
+        estimate_usd=estimate, limit_usd=limit, model=model)
+
+
+def _round_up(usd: Decimal) -> str:
+    """A short amount at least ``usd`` for a hint (``0.1234`` → ``0.13``)."""
+    return str(usd.quantize(Decimal("0.01"), rounding=ROUND_CEILING))
 
 
 def _held(conn_or_led: Any, project: str) -> Decimal:

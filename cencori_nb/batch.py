@@ -441,6 +441,9 @@ class _Batch:
         self._resume_rows = checkpoint.load() if (checkpoint is not None and resume) else {}
         self._leaders: dict[str, asyncio.Event] = {}
         self._call_kwargs = params.call_kwargs()
+        # A batch under max_cost_usd was estimated as a whole before sending: each row may
+        # cost up to that limit. Without one, each row meets the per-request confirmation.
+        self._accepted = {} if max_cost_usd is None else {"max_cost_usd": max_cost_usd}
 
     # -- bookkeeping --------------------------------------------------------------------
     def pending(self) -> list[int]:
@@ -572,7 +575,8 @@ class _Batch:
             self.outcome.sent += 1
             error: Exception | None = None
             try:
-                completion = await self._achat(prompt, **self._call_kwargs, retries=0)
+                completion = await self._achat(prompt, **self._call_kwargs, retries=0,
+                                               **self._accepted)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001  (one bad row must not sink the batch)

@@ -44,9 +44,10 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from . import accounting, cache, router, transport
+from . import accounting, cache, router, transport, wallet
 from .errors import (
     BadResponseError,
     CencoriError,
@@ -76,11 +77,18 @@ _FALLBACK_ERRORS = (RateLimitError, ProviderTimeoutError, ProviderUnavailableErr
 def _build(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
            model: str | None, provider: str | None, route: str, system: str | None,
            temperature: float | None, max_tokens: int | None, project: str | None,
-           cache_: bool, stream_: bool) -> ChatRequest:
+           cache_: bool, stream_: bool,
+           max_cost_usd: Decimal | float | str | None = None) -> ChatRequest:
     return ChatRequest.from_prompt(prompt_or_messages, system=system, model=model,
                                    provider=provider, route=route, temperature=temperature,
                                    max_tokens=max_tokens, stream=stream_, project=project,
-                                   cache=cache_)
+                                   cache=cache_, max_cost_usd=_usd(max_cost_usd))
+
+
+def _usd(value: Decimal | float | str | None) -> Decimal | None:
+    """``max_cost_usd`` as a Decimal, by the wallet's one rule for amounts."""
+    return None if value is None else wallet.parse_amount(value, allow_zero=True,
+                                                          what="max_cost_usd")
 
 
 # --------------------------------------------------------------------------- shared steps
@@ -142,27 +150,45 @@ def _reserve_args(request: ChatRequest, decision: Decision) -> dict[str, object]
     """Arguments for accounting.reserve; None when the project has no budget (no estimate)."""
     if not decision.budgeted:
         return None
-    est_in = estimate_messages_tokens(m.content for m in request.messages)
     estimate, out, assumed = accounting.estimate_for(
-        decision.provider, decision.model, decision.route, est_in, request.max_tokens)
+        decision.provider, decision.model, decision.route, _prompt_tokens(request),
+        request.max_tokens)
     return {"estimate": estimate, "model": decision.model, "provider": decision.provider,
             "output_tokens": out, "output_assumed": assumed, "test_mode": _test_mode(decision)}
 
 
+def _prompt_tokens(request: ChatRequest) -> int:
+    return estimate_messages_tokens(m.content for m in request.messages)
+
+
+def _confirm(request: ChatRequest, decision: Decision, reservation: Reservation | None) -> None:
+    """Refuse a request above the cost the caller accepted (after the hard cap has had its
+    say: a capped request is refused, not offered); the reservation goes with it."""
+    try:
+        accounting.confirm_cost(decision.provider, decision.model, decision.route,
+                                _prompt_tokens(request), request.max_tokens,
+                                request.max_cost_usd, free=_test_mode(decision))
+    except BaseException:
+        _release(reservation)
+        raise
+
+
 def _reserve(request: ChatRequest, decision: Decision) -> Reservation | None:
-    """Hold the request's estimated maximum cost against a hard cap (may wait; may refuse)."""
+    """Hold the request's estimated maximum cost against a hard cap (may wait; may refuse),
+    then check it against the cost the caller accepted."""
     args = _reserve_args(request, decision)
-    if args is None:
-        return None
-    return _caught_up(accounting.reserve(decision.project, **args))  # type: ignore[arg-type]
+    reservation = None if args is None else _caught_up(
+        accounting.reserve(decision.project, **args))  # type: ignore[arg-type]
+    _confirm(request, decision, reservation)
+    return reservation
 
 
 async def _areserve(request: ChatRequest, decision: Decision) -> Reservation | None:
     args = _reserve_args(request, decision)
-    if args is None:
-        return None
-    return _caught_up(
+    reservation = None if args is None else _caught_up(
         await accounting.areserve(decision.project, **args))  # type: ignore[arg-type]
+    _confirm(request, decision, reservation)
+    return reservation
 
 
 def _caught_up(reservation: Reservation | None) -> Reservation | None:
@@ -242,26 +268,37 @@ def chat(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
          model: str | None = None, provider: str | None = None, route: str = "auto",
          system: str | None = None, temperature: float | None = None,
          max_tokens: int | None = None, project: str | None = None, cache: bool = True,
-         retries: int | None = None) -> Completion:
+         retries: int | None = None,
+         max_cost_usd: Decimal | float | str | None = None) -> Completion:
     """Send one prompt (or a list of ``{"role", "content"}`` messages); return the Completion.
 
     ``route`` is ``auto`` (BYOK when an enabled key exists, else managed), ``byok`` or
     ``managed``. A deterministic request (temperature 0 or unset) is answered from the
     response cache when possible (``cache=False`` to skip). ``retries`` bounds the transport's
-    retries (default 3). Raises a :class:`~cencori_nb.errors.CencoriError`.
+    retries (default 3).
+
+    Before sending, a prompt larger than the model's context window is refused
+    (:class:`~cencori_nb.errors.RequestTooLargeError`), and so is a request whose estimated
+    maximum cost is above ``max_cost_usd`` (default: the ``confirm_above_usd`` setting,
+    $0.10): :class:`~cencori_nb.errors.CostConfirmationError` names the estimate; pass a
+    higher ``max_cost_usd`` to send it. Raises a :class:`~cencori_nb.errors.CencoriError`.
     """
     request = _build(prompt_or_messages, model=model, provider=provider, route=route,
                      system=system, temperature=temperature, max_tokens=max_tokens,
-                     project=project, cache_=cache, stream_=False)
+                     project=project, cache_=cache, stream_=False,
+                     max_cost_usd=max_cost_usd)
     return _chat(request, retries)
 
 
 def _prepare(request: ChatRequest) -> tuple[Decision, str | None, Completion | None]:
-    """Route and look in the cache: (decision, cache key, cached answer). The budget
-    reservation follows (sync or async), only on a miss."""
+    """Route and look in the cache: (decision, cache key, cached answer); on a miss, refuse
+    a prompt larger than the model's context window. The budget reservation and the cost
+    confirmation follow (sync or async), only on a miss."""
     decision = _resolve(request)
     _ledger_ready()
     key, hit = _cache_hit(request, decision)
+    if hit is None:
+        accounting.check_context(decision.provider, decision.model, _prompt_tokens(request))
     return decision, key, hit
 
 
@@ -306,11 +343,13 @@ async def achat(prompt_or_messages: str | list[dict[str, str]] | list[Message], 
                 model: str | None = None, provider: str | None = None, route: str = "auto",
                 system: str | None = None, temperature: float | None = None,
                 max_tokens: int | None = None, project: str | None = None, cache: bool = True,
-                retries: int | None = None) -> Completion:
+                retries: int | None = None,
+                max_cost_usd: Decimal | float | str | None = None) -> Completion:
     """The async twin of :func:`chat` (on the running loop's shared connection pool)."""
     request = _build(prompt_or_messages, model=model, provider=provider, route=route,
                      system=system, temperature=temperature, max_tokens=max_tokens,
-                     project=project, cache_=cache, stream_=False)
+                     project=project, cache_=cache, stream_=False,
+                     max_cost_usd=max_cost_usd)
     return await _achat(request, retries)
 
 
@@ -490,7 +529,7 @@ class ChatStream:
     """
 
     def __init__(self, request: ChatRequest, retries: int | None = None) -> None:
-        decision, key, hit = _prepare(request)
+        decision, key, hit = _prepare(request)      # the same first steps as chat()
         self._state = _StreamState(request, decision)
         self._state.key = key
         if hit is not None:
@@ -582,13 +621,15 @@ def stream(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
            model: str | None = None, provider: str | None = None, route: str = "auto",
            system: str | None = None, temperature: float | None = None,
            max_tokens: int | None = None, project: str | None = None, cache: bool = True,
-           retries: int | None = None) -> ChatStream:
+           retries: int | None = None,
+           max_cost_usd: Decimal | float | str | None = None) -> ChatStream:
     """Stream one answer: iterate the returned :class:`ChatStream` for text deltas, then read
     ``.completion``. Same arguments as :func:`chat`. A cut stream raises
     :class:`~cencori_nb.errors.BadResponseError` after settling what arrived."""
     request = _build(prompt_or_messages, model=model, provider=provider, route=route,
                      system=system, temperature=temperature, max_tokens=max_tokens,
-                     project=project, cache_=cache, stream_=True)
+                     project=project, cache_=cache, stream_=True,
+                     max_cost_usd=max_cost_usd)
     return ChatStream(request, retries)
 
 
@@ -611,7 +652,7 @@ class AsyncChatStream:
 
     async def _deltas(self) -> AsyncIterator[str]:
         request = self._request
-        decision, key, hit = _prepare(request)
+        decision, key, hit = _prepare(request)      # the same first steps as achat()
         state = self._state = _StreamState(request, decision)
         state.key = key
         if hit is not None:
@@ -672,10 +713,12 @@ def astream(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
             model: str | None = None, provider: str | None = None, route: str = "auto",
             system: str | None = None, temperature: float | None = None,
             max_tokens: int | None = None, project: str | None = None, cache: bool = True,
-            retries: int | None = None) -> AsyncChatStream:
+            retries: int | None = None,
+            max_cost_usd: Decimal | float | str | None = None) -> AsyncChatStream:
     """Async streaming: ``async for delta in astream(...)``; then ``.completion``."""
     request = _build(prompt_or_messages, model=model, provider=provider, route=route,
                      system=system, temperature=temperature, max_tokens=max_tokens,
-                     project=project, cache_=cache, stream_=True)
+                     project=project, cache_=cache, stream_=True,
+                     max_cost_usd=max_cost_usd)
     return AsyncChatStream(request, retries)
 

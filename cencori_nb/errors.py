@@ -32,6 +32,8 @@ only inside the message, and no message ever contains a secret.
     ├── BudgetError                   local budgets and cost limits
     │   ├── BudgetExceededError       a project's hard cap would be passed
     │   └── CostLimitError            a batch estimate above ``max_cost_usd``
+    │       └── CostConfirmationError one request above the confirmation threshold
+    ├── RequestTooLargeError          a prompt larger than the model's context window
     ├── LocalEnvironmentError         a local file, disk or input the user can fix
     │                                 (from :func:`user_error`)
     └── LedgerError                   the usage ledger cannot record (names the file)
@@ -53,6 +55,7 @@ __all__ = [
     "BudgetExceededError",
     "CencoriError",
     "ConfigurationError",
+    "CostConfirmationError",
     "CostLimitError",
     "CreditsError",
     "CreditsExhaustedError",
@@ -72,6 +75,7 @@ __all__ = [
     "ProviderTimeoutError",
     "ProviderUnavailableError",
     "RateLimitError",
+    "RequestTooLargeError",
     "RoutingError",
     "SpendCapReachedError",
     "UnknownModelError",
@@ -223,6 +227,25 @@ class BudgetExceededError(BudgetError):
 
 class CostLimitError(BudgetError):
     code = "cost_limit"
+
+
+class CostConfirmationError(CostLimitError):
+    """One request's estimated maximum cost (``estimate_usd``) is above what was accepted
+    (``limit_usd``: ``max_cost_usd``, else the ``confirm_above_usd`` setting). Nothing was
+    sent; pass a higher ``max_cost_usd`` (``--yes`` in the CLI) to send it."""
+
+    code = "cost_confirmation"
+    estimate_usd: Any = None
+    limit_usd: Any = None
+
+
+class RequestTooLargeError(CencoriError):
+    """The prompt (``prompt_tokens``, estimated) does not fit the model's context window
+    (``context_window``); nothing was sent."""
+
+    code = "request_too_large"
+    prompt_tokens: int | None = None
+    context_window: int | None = None
 
 
 class LocalEnvironmentError(CencoriError):

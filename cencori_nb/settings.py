@@ -57,6 +57,10 @@ class Settings:
     # Models that may be sent under a hard cap although no price is known for them (they
     # are reserved at $0 and recorded "cost unknown"); every other unpriced model is refused.
     unpriced_models_allowed: list[str] = field(default_factory=list)
+    # One request whose estimated maximum cost is above this is a decision, not an accident:
+    # chat() refuses it unless max_cost_usd covers it, the magic and a terminal CLI ask.
+    # None turns the question off.
+    confirm_above_usd: Decimal | None = Decimal("0.10")
 
     def for_project(self, project: str | None = None) -> ProjectSettings:
         return self.projects.get(project or self.project, ProjectSettings())
@@ -79,8 +83,8 @@ def config_path() -> Path:
 def _decode(raw: dict[str, Any]) -> Settings:
     known = {f.name for f in fields(Settings)}
     data = {k: v for k, v in raw.items() if k in known}
-    for key in ("markup_pct", "byok_fee_pct"):
-        if key in data:
+    for key in ("markup_pct", "byok_fee_pct", "confirm_above_usd"):
+        if data.get(key) is not None:
             data[key] = Decimal(str(data[key]))
     projects = {}
     for name, p in (data.pop("projects", None) or {}).items():

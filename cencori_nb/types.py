@@ -41,6 +41,9 @@ class ChatRequest:
     stream: bool = False
     project: str | None = None
     cache: bool = True
+    # The most this one request may cost you, as the caller accepted it (None: the
+    # ``confirm_above_usd`` setting decides); see accounting.preflight.
+    max_cost_usd: Decimal | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -499,3 +499,55 @@ def test_key_refusal_with_a_locked_store(shell: InteractiveShell, canary: str,
     keystore._reset_for_tests()
     cap, result = run(shell, f"%cencori use {canary}")
     assert_one_error_line(cap, result, "looks like it contains an API key")
+
+
+# ----------------------------------------------------------------------------- costly cells
+def test_costly_cell_asks_in_the_notebook(shell: InteractiveShell, openai_key: str,
+                                          sandbox: Any, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    """Above the $0.10 threshold the cell asks (the kernel's stdin); "n" sends nothing and
+    leaves one error line, "y" sends once; --max-cost accepts upfront without a question."""
+    from cencori_nb import keys
+
+    keys.set("anthropic", "sk-ant-test-magic-" + "Q" * 24 + "z9y8")
+    asked: list[str] = []
+    answers = iter(["n", "y"])
+
+    def fake_input(question: str = "") -> str:
+        asked.append(question)
+        return next(answers)
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    cell = "%%cencori claude-opus-4-1 --max-tokens 4000 --no-stream\nWrite a long essay"
+    cap, result = run(shell, cell)
+    assert_one_error_line(cap, result, "may cost up to $0.30", "--max-cost")
+    assert len(asked) == 1 and asked[0].endswith("Send it? [y/N] ")
+    assert sandbox.stats["requests"] == 0
+    cap, result = run(shell, cell)
+    assert result.error_in_exec is None and sandbox.stats["requests"] == 1
+    assert len(asked) == 2
+    cap, result = run(shell, cell.replace("--no-stream", "--max-cost 0.5 --no-cache"))
+    assert result.error_in_exec is None and sandbox.stats["requests"] == 2
+    assert len(asked) == 2                                   # no question this time
+
+
+def test_costly_cell_without_stdin_is_one_error_line(shell: InteractiveShell, openai_key: str,
+                                                     sandbox: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel that cannot ask (nbval, papermill): the refusal stands, streaming or not."""
+    from IPython.core.error import StdinNotImplementedError
+
+    from cencori_nb import keys
+
+    keys.set("anthropic", "sk-ant-test-magic-" + "Q" * 24 + "z9y8")
+
+    def no_stdin(question: str = "") -> str:
+        raise StdinNotImplementedError("raw_input was called, but this frontend does not "
+                                       "support input requests.")
+
+    monkeypatch.setattr("builtins.input", no_stdin)
+    for flags in ("--no-stream", ""):
+        cap, result = run(shell, f"%%cencori claude-opus-4-1 --max-tokens 4000 {flags}\n"
+                                 "Write a long essay")
+        assert_one_error_line(cap, result, "nothing was sent")
+    assert sandbox.stats["requests"] == 0

@@ -79,7 +79,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--project", "-p", help="project (default: the current project)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (money as decimal strings)")
+    p.add_argument("--max-cost", metavar="USD", default=None,
+                   help="the most this request may cost you (default: the confirm_above_usd "
+                        "setting, $0.10; above it the command asks on a terminal)")
+    p.add_argument("--yes", "-y", action="store_true",
+                   help="send a request above the cost threshold without asking")
     p.set_defaults(handler=_cmd_ask)
+
 
 
 def _prompt(args: argparse.Namespace) -> str:
@@ -118,13 +124,42 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from .. import client
+    from ..errors import CostConfirmationError
 
     prompt = _prompt(args)
     kwargs: dict[str, Any] = {
         "model": args.model, "provider": args.provider, "route": args.route,
         "system": args.system, "temperature": args.temperature,
-        "max_tokens": args.max_tokens, "project": args.project, "cache": not args.no_cache}
+        "max_tokens": args.max_tokens, "project": args.project, "cache": not args.no_cache,
+        "max_cost_usd": args.max_cost}
+    try:
+        return _send(args, prompt, kwargs)
+    except CostConfirmationError as exc:
+        if not (args.yes or _confirmed_on_terminal(exc, reads_prompt=not args.prompt)):
+            raise
+        accepted = exc.estimate_usd
+    # Accepted: up to the estimate the refusal named (nothing was sent the first time).
+    return _send(args, prompt, {**kwargs, "max_cost_usd": accepted})
+
+
+def _confirmed_on_terminal(exc: Any, *, reads_prompt: bool) -> bool:
+    """Ask on the terminal whether to send a request above the cost threshold. No terminal
+    (a pipe, a script, CI), or the prompt came on stdin: no question, the error stands
+    (its hint names --yes)."""
+    if reads_prompt or sys.stdin is None or not sys.stdin.isatty():
+        return False
+    sys.stderr.write(f"cencori-nb: {exc.message} Send it? [y/N] ")
+    sys.stderr.flush()
+    try:
+        answer = sys.stdin.readline()
+    except (OSError, KeyboardInterrupt):
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _send(args: argparse.Namespace, prompt: str, kwargs: dict[str, Any]) -> int:
+    from .. import client
+
     if args.json or args.no_stream:
         completion = client.chat(prompt, **kwargs)
         if args.json:

@@ -25,7 +25,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 from traitlets import Bool, Enum, Int, Unicode, validate
 
-from ..errors import CencoriError, user_error
+from ..errors import CencoriError, CostConfirmationError, user_error
 from .interpolate import interpolate
 from .parser import (
     FORMATS,
@@ -140,7 +140,14 @@ class CencoriMagics(Magics):
 
             dry_run(prompt, options)
             return
-        completion, view = self._send(prompt, options, stream=args.stream and self.stream)
+        try:
+            completion, view = self._send(prompt, options, stream=args.stream and self.stream)
+        except CostConfirmationError as exc:
+            if not _confirmed(exc):
+                raise
+            accepted = exc.estimate_usd      # nothing was sent the first time
+            completion, view = self._send(prompt, {**options, "max_cost_usd": accepted},
+                                          stream=args.stream and self.stream)
         if completion is None:
             return
         rendered = render_completion(completion.text, completion.footer(), fmt,
@@ -167,6 +174,7 @@ class CencoriMagics(Magics):
             "max_tokens": args.max_tokens or self.default_max_tokens,
             "project": args.project,
             "cache": args.cache,
+            "max_cost_usd": args.max_cost,
         }
 
     def _send(self, prompt: str, options: dict[str, Any], *,
@@ -177,12 +185,15 @@ class CencoriMagics(Magics):
 
         if not stream:
             return client.chat(prompt, **options), None
+        # Opened before anything is shown: a refusal (too large, above the accepted cost)
+        # is then a plain error line, or a question, not a half-drawn reply.
+        opened = client.stream(prompt, **options)
         view = StreamView(lambda b: display(b, raw=True, display_id=True),
                           throttle_ms=self.stream_throttle_ms)
         view.start()
         try:
             # The context manager releases the connection on an error or an interrupt.
-            with client.stream(prompt, **options) as chunks:
+            with opened as chunks:
                 for delta in chunks:
                     view.feed(delta)
         except CencoriError as exc:
@@ -251,6 +262,19 @@ def stored_keys() -> frozenset[Secret]:
         return frozenset(default_store().all_secrets())
     except CencoriError:
         return frozenset()
+
+
+def _confirmed(exc: CostConfirmationError) -> bool:
+    """Ask in the notebook (the kernel's stdin) whether to send a request above the cost
+    threshold. A kernel without stdin (nbval, papermill, a script) cannot ask: the error
+    stands, and its hint says how to accept the cost (``--max-cost``)."""
+    from IPython.core.error import StdinNotImplementedError
+
+    try:
+        answer = input(f"{exc.message} Send it? [y/N] ")
+    except (StdinNotImplementedError, EOFError, OSError):
+        return False
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _usage(message: str) -> CencoriError:

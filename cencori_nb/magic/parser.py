@@ -109,6 +109,7 @@ def _positive_int(text: str) -> int:
 _positive_int.__name__ = "positive integer"   # argparse names the type in its error message
 
 
+
 @dataclass(frozen=True)
 class CellArgs:
     """The options of one ``%%cencori`` cell. ``None`` means "use the configured default"."""
@@ -127,6 +128,7 @@ class CellArgs:
     dry_run: bool = False
     help: bool = False
     unsafe_html: bool = False        # -f html shown unsanitised (the user trusts this reply)
+    max_cost: str | None = None      # the most this request may cost (USD), accepted upfront
 
 
 def _cell_parser() -> MagicParser:
@@ -145,6 +147,7 @@ def _cell_parser() -> MagicParser:
     p.add_argument("--project", default=None)
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--unsafe-html", action="store_true")
+    p.add_argument("--max-cost", metavar="USD", default=None)   # checked by the client
     p.add_argument("-h", "--help", action="store_true")
     return p
 
@@ -165,7 +168,7 @@ def parse_cell_line(line: str) -> CellArgs:
                     system=ns.system, temperature=ns.temperature, max_tokens=ns.max_tokens,
                     format=ns.format, output=ns.output, stream=ns.stream, cache=ns.cache,
                     project=ns.project, dry_run=ns.dry_run, help=ns.help,
-                    unsafe_html=ns.unsafe_html)
+                    unsafe_html=ns.unsafe_html, max_cost=ns.max_cost)
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,8 @@ HELP = """\
                                  replies never run as HTML: markdown and html are
                                  sanitised (no scripts, handlers, iframes, images)
   --unsafe-html                  with -f html: show the reply's HTML unsanitised
+  --max-cost USD                 accept up to USD for this request (above the
+                                 confirm_above_usd setting, $0.10, the cell asks)
                                  (only for a reply you trust: it runs in JupyterLab)
   -o VAR                         store the Completion in VAR
   --no-stream, --no-cache, --project P
