@@ -27,16 +27,25 @@ _CENCORI = "cencori"
 
 def set(provider: str, api_key: str | Secret, *, project: str | None = None,  # noqa: A001
         default_model: str | None = None, make_default: bool = False,
-        enabled: bool = True) -> KeyStatus:
+        enabled: bool = True, force: bool = False) -> KeyStatus:
     """Store ``provider``'s key for ``project`` (replacing any stored one).
 
+    ``provider`` is matched case-insensitively (``"OpenAI"`` is ``"openai"``).
     ``default_model`` (optional) is the model used when none is named; ``None`` keeps the
     stored one. ``make_default=True`` makes this provider the project default ("Set as
     project default"). ``enabled=False`` stores it switched off. ``provider="cencori"``
-    stores the managed Cencori project key (same as :func:`set_cencori_key`). Returns the
-    provider's :class:`KeyStatus` row.
+    stores the managed Cencori project key (same as :func:`set_cencori_key`).
+
+    A key that looks wrong is refused (``ConfigurationError``, code ``bad_key_shape``)
+    unless ``force=True``: another provider's prefix (an ``sk-ant-…`` key as the OpenAI
+    key), shorter than 12 characters, or a space inside. Other unusual shapes are stored
+    with a warning. Returns the provider's :class:`KeyStatus` row; its ``replaces`` is the
+    hint of the key it replaced, its ``notes`` the warnings.
     """
     api_key = _wrap(api_key)   # from here on no frame holds the key in clear (tracebacks)
+    from .keystore.store import clean_provider
+
+    provider = clean_provider(provider)
     if provider == _CENCORI:
         if default_model is not None or make_default:
             from .errors import ConfigurationError
@@ -44,19 +53,24 @@ def set(provider: str, api_key: str | Secret, *, project: str | None = None,  # 
             raise ConfigurationError(
                 "The Cencori project key has no default model and cannot be the project "
                 "default provider.", hint="Set those on a provider, e.g. keys.set('openai', …).")
-        row = set_cencori_key(api_key, project=project)
+        row = set_cencori_key(api_key, project=project, force=force)
         if not enabled:
-            row = disable(_CENCORI, project=project)
+            import dataclasses
+
+            row = dataclasses.replace(disable(_CENCORI, project=project),
+                                      replaces=row.replaces, notes=row.notes)
         return row
     return default_store().set_key(provider, api_key, project=project,
                                    default_model=default_model, make_default=make_default,
-                                   enabled=enabled)
+                                   enabled=enabled, force=force)
 
 
-def set_cencori_key(api_key: str | Secret, *, project: str | None = None) -> KeyStatus:
-    """Store the project's Cencori key (``csk_…``), used by the managed route."""
+def set_cencori_key(api_key: str | Secret, *, project: str | None = None,
+                    force: bool = False) -> KeyStatus:
+    """Store the project's Cencori key (``csk_…``), used by the managed route. ``force``
+    lets a short key through, never one without ``csk_``."""
     api_key = _wrap(api_key)
-    return default_store().set_cencori_key(api_key, project=project)
+    return default_store().set_cencori_key(api_key, project=project, force=force)
 
 
 def _wrap(api_key: str | Secret) -> str | Secret:
@@ -92,11 +106,13 @@ def set_default(provider: str, *, project: str | None = None) -> None:
     default_store().set_default(provider, project=project)
 
 
-def rotate() -> int:
+def rotate(*, accept_rollback: bool = False) -> int:
     """New data key and KEK material; every record re-encrypted; nothing lost. With a
     passphrase store, ``CENCORI_NB_PASSPHRASE`` must hold the current passphrase (it gets a
-    new salt). Returns the number of records re-encrypted."""
-    return default_store().rotate()
+    new salt, and stays the protection). ``accept_rollback=True`` accepts on purpose a store
+    file older than the newest generation seen (a restored backup) and re-keys it as the
+    newest. Returns the number of records re-encrypted."""
+    return default_store().rotate(accept_rollback=accept_rollback)
 
 
 def change_passphrase(new_or_old: str, new: str | None = None, *,

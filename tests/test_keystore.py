@@ -301,7 +301,8 @@ def test_truncated_and_emptied_files_are_refused(private_home: Path) -> None:
 
 
 def test_damaged_store_refuses_writes_and_backup_restores(private_home: Path) -> None:
-    """A write on a damaged store fails, leaves it as it was; copying the .bak back works."""
+    """A write on a damaged store fails, leaves it as it was; copying the .bak back is a
+    rollback, refused until accepted on purpose (`keys rotate --accept-rollback`)."""
     keys.set("openai", OPENAI)
     keys.set("groq", "gsk_" + "g" * 20)
     path = _store_path(private_home)
@@ -314,6 +315,10 @@ def test_damaged_store_refuses_writes_and_backup_restores(private_home: Path) ->
     assert str(bak) in str(info.value)
     assert path.read_bytes() == damaged and bak.read_bytes() == bak_bytes
     shutil.copy(bak, path)
+    with pytest.raises(KeystoreError) as info:
+        _fresh().get("openai", "default")
+    assert info.value.code == "keystore_rollback" and "--accept-rollback" in str(info.value)
+    assert keys.rotate(accept_rollback=True) == 1
     store = _fresh()
     assert store.get("openai", "default") is not None and store.get("groq", "default") is None
 

@@ -236,7 +236,8 @@ def test_cli_keys_ask_usage(private_home: Path, sandbox: Any, canary: str, audit
         ("keys set google", ["keys", "set", "google"], GOOGLE_CANARY + "\n"),
         ("keys set anthropic", ["keys", "set", "anthropic"], ANTHROPIC_CANARY),
         ("keys set cencori", ["keys", "set", "cencori"], CENCORI_CANARY + "\r\n"),
-        ("keys set mistral (revoked)", ["keys", "set", "mistral"], REVOKED_CANARY),
+        # an sk- key as Mistral's is refused unless forced (issue 12.5): forced here
+        ("keys set mistral (revoked)", ["keys", "set", "mistral", "--force"], REVOKED_CANARY),
         ("keys set together (plain)", ["keys", "set", "together"], PLAIN_CANARY),
     ]]
     for name, run in runs:
@@ -462,11 +463,16 @@ def test_python_api_and_panel(private_home: Path, sandbox_env: Any, canary: str,
     panel.save_button.click()
     assert panel.key.value == "" and panel.cencori_key.value == ""
     # "Test key" on a key the provider rejects: the status line quotes the provider.
-    browser_types(panel.key, REVOKED_CANARY)
+    browser_types(panel.key, REVOKED_CANARY)      # an sk- key as Mistral's: refused…
     panel.save_button.click()
+    assert "--force" in panel.status.value and panel.key.value == ""
+    browser_types(panel.key, REVOKED_CANARY)      # …then saved on purpose
+    panel.force.value = True
+    panel.save_button.click()
+    assert panel.force.value is False             # one save only
     panel.test_button.click()
     assert "401" in panel.status.value, panel.status.value
-    keys.set("mistral", canary)
+    keys.set("mistral", canary, force=True)
     panel.provider_buttons["openai"].click()
 
     store = default_store()
@@ -830,7 +836,7 @@ def test_magics_outputs_history_and_namespace(private_home: Path, sandbox_env: A
     from cencori_nb.keystore.secret import Secret
 
     _plant_python(canary)
-    keys.set("mistral", REVOKED_CANARY)
+    keys.set("mistral", REVOKED_CANARY, force=True)   # an sk- key as Mistral's: forced
     keys.set("groq", REVOKED_PLAIN)
     shell = ipython
     ipython.user_ns["k"] = Secret(canary)     # what a careful user keeps in the namespace
@@ -1017,7 +1023,7 @@ def test_batch_rows_errors_and_checkpoints(private_home: Path, sandbox_env: Any,
     from cencori_nb import batch, keys
 
     _plant_python(canary)
-    keys.set("mistral", REVOKED_CANARY)
+    keys.set("mistral", REVOKED_CANARY, force=True)   # an sk- key as Mistral's: forced
     keys.set("groq", REVOKED_PLAIN)
     frames = [
         ("openai", batch.map(["one", "two", "three"], model="gpt-4o-mini", temperature=0.7,

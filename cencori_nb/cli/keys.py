@@ -53,6 +53,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--make-default", action="store_true",
                    help="make this provider the project default")
     p.add_argument("--disabled", action="store_true", help="store the key switched off")
+    p.add_argument("--force", action="store_true",
+                   help="store a key that looks wrong (another provider's prefix, shorter "
+                   "than 12 characters, a space inside)")
     p.set_defaults(handler=_cmd_set)
 
     p = sub.add_parser("list", help="list stored keys (hints only)")
@@ -68,7 +71,14 @@ def register(subparsers: Any) -> None:
         project_arg(p)
         p.set_defaults(handler=handler)
 
-    p = sub.add_parser("rotate", help="new data key and key-encryption key; re-encrypt all")
+    p = sub.add_parser("rotate", help="new data key and key-encryption key; re-encrypt all",
+                       description="New data key and key-encryption key; every record is "
+                       "re-encrypted and the backup replaced. A passphrase store keeps its "
+                       "passphrase (CENCORI_NB_PASSPHRASE must hold it); with "
+                       "CENCORI_NB_PASSPHRASE set, a key-file or keyring store switches to it.")
+    p.add_argument("--accept-rollback", action="store_true",
+                   help="accept on purpose a store file older than the newest generation "
+                   "seen (a restored backup or copy), re-keyed as the newest")
     p.set_defaults(handler=_cmd_rotate)
 
     p = sub.add_parser(
@@ -127,12 +137,15 @@ def _cmd_set(args: argparse.Namespace) -> int:
     default_store().projects()   # open the store first: a locked one fails before the prompt
     key = _read_key(provider)
     if provider == _CENCORI:
-        row = keys.set(provider, key, project=project, enabled=not args.disabled)
+        row = keys.set(provider, key, project=project, enabled=not args.disabled,
+                       force=args.force)
     else:
         row = keys.set(provider, key, project=project, default_model=args.default_model,
-                       make_default=args.make_default, enabled=not args.disabled)
+                       make_default=args.make_default, enabled=not args.disabled,
+                       force=args.force)
     del key
-    print(f"Stored {_describe(row, project)}")
+    replaces = f" It replaces the key {row.replaces}." if row.replaces else ""
+    print(f"Stored {_describe(row, project)}{replaces}")
     return 0
 
 
@@ -177,9 +190,12 @@ def _cmd_disable(args: argparse.Namespace) -> int:
 def _cmd_remove(args: argparse.Namespace) -> int:
     from .. import keys
 
+    from ..keystore.store import clean_provider
+
     project = _project(args)
-    keys.remove(args.provider, project=project)
-    print(f"Removed the {args.provider} key of project {project!r}.")
+    provider = clean_provider(args.provider)
+    keys.remove(provider, project=project)
+    print(f"Removed the {provider} key of project {project!r}.")
     return 0
 
 
@@ -187,7 +203,7 @@ def _cmd_rotate(args: argparse.Namespace) -> int:
     from .. import keys
     from ..keystore import default_store
 
-    count = keys.rotate()
+    count = keys.rotate(accept_rollback=args.accept_rollback)
     store = default_store()
     if count == 0 and store.kek_source is None:
         print(f"Nothing to rotate: no key store at {store.path} yet.")

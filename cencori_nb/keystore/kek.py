@@ -31,7 +31,8 @@ from ..home import FILE_MODE, private_umask
 from . import crypto
 from .secret import Secret
 
-__all__ = ["ENV_PASSPHRASE", "KEYRING_SERVICE", "Kek", "is_secure_backend", "load_kek",
+__all__ = ["ENV_PASSPHRASE", "KEYRING_SERVICE", "Kek", "checked_passphrase",
+           "is_secure_backend", "load_kek",
            "new_kek", "new_keyfile_kek", "new_keyring_kek", "new_passphrase_kek",
            "passphrase_from_env", "ref", "retire", "secure_keyring", "validate_header"]
 
@@ -54,10 +55,49 @@ class Kek:
 
 
 def passphrase_from_env() -> Secret | None:
-    """``CENCORI_NB_PASSPHRASE`` if set and non-empty, as a :class:`Secret` (a traceback
-    printed with its frames' values then shows only ``…`` and four characters)."""
+    """``CENCORI_NB_PASSPHRASE`` as a :class:`Secret` (a traceback printed with its frames'
+    values then shows only ``…`` and four characters), or None when it is not set.
+
+    Set but empty (or only whitespace) is a :class:`KeystoreError`, never "no passphrase":
+    a store must not silently end up protected by a key file because a variable was blank.
+    Text that is not valid UTF-8 (bytes the locale could not decode, which Python keeps as
+    lone surrogates) is a :class:`KeystoreError` too, not a ``UnicodeEncodeError``.
+    """
     value = os.environ.get(ENV_PASSPHRASE)
-    return Secret(value) if value else None
+    if value is None:
+        return None
+    return checked_passphrase(Secret(value), ENV_PASSPHRASE)
+
+
+def checked_passphrase(phrase: str | Secret, what: str = "The passphrase") -> Secret:
+    """``phrase`` as a :class:`Secret` if it can protect a store, else a KeystoreError
+    saying why (empty, or not valid UTF-8). The message never contains the passphrase."""
+    secret = phrase if isinstance(phrase, Secret) else Secret(phrase)
+    problem = _passphrase_problem(secret)
+    if problem is None:
+        return secret
+    code, detail, hint = problem
+    raise KeystoreError(f"{what} {detail}", hint=hint, code=code)
+
+
+def _passphrase_problem(secret: Secret) -> tuple[str, str, str] | None:
+    """``(code, detail, hint)`` if ``secret`` is not a usable passphrase, else None (a
+    helper that returns, so no raising frame holds the passphrase in clear)."""
+    clear = secret.reveal()
+    if not isinstance(clear, str):
+        return ("passphrase_invalid", "must be text.", "Pass a str; nothing was changed.")
+    if not clear.strip():
+        return ("passphrase_empty", "is set but empty (or only whitespace).",
+                f"Set it to your passphrase, or unset it (`unset {ENV_PASSPHRASE}`) to use "
+                "a key file or the OS keyring; nothing was read or written.")
+    try:
+        clear.encode("utf-8")
+    except UnicodeEncodeError:
+        return ("passphrase_invalid", "is not valid UTF-8 text (it holds bytes that the "
+                "locale could not decode).",
+                "Set it again from a UTF-8 terminal or file (check `locale`), using only "
+                "text characters; nothing was read or written.")
+    return None
 
 
 # --------------------------------------------------------------------------- keyring
@@ -107,6 +147,7 @@ def secure_keyring() -> Any | None:
 
 def new_passphrase_kek(passphrase: str | Secret) -> Kek:
     """A KEK derived from ``passphrase`` with a fresh salt (one Argon2id run)."""
+    passphrase = checked_passphrase(passphrase)
     params = crypto.Argon2Params.fresh()
     return Kek({"source": "passphrase", "kdf": params.to_json()},
                crypto.derive_kek(passphrase, params))
@@ -128,10 +169,17 @@ def new_keyfile_kek(store_path: Path) -> Kek:
     with private_umask():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
-        os.write(fd, key)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            if os.write(fd, key) != len(key):
+                raise OSError(28, os.strerror(28), str(path))   # a short write: disk full
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        # (a full disk or a size limit: an empty or partial key file must not stay behind)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        raise
     if os.name == "posix":
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -144,7 +192,7 @@ def new_keyfile_kek(store_path: Path) -> Kek:
 def new_kek(store_path: Path, *, passphrase: str | Secret | None, backend: Any | None
             ) -> Kek:
     """Choose the source for a new store (or a rotation) in the documented order."""
-    if passphrase:
+    if passphrase is not None:   # an empty one was refused by checked_passphrase
         return new_passphrase_kek(passphrase)
     if backend is not None:
         try:
@@ -208,6 +256,8 @@ def load_kek(header: dict[str, Any], store_path: Path, *, passphrase: str | Secr
                 hint=f"Set {ENV_PASSPHRASE} to its passphrase in the environment of this "
                 "shell or kernel, then try again.",
                 code="passphrase_required", path=store_path)
+        phrase = checked_passphrase(phrase, "The passphrase given" if passphrase is not None
+                                    else ENV_PASSPHRASE)
         return crypto.derive_kek(phrase, crypto.Argon2Params.from_json(header["kdf"]))
     if source == "keyfile":
         key_path = store_path.parent / header["file"]

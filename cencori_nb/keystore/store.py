@@ -26,12 +26,14 @@ unwrapped data key is cached per wrapped key, so the KDF runs once per process.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import json
 import logging
 import os
 import re
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -40,6 +42,7 @@ from typing import Any
 
 from ..catalog import CENCORI, PROVIDERS, provider_info
 from ..errors import (
+    CencoriError,
     ConfigurationError,
     KeyNotFoundError,
     KeystoreCorruptError,
@@ -62,6 +65,9 @@ PROJECT_SLOT = "@project"        # the record holding project-level choices (def
 _DOC_FIELDS = {"format", "version", "generation", "kek", "dek", "records", "mac"}
 _RECORD_FIELDS = {"project", "provider", "nonce", "ciphertext"}
 _MAX_NAME = 200
+# Errors a second read under the lock cannot cure (the environment is what is wrong).
+_FINAL_CODES = frozenset({"passphrase_required", "passphrase_empty", "passphrase_invalid",
+                          "keystore_locked", "keystore_unreadable", "keyring_unavailable"})
 
 # wrapped-DEK fingerprint -> DEK. A wrapped key this process has opened once is not opened
 # again (no second Argon2id), whichever KeyStore object reads it.
@@ -97,6 +103,10 @@ class KeyStatus:
     key_hint: str
     default_model: str | None
     is_default: bool
+    # Only on the row a write returns: the hint of the key it replaced (None if there was
+    # none, or it was the same key) and notes on an unusual key shape. Not in to_dict().
+    replaces: str | None = field(default=None, compare=False)
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``keys list --json`` object."""
@@ -107,12 +117,16 @@ class KeyStatus:
 # --------------------------------------------------------------------------- validation
 
 def clean_provider(provider: str, *, allow_cencori: bool = True) -> str:
-    """The provider name, or :class:`UnknownProviderError` listing the known ones."""
-    if allow_cencori and provider == CENCORI:
-        return provider
+    """The provider's canonical name (matched case-insensitively, so ``OpenAI`` is
+    ``openai``), or :class:`UnknownProviderError` listing the known ones."""
     if not isinstance(provider, str):
         raise ConfigurationError("The provider name must be a string.")
-    return provider_info(provider).name
+    name = provider.strip().lower()
+    if allow_cencori and name == CENCORI:
+        return name
+    if name in PROVIDERS:
+        return name
+    return provider_info(provider).name   # raises UnknownProviderError, naming what was typed
 
 
 def clean_project(project: str) -> str:
@@ -153,28 +167,66 @@ def clean_model(model: str | None) -> str | None:
     return model
 
 
-def clean_api_key(provider: str, api_key: str | Secret) -> Secret:
+MIN_KEY_LENGTH = 12     # every real provider key is far longer; "hello" or "sk-abc" is a slip
+_MAX_KEY_LENGTH = 512   # longer is possible (JWT-style tokens) but worth a warning
+_USUAL_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+_FORCE_HINT = ("If it really is right, repeat with --force (force=True in Python, \"Save even "
+               "if the key looks wrong\" in the panel).")
+
+
+def clean_api_key(provider: str, api_key: str | Secret, *, force: bool = False,
+                  notes: list[str] | None = None) -> Secret:
     """Validate and normalise an API key; the message never contains the key.
 
     Surrounding whitespace and line breaks (from copy-paste or ``echo key |``) are removed.
-    An empty key, or whitespace, control or non-ASCII characters *inside* the key, is a
-    :class:`ConfigurationError`. A Cencori project key must start with ``csk_``.
+    Always refused: an empty key, control or non-ASCII characters (a line break inside a key
+    would split a request header), and a Cencori project key that does not start with
+    ``csk_``. Refused unless ``force``: a key carrying another provider's known prefix (an
+    ``sk-ant-…`` key as the OpenAI key, a ``csk_…`` key as a provider key), a key shorter than
+    :data:`MIN_KEY_LENGTH`, or a space inside it. Any other unusual shape (no usual prefix,
+    unusual characters, very long) is stored with a note appended to ``notes`` (and logged as
+    a warning). The prefixes come from :data:`cencori_nb.redact.KEY_PREFIXES`.
     """
-    name = "Cencori project" if provider == CENCORI else PROVIDERS[provider].display_name
+    name = _key_name(provider)
     if isinstance(api_key, str):
         api_key = Secret(api_key)
     # The checks run in a helper that *returns* the problem: when the error is raised, no
     # frame in its traceback holds the key in clear (``%xmode Verbose``, ``--showlocals``
     # and error trackers print the locals of every frame they show).
-    problem = _key_problem(provider, name, api_key)
+    found: list[str] = []
+    problem = _key_problem(provider, name, api_key, bool(force), found)
     if problem is not None:
         message, hint = problem
-        raise ConfigurationError(message, hint=hint)
+        raise ConfigurationError(message, hint=hint, code="bad_key_shape", provider=provider)
+    for note in found:
+        log.warning("%s", note)
+    if notes is not None:
+        notes.extend(found)
     return Secret(api_key.reveal().strip())   # type: ignore[union-attr]
 
 
-def _key_problem(provider: str, name: str, api_key: object) -> tuple[str, str | None] | None:
-    """``(message, hint)`` saying what is wrong with ``api_key`` (a Secret), or None."""
+def _key_name(provider: str) -> str:
+    if provider == CENCORI:
+        return "Cencori project"
+    info = PROVIDERS.get(provider)
+    return info.display_name if info is not None else provider
+
+
+def _prefix_owner(raw: str) -> tuple[str, list[str]] | None:
+    """The longest known key prefix ``raw`` starts with and the providers that use it."""
+    from ..redact import KEY_PREFIXES
+
+    matches = [p for p in KEY_PREFIXES if raw.startswith(p)]
+    if not matches:
+        return None
+    prefix = max(matches, key=len)
+    return prefix, KEY_PREFIXES[prefix].split("/")
+
+
+def _key_problem(provider: str, name: str, api_key: object, force: bool,
+                 notes: list[str]) -> tuple[str, str | None] | None:
+    """``(message, hint)`` saying why ``api_key`` (a Secret) is refused, or None; notes on
+    shapes that are only unusual are appended to ``notes``."""
     raw = api_key.reveal() if isinstance(api_key, Secret) else api_key
     if not isinstance(raw, str):
         return (f"The {name} key must be text (a str or a Secret), not "
@@ -182,22 +234,53 @@ def _key_problem(provider: str, name: str, api_key: object) -> tuple[str, str | 
     raw = raw.strip()
     if not raw:
         return f"The {name} key is empty.", "Paste the whole key; nothing was stored."
-    if any(ch.isspace() for ch in raw):
-        return (f"The {name} key contains a space or a line break inside it.",
+    if any(ch.isspace() and ch != " " for ch in raw):
+        return (f"The {name} key contains a line break or a tab inside it.",
                 "A key is one unbroken string: paste it again; nothing was stored.")
-    if any(not 0x21 <= ord(ch) <= 0x7E for ch in raw):
+    if any(not 0x20 <= ord(ch) <= 0x7E for ch in raw):
         return (f"The {name} key contains characters that are not printable ASCII.",
                 "Paste it again from the provider's console; nothing was stored.")
-    if provider == CENCORI:
-        if not raw.startswith("csk_"):
-            return ("A Cencori project key starts with 'csk_'.",
-                    "Copy it from the Cencori dashboard (Project → API keys); nothing was "
-                    "stored.")
-    else:
-        prefix = PROVIDERS[provider].key_prefix
-        if prefix and not raw.startswith(prefix):
-            log.warning("The %s key does not start with %r, the usual prefix; stored anyway.",
-                        name, prefix)
+    if provider == CENCORI and not raw.startswith("csk_"):
+        return ("A Cencori project key starts with 'csk_'.",
+                "Copy it from the Cencori dashboard (Project → API keys); nothing was "
+                "stored.")
+    refusals: list[str] = []
+    if " " in raw:
+        refusals.append("contains a space or a line break inside it (a key is one unbroken "
+                        "string)")
+    if len(raw) < MIN_KEY_LENGTH and provider != "local":
+        # (a local server's key is often a placeholder such as "ollama")
+        refusals.append(f"is only {len(raw)} characters long (real keys are much longer: "
+                        "was only part of it pasted?)")
+    owner = _prefix_owner(raw)
+    if owner is not None and provider != CENCORI:
+        prefix, owners = owner
+        if provider not in owners and not (provider == "local" and prefix == "sk-"):
+            # "sk-" is also what local proxies (LiteLLM) hand out; anything more specific
+            # is a real provider's key in the wrong slot
+            whose = " or ".join(_key_name(o) if o in PROVIDERS or o == CENCORI else o
+                                for o in owners)
+            where = ("cencori-nb keys set cencori" if owners == [CENCORI]
+                     else f"cencori-nb keys set {owners[0]}" if owners[0] in PROVIDERS
+                     else "the right provider")
+            refusals.append(f"starts with {prefix!r}, the prefix of {whose} keys (store it "
+                            f"with `{where}`)")
+    if refusals:
+        if not force:
+            return (f"The key given as the {name} key {'; and it '.join(refusals)}; nothing "
+                    "was stored.", _FORCE_HINT)
+        notes.append(f"The {name} key {'; and it '.join(refusals)}; stored anyway (forced).")
+        return None
+    usual = PROVIDERS[provider].key_prefix if provider in PROVIDERS else "csk_"
+    if usual and not raw.startswith(usual) and owner is None:
+        notes.append(f"The {name} key does not start with {usual!r}, the usual prefix; "
+                     "stored anyway.")
+    if not set(raw) <= _USUAL_KEY_CHARS:
+        notes.append(f"The {name} key contains characters keys rarely have (only letters, "
+                     "digits, '-', '_' and '.' are usual); stored anyway.")
+    if len(raw) > _MAX_KEY_LENGTH:
+        notes.append(f"The {name} key is {len(raw)} characters long, longer than keys "
+                     "usually are; stored anyway.")
     return None
 
 
@@ -274,6 +357,9 @@ class KeyStore:
         self.path = Path(path) if path is not None else home_dir() / STORE_FILE
         self.backup_path = self.path.with_suffix(".bak")
         self.lock_path = self.path.with_suffix(".lock")
+        # the newest generation seen, kept outside the store file (rollback detection)
+        self.seen_path = self.path.with_name(self.path.name + ".generation")
+        self._probing = True            # a wrong passphrase may try the backup (see _probe)
         self._keyring = keyring_backend        # _AUTO: look it up when first needed
         self._lock_timeout = lock_timeout
         self._mutex = threading.RLock()
@@ -354,15 +440,23 @@ class KeyStore:
 
     def set_key(self, provider: str, api_key: str | Secret, *, project: str | None = None,
                 default_model: str | None = None, make_default: bool = False,
-                enabled: bool = True) -> KeyStatus:
-        """Store (or replace) a BYOK key. ``default_model=None`` keeps the stored one."""
+                enabled: bool = True, force: bool = False) -> KeyStatus:
+        """Store (or replace) a BYOK key. ``default_model=None`` keeps the stored one.
+
+        A key of the wrong shape (another provider's prefix, too short, a space inside) is
+        refused unless ``force``; see :func:`clean_api_key`. The returned row's ``replaces``
+        is the hint of the key this one replaced, ``notes`` what was unusual about it."""
         provider = clean_provider(provider, allow_cencori=False)
         project = self._project(project)
-        secret = clean_api_key(provider, api_key)
+        notes: list[str] = []
+        secret = clean_api_key(provider, api_key, force=force, notes=notes)
         model = clean_model(default_model)
+        replaced: list[str] = []
 
         def change(records: dict[tuple[str, str], _Record]) -> None:
             old = records.get((project, provider))
+            if old is not None and old.key is not None and old.key != secret:
+                replaced.append(old.key.hint)
             keep_model = old.default_model if old is not None and model is None else model
             records[(project, provider)] = _Record(secret, bool(enabled), keep_model)
             if make_default:
@@ -370,19 +464,28 @@ class KeyStore:
 
         self._modify(change)
         log.debug("stored a %s key for project %r", provider, project)
-        return self._row(project, provider)
+        return replace(self._row(project, provider), replaces=replaced[0] if replaced else None,
+                       notes=tuple(notes))
 
-    def set_cencori_key(self, api_key: str | Secret, *, project: str | None = None) -> KeyStatus:
-        """Store (or replace) the project's Cencori key (must start with ``csk_``)."""
+    def set_cencori_key(self, api_key: str | Secret, *, project: str | None = None,
+                        force: bool = False) -> KeyStatus:
+        """Store (or replace) the project's Cencori key (must start with ``csk_``; ``force``
+        lets a short one or one with a space through, never one without ``csk_``)."""
         project = self._project(project)
-        secret = clean_api_key(CENCORI, api_key)
+        notes: list[str] = []
+        secret = clean_api_key(CENCORI, api_key, force=force, notes=notes)
+        replaced: list[str] = []
 
         def change(records: dict[tuple[str, str], _Record]) -> None:
+            old = records.get((project, CENCORI))
+            if old is not None and old.key is not None and old.key != secret:
+                replaced.append(old.key.hint)
             records[(project, CENCORI)] = _Record(secret, True)
 
         self._modify(change)
         log.debug("stored the Cencori key for project %r", project)
-        return self._row(project, CENCORI)
+        return replace(self._row(project, CENCORI), replaces=replaced[0] if replaced else None,
+                       notes=tuple(notes))
 
     def set_enabled(self, provider: str, enabled: bool, *, project: str | None = None
                     ) -> KeyStatus:
@@ -426,55 +529,65 @@ class KeyStore:
 
         self._modify(change)
 
-    def rotate(self, *, passphrase: str | Secret | None = None) -> int:
+    def rotate(self, *, passphrase: str | Secret | None = None,
+               accept_rollback: bool = False) -> int:
         """New data key, every record sealed again, new KEK material (a new key file or
-        keyring entry; a new salt for a passphrase, which must be the current one). The
-        backup is replaced by the new generation, so retired key material opens nothing.
-        Returns the number of records re-encrypted (0 if there is no store yet)."""
-        with self._mutex, self._locked():
-            current = self._load_locked()
+        keyring entry; a new salt for a passphrase, which must be the current one: rotating
+        keeps passphrase protection). With ``CENCORI_NB_PASSPHRASE`` set, a key-file or
+        keyring store switches to the passphrase. The backup is replaced by the new
+        generation, so retired key material opens nothing.
+
+        ``accept_rollback=True`` accepts, on purpose, a store file older than the newest
+        generation this home has seen (a restored backup or copy): it is re-keyed and
+        written as the newest generation. Returns the number of records re-encrypted (0 if
+        there is no store yet)."""
+        with self._writing():
+            current = self._load_locked(accept_rollback=accept_rollback)
             if current is None:
                 return 0
             if current.kek_header["source"] == "passphrase":
-                phrase = (Secret(passphrase) if passphrase is not None
-                          else kek.passphrase_from_env())
+                phrase = (kek.checked_passphrase(passphrase, "The passphrase given")
+                          if passphrase is not None else kek.passphrase_from_env())
                 self._verify_passphrase(current, phrase)
                 assert phrase is not None
                 new_kek = kek.new_passphrase_kek(phrase)
             else:
-                new_kek = kek.new_kek(self.path, passphrase=None, backend=self._backend())
-            dek = crypto.new_key()
-            records = {k: replace(r, sealed=None) for k, r in current.records.items()}
-            new = self._wrapped_state(current, new_kek, dek, records)
-            self._commit(current, new, replace_backup=True)
-        log.debug("rotated the key store: %d records re-encrypted", len(records))
-        return len(records)
+                new_kek = kek.new_kek(self.path, passphrase=kek.passphrase_from_env(),
+                                      backend=self._backend())
+            count = len(current.records)
+            self._commit(current, self._rekeyed(current, new_kek, current.records),
+                         replace_backup=True)
+        log.debug("rotated the key store: %d records re-encrypted", count)
+        return count
 
     def change_passphrase(self, new: str | Secret, *,
                           old: str | Secret | None = None) -> None:
-        """Wrap the data key with a KEK from ``new`` (fresh salt). ``old`` (default: the
+        """Protect the store with ``new``: a new data key, every record sealed again, the
+        data key wrapped by a KEK from ``new`` (fresh salt). ``old`` (default: the
         environment, or this process's open store) must open the store when it is
-        passphrase-protected. The backup is replaced by the new generation, so the old
-        passphrase opens nothing afterwards. Also switches a key-file or keyring store to
-        passphrase protection. This process stays unlocked; set ``CENCORI_NB_PASSPHRASE``
-        to the new passphrase for the next one."""
+        passphrase-protected. Also switches a key-file or keyring store to the passphrase
+        (its key material is deleted). The backup is replaced by the new generation, so an
+        old copy of the store and the old secret open nothing written afterwards. This
+        process stays unlocked; set ``CENCORI_NB_PASSPHRASE`` to the new passphrase for the
+        next one."""
         if not isinstance(new, str | Secret) or not new:
             raise ConfigurationError("The new passphrase is empty.",
                                      hint="Choose a long passphrase; nothing was changed.")
         # as Secrets from here on: no frame of a traceback shows them
-        new, old = Secret(new), (Secret(old) if isinstance(old, str) else old)
-        with self._mutex, self._locked():
+        new = kek.checked_passphrase(new, "The new passphrase")
+        old = (kek.checked_passphrase(old, "The current passphrase given")
+               if old is not None else None)
+        with self._writing():
             # with ``old`` given, the load derives the KEK from it (no cache): a wrong
             # ``old`` is a WrongPassphraseError here
             current = self._load_locked(passphrase=old)
             new_kek = kek.new_passphrase_kek(new)
             if current is None:
-                current = self._new_state(new_kek)
-                self._commit(None, current, replace_backup=True)
+                self._commit(None, self._new_state(new_kek), replace_backup=True)
                 return
-            state = self._wrapped_state(current, new_kek, current.dek, dict(current.records))
-            self._commit(current, state, replace_backup=True)
-        log.debug("changed the key store passphrase")
+            self._commit(current, self._rekeyed(current, new_kek, current.records),
+                         replace_backup=True)
+        log.debug("changed the key store passphrase: new data key, records re-encrypted")
 
     # ----------------------------------------------------------------------- helpers
 
@@ -501,9 +614,10 @@ class KeyStore:
 
     def _corrupt(self, detail: str) -> KeystoreCorruptError:
         if self.backup_path.exists():
-            hint = (f"Restore the previous generation: move {self.path} aside and copy "
-                    f"{self.backup_path} to {self.path}. Or delete {self.path} and set your "
-                    "keys again. cencori-nb will not write to the store until then.")
+            hint = (f"Restore the previous generation: move {self.path} aside, copy "
+                    f"{self.backup_path} to {self.path} and run `cencori-nb keys rotate "
+                    "--accept-rollback`. Or delete it and set your keys again. cencori-nb "
+                    "will not write to the store until then.")
         else:
             hint = (f"There is no backup ({self.backup_path}): delete {self.path} and set your "
                     "keys again. cencori-nb will not write to the store until then.")
@@ -512,13 +626,46 @@ class KeyStore:
             f"({detail}); no key was read from it.", hint=hint, path=self.path,
             backup=self.backup_path)
 
-    def _wrong_passphrase(self, explicit: bool) -> WrongPassphraseError:
+    def _wrong_passphrase(self, phrase: Secret, explicit: bool) -> WrongPassphraseError:
+        """The error for a passphrase that does not open the store: the usual causes first;
+        the backup is suggested only if it really opens with this passphrase."""
         where = "The passphrase given" if explicit else f"{kek.ENV_PASSPHRASE}"
-        return WrongPassphraseError(
-            f"{where} does not open the key store {self.path}.",
-            hint=f"Set {kek.ENV_PASSPHRASE} to the passphrase the store was created with or "
-            "last changed to. If you are sure it is right, the file's header is damaged: "
-            f"restore {self.backup_path}.", path=self.path)
+        clear = phrase.reveal()
+        causes = []
+        if clear != clear.strip():
+            trimmed = Secret(clear.strip())
+            if self._probe(self.path, trimmed):
+                causes.append(f"{where} has a space or line break at its start or end; "
+                              "without it, it opens the store: remove it")
+            else:
+                causes.append(f"{where} has a space or line break at its start or end "
+                              "(often pasted by mistake)")
+        del clear
+        causes.append("it was set in another shell or environment than the one the store "
+                      "was last changed from (a kernel or server started before you "
+                      "exported it, or `cencori-nb keys passphrase` run since)")
+        hint = ("Usual causes: " + "; or ".join(causes) + f". Set {kek.ENV_PASSPHRASE} to the "
+                "passphrase the store was created with or last changed to.")
+        if self._probe(self.backup_path, phrase):
+            hint += (f" The backup {self.backup_path} does open with it: if the store's header "
+                     f"was damaged, copy the backup to {self.path} and run `cencori-nb keys "
+                     "rotate --accept-rollback`.")
+        return WrongPassphraseError(f"{where} does not open the key store {self.path}.",
+                                    hint=hint, path=self.path)
+
+    def _probe(self, path: Path, phrase: Secret) -> bool:
+        """Does the store file at ``path`` open with ``phrase``? (One Argon2id; never
+        raises, never writes, never consults the generation record.)"""
+        if not self._probing:
+            return False
+        try:
+            raw = path.read_bytes()
+            probe = KeyStore(path, keyring_backend=None)
+            probe._probing = False      # a failing probe must not probe in turn
+            probe._parse(raw, passphrase=phrase)
+        except (OSError, CencoriError):
+            return False
+        return True
 
     # ----------------------------------------------------------------------- loading
 
@@ -532,13 +679,32 @@ class KeyStore:
             sig: _Sig | None = _sig(os.stat(self.path))
         except FileNotFoundError:
             sig = None
+        except OSError as exc:
+            raise self._unreadable(exc) from None
         state = self._state
         if state is not None and sig == self._sig:
             return state
         with self._mutex:
-            return self._reload()
+            try:
+                return self._reload()
+            except KeystoreError as exc:
+                if exc.code in _FINAL_CODES:
+                    raise
+                # Another process may be half-way through a rotation or a passphrase change
+                # (the file we read names key material it has just retired, or the new
+                # passphrase's generation is not written yet): wait for its lock, read again.
+                try:
+                    lock = self._locked()
+                    lock.__enter__()
+                except (KeystoreError, OSError):
+                    raise exc from None
+                try:
+                    return self._load_locked()
+                finally:
+                    lock.__exit__(None, None, None)
 
-    def _reload(self, *, passphrase: str | Secret | None = None) -> _State | None:
+    def _reload(self, *, passphrase: str | Secret | None = None,
+                accept_rollback: bool = False) -> _State | None:
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
@@ -556,17 +722,82 @@ class KeyStore:
             self._sig = sig
             return self._state
         state = self._parse(raw, passphrase=passphrase)
+        if not accept_rollback:
+            self._check_generation(state.generation)
         self._state, self._sig = state, sig
         _register(state.records)
         log.debug("opened key store %s: generation %d, %d records", self.path,
                   state.generation, len(state.records))
         return state
 
-    def _unreadable(self, exc: OSError) -> KeystoreError:
-        return KeystoreError(
-            f"Cannot read the key store {self.path}: {exc.strerror or exc}.",
-            hint="It must be a file you own (mode 0600); move aside whatever stands there "
-                 "and restore it from keystore.json.bak if you have one.", path=self.path)
+    # ----------------------------------------------------------------------- rollback
+
+    def _seen_generation(self) -> int:
+        """The newest generation of this store any process has written or read, as kept
+        in the generation record next to it (0 if there is none)."""
+        try:
+            raw = self.seen_path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise self._unreadable(exc, self.seen_path) from None
+        try:
+            doc = json.loads(raw)
+            seen = doc["generation"]
+            if set(doc) != {"generation"} or type(seen) is not int or seen < 0:
+                raise ValueError
+        except (ValueError, TypeError, KeyError):
+            raise KeystoreCorruptError(
+                f"The generation record {self.seen_path} of the key store {self.path} is "
+                "damaged.", hint=f"Delete {self.seen_path}: cencori-nb then trusts the "
+                "store's current generation and records it again.", path=self.path) from None
+        return int(seen)
+
+    def _check_generation(self, generation: int) -> None:
+        """Refuse a store file older than the newest generation seen (a rolled-back copy
+        could hold keys since replaced, under a data key or passphrase since retired)."""
+        seen = self._seen_generation()
+        if generation < seen:
+            raise KeystoreError(
+                f"The key store {self.path} holds generation {generation}, older than "
+                f"generation {seen}, the newest this home has seen ({self.seen_path}): it was "
+                "rolled back (restored from a backup or an old copy, or a sync conflict); no "
+                "key was read from it.",
+                hint="If you restored it on purpose, accept it with `cencori-nb keys rotate "
+                "--accept-rollback` (Python: keys.rotate(accept_rollback=True)), which "
+                "re-keys it as the newest generation. Otherwise put the newest copy back.",
+                code="keystore_rollback", path=self.path, generation=generation, seen=seen)
+        if generation > seen:
+            self._remember(generation, wait=False)
+
+    def _remember(self, generation: int, *, wait: bool) -> None:
+        """Raise the generation record to ``generation`` (never lower it). Writers call it
+        under the lock after the store is written; readers that find a newer store than
+        the record (written by an older cencori-nb, or the record deleted) only if the lock
+        is free at once. Best effort: the record only protects, it never blocks a read."""
+        try:
+            if wait:
+                self._write_seen(generation)
+                return
+            import filelock
+
+            lock = filelock.FileLock(self.lock_path, timeout=0, mode=0o600)
+            with private_umask():
+                lock.acquire()
+            try:
+                self._write_seen(generation)
+            finally:
+                lock.release()
+        except Exception as exc:   # busy lock (a writer records it), read-only home…
+            log.debug("generation record not updated: %s", type(exc).__name__)
+
+    def _write_seen(self, generation: int) -> None:
+        try:
+            seen = self._seen_generation()
+        except KeystoreCorruptError:
+            seen = 0          # a damaged record is replaced by the store's own generation
+        if generation > seen:
+            atomic_write(self.seen_path, json.dumps({"generation": generation}).encode() + b"\n")
 
     def _parse(self, raw: bytes, *, passphrase: str | Secret | None) -> _State:
         """Bytes → opened state, or a KeystoreError; never a partially trusted state."""
@@ -652,14 +883,20 @@ class KeyStore:
             cached = _dek_cache.get(fingerprint)
             if cached is not None:
                 return cached
-        if header["source"] != "passphrase" and kek.passphrase_from_env() and not self._warned:
-            # someone expecting passphrase protection should learn it is not in force
+        env_phrase = kek.passphrase_from_env()   # a blank or non-UTF-8 value is refused here
+        if header["source"] != "passphrase" and env_phrase is not None and not self._warned:
+            # someone expecting passphrase protection should learn it is not in force yet
             self._warned = True
             log.warning("%s is set, but the key store %s is protected by its %s, not by a "
-                        "passphrase; run `cencori-nb keys passphrase` to switch.",
+                        "passphrase; the next change to it switches it to the passphrase "
+                        "(or run `cencori-nb keys passphrase` now).",
                         kek.ENV_PASSPHRASE, self.path, header["source"])
         backend = self._backend() if header["source"] == "keyring" else None
-        kek_bytes = kek.load_kek(header, self.path, passphrase=passphrase, backend=backend)
+        phrase = None
+        if header["source"] == "passphrase":
+            phrase = (kek.checked_passphrase(passphrase, "The passphrase given")
+                      if passphrase is not None else env_phrase)
+        kek_bytes = kek.load_kek(header, self.path, passphrase=phrase, backend=backend)
         try:
             dek = crypto.open_sealed(kek_bytes, wrapped, crypto.wrap_aad(header))
         except crypto.InvalidTag:
@@ -667,15 +904,18 @@ class KeyStore:
             del kek_bytes   # key material: not for a traceback's frame values
             if matches:
                 raise self._corrupt("the wrapped data key does not open") from None
-            if header["source"] == "passphrase":
-                raise self._wrong_passphrase(passphrase is not None) from None
+            if phrase is not None:
+                raise self._wrong_passphrase(phrase, passphrase is not None) from None
             raise self._corrupt(f"its {header['source']} key does not match it") from None
         if len(dek) != crypto.KEY_BYTES:
             raise self._corrupt("the data key has the wrong size")
-        _dek_cache[fingerprint] = dek
+        if self._probing:
+            # (a probe, see _probe, proves a *candidate* passphrase; caching what it opened
+            # would let the next read open the store without the passphrase it was given)
+            _dek_cache[fingerprint] = dek
         return dek
 
-    def _verify_passphrase(self, state: _State, passphrase: str | Secret | None) -> None:
+    def _verify_passphrase(self, state: _State, passphrase: Secret | None) -> None:
         """Raise unless ``passphrase`` is the one that wraps ``state``'s data key now."""
         if not passphrase:
             raise WrongPassphraseError(
@@ -687,7 +927,7 @@ class KeyStore:
         try:
             crypto.open_sealed(key, state.wrapped, crypto.wrap_aad(state.kek_header))
         except crypto.InvalidTag:
-            raise self._wrong_passphrase(True) from None
+            raise self._wrong_passphrase(passphrase, True) from None
 
     # ----------------------------------------------------------------------- writing
 
@@ -717,34 +957,98 @@ class KeyStore:
         finally:
             lock.release()
 
-    def _load_locked(self, *, passphrase: str | Secret | None = None) -> _State | None:
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The mutex and the lock for a write; an ``OSError`` on the way (full disk, quota,
+        read-only file system, permissions, file-size limit) becomes a KeystoreError naming
+        the file and what to do. A failed write leaves the store as it was."""
+        try:
+            with self._mutex, self._locked():
+                yield
+        except OSError as exc:
+            raise self._write_failed(exc) from None
+
+    def _write_failed(self, exc: OSError) -> KeystoreError:
+        target = Path(exc.filename) if exc.filename else self.path
+        reason = exc.strerror or type(exc).__name__
+        name = errno.errorcode.get(exc.errno or 0, "")
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            todo = f"Free some space (or quota) on the disk holding {self.path.parent}"
+        elif exc.errno == errno.EFBIG:
+            todo = ("Raise the file-size limit of this process (`ulimit -f`) or free space "
+                    f"on the disk holding {self.path.parent}")
+        elif exc.errno == errno.EROFS:
+            todo = (f"{self.path.parent} is on a read-only file system: remount it "
+                    "read-write, or point CENCORI_NB_HOME at a writable directory")
+        elif exc.errno in (errno.EACCES, errno.EPERM):
+            todo = (f"Check that you own {self.path.parent} and can write to it (ls -ld), or "
+                    "point CENCORI_NB_HOME at a directory you own")
+        else:
+            todo = f"Check the disk and the permissions of {self.path.parent}"
+        state = self._state
+        kept = (f" it still holds generation {state.generation}" if state is not None
+                else " no store was created")
+        return KeystoreError(
+            f"Could not write the key store {self.path}: {reason}"
+            f"{f' ({name})' if name else ''} on {target}; nothing was changed:{kept}.",
+            hint=f"{todo}, then try again.", code="keystore_write_failed", path=self.path,
+            errno=exc.errno)
+
+    def _unreadable(self, exc: OSError, path: Path | None = None) -> KeystoreError:
+        path = path or self.path
+        return KeystoreError(
+            f"Cannot read the key store file {path}: {exc.strerror or type(exc).__name__}.",
+            hint=f"It must be a file you own (mode 0600): check it with `ls -l {path}`, move "
+            "aside whatever else stands there, or point CENCORI_NB_HOME at your own home "
+            "directory.", code="keystore_unreadable", path=self.path)
+
+    def _load_locked(self, *, passphrase: str | Secret | None = None,
+                     accept_rollback: bool = False) -> _State | None:
         """Inside the lock: drop temp files of killed writers, then read the file afresh."""
         for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
         with contextlib.suppress(FileNotFoundError):
             self.backup_path.with_name(self.backup_path.name + ".tmp").unlink()
-        return self._reload(passphrase=passphrase)
+        return self._reload(passphrase=passphrase, accept_rollback=accept_rollback)
 
     def _modify(self, change: Callable[[dict[tuple[str, str], _Record]], None]) -> None:
-        """Read-modify-write under the lock. ``change`` edits a copy of the records."""
-        with self._mutex, self._locked():
+        """Read-modify-write under the lock. ``change`` edits a copy of the records.
+
+        With ``CENCORI_NB_PASSPHRASE`` set, a key-file or keyring store is switched to the
+        passphrase in the same write (new data key, every record sealed again): nothing is
+        ever written under weaker protection than the user asked for."""
+        with self._writing():
             current = self._load_locked()
+            phrase = kek.passphrase_from_env()
             if current is None:
                 records: dict[tuple[str, str], _Record] = {}
                 change(records)   # first: a refused change must not leave key material
-                new_kek = kek.new_kek(self.path, passphrase=kek.passphrase_from_env(),
-                                      backend=self._backend())
+                new_kek = kek.new_kek(self.path, passphrase=phrase, backend=self._backend())
                 self._commit(None, replace(self._new_state(new_kek), records=records))
                 return
             records = dict(current.records)
             change(records)
+            if phrase is not None and current.kek_header["source"] != "passphrase":
+                log.warning("Switching the key store %s from its %s to the passphrase in %s "
+                            "(new data key, every record re-encrypted).", self.path,
+                            current.kek_header["source"], kek.ENV_PASSPHRASE)
+                self._commit(current, self._rekeyed(current, kek.new_passphrase_kek(phrase),
+                                                    records), replace_backup=True)
+                return
             self._commit(current, replace(current, records=records))
 
     def _new_state(self, new_kek: kek.Kek) -> _State:
         dek = crypto.new_key()
         empty = _State(b"", 0, {}, crypto.Sealed(b"", b""), dek, {})
         return self._wrapped_state(empty, new_kek, dek, {})
+
+    def _rekeyed(self, base: _State, new_kek: kek.Kek,
+                 records: dict[tuple[str, str], _Record]) -> _State:
+        """``base`` under a fresh data key wrapped by ``new_kek``, every record to be sealed
+        again: nothing the old data key or the old KEK opens is carried over."""
+        return self._wrapped_state(base, new_kek, crypto.new_key(),
+                                   {k: replace(r, sealed=None) for k, r in records.items()})
 
     @staticmethod
     def _wrapped_state(base: _State, new_kek: kek.Kek, dek: bytes,
@@ -763,14 +1067,23 @@ class KeyStore:
         return kek.ref(header)
 
     def _commit(self, old: _State | None, new: _State, *, replace_backup: bool = False) -> None:
-        """Seal what changed, write the next generation atomically, retire unused KEKs."""
+        """Seal what changed, write the next generation atomically, retire unused KEKs.
+
+        The generation is one past both the file's and the newest ever seen, so a store
+        created again after a deletion, or a re-keyed restored backup, is never "older"
+        than a copy someone kept. If writing fails, new key material is deleted again and
+        the file on disk is the previous generation."""
         records = {}
         for (project, provider), record in new.records.items():
             if record.sealed is None:
                 record = replace(record, sealed=crypto.seal_record(
                     new.dek, project, provider, record.fields(provider)))
             records[(project, provider)] = record
-        generation = (old.generation if old is not None else 0) + 1
+        try:
+            seen = self._seen_generation()
+        except KeystoreCorruptError:
+            seen = 0
+        generation = max(old.generation if old is not None else 0, seen) + 1
         body = {
             "format": crypto.FORMAT, "version": crypto.VERSION, "generation": generation,
             "kek": new.kek_header, "dek": new.wrapped.to_json(),
@@ -782,21 +1095,28 @@ class KeyStore:
                                                     "tag": crypto.b64e(mac.ciphertext)}})
         backup_before = self._backup_ref()
         old_ref = kek.ref(old.kek_header) if old is not None else backup_before
-        atomic_write(self.path, raw, backup=self.backup_path)
-        if replace_backup:
-            atomic_write(self.backup_path, raw)
+        new_ref = kek.ref(new.kek_header)
+        backend = self._keyring if self._keyring is not _AUTO else None
+        try:
+            if replace_backup:
+                self._write_twice(raw)
+            else:
+                atomic_write(self.path, raw, backup=self.backup_path)
+        except BaseException:
+            if new_ref is not None and new_ref not in (old_ref, backup_before):
+                kek.retire(new_ref, self.path, backend)   # no file refers to it
+            raise
         sig = _sig(os.stat(self.path))
         self._state = replace(new, raw=raw, generation=generation, records=records)
         self._sig = sig
         _register(records)
+        self._remember(generation, wait=True)
         # the backup now holds the previous generation (or the new one, when replaced)
-        new_ref = kek.ref(new.kek_header)
         after = {new_ref, new_ref if replace_backup else old_ref}
         before = {backup_before, old_ref}
         for retired in before - after:
             if retired is not None:
-                kek.retire(retired, self.path, self._keyring if self._keyring is not _AUTO
-                           else None)
+                kek.retire(retired, self.path, backend)
         # key files left by a writer killed between making one and writing the store
         live = {name for kind, name in filter(None, after) if kind == "keyfile"}
         own = re.compile(re.escape(self.path.stem) + r"-[0-9a-f]{16}\.key")
@@ -804,3 +1124,35 @@ class KeyStore:
             if own.fullmatch(path.name) and path.name not in live:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+
+    def _write_twice(self, raw: bytes) -> None:
+        """Make ``raw`` both the store and its backup, writing the bytes once: a temp file
+        (0600, fsynced) gets a second name for the backup, then both are renamed into
+        place. Only the writing can run out of space, and it happens before anything is
+        replaced; a rename never half-happens."""
+        directory = self.path.parent
+        btmp = self.backup_path.with_name(self.backup_path.name + ".tmp")
+        with private_umask():
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                       dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(raw)
+                fh.flush()
+                os.fsync(fh.fileno())
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(btmp)
+            os.link(tmp, btmp)
+            os.replace(tmp, self.path)
+        except BaseException:
+            for leftover in (tmp, btmp):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
+            raise
+        os.replace(btmp, self.backup_path)
+        if os.name == "posix":
+            dfd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)

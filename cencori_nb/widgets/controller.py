@@ -134,10 +134,12 @@ class ProvidersController:
         return row
 
     def save(self, provider: str, api_key: Secret | None, *, default_model: str | None,
-             make_default: bool) -> str:
+             make_default: bool, force: bool = False) -> str:
         """Store the key (or, with no new key, the model/default choice for the stored one).
 
-        Returns the status line text.
+        A key that looks wrong (another provider's prefix, too short, a space inside) is
+        refused unless ``force`` ("Save even if the key looks wrong"). Returns the status
+        line text: the key saved, the key it replaced, and any note on its shape.
         """
         from .. import keys
         from ..keystore import default_store
@@ -152,20 +154,26 @@ class ProvidersController:
             enabled = existing.enabled
         else:
             enabled = True
-        keys.set(provider, api_key, project=self.project, default_model=default_model or None,
-                 make_default=make_default, enabled=enabled)
+        saved = keys.set(provider, api_key, project=self.project,
+                         default_model=default_model or None, make_default=make_default,
+                         enabled=enabled, force=force)
         row = self.row(provider)
         return (f"Saved {row.display_name} key {row.key_hint} for project {self.project}"
-                + (" (project default)." if row.is_default else "."))
+                + (" (project default)" if row.is_default else "")
+                + (f", replacing the key {saved.replaces}" if saved.replaces else "") + "."
+                + "".join(f" {note}" for note in saved.notes))
 
-    def save_cencori_key(self, api_key: Secret | None) -> str:
+    def save_cencori_key(self, api_key: Secret | None, *, force: bool = False) -> str:
         """Store the managed Cencori project key (``csk_…``)."""
         from .. import keys
 
         if api_key is None or not api_key:
             raise ConfigurationError("Enter the Cencori project key (csk_…) before saving.")
-        keys.set_cencori_key(api_key, project=self.project)
-        return f"Saved the Cencori project key {self.cencori_hint()} for project {self.project}."
+        saved = keys.set_cencori_key(api_key, project=self.project, force=force)
+        return (f"Saved the Cencori project key {self.cencori_hint()} for project "
+                f"{self.project}"
+                + (f", replacing the key {saved.replaces}" if saved.replaces else "") + "."
+                + "".join(f" {note}" for note in saved.notes))
 
     def remove_cencori_key(self) -> str:
         from .. import keys

@@ -96,6 +96,9 @@ class ProvidersPanel(w.VBox):
                                style=label)
         self.model = w.Dropdown(description="Default model", options=[], style=label)
         self.make_default = w.Checkbox(description="Set as project default", value=False)
+        # the force path: a key that looks wrong (another provider's prefix, too short, a
+        # space inside) is refused unless this is ticked; it unticks after each Save
+        self.force = w.Checkbox(description="Save even if the key looks wrong", value=False)
         self.save_button = w.Button(description="Save", button_style="primary")
         self.test_button = w.Button(description="Test key")
         self.toggle_button = w.Button(description="Disable")
@@ -105,7 +108,7 @@ class ProvidersPanel(w.VBox):
         self.toggle_button.on_click(lambda _b: self.toggle_enabled())
         self.remove_button.on_click(lambda _b: self.remove())
         self.dialog = w.VBox([
-            self.dialog_title, self.key, self.model, self.make_default,
+            self.dialog_title, self.key, self.model, self.make_default, self.force,
             w.HBox([self.save_button, self.test_button, self.toggle_button,
                     self.remove_button])],
             layout=w.Layout(display="none", border="1px solid #ddd", padding="6px"))
@@ -199,8 +202,10 @@ class ProvidersPanel(w.VBox):
         if provider is None:
             self._say("Select a provider first.", ok=False)
             return
+        force, self.force.value = bool(self.force.value), False
         self._run(lambda: self.controller.save(provider, secret, default_model=self.model.value,
-                                               make_default=self.make_default.value))
+                                               make_default=self.make_default.value,
+                                               force=force))
 
     def test_key(self) -> None:
         provider = self.controller.selected
