@@ -298,6 +298,26 @@ def _spans_in_view(text: str, pattern: re.Pattern[str],
     return spans
 
 
+_KEY_REACH = 300   # no key is longer: a match touching an escape lies this close to it
+
+
+def _escaped_hit(text: str, finders: tuple[re.Pattern[str], ...]) -> bool:
+    """Whether decoding the escapes of ``text`` reveals a match; only the text around each
+    escape is decoded and searched (a match not touching one was found without decoding)."""
+    windows: list[list[int]] = []
+    for m in _ESCAPES.finditer(text):
+        start, end = max(0, m.start() - _KEY_REACH), m.end() + _KEY_REACH
+        if windows and start <= windows[-1][1]:
+            windows[-1][1] = end
+        else:
+            windows.append([start, end])
+    for start, end in windows:
+        decoded = _ESCAPES.sub(_unescape_one, text[start:end])
+        if any(f.search(decoded) for f in finders):
+            return True
+    return False
+
+
 def _replace_spans(text: str, spans: list[tuple[int, int]]) -> tuple[str, int]:
     merged: list[list[int]] = []
     for start, end in sorted(spans):
@@ -312,6 +332,68 @@ def _replace_spans(text: str, spans: list[tuple[int, int]]) -> tuple[str, int]:
         pos = end
     out.append(text[pos:])
     return "".join(out), len(merged)
+
+
+# Runs of base64 (either alphabet) or hex characters, line breaks allowed (MIME style), long
+# enough to hold a key; one character class each, so scanning them is fast.
+# (The lookbehinds make a failed attempt cost nothing inside a short run.)
+_B64_RUN = re.compile(r"(?<![A-Za-z0-9+/_\-\r\n])[A-Za-z0-9+/_\-\r\n]{28,}={0,2}")
+_HEX_RUN = re.compile(r"(?<![0-9a-fA-F\r\n])[0-9a-fA-F\r\n]{40,}")
+# Every key shape starts with one of these: decoded bytes without one are skipped at once.
+_ANY_PREFIX = re.compile("|".join(re.escape(p) for p in (*KEY_PREFIXES, "Bearer ")))
+
+
+@functools.lru_cache(maxsize=1)
+def _encoded_prefixes() -> re.Pattern[str]:
+    """The prefixes, base64-encoded (both alphabets, every alignment: the characters made
+    only of the prefix's bits) and hex-encoded: text holding none of these cannot hold an
+    encoded key shape, and is not decoded at all."""
+    import base64
+
+    forms = set()
+    for prefix in (*KEY_PREFIXES, "Bearer "):
+        raw = prefix.encode()
+        forms.update(_base64_cores(raw, base64.b64encode, 3))
+        forms.update(_base64_cores(raw, base64.urlsafe_b64encode, 3))
+        forms.update((raw.hex(), raw.hex().upper()))
+    return re.compile(_trie_pattern(forms))
+
+
+def _decodings(run: str, hexadecimal: bool) -> Iterable[str]:
+    """``run`` decoded at each character alignment, as Latin-1 text (one char a byte)."""
+    import base64
+    import binascii
+
+    clean = run.replace("\r", "").replace("\n", "").rstrip("=")
+    if hexadecimal:
+        for offset in (0, 1):
+            body = clean[offset:]
+            yield bytes.fromhex(body[: len(body) // 2 * 2]).decode("latin-1")
+        return
+    std = clean.replace("-", "+").replace("_", "/")
+    for offset in range(4):
+        body = std[offset:]
+        body = body[: len(body) // 4 * 4]
+        try:
+            yield base64.b64decode(body).decode("latin-1")
+        except (binascii.Error, ValueError):
+            continue
+
+
+def _encoded_runs_holding(text: str, shapes: Iterable[re.Pattern[str]]
+                          ) -> list[tuple[int, int]]:
+    """Spans of base64 or hex runs in ``text`` whose decoding holds one of ``shapes``."""
+    spans: list[tuple[int, int]] = []
+    prefixes = _encoded_prefixes()
+    for pattern, hexadecimal in ((_B64_RUN, False), (_HEX_RUN, True)):
+        for m in pattern.finditer(text):
+            if not prefixes.search(m.group(0).replace("\r", "").replace("\n", "")):
+                continue
+            if any(_ANY_PREFIX.search(decoded) and any(shape.search(decoded)
+                                                       for shape in shapes)
+                   for decoded in _decodings(m.group(0), hexadecimal)):
+                spans.append((m.start(), m.end()))
+    return spans
 
 
 # --------------------------------------------------------------------------- policies
@@ -337,7 +419,8 @@ class Policy:
     ``shapes`` are substituted in order after the exact secrets; ``context`` also blanks the
     values of ``Bearer``/``key=``/``x-api-key:``; ``min_secret`` is the shortest exact value
     honoured; ``encoded`` adds the encoded and escaped forms of exact secrets (and decoded
-    views of the text) as the notebook needs.
+    views of the text) as the notebook needs; ``decoded_shapes`` are looked for inside
+    base64 and hex runs of the text (which are then replaced whole).
     """
 
     name: str
@@ -345,6 +428,7 @@ class Policy:
     min_secret: int
     context: bool = False
     encoded: bool = False
+    decoded_shapes: tuple[re.Pattern[str], ...] = ()
 
     def exact_regex(self, secrets: Iterable[Any] = ()) -> re.Pattern[str] | None:
         """The regex of registered plus ``secrets`` (and their encoded forms if
@@ -365,8 +449,17 @@ class Policy:
         exact_re = self.exact_regex(secrets) if exact is True else exact or None
         count = 0
         if exact_re is not None:
-            text, n = exact_re.subn(MARKER, text)
-            count += n
+            if self.encoded and ("\n" in text or "\r" in text):
+                # Matched across line breaks (MIME base64, a wrapped hex dump or key), which
+                # also finds every match that has none: one pass over the text.
+                folded = text.replace("\r", "").replace("\n", "")
+                spans = _spans_in_view(text, _LINE_BREAKS, lambda m: "", (exact_re,), folded)
+                if spans:
+                    text, n = _replace_spans(text, spans)
+                    count += n
+            else:
+                text, n = exact_re.subn(MARKER, text)
+                count += n
         if not binary:
             for shape in self.shapes:
                 text, n = shape.subn(MARKER, text)
@@ -384,16 +477,23 @@ class Policy:
     def _views(self, text: str, exact_re: re.Pattern[str] | None, binary: bool
                ) -> tuple[str, int]:
         spans: list[tuple[int, int]] = []
-        if exact_re is not None and ("\n" in text or "\r" in text):
-            # MIME base64 (76-character lines), a hex dump, a key wrapped by an editor
-            spans += _spans_in_view(text, _LINE_BREAKS, lambda m: "", (exact_re,),
-                                    text.replace("\r", "").replace("\n", ""))
         if not binary and ("\\" in text or "%" in text or "&#" in text):
             finders = (*((exact_re,) if exact_re is not None else ()), *self.shapes)
-            spans += _spans_in_view(text, _ESCAPES, _unescape_one, finders)
+            if _escaped_hit(text, finders):
+                spans += _spans_in_view(text, _ESCAPES, _unescape_one, finders)
+        if not binary and self.decoded_shapes:
+            # a key-shaped key that is not stored, base64- or hex-encoded (stored ones
+            # are matched in their encoded forms above)
+            spans += _encoded_runs_holding(text, self.decoded_shapes)
         if not spans:
             return text, 0
         return _replace_spans(text, spans)
+
+    def encodes_a_key(self, text: str) -> bool:
+        """Whether base64 or hex in ``text`` decodes to a key shape (``decoded_shapes``):
+        for payloads that cannot be rewritten in place, such as widget buffers."""
+        return bool(self.decoded_shapes) and bool(
+            _encoded_runs_holding(text, self.decoded_shapes))
 
     def scrub(self, text: str, secrets: Iterable[Any] = ()) -> str:
         """``text`` with every secret this policy knows replaced by :data:`MARKER`."""
@@ -454,18 +554,21 @@ USER_MESSAGE = Policy(
 # Notebooks: bodies are long and (except after prefixes only keys use) hold a digit, so
 # words, package names (sk-learn), hashes and base64 images are never cut.
 _ONLY_KEYS_USE = ("sk-proj-", "sk-ant-", "sk-or-", "sk-svcacct-", "sk-admin-")
-NOTEBOOK_KEY_SHAPES = key_pattern(
-    {**dict.fromkeys(_ONLY_KEYS_USE, 20),
-     "sk-": 20,      # OpenAI legacy, DeepSeek, …
-     "AIza": 30,     # Google API keys: AIza + 35 characters
-     "csk_": 16,     # Cencori project keys (managed route)
-     "gsk_": 20, "xai-": 20},
-    require_digit={"sk-", "AIza", "csk_", "gsk_", "xai-"},
-)
+_NOTEBOOK_MINIMUMS = {
+    **dict.fromkeys(_ONLY_KEYS_USE, 20),
+    "sk-": 20,      # OpenAI legacy, DeepSeek, …
+    "AIza": 30,     # Google API keys: AIza + 35 characters
+    "csk_": 16,     # Cencori project keys (managed route)
+    "gsk_": 20, "xai-": 20}
+_NOTEBOOK_DIGIT = {"sk-", "AIza", "csk_", "gsk_", "xai-"}
+NOTEBOOK_KEY_SHAPES = key_pattern(_NOTEBOOK_MINIMUMS, require_digit=_NOTEBOOK_DIGIT)
 # "Bearer <token>": keep the word, drop the token (JWTs and opaque tokens: dots, slashes, =).
 BEARER_TOKEN = re.compile(r"(?<=Bearer )(?=[A-Za-z._~+/=\-]*[0-9])[A-Za-z0-9._~+/=\-]{20,}")
 NOTEBOOK = Policy("notebook", (NOTEBOOK_KEY_SHAPES, BEARER_TOKEN), min_secret=8,
-                  encoded=True)
+                  encoded=True,
+                  # inside decoded base64/hex a key may follow any byte
+                  decoded_shapes=(key_pattern(_NOTEBOOK_MINIMUMS,
+                                              require_digit=_NOTEBOOK_DIGIT, start=""),))
 
 # What a prompt may not hold (refuse_key_in_prompt) and what a magic line may not hold
 # (looks_like_secret): one pattern per shape. Long random tokens are allowed in prompts

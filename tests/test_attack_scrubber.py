@@ -399,3 +399,42 @@ def test_sandbox_home_still_scrubs_the_real_stores_keys(
     assert_nothing_leaked((root / "s.ipynb").read_bytes(), notebook=True)
     after = sorted(p.name for p in private_home.iterdir()), real_store.read_bytes()
     assert after == before                         # read-only: nothing written there
+
+
+# --------------------------------------------------------------------------- more surfaces
+
+def test_base64_and_hex_of_a_key_shape_that_is_not_stored(cm: Any) -> None:
+    """A key nobody stored, base64- (any alignment, MIME-wrapped) or hex-encoded in text."""
+    cells = [_md("Authorization: Basic " + _b64(b"me:" + SHAPED.encode(), off))
+             for off in range(3)]
+    cells.append(_code(outputs=[_stream(_mime(b"x" * 61 + SHAPED.encode() + b"\n" * 30))]))
+    cells.append(_md("hex: " + SHAPED.encode().hex()))
+    on_disk = _save_nb(cm, "encoded.ipynb", _nb(*cells))
+    assert_nothing_leaked(on_disk, notebook=True)
+
+
+def test_widget_buffer_holding_a_key_shape_is_dropped(cm: Any) -> None:
+    """A FileUpload of a .env with a key nobody stored: its saved buffer is dropped."""
+    state = {"m1": {"model_name": "FileUploadModel", "model_module": "@jupyter-widgets/controls",
+                    "model_module_version": "2.0.0", "state": {"value": []},
+                    "buffers": [{"encoding": "base64", "path": ["value", 0, "content"],
+                                 "data": _b64(f"KEY={SHAPED}\n".encode())}]}}
+    on_disk = _save_nb(cm, "upload.ipynb", _nb(widgets=_widget_state(state)))
+    assert_nothing_leaked(on_disk, notebook=True)
+    saved = json.loads(on_disk)
+    assert saved["metadata"]["widgets"][WIDGET_STATE_MIME]["state"]["m1"]["buffers"] == []
+
+
+@pytest.mark.parametrize("name", [f"{SHAPED}.ipynb", f"notes/{STORED}/a.txt",
+                                  f"{STORED}.ipynb"])
+def test_a_file_name_holding_a_key_is_refused(cm: Any, name: str) -> None:
+    """The name itself would be on disk: the save is refused with a 400 that never repeats
+    it, and nothing is written."""
+    from tornado.web import HTTPError
+
+    (cm.root / name).parent.mkdir(parents=True, exist_ok=True)   # the folder exists
+    with pytest.raises(HTTPError) as info:
+        cm.save({"type": "file", "format": "text", "content": "hello"}, name)
+    assert info.value.status_code == 400 and "refused" in str(info.value)
+    assert STORED not in str(info.value) and SHAPED not in str(info.value)
+    assert not any(p.is_file() for p in cm.root.rglob("*"))

@@ -192,13 +192,15 @@ class Scrubber:
         return node
 
     def _drop_widget_buffers(self, model: dict[str, Any]) -> None:
-        """Remove saved widget buffers whose bytes hold a stored key (a FileUpload of a
-        ``.env`` file, say): rewriting base64 in place would leave a broken buffer."""
+        """Remove saved widget buffers whose bytes hold a stored key or a key shape (a
+        FileUpload of a ``.env`` file, say): rewriting base64 in place would leave a broken
+        buffer."""
         buffers = model.get("buffers")
-        if self._exact_re is None or not isinstance(buffers, list):
+        if not isinstance(buffers, list):
             return
         keep = [b for b in buffers if not (isinstance(b, dict) and isinstance(
-            b.get("data"), str) and self._count(b["data"], binary=True))]
+            b.get("data"), str) and (self._count(b["data"], binary=True)
+                                     or NOTEBOOK.encodes_a_key(b["data"])))]
         if len(keep) != len(buffers):
             self.count += len(buffers) - len(keep)
             model["buffers"] = keep
@@ -407,10 +409,11 @@ def pre_save_hook(model: dict[str, Any], path: str = "", contents_manager: Any =
     """Jupyter pre-save hook: scrub a notebook or text file model in place before it is
     written.
 
-    Never raises (a failure is logged and the save goes on) and never touches a model in
-    which nothing was found.
+    Refuses (HTTP 400) a file whose name holds a key; otherwise never raises (a failure
+    is logged and the save goes on) and never touches a model in which nothing was found.
     """
     logger = getattr(contents_manager, "log", None) or log
+    _refuse_key_in_name(path)
     try:
         kind, content = model.get("type"), model.get("content")
         chunked = model.get("chunk") is not None
@@ -432,6 +435,20 @@ def pre_save_hook(model: dict[str, Any], path: str = "", contents_manager: Any =
     except Exception:  # noqa: BLE001 - a save must never fail because of the scrubber
         logger.error("cencori_nb: secret scrubber failed on %s; saving unchanged", path,
                      exc_info=True)
+
+
+def _refuse_key_in_name(path: str) -> None:
+    """A file whose name holds a key would put it on disk (and in every listing): refuse
+    the save with a 400 the user sees, never repeating the name."""
+    try:
+        holds = NOTEBOOK.finds(path)
+    except Exception:  # noqa: BLE001 - only a refusal may stop a save, never a bug here
+        return
+    if holds:
+        from tornado.web import HTTPError
+
+        raise HTTPError(400, "cencori_nb refused to save: the file name looks like it "
+                        "contains an API key. Save it under another name.")
 
 
 def post_save_hook(model: dict[str, Any], os_path: str = "", contents_manager: Any = None,
