@@ -119,8 +119,8 @@ def scrub_context(text: str, marker: str = MARKER) -> str:
 
 # --------------------------------------------------------------------------- the registry
 
-_registered: set[str] = set()
-_registry_version = 0
+# Replaced, never mutated, so readers on other threads (the log filter) need no lock.
+_registered: frozenset[str] = frozenset()
 _registry_lock = threading.Lock()
 # Nothing shorter is registered: blanking a 3-letter "key" would shred every message.
 MIN_REGISTERED = 6
@@ -136,13 +136,12 @@ def register_secrets(values: Iterable[Any]) -> None:
     The key store calls this with every key it opens or writes; the router with every
     credential it hands out. Registering is idempotent and cheap when nothing is new.
     """
-    global _registry_version
+    global _registered
     new = {raw for raw in map(_reveal, values) if len(raw) >= MIN_REGISTERED} - _registered
     if not new:
         return
     with _registry_lock:
-        _registered.update(new)
-        _registry_version += 1
+        _registered = _registered | new
 
 
 def register_secret(value: Any) -> None:
@@ -152,14 +151,13 @@ def register_secret(value: Any) -> None:
 
 def registered_secrets() -> frozenset[str]:
     """Every registered credential, in clear (for the policies; never print them)."""
-    return frozenset(_registered)
+    return _registered
 
 
 def _reset_for_tests() -> None:
-    global _registry_version
+    global _registered
     with _registry_lock:
-        _registered.clear()
-        _registry_version += 1
+        _registered = frozenset()
 
 
 # --------------------------------------------------------------------------- encodings
@@ -434,7 +432,7 @@ class Policy:
         """The regex of registered plus ``secrets`` (and their encoded forms if
         ``encoded``), or None when there are none long enough."""
         extra = frozenset(map(_reveal, secrets))
-        return _exact_regex(frozenset(_registered) | extra, self.encoded, self.min_secret)
+        return _exact_regex(_registered | extra, self.encoded, self.min_secret)
 
     def subn(self, text: str, secrets: Iterable[Any] = (), *, binary: bool = False,
              exact: re.Pattern[str] | None | bool = True) -> tuple[str, int]:
@@ -504,29 +502,6 @@ class Policy:
         return self.subn(text, secrets)[1] > 0
 
 
-class _RandomTokens:
-    """A long token-like run that looks random (letters and digits, high entropy): keys
-    without a known prefix, while code identifiers and model names stay."""
-
-    def subn(self, repl: str, text: str) -> tuple[str, int]:
-        count = 0
-
-        def one(m: re.Match[str]) -> str:
-            nonlocal count
-            if _random_looking(m.group(0)):
-                count += 1
-                return repl
-            return m.group(0)
-
-        return _LONG_TOKEN.sub(one, text), count
-
-    def search(self, text: str) -> bool:
-        return any(_random_looking(m.group(0)) for m in _LONG_TOKEN.finditer(text))
-
-    def finditer(self, text: str) -> Iterable[re.Match[str]]:
-        return (m for m in _LONG_TOKEN.finditer(text) if _random_looking(m.group(0)))
-
-
 # Log lines: short bodies count (a log line may hold a truncated key); a key starts a token,
 # so "task-runner" is not one.
 LOG_LINE = Policy(
@@ -583,7 +558,6 @@ PROMPT_KEY_SHAPES = tuple(
         "gsk_": 16,    # Groq
         "xai-": 16,    # xAI
     }.items())
-RANDOM_TOKENS = _RandomTokens()
 
 
 def scrub(text: str, secrets: Iterable[Any] = ()) -> str:
@@ -604,12 +578,13 @@ def looks_like_secret(text: str) -> bool:
     and looks random (≥ 3.5 bits of entropy per character); model names such as
     ``meta-llama/Llama-3.3-70B-Instruct-Turbo`` are split on ``/`` and ``.`` and stay short.
     """
-    return any(p.search(text) for p in PROMPT_KEY_SHAPES) or RANDOM_TOKENS.search(text)
+    return any(p.search(text) for p in PROMPT_KEY_SHAPES) or any(
+        _random_looking(m.group(0)) for m in _LONG_TOKEN.finditer(text))
 
 
 def holds_secret(text: str, secrets: Iterable[Any] = ()) -> bool:
     """True if ``text`` holds a registered credential or one of ``secrets`` verbatim."""
-    regex = _exact_regex(frozenset(_registered) | frozenset(map(_reveal, secrets)), False,
+    regex = _exact_regex(_registered | frozenset(map(_reveal, secrets)), False,
                          MIN_REGISTERED)
     return regex is not None and regex.search(text) is not None
 

@@ -248,3 +248,18 @@ def test_uploaded_notebook_as_a_base64_file_model_is_scrubbed(
         if name.endswith(".ipynb"):
             nbformat.validate(nbformat.reads(on_disk, as_version=4))
     assert canary not in server.log()
+
+
+def test_a_key_in_the_file_name_is_refused_and_not_logged(
+        servers: dict[str, JupyterProcess], canary: str) -> None:
+    """Saving `<key>.ipynb` is refused (400, nothing written) and the server's own request
+    log, which prints every URL, shows the marker instead of the key."""
+    server = servers["on"]
+    r = server.api("PUT", f"/api/contents/{canary}.ipynb",
+                   json={"type": "notebook", "content": _leaky_notebook("nothing")})
+    assert r.status_code == 400, r.text
+    assert "refused" in r.json()["message"] and canary not in r.text
+    assert not (server.root / f"{canary}.ipynb").exists()  # type: ignore[attr-defined]
+    log = server.log()
+    assert canary not in log
+    assert re.search(r"400 PUT /api/contents/\[redacted\]", log), log[-2000:]

@@ -11,7 +11,8 @@ The extension registers :func:`~cencori_nb.jupyter.scrubber.pre_save_hook` (and
 contents manager. They are added next to any other hooks (a user's
 ``ContentsManager.pre_save_hook`` config runs first, then the registered hooks in order).
 At startup it checks that it can read the key stores it scrubs and logs a WARNING for each
-one it cannot (e.g. a passphrase store and no ``CENCORI_NB_PASSPHRASE``).
+one it cannot (e.g. a passphrase store and no ``CENCORI_NB_PASSPHRASE``). The server's own
+log (its request log prints every URL) gets the log-line scrubber of :mod:`cencori_nb.redact`.
 """
 
 from __future__ import annotations
@@ -47,8 +48,25 @@ def install(manager: Any, log: Any) -> bool:
     return True
 
 
+# The server's own loggers: the request log prints every URL (a file name holding a key).
+_SERVER_LOGGERS = ("tornado.access", "tornado.application", "tornado.general")
+
+
+def _redact_server_logs(serverapp: Any) -> None:
+    """Put the log-line scrubber (cencori_nb.redact.LOG_LINE) on the server's loggers."""
+    import logging
+
+    from ..transport import RedactingFilter
+
+    for logger in (serverapp.log, *map(logging.getLogger, _SERVER_LOGGERS)):
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
+
+
 def _load_jupyter_server_extension(serverapp: Any) -> None:
-    """Register the scrubber on the server's contents manager (once per manager)."""
+    """Register the scrubber on the server's contents manager (once per manager) and scrub
+    the server's own logs."""
+    _redact_server_logs(serverapp)
     if install(serverapp.contents_manager, serverapp.log):
         serverapp.log.info("cencori_nb: secret scrubber registered (keys are removed from "
                            "notebooks on save)")
