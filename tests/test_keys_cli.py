@@ -295,3 +295,134 @@ def test_locked_store_fails_before_the_prompt(private_home: Path,
     monkeypatch.setattr("getpass.getpass", lambda prompt="": asked.append(prompt) or "x")
     code, out, err = _run(monkeypatch, capsys, ["keys", "set", "groq"], tty=True)
     assert code == 1 and asked == [] and "CENCORI_NB_PASSPHRASE is not set" in err
+
+
+# --------------------------------------------------------------------------- key shapes
+
+@pytest.mark.parametrize(("provider", "key", "needle"), [
+    ("openai", "sk-ant-" + "api03-Ab1Cd2Ef3Gh4Ij5", "the prefix of Anthropic keys"),
+    ("anthropic", "AIza" + "SyA1b2C3d4E5f6G7h8I9j0k", "the prefix of Google Gemini keys"),
+    ("groq", "csk_" + "live0123456789abcdef", "keys set cencori"),
+    ("anthropic", "sk-proj-" + "A1b2C3d4E5f6G7h8", "the prefix of OpenAI keys"),
+    ("google", "gsk_" + "Ab1Cd2Ef3Gh4Ij5Kl6", "the prefix of Groq keys"),
+    ("openai", "xai-" + "Ab1Cd2Ef3Gh4Ij5Kl6", "the prefix of xAI keys"),
+    ("deepseek", "sk-or-v1-" + "Ab1Cd2Ef3Gh4Ij5", "the prefix of OpenRouter keys"),
+    ("mistral", "sk-" + "Ab1Cd2Ef3Gh4Ij5Kl6", "OpenAI or DeepSeek"),
+    ("openai", "hello", "only 5 characters"),
+    ("groq", "gsk_abc", "only 7 characters"),
+    ("openai", "sk-abc def", "a space"),
+    ("openai", "sk-proj-Ab1Cd2 Ef3Gh4Ij5", "a space"),
+], ids=["ant-as-openai", "google-as-anthropic", "csk-as-groq", "openai-as-anthropic",
+        "groq-as-google", "xai-as-openai", "openrouter-as-deepseek", "sk-as-mistral",
+        "hello", "short-groq", "space-short", "space-inside"])
+def test_key_of_the_wrong_shape_is_refused_unless_forced(
+        private_home: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], provider: str, key: str, needle: str) -> None:
+    """Another provider's prefix, < 12 characters, a space inside: exit 1, one line naming
+    why and --force, the key not echoed, nothing stored; with --force it is stored."""
+    code, out, err = _run(monkeypatch, capsys, ["keys", "set", provider], key + "\n")
+    assert code == 1 and out == "" and len(err.splitlines()) == 1, err
+    assert needle in err and "--force" in err and "nothing was stored" in err
+    assert key not in err and key.split()[-1] not in err
+    assert not (private_home / "keystore.json").exists()
+    code, out, err = _run(monkeypatch, capsys, ["keys", "set", provider, "--force"], key)
+    assert code == 0 and out.startswith(f"Stored {provider} key"), err
+    keystore._reset_for_tests()
+    assert keystore.default_store().get(provider).api_key.reveal() == key  # type: ignore
+
+
+def test_the_same_shapes_in_python(private_home: Path) -> None:
+    """force=True in Python; the refusal is a ConfigurationError with code bad_key_shape;
+    the forced row carries a note."""
+    from cencori_nb.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as info:
+        keys.set("openai", "sk-ant-" + "api03-Ab1Cd2Ef3Gh4Ij5")
+    assert info.value.code == "bad_key_shape" and "force=True" in str(info.value)
+    row = keys.set("openai", "sk-ant-" + "api03-Ab1Cd2Ef3Gh4Ij5", force=True)
+    assert row.provider == "openai" and "forced" in row.notes[0]
+    with pytest.raises(ConfigurationError):
+        keys.set_cencori_key("csk_short")
+    assert keys.set_cencori_key("csk_short", force=True).key_hint == "…hort"
+    with pytest.raises(ConfigurationError, match="csk_"):     # never forced: not a csk_ key
+        keys.set_cencori_key("sk-proj-" + "A1b2C3d4E5f6G7h8", force=True)
+    with pytest.raises(ConfigurationError, match="line break"):   # never forced: header
+        keys.set("openai", "sk-proj-Ab1Cd2\nEf3Gh4Ij5", force=True)
+    # a local server's placeholder key is fine; an sk- key too (LiteLLM proxies)
+    assert keys.set("local", "ollama").notes == ()
+    assert keys.set("local", "sk-" + "litellm-1234").notes == ()
+
+
+def test_unusual_shapes_only_warn(private_home: Path) -> None:
+    """No usual prefix, odd characters: stored, with a warning on stderr (a real process)."""
+    done = _cli(private_home, "keys", "set", "openai", stdin="proj-Ab1Cd2Ef3Gh4Ij5Kl6\n")
+    assert done.returncode == 0, done.stderr
+    assert "does not start with 'sk-'" in done.stderr and "Ab1Cd2" not in done.stderr
+    done = _cli(private_home, "keys", "set", "mistral", stdin="Ab1Cd2Ef3Gh4Ij5Kl6+/=\n")
+    assert done.returncode == 0 and "characters keys rarely have" in done.stderr
+
+
+def test_provider_names_are_case_insensitive(private_home: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`keys set OpenAI`, `keys disable GROQ`, `keys remove Openai`, `keys set Cencori`."""
+    code, out, err = _run(monkeypatch, capsys, ["keys", "set", "OpenAI"],
+                          "sk-proj-Ab1Cd2Ef3Gh4Ij5\n")
+    assert code == 0 and out.startswith("Stored openai key …Ij5"[:18]), err
+    _run(monkeypatch, capsys, ["keys", "set", "Groq"], "gsk_Ab1Cd2Ef3Gh4Ij5\n")
+    code, out, err = _run(monkeypatch, capsys, ["keys", "disable", "GROQ"])
+    assert code == 0 and "groq key" in out
+    code, out, err = _run(monkeypatch, capsys, ["keys", "set", "Cencori"],
+                          "csk_Ab1Cd2Ef3Gh4Ij5\n")
+    assert code == 0 and "Cencori project key" in out
+    code, out, err = _run(monkeypatch, capsys, ["keys", "remove", "Openai"])
+    assert code == 0 and out == "Removed the openai key of project 'default'.\n"
+    assert [r.provider for r in keys.status()] == ["cencori", "groq"]
+    assert keys.set("ANTHROPIC", "sk-ant-" + "Ab1Cd2Ef3Gh4Ij5").provider == "anthropic"
+
+
+def test_a_replacement_names_the_key_it_replaces(private_home: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The second `keys set` says which key it replaced (by hint); the same key again does
+    not claim to replace anything."""
+    _run(monkeypatch, capsys, ["keys", "set", "openai"], "sk-proj-first-key-0000Qx4F\n")
+    code, out, _ = _run(monkeypatch, capsys, ["keys", "set", "openai"],
+                        "sk-proj-second-key-000Zz9Y\n")
+    assert code == 0 and out.endswith("It replaces the key …Qx4F.\n")
+    code, out, _ = _run(monkeypatch, capsys, ["keys", "set", "openai"],
+                        "sk-proj-second-key-000Zz9Y\n")
+    assert "replaces" not in out
+    assert keys.set("openai", "sk-proj-third-key-0000Ab12").replaces == "…Zz9Y"
+    keys.set("cencori", "csk_first_key_0000Cc11")
+    assert keys.set("cencori", "csk_other_key_0000Dd22").replaces == "…Cc11"
+
+
+def test_accept_rollback_command(private_home: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A restored backup: `keys list` refuses in one line naming --accept-rollback; `keys
+    rotate --accept-rollback` accepts it; the store works again."""
+    import shutil
+
+    _run(monkeypatch, capsys, ["keys", "set", "openai"], "sk-proj-first-key-0000Qx4F\n")
+    _run(monkeypatch, capsys, ["keys", "set", "groq"], "gsk_Ab1Cd2Ef3Gh4Ij5\n")
+    shutil.copy(private_home / "keystore.bak", private_home / "keystore.json")
+    keystore._reset_for_tests()
+    code, out, err = _run(monkeypatch, capsys, ["keys", "list"])
+    assert code == 1 and len(err.splitlines()) == 1 and "--accept-rollback" in err
+    code, out, err = _run(monkeypatch, capsys, ["keys", "rotate", "--accept-rollback"])
+    assert code == 0 and "1 records re-encrypted" in out, err
+    code, out, err = _run(monkeypatch, capsys, ["keys", "list", "--json"])
+    assert code == 0 and [r["provider"] for r in json.loads(out)] == ["openai"]
+
+
+def test_write_failure_is_one_line(private_home: Path) -> None:
+    """A key-store write that fails (here: a file-size limit) is one line, exit 1."""
+    from tests.test_attack_rekeying import _run_limited
+
+    assert _cli(private_home, "keys", "set", "openai",
+                stdin="sk-proj-first-key-0000Qx4F").returncode == 0
+    done = _run_limited(private_home, 200, ["keys", "set", "groq"], "gsk_Ab1Cd2Ef3Gh4Ij5")
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("cencori-nb: Could not write the key store")
+    assert "File too large" in done.stderr

@@ -263,8 +263,10 @@ def _key_problem(provider: str, name: str, api_key: object, force: bool,
             where = ("cencori-nb keys set cencori" if owners == [CENCORI]
                      else f"cencori-nb keys set {owners[0]}" if owners[0] in PROVIDERS
                      else "the right provider")
-            refusals.append(f"starts with {prefix!r}, the prefix of {whose} keys (store it "
-                            f"with `{where}`)")
+            # (the prefix itself is not quoted: the CLI blanks anything key-shaped in a
+            # message, and "sk-ant-" quoted alone already looks like a key to it)
+            refusals.append(f"starts with the prefix of {whose} keys (store it with "
+                            f"`{where}`)")
     if refusals:
         if not force:
             return (f"The key given as the {name} key {'; and it '.join(refusals)}; nothing "
