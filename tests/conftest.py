@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -65,6 +66,33 @@ def _default_sigint() -> Iterator[None]:
     yield
     if before is signal.SIG_IGN:
         signal.signal(signal.SIGINT, before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_process_wide_objects() -> Iterator[None]:
+    """At the end of the run, close what outlives single tests, so the interpreter's exit
+    finds nothing open: the shared HTTP clients, the ledger, and IPython's one
+    InteractiveShell (whose atexit hook would otherwise write its history into a temporary
+    folder that is gone by then)."""
+    yield
+    import atexit
+    import gc
+    import sys
+
+    _reset_process_state()
+    shell_mod = sys.modules.get("IPython.core.interactiveshell")
+    if shell_mod is not None and shell_mod.InteractiveShell.initialized():
+        shell = shell_mod.InteractiveShell.instance()
+        atexit.unregister(shell.atexit_operations)
+        history = shell.history_manager
+        if history is not None:
+            history.enabled = False
+            with contextlib.suppress(Exception):
+                history.save_thread.stop()
+            with contextlib.suppress(Exception):
+                history.db.close()
+        shell_mod.InteractiveShell.clear_instance()
+    gc.collect()
 
 
 @pytest.fixture
