@@ -24,6 +24,7 @@ _HOVER_SPEND = ("%{x}<br>%{fullData.name}<br>Cost: $%{y:.6f}<br>"
 
 DAY_MS = 86_400_000
 MAX_DATE_TICKS = 10        # at most this many date ticks on a time axis
+BAR_SHARE = 0.8            # a day's (or week's) bar fills this share of its slot
 
 
 def _go() -> Any:
@@ -89,6 +90,9 @@ def spend_over_time(since: Any = None, project: str | None = None, *, by: str = 
         fig.add_trace(go.Bar(
             # plain dates: a UTC day is a date, not an instant (no time zone to misread)
             x=[d.strftime("%Y-%m-%d") for d in part[by]], y=list(part["cost_usd"]),
+            # On a date axis a bar's width is in milliseconds; plotly guesses it from the
+            # gaps between bars, so one lone bar would be 1 ms wide (invisible).
+            width=BAR_SHARE * (DAY_MS if by == "day" else 7 * DAY_MS),
             name=ROUTE_NAMES.get(route, route),
             marker_color=ROUTE_COLOURS.get(route),
             customdata=list(zip(part["requests"], part["input_tokens"], part["output_tokens"],

@@ -234,6 +234,10 @@ _XSS_STATE = """() => {
   const bad = [];
   for (const o of outputs) {
     if (o.querySelector('.xss-control')) continue;      // the control, not a reply
+    // the chart (plotly's renderer draws its saved PNG on reopen) and images are ours
+    const mime = o.getAttribute('data-mime-type') || '';
+    if (mime.includes('plotly') || mime.startsWith('image/')
+        || o.classList.contains('jp-RenderedPlotly')) continue;
     for (const el of o.querySelectorAll('*')) {
       for (const a of el.getAttributeNames())
         if (a.startsWith('on')) bad.push(el.tagName + ' ' + a);
@@ -241,7 +245,8 @@ _XSS_STATE = """() => {
         bad.push(el.tagName + ' position ' + getComputedStyle(el).position);
       for (const a of ['href', 'src', 'action', 'formaction', 'data', 'xlink:href'])
         if (el.hasAttribute(a) && !/^(https?:|mailto:)/i.test(el.getAttribute(a).trim()))
-          bad.push(el.tagName + ' ' + a + '=' + el.getAttribute(a));
+          bad.push(el.tagName + ' ' + a + '=' + el.getAttribute(a).slice(0, 40) + ' in '
+                 + o.className + ' ' + el.parentElement.className);
       if (['SCRIPT', 'IFRAME', 'OBJECT', 'EMBED', 'FORM', 'BASE', 'META'].includes(el.tagName)
           && !el.closest('.jupyter-widgets'))
         bad.push(el.tagName);
@@ -254,7 +259,15 @@ _XSS_STATE = """() => {
           // there MathJax may typeset a reply's $…$, but runs nothing, see `bad`)
           math: [...document.querySelectorAll('.jp-OutputArea-output mjx-container')]
             .filter(m => !m.closest('table.dataframe')).map(m => m.outerHTML.slice(0, 200)),
-          tableMath: document.querySelectorAll('table.dataframe mjx-container').length};
+          tableMath: document.querySelectorAll('table.dataframe mjx-container').length,
+          chart: {x: [...document.querySelectorAll('.js-plotly-plot .xtick text')]
+                    .map(t => t.textContent),
+                  y: [...document.querySelectorAll('.js-plotly-plot .ytick text')]
+                    .map(t => t.textContent),
+                  legend: [...document.querySelectorAll('.js-plotly-plot .legend .legendtext')]
+                    .map(t => t.textContent),
+                  bars: [...document.querySelectorAll('.js-plotly-plot .bars path')]
+                    .map(p => p.getBoundingClientRect().width)}};
 }"""
 
 
@@ -289,6 +302,8 @@ def _xss_notebook() -> nbformat.NotebookNode:
         "panel._say('Key test failed: ' + ALL, ok=False)\npanel",
         "reply = cencori_nb.chat('SANDBOX-ECHO:' + ALL, model='gpt-4o-mini', cache=False)\n"
         "reply",
+        # issue 13.3: everything above is one day and one route; the chart must still read
+        "%cencori usage",
     ]
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
@@ -372,12 +387,17 @@ def test_hostile_replies_run_nothing_live_or_after_reopen(
         finally:
             browser.close()
 
+    # The spend chart of one day, one route (every request above): dates, dollars, legend.
+    assert live["chart"]["x"] and all(":" not in t for t in live["chart"]["x"]), live["chart"]
+    assert all(t.startswith("$") and "µ" not in t for t in live["chart"]["y"]), live["chart"]
+    assert live["chart"]["legend"] == ["BYOK (your provider account)"], live["chart"]
+    assert live["chart"]["bars"] and min(live["chart"]["bars"]) > 100, live["chart"]  # a bar
     for state in (live, reopened):
         assert state["control"] >= 1, state        # trusted HTML does run here…
         assert state["xss"] is None and state["log"] == [], state   # …and no payload did
         assert state["bad"] == [] and state["math"] == [], state
         assert state["url"].endswith(XSS_NOTEBOOK), state             # no navigation
-        assert state["outputs"] >= 9, state
+        assert state["outputs"] >= 11, state
     assert dialogs == []
     saved = (lab.root / XSS_NOTEBOOK).read_text()  # type: ignore[attr-defined]
     assert "window.__xss" in saved                 # the replies were saved, as text

@@ -135,6 +135,7 @@ def test_one_row_spend_chart_reads_as_dates_dollars_and_a_legend() -> None:
     fig = charts.spend_over_time()
     (bar,) = fig.data
     assert list(bar.x) == [f"{TODAY:%Y-%m-%d}"]
+    assert bar.width == 0.8 * 86_400_000         # a lone bar is most of a day wide, not 1 ms
     x, y = fig.layout.xaxis, fig.layout.yaxis
     assert x.type == "date" and x.tickformat == "%b %d, %Y"
     assert x.dtick == 86_400_000                      # ticks a day apart, never hours
