@@ -415,3 +415,36 @@ def test_chat_waits_the_recorded_hint_then_succeeds(monkeypatch: pytest.MonkeyPa
     assert c.text == second["expect"]["text"]
     assert clock.waits == [53.0]
     assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize(("sent", "shown"), [
+    ("/billing", "https://cencori.com/billing"),                  # what the gateway sends
+    ("billing?tab=credits", "https://cencori.com/billing?tab=credits"),
+    ("https://cencori.com/dashboard/billing", "https://cencori.com/dashboard/billing"),
+    ("https://evil.example/pay", "https://cencori.com/billing"),   # another site
+    ("//evil.example/pay", "https://cencori.com/billing"),         # protocol-relative
+    ("javascript:alert(1)", "https://cencori.com/billing"),
+    ("http://cencori.com/billing", "https://cencori.com/billing"), # not https
+    ("https://cencori.com.evil.example/", "https://cencori.com/billing"),
+    ("https://user:pw@cencori.com/billing", "https://cencori.com/billing"),
+    ("/bil ling\n", "https://cencori.com/billing"),
+    ("", "https://cencori.com/billing"), (None, "https://cencori.com/billing"),
+    (42, "https://cencori.com/billing"),
+])
+def test_top_up_url_is_made_absolute_and_stays_on_cencori(sent: object, shown: str) -> None:
+    """The relative /billing resolves against Cencori's site; a link elsewhere never shows."""
+    from cencori_nb.providers.cencori import top_up_url
+
+    assert top_up_url(sent) == shown
+
+
+def test_a_forged_top_up_link_is_not_shown(replay: ReplayServer) -> None:
+    """The credit-exhaustion recording with its top_up_url swapped for another site: the
+    message points to Cencori's billing page, not the forged one."""
+    rec = load(CORPUS / "cencori/native_403_credit_balance_exhausted.json")
+    rec = {**rec, "body": {**rec["body"], "top_up_url": "https://evil.example/pay"}}
+    replay.serve(rec)
+    with pytest.raises(errors.CreditsExhaustedError) as info:
+        cencori_nb.chat("Replay", **call_kwargs(rec))
+    assert "evil.example" not in str(info.value)
+    assert info.value.top_up_url == "https://cencori.com/billing"

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 from ..errors import (
     BadResponseError,
@@ -55,10 +55,25 @@ _CODE_WORD = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)+")
 def top_up_url(value: Any) -> str:
     """The gateway's ``top_up_url`` made absolute. The gateway sends ``/billing`` (relative
     to its own site), and the billing page is on Cencori's site even when the request went to
-    a sandbox or a proxy, so it resolves against :data:`CENCORI_BASE_URL`."""
-    if not isinstance(value, str) or not value.strip():
+    a sandbox or a proxy, so it resolves against :data:`CENCORI_BASE_URL`.
+
+    Only an https page on Cencori's own site is ever shown: the one message that tells a
+    person where to pay must not become a link a proxy or a fake gateway chose
+    (``https://evil.example/pay``, ``//evil.example``, ``javascript:``…); anything else gives
+    :data:`TOP_UP_URL`.
+    """
+    if not isinstance(value, str) or not value.strip() or any(ch.isspace() for ch in
+                                                               value.strip()):
         return TOP_UP_URL
-    return urljoin(CENCORI_BASE_URL + "/", value.strip())
+    url = urljoin(CENCORI_BASE_URL + "/", value.strip())
+    parts = urlsplit(url)
+    if parts.scheme != "https" or parts.hostname not in _CENCORI_HOSTS or parts.username \
+            or parts.password or parts.port not in (None, 443):
+        return TOP_UP_URL
+    return url
+
+
+_CENCORI_HOSTS = frozenset({"cencori.com", "www.cencori.com"})
 
 
 def _money(value: Any) -> str:
