@@ -25,14 +25,23 @@ Streams, and what a cut costs (the rule this module implements):
   never arrived, tokens are estimated (``tokens.estimate_*``) and ``estimated=True``; no
   error is raised, the completion is settled and cached.
 - The stream ended or broke before the terminal event → it was *cut*. If any text arrived,
-  the request is settled with estimated tokens (the provider has billed it, so the spend
-  is recorded) and then :class:`~cencori_nb.errors.BadResponseError` ("stream was cut…") is
-  raised with the partial completion as ``err.completion``. If nothing arrived, the failure
-  is recorded and the transport's error is raised. A cut stream is never cached.
+  the request is settled as ``interrupted`` with estimated tokens (the provider has billed
+  it, so the spend is recorded) and then :class:`~cencori_nb.errors.BadResponseError`
+  ("stream was cut…") is raised with the partial completion as ``err.completion``. If
+  nothing arrived, the failure is recorded and the transport's error is raised. A cut
+  stream is never cached.
 - An error event inside a 200 stream is handled like a cut, but the provider's own error is
   raised (with ``err.completion`` when text had arrived).
 - The consumer stopping early (``close()``, leaving the ``with`` block, ``break`` then
-  garbage collection) is not an error: the partial request is settled with estimated tokens.
+  garbage collection, Ctrl-C, a cancelled task) is not an error of ours: the request is
+  settled as ``interrupted`` with estimated tokens, also when no text had arrived (a
+  provider may bill the prompt). So is a non-streamed request stopped while waiting.
+
+Nothing paid for unseen: before anything is sent the ledger is open and has no rows of this
+process waiting (``Ledger.check``), and each attempt gets its ``client_id`` and a line in
+the ledger's in-flight journal (``Ledger.begin``), so even a process killed mid-request
+(SIGKILL, a crashed kernel) has that request recorded, as ``interrupted``, at the next
+start.
 
 Per-call overhead is kept small on purpose: settings are re-read only when ``config.json``'s
 mtime changes, the key store is unlocked once per process and cached, the JSON body is built
@@ -41,6 +50,8 @@ once by the adapter, and nothing is logged on the success path.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -55,7 +66,7 @@ from .errors import (
     ProviderUnavailableError,
     RateLimitError,
 )
-from .ledger import Ledger, default_ledger
+from .ledger import Ledger, LedgerRow, default_ledger, new_client_id
 from .providers import get_provider
 from .redact import refuse_key_in_prompt
 from .tokens import estimate_messages_tokens, estimate_tokens
@@ -70,6 +81,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncChatStream", "ChatStream", "achat", "astream", "chat", "stream"]
 
+_log = logging.getLogger("cencori_nb.client")
 _perf = time.perf_counter
 _FALLBACK_ERRORS = (RateLimitError, ProviderTimeoutError, ProviderUnavailableError)
 
@@ -214,8 +226,10 @@ def _can_fall_back(decision: Decision, err: CencoriError) -> bool:
 
 
 def _record_failure(decision: Decision, request: ChatRequest, err: CencoriError,
-                    started: float, reservation: Reservation | None = None) -> None:
+                    started: float, reservation: Reservation | None = None,
+                    client_id: str | None = None) -> None:
     accounting.record_failure(
+        client_id=client_id,
         request_id=getattr(err, "request_id", None) or uuid.uuid4().hex,
         project=decision.project, provider=decision.provider,
         model=request.model or decision.model, route=decision.route,
@@ -224,9 +238,45 @@ def _record_failure(decision: Decision, request: ChatRequest, err: CencoriError,
         reservation=reservation)
 
 
+def _prompt_tokens(request: ChatRequest) -> int:
+    return estimate_messages_tokens(m.content for m in request.messages)
+
+
+def _begin(decision: Decision, request: ChatRequest) -> str:
+    """A fresh client id for one attempt, noted in the ledger's in-flight journal before
+    the request is sent: if this process dies before the attempt's row is committed, the
+    next start records it as ``interrupted`` (estimated) instead of losing it."""
+    client_id = new_client_id()
+    default_ledger().begin(LedgerRow(
+        client_id=client_id, request_id="", project=decision.project,
+        provider=decision.provider, route=decision.route, status="interrupted",
+        model_requested=request.model, model=decision.model,
+        credential_source=decision.credential_source, error_code="process_ended",
+        input_tokens=_prompt_tokens(request), estimated=True, cost_usd=None,
+        test_mode=_test_mode(decision)))
+    return client_id
+
+
+def _record_interrupted(decision: Decision, request: ChatRequest, started: float,
+                        client_id: str, reservation: Reservation | None) -> None:
+    """The caller stopped a sent request before its answer (Ctrl-C, a cancelled task): the
+    provider may bill the prompt, so it is recorded as ``interrupted`` with estimated
+    tokens. Never raises: the interrupt itself is what propagates."""
+    completion = Completion(
+        text="", model=decision.model, provider=decision.provider, route=decision.route,
+        input_tokens=_prompt_tokens(request), latency_ms=(_perf() - started) * 1000.0,
+        estimated=True, model_requested=request.model,
+        credential_source=decision.credential_source, project=decision.project,
+        test_mode=_test_mode(decision), client_id=client_id, interrupted=True)
+    try:
+        accounting.settle(completion, reservation=reservation)
+    except Exception:  # noqa: BLE001 - the journal still holds it for the next start
+        _log.warning("cencori_nb: could not record the interrupted request %s", client_id)
+
+
 def _completion(decision: Decision, request: ChatRequest, result: ProviderResult, *,
                 text: str | None = None, latency_ms: float, ttft_ms: float | None = None,
-                complete: bool = True) -> Completion:
+                complete: bool = True, client_id: str = "") -> Completion:
     """Our Completion from the adapter's result; estimates tokens when usage is missing."""
     text = result.text if text is None else text
     usage = result.usage
@@ -253,7 +303,7 @@ def _completion(decision: Decision, request: ChatRequest, result: ProviderResult
         ttft_ms=ttft_ms, finish_reason=result.finish_reason, estimated=estimated,
         model_requested=request.model, credential_source=decision.credential_source,
         project=decision.project, gateway_cost_usd=result.gateway_cost_usd,
-        test_mode=_test_mode(decision))
+        test_mode=_test_mode(decision), client_id=client_id, interrupted=not complete)
 
 
 def _http_request(adapter: Provider, request: ChatRequest, decision: Decision) -> httpx2.Request:
@@ -303,10 +353,11 @@ def _prepare(request: ChatRequest) -> tuple[Decision, str | None, Completion | N
 
 
 def _finish(decision: Decision, request: ChatRequest, result: ProviderResult, started: float,
-            key: str | None, reservation: Reservation | None = None) -> Completion:
+            key: str | None, reservation: Reservation | None = None,
+            client_id: str = "") -> Completion:
     """Turn a parsed answer into a settled Completion and cache it (sync and async alike)."""
     completion = _completion(decision, request, result,
-                             latency_ms=(_perf() - started) * 1000.0)
+                             latency_ms=(_perf() - started) * 1000.0, client_id=client_id)
     completion = accounting.settle(completion, reservation=reservation)
     if key is not None:
         cache.store_after_commit(key, completion)
@@ -322,19 +373,23 @@ def _chat(request: ChatRequest, retries: int | None) -> Completion:
         while True:
             adapter = get_provider(decision.adapter)
             started = _perf()
+            client_id = _begin(decision, request)
             try:
                 response = transport.send(_http_request(adapter, request, decision),
                                           retries=retries, map_error=adapter.map_error,
                                           provider=decision.provider)
                 result = adapter.parse_response(response)
             except CencoriError as err:
-                _record_failure(decision, request, err, started, reservation)
+                _record_failure(decision, request, err, started, reservation, client_id)
                 if _can_fall_back(decision, err):
                     decision = decision.fallback  # type: ignore[assignment]
                     reservation = _reserve(request, decision)
                     continue
                 raise
-            return _finish(decision, request, result, started, key, reservation)
+            except BaseException:    # Ctrl-C while waiting: the request was sent
+                _record_interrupted(decision, request, started, client_id, reservation)
+                raise
+            return _finish(decision, request, result, started, key, reservation, client_id)
     finally:
         _release(reservation)
 
@@ -362,19 +417,23 @@ async def _achat(request: ChatRequest, retries: int | None) -> Completion:
         while True:
             adapter = get_provider(decision.adapter)
             started = _perf()
+            client_id = _begin(decision, request)
             try:
                 response = await transport.asend(_http_request(adapter, request, decision),
                                                  retries=retries, map_error=adapter.map_error,
                                                  provider=decision.provider)
                 result = adapter.parse_response(response)
             except CencoriError as err:
-                _record_failure(decision, request, err, started, reservation)
+                _record_failure(decision, request, err, started, reservation, client_id)
                 if _can_fall_back(decision, err):
                     decision = decision.fallback  # type: ignore[assignment]
                     reservation = await _areserve(request, decision)
                     continue
                 raise
-            return _finish(decision, request, result, started, key, reservation)
+            except BaseException:    # Ctrl-C or a cancelled task (map): the request was sent
+                _record_interrupted(decision, request, started, client_id, reservation)
+                raise
+            return _finish(decision, request, result, started, key, reservation, client_id)
     finally:
         _release(reservation)
 
@@ -399,6 +458,7 @@ class _StreamState:
         self.completion: Completion | None = None
         self.event_error: CencoriError | None = None   # an error event inside the stream
         self.reservation: Reservation | None = None    # held against a hard cap until settled
+        self.client_id = ""                            # the attempt sent (its ledger row)
 
     def feed(self, event: httpx2.ServerSentEvent) -> str | None:
         try:
@@ -419,7 +479,7 @@ class _StreamState:
         completion = _completion(self.decision, self.request, self.parser.result(),
                                  text="".join(self.parts),
                                  latency_ms=(now - self.started) * 1000.0, ttft_ms=ttft,
-                                 complete=complete)
+                                 complete=complete, client_id=self.client_id)
         completion = accounting.settle(completion, reservation=self.reservation)
         self.completion = completion
         return completion
@@ -433,7 +493,8 @@ class _StreamState:
                 f"The stream from {self.decision.provider} ended before any text or its final "
                 "event arrived.", provider=self.decision.provider,
                 hint="Try again; use stream=False if this keeps happening.")
-            _record_failure(self.decision, self.request, err, self.started, self.reservation)
+            _record_failure(self.decision, self.request, err, self.started, self.reservation,
+                            self.client_id)
             raise err
         completion = self._settle(complete=complete)
         if not complete:
@@ -450,7 +511,8 @@ class _StreamState:
         """The stream failed mid-way with ``err``; return the error to raise."""
         self.finished = True
         if not self.parts:
-            _record_failure(self.decision, self.request, err, self.started, self.reservation)
+            _record_failure(self.decision, self.request, err, self.started, self.reservation,
+                            self.client_id)
             return err
         completion = self._settle(complete=False)
         if err is self.event_error:   # the provider said why: keep its error
@@ -464,12 +526,18 @@ class _StreamState:
             hint="Try again; use stream=False if this keeps happening.")
 
     def abandon(self) -> None:
-        """The consumer stopped early: settle what was sent (estimated), no error."""
+        """The consumer stopped early (closed it, Ctrl-C, a cancelled task): the request is
+        recorded as ``interrupted`` with what arrived (estimated tokens), even if nothing
+        did. Never raises: an interrupt being handled must stay the error that propagates."""
         if self.finished or self.parser is None:
             _release(self.reservation)
             return
         self.finished = True
-        self._settle(complete=False)
+        try:
+            self._settle(complete=False)
+        except Exception:  # noqa: BLE001 - the journal still holds it for the next start
+            _log.warning("cencori_nb: could not record the interrupted stream %s",
+                         self.client_id)
 
 
 def _open_stream(state: _StreamState, retries: int | None) -> None:
@@ -478,16 +546,23 @@ def _open_stream(state: _StreamState, retries: int | None) -> None:
         decision = state.decision
         adapter = get_provider(decision.adapter)
         state.started = _perf()
+        state.client_id = _begin(decision, state.request)
         try:
             response = transport.send(_http_request(adapter, state.request, decision),
                                       stream=True, retries=retries,
                                       map_error=adapter.map_error, provider=decision.provider)
         except CencoriError as err:
-            _record_failure(decision, state.request, err, state.started, state.reservation)
+            _record_failure(decision, state.request, err, state.started, state.reservation,
+                            state.client_id)
             if _can_fall_back(decision, err):
                 state.decision = decision.fallback  # type: ignore[assignment]
                 state.reservation = _reserve(state.request, state.decision)
                 continue
+            raise
+        except BaseException:        # Ctrl-C before the first byte: the request was sent
+            state.finished = True
+            _record_interrupted(decision, state.request, state.started, state.client_id,
+                                state.reservation)
             raise
         state.adapter, state.response = adapter, response
         state.parser = adapter.stream_parser(response)
@@ -499,17 +574,24 @@ async def _aopen_stream(state: _StreamState, retries: int | None) -> None:
         decision = state.decision
         adapter = get_provider(decision.adapter)
         state.started = _perf()
+        state.client_id = _begin(decision, state.request)
         try:
             response = await transport.asend(_http_request(adapter, state.request, decision),
                                              stream=True, retries=retries,
                                              map_error=adapter.map_error,
                                              provider=decision.provider)
         except CencoriError as err:
-            _record_failure(decision, state.request, err, state.started, state.reservation)
+            _record_failure(decision, state.request, err, state.started, state.reservation,
+                            state.client_id)
             if _can_fall_back(decision, err):
                 state.decision = decision.fallback  # type: ignore[assignment]
                 state.reservation = await _areserve(state.request, state.decision)
                 continue
+            raise
+        except BaseException:        # Ctrl-C or cancelled before the first byte
+            state.finished = True
+            _record_interrupted(decision, state.request, state.started, state.client_id,
+                                state.reservation)
             raise
         state.adapter, state.response = adapter, response
         state.parser = adapter.stream_parser(response)
@@ -573,12 +655,9 @@ class ChatStream:
         except CencoriError as err:
             response.close()
             raise state.broke(err) from err
-        except GeneratorExit:
+        except BaseException:   # closed early (GeneratorExit), Ctrl-C mid-stream
+            state.abandon()      # recorded as interrupted; the reservation is released
             response.close()
-            state.abandon()
-            raise
-        except BaseException:
-            _release(state.reservation)    # Ctrl-C mid-stream: nothing may stay held
             raise
         response.close()
         state.end()
@@ -610,6 +689,8 @@ class ChatStream:
         if state is not None and state.response is not None and not state.response.is_closed:
             state.response.close()
         if state is not None:
+            with contextlib.suppress(Exception):   # sent, never read: still recorded
+                state.abandon()
             _release(state.reservation)
 
     def __repr__(self) -> str:
@@ -677,12 +758,9 @@ class AsyncChatStream:
         except CencoriError as err:
             await response.aclose()
             raise state.broke(err) from err
-        except GeneratorExit:
+        except BaseException:   # closed early, Ctrl-C, a cancelled task
+            state.abandon()      # first: recorded even if closing the response is cancelled
             await response.aclose()
-            state.abandon()
-            raise
-        except BaseException:
-            _release(state.reservation)
             raise
         await response.aclose()
         state.end()

@@ -257,6 +257,10 @@ class Ledger:
             path = ledger_path()
         self.path = Path(path)
         self.spill_path = self.path.with_name(self.path.stem + "-spill.jsonl")
+        self.inflight_dir = self.path.with_name(self.path.stem + "-inflight")
+        self._journal: _Journal | None = None
+        self._journal_lock = threading.Lock()
+        self._inserted: list[str] = []         # rows insert() wrote in the open transaction
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._conn: sqlite3.Connection | None = None
@@ -286,6 +290,7 @@ class Ledger:
         self._conn = conn
         self._pid = os.getpid()
         self._replay_spill()
+        self._reclaim_inflight()
 
     def _error(self, exc: BaseException) -> LedgerError:
         """The LedgerError for a SQLite failure on this file, with what to do about it."""
@@ -342,12 +347,16 @@ class Ledger:
         with self._lock, self._holding(), self._sqlite_errors():
             conn = self.conn
             conn.execute("BEGIN IMMEDIATE")
+            self._inserted = []
             try:
                 yield conn
                 conn.execute("COMMIT")
             except BaseException:
                 _rollback(conn)
                 raise
+            finally:
+                inserted, self._inserted = self._inserted, []
+            self._resolve(inserted)
 
     @contextlib.contextmanager
     def _holding(self) -> Iterator[None]:
@@ -363,13 +372,16 @@ class Ledger:
 
     def insert(self, conn: sqlite3.Connection, row: LedgerRow) -> bool:
         """Insert ``row`` inside a caller's transaction; False if it was a duplicate."""
+        self._inserted.append(row.client_id)        # in flight until the commit
         return conn.execute(INSERT_SQL, row.as_params()).rowcount == 1
 
     def record(self, row: LedgerRow) -> bool:
         """Write one row now (one commit); False if its ``client_id`` was already there."""
         self.flush()
         with self._lock, self._sqlite_errors():
-            return self.conn.execute(INSERT_SQL, row.as_params()).rowcount == 1
+            inserted = self.conn.execute(INSERT_SQL, row.as_params()).rowcount == 1
+        self._resolve([row.client_id])
+        return inserted
 
     def submit(self, row: LedgerRow,
                on_insert: Callable[[sqlite3.Connection], Any] | None = None, *,
@@ -493,11 +505,16 @@ class Ledger:
         return from_pusd(int(total)) or Decimal(0)
 
     def close(self) -> None:
-        """Write what is queued, stop the writer and close the connection."""
+        """Write what is queued, stop the writer and close the connection (and this
+        process's in-flight journal, removed when no request in it is unrecorded)."""
         writer = self._writer
         if writer is not None and writer.pid == os.getpid():
             writer.stop()
         self._writer = None
+        journal = self._journal
+        if journal is not None and journal.pid == os.getpid():
+            journal.close()
+        self._journal = None
         with self._lock:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
@@ -539,6 +556,7 @@ class Ledger:
                     except BaseException:
                         _rollback(conn)
                         raise
+                self._resolve([item.params[1] for item in batch if item.params is not None])
                 return
             except sqlite3.OperationalError as exc:
                 # another process held the write lock past the busy timeout: try again
@@ -592,6 +610,73 @@ class Ledger:
 
     dropped = 0      # rows the writer could not commit (logged as errors)
 
+    # -- requests in flight -----------------------------------------------------------------
+    def begin(self, row: LedgerRow) -> None:
+        """Note a request about to be sent, as ``row`` (status ``interrupted``, estimated
+        tokens): what to record if this process dies before the request's own row (same
+        ``client_id``) is committed. One append to this process's journal in
+        ``ledger-inflight/`` (about 10 µs); the next process to open the ledger records the
+        rows a dead process left there (:meth:`_reclaim_inflight`). Raises
+        :class:`LedgerError` if the note cannot be written (then nothing is sent)."""
+        journal = self._journal
+        if journal is None or journal.pid != os.getpid():
+            with self._journal_lock:
+                journal = self._journal
+                if journal is None or journal.pid != os.getpid():
+                    try:
+                        journal = self._journal = _Journal(self.inflight_dir)
+                    except OSError as exc:
+                        raise self._error(exc) from None
+        try:
+            journal.begin(row.client_id, row.as_params())
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    def _resolve(self, client_ids: list[str]) -> None:
+        """These requests' rows are committed (or safe in the spill file)."""
+        journal = self._journal
+        if journal is not None and client_ids and journal.pid == os.getpid():
+            journal.resolve(client_ids)
+
+    def _reclaim_inflight(self) -> int:
+        """Record the requests dead processes left in flight: each journal nobody holds
+        (its process is gone) gives, for every noted request without a row, its
+        ``interrupted`` row (estimated, ``error_code`` ``process_ended``), priced from the
+        estimate and debited like a cut stream; then the journal is removed."""
+        try:
+            paths = sorted(self.inflight_dir.glob("*.jsonl"))
+        except OSError:
+            return 0
+        own = self._journal.path if self._journal is not None else None
+        written = 0
+        for path in paths:
+            if path == own:
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except OSError:
+                continue                          # reclaimed by another process just now
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue                      # its process is alive
+                if os.fstat(fd).st_nlink == 0:
+                    continue                      # reclaimed already
+                with os.fdopen(os.dup(fd), "rb") as fh:
+                    lines = fh.read().splitlines()
+                items = []
+                for line in lines:
+                    try:
+                        items.append(_priced_intent(json.loads(line)))
+                    except (ValueError, TypeError, KeyError):
+                        continue                  # a torn last line
+                written += self._replay_items(items)
+                path.unlink()
+            finally:
+                os.close(fd)
+        return written
+
     # -- when the ledger cannot be written ------------------------------------------------
     def _spill(self, batch: list[_Item], reason: str) -> None:
         """Keep rows the ledger could not take in the spill file (append-only JSONL,
@@ -626,6 +711,7 @@ class Ledger:
             _log.error("cencori_nb: cannot write the ledger spill file %s: %s",
                        self.spill_path, exc)
             return
+        self._resolve([item.params[1] for item in self._unspilled if item.params is not None])
         self._unspilled = []
 
     def _replay_spill(self) -> int:
@@ -714,6 +800,66 @@ class Ledger:
                   "move a damaged file aside), then run again: the waiting rows are written "
                   "to the ledger first."),
             path=self.path, pending=self._pending, spill_path=self.spill_path)
+
+
+class _Journal:
+    """This process's requests in flight: one JSON line per request about to be sent,
+    truncated whenever every noted request's row is committed. The file is locked for the
+    process's life, so a journal whose lock can be taken belongs to a dead process."""
+
+    def __init__(self, directory: Path) -> None:
+        with private_umask():
+            directory.mkdir(mode=0o700, exist_ok=True)
+        self.path = directory / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        self.fd = open_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.open: set[str] = set()
+
+    def begin(self, client_id: str, params: tuple[Any, ...]) -> None:
+        line = json.dumps({"v": 1, "row": dict(zip(COLUMNS, params, strict=True))},
+                          separators=(",", ":")) + "\n"
+        with self.lock:
+            self.open.add(client_id)
+            os.write(self.fd, line.encode())   # no fsync: a killed process's writes persist
+
+    def resolve(self, client_ids: list[str]) -> None:
+        with self.lock:
+            if not self.open:
+                return
+            self.open.difference_update(client_ids)
+            if not self.open:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self.fd, 0)
+
+    def close(self) -> None:
+        with self.lock:
+            if not self.open:        # nothing unrecorded: nothing for a later start to do
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
+            with contextlib.suppress(OSError):
+                os.close(self.fd)    # releases the lock: a later start reclaims what is left
+
+
+def _priced_intent(data: dict[str, Any]) -> _Item:
+    """A journal line → the ``interrupted`` row to record, priced from its estimated tokens
+    by the one cost rule, with the wallet debit a cut stream would have."""
+    from .accounting import charge_for, cost_of  # here: accounting imports this module
+    from .pricing import provider_cost
+    from .types import Usage
+
+    row = dict(data["row"])
+    usage = Usage(int(row["input_tokens"]), int(row["output_tokens"]), 0, 0, 0)
+    quote = provider_cost(row["provider"], row["model"] or row["model_requested"], usage)
+    test_mode = bool(row.get("test_mode"))
+    charge = Decimal(0) if test_mode else charge_for(row["route"], quote.cost_usd)
+    row["provider_cost_pusd"] = to_pusd(quote.cost_usd)
+    row["credits_charged_pusd"] = to_pusd(charge) or 0
+    row["cost_pusd"] = to_pusd(cost_of(row["route"], quote.cost_usd, charge,
+                                       test_mode=test_mode))
+    row["price_version"] = quote.version
+    return _Item(tuple(row[c] for c in COLUMNS), None, row["credits_charged_pusd"] or None)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -129,7 +129,7 @@ def test_stream_closed_early_is_settled_as_estimated(sbx: SandboxServer) -> None
     s.close()
     assert s.completion is not None and s.completion.estimated
     rows = _rows()
-    assert len(rows) == 1 and rows[0].estimated and rows[0].status == "ok"
+    assert len(rows) == 1 and rows[0].estimated and rows[0].status == "interrupted"
 
 
 def test_stream_managed(sbx: SandboxServer) -> None:
@@ -204,7 +204,7 @@ def test_cut_stream_settles_then_raises(monkeypatch: pytest.MonkeyPatch) -> None
         assert partial.estimated and partial.text == "".join(got)
         assert partial.output_tokens > 0
         rows = _rows()
-        assert len(rows) == 1 and rows[0].estimated and rows[0].status == "ok"
+        assert len(rows) == 1 and rows[0].estimated and rows[0].status == "interrupted"
         # a cut stream is not cached
         assert cencori_nb.cache.stats()["entries"] == 0
     finally:
@@ -290,4 +290,4 @@ def test_stream_dropped_after_break_is_settled(sbx: SandboxServer) -> None:
     del s
     gc.collect()
     rows = _rows()
-    assert len(rows) == 1 and rows[0].estimated and rows[0].status == "ok"
+    assert len(rows) == 1 and rows[0].estimated and rows[0].status == "interrupted"

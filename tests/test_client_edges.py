@@ -203,7 +203,8 @@ def test_stream_cut_before_any_text(net: Callable[[Handler], list]) -> None:
 
 
 def test_stream_cut_after_text(net: Callable[[Handler], list]) -> None:
-    """No [DONE] after some text: settled as estimated, then BadResponseError('cut')."""
+    """No [DONE] after some text: settled as interrupted and estimated (was: ok, issue 11.5),
+    then BadResponseError('cut')."""
     net(lambda r: _sse(_chunk("partial "), _chunk("answer"), done=False))
     s = cencori_nb.stream("x", model="gpt-4o-mini")
     got = []
@@ -213,7 +214,7 @@ def test_stream_cut_after_text(net: Callable[[Handler], list]) -> None:
     assert got == ["partial ", "answer"]
     assert info.value.completion.text == "partial answer"
     rows = _rows()
-    assert [(r.status, r.estimated) for r in rows] == [("ok", True)]
+    assert [(r.status, r.estimated) for r in rows] == [("interrupted", True)]
     assert cencori_nb.cache.stats()["entries"] == 0
 
 
@@ -225,7 +226,7 @@ def test_error_event_inside_200_stream(net: Callable[[Handler], list]) -> None:
     with pytest.raises(errors.ProviderUnavailableError) as info:
         list(s)
     assert info.value.completion.text == "some "
-    assert [r.status for r in _rows()] == ["ok"]
+    assert [r.status for r in _rows()] == ["interrupted"]
 
 
 def test_sse_comments_are_ignored(net: Callable[[Handler], list]) -> None:
@@ -311,7 +312,7 @@ def test_astream_cut_after_text(net: Callable[[Handler], list]) -> None:
     assert got == ["half ", "an answer"]
     assert isinstance(err, errors.BadResponseError) and "cut" in str(err)
     assert err.completion.text == "half an answer"  # type: ignore[attr-defined]
-    assert [(r.status, r.estimated) for r in _rows()] == [("ok", True)]
+    assert [(r.status, r.estimated) for r in _rows()] == [("interrupted", True)]
 
 
 def test_transport_error_mid_stream_is_a_cut(net: Callable[[Handler], list]) -> None:

@@ -53,10 +53,13 @@ def test_usage_json_shape(rows: None, capsys: pytest.CaptureFixture[str]) -> Non
     assert data["rows"][1]["provider_cost_usd"] is None
     assert data["rows"][2]["error_code"] == "spend_cap_reached"
     assert first["cost_usd"] == "0.01125" and data["rows"][1]["cost_usd"] is None
-    assert data["totals"] == {"requests": 3, "errors": 1, "cached": 0, "input_tokens": 1007,
+    assert data["totals"] == {"requests": 3, "errors": 1, "cached": 0, "interrupted": 0,
+                              "input_tokens": 1007,
                               "output_tokens": 503, "provider_cost_usd": "0.0075",
                               "credits_charged_usd": "0.01125", "cost_usd": "0.01125",
-                              "cost_unknown_rows": 1, "test_mode_rows": 0}
+                              "cost_unknown_rows": 1, "cost_estimated_rows": 1,
+                              "test_mode_rows": 0}
+    assert all(len(r["client_id"]) == 32 for r in data["rows"])
 
 
 def test_usage_csv_shape(rows: None, capsys: pytest.CaptureFixture[str]) -> None:
@@ -70,7 +73,8 @@ def test_usage_csv_shape(rows: None, capsys: pytest.CaptureFixture[str]) -> None
                               "input_tokens", "output_tokens", "cache_read_tokens",
                               "cache_write_tokens", "thinking_tokens", "provider_cost_usd",
                               "credits_charged_usd", "cost_usd", "estimated",
-                              "price_version", "latency_ms", "ttft_ms", "test_mode"]
+                              "price_version", "latency_ms", "ttft_ms", "test_mode",
+                              "client_id"]
     assert table[1]["credits_charged_usd"] == "0.01125"
 
 

@@ -286,3 +286,230 @@ def test_a_cached_but_unrecorded_answer_is_recorded_once(private_home: Path,
         (first.client_id, "ok"), (hit.client_id, "cached"), (again.client_id, "cached")]
     assert rows[0].credits_charged_usd == first.credits_charged_usd > 0
     assert sbx.stats["requests"] == 1
+
+
+# ------------------------------------------------------------------ processes that die or stop
+
+def _wait_for(predicate: Any, what: str, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def _journal_has_a_request(home: Path) -> bool:
+    return any(p.stat().st_size > 0 for p in (home / "ledger-inflight").glob("*.jsonl"))
+
+
+def _spawn(code: str, home: Path, sandbox: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_child_env(home, sandbox), preexec_fn=_default_sigint)
+
+
+def test_sigkill_mid_request_is_recorded_at_the_next_start(private_home: Path,
+                                                          sbx: Any) -> None:
+    """A process killed while its request is in flight: the next start records it as
+    interrupted (estimated, process_ended), once, priced from the prompt."""
+    sbx.latency_ms = 1500
+    child = _spawn(f"""
+        import cencori_nb
+        cencori_nb.chat("a question the process will not live to see answered " * 20,
+                        model="{MODEL}", route="managed", cache=False)
+        print("answered")
+    """, private_home, sbx)
+    try:
+        _wait_for(lambda: _journal_has_a_request(private_home), "the request to be sent")
+        _wait_for(lambda: any(r["path"].endswith("/chat/completions")
+                              for r in sbx.stats["recent"]) or sbx.stats["requests"] > 0
+                  or child.poll() is not None, "the sandbox to see it", timeout=5)
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.communicate()
+    assert child.returncode == -signal.SIGKILL
+    _wait_for(lambda: sbx.stats["requests"] == 1, "the sandbox to answer into the void")
+    for _ in range(2):                      # two later starts: one row, not two
+        ledger_mod_reset_and_open()
+    rows = default_ledger().rows()
+    assert [(r.status, r.estimated, r.error_code) for r in rows] == \
+        [("interrupted", True, "process_ended")]
+    assert rows[0].input_tokens > 100 and rows[0].output_tokens == 0
+    assert rows[0].credits_charged_usd > 0 and rows[0].cost_usd == rows[0].credits_charged_usd
+    assert list((private_home / "ledger-inflight").glob("*.jsonl")) == []
+    print(f"\nSIGKILL mid-request: sent 1, sandbox answered {sbx.stats['requests']}, "
+          f"recorded {len(rows)} (interrupted, estimated)")
+
+
+def ledger_mod_reset_and_open() -> None:
+    from cencori_nb import ledger as ledger_mod
+
+    ledger_mod._reset_for_tests()
+    default_ledger()
+
+
+MAP_CHILD = """
+    import cencori_nb
+    prompts = [f"row {{i}}: say something about the number {{i}}" for i in range({n})]
+    df = cencori_nb.map(prompts, model="{model}", route="managed", concurrency=8,
+                        progress=False)
+    print("errors", int(df["error"].notna().sum()))
+"""
+
+
+def test_sigkill_during_map_then_rerun_records_every_answer(private_home: Path,
+                                                           sbx: Any) -> None:
+    """SIGKILL at random points of a 60-row map, three times, then a full re-run: every
+    answer the sandbox gave is in the ledger (ok, or interrupted when the process died
+    before recording it), and no cached answer lacks its paying row."""
+    import random
+
+    rng = random.Random(11)
+    sbx.latency_ms = 40
+    n = 60
+    code = MAP_CHILD.format(n=n, model=MODEL)
+    kills = 0
+    for _ in range(3):
+        before = sbx.stats["requests"]
+        child = _spawn(code, private_home, sbx)
+        target = before + rng.randint(1, 25)
+        try:
+            _wait_for(lambda t=target, c=child: sbx.stats["requests"] >= t  # type: ignore[misc]
+                      or c.poll() is not None, "the batch to get going")
+            if child.poll() is None:
+                child.send_signal(signal.SIGKILL)
+                kills += 1
+            child.wait(60)
+        finally:
+            if child.poll() is None:
+                child.kill()
+            child.communicate()
+    final = _spawn(code, private_home, sbx)
+    out, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err
+    assert out.strip().endswith("errors 0")
+    ledger_mod_reset_and_open()
+    rows = default_ledger().rows()
+    answered = sbx.stats["requests"]
+    ok = [r for r in rows if r.status == "ok"]
+    lost = [r for r in rows if r.status == "interrupted"]
+    cached = [r for r in rows if r.status == "cached"]
+    assert all(r.estimated and r.error_code == "process_ended" for r in lost)
+    assert len({r.client_id for r in rows}) == len(rows)
+    # every answer recorded: as ok, or (the process died first) as interrupted; a request
+    # killed before it reached the sandbox is recorded too (fail closed), so >= not ==
+    assert len(ok) <= answered <= len(ok) + len(lost)
+    # recorded but never answered: only requests in flight at a kill (concurrency 8)
+    assert len(ok) + len(lost) - answered <= 8 * kills
+    # the final run answered every row: each prompt has exactly one answer it paid for
+    assert len(ok) >= n - len(cached)
+    # no free cache hits for unrecorded answers: every cached answer's payer is recorded
+    conn = sqlite3.connect(private_home / "cache.sqlite")
+    payers = [json.loads(c)["client_id"] for (c,) in
+              conn.execute("SELECT completion FROM responses")]
+    conn.close()
+    recorded = {r.client_id for r in rows}
+    assert len(payers) == n and all(p in recorded for p in payers)
+    print(f"\nSIGKILL x{kills} during map + re-run: sandbox answered {answered}, recorded "
+          f"{len(ok) + len(lost)} ({len(ok)} ok + {len(lost)} interrupted when the process "
+          f"died), {len(cached)} cache hits, all {n} cached answers paid and recorded")
+
+
+CTRL_C_CHILD = """
+    import json, sys, time
+    import cencori_nb
+    from cencori_nb.ledger import default_ledger
+    try:
+        with cencori_nb.stream("tell me a long story " * 10, model="{model}",
+                               cache=False) as s:
+            for delta in s:
+                print("delta", flush=True)
+                time.sleep(60)        # Ctrl-C lands here, mid-stream
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    rows = default_ledger().rows()
+    print(json.dumps([[r.status, r.estimated, r.input_tokens, r.output_tokens,
+                       str(r.cost_usd)] for r in rows]))
+"""
+
+
+def _ctrl_c(private_home: Path, sbx: Any, ready: Any) -> list[list[Any]]:
+    child = _spawn(CTRL_C_CHILD.format(model=MODEL), private_home, sbx)
+    try:
+        _wait_for(lambda: ready(child), "the moment to press Ctrl-C")
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == 0, err
+    lines = out.strip().splitlines()
+    assert "interrupted" in lines and "Traceback" not in err
+    return json.loads(lines[-1])
+
+
+def test_ctrl_c_before_the_first_token_is_recorded(private_home: Path, sbx: Any) -> None:
+    """Ctrl-C while the provider has not answered yet: one interrupted row, estimated
+    prompt tokens, no output (the provider may bill the prompt)."""
+    sbx.latency_ms = 2000
+    rows = _ctrl_c(private_home, sbx, lambda child: _journal_has_a_request(private_home))
+    assert len(rows) == 1
+    status, estimated, input_tokens, output_tokens, _cost = rows[0]
+    assert (status, estimated, output_tokens) == ("interrupted", True, 0)
+    assert input_tokens > 0
+    print(f"\nCtrl-C before the first token: sent 1, recorded {len(rows)} (interrupted)")
+
+
+def test_ctrl_c_during_a_stream_is_recorded(private_home: Path, sbx: Any) -> None:
+    """Ctrl-C after the first delta: the stream is closed and recorded as interrupted with
+    estimated tokens; the sandbox answered once."""
+    first: list[str] = []
+
+    def got_a_delta(child: subprocess.Popen[str]) -> bool:
+        assert child.stdout is not None
+        if not first:
+            first.append(child.stdout.readline())
+        return first[0].strip() == "delta"
+
+    rows = _ctrl_c(private_home, sbx, got_a_delta)
+    assert len(rows) == 1
+    status, estimated, input_tokens, output_tokens, cost = rows[0]
+    assert (status, estimated) == ("interrupted", True)
+    assert input_tokens > 0 and output_tokens > 0 and Decimal(cost) > 0
+    assert sbx.stats["requests"] == 1
+    print(f"\nCtrl-C during a stream: sent 1, sandbox answered {sbx.stats['requests']}, "
+          f"recorded {len(rows)} (interrupted, estimated)")
+
+
+def test_totals_count_estimated_and_unpriced_rows(private_home: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """spend() and `cencori-nb usage` say how many rows are estimates or have no price."""
+    from cencori_nb import reports
+
+    led = default_ledger()
+    led.record(LedgerRow("a", "p", "openai", "byok", model="gpt-4o", input_tokens=10,
+                         provider_cost_usd=Decimal("0.01")))
+    led.record(LedgerRow("b", "p", "openai", "byok", model="gpt-4o", status="interrupted",
+                         estimated=True, input_tokens=10, provider_cost_usd=Decimal("0.002")))
+    led.record(LedgerRow("c", "p", "local", "byok", model="llama3.2", input_tokens=10))
+    led.record(LedgerRow("d", "p", "openai", "byok", status="error"))
+    frame = reports.spend(by="project")
+    assert frame[["requests", "interrupted", "errors", "estimated", "unpriced"]] \
+        .iloc[0].tolist() == [4, 1, 1, 1, 1]
+    assert frame["cost_usd"].iloc[0] == pytest.approx(0.012)
+    from cencori_nb.cli import main
+
+    assert main(["usage", "--json"]) == 0
+    totals = json.loads(capsys.readouterr().out)["totals"]
+    assert (totals["interrupted"], totals["cost_estimated_rows"],
+            totals["cost_unknown_rows"], totals["cost_usd"]) == (1, 1, 1, "0.012")
+    assert main(["usage"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "1 interrupted" in line and "1 of unknown cost" in line
+    assert "1 of estimated cost" in line

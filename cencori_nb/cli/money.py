@@ -34,7 +34,7 @@ USAGE_FIELDS = ("time", "request_id", "project", "provider", "model_requested", 
                 "route", "credential_source", "status", "error_code", "input_tokens",
                 "output_tokens", "cache_read_tokens", "cache_write_tokens", "thinking_tokens",
                 "provider_cost_usd", "credits_charged_usd", "cost_usd", "estimated",
-                "price_version", "latency_ms", "ttft_ms", "test_mode")
+                "price_version", "latency_ms", "ttft_ms", "test_mode", "client_id")
 
 
 def register(subparsers: Any) -> None:
@@ -96,7 +96,7 @@ def _money(value: Decimal | None) -> str | None:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    from ..ledger import default_ledger, parse_since
+    from ..ledger import BILLED_STATUSES, default_ledger, parse_since
 
     parse_since(args.since)          # a clear error before touching the ledger
     rows = default_ledger().rows(since=args.since, project=args.project)
@@ -108,10 +108,11 @@ def _usage(args: argparse.Namespace) -> int:
         rec["credits_charged_usd"] = _money(r.credits_charged_usd)
         rec["cost_usd"] = _money(r.cost_usd)
         records.append(rec)
-    ok = [r for r in rows if r.status == "ok"]
+    ok = [r for r in rows if r.status in BILLED_STATUSES]    # answered, or stopped part way
     totals = {
         "requests": len(rows), "errors": sum(r.status == "error" for r in rows),
         "cached": sum(r.status == "cached" for r in rows),
+        "interrupted": sum(r.status == "interrupted" for r in rows),
         "input_tokens": sum(r.input_tokens for r in ok),
         "output_tokens": sum(r.output_tokens for r in ok),
         "provider_cost_usd": str(sum((r.provider_cost_usd or Decimal(0) for r in ok),
@@ -120,6 +121,8 @@ def _usage(args: argparse.Namespace) -> int:
         # the stored cost of every row (the one rule); rows of unknown cost are counted
         "cost_usd": str(sum((r.cost_usd or Decimal(0) for r in rows), Decimal(0))),
         "cost_unknown_rows": sum(r.cost_usd is None for r in rows),
+        # billed rows whose tokens (so cost) are estimates: a cut or stopped stream
+        "cost_estimated_rows": sum(bool(r.estimated) for r in ok),
         "test_mode_rows": sum(bool(r.test_mode) for r in rows),
     }
     if args.json:
@@ -157,13 +160,16 @@ def _print_usage_table(rows: list[Any], totals: dict[str, Any], since: str) -> N
     for row in table:
         print("  ".join(cell.rjust(w) if i in numeric else cell.ljust(w)
                         for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip())
+    stopped = f", {totals['interrupted']} interrupted" if totals["interrupted"] else ""
     print(f"\n{totals['requests']} requests ({totals['errors']} failed, {totals['cached']} "
-          f"cached) · {totals['input_tokens']:,} in / {totals['output_tokens']:,} out · "
+          f"cached{stopped}) · {totals['input_tokens']:,} in / {totals['output_tokens']:,} out · "
           f"all spend incl. BYOK ${Decimal(totals['cost_usd']):.6f} · credits spent "
           f"${Decimal(totals['credits_charged_usd']):.6f} · provider price "
           f"${Decimal(totals['provider_cost_usd']):.6f}"
           + (f" · {totals['cost_unknown_rows']} of unknown cost"
              if totals["cost_unknown_rows"] else "")
+          + (f" · {totals['cost_estimated_rows']} of estimated cost"
+             if totals["cost_estimated_rows"] else "")
           + ("  (* estimated)" if any(r.estimated for r in rows) else ""))
 
 
