@@ -254,3 +254,18 @@ def test_map_frame_html_is_inert(sandbox_env: Any) -> None:
     # pandas' HTML has no MathJax guard (a DataFrame is not ours to wrap): TeX is not checked
     # here; the browser test checks that nothing runs.
     assert executable_constructs(_frame_html(frame), math=False) == []
+
+
+def test_line_magic_tables_keep_dollars_away_from_mathjax(shell: InteractiveShell) -> None:
+    """Tables and summaries with several dollar amounts (usage, credits) sit in an element
+    MathJax skips, or "$0.01 … $0.02" would be typeset as a formula."""
+    from cencori_nb import wallet
+
+    wallet.top_up(Decimal("3"))                        # low balance: more dollar amounts
+    run(shell, "%%cencori gpt-4o-mini --no-stream --no-cache\nSANDBOX-ECHO:$x$ costs $1")
+    for line in ("%cencori usage", "%cencori credits", "%cencori providers",
+                 "%cencori models"):
+        cap = run(shell, line)
+        table = cap.outputs[0].data          # (usage then shows plotly's own chart)
+        assert "<table>" in table["text/html"], line
+        assert_inert(table)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.display import display
 
+from .. import safe_html
 from ..settings import ENV_PROJECT, ENV_SANDBOX
 from .parser import LineArgs, MagicUsageError, parse_line, usage_text
 from .render import Bundle, bundle, notice_bundle
@@ -130,10 +131,11 @@ def _credits(magics: CencoriMagics, args: LineArgs) -> None:
 
     if args.action == "reconcile":
         result = wallet.reconcile(args.period, project=args.project)
-        show(bundle(str(result), text_html=result._repr_html_()))
+        # Several dollar amounts in one <pre>: MathJax would typeset "$…$" between them.
+        show(bundle(str(result), text_html=safe_html.block(result._repr_html_())))
         return
     summary = wallet.credits()
-    show(bundle(str(summary), text_html=summary._repr_html_()))
+    show(bundle(str(summary), text_html=safe_html.block(summary._repr_html_())))
 
 
 def _use(magics: CencoriMagics, args: LineArgs) -> None:
@@ -251,6 +253,6 @@ def _table(head: tuple[str, ...], rows: list[tuple[str, ...]], *, title: str,
     trs = "".join("<tr>" + "".join(f"<td style='text-align:{align(i)}'>"
                                    f"{html.escape(str(c))}</td>" for i, c in enumerate(r))
                   + "</tr>" for r in rows)
-    return bundle(plain, text_html=(f"<div><b>{html.escape(title)}</b></div>"
-                                    f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody>"
-                                    "</table>"))
+    return bundle(plain, text_html=safe_html.block(
+        f"<div><b>{html.escape(title)}</b></div>"
+        f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"))
