@@ -638,3 +638,65 @@ def test_a_reader_waits_for_a_writer_holding_the_lock(private_home: Path,
     assert released and served
     assert got is not None and got.api_key.reveal() == OPENAI
     assert path.read_bytes() == fresh_bytes and real_read(path) == fresh_bytes
+
+
+_SLOW_CHANGER = """
+import pathlib, sys, time
+from cencori_nb import keys
+from cencori_nb.keystore import kek
+marker, go, old, new = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+real = kek.new_passphrase_kek
+
+def held(phrase):            # inside the lock, before the new generation is written
+    marker.touch()
+    while not go.exists():
+        time.sleep(0.01)
+    return real(phrase)
+
+kek.new_passphrase_kek = held
+keys.change_passphrase(new, old=old)
+print("changed", flush=True)
+"""
+
+
+def test_a_reader_with_the_new_passphrase_waits_for_the_change(
+        private_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Another process is changing the passphrase (it holds the lock, the file is still the
+    old generation). A reader with the old passphrase reads the previous generation; a
+    reader that already has the new one fails its first read, waits for the lock, and
+    reads the new generation: neither fails."""
+    monkeypatch.setenv("CENCORI_NB_PASSPHRASE", OLD_PHRASE)
+    keys.set("openai", OPENAI)
+    marker, go = tmp_path / "holding", tmp_path / "go"
+    env = dict(os.environ, CENCORI_NB_HOME=str(private_home))
+    writer = subprocess.Popen([sys.executable, "-c", _SLOW_CHANGER, str(marker), str(go),
+                               OLD_PHRASE, NEW_PHRASE], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(6000):
+            if marker.exists() or writer.poll() is not None:
+                break
+            time.sleep(0.01)
+        assert marker.exists(), writer.communicate(timeout=30)
+        # the old passphrase still reads the previous generation meanwhile
+        assert _fresh().get("openai").api_key.reveal() == OPENAI  # type: ignore[union-attr]
+        # the new one: the first read fails; the retry lets the writer go, then waits
+        real_locked = KeyStore._locked
+        retried = []
+
+        def locked_after_letting_go(self: KeyStore):  # type: ignore[no-untyped-def]
+            retried.append(1)
+            go.touch()
+            return real_locked(self)
+
+        monkeypatch.setattr(KeyStore, "_locked", locked_after_letting_go)
+        monkeypatch.setenv("CENCORI_NB_PASSPHRASE", NEW_PHRASE)
+        got = _fresh().get("openai")
+        assert retried and got is not None and got.api_key.reveal() == OPENAI
+        out, err = writer.communicate(timeout=120)
+        assert writer.returncode == 0 and "changed" in out, err
+    finally:
+        go.touch()
+        if writer.poll() is None:
+            writer.kill()
+        writer.wait()

@@ -988,8 +988,12 @@ class KeyStore:
         else:
             todo = f"Check the disk and the permissions of {self.path.parent}"
         state = self._state
-        kept = (f" it still holds generation {state.generation}" if state is not None
-                else " no store was created")
+        if state is not None:
+            kept = f" it still holds generation {state.generation}"
+        elif self.path.exists():
+            kept = " the store file is as it was"
+        else:
+            kept = " no store was created"
         return KeystoreError(
             f"Could not write the key store {self.path}: {reason}"
             f"{f' ({name})' if name else ''} on {target}; nothing was changed:{kept}.",
