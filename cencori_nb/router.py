@@ -34,8 +34,12 @@ else :class:`~cencori_nb.errors.ProviderNotConfiguredError` naming both fixes. `
 only when the project allows it (``allow_fallback``, default off: no silent spend) and a
 Cencori key exists; the client never uses it after a 401 (Cencori's rule).
 
-Base URL: ``sandbox_url`` + the adapter's ``sandbox_prefix`` when a sandbox is set; else
-``settings.base_urls[provider]``; else the adapter's ``default_base_url``.
+Base URL and key (:mod:`cencori_nb.egress` holds the rules): ``sandbox_url`` + the
+adapter's ``sandbox_prefix`` when a sandbox is set, and then the decision carries the
+provider's demo key, never the stored one (``credential_source`` ``sandbox-demo:…``); else
+``settings.base_urls[provider]`` (a remote host other than the provider's own needs
+``settings.trusted_hosts``); else the adapter's ``default_base_url``. The ``why`` list says
+which rule let the URL through.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import egress
 from .catalog import CENCORI, PROVIDERS, provider_info
 from .errors import ConfigurationError, ProviderNotConfiguredError, UnknownModelError
 from .home import ENV_HOME
@@ -186,24 +191,26 @@ def _store() -> Any:
     return default_store()
 
 
-def _base_url(adapter_name: str, provider: str, settings: Any) -> tuple[str, str]:
+def _destination(adapter_name: str, provider: str, credential: Secret,
+                 settings: Any) -> egress.Destination:
+    """Base URL and the key actually sent, by the rules of :mod:`cencori_nb.egress`."""
     from .providers import get_provider
 
     adapter = get_provider(adapter_name)
-    if settings.sandbox_url:
-        return (settings.sandbox_url + adapter.sandbox_prefix,
-                f"sandbox at {settings.sandbox_url} (CENCORI_NB_SANDBOX / settings)")
-    configured = settings.base_urls.get(provider if adapter_name != CENCORI else CENCORI)
-    if configured:
-        return configured.rstrip("/"), "base URL from settings.base_urls"
     default = getattr(adapter, "default_base_url", "") or (
         PROVIDERS[provider].base_url if provider in PROVIDERS else "")
-    if not default:
+    configured = settings.base_urls.get(provider if adapter_name != CENCORI else CENCORI)
+    if not settings.sandbox_url and not configured and not default:
         raise ConfigurationError(
             f"No base URL is known for {adapter_name!r}.",
             hint=f"Set one: cencori_nb.settings.update_settings(base_urls={{'{provider}': "
                  "'http://host:port/v1'}}).", provider=provider)
-    return default, "the provider's public API"
+    return egress.destination(
+        adapter=adapter_name, provider=provider, credential=credential,
+        sandbox_url=settings.sandbox_url, sandbox_prefix=adapter.sandbox_prefix,
+        configured=configured, default_url=default, trusted_hosts=settings.trusted_hosts,
+        sandbox_allow_remote=egress.allowed_remote_sandbox_hosts(
+            settings.sandbox_allow_remote))
 
 
 def _not_configured(provider: str, project: str, *, disabled: bool) -> ProviderNotConfiguredError:
@@ -222,19 +229,25 @@ def _not_configured(provider: str, project: str, *, disabled: bool) -> ProviderN
 def _byok(provider: str, model: str, key: Secret, project: str, settings: Any,
           why: list[str], *, model_requested: str | None, fallback: Decision | None = None,
           source: str | None = None) -> Decision:
-    base_url, url_why = _base_url(provider, provider, settings)
-    return Decision(provider=provider, model=model, route="byok", credential=key,
-                    credential_source=source or f"keystore:byok:{provider}", base_url=base_url,
-                    adapter=provider, why=[*why, f"base URL: {url_why}"], fallback=fallback,
+    dest = _destination(provider, provider, key, settings)
+    source = source or f"keystore:byok:{provider}"
+    if settings.sandbox_url and dest.credential:
+        source = f"sandbox-demo:byok:{provider}"
+    return Decision(provider=provider, model=model, route="byok", credential=dest.credential,
+                    credential_source=source, base_url=dest.base_url,
+                    adapter=provider, why=[*why, f"base URL: {dest.why}"], fallback=fallback,
                     project=project, model_requested=model_requested)
 
 
 def _managed(provider: str, model: str, cencori_key: Secret, project: str, settings: Any,
              why: list[str], *, model_requested: str | None) -> Decision:
-    base_url, url_why = _base_url(CENCORI, provider, settings)
-    return Decision(provider=provider, model=model, route="managed", credential=cencori_key,
-                    credential_source=f"keystore:managed:{CENCORI}", base_url=base_url,
-                    adapter=CENCORI, why=[*why, f"base URL: {url_why}"], project=project,
+    dest = _destination(CENCORI, provider, cencori_key, settings)
+    source = (f"sandbox-demo:managed:{CENCORI}" if settings.sandbox_url
+              else f"keystore:managed:{CENCORI}")
+    return Decision(provider=provider, model=model, route="managed",
+                    credential=dest.credential, credential_source=source,
+                    base_url=dest.base_url, adapter=CENCORI,
+                    why=[*why, f"base URL: {dest.why}"], project=project,
                     model_requested=model_requested)
 
 
@@ -374,8 +387,8 @@ def _state_token() -> tuple[Any, ...]:
     paths = _paths.get(home)
     if paths is None:
         paths = _paths[home] = (str(config_path()), str(_store().path))
-    return (home, environ.get(ENV_PROJECT), environ.get(ENV_SANDBOX), _sig(paths[0]),
-            _sig(paths[1]))
+    return (home, environ.get(ENV_PROJECT), environ.get(ENV_SANDBOX),
+            environ.get(egress.ENV_SANDBOX_ALLOW_REMOTE), _sig(paths[0]), _sig(paths[1]))
 
 
 def resolve(request: ChatRequest) -> Decision:

@@ -5,7 +5,12 @@ win over the file:
 
 - ``CENCORI_NB_PROJECT``: the current project (default ``"default"``);
 - ``CENCORI_NB_SANDBOX``: base URL of a running sandbox (``http://127.0.0.1:PORT``); when
-  set, every adapter talks to it instead of the real providers.
+  set, every adapter talks to it instead of the real providers, with demo keys only
+  (:mod:`cencori_nb.egress`);
+- ``CENCORI_NB_SANDBOX_ALLOW_REMOTE``: host names a non-loopback sandbox may run on.
+
+Where keys may go (:mod:`cencori_nb.egress`): ``base_urls`` on a remote host other than the
+provider's own needs that host in ``trusted_hosts[provider]`` (see :func:`trust_host`).
 
 Secrets never live here; they live in the key store.
 """
@@ -23,7 +28,7 @@ from .errors import ConfigurationError
 from .home import atomic_write, ensure_home, home_dir
 
 __all__ = ["ProjectSettings", "Settings", "config_path", "current_project", "load_settings",
-           "sandbox_url", "save_settings", "update_project", "update_settings"]
+           "sandbox_url", "save_settings", "trust_host", "update_project", "update_settings"]
 
 ENV_PROJECT = "CENCORI_NB_PROJECT"
 ENV_SANDBOX = "CENCORI_NB_SANDBOX"
@@ -50,6 +55,9 @@ class Settings:
     byok_fee_pct: Decimal = Decimal(0)      # used when byok_policy == "percent"
     sandbox_url: str | None = None
     base_urls: dict[str, str] = field(default_factory=dict)   # e.g. {"ollama": "http://…/v1"}
+    # provider → hosts (not its own) that may receive its stored key through base_urls
+    trusted_hosts: dict[str, list[str]] = field(default_factory=dict)
+    sandbox_allow_remote: list[str] = field(default_factory=list)  # remote sandbox hosts
     projects: dict[str, ProjectSettings] = field(default_factory=dict)
     # Under a hard cap, the output tokens reserved for a request sent without max_tokens
     # (at most; less when the model's context window says so). See accounting.reserve.
@@ -205,6 +213,24 @@ def update_project(project: str | None = None, **changes: Any) -> ProjectSetting
     proj = replace(current.projects.get(name, ProjectSettings()), **changes)
     save_settings(replace(current, projects={**current.projects, name: proj}))
     return proj
+
+
+def trust_host(provider: str, host: str) -> Settings:
+    """Allow ``host`` to receive ``provider``'s stored key through ``base_urls`` (an explicit
+    opt-in, e.g. for your own proxy; loopback hosts need none)."""
+    from .catalog import provider_info
+    from .egress import UnsafeURLError, parse_url
+
+    if provider != "cencori":
+        provider_info(provider)
+    try:
+        name = parse_url(f"https://{host.strip()}", what="host").host
+    except UnsafeURLError:
+        raise ConfigurationError(f"{host!r} is not a host name.",
+                                 hint="Give just the host, e.g. 'proxy.example.com'.") from None
+    current = _load_file()
+    hosts = [h for h in current.trusted_hosts.get(provider, []) if h != name] + [name]
+    return update_settings(trusted_hosts={**current.trusted_hosts, provider: hosts})
 
 
 def current_project(explicit: str | None = None) -> str:

@@ -104,7 +104,7 @@ def test_duplicate_prompts_send_once_and_copies_hit_the_cache(sbx: SandboxServer
 
 def test_revoked_key_fails_every_row_and_the_batch_returns(sbx: SandboxServer) -> None:
     """A revoked BYOK key: each row carries the 401 message; nothing raised, no retries."""
-    keys.set("openai", "sk-revoked-" + "C" * 24)
+    keys.set("openai", "sk-sandbox-demo-openai-revoked")   # the sandbox's revoked demo key
     out = cencori_nb.map(["a", "b", "c"], model="gpt-4o-mini", progress=False)
     assert out["text"].isna().all()
     assert all(e.startswith("AuthenticationError (401)") for e in out["error"])

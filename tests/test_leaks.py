@@ -40,6 +40,7 @@ from typing import Any
 
 import pytest
 
+from cencori_nb.egress import DEMO_KEYS
 from tests.leak_helpers import Audit, encodings, find
 
 CENCORI_CANARY = "csk_canary_" + "Hh3Jm8Qp2Ls5Vd9Wf4Xa"
@@ -51,6 +52,19 @@ REVOKED_GOOGLE = "AIzaCanaryrevoked" + "Qw9Er2Ty5Ui8Op"
 # Not key-shaped: only the registered-secret defences (not the regexes) can catch these.
 PLAIN_CANARY = "plainCanary" + "Mx3Nq7Rt1Vw5"
 REVOKED_PLAIN = "plainCanaryrevoked" + "Kd4Lf8Pg2"
+# In sandbox mode only demo keys travel (issue 10): the sandbox's 401 comes from its revoked
+# demo keys (stored here in place of a canary) or from a sandbox that rejects every request.
+REVOKED_DEMO = {"mistral": DEMO_KEYS["mistral"] + "-revoked",
+                "groq": DEMO_KEYS["groq"] + "_revoked"}
+# What each door must receive: the provider's demo key, whatever canary is stored.
+DEMO_BY_PREFIX = {"/google/": DEMO_KEYS["google"], "/openai/": DEMO_KEYS["openai"],
+                  "/anthropic/": DEMO_KEYS["anthropic"], "/api/ai/": DEMO_KEYS["cencori"],
+                  "/together/": DEMO_KEYS["together"], "/mistral/": DEMO_KEYS["mistral"],
+                  "/groq/": DEMO_KEYS["groq"]}
+
+
+def _demo(*prefixes: str) -> dict[str, str]:
+    return {prefix: DEMO_BY_PREFIX[prefix] for prefix in prefixes}
 TOGETHER_MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 
 LOGGERS = ("httpx2", "httpcore2", "httpx", "httpcore", "cencori_nb", "asyncio")
@@ -140,10 +154,11 @@ _KEY_HEADER = {"/openai/": "authorization", "/mistral/": "authorization",
 
 
 def _check_where_keys_travel(audit: Audit, sandbox: Any, expected: dict[str, str]) -> None:
-    """Each key only in its own header; never in a path, query, body or another header.
+    """No stored key reaches the sandbox at all (its own header included: only demo keys
+    travel there); the demo key only in its own header.
 
-    ``expected`` maps a path prefix (``/google/``) to the key its requests must carry: a
-    positive control that the requests seen are the ones this test made.
+    ``expected`` maps a path prefix (``/google/``) to the demo key its requests must carry:
+    a positive control that the requests seen are the ones this test made.
     """
     requests = _sandbox_requests(sandbox)
     assert requests, "the sandbox saw no request"
@@ -154,9 +169,9 @@ def _check_where_keys_travel(audit: Audit, sandbox: Any, expected: dict[str, str
         audit.add(f"{where} body", req.body)
         own = next((h for prefix, h in _KEY_HEADER.items() if req.path.startswith(prefix)),
                    None)
+        del own   # every header is searched: the planted keys never travel to a sandbox
         for name, value in req.headers.items():
-            if name != own:
-                audit.add(f"{where} header {name}", value)
+            audit.add(f"{where} header {name}", value)
         assert "key" not in req.query, req.target          # Gemini: never ?key=
     for prefix, key in expected.items():
         seen = [r for r in requests if r.path.startswith(prefix)]
@@ -236,8 +251,9 @@ def test_cli_keys_ask_usage(private_home: Path, sandbox: Any, canary: str, audit
         ("keys set google", ["keys", "set", "google"], GOOGLE_CANARY + "\n"),
         ("keys set anthropic", ["keys", "set", "anthropic"], ANTHROPIC_CANARY),
         ("keys set cencori", ["keys", "set", "cencori"], CENCORI_CANARY + "\r\n"),
-        # an sk- key as Mistral's is refused unless forced (issue 12.5): forced here
-        ("keys set mistral (revoked)", ["keys", "set", "mistral", "--force"], REVOKED_CANARY),
+        ("keys set deepseek (revoked canary)", ["keys", "set", "deepseek"], REVOKED_CANARY),
+        ("keys set mistral (revoked demo)", ["keys", "set", "mistral"],
+         REVOKED_DEMO["mistral"]),
         ("keys set together (plain)", ["keys", "set", "together"], PLAIN_CANARY),
     ]]
     for name, run in runs:
@@ -270,10 +286,8 @@ def test_cli_keys_ask_usage(private_home: Path, sandbox: Any, canary: str, audit
     for name, run in runs + asks + reports:
         audit.add(f"`cencori-nb {name}` stdout", run.stdout)
         audit.add(f"`cencori-nb {name}` stderr", run.stderr)
-    _check_where_keys_travel(audit, sandbox, {"/google/": GOOGLE_CANARY, "/openai/": canary,
-                                              "/anthropic/": ANTHROPIC_CANARY,
-                                              "/api/ai/": CENCORI_CANARY,
-                                              "/together/": PLAIN_CANARY})
+    _check_where_keys_travel(audit, sandbox, _demo("/google/", "/openai/", "/anthropic/",
+                                                   "/api/ai/", "/together/"))
     assert {"keystore.json", "keystore.bak", "ledger.sqlite"} <= {
         p.name for p in audit.add_home(private_home)}
     audit.assert_clean()
@@ -470,6 +484,9 @@ def test_python_api_and_panel(private_home: Path, sandbox_env: Any, canary: str,
     panel.force.value = True
     panel.save_button.click()
     assert panel.force.value is False             # one save only
+    # A stored key never reaches the sandbox (issue 10): its revoked demo key gets the 401.
+    browser_types(panel.key, REVOKED_DEMO["mistral"])
+    panel.save_button.click()
     panel.test_button.click()
     assert "401" in panel.status.value, panel.status.value
     keys.set("mistral", canary, force=True)
@@ -628,10 +645,8 @@ def test_successful_requests_and_cache(private_home: Path, sandbox_env: Any, can
     from cencori_nb import cache
 
     audit.add("cache stats", repr(cache.stats()))
-    _check_where_keys_travel(audit, sandbox_env, {"/google/": GOOGLE_CANARY, "/openai/": canary,
-                                                  "/anthropic/": ANTHROPIC_CANARY,
-                                                  "/api/ai/": CENCORI_CANARY,
-                                                  "/together/": PLAIN_CANARY})
+    _check_where_keys_travel(audit, sandbox_env, _demo("/google/", "/openai/", "/anthropic/",
+                                                       "/api/ai/", "/together/"))
     _check_logs(audit, observed)
     files = audit.add_home(private_home)
     assert {"ledger.sqlite", "cache.sqlite", "config.json", "keystore.json"} <= {
@@ -670,12 +685,17 @@ def _expect_error(audit: Audit, where: str, fn: Any, *args: Any, **kwargs: Any
     return info.value
 
 
-def test_rejected_keys(private_home: Path, sandbox_env: Any, canary: str, audit: Audit,
-                       observed: Observed) -> None:
+def test_rejected_keys(private_home: Path, canary: str, audit: Audit,
+                       observed: Observed, monkeypatch: pytest.MonkeyPatch) -> None:
     """A key the provider rejects (401, which some providers answer by quoting the key):
-    the error, its chain, its traceback, the logs and the ledger hold no key."""
+    the error, its chain, its traceback, the logs and the ledger hold no key. (The stored
+    keys never reach a sandbox, so a sandbox that rejects every request drives the 401s.)"""
     from cencori_nb import client, keys
     from cencori_nb.errors import AuthenticationError
+    from cencori_nb.sandbox import SandboxServer
+
+    sandbox_env = SandboxServer(faults="401=1")
+    monkeypatch.setenv("CENCORI_NB_SANDBOX", sandbox_env.start_in_thread())
 
     keys.set("openai", REVOKED_CANARY)
     keys.set("google", REVOKED_GOOGLE)
@@ -708,10 +728,11 @@ def test_rejected_keys(private_home: Path, sandbox_env: Any, canary: str, audit:
                                 client.achat("hi", model="gpt-4o-mini")))
     assert all(isinstance(e, AuthenticationError) for e in errors), errors
     assert "…" in str(errors[1])          # the hint is shown, and only the hint
-    _check_where_keys_travel(audit, sandbox_env, {"/google/": REVOKED_GOOGLE,
-                                                  "/openai/": REVOKED_CANARY,
-                                                  "/api/ai/": REVOKED_CSK,
-                                                  "/together/": REVOKED_PLAIN})
+    try:
+        _check_where_keys_travel(audit, sandbox_env, _demo("/google/", "/openai/", "/api/ai/",
+                                                           "/together/"))
+    finally:
+        sandbox_env.stop()
     _check_logs(audit, observed)
     audit.add_home(private_home)
     import cencori_nb
@@ -786,13 +807,10 @@ def test_rate_limit_timeout_and_cut_stream(private_home: Path, faulty_sandbox: A
     err = _expect_error(audit, "async timeout", asyncio.run,
                         client.achat("hi", model="gemini-2.5-flash", retries=0, cache=False))
     assert isinstance(err, ProviderTimeoutError), err
-    _check_where_keys_travel(audit, server, {"/google/": GOOGLE_CANARY, "/openai/": canary,
-                                             "/api/ai/": CENCORI_CANARY})
+    _check_where_keys_travel(audit, server, _demo("/google/", "/openai/", "/api/ai/"))
     for srv in (limited, cutter):
-        _check_where_keys_travel(audit, srv, {"/google/": GOOGLE_CANARY, "/openai/": canary,
-                                              "/anthropic/": ANTHROPIC_CANARY,
-                                              "/api/ai/": CENCORI_CANARY,
-                                              "/together/": PLAIN_CANARY})
+        _check_where_keys_travel(audit, srv, _demo("/google/", "/openai/", "/anthropic/",
+                                                   "/api/ai/", "/together/"))
     assert any("retrying" in r.getMessage() for r in observed.caplog.records)
     assert any(r.name == "httpx2" and "HTTP Request" in r.getMessage()
                for r in observed.caplog.records), "httpx2 request logs were not captured"
@@ -836,8 +854,10 @@ def test_magics_outputs_history_and_namespace(private_home: Path, sandbox_env: A
     from cencori_nb.keystore.secret import Secret
 
     _plant_python(canary)
-    keys.set("mistral", REVOKED_CANARY, force=True)   # an sk- key as Mistral's: forced
-    keys.set("groq", REVOKED_PLAIN)
+    keys.set("deepseek", REVOKED_CANARY)       # planted; it never travels to a sandbox
+    keys.set("xai", REVOKED_PLAIN)
+    keys.set("mistral", REVOKED_DEMO["mistral"])   # the sandbox's 401s come from demo keys
+    keys.set("groq", REVOKED_DEMO["groq"])
     shell = ipython
     ipython.user_ns["k"] = Secret(canary)     # what a careful user keeps in the namespace
     ipython.user_ns["plain"] = PLAIN_CANARY   # what a careless one does (never in a cell)
@@ -1023,8 +1043,10 @@ def test_batch_rows_errors_and_checkpoints(private_home: Path, sandbox_env: Any,
     from cencori_nb import batch, keys
 
     _plant_python(canary)
-    keys.set("mistral", REVOKED_CANARY, force=True)   # an sk- key as Mistral's: forced
-    keys.set("groq", REVOKED_PLAIN)
+    keys.set("deepseek", REVOKED_CANARY)       # planted; it never travels to a sandbox
+    keys.set("xai", REVOKED_PLAIN)
+    keys.set("mistral", REVOKED_DEMO["mistral"])   # the sandbox's 401s come from demo keys
+    keys.set("groq", REVOKED_DEMO["groq"])
     frames = [
         ("openai", batch.map(["one", "two", "three"], model="gpt-4o-mini", temperature=0.7,
                              cache=False, progress=True)),

@@ -276,11 +276,11 @@ def test_revoked_key_401_is_one_line_and_recorded_once(shell: InteractiveShell,
     """A 401 from the provider: one line, no traceback, one failed row in the ledger."""
     from cencori_nb import keys
 
-    keys.set("openai", "sk-test-revoked-000000000000")
+    keys.set("openai", "sk-sandbox-demo-openai-revoked")   # the sandbox's revoked demo key
     for flags in ("", "--no-stream"):
         cap, result = run(shell, f"%%cencori gpt-4o-mini --no-cache {flags}\nhi")
         line = assert_one_error_line(cap, result)
-        assert "sk-test-revoked" not in line
+        assert "sk-sandbox-demo" not in line
         assert "openai" in line.lower()
     rows = _ledger_rows()
     failed = rows[rows["status"] == "error"]

@@ -200,10 +200,13 @@ def test_provider_without_model_uses_its_default_model() -> None:
 
 
 def test_sandbox_url_and_settings_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Sandbox URL + adapter prefix wins; else settings.base_urls; else the adapter default."""
+    """Sandbox URL + adapter prefix wins; else settings.base_urls; else the adapter default.
+
+    (A loopback proxy: a remote http:// one is refused since issue 10, see
+    test_attack_urls.py.)"""
     _setup("enabled", True)
-    settings.update_settings(base_urls={"openai": "http://proxy.local/v1/"})
-    assert router.explain_route("gpt-4o-mini").base_url == "http://proxy.local/v1"
+    settings.update_settings(base_urls={"openai": "http://localhost:8080/v1/"})
+    assert router.explain_route("gpt-4o-mini").base_url == "http://localhost:8080/v1"
     monkeypatch.setenv("CENCORI_NB_SANDBOX", "http://127.0.0.1:5555/")
     assert router.explain_route("gpt-4o-mini").base_url == "http://127.0.0.1:5555/openai/v1"
     assert router.explain_route("gpt-4o-mini", route="managed").base_url == (

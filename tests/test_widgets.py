@@ -14,6 +14,7 @@ from comm import DummyComm
 ipywidgets = pytest.importorskip("ipywidgets")
 
 from cencori_nb import keys  # noqa: E402  (after the importorskip)
+from cencori_nb.keystore.secret import Secret  # noqa: E402
 from cencori_nb.widgets import setup  # noqa: E402
 from cencori_nb.widgets.controller import (  # noqa: E402
     DISABLED,
@@ -218,9 +219,10 @@ def test_test_key_success_and_provider_error(panel: Any, sandbox_env: str, sandb
     sent = sandbox.stats["recent"][-1]
     body = sent["json"]
     assert body.get("max_completion_tokens", body.get("max_tokens")) == TEST_MAX_TOKENS <= 8
-    assert sent["stream"] is False and sent["key"].endswith("Xx77")
+    # in sandbox mode the sandbox gets the demo key, never the stored one (issue 10)
+    assert sent["stream"] is False and sent["key"] == Secret("sk-sandbox-demo-openai").hint
     assert "Key works" in panel.status.value
-    keys.set("openai", "sk-test-revoked-0000000Vv55")
+    keys.set("openai", "sk-sandbox-demo-openai-revoked")   # the sandbox's revoked demo key
     panel.test_button.click()
     assert "Key test failed" in panel.status.value and "b00020" in panel.status.value
 

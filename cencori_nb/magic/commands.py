@@ -157,9 +157,18 @@ def _cache(magics: CencoriMagics, args: LineArgs) -> None:
 
 
 def _sandbox(magics: CencoriMagics, args: LineArgs) -> None:
+    from ..egress import (
+        ENV_SANDBOX_ALLOW_REMOTE,
+        allowed_remote_sandbox_hosts,
+        parse_url,
+        sandbox_endpoint,
+    )
+
     if args.action == "on":
         url = args.url
         if url is None:
+            if args.allow_remote:
+                raise MagicUsageError("%cencori sandbox on: --allow-remote needs a URL.")
             if magics.sandbox_server is None:
                 from ..sandbox import SandboxServer
 
@@ -167,16 +176,29 @@ def _sandbox(magics: CencoriMagics, args: LineArgs) -> None:
                 server.start_in_thread()
                 magics.sandbox_server = server
             url = magics.sandbox_server.url
-        elif not re.match(r"https?://", url):
-            raise MagicUsageError(f"%cencori sandbox on: {url!r} is not an http(s) URL.")
-        os.environ[ENV_SANDBOX] = url.rstrip("/")
-        show(notice_bundle(f"sandbox on: requests in this kernel go to {url.rstrip('/')} "
-                           "(no real provider is called, no real credits are spent)."))
+        from ..settings import load_settings
+
+        allowed = allowed_remote_sandbox_hosts(load_settings().sandbox_allow_remote)
+        if args.allow_remote:
+            allowed.append(parse_url(url, what="sandbox URL").host)
+        endpoint = sandbox_endpoint(url, allow_remote=allowed)   # UnsafeURLError if not
+        if args.allow_remote and not endpoint.loopback:
+            os.environ[ENV_SANDBOX_ALLOW_REMOTE] = endpoint.host
+        os.environ[ENV_SANDBOX] = endpoint.url
+        started_here = args.url is None
+        what = ("the offline sandbox started in this kernel (fake replies, no provider is "
+                "called)" if started_here else
+                "the server you named (this machine)" if endpoint.loopback else
+                f"{endpoint.host}, a remote server you allowed")
+        show(notice_bundle(f"sandbox on: requests in this kernel go to {endpoint.url}, "
+                           f"{what}, carrying fixed demo keys only: your stored keys are "
+                           "never sent there."))
         return
     if magics.sandbox_server is not None:
         magics.sandbox_server.stop()
         magics.sandbox_server = None
     os.environ.pop(ENV_SANDBOX, None)
+    os.environ.pop(ENV_SANDBOX_ALLOW_REMOTE, None)
     from ..settings import sandbox_url
 
     still = sandbox_url()

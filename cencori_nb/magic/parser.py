@@ -185,6 +185,7 @@ class LineArgs:
     period: str = "24h"                  # credits reconcile --period
     url: str | None = None               # sandbox on URL
     port: int = 0                        # sandbox on --port
+    allow_remote: bool = False           # sandbox on URL --allow-remote
 
 
 def _line_parser() -> MagicParser:
@@ -216,6 +217,7 @@ def _line_parser() -> MagicParser:
     s.add_argument("action", choices=("on", "off"))
     s.add_argument("url", nargs="?", default=None)
     s.add_argument("--port", type=int, default=0)
+    s.add_argument("--allow-remote", action="store_true")
     sub.add_parser("help")
     return p
 
@@ -278,6 +280,7 @@ HELP = """\
 %cencori use PROJECT             current project for this kernel
 %cencori cache clear             forget cached replies
 %cencori sandbox on [URL] | off  use the offline sandbox instead of real providers
+                                 (demo keys only; a non-loopback URL needs --allow-remote)
 %cencori help
 
 Keys are never accepted on a magic line (IPython keeps every line in its history):
