@@ -209,7 +209,7 @@ def test_panel_test_key_shows_the_providers_hostile_model_name_as_text(
     from cencori_nb import keys
     from cencori_nb.widgets import setup
 
-    keys.set("openai", "sk-test-revoked-000000000000Rv01")
+    keys.set("openai", "sk-sandbox-demo-openai-revoked")   # the sandbox only sees demo keys
     panel = setup()
     panel.select("openai")
     panel.test_key()
