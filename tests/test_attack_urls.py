@@ -197,7 +197,7 @@ def test_near_demo_keys_are_replaced(srv: RecordingSandbox, stored_key: str,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the exact demo-key forms travel; anything else is a stored key, replaced."""
     monkeypatch.setenv("CENCORI_NB_SANDBOX", srv.url)
-    keys.set("openai", stored_key)
+    keys.set("openai", stored_key, force=True)   # force: another provider's prefix
     cencori_nb.chat("hi", model="gpt-4o-mini")
     assert srv.keys_received() == [DEMO_KEYS["openai"]]
 
