@@ -23,7 +23,8 @@ carries none):
 1. ``http://`` only to loopback. Over plain HTTP anyone on the path reads the key.
 2. Sandbox mode (``CENCORI_NB_SANDBOX``, ``sandbox_url`` in ``config.json``, ``%cencori
    sandbox on URL``): the request carries the provider's fixed, clearly fake demo key
-   (:data:`DEMO_KEYS`), never a stored key. A stored key that is itself a demo key (the
+   (:data:`DEMO_KEYS`; ``csk_test_sandbox_demo`` for a Cencori *test* key, which keeps its
+   free test mode), never a stored key. A stored key that is itself a demo key (the
    notebooks store ``sk-sandbox-demo-openai``; tests store variants such as
    ``sk-sandbox-demo-openai-revoked``, see :func:`is_demo_key`) is sent as it is, so the
    sandbox's key-dependent behaviours (a key containing ``revoked`` → 401, per-key rate
@@ -70,6 +71,10 @@ DEMO_KEYS: dict[str, str] = {
     "local": "sandbox-demo-local",
     "cencori": "csk_sandbox_demo",
 }
+# A Cencori test key (csk_test_…) is free at Cencori; its demo keeps that mode (the prefix
+# is the key's kind, not its secret), so test-mode accounting works in the sandbox too.
+CENCORI_TEST_PREFIX = "csk_test_"
+DEMO_CENCORI_TEST_KEY = "csk_test_sandbox_demo"
 _DEMO_VARIANT = re.compile(r"[-_][A-Za-z0-9_-]{1,48}")
 
 
@@ -86,12 +91,13 @@ def is_demo_key(provider: str, key: Secret) -> bool:
     """Whether ``key`` is ``provider``'s demo key or a variant of it (the demo key followed by
     ``-`` or ``_`` and up to 48 letters, digits, ``-`` or ``_``: ``sk-sandbox-demo-openai-
     revoked``, ``csk_sandbox_demo_2``). No real key has these forms."""
-    demo = DEMO_KEYS.get(provider)
-    if demo is None:
-        return False
     value = key.reveal()
-    return value == demo or (value.startswith(demo)
-                             and _DEMO_VARIANT.fullmatch(value, len(demo)) is not None)
+    demos = [DEMO_KEYS.get(provider)]
+    if provider == "cencori":
+        demos.append(DEMO_CENCORI_TEST_KEY)
+    return any(demo is not None and (value == demo or (
+        value.startswith(demo) and _DEMO_VARIANT.fullmatch(value, len(demo)) is not None))
+        for demo in demos)
 
 
 def sandbox_credential(provider: str, stored: Secret) -> Secret:
@@ -102,6 +108,8 @@ def sandbox_credential(provider: str, stored: Secret) -> Secret:
     """
     if not stored or is_demo_key(provider, stored):
         return stored
+    if provider == "cencori" and stored.reveal().startswith(CENCORI_TEST_PREFIX):
+        return Secret(DEMO_CENCORI_TEST_KEY)
     return Secret(DEMO_KEYS.get(provider, "sandbox-demo-" + provider))
 
 

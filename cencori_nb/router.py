@@ -57,8 +57,8 @@ from .keystore.secret import Secret
 from .settings import ENV_PROJECT, ENV_SANDBOX, config_path, load_settings
 from .types import ChatRequest, Message
 
-__all__ = ["GATEWAY_DEFAULT_MODEL", "Decision", "explain_route", "provider_for_model",
-           "resolve"]
+__all__ = ["GATEWAY_DEFAULT_MODEL", "Decision", "destination", "explain_route",
+           "provider_for_model", "resolve"]
 
 GATEWAY_DEFAULT_MODEL = "gemini-2.5-flash"   # Cencori's gateway default when none is set
 LOCAL = "local"                              # a local OpenAI-compatible server
@@ -191,9 +191,10 @@ def _store() -> Any:
     return default_store()
 
 
-def _destination(adapter_name: str, provider: str, credential: Secret,
-                 settings: Any) -> egress.Destination:
-    """Base URL and the key actually sent, by the rules of :mod:`cencori_nb.egress`."""
+def destination(adapter_name: str, provider: str, credential: Secret,
+                settings: Any) -> egress.Destination:
+    """Base URL and the key actually sent, by the rules of :mod:`cencori_nb.egress`, for a
+    request that does not go through :func:`resolve` (e.g. the gateway's Metrics API)."""
     from .providers import get_provider
 
     adapter = get_provider(adapter_name)
@@ -229,7 +230,7 @@ def _not_configured(provider: str, project: str, *, disabled: bool) -> ProviderN
 def _byok(provider: str, model: str, key: Secret, project: str, settings: Any,
           why: list[str], *, model_requested: str | None, fallback: Decision | None = None,
           source: str | None = None) -> Decision:
-    dest = _destination(provider, provider, key, settings)
+    dest = destination(provider, provider, key, settings)
     source = source or f"keystore:byok:{provider}"
     if settings.sandbox_url and dest.credential:
         source = f"sandbox-demo:byok:{provider}"
@@ -241,7 +242,7 @@ def _byok(provider: str, model: str, key: Secret, project: str, settings: Any,
 
 def _managed(provider: str, model: str, cencori_key: Secret, project: str, settings: Any,
              why: list[str], *, model_requested: str | None) -> Decision:
-    dest = _destination(CENCORI, provider, cencori_key, settings)
+    dest = destination(CENCORI, provider, cencori_key, settings)
     source = (f"sandbox-demo:managed:{CENCORI}" if settings.sandbox_url
               else f"keystore:managed:{CENCORI}")
     return Decision(provider=provider, model=model, route="managed",

@@ -491,7 +491,7 @@ def reconcile(period: str = "24h", *, project: str | None = None,
     from . import transport
     from .keystore import default_store
     from .providers import get_provider
-    from .router import CENCORI, _base_url
+    from .router import CENCORI, destination
 
     if period not in PERIODS:
         raise ConfigurationError(f"Cannot reconcile over period {period!r}.",
@@ -503,11 +503,11 @@ def reconcile(period: str = "24h", *, project: str | None = None,
         raise ConfigurationError(
             f"Project {name!r} has no Cencori key, so there is no gateway spend to compare.",
             hint="Add one with `cencori-nb keys set cencori` (or --project NAME).")
-    base, _ = _base_url(CENCORI, CENCORI, s)
+    dest = destination(CENCORI, CENCORI, key, s)   # a sandbox gets the demo key only
     adapter = get_provider(CENCORI)
-    request = httpx2.Request("GET", base.rstrip("/") + "/api/v1/metrics",
+    request = httpx2.Request("GET", dest.base_url.rstrip("/") + "/api/v1/metrics",
                              params={"period": period},
-                             headers={"Authorization": f"Bearer {key.reveal()}"})
+                             headers={"Authorization": f"Bearer {dest.credential.reveal()}"})
     response = transport.send(request, retries=1, map_error=adapter.map_error,
                               provider=CENCORI)
     try:

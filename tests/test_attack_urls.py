@@ -426,3 +426,25 @@ def test_error_messages_never_repeat_userinfo_or_query() -> None:
         with pytest.raises(UnsafeURLError) as info:
             parse_url(url)
         assert all(c not in str(info.value) for c in CANARIES.values())
+
+
+def test_gateway_metrics_request_carries_the_demo_key(srv: RecordingSandbox, stored: None,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``reconcile`` calls the gateway's Metrics API outside the router: same rules."""
+    monkeypatch.setenv("CENCORI_NB_SANDBOX", srv.url)
+    cencori_nb.reconcile("24h")
+    assert srv.keys_received() == [DEMO_KEYS["cencori"]]
+    srv.assert_no_canary()
+
+
+def test_cencori_test_key_keeps_test_mode_through_its_demo_key(
+        srv: RecordingSandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stored ``csk_test_`` key is replaced by the *test* demo key: free test mode holds,
+    and the stored key still never travels."""
+    test_key = "csk_test_canaryUrl" + "Tq4Wr7Ey1"
+    monkeypatch.setenv("CENCORI_NB_SANDBOX", srv.url)
+    keys.set_cencori_key(test_key)
+    c = cencori_nb.chat("free", model="gpt-4o-mini", route="managed")
+    assert c.test_mode and c.credits_charged_usd == 0
+    assert srv.keys_received() == ["csk_test_sandbox_demo"]
+    assert test_key not in json.dumps([h for _t, h, _b in srv.received])

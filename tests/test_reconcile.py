@@ -18,6 +18,7 @@ import pytest
 import cencori_nb
 from cencori_nb import accounting, keys, reports, wallet
 from cencori_nb.cli import main as cli_main
+from cencori_nb.egress import DEMO_KEYS
 from cencori_nb.errors import ConfigurationError
 from cencori_nb.ledger import default_ledger
 from cencori_nb.sandbox.faults import FaultPicker
@@ -26,6 +27,9 @@ from cencori_nb.settings import update_project
 from tests.test_magic import ipython, run, shell, texts  # noqa: F401  (fixtures)
 
 LIVE_KEY = "csk_live_reconcile_" + "R" * 20 + "r3c0"
+# What the sandbox receives in place of LIVE_KEY: a stored key never travels to a sandbox
+# (issue 10), so the gateway's per-key metrics are the demo key's.
+SANDBOX_KEY = DEMO_KEYS["cencori"]
 TEST_KEY = "csk_test_reconcile_" + "T" * 20 + "t3s7"
 HTTP = httpx2.Client(timeout=10)
 
@@ -36,7 +40,7 @@ def live(sandbox_env: SandboxServer) -> SandboxServer:
     return sandbox_env
 
 
-def _metrics(sbx: SandboxServer, period: str | None = "24h", key: str | None = LIVE_KEY,
+def _metrics(sbx: SandboxServer, period: str | None = "24h", key: str | None = SANDBOX_KEY,
              path: str = "/api/v1/metrics") -> httpx2.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     params = {"period": period} if period else {}
@@ -116,7 +120,7 @@ def test_reconcile_agrees_after_managed_requests(live: SandboxServer,
 def test_reconcile_shows_drift_from_requests_the_ledger_never_saw(live: SandboxServer) -> None:
     """Spend made with the same key outside this ledger shows up as positive drift."""
     cencori_nb.chat("recorded", model="gpt-4o", route="managed")
-    r = HTTP.post(live.url + "/api/ai/chat", headers={"CENCORI_API_KEY": LIVE_KEY},
+    r = HTTP.post(live.url + "/api/ai/chat", headers={"CENCORI_API_KEY": SANDBOX_KEY},
                   json={"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 400}]})
     unseen = Decimal(str(r.json()["cost_usd"]))
     result = cencori_nb.reconcile("24h")
@@ -135,7 +139,7 @@ def test_reconcile_refuses_clearly(sandbox_env: SandboxServer,
     assert cli_main(["credits", "reconcile"]) == 1
     err = capsys.readouterr().err
     assert "cencori-nb keys set cencori" in err and "Traceback" not in err
-    keys.set_cencori_key("csk_revoked_" + "Q" * 20)
+    keys.set_cencori_key(DEMO_KEYS["cencori"] + "_revoked")   # the sandbox's revoked demo key
     with pytest.raises(cencori_nb.AuthenticationError):
         cencori_nb.reconcile()
 
