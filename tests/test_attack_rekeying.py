@@ -644,7 +644,8 @@ _SLOW_CHANGER = """
 import pathlib, sys, time
 from cencori_nb import keys
 from cencori_nb.keystore import kek
-marker, go, old, new = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+marker, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+old, new = sys.argv[3], sys.argv[4]
 real = kek.new_passphrase_kek
 
 def held(phrase):            # inside the lock, before the new generation is written

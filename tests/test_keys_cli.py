@@ -368,7 +368,7 @@ def test_provider_names_are_case_insensitive(private_home: Path,
     """`keys set OpenAI`, `keys disable GROQ`, `keys remove Openai`, `keys set Cencori`."""
     code, out, err = _run(monkeypatch, capsys, ["keys", "set", "OpenAI"],
                           "sk-proj-Ab1Cd2Ef3Gh4Ij5\n")
-    assert code == 0 and out.startswith("Stored openai key …Ij5"[:18]), err
+    assert code == 0 and out.startswith("Stored openai key …4Ij5 for project"), err
     _run(monkeypatch, capsys, ["keys", "set", "Groq"], "gsk_Ab1Cd2Ef3Gh4Ij5\n")
     code, out, err = _run(monkeypatch, capsys, ["keys", "disable", "GROQ"])
     assert code == 0 and "groq key" in out
@@ -426,3 +426,24 @@ def test_write_failure_is_one_line(private_home: Path) -> None:
     assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr
     assert done.stderr.startswith("cencori-nb: Could not write the key store")
     assert "File too large" in done.stderr
+
+
+def test_the_panel_save_path_refuses_then_forces(private_home: Path) -> None:
+    """The providers panel's Save (its controller): the same refusal, a force path, and a
+    status line that names the key replaced and the note on the forced shape."""
+    from cencori_nb.errors import ConfigurationError
+    from cencori_nb.keystore.secret import Secret
+    from cencori_nb.widgets.controller import ProvidersController
+
+    panel = ProvidersController()
+    ant = "sk-ant-" + "api03-Ab1Cd2Ef3Gh4Ij5"
+    with pytest.raises(ConfigurationError) as info:
+        panel.save("openai", Secret(ant), default_model=None, make_default=False)
+    assert "Save even if the key looks wrong" in str(info.value) and ant not in str(info.value)
+    assert keys.status() == []
+    line = panel.save("openai", Secret(ant), default_model=None, make_default=False,
+                      force=True)
+    assert line.startswith("Saved OpenAI key …4Ij5 for project default.") and "forced" in line
+    line = panel.save("openai", Secret("sk-proj-" + "A1b2C3d4E5f6G7h8"), default_model=None,
+                      make_default=False)
+    assert "replacing the key …4Ij5" in line and ant not in line

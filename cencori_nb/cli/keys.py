@@ -189,7 +189,6 @@ def _cmd_disable(args: argparse.Namespace) -> int:
 
 def _cmd_remove(args: argparse.Namespace) -> int:
     from .. import keys
-
     from ..keystore.store import clean_provider
 
     project = _project(args)
