@@ -12,6 +12,9 @@ from dataclasses import dataclass
 __all__ = ["CENCORI", "PROVIDERS", "ProviderInfo", "is_known_provider", "provider_info"]
 
 CENCORI = "cencori"   # the managed route's pseudo-provider (the Cencori project key)
+# Where a person tops up the credit wallet: the gateway's own top_up_url ("/billing",
+# relative to its site; reference/cencori.md) made absolute. The one copy of this address.
+CENCORI_BILLING_URL = "https://cencori.com/billing"
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from .catalog import CENCORI_BILLING_URL
 from .errors import ConfigurationError, CreditsError
 from .ledger import (
     BILLED_SQL,
@@ -62,7 +63,7 @@ __all__ = ["LOW_BALANCE_USD", "PERIODS", "CreditsSummary", "LowBalanceWarning", 
            "set_balance", "top_up", "transactions"]
 
 LOW_BALANCE_USD = Decimal(5)
-TOP_UP_URL = "https://cencori.com/dashboard/billing"
+TOP_UP_URL = CENCORI_BILLING_URL
 
 
 class LowBalanceWarning(UserWarning):

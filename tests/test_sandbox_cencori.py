@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from typing import Any
 
 import cencori
 import httpx2
@@ -108,7 +109,7 @@ def test_credit_exhaustion_is_403_with_balance(sandbox):
     assert r.status_code == 403
     body = r.json()
     assert body["code"] == "credit_balance_exhausted"
-    assert body["balance"] == 0 and body["top_up_url"].startswith("https://")
+    assert body["balance"] == 0 and body["top_up_url"] == "/billing"   # relative, as real
     with pytest.raises(cencori.CencoriError) as info:
         cencori.Cencori(api_key=KEY, base_url=sandbox.url).ai.chat(messages=MESSAGES)
     assert info.value.status_code == 403 and info.value.message == "Insufficient credits"
@@ -196,7 +197,7 @@ def test_openai_compatible_door_errors(sandbox):
     with pytest.raises(openai.PermissionDeniedError) as info:
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert info.value.code == "credit_balance_exhausted"
-    assert info.value.body["top_up_url"].startswith("https://")
+    assert info.value.body["top_up_url"] == "/billing"
     bad = openai.OpenAI(base_url=sandbox.url + "/v1", api_key="sk-openai-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as auth:
         bad.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
@@ -205,3 +206,17 @@ def test_openai_compatible_door_errors(sandbox):
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES,
                                        extra_headers={"X-Sandbox-Fault": "429"})
     assert limited.value.body["retry_after_ms"] == 1000
+
+
+def test_exhausted_credits_through_the_client_name_the_absolute_billing_page(
+        sandbox_env: Any) -> None:
+    """The sandbox sends the real, relative ``/billing``; the one message that says how to
+    pay shows Cencori's page, not "/billing"."""
+    import cencori_nb
+    from cencori_nb import errors, keys
+
+    keys.set_cencori_key("csk_live_billing_" + "K" * 20 + "b1l1")
+    sandbox_env.set_balance("0")
+    with pytest.raises(errors.CreditsExhaustedError) as info:
+        cencori_nb.chat("hello", model="gpt-4o-mini", route="managed")
+    assert "https://cencori.com/billing" in str(info.value)

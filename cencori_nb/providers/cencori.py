@@ -25,6 +25,7 @@ import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
+from ..catalog import CENCORI_BILLING_URL
 from ..errors import (
     BadResponseError,
     CencoriError,
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["CENCORI_BASE_URL", "CencoriGatewayProvider", "CencoriStreamParser", "top_up_url"]
 
 CENCORI_BASE_URL = "https://cencori.com"
-TOP_UP_URL = "https://cencori.com/billing"   # shown when the gateway sends none
+TOP_UP_URL = CENCORI_BILLING_URL   # shown when the gateway sends none (or a foreign link)
 
 # The engine's `{error: "<code>"}`: a snake_case word, never a title with spaces.
 _CODE_WORD = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)+")

@@ -48,7 +48,7 @@ __all__ = ["DEFAULT_MODEL", "GATEWAY_PROVIDERS", "CencoriNativeDoor", "CencoriOp
            "route_model"]
 
 DEFAULT_MODEL = "gemini-2.5-flash"
-TOP_UP_URL = "https://cencori.com/dashboard/billing"
+TOP_UP_URL = "/billing"   # relative, as the real gateway sends it (gateway-middleware.ts)
 GATEWAY_PROVIDERS = frozenset({"openai", "anthropic", "google", "mistral", "groq", "cohere",
                                "xai", "deepseek", "perplexity", "qwen", "openrouter",
                                "together"})
