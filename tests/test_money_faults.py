@@ -312,9 +312,11 @@ def _spawn(code: str, home: Path, sandbox: Any) -> subprocess.Popen[str]:
 
 def test_sigkill_mid_request_is_recorded_at_the_next_start(private_home: Path,
                                                           sbx: Any) -> None:
-    """A process killed while its request is in flight: the next start records it as
-    interrupted (estimated, process_ended), once, priced from the prompt."""
+    """A process killed while its request is in flight (sent, not yet answered): the next
+    start records it as interrupted (estimated, process_ended), once, priced from the
+    prompt."""
     sbx.latency_ms = 1500
+    connections = len(sbx._conns)
     child = _spawn(f"""
         import cencori_nb
         cencori_nb.chat("a question the process will not live to see answered " * 20,
@@ -323,9 +325,9 @@ def test_sigkill_mid_request_is_recorded_at_the_next_start(private_home: Path,
     """, private_home, sbx)
     try:
         _wait_for(lambda: _journal_has_a_request(private_home), "the request to be sent")
-        _wait_for(lambda: any(r["path"].endswith("/chat/completions")
-                              for r in sbx.stats["recent"]) or sbx.stats["requests"] > 0
-                  or child.poll() is not None, "the sandbox to see it", timeout=5)
+        # the sandbox holds the answer for 1.5 s: kill once the child's connection is open
+        _wait_for(lambda: len(sbx._conns) > connections, "the child to connect")
+        assert sbx.stats["requests"] == 0           # not answered yet
         child.send_signal(signal.SIGKILL)
         child.wait(30)
     finally:
@@ -333,7 +335,9 @@ def test_sigkill_mid_request_is_recorded_at_the_next_start(private_home: Path,
             child.kill()
         child.communicate()
     assert child.returncode == -signal.SIGKILL
-    _wait_for(lambda: sbx.stats["requests"] == 1, "the sandbox to answer into the void")
+    # the sandbox sees the connection close and may drop the answer; a real provider may
+    # have billed the prompt all the same, so the request is recorded either way
+    assert sbx.stats["requests"] <= 1
     for _ in range(2):                      # two later starts: one row, not two
         ledger_mod_reset_and_open()
     rows = default_ledger().rows()
