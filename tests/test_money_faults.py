@@ -28,6 +28,7 @@ import cencori_nb
 from cencori_nb import cache, keys, wallet
 from cencori_nb.errors import LedgerCorruptError, LedgerError, LedgerWriteError
 from cencori_nb.ledger import Ledger, LedgerRow, _Item, default_ledger
+from tests.test_magic import assert_one_error_line, ipython, run, shell  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "gpt-4o-mini"
@@ -112,6 +113,15 @@ def test_damaged_ledger_in_ask_is_one_line(private_home: Path, sbx: Any) -> None
     assert sbx.stats["requests"] == 0
 
 
+def test_damaged_ledger_in_the_magic_is_one_line(private_home: Path, sbx: Any,
+                                                shell: Any) -> None:  # noqa: F811
+    """%%cencori with a damaged ledger: one error line naming the file, nothing sent."""
+    _damage(private_home)
+    cap, result = run(shell, "%%cencori gpt-4o-mini\nhello")
+    assert_one_error_line(cap, result, str(private_home / "ledger.sqlite"), "damaged")
+    assert sbx.stats["requests"] == 0
+
+
 def test_unreadable_ledger_reads_are_ledger_errors(private_home: Path) -> None:
     """Opening a damaged file directly (reports, credits) is a LedgerError too."""
     _damage(private_home)
@@ -183,6 +193,43 @@ def test_full_disk_spills_refuses_and_replays(private_home: Path, sbx: Any) -> N
     print(f"\nfull disk: sent {answered + result['refused']}, refused {result['refused']}, "
           f"sandbox answered {sbx.stats['requests']}, recorded {len(rows)} "
           f"({len(spilled)} through the spill file)")
+
+
+FULL_DISK_CAPPED_CHILD = """
+    import json, resource, signal
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    import cencori_nb
+    from cencori_nb.errors import LedgerError
+    from cencori_nb.ledger import default_ledger
+    from cencori_nb.settings import update_project
+
+    update_project("default", hard_cap_usd=100)
+    answered, refused = 0, []
+    for i in range(3):
+        cencori_nb.chat(f"warm {{i}}", model="{model}", cache=False, max_tokens=20)
+        answered += 1
+    default_ledger().flush()
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
+    for i in range(6):
+        try:
+            cencori_nb.chat(f"full {{i}}", model="{model}", cache=False, max_tokens=20)
+            answered += 1
+        except LedgerError as exc:
+            refused.append(type(exc).__name__)
+    print(json.dumps({{"answered": answered, "refused": refused}}))
+"""
+
+
+def test_full_disk_under_a_hard_cap_sends_nothing_more(private_home: Path, sbx: Any) -> None:
+    """With a hard cap, the reservation is written to the ledger before sending: on a full
+    disk not one more request goes out."""
+    out = _run_child(FULL_DISK_CAPPED_CHILD.format(model=MODEL), private_home, sbx)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["answered"] == 3 and len(result["refused"]) == 6
+    assert sbx.stats["requests"] == 3 == len(_ledger_rows(private_home))
+    print(f"\nfull disk, hard cap: sent 3 + 6 refused before sending, sandbox answered "
+          f"{sbx.stats['requests']}, recorded {len(_ledger_rows(private_home))}")
 
 
 def test_spill_replay_is_idempotent_and_debits_once(private_home: Path) -> None:

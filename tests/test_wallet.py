@@ -191,3 +191,17 @@ def test_two_processes_debiting_keep_exact_balances(private_home: Path) -> None:
     for prev, tx in zip(txs, txs[1:], strict=False):
         assert tx.balance_before == prev.balance_after
         assert tx.balance_after == tx.balance_before + tx.amount
+
+
+def test_refund_by_a_repeated_provider_id_asks_for_the_client_id() -> None:
+    """Two debits sharing a provider id: refunding by it is refused (name the client id);
+    by client id it works, once."""
+    wallet.top_up(10)
+    wallet.debit("c-1", Decimal("1"), project="p", request_id="dup")
+    wallet.debit("c-2", Decimal("2"), project="p", request_id="dup")
+    with pytest.raises(CreditsError, match="client_id"):
+        wallet.refund("dup")
+    assert wallet.refund("c-2").amount == Decimal(2)
+    with pytest.raises(CreditsError, match="already refunded"):
+        wallet.refund("c-2")
+    assert wallet.balance() == Decimal(9)
