@@ -57,7 +57,7 @@ def test_streams_text_to_stdout_and_footer_to_stderr(
     captured = capsys.readouterr()
     assert captured.out.startswith("[sandbox reply from openai/gpt-4o-mini]")
     assert "Stream this" in captured.out
-    assert "gpt-4o-mini · BYOK" in captured.err
+    assert "gpt-4o-mini-2024-07-18 · BYOK" in captured.err   # OpenAI names the snapshot
     assert sbx.stats["streams"] == 1
 
 

@@ -27,7 +27,9 @@ def create(client: anthropic.Anthropic, **kw):
 def test_non_stream_message(client, sandbox):
     """A message with one text block, end_turn, and usage by the sandbox rule."""
     m = create(client, system="You are terse.")
-    assert m.type == "message" and m.role == "assistant" and m.model == "claude-haiku-4-5"
+    # Anthropic answers an alias with its dated id
+    assert m.type == "message" and m.role == "assistant" and m.model == (
+        "claude-haiku-4-5-20251001")
     text = m.content[0].text
     assert text.startswith(f"[sandbox reply from anthropic/claude-haiku-4-5] You asked: "
                            f"'{PROMPT}'.")
@@ -138,3 +140,35 @@ def test_stream_truncate_fault_has_no_message_stop(client):
             for text in stream.text_stream:
                 received.append(text)
     assert received and "".join(received).startswith("[sandbox reply")
+
+
+def test_overload_is_529_with_should_retry(client):
+    """Anthropic's overload is 529 overloaded_error with x-should-retry: true (no 503)."""
+    for fault in ("529", "503"):
+        with pytest.raises(anthropic.APIStatusError) as info:
+            create(client, extra_headers={"X-Sandbox-Fault": fault})
+        assert info.value.status_code == 529
+        assert info.value.response.headers["x-should-retry"] == "true"
+        assert info.value.body["error"]["type"] == "overloaded_error"
+
+
+def test_overload_can_arrive_after_a_200_as_an_error_event(client):
+    with pytest.raises(anthropic.APIStatusError) as info:
+        with client.messages.stream(model="claude-haiku-4-5", max_tokens=200,
+                                    messages=[{"role": "user", "content": PROMPT}],
+                                    extra_headers={"X-Sandbox-Fault": "stream-error"}) as s:
+            for _ in s.text_stream:
+                pass
+    assert "overloaded_error" in str(info.value.body) or "Overloaded" in str(info.value)
+
+
+def test_unknown_model_and_over_long_prompt(client):
+    with pytest.raises(anthropic.NotFoundError) as info:
+        client.messages.create(model="claude-imaginary-9", max_tokens=10,
+                               messages=[{"role": "user", "content": "x"}])
+    assert info.value.body["error"]["message"].startswith("model: claude-imaginary-9")
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(model="claude-haiku-4-5", max_tokens=10,
+                               messages=[{"role": "user", "content": "word " * 200_001}])
+    assert info.value.body["error"]["message"].startswith(
+        "prompt is too long: 200001 tokens > 200000 maximum")

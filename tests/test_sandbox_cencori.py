@@ -52,9 +52,10 @@ def test_sdk_default_model_is_gemini_flash(sandbox):
     r = native(sandbox.url, {"messages": MESSAGES})
     body = r.json()
     assert body["model"] == "gemini-2.5-flash" and body["provider"] == "google"
-    assert r.headers["X-Cencori-Cache"] == "MISS"
+    assert r.headers["X-Cencori-Cache"] == "MISS" and r.headers["X-Cache"] == "MISS"
     assert r.headers["X-Request-Id"].startswith("req_")
-    assert int(r.headers["X-RateLimit-Reset"]) > 1_700_000_000_000   # Unix ms
+    # X-RateLimit-* come only with a 429 (addGatewayHeaders gets the limits only there)
+    assert not any(h.lower().startswith("x-ratelimit") for h in r.headers)
     assert body["choices"][0]["message"]["content"] == body["content"]
 
 
@@ -96,8 +97,8 @@ def test_bearer_key_accepted_and_missing_or_bad_key_is_401(sandbox):
     for bad in ("sk-not-a-cencori-key", "csk_revoked_0000"):
         r = native(sandbox.url, {"messages": MESSAGES}, {"CENCORI_API_KEY": bad})
         assert r.status_code == 401
-        assert set(r.json()) == {"error", "message", "code"}
-        assert r.json()["code"] == "invalid_api_key"
+        # the gateway's middleware sends no message with a key error (gateway-middleware.ts)
+        assert r.json() == {"error": "Invalid API key", "code": "invalid_api_key"}
     with pytest.raises(cencori.AuthenticationError):
         cencori.Cencori(api_key="csk_revoked_1", base_url=sandbox.url).ai.chat(messages=MESSAGES)
 
@@ -109,10 +110,12 @@ def test_credit_exhaustion_is_403_with_balance(sandbox):
     assert r.status_code == 403
     body = r.json()
     assert body["code"] == "credit_balance_exhausted"
-    assert body["balance"] == 0 and body["top_up_url"] == "/billing"   # relative, as real
+    # the real top_up_url is relative (gateway-middleware.ts); clients must make it absolute
+    assert body["balance"] == 0 and body["top_up_url"] == "/billing"
+    assert body["error"] == "Credit balance exhausted"
     with pytest.raises(cencori.CencoriError) as info:
         cencori.Cencori(api_key=KEY, base_url=sandbox.url).ai.chat(messages=MESSAGES)
-    assert info.value.status_code == 403 and info.value.message == "Insufficient credits"
+    assert info.value.status_code == 403 and info.value.message == "Credit balance exhausted"
     assert sandbox.balance == 0
 
 
@@ -127,6 +130,7 @@ def test_spend_cap_fault_is_402(sandbox):
     r = native(sandbox.url, {"messages": MESSAGES}, {"X-Sandbox-Fault": "402"})
     assert r.status_code == 402 and r.json()["code"] == "spend_cap_reached"
     assert set(r.json()["spend"]) == {"current", "cap"}
+    assert r.json()["upgrade_url"] == "/billing"
 
 
 def test_rate_limit_has_retry_after_and_retry_after_ms():
@@ -137,7 +141,9 @@ def test_rate_limit_has_retry_after_and_retry_after_ms():
     body = r.json()
     assert body["code"] == "rate_limit_exceeded"
     assert body["retry_after_ms"] == int(r.headers["Retry-After"]) * 1000
+    assert body["message"] == "1 requests per minute allowed. Try again shortly."
     assert r.headers["X-RateLimit-Remaining"] == "0"
+    assert int(r.headers["X-RateLimit-Reset"]) > 1_700_000_000_000   # Unix ms
 
 
 def test_fault_and_failed_requests_do_not_debit(sandbox):
@@ -147,21 +153,33 @@ def test_fault_and_failed_requests_do_not_debit(sandbox):
 
 
 def test_unknown_and_unpriced_models(sandbox):
+    """Engine failures are {error: <code>, message} with no code field (ai-chat-handler.ts);
+    the router's "cannot determine a provider" is a plain ProviderError, hence 502."""
     r = native(sandbox.url, {"messages": MESSAGES, "model": "mystery-model"})
-    assert r.status_code == 400 and "provider/model" in r.json()["message"]
+    assert r.status_code == 502 and set(r.json()) == {"error", "message"}
+    assert r.json()["error"] == "provider_error" and "provider/model" in r.json()["message"]
     r = native(sandbox.url, {"messages": MESSAGES, "model": "qwen-max"})
-    assert r.status_code == 503 and r.json()["code"] == "pricing_unavailable"
+    assert r.status_code == 503 and r.json()["error"] == "pricing_unavailable"
+    assert "code" not in r.json()
+    assert r.json()["message"].startswith("Pricing is not configured for qwen/qwen-max")
+    r = native(sandbox.url, {"messages": MESSAGES, "model": "gpt-does-not-exist"})
+    assert r.status_code == 404 and r.json()["error"] == "provider_model_not_found"
 
 
 @pytest.mark.parametrize(("model", "expected"), [
-    ("gpt-4o", ("openai", "gpt-4o")), ("o3-mini", ("openai", "o3-mini")),
+    ("gpt-4o", ("openai", "gpt-4o")), ("o1-mini", ("openai", "o1-mini")),
     ("claude-sonnet-4-5", ("anthropic", "claude-sonnet-4-5")),
     ("gemini-2.5-pro", ("google", "gemini-2.5-pro")),
     ("codestral-latest", ("mistral", "codestral-latest")),
     ("llama-3.3-70b-versatile", ("groq", "llama-3.3-70b-versatile")),
     ("grok-3-mini", ("xai", "grok-3-mini")), ("deepseek-chat", ("deepseek", "deepseek-chat")),
+    # Cencori's router tests "includes('llama')" before ":free" (router.ts), so this
+    # OpenRouter id goes to Groq there; the sandbox copies the real order
     ("meta-llama/llama-3.3-70b-instruct:free",
-     ("openrouter", "meta-llama/llama-3.3-70b-instruct:free")),
+     ("groq", "meta-llama/llama-3.3-70b-instruct:free")),
+    ("nvidia/nemotron-nano-9b-v2:free", ("openrouter", "nvidia/nemotron-nano-9b-v2:free")),
+    ("openai/gpt-oss-20b", ("groq", "openai/gpt-oss-20b")),
+    ("sonar-pro", ("perplexity", "sonar-pro")),
     ("openai/gpt-4o-mini", ("openai", "gpt-4o-mini")),
 ])
 def test_route_model_prefix_rules(model, expected):
@@ -169,8 +187,11 @@ def test_route_model_prefix_rules(model, expected):
 
 
 def test_route_model_unknown():
-    with pytest.raises(BadRequest):
-        route_model("unknownvendor/some-model")
+    """o3-/o4- are not among Cencori's OpenAI prefixes (only gpt-, o1-, text-, davinci-)."""
+    for model in ("unknownvendor/some-model", "o3-mini", "GPT-4o"):
+        with pytest.raises(BadRequest) as info:
+            route_model(model)
+        assert info.value.status == 502 and info.value.code == "provider_error"
 
 
 def test_openai_compatible_door_with_openai_sdk(sandbox):
@@ -196,16 +217,93 @@ def test_openai_compatible_door_errors(sandbox):
     client = openai.OpenAI(base_url=sandbox.url + "/v1", api_key=KEY, max_retries=0)
     with pytest.raises(openai.PermissionDeniedError) as info:
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-    assert info.value.code == "credit_balance_exhausted"
-    assert info.value.body["top_up_url"] == "/billing"
+    # the middleware answers /v1 with the same flat body: no nested error for the SDK to read
+    assert info.value.code is None and info.value.body == "Credit balance exhausted"
+    assert info.value.response.json()["code"] == "credit_balance_exhausted"
+    assert info.value.response.json()["top_up_url"] == "/billing"
     bad = openai.OpenAI(base_url=sandbox.url + "/v1", api_key="sk-openai-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as auth:
         bad.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-    assert auth.value.code == "invalid_api_key"
+    assert auth.value.response.json() == {"error": "Invalid API key", "code": "invalid_api_key"}
     with pytest.raises(openai.RateLimitError) as limited:
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES,
                                        extra_headers={"X-Sandbox-Fault": "429"})
-    assert limited.value.body["retry_after_ms"] == 1000
+    assert limited.value.response.json()["retry_after_ms"] == 1000
+
+
+def test_exact_cache_hit_is_free_and_labelled(sandbox):
+    """The same non-streamed request within the hour: HIT, cost_usd 0, no debit."""
+    body = {"messages": MESSAGES, "model": "gpt-4o-mini", "temperature": 0}
+    first = native(sandbox.url, body)
+    after_first = sandbox.balance
+    assert first.headers["X-Cencori-Cache"] == "MISS" and after_first < Decimal("25")
+    again = native(sandbox.url, body)
+    assert again.headers["X-Cencori-Cache"] == "HIT" and again.headers["X-Cache"] == "HIT-EXACT"
+    assert again.json()["cost_usd"] == 0 and again.json()["content"] == first.json()["content"]
+    assert again.headers["X-Request-Id"] != first.headers["X-Request-Id"]
+    assert sandbox.balance == after_first
+    skipped = native(sandbox.url, body, {"X-Skip-Cache": "true"})
+    assert "X-Cencori-Cache" not in skipped.headers and sandbox.balance < after_first
+    # too warm to cache, a different prompt, or a stream: no cache at all / a MISS
+    warm = native(sandbox.url, {**body, "temperature": 0.7})
+    assert "X-Cencori-Cache" not in warm.headers
+    other = native(sandbox.url, {**body, "messages": [{"role": "user", "content": "other"}]})
+    assert other.headers["X-Cencori-Cache"] == "MISS"
+    with HTTP.stream("POST", sandbox.url + "/api/ai/chat", headers={"CENCORI_API_KEY": KEY},
+                     json={**body, "stream": True}) as r:
+        r.read()
+    assert "X-Cencori-Cache" not in r.headers
+
+
+def test_cache_can_be_turned_off_and_is_reset():
+    with SandboxServer(gateway_cache=False) as url:
+        body = {"messages": MESSAGES, "model": "gpt-4o-mini"}
+        assert "X-Cencori-Cache" not in native(url, body).headers
+    server = SandboxServer()
+    url = server.start_in_thread()
+    try:
+        native(url, {"messages": MESSAGES})
+        server.reset()
+        assert native(url, {"messages": MESSAGES}).headers["X-Cencori-Cache"] == "MISS"
+    finally:
+        server.stop()
+
+
+def test_image_to_a_model_without_vision_is_upgraded(sandbox):
+    """chat-vision-router.ts: the answer comes from the vision model, with both headers."""
+    image = [{"role": "user", "content": [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]
+    r = native(sandbox.url, {"messages": image, "model": "gpt-3.5-turbo"})
+    assert r.status_code == 200
+    assert r.headers["X-Model-Upgraded"] == "true"
+    assert r.headers["X-Model-Original"] == "gpt-3.5-turbo"
+    assert r.json()["model"] == "gpt-4o-mini"
+    plain = native(sandbox.url, {"messages": image, "model": "gpt-4o"})
+    assert "X-Model-Upgraded" not in plain.headers and plain.json()["model"] == "gpt-4o"
+
+
+def test_v1_engine_errors_are_nested_and_middleware_flat(sandbox):
+    r = HTTP.post(sandbox.url + "/v1/chat/completions",
+                  headers={"Authorization": f"Bearer {KEY}"},
+                  json={"model": "qwen-max", "messages": MESSAGES})
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "pricing_unavailable"
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    r = HTTP.post(sandbox.url + "/v1/chat/completions",
+                  headers={"Authorization": "Bearer csk_revoked_x"},
+                  json={"model": "gpt-4o-mini", "messages": MESSAGES})
+    assert r.json() == {"error": "Invalid API key", "code": "invalid_api_key"}
+
+
+def test_stream_error_fault_ends_with_the_gateway_error_line(sandbox):
+    with HTTP.stream("POST", sandbox.url + "/api/ai/chat",
+                     headers={"CENCORI_API_KEY": KEY, "X-Sandbox-Fault": "stream-error"},
+                     json={"messages": MESSAGES, "stream": True}) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert r.status_code == 200
+    assert json.loads(lines[-1][6:])["error"].startswith("Provider stream failed")
+    assert "data: [DONE]" not in lines and sandbox.balance == Decimal("25")
 
 
 def test_exhausted_credits_through_the_client_name_the_absolute_billing_page(

@@ -30,7 +30,8 @@ def ask(client: openai.OpenAI, prompt: str = PROMPT, **kw):
 def test_non_stream_completion(client, sandbox):
     """A chat.completion with the sandbox text, usage, and the key sent as Bearer."""
     c = ask(client)
-    assert c.object == "chat.completion" and c.model == "gpt-4o-mini"
+    # OpenAI answers an alias with the dated snapshot it points at
+    assert c.object == "chat.completion" and c.model == "gpt-4o-mini-2024-07-18"
     text = c.choices[0].message.content
     assert text.startswith(f"[sandbox reply from openai/gpt-4o-mini] You asked: '{PROMPT}'.")
     assert c.choices[0].finish_reason == "stop"
@@ -137,6 +138,45 @@ def test_unknown_model_marker_is_404(client):
         client.chat.completions.create(model="gpt-does-not-exist",
                                        messages=[{"role": "user", "content": "x"}])
     assert info.value.code == "model_not_found"
+    assert info.value.body["message"].startswith(
+        "The model `gpt-does-not-exist` does not exist or you do not have access to it.")
+
+
+def test_a_model_openai_does_not_serve_is_404_and_a_priced_one_works(client):
+    """Unknown = neither listed nor priced in the public catalogue; any priced model works."""
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-17-turbo-max",
+                                       messages=[{"role": "user", "content": "x"}])
+    c = client.chat.completions.create(model="gpt-4-turbo",
+                                       messages=[{"role": "user", "content": "x"}])
+    assert c.model == "gpt-4-turbo"
+
+
+def test_out_of_quota_is_429_insufficient_quota_without_retry_after(client):
+    """OpenAI has no 402: an account without credit is a 429 that waiting does not fix."""
+    with pytest.raises(openai.RateLimitError) as info:
+        ask(client, extra_headers={"X-Sandbox-Fault": "402"})
+    assert info.value.status_code == 429 and info.value.code == "insufficient_quota"
+    assert info.value.body["type"] == "insufficient_quota"
+    assert "retry-after" not in info.value.response.headers
+
+
+def test_prompt_over_the_context_window(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(client, "word " * 128_001)
+    assert info.value.code == "context_length_exceeded"
+    assert info.value.body["param"] == "messages"
+    assert info.value.body["message"].startswith(
+        "This model's maximum context length is 128000 tokens. However, your messages "
+        "resulted in 128001 tokens.")
+
+
+def test_stream_error_fault_is_an_error_line_after_200(client):
+    stream = ask(client, stream=True, extra_headers={"X-Sandbox-Fault": "stream-error"})
+    with pytest.raises(openai.APIError) as info:
+        for _ in stream:
+            pass
+    assert "The server had an error" in info.value.message
 
 
 def test_malformed_fault_breaks_the_sdk(client):

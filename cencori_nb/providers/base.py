@@ -38,6 +38,8 @@ class ProviderResult:
     served_by: str | None = None        # for the gateway: the provider that served it
     reported_cost_usd: Decimal | None = None  # a cost the provider itself reported
     #                                           (OpenRouter's usage.cost); informational
+    gateway_cache: str | None = None    # Cencori's X-Cencori-Cache: HIT, SEMANTIC-HIT, MISS
+    model_original: str | None = None   # X-Model-Original when the gateway swapped the model
 
 
 class StreamParser(ABC):

@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
     from ..keystore.secret import Secret
 
-__all__ = ["CENCORI_BASE_URL", "CencoriGatewayProvider", "CencoriStreamParser", "top_up_url"]
+__all__ = ["CACHE_STATES", "CENCORI_BASE_URL", "CencoriGatewayProvider", "CencoriStreamParser",
+           "gateway_receipts", "top_up_url"]
 
 CENCORI_BASE_URL = "https://cencori.com"
 TOP_UP_URL = CENCORI_BILLING_URL   # shown when the gateway sends none (or a foreign link)
@@ -75,6 +76,26 @@ def top_up_url(value: Any) -> str:
 
 
 _CENCORI_HOSTS = frozenset({"cencori.com", "www.cencori.com"})
+
+
+CACHE_STATES = frozenset({"HIT", "SEMANTIC-HIT", "MISS"})   # X-Cencori-Cache values
+_MODEL_ID = re.compile(r"[\w.:/@+-]{1,200}")
+
+
+def gateway_receipts(response: httpx2.Response | None) -> dict[str, str | None]:
+    """The gateway's receipts from ``response``'s headers: ``gateway_cache`` (``HIT``,
+    ``SEMANTIC-HIT`` or ``MISS``; None when absent or unrecognised) and ``model_original``
+    (the model asked for, when ``X-Model-Upgraded: true`` says the gateway answered with
+    another one). Header values are untrusted: anything unexpected is dropped."""
+    if response is None:
+        return {"gateway_cache": None, "model_original": None}
+    cache = (response.headers.get("x-cencori-cache") or "").strip().upper()
+    original = None
+    if (response.headers.get("x-model-upgraded") or "").strip().lower() == "true":
+        value = (response.headers.get("x-model-original") or "").strip()
+        original = value if _MODEL_ID.fullmatch(value) else None
+    return {"gateway_cache": cache if cache in CACHE_STATES else None,
+            "model_original": original}
 
 
 def _money(value: Any) -> str:
@@ -130,11 +151,13 @@ class CencoriGatewayProvider(Provider):
             finish_reason=body.get("finish_reason")
             or c.dig(body, "choices", 0, "finish_reason"),
             request_id=rid, gateway_cost_usd=c.to_decimal(body.get("cost_usd")),
-            served_by=body.get("provider") or None)
+            served_by=body.get("provider") or None, **gateway_receipts(response))
 
     def stream_parser(self, response: httpx2.Response | None = None) -> CencoriStreamParser:
         """A parser for ``{"delta"}`` lines, the usage/cost chunk and ``[DONE]``."""
-        return CencoriStreamParser(self, **c.stream_context(self, response))
+        parser = CencoriStreamParser(self, **c.stream_context(self, response))
+        parser.receipts = gateway_receipts(response)
+        return parser
 
     def map_error(self, response: httpx2.Response) -> CencoriError:
         """The error for a >= 400 gateway response (the one place its errors map)."""
@@ -233,6 +256,13 @@ class CencoriStreamParser(c.AdapterStreamParser):
     chunk; a stream cut before it yields ``usage=None`` and ``done=False``."""
 
     adapter: CencoriGatewayProvider
+    receipts: dict[str, str | None]
+
+    def result(self) -> ProviderResult:
+        result = super().result()
+        for name, value in getattr(self, "receipts", {}).items():
+            setattr(result, name, value)
+        return result
 
     def feed(self, event: httpx2.ServerSentEvent) -> str | None:
         data = event.data.strip()

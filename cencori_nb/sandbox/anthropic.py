@@ -8,6 +8,13 @@ real API does. Streams are named SSE events: ``message_start``, ``content_block_
 usage), ``message_stop``. Errors are ``{"type": "error", "error": {"type", "message"},
 "request_id"}`` with a ``request-id`` header; a 429 carries ``retry-after`` and the
 ``anthropic-ratelimit-*`` headers.
+
+As the real API does: an overload is **529** ``overloaded_error`` with ``x-should-retry:
+true`` (Anthropic has no 503; the ``503`` and ``529`` faults both answer it), and it can
+also arrive after a 200 as an ``event: error`` in the stream (the ``stream-error`` fault);
+an alias is answered with its dated id (``claude-haiku-4-5`` →
+``claude-haiku-4-5-20251001``); an unknown model is 404 ``not_found_error`` "model: …"; a
+prompt over 200k tokens is 400 "prompt is too long: N tokens > 200000 maximum".
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .common import (
+    NOT_FOUND_MARK,
     BadRequest,
     ChatCall,
     Door,
@@ -27,7 +35,8 @@ from .common import (
     max_tokens_of,
     text_of,
 )
-from .openai import NOT_FOUND_MARK, SANDBOX_TAG
+from .models import context_window, dated, is_known
+from .openai import SANDBOX_TAG
 from .replies import Reply
 
 __all__ = ["AnthropicDoor", "SAMPLING_REMOVED_IN"]
@@ -45,7 +54,9 @@ _ERRORS: dict[str, tuple[int, str, str]] = {
     "rate_limit": (429, "rate_limit_error", "This request would exceed your organization's "
                    "rate limit of requests per minute."),
     "server": (500, "api_error", "Internal server error"),
-    "unavailable": (503, "overloaded_error", "Overloaded"),
+    "unavailable": (529, "overloaded_error", "Overloaded"),
+    "overloaded": (529, "overloaded_error", "Overloaded"),
+    "context": (400, "invalid_request_error", "prompt is too long"),
     "bad_request": (400, "invalid_request_error", "Invalid request"),
 }
 
@@ -73,6 +84,8 @@ class AnthropicDoor(Door):
         if status == 429:
             headers.append(("retry-after", str(retry_after or 1)))
             headers += self.ratelimit_headers(ex, remaining=0, reset=retry_after or 1)
+        if status == 529:   # what the SDKs read first to decide on a retry
+            headers.append(("x-should-retry", "true"))
         if kind == "invalid_key":
             default_message += f" ({ex.hint})"
         ex.send_json(status, {"type": "error",
@@ -135,11 +148,29 @@ class AnthropicDoor(Door):
             conversation.append(text)
             if role == "user":
                 last_user = text
-        if NOT_FOUND_MARK in model:
-            raise BadRequest(f"model: {model}", status=404, kind="not_found")
         return ChatCall(model=model, provider=self.name, conversation=conversation,
                         last_user=last_user, max_tokens=max_tokens,
                         stream=bool(body.get("stream")))
+
+    def model_known(self, call: ChatCall) -> bool:
+        return NOT_FOUND_MARK not in call.model and is_known(self.name, call.model)
+
+    def not_found_message(self, call: ChatCall) -> str | None:
+        return f"model: {call.model}"
+
+    def served_model(self, model: str) -> str:
+        return dated(self.name, model)
+
+    def context_window(self, call: ChatCall) -> int | None:
+        return context_window(self.name, call.model)
+
+    def context_message(self, call: ChatCall, tokens: int, window: int) -> str:
+        return f"prompt is too long: {tokens} tokens > {window} maximum"
+
+    def stream_error_frame(self, ex: Exchange) -> tuple[str | None, str]:
+        return "error", dumps({"type": "error", "error": {
+            "details": None, "type": "overloaded_error", "message": "Overloaded" + SANDBOX_TAG},
+            "request_id": ex.request_id})
 
     async def respond(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
         stop = "max_tokens" if reply.truncated else "end_turn"
@@ -149,14 +180,14 @@ class AnthropicDoor(Door):
                  "service_tier": "standard"}
         if not call.stream:
             ex.send_json(200, {"id": msg_id, "type": "message", "role": "assistant",
-                               "model": call.model,
+                               "model": call.answered_model,
                                "content": [{"type": "text", "text": reply.text}],
                                "stop_reason": stop, "stop_sequence": None, "usage": usage},
                          self.ok_headers(ex))
             return
         sse = ex.sse(self.ok_headers(ex), content_frames=len(reply.pieces))
         start = {"type": "message_start", "message": {
-            "id": msg_id, "type": "message", "role": "assistant", "model": call.model,
+            "id": msg_id, "type": "message", "role": "assistant", "model": call.answered_model,
             "content": [], "stop_reason": None, "stop_sequence": None,
             "usage": {**usage, "output_tokens": 0}}}
         await sse.frame(dumps(start), event="message_start")

@@ -2,13 +2,32 @@
 
 Both play the managed route: the key must be a Cencori project key (``csk_…``, in the
 ``CENCORI_API_KEY`` header or ``Authorization: Bearer``), the model is mapped to its
-provider by Cencori's prefix rules, the price comes from the public catalogue (an unpriced
+provider by Cencori's router (``lib/providers/router.ts``: overrides, then prefixes, then
+``:free``, then ``provider/model``), the price comes from the public catalogue (an unpriced
 model fails closed with ``503 pricing_unavailable``), and each complete answer debits the
 sandbox wallet by ``cost_usd`` = provider cost × 1.5. A wallet at or below zero answers
 ``403 credit_balance_exhausted``; the ``402`` fault gives ``spend_cap_reached``.
 
-Native errors are flat ``{"error", "message", "code", …extras}``; the ``/v1`` door uses
-OpenAI's nested shape (so the openai SDK reads it) with the same Cencori codes and extras.
+Errors come in Cencori's **two shapes**, on both doors (read from the public gateway source,
+``lib/gateway-middleware.ts`` and ``lib/gateway/ai-chat-handler.ts``):
+
+- middleware (key, credits, project rate limit, spend cap): ``{"error": "<title>",
+  "code": "<code>", …}``, with ``message`` where the gateway has one, ``retry_after_ms`` and
+  ``Retry-After`` on 429, ``balance`` and a **relative** ``top_up_url`` (``/billing``) on
+  credit exhaustion, ``spend`` and ``upgrade_url`` on the spend cap;
+- engine and provider failures: ``{"error": "<code>", "message": "…"}`` with **no**
+  ``code`` (``pricing_unavailable``, ``provider_model_not_found``, ``provider_unavailable``,
+  ``provider_invalid_request``, ``provider_error``, ``internal_error``); on ``/v1`` the
+  engine nests them OpenAI-style, ``{"error": {"message", "type", "code"}}``.
+
+Headers, as the gateway sends them: ``X-Request-Id`` on every answer;
+``X-RateLimit-Limit/Remaining/Reset`` (reset in Unix ms) **only on a 429**; on a
+non-streamed request the project's exact-match cache answers ``X-Cencori-Cache: MISS`` (and
+``X-Cache: MISS``), or ``HIT`` (``X-Cache: HIT-EXACT``) with ``cost_usd: 0`` and no debit
+when the same request (model, messages, temperature ≤ 0.2, max tokens) was answered in the
+last hour; ``X-Skip-Cache: true`` skips it. A message with an image part sent to a model
+without vision is answered by the vision-capable equivalent, with ``X-Model-Upgraded: true``
+and ``X-Model-Original: <requested model>`` (``chat-vision-router.ts``).
 
 A test key (``csk_test_…``) is free, as at Cencori: its answers carry ``cost_usd`` 0 and
 debit nothing. ``GET /api/v1/metrics?period=1h|24h|7d|30d|mtd`` (also ``/v1/metrics``) is
@@ -18,6 +37,8 @@ Cencori's Metrics API for the calling key's requests, in the shape of cencori/ce
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import threading
 import time
@@ -29,6 +50,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from .common import (
+    NOT_FOUND_MARK,
     BadRequest,
     ChatCall,
     Door,
@@ -40,64 +62,108 @@ from .common import (
     max_tokens_of,
     new_id,
 )
-from .openai import MODELS, NOT_FOUND_MARK, SANDBOX_TAG, OpenAIDoor, read_openai_chat
+from .models import MODELS, context_window
+from .openai import SANDBOX_TAG, OpenAIDoor, read_openai_chat
 from .replies import Reply
 from .wallet import Wallet, gateway_charge, provider_cost
 
 __all__ = ["DEFAULT_MODEL", "GATEWAY_PROVIDERS", "CencoriNativeDoor", "CencoriOpenAIDoor",
-           "route_model"]
+           "GatewayCache", "route_model", "vision_upgrade"]
 
 DEFAULT_MODEL = "gemini-2.5-flash"
 TOP_UP_URL = "/billing"   # relative, as the real gateway sends it (gateway-middleware.ts)
 GATEWAY_PROVIDERS = frozenset({"openai", "anthropic", "google", "mistral", "groq", "cohere",
                                "xai", "deepseek", "perplexity", "qwen", "openrouter",
-                               "together"})
+                               "together", "zai", "cerebras", "huggingface"})
+CACHE_TTL_S = 3600.0               # the gateway's default cache TTL
+MAX_CACHEABLE_TEMPERATURE = 0.2    # DEFAULT_CACHE_CONFIG.maxCacheableTemperature
 
-# Cencori's router, in order: name prefixes, then ``*:free``, then ``provider/model``.
+# Cencori's router (lib/providers/router.ts), in its order and case-sensitive like it:
+# explicit overrides, then name prefixes, then ``*:free``, then ``provider/model``.
+_OVERRIDES: dict[str, str] = {
+    "gpt-oss-120b": "cerebras", "openai/gpt-oss-120b": "groq", "openai/gpt-oss-20b": "groq",
+    "qwen/qwen3-32b": "groq", "moonshotai/kimi-k2-instruct": "groq",
+    "meta-llama/Llama-3.3-70B-Instruct": "huggingface",
+}
 _PREFIX_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern), provider) for pattern, provider in (
-        (r"^(gpt-|text-|o1-|o3-|o4-|o[134]$|chatgpt-)", "openai"),
+        (r"^(gpt-|o1-|text-|davinci-)", "openai"),
         (r"^claude-", "anthropic"),
         (r"^gemini-", "google"),
-        (r"^(mistral-|codestral-|open-mistral-)", "mistral"),
-        (r"^(llama|mixtral-)", "groq"),
+        (r"^(mistral-|codestral-|open-mistral-|open-mixtral-)", "mistral"),
+        (r"llama|^mixtral-", "groq"),
         (r"^command-", "cohere"),
         (r"^grok-", "xai"),
+        (r"^glm-", "zai"),
         (r"^deepseek-", "deepseek"),
         (r"sonar", "perplexity"),
         (r"qwen", "qwen"),
     ))
 
-GATEWAY_MODELS: tuple[tuple[str, str], ...] = (
-    *((m, "openai") for m in MODELS["openai"]),
-    ("claude-haiku-4-5", "anthropic"), ("claude-sonnet-4-5", "anthropic"),
-    ("claude-opus-4-1", "anthropic"),
-    ("gemini-2.5-flash", "google"), ("gemini-2.5-flash-lite", "google"),
-    ("gemini-2.5-pro", "google"),
-    *((m, "mistral") for m in MODELS["mistral"]),
-    *((m, "groq") for m in MODELS["groq"]),
-    *((m, "xai") for m in MODELS["xai"]),
-    *((m, "deepseek") for m in MODELS["deepseek"]),
-)
+GATEWAY_MODELS: tuple[tuple[str, str], ...] = tuple(
+    (m, provider) for provider in ("openai", "anthropic", "google", "mistral", "groq", "xai",
+                                   "deepseek")
+    for m in MODELS[provider])
+
+# chat-vision-router.ts: which models see images, and what the others are upgraded to
+_VISION_CAPABLE = re.compile(r"^(gpt-4o|gpt-4-turbo|gpt-4-vision|claude-3-5-sonnet|"
+                             r"claude-3-opus|claude-sonnet-4|claude-sonnet-5|gemini-2\.5|"
+                             r"gemini-3)", re.IGNORECASE)
+_VISION_UPGRADES = {"gpt-3.5-turbo": "gpt-4o-mini", "gpt-4": "gpt-4o",
+                    "claude-3-haiku-20240307": "claude-3-5-haiku-latest",
+                    "claude-haiku-4.5": "claude-sonnet-4-6",
+                    "claude-haiku-4-5": "claude-sonnet-4-6",
+                    "gemini-2.0-flash-lite": "gemini-2.5-flash-lite",
+                    "gemini-2.0-flash": "gemini-2.5-flash"}
 
 
 def route_model(model: str) -> tuple[str, str]:
     """``(provider, model id sent upstream)`` by Cencori's rules; ``BadRequest`` if none."""
-    lowered = model.lower()
+    override = _OVERRIDES.get(model)
+    if override:   # sent as written: Groq's own id for gpt-oss is "openai/gpt-oss-20b"
+        return override, model
     for pattern, provider in _PREFIX_RULES:
-        if pattern.search(lowered):
+        if pattern.search(model):
             return provider, model
-    if lowered.endswith(":free"):
+    if model.endswith(":free"):
         return "openrouter", model
     head, sep, rest = model.partition("/")
-    if sep and rest:
-        if head.lower() in GATEWAY_PROVIDERS:
-            return head.lower(), rest
-        if head.lower() == "x-ai":
-            return "xai", rest
-    raise BadRequest(f"Model {model!r} is not supported. Use a known model id (e.g. "
-                     "gpt-4o-mini, claude-haiku-4-5, gemini-2.5-flash) or provider/model.",
-                     code="model_not_supported", kind="bad_request")
+    if sep and rest and head.lower() in GATEWAY_PROVIDERS | {"x-ai"}:
+        return ("xai" if head.lower() == "x-ai" else head.lower()), rest
+    # the router throws a plain ProviderError: the engine answers 502 provider_error
+    raise BadRequest(f"Cannot determine a provider for model '{model}'. Use a known model ID "
+                     "or an explicit provider/model prefix.", status=502, kind="engine",
+                     code="provider_error")
+
+
+def vision_upgrade(model: str) -> str | None:
+    """The model the gateway answers an image request with, when ``model`` cannot see
+    (None: no upgrade)."""
+    if _VISION_CAPABLE.search(model):
+        return None
+    mapped = _VISION_UPGRADES.get(model)
+    if mapped:
+        return mapped if mapped != model else None
+    lower = model.lower()
+    if lower.startswith(("gpt", "o1", "o3")):
+        return "gpt-4o-mini"
+    if lower.startswith("claude"):
+        return "claude-3-5-sonnet-latest"
+    if lower.startswith("gemini"):
+        return "gemini-2.5-flash"
+    return None
+
+
+def _has_image(messages: Any) -> bool:
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict) and (
+                    (part.get("type") == "image_url" and part.get("image_url"))
+                    or (part.get("type") == "image" and part.get("source"))
+                    or part.get("type") == "input_image"):
+                return True
+    return False
 
 
 def _cencori_key(req_headers: dict[str, str]) -> str | None:
@@ -218,32 +284,62 @@ def _key_problem(key: str | None) -> str | None:
     return None
 
 
-# A 403 fault and a real exhausted wallet answer the same way.
-_NO_CREDITS = (403, "Insufficient credits", "credit_balance_exhausted",
-               "Your organization's credit balance is exhausted. Top up to continue.")
-# kind -> (status, error title, code, message)
-_ERRORS: dict[str, tuple[int, str, str, str]] = {
-    "missing_key": (401, "Missing API key", "missing_api_key",
-                    "Send your Cencori project key in the CENCORI_API_KEY header (or "
-                    "Authorization: Bearer csk_…)."),
-    "invalid_key": (401, "Invalid API key", "invalid_api_key",
-                    "This is not a valid Cencori project key; project keys start with csk_. "
-                    "Create one in your project's API keys page."),
+class GatewayCache:
+    """The project's exact-match response cache: (key hint, model, messages, temperature,
+    max tokens) → the stored answer, for an hour. Thread-safe; cleared by a reset."""
+
+    def __init__(self, enabled: bool = True, clock: Any = time.monotonic) -> None:
+        self.enabled = enabled
+        self._clock = clock
+        self._entries: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(ex: Exchange, body: dict[str, Any], model: str, max_tokens: int | None) -> str:
+        raw = json.dumps([ex.hint, model, body.get("temperature") or 0, max_tokens,
+                          [(m.get("role"), m.get("content")) for m in body.get("messages", [])
+                           if isinstance(m, dict)]], sort_keys=True, default=str)
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None or hit[0] < self._clock():
+                self._entries.pop(key, None)
+                return None
+            return hit[1]
+
+    def put(self, key: str, answer: dict[str, Any]) -> None:
+        with self._lock:
+            self._entries[key] = (self._clock() + CACHE_TTL_S, answer)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+# kind -> (status, title, code, message or None); the middleware's errors, verbatim
+_MIDDLEWARE: dict[str, tuple[int, str, str, str | None]] = {
+    "missing_key": (401, "Missing API key. Provide CENCORI_API_KEY header or Authorization: "
+                    "Bearer <key>", "missing_api_key", None),
+    "invalid_key": (401, "Invalid API key", "invalid_api_key", None),
     "payment": (402, "Spend cap reached", "spend_cap_reached",
-                "This project reached its spend cap. Raise the cap or wait for the next period."),
-    "permission": _NO_CREDITS,
-    "credits": _NO_CREDITS,
-    "rate_limit": (429, "Rate limit exceeded", "rate_limit_exceeded",
-                   "Too many requests for this project. Retry after the indicated delay."),
-    "server": (500, "Internal server error", "internal_error",
-               "The gateway failed while handling the request. Retry later."),
-    "unavailable": (503, "Provider unavailable", "provider_unavailable",
-                    "The upstream provider is unavailable. Retry later."),
-    "pricing": (503, "Pricing unavailable", "pricing_unavailable",
-                "No price is configured for this model, so the request was refused."),
-    "not_found": (404, "Model not found", "provider_model_not_found",
-                  "The provider does not know this model."),
-    "bad_request": (400, "Invalid request", "invalid_request", "The request body is invalid."),
+                "Monthly spend cap has been reached."),
+    "permission": (403, "Credit balance exhausted", "credit_balance_exhausted",
+                   "Your organization has run out of credits. Top up to continue."),
+    "credits": (403, "Credit balance exhausted", "credit_balance_exhausted",
+                "Your organization has run out of credits. Top up to continue."),
+    "rate_limit": (429, "Rate limit exceeded", "rate_limit_exceeded", None),
+}
+# kind -> (status, engine error code, default message); the engine's flat errors
+_ENGINE: dict[str, tuple[int, str, str]] = {
+    "server": (500, "internal_error", "Unexpected internal error."),
+    "unavailable": (503, "provider_unavailable", "The provider is temporarily unavailable."),
+    "overloaded": (503, "provider_unavailable", "Overloaded"),
+    "pricing": (503, "pricing_unavailable", "Pricing is not configured for this model"),
+    "not_found": (404, "provider_model_not_found", "The model was not found."),
+    "context": (400, "provider_invalid_request", "The prompt is too long for the model."),
+    "engine": (502, "provider_error", "Provider request failed"),
 }
 
 
@@ -258,32 +354,48 @@ class _Gateway:
     def key_problem(self, key: str | None) -> str | None:
         return _key_problem(key)
 
-    def error_parts(self, ex: Exchange, kind: str, message: str | None, status: int | None,
-                    retry_after: int | None, code: str | None
-                    ) -> tuple[int, Headers, dict[str, Any]]:
-        """``(status, headers, fields)`` of a Cencori error, shaped by the door."""
-        default_status, title, default_code, default_message = _ERRORS.get(kind,
-                                                                           _ERRORS["server"])
-        status = status or default_status
-        fields: dict[str, Any] = {"error": title,
-                                  "message": (message or default_message) + SANDBOX_TAG,
-                                  "code": code or default_code}
+    def middleware_error(self, ex: Exchange, kind: str, message: str | None,
+                         retry_after: int | None) -> tuple[int, Headers, dict[str, Any]]:
+        """``(status, headers, body)`` of a middleware error: flat, with ``code``."""
+        status, title, code, default_message = _MIDDLEWARE[kind]
+        self.log_failure(ex)
+        body: dict[str, Any] = {"error": title}
         headers: Headers = [("X-Request-Id", ex.request_id)]
-        if ex.key and _key_problem(ex.key) is None:    # a project's request that failed
+        if code == "rate_limit_exceeded":
+            limit = ex.server.limiter.rpm or 60
+            delay = retry_after or 1
+            body["message"] = f"{limit} requests per minute allowed. Try again shortly."
+            body["code"] = code
+            body["retry_after_ms"] = delay * 1000
+            headers += [("Retry-After", str(delay)),
+                        *self.ratelimit_headers(ex, remaining=0, reset=delay)]
+            return status, headers, body
+        if message or default_message:
+            body["message"] = (message or default_message or "") + SANDBOX_TAG
+        body["code"] = code
+        if code == "credit_balance_exhausted":
+            body["balance"] = float(max(ex.server.wallet.balance, Decimal(0)))
+            body["top_up_url"] = TOP_UP_URL
+        elif code == "spend_cap_reached":
+            spent = float(ex.server.wallet.spent)
+            body["spend"] = {"current": spent, "cap": spent}
+            body["upgrade_url"] = TOP_UP_URL
+        return status, headers, body
+
+    @staticmethod
+    def log_failure(ex: Exchange) -> None:
+        """A project's request that failed counts in the Metrics API (as ``error``)."""
+        if ex.key and _key_problem(ex.key) is None:
             _log_of(ex).add(_Logged(time.time(), ex.key, "error", Decimal(0), 0, 0,
                                     ex.elapsed_ms(), None, ex.model))
-        if fields["code"] == "credit_balance_exhausted":
-            fields["balance"] = float(max(ex.server.wallet.balance, Decimal(0)))
-            fields["top_up_url"] = TOP_UP_URL
-        elif fields["code"] == "spend_cap_reached":
-            spent = float(ex.server.wallet.spent)
-            fields["spend"] = {"current": spent, "cap": spent}
-        if status == 429:
-            delay = retry_after or 1
-            fields["retry_after_ms"] = delay * 1000
-            headers += [("Retry-After", str(delay)), *self.ratelimit_headers(ex, remaining=0,
-                                                                             reset=delay)]
-        return status, headers, fields
+
+    def engine_error(self, ex: Exchange, kind: str, message: str | None,
+                     status: int | None) -> tuple[int, Headers, str, str]:
+        """``(status, headers, code, message)`` of an engine/provider failure."""
+        default_status, code, default_message = _ENGINE.get(kind, _ENGINE["server"])
+        self.log_failure(ex)
+        return (status or default_status, [("X-Request-Id", ex.request_id)], code,
+                (message or default_message) + SANDBOX_TAG)
 
     def ratelimit_headers(self, ex: Exchange, *, remaining: int | None = None,
                           reset: int | None = None) -> Headers:
@@ -297,26 +409,72 @@ class _Gateway:
                 ("X-RateLimit-Reset", str(int((time.time() + reset) * 1000)))]
 
     def ok_headers(self, ex: Exchange) -> Headers:
-        return [("X-Request-Id", ex.request_id), *self.ratelimit_headers(ex),
-                ("X-Cencori-Cache", "MISS")]
+        return [("X-Request-Id", ex.request_id)]
 
-    def routed(self, model: str) -> tuple[str, str]:
+    def receipt_headers(self, call: ChatCall, cache: str | None) -> Headers:
+        """The receipts on a successful answer: cache state and a vision upgrade."""
+        headers: Headers = []
+        if cache is not None:
+            headers += [("X-Cencori-Cache", cache),
+                        ("X-Cache", {"HIT": "HIT-EXACT"}.get(cache, cache))]
+        original = call.extra.get("model_original")
+        if original:
+            headers += [("X-Model-Upgraded", "true"), ("X-Model-Original", original)]
+        return headers
+
+    def routed(self, body: dict[str, Any], model: str) -> tuple[str, str, str | None]:
+        """``(provider, upstream model, original model if upgraded for vision)``."""
+        original = None
+        if _has_image(body.get("messages")):
+            upgraded = vision_upgrade(model)
+            if upgraded:
+                original, model = model, upgraded
         provider, upstream = route_model(model)
-        if NOT_FOUND_MARK in upstream:
-            raise BadRequest(f"The provider {provider} does not know model {upstream!r}.",
-                             status=404, kind="not_found")
-        return provider, upstream
+        return provider, upstream, original
+
+    def model_known(self, call: ChatCall) -> bool:
+        # an unpriced model fails closed (pricing_unavailable) before any provider is asked,
+        # so only a priced model the provider lacks would 404: the test marker plays it
+        return NOT_FOUND_MARK not in call.model
+
+    def not_found_message(self, call: ChatCall) -> str | None:
+        return f"Model {call.model} not found at {call.provider}."
+
+    def context_window(self, call: ChatCall) -> int | None:
+        return context_window(call.provider, call.model)
+
+    def context_message(self, call: ChatCall, tokens: int, window: int) -> str:
+        return (f"[{call.provider}] The prompt is {tokens} tokens, over {call.model}'s "
+                f"{window}-token context window.")
+
+    def answer_early(self, ex: Exchange, call: ChatCall) -> bool:
+        return self.answer_cached(ex, call)
 
     def precheck(self, ex: Exchange, call: ChatCall) -> bool:
         if provider_cost(call.provider, call.model, 1, 1) is None:
             self.send_error(ex, "pricing",  # type: ignore[attr-defined]
-                            f"No price is configured for {call.provider}/{call.model}, so the "
-                            "request was refused (fail closed).")
+                            f"Pricing is not configured for {call.provider}/{call.model}")
             return False
         if ex.server.wallet.exhausted():
             self.send_error(ex, "credits")  # type: ignore[attr-defined]
             return False
         return True
+
+    def served_model(self, model: str) -> str:
+        return model
+
+    def cache_state(self, ex: Exchange, call: ChatCall) -> tuple[str | None, str | None]:
+        """``(cache key, "MISS"/None)`` for a request the project cache may answer."""
+        cache: GatewayCache = ex.server.gateway_cache
+        body = ex.req.json()
+        if (not cache.enabled or call.stream or body.get("tools")
+                or call.extra.get("model_original")
+                or ex.req.headers.get("x-skip-cache", "").lower() == "true"):
+            return None, None
+        temperature = body.get("temperature") or 0
+        if not isinstance(temperature, (int, float)) or temperature > MAX_CACHEABLE_TEMPERATURE:
+            return None, None
+        return GatewayCache.key(ex, body, call.model, call.max_tokens), "MISS"
 
     @staticmethod
     def charge(call: ChatCall, reply: Reply) -> Decimal:
@@ -356,6 +514,26 @@ class _Gateway:
     def models(self) -> Iterable[tuple[str, str]]:
         return GATEWAY_MODELS
 
+    def stream_error_frame(self, ex: Exchange) -> tuple[str | None, str]:
+        return None, dumps({"error": "Provider stream failed" + SANDBOX_TAG})
+
+    def answer_cached(self, ex: Exchange, call: ChatCall) -> bool:
+        """Answer from the project cache (``HIT``, no charge); False on a miss."""
+        key, state = self.cache_state(ex, call)
+        call.extra["cache_key"], call.extra["cache"] = key, state
+        if key is None:
+            return False
+        stored = ex.server.gateway_cache.get(key)
+        if stored is None:
+            return False
+        call.extra["cache"] = "HIT"
+        ex.send_json(200, self.cached_body(ex, stored),
+                     [*self.ok_headers(ex), *self.receipt_headers(call, "HIT")])
+        return True
+
+    def cached_body(self, ex: Exchange, stored: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
 
 class CencoriNativeDoor(_Gateway, Door):
     """``POST /api/ai/chat``: Cencori's own request and response shapes."""
@@ -365,45 +543,71 @@ class CencoriNativeDoor(_Gateway, Door):
     def send_error(self, ex: Exchange, kind: str, message: str | None = None, *,
                    status: int | None = None, retry_after: int | None = None,
                    param: str | None = None, code: str | None = None) -> None:
-        status, headers, fields = self.error_parts(ex, kind, message, status, retry_after, code)
-        ex.send_json(status, fields, headers)
+        if kind in _MIDDLEWARE:
+            status, headers, body = self.middleware_error(ex, kind, message, retry_after)
+        elif kind == "bad_request":   # the handler's own checks: a bare {"error": text}
+            self.log_failure(ex)
+            status, headers = status or 400, [("X-Request-Id", ex.request_id)]
+            body = {"error": (message or "Invalid request") + SANDBOX_TAG}
+        else:
+            status, headers, code, text = self.engine_error(ex, kind, message, status)
+            body = {"error": code, "message": text}
+            if code == "provider_rate_limited":
+                body["retry_after"] = retry_after or 1   # seconds
+        ex.send_json(status, body, headers)
 
     def parse(self, ex: Exchange) -> ChatCall:
         try:
             body = ex.req.json()
         except ValueError:
-            raise BadRequest("The request body is not valid JSON.") from None
+            raise BadRequest("Invalid request: body is not valid JSON") from None
         if not isinstance(body, dict):
-            raise BadRequest("The request body must be a JSON object.")
+            raise BadRequest("Invalid request: messages array is required")
+        if not isinstance(body.get("messages"), list):
+            raise BadRequest("Invalid request: messages array is required")
         fields = read_openai_chat({**body, "max_tokens": None, "max_completion_tokens": None},
                                   default_model=DEFAULT_MODEL)
         limit = body.get("maxTokens")
         fields["max_tokens"] = max_tokens_of(limit, "maxTokens") if limit is not None else \
             max_tokens_of(body.get("max_tokens"), "max_tokens")
         fields.pop("include_usage")
-        provider, upstream = self.routed(fields.pop("model"))
+        provider, upstream, original = self.routed(body, fields.pop("model"))
         return ChatCall(model=upstream, provider=provider, **fields,
-                        extra={"test_key": _is_test_key(ex.key)})
+                        extra={"model_original": original, "test_key": _is_test_key(ex.key)})
 
-    async def respond(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
+    def answer(self, call: ChatCall, reply: Reply, ex: Exchange) -> dict[str, Any]:
         finish = "length" if reply.truncated else "stop"
         usage = {"prompt_tokens": reply.input_tokens, "completion_tokens": reply.output_tokens,
                  "total_tokens": reply.input_tokens + reply.output_tokens}
-        cost = float(self.charge(call, reply))
-        if not call.stream:
-            ex.send_json(200, {
-                "id": "chatcmpl-" + ex.request_id[4:], "object": "chat.completion",
-                "created": int(time.time()), "model": call.model,
+        return {"id": "chatcmpl-" + ex.request_id[4:], "object": "chat.completion",
+                "created": int(time.time()), "model": call.answered_model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
                              "finish_reason": finish}],
                 "usage": usage, "content": reply.text, "provider": call.provider,
-                "cost_usd": cost, "finish_reason": finish}, self.ok_headers(ex))
+                "cost_usd": float(self.charge(call, reply)), "finish_reason": finish}
+
+    def cached_body(self, ex: Exchange, stored: dict[str, Any]) -> dict[str, Any]:
+        return {**stored, "id": "chatcmpl-" + ex.request_id[4:], "created": int(time.time()),
+                "cost_usd": 0}
+
+    async def respond(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
+        if not call.stream:
+            body = self.answer(call, reply, ex)
+            key = call.extra.get("cache_key")
+            if key is not None and ex.fault is None:
+                ex.server.gateway_cache.put(key, body)
+            ex.send_json(200, body, [*self.ok_headers(ex),
+                                     *self.receipt_headers(call, call.extra.get("cache"))])
             return
-        sse = ex.sse(self.ok_headers(ex), content_frames=len(reply.pieces))
+        finish = "length" if reply.truncated else "stop"
+        usage = {"prompt_tokens": reply.input_tokens, "completion_tokens": reply.output_tokens,
+                 "total_tokens": reply.input_tokens + reply.output_tokens}
+        sse = ex.sse([*self.ok_headers(ex), *self.receipt_headers(call, None)],
+                     content_frames=len(reply.pieces))
         for piece in reply.pieces:
             await sse.frame('{"delta":' + json_str(piece) + "}", content=True)
         await sse.frame(f'{{"delta":"","finish_reason":"{finish}"}}')
-        await sse.frame(dumps({"usage": usage, "cost_usd": cost}))
+        await sse.frame(dumps({"usage": usage, "cost_usd": float(self.charge(call, reply))}))
         await sse.frame("[DONE]")
         await sse.close()
 
@@ -417,11 +621,21 @@ class CencoriOpenAIDoor(_Gateway, OpenAIDoor):
     def send_error(self, ex: Exchange, kind: str, message: str | None = None, *,
                    status: int | None = None, retry_after: int | None = None,
                    param: str | None = None, code: str | None = None) -> None:
-        status, headers, fields = self.error_parts(ex, kind, message, status, retry_after, code)
-        title = fields.pop("error")
-        error = {"message": fields.pop("message"), "type": title.lower().replace(" ", "_"),
-                 "param": param, "code": fields.pop("code"), **fields}
-        ex.send_json(status, {"error": error}, headers)
+        if kind in _MIDDLEWARE:   # the same middleware, so the same flat bodies
+            status, headers, body = self.middleware_error(ex, kind, message, retry_after)
+            ex.send_json(status, body, headers)
+            return
+        if kind == "bad_request":
+            self.log_failure(ex)
+            OpenAIDoor.send_error(self, ex, kind, message, status=status, param=param,
+                                  code=code)
+            return
+        status, headers, code, text = self.engine_error(ex, kind, message, status)
+        body: dict[str, Any] = {"error": {"message": text, "type": "invalid_request_error",
+                                          "code": code}}
+        if code == "provider_rate_limited":
+            body["retry_after"] = retry_after or 1
+        ex.send_json(status, body, headers)
 
     def parse(self, ex: Exchange) -> ChatCall:
         try:
@@ -429,12 +643,28 @@ class CencoriOpenAIDoor(_Gateway, OpenAIDoor):
         except ValueError:
             raise BadRequest("The request body is not valid JSON.") from None
         fields = read_openai_chat(body, default_model=DEFAULT_MODEL)
-        provider, upstream = self.routed(fields.pop("model"))
+        provider, upstream, original = self.routed(body, fields.pop("model"))
         return ChatCall(model=upstream, provider=provider, **fields,
-                        extra={"test_key": _is_test_key(ex.key)})
+                        extra={"model_original": original, "test_key": _is_test_key(ex.key)})
+
+    def ok_headers(self, ex: Exchange) -> Headers:
+        return _Gateway.ok_headers(self, ex)
+
+    def cached_body(self, ex: Exchange, stored: dict[str, Any]) -> dict[str, Any]:
+        return {**stored, "id": "chatcmpl-" + ex.request_id[4:], "cost_usd": 0}
 
     def usage_extra(self, call: ChatCall, reply: Reply) -> dict[str, Any]:
         return {}
 
     def top_extra(self, call: ChatCall, reply: Reply) -> dict[str, Any]:
         return {"provider": call.provider, "cost_usd": float(self.charge(call, reply))}
+
+    def answered(self, ex: Exchange, call: ChatCall, body: dict[str, Any] | None) -> Headers:
+        key = call.extra.get("cache_key")
+        if body is not None and key is not None and ex.fault is None:
+            ex.server.gateway_cache.put(key, body)
+        return self.receipt_headers(call, call.extra.get("cache") if body is not None
+                                    else None)
+
+    def stream_error_frame(self, ex: Exchange) -> tuple[str | None, str]:
+        return _Gateway.stream_error_frame(self, ex)

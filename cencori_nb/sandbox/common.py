@@ -5,8 +5,15 @@ A *door* is one wire format at one URL prefix (OpenAI at ``/openai/v1``, Anthrop
 format decides: where the key is, how an error body looks, how a request is read and how
 a reply is written. The order of checks is the same everywhere::
 
-    injected error fault → key missing/revoked → rate limit → request body → door checks
-    (Cencori: model, price, wallet) → latency → timeout fault → reply (truncate/malformed)
+    injected error fault → key missing/revoked → rate limit → request body → unknown model
+    (the provider's 404) → door checks (Cencori: price, wallet) → context window (the
+    provider's "too long" 400) → latency → timeout fault → reply (truncate/malformed/
+    stream-error)
+
+What the real APIs do and the sandbox copies (each door's docstring has the details):
+aliases answer with dated model ids (``gpt-4o`` → ``gpt-4o-2024-08-06``), a model the
+provider does not know gets its real 404 body, a prompt over the model's context window its
+real 400, and a ``stream-error`` fault ends a 200 stream with the provider's own error event.
 """
 
 from __future__ import annotations
@@ -27,14 +34,17 @@ if TYPE_CHECKING:
     from .http import Request, Responder
     from .server import SandboxServer
 
-__all__ = ["BadRequest", "ChatCall", "Door", "Exchange", "SSEWriter", "StreamCut",
-           "bearer", "dumps", "json_str", "key_hint", "text_of"]
+__all__ = ["NOT_FOUND_MARK", "BadRequest", "ChatCall", "Door", "Exchange", "SSEWriter",
+           "StreamCut", "bearer", "dumps", "json_str", "key_hint", "text_of"]
 
 Headers = list[tuple[str, str]]
 
+NOT_FOUND_MARK = "does-not-exist"   # a model id containing this gets each door's 404
+
 # injected error fault -> the logical error kind each door renders in its own format
 FAULT_KINDS = {"401": "invalid_key", "402": "payment", "403": "permission",
-               "429": "rate_limit", "500": "server", "503": "unavailable"}
+               "429": "rate_limit", "500": "server", "503": "unavailable",
+               "529": "overloaded"}
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -110,6 +120,11 @@ class ChatCall:
     stream: bool
     include_usage: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    served: str = ""                 # the model id the answer names (a dated id for an alias)
+
+    @property
+    def answered_model(self) -> str:
+        return self.served or self.model
 
     def label(self, via: str | None = None) -> str:
         model = self.model if self.model.startswith(self.provider + "/") else \
@@ -121,7 +136,7 @@ class Exchange:
     """One request/response on a connection, with the fault chosen for it."""
 
     __slots__ = ("server", "req", "resp", "route", "fault", "key", "hint", "request_id",
-                 "remaining", "model", "stream", "started", "on_complete")
+                 "remaining", "model", "stream", "started", "on_complete", "door")
 
     def __init__(self, server: SandboxServer, req: Request, resp: Responder, route: str,
                  fault: str | None) -> None:
@@ -137,6 +152,7 @@ class Exchange:
         self.model: str | None = None
         self.stream = False
         self.started = time.perf_counter()
+        self.door: Door | None = None
         # settles a complete answer (the gateway's debit) just before its last bytes are
         # written, so a client that has read the answer sees the new balance
         self.on_complete: Callable[[], None] | None = None
@@ -181,7 +197,11 @@ class Exchange:
         if self.fault is not None:
             headers.append(("X-Sandbox-Fault", self.fault))
         self.resp.start_stream(200, headers, content_type)
-        return SSEWriter(self, content_frames=content_frames, separator=separator)
+        error_frame = None
+        if self.fault == "stream-error" and self.door is not None:
+            error_frame = self.door.stream_error_frame(self)
+        return SSEWriter(self, content_frames=content_frames, separator=separator,
+                         error_frame=error_frame)
 
     async def hold(self) -> None:
         """The ``timeout`` fault: answer nothing until the client gives up (or the cap)."""
@@ -192,13 +212,16 @@ class Exchange:
 class SSEWriter:
     """Writes SSE frames as HTTP chunks; applies latency spread, truncate and malformed."""
 
-    def __init__(self, ex: Exchange, *, content_frames: int, separator: str) -> None:
+    def __init__(self, ex: Exchange, *, content_frames: int, separator: str,
+                 error_frame: tuple[str | None, str] | None = None) -> None:
         self._ex = ex
         self._resp = ex.resp
         self._sep = separator
         self._buf: list[str] = []
         self._content = 0
-        self._cut_after = max(1, content_frames // 2) if ex.fault == "truncate" else None
+        self._error_frame = error_frame
+        self._cut_after = max(1, content_frames // 2) if (
+            ex.fault == "truncate" or error_frame is not None) else None
         self._malformed = ex.fault == "malformed"
         # "spread a little": 10 % of the latency again, spread over the content frames in
         # pauses of at least 1 ms (finer pauses only cost timers and syscalls)
@@ -218,6 +241,16 @@ class SSEWriter:
             self._content += 1
         self._buf.append((f"event: {event}\n" if event else "") + f"data: {data}{self._sep}")
         if content and self._cut_after is not None and self._content >= self._cut_after:
+            if self._error_frame is not None:
+                # the provider's error event, then a clean end of the stream (the real APIs
+                # close it properly: the status was 200, the body says what went wrong)
+                event, error = self._error_frame
+                self._buf.append((f"event: {event}\n" if event else "")
+                                 + f"data: {error}{self._sep}")
+                await self.flush()
+                self._resp.end_stream()
+                await self._resp.drain()
+                raise StreamCut
             await self.flush()
             self._resp.close()
             raise StreamCut
@@ -283,6 +316,36 @@ class Door:
         """``(model id, owner)`` pairs for the models list."""
         return ()
 
+    def model_known(self, call: ChatCall) -> bool:
+        """Whether the provider serves ``call.model`` (else its 404); the test marker
+        ``does-not-exist`` is never known."""
+        return NOT_FOUND_MARK not in call.model
+
+    def not_found_message(self, call: ChatCall) -> str | None:
+        """The provider's own words for an unknown model (None: the door's default)."""
+        return None
+
+    def served_model(self, model: str) -> str:
+        """The model id the answer reports: providers name the dated snapshot an alias
+        points at (``gpt-4o`` → ``gpt-4o-2024-08-06``)."""
+        return model
+
+    def context_window(self, call: ChatCall) -> int | None:
+        """The model's context window in tokens (None: not checked)."""
+        return None
+
+    def answer_early(self, ex: Exchange, call: ChatCall) -> bool:
+        """Answer before the model "runs" (the gateway's cache); True when answered."""
+        return False
+
+    def context_message(self, call: ChatCall, tokens: int, window: int) -> str:
+        """The provider's own words for a prompt over the context window."""
+        return f"The prompt is {tokens} tokens, over the {window}-token context window."
+
+    def stream_error_frame(self, ex: Exchange) -> tuple[str | None, str]:
+        """``(SSE event name, data)`` of the error a provider sends inside a 200 stream."""
+        return None, dumps({"error": {"message": "Internal server error", "type": "server_error"}})
+
     # --- the shared pipeline ------------------------------------------------------------
     def _admit(self, ex: Exchange) -> bool:
         """Key and rate-limit checks shared by chat and models routes."""
@@ -318,11 +381,11 @@ class Door:
             return
         ex.model = call.model
         ex.stream = call.stream
-        if not self.precheck(ex, call):
+        ex.door = self
+        if not self.model_known(call):
+            self.send_error(ex, "not_found", self.not_found_message(call))
             return
-        await ex.delay()
-        if ex.fault == "timeout":
-            await ex.hold()
+        if not self.precheck(ex, call):
             return
         server = ex.server
         script = scripted(call.last_user)
@@ -336,6 +399,18 @@ class Door:
             reply = make_reply(seed=server.seed, label=call.label(self.via),
                                conversation=call.conversation, last_user=call.last_user,
                                max_tokens=call.max_tokens)
+        window = self.context_window(call)
+        if window is not None and reply.input_tokens > window:
+            self.send_error(ex, "context", self.context_message(call, reply.input_tokens,
+                                                                window))
+            return
+        call.served = self.served_model(call.model)
+        if self.answer_early(ex, call):
+            return
+        await ex.delay()
+        if ex.fault == "timeout":
+            await ex.hold()
+            return
         if ex.fault is None:
             ex.on_complete = lambda: self.settle(ex, call, reply)
         try:

@@ -17,10 +17,12 @@ from collections.abc import Callable, Mapping
 
 __all__ = ["ERROR_FAULTS", "FAULTS", "FaultPicker", "RateLimiter", "parse_faults"]
 
-# Faults answered with an error status in the door's own error format.
-ERROR_FAULTS = frozenset({"401", "402", "403", "429", "500", "503"})
-# Faults that change how a successful answer is delivered.
-DELIVERY_FAULTS = frozenset({"timeout", "truncate", "malformed"})
+# Faults answered with an error status in the door's own error format ("529": the
+# provider is overloaded; Anthropic's own status, the others' 503).
+ERROR_FAULTS = frozenset({"401", "402", "403", "429", "500", "503", "529"})
+# Faults that change how a successful answer is delivered ("stream-error": a 200 stream
+# that stops half-way with the provider's own error event, as overloads arrive mid-stream).
+DELIVERY_FAULTS = frozenset({"timeout", "truncate", "malformed", "stream-error"})
 FAULTS = ERROR_FAULTS | DELIVERY_FAULTS
 
 

@@ -1,15 +1,19 @@
 """The Gemini (Generative Language API) door under ``/google``.
 
 ``/{v1,v1beta}/models/{model}:generateContent`` and ``:streamGenerateContent`` — with
-``?alt=sse`` a stream of ``data: {GenerateContentResponse}`` frames with no terminator and
-``usageMetadata`` on the last frame; without it one JSON array of those responses, as
-Google does. The key is read from ``x-goog-api-key`` (``?key=`` also works, though no
-client of ours sends it). Errors are Google RPC style ``{"error": {"code", "message",
-"status", "details"}}``; a 429 carries ``Retry-After`` and a ``RetryInfo`` detail.
+``?alt=sse`` a stream of ``data: {GenerateContentResponse}`` frames with no terminator,
+each carrying ``usageMetadata`` (the prompt count and the output so far; the last frame
+has the totals); without it one JSON array of those responses, as Google does. The key is
+read from ``x-goog-api-key`` (``?key=`` also works, though no client of ours sends it).
+Errors are Google RPC style ``{"error": {"code", "message", "status", "details"}}``.
 
-One deliberate difference: Google answers an invalid key with 400 ``INVALID_ARGUMENT`` and
-reason ``API_KEY_INVALID``; the sandbox contract promises every provider's 401 for a
-revoked key, so it answers 401 ``UNAUTHENTICATED`` with that same reason.
+As the real API does: an invalid key is **400** ``INVALID_ARGUMENT`` with an ``ErrorInfo``
+whose reason is ``API_KEY_INVALID``; a 429 ``RESOURCE_EXHAUSTED`` has **no** ``Retry-After``
+header, only a ``RetryInfo`` detail (``retryDelay: "Ns"``) and the "Please retry in Ns"
+sentence; 2.5 Flash and Pro think by default, so their usage carries
+``thoughtsTokenCount`` (billed as output) unless ``thinkingConfig.thinkingBudget`` is 0
+(Flash-Lite does not think unless given a budget); an unknown model is 404 ``NOT_FOUND``;
+a prompt over the context window is 400 ``INVALID_ARGUMENT``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from .common import (
+    NOT_FOUND_MARK,
     BadRequest,
     ChatCall,
     Door,
@@ -27,7 +32,8 @@ from .common import (
     max_tokens_of,
     text_of,
 )
-from .openai import NOT_FOUND_MARK, SANDBOX_TAG
+from .models import context_window, is_known
+from .openai import SANDBOX_TAG
 from .replies import Reply
 
 __all__ = ["GoogleDoor"]
@@ -36,15 +42,19 @@ _ERRORS: dict[str, tuple[int, str, str]] = {
     "missing_key": (403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers "
                     "(callers without established identity). Please use API Key or other form "
                     "of API consumer identity to call this API."),
-    "invalid_key": (401, "UNAUTHENTICATED", "API key not valid. Please pass a valid API key."),
+    "invalid_key": (400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key."),
     "payment": (402, "FAILED_PRECONDITION", "Billing is not enabled or the prepaid balance "
                 "is exhausted for this project."),
     "permission": (403, "PERMISSION_DENIED", "The caller does not have permission."),
     "not_found": (404, "NOT_FOUND", "The model is not found or is not supported."),
-    "rate_limit": (429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check "
-                   "quota)."),
+    "rate_limit": (429, "RESOURCE_EXHAUSTED", "You exceeded your current quota, please check "
+                   "your plan and billing details. For more information on this error, head "
+                   "to: https://ai.google.dev/gemini-api/docs/rate-limits."),
     "server": (500, "INTERNAL", "An internal error has occurred. Please retry."),
     "unavailable": (503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
+    "overloaded": (503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
+    "context": (400, "INVALID_ARGUMENT", "The input token count exceeds the maximum number of "
+                "tokens allowed."),
     "bad_request": (400, "INVALID_ARGUMENT", "Request contains an invalid argument."),
 }
 
@@ -70,23 +80,33 @@ class GoogleDoor(Door):
         status = status or default_status
         details: list[dict[str, Any]] = []
         headers: Headers = [("x-request-id", ex.request_id)]
+        text = (message or default_message) + SANDBOX_TAG
         if kind in ("invalid_key", "missing_key"):
             details.append({"@type": "type.googleapis.com/google.rpc.ErrorInfo",
                             "reason": "API_KEY_INVALID" if kind == "invalid_key"
                             else "CONSUMER_INVALID", "domain": "googleapis.com",
                             "metadata": {"service": "generativelanguage.googleapis.com"}})
+            if kind == "invalid_key":
+                details.append({"@type": "type.googleapis.com/google.rpc.LocalizedMessage",
+                                "locale": "en-US", "message": default_message})
         if status == 429:
+            # no Retry-After header: Gemini says when in the body only
             delay = retry_after or 1
-            headers.append(("Retry-After", str(delay)))
+            text = f"{text}\nPlease retry in {delay}s."
             details += [{"@type": "type.googleapis.com/google.rpc.QuotaFailure",
                          "violations": [{"quotaMetric": "generativelanguage.googleapis.com/"
                                          "generate_content_requests",
                                          "quotaId": "GenerateRequestsPerMinutePerProject"}]},
+                        {"@type": "type.googleapis.com/google.rpc.Help",
+                         "links": [{"description": "Learn more about Gemini API quotas",
+                                    "url": "https://ai.google.dev/gemini-api/docs/"
+                                           "rate-limits"}]},
                         {"@type": "type.googleapis.com/google.rpc.RetryInfo",
                          "retryDelay": f"{delay}s"}]
-        ex.send_json(status, {"error": {"code": status,
-                                        "message": (message or default_message) + SANDBOX_TAG,
-                                        "status": rpc_status, "details": details}}, headers)
+        error: dict[str, Any] = {"code": status, "message": text, "status": rpc_status}
+        if details:   # Google leaves "details" out when there are none
+            error["details"] = details
+        ex.send_json(status, {"error": error}, headers)
 
     def ok_headers(self, ex: Exchange) -> Headers:
         return [("x-request-id", ex.request_id),
@@ -120,40 +140,90 @@ class GoogleDoor(Door):
         limit = config.get("maxOutputTokens", config.get("max_output_tokens")) \
             if isinstance(config, dict) else None
         max_tokens = max_tokens_of(limit, "generationConfig.maxOutputTokens")
-        if NOT_FOUND_MARK in model:
-            raise BadRequest(f"models/{model} is not found for API version {version}, or is "
-                             f"not supported for {verb}.", status=404, kind="not_found")
+        thinking = config.get("thinkingConfig", config.get("thinking_config")) \
+            if isinstance(config, dict) else None
+        budget = None
+        if isinstance(thinking, dict):
+            budget = thinking.get("thinkingBudget", thinking.get("thinking_budget"))
         stream = verb == "streamGenerateContent"
         return ChatCall(model=model, provider=self.name, conversation=conversation,
                         last_user=last_user, max_tokens=max_tokens, stream=stream,
-                        extra={"sse": ex.req.query.get("alt") == "sse"})
+                        extra={"sse": ex.req.query.get("alt") == "sse", "version": version,
+                               "verb": verb, "thinking_budget": budget})
+
+    def model_known(self, call: ChatCall) -> bool:
+        return NOT_FOUND_MARK not in call.model and is_known(self.name, call.model)
+
+    def not_found_message(self, call: ChatCall) -> str | None:
+        return (f"models/{call.model} is not found for API version "
+                f"{call.extra.get('version', 'v1beta')}, or is not supported for "
+                f"{call.extra.get('verb', 'generateContent')}. Call ListModels to see the list "
+                "of available models and their supported methods.")
+
+    def context_window(self, call: ChatCall) -> int | None:
+        return context_window(self.name, call.model)
+
+    def context_message(self, call: ChatCall, tokens: int, window: int) -> str:
+        return (f"The input token count ({tokens}) exceeds the maximum number of tokens "
+                f"allowed ({window}).")
+
+    def stream_error_frame(self, ex: Exchange) -> tuple[str | None, str]:
+        return None, dumps({"error": {"code": 503, "message": "The model is overloaded. "
+                                      "Please try again later." + SANDBOX_TAG,
+                                      "status": "UNAVAILABLE"}})
 
     @staticmethod
-    def _usage(reply: Reply) -> dict[str, Any]:
-        return {"promptTokenCount": reply.input_tokens,
-                "candidatesTokenCount": reply.output_tokens,
-                "totalTokenCount": reply.input_tokens + reply.output_tokens,
-                "thoughtsTokenCount": 0,
-                "promptTokensDetails": [{"modality": "TEXT", "tokenCount": reply.input_tokens}]}
+    def thoughts(call: ChatCall, reply: Reply) -> int:
+        """Thinking tokens the model spends: 2.5 Flash and Pro think by default (a fixed,
+        deterministic amount here), a ``thinkingBudget`` caps it, 0 turns it off; other
+        models (and Flash-Lite without a budget) do not think."""
+        budget = call.extra.get("thinking_budget")
+        model = call.model
+        thinks_by_default = model.startswith(("gemini-2.5-flash", "gemini-2.5-pro")) and \
+            not model.startswith("gemini-2.5-flash-lite")
+        if budget is None:
+            if not thinks_by_default:
+                return 0
+            budget = -1   # dynamic
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget == 0:
+            return 0
+        spent = 3 * reply.input_tokens + 2 * reply.output_tokens + 12
+        return spent if budget < 0 else min(spent, budget)
+
+    @staticmethod
+    def _usage(reply: Reply, thoughts: int, output: int | None = None) -> dict[str, Any]:
+        out = reply.output_tokens if output is None else output
+        usage: dict[str, Any] = {"promptTokenCount": reply.input_tokens,
+                                 "candidatesTokenCount": out,
+                                 "totalTokenCount": reply.input_tokens + out + thoughts}
+        if thoughts:   # Google only sends the field when the model thought
+            usage["thoughtsTokenCount"] = thoughts
+        usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": reply.input_tokens}]
+        return usage
 
     async def respond(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
         finish = "MAX_TOKENS" if reply.truncated else "STOP"
         response_id = ex.request_id[4:]
+        thoughts = self.thoughts(call, reply)
         if not call.stream:
             ex.send_json(200, {
                 "candidates": [{"content": {"parts": [{"text": reply.text}], "role": "model"},
                                 "finishReason": finish, "index": 0}],
-                "usageMetadata": self._usage(reply), "modelVersion": call.model,
-                "responseId": response_id}, self.ok_headers(ex))
+                "usageMetadata": self._usage(reply, thoughts),
+                "modelVersion": call.answered_model, "responseId": response_id},
+                self.ok_headers(ex))
             return
-        tail = f',"modelVersion":{dumps(call.model)},"responseId":"{response_id}"}}'
+        tail = (f',"modelVersion":{dumps(call.answered_model)},'
+                f'"responseId":"{response_id}"}}')
         last = len(reply.pieces) - 1
         frames = []
         for i, piece in enumerate(reply.pieces):
             candidate = '{"candidates":[{"content":{"parts":[{"text":' + json_str(piece) + \
                 '}],"role":"model"}' + (f',"finishReason":"{finish}"' if i == last else "") + \
                 ',"index":0}]'
-            usage = ',"usageMetadata":' + dumps(self._usage(reply)) if i == last else ""
+            # every frame carries usage: the prompt, the thinking (done before the first
+            # text) and the output so far; the last frame has the totals
+            usage = ',"usageMetadata":' + dumps(self._usage(reply, thoughts, output=i + 1))
             frames.append(candidate + usage + tail)
         if not call.extra.get("sse"):
             # without alt=sse Google streams one JSON array of responses

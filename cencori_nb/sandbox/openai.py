@@ -8,6 +8,12 @@ with a separate usage chunk (empty ``choices``) when ``stream_options.include_us
 OpenRouter differs the way the real one does: an SSE comment ``: OPENROUTER PROCESSING``,
 usage always sent (with ``usage.cost``) and integer error codes. Mistral puts usage on the
 last chunk without being asked and answers 422 to ``stream_options``.
+
+As the real OpenAI API does: an alias is answered with its dated id (``gpt-4o`` →
+``gpt-4o-2024-08-06``); an unknown model is 404 ``model_not_found``; a prompt over the
+context window is 400 ``context_length_exceeded``; running out of prepaid credit is **429**
+``insufficient_quota`` (no ``Retry-After``: waiting does not help), not 402; an error inside
+a 200 stream is a ``data: {"error": {…}}`` line.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .common import (
+    NOT_FOUND_MARK,
     BadRequest,
     ChatCall,
     Door,
@@ -28,28 +35,13 @@ from .common import (
     max_tokens_of,
     text_of,
 )
+from .models import MODELS, context_window, dated, is_known
 from .replies import Reply
 from .wallet import provider_cost
 
-__all__ = ["MODELS", "OpenAIDoor", "read_openai_chat"]
+__all__ = ["MODELS", "NOT_FOUND_MARK", "OpenAIDoor", "read_openai_chat"]
 
 SANDBOX_TAG = " [cencori-nb sandbox]"
-
-MODELS: dict[str, tuple[str, ...]] = {
-    "openai": ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o3-mini",
-               "o4-mini"),
-    "mistral": ("mistral-small-latest", "mistral-large-latest", "codestral-latest",
-                "open-mistral-nemo"),
-    "groq": ("llama-3.3-70b-versatile", "llama-3.1-8b-instant", "mixtral-8x7b-32768"),
-    "xai": ("grok-3-mini", "grok-3", "grok-4"),
-    "deepseek": ("deepseek-chat", "deepseek-reasoner"),
-    "together": ("meta-llama/Llama-3.3-70B-Instruct-Turbo",),
-    "openrouter": ("openai/gpt-4o-mini", "anthropic/claude-3.5-haiku",
-                   "meta-llama/llama-3.3-70b-instruct:free"),
-    "local": ("llama3.2",),
-}
-
-NOT_FOUND_MARK = "does-not-exist"   # a model id containing this gets each door's 404
 
 
 def read_openai_chat(body: Any, *, default_model: str | None = None) -> dict[str, Any]:
@@ -108,8 +100,12 @@ class OpenAIDoor(Door):
             "invalid_key": (401, f"Incorrect API key provided: {hint}. You can find your API "
                             "key at your provider's dashboard.", "invalid_request_error",
                             "invalid_api_key"),
-            "payment": (402, "You exceeded your current quota, please check your plan and "
-                        "billing details.", "insufficient_quota", "insufficient_quota"),
+            # OpenAI has no 402: an account out of credit is a 429 that waiting cannot fix
+            "payment": (429 if self.name == "openai" else 402,
+                        "You exceeded your current quota, please check your plan and billing "
+                        "details. For more information on this error, read the docs: "
+                        "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+                        "insufficient_quota", "insufficient_quota"),
             "permission": (403, "You are not allowed to use this model with this key.",
                            "permission_error", "permission_denied"),
             "rate_limit": (429, f"Rate limit reached for requests per min (RPM) on key {hint}. "
@@ -119,6 +115,10 @@ class OpenAIDoor(Door):
                        "about that!", "server_error", None),
             "unavailable": (503, "The engine is currently overloaded, please try again later.",
                             "server_error", None),
+            "overloaded": (503, "The engine is currently overloaded, please try again later.",
+                           "server_error", None),
+            "context": (400, "This model's maximum context length was exceeded.",
+                        "invalid_request_error", "context_length_exceeded"),
             "not_found": (404, "The model does not exist or you do not have access to it.",
                           "invalid_request_error", "model_not_found"),
             "bad_request": (400, "Invalid request.", "invalid_request_error", None),
@@ -131,10 +131,13 @@ class OpenAIDoor(Door):
     def send_error(self, ex: Exchange, kind: str, message: str | None = None, *,
                    status: int | None = None, retry_after: int | None = None,
                    param: str | None = None, code: str | None = None) -> None:
+        if kind == "context":
+            param = param or "messages"
         status, error = self.error_object(ex, kind, message, status, retry_after, param, code)
         if self.openrouter:   # OpenRouter: integer code, metadata object
             error = {"code": status, "message": error["message"], "metadata": {}}
-        headers = self.error_headers(ex, status, retry_after)
+        # insufficient_quota is a 429 without the rate-limit hints: nothing to wait for
+        headers = self.error_headers(ex, status if kind != "payment" else 0, retry_after)
         ex.send_json(status, {"error": error}, headers)
 
     def error_headers(self, ex: Exchange, status: int, retry_after: int | None) -> Headers:
@@ -171,6 +174,29 @@ class OpenAIDoor(Door):
         owner = "system" if self.name == "openai" else self.name
         return ((m, owner) for m in MODELS.get(self.name, ()))
 
+    def model_known(self, call: ChatCall) -> bool:
+        return NOT_FOUND_MARK not in call.model and is_known(self.name, call.model)
+
+    def not_found_message(self, call: ChatCall) -> str | None:
+        return (f"The model `{call.model}` does not exist or you do not have access to it.")
+
+    def served_model(self, model: str) -> str:
+        return dated(self.name, model)
+
+    def context_window(self, call: ChatCall) -> int | None:
+        return context_window(self.name, call.model)
+
+    def context_message(self, call: ChatCall, tokens: int, window: int) -> str:
+        return (f"This model's maximum context length is {window} tokens. However, your "
+                f"messages resulted in {tokens} tokens. Please reduce the length of the "
+                "messages.")
+
+    def stream_error_frame(self, ex: Exchange) -> tuple[str | None, str]:
+        return None, dumps({"error": {
+            "message": "The server had an error while processing your request. Sorry about "
+                       "that!" + SANDBOX_TAG, "type": "server_error", "param": None,
+            "code": None}})
+
     # --- requests -----------------------------------------------------------------------
     def parse(self, ex: Exchange) -> ChatCall:
         try:
@@ -182,10 +208,6 @@ class OpenAIDoor(Door):
             raise BadRequest("stream_options: Extra inputs are not permitted "
                              "(extra_forbidden)", param="stream_options",
                              code="extra_forbidden", status=422)
-        if NOT_FOUND_MARK in fields["model"]:
-            raise BadRequest(f"The model `{fields['model']}` does not exist or you do not "
-                             "have access to it.", status=404, kind="not_found",
-                             code="model_not_found")
         return ChatCall(provider=self.name, **fields)
 
     # hooks for the gateway door and OpenRouter
@@ -197,6 +219,10 @@ class OpenAIDoor(Door):
 
     def top_extra(self, call: ChatCall, reply: Reply) -> dict[str, Any]:
         return {}
+
+    def answered(self, ex: Exchange, call: ChatCall, body: dict[str, Any] | None) -> Headers:
+        """Headers for an answer (``body`` None for a stream); the gateway adds receipts."""
+        return []
 
     def usage(self, call: ChatCall, reply: Reply) -> dict[str, Any]:
         return {"prompt_tokens": reply.input_tokens, "completion_tokens": reply.output_tokens,
@@ -212,22 +238,24 @@ class OpenAIDoor(Door):
         cid = ("gen-" if self.openrouter else "chatcmpl-") + ex.request_id[4:]
         created = int(time.time())
         if not call.stream:
-            ex.send_json(200, {
-                "id": cid, "object": "chat.completion", "created": created, "model": call.model,
+            body = {
+                "id": cid, "object": "chat.completion", "created": created,
+                "model": call.answered_model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text,
                                                      "refusal": None, "annotations": []},
                              "logprobs": None, "finish_reason": finish}],
                 "usage": self.usage(call, reply), "service_tier": "default",
-                "system_fingerprint": "fp_sandbox", **self.top_extra(call, reply)},
-                self.ok_headers(ex))
+                "system_fingerprint": "fp_sandbox", **self.top_extra(call, reply)}
+            ex.send_json(200, body, [*self.ok_headers(ex), *self.answered(ex, call, body)])
             return
         with_usage = call.include_usage or self.openrouter
         head = (f'{{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
-                f'"model":{dumps(call.model)},"service_tier":"default",'
+                f'"model":{dumps(call.answered_model)},"service_tier":"default",'
                 '"system_fingerprint":"fp_sandbox","choices":[{"index":0,"delta":')
         tail = '"logprobs":null,"finish_reason":'
         usage_null = ',"usage":null}' if with_usage else "}"
-        sse = ex.sse(self.ok_headers(ex), content_frames=len(reply.pieces))
+        sse = ex.sse([*self.ok_headers(ex), *self.answered(ex, call, None)],
+                     content_frames=len(reply.pieces))
         if self.openrouter:
             sse.comment("OPENROUTER PROCESSING")
         await sse.frame(head + '{"role":"assistant","content":"","refusal":null},' + tail
@@ -242,7 +270,7 @@ class OpenAIDoor(Door):
             await sse.frame(head + "{}," + tail + f'"{finish}"}}]' + usage_null)
         if with_usage:
             usage = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                     "model": call.model, "service_tier": "default",
+                     "model": call.answered_model, "service_tier": "default",
                      "system_fingerprint": "fp_sandbox", "choices": [],
                      "usage": self.usage(call, reply), **self.top_extra(call, reply)}
             await sse.frame(dumps(usage))

@@ -13,7 +13,8 @@ Routes::
     /google/{v1,v1beta}/models/{m}:streamGenerateContent     (?alt=sse, else a JSON array)
     /api/ai/chat                                             Cencori native
     /v1/chat/completions, /v1/models                         Cencori OpenAI-compatible
-    GET /_sandbox/stats, POST /_sandbox/reset, POST /_sandbox/balance {"usd": "…"}
+    GET /_sandbox/stats, GET /_sandbox/config, POST /_sandbox/reset,
+    POST /_sandbox/balance {"usd": "…"}
 """
 
 from __future__ import annotations
@@ -123,12 +124,14 @@ class SandboxServer:
     ``faults`` is a spec such as ``"429=0.2,timeout=0.05"`` (or a mapping); faults are drawn
     with ``seed``, which also seeds the replies. ``balance`` is the Cencori credit wallet in
     USD. ``rpm`` limits requests per minute per API key (None: unlimited).
+    ``gateway_cache`` turns the Cencori doors' exact-match response cache on (the default:
+    a repeated non-streamed request is a free ``X-Cencori-Cache: HIT``) or off.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, latency_ms: float = 0,
                  rpm: int | None = None, balance: Decimal | str | int = Decimal("25"),
                  faults: str | Mapping[str, float] | None = None, seed: int = 0,
-                 timeout_hold_s: float = 30.0) -> None:
+                 timeout_hold_s: float = 30.0, gateway_cache: bool = True) -> None:
         if latency_ms < 0:
             raise ValueError("latency_ms must be >= 0")
         self.host = host
@@ -141,6 +144,9 @@ class SandboxServer:
         self.limiter = RateLimiter(rpm)
         self.faults = FaultPicker(self._initial["faults"], self.seed)
         self.wallet = Wallet(self._initial["balance"])
+        from .cencori import GatewayCache
+
+        self.gateway_cache = GatewayCache(gateway_cache)
         self._stats = _Stats()
         self._doors = _build_doors()
         self._server: asyncio.Server | None = None
@@ -158,8 +164,10 @@ class SandboxServer:
     @property
     def stats(self) -> dict[str, Any]:
         """Counters: ``requests``, ``routes``, ``keys`` (hints), ``statuses``, ``faults``,
-        ``streams``, ``recent`` (last requests, credential headers masked), balance."""
+        ``streams``, ``recent`` (last requests, credential headers masked), balance, and
+        ``rpm`` (the per-key limit; clients pace themselves to it)."""
         snap = self._stats.snapshot()
+        snap["rpm"] = self.limiter.rpm   # the pace a client should keep (None: unlimited)
         snap["balance_usd"] = str(self.wallet.balance)
         snap["spent_usd"] = str(self.wallet.spent)
         return snap
@@ -179,6 +187,7 @@ class SandboxServer:
         self.limiter.reset()
         self.faults.reset()
         self.wallet = Wallet(self._initial["balance"])
+        self.gateway_cache.clear()
         self.latency_ms = self._initial["latency_ms"]
         self.id_pool = None
 
@@ -387,6 +396,11 @@ class SandboxServer:
         path, method = req.path.rstrip("/"), req.method
         if path in ("/_sandbox", "/_sandbox/stats") and method == "GET":
             self._send_control(resp, 200, {"sandbox": True, **self.stats})
+        elif path == "/_sandbox/config" and method == "GET":
+            # what a client paces itself to (cencori_nb.pacing), and the other knobs
+            self._send_control(resp, 200, {"sandbox": True, "rpm": self.rpm,
+                                           "latency_ms": self.latency_ms,
+                                           "gateway_cache": self.gateway_cache.enabled})
         elif path == "/_sandbox/reset" and method == "POST":
             self.reset()
             self._send_control(resp, 200, {"sandbox": True, "reset": True,
