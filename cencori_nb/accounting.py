@@ -518,6 +518,8 @@ def settle(completion: Completion, *, when: datetime | None = None,
     provider_cost = quote.cost_usd
     if provider_cost is None:
         provider_cost = completion.provider_cost_usd   # a price the caller already had
+    if completion.gateway_cache in ("HIT", "SEMANTIC-HIT"):
+        provider_cost = Decimal(0)   # Cencori answered from its cache: no provider was paid
     test = completion.test_mode
     charge = Decimal(0) if test else charge_for(completion.route, provider_cost,
                                                  completion.gateway_cost_usd, settings=s)
@@ -611,7 +613,8 @@ def _row(c: Completion, *, status: str, when: datetime | None = None,
         cache_write_tokens=c.cache_write_tokens, thinking_tokens=c.thinking_tokens,
         provider_cost_usd=c.provider_cost_usd, credits_charged_usd=c.credits_charged_usd,
         estimated=c.estimated, price_version=c.price_version, latency_ms=c.latency_ms,
-        ttft_ms=c.ttft_ms, ts_ms=ts, cost_usd=c.cost_usd, test_mode=c.test_mode)
+        ttft_ms=c.ttft_ms, ts_ms=ts, cost_usd=c.cost_usd, test_mode=c.test_mode,
+        gateway_cache=c.gateway_cache, model_original=c.model_original)
     for key, value in overrides.items():
         setattr(row, key, value)
     return row

@@ -4,7 +4,7 @@ The flow of every call::
 
     ChatRequest → router.resolve → cache lookup (deterministic requests only)
       → accounting.reserve (hard cap: hold the estimated maximum cost)
-      → adapter.build_request → transport.send (retries)
+      → pacing (managed route) → adapter.build_request → transport.send (retries)
       → adapter.parse_response / stream parser → Completion
       → accounting.settle (price, charge, ledger row, reservation released) → cache store
 
@@ -58,7 +58,7 @@ from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from . import accounting, cache, router, transport, wallet
+from . import accounting, cache, pacing, router, transport, wallet
 from .errors import (
     BadResponseError,
     CencoriError,
@@ -303,7 +303,8 @@ def _completion(decision: Decision, request: ChatRequest, result: ProviderResult
         ttft_ms=ttft_ms, finish_reason=result.finish_reason, estimated=estimated,
         model_requested=request.model, credential_source=decision.credential_source,
         project=decision.project, gateway_cost_usd=result.gateway_cost_usd,
-        test_mode=_test_mode(decision), client_id=client_id, interrupted=not complete)
+        test_mode=_test_mode(decision), client_id=client_id, interrupted=not complete,
+        gateway_cache=result.gateway_cache, model_original=result.model_original)
 
 
 def _http_request(adapter: Provider, request: ChatRequest, decision: Decision) -> httpx2.Request:
@@ -372,6 +373,7 @@ def _chat(request: ChatRequest, retries: int | None) -> Completion:
     try:
         while True:
             adapter = get_provider(decision.adapter)
+            pacing.pace(decision)
             started = _perf()
             client_id = _begin(decision, request)
             try:
@@ -416,6 +418,7 @@ async def _achat(request: ChatRequest, retries: int | None) -> Completion:
     try:
         while True:
             adapter = get_provider(decision.adapter)
+            await pacing.apace(decision)
             started = _perf()
             client_id = _begin(decision, request)
             try:
@@ -545,6 +548,7 @@ def _open_stream(state: _StreamState, retries: int | None) -> None:
     while True:
         decision = state.decision
         adapter = get_provider(decision.adapter)
+        pacing.pace(decision)
         state.started = _perf()
         state.client_id = _begin(decision, state.request)
         try:
@@ -573,6 +577,7 @@ async def _aopen_stream(state: _StreamState, retries: int | None) -> None:
     while True:
         decision = state.decision
         adapter = get_provider(decision.adapter)
+        await pacing.apace(decision)
         state.started = _perf()
         state.client_id = _begin(decision, state.request)
         try:

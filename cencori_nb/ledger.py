@@ -185,6 +185,8 @@ class LedgerRow:
             self.cost_usd = Decimal(0) if self.status == "error" else cost_of(
                 self.route, self.provider_cost_usd, self.credits_charged_usd,
                 cached=self.status == "cached", test_mode=self.test_mode)
+    gateway_cache: str | None = None    # Cencori's X-Cencori-Cache (managed route)
+    model_original: str | None = None   # the model asked for, when the gateway upgraded it
 
     def as_params(self) -> tuple[Any, ...]:
         return (self.ts_ms or now_ms(), self.client_id or new_client_id(), self.request_id,
@@ -195,7 +197,7 @@ class LedgerRow:
                 int(self.thinking_tokens), to_pusd(self.provider_cost_usd),
                 to_pusd(self.credits_charged_usd) or 0, int(bool(self.estimated)),
                 self.price_version, self.latency_ms, self.ttft_ms, to_pusd(self.cost_usd),
-                int(bool(self.test_mode)))
+                int(bool(self.test_mode)), self.gateway_cache, self.model_original)
 
 
 # Column order of LedgerRow.as_params(), as stored.
@@ -203,7 +205,8 @@ COLUMNS = ("ts_ms", "client_id", "request_id", "project", "provider", "model_req
            "model", "route", "credential_source", "status", "error_code",
            "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
            "thinking_tokens", "provider_cost_pusd", "credits_charged_pusd", "estimated",
-           "price_version", "latency_ms", "ttft_ms", "cost_pusd", "test_mode")
+           "price_version", "latency_ms", "ttft_ms", "cost_pusd", "test_mode",
+           "gateway_cache", "model_original")
 # ON CONFLICT DO NOTHING (not INSERT OR IGNORE, which would also drop rows failing a CHECK)
 INSERT_SQL = (f"INSERT INTO requests ({', '.join(COLUMNS)}) "  # noqa: S608 (constants)
               f"VALUES ({', '.join('?' * len(COLUMNS))}) ON CONFLICT DO NOTHING")

@@ -277,6 +277,13 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "CREATE UNIQUE INDEX wallet_refund_client ON wallet_transactions (client_id)"
         " WHERE kind = 'refund'",
     ]),
+    # Cencori's receipts on the managed route (issue 12): X-Cencori-Cache (HIT,
+    # SEMANTIC-HIT, MISS; NULL when the gateway sent none) and X-Model-Original (the model
+    # asked for when the gateway answered with another). The request id already has a column.
+    ("006_gateway_receipts", [
+        "ALTER TABLE requests ADD COLUMN gateway_cache TEXT",
+        "ALTER TABLE requests ADD COLUMN model_original TEXT",
+    ]),
 ]
 
 

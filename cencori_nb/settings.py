@@ -58,6 +58,9 @@ class Settings:
     # provider → hosts (not its own) that may receive its stored key through base_urls
     trusted_hosts: dict[str, list[str]] = field(default_factory=dict)
     sandbox_allow_remote: list[str] = field(default_factory=list)  # remote sandbox hosts
+    # requests per minute on the managed route (None: Cencori's 60, or a sandbox's own
+    # --rpm; 0: no pacing); see cencori_nb.pacing
+    managed_rpm: int | None = None
     projects: dict[str, ProjectSettings] = field(default_factory=dict)
     # Under a hard cap, the output tokens reserved for a request sent without max_tokens
     # (at most; less when the model's context window says so). See accounting.reserve.
@@ -119,6 +122,12 @@ def _decode(raw: dict[str, Any]) -> Settings:
                 f"unpriced_models_allowed in {config_path()} must be a list of model ids.")
         data["unpriced_models_allowed"] = list(allowed)
     settings = Settings(projects=projects, **data)
+    rpm = settings.managed_rpm
+    if rpm is not None and (isinstance(rpm, bool) or not isinstance(rpm, int) or rpm < 0):
+        raise ConfigurationError(
+            f"managed_rpm {rpm!r} in {config_path()} is not a whole number of requests per "
+            "minute (0 turns pacing off).", hint="Set it with cencori_nb.settings."
+            "update_settings(managed_rpm=60), or delete the entry for the default.")
     if settings.byok_policy not in ("zero", "percent", "managed"):
         raise ConfigurationError(
             f"byok_policy {settings.byok_policy!r} in {config_path()} is not one of "

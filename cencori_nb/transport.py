@@ -134,6 +134,10 @@ class Clock:
         """Wall-clock seconds since the epoch (for ``Retry-After`` HTTP dates)."""
         return time.time()
 
+    def monotonic(self) -> float:
+        """Seconds on a clock that never jumps (managed-route pacing, :mod:`.pacing`)."""
+        return time.monotonic()
+
     def random(self) -> float:
         """A uniform number in [0, 1) for the backoff jitter."""
         return random.random()  # noqa: S311 (jitter, not cryptography)

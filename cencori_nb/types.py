@@ -90,6 +90,12 @@ class Completion:
     ``test_mode`` is True when a Cencori test key (``csk_test_…``) was used: free, never
     debited. ``estimated`` is True when usage was missing (a cut stream) and tokens were
     estimated from the text.
+
+    Cencori's receipts on the managed route: ``request_id`` is the gateway's
+    ``X-Request-Id`` (quote it to Cencori's support), ``gateway_cache`` its
+    ``X-Cencori-Cache`` (``HIT``/``SEMANTIC-HIT`` answers cost nothing), and
+    ``model_original`` the model asked for when the gateway answered with another
+    (``X-Model-Upgraded``: a vision model for an image).
     """
 
     text: str
@@ -122,6 +128,8 @@ class Completion:
     # The answer stopped part way (a cut stream, an interrupt): recorded as ``interrupted``
     # with estimated tokens.
     interrupted: bool = False
+    gateway_cache: str | None = None     # Cencori's X-Cencori-Cache: HIT, SEMANTIC-HIT, MISS
+    model_original: str | None = None    # the model asked for, when the gateway upgraded it
 
     @property
     def usage(self) -> Usage:
@@ -146,8 +154,15 @@ class Completion:
         cost = self.cost_usd
         cost_s = "cost unknown" if cost is None else f"${cost:.6f}"
         est = " (estimated)" if self.estimated else ""
+        receipts = ""
+        if self.model_original:
+            receipts += f" · upgraded from {self.model_original}"
+        if self.gateway_cache in ("HIT", "SEMANTIC-HIT"):
+            receipts += f" · Cencori cache {self.gateway_cache}"
+        if self.route == "managed" and self.request_id:
+            receipts += f" · request {self.request_id}"
         return (f"{self.model} · {route} · {self.input_tokens} in / {self.output_tokens} out"
-                f" · {cost_s}{est}")
+                f" · {cost_s}{est}{receipts}")
 
     def __str__(self) -> str:
         return self.text

@@ -43,7 +43,8 @@ def _reset_process_state() -> None:
                             ("cencori_nb.transport", "_reset_for_tests"),
                             ("cencori_nb.ledger", "_reset_for_tests"),
                             ("cencori_nb.cache", "_reset_for_tests"),
-                            ("cencori_nb.jupyter.scrubber", "_reset_for_tests")):
+                            ("cencori_nb.jupyter.scrubber", "_reset_for_tests"),
+                            ("cencori_nb.pacing", "_reset_for_tests")):
         if module_name in sys.modules:
             reset = getattr(importlib.import_module(module_name), fn, None)
             if reset is not None:

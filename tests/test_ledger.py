@@ -26,7 +26,7 @@ EXPECTED_REQUESTS_COLUMNS = [
     ("thinking_tokens", "INTEGER"), ("provider_cost_pusd", "INTEGER"),
     ("credits_charged_pusd", "INTEGER"), ("estimated", "INTEGER"), ("price_version", "TEXT"),
     ("latency_ms", "REAL"), ("ttft_ms", "REAL"), ("cost_pusd", "INTEGER"),
-    ("test_mode", "INTEGER"),
+    ("test_mode", "INTEGER"), ("gateway_cache", "TEXT"), ("model_original", "TEXT"),
 ]
 EXPECTED_DAILY_COLUMNS = [
     ("day", "INTEGER"), ("project", "TEXT"), ("provider", "TEXT"), ("model", "TEXT"),
@@ -58,7 +58,8 @@ def test_schema_from_an_empty_file(private_home: Path) -> None:
     conn = led.conn
     assert [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")] == \
         ["001_create_requests", "002_wallet_and_budget_alerts", "003_daily_rollup",
-         "004_cost_rule_and_reservations", "005_client_ids_and_interrupted"]
+         "004_cost_rule_and_reservations", "005_client_ids_and_interrupted",
+         "006_gateway_receipts"]
     assert _columns(conn, "requests") == EXPECTED_REQUESTS_COLUMNS
     assert _columns(conn, "requests_daily") == EXPECTED_DAILY_COLUMNS
     assert _columns(conn, "wallet_transactions") == EXPECTED_WALLET_COLUMNS

@@ -74,7 +74,7 @@ def test_usage_csv_shape(rows: None, capsys: pytest.CaptureFixture[str]) -> None
                               "cache_write_tokens", "thinking_tokens", "provider_cost_usd",
                               "credits_charged_usd", "cost_usd", "estimated",
                               "price_version", "latency_ms", "ttft_ms", "test_mode",
-                              "client_id"]
+                              "client_id", "gateway_cache", "model_original"]
     assert table[1]["credits_charged_usd"] == "0.01125"
 
 

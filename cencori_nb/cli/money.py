@@ -34,7 +34,8 @@ USAGE_FIELDS = ("time", "request_id", "project", "provider", "model_requested", 
                 "route", "credential_source", "status", "error_code", "input_tokens",
                 "output_tokens", "cache_read_tokens", "cache_write_tokens", "thinking_tokens",
                 "provider_cost_usd", "credits_charged_usd", "cost_usd", "estimated",
-                "price_version", "latency_ms", "ttft_ms", "test_mode", "client_id")
+                "price_version", "latency_ms", "ttft_ms", "test_mode", "client_id",
+                "gateway_cache", "model_original")
 
 
 def register(subparsers: Any) -> None:
