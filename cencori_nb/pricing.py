@@ -55,6 +55,11 @@ PROVIDER_IDS: dict[str, str | None] = {
     "together": "together",
     "openrouter": "openrouter",
     "local": None,
+    # providers only Cencori's gateway routes to here (managed prices must not be unknown)
+    "cohere": "cohere",
+    "perplexity": "perplexity",
+    "zai": "zai",
+    "cerebras": "cerebras",
 }
 # "cencori" (the gateway) and unknown names: genai-prices finds the provider from the model.
 _INFER = "__infer__"

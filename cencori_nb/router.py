@@ -13,12 +13,25 @@ Model → provider, as Cencori's router does it, in this order:
    a leading ``"<provider>/"`` equal to it is dropped;
 3. an exact model id from the catalog (``meta-llama/Llama-3.3-70B-Instruct-Turbo`` → together);
 4. ``…:free`` → openrouter;
-5. name prefixes (``gpt-``, ``o1``/``o3``/``o4``, ``chatgpt-``, ``text-`` → openai;
+5. a fine-tuned id ``ft:<base>:…`` → the provider of its base model (``ft:gpt-4o-mini…``
+   → openai, ``ft:open-mistral-7b…`` → mistral), sent as written;
+6. name prefixes (``gpt-``, ``o1``/``o3``/``o4``, ``chatgpt-``, ``text-`` → openai;
    ``claude-`` → anthropic; ``gemini-`` → google; ``mistral-``/``codestral-``/
    ``open-mistral-``/``ministral-`` → mistral; ``llama…``/``mixtral-`` → groq; ``grok-`` → xai;
    ``deepseek-`` → deepseek);
-6. otherwise :class:`~cencori_nb.errors.UnknownModelError` saying how to write
+7. otherwise :class:`~cencori_nb.errors.UnknownModelError` saying how to write
    ``provider/model``.
+
+A BYOK model name that neither the price catalogue nor the provider's model list knows
+gets an :class:`UnknownModelWarning` before sending, with difflib's closest names ("did you
+mean 'gpt-4o-mini'?"); it is still sent, since providers add models faster than catalogues.
+
+On the managed route the gateway decides who serves a model, so the decision's provider
+(whose prices apply) comes from Cencori's own router, :func:`gateway_provider` (its
+``lib/providers/router.ts``): ``llama…`` is Groq there even when written as an OpenRouter
+``…:free`` id, and ``command-…``/``…sonar…``/``…qwen…``/``glm-…`` route there though no
+BYOK provider here serves them. A name Cencori cannot place (``o3-mini``: its OpenAI
+prefixes are ``gpt-``/``o1-``/``text-``/``davinci-``) is sent as ``provider/model``.
 
 No model: the project default provider ("Set as project default") and its default model
 (the key record's, else the catalog's); no default at all → ``gemini-2.5-flash`` through the
@@ -44,6 +57,7 @@ which rule let the URL through.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -57,8 +71,9 @@ from .keystore.secret import Secret
 from .settings import ENV_PROJECT, ENV_SANDBOX, config_path, load_settings
 from .types import ChatRequest, Message
 
-__all__ = ["GATEWAY_DEFAULT_MODEL", "Decision", "destination", "explain_route",
-           "provider_for_model", "resolve"]
+__all__ = ["GATEWAY_DEFAULT_MODEL", "Decision", "UnknownModelWarning", "destination",
+           "explain_route", "gateway_provider", "model_suggestions", "provider_for_model",
+           "resolve"]
 
 GATEWAY_DEFAULT_MODEL = "gemini-2.5-flash"   # Cencori's gateway default when none is set
 LOCAL = "local"                              # a local OpenAI-compatible server
@@ -75,6 +90,27 @@ _PREFIXES: tuple[tuple[str, str], ...] = (
 )
 _O_SERIES = re.compile(r"^o[134](?:-|$)")      # o1, o1-mini, o3-mini, o4-mini …
 _CATALOG_MODELS = {m.lower(): p.name for p in PROVIDERS.values() for m in p.models}
+_FINE_TUNABLE = frozenset({"openai", "mistral"})   # providers whose fine-tunes are "ft:…"
+
+# Cencori's router (lib/providers/router.ts in the public cencori/cencori repository), in
+# its order and case-sensitive like it: overrides, prefixes/substrings, ":free", "p/model".
+_GATEWAY_OVERRIDES = {"gpt-oss-120b": "cerebras", "openai/gpt-oss-120b": "groq",
+                      "openai/gpt-oss-20b": "groq", "qwen/qwen3-32b": "groq",
+                      "moonshotai/kimi-k2-instruct": "groq",
+                      "meta-llama/Llama-3.3-70B-Instruct": "huggingface"}
+_GATEWAY_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), name) for pattern, name in (
+        (r"^(gpt-|o1-|text-|davinci-)", "openai"), (r"^claude-", "anthropic"),
+        (r"^gemini-", "google"), (r"^(mistral-|codestral-|open-mistral-|open-mixtral-)", "mistral"),
+        (r"llama|^mixtral-", "groq"), (r"^command-", "cohere"), (r"^grok-", "xai"),
+        (r"^glm-", "zai"), (r"^deepseek-", "deepseek"), (r"sonar", "perplexity"),
+        (r"qwen", "qwen")))
+_GATEWAY_SPLIT = frozenset({*PROVIDERS, "cohere", "perplexity", "qwen", "zai", "cerebras",
+                            "huggingface"}) - {LOCAL}
+
+
+class UnknownModelWarning(UserWarning):
+    """A BYOK model name neither the price catalogue nor the provider's list knows."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,6 +205,18 @@ def provider_for_model(model: str, provider: str | None = None) -> tuple[str, st
         return known, model, f"{model!r} is {article} {name} model in the catalog"
     if lower.endswith(":free"):
         return "openrouter", model, "':free' models are served by OpenRouter"
+    if lower.startswith("ft:"):
+        base = model[3:].split(":", 1)[0]
+        try:
+            owner = provider_for_model(base)[0] if base and not base.startswith("ft:") else None
+        except UnknownModelError:
+            owner = None
+        if owner in _FINE_TUNABLE:
+            return owner, model, f"fine-tuned {base!r} model → {owner}"
+        raise UnknownModelError(
+            f"No provider is known for the fine-tuned model {model!r}.",
+            hint="Fine-tuned ids route by their base model (ft:gpt-4o-mini-…: OpenAI, "
+                 "ft:open-mistral-…: Mistral); otherwise pass provider=….", model=model)
     if _O_SERIES.match(lower):
         return "openai", model, f"{model!r} is an OpenAI o-series model"
     for prefix, name in _PREFIXES:
@@ -180,6 +228,88 @@ def provider_for_model(model: str, provider: str | None = None) -> tuple[str, st
              "'openrouter/meta-llama/llama-3.3-70b-instruct:free') or pass provider=…; "
              "known providers: " + ", ".join(sorted(PROVIDERS)) + ".",
         model=model)
+
+
+def gateway_provider(model: str) -> str | None:
+    """The provider Cencori's gateway routes ``model`` to (None: it cannot place it)."""
+    override = _GATEWAY_OVERRIDES.get(model)
+    if override:
+        return override
+    for pattern, name in _GATEWAY_RULES:
+        if pattern.search(model):
+            return name
+    if model.endswith(":free"):
+        return "openrouter"
+    head, sep, rest = model.partition("/")
+    if sep and rest and head in _GATEWAY_SPLIT:
+        return head
+    return None
+
+
+def _gateway_model(provider: str, model: str, why: list[str]) -> tuple[str, str]:
+    """``(provider whose prices apply, model name to send)`` on the managed route."""
+    routed = gateway_provider(model)
+    if routed is None:
+        if provider == LOCAL:
+            raise UnknownModelError(
+                f"Cencori's gateway does not serve local models ({model!r}).",
+                hint="Use route='byok' for a local server.", model=model)
+        why.append(f"Cencori's router cannot place {model!r}: sent as "
+                   f"'{provider}/{model}'")
+        return provider, f"{provider}/{model}"
+    if routed != provider:
+        why.append(f"Cencori routes {model!r} to {routed} (its own rules), so {routed}'s "
+                   "prices apply")
+    return routed, model
+
+
+@functools.lru_cache(maxsize=64)
+def _provider_models(provider: str) -> tuple[str, ...]:
+    """Model ids the provider is known to serve: our catalog and the price catalogue's."""
+    names = list(PROVIDERS[provider].models) if provider in PROVIDERS else []
+    from .pricing import PROVIDER_IDS
+
+    pid = PROVIDER_IDS.get(provider)
+    if pid:
+        from genai_prices import data_snapshot
+
+        for entry in data_snapshot.get_snapshot().providers:
+            if entry.id == pid:
+                names += [m.id for m in entry.models]
+    return tuple(dict.fromkeys(names))
+
+
+def _model_known(provider: str, model: str) -> bool:
+    if model.lower().startswith("ft:"):
+        model = model[3:].split(":", 1)[0]
+    if model.lower() in {m.lower() for m in _provider_models(provider)}:
+        return True
+    from .pricing import _lookup
+
+    return _lookup(provider, model) is not None
+
+
+def model_suggestions(provider: str, model: str, n: int = 3) -> list[str]:
+    """The provider's model names closest to ``model`` (difflib), best first."""
+    import difflib
+
+    names = _provider_models(provider)
+    lowered = {m.lower(): m for m in names}
+    return [lowered[m] for m in difflib.get_close_matches(model.lower(), lowered, n=n,
+                                                          cutoff=0.6)]
+
+
+def _warn_unknown_model(provider: str, model: str) -> None:
+    """Warn before sending a BYOK model name nothing here knows (a typo, most often)."""
+    if provider == LOCAL or _model_known(provider, model):
+        return
+    import warnings
+
+    close = model_suggestions(provider, model)
+    advice = (" Did you mean " + " or ".join(repr(m) for m in close) + "?") if close else ""
+    warnings.warn(f"Model {model!r} is not in the price catalogue or {provider}'s model "
+                  f"list; it is sent as written and its cost will be unknown.{advice}",
+                  UnknownModelWarning, stacklevel=4)
 
 
 # --------------------------------------------------------------------------- resolution
@@ -294,7 +424,19 @@ def _decide(model: str | None, provider: str | None, route: str, project: str | 
     cencori_key: Secret | None = store.cencori_key(project)
     why: list[str] = []
     if model:
-        provider, wire_model, reason = provider_for_model(model, provider)
+        try:
+            provider, wire_model, reason = provider_for_model(model, provider)
+        except UnknownModelError:
+            # no BYOK provider here serves it, but Cencori's gateway may (command-…, sonar…)
+            routed = gateway_provider(model) if provider is None and route != "byok" else None
+            if routed is None or cencori_key is None:
+                raise
+            why.append(f"no BYOK provider serves {model!r}; Cencori routes it to {routed}")
+            why.append(f"route {route}: managed through Cencori with the project key "
+                       f"({cencori_key.hint}), paid from credits")
+            register_secret(cencori_key)
+            return _managed(routed, model, cencori_key, project, settings, why,
+                            model_requested=model)
         why.append(reason)
     elif provider:
         provider_info(provider)
@@ -330,15 +472,18 @@ def _decide(model: str | None, provider: str | None, route: str, project: str | 
         fallback = None
         if route == "auto" and allow and cencori_key is not None:
             register_secret(cencori_key)
-            fallback = _managed(provider, managed_model, cencori_key, project, settings,
-                                ["fallback after a BYOK failure (not after 401): managed "
-                                 "through Cencori, paid from credits"], model_requested=model)
+            fb_why = ["fallback after a BYOK failure (not after 401): managed through "
+                      "Cencori, paid from credits"]
+            fb_provider, fb_model = _gateway_model(provider, managed_model, fb_why)
+            fallback = _managed(fb_provider, fb_model, cencori_key, project, settings,
+                                fb_why, model_requested=model)
             why.append("fallback to managed is enabled for this project (not after an "
                        "invalid key)")
         elif route == "auto":
             why.append("no fallback to managed (" + (
                 "project setting allow_fallback is off: no silent spend" if not allow
                 else "no Cencori key") + ")")
+        _warn_unknown_model(provider, wire_model)
         return _byok(provider, wire_model, record.api_key, project, settings, why,
                      model_requested=model, fallback=fallback)
 
@@ -360,6 +505,7 @@ def _decide(model: str | None, provider: str | None, route: str, project: str | 
         why.append(f"route managed was forced: Cencori project key ({cencori_key.hint}), "
                    "paid from credits")
     register_secret(cencori_key)
+    provider, managed_model = _gateway_model(provider, managed_model, why)
     return _managed(provider, managed_model, cencori_key, project, settings, why,
                     model_requested=model)
 
