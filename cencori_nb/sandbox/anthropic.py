@@ -88,10 +88,12 @@ class AnthropicDoor(Door):
             headers.append(("x-should-retry", "true"))
         if kind == "invalid_key":
             default_message += f" ({ex.hint})"
-        ex.send_json(status, {"type": "error",
-                              "error": {"type": type_,
-                                        "message": (message or default_message) + SANDBOX_TAG},
-                              "request_id": ex.request_id}, headers)
+        error: dict[str, Any] = {"type": type_,
+                                 "message": (message or default_message) + SANDBOX_TAG}
+        if type_ == "overloaded_error":   # recorded overloads carry "details": null first
+            error = {"details": None, **error}
+        ex.send_json(status, {"type": "error", "error": error, "request_id": ex.request_id},
+                     headers)
 
     def ratelimit_headers(self, ex: Exchange, *, remaining: int | None = None,
                           reset: int | None = None) -> Headers:
@@ -167,17 +169,20 @@ class AnthropicDoor(Door):
     def context_message(self, call: ChatCall, tokens: int, window: int) -> str:
         return f"prompt is too long: {tokens} tokens > {window} maximum"
 
-    def stream_error_frame(self, ex: Exchange) -> tuple[str | None, str]:
-        return "error", dumps({"type": "error", "error": {
-            "details": None, "type": "overloaded_error", "message": "Overloaded" + SANDBOX_TAG},
-            "request_id": ex.request_id})
+    def stream_error_frames(self, ex: Exchange) -> list[tuple[str | None, str]]:
+        # as recorded: the event carries no request_id (the response header has it)
+        return [("error", dumps({"type": "error", "error": {
+            "details": None, "type": "overloaded_error",
+            "message": "Overloaded" + SANDBOX_TAG}}))]
 
     async def respond(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
         stop = "max_tokens" if reply.truncated else "end_turn"
         msg_id = "msg_" + ex.request_id[4:]
         usage = {"input_tokens": reply.input_tokens, "cache_creation_input_tokens": 0,
-                 "cache_read_input_tokens": 0, "output_tokens": reply.output_tokens,
-                 "service_tier": "standard"}
+                 "cache_read_input_tokens": 0,
+                 "cache_creation": {"ephemeral_5m_input_tokens": 0,
+                                    "ephemeral_1h_input_tokens": 0},
+                 "output_tokens": reply.output_tokens, "service_tier": "standard"}
         if not call.stream:
             ex.send_json(200, {"id": msg_id, "type": "message", "role": "assistant",
                                "model": call.answered_model,
@@ -200,7 +205,8 @@ class AnthropicDoor(Door):
                             content=True)
         await sse.frame('{"type":"content_block_stop","index":0}', event="content_block_stop")
         delta = {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
-                 "usage": {k: v for k, v in usage.items() if k != "service_tier"}}
+                 "usage": {k: v for k, v in usage.items()
+                           if k not in ("service_tier", "cache_creation")}}
         await sse.frame(dumps(delta), event="message_delta")
         await sse.frame('{"type":"message_stop"}', event="message_stop")
         await sse.close()

@@ -514,8 +514,9 @@ class _Gateway:
     def models(self) -> Iterable[tuple[str, str]]:
         return GATEWAY_MODELS
 
-    def stream_error_frame(self, ex: Exchange) -> tuple[str | None, str]:
-        return None, dumps({"error": "Provider stream failed" + SANDBOX_TAG})
+    def stream_error_frames(self, ex: Exchange) -> list[tuple[str | None, str]]:
+        # the engine's catch: sse({error: message}) and close, no [DONE] (v1-execute.ts)
+        return [(None, dumps({"error": "Provider stream failed" + SANDBOX_TAG}))]
 
     def answer_cached(self, ex: Exchange, call: ChatCall) -> bool:
         """Answer from the project cache (``HIT``, no charge); False on a miss."""
@@ -583,12 +584,14 @@ class CencoriNativeDoor(_Gateway, Door):
                 "created": int(time.time()), "model": call.answered_model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
                              "finish_reason": finish}],
-                "usage": usage, "content": reply.text, "provider": call.provider,
-                "cost_usd": float(self.charge(call, reply)), "finish_reason": finish}
+                "content": reply.text, "provider": call.provider, "toolCalls": None,
+                "usage": usage, "cost_usd": float(self.charge(call, reply)),
+                "finish_reason": finish}
 
     def cached_body(self, ex: Exchange, stored: dict[str, Any]) -> dict[str, Any]:
+        # buildCencoriChatResponse with cacheHit: cost 0, cache_hit and cache_type added
         return {**stored, "id": "chatcmpl-" + ex.request_id[4:], "created": int(time.time()),
-                "cost_usd": 0}
+                "cost_usd": 0, "cache_hit": True, "cache_type": "exact"}
 
     async def respond(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
         if not call.stream:
@@ -666,5 +669,5 @@ class CencoriOpenAIDoor(_Gateway, OpenAIDoor):
         return self.receipt_headers(call, call.extra.get("cache") if body is not None
                                     else None)
 
-    def stream_error_frame(self, ex: Exchange) -> tuple[str | None, str]:
-        return _Gateway.stream_error_frame(self, ex)
+    def stream_error_frames(self, ex: Exchange) -> list[tuple[str | None, str]]:
+        return _Gateway.stream_error_frames(self, ex)

@@ -197,11 +197,11 @@ class Exchange:
         if self.fault is not None:
             headers.append(("X-Sandbox-Fault", self.fault))
         self.resp.start_stream(200, headers, content_type)
-        error_frame = None
+        error_frames = None
         if self.fault == "stream-error" and self.door is not None:
-            error_frame = self.door.stream_error_frame(self)
+            error_frames = self.door.stream_error_frames(self)
         return SSEWriter(self, content_frames=content_frames, separator=separator,
-                         error_frame=error_frame)
+                         error_frames=error_frames)
 
     async def hold(self) -> None:
         """The ``timeout`` fault: answer nothing until the client gives up (or the cap)."""
@@ -213,15 +213,15 @@ class SSEWriter:
     """Writes SSE frames as HTTP chunks; applies latency spread, truncate and malformed."""
 
     def __init__(self, ex: Exchange, *, content_frames: int, separator: str,
-                 error_frame: tuple[str | None, str] | None = None) -> None:
+                 error_frames: list[tuple[str | None, str]] | None = None) -> None:
         self._ex = ex
         self._resp = ex.resp
         self._sep = separator
         self._buf: list[str] = []
         self._content = 0
-        self._error_frame = error_frame
+        self._error_frames = error_frames
         self._cut_after = max(1, content_frames // 2) if (
-            ex.fault == "truncate" or error_frame is not None) else None
+            ex.fault == "truncate" or error_frames is not None) else None
         self._malformed = ex.fault == "malformed"
         # "spread a little": 10 % of the latency again, spread over the content frames in
         # pauses of at least 1 ms (finer pauses only cost timers and syscalls)
@@ -241,12 +241,12 @@ class SSEWriter:
             self._content += 1
         self._buf.append((f"event: {event}\n" if event else "") + f"data: {data}{self._sep}")
         if content and self._cut_after is not None and self._content >= self._cut_after:
-            if self._error_frame is not None:
+            if self._error_frames is not None:
                 # the provider's error event, then a clean end of the stream (the real APIs
                 # close it properly: the status was 200, the body says what went wrong)
-                event, error = self._error_frame
-                self._buf.append((f"event: {event}\n" if event else "")
-                                 + f"data: {error}{self._sep}")
+                for event, error in self._error_frames:
+                    self._buf.append((f"event: {event}\n" if event else "")
+                                     + f"data: {error}{self._sep}")
                 await self.flush()
                 self._resp.end_stream()
                 await self._resp.drain()
@@ -342,9 +342,10 @@ class Door:
         """The provider's own words for a prompt over the context window."""
         return f"The prompt is {tokens} tokens, over the {window}-token context window."
 
-    def stream_error_frame(self, ex: Exchange) -> tuple[str | None, str]:
-        """``(SSE event name, data)`` of the error a provider sends inside a 200 stream."""
-        return None, dumps({"error": {"message": "Internal server error", "type": "server_error"}})
+    def stream_error_frames(self, ex: Exchange) -> list[tuple[str | None, str]]:
+        """``(SSE event name, data)`` frames a provider ends a 200 stream with on an error."""
+        return [(None, dumps({"error": {"message": "Internal server error",
+                                        "type": "server_error"}}))]
 
     # --- the shared pipeline ------------------------------------------------------------
     def _admit(self, ex: Exchange) -> bool:

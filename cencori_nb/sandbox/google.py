@@ -167,10 +167,10 @@ class GoogleDoor(Door):
         return (f"The input token count ({tokens}) exceeds the maximum number of tokens "
                 f"allowed ({window}).")
 
-    def stream_error_frame(self, ex: Exchange) -> tuple[str | None, str]:
-        return None, dumps({"error": {"code": 503, "message": "The model is overloaded. "
-                                      "Please try again later." + SANDBOX_TAG,
-                                      "status": "UNAVAILABLE"}})
+    def stream_error_frames(self, ex: Exchange) -> list[tuple[str | None, str]]:
+        return [(None, dumps({"error": {"code": 503, "message": "The model is overloaded. "
+                                        "Please try again later." + SANDBOX_TAG,
+                                        "status": "UNAVAILABLE"}}))]
 
     @staticmethod
     def thoughts(call: ChatCall, reply: Reply) -> int:

@@ -65,6 +65,7 @@ ALIASES: dict[str, dict[str, str]] = {
         "claude-3-7-sonnet-latest": "claude-3-7-sonnet-20250219",
         "claude-3-5-haiku-latest": "claude-3-5-haiku-20241022",
         "claude-3-5-sonnet-latest": "claude-3-5-sonnet-20241022",
+        "claude-3-opus-latest": "claude-3-opus-20240229",
     },
 }
 
@@ -99,8 +100,9 @@ def context_window(provider: str, model: str) -> int | None:
 @lru_cache(maxsize=1024)
 def is_known(provider: str, model: str) -> bool:
     """Whether ``provider`` serves ``model``: listed, an alias or dated id, a fine-tune of a
-    listed model, or priced in the public catalogue. A local server serves anything."""
-    if provider == "local":
+    listed model, or priced in the public catalogue. A local server serves anything, and
+    OpenRouter any ``vendor/model`` id (it lists hundreds; the catalogue prices few)."""
+    if provider == "local" or (provider == "openrouter" and "/" in model):
         return True
     aliases = ALIASES.get(provider, {})
     if model in MODELS.get(provider, ()) or model in aliases or model in aliases.values():

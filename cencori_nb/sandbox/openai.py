@@ -9,6 +9,14 @@ OpenRouter differs the way the real one does: an SSE comment ``: OPENROUTER PROC
 usage always sent (with ``usage.cost``) and integer error codes. Mistral puts usage on the
 last chunk without being asked and answers 422 to ``stream_options``.
 
+Each family's answer has its own fields, as recorded: Groq's usage has queue/prompt/
+completion/total times and an ``x_groq`` id, no token details; Mistral's message has
+``tool_calls: null``, no ``logprobs``, a bare usage, and its reasoning models
+(``magistral-…``) answer with a list of ``thinking`` and ``text`` chunks as the content;
+OpenRouter names the upstream ``provider`` and a ``native_finish_reason`` and reports
+``cost``/``is_byok`` in usage; OpenAI's reasoning models (o1, o3, o4, gpt-5) spend
+``reasoning_tokens``, counted in ``completion_tokens``.
+
 As the real OpenAI API does: an alias is answered with its dated id (``gpt-4o`` →
 ``gpt-4o-2024-08-06``); an unknown model is 404 ``model_not_found``; a prompt over the
 context window is 400 ``context_length_exceeded``; running out of prepaid credit is **429**
@@ -42,6 +50,16 @@ from .wallet import provider_cost
 __all__ = ["MODELS", "NOT_FOUND_MARK", "OpenAIDoor", "read_openai_chat"]
 
 SANDBOX_TAG = " [cencori-nb sandbox]"
+# the "provider" OpenRouter names in its answers: the upstream that served the model
+_OPENROUTER_UPSTREAMS = {"openai": "OpenAI", "anthropic": "Anthropic", "google": "Google",
+                         "meta-llama": "Meta", "mistralai": "Mistral", "x-ai": "xAI",
+                         "deepseek": "DeepSeek", "minimax": "Minimax", "qwen": "Alibaba"}
+
+
+def _upstream(model: str) -> str:
+    vendor = model.split("/", 1)[0] if "/" in model else "openai"
+    return _OPENROUTER_UPSTREAMS.get(vendor, vendor.capitalize())
+_REASONING = ("o1", "o3", "o4", "gpt-5")   # OpenAI models that reason before answering
 
 
 def read_openai_chat(body: Any, *, default_model: str | None = None) -> dict[str, Any]:
@@ -191,11 +209,31 @@ class OpenAIDoor(Door):
                 f"messages resulted in {tokens} tokens. Please reduce the length of the "
                 "messages.")
 
-    def stream_error_frame(self, ex: Exchange) -> tuple[str | None, str]:
-        return None, dumps({"error": {
+    def stream_error_frames(self, ex: Exchange) -> list[tuple[str | None, str]]:
+        if self.openrouter:
+            # OpenRouter: a chunk carrying error {code, message} (an HTTP status), then [DONE]
+            model = ex.model or ""
+            chunk = {"id": "gen-" + ex.request_id[4:], "provider": _upstream(model),
+                     "error": {"code": 502, "message": "Provider returned error"
+                               + SANDBOX_TAG},
+                     "model": model, "object": "chat.completion.chunk",
+                     "created": int(time.time()),
+                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                  "finish_reason": None, "native_finish_reason": None,
+                                  "logprobs": None}],
+                     "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+                               "cost": 0, "is_byok": False,
+                               "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                               "cost_details": {"upstream_inference_cost": None,
+                                                "upstream_inference_prompt_cost": 0,
+                                                "upstream_inference_completions_cost": 0},
+                               "completion_tokens_details": {"reasoning_tokens": 0,
+                                                             "image_tokens": 0}}}
+            return [(None, dumps(chunk)), (None, "[DONE]")]
+        return [(None, dumps({"error": {
             "message": "The server had an error while processing your request. Sorry about "
                        "that!" + SANDBOX_TAG, "type": "server_error", "param": None,
-            "code": None}})
+            "code": None}}))]
 
     # --- requests -----------------------------------------------------------------------
     def parse(self, ex: Exchange) -> ChatCall:
@@ -224,50 +262,115 @@ class OpenAIDoor(Door):
         """Headers for an answer (``body`` None for a stream); the gateway adds receipts."""
         return []
 
+    def reasoning(self, call: ChatCall, reply: Reply) -> int:
+        """Reasoning tokens an OpenAI reasoning model spends (deterministic here)."""
+        if self.name != "openai" or not call.model.startswith(_REASONING):
+            return 0
+        return 2 * reply.output_tokens + 8
+
     def usage(self, call: ChatCall, reply: Reply) -> dict[str, Any]:
-        return {"prompt_tokens": reply.input_tokens, "completion_tokens": reply.output_tokens,
-                "total_tokens": reply.input_tokens + reply.output_tokens,
-                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-                "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                              "accepted_prediction_tokens": 0,
-                                              "rejected_prediction_tokens": 0},
-                **self.usage_extra(call, reply)}
+        prompt, out = reply.input_tokens, reply.output_tokens
+        if self.mistral:
+            return {"prompt_tokens": prompt, "completion_tokens": out,
+                    "total_tokens": prompt + out}
+        if self.name == "groq":   # seconds, as Groq reports them
+            return {"queue_time": 0.0001, "prompt_tokens": prompt,
+                    "prompt_time": round(prompt * 1e-5, 9), "completion_tokens": out,
+                    "completion_time": round(out * 4e-4, 9), "total_tokens": prompt + out,
+                    "total_time": round(prompt * 1e-5 + out * 4e-4, 9)}
+        out += self.reasoning(call, reply)
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
+        if self.openrouter:
+            usage.update(self.usage_extra(call, reply), is_byok=False,
+                         prompt_tokens_details={"cached_tokens": 0, "audio_tokens": 0},
+                         cost_details={"upstream_inference_cost": None,
+                                       "upstream_inference_prompt_cost": 0,
+                                       "upstream_inference_completions_cost": 0},
+                         completion_tokens_details={"reasoning_tokens": 0,
+                                                    "image_tokens": 0})
+            return usage
+        usage["prompt_tokens_details"] = {"cached_tokens": 0, "audio_tokens": 0}
+        usage["completion_tokens_details"] = {
+            "reasoning_tokens": self.reasoning(call, reply), "audio_tokens": 0,
+            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
+        usage.update(self.usage_extra(call, reply))
+        return usage
+
+    def completion_body(self, ex: Exchange, call: ChatCall, reply: Reply, cid: str,
+                        created: int, finish: str) -> dict[str, Any]:
+        """The non-streamed answer, in this provider's own shape."""
+        model = call.answered_model
+        if self.mistral:
+            content: Any = reply.text
+            if model.startswith("magistral"):   # reasoning models: thinking, then text
+                content = [{"type": "thinking", "thinking": [
+                               {"type": "text", "text": "The user asks: " + call.last_user[:200]}]},
+                           {"type": "text", "text": reply.text}]
+            return {"id": ex.request_id[4:], "object": "chat.completion", "created": created,
+                    "model": model, "choices": [{"index": 0, "message": {
+                        "role": "assistant", "tool_calls": None, "content": content},
+                        "finish_reason": finish}], "usage": self.usage(call, reply)}
+        if self.name == "groq":
+            return {"id": cid, "object": "chat.completion", "created": created, "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant",
+                                                         "content": reply.text},
+                                 "logprobs": None, "finish_reason": finish}],
+                    "usage": self.usage(call, reply), "usage_breakdown": {"models": None},
+                    "system_fingerprint": "fp_sandbox", "x_groq": {"id": ex.request_id}}
+        if self.openrouter:
+            return {"id": cid, "provider": _upstream(model), "model": model,
+                    "object": "chat.completion", "created": created,
+                    "choices": [{"logprobs": None, "finish_reason": finish,
+                                 "native_finish_reason": finish, "index": 0,
+                                 "message": {"role": "assistant", "content": reply.text,
+                                             "refusal": None, "reasoning": None}}],
+                    "system_fingerprint": "fp_sandbox", "usage": self.usage(call, reply)}
+        return {"id": cid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text,
+                                                     "refusal": None, "annotations": []},
+                             "logprobs": None, "finish_reason": finish}],
+                "usage": self.usage(call, reply), "service_tier": "default",
+                "system_fingerprint": "fp_sandbox", **self.top_extra(call, reply)}
 
     async def respond(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
         finish = "length" if reply.truncated else "stop"
         cid = ("gen-" if self.openrouter else "chatcmpl-") + ex.request_id[4:]
         created = int(time.time())
         if not call.stream:
-            body = {
-                "id": cid, "object": "chat.completion", "created": created,
-                "model": call.answered_model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text,
-                                                     "refusal": None, "annotations": []},
-                             "logprobs": None, "finish_reason": finish}],
-                "usage": self.usage(call, reply), "service_tier": "default",
-                "system_fingerprint": "fp_sandbox", **self.top_extra(call, reply)}
+            body = self.completion_body(ex, call, reply, cid, created, finish)
             ex.send_json(200, body, [*self.ok_headers(ex), *self.answered(ex, call, body)])
             return
         with_usage = call.include_usage or self.openrouter
-        head = (f'{{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
-                f'"model":{dumps(call.answered_model)},"service_tier":"default",'
-                '"system_fingerprint":"fp_sandbox","choices":[{"index":0,"delta":')
-        tail = '"logprobs":null,"finish_reason":'
-        usage_null = ',"usage":null}' if with_usage else "}"
+        if self.openrouter:   # OpenRouter names the upstream; no tier or fingerprint
+            head = (f'{{"id":"{cid}","provider":"{_upstream(call.answered_model)}",'
+                    f'"model":{dumps(call.answered_model)},"object":"chat.completion.chunk",'
+                    f'"created":{created},"choices":[{{"index":0,"delta":')
+            tail = '"logprobs":null,"finish_reason":'
+        else:
+            head = (f'{{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
+                    f'"model":{dumps(call.answered_model)},"service_tier":"default",'
+                    '"system_fingerprint":"fp_sandbox","choices":[{"index":0,"delta":')
+            tail = '"logprobs":null,"finish_reason":'
+        # OpenAI-style chunks carry "usage": null until the usage chunk; OpenRouter's do not
+        usage_null = ',"usage":null}' if with_usage and not self.openrouter else "}"
+        native = ',"native_finish_reason":null' if self.openrouter else ""
         sse = ex.sse([*self.ok_headers(ex), *self.answered(ex, call, None)],
                      content_frames=len(reply.pieces))
         if self.openrouter:
             sse.comment("OPENROUTER PROCESSING")
-        await sse.frame(head + '{"role":"assistant","content":"","refusal":null},' + tail
-                        + "null}]" + usage_null)
+        first = ('{"role":"assistant","content":""},' if self.openrouter
+                 else '{"role":"assistant","content":"","refusal":null},')
+        await sse.frame(head + first + tail + "null" + native + "}]" + usage_null)
         for piece in reply.pieces:
-            await sse.frame(head + '{"content":' + json_str(piece) + "}," + tail + "null}]"
-                            + usage_null, content=True)
+            await sse.frame(head + '{"content":' + json_str(piece) + "}," + tail + "null"
+                            + native + "}]" + usage_null, content=True)
         if self.mistral:
             await sse.frame(head + "{}," + tail + f'"{finish}"}}],"usage":'
                             + dumps(self.usage(call, reply)) + "}")
         else:
-            await sse.frame(head + "{}," + tail + f'"{finish}"}}]' + usage_null)
+            native = f',"native_finish_reason":"{finish}"' if self.openrouter else ""
+            await sse.frame(head + "{}," + tail + f'"{finish}"{native}}}]' + usage_null)
         if with_usage:
             usage = {"id": cid, "object": "chat.completion.chunk", "created": created,
                      "model": call.answered_model, "service_tier": "default",

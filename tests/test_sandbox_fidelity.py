@@ -1,0 +1,414 @@
+"""The sandbox against the corpus of real responses, field by field.
+
+For every file in ``tests/corpus/`` the sandbox is put in the same situation (the same
+model, the same fault, a revoked key, an unknown model, …; the table :data:`TRIGGERS`) and
+its answer is compared with the recording:
+
+- the status code;
+- every header the recording has (names, case-insensitive), except :data:`IGNORED_HEADERS`;
+  and for Cencori, whose recordings carry its full header set, the reverse: the
+  conditional headers the sandbox sends (``X-RateLimit-*``, ``Retry-After``,
+  ``X-Cencori-Cache``) must be in the recording too;
+- the JSON body's structure: the same keys at every level, the same JSON types, and the
+  same values except where :data:`NATURAL` says a value naturally differs (ids, text,
+  token counts, times, …); lists element by element up to the shorter length (the text
+  differs, so a reply's piece count does too);
+- for streams, each distinct kind of frame (SSE event name, or the frame's key set) of the
+  recording must have a structural twin in the sandbox's stream; an error frame after a
+  200 is compared the same way.
+
+A corpus file the sandbox cannot be put in the situation of is listed in
+:data:`NOT_SIMULATED` with why; a new corpus file must go in one table or the other. Every
+remaining difference is listed in :data:`KNOWN_DIFFERENCES`, with why, and the test fails
+if one of them disappears (so the list stays true) or a new one appears.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from cencori_nb.sandbox.server import SandboxServer
+
+CORPUS = Path(__file__).parent / "corpus"
+FILES = sorted(p.relative_to(CORPUS).as_posix() for p in CORPUS.glob("*/*.json"))
+HTTP = httpx2.Client(timeout=60)
+LONG_PROMPT = "word " * 128_001          # over gpt-4o's 128k-token context window
+
+# Values that differ by nature between two answers to two requests, by JSON key: compared
+# for type only. Anything else (object names, roles, error types and codes, statuses,
+# finish reasons, the model id an alias is answered with, …) must be equal.
+NATURAL = frozenset({
+    # ids and times: new for every request
+    "id", "created", "request_id", "responseId", "system_fingerprint",
+    # the answer itself and its measure: the sandbox's text is not the model's
+    "content", "text", "thinking", "delta", "message", "prompt_tokens", "completion_tokens",
+    "total_tokens", "reasoning_tokens", "cached_tokens", "input_tokens", "output_tokens",
+    "promptTokenCount", "candidatesTokenCount", "thoughtsTokenCount", "totalTokenCount",
+    "tokenCount", "cache_creation_input_tokens", "cache_read_input_tokens",
+    "queue_time", "prompt_time", "completion_time", "total_time",
+    # money and waits: depend on the tokens and on the moment
+    "cost_usd", "cost", "balance", "retry_after_ms", "retry_after", "retryDelay", "current",
+    "cap",
+    # which recorded prompt hit a limit or cut a stream is the recording's, not a format
+    "stop_reason", "finish_reason", "finishReason", "native_finish_reason",
+})
+
+# Headers a recording may carry that are about the recording's transport or account, not
+# the format the toolkit reads: not required of the sandbox.
+IGNORED_HEADERS = frozenset({
+    "vary", "cache-control", "access-control-allow-origin", "access-control-expose-headers",
+    "server-timing",            # Google's timing line (the sandbox sends one, not compared)
+    "mistral-correlation-id",   # Mistral's trace id (the toolkit reads none)
+})
+# Cencori's recordings carry the gateway's whole header set (built from its source): these
+# conditional headers must not appear in the sandbox's answer unless the recording has them.
+CENCORI_CONDITIONAL = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
+                       "retry-after", "x-cencori-cache", "x-model-upgraded",
+                       "x-model-original")
+
+DOORS = {"openai": "/openai/v1/chat/completions", "groq": "/groq/v1/chat/completions",
+         "mistral": "/mistral/v1/chat/completions", "xai": "/xai/v1/chat/completions",
+         "deepseek": "/deepseek/v1/chat/completions",
+         "openrouter": "/openrouter/v1/chat/completions",
+         "anthropic": "/anthropic/v1/messages", "cencori": "/api/ai/chat"}
+KEYS = {"google": "AIza-fidelity-key-0000", "anthropic": "sk-ant-fidelity-0000",
+        "cencori": "csk_fidelity_key_0000"}
+
+# corpus file -> how to put the sandbox in the same situation:
+#   fault: X-Sandbox-Fault; key: "revoked" | "missing"; model/prompt/stream: the request;
+#   balance: the gateway wallet before the request
+TRIGGERS: dict[str, dict[str, Any]] = {
+    "anthropic/error_400_invalid_request.json": {"prompt": LONG_PROMPT * 2},
+    "anthropic/error_529_overloaded.json": {"fault": "529"},
+    "anthropic/messages_opus_basic.json": {},
+    "anthropic/stream_error_overloaded_after_200.json": {"fault": "stream-error"},
+    "anthropic/stream_hello_docs.json": {},
+    "cencori/native_200_chat.json": {"temperature": 0},
+    "cencori/native_200_stream.json": {},
+    "cencori/native_200_stream_blocked.json": {"fault": "stream-error"},
+    "cencori/native_400_provider_invalid_request.json": {"prompt": LONG_PROMPT},
+    "cencori/native_401_invalid_api_key.json": {"key": "revoked"},
+    "cencori/native_401_missing_api_key.json": {"key": "missing"},
+    "cencori/native_402_spend_cap_reached.json": {"fault": "402"},
+    "cencori/native_403_credit_balance_exhausted.json": {"balance": "0"},
+    "cencori/native_404_provider_model_not_found.json": {"model": "gpt-does-not-exist"},
+    "cencori/native_429_rate_limit_exceeded.json": {"fault": "429"},
+    "cencori/native_502_provider_error.json": {"model": "mystery-model"},
+    "cencori/native_503_pricing_unavailable.json": {"model": "qwen-max"},
+    "cencori/native_503_provider_unavailable.json": {"fault": "503"},
+    "google/error_400_api_key_invalid.json": {"key": "revoked"},
+    "google/error_400_api_key_not_found.json": {"key": "revoked"},
+    "google/error_429_retryinfo.json": {"fault": "429"},
+    "google/generate_25pro_thinking.json": {},
+    "groq/chat_llama33_basic.json": {},
+    "mistral/chat_magistral_thinking_list_content.json": {},
+    "openai/chat_gpt4o_basic.json": {},
+    "openai/chat_o3mini_reasoning.json": {},
+    "openai/error_401_invalid_api_key.json": {"key": "revoked"},
+    "openai/error_429_insufficient_quota.json": {"fault": "402"},
+    "openai/error_429_insufficient_quota_code_null.json": {"fault": "402"},
+    "openrouter/stream_error_in_200.json": {"fault": "stream-error"},
+}
+
+# corpus file -> why the sandbox has no way to produce it
+NOT_SIMULATED: dict[str, str] = {
+    "cencori/native_401_provider_auth_error.json":
+        "Cencori's own upstream key being rejected is a gateway-side failure no request "
+        "can cause; the sandbox has no fault for it",
+    "cencori/v1_401_provider_auth_error.json": "the same failure on the /v1 door",
+    "cencori/native_403_security_violation.json":
+        "the gateway's security filter (PII/jailbreak rules) is not simulated",
+    "cencori/native_429_provider_rate_limited.json":
+        "an upstream provider's 429 seen through the gateway; the sandbox's 429 fault is "
+        "the gateway's own project limit (rate_limit_exceeded)",
+}
+
+# (corpus file, where) -> why the sandbox still differs there. The test fails when an entry
+# no longer matches a difference (remove it) or a difference is not listed (fix or list it).
+_WHY_DOCS = ("Anthropic's streaming docs example (2024) predates the cache fields the API "
+             "now sends in usage; the sandbox follows the newer recording "
+             "(messages_opus_basic, which has them)")
+_WHY_DELTA = ("the same docs example's message_delta has output_tokens only; the API now "
+              "repeats the input and cache counts there")
+_WHY_REASONING = ("the recorded model (MiniMax M2) is a reasoning model, whose deltas carry "
+                  "reasoning and reasoning_details; the sandbox's models do not reason")
+
+KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
+    ('anthropic/stream_hello_docs.json',
+     'frame[0].message.usage.cache_creation_input_tokens: extra'):
+        _WHY_DOCS,
+    ('anthropic/stream_hello_docs.json',
+     'frame[0].message.usage.cache_read_input_tokens: extra'):
+        _WHY_DOCS,
+    ('anthropic/stream_hello_docs.json',
+     'frame[0].message.usage.cache_creation: extra'):
+        _WHY_DOCS,
+    ('anthropic/stream_hello_docs.json',
+     'frame[0].message.usage.service_tier: extra'):
+        _WHY_DOCS,
+    ('anthropic/stream_hello_docs.json',
+     'frame[6].usage.input_tokens: extra'):
+        _WHY_DELTA,
+    ('anthropic/stream_hello_docs.json',
+     'frame[6].usage.cache_creation_input_tokens: extra'):
+        _WHY_DELTA,
+    ('anthropic/stream_hello_docs.json',
+     'frame[6].usage.cache_read_input_tokens: extra'):
+        _WHY_DELTA,
+    ('cencori/native_200_stream_blocked.json',
+     "frame[1].error: 'Response blocked' vs 'Provider stream failed [cencori-nb sandbox]'"):
+        ("the recording is the security filter blocking a reply; the sandbox's stream-error fault "
+         'is a provider failing mid-stream, which the engine reports on the same {error} line with'
+         ' its own message'),
+    ('google/error_429_retryinfo.json',
+     'body.error.details[QuotaFailure]: extra'):
+        ('the reporter abridged the recording to its RetryInfo; other public reports of the same '
+         '429 carry QuotaFailure, Help and RetryInfo, which the sandbox sends'),
+    ('google/error_429_retryinfo.json',
+     'body.error.details[Help]: extra'):
+        "as above: Help is in the full answer, not in the abridged recording",
+    ('openai/chat_o3mini_reasoning.json',
+     'body.choices[0].logprobs: extra'):
+        ("OpenAI's newer answers (this 2026 recording) leave out the null logprobs that older ones"
+         ' (chat_gpt4o_basic, 2025) carry; the sandbox keeps it, so clients are tested against the'
+         ' field being present'),
+    ('openai/error_429_insufficient_quota_code_null.json',
+     'body.error.code: type null vs str'):
+        ('the older recording has code null, the newer one (error_429_insufficient_quota) '
+         "'insufficient_quota'; the sandbox sends the newer"),
+    ('openrouter/stream_error_in_200.json',
+     'frame[3].error.code: 400 vs 502'):
+        ("the code is the upstream failure's HTTP status: the recording hit a token limit (400), "
+         "the sandbox's stream-error fault is an upstream failure (502)"),
+    ('openrouter/stream_error_in_200.json',
+     'frame[0].choices[0].delta.reasoning: missing'):
+        _WHY_REASONING,
+    ('openrouter/stream_error_in_200.json',
+     'frame[0].choices[0].delta.reasoning_details: missing'):
+        _WHY_REASONING,
+    ('openrouter/stream_error_in_200.json',
+     'frame[1].choices[0].delta.reasoning: missing'):
+        _WHY_REASONING,
+    ('openrouter/stream_error_in_200.json',
+     'frame[1].choices[0].delta.reasoning_details: missing'):
+        _WHY_REASONING,
+    ('openrouter/stream_error_in_200.json',
+     'frame[2].choices[0].delta.reasoning: missing'):
+        _WHY_REASONING,
+    ('openrouter/stream_error_in_200.json',
+     'frame[2].choices[0].delta.reasoning_details: missing'):
+        _WHY_REASONING,
+}
+
+
+# --------------------------------------------------------------------------- the diff
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+def _typed(items: list[Any]) -> bool:
+    return bool(items) and all(isinstance(i, dict) and "@type" in i for i in items)
+
+
+def diff(recorded: Any, ours: Any, where: str = "body") -> list[str]:
+    """Structural and value differences of ``ours`` against ``recorded`` (see module doc)."""
+    key = where.rsplit(".", 1)[-1].split("[", 1)[0]
+    if _kind(recorded) != _kind(ours):
+        if key in NATURAL and None in (recorded, ours):
+            return []   # a natural value may be null in one answer (a finish reason mid-stream)
+        return [f"{where}: type {_kind(recorded)} vs {_kind(ours)}"]
+    if isinstance(recorded, dict):
+        out = [f"{where}.{k}: missing" for k in recorded if k not in ours]
+        out += [f"{where}.{k}: extra" for k in ours if k not in recorded]
+        for k in recorded:
+            if k in ours:
+                out += diff(recorded[k], ours[k], f"{where}.{k}")
+        return out
+    if isinstance(recorded, list) and _typed(recorded) and _typed(ours):
+        # Google's error details are a set of typed messages: matched by "@type"
+        by_type = {item["@type"]: item for item in ours}
+        out = []
+        for item in recorded:
+            name = item["@type"].rsplit(".", 1)[-1]
+            if item["@type"] not in by_type:
+                out.append(f"{where}[{name}]: missing")
+            else:
+                out += diff(item, by_type[item["@type"]], f"{where}[{name}]")
+        recorded_types = {item["@type"] for item in recorded}
+        out += [f"{where}[{t.rsplit('.', 1)[-1]}]: extra" for t in by_type
+                if t not in recorded_types]
+        return out
+    if isinstance(recorded, list):
+        out = []
+        for i, (a, b) in enumerate(zip(recorded, ours, strict=False)):
+            out += diff(a, b, f"{where}[{i}]")
+        if bool(recorded) != bool(ours):
+            out.append(f"{where}: {len(recorded)} items vs {len(ours)}")
+        return out
+    if key in NATURAL or recorded == ours:
+        return []
+    return [f"{where}: {recorded!r} vs {ours!r}"]
+
+
+def frames(text: str) -> list[tuple[str | None, Any]]:
+    """``(event name, parsed data)`` of each SSE frame (comments and [DONE] kept as text)."""
+    out: list[tuple[str | None, Any]] = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        event, data = None, []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+        if not data:
+            continue
+        raw = "\n".join(data)
+        try:
+            out.append((event, json.loads(raw)))
+        except ValueError:
+            out.append((event, raw))
+    return out
+
+
+def _shape(frame: tuple[str | None, Any]) -> tuple[Any, ...]:
+    event, data = frame
+    if isinstance(data, dict):
+        return (event, data.get("type"), "error" in data, tuple(sorted(data)) if event is None
+                else ())
+    return (event, data)
+
+
+def stream_diff(recorded: str, ours: str) -> list[str]:
+    """Each kind of recorded frame must have a structural twin among ours."""
+    mine = frames(ours)
+    out = []
+    for i, frame in enumerate(frames(recorded)):
+        event, data = frame
+        twins = [f for f in mine if f[0] == event and (
+            not isinstance(data, dict) or (isinstance(f[1], dict) and (
+                f[1].get("type") == data.get("type"))
+                and ("error" in f[1]) == ("error" in data)))]
+        if not twins:
+            out.append(f"frame[{i}] ({event or 'data'} {str(data)[:60]}): no such frame")
+            continue
+        best = min((diff(data, t[1], f"frame[{i}]") for t in twins), key=len)
+        out += best
+    return out
+
+
+# --------------------------------------------------------------------------- requests
+
+
+_SERVER: list[SandboxServer] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_server() -> Iterator[None]:
+    sandbox = SandboxServer()
+    sandbox.start_in_thread()
+    _SERVER.append(sandbox)
+    yield
+    sandbox.stop()
+    _SERVER.clear()
+
+
+def ask(name: str) -> httpx2.Response:
+    """Send the sandbox the request that puts it where the recording ``name`` was."""
+    sandbox = _SERVER[0]
+    sandbox.reset()
+    record = json.loads((CORPUS / name).read_text())
+    trigger = TRIGGERS[name]
+    provider = record["provider"]
+    model = trigger.get("model") or record["request"].get("model")
+    stream = bool(record["request"].get("stream")) or trigger.get("fault") == "stream-error"
+    prompt = trigger.get("prompt", "What is the capital of France?")
+    key = KEYS.get(provider, "sk-fidelity-key-0000")
+    if trigger.get("key") == "revoked":
+        key = key.replace("fidelity", "revoked")
+    if "balance" in trigger:
+        sandbox.set_balance(trigger["balance"])
+    headers: dict[str, str] = {}
+    if trigger.get("fault"):
+        headers["X-Sandbox-Fault"] = trigger["fault"]
+    if provider == "google":
+        verb = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        path = f"/google/v1beta/models/{model}:{verb}"
+        body: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
+        if trigger.get("key") != "missing":
+            headers["x-goog-api-key"] = key
+    elif provider == "anthropic":
+        path = DOORS[provider]
+        body = {"model": model, "max_tokens": 200, "stream": stream,
+                "messages": [{"role": "user", "content": prompt}]}
+        headers["anthropic-version"] = "2023-06-01"
+        if trigger.get("key") != "missing":
+            headers["x-api-key"] = key
+    else:
+        path = DOORS[provider]
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}],
+                "stream": stream}
+        if "temperature" in trigger:
+            body["temperature"] = trigger["temperature"]
+        if trigger.get("key") != "missing":
+            if provider == "cencori":
+                headers["CENCORI_API_KEY"] = key
+            else:
+                headers["Authorization"] = f"Bearer {key}"
+    return HTTP.post(sandbox.url + path, json=body, headers=headers)  # type: ignore[operator]
+
+
+def differences(name: str) -> list[str]:
+    """Every way the sandbox's answer differs from the recording ``name``."""
+    record = json.loads((CORPUS / name).read_text())
+    response = ask(name)
+    out = []
+    if response.status_code != record["status"]:
+        out.append(f"status: {record['status']} vs {response.status_code}")
+    for header in record.get("headers", {}):
+        if header.lower() not in IGNORED_HEADERS and header.lower() not in response.headers:
+            out.append(f"header {header}: missing")
+    if record["provider"] == "cencori":
+        recorded = {h.lower() for h in record.get("headers", {})}
+        out += [f"header {h}: extra" for h in CENCORI_CONDITIONAL
+                if h in response.headers and h not in recorded]
+    if "body_text" in record:
+        out += stream_diff(record["body_text"], response.text)
+    else:
+        out += diff(record["body"], response.json())
+    return out
+
+
+# --------------------------------------------------------------------------- the tests
+
+
+def test_every_corpus_file_is_simulated_or_says_why_not() -> None:
+    assert FILES, "no corpus files found"
+    assert not set(TRIGGERS) & set(NOT_SIMULATED)
+    assert set(FILES) == set(TRIGGERS) | set(NOT_SIMULATED), (
+        "new corpus files need a trigger (or a reason in NOT_SIMULATED): "
+        f"{sorted(set(FILES) - set(TRIGGERS) - set(NOT_SIMULATED))}")
+
+
+@pytest.mark.parametrize("name", sorted(TRIGGERS))
+def test_sandbox_matches_the_recording(name: str) -> None:
+    found = differences(name)
+    listed = {where for (file, where) in KNOWN_DIFFERENCES if file == name}
+    unlisted = [d for d in found if d not in listed]
+    gone = sorted(listed - set(found))
+    assert not unlisted, f"{name}: the sandbox differs from the recording:\n" + "\n".join(
+        unlisted)
+    assert not gone, f"{name}: listed differences that no longer occur: {gone}"
