@@ -67,6 +67,7 @@ ALIASES: dict[str, dict[str, str]] = {
         "claude-3-5-sonnet-latest": "claude-3-5-sonnet-20241022",
         "claude-3-opus-latest": "claude-3-opus-20240229",
     },
+    "xai": {"grok-4": "grok-4-0709", "grok-4-latest": "grok-4-0709"},
 }
 
 # (provider, model prefix) -> context window in tokens; the longest matching prefix wins
@@ -102,6 +103,8 @@ def is_known(provider: str, model: str) -> bool:
     """Whether ``provider`` serves ``model``: listed, an alias or dated id, a fine-tune of a
     listed model, or priced in the public catalogue. A local server serves anything, and
     OpenRouter any ``vendor/model`` id (it lists hundreds; the catalogue prices few)."""
+    if model != model.strip() or not model:
+        return False   # "claude-… " with a stray space is not a model (Anthropic: 404)
     if provider == "local" or (provider == "openrouter" and "/" in model):
         return True
     aliases = ALIASES.get(provider, {})

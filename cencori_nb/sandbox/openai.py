@@ -56,6 +56,16 @@ _OPENROUTER_UPSTREAMS = {"openai": "OpenAI", "anthropic": "Anthropic", "google":
                          "deepseek": "DeepSeek", "minimax": "Minimax", "qwen": "Alibaba"}
 
 
+# xAI's error "code" is the gRPC status text of the HTTP status
+_XAI_CODES = {400: "Client specified an invalid argument",
+              401: "The request does not have valid authentication credentials",
+              402: "The request was rejected because of insufficient credits",
+              403: "The caller does not have permission to execute the specified operation",
+              404: "Some requested entity was not found",
+              429: "Some resource has been exhausted", 500: "Internal error",
+              503: "The service is currently unavailable"}
+
+
 def _upstream(model: str) -> str:
     vendor = model.split("/", 1)[0] if "/" in model else "openai"
     return _OPENROUTER_UPSTREAMS.get(vendor, vendor.capitalize())
@@ -152,11 +162,27 @@ class OpenAIDoor(Door):
         if kind == "context":
             param = param or "messages"
         status, error = self.error_object(ex, kind, message, status, retry_after, param, code)
-        if self.openrouter:   # OpenRouter: integer code, metadata object
-            error = {"code": status, "message": error["message"], "metadata": {}}
         # insufficient_quota is a 429 without the rate-limit hints: nothing to wait for
         headers = self.error_headers(ex, status if kind != "payment" else 0, retry_after)
-        ex.send_json(status, {"error": error}, headers)
+        body: dict[str, Any] = {"error": error}
+        if self.openrouter:   # OpenRouter: {message, code: the HTTP status}
+            body = {"error": {"message": error["message"], "code": status}}
+        elif self.name == "groq":   # Groq leaves out param
+            body = {"error": {k: v for k, v in error.items() if k != "param"}}
+        elif self.name == "xai":   # xAI: flat {code: gRPC status text, error}; bad key 400
+            status = 400 if kind == "invalid_key" else status
+            body = {"code": _XAI_CODES.get(status, "Internal error"),
+                    "error": error["message"]}
+        elif self.mistral and kind in ("invalid_key", "missing_key"):
+            status, body = 401, {"message": "Unauthorized", "request_id": ex.request_id[4:]}
+        elif self.name == "deepseek" and kind == "payment":
+            body = {"error": {"message": "Insufficient Balance" + SANDBOX_TAG,
+                              "type": "unknown_error", "param": None,
+                              "code": "invalid_request_error"}}
+        elif self.name == "local" and kind == "not_found":   # Ollama's words
+            body = {"error": {"message": (message or "model not found") + SANDBOX_TAG,
+                              "type": "api_error", "param": None, "code": None}}
+        ex.send_json(status, body, headers)
 
     def error_headers(self, ex: Exchange, status: int, retry_after: int | None) -> Headers:
         headers = [("x-request-id", ex.request_id)]
@@ -196,6 +222,8 @@ class OpenAIDoor(Door):
         return NOT_FOUND_MARK not in call.model and is_known(self.name, call.model)
 
     def not_found_message(self, call: ChatCall) -> str | None:
+        if self.name == "local":
+            return f'model "{call.model}" not found, try pulling it first'
         return (f"The model `{call.model}` does not exist or you do not have access to it.")
 
     def served_model(self, model: str) -> str:
@@ -205,6 +233,9 @@ class OpenAIDoor(Door):
         return context_window(self.name, call.model)
 
     def context_message(self, call: ChatCall, tokens: int, window: int) -> str:
+        if self.name == "xai":
+            return (f"This model's maximum prompt length is {window} but the request "
+                    f"contains {tokens} tokens.")
         return (f"This model's maximum context length is {window} tokens. However, your "
                 f"messages resulted in {tokens} tokens. Please reduce the length of the "
                 "messages.")
@@ -264,9 +295,10 @@ class OpenAIDoor(Door):
 
     def reasoning(self, call: ChatCall, reply: Reply) -> int:
         """Reasoning tokens an OpenAI reasoning model spends (deterministic here)."""
-        if self.name != "openai" or not call.model.startswith(_REASONING):
-            return 0
-        return 2 * reply.output_tokens + 8
+        reasons = (self.name == "openai" and call.model.startswith(_REASONING)) or (
+            self.name == "deepseek" and call.model == "deepseek-reasoner") or (
+            self.name == "xai" and call.model.startswith(("grok-4", "grok-3-mini")))
+        return 2 * reply.output_tokens + 8 if reasons else 0
 
     def usage(self, call: ChatCall, reply: Reply) -> dict[str, Any]:
         prompt, out = reply.input_tokens, reply.output_tokens
@@ -278,7 +310,24 @@ class OpenAIDoor(Door):
                     "prompt_time": round(prompt * 1e-5, 9), "completion_tokens": out,
                     "completion_time": round(out * 4e-4, 9), "total_tokens": prompt + out,
                     "total_time": round(prompt * 1e-5 + out * 4e-4, 9)}
-        out += self.reasoning(call, reply)
+        reasoning = self.reasoning(call, reply)
+        if self.name == "deepseek":   # cache hit/miss counts; reasoning for the reasoner
+            return {"prompt_tokens": prompt, "completion_tokens": out + reasoning,
+                    "total_tokens": prompt + out + reasoning,
+                    "prompt_tokens_details": {"cached_tokens": 0},
+                    "completion_tokens_details": {"reasoning_tokens": reasoning},
+                    "prompt_cache_hit_tokens": 0, "prompt_cache_miss_tokens": prompt}
+        if self.name == "xai":   # reasoning counted beside completion_tokens, not in it
+            return {"prompt_tokens": prompt, "completion_tokens": out,
+                    "total_tokens": prompt + out + reasoning,
+                    "prompt_tokens_details": {"text_tokens": prompt, "audio_tokens": 0,
+                                              "image_tokens": 0, "cached_tokens": 0},
+                    "completion_tokens_details": {"reasoning_tokens": reasoning,
+                                                  "audio_tokens": 0,
+                                                  "accepted_prediction_tokens": 0,
+                                                  "rejected_prediction_tokens": 0},
+                    "num_sources_used": 0}
+        out += reasoning
         usage: dict[str, Any] = {
             "prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
         if self.openrouter:
@@ -325,7 +374,21 @@ class OpenAIDoor(Door):
                                  "native_finish_reason": finish, "index": 0,
                                  "message": {"role": "assistant", "content": reply.text,
                                              "refusal": None, "reasoning": None}}],
-                    "system_fingerprint": "fp_sandbox", "usage": self.usage(call, reply)}
+                    "usage": self.usage(call, reply)}
+        if self.name == "deepseek":
+            message = {"role": "assistant", "content": reply.text}
+            if model == "deepseek-reasoner":   # its reasoning, beside the answer
+                message["reasoning_content"] = "The user asks: " + call.last_user[:200]
+            return {"id": ex.request_id[4:], "object": "chat.completion", "created": created,
+                    "model": model, "choices": [{"index": 0, "message": message,
+                                                 "logprobs": None, "finish_reason": finish}],
+                    "usage": self.usage(call, reply), "system_fingerprint": "fp_sandbox"}
+        if self.name == "xai":
+            return {"id": ex.request_id[4:], "object": "chat.completion", "created": created,
+                    "model": model, "choices": [{"index": 0, "message": {
+                        "role": "assistant", "content": reply.text, "refusal": None},
+                        "finish_reason": finish}],
+                    "usage": self.usage(call, reply), "system_fingerprint": "fp_sandbox"}
         return {"id": cid, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text,
                                                      "refusal": None, "annotations": []},
