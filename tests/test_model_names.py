@@ -20,7 +20,7 @@ from cencori_nb.sandbox.server import SandboxServer
 
 OPENAI_KEY = "sk-test-names-" + "N" * 20 + "a1b2"
 MISTRAL_KEY = "mistral-test-" + "M" * 24 + "c3d4"
-CENCORI_KEY = "csk_test_names_" + "C" * 20 + "e5f6"
+CENCORI_KEY = "csk_live_names_" + "C" * 20 + "e5f6"   # a live key: test keys are free
 
 OPENAI_FT = "ft:gpt-4o-mini-2024-07-18:acme-corp:support-bot:9xYz1AbC"
 MISTRAL_FT = "ft:open-mistral-7b:587a6b29:20240514:7e773925"
@@ -76,10 +76,10 @@ def test_typo_warns_before_sending_with_a_suggestion(byok: SandboxServer) -> Non
 
 
 def test_typo_is_still_sent_and_gets_the_providers_404(byok: SandboxServer) -> None:
+    keys.set("anthropic", "sk-ant-test-" + "A" * 30)
     with pytest.warns(UnknownModelWarning, match="claude") as record:
         with pytest.raises(errors.ProviderError) as info:
-            keys.set("anthropic", "sk-ant-test-" + "A" * 30)
-            cencori_nb.chat("hi", model="claude-haiku-4-55", cache=False)
+            cencori_nb.chat("hi", model="claude-hiaku-4-5", cache=False)
     assert len(record) == 1 and "Did you mean 'claude-haiku-4-5'" in str(record[0].message)
     assert info.value.status_code == 404 and byok.stats["requests"] == 1
 

@@ -22,9 +22,10 @@ import pytest
 import cencori_nb
 from cencori_nb import errors, keys, pacing, settings, transport
 from cencori_nb.ledger import default_ledger
+from cencori_nb.sandbox.faults import RateLimiter
 from cencori_nb.sandbox.server import SandboxServer
 
-CENCORI_KEY = "csk_test_receipts_" + "R" * 20 + "x7y8"
+CENCORI_KEY = "csk_live_receipts_" + "R" * 20 + "x7y8"   # a live key: test keys are free
 OPENAI_KEY = "sk-test-receipts-" + "O" * 20 + "q1w2"
 
 
@@ -206,7 +207,10 @@ def test_pacer_window_arithmetic() -> None:
 def test_managed_route_paces_to_the_sandbox_rpm(monkeypatch: pytest.MonkeyPatch,
                                                 clock: _FakeClock) -> None:
     """A sandbox started with rpm=2: the third request waits for the window, no 429."""
-    with SandboxServer(rpm=2) as url:
+    server = SandboxServer(rpm=2)
+    # the server's window runs on the same fake clock, so the paced wait is really enough
+    server.limiter = RateLimiter(2, clock=clock.monotonic)
+    with server as url:
         monkeypatch.setenv("CENCORI_NB_SANDBOX", url)
         keys.set_cencori_key(CENCORI_KEY)
         for i in range(3):
