@@ -15,14 +15,19 @@ deepseek together openrouter local)
 ``{url}/google``                           Gemini ``/v1`` and ``/v1beta`` generateContent,
                                            streamGenerateContent
 ``{url}`` (``/api/ai/chat``, ``/v1/…``)    the Cencori gateway, native and OpenAI-compatible
-``{url}/_sandbox/stats|reset|balance``     controls for tests (key hints only, never keys)
+``{url}/_sandbox/stats|config|reset|…``    controls for tests (key hints only, never keys);
+                                           ``config`` states ``--rpm`` for client pacing
 =========================================  ==============================================
 
-Any non-empty key works; a key containing ``revoked`` gets the provider's 401; Cencori keys
-must start with ``csk_``. A request header ``X-Sandbox-Fault: 401|402|403|429|500|503|
-timeout|truncate|malformed`` injects one fault; a model id containing ``does-not-exist``
-gets the provider's 404. Replies are deterministic in (seed, prompt), say they come from
-the sandbox, and count tokens with one rule (:func:`replies.count_tokens`).
+Any non-empty key works; a key containing ``revoked`` gets the provider's bad-key answer
+(401; Gemini and xAI answer 400); Cencori keys
+must start with ``csk_``. A request header ``X-Sandbox-Fault: 401|402|403|429|500|503|529|
+timeout|truncate|malformed|stream-error`` injects one fault (``stream-error``: a 200 stream
+that ends with the provider's own error event); a model the provider does not serve (or an
+id containing ``does-not-exist``) gets its real 404, a prompt over the context window its
+real 400. Answers follow the recorded real ones in ``tests/corpus`` (checked field by field
+by ``tests/test_sandbox_fidelity.py``). Replies are deterministic in (seed, prompt), say
+they come from the sandbox, and count tokens with one rule (:func:`replies.count_tokens`).
 A last user message starting with ``SANDBOX-ECHO:`` is answered with exactly the rest of
 the message, one starting with ``SANDBOX-ERROR:`` with a 400 carrying the rest as the
 error message (tests use them to make a "model" or "provider" say something hostile).
