@@ -57,6 +57,8 @@ NATURAL = frozenset({
     "ephemeral_1h_input_tokens",
     "queue_time", "prompt_time", "completion_time", "total_time",
     # money and waits: depend on the tokens and on the moment
+    # stream padding against length side channels (OpenAI "obfuscation", Mistral "p")
+    "obfuscation", "p",
     "cost_usd", "cost", "balance", "retry_after_ms", "retry_after", "retryDelay", "current",
     "cap",
     # which recorded prompt hit a limit or cut a stream is the recording's, not a format
@@ -108,6 +110,11 @@ TRIGGERS: dict[str, dict[str, Any]] = {
     "groq/error_404_model_not_found.json": {},
     "groq/error_429_tokens_per_minute.json": {"fault": "429"},
     "local/error_404_model_not_found.json": {"model": "llama-does-not-exist"},
+    "local/stream_ollama_qwen_one_chunk.json": {},
+    "mistral/chat_magistral_small_high_thinking_list.json": {},
+    "mistral/chat_magistral_small_reasoning_omitted.json": {},
+    "mistral/stream_magistral_small.json": {},
+    "openai/stream_gpt4omini_include_usage.json": {"include_usage": True},
     "mistral/chat_large_basic.json": {},
     "mistral/error_401_detail_unauthorized.json": {"key": "revoked"},
     "mistral/error_401_message_unauthorized.json": {"key": "revoked"},
@@ -199,6 +206,14 @@ _WHY_OPENROUTER_USAGE = ("OpenRouter's 2025 non-streamed recording has a bare us
                          "cost_details and audio_tokens, which the sandbox sends everywhere")
 _WHY_XAI_TEXT = ("xAI's error text is in its \"error\" field, compared as a value there: the "
                  "token count and the key hint naturally differ")
+
+_WHY_MAGISTRAL_PLAIN = ("Magistral answers with a plain string when its reasoning is "
+                        "omitted, and this newer recording's usage has prompt_tokens_details and "
+                        "service_tier; the sandbox always sends the thinking list and the older "
+                        "bare usage")
+_WHY_MISTRAL_STREAM = ("Mistral leaves the \"p\" padding out of the first (role) chunk and "
+                       "sends the last text with the usage in one chunk; the sandbox pads every "
+                       "chunk and puts the usage on a separate finish chunk")
 
 KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
     ('anthropic/stream_hello_docs.json',
@@ -338,6 +353,21 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
         _WHY_XAI_TEXT,
     ('xai/error_400_incorrect_api_key.json', "body.error: …"):
         _WHY_XAI_TEXT,
+    ('mistral/chat_magistral_small_reasoning_omitted.json',
+     'body.usage.prompt_tokens_details: missing'):
+        _WHY_MAGISTRAL_PLAIN,
+    ('mistral/chat_magistral_small_reasoning_omitted.json',
+     'body.usage.service_tier: missing'):
+        _WHY_MAGISTRAL_PLAIN,
+    ('mistral/chat_magistral_small_reasoning_omitted.json',
+     'body.choices[0].message.content: type str vs list'):
+        _WHY_MAGISTRAL_PLAIN,
+    ('mistral/stream_magistral_small.json',
+     'frame[0].p: extra'):
+        _WHY_MISTRAL_STREAM,
+    ('mistral/stream_magistral_small.json',
+     'frame[3].usage: missing'):
+        _WHY_MISTRAL_STREAM,
 }
 
 
@@ -497,6 +527,8 @@ def ask(name: str) -> httpx2.Response:
                 "stream": stream}
         if "temperature" in trigger:
             body["temperature"] = trigger["temperature"]
+        if trigger.get("include_usage"):
+            body["stream_options"] = {"include_usage": True}
         if trigger.get("key") != "missing":
             if provider == "cencori":
                 headers["CENCORI_API_KEY"] = key

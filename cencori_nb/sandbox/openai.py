@@ -70,6 +70,7 @@ def _upstream(model: str) -> str:
     vendor = model.split("/", 1)[0] if "/" in model else "openai"
     return _OPENROUTER_UPSTREAMS.get(vendor, vendor.capitalize())
 _REASONING = ("o1", "o3", "o4", "gpt-5")   # OpenAI models that reason before answering
+_PAD = "sandbox"   # the padding OpenAI ("obfuscation") and Mistral ("p") put in chunks
 
 
 def read_openai_chat(body: Any, *, default_model: str | None = None) -> dict[str, Any]:
@@ -410,10 +411,22 @@ class OpenAIDoor(Door):
                     f'"model":{dumps(call.answered_model)},"object":"chat.completion.chunk",'
                     f'"created":{created},"choices":[{{"index":0,"delta":')
             tail = '"logprobs":null,"finish_reason":'
+        elif self.mistral:   # Mistral: a "p" padding field, no tier/fingerprint/logprobs
+            head = (f'{{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
+                    f'"model":{dumps(call.answered_model)},"p":"{_PAD}",'
+                    '"choices":[{"index":0,"delta":')
+            tail = '"finish_reason":'
+        elif self.name == "local":   # Ollama
+            head = (f'{{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
+                    f'"model":{dumps(call.answered_model)},"system_fingerprint":"fp_ollama",'
+                    '"choices":[{"index":0,"delta":')
+            tail = '"finish_reason":'
         else:
+            # OpenAI pads every chunk with "obfuscation" (stream_options.include_obfuscation)
+            pad = f'"obfuscation":"{_PAD}",' if self.name == "openai" else ""
             head = (f'{{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
                     f'"model":{dumps(call.answered_model)},"service_tier":"default",'
-                    '"system_fingerprint":"fp_sandbox","choices":[{"index":0,"delta":')
+                    f'"system_fingerprint":"fp_sandbox",{pad}"choices":[{{"index":0,"delta":')
             tail = '"logprobs":null,"finish_reason":'
         # OpenAI-style chunks carry "usage": null until the usage chunk; OpenRouter's do not
         usage_null = ',"usage":null}' if with_usage and not self.openrouter else "}"
@@ -422,7 +435,8 @@ class OpenAIDoor(Door):
                      content_frames=len(reply.pieces))
         if self.openrouter:
             sse.comment("OPENROUTER PROCESSING")
-        first = ('{"role":"assistant","content":""},' if self.openrouter
+        first = ('{"role":"assistant","content":""},'
+                 if self.openrouter or self.mistral or self.name == "local"
                  else '{"role":"assistant","content":"","refusal":null},')
         await sse.frame(head + first + tail + "null" + native + "}]" + usage_null)
         for piece in reply.pieces:
@@ -439,6 +453,8 @@ class OpenAIDoor(Door):
                      "model": call.answered_model, "service_tier": "default",
                      "system_fingerprint": "fp_sandbox", "choices": [],
                      "usage": self.usage(call, reply), **self.top_extra(call, reply)}
+            if self.name == "openai":
+                usage["obfuscation"] = _PAD
             await sse.frame(dumps(usage))
         await sse.frame("[DONE]")
         await sse.close()
