@@ -269,3 +269,41 @@ def test_line_magic_tables_keep_dollars_away_from_mathjax(shell: InteractiveShel
         table = cap.outputs[0].data          # (usage then shows plotly's own chart)
         assert "<table>" in table["text/html"], line
         assert_inert(table)
+
+
+# ----------------------------------------------------------------------------- the sandbox
+DOORS = [("openai", "gpt-4o-mini", "byok"), ("anthropic", "claude-haiku-4-5", "byok"),
+         ("google", "gemini-2.5-flash", "byok"), ("openai", "gpt-4o-mini", "managed")]
+
+
+@pytest.mark.parametrize("provider, model, route", DOORS,
+                         ids=[f"{p}-{r}" for p, _m, r in DOORS])
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+def test_sandbox_scripted_replies_through_every_door(sandbox_env: Any, provider: str,
+                                                     model: str, route: str,
+                                                     stream: bool) -> None:
+    """SANDBOX-ECHO: answers exactly the rest of the message and SANDBOX-ERROR: a 400
+    carrying it, in each wire format (OpenAI, Anthropic, Gemini, the Cencori gateway), so
+    the attack tests reach every parser, not only OpenAI's."""
+    import cencori_nb
+    from cencori_nb import keys
+    from cencori_nb.errors import CencoriError
+
+    keys.set("openai", OPENAI_KEY)
+    keys.set("anthropic", "sk-ant-test-render-00000000000Rr01")
+    keys.set("google", "AIza" + "TestRender0000000000000000000000Gg1")
+    keys.set_cencori_key("csk_test_render_000000000Mm01")
+    hostile = TEXTS[0] + "\n\n" + TEXTS[3]
+    opts: dict[str, Any] = {"model": model, "provider": provider, "route": route,
+                            "cache": False}
+    if stream:
+        with cencori_nb.stream("SANDBOX-ECHO:" + hostile, **opts) as chunks:
+            assert "".join(chunks) == hostile
+        text = chunks.completion.text
+    else:
+        text = cencori_nb.chat("SANDBOX-ECHO:" + hostile, **opts).text
+    assert text == hostile
+    with pytest.raises(CencoriError) as err:
+        cencori_nb.chat("SANDBOX-ERROR:" + hostile, **opts)
+    assert "window.__xss=1" in str(err.value)                 # the provider's own words…
+    assert_inert(error_bundle(str(err.value)))                # …shown as one inert line
