@@ -21,7 +21,8 @@ What a batch does, in order:
    failed, or not sent): deterministic requests (temperature 0 or unset, cache on) are
    answered by the response cache, each hit recorded as cached; for the others the batch
    keeps a *checkpoint* in the home (``batches/<id>.jsonl``, 0600, one line per finished
-   row, keyed by a hash of the prompt and the parameters). The checkpoint is deleted when a
+   row, keyed by a hash of the prompt and the parameters, written once the row's ledger
+   row is committed: like the cache, it never gets ahead of the ledger). The checkpoint is deleted when a
    run ends with every sendable row done; ``resume=False`` ignores it.
 4. **Return** a DataFrame in input order (aligned with the input index for a Series or an
    accessor) with columns ``prompt, text, error, input_tokens, output_tokens, cost_usd,
@@ -468,11 +469,21 @@ class _Batch:
         if save and self.checkpoint is not None and row["error"] is None:
             key = self.keys[pos]
             if key is not None:
-                self.checkpoint.append(pos, key, row)
+                self._checkpoint_after_commit(pos, key, row)
         if (self.max_cost_usd is not None and o.stop_reason is None
                 and o.spent_usd >= self.max_cost_usd):
             o.stop_reason = "max_cost_usd reached"
         self.progress.update(o.rows_done, o.errors, o.spent_usd)
+
+    def _checkpoint_after_commit(self, pos: int, key: str, row: dict[str, Any]) -> None:
+        """Like the response cache, the checkpoint never gets ahead of the ledger: a row
+        is marked done (free on a re-run) only once its ledger row is committed. If the
+        ledger cannot take it, the re-run sends the row again (both are recorded)."""
+        from .ledger import default_ledger
+
+        checkpoint = self.checkpoint
+        assert checkpoint is not None
+        default_ledger().after_commit(lambda: checkpoint.append(pos, key, row))
 
     def interrupt(self) -> None:
         """Stop: cancel the rows in flight (finished ones stay). Call on the batch's loop."""
@@ -534,6 +545,11 @@ class _Batch:
         with contextlib.suppress(Exception):
             self.progress.close(o.rows_done, o.errors, o.spent_usd, note=note)
         if self.checkpoint is not None:
+            from .ledger import default_ledger
+
+            # rows settled so far are committed, so their checkpoint lines are written
+            with contextlib.suppress(Exception):
+                default_ledger().flush()
             # Keep it while a sendable row is unfinished (failed, interrupted, not sent):
             # that is what a re-run completes. Empty prompts never will.
             unfinished = any(row is None or row["error"] is not None
