@@ -16,7 +16,9 @@ Failures are recorded with ``accounting.record_failure`` (route and credential a
 used) and then raised. A BYOK failure falls back to the managed route only when the router
 attached a ``fallback`` (the project allows it and a Cencori key exists) and the error is a
 rate limit, a timeout or an outage — never after 401/403 (an invalid BYOK key does not
-silently spend credits). Each attempt gets its own ledger row.
+silently spend credits). Each attempt gets its own ledger row. That rule lives in one
+failure step (``_failed``) shared by chat, achat, stream and astream, so the sync and
+async faces differ only in how they send (tests/test_async_parity.py holds them equal).
 
 Streams, and what a cut costs (the rule this module implements):
 
@@ -225,6 +227,23 @@ def _can_fall_back(decision: Decision, err: CencoriError) -> bool:
     return decision.fallback is not None and isinstance(err, _FALLBACK_ERRORS)
 
 
+def _failed(decision: Decision, err: CencoriError, request: ChatRequest,
+            reservation: Reservation | None, started: float, client_id: str) -> Decision:
+    """The one failure step of chat, achat, stream and astream: an attempt sent on
+    ``decision`` failed with ``err``. Records it (its own ledger row; the row releases the
+    attempt's reservation), then returns the decision to try next (the managed fallback),
+    or re-raises ``err`` when there is none.
+
+    A plain function so sync and async cannot drift: they differ only in the send and in
+    reserving for the next attempt (``_reserve`` may wait in a thread, ``_areserve`` on the
+    loop), which the caller does with the decision returned here.
+    """
+    _record_failure(decision, request, err, started, reservation, client_id)
+    if not _can_fall_back(decision, err):
+        raise err
+    return decision.fallback  # type: ignore[return-value]
+
+
 def _record_failure(decision: Decision, request: ChatRequest, err: CencoriError,
                     started: float, reservation: Reservation | None = None,
                     client_id: str | None = None) -> None:
@@ -236,10 +255,6 @@ def _record_failure(decision: Decision, request: ChatRequest, err: CencoriError,
         credential_source=decision.credential_source, error=err,
         latency_ms=(_perf() - started) * 1000.0, test_mode=_test_mode(decision),
         reservation=reservation)
-
-
-def _prompt_tokens(request: ChatRequest) -> int:
-    return estimate_messages_tokens(m.content for m in request.messages)
 
 
 def _begin(decision: Decision, request: ChatRequest) -> str:
@@ -382,12 +397,9 @@ def _chat(request: ChatRequest, retries: int | None) -> Completion:
                                           provider=decision.provider)
                 result = adapter.parse_response(response)
             except CencoriError as err:
-                _record_failure(decision, request, err, started, reservation, client_id)
-                if _can_fall_back(decision, err):
-                    decision = decision.fallback  # type: ignore[assignment]
-                    reservation = _reserve(request, decision)
-                    continue
-                raise
+                decision = _failed(decision, err, request, reservation, started, client_id)
+                reservation = _reserve(request, decision)
+                continue
             except BaseException:    # Ctrl-C while waiting: the request was sent
                 _record_interrupted(decision, request, started, client_id, reservation)
                 raise
@@ -427,12 +439,9 @@ async def _achat(request: ChatRequest, retries: int | None) -> Completion:
                                                  provider=decision.provider)
                 result = adapter.parse_response(response)
             except CencoriError as err:
-                _record_failure(decision, request, err, started, reservation, client_id)
-                if _can_fall_back(decision, err):
-                    decision = decision.fallback  # type: ignore[assignment]
-                    reservation = await _areserve(request, decision)
-                    continue
-                raise
+                decision = _failed(decision, err, request, reservation, started, client_id)
+                reservation = await _areserve(request, decision)
+                continue
             except BaseException:    # Ctrl-C or a cancelled task (map): the request was sent
                 _record_interrupted(decision, request, started, client_id, reservation)
                 raise
@@ -556,13 +565,10 @@ def _open_stream(state: _StreamState, retries: int | None) -> None:
                                       stream=True, retries=retries,
                                       map_error=adapter.map_error, provider=decision.provider)
         except CencoriError as err:
-            _record_failure(decision, state.request, err, state.started, state.reservation,
-                            state.client_id)
-            if _can_fall_back(decision, err):
-                state.decision = decision.fallback  # type: ignore[assignment]
-                state.reservation = _reserve(state.request, state.decision)
-                continue
-            raise
+            state.decision = _failed(decision, err, state.request, state.reservation,
+                                     state.started, state.client_id)
+            state.reservation = _reserve(state.request, state.decision)
+            continue
         except BaseException:        # Ctrl-C before the first byte: the request was sent
             state.finished = True
             _record_interrupted(decision, state.request, state.started, state.client_id,
@@ -586,13 +592,10 @@ async def _aopen_stream(state: _StreamState, retries: int | None) -> None:
                                              map_error=adapter.map_error,
                                              provider=decision.provider)
         except CencoriError as err:
-            _record_failure(decision, state.request, err, state.started, state.reservation,
-                            state.client_id)
-            if _can_fall_back(decision, err):
-                state.decision = decision.fallback  # type: ignore[assignment]
-                state.reservation = await _areserve(state.request, state.decision)
-                continue
-            raise
+            state.decision = _failed(decision, err, state.request, state.reservation,
+                                     state.started, state.client_id)
+            state.reservation = await _areserve(state.request, state.decision)
+            continue
         except BaseException:        # Ctrl-C or cancelled before the first byte
             state.finished = True
             _record_interrupted(decision, state.request, state.started, state.client_id,
