@@ -219,7 +219,7 @@ def _expect_byok_ok(face: str, obs: Observed) -> None:
     assert out["route"] == "byok" and not out.get("error"), out
     assert out["text"] and _statuses(obs) == [("ok", "byok")]
     assert _doors(obs) == [("/openai/v1/chat/completions", "200")]
-    assert obs.received[0]["key"].endswith("w9x8")
+    assert obs.rows[0]["credential_source"].endswith("byok:openai")
 
 
 def _expect_managed_ok(face: str, obs: Observed) -> None:
@@ -227,7 +227,7 @@ def _expect_managed_ok(face: str, obs: Observed) -> None:
     assert out["route"] == "managed" and out["text"], out
     assert _statuses(obs) == [("ok", "managed")]
     assert _doors(obs) == [(MANAGED_DOOR, "200")]
-    assert obs.received[0]["key"].endswith("v7u6")
+    assert obs.rows[0]["credential_source"].endswith("managed:cencori")
     assert obs.rows[0]["credits_charged_usd"] > 0
 
 
@@ -251,7 +251,10 @@ def _expect_fallback(status: str) -> Callable[[str, Observed], None]:
         tries = 1 if _is_map(face) else 2
         assert _doors(obs) == [("/openai/v1/chat/completions", status)] * tries + [
             (MANAGED_DOOR, "200")]
-        assert [r["key"][-4:] for r in obs.received] == ["w9x8"] * tries + ["v7u6"]
+        hints = [r["key"] for r in obs.received]     # the BYOK key, then the project key
+        assert len(set(hints[:tries])) == 1 and hints[-1] not in hints[:tries], hints
+        assert [r["credential_source"].split(":", 1)[1] for r in obs.rows] == [
+            "byok:openai", "managed:cencori"]
         assert [r["fault"] for r in obs.received] == [status] * tries + [None]
         assert _statuses(obs) == [("error", "byok"), ("ok", "managed")]
         assert obs.rows[0]["error_code"] and obs.rows[0]["credits_charged_usd"] == 0
