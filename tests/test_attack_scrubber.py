@@ -438,3 +438,16 @@ def test_a_file_name_holding_a_key_is_refused(cm: Any, name: str) -> None:
     assert info.value.status_code == 400 and "refused" in str(info.value)
     assert STORED not in str(info.value) and SHAPED not in str(info.value)
     assert not any(p.is_file() for p in cm.root.rglob("*"))
+
+
+def test_chunks_sent_after_a_refused_first_chunk_leave_no_file(cm: Any) -> None:
+    """A client that keeps sending chunks after chunk 1 was refused for its name: Jupyter
+    appends them to a new file; it is removed after the last chunk."""
+    from tornado.web import HTTPError
+
+    name = f"{SHAPED}.txt"
+    with pytest.raises(HTTPError):
+        cm.save({"type": "file", "format": "text", "chunk": 1, "content": "a"}, name)
+    for number in (2, -1):
+        cm.save({"type": "file", "format": "text", "chunk": number, "content": "b"}, name)
+    assert not any(SHAPED in p.name for p in cm.root.rglob("*"))

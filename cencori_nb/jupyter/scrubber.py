@@ -462,6 +462,13 @@ def post_save_hook(model: dict[str, Any], os_path: str = "", contents_manager: A
         return
     if _seen(contents_manager).pop(path, False):
         return                          # scrubbed before it was written
+    with contextlib.suppress(Exception):
+        if NOTEBOOK.finds(path):
+            # Chunks after a refused first one are appended anyway (Jupyter creates the
+            # file): a name holding a key must not stay on disk.
+            Path(os_path).unlink(missing_ok=True)
+            logger.warning("cencori_nb: removed an uploaded file whose name holds an API key")
+            return
     try:
         target = Path(os_path)
         raw = target.read_bytes()
