@@ -22,8 +22,8 @@ What a batch does, in order:
    answered by the response cache, each hit recorded as cached; for the others the batch
    keeps a *checkpoint* in the home (``batches/<id>.jsonl``, 0600, one line per finished
    row, keyed by a hash of the prompt and the parameters, written once the row's ledger
-   row is committed: like the cache, it never gets ahead of the ledger). The checkpoint is deleted when a
-   run ends with every sendable row done; ``resume=False`` ignores it.
+   row is committed: like the cache, it never gets ahead of the ledger). The checkpoint is
+   deleted when a run ends with every sendable row done; ``resume=False`` ignores it.
 4. **Return** a DataFrame in input order (aligned with the input index for a Series or an
    accessor) with columns ``prompt, text, error, input_tokens, output_tokens, cost_usd,
    route, cached, model, provider_cost_usd, credits_charged_usd, request_id, test_mode``.

@@ -216,15 +216,18 @@ def ledger_path() -> Path:
     return home_dir() / "ledger.sqlite"
 
 
-def connect(path: Path) -> sqlite3.Connection:
+BUSY_TIMEOUT_S = 30.0        # how long a write waits for another process's lock
+
+
+def connect(path: Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
     """Open ``path`` (created 0600) with the pragmas the ledger relies on; no migrations."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         os.close(open_private(path, os.O_WRONLY | os.O_CREAT))
     with private_umask():   # the -wal and -shm files are private too
-        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None,
+        conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None,
                                check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
     _set_wal(conn)
     conn.execute("PRAGMA synchronous = NORMAL")
     return conn
@@ -254,7 +257,9 @@ class Ledger:
     (WAL, busy timeout, ``BEGIN IMMEDIATE`` for read-modify-write).
     """
 
-    def __init__(self, path: Path | str | None = None) -> None:
+    def __init__(self, path: Path | str | None = None, *,
+                 busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        self.busy_timeout_s = busy_timeout_s
         if path is None:
             ensure_home()
             path = ledger_path()
@@ -283,7 +288,7 @@ class Ledger:
         conn: sqlite3.Connection | None = None
         try:
             with private_umask():
-                conn = connect(self.path)
+                conn = connect(self.path, self.busy_timeout_s)
                 migrate(conn)
         except sqlite3.DatabaseError as exc:
             if conn is not None:
@@ -545,8 +550,10 @@ class Ledger:
         self._run_callbacks(batch)
 
     def _commit(self, batch: list[_Item]) -> None:
+        # each attempt already waits busy_timeout_s for the lock; after three, the file is
+        # "locked too long": the rows go to the spill file and the next request says so
         delay = 0.05
-        for attempt in range(8):
+        for attempt in range(3):
             try:
                 with self._lock:
                     conn = self.conn
@@ -563,7 +570,7 @@ class Ledger:
                 return
             except sqlite3.OperationalError as exc:
                 # another process held the write lock past the busy timeout: try again
-                if ("locked" in str(exc) or "busy" in str(exc)) and attempt < 7:
+                if ("locked" in str(exc) or "busy" in str(exc)) and attempt < 2:
                     time.sleep(delay)
                     delay *= 2
                     continue

@@ -564,3 +564,38 @@ def test_totals_count_estimated_and_unpriced_rows(private_home: Path,
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "1 interrupted" in line and "1 of unknown cost" in line
     assert "1 of estimated cost" in line
+
+
+def test_a_ledger_locked_too_long_spills_then_catches_up(tmp_path: Path) -> None:
+    """Another process holds the write lock past the busy timeout: the row is spilled, the
+    next request is refused saying the file is locked, and once the lock is gone the next
+    one writes the waiting row first."""
+    path = tmp_path / "ledger.sqlite"
+    led = Ledger(path, busy_timeout_s=0.1)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sqlite3, sys
+            conn = sqlite3.connect({str(path)!r}, isolation_level=None)
+            conn.execute("BEGIN IMMEDIATE")
+            print("locked", flush=True)
+            sys.stdin.readline()
+            conn.execute("ROLLBACK")
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        led.submit(LedgerRow("r", "p", "openai", "byok", client_id="while-locked"))
+        led.flush()
+        with pytest.raises(LedgerWriteError, match="locked") as info:
+            led.check()
+        assert info.value.pending == 1
+        with pytest.raises(LedgerWriteError):      # still locked: still refused
+            led.check()
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.close()
+        holder.wait(30)
+    led.check()                                    # the lock is gone: written, then sent
+    assert [r.client_id for r in led.rows()] == ["while-locked"]
+    assert led.spill_path.read_bytes() == b""
+    led.close()
