@@ -168,7 +168,8 @@ def _cap_error(name: str, spent: Decimal, cap: Decimal, estimate: Decimal | None
     est = f" and this request is estimated at up to {_fmt(estimate)}{note}" if estimate else ""
     flight = f" ({_fmt(held)} more is reserved by requests in flight)" if held else ""
     return BudgetExceededError(
-        f"Project {name!r} has spent {_fmt(spent)} this month of its {_fmt(cap)} hard cap"
+        f"Project {name!r} has spent {_fmt(spent)} this month (all spend incl. BYOK) of "
+        f"its {_fmt(cap)} hard cap"
         f"{flight}{est}, so the request was not sent.",
         hint=(f"Raise the cap with cencori_nb.settings.update_project({name!r}, "
               f"hard_cap_usd=...) or `cencori-nb credits budget --project {name} "
@@ -488,7 +489,8 @@ def _soft_warnings(led: Ledger, project: str, spent: Decimal, budget: Decimal) -
                 "VALUES (?, ?, ?, ?)", (project, month, threshold, now_ms())).rowcount == 1
         if new:
             warnings.warn(
-                f"Project {project!r} has spent {_fmt(spent)} this month, {threshold}% of its "
+                f"Project {project!r} has spent {_fmt(spent)} this month (all spend incl. "
+                f"BYOK), {threshold}% of its "
                 f"{_fmt(budget)} soft budget. Change it with cencori_nb.settings."
                 f"update_project({project!r}, soft_budget_usd=...).",
                 BudgetWarning, stacklevel=4)

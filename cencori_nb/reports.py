@@ -84,6 +84,8 @@ def usage(since: Any = None, project: str | None = None) -> Any:
 
     ``since``: ``"7d"``, ``"24h"``, ``"30m"``, ``"2w"``, an ISO date, a ``datetime`` or a
     ``date``. Money columns are float USD (NaN = no price known); ``time`` is UTC.
+    ``cost_usd`` is what each request cost you, as stored when it was settled;
+    ``test_mode`` marks requests made with a Cencori test key (free).
     """
     import pandas as pd
 
