@@ -308,6 +308,21 @@ def _expect_cut(face: str, obs: Observed) -> None:
     assert [(r["status"], r["estimated"]) for r in obs.rows] == [("interrupted", True)]
 
 
+def _expect_stream_error(face: str, obs: Observed) -> None:
+    (out,) = obs.outcomes
+    assert [r["fault"] for r in obs.received] == ["stream-error"]
+    if not face.startswith("stream"):
+        # the fault ends a 200 *stream*; a non-streamed answer is unaffected
+        assert out["text"] and not out.get("error") and _statuses(obs) == [("ok", "byok")]
+        return
+    # the provider's own error (OpenAI's server_error), not our "cut", carrying the text
+    # that had arrived, which was settled as interrupted (estimated)
+    assert out["error"]["type"] == "ProviderUnavailableError", out
+    assert out["deltas"] and out["error"]["completion_text"] == "".join(out["deltas"])
+    assert [(r["status"], r["route"], r["estimated"]) for r in obs.rows] == [
+        ("interrupted", "byok", True)]
+
+
 SCENARIOS = [
     Scenario("byok", {"model": MODEL}, expect=_expect_byok_ok),
     Scenario("managed", {"model": MODEL, "route": "managed"}, expect=_expect_managed_ok),
@@ -325,6 +340,8 @@ SCENARIOS = [
     Scenario("cost-confirmation", {"model": MODEL, "max_cost_usd": Decimal("0.0000001")},
              expect=_expect_refused("CostConfirmationError", "nothing was sent")),
     Scenario("cut", {"model": MODEL}, faults={BYOK_DOOR: "truncate"}, expect=_expect_cut),
+    Scenario("stream-error", {"model": MODEL}, faults={BYOK_DOOR: "stream-error"},
+             expect=_expect_stream_error),
 ]
 
 
