@@ -76,6 +76,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from . import pricing, wallet
+from .egress import CENCORI_TEST_PREFIX
 from .errors import (
     BudgetExceededError,
     CencoriError,
@@ -94,7 +95,9 @@ __all__ = ["RESERVATION_TTL_MS", "SOFT_THRESHOLDS", "TEST_KEY_PREFIX", "BudgetWa
            "record_cached", "record_failure", "record_recovered", "reserve", "settle"]
 
 SOFT_THRESHOLDS = (50, 80, 100)
-TEST_KEY_PREFIX = "csk_test_"       # Cencori test keys: no charges (reference/cencori.md)
+# Cencori test keys are free (reference/cencori.md); one home for the prefix: egress, whose
+# sandbox demo key for a test key keeps it, so test mode holds against the sandbox too
+TEST_KEY_PREFIX = CENCORI_TEST_PREFIX
 RESERVATION_TTL_MS = 3_600_000      # a reservation older than this expires even if its
 #                                     process still runs (no request takes an hour)
 RESERVATION_WAIT_S = 600.0          # how long a request waits for others to settle

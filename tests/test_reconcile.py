@@ -34,6 +34,12 @@ TEST_KEY = "csk_test_reconcile_" + "T" * 20 + "t3s7"
 HTTP = httpx2.Client(timeout=10)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _close_http() -> Any:
+    yield
+    HTTP.close()
+
+
 @pytest.fixture
 def live(sandbox_env: SandboxServer) -> SandboxServer:
     keys.set_cencori_key(LIVE_KEY)
