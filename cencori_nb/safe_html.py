@@ -24,6 +24,10 @@ The rules:
 
 ``--unsafe-html`` on the magic is the one way around this, and it is the user's explicit
 choice for one cell.
+
+A terminal is a display too: :func:`terminal_text` is the same rule for the CLI (escape
+sequences in a reply can retitle the window, write the clipboard (OSC 52), hide text or
+forge a prompt).
 """
 
 from __future__ import annotations
@@ -34,7 +38,55 @@ from functools import lru_cache
 from typing import Any
 
 __all__ = ["ALLOWED_TAGS", "URL_SCHEMES", "block", "clean_html", "escape", "markdown_html",
-           "text_html"]
+           "TerminalStream", "terminal_text", "text_html"]
+
+# Whole escape sequences first (CSI, OSC/DCS/APC/PM/SOS strings up to their terminator, and
+# two-byte ESC forms), then any other C0/C1 control character except tab and newline, and
+# the bidirectional overrides that make text read differently than it is ("Trojan source").
+_TERMINAL_UNSAFE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"                          # CSI … final byte
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f]).*?(?:\x07|\x1b\\|\x9c|$)"  # OSC, DCS… strings
+    r"|\x1b[@-Z\\-_]"                                   # other two-byte ESC sequences
+    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"                   # remaining controls (not \t \n)
+    r"|[\u202a-\u202e\u2066-\u2069]",                    # bidi embeddings and overrides
+    re.DOTALL)
+
+
+def terminal_text(text: str) -> str:
+    """``text`` without anything a terminal would act on instead of showing: escape
+    sequences, control characters other than tab and newline, bidi overrides."""
+    return _TERMINAL_UNSAFE.sub("", text)
+
+
+_INTRODUCERS = "\x1b\x90\x98\x9b\x9d\x9e\x9f"
+_COMPLETE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f]).*?(?:\x07|\x1b\\|\x9c)"
+    r"|\x1b[^\[\]PX^_]|\x9b[0-?]*[ -/]*[@-~]", re.DOTALL)
+_HOLD_MAX = 4096     # an escape "sequence" longer than this is not waited for
+
+
+class TerminalStream:
+    """:func:`terminal_text` for a reply that arrives in pieces: an escape sequence split
+    across two deltas is held back until it is complete (and then removed), so no piece of
+    it reaches the terminal. ``feed`` each delta, ``close`` at the end."""
+
+    def __init__(self) -> None:
+        self._pending = ""
+
+    def feed(self, delta: str) -> str:
+        text = self._pending + delta
+        cut = len(text)
+        start = max(text.rfind(ch) for ch in _INTRODUCERS)
+        if start >= 0 and len(text) - start <= _HOLD_MAX \
+                and not _COMPLETE.match(text, start):
+            cut = start            # an unfinished sequence: wait for the rest
+        self._pending = text[cut:]
+        return terminal_text(text[:cut])
+
+    def close(self) -> str:
+        rest, self._pending = self._pending, ""
+        return terminal_text(rest)
 
 # Formatting only. Anything not listed is removed (its text content kept, escaped).
 ALLOWED_TAGS = frozenset({

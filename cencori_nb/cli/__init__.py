@@ -58,8 +58,10 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     """A warning in the shell is one ``cencori-nb: warning: …`` line, not Python's
     two-line ``file:line: Category`` form with a source excerpt."""
     from ..redact import USER_MESSAGE
+    from ..safe_html import terminal_text
 
-    print(f"cencori-nb: warning: {USER_MESSAGE.scrub(str(message))}", file=sys.stderr)
+    print(f"cencori-nb: warning: {terminal_text(USER_MESSAGE.scrub(str(message)))}",
+          file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,7 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..redact import USER_MESSAGE
 
         # Messages may quote an argument; a key pasted into the wrong one must not show.
-        print(f"cencori-nb: {USER_MESSAGE.scrub(str(err))}", file=sys.stderr)
+        from ..safe_html import terminal_text
+
+        # A provider's error text is data too: no escape sequences reach the terminal.
+        print(f"cencori-nb: {terminal_text(USER_MESSAGE.scrub(str(err)))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cencori-nb: interrupted", file=sys.stderr)

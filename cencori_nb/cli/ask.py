@@ -23,6 +23,7 @@ import sys
 from typing import Any
 
 from ..errors import ConfigurationError
+from ..safe_html import TerminalStream, terminal_text
 
 __all__ = ["JSON_FIELDS", "register"]
 
@@ -148,7 +149,7 @@ def _confirmed_on_terminal(exc: Any, *, reads_prompt: bool) -> bool:
     (its hint names --yes)."""
     if reads_prompt or sys.stdin is None or not sys.stdin.isatty():
         return False
-    sys.stderr.write(f"cencori-nb: {exc.message} Send it? [y/N] ")
+    sys.stderr.write(f"cencori-nb: {terminal_text(exc.message)} Send it? [y/N] ")
     sys.stderr.flush()
     try:
         answer = sys.stdin.readline()
@@ -160,21 +161,29 @@ def _confirmed_on_terminal(exc: Any, *, reads_prompt: bool) -> bool:
 def _send(args: argparse.Namespace, prompt: str, kwargs: dict[str, Any]) -> int:
     from .. import client
 
+    # A reply is data: on a terminal its escape sequences are removed (they could retitle
+    # the window, write the clipboard, hide text), also when one is split across stream
+    # deltas; into a pipe or a file it goes byte for byte.
+    on_terminal = sys.stdout.isatty()
+    shown = TerminalStream() if on_terminal else None
+
     if args.json or args.no_stream:
         completion = client.chat(prompt, **kwargs)
         if args.json:
             sys.stdout.write(json.dumps(_json_object(completion), ensure_ascii=False) + "\n")
             return 0
-        sys.stdout.write(completion.text)
+        sys.stdout.write(terminal_text(completion.text) if on_terminal else completion.text)
     else:
         with client.stream(prompt, **kwargs) as s:
             for delta in s:
-                sys.stdout.write(delta)
+                sys.stdout.write(shown.feed(delta) if shown is not None else delta)
                 sys.stdout.flush()
+        if shown is not None:
+            sys.stdout.write(shown.close())
         completion = s.completion
         assert completion is not None
     if not completion.text.endswith("\n"):
         sys.stdout.write("\n")
     sys.stdout.flush()
-    sys.stderr.write(f"[{completion.footer()}]\n")
+    sys.stderr.write(f"[{terminal_text(completion.footer())}]\n")
     return 0
