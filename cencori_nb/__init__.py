@@ -83,5 +83,19 @@ def _register_pandas_accessor() -> None:
 _register_pandas_accessor()
 
 
+def _guard_ipython_tracebacks() -> None:
+    """Inside a running IPython shell, keep keys out of its tracebacks (``%xmode Verbose``
+    shows every frame's locals) even without ``%load_ext cencori_nb``."""
+    import sys
+
+    if "IPython" in sys.modules:
+        from .ipython_hygiene import guard_running_shell
+
+        guard_running_shell()
+
+
+_guard_ipython_tracebacks()
+
+
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
     return [{"module": "cencori_nb.jupyter"}]

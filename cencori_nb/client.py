@@ -64,13 +64,16 @@ from . import accounting, cache, pacing, router, transport, wallet
 from .errors import (
     BadResponseError,
     CencoriError,
+    ConfigurationError,
+    KeyAsNameError,
+    KeyInPromptError,
     ProviderTimeoutError,
     ProviderUnavailableError,
     RateLimitError,
 )
 from .ledger import Ledger, LedgerRow, default_ledger, new_client_id
 from .providers import get_provider
-from .redact import refuse_key_in_prompt
+from .redact import holds_secret, looks_like_key, refuse_key_in_prompt
 from .tokens import estimate_messages_tokens, estimate_tokens
 from .types import ChatRequest, Completion, Message
 
@@ -109,16 +112,32 @@ def _usd(value: Decimal | float | str | None) -> Decimal | None:
 
 
 def _resolve(request: ChatRequest) -> Decision:
-    """Route the request, refusing it first if a message holds one of the stored keys.
+    """Route the request, refusing it first if it holds one of the stored keys.
 
-    The provider would receive the key and its reply could repeat it into outputs, the
-    cache and the ledger; ``%%cencori`` refuses such prompts too, and doing it here covers
-    every face (CLI, batch, Python). The store is already open once routing has run.
+    In a message, the provider would receive the key and its reply could repeat it into
+    outputs, the cache and the ledger; as the model, project or provider name it would reach
+    an error message, the ledger, the cache key and the settings. ``%%cencori`` refuses such
+    prompts too; doing it here covers every face (CLI, batch, Python). A refused key is
+    also removed from IPython's history when running in IPython.
     """
-    decision = router.resolve(request)
-    # Routing opened the store, which registered every key with cencori_nb.redact.
-    for message in request.messages:
-        refuse_key_in_prompt(message.content, shapes=False)
+    _refuse_invalid_text(request)
+    try:
+        _refuse_key_as_name(request)       # the keys registered so far
+        try:
+            decision = router.resolve(request)
+        except CencoriError:
+            _refuse_key_as_name(request)   # routing opened the store: before its message shows
+            raise
+        # Routing opened the store, which registered every key with cencori_nb.redact; the
+        # project may come from CENCORI_NB_PROJECT (%cencori use) rather than the request.
+        _refuse_key_as_name(request, project=decision.project)
+        for message in request.messages:
+            refuse_key_in_prompt(message.content, shapes=False)
+    except KeyInPromptError:
+        from .ipython_hygiene import forget_refused_input
+
+        forget_refused_input()
+        raise
     return decision
 
 
@@ -129,6 +148,35 @@ def _ledger_ready() -> Ledger:
     led = default_ledger()
     led.check()
     return led
+
+
+def _refuse_invalid_text(request: ChatRequest) -> None:
+    """A lone surrogate (``"\\ud800"``, e.g. from a bad decode) is not text: refuse it here
+    with one line instead of a UnicodeEncodeError deep in the cache or the transport."""
+    texts = [m.content for m in request.messages]
+    texts += [v for v in (request.model, request.provider, request.project) if v]
+    for text in texts:
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ConfigurationError(
+                    f"Not sent: the prompt (or a name) holds a lone surrogate at position "
+                    f"{exc.start}, which is not valid text.", code="invalid_text",
+                    hint="Decode the text properly (errors='replace') or remove the "
+                         "character.") from None
+
+
+def _refuse_key_as_name(request: ChatRequest, project: str | None = None) -> None:
+    for what, value in (("model", request.model), ("provider", request.provider),
+                        ("project", request.project), ("project", project)):
+        if value and (holds_secret(value) or looks_like_key(value)):
+            raise KeyAsNameError(
+                f"Not sent: the {what} name is one of your API keys (or shaped like one). It "
+                "would be written to the ledger, the cache and error messages.",
+                hint=f"Give a {what} name (e.g. " + {"model": "'gpt-4o-mini'",
+                                                    "provider": "'openai'",
+                                                    "project": "'default'"}[what] + ").")
 
 
 def _cache_hit(request: ChatRequest, decision: Decision) -> tuple[str | None, Completion | None]:

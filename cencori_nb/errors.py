@@ -11,6 +11,7 @@ only inside the message, and no message ever contains a secret.
     │   ├── UnknownProviderError      a provider name we do not know
     │   ├── ProviderNotConfiguredError neither a BYOK key nor a Cencori key for the provider
     │   └── KeyInPromptError          a prompt holds an API key (never sent)
+    │       └── KeyAsNameError        a stored key given as a model/project/provider name
     ├── KeystoreError                 the encrypted key store (names the file)
     │   ├── WrongPassphraseError      the KEK does not open the data key
     │   ├── KeystoreCorruptError      tampered, truncated or emptied file
@@ -35,7 +36,8 @@ only inside the message, and no message ever contains a secret.
     │       └── CostConfirmationError one request above the confirmation threshold
     ├── RequestTooLargeError          a prompt larger than the model's context window
     ├── LocalEnvironmentError         a local file, disk or input the user can fix
-    │                                 (from :func:`user_error`)
+    │   │                             (from :func:`user_error`)
+    │   └── UnsafeHomeError           a home owned by someone else, a symlink, or one inside
     └── LedgerError                   the usage ledger cannot record (names the file)
         ├── LedgerCorruptError        ``ledger.sqlite`` is not a readable database
         └── LedgerWriteError          recorded requests could not be committed (``pending``)
@@ -60,6 +62,7 @@ __all__ = [
     "CreditsError",
     "CreditsExhaustedError",
     "InvalidRequestError",
+    "KeyAsNameError",
     "KeyInPromptError",
     "KeyNotFoundError",
     "KeystoreCorruptError",
@@ -80,6 +83,7 @@ __all__ = [
     "SpendCapReachedError",
     "UnknownModelError",
     "UnknownProviderError",
+    "UnsafeHomeError",
     "WrongPassphraseError",
 ]
 
@@ -126,6 +130,13 @@ class KeyInPromptError(ConfigurationError):
     for every face (magic, client, CLI)."""
 
     code = "key_in_prompt"
+
+
+class KeyAsNameError(KeyInPromptError):
+    """A stored key was given as a model, project or provider name: refused before it can
+    reach an error message, the ledger, the cache, the settings or the store file."""
+
+    code = "key_as_name"
 
 
 class KeystoreError(CencoriError):
@@ -255,6 +266,14 @@ class LocalEnvironmentError(CencoriError):
 
     code = "local_environment"
     path: str | None = None
+
+
+class UnsafeHomeError(LocalEnvironmentError):
+    """The per-user home cannot be trusted with secrets: it belongs to another user, it is
+    a symlink, or a symlink sits inside it (it would send the ledger, cache or store
+    elsewhere). Refused, never tightened and used."""
+
+    code = "unsafe_home"
 
 
 # errno → what a person can do about it (the message names the file before this).

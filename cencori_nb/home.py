@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 __all__ = ["DIR_MODE", "ENV_HOME", "FILE_MODE", "atomic_write", "ensure_home", "home_dir",
-           "open_private", "private_umask"]
+           "open_private", "private_umask", "verify_home"]
 
 
 _home_memo: tuple[str | None, Path] | None = None   # (CENCORI_NB_HOME value, resolved path)
@@ -57,17 +58,64 @@ def private_umask() -> Iterator[None]:
 
 
 def ensure_home() -> Path:
-    """Create the home with mode 0700 if needed and return it.
+    """Create the home with mode 0700 if needed, check it (:func:`verify_home`), return it.
 
-    An existing home with looser permissions is tightened (it may have been created by
-    hand), because it will hold secrets.
+    An existing home of ours with looser permissions is tightened (it may have been created
+    by hand), because it will hold secrets. One that is not ours, or a symlink, or that holds
+    a symlink, is refused instead: tightening it would keep the secrets where someone else
+    (or a synced folder) chose.
     """
     path = home_dir()
     with private_umask():
-        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        except FileExistsError:   # a dangling symlink (or a file) where the home should be
+            pass
+    verify_home(path)
     if os.name == "posix" and (path.stat().st_mode & 0o777) != DIR_MODE:
         os.chmod(path, DIR_MODE)
     return path
+
+
+def verify_home(path: Path | None = None) -> None:
+    """Raise :class:`~cencori_nb.errors.UnsafeHomeError` unless the home is a real directory
+    (not a symlink) owned by this user with no symlink anywhere inside it.
+
+    Symlinks in the *parent* directories are fine (``/tmp`` is one on some systems); only the
+    home itself and what it contains are checked, without following links.
+    """
+    from .errors import UnsafeHomeError
+
+    path = home_dir() if path is None else path
+    hint = (f"Point {ENV_HOME} at a folder of your own, or move the home aside and let "
+            "cencori-nb create a fresh one.")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise UnsafeHomeError(f"The cencori-nb home {path} is a dangling symlink.",
+                                  hint=hint, path=str(path)) from None
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafeHomeError(
+            f"The cencori-nb home {path} is a symlink (to {os.readlink(path)}); a home that "
+            "holds keys must be a real folder.", hint=hint, path=str(path))
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeHomeError(f"The cencori-nb home {path} is not a folder.", hint=hint,
+                              path=str(path))
+    if os.name == "posix" and st.st_uid != os.geteuid():
+        raise UnsafeHomeError(
+            f"The cencori-nb home {path} belongs to another user (uid {st.st_uid}); its owner "
+            "could read or swap your keys.", hint=hint, path=str(path))
+    for root, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            entry = os.path.join(root, name)
+            if os.path.islink(entry):
+                raise UnsafeHomeError(
+                    f"{entry} is a symlink (to {os.readlink(entry)}) inside the cencori-nb "
+                    "home; it would send keys, the ledger or the cache elsewhere.",
+                    hint=f"Remove it (rm {entry}); cencori-nb recreates what it needs.",
+                    path=entry)
 
 
 def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_APPEND) -> int:

@@ -76,8 +76,15 @@ def set_cencori_key(api_key: str | Secret, *, project: str | None = None,
 def _wrap(api_key: str | Secret) -> str | Secret:
     """A ``str`` key as a :class:`Secret`, so that a traceback printed with the frames'
     values (``%xmode Verbose``) shows only its hint; anything else is left for the store's
-    checks to refuse."""
-    return Secret(api_key) if isinstance(api_key, str) else api_key
+    checks to refuse. The key is registered with :mod:`cencori_nb.redact` at once: the
+    caller's frames still hold it in clear, and a write that fails (a full disk) would
+    otherwise print it in a traceback before the store ever registered it."""
+    wrapped = Secret(api_key) if isinstance(api_key, str) else api_key
+    if isinstance(wrapped, Secret):
+        from .redact import register_secret
+
+        register_secret(wrapped.reveal().strip())
+    return wrapped
 
 
 def status(project: str | None = None) -> list[KeyStatus]:

@@ -28,7 +28,8 @@ from .errors import ConfigurationError
 from .home import atomic_write, ensure_home, home_dir
 
 __all__ = ["ProjectSettings", "Settings", "config_path", "current_project", "load_settings",
-           "sandbox_url", "save_settings", "trust_host", "update_project", "update_settings"]
+           "refuse_key_as_project", "sandbox_url", "save_settings", "trust_host",
+           "update_project", "update_settings"]
 
 ENV_PROJECT = "CENCORI_NB_PROJECT"
 ENV_SANDBOX = "CENCORI_NB_SANDBOX"
@@ -206,8 +207,19 @@ def save_settings(settings: Settings) -> None:
     _cache = None
 
 
+def refuse_key_as_project(name: object) -> None:
+    """A stored key (or a key-shaped string) must never become a project name on disk."""
+    from .errors import KeyAsNameError
+    from .redact import holds_secret, looks_like_key
+
+    if isinstance(name, str) and (holds_secret(name) or looks_like_key(name)):
+        raise KeyAsNameError("The project name is one of your API keys (or shaped like one); "
+                             "nothing was saved.", hint="Project names look like 'default'.")
+
+
 def update_settings(**changes: Any) -> Settings:
     """Change top-level settings in the file and return the new settings."""
+    refuse_key_as_project(changes.get("project"))
     current = _load_file()
     new = replace(current, **changes)
     _decode(json.loads(_encode(new)))  # validate before writing
@@ -219,6 +231,7 @@ def update_project(project: str | None = None, **changes: Any) -> ProjectSetting
     """Change one project's settings (``allow_fallback``, ``soft_budget_usd``, ``hard_cap_usd``)."""
     current = _load_file()
     name = project or load_settings().project
+    refuse_key_as_project(name)
     proj = replace(current.projects.get(name, ProjectSettings()), **changes)
     save_settings(replace(current, projects={**current.projects, name: proj}))
     return proj

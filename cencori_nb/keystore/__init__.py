@@ -38,6 +38,12 @@ def default_store() -> KeyStore:
         return store
     with _lock:
         if _default is None or _default.path != path:
+            from ..home import verify_home
+
+            verify_home(path.parent)   # never read a store through a planted symlink
+            from ..ipython_hygiene import guard_running_shell
+
+            guard_running_shell()      # keys now live in this process: keep them out of tracebacks
             _default = KeyStore(path)
         return _default
 

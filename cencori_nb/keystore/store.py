@@ -50,7 +50,7 @@ from ..errors import (
     WrongPassphraseError,
 )
 from ..home import DIR_MODE, atomic_write, ensure_home, home_dir, private_umask
-from ..redact import looks_like_key, register_secrets
+from ..redact import holds_secret, looks_like_key, register_secrets
 from ..settings import current_project
 from . import crypto, kek
 from .secret import Secret
@@ -140,7 +140,7 @@ def clean_project(project: str) -> str:
             f"longer than {_MAX_NAME} characters.", hint="Use a short plain name.")
     if project == PROJECT_SLOT:
         raise ConfigurationError(f"{PROJECT_SLOT!r} is reserved.", hint="Use another name.")
-    if looks_like_key(project):   # a key pasted as the project: never echo or store it
+    if looks_like_key(project) or holds_secret(project):   # a key pasted as the project
         raise ConfigurationError("The project name looks like an API key; nothing was done.",
                                  hint="Give keys on stdin or in the key field; project names "
                                  "look like 'default' or 'research'.")
@@ -155,7 +155,7 @@ def clean_model(model: str | None) -> str | None:
         raise ConfigurationError("The default model is empty.",
                                  hint="Leave it out, or name a model such as gpt-4o-mini.")
     model = model.strip()
-    if looks_like_key(model):
+    if looks_like_key(model) or holds_secret(model):   # shaped, or one of the stored keys
         # A key pasted into the model field: stored, it would be shown in clear everywhere a
         # default model is (keys list, the panel's dropdown, %cencori providers).
         raise ConfigurationError("The default model looks like an API key; nothing was stored.",

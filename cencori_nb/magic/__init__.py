@@ -10,13 +10,13 @@ The client, the router, pandas, plotly and ipywidgets load when a magic first ne
 
 Errors: a :class:`~cencori_nb.errors.CencoriError` becomes one ``cencori: <message>`` line
 in the output (no traceback; the client has already recorded the failure in the ledger).
-Any other exception propagates as usual. No global exception handler is installed.
+Any other exception propagates as usual; the tracebacks IPython renders pass through
+:func:`cencori_nb.ipython_hygiene.guard_tracebacks` (keys become the marker).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
@@ -208,45 +208,10 @@ class CencoriMagics(Magics):
     # ---------------------------------------------------------------- history hygiene
     def forget_key_shaped_input(self, stored: Collection[Secret] = frozenset()) -> None:
         """Redact key-shaped text (and the ``stored`` key values) from the current input in
-        IPython's history.
+        IPython's history (see :func:`cencori_nb.ipython_hygiene.forget_in_history`)."""
+        from ..ipython_hygiene import forget_in_history
 
-        IPython stores the line before the magic runs (memory, ``_i`` variables and
-        ``history.sqlite``); we cannot stop that, but we can overwrite it at once.
-        """
-        from .parser import redact as redact_all
-
-        def redact(text: str) -> str:
-            return redact_all(text, stored)
-
-        shell = self.shell
-        hm = getattr(shell, "history_manager", None)
-        if shell is None or hm is None:
-            return
-        for hist in (hm.input_hist_raw, hm.input_hist_parsed):
-            for i in range(max(0, len(hist) - 2), len(hist)):
-                hist[i] = redact(hist[i])
-        for attr in ("_i00", "_i", "_ii", "_iii"):
-            if isinstance(getattr(hm, attr, None), str):
-                setattr(hm, attr, redact(getattr(hm, attr)))
-        for name in list(shell.user_ns):
-            if re.fullmatch(r"_i+\d*", name) and isinstance(shell.user_ns[name], str):
-                shell.user_ns[name] = redact(shell.user_ns[name])
-        if not getattr(hm, "enabled", False) or getattr(hm, "db", None) is None:
-            return
-        # Holding the cache lock means the saving thread is not half-way through a write:
-        # the line is either still in the cache (redact it there) or committed (UPDATE it).
-        with hm.db_input_cache_lock:
-            hm.db_input_cache = [(n, redact(src), redact(raw)) for n, src, raw in
-                                 hm.db_input_cache]
-            rows = hm.db.execute("SELECT line, source, source_raw FROM history WHERE "
-                                 "session = ?", (hm.session_number,)).fetchall()
-            with hm.db:
-                for line_no, src, raw in rows:
-                    if redact(src or "") != (src or "") or redact(raw or "") != (raw or ""):
-                        hm.db.execute("UPDATE history SET source = ?, source_raw = ? WHERE "
-                                      "session = ? AND line = ?",
-                                      (redact(src or ""), redact(raw or ""),
-                                       hm.session_number, line_no))
+        forget_in_history(self.shell, stored)
 
 
 def stored_keys() -> frozenset[Secret]:
@@ -289,6 +254,9 @@ def load_ipython_extension(ipython: Any) -> None:
         if isinstance(existing, CencoriMagics):   # loaded twice: keep one instance
             return
     ipython.register_magics(CencoriMagics(shell=ipython))
+    from ..ipython_hygiene import guard_tracebacks
+
+    guard_tracebacks(ipython)   # %xmode Verbose shows frame locals: keep keys out of them
     _register_accessor_when_pandas_loads(ipython)
 
 

@@ -144,6 +144,9 @@ def _use(magics: CencoriMagics, args: LineArgs) -> None:
         raise MagicUsageError(
             f"%cencori use: {project!r} is not a project name.",
             hint="Use letters, digits, '.', '_' or '-' (at most 64 characters).")
+    from ..settings import refuse_key_as_project
+
+    refuse_key_as_project(project)       # a stored key must not become the project
     os.environ[ENV_PROJECT] = project     # this kernel only; other kernels keep theirs
     show(notice_bundle(f"current project for this kernel: {project}"))
 
