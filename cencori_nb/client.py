@@ -162,7 +162,8 @@ def _refuse_invalid_text(request: ChatRequest) -> None:
             except UnicodeEncodeError as exc:
                 raise ConfigurationError(
                     f"Not sent: the prompt (or a name) holds a lone surrogate at position "
-                    f"{exc.start}, which is not valid text.", code="invalid_text",
+                    f"{exc.start}, which is not valid UTF-8 text (bytes that were not UTF-8, "
+                    "decoded with surrogateescape).", code="invalid_text",
                     hint="Decode the text properly (errors='replace') or remove the "
                          "character.") from None
 

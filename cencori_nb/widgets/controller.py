@@ -206,6 +206,11 @@ class ProvidersController:
                                      project=self.project)
         except CencoriError as exc:
             return TestResult(False, f"Key test failed: {exc}")
+        if completion.credential_source.startswith("sandbox-demo:"):
+            # The sandbox only ever gets demo keys: say so rather than vouch for the key.
+            return TestResult(True, f"Sandbox answered with the {provider} demo key "
+                                    f"({completion.model}); a real stored key is never sent "
+                                    "to a sandbox, so it is not tested here.")
         return TestResult(True, f"Key works: {completion.model} answered "
                                 f"({completion.input_tokens} in / "
                                 f"{completion.output_tokens} out tokens).")
