@@ -528,8 +528,8 @@ class _Batch:
             raise
         finally:
             if self.outcome.interrupted:
-                for pos, row in enumerate(self.rows):
-                    if row is None:
+                for pos, slot in enumerate(self.rows):
+                    if slot is None:
                         self.rows[pos] = _error_row(INTERRUPTED)
                         o.errors += 1
             self._close()

@@ -324,7 +324,8 @@ def user_error(exc: BaseException) -> CencoriError | None:
                  "move ledger.sqlite (or cache.sqlite) aside and run again.")
     if isinstance(exc, OSError):
         # os.fdopen and friends report a file descriptor number as the "filename".
-        path = exc.filename if isinstance(exc.filename, str | bytes | os.PathLike) else None
+        path = (os.fsdecode(exc.filename)
+                if isinstance(exc.filename, str | bytes | os.PathLike) else None)
         where = f" {path}" if path is not None else ""
         what = exc.strerror or type(exc).__name__
         hint = _OS_HINTS.get(exc.errno or 0, "check the file and its folder, then run again.")

@@ -122,8 +122,8 @@ def rotate(*, accept_rollback: bool = False) -> int:
     return default_store().rotate(accept_rollback=accept_rollback)
 
 
-def change_passphrase(new_or_old: str, new: str | None = None, *,
-                      old: str | None = None) -> None:
+def change_passphrase(new_or_old: str | Secret, new: str | Secret | None = None, *,
+                      old: str | Secret | None = None) -> None:
     """Protect the store with a new passphrase: ``change_passphrase(new, old=…)`` (also
     ``change_passphrase(old, new)``). ``old`` defaults to ``CENCORI_NB_PASSPHRASE`` (or this
     process's already unlocked store); a key-file or keyring store switches to the

@@ -38,7 +38,15 @@ from typing import TYPE_CHECKING, Any
 from .errors import PricingError
 
 if TYPE_CHECKING:
+    from genai_prices.types import ModelInfo, ModelPrice, TieredPrices
+    from genai_prices.types import Provider as GenaiProvider
+
     from .types import Usage
+
+    _Found = tuple[GenaiProvider, ModelInfo]
+    _Price = Decimal | TieredPrices
+    # input, output, cache read, cache write per million tokens; fee per thousand requests
+    _Rates = tuple[_Price, _Price, _Price, _Price, _Price | None]
 
 __all__ = ["PROVIDER_IDS", "PriceQuote", "context_window", "estimate_cost", "genai_provider_id",
            "price_version", "provider_cost", "require_price", "unit_prices"]
@@ -116,17 +124,17 @@ def genai_provider_id(provider: str, model: str) -> list[tuple[str | None, str]]
 
 
 _lock = threading.Lock()
-_lookups: dict[tuple[str, str], Any] = {}   # (provider, model) -> (Provider, ModelInfo) | None
+_lookups: dict[tuple[str, str], _Found | None] = {}   # (provider, model) -> its prices
 
 
-def _lookup(provider: str, model: str) -> Any:
+def _lookup(provider: str, model: str) -> _Found | None:
     """The cached genai-prices (provider, model info) pair, or None if it has no price."""
     key = (provider, model)
     try:
         return _lookups[key]
     except KeyError:
         pass
-    found: Any = None
+    found: _Found | None = None
     for pid, ref in genai_provider_id(provider, model):
         if pid is None or not ref:
             break                        # no price table for this provider (local)
@@ -177,9 +185,9 @@ def provider_cost(provider: str, model: str | None, usage: Usage, *,
     gprovider, ginfo = found
     ts = _utc(when)
     model_price = ginfo.get_prices(ts)
-    entry = _fast_rates(model_price)
-    if entry[1] is not None:
-        return PriceQuote(_fast_cost(entry, usage), version)
+    _, rates = _fast_rates(model_price)
+    if rates is not None:
+        return PriceQuote(_fast_cost(rates, usage), version)
     calc = ginfo.calc_price(_genai_usage(usage), gprovider, genai_request_timestamp=ts)
     return PriceQuote(Decimal(calc.total_price), version)
 
@@ -201,19 +209,20 @@ _ZERO_USAGE_KEYS = {
     "code_executions_kcount", "rerank_searches_kcount", "audio_hours", "input_audio_hours",
     "output_audio_hours", "input_document_kpages", "input_annotated_document_kpages",
     "input_gpixels"}
-_rates: dict[int, Any] = {}     # id(ModelPrice) -> rates tuple, or None (use genai-prices)
+# id(ModelPrice) -> (that ModelPrice, its rates or None: use genai-prices)
+_rates: dict[int, tuple[ModelPrice, _Rates | None]] = {}
 _MTOK = Decimal(1_000_000)
 
 
-def _fast_rates(model_price: Any) -> Any:
+def _fast_rates(model_price: ModelPrice) -> tuple[ModelPrice, _Rates | None]:
     key = id(model_price)
     try:
         return _rates[key]
     except KeyError:
         pass
-    values = {k: v for k, v in model_price.__dict__.items()
-              if not k.startswith("_") and v is not None}
-    rates = None
+    values: dict[str, _Price] = {k: v for k, v in model_price.__dict__.items()
+                                 if not k.startswith("_") and v is not None}
+    rates: _Rates | None = None
     if (set(values) <= _FAST_KEYS | _ZERO_USAGE_KEYS and "input_mtok" in values
             and "output_mtok" in values):
         inp = values["input_mtok"]
@@ -224,19 +233,18 @@ def _fast_rates(model_price: Any) -> Any:
     return _rates[key]
 
 
-def _tier(price: Any, total_input: Any) -> Decimal:
+def _tier(price: _Price, total_input: int) -> Decimal:
     """genai-prices' "cliff" tiers: past a threshold, every token pays the tier price."""
-    tiers = getattr(price, "tiers", None)
-    if tiers is None:
+    if isinstance(price, Decimal):
         return price
-    for tier in reversed(tiers):
+    for tier in reversed(price.tiers):
         if total_input > tier.start:
             return tier.price
     return price.base
 
 
-def _fast_cost(entry: Any, usage: Usage) -> Decimal:
-    _, (p_in, p_out, p_cr, p_cw, p_req) = entry
+def _fast_cost(rates: _Rates, usage: Usage) -> Decimal:
+    p_in, p_out, p_cr, p_cw, p_req = rates
     total_in = usage.input_tokens
     cr, cw = usage.cache_read_tokens, usage.cache_write_tokens
     cost = (_tier(p_in, total_in) * (total_in - cr - cw) + _tier(p_cr, total_in) * cr

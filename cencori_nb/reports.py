@@ -225,8 +225,10 @@ def _workload_rows(workload: Any, since: Any, project: str | None) -> list[dict[
         cw = int(rec.get("cache_write_tokens") or 0)
         # Price one average request, then multiply: tiers apply per request, not per month.
         n = Decimal(req)
-        avg = Usage(Decimal(inp) / n, Decimal(outp) / n, Decimal(cr) / n,  # type: ignore[arg-type]
-                    Decimal(cw) / n)
+        # Usage holds whole tokens; an average request's are fractional, and pricing's
+        # arithmetic (Decimal throughout) takes them as they are.
+        avg_tokens = (Decimal(inp) / n, Decimal(outp) / n, Decimal(cr) / n, Decimal(cw) / n)
+        avg = Usage(*avg_tokens)  # type: ignore[arg-type]  # fractional tokens, see above
         quote = pricing.provider_cost(str(provider), str(rec["model"]), avg)
         out.append({"provider": provider, "model": str(rec["model"]), "requests": req,
                     "input_tokens": inp, "output_tokens": outp, "cache_read_tokens": cr,

@@ -654,7 +654,8 @@ def retry_after(headers: Any = None, body: Any = None, *, now: float | None = No
         body = body[0]            # Google's non-SSE stream endpoint wraps errors in an array
     if not isinstance(body, dict):
         return None
-    inner = body.get("error") if isinstance(body.get("error"), dict) else {}
+    error = body.get("error")
+    inner: dict[str, Any] = error if isinstance(error, dict) else {}
     for source in (body, inner):
         wait = _seconds(source.get("retry_after_ms"), 1000.0)
         if wait is not None:
@@ -741,7 +742,7 @@ def backoff_wait(attempt: int, clock: Clock | None = None, *,
                  random: Callable[[], float] | None = None) -> float:
     """Full-jitter exponential backoff for retry number ``attempt`` (0-based)."""
     draw = random() if random is not None else (clock or _clock).random()
-    return min(MAX_RETRY_WAIT, BACKOFF_BASE * (2 ** attempt)) * draw
+    return min(MAX_RETRY_WAIT, BACKOFF_BASE * (2.0 ** attempt)) * draw
 
 
 def next_wait(error: BaseException, response: httpx2.Response | None = None,

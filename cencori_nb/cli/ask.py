@@ -180,8 +180,9 @@ def _send(args: argparse.Namespace, prompt: str, kwargs: dict[str, Any]) -> int:
                 sys.stdout.flush()
         if shown is not None:
             sys.stdout.write(shown.close())
-        completion = s.completion
-        assert completion is not None
+        streamed = s.completion
+        assert streamed is not None     # set once the stream was read to its end
+        completion = streamed
     if not completion.text.endswith("\n"):
         sys.stdout.write("\n")
     sys.stdout.flush()

@@ -28,7 +28,7 @@ def _decimal(text: str) -> Decimal:
     return value
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``sandbox`` command."""
     p = subparsers.add_parser(
         "sandbox", help="run the offline sandbox that mimics every provider and Cencori",

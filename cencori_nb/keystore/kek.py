@@ -260,7 +260,8 @@ def load_kek(header: dict[str, Any], store_path: Path, *, passphrase: str | Secr
                                     else ENV_PASSPHRASE)
         return crypto.derive_kek(phrase, crypto.Argon2Params.from_json(header["kdf"]))
     if source == "keyfile":
-        key_path = store_path.parent / header["file"]
+        file_name: str = header["file"]  # validate_header checked: a plain name, a str
+        key_path = store_path.parent / file_name
         try:
             data = key_path.read_bytes()
         except FileNotFoundError:

@@ -22,15 +22,16 @@ class Secret:
     """An API key in a masked envelope. Compare with ``==`` against another ``Secret``."""
 
     __slots__ = ("_value",)
+    _value: str
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str | Secret) -> None:
         if isinstance(value, Secret):
             value = value.reveal()
         object.__setattr__(self, "_value", value)
 
     def reveal(self) -> str:
         """Return the clear value. Only for building the request that needs it."""
-        return self._value  # type: ignore[no-any-return]
+        return self._value
 
     @property
     def hint(self) -> str:

@@ -202,7 +202,7 @@ def clean_api_key(provider: str, api_key: str | Secret, *, force: bool = False,
         log.warning("%s", note)
     if notes is not None:
         notes.extend(found)
-    return Secret(api_key.reveal().strip())   # type: ignore[union-attr]
+    return Secret(api_key.reveal().strip())
 
 
 def _key_name(provider: str) -> str:

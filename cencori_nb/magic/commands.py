@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import os
 import re
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -108,10 +109,11 @@ def usage_summary_bundle(frame: Any, *, since: str | None, project: str) -> Bund
     frame: whole-number counts with thousands separators, dollars, and a total line."""
     head = ("provider", "route", "requests", "errors", "cached", "input tokens",
             "output tokens", "cost")
-    rows = [(r.provider, _ROUTE_LABELS.get(r.route, r.route), f"{int(r.requests):,}",
-             f"{int(r.errors):,}", f"{int(r.cached):,}", f"{int(r.input_tokens):,}",
-             f"{int(r.output_tokens):,}", _dollars(r.cost_usd))
-            for r in frame.itertuples(index=False)]
+    rows: list[tuple[str, ...]] = [
+        (r.provider, _ROUTE_LABELS.get(r.route, r.route), f"{int(r.requests):,}",
+         f"{int(r.errors):,}", f"{int(r.cached):,}", f"{int(r.input_tokens):,}",
+         f"{int(r.output_tokens):,}", _dollars(r.cost_usd))
+        for r in frame.itertuples(index=False)]
     if len(rows) > 1:
         rows.append(("total", "", *(f"{int(frame[c].sum()):,}" for c in
                                     ("requests", "errors", "cached", "input_tokens",
@@ -262,8 +264,8 @@ def _project(explicit: str | None) -> str:
     return current_project(explicit)
 
 
-def _table(head: tuple[str, ...], rows: list[tuple[str, ...]], *, title: str,
-           numeric: Any = ()) -> Bundle:
+def _table(head: tuple[str, ...], rows: Sequence[tuple[str, ...]], *, title: str,
+           numeric: Iterable[int] = ()) -> Bundle:
     """A small table as HTML and aligned plain text; ``numeric`` columns align right."""
     right = set(numeric)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]

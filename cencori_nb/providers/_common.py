@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ..errors import (
     AuthenticationError,
@@ -31,13 +31,14 @@ from ..keystore.secret import key_hint
 from ..redact import MARKER, USER_MESSAGE
 from ..transport import error_class, retry_after, retryable_code
 from ..types import ChatRequest, Usage
-from .base import ProviderResult, StreamParser
+from .base import Provider, ProviderResult, StreamParser
 
 if TYPE_CHECKING:
     import httpx2
 
 __all__ = [
-    "AdapterStreamParser", "BaseStreamParser", "body_with_extra", "build_error",
+    "AdapterStreamParser", "BaseStreamParser", "Where", "as_list", "as_object",
+    "body_with_extra", "build_error",
     "dig", "display_name", "error_class", "error_json", "error_text", "join_base",
     "json_request", "loads", "map_error_body", "quote", "raw_said", "retry_after",
     "retryable_code",
@@ -71,6 +72,25 @@ def display_name(provider: str) -> str:
     if info is not None:
         return info.display_name
     return "Cencori" if provider == "cencori" else provider
+
+
+class Where(TypedDict):
+    """Which response a parse error is about: the context :func:`require` and
+    :class:`~cencori_nb.errors.BadResponseError` take as keywords."""
+
+    provider: str
+    status_code: int | None
+    request_id: str | None
+
+
+def as_object(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one (an optional nested field)."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    """``value`` if it is a JSON array, else an empty one (an optional nested field)."""
+    return value if isinstance(value, list) else []
 
 
 # --- numbers -------------------------------------------------------------------------------
@@ -172,7 +192,7 @@ def require(obj: Any, *path: str | int, provider: str, what: str = "response",
     cur = obj
     for i, key in enumerate(path):
         try:
-            cur = cur[key]  # type: ignore[index]
+            cur = cur[key]
         except (KeyError, IndexError, TypeError):
             cur = _MISSING
         if cur is _MISSING or cur is None:
@@ -345,7 +365,7 @@ def raw_said(response: httpx2.Response) -> str | None:
     return error_text(response)
 
 
-def map_error_body(adapter: Any, response: httpx2.Response, body: Any) -> CencoriError:
+def map_error_body(adapter: Provider, response: httpx2.Response, body: Any) -> CencoriError:
     """The error for a >= 400 response whose decoded ``body`` the adapter maps itself.
 
     Not a JSON object: the class follows the status and the message quotes the raw text.
@@ -362,7 +382,7 @@ def map_error_body(adapter: Any, response: httpx2.Response, body: Any) -> Cencor
                                    request_id=request_id, retry_after=wait)
 
 
-def stream_context(adapter: Any, response: httpx2.Response | None) -> dict[str, Any]:
+def stream_context(adapter: Provider, response: httpx2.Response | None) -> dict[str, Any]:
     """``request_id`` and ``key`` for an adapter's stream parser (both None without a response)."""
     if response is None:
         return {"request_id": None, "key": None}

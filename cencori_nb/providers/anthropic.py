@@ -96,7 +96,8 @@ class AnthropicProvider(Provider):
         if body.get("type") == "error":
             raise self.error_from_body(body, status=None, key=c.sent_key(response),
                                        request_id=rid)
-        where = {"provider": self.name, "status_code": response.status_code, "request_id": rid}
+        where: c.Where = {"provider": self.name, "status_code": response.status_code,
+                          "request_id": rid}
         content = c.require(body, "content", **where)
         if not isinstance(content, list):
             raise BadResponseError("The Anthropic response's `content` is not a list.",
@@ -167,7 +168,7 @@ class MessagesStreamParser(c.AdapterStreamParser):
             raise self.adapter.error_from_body(data, status=None, key=self.key,
                                                request_id=self.request_id)
         if kind == "message_start":
-            message = data.get("message") if isinstance(data.get("message"), dict) else {}
+            message = c.as_object(data.get("message"))
             if message.get("model"):
                 self.model = str(message["model"])
             if self.request_id is None and message.get("id"):

@@ -12,7 +12,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..types import ChatRequest, Usage
 
@@ -57,7 +57,7 @@ class StreamParser(ABC):
 
 
 class Provider(ABC):
-    """One wire format. Subclasses set ``name`` and implement the four methods."""
+    """One wire format. Subclasses set ``name`` and implement the abstract methods."""
 
     name: str = ""
     sandbox_prefix: str = ""            # path under the sandbox, e.g. "/openai/v1"
@@ -92,6 +92,17 @@ class Provider(ABC):
     def map_error(self, response: httpx2.Response) -> CencoriError:
         """The error for a response with status >= 400: a ProviderError subclass, or for the
         gateway's credit codes CreditsExhaustedError / SpendCapReachedError."""
+
+    @abstractmethod
+    def error_from_body(self, body: dict[str, Any], *, status: int | None,
+                        key: str | None = None, request_id: str | None = None,
+                        retry_after: float | None = None) -> CencoriError:
+        """The error a decoded error ``body`` describes: from a response with ``status``
+        >= 400, or (``status=None``) from a 200 body or a stream event carrying an error.
+
+        ``key`` is the key that was sent (named by its hint, never quoted); ``retry_after``
+        is the wait the response's headers asked for (None: the body alone may say).
+        """
 
 
 _REGISTRY: dict[str, Provider] = {}

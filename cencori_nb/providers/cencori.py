@@ -22,7 +22,7 @@ about a provider: ``credit_balance_exhausted`` (403) → :class:`CreditsExhauste
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import urljoin, urlsplit
 
 from ..catalog import CENCORI_BILLING_URL
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from ..keystore.secret import Secret
 
 __all__ = ["CACHE_STATES", "CENCORI_BASE_URL", "CencoriGatewayProvider", "CencoriStreamParser",
-           "gateway_receipts", "top_up_url"]
+           "Receipts", "gateway_receipts", "top_up_url"]
 
 CENCORI_BASE_URL = "https://cencori.com"
 TOP_UP_URL = CENCORI_BILLING_URL   # shown when the gateway sends none (or a foreign link)
@@ -82,7 +82,21 @@ CACHE_STATES = frozenset({"HIT", "SEMANTIC-HIT", "MISS"})   # X-Cencori-Cache va
 _MODEL_ID = re.compile(r"[\w.:/@+-]{1,200}")
 
 
-def gateway_receipts(response: httpx2.Response | None) -> dict[str, str | None]:
+class Receipts(TypedDict):
+    """What the gateway's headers say about how it answered (see :func:`gateway_receipts`)."""
+
+    gateway_cache: str | None
+    model_original: str | None
+
+
+class _ErrorContext(TypedDict):
+    provider: str
+    status_code: int | None
+    request_id: str | None
+    code: str | None
+
+
+def gateway_receipts(response: httpx2.Response | None) -> Receipts:
     """The gateway's receipts from ``response``'s headers: ``gateway_cache`` (``HIT``,
     ``SEMANTIC-HIT`` or ``MISS``; None when absent or unrecognised) and ``model_original``
     (the model asked for, when ``X-Model-Upgraded: true`` says the gateway answered with
@@ -139,7 +153,8 @@ class CencoriGatewayProvider(Provider):
         if body.get("error"):
             raise self.error_from_body(body, status=None, key=c.sent_key(response),
                                        request_id=rid)
-        where = {"provider": self.name, "status_code": response.status_code, "request_id": rid}
+        where: c.Where = {"provider": self.name, "status_code": response.status_code,
+                          "request_id": rid}
         text = body.get("content")
         if text is None:   # the OpenAI-shaped part carries it too
             text = c.dig(body, "choices", 0, "message", "content")
@@ -168,11 +183,11 @@ class CencoriGatewayProvider(Provider):
         return self.error_from_body(body, status=response.status_code,
                                     key=c.sent_key(response),
                                     request_id=self.request_id(response),
-                                    headers=response.headers)
+                                    retry_after=c.retry_after(response.headers, body))
 
     def error_from_body(self, body: dict[str, Any], *, status: int | None,
                         key: str | None = None, request_id: str | None = None,
-                        headers: Any = None) -> CencoriError:
+                        retry_after: float | None = None) -> CencoriError:
         """Map a gateway error (from an error response or a stream line).
 
         Two shapes (lib/gateway-middleware.ts and lib/gateway/ai-chat-handler.ts in the
@@ -202,9 +217,10 @@ class CencoriGatewayProvider(Provider):
             cls = PermissionDeniedError   # the SDK's SafetyError: content was refused
         elif status is None and title and "block" in title.lower():
             cls = PermissionDeniedError   # {"error": "Response blocked"} mid-stream
-        retry_after = c.retry_after(headers, body)
-        common = {"provider": self.name, "status_code": status, "request_id": request_id,
-                  "code": code}
+        if retry_after is None:     # a 200 body or a stream line: only the body says
+            retry_after = c.retry_after(None, body)
+        common: _ErrorContext = {"provider": self.name, "status_code": status,
+                                 "request_id": request_id, "code": code}
         secrets = [key] if key else []
         quoted = c.quote(said, secrets) if said else ""
         if quoted and quoted[-1] not in ".!?…":
@@ -220,7 +236,7 @@ class CencoriGatewayProvider(Provider):
                      "`cencori-nb keys set PROVIDER`.",
                 balance=balance, top_up_url=top_up, **common)
         if cls is SpendCapReachedError:
-            spend = body.get("spend") if isinstance(body.get("spend"), dict) else {}
+            spend = c.as_object(body.get("spend"))
             current, cap = c.to_decimal(spend.get("current")), c.to_decimal(spend.get("cap"))
             detail = f" ({_money(current)} of {_money(cap)})" if cap is not None else ""
             return SpendCapReachedError(
@@ -256,12 +272,13 @@ class CencoriStreamParser(c.AdapterStreamParser):
     chunk; a stream cut before it yields ``usage=None`` and ``done=False``."""
 
     adapter: CencoriGatewayProvider
-    receipts: dict[str, str | None]
+    receipts: Receipts | None = None    # set by stream_parser from the response's headers
 
     def result(self) -> ProviderResult:
         result = super().result()
-        for name, value in getattr(self, "receipts", {}).items():
-            setattr(result, name, value)
+        if self.receipts is not None:
+            result.gateway_cache = self.receipts["gateway_cache"]
+            result.model_original = self.receipts["model_original"]
         return result
 
     def feed(self, event: httpx2.ServerSentEvent) -> str | None:

@@ -119,7 +119,8 @@ class GoogleProvider(Provider):
             raise self.error_from_body(body, status=None, key=c.sent_key(response),
                                        request_id=rid)
         self._raise_if_blocked(body, rid)
-        where = {"provider": self.name, "status_code": response.status_code, "request_id": rid}
+        where: c.Where = {"provider": self.name, "status_code": response.status_code,
+                          "request_id": rid}
         candidate = c.require(body, "candidates", 0, **where)
         return ProviderResult(text=_candidate_text(candidate),
                               model=body.get("modelVersion") or None,
@@ -154,11 +155,11 @@ class GoogleProvider(Provider):
                         key: str | None = None, request_id: str | None = None,
                         retry_after: float | None = None) -> CencoriError:
         """Map a Google RPC error (from an error response or a stream frame)."""
-        err = body.get("error") if isinstance(body.get("error"), dict) else {}
+        err = c.as_object(body.get("error"))
         rpc_status = str(err.get("status") or "")
         if status is None and isinstance(err.get("code"), int):
             status = err["code"]
-        details = err.get("details") if isinstance(err.get("details"), list) else []
+        details = c.as_list(err.get("details"))
         reasons = {str(d.get("reason")) for d in details if isinstance(d, dict)
                    and str(d.get("@type", "")).endswith("ErrorInfo")}
         if retry_after is None:     # an error frame inside a stream: only the body says

@@ -118,7 +118,8 @@ class OpenAIProvider(Provider):
         if body.get("error"):   # some compatible gateways answer 200 with an error object
             raise self.error_from_body(body, status=None, key=c.sent_key(response),
                                        request_id=rid)
-        where = {"provider": self.name, "status_code": response.status_code, "request_id": rid}
+        where: c.Where = {"provider": self.name, "status_code": response.status_code,
+                          "request_id": rid}
         choice = c.require(body, "choices", 0, **where)
         message = c.require(choice, "message", **where) if isinstance(choice, dict) else None
         if not isinstance(message, dict):
