@@ -6,8 +6,10 @@ import contextlib
 import os
 import signal
 import subprocess
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,6 +71,57 @@ def _default_sigint() -> Iterator[None]:
         signal.signal(signal.SIGINT, before)
 
 
+# --- HTTP clients: every one a test (or a test module) opens is closed ------------------------
+#
+# The official SDKs (openai, anthropic, google-genai, cencori) and module-level helper clients
+# keep pooled keep-alive sockets; dropped unclosed, each ends as a ResourceWarning at exit.
+# Clients are tracked where they are built (httpx and httpx2, which every SDK and our
+# transport use); the ones a test opened are closed after it, the rest at the end of the run.
+
+_opened_clients: list[weakref.ref[Any]] = []
+
+
+def _track_http_clients() -> None:
+    import httpx
+    import httpx2
+
+    for cls in (httpx.Client, httpx.AsyncClient, httpx2.Client, httpx2.AsyncClient):
+        original = cls.__init__
+
+        def tracking_init(self: Any, *args: Any, _original: Any = original,
+                          **kwargs: Any) -> None:
+            _original(self, *args, **kwargs)
+            _opened_clients.append(weakref.ref(self))
+
+        cls.__init__ = tracking_init  # type: ignore[method-assign]
+
+
+def _close_clients_from(start: int) -> None:
+    import asyncio
+
+    refs, _opened_clients[start:] = _opened_clients[start:], []
+    for ref in refs:
+        client = ref()
+        if client is None or client.is_closed:
+            continue
+        with contextlib.suppress(Exception):
+            if hasattr(client, "aclose"):
+                # Its pool may belong to a loop that is gone; a fresh loop closes the sockets.
+                asyncio.run(client.aclose())
+            else:
+                client.close()
+
+
+_track_http_clients()
+
+
+@pytest.fixture(autouse=True)
+def _close_http_clients() -> Iterator[None]:
+    start = len(_opened_clients)
+    yield
+    _close_clients_from(start)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _close_process_wide_objects() -> Iterator[None]:
     """At the end of the run, close what outlives single tests, so the interpreter's exit
@@ -81,6 +134,7 @@ def _close_process_wide_objects() -> Iterator[None]:
     import sys
 
     _reset_process_state()
+    _close_clients_from(0)          # module-level clients of test files
     shell_mod = sys.modules.get("IPython.core.interactiveshell")
     if shell_mod is not None and shell_mod.InteractiveShell.initialized():
         shell = shell_mod.InteractiveShell.instance()
