@@ -73,7 +73,7 @@ from .errors import (
 )
 from .ledger import Ledger, LedgerRow, default_ledger, new_client_id
 from .providers import get_provider
-from .redact import holds_secret, looks_like_key, refuse_key_in_prompt
+from .redact import holds_secret, looks_like_key, refuse_key_in_prompt, remove_stored_keys
 from .tokens import estimate_messages_tokens, estimate_tokens
 from .types import ChatRequest, Completion, Message
 
@@ -342,7 +342,9 @@ def _completion(decision: Decision, request: ChatRequest, result: ProviderResult
                 text: str | None = None, latency_ms: float, ttft_ms: float | None = None,
                 complete: bool = True, client_id: str = "") -> Completion:
     """Our Completion from the adapter's result; estimates tokens when usage is missing."""
-    text = result.text if text is None else text
+    # A reply that echoes a stored key (a hostile endpoint on a custom base_url) must not
+    # carry it into the cache, a batch checkpoint, a DataFrame or a display.
+    text = remove_stored_keys(result.text if text is None else text)
     usage = result.usage
     estimated = usage is None or not complete
     if usage is None:

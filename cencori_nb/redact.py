@@ -42,7 +42,8 @@ from typing import Any
 __all__ = ["CONTEXT_PATTERN", "KEY_PREFIXES", "LOG_LINE", "MARKER", "NOTEBOOK", "REDACTED",
            "USER_MESSAGE", "Policy", "encoded_forms", "key_pattern", "key_regex",
            "looks_like_key", "looks_like_secret", "refuse_key_in_prompt", "register_secret",
-           "register_secrets", "registered_secrets", "scrub", "scrub_context"]
+           "register_secrets", "registered_secrets", "remove_stored_keys", "scrub",
+           "scrub_context"]
 
 MARKER = "[redacted]"
 REDACTED = MARKER   # older name, same marker
@@ -587,6 +588,19 @@ def holds_secret(text: str, secrets: Iterable[Any] = ()) -> bool:
     regex = _exact_regex(_registered | frozenset(map(_reveal, secrets)), False,
                          MIN_REGISTERED)
     return regex is not None and regex.search(text) is not None
+
+
+def remove_stored_keys(text: str) -> str:
+    """``text`` with every registered credential (verbatim) replaced by :data:`MARKER`.
+
+    For a provider's reply: a hostile or compromised endpoint (a loopback proxy, a custom
+    ``base_url``) can echo the key it received. The reply is kept byte for byte otherwise
+    (no shape or entropy guesses: hashes and ``sk-learn`` in a reply are data), so only the
+    exact stored values go, before the reply reaches the cache, a checkpoint, a DataFrame
+    or a display.
+    """
+    regex = _exact_regex(_registered, False, MIN_REGISTERED)
+    return text if regex is None else regex.sub(MARKER, text)
 
 
 def refuse_key_in_prompt(prompt: str, secrets: Iterable[Any] = (), *,

@@ -1,0 +1,231 @@
+"""Attacks on the surfaces past issue 10's list: what a hostile endpoint's reply can put on
+disk, in a DataFrame, in an error, in an object's repr or pickle, and the file modes of
+everything the toolkit writes in the home.
+
+The endpoint is a real HTTP server on 127.0.0.1 (a loopback ``base_url`` needs no opt-in
+and receives the stored key, as a local proxy would). It echoes the key it received inside
+its reply, in the forms below, plain and streamed in three-character deltas (so the key is
+split across deltas). A leak is the key in clear, base64 or hex anywhere we look
+(tests/leak_helpers.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import http.server
+import json
+import pickle
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import cencori_nb
+from cencori_nb import errors, keys, settings
+from cencori_nb.redact import MARKER
+from leak_helpers import Audit
+
+# How a hostile reply carries the key it received ({k}).
+ECHOES = {
+    "bare": "{k}",
+    "in a sentence": "Sure! Your key is {k}, keep it safe.",
+    "twice": "{k} and again {k}",
+    "glued to words": "prefix{k}suffix",
+    "fenced code": "```\nOPENAI_API_KEY={k}\n```",
+    "json value": '{{"api_key": "{k}"}}',
+    "bearer header": "Authorization: Bearer {k}",
+    "html attribute": '<img src=x alt="{k}">',
+    "markdown link": "[docs](https://example.com/?key={k})",
+    "across lines": "line one\n{k}\nline three",
+}
+
+
+class _Hostile(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint that puts the received key in its reply (or error)."""
+
+    echo = "{k}"
+    status = 200
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        key = self.headers.get("authorization", "").removeprefix("Bearer ")
+        reply = self.echo.format(k=key)
+        if self.status != 200:
+            self._send(self.status, "application/json", json.dumps(
+                {"error": {"message": reply, "type": "invalid_request_error"}}).encode())
+        elif body.get("stream"):
+            events = [{"id": "x", "object": "chat.completion.chunk", "model": body["model"],
+                       "choices": [{"index": 0, "delta": {"content": reply[i:i + 3]}}]}
+                      for i in range(0, len(reply), 3)]
+            events.append({"id": "x", "object": "chat.completion.chunk",
+                           "model": body["model"],
+                           "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            events.append({"id": "x", "object": "chat.completion.chunk",
+                           "model": body["model"], "choices": [],
+                           "usage": {"prompt_tokens": 5, "completion_tokens": 7,
+                                     "total_tokens": 12}})
+            data = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+            self._send(200, "text/event-stream", data.encode())
+        else:
+            self._send(200, "application/json", json.dumps({
+                "id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 7,
+                          "total_tokens": 12}}).encode())
+
+    def _send(self, status: int, kind: str, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("content-type", kind)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def hostile(canary: str) -> Iterator[type[_Hostile]]:
+    """A hostile endpoint as the openai ``base_url``; the canary is the stored openai key."""
+    handler = type("Handler", (_Hostile,), {})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    keys.set("openai", canary, default_model="gpt-4o-mini", make_default=True)
+    settings.update_settings(
+        base_urls={"openai": f"http://127.0.0.1:{server.server_port}/v1"})
+    try:
+        yield handler
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def audit(canary: str) -> Audit:
+    return Audit({"openai canary": canary})
+
+
+def _object_views(audit: Audit, where: str, obj: Any) -> None:
+    """Every way a person or a library serialises an object: str, repr, vars, asdict,
+    to_dict, copy, deepcopy, pickle."""
+    audit.add(f"{where} str", str(obj))
+    audit.add(f"{where} repr", repr(obj))
+    audit.add(f"{where} vars", repr(getattr(obj, "__dict__", {})))
+    if dataclasses.is_dataclass(obj):
+        audit.add(f"{where} asdict", repr(dataclasses.asdict(obj)))
+    if hasattr(obj, "to_dict"):
+        audit.add(f"{where} to_dict", json.dumps(obj.to_dict(), default=str))
+    audit.add(f"{where} copy", repr(copy.copy(obj)))
+    audit.add(f"{where} deepcopy", repr(copy.deepcopy(obj)))
+    audit.add(f"{where} pickle", pickle.dumps(obj))
+
+
+@pytest.mark.parametrize("echo", list(ECHOES.values()), ids=list(ECHOES))
+def test_a_reply_echoing_the_stored_key_never_carries_it(
+        hostile: type[_Hostile], echo: str, canary: str, audit: Audit,
+        private_home: Path) -> None:
+    """chat and stream: the Completion (and everything made of it: the response cache, the
+    ledger, usage()) holds the marker where the key was, and the rest of the reply."""
+    from cencori_nb.ledger import default_ledger
+
+    hostile.echo = echo
+    plain = cencori_nb.chat("tell me a secret", model="gpt-4o-mini")
+    with cencori_nb.stream("tell me a secret, slowly", model="gpt-4o-mini") as chunks:
+        for _ in chunks:
+            pass
+    for where, completion in (("chat", plain), ("stream", chunks.completion)):
+        assert completion.text == echo.format(k=MARKER), where
+        _object_views(audit, f"{where} Completion", completion)
+    again = cencori_nb.chat("tell me a secret", model="gpt-4o-mini")
+    assert again.cached and again.text == echo.format(k=MARKER)
+    default_ledger().flush()
+    audit.add("usage() csv", cencori_nb.usage().to_csv())
+    assert "cache.sqlite" in {p.name for p in audit.add_home(private_home)}
+    audit.assert_clean()
+
+
+def test_map_rows_and_checkpoints_never_carry_an_echoed_key(
+        hostile: type[_Hostile], canary: str, audit: Audit, private_home: Path) -> None:
+    """cencori_nb.map: the DataFrame (and its CSV/JSON exports), the checkpoint and cache."""
+    hostile.echo = ECHOES["in a sentence"]
+    df = cencori_nb.map([f"row {i}" for i in range(4)], model="gpt-4o-mini", progress=False)
+    assert len(df) == 4
+    assert all(MARKER in str(v) for v in df["text"])
+    audit.add("map DataFrame csv", df.to_csv())
+    audit.add("map DataFrame json", df.to_json())
+    audit.add("map DataFrame pickle", pickle.dumps(df))
+    audit.add_home(private_home)
+    audit.assert_clean()
+
+
+def test_cli_usage_exports_after_an_echoing_reply(hostile: type[_Hostile], canary: str,
+                                                  audit: Audit, private_home: Path) -> None:
+    """`cencori-nb usage --csv/--json` and `cencori-nb ask` against the hostile endpoint."""
+    import os
+
+    hostile.echo = ECHOES["json value"]
+    env = dict(os.environ)
+    asked = subprocess.run([sys.executable, "-m", "cencori_nb", "ask", "--json",
+                            "tell me a secret"], capture_output=True, text=True, env=env,
+                           timeout=120)
+    assert asked.returncode == 0, asked.stderr
+    assert MARKER in asked.stdout
+    audit.add("ask --json", asked.stdout + asked.stderr)
+    for flag in ("--csv", "--json"):
+        out = subprocess.run([sys.executable, "-m", "cencori_nb", "usage", flag],
+                             capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        audit.add(f"usage {flag}", out.stdout + out.stderr)
+    audit.add_home(private_home)
+    audit.assert_clean()
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 429, 500])
+def test_a_provider_error_echoing_the_key(hostile: type[_Hostile], status: int,
+                                          canary: str, audit: Audit) -> None:
+    """The error's str, repr, args, attributes, cause chain, traceback (and its pickle)."""
+    hostile.echo = ECHOES["in a sentence"]
+    hostile.status = status
+    with pytest.raises(errors.CencoriError) as caught:
+        cencori_nb.chat("tell me a secret", model="gpt-4o-mini", retries=0, cache=False)
+    audit.add_exception(f"HTTP {status}", caught.value)
+    try:
+        audit.add(f"HTTP {status} pickle", pickle.dumps(caught.value))
+    except Exception as exc:  # noqa: BLE001 (an unpicklable error leaks nothing)
+        audit.add_exception(f"HTTP {status} pickle refused", exc)
+    audit.assert_clean()
+
+
+def test_every_file_in_the_home_is_private(hostile: type[_Hostile], canary: str,
+                                           private_home: Path) -> None:
+    """After chat, stream, map, a cache hit and usage(): every file the toolkit wrote
+    (ledger and cache with their -wal/-shm, the in-flight journal, lock, generation and
+    key files, config) is 0600 and every folder 0700, whatever the umask."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        cencori_nb.chat("one", model="gpt-4o-mini")
+        cencori_nb.chat("one", model="gpt-4o-mini")
+        with cencori_nb.stream("two", model="gpt-4o-mini", cache=False) as chunks:
+            "".join(chunks)
+        cencori_nb.map(["three", "four"], model="gpt-4o-mini", progress=False)
+        cencori_nb.usage()
+    finally:
+        os.umask(old)
+    seen = [private_home, *private_home.rglob("*")]
+    names = {p.name for p in seen}
+    assert {"ledger.sqlite-wal", "cache.sqlite", "keystore.json", "config.json"} <= names
+    loose = [f"{p.relative_to(private_home)} {oct(stat.S_IMODE(p.stat().st_mode))}"
+             for p in seen
+             if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)]
+    assert not loose, loose
