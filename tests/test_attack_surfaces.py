@@ -229,3 +229,38 @@ def test_every_file_in_the_home_is_private(hostile: type[_Hostile], canary: str,
              for p in seen
              if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)]
     assert not loose, loose
+
+
+def test_the_magic_never_shows_an_echoed_key_live_or_final(hostile: type[_Hostile],
+                                                           canary: str, audit: Audit) -> None:
+    """%%cencori streamed (every redraw, which the kernel sends as an update_display_data
+    message) and not streamed: the key is redacted in what is drawn once it has arrived."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    from cencori_nb.magic.render import StreamView
+
+    hostile.echo = ECHOES["fenced code"]
+    drawn: list[Any] = []
+
+    class Handle:
+        def update(self, content: Any, raw: bool = False) -> None:
+            drawn.append(content)
+
+    view = StreamView(lambda content: drawn.append(content) or Handle(), throttle_ms=0)
+    view.start()
+    with cencori_nb.stream("tell me a secret", model="gpt-4o-mini", cache=False) as chunks:
+        for delta in chunks:
+            view.feed(delta)
+    assert len(drawn) > 5
+    audit.add("StreamView redraws", repr(drawn))
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "cencori_nb")
+    for flags in ("", "--no-stream", "-f text", "-f json --no-stream"):
+        with capture_output() as cap:
+            shell.run_cell_magic("cencori", f"-m gpt-4o-mini {flags}".strip(),
+                                 "tell me a secret")
+        shown = repr([o.data for o in cap.outputs]) + cap.stdout + cap.stderr
+        assert MARKER in shown or "[redacted]" in shown, (flags, shown[:500])
+        audit.add(f"%%cencori {flags}", shown)
+    audit.assert_clean()

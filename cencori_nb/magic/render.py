@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import safe_html
+from ..redact import remove_stored_keys
 
 __all__ = ["Rendered", "StreamView", "bundle", "error_bundle", "extract_code", "notice_bundle",
            "render_completion"]
@@ -133,7 +134,9 @@ def render_completion(text: str, footer: str, fmt: str, *,
 
 def streaming_bundle(text: str) -> Bundle:
     """What the display shows while a reply is still arriving (the same safe markdown as
-    the final reply, so a half-received tag is never markup either)."""
+    the final reply, so a half-received tag is never markup either). A stored key the
+    reply echoes is redacted once it has fully arrived, as in the final Completion."""
+    text = remove_stored_keys(text)
     cursor = "<span class='cencori-cursor'> ▌</span>"
     return bundle(text + " ▌", text_html=safe_html.block(
         safe_html.markdown_html(text) + cursor, cls="cencori-reply cencori-streaming"))
