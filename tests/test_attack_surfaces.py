@@ -231,11 +231,25 @@ def test_every_file_in_the_home_is_private(hostile: type[_Hostile], canary: str,
     assert not loose, loose
 
 
-def test_the_magic_never_shows_an_echoed_key_live_or_final(hostile: type[_Hostile],
-                                                           canary: str, audit: Audit) -> None:
+@pytest.fixture
+def ipython(tmp_path: Path) -> Iterator[Any]:
+    """IPython's one shell, its history in this test's folder (never the user's)."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+        cfg = Config()
+        cfg.HistoryManager.hist_file = str(tmp_path / "history.sqlite")
+        shell = InteractiveShell.instance(config=cfg)
+        shell.run_line_magic("load_ext", "cencori_nb")
+        yield shell
+
+
+def test_the_magic_never_shows_an_echoed_key_live_or_final(
+        hostile: type[_Hostile], canary: str, audit: Audit, ipython: Any) -> None:
     """%%cencori streamed (every redraw, which the kernel sends as an update_display_data
     message) and not streamed: the key is redacted in what is drawn once it has arrived."""
-    from IPython.core.interactiveshell import InteractiveShell
     from IPython.utils.capture import capture_output
 
     from cencori_nb.magic.render import StreamView
@@ -254,8 +268,7 @@ def test_the_magic_never_shows_an_echoed_key_live_or_final(hostile: type[_Hostil
             view.feed(delta)
     assert len(drawn) > 5
     audit.add("StreamView redraws", repr(drawn))
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "cencori_nb")
+    shell = ipython
     for flags in ("", "--no-stream", "-f text", "-f json --no-stream"):
         with capture_output() as cap:
             shell.run_cell_magic("cencori", f"-m gpt-4o-mini {flags}".strip(),
