@@ -579,7 +579,7 @@ class _StreamState:
             return err
         completion = self._settle(complete=False)
         if err is self.event_error:   # the provider said why: keep its error
-            err.completion = completion  # type: ignore[attr-defined]
+            err.completion = completion
             return err
         return BadResponseError(
             f"The stream from {self.decision.provider} was cut before it finished "

@@ -47,8 +47,12 @@ from __future__ import annotations
 
 import errno
 import os
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .types import Completion
 
 __all__ = [
     "AuthenticationError",
@@ -96,6 +100,10 @@ class CencoriError(Exception):
     """
 
     code: str = "cencori_error"
+    # Set on any error a response or a stream produced, whatever its class:
+    retry_after: float | None = None     # seconds the server asked to wait, when it said
+    should_retry: bool | None = None     # the server's own verdict (X-Should-Retry), if any
+    completion: Completion | None = None  # what arrived before a stream broke
 
     def __init__(self, message: str, *, code: str | None = None, hint: str | None = None,
                  **context: Any) -> None:
@@ -114,6 +122,10 @@ class CencoriError(Exception):
 
 class ConfigurationError(CencoriError):
     code = "configuration_error"
+    provider: str | None = None
+    project: str | None = None
+    route: str | None = None
+    path: Path | None = None             # the settings or cache file at fault
 
 
 class UnknownProviderError(ConfigurationError):
@@ -144,6 +156,10 @@ class KeystoreError(CencoriError):
 
     code = "keystore_error"
     path: Path | None = None
+    key_file: Path | None = None         # the KEK file of a key-file store
+    errno: int | None = None             # of the OSError behind it
+    generation: int | None = None        # a rolled-back store: the file's generation…
+    seen: int | None = None              # …and the newest this machine has seen
 
 
 class WrongPassphraseError(KeystoreError):
@@ -152,10 +168,13 @@ class WrongPassphraseError(KeystoreError):
 
 class KeystoreCorruptError(KeystoreError):
     code = "keystore_corrupt"
+    backup: Path | None = None
 
 
 class KeyNotFoundError(KeystoreError):
     code = "key_not_found"
+    provider: str | None = None
+    project: str | None = None
 
 
 class RoutingError(CencoriError):
@@ -164,6 +183,7 @@ class RoutingError(CencoriError):
 
 class UnknownModelError(RoutingError):
     code = "unknown_model"
+    model: str | None = None
 
 
 class ProviderError(CencoriError):
@@ -177,8 +197,8 @@ class ProviderError(CencoriError):
     provider: str | None = None
     status_code: int | None = None
     request_id: str | None = None
-    retry_after: float | None = None
     retryable: bool = False
+    rpc_status: str | None = None        # Google's RPC status (``RESOURCE_EXHAUSTED``…)
 
 
 class AuthenticationError(ProviderError):
@@ -210,22 +230,35 @@ class ProviderUnavailableError(ProviderError):
 
 class BadResponseError(ProviderError):
     code = "bad_response"
+    missing: str | None = None           # the field the response lacked (``choices[0]``)
+    cause_code: str | None = None        # a stream cut by another error: that error's code
 
 
 class PricingError(CencoriError):
     code = "pricing_unavailable"
+    provider: str | None = None
+    model: str | None = None
+    status_code: int | None = None       # when the gateway refused to price it
+    request_id: str | None = None
 
 
 class CreditsError(CencoriError):
     code = "credits_error"
+    provider: str | None = None
+    status_code: int | None = None
+    request_id: str | None = None
 
 
 class CreditsExhaustedError(CreditsError):
     code = "credit_balance_exhausted"
+    balance: Decimal | None = None
+    top_up_url: str | None = None
 
 
 class SpendCapReachedError(CreditsError):
     code = "spend_cap_reached"
+    spend_current: Decimal | None = None
+    spend_cap: Decimal | None = None
 
 
 class BudgetError(CencoriError):
@@ -234,10 +267,17 @@ class BudgetError(CencoriError):
 
 class BudgetExceededError(BudgetError):
     code = "budget_exceeded"
+    project: str | None = None
+    spent_usd: Decimal | None = None
+    cap_usd: Decimal | None = None
+    estimated_usd: Decimal | None = None
 
 
 class CostLimitError(BudgetError):
     code = "cost_limit"
+    estimate_usd: Decimal | None = None
+    max_cost_usd: Decimal | None = None
+    rows: int | None = None              # a batch: the rows it would send
 
 
 class CostConfirmationError(CostLimitError):
@@ -246,8 +286,8 @@ class CostConfirmationError(CostLimitError):
     sent; pass a higher ``max_cost_usd`` (``--yes`` in the CLI) to send it."""
 
     code = "cost_confirmation"
-    estimate_usd: Any = None
-    limit_usd: Any = None
+    limit_usd: Decimal | None = None
+    model: str | None = None
 
 
 class RequestTooLargeError(CencoriError):
@@ -257,6 +297,7 @@ class RequestTooLargeError(CencoriError):
     code = "request_too_large"
     prompt_tokens: int | None = None
     context_window: int | None = None
+    model: str | None = None
 
 
 class LocalEnvironmentError(CencoriError):
@@ -344,6 +385,7 @@ class LedgerError(CencoriError):
 
     code = "ledger_error"
     path: Path | None = None
+    reason: str | None = None            # what SQLite said
 
 
 class LedgerCorruptError(LedgerError):

@@ -770,7 +770,7 @@ def next_wait(error: BaseException, response: httpx2.Response | None = None,
     if response is not None and getattr(error, "should_retry", None) is None:
         verdict = should_retry_header(response.headers)
         if verdict is not None and isinstance(error, CencoriError):
-            error.should_retry = verdict  # type: ignore[attr-defined]
+            error.should_retry = verdict
     if attempt >= bound or not is_retryable(error):
         return None
     wait = getattr(error, "retry_after", None)
@@ -781,7 +781,7 @@ def next_wait(error: BaseException, response: httpx2.Response | None = None,
         if hint is not None:
             wait = hint
             if isinstance(error, CencoriError):
-                error.retry_after = hint  # type: ignore[attr-defined]
+                error.retry_after = hint
     if wait is None:
         return backoff_wait(attempt, random=random)
     if wait > limit:
@@ -798,7 +798,7 @@ def _status_error(response: httpx2.Response, map_error: MapError | None,
         response, provider=provider)
     verdict = should_retry_header(response.headers)
     if verdict is not None and getattr(err, "should_retry", None) is None:
-        err.should_retry = verdict  # type: ignore[attr-defined]
+        err.should_retry = verdict
     return err
 
 

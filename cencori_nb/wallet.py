@@ -490,9 +490,10 @@ def reconcile(period: str = "24h", *, project: str | None = None,
 
     from . import settings as settings_mod
     from . import transport
+    from .catalog import CENCORI
     from .keystore import default_store
     from .providers import get_provider
-    from .router import CENCORI, destination
+    from .router import destination
 
     if period not in PERIODS:
         raise ConfigurationError(f"Cannot reconcile over period {period!r}.",
