@@ -68,8 +68,10 @@ def cacheable(request: ChatRequest) -> bool:
 
 
 def cache_key(decision: Decision, request: ChatRequest) -> str:
-    """sha256 hex of (provider, model, messages, parameters) — what makes the answer."""
-    payload = [SCHEMA_VERSION, decision.provider, decision.model,
+    """sha256 hex of (provider, model, endpoint, messages, parameters) — what makes the
+    answer. The endpoint (base URL) is part of it: a sandbox's fake reply must never be
+    served later as the real provider's, nor one gateway's as another's."""
+    payload = [SCHEMA_VERSION, decision.provider, decision.model, decision.base_url,
                [[m.role, m.content] for m in request.messages],
                request.temperature, request.max_tokens,
                request.extra or None]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import stat
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,6 +46,30 @@ def test_key_depends_on_what_makes_the_answer() -> None:
         "hi", system="be brief", max_tokens=5)) != base
     assert cache.cache_key(_decision(), ChatRequest.from_prompt(
         "hi", system="be brief", temperature=0)) != base
+    other_endpoint = dataclasses.replace(_decision(), base_url="https://api.openai.com/v1")
+    assert cache.cache_key(other_endpoint, req) != base
+
+
+def test_a_sandbox_answer_is_never_served_by_another_endpoint(
+        sandbox_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reply cached while talking to one server (a sandbox) is not a cache hit when the
+    same prompt goes to another (a second sandbox here; the real provider in life): that
+    server is asked, and the fake answer never stands in for a real one."""
+    import cencori_nb
+    from cencori_nb import keys
+    from cencori_nb.sandbox import SandboxServer
+
+    keys.set("openai", "sk-test-endpoint-" + "E" * 24 + "e1e2")
+    first = cencori_nb.chat("the same deterministic prompt", model="gpt-4o-mini")
+    assert not first.cached and sandbox_env.stats["requests"] == 1
+    assert cencori_nb.chat("the same deterministic prompt", model="gpt-4o-mini").cached
+    second = SandboxServer(seed=7)
+    monkeypatch.setenv("CENCORI_NB_SANDBOX", second.start_in_thread())
+    try:
+        again = cencori_nb.chat("the same deterministic prompt", model="gpt-4o-mini")
+        assert not again.cached and second.stats["requests"] == 1
+    finally:
+        second.stop()
 
 
 def test_cacheable_only_deterministic() -> None:
