@@ -70,10 +70,11 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from . import pricing, wallet
 from .egress import CENCORI_TEST_PREFIX
@@ -400,7 +401,7 @@ def _try_reserve(led: Ledger, name: str, cap: Decimal, estimate: Decimal, note: 
 
 def _reserve_steps(project: str | None, estimate: Decimal | None, *, model: str | None,
                    provider: str | None, output_tokens: int, output_assumed: bool,
-                   test_mode: bool) -> Any:
+                   test_mode: bool) -> Generator[float, None, Reservation | None]:
     """The reserve loop as a generator: yields a delay to wait, returns the Reservation
     (or None: no hard cap, or nothing to hold). Shared by :func:`reserve` / :func:`areserve`."""
     s = load_settings()
@@ -433,12 +434,16 @@ def _reserve_steps(project: str | None, estimate: Decimal | None, *, model: str 
         delay = min(delay * 2, 0.25)
 
 
-def _run_sync(steps: Any) -> Any:
+_T = TypeVar("_T")
+
+
+def _run_sync(steps: Generator[float, None, _T]) -> _T:
     try:
         while True:
             time.sleep(next(steps))
     except StopIteration as stop:
-        return stop.value
+        result: _T = stop.value      # the generator's return value (typeshed: Any)
+        return result
 
 
 def reserve(project: str | None, estimate: Decimal | None, *, model: str | None = None,
@@ -471,7 +476,8 @@ async def areserve(project: str | None, estimate: Decimal | None, *, model: str 
         while True:
             await asyncio.sleep(next(steps))
     except StopIteration as stop:
-        return stop.value
+        got: Reservation | None = stop.value   # _reserve_steps' return value
+        return got
 
 
 def _month_key(at: datetime | None = None) -> str:

@@ -80,7 +80,8 @@ def from_pusd(pusd: int | None) -> Decimal | None:
         return Decimal(0)
     value = (Decimal(int(pusd)) * _PICO).normalize()
     # normalize() writes 10 as 1E+1; keep whole dollars plain
-    return value.quantize(Decimal(1)) if value.as_tuple().exponent > 0 else value
+    exponent = value.as_tuple().exponent     # an int: the value is finite
+    return value.quantize(Decimal(1)) if isinstance(exponent, int) and exponent > 0 else value
 
 
 def new_client_id() -> str:
@@ -477,7 +478,8 @@ class Ledger:
     def where(*, since: Any = None, project: str | None = None,
               until: Any = None) -> tuple[str, list[Any]]:
         """A WHERE clause (always true when no filter) and its parameters."""
-        clauses, params = ["1"], []
+        clauses: list[str] = ["1"]
+        params: list[Any] = []
         since_ms = parse_since(since)
         if since_ms is not None:
             clauses.append("ts_ms >= ?")

@@ -237,7 +237,8 @@ def scrub_notebook(nb: dict[str, Any], exact: Iterable[str] = ()) -> int:
     """
     s = Scrubber(tuple(exact))
     s.join_split_streams(nb)
-    cells = nb.get("cells") if isinstance(nb.get("cells"), list) else []
+    found = nb.get("cells")
+    cells: list[Any] = found if isinstance(found, list) else []
     ids = [c.get("id") if isinstance(c, dict) else None for c in cells]
     s.tree(nb)
     if s.count:

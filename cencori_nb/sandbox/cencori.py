@@ -346,7 +346,7 @@ _ENGINE: dict[str, tuple[int, str, str]] = {
 class _Gateway:
     """What both Cencori doors do: key rules, model routing, pricing, wallet, headers."""
 
-    via = "cencori"
+    via: str | None = "cencori"      # as Door declares it
 
     def api_key(self, req: Any) -> str | None:
         return _cencori_key(req.headers)
@@ -634,8 +634,7 @@ class CencoriOpenAIDoor(_Gateway, OpenAIDoor):
                                   code=code)
             return
         status, headers, code, text = self.engine_error(ex, kind, message, status)
-        body: dict[str, Any] = {"error": {"message": text, "type": "invalid_request_error",
-                                          "code": code}}
+        body = {"error": {"message": text, "type": "invalid_request_error", "code": code}}
         if code == "provider_rate_limited":
             body["retry_after"] = retry_after or 1
         ex.send_json(status, body, headers)

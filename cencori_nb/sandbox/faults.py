@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from typing import SupportsFloat, SupportsIndex
 
 __all__ = ["ERROR_FAULTS", "FAULTS", "FaultPicker", "RateLimiter", "parse_faults"]
 
@@ -48,16 +49,18 @@ def parse_faults(spec: str | Mapping[str, float] | None) -> dict[str, float]:
     else:
         items = list(spec.items())
     out: dict[str, float] = {}
-    for name, value in items:
-        if name not in FAULTS:
-            raise ValueError(f"unknown fault {name!r}; known: {', '.join(sorted(FAULTS))}")
+    for fault, given in items:
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; known: {', '.join(sorted(FAULTS))}")
         try:
-            p = float(value)  # type: ignore[arg-type]
+            if not isinstance(given, str | SupportsFloat | SupportsIndex):
+                raise TypeError(type(given).__name__)      # a list, None…: not a number
+            p = float(given)
         except (TypeError, ValueError):
-            raise ValueError(f"fault {name!r}: {value!r} is not a probability") from None
+            raise ValueError(f"fault {fault!r}: {given!r} is not a probability") from None
         if not 0 <= p <= 1 or math.isnan(p):
-            raise ValueError(f"fault {name!r}: probability {p} is outside 0..1")
-        out[name] = p
+            raise ValueError(f"fault {fault!r}: probability {p} is outside 0..1")
+        out[fault] = p
     if sum(out.values()) > 1 + 1e-9:
         raise ValueError("fault probabilities add up to more than 1")
     return out

@@ -138,12 +138,12 @@ class SandboxServer:
         self.port = port
         self.seed = int(seed)
         self.timeout_hold_s = timeout_hold_s
-        self._initial = {"latency_ms": float(latency_ms), "rpm": rpm,
-                         "balance": Decimal(str(balance)), "faults": parse_faults(faults)}
-        self.latency_ms = float(latency_ms)
+        self._initial_latency_ms = float(latency_ms)      # what reset() returns to
+        self._initial_balance = Decimal(str(balance))
+        self.latency_ms = self._initial_latency_ms
         self.limiter = RateLimiter(rpm)
-        self.faults = FaultPicker(self._initial["faults"], self.seed)
-        self.wallet = Wallet(self._initial["balance"])
+        self.faults = FaultPicker(parse_faults(faults), self.seed)
+        self.wallet = Wallet(self._initial_balance)
         from .cencori import GatewayCache
 
         self.gateway_cache = GatewayCache(gateway_cache)
@@ -186,9 +186,9 @@ class SandboxServer:
         self._stats.reset()
         self.limiter.reset()
         self.faults.reset()
-        self.wallet = Wallet(self._initial["balance"])
+        self.wallet = Wallet(self._initial_balance)
         self.gateway_cache.clear()
-        self.latency_ms = self._initial["latency_ms"]
+        self.latency_ms = self._initial_latency_ms
         self.id_pool = None
 
     # Chat answers draw their ids from this many values when set (Ollama draws from 999),
