@@ -293,7 +293,7 @@ def compare_costs(workload_or_usage: Any = None, *, byok_policy: str | None = No
         rec: dict[str, Any] = {k: r[k] for k in ("provider", "model", "requests",
                                                  "input_tokens", "output_tokens")}
         if cost is None:
-            managed = fee = byok = None
+            managed = fee = byok = savings = None
         else:
             managed = cost * (1 + markup / 100)
             fee = {"zero": Decimal(0), "percent": cost * fee_pct / 100,
@@ -302,7 +302,7 @@ def compare_costs(workload_or_usage: Any = None, *, byok_policy: str | None = No
             totals["provider_cost_usd"] += cost
             totals["managed_charge_usd"] += managed
             totals["byok_total_usd"] += byok
-        savings = None if cost is None else managed - byok  # type: ignore[operator]
+            savings = managed - byok
         rec.update(provider_cost_usd=cost, managed_charge_usd=managed, byok_fee_usd=fee,
                    byok_total_usd=byok, savings_usd=savings,
                    cheaper="unknown" if savings is None else

@@ -570,6 +570,8 @@ def _reset_for_tests() -> None:
 def explain_route(model: str | None = None, *, provider: str | None = None,
                   route: str = "auto", project: str | None = None) -> Decision:
     """Where a request with these arguments would go, and why (shows only the key hint)."""
+    # ``route`` is the caller's string, as chat() takes it; resolve() refuses anything but
+    # the three routes with a ConfigurationError (what a user who typed one gets).
     return resolve(ChatRequest(messages=(Message("user", ""),), model=model, provider=provider,
-                               route=route,  # type: ignore[arg-type]
+                               route=route,  # type: ignore[arg-type]  # checked by resolve()
                                project=project))

@@ -369,11 +369,22 @@ def _reset_for_tests() -> None:
 # --------------------------------------------------------------------------- errors
 
 
+def _request_url(exc: BaseException) -> httpx2.URL | None:
+    """The URL of the request ``exc`` is about, when httpx2 attached one."""
+    import httpx2
+
+    if not isinstance(exc, httpx2.HTTPError):
+        return None
+    try:
+        return exc.request.url
+    except RuntimeError:        # httpx2: "The .request property has not been set."
+        return None
+
+
 def _where(exc: BaseException) -> str:
     """``host[:port]`` of the failed request (never the path or query: ``?key=`` lives there)."""
-    try:
-        url = exc.request.url  # type: ignore[attr-defined]
-    except (AttributeError, RuntimeError):
+    url = _request_url(exc)
+    if url is None:
         return "the provider"
     port = f":{url.port}" if url.port else ""
     return f"{url.host}{port}"
@@ -382,9 +393,8 @@ def _where(exc: BaseException) -> str:
 def _origin(exc: BaseException) -> str:
     """``'scheme://host[:port]'`` of the failed request, quoted (never its path or query),
     for messages about the URL itself; a URL with no host says so."""
-    try:
-        url = exc.request.url  # type: ignore[attr-defined]
-    except (AttributeError, RuntimeError):
+    url = _request_url(exc)
+    if url is None:
         return "of the provider"
     if not url.host:
         return f"{str(url)[:60]!r} (it has no host)"

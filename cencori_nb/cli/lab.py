@@ -54,6 +54,8 @@ class _LabParser(argparse.ArgumentParser):
     be a usage error), so the lab sub-parser hands unknown arguments through instead.
     """
 
+    # typeshed declares three overloads (a TypeVar namespace); argparse calls this one with
+    # a Namespace or None, which is all the lab parser is ever given.
     def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                          namespace: argparse.Namespace | None = None,
                          ) -> tuple[argparse.Namespace, list[str]]:

@@ -1080,11 +1080,14 @@ class KeyStore:
         than a copy someone kept. If writing fails, new key material is deleted again and
         the file on disk is the previous generation."""
         records = {}
+        seals: dict[tuple[str, str], crypto.Sealed] = {}
         for (project, provider), record in new.records.items():
-            if record.sealed is None:
-                record = replace(record, sealed=crypto.seal_record(
-                    new.dek, project, provider, record.fields(provider)))
+            seal = record.sealed
+            if seal is None:
+                seal = crypto.seal_record(new.dek, project, provider, record.fields(provider))
+                record = replace(record, sealed=seal)
             records[(project, provider)] = record
+            seals[(project, provider)] = seal
         try:
             seen = self._seen_generation()
         except KeystoreCorruptError:
@@ -1093,8 +1096,8 @@ class KeyStore:
         body = {
             "format": crypto.FORMAT, "version": crypto.VERSION, "generation": generation,
             "kek": new.kek_header, "dek": new.wrapped.to_json(),
-            "records": [{"project": p, "provider": v, **r.sealed.to_json()}  # type: ignore[union-attr]
-                        for (p, v), r in sorted(records.items())],
+            "records": [{"project": p, "provider": v, **seals[p, v].to_json()}
+                        for p, v in sorted(seals)],
         }
         mac = crypto.seal(new.dek, b"", crypto.mac_aad(body))
         raw = crypto.dump_document({**body, "mac": {"nonce": crypto.b64e(mac.nonce),
