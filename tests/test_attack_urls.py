@@ -298,7 +298,8 @@ def test_other_loopback_addresses_are_loopback(stored: None,
     hosts = ["127.0.0.2"]
     if socket.has_ipv6:
         try:
-            socket.socket(socket.AF_INET6).bind(("::1", 0))
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(("::1", 0))
             hosts.append("::1")
         except OSError:
             pass
