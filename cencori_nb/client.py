@@ -73,7 +73,8 @@ from .errors import (
 )
 from .ledger import Ledger, LedgerRow, default_ledger, new_client_id
 from .providers import get_provider
-from .redact import holds_secret, looks_like_key, refuse_key_in_prompt, remove_stored_keys
+from .redact import (StreamRedactor, holds_secret, looks_like_key, refuse_key_in_prompt,
+                     remove_stored_keys)
 from .tokens import estimate_messages_tokens, estimate_tokens
 from .types import ChatRequest, Completion, Message
 
@@ -700,15 +701,16 @@ class ChatStream:
         """The text received so far."""
         if self._state.completion is not None and self._state.completion.cached:
             return self._state.completion.text
-        return "".join(self._state.parts)
+        return remove_stored_keys("".join(self._state.parts))
 
     def _deltas(self) -> Iterator[str]:
         state = self._state
         response = state.response
         assert response is not None
+        shown = StreamRedactor()    # a stored key the reply echoes, even split over deltas
         try:
             for event in transport.iter_sse(response, provider=state.decision.provider):
-                delta = state.feed(event)
+                delta = shown.feed(state.feed(event) or "")
                 if delta:
                     yield delta
         except CencoriError as err:
@@ -720,6 +722,9 @@ class ChatStream:
             raise
         response.close()
         state.end()
+        rest = shown.close()
+        if rest:
+            yield rest
 
     def __iter__(self) -> ChatStream:
         return self
@@ -809,9 +814,10 @@ class AsyncChatStream:
             raise
         response = state.response
         assert response is not None
+        shown = StreamRedactor()    # a stored key the reply echoes, even split over deltas
         try:
             async for event in transport.aiter_sse(response, provider=state.decision.provider):
-                delta = state.feed(event)
+                delta = shown.feed(state.feed(event) or "")
                 if delta:
                     yield delta
         except CencoriError as err:
@@ -823,6 +829,9 @@ class AsyncChatStream:
             raise
         await response.aclose()
         state.end()
+        rest = shown.close()
+        if rest:
+            yield rest
 
     def __aiter__(self) -> AsyncChatStream:
         return self

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["CONTEXT_PATTERN", "KEY_PREFIXES", "LOG_LINE", "MARKER", "NOTEBOOK", "REDACTED",
-           "USER_MESSAGE", "Policy", "encoded_forms", "key_pattern", "key_regex",
+           "USER_MESSAGE", "Policy", "StreamRedactor", "encoded_forms", "key_pattern", "key_regex",
            "looks_like_key", "looks_like_secret", "refuse_key_in_prompt", "register_secret",
            "register_secrets", "registered_secrets", "remove_stored_keys", "scrub",
            "scrub_context"]
@@ -601,6 +601,35 @@ def remove_stored_keys(text: str) -> str:
     """
     regex = _exact_regex(_registered, False, MIN_REGISTERED)
     return text if regex is None else regex.sub(MARKER, text)
+
+
+class StreamRedactor:
+    """:func:`remove_stored_keys` over a reply that arrives in pieces, for what is shown as
+    it arrives (``cencori-nb ask``): a stored key split across deltas is still removed.
+
+    :meth:`feed` returns what can be shown now; the tail of the text that could be the start
+    of a stored key is held back until the next delta settles it; :meth:`close` returns
+    the rest. The concatenation of everything returned is ``remove_stored_keys(whole)``.
+    """
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def feed(self, delta: str) -> str:
+        text = remove_stored_keys(self._held + delta)
+        secrets = [s for s in _registered if len(s) >= MIN_REGISTERED]
+        keep = 0
+        for size in range(min(len(text), max(map(len, secrets), default=1) - 1), 0, -1):
+            tail = text[-size:]
+            if any(s.startswith(tail) for s in secrets):
+                keep = size
+                break
+        self._held = text[len(text) - keep:] if keep else ""
+        return text[:len(text) - keep]
+
+    def close(self) -> str:
+        rest, self._held = remove_stored_keys(self._held), ""
+        return rest
 
 
 def refuse_key_in_prompt(prompt: str, secrets: Iterable[Any] = (), *,

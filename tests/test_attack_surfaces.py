@@ -114,6 +114,23 @@ def audit(canary: str) -> Audit:
     return Audit({"openai canary": canary})
 
 
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Every record of every logger at DEBUG (ours, httpx2/httpcore2, asyncio), formatted
+    as a root handler would."""
+    import logging
+
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(logging.DEBUG)
+    caplog.set_level(logging.DEBUG)
+    for name in ("cencori_nb", "httpx2", "httpcore2", "httpx", "httpcore", "asyncio"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    caplog.handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    yield caplog
+    root.setLevel(old)
+
+
 def _object_views(audit: Audit, where: str, obj: Any) -> None:
     """Every way a person or a library serialises an object: str, repr, vars, asdict,
     to_dict, copy, deepcopy, pickle."""
@@ -132,7 +149,7 @@ def _object_views(audit: Audit, where: str, obj: Any) -> None:
 @pytest.mark.parametrize("echo", list(ECHOES.values()), ids=list(ECHOES))
 def test_a_reply_echoing_the_stored_key_never_carries_it(
         hostile: type[_Hostile], echo: str, canary: str, audit: Audit,
-        private_home: Path) -> None:
+        private_home: Path, logs: pytest.LogCaptureFixture) -> None:
     """chat and stream: the Completion (and everything made of it: the response cache, the
     ledger, usage()) holds the marker where the key was, and the rest of the reply."""
     from cencori_nb.ledger import default_ledger
@@ -150,6 +167,8 @@ def test_a_reply_echoing_the_stored_key_never_carries_it(
     default_ledger().flush()
     audit.add("usage() csv", cencori_nb.usage().to_csv())
     assert "cache.sqlite" in {p.name for p in audit.add_home(private_home)}
+    assert logs.records
+    audit.add_log_records("DEBUG log", logs.records, logs.text)
     audit.assert_clean()
 
 
@@ -191,7 +210,8 @@ def test_cli_usage_exports_after_an_echoing_reply(hostile: type[_Hostile], canar
 
 @pytest.mark.parametrize("status", [400, 401, 404, 429, 500])
 def test_a_provider_error_echoing_the_key(hostile: type[_Hostile], status: int,
-                                          canary: str, audit: Audit) -> None:
+                                          canary: str, audit: Audit,
+                                          logs: pytest.LogCaptureFixture) -> None:
     """The error's str, repr, args, attributes, cause chain, traceback (and its pickle)."""
     hostile.echo = ECHOES["in a sentence"]
     hostile.status = status
@@ -202,6 +222,7 @@ def test_a_provider_error_echoing_the_key(hostile: type[_Hostile], status: int,
         audit.add(f"HTTP {status} pickle", pickle.dumps(caught.value))
     except Exception as exc:  # noqa: BLE001 (an unpicklable error leaks nothing)
         audit.add_exception(f"HTTP {status} pickle refused", exc)
+    audit.add_log_records("DEBUG log", logs.records, logs.text)
     audit.assert_clean()
 
 
@@ -276,4 +297,62 @@ def test_the_magic_never_shows_an_echoed_key_live_or_final(
         shown = repr([o.data for o in cap.outputs]) + cap.stdout + cap.stderr
         assert MARKER in shown or "[redacted]" in shown, (flags, shown[:500])
         audit.add(f"%%cencori {flags}", shown)
+    audit.assert_clean()
+
+
+@pytest.mark.parametrize("echo", [ECHOES["bare"], ECHOES["twice"], ECHOES["glued to words"],
+                                  ECHOES["across lines"]],
+                         ids=["bare", "twice", "glued", "across lines"])
+def test_stream_deltas_never_carry_an_echoed_key(hostile: type[_Hostile], echo: str,
+                                                 canary: str, audit: Audit) -> None:
+    """What stream() and astream() yield to the caller (the key arrives split over
+    three-character deltas): joined, it is the reply with the key redacted, nothing lost."""
+    import asyncio
+
+    hostile.echo = echo
+    with cencori_nb.stream("tell me a secret", model="gpt-4o-mini", cache=False) as chunks:
+        deltas = list(chunks)
+        audit.add("stream .text", chunks.text)
+
+    async def collect() -> list[str]:
+        async with cencori_nb.astream("tell me a secret", model="gpt-4o-mini",
+                                      cache=False) as stream:
+            return [d async for d in stream]
+
+    adeltas = asyncio.run(collect())
+    for where, parts in (("stream", deltas), ("astream", adeltas)):
+        assert "".join(parts) == echo.format(k=MARKER), where
+        audit.add(f"{where} deltas", repr(parts))
+    audit.assert_clean()
+
+
+def test_stream_redactor_any_split(canary: str) -> None:
+    """Every way of cutting a reply holding the key twice (and a near miss) into two or
+    three pieces shows the same text as the whole reply redacted."""
+    from cencori_nb import redact
+
+    redact.register_secret(canary)
+    whole = f"a {canary}b{canary[:-1]}x {canary}"
+    expected = redact.remove_stored_keys(whole)
+    assert canary not in expected and canary[:-1] in expected
+    for i in range(len(whole) + 1):
+        for j in range(i, len(whole) + 1, 7):
+            r = redact.StreamRedactor()
+            shown = r.feed(whole[:i]) + r.feed(whole[i:j]) + r.feed(whole[j:]) + r.close()
+            assert shown == expected, (i, j)
+
+
+def test_cli_ask_streamed_into_a_pipe(hostile: type[_Hostile], canary: str,
+                                      audit: Audit) -> None:
+    """`cencori-nb ask PROMPT > file`: the streamed reply goes byte for byte, but a stored
+    key it echoes does not."""
+    import os
+
+    hostile.echo = ECHOES["fenced code"]
+    asked = subprocess.run([sys.executable, "-m", "cencori_nb", "ask", "tell me a secret"],
+                           capture_output=True, text=True, env=dict(os.environ), timeout=120)
+    assert asked.returncode == 0, asked.stderr
+    assert asked.stdout.rstrip("\n") == ECHOES["fenced code"].format(k=MARKER)
+    audit.add("ask stdout", asked.stdout)
+    audit.add("ask stderr", asked.stderr)
     audit.assert_clean()
