@@ -356,3 +356,51 @@ def test_cli_ask_streamed_into_a_pipe(hostile: type[_Hostile], canary: str,
     audit.add("ask stdout", asked.stdout)
     audit.add("ask stderr", asked.stderr)
     audit.assert_clean()
+
+
+PASSPHRASE = "velvet-otter-91-staircase"    # a planted passphrase (word-like, not key-shaped)
+
+
+@pytest.mark.parametrize("output", [
+    "CENCORI_NB_PASSPHRASE={p}\n",                                # %env / !env
+    "environ({{'CENCORI_NB_PASSPHRASE': '{p}', 'HOME': '/root'}})",  # print(os.environ)
+    "passphrase: {p}",                                            # a reply or a print
+], ids=["env", "os.environ", "print"])
+def test_a_notebook_printing_the_passphrase_is_saved_without_it(
+        monkeypatch: pytest.MonkeyPatch, canary: str, output: str) -> None:
+    """The passphrase that protects the store is a secret like a key: a notebook that
+    printed the environment is saved without it (it was saved as is)."""
+    from cencori_nb.jupyter.scrubber import pre_save_hook
+
+    monkeypatch.setenv("CENCORI_NB_PASSPHRASE", PASSPHRASE)
+    keys.set("openai", canary)
+    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "code", "id": "c1", "metadata": {}, "execution_count": 1,
+         "source": "%env", "outputs": [{"output_type": "stream", "name": "stdout",
+                                        "text": [output.format(p=PASSPHRASE)]}]}]}
+    model = {"type": "notebook", "format": "json", "content": nb}
+    pre_save_hook(model, path="env.ipynb", contents_manager=None)
+    saved = json.dumps(model["content"])
+    assert MARKER in saved
+    audit = Audit({"passphrase": PASSPHRASE, "openai canary": canary})
+    audit.add("saved notebook", saved)
+    audit.assert_clean()
+
+
+def test_a_reply_echoing_the_passphrase_is_redacted(hostile: type[_Hostile],
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    private_home: Path) -> None:
+    """A reply that happens to carry the passphrase (e.g. an agent that read the
+    environment) shows the marker instead, and the cache holds none of it."""
+    monkeypatch.setenv("CENCORI_NB_PASSPHRASE", PASSPHRASE)
+    keys.set("openai", CANARY_FOR_PASSPHRASE, default_model="gpt-4o-mini", make_default=True)
+    hostile.echo = "the env says CENCORI_NB_PASSPHRASE=" + PASSPHRASE + " (and {k})"
+    done = cencori_nb.chat("what is in the environment?", model="gpt-4o-mini")
+    assert done.text == f"the env says CENCORI_NB_PASSPHRASE={MARKER} (and {MARKER})"
+    audit = Audit({"passphrase": PASSPHRASE})
+    audit.add("reply", done.text)
+    audit.add_home(private_home)
+    audit.assert_clean()
+
+
+CANARY_FOR_PASSPHRASE = "sk-canary-" + "Pp4sS7pHr4s3Kk2Jj9Hh1Gg"

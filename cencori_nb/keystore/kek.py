@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import KeystoreCorruptError, KeystoreError, WrongPassphraseError
 from ..home import FILE_MODE, private_umask
+from ..redact import register_secret
 from . import crypto
 from .secret import Secret
 
@@ -75,6 +76,9 @@ def checked_passphrase(phrase: str | Secret, what: str = "The passphrase") -> Se
     secret = phrase if isinstance(phrase, Secret) else Secret(phrase)
     problem = _passphrase_problem(secret)
     if problem is None:
+        # Scrubbed like a key from logs, messages, replies and saved notebooks: `%env` or
+        # `os.environ` printed in a notebook would otherwise share it with the notebook.
+        register_secret(secret)
         return secret
     code, detail, hint = problem
     raise KeystoreError(f"{what} {detail}", hint=hint, code=code)
