@@ -713,18 +713,22 @@ class ChatStream:
                 delta = shown.feed(state.feed(event) or "")
                 if delta:
                     yield delta
+            rest = shown.close()
+            if rest:
+                yield rest
         except CencoriError as err:
             response.close()
-            raise state.broke(err) from err
+            failure = state.broke(err)
+            rest = shown.close()          # what had arrived is shown before the error
+            if rest:
+                yield rest
+            raise failure from err
         except BaseException:   # closed early (GeneratorExit), Ctrl-C mid-stream
             state.abandon()      # recorded as interrupted; the reservation is released
             response.close()
             raise
         response.close()
         state.end()
-        rest = shown.close()
-        if rest:
-            yield rest
 
     def __iter__(self) -> ChatStream:
         return self
@@ -820,18 +824,22 @@ class AsyncChatStream:
                 delta = shown.feed(state.feed(event) or "")
                 if delta:
                     yield delta
+            rest = shown.close()
+            if rest:
+                yield rest
         except CencoriError as err:
             await response.aclose()
-            raise state.broke(err) from err
+            failure = state.broke(err)
+            rest = shown.close()          # what had arrived is shown before the error
+            if rest:
+                yield rest
+            raise failure from err
         except BaseException:   # closed early, Ctrl-C, a cancelled task
             state.abandon()      # first: recorded even if closing the response is cancelled
             await response.aclose()
             raise
         await response.aclose()
         state.end()
-        rest = shown.close()
-        if rest:
-            yield rest
 
     def __aiter__(self) -> AsyncChatStream:
         return self

@@ -154,7 +154,9 @@ def test_stream_throttle_bounds_redraws(shell: InteractiveShell, openai_key: str
     magics.stream_throttle_ms = 0
     cap, _ = run(shell, "%%cencori -o reply --no-cache\nCount the redraws please")
     deltas = shell.user_ns["reply"].output_tokens       # the sandbox sends one per token
-    assert len(cap.outputs) == 1 + deltas + 1
+    # A delta that could be the start of the stored key (a lone "s" of "sk-…") is held back
+    # and drawn with the next one (redact.StreamRedactor), so a few deltas share a redraw.
+    assert deltas - 3 <= len(cap.outputs) - 2 <= deltas
     magics.stream_throttle_ms = 10**9
     cap, _ = run(shell, "%%cencori --no-cache\nCount the redraws again")
     assert len(cap.outputs) == 2
