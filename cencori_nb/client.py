@@ -56,9 +56,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from . import accounting, cache, pacing, router, transport, wallet
 from .errors import (
@@ -210,7 +210,18 @@ def _test_mode(decision: Decision) -> bool:
     return decision.route == "managed" and accounting.is_test_key(decision.credential.reveal())
 
 
-def _reserve_args(request: ChatRequest, decision: Decision) -> dict[str, object] | None:
+class _ReserveArgs(TypedDict):
+    """The keyword arguments of accounting.reserve / areserve after the project."""
+
+    estimate: Decimal | None
+    model: str
+    provider: str
+    output_tokens: int
+    output_assumed: bool
+    test_mode: bool
+
+
+def _reserve_args(request: ChatRequest, decision: Decision) -> _ReserveArgs | None:
     """Arguments for accounting.reserve; None when the project has no budget (no estimate)."""
     if not decision.budgeted:
         return None
@@ -242,7 +253,7 @@ def _reserve(request: ChatRequest, decision: Decision) -> Reservation | None:
     then check it against the cost the caller accepted."""
     args = _reserve_args(request, decision)
     reservation = None if args is None else _caught_up(
-        accounting.reserve(decision.project, **args))  # type: ignore[arg-type]
+        accounting.reserve(decision.project, **args))
     _confirm(request, decision, reservation)
     return reservation
 
@@ -250,7 +261,7 @@ def _reserve(request: ChatRequest, decision: Decision) -> Reservation | None:
 async def _areserve(request: ChatRequest, decision: Decision) -> Reservation | None:
     args = _reserve_args(request, decision)
     reservation = None if args is None else _caught_up(
-        await accounting.areserve(decision.project, **args))  # type: ignore[arg-type]
+        await accounting.areserve(decision.project, **args))
     _confirm(request, decision, reservation)
     return reservation
 
@@ -273,8 +284,9 @@ def _release(reservation: Reservation | None) -> None:
         reservation.release()
 
 
-def _can_fall_back(decision: Decision, err: CencoriError) -> bool:
-    return decision.fallback is not None and isinstance(err, _FALLBACK_ERRORS)
+def _fallback(decision: Decision, err: CencoriError) -> Decision | None:
+    """The decision to try after ``err``, if ``decision`` has one and ``err`` allows it."""
+    return decision.fallback if isinstance(err, _FALLBACK_ERRORS) else None
 
 
 def _failed(decision: Decision, err: CencoriError, request: ChatRequest,
@@ -289,9 +301,10 @@ def _failed(decision: Decision, err: CencoriError, request: ChatRequest,
     loop), which the caller does with the decision returned here.
     """
     _record_failure(decision, request, err, started, reservation, client_id)
-    if not _can_fall_back(decision, err):
+    fallback = _fallback(decision, err)
+    if fallback is None:
         raise err
-    return decision.fallback  # type: ignore[return-value]
+    return fallback
 
 
 def _record_failure(decision: Decision, request: ChatRequest, err: CencoriError,
@@ -526,7 +539,8 @@ class _StreamState:
 
     def feed(self, event: httpx2.ServerSentEvent) -> str | None:
         try:
-            delta = self.parser.feed(event)  # type: ignore[union-attr]
+            assert self.parser is not None      # set by the send before any event
+            delta = self.parser.feed(event)
         except CencoriError as err:
             self.event_error = err
             raise
@@ -793,13 +807,13 @@ class AsyncChatStream:
         self._request = request
         self._retries = retries
         self._state: _StreamState | None = None
-        self._agen: AsyncIterator[str] = self._deltas()
+        self._agen: AsyncGenerator[str, None] = self._deltas()
 
     @property
     def completion(self) -> Completion | None:
         return None if self._state is None else self._state.completion
 
-    async def _deltas(self) -> AsyncIterator[str]:
+    async def _deltas(self) -> AsyncGenerator[str, None]:
         request = self._request
         decision, key, hit = _prepare(request)      # the same first steps as achat()
         state = self._state = _StreamState(request, decision)
@@ -849,7 +863,7 @@ class AsyncChatStream:
 
     async def aclose(self) -> None:
         """Stop reading and release the connection."""
-        await self._agen.aclose()  # type: ignore[attr-defined]
+        await self._agen.aclose()
         state = self._state
         if state is not None:
             if state.response is not None and not state.response.is_closed:
