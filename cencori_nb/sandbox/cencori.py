@@ -172,7 +172,7 @@ def _cencori_key(req_headers: dict[str, str]) -> str | None:
 
 
 def _is_test_key(key: str | None) -> bool:
-    return bool(key) and key.startswith("csk_test_")  # type: ignore[union-attr]
+    return key is not None and key.startswith("csk_test_")
 
 
 # --- the Metrics API's request log -------------------------------------------------------
@@ -343,10 +343,11 @@ _ENGINE: dict[str, tuple[int, str, str]] = {
 }
 
 
-class _Gateway:
-    """What both Cencori doors do: key rules, model routing, pricing, wallet, headers."""
+class _Gateway(Door):
+    """What both Cencori doors do: key rules, model routing, pricing, wallet, headers.
+    Listed first in their bases, so these parts take precedence over the wire format's."""
 
-    via: str | None = "cencori"      # as Door declares it
+    via = "cencori"
 
     def api_key(self, req: Any) -> str | None:
         return _cencori_key(req.headers)
@@ -452,11 +453,11 @@ class _Gateway:
 
     def precheck(self, ex: Exchange, call: ChatCall) -> bool:
         if provider_cost(call.provider, call.model, 1, 1) is None:
-            self.send_error(ex, "pricing",  # type: ignore[attr-defined]
+            self.send_error(ex, "pricing",
                             f"Pricing is not configured for {call.provider}/{call.model}")
             return False
         if ex.server.wallet.exhausted():
-            self.send_error(ex, "credits")  # type: ignore[attr-defined]
+            self.send_error(ex, "credits")
             return False
         return True
 

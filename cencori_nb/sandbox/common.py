@@ -174,7 +174,7 @@ class Exchange:
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
 
-    def send_json(self, status: int, obj: Any, headers: Headers = (),  # type: ignore[assignment]
+    def send_json(self, status: int, obj: Any, headers: Iterable[tuple[str, str]] = (),
                   content_type: str = "application/json") -> None:
         """Send a JSON body; on a 200 the ``malformed``/``truncate`` faults apply."""
         body = dumps(obj).encode()
@@ -298,6 +298,10 @@ class Door:
 
     def ok_headers(self, ex: Exchange) -> Headers:
         return []
+
+    def handle_metrics(self, ex: Exchange) -> None:
+        """Cencori's Metrics API: only the gateway's doors serve it (sandbox/cencori.py)."""
+        raise NotImplementedError
 
     def parse(self, ex: Exchange) -> ChatCall:
         raise NotImplementedError

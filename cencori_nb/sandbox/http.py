@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -156,7 +156,8 @@ class HttpProtocol(asyncio.Protocol):
 
     # --- asyncio callbacks --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        assert isinstance(transport, asyncio.Transport)   # a TCP server's always is
+        self.transport = transport
         self.lost = asyncio.get_running_loop().create_future()
         self._connections.add(self)
 
@@ -315,7 +316,7 @@ class Responder:
         # by the time a client can read the answer
         self.on_head: Callable[[int], None] | None = None
 
-    def _head(self, status: int, headers: list[tuple[str, str]], content_type: str,
+    def _head(self, status: int, headers: Iterable[tuple[str, str]], content_type: str,
               framing: str) -> bytes:
         self.status = status
         self.started = True
@@ -331,7 +332,7 @@ class Responder:
         parts.append("\r\n")
         return "".join(parts).encode("latin-1", "replace")
 
-    def send(self, status: int, body: bytes, headers: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    def send(self, status: int, body: bytes, headers: Iterable[tuple[str, str]] = (),
              content_type: str = "application/json") -> None:
         head = self._head(status, headers, content_type, f"Content-Length: {len(body)}\r\n")
         self._conn.write(head + body)

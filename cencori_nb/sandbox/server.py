@@ -334,7 +334,7 @@ class SandboxServer:
             if handler == "chat":
                 await door.handle_chat(ex)
             elif handler == "metrics":      # Cencori's Metrics API (sandbox/cencori.py)
-                door.handle_metrics(ex)  # type: ignore[attr-defined]
+                door.handle_metrics(ex)
             else:
                 await door.handle_models(ex)
         except asyncio.CancelledError:
