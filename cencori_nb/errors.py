@@ -51,6 +51,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .redact import remove_stored_keys
+
 if TYPE_CHECKING:
     from .types import Completion
 
@@ -107,6 +109,13 @@ class CencoriError(Exception):
 
     def __init__(self, message: str, *, code: str | None = None, hint: str | None = None,
                  **context: Any) -> None:
+        # One rule for every error: a stored key the caller passed where a name was
+        # expected (`route=`, a file name, a header) is never repeated, in the message, the
+        # hint, `args` or a context attribute.
+        message = remove_stored_keys(message)
+        hint = None if hint is None else remove_stored_keys(hint)
+        context = {name: remove_stored_keys(value) if isinstance(value, str) else value
+                   for name, value in context.items()}
         super().__init__(message)
         self.message = message
         if code is not None:

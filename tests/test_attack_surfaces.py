@@ -404,3 +404,41 @@ def test_a_reply_echoing_the_passphrase_is_redacted(hostile: type[_Hostile],
 
 
 CANARY_FOR_PASSPHRASE = "sk-canary-" + "Pp4sS7pHr4s3Kk2Jj9Hh1Gg"
+
+
+PLAIN_KEY = "plainsecretvalue" + "12345678"    # a stored key with no known shape
+
+
+@pytest.mark.parametrize("call", [
+    lambda k: cencori_nb.chat("hi", model="gpt-4o-mini", route=k),
+    lambda k: cencori_nb.chat("hi", model="gpt-4o-mini", max_cost_usd=k),
+    lambda k: cencori_nb.chat("hi", model="gpt-4o-mini", temperature=k),
+    lambda k: keys.set(k, "another-value-1234567"),
+    lambda k: keys.enable(k),
+    lambda k: cencori_nb.usage(since=k),
+], ids=["route", "max_cost_usd", "temperature", "keys.set provider", "keys.enable",
+        "usage since"])
+@pytest.mark.parametrize("which", ["shaped", "plain"])
+def test_an_error_never_repeats_a_stored_key_passed_as_an_argument(
+        call: Any, which: str, canary: str) -> None:
+    """A stored key pasted into the wrong argument: the error (message, hint, args,
+    attributes, traceback, cause chain) names the problem without repeating it. `route=`
+    repeated it ("Unknown route 'sk-…'")."""
+    keys.set("openai", canary, default_model="gpt-4o-mini", make_default=True)
+    keys.set("together", PLAIN_KEY)
+    key = canary if which == "shaped" else PLAIN_KEY
+    with pytest.raises((errors.CencoriError, ValueError, TypeError)) as caught:
+        call(key)
+    audit = Audit({"openai canary": canary, "plain key": PLAIN_KEY})
+    # The error's own surfaces along its shown cause/context chain. (Frame locals in a
+    # traceback hold the argument the caller passed, as in any library; not audited here.)
+    err: BaseException | None = caught.value
+    while err is not None:
+        audit.add("str", str(err))
+        audit.add("repr", repr(err))
+        audit.add("args", repr(err.args))
+        audit.add("attributes", repr({k: v for k, v in vars(err).items()
+                                      if not k.startswith("__")}))
+        # as Python shows it: a context raised `from None` is not part of the error's story
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+    audit.assert_clean()
