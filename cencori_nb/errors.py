@@ -106,6 +106,7 @@ class CencoriError(Exception):
     retry_after: float | None = None     # seconds the server asked to wait, when it said
     should_retry: bool | None = None     # the server's own verdict (X-Should-Retry), if any
     completion: Completion | None = None  # what arrived before a stream broke
+    detail: str | None = None            # an HTTP library failure: what it said, scrubbed
 
     def __init__(self, message: str, *, code: str | None = None, hint: str | None = None,
                  **context: Any) -> None:
