@@ -129,7 +129,6 @@ def _close_process_wide_objects() -> Iterator[None]:
     InteractiveShell (whose atexit hook would otherwise write its history into a temporary
     folder that is gone by then)."""
     yield
-    import atexit
     import gc
     import sys
 
@@ -137,17 +136,54 @@ def _close_process_wide_objects() -> Iterator[None]:
     _close_clients_from(0)          # module-level clients of test files
     shell_mod = sys.modules.get("IPython.core.interactiveshell")
     if shell_mod is not None and shell_mod.InteractiveShell.initialized():
-        shell = shell_mod.InteractiveShell.instance()
-        atexit.unregister(shell.atexit_operations)
-        history = shell.history_manager
-        if history is not None:
-            history.enabled = False
-            with contextlib.suppress(Exception):
-                history.save_thread.stop()
-            with contextlib.suppress(Exception):
-                history.db.close()
-        shell_mod.InteractiveShell.clear_instance()
+        _close_shell(shell_mod.InteractiveShell.instance())
     gc.collect()
+
+
+def _close_shell(shell: Any) -> None:
+    """Drop IPython's one InteractiveShell: its history is closed and its atexit hook
+    unregistered (it would write into a temporary folder that is gone by then)."""
+    import atexit
+
+    from IPython.core.interactiveshell import InteractiveShell
+
+    atexit.unregister(shell.atexit_operations)
+    history = shell.history_manager
+    if history is not None:
+        history.enabled = False
+        with contextlib.suppress(Exception):
+            history.save_thread.stop()
+        with contextlib.suppress(Exception):
+            history.db.close()
+    InteractiveShell.clear_instance()
+
+
+@pytest.fixture(scope="module")
+def ipython(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """IPython's InteractiveShell with cencori_nb loaded, for a test module.
+
+    IPython keeps one shell per process: a module that finds none creates it, with its
+    history in a private temporary file (never the user's ``history.sqlite``), and drops it
+    at its end; a module that finds one (created elsewhere) uses it as it is.
+    """
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    if InteractiveShell.initialized():
+        shell = InteractiveShell.instance()
+        shell.run_line_magic("load_ext", "cencori_nb")
+        yield shell
+        return
+    tmp = tmp_path_factory.mktemp("ipython")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IPYTHONDIR", str(tmp))
+        cfg = Config()
+        cfg.HistoryManager.hist_file = str(tmp / "history.sqlite")
+        shell = InteractiveShell.instance(config=cfg)
+        shell.run_line_magic("load_ext", "cencori_nb")
+        yield shell
+        shell.run_line_magic("unload_ext", "cencori_nb")
+        _close_shell(shell)
 
 
 @pytest.fixture

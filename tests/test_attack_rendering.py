@@ -25,7 +25,6 @@ import pytest
 from attack_payloads import PAYLOADS, executable_constructs
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import CapturedIO, capture_output
-from traitlets.config import Config
 
 from cencori_nb.magic import CencoriMagics
 from cencori_nb.magic.render import (
@@ -100,19 +99,6 @@ def test_unsafe_html_is_the_only_way_to_raw_html() -> None:
 
 
 # ----------------------------------------------------------------------------- the magic
-@pytest.fixture(scope="module")
-def ipython(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InteractiveShell]:
-    tmp = tmp_path_factory.mktemp("ipython-attack")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IPYTHONDIR", str(tmp))
-        cfg = Config()
-        cfg.HistoryManager.hist_file = str(tmp / "history.sqlite")
-        shell = InteractiveShell.instance(config=cfg)
-        shell.run_line_magic("load_ext", "cencori_nb")
-        yield shell
-        shell.run_line_magic("unload_ext", "cencori_nb")
-
-
 @pytest.fixture
 def shell(ipython: InteractiveShell, sandbox_env: Any) -> Iterator[InteractiveShell]:
     """The shell with an OpenAI key in the sandbox and one redraw per streamed token."""

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from leak_helpers import Audit
 
 import cencori_nb
 from cencori_nb import errors, keys, settings
 from cencori_nb.redact import MARKER
-from leak_helpers import Audit
 
 # How a hostile reply carries the key it received ({k}).
 ECHOES = {
@@ -250,21 +250,6 @@ def test_every_file_in_the_home_is_private(hostile: type[_Hostile], canary: str,
              for p in seen
              if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)]
     assert not loose, loose
-
-
-@pytest.fixture
-def ipython(tmp_path: Path) -> Iterator[Any]:
-    """IPython's one shell, its history in this test's folder (never the user's)."""
-    from IPython.core.interactiveshell import InteractiveShell
-    from traitlets.config import Config
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-        cfg = Config()
-        cfg.HistoryManager.hist_file = str(tmp_path / "history.sqlite")
-        shell = InteractiveShell.instance(config=cfg)
-        shell.run_line_magic("load_ext", "cencori_nb")
-        yield shell
 
 
 def test_the_magic_never_shows_an_echoed_key_live_or_final(

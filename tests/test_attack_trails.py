@@ -52,27 +52,9 @@ def stored(srv: RecordingSandbox) -> None:
 
 
 @pytest.fixture(scope="module")
-def shell(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """An InteractiveShell whose history goes to a private history.sqlite (another module's
-    if one exists: it does the same)."""
-    from IPython.core.interactiveshell import InteractiveShell
-    from traitlets.config import Config
-
-    if InteractiveShell.initialized():
-        ipython = InteractiveShell.instance()
-        ipython.run_line_magic("load_ext", "cencori_nb")
-        yield ipython
-        return
-    tmp = tmp_path_factory.mktemp("ipython")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IPYTHONDIR", str(tmp))
-        cfg = Config()
-        cfg.HistoryManager.hist_file = str(tmp / "history.sqlite")
-        ipython = InteractiveShell.instance(config=cfg)
-        ipython.run_line_magic("load_ext", "cencori_nb")
-        yield ipython
-        ipython.run_line_magic("unload_ext", "cencori_nb")
-        InteractiveShell.clear_instance()
+def shell(ipython: Any) -> Any:
+    """The shared InteractiveShell (tests/conftest.py)."""
+    return ipython
 
 
 def run(shell: Any, cell: str) -> str:

@@ -96,28 +96,9 @@ def stored() -> None:
 
 
 @pytest.fixture(scope="module")
-def shell(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The InteractiveShell: another module's if one exists (each keeps its history in a
-    private file), else one of ours with a private history, dropped afterwards so the next
-    module builds its own."""
-    from IPython.core.interactiveshell import InteractiveShell
-    from traitlets.config import Config
-
-    if InteractiveShell.initialized():
-        ipython = InteractiveShell.instance()
-        ipython.run_line_magic("load_ext", "cencori_nb")
-        yield ipython
-        return
-    tmp = tmp_path_factory.mktemp("ipython")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IPYTHONDIR", str(tmp))
-        cfg = Config()
-        cfg.HistoryManager.hist_file = str(tmp / "history.sqlite")
-        ipython = InteractiveShell.instance(config=cfg)
-        ipython.run_line_magic("load_ext", "cencori_nb")
-        yield ipython
-        ipython.run_line_magic("unload_ext", "cencori_nb")
-        InteractiveShell.clear_instance()
+def shell(ipython: Any) -> Any:
+    """The shared InteractiveShell (tests/conftest.py)."""
+    return ipython
 
 
 def _port(server: SandboxServer) -> int:

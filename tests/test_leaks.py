@@ -826,21 +826,13 @@ def test_rate_limit_timeout_and_cut_stream(private_home: Path, faulty_sandbox: A
 
 
 @pytest.fixture
-def ipython(tmp_path: Path) -> Iterator[Any]:
-    from IPython.core.interactiveshell import InteractiveShell
-    from traitlets.config import Config
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-        cfg = Config()
-        cfg.HistoryManager.hist_file = str(tmp_path / "history.sqlite")
-        shell = InteractiveShell.instance(config=cfg)
-        shell.run_line_magic("load_ext", "cencori_nb")
-        mode = shell.InteractiveTB.mode
-        yield shell
-        shell.run_line_magic("xmode", mode)
-        for name in ("reply", "partial", "k", "plain", "result"):
-            shell.user_ns.pop(name, None)
+def ipython(ipython: Any) -> Iterator[Any]:
+    """The shared InteractiveShell (tests/conftest.py), its xmode and our variables reset."""
+    mode = ipython.InteractiveTB.mode
+    yield ipython
+    ipython.run_line_magic("xmode", mode)
+    for name in ("reply", "partial", "k", "plain", "result"):
+        ipython.user_ns.pop(name, None)
 
 
 def test_magics_outputs_history_and_namespace(private_home: Path, sandbox_env: Any,

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import CapturedIO, capture_output
-from traitlets.config import Config
 
 from cencori_nb.magic import CencoriMagics
 
@@ -20,20 +19,6 @@ CENCORI_KEY = "csk_live_managed_00000Cd34"
 
 
 # ----------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def ipython(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InteractiveShell]:
-    """One InteractiveShell for the module, its history in a private SQLite file."""
-    tmp = tmp_path_factory.mktemp("ipython")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IPYTHONDIR", str(tmp))
-        cfg = Config()
-        cfg.HistoryManager.hist_file = str(tmp / "history.sqlite")
-        shell = InteractiveShell.instance(config=cfg)
-        shell.run_line_magic("load_ext", "cencori_nb")
-        yield shell
-        shell.run_line_magic("unload_ext", "cencori_nb")
-
-
 @pytest.fixture
 def shell(ipython: InteractiveShell) -> Iterator[InteractiveShell]:
     """The shared shell with the magic's configuration and our user variables reset."""
