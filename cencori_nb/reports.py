@@ -265,8 +265,8 @@ def compare_costs(workload_or_usage: Any = None, *, byok_policy: str | None = No
     ``openrouter_byok_usd`` (5% fee, waived for the first 1M requests a month, across the
     workload), ``vercel_byok_usd`` (no markup), ``cloudflare_credits_usd`` (no markup, 5% on
     the credits bought). With ``plan_fee_usd`` (a monthly plan that makes BYOK cheaper):
-    ``break_even_requests`` / ``break_even_tokens``, the monthly volume of that model at
-    which its savings pay the plan (inf if BYOK never saves). ``frame.attrs["totals"]``
+    ``break_even_requests`` / ``break_even_tokens``, the monthly volume (whole, rounded up) at
+    which that model's savings pay the plan (inf if BYOK never saves). ``frame.attrs["totals"]``
     holds the sums and the workload's own break-even multiple.
     """
     import pandas as pd
@@ -321,8 +321,12 @@ def compare_costs(workload_or_usage: Any = None, *, byok_policy: str | None = No
             elif savings <= 0:
                 rec["break_even_requests"] = rec["break_even_tokens"] = math.inf
             else:
-                rec["break_even_requests"] = float(plan * r["requests"] / savings)
-                rec["break_even_tokens"] = float(plan * tokens / savings)
+                # Whole requests and tokens: the first volume at which the plan has paid
+                # (rounded to 6 places first so float noise never adds one).
+                rec["break_even_requests"] = float(
+                    math.ceil(round(float(plan * r["requests"] / savings), 6)))
+                rec["break_even_tokens"] = float(math.ceil(round(float(plan * tokens / savings),
+                                                                6)))
             rec["plan_fee_usd"] = plan
         records.append(rec)
 

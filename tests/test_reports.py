@@ -189,8 +189,9 @@ def test_compare_costs_break_even_with_plan_fee() -> None:
                                     "requests": 1000}], byok_policy="zero", plan_fee_usd=49)
     row = frame.iloc[0]
     assert row["savings_usd"] == 3.75
-    assert row["break_even_requests"] == pytest.approx(49 / 3.75 * 1000)
-    assert row["break_even_tokens"] == pytest.approx(49 / 3.75 * 1_500_000)
+    # whole numbers, rounded up: 13,066.67 requests is 13,067 (issue 13: counts are whole)
+    assert row["break_even_requests"] == math.ceil(49 / 3.75 * 1000) == 13_067
+    assert row["break_even_tokens"] == 19_600_000      # exact: no float noise adds one
     assert frame.attrs["totals"]["break_even_multiple"] == pytest.approx(49 / 3.75)
     managed = reports.compare_costs([{"model": "gpt-4o", "input_tokens": 1000,
                                       "output_tokens": 0, "requests": 1}],
