@@ -71,7 +71,11 @@ def sandbox_process(*args: str) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if k != "CENCORI_NB_SANDBOX"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cencori_nb", "sandbox", "--port", str(port), *args],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -127,7 +131,8 @@ def run_openai(url: str, prompts: list[str], concurrency: int) -> tuple[float, i
             async with sem:
                 try:
                     r = await client.chat.completions.create(
-                        model=MODEL, messages=[{"role": "user", "content": p}])
+                        model=MODEL, messages=[{"role": "user", "content": p}]
+                    )
                     _ = r.choices[0].message.content
                 except openai.OpenAIError:
                     errors += 1
@@ -147,8 +152,7 @@ def run_httpx2(url: str, prompts: list[str], concurrency: int) -> tuple[float, i
     import httpx2
 
     async def main() -> tuple[float, int]:
-        limits = httpx2.Limits(max_connections=concurrency,
-                               max_keepalive_connections=concurrency)
+        limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         async with httpx2.AsyncClient(limits=limits, timeout=60) as client:
             sem = asyncio.Semaphore(concurrency)
             errors = 0
@@ -158,8 +162,11 @@ def run_httpx2(url: str, prompts: list[str], concurrency: int) -> tuple[float, i
             async def one(p: str) -> None:
                 nonlocal errors
                 async with sem:
-                    r = await client.post(endpoint, headers=headers, json={
-                        "model": MODEL, "messages": [{"role": "user", "content": p}]})
+                    r = await client.post(
+                        endpoint,
+                        headers=headers,
+                        json={"model": MODEL, "messages": [{"role": "user", "content": p}]},
+                    )
                     if r.status_code != 200:
                         errors += 1
                         return
@@ -175,8 +182,9 @@ def run_httpx2(url: str, prompts: list[str], concurrency: int) -> tuple[float, i
 
 
 # ------------------------------------------------------------------------------ parts
-def part_a(url: str, rows: int, concurrency: int, rounds: int
-           ) -> tuple[dict[str, list[float]], dict[str, list[float]], list[str]]:
+def part_a(
+    url: str, rows: int, concurrency: int, rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]], list[str]]:
     rates: dict[str, list[float]] = {"map": [], "openai": [], "httpx2": []}
     # CPU time of this (client) process per request: the sandbox runs in another process, so
     # this is what each client costs, and it is far steadier than wall time on a busy box.
@@ -190,7 +198,7 @@ def part_a(url: str, rows: int, concurrency: int, rounds: int
     # warm the map path (key store unlock, pooled connections, price tables) once
     _map_contender([f"warm map {i}" for i in range(concurrency)], concurrency)
     for r in range(rounds):
-        order = contenders[r % 3:] + contenders[:r % 3]
+        order = contenders[r % 3 :] + contenders[: r % 3]
         for name, fn in order:
             prompts = [f"Round {r} {name}: summarise item {i} in one line." for i in range(rows)]
             cpu0 = time.process_time()
@@ -199,8 +207,11 @@ def part_a(url: str, rows: int, concurrency: int, rounds: int
             rate = rows / elapsed
             rates[name].append(rate)
             cpu_us[name].append(cpu)
-            print(f"  round {r + 1} {name:7s} {rate:8.1f} req/s  ({elapsed:5.2f} s, "
-                  f"{errors} errors)  client CPU {cpu:6.0f} µs/request", flush=True)
+            print(
+                f"  round {r + 1} {name:7s} {rate:8.1f} req/s  ({elapsed:5.2f} s, "
+                f"{errors} errors)  client CPU {cpu:6.0f} µs/request",
+                flush=True,
+            )
             if name == "map":
                 last_map_prompts = prompts
     return rates, cpu_us, last_map_prompts
@@ -215,18 +226,19 @@ def part_b(rpm: int, rows: int, concurrency: int, latency_ms: float) -> dict[str
     import cencori_nb
     from cencori_nb import wallet
 
-    with sandbox_process("--latency-ms", str(latency_ms), "--rpm", str(rpm),
-                         "--balance", "1000") as url:
+    with sandbox_process(
+        "--latency-ms", str(latency_ms), "--rpm", str(rpm), "--balance", "1000"
+    ) as url:
         os.environ["CENCORI_NB_SANDBOX"] = url
         wallet.set_balance(1000)
         prompts = [f"Rate-limited row {i}: one line please." for i in range(rows)]
         t0 = time.perf_counter()
-        df = cencori_nb.map(prompts, model=MODEL, route="managed", concurrency=concurrency,
-                            progress=False)
+        df = cencori_nb.map(
+            prompts, model=MODEL, route="managed", concurrency=concurrency, progress=False
+        )
         elapsed = time.perf_counter() - t0
         stats = sandbox_stats(url)
-    debits = Counter(t.request_id for t in wallet.transactions(as_frame=False)
-                     if t.kind == "usage")
+    debits = Counter(t.request_id for t in wallet.transactions(as_frame=False) if t.kind == "usage")
     statuses = {str(k): v for k, v in stats.get("statuses", {}).items()}
     # Sliding 60 s window: the first `rpm` go at once, then `rpm` more per 60 s. The best a
     # client can do for rows > rpm is finish after ceil(rows / rpm - 1) windows.
@@ -235,13 +247,16 @@ def part_b(rpm: int, rows: int, concurrency: int, latency_ms: float) -> dict[str
     after_first = rows - rpm
     steady = (after_first / elapsed) / (rpm / 60.0) if after_first > 0 else float("nan")
     return {
-        "rows": rows, "rpm": rpm, "elapsed_s": elapsed, "ideal_s": ideal_s,
+        "rows": rows,
+        "rpm": rpm,
+        "elapsed_s": elapsed,
+        "ideal_s": ideal_s,
         "achieved_over_allowed": steady,
         "failed_rows": int(df["error"].notna().sum()),
         "duplicate_debits": sum(1 for n in debits.values() if n > 1),
         "debited_requests": len(debits),
-        "ok_at_sandbox": statuses.get("200", 0), "rate_limited_at_sandbox":
-            statuses.get("429", 0),
+        "ok_at_sandbox": statuses.get("200", 0),
+        "rate_limited_at_sandbox": statuses.get("429", 0),
         "limiter_429s": df.attrs["cencori"]["rate_limited"],
     }
 
@@ -253,8 +268,7 @@ def part_c(prompts: list[str], concurrency: int, url: str) -> dict[str, Any]:
         elapsed, df = run_map(prompts, concurrency)
         times.append(elapsed)
         assert bool(df["cached"].all()), "a cached re-run sent something"
-    return {"rows": len(prompts), "times_s": times,
-            "sent": sandbox_stats(url)["requests"] - before}
+    return {"rows": len(prompts), "times_s": times, "sent": sandbox_stats(url)["requests"] - before}
 
 
 def profile_map(url: str, rows: int, concurrency: int) -> None:
@@ -280,26 +294,44 @@ def profile_map(url: str, rows: int, concurrency: int) -> None:
     for (filename, _line, fn), (_cc, _nc, tt, _ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
         by_module[_bucket(filename, fn)] += tt
     total = sum(by_module.values())
-    print(f"\nprofile of amap({rows} rows) on the main thread: wall {wall:.2f} s under "
-          f"cProfile (profiling slows it), CPU by module (own time):")
+    print(
+        f"\nprofile of amap({rows} rows) on the main thread: wall {wall:.2f} s under "
+        f"cProfile (profiling slows it), CPU by module (own time):"
+    )
     for mod, tt in by_module.most_common(18):
-        print(f"  {mod:40s} {tt:6.2f} s  {100 * tt / total:5.1f} %  "
-              f"{1e6 * tt / rows:7.1f} µs/row (profiled)")
+        print(
+            f"  {mod:40s} {tt:6.2f} s  {100 * tt / total:5.1f} %  "
+            f"{1e6 * tt / rows:7.1f} µs/row (profiled)"
+        )
     st.sort_stats("cumulative").print_stats(r"cencori_nb", 25)
 
 
 def _bucket(filename: str, fn: str = "") -> str:
     path = filename.replace("\\", "/")
-    if path.startswith("~"):          # a C function: name it by what it belongs to
+    if path.startswith("~"):  # a C function: name it by what it belongs to
         for tag in ("sqlite3", "socket", "select", "epoll", "json", "hashlib", "sha256"):
             if tag in fn:
                 return f"C: {tag}"
         return "C: other builtins"
     if "/cencori_nb/" in path:
-        return "cencori_nb." + path.split("/cencori_nb/", 1)[1].removesuffix(".py") \
-            .replace("/", ".")
-    for lib in ("httpx2", "httpcore2", "h11", "anyio", "pandas", "sqlite3", "asyncio",
-                "json", "genai_prices", "pydantic", "ssl", "selectors", "socket"):
+        return "cencori_nb." + path.split("/cencori_nb/", 1)[1].removesuffix(".py").replace(
+            "/", "."
+        )
+    for lib in (
+        "httpx2",
+        "httpcore2",
+        "h11",
+        "anyio",
+        "pandas",
+        "sqlite3",
+        "asyncio",
+        "json",
+        "genai_prices",
+        "pydantic",
+        "ssl",
+        "selectors",
+        "socket",
+    ):
         if f"/{lib}/" in path or path.endswith(f"/{lib}.py"):
             return lib
     if path.startswith("<"):
@@ -331,42 +363,55 @@ def main(argv: list[str] | None = None) -> int:
     with sandbox_process("--latency-ms", str(args.latency_ms)) as url:
         os.environ["CENCORI_NB_SANDBOX"] = url
         ideal = args.concurrency / (args.latency_ms / 1000.0)
-        print(f"(a) {args.rows} prompts, {args.latency_ms:g} ms latency, concurrency "
-              f"{args.concurrency} (ideal {ideal:,.0f} req/s), {args.rounds} rounds:")
+        print(
+            f"(a) {args.rows} prompts, {args.latency_ms:g} ms latency, concurrency "
+            f"{args.concurrency} (ideal {ideal:,.0f} req/s), {args.rounds} rounds:"
+        )
         rates, cpu_us, last = part_a(url, args.rows, args.concurrency, args.rounds)
         med = {k: statistics.median(v) for k, v in rates.items()}
         cpu_med = {k: statistics.median(v) for k, v in cpu_us.items()}
         print("  medians: " + ", ".join(f"{k} {v:.0f}/s" for k, v in med.items()))
-        print("  spread (min–max req/s): " + ", ".join(
-            f"{k} {min(v):.0f}–{max(v):.0f}" for k, v in rates.items()))
-        print("  client CPU µs/request (median): " + ", ".join(
-            f"{k} {v:.0f}" for k, v in cpu_med.items())
-            + f"; map − httpx2 = {cpu_med['map'] - cpu_med['httpx2']:.0f} µs")
-        print(f"  map / httpx2 = {med['map'] / med['httpx2']:.2f}  (per round: "
-              + ", ".join(f"{m / h:.2f}" for m, h in zip(rates['map'], rates['httpx2'],
-                                                         strict=True)) + ")")
-        print(f"  map / openai = {med['map'] / med['openai']:.2f}  (per round: "
-              + ", ".join(f"{m / o:.2f}" for m, o in zip(rates['map'], rates['openai'],
-                                                         strict=True)) + ")")
+        print(
+            "  spread (min–max req/s): "
+            + ", ".join(f"{k} {min(v):.0f}–{max(v):.0f}" for k, v in rates.items())
+        )
+        print(
+            "  client CPU µs/request (median): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in cpu_med.items())
+            + f"; map − httpx2 = {cpu_med['map'] - cpu_med['httpx2']:.0f} µs"
+        )
+        print(
+            f"  map / httpx2 = {med['map'] / med['httpx2']:.2f}  (per round: "
+            + ", ".join(f"{m / h:.2f}" for m, h in zip(rates["map"], rates["httpx2"], strict=True))
+            + ")"
+        )
+        print(
+            f"  map / openai = {med['map'] / med['openai']:.2f}  (per round: "
+            + ", ".join(f"{m / o:.2f}" for m, o in zip(rates["map"], rates["openai"], strict=True))
+            + ")"
+        )
         print(f"  map / ideal  = {med['map'] / ideal:.2f}")
         results["a"] = {"rates": rates, "medians": med, "ideal": ideal, "cpu_us": cpu_us}
 
         c = part_c(last, args.concurrency, url)
-        print(f"(c) cached re-run of {c['rows']} rows: "
-              + ", ".join(f"{t * 1000:.0f} ms" for t in c["times_s"])
-              + f"; requests sent: {c['sent']}")
+        print(
+            f"(c) cached re-run of {c['rows']} rows: "
+            + ", ".join(f"{t * 1000:.0f} ms" for t in c["times_s"])
+            + f"; requests sent: {c['sent']}"
+        )
         results["c"] = c
         if args.profile:
             profile_map(url, args.rows, args.concurrency)
     if not args.skip_rpm:
-        print(f"(b) rate limit {args.rpm} rpm, {args.rpm_rows} rows, managed route …",
-              flush=True)
+        print(f"(b) rate limit {args.rpm} rpm, {args.rpm_rows} rows, managed route …", flush=True)
         b = part_b(args.rpm, args.rpm_rows, args.concurrency, args.latency_ms)
-        print(f"  {b['elapsed_s']:.1f} s (best possible ≈ {b['ideal_s']:.0f} s); achieved / "
-              f"allowed after the first window = {b['achieved_over_allowed']:.3f}; failed "
-              f"rows {b['failed_rows']}; duplicate debits {b['duplicate_debits']} "
-              f"(of {b['debited_requests']} debited); 200s at the sandbox {b['ok_at_sandbox']}"
-              f", 429s {b['rate_limited_at_sandbox']} (limiter saw {b['limiter_429s']})")
+        print(
+            f"  {b['elapsed_s']:.1f} s (best possible ≈ {b['ideal_s']:.0f} s); achieved / "
+            f"allowed after the first window = {b['achieved_over_allowed']:.3f}; failed "
+            f"rows {b['failed_rows']}; duplicate debits {b['duplicate_debits']} "
+            f"(of {b['debited_requests']} debited); 200s at the sandbox {b['ok_at_sandbox']}"
+            f", 429s {b['rate_limited_at_sandbox']} (limiter saw {b['limiter_429s']})"
+        )
         results["b"] = b
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"load average after: {load:.2f}")

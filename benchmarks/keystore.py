@@ -32,8 +32,18 @@ from cencori_nb.keystore import crypto  # noqa: E402
 from cencori_nb.keystore.store import KeyStore  # noqa: E402
 
 PASSPHRASE = "benchmark passphrase"  # noqa: S105 (a throw-away store in a temp dir)
-PROVIDERS = ("openai", "anthropic", "google", "mistral", "groq", "xai", "deepseek",
-             "together", "openrouter", "local")
+PROVIDERS = (
+    "openai",
+    "anthropic",
+    "google",
+    "mistral",
+    "groq",
+    "xai",
+    "deepseek",
+    "together",
+    "openrouter",
+    "local",
+)
 
 
 def _median_ms(samples: list[float]) -> float:
@@ -125,19 +135,29 @@ def main() -> None:
     print(f"key store benchmark ({args.rounds} rounds, medians; shared machine: noisy)")
     print(f"  store: {records} records, {len(pass_path.read_bytes())} bytes on disk")
     print(f"  unlock, passphrase store, cold open : {_median_ms(unlock):8.1f} ms")
-    print(f"    bare Argon2id m=19456 t=2 p=1     : {_median_ms(kdf):8.1f} ms "
-          f"(unlock / KDF = {statistics.median(unlock) / statistics.median(kdf):.2f}x)")
-    print(f"    key-file store, cold open         : {_median_ms(keyfile_open):8.2f} ms "
-          f"(passphrase / key file = "
-          f"{statistics.median(unlock) / statistics.median(keyfile_open):.0f}x)")
+    print(
+        f"    bare Argon2id m=19456 t=2 p=1     : {_median_ms(kdf):8.1f} ms "
+        f"(unlock / KDF = {statistics.median(unlock) / statistics.median(kdf):.2f}x)"
+    )
+    print(
+        f"    key-file store, cold open         : {_median_ms(keyfile_open):8.2f} ms "
+        f"(passphrase / key file = "
+        f"{statistics.median(unlock) / statistics.median(keyfile_open):.0f}x)"
+    )
     lk, fl = statistics.median(lookup), statistics.median(floor)
-    print(f"  lookup after unlock (get)           : {lk * 1e6:8.2f} µs "
-          f"(vs stat+dict floor {fl * 1e6:.2f} µs = {lk / fl:.2f}x)")
-    print(f"    unlock / lookup                   : {statistics.median(unlock) / lk:8.0f}x "
-          "(one unlock per process, then lookups)")
+    print(
+        f"  lookup after unlock (get)           : {lk * 1e6:8.2f} µs "
+        f"(vs stat+dict floor {fl * 1e6:.2f} µs = {lk / fl:.2f}x)"
+    )
+    print(
+        f"    unlock / lookup                   : {statistics.median(unlock) / lk:8.0f}x "
+        "(one unlock per process, then lookups)"
+    )
     wr, at = statistics.median(write), statistics.median(atomic)
-    print(f"  write (set_key) with 100 records    : {wr * 1e3:8.2f} ms "
-          f"(vs bare atomic_write {at * 1e3:.2f} ms = {wr / at:.2f}x)")
+    print(
+        f"  write (set_key) with 100 records    : {wr * 1e3:8.2f} ms "
+        f"(vs bare atomic_write {at * 1e3:.2f} ms = {wr / at:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

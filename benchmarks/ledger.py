@@ -29,9 +29,14 @@ from decimal import Decimal
 from pathlib import Path
 
 ROUTES = ("byok", "managed")
-MODELS = (("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude-haiku-4-5"),
-          ("google", "gemini-2.5-flash"), ("mistral", "mistral-small-latest"),
-          ("groq", "llama-3.3-70b-versatile"))
+MODELS = (
+    ("openai", "gpt-4o"),
+    ("openai", "gpt-4o-mini"),
+    ("anthropic", "claude-haiku-4-5"),
+    ("google", "gemini-2.5-flash"),
+    ("mistral", "mistral-small-latest"),
+    ("groq", "llama-3.3-70b-versatile"),
+)
 
 
 def synthetic_rows(n: int, *, days: int = 90, seed: int = 7) -> list[tuple[object, ...]]:
@@ -47,10 +52,31 @@ def synthetic_rows(n: int, *, days: int = 90, seed: int = 7) -> list[tuple[objec
         tin, tout = rng.randint(50, 4000), rng.randint(10, 1000)
         cost = (tin * 2_500_000 + tout * 10_000_000) if status == "ok" else None  # pico-USD
         charged = cost * 3 // 2 if (cost and route == "managed") else 0
-        out.append((now - rng.randrange(span), f"bench-{i}", f"proj{i % 3}", provider, model,
-                    model, route, f"keystore:{provider}", status,
-                    None if status == "ok" else "provider_unavailable", tin, tout, 0, 0, 0,
-                    cost, charged, 0, "genai-prices bench", 100.0, 30.0))
+        out.append(
+            (
+                now - rng.randrange(span),
+                f"bench-{i}",
+                f"proj{i % 3}",
+                provider,
+                model,
+                model,
+                route,
+                f"keystore:{provider}",
+                status,
+                None if status == "ok" else "provider_unavailable",
+                tin,
+                tout,
+                0,
+                0,
+                0,
+                cost,
+                charged,
+                0,
+                "genai-prices bench",
+                100.0,
+                30.0,
+            )
+        )
     return out
 
 
@@ -65,13 +91,20 @@ def naive_spend_by_day(conn):  # type: ignore[no-untyped-def]
     import pandas as pd
 
     frame = pd.read_sql("SELECT * FROM requests", conn)
-    frame["day"] = pd.to_datetime(frame["ts_ms"] // 86_400_000 * 86_400_000, unit="ms",
-                                  utc=True)
-    frame["cost"] = frame["credits_charged_pusd"] + frame["provider_cost_pusd"].fillna(0) \
-        * (frame["route"] == "byok")
-    return frame.groupby(["day", "route"]).agg(
-        requests=("request_id", "size"), input_tokens=("input_tokens", "sum"),
-        output_tokens=("output_tokens", "sum"), cost=("cost", "sum")).reset_index()
+    frame["day"] = pd.to_datetime(frame["ts_ms"] // 86_400_000 * 86_400_000, unit="ms", utc=True)
+    frame["cost"] = frame["credits_charged_pusd"] + frame["provider_cost_pusd"].fillna(0) * (
+        frame["route"] == "byok"
+    )
+    return (
+        frame.groupby(["day", "route"])
+        .agg(
+            requests=("request_id", "size"),
+            input_tokens=("input_tokens", "sum"),
+            output_tokens=("output_tokens", "sum"),
+            cost=("cost", "sum"),
+        )
+        .reset_index()
+    )
 
 
 def raw_sql_spend_by_day(conn):  # type: ignore[no-untyped-def]
@@ -80,7 +113,8 @@ def raw_sql_spend_by_day(conn):  # type: ignore[no-untyped-def]
         "SELECT ts_ms / 86400000, COUNT(*), SUM(input_tokens), SUM(output_tokens), "
         "SUM(provider_cost_pusd), SUM(credits_charged_pusd), SUM(credits_charged_pusd + "
         "CASE WHEN route = 'byok' THEN COALESCE(provider_cost_pusd, 0) ELSE 0 END) "
-        "FROM requests GROUP BY 1 ORDER BY 1").fetchall()
+        "FROM requests GROUP BY 1 ORDER BY 1"
+    ).fetchall()
 
 
 def naive_chart(conn):  # type: ignore[no-untyped-def]
@@ -102,16 +136,20 @@ def bench_queries(n_rows: int, repeats: int) -> dict[str, float]:
     rows = synthetic_rows(n_rows)
     t_fill, _ = timed(led.record_many, rows)
     del rows
-    print(f"filled {led.count():,} rows in {t_fill:.1f} s "
-          f"({led.path.stat().st_size / 1e6:.0f} MB)")
+    print(f"filled {led.count():,} rows in {t_fill:.1f} s ({led.path.stat().st_size / 1e6:.0f} MB)")
     # warm-up: imports and page cache, not measured
     reports.spend(by="day")
     charts.spend_over_time()
     naive_spend_by_day(led.conn)
 
-    results: dict[str, list[float]] = {"spend": [], "chart": [], "naive_spend": [],
-                                       "naive_chart": [], "raw_sql": []}
-    for _ in range(repeats):   # interleaved, so drift hits both sides alike
+    results: dict[str, list[float]] = {
+        "spend": [],
+        "chart": [],
+        "naive_spend": [],
+        "naive_chart": [],
+        "raw_sql": [],
+    }
+    for _ in range(repeats):  # interleaved, so drift hits both sides alike
         results["spend"].append(timed(reports.spend, by="day")[0])
         results["naive_spend"].append(timed(naive_spend_by_day, led.conn)[0])
         results["chart"].append(timed(charts.spend_over_time)[0])
@@ -133,9 +171,19 @@ def bench_recording(n: int) -> dict[str, float]:
 
     tmp = Path(tempfile.mkdtemp(prefix="cnb-rec-"))
     plain = Ledger(tmp / "plain.sqlite")
-    rows = [LedgerRow(f"p-{i}", "proj", "openai", "byok", model="gpt-4o", input_tokens=100,
-                      output_tokens=50, provider_cost_usd=Decimal("0.00075"))
-            for i in range(n)]
+    rows = [
+        LedgerRow(
+            f"p-{i}",
+            "proj",
+            "openai",
+            "byok",
+            model="gpt-4o",
+            input_tokens=100,
+            output_tokens=50,
+            provider_cost_usd=Decimal("0.00075"),
+        )
+        for i in range(n)
+    ]
     start = time.perf_counter()
     for row in rows:
         plain.record(row)
@@ -143,9 +191,19 @@ def bench_recording(n: int) -> dict[str, float]:
 
     # background writer (Ledger.submit): the caller enqueues; a thread commits batches
     batched = Ledger(tmp / "batched.sqlite")
-    rows_b = [LedgerRow(f"b-{i}", "proj", "openai", "byok", model="gpt-4o", input_tokens=100,
-                        output_tokens=50, provider_cost_usd=Decimal("0.00075"))
-              for i in range(n)]
+    rows_b = [
+        LedgerRow(
+            f"b-{i}",
+            "proj",
+            "openai",
+            "byok",
+            model="gpt-4o",
+            input_tokens=100,
+            output_tokens=50,
+            provider_cost_usd=Decimal("0.00075"),
+        )
+        for i in range(n)
+    ]
     start = time.perf_counter()
     for row in rows_b:
         batched.submit(row)
@@ -156,9 +214,19 @@ def bench_recording(n: int) -> dict[str, float]:
 
     # a whole settle: price + ledger row + wallet debit (managed route) in one transaction
     wallet.top_up(1_000_000)
-    comps = [Completion(text="x", model="gpt-4o-2024-08-06", provider="openai",
-                        route="managed", input_tokens=100, output_tokens=50,
-                        request_id=f"s-{i}", project="proj") for i in range(n)]
+    comps = [
+        Completion(
+            text="x",
+            model="gpt-4o-2024-08-06",
+            provider="openai",
+            route="managed",
+            input_tokens=100,
+            output_tokens=50,
+            request_id=f"s-{i}",
+            project="proj",
+        )
+        for i in range(n)
+    ]
     accounting.settle(comps[0])
     default_ledger().flush()
     start = time.perf_counter()
@@ -175,8 +243,14 @@ def bench_recording(n: int) -> dict[str, float]:
     for _ in range(n):
         pricing.provider_cost("openai", "gpt-4o-2024-08-06", u)
     t_price = (time.perf_counter() - start) / n
-    return {"plain": t_plain, "enqueue": t_enqueue, "batched_total": t_batched_total,
-            "settle": t_settle, "settle_total": t_settle_total, "price": t_price}
+    return {
+        "plain": t_plain,
+        "enqueue": t_enqueue,
+        "batched_total": t_batched_total,
+        "settle": t_settle,
+        "settle_total": t_settle_total,
+        "price": t_price,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,10 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--record-n", type=int, default=2000)
-    parser.add_argument("--append-doc", action="store_true",
-                        help="append a '## Ledger' section to docs/benchmarks.md")
-    parser.add_argument("--doc-title", default="## Ledger",
-                        help="heading of the appended section")
+    parser.add_argument(
+        "--append-doc",
+        action="store_true",
+        help="append a '## Ledger' section to docs/benchmarks.md",
+    )
+    parser.add_argument("--doc-title", default="## Ledger", help="heading of the appended section")
     args = parser.parse_args(argv)
     os.environ["CENCORI_NB_HOME"] = tempfile.mkdtemp(prefix="cnb-bench-")
 
@@ -203,24 +279,24 @@ def main(argv: list[str] | None = None) -> int:
         f"charts.spend_over_time() (fig built):   {q['chart'] * 1000:8.1f} ms",
         f"naive chart (read_sql, groupby, fig):   {q['naive_chart'] * 1000:8.1f} ms"
         f"   ratio naive/ours: {q['naive_chart'] / q['chart']:.1f}x",
-        f"record one row, INSERT + commit (WAL, synchronous=NORMAL): "
-        f"{r['plain'] * 1e6:6.1f} µs",
+        f"record one row, INSERT + commit (WAL, synchronous=NORMAL): {r['plain'] * 1e6:6.1f} µs",
         f"record one row, Ledger.submit (background writer):        "
         f"{r['enqueue'] * 1e6:6.1f} µs  (until committed: {r['batched_total'] * 1e6:.1f} µs)",
         f"accounting.settle() (price, charge, queue row + debit):   "
         f"{r['settle'] * 1e6:6.1f} µs  (until committed: {r['settle_total'] * 1e6:.1f} µs)",
-        f"pricing.provider_cost() (cached lookup + direct arithmetic):"
-        f"{r['price'] * 1e6:5.1f} µs",
+        f"pricing.provider_cost() (cached lookup + direct arithmetic):{r['price'] * 1e6:5.1f} µs",
     ]
     print("\n".join(lines))
     if args.append_doc:
         doc = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        text = (f"\n{args.doc_title}\n\n"
-                f"`benchmarks/ledger.py` ({stamp}). The spend view groups in SQLite over "
-                "integer pico-USD and epoch-ms days; the naive way loads every row into "
-                "pandas first. Shared 2-core machine: numbers are noisy, read the ratios "
-                "(same run, interleaved).\n\n```\n" + "\n".join(lines) + "\n```\n")
+        text = (
+            f"\n{args.doc_title}\n\n"
+            f"`benchmarks/ledger.py` ({stamp}). The spend view groups in SQLite over "
+            "integer pico-USD and epoch-ms days; the naive way loads every row into "
+            "pandas first. Shared 2-core machine: numbers are noisy, read the ratios "
+            "(same run, interleaved).\n\n```\n" + "\n".join(lines) + "\n```\n"
+        )
         with doc.open("a", encoding="utf-8") as fh:
             fh.write(text)
         print(f"appended to {doc}")

@@ -26,20 +26,25 @@ import time
 
 HEAVY = ("pandas", "plotly", "ipywidgets", "httpx2", "cryptography")
 
-_SHELL = ("import time\n"
-          "from IPython.core.interactiveshell import InteractiveShell\n"
-          "shell = InteractiveShell.instance()\n"
-          "t0 = time.perf_counter()\n")
-_REPORT = ("step_ms = (time.perf_counter() - t0) * 1000\n"
-           "import json, sys\n"
-           f"report = {{m: m in sys.modules for m in {HEAVY!r}}}\n"
-           "print(json.dumps({'heavy': report, 'step_ms': step_ms}))\n")
+_SHELL = (
+    "import time\n"
+    "from IPython.core.interactiveshell import InteractiveShell\n"
+    "shell = InteractiveShell.instance()\n"
+    "t0 = time.perf_counter()\n"
+)
+_REPORT = (
+    "step_ms = (time.perf_counter() - t0) * 1000\n"
+    "import json, sys\n"
+    f"report = {{m: m in sys.modules for m in {HEAVY!r}}}\n"
+    "print(json.dumps({'heavy': report, 'step_ms': step_ms}))\n"
+)
 
 VARIANTS: dict[str, str] = {
     "bare IPython": _SHELL + _REPORT,
     "IPython + import cencori_nb": _SHELL + "import cencori_nb\n" + _REPORT,
-    "IPython + %load_ext cencori_nb": _SHELL + "shell.run_line_magic('load_ext', 'cencori_nb')\n"
-                                      + _REPORT,
+    "IPython + %load_ext cencori_nb": _SHELL
+    + "shell.run_line_magic('load_ext', 'cencori_nb')\n"
+    + _REPORT,
 }
 ANCHORS: dict[str, str] = {"IPython + import openai": _SHELL + "import openai\n" + _REPORT}
 
@@ -48,8 +53,9 @@ def run_once(code: str, env: dict[str, str]) -> tuple[float, float, dict[str, bo
     """One fresh interpreter running ``code``: wall time (s), the in-process time of the
     step after the shell exists (ms), and which heavy modules were loaded."""
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
+    )
     elapsed = time.perf_counter() - start
     report = json.loads(out.stdout.strip().splitlines()[-1])
     return elapsed, report["step_ms"], report["heavy"]
@@ -66,9 +72,12 @@ def main() -> int:
         variants.update(ANCHORS)
     with tempfile.TemporaryDirectory() as tmp:
         # A private IPython dir and cencori home: no history file or key store of the user's.
-        env = {**os.environ, "IPYTHONDIR": os.path.join(tmp, "ipython"),
-               "CENCORI_NB_HOME": os.path.join(tmp, "home")}
-        for code in variants.values():       # one warm-up each (bytecode, page cache)
+        env = {
+            **os.environ,
+            "IPYTHONDIR": os.path.join(tmp, "ipython"),
+            "CENCORI_NB_HOME": os.path.join(tmp, "home"),
+        }
+        for code in variants.values():  # one warm-up each (bytecode, page cache)
             run_once(code, env)
         times: dict[str, list[float]] = {name: [] for name in variants}
         steps: dict[str, list[float]] = {name: [] for name in variants}
@@ -81,16 +90,22 @@ def main() -> int:
                 heavy[name] = loaded
 
     base = statistics.median(times["bare IPython"])
-    print(f"{args.rounds} interleaved rounds, fresh interpreter each (Python "
-          f"{sys.version.split()[0]}). 'wall' is the whole process; 'step' is the time of the "
-          "import / %load_ext alone, measured inside the process after the shell exists.")
-    print(f"{'variant':32} {'wall ms':>8} {'extra ms':>9} {'ratio':>6} {'step ms':>8}  "
-          "heavy modules loaded")
+    print(
+        f"{args.rounds} interleaved rounds, fresh interpreter each (Python "
+        f"{sys.version.split()[0]}). 'wall' is the whole process; 'step' is the time of the "
+        "import / %load_ext alone, measured inside the process after the shell exists."
+    )
+    print(
+        f"{'variant':32} {'wall ms':>8} {'extra ms':>9} {'ratio':>6} {'step ms':>8}  "
+        "heavy modules loaded"
+    )
     for name, samples in times.items():
         med = statistics.median(samples)
         loaded = ", ".join(m for m, yes in heavy[name].items() if yes) or "none"
-        print(f"{name:32} {med * 1000:8.1f} {(med - base) * 1000:9.1f} {med / base:6.2f} "
-              f"{statistics.median(steps[name]):8.1f}  {loaded}")
+        print(
+            f"{name:32} {med * 1000:8.1f} {(med - base) * 1000:9.1f} {med / base:6.2f} "
+            f"{statistics.median(steps[name]):8.1f}  {loaded}"
+        )
     return 0
 
 

@@ -78,8 +78,11 @@ def _sandbox_process() -> tuple[str, object]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "cencori_nb", "sandbox", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cencori_nb", "sandbox", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -91,8 +94,9 @@ def _sandbox_process() -> tuple[str, object]:
     raise SystemExit("the sandbox process did not start")
 
 
-def run(rounds: int, profile: bool, separate_process: bool = False,
-        diagnose_settle: bool = False) -> str:
+def run(
+    rounds: int, profile: bool, separate_process: bool = False, diagnose_settle: bool = False
+) -> str:
     _setup_env()
     import httpx2
     import openai
@@ -111,8 +115,12 @@ def run(rounds: int, profile: bool, separate_process: bool = False,
     keys.set("openai", KEY)
 
     body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
-    stream_body = {**body, "max_completion_tokens": 20, "stream": True,
-                   "stream_options": {"include_usage": True}}
+    stream_body = {
+        **body,
+        "max_completion_tokens": 20,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     endpoint = f"{url}/openai/v1/chat/completions"
     raw = httpx2.Client(headers={"authorization": f"Bearer {KEY}"})
     sdk = openai.OpenAI(api_key=KEY, base_url=f"{url}/openai/v1", max_retries=0)
@@ -125,8 +133,7 @@ def run(rounds: int, profile: bool, separate_process: bool = False,
         return str(r.json()["choices"][0]["message"]["content"])
 
     def sdk_call() -> str:
-        r = sdk.chat.completions.create(model=MODEL,
-                                        messages=[{"role": "user", "content": PROMPT}])
+        r = sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": PROMPT}])
         return r.choices[0].message.content or ""
 
     def nb_stream() -> str:
@@ -149,8 +156,12 @@ def run(rounds: int, profile: bool, separate_process: bool = False,
     def sdk_stream() -> str:
         parts = []
         for chunk in sdk.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": PROMPT}], stream=True,
-                max_completion_tokens=20, stream_options={"include_usage": True}):
+            model=MODEL,
+            messages=[{"role": "user", "content": PROMPT}],
+            stream=True,
+            max_completion_tokens=20,
+            stream_options={"include_usage": True},
+        ):
             if chunk.choices:
                 parts.append(chunk.choices[0].delta.content or "")
         return "".join(parts)
@@ -176,36 +187,46 @@ def run(rounds: int, profile: bool, separate_process: bool = False,
                 accounting.settle = real_settle
 
         calls["chat without settle"] = nb_call_unsettled
-    streams = {"raw httpx2 SSE": raw_stream, "cencori_nb.stream": nb_stream,
-               "openai SDK stream": sdk_stream}
+    streams = {
+        "raw httpx2 SSE": raw_stream,
+        "cencori_nb.stream": nb_stream,
+        "openai SDK stream": sdk_stream,
+    }
     out: list[str] = []
     for title, group in (("calls", calls), ("streams", streams)):
         names = list(group)
-        for _ in range(max(20, rounds // 10)):         # warm-up: pools, imports, caches
+        for _ in range(max(20, rounds // 10)):  # warm-up: pools, imports, caches
             for fn in group.values():
                 fn()
         samples: dict[str, list[float]] = {n: [] for n in names}
         for i in range(rounds):
-            order = names[i % len(names):] + names[:i % len(names)]
+            order = names[i % len(names) :] + names[: i % len(names)]
             for name in order:
                 samples[name].append(_timeit(group[name]))
-        out.append(f"{title} ({rounds} interleaved rounds"
-                   + (f", {chunks} text chunks per stream" if title == "streams" else "") + "):")
+        out.append(
+            f"{title} ({rounds} interleaved rounds"
+            + (f", {chunks} text chunks per stream" if title == "streams" else "")
+            + "):"
+        )
         out += _summary(samples, names[0])
     # Cache hits: the whole cencori_nb.chat (route, lookup, 'cached' ledger row) and the bare
     # lookup; nothing is sent, so there is no baseline to interleave with.
     from cencori_nb import cache, router
     from cencori_nb.types import ChatRequest
 
-    cencori_nb.chat(PROMPT, model=MODEL)                     # fill the cache
+    cencori_nb.chat(PROMPT, model=MODEL)  # fill the cache
     hit_request = ChatRequest.from_prompt(PROMPT, model=MODEL)
     hit_key = cache.cache_key(router.resolve(hit_request), hit_request)
-    for label, fn in (("cencori_nb.chat cache hit", lambda: cencori_nb.chat(PROMPT, model=MODEL)),
-                      ("cache.lookup alone", lambda: cache.lookup(hit_key))):
+    for label, fn in (
+        ("cencori_nb.chat cache hit", lambda: cencori_nb.chat(PROMPT, model=MODEL)),
+        ("cache.lookup alone", lambda: cache.lookup(hit_key)),
+    ):
         assert getattr(fn(), "cached", False)
         times = sorted(_timeit(fn) for _ in range(rounds))
-        out.append(f"{label}: median {statistics.median(times) * 1000:.0f} us, "
-                   f"p90 {times[int(len(times) * 0.9) - 1] * 1000:.0f} us")
+        out.append(
+            f"{label}: median {statistics.median(times) * 1000:.0f} us, "
+            f"p90 {times[int(len(times) * 0.9) - 1] * 1000:.0f} us"
+        )
     out += _breakdown(rounds)
     if profile:
         import cProfile
@@ -240,21 +261,24 @@ def _breakdown(rounds: int) -> list[str]:
     request = ChatRequest.from_prompt(PROMPT, model=MODEL, cache=False)
     decision = router.resolve(request)
     adapter = get_provider(decision.adapter)
-    response = transport.send(adapter.build_request(
-        request, model=decision.model, api_key=decision.credential, base_url=decision.base_url))
+    response = transport.send(
+        adapter.build_request(
+            request, model=decision.model, api_key=decision.credential, base_url=decision.base_url
+        )
+    )
     result = adapter.parse_response(response)
 
     def settle() -> object:
         completion = client._completion(decision, request, result, latency_ms=1.0)
-        completion.request_id = uuid.uuid4().hex      # a new ledger row each time
+        completion.request_id = uuid.uuid4().hex  # a new ledger row each time
         return accounting.settle(completion)
 
     steps = {
         "router.resolve": lambda: router.resolve(request),
         "budget check": lambda: client._check_budget(request, decision),
         "adapter.build_request": lambda: adapter.build_request(
-            request, model=decision.model, api_key=decision.credential,
-            base_url=decision.base_url),
+            request, model=decision.model, api_key=decision.credential, base_url=decision.base_url
+        ),
         "adapter.parse_response": lambda: adapter.parse_response(response),
         "accounting.settle": settle,
     }
@@ -271,11 +295,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--profile", action="store_true", help="cProfile cencori_nb.chat")
-    parser.add_argument("--sandbox-process", action="store_true",
-                        help="run the sandbox in its own process instead of a thread (the "
-                             "clients then do not share the GIL with the server)")
-    parser.add_argument("--diagnose-settle", action="store_true",
-                        help="add a diagnostic contender: chat with accounting.settle skipped")
+    parser.add_argument(
+        "--sandbox-process",
+        action="store_true",
+        help="run the sandbox in its own process instead of a thread (the "
+        "clients then do not share the GIL with the server)",
+    )
+    parser.add_argument(
+        "--diagnose-settle",
+        action="store_true",
+        help="add a diagnostic contender: chat with accounting.settle skipped",
+    )
     args = parser.parse_args()
     print(run(args.rounds, args.profile, args.sandbox_process, args.diagnose_settle))
 

@@ -90,18 +90,35 @@ from .settings import Settings, load_settings
 from .types import Completion
 from .wallet import LowBalanceWarning
 
-__all__ = ["RESERVATION_TTL_MS", "SOFT_THRESHOLDS", "TEST_KEY_PREFIX", "BudgetWarning",
-           "LowBalanceWarning", "PricingWarning", "Reservation", "areserve", "check_budget",
-           "charge_for", "cost_of", "estimate_for", "is_test_key", "month_cost",
-           "record_cached", "record_failure", "record_recovered", "reserve", "settle"]
+__all__ = [
+    "RESERVATION_TTL_MS",
+    "SOFT_THRESHOLDS",
+    "TEST_KEY_PREFIX",
+    "BudgetWarning",
+    "LowBalanceWarning",
+    "PricingWarning",
+    "Reservation",
+    "areserve",
+    "check_budget",
+    "charge_for",
+    "cost_of",
+    "estimate_for",
+    "is_test_key",
+    "month_cost",
+    "record_cached",
+    "record_failure",
+    "record_recovered",
+    "reserve",
+    "settle",
+]
 
 SOFT_THRESHOLDS = (50, 80, 100)
 # Cencori test keys are free (reference/cencori.md); one home for the prefix: egress, whose
 # sandbox demo key for a test key keeps it, so test mode holds against the sandbox too
 TEST_KEY_PREFIX = CENCORI_TEST_PREFIX
-RESERVATION_TTL_MS = 3_600_000      # a reservation older than this expires even if its
+RESERVATION_TTL_MS = 3_600_000  # a reservation older than this expires even if its
 #                                     process still runs (no request takes an hour)
-RESERVATION_WAIT_S = 600.0          # how long a request waits for others to settle
+RESERVATION_WAIT_S = 600.0  # how long a request waits for others to settle
 
 
 class BudgetWarning(UserWarning):
@@ -116,8 +133,13 @@ def _project(project: str | None, settings: Settings) -> str:
     return project or settings.project
 
 
-def charge_for(route: str, provider_cost: Decimal | None, gateway_cost: Decimal | None = None,
-               *, settings: Settings | None = None) -> Decimal | None:
+def charge_for(
+    route: str,
+    provider_cost: Decimal | None,
+    gateway_cost: Decimal | None = None,
+    *,
+    settings: Settings | None = None,
+) -> Decimal | None:
     """What the Cencori wallet is charged for a request (None when it cannot be priced)."""
     s = settings or load_settings()
     markup = Decimal(1) + Decimal(s.markup_pct) / 100
@@ -132,7 +154,7 @@ def charge_for(route: str, provider_cost: Decimal | None, gateway_cost: Decimal 
         return None
     if s.byok_policy == "percent":
         return provider_cost * Decimal(s.byok_fee_pct) / 100
-    return provider_cost * markup      # "managed": the full managed charge
+    return provider_cost * markup  # "managed": the full managed charge
 
 
 def is_test_key(key: str | None) -> bool:
@@ -140,8 +162,14 @@ def is_test_key(key: str | None) -> bool:
     return bool(key) and str(key).startswith(TEST_KEY_PREFIX)
 
 
-def cost_of(route: str, provider_cost: Decimal | None, charge: Decimal | None, *,
-            cached: bool = False, test_mode: bool = False) -> Decimal | None:
+def cost_of(
+    route: str,
+    provider_cost: Decimal | None,
+    charge: Decimal | None,
+    *,
+    cached: bool = False,
+    test_mode: bool = False,
+) -> Decimal | None:
     """What one request cost its user: THE cost rule (every view reads its stored result).
 
     Managed: the credits charged (``charge``). BYOK: the provider price (paid on the user's
@@ -167,19 +195,31 @@ def _fmt(usd: Decimal) -> str:
     return f"${usd:.4f}" if usd < 1 else f"${usd:,.2f}"
 
 
-def _cap_error(name: str, spent: Decimal, cap: Decimal, estimate: Decimal | None,
-               note: str = "", held: Decimal = Decimal(0)) -> BudgetExceededError:
+def _cap_error(
+    name: str,
+    spent: Decimal,
+    cap: Decimal,
+    estimate: Decimal | None,
+    note: str = "",
+    held: Decimal = Decimal(0),
+) -> BudgetExceededError:
     est = f" and this request is estimated at up to {_fmt(estimate)}{note}" if estimate else ""
     flight = f" ({_fmt(held)} more is reserved by requests in flight)" if held else ""
     return BudgetExceededError(
         f"Project {name!r} has spent {_fmt(spent)} this month (all spend incl. BYOK) of "
         f"its {_fmt(cap)} hard cap"
         f"{flight}{est}, so the request was not sent.",
-        hint=(f"Raise the cap with cencori_nb.settings.update_project({name!r}, "
-              f"hard_cap_usd=...) or `cencori-nb credits budget --project {name} "
-              "--hard-cap USD` (use `none` to remove it)."
-              + (" Setting max_tokens lowers the estimate." if note else "")),
-        project=name, spent_usd=spent, cap_usd=cap, estimated_usd=estimate)
+        hint=(
+            f"Raise the cap with cencori_nb.settings.update_project({name!r}, "
+            f"hard_cap_usd=...) or `cencori-nb credits budget --project {name} "
+            "--hard-cap USD` (use `none` to remove it)."
+            + (" Setting max_tokens lowers the estimate." if note else "")
+        ),
+        project=name,
+        spent_usd=spent,
+        cap_usd=cap,
+        estimated_usd=estimate,
+    )
 
 
 def check_budget(project: str | None, estimated_cost_usd: Decimal | None) -> None:
@@ -219,7 +259,7 @@ class Reservation:
     project: str
     amount_usd: Decimal
     output_tokens: int = 0
-    output_assumed: bool = False      # max_tokens was not set: reserve_output_tokens used
+    output_assumed: bool = False  # max_tokens was not set: reserve_output_tokens used
     released: bool = False
 
     def release(self) -> None:
@@ -232,9 +272,15 @@ class Reservation:
                 conn.execute("DELETE FROM budget_reservations WHERE id = ?", (self.id,))
 
 
-def estimate_for(provider: str, model: str | None, route: str, input_tokens: int,
-                 max_tokens: int | None, *, settings: Settings | None = None
-                 ) -> tuple[Decimal | None, int, bool]:
+def estimate_for(
+    provider: str,
+    model: str | None,
+    route: str,
+    input_tokens: int,
+    max_tokens: int | None,
+    *,
+    settings: Settings | None = None,
+) -> tuple[Decimal | None, int, bool]:
     """``(estimated maximum cost to you, output tokens assumed, assumed?)`` of a request.
 
     The list price of ``input_tokens`` plus its output allowance, by :func:`cost_of`.
@@ -264,13 +310,24 @@ def check_context(provider: str, model: str | None, prompt_tokens: int) -> None:
             f"The prompt is about {prompt_tokens:,} tokens but {model} takes at most "
             f"{window:,} (its context window), so it was not sent.",
             hint="Shorten the prompt or split it (cencori_nb.map over chunks), or use a model "
-                 "with a larger context window.",
-            prompt_tokens=prompt_tokens, context_window=window, model=model)
+            "with a larger context window.",
+            prompt_tokens=prompt_tokens,
+            context_window=window,
+            model=model,
+        )
 
 
-def confirm_cost(provider: str, model: str | None, route: str, prompt_tokens: int,
-                 max_tokens: int | None, max_cost_usd: Decimal | None, *, free: bool = False,
-                 settings: Settings | None = None) -> None:
+def confirm_cost(
+    provider: str,
+    model: str | None,
+    route: str,
+    prompt_tokens: int,
+    max_tokens: int | None,
+    max_cost_usd: Decimal | None,
+    *,
+    free: bool = False,
+    settings: Settings | None = None,
+) -> None:
     """Refuse a request whose estimated maximum cost to you (:func:`estimate_for`) is above
     what was accepted: ``max_cost_usd``, else the ``confirm_above_usd`` setting (default
     $0.10), with :class:`CostConfirmationError`, on which the faces ask. A model with no
@@ -279,20 +336,25 @@ def confirm_cost(provider: str, model: str | None, route: str, prompt_tokens: in
     limit = max_cost_usd if max_cost_usd is not None else s.confirm_above_usd
     if limit is None or free:
         return
-    estimate, out, assumed = estimate_for(provider, model, route, prompt_tokens, max_tokens,
-                                          settings=s)
+    estimate, out, assumed = estimate_for(
+        provider, model, route, prompt_tokens, max_tokens, settings=s
+    )
     if estimate is None or estimate <= limit:
         return
-    allowance = (f"up to {out:,} output tokens" + (" (no max_tokens given: the default "
-                 "allowance)" if assumed else ""))
+    allowance = f"up to {out:,} output tokens" + (
+        " (no max_tokens given: the default allowance)" if assumed else ""
+    )
     raise CostConfirmationError(
         f"This request may cost up to {_fmt(estimate)} (about {prompt_tokens:,} prompt tokens "
         f"and {allowance} of {model} at list price), more than the {_fmt(limit)} accepted "
         "for one request; nothing was sent.",
         hint=f"To send it pass max_cost_usd={_round_up(estimate)} (`--max-cost "
-             f"{_round_up(estimate)}` in %%cencori, --yes in the CLI), or lower max_tokens; "
-             "the threshold is the confirm_above_usd setting.",
-        estimate_usd=estimate, limit_usd=limit, model=model)
+        f"{_round_up(estimate)}` in %%cencori, --yes in the CLI), or lower max_tokens; "
+        "the threshold is the confirm_above_usd setting.",
+        estimate_usd=estimate,
+        limit_usd=limit,
+        model=model,
+    )
 
 
 def _round_up(usd: Decimal) -> str:
@@ -302,11 +364,15 @@ def _round_up(usd: Decimal) -> str:
 
 def _held(conn_or_led: Any, project: str) -> Decimal:
     if isinstance(conn_or_led, Ledger):
-        rows = conn_or_led.query("SELECT COALESCE(SUM(amount_pusd), 0) FROM budget_reservations "
-                                 "WHERE project = ?", (project,))
+        rows = conn_or_led.query(
+            "SELECT COALESCE(SUM(amount_pusd), 0) FROM budget_reservations WHERE project = ?",
+            (project,),
+        )
     else:
-        rows = conn_or_led.execute("SELECT COALESCE(SUM(amount_pusd), 0) FROM "
-                                   "budget_reservations WHERE project = ?", (project,)).fetchall()
+        rows = conn_or_led.execute(
+            "SELECT COALESCE(SUM(amount_pusd), 0) FROM budget_reservations WHERE project = ?",
+            (project,),
+        ).fetchall()
     return from_pusd(int(rows[0][0])) or Decimal(0)
 
 
@@ -330,7 +396,7 @@ def _started_ms(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
-        ticks = int(fields[19])          # field 22 (starttime), counted after "(comm)"
+        ticks = int(fields[19])  # field 22 (starttime), counted after "(comm)"
         return None if boot is None else boot + ticks * 1000 // os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
@@ -341,7 +407,7 @@ def _alive(pid: int, host: str, created_ms: int, now: int) -> bool:
     if now - created_ms > RESERVATION_TTL_MS:
         return False
     if host != _HOST:
-        return True                      # another machine sharing the home: wait for the TTL
+        return True  # another machine sharing the home: wait for the TTL
     if pid == os.getpid():
         return True
     try:
@@ -349,7 +415,7 @@ def _alive(pid: int, host: str, created_ms: int, now: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        pass                             # exists, someone else's
+        pass  # exists, someone else's
     started = _started_ms(pid)
     # a pid reused by a process started after the reservation (2 s for clock granularity)
     return started is None or started <= created_ms + 2000
@@ -357,51 +423,80 @@ def _alive(pid: int, host: str, created_ms: int, now: int) -> bool:
 
 def _expire_stale(conn: sqlite3.Connection) -> None:
     now = now_ms()
-    dead = [(rid,) for rid, pid, host, created in conn.execute(
-        "SELECT id, pid, host, created_ms FROM budget_reservations")
-        if not _alive(int(pid), str(host), int(created), now)]
+    dead = [
+        (rid,)
+        for rid, pid, host, created in conn.execute(
+            "SELECT id, pid, host, created_ms FROM budget_reservations"
+        )
+        if not _alive(int(pid), str(host), int(created), now)
+    ]
     if dead:
         conn.executemany("DELETE FROM budget_reservations WHERE id = ?", dead)
 
 
-def _unpriced_error(name: str, model: str | None, provider: str | None,
-                    cap: Decimal) -> BudgetExceededError:
+def _unpriced_error(
+    name: str, model: str | None, provider: str | None, cap: Decimal
+) -> BudgetExceededError:
     return BudgetExceededError(
         f"Project {name!r} has a {_fmt(cap)} hard cap and no price is known for model "
         f"{model!r} at {provider!r}, so its cost cannot be held against the cap; the request "
         "was not sent.",
-        hint=("Use a priced model, or allow this one explicitly with cencori_nb.settings."
-              f"update_settings(unpriced_models_allowed=[{model!r}]) (it is then sent "
-              "and recorded with cost unknown)."),
-        project=name, spent_usd=None, cap_usd=cap, estimated_usd=None)
+        hint=(
+            "Use a priced model, or allow this one explicitly with cencori_nb.settings."
+            f"update_settings(unpriced_models_allowed=[{model!r}]) (it is then sent "
+            "and recorded with cost unknown)."
+        ),
+        project=name,
+        spent_usd=None,
+        cap_usd=cap,
+        estimated_usd=None,
+    )
 
 
-def _try_reserve(led: Ledger, name: str, cap: Decimal, estimate: Decimal, note: str,
-                 output_tokens: int, assumed: bool) -> Reservation | None:
+def _try_reserve(
+    led: Ledger,
+    name: str,
+    cap: Decimal,
+    estimate: Decimal,
+    note: str,
+    output_tokens: int,
+    assumed: bool,
+) -> Reservation | None:
     """One attempt in one transaction: a Reservation, None (wait: fits once others settle),
     or BudgetExceededError (cannot fit even then)."""
     est = to_pusd(estimate) or 0
     with led.transaction() as conn:
         _expire_stale(conn)
-        spent = led.month_cost(name)    # inside the transaction: no flush, same snapshot
+        spent = led.month_cost(name)  # inside the transaction: no flush, same snapshot
         spent_p = to_pusd(spent) or 0
         cap_p = to_pusd(cap) or 0
         if spent_p + est > cap_p or (spent_p >= cap_p and est == 0):
             raise _cap_error(name, spent, cap, estimate, note)
-        (held,) = conn.execute("SELECT COALESCE(SUM(amount_pusd), 0) FROM budget_reservations "
-                               "WHERE project = ?", (name,)).fetchone()
+        (held,) = conn.execute(
+            "SELECT COALESCE(SUM(amount_pusd), 0) FROM budget_reservations WHERE project = ?",
+            (name,),
+        ).fetchone()
         if spent_p + int(held) + est > cap_p:
             return None
         rid = uuid.uuid4().hex
-        conn.execute("INSERT INTO budget_reservations (id, project, amount_pusd, pid, host, "
-                     "created_ms) VALUES (?, ?, ?, ?, ?, ?)",
-                     (rid, name, est, os.getpid(), _HOST, now_ms()))
+        conn.execute(
+            "INSERT INTO budget_reservations (id, project, amount_pusd, pid, host, "
+            "created_ms) VALUES (?, ?, ?, ?, ?, ?)",
+            (rid, name, est, os.getpid(), _HOST, now_ms()),
+        )
     return Reservation(rid, name, estimate, output_tokens, assumed)
 
 
-def _reserve_steps(project: str | None, estimate: Decimal | None, *, model: str | None,
-                   provider: str | None, output_tokens: int, output_assumed: bool,
-                   test_mode: bool) -> Generator[float, None, Reservation | None]:
+def _reserve_steps(
+    project: str | None,
+    estimate: Decimal | None,
+    *,
+    model: str | None,
+    provider: str | None,
+    output_tokens: int,
+    output_assumed: bool,
+    test_mode: bool,
+) -> Generator[float, None, Reservation | None]:
     """The reserve loop as a generator: yields a delay to wait, returns the Reservation
     (or None: no hard cap, or nothing to hold). Shared by :func:`reserve` / :func:`areserve`."""
     s = load_settings()
@@ -413,14 +508,13 @@ def _reserve_steps(project: str | None, estimate: Decimal | None, *, model: str 
     if ps.soft_budget_usd is not None:
         _soft_warnings(led, name, led.month_cost(name), ps.soft_budget_usd)
     if ps.hard_cap_usd is None or test_mode:
-        return None                    # no cap, or a free test-key request
+        return None  # no cap, or a free test-key request
     cap = ps.hard_cap_usd
     if estimate is None:
         if model not in s.unpriced_models_allowed:
             raise _unpriced_error(name, model, provider, cap)
         estimate = Decimal(0)
-    note = (f" (no max_tokens: {output_tokens:,} output tokens assumed)"
-            if output_assumed else "")
+    note = f" (no max_tokens: {output_tokens:,} output tokens assumed)" if output_assumed else ""
     deadline = time.monotonic() + RESERVATION_WAIT_S
     delay = 0.01
     while True:
@@ -442,13 +536,20 @@ def _run_sync(steps: Generator[float, None, _T]) -> _T:
         while True:
             time.sleep(next(steps))
     except StopIteration as stop:
-        result: _T = stop.value      # the generator's return value (typeshed: Any)
+        result: _T = stop.value  # the generator's return value (typeshed: Any)
         return result
 
 
-def reserve(project: str | None, estimate: Decimal | None, *, model: str | None = None,
-            provider: str | None = None, output_tokens: int = 0,
-            output_assumed: bool = False, test_mode: bool = False) -> Reservation | None:
+def reserve(
+    project: str | None,
+    estimate: Decimal | None,
+    *,
+    model: str | None = None,
+    provider: str | None = None,
+    output_tokens: int = 0,
+    output_assumed: bool = False,
+    test_mode: bool = False,
+) -> Reservation | None:
     """Hold ``estimate`` against the project's hard cap before sending (see the module
     docstring); warn on the soft budget. Returns the :class:`Reservation` to pass to
     :func:`settle` / :func:`record_failure`, or None when there is no cap.
@@ -458,25 +559,45 @@ def reserve(project: str | None, estimate: Decimal | None, *, model: str | None 
     ``settings.unpriced_models_allowed``. Blocks while it fits only once requests in flight
     settle.
     """
-    return _run_sync(_reserve_steps(project, estimate, model=model, provider=provider,
-                                    output_tokens=output_tokens,
-                                    output_assumed=output_assumed, test_mode=test_mode))
+    return _run_sync(
+        _reserve_steps(
+            project,
+            estimate,
+            model=model,
+            provider=provider,
+            output_tokens=output_tokens,
+            output_assumed=output_assumed,
+            test_mode=test_mode,
+        )
+    )
 
 
-async def areserve(project: str | None, estimate: Decimal | None, *, model: str | None = None,
-                   provider: str | None = None, output_tokens: int = 0,
-                   output_assumed: bool = False,
-                   test_mode: bool = False) -> Reservation | None:
+async def areserve(
+    project: str | None,
+    estimate: Decimal | None,
+    *,
+    model: str | None = None,
+    provider: str | None = None,
+    output_tokens: int = 0,
+    output_assumed: bool = False,
+    test_mode: bool = False,
+) -> Reservation | None:
     """:func:`reserve` for coroutines: waits with ``asyncio.sleep``, so requests in flight
     on the same loop can settle meanwhile."""
-    steps = _reserve_steps(project, estimate, model=model, provider=provider,
-                           output_tokens=output_tokens, output_assumed=output_assumed,
-                           test_mode=test_mode)
+    steps = _reserve_steps(
+        project,
+        estimate,
+        model=model,
+        provider=provider,
+        output_tokens=output_tokens,
+        output_assumed=output_assumed,
+        test_mode=test_mode,
+    )
     try:
         while True:
             await asyncio.sleep(next(steps))
     except StopIteration as stop:
-        got: Reservation | None = stop.value   # _reserve_steps' return value
+        got: Reservation | None = stop.value  # _reserve_steps' return value
         return got
 
 
@@ -493,20 +614,28 @@ def _soft_warnings(led: Ledger, project: str, spent: Decimal, budget: Decimal) -
         if pct < threshold:
             break
         with led.transaction() as conn:
-            new = conn.execute(
-                "INSERT OR IGNORE INTO budget_alerts (project, month, threshold, ts_ms) "
-                "VALUES (?, ?, ?, ?)", (project, month, threshold, now_ms())).rowcount == 1
+            new = (
+                conn.execute(
+                    "INSERT OR IGNORE INTO budget_alerts (project, month, threshold, ts_ms) "
+                    "VALUES (?, ?, ?, ?)",
+                    (project, month, threshold, now_ms()),
+                ).rowcount
+                == 1
+            )
         if new:
             warnings.warn(
                 f"Project {project!r} has spent {_fmt(spent)} this month (all spend incl. "
                 f"BYOK), {threshold}% of its "
                 f"{_fmt(budget)} soft budget. Change it with cencori_nb.settings."
                 f"update_project({project!r}, soft_budget_usd=...).",
-                BudgetWarning, stacklevel=4)
+                BudgetWarning,
+                stacklevel=4,
+            )
 
 
-def settle(completion: Completion, *, when: datetime | None = None,
-           reservation: Reservation | None = None) -> Completion:
+def settle(
+    completion: Completion, *, when: datetime | None = None, reservation: Reservation | None = None
+) -> Completion:
     """Price, charge, debit and record one successful request; returns the completion.
 
     Sets ``provider_cost_usd``, ``credits_charged_usd`` and ``cost_usd`` (:func:`cost_of`)
@@ -528,41 +657,50 @@ def settle(completion: Completion, *, when: datetime | None = None,
     quote = pricing.provider_cost(completion.provider, model, completion.usage, when=when)
     provider_cost = quote.cost_usd
     if provider_cost is None:
-        provider_cost = completion.provider_cost_usd   # a price the caller already had
+        provider_cost = completion.provider_cost_usd  # a price the caller already had
     if completion.gateway_cache in ("HIT", "SEMANTIC-HIT"):
-        provider_cost = Decimal(0)   # Cencori answered from its cache: no provider was paid
+        provider_cost = Decimal(0)  # Cencori answered from its cache: no provider was paid
     test = completion.test_mode
-    charge = Decimal(0) if test else charge_for(completion.route, provider_cost,
-                                                 completion.gateway_cost_usd, settings=s)
+    charge = (
+        Decimal(0)
+        if test
+        else charge_for(completion.route, provider_cost, completion.gateway_cost_usd, settings=s)
+    )
     if charge is None:
         warnings.warn(
             f"No price is known for model {model!r} at {completion.provider!r} "
             f"({quote.version}); the request is recorded with cost unknown"
-            + (" and no local wallet debit (the gateway's wallet is the truth)."
-               if completion.route == "managed" else "."),
-            PricingWarning, stacklevel=2)
+            + (
+                " and no local wallet debit (the gateway's wallet is the truth)."
+                if completion.route == "managed"
+                else "."
+            ),
+            PricingWarning,
+            stacklevel=2,
+        )
     completion.provider_cost_usd = provider_cost
     completion.price_version = quote.version
     completion.credits_charged_usd = charge if charge is not None else Decimal(0)
     completion.cost_usd = cost_of(completion.route, provider_cost, charge, test_mode=test)
-    row = _row(completion, status="interrupted" if completion.interrupted else "ok",
-               when=when)
+    row = _row(completion, status="interrupted" if completion.interrupted else "ok", when=when)
     led = default_ledger()
     debit_usd: Decimal | None = None
     if charge:
-        debit_usd = charge        # debited in the row's transaction, once per client_id
+        debit_usd = charge  # debited in the row's transaction, once per client_id
     _write(led, row, debit_usd, reservation)
     if charge:
         _predict_low_balance(led, charge)
     ps = s.for_project(completion.project)
     if ps.soft_budget_usd is not None:
-        _soft_warnings(led, completion.project, led.month_cost(completion.project),
-                       ps.soft_budget_usd)
+        _soft_warnings(
+            led, completion.project, led.month_cost(completion.project), ps.soft_budget_usd
+        )
     return completion
 
 
-def _write(led: Ledger, row: LedgerRow, debit_usd: Decimal | None,
-           reservation: Reservation | None) -> None:
+def _write(
+    led: Ledger, row: LedgerRow, debit_usd: Decimal | None, reservation: Reservation | None
+) -> None:
     """Record ``row`` (with its wallet debit, once per client id). Without a reservation:
     queued for the background writer. With one: written now, and the reservation deleted
     in the same transaction, so the cap never sees the request twice or not at all. If that
@@ -580,8 +718,9 @@ def _write(led: Ledger, row: LedgerRow, debit_usd: Decimal | None,
     try:
         with led.transaction() as conn:
             if led.insert(conn, row) and debit_usd:
-                wallet.debit_in(conn, row.client_id, debit_usd, project=row.project,
-                                request_id=row.request_id)
+                wallet.debit_in(
+                    conn, row.client_id, debit_usd, project=row.project, request_id=row.request_id
+                )
             release(conn)
     except (sqlite3.Error, LedgerError):
         led.submit(row, release, debit_usd=debit_usd)
@@ -599,33 +738,50 @@ _hint: dict[str, Any] = {"ledger": None, "generation": -1, "pusd": None}
 def _predict_low_balance(led: Ledger, charge: Decimal) -> None:
     with _hint_lock:
         if _hint["ledger"] is not led or _hint["generation"] != wallet.generation:
-            _hint.update(ledger=led, generation=wallet.generation,
-                         pusd=wallet.known_balance_pusd(led))
+            _hint.update(
+                ledger=led, generation=wallet.generation, pusd=wallet.known_balance_pusd(led)
+            )
         before = _hint["pusd"]
         if before is None:
-            return                              # the mirror is not tracking
+            return  # the mirror is not tracking
         after = max(before - (to_pusd(charge) or 0), 0)
         _hint["pusd"] = after
-    wallet.warn_low(from_pusd(before) or Decimal(0), from_pusd(after) or Decimal(0),
-                    stacklevel=4)
+    wallet.warn_low(from_pusd(before) or Decimal(0), from_pusd(after) or Decimal(0), stacklevel=4)
 
 
-def _row(c: Completion, *, status: str, when: datetime | None = None,
-         **overrides: Any) -> LedgerRow:
+def _row(
+    c: Completion, *, status: str, when: datetime | None = None, **overrides: Any
+) -> LedgerRow:
     ts = int(when.timestamp() * 1000) if when is not None else now_ms()
     if not c.client_id:
         c.client_id = new_client_id()
     row = LedgerRow(
-        client_id=c.client_id, request_id=c.request_id, project=c.project,
-        provider=c.provider, route=c.route, status=status,
-        model_requested=c.model_requested, model=c.model,
-        credential_source=c.credential_source, input_tokens=c.input_tokens,
-        output_tokens=c.output_tokens, cache_read_tokens=c.cache_read_tokens,
-        cache_write_tokens=c.cache_write_tokens, thinking_tokens=c.thinking_tokens,
-        provider_cost_usd=c.provider_cost_usd, credits_charged_usd=c.credits_charged_usd,
-        estimated=c.estimated, price_version=c.price_version, latency_ms=c.latency_ms,
-        ttft_ms=c.ttft_ms, ts_ms=ts, cost_usd=c.cost_usd, test_mode=c.test_mode,
-        gateway_cache=c.gateway_cache, model_original=c.model_original)
+        client_id=c.client_id,
+        request_id=c.request_id,
+        project=c.project,
+        provider=c.provider,
+        route=c.route,
+        status=status,
+        model_requested=c.model_requested,
+        model=c.model,
+        credential_source=c.credential_source,
+        input_tokens=c.input_tokens,
+        output_tokens=c.output_tokens,
+        cache_read_tokens=c.cache_read_tokens,
+        cache_write_tokens=c.cache_write_tokens,
+        thinking_tokens=c.thinking_tokens,
+        provider_cost_usd=c.provider_cost_usd,
+        credits_charged_usd=c.credits_charged_usd,
+        estimated=c.estimated,
+        price_version=c.price_version,
+        latency_ms=c.latency_ms,
+        ttft_ms=c.ttft_ms,
+        ts_ms=ts,
+        cost_usd=c.cost_usd,
+        test_mode=c.test_mode,
+        gateway_cache=c.gateway_cache,
+        model_original=c.model_original,
+    )
     for key, value in overrides.items():
         setattr(row, key, value)
     return row
@@ -636,14 +792,16 @@ def record_recovered(completion: Completion, *, ts_ms: int) -> None:
     its row as it was settled, at ``ts_ms``, with its debit; a no-op when its
     ``client_id`` is already recorded."""
     if completion.cost_usd is None:
-        completion.cost_usd = cost_of(completion.route, completion.provider_cost_usd,
-                                      completion.credits_charged_usd,
-                                      test_mode=completion.test_mode)
+        completion.cost_usd = cost_of(
+            completion.route,
+            completion.provider_cost_usd,
+            completion.credits_charged_usd,
+            test_mode=completion.test_mode,
+        )
     row = _row(completion, status="interrupted" if completion.interrupted else "ok")
     row.ts_ms = ts_ms
     charge = completion.credits_charged_usd
-    default_ledger().submit(row, debit_usd=charge if charge and not completion.test_mode
-                            else None)
+    default_ledger().submit(row, debit_usd=charge if charge and not completion.test_mode else None)
 
 
 def record_cached(completion: Completion) -> Completion:
@@ -656,17 +814,25 @@ def record_cached(completion: Completion) -> Completion:
     completion.cost_usd = cost_of(completion.route, Decimal(0), Decimal(0), cached=True)
     if not completion.request_id:
         completion.request_id = "cnb-" + uuid.uuid4().hex
-    completion.client_id = new_client_id()          # a hit is a request of its own
+    completion.client_id = new_client_id()  # a hit is a request of its own
     default_ledger().submit(_row(completion, status="cached"))
     return completion
 
 
-def record_failure(*, request_id: str | None, project: str | None, provider: str,
-                   model: str | None, route: str, credential_source: str = "",
-                   error: BaseException | str | None = None,
-                   latency_ms: float | None = None, test_mode: bool = False,
-                   reservation: Reservation | None = None,
-                   client_id: str | None = None) -> None:
+def record_failure(
+    *,
+    request_id: str | None,
+    project: str | None,
+    provider: str,
+    model: str | None,
+    route: str,
+    credential_source: str = "",
+    error: BaseException | str | None = None,
+    latency_ms: float | None = None,
+    test_mode: bool = False,
+    reservation: Reservation | None = None,
+    client_id: str | None = None,
+) -> None:
     """Record a failed request: one ``error`` row with the error's code; nothing is debited
     (its ``cost_usd`` is 0). Releases ``reservation`` with the row.
 
@@ -682,8 +848,17 @@ def record_failure(*, request_id: str | None, project: str | None, provider: str
         code = getattr(error, "code", None) or type(error).__name__
     row = LedgerRow(
         client_id=client_id or new_client_id(),
-        request_id=request_id or "cnb-" + uuid.uuid4().hex, project=_project(project, s),
-        provider=provider, route=route, status="error", model_requested=model, model=None,
-        credential_source=credential_source, error_code=code, latency_ms=latency_ms,
-        cost_usd=Decimal(0), test_mode=test_mode)
+        request_id=request_id or "cnb-" + uuid.uuid4().hex,
+        project=_project(project, s),
+        provider=provider,
+        route=route,
+        status="error",
+        model_requested=model,
+        model=None,
+        credential_source=credential_source,
+        error_code=code,
+        latency_ms=latency_ms,
+        cost_usd=Decimal(0),
+        test_mode=test_mode,
+    )
     _write(default_ledger(), row, None, reservation)

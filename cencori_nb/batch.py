@@ -95,18 +95,38 @@ from .ratelimit import AdaptiveLimiter
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["COLUMNS", "DEFAULT_OUTPUT_TOKENS", "BatchEstimate",
-           "BatchInterrupted", "amap", "estimate", "fill_template", "map"]
+__all__ = [
+    "COLUMNS",
+    "DEFAULT_OUTPUT_TOKENS",
+    "BatchEstimate",
+    "BatchInterrupted",
+    "amap",
+    "estimate",
+    "fill_template",
+    "map",
+]
 
-COLUMNS = ("prompt", "text", "error", "input_tokens", "output_tokens", "cost_usd", "route",
-           "cached", "model", "provider_cost_usd", "credits_charged_usd", "request_id",
-           "test_mode")
-DEFAULT_OUTPUT_TOKENS = 256        # the output guess per row when max_tokens is not given
+COLUMNS = (
+    "prompt",
+    "text",
+    "error",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "route",
+    "cached",
+    "model",
+    "provider_cost_usd",
+    "credits_charged_usd",
+    "request_id",
+    "test_mode",
+)
+DEFAULT_OUTPUT_TOKENS = 256  # the output guess per row when max_tokens is not given
 CHECKPOINT_MAX_AGE_S = 7 * 24 * 3600
 INTERRUPTED = "interrupted"
 
 AChat = Callable[..., Awaitable[Any]]
-Prompt = Any   # a string, or a list of {"role", "content"} messages
+Prompt = Any  # a string, or a list of {"role", "content"} messages
 
 
 class BatchInterrupted(KeyboardInterrupt):
@@ -136,9 +156,16 @@ class _Params:
     cache: bool
 
     def call_kwargs(self) -> dict[str, Any]:
-        return {"model": self.model, "provider": self.provider, "route": self.route,
-                "system": self.system, "temperature": self.temperature,
-                "max_tokens": self.max_tokens, "project": self.project, "cache": self.cache}
+        return {
+            "model": self.model,
+            "provider": self.provider,
+            "route": self.route,
+            "system": self.system,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "project": self.project,
+            "cache": self.cache,
+        }
 
     @property
     def deterministic(self) -> bool:
@@ -188,7 +215,7 @@ class Checkpoint:
                 record = json.loads(line)
                 rows[int(record["pos"])] = record
             except (ValueError, KeyError, TypeError):
-                continue          # a torn or foreign line: that row is simply sent again
+                continue  # a torn or foreign line: that row is simply sent again
         return rows
 
     def append(self, pos: int, key: str, row: dict[str, Any]) -> None:
@@ -248,22 +275,28 @@ class BatchEstimate:
     model: str | None
     provider: str | None
     route: str | None
-    output_assumed: bool            # True when max_tokens was not given (a guess per row)
-    skipped_rows: int = 0           # already finished (checkpoint) or not sendable
+    output_assumed: bool  # True when max_tokens was not given (a guess per row)
+    skipped_rows: int = 0  # already finished (checkpoint) or not sendable
 
     def detail(self) -> str:
         """Where the figure comes from: model, route, tokens, the output assumption."""
-        out = (f"~{self.output_tokens:,} output tokens "
-               + (f"({DEFAULT_OUTPUT_TOKENS} a row assumed; pass max_tokens to bound it)"
-                  if self.output_assumed else "(max_tokens a row)"))
-        return (f"{self.model} via {self.route}: ~{self.input_tokens:,} input tokens, {out}")
+        out = f"~{self.output_tokens:,} output tokens " + (
+            f"({DEFAULT_OUTPUT_TOKENS} a row assumed; pass max_tokens to bound it)"
+            if self.output_assumed
+            else "(max_tokens a row)"
+        )
+        return f"{self.model} via {self.route}: ~{self.input_tokens:,} input tokens, {out}"
 
     def __str__(self) -> str:
-        cost = "cost unknown (no price for this model)" if self.cost_usd is None \
+        cost = (
+            "cost unknown (no price for this model)"
+            if self.cost_usd is None
             else f"~{_usd(self.cost_usd)}"
+        )
         what = "in credits" if self.route == "managed" else "provider cost (your own key)"
-        skipped = f" ({self.skipped_rows} more not sendable or already done)" \
-            if self.skipped_rows else ""
+        skipped = (
+            f" ({self.skipped_rows} more not sendable or already done)" if self.skipped_rows else ""
+        )
         return f"{self.rows} rows to send{skipped}: {cost} {what}; {self.detail()}"
 
     def _repr_markdown_(self) -> str:
@@ -282,8 +315,9 @@ def _resolve(params: _Params) -> tuple[str, str, str]:
     """(provider, model, route) the batch will use, resolved once by the router."""
     from . import router
 
-    decision = router.explain_route(params.model, provider=params.provider, route=params.route,
-                                    project=params.project)
+    decision = router.explain_route(
+        params.model, provider=params.provider, route=params.route, project=params.project
+    )
     return decision.provider, decision.model, decision.route
 
 
@@ -299,27 +333,43 @@ def _estimate(prompts: Sequence[Prompt], params: _Params, skipped: int = 0) -> B
         if isinstance(p, str):
             contents.append(p)
         else:
-            contents.extend(str(m.get("content", "")) if isinstance(m, dict) else str(m)
-                            for m in p)
+            contents.extend(str(m.get("content", "")) if isinstance(m, dict) else str(m) for m in p)
         input_tokens += estimate_messages_tokens(contents)
     per_row_out = params.max_tokens if params.max_tokens is not None else DEFAULT_OUTPUT_TOKENS
     output_tokens = per_row_out * len(prompts)
-    cost = pricing.estimate_cost(provider, model, input_tokens, output_tokens) if prompts \
+    cost = (
+        pricing.estimate_cost(provider, model, input_tokens, output_tokens)
+        if prompts
         else Decimal(0)
-    if cost is not None:     # list price → what it would cost you, by the one cost rule
+    )
+    if cost is not None:  # list price → what it would cost you, by the one cost rule
         from .accounting import charge_for, cost_of
 
         cost = cost_of(route, cost, charge_for(route, cost, settings=load_settings()))
-    return BatchEstimate(rows=len(prompts), input_tokens=input_tokens,
-                         output_tokens=output_tokens, cost_usd=cost, model=model,
-                         provider=provider, route=route,
-                         output_assumed=params.max_tokens is None, skipped_rows=skipped)
+    return BatchEstimate(
+        rows=len(prompts),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cost_usd=cost,
+        model=model,
+        provider=provider,
+        route=route,
+        output_assumed=params.max_tokens is None,
+        skipped_rows=skipped,
+    )
 
 
-def estimate(prompts: Iterable[Prompt] | pd.Series, *, model: str | None = None,
-             provider: str | None = None, route: str = "auto", system: str | None = None,
-             max_tokens: int | None = None, project: str | None = None,
-             **map_options: Any) -> BatchEstimate:
+def estimate(
+    prompts: Iterable[Prompt] | pd.Series,
+    *,
+    model: str | None = None,
+    provider: str | None = None,
+    route: str = "auto",
+    system: str | None = None,
+    max_tokens: int | None = None,
+    project: str | None = None,
+    **map_options: Any,
+) -> BatchEstimate:
     """Estimate what sending ``prompts`` would cost, without sending anything.
 
     Tokens are estimated from the text; output is ``max_tokens`` a row (or
@@ -340,8 +390,20 @@ def estimate(prompts: Iterable[Prompt] | pd.Series, *, model: str | None = None,
 # --------------------------------------------------------------------------------------
 # the runner
 # --------------------------------------------------------------------------------------
-_MAP_OPTIONS = frozenset({"concurrency", "max_cost_usd", "temperature", "cache", "progress",
-                          "retries", "resume", "achat", "limiter", "sleep"})
+_MAP_OPTIONS = frozenset(
+    {
+        "concurrency",
+        "max_cost_usd",
+        "temperature",
+        "cache",
+        "progress",
+        "retries",
+        "resume",
+        "achat",
+        "limiter",
+        "sleep",
+    }
+)
 
 
 def _empty_reason(prompt: Prompt) -> str | None:
@@ -381,20 +443,37 @@ def _row_from_completion(c: Any) -> dict[str, Any]:
     credits = getattr(c, "credits_charged_usd", None)
     # the value settle stored (accounting.cost_of); never recomputed here
     cost: Decimal | None = Decimal(0) if cached else getattr(c, "cost_usd", None)
-    return {"text": getattr(c, "text", str(c)), "error": None,
-            "input_tokens": getattr(c, "input_tokens", None),
-            "output_tokens": getattr(c, "output_tokens", None),
-            "cost_usd": cost, "route": route, "cached": cached,
-            "model": getattr(c, "model", None), "provider_cost_usd": provider_cost,
-            "credits_charged_usd": credits, "request_id": getattr(c, "request_id", None),
-            "test_mode": bool(getattr(c, "test_mode", False))}
+    return {
+        "text": getattr(c, "text", str(c)),
+        "error": None,
+        "input_tokens": getattr(c, "input_tokens", None),
+        "output_tokens": getattr(c, "output_tokens", None),
+        "cost_usd": cost,
+        "route": route,
+        "cached": cached,
+        "model": getattr(c, "model", None),
+        "provider_cost_usd": provider_cost,
+        "credits_charged_usd": credits,
+        "request_id": getattr(c, "request_id", None),
+        "test_mode": bool(getattr(c, "test_mode", False)),
+    }
 
 
 def _error_row(message: str, route: str | None = None) -> dict[str, Any]:
-    return {"text": None, "error": message, "input_tokens": None, "output_tokens": None,
-            "cost_usd": Decimal(0), "route": route, "cached": False, "model": None,
-            "provider_cost_usd": None, "credits_charged_usd": None, "request_id": None,
-            "test_mode": False}
+    return {
+        "text": None,
+        "error": message,
+        "input_tokens": None,
+        "output_tokens": None,
+        "cost_usd": Decimal(0),
+        "route": route,
+        "cached": False,
+        "model": None,
+        "provider_cost_usd": None,
+        "credits_charged_usd": None,
+        "request_id": None,
+        "test_mode": False,
+    }
 
 
 def _error_message(exc: BaseException) -> str:
@@ -415,12 +494,22 @@ def _error_message(exc: BaseException) -> str:
 class _Batch:
     """One run of a batch on one event loop. Build it anywhere; ``run()`` on the loop."""
 
-    def __init__(self, prompts: list[Prompt], params: _Params, *, concurrency: int,
-                 max_cost_usd: Decimal | None, retries: int, achat: AChat | None,
-                 limiter: AdaptiveLimiter | None, progress: Progress,
-                 checkpoint: Checkpoint | None, resume: bool,
-                 sleep: Callable[[float], Awaitable[object]] | None,
-                 rng: random.Random | None) -> None:
+    def __init__(
+        self,
+        prompts: list[Prompt],
+        params: _Params,
+        *,
+        concurrency: int,
+        max_cost_usd: Decimal | None,
+        retries: int,
+        achat: AChat | None,
+        limiter: AdaptiveLimiter | None,
+        progress: Progress,
+        checkpoint: Checkpoint | None,
+        resume: bool,
+        sleep: Callable[[float], Awaitable[object]] | None,
+        rng: random.Random | None,
+    ) -> None:
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, not {concurrency}.")
         self.prompts = prompts
@@ -470,8 +559,11 @@ class _Batch:
             key = self.keys[pos]
             if key is not None:
                 self._checkpoint_after_commit(pos, key, row)
-        if (self.max_cost_usd is not None and o.stop_reason is None
-                and o.spent_usd >= self.max_cost_usd):
+        if (
+            self.max_cost_usd is not None
+            and o.stop_reason is None
+            and o.spent_usd >= self.max_cost_usd
+        ):
             o.stop_reason = "max_cost_usd reached"
         self.progress.update(o.rows_done, o.errors, o.spent_usd)
 
@@ -512,8 +604,12 @@ class _Batch:
             if rec is not None and rec.get("key") == key:
                 # Paid for by an earlier run: free now, like a cache hit.
                 row = {k: _from_json(rec.get(k)) for k in COLUMNS if k != "prompt"}
-                row.update(cached=True, cost_usd=Decimal(0), provider_cost_usd=Decimal(0),
-                           credits_charged_usd=Decimal(0))
+                row.update(
+                    cached=True,
+                    cost_usd=Decimal(0),
+                    provider_cost_usd=Decimal(0),
+                    credits_charged_usd=Decimal(0),
+                )
                 self._finish(pos, row)
                 o.resumed += 1
         queue = iter(self.pending())
@@ -552,11 +648,13 @@ class _Batch:
                 default_ledger().flush()
             # Keep it while a sendable row is unfinished (failed, interrupted, not sent):
             # that is what a re-run completes. Empty prompts never will.
-            unfinished = any(row is None or row["error"] is not None
-                             for row, key in zip(self.rows, self.keys, strict=True)
-                             if key is not None)
+            unfinished = any(
+                row is None or row["error"] is not None
+                for row, key in zip(self.rows, self.keys, strict=True)
+                if key is not None
+            )
             if not unfinished:
-                self.checkpoint.delete()      # everything done: nothing to resume
+                self.checkpoint.delete()  # everything done: nothing to resume
             else:
                 self.checkpoint.close()
 
@@ -591,8 +689,9 @@ class _Batch:
             self.outcome.sent += 1
             error: Exception | None = None
             try:
-                completion = await self._achat(prompt, **self._call_kwargs, retries=0,
-                                               **self._accepted)
+                completion = await self._achat(
+                    prompt, **self._call_kwargs, retries=0, **self._accepted
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001  (one bad row must not sink the batch)
@@ -614,20 +713,26 @@ class _Batch:
                 return
             # The one retry policy (transport.next_wait), in its pacing form: a 429 is
             # pacing for a batch, so it is retried longer and its wait is shared by all rows.
-            wait = transport.next_wait(error, None, attempt, retries=self.retries,
-                                       pacing=True, random=self.rng.random)
+            wait = transport.next_wait(
+                error, None, attempt, retries=self.retries, pacing=True, random=self.rng.random
+            )
             if wait is None:
                 self._finish(pos, _error_row(_error_message(error)))
                 return
             attempt += 1
             if isinstance(error, RateLimitError):
                 pause = self.limiter.on_rate_limited(epoch, wait)
-                if pause >= 1:      # say why nothing moves (a 60 s window is long to stare at)
+                if pause >= 1:  # say why nothing moves (a 60 s window is long to stare at)
                     o = self.outcome
-                    self.progress.update(o.rows_done, o.errors, o.spent_usd, force=True,
-                                         note=f"rate limited: waiting {pause:.0f} s, "
-                                         f"concurrency {self.limiter.limit}")
-                continue           # acquire() waits out the shared pause
+                    self.progress.update(
+                        o.rows_done,
+                        o.errors,
+                        o.spent_usd,
+                        force=True,
+                        note=f"rate limited: waiting {pause:.0f} s, "
+                        f"concurrency {self.limiter.limit}",
+                    )
+                continue  # acquire() waits out the shared pause
             await self.sleep(wait)
 
     # -- result ------------------------------------------------------------------------
@@ -645,9 +750,12 @@ class _Batch:
         df["test_mode"] = df["test_mode"].fillna(False).astype(bool)
         o = self.outcome
         df.attrs["cencori"] = {
-            "rows": len(rows), "sent_requests": o.sent, "resumed_rows": o.resumed,
+            "rows": len(rows),
+            "sent_requests": o.sent,
+            "resumed_rows": o.resumed,
             "errors": sum(1 for r in rows if r["error"] is not None),
-            "spent_usd_this_run": str(o.spent_usd), "interrupted": o.interrupted,
+            "spent_usd_this_run": str(o.spent_usd),
+            "interrupted": o.interrupted,
             "stopped": o.stop_reason,
             "rate_limited": self.limiter.rate_limited if self.limiter else 0,
         }
@@ -662,7 +770,8 @@ def _normalise(prompts: Any) -> tuple[list[Prompt], Any]:
     if isinstance(prompts, str):
         raise ConfigurationError(
             "map() takes many prompts (a list or a pandas Series), not one string.",
-            hint="Wrap it in a list, or use cencori_nb.chat() for a single prompt.")
+            hint="Wrap it in a list, or use cencori_nb.chat() for a single prompt.",
+        )
     index = getattr(prompts, "index", None)
     if index is not None and hasattr(prompts, "tolist") and not isinstance(prompts, list):
         return list(prompts.tolist()), index
@@ -675,16 +784,28 @@ def _decimal(value: Any) -> Decimal | None:
     return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
-def _prepare(prompts: Any, *, model: str | None, provider: str | None, route: str,
-             concurrency: int, max_cost_usd: Any, system: str | None,
-             temperature: float | None, max_tokens: int | None, cache: bool,
-             project: str | None, retries: int | None, resume: bool, achat: AChat | None,
-             limiter: AdaptiveLimiter | None,
-             sleep: Callable[[float], Awaitable[object]] | None,
-             progress: bool | Progress) -> tuple[_Batch, Any]:
+def _prepare(
+    prompts: Any,
+    *,
+    model: str | None,
+    provider: str | None,
+    route: str,
+    concurrency: int,
+    max_cost_usd: Any,
+    system: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    cache: bool,
+    project: str | None,
+    retries: int | None,
+    resume: bool,
+    achat: AChat | None,
+    limiter: AdaptiveLimiter | None,
+    sleep: Callable[[float], Awaitable[object]] | None,
+    progress: bool | Progress,
+) -> tuple[_Batch, Any]:
     values, index = _normalise(prompts)
-    params = _Params(model, provider, route, system, temperature, max_tokens, project,
-                     bool(cache))
+    params = _Params(model, provider, route, system, temperature, max_tokens, project, bool(cache))
     limit = _decimal(max_cost_usd)
     fp = params.fingerprint()
     keys = [None if _empty_reason(p) else _row_key(p, fp) for p in values]
@@ -694,11 +815,20 @@ def _prepare(prompts: Any, *, model: str | None, provider: str | None, route: st
     checkpoint = Checkpoint(_batch_id(keys, fp)) if use_checkpoint else None
     if checkpoint is not None:
         checkpoint.prune()
-    batch = _Batch(values, params, concurrency=concurrency, max_cost_usd=limit,
-                   retries=transport.DEFAULT_RETRIES if retries is None else retries,
-                   achat=achat,
-                   limiter=limiter, progress=NullProgress(), checkpoint=checkpoint,
-                   resume=resume, sleep=sleep, rng=None)
+    batch = _Batch(
+        values,
+        params,
+        concurrency=concurrency,
+        max_cost_usd=limit,
+        retries=transport.DEFAULT_RETRIES if retries is None else retries,
+        achat=achat,
+        limiter=limiter,
+        progress=NullProgress(),
+        checkpoint=checkpoint,
+        resume=resume,
+        sleep=sleep,
+        rng=None,
+    )
     if limit is not None:
         todo = [values[i] for i in batch.pending()]
         est = _estimate(todo, params, skipped=len(values) - len(todo))
@@ -707,48 +837,91 @@ def _prepare(prompts: Any, *, model: str | None, provider: str | None, route: st
                 f"Cannot check max_cost_usd=${limit}: no price is known for {est.model!r} at "
                 f"{est.provider!r}, so {len(todo)} rows cannot be estimated.",
                 hint="Use a priced model, or pass max_cost_usd=None to send without a limit.",
-                estimate_usd=None, rows=len(todo), max_cost_usd=limit)
+                estimate_usd=None,
+                rows=len(todo),
+                max_cost_usd=limit,
+            )
         if est.cost_usd > limit:
             raise CostLimitError(
                 f"Estimated cost {_usd(est.cost_usd)} for {len(todo)} rows is above "
                 f"max_cost_usd=${limit}. Nothing was sent. ({est.detail()})",
-                hint="Raise max_cost_usd, lower max_tokens, or send fewer rows "
-                "(e.g. df.head(20)).",
-                estimate_usd=est.cost_usd, rows=len(todo), max_cost_usd=limit)
+                hint="Raise max_cost_usd, lower max_tokens, or send fewer rows (e.g. df.head(20)).",
+                estimate_usd=est.cost_usd,
+                rows=len(todo),
+                max_cost_usd=limit,
+            )
     batch.progress = make_progress(len(values), progress)
     return batch, index
 
 
-async def amap(prompts: Iterable[Prompt] | pd.Series, *, model: str | None = None,
-               provider: str | None = None, route: str = "auto", concurrency: int = 8,
-               max_cost_usd: Decimal | float | str | None = None, system: str | None = None,
-               temperature: float | None = None, max_tokens: int | None = None,
-               cache: bool = True, project: str | None = None, progress: bool | Progress = True,
-               retries: int | None = None, resume: bool = True, achat: AChat | None = None,
-               limiter: AdaptiveLimiter | None = None,
-               sleep: Callable[[float], Awaitable[object]] | None = None) -> pd.DataFrame:
+async def amap(
+    prompts: Iterable[Prompt] | pd.Series,
+    *,
+    model: str | None = None,
+    provider: str | None = None,
+    route: str = "auto",
+    concurrency: int = 8,
+    max_cost_usd: Decimal | float | str | None = None,
+    system: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    cache: bool = True,
+    project: str | None = None,
+    progress: bool | Progress = True,
+    retries: int | None = None,
+    resume: bool = True,
+    achat: AChat | None = None,
+    limiter: AdaptiveLimiter | None = None,
+    sleep: Callable[[float], Awaitable[object]] | None = None,
+) -> pd.DataFrame:
     """Send many prompts concurrently on the running event loop; see :func:`map`.
 
     Cancelling the awaiting task cancels the rows in flight and re-raises
     ``CancelledError``; finished rows stay recorded (ledger, checkpoint).
     """
-    batch, index = _prepare(prompts, model=model, provider=provider, route=route,
-                            concurrency=concurrency, max_cost_usd=max_cost_usd, system=system,
-                            temperature=temperature, max_tokens=max_tokens, cache=cache,
-                            project=project, retries=retries, resume=resume, achat=achat,
-                            limiter=limiter, sleep=sleep, progress=progress)
+    batch, index = _prepare(
+        prompts,
+        model=model,
+        provider=provider,
+        route=route,
+        concurrency=concurrency,
+        max_cost_usd=max_cost_usd,
+        system=system,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        cache=cache,
+        project=project,
+        retries=retries,
+        resume=resume,
+        achat=achat,
+        limiter=limiter,
+        sleep=sleep,
+        progress=progress,
+    )
     await batch.run()
     return batch.frame(index)
 
 
-def map(prompts: Iterable[Prompt] | pd.Series, *, model: str | None = None,  # noqa: A001
-        provider: str | None = None, route: str = "auto", concurrency: int = 8,
-        max_cost_usd: Decimal | float | str | None = None, system: str | None = None,
-        temperature: float | None = None, max_tokens: int | None = None, cache: bool = True,
-        project: str | None = None, progress: bool | Progress = True,
-        retries: int | None = None, resume: bool = True, achat: AChat | None = None,
-        limiter: AdaptiveLimiter | None = None,
-        sleep: Callable[[float], Awaitable[object]] | None = None) -> pd.DataFrame:
+def map(
+    prompts: Iterable[Prompt] | pd.Series,
+    *,
+    model: str | None = None,  # noqa: A001
+    provider: str | None = None,
+    route: str = "auto",
+    concurrency: int = 8,
+    max_cost_usd: Decimal | float | str | None = None,
+    system: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    cache: bool = True,
+    project: str | None = None,
+    progress: bool | Progress = True,
+    retries: int | None = None,
+    resume: bool = True,
+    achat: AChat | None = None,
+    limiter: AdaptiveLimiter | None = None,
+    sleep: Callable[[float], Awaitable[object]] | None = None,
+) -> pd.DataFrame:
     """Send many prompts, ``concurrency`` at a time; return one DataFrame row per prompt.
 
     ``prompts``: a list (or any iterable) of strings or message lists, or a pandas Series
@@ -769,13 +942,29 @@ def map(prompts: Iterable[Prompt] | pd.Series, *, model: str | None = None,  # n
     ``.partial``) when interrupted; see the module docstring.
     """
     if threading.current_thread() is _loop_thread:
-        raise ConfigurationError("map() was called from inside a running batch.",
-                                 hint="Use `await cencori_nb.amap(...)` in async code.")
-    batch, index = _prepare(prompts, model=model, provider=provider, route=route,
-                            concurrency=concurrency, max_cost_usd=max_cost_usd, system=system,
-                            temperature=temperature, max_tokens=max_tokens, cache=cache,
-                            project=project, retries=retries, resume=resume, achat=achat,
-                            limiter=limiter, sleep=sleep, progress=progress)
+        raise ConfigurationError(
+            "map() was called from inside a running batch.",
+            hint="Use `await cencori_nb.amap(...)` in async code.",
+        )
+    batch, index = _prepare(
+        prompts,
+        model=model,
+        provider=provider,
+        route=route,
+        concurrency=concurrency,
+        max_cost_usd=max_cost_usd,
+        system=system,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        cache=cache,
+        project=project,
+        retries=retries,
+        resume=resume,
+        achat=achat,
+        limiter=limiter,
+        sleep=sleep,
+        progress=progress,
+    )
     loop = _batch_loop()
     future = asyncio.run_coroutine_threadsafe(batch.run(), loop)
     try:
@@ -789,15 +978,20 @@ def map(prompts: Iterable[Prompt] | pd.Series, *, model: str | None = None,  # n
                 continue
     except KeyboardInterrupt:
         loop.call_soon_threadsafe(batch.interrupt)
-        with contextlib.suppress(concurrent.futures.TimeoutError, asyncio.CancelledError,
-                                 concurrent.futures.CancelledError):
-            future.result(timeout=30)      # a second Ctrl-C here leaves at once
+        with contextlib.suppress(
+            concurrent.futures.TimeoutError,
+            asyncio.CancelledError,
+            concurrent.futures.CancelledError,
+        ):
+            future.result(timeout=30)  # a second Ctrl-C here leaves at once
         partial = batch.frame(index)
         done = sum(1 for r in batch.rows if r is not None and r["error"] != INTERRUPTED)
         raise BatchInterrupted(
             f"Batch interrupted: {done} of {len(batch.rows)} rows finished and recorded "
             f"(see .partial); run the same call again to send only the "
-            f"{len(batch.rows) - done} missing rows.", partial) from None
+            f"{len(batch.rows) - done} missing rows.",
+            partial,
+        ) from None
     return batch.frame(index)
 
 
@@ -814,8 +1008,7 @@ def _batch_loop() -> asyncio.AbstractEventLoop:
     with _loop_lock:
         if _loop is None or _loop_thread is None or not _loop_thread.is_alive():
             loop = asyncio.new_event_loop()
-            thread = threading.Thread(target=loop.run_forever, name="cencori-batch",
-                                      daemon=True)
+            thread = threading.Thread(target=loop.run_forever, name="cencori-batch", daemon=True)
             thread.start()
             _loop, _loop_thread = loop, thread
         return _loop
@@ -842,7 +1035,8 @@ def _fields(template: str) -> list[str]:
     except ValueError as exc:
         raise ConfigurationError(
             f"The template {template!r} is not a valid format string ({exc}).",
-            hint="Write {{ and }} for literal braces.") from None
+            hint="Write {{ and }} for literal braces.",
+        ) from None
     return names
 
 
@@ -870,18 +1064,22 @@ def fill_template(template: str, frame: pd.DataFrame) -> tuple[list[Prompt], lis
             raise ConfigurationError(
                 f"The template {template!r} has a positional {{}}, but a DataFrame row is "
                 f"filled by column name. Columns: {columns_list}.",
-                hint="Write {column_name}, or {{ and }} for literal braces.")
+                hint="Write {column_name}, or {{ and }} for literal braces.",
+            )
         if base not in by_name:
             raise ConfigurationError(
                 f"The template {template!r} names {{{base}}}, which is not a column. "
                 f"Columns: {columns_list}.",
-                hint="Use one of those names, or write {{ and }} for literal braces.")
+                hint="Use one of those names, or write {{ and }} for literal braces.",
+            )
         if base not in used:
             used.append(base)
     if not used:
         raise ConfigurationError(
             f"The template {template!r} names no column, so every row would send the same "
-            f"prompt. Columns: {columns_list}.", hint="Add a field such as {text}.")
+            f"prompt. Columns: {columns_list}.",
+            hint="Add a field such as {text}.",
+        )
     import pandas as pd
 
     fast = all(not b.isdigit() for b in used)
@@ -914,20 +1112,24 @@ def _is_missing(value: Any, pd: Any) -> bool:
         return False
 
 
-def fill_series_template(template: str, values: Iterable[Any]) -> tuple[list[Prompt],
-                                                                        list[str | None]]:
+def fill_series_template(
+    template: str, values: Iterable[Any]
+) -> tuple[list[Prompt], list[str | None]]:
     """Fill ``{}`` (or ``{0}``) in ``template`` with each value; see :func:`fill_template`."""
     names = _fields(template)
     if not names:
         raise ConfigurationError(
             f"The template {template!r} has no {{}} for the value, so every row would send "
-            "the same prompt.", hint='Write e.g. "Summarise: {}".')
+            "the same prompt.",
+            hint='Write e.g. "Summarise: {}".',
+        )
     bad = [n for n in names if _base_name(n) not in ("", "0")]
     if bad:
         raise ConfigurationError(
             f"The template {template!r} names {{{_base_name(bad[0])}}}, but a Series has one "
             "value a row: write {} for it.",
-            hint="For several columns use df.cencori.prompt('… {col_a} … {col_b}').")
+            hint="For several columns use df.cencori.prompt('… {col_a} … {col_b}').",
+        )
     import pandas as pd
 
     prompts: list[Prompt] = []
@@ -952,8 +1154,9 @@ def _with_reasons(df: pd.DataFrame, reasons: list[str | None]) -> pd.DataFrame:
         import pandas as pd
 
         mask = [r is not None for r in reasons]
-        df.loc[mask, "error"] = pd.Series([r for r in reasons if r is not None],
-                                          index=df.index[mask])
+        df.loc[mask, "error"] = pd.Series(
+            [r for r in reasons if r is not None], index=df.index[mask]
+        )
     return df
 
 

@@ -43,12 +43,25 @@ from .types import ChatRequest, Completion
 if TYPE_CHECKING:
     from .router import Decision
 
-__all__ = ["CacheEntry", "as_hit", "cache_key", "cache_path", "cacheable", "clear", "fetch",
-           "lookup", "pending", "stats", "store", "store_after_commit"]
+__all__ = [
+    "CacheEntry",
+    "as_hit",
+    "cache_key",
+    "cache_path",
+    "cacheable",
+    "clear",
+    "fetch",
+    "lookup",
+    "pending",
+    "stats",
+    "store",
+    "store_after_commit",
+]
 
 SCHEMA_VERSION = 1
-_DECIMAL_FIELDS = frozenset(f.name for f in dataclasses.fields(Completion)
-                            if "Decimal" in str(f.type))
+_DECIMAL_FIELDS = frozenset(
+    f.name for f in dataclasses.fields(Completion) if "Decimal" in str(f.type)
+)
 _FIELDS = frozenset(f.name for f in dataclasses.fields(Completion))
 
 _lock = threading.Lock()
@@ -71,12 +84,19 @@ def cache_key(decision: Decision, request: ChatRequest) -> str:
     """sha256 hex of (provider, model, endpoint, messages, parameters) — what makes the
     answer. The endpoint (base URL) is part of it: a sandbox's fake reply must never be
     served later as the real provider's, nor one gateway's as another's."""
-    payload = [SCHEMA_VERSION, decision.provider, decision.model, decision.base_url,
-               [[m.role, m.content] for m in request.messages],
-               request.temperature, request.max_tokens,
-               request.extra or None]
-    raw = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True,
-                     default=str)
+    payload = [
+        SCHEMA_VERSION,
+        decision.provider,
+        decision.model,
+        decision.base_url,
+        [[m.role, m.content] for m in request.messages],
+        request.temperature,
+        request.max_tokens,
+        request.extra or None,
+    ]
+    raw = json.dumps(
+        payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str
+    )
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -94,16 +114,19 @@ def _connect() -> sqlite3.Connection:
         if not path.exists():
             import os
 
-            os.close(open_private(path, os.O_WRONLY | os.O_CREAT))   # 0600 from creation
-        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
-                               cached_statements=16)
+            os.close(open_private(path, os.O_WRONLY | os.O_CREAT))  # 0600 from creation
+        conn = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, cached_statements=16
+        )
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("CREATE TABLE IF NOT EXISTS responses ("
-                         " key TEXT PRIMARY KEY, created_ms INTEGER NOT NULL,"
-                         " provider TEXT NOT NULL, model TEXT NOT NULL,"
-                         " completion TEXT NOT NULL)")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS responses ("
+                " key TEXT PRIMARY KEY, created_ms INTEGER NOT NULL,"
+                " provider TEXT NOT NULL, model TEXT NOT NULL,"
+                " completion TEXT NOT NULL)"
+            )
         except sqlite3.Error:
             conn.close()
             raise
@@ -131,9 +154,12 @@ def _unusable(exc: Exception) -> None:
         _warned = True
         import warnings
 
-        warnings.warn(f"The response cache {cache_path()} cannot be used ({exc}); requests go "
-                      "to the provider. Delete the file to start a fresh cache.",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"The response cache {cache_path()} cannot be used ({exc}); requests go "
+            "to the provider. Delete the file to start a fresh cache.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 @dataclasses.dataclass(slots=True)
@@ -151,13 +177,14 @@ def fetch(key: str) -> CacheEntry | None:
     A cache file that cannot be read counts as a miss (with one warning per process).
     """
     global _hits, _misses
-    if key in _pending:       # stored once its ledger row commits: wait for that
+    if key in _pending:  # stored once its ledger row commits: wait for that
         _wait_pending()
     try:
         conn = _conn if _conn is not None and _conn_path == cache_path() else _connect()
         with _lock:
-            row = conn.execute("SELECT completion, created_ms FROM responses WHERE key = ?",
-                               (key,)).fetchone()
+            row = conn.execute(
+                "SELECT completion, created_ms FROM responses WHERE key = ?", (key,)
+            ).fetchone()
         entry = None if row is None else CacheEntry(_decode(row[0]), int(row[1]))
     except (sqlite3.Error, ValueError, TypeError) as exc:
         _unusable(exc)
@@ -223,18 +250,27 @@ def store(key: str, completion: Completion) -> None:
     try:
         conn = _connect()
         with _lock:
-            conn.execute("INSERT OR REPLACE INTO responses (key, created_ms, provider, model,"
-                         " completion) VALUES (?, ?, ?, ?, ?)",
-                         (key, int(time.time() * 1000), completion.provider, completion.model,
-                          json.dumps(data, ensure_ascii=False)))
-    except sqlite3.Error as exc:   # the answer was delivered and paid; only caching failed
+            conn.execute(
+                "INSERT OR REPLACE INTO responses (key, created_ms, provider, model,"
+                " completion) VALUES (?, ?, ?, ?, ?)",
+                (
+                    key,
+                    int(time.time() * 1000),
+                    completion.provider,
+                    completion.model,
+                    json.dumps(data, ensure_ascii=False),
+                ),
+            )
+    except sqlite3.Error as exc:  # the answer was delivered and paid; only caching failed
         _unusable(exc)
 
 
 def _damaged(exc: sqlite3.Error) -> ConfigurationError:
-    return ConfigurationError(f"The response cache {cache_path()} cannot be opened ({exc}).",
-                              hint="Delete that file; a fresh cache is created on the next "
-                                   "request.", path=cache_path())
+    return ConfigurationError(
+        f"The response cache {cache_path()} cannot be opened ({exc}).",
+        hint="Delete that file; a fresh cache is created on the next request.",
+        path=cache_path(),
+    )
 
 
 def clear() -> int:
@@ -261,10 +297,14 @@ def stats() -> dict[str, Any]:
     except sqlite3.Error as exc:
         raise _damaged(exc) from exc
     path = cache_path()
-    size = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal"))
-               if p.exists())
-    return {"entries": int(entries), "bytes": size, "hits": _hits, "misses": _misses,
-            "path": str(path)}
+    size = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+    return {
+        "entries": int(entries),
+        "bytes": size,
+        "hits": _hits,
+        "misses": _misses,
+        "path": str(path),
+    }
 
 
 def _reset_for_tests() -> None:

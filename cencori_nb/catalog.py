@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 __all__ = ["CENCORI", "PROVIDERS", "ProviderInfo", "is_known_provider", "provider_info"]
 
-CENCORI = "cencori"   # the managed route's pseudo-provider (the Cencori project key)
+CENCORI = "cencori"  # the managed route's pseudo-provider (the Cencori project key)
 # Where a person tops up the credit wallet: the gateway's own top_up_url ("/billing",
 # relative to its site; reference/cencori.md) made absolute. The one copy of this address.
 CENCORI_BILLING_URL = "https://cencori.com/billing"
@@ -21,48 +21,127 @@ CENCORI_BILLING_URL = "https://cencori.com/billing"
 class ProviderInfo:
     name: str
     display_name: str
-    wire: str                    # "openai" | "anthropic" | "google" | "openai-compatible"
+    wire: str  # "openai" | "anthropic" | "google" | "openai-compatible"
     default_model: str
     models: tuple[str, ...]
-    key_prefix: str = ""         # typical key prefix, for a gentle warning only
-    base_url: str = ""           # real API base URL (OpenAI-compatible ones end in /v1)
-    managed: bool = True         # whether Cencori's gateway can serve it (not your localhost)
+    key_prefix: str = ""  # typical key prefix, for a gentle warning only
+    base_url: str = ""  # real API base URL (OpenAI-compatible ones end in /v1)
+    managed: bool = True  # whether Cencori's gateway can serve it (not your localhost)
 
 
-PROVIDERS: dict[str, ProviderInfo] = {p.name: p for p in (
-    ProviderInfo("openai", "OpenAI", "openai", "gpt-4o-mini",
-                 ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o3-mini",
-                  "o4-mini"),
-                 "sk-", "https://api.openai.com/v1"),
-    ProviderInfo("anthropic", "Anthropic", "anthropic", "claude-haiku-4-5",
-                 ("claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4-1",
-                  "claude-3-5-haiku-latest"),
-                 "sk-ant-", "https://api.anthropic.com"),
-    ProviderInfo("google", "Google Gemini", "google", "gemini-2.5-flash",
-                 ("gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.5-pro",
-                  "gemini-2.0-flash"),
-                 "AIza", "https://generativelanguage.googleapis.com"),
-    ProviderInfo("mistral", "Mistral", "openai-compatible", "mistral-small-latest",
-                 ("mistral-small-latest", "mistral-large-latest", "codestral-latest",
-                  "open-mistral-nemo"),
-                 "", "https://api.mistral.ai/v1"),
-    ProviderInfo("groq", "Groq", "openai-compatible", "llama-3.3-70b-versatile",
-                 ("llama-3.3-70b-versatile", "llama-3.1-8b-instant", "mixtral-8x7b-32768"),
-                 "gsk_", "https://api.groq.com/openai/v1"),
-    ProviderInfo("xai", "xAI", "openai-compatible", "grok-3-mini",
-                 ("grok-3-mini", "grok-3", "grok-4"), "xai-", "https://api.x.ai/v1"),
-    ProviderInfo("deepseek", "DeepSeek", "openai-compatible", "deepseek-chat",
-                 ("deepseek-chat", "deepseek-reasoner"), "sk-", "https://api.deepseek.com/v1"),
-    ProviderInfo("together", "Together AI", "openai-compatible",
-                 "meta-llama/Llama-3.3-70B-Instruct-Turbo",
-                 ("meta-llama/Llama-3.3-70B-Instruct-Turbo",), "", "https://api.together.xyz/v1"),
-    ProviderInfo("openrouter", "OpenRouter", "openai-compatible", "openai/gpt-4o-mini",
-                 ("openai/gpt-4o-mini", "anthropic/claude-3.5-haiku",
-                  "meta-llama/llama-3.3-70b-instruct:free"),
-                 "sk-or-", "https://openrouter.ai/api/v1"),
-    ProviderInfo("local", "Local OpenAI-compatible server", "openai-compatible", "llama3.2",
-                 ("llama3.2",), "", "http://127.0.0.1:11434/v1", managed=False),
-)}
+PROVIDERS: dict[str, ProviderInfo] = {
+    p.name: p
+    for p in (
+        ProviderInfo(
+            "openai",
+            "OpenAI",
+            "openai",
+            "gpt-4o-mini",
+            (
+                "gpt-4o-mini",
+                "gpt-4o",
+                "gpt-4.1",
+                "gpt-4.1-mini",
+                "gpt-4.1-nano",
+                "o3-mini",
+                "o4-mini",
+            ),
+            "sk-",
+            "https://api.openai.com/v1",
+        ),
+        ProviderInfo(
+            "anthropic",
+            "Anthropic",
+            "anthropic",
+            "claude-haiku-4-5",
+            ("claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4-1", "claude-3-5-haiku-latest"),
+            "sk-ant-",
+            "https://api.anthropic.com",
+        ),
+        ProviderInfo(
+            "google",
+            "Google Gemini",
+            "google",
+            "gemini-2.5-flash",
+            ("gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.5-pro", "gemini-2.0-flash"),
+            "AIza",
+            "https://generativelanguage.googleapis.com",
+        ),
+        ProviderInfo(
+            "mistral",
+            "Mistral",
+            "openai-compatible",
+            "mistral-small-latest",
+            (
+                "mistral-small-latest",
+                "mistral-large-latest",
+                "codestral-latest",
+                "open-mistral-nemo",
+            ),
+            "",
+            "https://api.mistral.ai/v1",
+        ),
+        ProviderInfo(
+            "groq",
+            "Groq",
+            "openai-compatible",
+            "llama-3.3-70b-versatile",
+            ("llama-3.3-70b-versatile", "llama-3.1-8b-instant", "mixtral-8x7b-32768"),
+            "gsk_",
+            "https://api.groq.com/openai/v1",
+        ),
+        ProviderInfo(
+            "xai",
+            "xAI",
+            "openai-compatible",
+            "grok-3-mini",
+            ("grok-3-mini", "grok-3", "grok-4"),
+            "xai-",
+            "https://api.x.ai/v1",
+        ),
+        ProviderInfo(
+            "deepseek",
+            "DeepSeek",
+            "openai-compatible",
+            "deepseek-chat",
+            ("deepseek-chat", "deepseek-reasoner"),
+            "sk-",
+            "https://api.deepseek.com/v1",
+        ),
+        ProviderInfo(
+            "together",
+            "Together AI",
+            "openai-compatible",
+            "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+            ("meta-llama/Llama-3.3-70B-Instruct-Turbo",),
+            "",
+            "https://api.together.xyz/v1",
+        ),
+        ProviderInfo(
+            "openrouter",
+            "OpenRouter",
+            "openai-compatible",
+            "openai/gpt-4o-mini",
+            (
+                "openai/gpt-4o-mini",
+                "anthropic/claude-3.5-haiku",
+                "meta-llama/llama-3.3-70b-instruct:free",
+            ),
+            "sk-or-",
+            "https://openrouter.ai/api/v1",
+        ),
+        ProviderInfo(
+            "local",
+            "Local OpenAI-compatible server",
+            "openai-compatible",
+            "llama3.2",
+            ("llama3.2",),
+            "",
+            "http://127.0.0.1:11434/v1",
+            managed=False,
+        ),
+    )
+}
 
 
 def is_known_provider(name: str) -> bool:
@@ -79,4 +158,6 @@ def provider_info(name: str) -> ProviderInfo:
         raise UnknownProviderError(
             f"Unknown provider {name!r}.",
             hint="Known providers: " + ", ".join(sorted(PROVIDERS)) + f" (and {CENCORI!r} for"
-            " the managed Cencori project key).", provider=name) from None
+            " the managed Cencori project key).",
+            provider=name,
+        ) from None

@@ -73,8 +73,13 @@ from .errors import (
 )
 from .ledger import Ledger, LedgerRow, default_ledger, new_client_id
 from .providers import get_provider
-from .redact import (StreamRedactor, holds_secret, looks_like_key, refuse_key_in_prompt,
-                     remove_stored_keys)
+from .redact import (
+    StreamRedactor,
+    holds_secret,
+    looks_like_key,
+    refuse_key_in_prompt,
+    remove_stored_keys,
+)
 from .tokens import estimate_messages_tokens, estimate_tokens
 from .types import ChatRequest, Completion, Message
 
@@ -92,21 +97,40 @@ _perf = time.perf_counter
 _FALLBACK_ERRORS = (RateLimitError, ProviderTimeoutError, ProviderUnavailableError)
 
 
-def _build(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
-           model: str | None, provider: str | None, route: str, system: str | None,
-           temperature: float | None, max_tokens: int | None, project: str | None,
-           cache_: bool, stream_: bool,
-           max_cost_usd: Decimal | float | str | None = None) -> ChatRequest:
-    return ChatRequest.from_prompt(prompt_or_messages, system=system, model=model,
-                                   provider=provider, route=route, temperature=temperature,
-                                   max_tokens=max_tokens, stream=stream_, project=project,
-                                   cache=cache_, max_cost_usd=_usd(max_cost_usd))
+def _build(
+    prompt_or_messages: str | list[dict[str, str]] | list[Message],
+    *,
+    model: str | None,
+    provider: str | None,
+    route: str,
+    system: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    project: str | None,
+    cache_: bool,
+    stream_: bool,
+    max_cost_usd: Decimal | float | str | None = None,
+) -> ChatRequest:
+    return ChatRequest.from_prompt(
+        prompt_or_messages,
+        system=system,
+        model=model,
+        provider=provider,
+        route=route,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        stream=stream_,
+        project=project,
+        cache=cache_,
+        max_cost_usd=_usd(max_cost_usd),
+    )
 
 
 def _usd(value: Decimal | float | str | None) -> Decimal | None:
     """``max_cost_usd`` as a Decimal, by the wallet's one rule for amounts."""
-    return None if value is None else wallet.parse_amount(value, allow_zero=True,
-                                                          what="max_cost_usd")
+    return (
+        None if value is None else wallet.parse_amount(value, allow_zero=True, what="max_cost_usd")
+    )
 
 
 # --------------------------------------------------------------------------- shared steps
@@ -123,11 +147,11 @@ def _resolve(request: ChatRequest) -> Decision:
     """
     _refuse_invalid_text(request)
     try:
-        _refuse_key_as_name(request)       # the keys registered so far
+        _refuse_key_as_name(request)  # the keys registered so far
         try:
             decision = router.resolve(request)
         except CencoriError:
-            _refuse_key_as_name(request)   # routing opened the store: before its message shows
+            _refuse_key_as_name(request)  # routing opened the store: before its message shows
             raise
         # Routing opened the store, which registered every key with cencori_nb.redact; the
         # project may come from CENCORI_NB_PROJECT (%cencori use) rather than the request.
@@ -164,21 +188,27 @@ def _refuse_invalid_text(request: ChatRequest) -> None:
                 raise ConfigurationError(
                     f"Not sent: the prompt (or a name) holds a lone surrogate at position "
                     f"{exc.start}, which is not valid UTF-8 text (bytes that were not UTF-8, "
-                    "decoded with surrogateescape).", code="invalid_text",
-                    hint="Decode the text properly (errors='replace') or remove the "
-                         "character.") from None
+                    "decoded with surrogateescape).",
+                    code="invalid_text",
+                    hint="Decode the text properly (errors='replace') or remove the character.",
+                ) from None
 
 
 def _refuse_key_as_name(request: ChatRequest, project: str | None = None) -> None:
-    for what, value in (("model", request.model), ("provider", request.provider),
-                        ("project", request.project), ("project", project)):
+    for what, value in (
+        ("model", request.model),
+        ("provider", request.provider),
+        ("project", request.project),
+        ("project", project),
+    ):
         if value and (holds_secret(value) or looks_like_key(value)):
             raise KeyAsNameError(
                 f"Not sent: the {what} name is one of your API keys (or shaped like one). It "
                 "would be written to the ledger, the cache and error messages.",
-                hint=f"Give a {what} name (e.g. " + {"model": "'gpt-4o-mini'",
-                                                    "provider": "'openai'",
-                                                    "project": "'default'"}[what] + ").")
+                hint=f"Give a {what} name (e.g. "
+                + {"model": "'gpt-4o-mini'", "provider": "'openai'", "project": "'default'"}[what]
+                + ").",
+            )
 
 
 def _cache_hit(request: ChatRequest, decision: Decision) -> tuple[str | None, Completion | None]:
@@ -226,10 +256,20 @@ def _reserve_args(request: ChatRequest, decision: Decision) -> _ReserveArgs | No
     if not decision.budgeted:
         return None
     estimate, out, assumed = accounting.estimate_for(
-        decision.provider, decision.model, decision.route, _prompt_tokens(request),
-        request.max_tokens)
-    return {"estimate": estimate, "model": decision.model, "provider": decision.provider,
-            "output_tokens": out, "output_assumed": assumed, "test_mode": _test_mode(decision)}
+        decision.provider,
+        decision.model,
+        decision.route,
+        _prompt_tokens(request),
+        request.max_tokens,
+    )
+    return {
+        "estimate": estimate,
+        "model": decision.model,
+        "provider": decision.provider,
+        "output_tokens": out,
+        "output_assumed": assumed,
+        "test_mode": _test_mode(decision),
+    }
 
 
 def _prompt_tokens(request: ChatRequest) -> int:
@@ -240,9 +280,15 @@ def _confirm(request: ChatRequest, decision: Decision, reservation: Reservation 
     """Refuse a request above the cost the caller accepted (after the hard cap has had its
     say: a capped request is refused, not offered); the reservation goes with it."""
     try:
-        accounting.confirm_cost(decision.provider, decision.model, decision.route,
-                                _prompt_tokens(request), request.max_tokens,
-                                request.max_cost_usd, free=_test_mode(decision))
+        accounting.confirm_cost(
+            decision.provider,
+            decision.model,
+            decision.route,
+            _prompt_tokens(request),
+            request.max_tokens,
+            request.max_cost_usd,
+            free=_test_mode(decision),
+        )
     except BaseException:
         _release(reservation)
         raise
@@ -252,16 +298,16 @@ def _reserve(request: ChatRequest, decision: Decision) -> Reservation | None:
     """Hold the request's estimated maximum cost against a hard cap (may wait; may refuse),
     then check it against the cost the caller accepted."""
     args = _reserve_args(request, decision)
-    reservation = None if args is None else _caught_up(
-        accounting.reserve(decision.project, **args))
+    reservation = None if args is None else _caught_up(accounting.reserve(decision.project, **args))
     _confirm(request, decision, reservation)
     return reservation
 
 
 async def _areserve(request: ChatRequest, decision: Decision) -> Reservation | None:
     args = _reserve_args(request, decision)
-    reservation = None if args is None else _caught_up(
-        await accounting.areserve(decision.project, **args))
+    reservation = (
+        None if args is None else _caught_up(await accounting.areserve(decision.project, **args))
+    )
     _confirm(request, decision, reservation)
     return reservation
 
@@ -289,8 +335,14 @@ def _fallback(decision: Decision, err: CencoriError) -> Decision | None:
     return decision.fallback if isinstance(err, _FALLBACK_ERRORS) else None
 
 
-def _failed(decision: Decision, err: CencoriError, request: ChatRequest,
-            reservation: Reservation | None, started: float, client_id: str) -> Decision:
+def _failed(
+    decision: Decision,
+    err: CencoriError,
+    request: ChatRequest,
+    reservation: Reservation | None,
+    started: float,
+    client_id: str,
+) -> Decision:
     """The one failure step of chat, achat, stream and astream: an attempt sent on
     ``decision`` failed with ``err``. Records it (its own ledger row; the row releases the
     attempt's reservation), then returns the decision to try next (the managed fallback),
@@ -307,17 +359,27 @@ def _failed(decision: Decision, err: CencoriError, request: ChatRequest,
     return fallback
 
 
-def _record_failure(decision: Decision, request: ChatRequest, err: CencoriError,
-                    started: float, reservation: Reservation | None = None,
-                    client_id: str | None = None) -> None:
+def _record_failure(
+    decision: Decision,
+    request: ChatRequest,
+    err: CencoriError,
+    started: float,
+    reservation: Reservation | None = None,
+    client_id: str | None = None,
+) -> None:
     accounting.record_failure(
         client_id=client_id,
         request_id=getattr(err, "request_id", None) or uuid.uuid4().hex,
-        project=decision.project, provider=decision.provider,
-        model=request.model or decision.model, route=decision.route,
-        credential_source=decision.credential_source, error=err,
-        latency_ms=(_perf() - started) * 1000.0, test_mode=_test_mode(decision),
-        reservation=reservation)
+        project=decision.project,
+        provider=decision.provider,
+        model=request.model or decision.model,
+        route=decision.route,
+        credential_source=decision.credential_source,
+        error=err,
+        latency_ms=(_perf() - started) * 1000.0,
+        test_mode=_test_mode(decision),
+        reservation=reservation,
+    )
 
 
 def _begin(decision: Decision, request: ChatRequest) -> str:
@@ -325,36 +387,69 @@ def _begin(decision: Decision, request: ChatRequest) -> str:
     the request is sent: if this process dies before the attempt's row is committed, the
     next start records it as ``interrupted`` (estimated) instead of losing it."""
     client_id = new_client_id()
-    default_ledger().begin(LedgerRow(
-        client_id=client_id, request_id="", project=decision.project,
-        provider=decision.provider, route=decision.route, status="interrupted",
-        model_requested=request.model, model=decision.model,
-        credential_source=decision.credential_source, error_code="process_ended",
-        input_tokens=_prompt_tokens(request), estimated=True, cost_usd=None,
-        test_mode=_test_mode(decision)))
+    default_ledger().begin(
+        LedgerRow(
+            client_id=client_id,
+            request_id="",
+            project=decision.project,
+            provider=decision.provider,
+            route=decision.route,
+            status="interrupted",
+            model_requested=request.model,
+            model=decision.model,
+            credential_source=decision.credential_source,
+            error_code="process_ended",
+            input_tokens=_prompt_tokens(request),
+            estimated=True,
+            cost_usd=None,
+            test_mode=_test_mode(decision),
+        )
+    )
     return client_id
 
 
-def _record_interrupted(decision: Decision, request: ChatRequest, started: float,
-                        client_id: str, reservation: Reservation | None) -> None:
+def _record_interrupted(
+    decision: Decision,
+    request: ChatRequest,
+    started: float,
+    client_id: str,
+    reservation: Reservation | None,
+) -> None:
     """The caller stopped a sent request before its answer (Ctrl-C, a cancelled task): the
     provider may bill the prompt, so it is recorded as ``interrupted`` with estimated
     tokens. Never raises: the interrupt itself is what propagates."""
     completion = Completion(
-        text="", model=decision.model, provider=decision.provider, route=decision.route,
-        input_tokens=_prompt_tokens(request), latency_ms=(_perf() - started) * 1000.0,
-        estimated=True, model_requested=request.model,
-        credential_source=decision.credential_source, project=decision.project,
-        test_mode=_test_mode(decision), client_id=client_id, interrupted=True)
+        text="",
+        model=decision.model,
+        provider=decision.provider,
+        route=decision.route,
+        input_tokens=_prompt_tokens(request),
+        latency_ms=(_perf() - started) * 1000.0,
+        estimated=True,
+        model_requested=request.model,
+        credential_source=decision.credential_source,
+        project=decision.project,
+        test_mode=_test_mode(decision),
+        client_id=client_id,
+        interrupted=True,
+    )
     try:
         accounting.settle(completion, reservation=reservation)
     except Exception:  # noqa: BLE001 - the journal still holds it for the next start
         _log.warning("cencori_nb: could not record the interrupted request %s", client_id)
 
 
-def _completion(decision: Decision, request: ChatRequest, result: ProviderResult, *,
-                text: str | None = None, latency_ms: float, ttft_ms: float | None = None,
-                complete: bool = True, client_id: str = "") -> Completion:
+def _completion(
+    decision: Decision,
+    request: ChatRequest,
+    result: ProviderResult,
+    *,
+    text: str | None = None,
+    latency_ms: float,
+    ttft_ms: float | None = None,
+    complete: bool = True,
+    client_id: str = "",
+) -> Completion:
     """Our Completion from the adapter's result; estimates tokens when usage is missing."""
     # A reply that echoes a stored key (a hostile endpoint on a custom base_url) must not
     # carry it into the cache, a batch checkpoint, a DataFrame or a display.
@@ -367,40 +462,66 @@ def _completion(decision: Decision, request: ChatRequest, result: ProviderResult
         cache_read = cache_write = thinking = 0
     else:
         input_tokens = usage.input_tokens or (
-            estimate_messages_tokens(m.content for m in request.messages) if not complete else 0)
-        output_tokens = usage.output_tokens if complete else max(usage.output_tokens,
-                                                                  estimate_tokens(text))
+            estimate_messages_tokens(m.content for m in request.messages) if not complete else 0
+        )
+        output_tokens = (
+            usage.output_tokens if complete else max(usage.output_tokens, estimate_tokens(text))
+        )
         cache_read, cache_write = usage.cache_read_tokens, usage.cache_write_tokens
         thinking = usage.thinking_tokens
     provider = decision.provider
     if decision.route == "managed" and result.served_by:
         provider = result.served_by
     return Completion(
-        text=text, model=result.model or decision.model, provider=provider,
-        route=decision.route, input_tokens=input_tokens, output_tokens=output_tokens,
-        cache_read_tokens=cache_read, cache_write_tokens=cache_write, thinking_tokens=thinking,
-        request_id=result.request_id or uuid.uuid4().hex, latency_ms=latency_ms,
-        ttft_ms=ttft_ms, finish_reason=result.finish_reason, estimated=estimated,
-        model_requested=request.model, credential_source=decision.credential_source,
-        project=decision.project, gateway_cost_usd=result.gateway_cost_usd,
-        test_mode=_test_mode(decision), client_id=client_id, interrupted=not complete,
-        gateway_cache=result.gateway_cache, model_original=result.model_original)
+        text=text,
+        model=result.model or decision.model,
+        provider=provider,
+        route=decision.route,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        thinking_tokens=thinking,
+        request_id=result.request_id or uuid.uuid4().hex,
+        latency_ms=latency_ms,
+        ttft_ms=ttft_ms,
+        finish_reason=result.finish_reason,
+        estimated=estimated,
+        model_requested=request.model,
+        credential_source=decision.credential_source,
+        project=decision.project,
+        gateway_cost_usd=result.gateway_cost_usd,
+        test_mode=_test_mode(decision),
+        client_id=client_id,
+        interrupted=not complete,
+        gateway_cache=result.gateway_cache,
+        model_original=result.model_original,
+    )
 
 
 def _http_request(adapter: Provider, request: ChatRequest, decision: Decision) -> httpx2.Request:
-    return adapter.build_request(request, model=decision.model, api_key=decision.credential,
-                                 base_url=decision.base_url)
+    return adapter.build_request(
+        request, model=decision.model, api_key=decision.credential, base_url=decision.base_url
+    )
 
 
 # --------------------------------------------------------------------------- chat / achat
 
 
-def chat(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
-         model: str | None = None, provider: str | None = None, route: str = "auto",
-         system: str | None = None, temperature: float | None = None,
-         max_tokens: int | None = None, project: str | None = None, cache: bool = True,
-         retries: int | None = None,
-         max_cost_usd: Decimal | float | str | None = None) -> Completion:
+def chat(
+    prompt_or_messages: str | list[dict[str, str]] | list[Message],
+    *,
+    model: str | None = None,
+    provider: str | None = None,
+    route: str = "auto",
+    system: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    project: str | None = None,
+    cache: bool = True,
+    retries: int | None = None,
+    max_cost_usd: Decimal | float | str | None = None,
+) -> Completion:
     """Send one prompt (or a list of ``{"role", "content"}`` messages); return the Completion.
 
     ``route`` is ``auto`` (BYOK when an enabled key exists, else managed), ``byok`` or
@@ -414,10 +535,19 @@ def chat(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
     $0.10): :class:`~cencori_nb.errors.CostConfirmationError` names the estimate; pass a
     higher ``max_cost_usd`` to send it. Raises a :class:`~cencori_nb.errors.CencoriError`.
     """
-    request = _build(prompt_or_messages, model=model, provider=provider, route=route,
-                     system=system, temperature=temperature, max_tokens=max_tokens,
-                     project=project, cache_=cache, stream_=False,
-                     max_cost_usd=max_cost_usd)
+    request = _build(
+        prompt_or_messages,
+        model=model,
+        provider=provider,
+        route=route,
+        system=system,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        project=project,
+        cache_=cache,
+        stream_=False,
+        max_cost_usd=max_cost_usd,
+    )
     return _chat(request, retries)
 
 
@@ -433,12 +563,19 @@ def _prepare(request: ChatRequest) -> tuple[Decision, str | None, Completion | N
     return decision, key, hit
 
 
-def _finish(decision: Decision, request: ChatRequest, result: ProviderResult, started: float,
-            key: str | None, reservation: Reservation | None = None,
-            client_id: str = "") -> Completion:
+def _finish(
+    decision: Decision,
+    request: ChatRequest,
+    result: ProviderResult,
+    started: float,
+    key: str | None,
+    reservation: Reservation | None = None,
+    client_id: str = "",
+) -> Completion:
     """Turn a parsed answer into a settled Completion and cache it (sync and async alike)."""
-    completion = _completion(decision, request, result,
-                             latency_ms=(_perf() - started) * 1000.0, client_id=client_id)
+    completion = _completion(
+        decision, request, result, latency_ms=(_perf() - started) * 1000.0, client_id=client_id
+    )
     completion = accounting.settle(completion, reservation=reservation)
     if key is not None:
         cache.store_after_commit(key, completion)
@@ -457,15 +594,18 @@ def _chat(request: ChatRequest, retries: int | None) -> Completion:
             started = _perf()
             client_id = _begin(decision, request)
             try:
-                response = transport.send(_http_request(adapter, request, decision),
-                                          retries=retries, map_error=adapter.map_error,
-                                          provider=decision.provider)
+                response = transport.send(
+                    _http_request(adapter, request, decision),
+                    retries=retries,
+                    map_error=adapter.map_error,
+                    provider=decision.provider,
+                )
                 result = adapter.parse_response(response)
             except CencoriError as err:
                 decision = _failed(decision, err, request, reservation, started, client_id)
                 reservation = _reserve(request, decision)
                 continue
-            except BaseException:    # Ctrl-C while waiting: the request was sent
+            except BaseException:  # Ctrl-C while waiting: the request was sent
                 _record_interrupted(decision, request, started, client_id, reservation)
                 raise
             return _finish(decision, request, result, started, key, reservation, client_id)
@@ -473,17 +613,34 @@ def _chat(request: ChatRequest, retries: int | None) -> Completion:
         _release(reservation)
 
 
-async def achat(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
-                model: str | None = None, provider: str | None = None, route: str = "auto",
-                system: str | None = None, temperature: float | None = None,
-                max_tokens: int | None = None, project: str | None = None, cache: bool = True,
-                retries: int | None = None,
-                max_cost_usd: Decimal | float | str | None = None) -> Completion:
+async def achat(
+    prompt_or_messages: str | list[dict[str, str]] | list[Message],
+    *,
+    model: str | None = None,
+    provider: str | None = None,
+    route: str = "auto",
+    system: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    project: str | None = None,
+    cache: bool = True,
+    retries: int | None = None,
+    max_cost_usd: Decimal | float | str | None = None,
+) -> Completion:
     """The async twin of :func:`chat` (on the running loop's shared connection pool)."""
-    request = _build(prompt_or_messages, model=model, provider=provider, route=route,
-                     system=system, temperature=temperature, max_tokens=max_tokens,
-                     project=project, cache_=cache, stream_=False,
-                     max_cost_usd=max_cost_usd)
+    request = _build(
+        prompt_or_messages,
+        model=model,
+        provider=provider,
+        route=route,
+        system=system,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        project=project,
+        cache_=cache,
+        stream_=False,
+        max_cost_usd=max_cost_usd,
+    )
     return await _achat(request, retries)
 
 
@@ -499,15 +656,18 @@ async def _achat(request: ChatRequest, retries: int | None) -> Completion:
             started = _perf()
             client_id = _begin(decision, request)
             try:
-                response = await transport.asend(_http_request(adapter, request, decision),
-                                                 retries=retries, map_error=adapter.map_error,
-                                                 provider=decision.provider)
+                response = await transport.asend(
+                    _http_request(adapter, request, decision),
+                    retries=retries,
+                    map_error=adapter.map_error,
+                    provider=decision.provider,
+                )
                 result = adapter.parse_response(response)
             except CencoriError as err:
                 decision = _failed(decision, err, request, reservation, started, client_id)
                 reservation = await _areserve(request, decision)
                 continue
-            except BaseException:    # Ctrl-C or a cancelled task (map): the request was sent
+            except BaseException:  # Ctrl-C or a cancelled task (map): the request was sent
                 _record_interrupted(decision, request, started, client_id, reservation)
                 raise
             return _finish(decision, request, result, started, key, reservation, client_id)
@@ -533,13 +693,13 @@ class _StreamState:
         self.first: float | None = None
         self.finished = False
         self.completion: Completion | None = None
-        self.event_error: CencoriError | None = None   # an error event inside the stream
-        self.reservation: Reservation | None = None    # held against a hard cap until settled
-        self.client_id = ""                            # the attempt sent (its ledger row)
+        self.event_error: CencoriError | None = None  # an error event inside the stream
+        self.reservation: Reservation | None = None  # held against a hard cap until settled
+        self.client_id = ""  # the attempt sent (its ledger row)
 
     def feed(self, event: httpx2.ServerSentEvent) -> str | None:
         try:
-            assert self.parser is not None      # set by the send before any event
+            assert self.parser is not None  # set by the send before any event
             delta = self.parser.feed(event)
         except CencoriError as err:
             self.event_error = err
@@ -554,10 +714,16 @@ class _StreamState:
         assert self.parser is not None
         now = _perf()
         ttft = None if self.first is None else (self.first - self.started) * 1000.0
-        completion = _completion(self.decision, self.request, self.parser.result(),
-                                 text="".join(self.parts),
-                                 latency_ms=(now - self.started) * 1000.0, ttft_ms=ttft,
-                                 complete=complete, client_id=self.client_id)
+        completion = _completion(
+            self.decision,
+            self.request,
+            self.parser.result(),
+            text="".join(self.parts),
+            latency_ms=(now - self.started) * 1000.0,
+            ttft_ms=ttft,
+            complete=complete,
+            client_id=self.client_id,
+        )
         completion = accounting.settle(completion, reservation=self.reservation)
         self.completion = completion
         return completion
@@ -569,10 +735,13 @@ class _StreamState:
         if not complete and not self.parts:
             err = BadResponseError(
                 f"The stream from {self.decision.provider} ended before any text or its final "
-                "event arrived.", provider=self.decision.provider,
-                hint="Try again; use stream=False if this keeps happening.")
-            _record_failure(self.decision, self.request, err, self.started, self.reservation,
-                            self.client_id)
+                "event arrived.",
+                provider=self.decision.provider,
+                hint="Try again; use stream=False if this keeps happening.",
+            )
+            _record_failure(
+                self.decision, self.request, err, self.started, self.reservation, self.client_id
+            )
             raise err
         completion = self._settle(complete=complete)
         if not complete:
@@ -580,8 +749,10 @@ class _StreamState:
                 f"The stream from {self.decision.provider} was cut before it finished: "
                 f"{len(completion.text)} characters arrived. They were recorded with estimated "
                 "tokens; the partial completion is on this error as .completion.",
-                provider=self.decision.provider, completion=completion,
-                hint="Try again; use stream=False if this keeps happening.")
+                provider=self.decision.provider,
+                completion=completion,
+                hint="Try again; use stream=False if this keeps happening.",
+            )
         if self.key is not None:
             cache.store_after_commit(self.key, completion)
 
@@ -589,19 +760,23 @@ class _StreamState:
         """The stream failed mid-way with ``err``; return the error to raise."""
         self.finished = True
         if not self.parts:
-            _record_failure(self.decision, self.request, err, self.started, self.reservation,
-                            self.client_id)
+            _record_failure(
+                self.decision, self.request, err, self.started, self.reservation, self.client_id
+            )
             return err
         completion = self._settle(complete=False)
-        if err is self.event_error:   # the provider said why: keep its error
+        if err is self.event_error:  # the provider said why: keep its error
             err.completion = completion
             return err
         return BadResponseError(
             f"The stream from {self.decision.provider} was cut before it finished "
             f"({err.code}): {len(completion.text)} characters arrived. They were recorded with "
             "estimated tokens; the partial completion is on this error as .completion.",
-            provider=self.decision.provider, completion=completion, cause_code=err.code,
-            hint="Try again; use stream=False if this keeps happening.")
+            provider=self.decision.provider,
+            completion=completion,
+            cause_code=err.code,
+            hint="Try again; use stream=False if this keeps happening.",
+        )
 
     def abandon(self) -> None:
         """The consumer stopped early (closed it, Ctrl-C, a cancelled task): the request is
@@ -614,8 +789,7 @@ class _StreamState:
         try:
             self._settle(complete=False)
         except Exception:  # noqa: BLE001 - the journal still holds it for the next start
-            _log.warning("cencori_nb: could not record the interrupted stream %s",
-                         self.client_id)
+            _log.warning("cencori_nb: could not record the interrupted stream %s", self.client_id)
 
 
 def _open_stream(state: _StreamState, retries: int | None) -> None:
@@ -627,18 +801,24 @@ def _open_stream(state: _StreamState, retries: int | None) -> None:
         state.started = _perf()
         state.client_id = _begin(decision, state.request)
         try:
-            response = transport.send(_http_request(adapter, state.request, decision),
-                                      stream=True, retries=retries,
-                                      map_error=adapter.map_error, provider=decision.provider)
+            response = transport.send(
+                _http_request(adapter, state.request, decision),
+                stream=True,
+                retries=retries,
+                map_error=adapter.map_error,
+                provider=decision.provider,
+            )
         except CencoriError as err:
-            state.decision = _failed(decision, err, state.request, state.reservation,
-                                     state.started, state.client_id)
+            state.decision = _failed(
+                decision, err, state.request, state.reservation, state.started, state.client_id
+            )
             state.reservation = _reserve(state.request, state.decision)
             continue
-        except BaseException:        # Ctrl-C before the first byte: the request was sent
+        except BaseException:  # Ctrl-C before the first byte: the request was sent
             state.finished = True
-            _record_interrupted(decision, state.request, state.started, state.client_id,
-                                state.reservation)
+            _record_interrupted(
+                decision, state.request, state.started, state.client_id, state.reservation
+            )
             raise
         state.adapter, state.response = adapter, response
         state.parser = adapter.stream_parser(response)
@@ -653,19 +833,24 @@ async def _aopen_stream(state: _StreamState, retries: int | None) -> None:
         state.started = _perf()
         state.client_id = _begin(decision, state.request)
         try:
-            response = await transport.asend(_http_request(adapter, state.request, decision),
-                                             stream=True, retries=retries,
-                                             map_error=adapter.map_error,
-                                             provider=decision.provider)
+            response = await transport.asend(
+                _http_request(adapter, state.request, decision),
+                stream=True,
+                retries=retries,
+                map_error=adapter.map_error,
+                provider=decision.provider,
+            )
         except CencoriError as err:
-            state.decision = _failed(decision, err, state.request, state.reservation,
-                                     state.started, state.client_id)
+            state.decision = _failed(
+                decision, err, state.request, state.reservation, state.started, state.client_id
+            )
             state.reservation = await _areserve(state.request, state.decision)
             continue
-        except BaseException:        # Ctrl-C or cancelled before the first byte
+        except BaseException:  # Ctrl-C or cancelled before the first byte
             state.finished = True
-            _record_interrupted(decision, state.request, state.started, state.client_id,
-                                state.reservation)
+            _record_interrupted(
+                decision, state.request, state.started, state.client_id, state.reservation
+            )
             raise
         state.adapter, state.response = adapter, response
         state.parser = adapter.stream_parser(response)
@@ -685,7 +870,7 @@ class ChatStream:
     """
 
     def __init__(self, request: ChatRequest, retries: int | None = None) -> None:
-        decision, key, hit = _prepare(request)      # the same first steps as chat()
+        decision, key, hit = _prepare(request)  # the same first steps as chat()
         self._state = _StreamState(request, decision)
         self._state.key = key
         if hit is not None:
@@ -721,7 +906,7 @@ class ChatStream:
         state = self._state
         response = state.response
         assert response is not None
-        shown = StreamRedactor()    # a stored key the reply echoes, even split over deltas
+        shown = StreamRedactor()  # a stored key the reply echoes, even split over deltas
         try:
             for event in transport.iter_sse(response, provider=state.decision.provider):
                 delta = shown.feed(state.feed(event) or "")
@@ -733,12 +918,12 @@ class ChatStream:
         except CencoriError as err:
             response.close()
             failure = state.broke(err)
-            rest = shown.close()          # what had arrived is shown before the error
+            rest = shown.close()  # what had arrived is shown before the error
             if rest:
                 yield rest
             raise failure from err
-        except BaseException:   # closed early (GeneratorExit), Ctrl-C mid-stream
-            state.abandon()      # recorded as interrupted; the reservation is released
+        except BaseException:  # closed early (GeneratorExit), Ctrl-C mid-stream
+            state.abandon()  # recorded as interrupted; the reservation is released
             response.close()
             raise
         response.close()
@@ -766,12 +951,12 @@ class ChatStream:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self) -> None:   # a stream dropped unread must not hold a pooled connection
+    def __del__(self) -> None:  # a stream dropped unread must not hold a pooled connection
         state = getattr(self, "_state", None)
         if state is not None and state.response is not None and not state.response.is_closed:
             state.response.close()
         if state is not None:
-            with contextlib.suppress(Exception):   # sent, never read: still recorded
+            with contextlib.suppress(Exception):  # sent, never read: still recorded
                 state.abandon()
             _release(state.reservation)
 
@@ -780,19 +965,36 @@ class ChatStream:
         return f"<ChatStream {self._state.decision.provider}/{self._state.decision.model} {status}>"
 
 
-def stream(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
-           model: str | None = None, provider: str | None = None, route: str = "auto",
-           system: str | None = None, temperature: float | None = None,
-           max_tokens: int | None = None, project: str | None = None, cache: bool = True,
-           retries: int | None = None,
-           max_cost_usd: Decimal | float | str | None = None) -> ChatStream:
+def stream(
+    prompt_or_messages: str | list[dict[str, str]] | list[Message],
+    *,
+    model: str | None = None,
+    provider: str | None = None,
+    route: str = "auto",
+    system: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    project: str | None = None,
+    cache: bool = True,
+    retries: int | None = None,
+    max_cost_usd: Decimal | float | str | None = None,
+) -> ChatStream:
     """Stream one answer: iterate the returned :class:`ChatStream` for text deltas, then read
     ``.completion``. Same arguments as :func:`chat`. A cut stream raises
     :class:`~cencori_nb.errors.BadResponseError` after settling what arrived."""
-    request = _build(prompt_or_messages, model=model, provider=provider, route=route,
-                     system=system, temperature=temperature, max_tokens=max_tokens,
-                     project=project, cache_=cache, stream_=True,
-                     max_cost_usd=max_cost_usd)
+    request = _build(
+        prompt_or_messages,
+        model=model,
+        provider=provider,
+        route=route,
+        system=system,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        project=project,
+        cache_=cache,
+        stream_=True,
+        max_cost_usd=max_cost_usd,
+    )
     return ChatStream(request, retries)
 
 
@@ -815,7 +1017,7 @@ class AsyncChatStream:
 
     async def _deltas(self) -> AsyncGenerator[str, None]:
         request = self._request
-        decision, key, hit = _prepare(request)      # the same first steps as achat()
+        decision, key, hit = _prepare(request)  # the same first steps as achat()
         state = self._state = _StreamState(request, decision)
         state.key = key
         if hit is not None:
@@ -832,7 +1034,7 @@ class AsyncChatStream:
             raise
         response = state.response
         assert response is not None
-        shown = StreamRedactor()    # a stored key the reply echoes, even split over deltas
+        shown = StreamRedactor()  # a stored key the reply echoes, even split over deltas
         try:
             async for event in transport.aiter_sse(response, provider=state.decision.provider):
                 delta = shown.feed(state.feed(event) or "")
@@ -844,12 +1046,12 @@ class AsyncChatStream:
         except CencoriError as err:
             await response.aclose()
             failure = state.broke(err)
-            rest = shown.close()          # what had arrived is shown before the error
+            rest = shown.close()  # what had arrived is shown before the error
             if rest:
                 yield rest
             raise failure from err
-        except BaseException:   # closed early, Ctrl-C, a cancelled task
-            state.abandon()      # first: recorded even if closing the response is cancelled
+        except BaseException:  # closed early, Ctrl-C, a cancelled task
+            state.abandon()  # first: recorded even if closing the response is cancelled
             await response.aclose()
             raise
         await response.aclose()
@@ -877,16 +1079,32 @@ class AsyncChatStream:
         await self.aclose()
 
 
-def astream(prompt_or_messages: str | list[dict[str, str]] | list[Message], *,
-            model: str | None = None, provider: str | None = None, route: str = "auto",
-            system: str | None = None, temperature: float | None = None,
-            max_tokens: int | None = None, project: str | None = None, cache: bool = True,
-            retries: int | None = None,
-            max_cost_usd: Decimal | float | str | None = None) -> AsyncChatStream:
+def astream(
+    prompt_or_messages: str | list[dict[str, str]] | list[Message],
+    *,
+    model: str | None = None,
+    provider: str | None = None,
+    route: str = "auto",
+    system: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    project: str | None = None,
+    cache: bool = True,
+    retries: int | None = None,
+    max_cost_usd: Decimal | float | str | None = None,
+) -> AsyncChatStream:
     """Async streaming: ``async for delta in astream(...)``; then ``.completion``."""
-    request = _build(prompt_or_messages, model=model, provider=provider, route=route,
-                     system=system, temperature=temperature, max_tokens=max_tokens,
-                     project=project, cache_=cache, stream_=True,
-                     max_cost_usd=max_cost_usd)
+    request = _build(
+        prompt_or_messages,
+        model=model,
+        provider=provider,
+        route=route,
+        system=system,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        project=project,
+        cache_=cache,
+        stream_=True,
+        max_cost_usd=max_cost_usd,
+    )
     return AsyncChatStream(request, retries)
-

@@ -50,9 +50,18 @@ from urllib.parse import urlsplit
 from .errors import ConfigurationError
 from .keystore.secret import Secret
 
-__all__ = ["DEMO_KEYS", "ENV_SANDBOX_ALLOW_REMOTE", "Destination", "Endpoint",
-           "UnsafeURLError", "destination", "is_demo_key", "parse_url", "sandbox_credential",
-           "sandbox_endpoint"]
+__all__ = [
+    "DEMO_KEYS",
+    "ENV_SANDBOX_ALLOW_REMOTE",
+    "Destination",
+    "Endpoint",
+    "UnsafeURLError",
+    "destination",
+    "is_demo_key",
+    "parse_url",
+    "sandbox_credential",
+    "sandbox_endpoint",
+]
 
 ENV_SANDBOX_ALLOW_REMOTE = "CENCORI_NB_SANDBOX_ALLOW_REMOTE"
 
@@ -95,9 +104,14 @@ def is_demo_key(provider: str, key: Secret) -> bool:
     demos = [DEMO_KEYS.get(provider)]
     if provider == "cencori":
         demos.append(DEMO_CENCORI_TEST_KEY)
-    return any(demo is not None and (value == demo or (
-        value.startswith(demo) and _DEMO_VARIANT.fullmatch(value, len(demo)) is not None))
-        for demo in demos)
+    return any(
+        demo is not None
+        and (
+            value == demo
+            or (value.startswith(demo) and _DEMO_VARIANT.fullmatch(value, len(demo)) is not None)
+        )
+        for demo in demos
+    )
 
 
 def sandbox_credential(provider: str, stored: Secret) -> Secret:
@@ -122,7 +136,7 @@ class Endpoint:
 
     url: str
     scheme: str
-    host: str          # lower-case ASCII; IPv6 without brackets
+    host: str  # lower-case ASCII; IPv6 without brackets
     port: int | None
     loopback: bool
 
@@ -154,52 +168,83 @@ def parse_url(raw: str, *, what: str = "base URL") -> Endpoint:
     """Parse ``raw`` strictly (see the module docstring) or raise :class:`UnsafeURLError`."""
     if not isinstance(raw, str) or not raw:
         raise UnsafeURLError(f"The {what} is empty.", hint="Give an http(s):// URL.")
-    if any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp")
-           for ch in raw):
-        raise _refuse(what, raw, "it contains whitespace or an invisible/control character",
-                      "Write the URL without spaces or line breaks.")
+    if any(
+        ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp") for ch in raw
+    ):
+        raise _refuse(
+            what,
+            raw,
+            "it contains whitespace or an invisible/control character",
+            "Write the URL without spaces or line breaks.",
+        )
     if "\\" in raw:
         raise _refuse(what, raw, "it contains a backslash", "Write the URL with '/' only.")
     try:
         parts = urlsplit(raw)
     except ValueError:
-        raise _refuse(what, raw, "it is not a well-formed URL",
-                      "Write it like https://host/v1 or http://127.0.0.1:PORT.") from None
+        raise _refuse(
+            what,
+            raw,
+            "it is not a well-formed URL",
+            "Write it like https://host/v1 or http://127.0.0.1:PORT.",
+        ) from None
     scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not raw[len(scheme):].startswith("://"):
-        raise _refuse(what, raw, "it is not an http:// or https:// URL",
-                      "Write it like https://host/v1 or http://127.0.0.1:PORT.")
+    if scheme not in ("http", "https") or not raw[len(scheme) :].startswith("://"):
+        raise _refuse(
+            what,
+            raw,
+            "it is not an http:// or https:// URL",
+            "Write it like https://host/v1 or http://127.0.0.1:PORT.",
+        )
     if "@" in parts.netloc:
-        raise _refuse(what, raw, "it has user info before '@' (the request would go to "
-                      f"{parts.netloc.rpartition('@')[2][:60]!r})",
-                      "Remove 'user@' (credentials never belong in a base URL).")
+        raise _refuse(
+            what,
+            raw,
+            "it has user info before '@' (the request would go to "
+            f"{parts.netloc.rpartition('@')[2][:60]!r})",
+            "Remove 'user@' (credentials never belong in a base URL).",
+        )
     if parts.query or parts.fragment or "?" in raw or "#" in raw:
-        raise _refuse(what, raw, "it has a query or fragment",
-                      "Give just scheme://host[:port]/path.")
+        raise _refuse(
+            what, raw, "it has a query or fragment", "Give just scheme://host[:port]/path."
+        )
     netloc = parts.netloc
     if netloc.startswith("["):
         literal, close, after = netloc[1:].partition("]")
         if not close or (after and not after.startswith(":")):
-            raise _refuse(what, raw, "its IPv6 address is malformed", "Write it like "
-                          "http://[::1]:PORT.")
+            raise _refuse(
+                what, raw, "its IPv6 address is malformed", "Write it like http://[::1]:PORT."
+            )
         host_text = literal
     else:
         host_text = netloc.rpartition(":")[0] if ":" in netloc else netloc
     try:
         port = parts.port
     except ValueError:
-        raise _refuse(what, raw, "its port is not a number from 1 to 65535",
-                      "Write it like http://127.0.0.1:8000.") from None
+        raise _refuse(
+            what,
+            raw,
+            "its port is not a number from 1 to 65535",
+            "Write it like http://127.0.0.1:8000.",
+        ) from None
     if port == 0:
         raise _refuse(what, raw, "port 0 cannot be connected to", "Give the real port.")
     if not host_text:
         raise _refuse(what, raw, "it has no host", "Write it like https://host/v1.")
     if not host_text.isascii():
-        raise _refuse(what, raw, "its host is not ASCII (a look-alike of another name is "
-                      "possible)", "Write the host in its punycode (xn--…) form.")
+        raise _refuse(
+            what,
+            raw,
+            "its host is not ASCII (a look-alike of another name is possible)",
+            "Write the host in its punycode (xn--…) form.",
+        )
     if "%" in host_text:
-        raise _refuse(what, raw, "its host has a percent-escape or an IPv6 zone id",
-                      "Write the host plainly (and use a global or loopback address).")
+        raise _refuse(
+            what,
+            raw,
+            "its host has a percent-escape or an IPv6 zone id",
+            "Write the host plainly (and use a global or loopback address).",
+        )
     host = host_text.lower()
     loopback = False
     try:
@@ -207,14 +252,19 @@ def parse_url(raw: str, *, what: str = "base URL") -> Endpoint:
     except ValueError:
         ip = None
     if ip is None and netloc.startswith("["):
-        raise _refuse(what, raw, "its IPv6 address is malformed", "Write it like "
-                      "http://[::1]:PORT.")
+        raise _refuse(
+            what, raw, "its IPv6 address is malformed", "Write it like http://[::1]:PORT."
+        )
     if ip is not None:
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         if ip.is_unspecified:
-            raise _refuse(what, raw, f"{host} means 'any address', not a host to send to",
-                          "Use 127.0.0.1 (or ::1) for this machine.")
+            raise _refuse(
+                what,
+                raw,
+                f"{host} means 'any address', not a host to send to",
+                "Use 127.0.0.1 (or ::1) for this machine.",
+            )
         loopback = ip.is_loopback
         if isinstance(ip, ipaddress.IPv4Address):
             host = shown_host = str(ip)
@@ -225,12 +275,20 @@ def parse_url(raw: str, *, what: str = "base URL") -> Endpoint:
         name = host[:-1] if host.endswith(".") else host
         labels = name.split(".")
         if _NUMERIC_LABEL.fullmatch(labels[-1]):
-            raise _refuse(what, raw, "its host is a number in a form other than a plain "
-                          "dotted quad (resolvers read such forms as an IP address)",
-                          "Write the address as four decimal numbers, e.g. 127.0.0.1.")
+            raise _refuse(
+                what,
+                raw,
+                "its host is a number in a form other than a plain "
+                "dotted quad (resolvers read such forms as an IP address)",
+                "Write the address as four decimal numbers, e.g. 127.0.0.1.",
+            )
         if not all(_LABEL.fullmatch(label) for label in labels) or len(name) > 253:
-            raise _refuse(what, raw, "its host is not a valid host name",
-                          "Use letters, digits, '-' and '.' only.")
+            raise _refuse(
+                what,
+                raw,
+                "its host is not a valid host name",
+                "Use letters, digits, '-' and '.' only.",
+            )
         host = shown_host = name
         loopback = name == "localhost"
     path = parts.path.rstrip("/")
@@ -264,8 +322,9 @@ def sandbox_endpoint(url: str, *, allow_remote: Iterable[str] = ()) -> Endpoint:
             f"Refused sandbox URL {ep.url}: {ep.host} is not this machine (loopback). A "
             "sandbox there would see every request.",
             hint=f"If you mean it, set {ENV_SANDBOX_ALLOW_REMOTE}={ep.host} (or `%cencori "
-                 "sandbox on URL --allow-remote`); requests to it still carry only demo "
-                 "keys, never your stored ones.")
+            "sandbox on URL --allow-remote`); requests to it still carry only demo "
+            "keys, never your stored ones.",
+        )
     if ep.scheme != "https":
         raise _http_refused(ep, "sandbox")
     return ep
@@ -276,7 +335,8 @@ def _http_refused(ep: Endpoint, whose: str) -> UnsafeURLError:
         f"Refused {ep.url}: a request carrying the {whose} key would cross the network in "
         f"plain http:// to {ep.host}, where anyone on the path can read it.",
         hint="Use https://, or reach the server through loopback (e.g. an SSH tunnel to "
-             "127.0.0.1).")
+        "127.0.0.1).",
+    )
 
 
 @dataclass(frozen=True)
@@ -288,10 +348,18 @@ class Destination:
     why: str
 
 
-def destination(*, adapter: str, provider: str, credential: Secret, sandbox_url: str | None,
-                sandbox_prefix: str, configured: str | None, default_url: str,
-                trusted_hosts: Mapping[str, Iterable[str]],
-                sandbox_allow_remote: Iterable[str] = ()) -> Destination:
+def destination(
+    *,
+    adapter: str,
+    provider: str,
+    credential: Secret,
+    sandbox_url: str | None,
+    sandbox_prefix: str,
+    configured: str | None,
+    default_url: str,
+    trusted_hosts: Mapping[str, Iterable[str]],
+    sandbox_allow_remote: Iterable[str] = (),
+) -> Destination:
     """Apply the rules of the module docstring to one request.
 
     ``adapter`` is the wire format (``cencori`` on the managed route) and names the key;
@@ -300,41 +368,58 @@ def destination(*, adapter: str, provider: str, credential: Secret, sandbox_url:
     if sandbox_url:
         ep = sandbox_endpoint(sandbox_url, allow_remote=sandbox_allow_remote)
         key = sandbox_credential(adapter, credential)
-        demo = ("no key" if not key else f"the stored demo key {key.hint}"
-                if key is credential else f"the demo key {key.hint}")
-        where = ("loopback" if ep.loopback
-                 else f"remote, allowed by {ENV_SANDBOX_ALLOW_REMOTE}")
-        return Destination(ep.url + sandbox_prefix, key,
-                           f"sandbox at {ep.url} ({where}); it gets {demo}, never a stored "
-                           "key")
+        demo = (
+            "no key"
+            if not key
+            else f"the stored demo key {key.hint}"
+            if key is credential
+            else f"the demo key {key.hint}"
+        )
+        where = "loopback" if ep.loopback else f"remote, allowed by {ENV_SANDBOX_ALLOW_REMOTE}"
+        return Destination(
+            ep.url + sandbox_prefix,
+            key,
+            f"sandbox at {ep.url} ({where}); it gets {demo}, never a stored key",
+        )
     if not configured:
         ep = parse_url(default_url, what=f"{provider} default URL")
         _check_http(ep, credential, adapter)
-        return Destination(ep.url, credential, "the provider's public API" if not ep.loopback
-                           else "the provider's default address on this machine")
+        return Destination(
+            ep.url,
+            credential,
+            "the provider's public API"
+            if not ep.loopback
+            else "the provider's default address on this machine",
+        )
     ep = parse_url(configured, what=f"base_urls[{provider!r}]")
     _check_http(ep, credential, adapter)
     if ep.loopback:
-        return Destination(ep.url, credential,
-                           "base URL from settings.base_urls (loopback: no opt-in needed)")
+        return Destination(
+            ep.url, credential, "base URL from settings.base_urls (loopback: no opt-in needed)"
+        )
     if not credential:
-        return Destination(ep.url, credential,
-                           "base URL from settings.base_urls (no key is sent)")
+        return Destination(ep.url, credential, "base URL from settings.base_urls (no key is sent)")
     own = parse_url(default_url, what=f"{provider} default URL").host if default_url else ""
     if ep.host == own:
-        return Destination(ep.url, credential,
-                           f"base URL from settings.base_urls ({ep.host} is {provider}'s own "
-                           "host)")
+        return Destination(
+            ep.url,
+            credential,
+            f"base URL from settings.base_urls ({ep.host} is {provider}'s own host)",
+        )
     trusted = {_host_name(h) for h in trusted_hosts.get(adapter, ())} - {""}
     if ep.host not in trusted:
         raise UnsafeURLError(
             f"Refused base_urls[{provider!r}] = {ep.url}: your stored {adapter} key would go "
             f"to {ep.host}, which is not {adapter}'s own host ({own}).",
             hint=f"If {ep.host} is yours (a proxy, a gateway), say so: cencori_nb.settings."
-                 f"trust_host({adapter!r}, {ep.host!r}). Otherwise remove the base URL.")
-    return Destination(ep.url, credential,
-                       f"base URL from settings.base_urls; {ep.host} receives your {adapter} "
-                       f"key because settings.trusted_hosts[{adapter!r}] names it")
+            f"trust_host({adapter!r}, {ep.host!r}). Otherwise remove the base URL.",
+        )
+    return Destination(
+        ep.url,
+        credential,
+        f"base URL from settings.base_urls; {ep.host} receives your {adapter} "
+        f"key because settings.trusted_hosts[{adapter!r}] names it",
+    )
 
 
 def _check_http(ep: Endpoint, credential: Secret, adapter: str) -> None:

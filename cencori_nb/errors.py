@@ -103,20 +103,23 @@ class CencoriError(Exception):
 
     code: str = "cencori_error"
     # Set on any error a response or a stream produced, whatever its class:
-    retry_after: float | None = None     # seconds the server asked to wait, when it said
-    should_retry: bool | None = None     # the server's own verdict (X-Should-Retry), if any
+    retry_after: float | None = None  # seconds the server asked to wait, when it said
+    should_retry: bool | None = None  # the server's own verdict (X-Should-Retry), if any
     completion: Completion | None = None  # what arrived before a stream broke
-    detail: str | None = None            # an HTTP library failure: what it said, scrubbed
+    detail: str | None = None  # an HTTP library failure: what it said, scrubbed
 
-    def __init__(self, message: str, *, code: str | None = None, hint: str | None = None,
-                 **context: Any) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, hint: str | None = None, **context: Any
+    ) -> None:
         # One rule for every error: a stored key the caller passed where a name was
         # expected (`route=`, a file name, a header) is never repeated, in the message, the
         # hint, `args` or a context attribute.
         message = remove_stored_keys(message)
         hint = None if hint is None else remove_stored_keys(hint)
-        context = {name: remove_stored_keys(value) if isinstance(value, str) else value
-                   for name, value in context.items()}
+        context = {
+            name: remove_stored_keys(value) if isinstance(value, str) else value
+            for name, value in context.items()
+        }
         super().__init__(message)
         self.message = message
         if code is not None:
@@ -135,7 +138,7 @@ class ConfigurationError(CencoriError):
     provider: str | None = None
     project: str | None = None
     route: str | None = None
-    path: Path | None = None             # the settings or cache file at fault
+    path: Path | None = None  # the settings or cache file at fault
 
 
 class UnknownProviderError(ConfigurationError):
@@ -166,10 +169,10 @@ class KeystoreError(CencoriError):
 
     code = "keystore_error"
     path: Path | None = None
-    key_file: Path | None = None         # the KEK file of a key-file store
-    errno: int | None = None             # of the OSError behind it
-    generation: int | None = None        # a rolled-back store: the file's generation…
-    seen: int | None = None              # …and the newest this machine has seen
+    key_file: Path | None = None  # the KEK file of a key-file store
+    errno: int | None = None  # of the OSError behind it
+    generation: int | None = None  # a rolled-back store: the file's generation…
+    seen: int | None = None  # …and the newest this machine has seen
 
 
 class WrongPassphraseError(KeystoreError):
@@ -208,7 +211,7 @@ class ProviderError(CencoriError):
     status_code: int | None = None
     request_id: str | None = None
     retryable: bool = False
-    rpc_status: str | None = None        # Google's RPC status (``RESOURCE_EXHAUSTED``…)
+    rpc_status: str | None = None  # Google's RPC status (``RESOURCE_EXHAUSTED``…)
 
 
 class AuthenticationError(ProviderError):
@@ -240,15 +243,15 @@ class ProviderUnavailableError(ProviderError):
 
 class BadResponseError(ProviderError):
     code = "bad_response"
-    missing: str | None = None           # the field the response lacked (``choices[0]``)
-    cause_code: str | None = None        # a stream cut by another error: that error's code
+    missing: str | None = None  # the field the response lacked (``choices[0]``)
+    cause_code: str | None = None  # a stream cut by another error: that error's code
 
 
 class PricingError(CencoriError):
     code = "pricing_unavailable"
     provider: str | None = None
     model: str | None = None
-    status_code: int | None = None       # when the gateway refused to price it
+    status_code: int | None = None  # when the gateway refused to price it
     request_id: str | None = None
 
 
@@ -287,7 +290,7 @@ class CostLimitError(BudgetError):
     code = "cost_limit"
     estimate_usd: Decimal | None = None
     max_cost_usd: Decimal | None = None
-    rows: int | None = None              # a batch: the rows it would send
+    rows: int | None = None  # a batch: the rows it would send
 
 
 class CostConfirmationError(CostLimitError):
@@ -331,16 +334,16 @@ class UnsafeHomeError(LocalEnvironmentError):
 _OS_HINTS: dict[int, str] = {
     errno.ENOSPC: "the disk is full: free some space and run the command again.",
     errno.EFBIG: "the file is larger than this process may write (ulimit -f, or a full "
-                 "disk): free space or raise the limit and run again.",
+    "disk): free space or raise the limit and run again.",
     errno.EDQUOT: "your disk quota is used up: free some space and run again.",
     errno.EROFS: "the file system is read-only: point CENCORI_NB_HOME at a writable folder.",
     errno.EACCES: "permission denied: the file and its folder must be yours "
-                  "(folder 0700, files 0600); fix the owner or mode, or point "
-                  "CENCORI_NB_HOME elsewhere.",
+    "(folder 0700, files 0600); fix the owner or mode, or point "
+    "CENCORI_NB_HOME elsewhere.",
     errno.EPERM: "operation not permitted: the file and its folder must be yours; fix the "
-                 "owner or mode, or point CENCORI_NB_HOME elsewhere.",
+    "owner or mode, or point CENCORI_NB_HOME elsewhere.",
     errno.ENOTDIR: "a part of this path is a file, not a folder: CENCORI_NB_HOME must name "
-                   "a folder (or a path where one can be created).",
+    "a folder (or a path where one can be created).",
     errno.EISDIR: "a folder stands where a file is expected: move it aside and run again.",
     errno.ENOENT: "it does not exist: check the path (CENCORI_NB_HOME) and run again.",
     errno.ELOOP: "too many symbolic links: point CENCORI_NB_HOME at a real folder.",
@@ -365,23 +368,29 @@ def user_error(exc: BaseException) -> CencoriError | None:
     if isinstance(exc, UnicodeError):
         return LocalEnvironmentError(
             "The input holds bytes that are not valid UTF-8 (" + _short(exc) + ").",
-            hint="Save or pipe the text as UTF-8 (e.g. iconv -t UTF-8) and run again.")
+            hint="Save or pipe the text as UTF-8 (e.g. iconv -t UTF-8) and run again.",
+        )
     if isinstance(exc, sqlite3.DatabaseError):
         from .home import home_dir
 
         return LocalEnvironmentError(
             f"A database in {home_dir()} could not be used ({_short(exc)}).",
             hint="If another program holds it, close that and retry; if it is damaged, "
-                 "move ledger.sqlite (or cache.sqlite) aside and run again.")
+            "move ledger.sqlite (or cache.sqlite) aside and run again.",
+        )
     if isinstance(exc, OSError):
         # os.fdopen and friends report a file descriptor number as the "filename".
-        path = (os.fsdecode(exc.filename)
-                if isinstance(exc.filename, str | bytes | os.PathLike) else None)
+        path = (
+            os.fsdecode(exc.filename)
+            if isinstance(exc.filename, str | bytes | os.PathLike)
+            else None
+        )
         where = f" {path}" if path is not None else ""
         what = exc.strerror or type(exc).__name__
         hint = _OS_HINTS.get(exc.errno or 0, "check the file and its folder, then run again.")
-        return LocalEnvironmentError(f"Cannot use{where}: {what};", hint=hint,
-                                     path=None if path is None else str(path))
+        return LocalEnvironmentError(
+            f"Cannot use{where}: {what};", hint=hint, path=None if path is None else str(path)
+        )
     return None
 
 
@@ -395,7 +404,7 @@ class LedgerError(CencoriError):
 
     code = "ledger_error"
     path: Path | None = None
-    reason: str | None = None            # what SQLite said
+    reason: str | None = None  # what SQLite said
 
 
 class LedgerCorruptError(LedgerError):

@@ -19,11 +19,20 @@ ENV_HOME = "CENCORI_NB_HOME"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
-__all__ = ["DIR_MODE", "ENV_HOME", "FILE_MODE", "atomic_write", "ensure_home", "home_dir",
-           "open_private", "private_umask", "verify_home"]
+__all__ = [
+    "DIR_MODE",
+    "ENV_HOME",
+    "FILE_MODE",
+    "atomic_write",
+    "ensure_home",
+    "home_dir",
+    "open_private",
+    "private_umask",
+    "verify_home",
+]
 
 
-_home_memo: tuple[str | None, Path] | None = None   # (CENCORI_NB_HOME value, resolved path)
+_home_memo: tuple[str | None, Path] | None = None  # (CENCORI_NB_HOME value, resolved path)
 
 
 def home_dir() -> Path:
@@ -69,7 +78,7 @@ def ensure_home() -> Path:
     with private_umask():
         try:
             path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        except FileExistsError:   # a dangling symlink (or a file) where the home should be
+        except FileExistsError:  # a dangling symlink (or a file) where the home should be
             pass
     verify_home(path)
     if os.name == "posix" and (path.stat().st_mode & 0o777) != DIR_MODE:
@@ -87,26 +96,36 @@ def verify_home(path: Path | None = None) -> None:
     from .errors import UnsafeHomeError
 
     path = home_dir() if path is None else path
-    hint = (f"Point {ENV_HOME} at a folder of your own, or move the home aside and let "
-            "cencori-nb create a fresh one.")
+    hint = (
+        f"Point {ENV_HOME} at a folder of your own, or move the home aside and let "
+        "cencori-nb create a fresh one."
+    )
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         if os.path.islink(path):
-            raise UnsafeHomeError(f"The cencori-nb home {path} is a dangling symlink.",
-                                  hint=hint, path=str(path)) from None
+            raise UnsafeHomeError(
+                f"The cencori-nb home {path} is a dangling symlink.", hint=hint, path=str(path)
+            ) from None
         return
     if stat.S_ISLNK(st.st_mode):
         raise UnsafeHomeError(
             f"The cencori-nb home {path} is a symlink (to {os.readlink(path)}); a home that "
-            "holds keys must be a real folder.", hint=hint, path=str(path))
+            "holds keys must be a real folder.",
+            hint=hint,
+            path=str(path),
+        )
     if not stat.S_ISDIR(st.st_mode):
-        raise UnsafeHomeError(f"The cencori-nb home {path} is not a folder.", hint=hint,
-                              path=str(path))
+        raise UnsafeHomeError(
+            f"The cencori-nb home {path} is not a folder.", hint=hint, path=str(path)
+        )
     if os.name == "posix" and st.st_uid != os.geteuid():
         raise UnsafeHomeError(
             f"The cencori-nb home {path} belongs to another user (uid {st.st_uid}); its owner "
-            "could read or swap your keys.", hint=hint, path=str(path))
+            "could read or swap your keys.",
+            hint=hint,
+            path=str(path),
+        )
     for root, dirs, files in os.walk(path):
         for name in (*dirs, *files):
             entry = os.path.join(root, name)
@@ -115,7 +134,8 @@ def verify_home(path: Path | None = None) -> None:
                     f"{entry} is a symlink (to {os.readlink(entry)}) inside the cencori-nb "
                     "home; it would send keys, the ledger or the cache elsewhere.",
                     hint=f"Remove it (rm {entry}); cencori-nb recreates what it needs.",
-                    path=entry)
+                    path=entry,
+                )
 
 
 def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_APPEND) -> int:

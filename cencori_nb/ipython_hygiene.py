@@ -24,8 +24,13 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["forget_in_history", "forget_refused_input", "guard_running_shell",
-           "guard_tracebacks", "running_shell"]
+__all__ = [
+    "forget_in_history",
+    "forget_refused_input",
+    "guard_running_shell",
+    "guard_tracebacks",
+    "running_shell",
+]
 
 
 def running_shell() -> Any:
@@ -73,17 +78,18 @@ def forget_in_history(shell: Any, stored: Iterable[Any] = ()) -> None:
     # Holding the cache lock means the saving thread is not half-way through a write: the
     # line is either still in the cache (redact it there) or committed (UPDATE it).
     with hm.db_input_cache_lock:
-        hm.db_input_cache = [(n, redact(src), redact(raw)) for n, src, raw in
-                             hm.db_input_cache]
-        rows = hm.db.execute("SELECT line, source, source_raw FROM history WHERE "
-                             "session = ?", (hm.session_number,)).fetchall()
+        hm.db_input_cache = [(n, redact(src), redact(raw)) for n, src, raw in hm.db_input_cache]
+        rows = hm.db.execute(
+            "SELECT line, source, source_raw FROM history WHERE session = ?", (hm.session_number,)
+        ).fetchall()
         with hm.db:
             for line_no, src, raw in rows:
                 if redact(src or "") != (src or "") or redact(raw or "") != (raw or ""):
-                    hm.db.execute("UPDATE history SET source = ?, source_raw = ? WHERE "
-                                  "session = ? AND line = ?",
-                                  (redact(src or ""), redact(raw or ""),
-                                   hm.session_number, line_no))
+                    hm.db.execute(
+                        "UPDATE history SET source = ?, source_raw = ? WHERE "
+                        "session = ? AND line = ?",
+                        (redact(src or ""), redact(raw or ""), hm.session_number, line_no),
+                    )
 
 
 def forget_refused_input() -> None:
@@ -99,7 +105,7 @@ def forget_refused_input() -> None:
 
     try:
         forget_in_history(shell, registered_secrets())
-    except Exception:   # noqa: BLE001  (best effort: the refusal is what the user must see)
+    except Exception:  # noqa: BLE001  (best effort: the refusal is what the user must see)
         import logging
 
         logging.getLogger(__name__).warning("could not rewrite the IPython history")
@@ -138,8 +144,7 @@ def guard_tracebacks(shell: Any) -> None:
             continue
         original = formatter.structured_traceback
 
-        def structured_traceback(*args: Any, _original: Any = original,
-                                 **kwargs: Any) -> list[str]:
+        def structured_traceback(*args: Any, _original: Any = original, **kwargs: Any) -> list[str]:
             return [_scrub(line) for line in _original(*args, **kwargs)]
 
         formatter.structured_traceback = structured_traceback
@@ -149,7 +154,7 @@ def guard_tracebacks(shell: Any) -> None:
         # A kernel sends str(evalue) to the browser next to the (already scrubbed) lines.
         try:
             text = str(evalue)
-        except Exception:   # noqa: BLE001  (an exception whose __str__ fails: show its type)
+        except Exception:  # noqa: BLE001  (an exception whose __str__ fails: show its type)
             text = ""
         clean = _scrub(text)
         if clean != text:

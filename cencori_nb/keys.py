@@ -19,15 +19,33 @@ from .keystore import default_store
 from .keystore.secret import Secret
 from .keystore.store import KeyStatus
 
-__all__ = ["KeyStatus", "change_passphrase", "disable", "enable", "projects", "remove",
-           "rotate", "set", "set_cencori_key", "set_default", "status"]
+__all__ = [
+    "KeyStatus",
+    "change_passphrase",
+    "disable",
+    "enable",
+    "projects",
+    "remove",
+    "rotate",
+    "set",
+    "set_cencori_key",
+    "set_default",
+    "status",
+]
 
 _CENCORI = "cencori"
 
 
-def set(provider: str, api_key: str | Secret, *, project: str | None = None,  # noqa: A001
-        default_model: str | None = None, make_default: bool = False,
-        enabled: bool = True, force: bool = False) -> KeyStatus:
+def set(
+    provider: str,
+    api_key: str | Secret,
+    *,
+    project: str | None = None,  # noqa: A001
+    default_model: str | None = None,
+    make_default: bool = False,
+    enabled: bool = True,
+    force: bool = False,
+) -> KeyStatus:
     """Store ``provider``'s key for ``project`` (replacing any stored one).
 
     ``provider`` is matched case-insensitively (``"OpenAI"`` is ``"openai"``).
@@ -42,7 +60,7 @@ def set(provider: str, api_key: str | Secret, *, project: str | None = None,  # 
     with a warning. Returns the provider's :class:`KeyStatus` row; its ``replaces`` is the
     hint of the key it replaced, its ``notes`` the warnings.
     """
-    api_key = _wrap(api_key)   # from here on no frame holds the key in clear (tracebacks)
+    api_key = _wrap(api_key)  # from here on no frame holds the key in clear (tracebacks)
     from .keystore.store import clean_provider
 
     provider = clean_provider(provider)
@@ -52,21 +70,31 @@ def set(provider: str, api_key: str | Secret, *, project: str | None = None,  # 
 
             raise ConfigurationError(
                 "The Cencori project key has no default model and cannot be the project "
-                "default provider.", hint="Set those on a provider, e.g. keys.set('openai', …).")
+                "default provider.",
+                hint="Set those on a provider, e.g. keys.set('openai', …).",
+            )
         row = set_cencori_key(api_key, project=project, force=force)
         if not enabled:
             import dataclasses
 
-            row = dataclasses.replace(disable(_CENCORI, project=project),
-                                      replaces=row.replaces, notes=row.notes)
+            row = dataclasses.replace(
+                disable(_CENCORI, project=project), replaces=row.replaces, notes=row.notes
+            )
         return row
-    return default_store().set_key(provider, api_key, project=project,
-                                   default_model=default_model, make_default=make_default,
-                                   enabled=enabled, force=force)
+    return default_store().set_key(
+        provider,
+        api_key,
+        project=project,
+        default_model=default_model,
+        make_default=make_default,
+        enabled=enabled,
+        force=force,
+    )
 
 
-def set_cencori_key(api_key: str | Secret, *, project: str | None = None,
-                    force: bool = False) -> KeyStatus:
+def set_cencori_key(
+    api_key: str | Secret, *, project: str | None = None, force: bool = False
+) -> KeyStatus:
     """Store the project's Cencori key (``csk_…``), used by the managed route. ``force``
     lets a short key through, never one without ``csk_``."""
     api_key = _wrap(api_key)
@@ -122,17 +150,21 @@ def rotate(*, accept_rollback: bool = False) -> int:
     return default_store().rotate(accept_rollback=accept_rollback)
 
 
-def change_passphrase(new_or_old: str | Secret, new: str | Secret | None = None, *,
-                      old: str | Secret | None = None) -> None:
+def change_passphrase(
+    new_or_old: str | Secret, new: str | Secret | None = None, *, old: str | Secret | None = None
+) -> None:
     """Protect the store with a new passphrase: ``change_passphrase(new, old=…)`` (also
     ``change_passphrase(old, new)``). ``old`` defaults to ``CENCORI_NB_PASSPHRASE`` (or this
     process's already unlocked store); a key-file or keyring store switches to the
     passphrase. The old passphrase stops working. Set ``CENCORI_NB_PASSPHRASE`` to the new
     one before the next process starts."""
     # as Secrets at once, so no frame of a traceback shows a passphrase
-    new_or_old, new, old = (_wrap(new_or_old), None if new is None else _wrap(new),
-                            None if old is None else _wrap(old))
-    if new is not None:          # the two-positional form of docs/contracts.md
+    new_or_old, new, old = (
+        _wrap(new_or_old),
+        None if new is None else _wrap(new),
+        None if old is None else _wrap(old),
+    )
+    if new is not None:  # the two-positional form of docs/contracts.md
         if old is not None:
             from .errors import ConfigurationError
 

@@ -47,12 +47,25 @@ from .errors import ConfigurationError, LedgerCorruptError, LedgerError, LedgerW
 from .home import ENV_HOME, ensure_home, home_dir, open_private, private_umask
 from .migrations import migrate
 
-__all__ = ["BILLED_SQL", "BILLED_STATUSES", "COST_SQL", "PUSD", "Ledger", "LedgerRow",
-           "default_ledger", "from_pusd", "ledger_path", "month_start_ms", "new_client_id",
-           "now_ms", "parse_since", "to_pusd"]
+__all__ = [
+    "BILLED_SQL",
+    "BILLED_STATUSES",
+    "COST_SQL",
+    "PUSD",
+    "Ledger",
+    "LedgerRow",
+    "default_ledger",
+    "from_pusd",
+    "ledger_path",
+    "month_start_ms",
+    "new_client_id",
+    "now_ms",
+    "parse_since",
+    "to_pusd",
+]
 
 _log = logging.getLogger("cencori_nb.ledger")
-PUSD = 10**12                 # pico-USD per USD: the integer unit money is stored in
+PUSD = 10**12  # pico-USD per USD: the integer unit money is stored in
 # What a request cost its user, as stored when it was settled (accounting.cost_of is the
 # one rule; NULL = cost unknown). Views read this column, never recompute it.
 COST_SQL = "cost_pusd"
@@ -80,7 +93,7 @@ def from_pusd(pusd: int | None) -> Decimal | None:
         return Decimal(0)
     value = (Decimal(int(pusd)) * _PICO).normalize()
     # normalize() writes 10 as 1E+1; keep whole dollars plain
-    exponent = value.as_tuple().exponent     # an int: the value is finite
+    exponent = value.as_tuple().exponent  # an int: the value is finite
     return value.quantize(Decimal(1)) if isinstance(exponent, int) and exponent > 0 else value
 
 
@@ -104,8 +117,9 @@ _SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
 _UNIT_MS = {"m": 60_000, "min": 60_000, "h": 3_600_000, "d": DAY_MS, "w": 7 * DAY_MS}
 
 
-def parse_since(since: str | datetime | date | int | float | None,
-                *, now: datetime | None = None) -> int | None:
+def parse_since(
+    since: str | datetime | date | int | float | None, *, now: datetime | None = None
+) -> int | None:
     """``"7d"``, ``"24h"``, ``"30m"``, ``"2w"``, an ISO date/time, a ``datetime`` (naive =
     UTC) or a ``date`` (its UTC midnight) → UTC epoch ms; None → None."""
     if since is None:
@@ -118,7 +132,8 @@ def parse_since(since: str | datetime | date | int | float | None,
     if isinstance(since, (int, float)):
         raise ConfigurationError(
             f"since={since!r} is ambiguous.",
-            hint='Write a duration such as "7d", "24h", "30m", or a date "2026-11-01".')
+            hint='Write a duration such as "7d", "24h", "30m", or a date "2026-11-01".',
+        )
     text = str(since).strip()
     match = _SINCE.match(text)
     if match:
@@ -130,8 +145,8 @@ def parse_since(since: str | datetime | date | int | float | None,
     except ValueError:
         raise ConfigurationError(
             f"Cannot read since={text!r}.",
-            hint='Write a duration such as "7d", "24h", "30m", "2w", or an ISO date '
-            '"2026-11-01".') from None
+            hint='Write a duration such as "7d", "24h", "30m", "2w", or an ISO date "2026-11-01".',
+        ) from None
 
 
 class _Derive:
@@ -158,7 +173,7 @@ class LedgerRow:
     project: str
     provider: str
     route: str
-    status: str = "ok"                 # ok | error | cached | interrupted
+    status: str = "ok"  # ok | error | cached | interrupted
     model_requested: str | None = None
     model: str | None = None
     credential_source: str = ""
@@ -176,48 +191,100 @@ class LedgerRow:
     ttft_ms: float | None = None
     ts_ms: int = 0
     cost_usd: Decimal | None = DERIVE  # what it cost its user (accounting.cost_of); None: unknown
-    test_mode: bool = False            # made with a Cencori test key: never charged
+    test_mode: bool = False  # made with a Cencori test key: never charged
     client_id: str = field(default_factory=new_client_id)
 
     def __post_init__(self) -> None:
         if self.cost_usd is DERIVE:
             from .accounting import cost_of  # the one rule (accounting imports this module)
 
-            self.cost_usd = Decimal(0) if self.status == "error" else cost_of(
-                self.route, self.provider_cost_usd, self.credits_charged_usd,
-                cached=self.status == "cached", test_mode=self.test_mode)
-    gateway_cache: str | None = None    # Cencori's X-Cencori-Cache (managed route)
-    model_original: str | None = None   # the model asked for, when the gateway upgraded it
+            self.cost_usd = (
+                Decimal(0)
+                if self.status == "error"
+                else cost_of(
+                    self.route,
+                    self.provider_cost_usd,
+                    self.credits_charged_usd,
+                    cached=self.status == "cached",
+                    test_mode=self.test_mode,
+                )
+            )
+
+    gateway_cache: str | None = None  # Cencori's X-Cencori-Cache (managed route)
+    model_original: str | None = None  # the model asked for, when the gateway upgraded it
 
     def as_params(self) -> tuple[Any, ...]:
-        return (self.ts_ms or now_ms(), self.client_id or new_client_id(), self.request_id,
-                self.project, self.provider, self.model_requested, self.model, self.route,
-                self.credential_source, self.status, self.error_code,
-                int(self.input_tokens), int(self.output_tokens),
-                int(self.cache_read_tokens), int(self.cache_write_tokens),
-                int(self.thinking_tokens), to_pusd(self.provider_cost_usd),
-                to_pusd(self.credits_charged_usd) or 0, int(bool(self.estimated)),
-                self.price_version, self.latency_ms, self.ttft_ms, to_pusd(self.cost_usd),
-                int(bool(self.test_mode)), self.gateway_cache, self.model_original)
+        return (
+            self.ts_ms or now_ms(),
+            self.client_id or new_client_id(),
+            self.request_id,
+            self.project,
+            self.provider,
+            self.model_requested,
+            self.model,
+            self.route,
+            self.credential_source,
+            self.status,
+            self.error_code,
+            int(self.input_tokens),
+            int(self.output_tokens),
+            int(self.cache_read_tokens),
+            int(self.cache_write_tokens),
+            int(self.thinking_tokens),
+            to_pusd(self.provider_cost_usd),
+            to_pusd(self.credits_charged_usd) or 0,
+            int(bool(self.estimated)),
+            self.price_version,
+            self.latency_ms,
+            self.ttft_ms,
+            to_pusd(self.cost_usd),
+            int(bool(self.test_mode)),
+            self.gateway_cache,
+            self.model_original,
+        )
 
 
 # Column order of LedgerRow.as_params(), as stored.
-COLUMNS = ("ts_ms", "client_id", "request_id", "project", "provider", "model_requested",
-           "model", "route", "credential_source", "status", "error_code",
-           "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-           "thinking_tokens", "provider_cost_pusd", "credits_charged_pusd", "estimated",
-           "price_version", "latency_ms", "ttft_ms", "cost_pusd", "test_mode",
-           "gateway_cache", "model_original")
+COLUMNS = (
+    "ts_ms",
+    "client_id",
+    "request_id",
+    "project",
+    "provider",
+    "model_requested",
+    "model",
+    "route",
+    "credential_source",
+    "status",
+    "error_code",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "thinking_tokens",
+    "provider_cost_pusd",
+    "credits_charged_pusd",
+    "estimated",
+    "price_version",
+    "latency_ms",
+    "ttft_ms",
+    "cost_pusd",
+    "test_mode",
+    "gateway_cache",
+    "model_original",
+)
 # ON CONFLICT DO NOTHING (not INSERT OR IGNORE, which would also drop rows failing a CHECK)
-INSERT_SQL = (f"INSERT INTO requests ({', '.join(COLUMNS)}) "  # noqa: S608 (constants)
-              f"VALUES ({', '.join('?' * len(COLUMNS))}) ON CONFLICT DO NOTHING")
+INSERT_SQL = (
+    f"INSERT INTO requests ({', '.join(COLUMNS)}) "  # noqa: S608 (constants)
+    f"VALUES ({', '.join('?' * len(COLUMNS))}) ON CONFLICT DO NOTHING"
+)
 
 
 def ledger_path() -> Path:
     return home_dir() / "ledger.sqlite"
 
 
-BUSY_TIMEOUT_S = 30.0        # how long a write waits for another process's lock
+BUSY_TIMEOUT_S = 30.0  # how long a write waits for another process's lock
 
 
 def connect(path: Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
@@ -225,9 +292,10 @@ def connect(path: Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqlite3.Conne
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         os.close(open_private(path, os.O_WRONLY | os.O_CREAT))
-    with private_umask():   # the -wal and -shm files are private too
-        conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None,
-                               check_same_thread=False)
+    with private_umask():  # the -wal and -shm files are private too
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
     _set_wal(conn)
     conn.execute("PRAGMA synchronous = NORMAL")
@@ -258,8 +326,9 @@ class Ledger:
     (WAL, busy timeout, ``BEGIN IMMEDIATE`` for read-modify-write).
     """
 
-    def __init__(self, path: Path | str | None = None, *,
-                 busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+    def __init__(
+        self, path: Path | str | None = None, *, busy_timeout_s: float = BUSY_TIMEOUT_S
+    ) -> None:
         self.busy_timeout_s = busy_timeout_s
         if path is None:
             ensure_home()
@@ -269,7 +338,7 @@ class Ledger:
         self.inflight_dir = self.path.with_name(self.path.stem + "-inflight")
         self._journal: _Journal | None = None
         self._journal_lock = threading.Lock()
-        self._inserted: list[str] = []         # rows insert() wrote in the open transaction
+        self._inserted: list[str] = []  # rows insert() wrote in the open transaction
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._conn: sqlite3.Connection | None = None
@@ -279,8 +348,8 @@ class Ledger:
         self._spill_lock = threading.Lock()
         self._failure: str | None = None
         self._failure_reported = False
-        self._pending = 0                      # rows not in the ledger: spilled or in memory
-        self._unspilled: list[_Item] = []      # rows the spill file could not take either
+        self._pending = 0  # rows not in the ledger: spilled or in memory
+        self._unspilled: list[_Item] = []  # rows the spill file could not take either
         self._open()
 
     def _open(self) -> None:
@@ -305,13 +374,17 @@ class Ledger:
         """The LedgerError for a SQLite failure on this file, with what to do about it."""
         text = str(exc)
         if isinstance(exc, sqlite3.DatabaseError) and any(
-                word in text for word in ("not a database", "malformed", "corrupt")):
+            word in text for word in ("not a database", "malformed", "corrupt")
+        ):
             return LedgerCorruptError(
                 f"The usage ledger {self.path} is damaged ({text}); no request was sent, "
                 "because it could not be recorded.",
                 hint=f"Move the file aside (mv {self.path} {self.path}.broken) and run again: "
-                     "a fresh ledger is created, and the moved file keeps what can be read "
-                     "of your history.", path=self.path, reason=text)
+                "a fresh ledger is created, and the moved file keeps what can be read "
+                "of your history.",
+                path=self.path,
+                reason=text,
+            )
         if "locked" in text or "busy" in text:
             what = "is locked by another process"
             hint = "Close the other program using it (a stuck kernel?) and run again."
@@ -321,15 +394,19 @@ class Ledger:
         else:
             what = "cannot be written"
             hint = f"Check that {self.path} and its folder are writable, then run again."
-        return LedgerError(f"The usage ledger {self.path} {what} ({text}); no request was "
-                           "sent, because it could not be recorded.", hint=hint,
-                           path=self.path, reason=text)
+        return LedgerError(
+            f"The usage ledger {self.path} {what} ({text}); no request was "
+            "sent, because it could not be recorded.",
+            hint=hint,
+            path=self.path,
+            reason=text,
+        )
 
     @property
     def conn(self) -> sqlite3.Connection:
         """The connection (reopened after a fork)."""
         if self._conn is None or self._pid != os.getpid():
-            self._conn = None     # never close a parent's connection from the child
+            self._conn = None  # never close a parent's connection from the child
             self._open()
         assert self._conn is not None
         return self._conn
@@ -381,7 +458,7 @@ class Ledger:
 
     def insert(self, conn: sqlite3.Connection, row: LedgerRow) -> bool:
         """Insert ``row`` inside a caller's transaction; False if it was a duplicate."""
-        self._inserted.append(row.client_id)        # in flight until the commit
+        self._inserted.append(row.client_id)  # in flight until the commit
         return conn.execute(INSERT_SQL, row.as_params()).rowcount == 1
 
     def record(self, row: LedgerRow) -> bool:
@@ -392,9 +469,13 @@ class Ledger:
         self._resolve([row.client_id])
         return inserted
 
-    def submit(self, row: LedgerRow,
-               on_insert: Callable[[sqlite3.Connection], Any] | None = None, *,
-               debit_usd: Decimal | None = None) -> None:
+    def submit(
+        self,
+        row: LedgerRow,
+        on_insert: Callable[[sqlite3.Connection], Any] | None = None,
+        *,
+        debit_usd: Decimal | None = None,
+    ) -> None:
         """Queue ``row`` for the background writer (returns in microseconds).
 
         The writer commits queued rows in batches, one transaction per batch. ``debit_usd``
@@ -419,9 +500,9 @@ class Ledger:
     def _enqueue(self, item: _Item) -> None:
         writer = self._writer
         if writer is None or writer.pid != os.getpid():
-            if writer is not None:           # forked: a lock copied mid-use would never open
+            if writer is not None:  # forked: a lock copied mid-use would never open
                 self._writer_lock = threading.Lock()
-            with self._writer_lock:          # not self._lock: submitting never waits on I/O
+            with self._writer_lock:  # not self._lock: submitting never waits on I/O
                 writer = self._writer
                 if writer is None or writer.pid != os.getpid():
                     # a forked child starts its own writer; the parent's queue is the parent's
@@ -437,8 +518,11 @@ class Ledger:
     def flush(self) -> None:
         """Wait until every row submitted so far is committed (a no-op when none are queued)."""
         writer = self._writer
-        if (writer is not None and writer.pid == os.getpid()
-                and self._holder != threading.get_ident()):
+        if (
+            writer is not None
+            and writer.pid == os.getpid()
+            and self._holder != threading.get_ident()
+        ):
             writer.flush()
 
     # -- reading ---------------------------------------------------------------------
@@ -454,16 +538,19 @@ class Ledger:
         with self._lock, self._sqlite_errors():
             return self.conn.execute(sql, params).fetchall()
 
-    def rows(self, *, since: Any = None, project: str | None = None,
-             status: str | None = None) -> list[LedgerRow]:
+    def rows(
+        self, *, since: Any = None, project: str | None = None, status: str | None = None
+    ) -> list[LedgerRow]:
         """Rows (oldest first) as :class:`LedgerRow` objects with Decimal money."""
         where, params = self.where(since=since, project=project)
         if status:
             where += " AND status = ?"
             params.append(status)
         out = []
-        sql = (f"SELECT {', '.join(COLUMNS)} FROM requests WHERE {where} "  # noqa: S608
-               "ORDER BY ts_ms, id")   # (constant names; values are bound parameters)
+        sql = (
+            f"SELECT {', '.join(COLUMNS)} FROM requests WHERE {where} "  # noqa: S608
+            "ORDER BY ts_ms, id"
+        )  # (constant names; values are bound parameters)
         for r in self.query(sql, params):
             data = dict(zip(COLUMNS, r, strict=True))
             data["provider_cost_usd"] = from_pusd(data.pop("provider_cost_pusd"))
@@ -475,8 +562,9 @@ class Ledger:
         return out
 
     @staticmethod
-    def where(*, since: Any = None, project: str | None = None,
-              until: Any = None) -> tuple[str, list[Any]]:
+    def where(
+        *, since: Any = None, project: str | None = None, until: Any = None
+    ) -> tuple[str, list[Any]]:
         """A WHERE clause (always true when no filter) and its parameters."""
         clauses: list[str] = ["1"]
         params: list[Any] = []
@@ -505,13 +593,15 @@ class Ledger:
         ``cost_usd`` (credits charged; for BYOK the provider's list price plus any fee).
         Every status counts: a failed or cached row costs 0 unless it was billed."""
         start = month_start_ms(at)
-        end = month_start_ms((datetime.fromtimestamp(start / 1000, UTC)
-                              + timedelta(days=32)).replace(day=1))
+        end = month_start_ms(
+            (datetime.fromtimestamp(start / 1000, UTC) + timedelta(days=32)).replace(day=1)
+        )
         # a month is whole UTC days, so the daily rollup answers it exactly
         (total,) = self.query(
             "SELECT COALESCE(SUM(cost_pusd), 0) FROM requests_daily "
             "WHERE day >= ? AND day < ? AND project = ?",
-            (start // DAY_MS, end // DAY_MS, project))[0]
+            (start // DAY_MS, end // DAY_MS, project),
+        )[0]
         return from_pusd(int(total)) or Decimal(0)
 
     def close(self) -> None:
@@ -587,8 +677,13 @@ class Ledger:
                 from .wallet import debit_in  # here: wallet imports the ledger
 
                 client_id, request_id, project = item.params[1], item.params[2], item.params[3]
-                debit_in(conn, client_id, from_pusd(item.debit_pusd) or Decimal(0),
-                         project=project, request_id=request_id)
+                debit_in(
+                    conn,
+                    client_id,
+                    from_pusd(item.debit_pusd) or Decimal(0),
+                    project=project,
+                    request_id=request_id,
+                )
             if item.callback is not None:
                 item.callback(conn)
         return inserted
@@ -610,17 +705,21 @@ class Ledger:
             return
         for item in batch:
             if item.params is None:
-                if self._failure is None:       # every row before it is committed
+                if self._failure is None:  # every row before it is committed
                     self._run_callbacks([item])
             else:
                 self._write_batch([item])
 
     def _drop(self, batch: list[Any], exc: BaseException) -> None:
         self.dropped += len(batch)
-        _log.error("cencori_nb: %d ledger row(s) could not be written to %s: %s",
-                   len(batch), self.path, exc)
+        _log.error(
+            "cencori_nb: %d ledger row(s) could not be written to %s: %s",
+            len(batch),
+            self.path,
+            exc,
+        )
 
-    dropped = 0      # rows the writer could not commit (logged as errors)
+    dropped = 0  # rows the writer could not commit (logged as errors)
 
     # -- requests in flight -----------------------------------------------------------------
     def begin(self, row: LedgerRow) -> None:
@@ -667,14 +766,14 @@ class Ledger:
             try:
                 fd = os.open(path, os.O_RDWR)
             except OSError:
-                continue                          # reclaimed by another process just now
+                continue  # reclaimed by another process just now
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    continue                      # its process is alive
+                    continue  # its process is alive
                 if os.fstat(fd).st_nlink == 0:
-                    continue                      # reclaimed already
+                    continue  # reclaimed already
                 with os.fdopen(os.dup(fd), "rb") as fh:
                     lines = fh.read().splitlines()
                 items = []
@@ -682,7 +781,7 @@ class Ledger:
                     try:
                         items.append(_priced_intent(json.loads(line)))
                     except (ValueError, TypeError, KeyError):
-                        continue                  # a torn last line
+                        continue  # a torn last line
                 written += self._replay_items(items)
                 path.unlink()
             finally:
@@ -700,28 +799,35 @@ class Ledger:
             self._pending += len(rows)
             self._unspilled.extend(rows)
             self._write_spill()
-        _log.error("cencori_nb: %d ledger row(s) could not be committed to %s (%s); kept in "
-                   "%s", len(rows), self.path, reason, self.spill_path)
+        _log.error(
+            "cencori_nb: %d ledger row(s) could not be committed to %s (%s); kept in %s",
+            len(rows),
+            self.path,
+            reason,
+            self.spill_path,
+        )
 
     def _write_spill(self) -> None:
         """Append the rows held in memory to the spill file (caller holds _spill_lock)."""
         if not self._unspilled:
             return
-        data = "".join(json.dumps(item.to_json(), separators=(",", ":")) + "\n"
-                       for item in self._unspilled).encode()
+        data = "".join(
+            json.dumps(item.to_json(), separators=(",", ":")) + "\n" for item in self._unspilled
+        ).encode()
         try:
             fd = open_private(self.spill_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)   # a replaying process truncates under it
+                fcntl.flock(fd, fcntl.LOCK_EX)  # a replaying process truncates under it
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
-            _log.error("cencori_nb: cannot write the ledger spill file %s: %s",
-                       self.spill_path, exc)
+            _log.error(
+                "cencori_nb: cannot write the ledger spill file %s: %s", self.spill_path, exc
+            )
             return
         self._resolve([item.params[1] for item in self._unspilled if item.params is not None])
         self._unspilled = []
@@ -747,15 +853,16 @@ class Ledger:
                 try:
                     items.append(_Item.from_json(json.loads(line)))
                 except (ValueError, TypeError, KeyError):
-                    unreadable += 1          # a torn last line (a crash mid-append)
+                    unreadable += 1  # a torn last line (a crash mid-append)
             written = self._replay_items(items)
             os.ftruncate(fd, 0)
             os.fsync(fd)
         finally:
-            os.close(fd)                     # also releases the lock
+            os.close(fd)  # also releases the lock
         if unreadable:
-            _log.error("cencori_nb: %d unreadable line(s) in %s were skipped", unreadable,
-                       self.spill_path)
+            _log.error(
+                "cencori_nb: %d unreadable line(s) in %s were skipped", unreadable, self.spill_path
+            )
         return written
 
     def _replay_items(self, items: list[_Item]) -> int:
@@ -767,7 +874,7 @@ class Ledger:
                 for item in items:
                     try:
                         written += self._insert_item(conn, item)
-                    except sqlite3.IntegrityError as exc:   # a bad row: log, never block
+                    except sqlite3.IntegrityError as exc:  # a bad row: log, never block
                         self._drop([item], exc)
                 conn.execute("COMMIT")
             except BaseException:
@@ -802,16 +909,24 @@ class Ledger:
             raise self._write_error()
 
     def _write_error(self) -> LedgerWriteError:
-        where = (f"kept in {self.spill_path}" if not self._unspilled else
-                 f"{len(self._unspilled)} of them held in memory only (the spill file "
-                 f"{self.spill_path} could not be written either)")
+        where = (
+            f"kept in {self.spill_path}"
+            if not self._unspilled
+            else f"{len(self._unspilled)} of them held in memory only (the spill file "
+            f"{self.spill_path} could not be written either)"
+        )
         return LedgerWriteError(
             f"The usage ledger {self.path} could not record {self._pending} request(s) "
             f"({self._failure}); they are {where}. This request was not sent.",
-            hint=("Fix the cause (free disk space, close the program holding the file, or "
-                  "move a damaged file aside), then run again: the waiting rows are written "
-                  "to the ledger first."),
-            path=self.path, pending=self._pending, spill_path=self.spill_path)
+            hint=(
+                "Fix the cause (free disk space, close the program holding the file, or "
+                "move a damaged file aside), then run again: the waiting rows are written "
+                "to the ledger first."
+            ),
+            path=self.path,
+            pending=self._pending,
+            spill_path=self.spill_path,
+        )
 
 
 class _Journal:
@@ -830,11 +945,15 @@ class _Journal:
         self.open: set[str] = set()
 
     def begin(self, client_id: str, params: tuple[Any, ...]) -> None:
-        line = json.dumps({"v": 1, "row": dict(zip(COLUMNS, params, strict=True))},
-                          separators=(",", ":")) + "\n"
+        line = (
+            json.dumps(
+                {"v": 1, "row": dict(zip(COLUMNS, params, strict=True))}, separators=(",", ":")
+            )
+            + "\n"
+        )
         with self.lock:
             self.open.add(client_id)
-            os.write(self.fd, line.encode())   # no fsync: a killed process's writes persist
+            os.write(self.fd, line.encode())  # no fsync: a killed process's writes persist
 
     def resolve(self, client_ids: list[str]) -> None:
         with self.lock:
@@ -847,11 +966,11 @@ class _Journal:
 
     def close(self) -> None:
         with self.lock:
-            if not self.open:        # nothing unrecorded: nothing for a later start to do
+            if not self.open:  # nothing unrecorded: nothing for a later start to do
                 with contextlib.suppress(OSError):
                     self.path.unlink()
             with contextlib.suppress(OSError):
-                os.close(self.fd)    # releases the lock: a later start reclaims what is left
+                os.close(self.fd)  # releases the lock: a later start reclaims what is left
 
 
 def _priced_intent(data: dict[str, Any]) -> _Item:
@@ -868,8 +987,7 @@ def _priced_intent(data: dict[str, Any]) -> _Item:
     charge = Decimal(0) if test_mode else charge_for(row["route"], quote.cost_usd)
     row["provider_cost_pusd"] = to_pusd(quote.cost_usd)
     row["credits_charged_pusd"] = to_pusd(charge) or 0
-    row["cost_pusd"] = to_pusd(cost_of(row["route"], quote.cost_usd, charge,
-                                       test_mode=test_mode))
+    row["cost_pusd"] = to_pusd(cost_of(row["route"], quote.cost_usd, charge, test_mode=test_mode))
     row["price_version"] = quote.version
     return _Item(tuple(row[c] for c in COLUMNS), None, row["credits_charged_pusd"] or None)
 
@@ -894,8 +1012,11 @@ class _Item:
         assert self.params is not None
         if self.callback is not None:
             _log.error("cencori_nb: a spilled ledger row loses its on_insert callback")
-        return {"v": 1, "row": dict(zip(COLUMNS, self.params, strict=True)),
-                "debit_pusd": self.debit_pusd}
+        return {
+            "v": 1,
+            "row": dict(zip(COLUMNS, self.params, strict=True)),
+            "debit_pusd": self.debit_pusd,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> _Item:
@@ -911,8 +1032,8 @@ class _Writer:
         self.pid = os.getpid()
         self.cond = threading.Condition()
         self.pending: list[_Item] = []
-        self.submitted = 0          # rows submitted so far
-        self.done = 0               # rows committed (or dropped) so far
+        self.submitted = 0  # rows submitted so far
+        self.done = 0  # rows committed (or dropped) so far
         self.stopping = False
         self.thread = threading.Thread(target=self._run, name="cencori-nb-ledger", daemon=True)
         self.thread.start()
@@ -925,7 +1046,7 @@ class _Writer:
 
     def flush(self) -> None:
         if threading.current_thread() is self.thread:
-            return                  # never wait on ourselves
+            return  # never wait on ourselves
         with self.cond:
             target = self.submitted
             self.cond.wait_for(lambda: self.done >= target or not self.thread.is_alive())
@@ -942,7 +1063,7 @@ class _Writer:
             with self.cond:
                 self.cond.wait_for(lambda: bool(self.pending) or self.stopping)
                 if not self.pending:
-                    return          # stopping, and nothing left to write
+                    return  # stopping, and nothing left to write
                 batch, self.pending = self.pending, []
             try:
                 self.ledger._write_batch(batch)
@@ -953,7 +1074,7 @@ class _Writer:
 
 
 _default: Ledger | None = None
-_default_env: str | None = None     # CENCORI_NB_HOME when _default was opened
+_default_env: str | None = None  # CENCORI_NB_HOME when _default was opened
 _default_lock = threading.Lock()
 
 
@@ -962,7 +1083,7 @@ def default_ledger() -> Ledger:
     global _default, _default_env
     env = os.environ.get(ENV_HOME)
     led = _default
-    if led is not None and env == _default_env:     # cheap: no path building per request
+    if led is not None and env == _default_env:  # cheap: no path building per request
         return led
     with _default_lock:
         if _default is not None and _default.path != ledger_path():
@@ -991,6 +1112,6 @@ def _reset_for_tests() -> None:
 
 
 @atexit.register
-def _close_at_exit() -> None:   # pragma: no cover - interpreter shutdown
+def _close_at_exit() -> None:  # pragma: no cover - interpreter shutdown
     with contextlib.suppress(Exception):
         _reset_for_tests()

@@ -27,8 +27,10 @@ from datetime import UTC, datetime
 __all__ = ["MIGRATIONS", "applied", "migrate"]
 
 MIGRATIONS: list[tuple[str, list[str]]] = [
-    ("001_create_requests", [
-        """CREATE TABLE requests (
+    (
+        "001_create_requests",
+        [
+            """CREATE TABLE requests (
             id INTEGER PRIMARY KEY,
             ts_ms INTEGER NOT NULL,
             request_id TEXT NOT NULL,
@@ -52,14 +54,17 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             latency_ms REAL,
             ttft_ms REAL
         )""",
-        "CREATE INDEX requests_ts ON requests (ts_ms)",
-    ]),
-    ("002_wallet_and_budget_alerts", [
-        # A successful request is recorded once: settling it twice is a no-op.
-        "CREATE UNIQUE INDEX requests_ok_request_id ON requests (request_id)"
-        " WHERE status = 'ok'",
-        "CREATE INDEX requests_project_ts ON requests (project, ts_ms)",
-        """CREATE TABLE wallet_transactions (
+            "CREATE INDEX requests_ts ON requests (ts_ms)",
+        ],
+    ),
+    (
+        "002_wallet_and_budget_alerts",
+        [
+            # A successful request is recorded once: settling it twice is a no-op.
+            "CREATE UNIQUE INDEX requests_ok_request_id ON requests (request_id)"
+            " WHERE status = 'ok'",
+            "CREATE INDEX requests_project_ts ON requests (project, ts_ms)",
+            """CREATE TABLE wallet_transactions (
             id INTEGER PRIMARY KEY,
             ts_ms INTEGER NOT NULL,
             kind TEXT NOT NULL CHECK (kind IN ('topup', 'usage', 'refund', 'adjustment')),
@@ -70,23 +75,26 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             project TEXT,
             note TEXT
         )""",
-        # Idempotent usage debits and refunds: at most one of each per request id.
-        "CREATE UNIQUE INDEX wallet_usage_request ON wallet_transactions (request_id)"
-        " WHERE kind = 'usage'",
-        "CREATE UNIQUE INDEX wallet_refund_request ON wallet_transactions (request_id)"
-        " WHERE kind = 'refund'",
-        """CREATE TABLE budget_alerts (
+            # Idempotent usage debits and refunds: at most one of each per request id.
+            "CREATE UNIQUE INDEX wallet_usage_request ON wallet_transactions (request_id)"
+            " WHERE kind = 'usage'",
+            "CREATE UNIQUE INDEX wallet_refund_request ON wallet_transactions (request_id)"
+            " WHERE kind = 'refund'",
+            """CREATE TABLE budget_alerts (
             project TEXT NOT NULL,
             month TEXT NOT NULL,
             threshold INTEGER NOT NULL,
             ts_ms INTEGER NOT NULL,
             PRIMARY KEY (project, month, threshold)
         )""",
-    ]),
+        ],
+    ),
     # A per-day rollup kept by a trigger, so spend views read thousands of rows, not
     # millions (benchmarks/ledger.py). Rows of a partial first day are read from requests.
-    ("003_daily_rollup", [
-        """CREATE TABLE requests_daily (
+    (
+        "003_daily_rollup",
+        [
+            """CREATE TABLE requests_daily (
             day INTEGER NOT NULL,
             project TEXT NOT NULL,
             provider TEXT NOT NULL,
@@ -104,8 +112,8 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             unpriced INTEGER NOT NULL,
             PRIMARY KEY (day, project, provider, model, route, status)
         ) WITHOUT ROWID""",
-        # Written out in full (not built from constants): a shipped migration never changes.
-        """CREATE TRIGGER requests_daily_insert AFTER INSERT ON requests BEGIN
+            # Written out in full (not built from constants): a shipped migration never changes.
+            """CREATE TRIGGER requests_daily_insert AFTER INSERT ON requests BEGIN
             INSERT INTO requests_daily VALUES (
                 NEW.ts_ms / 86400000, NEW.project, NEW.provider,
                 COALESCE(NEW.model, NEW.model_requested, ''), NEW.route, NEW.status, 1,
@@ -128,8 +136,8 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                 cost_pusd = cost_pusd + excluded.cost_pusd,
                 unpriced = unpriced + excluded.unpriced;
         END""",
-        # backfill from the rows written before this migration
-        """INSERT INTO requests_daily
+            # backfill from the rows written before this migration
+            """INSERT INTO requests_daily
             SELECT ts_ms / 86400000, project, provider, COALESCE(model, model_requested, ''),
                 route, status, COUNT(*), SUM(input_tokens), SUM(output_tokens),
                 SUM(cache_read_tokens), SUM(cache_write_tokens), SUM(provider_cost_pusd),
@@ -138,7 +146,8 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                     THEN COALESCE(provider_cost_pusd, 0) ELSE 0 END),
                 SUM(provider_cost_pusd IS NULL)
             FROM requests GROUP BY 1, 2, 3, 4, 5, 6""",
-    ]),
+        ],
+    ),
     # What a request cost its user is computed once, when it is settled (accounting.cost_of)
     # and stored per row; the rollup and every view sum that one value. Rows written before
     # get the rule as it was (credits charged, plus the provider price of BYOK requests;
@@ -147,16 +156,18 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     # each request in flight under a hard cap (accounting.reserve), released in the
     # transaction that writes its row; ``pid``/``host``/``created_ms`` let a dead process's
     # reservations expire.
-    ("004_cost_rule_and_reservations", [
-        "ALTER TABLE requests ADD COLUMN cost_pusd INTEGER",
-        "ALTER TABLE requests ADD COLUMN test_mode INTEGER NOT NULL DEFAULT 0",
-        """UPDATE requests SET cost_pusd = CASE
+    (
+        "004_cost_rule_and_reservations",
+        [
+            "ALTER TABLE requests ADD COLUMN cost_pusd INTEGER",
+            "ALTER TABLE requests ADD COLUMN test_mode INTEGER NOT NULL DEFAULT 0",
+            """UPDATE requests SET cost_pusd = CASE
             WHEN status != 'ok' THEN 0
             WHEN route = 'byok' THEN CASE WHEN provider_cost_pusd IS NULL
                 THEN NULL ELSE provider_cost_pusd + credits_charged_pusd END
             ELSE credits_charged_pusd END""",
-        "DROP TRIGGER requests_daily_insert",
-        """CREATE TRIGGER requests_daily_insert AFTER INSERT ON requests BEGIN
+            "DROP TRIGGER requests_daily_insert",
+            """CREATE TRIGGER requests_daily_insert AFTER INSERT ON requests BEGIN
             INSERT INTO requests_daily VALUES (
                 NEW.ts_ms / 86400000, NEW.project, NEW.provider,
                 COALESCE(NEW.model, NEW.model_requested, ''), NEW.route, NEW.status, 1,
@@ -176,7 +187,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                 cost_pusd = cost_pusd + excluded.cost_pusd,
                 unpriced = unpriced + excluded.unpriced;
         END""",
-        """CREATE TABLE budget_reservations (
+            """CREATE TABLE budget_reservations (
             id TEXT PRIMARY KEY,
             project TEXT NOT NULL,
             amount_pusd INTEGER NOT NULL,
@@ -184,16 +195,19 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             host TEXT NOT NULL,
             created_ms INTEGER NOT NULL
         )""",
-        "CREATE INDEX budget_reservations_project ON budget_reservations (project)",
-    ]),
+            "CREATE INDEX budget_reservations_project ON budget_reservations (project)",
+        ],
+    ),
     # Every request its own row (issue 11): rows are keyed on an id the client generates
     # (``client_id``, unique); the provider's ``request_id`` is kept but no longer unique
     # (Ollama draws ids from 999 values, some gateways reuse them). A stream stopped part
     # way is ``interrupted``. SQLite cannot change a CHECK, so the table is rebuilt; old
     # rows get ``legacy-<id>`` client ids. The wallet's usage/refund idempotency moves to
     # the client id too (each old debit gets its request row's client id).
-    ("005_client_ids_and_interrupted", [
-        """CREATE TABLE requests_new (
+    (
+        "005_client_ids_and_interrupted",
+        [
+            """CREATE TABLE requests_new (
             id INTEGER PRIMARY KEY,
             ts_ms INTEGER NOT NULL,
             client_id TEXT NOT NULL,
@@ -221,25 +235,25 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             cost_pusd INTEGER,
             test_mode INTEGER NOT NULL DEFAULT 0
         )""",
-        """INSERT INTO requests_new SELECT id, ts_ms, 'legacy-' || id, request_id, project,
+            """INSERT INTO requests_new SELECT id, ts_ms, 'legacy-' || id, request_id, project,
             provider, model_requested, model, route, credential_source, status, error_code,
             input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
             thinking_tokens, provider_cost_pusd, credits_charged_pusd, estimated,
             price_version, latency_ms, ttft_ms, cost_pusd, test_mode FROM requests""",
-        "DROP TABLE requests",                   # also drops its indexes and trigger
-        "ALTER TABLE requests_new RENAME TO requests",
-        "CREATE UNIQUE INDEX requests_client_id ON requests (client_id)",
-        "CREATE INDEX requests_request_id ON requests (request_id)",
-        "CREATE INDEX requests_ts ON requests (ts_ms)",
-        "CREATE INDEX requests_project_ts ON requests (project, ts_ms)",
-        # the rollup also counts rows whose tokens (so cost) are estimates
-        "ALTER TABLE requests_daily ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0",
-        """UPDATE requests_daily SET estimated = (SELECT COUNT(*) FROM requests r
+            "DROP TABLE requests",  # also drops its indexes and trigger
+            "ALTER TABLE requests_new RENAME TO requests",
+            "CREATE UNIQUE INDEX requests_client_id ON requests (client_id)",
+            "CREATE INDEX requests_request_id ON requests (request_id)",
+            "CREATE INDEX requests_ts ON requests (ts_ms)",
+            "CREATE INDEX requests_project_ts ON requests (project, ts_ms)",
+            # the rollup also counts rows whose tokens (so cost) are estimates
+            "ALTER TABLE requests_daily ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0",
+            """UPDATE requests_daily SET estimated = (SELECT COUNT(*) FROM requests r
             WHERE r.estimated AND r.ts_ms / 86400000 = requests_daily.day
             AND r.project = requests_daily.project AND r.provider = requests_daily.provider
             AND COALESCE(r.model, r.model_requested, '') = requests_daily.model
             AND r.route = requests_daily.route AND r.status = requests_daily.status)""",
-        """CREATE TRIGGER requests_daily_insert AFTER INSERT ON requests BEGIN
+            """CREATE TRIGGER requests_daily_insert AFTER INSERT ON requests BEGIN
             INSERT INTO requests_daily (day, project, provider, model, route, status,
                 requests, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
                 provider_cost_pusd, credits_charged_pusd, cost_pusd, unpriced, estimated)
@@ -264,33 +278,38 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                 unpriced = unpriced + excluded.unpriced,
                 estimated = estimated + excluded.estimated;
         END""",
-        "ALTER TABLE wallet_transactions ADD COLUMN client_id TEXT",
-        # before 005 an ok request id was unique, so it names at most one row
-        """UPDATE wallet_transactions SET client_id = COALESCE(
+            "ALTER TABLE wallet_transactions ADD COLUMN client_id TEXT",
+            # before 005 an ok request id was unique, so it names at most one row
+            """UPDATE wallet_transactions SET client_id = COALESCE(
             (SELECT r.client_id FROM requests r WHERE r.request_id =
                 wallet_transactions.request_id AND r.status = 'ok'),
             'legacy-w' || id) WHERE request_id IS NOT NULL""",
-        "DROP INDEX wallet_usage_request",
-        "DROP INDEX wallet_refund_request",
-        "CREATE UNIQUE INDEX wallet_usage_client ON wallet_transactions (client_id)"
-        " WHERE kind = 'usage'",
-        "CREATE UNIQUE INDEX wallet_refund_client ON wallet_transactions (client_id)"
-        " WHERE kind = 'refund'",
-    ]),
+            "DROP INDEX wallet_usage_request",
+            "DROP INDEX wallet_refund_request",
+            "CREATE UNIQUE INDEX wallet_usage_client ON wallet_transactions (client_id)"
+            " WHERE kind = 'usage'",
+            "CREATE UNIQUE INDEX wallet_refund_client ON wallet_transactions (client_id)"
+            " WHERE kind = 'refund'",
+        ],
+    ),
     # Cencori's receipts on the managed route (issue 12): X-Cencori-Cache (HIT,
     # SEMANTIC-HIT, MISS; NULL when the gateway sent none) and X-Model-Original (the model
     # asked for when the gateway answered with another). The request id already has a column.
-    ("006_gateway_receipts", [
-        "ALTER TABLE requests ADD COLUMN gateway_cache TEXT",
-        "ALTER TABLE requests ADD COLUMN model_original TEXT",
-    ]),
+    (
+        "006_gateway_receipts",
+        [
+            "ALTER TABLE requests ADD COLUMN gateway_cache TEXT",
+            "ALTER TABLE requests ADD COLUMN model_original TEXT",
+        ],
+    ),
 ]
 
 
 def applied(conn: sqlite3.Connection) -> list[str]:
     """Names of the migrations recorded in ``conn``'s database, in order applied."""
-    conn.execute("CREATE TABLE IF NOT EXISTS _migrations ("
-                 "name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+    )
     return [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
 
 
@@ -309,8 +328,10 @@ def migrate(conn: sqlite3.Connection, *, upto: str | None = None) -> list[str]:
             if name not in done:
                 for sql in statements:
                     conn.execute(sql)
-                conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)",
-                             (name, datetime.now(UTC).isoformat(timespec="seconds")))
+                conn.execute(
+                    "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)",
+                    (name, datetime.now(UTC).isoformat(timespec="seconds")),
+                )
                 new.append(name)
             if name == upto:
                 break

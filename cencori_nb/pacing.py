@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = ["GATEWAY_RPM", "WINDOW_S", "Pacer", "apace", "managed_rpm", "pace", "pacer_for"]
 
-GATEWAY_RPM = 60       # Cencori's documented limit per project
-WINDOW_S = 60.0        # the gateway's sliding window
+GATEWAY_RPM = 60  # Cencori's documented limit per project
+WINDOW_S = 60.0  # the gateway's sliding window
 _PROBE_TIMEOUT_S = 2.0
 
 
@@ -84,7 +84,7 @@ def _sandbox_pace(url: str) -> int | None:
         value = response.json().get("rpm") if response.status_code == 200 else None
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             rpm = value
-    except Exception:   # noqa: BLE001 (any failure means "no pace known": do not pace)
+    except Exception:  # noqa: BLE001 (any failure means "no pace known": do not pace)
         rpm = None
     with _lock:
         _sandbox_rpm[url] = rpm

@@ -48,8 +48,17 @@ if TYPE_CHECKING:
     # input, output, cache read, cache write per million tokens; fee per thousand requests
     _Rates = tuple[_Price, _Price, _Price, _Price, _Price | None]
 
-__all__ = ["PROVIDER_IDS", "PriceQuote", "context_window", "estimate_cost", "genai_provider_id",
-           "price_version", "provider_cost", "require_price", "unit_prices"]
+__all__ = [
+    "PROVIDER_IDS",
+    "PriceQuote",
+    "context_window",
+    "estimate_cost",
+    "genai_provider_id",
+    "price_version",
+    "provider_cost",
+    "require_price",
+    "unit_prices",
+]
 
 # Our provider names -> genai-prices provider ids. ``None``: no price table (local servers).
 PROVIDER_IDS: dict[str, str | None] = {
@@ -112,8 +121,8 @@ def genai_provider_id(provider: str, model: str) -> list[tuple[str | None, str]]
     genai-prices find the provider from the model name (the ``cencori`` gateway).
     """
     model = model.strip()
-    if model.startswith("models/"):          # Gemini sometimes names its models so
-        model = model[len("models/"):]
+    if model.startswith("models/"):  # Gemini sometimes names its models so
+        model = model[len("models/") :]
     first = (PROVIDER_IDS[provider] if provider in PROVIDER_IDS else _INFER, model)
     out = [first]
     if "/" in model:
@@ -124,7 +133,7 @@ def genai_provider_id(provider: str, model: str) -> list[tuple[str | None, str]]
 
 
 _lock = threading.Lock()
-_lookups: dict[tuple[str, str], _Found | None] = {}   # (provider, model) -> its prices
+_lookups: dict[tuple[str, str], _Found | None] = {}  # (provider, model) -> its prices
 
 
 def _lookup(provider: str, model: str) -> _Found | None:
@@ -137,7 +146,7 @@ def _lookup(provider: str, model: str) -> _Found | None:
     found: _Found | None = None
     for pid, ref in genai_provider_id(provider, model):
         if pid is None or not ref:
-            break                        # no price table for this provider (local)
+            break  # no price table for this provider (local)
         from genai_prices import data_snapshot
 
         snapshot = data_snapshot.get_snapshot()
@@ -169,8 +178,9 @@ def _utc(when: datetime | None) -> datetime:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when
 
 
-def provider_cost(provider: str, model: str | None, usage: Usage, *,
-                  when: datetime | None = None) -> PriceQuote:
+def provider_cost(
+    provider: str, model: str | None, usage: Usage, *, when: datetime | None = None
+) -> PriceQuote:
     """The list price of ``usage`` on ``model`` at ``provider`` (at time ``when``, default now).
 
     ``model`` should be the id the provider returned. Unknown model or provider → a quote
@@ -199,16 +209,31 @@ def provider_cost(provider: str, model: str | None, usage: Usage, *,
 # other price key sends the request through genai-prices itself. Units we never report
 # (audio, images, searches…) have zero usage, so they add nothing and subtract nothing.
 # tests/test_pricing.py checks the two agree on every model of every provider we map.
-_FAST_KEYS = {"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok",
-              "requests_kcount"}
+_FAST_KEYS = {"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "requests_kcount"}
 _ZERO_USAGE_KEYS = {
-    "cache_write_1h_mtok", "input_audio_mtok", "input_image_mtok", "input_video_mtok",
-    "output_audio_mtok", "output_image_mtok", "output_video_mtok", "cache_audio_read_mtok",
-    "cache_image_read_mtok", "output_reasoning_mtok", "output_citation_mtok",
-    "web_searches_kcount", "storage_searches_kcount", "social_searches_kcount",
-    "code_executions_kcount", "rerank_searches_kcount", "audio_hours", "input_audio_hours",
-    "output_audio_hours", "input_document_kpages", "input_annotated_document_kpages",
-    "input_gpixels"}
+    "cache_write_1h_mtok",
+    "input_audio_mtok",
+    "input_image_mtok",
+    "input_video_mtok",
+    "output_audio_mtok",
+    "output_image_mtok",
+    "output_video_mtok",
+    "cache_audio_read_mtok",
+    "cache_image_read_mtok",
+    "output_reasoning_mtok",
+    "output_citation_mtok",
+    "web_searches_kcount",
+    "storage_searches_kcount",
+    "social_searches_kcount",
+    "code_executions_kcount",
+    "rerank_searches_kcount",
+    "audio_hours",
+    "input_audio_hours",
+    "output_audio_hours",
+    "input_document_kpages",
+    "input_annotated_document_kpages",
+    "input_gpixels",
+}
 # id(ModelPrice) -> (that ModelPrice, its rates or None: use genai-prices)
 _rates: dict[int, tuple[ModelPrice, _Rates | None]] = {}
 _MTOK = Decimal(1_000_000)
@@ -220,16 +245,25 @@ def _fast_rates(model_price: ModelPrice) -> tuple[ModelPrice, _Rates | None]:
         return _rates[key]
     except KeyError:
         pass
-    values: dict[str, _Price] = {k: v for k, v in model_price.__dict__.items()
-                                 if not k.startswith("_") and v is not None}
+    values: dict[str, _Price] = {
+        k: v for k, v in model_price.__dict__.items() if not k.startswith("_") and v is not None
+    }
     rates: _Rates | None = None
-    if (set(values) <= _FAST_KEYS | _ZERO_USAGE_KEYS and "input_mtok" in values
-            and "output_mtok" in values):
+    if (
+        set(values) <= _FAST_KEYS | _ZERO_USAGE_KEYS
+        and "input_mtok" in values
+        and "output_mtok" in values
+    ):
         inp = values["input_mtok"]
-        rates = (inp, values["output_mtok"], values.get("cache_read_mtok", inp),
-                 values.get("cache_write_mtok", inp), values.get("requests_kcount"))
+        rates = (
+            inp,
+            values["output_mtok"],
+            values.get("cache_read_mtok", inp),
+            values.get("cache_write_mtok", inp),
+            values.get("requests_kcount"),
+        )
     with _lock:
-        _rates[key] = (model_price, rates)      # keep the object alive: ids stay unique
+        _rates[key] = (model_price, rates)  # keep the object alive: ids stay unique
     return _rates[key]
 
 
@@ -247,15 +281,20 @@ def _fast_cost(rates: _Rates, usage: Usage) -> Decimal:
     p_in, p_out, p_cr, p_cw, p_req = rates
     total_in = usage.input_tokens
     cr, cw = usage.cache_read_tokens, usage.cache_write_tokens
-    cost = (_tier(p_in, total_in) * (total_in - cr - cw) + _tier(p_cr, total_in) * cr
-            + _tier(p_cw, total_in) * cw + _tier(p_out, total_in) * usage.output_tokens) / _MTOK
+    cost = (
+        _tier(p_in, total_in) * (total_in - cr - cw)
+        + _tier(p_cr, total_in) * cr
+        + _tier(p_cw, total_in) * cw
+        + _tier(p_out, total_in) * usage.output_tokens
+    ) / _MTOK
     if p_req is not None:
         cost += _tier(p_req, total_in) / 1000
     return cost
 
 
-def estimate_cost(provider: str, model: str | None, input_tokens: int,
-                  output_tokens: int) -> Decimal | None:
+def estimate_cost(
+    provider: str, model: str | None, input_tokens: int, output_tokens: int
+) -> Decimal | None:
     """Estimated list price of a request before it is sent (no cache discounts assumed)."""
     from .types import Usage
 
@@ -296,11 +335,12 @@ def require_price(provider: str, model: str) -> None:
     """Raise :class:`PricingError` if ``model`` has no price (to fail closed before sending)."""
     if _lookup(provider, model) is None:
         raise PricingError(
-            f"No price is known for model {model!r} at provider {provider!r} in "
-            f"{price_version()}.",
+            f"No price is known for model {model!r} at provider {provider!r} in {price_version()}.",
             hint="Use a priced model id (see `cencori-nb ask --help`), or send it with your own"
             " key (BYOK), where an unknown price is recorded as 'cost unknown'.",
-            provider=provider, model=model)
+            provider=provider,
+            model=model,
+        )
 
 
 def _reset_for_tests() -> None:

@@ -14,8 +14,15 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Protocol, TextIO
 
-__all__ = ["NullProgress", "Progress", "TextProgress", "WidgetProgress", "in_notebook",
-           "make_progress", "summary_line"]
+__all__ = [
+    "NullProgress",
+    "Progress",
+    "TextProgress",
+    "WidgetProgress",
+    "in_notebook",
+    "make_progress",
+    "summary_line",
+]
 
 
 class Progress(Protocol):
@@ -24,12 +31,11 @@ class Progress(Protocol):
     ``note`` (e.g. ``"rate limited: waiting 58 s"``) is shown until the next update.
     """
 
-    def update(self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False,
-               note: str = "") -> None:
-        ...
+    def update(
+        self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False, note: str = ""
+    ) -> None: ...
 
-    def close(self, done: int, errors: int, cost_usd: Decimal, *, note: str = "") -> None:
-        ...
+    def close(self, done: int, errors: int, cost_usd: Decimal, *, note: str = "") -> None: ...
 
 
 def summary_line(done: int, total: int, errors: int, cost_usd: Decimal, note: str = "") -> str:
@@ -42,8 +48,9 @@ def summary_line(done: int, total: int, errors: int, cost_usd: Decimal, note: st
 class NullProgress:
     """``progress=False``: shows nothing."""
 
-    def update(self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False,
-               note: str = "") -> None:
+    def update(
+        self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False, note: str = ""
+    ) -> None:
         return None
 
     def close(self, done: int, errors: int, cost_usd: Decimal, *, note: str = "") -> None:
@@ -53,8 +60,15 @@ class NullProgress:
 class TextProgress:
     """One line on a terminal stream, rewritten in place with ``\\r``."""
 
-    def __init__(self, total: int, *, stream: TextIO | None = None, min_interval_s: float = 0.1,
-                 clock: Callable[[], float] = time.monotonic, label: str = "cencori") -> None:
+    def __init__(
+        self,
+        total: int,
+        *,
+        stream: TextIO | None = None,
+        min_interval_s: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+        label: str = "cencori",
+    ) -> None:
         self.total = total
         self.stream = stream if stream is not None else sys.stderr
         self.min_interval_s = min_interval_s
@@ -69,11 +83,12 @@ class TextProgress:
         try:
             self.stream.write(f"\r{text}{' ' * pad}{end}")
             self.stream.flush()
-        except (OSError, ValueError):   # a closed or broken stream must not fail the batch
+        except (OSError, ValueError):  # a closed or broken stream must not fail the batch
             pass
 
-    def update(self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False,
-               note: str = "") -> None:
+    def update(
+        self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False, note: str = ""
+    ) -> None:
         now = self.clock()
         if not force and now - self._last < self.min_interval_s:
             return
@@ -81,8 +96,9 @@ class TextProgress:
         self._draw(f"{self.label}: {summary_line(done, self.total, errors, cost_usd, note)}")
 
     def close(self, done: int, errors: int, cost_usd: Decimal, *, note: str = "") -> None:
-        self._draw(f"{self.label}: {summary_line(done, self.total, errors, cost_usd, note)}",
-                   end="\n")
+        self._draw(
+            f"{self.label}: {summary_line(done, self.total, errors, cost_usd, note)}", end="\n"
+        )
 
 
 class WidgetProgress:
@@ -93,16 +109,23 @@ class WidgetProgress:
     which ipykernel sends safely from any thread).
     """
 
-    def __init__(self, total: int, *, min_interval_s: float = 0.2,
-                 clock: Callable[[], float] = time.monotonic, display: bool = True) -> None:
+    def __init__(
+        self,
+        total: int,
+        *,
+        min_interval_s: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+        display: bool = True,
+    ) -> None:
         import ipywidgets
 
         self.total = total
         self.min_interval_s = min_interval_s
         self.clock = clock
         self._last = float("-inf")
-        self.bar = ipywidgets.IntProgress(value=0, min=0, max=max(total, 1),
-                                          description="cencori", bar_style="info")
+        self.bar = ipywidgets.IntProgress(
+            value=0, min=0, max=max(total, 1), description="cencori", bar_style="info"
+        )
         # An HTML widget with escaped text, not a Label: a Label's text is typeset by
         # MathJax, and a note can carry a provider's error text ("stopped: …") between
         # two dollar amounts. safe_html keeps it text (no markup, no math).
@@ -121,8 +144,9 @@ class WidgetProgress:
         self.text = text
         self.label.value = text_html(text, cls="cencori-progress", tag="span")
 
-    def update(self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False,
-               note: str = "") -> None:
+    def update(
+        self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False, note: str = ""
+    ) -> None:
         now = self.clock()
         if not force and now - self._last < self.min_interval_s:
             return
@@ -144,7 +168,7 @@ class WidgetProgress:
 def in_notebook() -> bool:
     """True inside a Jupyter kernel (an IPython shell attached to a kernel)."""
     ipython_mod = sys.modules.get("IPython")
-    if ipython_mod is None:       # never import IPython just to ask
+    if ipython_mod is None:  # never import IPython just to ask
         return False
     shell: Any = ipython_mod.get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None

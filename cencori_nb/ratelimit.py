@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 __all__ = ["AdaptiveLimiter", "LimiterEvent", "parse_reset"]
 
-DEFAULT_BACKOFF_S = 1.0     # pause after a 429 that carried no Retry-After
-MAX_PAUSE_S = 120.0         # never trust a Retry-After longer than this (clock skew, bugs)
+DEFAULT_BACKOFF_S = 1.0  # pause after a 429 that carried no Retry-After
+MAX_PAUSE_S = 120.0  # never trust a Retry-After longer than this (clock skew, bugs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +51,16 @@ class AdaptiveLimiter:
     All methods run on one event loop; nothing here is thread-safe, nothing needs to be.
     """
 
-    def __init__(self, max_concurrency: int, *, min_concurrency: int = 1,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
-                 default_backoff_s: float = DEFAULT_BACKOFF_S,
-                 max_pause_s: float = MAX_PAUSE_S) -> None:
+    def __init__(
+        self,
+        max_concurrency: int,
+        *,
+        min_concurrency: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        default_backoff_s: float = DEFAULT_BACKOFF_S,
+        max_pause_s: float = MAX_PAUSE_S,
+    ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self.max_concurrency = max_concurrency
@@ -68,7 +73,7 @@ class AdaptiveLimiter:
         self.default_backoff_s = default_backoff_s
         self.max_pause_s = max_pause_s
         self.events: list[LimiterEvent] = []
-        self.rate_limited = 0           # 429s seen
+        self.rate_limited = 0  # 429s seen
         self._epoch = 0
         self._successes = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -94,9 +99,9 @@ class AdaptiveLimiter:
                 if fut in self._waiters:
                     self._waiters.remove(fut)
                 elif fut.done() and not fut.cancelled():
-                    self._wake()            # we were woken: pass the turn on
+                    self._wake()  # we were woken: pass the turn on
                 raise
-            woken = True     # loop: re-check the pause and the limit (it may have dropped)
+            woken = True  # loop: re-check the pause and the limit (it may have dropped)
 
     def release(self) -> None:
         """Give a slot back (call exactly once per :meth:`acquire`)."""
@@ -158,9 +163,10 @@ class AdaptiveLimiter:
             return
         lower = {k.lower(): v for k, v in headers.items()}
         for remaining_key, reset_key in (
-                ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
-                ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset"),
-                ("x-ratelimit-remaining", "x-ratelimit-reset")):
+            ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+            ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset"),
+            ("x-ratelimit-remaining", "x-ratelimit-reset"),
+        ):
             remaining = lower.get(remaining_key)
             if remaining is None:
                 continue
@@ -206,9 +212,9 @@ def parse_reset(value: str | None, *, now_epoch_s: float | None = None) -> float
     except ValueError:
         number = None
     if number is not None:
-        if number > 1e11:           # Unix milliseconds
+        if number > 1e11:  # Unix milliseconds
             return max(0.0, number / 1000.0 - now)
-        if number > 1e9:            # Unix seconds
+        if number > 1e9:  # Unix seconds
             return max(0.0, number - now)
         return number
     from datetime import datetime

@@ -39,31 +39,60 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CONTEXT_PATTERN", "KEY_PREFIXES", "LOG_LINE", "MARKER", "NOTEBOOK", "REDACTED",
-           "USER_MESSAGE", "Policy", "StreamRedactor", "encoded_forms", "key_pattern", "key_regex",
-           "looks_like_key", "looks_like_secret", "refuse_key_in_prompt", "register_secret",
-           "register_secrets", "registered_secrets", "remove_stored_keys", "scrub",
-           "scrub_context"]
+__all__ = [
+    "CONTEXT_PATTERN",
+    "KEY_PREFIXES",
+    "LOG_LINE",
+    "MARKER",
+    "NOTEBOOK",
+    "REDACTED",
+    "USER_MESSAGE",
+    "Policy",
+    "StreamRedactor",
+    "encoded_forms",
+    "key_pattern",
+    "key_regex",
+    "looks_like_key",
+    "looks_like_secret",
+    "refuse_key_in_prompt",
+    "register_secret",
+    "register_secrets",
+    "registered_secrets",
+    "remove_stored_keys",
+    "scrub",
+    "scrub_context",
+]
 
 MARKER = "[redacted]"
-REDACTED = MARKER   # older name, same marker
+REDACTED = MARKER  # older name, same marker
 
 # Prefix → provider. Specific prefixes come before the generic ``sk-``.
 KEY_PREFIXES: dict[str, str] = {
-    "sk-ant-": "anthropic", "sk-proj-": "openai", "sk-svcacct-": "openai",
-    "sk-admin-": "openai", "sk-or-": "openrouter", "sk-": "openai/deepseek",
-    "AIza": "google", "csk_": "cencori", "gsk_": "groq", "xai-": "xai",
+    "sk-ant-": "anthropic",
+    "sk-proj-": "openai",
+    "sk-svcacct-": "openai",
+    "sk-admin-": "openai",
+    "sk-or-": "openrouter",
+    "sk-": "openai/deepseek",
+    "AIza": "google",
+    "csk_": "cencori",
+    "gsk_": "groq",
+    "xai-": "xai",
 }
 
 _BODY = r"[A-Za-z0-9_\-]"
-_START = r"(?<![A-Za-z0-9_\-])"           # "task-runner" or "disk-…" never start a key
+_START = r"(?<![A-Za-z0-9_\-])"  # "task-runner" or "disk-…" never start a key
 # A digit somewhere in the body (the lookahead stays inside the run of body characters).
 _DIGIT_AHEAD = r"(?=[A-Za-z_\-]*[0-9])"
 
 
-def key_regex(min_body: int | Mapping[str, int] = 6, *,
-              require_digit: bool | Collection[str] = False,
-              body: str | Mapping[str, str] = _BODY, start: str = _START) -> str:
+def key_regex(
+    min_body: int | Mapping[str, int] = 6,
+    *,
+    require_digit: bool | Collection[str] = False,
+    body: str | Mapping[str, str] = _BODY,
+    start: str = _START,
+) -> str:
     """The source of :func:`key_pattern`'s regex, to embed in a larger pattern.
 
     ``min_body`` is either one minimum for every prefix in :data:`KEY_PREFIXES`, or a
@@ -75,21 +104,25 @@ def key_regex(min_body: int | Mapping[str, int] = 6, *,
     (default: not after a body character; ``r"\b"`` or ``""`` for callers that want those).
     The regex has no capturing groups.
     """
-    minimums = dict(min_body) if isinstance(min_body, Mapping) else dict.fromkeys(
-        KEY_PREFIXES, min_body)
+    minimums = (
+        dict(min_body) if isinstance(min_body, Mapping) else dict.fromkeys(KEY_PREFIXES, min_body)
+    )
     alternatives = []
     for prefix, minimum in minimums.items():
-        needs_digit = (require_digit if isinstance(require_digit, bool)
-                       else prefix in require_digit)
+        needs_digit = require_digit if isinstance(require_digit, bool) else prefix in require_digit
         chars = body.get(prefix, _BODY) if isinstance(body, Mapping) else body
         digit = _DIGIT_AHEAD if needs_digit else ""
         alternatives.append(f"{re.escape(prefix)}{digit}{chars}{{{minimum},}}")
     return f"{start}(?:{'|'.join(alternatives)})"
 
 
-def key_pattern(min_body: int | Mapping[str, int] = 6, *,
-                require_digit: bool | Collection[str] = False,
-                body: str | Mapping[str, str] = _BODY, start: str = _START) -> re.Pattern[str]:
+def key_pattern(
+    min_body: int | Mapping[str, int] = 6,
+    *,
+    require_digit: bool | Collection[str] = False,
+    body: str | Mapping[str, str] = _BODY,
+    start: str = _START,
+) -> re.Pattern[str]:
     """A regex matching any known key shape with at least ``min_body`` body characters.
 
     ``require_digit`` demands a digit in the body (random keys always have one; English
@@ -108,14 +141,14 @@ CONTEXT_PATTERN = re.compile(
     | ((?:\b|_)(?:api[_-]?)?key=){_NOT_MARKER}[^&\s'",;}}\]]+
     | ((?:x-api-key|x-goog-api-key|api-key|cencori_api_key|authorization)
        ['"]?\s*[:=]\s*(?:b?['"])?){_NOT_MARKER}[^'"\s,;}}\]]+
-    """)
+    """
+)
 
 
 def scrub_context(text: str, marker: str = MARKER) -> str:
     """Replace the values of ``Bearer …``, ``key=…`` and ``x-api-key: …`` with ``marker``,
     keeping the words that named them."""
-    return CONTEXT_PATTERN.sub(
-        lambda m: next((g for g in m.groups() if g), "") + marker, text)
+    return CONTEXT_PATTERN.sub(lambda m: next((g for g in m.groups() if g), "") + marker, text)
 
 
 # --------------------------------------------------------------------------- the registry
@@ -163,14 +196,15 @@ def _reset_for_tests() -> None:
 
 # --------------------------------------------------------------------------- encodings
 
+
 def _base64_cores(raw: bytes, encode: Callable[[bytes], bytes], minimum: int) -> list[str]:
     """``raw`` base64-encoded as it appears inside a larger blob, for each of the three
     byte alignments: only the characters made of ``raw``'s own bits."""
     cores = []
     for offset in range(3):
         enc = encode(b"\0" * offset + raw).rstrip(b"=").decode()
-        start = -(-8 * offset // 6)                  # first character of raw bits only
-        end = (8 * (offset + len(raw))) // 6         # later ones mix in the next bytes
+        start = -(-8 * offset // 6)  # first character of raw bits only
+        end = (8 * (offset + len(raw))) // 6  # later ones mix in the next bytes
         if end - start >= minimum:
             cores.append(enc[start:end])
     return cores
@@ -186,9 +220,13 @@ def encoded_forms(value: str, minimum: int = 8) -> list[str]:
     import base64
 
     raw = value.encode()
-    return [value, raw.hex(), raw.hex().upper(),
-            *_base64_cores(raw, base64.b64encode, minimum),
-            *_base64_cores(raw, base64.urlsafe_b64encode, minimum)]
+    return [
+        value,
+        raw.hex(),
+        raw.hex().upper(),
+        *_base64_cores(raw, base64.b64encode, minimum),
+        *_base64_cores(raw, base64.urlsafe_b64encode, minimum),
+    ]
 
 
 def _trie_pattern(words: Iterable[str]) -> str:
@@ -213,16 +251,19 @@ def _trie_pattern(words: Iterable[str]) -> str:
         if len(alternatives) == 1 and not ends_here:
             return alternatives[0]
         group = "(?:" + "|".join(alternatives) + ")"
-        return group + "?" if ends_here else group   # greedy: the longer word wins
+        return group + "?" if ends_here else group  # greedy: the longer word wins
 
     return build(trie)
 
 
 @functools.lru_cache(maxsize=64)
-def _exact_regex(secrets: frozenset[str], encoded: bool, minimum: int
-                 ) -> re.Pattern[str] | None:
-    words = {form for s in secrets if len(s) >= minimum
-             for form in (encoded_forms(s, minimum) if encoded else (s,))}
+def _exact_regex(secrets: frozenset[str], encoded: bool, minimum: int) -> re.Pattern[str] | None:
+    words = {
+        form
+        for s in secrets
+        if len(s) >= minimum
+        for form in (encoded_forms(s, minimum) if encoded else (s,))
+    }
     return re.compile(_trie_pattern(words)) if words else None
 
 
@@ -233,11 +274,11 @@ def _exact_regex(secrets: frozenset[str], encoded: bool, minimum: int
 # replaced in the original text over the span its characters came from.
 
 _ESCAPES = re.compile(
-    r"\\u(?P<u>[0-9A-Fa-f]{4})"                    # JSON / Python: \u005f
-    r"|\\x(?P<x>[0-9A-Fa-f]{2})"                   # Python: \x5f
-    r"|%(?P<pct>[0-9A-Fa-f]{2})"                   # URL: %5F
-    r"|&\#(?:[xX](?P<hx>[0-9A-Fa-f]{1,6})|(?P<dec>[0-9]{1,7}));"   # HTML: &#95; &#x5f;
-    r"|\\(?P<tex>[_\-#$%&{}])"                     # LaTeX: csk\_live
+    r"\\u(?P<u>[0-9A-Fa-f]{4})"  # JSON / Python: \u005f
+    r"|\\x(?P<x>[0-9A-Fa-f]{2})"  # Python: \x5f
+    r"|%(?P<pct>[0-9A-Fa-f]{2})"  # URL: %5F
+    r"|&\#(?:[xX](?P<hx>[0-9A-Fa-f]{1,6})|(?P<dec>[0-9]{1,7}));"  # HTML: &#95; &#x5f;
+    r"|\\(?P<tex>[_\-#$%&{}])"  # LaTeX: csk\_live
 )
 _LINE_BREAKS = re.compile(r"\r?\n|\r")
 
@@ -250,11 +291,12 @@ def _unescape_one(m: re.Match[str]) -> str:
         if digits is not None:
             code = int(digits, base)
             return chr(code) if code < 0x110000 else m.group(0)
-    return m.group(0)   # pragma: no cover - every alternative is named above
+    return m.group(0)  # pragma: no cover - every alternative is named above
 
 
-def _view(text: str, pattern: re.Pattern[str], decode: Callable[[re.Match[str]], str]
-          ) -> tuple[str, list[int], list[int]]:
+def _view(
+    text: str, pattern: re.Pattern[str], decode: Callable[[re.Match[str]], str]
+) -> tuple[str, list[int], list[int]]:
     """``(view, starts, ends)``: ``text`` with every ``pattern`` match replaced by
     ``decode(match)``; view character ``i`` came from ``text[starts[i]:ends[i]]``."""
     out: list[str] = []
@@ -278,10 +320,13 @@ def _view(text: str, pattern: re.Pattern[str], decode: Callable[[re.Match[str]],
     return "".join(out), starts, ends
 
 
-def _spans_in_view(text: str, pattern: re.Pattern[str],
-                   decode: Callable[[re.Match[str]], str],
-                   finders: Iterable[re.Pattern[str]], quick: str | None = None
-                   ) -> list[tuple[int, int]]:
+def _spans_in_view(
+    text: str,
+    pattern: re.Pattern[str],
+    decode: Callable[[re.Match[str]], str],
+    finders: Iterable[re.Pattern[str]],
+    quick: str | None = None,
+) -> list[tuple[int, int]]:
     """Spans of ``text`` whose decoded view matches one of ``finders``. ``quick`` is the
     view already computed (without its index map), if the caller has a faster way."""
     if quick is None:
@@ -297,7 +342,7 @@ def _spans_in_view(text: str, pattern: re.Pattern[str],
     return spans
 
 
-_KEY_REACH = 300   # no key is longer: a match touching an escape lies this close to it
+_KEY_REACH = 300  # no key is longer: a match touching an escape lies this close to it
 
 
 def _escaped_hit(text: str, finders: tuple[re.Pattern[str], ...]) -> bool:
@@ -379,8 +424,7 @@ def _decodings(run: str, hexadecimal: bool) -> Iterable[str]:
             continue
 
 
-def _encoded_runs_holding(text: str, shapes: Iterable[re.Pattern[str]]
-                          ) -> list[tuple[int, int]]:
+def _encoded_runs_holding(text: str, shapes: Iterable[re.Pattern[str]]) -> list[tuple[int, int]]:
     """Spans of base64 or hex runs in ``text`` whose decoding holds one of ``shapes``."""
     spans: list[tuple[int, int]] = []
     prefixes = _encoded_prefixes()
@@ -388,9 +432,10 @@ def _encoded_runs_holding(text: str, shapes: Iterable[re.Pattern[str]]
         for m in pattern.finditer(text):
             if not prefixes.search(m.group(0).replace("\r", "").replace("\n", "")):
                 continue
-            if any(_ANY_PREFIX.search(decoded) and any(shape.search(decoded)
-                                                       for shape in shapes)
-                   for decoded in _decodings(m.group(0), hexadecimal)):
+            if any(
+                _ANY_PREFIX.search(decoded) and any(shape.search(decoded) for shape in shapes)
+                for decoded in _decodings(m.group(0), hexadecimal)
+            ):
                 spans.append((m.start(), m.end()))
     return spans
 
@@ -407,8 +452,11 @@ def _entropy_bits_per_char(token: str) -> float:
 
 
 def _random_looking(token: str) -> bool:
-    return (any(c.isdigit() for c in token) and any(c.isalpha() for c in token)
-            and _entropy_bits_per_char(token) >= 3.5)
+    return (
+        any(c.isdigit() for c in token)
+        and any(c.isalpha() for c in token)
+        and _entropy_bits_per_char(token) >= 3.5
+    )
 
 
 @dataclass(frozen=True)
@@ -435,8 +483,14 @@ class Policy:
         extra = frozenset(map(_reveal, secrets))
         return _exact_regex(_registered | extra, self.encoded, self.min_secret)
 
-    def subn(self, text: str, secrets: Iterable[Any] = (), *, binary: bool = False,
-             exact: re.Pattern[str] | None | bool = True) -> tuple[str, int]:
+    def subn(
+        self,
+        text: str,
+        secrets: Iterable[Any] = (),
+        *,
+        binary: bool = False,
+        exact: re.Pattern[str] | None | bool = True,
+    ) -> tuple[str, int]:
         """``(scrubbed, how many were replaced)``; ``text`` itself when nothing was.
 
         ``binary`` (base64 payloads) applies only the exact secrets: a random run of base64
@@ -473,8 +527,7 @@ class Policy:
             count += n
         return text, count
 
-    def _views(self, text: str, exact_re: re.Pattern[str] | None, binary: bool
-               ) -> tuple[str, int]:
+    def _views(self, text: str, exact_re: re.Pattern[str] | None, binary: bool) -> tuple[str, int]:
         spans: list[tuple[int, int]] = []
         if not binary and ("\\" in text or "%" in text or "&#" in text):
             finders = (*((exact_re,) if exact_re is not None else ()), *self.shapes)
@@ -491,8 +544,7 @@ class Policy:
     def encodes_a_key(self, text: str) -> bool:
         """Whether base64 or hex in ``text`` decodes to a key shape (``decoded_shapes``):
         for payloads that cannot be rewritten in place, such as widget buffers."""
-        return bool(self.decoded_shapes) and bool(
-            _encoded_runs_holding(text, self.decoded_shapes))
+        return bool(self.decoded_shapes) and bool(_encoded_runs_holding(text, self.decoded_shapes))
 
     def scrub(self, text: str, secrets: Iterable[Any] = ()) -> str:
         """``text`` with every secret this policy knows replaced by :data:`MARKER`."""
@@ -508,57 +560,81 @@ class Policy:
 LOG_LINE = Policy(
     "log line",
     (key_pattern(MIN_REGISTERED, start=r"(?<![A-Za-z0-9])"),),
-    min_secret=MIN_REGISTERED, context=True)
+    min_secret=MIN_REGISTERED,
+    context=True,
+)
 
 # Messages a person reads (a provider's error text, CLI and magic errors, history): the known
 # prefixes plus the ones a provider may echo (pk-/rk- OpenAI, cpk Cencori, the other
 # separator), masked bodies keeping their "*", "." and "…" (OpenAI's 401 echoes
 # "sk-proj-****…abcd"); Google's AIza anywhere in a word; any long token-like run that is not
 # a path segment (a key in a URL path still has its prefix).
-_MASKED_PREFIXES = (*(p for p in KEY_PREFIXES if p != "AIza"),
-                    "pk-", "rk-", "sk_", "csk-", "cpk_", "cpk-", "gsk-", "xai_")
+_MASKED_PREFIXES = (
+    *(p for p in KEY_PREFIXES if p != "AIza"),
+    "pk-",
+    "rk-",
+    "sk_",
+    "csk-",
+    "cpk_",
+    "cpk-",
+    "gsk-",
+    "xai_",
+)
 USER_MESSAGE = Policy(
     "user message",
-    (re.compile("|".join((
-        rf"\bBearer\s+{_NOT_MARKER}\S+",
-        key_regex(dict.fromkeys(_MASKED_PREFIXES, 4), body=r"[\w\-*.…]", start=r"\b"),
-        key_regex({"AIza": 8}, body=r"[\w\-]", start=""),
-        r"(?<![/\\.])\b[\w\-*]{32,}",     # not a path segment or a file's extension
-    ))),),
-    min_secret=4, context=True)
+    (
+        re.compile(
+            "|".join(
+                (
+                    rf"\bBearer\s+{_NOT_MARKER}\S+",
+                    key_regex(dict.fromkeys(_MASKED_PREFIXES, 4), body=r"[\w\-*.…]", start=r"\b"),
+                    key_regex({"AIza": 8}, body=r"[\w\-]", start=""),
+                    r"(?<![/\\.])\b[\w\-*]{32,}",  # not a path segment or a file's extension
+                )
+            )
+        ),
+    ),
+    min_secret=4,
+    context=True,
+)
 
 # Notebooks: bodies are long and (except after prefixes only keys use) hold a digit, so
 # words, package names (sk-learn), hashes and base64 images are never cut.
 _ONLY_KEYS_USE = ("sk-proj-", "sk-ant-", "sk-or-", "sk-svcacct-", "sk-admin-")
 _NOTEBOOK_MINIMUMS = {
     **dict.fromkeys(_ONLY_KEYS_USE, 20),
-    "sk-": 20,      # OpenAI legacy, DeepSeek, …
-    "AIza": 30,     # Google API keys: AIza + 35 characters
-    "csk_": 16,     # Cencori project keys (managed route)
-    "gsk_": 20, "xai-": 20}
+    "sk-": 20,  # OpenAI legacy, DeepSeek, …
+    "AIza": 30,  # Google API keys: AIza + 35 characters
+    "csk_": 16,  # Cencori project keys (managed route)
+    "gsk_": 20,
+    "xai-": 20,
+}
 _NOTEBOOK_DIGIT = {"sk-", "AIza", "csk_", "gsk_", "xai-"}
 NOTEBOOK_KEY_SHAPES = key_pattern(_NOTEBOOK_MINIMUMS, require_digit=_NOTEBOOK_DIGIT)
 # "Bearer <token>": keep the word, drop the token (JWTs and opaque tokens: dots, slashes, =).
 BEARER_TOKEN = re.compile(r"(?<=Bearer )(?=[A-Za-z._~+/=\-]*[0-9])[A-Za-z0-9._~+/=\-]{20,}")
-NOTEBOOK = Policy("notebook", (NOTEBOOK_KEY_SHAPES, BEARER_TOKEN), min_secret=8,
-                  encoded=True,
-                  # inside decoded base64/hex a key may follow any byte
-                  decoded_shapes=(key_pattern(_NOTEBOOK_MINIMUMS,
-                                              require_digit=_NOTEBOOK_DIGIT, start=""),))
+NOTEBOOK = Policy(
+    "notebook",
+    (NOTEBOOK_KEY_SHAPES, BEARER_TOKEN),
+    min_secret=8,
+    encoded=True,
+    # inside decoded base64/hex a key may follow any byte
+    decoded_shapes=(key_pattern(_NOTEBOOK_MINIMUMS, require_digit=_NOTEBOOK_DIGIT, start=""),),
+)
 
 # What a prompt may not hold (refuse_key_in_prompt) and what a magic line may not hold
 # (looks_like_secret): one pattern per shape. Long random tokens are allowed in prompts
 # (hashes, base64), refused on magic lines.
 PROMPT_KEY_SHAPES = tuple(
-    key_pattern({prefix: minimum}, body={"gsk_": "[A-Za-z0-9]", "xai-": "[A-Za-z0-9]"},
-                start=r"\b")
+    key_pattern({prefix: minimum}, body={"gsk_": "[A-Za-z0-9]", "xai-": "[A-Za-z0-9]"}, start=r"\b")
     for prefix, minimum in {
-        "sk-": 16,     # OpenAI, DeepSeek, sk-ant-, sk-or-, sk-proj-
-        "csk_": 8,     # Cencori project keys
-        "AIza": 20,    # Google
-        "gsk_": 16,    # Groq
-        "xai-": 16,    # xAI
-    }.items())
+        "sk-": 16,  # OpenAI, DeepSeek, sk-ant-, sk-or-, sk-proj-
+        "csk_": 8,  # Cencori project keys
+        "AIza": 20,  # Google
+        "gsk_": 16,  # Groq
+        "xai-": 16,  # xAI
+    }.items()
+)
 
 
 def scrub(text: str, secrets: Iterable[Any] = ()) -> str:
@@ -580,13 +656,13 @@ def looks_like_secret(text: str) -> bool:
     ``meta-llama/Llama-3.3-70B-Instruct-Turbo`` are split on ``/`` and ``.`` and stay short.
     """
     return any(p.search(text) for p in PROMPT_KEY_SHAPES) or any(
-        _random_looking(m.group(0)) for m in _LONG_TOKEN.finditer(text))
+        _random_looking(m.group(0)) for m in _LONG_TOKEN.finditer(text)
+    )
 
 
 def holds_secret(text: str, secrets: Iterable[Any] = ()) -> bool:
     """True if ``text`` holds a registered credential or one of ``secrets`` verbatim."""
-    regex = _exact_regex(_registered | frozenset(map(_reveal, secrets)), False,
-                         MIN_REGISTERED)
+    regex = _exact_regex(_registered | frozenset(map(_reveal, secrets)), False, MIN_REGISTERED)
     return regex is not None and regex.search(text) is not None
 
 
@@ -624,16 +700,15 @@ class StreamRedactor:
             if any(s.startswith(tail) for s in secrets):
                 keep = size
                 break
-        self._held = text[len(text) - keep:] if keep else ""
-        return text[:len(text) - keep]
+        self._held = text[len(text) - keep :] if keep else ""
+        return text[: len(text) - keep]
 
     def close(self) -> str:
         rest, self._held = remove_stored_keys(self._held), ""
         return rest
 
 
-def refuse_key_in_prompt(prompt: str, secrets: Iterable[Any] = (), *,
-                         shapes: bool = True) -> None:
+def refuse_key_in_prompt(prompt: str, secrets: Iterable[Any] = (), *, shapes: bool = True) -> None:
     """Raise :class:`~cencori_nb.errors.KeyInPromptError` if ``prompt`` holds a registered
     or given key (or, with ``shapes``, a known key shape: ``sk-…``, ``csk_…``, ``AIza…``).
 
@@ -643,9 +718,11 @@ def refuse_key_in_prompt(prompt: str, secrets: Iterable[Any] = (), *,
     from .errors import KeyInPromptError
 
     if (shapes and any(p.search(prompt) for p in PROMPT_KEY_SHAPES)) or holds_secret(
-            prompt, secrets):
+        prompt, secrets
+    ):
         raise KeyInPromptError(
             "Not sent: the prompt contains an API key. The provider would receive it and the "
             "reply could repeat it into the notebook.",
             hint="Replace it with a placeholder such as sk-XXXX; keys belong in "
-            "`%cencori setup` or `cencori-nb keys set PROVIDER`.")
+            "`%cencori setup` or `cencori-nb keys set PROVIDER`.",
+        )

@@ -71,42 +71,70 @@ from .keystore.secret import Secret
 from .settings import ENV_PROJECT, ENV_SANDBOX, config_path, load_settings
 from .types import ChatRequest, Message
 
-__all__ = ["GATEWAY_DEFAULT_MODEL", "Decision", "UnknownModelWarning", "destination",
-           "explain_route", "gateway_provider", "model_suggestions", "provider_for_model",
-           "resolve"]
+__all__ = [
+    "GATEWAY_DEFAULT_MODEL",
+    "Decision",
+    "UnknownModelWarning",
+    "destination",
+    "explain_route",
+    "gateway_provider",
+    "model_suggestions",
+    "provider_for_model",
+    "resolve",
+]
 
-GATEWAY_DEFAULT_MODEL = "gemini-2.5-flash"   # Cencori's gateway default when none is set
-LOCAL = "local"                              # a local OpenAI-compatible server
+GATEWAY_DEFAULT_MODEL = "gemini-2.5-flash"  # Cencori's gateway default when none is set
+LOCAL = "local"  # a local OpenAI-compatible server
 
 _PREFIXES: tuple[tuple[str, str], ...] = (
-    ("gpt-", "openai"), ("chatgpt-", "openai"), ("text-", "openai"),
+    ("gpt-", "openai"),
+    ("chatgpt-", "openai"),
+    ("text-", "openai"),
     ("claude-", "anthropic"),
     ("gemini-", "google"),
-    ("mistral-", "mistral"), ("codestral-", "mistral"), ("open-mistral-", "mistral"),
-    ("open-mixtral-", "mistral"), ("ministral-", "mistral"),
-    ("llama", "groq"), ("mixtral-", "groq"),
+    ("mistral-", "mistral"),
+    ("codestral-", "mistral"),
+    ("open-mistral-", "mistral"),
+    ("open-mixtral-", "mistral"),
+    ("ministral-", "mistral"),
+    ("llama", "groq"),
+    ("mixtral-", "groq"),
     ("grok-", "xai"),
     ("deepseek-", "deepseek"),
 )
-_O_SERIES = re.compile(r"^o[134](?:-|$)")      # o1, o1-mini, o3-mini, o4-mini …
+_O_SERIES = re.compile(r"^o[134](?:-|$)")  # o1, o1-mini, o3-mini, o4-mini …
 _CATALOG_MODELS = {m.lower(): p.name for p in PROVIDERS.values() for m in p.models}
-_FINE_TUNABLE = frozenset({"openai", "mistral"})   # providers whose fine-tunes are "ft:…"
+_FINE_TUNABLE = frozenset({"openai", "mistral"})  # providers whose fine-tunes are "ft:…"
 
 # Cencori's router (lib/providers/router.ts in the public cencori/cencori repository), in
 # its order and case-sensitive like it: overrides, prefixes/substrings, ":free", "p/model".
-_GATEWAY_OVERRIDES = {"gpt-oss-120b": "cerebras", "openai/gpt-oss-120b": "groq",
-                      "openai/gpt-oss-20b": "groq", "qwen/qwen3-32b": "groq",
-                      "moonshotai/kimi-k2-instruct": "groq",
-                      "meta-llama/Llama-3.3-70B-Instruct": "huggingface"}
+_GATEWAY_OVERRIDES = {
+    "gpt-oss-120b": "cerebras",
+    "openai/gpt-oss-120b": "groq",
+    "openai/gpt-oss-20b": "groq",
+    "qwen/qwen3-32b": "groq",
+    "moonshotai/kimi-k2-instruct": "groq",
+    "meta-llama/Llama-3.3-70B-Instruct": "huggingface",
+}
 _GATEWAY_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), name) for pattern, name in (
-        (r"^(gpt-|o1-|text-|davinci-)", "openai"), (r"^claude-", "anthropic"),
-        (r"^gemini-", "google"), (r"^(mistral-|codestral-|open-mistral-|open-mixtral-)", "mistral"),
-        (r"llama|^mixtral-", "groq"), (r"^command-", "cohere"), (r"^grok-", "xai"),
-        (r"^glm-", "zai"), (r"^deepseek-", "deepseek"), (r"sonar", "perplexity"),
-        (r"qwen", "qwen")))
-_GATEWAY_SPLIT = frozenset({*PROVIDERS, "cohere", "perplexity", "qwen", "zai", "cerebras",
-                            "huggingface"}) - {LOCAL}
+    (re.compile(pattern), name)
+    for pattern, name in (
+        (r"^(gpt-|o1-|text-|davinci-)", "openai"),
+        (r"^claude-", "anthropic"),
+        (r"^gemini-", "google"),
+        (r"^(mistral-|codestral-|open-mistral-|open-mixtral-)", "mistral"),
+        (r"llama|^mixtral-", "groq"),
+        (r"^command-", "cohere"),
+        (r"^grok-", "xai"),
+        (r"^glm-", "zai"),
+        (r"^deepseek-", "deepseek"),
+        (r"sonar", "perplexity"),
+        (r"qwen", "qwen"),
+    )
+)
+_GATEWAY_SPLIT = frozenset(
+    {*PROVIDERS, "cohere", "perplexity", "qwen", "zai", "cerebras", "huggingface"}
+) - {LOCAL}
 
 
 class UnknownModelWarning(UserWarning):
@@ -145,39 +173,59 @@ class Decision:
 
     def __repr__(self) -> str:
         fb = f", fallback={self.fallback.route}:{self.fallback.adapter}" if self.fallback else ""
-        return (f"Decision(provider={self.provider!r}, model={self.model!r}, "
-                f"route={self.route!r}, key={self.key_hint!r}, "
-                f"credential_source={self.credential_source!r}, base_url={self.base_url!r}, "
-                f"adapter={self.adapter!r}, project={self.project!r}{fb})")
+        return (
+            f"Decision(provider={self.provider!r}, model={self.model!r}, "
+            f"route={self.route!r}, key={self.key_hint!r}, "
+            f"credential_source={self.credential_source!r}, base_url={self.base_url!r}, "
+            f"adapter={self.adapter!r}, project={self.project!r}{fb})"
+        )
 
     def __str__(self) -> str:
-        lines = [f"{self.provider} · {self.model} · {self.route} (key {self.key_hint}, "
-                 f"{self.credential_source}) → {self.base_url}"]
+        lines = [
+            f"{self.provider} · {self.model} · {self.route} (key {self.key_hint}, "
+            f"{self.credential_source}) → {self.base_url}"
+        ]
         lines += [f"  - {step}" for step in self.why]
         if self.fallback is not None:
-            lines.append(f"  fallback: {self.fallback.route} via {self.fallback.adapter} "
-                         f"(key {self.fallback.key_hint})")
+            lines.append(
+                f"  fallback: {self.fallback.route} via {self.fallback.adapter} "
+                f"(key {self.fallback.key_hint})"
+            )
         return "\n".join(lines)
 
     def _repr_markdown_(self) -> str:
-        rows = [("provider", self.provider), ("model", self.model), ("route", self.route),
-                ("key", self.key_hint), ("credential source", self.credential_source),
-                ("base URL", self.base_url), ("adapter", self.adapter),
-                ("project", self.project),
-                ("fallback", f"{self.fallback.route} ({self.fallback.key_hint})"
-                 if self.fallback else "none")]
-        table = "| | |\n|---|---|\n" + "\n".join(
-            f"| {k} | `{_md(v)}` |" for k, v in rows)
+        rows = [
+            ("provider", self.provider),
+            ("model", self.model),
+            ("route", self.route),
+            ("key", self.key_hint),
+            ("credential source", self.credential_source),
+            ("base URL", self.base_url),
+            ("adapter", self.adapter),
+            ("project", self.project),
+            (
+                "fallback",
+                f"{self.fallback.route} ({self.fallback.key_hint})" if self.fallback else "none",
+            ),
+        ]
+        table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | `{_md(v)}` |" for k, v in rows)
         why = "\n".join(f"- {_md(step)}" for step in self.why)
         return f"{table}\n\n**Why**\n\n{why}\n"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view (key hint only)."""
-        return {"provider": self.provider, "model": self.model, "route": self.route,
-                "key_hint": self.key_hint, "credential_source": self.credential_source,
-                "base_url": self.base_url, "adapter": self.adapter, "project": self.project,
-                "why": list(self.why),
-                "fallback": self.fallback.to_dict() if self.fallback else None}
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "route": self.route,
+            "key_hint": self.key_hint,
+            "credential_source": self.credential_source,
+            "base_url": self.base_url,
+            "adapter": self.adapter,
+            "project": self.project,
+            "why": list(self.why),
+            "fallback": self.fallback.to_dict() if self.fallback else None,
+        }
 
 
 def _md(value: object) -> str:
@@ -190,9 +238,9 @@ def _md(value: object) -> str:
 def provider_for_model(model: str, provider: str | None = None) -> tuple[str, str, str]:
     """``(provider, model id to send, reason)`` for a model name (see the module docstring)."""
     if provider is not None:
-        provider_info(provider)            # UnknownProviderError listing the names
+        provider_info(provider)  # UnknownProviderError listing the names
         if model.startswith(provider + "/"):
-            model = model[len(provider) + 1:]
+            model = model[len(provider) + 1 :]
         return provider, model, f"provider {provider!r} was given explicitly"
     head, sep, rest = model.partition("/")
     if sep and rest and head in PROVIDERS:
@@ -216,7 +264,9 @@ def provider_for_model(model: str, provider: str | None = None) -> tuple[str, st
         raise UnknownModelError(
             f"No provider is known for the fine-tuned model {model!r}.",
             hint="Fine-tuned ids route by their base model (ft:gpt-4o-mini-…: OpenAI, "
-                 "ft:open-mistral-…: Mistral); otherwise pass provider=….", model=model)
+            "ft:open-mistral-…: Mistral); otherwise pass provider=….",
+            model=model,
+        )
     if _O_SERIES.match(lower):
         return "openai", model, f"{model!r} is an OpenAI o-series model"
     for prefix, name in _PREFIXES:
@@ -225,9 +275,10 @@ def provider_for_model(model: str, provider: str | None = None) -> tuple[str, st
     raise UnknownModelError(
         f"No provider is known for model {model!r}.",
         hint="Write it as provider/model (e.g. 'openai/gpt-4o-mini', "
-             "'openrouter/meta-llama/llama-3.3-70b-instruct:free') or pass provider=…; "
-             "known providers: " + ", ".join(sorted(PROVIDERS)) + ".",
-        model=model)
+        "'openrouter/meta-llama/llama-3.3-70b-instruct:free') or pass provider=…; "
+        "known providers: " + ", ".join(sorted(PROVIDERS)) + ".",
+        model=model,
+    )
 
 
 def gateway_provider(model: str) -> str | None:
@@ -253,13 +304,15 @@ def _gateway_model(provider: str, model: str, why: list[str]) -> tuple[str, str]
         if provider == LOCAL:
             raise UnknownModelError(
                 f"Cencori's gateway does not serve local models ({model!r}).",
-                hint="Use route='byok' for a local server.", model=model)
-        why.append(f"Cencori's router cannot place {model!r}: sent as "
-                   f"'{provider}/{model}'")
+                hint="Use route='byok' for a local server.",
+                model=model,
+            )
+        why.append(f"Cencori's router cannot place {model!r}: sent as '{provider}/{model}'")
         return provider, f"{provider}/{model}"
     if routed != provider:
-        why.append(f"Cencori routes {model!r} to {routed} (its own rules), so {routed}'s "
-                   "prices apply")
+        why.append(
+            f"Cencori routes {model!r} to {routed} (its own rules), so {routed}'s prices apply"
+        )
     return routed, model
 
 
@@ -295,8 +348,7 @@ def model_suggestions(provider: str, model: str, n: int = 3) -> list[str]:
 
     names = _provider_models(provider)
     lowered = {m.lower(): m for m in names}
-    return [lowered[m] for m in difflib.get_close_matches(model.lower(), lowered, n=n,
-                                                          cutoff=0.6)]
+    return [lowered[m] for m in difflib.get_close_matches(model.lower(), lowered, n=n, cutoff=0.6)]
 
 
 def _warn_unknown_model(provider: str, model: str) -> None:
@@ -307,9 +359,12 @@ def _warn_unknown_model(provider: str, model: str) -> None:
 
     close = model_suggestions(provider, model)
     advice = (" Did you mean " + " or ".join(repr(m) for m in close) + "?") if close else ""
-    warnings.warn(f"Model {model!r} is not in the price catalogue or {provider}'s model "
-                  f"list; it is sent as written and its cost will be unknown.{advice}",
-                  UnknownModelWarning, stacklevel=4)
+    warnings.warn(
+        f"Model {model!r} is not in the price catalogue or {provider}'s model "
+        f"list; it is sent as written and its cost will be unknown.{advice}",
+        UnknownModelWarning,
+        stacklevel=4,
+    )
 
 
 # --------------------------------------------------------------------------- resolution
@@ -321,103 +376,161 @@ def _store() -> Any:
     return default_store()
 
 
-def destination(adapter_name: str, provider: str, credential: Secret,
-                settings: Any) -> egress.Destination:
+def destination(
+    adapter_name: str, provider: str, credential: Secret, settings: Any
+) -> egress.Destination:
     """Base URL and the key actually sent, by the rules of :mod:`cencori_nb.egress`, for a
     request that does not go through :func:`resolve` (e.g. the gateway's Metrics API)."""
     from .providers import get_provider
 
     adapter = get_provider(adapter_name)
     default = getattr(adapter, "default_base_url", "") or (
-        PROVIDERS[provider].base_url if provider in PROVIDERS else "")
+        PROVIDERS[provider].base_url if provider in PROVIDERS else ""
+    )
     configured = settings.base_urls.get(provider if adapter_name != CENCORI else CENCORI)
     if not settings.sandbox_url and not configured and not default:
         raise ConfigurationError(
             f"No base URL is known for {adapter_name!r}.",
             hint=f"Set one: cencori_nb.settings.update_settings(base_urls={{'{provider}': "
-                 "'http://host:port/v1'}}).", provider=provider)
+            "'http://host:port/v1'}}).",
+            provider=provider,
+        )
     return egress.destination(
-        adapter=adapter_name, provider=provider, credential=credential,
-        sandbox_url=settings.sandbox_url, sandbox_prefix=adapter.sandbox_prefix,
-        configured=configured, default_url=default, trusted_hosts=settings.trusted_hosts,
-        sandbox_allow_remote=egress.allowed_remote_sandbox_hosts(
-            settings.sandbox_allow_remote))
+        adapter=adapter_name,
+        provider=provider,
+        credential=credential,
+        sandbox_url=settings.sandbox_url,
+        sandbox_prefix=adapter.sandbox_prefix,
+        configured=configured,
+        default_url=default,
+        trusted_hosts=settings.trusted_hosts,
+        sandbox_allow_remote=egress.allowed_remote_sandbox_hosts(settings.sandbox_allow_remote),
+    )
 
 
 def _not_configured(provider: str, project: str, *, disabled: bool) -> ProviderNotConfiguredError:
     state = "its BYOK key is disabled" if disabled else "it has no BYOK key"
-    fixes = (f"Enable it with `cencori-nb keys enable {provider}`" if disabled else
-             f"Add your {provider} key with `cencori-nb keys set {provider}` "
-             "(or `%cencori setup` in a notebook)")
+    fixes = (
+        f"Enable it with `cencori-nb keys enable {provider}`"
+        if disabled
+        else f"Add your {provider} key with `cencori-nb keys set {provider}` "
+        "(or `%cencori setup` in a notebook)"
+    )
     return ProviderNotConfiguredError(
         f"Provider {provider!r} is not configured in project {project!r}: {state}, "
         "and no Cencori project key is set.",
         hint=f"{fixes}, or add a Cencori project key (csk_…) with `cencori-nb keys set "
-             "cencori` to use managed keys paid from credits.",
-        provider=provider, project=project)
+        "cencori` to use managed keys paid from credits.",
+        provider=provider,
+        project=project,
+    )
 
 
-def _byok(provider: str, model: str, key: Secret, project: str, settings: Any,
-          why: list[str], *, model_requested: str | None, fallback: Decision | None = None,
-          source: str | None = None) -> Decision:
+def _byok(
+    provider: str,
+    model: str,
+    key: Secret,
+    project: str,
+    settings: Any,
+    why: list[str],
+    *,
+    model_requested: str | None,
+    fallback: Decision | None = None,
+    source: str | None = None,
+) -> Decision:
     dest = destination(provider, provider, key, settings)
     source = source or f"keystore:byok:{provider}"
     if settings.sandbox_url and dest.credential:
         source = f"sandbox-demo:byok:{provider}"
-    return Decision(provider=provider, model=model, route="byok", credential=dest.credential,
-                    credential_source=source, base_url=dest.base_url,
-                    adapter=provider, why=[*why, f"base URL: {dest.why}"], fallback=fallback,
-                    project=project, model_requested=model_requested)
+    return Decision(
+        provider=provider,
+        model=model,
+        route="byok",
+        credential=dest.credential,
+        credential_source=source,
+        base_url=dest.base_url,
+        adapter=provider,
+        why=[*why, f"base URL: {dest.why}"],
+        fallback=fallback,
+        project=project,
+        model_requested=model_requested,
+    )
 
 
-def _managed(provider: str, model: str, cencori_key: Secret, project: str, settings: Any,
-             why: list[str], *, model_requested: str | None) -> Decision:
+def _managed(
+    provider: str,
+    model: str,
+    cencori_key: Secret,
+    project: str,
+    settings: Any,
+    why: list[str],
+    *,
+    model_requested: str | None,
+) -> Decision:
     dest = destination(CENCORI, provider, cencori_key, settings)
-    source = (f"sandbox-demo:managed:{CENCORI}" if settings.sandbox_url
-              else f"keystore:managed:{CENCORI}")
-    return Decision(provider=provider, model=model, route="managed",
-                    credential=dest.credential, credential_source=source,
-                    base_url=dest.base_url, adapter=CENCORI,
-                    why=[*why, f"base URL: {dest.why}"], project=project,
-                    model_requested=model_requested)
+    source = (
+        f"sandbox-demo:managed:{CENCORI}" if settings.sandbox_url else f"keystore:managed:{CENCORI}"
+    )
+    return Decision(
+        provider=provider,
+        model=model,
+        route="managed",
+        credential=dest.credential,
+        credential_source=source,
+        base_url=dest.base_url,
+        adapter=CENCORI,
+        why=[*why, f"base URL: {dest.why}"],
+        project=project,
+        model_requested=model_requested,
+    )
 
 
-def _default_provider(store: Any, project: str, cencori_key: Secret | None,
-                      why: list[str]) -> tuple[str, str]:
+def _default_provider(
+    store: Any, project: str, cencori_key: Secret | None, why: list[str]
+) -> tuple[str, str]:
     default = store.project_default(project)
     if default:
         record = store.get(default, project)
-        model = (record.default_model if record is not None and record.default_model
-                 else provider_info(default).default_model)
-        why.append(f"no model given: project {project!r} default provider {default!r}, "
-                   f"model {model!r}")
+        model = (
+            record.default_model
+            if record is not None and record.default_model
+            else provider_info(default).default_model
+        )
+        why.append(
+            f"no model given: project {project!r} default provider {default!r}, model {model!r}"
+        )
         return default, model
     if cencori_key is not None:
-        why.append(f"no model and no project default: Cencori's gateway default "
-                   f"{GATEWAY_DEFAULT_MODEL!r}")
+        why.append(
+            f"no model and no project default: Cencori's gateway default {GATEWAY_DEFAULT_MODEL!r}"
+        )
         return "google", GATEWAY_DEFAULT_MODEL
-    enabled = [name for name in PROVIDERS
-               if (rec := store.get(name, project)) is not None and rec.enabled]
+    enabled = [
+        name for name in PROVIDERS if (rec := store.get(name, project)) is not None and rec.enabled
+    ]
     if len(enabled) == 1:
         record = store.get(enabled[0], project)
         model = record.default_model or provider_info(enabled[0]).default_model
-        why.append(f"no model and no project default: {enabled[0]!r} is the only enabled "
-                   f"BYOK key, model {model!r}")
+        why.append(
+            f"no model and no project default: {enabled[0]!r} is the only enabled "
+            f"BYOK key, model {model!r}"
+        )
         return enabled[0], model
     raise ConfigurationError(
         f"No model was given and project {project!r} has no default provider.",
         hint="Pass model=… (e.g. 'gpt-4o-mini'), or choose a default with `cencori-nb keys set "
-             "PROVIDER --make-default` (\"Set as project default\" in `%cencori setup`).",
-        project=project)
+        'PROVIDER --make-default` ("Set as project default" in `%cencori setup`).',
+        project=project,
+    )
 
 
-def _decide(model: str | None, provider: str | None, route: str, project: str | None
-            ) -> Decision:
+def _decide(model: str | None, provider: str | None, route: str, project: str | None) -> Decision:
     from .transport import register_secret
 
     if route not in ("auto", "byok", "managed"):
-        raise ConfigurationError(f"Unknown route {route!r}.",
-                                 hint="Use 'auto', 'byok' or 'managed'.", route=route)
+        raise ConfigurationError(
+            f"Unknown route {route!r}.", hint="Use 'auto', 'byok' or 'managed'.", route=route
+        )
     settings = load_settings()
     project = project or settings.project
     store = _store()
@@ -432,82 +545,129 @@ def _decide(model: str | None, provider: str | None, route: str, project: str | 
             if routed is None or cencori_key is None:
                 raise
             why.append(f"no BYOK provider serves {model!r}; Cencori routes it to {routed}")
-            why.append(f"route {route}: managed through Cencori with the project key "
-                       f"({cencori_key.hint}), paid from credits")
+            why.append(
+                f"route {route}: managed through Cencori with the project key "
+                f"({cencori_key.hint}), paid from credits"
+            )
             register_secret(cencori_key)
-            return _managed(routed, model, cencori_key, project, settings, why,
-                            model_requested=model)
+            return _managed(
+                routed, model, cencori_key, project, settings, why, model_requested=model
+            )
         why.append(reason)
     elif provider:
         provider_info(provider)
         record = store.get(provider, project)
-        wire_model = (record.default_model if record is not None and record.default_model
-                      else provider_info(provider).default_model)
+        wire_model = (
+            record.default_model
+            if record is not None and record.default_model
+            else provider_info(provider).default_model
+        )
         why.append(f"no model given: {provider!r} default model {wire_model!r}")
     else:
         provider, wire_model = _default_provider(store, project, cencori_key, why)
-    managed_model = model or wire_model   # the gateway routes by the name the user wrote
+    managed_model = model or wire_model  # the gateway routes by the name the user wrote
 
     record = store.get(provider, project)
     byok_ok = record is not None and record.enabled
     if provider == LOCAL and record is None and route != "managed":
         # A local OpenAI-compatible server (Ollama, vLLM) usually needs no key: send none.
-        why.append("local server: no key stored, none sent (store one with `cencori-nb keys "
-                   "set local` if yours needs it)")
-        return _byok(LOCAL, wire_model, Secret(""), project, settings, why,
-                     model_requested=model, source="none:local")
+        why.append(
+            "local server: no key stored, none sent (store one with `cencori-nb keys "
+            "set local` if yours needs it)"
+        )
+        return _byok(
+            LOCAL,
+            wire_model,
+            Secret(""),
+            project,
+            settings,
+            why,
+            model_requested=model,
+            source="none:local",
+        )
     if route == "byok" or (route == "auto" and byok_ok):
         if not byok_ok:
             disabled = record is not None
             raise ProviderNotConfiguredError(
                 f"Route 'byok' was forced but the BYOK key for {provider!r} in project "
                 f"{project!r} is {'disabled' if disabled else 'missing'}.",
-                hint=(f"Enable it with `cencori-nb keys enable {provider}`." if disabled else
-                      f"Add it with `cencori-nb keys set {provider}` (or `%cencori setup`)."),
-                provider=provider, project=project)
-        why.append(f"route {route}: BYOK key for {provider} is present and enabled "
-                   f"({record.api_key.hint}); you pay {provider} directly")
+                hint=(
+                    f"Enable it with `cencori-nb keys enable {provider}`."
+                    if disabled
+                    else f"Add it with `cencori-nb keys set {provider}` (or `%cencori setup`)."
+                ),
+                provider=provider,
+                project=project,
+            )
+        why.append(
+            f"route {route}: BYOK key for {provider} is present and enabled "
+            f"({record.api_key.hint}); you pay {provider} directly"
+        )
         register_secret(record.api_key)
         allow = settings.for_project(project).allow_fallback
         fallback = None
         if route == "auto" and allow and cencori_key is not None:
             register_secret(cencori_key)
-            fb_why = ["fallback after a BYOK failure (not after 401): managed through "
-                      "Cencori, paid from credits"]
+            fb_why = [
+                "fallback after a BYOK failure (not after 401): managed through "
+                "Cencori, paid from credits"
+            ]
             fb_provider, fb_model = _gateway_model(provider, managed_model, fb_why)
-            fallback = _managed(fb_provider, fb_model, cencori_key, project, settings,
-                                fb_why, model_requested=model)
-            why.append("fallback to managed is enabled for this project (not after an "
-                       "invalid key)")
+            fallback = _managed(
+                fb_provider, fb_model, cencori_key, project, settings, fb_why, model_requested=model
+            )
+            why.append("fallback to managed is enabled for this project (not after an invalid key)")
         elif route == "auto":
-            why.append("no fallback to managed (" + (
-                "project setting allow_fallback is off: no silent spend" if not allow
-                else "no Cencori key") + ")")
+            why.append(
+                "no fallback to managed ("
+                + (
+                    "project setting allow_fallback is off: no silent spend"
+                    if not allow
+                    else "no Cencori key"
+                )
+                + ")"
+            )
         _warn_unknown_model(provider, wire_model)
-        return _byok(provider, wire_model, record.api_key, project, settings, why,
-                     model_requested=model, fallback=fallback)
+        return _byok(
+            provider,
+            wire_model,
+            record.api_key,
+            project,
+            settings,
+            why,
+            model_requested=model,
+            fallback=fallback,
+        )
 
     # managed: forced, or auto without a usable BYOK key
     if cencori_key is None:
         if route == "managed":
             raise ProviderNotConfiguredError(
-                f"Route 'managed' was forced but project {project!r} has no Cencori project "
-                "key.",
+                f"Route 'managed' was forced but project {project!r} has no Cencori project key.",
                 hint="Add one (csk_…) with `cencori-nb keys set cencori`.",
-                provider=provider, project=project)
+                provider=provider,
+                project=project,
+            )
         raise _not_configured(provider, project, disabled=record is not None)
     if route == "auto":
-        state = f"the BYOK key for {provider} is disabled" if record else (
-            f"no BYOK key for {provider}")
-        why.append(f"route auto: {state}; managed through Cencori with the project key "
-                   f"({cencori_key.hint}), paid from credits")
+        state = (
+            f"the BYOK key for {provider} is disabled"
+            if record
+            else (f"no BYOK key for {provider}")
+        )
+        why.append(
+            f"route auto: {state}; managed through Cencori with the project key "
+            f"({cencori_key.hint}), paid from credits"
+        )
     else:
-        why.append(f"route managed was forced: Cencori project key ({cencori_key.hint}), "
-                   "paid from credits")
+        why.append(
+            f"route managed was forced: Cencori project key ({cencori_key.hint}), paid from credits"
+        )
     register_secret(cencori_key)
     provider, managed_model = _gateway_model(provider, managed_model, why)
-    return _managed(provider, managed_model, cencori_key, project, settings, why,
-                    model_requested=model)
+    return _managed(
+        provider, managed_model, cencori_key, project, settings, why, model_requested=model
+    )
 
 
 # (model, provider, route, project) → (state token, Decision). A decision is reused while
@@ -517,7 +677,7 @@ def _decide(model: str | None, provider: str | None, route: str, project: str | 
 # (per-call overhead matters: see benchmarks/overhead.py).
 _memo: dict[tuple[Any, ...], tuple[tuple[Any, ...], Decision]] = {}
 _MEMO_MAX = 256
-_paths: dict[str | None, tuple[str, str]] = {}   # CENCORI_NB_HOME → (config, store) paths
+_paths: dict[str | None, tuple[str, str]] = {}  # CENCORI_NB_HOME → (config, store) paths
 
 
 def _sig(path: str) -> tuple[int, int, int, int] | None:
@@ -534,8 +694,14 @@ def _state_token() -> tuple[Any, ...]:
     paths = _paths.get(home)
     if paths is None:
         paths = _paths[home] = (str(config_path()), str(_store().path))
-    return (home, environ.get(ENV_PROJECT), environ.get(ENV_SANDBOX),
-            environ.get(egress.ENV_SANDBOX_ALLOW_REMOTE), _sig(paths[0]), _sig(paths[1]))
+    return (
+        home,
+        environ.get(ENV_PROJECT),
+        environ.get(ENV_SANDBOX),
+        environ.get(egress.ENV_SANDBOX_ALLOW_REMOTE),
+        _sig(paths[0]),
+        _sig(paths[1]),
+    )
 
 
 def resolve(request: ChatRequest) -> Decision:
@@ -547,14 +713,17 @@ def resolve(request: ChatRequest) -> Decision:
     hit = _memo.get(key)
     if hit is not None and hit[0] == token:
         decision = hit[1]
-        register_secret(decision.credential)   # cheap; the registry may have been reset
+        register_secret(decision.credential)  # cheap; the registry may have been reset
         return decision
     decision = _decide(request.model, request.provider, request.route, request.project)
     budgets = load_settings().for_project(decision.project)
     if budgets.soft_budget_usd is not None or budgets.hard_cap_usd is not None:
         fallback = decision.fallback
-        decision = replace(decision, budgeted=True, fallback=None if fallback is None
-                           else replace(fallback, budgeted=True))
+        decision = replace(
+            decision,
+            budgeted=True,
+            fallback=None if fallback is None else replace(fallback, budgeted=True),
+        )
     if len(_memo) >= _MEMO_MAX:
         _memo.clear()
     _memo[key] = (token, decision)
@@ -567,11 +736,22 @@ def _reset_for_tests() -> None:
     _paths.clear()
 
 
-def explain_route(model: str | None = None, *, provider: str | None = None,
-                  route: str = "auto", project: str | None = None) -> Decision:
+def explain_route(
+    model: str | None = None,
+    *,
+    provider: str | None = None,
+    route: str = "auto",
+    project: str | None = None,
+) -> Decision:
     """Where a request with these arguments would go, and why (shows only the key hint)."""
     # ``route`` is the caller's string, as chat() takes it; resolve() refuses anything but
     # the three routes with a ConfigurationError (what a user who typed one gets).
-    return resolve(ChatRequest(messages=(Message("user", ""),), model=model, provider=provider,
-                               route=route,  # type: ignore[arg-type]  # checked by resolve()
-                               project=project))
+    return resolve(
+        ChatRequest(
+            messages=(Message("user", ""),),
+            model=model,
+            provider=provider,
+            route=route,  # type: ignore[arg-type]  # checked by resolve()
+            project=project,
+        )
+    )

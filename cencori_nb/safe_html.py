@@ -37,19 +37,29 @@ import re
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["ALLOWED_TAGS", "URL_SCHEMES", "block", "clean_html", "escape", "markdown_html",
-           "TerminalStream", "terminal_text", "text_html"]
+__all__ = [
+    "ALLOWED_TAGS",
+    "URL_SCHEMES",
+    "block",
+    "clean_html",
+    "escape",
+    "markdown_html",
+    "TerminalStream",
+    "terminal_text",
+    "text_html",
+]
 
 # Whole escape sequences first (CSI, OSC/DCS/APC/PM/SOS strings up to their terminator, and
 # two-byte ESC forms), then any other C0/C1 control character except tab and newline, and
 # the bidirectional overrides that make text read differently than it is ("Trojan source").
 _TERMINAL_UNSAFE = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]"                          # CSI … final byte
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI … final byte
     r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f]).*?(?:\x07|\x1b\\|\x9c|$)"  # OSC, DCS… strings
-    r"|\x1b[@-Z\\-_]"                                   # other two-byte ESC sequences
-    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"                   # remaining controls (not \t \n)
-    r"|[\u202a-\u202e\u2066-\u2069]",                    # bidi embeddings and overrides
-    re.DOTALL)
+    r"|\x1b[@-Z\\-_]"  # other two-byte ESC sequences
+    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"  # remaining controls (not \t \n)
+    r"|[\u202a-\u202e\u2066-\u2069]",  # bidi embeddings and overrides
+    re.DOTALL,
+)
 
 
 def terminal_text(text: str) -> str:
@@ -62,8 +72,10 @@ _INTRODUCERS = "\x1b\x90\x98\x9b\x9d\x9e\x9f"
 _COMPLETE = re.compile(
     r"\x1b\[[0-?]*[ -/]*[@-~]"
     r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f]).*?(?:\x07|\x1b\\|\x9c)"
-    r"|\x1b[^\[\]PX^_]|\x9b[0-?]*[ -/]*[@-~]", re.DOTALL)
-_HOLD_MAX = 4096     # an escape "sequence" longer than this is not waited for
+    r"|\x1b[^\[\]PX^_]|\x9b[0-?]*[ -/]*[@-~]",
+    re.DOTALL,
+)
+_HOLD_MAX = 4096  # an escape "sequence" longer than this is not waited for
 
 
 class TerminalStream:
@@ -78,9 +90,8 @@ class TerminalStream:
         text = self._pending + delta
         cut = len(text)
         start = max(text.rfind(ch) for ch in _INTRODUCERS)
-        if start >= 0 and len(text) - start <= _HOLD_MAX \
-                and not _COMPLETE.match(text, start):
-            cut = start            # an unfinished sequence: wait for the rest
+        if start >= 0 and len(text) - start <= _HOLD_MAX and not _COMPLETE.match(text, start):
+            cut = start  # an unfinished sequence: wait for the rest
         self._pending = text[cut:]
         return terminal_text(text[:cut])
 
@@ -88,17 +99,83 @@ class TerminalStream:
         rest, self._pending = self._pending, ""
         return terminal_text(rest)
 
+
 # Formatting only. Anything not listed is removed (its text content kept, escaped).
-ALLOWED_TAGS = frozenset({
-    "a", "abbr", "b", "blockquote", "br", "caption", "code", "dd", "del", "details", "div",
-    "dl", "dt", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "ins", "kbd", "li",
-    "mark", "ol", "p", "pre", "q", "s", "samp", "small", "span", "strike", "strong", "sub",
-    "summary", "sup", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "u", "ul", "var",
-})
+ALLOWED_TAGS = frozenset(
+    {
+        "a",
+        "abbr",
+        "b",
+        "blockquote",
+        "br",
+        "caption",
+        "code",
+        "dd",
+        "del",
+        "details",
+        "div",
+        "dl",
+        "dt",
+        "em",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "hr",
+        "i",
+        "ins",
+        "kbd",
+        "li",
+        "mark",
+        "ol",
+        "p",
+        "pre",
+        "q",
+        "s",
+        "samp",
+        "small",
+        "span",
+        "strike",
+        "strong",
+        "sub",
+        "summary",
+        "sup",
+        "table",
+        "tbody",
+        "td",
+        "tfoot",
+        "th",
+        "thead",
+        "tr",
+        "u",
+        "ul",
+        "var",
+    }
+)
 # Removed together with everything inside them (their content is code or markup, not text).
-_DROP_WITH_CONTENT = frozenset({"script", "style", "template", "noscript", "xmp", "iframe",
-                                "noembed", "noframes", "object", "embed", "svg", "math",
-                                "textarea", "title", "select", "frameset", "applet"})
+_DROP_WITH_CONTENT = frozenset(
+    {
+        "script",
+        "style",
+        "template",
+        "noscript",
+        "xmp",
+        "iframe",
+        "noembed",
+        "noframes",
+        "object",
+        "embed",
+        "svg",
+        "math",
+        "textarea",
+        "title",
+        "select",
+        "frameset",
+        "applet",
+    }
+)
 _ATTRIBUTES = {
     "a": {"href", "title"},
     "abbr": {"title"},
@@ -107,8 +184,8 @@ _ATTRIBUTES = {
     "th": {"style", "colspan", "rowspan"},
 }
 URL_SCHEMES = frozenset({"http", "https", "mailto"})
-_STYLE_PROPERTIES = frozenset({"text-align"})   # markdown tables align columns this way
-_IGNORE_MATH = "mathjax_ignore tex2jax_ignore"     # MathJax 3 and 2 class names
+_STYLE_PROPERTIES = frozenset({"text-align"})  # markdown tables align columns this way
+_IGNORE_MATH = "mathjax_ignore tex2jax_ignore"  # MathJax 3 and 2 class names
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -156,7 +233,8 @@ def block(inner: str, *, cls: str = "", style: str = "", tag: str = "div") -> st
     """
     style_attr = f" style='{style}'" if style else ""
     return f"<{tag} class='{cls} {_IGNORE_MATH}'{style_attr}>{inner}</{tag}>".replace(
-        "class=' ", "class='")
+        "class=' ", "class='"
+    )
 
 
 def text_html(text: Any, *, cls: str = "", style: str = "", tag: str = "div") -> str:

@@ -27,9 +27,19 @@ from typing import Any, Literal
 from .errors import ConfigurationError
 from .home import atomic_write, ensure_home, home_dir
 
-__all__ = ["ProjectSettings", "Settings", "config_path", "current_project", "load_settings",
-           "refuse_key_as_project", "sandbox_url", "save_settings", "trust_host",
-           "update_project", "update_settings"]
+__all__ = [
+    "ProjectSettings",
+    "Settings",
+    "config_path",
+    "current_project",
+    "load_settings",
+    "refuse_key_as_project",
+    "sandbox_url",
+    "save_settings",
+    "trust_host",
+    "update_project",
+    "update_settings",
+]
 
 ENV_PROJECT = "CENCORI_NB_PROJECT"
 ENV_SANDBOX = "CENCORI_NB_SANDBOX"
@@ -41,9 +51,9 @@ ByokPolicy = Literal["zero", "percent", "managed"]
 class ProjectSettings:
     """Per-project switches. Budgets are monthly, in USD."""
 
-    allow_fallback: bool = False          # BYOK failure may fall back to managed (spends credits)
+    allow_fallback: bool = False  # BYOK failure may fall back to managed (spends credits)
     soft_budget_usd: Decimal | None = None  # warnings at 50/80/100 %
-    hard_cap_usd: Decimal | None = None     # refuse requests that would pass it
+    hard_cap_usd: Decimal | None = None  # refuse requests that would pass it
 
 
 @dataclass(frozen=True)
@@ -51,11 +61,11 @@ class Settings:
     """All non-secret settings. Use :func:`load_settings` / :func:`update_settings`."""
 
     project: str = DEFAULT_PROJECT
-    markup_pct: Decimal = Decimal(50)       # Cencori's published catalogue markup
-    byok_policy: ByokPolicy = "zero"        # what a BYOK request costs the wallet
-    byok_fee_pct: Decimal = Decimal(0)      # used when byok_policy == "percent"
+    markup_pct: Decimal = Decimal(50)  # Cencori's published catalogue markup
+    byok_policy: ByokPolicy = "zero"  # what a BYOK request costs the wallet
+    byok_fee_pct: Decimal = Decimal(0)  # used when byok_policy == "percent"
     sandbox_url: str | None = None
-    base_urls: dict[str, str] = field(default_factory=dict)   # e.g. {"ollama": "http://…/v1"}
+    base_urls: dict[str, str] = field(default_factory=dict)  # e.g. {"ollama": "http://…/v1"}
     # provider → hosts (not its own) that may receive its stored key through base_urls
     trusted_hosts: dict[str, list[str]] = field(default_factory=dict)
     sandbox_allow_remote: list[str] = field(default_factory=list)  # remote sandbox hosts
@@ -78,7 +88,7 @@ class Settings:
         return self.projects.get(project or self.project, ProjectSettings())
 
 
-_config_memo: tuple[Path, Path] | None = None   # (home, config path): home_dir() is memoised
+_config_memo: tuple[Path, Path] | None = None  # (home, config path): home_dir() is memoised
 
 
 def config_path() -> Path:
@@ -102,7 +112,8 @@ def _decode(raw: dict[str, Any]) -> Settings:
     for name, p in (data.pop("projects", None) or {}).items():
         projects[name] = ProjectSettings(
             allow_fallback=bool(p.get("allow_fallback", False)),
-            soft_budget_usd=None if p.get("soft_budget_usd") is None
+            soft_budget_usd=None
+            if p.get("soft_budget_usd") is None
             else Decimal(str(p["soft_budget_usd"])),
             hard_cap_usd=None if p.get("hard_cap_usd") is None else Decimal(str(p["hard_cap_usd"])),
         )
@@ -115,24 +126,29 @@ def _decode(raw: dict[str, Any]) -> Settings:
             ) from None
         if data["reserve_output_tokens"] < 1:
             raise ConfigurationError(
-                f"reserve_output_tokens in {config_path()} must be at least 1.")
+                f"reserve_output_tokens in {config_path()} must be at least 1."
+            )
     if "unpriced_models_allowed" in data:
         allowed = data["unpriced_models_allowed"] or []
         if isinstance(allowed, str) or not all(isinstance(m, str) for m in allowed):
             raise ConfigurationError(
-                f"unpriced_models_allowed in {config_path()} must be a list of model ids.")
+                f"unpriced_models_allowed in {config_path()} must be a list of model ids."
+            )
         data["unpriced_models_allowed"] = list(allowed)
     settings = Settings(projects=projects, **data)
     rpm = settings.managed_rpm
     if rpm is not None and (isinstance(rpm, bool) or not isinstance(rpm, int) or rpm < 0):
         raise ConfigurationError(
             f"managed_rpm {rpm!r} in {config_path()} is not a whole number of requests per "
-            "minute (0 turns pacing off).", hint="Set it with cencori_nb.settings."
-            "update_settings(managed_rpm=60), or delete the entry for the default.")
+            "minute (0 turns pacing off).",
+            hint="Set it with cencori_nb.settings."
+            "update_settings(managed_rpm=60), or delete the entry for the default.",
+        )
     if settings.byok_policy not in ("zero", "percent", "managed"):
         raise ConfigurationError(
             f"byok_policy {settings.byok_policy!r} in {config_path()} is not one of "
-            "zero, percent, managed.")
+            "zero, percent, managed."
+        )
     return settings
 
 
@@ -146,7 +162,7 @@ def _encode(settings: Settings) -> bytes:
 
 
 _cache: tuple[float, Settings] | None = None
-_DEFAULTS = Settings()   # returned while no config.json exists (one object: memo-friendly)
+_DEFAULTS = Settings()  # returned while no config.json exists (one object: memo-friendly)
 # load_settings() runs several times per request: memoise the env overlay on the file's
 # Settings object (held here, so its identity cannot be reused) and the two env values.
 _overlaid: tuple[Settings, str | None, str | None, Settings] | None = None
@@ -163,10 +179,12 @@ def _load_file() -> Settings:
         return _cache[1]
     try:
         raw = json.loads(path.read_bytes())
-    except ValueError as exc:      # also bytes that are not UTF-8
+    except ValueError as exc:  # also bytes that are not UTF-8
         raise ConfigurationError(
             f"The settings file {path} is not valid UTF-8 JSON ({str(exc)[:120]}).",
-            hint="Fix it by hand or delete it to return to the defaults.", path=path) from None
+            hint="Fix it by hand or delete it to return to the defaults.",
+            path=path,
+        ) from None
     try:
         if not isinstance(raw, dict):
             raise TypeError(f"a JSON object is expected, not {type(raw).__name__}")
@@ -176,7 +194,9 @@ def _load_file() -> Settings:
     except (ValueError, TypeError, AttributeError, ArithmeticError) as exc:
         raise ConfigurationError(
             f"The settings file {path} holds values of the wrong shape ({str(exc)[:120]}).",
-            hint="Fix it by hand or delete it to return to the defaults.", path=path) from None
+            hint="Fix it by hand or delete it to return to the defaults.",
+            path=path,
+        ) from None
     _cache = (mtime, settings)
     return settings
 
@@ -188,8 +208,7 @@ def load_settings() -> Settings:
     env_project = os.environ.get(ENV_PROJECT)
     env_sandbox = os.environ.get(ENV_SANDBOX)
     memo = _overlaid
-    if (memo is not None and memo[0] is base and memo[1] == env_project
-            and memo[2] == env_sandbox):
+    if memo is not None and memo[0] is base and memo[1] == env_project and memo[2] == env_sandbox:
         return memo[3]
     settings = base
     if env_project:
@@ -213,8 +232,10 @@ def refuse_key_as_project(name: object) -> None:
     from .redact import holds_secret, looks_like_key
 
     if isinstance(name, str) and (holds_secret(name) or looks_like_key(name)):
-        raise KeyAsNameError("The project name is one of your API keys (or shaped like one); "
-                             "nothing was saved.", hint="Project names look like 'default'.")
+        raise KeyAsNameError(
+            "The project name is one of your API keys (or shaped like one); nothing was saved.",
+            hint="Project names look like 'default'.",
+        )
 
 
 def update_settings(**changes: Any) -> Settings:
@@ -248,8 +269,9 @@ def trust_host(provider: str, host: str) -> Settings:
     try:
         name = parse_url(f"https://{host.strip()}", what="host").host
     except UnsafeURLError:
-        raise ConfigurationError(f"{host!r} is not a host name.",
-                                 hint="Give just the host, e.g. 'proxy.example.com'.") from None
+        raise ConfigurationError(
+            f"{host!r} is not a host name.", hint="Give just the host, e.g. 'proxy.example.com'."
+        ) from None
     current = _load_file()
     hosts = [h for h in current.trusted_hosts.get(provider, []) if h != name] + [name]
     return update_settings(trusted_hosts={**current.trusted_hosts, provider: hosts})

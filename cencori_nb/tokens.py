@@ -15,7 +15,7 @@ __all__ = ["estimate_messages_tokens", "estimate_tokens"]
 
 _WORDS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
-MESSAGE_OVERHEAD = 4   # role and separators per chat message, as OpenAI's cookbook counts
+MESSAGE_OVERHEAD = 4  # role and separators per chat message, as OpenAI's cookbook counts
 
 
 def estimate_tokens(text: str) -> int:

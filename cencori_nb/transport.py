@@ -100,14 +100,14 @@ __all__ = [
     "should_retry_header",
 ]
 
-DEFAULT_RETRIES = 3            # Cencori's gateway retries three times too
-BACKOFF_BASE = 0.5             # seconds; attempt n waits up to BASE * 2**n (full jitter)
-MAX_RETRY_WAIT = 60.0          # never sleep longer than this for one retry
+DEFAULT_RETRIES = 3  # Cencori's gateway retries three times too
+BACKOFF_BASE = 0.5  # seconds; attempt n waits up to BASE * 2**n (full jitter)
+MAX_RETRY_WAIT = 60.0  # never sleep longer than this for one retry
 PACED_RATE_LIMIT_RETRIES = 20  # a self-pacing batch: 429s are pacing, not failure
-PACED_MAX_WAIT = 120.0         # ... and it waits out a longer Retry-After, shared by all rows
+PACED_MAX_WAIT = 120.0  # ... and it waits out a longer Retry-After, shared by all rows
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
-MAX_CONNECTIONS = 128          # batch concurrency of ~100 plus headroom
+MAX_CONNECTIONS = 128  # batch concurrency of ~100 plus headroom
 MAX_KEEPALIVE = 100
 KEEPALIVE_EXPIRY = 30.0
 USER_AGENT = "cencori-nb/0.1.0"
@@ -201,16 +201,31 @@ _FILTER = RedactingFilter()
 # Filters on a logger do not see records propagated from its children, so every logger the
 # HTTP stack actually uses is named here (from httpx2/httpcore2 sources).
 _LOGGER_NAMES = (
-    "httpx2", "httpx",
-    *(f"{base}{suffix}" for base in ("httpcore2", "httpcore") for suffix in
-      ("", ".connection", ".connection_pool", ".http11", ".http2", ".proxy", ".socks")),
-    "cencori_nb", "cencori_nb.transport", "cencori_nb.client", "cencori_nb.router",
+    "httpx2",
+    "httpx",
+    *(
+        f"{base}{suffix}"
+        for base in ("httpcore2", "httpcore")
+        for suffix in (
+            "",
+            ".connection",
+            ".connection_pool",
+            ".http11",
+            ".http2",
+            ".proxy",
+            ".socks",
+        )
+    ),
+    "cencori_nb",
+    "cencori_nb.transport",
+    "cencori_nb.client",
+    "cencori_nb.router",
     "cencori_nb.cache",
 )
 _REDACTED_PREFIXES = ("httpx", "httpcore", "cencori_nb")
 
 
-_loggers_seen = 0   # size of the logging registry at the last scan
+_loggers_seen = 0  # size of the logging registry at the last scan
 
 
 def install_log_redaction() -> None:
@@ -240,11 +255,13 @@ _lock = threading.Lock()
 _client: httpx2.Client | None = None
 _client_pid = 0
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx2.AsyncClient] = (
-    weakref.WeakKeyDictionary())
+    weakref.WeakKeyDictionary()
+)
 _closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]] = (
-    weakref.WeakKeyDictionary())
-_transport: Any = None          # an httpx2.BaseTransport injected by tests
-_async_transport: Any = None    # an httpx2.AsyncBaseTransport injected by tests
+    weakref.WeakKeyDictionary()
+)
+_transport: Any = None  # an httpx2.BaseTransport injected by tests
+_async_transport: Any = None  # an httpx2.AsyncBaseTransport injected by tests
 
 
 ENV_TIMEOUT = "CENCORI_NB_TIMEOUT"
@@ -263,8 +280,10 @@ def read_timeout() -> float:
     if not 0 < value <= 3600:
         from .errors import ConfigurationError
 
-        raise ConfigurationError(f"{ENV_TIMEOUT}={raw[:40]!r} is not a number of seconds.",
-                                 hint="Set it to a value between 0 and 3600, or unset it.")
+        raise ConfigurationError(
+            f"{ENV_TIMEOUT}={raw[:40]!r} is not a number of seconds.",
+            hint="Set it to a value between 0 and 3600, or unset it.",
+        )
     return value
 
 
@@ -273,11 +292,13 @@ def _client_options() -> dict[str, Any]:
 
     return {
         "timeout": httpx2.Timeout(read_timeout(), connect=CONNECT_TIMEOUT),
-        "limits": httpx2.Limits(max_connections=MAX_CONNECTIONS,
-                                max_keepalive_connections=MAX_KEEPALIVE,
-                                keepalive_expiry=KEEPALIVE_EXPIRY),
+        "limits": httpx2.Limits(
+            max_connections=MAX_CONNECTIONS,
+            max_keepalive_connections=MAX_KEEPALIVE,
+            keepalive_expiry=KEEPALIVE_EXPIRY,
+        ),
         "headers": {"user-agent": USER_AGENT},
-        "follow_redirects": False,   # a redirect from an API is a wrong base URL, not a hop
+        "follow_redirects": False,  # a redirect from an API is a wrong base URL, not a hop
     }
 
 
@@ -330,7 +351,7 @@ async def _close_with_loop(client: httpx2.AsyncClient) -> AsyncIterator[None]:
 
 
 async def _arm(closer: AsyncIterator[None]) -> None:
-    await closer.__anext__()   # first step: the loop now tracks it and will aclose() it
+    await closer.__anext__()  # first step: the loop now tracks it and will aclose() it
 
 
 def set_transport(transport: Any = None, *, async_transport: Any = None) -> None:
@@ -377,7 +398,7 @@ def _request_url(exc: BaseException) -> httpx2.URL | None:
         return None
     try:
         return exc.request.url
-    except RuntimeError:        # httpx2: "The .request property has not been set."
+    except RuntimeError:  # httpx2: "The .request property has not been set."
         return None
 
 
@@ -407,68 +428,118 @@ def _exception_table() -> dict[type[BaseException], tuple[type[CencoriError], st
     import httpx2
 
     retry_hint = "It was retried; try again later, or raise retries=."
-    net_hint = ("Check your network and the base URL (CENCORI_NB_SANDBOX, base_urls in "
-                "settings); the sandbox must be running if you use it.")
+    net_hint = (
+        "Check your network and the base URL (CENCORI_NB_SANDBOX, base_urls in "
+        "settings); the sandbox must be running if you use it."
+    )
     bug_hint = "This is a bug in cencori_nb; please report it."
     return {
-        httpx2.ConnectTimeout: (ProviderTimeoutError,
-                                "Could not connect to {where} within the connect timeout.",
-                                net_hint),
-        httpx2.ReadTimeout: (ProviderTimeoutError, "{where} did not answer in time.",
-                             retry_hint),
-        httpx2.WriteTimeout: (ProviderTimeoutError, "Sending the request to {where} timed out.",
-                              retry_hint),
-        httpx2.PoolTimeout: (ProviderTimeoutError,
-                             "No free connection to {where} in time (too many requests at once).",
-                             "Lower the concurrency."),
-        httpx2.TimeoutException: (ProviderTimeoutError, "The request to {where} timed out.",
-                                  retry_hint),
-        httpx2.ConnectError: (ProviderUnavailableError, "Could not connect to {where}.",
-                              net_hint),
-        httpx2.ReadError: (ProviderUnavailableError,
-                           "The connection to {where} failed while reading the answer.",
-                           retry_hint),
-        httpx2.WriteError: (ProviderUnavailableError,
-                            "The connection to {where} failed while sending the request.",
-                            retry_hint),
-        httpx2.CloseError: (ProviderUnavailableError,
-                            "The connection to {where} failed while closing.", retry_hint),
-        httpx2.NetworkError: (ProviderUnavailableError, "Network error talking to {where}.",
-                              net_hint),
-        httpx2.RemoteProtocolError: (ProviderUnavailableError,
-                                     "{where} broke the HTTP protocol or closed the connection "
-                                     "early.", retry_hint),
-        httpx2.LocalProtocolError: (InvalidRequestError,
-                                    "The request to {where} could not be sent (an invalid "
-                                    "header or body).",
-                                    "Check the stored key for stray spaces or newlines "
-                                    "(cencori-nb keys set PROVIDER)."),
-        httpx2.ProtocolError: (ProviderUnavailableError, "HTTP protocol error with {where}.",
-                               retry_hint),
-        httpx2.ProxyError: (ProviderUnavailableError, "The proxy refused the request to {where}.",
-                            "Check HTTP_PROXY / HTTPS_PROXY / NO_PROXY."),
-        httpx2.UnsupportedProtocol: (ConfigurationError,
-                                     "The base URL {url} is not http:// or https://.",
-                                     "Fix base_urls in settings or CENCORI_NB_SANDBOX."),
+        httpx2.ConnectTimeout: (
+            ProviderTimeoutError,
+            "Could not connect to {where} within the connect timeout.",
+            net_hint,
+        ),
+        httpx2.ReadTimeout: (ProviderTimeoutError, "{where} did not answer in time.", retry_hint),
+        httpx2.WriteTimeout: (
+            ProviderTimeoutError,
+            "Sending the request to {where} timed out.",
+            retry_hint,
+        ),
+        httpx2.PoolTimeout: (
+            ProviderTimeoutError,
+            "No free connection to {where} in time (too many requests at once).",
+            "Lower the concurrency.",
+        ),
+        httpx2.TimeoutException: (
+            ProviderTimeoutError,
+            "The request to {where} timed out.",
+            retry_hint,
+        ),
+        httpx2.ConnectError: (ProviderUnavailableError, "Could not connect to {where}.", net_hint),
+        httpx2.ReadError: (
+            ProviderUnavailableError,
+            "The connection to {where} failed while reading the answer.",
+            retry_hint,
+        ),
+        httpx2.WriteError: (
+            ProviderUnavailableError,
+            "The connection to {where} failed while sending the request.",
+            retry_hint,
+        ),
+        httpx2.CloseError: (
+            ProviderUnavailableError,
+            "The connection to {where} failed while closing.",
+            retry_hint,
+        ),
+        httpx2.NetworkError: (
+            ProviderUnavailableError,
+            "Network error talking to {where}.",
+            net_hint,
+        ),
+        httpx2.RemoteProtocolError: (
+            ProviderUnavailableError,
+            "{where} broke the HTTP protocol or closed the connection early.",
+            retry_hint,
+        ),
+        httpx2.LocalProtocolError: (
+            InvalidRequestError,
+            "The request to {where} could not be sent (an invalid header or body).",
+            "Check the stored key for stray spaces or newlines (cencori-nb keys set PROVIDER).",
+        ),
+        httpx2.ProtocolError: (
+            ProviderUnavailableError,
+            "HTTP protocol error with {where}.",
+            retry_hint,
+        ),
+        httpx2.ProxyError: (
+            ProviderUnavailableError,
+            "The proxy refused the request to {where}.",
+            "Check HTTP_PROXY / HTTPS_PROXY / NO_PROXY.",
+        ),
+        httpx2.UnsupportedProtocol: (
+            ConfigurationError,
+            "The base URL {url} is not http:// or https://.",
+            "Fix base_urls in settings or CENCORI_NB_SANDBOX.",
+        ),
         httpx2.SSEError: (BadResponseError, "{where} sent a malformed event stream.", None),
-        httpx2.TransportError: (ProviderUnavailableError, "Transport error talking to {where}.",
-                                retry_hint),
-        httpx2.DecodingError: (BadResponseError, "{where} sent a body that could not be decoded.",
-                               None),
-        httpx2.TooManyRedirects: (ConfigurationError, "{where} redirected too many times.",
-                                  "Check the base URL."),
-        httpx2.RequestError: (ProviderUnavailableError, "The request to {where} failed.",
-                              retry_hint),
+        httpx2.TransportError: (
+            ProviderUnavailableError,
+            "Transport error talking to {where}.",
+            retry_hint,
+        ),
+        httpx2.DecodingError: (
+            BadResponseError,
+            "{where} sent a body that could not be decoded.",
+            None,
+        ),
+        httpx2.TooManyRedirects: (
+            ConfigurationError,
+            "{where} redirected too many times.",
+            "Check the base URL.",
+        ),
+        httpx2.RequestError: (
+            ProviderUnavailableError,
+            "The request to {where} failed.",
+            retry_hint,
+        ),
         httpx2.HTTPStatusError: (ProviderError, "{where} answered with an error status.", None),
         httpx2.HTTPError: (ProviderError, "HTTP error talking to {where}.", None),
-        httpx2.InvalidURL: (ConfigurationError, "A provider URL is not valid.",
-                            "Fix base_urls in settings or CENCORI_NB_SANDBOX."),
+        httpx2.InvalidURL: (
+            ConfigurationError,
+            "A provider URL is not valid.",
+            "Fix base_urls in settings or CENCORI_NB_SANDBOX.",
+        ),
         httpx2.CookieConflict: (BadResponseError, "{where} set conflicting cookies.", None),
-        httpx2.StreamConsumed: (BadResponseError, "The response stream was already read.",
-                                bug_hint),
-        httpx2.StreamClosed: (BadResponseError,
-                              "The response stream was closed before it was read.",
-                              "Iterate a stream before closing it (or leaving its with-block)."),
+        httpx2.StreamConsumed: (
+            BadResponseError,
+            "The response stream was already read.",
+            bug_hint,
+        ),
+        httpx2.StreamClosed: (
+            BadResponseError,
+            "The response stream was closed before it was read.",
+            "Iterate a stream before closing it (or leaving its with-block).",
+        ),
         httpx2.ResponseNotRead: (BadResponseError, "The response body was not read.", bug_hint),
         httpx2.RequestNotRead: (BadResponseError, "The request body was not read.", bug_hint),
         httpx2.StreamError: (BadResponseError, "Response stream error.", bug_hint),
@@ -485,8 +556,12 @@ def _table() -> dict[type[BaseException], tuple[type[CencoriError], str, str | N
         import httpx2
 
         _TABLE = _exception_table()
-        _HTTPX_ERRORS = (httpx2.HTTPError, httpx2.InvalidURL, httpx2.CookieConflict,
-                         httpx2.StreamError)
+        _HTTPX_ERRORS = (
+            httpx2.HTTPError,
+            httpx2.InvalidURL,
+            httpx2.CookieConflict,
+            httpx2.StreamError,
+        )
     return _TABLE
 
 
@@ -529,10 +604,17 @@ def map_exception(exc: BaseException, *, provider: str | None = None) -> Cencori
 # The one status → error class table (every adapter and the generic mapper use it). 409 is a
 # conflict the official SDKs retry (a lock or a concurrent change), so it is "unavailable".
 _STATUS_ERRORS: dict[int, type[ProviderError]] = {
-    400: InvalidRequestError, 401: AuthenticationError, 402: PermissionDeniedError,
-    403: PermissionDeniedError, 404: InvalidRequestError, 405: InvalidRequestError,
-    408: ProviderTimeoutError, 409: ProviderUnavailableError, 413: InvalidRequestError,
-    422: InvalidRequestError, 429: RateLimitError,
+    400: InvalidRequestError,
+    401: AuthenticationError,
+    402: PermissionDeniedError,
+    403: PermissionDeniedError,
+    404: InvalidRequestError,
+    405: InvalidRequestError,
+    408: ProviderTimeoutError,
+    409: ProviderUnavailableError,
+    413: InvalidRequestError,
+    422: InvalidRequestError,
+    429: RateLimitError,
 }
 
 # Provider error codes that name the failure more precisely than the HTTP status (and decide
@@ -540,40 +622,64 @@ _STATUS_ERRORS: dict[int, type[ProviderError]] = {
 # OpenAI and Anthropic error docs, Google's AIP-193 RPC codes, Cencori's gateway source.
 _PRECISE_CODES: dict[str, type[CencoriError]] = {
     # OpenAI-style error.code / error.type
-    "invalid_api_key": AuthenticationError, "authentication_error": AuthenticationError,
-    "permission_error": PermissionDeniedError, "permission_denied": PermissionDeniedError,
-    "rate_limit_error": RateLimitError, "rate_limit_exceeded": RateLimitError,
-    "insufficient_quota": RateLimitError, "context_length_exceeded": InvalidRequestError,
-    "model_not_found": InvalidRequestError, "overloaded_error": ProviderUnavailableError,
+    "invalid_api_key": AuthenticationError,
+    "authentication_error": AuthenticationError,
+    "permission_error": PermissionDeniedError,
+    "permission_denied": PermissionDeniedError,
+    "rate_limit_error": RateLimitError,
+    "rate_limit_exceeded": RateLimitError,
+    "insufficient_quota": RateLimitError,
+    "context_length_exceeded": InvalidRequestError,
+    "model_not_found": InvalidRequestError,
+    "overloaded_error": ProviderUnavailableError,
     # Anthropic error.type
-    "billing_error": PermissionDeniedError, "request_too_large": InvalidRequestError,
+    "billing_error": PermissionDeniedError,
+    "request_too_large": InvalidRequestError,
     "timeout_error": ProviderTimeoutError,
     # Google: ErrorInfo.reason and RPC status
-    "API_KEY_INVALID": AuthenticationError, "API_KEY_EXPIRED": AuthenticationError,
-    "UNAUTHENTICATED": AuthenticationError, "PERMISSION_DENIED": PermissionDeniedError,
-    "RESOURCE_EXHAUSTED": RateLimitError, "DEADLINE_EXCEEDED": ProviderTimeoutError,
+    "API_KEY_INVALID": AuthenticationError,
+    "API_KEY_EXPIRED": AuthenticationError,
+    "UNAUTHENTICATED": AuthenticationError,
+    "PERMISSION_DENIED": PermissionDeniedError,
+    "RESOURCE_EXHAUSTED": RateLimitError,
+    "DEADLINE_EXCEEDED": ProviderTimeoutError,
     # Cencori's gateway (middleware `code`, or the engine's `error` string)
-    "missing_api_key": AuthenticationError, "provider_auth_error": AuthenticationError,
-    "credit_balance_exhausted": CreditsExhaustedError, "spend_cap_reached": SpendCapReachedError,
-    "provider_rate_limited": RateLimitError, "provider_invalid_request": InvalidRequestError,
+    "missing_api_key": AuthenticationError,
+    "provider_auth_error": AuthenticationError,
+    "credit_balance_exhausted": CreditsExhaustedError,
+    "spend_cap_reached": SpendCapReachedError,
+    "provider_rate_limited": RateLimitError,
+    "provider_invalid_request": InvalidRequestError,
     "provider_model_not_found": InvalidRequestError,
-    "provider_unavailable": ProviderUnavailableError, "provider_error": ProviderUnavailableError,
-    "provider_timeout": ProviderTimeoutError, "internal_error": ProviderUnavailableError,
-    "rate_limit_unavailable": ProviderUnavailableError, "pricing_unavailable": PricingError,
-    "security_violation": PermissionDeniedError, "provider_content_filtered": PermissionDeniedError,
-    "model_access_denied": PermissionDeniedError, "domain_not_allowed": PermissionDeniedError,
-    "billing_frozen": PermissionDeniedError, "network_access_denied": PermissionDeniedError,
+    "provider_unavailable": ProviderUnavailableError,
+    "provider_error": ProviderUnavailableError,
+    "provider_timeout": ProviderTimeoutError,
+    "internal_error": ProviderUnavailableError,
+    "rate_limit_unavailable": ProviderUnavailableError,
+    "pricing_unavailable": PricingError,
+    "security_violation": PermissionDeniedError,
+    "provider_content_filtered": PermissionDeniedError,
+    "model_access_denied": PermissionDeniedError,
+    "domain_not_allowed": PermissionDeniedError,
+    "billing_frozen": PermissionDeniedError,
+    "network_access_denied": PermissionDeniedError,
 }
 
 # Broad codes: they only decide when there is no HTTP status to go by (inside a stream).
 _BROAD_CODES: dict[str, type[ProviderError]] = {
-    "invalid_request_error": InvalidRequestError, "not_found_error": InvalidRequestError,
-    "timeout": ProviderTimeoutError, "server_error": ProviderUnavailableError,
+    "invalid_request_error": InvalidRequestError,
+    "not_found_error": InvalidRequestError,
+    "timeout": ProviderTimeoutError,
+    "server_error": ProviderUnavailableError,
     "api_error": ProviderUnavailableError,
-    "INVALID_ARGUMENT": InvalidRequestError, "FAILED_PRECONDITION": InvalidRequestError,
-    "NOT_FOUND": InvalidRequestError, "OUT_OF_RANGE": InvalidRequestError,
-    "UNAVAILABLE": ProviderUnavailableError, "INTERNAL": ProviderUnavailableError,
-    "UNKNOWN": ProviderUnavailableError, "ABORTED": ProviderUnavailableError,
+    "INVALID_ARGUMENT": InvalidRequestError,
+    "FAILED_PRECONDITION": InvalidRequestError,
+    "NOT_FOUND": InvalidRequestError,
+    "OUT_OF_RANGE": InvalidRequestError,
+    "UNAVAILABLE": ProviderUnavailableError,
+    "INTERNAL": ProviderUnavailableError,
+    "UNKNOWN": ProviderUnavailableError,
+    "ABORTED": ProviderUnavailableError,
     "CANCELLED": ProviderUnavailableError,
 }
 
@@ -619,7 +725,7 @@ def _seconds(value: Any, per_second: float = 1.0) -> float | None:
         number = float(value)
     except (TypeError, ValueError):
         return None
-    if number != number or number in (float("inf"), float("-inf")):   # NaN, infinities
+    if number != number or number in (float("inf"), float("-inf")):  # NaN, infinities
         return None
     return max(0.0, number / per_second)
 
@@ -632,8 +738,7 @@ def _duration(value: Any) -> float | None:
     return _seconds(value)
 
 
-def retry_after(headers: Any = None, body: Any = None, *, now: float | None = None
-                ) -> float | None:
+def retry_after(headers: Any = None, body: Any = None, *, now: float | None = None) -> float | None:
     """The server's requested wait in seconds, from every hint a provider sends, or None.
 
     The one Retry-After parser. In order (the OpenAI and Anthropic SDKs read the headers in
@@ -661,7 +766,7 @@ def retry_after(headers: Any = None, body: Any = None, *, now: float | None = No
                 current = time.time() if now is None else now
                 return max(0.0, when.timestamp() - current)
     if isinstance(body, list) and body and isinstance(body[0], dict):
-        body = body[0]            # Google's non-SSE stream endpoint wraps errors in an array
+        body = body[0]  # Google's non-SSE stream endpoint wraps errors in an array
     if not isinstance(body, dict):
         return None
     error = body.get("error")
@@ -692,8 +797,9 @@ def should_retry_header(headers: Any) -> bool | None:
     return {"true": True, "false": False}.get(value)
 
 
-def retry_after_from_response(response: httpx2.Response, *, now: float | None = None
-                              ) -> float | None:
+def retry_after_from_response(
+    response: httpx2.Response, *, now: float | None = None
+) -> float | None:
     """:func:`retry_after` of a response's headers and (already read) JSON body."""
     try:
         body = response.json()
@@ -702,8 +808,7 @@ def retry_after_from_response(response: httpx2.Response, *, now: float | None = 
     return retry_after(response.headers, body, now=now)
 
 
-def error_for_status(response: httpx2.Response, *, provider: str | None = None
-                     ) -> CencoriError:
+def error_for_status(response: httpx2.Response, *, provider: str | None = None) -> CencoriError:
     """A generic mapping of an error status, for responses no adapter mapped."""
     status = response.status_code
     where = response.request.url.host if response.request is not None else "the provider"
@@ -713,18 +818,23 @@ def error_for_status(response: httpx2.Response, *, provider: str | None = None
     if status < 400:
         return ProviderError(f"{where} answered {status}.", **ctx)
     if cls is AuthenticationError:
-        return AuthenticationError(f"{where} rejected the API key (401).",
-                                   hint="Check or replace the key: cencori-nb keys set PROVIDER.",
-                                   **ctx)
+        return AuthenticationError(
+            f"{where} rejected the API key (401).",
+            hint="Check or replace the key: cencori-nb keys set PROVIDER.",
+            **ctx,
+        )
     if cls is PermissionDeniedError:
         return PermissionDeniedError(f"{where} refused the request ({status}).", **ctx)
     if cls is InvalidRequestError and status < 500:
-        if status not in _STATUS_ERRORS:        # an unlisted 4xx: say only what we know
+        if status not in _STATUS_ERRORS:  # an unlisted 4xx: say only what we know
             return ProviderError(f"{where} answered {status}.", **ctx)
         return InvalidRequestError(f"{where} rejected the request ({status}).", **ctx)
     if cls is RateLimitError:
-        return RateLimitError(f"{where} is rate limiting requests (429).",
-                              retry_after=retry_after_from_response(response), **ctx)
+        return RateLimitError(
+            f"{where} is rate limiting requests (429).",
+            retry_after=retry_after_from_response(response),
+            **ctx,
+        )
     if cls is ProviderTimeoutError:
         return ProviderTimeoutError(f"{where} timed out the request ({status}).", **ctx)
     return ProviderUnavailableError(f"{where} failed with {status}.", **ctx)
@@ -748,17 +858,24 @@ def is_retryable(err: BaseException) -> bool:
     return getattr(err, "status_code", None) not in NEVER_RETRY_STATUS
 
 
-def backoff_wait(attempt: int, clock: Clock | None = None, *,
-                 random: Callable[[], float] | None = None) -> float:
+def backoff_wait(
+    attempt: int, clock: Clock | None = None, *, random: Callable[[], float] | None = None
+) -> float:
     """Full-jitter exponential backoff for retry number ``attempt`` (0-based)."""
     draw = random() if random is not None else (clock or _clock).random()
-    return min(MAX_RETRY_WAIT, BACKOFF_BASE * (2.0 ** attempt)) * draw
+    return min(MAX_RETRY_WAIT, BACKOFF_BASE * (2.0**attempt)) * draw
 
 
-def next_wait(error: BaseException, response: httpx2.Response | None = None,
-              attempt: int = 0, *, retries: int | None = None, pacing: bool = False,
-              random: Callable[[], float] | None = None, now: float | None = None
-              ) -> float | None:
+def next_wait(
+    error: BaseException,
+    response: httpx2.Response | None = None,
+    attempt: int = 0,
+    *,
+    retries: int | None = None,
+    pacing: bool = False,
+    random: Callable[[], float] | None = None,
+    now: float | None = None,
+) -> float | None:
     """The retry policy: seconds to wait before sending again, or None to give up now.
 
     Sans-I/O: it sleeps nothing and sends nothing, so ``send``, ``asend``, the stream
@@ -802,19 +919,30 @@ def next_wait(error: BaseException, response: httpx2.Response | None = None,
 MapError = Callable[["httpx2.Response"], CencoriError]
 
 
-def _status_error(response: httpx2.Response, map_error: MapError | None,
-                  provider: str | None) -> CencoriError:
-    err = map_error(response) if map_error is not None else error_for_status(
-        response, provider=provider)
+def _status_error(
+    response: httpx2.Response, map_error: MapError | None, provider: str | None
+) -> CencoriError:
+    err = (
+        map_error(response)
+        if map_error is not None
+        else error_for_status(response, provider=provider)
+    )
     verdict = should_retry_header(response.headers)
     if verdict is not None and getattr(err, "should_retry", None) is None:
         err.should_retry = verdict
     return err
 
 
-def send(request: httpx2.Request, *, stream: bool = False, retries: int | None = None,
-         clock: Clock | None = None, map_error: MapError | None = None,
-         provider: str | None = None, client: httpx2.Client | None = None) -> httpx2.Response:
+def send(
+    request: httpx2.Request,
+    *,
+    stream: bool = False,
+    retries: int | None = None,
+    clock: Clock | None = None,
+    map_error: MapError | None = None,
+    provider: str | None = None,
+    client: httpx2.Client | None = None,
+) -> httpx2.Response:
     """Send ``request`` on the shared client with bounded retries; return a 2xx/3xx response.
 
     ``stream=True`` returns the response unread (the caller iterates and closes it).
@@ -823,7 +951,7 @@ def send(request: httpx2.Request, *, stream: bool = False, retries: int | None =
     Raises a :class:`CencoriError` (``from`` the httpx2 exception for transport failures).
     """
     clock = clock or _clock
-    attempts = 1 + (DEFAULT_RETRIES if retries is None else max(0, retries))   # for the log
+    attempts = 1 + (DEFAULT_RETRIES if retries is None else max(0, retries))  # for the log
     _ensure_redaction()
     http = client or get_client()
     errors = _HTTPX_ERRORS or _errors()
@@ -846,23 +974,31 @@ def send(request: httpx2.Request, *, stream: bool = False, retries: int | None =
         else:
             err = _status_error(response, map_error, provider)
             cause = None
-        wait = next_wait(err, response, attempt, retries=retries, random=clock.random,
-                         now=clock.time())
+        wait = next_wait(
+            err, response, attempt, retries=retries, random=clock.random, now=clock.time()
+        )
         attempt += 1
         if wait is None:
             raise err from cause
-        log.debug("retrying after %.3fs (attempt %d of %d): %s", wait, attempt + 1, attempts,
-                  err.code)
+        log.debug(
+            "retrying after %.3fs (attempt %d of %d): %s", wait, attempt + 1, attempts, err.code
+        )
         clock.sleep(wait)
 
 
-async def asend(request: httpx2.Request, *, stream: bool = False, retries: int | None = None,
-                clock: Clock | None = None, map_error: MapError | None = None,
-                provider: str | None = None, client: httpx2.AsyncClient | None = None
-                ) -> httpx2.Response:
+async def asend(
+    request: httpx2.Request,
+    *,
+    stream: bool = False,
+    retries: int | None = None,
+    clock: Clock | None = None,
+    map_error: MapError | None = None,
+    provider: str | None = None,
+    client: httpx2.AsyncClient | None = None,
+) -> httpx2.Response:
     """The async twin of :func:`send`, on the running loop's shared ``AsyncClient``."""
     clock = clock or _clock
-    attempts = 1 + (DEFAULT_RETRIES if retries is None else max(0, retries))   # for the log
+    attempts = 1 + (DEFAULT_RETRIES if retries is None else max(0, retries))  # for the log
     _ensure_redaction()
     http = client or get_async_client()
     errors = _HTTPX_ERRORS or _errors()
@@ -885,18 +1021,21 @@ async def asend(request: httpx2.Request, *, stream: bool = False, retries: int |
         else:
             err = _status_error(response, map_error, provider)
             cause = None
-        wait = next_wait(err, response, attempt, retries=retries, random=clock.random,
-                         now=clock.time())
+        wait = next_wait(
+            err, response, attempt, retries=retries, random=clock.random, now=clock.time()
+        )
         attempt += 1
         if wait is None:
             raise err from cause
-        log.debug("retrying after %.3fs (attempt %d of %d): %s", wait, attempt + 1, attempts,
-                  err.code)
+        log.debug(
+            "retrying after %.3fs (attempt %d of %d): %s", wait, attempt + 1, attempts, err.code
+        )
         await clock.asleep(wait)
 
 
-def iter_sse(response: httpx2.Response, *, provider: str | None = None
-             ) -> Iterator[httpx2.ServerSentEvent]:
+def iter_sse(
+    response: httpx2.Response, *, provider: str | None = None
+) -> Iterator[httpx2.ServerSentEvent]:
     """Server-sent events of a streamed response, with httpx2 errors mapped to ours."""
     import httpx2
 
@@ -912,8 +1051,9 @@ def iter_sse(response: httpx2.Response, *, provider: str | None = None
         yield event
 
 
-async def aiter_sse(response: httpx2.Response, *, provider: str | None = None
-                    ) -> AsyncIterator[httpx2.ServerSentEvent]:
+async def aiter_sse(
+    response: httpx2.Response, *, provider: str | None = None
+) -> AsyncIterator[httpx2.ServerSentEvent]:
     """The async twin of :func:`iter_sse`."""
     import httpx2
 

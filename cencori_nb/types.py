@@ -47,8 +47,13 @@ class ChatRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_prompt(cls, prompt: str | list[dict[str, str]] | list[Message], *,
-                    system: str | None = None, **kwargs: Any) -> ChatRequest:
+    def from_prompt(
+        cls,
+        prompt: str | list[dict[str, str]] | list[Message],
+        *,
+        system: str | None = None,
+        **kwargs: Any,
+    ) -> ChatRequest:
         """Build from a prompt string or a list of ``{"role", "content"}`` dicts."""
         messages: list[Message] = []
         if system:
@@ -57,8 +62,11 @@ class ChatRequest:
             messages.append(Message("user", prompt))
         else:
             for item in prompt:
-                messages.append(item if isinstance(item, Message)
-                                else Message(str(item["role"]), str(item["content"])))
+                messages.append(
+                    item
+                    if isinstance(item, Message)
+                    else Message(str(item["role"]), str(item["content"]))
+                )
         return cls(messages=tuple(messages), **kwargs)
 
 
@@ -128,13 +136,18 @@ class Completion:
     # The answer stopped part way (a cut stream, an interrupt): recorded as ``interrupted``
     # with estimated tokens.
     interrupted: bool = False
-    gateway_cache: str | None = None     # Cencori's X-Cencori-Cache: HIT, SEMANTIC-HIT, MISS
-    model_original: str | None = None    # the model asked for, when the gateway upgraded it
+    gateway_cache: str | None = None  # Cencori's X-Cencori-Cache: HIT, SEMANTIC-HIT, MISS
+    model_original: str | None = None  # the model asked for, when the gateway upgraded it
 
     @property
     def usage(self) -> Usage:
-        return Usage(self.input_tokens, self.output_tokens, self.cache_read_tokens,
-                     self.cache_write_tokens, self.thinking_tokens)
+        return Usage(
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+            self.thinking_tokens,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (Decimals as strings, so no precision is lost)."""
@@ -161,8 +174,10 @@ class Completion:
             receipts += f" · Cencori cache {self.gateway_cache}"
         if self.route == "managed" and self.request_id:
             receipts += f" · request {self.request_id}"
-        return (f"{self.model} · {route} · {self.input_tokens} in / {self.output_tokens} out"
-                f" · {cost_s}{est}{receipts}")
+        return (
+            f"{self.model} · {route} · {self.input_tokens} in / {self.output_tokens} out"
+            f" · {cost_s}{est}{receipts}"
+        )
 
     def __str__(self) -> str:
         return self.text
@@ -173,6 +188,8 @@ class Completion:
         return {
             "text/plain": f"{self.text}\n\n[{self.footer()}]",
             # The reply is data, shown as text (see cencori_nb.safe_html).
-            "text/html": (text_html(self.text, style="white-space:pre-wrap")
-                          + text_html(self.footer(), style="opacity:.6;font-size:85%")),
+            "text/html": (
+                text_html(self.text, style="white-space:pre-wrap")
+                + text_html(self.footer(), style="opacity:.6;font-size:85%")
+            ),
         }

@@ -58,9 +58,23 @@ from .ledger import (
     to_pusd,
 )
 
-__all__ = ["LOW_BALANCE_USD", "PERIODS", "CreditsSummary", "LowBalanceWarning", "Reconciliation",
-           "Transaction", "balance", "credits", "debit", "parse_amount", "reconcile", "refund",
-           "set_balance", "top_up", "transactions"]
+__all__ = [
+    "LOW_BALANCE_USD",
+    "PERIODS",
+    "CreditsSummary",
+    "LowBalanceWarning",
+    "Reconciliation",
+    "Transaction",
+    "balance",
+    "credits",
+    "debit",
+    "parse_amount",
+    "reconcile",
+    "refund",
+    "set_balance",
+    "top_up",
+    "transactions",
+]
 
 LOW_BALANCE_USD = Decimal(5)
 TOP_UP_URL = CENCORI_BILLING_URL
@@ -86,22 +100,39 @@ class Transaction:
     client_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "time": self.time.isoformat(), "kind": self.kind,
-                "amount": str(self.amount), "balance_before": str(self.balance_before),
-                "balance_after": str(self.balance_after), "request_id": self.request_id,
-                "project": self.project, "note": self.note, "client_id": self.client_id}
+        return {
+            "id": self.id,
+            "time": self.time.isoformat(),
+            "kind": self.kind,
+            "amount": str(self.amount),
+            "balance_before": str(self.balance_before),
+            "balance_after": str(self.balance_after),
+            "request_id": self.request_id,
+            "project": self.project,
+            "note": self.note,
+            "client_id": self.client_id,
+        }
 
 
-_TX_COLUMNS = ("id, ts_ms, kind, amount_pusd, balance_before_pusd, balance_after_pusd, "
-               "request_id, project, note, client_id")
+_TX_COLUMNS = (
+    "id, ts_ms, kind, amount_pusd, balance_before_pusd, balance_after_pusd, "
+    "request_id, project, note, client_id"
+)
 
 
 def _tx(row: tuple[Any, ...]) -> Transaction:
-    return Transaction(id=row[0], time=datetime.fromtimestamp(row[1] / 1000, UTC), kind=row[2],
-                       amount=from_pusd(row[3]) or Decimal(0),
-                       balance_before=from_pusd(row[4]) or Decimal(0),
-                       balance_after=from_pusd(row[5]) or Decimal(0),
-                       request_id=row[6], project=row[7], note=row[8], client_id=row[9])
+    return Transaction(
+        id=row[0],
+        time=datetime.fromtimestamp(row[1] / 1000, UTC),
+        kind=row[2],
+        amount=from_pusd(row[3]) or Decimal(0),
+        balance_before=from_pusd(row[4]) or Decimal(0),
+        balance_after=from_pusd(row[5]) or Decimal(0),
+        request_id=row[6],
+        project=row[7],
+        note=row[8],
+        client_id=row[9],
+    )
 
 
 def parse_amount(value: Any, *, allow_zero: bool = False, what: str = "amount") -> Decimal:
@@ -109,35 +140,70 @@ def parse_amount(value: Any, *, allow_zero: bool = False, what: str = "amount") 
     try:
         amount = value if isinstance(value, Decimal) else Decimal(str(value).strip())
     except (InvalidOperation, ValueError):
-        raise ConfigurationError(f"The {what} {value!r} is not a number.",
-                                 hint="Write dollars as a decimal, e.g. 25 or 10.50.") from None
+        raise ConfigurationError(
+            f"The {what} {value!r} is not a number.",
+            hint="Write dollars as a decimal, e.g. 25 or 10.50.",
+        ) from None
     if not amount.is_finite() or amount < 0 or (amount == 0 and not allow_zero):
         need = "zero or more" if allow_zero else "more than zero"
-        raise ConfigurationError(f"The {what} must be {need} dollars; got {value!r}.",
-                                 hint="Write dollars as a decimal, e.g. 25 or 10.50.")
+        raise ConfigurationError(
+            f"The {what} must be {need} dollars; got {value!r}.",
+            hint="Write dollars as a decimal, e.g. 25 or 10.50.",
+        )
     if amount != amount.quantize(Decimal(1).scaleb(-12)):
         raise ConfigurationError(f"The {what} {value!r} has more than 12 decimal places.")
     return amount
 
 
 def _balance_pusd(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT balance_after_pusd FROM wallet_transactions "
-                       "ORDER BY id DESC LIMIT 1").fetchone()
+    row = conn.execute(
+        "SELECT balance_after_pusd FROM wallet_transactions ORDER BY id DESC LIMIT 1"
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
-def _insert(conn: sqlite3.Connection, kind: str, delta_pusd: int, before_pusd: int, *,
-            request_id: str | None = None, project: str | None = None,
-            note: str | None = None, client_id: str | None = None) -> Transaction:
+def _insert(
+    conn: sqlite3.Connection,
+    kind: str,
+    delta_pusd: int,
+    before_pusd: int,
+    *,
+    request_id: str | None = None,
+    project: str | None = None,
+    note: str | None = None,
+    client_id: str | None = None,
+) -> Transaction:
     ts = now_ms()
     cur = conn.execute(
         "INSERT INTO wallet_transactions (ts_ms, kind, amount_pusd, balance_before_pusd, "
         "balance_after_pusd, request_id, project, note, client_id) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (ts, kind, delta_pusd, before_pusd, before_pusd + delta_pusd, request_id, project, note,
-         client_id))
-    return _tx((cur.lastrowid, ts, kind, delta_pusd, before_pusd, before_pusd + delta_pusd,
-                request_id, project, note, client_id))
+        (
+            ts,
+            kind,
+            delta_pusd,
+            before_pusd,
+            before_pusd + delta_pusd,
+            request_id,
+            project,
+            note,
+            client_id,
+        ),
+    )
+    return _tx(
+        (
+            cur.lastrowid,
+            ts,
+            kind,
+            delta_pusd,
+            before_pusd,
+            before_pusd + delta_pusd,
+            request_id,
+            project,
+            note,
+            client_id,
+        )
+    )
 
 
 def _ledger(ledger: Ledger | None) -> Ledger:
@@ -151,8 +217,9 @@ def balance(*, ledger: Ledger | None = None) -> Decimal:
         return from_pusd(_balance_pusd(conn)) or Decimal(0)
 
 
-def top_up(amount: Decimal | str | int, note: str | None = None, *,
-           ledger: Ledger | None = None) -> Transaction:
+def top_up(
+    amount: Decimal | str | int, note: str | None = None, *, ledger: Ledger | None = None
+) -> Transaction:
     """Record credits bought on cencori.com (a positive amount)."""
     value = to_pusd(parse_amount(amount))
     assert value is not None
@@ -161,20 +228,26 @@ def top_up(amount: Decimal | str | int, note: str | None = None, *,
         return _insert(conn, "topup", value, _balance_pusd(conn), note=note)
 
 
-def set_balance(amount: Decimal | str | int, note: str | None = None, *,
-                ledger: Ledger | None = None) -> Transaction:
+def set_balance(
+    amount: Decimal | str | int, note: str | None = None, *, ledger: Ledger | None = None
+) -> Transaction:
     """Make the mirror match the dashboard: an ``adjustment`` of the difference."""
     target = to_pusd(parse_amount(amount, allow_zero=True, what="balance"))
     assert target is not None
     _changed()
     with _ledger(ledger).transaction() as conn:
         before = _balance_pusd(conn)
-        return _insert(conn, "adjustment", target - before, before,
-                       note=note or "set balance")
+        return _insert(conn, "adjustment", target - before, before, note=note or "set balance")
 
 
-def debit_in(conn: sqlite3.Connection, client_id: str, amount: Decimal, *,
-             project: str | None, request_id: str | None = None) -> Transaction | None:
+def debit_in(
+    conn: sqlite3.Connection,
+    client_id: str,
+    amount: Decimal,
+    *,
+    project: str | None,
+    request_id: str | None = None,
+) -> Transaction | None:
     """Debit inside the caller's transaction; None if ``client_id`` was already debited.
 
     ``client_id`` is the request's ledger row id (what makes the debit idempotent);
@@ -182,8 +255,9 @@ def debit_in(conn: sqlite3.Connection, client_id: str, amount: Decimal, *,
     docstring) and notes the shortfall.
     """
     if not client_id:
-        raise CreditsError("A usage debit needs the request's client id (it is what makes it "
-                           "idempotent).")
+        raise CreditsError(
+            "A usage debit needs the request's client id (it is what makes it idempotent)."
+        )
     charge = to_pusd(amount) or 0
     if charge < 0:
         raise CreditsError(f"A usage debit must not be negative (got {amount}); use refund().")
@@ -191,21 +265,38 @@ def debit_in(conn: sqlite3.Connection, client_id: str, amount: Decimal, *,
     done, last = conn.execute(
         "SELECT (SELECT 1 FROM wallet_transactions WHERE kind = 'usage' AND client_id = ?), "
         "(SELECT balance_after_pusd FROM wallet_transactions ORDER BY id DESC LIMIT 1)",
-        (client_id,)).fetchone()
+        (client_id,),
+    ).fetchone()
     if done or last is None:
-        return None      # already debited, or the mirror is not tracking yet
+        return None  # already debited, or the mirror is not tracking yet
     before = int(last)
     taken = min(charge, max(before, 0))
     note = None
     if taken < charge:
-        note = (f"charge ${from_pusd(charge)} exceeded the mirrored balance ${from_pusd(before)}"
-                f"; debited ${from_pusd(taken)}, shortfall ${from_pusd(charge - taken)}")
-    return _insert(conn, "usage", -taken, before, request_id=request_id or client_id,
-                   project=project, note=note, client_id=client_id)
+        note = (
+            f"charge ${from_pusd(charge)} exceeded the mirrored balance ${from_pusd(before)}"
+            f"; debited ${from_pusd(taken)}, shortfall ${from_pusd(charge - taken)}"
+        )
+    return _insert(
+        conn,
+        "usage",
+        -taken,
+        before,
+        request_id=request_id or client_id,
+        project=project,
+        note=note,
+        client_id=client_id,
+    )
 
 
-def debit(client_id: str, amount: Decimal | str | int, *, project: str | None = None,
-          request_id: str | None = None, ledger: Ledger | None = None) -> Transaction | None:
+def debit(
+    client_id: str,
+    amount: Decimal | str | int,
+    *,
+    project: str | None = None,
+    request_id: str | None = None,
+    ledger: Ledger | None = None,
+) -> Transaction | None:
     """Debit a request's charge once; a second call with the same ``client_id`` returns
     None and changes nothing (as does a debit before any balance was recorded). Warns
     :class:`LowBalanceWarning` under $5."""
@@ -238,7 +329,9 @@ def warn_low(before: Decimal, after: Decimal, *, stacklevel: int = 3) -> None:
             f"Your Cencori credit balance (local mirror) is ${after:.2f}, under "
             f"${LOW_BALANCE_USD}. Top up at {TOP_UP_URL}, then record it with "
             "`cencori-nb credits top-up AMOUNT` (or cencori_nb.wallet.top_up).",
-            LowBalanceWarning, stacklevel=stacklevel)
+            LowBalanceWarning,
+            stacklevel=stacklevel,
+        )
 
 
 # Bumped by every balance change made through this module, so accounting's predicted
@@ -254,13 +347,19 @@ def _changed() -> None:
 def known_balance_pusd(ledger: Ledger | None = None) -> int | None:
     """The mirrored balance in pico-USD, or None while the mirror is not tracking."""
     with _ledger(ledger).locked() as conn:
-        row = conn.execute("SELECT balance_after_pusd FROM wallet_transactions "
-                           "ORDER BY id DESC LIMIT 1").fetchone()
+        row = conn.execute(
+            "SELECT balance_after_pusd FROM wallet_transactions ORDER BY id DESC LIMIT 1"
+        ).fetchone()
     return None if row is None else int(row[0])
 
 
-def refund(request_id: str, amount: Decimal | str | int | None = None, *,
-           ledger: Ledger | None = None, note: str | None = None) -> Transaction:
+def refund(
+    request_id: str,
+    amount: Decimal | str | int | None = None,
+    *,
+    ledger: Ledger | None = None,
+    note: str | None = None,
+) -> Transaction:
     """Give back a request's debit (all of it by default); one refund per request.
 
     ``request_id`` names the request by its ledger ``client_id`` or, when only one debit
@@ -268,59 +367,106 @@ def refund(request_id: str, amount: Decimal | str | int | None = None, *,
     """
     _changed()
     with _ledger(ledger).transaction() as conn:
-        found = conn.execute("SELECT -amount_pusd, project, client_id FROM wallet_transactions "
-                             "WHERE kind = 'usage' AND client_id = ?", (request_id,)).fetchall()
+        found = conn.execute(
+            "SELECT -amount_pusd, project, client_id FROM wallet_transactions "
+            "WHERE kind = 'usage' AND client_id = ?",
+            (request_id,),
+        ).fetchall()
         if not found:
-            found = conn.execute("SELECT -amount_pusd, project, client_id FROM "
-                                 "wallet_transactions WHERE kind = 'usage' AND request_id = ?",
-                                 (request_id,)).fetchall()
+            found = conn.execute(
+                "SELECT -amount_pusd, project, client_id FROM "
+                "wallet_transactions WHERE kind = 'usage' AND request_id = ?",
+                (request_id,),
+            ).fetchall()
         if len(found) > 1:
             raise CreditsError(
                 f"{len(found)} debits carry the provider request id {request_id!r}.",
                 hint="Name the one to refund by its client_id (cencori_nb.wallet."
-                     "transactions() lists them).", request_id=request_id)
+                "transactions() lists them).",
+                request_id=request_id,
+            )
         row = found[0] if found else None
         if row is None:
-            raise CreditsError(f"No usage debit for request {request_id!r} to refund.",
-                               request_id=request_id)
+            raise CreditsError(
+                f"No usage debit for request {request_id!r} to refund.", request_id=request_id
+            )
         client_id = row[2]
-        if conn.execute("SELECT 1 FROM wallet_transactions WHERE kind = 'refund' "
-                        "AND client_id = ?", (client_id,)).fetchone():
-            raise CreditsError(f"Request {request_id!r} was already refunded.",
-                               request_id=request_id)
+        if conn.execute(
+            "SELECT 1 FROM wallet_transactions WHERE kind = 'refund' AND client_id = ?",
+            (client_id,),
+        ).fetchone():
+            raise CreditsError(
+                f"Request {request_id!r} was already refunded.", request_id=request_id
+            )
         debited = int(row[0])
         value = debited if amount is None else to_pusd(parse_amount(amount))
         assert value is not None
         if value > debited:
             raise CreditsError(
                 f"Cannot refund ${from_pusd(value)} for request {request_id!r}: only "
-                f"${from_pusd(debited)} was debited.", request_id=request_id)
-        return _insert(conn, "refund", value, _balance_pusd(conn), request_id=request_id,
-                       project=row[1], note=note, client_id=client_id)
+                f"${from_pusd(debited)} was debited.",
+                request_id=request_id,
+            )
+        return _insert(
+            conn,
+            "refund",
+            value,
+            _balance_pusd(conn),
+            request_id=request_id,
+            project=row[1],
+            note=note,
+            client_id=client_id,
+        )
 
 
 def transactions(*, as_frame: bool = True, ledger: Ledger | None = None) -> Any:
     """Every wallet movement, oldest first: a DataFrame (``time, kind, amount,
     balance_before, balance_after, request_id, project, note, client_id``; money as float)
     or, with ``as_frame=False``, a list of :class:`Transaction` (money as Decimal)."""
-    txs = [_tx(r) for r in _ledger(ledger).query(
-        f"SELECT {_TX_COLUMNS} FROM wallet_transactions ORDER BY id")]  # noqa: S608
+    # _TX_COLUMNS is a constant of this module, not input
+    sql = f"SELECT {_TX_COLUMNS} FROM wallet_transactions ORDER BY id"  # noqa: S608
+    txs = [_tx(r) for r in _ledger(ledger).query(sql)]
     if not as_frame:
         return txs
     import pandas as pd
 
-    columns = ["time", "kind", "amount", "balance_before", "balance_after", "request_id",
-               "project", "note", "client_id"]
+    columns = [
+        "time",
+        "kind",
+        "amount",
+        "balance_before",
+        "balance_after",
+        "request_id",
+        "project",
+        "note",
+        "client_id",
+    ]
     frame = pd.DataFrame(
-        [(t.time, t.kind, float(t.amount), float(t.balance_before), float(t.balance_after),
-          t.request_id, t.project, t.note, t.client_id) for t in txs], columns=columns)
+        [
+            (
+                t.time,
+                t.kind,
+                float(t.amount),
+                float(t.balance_before),
+                float(t.balance_after),
+                t.request_id,
+                t.project,
+                t.note,
+                t.client_id,
+            )
+            for t in txs
+        ],
+        columns=columns,
+    )
     frame["time"] = pd.to_datetime(frame["time"], utc=True)
     return frame
 
 
-_NOT_TRACKED = ("not tracked yet: record it with `cencori-nb credits set-balance AMOUNT` "
-                "(the balance shown at " + TOP_UP_URL + ") or `cencori-nb credits top-up "
-                "AMOUNT`")
+_NOT_TRACKED = (
+    "not tracked yet: record it with `cencori-nb credits set-balance AMOUNT` "
+    "(the balance shown at " + TOP_UP_URL + ") or `cencori-nb credits top-up "
+    "AMOUNT`"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,49 +487,67 @@ class CreditsSummary:
     tracked: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tracked": self.tracked,
-                "balance": None if self.balance is None else str(self.balance),
-                "low": self.low, "top_ups_total": str(self.top_ups_total),
-                "credits_spent_this_month": str(self.credits_spent_this_month),
-                "all_spend_this_month_incl_byok": str(self.all_spend_this_month),
-                "transactions": self.transactions,
-                "low_balance_threshold": str(LOW_BALANCE_USD)}
+        return {
+            "tracked": self.tracked,
+            "balance": None if self.balance is None else str(self.balance),
+            "low": self.low,
+            "top_ups_total": str(self.top_ups_total),
+            "credits_spent_this_month": str(self.credits_spent_this_month),
+            "all_spend_this_month_incl_byok": str(self.all_spend_this_month),
+            "transactions": self.transactions,
+            "low_balance_threshold": str(LOW_BALANCE_USD),
+        }
 
     def _lines(self) -> list[tuple[str, str]]:
         if self.balance is None:
             bal = "Balance " + _NOT_TRACKED
         else:
-            low = (f"  (low: under ${LOW_BALANCE_USD}; top up at {TOP_UP_URL})"
-                   if self.low else "")
+            low = f"  (low: under ${LOW_BALANCE_USD}; top up at {TOP_UP_URL})" if self.low else ""
             bal = f"Balance: ${self.balance:.2f}{low}"
-        return [("", bal),
-                ("Credits spent this month (charged to the Cencori wallet)",
-                 f"${self.credits_spent_this_month:.4f}"),
-                ("All spend this month incl. BYOK (credits + provider price on your keys)",
-                 f"${self.all_spend_this_month:.4f}"),
-                ("Top-ups recorded (all time)", f"${self.top_ups_total:.2f}"),
-                ("Transactions", str(self.transactions))]
+        return [
+            ("", bal),
+            (
+                "Credits spent this month (charged to the Cencori wallet)",
+                f"${self.credits_spent_this_month:.4f}",
+            ),
+            (
+                "All spend this month incl. BYOK (credits + provider price on your keys)",
+                f"${self.all_spend_this_month:.4f}",
+            ),
+            ("Top-ups recorded (all time)", f"${self.top_ups_total:.2f}"),
+            ("Transactions", str(self.transactions)),
+        ]
 
     def __str__(self) -> str:
-        return "\n".join(text if not label else f"{label}: {text}"
-                         for label, text in self._lines())
+        return "\n".join(text if not label else f"{label}: {text}" for label, text in self._lines())
 
     def _repr_html_(self) -> str:
         if self.balance is None:
             balance = html.escape("not tracked yet") + (
                 " — record it with <code>cencori-nb credits set-balance AMOUNT</code> (the "
-                f"balance at <a href='{html.escape(TOP_UP_URL)}'>cencori.com</a>)")
+                f"balance at <a href='{html.escape(TOP_UP_URL)}'>cencori.com</a>)"
+            )
             colour = "inherit"
         else:
             colour = "#b00020" if self.low else "inherit"
-            low = (f" <span style='color:#b00020'>low — under ${LOW_BALANCE_USD}; "
-                   f"<a href='{html.escape(TOP_UP_URL)}'>top up</a></span>") if self.low else ""
+            low = (
+                (
+                    f" <span style='color:#b00020'>low — under ${LOW_BALANCE_USD}; "
+                    f"<a href='{html.escape(TOP_UP_URL)}'>top up</a></span>"
+                )
+                if self.low
+                else ""
+            )
             balance = f"${self.balance:.2f}{low}"
-        rows = [f"<tr><th style='text-align:left'>Credit balance</th>"
-                f"<td style='color:{colour}'>{balance}</td></tr>"]
+        rows = [
+            f"<tr><th style='text-align:left'>Credit balance</th>"
+            f"<td style='color:{colour}'>{balance}</td></tr>"
+        ]
         for label, text in self._lines()[1:]:
-            rows.append(f"<tr><th style='text-align:left'>{html.escape(label)}</th>"
-                        f"<td>{html.escape(text)}</td></tr>")
+            rows.append(
+                f"<tr><th style='text-align:left'>{html.escape(label)}</th>"
+                f"<td>{html.escape(text)}</td></tr>"
+            )
         return "<table>" + "".join(rows) + "</table>"
 
 
@@ -392,30 +556,35 @@ def credits(*, ledger: Ledger | None = None) -> CreditsSummary:
     spent and all spend including BYOK this UTC month."""
     led = _ledger(ledger)
     with led.locked() as conn:
-        last = conn.execute("SELECT balance_after_pusd FROM wallet_transactions "
-                            "ORDER BY id DESC LIMIT 1").fetchone()
+        last = conn.execute(
+            "SELECT balance_after_pusd FROM wallet_transactions ORDER BY id DESC LIMIT 1"
+        ).fetchone()
         topups, count = conn.execute(
             "SELECT COALESCE(SUM(CASE WHEN kind = 'topup' THEN amount_pusd END), 0), COUNT(*) "
-            "FROM wallet_transactions").fetchone()
+            "FROM wallet_transactions"
+        ).fetchone()
         # the daily rollup: whole UTC days. All spend sums every row's stored cost, as the
         # budgets do (month_cost); BILLED_SQL is a constant
-        sql = (f"SELECT COALESCE(SUM(CASE WHEN {BILLED_SQL} THEN credits_charged_pusd END), "  # noqa: S608
-               "0), COALESCE(SUM(cost_pusd), 0) FROM requests_daily WHERE day >= ?")
-        credits_spent, all_spend = conn.execute(
-            sql, (month_start_ms() // DAY_MS,)).fetchone()
+        sql = (
+            f"SELECT COALESCE(SUM(CASE WHEN {BILLED_SQL} THEN credits_charged_pusd END), "  # noqa: S608
+            "0), COALESCE(SUM(cost_pusd), 0) FROM requests_daily WHERE day >= ?"
+        )
+        credits_spent, all_spend = conn.execute(sql, (month_start_ms() // DAY_MS,)).fetchone()
     balance_usd = None if last is None else from_pusd(int(last[0])) or Decimal(0)
     return CreditsSummary(
-        balance=balance_usd, tracked=balance_usd is not None,
+        balance=balance_usd,
+        tracked=balance_usd is not None,
         low=balance_usd is not None and balance_usd < LOW_BALANCE_USD,
         top_ups_total=from_pusd(int(topups)) or Decimal(0),
         credits_spent_this_month=from_pusd(int(credits_spent)) or Decimal(0),
         all_spend_this_month=from_pusd(int(all_spend)) or Decimal(0),
-        transactions=int(count))
+        transactions=int(count),
+    )
 
 
 # --------------------------------------------------------------------------- reconcile
 
-PERIODS = ("1h", "24h", "7d", "30d", "mtd")      # what Cencori's Metrics API accepts
+PERIODS = ("1h", "24h", "7d", "30d", "mtd")  # what Cencori's Metrics API accepts
 # Cencori rounds cost.total_usd to 4 decimals (Math.round(x * 10000) / 10000).
 GATEWAY_ROUNDING_USD = Decimal("0.00005")
 
@@ -444,24 +613,35 @@ class Reconciliation:
         return abs(self.drift_usd) <= GATEWAY_ROUNDING_USD
 
     def to_dict(self) -> dict[str, Any]:
-        return {"period": self.period, "ledger_usd": str(self.ledger_usd),
-                "gateway_usd": str(self.gateway_usd), "drift_usd": str(self.drift_usd),
-                "project": self.project, "start": self.start.isoformat(),
-                "end": self.end.isoformat(), "ledger_requests": self.ledger_requests,
-                "gateway_requests": self.gateway_requests,
-                "within_rounding": self.within_rounding}
+        return {
+            "period": self.period,
+            "ledger_usd": str(self.ledger_usd),
+            "gateway_usd": str(self.gateway_usd),
+            "drift_usd": str(self.drift_usd),
+            "project": self.project,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "ledger_requests": self.ledger_requests,
+            "gateway_requests": self.gateway_requests,
+            "within_rounding": self.within_rounding,
+        }
 
     def __str__(self) -> str:
-        verdict = ("in agreement (within the gateway's rounding to $0.0001)"
-                   if self.within_rounding else
-                   "the gateway reports MORE than the ledger recorded" if self.drift_usd > 0
-                   else "the ledger recorded MORE than the gateway reports")
-        return (f"Managed (credits) spend, project {self.project!r}, period {self.period} "
-                f"({self.start:%Y-%m-%d %H:%M} → {self.end:%Y-%m-%d %H:%M} UTC):\n"
-                f"  ledger:  ${self.ledger_usd:.6f} ({self.ledger_requests} requests)\n"
-                f"  gateway: ${self.gateway_usd:.6f} ({self.gateway_requests} requests, "
-                "Cencori Metrics API)\n"
-                f"  drift:   ${self.drift_usd:+.6f}: {verdict}")
+        verdict = (
+            "in agreement (within the gateway's rounding to $0.0001)"
+            if self.within_rounding
+            else "the gateway reports MORE than the ledger recorded"
+            if self.drift_usd > 0
+            else "the ledger recorded MORE than the gateway reports"
+        )
+        return (
+            f"Managed (credits) spend, project {self.project!r}, period {self.period} "
+            f"({self.start:%Y-%m-%d %H:%M} → {self.end:%Y-%m-%d %H:%M} UTC):\n"
+            f"  ledger:  ${self.ledger_usd:.6f} ({self.ledger_requests} requests)\n"
+            f"  gateway: ${self.gateway_usd:.6f} ({self.gateway_requests} requests, "
+            "Cencori Metrics API)\n"
+            f"  drift:   ${self.drift_usd:+.6f}: {verdict}"
+        )
 
     def _repr_html_(self) -> str:
         return "<pre>" + html.escape(str(self)) + "</pre>"
@@ -471,12 +651,12 @@ def _parse_gateway_time(value: Any, what: str) -> datetime:
     try:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
     except ValueError:
-        raise CreditsError(f"The gateway's metrics had an unreadable {what}: {value!r}.") \
-            from None
+        raise CreditsError(f"The gateway's metrics had an unreadable {what}: {value!r}.") from None
 
 
-def reconcile(period: str = "24h", *, project: str | None = None,
-              ledger: Ledger | None = None) -> Reconciliation:
+def reconcile(
+    period: str = "24h", *, project: str | None = None, ledger: Ledger | None = None
+) -> Reconciliation:
     """Compare the ledger's managed spend with Cencori's for the same period.
 
     Asks the gateway's Metrics API (``GET /api/v1/metrics?period=…`` with the project's
@@ -496,22 +676,27 @@ def reconcile(period: str = "24h", *, project: str | None = None,
     from .router import destination
 
     if period not in PERIODS:
-        raise ConfigurationError(f"Cannot reconcile over period {period!r}.",
-                                 hint="Use one of: " + ", ".join(PERIODS) + ".")
+        raise ConfigurationError(
+            f"Cannot reconcile over period {period!r}.",
+            hint="Use one of: " + ", ".join(PERIODS) + ".",
+        )
     s = settings_mod.load_settings()
     name = project or s.project
     key = default_store().cencori_key(name)
     if key is None:
         raise ConfigurationError(
             f"Project {name!r} has no Cencori key, so there is no gateway spend to compare.",
-            hint="Add one with `cencori-nb keys set cencori` (or --project NAME).")
-    dest = destination(CENCORI, CENCORI, key, s)   # a sandbox gets the demo key only
+            hint="Add one with `cencori-nb keys set cencori` (or --project NAME).",
+        )
+    dest = destination(CENCORI, CENCORI, key, s)  # a sandbox gets the demo key only
     adapter = get_provider(CENCORI)
-    request = httpx2.Request("GET", dest.base_url.rstrip("/") + "/api/v1/metrics",
-                             params={"period": period},
-                             headers={"Authorization": f"Bearer {dest.credential.reveal()}"})
-    response = transport.send(request, retries=1, map_error=adapter.map_error,
-                              provider=CENCORI)
+    request = httpx2.Request(
+        "GET",
+        dest.base_url.rstrip("/") + "/api/v1/metrics",
+        params={"period": period},
+        headers={"Authorization": f"Bearer {dest.credential.reveal()}"},
+    )
+    response = transport.send(request, retries=1, map_error=adapter.map_error, provider=CENCORI)
     try:
         body = response.json()
         gateway = Decimal(str(body["cost"]["total_usd"]))
@@ -519,20 +704,30 @@ def reconcile(period: str = "24h", *, project: str | None = None,
         start = _parse_gateway_time(body["start_date"], "start_date")
         end = _parse_gateway_time(body["end_date"], "end_date")
     except (ValueError, KeyError, TypeError, InvalidOperation):
-        raise CreditsError("The gateway's metrics answer did not have cost.total_usd, "
-                           "requests.total, start_date and end_date.",
-                           hint="Check the base URL (settings.base_urls['cencori']).") \
-            from None
+        raise CreditsError(
+            "The gateway's metrics answer did not have cost.total_usd, "
+            "requests.total, start_date and end_date.",
+            hint="Check the base URL (settings.base_urls['cencori']).",
+        ) from None
     start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
-    (pusd, count), = _ledger(ledger).query(
+    ((pusd, count),) = _ledger(ledger).query(
         "SELECT COALESCE(SUM(credits_charged_pusd), 0), COUNT(*) FROM requests "
         "WHERE route = 'managed' AND project = ? AND ts_ms >= ? AND ts_ms <= ? "
-        "AND status != 'cached'", (name, start_ms, end_ms))
+        "AND status != 'cached'",
+        (name, start_ms, end_ms),
+    )
     ledger_usd = from_pusd(int(pusd)) or Decimal(0)
-    return Reconciliation(period=period, project=name, start=start, end=end,
-                          ledger_usd=ledger_usd, gateway_usd=gateway,
-                          drift_usd=gateway - ledger_usd, ledger_requests=int(count),
-                          gateway_requests=gateway_requests)
+    return Reconciliation(
+        period=period,
+        project=name,
+        start=start,
+        end=end,
+        ledger_usd=ledger_usd,
+        gateway_usd=gateway,
+        drift_usd=gateway - ledger_usd,
+        ledger_requests=int(count),
+        gateway_requests=gateway_requests,
+    )
 
 
 def _reset_for_tests() -> None:

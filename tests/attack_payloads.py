@@ -21,25 +21,46 @@ PAYLOADS: list[tuple[str, str]] = [
     ("md-javascript-link", "[click me](javascript:window.__xss=4)"),
     ("html-javascript-link", '<a href="javascript:window.__xss=5">html link</a>'),
     ("iframe-srcdoc", '<iframe srcdoc="<script>parent.__xss=6</script>"></iframe>'),
-    ("style-expression-url", "<style>@import 'javascript:alert(7)';body{background:"
-                             "url(\"javascript:alert(7)\");width:expression(alert(7))}</style>"
-                             "<p style=\"background:url(javascript:alert(7))\">styled</p>"),
+    (
+        "style-expression-url",
+        "<style>@import 'javascript:alert(7)';body{background:"
+        'url("javascript:alert(7)");width:expression(alert(7))}</style>'
+        '<p style="background:url(javascript:alert(7))">styled</p>',
+    ),
     ("form-action", '<form action="javascript:window.__xss=8"><button>Send</button></form>'),
     ("meta-refresh", '<meta http-equiv="refresh" content="0;url=javascript:window.__xss=9">'),
-    ("data-url", '<a href="data:text/html;base64,PHNjcmlwdD5hbGVydCgxMCk8L3NjcmlwdD4=">d</a>'
-                 " [md data](data:text/html,<script>alert(10)</script>)"),
-    ("event-handler-attr", '<div onmouseover="window.__xss=11" onclick="window.__xss=11" '
-                           'style="position:fixed;inset:0">hover me</div>'),
+    (
+        "data-url",
+        '<a href="data:text/html;base64,PHNjcmlwdD5hbGVydCgxMCk8L3NjcmlwdD4=">d</a>'
+        " [md data](data:text/html,<script>alert(10)</script>)",
+    ),
+    (
+        "event-handler-attr",
+        '<div onmouseover="window.__xss=11" onclick="window.__xss=11" '
+        'style="position:fixed;inset:0">hover me</div>',
+    ),
     ("unclosed-tag", "<img src=x onerror=window.__xss=12 "),
-    ("entity-javascript", '<a href="&#106;avascript:window.__xss=13">entity</a> '
-                          "[md entity](&#x6A;avascript:window.__xss=13)"),
+    (
+        "entity-javascript",
+        '<a href="&#106;avascript:window.__xss=13">entity</a> '
+        "[md entity](&#x6A;avascript:window.__xss=13)",
+    ),
     ("base-tag", '<base href="javascript:window.__xss=14//">'),
-    ("object-embed", '<object data="javascript:window.__xss=15"></object>'
-                     '<embed src="javascript:window.__xss=15">'),
-    ("mathml-maction", '<math><maction actiontype="statusline" '
-                       'xlink:href="javascript:window.__xss=16">CLICK</maction></math>'),
-    ("mathjax-href", r"$\href{javascript:window.__xss=17}{math link}$ and "
-                     r"$$\style{position:fixed}{\class{x}{y}}$$"),
+    (
+        "object-embed",
+        '<object data="javascript:window.__xss=15"></object>'
+        '<embed src="javascript:window.__xss=15">',
+    ),
+    (
+        "mathml-maction",
+        '<math><maction actiontype="statusline" '
+        'xlink:href="javascript:window.__xss=16">CLICK</maction></math>',
+    ),
+    (
+        "mathjax-href",
+        r"$\href{javascript:window.__xss=17}{math link}$ and "
+        r"$$\style{position:fixed}{\class{x}{y}}$$",
+    ),
     ("details-ontoggle", '<details open ontoggle="window.__xss=18">x</details>'),
     ("input-autofocus", '<input autofocus onfocus="window.__xss=19">'),
     ("video-source-onerror", '<video><source onerror="window.__xss=20"></video>'),
@@ -47,28 +68,89 @@ PAYLOADS: list[tuple[str, str]] = [
     ("mixed-case-scheme", '<a href="  JaVaScRiPt:window.__xss=22">mixed case</a>'),
     ("body-onload", "<body onload=window.__xss=23>"),
     ("link-stylesheet", '<link rel=stylesheet href="javascript:alert(24)">'),
-    ("noscript-mutation", '<noscript><p title="</noscript><img src=x '
-                          'onerror=window.__xss=25>">'),
+    ("noscript-mutation", '<noscript><p title="</noscript><img src=x onerror=window.__xss=25>">'),
     ("svg-animate", "<svg><animate onbegin=window.__xss=26 attributeName=x dur=1s>"),
     ("tab-in-scheme", '<a href="jav&#x09;ascript:window.__xss=27">tab</a>'),
     ("relative-api-link", '<a href="/api/terminals">open a terminal</a>'),
 ]
 
-_FORBIDDEN_TAGS = frozenset({
-    "script", "iframe", "frame", "frameset", "style", "form", "svg", "math", "object",
-    "embed", "meta", "base", "link", "img", "image", "video", "audio", "source", "input",
-    "button", "textarea", "select", "body", "html", "head", "template", "noscript",
-    "applet", "maction", "animate", "set", "foreignobject", "picture", "track", "portal",
-})
-_URL_ATTRS = frozenset({"href", "src", "action", "formaction", "data", "xlink:href",
-                        "srcdoc", "background", "poster", "srcset", "content"})
+_FORBIDDEN_TAGS = frozenset(
+    {
+        "script",
+        "iframe",
+        "frame",
+        "frameset",
+        "style",
+        "form",
+        "svg",
+        "math",
+        "object",
+        "embed",
+        "meta",
+        "base",
+        "link",
+        "img",
+        "image",
+        "video",
+        "audio",
+        "source",
+        "input",
+        "button",
+        "textarea",
+        "select",
+        "body",
+        "html",
+        "head",
+        "template",
+        "noscript",
+        "applet",
+        "maction",
+        "animate",
+        "set",
+        "foreignobject",
+        "picture",
+        "track",
+        "portal",
+    }
+)
+_URL_ATTRS = frozenset(
+    {
+        "href",
+        "src",
+        "action",
+        "formaction",
+        "data",
+        "xlink:href",
+        "srcdoc",
+        "background",
+        "poster",
+        "srcset",
+        "content",
+    }
+)
 _SAFE_URL = re.compile(r"(https?|mailto):", re.IGNORECASE)
-_SAFE_STYLE = re.compile(r"[a-z\-]+\s*:\s*[#\w\-\s.%,]+(;\s*[a-z\-]+\s*:\s*[#\w\-\s.%,]+)*;?",
-                         re.IGNORECASE)
+_SAFE_STYLE = re.compile(
+    r"[a-z\-]+\s*:\s*[#\w\-\s.%,]+(;\s*[a-z\-]+\s*:\s*[#\w\-\s.%,]+)*;?", re.IGNORECASE
+)
 
 
-_VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
-                   "source", "track", "wbr"})
+_VOID = frozenset(
+    {
+        "area",
+        "base",
+        "br",
+        "col",
+        "embed",
+        "hr",
+        "img",
+        "input",
+        "link",
+        "meta",
+        "source",
+        "track",
+        "wbr",
+    }
+)
 _MATH = re.compile(r"\$|\\\(|\\\[")
 _MATH_OFF = re.compile(r"(^|\s)(mathjax_ignore|tex2jax_ignore)(\s|$)")
 
@@ -78,7 +160,7 @@ class _Audit(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.problems: list[str] = []
         self.math = math
-        self.stack: list[tuple[str, bool]] = []      # (tag, MathJax told to skip it)
+        self.stack: list[tuple[str, bool]] = []  # (tag, MathJax told to skip it)
 
     def handle_endtag(self, tag: str) -> None:
         for i in range(len(self.stack) - 1, -1, -1):
@@ -103,9 +185,11 @@ class _Audit(HTMLParser):
                 compact = re.sub(r"[\x00-\x20]", "", value)
                 if not _SAFE_URL.match(compact):
                     self.problems.append(f"<{tag} {name}={value!r}>")
-            elif name == "style" and (not _SAFE_STYLE.fullmatch(value.strip())
-                                      or "url" in value.lower()
-                                      or "expression" in value.lower()):
+            elif name == "style" and (
+                not _SAFE_STYLE.fullmatch(value.strip())
+                or "url" in value.lower()
+                or "expression" in value.lower()
+            ):
                 self.problems.append(f"<{tag} style={value!r}>")
             elif name in ("id", "name", "is", "autofocus", "contenteditable"):
                 self.problems.append(f"<{tag} {name}>")
@@ -115,8 +199,11 @@ class _Audit(HTMLParser):
         self.handle_endtag(tag)
 
 
-_RAW_TAG = re.compile(r"<\s*/?\s*(script|iframe|svg|math|style|object|embed|meta|base|img|"
-                      r"form|link)\b", re.IGNORECASE)
+_RAW_TAG = re.compile(
+    r"<\s*/?\s*(script|iframe|svg|math|style|object|embed|meta|base|img|"
+    r"form|link)\b",
+    re.IGNORECASE,
+)
 
 
 def executable_constructs(fragment: str, *, math: bool = True) -> list[str]:

@@ -13,11 +13,20 @@ from typing import Any
 
 import pytest
 
-CANARY = "sk-canary-" + "Zq7xW2vR9tL4pK8mN3bY6cH1"   # a fake key planted to detect leaks
+CANARY = "sk-canary-" + "Zq7xW2vR9tL4pK8mN3bY6cH1"  # a fake key planted to detect leaks
 
-_AMBIENT = ("CENCORI_NB_HOME", "CENCORI_NB_PASSPHRASE", "CENCORI_NB_SANDBOX",
-            "CENCORI_NB_PROJECT", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY",
-            "GOOGLE_API_KEY", "CENCORI_API_KEY", "CENCORI_NB_SCRUB_HOMES")
+_AMBIENT = (
+    "CENCORI_NB_HOME",
+    "CENCORI_NB_PASSPHRASE",
+    "CENCORI_NB_SANDBOX",
+    "CENCORI_NB_PROJECT",
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+    "CENCORI_API_KEY",
+    "CENCORI_NB_SCRUB_HOMES",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -41,12 +50,14 @@ def _reset_process_state() -> None:
     import importlib
     import sys
 
-    for module_name, fn in (("cencori_nb.keystore", "_reset_for_tests"),
-                            ("cencori_nb.transport", "_reset_for_tests"),
-                            ("cencori_nb.ledger", "_reset_for_tests"),
-                            ("cencori_nb.cache", "_reset_for_tests"),
-                            ("cencori_nb.jupyter.scrubber", "_reset_for_tests"),
-                            ("cencori_nb.pacing", "_reset_for_tests")):
+    for module_name, fn in (
+        ("cencori_nb.keystore", "_reset_for_tests"),
+        ("cencori_nb.transport", "_reset_for_tests"),
+        ("cencori_nb.ledger", "_reset_for_tests"),
+        ("cencori_nb.cache", "_reset_for_tests"),
+        ("cencori_nb.jupyter.scrubber", "_reset_for_tests"),
+        ("cencori_nb.pacing", "_reset_for_tests"),
+    ):
         if module_name in sys.modules:
             reset = getattr(importlib.import_module(module_name), fn, None)
             if reset is not None:
@@ -59,6 +70,7 @@ def _reset_process_state() -> None:
 # this process, and SIG_IGN survives exec: every child would then ignore Ctrl-C, and
 # _thread.interrupt_main() would do nothing. Python handlers, unlike SIG_IGN, are reset to
 # the default on exec, so installing Python's own handler here gives every child the default.
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _default_sigint() -> Iterator[None]:
@@ -88,8 +100,7 @@ def _track_http_clients() -> None:
     for cls in (httpx.Client, httpx.AsyncClient, httpx2.Client, httpx2.AsyncClient):
         original = cls.__init__
 
-        def tracking_init(self: Any, *args: Any, _original: Any = original,
-                          **kwargs: Any) -> None:
+        def tracking_init(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> None:
             _original(self, *args, **kwargs)
             _opened_clients.append(weakref.ref(self))
 
@@ -133,7 +144,7 @@ def _close_process_wide_objects() -> Iterator[None]:
     import sys
 
     _reset_process_state()
-    _close_clients_from(0)          # module-level clients of test files
+    _close_clients_from(0)  # module-level clients of test files
     shell_mod = sys.modules.get("IPython.core.interactiveshell")
     if shell_mod is not None and shell_mod.InteractiveShell.initialized():
         _close_shell(shell_mod.InteractiveShell.instance())
@@ -242,6 +253,7 @@ __all__ = ["CANARY", "all_bytes_under", "os"]
 
 
 # --- the offline sandbox (cencori_nb/sandbox) ------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def _sandbox_session() -> Iterator[object]:

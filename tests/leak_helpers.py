@@ -26,8 +26,8 @@ def _b64_cores(raw: bytes, encode: Any) -> list[bytes]:
     cores = []
     for offset in range(3):
         enc = encode(b"\0" * offset + raw).rstrip(b"=")
-        start = -(-8 * offset // 6)                     # first char made of raw bits only
-        end = (8 * (offset + len(raw))) // 6            # chars past this mix in what follows
+        start = -(-8 * offset // 6)  # first char made of raw bits only
+        end = (8 * (offset + len(raw))) // 6  # chars past this mix in what follows
         core = enc[start:end]
         if len(core) >= 8:
             cores.append(core)
@@ -54,7 +54,7 @@ def find(data: bytes | str, secrets: Mapping[str, str]) -> list[tuple[str, str, 
             for needle in needles:
                 at = blob.find(needle)
                 if at >= 0:
-                    context = blob[max(0, at - 60): at + len(needle) + 20]
+                    context = blob[max(0, at - 60) : at + len(needle) + 20]
                     hits.append((label, encoding, context.decode("utf-8", "replace")))
                     break
     return hits
@@ -73,16 +73,23 @@ def exception_texts(exc: BaseException) -> list[tuple[str, str]]:
         if id(e) in seen:
             continue
         seen.add(id(e))
-        out.append((f"{name} traceback with locals (pytest --showlocals, error trackers)",
-                    "".join(traceback.StackSummary.extract(
-                        traceback.walk_tb(_library_tb(e.__traceback__)),
-                        capture_locals=True).format())))
+        out.append(
+            (
+                f"{name} traceback with locals (pytest --showlocals, error trackers)",
+                "".join(
+                    traceback.StackSummary.extract(
+                        traceback.walk_tb(_library_tb(e.__traceback__)), capture_locals=True
+                    ).format()
+                ),
+            )
+        )
         out.append((f"{name} str", str(e)))
         out.append((f"{name} repr", repr(e)))
         out.append((f"{name} args", repr(e.args)))
         attrs = getattr(e, "__dict__", {})
-        out.append((f"{name} attributes", repr({k: v for k, v in attrs.items()
-                                                if not k.startswith("__")})))
+        out.append(
+            (f"{name} attributes", repr({k: v for k, v in attrs.items() if not k.startswith("__")}))
+        )
         for attr, value in attrs.items():
             if hasattr(value, "to_dict"):
                 out.append((f"{name}.{attr}.to_dict", repr(value.to_dict())))
@@ -101,8 +108,10 @@ _TESTS = str(Path(__file__).resolve().parent)
 def _library_tb(tb: TracebackType | None) -> TracebackType | None:
     """``tb`` without its leading frames in the tests (they hold the planted keys on
     purpose): what is left is the toolkit's and its libraries' frames."""
-    while tb is not None and (tb.tb_frame.f_code.co_filename.startswith(_TESTS)
-                              or "/_pytest/" in tb.tb_frame.f_code.co_filename):
+    while tb is not None and (
+        tb.tb_frame.f_code.co_filename.startswith(_TESTS)
+        or "/_pytest/" in tb.tb_frame.f_code.co_filename
+    ):
         tb = tb.tb_next
     return tb
 
@@ -112,8 +121,7 @@ def _verbose_tb(exc: BaseException) -> str:
     each executed line, along the whole cause/context chain)."""
     from IPython.core.ultratb import VerboseTB
 
-    return VerboseTB(theme_name="nocolor").text(type(exc), exc,
-                                                _library_tb(exc.__traceback__))
+    return VerboseTB(theme_name="nocolor").text(type(exc), exc, _library_tb(exc.__traceback__))
 
 
 def sqlite_dump(path: Path) -> str:
@@ -152,8 +160,9 @@ class Audit:
                 self.add(f"sqlite dump {p.relative_to(home)}", sqlite_dump(p))
         return files
 
-    def add_log_records(self, where: str, records: Iterable[logging.LogRecord],
-                        formatted: str = "") -> None:
+    def add_log_records(
+        self, where: str, records: Iterable[logging.LogRecord], formatted: str = ""
+    ) -> None:
         """Each record's rendered message, its raw args, its traceback text."""
         for r in records:
             name = f"{where} [{r.name} {r.levelname}]"
@@ -164,8 +173,7 @@ class Audit:
             self.add(f"{name} args", repr(r.args))
             self.add(f"{name} exc_text", r.exc_text or "")
             if r.exc_info and r.exc_info[1] is not None:
-                self.add(f"{name} exc_info",
-                         "".join(traceback.format_exception(r.exc_info[1])))
+                self.add(f"{name} exc_info", "".join(traceback.format_exception(r.exc_info[1])))
             self.add(f"{name} stack", r.stack_info or "")
         self.add(f"{where} formatted", formatted)
 

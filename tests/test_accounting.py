@@ -16,41 +16,76 @@ from cencori_nb.settings import update_project, update_settings
 from cencori_nb.types import Completion
 from cencori_nb.wallet import LowBalanceWarning
 
-GPT4O_COST = Decimal("0.0075")   # 1000 in / 500 out at $2.50 / $10 per MTok
+GPT4O_COST = Decimal("0.0075")  # 1000 in / 500 out at $2.50 / $10 per MTok
 
 
 def _completion(route: str = "managed", request_id: str = "req-1", **kw: object) -> Completion:
-    base: dict[str, object] = dict(text="hi", model="gpt-4o-2024-08-06", provider="openai",
-                                   route=route, input_tokens=1000, output_tokens=500,
-                                   request_id=request_id, project="proj",
-                                   model_requested="gpt-4o",
-                                   credential_source="keystore:cencori" if route == "managed"
-                                   else "keystore:openai", latency_ms=120.0, ttft_ms=40.0)
+    base: dict[str, object] = dict(
+        text="hi",
+        model="gpt-4o-2024-08-06",
+        provider="openai",
+        route=route,
+        input_tokens=1000,
+        output_tokens=500,
+        request_id=request_id,
+        project="proj",
+        model_requested="gpt-4o",
+        credential_source="keystore:cencori" if route == "managed" else "keystore:openai",
+        latency_ms=120.0,
+        ttft_ms=40.0,
+    )
     base.update(kw)
     return Completion(**base)  # type: ignore[arg-type]
 
 
 def _wallet_usage() -> list[tuple[str | None, Decimal]]:
-    return [(t.request_id, t.amount) for t in wallet.transactions(as_frame=False)
-            if t.kind == "usage"]
+    return [
+        (t.request_id, t.amount) for t in wallet.transactions(as_frame=False) if t.kind == "usage"
+    ]
 
 
 def test_managed_without_gateway_cost_is_provider_times_markup() -> None:
     """No gateway cost_usd → provider cost × 1.5; debited once; the row records it all."""
     wallet.top_up(25)
     c = accounting.settle(_completion())
-    assert c.provider_cost_usd == GPT4O_COST == genai_prices.calc_price(
-        genai_prices.Usage(input_tokens=1000, output_tokens=500), "gpt-4o-2024-08-06",
-        provider_id="openai").total_price
+    assert (
+        c.provider_cost_usd
+        == GPT4O_COST
+        == genai_prices.calc_price(
+            genai_prices.Usage(input_tokens=1000, output_tokens=500),
+            "gpt-4o-2024-08-06",
+            provider_id="openai",
+        ).total_price
+    )
     assert c.credits_charged_usd == Decimal("0.01125")
     assert c.price_version and c.price_version.startswith("genai-prices")
     assert wallet.balance() == Decimal("24.98875")
     (row,) = default_ledger().rows()
-    assert (row.request_id, row.status, row.route, row.model, row.model_requested,
-            row.provider_cost_usd, row.credits_charged_usd, row.latency_ms, row.ttft_ms,
-            row.credential_source, row.price_version) == (
-        "req-1", "ok", "managed", "gpt-4o-2024-08-06", "gpt-4o", GPT4O_COST,
-        Decimal("0.01125"), 120.0, 40.0, "keystore:cencori", c.price_version)
+    assert (
+        row.request_id,
+        row.status,
+        row.route,
+        row.model,
+        row.model_requested,
+        row.provider_cost_usd,
+        row.credits_charged_usd,
+        row.latency_ms,
+        row.ttft_ms,
+        row.credential_source,
+        row.price_version,
+    ) == (
+        "req-1",
+        "ok",
+        "managed",
+        "gpt-4o-2024-08-06",
+        "gpt-4o",
+        GPT4O_COST,
+        Decimal("0.01125"),
+        120.0,
+        40.0,
+        "keystore:cencori",
+        c.price_version,
+    )
 
 
 def test_managed_charge_is_the_gateway_cost_when_given() -> None:
@@ -69,11 +104,14 @@ def test_markup_setting_is_used() -> None:
     assert c.credits_charged_usd == GPT4O_COST * Decimal("1.2")
 
 
-@pytest.mark.parametrize(("policy", "fee", "expected"), [
-    ("zero", Decimal(0), Decimal(0)),
-    ("percent", Decimal(5), GPT4O_COST * Decimal("0.05")),
-    ("managed", Decimal(0), GPT4O_COST * Decimal("1.5")),
-])
+@pytest.mark.parametrize(
+    ("policy", "fee", "expected"),
+    [
+        ("zero", Decimal(0), Decimal(0)),
+        ("percent", Decimal(5), GPT4O_COST * Decimal("0.05")),
+        ("managed", Decimal(0), GPT4O_COST * Decimal("1.5")),
+    ],
+)
 def test_byok_policies(policy: str, fee: Decimal, expected: Decimal) -> None:
     """BYOK charges the wallet per the policy; the provider cost is always recorded."""
     wallet.top_up(25)
@@ -103,8 +141,10 @@ def test_a_provider_repeating_its_request_id_keeps_every_row_and_debit() -> None
     second = accounting.settle(_completion(request_id="dup"))
     assert first.client_id and second.client_id and first.client_id != second.client_id
     rows = default_ledger().rows()
-    assert [(r.request_id, r.client_id) for r in rows] == [("dup", first.client_id),
-                                                           ("dup", second.client_id)]
+    assert [(r.request_id, r.client_id) for r in rows] == [
+        ("dup", first.client_id),
+        ("dup", second.client_id),
+    ]
     assert _wallet_usage() == [("dup", Decimal("-0.01125"))] * 2
     assert wallet.balance() == Decimal(25) - 2 * Decimal("0.01125")
 
@@ -150,23 +190,39 @@ def test_low_balance_warning_from_settle() -> None:
     assert wallet.balance() == Decimal("5.005") - Decimal("0.01125")
 
 
-@pytest.mark.parametrize(("error", "code"), [
-    (CreditsExhaustedError("Credit balance exhausted.", status_code=403),
-     "credit_balance_exhausted"),
-    (SpendCapReachedError("Spend cap reached.", status_code=402), "spend_cap_reached"),
-])
-def test_gateway_403_402_leave_wallet_and_ledger_consistent(error: Exception,
-                                                            code: str) -> None:
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (
+            CreditsExhaustedError("Credit balance exhausted.", status_code=403),
+            "credit_balance_exhausted",
+        ),
+        (SpendCapReachedError("Spend cap reached.", status_code=402), "spend_cap_reached"),
+    ],
+)
+def test_gateway_403_402_leave_wallet_and_ledger_consistent(error: Exception, code: str) -> None:
     """A credits failure: one error row with its code, no debit, balance unchanged."""
     wallet.top_up(3)
-    accounting.record_failure(request_id="req-x", project="proj", provider="openai",
-                              model="gpt-4o", route="managed",
-                              credential_source="keystore:cencori", error=error,
-                              latency_ms=15.0)
+    accounting.record_failure(
+        request_id="req-x",
+        project="proj",
+        provider="openai",
+        model="gpt-4o",
+        route="managed",
+        credential_source="keystore:cencori",
+        error=error,
+        latency_ms=15.0,
+    )
     (row,) = default_ledger().rows()
-    assert (row.status, row.error_code, row.route, row.model_requested, row.latency_ms,
-            row.credits_charged_usd, row.provider_cost_usd) == (
-        "error", code, "managed", "gpt-4o", 15.0, Decimal(0), None)
+    assert (
+        row.status,
+        row.error_code,
+        row.route,
+        row.model_requested,
+        row.latency_ms,
+        row.credits_charged_usd,
+        row.provider_cost_usd,
+    ) == ("error", code, "managed", "gpt-4o", 15.0, Decimal(0), None)
     assert wallet.balance() == 3 and _wallet_usage() == []
 
 
@@ -190,8 +246,8 @@ def test_settle_of_a_cached_completion_records_cached() -> None:
 def test_hard_cap_refuses_before_sending() -> None:
     """Spend + estimate over the cap → BudgetExceededError saying spend, cap, how to raise."""
     update_project("proj", hard_cap_usd=Decimal("0.02"))
-    accounting.settle(_completion(request_id="a"))            # 0.01125 managed
-    accounting.check_budget("proj", Decimal("0.005"))         # 0.01625 <= 0.02: fine
+    accounting.settle(_completion(request_id="a"))  # 0.01125 managed
+    accounting.check_budget("proj", Decimal("0.005"))  # 0.01625 <= 0.02: fine
     with pytest.raises(BudgetExceededError) as info:
         accounting.check_budget("proj", Decimal("0.01"))
     err = info.value
@@ -200,13 +256,13 @@ def test_hard_cap_refuses_before_sending() -> None:
     assert "$0.0112" in text and "$0.0200" in text
     assert "update_project('proj', hard_cap_usd=" in text
     assert "cencori-nb credits budget" in text
-    accounting.check_budget("other-project", Decimal(100))    # no cap there
+    accounting.check_budget("other-project", Decimal(100))  # no cap there
 
 
 def test_hard_cap_counts_byok_provider_cost() -> None:
     """A BYOK request counts its provider price toward the project's cost."""
     update_project("proj", hard_cap_usd=Decimal("0.01"))
-    accounting.settle(_completion(route="byok"))             # 0.0075 paid to the provider
+    accounting.settle(_completion(route="byok"))  # 0.0075 paid to the provider
     assert accounting.month_cost("proj") == GPT4O_COST
     with pytest.raises(BudgetExceededError):
         accounting.check_budget("proj", Decimal("0.003"))
@@ -225,15 +281,18 @@ def test_soft_budget_warns_at_50_80_100_once_each() -> None:
     update_project("proj", soft_budget_usd=Decimal("0.02"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        accounting.settle(_completion(request_id="a"))       # 0.01125 → 56 %
-        accounting.settle(_completion(request_id="b"))       # 0.0225 → 112 %
-        accounting.settle(_completion(request_id="c"))       # still over: no new warning
+        accounting.settle(_completion(request_id="a"))  # 0.01125 → 56 %
+        accounting.settle(_completion(request_id="b"))  # 0.0225 → 112 %
+        accounting.settle(_completion(request_id="c"))  # still over: no new warning
         accounting.check_budget("proj", None)
     budget = [str(w.message) for w in caught if issubclass(w.category, BudgetWarning)]
     assert len(budget) == 3
     assert ["50%" in budget[0], "80%" in budget[1], "100%" in budget[2]] == [True] * 3
-    assert default_ledger().query("SELECT threshold FROM budget_alerts ORDER BY threshold") \
-        == [(50,), (80,), (100,)]
+    assert default_ledger().query("SELECT threshold FROM budget_alerts ORDER BY threshold") == [
+        (50,),
+        (80,),
+        (100,),
+    ]
 
 
 def test_money_modules_import_light() -> None:
@@ -241,10 +300,13 @@ def test_money_modules_import_light() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, cencori_nb.accounting, cencori_nb.reports, cencori_nb.charts, "
-            "cencori_nb.cli.money; "
-            "print(sorted(m for m in ('pandas', 'plotly', 'genai_prices.data') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=True).stdout.strip()
+    code = (
+        "import sys, cencori_nb.accounting, cencori_nb.reports, cencori_nb.charts, "
+        "cencori_nb.cli.money; "
+        "print(sorted(m for m in ('pandas', 'plotly', 'genai_prices.data') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.strip()
     assert out == "[]"

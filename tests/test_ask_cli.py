@@ -31,7 +31,8 @@ def _stdin(monkeypatch: pytest.MonkeyPatch, text: str, *, tty: bool = False) -> 
 
 
 def test_json_prints_one_object_with_the_documented_fields(
-        sbx: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    sbx: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     """--json: exactly the ten fields; money as decimal strings; then a cache hit."""
     assert main(["ask", "-m", "gpt-4o-mini", "--json", "Hello", "json"]) == 0
     out = capsys.readouterr().out
@@ -52,21 +53,38 @@ def test_json_prints_one_object_with_the_documented_fields(
 
 
 def test_streams_text_to_stdout_and_footer_to_stderr(
-        sbx: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    sbx: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["ask", "-m", "gpt-4o-mini", "Stream", "this"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("[sandbox reply from openai/gpt-4o-mini]")
     assert "Stream this" in captured.out
-    assert "gpt-4o-mini-2024-07-18 · BYOK" in captured.err   # OpenAI names the snapshot
+    assert "gpt-4o-mini-2024-07-18 · BYOK" in captured.err  # OpenAI names the snapshot
     assert sbx.stats["streams"] == 1
 
 
 def test_prompt_from_stdin_and_options_reach_the_wire(
-        sbx: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    sbx: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """stdin prompt, --system, --max-tokens, --temperature, --route managed, --no-stream."""
     _stdin(monkeypatch, "Piped prompt\n")
-    code = main(["ask", "-m", "gpt-4o-mini", "--route", "managed", "--system", "Be terse",
-                 "--max-tokens", "20", "--temperature", "0", "--no-stream", "--no-cache"])
+    code = main(
+        [
+            "ask",
+            "-m",
+            "gpt-4o-mini",
+            "--route",
+            "managed",
+            "--system",
+            "Be terse",
+            "--max-tokens",
+            "20",
+            "--temperature",
+            "0",
+            "--no-stream",
+            "--no-cache",
+        ]
+    )
     assert code == 0
     assert "Piped prompt" in capsys.readouterr().out
     sent = sbx.stats["recent"][-1]
@@ -83,16 +101,18 @@ def test_no_cache_sends_again(sbx: Any, capsys: pytest.CaptureFixture[str]) -> N
     assert sbx.stats["requests"] == 2
 
 
-def test_no_prompt_on_a_terminal_is_exit_1(capsys: pytest.CaptureFixture[str],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_prompt_on_a_terminal_is_exit_1(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     _stdin(monkeypatch, "", tty=True)
     assert main(["ask", "-m", "gpt-4o-mini"]) == 1
     err = capsys.readouterr().err
     assert "No prompt given" in err and "Traceback" not in err
 
 
-def test_not_configured_is_one_plain_line(sandbox_env: Any,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_not_configured_is_one_plain_line(
+    sandbox_env: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["ask", "-m", "claude-haiku-4-5", "hi"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("cencori-nb: ") and err.count("\n") == 1
@@ -105,13 +125,17 @@ def test_bad_route_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert info.value.code == 2
 
 
-@pytest.mark.parametrize("argv", [
-    ["ask", "--max-tokens", "{key}", "hi"],
-    ["ask", "--temperature", "{key}", "hi"],
-    ["ask", "--route", "{key}", "hi"],
-])
-def test_bad_option_values_are_not_echoed(argv: list[str], canary: str,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ask", "--max-tokens", "{key}", "hi"],
+        ["ask", "--temperature", "{key}", "hi"],
+        ["ask", "--route", "{key}", "hi"],
+    ],
+)
+def test_bad_option_values_are_not_echoed(
+    argv: list[str], canary: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A key pasted as an option value: usage error (2) that does not quote it."""
     with pytest.raises(SystemExit) as info:
         main([a.format(key=canary) for a in argv])

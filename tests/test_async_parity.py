@@ -88,16 +88,26 @@ _IDS = re.compile(r"\b(req|gen|chatcmpl|msg|resp)[_-][A-Za-z0-9_-]+|\b[0-9a-f]{3
 
 def _error(err: BaseException) -> dict[str, Any]:
     """An error as a person sees it (request ids masked: they differ per attempt)."""
-    return {"type": type(err).__name__, "message": _IDS.sub("<id>", str(err)),
-            "completion_text": getattr(getattr(err, "completion", None), "text", None)}
+    return {
+        "type": type(err).__name__,
+        "message": _IDS.sub("<id>", str(err)),
+        "completion_text": getattr(getattr(err, "completion", None), "text", None),
+    }
 
 
 def _completion(c: Any) -> dict[str, Any]:
-    return {"text": c.text, "route": c.route, "provider": c.provider, "cached": c.cached,
-            "estimated": c.estimated, "input_tokens": c.input_tokens,
-            "output_tokens": c.output_tokens, "cost_usd": c.cost_usd,
-            "credits_charged_usd": c.credits_charged_usd,
-            "credential_source": c.credential_source}
+    return {
+        "text": c.text,
+        "route": c.route,
+        "provider": c.provider,
+        "cached": c.cached,
+        "estimated": c.estimated,
+        "input_tokens": c.input_tokens,
+        "output_tokens": c.output_tokens,
+        "cost_usd": c.cost_usd,
+        "credits_charged_usd": c.credits_charged_usd,
+        "credential_source": c.credential_source,
+    }
 
 
 # --------------------------------------------------------------------------- the twins
@@ -117,6 +127,7 @@ def _async_chat(prompt: str, **kw: Any) -> dict[str, Any]:
             return _completion(await cencori_nb.achat(prompt, **kw))
         except errors.CencoriError as err:
             return {"error": _error(err)}
+
     return asyncio.run(go())
 
 
@@ -140,6 +151,7 @@ def _async_stream(prompt: str, **kw: Any) -> dict[str, Any]:
         except errors.CencoriError as err:
             return {"deltas": deltas, "error": _error(err)}
         return {"deltas": deltas, **_completion(s.completion)}
+
     return asyncio.run(go())
 
 
@@ -147,7 +159,7 @@ def _frame(df: Any) -> dict[str, Any]:
     row = df.drop(columns=["request_id"]).iloc[0].to_dict()
     if isinstance(row.get("error"), str):
         row["error"] = _IDS.sub("<id>", row["error"])
-    return {k: (None if v != v else v) for k, v in row.items()}   # NaN → None (NaN != NaN)
+    return {k: (None if v != v else v) for k, v in row.items()}  # NaN → None (NaN != NaN)
 
 
 def _sync_map(prompt: str, **kw: Any) -> dict[str, Any]:
@@ -163,6 +175,7 @@ def _async_map(prompt: str, **kw: Any) -> dict[str, Any]:
             return _frame(await cencori_nb.amap([prompt], progress=False, resume=False, **kw))
         except errors.CencoriError as err:
             return {"error": _error(err)}
+
     return asyncio.run(go())
 
 
@@ -175,8 +188,11 @@ TWINS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[..., dict[str, An
 
 def test_every_public_async_function_has_its_twin_here() -> None:
     """A new public async function in cencori_nb/__init__.py must join TWINS (or this fails)."""
-    public_async = {name for name in cencori_nb.__all__
-                    if name.startswith("a") and name[1:] in cencori_nb.__all__}
+    public_async = {
+        name
+        for name in cencori_nb.__all__
+        if name.startswith("a") and name[1:] in cencori_nb.__all__
+    }
     assert public_async == {"achat", "astream", "amap"}
     assert {pair.split("/")[1] for pair in TWINS} == public_async
 
@@ -195,7 +211,7 @@ class Observed:
 class Scenario:
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
-    faults: dict[str, str] = field(default_factory=dict)   # door prefix → X-Sandbox-Fault
+    faults: dict[str, str] = field(default_factory=dict)  # door prefix → X-Sandbox-Fault
     project: dict[str, Any] = field(default_factory=dict)  # settings.update_project(...)
     cencori_key: bool = True
     calls: int = 1
@@ -237,7 +253,7 @@ def _expect_no_fallback_after_401(face: str, obs: Observed) -> None:
         assert out["text"] is None and out["error"], out
     else:
         assert out["error"]["type"] == "AuthenticationError", out
-    assert _doors(obs) == [("/openai/v1/chat/completions", "401")]   # never the gateway
+    assert _doors(obs) == [("/openai/v1/chat/completions", "401")]  # never the gateway
     assert _statuses(obs) == [("error", "byok")]
 
 
@@ -250,15 +266,19 @@ def _expect_fallback(status: str) -> Callable[[str, Observed], None]:
         # fallback comes after the first answer
         tries = 1 if _is_map(face) else 2
         assert _doors(obs) == [("/openai/v1/chat/completions", status)] * tries + [
-            (MANAGED_DOOR, "200")]
-        hints = [r["key"] for r in obs.received]     # the BYOK key, then the project key
+            (MANAGED_DOOR, "200")
+        ]
+        hints = [r["key"] for r in obs.received]  # the BYOK key, then the project key
         assert len(set(hints[:tries])) == 1 and hints[-1] not in hints[:tries], hints
         assert [r["credential_source"].split(":", 1)[1] for r in obs.rows] == [
-            "byok:openai", "managed:cencori"]
+            "byok:openai",
+            "managed:cencori",
+        ]
         assert [r["fault"] for r in obs.received] == [status] * tries + [None]
         assert _statuses(obs) == [("error", "byok"), ("ok", "managed")]
         assert obs.rows[0]["error_code"] and obs.rows[0]["credits_charged_usd"] == 0
         assert obs.rows[1]["credits_charged_usd"] > 0
+
     return check
 
 
@@ -268,7 +288,7 @@ def _expect_raised_503(face: str, obs: Observed) -> None:
         assert out["text"] is None and out["error"], out
     else:
         assert out["error"]["type"] == "ProviderUnavailableError", out
-    assert _doors(obs) == [("/openai/v1/chat/completions", "503")] * 2   # never the gateway
+    assert _doors(obs) == [("/openai/v1/chat/completions", "503")] * 2  # never the gateway
     # chat and stream: one attempt with one transport retry, one row; a batch retries the
     # row itself (each try its own attempt and row)
     assert _statuses(obs) == [("error", "byok")] * (2 if _is_map(face) else 1)
@@ -290,7 +310,8 @@ def _expect_refused(error_type: str, words: str) -> Callable[[str, Observed], No
         if not _is_map(face):
             assert out["error"]["type"] == error_type, out
         assert words in message.lower(), message
-        assert obs.received == [] and obs.rows == []      # refused before anything was sent
+        assert obs.received == [] and obs.rows == []  # refused before anything was sent
+
     return check
 
 
@@ -320,36 +341,72 @@ def _expect_stream_error(face: str, obs: Observed) -> None:
     assert out["error"]["type"] == "ProviderUnavailableError", out
     assert out["deltas"] and out["error"]["completion_text"] == "".join(out["deltas"])
     assert [(r["status"], r["route"], r["estimated"]) for r in obs.rows] == [
-        ("interrupted", "byok", True)]
+        ("interrupted", "byok", True)
+    ]
 
 
 SCENARIOS = [
     Scenario("byok", {"model": MODEL}, expect=_expect_byok_ok),
     Scenario("managed", {"model": MODEL, "route": "managed"}, expect=_expect_managed_ok),
-    Scenario("401-no-fallback", {"model": MODEL}, faults={BYOK_DOOR: "401"},
-             project={"allow_fallback": True}, expect=_expect_no_fallback_after_401),
-    Scenario("503-fallback", {"model": MODEL, "retries": 1}, faults={BYOK_DOOR: "503"},
-             project={"allow_fallback": True}, expect=_expect_fallback("503")),
-    Scenario("429-fallback", {"model": MODEL, "retries": 1}, faults={BYOK_DOOR: "429"},
-             project={"allow_fallback": True}, expect=_expect_fallback("429")),
-    Scenario("503-fallback-off", {"model": MODEL, "retries": 1}, faults={BYOK_DOOR: "503"},
-             expect=_expect_raised_503),
+    Scenario(
+        "401-no-fallback",
+        {"model": MODEL},
+        faults={BYOK_DOOR: "401"},
+        project={"allow_fallback": True},
+        expect=_expect_no_fallback_after_401,
+    ),
+    Scenario(
+        "503-fallback",
+        {"model": MODEL, "retries": 1},
+        faults={BYOK_DOOR: "503"},
+        project={"allow_fallback": True},
+        expect=_expect_fallback("503"),
+    ),
+    Scenario(
+        "429-fallback",
+        {"model": MODEL, "retries": 1},
+        faults={BYOK_DOOR: "429"},
+        project={"allow_fallback": True},
+        expect=_expect_fallback("429"),
+    ),
+    Scenario(
+        "503-fallback-off",
+        {"model": MODEL, "retries": 1},
+        faults={BYOK_DOOR: "503"},
+        expect=_expect_raised_503,
+    ),
     Scenario("cache-hit", {"model": MODEL}, calls=2, expect=_expect_cache_hit),
-    Scenario("hard-cap", {"model": MODEL}, project={"hard_cap_usd": Decimal("0.000001")},
-             expect=_expect_refused("BudgetExceededError", "hard cap")),
-    Scenario("cost-confirmation", {"model": MODEL, "max_cost_usd": Decimal("0.0000001")},
-             expect=_expect_refused("CostConfirmationError", "nothing was sent")),
+    Scenario(
+        "hard-cap",
+        {"model": MODEL},
+        project={"hard_cap_usd": Decimal("0.000001")},
+        expect=_expect_refused("BudgetExceededError", "hard cap"),
+    ),
+    Scenario(
+        "cost-confirmation",
+        {"model": MODEL, "max_cost_usd": Decimal("0.0000001")},
+        expect=_expect_refused("CostConfirmationError", "nothing was sent"),
+    ),
     Scenario("cut", {"model": MODEL}, faults={BYOK_DOOR: "truncate"}, expect=_expect_cut),
-    Scenario("stream-error", {"model": MODEL}, faults={BYOK_DOOR: "stream-error"},
-             expect=_expect_stream_error),
+    Scenario(
+        "stream-error",
+        {"model": MODEL},
+        faults={BYOK_DOOR: "stream-error"},
+        expect=_expect_stream_error,
+    ),
 ]
 
 
 # --------------------------------------------------------------------------- the runner
 
 
-def _observe(face: Callable[..., dict[str, Any]], scenario: Scenario, sbx: SandboxServer,
-             home: Path, monkeypatch: pytest.MonkeyPatch) -> Observed:
+def _observe(
+    face: Callable[..., dict[str, Any]],
+    scenario: Scenario,
+    sbx: SandboxServer,
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Observed:
     """Run one face of one scenario in a fresh home against the reset sandbox."""
     monkeypatch.setenv("CENCORI_NB_HOME", str(home))
     settings._cache = None
@@ -363,19 +420,40 @@ def _observe(face: Callable[..., dict[str, Any]], scenario: Scenario, sbx: Sandb
     if scenario.project:
         settings.update_project("default", **scenario.project)
     faults.plan = dict(scenario.faults)
-    outcomes = [face(f"Parity scenario {scenario.name}: say something", **scenario.kwargs)
-                for _ in range(scenario.calls)]
+    outcomes = [
+        face(f"Parity scenario {scenario.name}: say something", **scenario.kwargs)
+        for _ in range(scenario.calls)
+    ]
     led = default_ledger()
     led.flush()
-    rows = [{k: getattr(r, k) for k in (
-        "status", "route", "provider", "model", "model_requested", "credential_source",
-        "error_code", "input_tokens", "output_tokens", "provider_cost_usd",
-        "credits_charged_usd", "cost_usd", "estimated", "test_mode", "project")}
-        for r in led.rows()]
-    received = [{k: v for k, v in r.items() if k not in ("request_id", "headers")}
-                | {"headers": {k: v for k, v in r["headers"].items()
-                               if k not in ("content-length",)}}
-                for r in sbx.stats["recent"]]
+    rows = [
+        {
+            k: getattr(r, k)
+            for k in (
+                "status",
+                "route",
+                "provider",
+                "model",
+                "model_requested",
+                "credential_source",
+                "error_code",
+                "input_tokens",
+                "output_tokens",
+                "provider_cost_usd",
+                "credits_charged_usd",
+                "cost_usd",
+                "estimated",
+                "test_mode",
+                "project",
+            )
+        }
+        for r in led.rows()
+    ]
+    received = [
+        {k: v for k, v in r.items() if k not in ("request_id", "headers")}
+        | {"headers": {k: v for k, v in r["headers"].items() if k not in ("content-length",)}}
+        for r in sbx.stats["recent"]
+    ]
     return Observed(outcomes, rows, received)
 
 
@@ -388,15 +466,20 @@ def no_sleep() -> Any:
 
 @pytest.mark.parametrize("pair", list(TWINS))
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
-def test_sync_and_async_twins_agree(pair: str, scenario: Scenario, sandbox_env: SandboxServer,
-                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                    no_sleep: None) -> None:
+def test_sync_and_async_twins_agree(
+    pair: str,
+    scenario: Scenario,
+    sandbox_env: SandboxServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_sleep: None,
+) -> None:
     sync_face, async_face = TWINS[pair]
     sync = _observe(sync_face, scenario, sandbox_env, tmp_path / "sync-home", monkeypatch)
     asyn = _observe(async_face, scenario, sandbox_env, tmp_path / "async-home", monkeypatch)
     assert scenario.expect is not None
-    scenario.expect(pair, sync)            # the sync face does what the scenario says…
-    scenario.expect(pair, asyn)            # …and so does its twin,
+    scenario.expect(pair, sync)  # the sync face does what the scenario says…
+    scenario.expect(pair, asyn)  # …and so does its twin,
     assert asyn.outcomes == sync.outcomes  # with the same result,
-    assert asyn.rows == sync.rows          # the same ledger rows,
+    assert asyn.rows == sync.rows  # the same ledger rows,
     assert asyn.received == sync.received  # and the same requests at the server.

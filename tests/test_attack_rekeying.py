@@ -35,7 +35,7 @@ from tests.test_keystore import _FakeSecureKeyring
 
 OPENAI = "sk-proj-" + "A1b2C3d4E5f6G7h8"
 ANTHROPIC = "sk-ant-" + "Z9y8X7w6V5u4T3s2"
-LATER = "gsk_" + "written-after-the-change-0001"     # a key set after the re-keying
+LATER = "gsk_" + "written-after-the-change-0001"  # a key set after the re-keying
 OLD_PHRASE, NEW_PHRASE = "old passphrase one", "new passphrase two"
 
 
@@ -67,8 +67,9 @@ def _assert_dek_opens_nothing(dek: bytes, path: Path) -> None:
     assert doc["records"]
     for entry in doc["records"]:
         with pytest.raises(crypto.InvalidTag):
-            crypto.open_record(dek, entry["project"], entry["provider"],
-                               crypto.Sealed.from_json(entry))
+            crypto.open_record(
+                dek, entry["project"], entry["provider"], crypto.Sealed.from_json(entry)
+            )
     body = {k: v for k, v in doc.items() if k != "mac"}
     mac = crypto.Sealed(crypto.b64d(doc["mac"]["nonce"]), crypto.b64d(doc["mac"]["tag"]))
     with pytest.raises(crypto.InvalidTag):
@@ -86,8 +87,10 @@ def _copy_store(home: Path, dest: Path) -> Path:
 
 # --------------------------------------------------------------------------- re-keying
 
+
 def test_old_copy_and_old_passphrase_open_nothing_written_after_a_change(
-        private_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Copy the file, change the passphrase, set a new key: the old file + the old
     passphrase give a data key that opens no new record; the new file + the old
     passphrase (and the backup + the old passphrase) do not open."""
@@ -114,7 +117,8 @@ def test_old_copy_and_old_passphrase_open_nothing_written_after_a_change(
 
 
 def test_records_spliced_into_the_old_copy_do_not_open(
-        private_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """The attacker grafts the new records into the old file they can open: refused."""
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", OLD_PHRASE)
     keys.set("openai", OPENAI)
@@ -130,9 +134,9 @@ def test_records_spliced_into_the_old_copy_do_not_open(
         KeyStore(old_copy)._reload(passphrase=OLD_PHRASE)
 
 
-def test_switch_from_key_file_to_passphrase_rekeys(private_home: Path,
-                                                   monkeypatch: pytest.MonkeyPatch,
-                                                   tmp_path: Path) -> None:
+def test_switch_from_key_file_to_passphrase_rekeys(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Old store + old key file: its data key opens no record written after the switch;
     the key file itself is deleted."""
     keys.set("openai", OPENAI)
@@ -165,8 +169,11 @@ def test_switch_from_keyring_to_passphrase_rekeys(private_home: Path, tmp_path: 
 
 
 def test_passphrase_in_the_environment_switches_a_weaker_store_before_writing(
-        private_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+    private_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """CENCORI_NB_PASSPHRASE set on a key-file store: the next write switches it to the
     passphrase (new data key, key file deleted) instead of writing under the key file."""
     keys.set("openai", OPENAI)
@@ -186,7 +193,8 @@ def test_passphrase_in_the_environment_switches_a_weaker_store_before_writing(
 
 
 def test_rotate_keeps_the_passphrase_and_switches_a_weaker_store(
-        private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    private_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """rotate on a passphrase store stays a passphrase store (no key file appears, the
     same passphrase opens it, a new data key); on a key-file store with the passphrase
     set, it switches."""
@@ -211,8 +219,8 @@ def test_rotate_keeps_the_passphrase_and_switches_a_weaker_store(
 
 # --------------------------------------------------------------------------- rollback
 
-def test_an_old_copy_put_back_is_refused_until_accepted(private_home: Path,
-                                                        tmp_path: Path) -> None:
+
+def test_an_old_copy_put_back_is_refused_until_accepted(private_home: Path, tmp_path: Path) -> None:
     """Restoring an older generation: every read and write refuses with the way to accept
     it; nothing is written; accepting re-keys it as the newest generation."""
     keys.set("openai", OPENAI)
@@ -224,9 +232,13 @@ def test_an_old_copy_put_back_is_refused_until_accepted(private_home: Path,
     for item in old_copy.parent.iterdir():
         shutil.copy2(item, private_home / item.name)
     planted = path.read_bytes()
-    for attempt in (lambda: _fresh().get("openai"), lambda: keys.set("groq", LATER),
-                    lambda: keys.status(), lambda: keys.rotate(),
-                    lambda: keys.change_passphrase(NEW_PHRASE)):
+    for attempt in (
+        lambda: _fresh().get("openai"),
+        lambda: keys.set("groq", LATER),
+        lambda: keys.status(),
+        lambda: keys.rotate(),
+        lambda: keys.change_passphrase(NEW_PHRASE),
+    ):
         with pytest.raises(KeystoreError) as info:
             attempt()
         assert info.value.code == "keystore_rollback", info.value
@@ -238,7 +250,8 @@ def test_an_old_copy_put_back_is_refused_until_accepted(private_home: Path,
 
 
 def test_the_abandoned_newer_copy_is_refused_after_an_accepted_rollback(
-        private_home: Path, tmp_path: Path) -> None:
+    private_home: Path, tmp_path: Path
+) -> None:
     """After accepting generation 1 back, the generation-3 copy someone kept is older than
     what was written since, so it is refused too."""
     keys.set("openai", OPENAI)
@@ -256,8 +269,9 @@ def test_the_abandoned_newer_copy_is_refused_after_an_accepted_rollback(
     assert info.value.code == "keystore_rollback"
 
 
-def test_deleting_the_store_does_not_reset_the_generation(private_home: Path,
-                                                          tmp_path: Path) -> None:
+def test_deleting_the_store_does_not_reset_the_generation(
+    private_home: Path, tmp_path: Path
+) -> None:
     """Delete the store, set keys again: generations continue past the old ones, so the
     old copy is still refused."""
     keys.set("openai", OPENAI)
@@ -292,9 +306,11 @@ def test_generation_record_damaged_or_missing(private_home: Path) -> None:
 
 # --------------------------------------------------------------------------- passphrase input
 
+
 @pytest.mark.parametrize("value", ["", "   ", "\t\n"], ids=["empty", "spaces", "whitespace"])
 def test_empty_passphrase_is_refused_never_a_key_file_store(
-        private_home: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
     """CENCORI_NB_PASSPHRASE set but blank: a KeystoreError, no store, no key file."""
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", value)
     with pytest.raises(KeystoreError) as info:
@@ -306,7 +322,8 @@ def test_empty_passphrase_is_refused_never_a_key_file_store(
 
 
 def test_passphrase_that_is_not_utf8_gets_a_clear_error(
-        private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    private_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Bytes the locale could not decode (lone surrogates in os.environ) or given to
     change_passphrase: a KeystoreError, never UnicodeEncodeError."""
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "caf\udce9 au lait")
@@ -328,16 +345,22 @@ def test_non_utf8_passphrase_from_a_real_environment(private_home: Path) -> None
     env[b"CENCORI_NB_HOME"] = os.fsencode(private_home)
     env[b"CENCORI_NB_PASSPHRASE"] = b"caf\xe9-latin-1"
     env[b"LC_ALL"] = b"C.UTF-8"
-    proc = subprocess.run([sys.executable, "-m", "cencori_nb", "keys", "set", "openai"],
-                          input=OPENAI.encode(), capture_output=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cencori_nb", "keys", "set", "openai"],
+        input=OPENAI.encode(),
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 1 and len(err.splitlines()) == 1, err
     assert "UTF-8" in err and "Traceback" not in err
     assert not _path(private_home).exists()
 
 
-def test_wrong_passphrase_names_the_usual_causes(private_home: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_passphrase_names_the_usual_causes(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Trailing whitespace is spotted (and whether the trimmed one opens); another
     shell is named; the backup is suggested only when it opens with that passphrase."""
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", OLD_PHRASE)
@@ -348,7 +371,7 @@ def test_wrong_passphrase_names_the_usual_causes(private_home: Path,
     text = str(info.value)
     assert "space or line break at its start or end" in text and "remove it" in text
     assert "another shell" in text
-    assert "keystore.bak" not in text          # no backup exists yet that opens with it
+    assert "keystore.bak" not in text  # no backup exists yet that opens with it
 
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "entirely different")
     with pytest.raises(WrongPassphraseError) as info:
@@ -358,7 +381,7 @@ def test_wrong_passphrase_names_the_usual_causes(private_home: Path,
     # a damaged header on the current file (its check and wrapped key replaced by a
     # store under another passphrase): the backup, which opens, is suggested
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", OLD_PHRASE)
-    keys.set("groq", LATER)                    # the backup now holds generation 1
+    keys.set("groq", LATER)  # the backup now holds generation 1
     path = _path(private_home)
     other = private_home / "other.json"
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "someone else")
@@ -391,25 +414,46 @@ def _snapshot(home: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(home.iterdir()) if p.is_file()}
 
 
-def _run_limited(home: Path, limit: int, argv: list[str], stdin: str = "",
-                 **env: str) -> subprocess.CompletedProcess:
+def _run_limited(
+    home: Path, limit: int, argv: list[str], stdin: str = "", **env: str
+) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, CENCORI_NB_HOME=str(home), PYTHONDONTWRITEBYTECODE="1", **env)
-    return subprocess.run([sys.executable, "-c", _FSIZE, str(limit), *argv], input=stdin,
-                          text=True, capture_output=True, env=full_env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", _FSIZE, str(limit), *argv],
+        input=stdin,
+        text=True,
+        capture_output=True,
+        env=full_env,
+        timeout=120,
+    )
 
 
-@pytest.mark.parametrize(("argv", "stdin", "passphrase"), [
-    (["keys", "set", "groq"], LATER, None),
-    (["keys", "rotate"], "", None),
-    (["keys", "passphrase"], NEW_PHRASE + "\n", None),
-    (["keys", "disable", "openai"], "", None),
-    (["keys", "set", "groq"], LATER, OLD_PHRASE),
-    (["keys", "passphrase"], f"{OLD_PHRASE}\n{NEW_PHRASE}\n", OLD_PHRASE),
-], ids=["set", "rotate", "switch-to-passphrase", "disable", "set-passphrase-store",
-        "change-passphrase"])
+@pytest.mark.parametrize(
+    ("argv", "stdin", "passphrase"),
+    [
+        (["keys", "set", "groq"], LATER, None),
+        (["keys", "rotate"], "", None),
+        (["keys", "passphrase"], NEW_PHRASE + "\n", None),
+        (["keys", "disable", "openai"], "", None),
+        (["keys", "set", "groq"], LATER, OLD_PHRASE),
+        (["keys", "passphrase"], f"{OLD_PHRASE}\n{NEW_PHRASE}\n", OLD_PHRASE),
+    ],
+    ids=[
+        "set",
+        "rotate",
+        "switch-to-passphrase",
+        "disable",
+        "set-passphrase-store",
+        "change-passphrase",
+    ],
+)
 def test_file_size_limit_is_a_keystore_error_and_changes_nothing(
-        private_home: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], stdin: str,
-        passphrase: str | None) -> None:
+    private_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    stdin: str,
+    passphrase: str | None,
+) -> None:
     """RLIMIT_FSIZE below the store's size (EFBIG): exit 1, one line naming the file and
     what to do; every file in the home byte for byte as before (no temp, no new key file,
     no generation bump)."""
@@ -465,8 +509,11 @@ def test_read_only_directory_is_a_keystore_error(tmp_path: Path) -> None:
     store.set_key("anthropic", ANTHROPIC, project="default")
     before = _snapshot(directory)
     with _read_only_dir(directory):
-        for write in (lambda: store.set_key("groq", LATER, project="default"),
-                      store.rotate, lambda: store.change_passphrase(NEW_PHRASE)):
+        for write in (
+            lambda: store.set_key("groq", LATER, project="default"),
+            store.rotate,
+            lambda: store.change_passphrase(NEW_PHRASE),
+        ):
             with pytest.raises(KeystoreError) as info:
                 write()
             assert info.value.code == "keystore_write_failed"
@@ -479,9 +526,14 @@ def test_read_only_directory_is_a_keystore_error(tmp_path: Path) -> None:
 @contextlib.contextmanager
 def _tmpfs(mount: Path, size: str) -> Iterator[None]:
     mount.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or subprocess.run(
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
             ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount)],
-            capture_output=True).returncode != 0:
+            capture_output=True,
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         yield
@@ -500,14 +552,16 @@ def test_full_disk_is_a_keystore_error(tmp_path: Path) -> None:
             while True:
                 fh.write(b"\0" * 1024)
         before = _snapshot(mount)
-        for write in (lambda: store.set_key("groq", LATER * 20, project="default", force=True),
-                      store.rotate):
+        for write in (
+            lambda: store.set_key("groq", LATER * 20, project="default", force=True),
+            store.rotate,
+        ):
             with pytest.raises(KeystoreError) as info:
                 write()
             assert "ENOSPC" in str(info.value) and "Free some space" in str(info.value)
             assert _snapshot(mount) == before
         filler.unlink()
-        store.set_key("groq", LATER, project="default")      # works again once freed
+        store.set_key("groq", LATER, project="default")  # works again once freed
         assert KeyStore(mount / "keystore.json").get("groq", "default") is not None
 
 
@@ -518,14 +572,18 @@ def test_read_only_file_system_is_a_keystore_error(tmp_path: Path) -> None:
         store = KeyStore(mount / "keystore.json")
         store.set_key("openai", OPENAI, project="default")
         before = _snapshot(mount)
-        if subprocess.run(["mount", "-o", "remount,ro", str(mount)],
-                          capture_output=True).returncode != 0:
+        if (
+            subprocess.run(
+                ["mount", "-o", "remount,ro", str(mount)], capture_output=True
+            ).returncode
+            != 0
+        ):
             pytest.skip("cannot remount read-only here")
         with pytest.raises(KeystoreError) as info:
             store.set_key("groq", LATER, project="default")
         assert "EROFS" in str(info.value) and "read-only file system" in str(info.value)
         assert _snapshot(mount) == before
-        keystore._reset_for_tests()                 # reading still works
+        keystore._reset_for_tests()  # reading still works
         assert KeyStore(mount / "keystore.json").get("openai", "default") is not None
 
 
@@ -561,8 +619,8 @@ print("rotated", rounds, flush=True)
 
 @pytest.mark.parametrize("phrase", ["", "shared phrase"], ids=["keyfile", "passphrase"])
 def test_readers_never_fail_while_another_process_rekeys(
-        private_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-        phrase: str) -> None:
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, phrase: str
+) -> None:
     """Two reader processes open the store cold, again and again, while a third rotates
     (and changes the passphrase): no read fails (a reader that read a generation whose key
     file was just retired waits for the lock and reads the next)."""
@@ -571,15 +629,26 @@ def test_readers_never_fail_while_another_process_rekeys(
     keys.set("openai", OPENAI)
     done = tmp_path / "done"
     env = dict(os.environ, CENCORI_NB_HOME=str(private_home))
-    readers = [subprocess.Popen([sys.executable, "-c", _READER, str(_path(private_home)),
-                                 str(done), OPENAI], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    readers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _READER, str(_path(private_home)), str(done), OPENAI],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     try:
         for reader in readers:
             assert reader.stdout is not None and reader.stdout.readline().strip() == "ready"
-        rotator = subprocess.run([sys.executable, "-c", _ROTATOR, str(done),
-                                  "25" if not phrase else "8", phrase], env=env,
-                                 capture_output=True, text=True, timeout=300)
+        rotator = subprocess.run(
+            [sys.executable, "-c", _ROTATOR, str(done), "25" if not phrase else "8", phrase],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert rotator.returncode == 0, rotator.stderr
         for reader in readers:
             out, err = reader.communicate(timeout=300)
@@ -595,8 +664,9 @@ def test_readers_never_fail_while_another_process_rekeys(
     assert _fresh().get("openai").api_key.reveal() == OPENAI  # type: ignore[union-attr]
 
 
-def test_a_reader_waits_for_a_writer_holding_the_lock(private_home: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_reader_waits_for_a_writer_holding_the_lock(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A reader whose first read fails because the key file it names was just retired takes
     the lock (here held by "another writer" for a moment) and reads the next generation."""
     import filelock
@@ -604,7 +674,7 @@ def test_a_reader_waits_for_a_writer_holding_the_lock(private_home: Path,
     keys.set("openai", OPENAI)
     path = _path(private_home)
     stale = path.read_bytes()
-    keys.rotate()                                  # retires the key file ``stale`` names
+    keys.rotate()  # retires the key file ``stale`` names
     fresh_bytes = path.read_bytes()
     reader = KeyStore(path)
     real_read = Path.read_bytes
@@ -661,7 +731,8 @@ print("changed", flush=True)
 
 
 def test_a_reader_with_the_new_passphrase_waits_for_the_change(
-        private_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Another process is changing the passphrase (it holds the lock, the file is still the
     old generation). A reader with the old passphrase reads the previous generation; a
     reader that already has the new one fails its first read, waits for the lock, and
@@ -670,9 +741,13 @@ def test_a_reader_with_the_new_passphrase_waits_for_the_change(
     keys.set("openai", OPENAI)
     marker, go = tmp_path / "holding", tmp_path / "go"
     env = dict(os.environ, CENCORI_NB_HOME=str(private_home))
-    writer = subprocess.Popen([sys.executable, "-c", _SLOW_CHANGER, str(marker), str(go),
-                               OLD_PHRASE, NEW_PHRASE], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_CHANGER, str(marker), str(go), OLD_PHRASE, NEW_PHRASE],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for _ in range(6000):
             if marker.exists() or writer.poll() is not None:

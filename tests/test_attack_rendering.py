@@ -82,8 +82,9 @@ def test_error_and_notice_lines_are_inert(payload: str) -> None:
 
 def test_markdown_still_formats_and_shows_raw_html_as_text() -> None:
     """Neutralised, not destroyed: markdown formatting stays; raw HTML is shown as text."""
-    out = render_completion("**bold** and <img src=x onerror=alert(1)> and "
-                            "[safe](https://example.com)", "f", "markdown").bundle["text/html"]
+    out = render_completion(
+        "**bold** and <img src=x onerror=alert(1)> and [safe](https://example.com)", "f", "markdown"
+    ).bundle["text/html"]
     assert "<strong>bold</strong>" in out
     assert "&lt;img src=x onerror=alert(1)&gt;" in out
     assert '<a href="https://example.com" rel="noopener noreferrer nofollow">safe</a>' in out
@@ -95,7 +96,8 @@ def test_unsafe_html_is_the_only_way_to_raw_html() -> None:
     assert raw in render_completion(raw, "f", "html", unsafe_html=True).bundle["text/html"]
     for fmt in ("markdown", "text", "code", "json"):
         assert raw not in render_completion(raw, "f", fmt, unsafe_html=True).bundle.get(
-            "text/html", "")
+            "text/html", ""
+        )
 
 
 # ----------------------------------------------------------------------------- the magic
@@ -119,15 +121,16 @@ def run(shell: InteractiveShell, source: str) -> CapturedIO:
     return cap
 
 
-@pytest.mark.parametrize("options", ["", "--no-stream", "-f html", "-f text", "-f code",
-                                     "-f json --no-stream"])
+@pytest.mark.parametrize(
+    "options", ["", "--no-stream", "-f html", "-f text", "-f code", "-f json --no-stream"]
+)
 def test_magic_shows_a_hostile_reply_as_data(shell: InteractiveShell, options: str) -> None:
     """The sandbox answers with every payload at once; every output of the cell (each
     stream redraw included) is inert, and the reply object keeps the text exactly."""
     cap = run(shell, f"%%cencori {options} --no-cache -o reply\nSANDBOX-ECHO:{ALL_IN_ONE}")
     assert shell.user_ns["reply"].text == ALL_IN_ONE.rstrip()
     if "--no-stream" not in options:
-        assert len(cap.outputs) > 10            # the redraws are there, and each is checked
+        assert len(cap.outputs) > 10  # the redraws are there, and each is checked
     for output in cap.outputs:
         assert_inert(output.data)
 
@@ -147,19 +150,20 @@ def test_provider_error_text_is_one_inert_line(shell: InteractiveShell, options:
     cap = run(shell, f"%%cencori {options} --no-cache\nSANDBOX-ERROR:{ALL_IN_ONE}")
     errors = [o.data for o in cap.outputs if "cencori-error" in o.data.get("text/html", "")]
     assert len(errors) == 1
-    assert "window.__xss" in html.unescape(errors[0]["text/html"])   # shown, as text
+    assert "window.__xss" in html.unescape(errors[0]["text/html"])  # shown, as text
     for output in cap.outputs:
         assert_inert(output.data)
 
 
-def test_unsafe_html_without_html_format_is_refused(shell: InteractiveShell,
-                                                    sandbox_env: Any) -> None:
+def test_unsafe_html_without_html_format_is_refused(
+    shell: InteractiveShell, sandbox_env: Any
+) -> None:
     before = sandbox_env.stats["requests"]
     cap = run(shell, "%%cencori --unsafe-html --no-cache\nSANDBOX-ECHO:<b>x</b>")
     assert [o.data["text/plain"] for o in cap.outputs] == [
-        "cencori: --unsafe-html only applies to -f html (other formats never show a reply's "
-        "HTML)."]
-    assert sandbox_env.stats["requests"] == before        # refused before sending
+        "cencori: --unsafe-html only applies to -f html (other formats never show a reply's HTML)."
+    ]
+    assert sandbox_env.stats["requests"] == before  # refused before sending
 
 
 @pytest.mark.parametrize("payload", TEXTS, ids=IDS)
@@ -167,8 +171,15 @@ def test_completion_repr_is_inert(payload: str) -> None:
     """A Completion left as a cell's Out (``reply`` on its own line)."""
     from cencori_nb.types import Completion
 
-    c = Completion(text=payload, model=payload, provider="openai", route="byok",
-                   input_tokens=1, output_tokens=1, provider_cost_usd=Decimal(0))
+    c = Completion(
+        text=payload,
+        model=payload,
+        provider="openai",
+        route="byok",
+        input_tokens=1,
+        output_tokens=1,
+        provider_cost_usd=Decimal(0),
+    )
     assert_inert(c._repr_mimebundle_())
 
 
@@ -183,19 +194,18 @@ def test_panel_status_and_hints_are_inert(payload: str) -> None:
     panel = setup()
     panel._say(payload, ok=False)
     assert executable_constructs(panel.status.value) == []
-    assert html.escape(payload) in panel.status.value       # shown whole, as text
+    assert html.escape(payload) in panel.status.value  # shown whole, as text
     panel._say(f"Key test failed: {payload}", ok=True)
     assert executable_constructs(panel.status.value) == []
 
 
-def test_panel_test_key_shows_the_providers_hostile_model_name_as_text(
-        sandbox_env: Any) -> None:
+def test_panel_test_key_shows_the_providers_hostile_model_name_as_text(sandbox_env: Any) -> None:
     """Test key over the real sandbox, the error path: the panel's line is inert."""
     pytest.importorskip("ipywidgets")
     from cencori_nb import keys
     from cencori_nb.widgets import setup
 
-    keys.set("openai", "sk-sandbox-demo-openai-revoked")   # the sandbox only sees demo keys
+    keys.set("openai", "sk-sandbox-demo-openai-revoked")  # the sandbox only sees demo keys
     panel = setup()
     panel.select("openai")
     panel.test_key()
@@ -214,7 +224,7 @@ def test_progress_widget_is_inert(payload: str) -> None:
     assert executable_constructs(w.label.value) == []
     w.close(3, 2, Decimal("0.02"), note=f"stopped: {payload}")
     assert executable_constructs(w.label.value) == []
-    assert w.text.endswith(payload)               # the text itself is kept, as data
+    assert w.text.endswith(payload)  # the text itself is kept, as data
 
 
 # ----------------------------------------------------------------------------- DataFrames
@@ -235,8 +245,8 @@ def test_map_frame_html_is_inert(sandbox_env: Any) -> None:
     keys.set("openai", OPENAI_KEY, default_model="gpt-4o-mini", make_default=True)
     prompts = [f"SANDBOX-ECHO:{t}" for t in TEXTS] + [f"SANDBOX-ERROR:{t}" for t in TEXTS]
     frame = cencori_nb.map(prompts, progress=False, cache=False)
-    assert list(frame["text"][:len(TEXTS)]) == [t.rstrip() for t in TEXTS]
-    assert frame["error"][len(TEXTS):].notna().all()
+    assert list(frame["text"][: len(TEXTS)]) == [t.rstrip() for t in TEXTS]
+    assert frame["error"][len(TEXTS) :].notna().all()
     # pandas' HTML has no MathJax guard (a DataFrame is not ours to wrap): TeX is not checked
     # here; the browser test checks that nothing runs.
     assert executable_constructs(_frame_html(frame), math=False) == []
@@ -247,27 +257,29 @@ def test_line_magic_tables_keep_dollars_away_from_mathjax(shell: InteractiveShel
     MathJax skips, or "$0.01 … $0.02" would be typeset as a formula."""
     from cencori_nb import wallet
 
-    wallet.top_up(Decimal("3"))                        # low balance: more dollar amounts
+    wallet.top_up(Decimal("3"))  # low balance: more dollar amounts
     run(shell, "%%cencori gpt-4o-mini --no-stream --no-cache\nSANDBOX-ECHO:$x$ costs $1")
-    for line in ("%cencori usage", "%cencori credits", "%cencori providers",
-                 "%cencori models"):
+    for line in ("%cencori usage", "%cencori credits", "%cencori providers", "%cencori models"):
         cap = run(shell, line)
-        table = cap.outputs[0].data          # (usage then shows plotly's own chart)
+        table = cap.outputs[0].data  # (usage then shows plotly's own chart)
         assert "<table>" in table["text/html"], line
         assert_inert(table)
 
 
 # ----------------------------------------------------------------------------- the sandbox
-DOORS = [("openai", "gpt-4o-mini", "byok"), ("anthropic", "claude-haiku-4-5", "byok"),
-         ("google", "gemini-2.5-flash", "byok"), ("openai", "gpt-4o-mini", "managed")]
+DOORS = [
+    ("openai", "gpt-4o-mini", "byok"),
+    ("anthropic", "claude-haiku-4-5", "byok"),
+    ("google", "gemini-2.5-flash", "byok"),
+    ("openai", "gpt-4o-mini", "managed"),
+]
 
 
-@pytest.mark.parametrize("provider, model, route", DOORS,
-                         ids=[f"{p}-{r}" for p, _m, r in DOORS])
+@pytest.mark.parametrize("provider, model, route", DOORS, ids=[f"{p}-{r}" for p, _m, r in DOORS])
 @pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
-def test_sandbox_scripted_replies_through_every_door(sandbox_env: Any, provider: str,
-                                                     model: str, route: str,
-                                                     stream: bool) -> None:
+def test_sandbox_scripted_replies_through_every_door(
+    sandbox_env: Any, provider: str, model: str, route: str, stream: bool
+) -> None:
     """SANDBOX-ECHO: answers exactly the rest of the message and SANDBOX-ERROR: a 400
     carrying it, in each wire format (OpenAI, Anthropic, Gemini, the Cencori gateway), so
     the attack tests reach every parser, not only OpenAI's."""
@@ -280,8 +292,7 @@ def test_sandbox_scripted_replies_through_every_door(sandbox_env: Any, provider:
     keys.set("google", "AIza" + "TestRender0000000000000000000000Gg1")
     keys.set_cencori_key("csk_test_render_000000000Mm01")
     hostile = TEXTS[0] + "\n\n" + TEXTS[3]
-    opts: dict[str, Any] = {"model": model, "provider": provider, "route": route,
-                            "cache": False}
+    opts: dict[str, Any] = {"model": model, "provider": provider, "route": route, "cache": False}
     if stream:
         with cencori_nb.stream("SANDBOX-ECHO:" + hostile, **opts) as chunks:
             assert "".join(chunks) == hostile
@@ -291,5 +302,5 @@ def test_sandbox_scripted_replies_through_every_door(sandbox_env: Any, provider:
     assert text == hostile
     with pytest.raises(CencoriError) as err:
         cencori_nb.chat("SANDBOX-ERROR:" + hostile, **opts)
-    assert "window.__xss=1" in str(err.value)                 # the provider's own words…
-    assert_inert(error_bundle(str(err.value)))                # …shown as one inert line
+    assert "window.__xss=1" in str(err.value)  # the provider's own words…
+    assert_inert(error_bundle(str(err.value)))  # …shown as one inert line

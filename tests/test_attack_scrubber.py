@@ -37,6 +37,7 @@ SECRETS = (STORED, SHAPED)
 
 # --------------------------------------------------------------------------- the search
 
+
 def _unescape(text: str) -> str:
     text = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), text)
     text = re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), text)
@@ -67,8 +68,12 @@ def _leaks(text: str) -> list[str]:
     for secret in SECRETS:
         raw = secret.encode()
         for v in _variants(text):
-            if (secret in v or raw.hex() in v.lower() or _in_base64(v, raw)
-                    or _in_base64(re.sub(r"\s", "", v), raw)):
+            if (
+                secret in v
+                or raw.hex() in v.lower()
+                or _in_base64(v, raw)
+                or _in_base64(re.sub(r"\s", "", v), raw)
+            ):
                 found.append(secret)
                 break
     return found
@@ -93,8 +98,11 @@ def _texts(nb: dict[str, Any]) -> Iterator[str]:
     """Every string of a notebook, and each cell's stream output text run together."""
     yield from _strings(nb)
     for cell in nb.get("cells", []):
-        yield "".join("".join(o["text"]) if isinstance(o.get("text"), list) else o["text"]
-                      for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+        yield "".join(
+            "".join(o["text"]) if isinstance(o.get("text"), list) else o["text"]
+            for o in cell.get("outputs", [])
+            if o.get("output_type") == "stream"
+        )
 
 
 def assert_nothing_leaked(data: bytes, *, notebook: bool) -> None:
@@ -107,6 +115,7 @@ def assert_nothing_leaked(data: bytes, *, notebook: bool) -> None:
 
 
 # --------------------------------------------------------------------------- the manager
+
 
 @pytest.fixture
 def cm(tmp_path: Path) -> Any:
@@ -135,8 +144,9 @@ def _nb(*cells: dict[str, Any], **metadata: Any) -> dict[str, Any]:
     return nb
 
 
-def _code(source: Any = "x", outputs: list[dict[str, Any]] | None = None,
-          **fields: Any) -> dict[str, Any]:
+def _code(
+    source: Any = "x", outputs: list[dict[str, Any]] | None = None, **fields: Any
+) -> dict[str, Any]:
     cell = json.loads(json.dumps(nbformat.v4.new_code_cell("x", execution_count=1)))
     cell.update(source=source, outputs=outputs or [], **fields)
     return cell
@@ -162,10 +172,11 @@ def _b64(data: bytes, offset: int = 0) -> str:
 
 def _mime(data: bytes) -> str:
     encoded = base64.b64encode(data).decode()
-    return "\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76)) + "\n"
+    return "\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76)) + "\n"
 
 
 # --------------------------------------------------------------------------- the attacks
+
 
 def _widget_state(state: dict[str, Any]) -> dict[str, Any]:
     return {WIDGET_STATE_MIME: {"version_major": 2, "version_minor": 0, "state": state}}
@@ -173,58 +184,127 @@ def _widget_state(state: dict[str, Any]) -> dict[str, Any]:
 
 NOTEBOOK_ATTACKS: dict[str, Callable[[], dict[str, Any]]] = {
     # dict keys, not only values
-    "key of an output's JSON data": lambda: _nb(_code(outputs=[_display(
-        {"application/json": {STORED: 1, SHAPED: {"nested": True}}, "text/plain": "{}"})])),
+    "key of an output's JSON data": lambda: _nb(
+        _code(
+            outputs=[
+                _display(
+                    {"application/json": {STORED: 1, SHAPED: {"nested": True}}, "text/plain": "{}"}
+                )
+            ]
+        )
+    ),
     "key of cell metadata": lambda: _nb(_code(metadata={STORED: "x", "tags": []})),
     "key nested in notebook metadata": lambda: _nb(custom={"a": {SHAPED: True, "b": 1}}),
-    "key of output metadata": lambda: _nb(_code(outputs=[_display(
-        {"text/plain": "x"}, {STORED: {"isolated": True}})])),
-    "widget model id": lambda: _nb(widgets=_widget_state({STORED: {
-        "model_name": "TextModel", "model_module": "@jupyter-widgets/controls",
-        "model_module_version": "2.0.0", "state": {}}})),
+    "key of output metadata": lambda: _nb(
+        _code(outputs=[_display({"text/plain": "x"}, {STORED: {"isolated": True}})])
+    ),
+    "widget model id": lambda: _nb(
+        widgets=_widget_state(
+            {
+                STORED: {
+                    "model_name": "TextModel",
+                    "model_module": "@jupyter-widgets/controls",
+                    "model_module_version": "2.0.0",
+                    "state": {},
+                }
+            }
+        )
+    ),
     "two keys that both become the marker": lambda: _nb(custom={STORED: 1, SHAPED: 2}),
     # cell ids (valid id characters: a key fits)
     "cell id is the stored key": lambda: _nb(_code(id=STORED)),
     "cell id is a key-shaped key": lambda: _nb(_code(id=SHAPED), _md("fine")),
     # split over the items of a multi-line list
-    "source list split mid-key": lambda: _nb(_code(
-        source=["k = '", STORED[:9], STORED[9:] + "'\n", "print(k)"])),
-    "stream text list split mid-key": lambda: _nb(_code(outputs=[_stream(
-        ["token: " + SHAPED[:12], SHAPED[12:] + "\n", "done\n"])])),
-    "traceback items split mid-key": lambda: _nb(_code(outputs=[{
-        "output_type": "error", "ename": "E", "evalue": "v",
-        "traceback": ["call(key='" + STORED[:5], STORED[5:] + "')"]}])),
-    "two stream outputs split mid-key": lambda: _nb(_code(outputs=[
-        _stream("key " + STORED[:20]), _stream(STORED[20:] + "\n")])),
+    "source list split mid-key": lambda: _nb(
+        _code(source=["k = '", STORED[:9], STORED[9:] + "'\n", "print(k)"])
+    ),
+    "stream text list split mid-key": lambda: _nb(
+        _code(outputs=[_stream(["token: " + SHAPED[:12], SHAPED[12:] + "\n", "done\n"])])
+    ),
+    "traceback items split mid-key": lambda: _nb(
+        _code(
+            outputs=[
+                {
+                    "output_type": "error",
+                    "ename": "E",
+                    "evalue": "v",
+                    "traceback": ["call(key='" + STORED[:5], STORED[5:] + "')"],
+                }
+            ]
+        )
+    ),
+    "two stream outputs split mid-key": lambda: _nb(
+        _code(outputs=[_stream("key " + STORED[:20]), _stream(STORED[20:] + "\n")])
+    ),
     # encodings
-    "MIME base64 (76-char lines) in text/plain": lambda: _nb(_code(outputs=[_display(
-        {"text/plain": _mime(b"x" * 70 + STORED.encode() + b" trailer " * 10)})])),
-    "base64 at alignment 0": lambda: _nb(_md("Authorization: Basic " + _b64(
-        b"user:" + STORED.encode(), 0))),
+    "MIME base64 (76-char lines) in text/plain": lambda: _nb(
+        _code(
+            outputs=[
+                _display({"text/plain": _mime(b"x" * 70 + STORED.encode() + b" trailer " * 10)})
+            ]
+        )
+    ),
+    "base64 at alignment 0": lambda: _nb(
+        _md("Authorization: Basic " + _b64(b"user:" + STORED.encode(), 0))
+    ),
     "base64 at alignment 1": lambda: _nb(_md("blob " + _b64(STORED.encode(), 1))),
     "base64 at alignment 2": lambda: _nb(_md("blob " + _b64(STORED.encode(), 2))),
-    "urlsafe base64 of the key": lambda: _nb(_md(
-        base64.urlsafe_b64encode(b"\xfb\xff" + STORED.encode()).decode())),
-    "base64 with line breaks in an image/png payload": lambda: _nb(_code(outputs=[_display(
-        {"image/png": _mime(b"\x89PNG\r\n\x1a\n" + b"\0" * 50 + STORED.encode() + b"\0" * 40),
-         "text/plain": "<Figure>"})])),
-    "hex dump wrapped over lines": lambda: _nb(_code(outputs=[_stream(
-        "\n".join(STORED.encode().hex()[i:i + 16] for i in range(0, 2 * len(STORED), 16)))])),
+    "urlsafe base64 of the key": lambda: _nb(
+        _md(base64.urlsafe_b64encode(b"\xfb\xff" + STORED.encode()).decode())
+    ),
+    "base64 with line breaks in an image/png payload": lambda: _nb(
+        _code(
+            outputs=[
+                _display(
+                    {
+                        "image/png": _mime(
+                            b"\x89PNG\r\n\x1a\n" + b"\0" * 50 + STORED.encode() + b"\0" * 40
+                        ),
+                        "text/plain": "<Figure>",
+                    }
+                )
+            ]
+        )
+    ),
+    "hex dump wrapped over lines": lambda: _nb(
+        _code(
+            outputs=[
+                _stream(
+                    "\n".join(
+                        STORED.encode().hex()[i : i + 16] for i in range(0, 2 * len(STORED), 16)
+                    )
+                )
+            ]
+        )
+    ),
     "upper-case hex": lambda: _nb(_md(STORED.encode().hex().upper())),
-    "LaTeX-escaped underscores (stored key)": lambda: _nb(_md(
-        "$$\\text{" + STORED.replace("_", "\\_") + "}$$")),
-    "LaTeX-escaped underscores (key shape)": lambda: _nb(_md(
-        "Key: " + SHAPED.replace("_", "\\_"))),
-    "percent-encoded underscores": lambda: _nb(_md(
-        "https://x.test/?k=" + STORED.replace("_", "%5F"))),
+    "LaTeX-escaped underscores (stored key)": lambda: _nb(
+        _md("$$\\text{" + STORED.replace("_", "\\_") + "}$$")
+    ),
+    "LaTeX-escaped underscores (key shape)": lambda: _nb(_md("Key: " + SHAPED.replace("_", "\\_"))),
+    "percent-encoded underscores": lambda: _nb(
+        _md("https://x.test/?k=" + STORED.replace("_", "%5F"))
+    ),
     "fully percent-encoded": lambda: _nb(_md("".join(f"%{b:02X}" for b in STORED.encode()))),
-    "JSON unicode escapes": lambda: _nb(_code(outputs=[_stream(
-        json.dumps({"k": STORED}).replace("_", "\\u005f") + "\n")])),
+    "JSON unicode escapes": lambda: _nb(
+        _code(outputs=[_stream(json.dumps({"k": STORED}).replace("_", "\\u005f") + "\n")])
+    ),
     "Python \\x escapes": lambda: _nb(_md(SHAPED.replace("_", "\\x5f"))),
-    "HTML character references": lambda: _nb(_code(outputs=[_display(
-        {"text/html": "<b>" + STORED.replace("_", "&#95;") + "</b>", "text/plain": "x"})])),
-    "attachment name": lambda: _nb({**_md("![img](attachment:x.png)"), "attachments": {
-        STORED + ".png": {"image/png": base64.b64encode(b"\x89PNG").decode()}}}),
+    "HTML character references": lambda: _nb(
+        _code(
+            outputs=[
+                _display(
+                    {"text/html": "<b>" + STORED.replace("_", "&#95;") + "</b>", "text/plain": "x"}
+                )
+            ]
+        )
+    ),
+    "attachment name": lambda: _nb(
+        {
+            **_md("![img](attachment:x.png)"),
+            "attachments": {STORED + ".png": {"image/png": base64.b64encode(b"\x89PNG").decode()}},
+        }
+    ),
 }
 
 
@@ -244,8 +324,9 @@ def test_two_keys_becoming_the_marker_keep_both_values(cm: Any) -> None:
 
 
 def test_scrubbed_cell_ids_are_fresh_valid_and_unique(cm: Any) -> None:
-    saved = json.loads(_save_nb(cm, "ids.ipynb", _nb(_code(id=STORED), _code(id=SHAPED),
-                                                     _md("keep"))))
+    saved = json.loads(
+        _save_nb(cm, "ids.ipynb", _nb(_code(id=STORED), _code(id=SHAPED), _md("keep")))
+    )
     ids = [c["id"] for c in saved["cells"]]
     assert len(set(ids)) == 3 and all(re.fullmatch(r"[a-zA-Z0-9_\-]{1,64}", i) for i in ids)
 
@@ -258,33 +339,71 @@ def test_a_split_source_is_re_split_into_lines(cm: Any) -> None:
 
 # --------------------------------------------------------------------------- file models
 
+
 def _notebook_text(secret: str) -> str:
-    return nbformat.writes(nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell(f"key = '{secret}'")]))
+    return nbformat.writes(
+        nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"key = '{secret}'")])
+    )
 
 
 FILE_ATTACKS: dict[str, tuple[str, Callable[[], dict[str, Any]], bool]] = {
     # JupyterLab's upload: a base64 file model, even for a notebook
-    "uploaded .ipynb as a base64 file model": ("up.ipynb", lambda: {
-        "type": "file", "format": "base64",
-        "content": base64.b64encode(_notebook_text(STORED).encode()).decode()}, True),
-    ".ipynb as a text file model": ("text.ipynb", lambda: {
-        "type": "file", "format": "text", "content": _notebook_text(SHAPED)}, True),
-    ".ipynb with MIME-wrapped base64 content": ("wrapped.ipynb", lambda: {
-        "type": "file", "format": "base64",
-        "content": _mime(_notebook_text(STORED).encode())}, True),
-    "a notebook under another name": ("backup.json", lambda: {
-        "type": "file", "format": "text", "content": _notebook_text(STORED)}, True),
-    "a broken .ipynb (not JSON)": ("broken.ipynb", lambda: {
-        "type": "file", "format": "text", "content": "{ not json " + STORED}, False),
-    "plain text file": ("notes.txt", lambda: {
-        "type": "file", "format": "text", "content": f"OPENAI_KEY={SHAPED}\n"}, False),
-    "uploaded .env (base64 text)": ("prod.env", lambda: {
-        "type": "file", "format": "base64",
-        "content": base64.b64encode(f"TOKEN={STORED}\n".encode()).decode()}, False),
-    "python file, key split by a LaTeX escape": ("cfg.py", lambda: {
-        "type": "file", "format": "text",
-        "content": "KEY = r'" + STORED.replace("_", "\\_") + "'\n"}, False),
+    "uploaded .ipynb as a base64 file model": (
+        "up.ipynb",
+        lambda: {
+            "type": "file",
+            "format": "base64",
+            "content": base64.b64encode(_notebook_text(STORED).encode()).decode(),
+        },
+        True,
+    ),
+    ".ipynb as a text file model": (
+        "text.ipynb",
+        lambda: {"type": "file", "format": "text", "content": _notebook_text(SHAPED)},
+        True,
+    ),
+    ".ipynb with MIME-wrapped base64 content": (
+        "wrapped.ipynb",
+        lambda: {
+            "type": "file",
+            "format": "base64",
+            "content": _mime(_notebook_text(STORED).encode()),
+        },
+        True,
+    ),
+    "a notebook under another name": (
+        "backup.json",
+        lambda: {"type": "file", "format": "text", "content": _notebook_text(STORED)},
+        True,
+    ),
+    "a broken .ipynb (not JSON)": (
+        "broken.ipynb",
+        lambda: {"type": "file", "format": "text", "content": "{ not json " + STORED},
+        False,
+    ),
+    "plain text file": (
+        "notes.txt",
+        lambda: {"type": "file", "format": "text", "content": f"OPENAI_KEY={SHAPED}\n"},
+        False,
+    ),
+    "uploaded .env (base64 text)": (
+        "prod.env",
+        lambda: {
+            "type": "file",
+            "format": "base64",
+            "content": base64.b64encode(f"TOKEN={STORED}\n".encode()).decode(),
+        },
+        False,
+    ),
+    "python file, key split by a LaTeX escape": (
+        "cfg.py",
+        lambda: {
+            "type": "file",
+            "format": "text",
+            "content": "KEY = r'" + STORED.replace("_", "\\_") + "'\n",
+        },
+        False,
+    ),
 }
 
 
@@ -301,8 +420,9 @@ def test_file_model_attack_leaves_no_form_of_the_key_on_disk(cm: Any, attack: st
 def test_binary_file_is_left_byte_identical(cm: Any) -> None:
     """Not text: not scanned (documented); the bytes are saved as sent."""
     blob = b"\x89PNG\r\n\x1a\n\xff\xfe" + bytes(range(256))
-    cm.save({"type": "file", "format": "base64", "content": base64.b64encode(blob).decode()},
-            "pic.png")
+    cm.save(
+        {"type": "file", "format": "base64", "content": base64.b64encode(blob).decode()}, "pic.png"
+    )
     assert (cm.root / "pic.png").read_bytes() == blob
 
 
@@ -316,11 +436,18 @@ def test_chunked_upload_with_the_key_across_a_chunk_boundary(cm: Any) -> None:
     """JupyterLab uploads files over 15 MB in chunks; Jupyter runs pre-save hooks on the
     first chunk only. The file is scrubbed on disk after the last one, keeping its mode."""
     data = _notebook_text(STORED).encode()
-    cut = data.index(STORED.encode()) + 7          # the key straddles chunks 1 and 2
-    parts = [data[:cut], data[cut:cut + 40], data[cut + 40:]]
+    cut = data.index(STORED.encode()) + 7  # the key straddles chunks 1 and 2
+    parts = [data[:cut], data[cut : cut + 40], data[cut + 40 :]]
     for number, part in zip((1, 2, -1), parts, strict=True):
-        cm.save({"type": "file", "format": "base64", "chunk": number,
-                 "content": base64.b64encode(part).decode()}, "big.ipynb")
+        cm.save(
+            {
+                "type": "file",
+                "format": "base64",
+                "chunk": number,
+                "content": base64.b64encode(part).decode(),
+            },
+            "big.ipynb",
+        )
     on_disk = (cm.root / "big.ipynb").read_bytes()
     assert_nothing_leaked(on_disk, notebook=True)
     assert MARKER.encode() in on_disk
@@ -330,16 +457,16 @@ def test_chunked_upload_with_the_key_across_a_chunk_boundary(cm: Any) -> None:
 
 def test_chunked_text_upload_of_a_plain_file(cm: Any) -> None:
     for number, part in ((1, f"A={STORED[:4]}"), (-1, f"{STORED[4:]}\n")):
-        cm.save({"type": "file", "format": "text", "chunk": number, "content": part},
-                "upload.txt")
+        cm.save({"type": "file", "format": "text", "chunk": number, "content": part}, "upload.txt")
     assert_nothing_leaked((cm.root / "upload.txt").read_bytes(), notebook=False)
 
 
 # --------------------------------------------------------------------------- stores
 
+
 def test_unreadable_store_warns_at_startup_and_first_save(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """A passphrase store and no passphrase: WARNING when installed and at the first save
     (not only DEBUG), never the key; key shapes are still removed."""
     from jupyter_server.services.contents.largefilemanager import LargeFileManager
@@ -352,7 +479,7 @@ def test_unreadable_store_warns_at_startup_and_first_save(
     keystore._reset_for_tests()
     from cencori_nb import redact
 
-    redact._reset_for_tests()                      # a fresh server process knows no keys
+    redact._reset_for_tests()  # a fresh server process knows no keys
     root = tmp_path / "root"
     root.mkdir()
     manager = LargeFileManager(root_dir=str(root))
@@ -374,7 +501,8 @@ def test_unreadable_store_warns_at_startup_and_first_save(
 
 
 def test_sandbox_home_still_scrubs_the_real_stores_keys(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, private_home: Path) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, private_home: Path
+) -> None:
     """`cencori-nb lab` in sandbox mode: the kernels (and the server) use the sandbox home,
     the scrubber also reads the real home's store, read-only."""
     from jupyter_server.services.contents.largefilemanager import LargeFileManager
@@ -382,15 +510,16 @@ def test_sandbox_home_still_scrubs_the_real_stores_keys(
     from cencori_nb import keys, keystore, redact
     from cencori_nb.cli import lab as lab_cli
 
-    keys.set("local", STORED)                      # the real store
-    real_store = (private_home / "keystore.json")
+    keys.set("local", STORED)  # the real store
+    real_store = private_home / "keystore.json"
     before = sorted(p.name for p in private_home.iterdir()), real_store.read_bytes()
-    plan = lab_cli.plan([], sandbox=True, environ={}, is_root=False, has_display=True,
-                        scrubber_config=True)
+    plan = lab_cli.plan(
+        [], sandbox=True, environ={}, is_root=False, has_display=True, scrubber_config=True
+    )
     for name, value in plan.env_changes.items():
         monkeypatch.setenv(name, value)
     keystore._reset_for_tests()
-    redact._reset_for_tests()                      # the server process starts afresh
+    redact._reset_for_tests()  # the server process starts afresh
     root = tmp_path / "root"
     root.mkdir()
     manager = LargeFileManager(root_dir=str(root))
@@ -398,15 +527,15 @@ def test_sandbox_home_still_scrubs_the_real_stores_keys(
     manager.save({"type": "notebook", "content": _nb(_md(f"real key {STORED}"))}, "s.ipynb")
     assert_nothing_leaked((root / "s.ipynb").read_bytes(), notebook=True)
     after = sorted(p.name for p in private_home.iterdir()), real_store.read_bytes()
-    assert after == before                         # read-only: nothing written there
+    assert after == before  # read-only: nothing written there
 
 
 # --------------------------------------------------------------------------- more surfaces
 
+
 def test_base64_and_hex_of_a_key_shape_that_is_not_stored(cm: Any) -> None:
     """A key nobody stored, base64- (any alignment, MIME-wrapped) or hex-encoded in text."""
-    cells = [_md("Authorization: Basic " + _b64(b"me:" + SHAPED.encode(), off))
-             for off in range(3)]
+    cells = [_md("Authorization: Basic " + _b64(b"me:" + SHAPED.encode(), off)) for off in range(3)]
     cells.append(_code(outputs=[_stream(_mime(b"x" * 61 + SHAPED.encode() + b"\n" * 30))]))
     cells.append(_md("hex: " + SHAPED.encode().hex()))
     on_disk = _save_nb(cm, "encoded.ipynb", _nb(*cells))
@@ -415,24 +544,34 @@ def test_base64_and_hex_of_a_key_shape_that_is_not_stored(cm: Any) -> None:
 
 def test_widget_buffer_holding_a_key_shape_is_dropped(cm: Any) -> None:
     """A FileUpload of a .env with a key nobody stored: its saved buffer is dropped."""
-    state = {"m1": {"model_name": "FileUploadModel", "model_module": "@jupyter-widgets/controls",
-                    "model_module_version": "2.0.0", "state": {"value": []},
-                    "buffers": [{"encoding": "base64", "path": ["value", 0, "content"],
-                                 "data": _b64(f"KEY={SHAPED}\n".encode())}]}}
+    state = {
+        "m1": {
+            "model_name": "FileUploadModel",
+            "model_module": "@jupyter-widgets/controls",
+            "model_module_version": "2.0.0",
+            "state": {"value": []},
+            "buffers": [
+                {
+                    "encoding": "base64",
+                    "path": ["value", 0, "content"],
+                    "data": _b64(f"KEY={SHAPED}\n".encode()),
+                }
+            ],
+        }
+    }
     on_disk = _save_nb(cm, "upload.ipynb", _nb(widgets=_widget_state(state)))
     assert_nothing_leaked(on_disk, notebook=True)
     saved = json.loads(on_disk)
     assert saved["metadata"]["widgets"][WIDGET_STATE_MIME]["state"]["m1"]["buffers"] == []
 
 
-@pytest.mark.parametrize("name", [f"{SHAPED}.ipynb", f"notes/{STORED}/a.txt",
-                                  f"{STORED}.ipynb"])
+@pytest.mark.parametrize("name", [f"{SHAPED}.ipynb", f"notes/{STORED}/a.txt", f"{STORED}.ipynb"])
 def test_a_file_name_holding_a_key_is_refused(cm: Any, name: str) -> None:
     """The name itself would be on disk: the save is refused with a 400 that never repeats
     it, and nothing is written."""
     from tornado.web import HTTPError
 
-    (cm.root / name).parent.mkdir(parents=True, exist_ok=True)   # the folder exists
+    (cm.root / name).parent.mkdir(parents=True, exist_ok=True)  # the folder exists
     with pytest.raises(HTTPError) as info:
         cm.save({"type": "file", "format": "text", "content": "hello"}, name)
     assert info.value.status_code == 400 and "refused" in str(info.value)

@@ -57,28 +57,61 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
         key = self.headers.get("authorization", "").removeprefix("Bearer ")
         reply = self.echo.format(k=key)
         if self.status != 200:
-            self._send(self.status, "application/json", json.dumps(
-                {"error": {"message": reply, "type": "invalid_request_error"}}).encode())
+            self._send(
+                self.status,
+                "application/json",
+                json.dumps({"error": {"message": reply, "type": "invalid_request_error"}}).encode(),
+            )
         elif body.get("stream"):
-            events = [{"id": "x", "object": "chat.completion.chunk", "model": body["model"],
-                       "choices": [{"index": 0, "delta": {"content": reply[i:i + 3]}}]}
-                      for i in range(0, len(reply), 3)]
-            events.append({"id": "x", "object": "chat.completion.chunk",
-                           "model": body["model"],
-                           "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-            events.append({"id": "x", "object": "chat.completion.chunk",
-                           "model": body["model"], "choices": [],
-                           "usage": {"prompt_tokens": 5, "completion_tokens": 7,
-                                     "total_tokens": 12}})
+            events = [
+                {
+                    "id": "x",
+                    "object": "chat.completion.chunk",
+                    "model": body["model"],
+                    "choices": [{"index": 0, "delta": {"content": reply[i : i + 3]}}],
+                }
+                for i in range(0, len(reply), 3)
+            ]
+            events.append(
+                {
+                    "id": "x",
+                    "object": "chat.completion.chunk",
+                    "model": body["model"],
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                }
+            )
+            events.append(
+                {
+                    "id": "x",
+                    "object": "chat.completion.chunk",
+                    "model": body["model"],
+                    "choices": [],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+                }
+            )
             data = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
             self._send(200, "text/event-stream", data.encode())
         else:
-            self._send(200, "application/json", json.dumps({
-                "id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
-                             "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 7,
-                          "total_tokens": 12}}).encode())
+            self._send(
+                200,
+                "application/json",
+                json.dumps(
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 1,
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": reply},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+                    }
+                ).encode(),
+            )
 
     def _send(self, status: int, kind: str, data: bytes) -> None:
         self.send_response(status)
@@ -99,8 +132,7 @@ def hostile(canary: str) -> Iterator[type[_Hostile]]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     keys.set("openai", canary, default_model="gpt-4o-mini", make_default=True)
-    settings.update_settings(
-        base_urls={"openai": f"http://127.0.0.1:{server.server_port}/v1"})
+    settings.update_settings(base_urls={"openai": f"http://127.0.0.1:{server.server_port}/v1"})
     try:
         yield handler
     finally:
@@ -148,8 +180,13 @@ def _object_views(audit: Audit, where: str, obj: Any) -> None:
 
 @pytest.mark.parametrize("echo", list(ECHOES.values()), ids=list(ECHOES))
 def test_a_reply_echoing_the_stored_key_never_carries_it(
-        hostile: type[_Hostile], echo: str, canary: str, audit: Audit,
-        private_home: Path, logs: pytest.LogCaptureFixture) -> None:
+    hostile: type[_Hostile],
+    echo: str,
+    canary: str,
+    audit: Audit,
+    private_home: Path,
+    logs: pytest.LogCaptureFixture,
+) -> None:
     """chat and stream: the Completion (and everything made of it: the response cache, the
     ledger, usage()) holds the marker where the key was, and the rest of the reply."""
     from cencori_nb.ledger import default_ledger
@@ -173,7 +210,8 @@ def test_a_reply_echoing_the_stored_key_never_carries_it(
 
 
 def test_map_rows_and_checkpoints_never_carry_an_echoed_key(
-        hostile: type[_Hostile], canary: str, audit: Audit, private_home: Path) -> None:
+    hostile: type[_Hostile], canary: str, audit: Audit, private_home: Path
+) -> None:
     """cencori_nb.map: the DataFrame (and its CSV/JSON exports), the checkpoint and cache."""
     hostile.echo = ECHOES["in a sentence"]
     df = cencori_nb.map([f"row {i}" for i in range(4)], model="gpt-4o-mini", progress=False)
@@ -186,22 +224,32 @@ def test_map_rows_and_checkpoints_never_carry_an_echoed_key(
     audit.assert_clean()
 
 
-def test_cli_usage_exports_after_an_echoing_reply(hostile: type[_Hostile], canary: str,
-                                                  audit: Audit, private_home: Path) -> None:
+def test_cli_usage_exports_after_an_echoing_reply(
+    hostile: type[_Hostile], canary: str, audit: Audit, private_home: Path
+) -> None:
     """`cencori-nb usage --csv/--json` and `cencori-nb ask` against the hostile endpoint."""
     import os
 
     hostile.echo = ECHOES["json value"]
     env = dict(os.environ)
-    asked = subprocess.run([sys.executable, "-m", "cencori_nb", "ask", "--json",
-                            "tell me a secret"], capture_output=True, text=True, env=env,
-                           timeout=120)
+    asked = subprocess.run(
+        [sys.executable, "-m", "cencori_nb", "ask", "--json", "tell me a secret"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert asked.returncode == 0, asked.stderr
     assert MARKER in asked.stdout
     audit.add("ask --json", asked.stdout + asked.stderr)
     for flag in ("--csv", "--json"):
-        out = subprocess.run([sys.executable, "-m", "cencori_nb", "usage", flag],
-                             capture_output=True, text=True, env=env, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "cencori_nb", "usage", flag],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr
         audit.add(f"usage {flag}", out.stdout + out.stderr)
     audit.add_home(private_home)
@@ -209,9 +257,9 @@ def test_cli_usage_exports_after_an_echoing_reply(hostile: type[_Hostile], canar
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 429, 500])
-def test_a_provider_error_echoing_the_key(hostile: type[_Hostile], status: int,
-                                          canary: str, audit: Audit,
-                                          logs: pytest.LogCaptureFixture) -> None:
+def test_a_provider_error_echoing_the_key(
+    hostile: type[_Hostile], status: int, canary: str, audit: Audit, logs: pytest.LogCaptureFixture
+) -> None:
     """The error's str, repr, args, attributes, cause chain, traceback (and its pickle)."""
     hostile.echo = ECHOES["in a sentence"]
     hostile.status = status
@@ -226,8 +274,9 @@ def test_a_provider_error_echoing_the_key(hostile: type[_Hostile], status: int,
     audit.assert_clean()
 
 
-def test_every_file_in_the_home_is_private(hostile: type[_Hostile], canary: str,
-                                           private_home: Path) -> None:
+def test_every_file_in_the_home_is_private(
+    hostile: type[_Hostile], canary: str, private_home: Path
+) -> None:
     """After chat, stream, map, a cache hit and usage(): every file the toolkit wrote
     (ledger and cache with their -wal/-shm, the in-flight journal, lock, generation and
     key files, config) is 0600 and every folder 0700, whatever the umask."""
@@ -246,14 +295,17 @@ def test_every_file_in_the_home_is_private(hostile: type[_Hostile], canary: str,
     seen = [private_home, *private_home.rglob("*")]
     names = {p.name for p in seen}
     assert {"ledger.sqlite-wal", "cache.sqlite", "keystore.json", "config.json"} <= names
-    loose = [f"{p.relative_to(private_home)} {oct(stat.S_IMODE(p.stat().st_mode))}"
-             for p in seen
-             if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)]
+    loose = [
+        f"{p.relative_to(private_home)} {oct(stat.S_IMODE(p.stat().st_mode))}"
+        for p in seen
+        if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)
+    ]
     assert not loose, loose
 
 
 def test_the_magic_never_shows_an_echoed_key_live_or_final(
-        hostile: type[_Hostile], canary: str, audit: Audit, ipython: Any) -> None:
+    hostile: type[_Hostile], canary: str, audit: Audit, ipython: Any
+) -> None:
     """%%cencori streamed (every redraw, which the kernel sends as an update_display_data
     message) and not streamed: the key is redacted in what is drawn once it has arrived."""
     from IPython.utils.capture import capture_output
@@ -277,19 +329,21 @@ def test_the_magic_never_shows_an_echoed_key_live_or_final(
     shell = ipython
     for flags in ("", "--no-stream", "-f text", "-f json --no-stream"):
         with capture_output() as cap:
-            shell.run_cell_magic("cencori", f"-m gpt-4o-mini {flags}".strip(),
-                                 "tell me a secret")
+            shell.run_cell_magic("cencori", f"-m gpt-4o-mini {flags}".strip(), "tell me a secret")
         shown = repr([o.data for o in cap.outputs]) + cap.stdout + cap.stderr
         assert MARKER in shown or "[redacted]" in shown, (flags, shown[:500])
         audit.add(f"%%cencori {flags}", shown)
     audit.assert_clean()
 
 
-@pytest.mark.parametrize("echo", [ECHOES["bare"], ECHOES["twice"], ECHOES["glued to words"],
-                                  ECHOES["across lines"]],
-                         ids=["bare", "twice", "glued", "across lines"])
-def test_stream_deltas_never_carry_an_echoed_key(hostile: type[_Hostile], echo: str,
-                                                 canary: str, audit: Audit) -> None:
+@pytest.mark.parametrize(
+    "echo",
+    [ECHOES["bare"], ECHOES["twice"], ECHOES["glued to words"], ECHOES["across lines"]],
+    ids=["bare", "twice", "glued", "across lines"],
+)
+def test_stream_deltas_never_carry_an_echoed_key(
+    hostile: type[_Hostile], echo: str, canary: str, audit: Audit
+) -> None:
     """What stream() and astream() yield to the caller (the key arrives split over
     three-character deltas): joined, it is the reply with the key redacted, nothing lost."""
     import asyncio
@@ -300,8 +354,9 @@ def test_stream_deltas_never_carry_an_echoed_key(hostile: type[_Hostile], echo: 
         audit.add("stream .text", chunks.text)
 
     async def collect() -> list[str]:
-        async with cencori_nb.astream("tell me a secret", model="gpt-4o-mini",
-                                      cache=False) as stream:
+        async with cencori_nb.astream(
+            "tell me a secret", model="gpt-4o-mini", cache=False
+        ) as stream:
             return [d async for d in stream]
 
     adeltas = asyncio.run(collect())
@@ -327,15 +382,19 @@ def test_stream_redactor_any_split(canary: str) -> None:
             assert shown == expected, (i, j)
 
 
-def test_cli_ask_streamed_into_a_pipe(hostile: type[_Hostile], canary: str,
-                                      audit: Audit) -> None:
+def test_cli_ask_streamed_into_a_pipe(hostile: type[_Hostile], canary: str, audit: Audit) -> None:
     """`cencori-nb ask PROMPT > file`: the streamed reply goes byte for byte, but a stored
     key it echoes does not."""
     import os
 
     hostile.echo = ECHOES["fenced code"]
-    asked = subprocess.run([sys.executable, "-m", "cencori_nb", "ask", "tell me a secret"],
-                           capture_output=True, text=True, env=dict(os.environ), timeout=120)
+    asked = subprocess.run(
+        [sys.executable, "-m", "cencori_nb", "ask", "tell me a secret"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=120,
+    )
     assert asked.returncode == 0, asked.stderr
     assert asked.stdout.rstrip("\n") == ECHOES["fenced code"].format(k=MARKER)
     audit.add("ask stdout", asked.stdout)
@@ -343,26 +402,48 @@ def test_cli_ask_streamed_into_a_pipe(hostile: type[_Hostile], canary: str,
     audit.assert_clean()
 
 
-PASSPHRASE = "velvet-otter-91-staircase"    # a planted passphrase (word-like, not key-shaped)
+PASSPHRASE = "velvet-otter-91-staircase"  # a planted passphrase (word-like, not key-shaped)
 
 
-@pytest.mark.parametrize("output", [
-    "CENCORI_NB_PASSPHRASE={p}\n",                                # %env / !env
-    "environ({{'CENCORI_NB_PASSPHRASE': '{p}', 'HOME': '/root'}})",  # print(os.environ)
-    "passphrase: {p}",                                            # a reply or a print
-], ids=["env", "os.environ", "print"])
+@pytest.mark.parametrize(
+    "output",
+    [
+        "CENCORI_NB_PASSPHRASE={p}\n",  # %env / !env
+        "environ({{'CENCORI_NB_PASSPHRASE': '{p}', 'HOME': '/root'}})",  # print(os.environ)
+        "passphrase: {p}",  # a reply or a print
+    ],
+    ids=["env", "os.environ", "print"],
+)
 def test_a_notebook_printing_the_passphrase_is_saved_without_it(
-        monkeypatch: pytest.MonkeyPatch, canary: str, output: str) -> None:
+    monkeypatch: pytest.MonkeyPatch, canary: str, output: str
+) -> None:
     """The passphrase that protects the store is a secret like a key: a notebook that
     printed the environment is saved without it (it was saved as is)."""
     from cencori_nb.jupyter.scrubber import pre_save_hook
 
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", PASSPHRASE)
     keys.set("openai", canary)
-    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
-        {"cell_type": "code", "id": "c1", "metadata": {}, "execution_count": 1,
-         "source": "%env", "outputs": [{"output_type": "stream", "name": "stdout",
-                                        "text": [output.format(p=PASSPHRASE)]}]}]}
+    nb = {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {},
+        "cells": [
+            {
+                "cell_type": "code",
+                "id": "c1",
+                "metadata": {},
+                "execution_count": 1,
+                "source": "%env",
+                "outputs": [
+                    {
+                        "output_type": "stream",
+                        "name": "stdout",
+                        "text": [output.format(p=PASSPHRASE)],
+                    }
+                ],
+            }
+        ],
+    }
     model = {"type": "notebook", "format": "json", "content": nb}
     pre_save_hook(model, path="env.ipynb", contents_manager=None)
     saved = json.dumps(model["content"])
@@ -372,9 +453,9 @@ def test_a_notebook_printing_the_passphrase_is_saved_without_it(
     audit.assert_clean()
 
 
-def test_a_reply_echoing_the_passphrase_is_redacted(hostile: type[_Hostile],
-                                                    monkeypatch: pytest.MonkeyPatch,
-                                                    private_home: Path) -> None:
+def test_a_reply_echoing_the_passphrase_is_redacted(
+    hostile: type[_Hostile], monkeypatch: pytest.MonkeyPatch, private_home: Path
+) -> None:
     """A reply that happens to carry the passphrase (e.g. an agent that read the
     environment) shows the marker instead, and the cache holds none of it."""
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", PASSPHRASE)
@@ -391,21 +472,25 @@ def test_a_reply_echoing_the_passphrase_is_redacted(hostile: type[_Hostile],
 CANARY_FOR_PASSPHRASE = "sk-canary-" + "Pp4sS7pHr4s3Kk2Jj9Hh1Gg"
 
 
-PLAIN_KEY = "plainsecretvalue" + "12345678"    # a stored key with no known shape
+PLAIN_KEY = "plainsecretvalue" + "12345678"  # a stored key with no known shape
 
 
-@pytest.mark.parametrize("call", [
-    lambda k: cencori_nb.chat("hi", model="gpt-4o-mini", route=k),
-    lambda k: cencori_nb.chat("hi", model="gpt-4o-mini", max_cost_usd=k),
-    lambda k: cencori_nb.chat("hi", model="gpt-4o-mini", temperature=k),
-    lambda k: keys.set(k, "another-value-1234567"),
-    lambda k: keys.enable(k),
-    lambda k: cencori_nb.usage(since=k),
-], ids=["route", "max_cost_usd", "temperature", "keys.set provider", "keys.enable",
-        "usage since"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda k: cencori_nb.chat("hi", model="gpt-4o-mini", route=k),
+        lambda k: cencori_nb.chat("hi", model="gpt-4o-mini", max_cost_usd=k),
+        lambda k: cencori_nb.chat("hi", model="gpt-4o-mini", temperature=k),
+        lambda k: keys.set(k, "another-value-1234567"),
+        lambda k: keys.enable(k),
+        lambda k: cencori_nb.usage(since=k),
+    ],
+    ids=["route", "max_cost_usd", "temperature", "keys.set provider", "keys.enable", "usage since"],
+)
 @pytest.mark.parametrize("which", ["shaped", "plain"])
 def test_an_error_never_repeats_a_stored_key_passed_as_an_argument(
-        call: Any, which: str, canary: str) -> None:
+    call: Any, which: str, canary: str
+) -> None:
     """A stored key pasted into the wrong argument: the error (message, hint, args,
     attributes, traceback, cause chain) names the problem without repeating it. `route=`
     repeated it ("Unknown route 'sk-…'")."""
@@ -422,8 +507,9 @@ def test_an_error_never_repeats_a_stored_key_passed_as_an_argument(
         audit.add("str", str(err))
         audit.add("repr", repr(err))
         audit.add("args", repr(err.args))
-        audit.add("attributes", repr({k: v for k, v in vars(err).items()
-                                      if not k.startswith("__")}))
+        audit.add(
+            "attributes", repr({k: v for k, v in vars(err).items() if not k.startswith("__")})
+        )
         # as Python shows it: a context raised `from None` is not part of the error's story
         err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
     audit.assert_clean()

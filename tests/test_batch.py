@@ -33,23 +33,41 @@ from cencori_nb.ratelimit import AdaptiveLimiter
 from cencori_nb.types import Completion
 
 
-def completion(prompt: str, *, route: str = "byok", cached: bool = False,
-               cost: str = "0.001", credits: str = "0") -> Completion:
+def completion(
+    prompt: str,
+    *,
+    route: str = "byok",
+    cached: bool = False,
+    cost: str = "0.001",
+    credits: str = "0",
+) -> Completion:
     provider_cost = Decimal(0) if cached else Decimal(cost)
     # a settled completion, as achat returns it: cost_usd by the one rule
-    return Completion(text=f"echo: {prompt}", model="gpt-4o-mini", provider="openai",
-                      route=route, input_tokens=len(prompt), output_tokens=3,
-                      provider_cost_usd=provider_cost,
-                      credits_charged_usd=Decimal(credits), cached=cached,
-                      request_id=f"req-{prompt}",
-                      cost_usd=cost_of(route, provider_cost, Decimal(credits), cached=cached))
+    return Completion(
+        text=f"echo: {prompt}",
+        model="gpt-4o-mini",
+        provider="openai",
+        route=route,
+        input_tokens=len(prompt),
+        output_tokens=3,
+        provider_cost_usd=provider_cost,
+        credits_charged_usd=Decimal(credits),
+        cached=cached,
+        request_id=f"req-{prompt}",
+        cost_usd=cost_of(route, provider_cost, Decimal(credits), cached=cached),
+    )
 
 
 class FakeAchat:
     """Records every call; answers after an optional delay; fails rows on request."""
 
-    def __init__(self, *, delay: Any = None, fail: dict[str, BaseException] | None = None,
-                 route: str = "byok") -> None:
+    def __init__(
+        self,
+        *,
+        delay: Any = None,
+        fail: dict[str, BaseException] | None = None,
+        route: str = "byok",
+    ) -> None:
         self.calls: list[str] = []
         self.kwargs: list[dict[str, Any]] = []
         self.delay = delay
@@ -69,8 +87,9 @@ class FakeAchat:
             exc = self.fail.get(prompt)
             if exc is not None:
                 raise exc
-            return completion(prompt, route=self.route,
-                              credits="0.002" if self.route == "managed" else "0")
+            return completion(
+                prompt, route=self.route, credits="0.002" if self.route == "managed" else "0"
+            )
         finally:
             self.in_flight -= 1
 
@@ -98,8 +117,16 @@ def test_order_preserved_with_shuffled_latencies() -> None:
     out = cencori_nb.map(list(delays), achat=fake, concurrency=16, progress=False)
     assert list(out["prompt"]) == list(delays)
     assert list(out["text"]) == [f"echo: {p}" for p in delays]
-    assert list(out.columns[:8]) == ["prompt", "text", "error", "input_tokens",
-                                     "output_tokens", "cost_usd", "route", "cached"]
+    assert list(out.columns[:8]) == [
+        "prompt",
+        "text",
+        "error",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "route",
+        "cached",
+    ]
     assert out["error"].isna().all()
     assert sorted(fake.calls) == sorted(delays)
     assert 1 < fake.max_in_flight <= 16
@@ -109,11 +136,31 @@ def test_order_preserved_with_shuffled_latencies() -> None:
 def test_each_call_gets_the_batch_options_and_no_client_retries() -> None:
     """achat sees model/route/system/temperature/max_tokens/project/cache and retries=0."""
     fake = FakeAchat()
-    cencori_nb.map(["a"], achat=fake, model="gpt-4o-mini", route="byok", system="Be brief",
-                   temperature=0.3, max_tokens=20, project="p1", cache=False, progress=False)
-    assert fake.kwargs == [{"model": "gpt-4o-mini", "provider": None, "route": "byok",
-                            "system": "Be brief", "temperature": 0.3, "max_tokens": 20,
-                            "project": "p1", "cache": False, "retries": 0}]
+    cencori_nb.map(
+        ["a"],
+        achat=fake,
+        model="gpt-4o-mini",
+        route="byok",
+        system="Be brief",
+        temperature=0.3,
+        max_tokens=20,
+        project="p1",
+        cache=False,
+        progress=False,
+    )
+    assert fake.kwargs == [
+        {
+            "model": "gpt-4o-mini",
+            "provider": None,
+            "route": "byok",
+            "system": "Be brief",
+            "temperature": 0.3,
+            "max_tokens": 20,
+            "project": "p1",
+            "cache": False,
+            "retries": 0,
+        }
+    ]
 
 
 def test_series_input_keeps_its_index() -> None:
@@ -126,17 +173,22 @@ def test_series_input_keeps_its_index() -> None:
 
 def test_failing_rows_get_their_error_and_the_batch_goes_on() -> None:
     """A non-retryable error fills `error` for that row only; others succeed."""
-    bad = AuthenticationError("The openai key was rejected (401).", provider="openai",
-                              status_code=401, hint="Store a new key.")
+    bad = AuthenticationError(
+        "The openai key was rejected (401).",
+        provider="openai",
+        status_code=401,
+        hint="Store a new key.",
+    )
     fake = FakeAchat(fail={"p3": bad, "p7": ValueError("weird")})
     out = cencori_nb.map([f"p{i}" for i in range(10)], achat=fake, progress=False)
     errors = out["error"].tolist()
-    assert errors[3] == ("AuthenticationError (401): The openai key was rejected (401). "
-                         "Store a new key.")
+    assert errors[3] == (
+        "AuthenticationError (401): The openai key was rejected (401). Store a new key."
+    )
     assert errors[7] == "ValueError: weird"
     assert out["text"].isna().tolist() == [i in (3, 7) for i in range(10)]
     assert out.loc[3, "cost_usd"] == Decimal(0)
-    assert fake.calls.count("p3") == 1           # not retried
+    assert fake.calls.count("p3") == 1  # not retried
     assert len(fake.calls) == 10
 
 
@@ -153,7 +205,7 @@ def test_transient_errors_are_retried_a_bounded_number_of_times() -> None:
     # 0.5 s, then under 1 s (the batch no longer has its own constants)
     assert len(clock.sleeps) == 2
     assert 0 <= clock.sleeps[0] <= 0.5 and 0 <= clock.sleeps[1] <= 1.0
-    assert lim.limit == 4                         # 5xx does not lower concurrency
+    assert lim.limit == 4  # 5xx does not lower concurrency
 
 
 def test_429_storm_pauses_everyone_halves_concurrency_and_recovers() -> None:
@@ -167,24 +219,27 @@ def test_429_storm_pauses_everyone_halves_concurrency_and_recovers() -> None:
         state["n"] += 1
         if state["n"] <= 24:
             await asyncio.sleep(0)
-            raise RateLimitError("Rate limited.", provider="openai", status_code=429,
-                                 retry_after=3.0)
+            raise RateLimitError(
+                "Rate limited.", provider="openai", status_code=429, retry_after=3.0
+            )
         return await inner(prompt, **kw)
 
     lim = AdaptiveLimiter(8, clock=clock, sleep=clock.sleep)
-    out = cencori_nb.map([f"p{i}" for i in range(40)], achat=achat, concurrency=8,
-                         limiter=lim, progress=False)
+    out = cencori_nb.map(
+        [f"p{i}" for i in range(40)], achat=achat, concurrency=8, limiter=lim, progress=False
+    )
     assert out["error"].isna().all()
     assert lim.rate_limited == 24
     kinds = [(e.kind, e.limit) for e in lim.events]
     decreases = [limit for kind, limit in kinds if kind == "decrease"]
-    assert decreases[0] == 4                      # the first burst halves once, not 8 times
+    assert decreases[0] == 4  # the first burst halves once, not 8 times
     assert decreases == sorted(decreases, reverse=True)
     assert all(e.pause_s == 3.0 for e in lim.events if e.kind == "pause")
-    assert set(clock.sleeps) == {3.0}             # only waits: the Retry-After
+    assert set(clock.sleeps) == {3.0}  # only waits: the Retry-After
     assert clock.now == 3.0 * len([e for e in lim.events if e.kind == "pause"])
     assert inner.max_in_flight <= decreases[-1] + len(
-        [e for e in lim.events if e.kind == "increase"])
+        [e for e in lim.events if e.kind == "increase"]
+    )
     assert out.attrs["cencori"]["rate_limited"] == 24
 
 
@@ -202,11 +257,15 @@ def test_progress_says_when_the_batch_waits_for_a_rate_limit() -> None:
         return completion(prompt)
 
     lim = AdaptiveLimiter(4, clock=clock, sleep=clock.sleep)
-    cencori_nb.map(["a"], achat=achat, limiter=lim,
-                   progress=TextProgress(1, stream=buf, min_interval_s=60, clock=clock))
+    cencori_nb.map(
+        ["a"],
+        achat=achat,
+        limiter=lim,
+        progress=TextProgress(1, stream=buf, min_interval_s=60, clock=clock),
+    )
     out = buf.getvalue()
     assert "0/1 rows · 0 errors · $0.0000 · rate limited: waiting 30 s, concurrency 2" in out
-    last = out.rsplit("\r", 1)[-1]       # padded with blanks over the longer line before
+    last = out.rsplit("\r", 1)[-1]  # padded with blanks over the longer line before
     assert last.endswith("\n") and last.rstrip() == "cencori: 1/1 rows · 0 errors · $0.0010"
     assert clock.sleeps == [30.0]
 
@@ -214,8 +273,7 @@ def test_progress_says_when_the_batch_waits_for_a_rate_limit() -> None:
 def test_rate_limit_retries_are_bounded() -> None:
     """A row that is rate-limited forever fails after PACED_RATE_LIMIT_RETRIES + 1 tries."""
     clock = FakeClock()
-    fake = FakeAchat(fail={"x": RateLimitError("Rate limited.", status_code=429,
-                                               retry_after=1.0)})
+    fake = FakeAchat(fail={"x": RateLimitError("Rate limited.", status_code=429, retry_after=1.0)})
     lim = AdaptiveLimiter(2, clock=clock, sleep=clock.sleep)
     out = cencori_nb.map(["x"], achat=fake, limiter=lim, progress=False)
     assert fake.calls.count("x") == transport.PACED_RATE_LIMIT_RETRIES + 1
@@ -224,13 +282,15 @@ def test_rate_limit_retries_are_bounded() -> None:
 
 def test_credit_exhaustion_stops_starting_rows() -> None:
     """After a credits error the remaining rows are not sent and say why."""
-    fake = FakeAchat(fail={"p2": CreditsExhaustedError("Credit balance exhausted.",
-                                                       hint="Top up.")})
-    out = cencori_nb.map([f"p{i}" for i in range(6)], achat=fake, concurrency=1,
-                         progress=False)
+    fake = FakeAchat(
+        fail={"p2": CreditsExhaustedError("Credit balance exhausted.", hint="Top up.")}
+    )
+    out = cencori_nb.map([f"p{i}" for i in range(6)], achat=fake, concurrency=1, progress=False)
     assert fake.calls == ["p0", "p1", "p2"]
-    assert out["error"].tolist()[3:] == [
-        "not sent: CreditsExhaustedError: Credit balance exhausted. Top up."] * 3
+    assert (
+        out["error"].tolist()[3:]
+        == ["not sent: CreditsExhaustedError: Credit balance exhausted. Top up."] * 3
+    )
     assert out.attrs["cencori"]["stopped"].startswith("CreditsExhaustedError")
 
 
@@ -272,15 +332,20 @@ def test_duplicate_prompts_in_a_deterministic_batch_are_sent_one_after_the_other
     assert events.index("end a") < events.index("start a", events.index("start a") + 1)
     events.clear()
     cencori_nb.map(["a", "a"], achat=achat, concurrency=4, temperature=0.7, progress=False)
-    assert events[:2] == ["start a", "start a"]   # sampling: both sent at once
+    assert events[:2] == ["start a", "start a"]  # sampling: both sent at once
 
 
 def test_checkpoint_resume_sends_only_missing_rows_and_is_removed_when_done(
-        private_home: Path) -> None:
+    private_home: Path,
+) -> None:
     """Failed rows are retried by the next identical run; finished rows are not resent."""
     prompts = [f"q{i}" for i in range(8)]
-    first = FakeAchat(fail={"q2": ProviderUnavailableError("503", status_code=503),
-                            "q5": AuthenticationError("401", status_code=401)})
+    first = FakeAchat(
+        fail={
+            "q2": ProviderUnavailableError("503", status_code=503),
+            "q5": AuthenticationError("401", status_code=401),
+        }
+    )
     out1 = cencori_nb.map(prompts, achat=first, retries=0, temperature=0.9, progress=False)
     assert out1["error"].notna().sum() == 2
     files = list((private_home / "batches").glob("*.jsonl"))
@@ -292,26 +357,27 @@ def test_checkpoint_resume_sends_only_missing_rows_and_is_removed_when_done(
     assert out2["error"].isna().all()
     assert out2["text"].tolist() == [f"echo: {p}" for p in prompts]
     # resumed rows cost nothing now (like cache hits); the resent two are paid
-    assert out2["cost_usd"].tolist() == [Decimal("0.001") if p in ("q2", "q5") else Decimal(0)
-                                         for p in prompts]
+    assert out2["cost_usd"].tolist() == [
+        Decimal("0.001") if p in ("q2", "q5") else Decimal(0) for p in prompts
+    ]
     assert out2["cached"].tolist() == [p not in ("q2", "q5") for p in prompts]
     assert out2["request_id"].tolist() == [f"req-{p}" for p in prompts]
     assert out2.attrs["cencori"]["resumed_rows"] == 6
     assert out2.attrs["cencori"]["spent_usd_this_run"] == "0.002"
-    assert not list((private_home / "batches").glob("*.jsonl"))   # done: checkpoint gone
+    assert not list((private_home / "batches").glob("*.jsonl"))  # done: checkpoint gone
 
     third = FakeAchat()
     cencori_nb.map(prompts, achat=third, temperature=0.9, progress=False)
-    assert len(third.calls) == 8                  # a finished batch runs afresh
+    assert len(third.calls) == 8  # a finished batch runs afresh
 
 
-def test_no_checkpoint_for_cached_requests_and_none_kept_for_empty_rows(
-        private_home: Path) -> None:
+def test_no_checkpoint_for_cached_requests_and_none_kept_for_empty_rows(private_home: Path) -> None:
     """Deterministic + cache: the response cache resumes, no checkpoint file is written. A
     sampled batch whose only failures are empty prompts is complete: checkpoint removed."""
     cencori_nb.map(["a", "b"], achat=FakeAchat(fail={"b": ValueError("x")}), progress=False)
-    assert not (private_home / "batches").exists() or \
-        not list((private_home / "batches").glob("*.jsonl"))
+    assert not (private_home / "batches").exists() or not list(
+        (private_home / "batches").glob("*.jsonl")
+    )
     out = cencori_nb.map(["a", None], achat=FakeAchat(), temperature=0.7, progress=False)
     assert out["error"].tolist()[1] == "not sent: empty prompt"
     assert not list((private_home / "batches").glob("*.jsonl"))
@@ -320,8 +386,9 @@ def test_no_checkpoint_for_cached_requests_and_none_kept_for_empty_rows(
 def test_resume_false_sends_every_row() -> None:
     """resume=False ignores the checkpoint of an earlier partial run."""
     prompts = ["a", "b"]
-    cencori_nb.map(prompts, achat=FakeAchat(fail={"b": ValueError("x")}), temperature=0.5,
-                   progress=False)
+    cencori_nb.map(
+        prompts, achat=FakeAchat(fail={"b": ValueError("x")}), temperature=0.5, progress=False
+    )
     again = FakeAchat()
     cencori_nb.map(prompts, achat=again, resume=False, temperature=0.5, progress=False)
     assert sorted(again.calls) == ["a", "b"]
@@ -344,9 +411,10 @@ def test_interrupt_returns_partial_and_resume_sends_only_missing_rows() -> None:
 
         from cencori_nb.home import home_dir
 
-        def finished() -> int:   # lines in the batch's checkpoint = rows finished
-            return sum(len(p.read_text().splitlines())
-                       for p in (home_dir() / "batches").glob("*.jsonl"))
+        def finished() -> int:  # lines in the batch's checkpoint = rows finished
+            return sum(
+                len(p.read_text().splitlines()) for p in (home_dir() / "batches").glob("*.jsonl")
+            )
 
         while finished() < 5:
             time.sleep(0.005)
@@ -388,16 +456,16 @@ async def test_amap_cancel_reraises_and_keeps_finished_rows_for_resume() -> None
             done.set()
         return completion(prompt)
 
-    task = asyncio.create_task(cencori_nb.amap(prompts, achat=achat, concurrency=5,
-                                               temperature=1, progress=False))
+    task = asyncio.create_task(
+        cencori_nb.amap(prompts, achat=achat, concurrency=5, temperature=1, progress=False)
+    )
     await asyncio.wait_for(done.wait(), 5)
     await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     again = FakeAchat()
-    out = await cencori_nb.amap(prompts, achat=again, concurrency=5, temperature=1,
-                                progress=False)
+    out = await cencori_nb.amap(prompts, achat=again, concurrency=5, temperature=1, progress=False)
     assert sorted(again.calls) == sorted(prompts[3:])
     assert out["error"].isna().all()
 
@@ -433,10 +501,13 @@ def test_import_registers_accessor_when_pandas_is_loaded() -> None:
     import subprocess
     import sys
 
-    code = ("import pandas as pd, cencori_nb; "
-            "print(pd.DataFrame({'t': ['x']}).cencori.prompts('Say {t}').tolist())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=True)
+    code = (
+        "import pandas as pd, cencori_nb; "
+        "print(pd.DataFrame({'t': ['x']}).cencori.prompts('Say {t}').tolist())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
     assert out.stdout.strip() == "['Say x']"
 
 
@@ -449,8 +520,10 @@ def test_map_refuses_a_single_string() -> None:
 # -- accessor ---------------------------------------------------------------------------
 def test_dataframe_accessor_fills_template_and_aligns_with_index() -> None:
     """df.cencori.prompt fills {column} per row; results keep the (non-default) index."""
-    df = pd.DataFrame({"text": ["alpha", "beta", None], "lang": ["en", "fr", "de"]},
-                      index=pd.Index(["k1", "k2", "k3"], name="key"))
+    df = pd.DataFrame(
+        {"text": ["alpha", "beta", None], "lang": ["en", "fr", "de"]},
+        index=pd.Index(["k1", "k2", "k3"], name="key"),
+    )
     fake = FakeAchat()
     out = df.cencori.prompt("Summarise in {lang}: {text} {{ok}}", achat=fake, progress=False)
     assert list(out.index) == ["k1", "k2", "k3"] and out.index.name == "key"
@@ -488,8 +561,7 @@ def test_series_accessor_fills_value_and_aligns() -> None:
     out = s.cencori.prompt("Sentiment of: {}", achat=fake, progress=False)
     assert list(out.index) == [100, 7]
     assert out.loc[7, "prompt"] == "Sentiment of: bad"
-    assert s.cencori.prompt(achat=FakeAchat(), progress=False)["prompt"].tolist() == \
-        ["good", "bad"]
+    assert s.cencori.prompt(achat=FakeAchat(), progress=False)["prompt"].tolist() == ["good", "bad"]
     with pytest.raises(ConfigurationError, match="Series has one value"):
         s.cencori.prompt("Sentiment of: {review}", achat=fake, progress=False)
 
@@ -501,7 +573,7 @@ def test_text_progress_is_throttled_and_ends_with_a_newline() -> None:
     buf = io.StringIO()
     p = TextProgress(10, stream=buf, min_interval_s=0.1, clock=lambda: t["now"])
     p.update(1, 0, Decimal("0.01"))
-    p.update(2, 0, Decimal("0.02"))             # throttled
+    p.update(2, 0, Decimal("0.02"))  # throttled
     t["now"] = 0.2
     p.update(3, 1, Decimal("0.03"))
     p.close(10, 1, Decimal("0.1"))

@@ -39,8 +39,9 @@ def kernel(private_home: Path, slow_sandbox: Any, tmp_path: Path) -> Iterator[An
 
     keys.set("openai", OPENAI_KEY, default_model="gpt-4o-mini", make_default=True)
     env = {**os.environ, "IPYTHONDIR": str(tmp_path / "ipython")}
-    km, kc = jupyter_client.manager.start_new_kernel(kernel_name="python3", env=env,
-                                                     startup_timeout=120)
+    km, kc = jupyter_client.manager.start_new_kernel(
+        kernel_name="python3", env=env, startup_timeout=120
+    )
     try:
         yield km, kc
     finally:
@@ -76,27 +77,32 @@ def run(kc: Any, code: str) -> tuple[list[dict[str, Any]], dict]:
 
 
 def stdout(messages: list[dict[str, Any]]) -> str:
-    return "".join(m["content"]["text"] for m in messages
-                   if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
+    return "".join(
+        m["content"]["text"]
+        for m in messages
+        if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
+    )
 
 
 def test_map_in_kernel_shows_a_widget_and_survives_an_interrupt(
-        kernel: Any, slow_sandbox: Any, private_home: Path) -> None:
+    kernel: Any, slow_sandbox: Any, private_home: Path
+) -> None:
     """Inside the kernel's running loop map() works and displays an IntProgress widget; the
     kernel interrupt stops it with BatchInterrupted, `.partial` keeps the finished rows, and
     running the cell again sends only the missing rows (counted at the sandbox)."""
     km, kc = kernel
-    _m, reply = run(kc, "import cencori_nb, pandas as pd\n"
-                        "prompts = [f'kernel row {i}' for i in range(16)]")
+    _m, reply = run(
+        kc, "import cencori_nb, pandas as pd\nprompts = [f'kernel row {i}' for i in range(16)]"
+    )
     assert reply["content"]["status"] == "ok"
 
-    cell = ("out = cencori_nb.map(prompts, model='gpt-4o-mini', temperature=0.5, "
-            "concurrency=2)")
+    cell = "out = cencori_nb.map(prompts, model='gpt-4o-mini', temperature=0.5, concurrency=2)"
     msg_id = send(kc, cell)
     deadline = time.monotonic() + 60
-    while True:      # interrupt once four rows are finished (checkpoint lines)
-        done = sum(len(p.read_text().splitlines())
-                   for p in (private_home / "batches").glob("*.jsonl"))
+    while True:  # interrupt once four rows are finished (checkpoint lines)
+        done = sum(
+            len(p.read_text().splitlines()) for p in (private_home / "batches").glob("*.jsonl")
+        )
         if done >= 4:
             break
         assert time.monotonic() < deadline, "the batch made no progress"
@@ -106,23 +112,36 @@ def test_map_in_kernel_shows_a_widget_and_survives_an_interrupt(
     assert reply["content"]["status"] == "error"
     assert reply["content"]["ename"] == "BatchInterrupted"
     assert "run the same call again to send only the" in reply["content"]["evalue"]
-    widgets = [m for m in messages if m["msg_type"] == "comm_open"
-               and m["content"]["data"]["state"].get("_model_name") == "IntProgressModel"]
+    widgets = [
+        m
+        for m in messages
+        if m["msg_type"] == "comm_open"
+        and m["content"]["data"]["state"].get("_model_name") == "IntProgressModel"
+    ]
     assert len(widgets) == 1
-    updates = [m for m in messages if m["msg_type"] == "comm_msg"
-               and m["content"]["data"].get("method") == "update"]
-    assert updates                          # the bar moved, from the batch's thread
+    updates = [
+        m
+        for m in messages
+        if m["msg_type"] == "comm_msg" and m["content"]["data"].get("method") == "update"
+    ]
+    assert updates  # the bar moved, from the batch's thread
 
-    messages, reply = run(kc, "import sys\npartial = sys.last_value.partial\n"
-                              "print(int(partial.error.isna().sum()), "
-                              "int((partial.error == 'interrupted').sum()))")
+    messages, reply = run(
+        kc,
+        "import sys\npartial = sys.last_value.partial\n"
+        "print(int(partial.error.isna().sum()), "
+        "int((partial.error == 'interrupted').sum()))",
+    )
     finished, interrupted = map(int, stdout(messages).split())
     assert finished >= 4 and finished + interrupted == 16
-    time.sleep(0.5)                          # requests cut off in flight reach the server
+    time.sleep(0.5)  # requests cut off in flight reach the server
     before = slow_sandbox.stats["requests"]
 
-    messages, reply = run(kc, cell.replace("concurrency=2", "concurrency=8, progress=False")
-                          + "\nprint(int(out.error.isna().sum()), int(out.cached.sum()))")
+    messages, reply = run(
+        kc,
+        cell.replace("concurrency=2", "concurrency=8, progress=False")
+        + "\nprint(int(out.error.isna().sum()), int(out.cached.sum()))",
+    )
     assert reply["content"]["status"] == "ok"
     ok, cached = map(int, stdout(messages).split())
     assert (ok, cached) == (16, finished)
@@ -130,7 +149,8 @@ def test_map_in_kernel_shows_a_widget_and_survives_an_interrupt(
 
 
 def test_ctrl_c_in_a_script_stops_with_the_partial_result(
-        private_home: Path, slow_sandbox: Any) -> None:
+    private_home: Path, slow_sandbox: Any
+) -> None:
     """A plain script: SIGINT during map() ends it with BatchInterrupted (the script stops),
     the stderr progress line says it was interrupted, `.partial` has the finished rows."""
     import signal
@@ -149,12 +169,19 @@ def test_ctrl_c_in_a_script_stops_with_the_partial_result(
         "except BatchInterrupted as e:\n"
         "    print('partial', int(e.partial.error.isna().sum()), flush=True)\n"
         "    raise\n"
-        "print('not reached')\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+        "print('not reached')\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
     deadline = time.monotonic() + 60
-    while sum(len(p.read_text().splitlines())
-              for p in (private_home / "batches").glob("*.jsonl")) < 2:
+    while (
+        sum(len(p.read_text().splitlines()) for p in (private_home / "batches").glob("*.jsonl")) < 2
+    ):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)

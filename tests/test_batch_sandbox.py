@@ -38,8 +38,9 @@ def sbx(sandbox_env: SandboxServer) -> SandboxServer:
 
 
 @pytest.fixture
-def own_sandbox(request: pytest.FixtureRequest,
-                monkeypatch: pytest.MonkeyPatch) -> Iterator[SandboxServer]:
+def own_sandbox(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[SandboxServer]:
     """A private sandbox built from the test's ``sandbox_args`` marker-free param."""
     server = SandboxServer(**getattr(request, "param", {}))
     url = server.start_in_thread()
@@ -57,8 +58,7 @@ def _rows(status: str | None = None) -> list[Any]:
 
 
 def _usage_debits() -> Counter[str]:
-    return Counter(t.request_id for t in wallet.transactions(as_frame=False)
-                   if t.kind == "usage")
+    return Counter(t.request_id for t in wallet.transactions(as_frame=False) if t.kind == "usage")
 
 
 def test_map_byok_in_order_one_request_and_one_ledger_row_each(sbx: SandboxServer) -> None:
@@ -84,7 +84,7 @@ def test_rerun_is_served_by_the_cache_at_zero_cost(sbx: SandboxServer) -> None:
     assert sbx.stats["requests"] == 6
     t0 = time.perf_counter()
     second = cencori_nb.map(prompts, model="gpt-4o-mini", progress=False)
-    assert time.perf_counter() - t0 < 30      # (sanity only; the benchmark measures speed)
+    assert time.perf_counter() - t0 < 30  # (sanity only; the benchmark measures speed)
     assert sbx.stats["requests"] == 6
     assert second["cached"].all() and (second["cost_usd"] == Decimal(0)).all()
     assert second["text"].tolist() == first["text"].tolist()
@@ -95,8 +95,7 @@ def test_rerun_is_served_by_the_cache_at_zero_cost(sbx: SandboxServer) -> None:
 
 def test_duplicate_prompts_send_once_and_copies_hit_the_cache(sbx: SandboxServer) -> None:
     """The same prompt 5 times in one deterministic batch reaches the sandbox once."""
-    out = cencori_nb.map(["Same question"] * 5, model="gpt-4o-mini", concurrency=5,
-                         progress=False)
+    out = cencori_nb.map(["Same question"] * 5, model="gpt-4o-mini", concurrency=5, progress=False)
     assert sbx.stats["requests"] == 1
     assert out["cached"].tolist() == [False, True, True, True, True]
     assert len(set(out["text"])) == 1
@@ -104,11 +103,11 @@ def test_duplicate_prompts_send_once_and_copies_hit_the_cache(sbx: SandboxServer
 
 def test_revoked_key_fails_every_row_and_the_batch_returns(sbx: SandboxServer) -> None:
     """A revoked BYOK key: each row carries the 401 message; nothing raised, no retries."""
-    keys.set("openai", "sk-sandbox-demo-openai-revoked")   # the sandbox's revoked demo key
+    keys.set("openai", "sk-sandbox-demo-openai-revoked")  # the sandbox's revoked demo key
     out = cencori_nb.map(["a", "b", "c"], model="gpt-4o-mini", progress=False)
     assert out["text"].isna().all()
     assert all(e.startswith("AuthenticationError (401)") for e in out["error"])
-    assert "revoked" not in " ".join(out["error"])       # no key material in messages
+    assert "revoked" not in " ".join(out["error"])  # no key material in messages
     assert sbx.stats["requests"] == 3
     assert len(_rows("error")) == 3
 
@@ -117,26 +116,29 @@ def test_revoked_key_fails_every_row_and_the_batch_returns(sbx: SandboxServer) -
 def test_server_faults_fail_single_rows_others_succeed(own_sandbox: SandboxServer) -> None:
     """With 5xx injected and retries=0, the failing rows say so; the rest have text."""
     prompts = [f"fault row {i}" for i in range(20)]
-    out = cencori_nb.map(prompts, model="gpt-4o-mini", retries=0, concurrency=4,
-                         progress=False)
+    out = cencori_nb.map(prompts, model="gpt-4o-mini", retries=0, concurrency=4, progress=False)
     failed = out["error"].notna()
     assert 0 < failed.sum() < 20
     assert all(e.startswith("ProviderUnavailableError (500)") for e in out["error"][failed])
     assert out["text"][~failed].notna().all()
     assert own_sandbox.stats["requests"] == 20
-    assert own_sandbox.stats["statuses"].get("500", own_sandbox.stats["statuses"].get(500)) \
+    assert (
+        own_sandbox.stats["statuses"].get("500", own_sandbox.stats["statuses"].get(500))
         == failed.sum()
+    )
 
 
 @pytest.mark.parametrize("own_sandbox", [{"faults": "429=0.2", "seed": 5}], indirect=True)
 def test_429s_from_the_server_are_paced_and_retried_without_failures_or_double_charges(
-        own_sandbox: SandboxServer) -> None:
+    own_sandbox: SandboxServer,
+) -> None:
     """Managed route with 429s injected: every row succeeds, each 429 was seen by the
     limiter, and each successful request was debited exactly once."""
-    wallet.top_up(25)                   # the local mirror starts tracking
+    wallet.top_up(25)  # the local mirror starts tracking
     prompts = [f"limited row {i}" for i in range(16)]
-    out = cencori_nb.map(prompts, model="gpt-4o-mini", route="managed", concurrency=4,
-                         progress=False)
+    out = cencori_nb.map(
+        prompts, model="gpt-4o-mini", route="managed", concurrency=4, progress=False
+    )
     assert out["error"].isna().all()
     stats = own_sandbox.stats
     n429 = stats["statuses"].get("429", stats["statuses"].get(429, 0))
@@ -150,16 +152,22 @@ def test_429s_from_the_server_are_paced_and_retried_without_failures_or_double_c
 def test_max_cost_refuses_before_sending_and_says_the_estimate(sbx: SandboxServer) -> None:
     """An estimate above max_cost_usd raises CostLimitError naming the estimate and rows."""
     with pytest.raises(CostLimitError) as info:
-        cencori_nb.map([f"Write an essay on topic {i}" for i in range(40)], model="gpt-4o",
-                       max_tokens=1000, max_cost_usd=0.05, progress=False)
+        cencori_nb.map(
+            [f"Write an essay on topic {i}" for i in range(40)],
+            model="gpt-4o",
+            max_tokens=1000,
+            max_cost_usd=0.05,
+            progress=False,
+        )
     err = info.value
     assert sbx.stats["requests"] == 0
     assert err.rows == 40 and err.estimate_usd > Decimal("0.05")
     assert f"Estimated cost ${err.estimate_usd:.4f} for 40 rows" in str(err)
     assert "max_cost_usd=$0.05" in str(err) and "Nothing was sent" in str(err)
     # the same estimate is available without sending
-    est = batch.estimate([f"Write an essay on topic {i}" for i in range(40)], model="gpt-4o",
-                         max_tokens=1000)
+    est = batch.estimate(
+        [f"Write an essay on topic {i}" for i in range(40)], model="gpt-4o", max_tokens=1000
+    )
     assert est.cost_usd == err.estimate_usd and est.output_tokens == 40_000
     assert est.rows == 40 and est.route == "byok" and est.model == "gpt-4o"
 
@@ -167,8 +175,14 @@ def test_max_cost_refuses_before_sending_and_says_the_estimate(sbx: SandboxServe
 def test_accessor_estimate_takes_the_same_arguments_as_prompt(sbx: SandboxServer) -> None:
     """df.cencori.estimate(template, **same kwargs as prompt) skips empty rows, sends nothing."""
     df = pd.DataFrame({"text": ["a b c", None, "d e f"]})
-    est = df.cencori.estimate("Summarise: {text}", model="gpt-4o-mini", max_tokens=10,
-                              concurrency=4, temperature=0, max_cost_usd=1)
+    est = df.cencori.estimate(
+        "Summarise: {text}",
+        model="gpt-4o-mini",
+        max_tokens=10,
+        concurrency=4,
+        temperature=0,
+        max_cost_usd=1,
+    )
     assert est.rows == 2 and est.output_tokens == 20 and est.cost_usd is not None
     assert sbx.stats["requests"] == 0
 
@@ -186,12 +200,25 @@ def test_spend_reaching_max_cost_stops_new_rows(sbx: SandboxServer) -> None:
     stops starting rows; the rest say why."""
 
     async def pricey(prompt: str, **kw: Any) -> Completion:
-        return Completion(text="ok", model="gpt-4o-mini", provider="openai", route="byok",
-                          provider_cost_usd=Decimal("0.01"), request_id=prompt,
-                          cost_usd=Decimal("0.01"))    # settled: map reads cost_usd
+        return Completion(
+            text="ok",
+            model="gpt-4o-mini",
+            provider="openai",
+            route="byok",
+            provider_cost_usd=Decimal("0.01"),
+            request_id=prompt,
+            cost_usd=Decimal("0.01"),
+        )  # settled: map reads cost_usd
 
-    out = cencori_nb.map([f"p{i}" for i in range(6)], model="gpt-4o-mini", max_tokens=5,
-                         max_cost_usd="0.025", concurrency=1, achat=pricey, progress=False)
+    out = cencori_nb.map(
+        [f"p{i}" for i in range(6)],
+        model="gpt-4o-mini",
+        max_tokens=5,
+        max_cost_usd="0.025",
+        concurrency=1,
+        achat=pricey,
+        progress=False,
+    )
     assert out["error"].isna().tolist() == [True] * 3 + [False] * 3
     assert out["error"].tolist()[3:] == ["not sent: max_cost_usd reached"] * 3
     assert out.attrs["cencori"]["stopped"] == "max_cost_usd reached"
@@ -205,8 +232,9 @@ class InterruptAfter:
         self.n = n
         self.fired = False
 
-    def update(self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False,
-               note: str = "") -> None:
+    def update(
+        self, done: int, errors: int, cost_usd: Decimal, *, force: bool = False, note: str = ""
+    ) -> None:
         if done >= self.n and not self.fired:
             self.fired = True
             _thread.interrupt_main()
@@ -219,29 +247,43 @@ class InterruptAfter:
 # The gateway's own cache is off here: a row cut off in flight was still answered (and, as
 # Cencori does, cached) by the server, so its re-run would be a free X-Cencori-Cache HIT;
 # this test counts what the re-run sends and charges (tests/test_receipts.py covers HITs).
-@pytest.mark.parametrize("own_sandbox", [{"latency_ms": 150, "seed": 2,
-                                          "gateway_cache": False}], indirect=True)
+@pytest.mark.parametrize(
+    "own_sandbox", [{"latency_ms": 150, "seed": 2, "gateway_cache": False}], indirect=True
+)
 @pytest.mark.parametrize("temperature", [0.8, None], ids=["sampled-checkpoint", "cached"])
 def test_interrupt_then_rerun_sends_only_missing_rows_and_charges_once(
-        own_sandbox: SandboxServer, temperature: float | None) -> None:
+    own_sandbox: SandboxServer, temperature: float | None
+) -> None:
     """Interrupt a managed batch mid-way; the re-run sends only the unfinished rows (counted
     at the sandbox) and no request id is debited twice. Sampled requests (temperature 0.8)
     resume from the batch checkpoint; deterministic ones from the response cache."""
     wallet.top_up(25)
     prompts = [f"sample row {i}" for i in range(12)]
     with pytest.raises(batch.BatchInterrupted) as info:
-        cencori_nb.map(prompts, model="gpt-4o-mini", route="managed", temperature=temperature,
-                       concurrency=2, progress=InterruptAfter(4))
+        cencori_nb.map(
+            prompts,
+            model="gpt-4o-mini",
+            route="managed",
+            temperature=temperature,
+            concurrency=2,
+            progress=InterruptAfter(4),
+        )
     part = info.value.partial
     finished = part["error"].isna()
     n_done = int(finished.sum())
     assert 4 <= n_done < 12
     assert (part["error"][~finished] == "interrupted").all()
-    time.sleep(0.4)                     # let requests cut off in flight reach the server
+    time.sleep(0.4)  # let requests cut off in flight reach the server
     before = own_sandbox.stats["requests"]
 
-    out = cencori_nb.map(prompts, model="gpt-4o-mini", route="managed", temperature=temperature,
-                         concurrency=2, progress=False)
+    out = cencori_nb.map(
+        prompts,
+        model="gpt-4o-mini",
+        route="managed",
+        temperature=temperature,
+        concurrency=2,
+        progress=False,
+    )
     assert own_sandbox.stats["requests"] - before == 12 - n_done
     assert out["error"].isna().all()
     assert out["cached"].tolist() == finished.tolist()
@@ -252,12 +294,13 @@ def test_interrupt_then_rerun_sends_only_missing_rows_and_charges_once(
     assert set(part["request_id"][finished]) <= set(debits)
     assert max(debits.values()) == 1
     if temperature is None:
-        assert len(_rows("cached")) == n_done       # the cache answered, and said so
-    assert not list((home_dir() / "batches").glob("*.jsonl"))   # complete: no checkpoint
+        assert len(_rows("cached")) == n_done  # the cache answered, and said so
+    assert not list((home_dir() / "batches").glob("*.jsonl"))  # complete: no checkpoint
 
 
-def test_canary_key_never_reaches_results_or_the_home(sandbox_env: SandboxServer,
-                                                      canary: str, private_home: Any) -> None:
+def test_canary_key_never_reaches_results_or_the_home(
+    sandbox_env: SandboxServer, canary: str, private_home: Any
+) -> None:
     """With the canary as the BYOK key: not in the frame, its errors, the checkpoint, the
     ledger or the cache (the key store holds it encrypted only)."""
     from tests.conftest import all_bytes_under
@@ -267,15 +310,16 @@ def test_canary_key_never_reaches_results_or_the_home(sandbox_env: SandboxServer
     from cencori_nb.client import achat as real_achat
 
     async def leaky(prompt: str, **kw: Any) -> Completion:
-        if prompt == "three":       # a foreign error that quotes the header
+        if prompt == "three":  # a foreign error that quotes the header
             raise ValueError(f"upstream said: bad header Authorization: Bearer {canary}")
         return await real_achat(prompt, **kw)
 
-    out = cencori_nb.map(["one", "two", "three"], model="gpt-4o-mini", temperature=0.5,
-                         achat=leaky, progress=False)
+    out = cencori_nb.map(
+        ["one", "two", "three"], model="gpt-4o-mini", temperature=0.5, achat=leaky, progress=False
+    )
     assert out["error"][:2].isna().all() and "upstream said" in out["error"][2]
     assert canary not in out["error"][2]
-    assert list((private_home / "batches").glob("*.jsonl"))    # kept: a row failed
+    assert list((private_home / "batches").glob("*.jsonl"))  # kept: a row failed
     assert canary not in out.to_json() and canary not in repr(out)
     assert canary.encode() not in all_bytes_under(private_home)
 

@@ -17,19 +17,39 @@ from cencori_nb.router import Decision
 from cencori_nb.types import ChatRequest, Completion
 
 
-def _decision(provider: str = "openai", model: str = "gpt-4o-mini", route: str = "byok",
-              key: str = "sk-test-aaaaaaaaaaaaaaaa") -> Decision:
-    return Decision(provider=provider, model=model, route=route, credential=Secret(key),
-                    credential_source=f"keystore:{route}:{provider}",
-                    base_url="http://127.0.0.1:1", adapter=provider)
+def _decision(
+    provider: str = "openai",
+    model: str = "gpt-4o-mini",
+    route: str = "byok",
+    key: str = "sk-test-aaaaaaaaaaaaaaaa",
+) -> Decision:
+    return Decision(
+        provider=provider,
+        model=model,
+        route=route,
+        credential=Secret(key),
+        credential_source=f"keystore:{route}:{provider}",
+        base_url="http://127.0.0.1:1",
+        adapter=provider,
+    )
 
 
 def _completion(text: str = "hello") -> Completion:
-    return Completion(text=text, model="gpt-4o-mini-2024-07-18", provider="openai", route="byok",
-                      input_tokens=12, output_tokens=3, provider_cost_usd=Decimal("0.0000036"),
-                      credits_charged_usd=Decimal("0.000005"), request_id="req-1",
-                      latency_ms=42.0, finish_reason="stop", project="default",
-                      gateway_cost_usd=Decimal("0.000005"))
+    return Completion(
+        text=text,
+        model="gpt-4o-mini-2024-07-18",
+        provider="openai",
+        route="byok",
+        input_tokens=12,
+        output_tokens=3,
+        provider_cost_usd=Decimal("0.0000036"),
+        credits_charged_usd=Decimal("0.000005"),
+        request_id="req-1",
+        latency_ms=42.0,
+        finish_reason="stop",
+        project="default",
+        gateway_cost_usd=Decimal("0.000005"),
+    )
 
 
 def test_key_depends_on_what_makes_the_answer() -> None:
@@ -42,16 +62,23 @@ def test_key_depends_on_what_makes_the_answer() -> None:
     assert cache.cache_key(_decision(provider="groq"), req) != base
     assert cache.cache_key(_decision(), ChatRequest.from_prompt("hi")) != base
     assert cache.cache_key(_decision(), ChatRequest.from_prompt("hi!", system="be brief")) != base
-    assert cache.cache_key(_decision(), ChatRequest.from_prompt(
-        "hi", system="be brief", max_tokens=5)) != base
-    assert cache.cache_key(_decision(), ChatRequest.from_prompt(
-        "hi", system="be brief", temperature=0)) != base
+    assert (
+        cache.cache_key(_decision(), ChatRequest.from_prompt("hi", system="be brief", max_tokens=5))
+        != base
+    )
+    assert (
+        cache.cache_key(
+            _decision(), ChatRequest.from_prompt("hi", system="be brief", temperature=0)
+        )
+        != base
+    )
     other_endpoint = dataclasses.replace(_decision(), base_url="https://api.openai.com/v1")
     assert cache.cache_key(other_endpoint, req) != base
 
 
 def test_a_sandbox_answer_is_never_served_by_another_endpoint(
-        sandbox_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    sandbox_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A reply cached while talking to one server (a sandbox) is not a cache hit when the
     same prompt goes to another (a second sandbox here; the real provider in life): that
     server is asked, and the fake answer never stands in for a real one."""
@@ -113,9 +140,12 @@ def test_bytes_on_disk_hold_the_answer_not_a_key(private_home: Path, canary: str
     decision = _decision(key=canary)
     key = cache.cache_key(decision, ChatRequest.from_prompt("hi"))
     cache.store(key, _completion("the answer"))
-    cache._reset_for_tests()        # close, so the WAL is checkpointed
-    rows = sqlite3.connect(private_home / "cache.sqlite").execute(
-        "SELECT key, provider, model, completion FROM responses").fetchall()
+    cache._reset_for_tests()  # close, so the WAL is checkpointed
+    rows = (
+        sqlite3.connect(private_home / "cache.sqlite")
+        .execute("SELECT key, provider, model, completion FROM responses")
+        .fetchall()
+    )
     assert rows[0][0] == key and rows[0][1] == "openai"
     assert "the answer" in rows[0][3]
     data = b"".join(p.read_bytes() for p in private_home.iterdir() if p.is_file())
@@ -155,7 +185,7 @@ def test_damaged_cache_file_is_a_miss_not_a_failure(private_home: Path) -> None:
     (private_home / "cache.sqlite").write_bytes(b"this is not a database" * 100)
     with pytest.warns(RuntimeWarning, match="cache.sqlite"):
         assert cache.lookup("k") is None
-    cache.store("k", _completion())          # no exception, no second warning
+    cache.store("k", _completion())  # no exception, no second warning
     assert cache.lookup("k") is None
     with pytest.raises(errors.ConfigurationError, match="Delete that file"):
         cache.clear()

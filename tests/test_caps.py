@@ -65,7 +65,8 @@ print(json.dumps({"ok": int(out["error"].isna().sum()), "errors": errors,
 
 
 def test_two_processes_at_concurrency_8_stay_under_one_cap(
-        sbx: SandboxServer, private_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sbx: SandboxServer, private_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Two processes × map(concurrency=8) × 60 prompts under one $0.02 cap: spend ends
     within one request's reservation of the cap (measured overshoot <= bound), the cap was
     used (requests that fit were sent), every sent request has its row, and no reservation
@@ -75,10 +76,16 @@ def test_two_processes_at_concurrency_8_stay_under_one_cap(
     update_project("default", hard_cap_usd=cap)
     barrier = private_home.parent / "barrier"
     barrier.mkdir()
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, tag, "60", str(barrier), MODEL,
-                               str(MAX_TOKENS)],
-                              env=dict(os.environ), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for tag in "ab"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, tag, "60", str(barrier), MODEL, str(MAX_TOKENS)],
+            env=dict(os.environ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for tag in "ab"
+    ]
     deadline = time.monotonic() + 120
     while not all((barrier / f"ready-{t}").exists() for t in "ab"):
         assert time.monotonic() < deadline, "workers did not start"
@@ -95,22 +102,27 @@ def test_two_processes_at_concurrency_8_stay_under_one_cap(
     led.flush()
     spent = accounting.month_cost("default")
     prompt = "Process a request 10: say something about the number 10."
-    bound, _, _ = accounting.estimate_for("openai", MODEL, "byok",
-                                          estimate_messages_tokens([prompt]), MAX_TOKENS)
+    bound, _, _ = accounting.estimate_for(
+        "openai", MODEL, "byok", estimate_messages_tokens([prompt]), MAX_TOKENS
+    )
     assert bound is not None
     overshoot = max(spent - cap, Decimal(0))
     sent = sum(r["ok"] for r in results)
     rows = led.query("SELECT COUNT(*) FROM requests WHERE status = 'ok'")[0][0]
-    print(f"\ncap ${cap}, spent ${spent}, overshoot ${overshoot} (bound ${bound} = one "
-          f"request's reservation), sent {sent} (a {results[0]['ok']}, b {results[1]['ok']}), "
-          f"rows {rows}, sandbox chat requests {_chat_requests(sbx)}")
+    print(
+        f"\ncap ${cap}, spent ${spent}, overshoot ${overshoot} (bound ${bound} = one "
+        f"request's reservation), sent {sent} (a {results[0]['ok']}, b {results[1]['ok']}), "
+        f"rows {rows}, sandbox chat requests {_chat_requests(sbx)}"
+    )
     with capsys.disabled():
-        print(f"[caps] cap ${cap} spent ${spent} overshoot ${overshoot} bound ${bound} "
-              f"sent {sent} rows {rows}")
+        print(
+            f"[caps] cap ${cap} spent ${spent} overshoot ${overshoot} bound ${bound} "
+            f"sent {sent} rows {rows}"
+        )
     statuses = led.query("SELECT status, error_code, COUNT(*) FROM requests GROUP BY 1, 2")
     why = f"results={results} rows={statuses} sandbox={sbx.stats['statuses']}"
     assert overshoot <= bound, why
-    assert spent > cap - bound, why       # requests that fit were sent, not refused
+    assert spent > cap - bound, why  # requests that fit were sent, not refused
     assert results[0]["ok"] > 0 and results[1]["ok"] > 0, why
     # every request the sandbox saw has its row (a retried one has an error row too)
     all_rows = led.query("SELECT COUNT(*) FROM requests")[0][0]
@@ -130,8 +142,9 @@ def test_threads_share_the_cap(sbx: SandboxServer) -> None:
 
     def one(i: int) -> str:
         try:
-            cencori_nb.chat(f"thread {i} asks a question", model=MODEL, max_tokens=MAX_TOKENS,
-                            cache=False)
+            cencori_nb.chat(
+                f"thread {i} asks a question", model=MODEL, max_tokens=MAX_TOKENS, cache=False
+            )
             return "ok"
         except BudgetExceededError:
             return "refused"
@@ -139,9 +152,9 @@ def test_threads_share_the_cap(sbx: SandboxServer) -> None:
     with ThreadPoolExecutor(16) as pool:
         outcomes = list(pool.map(one, range(16)))
     spent = accounting.month_cost()
-    bound, _, _ = accounting.estimate_for("openai", MODEL, "byok",
-                                          estimate_messages_tokens(["thread 10 asks a question"]),
-                                          MAX_TOKENS)
+    bound, _, _ = accounting.estimate_for(
+        "openai", MODEL, "byok", estimate_messages_tokens(["thread 10 asks a question"]), MAX_TOKENS
+    )
     assert bound is not None and spent <= cap + bound and spent > cap - bound
     assert "refused" in outcomes and outcomes.count("ok") == _chat_requests(sbx)
     assert _held() == []
@@ -153,8 +166,10 @@ def test_reservation_of_a_dead_process_expires(sbx: SandboxServer) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     with default_ledger().transaction() as conn:
-        conn.execute("INSERT INTO budget_reservations VALUES ('ghost', 'default', ?, ?, ?, ?)",
-                     (to_pusd(Decimal("0.0099")), dead.pid, accounting._HOST, now_ms()))
+        conn.execute(
+            "INSERT INTO budget_reservations VALUES ('ghost', 'default', ?, ?, ?, ?)",
+            (to_pusd(Decimal("0.0099")), dead.pid, accounting._HOST, now_ms()),
+        )
     cencori_nb.chat("hello", model=MODEL, max_tokens=10)
     assert _held() == []
 
@@ -165,12 +180,17 @@ def test_live_and_remote_reservations_count_until_their_ttl(sbx: SandboxServer) 
     update_project("default", hard_cap_usd=Decimal("0.01"))
     old = now_ms() - accounting.RESERVATION_TTL_MS - 1
     with default_ledger().transaction() as conn:
-        conn.execute("INSERT INTO budget_reservations VALUES ('remote-old', 'default', ?, 1, "
-                     "'another-host', ?)", (to_pusd(Decimal("0.009")), old))
-        conn.execute("INSERT INTO budget_reservations VALUES ('parent', 'other-project', ?, ?, "
-                     "?, ?)", (to_pusd(Decimal(5)), os.getppid(), accounting._HOST, now_ms()))
-    cencori_nb.chat("hello", model=MODEL, max_tokens=10)     # the old remote one expired
-    assert [r[0] for r in _held()] == ["parent"]             # the live one stays
+        conn.execute(
+            "INSERT INTO budget_reservations VALUES ('remote-old', 'default', ?, 1, "
+            "'another-host', ?)",
+            (to_pusd(Decimal("0.009")), old),
+        )
+        conn.execute(
+            "INSERT INTO budget_reservations VALUES ('parent', 'other-project', ?, ?, ?, ?)",
+            (to_pusd(Decimal(5)), os.getppid(), accounting._HOST, now_ms()),
+        )
+    cencori_nb.chat("hello", model=MODEL, max_tokens=10)  # the old remote one expired
+    assert [r[0] for r in _held()] == ["parent"]  # the live one stays
     assert accounting._alive(1, "another-host", now_ms(), now_ms())
 
 
@@ -180,7 +200,7 @@ def test_reused_pid_does_not_keep_a_reservation() -> None:
     started = accounting._started_ms(parent)
     if started is None:
         pytest.skip("no /proc start times here")
-    made = started - 60_000                # a minute before the current holder started
+    made = started - 60_000  # a minute before the current holder started
     assert accounting._alive(parent, accounting._HOST, made, made + 1000) is False
     assert accounting._alive(parent, accounting._HOST, started + 5000, started + 6000) is True
 
@@ -201,12 +221,13 @@ def test_waiting_request_is_sent_once_the_other_settles(sbx: SandboxServer) -> N
 
     threading.Timer(0.3, release).start()
     c = cencori_nb.chat("after the other one", model=MODEL, max_tokens=10)
-    assert released.is_set()           # it could only be sent once the other had settled
+    assert released.is_set()  # it could only be sent once the other had settled
     assert c.cost_usd is not None and _held() == [] and _chat_requests(sbx) == 1
 
 
 def test_request_that_cannot_fit_is_refused_at_once_and_names_the_assumption(
-        sbx: SandboxServer) -> None:
+    sbx: SandboxServer,
+) -> None:
     """No max_tokens: 1,024 output tokens are reserved and the refusal says so; with
     max_tokens the same prompt fits and is sent; reserve_output_tokens changes the
     default."""
@@ -242,12 +263,12 @@ def test_failed_and_abandoned_requests_release_their_reservation(sbx: SandboxSer
     assert _held() == []
     sbx.faults = FaultPicker({}, 0)
     s = cencori_nb.stream("a stream read only in part", model=MODEL, max_tokens=40)
-    assert len(_held()) == 1                    # held while the stream is open
+    assert len(_held()) == 1  # held while the stream is open
     next(iter(s))
     s.close()
     assert _held() == []
     rows = default_ledger().rows()
-    assert [r.status for r in rows] == ["error", "interrupted"]     # stopped part way
+    assert [r.status for r in rows] == ["error", "interrupted"]  # stopped part way
 
 
 def test_bad_settings_are_refused(private_home: Path) -> None:
@@ -256,8 +277,11 @@ def test_bad_settings_are_refused(private_home: Path) -> None:
     from cencori_nb.settings import load_settings
 
     (private_home).mkdir(parents=True, exist_ok=True)
-    for bad in ({"reserve_output_tokens": 0}, {"reserve_output_tokens": "lots"},
-                {"unpriced_models_allowed": "llama3.2"}):
+    for bad in (
+        {"reserve_output_tokens": 0},
+        {"reserve_output_tokens": "lots"},
+        {"unpriced_models_allowed": "llama3.2"},
+    ):
         (private_home / "config.json").write_text(json.dumps(bad))
         settings._cache = None
         with pytest.raises(ConfigurationError):

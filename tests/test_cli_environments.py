@@ -50,10 +50,10 @@ COMMANDS = [
     Command("keys list", ("keys", "list")),
     Command("keys list --json", ("keys", "list", "--json")),
     Command("keys set", ("keys", "set", "anthropic"), stdin=b"sk-ant-envmatrix-" + b"R" * 30),
-    Command("ask", ("ask", "hello there", "-m", "gpt-4o-mini", "--no-stream"),
-            needs_sandbox=True),
-    Command("ask stdin", ("ask", "-m", "gpt-4o-mini"), stdin=b"hello from stdin",
-            needs_sandbox=True),
+    Command("ask", ("ask", "hello there", "-m", "gpt-4o-mini", "--no-stream"), needs_sandbox=True),
+    Command(
+        "ask stdin", ("ask", "-m", "gpt-4o-mini"), stdin=b"hello from stdin", needs_sandbox=True
+    ),
     Command("usage", ("usage",)),
     Command("usage --json", ("usage", "--json")),
     Command("credits", ("credits",)),
@@ -68,7 +68,7 @@ class Env:
 
     name: str
     prepare: Callable[[Path, dict[str, str]], None]
-    names: tuple[str, ...] = ()          # one of these must be in a failure's line
+    names: tuple[str, ...] = ()  # one of these must be in a failure's line
     full_disk: bool = False
     root_skips: bool = False
     argv_extra: Callable[[tuple[str, ...]], tuple[str, ...]] | None = None
@@ -83,6 +83,7 @@ def _write(rel: str, data: bytes) -> Callable[[Path, dict[str, str]], None]:
             shutil.rmtree(path)
         path.write_bytes(data)
         os.chmod(path, 0o600)
+
     return prepare
 
 
@@ -92,12 +93,14 @@ def _make_dir(rel: str) -> Callable[[Path, dict[str, str]], None]:
         if path.exists():
             path.unlink()
         path.mkdir(mode=0o700)
+
     return prepare
 
 
 def _set_env(**values: str) -> Callable[[Path, dict[str, str]], None]:
     def prepare(home: Path, env: dict[str, str]) -> None:
         env.update(values)
+
     return prepare
 
 
@@ -116,6 +119,7 @@ def _home_under_a_file(home: Path, env: dict[str, str]) -> None:
 def _unreadable(rel: str) -> Callable[[Path, dict[str, str]], None]:
     def prepare(home: Path, env: dict[str, str]) -> None:
         os.chmod(home / rel, 0)
+
     return prepare
 
 
@@ -132,40 +136,73 @@ def _closed_port_sandbox(home: Path, env: dict[str, str]) -> None:
 
 ENVIRONMENTS = [
     Env("healthy", lambda home, env: None),
-    Env("ledger damaged", _write("ledger.sqlite", b"this is not a database" * 100),
-        names=("ledger.sqlite", "database")),
+    Env(
+        "ledger damaged",
+        _write("ledger.sqlite", b"this is not a database" * 100),
+        names=("ledger.sqlite", "database"),
+    ),
     Env("ledger is a folder", _make_dir("ledger.sqlite"), names=("ledger.sqlite",)),
     Env("ledger empty", _write("ledger.sqlite", b""), names=("ledger.sqlite",)),
     Env("config.json not JSON", _write("config.json", b"{not json"), names=("config.json",)),
     Env("config.json a list", _write("config.json", b"[1, 2]"), names=("config.json",)),
-    Env("config.json not UTF-8", _write("config.json", b'{"project": "\xff\xfe"}'),
-        names=("config.json", "UTF-8")),
+    Env(
+        "config.json not UTF-8",
+        _write("config.json", b'{"project": "\xff\xfe"}'),
+        names=("config.json", "UTF-8"),
+    ),
     Env("config.json is a folder", _make_dir("config.json"), names=("config.json",)),
-    Env("keystore damaged", _write("keystore.json", b'{"version": 1, "garbage'),
-        names=("keystore.json",)),
+    Env(
+        "keystore damaged",
+        _write("keystore.json", b'{"version": 1, "garbage'),
+        names=("keystore.json",),
+    ),
     Env("keystore is a folder", _make_dir("keystore.json"), names=("keystore.json",)),
     Env("home is a file", _home_is_a_file, names=("not-a-folder", "CENCORI_NB_HOME")),
     Env("home under a file", _home_under_a_file, names=("plain-file", "CENCORI_NB_HOME")),
-    Env("full disk", lambda home, env: None, full_disk=True,
-        names=("disk", "limit", "ledger.sqlite", "keystore.json", "space")),
-    Env("argv not UTF-8", lambda home, env: None, names=("UTF-8",),
-        argv_extra=lambda argv: tuple(a.replace("hello", "hello \udcff\udcfe") for a in argv)),
+    Env(
+        "full disk",
+        lambda home, env: None,
+        full_disk=True,
+        names=("disk", "limit", "ledger.sqlite", "keystore.json", "space"),
+    ),
+    Env(
+        "argv not UTF-8",
+        lambda home, env: None,
+        names=("UTF-8",),
+        argv_extra=lambda argv: tuple(a.replace("hello", "hello \udcff\udcfe") for a in argv),
+    ),
     Env("stdin not UTF-8", lambda home, env: None, names=("UTF-8",), stdin=b"\xff\xfe hi"),
-    Env("CENCORI_NB_PROJECT bad", _set_env(CENCORI_NB_PROJECT="../../etc"),
-        names=("CENCORI_NB_PROJECT", "project")),
-    Env("CENCORI_NB_PROJECT empty", _set_env(CENCORI_NB_PROJECT=" "),
-        names=("CENCORI_NB_PROJECT", "project")),
-    Env("CENCORI_NB_SANDBOX not a URL", _set_env(CENCORI_NB_SANDBOX="not a url"),
-        names=("CENCORI_NB_SANDBOX", "not a url", "sandbox")),
-    Env("CENCORI_NB_SANDBOX ftp", _set_env(CENCORI_NB_SANDBOX="ftp://127.0.0.1:1"),
-        names=("CENCORI_NB_SANDBOX", "ftp", "sandbox")),
-    Env("sandbox unreachable", _closed_port_sandbox,
-        names=("127.0.0.1", "connect", "sandbox")),
+    Env(
+        "CENCORI_NB_PROJECT bad",
+        _set_env(CENCORI_NB_PROJECT="../../etc"),
+        names=("CENCORI_NB_PROJECT", "project"),
+    ),
+    Env(
+        "CENCORI_NB_PROJECT empty",
+        _set_env(CENCORI_NB_PROJECT=" "),
+        names=("CENCORI_NB_PROJECT", "project"),
+    ),
+    Env(
+        "CENCORI_NB_SANDBOX not a URL",
+        _set_env(CENCORI_NB_SANDBOX="not a url"),
+        names=("CENCORI_NB_SANDBOX", "not a url", "sandbox"),
+    ),
+    Env(
+        "CENCORI_NB_SANDBOX ftp",
+        _set_env(CENCORI_NB_SANDBOX="ftp://127.0.0.1:1"),
+        names=("CENCORI_NB_SANDBOX", "ftp", "sandbox"),
+    ),
+    Env("sandbox unreachable", _closed_port_sandbox, names=("127.0.0.1", "connect", "sandbox")),
     Env("sandbox hangs", _hanging_sandbox, names=("127.0.0.1", "time", "sandbox")),
-    Env("unreadable config.json", _unreadable("config.json"), root_skips=True,
-        names=("config.json",)),
-    Env("unreadable ledger", _unreadable("ledger.sqlite"), root_skips=True,
-        names=("ledger.sqlite",)),
+    Env(
+        "unreadable config.json",
+        _unreadable("config.json"),
+        root_skips=True,
+        names=("config.json",),
+    ),
+    Env(
+        "unreadable ledger", _unreadable("ledger.sqlite"), root_skips=True, names=("ledger.sqlite",)
+    ),
 ]
 
 
@@ -209,23 +246,34 @@ def hanging_server() -> Iterator[_HangingServer]:
 
 def _base_env(home: Path, sandbox_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CENCORI_NB_")}
-    env.update(CENCORI_NB_HOME=str(home), CENCORI_NB_SANDBOX=sandbox_url,
-               PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring",
-               # a hanging sandbox must end in a clear timeout, not after minutes
-               CENCORI_NB_TIMEOUT="3", PYTHONIOENCODING="utf-8")
+    env.update(
+        CENCORI_NB_HOME=str(home),
+        CENCORI_NB_SANDBOX=sandbox_url,
+        PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring",
+        # a hanging sandbox must end in a clear timeout, not after minutes
+        CENCORI_NB_TIMEOUT="3",
+        PYTHONIOENCODING="utf-8",
+    )
     return env
 
 
-def _run(argv: tuple[str, ...], env: dict[str, str], stdin: bytes, *, full_disk: bool
-         ) -> subprocess.CompletedProcess[bytes]:
+def _run(
+    argv: tuple[str, ...], env: dict[str, str], stdin: bytes, *, full_disk: bool
+) -> subprocess.CompletedProcess[bytes]:
     def limit() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
 
     encoded = [os.fsencode(a) for a in argv]
-    return subprocess.run([os.fsencode(sys.executable), b"-m", b"cencori_nb", *encoded],
-                          input=stdin, capture_output=True, env=env, timeout=120,
-                          preexec_fn=limit if full_disk else None, check=False)
+    return subprocess.run(
+        [os.fsencode(sys.executable), b"-m", b"cencori_nb", *encoded],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        timeout=120,
+        preexec_fn=limit if full_disk else None,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -234,10 +282,14 @@ def healthy_home(tmp_path_factory: pytest.TempPathFactory, _sandbox_session: Any
     request in the ledger, and settings: what a user has after the quickstart."""
     home = tmp_path_factory.mktemp("template") / "home"
     env = _base_env(home, _sandbox_session.url)
-    for argv, stdin in ((("keys", "set", "openai", "--default-model", "gpt-4o-mini",
-                          "--make-default"), OPENAI_TEST_KEY.encode()),
-                        (("credits", "top-up", "10"), b""),
-                        (("ask", "seed the ledger", "--no-stream"), b"")):
+    for argv, stdin in (
+        (
+            ("keys", "set", "openai", "--default-model", "gpt-4o-mini", "--make-default"),
+            OPENAI_TEST_KEY.encode(),
+        ),
+        (("credits", "top-up", "10"), b""),
+        (("ask", "seed the ledger", "--no-stream"), b""),
+    ):
         out = _run(argv, env, stdin, full_disk=False)
         assert out.returncode == 0, out.stderr.decode()
     (home / "config.json").write_text('{"project": "default"}\n')
@@ -261,8 +313,11 @@ def _snapshot(home: Path) -> dict[str, Any]:
         except PermissionError:
             out[name] = "unreadable"
             continue
-        out[name] = _rows(p) if data.startswith(b"SQLite format 3\0") else (
-            hashlib.sha256(data).hexdigest())
+        out[name] = (
+            _rows(p)
+            if data.startswith(b"SQLite format 3\0")
+            else (hashlib.sha256(data).hexdigest())
+        )
     return out
 
 
@@ -270,11 +325,14 @@ def _rows(path: Path) -> dict[str, frozenset[tuple[Any, ...]]] | str:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            tables = [r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")]
+            tables = [
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            ]
             # t comes from sqlite_master of a file this test wrote, not from input
-            return {t: frozenset(conn.execute(f'SELECT * FROM "{t}"'))  # noqa: S608
-                    for t in tables}
+            return {
+                t: frozenset(conn.execute(f'SELECT * FROM "{t}"'))  # noqa: S608
+                for t in tables
+            }
         finally:
             conn.close()
     except sqlite3.Error:
@@ -287,8 +345,9 @@ def _kept(before: Any, after: Any) -> bool:
     return before == after
 
 
-def _check(command: Command, environment: Env, base: Path, healthy_home: Path,
-           sandbox_url: str) -> str | None:
+def _check(
+    command: Command, environment: Env, base: Path, healthy_home: Path, sandbox_url: str
+) -> str | None:
     """Run one pair; return a description of what went wrong, or None."""
     home = base / "home"
     shutil.copytree(healthy_home, home)
@@ -310,13 +369,15 @@ def _check(command: Command, environment: Env, base: Path, healthy_home: Path,
         return "exit code " + where
     if out.returncode == 0:
         return None
-    lines = [line for line in err.splitlines()
-             if line.strip() and not line.startswith("cencori-nb: warning: ")]
+    lines = [
+        line
+        for line in err.splitlines()
+        if line.strip() and not line.startswith("cencori-nb: warning: ")
+    ]
     if out.returncode == 1:
         if len(lines) != 1 or not lines[0].startswith("cencori-nb: "):
             return "not one line " + where
-        if environment.names and not any(n.lower() in lines[0].lower()
-                                         for n in environment.names):
+        if environment.names and not any(n.lower() in lines[0].lower() for n in environment.names):
             return "does not name the file or value " + where
     after = _snapshot(home)
     changed = [name for name, was in before.items() if not _kept(was, after.get(name))]
@@ -331,7 +392,8 @@ _HEALTHY_MUST_PASS = {c.name for c in COMMANDS}
 @pytest.mark.slow
 @pytest.mark.parametrize("environment", ENVIRONMENTS, ids=[e.name for e in ENVIRONMENTS])
 def test_every_command_in_a_broken_environment_gives_one_line(
-        environment: Env, healthy_home: Path, tmp_path: Path, _sandbox_session: Any) -> None:
+    environment: Env, healthy_home: Path, tmp_path: Path, _sandbox_session: Any
+) -> None:
     """Each command, run as a real process in this environment: one line, no traceback,
     the file or value named, the user's files untouched."""
     if environment.root_skips and os.geteuid() == 0:
@@ -359,6 +421,5 @@ def test_every_command_in_a_broken_environment_gives_one_line(
             base.mkdir()
             home = base / "home"
             shutil.copytree(healthy_home, home)
-            out = _run(command.argv, _base_env(home, sandbox_url), command.stdin,
-                       full_disk=False)
+            out = _run(command.argv, _base_env(home, sandbox_url), command.stdin, full_disk=False)
             assert out.returncode == 0, (command.name, out.stderr.decode())

@@ -48,7 +48,7 @@ def test_chat_byok_sends_the_key_and_records_a_row(sbx: SandboxServer) -> None:
     assert (c.provider, c.route, c.cached) == ("openai", "byok", False)
     assert c.input_tokens > 0 and c.output_tokens > 0
     assert c.provider_cost_usd is not None and c.provider_cost_usd > 0
-    assert c.credits_charged_usd == Decimal(0)          # byok_policy "zero"
+    assert c.credits_charged_usd == Decimal(0)  # byok_policy "zero"
     assert c.credential_source == "sandbox-demo:byok:openai"
     assert c.request_id and c.latency_ms > 0 and c.model_requested == "gpt-4o-mini"
     stats = sbx.stats
@@ -61,7 +61,11 @@ def test_chat_byok_sends_the_key_and_records_a_row(sbx: SandboxServer) -> None:
     assert len(rows) == 1
     row = rows[0]
     assert (row.status, row.route, row.provider, row.request_id) == (
-        "ok", "byok", "openai", c.request_id)
+        "ok",
+        "byok",
+        "openai",
+        c.request_id,
+    )
     assert row.credential_source == "sandbox-demo:byok:openai"
     assert (row.input_tokens, row.output_tokens) == (c.input_tokens, c.output_tokens)
     assert row.provider_cost_usd == c.provider_cost_usd
@@ -142,8 +146,7 @@ def test_stream_closed_early_is_settled_as_estimated(sbx: SandboxServer) -> None
 
 def test_stream_managed(sbx: SandboxServer) -> None:
     """Managed streams carry the gateway's terminal usage/cost chunk."""
-    s = cencori_nb.stream("Managed stream", model="gemini-2.5-flash", route="managed",
-                          cache=False)
+    s = cencori_nb.stream("Managed stream", model="gemini-2.5-flash", route="managed", cache=False)
     text = "".join(s)
     c = s.completion
     assert c is not None and c.text == text and c.route == "managed"
@@ -154,8 +157,9 @@ def test_achat_and_astream(sbx: SandboxServer) -> None:
     """The async API on one loop, concurrently."""
 
     async def run() -> tuple[list[cencori_nb.Completion], str, object]:
-        results = await asyncio.gather(*(cencori_nb.achat(f"async {i}", model="gpt-4o-mini")
-                                         for i in range(5)))
+        results = await asyncio.gather(
+            *(cencori_nb.achat(f"async {i}", model="gpt-4o-mini") for i in range(5))
+        )
         s = cencori_nb.astream("async stream", model="gpt-4o-mini")
         text = "".join([d async for d in s])
         return list(results), text, s.completion
@@ -220,8 +224,9 @@ def test_cut_stream_settles_then_raises(monkeypatch: pytest.MonkeyPatch) -> None
         srv.stop()
 
 
-def test_canary_key_never_leaks(sbx: SandboxServer, canary: str, private_home: Path,
-                                caplog: pytest.LogCaptureFixture) -> None:
+def test_canary_key_never_leaks(
+    sbx: SandboxServer, canary: str, private_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The canary as BYOK key: absent from DEBUG logs, results, reprs, errors and the home."""
     caplog.set_level(logging.DEBUG)
     keys.set("openai", canary)
@@ -239,9 +244,20 @@ def test_canary_key_never_leaks(sbx: SandboxServer, canary: str, private_home: P
                 cencori_nb.chat("leak test 401", model="gpt-4o-mini")
         finally:
             os.environ["CENCORI_NB_SANDBOX"] = sbx.url
-    texts = [caplog.text, *(r.getMessage() for r in caplog.records), str(c), repr(c),
-             str(c.to_dict()), repr(decision), str(decision), decision._repr_markdown_(),
-             str(info.value), repr(info.value), repr(s), str(s.completion)]
+    texts = [
+        caplog.text,
+        *(r.getMessage() for r in caplog.records),
+        str(c),
+        repr(c),
+        str(c.to_dict()),
+        repr(decision),
+        str(decision),
+        decision._repr_markdown_(),
+        str(info.value),
+        repr(info.value),
+        repr(s),
+        str(s.completion),
+    ]
     for text in texts:
         assert canary not in text
     assert any(r.name == "httpx2" for r in caplog.records)
@@ -266,10 +282,16 @@ def test_astream_closed_early(sbx: SandboxServer) -> None:
     assert len(rows) == 1 and rows[0].estimated
 
 
-PROVIDER_KEYS = {"anthropic": "sk-ant-test-" + "E" * 20, "google": "AIzaTest" + "F" * 24,
-                 "mistral": "mistral-test-" + "G" * 16, "groq": "gsk_test_" + "H" * 20,
-                 "xai": "xai-test-" + "I" * 20, "deepseek": "sk-ds-test-" + "J" * 16,
-                 "together": "together-test-" + "K" * 16, "openrouter": "sk-or-test-" + "L" * 16}
+PROVIDER_KEYS = {
+    "anthropic": "sk-ant-test-" + "E" * 20,
+    "google": "AIzaTest" + "F" * 24,
+    "mistral": "mistral-test-" + "G" * 16,
+    "groq": "gsk_test_" + "H" * 20,
+    "xai": "xai-test-" + "I" * 20,
+    "deepseek": "sk-ds-test-" + "J" * 16,
+    "together": "together-test-" + "K" * 16,
+    "openrouter": "sk-or-test-" + "L" * 16,
+}
 
 
 @pytest.mark.parametrize("provider", sorted(PROVIDER_KEYS))

@@ -15,7 +15,7 @@ import cencori_nb
 from cencori_nb import errors, keys, settings, transport
 from cencori_nb.ledger import default_ledger
 
-BASE = "http://127.0.0.1:9"   # a loopback "sandbox": MockTransport answers, nothing listens
+BASE = "http://127.0.0.1:9"  # a loopback "sandbox": MockTransport answers, nothing listens
 OPENAI_KEY = "sk-test-edges-" + "A" * 20 + "z9z9"
 CENCORI_KEY = "csk_live_edges_" + "B" * 20 + "y8y8"
 
@@ -66,35 +66,55 @@ def _rows(status: str | None = None) -> list[object]:
 
 def _openai_body(text: str = "hi there", usage: bool = True) -> dict[str, object]:
     body: dict[str, object] = {
-        "id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini-2024-07-18",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": "stop"}]}
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
+    }
     if usage:
         body["usage"] = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
     return body
 
 
 def _gateway_body() -> dict[str, object]:
-    return {"id": "gw-1", "object": "chat.completion", "model": "gpt-4o-mini",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "via gateway"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-            "content": "via gateway", "provider": "openai", "cost_usd": 0.0011,
-            "finish_reason": "stop"}
+    return {
+        "id": "gw-1",
+        "object": "chat.completion",
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "via gateway"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        "content": "via gateway",
+        "provider": "openai",
+        "cost_usd": 0.0011,
+        "finish_reason": "stop",
+    }
 
 
 def _sse(*events: object, done: bool = True) -> httpx2.Response:
     lines = [f"data: {json.dumps(e)}\n\n" for e in events]
     if done:
         lines.append("data: [DONE]\n\n")
-    return httpx2.Response(200, headers={"content-type": "text/event-stream"},
-                           content="".join(lines).encode())
+    return httpx2.Response(
+        200, headers={"content-type": "text/event-stream"}, content="".join(lines).encode()
+    )
 
 
 def _chunk(text: str | None = None, finish: str | None = None) -> dict[str, object]:
     delta = {"content": text} if text is not None else {}
-    return {"id": "chatcmpl-s", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return {
+        "id": "chatcmpl-s",
+        "object": "chat.completion.chunk",
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
 
 
 # --------------------------------------------------------------------------- fallback
@@ -137,8 +157,11 @@ def test_no_fallback_by_default(net: Callable[[Handler], list]) -> None:
 def test_no_fallback_after_401(net: Callable[[Handler], list]) -> None:
     keys.set_cencori_key(CENCORI_KEY)
     settings.update_project("default", allow_fallback=True)
-    seen = net(lambda r: httpx2.Response(401, json={"error": {"message": "bad key",
-                                                              "code": "invalid_api_key"}}))
+    seen = net(
+        lambda r: httpx2.Response(
+            401, json={"error": {"message": "bad key", "code": "invalid_api_key"}}
+        )
+    )
     with pytest.raises(errors.AuthenticationError):
         cencori_nb.chat("hello", model="gpt-4o-mini")
     assert len(seen) == 1
@@ -152,10 +175,12 @@ def test_stream_falls_back_on_open(net: Callable[[Handler], list]) -> None:
     def handler(request: httpx2.Request) -> httpx2.Response:
         if request.url.path.startswith("/openai/"):
             return httpx2.Response(429, headers={"retry-after": "0"}, json={"error": {}})
-        body = (b'data: {"delta":"via "}\n\ndata: {"delta":"gateway"}\n\n'
-                b'data: {"delta":"","finish_reason":"stop"}\n\n'
-                b'data: {"usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6},'
-                b'"cost_usd":0.0002}\n\ndata: [DONE]\n\n')
+        body = (
+            b'data: {"delta":"via "}\n\ndata: {"delta":"gateway"}\n\n'
+            b'data: {"delta":"","finish_reason":"stop"}\n\n'
+            b'data: {"usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6},'
+            b'"cost_usd":0.0002}\n\ndata: [DONE]\n\n'
+        )
         return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body)
 
     net(handler)
@@ -176,8 +201,11 @@ def test_missing_usage_is_estimated(net: Callable[[Handler], list]) -> None:
 
 
 def test_malformed_json_is_bad_response_and_recorded(net: Callable[[Handler], list]) -> None:
-    net(lambda r: httpx2.Response(200, headers={"content-type": "application/json"},
-                                  content=b'{"choices": [tru'))
+    net(
+        lambda r: httpx2.Response(
+            200, headers={"content-type": "application/json"}, content=b'{"choices": [tru'
+        )
+    )
     with pytest.raises(errors.BadResponseError):
         cencori_nb.chat("x", model="gpt-4o-mini")
     rows = _rows()
@@ -221,8 +249,13 @@ def test_stream_cut_after_text(net: Callable[[Handler], list]) -> None:
 
 def test_error_event_inside_200_stream(net: Callable[[Handler], list]) -> None:
     """An error event after text: the provider's error is raised, the text settled."""
-    net(lambda r: _sse(_chunk("some "),
-                       {"error": {"message": "overloaded", "type": "server_error"}}, done=False))
+    net(
+        lambda r: _sse(
+            _chunk("some "),
+            {"error": {"message": "overloaded", "type": "server_error"}},
+            done=False,
+        )
+    )
     s = cencori_nb.stream("x", model="gpt-4o-mini")
     with pytest.raises(errors.ProviderUnavailableError) as info:
         list(s)
@@ -231,9 +264,8 @@ def test_error_event_inside_200_stream(net: Callable[[Handler], list]) -> None:
 
 
 def test_sse_comments_are_ignored(net: Callable[[Handler], list]) -> None:
-    body = (b": OPENROUTER PROCESSING\n\n" + _sse(_chunk("a"), _chunk("b")).content)
-    net(lambda r: httpx2.Response(200, headers={"content-type": "text/event-stream"},
-                                  content=body))
+    body = b": OPENROUTER PROCESSING\n\n" + _sse(_chunk("a"), _chunk("b")).content
+    net(lambda r: httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body))
     assert "".join(cencori_nb.stream("x", model="gpt-4o-mini")) == "ab"
 
 
@@ -242,9 +274,11 @@ def test_sse_comments_are_ignored(net: Callable[[Handler], list]) -> None:
 
 def test_retries_then_success_records_one_row(net: Callable[[Handler], list]) -> None:
     """Two 500s then 200: three requests, one ok row, the waits went through the clock."""
-    answers = [httpx2.Response(500, json={"error": {"message": "x"}}),
-               httpx2.Response(500, json={"error": {"message": "x"}}),
-               httpx2.Response(200, json=_openai_body())]
+    answers = [
+        httpx2.Response(500, json={"error": {"message": "x"}}),
+        httpx2.Response(500, json={"error": {"message": "x"}}),
+        httpx2.Response(200, json=_openai_body()),
+    ]
     seen = net(lambda r: answers.pop(0))
     c = cencori_nb.chat("x", model="gpt-4o-mini", cache=False)
     assert c.text == "hi there" and len(seen) == 3
@@ -277,17 +311,24 @@ def test_achat_error_path_records_failure(net: Callable[[Handler], list]) -> Non
 def test_messages_and_parameters_reach_the_wire(net: Callable[[Handler], list]) -> None:
     """system, messages, temperature and max_tokens are in the JSON the provider got."""
     seen = net(lambda r: httpx2.Response(200, json=_openai_body()))
-    cencori_nb.chat([{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
-                     {"role": "user", "content": "q2"}], model="gpt-4o-mini", system="terse",
-                    temperature=0.2, max_tokens=7)
+    cencori_nb.chat(
+        [
+            {"role": "user", "content": "q1"},
+            {"role": "assistant", "content": "a1"},
+            {"role": "user", "content": "q2"},
+        ],
+        model="gpt-4o-mini",
+        system="terse",
+        temperature=0.2,
+        max_tokens=7,
+    )
     body = json.loads(seen[0].content)
     assert body["messages"][0] == {"role": "system", "content": "terse"}
     assert [m["content"] for m in body["messages"][1:]] == ["q1", "a1", "q2"]
     assert body["temperature"] == 0.2 and body["max_completion_tokens"] == 7
 
 
-def test_local_server_without_key_sends_no_authorization(
-        net: Callable[[Handler], list]) -> None:
+def test_local_server_without_key_sends_no_authorization(net: Callable[[Handler], list]) -> None:
     """A local server with no stored key: the request carries no Authorization header."""
     seen = net(lambda r: httpx2.Response(200, json=_openai_body()))
     c = cencori_nb.chat("x", model="llama3.2", provider="local")
@@ -325,8 +366,11 @@ def test_transport_error_mid_stream_is_a_cut(net: Callable[[Handler], list]) -> 
             yield b'data: {"choices":[{"index":0,"delta":{"content":"so far"}}]}\n\n'
             raise httpx2.ReadError("connection reset")
 
-    net(lambda r: httpx2.Response(200, headers={"content-type": "text/event-stream"},
-                                  stream=Broken()))
+    net(
+        lambda r: httpx2.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=Broken()
+        )
+    )
     s = cencori_nb.stream("x", model="gpt-4o-mini")
     with pytest.raises(errors.BadResponseError, match="cut") as info:
         list(s)

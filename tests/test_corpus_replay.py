@@ -27,18 +27,30 @@ from cencori_nb.router import UnknownModelWarning
 CORPUS = Path(__file__).parent / "corpus"
 RECORDINGS = sorted(CORPUS.glob("*/*.json"))
 # Each provider's key in its usual shape, so no key-shape check objects to it.
-BYOK_KEYS = {"openai": "sk-proj-corpus" + "K" * 24 + "z9y8",
-             "anthropic": "sk-ant-api03-corpus" + "K" * 24 + "z9y8",
-             "google": "AIzaSyCorpus" + "K" * 24 + "z9y8",
-             "mistral": "corpusMistral" + "K" * 20 + "z9y8",
-             "groq": "gsk_corpus" + "K" * 24 + "z9y8",
-             "xai": "xai-corpus" + "K" * 24 + "z9y8",
-             "deepseek": "sk-corpusdeepseek" + "K" * 20 + "z9y8",
-             "openrouter": "sk-or-v1-corpus" + "K" * 24 + "z9y8",
-             "local": "local-corpus" + "K" * 20 + "z9y8"}
+BYOK_KEYS = {
+    "openai": "sk-proj-corpus" + "K" * 24 + "z9y8",
+    "anthropic": "sk-ant-api03-corpus" + "K" * 24 + "z9y8",
+    "google": "AIzaSyCorpus" + "K" * 24 + "z9y8",
+    "mistral": "corpusMistral" + "K" * 20 + "z9y8",
+    "groq": "gsk_corpus" + "K" * 24 + "z9y8",
+    "xai": "xai-corpus" + "K" * 24 + "z9y8",
+    "deepseek": "sk-corpusdeepseek" + "K" * 20 + "z9y8",
+    "openrouter": "sk-or-v1-corpus" + "K" * 24 + "z9y8",
+    "local": "local-corpus" + "K" * 20 + "z9y8",
+}
 CENCORI_KEY = "csk_corpus_replay_" + "C" * 24 + "x7w6"
-PROVIDERS = {"openai", "anthropic", "google", "mistral", "groq", "xai", "deepseek",
-             "openrouter", "cencori", "local"}
+PROVIDERS = {
+    "openai",
+    "anthropic",
+    "google",
+    "mistral",
+    "groq",
+    "xai",
+    "deepseek",
+    "openrouter",
+    "cencori",
+    "local",
+}
 # The transport sets these itself; a recorded value would contradict the body we send.
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding"}
 
@@ -73,8 +85,13 @@ class ReplayServer:
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                server.requests.append({"path": self.path, "headers": dict(self.headers),
-                                        "json": json.loads(raw) if raw else None})
+                server.requests.append(
+                    {
+                        "path": self.path,
+                        "headers": dict(self.headers),
+                        "json": json.loads(raw) if raw else None,
+                    }
+                )
                 rec = server.recording
                 assert rec is not None
                 payload = body_bytes(rec)
@@ -156,7 +173,7 @@ def test_the_corpus_covers_what_the_project_speaks() -> None:
     assert {r["kind"] for r in recs} == {"json", "sse", "error"}
     statuses = {r["status"] for r in recs}
     assert {400, 401, 402, 403, 404, 429, 500, 503, 529} <= statuses, sorted(statuses)
-    assert any(r["kind"] == "sse" and "error" in r["expect"] for r in recs)   # error in a 200
+    assert any(r["kind"] == "sse" and "error" in r["expect"] for r in recs)  # error in a 200
     expects = [r["expect"] for r in recs]
     assert any(e.get("cache_read_tokens") for e in expects)
     assert any(e.get("cache_write_tokens") for e in expects)
@@ -176,8 +193,13 @@ def test_recording_names_its_source(path: Path) -> None:
 SUCCESS = [p for p in RECORDINGS if "error" not in load(p)["expect"]]
 FAILURE = [p for p in RECORDINGS if "error" in load(p)["expect"]]
 
-_USAGE = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-          "thinking_tokens")
+_USAGE = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "thinking_tokens",
+)
 
 
 @pytest.mark.parametrize("path", SUCCESS, ids=ids(SUCCESS))
@@ -291,8 +313,7 @@ def as_response(rec: dict[str, Any], **header_changes: str | None) -> Any:
         else:
             headers[name] = value
     request = httpx2.Request("POST", "https://provider.test/v1/chat")
-    return httpx2.Response(rec["status"], headers=headers, content=body_bytes(rec),
-                           request=request)
+    return httpx2.Response(rec["status"], headers=headers, content=body_bytes(rec), request=request)
 
 
 def policy_wait(path: str, attempt: int = 0, **header_changes: str | None) -> float | None:
@@ -304,8 +325,7 @@ def policy_wait(path: str, attempt: int = 0, **header_changes: str | None) -> fl
     response = as_response(rec, **header_changes)
     adapter = get_provider("cencori" if rec["provider"] == "cencori" else rec["provider"])
     err = transport._status_error(response, adapter.map_error, rec["provider"])
-    return transport.next_wait(err, response, attempt, random=lambda: 1.0,
-                               now=1_800_000_000.0)
+    return transport.next_wait(err, response, attempt, random=lambda: 1.0, now=1_800_000_000.0)
 
 
 def test_hint_retry_after_seconds_beats_the_body() -> None:
@@ -331,10 +351,12 @@ def test_hint_gemini_retry_info() -> None:
 def test_hint_retry_after_http_date_and_ms_header() -> None:
     """The header forms the OpenAI and Anthropic SDKs read, on Anthropic's 529 recording:
     an HTTP date (relative to now) and retry-after-ms (which wins over Retry-After)."""
-    date = "Fri, 15 Jan 2027 08:00:20 GMT"   # 1_800_000_000 is 08:00:00 that day
+    date = "Fri, 15 Jan 2027 08:00:20 GMT"  # 1_800_000_000 is 08:00:00 that day
     assert policy_wait("anthropic/error_529_overloaded.json", retry_after=date) == 20.0
-    assert policy_wait("anthropic/error_529_overloaded.json", retry_after="9",
-                       retry_after_ms="1500") == 1.5
+    assert (
+        policy_wait("anthropic/error_529_overloaded.json", retry_after="9", retry_after_ms="1500")
+        == 1.5
+    )
     # no hint at all: full-jitter backoff (draw 1.0), growing with the attempt
     assert policy_wait("anthropic/error_529_overloaded.json") == 0.5
     assert policy_wait("anthropic/error_529_overloaded.json", attempt=2) == 2.0
@@ -344,8 +366,10 @@ def test_hint_x_should_retry_false_stops_a_429() -> None:
     """Anthropic's spend-limit 429 says x-should-retry: false: not retried, whatever the status."""
     assert policy_wait("anthropic/error_429_spend_limit_should_retry_false.json") is None
     # the same 429 without the header is still not retried: billing_error is no rate limit
-    assert policy_wait("anthropic/error_429_spend_limit_should_retry_false.json",
-                       x_should_retry=None) is None
+    assert (
+        policy_wait("anthropic/error_429_spend_limit_should_retry_false.json", x_should_retry=None)
+        is None
+    )
 
 
 def test_hint_x_should_retry_true_retries_a_400() -> None:
@@ -356,11 +380,13 @@ def test_hint_x_should_retry_true_retries_a_400() -> None:
 
 def test_no_retry_for_what_waiting_cannot_fix() -> None:
     """Out of quota, no price, a bad key, a daily quota: never retried."""
-    for path in ("openai/error_429_insufficient_quota.json",
-                 "cencori/native_503_pricing_unavailable.json",
-                 "cencori/native_401_provider_auth_error.json",
-                 "google/error_400_api_key_invalid.json",
-                 "cencori/native_403_credit_balance_exhausted.json"):
+    for path in (
+        "openai/error_429_insufficient_quota.json",
+        "cencori/native_503_pricing_unavailable.json",
+        "cencori/native_401_provider_auth_error.json",
+        "google/error_400_api_key_invalid.json",
+        "cencori/native_403_credit_balance_exhausted.json",
+    ):
         assert policy_wait(path) is None, path
 
 
@@ -374,8 +400,7 @@ def test_policy_bounds_attempts_and_long_waits() -> None:
     assert transport.next_wait(err, None, 0) is None
     assert transport.next_wait(err, None, 0, pacing=True) == 90.0
     assert transport.next_wait(err, None, 19, pacing=True) == 90.0
-    assert transport.next_wait(err, None, transport.PACED_RATE_LIMIT_RETRIES,
-                               pacing=True) is None
+    assert transport.next_wait(err, None, transport.PACED_RATE_LIMIT_RETRIES, pacing=True) is None
 
 
 class ScriptedServer(ReplayServer):
@@ -412,8 +437,14 @@ def test_chat_waits_the_recorded_hint_then_succeeds(monkeypatch: pytest.MonkeyPa
     try:
         monkeypatch.setenv("CENCORI_NB_SANDBOX", server.url)
         keys.set("google", BYOK_KEYS["google"])
-        c = cencori_nb.chat("Replay", model="gemini-2.5-pro", provider="google",
-                            route="byok", cache=False, retries=2)
+        c = cencori_nb.chat(
+            "Replay",
+            model="gemini-2.5-pro",
+            provider="google",
+            route="byok",
+            cache=False,
+            retries=2,
+        )
     finally:
         transport.set_clock(previous)
         server.close()
@@ -422,20 +453,24 @@ def test_chat_waits_the_recorded_hint_then_succeeds(monkeypatch: pytest.MonkeyPa
     assert len(server.requests) == 2
 
 
-@pytest.mark.parametrize(("sent", "shown"), [
-    ("/billing", "https://cencori.com/billing"),                  # what the gateway sends
-    ("billing?tab=credits", "https://cencori.com/billing?tab=credits"),
-    ("https://cencori.com/dashboard/billing", "https://cencori.com/dashboard/billing"),
-    ("https://evil.example/pay", "https://cencori.com/billing"),   # another site
-    ("//evil.example/pay", "https://cencori.com/billing"),         # protocol-relative
-    ("javascript:alert(1)", "https://cencori.com/billing"),
-    ("http://cencori.com/billing", "https://cencori.com/billing"), # not https
-    ("https://cencori.com.evil.example/", "https://cencori.com/billing"),
-    ("https://user:pw@cencori.com/billing", "https://cencori.com/billing"),
-    ("/bil ling\n", "https://cencori.com/billing"),
-    ("", "https://cencori.com/billing"), (None, "https://cencori.com/billing"),
-    (42, "https://cencori.com/billing"),
-])
+@pytest.mark.parametrize(
+    ("sent", "shown"),
+    [
+        ("/billing", "https://cencori.com/billing"),  # what the gateway sends
+        ("billing?tab=credits", "https://cencori.com/billing?tab=credits"),
+        ("https://cencori.com/dashboard/billing", "https://cencori.com/dashboard/billing"),
+        ("https://evil.example/pay", "https://cencori.com/billing"),  # another site
+        ("//evil.example/pay", "https://cencori.com/billing"),  # protocol-relative
+        ("javascript:alert(1)", "https://cencori.com/billing"),
+        ("http://cencori.com/billing", "https://cencori.com/billing"),  # not https
+        ("https://cencori.com.evil.example/", "https://cencori.com/billing"),
+        ("https://user:pw@cencori.com/billing", "https://cencori.com/billing"),
+        ("/bil ling\n", "https://cencori.com/billing"),
+        ("", "https://cencori.com/billing"),
+        (None, "https://cencori.com/billing"),
+        (42, "https://cencori.com/billing"),
+    ],
+)
 def test_top_up_url_is_made_absolute_and_stays_on_cencori(sent: object, shown: str) -> None:
     """The relative /billing resolves against Cencori's site; a link elsewhere never shows."""
     from cencori_nb.providers.cencori import top_up_url

@@ -17,8 +17,11 @@ import cencori_nb
 from cencori_nb import errors
 
 PACKAGE = Path(cencori_nb.__file__).parent
-ERROR_CLASSES = {name: cls for name, cls in vars(errors).items()
-                 if isinstance(cls, type) and issubclass(cls, errors.CencoriError)}
+ERROR_CLASSES = {
+    name: cls
+    for name, cls in vars(errors).items()
+    if isinstance(cls, type) and issubclass(cls, errors.CencoriError)
+}
 CONSTRUCTOR_ARGS = {"code", "hint"}
 
 
@@ -33,31 +36,46 @@ def context_keywords(source: str) -> list[tuple[int, str, str]]:
         if not isinstance(node, ast.Call):
             continue
         func = node.func
-        name = (func.id if isinstance(func, ast.Name)
-                else func.attr if isinstance(func, ast.Attribute) else None)
+        name = (
+            func.id
+            if isinstance(func, ast.Name)
+            else func.attr
+            if isinstance(func, ast.Attribute)
+            else None
+        )
         if name in ERROR_CLASSES:
-            found += [(node.lineno, name, kw.arg) for kw in node.keywords
-                      if kw.arg is not None and kw.arg not in CONSTRUCTOR_ARGS]
+            found += [
+                (node.lineno, name, kw.arg)
+                for kw in node.keywords
+                if kw.arg is not None and kw.arg not in CONSTRUCTOR_ARGS
+            ]
     return found
 
 
 def test_every_context_keyword_is_a_declared_field() -> None:
-    undeclared = [f"{path.relative_to(PACKAGE.parent)}:{line} {name}({keyword}=…)"
-                  for path in sorted(PACKAGE.rglob("*.py"))
-                  for line, name, keyword in context_keywords(path.read_text("utf-8"))
-                  if keyword not in declared_fields(ERROR_CLASSES[name])]
-    assert not undeclared, "declare these fields (with their types) in errors.py:\n" + \
-        "\n".join(undeclared)
+    undeclared = [
+        f"{path.relative_to(PACKAGE.parent)}:{line} {name}({keyword}=…)"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for line, name, keyword in context_keywords(path.read_text("utf-8"))
+        if keyword not in declared_fields(ERROR_CLASSES[name])
+    ]
+    assert not undeclared, "declare these fields (with their types) in errors.py:\n" + "\n".join(
+        undeclared
+    )
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("raise errors.KeystoreError('m', hint='h', path=p, colour='red')",
-     [(1, "KeystoreError", "path"), (1, "KeystoreError", "colour")]),
-    ("x = RateLimitError('m', retry_after=3, **ctx)", [(1, "RateLimitError", "retry_after")]),
-    ("ValueError('m', path=p)", []),
-])
-def test_the_scan_finds_context_keywords(source: str, expected: list[tuple[int, str, str]]
-                                         ) -> None:
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        (
+            "raise errors.KeystoreError('m', hint='h', path=p, colour='red')",
+            [(1, "KeystoreError", "path"), (1, "KeystoreError", "colour")],
+        ),
+        ("x = RateLimitError('m', retry_after=3, **ctx)", [(1, "RateLimitError", "retry_after")]),
+        ("ValueError('m', path=p)", []),
+    ],
+)
+def test_the_scan_finds_context_keywords(source: str, expected: list[tuple[int, str, str]]) -> None:
     assert context_keywords(source) == expected
 
 

@@ -40,8 +40,9 @@ def test_every_error_derives_from_the_root_and_is_exported() -> None:
 
 def test_error_keeps_context_as_attributes_and_hint_in_str() -> None:
     """Context goes to attributes; the hint is appended to the message."""
-    err = errors.RateLimitError("Slow down.", provider="openai", status_code=429,
-                                retry_after=2.5, hint="Wait and retry.")
+    err = errors.RateLimitError(
+        "Slow down.", provider="openai", status_code=429, retry_after=2.5, hint="Wait and retry."
+    )
     assert err.provider == "openai" and err.status_code == 429 and err.retry_after == 2.5
     assert str(err) == "Slow down. Wait and retry."
     assert err.code == "rate_limited" and err.retryable
@@ -114,12 +115,17 @@ def test_key_hint_masks_short_keys() -> None:
     assert key_hint("sk-1234567890") == "…7890"
 
 
-def test_settings_roundtrip_and_env_overrides(monkeypatch: pytest.MonkeyPatch,
-                                              private_home: Path) -> None:
+def test_settings_roundtrip_and_env_overrides(
+    monkeypatch: pytest.MonkeyPatch, private_home: Path
+) -> None:
     """Values persist in config.json (0600); env vars win over the file."""
     assert load_settings().project == "default"
-    update_settings(project="research", markup_pct=Decimal("40"), byok_policy="percent",
-                    byok_fee_pct=Decimal("5"))
+    update_settings(
+        project="research",
+        markup_pct=Decimal("40"),
+        byok_policy="percent",
+        byok_fee_pct=Decimal("5"),
+    )
     update_project("research", hard_cap_usd=Decimal("12.50"), allow_fallback=True)
     s = load_settings()
     assert (s.project, s.markup_pct, s.byok_policy) == ("research", Decimal("40"), "percent")
@@ -148,25 +154,39 @@ def test_chat_request_from_prompt_and_completion_dict() -> None:
     assert req.messages == (Message("system", "be brief"), Message("user", "hi"))
     req2 = ChatRequest.from_prompt([{"role": "user", "content": "a"}])
     assert req2.messages == (Message("user", "a"),)
-    c = Completion(text="t", model="m", provider="openai", route="byok",
-                   provider_cost_usd=Decimal("0.000123"), input_tokens=3, output_tokens=4,
-                   cost_usd=Decimal("0.000123"))
+    c = Completion(
+        text="t",
+        model="m",
+        provider="openai",
+        route="byok",
+        provider_cost_usd=Decimal("0.000123"),
+        input_tokens=3,
+        output_tokens=4,
+        cost_usd=Decimal("0.000123"),
+    )
     d = c.to_dict()
     assert d["provider_cost_usd"] == "0.000123" and d["credits_charged_usd"] == "0"
     assert d["cost_usd"] == "0.000123" and d["test_mode"] is False
     assert "BYOK" in c.footer() and "$0.000123" in c.footer()
     # the footer shows the settled cost_usd (the one rule), never recomputes it
-    assert "cost unknown" in Completion(text="t", model="m", provider="openai", route="byok",
-                                        provider_cost_usd=Decimal(1)).footer()
+    assert (
+        "cost unknown"
+        in Completion(
+            text="t", model="m", provider="openai", route="byok", provider_cost_usd=Decimal(1)
+        ).footer()
+    )
     assert "t" in c._repr_mimebundle_()["text/plain"]
 
 
 def test_import_is_light() -> None:
     """`import cencori_nb` pulls in none of the heavy libraries."""
-    code = ("import sys, cencori_nb; heavy = [m for m in ('pandas', 'plotly', 'ipywidgets', "
-            "'httpx2', 'cryptography', 'IPython') if m in sys.modules]; print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    code = (
+        "import sys, cencori_nb; heavy = [m for m in ('pandas', 'plotly', 'ipywidgets', "
+        "'httpx2', 'cryptography', 'IPython') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "[]"
 
 

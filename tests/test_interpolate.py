@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from cencori_nb.magic.interpolate import interpolate
 
-PASTED = '''\
+PASTED = """\
 def f(rows):
     lookup = {"a": {"b": 1}, "c": [1, 2]}
     seen = {1, 2, 3}
@@ -18,13 +18,16 @@ def f(rows):
     name = "x"
     print(f"{name!r:>10} {lookup['a']} {{literal}}")
     return json.dumps({"k": rows})
-'''
+"""
 
 
 def test_simple_name_attr_and_index() -> None:
     """{name}, {name.attr}, {name[key]} and chains are filled from the namespace."""
-    ns = {"topic": "Saturn", "cfg": SimpleNamespace(model="gpt-4o", tags=["a", "b"]),
-          "d": {"k": "v", "two words": 2, 3: "three"}}
+    ns = {
+        "topic": "Saturn",
+        "cfg": SimpleNamespace(model="gpt-4o", tags=["a", "b"]),
+        "d": {"k": "v", "two words": 2, 3: "three"},
+    }
     assert interpolate("About {topic}.", ns) == "About Saturn."
     assert interpolate("{cfg.model} / {cfg.tags[1]} / {cfg.tags[-1]}", ns) == "gpt-4o / b / b"
     assert interpolate("{d[k]} {d['two words']} {d[\"k\"]} {d[3]}", ns) == "v 2 v three"
@@ -34,14 +37,22 @@ def test_in_and_out() -> None:
     """{In[n]} and {Out[n]} come from IPython's history objects in the namespace."""
     ns = {"In": ["", "x = 1", "x + 1"], "Out": {2: 2}}
     assert interpolate("cell: {In[1]} -> {Out[2]}", ns) == "cell: x = 1 -> 2"
-    assert interpolate("{Out[9]}", ns) == "{Out[9]}"       # missing output: left as written
+    assert interpolate("{Out[9]}", ns) == "{Out[9]}"  # missing output: left as written
 
 
 def test_unknown_names_and_failed_lookups_are_left_as_written() -> None:
     """Anything that does not resolve stays exactly as the user wrote it."""
     ns = {"d": {"k": 1}, "obj": SimpleNamespace(a=1), "items": [1]}
-    for text in ("{missing}", "{d[nope]}", "{obj.b}", "{items[5]}", "{items[x]}",
-                 "{obj._private}", "{obj.__class__}", "{d.k}"):
+    for text in (
+        "{missing}",
+        "{d[nope]}",
+        "{obj.b}",
+        "{items[5]}",
+        "{items[x]}",
+        "{obj._private}",
+        "{obj.__class__}",
+        "{d.k}",
+    ):
         assert interpolate(text, ns) == text
 
 
@@ -52,8 +63,10 @@ def test_pasted_python_is_left_intact() -> None:
     # "{name!r:>10}" is not a placeholder; "{{literal}}" is an escape by the documented rule.
     out = interpolate(PASTED, ns)
     assert out == PASTED.replace("{{literal}}", "{literal}")
-    assert interpolate('{"model": "x", "n": [1, {"y": 2}]}', ns) == \
-        '{"model": "x", "n": [1, {"y": 2}]}'
+    assert (
+        interpolate('{"model": "x", "n": [1, {"y": 2}]}', ns)
+        == '{"model": "x", "n": [1, {"y": 2}]}'
+    )
 
 
 def test_escapes() -> None:
@@ -109,10 +122,16 @@ def test_defined_name_is_substituted(name: str, value: str) -> None:
     assert interpolate("<{" + name + "}>", {name: value}) == f"<{value}>"
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-                    lambda children: st.lists(children, max_size=3)
-                    | st.dictionaries(st.text(max_size=5), children, max_size=3),
-                    max_leaves=10))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+        lambda children: (
+            st.lists(children, max_size=3)
+            | st.dictionaries(st.text(max_size=5), children, max_size=3)
+        ),
+        max_leaves=10,
+    )
+)
 def test_json_documents_survive(doc: object) -> None:
     """Any JSON document (nested braces, quotes) comes out unchanged."""
     import json

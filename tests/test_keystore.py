@@ -54,6 +54,7 @@ def _fresh() -> keystore.KeyStore:
 
 # --------------------------------------------------------------------------- round trip
 
+
 def test_round_trip_through_a_cold_open(private_home: Path) -> None:
     """What is set comes back, with its flags, after the process cache is dropped."""
     _fill()
@@ -78,10 +79,20 @@ def test_status_rows_hold_hints_never_keys(private_home: Path) -> None:
     _fill()
     rows = keys.status()
     assert [r.to_dict() for r in rows] == [
-        {"provider": "cencori", "enabled": True, "key_hint": "…cdef", "default_model": None,
-         "is_default": False},
-        {"provider": "openai", "enabled": True, "key_hint": "…G7h8", "default_model": "gpt-4o",
-         "is_default": True},
+        {
+            "provider": "cencori",
+            "enabled": True,
+            "key_hint": "…cdef",
+            "default_model": None,
+            "is_default": False,
+        },
+        {
+            "provider": "openai",
+            "enabled": True,
+            "key_hint": "…G7h8",
+            "default_model": "gpt-4o",
+            "is_default": True,
+        },
     ]
     text = repr(rows) + str(rows) + repr(_fresh().get("openai"))
     for secret in (OPENAI, CSK):
@@ -95,10 +106,14 @@ def test_file_format_is_aes_gcm_envelope(private_home: Path) -> None:
     assert doc["format"] == "cencori-nb-keystore" and doc["version"] == 1
     assert doc["kek"]["source"] == "keyfile"
     assert len(base64.b64decode(doc["dek"]["nonce"])) == 12
-    assert len(base64.b64decode(doc["dek"]["ciphertext"])) == 32 + 16   # 256-bit DEK + tag
+    assert len(base64.b64decode(doc["dek"]["ciphertext"])) == 32 + 16  # 256-bit DEK + tag
     slots = [(r["project"], r["provider"]) for r in doc["records"]]
-    assert slots == [("default", "@project"), ("default", "cencori"), ("default", "openai"),
-                     ("research", "anthropic")]
+    assert slots == [
+        ("default", "@project"),
+        ("default", "cencori"),
+        ("default", "openai"),
+        ("research", "anthropic"),
+    ]
     nonces = [r["nonce"] for r in doc["records"]] + [doc["dek"]["nonce"], doc["mac"]["nonce"]]
     assert len(set(nonces)) == len(nonces)
     key_file = private_home / doc["kek"]["file"]
@@ -108,11 +123,15 @@ def test_file_format_is_aes_gcm_envelope(private_home: Path) -> None:
 def test_changed_record_gets_a_fresh_nonce(private_home: Path) -> None:
     """Re-sealing after an edit never reuses the stored nonce."""
     keys.set("openai", OPENAI)
-    before = {r["provider"]: r["nonce"] for r in
-              json.loads(_store_path(private_home).read_bytes())["records"]}
+    before = {
+        r["provider"]: r["nonce"]
+        for r in json.loads(_store_path(private_home).read_bytes())["records"]
+    }
     keys.disable("openai")
-    after = {r["provider"]: r["nonce"] for r in
-             json.loads(_store_path(private_home).read_bytes())["records"]}
+    after = {
+        r["provider"]: r["nonce"]
+        for r in json.loads(_store_path(private_home).read_bytes())["records"]
+    }
     assert before["openai"] != after["openai"]
 
 
@@ -148,14 +167,16 @@ def test_previous_generation_is_kept_as_backup(private_home: Path) -> None:
 
 # --------------------------------------------------------------------------- binding
 
+
 def _reseal_mac(store: keystore.KeyStore, doc: dict) -> bytes:
     """Recompute the file MAC with the real DEK, to test per-record binding on its own."""
     state = store._state
     assert state is not None
     body = {k: v for k, v in doc.items() if k != "mac"}
     mac = crypto.seal(state.dek, b"", crypto.mac_aad(body))
-    return crypto.dump_document({**body, "mac": {"nonce": crypto.b64e(mac.nonce),
-                                                 "tag": crypto.b64e(mac.ciphertext)}})
+    return crypto.dump_document(
+        {**body, "mac": {"nonce": crypto.b64e(mac.nonce), "tag": crypto.b64e(mac.ciphertext)}}
+    )
 
 
 @pytest.mark.parametrize("reseal", [False, True], ids=["file-mac", "record-aad"])
@@ -230,6 +251,7 @@ def test_aad_binds_record_to_project_and_provider() -> None:
 
 # --------------------------------------------------------------------------- damage
 
+
 def _assert_refused(path: Path, damaged: bytes) -> KeystoreError:
     """Opening fails with a KeystoreError naming the file, and the bytes stay as they are."""
     path.write_bytes(damaged)
@@ -269,13 +291,14 @@ def test_every_flipped_byte_is_detected(private_home: Path) -> None:
 _GOOD: dict[Path, bytes] = {}
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_random_byte_changes_are_detected(private_home: Path, data: st.DataObject) -> None:
     """Any byte replaced by any other value: never a key, always a KeystoreError."""
     path = _store_path(private_home)
-    if path not in _GOOD:            # the home is shared by the examples of one test run
+    if path not in _GOOD:  # the home is shared by the examples of one test run
         _fill()
         _GOOD[path] = path.read_bytes()
     good = _GOOD[path]
@@ -295,7 +318,7 @@ def test_truncated_and_emptied_files_are_refused(private_home: Path) -> None:
     for length in range(len(good)):
         err = _assert_refused(path, good[:length])
         assert isinstance(err, KeystoreCorruptError)
-        assert "keystore.bak" in str(err)          # says where the previous generation is
+        assert "keystore.bak" in str(err)  # says where the previous generation is
     for junk in (b"not json", b"\xff\xfe\x00", b"[]", b"{}", b"null", good + b"{}"):
         assert isinstance(_assert_refused(path, junk), KeystoreCorruptError)
 
@@ -343,8 +366,10 @@ def test_missing_or_wrong_key_file(private_home: Path) -> None:
 
 # --------------------------------------------------------------------------- passphrases
 
-def test_passphrase_store_and_wrong_passphrase(private_home: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+
+def test_passphrase_store_and_wrong_passphrase(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With CENCORI_NB_PASSPHRASE the DEK is wrapped by Argon2id; a wrong one is refused."""
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "correct horse battery staple")
     _fill()
@@ -353,7 +378,11 @@ def test_passphrase_store_and_wrong_passphrase(private_home: Path,
     assert doc["kek"]["source"] == "passphrase"
     kdf = doc["kek"]["kdf"]
     assert (kdf["name"], kdf["memory_cost"], kdf["iterations"], kdf["lanes"]) == (
-        "argon2id", 19456, 2, 1)
+        "argon2id",
+        19456,
+        2,
+        1,
+    )
     assert len(base64.b64decode(kdf["salt"])) == 16
     assert not list(private_home.glob("*.key"))
     before = path.read_bytes()
@@ -376,8 +405,9 @@ def test_passphrase_store_and_wrong_passphrase(private_home: Path,
     assert _fresh().get("openai", "default").api_key.reveal() == OPENAI  # type: ignore[union-attr]
 
 
-def test_damaged_passphrase_header_is_detected(private_home: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_damaged_passphrase_header_is_detected(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Flips in the KDF parameters, salt, check value and wrapped DEK: a KeystoreError
     naming the file (a flipped wrapped DEK is told apart from a wrong passphrase)."""
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "pass phrase 1")
@@ -391,21 +421,22 @@ def test_damaged_passphrase_header_is_detected(private_home: Path,
         damaged = bytearray(good)
         damaged[pos] ^= 0x01
         err = _assert_refused(path, bytes(damaged))
-        if target == '"ciphertext": "':     # first ciphertext in the file is the wrapped DEK
+        if target == '"ciphertext": "':  # first ciphertext in the file is the wrapped DEK
             assert isinstance(err, KeystoreCorruptError)
     path.write_bytes(good)
 
 
 def test_change_passphrase_keeps_records_and_retires_the_old(
-        private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    private_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """New passphrase opens everything; the old one opens neither the store nor its .bak."""
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "old passphrase")
     _fill()
     keys.change_passphrase("new passphrase")
-    assert keys.status()[1].key_hint == "…G7h8"      # this process stays unlocked
+    assert keys.status()[1].key_hint == "…G7h8"  # this process stays unlocked
     path = _store_path(private_home)
     with pytest.raises(WrongPassphraseError):
-        _fresh().status()                          # env still holds the old one
+        _fresh().status()  # env still holds the old one
     for candidate in (path, private_home / "keystore.bak"):
         copy = private_home / "copy.json"
         shutil.copy(candidate, copy)
@@ -422,7 +453,8 @@ def test_change_passphrase_keeps_records_and_retires_the_old(
 
 
 def test_change_passphrase_checks_old_and_takes_contract_form(
-        private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    private_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An explicit wrong ``old`` is refused; ``change_passphrase(old, new)`` also works."""
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "first")
     keys.set("openai", OPENAI)
@@ -430,15 +462,16 @@ def test_change_passphrase_checks_old_and_takes_contract_form(
     keystore._reset_for_tests()
     with pytest.raises(WrongPassphraseError):
         keys.change_passphrase("second", old="not it")
-    keys.change_passphrase("first", "second")       # docs/contracts.md order: old, new
+    keys.change_passphrase("first", "second")  # docs/contracts.md order: old, new
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "second")
     assert _fresh().get("openai", "default") is not None
     with pytest.raises(ConfigurationError):
         keys.change_passphrase("")
 
 
-def test_change_passphrase_switches_a_key_file_store(private_home: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_change_passphrase_switches_a_key_file_store(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A key-file store becomes passphrase-protected and its key file is deleted."""
     keys.set("openai", OPENAI)
     assert list(private_home.glob("*.key"))
@@ -460,9 +493,11 @@ def test_rotate_key_file_store(private_home: Path) -> None:
     after = json.loads(path.read_bytes())
     assert after["kek"]["file"] != before["kek"]["file"] and not old_key_file.exists()
     assert [r["ciphertext"] for r in after["records"]] != [
-        r["ciphertext"] for r in before["records"]]
+        r["ciphertext"] for r in before["records"]
+    ]
     assert not {r["ciphertext"] for r in after["records"]} & {
-        r["ciphertext"] for r in before["records"]}
+        r["ciphertext"] for r in before["records"]
+    }
     assert (private_home / "keystore.bak").read_bytes() == path.read_bytes()
     store = _fresh()
     assert store.get("openai", "default").api_key.reveal() == OPENAI  # type: ignore[union-attr]
@@ -471,7 +506,8 @@ def test_rotate_key_file_store(private_home: Path) -> None:
 
 
 def test_rotate_passphrase_store_needs_the_current_passphrase(
-        private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    private_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """rotate() with a passphrase: new salt and DEK; refused with a wrong passphrase."""
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "rotate me")
     _fill()
@@ -490,7 +526,8 @@ def test_rotate_passphrase_store_needs_the_current_passphrase(
 
 
 def test_kdf_runs_once_per_process_and_other_writes_are_seen(
-        private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    private_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One Argon2id per process; a write by another process is noticed without another."""
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "once")
     keys.set("openai", OPENAI)
@@ -501,9 +538,8 @@ def test_kdf_runs_once_per_process_and_other_writes_are_seen(
         assert store.get("openai", "default") is not None
         assert keystore.default_store() is store
     assert crypto.kdf_runs() == start + 1
-    code = ("from cencori_nb import keys; keys.set('groq', 'gsk_' + 'q' * 20, project='other')")
-    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ),
-                   timeout=60)
+    code = "from cencori_nb import keys; keys.set('groq', 'gsk_' + 'q' * 20, project='other')"
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ), timeout=60)
     got = store.get("groq", "other")
     assert got is not None and got.api_key.reveal() == "gsk_" + "q" * 20
     assert crypto.kdf_runs() == start + 1
@@ -522,6 +558,7 @@ def test_two_store_objects_see_each_others_writes(private_home: Path) -> None:
 
 
 # --------------------------------------------------------------------------- keyring
+
 
 class _FakeSecureKeyring:
     """An in-memory stand-in for a real OS keyring backend."""
@@ -557,8 +594,10 @@ def test_insecure_keyring_backends_are_refused() -> None:
     assert not is_secure_backend(_named("somewhere", "LowPriority", 0.5))
     assert is_secure_backend(_named("keyring.backends.SecretService", "Keyring", 5))
     chain = _named("keyring.backends.chainer", "ChainerBackend")
-    chain.backends = [_named("keyring.backends.SecretService", "Keyring"),  # type: ignore
-                      _named("keyrings.alt.file", "PlaintextKeyring", 0.5)]
+    chain.backends = [
+        _named("keyring.backends.SecretService", "Keyring"),  # type: ignore
+        _named("keyrings.alt.file", "PlaintextKeyring", 0.5),
+    ]
     assert not is_secure_backend(chain)
     assert not is_secure_backend(None)
 
@@ -578,7 +617,7 @@ def test_keyring_kek_source(private_home: Path, monkeypatch: pytest.MonkeyPatch)
     assert entry2 != entry
     keystore._reset_for_tests()
     assert KeyStore(path, keyring_backend=ring).get("openai", "default") is not None
-    keystore._reset_for_tests()                 # a new process, where no keyring is reachable
+    keystore._reset_for_tests()  # a new process, where no keyring is reachable
     with pytest.raises(KeystoreError) as info:
         KeyStore(path, keyring_backend=None).status("default")
     assert info.value.code == "keyring_unavailable" and str(path) in str(info.value)
@@ -596,6 +635,7 @@ def test_default_store_uses_no_keyring_in_tests(private_home: Path) -> None:
 
 
 # --------------------------------------------------------------------------- API behaviour
+
 
 def test_bad_input_is_refused_and_nothing_stored(private_home: Path) -> None:
     """Unknown providers, empty keys, inner whitespace and bad Cencori keys."""
@@ -634,7 +674,7 @@ def test_enable_disable_remove_default(private_home: Path) -> None:
     keys.set("anthropic", ANTHROPIC)
     assert keys.disable("openai").enabled is False
     assert keys.enable("openai").enabled is True
-    keys.set("openai", "sk-proj-replaced-0000001")          # default_model kept
+    keys.set("openai", "sk-proj-replaced-0000001")  # default_model kept
     row = next(r for r in keys.status() if r.provider == "openai")
     assert row.default_model == "gpt-4o-mini" and row.is_default
     keys.set("anthropic", ANTHROPIC, make_default=True)
@@ -667,8 +707,15 @@ def test_secret_never_shows_itself() -> None:
     """repr, str, f-string, format and pickle of a Secret reveal nothing."""
     s = Secret(OPENAI)
     # the old formatting styles on purpose: each goes through a different dunder
-    for text in (repr(s), str(s), f"{s}", f"{s!r}", "{}".format(s),  # noqa: UP032
-                 "%s" % s, f"{s:>20}"):  # noqa: UP031
+    for text in (
+        repr(s),
+        str(s),
+        f"{s}",
+        f"{s!r}",
+        "{}".format(s),  # noqa: UP032
+        "%s" % s,  # noqa: UP031
+        f"{s:>20}",
+    ):
         assert OPENAI not in text and "G7h8" in text
     with pytest.raises(TypeError):
         pickle.dumps(s)
@@ -690,11 +737,14 @@ def test_store_objects_do_not_show_keys(private_home: Path) -> None:
 
 def test_importing_the_keystore_and_cli_stays_light() -> None:
     """``cencori_nb.keystore`` and the CLI parser load neither cryptography nor filelock."""
-    code = ("import sys, cencori_nb.keystore, cencori_nb.cli; cencori_nb.cli.build_parser(); "
-            "print(sorted(m for m in ('cryptography', 'filelock', 'cencori_nb.keystore.store') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=60).stdout
+    code = (
+        "import sys, cencori_nb.keystore, cencori_nb.cli; cencori_nb.cli.build_parser(); "
+        "print(sorted(m for m in ('cryptography', 'filelock', 'cencori_nb.keystore.store') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
     assert out.strip() == "[]"
 
 
@@ -704,13 +754,13 @@ def test_opening_the_store_registers_its_keys_with_redact(private_home: Path) ->
     from cencori_nb import redact
 
     keys.set("openai", OPENAI)
-    assert OPENAI in redact.registered_secrets()            # written → registered
+    assert OPENAI in redact.registered_secrets()  # written → registered
     keystore._reset_for_tests()
     redact._reset_for_tests()
     keystore.default_store()
-    assert OPENAI not in redact.registered_secrets()        # created but not yet opened
+    assert OPENAI not in redact.registered_secrets()  # created but not yet opened
     keystore.default_store().status()
-    assert OPENAI in redact.registered_secrets()            # opened → registered
+    assert OPENAI in redact.registered_secrets()  # opened → registered
     assert redact.LOG_LINE.scrub(f"x {OPENAI} y") == f"x {redact.MARKER} y"
 
 
@@ -725,8 +775,8 @@ def test_foreign_key_files_are_left_alone(private_home: Path) -> None:
 
 
 def test_passphrase_set_on_a_key_file_store_is_flagged(
-        private_home: Path, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """A passphrase in the environment does not silently pretend to protect a key-file store."""
     keys.set("openai", OPENAI)
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "too late")

@@ -52,19 +52,24 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("passphrase", [None, "two writers"], ids=["keyfile", "passphrase"])
-def test_two_processes_writing_at_once_lose_nothing(private_home: Path,
-                                                    monkeypatch: pytest.MonkeyPatch,
-                                                    passphrase: str | None) -> None:
+def test_two_processes_writing_at_once_lose_nothing(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, passphrase: str | None
+) -> None:
     """2 × 50 writes to different projects and providers, started together on an empty
     home (both race to create the store): all 100 records are there afterwards."""
     extra = {"CENCORI_NB_PASSPHRASE": passphrase} if passphrase else {}
     barrier = private_home.parent / "barrier"
     barrier.mkdir()
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, tag, provider, "50",
-                               str(barrier)],
-                              env=_env(private_home, **extra), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-             for tag, provider in (("a", "openai"), ("b", "anthropic"))]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, tag, provider, "50", str(barrier)],
+            env=_env(private_home, **extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for tag, provider in (("a", "openai"), ("b", "anthropic"))
+    ]
     spans = []
     for proc in procs:
         out, err = proc.communicate(timeout=240)
@@ -95,8 +100,13 @@ def test_writer_killed_mid_write_leaves_a_whole_generation(private_home: Path) -
     last_generation = 0
     leftover_temps = 0
     for _round in range(12):
-        proc = subprocess.Popen([sys.executable, "-c", _LOOPER], env=_env(private_home),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _LOOPER],
+            env=_env(private_home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0.05, 0.4))
@@ -104,11 +114,11 @@ def test_writer_killed_mid_write_leaves_a_whole_generation(private_home: Path) -
         proc.wait(timeout=30)
         assert proc.returncode == -signal.SIGKILL
         leftover_temps += len(list(private_home.glob(".keystore.json.*.tmp")))
-        if not path.exists():        # killed before the very first write finished
+        if not path.exists():  # killed before the very first write finished
             continue
         keystore._reset_for_tests()
         store = KeyStore(path)
-        status = store.status("default")          # raises if the file is torn
+        status = store.status("default")  # raises if the file is torn
         generation = json.loads(path.read_bytes())["generation"]
         assert generation >= last_generation
         last_generation = generation

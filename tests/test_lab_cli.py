@@ -22,16 +22,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _plan(args: list[str] | None = None, **kw: object) -> lab_cli.LabPlan:
-    defaults: dict[str, object] = {"environ": {}, "is_root": False, "has_display": True,
-                                   "scrubber_config": True}
+    defaults: dict[str, object] = {
+        "environ": {},
+        "is_root": False,
+        "has_display": True,
+        "scrubber_config": True,
+    }
     defaults.update(kw)
     return lab_cli.plan(args or [], **defaults)  # type: ignore[arg-type]
 
 
 def test_jupyter_arguments_pass_through_in_order() -> None:
     """Options this command does not know go to JupyterLab, even first ones."""
-    ns = build_parser().parse_args(["lab", "--port", "9999", "--sandbox",
-                                    "--ServerApp.token=abc", "extra.ipynb"])
+    ns = build_parser().parse_args(
+        ["lab", "--port", "9999", "--sandbox", "--ServerApp.token=abc", "extra.ipynb"]
+    )
     assert ns.sandbox is True
     assert ns.jupyter_args == ["--port", "9999", "--ServerApp.token=abc", "extra.ipynb"]
     assert build_parser().parse_args(["lab"]).jupyter_args == []
@@ -41,8 +46,10 @@ def test_no_keys_means_offline_sandbox_with_its_own_home(private_home: Path) -> 
     plan = _plan()
     assert plan.start_sandbox
     # the kernels use the sandbox home; the scrubber also reads the real one (issue 10.4)
-    assert plan.env_changes == {"CENCORI_NB_HOME": str(private_home / "sandbox"),
-                                "CENCORI_NB_SCRUB_HOMES": str(private_home)}
+    assert plan.env_changes == {
+        "CENCORI_NB_HOME": str(private_home / "sandbox"),
+        "CENCORI_NB_SCRUB_HOMES": str(private_home),
+    }
     assert plan.argv[:3] == [sys.executable, "-m", "jupyterlab"]
     assert f"--ServerApp.root_dir={REPO / 'notebooks'}" in plan.argv
 
@@ -58,11 +65,12 @@ def test_configured_keys_mean_real_providers(canary: str) -> None:
     keys.set("openai", canary)
     plan = _plan()
     assert not plan.start_sandbox
-    assert _plan(sandbox=True).start_sandbox          # --sandbox forces it anyway
+    assert _plan(sandbox=True).start_sandbox  # --sandbox forces it anyway
 
 
 def test_no_sandbox_conflicting_with_environment_is_a_clear_error(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("CENCORI_NB_SANDBOX", "http://127.0.0.1:9")
     assert main(["lab", "--no-sandbox", "--dry-run"]) == 1
     err = capsys.readouterr().err
@@ -70,23 +78,28 @@ def test_no_sandbox_conflicting_with_environment_is_a_clear_error(
 
 
 def test_a_key_on_the_command_line_is_refused_without_echo(
-        canary: str, capsys: pytest.CaptureFixture[str]) -> None:
+    canary: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["lab", "--dry-run", f"--IdentityProvider.token={canary}"]) == 1
     captured = capsys.readouterr()
     assert "looks like an API key" in captured.err
     assert canary not in captured.err + captured.out
 
 
-@pytest.mark.parametrize(("kw", "args", "allow_root", "no_browser"), [
-    ({"is_root": True}, [], True, False),
-    ({"is_root": True}, ["--allow-root"], True, False),
-    ({"environ": {"CI": "true"}}, [], False, True),
-    ({"has_display": False}, [], False, True),
-    ({"has_display": False}, ["--ServerApp.open_browser=True"], False, False),
-    ({}, [], False, False),
-])
-def test_root_and_headless_flags(kw: dict, args: list[str], allow_root: bool,
-                                 no_browser: bool) -> None:
+@pytest.mark.parametrize(
+    ("kw", "args", "allow_root", "no_browser"),
+    [
+        ({"is_root": True}, [], True, False),
+        ({"is_root": True}, ["--allow-root"], True, False),
+        ({"environ": {"CI": "true"}}, [], False, True),
+        ({"has_display": False}, [], False, True),
+        ({"has_display": False}, ["--ServerApp.open_browser=True"], False, False),
+        ({}, [], False, False),
+    ],
+)
+def test_root_and_headless_flags(
+    kw: dict, args: list[str], allow_root: bool, no_browser: bool
+) -> None:
     argv = _plan(args, **kw).argv
     assert argv.count("--allow-root") == (1 if allow_root else 0)
     assert ("--no-browser" in argv) == no_browser
@@ -110,8 +123,9 @@ def test_installed_config_enables_the_scrubber() -> None:
     assert lab_cli.extension_state() is True
 
 
-def test_installed_package_copies_bundled_notebooks_once(private_home: Path,
-                                                         tmp_path: Path) -> None:
+def test_installed_package_copies_bundled_notebooks_once(
+    private_home: Path, tmp_path: Path
+) -> None:
     """Without a checkout, notebooks go to the home, never over a file the user edited."""
     bundled = tmp_path / "bundled"
     bundled.mkdir()
@@ -124,7 +138,7 @@ def test_installed_package_copies_bundled_notebooks_once(private_home: Path,
     lab_cli.notebooks_dir(checkout=None, bundled=bundled)
     assert (target / "01-quickstart.ipynb").read_text() == "edited"
     assert (target / "02-provider-setup.ipynb").read_text() == "v1"
-    assert lab_cli.notebooks_dir() == REPO / "notebooks"     # this checkout
+    assert lab_cli.notebooks_dir() == REPO / "notebooks"  # this checkout
     assert not any("has no notebooks" in n for n in _plan().notes)
 
 
@@ -142,25 +156,43 @@ def test_lab_starts_offline_with_banner_scrubber_and_sandbox(tmp_path: Path) -> 
     port, token = free_port(), secrets.token_hex(8)
     root = tmp_path / "root"
     root.mkdir()
-    env = isolated_jupyter_env(tmp_path / "jupyter",
-                               CENCORI_NB_HOME=str(tmp_path / "home"),
-                               PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring")
+    env = isolated_jupyter_env(
+        tmp_path / "jupyter",
+        CENCORI_NB_HOME=str(tmp_path / "home"),
+        PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring",
+    )
     env.pop("CENCORI_NB_SANDBOX", None)
     log_path = tmp_path / "lab.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cencori_nb", "lab", f"--port={port}",
-             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-             "--ServerApp.open_browser=False"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "cencori_nb",
+                "lab",
+                f"--port={port}",
+                f"--IdentityProvider.token={token}",
+                f"--ServerApp.root_dir={root}",
+                "--ServerApp.open_browser=False",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             assert proc.poll() is None, log_path.read_text()
             try:
-                if httpx2.get(f"http://127.0.0.1:{port}/api/status",
-                              headers={"Authorization": f"token {token}"}).status_code == 200:
+                if (
+                    httpx2.get(
+                        f"http://127.0.0.1:{port}/api/status",
+                        headers={"Authorization": f"token {token}"},
+                    ).status_code
+                    == 200
+                ):
                     break
             except httpx2.HTTPError:
                 pass
@@ -171,10 +203,13 @@ def test_lab_starts_offline_with_banner_scrubber_and_sandbox(tmp_path: Path) -> 
         m = re.search(r"OFFLINE SANDBOX at (http://127\.0\.0\.1:\d+) — replies are fake", text)
         assert m, text
         assert "secret scrubber registered" in text
-        assert httpx2.get(m.group(1) + "/v1/models",
-                          headers={"Authorization": "Bearer csk_sandbox_demo_0000"}
-                          ).status_code == 200
-        proc.send_signal(signal.SIGTERM)          # only our child; it forwards to Jupyter
+        assert (
+            httpx2.get(
+                m.group(1) + "/v1/models", headers={"Authorization": "Bearer csk_sandbox_demo_0000"}
+            ).status_code
+            == 200
+        )
+        proc.send_signal(signal.SIGTERM)  # only our child; it forwards to Jupyter
         assert proc.wait(timeout=30) is not None
         with pytest.raises(httpx2.HTTPError):
             httpx2.get(f"http://127.0.0.1:{port}/api/status", timeout=2)
@@ -186,7 +221,8 @@ def test_lab_starts_offline_with_banner_scrubber_and_sandbox(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_lab_in_sandbox_mode_still_scrubs_the_real_stored_keys(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`cencori-nb lab --sandbox`: kernels use the sandbox home, yet a REAL stored key (no
     key shape, so only an exact match finds it) pasted into a notebook never reaches disk,
     and the real store is only read (issue 10.4)."""
@@ -198,8 +234,11 @@ def test_lab_in_sandbox_mode_still_scrubs_the_real_stored_keys(
 
     real_home = tmp_path / "home"
     real_key = "real-shapeless-token-" + secrets.token_hex(8)
-    env = isolated_jupyter_env(tmp_path / "jupyter", CENCORI_NB_HOME=str(real_home),
-                               PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring")
+    env = isolated_jupyter_env(
+        tmp_path / "jupyter",
+        CENCORI_NB_HOME=str(real_home),
+        PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring",
+    )
     for name in ("CENCORI_NB_SANDBOX", "CENCORI_NB_PASSPHRASE", "CENCORI_NB_SCRUB_HOMES"):
         env.pop(name, None)
     monkeypatch.setenv("CENCORI_NB_HOME", str(real_home))
@@ -209,15 +248,22 @@ def test_lab_in_sandbox_mode_still_scrubs_the_real_stored_keys(
     root = tmp_path / "root"
     root.mkdir()
     port, token = free_port(), secrets.token_hex(8)
-    lab = JupyterProcess([sys.executable, "-m", "cencori_nb", "lab", "--sandbox",
-                          *server_args(root, port, token)],
-                         env=env, log_path=tmp_path / "lab.log", port=port, token=token)
+    lab = JupyterProcess(
+        [sys.executable, "-m", "cencori_nb", "lab", "--sandbox", *server_args(root, port, token)],
+        env=env,
+        log_path=tmp_path / "lab.log",
+        port=port,
+        token=token,
+    )
     lab.start()
     try:
         assert "OFFLINE SANDBOX" in lab.log()
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"k={real_key}")])
-        r = lab.api("PUT", "/api/contents/real.ipynb",
-                    json={"type": "notebook", "content": json.loads(nbformat.writes(nb))})
+        r = lab.api(
+            "PUT",
+            "/api/contents/real.ipynb",
+            json={"type": "notebook", "content": json.loads(nbformat.writes(nb))},
+        )
         assert r.status_code in (200, 201), r.text
         on_disk = (root / "real.ipynb").read_text()
         assert real_key not in on_disk and "[redacted]" in on_disk

@@ -24,8 +24,8 @@ from cencori_nb.ledger import default_ledger
 
 OPENAI_KEY = "sk-test-large-" + "L" * 24 + "a1b2"
 ANTHROPIC_KEY = "sk-ant-test-large-" + "M" * 24 + "c3d4"
-HUGE = "word " * 140_000            # about 175,000 tokens: over gpt-4o-mini's 128,000
-OPUS_BIG = {"model": "claude-opus-4-1", "max_tokens": 4000}   # up to about $0.30
+HUGE = "word " * 140_000  # about 175,000 tokens: over gpt-4o-mini's 128,000
+OPUS_BIG = {"model": "claude-opus-4-1", "max_tokens": 4000}  # up to about $0.30
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_prompt_over_the_context_window_is_refused_with_both_sizes(sbx: Any) -> 
     assert err.context_window == 128_000 and err.prompt_tokens > 128_000
     assert "128,000" in str(err) and f"{err.prompt_tokens:,}" in str(err)
     assert "not sent" in str(err)
-    assert sbx.stats["requests"] == before          # nothing reached the provider
+    assert sbx.stats["requests"] == before  # nothing reached the provider
     assert _rows() == []
     with pytest.raises(errors.RequestTooLargeError):  # streaming is refused the same way
         cencori_nb.stream(HUGE, model="gpt-4o-mini")
@@ -64,7 +64,7 @@ def test_a_costly_request_is_refused_then_sent_when_accepted(sbx: Any) -> None:
     assert err.limit_usd == Decimal("0.10")
     assert Decimal("0.25") < err.estimate_usd < Decimal("0.35")
     assert "max_cost_usd=0.31" in str(err) and "nothing was sent" in str(err)
-    assert isinstance(err, errors.CostLimitError)       # a budget-family error
+    assert isinstance(err, errors.CostLimitError)  # a budget-family error
     assert sbx.stats["requests"] == before and _rows() == []
 
     c = cencori_nb.chat("Write a long essay", max_cost_usd=err.estimate_usd, **OPUS_BIG)
@@ -87,13 +87,12 @@ def test_cheap_requests_and_cache_hits_are_never_asked(sbx: Any) -> None:
     c = cencori_nb.chat("a normal question", model="gpt-4o-mini")
     assert c.text
     accepted = cencori_nb.chat("Write a long essay", max_cost_usd="1", **OPUS_BIG)
-    again = cencori_nb.chat("Write a long essay", **OPUS_BIG)   # a free cache hit
+    again = cencori_nb.chat("Write a long essay", **OPUS_BIG)  # a free cache hit
     assert again.cached and again.text == accepted.text
 
 
 def test_an_unpriced_model_gets_only_the_context_check() -> None:
-    accounting.confirm_cost("openai", "no-such-model-xyz", "byok", 10**6, 10**6,
-                            Decimal("0.01"))
+    accounting.confirm_cost("openai", "no-such-model-xyz", "byok", 10**6, 10**6, Decimal("0.01"))
 
 
 @pytest.mark.parametrize("bad", ["-1", "abc", "NaN", float("inf")])
@@ -113,16 +112,31 @@ def test_map_rows_meet_the_threshold_unless_the_batch_accepted_a_limit(sbx: Any)
     assert "max_cost_usd" in str(stopped["error"].iloc[0])
 
 
-def _cli(args: list[str], home: Path, sandbox_url: str, stdin: str = ""
-         ) -> subprocess.CompletedProcess[str]:
+def _cli(
+    args: list[str], home: Path, sandbox_url: str, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CENCORI_NB_HOME": str(home), "CENCORI_NB_SANDBOX": sandbox_url}
-    return subprocess.run([sys.executable, "-m", "cencori_nb", *args], input=stdin,
-                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "cencori_nb", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_cli_without_a_terminal_needs_yes(sbx: Any, private_home: Path) -> None:
-    args = ["ask", "Write a long essay", "--no-stream", "-m", "claude-opus-4-1",
-            "--max-tokens", "4000"]
+    args = [
+        "ask",
+        "Write a long essay",
+        "--no-stream",
+        "-m",
+        "claude-opus-4-1",
+        "--max-tokens",
+        "4000",
+    ]
     out = _cli(args, private_home, sbx.url)
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1 and "--yes" in out.stderr and "$0.30" in out.stderr
@@ -130,7 +144,6 @@ def test_cli_without_a_terminal_needs_yes(sbx: Any, private_home: Path) -> None:
     out = _cli([*args, "--yes"], private_home, sbx.url)
     assert out.returncode == 0, out.stderr
     assert sbx.stats["requests"] == 1
-    out = _cli([*args[:1], "Another essay", *args[2:], "--max-cost", "0.50"], private_home,
-               sbx.url)
+    out = _cli([*args[:1], "Another essay", *args[2:], "--max-cost", "0.50"], private_home, sbx.url)
     assert out.returncode == 0, out.stderr
     assert sbx.stats["requests"] == 2

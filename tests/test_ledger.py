@@ -17,29 +17,63 @@ from cencori_nb.ledger import Ledger, LedgerRow, default_ledger, from_pusd, pars
 from cencori_nb.migrations import MIGRATIONS, migrate
 
 EXPECTED_REQUESTS_COLUMNS = [
-    ("id", "INTEGER"), ("ts_ms", "INTEGER"), ("client_id", "TEXT"), ("request_id", "TEXT"),
-    ("project", "TEXT"), ("provider", "TEXT"), ("model_requested", "TEXT"), ("model", "TEXT"),
+    ("id", "INTEGER"),
+    ("ts_ms", "INTEGER"),
+    ("client_id", "TEXT"),
+    ("request_id", "TEXT"),
+    ("project", "TEXT"),
+    ("provider", "TEXT"),
+    ("model_requested", "TEXT"),
+    ("model", "TEXT"),
     ("route", "TEXT"),
-    ("credential_source", "TEXT"), ("status", "TEXT"), ("error_code", "TEXT"),
-    ("input_tokens", "INTEGER"), ("output_tokens", "INTEGER"),
-    ("cache_read_tokens", "INTEGER"), ("cache_write_tokens", "INTEGER"),
-    ("thinking_tokens", "INTEGER"), ("provider_cost_pusd", "INTEGER"),
-    ("credits_charged_pusd", "INTEGER"), ("estimated", "INTEGER"), ("price_version", "TEXT"),
-    ("latency_ms", "REAL"), ("ttft_ms", "REAL"), ("cost_pusd", "INTEGER"),
-    ("test_mode", "INTEGER"), ("gateway_cache", "TEXT"), ("model_original", "TEXT"),
+    ("credential_source", "TEXT"),
+    ("status", "TEXT"),
+    ("error_code", "TEXT"),
+    ("input_tokens", "INTEGER"),
+    ("output_tokens", "INTEGER"),
+    ("cache_read_tokens", "INTEGER"),
+    ("cache_write_tokens", "INTEGER"),
+    ("thinking_tokens", "INTEGER"),
+    ("provider_cost_pusd", "INTEGER"),
+    ("credits_charged_pusd", "INTEGER"),
+    ("estimated", "INTEGER"),
+    ("price_version", "TEXT"),
+    ("latency_ms", "REAL"),
+    ("ttft_ms", "REAL"),
+    ("cost_pusd", "INTEGER"),
+    ("test_mode", "INTEGER"),
+    ("gateway_cache", "TEXT"),
+    ("model_original", "TEXT"),
 ]
 EXPECTED_DAILY_COLUMNS = [
-    ("day", "INTEGER"), ("project", "TEXT"), ("provider", "TEXT"), ("model", "TEXT"),
-    ("route", "TEXT"), ("status", "TEXT"), ("requests", "INTEGER"),
-    ("input_tokens", "INTEGER"), ("output_tokens", "INTEGER"),
-    ("cache_read_tokens", "INTEGER"), ("cache_write_tokens", "INTEGER"),
-    ("provider_cost_pusd", "INTEGER"), ("credits_charged_pusd", "INTEGER"),
-    ("cost_pusd", "INTEGER"), ("unpriced", "INTEGER"), ("estimated", "INTEGER"),
+    ("day", "INTEGER"),
+    ("project", "TEXT"),
+    ("provider", "TEXT"),
+    ("model", "TEXT"),
+    ("route", "TEXT"),
+    ("status", "TEXT"),
+    ("requests", "INTEGER"),
+    ("input_tokens", "INTEGER"),
+    ("output_tokens", "INTEGER"),
+    ("cache_read_tokens", "INTEGER"),
+    ("cache_write_tokens", "INTEGER"),
+    ("provider_cost_pusd", "INTEGER"),
+    ("credits_charged_pusd", "INTEGER"),
+    ("cost_pusd", "INTEGER"),
+    ("unpriced", "INTEGER"),
+    ("estimated", "INTEGER"),
 ]
 EXPECTED_WALLET_COLUMNS = [
-    ("id", "INTEGER"), ("ts_ms", "INTEGER"), ("kind", "TEXT"), ("amount_pusd", "INTEGER"),
-    ("balance_before_pusd", "INTEGER"), ("balance_after_pusd", "INTEGER"),
-    ("request_id", "TEXT"), ("project", "TEXT"), ("note", "TEXT"), ("client_id", "TEXT"),
+    ("id", "INTEGER"),
+    ("ts_ms", "INTEGER"),
+    ("kind", "TEXT"),
+    ("amount_pusd", "INTEGER"),
+    ("balance_before_pusd", "INTEGER"),
+    ("balance_after_pusd", "INTEGER"),
+    ("request_id", "TEXT"),
+    ("project", "TEXT"),
+    ("note", "TEXT"),
+    ("client_id", "TEXT"),
 ]
 
 
@@ -48,31 +82,48 @@ def _columns(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]:
 
 
 def _objects(conn: sqlite3.Connection) -> set[tuple[str, str]]:
-    return {(r[0], r[1]) for r in conn.execute(
-        "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")}
+    return {
+        (r[0], r[1])
+        for r in conn.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+    }
 
 
 def test_schema_from_an_empty_file(private_home: Path) -> None:
     """A fresh ledger has exactly the migrated tables, columns and indexes."""
     led = default_ledger()
     conn = led.conn
-    assert [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")] == \
-        ["001_create_requests", "002_wallet_and_budget_alerts", "003_daily_rollup",
-         "004_cost_rule_and_reservations", "005_client_ids_and_interrupted",
-         "006_gateway_receipts"]
+    assert [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")] == [
+        "001_create_requests",
+        "002_wallet_and_budget_alerts",
+        "003_daily_rollup",
+        "004_cost_rule_and_reservations",
+        "005_client_ids_and_interrupted",
+        "006_gateway_receipts",
+    ]
     assert _columns(conn, "requests") == EXPECTED_REQUESTS_COLUMNS
     assert _columns(conn, "requests_daily") == EXPECTED_DAILY_COLUMNS
     assert _columns(conn, "wallet_transactions") == EXPECTED_WALLET_COLUMNS
-    assert _columns(conn, "budget_alerts") == [("project", "TEXT"), ("month", "TEXT"),
-                                               ("threshold", "INTEGER"), ("ts_ms", "INTEGER")]
+    assert _columns(conn, "budget_alerts") == [
+        ("project", "TEXT"),
+        ("month", "TEXT"),
+        ("threshold", "INTEGER"),
+        ("ts_ms", "INTEGER"),
+    ]
     assert _objects(conn) == {
-        ("table", "_migrations"), ("table", "requests"), ("index", "requests_ts"),
-        ("index", "requests_client_id"), ("index", "requests_request_id"),
+        ("table", "_migrations"),
+        ("table", "requests"),
+        ("index", "requests_ts"),
+        ("index", "requests_client_id"),
+        ("index", "requests_request_id"),
         ("index", "requests_project_ts"),
-        ("table", "wallet_transactions"), ("index", "wallet_usage_client"),
-        ("index", "wallet_refund_client"), ("table", "budget_alerts"),
-        ("table", "requests_daily"), ("trigger", "requests_daily_insert"),
-        ("table", "budget_reservations"), ("index", "budget_reservations_project"),
+        ("table", "wallet_transactions"),
+        ("index", "wallet_usage_client"),
+        ("index", "wallet_refund_client"),
+        ("table", "budget_alerts"),
+        ("table", "requests_daily"),
+        ("trigger", "requests_daily_insert"),
+        ("table", "budget_reservations"),
+        ("index", "budget_reservations_project"),
     }
     assert led.path == private_home / "ledger.sqlite"
 
@@ -82,15 +133,19 @@ def test_migration_from_001_keeps_rows(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     conn = sqlite3.connect(path, isolation_level=None)
     assert migrate(conn, upto="001_create_requests") == ["001_create_requests"]
-    conn.execute("INSERT INTO requests (ts_ms, request_id, project, provider, route, status, "
-                 "credits_charged_pusd) VALUES (1, 'r1', 'p', 'openai', 'managed', 'ok', 5)")
+    conn.execute(
+        "INSERT INTO requests (ts_ms, request_id, project, provider, route, status, "
+        "credits_charged_pusd) VALUES (1, 'r1', 'p', 'openai', 'managed', 'ok', 5)"
+    )
     conn.close()
     led = Ledger(path)
-    assert [r[0] for r in led.query("SELECT name FROM _migrations ORDER BY rowid")] == \
-        [name for name, _ in MIGRATIONS]
+    assert [r[0] for r in led.query("SELECT name FROM _migrations ORDER BY rowid")] == [
+        name for name, _ in MIGRATIONS
+    ]
     rows = led.rows()
-    assert [(r.client_id, r.request_id, r.credits_charged_usd) for r in rows] == \
-        [("legacy-1", "r1", Decimal("5E-12"))]
+    assert [(r.client_id, r.request_id, r.credits_charged_usd) for r in rows] == [
+        ("legacy-1", "r1", Decimal("5E-12"))
+    ]
     # 004: rows are unique on client_id, so the same provider id is a new request
     assert led.record(LedgerRow("r1", "p", "openai", "managed")) is True
     assert led.record(LedgerRow("r1", "p", "openai", "managed", client_id="legacy-1")) is False
@@ -102,26 +157,44 @@ def test_migration_from_the_previous_schema_backfills_the_rollup(tmp_path: Path)
     """A file at 002 with rows gets 003: the daily rollup is backfilled, then kept current."""
     path = tmp_path / "v2.sqlite"
     conn = sqlite3.connect(path, isolation_level=None)
-    assert migrate(conn, upto="002_wallet_and_budget_alerts") == \
-        ["001_create_requests", "002_wallet_and_budget_alerts"]
+    assert migrate(conn, upto="002_wallet_and_budget_alerts") == [
+        "001_create_requests",
+        "002_wallet_and_budget_alerts",
+    ]
     day = 20_000 * 86_400_000
     conn.executemany(
         "INSERT INTO requests (ts_ms, request_id, project, provider, model, route, status, "
         "input_tokens, provider_cost_pusd, credits_charged_pusd) "
         "VALUES (?, ?, 'p', 'openai', 'gpt-4o', ?, 'ok', 10, ?, ?)",
-        [(day + 1, "a", "managed", 100, 150), (day + 2, "b", "byok", 100, 5),
-         (day + 3, "c", "byok", None, 0)])
+        [
+            (day + 1, "a", "managed", 100, 150),
+            (day + 2, "b", "byok", 100, 5),
+            (day + 3, "c", "byok", None, 0),
+        ],
+    )
     conn.close()
     led = Ledger(path)
     assert ("003_daily_rollup",) in led.query("SELECT name FROM _migrations ORDER BY rowid")
-    assert led.query("SELECT day, route, requests, input_tokens, provider_cost_pusd, "
-                     "credits_charged_pusd, cost_pusd, unpriced FROM requests_daily "
-                     "ORDER BY route") == [(20_000, "byok", 2, 20, 100, 5, 105, 1),
-                                          (20_000, "managed", 1, 10, 100, 150, 150, 0)]
-    led.record(LedgerRow("d", "p", "openai", "byok", model="gpt-4o", input_tokens=1,
-                         provider_cost_usd=Decimal("1E-12"), ts_ms=day + 4))
-    assert led.query("SELECT requests, provider_cost_pusd, cost_pusd FROM requests_daily "
-                     "WHERE route = 'byok'") == [(3, 101, 106)]
+    assert led.query(
+        "SELECT day, route, requests, input_tokens, provider_cost_pusd, "
+        "credits_charged_pusd, cost_pusd, unpriced FROM requests_daily "
+        "ORDER BY route"
+    ) == [(20_000, "byok", 2, 20, 100, 5, 105, 1), (20_000, "managed", 1, 10, 100, 150, 150, 0)]
+    led.record(
+        LedgerRow(
+            "d",
+            "p",
+            "openai",
+            "byok",
+            model="gpt-4o",
+            input_tokens=1,
+            provider_cost_usd=Decimal("1E-12"),
+            ts_ms=day + 4,
+        )
+    )
+    assert led.query(
+        "SELECT requests, provider_cost_pusd, cost_pusd FROM requests_daily WHERE route = 'byok'"
+    ) == [(3, 101, 106)]
     led.close()
 
 
@@ -134,24 +207,35 @@ def test_rollup_matches_the_rows() -> None:
     rows = []
     for i in range(300):
         cost = None if rng.random() < 0.1 else Decimal(rng.randint(0, 10**6)) / 10**9
-        rows.append(LedgerRow(f"r{i % 7}", rng.choice(["p1", "p2"]), "openai",
-                              rng.choice(["byok", "managed"]), client_id=f"c{i % 250}",
-                              status=rng.choice(["ok", "ok", "error", "cached", "interrupted"]),
-                              model=rng.choice(["gpt-4o", None]), model_requested="gpt-4o",
-                              input_tokens=rng.randint(0, 99), provider_cost_usd=cost,
-                              credits_charged_usd=Decimal(rng.randint(0, 99)) / 10**6,
-                              ts_ms=1_700_000_000_000 + rng.randint(0, 5) * 86_400_000))
+        rows.append(
+            LedgerRow(
+                f"r{i % 7}",
+                rng.choice(["p1", "p2"]),
+                "openai",
+                rng.choice(["byok", "managed"]),
+                client_id=f"c{i % 250}",
+                status=rng.choice(["ok", "ok", "error", "cached", "interrupted"]),
+                model=rng.choice(["gpt-4o", None]),
+                model_requested="gpt-4o",
+                input_tokens=rng.randint(0, 99),
+                provider_cost_usd=cost,
+                credits_charged_usd=Decimal(rng.randint(0, 99)) / 10**6,
+                ts_ms=1_700_000_000_000 + rng.randint(0, 5) * 86_400_000,
+            )
+        )
     for row in rows:
         led.record(row)
     grouped = led.query(
         "SELECT ts_ms / 86400000, project, provider, COALESCE(model, model_requested, ''), "
         "route, status, COUNT(*), SUM(input_tokens), SUM(provider_cost_pusd), "
         "SUM(credits_charged_pusd), SUM(provider_cost_pusd IS NULL) FROM requests "
-        "GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6")
+        "GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6"
+    )
     rollup = led.query(
         "SELECT day, project, provider, model, route, status, requests, input_tokens, "
         "provider_cost_pusd, credits_charged_pusd, unpriced FROM requests_daily "
-        "ORDER BY 1, 2, 3, 4, 5, 6")
+        "ORDER BY 1, 2, 3, 4, 5, 6"
+    )
     assert rollup == grouped and len(grouped) > 10
 
 
@@ -172,7 +256,7 @@ def test_file_modes_and_pragmas(private_home: Path) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     conn = led.conn
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1      # NORMAL
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
     assert stat.S_IMODE(private_home.stat().st_mode) == 0o700
 
@@ -180,14 +264,28 @@ def test_file_modes_and_pragmas(private_home: Path) -> None:
 def test_row_round_trip_keeps_exact_money() -> None:
     """Every field comes back as written; money exactly (pico-USD)."""
     led = default_ledger()
-    row = LedgerRow("req-1", "proj", "anthropic", "byok", status="ok",
-                    model_requested="claude-sonnet-4-5", model="claude-sonnet-4-5-20250929",
-                    credential_source="keystore:anthropic", input_tokens=3000,
-                    output_tokens=500, cache_read_tokens=1000, cache_write_tokens=1000,
-                    thinking_tokens=7, provider_cost_usd=Decimal("0.01455"),
-                    credits_charged_usd=Decimal("0.000000000001"), estimated=True,
-                    price_version="genai-prices 0.2.3", latency_ms=12.5, ttft_ms=3.25,
-                    ts_ms=1_700_000_000_123)
+    row = LedgerRow(
+        "req-1",
+        "proj",
+        "anthropic",
+        "byok",
+        status="ok",
+        model_requested="claude-sonnet-4-5",
+        model="claude-sonnet-4-5-20250929",
+        credential_source="keystore:anthropic",
+        input_tokens=3000,
+        output_tokens=500,
+        cache_read_tokens=1000,
+        cache_write_tokens=1000,
+        thinking_tokens=7,
+        provider_cost_usd=Decimal("0.01455"),
+        credits_charged_usd=Decimal("0.000000000001"),
+        estimated=True,
+        price_version="genai-prices 0.2.3",
+        latency_ms=12.5,
+        ttft_ms=3.25,
+        ts_ms=1_700_000_000_123,
+    )
     assert led.record(row) is True
     (back,) = led.rows()
     assert back == row
@@ -209,8 +307,10 @@ def test_rows_are_unique_on_client_id_not_on_the_providers_id() -> None:
         assert led.record(LedgerRow("same", "p", "openai", "byok")) is True
     assert led.record(LedgerRow("same", "p", "openai", "byok", client_id="c1")) is True
     assert led.record(LedgerRow("other", "p", "openai", "byok", client_id="c1")) is False
-    assert led.record(LedgerRow("same", "p", "openai", "byok", status="interrupted",
-                                estimated=True)) is True
+    assert (
+        led.record(LedgerRow("same", "p", "openai", "byok", status="interrupted", estimated=True))
+        is True
+    )
     assert led.count() == 5
     assert [r.status for r in led.rows()][-1] == "interrupted"
 
@@ -229,13 +329,16 @@ def _writer(home: str, worker: int, n: int) -> None:
 
     led = default_ledger()
     for i in range(n):
-        led.record(LedgerRow(f"w{worker}-{i}", "p", "openai", "byok",
-                             provider_cost_usd=Decimal("0.000001")))
+        led.record(
+            LedgerRow(
+                f"w{worker}-{i}", "p", "openai", "byok", provider_cost_usd=Decimal("0.000001")
+            )
+        )
 
 
 def test_two_processes_writing_at_once_lose_nothing(private_home: Path) -> None:
     """Two processes × 500 rows, concurrently: all 1000 rows present, sums exact."""
-    default_ledger()   # create and migrate first, as a notebook kernel would
+    default_ledger()  # create and migrate first, as a notebook kernel would
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(str(private_home), w, 500)) for w in (1, 2)]
     for p in procs:
@@ -245,8 +348,9 @@ def test_two_processes_writing_at_once_lose_nothing(private_home: Path) -> None:
         assert p.exitcode == 0
     led = default_ledger()
     assert led.count() == 1000
-    assert led.query("SELECT COUNT(DISTINCT request_id), SUM(provider_cost_pusd) "
-                     "FROM requests")[0] == (1000, 1000 * 1_000_000)
+    assert led.query("SELECT COUNT(DISTINCT request_id), SUM(provider_cost_pusd) FROM requests")[
+        0
+    ] == (1000, 1000 * 1_000_000)
 
 
 def test_two_processes_migrating_a_fresh_file(private_home: Path) -> None:
@@ -268,16 +372,16 @@ def test_reopens_after_fork(private_home: Path) -> None:
     led = default_ledger()
     led.record(LedgerRow("parent", "p", "openai", "byok"))
     ctx = multiprocessing.get_context("fork")
-    proc = ctx.Process(target=lambda: default_ledger().record(
-        LedgerRow("child", "p", "openai", "byok")))
+    proc = ctx.Process(
+        target=lambda: default_ledger().record(LedgerRow("child", "p", "openai", "byok"))
+    )
     proc.start()
     proc.join(60)
     assert proc.exitcode == 0
     assert {r.request_id for r in led.rows()} == {"parent", "child"}
 
 
-def test_default_ledger_follows_the_home(tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_ledger_follows_the_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Moving CENCORI_NB_HOME opens the ledger there; _reset_for_tests closes it."""
     first = default_ledger()
     monkeypatch.setenv("CENCORI_NB_HOME", str(tmp_path / "other"))
@@ -295,8 +399,9 @@ def test_parse_since() -> None:
     assert parse_since("24h", now=now) == base - 86_400_000
     assert parse_since("30m", now=now) == base - 1_800_000
     assert parse_since("2w", now=now) == base - 14 * 86_400_000
-    assert parse_since(date(2026, 11, 1)) == int(datetime(2026, 11, 1, tzinfo=UTC)
-                                                 .timestamp() * 1000)
+    assert parse_since(date(2026, 11, 1)) == int(
+        datetime(2026, 11, 1, tzinfo=UTC).timestamp() * 1000
+    )
     assert parse_since("2026-11-01") == parse_since(date(2026, 11, 1))
     assert parse_since(datetime(2026, 11, 1)) == parse_since(date(2026, 11, 1))
     assert parse_since(None) is None
@@ -311,7 +416,7 @@ def test_submitted_rows_are_visible_to_every_read() -> None:
     led = default_ledger()
     for i in range(50):
         led.submit(LedgerRow(f"s{i}", "p", "openai", "byok"))
-    assert led.count() == 50          # count() reads, so it flushes first
+    assert led.count() == 50  # count() reads, so it flushes first
     led.submit(LedgerRow("late", "p", "openai", "byok"))
     assert led.rows()[-1].request_id == "late"
 
@@ -320,10 +425,14 @@ def test_on_insert_runs_in_the_rows_transaction_only_when_inserted() -> None:
     """The callback runs once for a new row and not for a duplicate ok row."""
     led = default_ledger()
     calls: list[str] = []
-    led.submit(LedgerRow("dup", "p", "openai", "byok", client_id="c-dup"),
-               on_insert=lambda c: calls.append("a"))
-    led.submit(LedgerRow("dup", "p", "openai", "byok", client_id="c-dup"),
-               on_insert=lambda c: calls.append("b"))
+    led.submit(
+        LedgerRow("dup", "p", "openai", "byok", client_id="c-dup"),
+        on_insert=lambda c: calls.append("a"),
+    )
+    led.submit(
+        LedgerRow("dup", "p", "openai", "byok", client_id="c-dup"),
+        on_insert=lambda c: calls.append("b"),
+    )
     led.flush()
     assert calls == ["a"] and led.count() == 1
 
@@ -331,7 +440,7 @@ def test_on_insert_runs_in_the_rows_transaction_only_when_inserted() -> None:
 def test_a_bad_row_is_dropped_alone_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     """A row failing a CHECK is logged and dropped; rows queued with it are written."""
     led = default_ledger()
-    with led._lock:                   # hold the writer back so the bad row shares a batch
+    with led._lock:  # hold the writer back so the bad row shares a batch
         led.submit(LedgerRow("good1", "p", "openai", "byok"))
         led.submit(LedgerRow("bad", "p", "openai", "byok", status="weird"))
         led.submit(LedgerRow("good2", "p", "openai", "byok"))
@@ -349,16 +458,19 @@ def test_threads_submitting_at_once() -> None:
 
     def work(t: int) -> None:
         for i in range(200):
-            led.submit(LedgerRow(f"t{t}-{i}", "p", "openai", "byok",
-                                 provider_cost_usd=Decimal("0.000001")))
+            led.submit(
+                LedgerRow(f"t{t}-{i}", "p", "openai", "byok", provider_cost_usd=Decimal("0.000001"))
+            )
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
     for th in threads:
         th.start()
     for th in threads:
         th.join()
-    assert led.query("SELECT COUNT(*), SUM(provider_cost_pusd) FROM requests")[0] == \
-        (800, 800 * 1_000_000)
+    assert led.query("SELECT COUNT(*), SUM(provider_cost_pusd) FROM requests")[0] == (
+        800,
+        800 * 1_000_000,
+    )
 
 
 def _settle_and_exit(home: str, n: int) -> None:
@@ -369,9 +481,18 @@ def _settle_and_exit(home: str, n: int) -> None:
     from cencori_nb.types import Completion
 
     for i in range(n):
-        accounting.settle(Completion(text="x", model="gpt-4o", provider="openai",
-                                     route="byok", input_tokens=10, output_tokens=5,
-                                     request_id=f"exit-{i}", project="p"))
+        accounting.settle(
+            Completion(
+                text="x",
+                model="gpt-4o",
+                provider="openai",
+                route="byok",
+                input_tokens=10,
+                output_tokens=5,
+                request_id=f"exit-{i}",
+                project="p",
+            )
+        )
     # no flush: interpreter exit (atexit) must write what is queued
 
 

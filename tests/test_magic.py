@@ -24,8 +24,16 @@ def shell(ipython: InteractiveShell) -> Iterator[InteractiveShell]:
     """The shared shell with the magic's configuration and our user variables reset."""
     yield ipython
     magics = _magics(ipython)
-    for name in ("default_model", "default_provider", "default_route", "default_format",
-                 "default_system", "default_max_tokens", "stream", "stream_throttle_ms"):
+    for name in (
+        "default_model",
+        "default_provider",
+        "default_route",
+        "default_format",
+        "default_system",
+        "default_max_tokens",
+        "stream",
+        "stream_throttle_ms",
+    ):
         magics.traits()[name].set(magics, magics.traits()[name].default())
     if magics.sandbox_server is not None:
         magics.sandbox_server.stop()
@@ -115,8 +123,9 @@ def test_config_defaults(shell: InteractiveShell, openai_key: str, sandbox: Any)
 
 
 # ----------------------------------------------------------------------------- the cell
-def test_markdown_stream_and_output_var(shell: InteractiveShell, openai_key: str,
-                                        sandbox: Any) -> None:
+def test_markdown_stream_and_output_var(
+    shell: InteractiveShell, openai_key: str, sandbox: Any
+) -> None:
     """Default: streamed into one display, final markdown with a footer, -o stores it."""
     cap, result = run(shell, "%%cencori -o reply --no-cache\nWhat is a magic?")
     assert result.error_in_exec is None
@@ -138,7 +147,7 @@ def test_stream_throttle_bounds_redraws(shell: InteractiveShell, openai_key: str
     magics = _magics(shell)
     magics.stream_throttle_ms = 0
     cap, _ = run(shell, "%%cencori -o reply --no-cache\nCount the redraws please")
-    deltas = shell.user_ns["reply"].output_tokens       # the sandbox sends one per token
+    deltas = shell.user_ns["reply"].output_tokens  # the sandbox sends one per token
     # A delta that could be the start of the stored key (a lone "s" of "sk-…") is held back
     # and drawn with the next one (redact.StreamRedactor), so a few deltas share a redraw.
     assert deltas - 3 <= len(cap.outputs) - 2 <= deltas
@@ -147,8 +156,7 @@ def test_stream_throttle_bounds_redraws(shell: InteractiveShell, openai_key: str
     assert len(cap.outputs) == 2
 
 
-def test_no_stream_and_cache_footer(shell: InteractiveShell, openai_key: str,
-                                    sandbox: Any) -> None:
+def test_no_stream_and_cache_footer(shell: InteractiveShell, openai_key: str, sandbox: Any) -> None:
     """--no-stream sends a plain request; the same prompt again is served from the cache."""
     before = sandbox.stats["requests"]
     cap1, _ = run(shell, "%%cencori --no-stream -o reply\nA cached question")
@@ -156,7 +164,7 @@ def test_no_stream_and_cache_footer(shell: InteractiveShell, openai_key: str,
     assert last_request(sandbox)["stream"] is False
     assert len(cap1.outputs) == 1
     cap2, _ = run(shell, "%%cencori --no-stream -o reply\nA cached question")
-    assert sandbox.stats["requests"] == before + 1          # nothing sent the second time
+    assert sandbox.stats["requests"] == before + 1  # nothing sent the second time
     assert shell.user_ns["reply"].cached
     assert "cached" in cap2.outputs[-1].data["text/plain"]
 
@@ -171,7 +179,8 @@ def test_formats(shell: InteractiveShell, openai_key: str, fmt: str) -> None:
 
 
 def test_unsafe_html_shows_the_reply_as_is_and_only_with_html(
-        shell: InteractiveShell, openai_key: str) -> None:
+    shell: InteractiveShell, openai_key: str
+) -> None:
     """--unsafe-html (the user's explicit choice) skips the sanitiser for -f html only."""
     payload = "<b onclick='x()'>bold</b>"
     cap, _ = run(shell, f"%%cencori -f html --unsafe-html --no-cache\nSANDBOX-ECHO:{payload}")
@@ -180,20 +189,22 @@ def test_unsafe_html_shows_the_reply_as_is_and_only_with_html(
     assert "onclick" not in cap.outputs[-1].data["text/html"]
     assert "<b>bold</b>" in cap.outputs[-1].data["text/html"]
     cap, _ = run(shell, f"%%cencori --unsafe-html --no-cache\nSANDBOX-ECHO:{payload}")
-    assert texts(cap) == ["cencori: --unsafe-html only applies to -f html (other formats "
-                          "never show a reply's HTML)."]
+    assert texts(cap) == [
+        "cencori: --unsafe-html only applies to -f html (other formats never show a reply's HTML)."
+    ]
 
 
 def test_code_format_puts_code_in_next_cell(shell: InteractiveShell, openai_key: str) -> None:
     """-f code: rendered as a code block, and the code is offered as the next cell."""
     cap, _ = run(shell, "%%cencori -f code -o reply --no-cache\nWrite code")
     text = shell.user_ns["reply"].text
-    assert shell.rl_next_input == text           # the sandbox reply has no fence: all of it
+    assert shell.rl_next_input == text  # the sandbox reply has no fence: all of it
     assert "<code class='language-python'>" in cap.outputs[-1].data["text/html"]
 
 
-def test_json_format_invalid_reply_is_one_error_line(shell: InteractiveShell,
-                                                     openai_key: str) -> None:
+def test_json_format_invalid_reply_is_one_error_line(
+    shell: InteractiveShell, openai_key: str
+) -> None:
     """The sandbox never answers JSON: -f json shows one error line plus the raw text."""
     cap, result = run(shell, "%%cencori -f json --no-stream -o reply\nGive JSON")
     assert_one_error_line(cap, result, "not valid JSON")
@@ -201,18 +212,25 @@ def test_json_format_invalid_reply_is_one_error_line(shell: InteractiveShell,
     assert "application/json" not in cap.outputs[0].data
 
 
-def test_interpolation_reaches_the_provider(shell: InteractiveShell, openai_key: str,
-                                            sandbox: Any) -> None:
+def test_interpolation_reaches_the_provider(
+    shell: InteractiveShell, openai_key: str, sandbox: Any
+) -> None:
     """Names are filled from the namespace; pasted code with braces is sent intact."""
     shell.user_ns["topic"] = "Saturn"
     shell.user_ns["cfg"] = {"depth": 3}
-    pasted = ('lookup = {"a": {"b": 1}}\nseen = {1, 2, 3}\n'
-              'print(f"{name!r} {lookup[\'a\']}")\njson_doc = {"k": [1, {"z": 2}]}')
-    run(shell, "%%cencori --no-cache\nTell me about {topic} at depth {cfg[depth]}, "
-               "not {undefined_thing}, literally {{topic}}.\n" + pasted)
+    pasted = (
+        'lookup = {"a": {"b": 1}}\nseen = {1, 2, 3}\n'
+        'print(f"{name!r} {lookup[\'a\']}")\njson_doc = {"k": [1, {"z": 2}]}'
+    )
+    run(
+        shell,
+        "%%cencori --no-cache\nTell me about {topic} at depth {cfg[depth]}, "
+        "not {undefined_thing}, literally {{topic}}.\n" + pasted,
+    )
     sent = last_request(sandbox)["json"]["messages"][-1]["content"]
-    assert sent == ("Tell me about Saturn at depth 3, not {undefined_thing}, literally {topic}.\n"
-                    + pasted)
+    assert sent == (
+        "Tell me about Saturn at depth 3, not {undefined_thing}, literally {topic}.\n" + pasted
+    )
 
 
 def test_dry_run_sends_nothing(shell: InteractiveShell, openai_key: str, sandbox: Any) -> None:
@@ -228,8 +246,9 @@ def test_dry_run_sends_nothing(shell: InteractiveShell, openai_key: str, sandbox
     assert OPENAI_KEY not in joined
 
 
-def test_dry_run_managed_shows_markup(shell: InteractiveShell, sandbox_env: str,
-                                      sandbox: Any) -> None:
+def test_dry_run_managed_shows_markup(
+    shell: InteractiveShell, sandbox_env: str, sandbox: Any
+) -> None:
     from cencori_nb import keys
 
     keys.set_cencori_key(CENCORI_KEY)
@@ -258,12 +277,13 @@ def test_provider_not_configured(shell: InteractiveShell, sandbox_env: str) -> N
     assert_one_error_line(cap, result, "not configured")
 
 
-def test_revoked_key_401_is_one_line_and_recorded_once(shell: InteractiveShell,
-                                                       sandbox_env: str) -> None:
+def test_revoked_key_401_is_one_line_and_recorded_once(
+    shell: InteractiveShell, sandbox_env: str
+) -> None:
     """A 401 from the provider: one line, no traceback, one failed row in the ledger."""
     from cencori_nb import keys
 
-    keys.set("openai", "sk-sandbox-demo-openai-revoked")   # the sandbox's revoked demo key
+    keys.set("openai", "sk-sandbox-demo-openai-revoked")  # the sandbox's revoked demo key
     for flags in ("", "--no-stream"):
         cap, result = run(shell, f"%%cencori gpt-4o-mini --no-cache {flags}\nhi")
         line = assert_one_error_line(cap, result)
@@ -274,8 +294,7 @@ def test_revoked_key_401_is_one_line_and_recorded_once(shell: InteractiveShell,
     assert len(failed) == 2 and set(failed["route"]) == {"byok"}
 
 
-def test_zero_credits_is_one_line(shell: InteractiveShell, sandbox_env: str,
-                                  sandbox: Any) -> None:
+def test_zero_credits_is_one_line(shell: InteractiveShell, sandbox_env: str, sandbox: Any) -> None:
     """The managed route with an empty sandbox wallet: the credits error, as one line."""
     from cencori_nb import keys
 
@@ -300,14 +319,14 @@ def test_empty_cell_is_one_line(shell: InteractiveShell) -> None:
     assert_one_error_line(cap, result, "empty")
 
 
-def test_key_shaped_argument_refused_and_scrubbed_from_history(shell: InteractiveShell,
-                                                               canary: str) -> None:
+def test_key_shaped_argument_refused_and_scrubbed_from_history(
+    shell: InteractiveShell, canary: str
+) -> None:
     """A key on the magic line is refused, never echoed, and redacted from the history."""
     for source in (f"%cencori use {canary}", f"%%cencori -s {canary}\nhi"):
         cap, result = run(shell, source)
         line = assert_one_error_line(cap, result, "%cencori setup", "cencori-nb keys set")
-        assert canary not in cap.stdout + cap.stderr + "".join(
-            str(o.data) for o in cap.outputs)
+        assert canary not in cap.stdout + cap.stderr + "".join(str(o.data) for o in cap.outputs)
         assert canary not in line
     hm = shell.history_manager
     assert not any(canary in s for s in hm.input_hist_raw + hm.input_hist_parsed)
@@ -334,12 +353,13 @@ def test_no_exception_handler_installed(shell: InteractiveShell) -> None:
     assert shell.custom_exceptions == ()
 
 
-def test_key_in_prompt_is_not_sent(shell: InteractiveShell, openai_key: str, sandbox: Any,
-                                   canary: str) -> None:
+def test_key_in_prompt_is_not_sent(
+    shell: InteractiveShell, openai_key: str, sandbox: Any, canary: str
+) -> None:
     """A key-shaped or stored key in the prompt: nothing sent, one line, history redacted."""
     from cencori_nb import keys
 
-    stored = "mistralplainkey0000000000Tt31"          # no known prefix: caught as stored
+    stored = "mistralplainkey0000000000Tt31"  # no known prefix: caught as stored
     keys.set("mistral", stored)
     for body in (f"why does {canary} fail?", f"my key is {stored}"):
         cap, result = run(shell, f"%%cencori --no-cache\n{body}")
@@ -349,7 +369,7 @@ def test_key_in_prompt_is_not_sent(shell: InteractiveShell, openai_key: str, san
     assert not any(canary in s or stored in s for s in shell.history_manager.input_hist_raw)
     digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
     cap, result = run(shell, f"%%cencori --dry-run\nhash {digest}")
-    assert result.error_in_exec is None and "dry run" in texts(cap)[-1]   # hashes are fine
+    assert result.error_in_exec is None and "dry run" in texts(cap)[-1]  # hashes are fine
 
 
 # ----------------------------------------------------------------------------- subcommands
@@ -372,7 +392,7 @@ def test_providers_table_shows_hints_only(shell: InteractiveShell, openai_key: s
     table = texts(cap)[0]
     lines = {ln.split("  ")[0]: ln for ln in table.splitlines()}
     assert "Enabled" in lines["OpenAI"] and "…Ab12" in lines["OpenAI"]
-    assert "yes" in lines["OpenAI"]                                     # project default
+    assert "yes" in lines["OpenAI"]  # project default
     assert "Managed" in lines["Anthropic"]
     assert OPENAI_KEY not in table and CENCORI_KEY not in table
 
@@ -403,12 +423,22 @@ def test_usage_summary_and_chart(shell: InteractiveShell, openai_key: str) -> No
     summary = cap.outputs[0].data
     lines = summary["text/plain"].splitlines()
     assert lines[0].startswith("Usage since 7d — project default")
-    assert lines[1].split() == ["provider", "route", "requests", "errors", "cached", "input",
-                                "tokens", "output", "tokens", "cost"]
+    assert lines[1].split() == [
+        "provider",
+        "route",
+        "requests",
+        "errors",
+        "cached",
+        "input",
+        "tokens",
+        "output",
+        "tokens",
+        "cost",
+    ]
     row = lines[2].split()
     assert row[:5] == ["openai", "BYOK", "2", "0", "0"] and row[-1].startswith("$0.0")
-    assert all(cell.replace(",", "").isdigit() for cell in row[2:7])   # whole numbers
-    assert len(lines) == 3                        # one provider and route: no total line
+    assert all(cell.replace(",", "").isdigit() for cell in row[2:7])  # whole numbers
+    assert len(lines) == 3  # one provider and route: no total line
     assert "request_id" not in summary["text/html"] and "<table>" in summary["text/html"]
     assert any("application/vnd.plotly.v1+json" in o.data for o in cap.outputs[1:])
 
@@ -468,15 +498,16 @@ def test_setup_displays_the_panel(shell: InteractiveShell) -> None:
     assert "application/vnd.jupyter.widget-view+json" in cap.outputs[0].data
 
 
-def test_history_file_is_private_to_the_test(ipython: InteractiveShell,
-                                             tmp_path: Path) -> None:
+def test_history_file_is_private_to_the_test(ipython: InteractiveShell, tmp_path: Path) -> None:
     """Guard: these tests never write the user's real IPython history."""
     assert str(ipython.history_manager.hist_file) != str(
-        Path.home() / ".ipython/profile_default/history.sqlite")
+        Path.home() / ".ipython/profile_default/history.sqlite"
+    )
 
 
-def test_key_refusal_with_a_locked_store(shell: InteractiveShell, canary: str,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_key_refusal_with_a_locked_store(
+    shell: InteractiveShell, canary: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A passphrase store opened without its passphrase: the refusal is still one line."""
     from cencori_nb import keys, keystore
 
@@ -489,9 +520,9 @@ def test_key_refusal_with_a_locked_store(shell: InteractiveShell, canary: str,
 
 
 # ----------------------------------------------------------------------------- costly cells
-def test_costly_cell_asks_in_the_notebook(shell: InteractiveShell, openai_key: str,
-                                          sandbox: Any, monkeypatch: pytest.MonkeyPatch
-                                          ) -> None:
+def test_costly_cell_asks_in_the_notebook(
+    shell: InteractiveShell, openai_key: str, sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Above the $0.10 threshold the cell asks (the kernel's stdin); "n" sends nothing and
     leaves one error line, "y" sends once; --max-cost accepts upfront without a question."""
     from cencori_nb import keys
@@ -515,12 +546,12 @@ def test_costly_cell_asks_in_the_notebook(shell: InteractiveShell, openai_key: s
     assert len(asked) == 2
     cap, result = run(shell, cell.replace("--no-stream", "--max-cost 0.5 --no-cache"))
     assert result.error_in_exec is None and sandbox.stats["requests"] == 2
-    assert len(asked) == 2                                   # no question this time
+    assert len(asked) == 2  # no question this time
 
 
-def test_costly_cell_without_stdin_is_one_error_line(shell: InteractiveShell, openai_key: str,
-                                                     sandbox: Any,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_costly_cell_without_stdin_is_one_error_line(
+    shell: InteractiveShell, openai_key: str, sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A kernel that cannot ask (nbval, papermill): the refusal stands, streaming or not."""
     from IPython.core.error import StdinNotImplementedError
 
@@ -529,12 +560,14 @@ def test_costly_cell_without_stdin_is_one_error_line(shell: InteractiveShell, op
     keys.set("anthropic", "sk-ant-test-magic-" + "Q" * 24 + "z9y8")
 
     def no_stdin(question: str = "") -> str:
-        raise StdinNotImplementedError("raw_input was called, but this frontend does not "
-                                       "support input requests.")
+        raise StdinNotImplementedError(
+            "raw_input was called, but this frontend does not support input requests."
+        )
 
     monkeypatch.setattr("builtins.input", no_stdin)
     for flags in ("--no-stream", ""):
-        cap, result = run(shell, f"%%cencori claude-opus-4-1 --max-tokens 4000 {flags}\n"
-                                 "Write a long essay")
+        cap, result = run(
+            shell, f"%%cencori claude-opus-4-1 --max-tokens 4000 {flags}\nWrite a long essay"
+        )
         assert_one_error_line(cap, result, "nothing was sent")
     assert sandbox.stats["requests"] == 0

@@ -30,8 +30,9 @@ def kernel(private_home: Path, sandbox_env: Any, tmp_path: Path) -> Iterator[Any
 
     keys.set("openai", OPENAI_KEY, default_model="gpt-4o-mini", make_default=True)
     env = {**os.environ, "IPYTHONDIR": str(tmp_path / "ipython")}
-    km, kc = jupyter_client.manager.start_new_kernel(kernel_name="python3", env=env,
-                                                     startup_timeout=120)
+    km, kc = jupyter_client.manager.start_new_kernel(
+        kernel_name="python3", env=env, startup_timeout=120
+    )
     try:
         execute(kc, "%load_ext cencori_nb")
         yield kc
@@ -54,7 +55,7 @@ def execute(kc: Any, code: str, timeout: float = 60) -> tuple[list[dict[str, Any
         if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
             break
         messages.append(msg)
-    while True:   # skip replies to earlier requests (e.g. the startup kernel_info)
+    while True:  # skip replies to earlier requests (e.g. the startup kernel_info)
         reply = kc.get_shell_msg(timeout=timeout)
         if reply["parent_header"].get("msg_id") == msg_id:
             return messages, reply
@@ -73,7 +74,7 @@ def test_stream_is_one_display_updated_in_place(kernel: Any, sandbox: Any) -> No
     display_id = displays[0]["content"]["transient"]["display_id"]
     assert updates and {u["content"]["transient"]["display_id"] for u in updates} == {display_id}
     final = updates[-1]["content"]["data"]
-    assert "text/markdown" not in final      # replies are sanitised HTML (safe_html)
+    assert "text/markdown" not in final  # replies are sanitised HTML (safe_html)
     assert "[sandbox reply from openai/gpt-4o-mini]" in final["text/html"]
     assert "BYOK" in final["text/plain"]
     assert sandbox.stats["streams"] == 1
@@ -96,7 +97,10 @@ def test_error_is_one_line_without_traceback(kernel: Any) -> None:
     messages, reply = execute(kernel, "%%cencori claude-haiku-4-5 --no-stream\nhi")
     assert reply["content"]["status"] == "ok"
     assert not [m for m in messages if m["msg_type"] == "error"]
-    shown = [m["content"]["data"]["text/plain"] for m in messages
-             if m["msg_type"] in ("display_data", "update_display_data")]
+    shown = [
+        m["content"]["data"]["text/plain"]
+        for m in messages
+        if m["msg_type"] in ("display_data", "update_display_data")
+    ]
     assert len(shown) == 1 and shown[0].startswith("cencori: ") and "not configured" in shown[0]
     assert OPENAI_KEY not in str(messages)

@@ -20,27 +20,39 @@ from cencori_nb.sandbox.server import SandboxServer
 
 OPENAI_KEY = "sk-test-names-" + "N" * 20 + "a1b2"
 MISTRAL_KEY = "mistral-test-" + "M" * 24 + "c3d4"
-CENCORI_KEY = "csk_live_names_" + "C" * 20 + "e5f6"   # a live key: test keys are free
+CENCORI_KEY = "csk_live_names_" + "C" * 20 + "e5f6"  # a live key: test keys are free
 
 OPENAI_FT = "ft:gpt-4o-mini-2024-07-18:acme-corp:support-bot:9xYz1AbC"
 MISTRAL_FT = "ft:open-mistral-7b:587a6b29:20240514:7e773925"
 
 
-@pytest.mark.parametrize(("model", "provider"), [
-    (OPENAI_FT, "openai"), ("ft:gpt-4o-2024-08-06:org::abc", "openai"),
-    ("ft:gpt-3.5-turbo-0125:personal::8abc", "openai"),
-    (MISTRAL_FT, "mistral"), ("ft:mistral-small-latest:abc:20250101:ff00", "mistral"),
-    ("ft:codestral-latest:abc:20250101:ff00", "mistral"),
-])
+@pytest.mark.parametrize(
+    ("model", "provider"),
+    [
+        (OPENAI_FT, "openai"),
+        ("ft:gpt-4o-2024-08-06:org::abc", "openai"),
+        ("ft:gpt-3.5-turbo-0125:personal::8abc", "openai"),
+        (MISTRAL_FT, "mistral"),
+        ("ft:mistral-small-latest:abc:20250101:ff00", "mistral"),
+        ("ft:codestral-latest:abc:20250101:ff00", "mistral"),
+    ],
+)
 def test_fine_tuned_ids_route_by_their_base(model: str, provider: str) -> None:
     got, wire, reason = router.provider_for_model(model)
     assert (got, wire) == (provider, model) and "fine-tuned" in reason
 
 
-@pytest.mark.parametrize("model", [
-    "ft:", "ft::org::x", "ft:claude-haiku-4-5:org::x", "ft:gemini-2.5-flash:x",
-    "ft:ft:gpt-4o-mini:x", "ft:totally-unknown:x",
-])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "ft:",
+        "ft::org::x",
+        "ft:claude-haiku-4-5:org::x",
+        "ft:gemini-2.5-flash:x",
+        "ft:ft:gpt-4o-mini:x",
+        "ft:totally-unknown:x",
+    ],
+)
 def test_fine_tunes_of_unknown_or_untunable_bases_are_refused(model: str) -> None:
     with pytest.raises(errors.UnknownModelError) as info:
         router.provider_for_model(model)
@@ -93,8 +105,9 @@ def test_no_close_name_still_warns_without_a_guess(byok: SandboxServer) -> None:
     assert "Did you mean" not in text
 
 
-@pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-4-turbo", "GPT-4o", "o3-mini",
-                                   "gpt-4o-mini-2024-07-18"])
+@pytest.mark.parametrize(
+    "model", ["gpt-4o-mini", "gpt-4-turbo", "GPT-4o", "o3-mini", "gpt-4o-mini-2024-07-18"]
+)
 def test_known_names_do_not_warn(byok: SandboxServer, model: str) -> None:
     """Known from our catalogue or only from the price catalogue: no warning."""
     with warnings.catch_warnings():
@@ -125,18 +138,27 @@ def managed(sandbox_env: SandboxServer) -> SandboxServer:
     return sandbox_env
 
 
-@pytest.mark.parametrize(("model", "provider", "sent"), [
-    ("gpt-4o-mini", "openai", "gpt-4o-mini"),
-    ("llama-3.3-70b-versatile", "groq", "llama-3.3-70b-versatile"),
-    # OpenRouter's :free id contains "llama", which Cencori's router tests first
-    ("meta-llama/llama-3.3-70b-instruct:free", "groq", "meta-llama/llama-3.3-70b-instruct:free"),
-    # no BYOK provider here serves these, Cencori does
-    ("command-r-plus", "cohere", "command-r-plus"), ("sonar-pro", "perplexity", "sonar-pro"),
-    # Cencori's OpenAI prefixes are gpt-/o1-/text-/davinci-: o3-mini goes as provider/model
-    ("o3-mini", "openai", "openai/o3-mini"),
-])
-def test_managed_provider_is_cencoris_choice(managed: SandboxServer, model: str,
-                                             provider: str, sent: str) -> None:
+@pytest.mark.parametrize(
+    ("model", "provider", "sent"),
+    [
+        ("gpt-4o-mini", "openai", "gpt-4o-mini"),
+        ("llama-3.3-70b-versatile", "groq", "llama-3.3-70b-versatile"),
+        # OpenRouter's :free id contains "llama", which Cencori's router tests first
+        (
+            "meta-llama/llama-3.3-70b-instruct:free",
+            "groq",
+            "meta-llama/llama-3.3-70b-instruct:free",
+        ),
+        # no BYOK provider here serves these, Cencori does
+        ("command-r-plus", "cohere", "command-r-plus"),
+        ("sonar-pro", "perplexity", "sonar-pro"),
+        # Cencori's OpenAI prefixes are gpt-/o1-/text-/davinci-: o3-mini goes as provider/model
+        ("o3-mini", "openai", "openai/o3-mini"),
+    ],
+)
+def test_managed_provider_is_cencoris_choice(
+    managed: SandboxServer, model: str, provider: str, sent: str
+) -> None:
     decision = router.explain_route(model)
     assert (decision.route, decision.provider, decision.model) == ("managed", provider, sent)
 
@@ -146,10 +168,15 @@ def test_byok_only_names_cencori_alone_serves_are_refused(managed: SandboxServer
         router.explain_route("command-r-plus", route="byok")
 
 
-@pytest.mark.parametrize(("model", "provider"), [
-    ("llama-3.3-70b-versatile", "groq"), ("command-r-plus", "cohere"),
-    ("sonar-pro", "perplexity"), ("o3-mini", "openai"),
-])
+@pytest.mark.parametrize(
+    ("model", "provider"),
+    [
+        ("llama-3.3-70b-versatile", "groq"),
+        ("command-r-plus", "cohere"),
+        ("sonar-pro", "perplexity"),
+        ("o3-mini", "openai"),
+    ],
+)
 def test_managed_prices_are_known(managed: SandboxServer, model: str, provider: str) -> None:
     """The gateway serves and prices it; we price it at the same provider: never unknown."""
     with warnings.catch_warnings():

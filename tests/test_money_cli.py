@@ -26,18 +26,45 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 
 @pytest.fixture
 def rows() -> None:
-    default_ledger().record_many([
-        LedgerRow("a", "p1", "openai", "managed", model="gpt-4o", input_tokens=1000,
-                  output_tokens=500, provider_cost_usd=Decimal("0.0075"),
-                  credits_charged_usd=Decimal("0.01125"), ts_ms=now_ms() - 1000),
-        LedgerRow("b", "p2", "local", "byok", model="llama3.2", input_tokens=7,
-                  output_tokens=3, provider_cost_usd=None, ts_ms=now_ms() - 500,
-                  estimated=True),
-        LedgerRow("c", "p1", "openai", "managed", status="error",
-                  error_code="spend_cap_reached", model_requested="gpt-4o",
-                  ts_ms=now_ms() - 100),
-        LedgerRow("old", "p1", "openai", "byok", ts_ms=now_ms() - 30 * 86_400_000),
-    ])
+    default_ledger().record_many(
+        [
+            LedgerRow(
+                "a",
+                "p1",
+                "openai",
+                "managed",
+                model="gpt-4o",
+                input_tokens=1000,
+                output_tokens=500,
+                provider_cost_usd=Decimal("0.0075"),
+                credits_charged_usd=Decimal("0.01125"),
+                ts_ms=now_ms() - 1000,
+            ),
+            LedgerRow(
+                "b",
+                "p2",
+                "local",
+                "byok",
+                model="llama3.2",
+                input_tokens=7,
+                output_tokens=3,
+                provider_cost_usd=None,
+                ts_ms=now_ms() - 500,
+                estimated=True,
+            ),
+            LedgerRow(
+                "c",
+                "p1",
+                "openai",
+                "managed",
+                status="error",
+                error_code="spend_cap_reached",
+                model_requested="gpt-4o",
+                ts_ms=now_ms() - 100,
+            ),
+            LedgerRow("old", "p1", "openai", "byok", ts_ms=now_ms() - 30 * 86_400_000),
+        ]
+    )
 
 
 def test_usage_json_shape(rows: None, capsys: pytest.CaptureFixture[str]) -> None:
@@ -53,12 +80,20 @@ def test_usage_json_shape(rows: None, capsys: pytest.CaptureFixture[str]) -> Non
     assert data["rows"][1]["provider_cost_usd"] is None
     assert data["rows"][2]["error_code"] == "spend_cap_reached"
     assert first["cost_usd"] == "0.01125" and data["rows"][1]["cost_usd"] is None
-    assert data["totals"] == {"requests": 3, "errors": 1, "cached": 0, "interrupted": 0,
-                              "input_tokens": 1007,
-                              "output_tokens": 503, "provider_cost_usd": "0.0075",
-                              "credits_charged_usd": "0.01125", "cost_usd": "0.01125",
-                              "cost_unknown_rows": 1, "cost_estimated_rows": 1,
-                              "test_mode_rows": 0}
+    assert data["totals"] == {
+        "requests": 3,
+        "errors": 1,
+        "cached": 0,
+        "interrupted": 0,
+        "input_tokens": 1007,
+        "output_tokens": 503,
+        "provider_cost_usd": "0.0075",
+        "credits_charged_usd": "0.01125",
+        "cost_usd": "0.01125",
+        "cost_unknown_rows": 1,
+        "cost_estimated_rows": 1,
+        "test_mode_rows": 0,
+    }
     assert all(len(r["client_id"]) == 32 for r in data["rows"])
 
 
@@ -68,13 +103,34 @@ def test_usage_csv_shape(rows: None, capsys: pytest.CaptureFixture[str]) -> None
     assert code == 0
     table = list(csv.DictReader(io.StringIO(out)))
     assert [r["request_id"] for r in table] == ["old", "a", "c"]
-    assert list(table[0]) == ["time", "request_id", "project", "provider", "model_requested",
-                              "model", "route", "credential_source", "status", "error_code",
-                              "input_tokens", "output_tokens", "cache_read_tokens",
-                              "cache_write_tokens", "thinking_tokens", "provider_cost_usd",
-                              "credits_charged_usd", "cost_usd", "estimated",
-                              "price_version", "latency_ms", "ttft_ms", "test_mode",
-                              "client_id", "gateway_cache", "model_original"]
+    assert list(table[0]) == [
+        "time",
+        "request_id",
+        "project",
+        "provider",
+        "model_requested",
+        "model",
+        "route",
+        "credential_source",
+        "status",
+        "error_code",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "thinking_tokens",
+        "provider_cost_usd",
+        "credits_charged_usd",
+        "cost_usd",
+        "estimated",
+        "price_version",
+        "latency_ms",
+        "ttft_ms",
+        "test_mode",
+        "client_id",
+        "gateway_cache",
+        "model_original",
+    ]
     assert table[1]["credits_charged_usd"] == "0.01125"
 
 
@@ -114,9 +170,16 @@ def test_credits_top_up_set_balance_and_show(capsys: pytest.CaptureFixture[str])
     assert code == 0 and "adjustment" in out and "$4.5" in out
     code, out, _ = _run(capsys, "credits", "--json")
     summary = json.loads(out)
-    assert summary == {"tracked": True, "balance": "4.5", "low": True, "top_ups_total": "25",
-                       "credits_spent_this_month": "0", "all_spend_this_month_incl_byok": "0",
-                       "transactions": 2, "low_balance_threshold": "5"}
+    assert summary == {
+        "tracked": True,
+        "balance": "4.5",
+        "low": True,
+        "top_ups_total": "25",
+        "credits_spent_this_month": "0",
+        "all_spend_this_month_incl_byok": "0",
+        "transactions": 2,
+        "low_balance_threshold": "5",
+    }
     code, out, _ = _run(capsys, "credits")
     assert "Balance: $4.50" in out and "low" in out
     assert wallet.balance() == Decimal("4.5")
@@ -143,17 +206,24 @@ def test_transactions_json(capsys: pytest.CaptureFixture[str]) -> None:
     wallet.debit("r1", Decimal("0.25"), project="p")
     code, out, _ = _run(capsys, "credits", "transactions", "--json")
     data = json.loads(out)
-    assert [(t["kind"], t["amount"], t["balance_before"], t["balance_after"]) for t in data] \
-        == [("topup", "10", "0", "10"), ("usage", "-0.25", "10", "9.75")]
+    assert [(t["kind"], t["amount"], t["balance_before"], t["balance_after"]) for t in data] == [
+        ("topup", "10", "0", "10"),
+        ("usage", "-0.25", "10", "9.75"),
+    ]
 
 
 def test_budget_command(capsys: pytest.CaptureFixture[str]) -> None:
     """credits budget sets and removes a project's soft budget and hard cap."""
-    code, out, _ = _run(capsys, "credits", "budget", "--project", "p1", "--soft", "10",
-                        "--hard-cap", "20", "--json")
+    code, out, _ = _run(
+        capsys, "credits", "budget", "--project", "p1", "--soft", "10", "--hard-cap", "20", "--json"
+    )
     assert code == 0
-    assert json.loads(out) == {"project": "p1", "soft_budget_usd": "10",
-                               "hard_cap_usd": "20", "spent_this_month_usd": "0"}
+    assert json.loads(out) == {
+        "project": "p1",
+        "soft_budget_usd": "10",
+        "hard_cap_usd": "20",
+        "spent_this_month_usd": "0",
+    }
     ps = load_settings().for_project("p1")
     assert (ps.soft_budget_usd, ps.hard_cap_usd) == (Decimal(10), Decimal(20))
     _run(capsys, "credits", "budget", "--project", "p1", "--hard-cap", "none")
@@ -163,8 +233,13 @@ def test_budget_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_console_entry_point(private_home: Path) -> None:
     """`python -m cencori_nb credits --json` works in a fresh process."""
-    proc = subprocess.run([sys.executable, "-m", "cencori_nb", "credits", "--json"],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cencori_nb", "credits", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["balance"] is None     # not tracked yet, not "$0"
+    assert json.loads(proc.stdout)["balance"] is None  # not tracked yet, not "$0"
     assert (private_home / "ledger.sqlite").exists()

@@ -33,7 +33,7 @@ from tests.test_magic import assert_one_error_line, ipython, run, shell  # noqa:
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "gpt-4o-mini"
 OPENAI_KEY = "sk-faults-" + "A" * 24 + "f1f1"
-CENCORI_KEY = "csk_live_faults_" + "B" * 24 + "f2f2"    # a live key: debited (test keys are not)
+CENCORI_KEY = "csk_live_faults_" + "B" * 24 + "f2f2"  # a live key: debited (test keys are not)
 
 
 @pytest.fixture
@@ -46,8 +46,11 @@ def sbx(sandbox_env: Any) -> Any:
 
 def _child_env(home: Path, sandbox: Any) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(CENCORI_NB_HOME=str(home), CENCORI_NB_SANDBOX=sandbox.url,
-               PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
+    env.update(
+        CENCORI_NB_HOME=str(home),
+        CENCORI_NB_SANDBOX=sandbox.url,
+        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
     return env
 
 
@@ -56,19 +59,26 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _run_child(code: str, home: Path, sandbox: Any, *,
-               timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=timeout, env=_child_env(home, sandbox),
-                          preexec_fn=_default_sigint)
+def _run_child(
+    code: str, home: Path, sandbox: Any, *, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_child_env(home, sandbox),
+        preexec_fn=_default_sigint,
+    )
 
 
 def _ledger_rows(home: Path) -> list[tuple[Any, ...]]:
     """(client_id, request_id, status, estimated) of every row, read with plain sqlite3."""
     conn = sqlite3.connect(home / "ledger.sqlite")
     try:
-        return conn.execute("SELECT client_id, request_id, status, estimated FROM requests "
-                            "ORDER BY id").fetchall()
+        return conn.execute(
+            "SELECT client_id, request_id, status, estimated FROM requests ORDER BY id"
+        ).fetchall()
     finally:
         conn.close()
 
@@ -86,24 +96,30 @@ def _damage(home: Path) -> None:
 def test_damaged_ledger_refuses_before_sending(private_home: Path, sbx: Any) -> None:
     """Python: a damaged ledger.sqlite is LedgerCorruptError naming the file; not sent."""
     _damage(private_home)
-    for call in (lambda: cencori_nb.chat("hi", model=MODEL),
-                 lambda: list(cencori_nb.stream("hi", model=MODEL))):
+    for call in (
+        lambda: cencori_nb.chat("hi", model=MODEL),
+        lambda: list(cencori_nb.stream("hi", model=MODEL)),
+    ):
         with pytest.raises(LedgerCorruptError) as info:
             call()
         assert str(private_home / "ledger.sqlite") in str(info.value)
         assert "Move the file aside" in str(info.value)
         assert info.value.path == private_home / "ledger.sqlite"
     assert sbx.stats["requests"] == 0
-    assert (private_home / "ledger.sqlite").read_bytes() == GARBAGE   # left for the user
+    assert (private_home / "ledger.sqlite").read_bytes() == GARBAGE  # left for the user
 
 
 def test_damaged_ledger_in_ask_is_one_line(private_home: Path, sbx: Any) -> None:
     """`cencori-nb ask` with a damaged ledger: exit 1, one line naming the file, no
     traceback, nothing streamed, nothing sent."""
     _damage(private_home)
-    out = subprocess.run([sys.executable, "-m", "cencori_nb", "ask", "-m", MODEL, "hello"],
-                         capture_output=True, text=True, timeout=120,
-                         env=_child_env(private_home, sbx))
+    out = subprocess.run(
+        [sys.executable, "-m", "cencori_nb", "ask", "-m", MODEL, "hello"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_child_env(private_home, sbx),
+    )
     assert out.returncode == 1, out.stderr
     assert out.stdout == ""
     assert "Traceback" not in out.stderr and "DatabaseError" not in out.stderr
@@ -113,8 +129,7 @@ def test_damaged_ledger_in_ask_is_one_line(private_home: Path, sbx: Any) -> None
     assert sbx.stats["requests"] == 0
 
 
-def test_damaged_ledger_in_the_magic_is_one_line(private_home: Path, sbx: Any,
-                                                shell: Any) -> None:  # noqa: F811
+def test_damaged_ledger_in_the_magic_is_one_line(private_home: Path, sbx: Any, shell: Any) -> None:  # noqa: F811
     """%%cencori with a damaged ledger: one error line naming the file, nothing sent."""
     _damage(private_home)
     cap, result = run(shell, "%%cencori gpt-4o-mini\nhello")
@@ -174,25 +189,28 @@ def test_full_disk_spills_refuses_and_replays(private_home: Path, sbx: Any) -> N
     spill = private_home / "ledger-spill.jsonl"
     assert stat.S_IMODE(spill.stat().st_mode) == 0o600
     spilled = [json.loads(line) for line in spill.read_text().splitlines()]
-    assert len(spilled) == answered - 3 >= 1       # every answer after the limit
+    assert len(spilled) == answered - 3 >= 1  # every answer after the limit
     counted = re.search(r"could not record (\d+) request\(s\) \((.*?)\)", first)
     assert counted is not None and 1 <= int(counted.group(1)) <= len(spilled), first
     assert "disk" in counted.group(2) or "I/O" in counted.group(2), first
     # the sandbox answered exactly the requests that were not refused
     assert sbx.stats["requests"] == answered
-    assert len(_ledger_rows(private_home)) == 3    # before the replay
+    assert len(_ledger_rows(private_home)) == 3  # before the replay
     # the next start (another process) writes the spilled rows, once
     for _ in range(2):
-        again = _run_child("from cencori_nb.ledger import default_ledger; default_ledger()",
-                           private_home, sbx)
+        again = _run_child(
+            "from cencori_nb.ledger import default_ledger; default_ledger()", private_home, sbx
+        )
         assert again.returncode == 0, again.stderr
     rows = _ledger_rows(private_home)
     assert len(rows) == answered == sbx.stats["requests"]
     assert {r[0] for r in rows} >= {s["row"]["client_id"] for s in spilled}
     assert spill.read_bytes() == b""
-    print(f"\nfull disk: sent {answered + result['refused']}, refused {result['refused']}, "
-          f"sandbox answered {sbx.stats['requests']}, recorded {len(rows)} "
-          f"({len(spilled)} through the spill file)")
+    print(
+        f"\nfull disk: sent {answered + result['refused']}, refused {result['refused']}, "
+        f"sandbox answered {sbx.stats['requests']}, recorded {len(rows)} "
+        f"({len(spilled)} through the spill file)"
+    )
 
 
 FULL_DISK_CAPPED_CHILD = """
@@ -228,29 +246,43 @@ def test_full_disk_under_a_hard_cap_sends_nothing_more(private_home: Path, sbx: 
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["answered"] == 3 and len(result["refused"]) == 6
     assert sbx.stats["requests"] == 3 == len(_ledger_rows(private_home))
-    print(f"\nfull disk, hard cap: sent 3 + 6 refused before sending, sandbox answered "
-          f"{sbx.stats['requests']}, recorded {len(_ledger_rows(private_home))}")
+    print(
+        f"\nfull disk, hard cap: sent 3 + 6 refused before sending, sandbox answered "
+        f"{sbx.stats['requests']}, recorded {len(_ledger_rows(private_home))}"
+    )
 
 
 def test_spill_replay_is_idempotent_and_debits_once(private_home: Path) -> None:
     """Spilled rows (with their wallet debit) replayed twice: one row and one debit each."""
     wallet.top_up(10)
     led = default_ledger()
-    rows = [LedgerRow(f"req-{i}", "p", "cencori", "managed", client_id=f"spilled-{i}",
-                      credits_charged_usd=Decimal("0.25")) for i in range(3)]
+    rows = [
+        LedgerRow(
+            f"req-{i}",
+            "p",
+            "cencori",
+            "managed",
+            client_id=f"spilled-{i}",
+            credits_charged_usd=Decimal("0.25"),
+        )
+        for i in range(3)
+    ]
     led._spill([_Item(r.as_params(), None, 250_000_000_000) for r in rows], "disk full")
     copy = led.spill_path.read_bytes()
     with pytest.raises(LedgerWriteError, match=r"could not record 3 request\(s\)") as info:
         led.check()
     assert info.value.pending == 3 and info.value.spill_path == led.spill_path
-    led.check()          # the second request finds the ledger writable: rows written, sent
-    led.spill_path.write_bytes(copy)                   # a second process replays them too
+    led.check()  # the second request finds the ledger writable: rows written, sent
+    led.spill_path.write_bytes(copy)  # a second process replays them too
     other = Ledger(led.path)
     other.close()
     assert sorted(r.client_id for r in led.rows()) == ["spilled-0", "spilled-1", "spilled-2"]
     assert wallet.balance() == Decimal("9.25")
-    assert [t.client_id for t in wallet.transactions(as_frame=False)][1:] == \
-        ["spilled-0", "spilled-1", "spilled-2"]
+    assert [t.client_id for t in wallet.transactions(as_frame=False)][1:] == [
+        "spilled-0",
+        "spilled-1",
+        "spilled-2",
+    ]
 
 
 def test_a_torn_spill_line_is_skipped_not_fatal(private_home: Path) -> None:
@@ -268,13 +300,15 @@ def test_a_torn_spill_line_is_skipped_not_fatal(private_home: Path) -> None:
 
 # ------------------------------------------------------------------ repeated provider ids
 
+
 def test_a_provider_repeating_ids_keeps_every_row(sbx: Any) -> None:
     """The sandbox draws answer ids from 3 values (Ollama: 999): 30 requests, 30 rows,
     30 wallet debits."""
     sbx.id_pool = 3
     wallet.top_up(25)
-    answers = [cencori_nb.chat(f"q {i}", model=MODEL, route="managed", cache=False)
-               for i in range(30)]
+    answers = [
+        cencori_nb.chat(f"q {i}", model=MODEL, route="managed", cache=False) for i in range(30)
+    ]
     rows = default_ledger().rows()
     assert len(rows) == 30 == sbx.stats["requests"]
     assert len({r.request_id for r in rows}) <= 3
@@ -283,11 +317,14 @@ def test_a_provider_repeating_ids_keeps_every_row(sbx: Any) -> None:
     debits = [t for t in wallet.transactions(as_frame=False) if t.kind == "usage"]
     assert len(debits) == 30 and {t.client_id for t in debits} == {a.client_id for a in answers}
     assert sum(-t.amount for t in debits) == sum(a.credits_charged_usd for a in answers)
-    print(f"\nrepeated ids: sent 30, sandbox answered {sbx.stats['requests']}, "
-          f"recorded {len(rows)}, distinct provider ids {len({r.request_id for r in rows})}")
+    print(
+        f"\nrepeated ids: sent 30, sandbox answered {sbx.stats['requests']}, "
+        f"recorded {len(rows)}, distinct provider ids {len({r.request_id for r in rows})}"
+    )
 
 
 # ------------------------------------------------------------------ the cache and the ledger
+
 
 def _cache_entries(home: Path) -> int:
     path = home / "cache.sqlite"
@@ -302,11 +339,10 @@ def _cache_entries(home: Path) -> int:
         conn.close()
 
 
-def test_the_cache_is_written_only_after_the_row_commits(private_home: Path,
-                                                         sbx: Any) -> None:
+def test_the_cache_is_written_only_after_the_row_commits(private_home: Path, sbx: Any) -> None:
     """While the ledger writer is held back, the answer is not in the cache file."""
     led = default_ledger()
-    with led._lock:                       # the writer cannot commit while we hold this
+    with led._lock:  # the writer cannot commit while we hold this
         answer = cencori_nb.chat("cache me", model=MODEL)
         assert _cache_entries(private_home) == 0
         assert cache.pending() == 1
@@ -315,8 +351,7 @@ def test_the_cache_is_written_only_after_the_row_commits(private_home: Path,
     assert led.has_row(answer.client_id)
 
 
-def test_a_cached_but_unrecorded_answer_is_recorded_once(private_home: Path,
-                                                        sbx: Any) -> None:
+def test_a_cached_but_unrecorded_answer_is_recorded_once(private_home: Path, sbx: Any) -> None:
     """An entry whose paying request has no row (a crash, an old version): the first hit
     records that request's row (with its cost) before its own cached row; later hits
     record only themselves."""
@@ -330,12 +365,16 @@ def test_a_cached_but_unrecorded_answer_is_recorded_once(private_home: Path,
     assert hit.cached and again.cached
     rows = led.rows()
     assert [(r.client_id, r.status) for r in rows] == [
-        (first.client_id, "ok"), (hit.client_id, "cached"), (again.client_id, "cached")]
+        (first.client_id, "ok"),
+        (hit.client_id, "cached"),
+        (again.client_id, "cached"),
+    ]
     assert rows[0].credits_charged_usd == first.credits_charged_usd > 0
     assert sbx.stats["requests"] == 1
 
 
 # ------------------------------------------------------------------ processes that die or stop
+
 
 def _wait_for(predicate: Any, what: str, timeout: float = 60.0) -> None:
     import time
@@ -352,29 +391,37 @@ def _journal_has_a_request(home: Path) -> bool:
 
 
 def _spawn(code: str, home: Path, sandbox: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_child_env(home, sandbox), preexec_fn=_default_sigint)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_child_env(home, sandbox),
+        preexec_fn=_default_sigint,
+    )
 
 
-def test_sigkill_mid_request_is_recorded_at_the_next_start(private_home: Path,
-                                                          sbx: Any) -> None:
+def test_sigkill_mid_request_is_recorded_at_the_next_start(private_home: Path, sbx: Any) -> None:
     """A process killed while its request is in flight (sent, not yet answered): the next
     start records it as interrupted (estimated, process_ended), once, priced from the
     prompt."""
     sbx.latency_ms = 1500
     connections = len(sbx._conns)
-    child = _spawn(f"""
+    child = _spawn(
+        f"""
         import cencori_nb
         cencori_nb.chat("a question the process will not live to see answered " * 20,
                         model="{MODEL}", route="managed", cache=False)
         print("answered")
-    """, private_home, sbx)
+    """,
+        private_home,
+        sbx,
+    )
     try:
         _wait_for(lambda: _journal_has_a_request(private_home), "the request to be sent")
         # the sandbox holds the answer for 1.5 s: kill once the child's connection is open
         _wait_for(lambda: len(sbx._conns) > connections, "the child to connect")
-        assert sbx.stats["requests"] == 0           # not answered yet
+        assert sbx.stats["requests"] == 0  # not answered yet
         child.send_signal(signal.SIGKILL)
         child.wait(30)
     finally:
@@ -385,16 +432,19 @@ def test_sigkill_mid_request_is_recorded_at_the_next_start(private_home: Path,
     # the sandbox sees the connection close and may drop the answer; a real provider may
     # have billed the prompt all the same, so the request is recorded either way
     assert sbx.stats["requests"] <= 1
-    for _ in range(2):                      # two later starts: one row, not two
+    for _ in range(2):  # two later starts: one row, not two
         ledger_mod_reset_and_open()
     rows = default_ledger().rows()
-    assert [(r.status, r.estimated, r.error_code) for r in rows] == \
-        [("interrupted", True, "process_ended")]
+    assert [(r.status, r.estimated, r.error_code) for r in rows] == [
+        ("interrupted", True, "process_ended")
+    ]
     assert rows[0].input_tokens > 100 and rows[0].output_tokens == 0
     assert rows[0].credits_charged_usd > 0 and rows[0].cost_usd == rows[0].credits_charged_usd
     assert list((private_home / "ledger-inflight").glob("*.jsonl")) == []
-    print(f"\nSIGKILL mid-request: sent 1, sandbox answered {sbx.stats['requests']}, "
-          f"recorded {len(rows)} (interrupted, estimated)")
+    print(
+        f"\nSIGKILL mid-request: sent 1, sandbox answered {sbx.stats['requests']}, "
+        f"recorded {len(rows)} (interrupted, estimated)"
+    )
 
 
 def ledger_mod_reset_and_open() -> None:
@@ -413,8 +463,7 @@ MAP_CHILD = """
 """
 
 
-def test_sigkill_during_map_then_rerun_records_every_answer(private_home: Path,
-                                                           sbx: Any) -> None:
+def test_sigkill_during_map_then_rerun_records_every_answer(private_home: Path, sbx: Any) -> None:
     """SIGKILL at random points of a 60-row map, three times, then a full re-run: every
     answer the sandbox gave is in the ledger (ok, or interrupted when the process died
     before recording it), and no cached answer lacks its paying row."""
@@ -430,8 +479,13 @@ def test_sigkill_during_map_then_rerun_records_every_answer(private_home: Path,
         child = _spawn(code, private_home, sbx)
         target = before + rng.randint(1, 25)
         try:
-            _wait_for(lambda t=target, c=child: sbx.stats["requests"] >= t  # type: ignore[misc]
-                      or c.poll() is not None, "the batch to get going")
+            _wait_for(
+                lambda t=target, c=child: (
+                    sbx.stats["requests"] >= t  # type: ignore[misc]
+                    or c.poll() is not None
+                ),
+                "the batch to get going",
+            )
             if child.poll() is None:
                 child.send_signal(signal.SIGKILL)
                 kills += 1
@@ -461,14 +515,17 @@ def test_sigkill_during_map_then_rerun_records_every_answer(private_home: Path,
     assert len(ok) >= n - len(cached)
     # no free cache hits for unrecorded answers: every cached answer's payer is recorded
     conn = sqlite3.connect(private_home / "cache.sqlite")
-    payers = [json.loads(c)["client_id"] for (c,) in
-              conn.execute("SELECT completion FROM responses")]
+    payers = [
+        json.loads(c)["client_id"] for (c,) in conn.execute("SELECT completion FROM responses")
+    ]
     conn.close()
     recorded = {r.client_id for r in rows}
     assert len(payers) == n and all(p in recorded for p in payers)
-    print(f"\nSIGKILL x{kills} during map + re-run: sandbox answered {answered}, recorded "
-          f"{len(ok) + len(lost)} ({len(ok)} ok + {len(lost)} interrupted when the process "
-          f"died), {len(cached)} cache hits, all {n} cached answers paid and recorded")
+    print(
+        f"\nSIGKILL x{kills} during map + re-run: sandbox answered {answered}, recorded "
+        f"{len(ok) + len(lost)} ({len(ok)} ok + {len(lost)} interrupted when the process "
+        f"died), {len(cached)} cache hits, all {n} cached answers paid and recorded"
+    )
 
 
 CTRL_C_CHILD = """
@@ -534,32 +591,60 @@ def test_ctrl_c_during_a_stream_is_recorded(private_home: Path, sbx: Any) -> Non
     assert (status, estimated) == ("interrupted", True)
     assert input_tokens > 0 and output_tokens > 0 and Decimal(cost) > 0
     assert sbx.stats["requests"] == 1
-    print(f"\nCtrl-C during a stream: sent 1, sandbox answered {sbx.stats['requests']}, "
-          f"recorded {len(rows)} (interrupted, estimated)")
+    print(
+        f"\nCtrl-C during a stream: sent 1, sandbox answered {sbx.stats['requests']}, "
+        f"recorded {len(rows)} (interrupted, estimated)"
+    )
 
 
-def test_totals_count_estimated_and_unpriced_rows(private_home: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_totals_count_estimated_and_unpriced_rows(
+    private_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """spend() and `cencori-nb usage` say how many rows are estimates or have no price."""
     from cencori_nb import reports
 
     led = default_ledger()
-    led.record(LedgerRow("a", "p", "openai", "byok", model="gpt-4o", input_tokens=10,
-                         provider_cost_usd=Decimal("0.01")))
-    led.record(LedgerRow("b", "p", "openai", "byok", model="gpt-4o", status="interrupted",
-                         estimated=True, input_tokens=10, provider_cost_usd=Decimal("0.002")))
+    led.record(
+        LedgerRow(
+            "a",
+            "p",
+            "openai",
+            "byok",
+            model="gpt-4o",
+            input_tokens=10,
+            provider_cost_usd=Decimal("0.01"),
+        )
+    )
+    led.record(
+        LedgerRow(
+            "b",
+            "p",
+            "openai",
+            "byok",
+            model="gpt-4o",
+            status="interrupted",
+            estimated=True,
+            input_tokens=10,
+            provider_cost_usd=Decimal("0.002"),
+        )
+    )
     led.record(LedgerRow("c", "p", "local", "byok", model="llama3.2", input_tokens=10))
     led.record(LedgerRow("d", "p", "openai", "byok", status="error"))
     frame = reports.spend(by="project")
-    assert frame[["requests", "interrupted", "errors", "estimated", "unpriced"]] \
-        .iloc[0].tolist() == [4, 1, 1, 1, 1]
+    assert frame[["requests", "interrupted", "errors", "estimated", "unpriced"]].iloc[
+        0
+    ].tolist() == [4, 1, 1, 1, 1]
     assert frame["cost_usd"].iloc[0] == pytest.approx(0.012)
     from cencori_nb.cli import main
 
     assert main(["usage", "--json"]) == 0
     totals = json.loads(capsys.readouterr().out)["totals"]
-    assert (totals["interrupted"], totals["cost_estimated_rows"],
-            totals["cost_unknown_rows"], totals["cost_usd"]) == (1, 1, 1, "0.012")
+    assert (
+        totals["interrupted"],
+        totals["cost_estimated_rows"],
+        totals["cost_unknown_rows"],
+        totals["cost_usd"],
+    ) == (1, 1, 1, "0.012")
     assert main(["usage"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "1 interrupted" in line and "1 of unknown cost" in line
@@ -573,14 +658,22 @@ def test_a_ledger_locked_too_long_spills_then_catches_up(tmp_path: Path) -> None
     path = tmp_path / "ledger.sqlite"
     led = Ledger(path, busy_timeout_s=0.1)
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sqlite3, sys
             conn = sqlite3.connect({str(path)!r}, isolation_level=None)
             conn.execute("BEGIN IMMEDIATE")
             print("locked", flush=True)
             sys.stdin.readline()
             conn.execute("ROLLBACK")
-        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         led.submit(LedgerRow("r", "p", "openai", "byok", client_id="while-locked"))
@@ -588,14 +681,14 @@ def test_a_ledger_locked_too_long_spills_then_catches_up(tmp_path: Path) -> None
         with pytest.raises(LedgerWriteError, match="locked") as info:
             led.check()
         assert info.value.pending == 1
-        with pytest.raises(LedgerWriteError):      # still locked: still refused
+        with pytest.raises(LedgerWriteError):  # still locked: still refused
             led.check()
     finally:
         assert holder.stdin is not None
         holder.stdin.write("\n")
         holder.stdin.close()
         holder.wait(30)
-    led.check()                                    # the lock is gone: written, then sent
+    led.check()  # the lock is gone: written, then sent
     assert [r.client_id for r in led.rows()] == ["while-locked"]
     assert led.spill_path.read_bytes() == b""
     led.close()

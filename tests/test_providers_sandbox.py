@@ -23,10 +23,17 @@ from cencori_nb.providers.base import StreamParser
 from cencori_nb.sandbox.server import SandboxServer
 from cencori_nb.types import ChatRequest
 
-MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5",
-          "google": "gemini-2.5-flash", "cencori": "gpt-4o-mini",
-          **{name: info.default_model for name, info in PROVIDERS.items()
-             if info.wire == "openai-compatible"}}
+MODELS = {
+    "openai": "gpt-4o-mini",
+    "anthropic": "claude-haiku-4-5",
+    "google": "gemini-2.5-flash",
+    "cencori": "gpt-4o-mini",
+    **{
+        name: info.default_model
+        for name, info in PROVIDERS.items()
+        if info.wire == "openai-compatible"
+    },
+}
 ALL = sorted(MODELS)
 
 
@@ -51,12 +58,17 @@ def sbx(server: SandboxServer) -> SandboxServer:
     return server
 
 
-def send(server: SandboxServer, name: str, request: ChatRequest, key: str, *,
-         fault: str | None = None) -> ProviderResult:
+def send(
+    server: SandboxServer, name: str, request: ChatRequest, key: str, *, fault: str | None = None
+) -> ProviderResult:
     """One non-streaming call: build, send, parse or map the error and raise it."""
     adapter = get_provider(name)
-    req = adapter.build_request(request, model=MODELS[name], api_key=Secret(key),
-                                base_url=server.url + adapter.sandbox_prefix)
+    req = adapter.build_request(
+        request,
+        model=MODELS[name],
+        api_key=Secret(key),
+        base_url=server.url + adapter.sandbox_prefix,
+    )
     if fault:
         req.headers["X-Sandbox-Fault"] = fault
     with httpx2.Client(timeout=10) as client:
@@ -66,12 +78,17 @@ def send(server: SandboxServer, name: str, request: ChatRequest, key: str, *,
     return adapter.parse_response(response)
 
 
-def stream(server: SandboxServer, name: str, request: ChatRequest, key: str, *,
-           fault: str | None = None) -> tuple[StreamParser, list[str], bool]:
+def stream(
+    server: SandboxServer, name: str, request: ChatRequest, key: str, *, fault: str | None = None
+) -> tuple[StreamParser, list[str], bool]:
     """One streaming call; returns the parser, the deltas and whether the connection broke."""
     adapter = get_provider(name)
-    req = adapter.build_request(request, model=MODELS[name], api_key=Secret(key),
-                                base_url=server.url + adapter.sandbox_prefix)
+    req = adapter.build_request(
+        request,
+        model=MODELS[name],
+        api_key=Secret(key),
+        base_url=server.url + adapter.sandbox_prefix,
+    )
     if fault:
         req.headers["X-Sandbox-Fault"] = fault
     deltas: list[str] = []
@@ -88,7 +105,7 @@ def stream(server: SandboxServer, name: str, request: ChatRequest, key: str, *,
                     delta = parser.feed(event)
                     if delta:
                         deltas.append(delta)
-            except httpx2.TransportError:   # the transport maps this; here we only note it
+            except httpx2.TransportError:  # the transport maps this; here we only note it
                 broken = True
         finally:
             response.close()
@@ -96,12 +113,14 @@ def stream(server: SandboxServer, name: str, request: ChatRequest, key: str, *,
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_non_stream_answer_parses_with_usage(sbx: SandboxServer, name: str,
-                                             canary: str) -> None:
+def test_non_stream_answer_parses_with_usage(sbx: SandboxServer, name: str, canary: str) -> None:
     prompt = f"Tell me about {name} adapters please"
-    result = send(sbx, name, ChatRequest.from_prompt(prompt, system="Be brief.",
-                                                     max_tokens=40),
-                  key_for(name, canary))
+    result = send(
+        sbx,
+        name,
+        ChatRequest.from_prompt(prompt, system="Be brief.", max_tokens=40),
+        key_for(name, canary),
+    )
     assert "sandbox" in result.text.lower()
     assert result.model
     assert result.usage is not None
@@ -118,13 +137,16 @@ STREAM_CASES = ALL
 
 
 @pytest.mark.parametrize("name", STREAM_CASES)
-def test_stream_matches_the_non_stream_answer(sbx: SandboxServer, name: str,
-                                              canary: str) -> None:
+def test_stream_matches_the_non_stream_answer(sbx: SandboxServer, name: str, canary: str) -> None:
     """Same prompt and seed: the streamed text equals the whole reply; usage at the end."""
     request = ChatRequest.from_prompt("Stream a short answer about pandas", max_tokens=30)
     whole = send(sbx, name, request, key_for(name, canary))
-    parser, deltas, broken = stream(sbx, name, ChatRequest.from_prompt(
-        "Stream a short answer about pandas", max_tokens=30, stream=True), key_for(name, canary))
+    parser, deltas, broken = stream(
+        sbx,
+        name,
+        ChatRequest.from_prompt("Stream a short answer about pandas", max_tokens=30, stream=True),
+        key_for(name, canary),
+    )
     assert not broken
     assert parser.done is True
     result = parser.result()
@@ -150,13 +172,13 @@ def recorded(server: SandboxServer, count: int = 1) -> list[dict[str, Any]]:
 
 
 # The header each wire format authenticates with (the server saw it, masked in its stats).
-AUTH_HEADER = {"anthropic": "x-api-key", "google": "x-goog-api-key",
-               "cencori": "cencori_api_key"}
+AUTH_HEADER = {"anthropic": "x-api-key", "google": "x-goog-api-key", "cencori": "cencori_api_key"}
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_the_server_received_the_key_in_its_header_only(sbx: SandboxServer, name: str,
-                                                        canary: str) -> None:
+def test_the_server_received_the_key_in_its_header_only(
+    sbx: SandboxServer, name: str, canary: str
+) -> None:
     """Right route, right auth header (hint of our key), key nowhere in path/query/body."""
     send(sbx, name, ChatRequest.from_prompt("hi", max_tokens=5), key_for(name, canary))
     (seen,) = recorded(sbx)
@@ -173,23 +195,20 @@ def test_the_server_received_the_key_in_its_header_only(sbx: SandboxServer, name
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_revoked_key_is_authentication_error(sbx: SandboxServer, name: str,
-                                             canary: str) -> None:
+def test_revoked_key_is_authentication_error(sbx: SandboxServer, name: str, canary: str) -> None:
     key = key_for(name, "revoked-" + canary)
     with pytest.raises(errors.AuthenticationError) as info:
         send(sbx, name, ChatRequest.from_prompt("hi"), key)
     err = info.value
     # Gemini (INVALID_ARGUMENT / API_KEY_INVALID) and xAI ("Incorrect API key provided")
     # say "bad key" with a 400, the others with a 401 (tests/corpus has each)
-    assert err.provider == name and err.status_code == (400 if name in ("google", "xai")
-                                                        else 401)
+    assert err.provider == name and err.status_code == (400 if name in ("google", "xai") else 401)
     assert f"keys set {name}" in str(err)
     assert canary not in str(err) and canary not in repr(err)
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_rate_limit_fault_carries_retry_after(sbx: SandboxServer, name: str,
-                                              canary: str) -> None:
+def test_rate_limit_fault_carries_retry_after(sbx: SandboxServer, name: str, canary: str) -> None:
     with pytest.raises(errors.RateLimitError) as info:
         send(sbx, name, ChatRequest.from_prompt("hi"), key_for(name, canary), fault="429")
     assert info.value.status_code == 429
@@ -198,8 +217,9 @@ def test_rate_limit_fault_carries_retry_after(sbx: SandboxServer, name: str,
 
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("fault", ["500", "503"])
-def test_server_faults_are_unavailable(sbx: SandboxServer, name: str, fault: str,
-                                       canary: str) -> None:
+def test_server_faults_are_unavailable(
+    sbx: SandboxServer, name: str, fault: str, canary: str
+) -> None:
     with pytest.raises(errors.ProviderUnavailableError) as info:
         send(sbx, name, ChatRequest.from_prompt("hi"), key_for(name, canary), fault=fault)
     # Anthropic has no 503: its overload is 529 overloaded_error
@@ -211,25 +231,32 @@ def test_server_faults_are_unavailable(sbx: SandboxServer, name: str, fault: str
 @pytest.mark.parametrize("name", ALL)
 def test_malformed_body_is_bad_response(sbx: SandboxServer, name: str, canary: str) -> None:
     with pytest.raises(errors.BadResponseError):
-        send(sbx, name, ChatRequest.from_prompt("hi"), key_for(name, canary),
-             fault="malformed")
+        send(sbx, name, ChatRequest.from_prompt("hi"), key_for(name, canary), fault="malformed")
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_malformed_stream_event_is_bad_response(sbx: SandboxServer, name: str,
-                                                canary: str) -> None:
+def test_malformed_stream_event_is_bad_response(sbx: SandboxServer, name: str, canary: str) -> None:
     with pytest.raises(errors.BadResponseError):
-        stream(sbx, name, ChatRequest.from_prompt("a longer prompt to stream", stream=True),
-               key_for(name, canary), fault="malformed")
+        stream(
+            sbx,
+            name,
+            ChatRequest.from_prompt("a longer prompt to stream", stream=True),
+            key_for(name, canary),
+            fault="malformed",
+        )
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_truncated_stream_is_not_done_and_has_no_usage(sbx: SandboxServer, name: str,
-                                                       canary: str) -> None:
+def test_truncated_stream_is_not_done_and_has_no_usage(
+    sbx: SandboxServer, name: str, canary: str
+) -> None:
     parser, deltas, _broken = stream(
-        sbx, name, ChatRequest.from_prompt("Please write a few sentences about llamas",
-                                           stream=True), key_for(name, canary),
-        fault="truncate")
+        sbx,
+        name,
+        ChatRequest.from_prompt("Please write a few sentences about llamas", stream=True),
+        key_for(name, canary),
+        fault="truncate",
+    )
     assert parser.done is False
     assert parser.result().usage is None
     assert parser.result().text == "".join(deltas)
@@ -255,8 +282,12 @@ def test_cencori_spend_cap_fault(sbx: SandboxServer, canary: str) -> None:
 def test_cencori_unpriced_model_is_pricing_error(sbx: SandboxServer, canary: str) -> None:
     """A model the gateway can route but not price fails closed: 503 pricing_unavailable."""
     adapter = get_provider("cencori")
-    req = adapter.build_request(ChatRequest.from_prompt("hi"), model="mistral-tiny-unpriced",
-                                api_key=Secret("csk_" + canary), base_url=sbx.url)
+    req = adapter.build_request(
+        ChatRequest.from_prompt("hi"),
+        model="mistral-tiny-unpriced",
+        api_key=Secret("csk_" + canary),
+        base_url=sbx.url,
+    )
     with httpx2.Client(timeout=10) as client:
         response = client.send(req)
     err = adapter.map_error(response)
@@ -267,8 +298,12 @@ def test_cencori_unpriced_model_is_pricing_error(sbx: SandboxServer, canary: str
 
 def test_cencori_unknown_model_is_invalid_request(sbx: SandboxServer, canary: str) -> None:
     adapter = get_provider("cencori")
-    req = adapter.build_request(ChatRequest.from_prompt("hi"), model="nosuchmodel",
-                                api_key=Secret("csk_" + canary), base_url=sbx.url)
+    req = adapter.build_request(
+        ChatRequest.from_prompt("hi"),
+        model="nosuchmodel",
+        api_key=Secret("csk_" + canary),
+        base_url=sbx.url,
+    )
     with httpx2.Client(timeout=10) as client:
         err = adapter.map_error(client.send(req))
     # Cencori's router cannot place it and throws a plain ProviderError: 502 provider_error

@@ -131,10 +131,10 @@ async def test_a_lowered_limit_holds_back_new_requests_until_in_flight_drains() 
     assert lim.limit == 2 and lim.in_flight == 3
     got = asyncio.create_task(lim.acquire())
     await asyncio.sleep(0)
-    lim.release()                       # 2 in flight: still at the limit
+    lim.release()  # 2 in flight: still at the limit
     await asyncio.sleep(0)
     assert not got.done()
-    lim.release()                       # 1 in flight: room
+    lim.release()  # 1 in flight: room
     await asyncio.wait_for(got, 1)
     assert lim.in_flight == 2
 
@@ -159,11 +159,9 @@ async def test_cancelled_waiter_leaves_the_queue() -> None:
 async def test_remaining_zero_header_pauses_before_the_429() -> None:
     """x-ratelimit-remaining-requests: 0 with a reset of 6s pauses the next acquire 6 s."""
     lim, clock = make(4)
-    lim.observe_headers({"x-ratelimit-remaining-requests": "3",
-                         "x-ratelimit-reset-requests": "6s"})
+    lim.observe_headers({"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "6s"})
     assert not lim.paused
-    lim.observe_headers({"X-RateLimit-Remaining-Requests": "0",
-                         "X-RateLimit-Reset-Requests": "6s"})
+    lim.observe_headers({"X-RateLimit-Remaining-Requests": "0", "X-RateLimit-Reset-Requests": "6s"})
     assert lim.paused
     await lim.acquire()
     assert clock.sleeps == [6.0]

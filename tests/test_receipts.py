@@ -25,7 +25,7 @@ from cencori_nb.ledger import default_ledger
 from cencori_nb.sandbox.faults import RateLimiter
 from cencori_nb.sandbox.server import SandboxServer
 
-CENCORI_KEY = "csk_live_receipts_" + "R" * 20 + "x7y8"   # a live key: test keys are free
+CENCORI_KEY = "csk_live_receipts_" + "R" * 20 + "x7y8"  # a live key: test keys are free
 OPENAI_KEY = "sk-test-receipts-" + "O" * 20 + "q1w2"
 
 
@@ -55,22 +55,19 @@ def test_managed_chat_reads_request_id_and_cache_miss(managed: SandboxServer) ->
     assert f"request {c.request_id}" in c.footer()
     assert "cache HIT" not in c.footer()
     (row,) = _rows()
-    assert (row.request_id, row.gateway_cache, row.model_original) == (
-        c.request_id, "MISS", None)
+    assert (row.request_id, row.gateway_cache, row.model_original) == (c.request_id, "MISS", None)
 
 
 def test_gateway_cache_hit_costs_nothing_and_is_recorded(managed: SandboxServer) -> None:
     """The same request again (local cache off): the gateway answers HIT for $0."""
-    first = cencori_nb.chat("Same question twice", model="gpt-4o-mini", temperature=0,
-                            cache=False)
+    first = cencori_nb.chat("Same question twice", model="gpt-4o-mini", temperature=0, cache=False)
     assert first.credits_charged_usd > 0
     balance = managed.balance
-    again = cencori_nb.chat("Same question twice", model="gpt-4o-mini", temperature=0,
-                            cache=False)
+    again = cencori_nb.chat("Same question twice", model="gpt-4o-mini", temperature=0, cache=False)
     assert again.gateway_cache == "HIT" and again.text == first.text
     assert again.credits_charged_usd == 0 and again.provider_cost_usd == 0
     assert again.request_id != first.request_id
-    assert managed.balance == balance                      # the gateway charged nothing
+    assert managed.balance == balance  # the gateway charged nothing
     assert "Cencori cache HIT" in again.footer()
     rows = {r.request_id: r for r in _rows()}
     assert rows[again.request_id].gateway_cache == "HIT"
@@ -95,10 +92,17 @@ class _Gateway(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         self.rfile.read(int(self.headers.get("content-length") or 0))
-        body = json.dumps({"id": "x", "model": "gpt-4o-mini", "provider": "openai",
-                           "content": "a picture of a cat", "finish_reason": "stop",
-                           "usage": {"prompt_tokens": 5, "completion_tokens": 5,
-                                     "total_tokens": 10}, "cost_usd": 0.00001}).encode()
+        body = json.dumps(
+            {
+                "id": "x",
+                "model": "gpt-4o-mini",
+                "provider": "openai",
+                "content": "a picture of a cat",
+                "finish_reason": "stop",
+                "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
+                "cost_usd": 0.00001,
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -133,8 +137,11 @@ def gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_Gateway]]:
 
 
 def test_model_upgrade_is_read_shown_and_stored(gateway: type[_Gateway]) -> None:
-    gateway.receipt_headers = {"X-Model-Upgraded": "true", "X-Model-Original": "gpt-3.5-turbo",
-                               "X-Cencori-Cache": "MISS"}
+    gateway.receipt_headers = {
+        "X-Model-Upgraded": "true",
+        "X-Model-Original": "gpt-3.5-turbo",
+        "X-Cencori-Cache": "MISS",
+    }
     c = cencori_nb.chat("what is in the picture", model="gpt-4o-mini", cache=False)
     assert c.model_original == "gpt-3.5-turbo" and c.request_id == "req_loopback_1"
     assert "upgraded from gpt-3.5-turbo" in c.footer()
@@ -142,19 +149,26 @@ def test_model_upgrade_is_read_shown_and_stored(gateway: type[_Gateway]) -> None
     assert row.model_original == "gpt-3.5-turbo" and row.gateway_cache == "MISS"
 
 
-@pytest.mark.parametrize(("headers", "cache", "original"), [
-    ({"X-Cencori-Cache": "semantic-hit"}, "SEMANTIC-HIT", None),     # case is not meaning
-    ({"X-Cencori-Cache": "HIT; DROP TABLE requests"}, None, None),   # unknown value: dropped
-    ({"X-Cencori-Cache": ""}, None, None),
-    ({"X-Model-Original": "gpt-3.5-turbo"}, None, None),             # no X-Model-Upgraded
-    ({"X-Model-Upgraded": "false", "X-Model-Original": "gpt-3.5-turbo"}, None, None),
-    ({"X-Model-Upgraded": "true", "X-Model-Original": "<script>alert(1)</script>"}, None, None),
-    ({"X-Model-Upgraded": "true", "X-Model-Original": "a" * 201}, None, None),
-    ({"X-Model-Upgraded": "true", "X-Model-Original": "openai/gpt-4o:2024"}, None,
-     "openai/gpt-4o:2024"),
-])
-def test_receipt_headers_are_untrusted(gateway: type[_Gateway], headers: dict[str, str],
-                                       cache: str | None, original: str | None) -> None:
+@pytest.mark.parametrize(
+    ("headers", "cache", "original"),
+    [
+        ({"X-Cencori-Cache": "semantic-hit"}, "SEMANTIC-HIT", None),  # case is not meaning
+        ({"X-Cencori-Cache": "HIT; DROP TABLE requests"}, None, None),  # unknown value: dropped
+        ({"X-Cencori-Cache": ""}, None, None),
+        ({"X-Model-Original": "gpt-3.5-turbo"}, None, None),  # no X-Model-Upgraded
+        ({"X-Model-Upgraded": "false", "X-Model-Original": "gpt-3.5-turbo"}, None, None),
+        ({"X-Model-Upgraded": "true", "X-Model-Original": "<script>alert(1)</script>"}, None, None),
+        ({"X-Model-Upgraded": "true", "X-Model-Original": "a" * 201}, None, None),
+        (
+            {"X-Model-Upgraded": "true", "X-Model-Original": "openai/gpt-4o:2024"},
+            None,
+            "openai/gpt-4o:2024",
+        ),
+    ],
+)
+def test_receipt_headers_are_untrusted(
+    gateway: type[_Gateway], headers: dict[str, str], cache: str | None, original: str | None
+) -> None:
     """Only the documented cache states and model-id-shaped originals are kept."""
     gateway.receipt_headers = headers
     c = cencori_nb.chat("hi", model="gpt-4o-mini", cache=False)
@@ -197,15 +211,16 @@ def clock() -> Iterator[_FakeClock]:
 def test_pacer_window_arithmetic() -> None:
     pacer = pacing.Pacer(2)
     assert [pacer.reserve(0.0), pacer.reserve(0.0)] == [0.0, 0.0]
-    assert pacer.reserve(10.0) == 50.0         # the first start leaves the window at 60
-    assert pacer.reserve(10.0) == 50.0         # so does the second (both at 0)
-    assert pacer.reserve(10.0) == 110.0        # then the bookings themselves fill it
+    assert pacer.reserve(10.0) == 50.0  # the first start leaves the window at 60
+    assert pacer.reserve(10.0) == 50.0  # so does the second (both at 0)
+    assert pacer.reserve(10.0) == 110.0  # then the bookings themselves fill it
     with pytest.raises(ValueError):
         pacing.Pacer(0)
 
 
-def test_managed_route_paces_to_the_sandbox_rpm(monkeypatch: pytest.MonkeyPatch,
-                                                clock: _FakeClock) -> None:
+def test_managed_route_paces_to_the_sandbox_rpm(
+    monkeypatch: pytest.MonkeyPatch, clock: _FakeClock
+) -> None:
     """A sandbox started with rpm=2: the third request waits for the window, no 429."""
     server = SandboxServer(rpm=2)
     # the server's window runs on the same fake clock, so the paced wait is really enough
@@ -225,8 +240,9 @@ def test_a_sandbox_without_rpm_is_not_paced(managed: SandboxServer, clock: _Fake
     assert clock.slept == []
 
 
-def test_managed_rpm_setting_wins_and_zero_turns_pacing_off(managed: SandboxServer,
-                                                           clock: _FakeClock) -> None:
+def test_managed_rpm_setting_wins_and_zero_turns_pacing_off(
+    managed: SandboxServer, clock: _FakeClock
+) -> None:
     settings.update_settings(managed_rpm=1)
     cencori_nb.chat("one", model="gpt-4o-mini", cache=False)
     cencori_nb.chat("two", model="gpt-4o-mini", cache=False)
@@ -256,8 +272,9 @@ def test_async_requests_share_the_pace(managed: SandboxServer, clock: _FakeClock
     settings.update_settings(managed_rpm=2)
 
     async def run() -> list[Any]:
-        return await asyncio.gather(*(cencori_nb.achat(f"async {i}", model="gpt-4o-mini",
-                                                       cache=False) for i in range(3)))
+        return await asyncio.gather(
+            *(cencori_nb.achat(f"async {i}", model="gpt-4o-mini", cache=False) for i in range(3))
+        )
 
     results = asyncio.run(run())
     assert all(r.route == "managed" for r in results)

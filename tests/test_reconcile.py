@@ -46,8 +46,12 @@ def live(sandbox_env: SandboxServer) -> SandboxServer:
     return sandbox_env
 
 
-def _metrics(sbx: SandboxServer, period: str | None = "24h", key: str | None = SANDBOX_KEY,
-             path: str = "/api/v1/metrics") -> httpx2.Response:
+def _metrics(
+    sbx: SandboxServer,
+    period: str | None = "24h",
+    key: str | None = SANDBOX_KEY,
+    path: str = "/api/v1/metrics",
+) -> httpx2.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     params = {"period": period} if period else {}
     return HTTP.get(sbx.url + path, params=params, headers=headers)
@@ -55,37 +59,53 @@ def _metrics(sbx: SandboxServer, period: str | None = "24h", key: str | None = S
 
 # ------------------------------------------------------------------ the sandbox endpoint
 
+
 def test_sandbox_metrics_has_cencoris_shape_and_rules(live: SandboxServer) -> None:
     """Fields as Cencori's MetricsResponse; Bearer only; 401 {"error"} shapes; per key;
     unknown period → 24h window but echoed; mtd starts at the UTC month."""
     empty = _metrics(live).json()
-    assert set(empty) == {"period", "start_date", "end_date", "requests", "cost", "tokens",
-                          "latency", "providers", "models"}
-    assert empty["requests"] == {"total": 0, "success": 0, "error": 0, "filtered": 0,
-                                 "success_rate": 0}
+    assert set(empty) == {
+        "period",
+        "start_date",
+        "end_date",
+        "requests",
+        "cost",
+        "tokens",
+        "latency",
+        "providers",
+        "models",
+    }
+    assert empty["requests"] == {
+        "total": 0,
+        "success": 0,
+        "error": 0,
+        "filtered": 0,
+        "success_rate": 0,
+    }
     assert empty["cost"] == {"total_usd": 0, "average_per_request_usd": 0}
     assert empty["latency"] == {"avg_ms": 0, "p50_ms": None, "p90_ms": None, "p99_ms": None}
     c = cencori_nb.chat("count me", model="gpt-4o-mini", route="managed")
     body = _metrics(live).json()
     assert body["requests"]["total"] == body["requests"]["success"] == 1
     assert body["requests"]["success_rate"] == 100
-    assert Decimal(str(body["cost"]["total_usd"])) == c.gateway_cost_usd.quantize(
-        Decimal("0.0001"))
+    assert Decimal(str(body["cost"]["total_usd"])) == c.gateway_cost_usd.quantize(Decimal("0.0001"))
     assert body["tokens"]["prompt"] == c.input_tokens
     assert body["providers"]["openai"]["requests"] == 1
     assert body["models"]["gpt-4o-mini"]["requests"] == 1
     assert _metrics(live, path="/v1/metrics").json()["requests"]["total"] == 1
     other = _metrics(live, key="csk_live_someone_else_" + "Z" * 12).json()
-    assert other["requests"]["total"] == 0                 # another project's key
+    assert other["requests"]["total"] == 0  # another project's key
     r = _metrics(live, key=None)
     assert r.status_code == 401 and r.json() == {
-        "error": "Missing API key. Use Authorization: Bearer <api_key>"}
+        "error": "Missing API key. Use Authorization: Bearer <api_key>"
+    }
     r = _metrics(live, key="sk-not-a-cencori-key-000000")
     assert r.status_code == 401 and r.json() == {"error": "Invalid API key"}
     odd = _metrics(live, period="fortnight").json()
     assert odd["period"] == "fortnight"
-    span = (datetime.fromisoformat(odd["end_date"].replace("Z", "+00:00"))
-            - datetime.fromisoformat(odd["start_date"].replace("Z", "+00:00")))
+    span = datetime.fromisoformat(odd["end_date"].replace("Z", "+00:00")) - datetime.fromisoformat(
+        odd["start_date"].replace("Z", "+00:00")
+    )
     assert span.total_seconds() == 86_400
     mtd = _metrics(live, period="mtd").json()
     start = datetime.fromisoformat(mtd["start_date"].replace("Z", "+00:00"))
@@ -95,14 +115,16 @@ def test_sandbox_metrics_has_cencoris_shape_and_rules(live: SandboxServer) -> No
 
 # ------------------------------------------------------------------ reconcile
 
-def test_reconcile_agrees_after_managed_requests(live: SandboxServer,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+
+def test_reconcile_agrees_after_managed_requests(
+    live: SandboxServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Requests sent == rows recorded == gateway requests; ledger $ == gateway $ (within the
     gateway's 4-decimal rounding); the same through Python, the CLI --json and the text."""
     wallet.set_balance(25)
     for i in range(5):
         cencori_nb.chat(f"managed request {i}", model="gpt-4o", route="managed", cache=False)
-    live.faults = FaultPicker({"500": 1.0}, 0)                # one failure: a row, no charge
+    live.faults = FaultPicker({"500": 1.0}, 0)  # one failure: a row, no charge
     with pytest.raises(cencori_nb.ProviderUnavailableError):
         cencori_nb.chat("fails", model="gpt-4o", route="managed", retries=0)
     live.faults = FaultPicker({}, 0)
@@ -126,8 +148,11 @@ def test_reconcile_agrees_after_managed_requests(live: SandboxServer,
 def test_reconcile_shows_drift_from_requests_the_ledger_never_saw(live: SandboxServer) -> None:
     """Spend made with the same key outside this ledger shows up as positive drift."""
     cencori_nb.chat("recorded", model="gpt-4o", route="managed")
-    r = HTTP.post(live.url + "/api/ai/chat", headers={"CENCORI_API_KEY": SANDBOX_KEY},
-                  json={"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 400}]})
+    r = HTTP.post(
+        live.url + "/api/ai/chat",
+        headers={"CENCORI_API_KEY": SANDBOX_KEY},
+        json={"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 400}]},
+    )
     unseen = Decimal(str(r.json()["cost_usd"]))
     result = cencori_nb.reconcile("24h")
     assert result.gateway_requests == result.ledger_requests + 1
@@ -136,8 +161,9 @@ def test_reconcile_shows_drift_from_requests_the_ledger_never_saw(live: SandboxS
     assert "MORE than the ledger" in str(result)
 
 
-def test_reconcile_refuses_clearly(sandbox_env: SandboxServer,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_reconcile_refuses_clearly(
+    sandbox_env: SandboxServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(ConfigurationError, match="no Cencori key"):
         cencori_nb.reconcile()
     with pytest.raises(ConfigurationError, match="1h, 24h, 7d, 30d, mtd"):
@@ -145,7 +171,7 @@ def test_reconcile_refuses_clearly(sandbox_env: SandboxServer,
     assert cli_main(["credits", "reconcile"]) == 1
     err = capsys.readouterr().err
     assert "cencori-nb keys set cencori" in err and "Traceback" not in err
-    keys.set_cencori_key(DEMO_KEYS["cencori"] + "_revoked")   # the sandbox's revoked demo key
+    keys.set_cencori_key(DEMO_KEYS["cencori"] + "_revoked")  # the sandbox's revoked demo key
     with pytest.raises(cencori_nb.AuthenticationError):
         cencori_nb.reconcile()
 
@@ -167,8 +193,10 @@ def test_credits_before_any_balance_says_not_tracked(capsys: pytest.CaptureFixtu
 
 # ------------------------------------------------------------------ test keys
 
+
 def test_test_key_requests_are_free_and_labelled_everywhere(
-        sandbox_env: SandboxServer, capsys: pytest.CaptureFixture[str]) -> None:
+    sandbox_env: SandboxServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A csk_test_ key: test_mode on the completion, the row, usage(), map and the CLI;
     cost 0; the wallet mirror and the gateway wallet untouched; allowed past a reached
     hard cap (it costs nothing); the gateway reports $0 too."""

@@ -32,7 +32,7 @@ _OLD_COMMON = re.compile(
     r"|\b(?:sk|pk|rk)-[\w\-*.…]{4,}"
     r"|\b(?:sk|csk|cpk|gsk|xai)[_-][\w\-*.…]{4,}"
     r"|AIza[\w\-]{8,}"
-    r"|(?<![/\\.])\b[\w\-*]{32,}"   # since the policies: not after "/", "\\" or "."
+    r"|(?<![/\\.])\b[\w\-*]{32,}"  # since the policies: not after "/", "\\" or "."
     r")"
 )
 _OLD_PARSER = (
@@ -43,26 +43,61 @@ _OLD_PARSER = (
     re.compile(r"\bxai-[A-Za-z0-9]{16,}"),
 )
 _B, _S, _D = r"[A-Za-z0-9_\-]", r"(?<![A-Za-z0-9_\-])", r"(?=[A-Za-z_\-]*[0-9])"
-_OLD_SCRUBBER = re.compile("|".join((
-    rf"{_S}sk-(?:proj|ant|or|svcacct|admin)-{_B}{{20,}}",
-    rf"{_S}sk-{_D}{_B}{{20,}}",
-    rf"{_S}AIza{_D}{_B}{{30,}}",
-    rf"{_S}csk_{_D}{_B}{{16,}}",
-    rf"{_S}gsk_{_D}{_B}{{20,}}",
-    rf"{_S}xai-{_D}{_B}{{20,}}",
-)))
+_OLD_SCRUBBER = re.compile(
+    "|".join(
+        (
+            rf"{_S}sk-(?:proj|ant|or|svcacct|admin)-{_B}{{20,}}",
+            rf"{_S}sk-{_D}{_B}{{20,}}",
+            rf"{_S}AIza{_D}{_B}{{30,}}",
+            rf"{_S}csk_{_D}{_B}{{16,}}",
+            rf"{_S}gsk_{_D}{_B}{{20,}}",
+            rf"{_S}xai-{_D}{_B}{{20,}}",
+        )
+    )
+)
 _OLD_DEFAULT = re.compile(
-    _S + "(?:" + "|".join(re.escape(p) for p in KEY_PREFIXES) + f"){_B}{{6,}}")
+    _S + "(?:" + "|".join(re.escape(p) for p in KEY_PREFIXES) + f"){_B}{{6,}}"
+)
 _OLD_DEFAULT_DIGIT = re.compile(
-    _S + "(?:" + "|".join(re.escape(p) for p in KEY_PREFIXES) + f"){_D}{_B}{{6,}}")
+    _S + "(?:" + "|".join(re.escape(p) for p in KEY_PREFIXES) + f"){_D}{_B}{{6,}}"
+)
 
 # Text made of key prefixes, key characters, masks and separators, so that near-misses
 # (short bodies, missing digits, a prefix inside a word) come up often.
-_PIECES = st.sampled_from([
-    *KEY_PREFIXES, "pk-", "rk-", "sk_", "csk-", "cpk_", "cpk-", "gsk-", "xai_", "Bearer ",
-    "a", "Z", "0", "7", "_", "-", "*", ".", "…", " ", "/", "é", "x", "abcdefgh", "12345678",
-    "proj-", "ant-", "\n", "'", "=",
-])
+_PIECES = st.sampled_from(
+    [
+        *KEY_PREFIXES,
+        "pk-",
+        "rk-",
+        "sk_",
+        "csk-",
+        "cpk_",
+        "cpk-",
+        "gsk-",
+        "xai_",
+        "Bearer ",
+        "a",
+        "Z",
+        "0",
+        "7",
+        "_",
+        "-",
+        "*",
+        ".",
+        "…",
+        " ",
+        "/",
+        "é",
+        "x",
+        "abcdefgh",
+        "12345678",
+        "proj-",
+        "ant-",
+        "\n",
+        "'",
+        "=",
+    ]
+)
 _TEXT = st.lists(_PIECES, max_size=40).map("".join)
 
 
@@ -79,7 +114,8 @@ def test_callers_match_exactly_as_their_old_literals(text: str) -> None:
     assert scrubber.KEY_PATTERN.findall(text) == _OLD_SCRUBBER.findall(text)
     assert scrubber.KEY_PATTERN.sub("#", text) == _OLD_SCRUBBER.sub("#", text)
     assert [bool(p.search(text)) for p in PROMPT_KEY_SHAPES] == [
-        bool(p.search(text)) for p in _OLD_PARSER]
+        bool(p.search(text)) for p in _OLD_PARSER
+    ]
     new = text
     for pattern in PROMPT_KEY_SHAPES:
         new = pattern.sub("[redacted]", new)
@@ -106,7 +142,7 @@ def test_require_digit_per_prefix_and_for_all() -> None:
     assert key_pattern().search(words)
     assert not key_pattern(require_digit=True).search(words)
     mixed = key_pattern({"sk-ant-": 6, "sk-": 6}, require_digit={"sk-"})
-    assert mixed.search("sk-ant-abcdefgh")                     # no digit needed here
+    assert mixed.search("sk-ant-abcdefgh")  # no digit needed here
     assert not mixed.search("sk-abcdefgh")
     assert mixed.search("sk-abcdefg1")
 
@@ -114,14 +150,14 @@ def test_require_digit_per_prefix_and_for_all() -> None:
 def test_min_body_mapping_names_exactly_the_prefixes() -> None:
     only = key_pattern({"gsk_": 8, "pk-": 4})
     assert only.search("gsk_abcdefgh") and only.search("pk-abcd")
-    assert not only.search("gsk_abcdefg")                      # 7 < 8
-    assert not only.search("sk-abcdefghijkl")                  # not named
+    assert not only.search("gsk_abcdefg")  # 7 < 8
+    assert not only.search("sk-abcdefghijkl")  # not named
     assert not only.search("AIzaabcdefghijkl")
 
 
 def test_body_and_start_can_be_chosen_per_caller() -> None:
     plain = key_pattern({"xai-": 4}, body={"xai-": "[A-Za-z0-9]"})
-    assert plain.search("xai-ab_cd") is None                   # "_" stops the body at 2
+    assert plain.search("xai-ab_cd") is None  # "_" stops the body at 2
     assert plain.search("xai-abcd").group(0) == "xai-abcd"
     masked = key_pattern({"sk-": 4}, body=r"[\w\-*.…]")
     assert masked.search("key sk-****…abcd!").group(0) == "sk-****…abcd"
@@ -136,8 +172,9 @@ def test_key_regex_has_no_groups_so_it_can_be_embedded() -> None:
 
 
 def test_scrub_removes_exact_secrets_first_and_context_values() -> None:
-    out = scrub("token plainsecretvalue and Bearer abc.def and api_key=hunter22x",
-                ["plainsecretvalue"])
+    out = scrub(
+        "token plainsecretvalue and Bearer abc.def and api_key=hunter22x", ["plainsecretvalue"]
+    )
     assert "plainsecretvalue" not in out and "abc.def" not in out and "hunter22x" not in out
     assert out == f"token {REDACTED} and Bearer {REDACTED} and api_key={REDACTED}"
 
@@ -156,9 +193,15 @@ def test_one_marker_for_every_policy_and_caller(canary: str) -> None:
     from cencori_nb.redact import LOG_LINE, MARKER, NOTEBOOK
 
     text = f"key {canary} end"
-    for out in (LOG_LINE.scrub(text), USER_MESSAGE.scrub(text), NOTEBOOK.scrub(text),
-                transport.scrub(text), _common.scrub(text), parser.redact(text),
-                scrubber.scrub_text(text)[0]):
+    for out in (
+        LOG_LINE.scrub(text),
+        USER_MESSAGE.scrub(text),
+        NOTEBOOK.scrub(text),
+        transport.scrub(text),
+        _common.scrub(text),
+        parser.redact(text),
+        scrubber.scrub_text(text)[0],
+    ):
         assert out == f"key {MARKER} end"
 
 

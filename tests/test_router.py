@@ -14,32 +14,49 @@ CENCORI_KEY = "csk_live_" + "B" * 24 + "c5k9"
 # --------------------------------------------------------------------------- model → provider
 
 
-@pytest.mark.parametrize("model, provider, wire_model", [
-    ("gpt-4o-mini", "openai", "gpt-4o-mini"),
-    ("o1", "openai", "o1"), ("o3-mini", "openai", "o3-mini"), ("o4-mini", "openai", "o4-mini"),
-    ("chatgpt-4o-latest", "openai", "chatgpt-4o-latest"),
-    ("text-embedding-3-small", "openai", "text-embedding-3-small"),
-    ("claude-haiku-4-5", "anthropic", "claude-haiku-4-5"),
-    ("gemini-2.5-flash", "google", "gemini-2.5-flash"),
-    ("mistral-small-latest", "mistral", "mistral-small-latest"),
-    ("codestral-latest", "mistral", "codestral-latest"),
-    ("open-mistral-nemo", "mistral", "open-mistral-nemo"),
-    ("ministral-8b-latest", "mistral", "ministral-8b-latest"),
-    ("llama-3.3-70b-versatile", "groq", "llama-3.3-70b-versatile"),
-    ("mixtral-8x7b-32768", "groq", "mixtral-8x7b-32768"),
-    ("grok-3-mini", "xai", "grok-3-mini"),
-    ("deepseek-chat", "deepseek", "deepseek-chat"),
-    ("meta-llama/llama-3.3-70b-instruct:free", "openrouter",
-     "meta-llama/llama-3.3-70b-instruct:free"),
-    ("openrouter/meta-llama/llama-3.3-70b-instruct:free", "openrouter",
-     "meta-llama/llama-3.3-70b-instruct:free"),
-    ("anthropic/claude-sonnet-4-5", "anthropic", "claude-sonnet-4-5"),
-    ("together/meta-llama/Llama-3.3-70B-Instruct-Turbo", "together",
-     "meta-llama/Llama-3.3-70B-Instruct-Turbo"),
-    ("meta-llama/Llama-3.3-70B-Instruct-Turbo", "together",
-     "meta-llama/Llama-3.3-70B-Instruct-Turbo"),
-    ("GPT-4o", "openai", "GPT-4o"),
-])
+@pytest.mark.parametrize(
+    "model, provider, wire_model",
+    [
+        ("gpt-4o-mini", "openai", "gpt-4o-mini"),
+        ("o1", "openai", "o1"),
+        ("o3-mini", "openai", "o3-mini"),
+        ("o4-mini", "openai", "o4-mini"),
+        ("chatgpt-4o-latest", "openai", "chatgpt-4o-latest"),
+        ("text-embedding-3-small", "openai", "text-embedding-3-small"),
+        ("claude-haiku-4-5", "anthropic", "claude-haiku-4-5"),
+        ("gemini-2.5-flash", "google", "gemini-2.5-flash"),
+        ("mistral-small-latest", "mistral", "mistral-small-latest"),
+        ("codestral-latest", "mistral", "codestral-latest"),
+        ("open-mistral-nemo", "mistral", "open-mistral-nemo"),
+        ("ministral-8b-latest", "mistral", "ministral-8b-latest"),
+        ("llama-3.3-70b-versatile", "groq", "llama-3.3-70b-versatile"),
+        ("mixtral-8x7b-32768", "groq", "mixtral-8x7b-32768"),
+        ("grok-3-mini", "xai", "grok-3-mini"),
+        ("deepseek-chat", "deepseek", "deepseek-chat"),
+        (
+            "meta-llama/llama-3.3-70b-instruct:free",
+            "openrouter",
+            "meta-llama/llama-3.3-70b-instruct:free",
+        ),
+        (
+            "openrouter/meta-llama/llama-3.3-70b-instruct:free",
+            "openrouter",
+            "meta-llama/llama-3.3-70b-instruct:free",
+        ),
+        ("anthropic/claude-sonnet-4-5", "anthropic", "claude-sonnet-4-5"),
+        (
+            "together/meta-llama/Llama-3.3-70B-Instruct-Turbo",
+            "together",
+            "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+        ),
+        (
+            "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+            "together",
+            "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+        ),
+        ("GPT-4o", "openai", "GPT-4o"),
+    ],
+)
 def test_model_to_provider(model: str, provider: str, wire_model: str) -> None:
     """Cencori's order: provider/model, catalog ids, :free, prefixes."""
     got_provider, got_model, reason = router.provider_for_model(model)
@@ -50,7 +67,9 @@ def test_model_to_provider(model: str, provider: str, wire_model: str) -> None:
 def test_explicit_provider_wins_over_split() -> None:
     """provider= with an OpenRouter id containing '/' keeps the whole id."""
     assert router.provider_for_model("openai/gpt-4o-mini", "openrouter")[:2] == (
-        "openrouter", "openai/gpt-4o-mini")
+        "openrouter",
+        "openai/gpt-4o-mini",
+    )
     assert router.provider_for_model("openrouter/x/y", "openrouter")[:2] == ("openrouter", "x/y")
     assert router.provider_for_model("my-finetune", "local")[:2] == ("local", "my-finetune")
 
@@ -108,10 +127,13 @@ def test_route_matrix(byok: str, cencori: bool, route: str) -> None:
             assert "keys set openai" in text
         elif route == "managed":
             assert "keys set cencori" in text
-        else:   # auto with nothing usable: both fixes are named
+        else:  # auto with nothing usable: both fixes are named
             assert "keys set cencori" in text
-            assert ("keys enable openai" in text) if byok == "disabled" else (
-                "keys set openai" in text and "%cencori setup" in text)
+            assert (
+                ("keys enable openai" in text)
+                if byok == "disabled"
+                else ("keys set openai" in text and "%cencori setup" in text)
+            )
         assert OPENAI_KEY not in text and CENCORI_KEY not in text
         return
     decision = router.explain_route("gpt-4o-mini", route=route)
@@ -128,7 +150,7 @@ def test_route_matrix(byok: str, cencori: bool, route: str) -> None:
         assert decision.adapter == "cencori"
         assert decision.base_url == "https://cencori.com"
         assert decision.model == "gpt-4o-mini"
-    assert decision.fallback is None           # fallback is off by default
+    assert decision.fallback is None  # fallback is off by default
     assert decision.why and any("route" in step for step in decision.why)
 
 
@@ -167,12 +189,16 @@ def test_no_fallback_without_cencori_key() -> None:
 
 def test_project_default_provider_and_model() -> None:
     """No model: the project default provider and its record's default model."""
-    keys.set("anthropic", "sk-ant-test-" + "C" * 20, default_model="claude-sonnet-4-5",
-             make_default=True)
+    keys.set(
+        "anthropic", "sk-ant-test-" + "C" * 20, default_model="claude-sonnet-4-5", make_default=True
+    )
     keys.set("openai", OPENAI_KEY)
     decision = router.explain_route()
     assert (decision.provider, decision.model, decision.route) == (
-        "anthropic", "claude-sonnet-4-5", "byok")
+        "anthropic",
+        "claude-sonnet-4-5",
+        "byok",
+    )
     assert any("default" in step for step in decision.why)
 
 
@@ -210,9 +236,11 @@ def test_sandbox_url_and_settings_base_url(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("CENCORI_NB_SANDBOX", "http://127.0.0.1:5555/")
     assert router.explain_route("gpt-4o-mini").base_url == "http://127.0.0.1:5555/openai/v1"
     assert router.explain_route("gpt-4o-mini", route="managed").base_url == (
-        "http://127.0.0.1:5555")
+        "http://127.0.0.1:5555"
+    )
     assert router.explain_route("claude-haiku-4-5", route="managed").base_url == (
-        "http://127.0.0.1:5555")
+        "http://127.0.0.1:5555"
+    )
 
 
 def test_resolve_uses_the_request_fields() -> None:
@@ -234,11 +262,16 @@ def test_decision_shows_only_the_hint() -> None:
     """repr, str, markdown and to_dict show the key hint, never the key."""
     _setup("enabled", True, allow_fallback=True)
     decision = router.explain_route("gpt-4o-mini")
-    for text in (repr(decision), str(decision), decision._repr_markdown_(),
-                 str(decision.to_dict()), f"{decision}"):
+    for text in (
+        repr(decision),
+        str(decision),
+        decision._repr_markdown_(),
+        str(decision.to_dict()),
+        f"{decision}",
+    ):
         assert OPENAI_KEY not in text and CENCORI_KEY not in text
         assert "…wxyz" in text
-    assert "…c5k9" in str(decision)       # the fallback's hint
+    assert "…c5k9" in str(decision)  # the fallback's hint
 
 
 def test_local_server_needs_no_key(monkeypatch: pytest.MonkeyPatch) -> None:

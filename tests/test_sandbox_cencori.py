@@ -24,8 +24,9 @@ MESSAGES = [{"role": "user", "content": "Compare BYOK and managed keys"}]
 
 
 def native(url: str, body: dict, headers: dict | None = None) -> httpx2.Response:
-    return HTTP.post(url + "/api/ai/chat", json=body,
-                       headers={"CENCORI_API_KEY": KEY, **(headers or {})})
+    return HTTP.post(
+        url + "/api/ai/chat", json=body, headers={"CENCORI_API_KEY": KEY, **(headers or {})}
+    )
 
 
 def test_sdk_chat_and_wallet_debit(sandbox):
@@ -33,13 +34,16 @@ def test_sdk_chat_and_wallet_debit(sandbox):
     client = cencori.Cencori(api_key=KEY, base_url=sandbox.url)
     r = client.ai.chat(messages=MESSAGES, model="gpt-4o-mini", max_tokens=500)
     assert r.provider == "openai" and r.model == "gpt-4o-mini"
-    assert r.content.startswith("[sandbox reply from openai/gpt-4o-mini via cencori] You asked: "
-                                "'Compare BYOK and managed keys'.")
+    assert r.content.startswith(
+        "[sandbox reply from openai/gpt-4o-mini via cencori] You asked: "
+        "'Compare BYOK and managed keys'."
+    )
     assert r.usage.prompt_tokens == count_tokens(MESSAGES[0]["content"])
     assert r.usage.completion_tokens == count_tokens(r.content)
     assert r.finish_reason == "stop"
-    charge = provider_cost("openai", "gpt-4o-mini", r.usage.prompt_tokens,
-                           r.usage.completion_tokens) * Decimal("1.5")
+    charge = provider_cost(
+        "openai", "gpt-4o-mini", r.usage.prompt_tokens, r.usage.completion_tokens
+    ) * Decimal("1.5")
     assert Decimal(str(r.cost_usd)) == charge > 0
     assert sandbox.balance == Decimal("25") - charge
     seen = sandbox.stats["recent"][-1]
@@ -67,15 +71,22 @@ def test_sdk_stream(sandbox):
     assert text.startswith("[sandbox reply from anthropic/claude-haiku-4-5 via cencori]")
     # the SDK also yields the usage/cost line as an empty chunk, after the finish chunk
     assert chunks[-2].finish_reason == "stop" and chunks[-2].delta == ""
-    with HTTP.stream("POST", sandbox.url + "/api/ai/chat", headers={"CENCORI_API_KEY": KEY},
-                       json={"messages": MESSAGES, "model": "claude-haiku-4-5",
-                             "stream": True}) as r:
+    with HTTP.stream(
+        "POST",
+        sandbox.url + "/api/ai/chat",
+        headers={"CENCORI_API_KEY": KEY},
+        json={"messages": MESSAGES, "model": "claude-haiku-4-5", "stream": True},
+    ) as r:
         lines = [line for line in r.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
     metrics = json.loads(lines[-2][6:])
     assert metrics["usage"]["completion_tokens"] == count_tokens(text)
-    expected = provider_cost("anthropic", "claude-haiku-4-5", metrics["usage"]["prompt_tokens"],
-                             metrics["usage"]["completion_tokens"]) * Decimal("1.5")
+    expected = provider_cost(
+        "anthropic",
+        "claude-haiku-4-5",
+        metrics["usage"]["prompt_tokens"],
+        metrics["usage"]["completion_tokens"],
+    ) * Decimal("1.5")
     assert Decimal(str(metrics["cost_usd"])) == expected
     assert all("delta" in json.loads(line[6:]) for line in lines[:-2])
     assert sandbox.balance == Decimal("25") - 2 * expected
@@ -89,8 +100,11 @@ def test_max_tokens_spellings(sandbox):
 
 
 def test_bearer_key_accepted_and_missing_or_bad_key_is_401(sandbox):
-    ok = HTTP.post(sandbox.url + "/api/ai/chat", json={"messages": MESSAGES},
-                     headers={"Authorization": f"Bearer {KEY}"})
+    ok = HTTP.post(
+        sandbox.url + "/api/ai/chat",
+        json={"messages": MESSAGES},
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
     assert ok.status_code == 200
     missing = HTTP.post(sandbox.url + "/api/ai/chat", json={"messages": MESSAGES})
     assert missing.status_code == 401 and missing.json()["code"] == "missing_api_key"
@@ -143,7 +157,7 @@ def test_rate_limit_has_retry_after_and_retry_after_ms():
     assert body["retry_after_ms"] == int(r.headers["Retry-After"]) * 1000
     assert body["message"] == "1 requests per minute allowed. Try again shortly."
     assert r.headers["X-RateLimit-Remaining"] == "0"
-    assert int(r.headers["X-RateLimit-Reset"]) > 1_700_000_000_000   # Unix ms
+    assert int(r.headers["X-RateLimit-Reset"]) > 1_700_000_000_000  # Unix ms
 
 
 def test_fault_and_failed_requests_do_not_debit(sandbox):
@@ -166,22 +180,29 @@ def test_unknown_and_unpriced_models(sandbox):
     assert r.status_code == 404 and r.json()["error"] == "provider_model_not_found"
 
 
-@pytest.mark.parametrize(("model", "expected"), [
-    ("gpt-4o", ("openai", "gpt-4o")), ("o1-mini", ("openai", "o1-mini")),
-    ("claude-sonnet-4-5", ("anthropic", "claude-sonnet-4-5")),
-    ("gemini-2.5-pro", ("google", "gemini-2.5-pro")),
-    ("codestral-latest", ("mistral", "codestral-latest")),
-    ("llama-3.3-70b-versatile", ("groq", "llama-3.3-70b-versatile")),
-    ("grok-3-mini", ("xai", "grok-3-mini")), ("deepseek-chat", ("deepseek", "deepseek-chat")),
-    # Cencori's router tests "includes('llama')" before ":free" (router.ts), so this
-    # OpenRouter id goes to Groq there; the sandbox copies the real order
-    ("meta-llama/llama-3.3-70b-instruct:free",
-     ("groq", "meta-llama/llama-3.3-70b-instruct:free")),
-    ("nvidia/nemotron-nano-9b-v2:free", ("openrouter", "nvidia/nemotron-nano-9b-v2:free")),
-    ("openai/gpt-oss-20b", ("groq", "openai/gpt-oss-20b")),
-    ("sonar-pro", ("perplexity", "sonar-pro")),
-    ("openai/gpt-4o-mini", ("openai", "gpt-4o-mini")),
-])
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("gpt-4o", ("openai", "gpt-4o")),
+        ("o1-mini", ("openai", "o1-mini")),
+        ("claude-sonnet-4-5", ("anthropic", "claude-sonnet-4-5")),
+        ("gemini-2.5-pro", ("google", "gemini-2.5-pro")),
+        ("codestral-latest", ("mistral", "codestral-latest")),
+        ("llama-3.3-70b-versatile", ("groq", "llama-3.3-70b-versatile")),
+        ("grok-3-mini", ("xai", "grok-3-mini")),
+        ("deepseek-chat", ("deepseek", "deepseek-chat")),
+        # Cencori's router tests "includes('llama')" before ":free" (router.ts), so this
+        # OpenRouter id goes to Groq there; the sandbox copies the real order
+        (
+            "meta-llama/llama-3.3-70b-instruct:free",
+            ("groq", "meta-llama/llama-3.3-70b-instruct:free"),
+        ),
+        ("nvidia/nemotron-nano-9b-v2:free", ("openrouter", "nvidia/nemotron-nano-9b-v2:free")),
+        ("openai/gpt-oss-20b", ("groq", "openai/gpt-oss-20b")),
+        ("sonar-pro", ("perplexity", "sonar-pro")),
+        ("openai/gpt-4o-mini", ("openai", "gpt-4o-mini")),
+    ],
+)
 def test_route_model_prefix_rules(model, expected):
     assert route_model(model) == expected
 
@@ -199,14 +220,21 @@ def test_openai_compatible_door_with_openai_sdk(sandbox):
     client = openai.OpenAI(base_url=sandbox.url + "/v1", api_key=KEY, max_retries=0)
     c = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert c.choices[0].message.content.startswith(
-        "[sandbox reply from openai/gpt-4o-mini via cencori]")
+        "[sandbox reply from openai/gpt-4o-mini via cencori]"
+    )
     assert c.model_extra["provider"] == "openai"
     cost = Decimal(str(c.model_extra["cost_usd"]))
-    assert cost == provider_cost("openai", "gpt-4o-mini", c.usage.prompt_tokens,
-                                 c.usage.completion_tokens) * Decimal("1.5")
-    chunks = list(client.chat.completions.create(
-        model="gpt-4o-mini", messages=MESSAGES, stream=True,
-        stream_options={"include_usage": True}))
+    assert cost == provider_cost(
+        "openai", "gpt-4o-mini", c.usage.prompt_tokens, c.usage.completion_tokens
+    ) * Decimal("1.5")
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == c.usage.total_tokens
     assert sandbox.balance == Decimal("25") - 2 * cost
     assert "gpt-4o-mini" in [m.id for m in client.models.list()]
@@ -226,8 +254,9 @@ def test_openai_compatible_door_errors(sandbox):
         bad.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert auth.value.response.json() == {"error": "Invalid API key", "code": "invalid_api_key"}
     with pytest.raises(openai.RateLimitError) as limited:
-        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES,
-                                       extra_headers={"X-Sandbox-Fault": "429"})
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, extra_headers={"X-Sandbox-Fault": "429"}
+        )
     assert limited.value.response.json()["retry_after_ms"] == 1000
 
 
@@ -249,8 +278,12 @@ def test_exact_cache_hit_is_free_and_labelled(sandbox):
     assert "X-Cencori-Cache" not in warm.headers
     other = native(sandbox.url, {**body, "messages": [{"role": "user", "content": "other"}]})
     assert other.headers["X-Cencori-Cache"] == "MISS"
-    with HTTP.stream("POST", sandbox.url + "/api/ai/chat", headers={"CENCORI_API_KEY": KEY},
-                     json={**body, "stream": True}) as r:
+    with HTTP.stream(
+        "POST",
+        sandbox.url + "/api/ai/chat",
+        headers={"CENCORI_API_KEY": KEY},
+        json={**body, "stream": True},
+    ) as r:
         r.read()
     assert "X-Cencori-Cache" not in r.headers
 
@@ -271,9 +304,15 @@ def test_cache_can_be_turned_off_and_is_reset():
 
 def test_image_to_a_model_without_vision_is_upgraded(sandbox):
     """chat-vision-router.ts: the answer comes from the vision model, with both headers."""
-    image = [{"role": "user", "content": [
-        {"type": "text", "text": "What is in this picture?"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]
+    image = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in this picture?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            ],
+        }
+    ]
     r = native(sandbox.url, {"messages": image, "model": "gpt-3.5-turbo"})
     assert r.status_code == 200
     assert r.headers["X-Model-Upgraded"] == "true"
@@ -284,22 +323,29 @@ def test_image_to_a_model_without_vision_is_upgraded(sandbox):
 
 
 def test_v1_engine_errors_are_nested_and_middleware_flat(sandbox):
-    r = HTTP.post(sandbox.url + "/v1/chat/completions",
-                  headers={"Authorization": f"Bearer {KEY}"},
-                  json={"model": "qwen-max", "messages": MESSAGES})
+    r = HTTP.post(
+        sandbox.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"model": "qwen-max", "messages": MESSAGES},
+    )
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "pricing_unavailable"
     assert r.json()["error"]["type"] == "invalid_request_error"
-    r = HTTP.post(sandbox.url + "/v1/chat/completions",
-                  headers={"Authorization": "Bearer csk_revoked_x"},
-                  json={"model": "gpt-4o-mini", "messages": MESSAGES})
+    r = HTTP.post(
+        sandbox.url + "/v1/chat/completions",
+        headers={"Authorization": "Bearer csk_revoked_x"},
+        json={"model": "gpt-4o-mini", "messages": MESSAGES},
+    )
     assert r.json() == {"error": "Invalid API key", "code": "invalid_api_key"}
 
 
 def test_stream_error_fault_ends_with_the_gateway_error_line(sandbox):
-    with HTTP.stream("POST", sandbox.url + "/api/ai/chat",
-                     headers={"CENCORI_API_KEY": KEY, "X-Sandbox-Fault": "stream-error"},
-                     json={"messages": MESSAGES, "stream": True}) as r:
+    with HTTP.stream(
+        "POST",
+        sandbox.url + "/api/ai/chat",
+        headers={"CENCORI_API_KEY": KEY, "X-Sandbox-Fault": "stream-error"},
+        json={"messages": MESSAGES, "stream": True},
+    ) as r:
         lines = [line for line in r.iter_lines() if line]
     assert r.status_code == 200
     assert json.loads(lines[-1][6:])["error"].startswith("Provider stream failed")
@@ -307,7 +353,8 @@ def test_stream_error_fault_ends_with_the_gateway_error_line(sandbox):
 
 
 def test_exhausted_credits_through_the_client_name_the_absolute_billing_page(
-        sandbox_env: Any) -> None:
+    sandbox_env: Any,
+) -> None:
     """The sandbox sends the real, relative ``/billing``; the one message that says how to
     pay shows Cencori's page, not "/billing"."""
     import cencori_nb

@@ -26,11 +26,13 @@ def chat_body(prompt: str = "Summarise the history of Rome in three sentences", 
 
 
 def post_chat(url: str, body: dict, headers: dict | None = None, **kw) -> httpx2.Response:
-    return HTTP.post(url + "/openai/v1/chat/completions", json=body,
-                       headers={**AUTH, **(headers or {})}, **kw)
+    return HTTP.post(
+        url + "/openai/v1/chat/completions", json=body, headers={**AUTH, **(headers or {})}, **kw
+    )
 
 
 # --- replies and token counting ------------------------------------------------------------
+
 
 def test_reply_says_sandbox_and_echoes_the_prompt(sandbox):
     """The reply names the sandbox and the model and repeats the prompt's first words."""
@@ -38,8 +40,10 @@ def test_reply_says_sandbox_and_echoes_the_prompt(sandbox):
     assert r.status_code == 200
     assert r.headers["x-sandbox"] == "true"
     text = r.json()["choices"][0]["message"]["content"]
-    assert text.startswith("[sandbox reply from openai/gpt-4o-mini] You asked: "
-                           "'Summarise the history of Rome in short sentences'.")
+    assert text.startswith(
+        "[sandbox reply from openai/gpt-4o-mini] You asked: "
+        "'Summarise the history of Rome in short sentences'."
+    )
 
 
 def test_long_prompt_is_echoed_with_ellipsis(sandbox):
@@ -62,7 +66,7 @@ def test_same_prompt_and_seed_give_same_text_and_other_seed_differs(sandbox):
     finally:
         other.stop()
     assert seeded != first
-    assert seeded.split("'.")[0] == first.split("'.")[0]   # same prefix and echo
+    assert seeded.split("'.")[0] == first.split("'.")[0]  # same prefix and echo
     other_prompt = post_chat(sandbox.url, chat_body("Translate this into French please"))
     assert other_prompt.json()["choices"][0]["message"]["content"] != first
 
@@ -76,10 +80,19 @@ def test_usage_grows_with_the_prompt_and_matches_the_token_rule(sandbox):
     assert long["usage"]["prompt_tokens"] == count_tokens(long_prompt) > short["prompt_tokens"]
     text = long["choices"][0]["message"]["content"]
     assert long["usage"]["completion_tokens"] == count_tokens(text)
-    assert long["usage"]["total_tokens"] == (long["usage"]["prompt_tokens"]
-                                             + long["usage"]["completion_tokens"])
-    system = post_chat(sandbox.url, {"model": "gpt-4o-mini", "messages": [
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there."}]})
+    assert long["usage"]["total_tokens"] == (
+        long["usage"]["prompt_tokens"] + long["usage"]["completion_tokens"]
+    )
+    system = post_chat(
+        sandbox.url,
+        {
+            "model": "gpt-4o-mini",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hello there."},
+            ],
+        },
+    )
     assert system.json()["usage"]["prompt_tokens"] == 3 + 3
 
 
@@ -112,12 +125,14 @@ def test_make_reply_is_pure():
 
 # --- HTTP handling -------------------------------------------------------------------------
 
+
 def test_keep_alive_serves_many_requests_on_one_connection(sandbox):
     """HTTP/1.1 keep-alive: one TCP connection carries every request."""
     with httpx2.Client(limits=httpx2.Limits(max_connections=1)) as client:
         for _ in range(5):
-            r = client.post(sandbox.url + "/openai/v1/chat/completions", json=chat_body(),
-                            headers=AUTH)
+            r = client.post(
+                sandbox.url + "/openai/v1/chat/completions", json=chat_body(), headers=AUTH
+            )
             assert r.status_code == 200
     recent = sandbox.stats["recent"]
     assert len(recent) == 5
@@ -127,21 +142,28 @@ def test_raw_socket_chunked_request_body_and_connection_close(sandbox):
     """A chunked request body is decoded; ``Connection: close`` ends the connection."""
     body = json.dumps(chat_body("chunked body works")).encode()
     half = len(body) // 2
-    chunks = b"%x\r\n%b\r\n%x\r\n%b\r\n0\r\n\r\n" % (half, body[:half], len(body) - half,
-                                                       body[half:])
+    chunks = b"%x\r\n%b\r\n%x\r\n%b\r\n0\r\n\r\n" % (
+        half,
+        body[:half],
+        len(body) - half,
+        body[half:],
+    )
     host, port = sandbox.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as s:
-        s.sendall(b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                  b"Authorization: Bearer " + KEY.encode() + b"\r\n"
-                  b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks)
+        s.sendall(
+            b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + KEY.encode() + b"\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks
+        )
         data = b""
         while chunk := s.recv(65536):
             data += chunk
     head, _, payload = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK")
     assert b"Connection: close" in head
-    assert "You asked: 'chunked body works'" in json.loads(payload)["choices"][0]["message"][
-        "content"]
+    assert (
+        "You asked: 'chunked body works'" in json.loads(payload)["choices"][0]["message"]["content"]
+    )
 
 
 def test_unknown_route_and_wrong_method(sandbox):
@@ -168,6 +190,7 @@ def test_latency_is_applied_before_the_answer():
 
 # --- rate limits ---------------------------------------------------------------------------
 
+
 def test_rpm_limit_gives_429_with_retry_after_per_key():
     """The third request of a key in a minute is refused; another key is still served."""
     with SandboxServer(rpm=2) as url:
@@ -192,11 +215,12 @@ def test_rate_limiter_sliding_window_with_injected_clock():
     assert not allowed and retry == 60
     now[0] += 59.5
     assert limiter.hit("k") == (False, 0, 1)
-    now[0] += 0.5   # both earlier requests left the window
+    now[0] += 0.5  # both earlier requests left the window
     assert limiter.hit("k")[:2] == (True, 1)
 
 
 # --- faults --------------------------------------------------------------------------------
+
 
 def test_parse_faults_validates():
     assert parse_faults("429=0.2, timeout=0.05") == {"429": 0.2, "timeout": 0.05}
@@ -217,9 +241,12 @@ def test_truncate_fault_cuts_a_stream_before_usage(sandbox):
     """A stream stops half-way: some deltas arrive, no usage chunk, no [DONE]."""
     lines: list[str] = []
     with pytest.raises(httpx2.RemoteProtocolError):
-        with HTTP.stream("POST", sandbox.url + "/openai/v1/chat/completions",
-                           json=chat_body(stream=True, stream_options={"include_usage": True}),
-                           headers={**AUTH, "X-Sandbox-Fault": "truncate"}) as r:
+        with HTTP.stream(
+            "POST",
+            sandbox.url + "/openai/v1/chat/completions",
+            json=chat_body(stream=True, stream_options={"include_usage": True}),
+            headers={**AUTH, "X-Sandbox-Fault": "truncate"},
+        ) as r:
             for line in r.iter_lines():
                 lines.append(line)
     data = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
@@ -243,6 +270,7 @@ def test_timeout_fault_never_answers(sandbox):
 
 def test_random_faults_are_reproducible_by_seed():
     """The same seed draws the same faults in the same order."""
+
     def run() -> list[int]:
         with SandboxServer(faults="500=0.3,503=0.2", seed=42) as url:
             return [post_chat(url, chat_body()).status_code for _ in range(12)]
@@ -253,6 +281,7 @@ def test_random_faults_are_reproducible_by_seed():
 
 
 # --- stats and controls --------------------------------------------------------------------
+
 
 def test_stats_count_routes_and_keys_by_hint_never_the_key(sandbox):
     """Counters per route and per key hint; credentials masked in the recent log."""
@@ -292,8 +321,9 @@ def test_start_stop_and_async_serve():
         url = await server.start()
         task = asyncio.create_task(server.serve())
         async with httpx2.AsyncClient() as client:
-            r = await client.post(url + "/openai/v1/chat/completions", json=chat_body(),
-                                  headers=AUTH)
+            r = await client.post(
+                url + "/openai/v1/chat/completions", json=chat_body(), headers=AUTH
+            )
         server.stop()
         await asyncio.wait_for(task, 5)
         return r.status_code
@@ -326,7 +356,7 @@ def test_stop_releases_a_held_timeout_request():
 
     worker = threading.Thread(target=held)
     worker.start()
-    for _ in range(200):   # wait until the server holds the request
+    for _ in range(200):  # wait until the server holds the request
         if server.stats["statuses"].get("timeout"):
             break
         time.sleep(0.01)

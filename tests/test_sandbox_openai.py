@@ -24,7 +24,8 @@ def client(sandbox) -> openai.OpenAI:
 
 def ask(client: openai.OpenAI, prompt: str = PROMPT, **kw):
     return client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}], **kw)
+        model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}], **kw
+    )
 
 
 def test_non_stream_completion(client, sandbox):
@@ -46,7 +47,8 @@ def test_non_stream_completion(client, sandbox):
 def test_raw_response_headers(client):
     """x-request-id, x-ratelimit-* and the sandbox marker come with every answer."""
     raw = client.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
     assert raw.headers["x-request-id"].startswith("req_")
     assert raw.headers["x-sandbox"] == "true"
     assert int(raw.headers["x-ratelimit-remaining-requests"]) >= 0
@@ -79,8 +81,9 @@ def test_stream_without_include_usage_has_no_usage_chunk(client):
 
 def test_max_completion_tokens_stream(client):
     """20 tokens asked, 20 content chunks, finish_reason length."""
-    chunks = list(ask(client, stream=True, max_completion_tokens=20,
-                      stream_options={"include_usage": True}))
+    chunks = list(
+        ask(client, stream=True, max_completion_tokens=20, stream_options={"include_usage": True})
+    )
     content = [ch for ch in chunks if ch.choices and ch.choices[0].delta.content]
     assert len(content) == 20
     assert chunks[-1].usage.completion_tokens == 20
@@ -88,8 +91,9 @@ def test_max_completion_tokens_stream(client):
 
 
 def test_revoked_key_is_authentication_error(sandbox):
-    bad = openai.OpenAI(base_url=sandbox.url + "/openai/v1", api_key="sk-revoked-0000abcd",
-                        max_retries=0)
+    bad = openai.OpenAI(
+        base_url=sandbox.url + "/openai/v1", api_key="sk-revoked-0000abcd", max_retries=0
+    )
     with pytest.raises(openai.AuthenticationError) as info:
         ask(bad)
     assert info.value.status_code == 401
@@ -100,19 +104,24 @@ def test_revoked_key_is_authentication_error(sandbox):
 
 
 def test_missing_key_is_401(sandbox):
-    r = HTTP.post(sandbox.url + "/openai/v1/chat/completions",
-                    json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+    r = HTTP.post(
+        sandbox.url + "/openai/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert r.status_code == 401
     assert set(r.json()["error"]) == {"message", "type", "param", "code"}
 
 
-@pytest.mark.parametrize(("fault", "exc", "status"), [
-    ("429", openai.RateLimitError, 429),
-    ("500", openai.InternalServerError, 500),
-    ("503", openai.InternalServerError, 503),
-    ("401", openai.AuthenticationError, 401),
-    ("403", openai.PermissionDeniedError, 403),
-])
+@pytest.mark.parametrize(
+    ("fault", "exc", "status"),
+    [
+        ("429", openai.RateLimitError, 429),
+        ("500", openai.InternalServerError, 500),
+        ("503", openai.InternalServerError, 503),
+        ("401", openai.AuthenticationError, 401),
+        ("403", openai.PermissionDeniedError, 403),
+    ],
+)
 def test_fault_header_errors(client, fault, exc, status):
     """X-Sandbox-Fault injects each provider error, which the SDK maps to its own type."""
     with pytest.raises(exc) as info:
@@ -135,20 +144,24 @@ def test_bad_request_body(client):
 
 def test_unknown_model_marker_is_404(client):
     with pytest.raises(openai.NotFoundError) as info:
-        client.chat.completions.create(model="gpt-does-not-exist",
-                                       messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="gpt-does-not-exist", messages=[{"role": "user", "content": "x"}]
+        )
     assert info.value.code == "model_not_found"
     assert info.value.body["message"].startswith(
-        "The model `gpt-does-not-exist` does not exist or you do not have access to it.")
+        "The model `gpt-does-not-exist` does not exist or you do not have access to it."
+    )
 
 
 def test_a_model_openai_does_not_serve_is_404_and_a_priced_one_works(client):
     """Unknown = neither listed nor priced in the public catalogue; any priced model works."""
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="gpt-17-turbo-max",
-                                       messages=[{"role": "user", "content": "x"}])
-    c = client.chat.completions.create(model="gpt-4-turbo",
-                                       messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="gpt-17-turbo-max", messages=[{"role": "user", "content": "x"}]
+        )
+    c = client.chat.completions.create(
+        model="gpt-4-turbo", messages=[{"role": "user", "content": "x"}]
+    )
     assert c.model == "gpt-4-turbo"
 
 
@@ -168,7 +181,8 @@ def test_prompt_over_the_context_window(client):
     assert info.value.body["param"] == "messages"
     assert info.value.body["message"].startswith(
         "This model's maximum context length is 128000 tokens. However, your messages "
-        "resulted in 128001 tokens.")
+        "resulted in 128001 tokens."
+    )
 
 
 def test_stream_error_fault_is_an_error_line_after_200(client):
@@ -180,7 +194,7 @@ def test_stream_error_fault_is_an_error_line_after_200(client):
 
 
 def test_malformed_fault_breaks_the_sdk(client):
-    with pytest.raises(json.JSONDecodeError):   # the SDK surfaces the decoder's error
+    with pytest.raises(json.JSONDecodeError):  # the SDK surfaces the decoder's error
         ask(client, extra_headers={"X-Sandbox-Fault": "malformed"})
 
 
@@ -189,56 +203,74 @@ def test_models_list(client):
     assert "gpt-4o-mini" in ids
 
 
-@pytest.mark.parametrize(("provider", "model"), [
-    ("mistral", "mistral-small-latest"), ("groq", "llama-3.3-70b-versatile"),
-    ("xai", "grok-3-mini"), ("deepseek", "deepseek-chat"),
-    ("together", "meta-llama/Llama-3.3-70B-Instruct-Turbo"), ("local", "llama3.2"),
-])
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [
+        ("mistral", "mistral-small-latest"),
+        ("groq", "llama-3.3-70b-versatile"),
+        ("xai", "grok-3-mini"),
+        ("deepseek", "deepseek-chat"),
+        ("together", "meta-llama/Llama-3.3-70B-Instruct-Turbo"),
+        ("local", "llama3.2"),
+    ],
+)
 def test_compatible_providers(sandbox, provider, model):
     """Each OpenAI-compatible provider answers under /<provider>/v1 in its own name."""
     client = openai.OpenAI(base_url=f"{sandbox.url}/{provider}/v1", api_key=KEY, max_retries=0)
-    c = client.chat.completions.create(model=model,
-                                       messages=[{"role": "user", "content": "hello"}])
+    c = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hello"}])
     assert c.choices[0].message.content.startswith(f"[sandbox reply from {provider}/{model}]")
     assert sandbox.stats["routes"] == {f"/{provider}/v1/chat/completions": 1}
 
 
 def test_openrouter_stream_has_comment_and_cost(sandbox):
     """OpenRouter: ': OPENROUTER PROCESSING' comment, usage with cost even when not asked."""
-    with HTTP.stream("POST", sandbox.url + "/openrouter/v1/chat/completions",
-                       json={"model": "openai/gpt-4o-mini", "stream": True,
-                             "messages": [{"role": "user", "content": "hello"}]},
-                       headers={"Authorization": f"Bearer {KEY}"}) as r:
+    with HTTP.stream(
+        "POST",
+        sandbox.url + "/openrouter/v1/chat/completions",
+        json={
+            "model": "openai/gpt-4o-mini",
+            "stream": True,
+            "messages": [{"role": "user", "content": "hello"}],
+        },
+        headers={"Authorization": f"Bearer {KEY}"},
+    ) as r:
         lines = list(r.iter_lines())
     assert lines[0] == ": OPENROUTER PROCESSING"
     client = openai.OpenAI(base_url=sandbox.url + "/openrouter/v1", api_key=KEY, max_retries=0)
-    chunks = list(client.chat.completions.create(
-        model="openai/gpt-4o-mini", stream=True,
-        messages=[{"role": "user", "content": "hello"}]))
+    chunks = list(
+        client.chat.completions.create(
+            model="openai/gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "hello"}]
+        )
+    )
     usage = chunks[-1].usage
-    expected = provider_cost("openrouter", "openai/gpt-4o-mini", usage.prompt_tokens,
-                             usage.completion_tokens)
+    expected = provider_cost(
+        "openrouter", "openai/gpt-4o-mini", usage.prompt_tokens, usage.completion_tokens
+    )
     assert usage.model_extra["cost"] == pytest.approx(float(expected))
     assert expected > 0
 
 
 def test_openrouter_error_has_integer_code(sandbox):
-    client = openai.OpenAI(base_url=sandbox.url + "/openrouter/v1", api_key="sk-or-revoked-1",
-                           max_retries=0)
+    client = openai.OpenAI(
+        base_url=sandbox.url + "/openrouter/v1", api_key="sk-or-revoked-1", max_retries=0
+    )
     with pytest.raises(openai.AuthenticationError) as info:
-        client.chat.completions.create(model="openai/gpt-4o-mini",
-                                       messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
     assert info.value.body["code"] == 401
 
 
 @pytest.mark.asyncio
 async def test_async_client_streams(sandbox):
     """The async SDK client works too (same server, other event loop)."""
-    client = openai.AsyncOpenAI(base_url=sandbox.url + "/openai/v1", api_key=KEY,
-                                max_retries=0)
+    client = openai.AsyncOpenAI(base_url=sandbox.url + "/openai/v1", api_key=KEY, max_retries=0)
     stream = await client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}], stream=True,
-        stream_options={"include_usage": True})
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": PROMPT}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     text = ""
     async for chunk in stream:
         if chunk.choices:
@@ -250,15 +282,22 @@ async def test_async_client_streams(sandbox):
 def test_mistral_stream_usage_on_last_chunk_and_no_stream_options(sandbox):
     """Mistral: usage comes on the finishing chunk unasked; stream_options is a 422."""
     client = openai.OpenAI(base_url=sandbox.url + "/mistral/v1", api_key=KEY, max_retries=0)
-    chunks = list(client.chat.completions.create(
-        model="mistral-small-latest", stream=True,
-        messages=[{"role": "user", "content": "hello"}]))
+    chunks = list(
+        client.chat.completions.create(
+            model="mistral-small-latest",
+            stream=True,
+            messages=[{"role": "user", "content": "hello"}],
+        )
+    )
     assert chunks[-1].choices[0].finish_reason == "stop"
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks)
     assert chunks[-1].usage.completion_tokens == count_tokens(text)
     assert all(ch.usage is None for ch in chunks[:-1])
     with pytest.raises(openai.UnprocessableEntityError) as info:
-        client.chat.completions.create(model="mistral-small-latest", stream=True,
-                                       messages=[{"role": "user", "content": "hello"}],
-                                       stream_options={"include_usage": True})
+        client.chat.completions.create(
+            model="mistral-small-latest",
+            stream=True,
+            messages=[{"role": "user", "content": "hello"}],
+            stream_options={"include_usage": True},
+        )
     assert info.value.code == "extra_forbidden"

@@ -15,17 +15,25 @@ from cencori_nb import redact
 from cencori_nb.jupyter import scrubber
 from cencori_nb.jupyter.scrubber import MARKER, pre_save_hook, scrub_notebook, scrub_text
 
-GOOGLE = "AIza" + "SyB3xQ9vL2mN7pR4tW8yZ1cF6hJ0kD5gE2s"     # 39 chars, Google's shape
+GOOGLE = "AIza" + "SyB3xQ9vL2mN7pR4tW8yZ1cF6hJ0kD5gE2s"  # 39 chars, Google's shape
 ANTHROPIC = "sk-ant-api03-" + "Qm7Zx2Lp9Vt4Rk8Wn3Yb6Hc1Jd5Fg0Se" + "-AA"
 OPENAI_PROJ = "sk-proj-" + "Tr9Wq2Lm7Xz4Pk8Vb3Nc6Hd1Jf5Gs0Ae"
 CENCORI = "csk_" + "live_8f3a9c2e7b1d4f6a"
 BEARER_JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dBjftJeZ4CVP"
 
 
-@pytest.mark.parametrize("secret", [GOOGLE, ANTHROPIC, OPENAI_PROJ, CENCORI,
-                                    "sk-" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8s9T0u1V2w3X4",
-                                    "gsk_" + "W8x2Lq9Zr4Tk7Vm3Pb6Nc1Hd5Jf",
-                                    "xai-" + "Pp4Lw9Qz2Rx7Tk3Vm8Nb1Hc6Jd"])
+@pytest.mark.parametrize(
+    "secret",
+    [
+        GOOGLE,
+        ANTHROPIC,
+        OPENAI_PROJ,
+        CENCORI,
+        "sk-" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8s9T0u1V2w3X4",
+        "gsk_" + "W8x2Lq9Zr4Tk7Vm3Pb6Nc1Hd5Jf",
+        "xai-" + "Pp4Lw9Qz2Rx7Tk3Vm8Nb1Hc6Jd",
+    ],
+)
 def test_key_shaped_secrets_are_replaced_in_text(secret: str) -> None:
     """Each provider's key shape is removed and the words around it survive."""
     text, n = scrub_text(f"key = '{secret}'  # mine")
@@ -40,17 +48,20 @@ def test_bearer_token_keeps_the_word_and_drops_the_token() -> None:
     assert n == 1
 
 
-@pytest.mark.parametrize("text", [
-    "pip install sk-learn scikit-learn",
-    "from sklearn import sk-learn-utils",
-    "Bearer token authentication is described in RFC 6750",
-    "the task-1234567890abcdefghijklmnop finished",
-    "disk-0123456789abcdefghijklmnopq is full",
-    "AIza is a prefix",
-    "csk_ short",
-    "cost per 1M tokens: $0.15 (gpt-4o-mini)",
-    MARKER,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "pip install sk-learn scikit-learn",
+        "from sklearn import sk-learn-utils",
+        "Bearer token authentication is described in RFC 6750",
+        "the task-1234567890abcdefghijklmnop finished",
+        "disk-0123456789abcdefghijklmnopq is full",
+        "AIza is a prefix",
+        "csk_ short",
+        "cost per 1M tokens: $0.15 (gpt-4o-mini)",
+        MARKER,
+    ],
+)
 def test_ordinary_text_is_left_alone(text: str) -> None:
     """No false positives on prose, package names and our own marker (idempotent)."""
     assert scrub_text(text) == (text, 0)
@@ -76,14 +87,21 @@ def _notebook_with(canary: str) -> dict:
         source=f'client = OpenAI(api_key="{canary}")\nprint(client.api_key)',
         outputs=[
             nbformat.v4.new_output("stream", name="stdout", text=f"{canary}\n"),
-            nbformat.v4.new_output("execute_result", execution_count=1, data={
-                "text/plain": f"'{canary}'",
-                "text/html": [f"<b>{canary}</b>", "<i>ok</i>"],
-                "application/json": {"headers": {"authorization": f"Bearer {canary}"}},
-            }),
-            nbformat.v4.new_output("error", ename="AuthenticationError",
-                                   evalue=f"Incorrect API key provided: {canary}",
-                                   traceback=[f"\x1b[0;31mcall(api_key='{canary}')\x1b[0m"]),
+            nbformat.v4.new_output(
+                "execute_result",
+                execution_count=1,
+                data={
+                    "text/plain": f"'{canary}'",
+                    "text/html": [f"<b>{canary}</b>", "<i>ok</i>"],
+                    "application/json": {"headers": {"authorization": f"Bearer {canary}"}},
+                },
+            ),
+            nbformat.v4.new_output(
+                "error",
+                ename="AuthenticationError",
+                evalue=f"Incorrect API key provided: {canary}",
+                traceback=[f"\x1b[0;31mcall(api_key='{canary}')\x1b[0m"],
+            ),
         ],
         execution_count=1,
     )
@@ -91,13 +109,20 @@ def _notebook_with(canary: str) -> dict:
     md = nbformat.v4.new_markdown_cell(f"Do not paste keys like `{canary}` here")
     nb.cells = [code, md]
     nb.metadata["secret_note"] = [canary]
-    nb.metadata["widgets"] = {scrubber.WIDGET_STATE_MIME: {
-        "version_major": 2, "version_minor": 0,
-        "state": {"abc123": {"model_name": "PasswordModel",
-                             "model_module": "@jupyter-widgets/controls",
-                             "model_module_version": "2.0.0",
-                             "state": {"value": canary, "description": "API key"}}},
-    }}
+    nb.metadata["widgets"] = {
+        scrubber.WIDGET_STATE_MIME: {
+            "version_major": 2,
+            "version_minor": 0,
+            "state": {
+                "abc123": {
+                    "model_name": "PasswordModel",
+                    "model_module": "@jupyter-widgets/controls",
+                    "model_module_version": "2.0.0",
+                    "state": {"value": canary, "description": "API key"},
+                }
+            },
+        }
+    }
     return json.loads(nbformat.writes(nb))
 
 
@@ -112,14 +137,19 @@ def test_notebook_walk_removes_the_canary_everywhere(canary: str) -> None:
     state = nb["metadata"]["widgets"][scrubber.WIDGET_STATE_MIME]["state"]["abc123"]["state"]
     assert state == {"value": MARKER, "description": "API key"}
     assert nb["cells"][0]["outputs"][2]["traceback"] == [
-        f"\x1b[0;31mcall(api_key='{MARKER}')\x1b[0m"]
+        f"\x1b[0;31mcall(api_key='{MARKER}')\x1b[0m"
+    ]
 
 
 def test_notebook_without_secrets_is_not_touched() -> None:
     """Nothing matched: same objects, same content (Jupyter then writes identical bytes)."""
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("import sklearn  # sk-learn", outputs=[
-        nbformat.v4.new_output("stream", name="stdout", text="Bearer token docs\n")])]
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import sklearn  # sk-learn",
+            outputs=[nbformat.v4.new_output("stream", name="stdout", text="Bearer token docs\n")],
+        )
+    ]
     raw = json.loads(nbformat.writes(nb))
     before = copy.deepcopy(raw)
     cells_obj, source_obj = raw["cells"], raw["cells"][0]["source"]
@@ -132,8 +162,10 @@ def test_a_key_split_over_two_stream_outputs_is_caught(canary: str) -> None:
     """Printed piece by piece (a streamed reply), the key spans two outputs: they are merged
     and scrubbed; neighbouring outputs without a split secret stay as they were."""
     nb = nbformat.v4.new_notebook()
-    out = [nbformat.v4.new_output("stream", name="stdout", text=t)
-           for t in ("hello ", canary[:6], canary[6:] + " bye", "\nend")]
+    out = [
+        nbformat.v4.new_output("stream", name="stdout", text=t)
+        for t in ("hello ", canary[:6], canary[6:] + " bye", "\nend")
+    ]
     nb.cells = [nbformat.v4.new_code_cell("stream()", outputs=out)]
     raw = json.loads(nbformat.writes(nb))
     assert scrub_notebook(raw) == 1
@@ -150,23 +182,53 @@ def test_stored_keys_are_also_found_hex_and_base64_encoded(canary: str) -> None:
     env_file = f"OPENAI_API_KEY={canary}\nDEBUG=1\n".encode()
     basic = base64.b64encode(f"user:{canary}".encode()).decode()
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("upload", outputs=[
-        nbformat.v4.new_output("stream", name="stdout",
-                               text=f"Authorization: Basic {basic}\n{env_file.hex()}\n"),
-        nbformat.v4.new_output("display_data", data={
-            "application/octet-stream": base64.urlsafe_b64encode(env_file).decode(),
-            "text/plain": "<bytes>"})])]
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "upload",
+            outputs=[
+                nbformat.v4.new_output(
+                    "stream",
+                    name="stdout",
+                    text=f"Authorization: Basic {basic}\n{env_file.hex()}\n",
+                ),
+                nbformat.v4.new_output(
+                    "display_data",
+                    data={
+                        "application/octet-stream": base64.urlsafe_b64encode(env_file).decode(),
+                        "text/plain": "<bytes>",
+                    },
+                ),
+            ],
+        )
+    ]
     safe = base64.b64encode(b"harmless bytes").decode()
-    nb.metadata["widgets"] = {scrubber.WIDGET_STATE_MIME: {
-        "version_major": 2, "version_minor": 0, "state": {"up": {
-            "model_name": "FileUploadModel", "model_module": "@jupyter-widgets/controls",
-            "model_module_version": "2.0.0",
-            "state": {"value": [{"name": ".env", "content": None},
-                                {"name": "ok.txt", "content": None}]},
-            "buffers": [{"encoding": "base64", "path": ["value", 0, "content"],
-                         "data": base64.b64encode(env_file).decode()},
-                        {"encoding": "base64", "path": ["value", 1, "content"],
-                         "data": safe}]}}}}
+    nb.metadata["widgets"] = {
+        scrubber.WIDGET_STATE_MIME: {
+            "version_major": 2,
+            "version_minor": 0,
+            "state": {
+                "up": {
+                    "model_name": "FileUploadModel",
+                    "model_module": "@jupyter-widgets/controls",
+                    "model_module_version": "2.0.0",
+                    "state": {
+                        "value": [
+                            {"name": ".env", "content": None},
+                            {"name": "ok.txt", "content": None},
+                        ]
+                    },
+                    "buffers": [
+                        {
+                            "encoding": "base64",
+                            "path": ["value", 0, "content"],
+                            "data": base64.b64encode(env_file).decode(),
+                        },
+                        {"encoding": "base64", "path": ["value", 1, "content"], "data": safe},
+                    ],
+                }
+            },
+        }
+    }
     raw = json.loads(nbformat.writes(nb))
     removed = scrub_notebook(raw, [canary])
     dumped = json.dumps(raw)
@@ -174,8 +236,9 @@ def test_stored_keys_are_also_found_hex_and_base64_encoded(canary: str) -> None:
         assert form not in dumped
     assert removed == 4
     model = raw["metadata"]["widgets"][scrubber.WIDGET_STATE_MIME]["state"]["up"]
-    assert model["buffers"] == [{"encoding": "base64", "path": ["value", 1, "content"],
-                                 "data": safe}]
+    assert model["buffers"] == [
+        {"encoding": "base64", "path": ["value", 1, "content"], "data": safe}
+    ]
     nbformat.validate(nbformat.from_dict(raw))
 
 
@@ -183,9 +246,16 @@ def test_binary_payloads_get_only_the_exact_pass(canary: str) -> None:
     """Base64 images that happen to contain 'AIza…' are not corrupted."""
     fake_png = "iVBORw0KGgo" + GOOGLE + "AAAA"
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("plot()", outputs=[
-        nbformat.v4.new_output("display_data", data={"image/png": fake_png,
-                                                     "text/plain": GOOGLE})])]
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "plot()",
+            outputs=[
+                nbformat.v4.new_output(
+                    "display_data", data={"image/png": fake_png, "text/plain": GOOGLE}
+                )
+            ],
+        )
+    ]
     raw = json.loads(nbformat.writes(nb))
     assert scrub_notebook(raw) == 1
     data = raw["cells"][0]["outputs"][0]["data"]
@@ -200,8 +270,9 @@ class _CM:
         self.log = logging.getLogger("test.contents_manager")
 
 
-def test_pre_save_hook_scrubs_and_logs_count_not_secret(canary: str,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_pre_save_hook_scrubs_and_logs_count_not_secret(
+    canary: str, caplog: pytest.LogCaptureFixture
+) -> None:
     model = {"type": "notebook", "format": "json", "content": _notebook_with(canary)}
     with caplog.at_level(logging.WARNING, logger="test.contents_manager"):
         pre_save_hook(model=model, path="work/leaky.ipynb", contents_manager=_CM())
@@ -228,6 +299,7 @@ def test_pre_save_hook_scrubs_text_files_and_leaves_binary_ones(canary: str) -> 
 
 def test_pre_save_hook_never_raises(caplog: pytest.LogCaptureFixture) -> None:
     """A broken model is logged and left alone: the save must go on."""
+
     class Exploding(dict):
         def items(self):  # type: ignore[override]
             raise RuntimeError("boom")
@@ -246,14 +318,21 @@ def test_stored_keys_are_scrubbed_through_the_keystore(canary: str) -> None:
     keys.set("local", odd)
     keys.set("openai", canary)
     assert set(scrubber.stored_secrets()) >= {odd, canary}
-    model = {"type": "notebook", "content": json.loads(nbformat.writes(
-        nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"token {odd}")])))}
+    model = {
+        "type": "notebook",
+        "content": json.loads(
+            nbformat.writes(
+                nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"token {odd}")])
+            )
+        ),
+    }
     pre_save_hook(model=model, path="a.ipynb", contents_manager=_CM())
     assert "".join(model["content"]["cells"][0]["source"]) == f"token {MARKER}"
 
 
-def test_unreadable_store_falls_back_to_patterns(monkeypatch: pytest.MonkeyPatch, canary: str,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_unreadable_store_falls_back_to_patterns(
+    monkeypatch: pytest.MonkeyPatch, canary: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """A passphrase store without its passphrase: patterns still apply, nothing is raised."""
     from cencori_nb import keys, keystore
 
@@ -276,13 +355,17 @@ _PROSE = st.text(alphabet=st.sampled_from(" .,:;'\"()=\n\tabcXYZ"), max_size=40)
 
 
 @settings(max_examples=200, deadline=None)
-@given(prefix=st.sampled_from(["sk-", "sk-ant-api03-", "sk-proj-", "csk_", "AIza"]),
-       body=st.lists(_KEY_CHARS, min_size=35, max_size=60).map("".join),
-       before=_PROSE, after=_PROSE)
-def test_property_a_key_in_any_text_is_removed(prefix: str, body: str, before: str,
-                                               after: str) -> None:
+@given(
+    prefix=st.sampled_from(["sk-", "sk-ant-api03-", "sk-proj-", "csk_", "AIza"]),
+    body=st.lists(_KEY_CHARS, min_size=35, max_size=60).map("".join),
+    before=_PROSE,
+    after=_PROSE,
+)
+def test_property_a_key_in_any_text_is_removed(
+    prefix: str, body: str, before: str, after: str
+) -> None:
     """Any key of a known shape, wherever it sits in prose, leaves nothing behind."""
-    key = prefix + body[:-1] + "7"   # real keys carry digits
+    key = prefix + body[:-1] + "7"  # real keys carry digits
     out, n = scrub_text(f"{before} {key}\n{after}")
     assert key not in out and body[:20] not in out
     assert out == f"{before} {MARKER}\n{after}"
@@ -290,11 +373,11 @@ def test_property_a_key_in_any_text_is_removed(prefix: str, body: str, before: s
 
 
 @settings(max_examples=200, deadline=None)
-@given(words=st.lists(st.text(alphabet="ab.c", min_size=1, max_size=5), min_size=1,
-                      max_size=6),
-       text=st.text(alphabet="ab.c x", max_size=60))
-def test_property_trie_matches_like_longest_first_alternation(words: list[str],
-                                                               text: str) -> None:
+@given(
+    words=st.lists(st.text(alphabet="ab.c", min_size=1, max_size=5), min_size=1, max_size=6),
+    text=st.text(alphabet="ab.c x", max_size=60),
+)
+def test_property_trie_matches_like_longest_first_alternation(words: list[str], text: str) -> None:
     """The trie regex finds exactly what `longest|…|shortest` finds."""
     import re
 

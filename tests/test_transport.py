@@ -78,8 +78,9 @@ def test_success_is_returned_without_waiting(clock: FakeClock) -> None:
 
 def test_retry_after_seconds_is_honoured(clock: FakeClock) -> None:
     """A 429 with Retry-After: 2 waits exactly 2 s, then succeeds."""
-    script = Script(httpx2.Response(429, headers={"Retry-After": "2"}),
-                    httpx2.Response(200, json={}))
+    script = Script(
+        httpx2.Response(429, headers={"Retry-After": "2"}), httpx2.Response(200, json={})
+    )
     _use(script)
     assert transport.send(_req()).status_code == 200
     assert clock.waits == [2.0]
@@ -89,8 +90,9 @@ def test_retry_after_seconds_is_honoured(clock: FakeClock) -> None:
 def test_retry_after_http_date(clock: FakeClock) -> None:
     """Retry-After as an HTTP date is converted with the injected wall clock."""
     date = email.utils.formatdate(clock.now + 7, usegmt=True)
-    script = Script(httpx2.Response(503, headers={"Retry-After": date}),
-                    httpx2.Response(200, json={}))
+    script = Script(
+        httpx2.Response(503, headers={"Retry-After": date}), httpx2.Response(200, json={})
+    )
     _use(script)
     transport.send(_req())
     assert clock.waits == [pytest.approx(7.0, abs=1.0)]
@@ -98,11 +100,18 @@ def test_retry_after_http_date(clock: FakeClock) -> None:
 
 def test_retry_after_ms_header_and_cencori_body(clock: FakeClock) -> None:
     """retry-after-ms (OpenAI) and Cencori's retry_after_ms body field are honoured."""
-    script = Script(httpx2.Response(429, headers={"retry-after-ms": "250"}),
-                    httpx2.Response(429, json={"error": "Rate limit exceeded",
-                                               "code": "rate_limit_exceeded",
-                                               "retry_after_ms": 1500}),
-                    httpx2.Response(200, json={}))
+    script = Script(
+        httpx2.Response(429, headers={"retry-after-ms": "250"}),
+        httpx2.Response(
+            429,
+            json={
+                "error": "Rate limit exceeded",
+                "code": "rate_limit_exceeded",
+                "retry_after_ms": 1500,
+            },
+        ),
+        httpx2.Response(200, json={}),
+    )
     _use(script)
     transport.send(_req())
     assert clock.waits == [0.25, 1.5]
@@ -114,8 +123,9 @@ def test_adapter_retry_after_is_used_when_the_response_has_none(clock: FakeClock
     _use(script)
 
     def map_error(response: httpx2.Response) -> errors.CencoriError:
-        return errors.RateLimitError("slow down", provider="openai", status_code=429,
-                                     retry_after=3.0)
+        return errors.RateLimitError(
+            "slow down", provider="openai", status_code=429, retry_after=3.0
+        )
 
     transport.send(_req(), map_error=map_error)
     assert clock.waits == [3.0]
@@ -125,13 +135,15 @@ def test_the_response_hint_is_read_on_the_transport_clock(clock: FakeClock) -> N
     """The response's own hint wins over the adapter's (which had only the wall clock for an
     HTTP-date Retry-After): the one parser, read against the injected clock."""
     when = email.utils.formatdate(clock.now + 7, usegmt=True)
-    script = Script(httpx2.Response(429, headers={"Retry-After": when}),
-                    httpx2.Response(200, json={}))
+    script = Script(
+        httpx2.Response(429, headers={"Retry-After": when}), httpx2.Response(200, json={})
+    )
     _use(script)
 
     def map_error(response: httpx2.Response) -> errors.CencoriError:
-        return errors.RateLimitError("slow down", provider="openai", status_code=429,
-                                     retry_after=3.0)
+        return errors.RateLimitError(
+            "slow down", provider="openai", status_code=429, retry_after=3.0
+        )
 
     transport.send(_req(), map_error=map_error)
     assert clock.waits == [7.0]
@@ -212,8 +224,9 @@ def test_retry_after_beyond_cap_raises_at_once(clock: FakeClock) -> None:
 
 def test_timeouts_and_connection_errors_are_retried(clock: FakeClock) -> None:
     """ReadTimeout then ConnectError then 200: two backoff waits, success."""
-    script = Script(httpx2.ReadTimeout("slow"), httpx2.ConnectError("refused"),
-                    httpx2.Response(200, json={}))
+    script = Script(
+        httpx2.ReadTimeout("slow"), httpx2.ConnectError("refused"), httpx2.Response(200, json={})
+    )
     _use(script)
     assert transport.send(_req()).status_code == 200
     assert clock.waits == [0.5, 1.0]
@@ -246,8 +259,9 @@ def test_stream_error_response_is_read_and_closed(clock: FakeClock) -> None:
 
 def test_asend_retries_with_the_clock(clock: FakeClock) -> None:
     """The async path honours Retry-After and bounds attempts the same way."""
-    script = Script(httpx2.Response(429, headers={"Retry-After": "1"}),
-                    httpx2.Response(200, json={"ok": 1}))
+    script = Script(
+        httpx2.Response(429, headers={"Retry-After": "1"}), httpx2.Response(200, json={"ok": 1})
+    )
     transport.set_transport(async_transport=httpx2.MockTransport(script))
 
     async def run() -> httpx2.Response:
@@ -267,8 +281,11 @@ def test_asend_retries_with_the_clock(clock: FakeClock) -> None:
 
 
 def _httpx2_exception_classes() -> list[type[BaseException]]:
-    return [obj for name in httpx2.__all__ if inspect.isclass(obj := getattr(httpx2, name))
-            and issubclass(obj, BaseException)]
+    return [
+        obj
+        for name in httpx2.__all__
+        if inspect.isclass(obj := getattr(httpx2, name)) and issubclass(obj, BaseException)
+    ]
 
 
 def _instantiate(cls: type[BaseException]) -> BaseException:
@@ -290,11 +307,15 @@ def _instantiate(cls: type[BaseException]) -> BaseException:
 
 
 EXPECTED = {
-    "ConnectTimeout": errors.ProviderTimeoutError, "ReadTimeout": errors.ProviderTimeoutError,
-    "WriteTimeout": errors.ProviderTimeoutError, "PoolTimeout": errors.ProviderTimeoutError,
+    "ConnectTimeout": errors.ProviderTimeoutError,
+    "ReadTimeout": errors.ProviderTimeoutError,
+    "WriteTimeout": errors.ProviderTimeoutError,
+    "PoolTimeout": errors.ProviderTimeoutError,
     "TimeoutException": errors.ProviderTimeoutError,
-    "ConnectError": errors.ProviderUnavailableError, "ReadError": errors.ProviderUnavailableError,
-    "WriteError": errors.ProviderUnavailableError, "CloseError": errors.ProviderUnavailableError,
+    "ConnectError": errors.ProviderUnavailableError,
+    "ReadError": errors.ProviderUnavailableError,
+    "WriteError": errors.ProviderUnavailableError,
+    "CloseError": errors.ProviderUnavailableError,
     "NetworkError": errors.ProviderUnavailableError,
     "RemoteProtocolError": errors.ProviderUnavailableError,
     "ProtocolError": errors.ProviderUnavailableError,
@@ -302,13 +323,18 @@ EXPECTED = {
     "TransportError": errors.ProviderUnavailableError,
     "RequestError": errors.ProviderUnavailableError,
     "LocalProtocolError": errors.InvalidRequestError,
-    "UnsupportedProtocol": errors.ConfigurationError, "InvalidURL": errors.ConfigurationError,
+    "UnsupportedProtocol": errors.ConfigurationError,
+    "InvalidURL": errors.ConfigurationError,
     "TooManyRedirects": errors.ConfigurationError,
-    "DecodingError": errors.BadResponseError, "SSEError": errors.BadResponseError,
-    "CookieConflict": errors.BadResponseError, "StreamError": errors.BadResponseError,
-    "StreamConsumed": errors.BadResponseError, "StreamClosed": errors.BadResponseError,
-    "ResponseNotRead": errors.BadResponseError, "RequestNotRead": errors.BadResponseError,
-    "HTTPStatusError": errors.ProviderUnavailableError,   # by status: 503
+    "DecodingError": errors.BadResponseError,
+    "SSEError": errors.BadResponseError,
+    "CookieConflict": errors.BadResponseError,
+    "StreamError": errors.BadResponseError,
+    "StreamConsumed": errors.BadResponseError,
+    "StreamClosed": errors.BadResponseError,
+    "ResponseNotRead": errors.BadResponseError,
+    "RequestNotRead": errors.BadResponseError,
+    "HTTPStatusError": errors.ProviderUnavailableError,  # by status: 503
     "HTTPError": errors.ProviderError,
 }
 
@@ -323,8 +349,9 @@ def test_every_httpx2_exception_class_is_mapped_explicitly() -> None:
 
 
 @pytest.mark.parametrize("cls", _httpx2_exception_classes(), ids=lambda c: c.__name__)
-def test_each_httpx2_exception_maps_to_the_right_error(cls: type[BaseException],
-                                                      canary: str) -> None:
+def test_each_httpx2_exception_maps_to_the_right_error(
+    cls: type[BaseException], canary: str
+) -> None:
     """The mapped class is the expected one, and no key from the httpx2 message survives."""
     exc = _instantiate(cls)
     err = transport.map_exception(exc, provider="openai")
@@ -339,22 +366,30 @@ def test_retryable_flags_follow_the_mapping() -> None:
     req = _req()
     assert transport.map_exception(httpx2.ConnectError("x", request=req)).retryable
     assert transport.map_exception(httpx2.ReadTimeout("x", request=req)).retryable
-    assert not getattr(transport.map_exception(httpx2.UnsupportedProtocol("x", request=req)),
-                       "retryable", False)
+    assert not getattr(
+        transport.map_exception(httpx2.UnsupportedProtocol("x", request=req)), "retryable", False
+    )
     assert not transport.map_exception(httpx2.LocalProtocolError("x", request=req)).retryable
 
 
 def test_error_for_status_table() -> None:
     """The generic status mapping (used when no adapter mapper is given)."""
     req = _req()
-    cases = {400: errors.InvalidRequestError, 401: errors.AuthenticationError,
-             403: errors.PermissionDeniedError, 404: errors.InvalidRequestError,
-             408: errors.ProviderTimeoutError, 429: errors.RateLimitError,
-             500: errors.ProviderUnavailableError, 503: errors.ProviderUnavailableError,
-             418: errors.ProviderError}
+    cases = {
+        400: errors.InvalidRequestError,
+        401: errors.AuthenticationError,
+        403: errors.PermissionDeniedError,
+        404: errors.InvalidRequestError,
+        408: errors.ProviderTimeoutError,
+        429: errors.RateLimitError,
+        500: errors.ProviderUnavailableError,
+        503: errors.ProviderUnavailableError,
+        418: errors.ProviderError,
+    }
     for status, cls in cases.items():
-        err = transport.error_for_status(httpx2.Response(status, request=req,
-                                                         headers={"x-request-id": "r1"}))
+        err = transport.error_for_status(
+            httpx2.Response(status, request=req, headers={"x-request-id": "r1"})
+        )
         assert type(err) is cls, status
         assert err.status_code == status and err.request_id == "r1"
 
@@ -414,7 +449,7 @@ def test_forked_child_gets_its_own_client() -> None:
     parent = transport.get_client()
     read_fd, write_fd = os.pipe()
     pid = os.fork()
-    if pid == 0:   # child: report whether it got a different client, then leave at once
+    if pid == 0:  # child: report whether it got a different client, then leave at once
         try:
             os.write(write_fd, b"new" if transport.get_client() is not parent else b"same")
         finally:

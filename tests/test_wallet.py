@@ -36,18 +36,28 @@ def test_top_up_debit_refund_adjust_with_balances() -> None:
     wallet.top_up("25", note="card")
     tx = wallet.debit("req-1", Decimal("0.0075"), project="p")
     assert tx is not None
-    assert (tx.kind, tx.amount, tx.balance_before, tx.balance_after) == \
-        ("usage", Decimal("-0.0075"), Decimal(25), Decimal("24.9925"))
+    assert (tx.kind, tx.amount, tx.balance_before, tx.balance_after) == (
+        "usage",
+        Decimal("-0.0075"),
+        Decimal(25),
+        Decimal("24.9925"),
+    )
     refund = wallet.refund("req-1")
     assert (refund.amount, refund.balance_after) == (Decimal("0.0075"), Decimal(25))
     adj = wallet.set_balance("42.10")
-    assert (adj.kind, adj.amount, adj.balance_after) == ("adjustment", Decimal("17.1"),
-                                                         Decimal("42.1"))
+    assert (adj.kind, adj.amount, adj.balance_after) == (
+        "adjustment",
+        Decimal("17.1"),
+        Decimal("42.1"),
+    )
     assert wallet.balance() == Decimal("42.1")
     kinds = [(t.kind, t.amount, t.note) for t in wallet.transactions(as_frame=False)]
-    assert kinds == [("topup", Decimal(25), "card"), ("usage", Decimal("-0.0075"), None),
-                     ("refund", Decimal("0.0075"), None),
-                     ("adjustment", Decimal("17.1"), "set balance")]
+    assert kinds == [
+        ("topup", Decimal(25), "card"),
+        ("usage", Decimal("-0.0075"), None),
+        ("refund", Decimal("0.0075"), None),
+        ("adjustment", Decimal("17.1"), "set balance"),
+    ]
 
 
 def test_same_request_id_debited_twice_is_one_debit() -> None:
@@ -76,7 +86,7 @@ def test_low_balance_warning_when_crossing_five_dollars() -> None:
     wallet.top_up(6)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        wallet.debit("a", Decimal("0.5"), project="p")          # 5.50: no warning
+        wallet.debit("a", Decimal("0.5"), project="p")  # 5.50: no warning
     with pytest.warns(LowBalanceWarning, match=r"\$4\.50.*top-up"):
         wallet.debit("b", Decimal("1"), project="p")
 
@@ -115,12 +125,17 @@ def test_credits_summary_and_html() -> None:
     wallet.top_up(20)
     wallet.top_up("2.5")
     led = default_ledger()
-    led.record(LedgerRow("m1", "p", "openai", "managed", credits_charged_usd=Decimal("0.75"),
-                         ts_ms=now_ms()))
-    led.record(LedgerRow("m2", "p", "openai", "managed", status="error",
-                         credits_charged_usd=Decimal(0)))
-    led.record(LedgerRow("b1", "p", "openai", "byok", provider_cost_usd=Decimal("0.5"),
-                         ts_ms=now_ms()))
+    led.record(
+        LedgerRow(
+            "m1", "p", "openai", "managed", credits_charged_usd=Decimal("0.75"), ts_ms=now_ms()
+        )
+    )
+    led.record(
+        LedgerRow("m2", "p", "openai", "managed", status="error", credits_charged_usd=Decimal(0))
+    )
+    led.record(
+        LedgerRow("b1", "p", "openai", "byok", provider_cost_usd=Decimal("0.5"), ts_ms=now_ms())
+    )
     wallet.debit("m1", Decimal("0.75"), project="p")
     summary = wallet.credits()
     assert summary.balance == Decimal("21.75")
@@ -169,7 +184,7 @@ def _debitor(home: str, worker: int, n: int) -> None:
     w.simplefilter("ignore")
     for i in range(n):
         wal.debit(f"w{worker}-{i}", D("0.01"), project="p")
-        wal.debit(f"w{worker}-{i}", D("0.01"), project="p")     # a retry: no second debit
+        wal.debit(f"w{worker}-{i}", D("0.01"), project="p")  # a retry: no second debit
 
 
 def test_two_processes_debiting_keep_exact_balances(private_home: Path) -> None:

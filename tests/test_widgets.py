@@ -34,8 +34,14 @@ class RecordingComm(DummyComm):
 
     sent: list[dict[str, Any]] = []
 
-    def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None,
-                    buffers: Any = None, **keys: Any) -> None:
+    def publish_msg(
+        self,
+        msg_type: str,
+        data: Any = None,
+        metadata: Any = None,
+        buffers: Any = None,
+        **keys: Any,
+    ) -> None:
         RecordingComm.sent.append({"type": msg_type, "comm": self.comm_id, "data": data})
 
 
@@ -54,8 +60,14 @@ def panel(wire: list[dict[str, Any]]) -> Any:
 
 def frontend_types(widget: Any, value: str) -> None:
     """Simulate the browser sending a typed value (the real direction of a password)."""
-    widget._handle_msg({"content": {"data": {"method": "update", "state": {"value": value},
-                                             "buffer_paths": []}}, "buffers": []})
+    widget._handle_msg(
+        {
+            "content": {
+                "data": {"method": "update", "state": {"value": value}, "buffer_paths": []}
+            },
+            "buffers": [],
+        }
+    )
 
 
 def all_widget_state() -> str:
@@ -65,7 +77,8 @@ def all_widget_state() -> str:
     states = []
     for widget in list(_instances.values()):
         state, _buffer_paths, buffers = ipywidgets.widgets.widget._remove_buffers(
-            widget.get_state())
+            widget.get_state()
+        )
         states.append(json.dumps(state, default=str))
         states.extend(repr(b) for b in buffers)
     return "\n".join(states)
@@ -92,8 +105,9 @@ def test_initial_badges_not_configured_then_managed(panel: Any) -> None:
     assert [s.provider for s in keys.status()] == ["cencori"]
 
 
-def test_save_stores_key_empties_field_and_shows_hint(panel: Any, canary: str,
-                                                     wire: list[dict[str, Any]]) -> None:
+def test_save_stores_key_empties_field_and_shows_hint(
+    panel: Any, canary: str, wire: list[dict[str, Any]]
+) -> None:
     """Save: key stored encrypted, field emptied at once, badge Enabled, hint = last four."""
     panel.provider_buttons["openai"].click()
     assert panel.dialog.layout.display == ""
@@ -106,7 +120,11 @@ def test_save_stores_key_empties_field_and_shows_hint(panel: Any, canary: str,
     assert panel.key.value == ""
     [row] = [s for s in keys.status() if s.provider == "openai"]
     assert (row.enabled, row.key_hint, row.default_model, row.is_default) == (
-        True, "…" + canary[-4:], "gpt-4o", True)
+        True,
+        "…" + canary[-4:],
+        "gpt-4o",
+        True,
+    )
     assert badge_of(panel, "openai") == ENABLED
     assert canary[-4:] in panel.hints["openai"].value
     assert "project default" in panel.hints["openai"].value
@@ -115,15 +133,19 @@ def test_save_stores_key_empties_field_and_shows_hint(panel: Any, canary: str,
     # The key is in no widget's state, and the browser was told to empty its field.
     assert canary not in all_widget_state()
     assert canary not in json.dumps(wire, default=str)
-    key_updates = [m["data"]["state"]["value"] for m in wire
-                   if m["comm"] == panel.key.comm.comm_id and m["data"].get("method") == "update"
-                   and "value" in m["data"].get("state", {})]
+    key_updates = [
+        m["data"]["state"]["value"]
+        for m in wire
+        if m["comm"] == panel.key.comm.comm_id
+        and m["data"].get("method") == "update"
+        and "value" in m["data"].get("state", {})
+    ]
     assert key_updates[-1] == ""
 
 
 def test_save_failure_still_empties_field(panel: Any, canary: str) -> None:
     """A rejected key (Cencori keys must start csk_) shows the error; the field is empty."""
-    panel.cencori_key.value = canary            # set from the kernel side this time
+    panel.cencori_key.value = canary  # set from the kernel side this time
     panel.cencori_save.click()
     assert panel.cencori_key.value == ""
     assert "csk_" in panel.status.value and "b00020" in panel.status.value
@@ -221,16 +243,20 @@ def test_test_key_success_and_provider_error(panel: Any, sandbox_env: str, sandb
     assert body.get("max_completion_tokens", body.get("max_tokens")) == TEST_MAX_TOKENS <= 8
     # in sandbox mode the sandbox gets the demo key, never the stored one (issue 10)
     assert sent["stream"] is False and sent["key"] == Secret("sk-sandbox-demo-openai").hint
-    assert "never sent to a sandbox" in panel.status.value   # not "Key works": not tested
-    keys.set("openai", "sk-sandbox-demo-openai-revoked")   # the sandbox's revoked demo key
+    assert "never sent to a sandbox" in panel.status.value  # not "Key works": not tested
+    keys.set("openai", "sk-sandbox-demo-openai-revoked")  # the sandbox's revoked demo key
     panel.test_button.click()
     assert "Key test failed" in panel.status.value and "b00020" in panel.status.value
 
 
 def test_controller_rows_without_widgets() -> None:
     """The controller and the %cencori providers table need no ipywidgets object."""
-    keys.set("mistral", "test-mistral-key-0000Uu44", default_model="mistral-large-latest",
-             make_default=True)
+    keys.set(
+        "mistral",
+        "test-mistral-key-0000Uu44",
+        default_model="mistral-large-latest",
+        make_default=True,
+    )
     rows = {r.provider: r for r in provider_rows()}
     assert rows["mistral"].badge == ENABLED and rows["mistral"].is_default
     assert rows["mistral"].default_model == "mistral-large-latest"

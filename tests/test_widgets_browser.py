@@ -24,39 +24,59 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 from jupyter_procs import JupyterProcess, isolated_jupyter_env  # noqa: E402
 
 NOTEBOOK = {
-    "cells": [{"cell_type": "code", "execution_count": None, "id": "panel", "metadata": {},
-               "outputs": [], "source": "import cencori_nb\ncencori_nb.setup()"}],
-    "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
-                                "name": "python3"}},
-    "nbformat": 4, "nbformat_minor": 5,
+    "cells": [
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "id": "panel",
+            "metadata": {},
+            "outputs": [],
+            "source": "import cencori_nb\ncencori_nb.setup()",
+        }
+    ],
+    "metadata": {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}
+    },
+    "nbformat": 4,
+    "nbformat_minor": 5,
 }
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine")
-def test_panel_save_in_jupyterlab_leaves_no_key(tmp_path: Path, private_home: Path,
-                                                canary: str) -> None:
+def test_panel_save_in_jupyterlab_leaves_no_key(
+    tmp_path: Path, private_home: Path, canary: str
+) -> None:
     """Type a key in the panel, Save, save the notebook with widget state: no key on disk."""
     base = tmp_path / "lab"
     root = base / "root"
     root.mkdir(parents=True)
-    env = isolated_jupyter_env(base, CENCORI_NB_HOME=str(private_home),
-                               PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring")
+    env = isolated_jupyter_env(
+        base,
+        CENCORI_NB_HOME=str(private_home),
+        PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring",
+    )
     for var in ("CENCORI_NB_PASSPHRASE", "CENCORI_NB_SANDBOX", "CENCORI_NB_PROJECT"):
         env.pop(var, None)
-    (Path(env["JUPYTER_CONFIG_DIR"]) / "jupyter_server_config.json").write_text(json.dumps(
-        {"ServerApp": {"jpserver_extensions": {"cencori_nb.jupyter": False}}}))
-    settings = (Path(env["JUPYTERLAB_SETTINGS_DIR"]) / "@jupyter-widgets"
-                / "jupyterlab-manager" / "plugin.jupyterlab-settings")
+    (Path(env["JUPYTER_CONFIG_DIR"]) / "jupyter_server_config.json").write_text(
+        json.dumps({"ServerApp": {"jpserver_extensions": {"cencori_nb.jupyter": False}}})
+    )
+    settings = (
+        Path(env["JUPYTERLAB_SETTINGS_DIR"])
+        / "@jupyter-widgets"
+        / "jupyterlab-manager"
+        / "plugin.jupyterlab-settings"
+    )
     settings.parent.mkdir(parents=True)
-    settings.write_text(json.dumps({"saveState": True}))   # the risky setting, on purpose
+    settings.write_text(json.dumps({"saveState": True}))  # the risky setting, on purpose
     (root / "panel.ipynb").write_text(json.dumps(NOTEBOOK))
 
     server = JupyterProcess.server(root, base, app="jupyterlab", env=env, name="lab")
     server.start(timeout=120)
     try:
         with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM,
-                                         args=["--no-sandbox", "--disable-gpu"])
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+            )
             try:
                 page = browser.new_page()
                 page.goto(f"{server.url}/lab/tree/panel.ipynb?token={server.token}")
@@ -66,8 +86,7 @@ def test_panel_save_in_jupyterlab_leaves_no_key(tmp_path: Path, private_home: Pa
                 key_box = page.locator("input[type=password]").first
                 key_box.fill(canary)
                 page.get_by_role("button", name="Save", exact=True).click()
-                sync_api.expect(page.get_by_text("Saved OpenAI key")).to_be_visible(
-                    timeout=60_000)
+                sync_api.expect(page.get_by_text("Saved OpenAI key")).to_be_visible(timeout=60_000)
                 assert key_box.input_value() == ""
                 assert page.get_by_text("…" + canary[-4:]).first.is_visible()
                 page.keyboard.press("Control+s")
@@ -79,8 +98,8 @@ def test_panel_save_in_jupyterlab_leaves_no_key(tmp_path: Path, private_home: Pa
 
     assert "application/vnd.jupyter.widget-state+json" in saved["metadata"]["widgets"]
     text = json.dumps(saved)
-    assert "PasswordModel" in text          # the field's state was saved …
-    assert canary not in text               # … without the key
+    assert "PasswordModel" in text  # the field's state was saved …
+    assert canary not in text  # … without the key
     from cencori_nb import keys
 
     [row] = keys.status()
@@ -92,7 +111,7 @@ def _run_first_cell(page: Any) -> None:
     page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
     for attempt in range(3):
         page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
-        page.keyboard.press("Control+Enter")          # run in place, no new cell
+        page.keyboard.press("Control+Enter")  # run in place, no new cell
         try:
             page.locator(".widget-button").first.wait_for(timeout=40_000)
             return

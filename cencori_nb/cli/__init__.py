@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(
         prog="cencori-nb",
-        description="Bring-your-own-key LLM prompting for Jupyter, with Cencori credits.")
+        description="Bring-your-own-key LLM prompting for Jupyter, with Cencori credits.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMAND_MODULES:
         try:
@@ -53,15 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str,
-                  lineno: int, file: Any = None, line: str | None = None) -> None:
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
     """A warning in the shell is one ``cencori-nb: warning: …`` line, not Python's
     two-line ``file:line: Category`` form with a source excerpt."""
     from ..redact import USER_MESSAGE
     from ..safe_html import terminal_text
 
-    print(f"cencori-nb: warning: {terminal_text(USER_MESSAGE.scrub(str(message)))}",
-          file=sys.stderr)
+    print(
+        f"cencori-nb: warning: {terminal_text(USER_MESSAGE.scrub(str(message)))}", file=sys.stderr
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,9 +27,20 @@ from ..safe_html import TerminalStream, terminal_text
 
 __all__ = ["JSON_FIELDS", "register"]
 
-JSON_FIELDS = ("text", "model", "provider", "route", "input_tokens", "output_tokens",
-               "provider_cost_usd", "credits_charged_usd", "cost_usd", "test_mode", "cached",
-               "request_id")
+JSON_FIELDS = (
+    "text",
+    "model",
+    "provider",
+    "route",
+    "input_tokens",
+    "output_tokens",
+    "provider_cost_usd",
+    "credits_charged_usd",
+    "cost_usd",
+    "test_mode",
+    "cached",
+    "request_id",
+)
 
 
 def _positive_int(text: str) -> int:
@@ -60,46 +71,69 @@ def _route(text: str) -> str:
 def register(subparsers: Any) -> None:
     """Add the ``ask`` command."""
     p = subparsers.add_parser(
-        "ask", help="send one prompt (BYOK or managed) and print the answer",
+        "ask",
+        help="send one prompt (BYOK or managed) and print the answer",
         description="Send one prompt and stream the answer to stdout. The prompt is read "
-                    "from stdin when not given as an argument.")
-    p.add_argument("prompt", nargs="*", metavar="PROMPT",
-                   help="the prompt (words are joined with spaces); default: stdin")
-    p.add_argument("-m", "--model", help="model id, or provider/model (default: the project "
-                                         "default)")
+        "from stdin when not given as an argument.",
+    )
+    p.add_argument(
+        "prompt",
+        nargs="*",
+        metavar="PROMPT",
+        help="the prompt (words are joined with spaces); default: stdin",
+    )
+    p.add_argument(
+        "-m", "--model", help="model id, or provider/model (default: the project default)"
+    )
     p.add_argument("--provider", help="provider to use (when the model name is ambiguous)")
-    p.add_argument("--route", type=_route, default="auto", metavar="{auto,byok,managed}",
-                   help="auto (BYOK if an enabled key exists, else managed), byok or managed")
+    p.add_argument(
+        "--route",
+        type=_route,
+        default="auto",
+        metavar="{auto,byok,managed}",
+        help="auto (BYOK if an enabled key exists, else managed), byok or managed",
+    )
     p.add_argument("--system", "-s", help="system prompt")
-    p.add_argument("--max-tokens", type=_positive_int, metavar="N",
-                   help="maximum output tokens")
-    p.add_argument("--temperature", "-t", type=_temperature, metavar="T",
-                   help="sampling temperature")
+    p.add_argument("--max-tokens", type=_positive_int, metavar="N", help="maximum output tokens")
+    p.add_argument(
+        "--temperature", "-t", type=_temperature, metavar="T", help="sampling temperature"
+    )
     p.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
     p.add_argument("--no-cache", action="store_true", help="do not use the response cache")
     p.add_argument("--project", "-p", help="project (default: the current project)")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object (money as decimal strings)")
-    p.add_argument("--max-cost", metavar="USD", default=None,
-                   help="the most this request may cost you (default: the confirm_above_usd "
-                        "setting, $0.10; above it the command asks on a terminal)")
-    p.add_argument("--yes", "-y", action="store_true",
-                   help="send a request above the cost threshold without asking")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object (money as decimal strings)"
+    )
+    p.add_argument(
+        "--max-cost",
+        metavar="USD",
+        default=None,
+        help="the most this request may cost you (default: the confirm_above_usd "
+        "setting, $0.10; above it the command asks on a terminal)",
+    )
+    p.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="send a request above the cost threshold without asking",
+    )
     p.set_defaults(handler=_cmd_ask)
-
 
 
 def _prompt(args: argparse.Namespace) -> str:
     if args.prompt:
         return " ".join(args.prompt)
     if sys.stdin is None or sys.stdin.isatty():
-        raise ConfigurationError("No prompt given.",
-                                 hint='Write it after `ask` (cencori-nb ask "Hello") or pipe it '
-                                      "on stdin.")
+        raise ConfigurationError(
+            "No prompt given.",
+            hint='Write it after `ask` (cencori-nb ask "Hello") or pipe it on stdin.',
+        )
     text = sys.stdin.read()
     if not text.strip():
-        raise ConfigurationError("The prompt read from stdin is empty.",
-                                 hint='Write it after `ask` (cencori-nb ask "Hello").')
+        raise ConfigurationError(
+            "The prompt read from stdin is empty.",
+            hint='Write it after `ask` (cencori-nb ask "Hello").',
+        )
     return text
 
 
@@ -129,10 +163,16 @@ def _ask(args: argparse.Namespace) -> int:
 
     prompt = _prompt(args)
     kwargs: dict[str, Any] = {
-        "model": args.model, "provider": args.provider, "route": args.route,
-        "system": args.system, "temperature": args.temperature,
-        "max_tokens": args.max_tokens, "project": args.project, "cache": not args.no_cache,
-        "max_cost_usd": args.max_cost}
+        "model": args.model,
+        "provider": args.provider,
+        "route": args.route,
+        "system": args.system,
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+        "project": args.project,
+        "cache": not args.no_cache,
+        "max_cost_usd": args.max_cost,
+    }
     try:
         return _send(args, prompt, kwargs)
     except CostConfirmationError as exc:
@@ -181,7 +221,7 @@ def _send(args: argparse.Namespace, prompt: str, kwargs: dict[str, Any]) -> int:
         if shown is not None:
             sys.stdout.write(shown.close())
         streamed = s.completion
-        assert streamed is not None     # set once the stream was read to its end
+        assert streamed is not None  # set once the stream was read to its end
         completion = streamed
     if not completion.text.endswith("\n"):
         sys.stdout.write("\n")

@@ -41,10 +41,14 @@ __all__ = ["LabPlan", "keys_configured", "notebooks_dir", "plan", "register", "r
 EXTENSION = "cencori_nb.jupyter"
 ENV_SANDBOX = "CENCORI_NB_SANDBOX"
 ENV_HOME = "CENCORI_NB_HOME"
-_ROOT_DIR_FLAGS = ("--ServerApp.root_dir", "--notebook-dir", "--ServerApp.notebook_dir",
-                   "--NotebookApp.notebook_dir", "--root-dir")
-_BROWSER_FLAGS = ("--no-browser", "--ServerApp.open_browser", "--browser",
-                  "--ServerApp.browser")
+_ROOT_DIR_FLAGS = (
+    "--ServerApp.root_dir",
+    "--notebook-dir",
+    "--ServerApp.notebook_dir",
+    "--NotebookApp.notebook_dir",
+    "--root-dir",
+)
+_BROWSER_FLAGS = ("--no-browser", "--ServerApp.open_browser", "--browser", "--ServerApp.browser")
 
 
 class _LabParser(argparse.ArgumentParser):
@@ -56,9 +60,11 @@ class _LabParser(argparse.ArgumentParser):
 
     # typeshed declares three overloads (a TypeVar namespace); argparse calls this one with
     # a Namespace or None, which is all the lab parser is ever given.
-    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
-                         namespace: argparse.Namespace | None = None,
-                         ) -> tuple[argparse.Namespace, list[str]]:
+    def parse_known_args(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
         ns, extras = super().parse_known_args(args, namespace)
         ns.jupyter_args = [*getattr(ns, "jupyter_args", []), *extras]
         return ns, []
@@ -67,22 +73,37 @@ class _LabParser(argparse.ArgumentParser):
 def register(subparsers: Any) -> None:
     """Add ``lab`` to the ``cencori-nb`` command."""
     parser = subparsers.add_parser(
-        "lab", allow_abbrev=False,
-        usage="cencori-nb lab [-h] [--sandbox | --no-sandbox] [--dry-run] "
-              "[jupyter lab args…]",
+        "lab",
+        allow_abbrev=False,
+        usage="cencori-nb lab [-h] [--sandbox | --no-sandbox] [--dry-run] [jupyter lab args…]",
         help="start JupyterLab on the notebooks (an offline sandbox when no keys are set)",
         description="Start JupyterLab on the cencori_nb notebooks with the save-time secret "
-                    "scrubber. With no key configured, an offline sandbox answers every "
-                    "prompt (fake replies, no keys needed). Every argument this command does "
-                    "not know is passed to `jupyter lab` (e.g. --port 9999).")
+        "scrubber. With no key configured, an offline sandbox answers every "
+        "prompt (fake replies, no keys needed). Every argument this command does "
+        "not know is passed to `jupyter lab` (e.g. --port 9999).",
+    )
     parser.__class__ = _LabParser
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--sandbox", dest="sandbox", action="store_const", const=True,
-                      default=None, help="use the offline sandbox even if keys are configured")
-    mode.add_argument("--no-sandbox", dest="sandbox", action="store_const", const=False,
-                      help="never start the sandbox (real providers only)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the jupyter command and environment changes, start nothing")
+    mode.add_argument(
+        "--sandbox",
+        dest="sandbox",
+        action="store_const",
+        const=True,
+        default=None,
+        help="use the offline sandbox even if keys are configured",
+    )
+    mode.add_argument(
+        "--no-sandbox",
+        dest="sandbox",
+        action="store_const",
+        const=False,
+        help="never start the sandbox (real providers only)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the jupyter command and environment changes, start nothing",
+    )
     parser.set_defaults(handler=run, jupyter_args=[])
 
 
@@ -100,8 +121,9 @@ def repo_root() -> Path | None:
 BUNDLED_NOTEBOOKS = Path(__file__).resolve().parents[1] / "_notebooks"
 
 
-def notebooks_dir(checkout: Path | None | str = "detect",
-                  bundled: Path = BUNDLED_NOTEBOOKS, *, write: bool = True) -> Path:
+def notebooks_dir(
+    checkout: Path | None | str = "detect", bundled: Path = BUNDLED_NOTEBOOKS, *, write: bool = True
+) -> Path:
     """Where JupyterLab opens: the checkout's ``notebooks/`` or the home's copy.
 
     ``checkout`` and ``bundled`` exist for tests; by default the checkout is detected.
@@ -118,7 +140,7 @@ def notebooks_dir(checkout: Path | None | str = "detect",
     target.mkdir(exist_ok=True)
     if bundled.is_dir():
         for nb in sorted(bundled.glob("*.ipynb")):
-            if not (target / nb.name).exists():      # never overwrite the user's edits
+            if not (target / nb.name).exists():  # never overwrite the user's edits
                 shutil.copy2(nb, target / nb.name)
     return target
 
@@ -132,7 +154,7 @@ def keys_configured(project: str | None = None) -> bool:
     """
     try:
         from .. import keys
-    except ImportError:                # key store not installed in this build
+    except ImportError:  # key store not installed in this build
         return False
     try:
         return bool(keys.status(project=project))
@@ -161,7 +183,8 @@ def _refuse_keys(args: Sequence[str]) -> None:
             "taken from the command line (other users can read the process list, and "
             "Jupyter logs its arguments).",
             hint="Store it with `cencori-nb keys set PROVIDER` (it reads the key from a "
-                 "hidden prompt or stdin) or in the providers panel.")
+            "hidden prompt or stdin) or in the providers panel.",
+        )
 
 
 def _has_display() -> bool:
@@ -188,10 +211,16 @@ class LabPlan:
     notes: list[str] = field(default_factory=list)
 
 
-def plan(jupyter_args: Sequence[str], *, sandbox: bool | None = None,
-         environ: dict[str, str] | None = None, is_root: bool | None = None,
-         has_display: bool | None = None, scrubber_config: bool | None | str = "detect",
-         dry_run: bool = False) -> LabPlan:
+def plan(
+    jupyter_args: Sequence[str],
+    *,
+    sandbox: bool | None = None,
+    environ: dict[str, str] | None = None,
+    is_root: bool | None = None,
+    has_display: bool | None = None,
+    scrubber_config: bool | None | str = "detect",
+    dry_run: bool = False,
+) -> LabPlan:
     """Decide the jupyter command and environment (pure apart from reading config/keys,
     and, unless ``dry_run``, copying the bundled notebooks into the home)."""
     environ = dict(os.environ if environ is None else environ)
@@ -210,8 +239,10 @@ def plan(jupyter_args: Sequence[str], *, sandbox: bool | None = None,
         folder = notebooks_dir(write=not dry_run)
         extra.append(f"--ServerApp.root_dir={folder}")
         if not dry_run and not any(folder.glob("*.ipynb")):
-            notes.append(f"{folder} has no notebooks yet (this installation bundles none); "
-                         "the walkthroughs are in the project's notebooks/ folder.")
+            notes.append(
+                f"{folder} has no notebooks yet (this installation bundles none); "
+                "the walkthroughs are in the project's notebooks/ folder."
+            )
     if is_root and "--allow-root" not in args:
         extra.append("--allow-root")
     if (_truthy(environ.get("CI")) or not has_display) and not _has_flag(args, _BROWSER_FLAGS):
@@ -219,9 +250,11 @@ def plan(jupyter_args: Sequence[str], *, sandbox: bool | None = None,
     if scrubber_config is None:
         extra.append(f"--ServerApp.jpserver_extensions={EXTENSION}=True")
     elif scrubber_config is False:
-        notes.append(f"warning: the secret scrubber ({EXTENSION}) is disabled in your Jupyter "
-                     "config; keys printed in a notebook would be saved. Enable it with "
-                     f"`jupyter server extension enable {EXTENSION}`.")
+        notes.append(
+            f"warning: the secret scrubber ({EXTENSION}) is disabled in your Jupyter "
+            "config; keys printed in a notebook would be saved. Enable it with "
+            f"`jupyter server extension enable {EXTENSION}`."
+        )
 
     env_changes: dict[str, str] = {}
     start_sandbox = False
@@ -232,7 +265,8 @@ def plan(jupyter_args: Sequence[str], *, sandbox: bool | None = None,
     elif environ.get(ENV_SANDBOX):
         raise ConfigurationError(
             f"--no-sandbox was given but {ENV_SANDBOX} is set in your environment.",
-            hint=f"Unset {ENV_SANDBOX} to talk to the real providers.")
+            hint=f"Unset {ENV_SANDBOX} to talk to the real providers.",
+        )
     if start_sandbox:
         from ..home import home_dir
         from ..jupyter.scrubber import ENV_SCRUB_HOMES
@@ -241,10 +275,10 @@ def plan(jupyter_args: Sequence[str], *, sandbox: bool | None = None,
         # The kernels use the sandbox home, but a real key pasted into a notebook must
         # still be scrubbed: the scrubber also reads (only reads) the real home's store.
         env_changes[ENV_SCRUB_HOMES] = os.pathsep.join(
-            p for p in (str(home_dir()), environ.get(ENV_SCRUB_HOMES, "")) if p)
+            p for p in (str(home_dir()), environ.get(ENV_SCRUB_HOMES, "")) if p
+        )
     argv = [sys.executable, "-m", "jupyterlab", *extra, *args]
-    return LabPlan(argv=argv, env_changes=env_changes, start_sandbox=start_sandbox,
-                   notes=notes)
+    return LabPlan(argv=argv, env_changes=env_changes, start_sandbox=start_sandbox, notes=notes)
 
 
 # --------------------------------------------------------------------------- running
@@ -252,15 +286,17 @@ def plan(jupyter_args: Sequence[str], *, sandbox: bool | None = None,
 
 def _banner(url: str, home: str) -> str:
     line = "=" * 78
-    return (f"{line}\n"
-            f"  OFFLINE SANDBOX at {url} — replies are fake, no keys needed.\n"
-            f"  No key is configured, so every provider (and the Cencori gateway) is served\n"
-            f"  by a local sandbox. Demo keys, usage and credits of this session live in\n"
-            f"  {home}\n"
-            f"  (not your real store). For real providers: `cencori-nb keys set openai`\n"
-            f"  (or `cencori-nb keys set cencori` for managed credits), then run\n"
-            f"  `cencori-nb lab` again.\n"
-            f"{line}")
+    return (
+        f"{line}\n"
+        f"  OFFLINE SANDBOX at {url} — replies are fake, no keys needed.\n"
+        f"  No key is configured, so every provider (and the Cencori gateway) is served\n"
+        f"  by a local sandbox. Demo keys, usage and credits of this session live in\n"
+        f"  {home}\n"
+        f"  (not your real store). For real providers: `cencori-nb keys set openai`\n"
+        f"  (or `cencori-nb keys set cencori` for managed credits), then run\n"
+        f"  `cencori-nb lab` again.\n"
+        f"{line}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

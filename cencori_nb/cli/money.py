@@ -30,21 +30,48 @@ from typing import Any
 
 __all__ = ["register"]
 
-USAGE_FIELDS = ("time", "request_id", "project", "provider", "model_requested", "model",
-                "route", "credential_source", "status", "error_code", "input_tokens",
-                "output_tokens", "cache_read_tokens", "cache_write_tokens", "thinking_tokens",
-                "provider_cost_usd", "credits_charged_usd", "cost_usd", "estimated",
-                "price_version", "latency_ms", "ttft_ms", "test_mode", "client_id",
-                "gateway_cache", "model_original")
+USAGE_FIELDS = (
+    "time",
+    "request_id",
+    "project",
+    "provider",
+    "model_requested",
+    "model",
+    "route",
+    "credential_source",
+    "status",
+    "error_code",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "thinking_tokens",
+    "provider_cost_usd",
+    "credits_charged_usd",
+    "cost_usd",
+    "estimated",
+    "price_version",
+    "latency_ms",
+    "ttft_ms",
+    "test_mode",
+    "client_id",
+    "gateway_cache",
+    "model_original",
+)
 
 
 def register(subparsers: Any) -> None:
     """Add the ``usage`` and ``credits`` commands."""
     usage = subparsers.add_parser(
-        "usage", help="requests recorded in the ledger (tokens, cost, route)",
-        description="Show the requests recorded in the usage ledger.")
-    usage.add_argument("--since", default="7d",
-                       help='how far back: "7d", "24h", "30m", "2w" or a date (default 7d)')
+        "usage",
+        help="requests recorded in the ledger (tokens, cost, route)",
+        description="Show the requests recorded in the usage ledger.",
+    )
+    usage.add_argument(
+        "--since",
+        default="7d",
+        help='how far back: "7d", "24h", "30m", "2w" or a date (default 7d)',
+    )
     usage.add_argument("--project", help="only this project")
     fmt = usage.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON object: rows and totals")
@@ -52,8 +79,10 @@ def register(subparsers: Any) -> None:
     usage.set_defaults(handler=_usage)
 
     credits = subparsers.add_parser(
-        "credits", help="the Cencori credit wallet (local mirror)",
-        description="Show or update the local mirror of your Cencori credit wallet.")
+        "credits",
+        help="the Cencori credit wallet (local mirror)",
+        description="Show or update the local mirror of your Cencori credit wallet.",
+    )
     credits.add_argument("--json", action="store_true", help="print the summary as JSON")
     credits.set_defaults(handler=_credits_show)
     sub = credits.add_subparsers(dest="credits_command", metavar="ACTION")
@@ -71,20 +100,32 @@ def register(subparsers: Any) -> None:
     txs.set_defaults(handler=_transactions)
     budget = sub.add_parser("budget", help="a project's monthly soft budget and hard cap")
     budget.add_argument("--project", help="the project (default: the current one)")
-    budget.add_argument("--soft", metavar="USD", help="soft budget (warnings at 50/80/100%%)"
-                        "; 'none' removes it")
-    budget.add_argument("--hard-cap", metavar="USD",
-                        help="refuse requests past this; 'none' removes it")
+    budget.add_argument(
+        "--soft", metavar="USD", help="soft budget (warnings at 50/80/100%%); 'none' removes it"
+    )
+    budget.add_argument(
+        "--hard-cap", metavar="USD", help="refuse requests past this; 'none' removes it"
+    )
     budget.add_argument("--json", action="store_true")
     budget.set_defaults(handler=_budget)
-    rec = sub.add_parser("reconcile", help="the ledger's managed spend vs the gateway's",
-                         description="Compare the credits this ledger recorded with what "
-                         "Cencori's Metrics API reports for the same period.")
-    rec.add_argument("--period", choices=("1h", "24h", "7d", "30d", "mtd"), default="24h",
-                     help="the gateway's period (default 24h)")
+    rec = sub.add_parser(
+        "reconcile",
+        help="the ledger's managed spend vs the gateway's",
+        description="Compare the credits this ledger recorded with what "
+        "Cencori's Metrics API reports for the same period.",
+    )
+    rec.add_argument(
+        "--period",
+        choices=("1h", "24h", "7d", "30d", "mtd"),
+        default="24h",
+        help="the gateway's period (default 24h)",
+    )
     rec.add_argument("--project", help="the project (default: the current one)")
-    rec.add_argument("--json", action="store_true",
-                     help="period, ledger_usd, gateway_usd, drift_usd (decimal strings)")
+    rec.add_argument(
+        "--json",
+        action="store_true",
+        help="period, ledger_usd, gateway_usd, drift_usd (decimal strings)",
+    )
     rec.set_defaults(handler=_reconcile)
 
 
@@ -99,7 +140,7 @@ def _money(value: Decimal | None) -> str | None:
 def _usage(args: argparse.Namespace) -> int:
     from ..ledger import BILLED_STATUSES, default_ledger, parse_since
 
-    parse_since(args.since)          # a clear error before touching the ledger
+    parse_since(args.since)  # a clear error before touching the ledger
     rows = default_ledger().rows(since=args.since, project=args.project)
     records = []
     for r in rows:
@@ -109,15 +150,15 @@ def _usage(args: argparse.Namespace) -> int:
         rec["credits_charged_usd"] = _money(r.credits_charged_usd)
         rec["cost_usd"] = _money(r.cost_usd)
         records.append(rec)
-    ok = [r for r in rows if r.status in BILLED_STATUSES]    # answered, or stopped part way
+    ok = [r for r in rows if r.status in BILLED_STATUSES]  # answered, or stopped part way
     totals = {
-        "requests": len(rows), "errors": sum(r.status == "error" for r in rows),
+        "requests": len(rows),
+        "errors": sum(r.status == "error" for r in rows),
         "cached": sum(r.status == "cached" for r in rows),
         "interrupted": sum(r.status == "interrupted" for r in rows),
         "input_tokens": sum(r.input_tokens for r in ok),
         "output_tokens": sum(r.output_tokens for r in ok),
-        "provider_cost_usd": str(sum((r.provider_cost_usd or Decimal(0) for r in ok),
-                                     Decimal(0))),
+        "provider_cost_usd": str(sum((r.provider_cost_usd or Decimal(0) for r in ok), Decimal(0))),
         "credits_charged_usd": str(sum((r.credits_charged_usd for r in ok), Decimal(0))),
         # the stored cost of every row (the one rule); rows of unknown cost are counted
         "cost_usd": str(sum((r.cost_usd or Decimal(0) for r in rows), Decimal(0))),
@@ -127,8 +168,11 @@ def _usage(args: argparse.Namespace) -> int:
         "test_mode_rows": sum(bool(r.test_mode) for r in rows),
     }
     if args.json:
-        json.dump({"since": args.since, "project": args.project, "rows": records,
-                   "totals": totals}, sys.stdout, indent=2)
+        json.dump(
+            {"since": args.since, "project": args.project, "rows": records, "totals": totals},
+            sys.stdout,
+            indent=2,
+        )
         print()
     elif args.csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=list(USAGE_FIELDS), lineterminator="\n")
@@ -143,35 +187,72 @@ def _print_usage_table(rows: list[Any], totals: dict[str, Any], since: str) -> N
     if not rows:
         print(f"No requests recorded since {since}.")
         return
-    header = ("time (UTC)", "project", "provider", "model", "route", "status", "in", "out",
-              "provider $", "credits $", "cost $")
+    header = (
+        "time (UTC)",
+        "project",
+        "provider",
+        "model",
+        "route",
+        "status",
+        "in",
+        "out",
+        "provider $",
+        "credits $",
+        "cost $",
+    )
     table = [header]
     for r in rows:
-        provider = "?" if r.provider_cost_usd is None and r.status == "ok" else \
-            f"{r.provider_cost_usd or 0:.6f}"
+        provider = (
+            "?"
+            if r.provider_cost_usd is None and r.status == "ok"
+            else f"{r.provider_cost_usd or 0:.6f}"
+        )
         cost = "?" if r.cost_usd is None else f"{r.cost_usd:.6f}"
         status = r.status if r.status != "error" else f"error:{r.error_code or '?'}"
         route = r.route + (" (test key, free)" if r.test_mode else "")
-        table.append((_iso(r.ts_ms)[:19].replace("T", " "), r.project, r.provider,
-                      (r.model or r.model_requested or "") + ("*" if r.estimated else ""),
-                      route, status, str(r.input_tokens), str(r.output_tokens), provider,
-                      f"{r.credits_charged_usd:.6f}", cost))
+        table.append(
+            (
+                _iso(r.ts_ms)[:19].replace("T", " "),
+                r.project,
+                r.provider,
+                (r.model or r.model_requested or "") + ("*" if r.estimated else ""),
+                route,
+                status,
+                str(r.input_tokens),
+                str(r.output_tokens),
+                provider,
+                f"{r.credits_charged_usd:.6f}",
+                cost,
+            )
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     numeric = {6, 7, 8, 9, 10}
     for row in table:
-        print("  ".join(cell.rjust(w) if i in numeric else cell.ljust(w)
-                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip())
+        print(
+            "  ".join(
+                cell.rjust(w) if i in numeric else cell.ljust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+        )
     stopped = f", {totals['interrupted']} interrupted" if totals["interrupted"] else ""
-    print(f"\n{totals['requests']} requests ({totals['errors']} failed, {totals['cached']} "
-          f"cached{stopped}) · {totals['input_tokens']:,} in / {totals['output_tokens']:,} out · "
-          f"all spend incl. BYOK ${Decimal(totals['cost_usd']):.6f} · credits spent "
-          f"${Decimal(totals['credits_charged_usd']):.6f} · provider price "
-          f"${Decimal(totals['provider_cost_usd']):.6f}"
-          + (f" · {totals['cost_unknown_rows']} of unknown cost"
-             if totals["cost_unknown_rows"] else "")
-          + (f" · {totals['cost_estimated_rows']} of estimated cost"
-             if totals["cost_estimated_rows"] else "")
-          + ("  (* estimated)" if any(r.estimated for r in rows) else ""))
+    print(
+        f"\n{totals['requests']} requests ({totals['errors']} failed, {totals['cached']} "
+        f"cached{stopped}) · {totals['input_tokens']:,} in / {totals['output_tokens']:,} out · "
+        f"all spend incl. BYOK ${Decimal(totals['cost_usd']):.6f} · credits spent "
+        f"${Decimal(totals['credits_charged_usd']):.6f} · provider price "
+        f"${Decimal(totals['provider_cost_usd']):.6f}"
+        + (
+            f" · {totals['cost_unknown_rows']} of unknown cost"
+            if totals["cost_unknown_rows"]
+            else ""
+        )
+        + (
+            f" · {totals['cost_estimated_rows']} of estimated cost"
+            if totals["cost_estimated_rows"]
+            else ""
+        )
+        + ("  (* estimated)" if any(r.estimated for r in rows) else "")
+    )
 
 
 def _credits_show(args: argparse.Namespace) -> int:
@@ -189,8 +270,7 @@ def _tx_out(tx: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(tx.to_dict(), indent=2))
     else:
-        print(f"{tx.kind}: {tx.amount:+} USD · balance ${tx.balance_before} → "
-              f"${tx.balance_after}")
+        print(f"{tx.kind}: {tx.amount:+} USD · balance ${tx.balance_before} → ${tx.balance_after}")
 
 
 def _top_up(args: argparse.Namespace) -> int:
@@ -218,8 +298,10 @@ def _transactions(args: argparse.Namespace) -> int:
     if not txs:
         print("No wallet transactions yet. Record a top-up: cencori-nb credits top-up AMOUNT")
     for t in txs:
-        print(f"{t.time.isoformat(timespec='seconds')}  {t.kind:<10} {t.amount:+.6f}  "
-              f"→ ${t.balance_after:.6f}  {t.request_id or ''} {t.note or ''}".rstrip())
+        print(
+            f"{t.time.isoformat(timespec='seconds')}  {t.kind:<10} {t.amount:+.6f}  "
+            f"→ ${t.balance_after:.6f}  {t.request_id or ''} {t.note or ''}".rstrip()
+        )
     return 0
 
 
@@ -244,20 +326,29 @@ def _budget(args: argparse.Namespace) -> int:
         changes["soft_budget_usd"] = soft
     if set_cap:
         changes["hard_cap_usd"] = cap
-    ps = (settings.update_project(project, **changes) if changes
-          else settings.load_settings().for_project(project))
+    ps = (
+        settings.update_project(project, **changes)
+        if changes
+        else settings.load_settings().for_project(project)
+    )
     from ..accounting import month_cost
 
     spent = month_cost(project)
-    out = {"project": project, "soft_budget_usd": _money(ps.soft_budget_usd),
-           "hard_cap_usd": _money(ps.hard_cap_usd), "spent_this_month_usd": str(spent)}
+    out = {
+        "project": project,
+        "soft_budget_usd": _money(ps.soft_budget_usd),
+        "hard_cap_usd": _money(ps.hard_cap_usd),
+        "spent_this_month_usd": str(spent),
+    }
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"Project {project}: all spend incl. BYOK ${spent:.4f} this month · soft budget "
-              f"{'$' + str(ps.soft_budget_usd) if ps.soft_budget_usd is not None else 'none'}"
-              f" · hard cap "
-              f"{'$' + str(ps.hard_cap_usd) if ps.hard_cap_usd is not None else 'none'}")
+        print(
+            f"Project {project}: all spend incl. BYOK ${spent:.4f} this month · soft budget "
+            f"{'$' + str(ps.soft_budget_usd) if ps.soft_budget_usd is not None else 'none'}"
+            f" · hard cap "
+            f"{'$' + str(ps.hard_cap_usd) if ps.hard_cap_usd is not None else 'none'}"
+        )
     return 0
 
 

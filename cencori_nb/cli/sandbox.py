@@ -31,28 +31,54 @@ def _decimal(text: str) -> Decimal:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``sandbox`` command."""
     p = subparsers.add_parser(
-        "sandbox", help="run the offline sandbox that mimics every provider and Cencori",
+        "sandbox",
+        help="run the offline sandbox that mimics every provider and Cencori",
         description="Run a local HTTP server that speaks the OpenAI, Anthropic, Gemini, "
         "OpenAI-compatible and Cencori wire formats with fake, deterministic replies. "
-        "Point the toolkit at it with the printed export line.")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1; see --allow-remote)")
-    p.add_argument("--port", type=int, default=0,
-                   help="port to listen on (default 0: any free port)")
-    p.add_argument("--latency-ms", type=float, default=0.0,
-                   help="delay before every answer, in milliseconds (default 0)")
-    p.add_argument("--rpm", type=int, default=None,
-                   help="requests per minute allowed per API key (default: unlimited)")
-    p.add_argument("--balance", type=_decimal, default=Decimal("25"),
-                   help="the sandbox Cencori credit wallet, in USD (default 25)")
-    p.add_argument("--faults", default=None, metavar="SPEC",
-                   help="random faults, e.g. 429=0.2,500=0.1,timeout=0.05,truncate=0.05,"
-                   "malformed=0.01 (known: 401 402 403 429 500 503 timeout truncate "
-                   "malformed)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed for replies and random faults (default 0)")
-    p.add_argument("--allow-remote", action="store_true",
-                   help="allow a non-loopback --host (anyone who can reach it gets answers)")
+        "Point the toolkit at it with the printed export line.",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; see --allow-remote)",
+    )
+    p.add_argument(
+        "--port", type=int, default=0, help="port to listen on (default 0: any free port)"
+    )
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="delay before every answer, in milliseconds (default 0)",
+    )
+    p.add_argument(
+        "--rpm",
+        type=int,
+        default=None,
+        help="requests per minute allowed per API key (default: unlimited)",
+    )
+    p.add_argument(
+        "--balance",
+        type=_decimal,
+        default=Decimal("25"),
+        help="the sandbox Cencori credit wallet, in USD (default 25)",
+    )
+    p.add_argument(
+        "--faults",
+        default=None,
+        metavar="SPEC",
+        help="random faults, e.g. 429=0.2,500=0.1,timeout=0.05,truncate=0.05,"
+        "malformed=0.01 (known: 401 402 403 429 500 503 timeout truncate "
+        "malformed)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for replies and random faults (default 0)"
+    )
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --host (anyone who can reach it gets answers)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -62,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             f"Refusing to listen on {args.host}: the sandbox accepts any key and would answer "
             "anyone who can reach it.",
-            hint="Use --host 127.0.0.1, or add --allow-remote if you really mean it.")
+            hint="Use --host 127.0.0.1, or add --allow-remote if you really mean it.",
+        )
     if args.rpm is not None and args.rpm < 1:
         raise ConfigurationError("--rpm must be at least 1.", hint="Omit --rpm for no limit.")
     if args.latency_ms < 0:
@@ -73,11 +100,19 @@ def run(args: argparse.Namespace) -> int:
     from ..sandbox.server import SandboxServer
 
     try:
-        server = SandboxServer(args.host, args.port, latency_ms=args.latency_ms, rpm=args.rpm,
-                               balance=args.balance, faults=args.faults, seed=args.seed)
+        server = SandboxServer(
+            args.host,
+            args.port,
+            latency_ms=args.latency_ms,
+            rpm=args.rpm,
+            balance=args.balance,
+            faults=args.faults,
+            seed=args.seed,
+        )
     except ValueError as exc:
-        raise ConfigurationError(f"--faults: {exc}.",
-                                 hint="Write it like 429=0.2,500=0.1,timeout=0.05.") from None
+        raise ConfigurationError(
+            f"--faults: {exc}.", hint="Write it like 429=0.2,500=0.1,timeout=0.05."
+        ) from None
     import asyncio
 
     async def main() -> None:
@@ -86,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ConfigurationError(
                 f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}.",
-                hint="Pick another port with --port N (0 picks a free one).") from None
+                hint="Pick another port with --port N (0 picks a free one).",
+            ) from None
         extras = []
         if args.latency_ms:
             extras.append(f"latency {args.latency_ms:g} ms")
@@ -95,8 +131,12 @@ def run(args: argparse.Namespace) -> int:
         if args.faults:
             extras.append(f"faults {args.faults}")
         extras.append(f"wallet ${server.balance}")
-        print(f"cencori-nb sandbox listening on {url} (offline: every reply is fake; "
-              + ", ".join(extras) + ")", flush=True)
+        print(
+            f"cencori-nb sandbox listening on {url} (offline: every reply is fake; "
+            + ", ".join(extras)
+            + ")",
+            flush=True,
+        )
         print(f"export CENCORI_NB_SANDBOX={url}", flush=True)
         print("Press Ctrl-C to stop.", file=sys.stderr, flush=True)
         await server.serve()

@@ -28,8 +28,7 @@ from .scrubber import (
     store_problems,
 )
 
-__all__ = ["MARKER", "install", "post_save_hook", "pre_save_hook", "scrub_notebook",
-           "scrub_text"]
+__all__ = ["MARKER", "install", "post_save_hook", "pre_save_hook", "scrub_notebook", "scrub_text"]
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
@@ -68,8 +67,9 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     the server's own logs."""
     _redact_server_logs(serverapp)
     if install(serverapp.contents_manager, serverapp.log):
-        serverapp.log.info("cencori_nb: secret scrubber registered (keys are removed from "
-                           "notebooks on save)")
+        serverapp.log.info(
+            "cencori_nb: secret scrubber registered (keys are removed from notebooks on save)"
+        )
 
 
 # Name used by older notebook servers.

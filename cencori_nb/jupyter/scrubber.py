@@ -57,22 +57,37 @@ from typing import Any
 
 from ..redact import BEARER_TOKEN, MARKER, NOTEBOOK, NOTEBOOK_KEY_SHAPES, encoded_forms
 
-__all__ = ["ENV_SCRUB_HOMES", "KEY_PATTERN", "MARKER", "Scrubber", "encoded_forms",
-           "post_save_hook", "pre_save_hook", "scrub_file_model", "scrub_notebook",
-           "scrub_text", "stored_secrets"]
+__all__ = [
+    "ENV_SCRUB_HOMES",
+    "KEY_PATTERN",
+    "MARKER",
+    "Scrubber",
+    "encoded_forms",
+    "post_save_hook",
+    "pre_save_hook",
+    "scrub_file_model",
+    "scrub_notebook",
+    "scrub_text",
+    "stored_secrets",
+]
 
 log = logging.getLogger(__name__)
 
 # The notebook policy's key shapes (cencori_nb.redact.NOTEBOOK), for callers that only test.
 KEY_PATTERN = NOTEBOOK_KEY_SHAPES
 _BEARER = BEARER_TOKEN
-MIN_EXACT_LENGTH = NOTEBOOK.min_secret   # shorter stored values would shred the notebook
+MIN_EXACT_LENGTH = NOTEBOOK.min_secret  # shorter stored values would shred the notebook
 # Homes (os.pathsep-separated) whose key stores are read besides the current home's.
 ENV_SCRUB_HOMES = "CENCORI_NB_SCRUB_HOMES"
 
 # Output mime types whose payload is base64 (or otherwise not text a person reads).
-_BINARY_MIME_PREFIXES = ("image/", "audio/", "video/", "application/pdf",
-                         "application/octet-stream")
+_BINARY_MIME_PREFIXES = (
+    "image/",
+    "audio/",
+    "video/",
+    "application/pdf",
+    "application/octet-stream",
+)
 _TEXT_IMAGE_TYPES = ("image/svg+xml",)
 WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
 # nbformat 4.5: ^[a-zA-Z0-9-_]+$, 1 to 64 characters
@@ -124,9 +139,12 @@ class Scrubber:
             i = 0
             while i < len(outputs) - 1:
                 a, b = outputs[i], outputs[i + 1]
-                if (isinstance(a, dict) and isinstance(b, dict)
-                        and a.get("output_type") == b.get("output_type") == "stream"
-                        and a.get("name") == b.get("name")):
+                if (
+                    isinstance(a, dict)
+                    and isinstance(b, dict)
+                    and a.get("output_type") == b.get("output_type") == "stream"
+                    and a.get("name") == b.get("name")
+                ):
                     ta, tb = _joined(a.get("text")), _joined(b.get("text"))
                     if self._count(ta + tb) > self._count(ta) + self._count(tb):
                         a["text"] = ta + tb
@@ -170,8 +188,7 @@ class Scrubber:
         items = list(node.items())
         node.clear()
         for key, value in items:
-            new = (NOTEBOOK.subn(key, exact=self._exact_re)[0] if isinstance(key, str)
-                   else key)
+            new = NOTEBOOK.subn(key, exact=self._exact_re)[0] if isinstance(key, str) else key
             candidate, n = new, 1
             while candidate in node:
                 n += 1
@@ -198,9 +215,15 @@ class Scrubber:
         buffers = model.get("buffers")
         if not isinstance(buffers, list):
             return
-        keep = [b for b in buffers if not (isinstance(b, dict) and isinstance(
-            b.get("data"), str) and (self._count(b["data"], binary=True)
-                                     or NOTEBOOK.encodes_a_key(b["data"])))]
+        keep = [
+            b
+            for b in buffers
+            if not (
+                isinstance(b, dict)
+                and isinstance(b.get("data"), str)
+                and (self._count(b["data"], binary=True) or NOTEBOOK.encodes_a_key(b["data"]))
+            )
+        ]
         if len(keep) != len(buffers):
             self.count += len(buffers) - len(keep)
             model["buffers"] = keep
@@ -210,9 +233,9 @@ class Scrubber:
         """Whether ``parent[key]`` holds base64 data (output bundles, attachments, buffers)."""
         if not isinstance(key, str):
             return False
-        if key == "buffers":          # widget state binary buffers
+        if key == "buffers":  # widget state binary buffers
             return True
-        return _is_binary_mime(key)   # output "data" and cell "attachments" bundles
+        return _is_binary_mime(key)  # output "data" and cell "attachments" bundles
 
 
 def _joined(text: Any) -> str:
@@ -244,8 +267,7 @@ def scrub_notebook(nb: dict[str, Any], exact: Iterable[str] = ()) -> int:
     if s.count:
         taken = {c.get("id") for c in cells if isinstance(c, dict)}
         for cell, before in zip(cells, ids, strict=False):
-            if (isinstance(cell, dict) and isinstance(cell.get("id"), str)
-                    and cell["id"] != before):
+            if isinstance(cell, dict) and isinstance(cell.get("id"), str) and cell["id"] != before:
                 new = uuid.uuid4().hex[:8]
                 while new in taken:
                     new = uuid.uuid4().hex[:8]
@@ -296,7 +318,7 @@ def scrub_file_model(model: dict[str, Any], path: str, exact: Iterable[str] = ()
             raw = base64.b64decode("".join(content.split()), validate=True)
             text = raw.decode("utf-8")
         except (binascii.Error, ValueError):
-            return 0            # binary (or not base64 at all): not scanned
+            return 0  # binary (or not base64 at all): not scanned
         new, removed = _scrub_document(text, path, exact)
         if removed:
             model["content"] = base64.b64encode(new.encode("utf-8")).decode("ascii")
@@ -361,11 +383,16 @@ def store_problems() -> list[str]:
 def _problem(path: Path, exc: BaseException) -> str:
     code = getattr(exc, "code", None)
     reason = f"{type(exc).__name__}{f' ({code})' if code else ''}"
-    hint = (" Start Jupyter with CENCORI_NB_PASSPHRASE set to scrub them exactly."
-            if code in ("passphrase_required", "wrong_passphrase") else "")
-    return (f"the secret scrubber cannot read the key store {path}: {reason}; your stored "
-            f"keys are removed from notebooks only if they have a known key shape (key "
-            f"patterns only).{hint}")
+    hint = (
+        " Start Jupyter with CENCORI_NB_PASSPHRASE set to scrub them exactly."
+        if code in ("passphrase_required", "wrong_passphrase")
+        else ""
+    )
+    return (
+        f"the secret scrubber cannot read the key store {path}: {reason}; your stored "
+        f"keys are removed from notebooks only if they have a known key shape (key "
+        f"patterns only).{hint}"
+    )
 
 
 def stored_secrets(logger: logging.Logger | None = None, *, warn: bool = False) -> list[str]:
@@ -382,8 +409,9 @@ def stored_secrets(logger: logging.Logger | None = None, *, warn: bool = False) 
         try:
             secrets += [s.reveal() for s in _open(path).all_secrets()]
         except Exception as exc:  # noqa: BLE001 - the scrubber must never block a save
-            logger.log(logging.WARNING if warn else logging.DEBUG, "cencori_nb: %s",
-                       _problem(path, exc))
+            logger.log(
+                logging.WARNING if warn else logging.DEBUG, "cencori_nb: %s", _problem(path, exc)
+            )
     return secrets
 
 
@@ -405,8 +433,9 @@ def _seen(contents_manager: Any) -> dict[str, bool]:
     return contents_manager.__dict__.setdefault(_SEEN, {})
 
 
-def pre_save_hook(model: dict[str, Any], path: str = "", contents_manager: Any = None,
-                  **kwargs: Any) -> None:
+def pre_save_hook(
+    model: dict[str, Any], path: str = "", contents_manager: Any = None, **kwargs: Any
+) -> None:
     """Jupyter pre-save hook: scrub a notebook or text file model in place before it is
     written.
 
@@ -431,11 +460,16 @@ def pre_save_hook(model: dict[str, Any], path: str = "", contents_manager: Any =
         else:
             return
         if removed:
-            logger.warning("cencori_nb: removed %d secret(s) from %s before saving "
-                           "(replaced with %s)", removed, path or "notebook", MARKER)
+            logger.warning(
+                "cencori_nb: removed %d secret(s) from %s before saving (replaced with %s)",
+                removed,
+                path or "notebook",
+                MARKER,
+            )
     except Exception:  # noqa: BLE001 - a save must never fail because of the scrubber
-        logger.error("cencori_nb: secret scrubber failed on %s; saving unchanged", path,
-                     exc_info=True)
+        logger.error(
+            "cencori_nb: secret scrubber failed on %s; saving unchanged", path, exc_info=True
+        )
 
 
 def _refuse_key_in_name(path: str) -> None:
@@ -448,12 +482,16 @@ def _refuse_key_in_name(path: str) -> None:
     if holds:
         from tornado.web import HTTPError
 
-        raise HTTPError(400, "cencori_nb refused to save: the file name looks like it "
-                        "contains an API key. Save it under another name.")
+        raise HTTPError(
+            400,
+            "cencori_nb refused to save: the file name looks like it "
+            "contains an API key. Save it under another name.",
+        )
 
 
-def post_save_hook(model: dict[str, Any], os_path: str = "", contents_manager: Any = None,
-                   **kwargs: Any) -> None:
+def post_save_hook(
+    model: dict[str, Any], os_path: str = "", contents_manager: Any = None, **kwargs: Any
+) -> None:
     """Jupyter post-save hook: a file whose content the pre-save hook did not see whole (a
     chunked upload, after its last chunk) is scrubbed on disk, rewritten atomically with
     its mode kept, only if something was found. Other saves are not read again."""
@@ -462,7 +500,7 @@ def post_save_hook(model: dict[str, Any], os_path: str = "", contents_manager: A
     if contents_manager is None or not os_path or (model or {}).get("type") == "directory":
         return
     if _seen(contents_manager).pop(path, False):
-        return                          # scrubbed before it was written
+        return  # scrubbed before it was written
     with contextlib.suppress(Exception):
         if NOTEBOOK.finds(path):
             # Chunks after a refused first one are appended anyway (Jupyter creates the
@@ -476,15 +514,18 @@ def post_save_hook(model: dict[str, Any], os_path: str = "", contents_manager: A
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            return                      # binary: not scanned
+            return  # binary: not scanned
         new, removed = _scrub_document(text, path, tuple(_secrets_for_save(logger)))
         if removed:
             _replace_keeping_mode(target, new.encode("utf-8"))
-            logger.warning("cencori_nb: removed %d secret(s) from %s after its upload "
-                           "(replaced with %s)", removed, path, MARKER)
+            logger.warning(
+                "cencori_nb: removed %d secret(s) from %s after its upload (replaced with %s)",
+                removed,
+                path,
+                MARKER,
+            )
     except Exception:  # noqa: BLE001 - the upload itself has succeeded
-        logger.error("cencori_nb: secret scrubber failed on the uploaded %s", path,
-                     exc_info=True)
+        logger.error("cencori_nb: secret scrubber failed on the uploaded %s", path, exc_info=True)
 
 
 def _replace_keeping_mode(target: Path, data: bytes) -> None:

@@ -40,10 +40,10 @@ def default_store() -> KeyStore:
         if _default is None or _default.path != path:
             from ..home import verify_home
 
-            verify_home(path.parent)   # never read a store through a planted symlink
+            verify_home(path.parent)  # never read a store through a planted symlink
             from ..ipython_hygiene import guard_running_shell
 
-            guard_running_shell()      # keys now live in this process: keep them out of tracebacks
+            guard_running_shell()  # keys now live in this process: keep them out of tracebacks
             _default = KeyStore(path)
         return _default
 

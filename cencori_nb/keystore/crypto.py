@@ -33,17 +33,37 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .secret import Secret
 
-__all__ = ["FORMAT", "KEY_BYTES", "NONCE_BYTES", "VERSION", "Argon2Params", "InvalidTag",
-           "Sealed", "b64d", "b64e", "canonical_json", "derive_kek", "dump_document",
-           "kdf_runs", "kek_check", "mac_aad", "new_key", "open_record", "open_sealed",
-           "record_aad", "seal", "seal_record", "wrap_aad"]
+__all__ = [
+    "FORMAT",
+    "KEY_BYTES",
+    "NONCE_BYTES",
+    "VERSION",
+    "Argon2Params",
+    "InvalidTag",
+    "Sealed",
+    "b64d",
+    "b64e",
+    "canonical_json",
+    "derive_kek",
+    "dump_document",
+    "kdf_runs",
+    "kek_check",
+    "mac_aad",
+    "new_key",
+    "open_record",
+    "open_sealed",
+    "record_aad",
+    "seal",
+    "seal_record",
+    "wrap_aad",
+]
 
 FORMAT = "cencori-nb-keystore"
 VERSION = 1
-KEY_BYTES = 32          # AES-256
-NONCE_BYTES = 12        # 96-bit GCM nonce, as NIST recommends
+KEY_BYTES = 32  # AES-256
+NONCE_BYTES = 12  # 96-bit GCM nonce, as NIST recommends
 TAG_BYTES = 16
-_PAD = 64               # record plaintexts are padded so ciphertext length hides key length
+_PAD = 64  # record plaintexts are padded so ciphertext length hides key length
 
 _kdf_runs = 0
 
@@ -54,6 +74,7 @@ def kdf_runs() -> int:
 
 
 # --------------------------------------------------------------------------- encoding
+
 
 def canonical_json(obj: Any) -> bytes:
     """The one byte form of ``obj`` used as associated data (sorted keys, no spaces)."""
@@ -90,6 +111,7 @@ def b64d(text: Any, *, size: int | None = None, min_size: int = 0) -> bytes:
 
 # --------------------------------------------------------------------------- AES-GCM
 
+
 @dataclass(frozen=True, slots=True)
 class Sealed:
     """A nonce and the AES-GCM ciphertext (tag appended) it produced."""
@@ -104,8 +126,10 @@ class Sealed:
     def from_json(cls, obj: Any) -> Sealed:
         if not isinstance(obj, dict):
             raise ValueError("expected an object with nonce and ciphertext")
-        return cls(b64d(obj.get("nonce"), size=NONCE_BYTES),
-                   b64d(obj.get("ciphertext"), min_size=TAG_BYTES))
+        return cls(
+            b64d(obj.get("nonce"), size=NONCE_BYTES),
+            b64d(obj.get("ciphertext"), min_size=TAG_BYTES),
+        )
 
 
 def new_key() -> bytes:
@@ -128,16 +152,25 @@ def open_sealed(key: bytes, sealed: Sealed, aad: bytes) -> bytes:
 
 # --------------------------------------------------------------------------- what is bound to what
 
+
 def record_aad(project: str, provider: str) -> bytes:
     """Associated data of one record: it opens only in its own (project, provider) slot."""
-    return canonical_json({"format": FORMAT, "version": VERSION, "purpose": "record",
-                           "project": project, "provider": provider})
+    return canonical_json(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "purpose": "record",
+            "project": project,
+            "provider": provider,
+        }
+    )
 
 
 def wrap_aad(kek_header: dict[str, Any]) -> bytes:
     """Associated data of the wrapped DEK: the KEK description (source, KDF, salt, check)."""
-    return canonical_json({"format": FORMAT, "version": VERSION, "purpose": "dek",
-                           "kek": kek_header})
+    return canonical_json(
+        {"format": FORMAT, "version": VERSION, "purpose": "dek", "kek": kek_header}
+    )
 
 
 def mac_aad(body: dict[str, Any]) -> bytes:
@@ -165,6 +198,7 @@ def open_record(dek: bytes, project: str, provider: str, sealed: Sealed) -> dict
 
 # --------------------------------------------------------------------------- KEK helpers
 
+
 @dataclass(frozen=True, slots=True)
 class Argon2Params:
     """Argon2id parameters as stored in the file (``memory_cost`` in KiB)."""
@@ -180,8 +214,14 @@ class Argon2Params:
         return cls(salt=os.urandom(16))
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": "argon2id", "salt": b64e(self.salt), "memory_cost": self.memory_cost,
-                "iterations": self.iterations, "lanes": self.lanes, "length": self.length}
+        return {
+            "name": "argon2id",
+            "salt": b64e(self.salt),
+            "memory_cost": self.memory_cost,
+            "iterations": self.iterations,
+            "lanes": self.lanes,
+            "length": self.length,
+        }
 
     @classmethod
     def from_json(cls, obj: Any) -> Argon2Params:
@@ -193,11 +233,20 @@ class Argon2Params:
         ints = [obj[k] for k in ("memory_cost", "iterations", "lanes", "length")]
         if any(type(v) is not int for v in ints):
             raise ValueError("key derivation parameters must be integers")
-        params = cls(salt=b64d(obj["salt"], min_size=16), memory_cost=obj["memory_cost"],
-                     iterations=obj["iterations"], lanes=obj["lanes"], length=obj["length"])
-        if not (1 <= params.lanes <= 16 and 1 <= params.iterations <= 16
-                and 8 * params.lanes <= params.memory_cost <= 1024 * 1024
-                and params.length == KEY_BYTES and len(params.salt) <= 64):
+        params = cls(
+            salt=b64d(obj["salt"], min_size=16),
+            memory_cost=obj["memory_cost"],
+            iterations=obj["iterations"],
+            lanes=obj["lanes"],
+            length=obj["length"],
+        )
+        if not (
+            1 <= params.lanes <= 16
+            and 1 <= params.iterations <= 16
+            and 8 * params.lanes <= params.memory_cost <= 1024 * 1024
+            and params.length == KEY_BYTES
+            and len(params.salt) <= 64
+        ):
             raise ValueError("key derivation parameters out of range")
         return params
 
@@ -212,8 +261,13 @@ def derive_kek(passphrase: str | Secret, params: Argon2Params) -> bytes:
     _kdf_runs += 1
     clear = passphrase.reveal() if isinstance(passphrase, Secret) else passphrase
     secret = unicodedata.normalize("NFC", clear).encode("utf-8")
-    return Argon2id(salt=params.salt, length=params.length, iterations=params.iterations,
-                    lanes=params.lanes, memory_cost=params.memory_cost).derive(secret)
+    return Argon2id(
+        salt=params.salt,
+        length=params.length,
+        iterations=params.iterations,
+        lanes=params.lanes,
+        memory_cost=params.memory_cost,
+    ).derive(secret)
 
 
 def kek_check(kek: bytes) -> bytes:

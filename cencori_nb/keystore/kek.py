@@ -32,10 +32,23 @@ from ..redact import register_secret
 from . import crypto
 from .secret import Secret
 
-__all__ = ["ENV_PASSPHRASE", "KEYRING_SERVICE", "Kek", "checked_passphrase",
-           "is_secure_backend", "load_kek",
-           "new_kek", "new_keyfile_kek", "new_keyring_kek", "new_passphrase_kek",
-           "passphrase_from_env", "ref", "retire", "secure_keyring", "validate_header"]
+__all__ = [
+    "ENV_PASSPHRASE",
+    "KEYRING_SERVICE",
+    "Kek",
+    "checked_passphrase",
+    "is_secure_backend",
+    "load_kek",
+    "new_kek",
+    "new_keyfile_kek",
+    "new_keyring_kek",
+    "new_passphrase_kek",
+    "passphrase_from_env",
+    "ref",
+    "retire",
+    "secure_keyring",
+    "validate_header",
+]
 
 log = logging.getLogger("cencori_nb.keystore")
 
@@ -51,7 +64,7 @@ class Kek:
     header: dict[str, Any]
     key: bytes
 
-    def __repr__(self) -> str:            # never show the key
+    def __repr__(self) -> str:  # never show the key
         return f"Kek(source={self.header.get('source')!r})"
 
 
@@ -91,20 +104,26 @@ def _passphrase_problem(secret: Secret) -> tuple[str, str, str] | None:
     if not isinstance(clear, str):
         return ("passphrase_invalid", "must be text.", "Pass a str; nothing was changed.")
     if not clear.strip():
-        return ("passphrase_empty", "is set but empty (or only whitespace).",
-                f"Set it to your passphrase, or unset it (`unset {ENV_PASSPHRASE}`) to use "
-                "a key file or the OS keyring; nothing was read or written.")
+        return (
+            "passphrase_empty",
+            "is set but empty (or only whitespace).",
+            f"Set it to your passphrase, or unset it (`unset {ENV_PASSPHRASE}`) to use "
+            "a key file or the OS keyring; nothing was read or written.",
+        )
     try:
         clear.encode("utf-8")
     except UnicodeEncodeError:
-        return ("passphrase_invalid", "is not valid UTF-8 text (it holds bytes that the "
-                "locale could not decode).",
-                "Set it again from a UTF-8 terminal or file (check `locale`), using only "
-                "text characters; nothing was read or written.")
+        return (
+            "passphrase_invalid",
+            "is not valid UTF-8 text (it holds bytes that the locale could not decode).",
+            "Set it again from a UTF-8 terminal or file (check `locale`), using only "
+            "text characters; nothing was read or written.",
+        )
     return None
 
 
 # --------------------------------------------------------------------------- keyring
+
 
 def is_secure_backend(backend: Any) -> bool:
     """True only for a keyring backend that really protects what it stores.
@@ -121,8 +140,10 @@ def is_secure_backend(backend: Any) -> bool:
     if name == "ChainerBackend":
         members = list(getattr(backend, "backends", []) or [])
         return bool(members) and all(is_secure_backend(b) for b in members)
-    if module.startswith("keyrings.alt") or module in ("keyring.backends.fail",
-                                                       "keyring.backends.null"):
+    if module.startswith("keyrings.alt") or module in (
+        "keyring.backends.fail",
+        "keyring.backends.null",
+    ):
         return False
     if "plaintext" in name.lower() or "plaintext" in module.lower():
         return False
@@ -149,12 +170,14 @@ def secure_keyring() -> Any | None:
 
 # --------------------------------------------------------------------------- creating KEKs
 
+
 def new_passphrase_kek(passphrase: str | Secret) -> Kek:
     """A KEK derived from ``passphrase`` with a fresh salt (one Argon2id run)."""
     passphrase = checked_passphrase(passphrase)
     params = crypto.Argon2Params.fresh()
-    return Kek({"source": "passphrase", "kdf": params.to_json()},
-               crypto.derive_kek(passphrase, params))
+    return Kek(
+        {"source": "passphrase", "kdf": params.to_json()}, crypto.derive_kek(passphrase, params)
+    )
 
 
 def new_keyring_kek(backend: Any) -> Kek:
@@ -175,7 +198,7 @@ def new_keyfile_kek(store_path: Path) -> Kek:
     try:
         try:
             if os.write(fd, key) != len(key):
-                raise OSError(28, os.strerror(28), str(path))   # a short write: disk full
+                raise OSError(28, os.strerror(28), str(path))  # a short write: disk full
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -193,21 +216,25 @@ def new_keyfile_kek(store_path: Path) -> Kek:
     return Kek({"source": "keyfile", "file": name}, key)
 
 
-def new_kek(store_path: Path, *, passphrase: str | Secret | None, backend: Any | None
-            ) -> Kek:
+def new_kek(store_path: Path, *, passphrase: str | Secret | None, backend: Any | None) -> Kek:
     """Choose the source for a new store (or a rotation) in the documented order."""
-    if passphrase is not None:   # an empty one was refused by checked_passphrase
+    if passphrase is not None:  # an empty one was refused by checked_passphrase
         return new_passphrase_kek(passphrase)
     if backend is not None:
         try:
             return new_keyring_kek(backend)
         except Exception as exc:  # keyring refused: a key file is the documented fallback
-            log.warning("OS keyring %s refused to store the key store's key (%s); using a "
-                        "key file instead.", type(backend).__name__, type(exc).__name__)
+            log.warning(
+                "OS keyring %s refused to store the key store's key (%s); using a "
+                "key file instead.",
+                type(backend).__name__,
+                type(exc).__name__,
+            )
     return new_keyfile_kek(store_path)
 
 
 # --------------------------------------------------------------------------- reading KEKs
+
 
 def validate_header(header: Any) -> None:
     """Raise ``ValueError`` unless ``header`` is a well-formed KEK description."""
@@ -223,8 +250,11 @@ def validate_header(header: Any) -> None:
         if fields != {"source", "service", "username"} or header["service"] != KEYRING_SERVICE:
             raise ValueError("unexpected keyring header fields")
         username = header["username"]
-        if not (isinstance(username, str) and username.startswith("keystore-kek-")
-                and _ID_RE.fullmatch(username.removeprefix("keystore-kek-"))):
+        if not (
+            isinstance(username, str)
+            and username.startswith("keystore-kek-")
+            and _ID_RE.fullmatch(username.removeprefix("keystore-kek-"))
+        ):
             raise ValueError("bad keyring entry name")
     elif source == "keyfile":
         if fields != {"source", "file"}:
@@ -247,8 +277,13 @@ def ref(header: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def load_kek(header: dict[str, Any], store_path: Path, *, passphrase: str | Secret | None,
-             backend: Any | None) -> bytes:
+def load_kek(
+    header: dict[str, Any],
+    store_path: Path,
+    *,
+    passphrase: str | Secret | None,
+    backend: Any | None,
+) -> bytes:
     """The KEK a (validated) header describes. ``passphrase`` overrides the environment."""
     source = header["source"]
     if source == "passphrase":
@@ -259,9 +294,12 @@ def load_kek(header: dict[str, Any], store_path: Path, *, passphrase: str | Secr
                 f"{ENV_PASSPHRASE} is not set.",
                 hint=f"Set {ENV_PASSPHRASE} to its passphrase in the environment of this "
                 "shell or kernel, then try again.",
-                code="passphrase_required", path=store_path)
-        phrase = checked_passphrase(phrase, "The passphrase given" if passphrase is not None
-                                    else ENV_PASSPHRASE)
+                code="passphrase_required",
+                path=store_path,
+            )
+        phrase = checked_passphrase(
+            phrase, "The passphrase given" if passphrase is not None else ENV_PASSPHRASE
+        )
         return crypto.derive_kek(phrase, crypto.Argon2Params.from_json(header["kdf"]))
     if source == "keyfile":
         file_name: str = header["file"]  # validate_header checked: a plain name, a str
@@ -274,13 +312,19 @@ def load_kek(header: dict[str, Any], store_path: Path, *, passphrase: str | Secr
                 "missing.",
                 hint=f"Restore {key_path} from a backup. Without it the stored keys cannot be "
                 f"read: delete {store_path} and set your keys again.",
-                code="key_file_missing", path=store_path, key_file=key_path) from None
+                code="key_file_missing",
+                path=store_path,
+                key_file=key_path,
+            ) from None
         if len(data) != crypto.KEY_BYTES:
             raise KeystoreCorruptError(
                 f"The key file {key_path} of the key store {store_path} is damaged "
                 f"({len(data)} bytes instead of {crypto.KEY_BYTES}).",
                 hint=f"Restore {key_path} from a backup, or delete {store_path} and set your "
-                "keys again.", path=store_path, key_file=key_path)
+                "keys again.",
+                path=store_path,
+                key_file=key_path,
+            )
         return data
     # keyring
     username = header["username"]
@@ -290,8 +334,10 @@ def load_kek(header: dict[str, Any], store_path: Path, *, passphrase: str | Secr
             f"({KEYRING_SERVICE}/{username}), and no secure keyring is reachable from this "
             "process.",
             hint="Run where that keyring is unlocked (same user session), or delete "
-            f"{store_path} and set your keys again.", code="keyring_unavailable",
-            path=store_path)
+            f"{store_path} and set your keys again.",
+            code="keyring_unavailable",
+            path=store_path,
+        )
     try:
         stored = backend.get_password(KEYRING_SERVICE, username)
     except Exception as exc:
@@ -299,13 +345,17 @@ def load_kek(header: dict[str, Any], store_path: Path, *, passphrase: str | Secr
             f"The OS keyring did not give the key of the key store {store_path} "
             f"({type(exc).__name__}).",
             hint="Unlock the keyring (e.g. log in to the desktop session) and try again.",
-            code="keyring_unavailable", path=store_path) from None
+            code="keyring_unavailable",
+            path=store_path,
+        ) from None
     if stored is None:
         raise KeystoreError(
             f"The key store {store_path} is locked by the OS keyring entry "
             f"{KEYRING_SERVICE}/{username}, which is missing.",
             hint=f"Restore that keyring entry, or delete {store_path} and set your keys again.",
-            code="keyring_entry_missing", path=store_path)
+            code="keyring_entry_missing",
+            path=store_path,
+        )
     try:
         key = base64.b64decode(stored.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
@@ -314,7 +364,9 @@ def load_kek(header: dict[str, Any], store_path: Path, *, passphrase: str | Secr
         raise KeystoreCorruptError(
             f"The OS keyring entry {KEYRING_SERVICE}/{username} of the key store "
             f"{store_path} is damaged.",
-            hint=f"Delete {store_path} and set your keys again.", path=store_path)
+            hint=f"Delete {store_path} and set your keys again.",
+            path=store_path,
+        )
     return key
 
 
@@ -329,4 +381,3 @@ def retire(header_ref: tuple[str, str], store_path: Path, backend: Any | None) -
             backend.delete_password(KEYRING_SERVICE, name)
         except Exception as exc:  # already gone, or keyring locked: nothing depends on it
             log.debug("could not delete keyring entry: %s", type(exc).__name__)
-

@@ -55,19 +55,36 @@ from ..settings import current_project
 from . import crypto, kek
 from .secret import Secret
 
-__all__ = ["PROJECT_SLOT", "STORE_FILE", "KeyStatus", "KeyStore", "ProviderKey",
-           "clean_api_key", "clean_model", "clean_project", "clean_provider"]
+__all__ = [
+    "PROJECT_SLOT",
+    "STORE_FILE",
+    "KeyStatus",
+    "KeyStore",
+    "ProviderKey",
+    "clean_api_key",
+    "clean_model",
+    "clean_project",
+    "clean_provider",
+]
 
 log = logging.getLogger("cencori_nb.keystore")
 
 STORE_FILE = "keystore.json"
-PROJECT_SLOT = "@project"        # the record holding project-level choices (default provider)
+PROJECT_SLOT = "@project"  # the record holding project-level choices (default provider)
 _DOC_FIELDS = {"format", "version", "generation", "kek", "dek", "records", "mac"}
 _RECORD_FIELDS = {"project", "provider", "nonce", "ciphertext"}
 _MAX_NAME = 200
 # Errors a second read under the lock cannot cure (the environment is what is wrong).
-_FINAL_CODES = frozenset({"passphrase_required", "passphrase_empty", "passphrase_invalid",
-                          "keystore_locked", "keystore_unreadable", "keyring_unavailable"})
+_FINAL_CODES = frozenset(
+    {
+        "passphrase_required",
+        "passphrase_empty",
+        "passphrase_invalid",
+        "keystore_locked",
+        "keystore_unreadable",
+        "keyring_unavailable",
+    }
+)
 
 # wrapped-DEK fingerprint -> DEK. A wrapped key this process has opened once is not opened
 # again (no second Argon2id), whichever KeyStore object reads it.
@@ -79,6 +96,7 @@ def _reset_cache() -> None:
 
 
 # --------------------------------------------------------------------------- public values
+
 
 @dataclass(frozen=True)
 class ProviderKey:
@@ -110,11 +128,17 @@ class KeyStatus:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``keys list --json`` object."""
-        return {"provider": self.provider, "enabled": self.enabled, "key_hint": self.key_hint,
-                "default_model": self.default_model, "is_default": self.is_default}
+        return {
+            "provider": self.provider,
+            "enabled": self.enabled,
+            "key_hint": self.key_hint,
+            "default_model": self.default_model,
+            "is_default": self.is_default,
+        }
 
 
 # --------------------------------------------------------------------------- validation
+
 
 def clean_provider(provider: str, *, allow_cencori: bool = True) -> str:
     """The provider's canonical name (matched case-insensitively, so ``OpenAI`` is
@@ -126,24 +150,29 @@ def clean_provider(provider: str, *, allow_cencori: bool = True) -> str:
         return name
     if name in PROVIDERS:
         return name
-    return provider_info(provider).name   # raises UnknownProviderError, naming what was typed
+    return provider_info(provider).name  # raises UnknownProviderError, naming what was typed
 
 
 def clean_project(project: str) -> str:
     """A project name: non-empty printable text without surrounding spaces."""
     if not isinstance(project, str) or not project.strip():
-        raise ConfigurationError("The project name is empty.",
-                                 hint="Pass project='name' or set CENCORI_NB_PROJECT.")
+        raise ConfigurationError(
+            "The project name is empty.", hint="Pass project='name' or set CENCORI_NB_PROJECT."
+        )
     if project != project.strip() or len(project) > _MAX_NAME or not project.isprintable():
         raise ConfigurationError(
             f"The project name {project!r} has surrounding spaces, control characters or is "
-            f"longer than {_MAX_NAME} characters.", hint="Use a short plain name.")
+            f"longer than {_MAX_NAME} characters.",
+            hint="Use a short plain name.",
+        )
     if project == PROJECT_SLOT:
         raise ConfigurationError(f"{PROJECT_SLOT!r} is reserved.", hint="Use another name.")
-    if looks_like_key(project) or holds_secret(project):   # a key pasted as the project
-        raise ConfigurationError("The project name looks like an API key; nothing was done.",
-                                 hint="Give keys on stdin or in the key field; project names "
-                                 "look like 'default' or 'research'.")
+    if looks_like_key(project) or holds_secret(project):  # a key pasted as the project
+        raise ConfigurationError(
+            "The project name looks like an API key; nothing was done.",
+            hint="Give keys on stdin or in the key field; project names "
+            "look like 'default' or 'research'.",
+        )
     return project
 
 
@@ -152,30 +181,37 @@ def clean_model(model: str | None) -> str | None:
     if model is None:
         return None
     if not isinstance(model, str) or not model.strip():
-        raise ConfigurationError("The default model is empty.",
-                                 hint="Leave it out, or name a model such as gpt-4o-mini.")
+        raise ConfigurationError(
+            "The default model is empty.", hint="Leave it out, or name a model such as gpt-4o-mini."
+        )
     model = model.strip()
-    if looks_like_key(model) or holds_secret(model):   # shaped, or one of the stored keys
+    if looks_like_key(model) or holds_secret(model):  # shaped, or one of the stored keys
         # A key pasted into the model field: stored, it would be shown in clear everywhere a
         # default model is (keys list, the panel's dropdown, %cencori providers).
-        raise ConfigurationError("The default model looks like an API key; nothing was stored.",
-                                 hint="Give the key on stdin or in the key field; model ids "
-                                 "look like gpt-4o-mini.")
+        raise ConfigurationError(
+            "The default model looks like an API key; nothing was stored.",
+            hint="Give the key on stdin or in the key field; model ids look like gpt-4o-mini.",
+        )
     if any(ch.isspace() for ch in model) or not model.isprintable():
-        raise ConfigurationError(f"The default model {model!r} contains spaces or control "
-                                 "characters.", hint="Model ids look like gpt-4o-mini.")
+        raise ConfigurationError(
+            f"The default model {model!r} contains spaces or control characters.",
+            hint="Model ids look like gpt-4o-mini.",
+        )
     return model
 
 
-MIN_KEY_LENGTH = 12     # every real provider key is far longer; "hello" or "sk-abc" is a slip
-_MAX_KEY_LENGTH = 512   # longer is possible (JWT-style tokens) but worth a warning
+MIN_KEY_LENGTH = 12  # every real provider key is far longer; "hello" or "sk-abc" is a slip
+_MAX_KEY_LENGTH = 512  # longer is possible (JWT-style tokens) but worth a warning
 _USUAL_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
-_FORCE_HINT = ("If it really is right, repeat with --force (force=True in Python, \"Save even "
-               "if the key looks wrong\" in the panel).")
+_FORCE_HINT = (
+    'If it really is right, repeat with --force (force=True in Python, "Save even '
+    'if the key looks wrong" in the panel).'
+)
 
 
-def clean_api_key(provider: str, api_key: str | Secret, *, force: bool = False,
-                  notes: list[str] | None = None) -> Secret:
+def clean_api_key(
+    provider: str, api_key: str | Secret, *, force: bool = False, notes: list[str] | None = None
+) -> Secret:
     """Validate and normalise an API key; the message never contains the key.
 
     Surrounding whitespace and line breaks (from copy-paste or ``echo key |``) are removed.
@@ -223,79 +259,98 @@ def _prefix_owner(raw: str) -> tuple[str, list[str]] | None:
     return prefix, KEY_PREFIXES[prefix].split("/")
 
 
-def _key_problem(provider: str, name: str, api_key: object, force: bool,
-                 notes: list[str]) -> tuple[str, str | None] | None:
+def _key_problem(
+    provider: str, name: str, api_key: object, force: bool, notes: list[str]
+) -> tuple[str, str | None] | None:
     """``(message, hint)`` saying why ``api_key`` (a Secret) is refused, or None; notes on
     shapes that are only unusual are appended to ``notes``."""
     raw = api_key.reveal() if isinstance(api_key, Secret) else api_key
     if not isinstance(raw, str):
-        return (f"The {name} key must be text (a str or a Secret), not "
-                f"{type(raw).__name__}.", None)
+        return (f"The {name} key must be text (a str or a Secret), not {type(raw).__name__}.", None)
     raw = raw.strip()
     if not raw:
         return f"The {name} key is empty.", "Paste the whole key; nothing was stored."
     if any(ch.isspace() and ch != " " for ch in raw):
-        return (f"The {name} key contains a line break or a tab inside it.",
-                "A key is one unbroken string: paste it again; nothing was stored.")
+        return (
+            f"The {name} key contains a line break or a tab inside it.",
+            "A key is one unbroken string: paste it again; nothing was stored.",
+        )
     if any(not 0x20 <= ord(ch) <= 0x7E for ch in raw):
-        return (f"The {name} key contains characters that are not printable ASCII.",
-                "Paste it again from the provider's console; nothing was stored.")
+        return (
+            f"The {name} key contains characters that are not printable ASCII.",
+            "Paste it again from the provider's console; nothing was stored.",
+        )
     if provider == CENCORI and not raw.startswith("csk_"):
-        return ("A Cencori project key starts with 'csk_'.",
-                "Copy it from the Cencori dashboard (Project → API keys); nothing was "
-                "stored.")
+        return (
+            "A Cencori project key starts with 'csk_'.",
+            "Copy it from the Cencori dashboard (Project → API keys); nothing was stored.",
+        )
     refusals: list[str] = []
     if " " in raw:
-        refusals.append("contains a space or a line break inside it (a key is one unbroken "
-                        "string)")
+        refusals.append("contains a space or a line break inside it (a key is one unbroken string)")
     if len(raw) < MIN_KEY_LENGTH and provider != "local":
         # (a local server's key is often a placeholder such as "ollama")
-        refusals.append(f"is only {len(raw)} characters long (real keys are much longer: "
-                        "was only part of it pasted?)")
+        refusals.append(
+            f"is only {len(raw)} characters long (real keys are much longer: "
+            "was only part of it pasted?)"
+        )
     owner = _prefix_owner(raw)
     if owner is not None and provider != CENCORI:
         prefix, owners = owner
         if provider not in owners and not (provider == "local" and prefix == "sk-"):
             # "sk-" is also what local proxies (LiteLLM) hand out; anything more specific
             # is a real provider's key in the wrong slot
-            whose = " or ".join(_key_name(o) if o in PROVIDERS or o == CENCORI else o
-                                for o in owners)
-            where = ("cencori-nb keys set cencori" if owners == [CENCORI]
-                     else f"cencori-nb keys set {owners[0]}" if owners[0] in PROVIDERS
-                     else "the right provider")
+            whose = " or ".join(
+                _key_name(o) if o in PROVIDERS or o == CENCORI else o for o in owners
+            )
+            where = (
+                "cencori-nb keys set cencori"
+                if owners == [CENCORI]
+                else f"cencori-nb keys set {owners[0]}"
+                if owners[0] in PROVIDERS
+                else "the right provider"
+            )
             # (the prefix itself is not quoted: the CLI blanks anything key-shaped in a
             # message, and "sk-ant-" quoted alone already looks like a key to it)
-            refusals.append(f"starts with the prefix of {whose} keys (store it with "
-                            f"`{where}`)")
+            refusals.append(f"starts with the prefix of {whose} keys (store it with `{where}`)")
     if refusals:
         if not force:
-            return (f"The key given as the {name} key {'; and it '.join(refusals)}; nothing "
-                    "was stored.", _FORCE_HINT)
+            return (
+                f"The key given as the {name} key {'; and it '.join(refusals)}; nothing "
+                "was stored.",
+                _FORCE_HINT,
+            )
         notes.append(f"The {name} key {'; and it '.join(refusals)}; stored anyway (forced).")
         return None
     usual = PROVIDERS[provider].key_prefix if provider in PROVIDERS else "csk_"
     if usual and not raw.startswith(usual) and owner is None:
-        notes.append(f"The {name} key does not start with {usual!r}, the usual prefix; "
-                     "stored anyway.")
+        notes.append(
+            f"The {name} key does not start with {usual!r}, the usual prefix; stored anyway."
+        )
     if not set(raw) <= _USUAL_KEY_CHARS:
-        notes.append(f"The {name} key contains characters keys rarely have (only letters, "
-                     "digits, '-', '_' and '.' are usual); stored anyway.")
+        notes.append(
+            f"The {name} key contains characters keys rarely have (only letters, "
+            "digits, '-', '_' and '.' are usual); stored anyway."
+        )
     if len(raw) > _MAX_KEY_LENGTH:
-        notes.append(f"The {name} key is {len(raw)} characters long, longer than keys "
-                     "usually are; stored anyway.")
+        notes.append(
+            f"The {name} key is {len(raw)} characters long, longer than keys "
+            "usually are; stored anyway."
+        )
     return None
 
 
 # --------------------------------------------------------------------------- internal state
 
+
 @dataclass(frozen=True)
 class _Record:
     """A decrypted record; ``sealed`` is its ciphertext on disk (None: seal on next write)."""
 
-    key: Secret | None = None              # None only for the project slot
+    key: Secret | None = None  # None only for the project slot
     enabled: bool = True
     default_model: str | None = None
-    default_provider: str | None = None    # project slot only
+    default_provider: str | None = None  # project slot only
     sealed: crypto.Sealed | None = field(default=None, repr=False)
 
     def fields(self, provider: str) -> dict[str, Any]:
@@ -304,15 +359,18 @@ class _Record:
         assert self.key is not None
         if provider == CENCORI:
             return {"key": self.key.reveal(), "enabled": self.enabled}
-        return {"key": self.key.reveal(), "enabled": self.enabled,
-                "default_model": self.default_model}
+        return {
+            "key": self.key.reveal(),
+            "enabled": self.enabled,
+            "default_model": self.default_model,
+        }
 
 
 @dataclass(frozen=True)
 class _State:
     """One generation of the store, opened."""
 
-    raw: bytes = field(repr=False)         # the file bytes (b"" for a store not yet written)
+    raw: bytes = field(repr=False)  # the file bytes (b"" for a store not yet written)
     generation: int
     kek_header: dict[str, Any]
     wrapped: crypto.Sealed = field(repr=False)
@@ -321,7 +379,8 @@ class _State:
     # ProviderKey objects handed out by get(), built once per generation (init=False: a
     # dataclasses.replace() starts with an empty one)
     views: dict[tuple[str, str], ProviderKey | None] = field(
-        init=False, default_factory=dict, repr=False)
+        init=False, default_factory=dict, repr=False
+    )
 
 
 _Sig = tuple[int, int, int, int]
@@ -346,6 +405,7 @@ def _register(records: dict[tuple[str, str], _Record]) -> None:
 
 # --------------------------------------------------------------------------- the store
 
+
 class KeyStore:
     """The encrypted per-user key store. Use :func:`cencori_nb.keystore.default_store`.
 
@@ -354,15 +414,20 @@ class KeyStore:
     file lock and re-read the file inside it.
     """
 
-    def __init__(self, path: Path | str | None = None, *, keyring_backend: Any = _AUTO,
-                 lock_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: Path | str | None = None,
+        *,
+        keyring_backend: Any = _AUTO,
+        lock_timeout: float = 30.0,
+    ) -> None:
         self.path = Path(path) if path is not None else home_dir() / STORE_FILE
         self.backup_path = self.path.with_suffix(".bak")
         self.lock_path = self.path.with_suffix(".lock")
         # the newest generation seen, kept outside the store file (rollback detection)
         self.seen_path = self.path.with_name(self.path.name + ".generation")
-        self._probing = True            # a wrong passphrase may try the backup (see _probe)
-        self._keyring = keyring_backend        # _AUTO: look it up when first needed
+        self._probing = True  # a wrong passphrase may try the backup (see _probe)
+        self._keyring = keyring_backend  # _AUTO: look it up when first needed
         self._lock_timeout = lock_timeout
         self._mutex = threading.RLock()
         self._state: _State | None = None
@@ -386,8 +451,11 @@ class KeyStore:
             pass
         record = state.records.get(slot)
         view = None
-        if record is not None and record.key is not None and provider not in (CENCORI,
-                                                                              PROJECT_SLOT):
+        if (
+            record is not None
+            and record.key is not None
+            and provider not in (CENCORI, PROJECT_SLOT)
+        ):
             view = ProviderKey(provider, record.key, record.enabled, record.default_model)
         state.views[slot] = view
         return view
@@ -423,9 +491,15 @@ class KeyStore:
         for (proj, provider), record in sorted(records.items()):
             if proj != project or provider == PROJECT_SLOT or record.key is None:
                 continue
-            rows.append(KeyStatus(provider, record.enabled, record.key.hint,
-                                  None if provider == CENCORI else record.default_model,
-                                  provider == default))
+            rows.append(
+                KeyStatus(
+                    provider,
+                    record.enabled,
+                    record.key.hint,
+                    None if provider == CENCORI else record.default_model,
+                    provider == default,
+                )
+            )
         return rows
 
     @property
@@ -440,9 +514,17 @@ class KeyStore:
 
     # ----------------------------------------------------------------------- writes
 
-    def set_key(self, provider: str, api_key: str | Secret, *, project: str | None = None,
-                default_model: str | None = None, make_default: bool = False,
-                enabled: bool = True, force: bool = False) -> KeyStatus:
+    def set_key(
+        self,
+        provider: str,
+        api_key: str | Secret,
+        *,
+        project: str | None = None,
+        default_model: str | None = None,
+        make_default: bool = False,
+        enabled: bool = True,
+        force: bool = False,
+    ) -> KeyStatus:
         """Store (or replace) a BYOK key. ``default_model=None`` keeps the stored one.
 
         A key of the wrong shape (another provider's prefix, too short, a space inside) is
@@ -466,11 +548,15 @@ class KeyStore:
 
         self._modify(change)
         log.debug("stored a %s key for project %r", provider, project)
-        return replace(self._row(project, provider), replaces=replaced[0] if replaced else None,
-                       notes=tuple(notes))
+        return replace(
+            self._row(project, provider),
+            replaces=replaced[0] if replaced else None,
+            notes=tuple(notes),
+        )
 
-    def set_cencori_key(self, api_key: str | Secret, *, project: str | None = None,
-                        force: bool = False) -> KeyStatus:
+    def set_cencori_key(
+        self, api_key: str | Secret, *, project: str | None = None, force: bool = False
+    ) -> KeyStatus:
         """Store (or replace) the project's Cencori key (must start with ``csk_``; ``force``
         lets a short one or one with a space through, never one without ``csk_``)."""
         project = self._project(project)
@@ -486,11 +572,13 @@ class KeyStore:
 
         self._modify(change)
         log.debug("stored the Cencori key for project %r", project)
-        return replace(self._row(project, CENCORI), replaces=replaced[0] if replaced else None,
-                       notes=tuple(notes))
+        return replace(
+            self._row(project, CENCORI),
+            replaces=replaced[0] if replaced else None,
+            notes=tuple(notes),
+        )
 
-    def set_enabled(self, provider: str, enabled: bool, *, project: str | None = None
-                    ) -> KeyStatus:
+    def set_enabled(self, provider: str, enabled: bool, *, project: str | None = None) -> KeyStatus:
         """Enable or disable a stored key (``cencori`` included) without removing it."""
         provider = clean_provider(provider)
         project = self._project(project)
@@ -531,8 +619,9 @@ class KeyStore:
 
         self._modify(change)
 
-    def rotate(self, *, passphrase: str | Secret | None = None,
-               accept_rollback: bool = False) -> int:
+    def rotate(
+        self, *, passphrase: str | Secret | None = None, accept_rollback: bool = False
+    ) -> int:
         """New data key, every record sealed again, new KEK material (a new key file or
         keyring entry; a new salt for a passphrase, which must be the current one: rotating
         keeps passphrase protection). With ``CENCORI_NB_PASSPHRASE`` set, a key-file or
@@ -548,22 +637,26 @@ class KeyStore:
             if current is None:
                 return 0
             if current.kek_header["source"] == "passphrase":
-                phrase = (kek.checked_passphrase(passphrase, "The passphrase given")
-                          if passphrase is not None else kek.passphrase_from_env())
+                phrase = (
+                    kek.checked_passphrase(passphrase, "The passphrase given")
+                    if passphrase is not None
+                    else kek.passphrase_from_env()
+                )
                 self._verify_passphrase(current, phrase)
                 assert phrase is not None
                 new_kek = kek.new_passphrase_kek(phrase)
             else:
-                new_kek = kek.new_kek(self.path, passphrase=kek.passphrase_from_env(),
-                                      backend=self._backend())
+                new_kek = kek.new_kek(
+                    self.path, passphrase=kek.passphrase_from_env(), backend=self._backend()
+                )
             count = len(current.records)
-            self._commit(current, self._rekeyed(current, new_kek, current.records),
-                         replace_backup=True)
+            self._commit(
+                current, self._rekeyed(current, new_kek, current.records), replace_backup=True
+            )
         log.debug("rotated the key store: %d records re-encrypted", count)
         return count
 
-    def change_passphrase(self, new: str | Secret, *,
-                          old: str | Secret | None = None) -> None:
+    def change_passphrase(self, new: str | Secret, *, old: str | Secret | None = None) -> None:
         """Protect the store with ``new``: a new data key, every record sealed again, the
         data key wrapped by a KEK from ``new`` (fresh salt). ``old`` (default: the
         environment, or this process's open store) must open the store when it is
@@ -573,12 +666,15 @@ class KeyStore:
         process stays unlocked; set ``CENCORI_NB_PASSPHRASE`` to the new passphrase for the
         next one."""
         if not isinstance(new, str | Secret) or not new:
-            raise ConfigurationError("The new passphrase is empty.",
-                                     hint="Choose a long passphrase; nothing was changed.")
+            raise ConfigurationError(
+                "The new passphrase is empty.",
+                hint="Choose a long passphrase; nothing was changed.",
+            )
         # as Secrets from here on: no frame of a traceback shows them
         new = kek.checked_passphrase(new, "The new passphrase")
-        old = (kek.checked_passphrase(old, "The current passphrase given")
-               if old is not None else None)
+        old = (
+            kek.checked_passphrase(old, "The current passphrase given") if old is not None else None
+        )
         with self._writing():
             # with ``old`` given, the load derives the KEK from it (no cache): a wrong
             # ``old`` is a WrongPassphraseError here
@@ -587,8 +683,9 @@ class KeyStore:
             if current is None:
                 self._commit(None, self._new_state(new_kek), replace_backup=True)
                 return
-            self._commit(current, self._rekeyed(current, new_kek, current.records),
-                         replace_backup=True)
+            self._commit(
+                current, self._rekeyed(current, new_kek, current.records), replace_backup=True
+            )
         log.debug("changed the key store passphrase: new data key, records re-encrypted")
 
     # ----------------------------------------------------------------------- helpers
@@ -607,7 +704,10 @@ class KeyStore:
         return KeyNotFoundError(
             f"No {what} is stored for project {project!r} in {self.path}.",
             hint=f"Add one with: cencori-nb keys set {provider} --project {project}",
-            path=self.path, provider=provider, project=project)
+            path=self.path,
+            provider=provider,
+            project=project,
+        )
 
     def _backend(self) -> Any | None:
         if self._keyring is _AUTO:
@@ -616,17 +716,24 @@ class KeyStore:
 
     def _corrupt(self, detail: str) -> KeystoreCorruptError:
         if self.backup_path.exists():
-            hint = (f"Restore the previous generation: move {self.path} aside, copy "
-                    f"{self.backup_path} to {self.path} and run `cencori-nb keys rotate "
-                    "--accept-rollback`. Or delete it and set your keys again. cencori-nb "
-                    "will not write to the store until then.")
+            hint = (
+                f"Restore the previous generation: move {self.path} aside, copy "
+                f"{self.backup_path} to {self.path} and run `cencori-nb keys rotate "
+                "--accept-rollback`. Or delete it and set your keys again. cencori-nb "
+                "will not write to the store until then."
+            )
         else:
-            hint = (f"There is no backup ({self.backup_path}): delete {self.path} and set your "
-                    "keys again. cencori-nb will not write to the store until then.")
+            hint = (
+                f"There is no backup ({self.backup_path}): delete {self.path} and set your "
+                "keys again. cencori-nb will not write to the store until then."
+            )
         return KeystoreCorruptError(
             f"The key store {self.path} is damaged or was changed outside cencori-nb "
-            f"({detail}); no key was read from it.", hint=hint, path=self.path,
-            backup=self.backup_path)
+            f"({detail}); no key was read from it.",
+            hint=hint,
+            path=self.path,
+            backup=self.backup_path,
+        )
 
     def _wrong_passphrase(self, phrase: Secret, explicit: bool) -> WrongPassphraseError:
         """The error for a passphrase that does not open the store: the usual causes first;
@@ -637,23 +744,34 @@ class KeyStore:
         if clear != clear.strip():
             trimmed = Secret(clear.strip())
             if self._probe(self.path, trimmed):
-                causes.append(f"{where} has a space or line break at its start or end; "
-                              "without it, it opens the store: remove it")
+                causes.append(
+                    f"{where} has a space or line break at its start or end; "
+                    "without it, it opens the store: remove it"
+                )
             else:
-                causes.append(f"{where} has a space or line break at its start or end "
-                              "(often pasted by mistake)")
+                causes.append(
+                    f"{where} has a space or line break at its start or end "
+                    "(often pasted by mistake)"
+                )
         del clear
-        causes.append("it was set in another shell or environment than the one the store "
-                      "was last changed from (a kernel or server started before you "
-                      "exported it, or `cencori-nb keys passphrase` run since)")
-        hint = ("Usual causes: " + "; or ".join(causes) + f". Set {kek.ENV_PASSPHRASE} to the "
-                "passphrase the store was created with or last changed to.")
+        causes.append(
+            "it was set in another shell or environment than the one the store "
+            "was last changed from (a kernel or server started before you "
+            "exported it, or `cencori-nb keys passphrase` run since)"
+        )
+        hint = (
+            "Usual causes: " + "; or ".join(causes) + f". Set {kek.ENV_PASSPHRASE} to the "
+            "passphrase the store was created with or last changed to."
+        )
         if self._probe(self.backup_path, phrase):
-            hint += (f" The backup {self.backup_path} does open with it: if the store's header "
-                     f"was damaged, copy the backup to {self.path} and run `cencori-nb keys "
-                     "rotate --accept-rollback`.")
-        return WrongPassphraseError(f"{where} does not open the key store {self.path}.",
-                                    hint=hint, path=self.path)
+            hint += (
+                f" The backup {self.backup_path} does open with it: if the store's header "
+                f"was damaged, copy the backup to {self.path} and run `cencori-nb keys "
+                "rotate --accept-rollback`."
+            )
+        return WrongPassphraseError(
+            f"{where} does not open the key store {self.path}.", hint=hint, path=self.path
+        )
 
     def _probe(self, path: Path, phrase: Secret) -> bool:
         """Does the store file at ``path`` open with ``phrase``? (One Argon2id; never
@@ -663,7 +781,7 @@ class KeyStore:
         try:
             raw = path.read_bytes()
             probe = KeyStore(path, keyring_backend=None)
-            probe._probing = False      # a failing probe must not probe in turn
+            probe._probing = False  # a failing probe must not probe in turn
             probe._parse(raw, passphrase=phrase)
         except (OSError, CencoriError):
             return False
@@ -705,8 +823,9 @@ class KeyStore:
                 finally:
                     lock.__exit__(None, None, None)
 
-    def _reload(self, *, passphrase: str | Secret | None = None,
-                accept_rollback: bool = False) -> _State | None:
+    def _reload(
+        self, *, passphrase: str | Secret | None = None, accept_rollback: bool = False
+    ) -> _State | None:
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
@@ -718,7 +837,7 @@ class KeyStore:
             with os.fdopen(fd, "rb") as fh:
                 sig = _sig(os.fstat(fh.fileno()))
                 raw = fh.read()
-        except OSError as exc:       # e.g. a folder where the file should be
+        except OSError as exc:  # e.g. a folder where the file should be
             raise self._unreadable(exc) from None
         if self._state is not None and raw == self._state.raw and passphrase is None:
             self._sig = sig
@@ -728,8 +847,12 @@ class KeyStore:
             self._check_generation(state.generation)
         self._state, self._sig = state, sig
         _register(state.records)
-        log.debug("opened key store %s: generation %d, %d records", self.path,
-                  state.generation, len(state.records))
+        log.debug(
+            "opened key store %s: generation %d, %d records",
+            self.path,
+            state.generation,
+            len(state.records),
+        )
         return state
 
     # ----------------------------------------------------------------------- rollback
@@ -750,9 +873,11 @@ class KeyStore:
                 raise ValueError
         except (ValueError, TypeError, KeyError):
             raise KeystoreCorruptError(
-                f"The generation record {self.seen_path} of the key store {self.path} is "
-                "damaged.", hint=f"Delete {self.seen_path}: cencori-nb then trusts the "
-                "store's current generation and records it again.", path=self.path) from None
+                f"The generation record {self.seen_path} of the key store {self.path} is damaged.",
+                hint=f"Delete {self.seen_path}: cencori-nb then trusts the "
+                "store's current generation and records it again.",
+                path=self.path,
+            ) from None
         return int(seen)
 
     def _check_generation(self, generation: int) -> None:
@@ -768,7 +893,11 @@ class KeyStore:
                 hint="If you restored it on purpose, accept it with `cencori-nb keys rotate "
                 "--accept-rollback` (Python: keys.rotate(accept_rollback=True)), which "
                 "re-keys it as the newest generation. Otherwise put the newest copy back.",
-                code="keystore_rollback", path=self.path, generation=generation, seen=seen)
+                code="keystore_rollback",
+                path=self.path,
+                generation=generation,
+                seen=seen,
+            )
         if generation > seen:
             self._remember(generation, wait=False)
 
@@ -790,14 +919,14 @@ class KeyStore:
                 self._write_seen(generation)
             finally:
                 lock.release()
-        except Exception as exc:   # busy lock (a writer records it), read-only home…
+        except Exception as exc:  # busy lock (a writer records it), read-only home…
             log.debug("generation record not updated: %s", type(exc).__name__)
 
     def _write_seen(self, generation: int) -> None:
         try:
             seen = self._seen_generation()
         except KeystoreCorruptError:
-            seen = 0          # a damaged record is replaced by the store's own generation
+            seen = 0  # a damaged record is replaced by the store's own generation
         if generation > seen:
             atomic_write(self.seen_path, json.dumps({"generation": generation}).encode() + b"\n")
 
@@ -812,8 +941,10 @@ class KeyStore:
         if not isinstance(doc, dict) or doc.get("format") != crypto.FORMAT:
             raise self._corrupt("it is not a cencori-nb key store")
         if doc.get("version") != crypto.VERSION:
-            raise self._corrupt(f"format version {doc.get('version')!r} is not one this "
-                                "cencori-nb reads: written by a newer version, or damaged")
+            raise self._corrupt(
+                f"format version {doc.get('version')!r} is not one this "
+                "cencori-nb reads: written by a newer version, or damaged"
+            )
         if set(doc) != _DOC_FIELDS:
             raise self._corrupt("unexpected or missing fields")
         if crypto.dump_document(doc) != raw:
@@ -829,8 +960,10 @@ class KeyStore:
             mac = doc["mac"]
             if not isinstance(mac, dict) or set(mac) != {"nonce", "tag"}:
                 raise ValueError("bad mac")
-            mac_sealed = crypto.Sealed(crypto.b64d(mac["nonce"], size=crypto.NONCE_BYTES),
-                                       crypto.b64d(mac["tag"], size=crypto.TAG_BYTES))
+            mac_sealed = crypto.Sealed(
+                crypto.b64d(mac["nonce"], size=crypto.NONCE_BYTES),
+                crypto.b64d(mac["tag"], size=crypto.TAG_BYTES),
+            )
             entries = doc["records"]
             if not isinstance(entries, list):
                 raise ValueError("records is not a list")
@@ -857,8 +990,9 @@ class KeyStore:
                 fields = crypto.open_record(dek, project, provider, sealed)
                 records[(project, provider)] = self._decode_record(provider, fields, sealed)
             except (crypto.InvalidTag, ValueError, KeyError, TypeError):
-                raise self._corrupt(f"the record of {provider!r} in project {project!r} does "
-                                    "not open in its slot") from None
+                raise self._corrupt(
+                    f"the record of {provider!r} in project {project!r} does not open in its slot"
+                ) from None
         return _State(raw, generation, header, wrapped, dek, records)
 
     @staticmethod
@@ -866,44 +1000,61 @@ class KeyStore:
         if provider == PROJECT_SLOT:
             default = fields["default_provider"]
             if set(fields) != {"default_provider"} or not (
-                    default is None or isinstance(default, str)):
+                default is None or isinstance(default, str)
+            ):
                 raise ValueError("bad project record")
             return _Record(default_provider=default, sealed=sealed)
-        expected = {"key", "enabled"} if provider == CENCORI else {"key", "enabled",
-                                                                   "default_model"}
+        expected = (
+            {"key", "enabled"} if provider == CENCORI else {"key", "enabled", "default_model"}
+        )
         model = fields.get("default_model")
-        if (set(fields) != expected or not isinstance(fields["key"], str)
-                or type(fields["enabled"]) is not bool
-                or not (model is None or isinstance(model, str))):
+        if (
+            set(fields) != expected
+            or not isinstance(fields["key"], str)
+            or type(fields["enabled"]) is not bool
+            or not (model is None or isinstance(model, str))
+        ):
             raise ValueError("bad record fields")
         return _Record(Secret(fields["key"]), fields["enabled"], model, sealed=sealed)
 
-    def _unwrap(self, header: dict[str, Any], wrapped: crypto.Sealed, check: bytes,
-                passphrase: str | Secret | None) -> bytes:
+    def _unwrap(
+        self,
+        header: dict[str, Any],
+        wrapped: crypto.Sealed,
+        check: bytes,
+        passphrase: str | Secret | None,
+    ) -> bytes:
         fingerprint = _dek_fingerprint(header, wrapped)
         if passphrase is None:
             cached = _dek_cache.get(fingerprint)
             if cached is not None:
                 return cached
-        env_phrase = kek.passphrase_from_env()   # a blank or non-UTF-8 value is refused here
+        env_phrase = kek.passphrase_from_env()  # a blank or non-UTF-8 value is refused here
         if header["source"] != "passphrase" and env_phrase is not None and not self._warned:
             # someone expecting passphrase protection should learn it is not in force yet
             self._warned = True
-            log.warning("%s is set, but the key store %s is protected by its %s, not by a "
-                        "passphrase; the next change to it switches it to the passphrase "
-                        "(or run `cencori-nb keys passphrase` now).",
-                        kek.ENV_PASSPHRASE, self.path, header["source"])
+            log.warning(
+                "%s is set, but the key store %s is protected by its %s, not by a "
+                "passphrase; the next change to it switches it to the passphrase "
+                "(or run `cencori-nb keys passphrase` now).",
+                kek.ENV_PASSPHRASE,
+                self.path,
+                header["source"],
+            )
         backend = self._backend() if header["source"] == "keyring" else None
         phrase = None
         if header["source"] == "passphrase":
-            phrase = (kek.checked_passphrase(passphrase, "The passphrase given")
-                      if passphrase is not None else env_phrase)
+            phrase = (
+                kek.checked_passphrase(passphrase, "The passphrase given")
+                if passphrase is not None
+                else env_phrase
+            )
         kek_bytes = kek.load_kek(header, self.path, passphrase=phrase, backend=backend)
         try:
             dek = crypto.open_sealed(kek_bytes, wrapped, crypto.wrap_aad(header))
         except crypto.InvalidTag:
             matches = hmac.compare_digest(crypto.kek_check(kek_bytes), check)
-            del kek_bytes   # key material: not for a traceback's frame values
+            del kek_bytes  # key material: not for a traceback's frame values
             if matches:
                 raise self._corrupt("the wrapped data key does not open") from None
             if phrase is not None:
@@ -924,7 +1075,9 @@ class KeyStore:
                 f"The key store {self.path} is protected by a passphrase, but "
                 f"{kek.ENV_PASSPHRASE} is not set.",
                 hint=f"Set {kek.ENV_PASSPHRASE} to the current passphrase and try again.",
-                code="passphrase_required", path=self.path)
+                code="passphrase_required",
+                path=self.path,
+            )
         key = kek.load_kek(state.kek_header, self.path, passphrase=passphrase, backend=None)
         try:
             crypto.open_sealed(key, state.wrapped, crypto.wrap_aad(state.kek_header))
@@ -952,8 +1105,10 @@ class KeyStore:
             raise KeystoreError(
                 f"Another process has held the key store lock {self.lock_path} for over "
                 f"{self._lock_timeout:g} s.",
-                hint="Wait for it to finish and try again.", code="keystore_locked",
-                path=self.path) from None
+                hint="Wait for it to finish and try again.",
+                code="keystore_locked",
+                path=self.path,
+            ) from None
         try:
             yield
         finally:
@@ -977,14 +1132,20 @@ class KeyStore:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             todo = f"Free some space (or quota) on the disk holding {self.path.parent}"
         elif exc.errno == errno.EFBIG:
-            todo = ("Raise the file-size limit of this process (`ulimit -f`) or free space "
-                    f"on the disk holding {self.path.parent}")
+            todo = (
+                "Raise the file-size limit of this process (`ulimit -f`) or free space "
+                f"on the disk holding {self.path.parent}"
+            )
         elif exc.errno == errno.EROFS:
-            todo = (f"{self.path.parent} is on a read-only file system: remount it "
-                    "read-write, or point CENCORI_NB_HOME at a writable directory")
+            todo = (
+                f"{self.path.parent} is on a read-only file system: remount it "
+                "read-write, or point CENCORI_NB_HOME at a writable directory"
+            )
         elif exc.errno in (errno.EACCES, errno.EPERM):
-            todo = (f"Check that you own {self.path.parent} and can write to it (ls -ld), or "
-                    "point CENCORI_NB_HOME at a directory you own")
+            todo = (
+                f"Check that you own {self.path.parent} and can write to it (ls -ld), or "
+                "point CENCORI_NB_HOME at a directory you own"
+            )
         else:
             todo = f"Check the disk and the permissions of {self.path.parent}"
         state = self._state
@@ -997,8 +1158,11 @@ class KeyStore:
         return KeystoreError(
             f"Could not write the key store {self.path}: {reason}"
             f"{f' ({name})' if name else ''} on {target}; nothing was changed:{kept}.",
-            hint=f"{todo}, then try again.", code="keystore_write_failed", path=self.path,
-            errno=exc.errno)
+            hint=f"{todo}, then try again.",
+            code="keystore_write_failed",
+            path=self.path,
+            errno=exc.errno,
+        )
 
     def _unreadable(self, exc: OSError, path: Path | None = None) -> KeystoreError:
         path = path or self.path
@@ -1006,10 +1170,14 @@ class KeyStore:
             f"Cannot read the key store file {path}: {exc.strerror or type(exc).__name__}.",
             hint=f"It must be a file you own (mode 0600): check it with `ls -l {path}`, move "
             "aside whatever else stands there, or point CENCORI_NB_HOME at your own home "
-            "directory.", code="keystore_unreadable", path=self.path)
+            "directory.",
+            code="keystore_unreadable",
+            path=self.path,
+        )
 
-    def _load_locked(self, *, passphrase: str | Secret | None = None,
-                     accept_rollback: bool = False) -> _State | None:
+    def _load_locked(
+        self, *, passphrase: str | Secret | None = None, accept_rollback: bool = False
+    ) -> _State | None:
         """Inside the lock: drop temp files of killed writers, then read the file afresh."""
         for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
             with contextlib.suppress(FileNotFoundError):
@@ -1029,18 +1197,25 @@ class KeyStore:
             phrase = kek.passphrase_from_env()
             if current is None:
                 records: dict[tuple[str, str], _Record] = {}
-                change(records)   # first: a refused change must not leave key material
+                change(records)  # first: a refused change must not leave key material
                 new_kek = kek.new_kek(self.path, passphrase=phrase, backend=self._backend())
                 self._commit(None, replace(self._new_state(new_kek), records=records))
                 return
             records = dict(current.records)
             change(records)
             if phrase is not None and current.kek_header["source"] != "passphrase":
-                log.warning("Switching the key store %s from its %s to the passphrase in %s "
-                            "(new data key, every record re-encrypted).", self.path,
-                            current.kek_header["source"], kek.ENV_PASSPHRASE)
-                self._commit(current, self._rekeyed(current, kek.new_passphrase_kek(phrase),
-                                                    records), replace_backup=True)
+                log.warning(
+                    "Switching the key store %s from its %s to the passphrase in %s "
+                    "(new data key, every record re-encrypted).",
+                    self.path,
+                    current.kek_header["source"],
+                    kek.ENV_PASSPHRASE,
+                )
+                self._commit(
+                    current,
+                    self._rekeyed(current, kek.new_passphrase_kek(phrase), records),
+                    replace_backup=True,
+                )
                 return
             self._commit(current, replace(current, records=records))
 
@@ -1049,16 +1224,22 @@ class KeyStore:
         empty = _State(b"", 0, {}, crypto.Sealed(b"", b""), dek, {})
         return self._wrapped_state(empty, new_kek, dek, {})
 
-    def _rekeyed(self, base: _State, new_kek: kek.Kek,
-                 records: dict[tuple[str, str], _Record]) -> _State:
+    def _rekeyed(
+        self, base: _State, new_kek: kek.Kek, records: dict[tuple[str, str], _Record]
+    ) -> _State:
         """``base`` under a fresh data key wrapped by ``new_kek``, every record to be sealed
         again: nothing the old data key or the old KEK opens is carried over."""
-        return self._wrapped_state(base, new_kek, crypto.new_key(),
-                                   {k: replace(r, sealed=None) for k, r in records.items()})
+        return self._wrapped_state(
+            base,
+            new_kek,
+            crypto.new_key(),
+            {k: replace(r, sealed=None) for k, r in records.items()},
+        )
 
     @staticmethod
-    def _wrapped_state(base: _State, new_kek: kek.Kek, dek: bytes,
-                       records: dict[tuple[str, str], _Record]) -> _State:
+    def _wrapped_state(
+        base: _State, new_kek: kek.Kek, dek: bytes, records: dict[tuple[str, str], _Record]
+    ) -> _State:
         header = {**new_kek.header, "check": crypto.b64e(crypto.kek_check(new_kek.key))}
         wrapped = crypto.seal(new_kek.key, dek, crypto.wrap_aad(header))
         _dek_cache[_dek_fingerprint(header, wrapped)] = dek
@@ -1094,14 +1275,19 @@ class KeyStore:
             seen = 0
         generation = max(old.generation if old is not None else 0, seen) + 1
         body = {
-            "format": crypto.FORMAT, "version": crypto.VERSION, "generation": generation,
-            "kek": new.kek_header, "dek": new.wrapped.to_json(),
-            "records": [{"project": p, "provider": v, **seals[p, v].to_json()}
-                        for p, v in sorted(seals)],
+            "format": crypto.FORMAT,
+            "version": crypto.VERSION,
+            "generation": generation,
+            "kek": new.kek_header,
+            "dek": new.wrapped.to_json(),
+            "records": [
+                {"project": p, "provider": v, **seals[p, v].to_json()} for p, v in sorted(seals)
+            ],
         }
         mac = crypto.seal(new.dek, b"", crypto.mac_aad(body))
-        raw = crypto.dump_document({**body, "mac": {"nonce": crypto.b64e(mac.nonce),
-                                                    "tag": crypto.b64e(mac.ciphertext)}})
+        raw = crypto.dump_document(
+            {**body, "mac": {"nonce": crypto.b64e(mac.nonce), "tag": crypto.b64e(mac.ciphertext)}}
+        )
         backup_before = self._backup_ref()
         old_ref = kek.ref(old.kek_header) if old is not None else backup_before
         new_ref = kek.ref(new.kek_header)
@@ -1113,7 +1299,7 @@ class KeyStore:
                 atomic_write(self.path, raw, backup=self.backup_path)
         except BaseException:
             if new_ref is not None and new_ref not in (old_ref, backup_before):
-                kek.retire(new_ref, self.path, backend)   # no file refers to it
+                kek.retire(new_ref, self.path, backend)  # no file refers to it
             raise
         sig = _sig(os.stat(self.path))
         self._state = replace(new, raw=raw, generation=generation, records=records)
@@ -1142,8 +1328,7 @@ class KeyStore:
         directory = self.path.parent
         btmp = self.backup_path.with_name(self.backup_path.name + ".tmp")
         with private_umask():
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
-                                       dir=directory)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(raw)

@@ -55,27 +55,34 @@ class CencoriMagics(Magics):
     Persistent defaults: ``%config CencoriMagics.default_model = "gpt-4o-mini"``.
     """
 
-    default_model = Unicode(None, allow_none=True,
-                            help="Model used when a cell names none (else the project "
-                            "default).").tag(config=True)
-    default_provider = Unicode(None, allow_none=True,
-                               help="Provider forced when a cell names none.").tag(config=True)
-    default_route = Enum(ROUTES, default_value="auto",
-                         help="auto (your key if set, else Cencori credits), byok or "
-                         "managed.").tag(config=True)
-    default_format = Enum(FORMATS, default_value="markdown",
-                          help="How replies are shown.").tag(config=True)
-    default_system = Unicode(None, allow_none=True,
-                             help="System prompt used when a cell gives none.").tag(config=True)
-    default_max_tokens = Int(None, allow_none=True,
-                             help="max_tokens used when a cell gives none.").tag(config=True)
+    default_model = Unicode(
+        None, allow_none=True, help="Model used when a cell names none (else the project default)."
+    ).tag(config=True)
+    default_provider = Unicode(
+        None, allow_none=True, help="Provider forced when a cell names none."
+    ).tag(config=True)
+    default_route = Enum(
+        ROUTES,
+        default_value="auto",
+        help="auto (your key if set, else Cencori credits), byok or managed.",
+    ).tag(config=True)
+    default_format = Enum(FORMATS, default_value="markdown", help="How replies are shown.").tag(
+        config=True
+    )
+    default_system = Unicode(
+        None, allow_none=True, help="System prompt used when a cell gives none."
+    ).tag(config=True)
+    default_max_tokens = Int(
+        None, allow_none=True, help="max_tokens used when a cell gives none."
+    ).tag(config=True)
     stream = Bool(True, help="Stream replies into the output as they arrive.").tag(config=True)
-    stream_throttle_ms = Int(80, help="Minimum time between two redraws of a streaming "
-                             "reply, in milliseconds.").tag(config=True)
+    stream_throttle_ms = Int(
+        80, help="Minimum time between two redraws of a streaming reply, in milliseconds."
+    ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
-        self.sandbox_server: Any = None      # a SandboxServer started by `%cencori sandbox on`
+        self.sandbox_server: Any = None  # a SandboxServer started by `%cencori sandbox on`
 
     @validate("stream_throttle_ms")
     def _check_throttle(self, proposal: Any) -> int:
@@ -132,8 +139,9 @@ class CencoriMagics(Magics):
         refuse_key_in_prompt(prompt, stored_keys())
         fmt = args.format or self.default_format
         if args.unsafe_html and fmt != "html":
-            raise _usage("--unsafe-html only applies to -f html (other formats never show a "
-                         "reply's HTML).")
+            raise _usage(
+                "--unsafe-html only applies to -f html (other formats never show a reply's HTML)."
+            )
         options = self._request_options(args)
         if args.dry_run:
             from .commands import dry_run
@@ -145,17 +153,19 @@ class CencoriMagics(Magics):
         except CostConfirmationError as exc:
             if not _confirmed(exc):
                 raise
-            accepted = exc.estimate_usd      # nothing was sent the first time
-            completion, view = self._send(prompt, {**options, "max_cost_usd": accepted},
-                                          stream=args.stream and self.stream)
+            accepted = exc.estimate_usd  # nothing was sent the first time
+            completion, view = self._send(
+                prompt, {**options, "max_cost_usd": accepted}, stream=args.stream and self.stream
+            )
         if completion is None:
             return
-        rendered = render_completion(completion.text, completion.footer(), fmt,
-                                     unsafe_html=args.unsafe_html)
+        rendered = render_completion(
+            completion.text, completion.footer(), fmt, unsafe_html=args.unsafe_html
+        )
         if view is None:
             show(rendered.bundle)
         else:
-            view.finish(rendered.bundle)   # the streamed text is replaced in place
+            view.finish(rendered.bundle)  # the streamed text is replaced in place
         if rendered.error is not None:
             show(error_bundle(rendered.error))
         if args.output:
@@ -177,8 +187,9 @@ class CencoriMagics(Magics):
             "max_cost_usd": args.max_cost,
         }
 
-    def _send(self, prompt: str, options: dict[str, Any], *,
-              stream: bool) -> tuple[Any, StreamView | None]:
+    def _send(
+        self, prompt: str, options: dict[str, Any], *, stream: bool
+    ) -> tuple[Any, StreamView | None]:
         """Send the prompt: ``(completion, view)``, or ``(None, view)`` after showing an error
         in the streaming display. Errors before a display exists propagate to the caller."""
         from .. import client
@@ -188,8 +199,9 @@ class CencoriMagics(Magics):
         # Opened before anything is shown: a refusal (too large, above the accepted cost)
         # is then a plain error line, or a question, not a half-drawn reply.
         opened = client.stream(prompt, **options)
-        view = StreamView(lambda b: display(b, raw=True, display_id=True),
-                          throttle_ms=self.stream_throttle_ms)
+        view = StreamView(
+            lambda b: display(b, raw=True, display_id=True), throttle_ms=self.stream_throttle_ms
+        )
         view.start()
         try:
             # The context manager releases the connection on an error or an interrupt.
@@ -197,7 +209,7 @@ class CencoriMagics(Magics):
                 for delta in chunks:
                     view.feed(delta)
         except CencoriError as exc:
-            view.finish(error_bundle(str(exc)))   # the error replaces the partial text
+            view.finish(error_bundle(str(exc)))  # the error replaces the partial text
             return None, view
         except KeyboardInterrupt:
             # Keep what arrived, without the typing cursor; the interrupt goes on to IPython.
@@ -251,12 +263,12 @@ def _usage(message: str) -> CencoriError:
 def load_ipython_extension(ipython: Any) -> None:
     """Register ``%cencori`` and ``%%cencori`` (called by ``%load_ext cencori_nb``)."""
     for existing in ipython.configurables:
-        if isinstance(existing, CencoriMagics):   # loaded twice: keep one instance
+        if isinstance(existing, CencoriMagics):  # loaded twice: keep one instance
             return
     ipython.register_magics(CencoriMagics(shell=ipython))
     from ..ipython_hygiene import guard_tracebacks
 
-    guard_tracebacks(ipython)   # %xmode Verbose shows frame locals: keep keys out of them
+    guard_tracebacks(ipython)  # %xmode Verbose shows frame locals: keep keys out of them
     _register_accessor_when_pandas_loads(ipython)
 
 

@@ -64,8 +64,16 @@ def _providers(magics: CencoriMagics, args: LineArgs) -> None:
 
     rows = provider_rows(args.project)
     head = ("provider", "status", "key", "default model", "project default")
-    body = [(r.display_name, r.badge, r.key_hint or "", r.default_model or "",
-             "yes" if r.is_default else "") for r in rows]
+    body = [
+        (
+            r.display_name,
+            r.badge,
+            r.key_hint or "",
+            r.default_model or "",
+            "yes" if r.is_default else "",
+        )
+        for r in rows
+    ]
     show(_table(head, body, title=f"Providers — project {_project(args.project)}"))
 
 
@@ -73,17 +81,26 @@ def _models(magics: CencoriMagics, args: LineArgs) -> None:
     from ..catalog import PROVIDERS, provider_info
 
     infos = [provider_info(args.provider)] if args.provider else list(PROVIDERS.values())
-    body = [(info.name, model, "default" if model == info.default_model else "")
-            for info in infos for model in info.models]
-    show(_table(("provider", "model", ""), body, title="Known models (any other id works as "
-                "provider/model)"))
+    body = [
+        (info.name, model, "default" if model == info.default_model else "")
+        for info in infos
+        for model in info.models
+    ]
+    show(
+        _table(
+            ("provider", "model", ""),
+            body,
+            title="Known models (any other id works as provider/model)",
+        )
+    )
 
 
 def _route(magics: CencoriMagics, args: LineArgs) -> None:
     from .. import router
 
-    decision = router.explain_route(args.model, provider=args.provider, route=args.route,
-                                    project=args.project)
+    decision = router.explain_route(
+        args.model, provider=args.provider, route=args.route, project=args.project
+    )
     display(decision)
 
 
@@ -94,8 +111,11 @@ def _usage_cmd(magics: CencoriMagics, args: LineArgs) -> None:
 
     frame = reports.spend(by=["provider", "route"], since=args.since, project=args.project)
     if not len(frame):
-        show(notice_bundle("no requests recorded" + (f" since {args.since}" if args.since
-                                                      else "") + "."))
+        show(
+            notice_bundle(
+                "no requests recorded" + (f" since {args.since}" if args.since else "") + "."
+            )
+        )
         return
     show(usage_summary_bundle(frame, since=args.since, project=_project(args.project)))
     display(charts.spend_over_time(since=args.since, project=args.project))
@@ -107,20 +127,48 @@ _ROUTE_LABELS = {"byok": "BYOK", "managed": "managed (credits)"}
 def usage_summary_bundle(frame: Any, *, since: str | None, project: str) -> Bundle:
     """The ``%cencori usage`` table from a ``reports.spend(by=["provider", "route"])``
     frame: whole-number counts with thousands separators, dollars, and a total line."""
-    head = ("provider", "route", "requests", "errors", "cached", "input tokens",
-            "output tokens", "cost")
+    head = (
+        "provider",
+        "route",
+        "requests",
+        "errors",
+        "cached",
+        "input tokens",
+        "output tokens",
+        "cost",
+    )
     rows: list[tuple[str, ...]] = [
-        (r.provider, _ROUTE_LABELS.get(r.route, r.route), f"{int(r.requests):,}",
-         f"{int(r.errors):,}", f"{int(r.cached):,}", f"{int(r.input_tokens):,}",
-         f"{int(r.output_tokens):,}", _dollars(r.cost_usd))
-        for r in frame.itertuples(index=False)]
+        (
+            r.provider,
+            _ROUTE_LABELS.get(r.route, r.route),
+            f"{int(r.requests):,}",
+            f"{int(r.errors):,}",
+            f"{int(r.cached):,}",
+            f"{int(r.input_tokens):,}",
+            f"{int(r.output_tokens):,}",
+            _dollars(r.cost_usd),
+        )
+        for r in frame.itertuples(index=False)
+    ]
     if len(rows) > 1:
-        rows.append(("total", "", *(f"{int(frame[c].sum()):,}" for c in
-                                    ("requests", "errors", "cached", "input_tokens",
-                                     "output_tokens")), _dollars(frame["cost_usd"].sum())))
+        rows.append(
+            (
+                "total",
+                "",
+                *(
+                    f"{int(frame[c].sum()):,}"
+                    for c in ("requests", "errors", "cached", "input_tokens", "output_tokens")
+                ),
+                _dollars(frame["cost_usd"].sum()),
+            )
+        )
     when = f" since {since}" if since else ""
-    return _table(head, rows, title=f"Usage{when} — project {project} (every request: "
-                  "cencori_nb.usage())", numeric=range(2, len(head)))
+    return _table(
+        head,
+        rows,
+        title=f"Usage{when} — project {project} (every request: cencori_nb.usage())",
+        numeric=range(2, len(head)),
+    )
 
 
 def _dollars(value: float) -> str:
@@ -145,11 +193,12 @@ def _use(magics: CencoriMagics, args: LineArgs) -> None:
     if not _PROJECT_NAME.fullmatch(project):
         raise MagicUsageError(
             f"%cencori use: {project!r} is not a project name.",
-            hint="Use letters, digits, '.', '_' or '-' (at most 64 characters).")
+            hint="Use letters, digits, '.', '_' or '-' (at most 64 characters).",
+        )
     from ..settings import refuse_key_as_project
 
-    refuse_key_as_project(project)       # a stored key must not become the project
-    os.environ[ENV_PROJECT] = project     # this kernel only; other kernels keep theirs
+    refuse_key_as_project(project)  # a stored key must not become the project
+    os.environ[ENV_PROJECT] = project  # this kernel only; other kernels keep theirs
     show(notice_bundle(f"current project for this kernel: {project}"))
 
 
@@ -157,8 +206,11 @@ def _cache(magics: CencoriMagics, args: LineArgs) -> None:
     from .. import cache
 
     removed = cache.clear()
-    show(notice_bundle(f"cache cleared ({removed} cached repl{'y' if removed == 1 else 'ies'} "
-                       "removed)."))
+    show(
+        notice_bundle(
+            f"cache cleared ({removed} cached repl{'y' if removed == 1 else 'ies'} removed)."
+        )
+    )
 
 
 def _sandbox(magics: CencoriMagics, args: LineArgs) -> None:
@@ -186,18 +238,25 @@ def _sandbox(magics: CencoriMagics, args: LineArgs) -> None:
         allowed = allowed_remote_sandbox_hosts(load_settings().sandbox_allow_remote)
         if args.allow_remote:
             allowed.append(parse_url(url, what="sandbox URL").host)
-        endpoint = sandbox_endpoint(url, allow_remote=allowed)   # UnsafeURLError if not
+        endpoint = sandbox_endpoint(url, allow_remote=allowed)  # UnsafeURLError if not
         if args.allow_remote and not endpoint.loopback:
             os.environ[ENV_SANDBOX_ALLOW_REMOTE] = endpoint.host
         os.environ[ENV_SANDBOX] = endpoint.url
         started_here = args.url is None
-        what = ("the offline sandbox started in this kernel (fake replies, no provider is "
-                "called)" if started_here else
-                "the server you named (this machine)" if endpoint.loopback else
-                f"{endpoint.host}, a remote server you allowed")
-        show(notice_bundle(f"sandbox on: requests in this kernel go to {endpoint.url}, "
-                           f"{what}, carrying fixed demo keys only: your stored keys are "
-                           "never sent there."))
+        what = (
+            "the offline sandbox started in this kernel (fake replies, no provider is called)"
+            if started_here
+            else "the server you named (this machine)"
+            if endpoint.loopback
+            else f"{endpoint.host}, a remote server you allowed"
+        )
+        show(
+            notice_bundle(
+                f"sandbox on: requests in this kernel go to {endpoint.url}, "
+                f"{what}, carrying fixed demo keys only: your stored keys are "
+                "never sent there."
+            )
+        )
         return
     if magics.sandbox_server is not None:
         magics.sandbox_server.stop()
@@ -208,15 +267,27 @@ def _sandbox(magics: CencoriMagics, args: LineArgs) -> None:
 
     still = sandbox_url()
     if still:
-        show(notice_bundle(f"sandbox off in this kernel, but config.json still sets "
-                           f"sandbox_url = {still}."))
+        show(
+            notice_bundle(
+                f"sandbox off in this kernel, but config.json still sets sandbox_url = {still}."
+            )
+        )
     else:
         show(notice_bundle("sandbox off: requests go to the real providers."))
 
 
-_HANDLERS = {"help": _help, "setup": _setup, "providers": _providers, "models": _models,
-             "route": _route, "usage": _usage_cmd, "credits": _credits, "use": _use,
-             "cache": _cache, "sandbox": _sandbox}
+_HANDLERS = {
+    "help": _help,
+    "setup": _setup,
+    "providers": _providers,
+    "models": _models,
+    "route": _route,
+    "usage": _usage_cmd,
+    "credits": _credits,
+    "use": _use,
+    "cache": _cache,
+    "sandbox": _sandbox,
+}
 
 
 # ----------------------------------------------------------------------------- dry run
@@ -226,35 +297,45 @@ def dry_run(prompt: str, options: dict[str, Any]) -> None:
     from ..settings import load_settings
     from ..tokens import estimate_messages_tokens
 
-    decision = router.explain_route(options["model"], provider=options["provider"],
-                                    route=options["route"], project=options["project"])
+    decision = router.explain_route(
+        options["model"],
+        provider=options["provider"],
+        route=options["route"],
+        project=options["project"],
+    )
     contents = [c for c in (options.get("system"), prompt) if c]
     input_tokens = estimate_messages_tokens(contents)
     assumed = options.get("max_tokens") is None
     output_tokens = options.get("max_tokens") or DRY_RUN_OUTPUT_TOKENS
     cost = pricing.estimate_cost(decision.provider, decision.model, input_tokens, output_tokens)
-    lines = [f"dry run — nothing was sent. Estimated ~{input_tokens} input tokens and "
-             f"{'up to ' if not assumed else ''}{output_tokens} output tokens"
-             f"{' (assumed; set --max-tokens)' if assumed else ''}."]
+    lines = [
+        f"dry run — nothing was sent. Estimated ~{input_tokens} input tokens and "
+        f"{'up to ' if not assumed else ''}{output_tokens} output tokens"
+        f"{' (assumed; set --max-tokens)' if assumed else ''}."
+    ]
     if cost is None:
         lines.append(f"No price known for {decision.provider}/{decision.model}.")
     elif decision.route == "managed":
         markup = load_settings().markup_pct
         charge = accounting.charge_for("managed", cost)
-        lines.append(f"Estimated provider cost ${cost:.6f}; charged to Cencori credits "
-                     f"≈ ${charge:.6f} (+{markup}% markup).")
+        lines.append(
+            f"Estimated provider cost ${cost:.6f}; charged to Cencori credits "
+            f"≈ ${charge:.6f} (+{markup}% markup)."
+        )
     else:
         # the one cost rule: provider price plus any BYOK fee the policy charges in credits
         fee = accounting.charge_for("byok", cost) or Decimal(0)
         total = accounting.cost_of("byok", cost, fee)
         fee_note = f" plus a BYOK fee of ${fee:.6f} in credits" if fee else ""
-        lines.append(f"Estimated cost ${total:.6f}: ${cost:.6f} paid to {decision.provider} "
-                     f"with your key (BYOK){fee_note}.")
+        lines.append(
+            f"Estimated cost ${total:.6f}: ${cost:.6f} paid to {decision.provider} "
+            f"with your key (BYOK){fee_note}."
+        )
     display(decision)
     show(notice_bundle(" ".join(lines)))
 
 
-DRY_RUN_OUTPUT_TOKENS = 500   # assumed reply length when --max-tokens is not given
+DRY_RUN_OUTPUT_TOKENS = 500  # assumed reply length when --max-tokens is not given
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -264,8 +345,13 @@ def _project(explicit: str | None) -> str:
     return current_project(explicit)
 
 
-def _table(head: tuple[str, ...], rows: Sequence[tuple[str, ...]], *, title: str,
-           numeric: Iterable[int] = ()) -> Bundle:
+def _table(
+    head: tuple[str, ...],
+    rows: Sequence[tuple[str, ...]],
+    *,
+    title: str,
+    numeric: Iterable[int] = (),
+) -> Bundle:
     """A small table as HTML and aligned plain text; ``numeric`` columns align right."""
     right = set(numeric)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
@@ -275,11 +361,21 @@ def _table(head: tuple[str, ...], rows: Sequence[tuple[str, ...]], *, title: str
     def align(i: int) -> str:
         return "right" if i in right else "left"
 
-    th = "".join(f"<th style='text-align:{align(i)}'>{html.escape(h)}</th>"
-                 for i, h in enumerate(head))
-    trs = "".join("<tr>" + "".join(f"<td style='text-align:{align(i)}'>"
-                                   f"{html.escape(str(c))}</td>" for i, c in enumerate(r))
-                  + "</tr>" for r in rows)
-    return bundle(plain, text_html=safe_html.block(
-        f"<div><b>{html.escape(title)}</b></div>"
-        f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"))
+    th = "".join(
+        f"<th style='text-align:{align(i)}'>{html.escape(h)}</th>" for i, h in enumerate(head)
+    )
+    trs = "".join(
+        "<tr>"
+        + "".join(
+            f"<td style='text-align:{align(i)}'>{html.escape(str(c))}</td>" for i, c in enumerate(r)
+        )
+        + "</tr>"
+        for r in rows
+    )
+    return bundle(
+        plain,
+        text_html=safe_html.block(
+            f"<div><b>{html.escape(title)}</b></div>"
+            f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+        ),
+    )

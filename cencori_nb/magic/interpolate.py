@@ -39,7 +39,7 @@ _MISSING = object()
 
 def _index_key(raw: str) -> Any:
     if raw[:1] in ("'", '"'):
-        return ast.literal_eval(raw)          # a quoted string literal only (regex-checked)
+        return ast.literal_eval(raw)  # a quoted string literal only (regex-checked)
     if re.fullmatch(r"-?\d+", raw):
         return int(raw)
     return raw

@@ -25,14 +25,36 @@ from ..redact import refuse_key_in_prompt as _refuse_key_in_prompt
 if TYPE_CHECKING:
     from ..keystore.secret import Secret
 
-__all__ = ["FORMATS", "ROUTES", "CellArgs", "KeyInArgumentsError", "KeyInPromptError",
-           "LineArgs", "MagicUsageError", "looks_like_key", "parse_cell_line", "parse_line",
-           "redact", "refuse_key_in_prompt", "refuse_key_shaped"]
+__all__ = [
+    "FORMATS",
+    "ROUTES",
+    "CellArgs",
+    "KeyInArgumentsError",
+    "KeyInPromptError",
+    "LineArgs",
+    "MagicUsageError",
+    "looks_like_key",
+    "parse_cell_line",
+    "parse_line",
+    "redact",
+    "refuse_key_in_prompt",
+    "refuse_key_shaped",
+]
 
 FORMATS = ("markdown", "text", "code", "json", "html")
 ROUTES = ("auto", "byok", "managed")
-SUBCOMMANDS = ("setup", "providers", "models", "route", "usage", "credits", "use", "cache",
-               "sandbox", "help")
+SUBCOMMANDS = (
+    "setup",
+    "providers",
+    "models",
+    "route",
+    "usage",
+    "credits",
+    "use",
+    "cache",
+    "sandbox",
+    "help",
+)
 
 
 class MagicUsageError(ConfigurationError):
@@ -64,7 +86,8 @@ def refuse_key_shaped(line: str, *, magic: str = "%cencori") -> None:
             "accepted as magic arguments, because IPython saves every line to its history "
             "file.",
             hint="Store the key with `%cencori setup` (the providers panel) or "
-            "`cencori-nb keys set PROVIDER` in a terminal, then rerun without it.")
+            "`cencori-nb keys set PROVIDER` in a terminal, then rerun without it.",
+        )
 
 
 def refuse_key_in_prompt(prompt: str, stored: Collection[Secret] = ()) -> None:
@@ -84,8 +107,9 @@ class MagicParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        raise MagicUsageError(f"{self.prog}: {message}.",
-                              hint="Run `%cencori help` for the options.")
+        raise MagicUsageError(
+            f"{self.prog}: {message}.", hint="Run `%cencori help` for the options."
+        )
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         raise MagicUsageError(message.strip() if message else f"{self.prog}: bad arguments.")
@@ -94,9 +118,10 @@ class MagicParser(argparse.ArgumentParser):
 def _split(line: str) -> list[str]:
     try:
         return shlex.split(line, posix=True)
-    except ValueError as exc:   # unbalanced quotes
-        raise MagicUsageError(f"Could not read the magic line: {exc}.",
-                              hint="Check the quotes.") from None
+    except ValueError as exc:  # unbalanced quotes
+        raise MagicUsageError(
+            f"Could not read the magic line: {exc}.", hint="Check the quotes."
+        ) from None
 
 
 def _positive_int(text: str) -> int:
@@ -106,8 +131,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-_positive_int.__name__ = "positive integer"   # argparse names the type in its error message
-
+_positive_int.__name__ = "positive integer"  # argparse names the type in its error message
 
 
 @dataclass(frozen=True)
@@ -127,8 +151,8 @@ class CellArgs:
     project: str | None = None
     dry_run: bool = False
     help: bool = False
-    unsafe_html: bool = False        # -f html shown unsanitised (the user trusts this reply)
-    max_cost: str | None = None      # the most this request may cost (USD), accepted upfront
+    unsafe_html: bool = False  # -f html shown unsanitised (the user trusts this reply)
+    max_cost: str | None = None  # the most this request may cost (USD), accepted upfront
 
 
 def _cell_parser() -> MagicParser:
@@ -147,7 +171,7 @@ def _cell_parser() -> MagicParser:
     p.add_argument("--project", default=None)
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--unsafe-html", action="store_true")
-    p.add_argument("--max-cost", metavar="USD", default=None)   # checked by the client
+    p.add_argument("--max-cost", metavar="USD", default=None)  # checked by the client
     p.add_argument("-h", "--help", action="store_true")
     return p
 
@@ -159,16 +183,29 @@ def parse_cell_line(line: str) -> CellArgs:
     if ns.model_pos and ns.model and ns.model_pos != ns.model:
         raise MagicUsageError(
             f"%%cencori: two models given ({ns.model_pos!r} and -m {ns.model!r}).",
-            hint="Give the model once.")
+            hint="Give the model once.",
+        )
     if ns.output is not None and not ns.output.isidentifier():
         raise MagicUsageError(f"%%cencori: -o needs a Python variable name, not {ns.output!r}.")
     if ns.temperature is not None and not 0 <= ns.temperature <= 2:
         raise MagicUsageError("%%cencori: -t/--temperature must be between 0 and 2.")
-    return CellArgs(model=ns.model_pos or ns.model, provider=ns.provider, route=ns.route,
-                    system=ns.system, temperature=ns.temperature, max_tokens=ns.max_tokens,
-                    format=ns.format, output=ns.output, stream=ns.stream, cache=ns.cache,
-                    project=ns.project, dry_run=ns.dry_run, help=ns.help,
-                    unsafe_html=ns.unsafe_html, max_cost=ns.max_cost)
+    return CellArgs(
+        model=ns.model_pos or ns.model,
+        provider=ns.provider,
+        route=ns.route,
+        system=ns.system,
+        temperature=ns.temperature,
+        max_tokens=ns.max_tokens,
+        format=ns.format,
+        output=ns.output,
+        stream=ns.stream,
+        cache=ns.cache,
+        project=ns.project,
+        dry_run=ns.dry_run,
+        help=ns.help,
+        unsafe_html=ns.unsafe_html,
+        max_cost=ns.max_cost,
+    )
 
 
 @dataclass(frozen=True)
@@ -177,15 +214,15 @@ class LineArgs:
 
     command: str
     project: str | None = None
-    provider: str | None = None          # models [PROVIDER], route --provider
-    model: str | None = None             # route MODEL
-    route: str = "auto"                  # route --route
-    since: str | None = None             # usage --since
-    action: str | None = None            # cache clear | sandbox on/off | credits reconcile
-    period: str = "24h"                  # credits reconcile --period
-    url: str | None = None               # sandbox on URL
-    port: int = 0                        # sandbox on --port
-    allow_remote: bool = False           # sandbox on URL --allow-remote
+    provider: str | None = None  # models [PROVIDER], route --provider
+    model: str | None = None  # route MODEL
+    route: str = "auto"  # route --route
+    since: str | None = None  # usage --since
+    action: str | None = None  # cache clear | sandbox on/off | credits reconcile
+    period: str = "24h"  # credits reconcile --period
+    url: str | None = None  # sandbox on URL
+    port: int = 0  # sandbox on --port
+    allow_remote: bool = False  # sandbox on URL --allow-remote
 
 
 def _line_parser() -> MagicParser:
@@ -232,7 +269,8 @@ def parse_line(line: str) -> LineArgs:
         raise MagicUsageError(
             f"%cencori: unknown subcommand {tokens[0]!r}.",
             hint="Subcommands: " + ", ".join(SUBCOMMANDS) + ". To send a prompt, use the "
-            "cell magic `%%cencori` on the first line of a cell.")
+            "cell magic `%%cencori` on the first line of a cell.",
+        )
     ns = _line_parser().parse_args(tokens)
     if ns.command == "sandbox" and ns.action == "off" and ns.url:
         raise MagicUsageError("%cencori sandbox off takes no URL.")

@@ -22,8 +22,15 @@ from typing import Any
 from .. import safe_html
 from ..redact import remove_stored_keys
 
-__all__ = ["Rendered", "StreamView", "bundle", "error_bundle", "extract_code", "notice_bundle",
-           "render_completion"]
+__all__ = [
+    "Rendered",
+    "StreamView",
+    "bundle",
+    "error_bundle",
+    "extract_code",
+    "notice_bundle",
+    "render_completion",
+]
 
 Bundle = dict[str, Any]
 
@@ -41,16 +48,25 @@ def bundle(plain: str, **others: Any) -> Bundle:
 def error_bundle(message: str) -> Bundle:
     """One styled line ``cencori: <message>`` (no traceback)."""
     line = f"cencori: {message}"
-    return bundle(line, text_html=safe_html.text_html(
-        line, cls="cencori-error", style="color:#b00020;font-family:monospace;"
-        "white-space:pre-wrap"))
+    return bundle(
+        line,
+        text_html=safe_html.text_html(
+            line,
+            cls="cencori-error",
+            style="color:#b00020;font-family:monospace;white-space:pre-wrap",
+        ),
+    )
 
 
 def notice_bundle(message: str) -> Bundle:
     """One neutral line ``cencori: <message>``."""
     line = f"cencori: {message}"
-    return bundle(line, text_html=safe_html.text_html(
-        line, cls="cencori-notice", style="font-family:monospace;white-space:pre-wrap"))
+    return bundle(
+        line,
+        text_html=safe_html.text_html(
+            line, cls="cencori-notice", style="font-family:monospace;white-space:pre-wrap"
+        ),
+    )
 
 
 def extract_code(text: str) -> tuple[str, str]:
@@ -73,14 +89,14 @@ def _parse_json(text: str) -> Any:
 
 def _footer_html(footer: str) -> str:
     # The footer carries the model name the provider reported: untrusted text too.
-    return safe_html.text_html(footer, cls="cencori-footer",
-                               style="opacity:.6;font-size:85%;margin-top:.4em")
+    return safe_html.text_html(
+        footer, cls="cencori-footer", style="opacity:.6;font-size:85%;margin-top:.4em"
+    )
 
 
 def _pre(text: str, *, lang: str = "") -> str:
     cls = f" class='language-{lang}'" if re.fullmatch(r"[\w+\-.#]+", lang) else ""
-    return (f"<pre style='white-space:pre-wrap'><code{cls}>{safe_html.escape(text)}</code>"
-            "</pre>")
+    return f"<pre style='white-space:pre-wrap'><code{cls}>{safe_html.escape(text)}</code></pre>"
 
 
 @dataclass(frozen=True)
@@ -92,8 +108,7 @@ class Rendered:
     error: str | None = None
 
 
-def render_completion(text: str, footer: str, fmt: str, *,
-                      unsafe_html: bool = False) -> Rendered:
+def render_completion(text: str, footer: str, fmt: str, *, unsafe_html: bool = False) -> Rendered:
     """The final bundle for a reply ``text`` in format ``fmt`` with its ``footer`` line.
 
     ``unsafe_html`` (only with ``fmt="html"``) shows the reply's HTML unsanitised: the
@@ -113,10 +128,13 @@ def render_completion(text: str, footer: str, fmt: str, *,
         return Rendered(bundle(plain, text_html=body + foot))
     if fmt == "code":
         code, lang = extract_code(text)
-        return Rendered(bundle(f"{code}\n\n[{footer}]",
-                               text_html=safe_html.block(_pre(code, lang=lang or "python")
-                                                         + foot)),
-                        next_input=code)
+        return Rendered(
+            bundle(
+                f"{code}\n\n[{footer}]",
+                text_html=safe_html.block(_pre(code, lang=lang or "python") + foot),
+            ),
+            next_input=code,
+        )
     if fmt == "json":
         try:
             data = _parse_json(text)
@@ -125,10 +143,13 @@ def render_completion(text: str, footer: str, fmt: str, *,
             raw = render_completion(text, footer, "text")
             return Rendered(raw.bundle, error=f"the reply is not valid JSON ({exc}).")
         pretty = json.dumps(data, indent=2, ensure_ascii=False)
-        return Rendered({"application/json": data if isinstance(data, (dict, list)) else
-                         {"value": data},
-                         "text/plain": f"{pretty}\n\n[{footer}]",
-                         "text/html": safe_html.block(_pre(pretty) + foot)})
+        return Rendered(
+            {
+                "application/json": data if isinstance(data, (dict, list)) else {"value": data},
+                "text/plain": f"{pretty}\n\n[{footer}]",
+                "text/html": safe_html.block(_pre(pretty) + foot),
+            }
+        )
     raise ValueError(f"unknown format {fmt!r}")
 
 
@@ -138,8 +159,12 @@ def streaming_bundle(text: str) -> Bundle:
     reply echoes is redacted once it has fully arrived, as in the final Completion."""
     text = remove_stored_keys(text)
     cursor = "<span class='cencori-cursor'> ▌</span>"
-    return bundle(text + " ▌", text_html=safe_html.block(
-        safe_html.markdown_html(text) + cursor, cls="cencori-reply cencori-streaming"))
+    return bundle(
+        text + " ▌",
+        text_html=safe_html.block(
+            safe_html.markdown_html(text) + cursor, cls="cencori-reply cencori-streaming"
+        ),
+    )
 
 
 class StreamView:
@@ -150,15 +175,20 @@ class StreamView:
     at :meth:`finish`, whatever was skipped by the throttle.
     """
 
-    def __init__(self, display: Callable[[Bundle], Any], *, throttle_ms: float = 80,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        display: Callable[[Bundle], Any],
+        *,
+        throttle_ms: float = 80,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._display = display
         self._throttle = max(0.0, throttle_ms) / 1000
         self._clock = clock
         self._handle: Any = None
         self._last = float("-inf")
         self._parts: list[str] = []
-        self.updates = 0          # how many times the display was drawn (for tests)
+        self.updates = 0  # how many times the display was drawn (for tests)
 
     @property
     def text(self) -> str:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from .base import Provider, ProviderResult, StreamParser, get_provider, register
 
-__all__ = ["Provider", "ProviderResult", "StreamParser", "get_provider", "load_builtin",
-           "register"]
+__all__ = ["Provider", "ProviderResult", "StreamParser", "get_provider", "load_builtin", "register"]
 
 
 def load_builtin() -> None:

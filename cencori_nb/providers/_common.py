@@ -37,16 +37,37 @@ if TYPE_CHECKING:
     import httpx2
 
 __all__ = [
-    "AdapterStreamParser", "BaseStreamParser", "Where", "as_list", "as_object",
-    "body_with_extra", "build_error",
-    "dig", "display_name", "error_class", "error_json", "error_text", "join_base",
-    "json_request", "loads", "map_error_body", "quote", "raw_said", "retry_after",
+    "AdapterStreamParser",
+    "BaseStreamParser",
+    "Where",
+    "as_list",
+    "as_object",
+    "body_with_extra",
+    "build_error",
+    "dig",
+    "display_name",
+    "error_class",
+    "error_json",
+    "error_text",
+    "join_base",
+    "json_request",
+    "loads",
+    "map_error_body",
+    "quote",
+    "raw_said",
+    "retry_after",
     "retryable_code",
-    "reject_reserved", "require", "response_json", "scrub", "sent_key", "stream_context",
-    "to_decimal", "to_int",
+    "reject_reserved",
+    "require",
+    "response_json",
+    "scrub",
+    "sent_key",
+    "stream_context",
+    "to_decimal",
+    "to_int",
 ]
 
-MAX_QUOTED = 300   # characters of a provider's own error message we quote
+MAX_QUOTED = 300  # characters of a provider's own error message we quote
 
 REDACTED = MARKER
 
@@ -95,6 +116,7 @@ def as_list(value: Any) -> list[Any]:
 
 # --- numbers -------------------------------------------------------------------------------
 
+
 def to_int(value: Any) -> int:
     """A token count from JSON (None, missing or junk → 0)."""
     if value is None or isinstance(value, bool):
@@ -135,18 +157,23 @@ def loads(data: str | bytes, *, provider: str, what: str = "response") -> Any:
         raise BadResponseError(
             f"{display_name(provider)} sent a {what} that is not valid JSON.",
             hint="Retry; if it keeps happening the provider (or a proxy in between) is "
-                 "returning something else, e.g. an HTML error page.",
-            provider=provider) from exc
+            "returning something else, e.g. an HTML error page.",
+            provider=provider,
+        ) from exc
 
 
-def response_json(response: httpx2.Response, *, provider: str,
-                  request_id: str | None = None) -> dict[str, Any]:
+def response_json(
+    response: httpx2.Response, *, provider: str, request_id: str | None = None
+) -> dict[str, Any]:
     """The JSON object of a successful response, or BadResponseError."""
     try:
         content = response.content
     except Exception as exc:  # httpx2.ResponseNotRead: the caller forgot to read it
-        raise BadResponseError(f"The {display_name(provider)} response body was not read.",
-                               provider=provider, status_code=response.status_code) from exc
+        raise BadResponseError(
+            f"The {display_name(provider)} response body was not read.",
+            provider=provider,
+            status_code=response.status_code,
+        ) from exc
     try:
         body = loads(content, provider=provider)
     except BadResponseError as exc:
@@ -156,8 +183,11 @@ def response_json(response: httpx2.Response, *, provider: str,
     if not isinstance(body, dict):
         raise BadResponseError(
             f"{display_name(provider)} sent a JSON {type(body).__name__} where an object "
-            "was expected.", provider=provider, status_code=response.status_code,
-            request_id=request_id)
+            "was expected.",
+            provider=provider,
+            status_code=response.status_code,
+            request_id=request_id,
+        )
     return body
 
 
@@ -186,8 +216,14 @@ def error_text(response: httpx2.Response) -> str:
 _MISSING = object()
 
 
-def require(obj: Any, *path: str | int, provider: str, what: str = "response",
-            status_code: int | None = None, request_id: str | None = None) -> Any:
+def require(
+    obj: Any,
+    *path: str | int,
+    provider: str,
+    what: str = "response",
+    status_code: int | None = None,
+    request_id: str | None = None,
+) -> Any:
     """``obj[path[0]][path[1]]…`` or BadResponseError naming the missing field."""
     cur = obj
     for i, key in enumerate(path):
@@ -200,9 +236,12 @@ def require(obj: Any, *path: str | int, provider: str, what: str = "response",
             raise BadResponseError(
                 f"The {display_name(provider)} {what} has no `{name}`.",
                 hint="The provider's format may have changed, or a proxy altered the reply; "
-                     "retry, and report it if it persists.",
-                provider=provider, status_code=status_code, request_id=request_id,
-                missing=name)
+                "retry, and report it if it persists.",
+                provider=provider,
+                status_code=status_code,
+                request_id=request_id,
+                missing=name,
+            )
     return cur
 
 
@@ -226,17 +265,27 @@ def dig(obj: Any, *path: str | int) -> Any:
 
 # --- requests ---------------------------------------------------------------------------------
 
-def json_request(url: str, headers: Mapping[str, str], body: dict[str, Any], *,
-                 stream: bool, params: Mapping[str, str] | None = None) -> httpx2.Request:
+
+def json_request(
+    url: str,
+    headers: Mapping[str, str],
+    body: dict[str, Any],
+    *,
+    stream: bool,
+    params: Mapping[str, str] | None = None,
+) -> httpx2.Request:
     """A POST with a JSON body; ``Accept`` says whether we expect SSE."""
     import httpx2
 
-    all_headers = {"Content-Type": "application/json",
-                   "Accept": "text/event-stream" if stream else "application/json"}
+    all_headers = {
+        "Content-Type": "application/json",
+        "Accept": "text/event-stream" if stream else "application/json",
+    }
     all_headers.update(headers)
     content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=_json_default)
-    return httpx2.Request("POST", url, headers=all_headers, params=params,
-                          content=content.encode("utf-8"))
+    return httpx2.Request(
+        "POST", url, headers=all_headers, params=params, content=content.encode("utf-8")
+    )
 
 
 def _json_default(value: Any) -> Any:
@@ -258,11 +307,13 @@ def reject_reserved(extra: Mapping[str, Any], reserved: Iterable[str] = RESERVED
     if clash:
         raise ConfigurationError(
             f"ChatRequest.extra may not set {', '.join(map(repr, clash))}.",
-            hint="Pass the model, the messages and stream= as the request's own arguments.")
+            hint="Pass the model, the messages and stream= as the request's own arguments.",
+        )
 
 
-def body_with_extra(body: dict[str, Any], request: ChatRequest,
-                    reserved: Iterable[str] = RESERVED_EXTRA) -> dict[str, Any]:
+def body_with_extra(
+    body: dict[str, Any], request: ChatRequest, reserved: Iterable[str] = RESERVED_EXTRA
+) -> dict[str, Any]:
     """``body`` updated with ``request.extra`` (provider-specific parameters pass through)."""
     reject_reserved(request.extra, reserved)
     body.update(request.extra)
@@ -300,12 +351,22 @@ def sent_key(response: httpx2.Response) -> str | None:
 
 # --- the error tree -----------------------------------------------------------------------------
 
-def build_error(cls: type[CencoriError], *, provider: str, status: int | None,
-                said: str | None = None, code: str | None = None,
-                request_id: str | None = None, retry_after: float | None = None,
-                key: str | None = None, hint: str | None = None,
-                retryable: bool | None = None, headline: str | None = None,
-                **extra: Any) -> CencoriError:
+
+def build_error(
+    cls: type[CencoriError],
+    *,
+    provider: str,
+    status: int | None,
+    said: str | None = None,
+    code: str | None = None,
+    request_id: str | None = None,
+    retry_after: float | None = None,
+    key: str | None = None,
+    hint: str | None = None,
+    retryable: bool | None = None,
+    headline: str | None = None,
+    **extra: Any,
+) -> CencoriError:
     """A CencoriError with the house message: what happened, what the provider said, what next.
 
     ``said`` is the provider's own message (scrubbed here); ``key`` is the credential the
@@ -324,25 +385,33 @@ def build_error(cls: type[CencoriError], *, provider: str, status: int | None,
             what = f"{name} refused the request{where}: no key was sent."
             default_hint = f"Set one with `cencori-nb keys set {provider}`."
         else:
-            what = (f"The {name} key {key_hint(key)} was rejected{where}." if key
-                    else f"The {name} key was rejected{where}.")
+            what = (
+                f"The {name} key {key_hint(key)} was rejected{where}."
+                if key
+                else f"The {name} key was rejected{where}."
+            )
             default_hint = f"Check it or set a new one with `cencori-nb keys set {provider}`."
     elif issubclass(cls, RateLimitError):
         what = f"{name} rate limit reached{where}."
-        default_hint = (f"Retry in {retry_after:g} s, or send fewer requests at once."
-                        if retry_after is not None
-                        else "Wait a little and retry, or send fewer requests at once.")
+        default_hint = (
+            f"Retry in {retry_after:g} s, or send fewer requests at once."
+            if retry_after is not None
+            else "Wait a little and retry, or send fewer requests at once."
+        )
     elif issubclass(cls, PermissionDeniedError):
         what = f"{name} refused the request{where}."
-        default_hint = (f"The key was accepted but may not do this: check the {name} "
-                        "account's permissions, billing and content policy.")
+        default_hint = (
+            f"The key was accepted but may not do this: check the {name} "
+            "account's permissions, billing and content policy."
+        )
     elif issubclass(cls, ProviderTimeoutError):
         what = f"{name} timed out{where}."
         default_hint = "Retry; if it keeps happening, shorten the request or raise the timeout."
     elif issubclass(cls, ProviderUnavailableError):
         what = f"{name} is unavailable{where}."
-        default_hint = (f"The problem is on {name}'s side: retry later, or use another "
-                        "provider or route.")
+        default_hint = (
+            f"The problem is on {name}'s side: retry later, or use another provider or route."
+        )
     elif issubclass(cls, InvalidRequestError):
         what = f"{name} rejected the request as invalid{where}."
         default_hint = "Check the model name and the request parameters."
@@ -351,8 +420,13 @@ def build_error(cls: type[CencoriError], *, provider: str, status: int | None,
         default_hint = None
     if headline:
         what = headline
-    context: dict[str, Any] = {"provider": provider, "status_code": status,
-                               "request_id": request_id, "retry_after": retry_after, **extra}
+    context: dict[str, Any] = {
+        "provider": provider,
+        "status_code": status,
+        "request_id": request_id,
+        "retry_after": retry_after,
+        **extra,
+    }
     if retryable is not None:
         context["retryable"] = retryable
     return cls(what + tail, code=code, hint=hint or default_hint, **context)
@@ -375,11 +449,18 @@ def map_error_body(adapter: Provider, response: httpx2.Response, body: Any) -> C
     request_id = adapter.request_id(response)
     wait = retry_after(response.headers, body)
     if not isinstance(body, dict):
-        return build_error(error_class(response.status_code), provider=adapter.name,
-                           status=response.status_code, said=raw_said(response),
-                           request_id=request_id, retry_after=wait, key=key)
-    return adapter.error_from_body(body, status=response.status_code, key=key,
-                                   request_id=request_id, retry_after=wait)
+        return build_error(
+            error_class(response.status_code),
+            provider=adapter.name,
+            status=response.status_code,
+            said=raw_said(response),
+            request_id=request_id,
+            retry_after=wait,
+            key=key,
+        )
+    return adapter.error_from_body(
+        body, status=response.status_code, key=key, request_id=request_id, retry_after=wait
+    )
 
 
 def stream_context(adapter: Provider, response: httpx2.Response | None) -> dict[str, Any]:
@@ -390,6 +471,7 @@ def stream_context(adapter: Provider, response: httpx2.Response | None) -> dict[
 
 
 # --- streams ------------------------------------------------------------------------------------
+
 
 class BaseStreamParser(StreamParser):
     """Accumulates text, model, finish reason and usage; subclasses implement ``feed``."""
@@ -417,18 +499,24 @@ class BaseStreamParser(StreamParser):
 
     def result(self) -> ProviderResult:
         return ProviderResult(
-            text="".join(self.parts), model=self.model, usage=self.usage,
-            finish_reason=self.finish_reason, request_id=self.request_id,
-            gateway_cost_usd=self.gateway_cost_usd, served_by=self.served_by,
-            reported_cost_usd=self.reported_cost_usd)
+            text="".join(self.parts),
+            model=self.model,
+            usage=self.usage,
+            finish_reason=self.finish_reason,
+            request_id=self.request_id,
+            gateway_cost_usd=self.gateway_cost_usd,
+            served_by=self.served_by,
+            reported_cost_usd=self.reported_cost_usd,
+        )
 
 
 class AdapterStreamParser(BaseStreamParser):
     """A stream parser that maps in-stream errors through its adapter's ``error_from_body``,
     scrubbing the ``key`` the request carried from the message."""
 
-    def __init__(self, adapter: Any, *, request_id: str | None = None,
-                 key: str | None = None) -> None:
+    def __init__(
+        self, adapter: Any, *, request_id: str | None = None, key: str | None = None
+    ) -> None:
         super().__init__(adapter.name, request_id)
         self.adapter = adapter
         self.key = key

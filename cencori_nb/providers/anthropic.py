@@ -43,6 +43,7 @@ __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "MessagesStreamParser", "an
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024
 
+
 def anthropic_usage(raw: Any) -> Usage | None:
     """Our :class:`Usage` from Anthropic's ``usage`` (input made a total, see module doc)."""
     if not isinstance(raw, dict):
@@ -52,8 +53,10 @@ def anthropic_usage(raw: Any) -> Usage | None:
     return Usage(
         input_tokens=c.to_int(raw.get("input_tokens")) + cache_write + cache_read,
         output_tokens=c.to_int(raw.get("output_tokens")),
-        cache_read_tokens=cache_read, cache_write_tokens=cache_write,
-        thinking_tokens=c.to_int(c.dig(raw, "output_tokens_details", "thinking_tokens")))
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        thinking_tokens=c.to_int(c.dig(raw, "output_tokens_details", "thinking_tokens")),
+    )
 
 
 class AnthropicProvider(Provider):
@@ -67,16 +70,21 @@ class AnthropicProvider(Provider):
     def __repr__(self) -> str:
         return "AnthropicProvider()"
 
-    def build_request(self, request: ChatRequest, *, model: str, api_key: Secret,
-                      base_url: str) -> httpx2.Request:
+    def build_request(
+        self, request: ChatRequest, *, model: str, api_key: Secret, base_url: str
+    ) -> httpx2.Request:
         """``POST {base_url}/v1/messages`` with ``x-api-key`` and the pinned version."""
         system = [m.content for m in request.messages if m.role == "system"]
         body: dict[str, Any] = {
             "model": model,
-            "max_tokens": request.max_tokens if request.max_tokens is not None
+            "max_tokens": request.max_tokens
+            if request.max_tokens is not None
             else DEFAULT_MAX_TOKENS,
-            "messages": [{"role": m.role, "content": m.content}
-                         for m in request.messages if m.role != "system"],
+            "messages": [
+                {"role": m.role, "content": m.content}
+                for m in request.messages
+                if m.role != "system"
+            ],
         }
         if system:
             body["system"] = "\n\n".join(system)
@@ -86,28 +94,39 @@ class AnthropicProvider(Provider):
             body["stream"] = True
         c.body_with_extra(body, request)
         headers = {"x-api-key": api_key.reveal(), "anthropic-version": ANTHROPIC_VERSION}
-        return c.json_request(c.join_base(base_url, "/v1/messages"), headers, body,
-                              stream=request.stream)
+        return c.json_request(
+            c.join_base(base_url, "/v1/messages"), headers, body, stream=request.stream
+        )
 
     def parse_response(self, response: httpx2.Response) -> ProviderResult:
         """Text (the ``text`` blocks joined), model, usage, stop reason of a ``message``."""
         rid = self.request_id(response)
         body = c.response_json(response, provider=self.name, request_id=rid)
         if body.get("type") == "error":
-            raise self.error_from_body(body, status=None, key=c.sent_key(response),
-                                       request_id=rid)
-        where: c.Where = {"provider": self.name, "status_code": response.status_code,
-                          "request_id": rid}
+            raise self.error_from_body(body, status=None, key=c.sent_key(response), request_id=rid)
+        where: c.Where = {
+            "provider": self.name,
+            "status_code": response.status_code,
+            "request_id": rid,
+        }
         content = c.require(body, "content", **where)
         if not isinstance(content, list):
-            raise BadResponseError("The Anthropic response's `content` is not a list.",
-                                   missing="content", **where)
+            raise BadResponseError(
+                "The Anthropic response's `content` is not a list.", missing="content", **where
+            )
         usage = c.require(body, "usage", **where)
-        text = "".join(str(b.get("text") or "") for b in content
-                       if isinstance(b, dict) and b.get("type") == "text")
-        return ProviderResult(text=text, model=body.get("model") or None,
-                              usage=anthropic_usage(usage), finish_reason=body.get("stop_reason"),
-                              request_id=rid or body.get("id"))
+        text = "".join(
+            str(b.get("text") or "")
+            for b in content
+            if isinstance(b, dict) and b.get("type") == "text"
+        )
+        return ProviderResult(
+            text=text,
+            model=body.get("model") or None,
+            usage=anthropic_usage(usage),
+            finish_reason=body.get("stop_reason"),
+            request_id=rid or body.get("id"),
+        )
 
     def stream_parser(self, response: httpx2.Response | None = None) -> MessagesStreamParser:
         """A parser for the named-event sequence ending with ``message_stop``."""
@@ -117,28 +136,45 @@ class AnthropicProvider(Provider):
         """The error for a >= 400 response (the one place Anthropic errors map)."""
         return c.map_error_body(self, response, c.error_json(response))
 
-    def error_from_body(self, body: dict[str, Any], *, status: int | None,
-                        key: str | None = None, request_id: str | None = None,
-                        retry_after: float | None = None) -> CencoriError:
+    def error_from_body(
+        self,
+        body: dict[str, Any],
+        *,
+        status: int | None,
+        key: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> CencoriError:
         """Map ``{"type": "error", "error": {"type", "message"}}`` (response or stream)."""
         err = body.get("error")
         err_type = err.get("type") if isinstance(err, dict) else None
-        said = err.get("message") if isinstance(err, dict) else (err if isinstance(err, str)
-                                                                 else None)
+        said = (
+            err.get("message") if isinstance(err, dict) else (err if isinstance(err, str) else None)
+        )
         request_id = request_id or (body.get("request_id") or None)
         # The error type is more precise than the status (a 529 and a 500 differ only there).
         cls = c.error_class(status, str(err_type) if err_type else None)
         hint = None
         if err_type == "billing_error":
-            hint = ("The Anthropic account has a billing problem (no credit or no payment "
-                    "method): fix it in the Anthropic console, or use another route.")
+            hint = (
+                "The Anthropic account has a billing problem (no credit or no payment "
+                "method): fix it in the Anthropic console, or use another route."
+            )
         elif err_type == "not_found_error":
             hint = "Check the model name: Anthropic does not know it or this key cannot use it."
         elif err_type == "request_too_large":
             hint = "The request is too large: shorten the prompt."
-        return c.build_error(cls, provider=self.name, status=status, said=said,
-                             code=str(err_type) if err_type else None, request_id=request_id,
-                             retry_after=retry_after, key=key, hint=hint)
+        return c.build_error(
+            cls,
+            provider=self.name,
+            status=status,
+            said=said,
+            code=str(err_type) if err_type else None,
+            request_id=request_id,
+            retry_after=retry_after,
+            key=key,
+            hint=hint,
+        )
 
 
 class MessagesStreamParser(c.AdapterStreamParser):
@@ -147,8 +183,9 @@ class MessagesStreamParser(c.AdapterStreamParser):
 
     adapter: AnthropicProvider
 
-    def __init__(self, adapter: AnthropicProvider, *, request_id: str | None = None,
-                 key: str | None = None) -> None:
+    def __init__(
+        self, adapter: AnthropicProvider, *, request_id: str | None = None, key: str | None = None
+    ) -> None:
         super().__init__(adapter, request_id=request_id, key=key)
         self._usage_raw: dict[str, Any] = {}
 
@@ -160,13 +197,17 @@ class MessagesStreamParser(c.AdapterStreamParser):
             return None
         data = self.json(event)
         if not isinstance(data, dict):
-            raise BadResponseError("An Anthropic stream event is not a JSON object.",
-                                   provider=self.provider, request_id=self.request_id)
-        if kind == "message":     # no ``event:`` line: fall back to the type in the data
+            raise BadResponseError(
+                "An Anthropic stream event is not a JSON object.",
+                provider=self.provider,
+                request_id=self.request_id,
+            )
+        if kind == "message":  # no ``event:`` line: fall back to the type in the data
             kind = str(data.get("type") or "")
         if kind == "error":
-            raise self.adapter.error_from_body(data, status=None, key=self.key,
-                                               request_id=self.request_id)
+            raise self.adapter.error_from_body(
+                data, status=None, key=self.key, request_id=self.request_id
+            )
         if kind == "message_start":
             message = c.as_object(data.get("message"))
             if message.get("model"):
@@ -174,8 +215,7 @@ class MessagesStreamParser(c.AdapterStreamParser):
             if self.request_id is None and message.get("id"):
                 self.request_id = str(message["id"])
             if isinstance(message.get("usage"), dict):
-                self._usage_raw.update({k: v for k, v in message["usage"].items()
-                                        if v is not None})
+                self._usage_raw.update({k: v for k, v in message["usage"].items() if v is not None})
         elif kind == "content_block_delta":
             delta = data.get("delta")
             if isinstance(delta, dict) and delta.get("type") == "text_delta":

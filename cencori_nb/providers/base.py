@@ -30,22 +30,22 @@ class ProviderResult:
     """What a provider said, normalised. ``usage`` is None when the provider sent none."""
 
     text: str
-    model: str | None = None            # the model id the provider returned (bill on it)
+    model: str | None = None  # the model id the provider returned (bill on it)
     usage: Usage | None = None
     finish_reason: str | None = None
     request_id: str | None = None
-    gateway_cost_usd: Decimal | None = None   # Cencori's cost_usd (managed route)
-    served_by: str | None = None        # for the gateway: the provider that served it
+    gateway_cost_usd: Decimal | None = None  # Cencori's cost_usd (managed route)
+    served_by: str | None = None  # for the gateway: the provider that served it
     reported_cost_usd: Decimal | None = None  # a cost the provider itself reported
     #                                           (OpenRouter's usage.cost); informational
-    gateway_cache: str | None = None    # Cencori's X-Cencori-Cache: HIT, SEMANTIC-HIT, MISS
-    model_original: str | None = None   # X-Model-Original when the gateway swapped the model
+    gateway_cache: str | None = None  # Cencori's X-Cencori-Cache: HIT, SEMANTIC-HIT, MISS
+    model_original: str | None = None  # X-Model-Original when the gateway swapped the model
 
 
 class StreamParser(ABC):
     """Consumes one stream's server-sent events; one instance per request."""
 
-    done: bool = False                  # True once the provider's terminal event was seen
+    done: bool = False  # True once the provider's terminal event was seen
 
     @abstractmethod
     def feed(self, event: httpx2.ServerSentEvent) -> str | None:
@@ -60,9 +60,9 @@ class Provider(ABC):
     """One wire format. Subclasses set ``name`` and implement the abstract methods."""
 
     name: str = ""
-    sandbox_prefix: str = ""            # path under the sandbox, e.g. "/openai/v1"
-    default_base_url: str = ""          # the real API's base URL (catalog; Cencori's for it)
-    request_id_headers: tuple[str, ...] = ()   # where the provider puts its request id
+    sandbox_prefix: str = ""  # path under the sandbox, e.g. "/openai/v1"
+    default_base_url: str = ""  # the real API's base URL (catalog; Cencori's for it)
+    request_id_headers: tuple[str, ...] = ()  # where the provider puts its request id
 
     def request_id(self, response: httpx2.Response) -> str | None:
         """The provider's request id from ``response``'s headers (None if it sent none)."""
@@ -73,8 +73,9 @@ class Provider(ABC):
         return None
 
     @abstractmethod
-    def build_request(self, request: ChatRequest, *, model: str, api_key: Secret,
-                      base_url: str) -> httpx2.Request:
+    def build_request(
+        self, request: ChatRequest, *, model: str, api_key: Secret, base_url: str
+    ) -> httpx2.Request:
         """The HTTP request for ``request`` (``stream`` decides streaming)."""
 
     @abstractmethod
@@ -94,9 +95,15 @@ class Provider(ABC):
         gateway's credit codes CreditsExhaustedError / SpendCapReachedError."""
 
     @abstractmethod
-    def error_from_body(self, body: dict[str, Any], *, status: int | None,
-                        key: str | None = None, request_id: str | None = None,
-                        retry_after: float | None = None) -> CencoriError:
+    def error_from_body(
+        self,
+        body: dict[str, Any],
+        *,
+        status: int | None,
+        key: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> CencoriError:
         """The error a decoded error ``body`` describes: from a response with ``status``
         >= 400, or (``status=None``) from a 200 body or a stream event carrying an error.
 

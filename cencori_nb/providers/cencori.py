@@ -44,11 +44,18 @@ if TYPE_CHECKING:
 
     from ..keystore.secret import Secret
 
-__all__ = ["CACHE_STATES", "CENCORI_BASE_URL", "CencoriGatewayProvider", "CencoriStreamParser",
-           "Receipts", "gateway_receipts", "top_up_url"]
+__all__ = [
+    "CACHE_STATES",
+    "CENCORI_BASE_URL",
+    "CencoriGatewayProvider",
+    "CencoriStreamParser",
+    "Receipts",
+    "gateway_receipts",
+    "top_up_url",
+]
 
 CENCORI_BASE_URL = "https://cencori.com"
-TOP_UP_URL = CENCORI_BILLING_URL   # shown when the gateway sends none (or a foreign link)
+TOP_UP_URL = CENCORI_BILLING_URL  # shown when the gateway sends none (or a foreign link)
 
 # The engine's `{error: "<code>"}`: a snake_case word, never a title with spaces.
 _CODE_WORD = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)+")
@@ -64,13 +71,17 @@ def top_up_url(value: Any) -> str:
     (``https://evil.example/pay``, ``//evil.example``, ``javascript:``…); anything else gives
     :data:`TOP_UP_URL`.
     """
-    if not isinstance(value, str) or not value.strip() or any(ch.isspace() for ch in
-                                                               value.strip()):
+    if not isinstance(value, str) or not value.strip() or any(ch.isspace() for ch in value.strip()):
         return TOP_UP_URL
     url = urljoin(CENCORI_BASE_URL + "/", value.strip())
     parts = urlsplit(url)
-    if parts.scheme != "https" or parts.hostname not in _CENCORI_HOSTS or parts.username \
-            or parts.password or parts.port not in (None, 443):
+    if (
+        parts.scheme != "https"
+        or parts.hostname not in _CENCORI_HOSTS
+        or parts.username
+        or parts.password
+        or parts.port not in (None, 443)
+    ):
         return TOP_UP_URL
     return url
 
@@ -78,7 +89,7 @@ def top_up_url(value: Any) -> str:
 _CENCORI_HOSTS = frozenset({"cencori.com", "www.cencori.com"})
 
 
-CACHE_STATES = frozenset({"HIT", "SEMANTIC-HIT", "MISS"})   # X-Cencori-Cache values
+CACHE_STATES = frozenset({"HIT", "SEMANTIC-HIT", "MISS"})  # X-Cencori-Cache values
 _MODEL_ID = re.compile(r"[\w.:/@+-]{1,200}")
 
 
@@ -108,8 +119,7 @@ def gateway_receipts(response: httpx2.Response | None) -> Receipts:
     if (response.headers.get("x-model-upgraded") or "").strip().lower() == "true":
         value = (response.headers.get("x-model-original") or "").strip()
         original = value if _MODEL_ID.fullmatch(value) else None
-    return {"gateway_cache": cache if cache in CACHE_STATES else None,
-            "model_original": original}
+    return {"gateway_cache": cache if cache in CACHE_STATES else None, "model_original": original}
 
 
 def _money(value: Any) -> str:
@@ -121,15 +131,16 @@ class CencoriGatewayProvider(Provider):
     """Cencori's native chat endpoint (managed keys, paid from the credit wallet)."""
 
     name = "cencori"
-    sandbox_prefix = ""              # the sandbox serves /api/ai/chat at its root
+    sandbox_prefix = ""  # the sandbox serves /api/ai/chat at its root
     default_base_url = CENCORI_BASE_URL
     request_id_headers = ("x-request-id",)
 
     def __repr__(self) -> str:
         return "CencoriGatewayProvider()"
 
-    def build_request(self, request: ChatRequest, *, model: str, api_key: Secret,
-                      base_url: str) -> httpx2.Request:
+    def build_request(
+        self, request: ChatRequest, *, model: str, api_key: Secret, base_url: str
+    ) -> httpx2.Request:
         """``POST {base_url}/api/ai/chat`` with the ``CENCORI_API_KEY`` header."""
         body: dict[str, Any] = {
             "model": model,
@@ -142,8 +153,12 @@ class CencoriGatewayProvider(Provider):
         if request.stream:
             body["stream"] = True
         c.body_with_extra(body, request)
-        return c.json_request(c.join_base(base_url, "/api/ai/chat"),
-                              {"CENCORI_API_KEY": api_key.reveal()}, body, stream=request.stream)
+        return c.json_request(
+            c.join_base(base_url, "/api/ai/chat"),
+            {"CENCORI_API_KEY": api_key.reveal()},
+            body,
+            stream=request.stream,
+        )
 
     def parse_response(self, response: httpx2.Response) -> ProviderResult:
         """Content, model, serving provider, usage, ``cost_usd`` and finish reason."""
@@ -151,22 +166,27 @@ class CencoriGatewayProvider(Provider):
         body = c.response_json(response, provider=self.name, request_id=rid)
         rid = rid or body.get("id")
         if body.get("error"):
-            raise self.error_from_body(body, status=None, key=c.sent_key(response),
-                                       request_id=rid)
-        where: c.Where = {"provider": self.name, "status_code": response.status_code,
-                          "request_id": rid}
+            raise self.error_from_body(body, status=None, key=c.sent_key(response), request_id=rid)
+        where: c.Where = {
+            "provider": self.name,
+            "status_code": response.status_code,
+            "request_id": rid,
+        }
         text = body.get("content")
-        if text is None:   # the OpenAI-shaped part carries it too
+        if text is None:  # the OpenAI-shaped part carries it too
             text = c.dig(body, "choices", 0, "message", "content")
         if text is None:
-            c.require(body, "content", **where)   # raises, naming the field
+            c.require(body, "content", **where)  # raises, naming the field
         return ProviderResult(
-            text=str(text), model=body.get("model") or None,
+            text=str(text),
+            model=body.get("model") or None,
             usage=openai_usage(body.get("usage")),
-            finish_reason=body.get("finish_reason")
-            or c.dig(body, "choices", 0, "finish_reason"),
-            request_id=rid, gateway_cost_usd=c.to_decimal(body.get("cost_usd")),
-            served_by=body.get("provider") or None, **gateway_receipts(response))
+            finish_reason=body.get("finish_reason") or c.dig(body, "choices", 0, "finish_reason"),
+            request_id=rid,
+            gateway_cost_usd=c.to_decimal(body.get("cost_usd")),
+            served_by=body.get("provider") or None,
+            **gateway_receipts(response),
+        )
 
     def stream_parser(self, response: httpx2.Response | None = None) -> CencoriStreamParser:
         """A parser for ``{"delta"}`` lines, the usage/cost chunk and ``[DONE]``."""
@@ -180,14 +200,23 @@ class CencoriGatewayProvider(Provider):
         if not isinstance(body, dict):
             said = c.raw_said(response)
             body = {"error": said} if said else {}
-        return self.error_from_body(body, status=response.status_code,
-                                    key=c.sent_key(response),
-                                    request_id=self.request_id(response),
-                                    retry_after=c.retry_after(response.headers, body))
+        return self.error_from_body(
+            body,
+            status=response.status_code,
+            key=c.sent_key(response),
+            request_id=self.request_id(response),
+            retry_after=c.retry_after(response.headers, body),
+        )
 
-    def error_from_body(self, body: dict[str, Any], *, status: int | None,
-                        key: str | None = None, request_id: str | None = None,
-                        retry_after: float | None = None) -> CencoriError:
+    def error_from_body(
+        self,
+        body: dict[str, Any],
+        *,
+        status: int | None,
+        key: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> CencoriError:
         """Map a gateway error (from an error response or a stream line).
 
         Two shapes (lib/gateway-middleware.ts and lib/gateway/ai-chat-handler.ts in the
@@ -197,13 +226,13 @@ class CencoriGatewayProvider(Provider):
         OpenAI-compatible door nests ``{error: {message, type, code}}``.
         """
         err = body.get("error")
-        if isinstance(err, dict):   # the OpenAI-compatible door nests it
+        if isinstance(err, dict):  # the OpenAI-compatible door nests it
             body = {**body, **err}
             err = err.get("message")
         code = str(body.get("code") or "") or None
         title = err if isinstance(err, str) else None
         if code is None and title and _CODE_WORD.fullmatch(title):
-            code, title = title, None          # the engine's shape: the error IS the code
+            code, title = title, None  # the engine's shape: the error IS the code
         said = body.get("message") or title
         if isinstance(said, str) and title and title not in said:
             said = f"{title}: {said}"
@@ -214,13 +243,17 @@ class CencoriGatewayProvider(Provider):
             # cap (reference/cencori.md, "Discrepancies"); we follow the server.
             cls = SpendCapReachedError
         elif status in (400, 403, None) and body.get("reasons"):
-            cls = PermissionDeniedError   # the SDK's SafetyError: content was refused
+            cls = PermissionDeniedError  # the SDK's SafetyError: content was refused
         elif status is None and title and "block" in title.lower():
-            cls = PermissionDeniedError   # {"error": "Response blocked"} mid-stream
-        if retry_after is None:     # a 200 body or a stream line: only the body says
+            cls = PermissionDeniedError  # {"error": "Response blocked"} mid-stream
+        if retry_after is None:  # a 200 body or a stream line: only the body says
             retry_after = c.retry_after(None, body)
-        common: _ErrorContext = {"provider": self.name, "status_code": status,
-                                 "request_id": request_id, "code": code}
+        common: _ErrorContext = {
+            "provider": self.name,
+            "status_code": status,
+            "request_id": request_id,
+            "code": code,
+        }
         secrets = [key] if key else []
         quoted = c.quote(said, secrets) if said else ""
         if quoted and quoted[-1] not in ".!?…":
@@ -232,39 +265,60 @@ class CencoriGatewayProvider(Provider):
                 f"Your Cencori credit wallet is empty (balance {_money(balance)}), so the "
                 "managed route cannot be used.",
                 hint=f"Top up at {top_up} (then record it here with `cencori-nb credits "
-                     "top-up AMOUNT`), or use your own key for this provider (BYOK): "
-                     "`cencori-nb keys set PROVIDER`.",
-                balance=balance, top_up_url=top_up, **common)
+                "top-up AMOUNT`), or use your own key for this provider (BYOK): "
+                "`cencori-nb keys set PROVIDER`.",
+                balance=balance,
+                top_up_url=top_up,
+                **common,
+            )
         if cls is SpendCapReachedError:
             spend = c.as_object(body.get("spend"))
             current, cap = c.to_decimal(spend.get("current")), c.to_decimal(spend.get("cap"))
             detail = f" ({_money(current)} of {_money(cap)})" if cap is not None else ""
             return SpendCapReachedError(
-                f"This Cencori project reached its spend cap{detail}"
-                f" ({status or 'stream'}).",
+                f"This Cencori project reached its spend cap{detail} ({status or 'stream'}).",
                 hint="Raise the cap in the Cencori dashboard, wait for the next billing "
-                     "period, or use your own key for this provider (BYOK).",
-                spend_current=current, spend_cap=cap, **common)
+                "period, or use your own key for this provider (BYOK).",
+                spend_current=current,
+                spend_cap=cap,
+                **common,
+            )
         if cls is PricingError:
             return PricingError(
                 "Cencori has no price for this model, so it will not serve it on credits"
                 f" ({status or 'stream'}).{' Cencori said: ' + quoted if quoted else ''}",
                 hint="Use a model from the Cencori catalogue, or your own key for its "
-                     "provider (BYOK).", **common)
+                "provider (BYOK).",
+                **common,
+            )
         hint = headline = None
         if code == "provider_auth_error":
-            headline = (f"The provider behind Cencori rejected Cencori's key for it"
-                        f" ({status or 'stream'}).")
-            hint = ("This is on Cencori's side (or the provider key stored in your Cencori "
-                    "project): check the project's provider settings, or retry later.")
+            headline = (
+                f"The provider behind Cencori rejected Cencori's key for it ({status or 'stream'})."
+            )
+            hint = (
+                "This is on Cencori's side (or the provider key stored in your Cencori "
+                "project): check the project's provider settings, or retry later."
+            )
         elif cls is PermissionDeniedError:
-            hint = ("Cencori's security filter blocked the request or the response: rephrase "
-                    "the prompt, or review the project's security settings.")
+            hint = (
+                "Cencori's security filter blocked the request or the response: rephrase "
+                "the prompt, or review the project's security settings."
+            )
         elif code == "provider_model_not_found":
             hint = "Check the model name against the Cencori catalogue (`%cencori models`)."
-        return c.build_error(cls, provider=self.name, status=status, said=said, code=code,
-                             request_id=request_id, retry_after=retry_after, key=key,
-                             hint=hint, headline=headline)
+        return c.build_error(
+            cls,
+            provider=self.name,
+            status=status,
+            said=said,
+            code=code,
+            request_id=request_id,
+            retry_after=retry_after,
+            key=key,
+            hint=hint,
+            headline=headline,
+        )
 
 
 class CencoriStreamParser(c.AdapterStreamParser):
@@ -272,7 +326,7 @@ class CencoriStreamParser(c.AdapterStreamParser):
     chunk; a stream cut before it yields ``usage=None`` and ``done=False``."""
 
     adapter: CencoriGatewayProvider
-    receipts: Receipts | None = None    # set by stream_parser from the response's headers
+    receipts: Receipts | None = None  # set by stream_parser from the response's headers
 
     def result(self) -> ProviderResult:
         result = super().result()
@@ -290,11 +344,15 @@ class CencoriStreamParser(c.AdapterStreamParser):
             return None
         line = self.json(event)
         if not isinstance(line, dict):
-            raise BadResponseError("A Cencori stream line is not a JSON object.",
-                                   provider=self.provider, request_id=self.request_id)
+            raise BadResponseError(
+                "A Cencori stream line is not a JSON object.",
+                provider=self.provider,
+                request_id=self.request_id,
+            )
         if line.get("error"):
-            raise self.adapter.error_from_body(line, status=None, key=self.key,
-                                               request_id=self.request_id)
+            raise self.adapter.error_from_body(
+                line, status=None, key=self.key, request_id=self.request_id
+            )
         if line.get("model"):
             self.model = str(line["model"])
         if line.get("provider"):

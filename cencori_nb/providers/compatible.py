@@ -29,8 +29,15 @@ from .openai import OpenAIProvider
 __all__ = ["COMPATIBLE", "OpenAICompatibleProvider"]
 
 # Providers that accept ``stream_options.include_usage`` (see the table above).
-_INCLUDE_USAGE = {"groq": True, "xai": True, "deepseek": True, "together": True,
-                  "local": True, "mistral": False, "openrouter": False}
+_INCLUDE_USAGE = {
+    "groq": True,
+    "xai": True,
+    "deepseek": True,
+    "together": True,
+    "local": True,
+    "mistral": False,
+    "openrouter": False,
+}
 
 COMPATIBLE = ("mistral", "groq", "xai", "deepseek", "together", "openrouter", "local")
 
@@ -38,17 +45,22 @@ COMPATIBLE = ("mistral", "groq", "xai", "deepseek", "together", "openrouter", "l
 class OpenAICompatibleProvider(OpenAIProvider):
     """An OpenAI-compatible provider: ``max_tokens``, a different base URL, lenient usage."""
 
-    def __init__(self, name: str, *, default_base_url: str | None = None,
-                 include_usage: bool | None = None) -> None:
+    def __init__(
+        self, name: str, *, default_base_url: str | None = None, include_usage: bool | None = None
+    ) -> None:
         super().__init__(
-            name, sandbox_prefix=f"/{name}/v1",
-            default_base_url=(default_base_url if default_base_url is not None
-                              else PROVIDERS[name].base_url),
+            name,
+            sandbox_prefix=f"/{name}/v1",
+            default_base_url=(
+                default_base_url if default_base_url is not None else PROVIDERS[name].base_url
+            ),
             max_tokens_field="max_tokens",
-            include_usage=_INCLUDE_USAGE.get(name, False) if include_usage is None
+            include_usage=_INCLUDE_USAGE.get(name, False)
+            if include_usage is None
             else include_usage,
             # Groq, Mistral, Together, DeepSeek: x-request-id; OpenRouter: its generation id.
-            request_id_headers=("x-request-id", "request-id", "x-generation-id"))
+            request_id_headers=("x-request-id", "request-id", "x-generation-id"),
+        )
 
 
 for _name in COMPATIBLE:

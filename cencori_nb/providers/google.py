@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["API_VERSION", "GeminiStreamParser", "GoogleProvider", "gemini_usage"]
 
-API_VERSION = "v1beta"   # systemInstruction and thinking fields are served here first
+API_VERSION = "v1beta"  # systemInstruction and thinking fields are served here first
 
 _BAD_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
 
@@ -56,7 +56,8 @@ def gemini_usage(raw: Any) -> Usage | None:
         + c.to_int(raw.get("toolUsePromptTokenCount")),
         output_tokens=c.to_int(raw.get("candidatesTokenCount")) + thoughts,
         cache_read_tokens=c.to_int(raw.get("cachedContentTokenCount")),
-        thinking_tokens=thoughts)
+        thinking_tokens=thoughts,
+    )
 
 
 def _candidate_text(candidate: Any) -> str:
@@ -64,8 +65,9 @@ def _candidate_text(candidate: Any) -> str:
     parts = c.dig(candidate, "content", "parts")
     if not isinstance(parts, list):
         return ""
-    return "".join(str(p.get("text") or "") for p in parts
-                   if isinstance(p, dict) and not p.get("thought"))
+    return "".join(
+        str(p.get("text") or "") for p in parts if isinstance(p, dict) and not p.get("thought")
+    )
 
 
 class GoogleProvider(Provider):
@@ -74,23 +76,30 @@ class GoogleProvider(Provider):
     name = "google"
     sandbox_prefix = "/google"
     default_base_url = PROVIDERS["google"].base_url
-    request_id_headers = ("x-request-id",)   # Google sends none; the body has responseId
+    request_id_headers = ("x-request-id",)  # Google sends none; the body has responseId
 
     def __repr__(self) -> str:
         return "GoogleProvider()"
 
-    def build_request(self, request: ChatRequest, *, model: str, api_key: Secret,
-                      base_url: str) -> httpx2.Request:
+    def build_request(
+        self, request: ChatRequest, *, model: str, api_key: Secret, base_url: str
+    ) -> httpx2.Request:
         """The ``generateContent`` (or ``streamGenerateContent?alt=sse``) request."""
         model_id = model.removeprefix("models/")
         method = "streamGenerateContent" if request.stream else "generateContent"
-        url = c.join_base(base_url,
-                          f"/{API_VERSION}/models/{quote(model_id, safe='-._~')}:{method}")
+        url = c.join_base(
+            base_url, f"/{API_VERSION}/models/{quote(model_id, safe='-._~')}:{method}"
+        )
         system = [{"text": m.content} for m in request.messages if m.role == "system"]
         body: dict[str, Any] = {
-            "contents": [{"role": "model" if m.role == "assistant" else "user",
-                          "parts": [{"text": m.content}]}
-                         for m in request.messages if m.role != "system"],
+            "contents": [
+                {
+                    "role": "model" if m.role == "assistant" else "user",
+                    "parts": [{"text": m.content}],
+                }
+                for m in request.messages
+                if m.role != "system"
+            ],
         }
         if system:
             body["systemInstruction"] = {"parts": system}
@@ -100,15 +109,19 @@ class GoogleProvider(Provider):
         if request.temperature is not None:
             config["temperature"] = request.temperature
         extra = dict(request.extra)
-        if isinstance(extra.get("generationConfig"), dict):   # merge, not replace
+        if isinstance(extra.get("generationConfig"), dict):  # merge, not replace
             config.update(extra.pop("generationConfig"))
         if config:
             body["generationConfig"] = config
         c.reject_reserved(extra, {"contents", "model", "stream"})
         body.update(extra)
-        return c.json_request(url, {"x-goog-api-key": api_key.reveal()}, body,
-                              stream=request.stream,
-                              params={"alt": "sse"} if request.stream else None)
+        return c.json_request(
+            url,
+            {"x-goog-api-key": api_key.reveal()},
+            body,
+            stream=request.stream,
+            params={"alt": "sse"} if request.stream else None,
+        )
 
     def parse_response(self, response: httpx2.Response) -> ProviderResult:
         """Text of the first candidate, ``modelVersion``, usage and finish reason."""
@@ -116,29 +129,36 @@ class GoogleProvider(Provider):
         body = c.response_json(response, provider=self.name, request_id=rid)
         rid = rid or body.get("responseId")
         if body.get("error"):
-            raise self.error_from_body(body, status=None, key=c.sent_key(response),
-                                       request_id=rid)
+            raise self.error_from_body(body, status=None, key=c.sent_key(response), request_id=rid)
         self._raise_if_blocked(body, rid)
-        where: c.Where = {"provider": self.name, "status_code": response.status_code,
-                          "request_id": rid}
+        where: c.Where = {
+            "provider": self.name,
+            "status_code": response.status_code,
+            "request_id": rid,
+        }
         candidate = c.require(body, "candidates", 0, **where)
-        return ProviderResult(text=_candidate_text(candidate),
-                              model=body.get("modelVersion") or None,
-                              usage=gemini_usage(body.get("usageMetadata")),
-                              finish_reason=candidate.get("finishReason")
-                              if isinstance(candidate, dict) else None,
-                              request_id=rid)
+        return ProviderResult(
+            text=_candidate_text(candidate),
+            model=body.get("modelVersion") or None,
+            usage=gemini_usage(body.get("usageMetadata")),
+            finish_reason=candidate.get("finishReason") if isinstance(candidate, dict) else None,
+            request_id=rid,
+        )
 
     def _raise_if_blocked(self, body: dict[str, Any], request_id: str | None) -> None:
         """A prompt Google's safety filter blocked comes back 200 with no candidates."""
         reason = c.dig(body, "promptFeedback", "blockReason")
         if reason and not body.get("candidates"):
             raise c.build_error(
-                PermissionDeniedError, provider=self.name, status=None,
-                said=f"prompt blocked ({reason})", code="prompt_blocked",
+                PermissionDeniedError,
+                provider=self.name,
+                status=None,
+                said=f"prompt blocked ({reason})",
+                code="prompt_blocked",
                 request_id=request_id,
                 hint="Google's safety filter blocked the prompt: rephrase it, or adjust "
-                     "safetySettings through ChatRequest.extra.")
+                "safetySettings through ChatRequest.extra.",
+            )
 
     def stream_parser(self, response: httpx2.Response | None = None) -> GeminiStreamParser:
         """A parser for ``alt=sse`` frames; the one with a ``finishReason`` ends the stream."""
@@ -148,25 +168,37 @@ class GoogleProvider(Provider):
         """The error for a >= 400 response (the one place Google errors map)."""
         body = c.error_json(response)
         if isinstance(body, list) and body and isinstance(body[0], dict):
-            body = body[0]       # the non-SSE stream endpoint wraps errors in an array
+            body = body[0]  # the non-SSE stream endpoint wraps errors in an array
         return c.map_error_body(self, response, body)
 
-    def error_from_body(self, body: dict[str, Any], *, status: int | None,
-                        key: str | None = None, request_id: str | None = None,
-                        retry_after: float | None = None) -> CencoriError:
+    def error_from_body(
+        self,
+        body: dict[str, Any],
+        *,
+        status: int | None,
+        key: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> CencoriError:
         """Map a Google RPC error (from an error response or a stream frame)."""
         err = c.as_object(body.get("error"))
         rpc_status = str(err.get("status") or "")
         if status is None and isinstance(err.get("code"), int):
             status = err["code"]
         details = c.as_list(err.get("details"))
-        reasons = {str(d.get("reason")) for d in details if isinstance(d, dict)
-                   and str(d.get("@type", "")).endswith("ErrorInfo")}
-        if retry_after is None:     # an error frame inside a stream: only the body says
+        reasons = {
+            str(d.get("reason"))
+            for d in details
+            if isinstance(d, dict) and str(d.get("@type", "")).endswith("ErrorInfo")
+        }
+        if retry_after is None:  # an error frame inside a stream: only the body says
             retry_after = c.retry_after(None, body)
-        daily = any(isinstance(v, dict) and "PerDay" in str(v.get("quotaId", ""))
-                    for d in details if isinstance(d, dict)
-                    for v in (d.get("violations") or []))
+        daily = any(
+            isinstance(v, dict) and "PerDay" in str(v.get("quotaId", ""))
+            for d in details
+            if isinstance(d, dict)
+            for v in (d.get("violations") or [])
+        )
         # Google answers a bad key with 400 INVALID_ARGUMENT and ErrorInfo API_KEY_INVALID:
         # the reason is more precise than the status, which is more precise than the RPC code.
         cls = c.error_class(status, *sorted(reasons), rpc_status or None)
@@ -175,18 +207,31 @@ class GoogleProvider(Provider):
         if cls is RateLimitError and daily:
             # A daily quota stays exhausted until it resets: retrying now only wastes calls.
             retryable = False
-            hint = ("The key's daily Gemini quota is used up; it resets at midnight Pacific "
-                    "time. Use another key or route until then.")
+            hint = (
+                "The key's daily Gemini quota is used up; it resets at midnight Pacific "
+                "time. Use another key or route until then."
+            )
         elif rpc_status == "NOT_FOUND":
             hint = "Check the model name: Google does not know it or this key cannot use it."
         elif rpc_status == "FAILED_PRECONDITION":
-            hint = ("Google refuses this request in the key's current state (e.g. billing "
-                    "not enabled, or the region is not supported).")
+            hint = (
+                "Google refuses this request in the key's current state (e.g. billing "
+                "not enabled, or the region is not supported)."
+            )
         code = next(iter(sorted(reasons)), None) or rpc_status or None
-        return c.build_error(cls, provider=self.name, status=status, said=err.get("message"),
-                             code=code.lower() if code else None, request_id=request_id,
-                             retry_after=retry_after, key=key, hint=hint, retryable=retryable,
-                             rpc_status=rpc_status or None)
+        return c.build_error(
+            cls,
+            provider=self.name,
+            status=status,
+            said=err.get("message"),
+            code=code.lower() if code else None,
+            request_id=request_id,
+            retry_after=retry_after,
+            key=key,
+            hint=hint,
+            retryable=retryable,
+            rpc_status=rpc_status or None,
+        )
 
 
 class GeminiStreamParser(c.AdapterStreamParser):
@@ -195,8 +240,9 @@ class GeminiStreamParser(c.AdapterStreamParser):
 
     adapter: GoogleProvider
 
-    def __init__(self, adapter: GoogleProvider, *, request_id: str | None = None,
-                 key: str | None = None) -> None:
+    def __init__(
+        self, adapter: GoogleProvider, *, request_id: str | None = None, key: str | None = None
+    ) -> None:
         super().__init__(adapter, request_id=request_id, key=key)
         self._usage_raw: Any = None
 
@@ -207,14 +253,18 @@ class GeminiStreamParser(c.AdapterStreamParser):
         if isinstance(frame, list) and len(frame) == 1:
             frame = frame[0]
         if not isinstance(frame, dict):
-            raise BadResponseError("A Gemini stream frame is not a JSON object.",
-                                   provider=self.provider, request_id=self.request_id)
+            raise BadResponseError(
+                "A Gemini stream frame is not a JSON object.",
+                provider=self.provider,
+                request_id=self.request_id,
+            )
         if frame.get("error"):
-            raise self.adapter.error_from_body(frame, status=None, key=self.key,
-                                               request_id=self.request_id)
+            raise self.adapter.error_from_body(
+                frame, status=None, key=self.key, request_id=self.request_id
+            )
         if isinstance(frame.get("usageMetadata"), dict):
             self._usage_raw = frame["usageMetadata"]
-            if self.done:        # a late usage-only frame after the finish still counts
+            if self.done:  # a late usage-only frame after the finish still counts
                 self.usage = gemini_usage(self._usage_raw)
         if self.done:
             return None

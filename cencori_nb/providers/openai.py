@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ChatCompletionsStreamParser", "OpenAIProvider", "content_text", "openai_usage"]
 
+
 def openai_usage(raw: Any) -> Usage | None:
     """Our :class:`Usage` from an OpenAI-style ``usage`` object (None when absent).
 
@@ -50,33 +51,50 @@ def openai_usage(raw: Any) -> Usage | None:
         return None
     prompt = c.to_int(raw.get("prompt_tokens"))
     completion = c.to_int(raw.get("completion_tokens"))
-    cached = c.to_int(c.dig(raw, "prompt_tokens_details", "cached_tokens")
-                      or raw.get("prompt_cache_hit_tokens"))
+    cached = c.to_int(
+        c.dig(raw, "prompt_tokens_details", "cached_tokens") or raw.get("prompt_cache_hit_tokens")
+    )
     cache_write = c.to_int(c.dig(raw, "prompt_tokens_details", "cache_write_tokens"))
-    reasoning = c.to_int(c.dig(raw, "completion_tokens_details", "reasoning_tokens")
-                         or raw.get("reasoning_tokens"))
+    reasoning = c.to_int(
+        c.dig(raw, "completion_tokens_details", "reasoning_tokens") or raw.get("reasoning_tokens")
+    )
     total = raw.get("total_tokens")
     output = completion
-    if (reasoning and total is not None and c.to_int(total) == prompt + completion + reasoning
-            and c.to_int(total) != prompt + completion):
-        output = completion + reasoning      # reasoning reported beside completion, not in it
-    return Usage(input_tokens=prompt, output_tokens=output, cache_read_tokens=cached,
-                 cache_write_tokens=cache_write, thinking_tokens=reasoning)
+    if (
+        reasoning
+        and total is not None
+        and c.to_int(total) == prompt + completion + reasoning
+        and c.to_int(total) != prompt + completion
+    ):
+        output = completion + reasoning  # reasoning reported beside completion, not in it
+    return Usage(
+        input_tokens=prompt,
+        output_tokens=output,
+        cache_read_tokens=cached,
+        cache_write_tokens=cache_write,
+        thinking_tokens=reasoning,
+    )
 
 
 class OpenAIProvider(Provider):
     """The OpenAI Chat Completions wire format (and, parametrised, its compatible family)."""
 
-    def __init__(self, name: str = "openai", *, sandbox_prefix: str | None = None,
-                 default_base_url: str | None = None,
-                 max_tokens_field: str = "max_completion_tokens",
-                 include_usage: bool = True,
-                 request_id_headers: tuple[str, ...] = ("x-request-id",)) -> None:
+    def __init__(
+        self,
+        name: str = "openai",
+        *,
+        sandbox_prefix: str | None = None,
+        default_base_url: str | None = None,
+        max_tokens_field: str = "max_completion_tokens",
+        include_usage: bool = True,
+        request_id_headers: tuple[str, ...] = ("x-request-id",),
+    ) -> None:
         self.name = name
         self.sandbox_prefix = f"/{name}/v1" if sandbox_prefix is None else sandbox_prefix
         info = PROVIDERS.get(name)
-        self.default_base_url = (default_base_url if default_base_url is not None
-                                 else (info.base_url if info else ""))
+        self.default_base_url = (
+            default_base_url if default_base_url is not None else (info.base_url if info else "")
+        )
         self.max_tokens_field = max_tokens_field
         self.include_usage = include_usage
         self.request_id_headers = request_id_headers
@@ -86,12 +104,13 @@ class OpenAIProvider(Provider):
 
     # --- request ------------------------------------------------------------------------
 
-    def build_request(self, request: ChatRequest, *, model: str, api_key: Secret,
-                      base_url: str) -> httpx2.Request:
+    def build_request(
+        self, request: ChatRequest, *, model: str, api_key: Secret, base_url: str
+    ) -> httpx2.Request:
         """``POST {base_url}/chat/completions`` with a Bearer key (none if the key is empty)."""
         headers: dict[str, str] = {}
         key = api_key.reveal() if api_key is not None else ""
-        if key:   # a local server (Ollama, vLLM) may need no key: then send no header at all
+        if key:  # a local server (Ollama, vLLM) may need no key: then send no header at all
             headers["Authorization"] = f"Bearer {key}"
         body: dict[str, Any] = {
             "model": model,
@@ -106,8 +125,9 @@ class OpenAIProvider(Provider):
             if self.include_usage:
                 body["stream_options"] = {"include_usage": True}
         c.body_with_extra(body, request)
-        return c.json_request(c.join_base(base_url, "/chat/completions"), headers, body,
-                              stream=request.stream)
+        return c.json_request(
+            c.join_base(base_url, "/chat/completions"), headers, body, stream=request.stream
+        )
 
     # --- responses ----------------------------------------------------------------------
 
@@ -115,25 +135,33 @@ class OpenAIProvider(Provider):
         """Text, model, usage and finish reason of a ``chat.completion``."""
         rid = self.request_id(response)
         body = c.response_json(response, provider=self.name, request_id=rid)
-        if body.get("error"):   # some compatible gateways answer 200 with an error object
-            raise self.error_from_body(body, status=None, key=c.sent_key(response),
-                                       request_id=rid)
-        where: c.Where = {"provider": self.name, "status_code": response.status_code,
-                          "request_id": rid}
+        if body.get("error"):  # some compatible gateways answer 200 with an error object
+            raise self.error_from_body(body, status=None, key=c.sent_key(response), request_id=rid)
+        where: c.Where = {
+            "provider": self.name,
+            "status_code": response.status_code,
+            "request_id": rid,
+        }
         choice = c.require(body, "choices", 0, **where)
         message = c.require(choice, "message", **where) if isinstance(choice, dict) else None
         if not isinstance(message, dict):
-            raise BadResponseError(f"The {c.display_name(self.name)} response has no "
-                                   "`choices[0].message` object.", missing="choices[0].message",
-                                   **where)
+            raise BadResponseError(
+                f"The {c.display_name(self.name)} response has no `choices[0].message` object.",
+                missing="choices[0].message",
+                **where,
+            )
         text = content_text(message.get("content"))
-        if text is None:   # a refusal, or only tool calls: no text to show
+        if text is None:  # a refusal, or only tool calls: no text to show
             text = message.get("refusal") or ""
         usage_raw = body.get("usage")
         return ProviderResult(
-            text=str(text), model=body.get("model") or None, usage=openai_usage(usage_raw),
-            finish_reason=choice.get("finish_reason"), request_id=rid or body.get("id"),
-            reported_cost_usd=c.to_decimal(c.dig(usage_raw, "cost")))
+            text=str(text),
+            model=body.get("model") or None,
+            usage=openai_usage(usage_raw),
+            finish_reason=choice.get("finish_reason"),
+            request_id=rid or body.get("id"),
+            reported_cost_usd=c.to_decimal(c.dig(usage_raw, "cost")),
+        )
 
     def stream_parser(self, response: httpx2.Response | None = None) -> ChatCompletionsStreamParser:
         """A parser for ``chat.completion.chunk`` events ending with ``data: [DONE]``."""
@@ -145,9 +173,15 @@ class OpenAIProvider(Provider):
         """The error for a >= 400 response (the one place this wire format's errors map)."""
         return c.map_error_body(self, response, c.error_json(response))
 
-    def error_from_body(self, body: dict[str, Any], *, status: int | None,
-                        key: str | None = None, request_id: str | None = None,
-                        retry_after: float | None = None) -> CencoriError:
+    def error_from_body(
+        self,
+        body: dict[str, Any],
+        *,
+        status: int | None,
+        key: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> CencoriError:
         """Map ``{"error": {...}}`` (from an error response or inside a 200 stream).
 
         Also reads the compatible family's other shapes: Mistral's top-level ``message``
@@ -167,10 +201,14 @@ class OpenAIProvider(Provider):
             code = err_type if isinstance(err_type, str) else None
         else:
             code = str(raw_code) if raw_code else (err_type if isinstance(err_type, str) else None)
-        cls = c.error_class(status if status and status >= 400 else None, code,
-                            err_type if isinstance(err_type, str) else None)
-        if code == "invalid_api_key" or (status == 400 and isinstance(said, str)
-                                         and _BAD_KEY_400.search(said)):
+        cls = c.error_class(
+            status if status and status >= 400 else None,
+            code,
+            err_type if isinstance(err_type, str) else None,
+        )
+        if code == "invalid_api_key" or (
+            status == 400 and isinstance(said, str) and _BAD_KEY_400.search(said)
+        ):
             # xAI answers a wrong key with 400 "Incorrect API key provided"; no code says so.
             cls = AuthenticationError
         hint: str | None = None
@@ -178,19 +216,34 @@ class OpenAIProvider(Provider):
         if code == "insufficient_quota":
             # A 429 that waiting will not fix: the account has no quota or credit left.
             retryable = c.retryable_code(code)
-            hint = (f"The {c.display_name(self.name)} account is out of quota or credit: "
-                    "check its plan and billing, or use another route.")
+            hint = (
+                f"The {c.display_name(self.name)} account is out of quota or credit: "
+                "check its plan and billing, or use another route."
+            )
         elif code == "context_length_exceeded":
-            hint = ("The prompt is longer than the model's context window: shorten it or use "
-                    "a model with a longer context.")
+            hint = (
+                "The prompt is longer than the model's context window: shorten it or use "
+                "a model with a longer context."
+            )
         elif cls is InvalidRequestError and status == 404:
-            hint = ("Check the model name: the provider does not know it or this key cannot "
-                    "use it." if self.name != "local" else
-                    "Check the model name; an Ollama server needs it pulled first "
-                    "(`ollama pull MODEL`).")
-        return c.build_error(cls, provider=self.name, status=status, said=said, code=code,
-                             request_id=request_id, retry_after=retry_after, key=key,
-                             hint=hint, retryable=retryable)
+            hint = (
+                "Check the model name: the provider does not know it or this key cannot use it."
+                if self.name != "local"
+                else "Check the model name; an Ollama server needs it pulled first "
+                "(`ollama pull MODEL`)."
+            )
+        return c.build_error(
+            cls,
+            provider=self.name,
+            status=status,
+            said=said,
+            code=code,
+            request_id=request_id,
+            retry_after=retry_after,
+            key=key,
+            hint=hint,
+            retryable=retryable,
+        )
 
 
 def content_text(content: Any) -> str | None:
@@ -204,8 +257,11 @@ def content_text(content: Any) -> str | None:
     if content is None or isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(str(chunk.get("text") or "") for chunk in content
-                       if isinstance(chunk, dict) and chunk.get("type") == "text")
+        return "".join(
+            str(chunk.get("text") or "")
+            for chunk in content
+            if isinstance(chunk, dict) and chunk.get("type") == "text"
+        )
     return str(content)
 
 
@@ -244,11 +300,15 @@ class ChatCompletionsStreamParser(c.AdapterStreamParser):
             return None
         chunk = self.json(event)
         if not isinstance(chunk, dict):
-            raise BadResponseError(f"A {c.display_name(self.provider)} stream event is not a JSON "
-                                   "object.", provider=self.provider, request_id=self.request_id)
-        if chunk.get("error"):   # an error after the 200 status was sent
-            raise self.adapter.error_from_body(chunk, status=None, key=self.key,
-                                               request_id=self.request_id)
+            raise BadResponseError(
+                f"A {c.display_name(self.provider)} stream event is not a JSON object.",
+                provider=self.provider,
+                request_id=self.request_id,
+            )
+        if chunk.get("error"):  # an error after the 200 status was sent
+            raise self.adapter.error_from_body(
+                chunk, status=None, key=self.key, request_id=self.request_id
+            )
         if chunk.get("model"):
             self.model = str(chunk["model"])
         if self.request_id is None and chunk.get("id"):

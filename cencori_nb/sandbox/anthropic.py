@@ -41,18 +41,27 @@ from .replies import Reply
 
 __all__ = ["AnthropicDoor", "SAMPLING_REMOVED_IN"]
 
-SAMPLING_REMOVED_IN = "2026-10-21"   # first API version without temperature/top_p/top_k
+SAMPLING_REMOVED_IN = "2026-10-21"  # first API version without temperature/top_p/top_k
 
 _ERRORS: dict[str, tuple[int, str, str]] = {
     "missing_key": (401, "authentication_error", "x-api-key header is required"),
     "invalid_key": (401, "authentication_error", "invalid x-api-key"),
-    "payment": (402, "billing_error", "Your credit balance is too low to access the "
-                "Anthropic API."),
-    "permission": (403, "permission_error", "Your API key does not have permission to use "
-                   "the specified resource."),
+    "payment": (
+        402,
+        "billing_error",
+        "Your credit balance is too low to access the Anthropic API.",
+    ),
+    "permission": (
+        403,
+        "permission_error",
+        "Your API key does not have permission to use the specified resource.",
+    ),
     "not_found": (404, "not_found_error", "model not found"),
-    "rate_limit": (429, "rate_limit_error", "This request would exceed your organization's "
-                   "rate limit of requests per minute."),
+    "rate_limit": (
+        429,
+        "rate_limit_error",
+        "This request would exceed your organization's rate limit of requests per minute.",
+    ),
     "server": (500, "api_error", "Internal server error"),
     "unavailable": (529, "overloaded_error", "Overloaded"),
     "overloaded": (529, "overloaded_error", "Overloaded"),
@@ -75,28 +84,40 @@ class AnthropicDoor(Door):
             return key.strip() or None
         return bearer(req.headers)
 
-    def send_error(self, ex: Exchange, kind: str, message: str | None = None, *,
-                   status: int | None = None, retry_after: int | None = None,
-                   param: str | None = None, code: str | None = None) -> None:
+    def send_error(
+        self,
+        ex: Exchange,
+        kind: str,
+        message: str | None = None,
+        *,
+        status: int | None = None,
+        retry_after: int | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         default_status, type_, default_message = _ERRORS.get(kind, _ERRORS["server"])
         status = status or default_status
         headers: Headers = [("request-id", ex.request_id)]
         if status == 429:
             headers.append(("retry-after", str(retry_after or 1)))
             headers += self.ratelimit_headers(ex, remaining=0, reset=retry_after or 1)
-        if status == 529:   # what the SDKs read first to decide on a retry
+        if status == 529:  # what the SDKs read first to decide on a retry
             headers.append(("x-should-retry", "true"))
         if kind == "invalid_key":
             default_message += f" ({ex.hint})"
-        error: dict[str, Any] = {"type": type_,
-                                 "message": (message or default_message) + SANDBOX_TAG}
-        if type_ == "overloaded_error":   # recorded overloads carry "details": null first
+        error: dict[str, Any] = {
+            "type": type_,
+            "message": (message or default_message) + SANDBOX_TAG,
+        }
+        if type_ == "overloaded_error":  # recorded overloads carry "details": null first
             error = {"details": None, **error}
-        ex.send_json(status, {"type": "error", "error": error, "request_id": ex.request_id},
-                     headers)
+        ex.send_json(
+            status, {"type": "error", "error": error, "request_id": ex.request_id}, headers
+        )
 
-    def ratelimit_headers(self, ex: Exchange, *, remaining: int | None = None,
-                          reset: int | None = None) -> Headers:
+    def ratelimit_headers(
+        self, ex: Exchange, *, remaining: int | None = None, reset: int | None = None
+    ) -> Headers:
         limiter = ex.server.limiter
         limit = limiter.rpm or 4000
         if remaining is None:
@@ -104,13 +125,17 @@ class AnthropicDoor(Door):
         if reset is None:
             reset = limiter.reset_seconds(ex.key or "") if limiter.rpm else 0
         at = _rfc3339(reset)
-        headers: Headers = [("anthropic-ratelimit-requests-limit", str(limit)),
-                            ("anthropic-ratelimit-requests-remaining", str(remaining)),
-                            ("anthropic-ratelimit-requests-reset", at)]
+        headers: Headers = [
+            ("anthropic-ratelimit-requests-limit", str(limit)),
+            ("anthropic-ratelimit-requests-remaining", str(remaining)),
+            ("anthropic-ratelimit-requests-reset", at),
+        ]
         for kind in ("tokens", "input-tokens", "output-tokens"):
-            headers += [(f"anthropic-ratelimit-{kind}-limit", "400000"),
-                        (f"anthropic-ratelimit-{kind}-remaining", "400000"),
-                        (f"anthropic-ratelimit-{kind}-reset", at)]
+            headers += [
+                (f"anthropic-ratelimit-{kind}-limit", "400000"),
+                (f"anthropic-ratelimit-{kind}-remaining", "400000"),
+                (f"anthropic-ratelimit-{kind}-reset", at),
+            ]
         return headers
 
     def ok_headers(self, ex: Exchange) -> Headers:
@@ -135,8 +160,10 @@ class AnthropicDoor(Door):
         if version >= SAMPLING_REMOVED_IN:
             for name in ("temperature", "top_p", "top_k"):
                 if name in body:
-                    raise BadRequest(f"{name}: is not supported with anthropic-version "
-                                     f"{version}; send anthropic-version 2023-06-01 to use it.")
+                    raise BadRequest(
+                        f"{name}: is not supported with anthropic-version "
+                        f"{version}; send anthropic-version 2023-06-01 to use it."
+                    )
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise BadRequest("messages: at least one message is required")
@@ -150,9 +177,14 @@ class AnthropicDoor(Door):
             conversation.append(text)
             if role == "user":
                 last_user = text
-        return ChatCall(model=model, provider=self.name, conversation=conversation,
-                        last_user=last_user, max_tokens=max_tokens,
-                        stream=bool(body.get("stream")))
+        return ChatCall(
+            model=model,
+            provider=self.name,
+            conversation=conversation,
+            last_user=last_user,
+            max_tokens=max_tokens,
+            stream=bool(body.get("stream")),
+        )
 
     def model_known(self, call: ChatCall) -> bool:
         return NOT_FOUND_MARK not in call.model and is_known(self.name, call.model)
@@ -171,42 +203,84 @@ class AnthropicDoor(Door):
 
     def stream_error_frames(self, ex: Exchange) -> list[tuple[str | None, str]]:
         # as recorded: the event carries no request_id (the response header has it)
-        return [("error", dumps({"type": "error", "error": {
-            "details": None, "type": "overloaded_error",
-            "message": "Overloaded" + SANDBOX_TAG}}))]
+        return [
+            (
+                "error",
+                dumps(
+                    {
+                        "type": "error",
+                        "error": {
+                            "details": None,
+                            "type": "overloaded_error",
+                            "message": "Overloaded" + SANDBOX_TAG,
+                        },
+                    }
+                ),
+            )
+        ]
 
     async def respond(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
         stop = "max_tokens" if reply.truncated else "end_turn"
         msg_id = "msg_" + ex.request_id[4:]
-        usage = {"input_tokens": reply.input_tokens, "cache_creation_input_tokens": 0,
-                 "cache_read_input_tokens": 0,
-                 "cache_creation": {"ephemeral_5m_input_tokens": 0,
-                                    "ephemeral_1h_input_tokens": 0},
-                 "output_tokens": reply.output_tokens, "service_tier": "standard"}
+        usage = {
+            "input_tokens": reply.input_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            "output_tokens": reply.output_tokens,
+            "service_tier": "standard",
+        }
         if not call.stream:
-            ex.send_json(200, {"id": msg_id, "type": "message", "role": "assistant",
-                               "model": call.answered_model,
-                               "content": [{"type": "text", "text": reply.text}],
-                               "stop_reason": stop, "stop_sequence": None, "usage": usage},
-                         self.ok_headers(ex))
+            ex.send_json(
+                200,
+                {
+                    "id": msg_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": call.answered_model,
+                    "content": [{"type": "text", "text": reply.text}],
+                    "stop_reason": stop,
+                    "stop_sequence": None,
+                    "usage": usage,
+                },
+                self.ok_headers(ex),
+            )
             return
         sse = ex.sse(self.ok_headers(ex), content_frames=len(reply.pieces))
-        start = {"type": "message_start", "message": {
-            "id": msg_id, "type": "message", "role": "assistant", "model": call.answered_model,
-            "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {**usage, "output_tokens": 0}}}
+        start = {
+            "type": "message_start",
+            "message": {
+                "id": msg_id,
+                "type": "message",
+                "role": "assistant",
+                "model": call.answered_model,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {**usage, "output_tokens": 0},
+            },
+        }
         await sse.frame(dumps(start), event="message_start")
-        await sse.frame('{"type":"content_block_start","index":0,'
-                        '"content_block":{"type":"text","text":""}}', event="content_block_start")
+        await sse.frame(
+            '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}',
+            event="content_block_start",
+        )
         await sse.frame('{"type":"ping"}', event="ping")
         for piece in reply.pieces:
-            await sse.frame('{"type":"content_block_delta","index":0,"delta":{"type":"text_delta",'
-                            '"text":' + json_str(piece) + "}}", event="content_block_delta",
-                            content=True)
+            await sse.frame(
+                '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta",'
+                '"text":' + json_str(piece) + "}}",
+                event="content_block_delta",
+                content=True,
+            )
         await sse.frame('{"type":"content_block_stop","index":0}', event="content_block_stop")
-        delta = {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
-                 "usage": {k: v for k, v in usage.items()
-                           if k not in ("service_tier", "cache_creation")}}
+        delta = {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop, "stop_sequence": None},
+            "usage": {
+                k: v for k, v in usage.items() if k not in ("service_tier", "cache_creation")
+            },
+        }
         await sse.frame(dumps(delta), event="message_delta")
         await sse.frame('{"type":"message_stop"}', event="message_stop")
         await sse.close()

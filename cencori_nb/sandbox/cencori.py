@@ -67,26 +67,53 @@ from .openai import SANDBOX_TAG, OpenAIDoor, read_openai_chat
 from .replies import Reply
 from .wallet import Wallet, gateway_charge, provider_cost
 
-__all__ = ["DEFAULT_MODEL", "GATEWAY_PROVIDERS", "CencoriNativeDoor", "CencoriOpenAIDoor",
-           "GatewayCache", "route_model", "vision_upgrade"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "GATEWAY_PROVIDERS",
+    "CencoriNativeDoor",
+    "CencoriOpenAIDoor",
+    "GatewayCache",
+    "route_model",
+    "vision_upgrade",
+]
 
 DEFAULT_MODEL = "gemini-2.5-flash"
-TOP_UP_URL = "/billing"   # relative, as the real gateway sends it (gateway-middleware.ts)
-GATEWAY_PROVIDERS = frozenset({"openai", "anthropic", "google", "mistral", "groq", "cohere",
-                               "xai", "deepseek", "perplexity", "qwen", "openrouter",
-                               "together", "zai", "cerebras", "huggingface"})
-CACHE_TTL_S = 3600.0               # the gateway's default cache TTL
-MAX_CACHEABLE_TEMPERATURE = 0.2    # DEFAULT_CACHE_CONFIG.maxCacheableTemperature
+TOP_UP_URL = "/billing"  # relative, as the real gateway sends it (gateway-middleware.ts)
+GATEWAY_PROVIDERS = frozenset(
+    {
+        "openai",
+        "anthropic",
+        "google",
+        "mistral",
+        "groq",
+        "cohere",
+        "xai",
+        "deepseek",
+        "perplexity",
+        "qwen",
+        "openrouter",
+        "together",
+        "zai",
+        "cerebras",
+        "huggingface",
+    }
+)
+CACHE_TTL_S = 3600.0  # the gateway's default cache TTL
+MAX_CACHEABLE_TEMPERATURE = 0.2  # DEFAULT_CACHE_CONFIG.maxCacheableTemperature
 
 # Cencori's router (lib/providers/router.ts), in its order and case-sensitive like it:
 # explicit overrides, then name prefixes, then ``*:free``, then ``provider/model``.
 _OVERRIDES: dict[str, str] = {
-    "gpt-oss-120b": "cerebras", "openai/gpt-oss-120b": "groq", "openai/gpt-oss-20b": "groq",
-    "qwen/qwen3-32b": "groq", "moonshotai/kimi-k2-instruct": "groq",
+    "gpt-oss-120b": "cerebras",
+    "openai/gpt-oss-120b": "groq",
+    "openai/gpt-oss-20b": "groq",
+    "qwen/qwen3-32b": "groq",
+    "moonshotai/kimi-k2-instruct": "groq",
     "meta-llama/Llama-3.3-70B-Instruct": "huggingface",
 }
 _PREFIX_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), provider) for pattern, provider in (
+    (re.compile(pattern), provider)
+    for pattern, provider in (
         (r"^(gpt-|o1-|text-|davinci-)", "openai"),
         (r"^claude-", "anthropic"),
         (r"^gemini-", "google"),
@@ -98,29 +125,37 @@ _PREFIX_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"^deepseek-", "deepseek"),
         (r"sonar", "perplexity"),
         (r"qwen", "qwen"),
-    ))
+    )
+)
 
 GATEWAY_MODELS: tuple[tuple[str, str], ...] = tuple(
-    (m, provider) for provider in ("openai", "anthropic", "google", "mistral", "groq", "xai",
-                                   "deepseek")
-    for m in MODELS[provider])
+    (m, provider)
+    for provider in ("openai", "anthropic", "google", "mistral", "groq", "xai", "deepseek")
+    for m in MODELS[provider]
+)
 
 # chat-vision-router.ts: which models see images, and what the others are upgraded to
-_VISION_CAPABLE = re.compile(r"^(gpt-4o|gpt-4-turbo|gpt-4-vision|claude-3-5-sonnet|"
-                             r"claude-3-opus|claude-sonnet-4|claude-sonnet-5|gemini-2\.5|"
-                             r"gemini-3)", re.IGNORECASE)
-_VISION_UPGRADES = {"gpt-3.5-turbo": "gpt-4o-mini", "gpt-4": "gpt-4o",
-                    "claude-3-haiku-20240307": "claude-3-5-haiku-latest",
-                    "claude-haiku-4.5": "claude-sonnet-4-6",
-                    "claude-haiku-4-5": "claude-sonnet-4-6",
-                    "gemini-2.0-flash-lite": "gemini-2.5-flash-lite",
-                    "gemini-2.0-flash": "gemini-2.5-flash"}
+_VISION_CAPABLE = re.compile(
+    r"^(gpt-4o|gpt-4-turbo|gpt-4-vision|claude-3-5-sonnet|"
+    r"claude-3-opus|claude-sonnet-4|claude-sonnet-5|gemini-2\.5|"
+    r"gemini-3)",
+    re.IGNORECASE,
+)
+_VISION_UPGRADES = {
+    "gpt-3.5-turbo": "gpt-4o-mini",
+    "gpt-4": "gpt-4o",
+    "claude-3-haiku-20240307": "claude-3-5-haiku-latest",
+    "claude-haiku-4.5": "claude-sonnet-4-6",
+    "claude-haiku-4-5": "claude-sonnet-4-6",
+    "gemini-2.0-flash-lite": "gemini-2.5-flash-lite",
+    "gemini-2.0-flash": "gemini-2.5-flash",
+}
 
 
 def route_model(model: str) -> tuple[str, str]:
     """``(provider, model id sent upstream)`` by Cencori's rules; ``BadRequest`` if none."""
     override = _OVERRIDES.get(model)
-    if override:   # sent as written: Groq's own id for gpt-oss is "openai/gpt-oss-20b"
+    if override:  # sent as written: Groq's own id for gpt-oss is "openai/gpt-oss-20b"
         return override, model
     for pattern, provider in _PREFIX_RULES:
         if pattern.search(model):
@@ -131,9 +166,13 @@ def route_model(model: str) -> tuple[str, str]:
     if sep and rest and head.lower() in GATEWAY_PROVIDERS | {"x-ai"}:
         return ("xai" if head.lower() == "x-ai" else head.lower()), rest
     # the router throws a plain ProviderError: the engine answers 502 provider_error
-    raise BadRequest(f"Cannot determine a provider for model '{model}'. Use a known model ID "
-                     "or an explicit provider/model prefix.", status=502, kind="engine",
-                     code="provider_error")
+    raise BadRequest(
+        f"Cannot determine a provider for model '{model}'. Use a known model ID "
+        "or an explicit provider/model prefix.",
+        status=502,
+        kind="engine",
+        code="provider_error",
+    )
 
 
 def vision_upgrade(model: str) -> str | None:
@@ -159,9 +198,10 @@ def _has_image(messages: Any) -> bool:
         content = message.get("content") if isinstance(message, dict) else None
         for part in content if isinstance(content, list) else ():
             if isinstance(part, dict) and (
-                    (part.get("type") == "image_url" and part.get("image_url"))
-                    or (part.get("type") == "image" and part.get("source"))
-                    or part.get("type") == "input_image"):
+                (part.get("type") == "image_url" and part.get("image_url"))
+                or (part.get("type") == "image" and part.get("source"))
+                or part.get("type") == "input_image"
+            ):
                 return True
     return False
 
@@ -177,13 +217,14 @@ def _is_test_key(key: str | None) -> bool:
 
 # --- the Metrics API's request log -------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class _Logged:
     """One gateway request as Cencori's ``ai_requests`` table keeps it (for /v1/metrics)."""
 
     ts: float
     key: str
-    status: str                 # success | error
+    status: str  # success | error
     cost_usd: Decimal
     prompt_tokens: int
     completion_tokens: int
@@ -217,14 +258,18 @@ def _log_of(ex: Exchange) -> _RequestLog:
     return log
 
 
-_PERIODS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7),
-            "30d": timedelta(days=30)}
+_PERIODS = {
+    "1h": timedelta(hours=1),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+}
 
 
 def _period_start(period: str, end: datetime) -> datetime:
-    if period == "mtd":      # month to date (Cencori's server runs in UTC)
+    if period == "mtd":  # month to date (Cencori's server runs in UTC)
         return end.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return end - _PERIODS.get(period, _PERIODS["24h"])    # unknown: 24h, as Cencori does
+    return end - _PERIODS.get(period, _PERIODS["24h"])  # unknown: 24h, as Cencori does
 
 
 def _round(value: Decimal, places: int) -> float:
@@ -263,16 +308,29 @@ def metrics_body(entries: list[_Logged], key: str, period: str, end: datetime) -
     prompt = sum(e.prompt_tokens for e in rows)
     completion = sum(e.completion_tokens for e in rows)
     return {
-        "period": period, "start_date": _iso(start), "end_date": _iso(end),
-        "requests": {"total": total, "success": success,
-                     "error": sum(e.status == "error" for e in rows), "filtered": 0,
-                     "success_rate": _round(Decimal(success * 100) / total, 2) if total else 0},
-        "cost": {"total_usd": _round(cost, 4),
-                 "average_per_request_usd": _round(cost / total, 6) if total else 0},
+        "period": period,
+        "start_date": _iso(start),
+        "end_date": _iso(end),
+        "requests": {
+            "total": total,
+            "success": success,
+            "error": sum(e.status == "error" for e in rows),
+            "filtered": 0,
+            "success_rate": _round(Decimal(success * 100) / total, 2) if total else 0,
+        },
+        "cost": {
+            "total_usd": _round(cost, 4),
+            "average_per_request_usd": _round(cost / total, 6) if total else 0,
+        },
         "tokens": {"prompt": prompt, "completion": completion, "total": prompt + completion},
-        "latency": {"avg_ms": round(sum(latencies) / len(latencies)) if latencies else 0,
-                    "p50_ms": pct(0.5), "p90_ms": pct(0.9), "p99_ms": pct(0.99)},
-        "providers": providers, "models": models,
+        "latency": {
+            "avg_ms": round(sum(latencies) / len(latencies)) if latencies else 0,
+            "p50_ms": pct(0.5),
+            "p90_ms": pct(0.9),
+            "p99_ms": pct(0.99),
+        },
+        "providers": providers,
+        "models": models,
     }
 
 
@@ -296,9 +354,21 @@ class GatewayCache:
 
     @staticmethod
     def key(ex: Exchange, body: dict[str, Any], model: str, max_tokens: int | None) -> str:
-        raw = json.dumps([ex.hint, model, body.get("temperature") or 0, max_tokens,
-                          [(m.get("role"), m.get("content")) for m in body.get("messages", [])
-                           if isinstance(m, dict)]], sort_keys=True, default=str)
+        raw = json.dumps(
+            [
+                ex.hint,
+                model,
+                body.get("temperature") or 0,
+                max_tokens,
+                [
+                    (m.get("role"), m.get("content"))
+                    for m in body.get("messages", [])
+                    if isinstance(m, dict)
+                ],
+            ],
+            sort_keys=True,
+            default=str,
+        )
         return hashlib.sha256(raw.encode()).hexdigest()
 
     def get(self, key: str) -> dict[str, Any] | None:
@@ -320,15 +390,31 @@ class GatewayCache:
 
 # kind -> (status, title, code, message or None); the middleware's errors, verbatim
 _MIDDLEWARE: dict[str, tuple[int, str, str, str | None]] = {
-    "missing_key": (401, "Missing API key. Provide CENCORI_API_KEY header or Authorization: "
-                    "Bearer <key>", "missing_api_key", None),
+    "missing_key": (
+        401,
+        "Missing API key. Provide CENCORI_API_KEY header or Authorization: Bearer <key>",
+        "missing_api_key",
+        None,
+    ),
     "invalid_key": (401, "Invalid API key", "invalid_api_key", None),
-    "payment": (402, "Spend cap reached", "spend_cap_reached",
-                "Monthly spend cap has been reached."),
-    "permission": (403, "Credit balance exhausted", "credit_balance_exhausted",
-                   "Your organization has run out of credits. Top up to continue."),
-    "credits": (403, "Credit balance exhausted", "credit_balance_exhausted",
-                "Your organization has run out of credits. Top up to continue."),
+    "payment": (
+        402,
+        "Spend cap reached",
+        "spend_cap_reached",
+        "Monthly spend cap has been reached.",
+    ),
+    "permission": (
+        403,
+        "Credit balance exhausted",
+        "credit_balance_exhausted",
+        "Your organization has run out of credits. Top up to continue.",
+    ),
+    "credits": (
+        403,
+        "Credit balance exhausted",
+        "credit_balance_exhausted",
+        "Your organization has run out of credits. Top up to continue.",
+    ),
     "rate_limit": (429, "Rate limit exceeded", "rate_limit_exceeded", None),
 }
 # kind -> (status, engine error code, default message); the engine's flat errors
@@ -355,8 +441,9 @@ class _Gateway(Door):
     def key_problem(self, key: str | None) -> str | None:
         return _key_problem(key)
 
-    def middleware_error(self, ex: Exchange, kind: str, message: str | None,
-                         retry_after: int | None) -> tuple[int, Headers, dict[str, Any]]:
+    def middleware_error(
+        self, ex: Exchange, kind: str, message: str | None, retry_after: int | None
+    ) -> tuple[int, Headers, dict[str, Any]]:
         """``(status, headers, body)`` of a middleware error: flat, with ``code``."""
         status, title, code, default_message = _MIDDLEWARE[kind]
         self.log_failure(ex)
@@ -368,8 +455,10 @@ class _Gateway(Door):
             body["message"] = f"{limit} requests per minute allowed. Try again shortly."
             body["code"] = code
             body["retry_after_ms"] = delay * 1000
-            headers += [("Retry-After", str(delay)),
-                        *self.ratelimit_headers(ex, remaining=0, reset=delay)]
+            headers += [
+                ("Retry-After", str(delay)),
+                *self.ratelimit_headers(ex, remaining=0, reset=delay),
+            ]
             return status, headers, body
         if message or default_message:
             body["message"] = (message or default_message or "") + SANDBOX_TAG
@@ -387,27 +476,39 @@ class _Gateway(Door):
     def log_failure(ex: Exchange) -> None:
         """A project's request that failed counts in the Metrics API (as ``error``)."""
         if ex.key and _key_problem(ex.key) is None:
-            _log_of(ex).add(_Logged(time.time(), ex.key, "error", Decimal(0), 0, 0,
-                                    ex.elapsed_ms(), None, ex.model))
+            _log_of(ex).add(
+                _Logged(
+                    time.time(), ex.key, "error", Decimal(0), 0, 0, ex.elapsed_ms(), None, ex.model
+                )
+            )
 
-    def engine_error(self, ex: Exchange, kind: str, message: str | None,
-                     status: int | None) -> tuple[int, Headers, str, str]:
+    def engine_error(
+        self, ex: Exchange, kind: str, message: str | None, status: int | None
+    ) -> tuple[int, Headers, str, str]:
         """``(status, headers, code, message)`` of an engine/provider failure."""
         default_status, code, default_message = _ENGINE.get(kind, _ENGINE["server"])
         self.log_failure(ex)
-        return (status or default_status, [("X-Request-Id", ex.request_id)], code,
-                (message or default_message) + SANDBOX_TAG)
+        return (
+            status or default_status,
+            [("X-Request-Id", ex.request_id)],
+            code,
+            (message or default_message) + SANDBOX_TAG,
+        )
 
-    def ratelimit_headers(self, ex: Exchange, *, remaining: int | None = None,
-                          reset: int | None = None) -> Headers:
+    def ratelimit_headers(
+        self, ex: Exchange, *, remaining: int | None = None, reset: int | None = None
+    ) -> Headers:
         limiter = ex.server.limiter
         limit = limiter.rpm or 60
         if remaining is None:
             remaining = ex.remaining if limiter.rpm else limit - 1
         if reset is None:
             reset = limiter.reset_seconds(ex.key or "") if limiter.rpm else 60
-        return [("X-RateLimit-Limit", str(limit)), ("X-RateLimit-Remaining", str(remaining)),
-                ("X-RateLimit-Reset", str(int((time.time() + reset) * 1000)))]
+        return [
+            ("X-RateLimit-Limit", str(limit)),
+            ("X-RateLimit-Remaining", str(remaining)),
+            ("X-RateLimit-Reset", str(int((time.time() + reset) * 1000))),
+        ]
 
     def ok_headers(self, ex: Exchange) -> Headers:
         return [("X-Request-Id", ex.request_id)]
@@ -416,8 +517,10 @@ class _Gateway(Door):
         """The receipts on a successful answer: cache state and a vision upgrade."""
         headers: Headers = []
         if cache is not None:
-            headers += [("X-Cencori-Cache", cache),
-                        ("X-Cache", {"HIT": "HIT-EXACT"}.get(cache, cache))]
+            headers += [
+                ("X-Cencori-Cache", cache),
+                ("X-Cache", {"HIT": "HIT-EXACT"}.get(cache, cache)),
+            ]
         original = call.extra.get("model_original")
         if original:
             headers += [("X-Model-Upgraded", "true"), ("X-Model-Original", original)]
@@ -445,16 +548,19 @@ class _Gateway(Door):
         return context_window(call.provider, call.model)
 
     def context_message(self, call: ChatCall, tokens: int, window: int) -> str:
-        return (f"[{call.provider}] The prompt is {tokens} tokens, over {call.model}'s "
-                f"{window}-token context window.")
+        return (
+            f"[{call.provider}] The prompt is {tokens} tokens, over {call.model}'s "
+            f"{window}-token context window."
+        )
 
     def answer_early(self, ex: Exchange, call: ChatCall) -> bool:
         return self.answer_cached(ex, call)
 
     def precheck(self, ex: Exchange, call: ChatCall) -> bool:
         if provider_cost(call.provider, call.model, 1, 1) is None:
-            self.send_error(ex, "pricing",
-                            f"Pricing is not configured for {call.provider}/{call.model}")
+            self.send_error(
+                ex, "pricing", f"Pricing is not configured for {call.provider}/{call.model}"
+            )
             return False
         if ex.server.wallet.exhausted():
             self.send_error(ex, "credits")
@@ -468,9 +574,13 @@ class _Gateway(Door):
         """``(cache key, "MISS"/None)`` for a request the project cache may answer."""
         cache: GatewayCache = ex.server.gateway_cache
         body = ex.req.json()
-        if (not cache.enabled or call.stream or body.get("tools")
-                or call.extra.get("model_original")
-                or ex.req.headers.get("x-skip-cache", "").lower() == "true"):
+        if (
+            not cache.enabled
+            or call.stream
+            or body.get("tools")
+            or call.extra.get("model_original")
+            or ex.req.headers.get("x-skip-cache", "").lower() == "true"
+        ):
             return None, None
         temperature = body.get("temperature") or 0
         if not isinstance(temperature, (int, float)) or temperature > MAX_CACHEABLE_TEMPERATURE:
@@ -480,18 +590,29 @@ class _Gateway(Door):
     @staticmethod
     def charge(call: ChatCall, reply: Reply) -> Decimal:
         if call.extra.get("test_key"):
-            return Decimal(0)             # csk_test_ keys: no charges
-        cost = provider_cost(call.provider, call.model, reply.input_tokens,
-                             reply.output_tokens) or Decimal(0)
+            return Decimal(0)  # csk_test_ keys: no charges
+        cost = provider_cost(
+            call.provider, call.model, reply.input_tokens, reply.output_tokens
+        ) or Decimal(0)
         return gateway_charge(cost)
 
     def settle(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
         charge = self.charge(call, reply)
         if charge:
             ex.server.wallet.debit(charge)
-        _log_of(ex).add(_Logged(time.time(), ex.key or "", "success", charge,
-                                reply.input_tokens, reply.output_tokens, ex.elapsed_ms(),
-                                call.provider, call.model))
+        _log_of(ex).add(
+            _Logged(
+                time.time(),
+                ex.key or "",
+                "success",
+                charge,
+                reply.input_tokens,
+                reply.output_tokens,
+                ex.elapsed_ms(),
+                call.provider,
+                call.model,
+            )
+        )
 
     def handle_metrics(self, ex: Exchange) -> None:
         """``GET /api/v1/metrics?period=…``: Bearer key only, 401 ``{"error": …}`` as Cencori."""
@@ -500,8 +621,9 @@ class _Gateway(Door):
         key = auth.replace("Bearer ", "", 1).strip() if auth else ""
         headers: Headers = [("X-Request-Id", ex.request_id)]
         if not key:
-            ex.send_json(401, {"error": "Missing API key. Use Authorization: Bearer <api_key>"},
-                         headers)
+            ex.send_json(
+                401, {"error": "Missing API key. Use Authorization: Bearer <api_key>"}, headers
+            )
             return
         if _key_problem(key):
             ex.send_json(401, {"error": "Invalid API key"}, headers)
@@ -529,8 +651,11 @@ class _Gateway(Door):
         if stored is None:
             return False
         call.extra["cache"] = "HIT"
-        ex.send_json(200, self.cached_body(ex, stored),
-                     [*self.ok_headers(ex), *self.receipt_headers(call, "HIT")])
+        ex.send_json(
+            200,
+            self.cached_body(ex, stored),
+            [*self.ok_headers(ex), *self.receipt_headers(call, "HIT")],
+        )
         return True
 
     def cached_body(self, ex: Exchange, stored: dict[str, Any]) -> dict[str, Any]:
@@ -542,12 +667,20 @@ class CencoriNativeDoor(_Gateway, Door):
 
     name = "cencori"
 
-    def send_error(self, ex: Exchange, kind: str, message: str | None = None, *,
-                   status: int | None = None, retry_after: int | None = None,
-                   param: str | None = None, code: str | None = None) -> None:
+    def send_error(
+        self,
+        ex: Exchange,
+        kind: str,
+        message: str | None = None,
+        *,
+        status: int | None = None,
+        retry_after: int | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         if kind in _MIDDLEWARE:
             status, headers, body = self.middleware_error(ex, kind, message, retry_after)
-        elif kind == "bad_request":   # the handler's own checks: a bare {"error": text}
+        elif kind == "bad_request":  # the handler's own checks: a bare {"error": text}
             self.log_failure(ex)
             status, headers = status or 400, [("X-Request-Id", ex.request_id)]
             body = {"error": (message or "Invalid request") + SANDBOX_TAG}
@@ -555,7 +688,7 @@ class CencoriNativeDoor(_Gateway, Door):
             status, headers, code, text = self.engine_error(ex, kind, message, status)
             body = {"error": code, "message": text}
             if code == "provider_rate_limited":
-                body["retry_after"] = retry_after or 1   # seconds
+                body["retry_after"] = retry_after or 1  # seconds
         ex.send_json(status, body, headers)
 
     def parse(self, ex: Exchange) -> ChatCall:
@@ -567,32 +700,61 @@ class CencoriNativeDoor(_Gateway, Door):
             raise BadRequest("Invalid request: messages array is required")
         if not isinstance(body.get("messages"), list):
             raise BadRequest("Invalid request: messages array is required")
-        fields = read_openai_chat({**body, "max_tokens": None, "max_completion_tokens": None},
-                                  default_model=DEFAULT_MODEL)
+        fields = read_openai_chat(
+            {**body, "max_tokens": None, "max_completion_tokens": None}, default_model=DEFAULT_MODEL
+        )
         limit = body.get("maxTokens")
-        fields["max_tokens"] = max_tokens_of(limit, "maxTokens") if limit is not None else \
-            max_tokens_of(body.get("max_tokens"), "max_tokens")
+        fields["max_tokens"] = (
+            max_tokens_of(limit, "maxTokens")
+            if limit is not None
+            else max_tokens_of(body.get("max_tokens"), "max_tokens")
+        )
         fields.pop("include_usage")
         provider, upstream, original = self.routed(body, fields.pop("model"))
-        return ChatCall(model=upstream, provider=provider, **fields,
-                        extra={"model_original": original, "test_key": _is_test_key(ex.key)})
+        return ChatCall(
+            model=upstream,
+            provider=provider,
+            **fields,
+            extra={"model_original": original, "test_key": _is_test_key(ex.key)},
+        )
 
     def answer(self, call: ChatCall, reply: Reply, ex: Exchange) -> dict[str, Any]:
         finish = "length" if reply.truncated else "stop"
-        usage = {"prompt_tokens": reply.input_tokens, "completion_tokens": reply.output_tokens,
-                 "total_tokens": reply.input_tokens + reply.output_tokens}
-        return {"id": "chatcmpl-" + ex.request_id[4:], "object": "chat.completion",
-                "created": int(time.time()), "model": call.answered_model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
-                             "finish_reason": finish}],
-                "content": reply.text, "provider": call.provider, "toolCalls": None,
-                "usage": usage, "cost_usd": float(self.charge(call, reply)),
-                "finish_reason": finish}
+        usage = {
+            "prompt_tokens": reply.input_tokens,
+            "completion_tokens": reply.output_tokens,
+            "total_tokens": reply.input_tokens + reply.output_tokens,
+        }
+        return {
+            "id": "chatcmpl-" + ex.request_id[4:],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": call.answered_model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": reply.text},
+                    "finish_reason": finish,
+                }
+            ],
+            "content": reply.text,
+            "provider": call.provider,
+            "toolCalls": None,
+            "usage": usage,
+            "cost_usd": float(self.charge(call, reply)),
+            "finish_reason": finish,
+        }
 
     def cached_body(self, ex: Exchange, stored: dict[str, Any]) -> dict[str, Any]:
         # buildCencoriChatResponse with cacheHit: cost 0, cache_hit and cache_type added
-        return {**stored, "id": "chatcmpl-" + ex.request_id[4:], "created": int(time.time()),
-                "cost_usd": 0, "cache_hit": True, "cache_type": "exact"}
+        return {
+            **stored,
+            "id": "chatcmpl-" + ex.request_id[4:],
+            "created": int(time.time()),
+            "cost_usd": 0,
+            "cache_hit": True,
+            "cache_type": "exact",
+        }
 
     async def respond(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
         if not call.stream:
@@ -600,14 +762,22 @@ class CencoriNativeDoor(_Gateway, Door):
             key = call.extra.get("cache_key")
             if key is not None and ex.fault is None:
                 ex.server.gateway_cache.put(key, body)
-            ex.send_json(200, body, [*self.ok_headers(ex),
-                                     *self.receipt_headers(call, call.extra.get("cache"))])
+            ex.send_json(
+                200,
+                body,
+                [*self.ok_headers(ex), *self.receipt_headers(call, call.extra.get("cache"))],
+            )
             return
         finish = "length" if reply.truncated else "stop"
-        usage = {"prompt_tokens": reply.input_tokens, "completion_tokens": reply.output_tokens,
-                 "total_tokens": reply.input_tokens + reply.output_tokens}
-        sse = ex.sse([*self.ok_headers(ex), *self.receipt_headers(call, None)],
-                     content_frames=len(reply.pieces))
+        usage = {
+            "prompt_tokens": reply.input_tokens,
+            "completion_tokens": reply.output_tokens,
+            "total_tokens": reply.input_tokens + reply.output_tokens,
+        }
+        sse = ex.sse(
+            [*self.ok_headers(ex), *self.receipt_headers(call, None)],
+            content_frames=len(reply.pieces),
+        )
         for piece in reply.pieces:
             await sse.frame('{"delta":' + json_str(piece) + "}", content=True)
         await sse.frame(f'{{"delta":"","finish_reason":"{finish}"}}')
@@ -622,17 +792,24 @@ class CencoriOpenAIDoor(_Gateway, OpenAIDoor):
     def __init__(self) -> None:
         super().__init__("cencori")
 
-    def send_error(self, ex: Exchange, kind: str, message: str | None = None, *,
-                   status: int | None = None, retry_after: int | None = None,
-                   param: str | None = None, code: str | None = None) -> None:
-        if kind in _MIDDLEWARE:   # the same middleware, so the same flat bodies
+    def send_error(
+        self,
+        ex: Exchange,
+        kind: str,
+        message: str | None = None,
+        *,
+        status: int | None = None,
+        retry_after: int | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        if kind in _MIDDLEWARE:  # the same middleware, so the same flat bodies
             status, headers, body = self.middleware_error(ex, kind, message, retry_after)
             ex.send_json(status, body, headers)
             return
         if kind == "bad_request":
             self.log_failure(ex)
-            OpenAIDoor.send_error(self, ex, kind, message, status=status, param=param,
-                                  code=code)
+            OpenAIDoor.send_error(self, ex, kind, message, status=status, param=param, code=code)
             return
         status, headers, code, text = self.engine_error(ex, kind, message, status)
         body = {"error": {"message": text, "type": "invalid_request_error", "code": code}}
@@ -647,8 +824,12 @@ class CencoriOpenAIDoor(_Gateway, OpenAIDoor):
             raise BadRequest("The request body is not valid JSON.") from None
         fields = read_openai_chat(body, default_model=DEFAULT_MODEL)
         provider, upstream, original = self.routed(body, fields.pop("model"))
-        return ChatCall(model=upstream, provider=provider, **fields,
-                        extra={"model_original": original, "test_key": _is_test_key(ex.key)})
+        return ChatCall(
+            model=upstream,
+            provider=provider,
+            **fields,
+            extra={"model_original": original, "test_key": _is_test_key(ex.key)},
+        )
 
     def ok_headers(self, ex: Exchange) -> Headers:
         return _Gateway.ok_headers(self, ex)
@@ -666,8 +847,7 @@ class CencoriOpenAIDoor(_Gateway, OpenAIDoor):
         key = call.extra.get("cache_key")
         if body is not None and key is not None and ex.fault is None:
             ex.server.gateway_cache.put(key, body)
-        return self.receipt_headers(call, call.extra.get("cache") if body is not None
-                                    else None)
+        return self.receipt_headers(call, call.extra.get("cache") if body is not None else None)
 
     def stream_error_frames(self, ex: Exchange) -> list[tuple[str | None, str]]:
         return _Gateway.stream_error_frames(self, ex)

@@ -34,17 +34,35 @@ if TYPE_CHECKING:
     from .http import Request, Responder
     from .server import SandboxServer
 
-__all__ = ["NOT_FOUND_MARK", "BadRequest", "ChatCall", "Door", "Exchange", "SSEWriter",
-           "StreamCut", "bearer", "dumps", "json_str", "key_hint", "text_of"]
+__all__ = [
+    "NOT_FOUND_MARK",
+    "BadRequest",
+    "ChatCall",
+    "Door",
+    "Exchange",
+    "SSEWriter",
+    "StreamCut",
+    "bearer",
+    "dumps",
+    "json_str",
+    "key_hint",
+    "text_of",
+]
 
 Headers = list[tuple[str, str]]
 
-NOT_FOUND_MARK = "does-not-exist"   # a model id containing this gets each door's 404
+NOT_FOUND_MARK = "does-not-exist"  # a model id containing this gets each door's 404
 
 # injected error fault -> the logical error kind each door renders in its own format
-FAULT_KINDS = {"401": "invalid_key", "402": "payment", "403": "permission",
-               "429": "rate_limit", "500": "server", "503": "unavailable",
-               "529": "overloaded"}
+FAULT_KINDS = {
+    "401": "invalid_key",
+    "402": "payment",
+    "403": "permission",
+    "429": "rate_limit",
+    "500": "server",
+    "503": "unavailable",
+    "529": "overloaded",
+}
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -94,8 +112,15 @@ def new_id(prefix: str, nbytes: int = 12) -> str:
 class BadRequest(Exception):
     """The request body is wrong; the door renders it as its 400 (or ``status``)."""
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
-                 status: int = 400, kind: str = "bad_request") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int = 400,
+        kind: str = "bad_request",
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
@@ -112,34 +137,52 @@ class StreamCut(Exception):
 class ChatCall:
     """One chat request, read from any wire format."""
 
-    model: str                       # the model id reported back to the client
-    provider: str                    # who "answers" and whose prices apply
-    conversation: list[str]          # every message text, system first
-    last_user: str                   # the text echoed back
+    model: str  # the model id reported back to the client
+    provider: str  # who "answers" and whose prices apply
+    conversation: list[str]  # every message text, system first
+    last_user: str  # the text echoed back
     max_tokens: int | None
     stream: bool
     include_usage: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
-    served: str = ""                 # the model id the answer names (a dated id for an alias)
+    served: str = ""  # the model id the answer names (a dated id for an alias)
 
     @property
     def answered_model(self) -> str:
         return self.served or self.model
 
     def label(self, via: str | None = None) -> str:
-        model = self.model if self.model.startswith(self.provider + "/") else \
-            f"{self.provider}/{self.model}"
+        model = (
+            self.model
+            if self.model.startswith(self.provider + "/")
+            else f"{self.provider}/{self.model}"
+        )
         return model + (f" via {via}" if via else "")
 
 
 class Exchange:
     """One request/response on a connection, with the fault chosen for it."""
 
-    __slots__ = ("server", "req", "resp", "route", "fault", "key", "hint", "request_id",
-                 "remaining", "model", "stream", "started", "on_complete", "door")
+    __slots__ = (
+        "server",
+        "req",
+        "resp",
+        "route",
+        "fault",
+        "key",
+        "hint",
+        "request_id",
+        "remaining",
+        "model",
+        "stream",
+        "started",
+        "on_complete",
+        "door",
+    )
 
-    def __init__(self, server: SandboxServer, req: Request, resp: Responder, route: str,
-                 fault: str | None) -> None:
+    def __init__(
+        self, server: SandboxServer, req: Request, resp: Responder, route: str, fault: str | None
+    ) -> None:
         self.server = server
         self.req = req
         self.resp = resp
@@ -174,8 +217,13 @@ class Exchange:
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
 
-    def send_json(self, status: int, obj: Any, headers: Iterable[tuple[str, str]] = (),
-                  content_type: str = "application/json") -> None:
+    def send_json(
+        self,
+        status: int,
+        obj: Any,
+        headers: Iterable[tuple[str, str]] = (),
+        content_type: str = "application/json",
+    ) -> None:
         """Send a JSON body; on a 200 the ``malformed``/``truncate`` faults apply."""
         body = dumps(obj).encode()
         headers = list(headers)
@@ -190,9 +238,14 @@ class Exchange:
                 self.complete()
             self.resp.send(status, body, headers, content_type)
 
-    def sse(self, headers: Headers, *, content_frames: int,
-            content_type: str = "text/event-stream; charset=utf-8",
-            separator: str = "\n\n") -> SSEWriter:
+    def sse(
+        self,
+        headers: Headers,
+        *,
+        content_frames: int,
+        content_type: str = "text/event-stream; charset=utf-8",
+        separator: str = "\n\n",
+    ) -> SSEWriter:
         headers = list(headers)
         if self.fault is not None:
             headers.append(("X-Sandbox-Fault", self.fault))
@@ -200,8 +253,9 @@ class Exchange:
         error_frames = None
         if self.fault == "stream-error" and self.door is not None:
             error_frames = self.door.stream_error_frames(self)
-        return SSEWriter(self, content_frames=content_frames, separator=separator,
-                         error_frames=error_frames)
+        return SSEWriter(
+            self, content_frames=content_frames, separator=separator, error_frames=error_frames
+        )
 
     async def hold(self) -> None:
         """The ``timeout`` fault: answer nothing until the client gives up (or the cap)."""
@@ -212,16 +266,25 @@ class Exchange:
 class SSEWriter:
     """Writes SSE frames as HTTP chunks; applies latency spread, truncate and malformed."""
 
-    def __init__(self, ex: Exchange, *, content_frames: int, separator: str,
-                 error_frames: list[tuple[str | None, str]] | None = None) -> None:
+    def __init__(
+        self,
+        ex: Exchange,
+        *,
+        content_frames: int,
+        separator: str,
+        error_frames: list[tuple[str | None, str]] | None = None,
+    ) -> None:
         self._ex = ex
         self._resp = ex.resp
         self._sep = separator
         self._buf: list[str] = []
         self._content = 0
         self._error_frames = error_frames
-        self._cut_after = max(1, content_frames // 2) if (
-            ex.fault == "truncate" or error_frames is not None) else None
+        self._cut_after = (
+            max(1, content_frames // 2)
+            if (ex.fault == "truncate" or error_frames is not None)
+            else None
+        )
         self._malformed = ex.fault == "malformed"
         # "spread a little": 10 % of the latency again, spread over the content frames in
         # pauses of at least 1 ms (finer pauses only cost timers and syscalls)
@@ -245,8 +308,9 @@ class SSEWriter:
                 # the provider's error event, then a clean end of the stream (the real APIs
                 # close it properly: the status was 200, the body says what went wrong)
                 for event, error in self._error_frames:
-                    self._buf.append((f"event: {event}\n" if event else "")
-                                     + f"data: {error}{self._sep}")
+                    self._buf.append(
+                        (f"event: {event}\n" if event else "") + f"data: {error}{self._sep}"
+                    )
                 await self.flush()
                 self._resp.end_stream()
                 await self._resp.drain()
@@ -276,8 +340,8 @@ class SSEWriter:
 class Door:
     """One wire format at one prefix. Subclasses fill in the format-specific parts."""
 
-    name = "door"             # provider name (labels, pricing, stats)
-    via: str | None = None    # "cencori" when a gateway answers for another provider
+    name = "door"  # provider name (labels, pricing, stats)
+    via: str | None = None  # "cencori" when a gateway answers for another provider
 
     # --- the parts a door defines -------------------------------------------------------
     def api_key(self, req: Request) -> str | None:
@@ -291,9 +355,17 @@ class Door:
             return "invalid_key"
         return None
 
-    def send_error(self, ex: Exchange, kind: str, message: str | None = None, *,
-                   status: int | None = None, retry_after: int | None = None,
-                   param: str | None = None, code: str | None = None) -> None:
+    def send_error(
+        self,
+        ex: Exchange,
+        kind: str,
+        message: str | None = None,
+        *,
+        status: int | None = None,
+        retry_after: int | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         raise NotImplementedError
 
     def ok_headers(self, ex: Exchange) -> Headers:
@@ -348,8 +420,9 @@ class Door:
 
     def stream_error_frames(self, ex: Exchange) -> list[tuple[str | None, str]]:
         """``(SSE event name, data)`` frames a provider ends a 200 stream with on an error."""
-        return [(None, dumps({"error": {"message": "Internal server error",
-                                        "type": "server_error"}}))]
+        return [
+            (None, dumps({"error": {"message": "Internal server error", "type": "server_error"}}))
+        ]
 
     # --- the shared pipeline ------------------------------------------------------------
     def _admit(self, ex: Exchange) -> bool:
@@ -375,14 +448,16 @@ class Door:
         if not self._admit(ex):
             if ex.fault in ERROR_FAULTS:
                 await ex.delay()
-                self.send_error(ex, FAULT_KINDS[ex.fault],
-                                retry_after=1 if ex.fault == "429" else None)
+                self.send_error(
+                    ex, FAULT_KINDS[ex.fault], retry_after=1 if ex.fault == "429" else None
+                )
             return
         try:
             call = self.parse(ex)
         except BadRequest as exc:
-            self.send_error(ex, exc.kind, exc.message, status=exc.status, param=exc.param,
-                            code=exc.code)
+            self.send_error(
+                ex, exc.kind, exc.message, status=exc.status, param=exc.param, code=exc.code
+            )
             return
         ex.model = call.model
         ex.stream = call.stream
@@ -398,16 +473,20 @@ class Door:
             self.send_error(ex, "bad_request", script[1])
             return
         if script is not None:
-            reply = exact_reply(script[1], conversation=call.conversation,
-                                max_tokens=call.max_tokens)
+            reply = exact_reply(
+                script[1], conversation=call.conversation, max_tokens=call.max_tokens
+            )
         else:
-            reply = make_reply(seed=server.seed, label=call.label(self.via),
-                               conversation=call.conversation, last_user=call.last_user,
-                               max_tokens=call.max_tokens)
+            reply = make_reply(
+                seed=server.seed,
+                label=call.label(self.via),
+                conversation=call.conversation,
+                last_user=call.last_user,
+                max_tokens=call.max_tokens,
+            )
         window = self.context_window(call)
         if window is not None and reply.input_tokens > window:
-            self.send_error(ex, "context", self.context_message(call, reply.input_tokens,
-                                                                window))
+            self.send_error(ex, "context", self.context_message(call, reply.input_tokens, window))
             return
         call.served = self.served_model(call.model)
         if self.answer_early(ex, call):
@@ -427,15 +506,18 @@ class Door:
         ex.request_id = new_id("req_")
         if not self._admit(ex):
             if ex.fault in ERROR_FAULTS:
-                self.send_error(ex, FAULT_KINDS[ex.fault],
-                                retry_after=1 if ex.fault == "429" else None)
+                self.send_error(
+                    ex, FAULT_KINDS[ex.fault], retry_after=1 if ex.fault == "429" else None
+                )
             return
         if ex.fault == "timeout":
             await ex.hold()
             return
         created = 1_700_000_000
-        data = [{"id": m, "object": "model", "created": created, "owned_by": owner}
-                for m, owner in self.models()]
+        data = [
+            {"id": m, "object": "model", "created": created, "owned_by": owner}
+            for m, owner in self.models()
+        ]
         ex.send_json(200, {"object": "list", "data": data}, self.ok_headers(ex))
 
 

@@ -54,7 +54,7 @@ def parse_faults(spec: str | Mapping[str, float] | None) -> dict[str, float]:
             raise ValueError(f"unknown fault {fault!r}; known: {', '.join(sorted(FAULTS))}")
         try:
             if not isinstance(given, str | SupportsFloat | SupportsIndex):
-                raise TypeError(type(given).__name__)      # a list, None…: not a number
+                raise TypeError(type(given).__name__)  # a list, None…: not a number
             p = float(given)
         except (TypeError, ValueError):
             raise ValueError(f"fault {fault!r}: {given!r} is not a probability") from None

@@ -39,22 +39,36 @@ from .replies import Reply
 __all__ = ["GoogleDoor"]
 
 _ERRORS: dict[str, tuple[int, str, str]] = {
-    "missing_key": (403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers "
-                    "(callers without established identity). Please use API Key or other form "
-                    "of API consumer identity to call this API."),
+    "missing_key": (
+        403,
+        "PERMISSION_DENIED",
+        "Method doesn't allow unregistered callers "
+        "(callers without established identity). Please use API Key or other form "
+        "of API consumer identity to call this API.",
+    ),
     "invalid_key": (400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key."),
-    "payment": (402, "FAILED_PRECONDITION", "Billing is not enabled or the prepaid balance "
-                "is exhausted for this project."),
+    "payment": (
+        402,
+        "FAILED_PRECONDITION",
+        "Billing is not enabled or the prepaid balance is exhausted for this project.",
+    ),
     "permission": (403, "PERMISSION_DENIED", "The caller does not have permission."),
     "not_found": (404, "NOT_FOUND", "The model is not found or is not supported."),
-    "rate_limit": (429, "RESOURCE_EXHAUSTED", "You exceeded your current quota, please check "
-                   "your plan and billing details. For more information on this error, head "
-                   "to: https://ai.google.dev/gemini-api/docs/rate-limits."),
+    "rate_limit": (
+        429,
+        "RESOURCE_EXHAUSTED",
+        "You exceeded your current quota, please check "
+        "your plan and billing details. For more information on this error, head "
+        "to: https://ai.google.dev/gemini-api/docs/rate-limits.",
+    ),
     "server": (500, "INTERNAL", "An internal error has occurred. Please retry."),
     "unavailable": (503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
     "overloaded": (503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
-    "context": (400, "INVALID_ARGUMENT", "The input token count exceeds the maximum number of "
-                "tokens allowed."),
+    "context": (
+        400,
+        "INVALID_ARGUMENT",
+        "The input token count exceeds the maximum number of tokens allowed.",
+    ),
     "bad_request": (400, "INVALID_ARGUMENT", "Request contains an invalid argument."),
 }
 
@@ -73,44 +87,75 @@ class GoogleDoor(Door):
         key = req.headers.get("x-goog-api-key") or req.query.get("key") or ""
         return key.strip() or None
 
-    def send_error(self, ex: Exchange, kind: str, message: str | None = None, *,
-                   status: int | None = None, retry_after: int | None = None,
-                   param: str | None = None, code: str | None = None) -> None:
+    def send_error(
+        self,
+        ex: Exchange,
+        kind: str,
+        message: str | None = None,
+        *,
+        status: int | None = None,
+        retry_after: int | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         default_status, rpc_status, default_message = _ERRORS.get(kind, _ERRORS["server"])
         status = status or default_status
         details: list[dict[str, Any]] = []
         headers: Headers = [("x-request-id", ex.request_id)]
         text = (message or default_message) + SANDBOX_TAG
         if kind in ("invalid_key", "missing_key"):
-            details.append({"@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                            "reason": "API_KEY_INVALID" if kind == "invalid_key"
-                            else "CONSUMER_INVALID", "domain": "googleapis.com",
-                            "metadata": {"service": "generativelanguage.googleapis.com"}})
+            details.append(
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "API_KEY_INVALID" if kind == "invalid_key" else "CONSUMER_INVALID",
+                    "domain": "googleapis.com",
+                    "metadata": {"service": "generativelanguage.googleapis.com"},
+                }
+            )
             if kind == "invalid_key":
-                details.append({"@type": "type.googleapis.com/google.rpc.LocalizedMessage",
-                                "locale": "en-US", "message": default_message})
+                details.append(
+                    {
+                        "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
+                        "locale": "en-US",
+                        "message": default_message,
+                    }
+                )
         if status == 429:
             # no Retry-After header: Gemini says when in the body only
             delay = retry_after or 1
             text = f"{text}\nPlease retry in {delay}s."
-            details += [{"@type": "type.googleapis.com/google.rpc.QuotaFailure",
-                         "violations": [{"quotaMetric": "generativelanguage.googleapis.com/"
-                                         "generate_content_requests",
-                                         "quotaId": "GenerateRequestsPerMinutePerProject"}]},
-                        {"@type": "type.googleapis.com/google.rpc.Help",
-                         "links": [{"description": "Learn more about Gemini API quotas",
-                                    "url": "https://ai.google.dev/gemini-api/docs/"
-                                           "rate-limits"}]},
-                        {"@type": "type.googleapis.com/google.rpc.RetryInfo",
-                         "retryDelay": f"{delay}s"}]
+            details += [
+                {
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [
+                        {
+                            "quotaMetric": "generativelanguage.googleapis.com/"
+                            "generate_content_requests",
+                            "quotaId": "GenerateRequestsPerMinutePerProject",
+                        }
+                    ],
+                },
+                {
+                    "@type": "type.googleapis.com/google.rpc.Help",
+                    "links": [
+                        {
+                            "description": "Learn more about Gemini API quotas",
+                            "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                        }
+                    ],
+                },
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{delay}s"},
+            ]
         error: dict[str, Any] = {"code": status, "message": text, "status": rpc_status}
-        if details:   # Google leaves "details" out when there are none
+        if details:  # Google leaves "details" out when there are none
             error["details"] = details
         ex.send_json(status, {"error": error}, headers)
 
     def ok_headers(self, ex: Exchange) -> Headers:
-        return [("x-request-id", ex.request_id),
-                ("server-timing", f"gfet4t7; dur={ex.elapsed_ms()}")]
+        return [
+            ("x-request-id", ex.request_id),
+            ("server-timing", f"gfet4t7; dur={ex.elapsed_ms()}"),
+        ]
 
     def parse(self, ex: Exchange) -> ChatCall:
         path = ex.req.path
@@ -130,47 +175,80 @@ class GoogleDoor(Door):
         last_user = ""
         for content in contents:
             if not isinstance(content, dict):
-                raise BadRequest("* GenerateContentRequest.contents: each content must be an "
-                                 "object with parts")
+                raise BadRequest(
+                    "* GenerateContentRequest.contents: each content must be an object with parts"
+                )
             text = _parts_text(content)
             conversation.append(text)
             if content.get("role", "user") == "user":
                 last_user = text
         config = body.get("generationConfig") or body.get("generation_config") or {}
-        limit = config.get("maxOutputTokens", config.get("max_output_tokens")) \
-            if isinstance(config, dict) else None
+        limit = (
+            config.get("maxOutputTokens", config.get("max_output_tokens"))
+            if isinstance(config, dict)
+            else None
+        )
         max_tokens = max_tokens_of(limit, "generationConfig.maxOutputTokens")
-        thinking = config.get("thinkingConfig", config.get("thinking_config")) \
-            if isinstance(config, dict) else None
+        thinking = (
+            config.get("thinkingConfig", config.get("thinking_config"))
+            if isinstance(config, dict)
+            else None
+        )
         budget = None
         if isinstance(thinking, dict):
             budget = thinking.get("thinkingBudget", thinking.get("thinking_budget"))
         stream = verb == "streamGenerateContent"
-        return ChatCall(model=model, provider=self.name, conversation=conversation,
-                        last_user=last_user, max_tokens=max_tokens, stream=stream,
-                        extra={"sse": ex.req.query.get("alt") == "sse", "version": version,
-                               "verb": verb, "thinking_budget": budget})
+        return ChatCall(
+            model=model,
+            provider=self.name,
+            conversation=conversation,
+            last_user=last_user,
+            max_tokens=max_tokens,
+            stream=stream,
+            extra={
+                "sse": ex.req.query.get("alt") == "sse",
+                "version": version,
+                "verb": verb,
+                "thinking_budget": budget,
+            },
+        )
 
     def model_known(self, call: ChatCall) -> bool:
         return NOT_FOUND_MARK not in call.model and is_known(self.name, call.model)
 
     def not_found_message(self, call: ChatCall) -> str | None:
-        return (f"models/{call.model} is not found for API version "
-                f"{call.extra.get('version', 'v1beta')}, or is not supported for "
-                f"{call.extra.get('verb', 'generateContent')}. Call ListModels to see the list "
-                "of available models and their supported methods.")
+        return (
+            f"models/{call.model} is not found for API version "
+            f"{call.extra.get('version', 'v1beta')}, or is not supported for "
+            f"{call.extra.get('verb', 'generateContent')}. Call ListModels to see the list "
+            "of available models and their supported methods."
+        )
 
     def context_window(self, call: ChatCall) -> int | None:
         return context_window(self.name, call.model)
 
     def context_message(self, call: ChatCall, tokens: int, window: int) -> str:
-        return (f"The input token count ({tokens}) exceeds the maximum number of tokens "
-                f"allowed ({window}).")
+        return (
+            f"The input token count ({tokens}) exceeds the maximum number of tokens "
+            f"allowed ({window})."
+        )
 
     def stream_error_frames(self, ex: Exchange) -> list[tuple[str | None, str]]:
-        return [(None, dumps({"error": {"code": 503, "message": "The model is overloaded. "
-                                        "Please try again later." + SANDBOX_TAG,
-                                        "status": "UNAVAILABLE"}}))]
+        return [
+            (
+                None,
+                dumps(
+                    {
+                        "error": {
+                            "code": 503,
+                            "message": "The model is overloaded. "
+                            "Please try again later." + SANDBOX_TAG,
+                            "status": "UNAVAILABLE",
+                        }
+                    }
+                ),
+            )
+        ]
 
     @staticmethod
     def thoughts(call: ChatCall, reply: Reply) -> int:
@@ -179,12 +257,13 @@ class GoogleDoor(Door):
         models (and Flash-Lite without a budget) do not think."""
         budget = call.extra.get("thinking_budget")
         model = call.model
-        thinks_by_default = model.startswith(("gemini-2.5-flash", "gemini-2.5-pro")) and \
-            not model.startswith("gemini-2.5-flash-lite")
+        thinks_by_default = model.startswith(
+            ("gemini-2.5-flash", "gemini-2.5-pro")
+        ) and not model.startswith("gemini-2.5-flash-lite")
         if budget is None:
             if not thinks_by_default:
                 return 0
-            budget = -1   # dynamic
+            budget = -1  # dynamic
         if not isinstance(budget, int) or isinstance(budget, bool) or budget == 0:
             return 0
         spent = 3 * reply.input_tokens + 2 * reply.output_tokens + 12
@@ -193,10 +272,12 @@ class GoogleDoor(Door):
     @staticmethod
     def _usage(reply: Reply, thoughts: int, output: int | None = None) -> dict[str, Any]:
         out = reply.output_tokens if output is None else output
-        usage: dict[str, Any] = {"promptTokenCount": reply.input_tokens,
-                                 "candidatesTokenCount": out,
-                                 "totalTokenCount": reply.input_tokens + out + thoughts}
-        if thoughts:   # Google only sends the field when the model thought
+        usage: dict[str, Any] = {
+            "promptTokenCount": reply.input_tokens,
+            "candidatesTokenCount": out,
+            "totalTokenCount": reply.input_tokens + out + thoughts,
+        }
+        if thoughts:  # Google only sends the field when the model thought
             usage["thoughtsTokenCount"] = thoughts
         usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": reply.input_tokens}]
         return usage
@@ -206,21 +287,34 @@ class GoogleDoor(Door):
         response_id = ex.request_id[4:]
         thoughts = self.thoughts(call, reply)
         if not call.stream:
-            ex.send_json(200, {
-                "candidates": [{"content": {"parts": [{"text": reply.text}], "role": "model"},
-                                "finishReason": finish, "index": 0}],
-                "usageMetadata": self._usage(reply, thoughts),
-                "modelVersion": call.answered_model, "responseId": response_id},
-                self.ok_headers(ex))
+            ex.send_json(
+                200,
+                {
+                    "candidates": [
+                        {
+                            "content": {"parts": [{"text": reply.text}], "role": "model"},
+                            "finishReason": finish,
+                            "index": 0,
+                        }
+                    ],
+                    "usageMetadata": self._usage(reply, thoughts),
+                    "modelVersion": call.answered_model,
+                    "responseId": response_id,
+                },
+                self.ok_headers(ex),
+            )
             return
-        tail = (f',"modelVersion":{dumps(call.answered_model)},'
-                f'"responseId":"{response_id}"}}')
+        tail = f',"modelVersion":{dumps(call.answered_model)},"responseId":"{response_id}"}}'
         last = len(reply.pieces) - 1
         frames = []
         for i, piece in enumerate(reply.pieces):
-            candidate = '{"candidates":[{"content":{"parts":[{"text":' + json_str(piece) + \
-                '}],"role":"model"}' + (f',"finishReason":"{finish}"' if i == last else "") + \
-                ',"index":0}]'
+            candidate = (
+                '{"candidates":[{"content":{"parts":[{"text":'
+                + json_str(piece)
+                + '}],"role":"model"}'
+                + (f',"finishReason":"{finish}"' if i == last else "")
+                + ',"index":0}]'
+            )
             # every frame carries usage: the prompt, the thinking (done before the first
             # text) and the output so far; the last frame has the totals
             usage = ',"usageMetadata":' + dumps(self._usage(reply, thoughts, output=i + 1))

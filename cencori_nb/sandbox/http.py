@@ -22,11 +22,23 @@ __all__ = ["HttpError", "HttpProtocol", "Request", "Responder"]
 MAX_HEAD = 64 * 1024
 MAX_BODY = 32 * 1024 * 1024
 
-REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 402: "Payment Required",
-           403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-           413: "Payload Too Large", 422: "Unprocessable Entity", 429: "Too Many Requests",
-           431: "Request Header Fields Too Large", 500: "Internal Server Error",
-           502: "Bad Gateway", 503: "Service Unavailable", 529: "Site Overloaded"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    529: "Site Overloaded",
+}
 
 
 class HttpError(Exception):
@@ -108,7 +120,7 @@ def _chunked_body(buf: bytearray, start: int) -> tuple[bytes, int] | None:
             raise HttpError(400, "malformed chunk size") from None
         pos = eol + 2
         if size == 0:
-            while True:            # trailers, then the blank line
+            while True:  # trailers, then the blank line
                 eol = buf.find(b"\r\n", pos)
                 if eol < 0:
                     return None
@@ -119,7 +131,7 @@ def _chunked_body(buf: bytearray, start: int) -> tuple[bytes, int] | None:
             raise HttpError(413, "request body too large")
         if len(buf) < pos + size + 2:
             return None
-        body += buf[pos:pos + size]
+        body += buf[pos : pos + size]
         pos += size + 2
 
 
@@ -144,7 +156,7 @@ class HttpProtocol(asyncio.Protocol):
         self._handler = handler
         self._connections = connections
         self._buf = bytearray()
-        self._pending: tuple[Request, int] | None = None    # parsed head, body start
+        self._pending: tuple[Request, int] | None = None  # parsed head, body start
         self._busy = False
         self._eof = False
         self._reading_paused = False
@@ -152,11 +164,11 @@ class HttpProtocol(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
-        self.lost: asyncio.Future[None] | None = None   # done when the client is gone
+        self.lost: asyncio.Future[None] | None = None  # done when the client is gone
 
     # --- asyncio callbacks --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)   # a TCP server's always is
+        assert isinstance(transport, asyncio.Transport)  # a TCP server's always is
         self.transport = transport
         self.lost = asyncio.get_running_loop().create_future()
         self._connections.add(self)
@@ -293,11 +305,15 @@ class HttpProtocol(asyncio.Protocol):
         """Answer a request we could not parse, then close."""
         import json
 
-        body = json.dumps({"error": {"message": message, "type": "http_error"},
-                           "sandbox": True}).encode()
-        self.write(f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nX-Sandbox: true\r\n"
-                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                   "Connection: close\r\n\r\n".encode() + body)
+        body = json.dumps(
+            {"error": {"message": message, "type": "http_error"}, "sandbox": True}
+        ).encode()
+        self.write(
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nX-Sandbox: true\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + body
+        )
         self.close()
 
 
@@ -316,15 +332,18 @@ class Responder:
         # by the time a client can read the answer
         self.on_head: Callable[[int], None] | None = None
 
-    def _head(self, status: int, headers: Iterable[tuple[str, str]], content_type: str,
-              framing: str) -> bytes:
+    def _head(
+        self, status: int, headers: Iterable[tuple[str, str]], content_type: str, framing: str
+    ) -> bytes:
         self.status = status
         self.started = True
         if self.on_head is not None:
             self.on_head(status)
-        parts = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\n"
-                 f"Date: {http_date()}\r\nServer: cencori-nb-sandbox\r\nX-Sandbox: true\r\n"
-                 f"Content-Type: {content_type}\r\n{framing}"]
+        parts = [
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\n"
+            f"Date: {http_date()}\r\nServer: cencori-nb-sandbox\r\nX-Sandbox: true\r\n"
+            f"Content-Type: {content_type}\r\n{framing}"
+        ]
         for name, value in headers:
             parts.append(f"{name}: {value}\r\n")
         if not self.keep_alive:
@@ -332,22 +351,33 @@ class Responder:
         parts.append("\r\n")
         return "".join(parts).encode("latin-1", "replace")
 
-    def send(self, status: int, body: bytes, headers: Iterable[tuple[str, str]] = (),
-             content_type: str = "application/json") -> None:
+    def send(
+        self,
+        status: int,
+        body: bytes,
+        headers: Iterable[tuple[str, str]] = (),
+        content_type: str = "application/json",
+    ) -> None:
         head = self._head(status, headers, content_type, f"Content-Length: {len(body)}\r\n")
         self._conn.write(head + body)
 
-    def send_cut(self, status: int, body: bytes, headers: list[tuple[str, str]],
-                 content_type: str) -> None:
+    def send_cut(
+        self, status: int, body: bytes, headers: list[tuple[str, str]], content_type: str
+    ) -> None:
         """Announce the whole body, write half of it, then close (a cut response)."""
         head = self._head(status, headers, content_type, f"Content-Length: {len(body)}\r\n")
         self._conn.write(head + body[: len(body) // 2])
         self.close()
 
-    def start_stream(self, status: int, headers: list[tuple[str, str]],
-                     content_type: str) -> None:
-        self._conn.write(self._head(status, headers, content_type,
-                                    "Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n"))
+    def start_stream(self, status: int, headers: list[tuple[str, str]], content_type: str) -> None:
+        self._conn.write(
+            self._head(
+                status,
+                headers,
+                content_type,
+                "Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n",
+            )
+        )
 
     def write_chunk(self, data: bytes) -> None:
         if data and not self.closed:

@@ -21,20 +21,37 @@ __all__ = ["ALIASES", "CONTEXT_WINDOWS", "MODELS", "context_window", "dated", "i
 
 # models each door lists at /models (and the gateway door's catalogue is built from)
 MODELS: dict[str, tuple[str, ...]] = {
-    "openai": ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o3-mini",
-               "o4-mini"),
-    "anthropic": ("claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4-1",
-                  "claude-3-5-haiku-latest"),
-    "google": ("gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.5-pro",
-               "gemini-2.0-flash"),
-    "mistral": ("mistral-small-latest", "mistral-large-latest", "codestral-latest",
-                "open-mistral-nemo"),
+    "openai": (
+        "gpt-4o-mini",
+        "gpt-4o",
+        "gpt-4.1",
+        "gpt-4.1-mini",
+        "gpt-4.1-nano",
+        "o3-mini",
+        "o4-mini",
+    ),
+    "anthropic": (
+        "claude-haiku-4-5",
+        "claude-sonnet-4-5",
+        "claude-opus-4-1",
+        "claude-3-5-haiku-latest",
+    ),
+    "google": ("gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.5-pro", "gemini-2.0-flash"),
+    "mistral": (
+        "mistral-small-latest",
+        "mistral-large-latest",
+        "codestral-latest",
+        "open-mistral-nemo",
+    ),
     "groq": ("llama-3.3-70b-versatile", "llama-3.1-8b-instant", "mixtral-8x7b-32768"),
     "xai": ("grok-3-mini", "grok-3", "grok-4"),
     "deepseek": ("deepseek-chat", "deepseek-reasoner"),
     "together": ("meta-llama/Llama-3.3-70B-Instruct-Turbo",),
-    "openrouter": ("openai/gpt-4o-mini", "anthropic/claude-3.5-haiku",
-                   "meta-llama/llama-3.3-70b-instruct:free"),
+    "openrouter": (
+        "openai/gpt-4o-mini",
+        "anthropic/claude-3.5-haiku",
+        "meta-llama/llama-3.3-70b-instruct:free",
+    ),
     "local": ("llama3.2",),
 }
 
@@ -72,9 +89,16 @@ ALIASES: dict[str, dict[str, str]] = {
 
 # (provider, model prefix) -> context window in tokens; the longest matching prefix wins
 CONTEXT_WINDOWS: dict[str, tuple[tuple[str, int], ...]] = {
-    "openai": (("gpt-4o", 128_000), ("gpt-4.1", 1_047_576), ("o1", 200_000),
-               ("o3", 200_000), ("o4", 200_000), ("gpt-5", 400_000),
-               ("gpt-3.5-turbo", 16_385), ("ft:gpt-4o", 128_000)),
+    "openai": (
+        ("gpt-4o", 128_000),
+        ("gpt-4.1", 1_047_576),
+        ("o1", 200_000),
+        ("o3", 200_000),
+        ("o4", 200_000),
+        ("gpt-5", 400_000),
+        ("gpt-3.5-turbo", 16_385),
+        ("ft:gpt-4o", 128_000),
+    ),
     "anthropic": (("claude-", 200_000),),
     "google": (("gemini-", 1_048_576),),
     "mistral": (("mistral-", 128_000), ("codestral-", 256_000), ("open-mistral-", 128_000)),
@@ -104,13 +128,13 @@ def is_known(provider: str, model: str) -> bool:
     listed model, or priced in the public catalogue. A local server serves anything, and
     OpenRouter any ``vendor/model`` id (it lists hundreds; the catalogue prices few)."""
     if model != model.strip() or not model:
-        return False   # "claude-… " with a stray space is not a model (Anthropic: 404)
+        return False  # "claude-… " with a stray space is not a model (Anthropic: 404)
     if provider == "local" or (provider == "openrouter" and "/" in model):
         return True
     aliases = ALIASES.get(provider, {})
     if model in MODELS.get(provider, ()) or model in aliases or model in aliases.values():
         return True
-    if model.startswith("ft:"):   # ft:<base>:<org>:<suffix>:<id> — known if the base is
+    if model.startswith("ft:"):  # ft:<base>:<org>:<suffix>:<id> — known if the base is
         base = model[3:].split(":", 1)[0]
         return bool(base) and is_known(provider, base)
     from .wallet import provider_cost

@@ -51,26 +51,39 @@ __all__ = ["MODELS", "NOT_FOUND_MARK", "OpenAIDoor", "read_openai_chat"]
 
 SANDBOX_TAG = " [cencori-nb sandbox]"
 # the "provider" OpenRouter names in its answers: the upstream that served the model
-_OPENROUTER_UPSTREAMS = {"openai": "OpenAI", "anthropic": "Anthropic", "google": "Google",
-                         "meta-llama": "Meta", "mistralai": "Mistral", "x-ai": "xAI",
-                         "deepseek": "DeepSeek", "minimax": "Minimax", "qwen": "Alibaba"}
+_OPENROUTER_UPSTREAMS = {
+    "openai": "OpenAI",
+    "anthropic": "Anthropic",
+    "google": "Google",
+    "meta-llama": "Meta",
+    "mistralai": "Mistral",
+    "x-ai": "xAI",
+    "deepseek": "DeepSeek",
+    "minimax": "Minimax",
+    "qwen": "Alibaba",
+}
 
 
 # xAI's error "code" is the gRPC status text of the HTTP status
-_XAI_CODES = {400: "Client specified an invalid argument",
-              401: "The request does not have valid authentication credentials",
-              402: "The request was rejected because of insufficient credits",
-              403: "The caller does not have permission to execute the specified operation",
-              404: "Some requested entity was not found",
-              429: "Some resource has been exhausted", 500: "Internal error",
-              503: "The service is currently unavailable"}
+_XAI_CODES = {
+    400: "Client specified an invalid argument",
+    401: "The request does not have valid authentication credentials",
+    402: "The request was rejected because of insufficient credits",
+    403: "The caller does not have permission to execute the specified operation",
+    404: "Some requested entity was not found",
+    429: "Some resource has been exhausted",
+    500: "Internal error",
+    503: "The service is currently unavailable",
+}
 
 
 def _upstream(model: str) -> str:
     vendor = model.split("/", 1)[0] if "/" in model else "openai"
     return _OPENROUTER_UPSTREAMS.get(vendor, vendor.capitalize())
-_REASONING = ("o1", "o3", "o4", "gpt-5")   # OpenAI models that reason before answering
-_PAD = "sandbox"   # the padding OpenAI ("obfuscation") and Mistral ("p") put in chunks
+
+
+_REASONING = ("o1", "o3", "o4", "gpt-5")  # OpenAI models that reason before answering
+_PAD = "sandbox"  # the padding OpenAI ("obfuscation") and Mistral ("p") put in chunks
 
 
 def read_openai_chat(body: Any, *, default_model: str | None = None) -> dict[str, Any]:
@@ -82,14 +95,16 @@ def read_openai_chat(body: Any, *, default_model: str | None = None) -> dict[str
         raise BadRequest("you must provide a model parameter", param="model")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' must be a non-empty array of {role, content} objects.",
-                         param="messages")
+        raise BadRequest(
+            "'messages' must be a non-empty array of {role, content} objects.", param="messages"
+        )
     conversation: list[str] = []
     last_user = ""
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise BadRequest(f"messages[{i}] must be an object with a 'role'.",
-                             param=f"messages[{i}]")
+            raise BadRequest(
+                f"messages[{i}] must be an object with a 'role'.", param=f"messages[{i}]"
+            )
         text = text_of(message.get("content"))
         conversation.append(text)
         if message["role"] == "user":
@@ -98,9 +113,14 @@ def read_openai_chat(body: Any, *, default_model: str | None = None) -> dict[str
     if max_tokens is None:
         max_tokens = max_tokens_of(body.get("max_tokens"), "max_tokens")
     options = body.get("stream_options") or {}
-    return {"model": model, "conversation": conversation, "last_user": last_user,
-            "max_tokens": max_tokens, "stream": bool(body.get("stream")),
-            "include_usage": bool(isinstance(options, dict) and options.get("include_usage"))}
+    return {
+        "model": model,
+        "conversation": conversation,
+        "last_user": last_user,
+        "max_tokens": max_tokens,
+        "stream": bool(body.get("stream")),
+        "include_usage": bool(isinstance(options, dict) and options.get("include_usage")),
+    }
 
 
 class OpenAIDoor(Door):
@@ -117,72 +137,140 @@ class OpenAIDoor(Door):
     def api_key(self, req: Any) -> str | None:
         return bearer(req.headers)
 
-    def error_object(self, ex: Exchange, kind: str, message: str | None, status: int | None,
-                     retry_after: int | None, param: str | None,
-                     code: str | None) -> tuple[int, dict[str, Any]]:
+    def error_object(
+        self,
+        ex: Exchange,
+        kind: str,
+        message: str | None,
+        status: int | None,
+        retry_after: int | None,
+        param: str | None,
+        code: str | None,
+    ) -> tuple[int, dict[str, Any]]:
         """``(status, inner error object)`` in OpenAI's vocabulary."""
         hint = ex.hint
         table: dict[str, tuple[int, str, str, str | None]] = {
-            "missing_key": (401, "You didn't provide an API key. You need to provide your API "
-                            "key in an Authorization header using Bearer auth (i.e. "
-                            "Authorization: Bearer YOUR_KEY).", "invalid_request_error", None),
-            "invalid_key": (401, f"Incorrect API key provided: {hint}. You can find your API "
-                            "key at your provider's dashboard.", "invalid_request_error",
-                            "invalid_api_key"),
+            "missing_key": (
+                401,
+                "You didn't provide an API key. You need to provide your API "
+                "key in an Authorization header using Bearer auth (i.e. "
+                "Authorization: Bearer YOUR_KEY).",
+                "invalid_request_error",
+                None,
+            ),
+            "invalid_key": (
+                401,
+                f"Incorrect API key provided: {hint}. You can find your API "
+                "key at your provider's dashboard.",
+                "invalid_request_error",
+                "invalid_api_key",
+            ),
             # OpenAI has no 402: an account out of credit is a 429 that waiting cannot fix
-            "payment": (429 if self.name == "openai" else 402,
-                        "You exceeded your current quota, please check your plan and billing "
-                        "details. For more information on this error, read the docs: "
-                        "https://platform.openai.com/docs/guides/error-codes/api-errors.",
-                        "insufficient_quota", "insufficient_quota"),
-            "permission": (403, "You are not allowed to use this model with this key.",
-                           "permission_error", "permission_denied"),
-            "rate_limit": (429, f"Rate limit reached for requests per min (RPM) on key {hint}. "
-                           f"Please try again in {retry_after or 1}s.", "requests",
-                           "rate_limit_exceeded"),
-            "server": (500, "The server had an error while processing your request. Sorry "
-                       "about that!", "server_error", None),
-            "unavailable": (503, "The engine is currently overloaded, please try again later.",
-                            "server_error", None),
-            "overloaded": (503, "The engine is currently overloaded, please try again later.",
-                           "server_error", None),
-            "context": (400, "This model's maximum context length was exceeded.",
-                        "invalid_request_error", "context_length_exceeded"),
-            "not_found": (404, "The model does not exist or you do not have access to it.",
-                          "invalid_request_error", "model_not_found"),
+            "payment": (
+                429 if self.name == "openai" else 402,
+                "You exceeded your current quota, please check your plan and billing "
+                "details. For more information on this error, read the docs: "
+                "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+                "insufficient_quota",
+                "insufficient_quota",
+            ),
+            "permission": (
+                403,
+                "You are not allowed to use this model with this key.",
+                "permission_error",
+                "permission_denied",
+            ),
+            "rate_limit": (
+                429,
+                f"Rate limit reached for requests per min (RPM) on key {hint}. "
+                f"Please try again in {retry_after or 1}s.",
+                "requests",
+                "rate_limit_exceeded",
+            ),
+            "server": (
+                500,
+                "The server had an error while processing your request. Sorry about that!",
+                "server_error",
+                None,
+            ),
+            "unavailable": (
+                503,
+                "The engine is currently overloaded, please try again later.",
+                "server_error",
+                None,
+            ),
+            "overloaded": (
+                503,
+                "The engine is currently overloaded, please try again later.",
+                "server_error",
+                None,
+            ),
+            "context": (
+                400,
+                "This model's maximum context length was exceeded.",
+                "invalid_request_error",
+                "context_length_exceeded",
+            ),
+            "not_found": (
+                404,
+                "The model does not exist or you do not have access to it.",
+                "invalid_request_error",
+                "model_not_found",
+            ),
             "bad_request": (400, "Invalid request.", "invalid_request_error", None),
         }
         default_status, default_message, type_, default_code = table.get(kind, table["server"])
         return status or default_status, {
-            "message": (message or default_message) + SANDBOX_TAG, "type": type_,
-            "param": param, "code": code if code is not None else default_code}
+            "message": (message or default_message) + SANDBOX_TAG,
+            "type": type_,
+            "param": param,
+            "code": code if code is not None else default_code,
+        }
 
-    def send_error(self, ex: Exchange, kind: str, message: str | None = None, *,
-                   status: int | None = None, retry_after: int | None = None,
-                   param: str | None = None, code: str | None = None) -> None:
+    def send_error(
+        self,
+        ex: Exchange,
+        kind: str,
+        message: str | None = None,
+        *,
+        status: int | None = None,
+        retry_after: int | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         if kind == "context":
             param = param or "messages"
         status, error = self.error_object(ex, kind, message, status, retry_after, param, code)
         # insufficient_quota is a 429 without the rate-limit hints: nothing to wait for
         headers = self.error_headers(ex, status if kind != "payment" else 0, retry_after)
         body: dict[str, Any] = {"error": error}
-        if self.openrouter:   # OpenRouter: {message, code: the HTTP status}
+        if self.openrouter:  # OpenRouter: {message, code: the HTTP status}
             body = {"error": {"message": error["message"], "code": status}}
-        elif self.name == "groq":   # Groq leaves out param
+        elif self.name == "groq":  # Groq leaves out param
             body = {"error": {k: v for k, v in error.items() if k != "param"}}
-        elif self.name == "xai":   # xAI: flat {code: gRPC status text, error}; bad key 400
+        elif self.name == "xai":  # xAI: flat {code: gRPC status text, error}; bad key 400
             status = 400 if kind == "invalid_key" else status
-            body = {"code": _XAI_CODES.get(status, "Internal error"),
-                    "error": error["message"]}
+            body = {"code": _XAI_CODES.get(status, "Internal error"), "error": error["message"]}
         elif self.mistral and kind in ("invalid_key", "missing_key"):
             status, body = 401, {"message": "Unauthorized", "request_id": ex.request_id[4:]}
         elif self.name == "deepseek" and kind == "payment":
-            body = {"error": {"message": "Insufficient Balance" + SANDBOX_TAG,
-                              "type": "unknown_error", "param": None,
-                              "code": "invalid_request_error"}}
-        elif self.name == "local" and kind == "not_found":   # Ollama's words
-            body = {"error": {"message": (message or "model not found") + SANDBOX_TAG,
-                              "type": "api_error", "param": None, "code": None}}
+            body = {
+                "error": {
+                    "message": "Insufficient Balance" + SANDBOX_TAG,
+                    "type": "unknown_error",
+                    "param": None,
+                    "code": "invalid_request_error",
+                }
+            }
+        elif self.name == "local" and kind == "not_found":  # Ollama's words
+            body = {
+                "error": {
+                    "message": (message or "model not found") + SANDBOX_TAG,
+                    "type": "api_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
         ex.send_json(status, body, headers)
 
     def error_headers(self, ex: Exchange, status: int, retry_after: int | None) -> Headers:
@@ -192,25 +280,31 @@ class OpenAIDoor(Door):
             headers += self.ratelimit_headers(ex, remaining=0, reset=retry_after or 1)
         return headers
 
-    def ratelimit_headers(self, ex: Exchange, *, remaining: int | None = None,
-                          reset: int | None = None) -> Headers:
+    def ratelimit_headers(
+        self, ex: Exchange, *, remaining: int | None = None, reset: int | None = None
+    ) -> Headers:
         limiter = ex.server.limiter
         limit = limiter.rpm or 10_000
         if remaining is None:
             remaining = ex.remaining if limiter.rpm else limit - 1
         if reset is None:
             reset = limiter.reset_seconds(ex.key or "") if limiter.rpm else 0
-        return [("x-ratelimit-limit-requests", str(limit)),
-                ("x-ratelimit-remaining-requests", str(remaining)),
-                ("x-ratelimit-reset-requests", f"{reset}s" if reset else "6ms"),
-                ("x-ratelimit-limit-tokens", "10000000"),
-                ("x-ratelimit-remaining-tokens", "10000000"),
-                ("x-ratelimit-reset-tokens", "0s")]
+        return [
+            ("x-ratelimit-limit-requests", str(limit)),
+            ("x-ratelimit-remaining-requests", str(remaining)),
+            ("x-ratelimit-reset-requests", f"{reset}s" if reset else "6ms"),
+            ("x-ratelimit-limit-tokens", "10000000"),
+            ("x-ratelimit-remaining-tokens", "10000000"),
+            ("x-ratelimit-reset-tokens", "0s"),
+        ]
 
     def ok_headers(self, ex: Exchange) -> Headers:
-        headers = [("x-request-id", ex.request_id),
-                   ("openai-processing-ms", str(ex.elapsed_ms())),
-                   ("openai-version", "2020-10-01"), *self.ratelimit_headers(ex)]
+        headers = [
+            ("x-request-id", ex.request_id),
+            ("openai-processing-ms", str(ex.elapsed_ms())),
+            ("openai-version", "2020-10-01"),
+            *self.ratelimit_headers(ex),
+        ]
         if self.openrouter:
             headers.append(("x-generation-id", "gen-" + ex.request_id[4:]))
         return headers
@@ -225,7 +319,7 @@ class OpenAIDoor(Door):
     def not_found_message(self, call: ChatCall) -> str | None:
         if self.name == "local":
             return f'model "{call.model}" not found, try pulling it first'
-        return (f"The model `{call.model}` does not exist or you do not have access to it.")
+        return f"The model `{call.model}` does not exist or you do not have access to it."
 
     def served_model(self, model: str) -> str:
         return dated(self.name, model)
@@ -235,37 +329,68 @@ class OpenAIDoor(Door):
 
     def context_message(self, call: ChatCall, tokens: int, window: int) -> str:
         if self.name == "xai":
-            return (f"This model's maximum prompt length is {window} but the request "
-                    f"contains {tokens} tokens.")
-        return (f"This model's maximum context length is {window} tokens. However, your "
-                f"messages resulted in {tokens} tokens. Please reduce the length of the "
-                "messages.")
+            return (
+                f"This model's maximum prompt length is {window} but the request "
+                f"contains {tokens} tokens."
+            )
+        return (
+            f"This model's maximum context length is {window} tokens. However, your "
+            f"messages resulted in {tokens} tokens. Please reduce the length of the "
+            "messages."
+        )
 
     def stream_error_frames(self, ex: Exchange) -> list[tuple[str | None, str]]:
         if self.openrouter:
             # OpenRouter: a chunk carrying error {code, message} (an HTTP status), then [DONE]
             model = ex.model or ""
-            chunk = {"id": "gen-" + ex.request_id[4:], "provider": _upstream(model),
-                     "error": {"code": 502, "message": "Provider returned error"
-                               + SANDBOX_TAG},
-                     "model": model, "object": "chat.completion.chunk",
-                     "created": int(time.time()),
-                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                  "finish_reason": None, "native_finish_reason": None,
-                                  "logprobs": None}],
-                     "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
-                               "cost": 0, "is_byok": False,
-                               "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-                               "cost_details": {"upstream_inference_cost": None,
-                                                "upstream_inference_prompt_cost": 0,
-                                                "upstream_inference_completions_cost": 0},
-                               "completion_tokens_details": {"reasoning_tokens": 0,
-                                                             "image_tokens": 0}}}
+            chunk = {
+                "id": "gen-" + ex.request_id[4:],
+                "provider": _upstream(model),
+                "error": {"code": 502, "message": "Provider returned error" + SANDBOX_TAG},
+                "model": model,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "finish_reason": None,
+                        "native_finish_reason": None,
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": 0,
+                    "completion_tokens": 0,
+                    "total_tokens": 0,
+                    "cost": 0,
+                    "is_byok": False,
+                    "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                    "cost_details": {
+                        "upstream_inference_cost": None,
+                        "upstream_inference_prompt_cost": 0,
+                        "upstream_inference_completions_cost": 0,
+                    },
+                    "completion_tokens_details": {"reasoning_tokens": 0, "image_tokens": 0},
+                },
+            }
             return [(None, dumps(chunk)), (None, "[DONE]")]
-        return [(None, dumps({"error": {
-            "message": "The server had an error while processing your request. Sorry about "
-                       "that!" + SANDBOX_TAG, "type": "server_error", "param": None,
-            "code": None}}))]
+        return [
+            (
+                None,
+                dumps(
+                    {
+                        "error": {
+                            "message": "The server had an error while processing your "
+                            "request. Sorry about that!" + SANDBOX_TAG,
+                            "type": "server_error",
+                            "param": None,
+                            "code": None,
+                        }
+                    }
+                ),
+            )
+        ]
 
     # --- requests -----------------------------------------------------------------------
     def parse(self, ex: Exchange) -> ChatCall:
@@ -275,9 +400,12 @@ class OpenAIDoor(Door):
             raise BadRequest("We could not parse the JSON body of your request.") from None
         fields = read_openai_chat(body)
         if self.mistral and "stream_options" in body:
-            raise BadRequest("stream_options: Extra inputs are not permitted "
-                             "(extra_forbidden)", param="stream_options",
-                             code="extra_forbidden", status=422)
+            raise BadRequest(
+                "stream_options: Extra inputs are not permitted (extra_forbidden)",
+                param="stream_options",
+                code="extra_forbidden",
+                status=422,
+            )
         return ChatCall(provider=self.name, **fields)
 
     # hooks for the gateway door and OpenRouter
@@ -296,106 +424,213 @@ class OpenAIDoor(Door):
 
     def reasoning(self, call: ChatCall, reply: Reply) -> int:
         """Reasoning tokens an OpenAI reasoning model spends (deterministic here)."""
-        reasons = (self.name == "openai" and call.model.startswith(_REASONING)) or (
-            self.name == "deepseek" and call.model == "deepseek-reasoner") or (
-            self.name == "xai" and call.model.startswith(("grok-4", "grok-3-mini")))
+        reasons = (
+            (self.name == "openai" and call.model.startswith(_REASONING))
+            or (self.name == "deepseek" and call.model == "deepseek-reasoner")
+            or (self.name == "xai" and call.model.startswith(("grok-4", "grok-3-mini")))
+        )
         return 2 * reply.output_tokens + 8 if reasons else 0
 
     def usage(self, call: ChatCall, reply: Reply) -> dict[str, Any]:
         prompt, out = reply.input_tokens, reply.output_tokens
         if self.mistral:
-            return {"prompt_tokens": prompt, "completion_tokens": out,
-                    "total_tokens": prompt + out}
-        if self.name == "groq":   # seconds, as Groq reports them
-            return {"queue_time": 0.0001, "prompt_tokens": prompt,
-                    "prompt_time": round(prompt * 1e-5, 9), "completion_tokens": out,
-                    "completion_time": round(out * 4e-4, 9), "total_tokens": prompt + out,
-                    "total_time": round(prompt * 1e-5 + out * 4e-4, 9)}
+            return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
+        if self.name == "groq":  # seconds, as Groq reports them
+            return {
+                "queue_time": 0.0001,
+                "prompt_tokens": prompt,
+                "prompt_time": round(prompt * 1e-5, 9),
+                "completion_tokens": out,
+                "completion_time": round(out * 4e-4, 9),
+                "total_tokens": prompt + out,
+                "total_time": round(prompt * 1e-5 + out * 4e-4, 9),
+            }
         reasoning = self.reasoning(call, reply)
-        if self.name == "deepseek":   # cache hit/miss counts; reasoning for the reasoner
-            return {"prompt_tokens": prompt, "completion_tokens": out + reasoning,
-                    "total_tokens": prompt + out + reasoning,
-                    "prompt_tokens_details": {"cached_tokens": 0},
-                    "completion_tokens_details": {"reasoning_tokens": reasoning},
-                    "prompt_cache_hit_tokens": 0, "prompt_cache_miss_tokens": prompt}
-        if self.name == "xai":   # reasoning counted beside completion_tokens, not in it
-            return {"prompt_tokens": prompt, "completion_tokens": out,
-                    "total_tokens": prompt + out + reasoning,
-                    "prompt_tokens_details": {"text_tokens": prompt, "audio_tokens": 0,
-                                              "image_tokens": 0, "cached_tokens": 0},
-                    "completion_tokens_details": {"reasoning_tokens": reasoning,
-                                                  "audio_tokens": 0,
-                                                  "accepted_prediction_tokens": 0,
-                                                  "rejected_prediction_tokens": 0},
-                    "num_sources_used": 0}
+        if self.name == "deepseek":  # cache hit/miss counts; reasoning for the reasoner
+            return {
+                "prompt_tokens": prompt,
+                "completion_tokens": out + reasoning,
+                "total_tokens": prompt + out + reasoning,
+                "prompt_tokens_details": {"cached_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": reasoning},
+                "prompt_cache_hit_tokens": 0,
+                "prompt_cache_miss_tokens": prompt,
+            }
+        if self.name == "xai":  # reasoning counted beside completion_tokens, not in it
+            return {
+                "prompt_tokens": prompt,
+                "completion_tokens": out,
+                "total_tokens": prompt + out + reasoning,
+                "prompt_tokens_details": {
+                    "text_tokens": prompt,
+                    "audio_tokens": 0,
+                    "image_tokens": 0,
+                    "cached_tokens": 0,
+                },
+                "completion_tokens_details": {
+                    "reasoning_tokens": reasoning,
+                    "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0,
+                    "rejected_prediction_tokens": 0,
+                },
+                "num_sources_used": 0,
+            }
         out += reasoning
         usage: dict[str, Any] = {
-            "prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
+            "prompt_tokens": prompt,
+            "completion_tokens": out,
+            "total_tokens": prompt + out,
+        }
         if self.openrouter:
-            usage.update(self.usage_extra(call, reply), is_byok=False,
-                         prompt_tokens_details={"cached_tokens": 0, "audio_tokens": 0},
-                         cost_details={"upstream_inference_cost": None,
-                                       "upstream_inference_prompt_cost": 0,
-                                       "upstream_inference_completions_cost": 0},
-                         completion_tokens_details={"reasoning_tokens": 0,
-                                                    "image_tokens": 0})
+            usage.update(
+                self.usage_extra(call, reply),
+                is_byok=False,
+                prompt_tokens_details={"cached_tokens": 0, "audio_tokens": 0},
+                cost_details={
+                    "upstream_inference_cost": None,
+                    "upstream_inference_prompt_cost": 0,
+                    "upstream_inference_completions_cost": 0,
+                },
+                completion_tokens_details={"reasoning_tokens": 0, "image_tokens": 0},
+            )
             return usage
         usage["prompt_tokens_details"] = {"cached_tokens": 0, "audio_tokens": 0}
         usage["completion_tokens_details"] = {
-            "reasoning_tokens": self.reasoning(call, reply), "audio_tokens": 0,
-            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
+            "reasoning_tokens": self.reasoning(call, reply),
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        }
         usage.update(self.usage_extra(call, reply))
         return usage
 
-    def completion_body(self, ex: Exchange, call: ChatCall, reply: Reply, cid: str,
-                        created: int, finish: str) -> dict[str, Any]:
+    def completion_body(
+        self, ex: Exchange, call: ChatCall, reply: Reply, cid: str, created: int, finish: str
+    ) -> dict[str, Any]:
         """The non-streamed answer, in this provider's own shape."""
         model = call.answered_model
         if self.mistral:
             content: Any = reply.text
-            if model.startswith("magistral"):   # reasoning models: thinking, then text
-                content = [{"type": "thinking", "thinking": [
-                               {"type": "text", "text": "The user asks: " + call.last_user[:200]}]},
-                           {"type": "text", "text": reply.text}]
-            return {"id": ex.request_id[4:], "object": "chat.completion", "created": created,
-                    "model": model, "choices": [{"index": 0, "message": {
-                        "role": "assistant", "tool_calls": None, "content": content},
-                        "finish_reason": finish}], "usage": self.usage(call, reply)}
+            if model.startswith("magistral"):  # reasoning models: thinking, then text
+                content = [
+                    {
+                        "type": "thinking",
+                        "thinking": [
+                            {"type": "text", "text": "The user asks: " + call.last_user[:200]}
+                        ],
+                    },
+                    {"type": "text", "text": reply.text},
+                ]
+            return {
+                "id": ex.request_id[4:],
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "tool_calls": None, "content": content},
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": self.usage(call, reply),
+            }
         if self.name == "groq":
-            return {"id": cid, "object": "chat.completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "message": {"role": "assistant",
-                                                         "content": reply.text},
-                                 "logprobs": None, "finish_reason": finish}],
-                    "usage": self.usage(call, reply), "usage_breakdown": {"models": None},
-                    "system_fingerprint": "fp_sandbox", "x_groq": {"id": ex.request_id}}
+            return {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": reply.text},
+                        "logprobs": None,
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": self.usage(call, reply),
+                "usage_breakdown": {"models": None},
+                "system_fingerprint": "fp_sandbox",
+                "x_groq": {"id": ex.request_id},
+            }
         if self.openrouter:
-            return {"id": cid, "provider": _upstream(model), "model": model,
-                    "object": "chat.completion", "created": created,
-                    "choices": [{"logprobs": None, "finish_reason": finish,
-                                 "native_finish_reason": finish, "index": 0,
-                                 "message": {"role": "assistant", "content": reply.text,
-                                             "refusal": None, "reasoning": None}}],
-                    "usage": self.usage(call, reply)}
+            return {
+                "id": cid,
+                "provider": _upstream(model),
+                "model": model,
+                "object": "chat.completion",
+                "created": created,
+                "choices": [
+                    {
+                        "logprobs": None,
+                        "finish_reason": finish,
+                        "native_finish_reason": finish,
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": reply.text,
+                            "refusal": None,
+                            "reasoning": None,
+                        },
+                    }
+                ],
+                "usage": self.usage(call, reply),
+            }
         if self.name == "deepseek":
             message = {"role": "assistant", "content": reply.text}
-            if model == "deepseek-reasoner":   # its reasoning, beside the answer
+            if model == "deepseek-reasoner":  # its reasoning, beside the answer
                 message["reasoning_content"] = "The user asks: " + call.last_user[:200]
-            return {"id": ex.request_id[4:], "object": "chat.completion", "created": created,
-                    "model": model, "choices": [{"index": 0, "message": message,
-                                                 "logprobs": None, "finish_reason": finish}],
-                    "usage": self.usage(call, reply), "system_fingerprint": "fp_sandbox"}
+            return {
+                "id": ex.request_id[4:],
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+                ],
+                "usage": self.usage(call, reply),
+                "system_fingerprint": "fp_sandbox",
+            }
         if self.name == "xai":
-            return {"id": ex.request_id[4:], "object": "chat.completion", "created": created,
-                    "model": model, "choices": [{"index": 0, "message": {
-                        "role": "assistant", "content": reply.text, "refusal": None},
-                        "finish_reason": finish}],
-                    "usage": self.usage(call, reply), "system_fingerprint": "fp_sandbox"}
-        return {"id": cid, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text,
-                                                     "refusal": None, "annotations": []},
-                             "logprobs": None, "finish_reason": finish}],
-                "usage": self.usage(call, reply), "service_tier": "default",
-                "system_fingerprint": "fp_sandbox", **self.top_extra(call, reply)}
+            return {
+                "id": ex.request_id[4:],
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": reply.text, "refusal": None},
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": self.usage(call, reply),
+                "system_fingerprint": "fp_sandbox",
+            }
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": reply.text,
+                        "refusal": None,
+                        "annotations": [],
+                    },
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": self.usage(call, reply),
+            "service_tier": "default",
+            "system_fingerprint": "fp_sandbox",
+            **self.top_extra(call, reply),
+        }
 
     async def respond(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
         finish = "length" if reply.truncated else "stop"
@@ -406,53 +641,87 @@ class OpenAIDoor(Door):
             ex.send_json(200, body, [*self.ok_headers(ex), *self.answered(ex, call, body)])
             return
         with_usage = call.include_usage or self.openrouter
-        if self.openrouter:   # OpenRouter names the upstream; no tier or fingerprint
-            head = (f'{{"id":"{cid}","provider":"{_upstream(call.answered_model)}",'
-                    f'"model":{dumps(call.answered_model)},"object":"chat.completion.chunk",'
-                    f'"created":{created},"choices":[{{"index":0,"delta":')
+        if self.openrouter:  # OpenRouter names the upstream; no tier or fingerprint
+            head = (
+                f'{{"id":"{cid}","provider":"{_upstream(call.answered_model)}",'
+                f'"model":{dumps(call.answered_model)},"object":"chat.completion.chunk",'
+                f'"created":{created},"choices":[{{"index":0,"delta":'
+            )
             tail = '"logprobs":null,"finish_reason":'
-        elif self.mistral:   # Mistral: a "p" padding field, no tier/fingerprint/logprobs
-            head = (f'{{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
-                    f'"model":{dumps(call.answered_model)},"p":"{_PAD}",'
-                    '"choices":[{"index":0,"delta":')
+        elif self.mistral:  # Mistral: a "p" padding field, no tier/fingerprint/logprobs
+            head = (
+                f'{{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
+                f'"model":{dumps(call.answered_model)},"p":"{_PAD}",'
+                '"choices":[{"index":0,"delta":'
+            )
             tail = '"finish_reason":'
-        elif self.name == "local":   # Ollama
-            head = (f'{{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
-                    f'"model":{dumps(call.answered_model)},"system_fingerprint":"fp_ollama",'
-                    '"choices":[{"index":0,"delta":')
+        elif self.name == "local":  # Ollama
+            head = (
+                f'{{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
+                f'"model":{dumps(call.answered_model)},"system_fingerprint":"fp_ollama",'
+                '"choices":[{"index":0,"delta":'
+            )
             tail = '"finish_reason":'
         else:
             # OpenAI pads every chunk with "obfuscation" (stream_options.include_obfuscation)
             pad = f'"obfuscation":"{_PAD}",' if self.name == "openai" else ""
-            head = (f'{{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
-                    f'"model":{dumps(call.answered_model)},"service_tier":"default",'
-                    f'"system_fingerprint":"fp_sandbox",{pad}"choices":[{{"index":0,"delta":')
+            head = (
+                f'{{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
+                f'"model":{dumps(call.answered_model)},"service_tier":"default",'
+                f'"system_fingerprint":"fp_sandbox",{pad}"choices":[{{"index":0,"delta":'
+            )
             tail = '"logprobs":null,"finish_reason":'
         # OpenAI-style chunks carry "usage": null until the usage chunk; OpenRouter's do not
         usage_null = ',"usage":null}' if with_usage and not self.openrouter else "}"
         native = ',"native_finish_reason":null' if self.openrouter else ""
-        sse = ex.sse([*self.ok_headers(ex), *self.answered(ex, call, None)],
-                     content_frames=len(reply.pieces))
+        sse = ex.sse(
+            [*self.ok_headers(ex), *self.answered(ex, call, None)], content_frames=len(reply.pieces)
+        )
         if self.openrouter:
             sse.comment("OPENROUTER PROCESSING")
-        first = ('{"role":"assistant","content":""},'
-                 if self.openrouter or self.mistral or self.name == "local"
-                 else '{"role":"assistant","content":"","refusal":null},')
+        first = (
+            '{"role":"assistant","content":""},'
+            if self.openrouter or self.mistral or self.name == "local"
+            else '{"role":"assistant","content":"","refusal":null},'
+        )
         await sse.frame(head + first + tail + "null" + native + "}]" + usage_null)
         for piece in reply.pieces:
-            await sse.frame(head + '{"content":' + json_str(piece) + "}," + tail + "null"
-                            + native + "}]" + usage_null, content=True)
+            await sse.frame(
+                head
+                + '{"content":'
+                + json_str(piece)
+                + "},"
+                + tail
+                + "null"
+                + native
+                + "}]"
+                + usage_null,
+                content=True,
+            )
         if self.mistral:
-            await sse.frame(head + "{}," + tail + f'"{finish}"}}],"usage":'
-                            + dumps(self.usage(call, reply)) + "}")
+            await sse.frame(
+                head
+                + "{},"
+                + tail
+                + f'"{finish}"}}],"usage":'
+                + dumps(self.usage(call, reply))
+                + "}"
+            )
         else:
             native = f',"native_finish_reason":"{finish}"' if self.openrouter else ""
             await sse.frame(head + "{}," + tail + f'"{finish}"{native}}}]' + usage_null)
         if with_usage:
-            usage = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                     "model": call.answered_model, "service_tier": "default",
-                     "system_fingerprint": "fp_sandbox", "choices": [],
-                     "usage": self.usage(call, reply), **self.top_extra(call, reply)}
+            usage = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": call.answered_model,
+                "service_tier": "default",
+                "system_fingerprint": "fp_sandbox",
+                "choices": [],
+                "usage": self.usage(call, reply),
+                **self.top_extra(call, reply),
+            }
             if self.name == "openai":
                 usage["obfuscation"] = _PAD
             await sse.frame(dumps(usage))

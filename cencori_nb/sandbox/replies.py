@@ -30,16 +30,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-__all__ = ["ECHO_PREFIX", "ERROR_PREFIX", "FILLERS", "Reply", "count_tokens", "echo",
-           "exact_reply", "make_reply", "scripted", "split_tokens"]
+__all__ = [
+    "ECHO_PREFIX",
+    "ERROR_PREFIX",
+    "FILLERS",
+    "Reply",
+    "count_tokens",
+    "echo",
+    "exact_reply",
+    "make_reply",
+    "scripted",
+    "split_tokens",
+]
 
-ECHO_PREFIX = "SANDBOX-ECHO:"     # reply with exactly the rest of the message
-ERROR_PREFIX = "SANDBOX-ERROR:"   # answer a 400 whose message is the rest of the message
+ECHO_PREFIX = "SANDBOX-ECHO:"  # reply with exactly the rest of the message
+ERROR_PREFIX = "SANDBOX-ERROR:"  # answer a 400 whose message is the rest of the message
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _PIECE = re.compile(r"\s*(?:\w+|[^\w\s])")
 
-ECHO_WORDS = 8   # how many words of the last user message the reply repeats
+ECHO_WORDS = 8  # how many words of the last user message the reply repeats
 
 # Filler sentences, picked and ordered by a hash of (seed, label, conversation).
 FILLERS: tuple[str, ...] = (
@@ -87,11 +97,12 @@ class Reply:
     pieces: tuple[str, ...]
     input_tokens: int
     output_tokens: int
-    truncated: bool          # cut at max_tokens (finish reason "length" and friends)
+    truncated: bool  # cut at max_tokens (finish reason "length" and friends)
 
 
-def make_reply(*, seed: int, label: str, conversation: Sequence[str], last_user: str,
-               max_tokens: int | None) -> Reply:
+def make_reply(
+    *, seed: int, label: str, conversation: Sequence[str], last_user: str, max_tokens: int | None
+) -> Reply:
     """Build the reply for ``conversation`` (every message text, system included).
 
     ``label`` names who "answers" (e.g. ``openai/gpt-4o-mini``); ``last_user`` is the text
@@ -101,8 +112,9 @@ def make_reply(*, seed: int, label: str, conversation: Sequence[str], last_user:
 
 
 @lru_cache(maxsize=4096)
-def _make_reply(seed: int, label: str, conversation: tuple[str, ...], last_user: str,
-                max_tokens: int | None) -> Reply:
+def _make_reply(
+    seed: int, label: str, conversation: tuple[str, ...], last_user: str, max_tokens: int | None
+) -> Reply:
     digest = hashlib.blake2b(digest_size=8)
     digest.update(str(seed).encode())
     digest.update(b"\x00" + label.encode("utf-8", "replace"))
@@ -116,10 +128,15 @@ def _make_reply(seed: int, label: str, conversation: tuple[str, ...], last_user:
     pieces = split_tokens(full)
     truncated = max_tokens is not None and len(pieces) > max_tokens
     if truncated:
-        pieces = pieces[:max(1, int(max_tokens or 1))]
+        pieces = pieces[: max(1, int(max_tokens or 1))]
     input_tokens = sum(count_tokens(t) for t in conversation)
-    return Reply(text="".join(pieces), pieces=tuple(pieces), input_tokens=input_tokens,
-                 output_tokens=len(pieces), truncated=truncated)
+    return Reply(
+        text="".join(pieces),
+        pieces=tuple(pieces),
+        input_tokens=input_tokens,
+        output_tokens=len(pieces),
+        truncated=truncated,
+    )
 
 
 def scripted(last_user: str) -> tuple[str, str] | None:
@@ -127,7 +144,7 @@ def scripted(last_user: str) -> tuple[str, str] | None:
     answer (see the module docstring), else None."""
     for kind, prefix in (("echo", ECHO_PREFIX), ("error", ERROR_PREFIX)):
         if last_user.startswith(prefix):
-            return kind, last_user[len(prefix):].lstrip(" ")
+            return kind, last_user[len(prefix) :].lstrip(" ")
     return None
 
 
@@ -138,7 +155,11 @@ def exact_reply(text: str, *, conversation: Sequence[str], max_tokens: int | Non
         pieces = ["(empty)"]
     truncated = max_tokens is not None and len(pieces) > max_tokens
     if truncated:
-        pieces = pieces[:max(1, int(max_tokens or 1))]
-    return Reply(text="".join(pieces), pieces=tuple(pieces),
-                 input_tokens=sum(count_tokens(t) for t in conversation),
-                 output_tokens=len(pieces), truncated=truncated)
+        pieces = pieces[: max(1, int(max_tokens or 1))]
+    return Reply(
+        text="".join(pieces),
+        pieces=tuple(pieces),
+        input_tokens=sum(count_tokens(t) for t in conversation),
+        output_tokens=len(pieces),
+        truncated=truncated,
+    )

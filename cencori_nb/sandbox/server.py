@@ -38,14 +38,23 @@ __all__ = ["COMPATIBLE_PROVIDERS", "SandboxServer"]
 
 log = logging.getLogger("cencori_nb.sandbox")
 
-COMPATIBLE_PROVIDERS = ("mistral", "groq", "xai", "deepseek", "together", "openrouter",
-                        "local")
+COMPATIBLE_PROVIDERS = ("mistral", "groq", "xai", "deepseek", "together", "openrouter", "local")
 
-RECENT = 100                      # requests kept in stats["recent"]
+RECENT = 100  # requests kept in stats["recent"]
 
 # headers whose values are credentials: masked in stats["recent"]
-_SECRET_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "cencori_api_key",
-                             "cencori-api-key", "api-key", "proxy-authorization", "cookie"})
+_SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "x-api-key",
+        "x-goog-api-key",
+        "cencori_api_key",
+        "cencori-api-key",
+        "api-key",
+        "proxy-authorization",
+        "cookie",
+    }
+)
 
 
 class _Stats:
@@ -82,16 +91,29 @@ class _Stats:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            snap = {"requests": self.requests, "routes": dict(self.routes),
-                    "keys": dict(self.keys), "statuses": dict(self.statuses),
-                    "faults": dict(self.faults), "streams": self.streams}
+            snap = {
+                "requests": self.requests,
+                "routes": dict(self.routes),
+                "keys": dict(self.keys),
+                "statuses": dict(self.statuses),
+                "faults": dict(self.faults),
+                "streams": self.streams,
+            }
             recent = list(self.recent)
         snap["recent"] = [_describe(*entry) for entry in recent]
         return snap
 
 
-def _describe(req: Request, route: str, hint: str, status: str, fault: str | None,
-              model: str | None, stream: bool, request_id: str) -> dict[str, Any]:
+def _describe(
+    req: Request,
+    route: str,
+    hint: str,
+    status: str,
+    fault: str | None,
+    model: str | None,
+    stream: bool,
+    request_id: str,
+) -> dict[str, Any]:
     """One ``stats["recent"]`` entry: what the server received, credentials masked."""
     headers = {k: (_mask(v) if k in _SECRET_HEADERS else v) for k, v in req.headers.items()}
     query = {k: (key_hint(v) if k == "key" else v) for k, v in req.query.items()}
@@ -99,10 +121,20 @@ def _describe(req: Request, route: str, hint: str, status: str, fault: str | Non
         body = req.json() if req.body and len(req.body) <= 65536 else None
     except ValueError:
         body = None
-    return {"method": req.method, "path": req.path, "route": route, "key": hint,
-            "status": status, "fault": fault, "model": model, "stream": stream,
-            "request_id": request_id, "headers": headers, "query": query,
-            "json": copy.deepcopy(body)}
+    return {
+        "method": req.method,
+        "path": req.path,
+        "route": route,
+        "key": hint,
+        "status": status,
+        "fault": fault,
+        "model": model,
+        "stream": stream,
+        "request_id": request_id,
+        "headers": headers,
+        "query": query,
+        "json": copy.deepcopy(body),
+    }
 
 
 def _mask(value: str) -> str:
@@ -128,17 +160,26 @@ class SandboxServer:
     a repeated non-streamed request is a free ``X-Cencori-Cache: HIT``) or off.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, latency_ms: float = 0,
-                 rpm: int | None = None, balance: Decimal | str | int = Decimal("25"),
-                 faults: str | Mapping[str, float] | None = None, seed: int = 0,
-                 timeout_hold_s: float = 30.0, gateway_cache: bool = True) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        latency_ms: float = 0,
+        rpm: int | None = None,
+        balance: Decimal | str | int = Decimal("25"),
+        faults: str | Mapping[str, float] | None = None,
+        seed: int = 0,
+        timeout_hold_s: float = 30.0,
+        gateway_cache: bool = True,
+    ) -> None:
         if latency_ms < 0:
             raise ValueError("latency_ms must be >= 0")
         self.host = host
         self.port = port
         self.seed = int(seed)
         self.timeout_hold_s = timeout_hold_s
-        self._initial_latency_ms = float(latency_ms)      # what reset() returns to
+        self._initial_latency_ms = float(latency_ms)  # what reset() returns to
         self._initial_balance = Decimal(str(balance))
         self.latency_ms = self._initial_latency_ms
         self.limiter = RateLimiter(rpm)
@@ -167,7 +208,7 @@ class SandboxServer:
         ``streams``, ``recent`` (last requests, credential headers masked), balance, and
         ``rpm`` (the per-key limit; clients pace themselves to it)."""
         snap = self._stats.snapshot()
-        snap["rpm"] = self.limiter.rpm   # the pace a client should keep (None: unlimited)
+        snap["rpm"] = self.limiter.rpm  # the pace a client should keep (None: unlimited)
         snap["balance_usd"] = str(self.wallet.balance)
         snap["spent_usd"] = str(self.wallet.spent)
         return snap
@@ -205,12 +246,12 @@ class SandboxServer:
         """Bind and start accepting on the running loop; return the base URL."""
         from .wallet import warm_up
 
-        warm_up()   # load the price catalogue before the first request, not during it
+        warm_up()  # load the price catalogue before the first request, not during it
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         self._server = await self._loop.create_server(
-            lambda: HttpProtocol(self._dispatch, self._conns), self.host, self.port,
-            backlog=1024)
+            lambda: HttpProtocol(self._dispatch, self._conns), self.host, self.port, backlog=1024
+        )
         sock = self._server.sockets[0]
         host, port = sock.getsockname()[:2]
         self.port = port
@@ -254,8 +295,7 @@ class SandboxServer:
         assert self.url is not None
         return self.url
 
-    async def _run_threaded(self, ready: threading.Event,
-                            failure: list[BaseException]) -> None:
+    async def _run_threaded(self, ready: threading.Event, failure: list[BaseException]) -> None:
         try:
             await self.start()
         except BaseException as exc:  # report bind errors to the caller's thread
@@ -273,7 +313,7 @@ class SandboxServer:
         if not loop.is_closed():
             try:
                 loop.call_soon_threadsafe(event.set)
-            except RuntimeError:   # the loop closed meanwhile
+            except RuntimeError:  # the loop closed meanwhile
                 pass
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
@@ -311,41 +351,58 @@ class SandboxServer:
         try:
             route, handler, door = self._route(req)
         except HttpError as exc:
-            resp.send(exc.status, dumps({"error": {"message": exc.message,
-                                                   "type": "not_found_error"},
-                                         "sandbox": True}).encode())
+            resp.send(
+                exc.status,
+                dumps(
+                    {"error": {"message": exc.message, "type": "not_found_error"}, "sandbox": True}
+                ).encode(),
+            )
             return
         header_fault = req.headers.get("x-sandbox-fault")
         fault: str | None
         if header_fault:
             fault = header_fault.strip().lower()
             if fault not in FAULTS:
-                resp.send(400, dumps({"error": {
-                    "message": f"X-Sandbox-Fault {header_fault!r} is not one of "
-                               f"{', '.join(sorted(FAULTS))}", "type": "invalid_request_error"},
-                    "sandbox": True}).encode())
+                resp.send(
+                    400,
+                    dumps(
+                        {
+                            "error": {
+                                "message": f"X-Sandbox-Fault {header_fault!r} is not one of "
+                                f"{', '.join(sorted(FAULTS))}",
+                                "type": "invalid_request_error",
+                            },
+                            "sandbox": True,
+                        }
+                    ).encode(),
+                )
                 return
         else:
             fault = self.faults.draw() if handler == "chat" else None
         ex = Exchange(self, req, resp, route, fault)
         resp.on_head = lambda status: self._stats.record(
-            ex, f"{status}-cut" if status == 200 and fault == "truncate" else str(status))
+            ex, f"{status}-cut" if status == 200 and fault == "truncate" else str(status)
+        )
         try:
             if handler == "chat":
                 await door.handle_chat(ex)
-            elif handler == "metrics":      # Cencori's Metrics API (sandbox/cencori.py)
+            elif handler == "metrics":  # Cencori's Metrics API (sandbox/cencori.py)
                 door.handle_metrics(ex)
             else:
                 await door.handle_models(ex)
         except asyncio.CancelledError:
             raise
-        except ConnectionError:   # the client went away mid-answer: nothing left to say
+        except ConnectionError:  # the client went away mid-answer: nothing left to say
             resp.close()
-        except Exception:   # a sandbox bug must not look like a provider answer
+        except Exception:  # a sandbox bug must not look like a provider answer
             log.exception("sandbox: error handling %s %s", req.method, route)
             if not resp.started:
-                resp.send(500, dumps({"error": {"message": "sandbox internal error",
-                                                "type": "sandbox_error"}}).encode())
+                resp.send(
+                    500,
+                    dumps(
+                        {"error": {"message": "sandbox internal error", "type": "sandbox_error"}}
+                    ).encode(),
+                )
             else:
                 resp.close()
 
@@ -368,10 +425,14 @@ class SandboxServer:
         elif first == "google":
             version, _, tail = rest.partition("/")
             if version in ("v1", "v1beta") and tail.startswith("models/") and ":" in tail:
-                model, _, verb = tail[len("models/"):].rpartition(":")
+                model, _, verb = tail[len("models/") :].rpartition(":")
                 if model and verb in ("generateContent", "streamGenerateContent"):
-                    want = ("POST", f"/google/{version}/models/{{model}}:{verb}", "chat",
-                            self._doors["google"])
+                    want = (
+                        "POST",
+                        f"/google/{version}/models/{{model}}:{verb}",
+                        "chat",
+                        self._doors["google"],
+                    )
         elif path == "/api/ai/chat":
             want = ("POST", "/api/ai/chat", "chat", self._doors["cencori"])
         elif path == "/v1/chat/completions":
@@ -381,12 +442,15 @@ class SandboxServer:
         elif path in ("/api/v1/metrics", "/v1/metrics"):
             want = ("GET", path, "metrics", self._doors["cencori-v1"])
         if want is None:
-            raise HttpError(404, f"No sandbox route for {method} {path}. Routes: "
-                            "/openai/v1/chat/completions, /<provider>/v1/chat/completions, "
-                            "/anthropic/v1/messages, /google/v1beta/models/{model}:"
-                            "generateContent, /api/ai/chat, /v1/chat/completions, /v1/models, "
-                            "/api/v1/metrics, "
-                            "/_sandbox/stats.")
+            raise HttpError(
+                404,
+                f"No sandbox route for {method} {path}. Routes: "
+                "/openai/v1/chat/completions, /<provider>/v1/chat/completions, "
+                "/anthropic/v1/messages, /google/v1beta/models/{model}:"
+                "generateContent, /api/ai/chat, /v1/chat/completions, /v1/models, "
+                "/api/v1/metrics, "
+                "/_sandbox/stats.",
+            )
         if method != want[0]:
             raise HttpError(405, f"{method} is not allowed on {want[1]}; use {want[0]}.")
         return want[1], want[2], want[3]
@@ -398,13 +462,21 @@ class SandboxServer:
             self._send_control(resp, 200, {"sandbox": True, **self.stats})
         elif path == "/_sandbox/config" and method == "GET":
             # what a client paces itself to (cencori_nb.pacing), and the other knobs
-            self._send_control(resp, 200, {"sandbox": True, "rpm": self.rpm,
-                                           "latency_ms": self.latency_ms,
-                                           "gateway_cache": self.gateway_cache.enabled})
+            self._send_control(
+                resp,
+                200,
+                {
+                    "sandbox": True,
+                    "rpm": self.rpm,
+                    "latency_ms": self.latency_ms,
+                    "gateway_cache": self.gateway_cache.enabled,
+                },
+            )
         elif path == "/_sandbox/reset" and method == "POST":
             self.reset()
-            self._send_control(resp, 200, {"sandbox": True, "reset": True,
-                                           "balance_usd": str(self.balance)})
+            self._send_control(
+                resp, 200, {"sandbox": True, "reset": True, "balance_usd": str(self.balance)}
+            )
         elif path == "/_sandbox/balance" and method in ("GET", "POST"):
             if method == "POST":
                 try:
@@ -415,9 +487,15 @@ class SandboxServer:
                     return
             self._send_control(resp, 200, {"sandbox": True, "balance_usd": str(self.balance)})
         else:
-            self._send_control(resp, 404, {"error": f"no control endpoint {method} {path}; "
-                                           "GET /_sandbox/stats, POST /_sandbox/reset, "
-                                           "POST /_sandbox/balance"})
+            self._send_control(
+                resp,
+                404,
+                {
+                    "error": f"no control endpoint {method} {path}; "
+                    "GET /_sandbox/stats, POST /_sandbox/reset, "
+                    "POST /_sandbox/balance"
+                },
+            )
 
     @staticmethod
     def _send_control(resp: Responder, status: int, obj: Any) -> None:

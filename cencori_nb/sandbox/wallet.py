@@ -15,19 +15,29 @@ from functools import lru_cache
 
 __all__ = ["MARKUP", "PRICE_PROVIDER", "Wallet", "gateway_charge", "provider_cost"]
 
-MARKUP = Decimal("0.5")          # Cencori's published catalogue: 50 % on every priced model
+MARKUP = Decimal("0.5")  # Cencori's published catalogue: 50 % on every priced model
 
 # sandbox provider name -> genai-prices provider id (None: a local server, always free)
 PRICE_PROVIDER: dict[str, str | None] = {
-    "openai": "openai", "anthropic": "anthropic", "google": "google", "mistral": "mistral",
-    "groq": "groq", "xai": "x-ai", "deepseek": "deepseek", "together": "together",
-    "openrouter": "openrouter", "cohere": "cohere", "perplexity": "perplexity",
-    "local": None, "qwen": None,
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "google": "google",
+    "mistral": "mistral",
+    "groq": "groq",
+    "xai": "x-ai",
+    "deepseek": "deepseek",
+    "together": "together",
+    "openrouter": "openrouter",
+    "cohere": "cohere",
+    "perplexity": "perplexity",
+    "local": None,
+    "qwen": None,
 }
 
 
-def provider_cost(provider: str, model: str, input_tokens: int,
-                  output_tokens: int) -> Decimal | None:
+def provider_cost(
+    provider: str, model: str, input_tokens: int, output_tokens: int
+) -> Decimal | None:
     """Provider cost in USD of one request, or ``None`` when the catalogue has no price.
 
     A local server costs ``Decimal(0)``. Cached per (provider, model, tokens) because the
@@ -39,15 +49,19 @@ def provider_cost(provider: str, model: str, input_tokens: int,
 
 
 @lru_cache(maxsize=8192)
-def _cost(price_provider: str | None, model: str, input_tokens: int,
-          output_tokens: int) -> Decimal | None:
+def _cost(
+    price_provider: str | None, model: str, input_tokens: int, output_tokens: int
+) -> Decimal | None:
     if price_provider is None:
         return None
     from genai_prices import Usage, calc_price
 
     try:
-        calc = calc_price(Usage(input_tokens=input_tokens, output_tokens=output_tokens),
-                          model_ref=model, provider_id=price_provider)
+        calc = calc_price(
+            Usage(input_tokens=input_tokens, output_tokens=output_tokens),
+            model_ref=model,
+            provider_id=price_provider,
+        )
     except LookupError:
         return None
     return Decimal(calc.total_price)

@@ -25,7 +25,7 @@ ENABLED, DISABLED, MANAGED, NOT_CONFIGURED = "Enabled", "Disabled", "Managed", "
 BADGES = (ENABLED, DISABLED, MANAGED, NOT_CONFIGURED)
 
 TEST_PROMPT = "Reply with the single word OK."
-TEST_MAX_TOKENS = 4     # the cheapest real call that still proves the key works
+TEST_MAX_TOKENS = 4  # the cheapest real call that still proves the key works
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class ProviderRow:
     default_model: str | None
     is_default: bool
     models: tuple[str, ...]
-    managed_available: bool = False   # a Cencori key would serve it when BYOK is off/absent
+    managed_available: bool = False  # a Cencori key would serve it when BYOK is off/absent
 
     @property
     def has_key(self) -> bool:
@@ -50,7 +50,7 @@ class ProviderRow:
 class TestResult:
     """The outcome of "Test key": ``ok`` and a message for the status line."""
 
-    __test__ = False   # not a pytest class
+    __test__ = False  # not a pytest class
 
     ok: bool
     message: str
@@ -72,15 +72,22 @@ def provider_rows(project: str | None = None) -> list[ProviderRow]:
         st = statuses.get(name)
         if st is not None:
             badge = ENABLED if st.enabled else DISABLED
-        else:     # Cencori cannot serve a server on your machine (local): never Managed
+        else:  # Cencori cannot serve a server on your machine (local): never Managed
             badge = MANAGED if managed and info.managed else NOT_CONFIGURED
-        rows.append(ProviderRow(
-            provider=name, display_name=info.display_name, badge=badge,
-            key_hint=st.key_hint if st is not None else None,
-            default_model=(st.default_model if st is not None and st.default_model
-                           else info.default_model),
-            is_default=bool(st is not None and st.is_default), models=info.models,
-            managed_available=managed and info.managed))
+        rows.append(
+            ProviderRow(
+                provider=name,
+                display_name=info.display_name,
+                badge=badge,
+                key_hint=st.key_hint if st is not None else None,
+                default_model=(
+                    st.default_model if st is not None and st.default_model else info.default_model
+                ),
+                is_default=bool(st is not None and st.is_default),
+                models=info.models,
+                managed_available=managed and info.managed,
+            )
+        )
     return rows
 
 
@@ -105,7 +112,7 @@ class ProvidersController:
         for r in self.rows():
             if r.provider == provider:
                 return r
-        provider_info(provider)   # raises UnknownProviderError with the known names
+        provider_info(provider)  # raises UnknownProviderError with the known names
         raise AssertionError("unreachable")
 
     def cencori_hint(self) -> str | None:
@@ -133,8 +140,15 @@ class ProvidersController:
         self.selected = provider
         return row
 
-    def save(self, provider: str, api_key: Secret | None, *, default_model: str | None,
-             make_default: bool, force: bool = False) -> str:
+    def save(
+        self,
+        provider: str,
+        api_key: Secret | None,
+        *,
+        default_model: str | None,
+        make_default: bool,
+        force: bool = False,
+    ) -> str:
         """Store the key (or, with no new key, the model/default choice for the stored one).
 
         A key that looks wrong (another provider's prefix, too short, a space inside) is
@@ -149,19 +163,29 @@ class ProvidersController:
             if existing is None:
                 raise ConfigurationError(
                     f"Enter the {provider_info(provider).display_name} API key before saving.",
-                    provider=provider)
+                    provider=provider,
+                )
             api_key = existing.api_key
             enabled = existing.enabled
         else:
             enabled = True
-        saved = keys.set(provider, api_key, project=self.project,
-                         default_model=default_model or None, make_default=make_default,
-                         enabled=enabled, force=force)
+        saved = keys.set(
+            provider,
+            api_key,
+            project=self.project,
+            default_model=default_model or None,
+            make_default=make_default,
+            enabled=enabled,
+            force=force,
+        )
         row = self.row(provider)
-        return (f"Saved {row.display_name} key {row.key_hint} for project {self.project}"
-                + (" (project default)" if row.is_default else "")
-                + (f", replacing the key {saved.replaces}" if saved.replaces else "") + "."
-                + "".join(f" {note}" for note in saved.notes))
+        return (
+            f"Saved {row.display_name} key {row.key_hint} for project {self.project}"
+            + (" (project default)" if row.is_default else "")
+            + (f", replacing the key {saved.replaces}" if saved.replaces else "")
+            + "."
+            + "".join(f" {note}" for note in saved.notes)
+        )
 
     def save_cencori_key(self, api_key: Secret | None, *, force: bool = False) -> str:
         """Store the managed Cencori project key (``csk_…``)."""
@@ -170,10 +194,13 @@ class ProvidersController:
         if api_key is None or not api_key:
             raise ConfigurationError("Enter the Cencori project key (csk_…) before saving.")
         saved = keys.set_cencori_key(api_key, project=self.project, force=force)
-        return (f"Saved the Cencori project key {self.cencori_hint()} for project "
-                f"{self.project}"
-                + (f", replacing the key {saved.replaces}" if saved.replaces else "") + "."
-                + "".join(f" {note}" for note in saved.notes))
+        return (
+            f"Saved the Cencori project key {self.cencori_hint()} for project "
+            f"{self.project}"
+            + (f", replacing the key {saved.replaces}" if saved.replaces else "")
+            + "."
+            + "".join(f" {note}" for note in saved.notes)
+        )
 
     def remove_cencori_key(self) -> str:
         from .. import keys
@@ -201,16 +228,28 @@ class ProvidersController:
 
         model = model or self.row(provider).default_model
         try:
-            completion = client.chat(TEST_PROMPT, model=model, provider=provider, route="byok",
-                                     max_tokens=TEST_MAX_TOKENS, cache=False,
-                                     project=self.project)
+            completion = client.chat(
+                TEST_PROMPT,
+                model=model,
+                provider=provider,
+                route="byok",
+                max_tokens=TEST_MAX_TOKENS,
+                cache=False,
+                project=self.project,
+            )
         except CencoriError as exc:
             return TestResult(False, f"Key test failed: {exc}")
         if completion.credential_source.startswith("sandbox-demo:"):
             # The sandbox only ever gets demo keys: say so rather than vouch for the key.
-            return TestResult(True, f"Sandbox answered with the {provider} demo key "
-                                    f"({completion.model}); a real stored key is never sent "
-                                    "to a sandbox, so it is not tested here.")
-        return TestResult(True, f"Key works: {completion.model} answered "
-                                f"({completion.input_tokens} in / "
-                                f"{completion.output_tokens} out tokens).")
+            return TestResult(
+                True,
+                f"Sandbox answered with the {provider} demo key "
+                f"({completion.model}); a real stored key is never sent "
+                "to a sandbox, so it is not tested here.",
+            )
+        return TestResult(
+            True,
+            f"Key works: {completion.model} answered "
+            f"({completion.input_tokens} in / "
+            f"{completion.output_tokens} out tokens).",
+        )

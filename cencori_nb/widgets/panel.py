@@ -38,8 +38,10 @@ _DEFAULT_BADGE_STYLE = "background:#fef7e0;color:#b06000"
 
 def badge_html(badge: str) -> str:
     style = _BADGE_STYLE.get(badge, _DEFAULT_BADGE_STYLE)
-    return (f"<span class='cencori-badge' style='{style};border-radius:10px;"
-            f"padding:1px 8px;font-size:85%'>{safe_html.escape(badge)}</span>")
+    return (
+        f"<span class='cencori-badge' style='{style};border-radius:10px;"
+        f"padding:1px 8px;font-size:85%'>{safe_html.escape(badge)}</span>"
+    )
 
 
 class SecretField(w.Password):
@@ -50,7 +52,8 @@ class SecretField(w.Password):
     """
 
     value = Unicode("", help="The typed key; read once and emptied by the panel.").tag(
-        sync=True, echo_update=False)
+        sync=True, echo_update=False
+    )
 
     def get_state(self, key: Any = None, drop_defaults: bool = False) -> dict[str, Any]:
         """The state sent to the browser and saved with the notebook: ``value`` is always
@@ -73,15 +76,19 @@ class ProvidersPanel(w.VBox):
 
     def __init__(self, controller: ProvidersController, **kwargs: Any) -> None:
         self.controller = controller
-        self.project = w.Dropdown(description="Project", options=controller.projects(),
-                                  value=controller.project)
+        self.project = w.Dropdown(
+            description="Project", options=controller.projects(), value=controller.project
+        )
         self.provider_buttons: dict[str, w.Button] = {}
         self.badges: dict[str, w.HTML] = {}
         self.hints: dict[str, w.HTML] = {}
         rows = []
         for row in controller.rows():
-            button = w.Button(description=row.display_name, tooltip=f"Configure {row.provider}",
-                              layout=w.Layout(width="260px"))
+            button = w.Button(
+                description=row.display_name,
+                tooltip=f"Configure {row.provider}",
+                layout=w.Layout(width="260px"),
+            )
             button.on_click(lambda _b, name=row.provider: self.select(name))
             self.provider_buttons[row.provider] = button
             self.badges[row.provider] = w.HTML()
@@ -92,8 +99,9 @@ class ProvidersPanel(w.VBox):
         # The dialog of the selected provider.
         self.dialog_title = w.HTML()
         label = {"description_width": "110px"}
-        self.key = SecretField(description="API key", placeholder="paste the key, then Save",
-                               style=label)
+        self.key = SecretField(
+            description="API key", placeholder="paste the key, then Save", style=label
+        )
         self.model = w.Dropdown(description="Default model", options=[], style=label)
         self.make_default = w.Checkbox(description="Set as project default", value=False)
         # the force path: a key that looks wrong (another provider's prefix, too short, a
@@ -107,32 +115,56 @@ class ProvidersPanel(w.VBox):
         self.test_button.on_click(lambda _b: self.test_key())
         self.toggle_button.on_click(lambda _b: self.toggle_enabled())
         self.remove_button.on_click(lambda _b: self.remove())
-        self.dialog = w.VBox([
-            self.dialog_title, self.key, self.model, self.make_default, self.force,
-            w.HBox([self.save_button, self.test_button, self.toggle_button,
-                    self.remove_button])],
-            layout=w.Layout(display="none", border="1px solid #ddd", padding="6px"))
+        self.dialog = w.VBox(
+            [
+                self.dialog_title,
+                self.key,
+                self.model,
+                self.make_default,
+                self.force,
+                w.HBox(
+                    [self.save_button, self.test_button, self.toggle_button, self.remove_button]
+                ),
+            ],
+            layout=w.Layout(display="none", border="1px solid #ddd", padding="6px"),
+        )
 
         # The managed Cencori project key.
         self.cencori_hint = w.HTML()
-        self.cencori_key = SecretField(description="Cencori key", placeholder="csk_…",
-                                       style={"description_width": "110px"})
+        self.cencori_key = SecretField(
+            description="Cencori key", placeholder="csk_…", style={"description_width": "110px"}
+        )
         self.cencori_save = w.Button(description="Save Cencori key")
         self.cencori_remove = w.Button(description="Remove")
         self.cencori_save.on_click(lambda _b: self.save_cencori_key())
         self.cencori_remove.on_click(lambda _b: self.remove_cencori_key())
-        cencori_box = w.VBox([
-            w.HTML("<b>Cencori project key</b> (managed route: requests without your own key "
-                   "are served through Cencori and paid with credits)"),
-            self.cencori_hint, w.HBox([self.cencori_key, self.cencori_save, self.cencori_remove])])
+        cencori_box = w.VBox(
+            [
+                w.HTML(
+                    "<b>Cencori project key</b> (managed route: requests without your own key "
+                    "are served through Cencori and paid with credits)"
+                ),
+                self.cencori_hint,
+                w.HBox([self.cencori_key, self.cencori_save, self.cencori_remove]),
+            ]
+        )
 
         self.credits = w.HTML()
         self.status = w.HTML()
         self.project.observe(self._on_project, names="value")
-        super().__init__([
-            w.HTML("<h3 style='margin:0'>Providers</h3>"), self.project, self.provider_list,
-            self.dialog, cencori_box, w.HTML("<b>Credits</b>"), self.credits, self.status,
-        ], **kwargs)
+        super().__init__(
+            [
+                w.HTML("<h3 style='margin:0'>Providers</h3>"),
+                self.project,
+                self.provider_list,
+                self.dialog,
+                cencori_box,
+                w.HTML("<b>Credits</b>"),
+                self.credits,
+                self.status,
+            ],
+            **kwargs,
+        )
         self.refresh()
 
     # ------------------------------------------------------------------ drawing
@@ -146,18 +178,24 @@ class ProvidersPanel(w.VBox):
             if row.badge == DISABLED and row.managed_available:
                 extra.append("served through Cencori credits while disabled")
             self.hints[row.provider].value = safe_html.text_html(
-                " · ".join(x for x in extra if x), tag="span")
+                " · ".join(x for x in extra if x), tag="span"
+            )
         hint = self.controller.cencori_hint()
-        self.cencori_hint.value = (f"Cencori key {safe_html.escape(hint)} "
-                                   f"{badge_html('Enabled')}" if hint else "No Cencori key set.")
+        self.cencori_hint.value = (
+            f"Cencori key {safe_html.escape(hint)} {badge_html('Enabled')}"
+            if hint
+            else "No Cencori key set."
+        )
         self._draw_credits()
         if self.controller.selected is not None:
             self._draw_dialog(self.controller.row(self.controller.selected))
 
     def _draw_dialog(self, row: ProviderRow) -> None:
-        self.dialog_title.value = (f"<b>{safe_html.escape(row.display_name)}</b> "
-                                   f"{badge_html(row.badge)} "
-                                   f"{safe_html.escape(row.key_hint or '')}")
+        self.dialog_title.value = (
+            f"<b>{safe_html.escape(row.display_name)}</b> "
+            f"{badge_html(row.badge)} "
+            f"{safe_html.escape(row.key_hint or '')}"
+        )
         options = list(row.models)
         if row.default_model and row.default_model not in options:
             options.append(row.default_model)
@@ -197,15 +235,21 @@ class ProvidersPanel(w.VBox):
 
     def save(self) -> None:
         """Save the selected provider's key, default model and project-default choice."""
-        secret = _take(self.key)            # the field is empty from here on, even on failure
+        secret = _take(self.key)  # the field is empty from here on, even on failure
         provider = self.controller.selected
         if provider is None:
             self._say("Select a provider first.", ok=False)
             return
         force, self.force.value = bool(self.force.value), False
-        self._run(lambda: self.controller.save(provider, secret, default_model=self.model.value,
-                                               make_default=self.make_default.value,
-                                               force=force))
+        self._run(
+            lambda: self.controller.save(
+                provider,
+                secret,
+                default_model=self.model.value,
+                make_default=self.make_default.value,
+                force=force,
+            )
+        )
 
     def test_key(self) -> None:
         provider = self.controller.selected
@@ -241,7 +285,7 @@ class ProvidersPanel(w.VBox):
         try:
             message = action()
         except Exception as exc:
-            err = user_error(exc)       # ours, or a full disk, a damaged file…: one line
+            err = user_error(exc)  # ours, or a full disk, a damaged file…: one line
             if err is None:
                 raise
             self._say(str(err), ok=False)
@@ -260,13 +304,17 @@ def credits_html(summary: CreditsSummary) -> str:
     """The credits section: balance (or "not tracked yet"), low-balance warning, top-ups,
     credits spent and all spend including BYOK (two different figures, labelled so)."""
     if summary.balance is None:
-        parts = ["Balance: <b>not tracked yet</b> — record it with "
-                 "<code>cencori-nb credits set-balance AMOUNT</code>."]
+        parts = [
+            "Balance: <b>not tracked yet</b> — record it with "
+            "<code>cencori-nb credits set-balance AMOUNT</code>."
+        ]
     else:
         parts = [f"Balance: <b>${summary.balance:.2f}</b>"]
     if summary.low:
-        parts.append("<span style='color:#b00020'>Low balance (under $5): top up with "
-                     "<code>cencori-nb credits top-up AMOUNT</code>.</span>")
+        parts.append(
+            "<span style='color:#b00020'>Low balance (under $5): top up with "
+            "<code>cencori-nb credits top-up AMOUNT</code>.</span>"
+        )
     parts.append(f"Recorded top-ups: ${summary.top_ups_total:.2f}")
     parts.append(f"Credits spent this month: ${summary.credits_spent_this_month:.4f}")
     parts.append(f"All spend this month incl. BYOK: ${summary.all_spend_this_month:.4f}")
