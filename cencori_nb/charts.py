@@ -16,15 +16,17 @@ __all__ = ["balance_over_time", "byok_vs_managed", "spend_by", "spend_over_time"
 
 ROUTE_NAMES = {"byok": "BYOK (your provider account)", "managed": "Managed (Cencori credits)"}
 ROUTE_COLOURS = {"byok": "#2a9d8f", "managed": "#e76f51"}
-_HOVER_SPEND = ("%{x}<br>%{fullData.name}<br>Cost: $%{y:.6f}<br>"
-                "Requests: %{customdata[0]:,}<br>Tokens: %{customdata[1]:,} in / "
-                "%{customdata[2]:,} out<br>Credits charged: $%{customdata[3]:.6f}"
-                "<extra></extra>")
+_HOVER_SPEND = (
+    "%{x}<br>%{fullData.name}<br>Cost: $%{y:.6f}<br>"
+    "Requests: %{customdata[0]:,}<br>Tokens: %{customdata[1]:,} in / "
+    "%{customdata[2]:,} out<br>Credits charged: $%{customdata[3]:.6f}"
+    "<extra></extra>"
+)
 
 
 DAY_MS = 86_400_000
-MAX_DATE_TICKS = 10        # at most this many date ticks on a time axis
-BAR_SHARE = 0.8            # a day's (or week's) bar fills this share of its slot
+MAX_DATE_TICKS = 10  # at most this many date ticks on a time axis
+BAR_SHARE = 0.8  # a day's (or week's) bar fills this share of its slot
 
 
 def _go() -> Any:
@@ -36,10 +38,14 @@ def _go() -> Any:
 def money_axis(values: Any) -> dict[str, Any]:
     """y-axis settings that always read as dollars: ``$0.0005``, never plotly's SI
     ``$500µ``; enough decimals for the largest value (at least two, at most eight)."""
-    top = max((abs(float(v)) for v in values if v == v), default=0.0)   # v == v: not NaN
+    top = max((abs(float(v)) for v in values if v == v), default=0.0)  # v == v: not NaN
     decimals = 2 if top <= 0 or top >= 1 else min(8, 2 - math.floor(math.log10(top)))
-    return {"tickprefix": "$", "tickformat": f",.{decimals}f", "exponentformat": "none",
-            "rangemode": "tozero"}
+    return {
+        "tickprefix": "$",
+        "tickformat": f",.{decimals}f",
+        "exponentformat": "none",
+        "rangemode": "tozero",
+    }
 
 
 def date_axis(days: Any, *, step_days: int = 1) -> dict[str, Any]:
@@ -47,15 +53,17 @@ def date_axis(days: Any, *, step_days: int = 1) -> dict[str, Any]:
     the days themselves (``Mar 04, 2026``), never on hours (``23:59:59.9996``), with half
     a step of room either side so one bar is a bar, not the whole plot."""
     stamps = sorted({int(_epoch_ms(d)) for d in days})
-    out: dict[str, Any] = {"type": "date", "tickformat": "%b %d, %Y",
-                           "hoverformat": "%a %b %d, %Y"}
+    out: dict[str, Any] = {"type": "date", "tickformat": "%b %d, %Y", "hoverformat": "%a %b %d, %Y"}
     if not stamps:
         return out
     span_steps = (stamps[-1] - stamps[0]) // (step_days * DAY_MS) + 1
     every = max(1, math.ceil(span_steps / MAX_DATE_TICKS))
     half = step_days * DAY_MS // 2
-    out.update(tick0=stamps[0], dtick=every * step_days * DAY_MS,
-               range=[_iso(stamps[0] - half), _iso(stamps[-1] + half)])
+    out.update(
+        tick0=stamps[0],
+        dtick=every * step_days * DAY_MS,
+        range=[_iso(stamps[0] - half), _iso(stamps[-1] + half)],
+    )
     return out
 
 
@@ -87,25 +95,40 @@ def spend_over_time(since: Any = None, project: str | None = None, *, by: str = 
     fig = go.Figure()
     for route in sorted(frame["route"].unique()) if len(frame) else []:
         part = frame[frame["route"] == route]
-        fig.add_trace(go.Bar(
-            # plain dates: a UTC day is a date, not an instant (no time zone to misread)
-            x=[d.strftime("%Y-%m-%d") for d in part[by]], y=list(part["cost_usd"]),
-            # On a date axis a bar's width is in milliseconds; plotly guesses it from the
-            # gaps between bars, so one lone bar would be 1 ms wide (invisible).
-            width=BAR_SHARE * (DAY_MS if by == "day" else 7 * DAY_MS),
-            name=ROUTE_NAMES.get(route, route),
-            marker_color=ROUTE_COLOURS.get(route),
-            customdata=list(zip(part["requests"], part["input_tokens"], part["output_tokens"],
-                                part["credits_charged_usd"], strict=True)),
-            hovertemplate=_HOVER_SPEND))
+        fig.add_trace(
+            go.Bar(
+                # plain dates: a UTC day is a date, not an instant (no time zone to misread)
+                x=[d.strftime("%Y-%m-%d") for d in part[by]],
+                y=list(part["cost_usd"]),
+                # On a date axis a bar's width is in milliseconds; plotly guesses it from the
+                # gaps between bars, so one lone bar would be 1 ms wide (invisible).
+                width=BAR_SHARE * (DAY_MS if by == "day" else 7 * DAY_MS),
+                name=ROUTE_NAMES.get(route, route),
+                marker_color=ROUTE_COLOURS.get(route),
+                customdata=list(
+                    zip(
+                        part["requests"],
+                        part["input_tokens"],
+                        part["output_tokens"],
+                        part["credits_charged_usd"],
+                        strict=True,
+                    )
+                ),
+                hovertemplate=_HOVER_SPEND,
+            )
+        )
     unit = "Day" if by == "day" else "Week starting"
     # The title promises routes: the legend names them even when there is only one.
-    fig.update_layout(barmode="stack", title=f"Spend per {by} by route",
-                      xaxis_title=f"{unit} (UTC)", yaxis_title="Cost (USD)",
-                      legend_title="Route", showlegend=True,
-                      xaxis=date_axis(frame[by] if len(frame) else [],
-                                      step_days=1 if by == "day" else 7),
-                      yaxis=money_axis(frame["cost_usd"] if len(frame) else []))
+    fig.update_layout(
+        barmode="stack",
+        title=f"Spend per {by} by route",
+        xaxis_title=f"{unit} (UTC)",
+        yaxis_title="Cost (USD)",
+        legend_title="Route",
+        showlegend=True,
+        xaxis=date_axis(frame[by] if len(frame) else [], step_days=1 if by == "day" else 7),
+        yaxis=money_axis(frame["cost_usd"] if len(frame) else []),
+    )
     return fig
 
 
@@ -119,18 +142,37 @@ def spend_by(by: str = "provider", since: Any = None, project: str | None = None
         raise ConfigurationError(f"spend_by(by={by!r}): use 'provider' or 'model'.")
     go = _go()
     frame = reports.spend(by=by, since=since, project=project)
-    fig = go.Figure(go.Bar(
-        x=list(frame[by]), y=list(frame["cost_usd"]), name="Cost",
-        customdata=list(zip(frame["requests"], frame["input_tokens"], frame["output_tokens"],
-                            frame["credits_charged_usd"], frame["provider_cost_usd"],
-                            strict=True)),
-        hovertemplate=("%{x}<br>Cost: $%{y:.6f}<br>Requests: %{customdata[0]:,}<br>"
-                       "Tokens: %{customdata[1]:,} in / %{customdata[2]:,} out<br>"
-                       "Provider price: $%{customdata[4]:.6f}<br>"
-                       "Credits charged: $%{customdata[3]:.6f}<extra></extra>")))
-    fig.update_layout(title=f"Spend by {by}", xaxis_title=by.capitalize(),
-                      yaxis_title="Cost (USD)", showlegend=False,
-                      xaxis={"type": "category"}, yaxis=money_axis(frame["cost_usd"]))
+    fig = go.Figure(
+        go.Bar(
+            x=list(frame[by]),
+            y=list(frame["cost_usd"]),
+            name="Cost",
+            customdata=list(
+                zip(
+                    frame["requests"],
+                    frame["input_tokens"],
+                    frame["output_tokens"],
+                    frame["credits_charged_usd"],
+                    frame["provider_cost_usd"],
+                    strict=True,
+                )
+            ),
+            hovertemplate=(
+                "%{x}<br>Cost: $%{y:.6f}<br>Requests: %{customdata[0]:,}<br>"
+                "Tokens: %{customdata[1]:,} in / %{customdata[2]:,} out<br>"
+                "Provider price: $%{customdata[4]:.6f}<br>"
+                "Credits charged: $%{customdata[3]:.6f}<extra></extra>"
+            ),
+        )
+    )
+    fig.update_layout(
+        title=f"Spend by {by}",
+        xaxis_title=by.capitalize(),
+        yaxis_title="Cost (USD)",
+        showlegend=False,
+        xaxis={"type": "category"},
+        yaxis=money_axis(frame["cost_usd"]),
+    )
     return fig
 
 
@@ -141,19 +183,35 @@ def balance_over_time() -> Any:
 
     go = _go()
     txs = wallet.transactions(as_frame=False)
-    fig = go.Figure(go.Scatter(
-        x=[t.time for t in txs], y=[float(t.balance_after) for t in txs], name="Balance",
-        mode="lines+markers", line_shape="hv",
-        customdata=[(t.kind, float(t.amount), t.request_id or "") for t in txs],
-        hovertemplate=("%{x}<br>Balance: $%{y:.4f}<br>%{customdata[0]}: "
-                       "$%{customdata[1]:+.6f}<br>%{customdata[2]}<extra></extra>")))
-    fig.add_hline(y=float(LOW_BALANCE_USD), line_dash="dash", line_color="#b00020",
-                  annotation_text=f"Low balance (${LOW_BALANCE_USD})",
-                  annotation_position="bottom right")
-    fig.update_layout(title="Cencori credit balance (local mirror)", xaxis_title="Time (UTC)",
-                      yaxis_title="Balance (USD)", showlegend=False,
-                      xaxis={"type": "date"},
-                      yaxis=money_axis([*(t.balance_after for t in txs), LOW_BALANCE_USD]))
+    fig = go.Figure(
+        go.Scatter(
+            x=[t.time for t in txs],
+            y=[float(t.balance_after) for t in txs],
+            name="Balance",
+            mode="lines+markers",
+            line_shape="hv",
+            customdata=[(t.kind, float(t.amount), t.request_id or "") for t in txs],
+            hovertemplate=(
+                "%{x}<br>Balance: $%{y:.4f}<br>%{customdata[0]}: "
+                "$%{customdata[1]:+.6f}<br>%{customdata[2]}<extra></extra>"
+            ),
+        )
+    )
+    fig.add_hline(
+        y=float(LOW_BALANCE_USD),
+        line_dash="dash",
+        line_color="#b00020",
+        annotation_text=f"Low balance (${LOW_BALANCE_USD})",
+        annotation_position="bottom right",
+    )
+    fig.update_layout(
+        title="Cencori credit balance (local mirror)",
+        xaxis_title="Time (UTC)",
+        yaxis_title="Balance (USD)",
+        showlegend=False,
+        xaxis={"type": "date"},
+        yaxis=money_axis([*(t.balance_after for t in txs), LOW_BALANCE_USD]),
+    )
     return fig
 
 
@@ -177,21 +235,37 @@ def byok_vs_managed(compare_df: Any = None) -> Any:
     frame = reports.compare_costs() if compare_df is None else compare_df
     fig = go.Figure()
     labels = list(frame["model"])
-    custom = list(zip(frame["requests"], frame["input_tokens"], frame["output_tokens"],
-                      strict=True))
+    custom = list(
+        zip(frame["requests"], frame["input_tokens"], frame["output_tokens"], strict=True)
+    )
     for column, name, colour in _COMPARE_TRACES:
         if column not in frame.columns:
             continue
-        fig.add_trace(go.Bar(
-            x=labels, y=list(frame[column]), name=name, marker_color=colour,
-            customdata=custom,
-            hovertemplate=("%{x}<br>%{fullData.name}: $%{y:.4f}<br>Requests: "
-                           "%{customdata[0]:,}<br>Tokens: %{customdata[1]:,} in / "
-                           "%{customdata[2]:,} out<extra></extra>")))
-    money = [v for column, _n, _c in _COMPARE_TRACES if column in frame.columns
-             for v in frame[column]]
-    fig.update_layout(barmode="group", title="BYOK vs managed: monthly cost per model",
-                      xaxis_title="Model", yaxis_title="Cost per month (USD)",
-                      legend_title="Paid as", showlegend=True, xaxis={"type": "category"},
-                      yaxis=money_axis(money))
+        fig.add_trace(
+            go.Bar(
+                x=labels,
+                y=list(frame[column]),
+                name=name,
+                marker_color=colour,
+                customdata=custom,
+                hovertemplate=(
+                    "%{x}<br>%{fullData.name}: $%{y:.4f}<br>Requests: "
+                    "%{customdata[0]:,}<br>Tokens: %{customdata[1]:,} in / "
+                    "%{customdata[2]:,} out<extra></extra>"
+                ),
+            )
+        )
+    money = [
+        v for column, _n, _c in _COMPARE_TRACES if column in frame.columns for v in frame[column]
+    ]
+    fig.update_layout(
+        barmode="group",
+        title="BYOK vs managed: monthly cost per model",
+        xaxis_title="Model",
+        yaxis_title="Cost per month (USD)",
+        legend_title="Paid as",
+        showlegend=True,
+        xaxis={"type": "category"},
+        yaxis=money_axis(money),
+    )
     return fig

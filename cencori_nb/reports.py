@@ -41,14 +41,17 @@ GROUPINGS: dict[str, str] = {
     "status": "status",
 }
 _TIME_KEYS = {"day", "week"}
-_SOURCE_COLUMNS = ("day, project, provider, model, route, status, requests, input_tokens, "
-                   "output_tokens, cache_read_tokens, cache_write_tokens, provider_cost_pusd, "
-                   "credits_charged_pusd, cost_pusd, unpriced, estimated")
+_SOURCE_COLUMNS = (
+    "day, project, provider, model, route, status, requests, input_tokens, "
+    "output_tokens, cache_read_tokens, cache_write_tokens, provider_cost_pusd, "
+    "credits_charged_pusd, cost_pusd, unpriced, estimated"
+)
 _RAW_AS_SOURCE = (
     f"ts_ms / {DAY_MS}, project, provider, COALESCE(model, model_requested, ''), route, "
     "status, 1, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
     f"provider_cost_pusd, credits_charged_pusd, COALESCE({COST_SQL}, 0), "
-    "provider_cost_pusd IS NULL, estimated != 0")
+    "provider_cost_pusd IS NULL, estimated != 0"
+)
 
 
 def _daily_source(since: Any, project: str | None) -> tuple[str, list[Any]]:
@@ -58,12 +61,17 @@ def _daily_source(since: Any, project: str | None) -> tuple[str, list[Any]]:
     proj = " AND project = ?" if project else ""
     pparam = [project] if project else []
     if since_ms is None:
-        return (f"WITH src AS (SELECT {_SOURCE_COLUMNS} FROM requests_daily "  # noqa: S608
-                f"WHERE 1{proj})", pparam)
-    first_full_day = -(-since_ms // DAY_MS)         # ceil: the first whole day
-    sql = (f"WITH src AS (SELECT {_SOURCE_COLUMNS} FROM requests_daily "  # noqa: S608
-           f"WHERE day >= ?{proj} UNION ALL SELECT {_RAW_AS_SOURCE} FROM requests "
-           f"WHERE ts_ms >= ? AND ts_ms < ?{proj})")
+        return (
+            f"WITH src AS (SELECT {_SOURCE_COLUMNS} FROM requests_daily "  # noqa: S608
+            f"WHERE 1{proj})",
+            pparam,
+        )
+    first_full_day = -(-since_ms // DAY_MS)  # ceil: the first whole day
+    sql = (
+        f"WITH src AS (SELECT {_SOURCE_COLUMNS} FROM requests_daily "  # noqa: S608
+        f"WHERE day >= ?{proj} UNION ALL SELECT {_RAW_AS_SOURCE} FROM requests "
+        f"WHERE ts_ms >= ? AND ts_ms < ?{proj})"
+    )
     return sql, [first_full_day, *pparam, since_ms, first_full_day * DAY_MS, *pparam]
 
 
@@ -92,8 +100,10 @@ def usage(since: Any = None, project: str | None = None) -> Any:
     led = default_ledger()
     where, params = led.where(since=since, project=project)
     # constant column names and expressions; values are bound parameters
-    sql = (f"SELECT {', '.join(COLUMNS)} FROM requests "  # noqa: S608
-           f"WHERE {where} ORDER BY ts_ms, id")
+    sql = (
+        f"SELECT {', '.join(COLUMNS)} FROM requests "  # noqa: S608
+        f"WHERE {where} ORDER BY ts_ms, id"
+    )
     rows = led.query(sql, params)
     money = [COLUMNS.index(c) for c in COLUMNS if c.endswith("_pusd")]
     # convert the exact integers before pandas sees them (it would turn NULLs into floats)
@@ -105,8 +115,7 @@ def usage(since: Any = None, project: str | None = None) -> Any:
         else:
             data[name] = list(columns[i])
     frame = pd.DataFrame(data)
-    frame.insert(0, "time", pd.to_datetime(frame.pop("ts_ms").astype("int64"), unit="ms",
-                                           utc=True))
+    frame.insert(0, "time", pd.to_datetime(frame.pop("ts_ms").astype("int64"), unit="ms", utc=True))
     frame["estimated"] = frame["estimated"].astype(bool)
     frame["test_mode"] = frame["test_mode"].astype(bool)
     return frame
@@ -118,13 +127,14 @@ def _by_list(by: str | Iterable[str]) -> list[str]:
     if bad or not keys:
         from .errors import ConfigurationError
 
-        raise ConfigurationError(f"Cannot group spend by {bad or by!r}.",
-                                 hint="Use one or more of: " + ", ".join(GROUPINGS) + ".")
+        raise ConfigurationError(
+            f"Cannot group spend by {bad or by!r}.",
+            hint="Use one or more of: " + ", ".join(GROUPINGS) + ".",
+        )
     return keys
 
 
-def spend(by: str | Iterable[str] = "day", since: Any = None,
-          project: str | None = None) -> Any:
+def spend(by: str | Iterable[str] = "day", since: Any = None, project: str | None = None) -> Any:
     """Spend grouped by ``day``, ``week``, ``month``, ``provider``, ``model``, ``route``,
     ``project`` or ``status`` (or a list of them), computed with SQL ``GROUP BY`` over the
     ledger's per-day rollup (plus the rows of a partial first day when ``since`` is not a
@@ -148,31 +158,48 @@ def spend(by: str | Iterable[str] = "day", since: Any = None,
     group = ", ".join(f"k{i}" for i in range(len(keys)))
     ok = BILLED_SQL
     # keys come from GROUPINGS (validated); values are bound parameters
-    sql = (f"{source} SELECT {key_sql}, SUM(requests), "  # noqa: S608
-           "SUM(CASE WHEN status = 'error' THEN requests ELSE 0 END), "
-           "SUM(CASE WHEN status = 'cached' THEN requests ELSE 0 END), "
-           "SUM(CASE WHEN status = 'interrupted' THEN requests ELSE 0 END), "
-           f"SUM(CASE WHEN {ok} THEN input_tokens ELSE 0 END), "
-           f"SUM(CASE WHEN {ok} THEN output_tokens ELSE 0 END), "
-           f"SUM(CASE WHEN {ok} THEN unpriced ELSE 0 END), "
-           f"SUM(CASE WHEN {ok} THEN estimated ELSE 0 END), "
-           f"SUM(CASE WHEN {ok} THEN provider_cost_pusd END), "
-           "SUM(credits_charged_pusd), SUM(cost_pusd) "
-           f"FROM src GROUP BY {group} ORDER BY {group}")
+    sql = (
+        f"{source} SELECT {key_sql}, SUM(requests), "  # noqa: S608
+        "SUM(CASE WHEN status = 'error' THEN requests ELSE 0 END), "
+        "SUM(CASE WHEN status = 'cached' THEN requests ELSE 0 END), "
+        "SUM(CASE WHEN status = 'interrupted' THEN requests ELSE 0 END), "
+        f"SUM(CASE WHEN {ok} THEN input_tokens ELSE 0 END), "
+        f"SUM(CASE WHEN {ok} THEN output_tokens ELSE 0 END), "
+        f"SUM(CASE WHEN {ok} THEN unpriced ELSE 0 END), "
+        f"SUM(CASE WHEN {ok} THEN estimated ELSE 0 END), "
+        f"SUM(CASE WHEN {ok} THEN provider_cost_pusd END), "
+        "SUM(credits_charged_pusd), SUM(cost_pusd) "
+        f"FROM src GROUP BY {group} ORDER BY {group}"
+    )
     rows = led.query(sql, params)
     n = len(keys)
     # exact integer sums → float USD here, before pandas sees them
-    counts = ["requests", "errors", "cached", "interrupted", "input_tokens", "output_tokens",
-              "unpriced", "estimated"]
+    counts = [
+        "requests",
+        "errors",
+        "cached",
+        "interrupted",
+        "input_tokens",
+        "output_tokens",
+        "unpriced",
+        "estimated",
+    ]
     names = [*keys, *counts, "provider_cost_usd", "credits_charged_usd", "cost_usd"]
     m = n + len(counts)
-    records = [(*r[:n], *(int(v or 0) for v in r[n:m]), _usd(r[m]),
-                _usd(r[m + 1] or 0), _usd(r[m + 2] or 0)) for r in rows]
+    records = [
+        (
+            *r[:n],
+            *(int(v or 0) for v in r[n:m]),
+            _usd(r[m]),
+            _usd(r[m + 1] or 0),
+            _usd(r[m + 2] or 0),
+        )
+        for r in rows
+    ]
     frame = pd.DataFrame.from_records(records, columns=names)
     for key in keys:
         if key in _TIME_KEYS:
-            frame[key] = pd.to_datetime(frame[key].astype("int64") * DAY_MS, unit="ms",
-                                        utc=True)
+            frame[key] = pd.to_datetime(frame[key].astype("int64") * DAY_MS, unit="ms", utc=True)
     for col in counts:
         frame[col] = frame[col].astype("int64")
     if not any(k in _TIME_KEYS or k == "month" for k in keys):
@@ -181,6 +208,7 @@ def spend(by: str | Iterable[str] = "day", since: Any = None,
 
 
 # -- BYOK versus managed ---------------------------------------------------------------
+
 
 def _workload_rows(workload: Any, since: Any, project: str | None) -> list[dict[str, Any]]:
     """Normalise the workload into dicts with exact (Decimal) provider costs."""
@@ -191,20 +219,28 @@ def _workload_rows(workload: Any, since: Any, project: str | None) -> list[dict[
             f"{source} SELECT provider, model, SUM(requests), "  # noqa: S608
             "SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), "
             "SUM(cache_write_tokens), SUM(provider_cost_pusd), SUM(unpriced) "
-            "FROM src WHERE status = 'ok' GROUP BY 1, 2 ORDER BY 1, 2", params)
-        return [{"provider": p, "model": m, "requests": int(n), "input_tokens": int(i or 0),
-                 "output_tokens": int(o or 0), "cache_read_tokens": int(cr or 0),
-                 "cache_write_tokens": int(cw or 0),
-                 "provider_cost": None if cost is None or unpriced else
-                 Decimal(int(cost)) / PUSD}
-                for p, m, n, i, o, cr, cw, cost, unpriced in rows]
+            "FROM src WHERE status = 'ok' GROUP BY 1, 2 ORDER BY 1, 2",
+            params,
+        )
+        return [
+            {
+                "provider": p,
+                "model": m,
+                "requests": int(n),
+                "input_tokens": int(i or 0),
+                "output_tokens": int(o or 0),
+                "cache_read_tokens": int(cr or 0),
+                "cache_write_tokens": int(cw or 0),
+                "provider_cost": None if cost is None or unpriced else Decimal(int(cost)) / PUSD,
+            }
+            for p, m, n, i, o, cr, cw, cost, unpriced in rows
+        ]
     if hasattr(workload, "to_dict") and hasattr(workload, "columns"):
         records = workload.to_dict("records")
     elif isinstance(workload, Mapping):
         records = [dict(workload)]
     else:
-        records = [dict(r) if isinstance(r, Mapping) else _completion_record(r)
-                   for r in workload]
+        records = [dict(r) if isinstance(r, Mapping) else _completion_record(r) for r in workload]
     out = []
     for rec in records:
         if "model" not in rec:
@@ -212,7 +248,8 @@ def _workload_rows(workload: Any, since: Any, project: str | None) -> list[dict[
 
             raise ConfigurationError(
                 "Each workload row needs a 'model' (and 'input_tokens', 'output_tokens'; "
-                "optional 'requests', 'provider', 'cache_read_tokens').")
+                "optional 'requests', 'provider', 'cache_read_tokens')."
+            )
         inp = int(rec.get("input_tokens") or 0)
         outp = int(rec.get("output_tokens") or 0)
         req = rec.get("requests")
@@ -220,7 +257,7 @@ def _workload_rows(workload: Any, since: Any, project: str | None) -> list[dict[
             # a typical prompt of ~1,000 tokens; keeps each request below long-context tiers
             req = max(1, math.ceil(inp / DEFAULT_TOKENS_PER_REQUEST))
         req = max(1, int(req))
-        provider = rec.get("provider") or "cencori"   # "cencori": infer from the model name
+        provider = rec.get("provider") or "cencori"  # "cencori": infer from the model name
         cr = int(rec.get("cache_read_tokens") or 0)
         cw = int(rec.get("cache_write_tokens") or 0)
         # Price one average request, then multiply: tiers apply per request, not per month.
@@ -230,25 +267,44 @@ def _workload_rows(workload: Any, since: Any, project: str | None) -> list[dict[
         avg_tokens = (Decimal(inp) / n, Decimal(outp) / n, Decimal(cr) / n, Decimal(cw) / n)
         avg = Usage(*avg_tokens)  # type: ignore[arg-type]  # fractional tokens, see above
         quote = pricing.provider_cost(str(provider), str(rec["model"]), avg)
-        out.append({"provider": provider, "model": str(rec["model"]), "requests": req,
-                    "input_tokens": inp, "output_tokens": outp, "cache_read_tokens": cr,
-                    "cache_write_tokens": cw,
-                    "provider_cost": None if quote.cost_usd is None else quote.cost_usd * n})
+        out.append(
+            {
+                "provider": provider,
+                "model": str(rec["model"]),
+                "requests": req,
+                "input_tokens": inp,
+                "output_tokens": outp,
+                "cache_read_tokens": cr,
+                "cache_write_tokens": cw,
+                "provider_cost": None if quote.cost_usd is None else quote.cost_usd * n,
+            }
+        )
     return out
 
 
 def _completion_record(obj: Any) -> dict[str, Any]:
-    return {"model": obj.model, "provider": obj.provider, "input_tokens": obj.input_tokens,
-            "output_tokens": obj.output_tokens, "requests": 1,
-            "cache_read_tokens": getattr(obj, "cache_read_tokens", 0),
-            "cache_write_tokens": getattr(obj, "cache_write_tokens", 0)}
+    return {
+        "model": obj.model,
+        "provider": obj.provider,
+        "input_tokens": obj.input_tokens,
+        "output_tokens": obj.output_tokens,
+        "requests": 1,
+        "cache_read_tokens": getattr(obj, "cache_read_tokens", 0),
+        "cache_write_tokens": getattr(obj, "cache_write_tokens", 0),
+    }
 
 
-def compare_costs(workload_or_usage: Any = None, *, byok_policy: str | None = None,
-                  byok_fee_pct: Decimal | float | None = None,
-                  markup_pct: Decimal | float | None = None, include_peers: bool = True,
-                  plan_fee_usd: Decimal | float | None = None, since: Any = "30d",
-                  project: str | None = None) -> Any:
+def compare_costs(
+    workload_or_usage: Any = None,
+    *,
+    byok_policy: str | None = None,
+    byok_fee_pct: Decimal | float | None = None,
+    markup_pct: Decimal | float | None = None,
+    include_peers: bool = True,
+    plan_fee_usd: Decimal | float | None = None,
+    since: Any = "30d",
+    project: str | None = None,
+) -> Any:
     """Is BYOK or managed cheaper for this work? One row per model, monthly amounts in USD.
 
     ``workload_or_usage``: None or ``"ledger"`` (the ledger's successful requests since
@@ -282,38 +338,55 @@ def compare_costs(workload_or_usage: Any = None, *, byok_policy: str | None = No
     plan = Decimal(str(plan_fee_usd)) if plan_fee_usd is not None else None
     rows = _workload_rows(workload_or_usage, since, project)
     total_requests = sum(r["requests"] for r in rows)
-    waived_share = (Decimal(0) if total_requests <= OPENROUTER_FREE_REQUESTS else
-                    Decimal(total_requests - OPENROUTER_FREE_REQUESTS) / total_requests)
+    waived_share = (
+        Decimal(0)
+        if total_requests <= OPENROUTER_FREE_REQUESTS
+        else Decimal(total_requests - OPENROUTER_FREE_REQUESTS) / total_requests
+    )
 
     records = []
-    totals = {"provider_cost_usd": Decimal(0), "managed_charge_usd": Decimal(0),
-              "byok_total_usd": Decimal(0)}
+    totals = {
+        "provider_cost_usd": Decimal(0),
+        "managed_charge_usd": Decimal(0),
+        "byok_total_usd": Decimal(0),
+    }
     for r in rows:
         cost: Decimal | None = r["provider_cost"]
-        rec: dict[str, Any] = {k: r[k] for k in ("provider", "model", "requests",
-                                                 "input_tokens", "output_tokens")}
+        rec: dict[str, Any] = {
+            k: r[k] for k in ("provider", "model", "requests", "input_tokens", "output_tokens")
+        }
         if cost is None:
             managed = fee = byok = savings = None
         else:
             managed = cost * (1 + markup / 100)
-            fee = {"zero": Decimal(0), "percent": cost * fee_pct / 100,
-                   "managed": managed}[policy]
+            fee = {"zero": Decimal(0), "percent": cost * fee_pct / 100, "managed": managed}[policy]
             byok = cost + fee
             totals["provider_cost_usd"] += cost
             totals["managed_charge_usd"] += managed
             totals["byok_total_usd"] += byok
             savings = managed - byok
-        rec.update(provider_cost_usd=cost, managed_charge_usd=managed, byok_fee_usd=fee,
-                   byok_total_usd=byok, savings_usd=savings,
-                   cheaper="unknown" if savings is None else
-                   "byok" if savings > 0 else "managed" if savings < 0 else "equal")
+        rec.update(
+            provider_cost_usd=cost,
+            managed_charge_usd=managed,
+            byok_fee_usd=fee,
+            byok_total_usd=byok,
+            savings_usd=savings,
+            cheaper="unknown"
+            if savings is None
+            else "byok"
+            if savings > 0
+            else "managed"
+            if savings < 0
+            else "equal",
+        )
         if include_peers:
-            rec["openrouter_byok_usd"] = (None if cost is None else
-                                          cost + cost * OPENROUTER_BYOK_FEE_PCT / 100
-                                          * waived_share)
+            rec["openrouter_byok_usd"] = (
+                None if cost is None else cost + cost * OPENROUTER_BYOK_FEE_PCT / 100 * waived_share
+            )
             rec["vercel_byok_usd"] = cost
-            rec["cloudflare_credits_usd"] = (None if cost is None else
-                                             cost * (1 + CLOUDFLARE_CREDIT_FEE_PCT / 100))
+            rec["cloudflare_credits_usd"] = (
+                None if cost is None else cost * (1 + CLOUDFLARE_CREDIT_FEE_PCT / 100)
+            )
         if plan is not None:
             tokens = r["input_tokens"] + r["output_tokens"]
             if savings is None:
@@ -324,9 +397,11 @@ def compare_costs(workload_or_usage: Any = None, *, byok_policy: str | None = No
                 # Whole requests and tokens: the first volume at which the plan has paid
                 # (rounded to 6 places first so float noise never adds one).
                 rec["break_even_requests"] = float(
-                    math.ceil(round(float(plan * r["requests"] / savings), 6)))
-                rec["break_even_tokens"] = float(math.ceil(round(float(plan * tokens / savings),
-                                                                6)))
+                    math.ceil(round(float(plan * r["requests"] / savings), 6))
+                )
+                rec["break_even_tokens"] = float(
+                    math.ceil(round(float(plan * tokens / savings), 6))
+                )
             rec["plan_fee_usd"] = plan
         records.append(rec)
 
@@ -337,18 +412,35 @@ def compare_costs(workload_or_usage: Any = None, *, byok_policy: str | None = No
     savings_total = totals["managed_charge_usd"] - totals["byok_total_usd"]
     frame.attrs["totals"] = {
         **{k: float(v) for k, v in totals.items()},
-        "savings_usd": float(savings_total), "requests": total_requests,
-        "byok_policy": policy, "markup_pct": float(markup),
-        "break_even_multiple": (None if plan is None else
-                                math.inf if savings_total <= 0 else float(plan / savings_total)),
+        "savings_usd": float(savings_total),
+        "requests": total_requests,
+        "byok_policy": policy,
+        "markup_pct": float(markup),
+        "break_even_multiple": (
+            None
+            if plan is None
+            else math.inf
+            if savings_total <= 0
+            else float(plan / savings_total)
+        ),
     }
     return frame
 
 
 def _compare_columns(include_peers: bool, plan: Decimal | None) -> list[str]:
-    cols = ["provider", "model", "requests", "input_tokens", "output_tokens",
-            "provider_cost_usd", "managed_charge_usd", "byok_fee_usd", "byok_total_usd",
-            "savings_usd", "cheaper"]
+    cols = [
+        "provider",
+        "model",
+        "requests",
+        "input_tokens",
+        "output_tokens",
+        "provider_cost_usd",
+        "managed_charge_usd",
+        "byok_fee_usd",
+        "byok_total_usd",
+        "savings_usd",
+        "cheaper",
+    ]
     if include_peers:
         cols += ["openrouter_byok_usd", "vercel_byok_usd", "cloudflare_credits_usd"]
     if plan is not None:

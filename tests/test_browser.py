@@ -43,16 +43,26 @@ CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = "02-provider-setup.ipynb"
 RESULTS = REPO / "test-results"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 WIDGETS_SETTINGS = "/lab/api/settings/@jupyter-widgets/jupyterlab-manager:plugin"
 
 pytestmark = [
-    pytest.mark.browser, pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason="/usr/bin/chromium is not installed (./dev test and CI install "
-                              "Debian's chromium; run `apt-get install chromium`)"),
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="/usr/bin/chromium is not installed (./dev test and CI install "
+        "Debian's chromium; run `apt-get install chromium`)",
+    ),
 ]
 
 # JavaScript run in the page (JupyterLab started with --LabApp.expose_app_in_browser).
@@ -85,22 +95,36 @@ def lab(tmp_path: Path) -> Iterator[JupyterProcess]:
     root = tmp_path / "root"
     root.mkdir()
     shutil.copy(REPO / "notebooks" / NOTEBOOK, root / NOTEBOOK)
-    env = isolated_jupyter_env(tmp_path / "jupyter", CENCORI_NB_HOME=str(tmp_path / "home"),
-                               PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring")
+    env = isolated_jupyter_env(
+        tmp_path / "jupyter",
+        CENCORI_NB_HOME=str(tmp_path / "home"),
+        PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring",
+    )
     for var in ("CENCORI_NB_SANDBOX", "CENCORI_NB_PASSPHRASE", "CENCORI_NB_PROJECT"):
         env.pop(var, None)
     port, token = free_port(), secrets.token_hex(16)
-    argv = [sys.executable, "-m", "cencori_nb", "lab", f"--ServerApp.root_dir={root}",
-            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-            "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-            "--ServerApp.open_browser=False", "--LabApp.expose_app_in_browser=True"]
-    server = JupyterProcess(argv, env=env, log_path=tmp_path / "lab.log", port=port,
-                            token=token)
+    argv = [
+        sys.executable,
+        "-m",
+        "cencori_nb",
+        "lab",
+        f"--ServerApp.root_dir={root}",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        "--ServerApp.open_browser=False",
+        "--LabApp.expose_app_in_browser=True",
+    ]
+    server = JupyterProcess(argv, env=env, log_path=tmp_path / "lab.log", port=port, token=token)
     server.root = root  # type: ignore[attr-defined]
     server.start(timeout=120)
     # No "get notified about Jupyter news?" toast over the notebook (and no fetch of news).
-    r = server.api("PUT", "/lab/api/settings/@jupyterlab/apputils-extension:notification",
-                   json={"raw": json.dumps({"fetchNews": "false"})})
+    r = server.api(
+        "PUT",
+        "/lab/api/settings/@jupyterlab/apputils-extension:notification",
+        json={"raw": json.dumps({"fetchNews": "false"})},
+    )
     assert r.status_code == 204, r.text
     try:
         yield server
@@ -131,34 +155,41 @@ def _wait_for_file(path: Path, predicate: object, timeout: float = 30) -> str:
 
 
 def test_panel_prompt_and_save_keep_the_canary_out_of_the_notebook(
-        lab: JupyterProcess, tmp_path: Path, canary: str, request: pytest.FixtureRequest,
-        ) -> None:
+    lab: JupyterProcess,
+    tmp_path: Path,
+    canary: str,
+    request: pytest.FixtureRequest,
+) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     assert "OFFLINE SANDBOX at http://127.0.0.1:" in lab.log()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                    args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
         try:
             page.goto(f"{lab.url}/lab/tree/{NOTEBOOK}?token={lab.token}")
             page.wait_for_selector(".jp-Notebook .jp-Cell")
-            _wait(page, "() => { const w = window.jupyterapp && window.jupyterapp.shell"
-                        ".currentWidget; return w && w.sessionContext && "
-                        "w.sessionContext.session && w.sessionContext.session.kernel && "
-                        "w.sessionContext.session.kernel.status === 'idle'; }")
+            _wait(
+                page,
+                "() => { const w = window.jupyterapp && window.jupyterapp.shell"
+                ".currentWidget; return w && w.sessionContext && "
+                "w.sessionContext.session && w.sessionContext.session.kernel && "
+                "w.sessionContext.session.kernel.status === 'idle'; }",
+            )
 
             # 1. Run the whole notebook.
-            page.evaluate("() => window.jupyterapp.commands.execute("
-                          "'notebook:run-all-cells')")
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
             result = _wait(page, _NOTEBOOK_DONE, timeout=180)
             assert result == {"errors": []}, result
 
             # 2. The panel: OpenAI is served "Managed" (the demo Cencori key) until we save
             #    our own key; then its badge says "Enabled" and the field is empty again.
             openai_row = page.locator(".widget-hbox").filter(
-                has=page.get_by_role("button", name="OpenAI", exact=True))
+                has=page.get_by_role("button", name="OpenAI", exact=True)
+            )
             expect(openai_row.locator(".cencori-badge")).to_have_text("Managed")
             page.get_by_role("button", name="OpenAI", exact=True).click()
             key_field = page.get_by_label("API key", exact=True)
@@ -168,12 +199,15 @@ def test_panel_prompt_and_save_keep_the_canary_out_of_the_notebook(
             expect(key_field).to_have_value("")
 
             # 3. A prompt: the streamed sandbox answer, on the BYOK route with that key.
-            page.evaluate(_ADD_CELL, ["%%cencori gpt-4o-mini\nSay hello to the browser test.",
-                                      True])
+            page.evaluate(
+                _ADD_CELL, ["%%cencori gpt-4o-mini\nSay hello to the browser test.", True]
+            )
             last_output = page.locator(".jp-Notebook .jp-Cell").last.locator(
-                ".jp-OutputArea-output")
-            expect(last_output.first).to_contain_text("sandbox reply from openai/gpt-4o-mini",
-                                                      timeout=60_000)
+                ".jp-OutputArea-output"
+            )
+            expect(last_output.first).to_contain_text(
+                "sandbox reply from openai/gpt-4o-mini", timeout=60_000
+            )
             expect(last_output.first).to_contain_text("BYOK")
 
             # 4. The two ways a key sneaks into a notebook: typed in the panel but not saved
@@ -186,12 +220,15 @@ def test_panel_prompt_and_save_keep_the_canary_out_of_the_notebook(
             page.get_by_text("Save Widget State Automatically").click()
             deadline = time.monotonic() + 30
             while (lab.api("GET", WIDGETS_SETTINGS).json().get("settings") or {}).get(
-                    "saveState") is not True:
+                "saveState"
+            ) is not True:
                 assert time.monotonic() < deadline, "saveState was not turned on"
                 time.sleep(0.25)
             page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
-            on_disk = _wait_for_file(lab.root / NOTEBOOK,  # type: ignore[attr-defined]
-                                     lambda t: WIDGET_STATE_MIME in t and MARKER in t)
+            on_disk = _wait_for_file(
+                lab.root / NOTEBOOK,  # type: ignore[attr-defined]
+                lambda t: WIDGET_STATE_MIME in t and MARKER in t,
+            )
         except BaseException:
             RESULTS.mkdir(exist_ok=True)
             stem = request.node.name
@@ -206,8 +243,9 @@ def test_panel_prompt_and_save_keep_the_canary_out_of_the_notebook(
     nb = nbformat.reads(on_disk, as_version=4)
     nbformat.validate(nb)
     state = nb.metadata["widgets"][WIDGET_STATE_MIME]["state"]
-    passwords = [m["state"].get("value") for m in state.values()
-                 if m.get("model_name") == "PasswordModel"]
+    passwords = [
+        m["state"].get("value") for m in state.values() if m.get("model_name") == "PasswordModel"
+    ]
     assert MARKER in passwords, passwords
     assert nb.cells[-1].source == f"# my key, do not commit: {MARKER}"
     assert any("sandbox reply" in json.dumps(c.get("outputs", [])) for c in nb.cells)
@@ -300,15 +338,17 @@ def _xss_notebook() -> nbformat.NotebookNode:
         "w.close(3, 1, Decimal('0.01'), note='stopped: ' + ALL)",
         "from cencori_nb.widgets import setup\npanel = setup()\n"
         "panel._say('Key test failed: ' + ALL, ok=False)\npanel",
-        "reply = cencori_nb.chat('SANDBOX-ECHO:' + ALL, model='gpt-4o-mini', cache=False)\n"
-        "reply",
+        "reply = cencori_nb.chat('SANDBOX-ECHO:' + ALL, model='gpt-4o-mini', cache=False)\nreply",
         # issue 13.3: everything above is one day and one route; the chart must still read
         "%cencori usage",
     ]
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     return nb
 
 
@@ -316,10 +356,13 @@ def _open_and_wait(page: object, lab: JupyterProcess, name: str) -> None:
     page.goto(f"{lab.url}/lab/tree/{name}?token={lab.token}")  # type: ignore[attr-defined]
     page.wait_for_selector(".jp-Notebook .jp-Cell")  # type: ignore[attr-defined]
     page.evaluate(_XSS_PROBE)  # type: ignore[attr-defined]
-    _wait(page, "() => { const w = window.jupyterapp && window.jupyterapp.shell"
-                ".currentWidget; return w && w.sessionContext && w.sessionContext.session "
-                "&& w.sessionContext.session.kernel && "
-                "w.sessionContext.session.kernel.status === 'idle'; }")
+    _wait(
+        page,
+        "() => { const w = window.jupyterapp && window.jupyterapp.shell"
+        ".currentWidget; return w && w.sessionContext && w.sessionContext.session "
+        "&& w.sessionContext.session.kernel && "
+        "w.sessionContext.session.kernel.status === 'idle'; }",
+    )
 
 
 def _poke(page: Any) -> None:
@@ -330,14 +373,13 @@ def _poke(page: Any) -> None:
     for x, y in ((10, 10), (700, 500), (1390, 990)):
         page.mouse.move(x, y)
     page.keyboard.press("Tab")
-    time.sleep(1.5)          # onerror/onload/animations/meta refresh have had their chance
+    time.sleep(1.5)  # onerror/onload/animations/meta refresh have had their chance
 
 
 def _screenshots(page: Any, stem: str) -> None:
     """One picture per output (JupyterLab scrolls inside the notebook, so a full-page
     screenshot shows only the viewport), under test-results/, to look at."""
-    outputs = page.locator(".jp-Cell-outputArea").filter(
-        has=page.locator(".jp-OutputArea-output"))
+    outputs = page.locator(".jp-Cell-outputArea").filter(has=page.locator(".jp-OutputArea-output"))
     for i, out in enumerate(outputs.all()):
         if out.is_visible():
             out.scroll_into_view_if_needed()
@@ -345,7 +387,8 @@ def _screenshots(page: Any, stem: str) -> None:
 
 
 def test_hostile_replies_run_nothing_live_or_after_reopen(
-        lab: JupyterProcess, request: pytest.FixtureRequest) -> None:
+    lab: JupyterProcess, request: pytest.FixtureRequest
+) -> None:
     """A reply carrying the classic XSS payloads (tests/attack_payloads.py), shown through
     every display path, runs none of them: live, and after save, close and reopen (when
     JupyterLab trusts the saved outputs). A control output proves execution is seen."""
@@ -355,15 +398,15 @@ def test_hostile_replies_run_nothing_live_or_after_reopen(
     RESULTS.mkdir(exist_ok=True)
     dialogs: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                    args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         try:
             _open_and_wait(page, lab, XSS_NOTEBOOK)
-            page.evaluate("() => window.jupyterapp.commands.execute("
-                          "'notebook:run-all-cells')")
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
             result = _wait(page, _NOTEBOOK_DONE, timeout=180)
             assert result == {"errors": []}, result
             _poke(page)
@@ -371,8 +414,10 @@ def test_hostile_replies_run_nothing_live_or_after_reopen(
             _screenshots(page, "xss-live")
 
             page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
-            _wait_for_file(lab.root / XSS_NOTEBOOK,  # type: ignore[attr-defined]
-                           lambda t: "frame[['text', 'error']]" in t and "cencori-reply" in t)
+            _wait_for_file(
+                lab.root / XSS_NOTEBOOK,  # type: ignore[attr-defined]
+                lambda t: "frame[['text', 'error']]" in t and "cencori-reply" in t,
+            )
             page.evaluate("() => window.jupyterapp.commands.execute('application:close-all')")
             page.goto("about:blank")
             _open_and_wait(page, lab, XSS_NOTEBOOK)
@@ -393,11 +438,11 @@ def test_hostile_replies_run_nothing_live_or_after_reopen(
     assert live["chart"]["legend"] == ["BYOK (your provider account)"], live["chart"]
     assert live["chart"]["bars"] and min(live["chart"]["bars"]) > 100, live["chart"]  # a bar
     for state in (live, reopened):
-        assert state["control"] >= 1, state        # trusted HTML does run here…
-        assert state["xss"] is None and state["log"] == [], state   # …and no payload did
+        assert state["control"] >= 1, state  # trusted HTML does run here…
+        assert state["xss"] is None and state["log"] == [], state  # …and no payload did
         assert state["bad"] == [] and state["math"] == [], state
-        assert state["url"].endswith(XSS_NOTEBOOK), state             # no navigation
+        assert state["url"].endswith(XSS_NOTEBOOK), state  # no navigation
         assert state["outputs"] >= 11, state
     assert dialogs == []
     saved = (lab.root / XSS_NOTEBOOK).read_text()  # type: ignore[attr-defined]
-    assert "window.__xss" in saved                 # the replies were saved, as text
+    assert "window.__xss" in saved  # the replies were saved, as text

@@ -24,17 +24,44 @@ def _ms(dt: datetime) -> int:
 
 @pytest.fixture
 def ledger_rows() -> None:
-    default_ledger().record_many([
-        LedgerRow("a", "p", "openai", "managed", model="gpt-4o", input_tokens=1000,
-                  output_tokens=500, provider_cost_usd=Decimal("0.0075"),
-                  credits_charged_usd=Decimal("0.01125"), ts_ms=_ms(YESTERDAY) + 5),
-        LedgerRow("b", "p", "anthropic", "byok", model="claude-haiku-4-5", input_tokens=2000,
-                  output_tokens=100, provider_cost_usd=Decimal("0.0025"),
-                  ts_ms=_ms(YESTERDAY) + 6),
-        LedgerRow("c", "p", "openai", "byok", model="gpt-4o", input_tokens=1000,
-                  output_tokens=500, provider_cost_usd=Decimal("0.0075"),
-                  ts_ms=_ms(TODAY) + 5),
-    ])
+    default_ledger().record_many(
+        [
+            LedgerRow(
+                "a",
+                "p",
+                "openai",
+                "managed",
+                model="gpt-4o",
+                input_tokens=1000,
+                output_tokens=500,
+                provider_cost_usd=Decimal("0.0075"),
+                credits_charged_usd=Decimal("0.01125"),
+                ts_ms=_ms(YESTERDAY) + 5,
+            ),
+            LedgerRow(
+                "b",
+                "p",
+                "anthropic",
+                "byok",
+                model="claude-haiku-4-5",
+                input_tokens=2000,
+                output_tokens=100,
+                provider_cost_usd=Decimal("0.0025"),
+                ts_ms=_ms(YESTERDAY) + 6,
+            ),
+            LedgerRow(
+                "c",
+                "p",
+                "openai",
+                "byok",
+                model="gpt-4o",
+                input_tokens=1000,
+                output_tokens=500,
+                provider_cost_usd=Decimal("0.0075"),
+                ts_ms=_ms(TODAY) + 5,
+            ),
+        ]
+    )
 
 
 def test_spend_over_time_is_stacked_by_route(ledger_rows: None) -> None:
@@ -96,15 +123,29 @@ def test_balance_over_time_has_a_dashed_low_line() -> None:
 
 def test_byok_vs_managed_traces() -> None:
     """Grouped bars per model: provider price, BYOK total, managed, and the peers."""
-    frame = reports.compare_costs([{"model": "gpt-4o", "provider": "openai",
-                                    "input_tokens": 1_000_000, "output_tokens": 500_000,
-                                    "requests": 1000}], byok_policy="percent",
-                                  byok_fee_pct=5)
+    frame = reports.compare_costs(
+        [
+            {
+                "model": "gpt-4o",
+                "provider": "openai",
+                "input_tokens": 1_000_000,
+                "output_tokens": 500_000,
+                "requests": 1000,
+            }
+        ],
+        byok_policy="percent",
+        byok_fee_pct=5,
+    )
     fig = charts.byok_vs_managed(frame)
     names = [t.name for t in fig.data]
-    assert names == ["Provider price (paid by BYOK)", "BYOK total (with Cencori fee)",
-                     "Managed (Cencori credits)", "OpenRouter BYOK", "Vercel AI Gateway BYOK",
-                     "Cloudflare credits"]
+    assert names == [
+        "Provider price (paid by BYOK)",
+        "BYOK total (with Cencori fee)",
+        "Managed (Cencori credits)",
+        "OpenRouter BYOK",
+        "Vercel AI Gateway BYOK",
+        "Cloudflare credits",
+    ]
     ys = {t.name: list(t.y) for t in fig.data}
     assert ys["Provider price (paid by BYOK)"] == [7.5]
     assert ys["BYOK total (with Cencori fee)"] == [7.875]
@@ -113,19 +154,34 @@ def test_byok_vs_managed_traces() -> None:
     assert list(fig.data[0].customdata[0]) == [1000, 1_000_000, 500_000]
     assert fig.layout.barmode == "group"
     assert fig.layout.yaxis.title.text == "Cost per month (USD)"
-    without_peers = charts.byok_vs_managed(reports.compare_costs(
-        [{"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 10}], include_peers=False))
+    without_peers = charts.byok_vs_managed(
+        reports.compare_costs(
+            [{"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 10}], include_peers=False
+        )
+    )
     assert len(without_peers.data) == 3
 
 
 # ------------------------------------------------------------------ issue 13.3: any amount
-def _one_request(cost: str = "0.0002", route: str = "byok", when: datetime = TODAY,
-                 request_id: str = "one") -> None:
-    default_ledger().record_many([
-        LedgerRow(request_id, "p", "openai", route, model="gpt-4o-mini", input_tokens=12,
-                  output_tokens=30, provider_cost_usd=Decimal(cost),
-                  credits_charged_usd=Decimal(cost) if route == "managed" else None,
-                  ts_ms=_ms(when) + 3_600_000)])
+def _one_request(
+    cost: str = "0.0002", route: str = "byok", when: datetime = TODAY, request_id: str = "one"
+) -> None:
+    default_ledger().record_many(
+        [
+            LedgerRow(
+                request_id,
+                "p",
+                "openai",
+                route,
+                model="gpt-4o-mini",
+                input_tokens=12,
+                output_tokens=30,
+                provider_cost_usd=Decimal(cost),
+                credits_charged_usd=Decimal(cost) if route == "managed" else None,
+                ts_ms=_ms(when) + 3_600_000,
+            )
+        ]
+    )
 
 
 def test_one_row_spend_chart_reads_as_dates_dollars_and_a_legend() -> None:
@@ -135,15 +191,15 @@ def test_one_row_spend_chart_reads_as_dates_dollars_and_a_legend() -> None:
     fig = charts.spend_over_time()
     (bar,) = fig.data
     assert list(bar.x) == [f"{TODAY:%Y-%m-%d}"]
-    assert bar.width == 0.8 * 86_400_000         # a lone bar is most of a day wide, not 1 ms
+    assert bar.width == 0.8 * 86_400_000  # a lone bar is most of a day wide, not 1 ms
     x, y = fig.layout.xaxis, fig.layout.yaxis
     assert x.type == "date" and x.tickformat == "%b %d, %Y"
-    assert x.dtick == 86_400_000                      # ticks a day apart, never hours
-    start, end = (pd.Timestamp(v) for v in x.range)   # half a day either side of the bar
+    assert x.dtick == 86_400_000  # ticks a day apart, never hours
+    start, end = (pd.Timestamp(v) for v in x.range)  # half a day either side of the bar
     assert (end - start) == pd.Timedelta(days=1)
     assert start + pd.Timedelta(hours=12) == pd.Timestamp(TODAY).tz_localize(None)
     assert y.tickprefix == "$" and y.exponentformat == "none"
-    assert y.tickformat == ",.6f"                     # $0.000200, not $200µ
+    assert y.tickformat == ",.6f"  # $0.000200, not $200µ
     assert fig.layout.showlegend is True
     assert bar.name == "BYOK (your provider account)"
 
@@ -155,7 +211,7 @@ def test_weekly_and_long_spans_keep_ticks_on_whole_steps() -> None:
     daily = charts.spend_over_time().layout.xaxis
     assert daily.dtick % 86_400_000 == 0 and daily.dtick >= 6 * 86_400_000
     assert charts.spend_over_time(by="week").layout.xaxis.dtick % (7 * 86_400_000) == 0
-    assert charts.spend_over_time().layout.yaxis.tickformat == ",.2f"   # dollars and cents
+    assert charts.spend_over_time().layout.yaxis.tickformat == ",.2f"  # dollars and cents
 
 
 def test_money_axis_decimals() -> None:
@@ -182,12 +238,23 @@ def test_usage_summary_table_totals_two_routes_in_whole_numbers() -> None:
     counts are integers with separators, money in dollars."""
     from cencori_nb.magic.commands import usage_summary_bundle
 
-    default_ledger().record_many([
-        LedgerRow(f"r{i}", "p", "openai", "byok" if i % 2 else "managed",
-                  model="gpt-4o-mini", input_tokens=1500, output_tokens=250,
-                  provider_cost_usd=Decimal("0.0002"),
-                  credits_charged_usd=None if i % 2 else Decimal("0.0003"),
-                  ts_ms=_ms(TODAY) + i) for i in range(4)])
+    default_ledger().record_many(
+        [
+            LedgerRow(
+                f"r{i}",
+                "p",
+                "openai",
+                "byok" if i % 2 else "managed",
+                model="gpt-4o-mini",
+                input_tokens=1500,
+                output_tokens=250,
+                provider_cost_usd=Decimal("0.0002"),
+                credits_charged_usd=None if i % 2 else Decimal("0.0003"),
+                ts_ms=_ms(TODAY) + i,
+            )
+            for i in range(4)
+        ]
+    )
     frame = reports.spend(by=["provider", "route"])
     plain = usage_summary_bundle(frame, since=None, project="default")["text/plain"]
     lines = plain.splitlines()
@@ -196,4 +263,5 @@ def test_usage_summary_table_totals_two_routes_in_whole_numbers() -> None:
     assert body == [
         ["openai", "managed (credits)", "2", "0", "0", "3,000", "500", "$0.000600"],
         ["openai", "BYOK", "2", "0", "0", "3,000", "500", "$0.000400"],
-        ["total", "4", "0", "0", "6,000", "1,000", "$0.001000"]]
+        ["total", "4", "0", "0", "6,000", "1,000", "$0.001000"],
+    ]

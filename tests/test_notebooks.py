@@ -28,10 +28,26 @@ CHECK_TAG = "nbval-check-output"
 def _nbval(notebook: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Run one notebook under nbval in its own pytest process."""
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env",
-         "--nbval-cell-timeout=120", "-p", "no:cacheprovider", "-q", "-o", "addopts=",
-         str(notebook)],
-        cwd=notebook.parent, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--nbval-lax",
+            "--nbval-current-env",
+            "--nbval-cell-timeout=120",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-o",
+            "addopts=",
+            str(notebook),
+        ],
+        cwd=notebook.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +63,20 @@ def notebook_sandbox() -> Iterator[str]:
 
 def test_notebooks_are_found() -> None:
     names = {p.name for p in NOTEBOOKS}
-    assert {"01-quickstart.ipynb", "02-provider-setup.ipynb",
-            "03-byok-vs-managed-cost.ipynb"} <= names
+    assert {
+        "01-quickstart.ipynb",
+        "02-provider-setup.ipynb",
+        "03-byok-vs-managed-cost.ipynb",
+    } <= names
 
 
 def test_notebooks_folder_holds_only_notebooks() -> None:
     """It is what JupyterLab shows a newcomer and what the wheel ships: no test helpers."""
-    others = [p.name for p in (REPO / "notebooks").iterdir()
-              if p.suffix != ".ipynb" and p.name != ".ipynb_checkpoints"]
+    others = [
+        p.name
+        for p in (REPO / "notebooks").iterdir()
+        if p.suffix != ".ipynb" and p.name != ".ipynb_checkpoints"
+    ]
     assert others == []
 
 
@@ -62,7 +84,7 @@ def test_quickstart_points_at_every_other_notebook() -> None:
     """Notebook 01's "Next" section lists each of the other notebooks."""
     nb = json.loads((REPO / "notebooks" / "01-quickstart.ipynb").read_text())
     text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
-    nxt = text[text.lower().rfind("next"):]
+    nxt = text[text.lower().rfind("next") :]
     for p in NOTEBOOKS:
         if not p.name.startswith("01-"):
             assert p.stem in nxt or p.name in nxt, p.name
@@ -99,8 +121,11 @@ def test_nbval_wiring_catches_a_changed_output(tmp_path: Path) -> None:
     import nbformat
 
     nb = nbformat.v4.new_notebook()
-    cell = nbformat.v4.new_code_cell("print(1 + 1)", execution_count=1, outputs=[
-        nbformat.v4.new_output("stream", name="stdout", text="3\n")])
+    cell = nbformat.v4.new_code_cell(
+        "print(1 + 1)",
+        execution_count=1,
+        outputs=[nbformat.v4.new_output("stream", name="stdout", text="3\n")],
+    )
     cell.metadata["tags"] = [CHECK_TAG]
     nb.cells = [cell, nbformat.v4.new_code_cell("print('not checked')")]
     path = tmp_path / "wrong.ipynb"
@@ -111,12 +136,14 @@ def test_nbval_wiring_catches_a_changed_output(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_under_nbval(notebook: Path, notebook_sandbox: str,
-                                   tmp_path: Path) -> None:
+def test_notebook_runs_under_nbval(notebook: Path, notebook_sandbox: str, tmp_path: Path) -> None:
     home = tmp_path / "home"
-    env = isolated_jupyter_env(tmp_path / "jupyter", CENCORI_NB_HOME=str(home),
-                               CENCORI_NB_SANDBOX=notebook_sandbox,
-                               PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring")
+    env = isolated_jupyter_env(
+        tmp_path / "jupyter",
+        CENCORI_NB_HOME=str(home),
+        CENCORI_NB_SANDBOX=notebook_sandbox,
+        PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring",
+    )
     for var in ("CENCORI_NB_PASSPHRASE", "CENCORI_NB_PROJECT"):
         env.pop(var, None)
     proc = _nbval(notebook, env)

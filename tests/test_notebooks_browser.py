@@ -34,16 +34,26 @@ CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 RESULTS = REPO / "test-results"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 WIDTH = 1400
 
 pytestmark = [
-    pytest.mark.browser, pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason="/usr/bin/chromium is not installed (./dev test and CI install "
-                              "Debian's chromium; run `apt-get install chromium`)"),
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="/usr/bin/chromium is not installed (./dev test and CI install "
+        "Debian's chromium; run `apt-get install chromium`)",
+    ),
 ]
 
 _KERNEL_IDLE = """() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
@@ -116,23 +126,41 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterProcess]:
     root.mkdir()
     for nb in NOTEBOOKS:
         shutil.copy(nb, root / nb.name)
-    env = isolated_jupyter_env(tmp / "jupyter", CENCORI_NB_HOME=str(tmp / "home"),
-                               PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring")
+    env = isolated_jupyter_env(
+        tmp / "jupyter",
+        CENCORI_NB_HOME=str(tmp / "home"),
+        PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring",
+    )
     for var in ("CENCORI_NB_SANDBOX", "CENCORI_NB_PASSPHRASE", "CENCORI_NB_PROJECT"):
         env.pop(var, None)
     port, token = free_port(), secrets.token_hex(16)
-    argv = [sys.executable, "-m", "cencori_nb", "lab", f"--ServerApp.root_dir={root}",
-            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-            "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-            "--ServerApp.open_browser=False", "--LabApp.expose_app_in_browser=True"]
+    argv = [
+        sys.executable,
+        "-m",
+        "cencori_nb",
+        "lab",
+        f"--ServerApp.root_dir={root}",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        "--ServerApp.open_browser=False",
+        "--LabApp.expose_app_in_browser=True",
+    ]
     server = JupyterProcess(argv, env=env, log_path=tmp / "lab.log", port=port, token=token)
     server.start(timeout=120)
-    r = server.api("PUT", "/lab/api/settings/@jupyterlab/apputils-extension:notification",
-                   json={"raw": json.dumps({"fetchNews": "false"})})
+    r = server.api(
+        "PUT",
+        "/lab/api/settings/@jupyterlab/apputils-extension:notification",
+        json={"raw": json.dumps({"fetchNews": "false"})},
+    )
     assert r.status_code == 204, r.text
     # Every cell rendered, not only those in view: the checks and screenshots see them all.
-    r = server.api("PUT", "/lab/api/settings/@jupyterlab/notebook-extension:tracker",
-                   json={"raw": json.dumps({"windowingMode": "none"})})
+    r = server.api(
+        "PUT",
+        "/lab/api/settings/@jupyterlab/notebook-extension:tracker",
+        json={"raw": json.dumps({"windowingMode": "none"})},
+    )
     assert r.status_code == 204, r.text
     try:
         yield server
@@ -187,7 +215,7 @@ def _run_all(page: Any, lab: JupyterProcess, name: str) -> dict[str, Any]:
     # A viewport as tall as the notebook: every cell is rendered (no windowing), and the
     # full-page screenshot shows all of it.
     height = 0
-    for _ in range(5):                  # windowed cells render as they come into view
+    for _ in range(5):  # windowed cells render as they come into view
         page.evaluate(_TO_TOP)
         time.sleep(1.0)
         new = page.evaluate(_STATE)["outer"]
@@ -195,7 +223,7 @@ def _run_all(page: Any, lab: JupyterProcess, name: str) -> dict[str, Any]:
             break
         height = new
         page.set_viewport_size({"width": WIDTH, "height": min(height + 100, 30_000)})
-    time.sleep(1.0)      # plotly and tables re-lay out for the new size
+    time.sleep(1.0)  # plotly and tables re-lay out for the new size
     page.evaluate(_TO_TOP)
     return page.evaluate(_STATE)  # type: ignore[no-any-return]
 
@@ -214,8 +242,11 @@ def _check_chart(chart: dict[str, Any]) -> list[str]:
         if ax["type"] == "date" and any(re.search(r"\d\d:\d\d", t) for t in ax["ticks"]):
             bad.append(f"{ax_name} date ticks show times: {ax['ticks']}")
     money_title = (y["title"] or "") + " " + chart["title"]
-    if _MONEY.search(y["title"] or "") and y["ticks"] and not all(
-            t.lstrip("−-").startswith("$") for t in y["ticks"]):
+    if (
+        _MONEY.search(y["title"] or "")
+        and y["ticks"]
+        and not all(t.lstrip("−-").startswith("$") for t in y["ticks"])
+    ):
         bad.append(f"money axis {money_title!r} ticks are not dollars: {y['ticks']}")
     named = [t for t in chart["traces"] if t["name"] and t["showlegend"] is not False]
     if len(named) > 1 and len(chart["legend"]) < len(named):
@@ -225,10 +256,10 @@ def _check_chart(chart: dict[str, Any]) -> list[str]:
     return bad
 
 
-@pytest.mark.parametrize("notebook", [p.name for p in NOTEBOOKS],
-                         ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("notebook", [p.name for p in NOTEBOOKS], ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_and_reads_right_in_the_browser(
-        lab: JupyterProcess, page: Any, notebook: str) -> None:
+    lab: JupyterProcess, page: Any, notebook: str
+) -> None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     RESULTS.mkdir(exist_ok=True)
@@ -244,14 +275,16 @@ def test_notebook_runs_and_reads_right_in_the_browser(
     for i, chart in enumerate(page.locator(".jp-Notebook .js-plotly-plot").all()):
         chart.screenshot(path=str(RESULTS / f"notebook-{stem}-chart-{i}.png"))
     outputs = page.locator(".jp-Notebook .jp-Cell-outputArea").filter(
-        has=page.locator(".jp-OutputArea-output"))
-    for i, out in enumerate(outputs.all()):      # each output at full size, to read
+        has=page.locator(".jp-OutputArea-output")
+    )
+    for i, out in enumerate(outputs.all()):  # each output at full size, to read
         # (a progress bar that has finished hides itself: nothing to see there)
         box = out.bounding_box() if out.is_visible() else None
         if box and box["height"] > 0:
             try:
-                out.screenshot(path=str(RESULTS / f"notebook-{stem}-out-{i:02d}.png"),
-                               timeout=5_000)
+                out.screenshot(
+                    path=str(RESULTS / f"notebook-{stem}-out-{i:02d}.png"), timeout=5_000
+                )
             except PlaywrightTimeout:
                 if out.is_visible():
                     raise
@@ -264,6 +297,6 @@ def test_notebook_runs_and_reads_right_in_the_browser(
     for table in state["tables"]:
         for row in table["rows"]:
             for head, cell in zip(table["head"][1:] or [], row[1:], strict=False):
-                missing = cell in ("", "NaN", "<NA>")      # e.g. a row never sent
+                missing = cell in ("", "NaN", "<NA>")  # e.g. a row never sent
                 if re.search(r"count|requests|tokens", head, re.I) and not missing:
                     assert re.fullmatch(r"[\d,]+", cell), (head, cell, table["head"])

@@ -27,22 +27,75 @@ def _ms(dt: datetime) -> int:
 def synthetic() -> list[LedgerRow]:
     """Six rows over two days, two routes, three models, one error, one cache hit."""
     rows = [
-        LedgerRow("a", "p1", "openai", "managed", model="gpt-4o", input_tokens=1000,
-                  output_tokens=500, provider_cost_usd=Decimal("0.0075"),
-                  credits_charged_usd=Decimal("0.01125"), ts_ms=_ms(YESTERDAY) + 1000),
-        LedgerRow("b", "p1", "anthropic", "byok", model="claude-haiku-4-5", input_tokens=2000,
-                  output_tokens=100, provider_cost_usd=Decimal("0.0025"),
-                  credits_charged_usd=Decimal(0), ts_ms=_ms(YESTERDAY) + 2000),
-        LedgerRow("c", "p2", "openai", "byok", model="gpt-4o", input_tokens=1000,
-                  output_tokens=500, provider_cost_usd=Decimal("0.0075"),
-                  credits_charged_usd=Decimal("0.000375"), ts_ms=_ms(TODAY) + 1000),
-        LedgerRow("d", "p1", "openai", "managed", status="error", model_requested="gpt-4o",
-                  error_code="credit_balance_exhausted", ts_ms=_ms(TODAY) + 2000),
-        LedgerRow("e", "p1", "openai", "managed", status="cached", model="gpt-4o",
-                  input_tokens=1000, output_tokens=500, provider_cost_usd=Decimal(0),
-                  ts_ms=_ms(TODAY) + 3000),
-        LedgerRow("f", "p1", "local", "byok", model="llama3.2", input_tokens=10,
-                  output_tokens=10, provider_cost_usd=None, ts_ms=_ms(TODAY) + 4000),
+        LedgerRow(
+            "a",
+            "p1",
+            "openai",
+            "managed",
+            model="gpt-4o",
+            input_tokens=1000,
+            output_tokens=500,
+            provider_cost_usd=Decimal("0.0075"),
+            credits_charged_usd=Decimal("0.01125"),
+            ts_ms=_ms(YESTERDAY) + 1000,
+        ),
+        LedgerRow(
+            "b",
+            "p1",
+            "anthropic",
+            "byok",
+            model="claude-haiku-4-5",
+            input_tokens=2000,
+            output_tokens=100,
+            provider_cost_usd=Decimal("0.0025"),
+            credits_charged_usd=Decimal(0),
+            ts_ms=_ms(YESTERDAY) + 2000,
+        ),
+        LedgerRow(
+            "c",
+            "p2",
+            "openai",
+            "byok",
+            model="gpt-4o",
+            input_tokens=1000,
+            output_tokens=500,
+            provider_cost_usd=Decimal("0.0075"),
+            credits_charged_usd=Decimal("0.000375"),
+            ts_ms=_ms(TODAY) + 1000,
+        ),
+        LedgerRow(
+            "d",
+            "p1",
+            "openai",
+            "managed",
+            status="error",
+            model_requested="gpt-4o",
+            error_code="credit_balance_exhausted",
+            ts_ms=_ms(TODAY) + 2000,
+        ),
+        LedgerRow(
+            "e",
+            "p1",
+            "openai",
+            "managed",
+            status="cached",
+            model="gpt-4o",
+            input_tokens=1000,
+            output_tokens=500,
+            provider_cost_usd=Decimal(0),
+            ts_ms=_ms(TODAY) + 3000,
+        ),
+        LedgerRow(
+            "f",
+            "p1",
+            "local",
+            "byok",
+            model="llama3.2",
+            input_tokens=10,
+            output_tokens=10,
+            provider_cost_usd=None,
+            ts_ms=_ms(TODAY) + 4000,
+        ),
     ]
     default_ledger().record_many(rows)
     return rows
@@ -68,22 +121,32 @@ def test_usage_filters(synthetic: list[LedgerRow]) -> None:
     """since and project filter in SQL."""
     assert list(reports.usage(project="p2")["request_id"]) == ["c"]
     assert list(reports.usage(since=TODAY)["request_id"]) == ["c", "d", "e", "f"]
-    assert list(reports.usage(since=TODAY.date(), project="p1")["request_id"]) == \
-        ["d", "e", "f"]
+    assert list(reports.usage(since=TODAY.date(), project="p1")["request_id"]) == ["d", "e", "f"]
     assert len(reports.usage(since="7d")) == 6
 
 
 def test_spend_by_day(synthetic: list[LedgerRow]) -> None:
     """Two days with exact totals; errors/cached counted, tokens billed only for ok rows."""
     frame = reports.spend(by="day")
-    assert list(frame.columns) == ["day", "requests", "errors", "cached", "interrupted",
-                                   "input_tokens", "output_tokens", "unpriced", "estimated",
-                                   "provider_cost_usd", "credits_charged_usd", "cost_usd"]
+    assert list(frame.columns) == [
+        "day",
+        "requests",
+        "errors",
+        "cached",
+        "interrupted",
+        "input_tokens",
+        "output_tokens",
+        "unpriced",
+        "estimated",
+        "provider_cost_usd",
+        "credits_charged_usd",
+        "cost_usd",
+    ]
     assert list(frame["day"]) == [pd.Timestamp(YESTERDAY), pd.Timestamp(TODAY)]
     assert list(frame["requests"]) == [2, 4]
     assert list(frame["errors"]) == [0, 1]
     assert list(frame["cached"]) == [0, 1]
-    assert list(frame["unpriced"]) == [0, 1]          # "f": llama3.2 has no price
+    assert list(frame["unpriced"]) == [0, 1]  # "f": llama3.2 has no price
     assert list(frame["interrupted"]) == [0, 0] and list(frame["estimated"]) == [0, 0]
     assert list(frame["input_tokens"]) == [3000, 1010]
     assert list(frame["output_tokens"]) == [600, 510]
@@ -110,16 +173,21 @@ def test_spend_by_provider_model_route(synthetic: list[LedgerRow]) -> None:
     assert list(model["model"]) == ["gpt-4o", "claude-haiku-4-5", "llama3.2"]
     assert list(model["requests"]) == [4, 1, 1]
     route = reports.spend(by="route", project="p1")
-    assert dict(zip(route["route"], route["cost_usd"], strict=True)) == \
-        {"managed": 0.01125, "byok": 0.0025}
+    assert dict(zip(route["route"], route["cost_usd"], strict=True)) == {
+        "managed": 0.01125,
+        "byok": 0.0025,
+    }
 
 
 def test_spend_by_two_keys(synthetic: list[LedgerRow]) -> None:
     """A list of keys groups by both (what the stacked chart uses)."""
     frame = reports.spend(by=["day", "route"])
     assert [(d.date(), r) for d, r in zip(frame["day"], frame["route"], strict=True)] == [
-        (YESTERDAY.date(), "byok"), (YESTERDAY.date(), "managed"),
-        (TODAY.date(), "byok"), (TODAY.date(), "managed")]
+        (YESTERDAY.date(), "byok"),
+        (YESTERDAY.date(), "managed"),
+        (TODAY.date(), "byok"),
+        (TODAY.date(), "managed"),
+    ]
     assert frame["cost_usd"].tolist() == [0.0025, 0.01125, 0.007875, 0.0]
 
 
@@ -137,46 +205,85 @@ def test_spend_empty_ledger() -> None:
 
 def test_compare_costs_what_if() -> None:
     """A what-if workload: provider price, managed ×1.5, BYOK under the policy, peers."""
-    frame = reports.compare_costs([
-        {"model": "gpt-4o", "provider": "openai", "input_tokens": 1_000_000,
-         "output_tokens": 500_000, "requests": 1000},
-        {"model": "claude-haiku-4-5", "input_tokens": 2_000_000, "output_tokens": 100_000,
-         "requests": 2000},
-    ], byok_policy="percent", byok_fee_pct=5)
+    frame = reports.compare_costs(
+        [
+            {
+                "model": "gpt-4o",
+                "provider": "openai",
+                "input_tokens": 1_000_000,
+                "output_tokens": 500_000,
+                "requests": 1000,
+            },
+            {
+                "model": "claude-haiku-4-5",
+                "input_tokens": 2_000_000,
+                "output_tokens": 100_000,
+                "requests": 2000,
+            },
+        ],
+        byok_policy="percent",
+        byok_fee_pct=5,
+    )
     gpt = frame.iloc[0]
-    assert gpt["provider_cost_usd"] == 7.5          # 2.5 + 5
+    assert gpt["provider_cost_usd"] == 7.5  # 2.5 + 5
     assert gpt["managed_charge_usd"] == 11.25
     assert gpt["byok_fee_usd"] == 0.375
     assert gpt["byok_total_usd"] == 7.875
     assert gpt["savings_usd"] == 3.375 and gpt["cheaper"] == "byok"
-    assert gpt["openrouter_byok_usd"] == 7.5        # under 1M requests: fee waived
+    assert gpt["openrouter_byok_usd"] == 7.5  # under 1M requests: fee waived
     assert gpt["vercel_byok_usd"] == 7.5
     assert gpt["cloudflare_credits_usd"] == 7.875
     haiku = frame.iloc[1]
-    assert haiku["provider"] == "cencori"           # inferred from the model name
-    assert haiku["provider_cost_usd"] == 2.5        # 2M × $1 + 0.1M × $5
+    assert haiku["provider"] == "cencori"  # inferred from the model name
+    assert haiku["provider_cost_usd"] == 2.5  # 2M × $1 + 0.1M × $5
     assert frame.attrs["totals"]["provider_cost_usd"] == 10.0
     assert frame.attrs["totals"]["byok_policy"] == "percent"
 
 
 def test_compare_costs_tiers_apply_per_request() -> None:
     """10M input tokens over 100 requests (100K each) stay in gemini-2.5-pro's base tier."""
-    frame = reports.compare_costs([{"model": "gemini-2.5-pro", "provider": "google",
-                                    "input_tokens": 10_000_000, "output_tokens": 0,
-                                    "requests": 100}], include_peers=False)
+    frame = reports.compare_costs(
+        [
+            {
+                "model": "gemini-2.5-pro",
+                "provider": "google",
+                "input_tokens": 10_000_000,
+                "output_tokens": 0,
+                "requests": 100,
+            }
+        ],
+        include_peers=False,
+    )
     assert frame["provider_cost_usd"].iloc[0] == 12.5
-    big = reports.compare_costs([{"model": "gemini-2.5-pro", "provider": "google",
-                                  "input_tokens": 10_000_000, "output_tokens": 0,
-                                  "requests": 40}], include_peers=False)
+    big = reports.compare_costs(
+        [
+            {
+                "model": "gemini-2.5-pro",
+                "provider": "google",
+                "input_tokens": 10_000_000,
+                "output_tokens": 0,
+                "requests": 40,
+            }
+        ],
+        include_peers=False,
+    )
     assert big["provider_cost_usd"].iloc[0] == 25.0  # 250K per request: the $2.50 tier
     assert "openrouter_byok_usd" not in big.columns
 
 
 def test_compare_costs_openrouter_fee_past_one_million_requests() -> None:
     """Past 1M requests a month, OpenRouter's 5% applies to the share above the waiver."""
-    frame = reports.compare_costs([{"model": "gpt-4o-mini", "provider": "openai",
-                                    "input_tokens": 2_000_000_000,
-                                    "output_tokens": 0, "requests": 2_000_000}])
+    frame = reports.compare_costs(
+        [
+            {
+                "model": "gpt-4o-mini",
+                "provider": "openai",
+                "input_tokens": 2_000_000_000,
+                "output_tokens": 0,
+                "requests": 2_000_000,
+            }
+        ]
+    )
     cost = frame["provider_cost_usd"].iloc[0]
     assert cost == 300.0
     assert frame["openrouter_byok_usd"].iloc[0] == pytest.approx(300 + 300 * 0.05 * 0.5)
@@ -184,18 +291,30 @@ def test_compare_costs_openrouter_fee_past_one_million_requests() -> None:
 
 def test_compare_costs_break_even_with_plan_fee() -> None:
     """Plan $49/month, zero BYOK fee: break-even where savings (50% of price) reach $49."""
-    frame = reports.compare_costs([{"model": "gpt-4o", "provider": "openai",
-                                    "input_tokens": 1_000_000, "output_tokens": 500_000,
-                                    "requests": 1000}], byok_policy="zero", plan_fee_usd=49)
+    frame = reports.compare_costs(
+        [
+            {
+                "model": "gpt-4o",
+                "provider": "openai",
+                "input_tokens": 1_000_000,
+                "output_tokens": 500_000,
+                "requests": 1000,
+            }
+        ],
+        byok_policy="zero",
+        plan_fee_usd=49,
+    )
     row = frame.iloc[0]
     assert row["savings_usd"] == 3.75
     # whole numbers, rounded up: 13,066.67 requests is 13,067 (issue 13: counts are whole)
     assert row["break_even_requests"] == math.ceil(49 / 3.75 * 1000) == 13_067
-    assert row["break_even_tokens"] == 19_600_000      # exact: no float noise adds one
+    assert row["break_even_tokens"] == 19_600_000  # exact: no float noise adds one
     assert frame.attrs["totals"]["break_even_multiple"] == pytest.approx(49 / 3.75)
-    managed = reports.compare_costs([{"model": "gpt-4o", "input_tokens": 1000,
-                                      "output_tokens": 0, "requests": 1}],
-                                    byok_policy="managed", plan_fee_usd=49)
+    managed = reports.compare_costs(
+        [{"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 0, "requests": 1}],
+        byok_policy="managed",
+        plan_fee_usd=49,
+    )
     # "managed" policy: the wallet pays the full managed charge on top of the provider bill
     assert managed["break_even_requests"].iloc[0] == math.inf
     assert managed["cheaper"].iloc[0] == "managed"
@@ -216,18 +335,18 @@ def test_compare_costs_from_the_ledger(synthetic: list[LedgerRow]) -> None:
 
 def test_compare_costs_accepts_a_dataframe_and_default_requests() -> None:
     """A DataFrame works; without 'requests', one request per 1,000 input tokens."""
-    frame = reports.compare_costs(pd.DataFrame([{"model": "gpt-4o", "input_tokens": 5000,
-                                                 "output_tokens": 100}]))
+    frame = reports.compare_costs(
+        pd.DataFrame([{"model": "gpt-4o", "input_tokens": 5000, "output_tokens": 100}])
+    )
     assert frame["requests"].iloc[0] == 5
     assert frame["provider_cost_usd"].iloc[0] == pytest.approx(0.0125 + 0.001)
     with pytest.raises(ConfigurationError, match="model"):
         reports.compare_costs([{"input_tokens": 1}])
 
 
-def test_spend_since_mid_day_reads_the_partial_day_from_rows(
-        synthetic: list[LedgerRow]) -> None:
+def test_spend_since_mid_day_reads_the_partial_day_from_rows(synthetic: list[LedgerRow]) -> None:
     """since inside a day: that day's rows come from requests, later days from the rollup."""
-    since = YESTERDAY + timedelta(milliseconds=1500)     # after "a", before "b"
+    since = YESTERDAY + timedelta(milliseconds=1500)  # after "a", before "b"
     frame = reports.spend(by="day", since=since)
     assert list(frame["requests"]) == [1, 4]
     assert frame["cost_usd"].tolist() == [0.0025, 0.007875]

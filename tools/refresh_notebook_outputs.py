@@ -28,8 +28,9 @@ def refresh(path: Path) -> None:
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=180, kernel_name="python3", resources={
-        "metadata": {"path": str(HERE)}}).execute()
+    NotebookClient(
+        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}
+    ).execute()
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -50,8 +51,12 @@ def _merge_streams(outputs: list) -> list:
     merged: list = []
     for out in outputs:
         prev = merged[-1] if merged else None
-        if (out.output_type == "stream" and prev is not None
-                and prev.output_type == "stream" and prev.name == out.name):
+        if (
+            out.output_type == "stream"
+            and prev is not None
+            and prev.output_type == "stream"
+            and prev.name == out.name
+        ):
             prev.text += out.text
         else:
             merged.append(out)
