@@ -26,6 +26,8 @@ _AMBIENT = (
     "GOOGLE_API_KEY",
     "CENCORI_API_KEY",
     "CENCORI_NB_SCRUB_HOMES",
+    "CENCORI_NB_LEDGER_URL",
+    "CENCORI_NB_MEMBER",
 )
 
 
@@ -279,3 +281,38 @@ def sandbox_env(sandbox: object, monkeypatch: pytest.MonkeyPatch) -> object:
     """Point ``CENCORI_NB_SANDBOX`` at the running sandbox for one test; return the server."""
     monkeypatch.setenv("CENCORI_NB_SANDBOX", sandbox.url)  # type: ignore[attr-defined]
     return sandbox
+
+
+# --- PostgreSQL (issue 17): one throwaway cluster per run, a fresh database per test --------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """A running PostgreSQL server for the whole run (tests/pg_cluster.py), stopped at the
+    end, also when the run fails or is interrupted. Skips when no server binaries are
+    installed (``./dev test`` installs Debian's ``postgresql`` package first)."""
+    from tests.pg_cluster import Cluster, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries are not installed (./dev test installs them)")
+    cluster = Cluster(bindir)
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh, empty database on the test cluster; ``CENCORI_NB_LEDGER_URL`` points the
+    ledger at it (with a password, over TCP). Dropped after the test."""
+    name = pg_cluster.create_database()
+    url = pg_cluster.url(name)
+    monkeypatch.setenv("CENCORI_NB_LEDGER_URL", url)
+    _reset_process_state()
+    yield url
+    _reset_process_state()
+    pg_cluster.drop_database(name)
