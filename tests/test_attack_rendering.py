@@ -217,7 +217,7 @@ def test_panel_test_key_shows_the_providers_hostile_model_name_as_text(sandbox_e
 def test_progress_widget_is_inert(payload: str) -> None:
     """The batch progress line carries a provider's error text in its note."""
     pytest.importorskip("ipywidgets")
-    from cencori_nb.progress import WidgetProgress
+    from cencori_nb.batch.progress import WidgetProgress
 
     w = WidgetProgress(3, display=False, min_interval_s=0)
     w.update(1, 1, Decimal("0.01"), note=f"stopped: {payload} $5")

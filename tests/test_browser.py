@@ -333,7 +333,7 @@ def _xss_notebook() -> nbformat.NotebookNode:
         "                       + ['SANDBOX-ERROR:' + p for p in PAYLOADS], model='gpt-4o-mini',\n"
         "                       cache=False)\n"
         "frame[['text', 'error']]",
-        "from cencori_nb.progress import WidgetProgress\n"
+        "from cencori_nb.batch.progress import WidgetProgress\n"
         "w = WidgetProgress(3)\n"
         "w.close(3, 1, Decimal('0.01'), note='stopped: ' + ALL)",
         "from cencori_nb.widgets import setup\npanel = setup()\n"

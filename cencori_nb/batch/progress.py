@@ -139,7 +139,7 @@ class WidgetProgress:
             show(self.box)
 
     def _show(self, text: str) -> None:
-        from .safe_html import text_html
+        from ..safe_html import text_html
 
         self.text = text
         self.label.value = text_html(text, cls="cencori-progress", tag="span")

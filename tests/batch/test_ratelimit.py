@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from cencori_nb.ratelimit import AdaptiveLimiter, parse_reset
+from cencori_nb.batch.ratelimit import AdaptiveLimiter, parse_reset
 
 
 class FakeClock:

@@ -1,7 +1,8 @@
 """Batch engine with an injected ``achat`` (a plain async function): order, errors, retries,
-rate-limit storms on a fake clock, interrupts and resume, the accessor, progress displays.
+rate-limit storms on a fake clock, interrupts and resume, the progress line it prints.
 
-End-to-end runs against the sandbox are in ``test_batch_sandbox.py``.
+End-to-end runs against the sandbox are in ``test_runner_sandbox.py``, in a real kernel in
+``test_runner_kernel.py``; the accessors in ``test_accessors.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import pytest
 
 import cencori_nb
 from cencori_nb import batch, transport
-from cencori_nb.accounting import cost_of
+from cencori_nb.batch.progress import TextProgress
+from cencori_nb.batch.ratelimit import AdaptiveLimiter
 from cencori_nb.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -28,85 +30,8 @@ from cencori_nb.errors import (
     ProviderUnavailableError,
     RateLimitError,
 )
-from cencori_nb.progress import TextProgress, WidgetProgress, summary_line
-from cencori_nb.ratelimit import AdaptiveLimiter
 from cencori_nb.types import Completion
-
-
-def completion(
-    prompt: str,
-    *,
-    route: str = "byok",
-    cached: bool = False,
-    cost: str = "0.001",
-    credits: str = "0",
-) -> Completion:
-    provider_cost = Decimal(0) if cached else Decimal(cost)
-    # a settled completion, as achat returns it: cost_usd by the one rule
-    return Completion(
-        text=f"echo: {prompt}",
-        model="gpt-4o-mini",
-        provider="openai",
-        route=route,
-        input_tokens=len(prompt),
-        output_tokens=3,
-        provider_cost_usd=provider_cost,
-        credits_charged_usd=Decimal(credits),
-        cached=cached,
-        request_id=f"req-{prompt}",
-        cost_usd=cost_of(route, provider_cost, Decimal(credits), cached=cached),
-    )
-
-
-class FakeAchat:
-    """Records every call; answers after an optional delay; fails rows on request."""
-
-    def __init__(
-        self,
-        *,
-        delay: Any = None,
-        fail: dict[str, BaseException] | None = None,
-        route: str = "byok",
-    ) -> None:
-        self.calls: list[str] = []
-        self.kwargs: list[dict[str, Any]] = []
-        self.delay = delay
-        self.fail = fail or {}
-        self.route = route
-        self.in_flight = 0
-        self.max_in_flight = 0
-
-    async def __call__(self, prompt: str, **kwargs: Any) -> Completion:
-        self.calls.append(prompt)
-        self.kwargs.append(kwargs)
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            if self.delay is not None:
-                await asyncio.sleep(self.delay(prompt) if callable(self.delay) else self.delay)
-            exc = self.fail.get(prompt)
-            if exc is not None:
-                raise exc
-            return completion(
-                prompt, route=self.route, credits="0.002" if self.route == "managed" else "0"
-            )
-        finally:
-            self.in_flight -= 1
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(round(seconds, 6))
-        target = self.now + seconds
-        await asyncio.sleep(0)
-        self.now = max(self.now, target)
+from tests.batch.fakes import FakeAchat, FakeClock, completion
 
 
 def test_order_preserved_with_shuffled_latencies() -> None:
@@ -496,93 +421,10 @@ def test_concurrency_below_one_is_a_configuration_error() -> None:
     assert fake.calls == []
 
 
-def test_import_registers_accessor_when_pandas_is_loaded() -> None:
-    """`import cencori_nb` after pandas gives df.cencori without touching cencori_nb.batch."""
-    import subprocess
-    import sys
-
-    code = (
-        "import pandas as pd, cencori_nb; "
-        "print(pd.DataFrame({'t': ['x']}).cencori.prompts('Say {t}').tolist())"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert out.stdout.strip() == "['Say x']"
-
-
 def test_map_refuses_a_single_string() -> None:
     """A bare string is one prompt, not a batch: a clear error instead of 1-char rows."""
     with pytest.raises(ConfigurationError, match="not one string"):
         cencori_nb.map("hello", achat=FakeAchat(), progress=False)
-
-
-# -- accessor ---------------------------------------------------------------------------
-def test_dataframe_accessor_fills_template_and_aligns_with_index() -> None:
-    """df.cencori.prompt fills {column} per row; results keep the (non-default) index."""
-    df = pd.DataFrame(
-        {"text": ["alpha", "beta", None], "lang": ["en", "fr", "de"]},
-        index=pd.Index(["k1", "k2", "k3"], name="key"),
-    )
-    fake = FakeAchat()
-    out = df.cencori.prompt("Summarise in {lang}: {text} {{ok}}", achat=fake, progress=False)
-    assert list(out.index) == ["k1", "k2", "k3"] and out.index.name == "key"
-    assert out.loc["k1", "prompt"] == "Summarise in en: alpha {ok}"
-    assert out.loc["k2", "text"] == "echo: Summarise in fr: beta {ok}"
-    assert out.loc["k3", "error"] == "not sent: empty value in column 'text'"
-    assert len(fake.calls) == 2
-    joined = df.join(out[["text"]].rename(columns={"text": "summary"}))
-    assert joined.loc["k2", "summary"] == "echo: Summarise in fr: beta {ok}"
-
-
-def test_dataframe_accessor_unknown_field_lists_columns() -> None:
-    """A brace naming no column fails before sending, naming the columns."""
-    df = pd.DataFrame({"text": ["a"], "title": ["t"]})
-    with pytest.raises(ConfigurationError) as info:
-        df.cencori.prompt("Summarise {body}", achat=FakeAchat(), progress=False)
-    assert "{body}" in str(info.value) and "Columns: text, title" in str(info.value)
-    assert "{{ and }}" in str(info.value)
-    with pytest.raises(ConfigurationError, match="positional"):
-        df.cencori.prompt("Summarise {}", achat=FakeAchat(), progress=False)
-    with pytest.raises(ConfigurationError, match="names no column"):
-        df.cencori.prompt("Summarise", achat=FakeAchat(), progress=False)
-
-
-def test_dataframe_accessor_numeric_column_names() -> None:
-    """{0} finds a column named 0 (format_map alone could not)."""
-    df = pd.DataFrame({0: ["a", "b"]}, index=[5, 6])
-    assert df.cencori.prompts("x={0}").tolist() == ["x=a", "x=b"]
-
-
-def test_series_accessor_fills_value_and_aligns() -> None:
-    """series.cencori.prompt('… {}') sends each value; index kept; named fields refused."""
-    s = pd.Series(["good", "bad"], index=[100, 7], name="review")
-    fake = FakeAchat()
-    out = s.cencori.prompt("Sentiment of: {}", achat=fake, progress=False)
-    assert list(out.index) == [100, 7]
-    assert out.loc[7, "prompt"] == "Sentiment of: bad"
-    assert s.cencori.prompt(achat=FakeAchat(), progress=False)["prompt"].tolist() == ["good", "bad"]
-    with pytest.raises(ConfigurationError, match="Series has one value"):
-        s.cencori.prompt("Sentiment of: {review}", achat=fake, progress=False)
-
-
-# -- progress ---------------------------------------------------------------------------
-def test_text_progress_is_throttled_and_ends_with_a_newline() -> None:
-    """The terminal line updates at most every min_interval_s, \\r in place, then \\n."""
-    t = {"now": 0.0}
-    buf = io.StringIO()
-    p = TextProgress(10, stream=buf, min_interval_s=0.1, clock=lambda: t["now"])
-    p.update(1, 0, Decimal("0.01"))
-    p.update(2, 0, Decimal("0.02"))  # throttled
-    t["now"] = 0.2
-    p.update(3, 1, Decimal("0.03"))
-    p.close(10, 1, Decimal("0.1"))
-    out = buf.getvalue()
-    assert out.count("\r") == 3
-    assert "1/10 rows · 0 errors · $0.0100" in out
-    assert "2/10" not in out
-    assert "3/10 rows · 1 error · $0.0300" in out
-    assert out.endswith("10/10 rows · 1 error · $0.1000\n")
 
 
 def test_map_prints_progress_to_stderr_in_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
@@ -590,14 +432,3 @@ def test_map_prints_progress_to_stderr_in_a_terminal(capsys: pytest.CaptureFixtu
     cencori_nb.map(["a", "b", "c"], achat=FakeAchat(), progress=True)
     err = capsys.readouterr().err
     assert err.endswith("cencori: 3/3 rows · 0 errors · $0.0030\n")
-
-
-def test_widget_progress_state() -> None:
-    """The widget's bar and label follow the batch (no browser needed)."""
-    w = WidgetProgress(4, display=False, min_interval_s=0)
-    w.update(2, 1, Decimal("0.5"))
-    assert w.bar.value == 2 and w.bar.max == 4 and w.bar.bar_style == "warning"
-    assert w.text == summary_line(2, 4, 1, Decimal("0.5"))
-    w.close(4, 1, Decimal("0.75"), note="interrupted")
-    assert w.bar.value == 4 and w.bar.bar_style == "danger"
-    assert w.text.endswith("interrupted")
