@@ -28,6 +28,8 @@ _LAZY: dict[str, str] = {
     "Completion": "cencori_nb.types",
     "Message": "cencori_nb.types",
     "Usage": "cencori_nb.types",
+    "image": "cencori_nb.images",
+    "ImagePart": "cencori_nb.images",
     "chat": "cencori_nb.client",
     "stream": "cencori_nb.client",
     "achat": "cencori_nb.client",

@@ -35,6 +35,8 @@ only inside the message, and no message ever contains a secret.
     │   └── CostLimitError            a batch estimate above ``max_cost_usd``
     │       └── CostConfirmationError one request above the confirmation threshold
     ├── RequestTooLargeError          a prompt larger than the model's context window
+    ├── ImageError                    an image that cannot be sent (type, size, path)
+    │   └── ModelTakesNoImagesError   an image for a model that reads only text
     ├── LocalEnvironmentError         a local file, disk or input the user can fix
     │   │                             (from :func:`user_error`)
     │   └── UnsafeHomeError           a home owned by someone else, a symlink, or one inside
@@ -67,6 +69,7 @@ __all__ = [
     "CostLimitError",
     "CreditsError",
     "CreditsExhaustedError",
+    "ImageError",
     "InvalidRequestError",
     "KeyAsNameError",
     "KeyInPromptError",
@@ -77,6 +80,7 @@ __all__ = [
     "LedgerError",
     "LedgerWriteError",
     "LocalEnvironmentError",
+    "ModelTakesNoImagesError",
     "PermissionDeniedError",
     "PricingError",
     "ProviderError",
@@ -311,6 +315,25 @@ class RequestTooLargeError(CencoriError):
     prompt_tokens: int | None = None
     context_window: int | None = None
     model: str | None = None
+
+
+class ImageError(CencoriError):
+    """An image in a prompt that cannot be sent: not a PNG/JPEG/GIF/WebP (whatever its file
+    name says), truncated, too large, a decompression bomb, or a path outside the working
+    folder or inside the toolkit's home. ``source`` names what it came from; the message
+    never quotes the file's contents. Nothing was sent."""
+
+    code = "image_refused"
+    source: str | None = None
+    provider: str | None = None
+    model: str | None = None
+
+
+class ModelTakesNoImagesError(ImageError):
+    """The prompt holds an image and the model (by the catalogue) reads only text, on a
+    route that would not upgrade it. Nothing was sent."""
+
+    code = "model_takes_no_images"
 
 
 class LocalEnvironmentError(CencoriError):
