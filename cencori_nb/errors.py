@@ -10,8 +10,9 @@ only inside the message, and no message ever contains a secret.
     ├── ConfigurationError            bad settings or arguments
     │   ├── UnknownProviderError      a provider name we do not know
     │   ├── ProviderNotConfiguredError neither a BYOK key nor a Cencori key for the provider
-    │   └── KeyInPromptError          a prompt holds an API key (never sent)
-    │       └── KeyAsNameError        a stored key given as a model/project/provider name
+    │   ├── KeyInPromptError          a prompt holds an API key (never sent)
+    │   │   └── KeyAsNameError        a stored key given as a model/project/provider name
+    │   └── SchemaError               a ``schema=`` that cannot become a JSON Schema
     ├── KeystoreError                 the encrypted key store (names the file)
     │   ├── WrongPassphraseError      the KEK does not open the data key
     │   ├── KeystoreCorruptError      tampered, truncated or emptied file
@@ -25,7 +26,9 @@ only inside the message, and no message ever contains a secret.
     │   ├── RateLimitError            429 (``retry_after`` in seconds when known)
     │   ├── ProviderTimeoutError      no answer in time
     │   ├── ProviderUnavailableError  5xx, connection refused or reset
-    │   └── BadResponseError          malformed JSON, broken or truncated stream
+    │   ├── BadResponseError          malformed JSON, broken or truncated stream
+    │   │   └── SchemaMismatchError   a structured answer that does not match the schema
+    │   └── RefusalError              the model refused to answer (a structured request)
     ├── PricingError                  no price for a model where one is required
     ├── CreditsError                  the Cencori credit wallet
     │   ├── CreditsExhaustedError     gateway 403 ``credit_balance_exhausted`` / local balance 0
@@ -88,8 +91,11 @@ __all__ = [
     "ProviderTimeoutError",
     "ProviderUnavailableError",
     "RateLimitError",
+    "RefusalError",
     "RequestTooLargeError",
     "RoutingError",
+    "SchemaError",
+    "SchemaMismatchError",
     "SpendCapReachedError",
     "UnknownModelError",
     "UnknownProviderError",
@@ -166,6 +172,14 @@ class KeyAsNameError(KeyInPromptError):
     reach an error message, the ledger, the cache, the settings or the store file."""
 
     code = "key_as_name"
+
+
+class SchemaError(ConfigurationError):
+    """``schema=`` is not a pydantic model, a dataclass, a ``TypedDict`` or a valid JSON
+    Schema of an object; ``schema_name`` names what was given."""
+
+    code = "invalid_schema"
+    schema_name: str | None = None
 
 
 class KeystoreError(CencoriError):
@@ -249,6 +263,25 @@ class BadResponseError(ProviderError):
     code = "bad_response"
     missing: str | None = None  # the field the response lacked (``choices[0]``)
     cause_code: str | None = None  # a stream cut by another error: that error's code
+
+
+class SchemaMismatchError(BadResponseError):
+    """A structured answer that is not JSON matching the requested schema, also after the
+    one retry that quoted the validation error. ``errors`` says what did not match;
+    ``completion`` is the (paid, recorded) answer, its text included."""
+
+    code = "schema_mismatch"
+    errors: str | None = None
+    schema_name: str | None = None
+
+
+class RefusalError(ProviderError):
+    """The model declined to answer (OpenAI ``refusal``, Anthropic ``stop_reason:
+    refusal``, a Gemini safety block). ``refusal`` is what it said, when it said anything;
+    the request is recorded and paid like any other (``completion``)."""
+
+    code = "refusal"
+    refusal: str | None = None
 
 
 class PricingError(CencoriError):
