@@ -72,6 +72,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "malformed)",
     )
     p.add_argument(
+        "--batch-delay",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds a provider batch job takes to complete (default 3)",
+    )
+    p.add_argument(
         "--seed", type=int, default=0, help="seed for replies and random faults (default 0)"
     )
     p.add_argument(
@@ -94,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigurationError("--rpm must be at least 1.", hint="Omit --rpm for no limit.")
     if args.latency_ms < 0:
         raise ConfigurationError("--latency-ms cannot be negative.")
+    if args.batch_delay is not None and not args.batch_delay >= 0:
+        raise ConfigurationError("--batch-delay must be a number of seconds, 0 or more.")
     if not 0 <= args.port <= 65535:
         raise ConfigurationError(f"--port {args.port} is not a TCP port (0-65535).")
 
@@ -108,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             balance=args.balance,
             faults=args.faults,
             seed=args.seed,
+            batch_delay_s=args.batch_delay,
         )
     except ValueError as exc:
         raise ConfigurationError(

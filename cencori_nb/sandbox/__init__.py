@@ -14,9 +14,13 @@ deepseek together openrouter local)
 ``{url}/anthropic``                        Anthropic messages (``/v1/messages``)
 ``{url}/google``                           Gemini ``/v1`` and ``/v1beta`` generateContent,
                                            streamGenerateContent
+``{url}/openai/v1/files|batches``           OpenAI Files + Batches (JSONL, ``custom_id``)
+``{url}/anthropic/v1/messages/batches``    Anthropic Message Batches
+``{url}/google/v1beta/…:batchGenerateContent``  Gemini batch mode (``/batches/{id}``)
 ``{url}`` (``/api/ai/chat``, ``/v1/…``)    the Cencori gateway, native and OpenAI-compatible
 ``{url}/_sandbox/stats|config|reset|…``    controls for tests (key hints only, never keys);
-                                           ``config`` states ``--rpm`` for client pacing
+                                           ``config`` states ``--rpm`` for client pacing;
+                                           ``batches`` sets batch delay and faults
 =========================================  ==============================================
 
 Any non-empty key works; a key containing ``revoked`` gets the provider's bad-key answer

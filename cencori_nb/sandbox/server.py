@@ -13,8 +13,11 @@ Routes::
     /google/{v1,v1beta}/models/{m}:streamGenerateContent     (?alt=sse, else a JSON array)
     /api/ai/chat                                             Cencori native
     /v1/chat/completions, /v1/models                         Cencori OpenAI-compatible
+    /openai/v1/files…, /openai/v1/batches…                  Batch APIs (batches.py)
+    /anthropic/v1/messages/batches…, /google/…:batchGenerateContent, /google/…/batches/…
     GET /_sandbox/stats, GET /_sandbox/config, POST /_sandbox/reset,
-    POST /_sandbox/balance {"usd": "…"}
+    POST /_sandbox/balance {"usd": "…"}, GET|POST /_sandbox/batches {"delay_s", "expire",
+    "fail", "job", "limits"}
 """
 
 from __future__ import annotations
@@ -172,6 +175,7 @@ class SandboxServer:
         seed: int = 0,
         timeout_hold_s: float = 30.0,
         gateway_cache: bool = True,
+        batch_delay_s: float | None = None,
     ) -> None:
         if latency_ms < 0:
             raise ValueError("latency_ms must be >= 0")
@@ -190,6 +194,11 @@ class SandboxServer:
         self.gateway_cache = GatewayCache(gateway_cache)
         self._stats = _Stats()
         self._doors = _build_doors()
+        from .batches import DEFAULT_DELAY_S, BatchService
+
+        self.batches = BatchService(
+            self, DEFAULT_DELAY_S if batch_delay_s is None else batch_delay_s
+        )
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -231,6 +240,7 @@ class SandboxServer:
         self.gateway_cache.clear()
         self.latency_ms = self._initial_latency_ms
         self.id_pool = None
+        self.batches.reset()
 
     # Chat answers draw their ids from this many values when set (Ollama draws from 999),
     # so tests can meet a provider that repeats ids; None: a fresh random id each time.
@@ -341,12 +351,16 @@ class SandboxServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        self.batches.close()  # the spooled batch files
 
     # --- requests -----------------------------------------------------------------------
     async def _dispatch(self, req: Request, resp: Responder) -> None:
         path = req.path
         if path.startswith("/_sandbox"):
             self._control(req, resp)
+            return
+        if self.batches.handles(path):  # the providers' Batch APIs (sandbox/batches.py)
+            await self._guarded(self.batches.dispatch(req, resp), req, resp)
             return
         try:
             route, handler, door = self._route(req)
@@ -396,6 +410,26 @@ class SandboxServer:
             resp.close()
         except Exception:  # a sandbox bug must not look like a provider answer
             log.exception("sandbox: error handling %s %s", req.method, route)
+            if not resp.started:
+                resp.send(
+                    500,
+                    dumps(
+                        {"error": {"message": "sandbox internal error", "type": "sandbox_error"}}
+                    ).encode(),
+                )
+            else:
+                resp.close()
+
+    async def _guarded(self, work: Any, req: Request, resp: Responder) -> None:
+        """Run a handler; a sandbox bug answers 500, never something that looks real."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except ConnectionError:
+            resp.close()
+        except Exception:
+            log.exception("sandbox: error handling %s %s", req.method, req.path)
             if not resp.started:
                 resp.send(
                     500,
@@ -472,6 +506,29 @@ class SandboxServer:
                     "gateway_cache": self.gateway_cache.enabled,
                 },
             )
+        elif path == "/_sandbox/batches" and method in ("GET", "POST"):
+            if method == "POST":
+                from .batches import parse_batch_spec
+
+                try:
+                    body = req.json() or {}
+                    if not isinstance(body, dict):
+                        raise ValueError("send a JSON object")
+                    spec = ",".join(
+                        f"{k}={v}"
+                        for k, v in body.items()
+                        if k in ("delay_s", "expire", "fail", "job")
+                    )
+                    settings: dict[str, Any] = parse_batch_spec(spec)
+                    if "limits" in body:
+                        settings["limits"] = {
+                            str(p): (int(v[0]), int(v[1])) for p, v in body["limits"].items()
+                        }
+                except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                    self._send_control(resp, 400, {"error": f"batch settings: {exc}"})
+                    return
+                self.batches.configure(settings)
+            self._send_control(resp, 200, {"sandbox": True, **self.batches.config()})
         elif path == "/_sandbox/reset" and method == "POST":
             self.reset()
             self._send_control(
