@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .router import Decision
     from .settings import Settings
-    from .transport import Clock
+    from .transport.clock import Clock
 
 __all__ = ["GATEWAY_RPM", "WINDOW_S", "Pacer", "apace", "managed_rpm", "pace", "pacer_for"]
 
@@ -122,9 +122,9 @@ def pacer_for(decision: Decision) -> Pacer | None:
 def _clock(clock: Clock | None) -> Clock:
     if clock is not None:
         return clock
-    from . import transport
+    from .transport.clock import current_clock
 
-    return transport._clock
+    return current_clock()
 
 
 def pace(decision: Decision, clock: Clock | None = None) -> float:

@@ -525,7 +525,7 @@ def _default_provider(
 
 
 def _decide(model: str | None, provider: str | None, route: str, project: str | None) -> Decision:
-    from .transport import register_secret
+    from .redact import register_secret
 
     if route not in ("auto", "byok", "managed"):
         raise ConfigurationError(
@@ -706,7 +706,7 @@ def _state_token() -> tuple[Any, ...]:
 
 def resolve(request: ChatRequest) -> Decision:
     """The :class:`Decision` for ``request`` (its model, provider, route and project)."""
-    from .transport import register_secret
+    from .redact import register_secret
 
     key = (request.model, request.provider, request.route, request.project)
     token = _state_token()

@@ -324,7 +324,7 @@ def policy_wait(path: str, attempt: int = 0, **header_changes: str | None) -> fl
     rec = load(CORPUS / path)
     response = as_response(rec, **header_changes)
     adapter = get_provider("cencori" if rec["provider"] == "cencori" else rec["provider"])
-    err = transport._status_error(response, adapter.map_error, rec["provider"])
+    err = transport.sending._status_error(response, adapter.map_error, rec["provider"])
     return transport.next_wait(err, response, attempt, random=lambda: 1.0, now=1_800_000_000.0)
 
 

@@ -959,7 +959,7 @@ def test_rate_limit_timeout_and_cut_stream(
     server = faulty_sandbox("timeout=1")
     # A real read timeout, shorter than the sandbox's hold (the network is not faked); set
     # only now, so a slow machine cannot turn the 429s and cut streams above into timeouts.
-    monkeypatch.setattr(transport, "READ_TIMEOUT", 0.25)
+    monkeypatch.setattr(transport.pool, "READ_TIMEOUT", 0.25)
     transport.set_transport(None)
     for model, route in cases[:2] + cases[3:4]:
         err = _expect_error(

@@ -130,7 +130,7 @@ def _error_message(exc: BaseException) -> str:
     status = getattr(exc, "status_code", None) if isinstance(exc, CencoriError) else None
     if status:
         prefix += f" ({status})"
-    from ..transport import scrub
+    from ..transport.logs import scrub
 
     return scrub(f"{prefix}: {exc}")
 

@@ -55,7 +55,7 @@ def _redact_server_logs(serverapp: Any) -> None:
     """Put the log-line scrubber (cencori_nb.redact.LOG_LINE) on the server's loggers."""
     import logging
 
-    from ..transport import RedactingFilter
+    from ..transport.logs import RedactingFilter
 
     for logger in (serverapp.log, *map(logging.getLogger, _SERVER_LOGGERS)):
         if not any(isinstance(f, RedactingFilter) for f in logger.filters):

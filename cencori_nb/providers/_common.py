@@ -29,7 +29,8 @@ from ..errors import (
 )
 from ..keystore.secret import key_hint
 from ..redact import MARKER, USER_MESSAGE
-from ..transport import error_class, retry_after, retryable_code
+from ..transport.errors import error_class
+from ..transport.retry import retry_after, retryable_code
 from ..types import ChatRequest, Usage
 from .base import Provider, ProviderResult, StreamParser
 

@@ -1,0 +1,162 @@
+"""The pooled HTTP clients every request goes out on, their timeouts and limits.
+
+- **Pooling**: one ``httpx2.Client`` per process (a forked child builds its own) and one
+  ``httpx2.AsyncClient`` per event loop (an ``AsyncClient`` is bound to the loop that opened
+  its connections; it is closed when that loop shuts down), keep-alive on, limits sized for
+  about a hundred concurrent requests. Tests inject ``httpx2.MockTransport`` with
+  :func:`set_transport`.
+- **Timeouts**: connect 10 s, read 60 s (Cencori's per-attempt figure; ``CENCORI_NB_TIMEOUT``
+  overrides it), write/pool 60 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import weakref
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigurationError
+from .logs import install_log_redaction
+
+if TYPE_CHECKING:
+    import httpx2
+
+__all__ = ["get_async_client", "get_client", "read_timeout", "set_transport"]
+
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0
+MAX_CONNECTIONS = 128  # batch concurrency of ~100 plus headroom
+MAX_KEEPALIVE = 100
+KEEPALIVE_EXPIRY = 30.0
+USER_AGENT = "cencori-nb/0.1.0"
+
+_lock = threading.Lock()
+_client: httpx2.Client | None = None
+_client_pid = 0
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx2.AsyncClient] = (
+    weakref.WeakKeyDictionary()
+)
+_closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+_transport: Any = None  # an httpx2.BaseTransport injected by tests
+_async_transport: Any = None  # an httpx2.AsyncBaseTransport injected by tests
+
+
+ENV_TIMEOUT = "CENCORI_NB_TIMEOUT"
+
+
+def read_timeout() -> float:
+    """Seconds to wait for a provider's next bytes: ``CENCORI_NB_TIMEOUT`` if set (a slow
+    local model wants more, a test of a hanging server less), else :data:`READ_TIMEOUT`."""
+    raw = os.environ.get(ENV_TIMEOUT)
+    if not raw:
+        return READ_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise ConfigurationError(
+            f"{ENV_TIMEOUT}={raw[:40]!r} is not a number of seconds.",
+            hint="Set it to a value between 0 and 3600, or unset it.",
+        )
+    return value
+
+
+def _client_options() -> dict[str, Any]:
+    import httpx2
+
+    return {
+        "timeout": httpx2.Timeout(read_timeout(), connect=CONNECT_TIMEOUT),
+        "limits": httpx2.Limits(
+            max_connections=MAX_CONNECTIONS,
+            max_keepalive_connections=MAX_KEEPALIVE,
+            keepalive_expiry=KEEPALIVE_EXPIRY,
+        ),
+        "headers": {"user-agent": USER_AGENT},
+        "follow_redirects": False,  # a redirect from an API is a wrong base URL, not a hop
+    }
+
+
+def get_client() -> httpx2.Client:
+    """The process-wide pooled ``httpx2.Client`` (created on first use; a forked child gets
+    its own, never the parent's sockets)."""
+    client = _client
+    if client is not None and _client_pid == os.getpid():
+        return client
+    return _make_client()
+
+
+def _make_client() -> httpx2.Client:
+    global _client, _client_pid
+    import httpx2
+
+    with _lock:
+        if _client is None or _client_pid != os.getpid():
+            install_log_redaction()
+            _client = httpx2.Client(transport=_transport, **_client_options())
+            _client_pid = os.getpid()
+        return _client
+
+
+def get_async_client() -> httpx2.AsyncClient:
+    """The pooled ``httpx2.AsyncClient`` of the running event loop (one per loop).
+
+    It is closed when its loop shuts down (``asyncio.run`` finalises async generators, and
+    a small one per client closes it), so no connection outlives its loop.
+    """
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        import httpx2
+
+        install_log_redaction()
+        client = httpx2.AsyncClient(transport=_async_transport, **_client_options())
+        _async_clients[loop] = client
+        closer = _close_with_loop(client)
+        # The loop holds async generators weakly: keep the closer alive with the client.
+        _closers[loop] = (closer, loop.create_task(_arm(closer)))
+    return client
+
+
+async def _close_with_loop(client: httpx2.AsyncClient) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+async def _arm(closer: AsyncIterator[None]) -> None:
+    await closer.__anext__()  # first step: the loop now tracks it and will aclose() it
+
+
+def set_transport(transport: Any = None, *, async_transport: Any = None) -> None:
+    """Route every request through these httpx2 transports (tests: ``MockTransport``).
+
+    ``None`` restores the real network. The shared clients are dropped and rebuilt lazily.
+    """
+    global _transport, _async_transport
+    _close_clients()
+    _transport = transport
+    _async_transport = async_transport
+
+
+def _close_clients() -> None:
+    global _client
+    with _lock:
+        client, _client = _client, None
+    if client is not None:
+        client.close()
+    # Async clients belong to their loops, which close them on shutdown; forget them here
+    # rather than awaiting a close on a foreign loop.
+    _async_clients.clear()
+    _closers.clear()
+
+
+def _reset_for_tests() -> None:
+    """Close the shared clients and forget injected transports."""
+    set_transport(None)

@@ -1,0 +1,49 @@
+"""Server-sent events of a streamed response, with httpx2's errors translated to ours."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
+
+from .errors import httpx_errors, map_exception
+
+if TYPE_CHECKING:
+    import httpx2
+
+__all__ = ["aiter_sse", "iter_sse"]
+
+
+def iter_sse(
+    response: httpx2.Response, *, provider: str | None = None
+) -> Iterator[httpx2.ServerSentEvent]:
+    """Server-sent events of a streamed response, with httpx2 errors mapped to ours."""
+    import httpx2
+
+    errors = httpx_errors()
+    events = iter(httpx2.EventSource(response))
+    while True:
+        try:
+            event = next(events)
+        except StopIteration:
+            return
+        except errors as exc:
+            raise map_exception(exc, provider=provider) from exc
+        yield event
+
+
+async def aiter_sse(
+    response: httpx2.Response, *, provider: str | None = None
+) -> AsyncIterator[httpx2.ServerSentEvent]:
+    """The async twin of :func:`iter_sse`."""
+    import httpx2
+
+    errors = httpx_errors()
+    events = httpx2.EventSource(response).__aiter__()
+    while True:
+        try:
+            event = await events.__anext__()
+        except StopAsyncIteration:
+            return
+        except errors as exc:
+            raise map_exception(exc, provider=provider) from exc
+        yield event
