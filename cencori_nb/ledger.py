@@ -9,15 +9,16 @@ before a power cut are lost, never the file). The schema and its migrations are 
 Two ways to write, both measured in ``benchmarks/ledger.py``:
 
 - :meth:`Ledger.record` — a plain ``INSERT`` and commit, about 50 µs a row;
-- :meth:`Ledger.submit` — queue the row for a background writer thread that commits
-  batches, about 5 µs for the caller. ``accounting.settle`` uses it (with the wallet
-  debit in the same transaction as its row), because the synchronous commit was most of
-  the toolkit's per-call overhead against a raw HTTP call (docs/benchmarks.md, "Per-call
-  overhead"). Every read flushes first, so a program never sees its own rows missing;
-  ``flush()``, ``_reset_for_tests()`` and interpreter exit (``atexit``) write what is
-  queued. The trade-off, accepted: a process killed hard (SIGKILL, a crashed kernel)
-  loses the rows of its last few milliseconds, never a half-written row or a debit
-  without its row.
+- :meth:`Ledger.submit` — queue the row for a background writer thread that gathers
+  rows for up to 20 ms and commits them in one transaction, about 5 µs for the caller.
+  ``accounting.settle`` uses it (with the wallet debit in the same transaction as its
+  row), because the synchronous commit was most of the toolkit's per-call overhead
+  against a raw HTTP call (docs/benchmarks.md, "Per-call overhead"). Every read flushes
+  first, so a program never sees its own rows missing; ``flush()``,
+  ``_reset_for_tests()`` and interpreter exit (``atexit``) write what is queued. A
+  process killed hard (SIGKILL, a crashed kernel) before its rows commit leaves them in
+  its in-flight journal, recorded as ``interrupted`` at the next start; never a
+  half-written row or a debit without its row.
 
 One :class:`Ledger` per process and home: :func:`default_ledger`. It reopens itself after a
 ``fork`` (a SQLite connection must not cross processes) and when ``CENCORI_NB_HOME`` moves.
@@ -1024,8 +1025,21 @@ class _Item:
         return cls(tuple(row[c] for c in COLUMNS), None, data.get("debit_pusd"))
 
 
+# How long the writer gathers rows before committing them in one transaction, and the most
+# it gathers. One commit per request cost the writer ~300 µs of CPU a row (six WAL pages:
+# the row, its indexes, the daily rollup) and woke it, to contend for the GIL, on every
+# request; gathered, a row costs a fraction of that (docs/benchmarks.md, "Per-call
+# overhead"). Nothing waits for the linger: flush() (every read, a budget check, the cache
+# waiting for its row, interpreter exit) cuts it short, and a row not yet committed is in
+# the in-flight journal, so a process killed meanwhile still has it recorded.
+WRITER_LINGER_S = 0.02
+WRITER_MAX_BATCH = 256
+
+
 class _Writer:
-    """The background thread that commits submitted rows in batches (one per wake-up)."""
+    """The background thread that commits submitted rows in batches: it wakes for the first
+    row, gathers for up to :data:`WRITER_LINGER_S` (less when flushed, stopped or full),
+    then commits the batch in one transaction."""
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
@@ -1034,6 +1048,7 @@ class _Writer:
         self.pending: list[_Item] = []
         self.submitted = 0  # rows submitted so far
         self.done = 0  # rows committed (or dropped) so far
+        self.waiting = 0  # callers inside flush(): commit now
         self.stopping = False
         self.thread = threading.Thread(target=self._run, name="cencori-nb-ledger", daemon=True)
         self.thread.start()
@@ -1042,14 +1057,24 @@ class _Writer:
         with self.cond:
             self.pending.append(item)
             self.submitted += 1
-            self.cond.notify_all()
+            # wake the writer for the first row of a batch and when the batch is full; the
+            # rows between join the batch without a wake-up (and a GIL hand-over) each
+            if len(self.pending) == 1 or len(self.pending) >= WRITER_MAX_BATCH:
+                self.cond.notify_all()
 
     def flush(self) -> None:
         if threading.current_thread() is self.thread:
             return  # never wait on ourselves
         with self.cond:
             target = self.submitted
-            self.cond.wait_for(lambda: self.done >= target or not self.thread.is_alive())
+            if self.done >= target:
+                return
+            self.waiting += 1
+            try:
+                self.cond.notify_all()  # end the writer's linger
+                self.cond.wait_for(lambda: self.done >= target or not self.thread.is_alive())
+            finally:
+                self.waiting -= 1
 
     def stop(self) -> None:
         with self.cond:
@@ -1058,12 +1083,17 @@ class _Writer:
         if threading.current_thread() is not self.thread:
             self.thread.join()
 
+    def _now(self) -> bool:
+        return self.stopping or self.waiting > 0 or len(self.pending) >= WRITER_MAX_BATCH
+
     def _run(self) -> None:
         while True:
             with self.cond:
                 self.cond.wait_for(lambda: bool(self.pending) or self.stopping)
                 if not self.pending:
                     return  # stopping, and nothing left to write
+                if WRITER_LINGER_S > 0:
+                    self.cond.wait_for(self._now, timeout=WRITER_LINGER_S)
                 batch, self.pending = self.pending, []
             try:
                 self.ledger._write_batch(batch)

@@ -421,6 +421,42 @@ def test_submitted_rows_are_visible_to_every_read() -> None:
     assert led.rows()[-1].request_id == "late"
 
 
+def test_the_writer_gathers_rows_into_one_commit_and_a_flush_ends_the_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows submitted while the writer lingers share one transaction; flush() (every read,
+    a budget check, interpreter exit) commits them at once instead of waiting it out."""
+    monkeypatch.setattr(ledger_mod, "WRITER_LINGER_S", 3600.0)  # only a flush can end it
+    led = default_ledger()
+    statements: list[str] = []
+    led.conn.set_trace_callback(statements.append)
+    for i in range(30):
+        led.submit(LedgerRow(f"g{i}", "p", "openai", "byok"))
+    led.flush()  # would hang for an hour if the linger were not cut short
+    led.conn.set_trace_callback(None)
+    assert statements.count("COMMIT") == 1
+    assert statements.count("BEGIN IMMEDIATE") == 1  # one transaction for the 30 rows
+    assert led.count() == 30
+
+
+def test_a_full_batch_is_committed_without_a_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The linger never holds more than WRITER_MAX_BATCH rows: a full batch commits."""
+    monkeypatch.setattr(ledger_mod, "WRITER_LINGER_S", 3600.0)
+    monkeypatch.setattr(ledger_mod, "WRITER_MAX_BATCH", 5)
+    led = default_ledger()
+    for i in range(5):
+        led.submit(LedgerRow(f"f{i}", "p", "openai", "byok"))
+    writer = led._writer
+    assert writer is not None
+    with writer.cond:  # no flush: the writer commits the full batch by itself
+        writer.cond.wait_for(lambda: writer.done >= 5)
+    other = sqlite3.connect(led.path)
+    try:
+        assert other.execute("SELECT COUNT(*) FROM requests").fetchone() == (5,)
+    finally:
+        other.close()
+
+
 def test_on_insert_runs_in_the_rows_transaction_only_when_inserted() -> None:
     """The callback runs once for a new row and not for a duplicate ok row."""
     led = default_ledger()
