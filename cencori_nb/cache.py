@@ -94,6 +94,8 @@ def cache_key(decision: Decision, request: ChatRequest) -> str:
         request.max_tokens,
         request.extra or None,
     ]
+    if request.schema is not None:  # the same prompt asked for another shape is another answer
+        payload.append(["schema", request.schema.fingerprint])
     raw = json.dumps(
         payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str
     )

@@ -10,9 +10,12 @@ including ``cache_read_tokens`` and ``cache_write_tokens``; ``output_tokens`` in
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .schemas import Schema
 
 __all__ = ["ChatRequest", "Completion", "Message", "Route", "Usage"]
 
@@ -45,6 +48,9 @@ class ChatRequest:
     # ``confirm_above_usd`` setting decides); see accounting.preflight.
     max_cost_usd: Decimal | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # schema=: the answer must be JSON of this shape; each adapter sends it in its
+    # provider's native form (see cencori_nb.schemas), the client validates the answer.
+    schema: Schema | None = None
 
     @classmethod
     def from_prompt(
@@ -138,6 +144,9 @@ class Completion:
     interrupted: bool = False
     gateway_cache: str | None = None  # Cencori's X-Cencori-Cache: HIT, SEMANTIC-HIT, MISS
     model_original: str | None = None  # the model asked for, when the gateway upgraded it
+    # schema=: the answer read into the schema's type (a pydantic or dataclass instance, or
+    # a dict for a TypedDict or a JSON Schema); None for a plain request.
+    parsed: Any = None
 
     @property
     def usage(self) -> Usage:
@@ -150,8 +159,12 @@ class Completion:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict (Decimals as strings, so no precision is lost)."""
-        out = asdict(self)
+        """JSON-friendly dict (Decimals as strings, so no precision is lost).
+
+        ``parsed`` is left out: it is the user's type, not JSON, and is read again from
+        ``text`` (a cached structured answer is parsed when it is served).
+        """
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "parsed"}
         for k, v in out.items():
             if isinstance(v, Decimal):
                 out[k] = str(v)

@@ -488,6 +488,7 @@ class BaseStreamParser(StreamParser):
         self.served_by: str | None = None
         self.gateway_cost_usd: Decimal | None = None
         self.reported_cost_usd: Decimal | None = None
+        self.refusal: str | None = None
 
     def json(self, event: httpx2.ServerSentEvent) -> Any:
         return loads(event.data, provider=self.provider, what="stream event")
@@ -508,6 +509,7 @@ class BaseStreamParser(StreamParser):
             gateway_cost_usd=self.gateway_cost_usd,
             served_by=self.served_by,
             reported_cost_usd=self.reported_cost_usd,
+            refusal=self.refusal,
         )
 
 

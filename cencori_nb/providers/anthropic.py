@@ -22,6 +22,8 @@ so it is fixed here rather than left to a default that may move under us.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import TYPE_CHECKING, Any
 
 from ..catalog import PROVIDERS
@@ -37,8 +39,16 @@ if TYPE_CHECKING:
     import httpx2
 
     from ..keystore.secret import Secret
+    from ..schemas import Schema
 
-__all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "MessagesStreamParser", "anthropic_usage"]
+__all__ = [
+    "ANTHROPIC_VERSION",
+    "AnthropicProvider",
+    "MessagesStreamParser",
+    "anthropic_usage",
+    "has_structured_output",
+    "structured_output_fields",
+]
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024
@@ -57,6 +67,54 @@ def anthropic_usage(raw: Any) -> Usage | None:
         cache_write_tokens=cache_write,
         thinking_tokens=c.to_int(c.dig(raw, "output_tokens_details", "thinking_tokens")),
     )
+
+
+_CLAUDE_VERSION = re.compile(r"claude-(opus|sonnet|haiku)-(\d+)(?:-(\d{1,2}))?(?:\D|$)")
+# The first version of each family with native structured outputs (``output_config``);
+# Anthropic's docs list Opus 4.1, Sonnet 4.5, Haiku 4.5 and every later model.
+_STRUCTURED_SINCE = {"opus": (4, 1), "sonnet": (4, 5), "haiku": (4, 5)}
+
+
+def has_structured_output(model: str) -> bool:
+    """True when ``model`` takes ``output_config.format`` (else a forced tool call is used).
+
+    Read from the name: ``claude-<family>-<major>[-<minor>]`` at or after the family's first
+    such version; a dated id (``claude-sonnet-4-20250514``) has minor 0. Older names
+    (``claude-3-5-haiku-latest``) and unknown ones get the tool call, which every Claude
+    model with tool use follows.
+    """
+    match = _CLAUDE_VERSION.search(model)
+    if match is None:
+        return False
+    family, major, minor = match.group(1), int(match.group(2)), int(match.group(3) or 0)
+    return (major, minor) >= _STRUCTURED_SINCE[family]
+
+
+def structured_output_fields(schema: Schema, model: str) -> dict[str, Any]:
+    """The body fields that ask ``model`` for JSON of ``schema``.
+
+    ``output_config: {format: {type: json_schema, schema}}`` (what the Anthropic SDK's
+    ``messages.parse(output_format=Model)`` sends) where the model has structured outputs;
+    otherwise one tool whose input is the schema, and ``tool_choice`` forcing it: the
+    answer is then the tool call's ``input`` (read back as the text, see
+    :meth:`AnthropicProvider.parse_response`).
+    """
+    json_schema = schema.anthropic_json_schema()
+    if has_structured_output(model):
+        return {"output_config": {"format": {"type": "json_schema", "schema": json_schema}}}
+    return {
+        "tools": [
+            {
+                "name": schema.name,
+                "description": "Give the answer as this tool's input.",
+                "input_schema": json_schema,
+            }
+        ],
+        "tool_choice": {"type": "tool", "name": schema.name},
+    }
+
+
+_STRUCTURED_FIELDS = frozenset({"output_config", "tools", "tool_choice"})
 
 
 class AnthropicProvider(Provider):
@@ -92,7 +150,11 @@ class AnthropicProvider(Provider):
             body["temperature"] = request.temperature
         if request.stream:
             body["stream"] = True
-        c.body_with_extra(body, request)
+        if request.schema is not None:
+            body.update(structured_output_fields(request.schema, model))
+            c.body_with_extra(body, request, c.RESERVED_EXTRA | _STRUCTURED_FIELDS)
+        else:
+            c.body_with_extra(body, request)
         headers = {"x-api-key": api_key.reveal(), "anthropic-version": ANTHROPIC_VERSION}
         return c.json_request(
             c.join_base(base_url, "/v1/messages"), headers, body, stream=request.stream
@@ -120,12 +182,25 @@ class AnthropicProvider(Provider):
             for b in content
             if isinstance(b, dict) and b.get("type") == "text"
         )
+        if not text:  # a forced tool call (schema= on an older model): its input is the answer
+            tool_input = next(
+                (
+                    b.get("input")
+                    for b in content
+                    if isinstance(b, dict) and b.get("type") == "tool_use"
+                ),
+                None,
+            )
+            if isinstance(tool_input, dict):
+                text = json.dumps(tool_input, ensure_ascii=False, default=str)
+        stop = body.get("stop_reason")
         return ProviderResult(
             text=text,
             model=body.get("model") or None,
             usage=anthropic_usage(usage),
-            finish_reason=body.get("stop_reason"),
+            finish_reason=stop,
             request_id=rid or body.get("id"),
+            refusal=text if stop == "refusal" else None,
         )
 
     def stream_parser(self, response: httpx2.Response | None = None) -> MessagesStreamParser:
@@ -220,10 +295,15 @@ class MessagesStreamParser(c.AdapterStreamParser):
             delta = data.get("delta")
             if isinstance(delta, dict) and delta.get("type") == "text_delta":
                 return self.emit(delta.get("text"))
+            if isinstance(delta, dict) and delta.get("type") == "input_json_delta":
+                # a forced tool call (schema= on an older model): its input is the answer
+                return self.emit(delta.get("partial_json"))
         elif kind == "message_delta":
             delta = data.get("delta")
             if isinstance(delta, dict) and delta.get("stop_reason"):
                 self.finish_reason = str(delta["stop_reason"])
+                if self.finish_reason == "refusal":
+                    self.refusal = "".join(self.parts)
             if isinstance(data.get("usage"), dict):
                 # cumulative counts: the latest value of each field wins
                 self._usage_raw.update({k: v for k, v in data["usage"].items() if v is not None})

@@ -40,6 +40,9 @@ class ProviderResult:
     #                                           (OpenRouter's usage.cost); informational
     gateway_cache: str | None = None  # Cencori's X-Cencori-Cache: HIT, SEMANTIC-HIT, MISS
     model_original: str | None = None  # X-Model-Original when the gateway swapped the model
+    # The model declined (OpenAI ``refusal``, Anthropic ``stop_reason: refusal``, a Gemini
+    # safety stop): what it said, "" when it said nothing; None when it did not refuse.
+    refusal: str | None = None
 
 
 class StreamParser(ABC):

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import httpx2
 
     from ..keystore.secret import Secret
+    from ..schemas import Schema
 
 __all__ = [
     "CACHE_STATES",
@@ -51,6 +52,7 @@ __all__ = [
     "CencoriStreamParser",
     "Receipts",
     "gateway_receipts",
+    "response_format",
     "top_up_url",
 ]
 
@@ -59,6 +61,22 @@ TOP_UP_URL = CENCORI_BILLING_URL  # shown when the gateway sends none (or a fore
 
 # The engine's `{error: "<code>"}`: a snake_case word, never a title with spaces.
 _CODE_WORD = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)+")
+
+
+def response_format(schema: Schema) -> dict[str, Any]:
+    """``schema=`` as the native door's ``responseFormat`` (Cencori's structured-output
+    docs: ``{type: "json_schema", json_schema: {name, schema}}``). The schema is sent in
+    OpenAI's strict subset, since the gateway hands it to whichever provider serves the
+    model; the answer is validated here in any case (the docs list JSON mode only for
+    Anthropic and Google behind the gateway)."""
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": schema.name,
+            "schema": schema.strict_json_schema(),
+            "strict": True,
+        },
+    }
 
 
 def top_up_url(value: Any) -> str:
@@ -152,7 +170,11 @@ class CencoriGatewayProvider(Provider):
             body["maxTokens"] = request.max_tokens
         if request.stream:
             body["stream"] = True
-        c.body_with_extra(body, request)
+        if request.schema is not None:
+            body["responseFormat"] = response_format(request.schema)
+            c.body_with_extra(body, request, c.RESERVED_EXTRA | {"responseFormat"})
+        else:
+            c.body_with_extra(body, request)
         return c.json_request(
             c.join_base(base_url, "/api/ai/chat"),
             {"CENCORI_API_KEY": api_key.reveal()},
@@ -175,10 +197,17 @@ class CencoriGatewayProvider(Provider):
         text = body.get("content")
         if text is None:  # the OpenAI-shaped part carries it too
             text = c.dig(body, "choices", 0, "message", "content")
+        refusal = c.dig(body, "choices", 0, "message", "refusal")
+        if text is None and isinstance(refusal, str):
+            text = refusal
         if text is None:
             c.require(body, "content", **where)  # raises, naming the field
+        finish = body.get("finish_reason") or c.dig(body, "choices", 0, "finish_reason")
+        if not isinstance(refusal, str):
+            refusal = str(text) if finish == "refusal" else None
         return ProviderResult(
             text=str(text),
+            refusal=refusal,
             model=body.get("model") or None,
             usage=openai_usage(body.get("usage")),
             finish_reason=body.get("finish_reason") or c.dig(body, "choices", 0, "finish_reason"),
@@ -359,6 +388,8 @@ class CencoriStreamParser(c.AdapterStreamParser):
             self.served_by = str(line["provider"])
         if line.get("finish_reason"):
             self.finish_reason = str(line["finish_reason"])
+            if self.finish_reason == "refusal":
+                self.refusal = "".join(self.parts)
         if isinstance(line.get("usage"), dict):
             self.usage = openai_usage(line["usage"])
         if line.get("cost_usd") is not None:

@@ -38,8 +38,15 @@ if TYPE_CHECKING:
     import httpx2
 
     from ..keystore.secret import Secret
+    from ..schemas import Schema
 
-__all__ = ["API_VERSION", "GeminiStreamParser", "GoogleProvider", "gemini_usage"]
+__all__ = [
+    "API_VERSION",
+    "GeminiStreamParser",
+    "GoogleProvider",
+    "gemini_usage",
+    "response_schema_config",
+]
 
 API_VERSION = "v1beta"  # systemInstruction and thinking fields are served here first
 
@@ -58,6 +65,29 @@ def gemini_usage(raw: Any) -> Usage | None:
         cache_read_tokens=c.to_int(raw.get("cachedContentTokenCount")),
         thinking_tokens=thoughts,
     )
+
+
+def response_schema_config(schema: Schema) -> dict[str, Any]:
+    """``schema=`` as ``generationConfig`` fields: ``responseMimeType: application/json`` and
+    ``responseJsonSchema`` (plain JSON Schema; what google-genai sends for
+    ``response_json_schema=``)."""
+    return {
+        "responseMimeType": "application/json",
+        "responseJsonSchema": schema.gemini_json_schema(),
+    }
+
+
+# finishReasons that mean the model was stopped for what it would say, not for length
+_REFUSAL_REASONS = frozenset(
+    {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY", "RECITATION"}
+)
+
+
+def _refusal(candidate: Any, text: str) -> str | None:
+    reason = candidate.get("finishReason") if isinstance(candidate, dict) else None
+    if reason in _REFUSAL_REASONS:
+        return text or f"stopped by Google's filter ({reason})"
+    return None
 
 
 def _candidate_text(candidate: Any) -> str:
@@ -108,6 +138,8 @@ class GoogleProvider(Provider):
             config["maxOutputTokens"] = request.max_tokens
         if request.temperature is not None:
             config["temperature"] = request.temperature
+        if request.schema is not None:
+            config.update(response_schema_config(request.schema))
         extra = dict(request.extra)
         if isinstance(extra.get("generationConfig"), dict):  # merge, not replace
             config.update(extra.pop("generationConfig"))
@@ -137,8 +169,10 @@ class GoogleProvider(Provider):
             "request_id": rid,
         }
         candidate = c.require(body, "candidates", 0, **where)
+        text = _candidate_text(candidate)
         return ProviderResult(
-            text=_candidate_text(candidate),
+            text=text,
+            refusal=_refusal(candidate, text),
             model=body.get("modelVersion") or None,
             usage=gemini_usage(body.get("usageMetadata")),
             finish_reason=candidate.get("finishReason") if isinstance(candidate, dict) else None,
@@ -280,6 +314,7 @@ class GeminiStreamParser(c.AdapterStreamParser):
         text = self.emit(_candidate_text(candidate))
         if candidate.get("finishReason"):
             self.finish_reason = str(candidate["finishReason"])
+            self.refusal = _refusal(candidate, "".join(self.parts))
             self.done = True
             self.usage = gemini_usage(self._usage_raw)
         return text

@@ -36,8 +36,32 @@ if TYPE_CHECKING:
     import httpx2
 
     from ..keystore.secret import Secret
+    from ..schemas import Schema
 
-__all__ = ["ChatCompletionsStreamParser", "OpenAIProvider", "content_text", "openai_usage"]
+__all__ = [
+    "ChatCompletionsStreamParser",
+    "OpenAIProvider",
+    "content_text",
+    "openai_usage",
+    "response_format",
+]
+
+
+def response_format(schema: Schema) -> dict[str, Any]:
+    """``schema=`` as Chat Completions' ``response_format``: ``json_schema``, ``strict``.
+
+    The same body ``client.chat.completions.parse(response_format=Model)`` sends (strict
+    mode needs every property required and no additional ones; see
+    :meth:`cencori_nb.schemas.Schema.strict_json_schema`).
+    """
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "schema": schema.strict_json_schema(),
+            "name": schema.name,
+            "strict": True,
+        },
+    }
 
 
 def openai_usage(raw: Any) -> Usage | None:
@@ -124,7 +148,11 @@ class OpenAIProvider(Provider):
             body["stream"] = True
             if self.include_usage:
                 body["stream_options"] = {"include_usage": True}
-        c.body_with_extra(body, request)
+        if request.schema is not None:
+            body["response_format"] = response_format(request.schema)
+            c.body_with_extra(body, request, c.RESERVED_EXTRA | {"response_format"})
+        else:
+            c.body_with_extra(body, request)
         return c.json_request(
             c.join_base(base_url, "/chat/completions"), headers, body, stream=request.stream
         )
@@ -151,8 +179,9 @@ class OpenAIProvider(Provider):
                 **where,
             )
         text = content_text(message.get("content"))
+        refusal = message.get("refusal")
         if text is None:  # a refusal, or only tool calls: no text to show
-            text = message.get("refusal") or ""
+            text = refusal or ""
         usage_raw = body.get("usage")
         return ProviderResult(
             text=str(text),
@@ -161,6 +190,7 @@ class OpenAIProvider(Provider):
             finish_reason=choice.get("finish_reason"),
             request_id=rid or body.get("id"),
             reported_cost_usd=c.to_decimal(c.dig(usage_raw, "cost")),
+            refusal=str(refusal) if isinstance(refusal, str) else None,
         )
 
     def stream_parser(self, response: httpx2.Response | None = None) -> ChatCompletionsStreamParser:
@@ -329,6 +359,8 @@ class ChatCompletionsStreamParser(c.AdapterStreamParser):
                 self.finish_reason = str(choice["finish_reason"])
             delta = choice.get("delta")
             if isinstance(delta, dict):
+                if isinstance(delta.get("refusal"), str):
+                    self.refusal = (self.refusal or "") + delta["refusal"]
                 return self.emit(content_text(delta.get("content")))
         return None
 
