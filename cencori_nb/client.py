@@ -60,7 +60,7 @@ from collections.abc import AsyncGenerator, Iterator
 from decimal import Decimal
 from typing import TYPE_CHECKING, TypedDict
 
-from . import accounting, cache, pacing, router, transport, wallet
+from . import accounting, cache, pacing, router, transport
 from .errors import (
     BadResponseError,
     CencoriError,
@@ -72,6 +72,7 @@ from .errors import (
     RateLimitError,
 )
 from .ledger import Ledger, LedgerRow, default_ledger, new_client_id
+from .options import ChatOptions, parse_max_cost
 from .providers import get_provider
 from .redact import (
     StreamRedactor,
@@ -95,42 +96,6 @@ __all__ = ["AsyncChatStream", "ChatStream", "achat", "astream", "chat", "stream"
 _log = logging.getLogger("cencori_nb.client")
 _perf = time.perf_counter
 _FALLBACK_ERRORS = (RateLimitError, ProviderTimeoutError, ProviderUnavailableError)
-
-
-def _build(
-    prompt_or_messages: str | list[dict[str, str]] | list[Message],
-    *,
-    model: str | None,
-    provider: str | None,
-    route: str,
-    system: str | None,
-    temperature: float | None,
-    max_tokens: int | None,
-    project: str | None,
-    cache_: bool,
-    stream_: bool,
-    max_cost_usd: Decimal | float | str | None = None,
-) -> ChatRequest:
-    return ChatRequest.from_prompt(
-        prompt_or_messages,
-        system=system,
-        model=model,
-        provider=provider,
-        route=route,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        stream=stream_,
-        project=project,
-        cache=cache_,
-        max_cost_usd=_usd(max_cost_usd),
-    )
-
-
-def _usd(value: Decimal | float | str | None) -> Decimal | None:
-    """``max_cost_usd`` as a Decimal, by the wallet's one rule for amounts."""
-    return (
-        None if value is None else wallet.parse_amount(value, allow_zero=True, what="max_cost_usd")
-    )
 
 
 # --------------------------------------------------------------------------- shared steps
@@ -535,8 +500,7 @@ def chat(
     $0.10): :class:`~cencori_nb.errors.CostConfirmationError` names the estimate; pass a
     higher ``max_cost_usd`` to send it. Raises a :class:`~cencori_nb.errors.CencoriError`.
     """
-    request = _build(
-        prompt_or_messages,
+    options = ChatOptions(
         model=model,
         provider=provider,
         route=route,
@@ -544,11 +508,12 @@ def chat(
         temperature=temperature,
         max_tokens=max_tokens,
         project=project,
-        cache_=cache,
-        stream_=False,
-        max_cost_usd=max_cost_usd,
+        cache=cache,
+        retries=retries,
+        max_cost_usd=parse_max_cost(max_cost_usd),
     )
-    return _chat(request, retries)
+    request = options.request(prompt_or_messages)
+    return _chat(request, options.retries)
 
 
 def _prepare(request: ChatRequest) -> tuple[Decision, str | None, Completion | None]:
@@ -628,8 +593,7 @@ async def achat(
     max_cost_usd: Decimal | float | str | None = None,
 ) -> Completion:
     """The async twin of :func:`chat` (on the running loop's shared connection pool)."""
-    request = _build(
-        prompt_or_messages,
+    options = ChatOptions(
         model=model,
         provider=provider,
         route=route,
@@ -637,11 +601,12 @@ async def achat(
         temperature=temperature,
         max_tokens=max_tokens,
         project=project,
-        cache_=cache,
-        stream_=False,
-        max_cost_usd=max_cost_usd,
+        cache=cache,
+        retries=retries,
+        max_cost_usd=parse_max_cost(max_cost_usd),
     )
-    return await _achat(request, retries)
+    request = options.request(prompt_or_messages)
+    return await _achat(request, options.retries)
 
 
 async def _achat(request: ChatRequest, retries: int | None) -> Completion:
@@ -982,8 +947,7 @@ def stream(
     """Stream one answer: iterate the returned :class:`ChatStream` for text deltas, then read
     ``.completion``. Same arguments as :func:`chat`. A cut stream raises
     :class:`~cencori_nb.errors.BadResponseError` after settling what arrived."""
-    request = _build(
-        prompt_or_messages,
+    options = ChatOptions(
         model=model,
         provider=provider,
         route=route,
@@ -991,11 +955,12 @@ def stream(
         temperature=temperature,
         max_tokens=max_tokens,
         project=project,
-        cache_=cache,
-        stream_=True,
-        max_cost_usd=max_cost_usd,
+        cache=cache,
+        retries=retries,
+        max_cost_usd=parse_max_cost(max_cost_usd),
     )
-    return ChatStream(request, retries)
+    request = options.request(prompt_or_messages, stream=True)
+    return ChatStream(request, options.retries)
 
 
 class AsyncChatStream:
@@ -1094,8 +1059,7 @@ def astream(
     max_cost_usd: Decimal | float | str | None = None,
 ) -> AsyncChatStream:
     """Async streaming: ``async for delta in astream(...)``; then ``.completion``."""
-    request = _build(
-        prompt_or_messages,
+    options = ChatOptions(
         model=model,
         provider=provider,
         route=route,
@@ -1103,8 +1067,9 @@ def astream(
         temperature=temperature,
         max_tokens=max_tokens,
         project=project,
-        cache_=cache,
-        stream_=True,
-        max_cost_usd=max_cost_usd,
+        cache=cache,
+        retries=retries,
+        max_cost_usd=parse_max_cost(max_cost_usd),
     )
-    return AsyncChatStream(request, retries)
+    request = options.request(prompt_or_messages, stream=True)
+    return AsyncChatStream(request, options.retries)

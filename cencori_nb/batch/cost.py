@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from .params import MAP_OPTIONS, Params, Prompt, empty_reason, normalise
+from ..options import ChatOptions
+from .params import MAP_OPTIONS, Prompt, empty_reason, normalise
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -64,7 +65,7 @@ def usd(amount: Decimal) -> str:
     return f"${amount:.4f}" if abs(amount) >= Decimal("0.01") else f"${amount:.6f}"
 
 
-def _resolve(params: Params) -> tuple[str, str, str]:
+def _resolve(params: ChatOptions) -> tuple[str, str, str]:
     """(provider, model, route) the batch will use, resolved once by the router."""
     from .. import router
 
@@ -74,7 +75,9 @@ def _resolve(params: Params) -> tuple[str, str, str]:
     return decision.provider, decision.model, decision.route
 
 
-def estimate_rows(prompts: Sequence[Prompt], params: Params, skipped: int = 0) -> BatchEstimate:
+def estimate_rows(
+    prompts: Sequence[Prompt], params: ChatOptions, skipped: int = 0
+) -> BatchEstimate:
     from .. import pricing
     from ..settings import load_settings
     from ..tokens import estimate_messages_tokens
@@ -135,6 +138,13 @@ def estimate(
     if unknown:
         raise TypeError(f"estimate() got unexpected keyword arguments: {sorted(unknown)}")
     values, _ = normalise(prompts)
-    params = Params(model, provider, route, system, None, max_tokens, project, True)
+    params = ChatOptions(
+        model=model,
+        provider=provider,
+        route=route,
+        system=system,
+        max_tokens=max_tokens,
+        project=project,
+    )
     sendable = [p for p in values if empty_reason(p) is None]
     return estimate_rows(sendable, params, skipped=len(values) - len(sendable))

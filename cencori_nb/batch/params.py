@@ -1,50 +1,51 @@
 """What a batch sends: the prompts (normalised, with the reason a row is not sent) and the
-request parameters every row shares."""
+options of the call (:class:`BatchOptions`)."""
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
+from ..options import ChatOptions
 
-__all__ = ["MAP_OPTIONS", "Params", "Prompt", "empty_reason", "normalise"]
+if TYPE_CHECKING:
+    from .progress import Progress
+    from .ratelimit import AdaptiveLimiter
+
+__all__ = ["MAP_OPTIONS", "AChat", "BatchOptions", "Prompt", "empty_reason", "normalise"]
 
 Prompt = Any  # a string, or a list of {"role", "content"} messages
+AChat = Callable[..., Awaitable[Any]]  # sends one prompt: achat(prompt, **options)
 
 
-@dataclass(frozen=True)
-class Params:
-    model: str | None
-    provider: str | None
-    route: str
-    system: str | None
-    temperature: float | None
-    max_tokens: int | None
-    project: str | None
-    cache: bool
+@dataclass(frozen=True, slots=True)
+class BatchOptions:
+    """The options of one ``map``/``amap`` call, built once by it and passed down.
 
-    def call_kwargs(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "provider": self.provider,
-            "route": self.route,
-            "system": self.system,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            "project": self.project,
-            "cache": self.cache,
-        }
+    ``chat`` is what every row asks (:class:`~cencori_nb.options.ChatOptions`), with
+    ``retries=0`` (the batch retries, so its limiter sees each 429) and ``max_cost_usd`` the
+    batch's limit (estimated as a whole before sending, so each row may cost up to it;
+    without one, each row meets the per-request confirmation). ``retries`` is the batch's
+    own, for timeouts and 5xx.
+    """
+
+    chat: ChatOptions
+    retries: int
+    concurrency: int = 8
+    progress: bool | Progress = True
+    resume: bool = True
+    achat: AChat | None = None
+    limiter: AdaptiveLimiter | None = None
+    sleep: Callable[[float], Awaitable[object]] | None = None
 
     @property
-    def deterministic(self) -> bool:
-        return self.temperature is None or self.temperature == 0
-
-    def fingerprint(self) -> str:
-        data = {k: v for k, v in self.call_kwargs().items() if k != "cache"}
-        return json.dumps(data, sort_keys=True, default=str)
+    def max_cost_usd(self) -> Decimal | None:
+        """The batch's spending limit (None: none)."""
+        return self.chat.max_cost_usd
 
 
 # The map() options estimate() accepts and ignores (so the same arguments work for both).

@@ -26,9 +26,10 @@ from ..errors import (
     CreditsError,
     RateLimitError,
 )
+from ..options import ChatOptions, parse_max_cost
 from .checkpoint import Checkpoint, batch_id, from_json, row_key
 from .cost import estimate_rows, usd
-from .params import Params, Prompt, empty_reason, normalise
+from .params import AChat, BatchOptions, Prompt, empty_reason, normalise
 from .progress import NullProgress, Progress, make_progress
 from .ratelimit import AdaptiveLimiter
 
@@ -53,8 +54,6 @@ COLUMNS = (
     "test_mode",
 )
 INTERRUPTED = "interrupted"
-
-AChat = Callable[..., Awaitable[Any]]
 
 
 class BatchInterrupted(KeyboardInterrupt):
@@ -141,43 +140,33 @@ class _Batch:
     def __init__(
         self,
         prompts: list[Prompt],
-        params: Params,
+        options: BatchOptions,
         *,
-        concurrency: int,
-        max_cost_usd: Decimal | None,
-        retries: int,
-        achat: AChat | None,
-        limiter: AdaptiveLimiter | None,
-        progress: Progress,
-        checkpoint: Checkpoint | None,
-        resume: bool,
-        sleep: Callable[[float], Awaitable[object]] | None,
-        rng: random.Random | None,
+        keys: list[str | None],
+        checkpoint: Checkpoint | None = None,
+        rng: random.Random | None = None,
     ) -> None:
-        if concurrency < 1:
-            raise ConfigurationError(f"concurrency must be at least 1, not {concurrency}.")
+        if options.concurrency < 1:
+            raise ConfigurationError(f"concurrency must be at least 1, not {options.concurrency}.")
         self.prompts = prompts
-        self.params = params
-        self.concurrency = concurrency
-        self.max_cost_usd = max_cost_usd
-        self.retries = max(0, retries)
-        self._achat = achat
-        self.limiter = limiter
-        self.progress = progress
+        self.options = options
+        self.params = options.chat
+        self.concurrency = options.concurrency
+        self.max_cost_usd = options.max_cost_usd
+        self.retries = max(0, options.retries)
+        self._achat = options.achat
+        self.limiter = options.limiter
+        self.progress: Progress = NullProgress()
         self.checkpoint = checkpoint
-        self.sleep = sleep
+        self.sleep = options.sleep
         self.rng = rng or random.Random()  # noqa: S311  (jitter, not security)
         self.rows: list[dict[str, Any] | None] = [None] * len(prompts)
         self.outcome = _Outcome()
         self._workers: list[asyncio.Task[None]] = []
-        self._fp = params.fingerprint()
-        self.keys = [None if empty_reason(p) else row_key(p, self._fp) for p in prompts]
-        self._resume_rows = checkpoint.load() if (checkpoint is not None and resume) else {}
+        self.keys = keys  # row_key of each sendable prompt, None for an empty one
+        self._resume_rows = checkpoint.load() if (checkpoint is not None and options.resume) else {}
         self._leaders: dict[str, asyncio.Event] = {}
-        self._call_kwargs = params.call_kwargs()
-        # A batch under max_cost_usd was estimated as a whole before sending: each row may
-        # cost up to that limit. Without one, each row meets the per-request confirmation.
-        self._accepted = {} if max_cost_usd is None else {"max_cost_usd": max_cost_usd}
+        self._call_kwargs = options.chat.call_kwargs()
 
     # -- bookkeeping --------------------------------------------------------------------
     def pending(self) -> list[int]:
@@ -333,9 +322,7 @@ class _Batch:
             self.outcome.sent += 1
             error: Exception | None = None
             try:
-                completion = await self._achat(
-                    prompt, **self._call_kwargs, retries=0, **self._accepted
-                )
+                completion = await self._achat(prompt, **self._call_kwargs)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001  (one bad row must not sink the batch)
@@ -406,35 +393,10 @@ class _Batch:
         return df
 
 
-def _decimal(value: Any) -> Decimal | None:
-    if value is None:
-        return None
-    return value if isinstance(value, Decimal) else Decimal(str(value))
-
-
-def _prepare(
-    prompts: Any,
-    *,
-    model: str | None,
-    provider: str | None,
-    route: str,
-    concurrency: int,
-    max_cost_usd: Any,
-    system: str | None,
-    temperature: float | None,
-    max_tokens: int | None,
-    cache: bool,
-    project: str | None,
-    retries: int | None,
-    resume: bool,
-    achat: AChat | None,
-    limiter: AdaptiveLimiter | None,
-    sleep: Callable[[float], Awaitable[object]] | None,
-    progress: bool | Progress,
-) -> tuple[_Batch, Any]:
+def _prepare(prompts: Any, options: BatchOptions) -> tuple[_Batch, Any]:
     values, index = normalise(prompts)
-    params = Params(model, provider, route, system, temperature, max_tokens, project, bool(cache))
-    limit = _decimal(max_cost_usd)
+    params = options.chat
+    limit = options.max_cost_usd
     fp = params.fingerprint()
     keys = [None if empty_reason(p) else row_key(p, fp) for p in values]
     # Deterministic requests with the cache on are resumed by the response cache (each hit
@@ -443,20 +405,7 @@ def _prepare(
     checkpoint = Checkpoint(batch_id(keys, fp)) if use_checkpoint else None
     if checkpoint is not None:
         checkpoint.prune()
-    batch = _Batch(
-        values,
-        params,
-        concurrency=concurrency,
-        max_cost_usd=limit,
-        retries=transport.DEFAULT_RETRIES if retries is None else retries,
-        achat=achat,
-        limiter=limiter,
-        progress=NullProgress(),
-        checkpoint=checkpoint,
-        resume=resume,
-        sleep=sleep,
-        rng=None,
-    )
+    batch = _Batch(values, options, keys=keys, checkpoint=checkpoint)
     if limit is not None:
         todo = [values[i] for i in batch.pending()]
         est = estimate_rows(todo, params, skipped=len(values) - len(todo))
@@ -478,7 +427,7 @@ def _prepare(
                 rows=len(todo),
                 max_cost_usd=limit,
             )
-    batch.progress = make_progress(len(values), progress)
+    batch.progress = make_progress(len(values), options.progress)
     return batch, index
 
 
@@ -507,25 +456,28 @@ async def amap(
     Cancelling the awaiting task cancels the rows in flight and re-raises
     ``CancelledError``; finished rows stay recorded (ledger, checkpoint).
     """
-    batch, index = _prepare(
-        prompts,
-        model=model,
-        provider=provider,
-        route=route,
+    options = BatchOptions(
+        ChatOptions(
+            model=model,
+            provider=provider,
+            route=route,
+            system=system,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            project=project,
+            cache=bool(cache),
+            retries=0,
+            max_cost_usd=parse_max_cost(max_cost_usd),
+        ),
         concurrency=concurrency,
-        max_cost_usd=max_cost_usd,
-        system=system,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        cache=cache,
-        project=project,
-        retries=retries,
+        retries=transport.DEFAULT_RETRIES if retries is None else retries,
+        progress=progress,
         resume=resume,
         achat=achat,
         limiter=limiter,
         sleep=sleep,
-        progress=progress,
     )
+    batch, index = _prepare(prompts, options)
     await batch.run()
     return batch.frame(index)
 
@@ -574,25 +526,28 @@ def map(
             "map() was called from inside a running batch.",
             hint="Use `await cencori_nb.amap(...)` in async code.",
         )
-    batch, index = _prepare(
-        prompts,
-        model=model,
-        provider=provider,
-        route=route,
+    options = BatchOptions(
+        ChatOptions(
+            model=model,
+            provider=provider,
+            route=route,
+            system=system,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            project=project,
+            cache=bool(cache),
+            retries=0,
+            max_cost_usd=parse_max_cost(max_cost_usd),
+        ),
         concurrency=concurrency,
-        max_cost_usd=max_cost_usd,
-        system=system,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        cache=cache,
-        project=project,
-        retries=retries,
+        retries=transport.DEFAULT_RETRIES if retries is None else retries,
+        progress=progress,
         resume=resume,
         achat=achat,
         limiter=limiter,
         sleep=sleep,
-        progress=progress,
     )
+    batch, index = _prepare(prompts, options)
     loop = _batch_loop()
     future = asyncio.run_coroutine_threadsafe(batch.run(), loop)
     try:

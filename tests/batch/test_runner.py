@@ -421,6 +421,33 @@ def test_concurrency_below_one_is_a_configuration_error() -> None:
     assert fake.calls == []
 
 
+@pytest.mark.parametrize("limit", ["abc", "-1", float("nan"), float("inf"), "1e-20", [1]])
+def test_a_bad_max_cost_is_a_configuration_error_before_sending(limit: Any) -> None:
+    """max_cost_usd is read by the wallet's one rule for amounts: a clear error, not a
+    decimal.InvalidOperation traceback, and a negative or NaN limit never means "no limit"."""
+    fake = FakeAchat()
+    with pytest.raises(ConfigurationError, match="max_cost_usd"):
+        cencori_nb.map(["a", "b"], achat=fake, max_cost_usd=limit, progress=False)
+    assert fake.calls == []
+
+
+def test_each_row_accepts_the_batch_limit() -> None:
+    """Under max_cost_usd each row's call carries the limit (the batch was estimated as a
+    whole), parsed once, as a Decimal."""
+    fake = FakeAchat()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("cencori_nb.batch.runner.estimate_rows", _cheap_estimate)
+        cencori_nb.map(["a"], achat=fake, max_cost_usd="0.50", progress=False)
+    assert fake.kwargs[0]["max_cost_usd"] == Decimal("0.50")
+    assert fake.kwargs[0]["retries"] == 0
+
+
+def _cheap_estimate(todo: list[Any], params: Any, skipped: int = 0) -> Any:
+    from cencori_nb.batch.cost import BatchEstimate
+
+    return BatchEstimate(len(todo), 1, 1, Decimal("0.01"), "m", "openai", "byok", False, skipped)
+
+
 def test_map_refuses_a_single_string() -> None:
     """A bare string is one prompt, not a batch: a clear error instead of 1-char rows."""
     with pytest.raises(ConfigurationError, match="not one string"):
