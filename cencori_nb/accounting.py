@@ -23,7 +23,7 @@ the SQL rollup read that stored value.
 Test keys (``csk_test_…``) are free at Cencori: a completion made with one has
 ``test_mode=True``, is charged nothing, debits nothing and needs no reservation.
 
-Charges (reference/cencori.md, "Credits and billing"):
+Charges (docs/cencori.md, "Credits and billing"):
 
 - managed: the gateway's ``cost_usd`` when it returned one, else provider list price ×
   (1 + ``markup_pct``/100), markup 50% by default (``settings.markup_pct``);
@@ -113,7 +113,7 @@ __all__ = [
 ]
 
 SOFT_THRESHOLDS = (50, 80, 100)
-# Cencori test keys are free (reference/cencori.md); one home for the prefix: egress, whose
+# Cencori test keys are free (docs/cencori.md); one home for the prefix: egress, whose
 # sandbox demo key for a test key keeps it, so test mode holds against the sandbox too
 TEST_KEY_PREFIX = CENCORI_TEST_PREFIX
 RESERVATION_TTL_MS = 3_600_000  # a reservation older than this expires even if its

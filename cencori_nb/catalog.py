@@ -13,7 +13,7 @@ __all__ = ["CENCORI", "PROVIDERS", "ProviderInfo", "is_known_provider", "provide
 
 CENCORI = "cencori"  # the managed route's pseudo-provider (the Cencori project key)
 # Where a person tops up the credit wallet: the gateway's own top_up_url ("/billing",
-# relative to its site; reference/cencori.md) made absolute. The one copy of this address.
+# relative to its site; docs/cencori.md) made absolute. The one copy of this address.
 CENCORI_BILLING_URL = "https://cencori.com/billing"
 
 

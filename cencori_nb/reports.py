@@ -75,7 +75,7 @@ def _daily_source(since: Any, project: str | None) -> tuple[str, list[Any]]:
     return sql, [first_full_day, *pparam, since_ms, first_full_day * DAY_MS, *pparam]
 
 
-# Peers' BYOK terms (reference/cencori.md, "Peers' BYOK terms")
+# Peers' BYOK terms (docs/cencori.md, "Peers' BYOK terms")
 OPENROUTER_BYOK_FEE_PCT = Decimal(5)
 OPENROUTER_FREE_REQUESTS = 1_000_000
 CLOUDFLARE_CREDIT_FEE_PCT = Decimal(5)

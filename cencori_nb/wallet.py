@@ -5,7 +5,7 @@ without a round trip. Every change is a transaction row (``topup | usage | refun
 adjustment``) with the balance before and after, in the ledger's SQLite file (so a usage
 debit and its request row commit together).
 
-Rules mirrored from Cencori (reference/cencori.md, "Credits and billing"):
+Rules mirrored from Cencori (docs/cencori.md, "Credits and billing"):
 
 - a usage debit is idempotent per request: keyed on the ledger row's ``client_id`` (a
   UNIQUE index; debiting twice is a no-op). Not on the provider's request id, which some

@@ -200,6 +200,33 @@ def ipython(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture
+def shell(ipython: Any) -> Iterator[Any]:
+    """The shared shell, with the magic's configuration and the tests' user variables reset
+    after each test."""
+    from tests.magic.support import magics_of
+
+    yield ipython
+    magics = magics_of(ipython)
+    for name in (
+        "default_model",
+        "default_provider",
+        "default_route",
+        "default_format",
+        "default_system",
+        "default_max_tokens",
+        "stream",
+        "stream_throttle_ms",
+    ):
+        magics.traits()[name].set(magics, magics.traits()[name].default())
+    if magics.sandbox_server is not None:
+        magics.sandbox_server.stop()
+        magics.sandbox_server = None
+    ipython.rl_next_input = None
+    for name in ("reply", "topic", "cfg", "table"):
+        ipython.user_ns.pop(name, None)
+
+
+@pytest.fixture
 def ctrl_c() -> Iterator[None]:
     """For a test that presses Ctrl-C in this process: SIGINT raises KeyboardInterrupt here,
     whatever an earlier test or the launcher installed; the previous handler comes back."""

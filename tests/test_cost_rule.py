@@ -28,7 +28,7 @@ from cencori_nb.migrations import migrate
 from cencori_nb.sandbox.server import SandboxServer
 from cencori_nb.settings import update_project, update_settings
 from cencori_nb.tokens import estimate_messages_tokens
-from tests.test_magic import run, shell, texts  # noqa: F401  (shell is a fixture)
+from tests.magic.support import run, texts
 
 OPENAI_KEY = "sk-test-costrule-" + "A" * 20 + "c0s7"
 

@@ -28,7 +28,7 @@ import cencori_nb
 from cencori_nb import cache, keys, wallet
 from cencori_nb.errors import LedgerCorruptError, LedgerError, LedgerWriteError
 from cencori_nb.ledger import Ledger, LedgerRow, _Item, default_ledger
-from tests.test_magic import assert_one_error_line, run, shell  # noqa: F401 (shell: fixture)
+from tests.magic.support import assert_one_error_line, run
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "gpt-4o-mini"

@@ -24,7 +24,7 @@ from cencori_nb.ledger import default_ledger
 from cencori_nb.sandbox.faults import FaultPicker
 from cencori_nb.sandbox.server import SandboxServer
 from cencori_nb.settings import update_project
-from tests.test_magic import run, shell, texts  # noqa: F401  (shell is a fixture)
+from tests.magic.support import run, texts
 
 LIVE_KEY = "csk_live_reconcile_" + "R" * 20 + "r3c0"
 # What the sandbox receives in place of LIVE_KEY: a stored key never travels to a sandbox

@@ -269,7 +269,7 @@ class CencoriGatewayProvider(Provider):
         if status == 402 and cls is PermissionDeniedError:
             # Cencori's SDKs map any 402 to "insufficient credits", but the gateway uses
             # 403 credit_balance_exhausted for an empty wallet and 402 only for the spend
-            # cap (reference/cencori.md, "Discrepancies"); we follow the server.
+            # cap (docs/cencori.md, "Discrepancies"); we follow the server.
             cls = SpendCapReachedError
         elif status in (400, 403, None) and body.get("reasons"):
             cls = PermissionDeniedError  # the SDK's SafetyError: content was refused

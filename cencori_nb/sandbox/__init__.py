@@ -30,7 +30,7 @@ timeout|truncate|malformed|stream-error`` injects one fault (``stream-error``: a
 that ends with the provider's own error event); a model the provider does not serve (or an
 id containing ``does-not-exist``) gets its real 404, a prompt over the context window its
 real 400. Answers follow the recorded real ones in ``tests/corpus`` (checked field by field
-by ``tests/test_sandbox_fidelity.py``). Replies are deterministic in (seed, prompt), say
+by ``tests/sandbox/test_fidelity.py``). Replies are deterministic in (seed, prompt), say
 they come from the sandbox, and count tokens with one rule (:func:`replies.count_tokens`).
 A last user message starting with ``SANDBOX-ECHO:`` is answered with exactly the rest of
 the message, one starting with ``SANDBOX-ERROR:`` with a 400 carrying the rest as the

@@ -1,0 +1,92 @@
+"""The adapter registry, and what holds for every adapter: no key in a repr or an error,
+malformed stream events are bad responses."""
+
+from __future__ import annotations
+
+import httpx2
+import pytest
+
+from cencori_nb import errors
+from cencori_nb.catalog import PROVIDERS
+from cencori_nb.keystore.secret import Secret
+from cencori_nb.providers import get_provider, load_builtin
+from cencori_nb.providers.base import _REGISTRY, Provider
+from tests.providers.support import BASE, assert_no_leak, chat, map_status
+
+# --- registry -------------------------------------------------------------------------------
+
+
+def test_every_catalog_provider_and_the_gateway_have_an_adapter() -> None:
+    """load_builtin registers one adapter per catalog provider, plus cencori."""
+    assert set(_REGISTRY) == set(PROVIDERS) | {"cencori"}
+    for name, adapter in _REGISTRY.items():
+        assert adapter.name == name
+        assert isinstance(adapter, Provider)
+
+
+@pytest.mark.parametrize(
+    ("name", "prefix", "base"),
+    [
+        ("openai", "/openai/v1", "https://api.openai.com/v1"),
+        ("anthropic", "/anthropic", "https://api.anthropic.com"),
+        ("google", "/google", "https://generativelanguage.googleapis.com"),
+        ("mistral", "/mistral/v1", "https://api.mistral.ai/v1"),
+        ("groq", "/groq/v1", "https://api.groq.com/openai/v1"),
+        ("openrouter", "/openrouter/v1", "https://openrouter.ai/api/v1"),
+        ("local", "/local/v1", "http://127.0.0.1:11434/v1"),
+        ("cencori", "", "https://cencori.com"),
+    ],
+)
+def test_sandbox_prefix_and_default_base_url(name: str, prefix: str, base: str) -> None:
+    """Each adapter says where it lives under the sandbox and on the real internet."""
+    adapter = get_provider(name)
+    assert adapter.sandbox_prefix == prefix
+    assert adapter.default_base_url == base
+
+
+def test_unknown_provider_is_a_clear_error() -> None:
+    with pytest.raises(errors.UnknownProviderError):
+        get_provider("nosuch")
+
+
+# --- leaks across every adapter -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(set(PROVIDERS) | {"cencori"}))
+def test_no_adapter_repr_or_error_shows_the_key(name: str, canary: str) -> None:
+    """The key is in the header the server needs and nowhere else we produce."""
+    adapter = get_provider(name)
+    request = adapter.build_request(chat(), model="m", api_key=Secret(canary), base_url=BASE)
+    assert canary not in str(request.url)
+    assert canary not in request.content.decode()
+    assert canary not in repr(adapter) and canary not in repr(request)
+    for status in (400, 401, 403, 404, 429, 500, 503):
+        err = map_status(
+            adapter,
+            status,
+            {"error": {"message": f"key {canary} bad"}, "message": canary},
+            key=canary,
+        )
+        assert_no_leak(err, canary)
+
+
+def test_a_key_of_no_known_shape_is_still_scrubbed_when_echoed() -> None:
+    """A local server's free-form key matches no pattern; the sent key itself is removed."""
+    key = "hunter2-local-pw"
+    err = map_status(
+        get_provider("local"), 401, {"error": {"message": f"bad token {key}"}}, key=key
+    )
+    assert key not in str(err)
+    assert "[redacted]" in str(err)
+
+
+@pytest.mark.parametrize("name", ["openai", "mistral", "anthropic", "google", "cencori"])
+def test_stream_event_that_is_json_but_not_an_object_is_a_bad_response(name: str) -> None:
+    """A frame like `data: [1, 2]` or `data: 42` is BadResponseError naming the provider."""
+    load_builtin()
+    parser = get_provider(name).stream_parser()
+    event = httpx2.ServerSentEvent(event="message", data="42")
+    with pytest.raises(errors.BadResponseError) as err:
+        parser.feed(event)
+    assert err.value.provider == name
+    assert "not a JSON object" in str(err.value)

@@ -1,0 +1,150 @@
+"""Helpers shared by the adapters: error classes by status and code, Retry-After, scrubbing,
+extra parameters."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import httpx2
+import pytest
+
+from cencori_nb import errors, transport
+from cencori_nb.keystore.secret import Secret
+from cencori_nb.providers import _common, get_provider
+from tests.providers.support import BASE, chat
+
+# --- shared helpers -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, errors.InvalidRequestError),
+        (404, errors.InvalidRequestError),
+        (422, errors.InvalidRequestError),
+        (401, errors.AuthenticationError),
+        (403, errors.PermissionDeniedError),
+        (408, errors.ProviderTimeoutError),
+        (409, errors.ProviderUnavailableError),
+        (429, errors.RateLimitError),
+        (500, errors.ProviderUnavailableError),
+        (503, errors.ProviderUnavailableError),
+        (529, errors.ProviderUnavailableError),
+        (418, errors.InvalidRequestError),
+    ],
+)
+def test_error_class_for_status(status: int, cls: type) -> None:
+    """The one status table (409 is a conflict the SDKs retry, so it is 'unavailable')."""
+    assert _common.error_class(status) is cls
+    assert transport.error_class(status) is cls
+
+
+@pytest.mark.parametrize(
+    ("status", "codes", "cls"),
+    [
+        (
+            400,
+            ("API_KEY_INVALID", "INVALID_ARGUMENT"),
+            errors.AuthenticationError,
+        ),  # Google bad key
+        (400, ("INVALID_ARGUMENT",), errors.InvalidRequestError),
+        (500, ("overloaded_error",), errors.ProviderUnavailableError),
+        (401, (None, "invalid_request_error"), errors.AuthenticationError),  # status beats broad
+        (None, ("invalid_request_error",), errors.InvalidRequestError),  # in-stream: type decides
+        (None, (None,), errors.ProviderUnavailableError),
+        (503, ("pricing_unavailable",), errors.PricingError),
+        (401, ("provider_auth_error",), errors.AuthenticationError),
+        (403, ("credit_balance_exhausted",), errors.CreditsExhaustedError),
+        (429, ("insufficient_quota",), errors.RateLimitError),
+    ],
+)
+def test_error_class_codes(status: int | None, codes: tuple[str | None, ...], cls: type) -> None:
+    """A precise code beats the status; a broad one only decides without a status."""
+    assert transport.error_class(status, *codes) is cls
+
+
+def test_retry_after_seconds_ms_and_http_date() -> None:
+    """retry-after-ms wins; Retry-After is seconds or an HTTP date relative to now."""
+    now = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+    h = httpx2.Headers
+    parse = transport.retry_after
+    assert parse(h({"retry-after": "7"})) == 7.0
+    assert parse(h({"retry-after": "1.5"})) == 1.5
+    assert parse(h({"retry-after-ms": "250", "retry-after": "9"})) == 0.25
+    date = format_datetime(now + timedelta(seconds=30), usegmt=True)
+    assert parse(h({"retry-after": date}), now=now.timestamp()) == 30.0
+    past = format_datetime(now - timedelta(seconds=30), usegmt=True)
+    assert parse(h({"retry-after": past}), now=now.timestamp()) == 0.0
+    assert parse(h({"retry-after": "soon"})) is None
+    assert parse(h({"retry-after": "nan"})) is None
+    assert parse(h({"retry-after-ms": "-5"})) == 0.0
+    assert parse(h({})) is None
+
+
+@pytest.mark.parametrize(
+    ("delay", "seconds"),
+    [
+        ("34s", 34.0),
+        ("0.500s", 0.5),
+        ("45.837906927s", 45.837906927),
+        (12, 12.0),
+        ("later", None),
+        (None, None),
+        ("1m30s", None),
+    ],
+)
+def test_retry_after_reads_gemini_retry_info(delay: object, seconds: float | None) -> None:
+    """google.rpc.RetryInfo.retryDelay is a protobuf duration (decimal seconds + 's')."""
+    body = {
+        "error": {
+            "code": 429,
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}],
+        }
+    }
+    assert transport.retry_after(httpx2.Headers(), body) == seconds
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "sk-proj-" + "A1b2" * 12,
+        "sk-ant-api03-" + "Zz9_" * 10,
+        "AIzaSyD" + "x" * 32,
+        "csk_live_" + "q" * 30,
+        "gsk_" + "M" * 40,
+        "sk-or-v1-" + "f" * 60,
+        "sk-proj-**********************************abcd",
+        "Bearer abc.def.ghi",
+        "x" * 40,
+    ],
+)
+def test_scrub_removes_key_shaped_substrings(secret: str) -> None:
+    out = _common.scrub(f"Incorrect API key provided: {secret}. See the docs.")
+    assert secret not in out
+    assert "[redacted]" in out
+    assert out.startswith("Incorrect API key provided:")
+
+
+def test_scrub_keeps_ordinary_text() -> None:
+    text = "The model `gpt-4o-mini` does not exist or you do not have access to it (task-42)."
+    assert _common.scrub(text) == text
+
+
+def test_extra_params_pass_through_but_cannot_replace_the_model() -> None:
+    """ChatRequest.extra reaches the body; model/messages/stream through extra is an error."""
+    adapter = get_provider("openai")
+    req = adapter.build_request(
+        chat(extra={"seed": 7, "top_p": 0.5}),
+        model="gpt-4o-mini",
+        api_key=Secret("sk-x"),
+        base_url=BASE,
+    )
+    body = json.loads(req.content)
+    assert body["seed"] == 7 and body["top_p"] == 0.5
+    with pytest.raises(errors.ConfigurationError, match="'stream'"):
+        adapter.build_request(
+            chat(extra={"stream": True}), model="gpt-4o-mini", api_key=Secret("sk-x"), base_url=BASE
+        )
