@@ -14,6 +14,7 @@ from typing import Any
 import httpx2
 
 from cencori_nb import errors
+from cencori_nb.keystore.secret import Secret
 from cencori_nb.providers.base import Provider, StreamParser
 from cencori_nb.types import ChatRequest
 
@@ -128,6 +129,9 @@ def map_status(
     content: bytes | None = None,
 ) -> errors.CencoriError:
     """The error ``provider.map_error`` makes of a real error response to its own request."""
+    request = provider.build_request(chat(), model="m-1", api_key=Secret(key), base_url=BASE)
+    response, _ = exchange(request, status=status, body=body, headers=headers, content=content)
+    return provider.map_error(response)
 
 
 def openai_chunk(
