@@ -508,7 +508,10 @@ def test_sigkill_during_map_then_rerun_records_every_answer(private_home: Path, 
     assert len({r.client_id for r in rows}) == len(rows)
     # every answer recorded: as ok, or (the process died first) as interrupted; a request
     # killed before it reached the sandbox is recorded too (fail closed), so >= not ==
-    assert len(ok) <= answered <= len(ok) + len(lost)
+    statuses = sorted(
+        (r.status, r.error_code or "") for r in rows if r.status not in ("ok", "cached")
+    )
+    assert len(ok) <= answered <= len(ok) + len(lost), (answered, sbx.stats["statuses"], statuses)
     # recorded but never answered: only requests in flight at a kill (concurrency 8)
     assert len(ok) + len(lost) - answered <= 8 * kills
     # the final run answered every row: each prompt has exactly one answer it paid for
