@@ -37,7 +37,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 __all__ = [
     "CONTEXT_PATTERN",
@@ -86,6 +86,45 @@ _START = r"(?<![A-Za-z0-9_\-])"  # "task-runner" or "disk-…" never start a key
 _DIGIT_AHEAD = r"(?=[A-Za-z_\-]*[0-9])"
 
 
+class _LazyPattern:
+    """A regex compiled on its first use. This module defines some 25 patterns; compiling
+    them all at import cost ``import cencori_nb`` (and so ``%load_ext cencori_nb``) about
+    40 ms, most of its load time (docs/benchmarks.md, "Extension load time"). Behaves as
+    the compiled ``re.Pattern`` for every method and attribute."""
+
+    __slots__ = ("_compiled", "_flags", "_source")
+
+    def __init__(self, source: str, flags: int = 0) -> None:
+        self._source, self._flags = source, flags
+        self._compiled: re.Pattern[str] | None = None
+
+    def compiled(self) -> re.Pattern[str]:
+        found = self._compiled
+        if found is None:  # two threads may both compile: the same pattern either way
+            found = self._compiled = re.compile(self._source, self._flags)
+        return found
+
+    def search(self, *args: Any) -> re.Match[str] | None:
+        return self.compiled().search(*args)
+
+    def sub(self, *args: Any) -> str:
+        return self.compiled().sub(*args)
+
+    def subn(self, *args: Any) -> tuple[str, int]:
+        return self.compiled().subn(*args)
+
+    def __getattr__(self, name: str) -> Any:  # finditer, match, pattern, …
+        return getattr(self.compiled(), name)
+
+    def __repr__(self) -> str:
+        return f"re.compile({self._source!r}) (compiled on first use)"
+
+
+def _lazy(source: str, flags: int = 0) -> re.Pattern[str]:
+    """:class:`_LazyPattern`, typed as the pattern it stands for."""
+    return cast("re.Pattern[str]", _LazyPattern(source, flags))
+
+
 def key_regex(
     min_body: int | Mapping[str, int] = 6,
     *,
@@ -129,13 +168,13 @@ def key_pattern(
     words and package names rarely do), for callers that must avoid false positives.
     Every argument may also be given per prefix: see :func:`key_regex`.
     """
-    return re.compile(key_regex(min_body, require_digit=require_digit, body=body, start=start))
+    return _lazy(key_regex(min_body, require_digit=require_digit, body=body, start=start))
 
 
 _ANY_KEY = key_pattern()
 _NOT_MARKER = r"(?!\[redacted\]|\[secure\]|<redacted>|\*\*\*)"
 # Credentials named by their context (the marker a scrub already left is not re-matched).
-CONTEXT_PATTERN = re.compile(
+CONTEXT_PATTERN = _lazy(
     rf"""(?ix)
       (\bbearer\s+){_NOT_MARKER}[^\s'",;}}\]]+
     | ((?:\b|_)(?:api[_-]?)?key=){_NOT_MARKER}[^&\s'",;}}\]]+
@@ -273,14 +312,14 @@ def _exact_regex(secrets: frozenset[str], encoded: bool, minimum: int) -> re.Pat
 # decoded) plus, for each character of the view, where it came from. A match in the view is
 # replaced in the original text over the span its characters came from.
 
-_ESCAPES = re.compile(
+_ESCAPES = _lazy(
     r"\\u(?P<u>[0-9A-Fa-f]{4})"  # JSON / Python: \u005f
     r"|\\x(?P<x>[0-9A-Fa-f]{2})"  # Python: \x5f
     r"|%(?P<pct>[0-9A-Fa-f]{2})"  # URL: %5F
     r"|&\#(?:[xX](?P<hx>[0-9A-Fa-f]{1,6})|(?P<dec>[0-9]{1,7}));"  # HTML: &#95; &#x5f;
     r"|\\(?P<tex>[_\-#$%&{}])"  # LaTeX: csk\_live
 )
-_LINE_BREAKS = re.compile(r"\r?\n|\r")
+_LINE_BREAKS = _lazy(r"\r?\n|\r")
 
 
 def _unescape_one(m: re.Match[str]) -> str:
@@ -381,10 +420,10 @@ def _replace_spans(text: str, spans: list[tuple[int, int]]) -> tuple[str, int]:
 # Runs of base64 (either alphabet) or hex characters, line breaks allowed (MIME style), long
 # enough to hold a key; one character class each, so scanning them is fast.
 # (The lookbehinds make a failed attempt cost nothing inside a short run.)
-_B64_RUN = re.compile(r"(?<![A-Za-z0-9+/_\-\r\n])[A-Za-z0-9+/_\-\r\n]{28,}={0,2}")
-_HEX_RUN = re.compile(r"(?<![0-9a-fA-F\r\n])[0-9a-fA-F\r\n]{40,}")
+_B64_RUN = _lazy(r"(?<![A-Za-z0-9+/_\-\r\n])[A-Za-z0-9+/_\-\r\n]{28,}={0,2}")
+_HEX_RUN = _lazy(r"(?<![0-9a-fA-F\r\n])[0-9a-fA-F\r\n]{40,}")
 # Every key shape starts with one of these: decoded bytes without one are skipped at once.
-_ANY_PREFIX = re.compile("|".join(re.escape(p) for p in (*KEY_PREFIXES, "Bearer ")))
+_ANY_PREFIX = _lazy("|".join(re.escape(p) for p in (*KEY_PREFIXES, "Bearer ")))
 
 
 @functools.lru_cache(maxsize=1)
@@ -442,7 +481,7 @@ def _encoded_runs_holding(text: str, shapes: Iterable[re.Pattern[str]]) -> list[
 
 # --------------------------------------------------------------------------- policies
 
-_LONG_TOKEN = re.compile(r"[A-Za-z0-9_\-+=]{32,}")
+_LONG_TOKEN = _lazy(r"[A-Za-z0-9_\-+=]{32,}")
 
 
 def _entropy_bits_per_char(token: str) -> float:
@@ -583,7 +622,7 @@ _MASKED_PREFIXES = (
 USER_MESSAGE = Policy(
     "user message",
     (
-        re.compile(
+        _lazy(
             "|".join(
                 (
                     rf"\bBearer\s+{_NOT_MARKER}\S+",
@@ -612,7 +651,7 @@ _NOTEBOOK_MINIMUMS = {
 _NOTEBOOK_DIGIT = {"sk-", "AIza", "csk_", "gsk_", "xai-"}
 NOTEBOOK_KEY_SHAPES = key_pattern(_NOTEBOOK_MINIMUMS, require_digit=_NOTEBOOK_DIGIT)
 # "Bearer <token>": keep the word, drop the token (JWTs and opaque tokens: dots, slashes, =).
-BEARER_TOKEN = re.compile(r"(?<=Bearer )(?=[A-Za-z._~+/=\-]*[0-9])[A-Za-z0-9._~+/=\-]{20,}")
+BEARER_TOKEN = _lazy(r"(?<=Bearer )(?=[A-Za-z._~+/=\-]*[0-9])[A-Za-z0-9._~+/=\-]{20,}")
 NOTEBOOK = Policy(
     "notebook",
     (NOTEBOOK_KEY_SHAPES, BEARER_TOKEN),
@@ -679,6 +718,20 @@ def remove_stored_keys(text: str) -> str:
     return text if regex is None else regex.sub(MARKER, text)
 
 
+@functools.lru_cache(maxsize=8)
+def _key_start_at_end(secrets: frozenset[str]) -> tuple[re.Pattern[str], int] | None:
+    """A regex matching, at the end of a text, a start of one of ``secrets`` (a prefix of at
+    most the longest key's length minus one), and that length; None when none is
+    registered. One C-level search per delta, where comparing every tail with every key
+    cost a stream ~40 Python-level checks per delta."""
+    usable = [s for s in secrets if len(s) >= MIN_REGISTERED]
+    if not usable:
+        return None
+    longest = max(map(len, usable)) - 1
+    starts = {s[:n] for s in usable for n in range(1, min(len(s), longest) + 1)}
+    return re.compile("(?:" + _trie_pattern(starts) + r")\Z"), longest
+
+
 class StreamRedactor:
     """:func:`remove_stored_keys` over a reply that arrives in pieces, for what is shown as
     it arrives (``cencori-nb ask``): a stored key split across deltas is still removed.
@@ -693,13 +746,13 @@ class StreamRedactor:
 
     def feed(self, delta: str) -> str:
         text = remove_stored_keys(self._held + delta)
-        secrets = [s for s in _registered if len(s) >= MIN_REGISTERED]
         keep = 0
-        for size in range(min(len(text), max(map(len, secrets), default=1) - 1), 0, -1):
-            tail = text[-size:]
-            if any(s.startswith(tail) for s in secrets):
-                keep = size
-                break
+        tails = _key_start_at_end(_registered)
+        if tails is not None:
+            regex, longest = tails
+            found = regex.search(text, max(0, len(text) - longest))
+            if found is not None:  # the leftmost match: the longest tail to hold back
+                keep = len(text) - found.start()
         self._held = text[len(text) - keep :] if keep else ""
         return text[: len(text) - keep]
 

@@ -229,3 +229,44 @@ def test_key_in_prompt_is_one_class_everywhere() -> None:
         redact.refuse_key_in_prompt("please use plain-registered-token-77", shapes=False)
     assert "token-77" not in str(info.value) and info.value.code == "key_in_prompt"
     redact.refuse_key_in_prompt("sk-proj-Abc123def456ghi789jkl012", shapes=False)  # shape only
+
+
+def _old_held_tail(text: str, secrets: frozenset[str]) -> int:
+    """StreamRedactor's hold-back before it became one regex search: compare every tail
+    (longest first, up to the longest key's length minus one) with every key's start."""
+    from cencori_nb.redact import MIN_REGISTERED
+
+    usable = [s for s in secrets if len(s) >= MIN_REGISTERED]
+    for size in range(min(len(text), max(map(len, usable), default=1) - 1), 0, -1):
+        if any(s.startswith(text[-size:]) for s in usable):
+            return size
+    return 0
+
+
+_KEYS = st.lists(st.text("ab-k1", min_size=6, max_size=14), min_size=1, max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=_KEYS, pieces=st.lists(st.text("ab-k1x", max_size=12), max_size=6))
+def test_stream_redactor_holds_back_exactly_what_the_old_loop_did(
+    keys: list[str], pieces: list[str]
+) -> None:
+    """Each delta shows the same text as the old tail-by-tail check, and the whole stream
+    shows remove_stored_keys(whole): a key split over deltas never shows."""
+    from cencori_nb import redact
+
+    for key in keys:
+        redact.register_secret(key)
+    secrets = redact.registered_secrets()
+    stream, held = redact.StreamRedactor(), ""
+    shown = []
+    for piece in pieces:
+        text = redact.remove_stored_keys(held + piece)
+        keep = _old_held_tail(text, secrets)
+        held = text[len(text) - keep :] if keep else ""
+        out = stream.feed(piece)
+        assert out == text[: len(text) - keep]
+        shown.append(out)
+    shown.append(stream.close())
+    assert "".join(shown) == redact.remove_stored_keys("".join(pieces))
+    redact._reset_for_tests()
