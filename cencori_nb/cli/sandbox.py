@@ -68,8 +68,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         metavar="SPEC",
         help="random faults, e.g. 429=0.2,500=0.1,timeout=0.05,truncate=0.05,"
-        "malformed=0.01 (known: 401 402 403 429 500 503 timeout truncate "
-        "malformed)",
+        "malformed=0.01 (known: 401 402 403 429 500 503 529 timeout truncate "
+        "malformed stream-error invalid-json refusal)",
     )
     p.add_argument(
         "--batch-delay",

@@ -26,8 +26,10 @@ deepseek together openrouter local)
 Any non-empty key works; a key containing ``revoked`` gets the provider's bad-key answer
 (401; Gemini and xAI answer 400); Cencori keys
 must start with ``csk_``. A request header ``X-Sandbox-Fault: 401|402|403|429|500|503|529|
-timeout|truncate|malformed|stream-error`` injects one fault (``stream-error``: a 200 stream
-that ends with the provider's own error event); a model the provider does not serve (or an
+timeout|truncate|malformed|stream-error|invalid-json|refusal`` injects one fault
+(``stream-error``: a 200 stream that ends with the provider's own error event;
+``invalid-json``: a structured answer cut mid-way; ``refusal``: the provider's own refusal);
+a model the provider does not serve (or an
 id containing ``does-not-exist``) gets its real 404, a prompt over the context window its
 real 400. Answers follow the recorded real ones in ``tests/corpus`` (checked field by field
 by ``tests/sandbox/test_fidelity.py``). Replies are deterministic in (seed, prompt), say
@@ -35,6 +37,10 @@ they come from the sandbox, and count tokens with one rule (:func:`replies.count
 A last user message starting with ``SANDBOX-ECHO:`` is answered with exactly the rest of
 the message, one starting with ``SANDBOX-ERROR:`` with a 400 carrying the rest as the
 error message (tests use them to make a "model" or "provider" say something hostile).
+A request with a schema (``response_format``, ``output_config``, a forced tool,
+``responseJsonSchema``, ``responseFormat``) is answered with deterministic JSON matching it,
+filled from the last user message (:mod:`.structured`, which also documents the
+``SANDBOX-INVALID-JSON``, ``SANDBOX-WRONG-SHAPE`` and ``SANDBOX-REFUSE`` markers).
 
 This module stays light: the server loads on first use of ``SandboxServer``.
 """

@@ -19,6 +19,7 @@ prompt over 200k tokens is 400 "prompt is too long: N tokens > 200000 maximum".
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -177,6 +178,7 @@ class AnthropicDoor(Door):
             conversation.append(text)
             if role == "user":
                 last_user = text
+        schema, tool = _requested_schema(body)
         return ChatCall(
             model=model,
             provider=self.name,
@@ -184,6 +186,8 @@ class AnthropicDoor(Door):
             last_user=last_user,
             max_tokens=max_tokens,
             stream=bool(body.get("stream")),
+            schema=schema,
+            tool=tool,
         )
 
     def model_known(self, call: ChatCall) -> bool:
@@ -220,6 +224,9 @@ class AnthropicDoor(Door):
         ]
 
     async def respond(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
+        if call.refused or call.tool:
+            await self._respond_structured(ex, call, reply)
+            return
         stop = "max_tokens" if reply.truncated else "end_turn"
         msg_id = "msg_" + ex.request_id[4:]
         usage = {
@@ -284,3 +291,106 @@ class AnthropicDoor(Door):
         await sse.frame(dumps(delta), event="message_delta")
         await sse.frame('{"type":"message_stop"}', event="message_stop")
         await sse.close()
+
+    async def _respond_structured(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
+        """A refusal (``stop_reason: refusal``, no text) or a forced tool call's answer
+        (one ``tool_use`` block whose input is the JSON, streamed as ``input_json_delta``)."""
+        msg_id = "msg_" + ex.request_id[4:]
+        usage = {
+            "input_tokens": reply.input_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": reply.output_tokens,
+        }
+        block: dict[str, Any]
+        content: list[Any]
+        if call.refused:
+            stop, block, deltas = "refusal", {"type": "text", "text": ""}, []
+            content = []
+        else:
+            stop = "max_tokens" if reply.truncated else "tool_use"
+            tool_id = "toolu_" + ex.request_id[4:28]
+            try:
+                tool_input = json.loads(reply.text)
+            except ValueError:  # the invalid-json fault: the API always sends an object
+                tool_input = {}
+            block = {"type": "tool_use", "id": tool_id, "name": call.tool, "input": {}}
+            content = [{**block, "input": tool_input}]
+            deltas = list(reply.pieces)
+        if not call.stream:
+            ex.send_json(
+                200,
+                {
+                    "id": msg_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": call.answered_model,
+                    "content": content,
+                    "stop_reason": stop,
+                    "stop_sequence": None,
+                    "usage": {**usage, "service_tier": "standard"},
+                },
+                self.ok_headers(ex),
+            )
+            return
+        sse = ex.sse(self.ok_headers(ex), content_frames=len(deltas))
+        start = {
+            "type": "message_start",
+            "message": {
+                "id": msg_id,
+                "type": "message",
+                "role": "assistant",
+                "model": call.answered_model,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {**usage, "output_tokens": 0},
+            },
+        }
+        await sse.frame(dumps(start), event="message_start")
+        await sse.frame(
+            dumps({"type": "content_block_start", "index": 0, "content_block": block}),
+            event="content_block_start",
+        )
+        for piece in deltas:
+            await sse.frame(
+                '{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta",'
+                '"partial_json":' + json_str(piece) + "}}",
+                event="content_block_delta",
+                content=True,
+            )
+        await sse.frame('{"type":"content_block_stop","index":0}', event="content_block_stop")
+        delta = {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop, "stop_sequence": None},
+            "usage": usage,
+        }
+        await sse.frame(dumps(delta), event="message_delta")
+        await sse.frame('{"type":"message_stop"}', event="message_stop")
+        await sse.close()
+
+
+def _requested_schema(body: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """(schema, forced tool name): ``output_config.format`` of type ``json_schema``, or a
+    ``tool_choice`` forcing one of ``tools`` (its ``input_schema``)."""
+    fmt = (
+        (body.get("output_config") or {}).get("format")
+        if isinstance(body.get("output_config"), dict)
+        else None
+    )
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = fmt.get("schema")
+        if not isinstance(schema, dict):
+            raise BadRequest("output_config.format.schema: Field required")
+        return schema, None
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "tool":
+        name = choice.get("name")
+        for tool in body.get("tools") or []:
+            if isinstance(tool, dict) and tool.get("name") == name:
+                schema = tool.get("input_schema")
+                if not isinstance(schema, dict):
+                    raise BadRequest(f"tools.0.input_schema: Field required (tool {name!r})")
+                return schema, str(name)
+        raise BadRequest(f"tool_choice: tool {name!r} is not in tools")
+    return None, None

@@ -701,7 +701,14 @@ class CencoriNativeDoor(_Gateway, Door):
         if not isinstance(body.get("messages"), list):
             raise BadRequest("Invalid request: messages array is required")
         fields = read_openai_chat(
-            {**body, "max_tokens": None, "max_completion_tokens": None}, default_model=DEFAULT_MODEL
+            {
+                **body,
+                "max_tokens": None,
+                "max_completion_tokens": None,
+                # the native door's name for it (Cencori's structured-output docs)
+                "response_format": body.get("responseFormat"),
+            },
+            default_model=DEFAULT_MODEL,
         )
         limit = body.get("maxTokens")
         fields["max_tokens"] = (
@@ -719,7 +726,7 @@ class CencoriNativeDoor(_Gateway, Door):
         )
 
     def answer(self, call: ChatCall, reply: Reply, ex: Exchange) -> dict[str, Any]:
-        finish = "length" if reply.truncated else "stop"
+        finish = "refusal" if call.refused else "length" if reply.truncated else "stop"
         usage = {
             "prompt_tokens": reply.input_tokens,
             "completion_tokens": reply.output_tokens,
@@ -733,7 +740,11 @@ class CencoriNativeDoor(_Gateway, Door):
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": reply.text},
+                    "message": {
+                        "role": "assistant",
+                        "content": reply.text,
+                        **({"refusal": reply.text} if call.refused else {}),
+                    },
                     "finish_reason": finish,
                 }
             ],
@@ -768,7 +779,7 @@ class CencoriNativeDoor(_Gateway, Door):
                 [*self.ok_headers(ex), *self.receipt_headers(call, call.extra.get("cache"))],
             )
             return
-        finish = "length" if reply.truncated else "stop"
+        finish = "refusal" if call.refused else "length" if reply.truncated else "stop"
         usage = {
             "prompt_tokens": reply.input_tokens,
             "completion_tokens": reply.output_tokens,

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any
 
-from .faults import ERROR_FAULTS
+from .faults import ANSWER_FAULTS, ERROR_FAULTS
 from .replies import Reply, exact_reply, make_reply, scripted
+from .structured import answer
 
 if TYPE_CHECKING:
     from .http import Request, Responder
@@ -146,6 +147,9 @@ class ChatCall:
     include_usage: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     served: str = ""  # the model id the answer names (a dated id for an alias)
+    schema: dict[str, Any] | None = None  # the JSON Schema the answer must match
+    tool: str | None = None  # Anthropic without output_config: answer as this forced tool
+    refused: bool = False  # the answer is the provider's refusal (see .structured)
 
     @property
     def answered_model(self) -> str:
@@ -472,7 +476,24 @@ class Door:
         if script is not None and script[0] == "error":
             self.send_error(ex, "bad_request", script[1])
             return
-        if script is not None:
+        structured = (
+            answer(
+                call.schema,
+                seed=server.seed,
+                label=call.label(self.via),
+                conversation=call.conversation,
+                last_user=call.last_user,
+                fault=ex.fault,
+            )
+            if script is None
+            else None
+        )
+        if structured is not None:
+            call.refused = structured.refused
+            reply = exact_reply(
+                structured.text, conversation=call.conversation, max_tokens=call.max_tokens
+            )
+        elif script is not None:
             reply = exact_reply(
                 script[1], conversation=call.conversation, max_tokens=call.max_tokens
             )
@@ -495,7 +516,7 @@ class Door:
         if ex.fault == "timeout":
             await ex.hold()
             return
-        if ex.fault is None:
+        if ex.fault is None or ex.fault in ANSWER_FAULTS:
             ex.on_complete = lambda: self.settle(ex, call, reply)
         try:
             await self.respond(ex, call, reply)

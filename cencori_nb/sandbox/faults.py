@@ -16,14 +16,18 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import SupportsFloat, SupportsIndex
 
-__all__ = ["ERROR_FAULTS", "FAULTS", "FaultPicker", "RateLimiter", "parse_faults"]
+__all__ = ["ANSWER_FAULTS", "ERROR_FAULTS", "FAULTS", "FaultPicker", "RateLimiter", "parse_faults"]
 
 # Faults answered with an error status in the door's own error format ("529": the
 # provider is overloaded; Anthropic's own status, the others' 503).
 ERROR_FAULTS = frozenset({"401", "402", "403", "429", "500", "503", "529"})
 # Faults that change how a successful answer is delivered ("stream-error": a 200 stream
 # that stops half-way with the provider's own error event, as overloads arrive mid-stream).
-DELIVERY_FAULTS = frozenset({"timeout", "truncate", "malformed", "stream-error"})
+DELIVERY_FAULTS = frozenset(
+    {"timeout", "truncate", "malformed", "stream-error", "invalid-json", "refusal"}
+)
+# Faults in what the model says, not in how it is delivered: answered (and charged) in full.
+ANSWER_FAULTS = frozenset({"invalid-json", "refusal"})
 FAULTS = ERROR_FAULTS | DELIVERY_FAULTS
 
 

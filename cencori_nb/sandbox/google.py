@@ -35,6 +35,7 @@ from .common import (
 from .models import context_window, is_known
 from .openai import SANDBOX_TAG
 from .replies import Reply
+from .structured import google_schema
 
 __all__ = ["GoogleDoor"]
 
@@ -198,6 +199,7 @@ class GoogleDoor(Door):
         if isinstance(thinking, dict):
             budget = thinking.get("thinkingBudget", thinking.get("thinking_budget"))
         stream = verb == "streamGenerateContent"
+        schema = _requested_schema(config if isinstance(config, dict) else {})
         return ChatCall(
             model=model,
             provider=self.name,
@@ -205,6 +207,7 @@ class GoogleDoor(Door):
             last_user=last_user,
             max_tokens=max_tokens,
             stream=stream,
+            schema=schema,
             extra={
                 "sse": ex.req.query.get("alt") == "sse",
                 "version": version,
@@ -283,6 +286,9 @@ class GoogleDoor(Door):
         return usage
 
     async def respond(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
+        if call.refused:
+            await self._respond_blocked(ex, call, reply)
+            return
         finish = "MAX_TOKENS" if reply.truncated else "STOP"
         response_id = ex.request_id[4:]
         thoughts = self.thoughts(call, reply)
@@ -329,3 +335,54 @@ class GoogleDoor(Door):
         for frame in frames:
             await sse.frame(frame, content=True)
         await sse.close()
+
+    async def _respond_blocked(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
+        """A refusal as Gemini gives it: a candidate stopped with ``finishReason: SAFETY``,
+        no text, and the rating that stopped it."""
+        usage = self._usage(reply, 0, output=0)
+        body = {
+            "candidates": [
+                {
+                    "content": {"parts": [], "role": "model"},
+                    "finishReason": "SAFETY",
+                    "index": 0,
+                    "safetyRatings": [
+                        {
+                            "category": "HARM_CATEGORY_DANGEROUS_CONTENT",
+                            "probability": "HIGH",
+                            "blocked": True,
+                        }
+                    ],
+                }
+            ],
+            "usageMetadata": usage,
+            "modelVersion": call.answered_model,
+            "responseId": ex.request_id[4:],
+        }
+        if not call.stream or not call.extra.get("sse"):
+            ex.send_json(200, [body] if call.stream else body, self.ok_headers(ex))
+            return
+        sse = ex.sse(self.ok_headers(ex), content_frames=1, separator="\r\n\r\n")
+        await sse.frame(dumps(body), content=True)
+        await sse.close()
+
+
+def _requested_schema(config: dict[str, Any]) -> dict[str, Any] | None:
+    """``responseJsonSchema`` (JSON Schema) or ``responseSchema`` (Gemini's OpenAPI subset),
+    in either spelling; Gemini refuses either without ``responseMimeType:
+    application/json``."""
+    schema = config.get("responseJsonSchema", config.get("response_json_schema"))
+    legacy = config.get("responseSchema", config.get("response_schema"))
+    if schema is None and legacy is None:
+        return None
+    mime = config.get("responseMimeType", config.get("response_mime_type"))
+    if mime != "application/json":
+        raise BadRequest(
+            "* GenerateContentRequest.generation_config.response_mime_type: only "
+            "application/json is supported with a response schema."
+        )
+    if schema is None:
+        schema = google_schema(legacy) if isinstance(legacy, dict) else None
+    if not isinstance(schema, dict):
+        raise BadRequest("* GenerateContentRequest.generation_config.response_schema: invalid")
+    return schema

@@ -86,6 +86,74 @@ _REASONING = ("o1", "o3", "o4", "gpt-5")  # OpenAI models that reason before ans
 _PAD = "sandbox"  # the padding OpenAI ("obfuscation") and Mistral ("p") put in chunks
 
 
+def response_format_schema(value: Any) -> dict[str, Any] | None:
+    """The JSON Schema of a ``response_format`` (None for text / json_object / absent).
+
+    Refused like OpenAI refuses it: a ``json_schema`` without ``name`` or ``schema``, and,
+    under ``strict: true``, an object that does not set ``additionalProperties: false`` or
+    does not list every property in ``required`` (OpenAI's own message for each).
+    """
+    if not isinstance(value, dict) or value.get("type") != "json_schema":
+        return None
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise BadRequest(
+            "Missing required parameter: 'response_format.json_schema.name'.",
+            param="response_format.json_schema.name",
+            code="missing_required_parameter",
+        )
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        raise BadRequest(
+            "Missing required parameter: 'response_format.json_schema.schema'.",
+            param="response_format.json_schema.schema",
+            code="missing_required_parameter",
+        )
+    if spec.get("strict"):
+        problem = strict_problem(schema, ())
+        if problem:
+            raise BadRequest(
+                f"Invalid schema for response_format '{spec['name']}': {problem}",
+                param="response_format",
+                code="invalid_json_schema",
+            )
+    return schema
+
+
+def strict_problem(node: Any, context: tuple[str, ...]) -> str | None:
+    """What OpenAI's strict mode rejects in ``node`` (None: nothing)."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            found = strict_problem(item, (*context, str(i)))
+            if found:
+                return found
+        return None
+    if not isinstance(node, dict):
+        return None
+    where = f"In context=({', '.join(repr(c) for c in context)})"
+    if node.get("type") == "object" or isinstance(node.get("properties"), dict):
+        if node.get("additionalProperties") is not False:
+            return f"{where}, 'additionalProperties' is required to be supplied and to be false."
+        props = list((node.get("properties") or {}).keys())
+        missing = [p for p in props if p not in (node.get("required") or [])]
+        if missing:
+            return (
+                f"{where}, 'required' is required to be supplied and to be an array including "
+                f"every key in properties. Missing '{missing[0]}'."
+            )
+    for key, value in node.items():
+        if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+            for name, sub in value.items():
+                found = strict_problem(sub, (*context, key, name))
+                if found:
+                    return found
+        elif key in ("items", "anyOf", "allOf", "oneOf"):
+            found = strict_problem(value, (*context, key))
+            if found:
+                return found
+    return None
+
+
 def read_openai_chat(body: Any, *, default_model: str | None = None) -> dict[str, Any]:
     """Validate an OpenAI-style chat body; return model, texts, max_tokens, stream flags."""
     if not isinstance(body, dict):
@@ -120,6 +188,7 @@ def read_openai_chat(body: Any, *, default_model: str | None = None) -> dict[str
         "max_tokens": max_tokens,
         "stream": bool(body.get("stream")),
         "include_usage": bool(isinstance(options, dict) and options.get("include_usage")),
+        "schema": response_format_schema(body.get("response_format")),
     }
 
 
@@ -618,8 +687,9 @@ class OpenAIDoor(Door):
                     "index": 0,
                     "message": {
                         "role": "assistant",
-                        "content": reply.text,
-                        "refusal": None,
+                        # a refusal: no content, the words in `refusal` (as OpenAI answers)
+                        "content": None if call.refused else reply.text,
+                        "refusal": reply.text if call.refused else None,
                         "annotations": [],
                     },
                     "logprobs": None,
@@ -682,20 +752,16 @@ class OpenAIDoor(Door):
         first = (
             '{"role":"assistant","content":""},'
             if self.openrouter or self.mistral or self.name == "local"
+            else '{"role":"assistant","content":null,"refusal":""},'
+            if call.refused and self.name == "openai"
             else '{"role":"assistant","content":"","refusal":null},'
         )
         await sse.frame(head + first + tail + "null" + native + "}]" + usage_null)
+        # a refusal streams as delta.refusal (OpenAI's own form; the compatible family has none)
+        field = '{"refusal":' if call.refused and self.name == "openai" else '{"content":'
         for piece in reply.pieces:
             await sse.frame(
-                head
-                + '{"content":'
-                + json_str(piece)
-                + "},"
-                + tail
-                + "null"
-                + native
-                + "}]"
-                + usage_null,
+                head + field + json_str(piece) + "}," + tail + "null" + native + "}]" + usage_null,
                 content=True,
             )
         if self.mistral:

@@ -34,6 +34,7 @@ import httpx2
 import pytest
 
 from cencori_nb.sandbox.server import SandboxServer
+from cencori_nb.schemas import as_schema
 
 CORPUS = Path(__file__).parents[1] / "corpus"
 FILES = sorted(p.relative_to(CORPUS).as_posix() for p in CORPUS.glob("*/*.json"))
@@ -54,6 +55,7 @@ NATURAL = frozenset(
         "system_fingerprint",
         # the answer itself and its measure: the sandbox's text is not the model's
         "content",
+        "refusal",  # a refusal's words, like an answer's text
         "text",
         "thinking",
         "delta",
@@ -215,6 +217,17 @@ TRIGGERS: dict[str, dict[str, Any]] = {
     "openai/error_429_insufficient_quota.json": {"fault": "402"},
     "openai/error_429_insufficient_quota_code_null.json": {"fault": "402"},
     "openrouter/stream_error_in_200.json": {"fault": "stream-error"},
+    # structured output (issue 15): the recorded schema, sent in the provider's native form
+    "openai/structured_parse_location.json": {"schema": True},
+    "openai/structured_refusal.json": {"schema": True, "fault": "refusal"},
+    "openai/structured_length_cut.json": {"schema": True, "max_tokens": 1},
+    "openai/stream_structured_refusal.json": {
+        "schema": True,
+        "fault": "refusal",
+        "include_usage": True,
+    },
+    "anthropic/structured_output_config.json": {"schema": True},
+    "google/structured_native_output.json": {"schema": True},
 }
 
 # corpus file -> why the sandbox has no way to produce it
@@ -460,6 +473,71 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
     ("mistral/stream_magistral_small.json", "frame[3].usage: missing"): _WHY_MISTRAL_STREAM,
 }
 
+_WHY_2024_CHUNKS = (
+    "recorded in 2024: OpenAI's chunks then had no service_tier, no obfuscation padding "
+    "and no per-chunk usage: null; the sandbox follows the 2025 recording "
+    "(stream_gpt4omini_include_usage)"
+)
+_WHY_2024_BODY = (
+    "recorded in 2024 (openai-python's parse tests): answers then had no service_tier, no "
+    "message.annotations, no prompt_tokens_details and only reasoning_tokens in "
+    "completion_tokens_details; the sandbox follows the 2025 recordings"
+)
+KNOWN_DIFFERENCES.update(
+    {
+        (f"openai/{name}.json", where): _WHY_2024_BODY
+        for name in ("structured_parse_location", "structured_refusal", "structured_length_cut")
+        for where in (
+            "body.service_tier: extra",
+            "body.choices[0].message.annotations: extra",
+            "body.usage.prompt_tokens_details: extra",
+            "body.usage.completion_tokens_details.audio_tokens: extra",
+            "body.usage.completion_tokens_details.accepted_prediction_tokens: extra",
+            "body.usage.completion_tokens_details.rejected_prediction_tokens: extra",
+        )
+    }
+)
+_WHY_GEMINI_20 = (
+    "the recording is Gemini 2.0 Flash, which sent avgLogprobs and candidatesTokensDetails "
+    "and no candidate index; the sandbox follows the 2.5 recordings"
+)
+KNOWN_DIFFERENCES.update(
+    {
+        ("openai/stream_structured_refusal.json", f"frame[{i}].{key}: extra"): _WHY_2024_CHUNKS
+        for i in range(12)
+        for key in ("service_tier", "obfuscation", "usage")
+    }
+)
+KNOWN_DIFFERENCES.update(
+    {
+        ("openai/stream_structured_refusal.json", "frame[12].service_tier: extra"): (
+            _WHY_2024_CHUNKS
+        ),
+        ("openai/stream_structured_refusal.json", "frame[12].obfuscation: extra"): (
+            _WHY_2024_CHUNKS
+        ),
+        ("openai/stream_structured_refusal.json", "frame[12].choices: 0 items vs 1"): (
+            _WHY_2024_CHUNKS
+        ),
+        ("openai/stream_structured_refusal.json", "frame[12].usage: type dict vs null"): (
+            _WHY_2024_CHUNKS
+        ),
+        ("anthropic/structured_output_config.json", "body.usage.inference_geo: missing"): (
+            _WHY_GEO
+        ),
+        ("google/structured_native_output.json", "body.candidates[0].avgLogprobs: missing"): (
+            _WHY_GEMINI_20
+        ),
+        ("google/structured_native_output.json", "body.candidates[0].index: extra"): (
+            _WHY_GEMINI_20
+        ),
+        (
+            "google/structured_native_output.json",
+            "body.usageMetadata.candidatesTokensDetails: missing",
+        ): _WHY_GEMINI_20,
+    }
+)
+
 
 # --------------------------------------------------------------------------- the diff
 
@@ -612,10 +690,16 @@ def ask(name: str) -> httpx2.Response:
     headers: dict[str, str] = {}
     if trigger.get("fault"):
         headers["X-Sandbox-Fault"] = trigger["fault"]
+    schema = as_schema(record["request"]["schema"]) if trigger.get("schema") else None
     if provider == "google":
         verb = "streamGenerateContent?alt=sse" if stream else "generateContent"
         path = f"/google/v1beta/models/{model}:{verb}"
         body: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
+        if schema is not None:
+            body["generationConfig"] = {
+                "responseMimeType": "application/json",
+                "responseJsonSchema": schema.gemini_json_schema(),
+            }
         if trigger.get("key") != "missing":
             headers["x-goog-api-key"] = key
     elif provider == "anthropic":
@@ -626,6 +710,10 @@ def ask(name: str) -> httpx2.Response:
             "stream": stream,
             "messages": [{"role": "user", "content": prompt}],
         }
+        if schema is not None:
+            body["output_config"] = {
+                "format": {"type": "json_schema", "schema": schema.anthropic_json_schema()}
+            }
         headers["anthropic-version"] = "2023-06-01"
         if trigger.get("key") != "missing":
             headers["x-api-key"] = key
@@ -636,6 +724,17 @@ def ask(name: str) -> httpx2.Response:
             body["temperature"] = trigger["temperature"]
         if trigger.get("include_usage"):
             body["stream_options"] = {"include_usage": True}
+        if trigger.get("max_tokens"):
+            body["max_completion_tokens"] = trigger["max_tokens"]
+        if schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": schema.name,
+                    "schema": schema.strict_json_schema(),
+                    "strict": True,
+                },
+            }
         if trigger.get("key") != "missing":
             if provider == "cencori":
                 headers["CENCORI_API_KEY"] = key
