@@ -37,6 +37,11 @@ _LAZY: dict[str, str] = {
     "explain_route": "cencori_nb.router",
     "map": "cencori_nb.batch",
     "amap": "cencori_nb.batch",
+    "submit": "cencori_nb.jobs",
+    "jobs": "cencori_nb.jobs",
+    "load_job": "cencori_nb.jobs",
+    "estimate_job": "cencori_nb.jobs",
+    "BatchJob": "cencori_nb.jobs",
     "usage": "cencori_nb.reports",
     "spend": "cencori_nb.reports",
     "compare_costs": "cencori_nb.reports",
@@ -50,7 +55,8 @@ _LAZY: dict[str, str] = {
     "load_ipython_extension": "cencori_nb.magic",
     "unload_ipython_extension": "cencori_nb.magic",
 }
-_MODULES = {"keys", "charts", "wallet", "settings", "sandbox"}
+# "jobs" is the package, made callable (cencori_nb.jobs() lists the jobs; see jobs/__init__)
+_MODULES = {"keys", "charts", "wallet", "settings", "sandbox", "jobs"}
 
 __all__ = sorted([*_LAZY, *_error_names, "__version__"])
 

@@ -118,6 +118,10 @@ SOFT_THRESHOLDS = (50, 80, 100)
 TEST_KEY_PREFIX = CENCORI_TEST_PREFIX
 RESERVATION_TTL_MS = 3_600_000  # a reservation older than this expires even if its
 #                                     process still runs (no request takes an hour)
+# A provider batch job's reservation (cencori_nb.jobs) outlives the process that submitted
+# it: pid 0 marks it, and it lasts the provider's 24-hour window plus a day to fetch.
+JOB_RESERVATION_PID = 0
+JOB_RESERVATION_TTL_MS = 48 * 3_600_000
 RESERVATION_WAIT_S = 600.0  # how long a request waits for others to settle
 
 
@@ -404,6 +408,8 @@ def _started_ms(pid: int) -> int | None:
 
 def _alive(pid: int, host: str, created_ms: int, now: int) -> bool:
     """Whether the process that made a reservation may still settle it."""
+    if pid == JOB_RESERVATION_PID:  # a provider batch job's: no process owns it
+        return now - created_ms <= JOB_RESERVATION_TTL_MS
     if now - created_ms > RESERVATION_TTL_MS:
         return False
     if host != _HOST:
@@ -601,6 +607,37 @@ async def areserve(
         return got
 
 
+def hold_for_job(reservation: Reservation, job_id: str) -> None:
+    """Hand ``reservation`` to a provider batch job: it no longer expires with this process
+    (it lasts :data:`JOB_RESERVATION_TTL_MS`), and :func:`release_job_amount` shrinks it as
+    the job's rows are recorded."""
+    with default_ledger().transaction() as conn:
+        conn.execute(
+            "UPDATE budget_reservations SET pid = ?, host = ? WHERE id = ?",
+            (JOB_RESERVATION_PID, f"job:{job_id}", reservation.id),
+        )
+
+
+def release_job_amount(reservation_id: str, amount_usd: Decimal | None, conn: Any = None) -> None:
+    """Lower a job's reservation by ``amount_usd`` (None: drop it). In ``conn``'s
+    transaction when given, so rows recorded and the hold released commit together."""
+
+    def run(c: Any) -> None:
+        if amount_usd is None:
+            c.execute("DELETE FROM budget_reservations WHERE id = ?", (reservation_id,))
+            return
+        c.execute(
+            "UPDATE budget_reservations SET amount_pusd = MAX(0, amount_pusd - ?) WHERE id = ?",
+            (to_pusd(amount_usd) or 0, reservation_id),
+        )
+
+    if conn is not None:
+        run(conn)
+        return
+    with default_ledger().transaction() as c:
+        run(c)
+
+
 def _month_key(at: datetime | None = None) -> str:
     return (at or datetime.now(UTC)).strftime("%Y-%m")
 
@@ -634,7 +671,11 @@ def _soft_warnings(led: Ledger, project: str, spent: Decimal, budget: Decimal) -
 
 
 def settle(
-    completion: Completion, *, when: datetime | None = None, reservation: Reservation | None = None
+    completion: Completion,
+    *,
+    when: datetime | None = None,
+    reservation: Reservation | None = None,
+    batch: bool = False,
 ) -> Completion:
     """Price, charge, debit and record one successful request; returns the completion.
 
@@ -643,7 +684,8 @@ def settle(
     settling the same request again writes no second row and debits nothing more. A
     completion marked ``interrupted`` (a stream stopped part way) is recorded with that
     status. With a ``reservation`` the row is written now, in the transaction that
-    releases it.
+    releases it. ``batch``: the request ran through the provider's Batch API, priced at
+    :func:`cencori_nb.pricing.batch_price` (``provider_cost_usd`` is the batch price).
     """
     if completion.cached:
         if reservation is not None:
@@ -656,6 +698,10 @@ def settle(
     model = completion.model or completion.model_requested
     quote = pricing.provider_cost(completion.provider, model, completion.usage, when=when)
     provider_cost = quote.cost_usd
+    version = quote.version
+    if batch:
+        provider_cost = pricing.batch_price(completion.provider, provider_cost)
+        version += " (batch price)"
     if provider_cost is None:
         provider_cost = completion.provider_cost_usd  # a price the caller already had
     if completion.gateway_cache in ("HIT", "SEMANTIC-HIT"):
@@ -679,7 +725,7 @@ def settle(
             stacklevel=2,
         )
     completion.provider_cost_usd = provider_cost
-    completion.price_version = quote.version
+    completion.price_version = version
     completion.credits_charged_usd = charge if charge is not None else Decimal(0)
     completion.cost_usd = cost_of(completion.route, provider_cost, charge, test_mode=test)
     row = _row(completion, status="interrupted" if completion.interrupted else "ok", when=when)

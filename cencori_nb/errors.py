@@ -12,7 +12,8 @@ only inside the message, and no message ever contains a secret.
     │   ├── ProviderNotConfiguredError neither a BYOK key nor a Cencori key for the provider
     │   ├── KeyInPromptError          a prompt holds an API key (never sent)
     │   │   └── KeyAsNameError        a stored key given as a model/project/provider name
-    │   └── SchemaError               a ``schema=`` that cannot become a JSON Schema
+    │   ├── SchemaError               a ``schema=`` that cannot become a JSON Schema
+    │   └── BatchNotSupportedError    a provider (or route) with no Batch API
     ├── KeystoreError                 the encrypted key store (names the file)
     │   ├── WrongPassphraseError      the KEK does not open the data key
     │   ├── KeystoreCorruptError      tampered, truncated or emptied file
@@ -40,6 +41,8 @@ only inside the message, and no message ever contains a secret.
     ├── RequestTooLargeError          a prompt larger than the model's context window
     ├── ImageError                    an image that cannot be sent (type, size, path)
     │   └── ModelTakesNoImagesError   an image for a model that reads only text
+    ├── JobError                      a provider batch job: unknown id, damaged record,
+    │                                 not finished yet, failed as a whole
     ├── LocalEnvironmentError         a local file, disk or input the user can fix
     │   │                             (from :func:`user_error`)
     │   └── UnsafeHomeError           a home owned by someone else, a symlink, or one inside
@@ -64,6 +67,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AuthenticationError",
     "BadResponseError",
+    "BatchNotSupportedError",
     "BudgetError",
     "BudgetExceededError",
     "CencoriError",
@@ -74,6 +78,7 @@ __all__ = [
     "CreditsExhaustedError",
     "ImageError",
     "InvalidRequestError",
+    "JobError",
     "KeyAsNameError",
     "KeyInPromptError",
     "KeyNotFoundError",
@@ -180,6 +185,12 @@ class SchemaError(ConfigurationError):
 
     code = "invalid_schema"
     schema_name: str | None = None
+
+
+class BatchNotSupportedError(ConfigurationError):
+    """A provider batch job was asked of a provider or route that has no Batch API."""
+
+    code = "batch_not_supported"
 
 
 class KeystoreError(CencoriError):
@@ -367,6 +378,15 @@ class ModelTakesNoImagesError(ImageError):
     route that would not upgrade it. Nothing was sent."""
 
     code = "model_takes_no_images"
+
+
+class JobError(CencoriError):
+    """A provider batch job (``cencori_nb.submit``) cannot do what was asked: an unknown job
+    id, a damaged job record, results asked before the job ended, a job the provider failed.
+    ``job_id`` names it."""
+
+    code = "job_error"
+    job_id: str | None = None
 
 
 class LocalEnvironmentError(CencoriError):

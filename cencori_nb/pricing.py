@@ -49,8 +49,10 @@ if TYPE_CHECKING:
     _Rates = tuple[_Price, _Price, _Price, _Price, _Price | None]
 
 __all__ = [
+    "BATCH_PRICE_FACTOR",
     "PROVIDER_IDS",
     "PriceQuote",
+    "batch_price",
     "context_window",
     "estimate_cost",
     "genai_provider_id",
@@ -176,6 +178,27 @@ def _utc(when: datetime | None) -> datetime:
     if when is None:
         return datetime.now(UTC)
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+# The providers' Batch APIs bill at a fraction of the list price (results within 24 hours).
+# OpenAI (platform.openai.com/docs/guides/batch: "50% cost discount"), Anthropic
+# (docs.claude.com batch-processing: "50% of standard API prices"), Gemini
+# (ai.google.dev/gemini-api/docs/batch-mode: "50% of the standard cost"). One home for it:
+# the estimate, the ledger row and compare_costs read this table.
+BATCH_PRICE_FACTOR: dict[str, Decimal] = {
+    "openai": Decimal("0.5"),
+    "anthropic": Decimal("0.5"),
+    "google": Decimal("0.5"),
+}
+
+
+def batch_price(provider: str, list_price: Decimal | None) -> Decimal | None:
+    """What ``list_price`` costs when run through ``provider``'s Batch API (None: unknown,
+    or the provider has no batch API)."""
+    factor = BATCH_PRICE_FACTOR.get(provider)
+    if list_price is None or factor is None:
+        return None
+    return list_price * factor
 
 
 def provider_cost(

@@ -75,6 +75,9 @@ CHUNK = 256 * 1024
 # row outcomes
 OK, FAILED, EXPIRED, CANCELLED = 0, 1, 2, 3
 
+# HTTP status → google.rpc.Code, for a failed Gemini row (inlined errors are Status objects)
+_GRPC = {400: 3, 401: 16, 403: 7, 404: 5, 409: 10, 429: 8, 500: 13, 503: 14, 504: 4}
+
 _CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # Anthropic's rule for custom_id
 
 
@@ -971,7 +974,14 @@ class BatchService:
             else:
                 bad += 1
                 if outcome == FAILED and isinstance(answer, dict) and "error" in answer:
-                    item = {"error": answer["error"]}
+                    # a google.rpc.Status: the gRPC code, not the HTTP one of the live answer
+                    error = answer["error"] if isinstance(answer["error"], dict) else {}
+                    item = {
+                        "error": {
+                            "code": _GRPC.get(int(error.get("code") or 500), 2),
+                            "message": str(error.get("message") or ""),
+                        }
+                    }
                 elif outcome == FAILED:
                     item = {"error": {"code": 13, "message": "Internal error (sandbox fault)."}}
                 elif outcome == EXPIRED:
