@@ -58,7 +58,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Iterator
 from decimal import Decimal
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from . import accounting, cache, pacing, router, transport
 from .errors import (
@@ -70,6 +70,8 @@ from .errors import (
     ProviderTimeoutError,
     ProviderUnavailableError,
     RateLimitError,
+    RefusalError,
+    SchemaMismatchError,
 )
 from .ledger import Ledger, LedgerRow, default_ledger, new_client_id
 from .options import ChatOptions, parse_max_cost
@@ -81,6 +83,7 @@ from .redact import (
     refuse_key_in_prompt,
     remove_stored_keys,
 )
+from .schemas import as_schema
 from .tokens import estimate_messages_tokens, estimate_tokens
 from .types import ChatRequest, Completion, Message
 
@@ -486,6 +489,7 @@ def chat(
     cache: bool = True,
     retries: int | None = None,
     max_cost_usd: Decimal | float | str | None = None,
+    schema: Any = None,
 ) -> Completion:
     """Send one prompt (or a list of ``{"role", "content"}`` messages); return the Completion.
 
@@ -499,6 +503,15 @@ def chat(
     maximum cost is above ``max_cost_usd`` (default: the ``confirm_above_usd`` setting,
     $0.10): :class:`~cencori_nb.errors.CostConfirmationError` names the estimate; pass a
     higher ``max_cost_usd`` to send it. Raises a :class:`~cencori_nb.errors.CencoriError`.
+
+    ``schema`` (a pydantic model, a dataclass, a ``TypedDict`` or a JSON Schema dict) asks
+    for JSON of that shape, in the provider's own structured-output form; the answer is
+    validated and ``Completion.parsed`` holds it (a model or dataclass instance, or a dict).
+    An answer that does not match is retried once with the validation error (a second paid
+    request, its own ledger row; ``Completion.earlier_cost_usd`` says what the first cost),
+    then raises :class:`~cencori_nb.errors.SchemaMismatchError`; a refusal raises
+    :class:`~cencori_nb.errors.RefusalError`. Both carry the recorded answer as
+    ``.completion``.
     """
     options = ChatOptions(
         model=model,
@@ -511,9 +524,10 @@ def chat(
         cache=cache,
         retries=retries,
         max_cost_usd=parse_max_cost(max_cost_usd),
+        schema=None if schema is None else as_schema(schema),
     )
     request = options.request(prompt_or_messages)
-    return _chat(request, options.retries)
+    return _chat_structured(request, options.retries)
 
 
 def _prepare(request: ChatRequest) -> tuple[Decision, str | None, Completion | None]:
@@ -542,13 +556,127 @@ def _finish(
         decision, request, result, latency_ms=(_perf() - started) * 1000.0, client_id=client_id
     )
     completion = accounting.settle(completion, reservation=reservation)
+    _read_structured(request, completion, result.refusal)  # raises before caching
     if key is not None:
         cache.store_after_commit(key, completion)
     return completion
 
 
+# --------------------------------------------------------------------------- schema=
+
+
+_CUT = frozenset({"length", "max_tokens", "MAX_TOKENS"})
+
+
+def _read_structured(request: ChatRequest, completion: Completion, refusal: str | None) -> None:
+    """A ``schema=`` answer: set ``completion.parsed``, or raise :class:`RefusalError` /
+    :class:`SchemaMismatchError` carrying the settled (paid, recorded) completion."""
+    schema = request.schema
+    if schema is None:
+        return
+    if refusal is not None:
+        said = " ".join(remove_stored_keys(refusal).split())[:200]
+        raise RefusalError(
+            f"{completion.provider} refused to answer with {schema.name}"
+            + (f': "{said}"' if said else " (it gave no reason)")
+            + ".",
+            hint="The request was paid and recorded; rephrase the prompt or use another model.",
+            provider=completion.provider,
+            request_id=completion.request_id,
+            refusal=said,
+            completion=completion,
+        )
+    try:
+        completion.parsed = schema.parse(completion.text)
+    except SchemaMismatchError as err:
+        err.completion = completion
+        err.provider = completion.provider
+        err.request_id = completion.request_id
+        if completion.finish_reason in _CUT:
+            err.hint = (
+                f"The answer was cut at max_tokens ({request.max_tokens or 'the default'}): "
+                "raise max_tokens."
+            )
+        raise
+
+
+def _structured_hit(request: ChatRequest, hit: Completion | None) -> Completion | None:
+    """A cached answer, parsed for ``schema=`` (None when it no longer matches: ask again)."""
+    if hit is None or request.schema is None:
+        return hit
+    try:
+        hit.parsed = request.schema.parse(hit.text)
+    except SchemaMismatchError:
+        return None
+    return hit
+
+
+def _retry_request(request: ChatRequest, err: SchemaMismatchError) -> ChatRequest | None:
+    """The one retry of a non-matching answer: the conversation, the answer, and the
+    validation error (None when retrying cannot help: the answer was cut at max_tokens)."""
+    first = err.completion
+    if first is None or first.finish_reason in _CUT:
+        return None
+    import dataclasses
+
+    fix = (
+        f"That answer does not match the required JSON schema: {err.errors}. "
+        "Reply again with only the corrected JSON object."
+    )
+    return dataclasses.replace(
+        request,
+        messages=(*request.messages, Message("assistant", first.text), Message("user", fix)),
+    )
+
+
+def _after_retry(first: Completion, second: Completion) -> Completion:
+    second.earlier_cost_usd = first.earlier_cost_usd + (first.cost_usd or Decimal(0))
+    return second
+
+
+def _retry_failed(first: Completion, err: CencoriError) -> None:
+    if err.completion is not None:
+        _after_retry(first, err.completion)
+    if isinstance(err, SchemaMismatchError):
+        err.attempts = 2
+        err.hint = "It was retried once with the validation error. " + (err.hint or "")
+
+
+def _chat_structured(request: ChatRequest, retries: int | None) -> Completion:
+    """:func:`_chat`, and for ``schema=`` one retry of an answer that did not match."""
+    try:
+        return _chat(request, retries)
+    except SchemaMismatchError as err:
+        retry = _retry_request(request, err)
+        if retry is None or err.completion is None:
+            raise
+        first = err.completion
+    try:
+        return _after_retry(first, _chat(retry, retries))
+    except CencoriError as err2:
+        _retry_failed(first, err2)
+        raise
+
+
+async def _achat_structured(request: ChatRequest, retries: int | None) -> Completion:
+    """The async twin of :func:`_chat_structured`."""
+    try:
+        return await _achat(request, retries)
+    except SchemaMismatchError as err:
+        retry = _retry_request(request, err)
+        if retry is None or err.completion is None:
+            raise
+        first = err.completion
+    try:
+        return _after_retry(first, await _achat(retry, retries))
+    except CencoriError as err2:
+        _retry_failed(first, err2)
+        raise
+
+
 def _chat(request: ChatRequest, retries: int | None) -> Completion:
     decision, key, hit = _prepare(request)
+    hit = _structured_hit(request, hit)
     if hit is not None:
         return hit
     reservation = _reserve(request, decision)
@@ -591,6 +719,7 @@ async def achat(
     cache: bool = True,
     retries: int | None = None,
     max_cost_usd: Decimal | float | str | None = None,
+    schema: Any = None,
 ) -> Completion:
     """The async twin of :func:`chat` (on the running loop's shared connection pool)."""
     options = ChatOptions(
@@ -604,13 +733,15 @@ async def achat(
         cache=cache,
         retries=retries,
         max_cost_usd=parse_max_cost(max_cost_usd),
+        schema=None if schema is None else as_schema(schema),
     )
     request = options.request(prompt_or_messages)
-    return await _achat(request, options.retries)
+    return await _achat_structured(request, options.retries)
 
 
 async def _achat(request: ChatRequest, retries: int | None) -> Completion:
     decision, key, hit = _prepare(request)
+    hit = _structured_hit(request, hit)
     if hit is not None:
         return hit
     reservation = await _areserve(request, decision)
@@ -718,6 +849,8 @@ class _StreamState:
                 completion=completion,
                 hint="Try again; use stream=False if this keeps happening.",
             )
+        assert self.parser is not None
+        _read_structured(self.request, completion, self.parser.result().refusal)
         if self.key is not None:
             cache.store_after_commit(self.key, completion)
 
@@ -836,6 +969,7 @@ class ChatStream:
 
     def __init__(self, request: ChatRequest, retries: int | None = None) -> None:
         decision, key, hit = _prepare(request)  # the same first steps as chat()
+        hit = _structured_hit(request, hit)
         self._state = _StreamState(request, decision)
         self._state.key = key
         if hit is not None:
@@ -943,10 +1077,16 @@ def stream(
     cache: bool = True,
     retries: int | None = None,
     max_cost_usd: Decimal | float | str | None = None,
+    schema: Any = None,
 ) -> ChatStream:
     """Stream one answer: iterate the returned :class:`ChatStream` for text deltas, then read
     ``.completion``. Same arguments as :func:`chat`. A cut stream raises
-    :class:`~cencori_nb.errors.BadResponseError` after settling what arrived."""
+    :class:`~cencori_nb.errors.BadResponseError` after settling what arrived.
+
+    With ``schema``, the JSON streams as it is written and ``.completion.parsed`` is set at
+    the end; an answer that does not match raises
+    :class:`~cencori_nb.errors.SchemaMismatchError` when the stream ends (it is not retried:
+    its text was already shown; :func:`chat` retries once)."""
     options = ChatOptions(
         model=model,
         provider=provider,
@@ -958,6 +1098,7 @@ def stream(
         cache=cache,
         retries=retries,
         max_cost_usd=parse_max_cost(max_cost_usd),
+        schema=None if schema is None else as_schema(schema),
     )
     request = options.request(prompt_or_messages, stream=True)
     return ChatStream(request, options.retries)
@@ -983,6 +1124,7 @@ class AsyncChatStream:
     async def _deltas(self) -> AsyncGenerator[str, None]:
         request = self._request
         decision, key, hit = _prepare(request)  # the same first steps as achat()
+        hit = _structured_hit(request, hit)
         state = self._state = _StreamState(request, decision)
         state.key = key
         if hit is not None:
@@ -1057,6 +1199,7 @@ def astream(
     cache: bool = True,
     retries: int | None = None,
     max_cost_usd: Decimal | float | str | None = None,
+    schema: Any = None,
 ) -> AsyncChatStream:
     """Async streaming: ``async for delta in astream(...)``; then ``.completion``."""
     options = ChatOptions(
@@ -1070,6 +1213,7 @@ def astream(
         cache=cache,
         retries=retries,
         max_cost_usd=parse_max_cost(max_cost_usd),
+        schema=None if schema is None else as_schema(schema),
     )
     request = options.request(prompt_or_messages, stream=True)
     return AsyncChatStream(request, options.retries)

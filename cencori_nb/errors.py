@@ -284,6 +284,7 @@ class SchemaMismatchError(BadResponseError):
     code = "schema_mismatch"
     errors: str | None = None
     schema_name: str | None = None
+    attempts: int = 1  # requests made for this answer (2 after the retry)
 
 
 class RefusalError(ProviderError):

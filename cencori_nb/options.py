@@ -19,9 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .types import ChatRequest, Message
+
+if TYPE_CHECKING:
+    from .schemas import Schema
 
 __all__ = ["ChatOptions", "parse_max_cost"]
 
@@ -74,6 +77,8 @@ class ChatOptions:
     cache: bool = True
     retries: int | None = None
     max_cost_usd: Decimal | None = None
+    # schema= (normalised by cencori_nb.schemas.as_schema): the answer must be JSON of it
+    schema: Schema | None = None
 
     @property
     def deterministic(self) -> bool:
@@ -94,6 +99,7 @@ class ChatOptions:
             project=self.project,
             cache=self.cache,
             max_cost_usd=self.max_cost_usd,
+            schema=self.schema,
         )
 
     def call_kwargs(self) -> dict[str, Any]:
@@ -110,4 +116,6 @@ class ChatOptions:
         import json
 
         data = {k: v for k, v in self.call_kwargs().items() if k not in _NOT_IN_FINGERPRINT}
+        if self.schema is not None:  # the schema's content, not the Python object
+            data["schema"] = self.schema.fingerprint
         return json.dumps(data, sort_keys=True, default=str)

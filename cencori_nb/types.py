@@ -91,6 +91,11 @@ class Usage:
         return self.input_tokens + self.output_tokens
 
 
+# Completion fields left out of to_dict (the cache): the parsed value is the user's type, read
+# again from the text; earlier attempts belong to the request that made them, not to a hit.
+_NOT_STORED = frozenset({"parsed", "earlier_cost_usd"})
+
+
 @dataclass(slots=True)
 class Completion:
     """The result of one chat request, with its route and what it cost.
@@ -147,6 +152,9 @@ class Completion:
     # schema=: the answer read into the schema's type (a pydantic or dataclass instance, or
     # a dict for a TypedDict or a JSON Schema); None for a plain request.
     parsed: Any = None
+    # What earlier attempts of this answer cost (a schema= answer retried once after it did
+    # not match): each attempt has its own ledger row; this is only what the faces add up.
+    earlier_cost_usd: Decimal = Decimal(0)
 
     @property
     def usage(self) -> Usage:
@@ -164,7 +172,7 @@ class Completion:
         ``parsed`` is left out: it is the user's type, not JSON, and is read again from
         ``text`` (a cached structured answer is parsed when it is served).
         """
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "parsed"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_STORED}
         for k, v in out.items():
             if isinstance(v, Decimal):
                 out[k] = str(v)
@@ -185,6 +193,8 @@ class Completion:
             receipts += f" · upgraded from {self.model_original}"
         if self.gateway_cache in ("HIT", "SEMANTIC-HIT"):
             receipts += f" · Cencori cache {self.gateway_cache}"
+        if self.earlier_cost_usd:
+            receipts += f" · retried once to match the schema (+${self.earlier_cost_usd:.6f})"
         if self.route == "managed" and self.request_id:
             receipts += f" · request {self.request_id}"
         return (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import FrozenInstanceError, dataclass
+from dataclasses import FrozenInstanceError
 from decimal import Decimal
 
 import pytest
@@ -60,19 +60,21 @@ def test_fingerprint_is_the_one_checkpoints_were_written_with() -> None:
 
 
 def test_an_option_added_later_counts_only_when_set() -> None:
-    """A new field (schema=, images…) reaches achat and the fingerprint only when set, so an
-    injected achat that does not know it and old checkpoints keep working."""
+    """A field added later (schema=, images…) reaches achat and the fingerprint only when
+    set, so an injected achat that does not know it and old checkpoints keep working; the
+    schema counts by its content, not by the Python object."""
+    from cencori_nb.schemas import as_schema
 
-    @dataclass(frozen=True, slots=True)
-    class WithSchema(ChatOptions):
-        schema: str | None = None
-
-    plain = WithSchema(model="m")
+    plain = ChatOptions(model="m")
     assert "schema" not in plain.call_kwargs()
-    assert plain.fingerprint() == ChatOptions(model="m").fingerprint()
-    shaped = WithSchema(model="m", schema="S")
-    assert shaped.call_kwargs()["schema"] == "S"
+    shape = {"type": "object", "properties": {"a": {"type": "string"}}}
+    shaped = ChatOptions(model="m", schema=as_schema(shape))
+    assert shaped.call_kwargs()["schema"] is shaped.schema
     assert shaped.fingerprint() != plain.fingerprint()
+    same = ChatOptions(model="m", schema=as_schema(dict(shape)))
+    assert same.fingerprint() == shaped.fingerprint()
+    other = ChatOptions(model="m", schema=as_schema({**shape, "required": ["a"]}))
+    assert other.fingerprint() != shaped.fingerprint()
 
 
 def test_call_kwargs_always_name_the_core_options() -> None:
