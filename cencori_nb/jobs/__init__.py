@@ -272,9 +272,7 @@ def submit(
     own limit); bytes are split to the provider's limit too.
     """
     from ..accounting import hold_for_job, reserve
-    from ..redact import refuse_key_in_prompt
-    from ..types import ChatRequest
-    from .job import _new_part, _split
+    from .job import _new_part, _split, body_maker
     from .wire import api_for
 
     if rows_per_job is not None and (isinstance(rows_per_job, bool) or rows_per_job < 1):
@@ -289,22 +287,15 @@ def submit(
             "Nothing to send: every row is empty or could not be filled in.",
             hint="Look at the prompts first with df.cencori.prompts(template).",
         )
-    bodies: dict[int, dict[str, Any]] = {}
-    for pos in sendable_pos:
-        prompt = values[pos]
-        request = ChatRequest.from_prompt(
-            prompt,
-            system=system,
-            model=decision.model,
-            provider=decision.provider,
-            route="byok",
-            temperature=temperature,
-            max_tokens=max_tokens,
-            project=decision.project,
-        )
-        for message in request.messages:
-            refuse_key_in_prompt(message.content, shapes=False)
-        bodies[pos] = api.row_body(request, decision)
+    params = {"system": system, "temperature": temperature, "max_tokens": max_tokens}
+    make = body_maker(api, decision, params, decision.project)
+
+    def body_of(pos: int) -> dict[str, Any]:
+        return make(values[pos])
+
+    # every body is built once here (a stored key in a prompt is refused before anything is
+    # stored or sent), kept only as its size; each part builds its bodies again when sent
+    sizes = {pos: len(api.line(f"r{pos}", body_of(pos))) for pos in sendable_pos}
     sendable = [values[p] for p in sendable_pos]
     est, reserve_max, out_max, assumed = _estimate(
         sendable, system, max_tokens, decision.provider, decision.model
@@ -339,7 +330,7 @@ def submit(
         if reservation is not None:
             hold_for_job(reservation, job_id)
         per_job = rows_per_job or 10**9
-        chunks = list(_split(sendable_pos, bodies, api, per_job))
+        chunks = list(_split(sendable_pos, sizes, api.name, per_job))
         total = Decimal(reservation.amount_usd) if reservation is not None else Decimal(0)
         parts = []
         for i, chunk in enumerate(chunks):
@@ -358,7 +349,7 @@ def submit(
             "model": decision.model,
             "model_requested": model if model is not None else decision.model,
             "project": decision.project,
-            "params": {"system": system, "temperature": temperature, "max_tokens": max_tokens},
+            "params": params,
             "rows": len(values),
             "sendable": len(sendable_pos),
             "rows_per_job": per_job,
@@ -375,8 +366,9 @@ def submit(
         if reservation is not None:
             reservation.release()
         raise
+    del sizes
     with job._locked():
-        job._send_parts(bodies, decision)
+        job._send_parts(body_of, decision)
     return job
 
 

@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -82,6 +82,10 @@ def _ranges(positions: list[int]) -> list[list[int]]:
 
 def _positions(ranges: list[list[int]]) -> list[int]:
     return [p for a, b in ranges for p in range(a, b)]
+
+
+def _count(ranges: list[list[int]]) -> int:
+    return sum(b - a for a, b in ranges)
 
 
 @dataclass(frozen=True)
@@ -229,13 +233,14 @@ class BatchJob:
         return api
 
     # -- submitting parts (also used by resubmit) ---------------------------------------
-    def _send_parts(self, bodies: dict[int, dict[str, Any]], decision: Decision) -> None:
-        """Create every part not yet at the provider; save after each one."""
+    def _send_parts(self, body_of: Callable[[int], dict[str, Any]], decision: Decision) -> None:
+        """Create every part not yet at the provider; save after each one. Row bodies are
+        built part by part (``body_of(position)``): one part's rows in memory at a time."""
         api = self._api()
         for part in self.record["parts"]:
             if part.get("provider_job_id") or part.get("failure"):
                 continue
-            rows = [(f"r{pos}", bodies[pos]) for pos in _positions(part["ranges"])]
+            rows = [(f"r{pos}", body_of(pos)) for pos in _positions(part["ranges"])]
             try:
                 pid = api.create(rows, decision, tag=f"{self.id}-{part['index']}")
             except CencoriError as exc:
@@ -282,22 +287,30 @@ class BatchJob:
         """Rows done, failed and expired, rows fetched and what they cost so far."""
         if refresh:
             self.refresh()
+        else:  # as last saved, by whichever process saved it
+            self.record = _read_record(self.path, self.id)
         rec = self.record
         parts = rec["parts"]
-        done = failed = 0
+        done = failed = expired = fetched = 0
+        cost = Decimal(0)
         for p in parts:
-            n = len(_positions(p["ranges"]))
-            if p.get("failure"):
-                done += n
-                failed += n
-            elif p.get("fetched"):
-                done += n
+            n = _count(p["ranges"])
+            stats = p.get("stats")
+            again = p.get("supersedes") or {}
+            if stats is not None:  # fetched: the rows' own outcomes
+                fetched += n - sum(again.values())
+                failed += stats["error"] + stats["expired"] + stats["cancelled"]
+                failed -= sum(again.values())  # those rows had failed before
+                expired += stats["expired"] - again.get("expired", 0)
+                cost += Decimal(stats["cost"])
+                done += n - sum(again.values())
+            elif p.get("failure"):
+                done += n - sum(again.values())
+                failed += n - sum(again.values())
             else:
-                done += int(p.get("done") or 0)
-                failed += int(p.get("failed") or 0)
-        stats = self._result_stats()
-        if stats["failed"] or stats["expired"]:
-            failed = max(failed, stats["failed"] + stats["expired"])
+                done += int(p.get("done") or 0) - sum(again.values())
+                failed += int(p.get("failed") or 0) - sum(again.values())
+        done, failed = max(done, 0), max(failed, 0)
         if all(p.get("fetched") or p.get("failure") for p in parts):
             state = "fetched"
             if all(p.get("failure") for p in parts):
@@ -314,21 +327,11 @@ class BatchJob:
             rows=int(rec["sendable"]),
             done=done,
             failed=failed,
-            expired=stats["expired"],
-            fetched=stats["fetched"],
-            cost_usd=stats["cost"],
+            expired=expired,
+            fetched=fetched,
+            cost_usd=cost,
             provider_states=tuple(str(p.get("state") or p.get("failure") or "?") for p in parts),
         )
-
-    def _result_stats(self) -> dict[str, Any]:
-        latest = self._latest_results()
-        cost = sum((Decimal(r["cost"]) for r in latest.values() if r.get("cost")), Decimal(0))
-        return {
-            "fetched": len(latest),
-            "failed": sum(1 for r in latest.values() if r["o"] == wire.ERROR),
-            "expired": sum(1 for r in latest.values() if r["o"] == wire.EXPIRED),
-            "cost": cost,
-        }
 
     def wait(
         self,
@@ -383,20 +386,32 @@ class BatchJob:
                 return 0
             decision, api = self._decision(), self._api()
             for part in todo:
-                recorded += self._fetch_part(part, decision, api)
+                part["stats"] = self._fetch_part(part, decision, api)
+                recorded += sum(part["stats"][k] for k in ("ok", "error", "expired", "cancelled"))
                 part["fetched"] = True
                 self._release_part(part)
                 self._save()
         return recorded
 
-    def _fetch_part(self, part: dict[str, Any], decision: Decision, api: wire.API) -> int:
+    def _fetch_part(
+        self, part: dict[str, Any], decision: Decision, api: wire.API
+    ) -> dict[str, Any]:
         from ..home import open_private
         from ..ledger import default_ledger
 
         positions = set(_positions(part["ranges"]))
         seen: set[int] = set()
         path = self.directory / "results.jsonl"
-        n = 0
+        stats: dict[str, Any] = {"ok": 0, "error": 0, "expired": 0, "cancelled": 0}
+        cost = Decimal(0)
+
+        def write(line: dict[str, Any]) -> None:
+            nonlocal cost
+            out.write(json.dumps(line) + "\n")
+            stats[line["o"]] += 1
+            if line.get("cost"):
+                cost += Decimal(line["cost"])
+
         with os.fdopen(open_private(path), "a", encoding="utf-8") as out:
             if part.get("failure"):
                 rows: Iterator[wire.RowResult] = iter(())
@@ -410,8 +425,7 @@ class BatchJob:
                 if pos is None or pos not in positions or pos in seen:
                     continue  # not ours, or a repeat: a row is recorded once
                 seen.add(pos)
-                out.write(json.dumps(self._record_row(part, pos, rr, decision, api)) + "\n")
-                n += 1
+                write(self._record_row(part, pos, rr, decision, api))
             failure = part.get("failure")
             for pos in sorted(positions - seen):
                 reason = (
@@ -420,12 +434,12 @@ class BatchJob:
                     else "missing: the provider's results have no line for this row"
                 )
                 rr = wire.RowResult(f"r{pos}", wire.ERROR, message=reason)
-                out.write(json.dumps(self._record_row(part, pos, rr, decision, api)) + "\n")
-                n += 1
+                write(self._record_row(part, pos, rr, decision, api))
             out.flush()
             os.fsync(out.fileno())
         default_ledger().flush()
-        return n
+        stats["cost"] = str(cost)
+        return stats
 
     def _record_row(
         self, part: dict[str, Any], pos: int, rr: wire.RowResult, decision: Decision, api: wire.API
@@ -590,57 +604,98 @@ class BatchJob:
         """Send again only the rows that came back expired or failed (or whose part could
         not be submitted), as new parts of this job; rows that succeeded are not touched.
         Returns this job (``result()`` then shows the new answers)."""
-        from ..types import ChatRequest
-
         self.fetch()
         with self._locked():
             latest = self._latest_results()
-            again: list[int] = []
+            again: dict[int, str] = {}  # position -> how it last came back
             for part in self.record["parts"]:
+                unsent = part.get("failure") and not part.get("provider_job_id")
                 for pos in _positions(part["ranges"]):
                     r = latest.get(pos)
-                    unsent = part.get("failure") and not part.get("provider_job_id")
-                    if (r is not None and r["o"] != wire.OK) or (r is None and unsent):
-                        again.append(pos)
-            again = sorted(set(again))
+                    if r is not None and r["o"] != wire.OK:
+                        again[pos] = r["o"]
+                    elif r is None and unsent:
+                        again[pos] = "unsent"
             if not again:
                 return self
             decision = self._decision()
             api = self._api()
-            wanted = set(again)
-            bodies: dict[int, dict[str, Any]] = {}
-            params = self.record["params"]
-            for pos, (prompt, _reason) in enumerate(self._inputs()):
-                if pos in wanted:
-                    req = ChatRequest.from_prompt(
-                        prompt,
-                        system=params.get("system"),
-                        model=decision.model,
-                        provider=self.provider,
-                        route="byok",
-                        temperature=params.get("temperature"),
-                        max_tokens=params.get("max_tokens"),
-                        project=self.project,
-                    )
-                    bodies[pos] = api.row_body(req, decision)
+            prompts = {pos: p for pos, (p, _r) in enumerate(self._inputs()) if pos in again}
+            make = body_maker(api, decision, self.record["params"], self.project)
+
+            def body_of(pos: int) -> dict[str, Any]:
+                return make(prompts[pos])
+
+            sizes = {pos: len(api.line(f"r{pos}", body_of(pos))) for pos in sorted(again)}
             first = len(self.record["parts"])
-            for i, chunk in enumerate(_split(again, bodies, api, self.record["rows_per_job"])):
-                self.record["parts"].append(_new_part(first + i, chunk, Decimal(0)))
+            chunks = _split(sorted(again), sizes, api.name, self.record["rows_per_job"])
+            for i, chunk in enumerate(chunks):
+                part = _new_part(first + i, chunk, Decimal(0))
+                kinds = [again[pos] for pos in chunk]
+                # the earlier outcome of each row sent again (unsent rows had none fetched)
+                part["supersedes"] = {
+                    k: kinds.count(k)
+                    for k in (wire.ERROR, wire.EXPIRED, wire.CANCELLED)
+                    if kinds.count(k)
+                }
+                self.record["parts"].append(part)
             self._save()
-            self._send_parts(bodies, decision)
+            self._send_parts(body_of, decision)
         return self
 
 
+def body_maker(
+    api: wire.API, decision: Decision, params: dict[str, Any], project: str
+) -> Callable[[Any], dict[str, Any]]:
+    """prompt → the row's JSON body, as the live adapter builds it (the same parameters for
+    every row); refuses a prompt that holds a stored key, as chat() does."""
+    from ..redact import refuse_key_in_prompt
+    from ..types import ChatRequest
+
+    def build(prompt: Any) -> dict[str, Any]:
+        request = ChatRequest.from_prompt(
+            prompt,
+            system=params.get("system"),
+            model=decision.model,
+            provider=decision.provider,
+            route="byok",
+            temperature=params.get("temperature"),
+            max_tokens=params.get("max_tokens"),
+            project=project,
+        )
+        for message in request.messages:
+            refuse_key_in_prompt(message.content, shapes=False)
+        return api.row_body(request, decision)
+
+    # Building an httpx2.Request per row costs ~170 µs (URL parsing): a string prompt is
+    # put where the adapter put a marker prompt, when the marker lands there exactly once as
+    # a whole JSON string (else, and for message lists, the adapter builds each row).
+    marker = "\x00cencori-nb-row\x00"
+    needle = json.dumps(marker)
+    template = json.dumps(build(marker))
+    fast = template.count(needle) == 1
+
+    def make(prompt: Any) -> dict[str, Any]:
+        if not fast or not isinstance(prompt, str):
+            return build(prompt)
+        refuse_key_in_prompt(prompt, shapes=False)
+        body: dict[str, Any] = json.loads(template.replace(needle, json.dumps(prompt)))
+        return body
+
+    return make
+
+
 def _split(
-    positions: list[int], bodies: dict[int, dict[str, Any]], api: wire.API, rows_per_job: int
+    positions: list[int], sizes: dict[int, int], provider: str, rows_per_job: int
 ) -> Iterator[list[int]]:
-    """Positions in chunks within the provider's per-job limits (requests and bytes)."""
-    max_rows, max_bytes = wire.LIMITS[api.name]
+    """Positions in chunks within the provider's per-job limits (requests and bytes);
+    ``sizes`` is each row's size in the provider's upload."""
+    max_rows, max_bytes = wire.LIMITS[provider]
     max_rows = min(max_rows, rows_per_job)
     chunk: list[int] = []
     size = 0
     for pos in positions:
-        n = len(api.line(f"r{pos}", bodies[pos]))
+        n = sizes[pos]
         if chunk and (len(chunk) >= max_rows or size + n > max_bytes):
             yield chunk
             chunk, size = [], 0

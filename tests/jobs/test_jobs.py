@@ -117,6 +117,9 @@ def test_expired_and_failed_rows_come_back_as_errors_and_resubmit_only_those(sbx
     assert "this one is refused" in again.loc[20, "error"]
     new = [r for r in _ledger() if r.client_id not in before]
     assert len(new) == len(bad)  # only the failed rows were sent again
+    st = job.status()
+    assert (st.state, st.fetched, st.done, st.failed, st.expired) == ("fetched", 21, 21, 1, 0)
+    assert st.cost_usd == sum(r.cost_usd for r in _ledger("ok"))
     assert list(again.loc[out["error"].isna(), "text"]) == list(
         out.loc[out["error"].isna(), "text"]
     )
@@ -232,3 +235,46 @@ def test_jobs_listing_and_load(sbx):
         load_job(a.id)
     assert "unreadable" in set(cencori_nb.jobs()["state"].str[:10])
     os.chmod(a.directory / "job.json", 0o600)
+
+
+def test_a_stored_key_in_a_prompt_is_refused_before_anything_is_stored(sbx):
+    """A prompt holding a stored key is refused (KeyInPromptError) before the job is
+    written or anything reaches the provider, as chat() refuses it."""
+    from cencori_nb.egress import DEMO_KEYS
+    from cencori_nb.errors import KeyInPromptError
+
+    with pytest.raises(KeyInPromptError):
+        cencori_nb.submit(["fine", f"leak {DEMO_KEYS['anthropic']} here"], model="gpt-4o-mini")
+    assert cencori_nb.jobs().empty and not _batch_calls(sbx)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "google"])
+def test_row_bodies_are_what_the_live_adapter_sends(sbx, provider):
+    """The fast path (a prompt put where the adapter put a marker) gives exactly the body
+    the adapter builds, for awkward prompts too (quotes, backslashes, newlines, unicode)."""
+    from cencori_nb.jobs.job import body_maker
+    from cencori_nb.jobs.wire import api_for
+    from cencori_nb.router import explain_route
+    from cencori_nb.types import ChatRequest
+
+    decision = explain_route(MODELS[provider], route="byok")
+    api = api_for(provider)
+    params = {"system": "Be brief.", "temperature": 0.2, "max_tokens": 30}
+    make = body_maker(api, decision, params, decision.project)
+    for prompt in ['say "hi"', "back\\slash \\u0000", "line\nbreak\ttab", "é ✓ 𝔘", "{}"]:
+        live = api.row_body(
+            ChatRequest.from_prompt(
+                prompt,
+                system="Be brief.",
+                model=decision.model,
+                provider=provider,
+                route="byok",
+                temperature=0.2,
+                max_tokens=30,
+                project=decision.project,
+            ),
+            decision,
+        )
+        assert make(prompt) == live
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    assert make(messages)["model" if provider != "google" else "contents"]
