@@ -33,7 +33,8 @@ class _Accessor:
     def prompt(self, template: str, **kwargs: Any) -> pd.DataFrame:
         """Send the filled template for every row; see :func:`cencori_nb.map` for options.
 
-        Returns one result row per input row, aligned with the input index.
+        Returns one result row per input row, aligned with the input index; with
+        ``schema=…``, one typed column per field of the answer (see :func:`cencori_nb.map`).
         """
         import pandas as pd
 

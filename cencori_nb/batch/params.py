@@ -61,6 +61,7 @@ MAP_OPTIONS = frozenset(
         "achat",
         "limiter",
         "sleep",
+        "schema",  # the schema's own tokens are not estimated (providers count them apart)
     }
 )
 

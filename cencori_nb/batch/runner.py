@@ -25,8 +25,11 @@ from ..errors import (
     CostLimitError,
     CreditsError,
     RateLimitError,
+    RefusalError,
+    SchemaMismatchError,
 )
 from ..options import ChatOptions, parse_max_cost
+from ..schemas import as_schema
 from .checkpoint import Checkpoint, batch_id, from_json, row_key
 from .cost import estimate_rows, usd
 from .params import AChat, BatchOptions, Prompt, empty_reason, normalise
@@ -84,8 +87,12 @@ def _row_from_completion(c: Any) -> dict[str, Any]:
     route = getattr(c, "route", None)
     provider_cost = getattr(c, "provider_cost_usd", None)
     credits = getattr(c, "credits_charged_usd", None)
-    # the value settle stored (accounting.cost_of); never recomputed here
+    # the value settle stored (accounting.cost_of); never recomputed here, only added to
+    # what an earlier attempt of the same answer cost (a schema= retry: its own ledger row)
     cost: Decimal | None = Decimal(0) if cached else getattr(c, "cost_usd", None)
+    earlier = getattr(c, "earlier_cost_usd", None)
+    if earlier and cost is not None:
+        cost += earlier
     return {
         "text": getattr(c, "text", str(c)),
         "error": None,
@@ -117,6 +124,18 @@ def _error_row(message: str, route: str | None = None) -> dict[str, Any]:
         "request_id": None,
         "test_mode": False,
     }
+
+
+def _failed_row(exc: BaseException) -> dict[str, Any]:
+    """The row of a failed request. An answer that arrived and was paid for but was refused
+    or did not match the schema keeps its text, tokens and cost (to inspect, and so the
+    cost column adds up to the ledger)."""
+    completion = getattr(exc, "completion", None) if isinstance(exc, CencoriError) else None
+    if completion is None or not isinstance(exc, SchemaMismatchError | RefusalError):
+        return _error_row(_error_message(exc))
+    row = _row_from_completion(completion)
+    row["error"] = _error_message(exc)
+    return row
 
 
 def _error_message(exc: BaseException) -> str:
@@ -161,6 +180,7 @@ class _Batch:
         self.sleep = options.sleep
         self.rng = rng or random.Random()  # noqa: S311  (jitter, not security)
         self.rows: list[dict[str, Any] | None] = [None] * len(prompts)
+        self.parsed: list[Any] = [None] * len(prompts)  # schema=: each row's parsed answer
         self.outcome = _Outcome()
         self._workers: list[asyncio.Task[None]] = []
         self.keys = keys  # row_key of each sendable prompt, None for an empty one
@@ -334,6 +354,7 @@ class _Batch:
                 headers = getattr(completion, "ratelimit_headers", None)
                 if headers:
                     self.limiter.observe_headers(headers)
+                self.parsed[pos] = getattr(completion, "parsed", None)
                 self._finish(pos, _row_from_completion(completion), save=True)
                 return
             if isinstance(error, CreditsError | BudgetError):
@@ -348,7 +369,7 @@ class _Batch:
                 error, None, attempt, retries=self.retries, pacing=True, random=self.rng.random
             )
             if wait is None:
-                self._finish(pos, _error_row(_error_message(error)))
+                self._finish(pos, _failed_row(error))
                 return
             attempt += 1
             if isinstance(error, RateLimitError):
@@ -367,6 +388,28 @@ class _Batch:
             await self.sleep(wait)
 
     # -- result ------------------------------------------------------------------------
+    def _with_fields(self, df: pd.DataFrame, rows: list[dict[str, Any]], index: Any) -> Any:
+        """``prompt``, one typed column per schema field, then map's own columns.
+
+        A row finished by an earlier run (checkpoint) has its text, not the parsed value:
+        it is parsed again here. A failed row has no values (all missing).
+        """
+        import pandas as pd
+
+        schema = self.params.schema
+        assert schema is not None
+        values: list[Any] = []
+        for row, parsed in zip(rows, self.parsed, strict=True):
+            if parsed is None and row["error"] is None and isinstance(row.get("text"), str):
+                try:
+                    parsed = schema.parse(row["text"])
+                except SchemaMismatchError:
+                    parsed = None
+            values.append(parsed if row["error"] is None else None)
+        fields = schema.frame(values, index=df.index)
+        fields.columns = [_field_column(str(c)) for c in fields.columns]
+        return pd.concat([df[["prompt"]], fields, df.drop(columns=["prompt"])], axis=1)
+
     def frame(self, index: Any = None) -> pd.DataFrame:
         import pandas as pd
 
@@ -379,6 +422,8 @@ class _Batch:
             df[col] = df[col].astype("Int64")
         df["cached"] = df["cached"].astype(bool)
         df["test_mode"] = df["test_mode"].fillna(False).astype(bool)
+        if self.params.schema is not None:
+            df = self._with_fields(df, rows, index)
         o = self.outcome
         df.attrs["cencori"] = {
             "rows": len(rows),
@@ -391,6 +436,12 @@ class _Batch:
             "rate_limited": self.limiter.rate_limited if self.limiter else 0,
         }
         return df
+
+
+def _field_column(name: str) -> str:
+    """A schema field's column: its dotted name, or ``answer.<name>`` when that is one of
+    map's own columns (a field called ``text`` or ``model``)."""
+    return f"answer.{name}" if name in COLUMNS else name
 
 
 def _prepare(prompts: Any, options: BatchOptions) -> tuple[_Batch, Any]:
@@ -450,6 +501,7 @@ async def amap(
     achat: AChat | None = None,
     limiter: AdaptiveLimiter | None = None,
     sleep: Callable[[float], Awaitable[object]] | None = None,
+    schema: Any = None,
 ) -> pd.DataFrame:
     """Send many prompts concurrently on the running event loop; see :func:`map`.
 
@@ -468,6 +520,7 @@ async def amap(
             cache=bool(cache),
             retries=0,
             max_cost_usd=parse_max_cost(max_cost_usd),
+            schema=None if schema is None else as_schema(schema),
         ),
         concurrency=concurrency,
         retries=transport.DEFAULT_RETRIES if retries is None else retries,
@@ -501,6 +554,7 @@ def map(
     achat: AChat | None = None,
     limiter: AdaptiveLimiter | None = None,
     sleep: Callable[[float], Awaitable[object]] | None = None,
+    schema: Any = None,
 ) -> pd.DataFrame:
     """Send many prompts, ``concurrency`` at a time; return one DataFrame row per prompt.
 
@@ -517,6 +571,15 @@ def map(
       finished (the default); False sends every row;
     - ``achat``: the coroutine function that sends one prompt (default
       :func:`cencori_nb.client.achat`); ``limiter`` / ``sleep``: inject pacing and time.
+
+    - ``schema``: a pydantic model, dataclass, ``TypedDict`` or JSON Schema dict (see
+      :func:`cencori_nb.chat`): each row's answer is validated (an answer that does not
+      match is retried once, a second paid request), and the result has one typed column
+      per field between ``prompt`` and map's own columns (dtypes and the flattening of
+      nested fields as in :mod:`cencori_nb.schemas`; a field named like one of map's
+      columns becomes ``answer.<name>``). A row that still does not match, or that the
+      model refused, is that row's ``error`` (its fields missing, its ``text`` and
+      ``cost_usd`` kept); the batch goes on.
 
     Returns columns :data:`COLUMNS` in input order. Raises :class:`BatchInterrupted` (with
     ``.partial``) when interrupted; see the module docstring.
@@ -538,6 +601,7 @@ def map(
             cache=bool(cache),
             retries=0,
             max_cost_usd=parse_max_cost(max_cost_usd),
+            schema=None if schema is None else as_schema(schema),
         ),
         concurrency=concurrency,
         retries=transport.DEFAULT_RETRIES if retries is None else retries,

@@ -170,6 +170,7 @@ class AnthropicDoor(Door):
             raise BadRequest("messages: at least one message is required")
         conversation = [text_of(body["system"])] if body.get("system") else []
         last_user = ""
+        first_user: str | None = None
         for i, message in enumerate(messages):
             role = message.get("role") if isinstance(message, dict) else None
             if role not in ("user", "assistant"):
@@ -178,12 +179,14 @@ class AnthropicDoor(Door):
             conversation.append(text)
             if role == "user":
                 last_user = text
+                first_user = text if first_user is None else first_user
         schema, tool = _requested_schema(body)
         return ChatCall(
             model=model,
             provider=self.name,
             conversation=conversation,
             last_user=last_user,
+            first_user=first_user or "",
             max_tokens=max_tokens,
             stream=bool(body.get("stream")),
             schema=schema,

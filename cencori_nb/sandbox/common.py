@@ -147,6 +147,7 @@ class ChatCall:
     include_usage: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     served: str = ""  # the model id the answer names (a dated id for an alias)
+    first_user: str = ""  # a structured answer is filled from it (see .structured)
     schema: dict[str, Any] | None = None  # the JSON Schema the answer must match
     tool: str | None = None  # Anthropic without output_config: answer as this forced tool
     refused: bool = False  # the answer is the provider's refusal (see .structured)
@@ -482,6 +483,7 @@ class Door:
                 seed=server.seed,
                 label=call.label(self.via),
                 conversation=call.conversation,
+                first_user=call.first_user,
                 last_user=call.last_user,
                 fault=ex.fault,
             )

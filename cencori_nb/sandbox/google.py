@@ -174,6 +174,7 @@ class GoogleDoor(Door):
         system = body.get("systemInstruction") or body.get("system_instruction")
         conversation = [_parts_text(system)] if system else []
         last_user = ""
+        first_user: str | None = None
         for content in contents:
             if not isinstance(content, dict):
                 raise BadRequest(
@@ -183,6 +184,7 @@ class GoogleDoor(Door):
             conversation.append(text)
             if content.get("role", "user") == "user":
                 last_user = text
+                first_user = text if first_user is None else first_user
         config = body.get("generationConfig") or body.get("generation_config") or {}
         limit = (
             config.get("maxOutputTokens", config.get("max_output_tokens"))
@@ -205,6 +207,7 @@ class GoogleDoor(Door):
             provider=self.name,
             conversation=conversation,
             last_user=last_user,
+            first_user=first_user or "",
             max_tokens=max_tokens,
             stream=stream,
             schema=schema,

@@ -168,6 +168,7 @@ def read_openai_chat(body: Any, *, default_model: str | None = None) -> dict[str
         )
     conversation: list[str] = []
     last_user = ""
+    first_user: str | None = None
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise BadRequest(
@@ -177,6 +178,7 @@ def read_openai_chat(body: Any, *, default_model: str | None = None) -> dict[str
         conversation.append(text)
         if message["role"] == "user":
             last_user = text
+            first_user = text if first_user is None else first_user
     max_tokens = max_tokens_of(body.get("max_completion_tokens"), "max_completion_tokens")
     if max_tokens is None:
         max_tokens = max_tokens_of(body.get("max_tokens"), "max_tokens")
@@ -185,6 +187,7 @@ def read_openai_chat(body: Any, *, default_model: str | None = None) -> dict[str
         "model": model,
         "conversation": conversation,
         "last_user": last_user,
+        "first_user": first_user or "",
         "max_tokens": max_tokens,
         "stream": bool(body.get("stream")),
         "include_usage": bool(isinstance(options, dict) and options.get("include_usage")),

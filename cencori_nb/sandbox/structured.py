@@ -5,7 +5,8 @@ Anthropic ``output_config.format`` or a forced tool, Gemini ``responseJsonSchema
 ``responseSchema``, Cencori ``responseFormat``) and answers with :func:`answer`.
 
 The JSON is deterministic: a pure function of the seed, the label, the conversation and the
-schema. It "extracts" from the last user message where it can, so an extraction notebook
+schema. It "extracts" from the first user message where it can (the record, in an
+extraction prompt; a retry's last message only says what to fix), so an extraction notebook
 reads plausibly: numbers in the message fill ``number``/``integer`` fields in order, an enum
 value named in the message is chosen, an ISO date (``2025-03-01``) fills date fields,
 capitalised phrases fill strings; everything else comes from the seeded generator. Every
@@ -77,6 +78,7 @@ def answer(
     conversation: Sequence[str],
     last_user: str,
     fault: str | None,
+    first_user: str | None = None,
 ) -> Answer | None:
     """The structured answer (None: no schema and no refusal, answer as usual)."""
     users = "\n".join(conversation)
@@ -87,7 +89,10 @@ def answer(
     rng = _rng(seed, label, conversation, schema)
     if WRONG_SHAPE_MARK in users:
         return Answer(json.dumps({"sandbox": "an object without the schema's fields"}), False)
-    value = _Filler(schema, rng, last_user).value(schema, "", 0)
+    source = first_user if first_user else last_user
+    for mark in (INVALID_JSON_MARK, WRONG_SHAPE_MARK, REFUSE_MARK):
+        source = source.replace(mark, "")  # a marker is an instruction, not content
+    value = _Filler(schema, rng, source).value(schema, "", 0)
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     if fault == "invalid-json" or INVALID_JSON_MARK in last_user:
         text = text[: max(1, len(text) // 2)]  # cut mid-way: not JSON
