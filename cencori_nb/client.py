@@ -81,6 +81,7 @@ from .redact import (
     holds_secret,
     looks_like_key,
     refuse_key_in_prompt,
+    registered_secrets,
     remove_stored_keys,
 )
 from .schemas import as_schema
@@ -162,21 +163,34 @@ def _refuse_invalid_text(request: ChatRequest) -> None:
                 ) from None
 
 
+# Names found not to be a key, with the set of registered keys they were checked against:
+# the same model and project names come with every request, and the check runs twice per
+# request (before and after routing); a name is checked again once a key is registered.
+_clean_names: dict[str, frozenset[str]] = {}
+
+
 def _refuse_key_as_name(request: ChatRequest, project: str | None = None) -> None:
+    registered = registered_secrets()
     for what, value in (
         ("model", request.model),
         ("provider", request.provider),
         ("project", request.project),
         ("project", project),
     ):
-        if value and (holds_secret(value) or looks_like_key(value)):
-            raise KeyAsNameError(
-                f"Not sent: the {what} name is one of your API keys (or shaped like one). It "
-                "would be written to the ledger, the cache and error messages.",
-                hint=f"Give a {what} name (e.g. "
-                + {"model": "'gpt-4o-mini'", "provider": "'openai'", "project": "'default'"}[what]
-                + ").",
-            )
+        if not value or _clean_names.get(value) is registered:
+            continue
+        if not (holds_secret(value) or looks_like_key(value)):
+            if len(_clean_names) >= 256:
+                _clean_names.clear()
+            _clean_names[value] = registered
+            continue
+        raise KeyAsNameError(
+            f"Not sent: the {what} name is one of your API keys (or shaped like one). It "
+            "would be written to the ledger, the cache and error messages.",
+            hint=f"Give a {what} name (e.g. "
+            + {"model": "'gpt-4o-mini'", "provider": "'openai'", "project": "'default'"}[what]
+            + ").",
+        )
 
 
 def _cache_hit(request: ChatRequest, decision: Decision) -> tuple[str | None, Completion | None]:
@@ -240,8 +254,20 @@ def _reserve_args(request: ChatRequest, decision: Decision) -> _ReserveArgs | No
     }
 
 
+# (messages, their estimate): the estimate is asked for up to four times per request (the
+# context check, the cost confirmation, the budget reservation, the in-flight note) and
+# counts every word of the prompt; one entry, by identity, since a request's messages
+# tuple is built once and never changes.
+_last_estimate: tuple[object, int] = ((), 0)
+
+
 def _prompt_tokens(request: ChatRequest) -> int:
-    return estimate_messages_tokens(m.content for m in request.messages)
+    global _last_estimate
+    messages, tokens = _last_estimate
+    if messages is not request.messages:
+        tokens = estimate_messages_tokens(m.content for m in request.messages)
+        _last_estimate = (request.messages, tokens)
+    return tokens
 
 
 def _confirm(request: ChatRequest, decision: Decision, reservation: Reservation | None) -> None:

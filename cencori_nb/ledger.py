@@ -946,12 +946,10 @@ class _Journal:
         self.open: set[str] = set()
 
     def begin(self, client_id: str, params: tuple[Any, ...]) -> None:
-        line = (
-            json.dumps(
-                {"v": 1, "row": dict(zip(COLUMNS, params, strict=True))}, separators=(",", ":")
-            )
-            + "\n"
-        )
+        # ``[2, ts_ms, client_id, …]``: the row's values in COLUMNS order. A list, not the
+        # ``{"v": 1, "row": {column: value}}`` object older versions wrote (still read):
+        # a third of the encoding time, paid on every request.
+        line = _JOURNAL_ENCODER.encode((JOURNAL_VERSION, *params)) + "\n"
         with self.lock:
             self.open.add(client_id)
             os.write(self.fd, line.encode())  # no fsync: a killed process's writes persist
@@ -974,14 +972,29 @@ class _Journal:
                 os.close(self.fd)  # releases the lock: a later start reclaims what is left
 
 
-def _priced_intent(data: dict[str, Any]) -> _Item:
+JOURNAL_VERSION = 2
+_JOURNAL_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def _journal_row(data: Any) -> dict[str, Any]:
+    """A journal line's row by column: ``[2, values…]`` (this version) or
+    ``{"v": 1, "row": {column: value}}`` (written by older versions, left by a process that
+    died under one). Raises ValueError, TypeError or KeyError on anything else."""
+    if isinstance(data, list) and data and data[0] == JOURNAL_VERSION:
+        return dict(zip(COLUMNS, data[1:], strict=True))
+    if isinstance(data, dict) and data.get("v") == 1:
+        return dict(data["row"])
+    raise ValueError("not a journal line")
+
+
+def _priced_intent(data: Any) -> _Item:
     """A journal line → the ``interrupted`` row to record, priced from its estimated tokens
     by the one cost rule, with the wallet debit a cut stream would have."""
     from .accounting import charge_for, cost_of  # here: accounting imports this module
     from .pricing import provider_cost
     from .types import Usage
 
-    row = dict(data["row"])
+    row = _journal_row(data)
     usage = Usage(int(row["input_tokens"]), int(row["output_tokens"]), 0, 0, 0)
     quote = provider_cost(row["provider"], row["model"] or row["model_requested"], usage)
     test_mode = bool(row.get("test_mode"))

@@ -330,3 +330,39 @@ def test_stream_dropped_after_break_is_settled(sbx: SandboxServer) -> None:
     gc.collect()
     rows = _rows()
     assert len(rows) == 1 and rows[0].estimated and rows[0].status == "interrupted"
+
+
+def test_a_name_checked_clean_is_refused_once_it_becomes_a_stored_key(
+    sbx: SandboxServer,
+) -> None:
+    """The key-as-name check remembers clean names only for the keys registered when it
+    checked them: a project name that later turns out to be a stored key is refused
+    before anything is sent or recorded."""
+    from cencori_nb import redact
+
+    name = "team-notes-4f7a9c2b"
+    keys.set("openai", OPENAI_KEY, project=name)
+    cencori_nb.chat("first", model="gpt-4o-mini", project=name, cache=False)
+    cencori_nb.chat("second", model="gpt-4o-mini", project=name, cache=False)  # remembered
+    assert sbx.stats["requests"] == 2
+    redact.register_secret(name)  # what opening a store holding this value does
+    with pytest.raises(errors.KeyAsNameError, match="project name is one of your API keys"):
+        cencori_nb.chat("third", model="gpt-4o-mini", project=name, cache=False)
+    assert sbx.stats["requests"] == 2
+    assert len(_rows()) == 2
+
+
+def test_each_request_gets_its_own_prompt_estimate() -> None:
+    """The prompt-token estimate is computed once per request and never reused for
+    another request's messages, even ones equal in length."""
+    from cencori_nb import client
+    from cencori_nb.tokens import estimate_messages_tokens
+    from cencori_nb.types import ChatRequest
+
+    short = ChatRequest.from_prompt("one two")
+    long = ChatRequest.from_prompt("word " * 500)
+    same_text = ChatRequest.from_prompt("one two")
+    for request in (short, long, short, same_text, long):
+        expected = estimate_messages_tokens(m.content for m in request.messages)
+        assert client._prompt_tokens(request) == expected
+    assert client._prompt_tokens(long) > 500 > client._prompt_tokens(short)

@@ -574,3 +574,43 @@ def test_forked_child_gets_its_own_writer(private_home: Path) -> None:
     assert proc.exitcode == 0
     led.submit(LedgerRow("parent-2", "p", "openai", "byok"))
     assert sorted(r.request_id for r in led.rows()) == ["child-q", "parent-1", "parent-2"]
+
+
+def test_journals_of_this_and_older_versions_are_reclaimed(private_home: Path) -> None:
+    """A dead process's in-flight journal is recorded whether its lines are this version's
+    ``[2, values…]`` or the ``{"v": 1, "row": {…}}`` objects older versions wrote; a torn
+    last line is skipped."""
+    import json
+
+    def intent(client_id: str) -> tuple[object, ...]:
+        return LedgerRow(
+            "",
+            "default",
+            "openai",
+            "byok",
+            status="interrupted",
+            model="gpt-4o-mini",
+            error_code="process_ended",
+            input_tokens=1000,
+            estimated=True,
+            cost_usd=None,
+            client_id=client_id,
+        ).as_params()
+
+    inflight = default_ledger().inflight_dir
+    inflight.mkdir(exist_ok=True)
+    (inflight / "999999-deadbeef.jsonl").write_text(
+        json.dumps({"v": 1, "row": dict(zip(ledger_mod.COLUMNS, intent("old-1"), strict=True))})
+        + "\n"
+        + json.dumps([2, *intent("new-2")])
+        + "\n"
+        + '[2, 1796000000000, "torn'
+    )
+    ledger_mod._reset_for_tests()  # the next start reclaims what the dead process left
+    rows = sorted(default_ledger().rows(), key=lambda r: r.client_id)
+    assert [(r.client_id, r.status, r.error_code, r.input_tokens) for r in rows] == [
+        ("new-2", "interrupted", "process_ended", 1000),
+        ("old-1", "interrupted", "process_ended", 1000),
+    ]
+    assert all(r.cost_usd is not None and r.cost_usd > 0 for r in rows)  # priced
+    assert list(inflight.glob("*.jsonl")) == []

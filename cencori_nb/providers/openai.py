@@ -343,7 +343,9 @@ class ChatCompletionsStreamParser(c.AdapterStreamParser):
             self.model = str(chunk["model"])
         if self.request_id is None and chunk.get("id"):
             self.request_id = str(chunk["id"])
-        usage_raw = chunk.get("usage") or c.dig(chunk, "x_groq", "usage")
+        usage_raw = chunk.get("usage") or (
+            c.dig(chunk, "x_groq", "usage") if "x_groq" in chunk else None  # no KeyError a chunk
+        )
         if isinstance(usage_raw, dict):
             self.usage = openai_usage(usage_raw)
             cost = c.to_decimal(usage_raw.get("cost"))

@@ -20,15 +20,12 @@ def iter_sse(
     import httpx2
 
     errors = httpx_errors()
-    events = iter(httpx2.EventSource(response))
-    while True:
-        try:
-            event = next(events)
-        except StopIteration:
-            return
-        except errors as exc:
-            raise map_exception(exc, provider=provider) from exc
-        yield event
+    try:
+        # one generator frame per event, not a next() call and a try per event: nothing is
+        # thrown into this generator, so only reading the stream can raise in here
+        yield from httpx2.EventSource(response)
+    except errors as exc:
+        raise map_exception(exc, provider=provider) from exc
 
 
 async def aiter_sse(
