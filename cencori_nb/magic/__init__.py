@@ -143,6 +143,9 @@ class CencoriMagics(Magics):
                 "--unsafe-html only applies to -f html (other formats never show a reply's HTML)."
             )
         options = self._request_options(args)
+        if args.schema is not None:
+            options["schema"] = _schema_from(args.schema, user_ns)
+            fmt = args.format or "json"
         if args.dry_run:
             from .commands import dry_run
 
@@ -252,6 +255,25 @@ def _confirmed(exc: CostConfirmationError) -> bool:
     except (StdinNotImplementedError, EOFError, OSError):
         return False
     return answer.strip().lower() in ("y", "yes")
+
+
+def _schema_from(name: str, user_ns: dict[str, Any]) -> Any:
+    """The schema ``--schema NAME`` names: a variable (``Invoice``) or an attribute of one
+    (``models.Invoice``), checked now so a bad one fails before anything is sent."""
+    from ..schemas import as_schema
+
+    head, *rest = name.split(".")
+    if head not in user_ns:
+        raise _usage(
+            f"--schema {name}: there is no variable {head!r} in this notebook; define the "
+            "class (or the JSON Schema dict) in a cell above first."
+        )
+    value = user_ns[head]
+    for part in rest:
+        if not hasattr(value, part):
+            raise _usage(f"--schema {name}: {head} has no attribute {part!r}.")
+        value = getattr(value, part)
+    return as_schema(value)
 
 
 def _usage(message: str) -> CencoriError:

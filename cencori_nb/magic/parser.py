@@ -153,6 +153,7 @@ class CellArgs:
     help: bool = False
     unsafe_html: bool = False  # -f html shown unsanitised (the user trusts this reply)
     max_cost: str | None = None  # the most this request may cost (USD), accepted upfront
+    schema: str | None = None  # a name in the user's namespace: the answer's JSON shape
 
 
 def _cell_parser() -> MagicParser:
@@ -172,6 +173,7 @@ def _cell_parser() -> MagicParser:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--unsafe-html", action="store_true")
     p.add_argument("--max-cost", metavar="USD", default=None)  # checked by the client
+    p.add_argument("--schema", metavar="NAME", default=None)  # looked up in the namespace
     p.add_argument("-h", "--help", action="store_true")
     return p
 
@@ -187,6 +189,11 @@ def parse_cell_line(line: str) -> CellArgs:
         )
     if ns.output is not None and not ns.output.isidentifier():
         raise MagicUsageError(f"%%cencori: -o needs a Python variable name, not {ns.output!r}.")
+    if ns.schema is not None and not all(p.isidentifier() for p in ns.schema.split(".")):
+        raise MagicUsageError(
+            f"%%cencori: --schema needs the name of a variable (a class or a dict), "
+            f"not {ns.schema!r}."
+        )
     if ns.temperature is not None and not 0 <= ns.temperature <= 2:
         raise MagicUsageError("%%cencori: -t/--temperature must be between 0 and 2.")
     return CellArgs(
@@ -205,6 +212,7 @@ def parse_cell_line(line: str) -> CellArgs:
         help=ns.help,
         unsafe_html=ns.unsafe_html,
         max_cost=ns.max_cost,
+        schema=ns.schema,
     )
 
 
@@ -299,6 +307,10 @@ HELP = """\
   --max-cost USD                 accept up to USD for this request (above the
                                  confirm_above_usd setting, $0.10, the cell asks)
                                  (only for a reply you trust: it runs in JupyterLab)
+  --schema NAME                  answer as JSON shaped by NAME, a pydantic model,
+                                 dataclass, TypedDict or JSON Schema dict among your
+                                 variables (validated; retried once if it does not
+                                 match); shown as JSON, VAR.parsed holds the value
   -o VAR                         store the Completion in VAR
   --no-stream, --no-cache, --project P
   --dry-run                      show the route and an estimated cost, send nothing
