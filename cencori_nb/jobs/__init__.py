@@ -261,6 +261,7 @@ def submit(
     project: str | None = None,
     max_cost_usd: Decimal | float | str | None = None,
     rows_per_job: int | None = None,
+    schema: Any = None,
 ) -> BatchJob:
     """Send ``prompts`` as a batch job at the provider's Batch API; return the
     :class:`BatchJob` at once (stored in the home before anything is sent).
@@ -270,6 +271,10 @@ def submit(
     ``max_cost_usd``: refuse before sending when the batch estimate is above it.
     ``rows_per_job``: at most this many rows in one provider job (default: the provider's
     own limit); bytes are split to the provider's limit too.
+    ``schema``: a pydantic model, dataclass, ``TypedDict`` or JSON Schema dict (as for
+    :func:`cencori_nb.chat`): each row asks for JSON of that shape, and ``result()`` adds its
+    fields as typed columns; an answer that does not match has the reason in ``error``
+    (it was paid for, so it is recorded; ``resubmit()`` does not send it again).
     """
     from ..accounting import hold_for_job, reserve
     from .job import _new_part, _split, body_maker
@@ -287,8 +292,18 @@ def submit(
             "Nothing to send: every row is empty or could not be filled in.",
             hint="Look at the prompts first with df.cencori.prompts(template).",
         )
-    params = {"system": system, "temperature": temperature, "max_tokens": max_tokens}
-    make = body_maker(api, decision, params, decision.project)
+    params: dict[str, Any] = {
+        "system": system,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+    }
+    sch = None
+    if schema is not None:
+        from ..schemas import as_schema
+
+        sch = as_schema(schema)
+        params["schema"] = {"name": sch.name, "json_schema": sch.json_schema}
+    make = body_maker(api, decision, params, decision.project, sch)
 
     def body_of(pos: int) -> dict[str, Any]:
         return make(values[pos])
@@ -360,7 +375,7 @@ def submit(
             "cancel_requested": False,
             "parts": parts,
         }
-        job = BatchJob(record, directory)
+        job = BatchJob(record, directory, sch)
         job._save()
     except BaseException:
         if reservation is not None:

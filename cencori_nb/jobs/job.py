@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ..router import Decision
+    from ..schemas import Schema
 
 __all__ = ["BatchJob", "JobStatus", "jobs_dir"]
 
@@ -131,9 +132,14 @@ class BatchJob:
     input is larger than one job may be). Built by :func:`cencori_nb.submit`, or loaded by
     id with :meth:`load` (another kernel, after a restart, the CLI)."""
 
-    def __init__(self, record: dict[str, Any], directory: Path) -> None:
+    def __init__(
+        self, record: dict[str, Any], directory: Path, schema: Schema | None = None
+    ) -> None:
         self.record = record
         self.directory = directory
+        # schema=: the user's own type in the process that submitted; elsewhere the stored
+        # JSON Schema (answers then parse into dicts)
+        self.schema = schema if schema is not None else stored_schema(record)
 
     # -- loading and saving ---------------------------------------------------------------
     @classmethod
@@ -478,11 +484,20 @@ class BatchJob:
                     estimated=usage is None,
                 )
                 settle(c, batch=True)
+                error, parsed = None, None
+                if self.schema is not None:  # paid for either way: recorded above
+                    try:  # kept as the JSON it came in; result() reads it into the type
+                        parsed = self.schema.loads(c.text)
+                        self.schema.validate(parsed)
+                    except CencoriError as exc:
+                        parsed = None
+                        error = _scrubbed(exc)
                 return {
                     **base,
                     "o": wire.OK,
                     "text": c.text,
-                    "error": None,
+                    "error": error,
+                    "parsed": parsed,
                     "in": c.input_tokens,
                     "out": c.output_tokens,
                     "cost": None if c.cost_usd is None else str(c.cost_usd),
@@ -562,6 +577,7 @@ class BatchJob:
             elif r["o"] == wire.OK:
                 row.update(
                     text=r["text"],
+                    error=r.get("error"),  # a schema= answer that did not match
                     input_tokens=r["in"],
                     output_tokens=r["out"],
                     cost_usd=None if r["cost"] is None else Decimal(r["cost"]),
@@ -577,6 +593,14 @@ class BatchJob:
         index = self.record.get("index")
         if index is not None and len(index) == len(frame):
             frame.index = pd.Index(index, name=self.record.get("index_name"))
+        if self.schema is not None:  # the answers' fields as typed columns
+            schema = self.schema
+            values = []
+            for pos in range(len(frame)):
+                data = (latest.get(pos) or {}).get("parsed")
+                values.append(None if data is None else schema.validate(data))
+            fields = schema.frame(values, index=frame.index)
+            frame = pd.concat([frame, fields.drop(columns=list(COLUMNS), errors="ignore")], axis=1)
         frame.attrs["cencori"] = {"job_id": self.id, "provider_job_ids": self.provider_job_ids}
         return frame
 
@@ -621,7 +645,7 @@ class BatchJob:
             decision = self._decision()
             api = self._api()
             prompts = {pos: p for pos, (p, _r) in enumerate(self._inputs()) if pos in again}
-            make = body_maker(api, decision, self.record["params"], self.project)
+            make = body_maker(api, decision, self.record["params"], self.project, self.schema)
 
             def body_of(pos: int) -> dict[str, Any]:
                 return make(prompts[pos])
@@ -644,8 +668,22 @@ class BatchJob:
         return self
 
 
+def stored_schema(record: dict[str, Any]) -> Schema | None:
+    """The job's ``schema=`` as stored (a JSON Schema with its name), or None."""
+    stored = (record.get("params") or {}).get("schema")
+    if not stored:
+        return None
+    from ..schemas import Schema
+
+    return Schema(None, "json_schema", stored["json_schema"], stored["name"])
+
+
 def body_maker(
-    api: wire.API, decision: Decision, params: dict[str, Any], project: str
+    api: wire.API,
+    decision: Decision,
+    params: dict[str, Any],
+    project: str,
+    schema: Schema | None = None,
 ) -> Callable[[Any], dict[str, Any]]:
     """prompt → the row's JSON body, as the live adapter builds it (the same parameters for
     every row); refuses a prompt that holds a stored key, as chat() does."""
@@ -662,6 +700,7 @@ def body_maker(
             temperature=params.get("temperature"),
             max_tokens=params.get("max_tokens"),
             project=project,
+            schema=schema,
         )
         for message in request.messages:
             refuse_key_in_prompt(message.content, shapes=False)

@@ -100,6 +100,7 @@ class API:
 
     def __init__(self, adapter: Provider) -> None:
         self.adapter = adapter
+        self._request: httpx2.Request | None = None
 
     # -- rows ------------------------------------------------------------------------
     def row_body(self, request: Any, decision: Decision) -> dict[str, Any]:
@@ -118,7 +119,16 @@ class API:
         """The adapter's ProviderResult for a successful row body."""
         import httpx2
 
-        resp = httpx2.Response(200, json=body, request=httpx2.Request("POST", decision.base_url))
+        if self._request is None or self._request.url != decision.base_url:
+            # one stand-in request for every row (building one parses a URL: ~100 µs)
+            self._request = httpx2.Request("POST", decision.base_url)
+        content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        resp = httpx2.Response(
+            200,
+            content=content,
+            headers={"content-type": "application/json"},
+            request=self._request,
+        )
         return self.adapter.parse_response(resp)
 
     def error_text(self, body: Any, status: int | None) -> str:
