@@ -555,6 +555,7 @@ def map(
     limiter: AdaptiveLimiter | None = None,
     sleep: Callable[[float], Awaitable[object]] | None = None,
     schema: Any = None,
+    via: str = "live",
 ) -> pd.DataFrame:
     """Send many prompts, ``concurrency`` at a time; return one DataFrame row per prompt.
 
@@ -581,9 +582,34 @@ def map(
       model refused, is that row's ``error`` (its fields missing, its ``text`` and
       ``cost_usd`` kept); the batch goes on.
 
+    - ``via="batch"``: send the rows as a provider batch job instead (half price, results
+      within 24 hours; :func:`cencori_nb.submit`) and wait for it: the same table. The job
+      is stored in the home first, so if the wait is interrupted,
+      ``cencori_nb.jobs()`` / ``load_job`` pick it up. Live-only options (``concurrency``,
+      ``cache``, ``retries``, ``resume``, ``achat``, ``limiter``, ``sleep``) do not apply.
+
     Returns columns :data:`COLUMNS` in input order. Raises :class:`BatchInterrupted` (with
     ``.partial``) when interrupted; see the module docstring.
     """
+    if via == "batch":
+        from ..jobs import submit
+
+        job = submit(
+            prompts,
+            model=model,
+            provider=provider,
+            route="byok" if route == "auto" else route,
+            system=system,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            project=project,
+            max_cost_usd=max_cost_usd,
+            schema=schema,
+        )
+        job.wait(progress=progress)
+        return job.result(wait=False)
+    if via != "live":
+        raise ConfigurationError(f"via must be 'live' or 'batch', not {via!r}.")
     if threading.current_thread() is _loop_thread:
         raise ConfigurationError(
             "map() was called from inside a running batch.",

@@ -593,14 +593,21 @@ class BatchJob:
         index = self.record.get("index")
         if index is not None and len(index) == len(frame):
             frame.index = pd.Index(index, name=self.record.get("index_name"))
-        if self.schema is not None:  # the answers' fields as typed columns
+        for col in ("input_tokens", "output_tokens"):
+            frame[col] = frame[col].astype("Int64")
+        frame["cached"] = frame["cached"].astype(bool)
+        frame["test_mode"] = frame["test_mode"].astype(bool)
+        if self.schema is not None:  # as map(): prompt, the fields (typed), map's columns
+            from ..batch.runner import _field_column
+
             schema = self.schema
             values = []
             for pos in range(len(frame)):
                 data = (latest.get(pos) or {}).get("parsed")
                 values.append(None if data is None else schema.validate(data))
             fields = schema.frame(values, index=frame.index)
-            frame = pd.concat([frame, fields.drop(columns=list(COLUMNS), errors="ignore")], axis=1)
+            fields.columns = [_field_column(str(c)) for c in fields.columns]
+            frame = pd.concat([frame[["prompt"]], fields, frame.drop(columns=["prompt"])], axis=1)
         frame.attrs["cencori"] = {"job_id": self.id, "provider_job_ids": self.provider_job_ids}
         return frame
 

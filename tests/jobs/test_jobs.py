@@ -278,3 +278,18 @@ def test_row_bodies_are_what_the_live_adapter_sends(sbx, provider):
         assert make(prompt) == live
     messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
     assert make(messages)["model" if provider != "google" else "contents"]
+
+
+def test_map_via_batch_is_submit_and_wait(sbx):
+    """map(..., via="batch") sends a provider batch job, waits, and returns map's table
+    (same columns, index, dtypes as the live map of the same prompts)."""
+    s = pd.Series(["one", "two", None], index=[10, 20, 30])
+    out = cencori_nb.map(s, model="gpt-4o-mini", max_tokens=20, via="batch", progress=False)
+    live = cencori_nb.map(s, model="gpt-4o-mini", max_tokens=20, progress=False)
+    assert list(out.columns) == list(live.columns) and list(out.index) == [10, 20, 30]
+    assert list(out.dtypes) == list(live.dtypes)
+    assert list(out["text"][:2]) == list(live["text"][:2])
+    assert out.loc[30, "error"].startswith("not sent")
+    assert len(cencori_nb.jobs()) == 1
+    with pytest.raises(cencori_nb.ConfigurationError, match="via must be"):
+        cencori_nb.map(s, model="gpt-4o-mini", via="later")

@@ -42,6 +42,10 @@ def test_schema_rows_parse_into_typed_columns(sbx, provider):
     assert pd.isna(out.loc[2, "total"])
     assert "does not match" in out.loc[2, "error"] and out.loc[2, "text"]  # paid, shown
     assert out.loc[0, "error"] is None or pd.isna(out.loc[0, "error"])
+    live = cencori_nb.map(
+        df["record"], model=MODELS[provider], schema=Invoice, max_tokens=300, progress=False
+    )
+    assert list(out.columns) == list(live.columns)  # map's layout: prompt, fields, the rest
     fresh = load_job(job.id)  # as another process sees it: the stored JSON Schema, no Invoice
     assert fresh.schema is not None and fresh.schema.kind == "json_schema"
     assert list(fresh.result(wait=False)["total"][:2]) == [1234.5, 99.0]
