@@ -60,6 +60,12 @@ _NUMBER = re.compile(
 _DATE = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
 _PHRASE = re.compile(r"\b[A-Z][\w&'.-]*(?:\s+(?:&\s+)?[A-Z][\w&'.-]*)*")
 _MAX_DEPTH = 8
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# Capitalised words that open a sentence or a greeting rather than name something.
+_NOT_NAMES = frozenset(
+    "a an and dear extract from hello hi invoice please re subject the this to".split()
+)
+_TOTALS = ("total", "amount", "sum", "due", "price")
 
 
 @dataclass(frozen=True)
@@ -141,17 +147,22 @@ class _Filler:
         self.lower = message.lower()
         dates = list(_DATE.finditer(message))
         spans = [m.span() for m in dates]
-        numbers = [
-            _to_number(m.group())
+        found = [
+            m.group()
             for m in _NUMBER.finditer(message)
             if not any(a <= m.start() < b for a, b in spans)  # 2025-03-01 is a date
         ]
-        self.decimals = [n for n in numbers if n is not None and not float(n).is_integer()]
-        self.integers = [int(n) for n in numbers if n is not None and float(n).is_integer()]
-        self.dates = [m.group() for m in dates]
-        self.phrases = [
-            p for p in (m.group().strip() for m in _PHRASE.finditer(message)) if len(p) > 1
+        # "480.00" is an amount even though it is whole; "12" is a count
+        self.decimals = [n for raw in found if "." in raw and (n := _to_number(raw)) is not None]
+        self.integers = [
+            int(n) for raw in found if "." not in raw and (n := _to_number(raw)) is not None
         ]
+        self.dates = [m.group() for m in dates]
+        self.emails = _EMAIL.findall(message)
+        phrases = [_name_part(m.group()) for m in _PHRASE.finditer(message)]
+        named = [p for p in phrases if len(p) > 1]
+        # names of several words ("ACME Tools Ltd") before single capitalised words
+        self.phrases = [p for p in named if " " in p] + [p for p in named if " " not in p]
         self._phrase_at = 0
 
     def resolve(self, node: Any) -> dict[str, Any]:
@@ -178,6 +189,8 @@ class _Filler:
             options = node.get(key)
             if isinstance(options, list) and options:
                 real = [o for o in options if self.resolve(o).get("type") != "null"]
+                if len(real) < len(options) and "email" in name.lower() and not self.emails:
+                    return None  # optional, and the text has none: a model would say null
                 return self.value((real or options)[0], name, depth + 1)
         if isinstance(node.get("allOf"), list) and node["allOf"]:
             return self.value(node["allOf"][0], name, depth + 1)
@@ -197,6 +210,10 @@ class _Filler:
             whole = self._next(self.integers, None)
             return self._clamp(node, whole if whole is not None else self.rng.randint(1, 100))
         if kind == "number":
+            if any(word in name.lower() for word in _TOTALS) and self.decimals:
+                largest = max(self.decimals)
+                self.decimals.remove(largest)
+                return self._clamp(node, largest)
             found = self._next(self.decimals, None)
             if found is None:
                 found = self._next(self.integers, None)
@@ -204,7 +221,8 @@ class _Filler:
                 node, found if found is not None else round(self.rng.uniform(1, 1000), 2)
             )
         if kind == "boolean":
-            return self.rng.random() < 0.5
+            said = _said(self.lower, name.lower())
+            return said if said is not None else self.rng.random() < 0.5
         if kind == "null":
             return None
         return self._string(node, name)
@@ -229,8 +247,8 @@ class _Filler:
                 f"2025-{self.rng.randint(1, 12):02d}-{self.rng.randint(1, 28):02d}"
             )
             return day if fmt == "date" else f"{day}T00:00:00Z"
-        if fmt == "email":
-            return f"{(name or 'someone').lower()}@example.com"
+        if fmt == "email" or "email" in name.lower():
+            return self.emails[0] if self.emails else f"{(name or 'someone').lower()}@example.com"
         if fmt == "uuid":
             return f"00000000-0000-4000-8000-{self.rng.getrandbits(48):012x}"
         if self.phrases:
@@ -253,3 +271,20 @@ def _to_number(raw: str) -> float | int | None:
     except ValueError:
         return None
     return int(number) if number.is_integer() and "." not in cleaned else number
+
+
+def _name_part(phrase: str) -> str:
+    """A capitalised phrase without the greeting or verb it starts with ("From Initech")."""
+    words = phrase.strip().split()
+    while words and words[0].lower().strip(".,:") in _NOT_NAMES:
+        words.pop(0)
+    return " ".join(words)
+
+
+def _said(text: str, name: str) -> bool | None:
+    """Whether the text affirms a yes/no field by its name ("paid" / "not paid", "unpaid"),
+    or None when it does not mention it."""
+    if not name or not re.search(rf"{re.escape(name)}\b", text):  # "unpaid" mentions it
+        return None
+    negated = re.search(rf"\b(?:not|never|un)\s*(?:yet\s+)?{re.escape(name)}\b", text)
+    return negated is None
