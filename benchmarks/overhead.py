@@ -2,7 +2,7 @@
 
 Run::
 
-    .venv/bin/python benchmarks/overhead.py [--rounds 7] [--calls 200] [--profile]
+    .venv/bin/python benchmarks/overhead.py [--rounds 25] [--calls 40] [--profile]
 
 The sandbox runs in **its own process** (``python -m cencori_nb sandbox``, zero latency):
 a sandbox in a thread of this process would add its CPU to every contender and hide the
@@ -50,6 +50,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -268,6 +269,8 @@ def _measure(url: str, rounds: int, calls: int, profile: bool) -> str:
         out.append(f"{title}:")
         out += summary(samples, next(iter(group)))
         out.append(verdict(samples, ours, next(iter(group))))
+    contenders = (raw_call, nb_call, raw_stream, nb_stream)
+    out += _no_network(raw, contenders, endpoint, rounds, calls, flush)
     threads = sorted(t.name for t in threading.enumerate())
     out.append(f"threads in this process at the end: {', '.join(threads)}")
     out += _cache_hits(rounds * 20)
@@ -288,6 +291,78 @@ def _measure(url: str, rounds: int, calls: int, profile: bool) -> str:
             pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
             out.append(f"\nprofile of {name}, main thread (tottime):\n" + buf.getvalue())
     return "\n".join(out)
+
+
+def _no_network(
+    raw_client: Any,
+    contenders: tuple[Callable[[], str], ...],
+    endpoint: str,
+    rounds: int,
+    calls: int,
+    flush: Callable[[], None],
+) -> list[str]:
+    """The same contenders with the network taken out: both clients get the sandbox's
+    recorded answers (status, headers, body bytes) from an ``httpx2.MockTransport``, so what
+    is left is each client's own CPU, free of loopback and of the sandbox's scheduling (on
+    a loaded machine the steadier reading of the bookkeeping's cost in µs)."""
+    import httpx2
+
+    from cencori_nb import transport
+
+    raw_call, nb_call, raw_stream, nb_stream = contenders
+    recorded: dict[bool, tuple[int, list[tuple[str, str]], bytes]] = {}
+    with httpx2.Client() as probe:
+        for streamed in (False, True):
+            answer = probe.post(
+                endpoint,
+                headers={"authorization": f"Bearer {KEY}"},
+                json={
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": PROMPT}],
+                    **(
+                        {
+                            "stream": True,
+                            "max_completion_tokens": 20,
+                            "stream_options": {"include_usage": True},
+                        }
+                        if streamed
+                        else {}
+                    ),
+                },
+            )
+            headers = [(k, v) for k, v in answer.headers.items() if k.lower() != "content-length"]
+            recorded[streamed] = (answer.status_code, headers, answer.content)
+
+    def replay(request: httpx2.Request) -> httpx2.Response:
+        status, headers, content = recorded[b'"stream":true' in request.content]
+        return httpx2.Response(status, headers=headers, content=content)
+
+    mock = httpx2.MockTransport(replay)
+    saved = raw_client._transport  # the raw contenders' client: the mock for a while
+    raw_client._transport = mock
+    transport.set_transport(mock)
+    try:
+        out = []
+        for title, group in (
+            ("calls, no network", {"raw httpx2": raw_call, "cencori_nb.chat": nb_call}),
+            (
+                "streams, no network",
+                {"raw httpx2 SSE": raw_stream, "cencori_nb.stream": nb_stream},
+            ),
+        ):
+            ours = next(n for n in group if n.startswith("cencori_nb"))
+            samples = interleaved(group, rounds, calls, {ours: flush})
+            base = next(iter(group))
+            extra = statistics.median(
+                v[0] - b[0] for v, b in zip(samples[ours], samples[base], strict=True)
+            )
+            out.append(f"{title} (MockTransport replaying the sandbox's answers):")
+            out += summary(samples, base)
+            out.append(f"  {ours} spends {extra:.0f} µs more client CPU per call (median)")
+        return out
+    finally:
+        transport.set_transport(None)
+        raw_client._transport = saved
 
 
 def _cache_hits(n: int) -> list[str]:
@@ -362,8 +437,10 @@ def _breakdown(n: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (>= 5)")
-    parser.add_argument("--calls", type=int, default=200, help="calls per contender per round")
+    # Many short rounds: on a shared machine the load moves within seconds, and contenders
+    # measured in the same few hundred milliseconds see the same load.
+    parser.add_argument("--rounds", type=int, default=25, help="interleaved rounds (>= 5)")
+    parser.add_argument("--calls", type=int, default=40, help="calls per contender per round")
     parser.add_argument("--profile", action="store_true", help="cProfile chat and stream")
     args = parser.parse_args()
     if args.rounds < 5:
