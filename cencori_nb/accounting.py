@@ -86,7 +86,7 @@ from .errors import (
     RequestTooLargeError,
 )
 from .ledger import Ledger, LedgerRow, default_ledger, from_pusd, new_client_id, now_ms, to_pusd
-from .settings import Settings, load_settings
+from .settings import Settings, current_member, load_settings
 from .types import Completion
 from .wallet import LowBalanceWarning
 
@@ -98,6 +98,7 @@ __all__ = [
     "LowBalanceWarning",
     "PricingWarning",
     "Reservation",
+    "TeamBudget",
     "areserve",
     "check_budget",
     "charge_for",
@@ -109,7 +110,10 @@ __all__ = [
     "record_failure",
     "record_recovered",
     "reserve",
+    "set_team_budget",
     "settle",
+    "team_budgeted",
+    "team_budgets",
 ]
 
 SOFT_THRESHOLDS = (50, 80, 100)
@@ -206,19 +210,32 @@ def _cap_error(
     estimate: Decimal | None,
     note: str = "",
     held: Decimal = Decimal(0),
+    *,
+    scope: str = "local",
 ) -> BudgetExceededError:
+    """``scope``: ``local`` (the project's cap in this machine's settings), or ``project``
+    / ``member`` (a team cap kept in the ledger, :func:`set_team_budget`)."""
     est = f" and this request is estimated at up to {_fmt(estimate)}{note}" if estimate else ""
     flight = f" ({_fmt(held)} more is reserved by requests in flight)" if held else ""
-    return BudgetExceededError(
-        f"Project {name!r} has spent {_fmt(spent)} this month (all spend incl. BYOK) of "
-        f"its {_fmt(cap)} hard cap"
-        f"{flight}{est}, so the request was not sent.",
-        hint=(
+    if scope == "local":
+        who, whose = f"Project {name!r}", "its"
+        hint = (
             f"Raise the cap with cencori_nb.settings.update_project({name!r}, "
             f"hard_cap_usd=...) or `cencori-nb credits budget --project {name} "
             "--hard-cap USD` (use `none` to remove it)."
-            + (" Setting max_tokens lowers the estimate." if note else "")
-        ),
+        )
+    else:
+        who = f"{'Project' if scope == 'project' else 'Member'} {name!r}"
+        whose = f"the team's {'project' if scope == 'project' else 'member'}"
+        hint = (
+            f"A team cap, shared by everyone on this ledger: change it with `cencori-nb "
+            f"ledger budget --{scope} {name} --hard-cap USD` (use `none` to remove it)."
+        )
+    return BudgetExceededError(
+        f"{who} has spent {_fmt(spent)} this month (all spend incl. BYOK) of "
+        f"{whose} {_fmt(cap)} hard cap"
+        f"{flight}{est}, so the request was not sent.",
+        hint=hint + (" Setting max_tokens lowers the estimate." if note else ""),
         project=name,
         spent_usd=spent,
         cap_usd=cap,
@@ -427,7 +444,7 @@ def _alive(pid: int, host: str, created_ms: int, now: int) -> bool:
     return started is None or started <= created_ms + 2000
 
 
-def _expire_stale(conn: sqlite3.Connection) -> None:
+def _expire_stale(conn: Any) -> None:
     now = now_ms()
     dead = [
         (rid,)
@@ -459,38 +476,62 @@ def _unpriced_error(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Cap:
+    """One hard cap a request must fit under: ``scope`` local (settings), project or
+    member (team caps in the ledger), and the project or member name it applies to."""
+
+    scope: str
+    name: str
+    cap: Decimal
+
+    def spent(self, led: Ledger) -> Decimal:
+        if self.scope == "member":
+            return led.month_cost(None, member=self.name)
+        return led.month_cost(self.name)
+
+    def held_sql(self) -> str:
+        column = "member" if self.scope == "member" else "project"
+        return (
+            "SELECT COALESCE(SUM(amount_pusd), 0) FROM budget_reservations "  # noqa: S608
+            f"WHERE {column} = ?"
+        )
+
+
 def _try_reserve(
     led: Ledger,
-    name: str,
-    cap: Decimal,
+    project: str,
+    caps: list[_Cap],
     estimate: Decimal,
     note: str,
     output_tokens: int,
     assumed: bool,
 ) -> Reservation | None:
-    """One attempt in one transaction: a Reservation, None (wait: fits once others settle),
-    or BudgetExceededError (cannot fit even then)."""
+    """One attempt in one transaction (which excludes every other writer of the ledger,
+    on every machine sharing it): a Reservation, None (wait: fits once others settle), or
+    BudgetExceededError (cannot fit even then). Every cap must hold."""
     est = to_pusd(estimate) or 0
+    wait = False
     with led.transaction() as conn:
         _expire_stale(conn)
-        spent = led.month_cost(name)  # inside the transaction: no flush, same snapshot
-        spent_p = to_pusd(spent) or 0
-        cap_p = to_pusd(cap) or 0
-        if spent_p + est > cap_p or (spent_p >= cap_p and est == 0):
-            raise _cap_error(name, spent, cap, estimate, note)
-        (held,) = conn.execute(
-            "SELECT COALESCE(SUM(amount_pusd), 0) FROM budget_reservations WHERE project = ?",
-            (name,),
-        ).fetchone()
-        if spent_p + int(held) + est > cap_p:
+        for cap in caps:
+            spent = cap.spent(led)  # inside the transaction: no flush, same connection
+            spent_p = to_pusd(spent) or 0
+            cap_p = to_pusd(cap.cap) or 0
+            if spent_p + est > cap_p or (spent_p >= cap_p and est == 0):
+                raise _cap_error(cap.name, spent, cap.cap, estimate, note, scope=cap.scope)
+            (held,) = conn.execute(cap.held_sql(), (cap.name,)).fetchone()
+            if spent_p + int(held) + est > cap_p:
+                wait = True
+        if wait:
             return None
         rid = uuid.uuid4().hex
         conn.execute(
-            "INSERT INTO budget_reservations (id, project, amount_pusd, pid, host, "
-            "created_ms) VALUES (?, ?, ?, ?, ?, ?)",
-            (rid, name, est, os.getpid(), _HOST, now_ms()),
+            "INSERT INTO budget_reservations (id, project, member, amount_pusd, pid, host, "
+            "created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (rid, project, current_member(), est, os.getpid(), _HOST, now_ms()),
         )
-    return Reservation(rid, name, estimate, output_tokens, assumed)
+    return Reservation(rid, project, estimate, output_tokens, assumed)
 
 
 def _reserve_steps(
@@ -508,14 +549,30 @@ def _reserve_steps(
     s = load_settings()
     name = _project(project, s)
     ps = s.for_project(name)
-    if ps.hard_cap_usd is None and ps.soft_budget_usd is None:
-        return None
     led = default_ledger()
+    member = current_member()
+    team = team_budgets(led)
+    tproject, tmember = team.get(("project", name)), team.get(("member", member))
+    if (
+        ps.hard_cap_usd is None
+        and ps.soft_budget_usd is None
+        and tproject is None
+        and tmember is None
+    ):
+        return None
     if ps.soft_budget_usd is not None:
         _soft_warnings(led, name, led.month_cost(name), ps.soft_budget_usd)
-    if ps.hard_cap_usd is None or test_mode:
+    for scope, who, budget in (("project", name, tproject), ("member", member, tmember)):
+        if budget is not None and budget.soft_usd is not None:
+            spent = led.month_cost(None, member=who) if scope == "member" else led.month_cost(who)
+            _soft_warnings(led, who, spent, budget.soft_usd, scope=scope)
+    caps = [_Cap("local", name, ps.hard_cap_usd)] if ps.hard_cap_usd is not None else []
+    for scope, who, budget in (("project", name, tproject), ("member", member, tmember)):
+        if budget is not None and budget.hard_cap_usd is not None:
+            caps.append(_Cap(scope, who, budget.hard_cap_usd))
+    if not caps or test_mode:
         return None  # no cap, or a free test-key request
-    cap = ps.hard_cap_usd
+    cap = min(c.cap for c in caps)
     if estimate is None:
         if model not in s.unpriced_models_allowed:
             raise _unpriced_error(name, model, provider, cap)
@@ -524,12 +581,21 @@ def _reserve_steps(
     deadline = time.monotonic() + RESERVATION_WAIT_S
     delay = 0.01
     while True:
-        got = _try_reserve(led, name, cap, estimate, note, output_tokens, output_assumed)
+        got = _try_reserve(led, name, caps, estimate, note, output_tokens, output_assumed)
         if got is not None:
             return got
         if time.monotonic() > deadline:
-            spent = led.month_cost(name)
-            raise _cap_error(name, spent, cap, estimate, note, held=_held(led, name))
+            tight = min(caps, key=lambda c: c.cap)
+            spent = tight.spent(led)
+            raise _cap_error(
+                tight.name,
+                spent,
+                tight.cap,
+                estimate,
+                note,
+                held=_held(led, name),
+                scope=tight.scope,
+            )
         yield delay
         delay = min(delay * 2, 0.25)
 
@@ -627,8 +693,10 @@ def release_job_amount(reservation_id: str, amount_usd: Decimal | None, conn: An
             c.execute("DELETE FROM budget_reservations WHERE id = ?", (reservation_id,))
             return
         c.execute(
-            "UPDATE budget_reservations SET amount_pusd = MAX(0, amount_pusd - ?) WHERE id = ?",
-            (to_pusd(amount_usd) or 0, reservation_id),
+            # CASE, not MAX(0, …): the same statement runs on PostgreSQL (GREATEST there)
+            "UPDATE budget_reservations SET amount_pusd = CASE WHEN amount_pusd > ? "
+            "THEN amount_pusd - ? ELSE 0 END WHERE id = ?",
+            (to_pusd(amount_usd) or 0, to_pusd(amount_usd) or 0, reservation_id),
         )
 
     if conn is not None:
@@ -638,36 +706,167 @@ def release_job_amount(reservation_id: str, amount_usd: Decimal | None, conn: An
         run(c)
 
 
+@dataclass(frozen=True, slots=True)
+class TeamBudget:
+    """A monthly soft budget and/or hard cap kept in the ledger, so that everyone writing
+    to the same (PostgreSQL) ledger enforces it: for a ``project`` or for a ``member``
+    (their spend across all projects). USD; None = not set."""
+
+    scope: str
+    name: str
+    soft_usd: Decimal | None
+    hard_cap_usd: Decimal | None
+
+
+# Team budgets are read at most once a second per process (a change by a teammate takes
+# effect within a second); the last read is also kept in a local 0600 file, so a process
+# that starts while a shared ledger's server is away still knows whether a cap applies.
+TEAM_BUDGETS_TTL_S = 1.0
+_team_lock = threading.Lock()
+_team_cache: dict[str, tuple[float, dict[tuple[str, str], TeamBudget]]] = {}
+
+
+def _budgets_file(led: Ledger) -> Any:
+    return led.path.with_name(led.path.stem + "-budgets.json")
+
+
+def team_budgets(
+    ledger: Ledger | None = None, *, fresh: bool = False
+) -> dict[tuple[str, str], TeamBudget]:
+    """Every team budget, keyed ``(scope, name)``; cached for :data:`TEAM_BUDGETS_TTL_S`."""
+    import json
+
+    from .home import atomic_write
+
+    led = ledger or default_ledger()
+    now = time.monotonic()
+    with _team_lock:
+        hit = _team_cache.get(led.label)
+        if hit is not None and not fresh and now - hit[0] < TEAM_BUDGETS_TTL_S:
+            return hit[1]
+    try:
+        rows = led.query("SELECT scope, name, soft_budget_pusd, hard_cap_pusd FROM budgets")
+    except LedgerError:
+        if not led.is_shared:
+            raise
+        try:  # the server is away: the budgets as last read
+            rows = json.loads(_budgets_file(led).read_text())
+        except (OSError, ValueError):
+            raise LedgerError(
+                f"The team ledger {led.label} cannot be reached and this machine has not "
+                "read its team budgets yet, so a hard cap may apply; no request was sent.",
+                hint="Run again when the server is reachable.",
+            ) from None
+    else:
+        if led.is_shared:
+            with contextlib.suppress(OSError):
+                atomic_write(_budgets_file(led), json.dumps([list(r) for r in rows]).encode())
+    budgets = {
+        (str(scope), str(name)): TeamBudget(
+            str(scope),
+            str(name),
+            from_pusd(None if soft is None else int(soft)),
+            from_pusd(None if hard is None else int(hard)),
+        )
+        for scope, name, soft, hard in rows
+    }
+    with _team_lock:
+        _team_cache[led.label] = (now, budgets)
+    return budgets
+
+
+def team_budgeted(project: str, ledger: Ledger | None = None) -> bool:
+    """Whether a team budget (kept in the ledger) applies to ``project`` or to the current
+    member: then every request is estimated and reserved (:func:`reserve`). Cheap: the
+    budgets are re-read at most once a second."""
+    budgets = team_budgets(ledger)
+    return bool(budgets) and (
+        ("project", project) in budgets or ("member", current_member()) in budgets
+    )
+
+
+_UNSET: Any = object()
+
+
+def set_team_budget(
+    *,
+    project: str | None = None,
+    member: str | None = None,
+    soft_usd: Decimal | None = _UNSET,
+    hard_cap_usd: Decimal | None = _UNSET,
+    ledger: Ledger | None = None,
+) -> TeamBudget:
+    """Set (or, with None, remove) the monthly soft budget and/or hard cap of a project or
+    of a member, in the ledger: with a shared PostgreSQL ledger, every member's requests
+    are held to it. Give exactly one of ``project`` and ``member``."""
+    if (project is None) == (member is None):
+        from .errors import ConfigurationError
+
+        raise ConfigurationError("Name either a project or a member for a team budget.")
+    scope, name = ("project", project) if project is not None else ("member", member)
+    assert name is not None
+    led = ledger or default_ledger()
+    current = team_budgets(led, fresh=True).get((scope, name))
+    soft = (current.soft_usd if current else None) if soft_usd is _UNSET else soft_usd
+    hard = (current.hard_cap_usd if current else None) if hard_cap_usd is _UNSET else hard_cap_usd
+    with led.transaction() as conn:
+        if soft is None and hard is None:
+            conn.execute("DELETE FROM budgets WHERE scope = ? AND name = ?", (scope, name))
+        else:
+            conn.execute(
+                "INSERT INTO budgets (scope, name, soft_budget_pusd, hard_cap_pusd, updated_ms) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (scope, name) DO UPDATE SET "
+                "soft_budget_pusd = excluded.soft_budget_pusd, "
+                "hard_cap_pusd = excluded.hard_cap_pusd, updated_ms = excluded.updated_ms",
+                (scope, name, to_pusd(soft), to_pusd(hard), now_ms()),
+            )
+    team_budgets(led, fresh=True)  # this process, and the local copy, see it at once
+    return TeamBudget(scope, name, soft, hard)
+
+
 def _month_key(at: datetime | None = None) -> str:
     return (at or datetime.now(UTC)).strftime("%Y-%m")
 
 
-def _soft_warnings(led: Ledger, project: str, spent: Decimal, budget: Decimal) -> None:
+def _soft_warnings(
+    led: Ledger, project: str, spent: Decimal, budget: Decimal, *, scope: str = "local"
+) -> None:
+    """Warn once per threshold per month (remembered in the ledger). ``scope`` ``project``
+    / ``member``: a team soft budget (``project`` is then the project or member name; its
+    alerts are remembered under ``team-project:NAME`` / ``team-member:NAME``)."""
     if budget <= 0:
         return
     pct = spent * 100 / budget
     month = _month_key()
+    key = project if scope == "local" else f"team-{scope}:{project}"
     for threshold in SOFT_THRESHOLDS:
         if pct < threshold:
             break
         with led.transaction() as conn:
             new = (
                 conn.execute(
-                    "INSERT OR IGNORE INTO budget_alerts (project, month, threshold, ts_ms) "
-                    "VALUES (?, ?, ?, ?)",
-                    (project, month, threshold, now_ms()),
+                    "INSERT INTO budget_alerts (project, month, threshold, ts_ms) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (key, month, threshold, now_ms()),
                 ).rowcount
                 == 1
             )
-        if new:
-            warnings.warn(
-                f"Project {project!r} has spent {_fmt(spent)} this month (all spend incl. "
-                f"BYOK), {threshold}% of its "
-                f"{_fmt(budget)} soft budget. Change it with cencori_nb.settings."
-                f"update_project({project!r}, soft_budget_usd=...).",
-                BudgetWarning,
-                stacklevel=4,
-            )
+        if not new:
+            continue
+        if scope == "local":
+            change = f"cencori_nb.settings.update_project({project!r}, soft_budget_usd=...)"
+            who, whose = f"Project {project!r}", "its"
+        else:
+            change = f"`cencori-nb ledger budget --{scope} {project} --soft USD`"
+            who = f"{'Project' if scope == 'project' else 'Member'} {project!r}"
+            whose = f"the team's {scope}"
+        warnings.warn(
+            f"{who} has spent {_fmt(spent)} this month (all spend incl. "
+            f"BYOK), {threshold}% of {whose} "
+            f"{_fmt(budget)} soft budget. Change it with {change}.",
+            BudgetWarning,
+            stacklevel=4,
+        )
 
 
 def settle(

@@ -235,7 +235,7 @@ class _ReserveArgs(TypedDict):
 
 def _reserve_args(request: ChatRequest, decision: Decision) -> _ReserveArgs | None:
     """Arguments for accounting.reserve; None when the project has no budget (no estimate)."""
-    if not decision.budgeted:
+    if not decision.budgeted and not accounting.team_budgeted(decision.project):
         return None
     estimate, out, assumed = accounting.estimate_for(
         decision.provider,

@@ -196,6 +196,8 @@ class LedgerRow:
     client_id: str = field(default_factory=new_client_id)
 
     def __post_init__(self) -> None:
+        if not self.member:
+            self.member = _member()
         if self.cost_usd is DERIVE:
             from .accounting import cost_of  # the one rule (accounting imports this module)
 
@@ -213,6 +215,9 @@ class LedgerRow:
 
     gateway_cache: str | None = None  # Cencori's X-Cencori-Cache (managed route)
     model_original: str | None = None  # the model asked for, when the gateway upgraded it
+    # who made the request (settings.current_member(): CENCORI_NB_MEMBER, the member
+    # setting, else user@host); filled in when the row is stored
+    member: str = ""
 
     def as_params(self) -> tuple[Any, ...]:
         return (
@@ -242,6 +247,7 @@ class LedgerRow:
             int(bool(self.test_mode)),
             self.gateway_cache,
             self.model_original,
+            self.member,
         )
 
 
@@ -273,7 +279,24 @@ COLUMNS = (
     "test_mode",
     "gateway_cache",
     "model_original",
+    "member",
 )
+# what a row written by a version before a column existed holds in it (spill and journal
+# lines outlive upgrades)
+_COLUMN_DEFAULTS: dict[str, Any] = {"member": ""}
+
+
+def _member() -> str:
+    from .settings import current_member  # here: settings is heavier than this module
+
+    return current_member()
+
+
+def _params_from(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A stored row (spill file, journal) → INSERT parameters in COLUMNS order."""
+    return tuple(row[c] if c in row else _COLUMN_DEFAULTS[c] for c in COLUMNS)
+
+
 # ON CONFLICT DO NOTHING (not INSERT OR IGNORE, which would also drop rows failing a CHECK)
 INSERT_SQL = (
     f"INSERT INTO requests ({', '.join(COLUMNS)}) "  # noqa: S608 (constants)
@@ -325,7 +348,31 @@ class Ledger:
 
     Thread-safe: one connection guarded by a lock. Cross-process safety comes from SQLite
     (WAL, busy timeout, ``BEGIN IMMEDIATE`` for read-modify-write).
+
+    The backend interface (what :class:`cencori_nb.ledger_postgres.PostgresLedger`
+    overrides; callers never see which one they have): ``dialect``, ``label``, ``_open``,
+    ``_connection``, ``_begin``, ``_error``, ``_insert_guarded`` and the two error families
+    ``_db_errors`` / ``_integrity_errors``. Every SQL statement callers pass is written to
+    run on both (``?`` parameters, ``ON CONFLICT``, ``TRUE``, ``CASE`` instead of summing
+    booleans).
     """
+
+    dialect = "sqlite"
+    # what the driver raises: a database failure (→ LedgerError), and a bad row
+    _db_errors: tuple[type[BaseException], ...] = (sqlite3.DatabaseError,)
+    _integrity_errors: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
+
+    @property
+    def label(self) -> str:
+        """Where the ledger is, as it may be shown to a person (a path or ``…@host/db``)."""
+        return str(self.path)
+
+    @property
+    def is_shared(self) -> bool:
+        """True for a ledger on a server that several people and machines write to."""
+        return False
+
+    target: str | None = None  # which server database (PostgreSQL); None: the file
 
     def __init__(
         self, path: Path | str | None = None, *, busy_timeout_s: float = BUSY_TIMEOUT_S
@@ -371,6 +418,10 @@ class Ledger:
         self._replay_spill()
         self._reclaim_inflight()
 
+    def _reason(self, exc: BaseException) -> str:
+        """The text of a driver failure, safe to show and store."""
+        return str(exc)
+
     def _error(self, exc: BaseException) -> LedgerError:
         """The LedgerError for a SQLite failure on this file, with what to do about it."""
         text = str(exc)
@@ -413,14 +464,33 @@ class Ledger:
         return self._conn
 
     @contextlib.contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """The connection to run statements on (the caller holds ``_lock``)."""
+        yield self.conn
+
+    def _begin(self, conn: Any) -> None:
+        """Start a write transaction that excludes every other writer until it ends (so a
+        read-modify-write such as a reservation or a wallet debit cannot interleave)."""
+        conn.execute("BEGIN IMMEDIATE")
+
+    def _insert_guarded(self, conn: Any, item: _Item) -> int:
+        """Insert one replayed row inside a transaction; a bad row is logged and skipped
+        without ending the transaction."""
+        try:
+            return int(self._insert_item(conn, item))
+        except self._integrity_errors as exc:  # a bad row: log, never block
+            self._drop([item], exc)
+            return 0
+
+    @contextlib.contextmanager
     def _sqlite_errors(self) -> Iterator[None]:
-        """Turn SQLite's failures into :class:`LedgerError` (a constraint violation, which
-        is a bug in the row and not the file's fault, stays ``IntegrityError``)."""
+        """Turn the database's failures into :class:`LedgerError` (a constraint violation,
+        which is a bug in the row and not the database's fault, stays as it is)."""
         try:
             yield
-        except sqlite3.IntegrityError:
+        except self._integrity_errors:
             raise
-        except sqlite3.DatabaseError as exc:
+        except self._db_errors as exc:
             raise self._error(exc) from None
 
     # -- writing ---------------------------------------------------------------------
@@ -431,9 +501,8 @@ class Ledger:
         Queued rows are written first, so transactions stay in the order they were asked for.
         """
         self.flush()
-        with self._lock, self._holding(), self._sqlite_errors():
-            conn = self.conn
-            conn.execute("BEGIN IMMEDIATE")
+        with self._lock, self._holding(), self._sqlite_errors(), self._connection() as conn:
+            self._begin(conn)
             self._inserted = []
             try:
                 yield conn
@@ -457,23 +526,23 @@ class Ledger:
 
     _holder: int | None = None
 
-    def insert(self, conn: sqlite3.Connection, row: LedgerRow) -> bool:
+    def insert(self, conn: Any, row: LedgerRow) -> bool:
         """Insert ``row`` inside a caller's transaction; False if it was a duplicate."""
         self._inserted.append(row.client_id)  # in flight until the commit
-        return conn.execute(INSERT_SQL, row.as_params()).rowcount == 1
+        return bool(conn.execute(INSERT_SQL, row.as_params()).rowcount == 1)
 
     def record(self, row: LedgerRow) -> bool:
         """Write one row now (one commit); False if its ``client_id`` was already there."""
         self.flush()
-        with self._lock, self._sqlite_errors():
-            inserted = self.conn.execute(INSERT_SQL, row.as_params()).rowcount == 1
+        with self._lock, self._sqlite_errors(), self._connection() as conn:
+            inserted = bool(conn.execute(INSERT_SQL, row.as_params()).rowcount == 1)
         self._resolve([row.client_id])
         return inserted
 
     def submit(
         self,
         row: LedgerRow,
-        on_insert: Callable[[sqlite3.Connection], Any] | None = None,
+        on_insert: Callable[[Any], Any] | None = None,
         *,
         debit_usd: Decimal | None = None,
     ) -> None:
@@ -528,22 +597,27 @@ class Ledger:
 
     # -- reading ---------------------------------------------------------------------
     @contextlib.contextmanager
-    def locked(self) -> Iterator[sqlite3.Connection]:
+    def locked(self) -> Iterator[Any]:
         """The connection for reads, after a flush, holding the thread lock."""
         self.flush()
-        with self._lock, self._holding(), self._sqlite_errors():
-            yield self.conn
+        with self._lock, self._holding(), self._sqlite_errors(), self._connection() as conn:
+            yield conn
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self.flush()
-        with self._lock, self._sqlite_errors():
-            return self.conn.execute(sql, params).fetchall()
+        with self._lock, self._sqlite_errors(), self._connection() as conn:
+            return list(conn.execute(sql, params).fetchall())
 
     def rows(
-        self, *, since: Any = None, project: str | None = None, status: str | None = None
+        self,
+        *,
+        since: Any = None,
+        project: str | None = None,
+        status: str | None = None,
+        member: str | None = None,
     ) -> list[LedgerRow]:
         """Rows (oldest first) as :class:`LedgerRow` objects with Decimal money."""
-        where, params = self.where(since=since, project=project)
+        where, params = self.where(since=since, project=project, member=member)
         if status:
             where += " AND status = ?"
             params.append(status)
@@ -564,10 +638,14 @@ class Ledger:
 
     @staticmethod
     def where(
-        *, since: Any = None, project: str | None = None, until: Any = None
+        *,
+        since: Any = None,
+        project: str | None = None,
+        until: Any = None,
+        member: str | None = None,
     ) -> tuple[str, list[Any]]:
         """A WHERE clause (always true when no filter) and its parameters."""
-        clauses: list[str] = ["1"]
+        clauses: list[str] = ["TRUE"]
         params: list[Any] = []
         since_ms = parse_since(since)
         if since_ms is not None:
@@ -580,6 +658,9 @@ class Ledger:
         if project:
             clauses.append("project = ?")
             params.append(project)
+        if member:
+            clauses.append("member = ?")
+            params.append(member)
         return " AND ".join(clauses), params
 
     def has_row(self, client_id: str) -> bool:
@@ -589,20 +670,27 @@ class Ledger:
     def count(self) -> int:
         return int(self.query("SELECT COUNT(*) FROM requests")[0][0])
 
-    def month_cost(self, project: str, *, at: datetime | None = None) -> Decimal:
-        """What ``project`` cost its user this UTC month: the sum of the rows' stored
-        ``cost_usd`` (credits charged; for BYOK the provider's list price plus any fee).
-        Every status counts: a failed or cached row costs 0 unless it was billed."""
+    def month_cost(
+        self, project: str | None, *, member: str | None = None, at: datetime | None = None
+    ) -> Decimal:
+        """What ``project`` (None: every project) cost its user this UTC month, or only
+        ``member``'s requests in it: the sum of the rows' stored ``cost_usd`` (credits
+        charged; for BYOK the provider's list price plus any fee). Every status counts: a
+        failed or cached row costs 0 unless it was billed."""
         start = month_start_ms(at)
         end = month_start_ms(
             (datetime.fromtimestamp(start / 1000, UTC) + timedelta(days=32)).replace(day=1)
         )
+        sql = "SELECT COALESCE(SUM(cost_pusd), 0) FROM requests_daily WHERE day >= ? AND day < ?"
+        params: list[Any] = [start // DAY_MS, end // DAY_MS]
+        if project is not None:
+            sql += " AND project = ?"
+            params.append(project)
+        if member is not None:
+            sql += " AND member = ?"
+            params.append(member)
         # a month is whole UTC days, so the daily rollup answers it exactly
-        (total,) = self.query(
-            "SELECT COALESCE(SUM(cost_pusd), 0) FROM requests_daily "
-            "WHERE day >= ? AND day < ? AND project = ?",
-            (start // DAY_MS, end // DAY_MS, project),
-        )[0]
+        (total,) = self.query(sql, params)[0]
         return from_pusd(int(total)) or Decimal(0)
 
     def close(self) -> None:
@@ -617,9 +705,12 @@ class Ledger:
             journal.close()
         self._journal = None
         with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
-                self._conn.close()
-            self._conn = None
+            self._close_connection()
+
+    def _close_connection(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
 
     def _write_batch(self, batch: list[_Item]) -> None:
         """Commit one batch of queued rows (the writer thread calls this), then run the
@@ -631,11 +722,11 @@ class Ledger:
             return
         try:
             self._commit(batch)
-        except sqlite3.IntegrityError as exc:
+        except self._integrity_errors as exc:
             self._salvage(batch, exc)
             return
-        except sqlite3.DatabaseError as exc:
-            self._spill(batch, str(exc))
+        except self._db_errors as exc:
+            self._spill(batch, self._reason(exc))
             return
         except Exception as exc:  # noqa: BLE001 - a bad row must not kill the writer
             self._salvage(batch, exc)
@@ -648,9 +739,8 @@ class Ledger:
         delay = 0.05
         for attempt in range(3):
             try:
-                with self._lock:
-                    conn = self.conn
-                    conn.execute("BEGIN IMMEDIATE")
+                with self._lock, self._connection() as conn:
+                    self._begin(conn)
                     try:
                         for item in batch:
                             if item.params is not None:
@@ -670,9 +760,9 @@ class Ledger:
                 raise
 
     @staticmethod
-    def _insert_item(conn: sqlite3.Connection, item: _Item) -> bool:
+    def _insert_item(conn: Any, item: _Item) -> bool:
         assert item.params is not None
-        inserted = conn.execute(INSERT_SQL, item.params).rowcount == 1
+        inserted = bool(conn.execute(INSERT_SQL, item.params).rowcount == 1)
         if inserted:
             if item.debit_pusd:
                 from .wallet import debit_in  # here: wallet imports the ledger
@@ -716,7 +806,7 @@ class Ledger:
         _log.error(
             "cencori_nb: %d ledger row(s) could not be written to %s: %s",
             len(batch),
-            self.path,
+            self.label,
             exc,
         )
 
@@ -803,7 +893,7 @@ class Ledger:
         _log.error(
             "cencori_nb: %d ledger row(s) could not be committed to %s (%s); kept in %s",
             len(rows),
-            self.path,
+            self.label,
             reason,
             self.spill_path,
         )
@@ -868,15 +958,11 @@ class Ledger:
 
     def _replay_items(self, items: list[_Item]) -> int:
         written = 0
-        with self._lock, self._sqlite_errors():
-            conn = self.conn
-            conn.execute("BEGIN IMMEDIATE")
+        with self._lock, self._sqlite_errors(), self._connection() as conn:
+            self._begin(conn)
             try:
                 for item in items:
-                    try:
-                        written += self._insert_item(conn, item)
-                    except sqlite3.IntegrityError as exc:  # a bad row: log, never block
-                        self._drop([item], exc)
+                    written += self._insert_guarded(conn, item)
                 conn.execute("COMMIT")
             except BaseException:
                 _rollback(conn)
@@ -917,7 +1003,7 @@ class Ledger:
             f"{self.spill_path} could not be written either)"
         )
         return LedgerWriteError(
-            f"The usage ledger {self.path} could not record {self._pending} request(s) "
+            f"The usage ledger {self.label} could not record {self._pending} request(s) "
             f"({self._failure}); they are {where}. This request was not sent.",
             hint=(
                 "Fix the cause (free disk space, close the program holding the file, or "
@@ -1003,13 +1089,13 @@ def _priced_intent(data: Any) -> _Item:
     row["credits_charged_pusd"] = to_pusd(charge) or 0
     row["cost_pusd"] = to_pusd(cost_of(row["route"], quote.cost_usd, charge, test_mode=test_mode))
     row["price_version"] = quote.version
-    return _Item(tuple(row[c] for c in COLUMNS), None, row["credits_charged_pusd"] or None)
+    return _Item(_params_from(row), None, row["credits_charged_pusd"] or None)
 
 
-def _rollback(conn: sqlite3.Connection) -> None:
+def _rollback(conn: Any) -> None:
     """End a failed transaction (a failed COMMIT may or may not have ended it already)."""
     if conn.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(Exception):
             conn.execute("ROLLBACK")
 
 
@@ -1034,8 +1120,7 @@ class _Item:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> _Item:
-        row = data["row"]
-        return cls(tuple(row[c] for c in COLUMNS), None, data.get("debit_pusd"))
+        return cls(_params_from(data["row"]), None, data.get("debit_pusd"))
 
 
 # How long the writer gathers rows before committing them in one transaction, and the most
@@ -1121,19 +1206,34 @@ _default_env: str | None = None  # CENCORI_NB_HOME when _default was opened
 _default_lock = threading.Lock()
 
 
+ENV_LEDGER_URL = "CENCORI_NB_LEDGER_URL"
+
+
 def default_ledger() -> Ledger:
-    """The process's ledger for the current home (opened and migrated on first use)."""
+    """The process's ledger (opened and migrated on first use): PostgreSQL when a ledger
+    URL is configured (``CENCORI_NB_LEDGER_URL``, else ``cencori-nb ledger use URL``), else
+    ``ledger.sqlite`` in the current home."""
     global _default, _default_env
-    env = os.environ.get(ENV_HOME)
+    env = f"{os.environ.get(ENV_HOME)}\0{os.environ.get(ENV_LEDGER_URL)}"
     led = _default
     if led is not None and env == _default_env:  # cheap: no path building per request
         return led
     with _default_lock:
-        if _default is not None and _default.path != ledger_path():
+        from .ledger_postgres import configured_url  # here: it imports this module
+
+        url = configured_url()
+        if _default is not None and (
+            _default.path != ledger_path() if url is None else _default.target != url.key
+        ):
             _default.close()
             _default = None
         if _default is None:
-            _default = Ledger()
+            if url is None:
+                _default = Ledger()
+            else:
+                from .ledger_postgres import PostgresLedger
+
+                _default = PostgresLedger(url)
         _default_env = env
         return _default
 

@@ -1,4 +1,5 @@
-"""Named, ordered schema migrations of the ledger (``ledger.sqlite``).
+"""Named, ordered schema migrations of the ledger (``ledger.sqlite``, or a PostgreSQL
+database: :data:`PG_MIGRATIONS`, applied by :mod:`cencori_nb.ledger_postgres`).
 
 Each migration is a name and a list of SQL statements; the names applied are recorded in
 the ``_migrations`` table, so a file written by an older version is brought forward one
@@ -24,7 +25,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime
 
-__all__ = ["MIGRATIONS", "applied", "migrate"]
+__all__ = ["MIGRATIONS", "PG_MIGRATIONS", "applied", "migrate"]
 
 MIGRATIONS: list[tuple[str, list[str]]] = [
     (
@@ -300,6 +301,240 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         [
             "ALTER TABLE requests ADD COLUMN gateway_cache TEXT",
             "ALTER TABLE requests ADD COLUMN model_original TEXT",
+        ],
+    ),
+    # Teams (issue 17): every row names the member who made it (CENCORI_NB_MEMBER, the
+    # ``member`` setting, else user@host; '' for rows written before), the rollup groups by
+    # member too (so spend(by="member") reads the rollup), reservations name their member,
+    # and ``budgets`` holds monthly soft budgets and hard caps per project or per member,
+    # kept in the ledger so that everyone sharing it enforces the same ones. The rollup's
+    # key changes, so it is rebuilt (SQLite cannot alter a primary key).
+    (
+        "007_members_and_team_budgets",
+        [
+            "ALTER TABLE requests ADD COLUMN member TEXT NOT NULL DEFAULT ''",
+            "CREATE INDEX requests_member_ts ON requests (member, ts_ms)",
+            """CREATE TABLE requests_daily_new (
+            day INTEGER NOT NULL,
+            project TEXT NOT NULL,
+            member TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            route TEXT NOT NULL,
+            status TEXT NOT NULL,
+            requests INTEGER NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL,
+            cache_read_tokens INTEGER NOT NULL,
+            cache_write_tokens INTEGER NOT NULL,
+            provider_cost_pusd INTEGER,
+            credits_charged_pusd INTEGER NOT NULL,
+            cost_pusd INTEGER NOT NULL,
+            unpriced INTEGER NOT NULL,
+            estimated INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, project, member, provider, model, route, status)
+        ) WITHOUT ROWID""",
+            """INSERT INTO requests_daily_new SELECT day, project, '', provider, model, route,
+            status, requests, input_tokens, output_tokens, cache_read_tokens,
+            cache_write_tokens, provider_cost_pusd, credits_charged_pusd, cost_pusd,
+            unpriced, estimated FROM requests_daily""",
+            "DROP TRIGGER requests_daily_insert",  # first: it names the table being replaced
+            "DROP TABLE requests_daily",
+            "ALTER TABLE requests_daily_new RENAME TO requests_daily",
+            """CREATE TRIGGER requests_daily_insert AFTER INSERT ON requests BEGIN
+            INSERT INTO requests_daily (day, project, member, provider, model, route, status,
+                requests, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+                provider_cost_pusd, credits_charged_pusd, cost_pusd, unpriced, estimated)
+            VALUES (
+                NEW.ts_ms / 86400000, NEW.project, NEW.member, NEW.provider,
+                COALESCE(NEW.model, NEW.model_requested, ''), NEW.route, NEW.status, 1,
+                NEW.input_tokens, NEW.output_tokens, NEW.cache_read_tokens,
+                NEW.cache_write_tokens, NEW.provider_cost_pusd, NEW.credits_charged_pusd,
+                COALESCE(NEW.cost_pusd, 0), NEW.provider_cost_pusd IS NULL,
+                NEW.estimated != 0)
+            ON CONFLICT DO UPDATE SET
+                requests = requests + 1,
+                input_tokens = input_tokens + excluded.input_tokens,
+                output_tokens = output_tokens + excluded.output_tokens,
+                cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+                cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
+                provider_cost_pusd = CASE WHEN excluded.provider_cost_pusd IS NULL
+                    THEN provider_cost_pusd
+                    ELSE COALESCE(provider_cost_pusd, 0) + excluded.provider_cost_pusd END,
+                credits_charged_pusd = credits_charged_pusd + excluded.credits_charged_pusd,
+                cost_pusd = cost_pusd + excluded.cost_pusd,
+                unpriced = unpriced + excluded.unpriced,
+                estimated = estimated + excluded.estimated;
+        END""",
+            "ALTER TABLE budget_reservations ADD COLUMN member TEXT NOT NULL DEFAULT ''",
+            """CREATE TABLE budgets (
+            scope TEXT NOT NULL CHECK (scope IN ('project', 'member')),
+            name TEXT NOT NULL,
+            soft_budget_pusd INTEGER,
+            hard_cap_pusd INTEGER,
+            updated_ms INTEGER NOT NULL,
+            PRIMARY KEY (scope, name)
+        )""",
+        ],
+    ),
+]
+
+# The same migrations, by the same names, for a PostgreSQL ledger (issue 17). PostgreSQL
+# ledgers start with this version, so no PostgreSQL database holds data of the shapes
+# 001-006 changed from: 001 creates their final schema in one step and 002-006 are recorded
+# without statements (a name is still applied once, in order, so `cencori-nb ledger
+# migrate` reports the same list on both). From 007 on, each step is written for both.
+# Types: epoch ms, tokens and pico-USD are BIGINT (SUMs come back as exact NUMERIC);
+# flags stay 0/1 integers so rows read the same as from SQLite. The rollup is kept by a
+# row trigger whose upsert is safe under concurrent writers.
+_PG_REQUESTS = """CREATE TABLE requests (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ts_ms BIGINT NOT NULL,
+    client_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    project TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model_requested TEXT,
+    model TEXT,
+    route TEXT NOT NULL,
+    credential_source TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL CHECK (status IN ('ok', 'error', 'cached', 'interrupted')),
+    error_code TEXT,
+    input_tokens BIGINT NOT NULL DEFAULT 0,
+    output_tokens BIGINT NOT NULL DEFAULT 0,
+    cache_read_tokens BIGINT NOT NULL DEFAULT 0,
+    cache_write_tokens BIGINT NOT NULL DEFAULT 0,
+    thinking_tokens BIGINT NOT NULL DEFAULT 0,
+    provider_cost_pusd BIGINT,
+    credits_charged_pusd BIGINT NOT NULL DEFAULT 0,
+    estimated INTEGER NOT NULL DEFAULT 0,
+    price_version TEXT,
+    latency_ms DOUBLE PRECISION,
+    ttft_ms DOUBLE PRECISION,
+    cost_pusd BIGINT,
+    test_mode INTEGER NOT NULL DEFAULT 0,
+    gateway_cache TEXT,
+    model_original TEXT
+)"""
+_PG_ROLLUP_FUNCTION = """CREATE OR REPLACE FUNCTION requests_daily_add() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    INSERT INTO requests_daily AS d (day, project, {member_col}provider, model, route, status,
+        requests, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+        provider_cost_pusd, credits_charged_pusd, cost_pusd, unpriced, estimated)
+    VALUES (NEW.ts_ms / 86400000, NEW.project, {member_val}NEW.provider,
+        COALESCE(NEW.model, NEW.model_requested, ''), NEW.route, NEW.status, 1,
+        NEW.input_tokens, NEW.output_tokens, NEW.cache_read_tokens, NEW.cache_write_tokens,
+        NEW.provider_cost_pusd, NEW.credits_charged_pusd, COALESCE(NEW.cost_pusd, 0),
+        CASE WHEN NEW.provider_cost_pusd IS NULL THEN 1 ELSE 0 END,
+        CASE WHEN NEW.estimated != 0 THEN 1 ELSE 0 END)
+    ON CONFLICT ON CONSTRAINT requests_daily_pkey DO UPDATE SET
+        requests = d.requests + 1,
+        input_tokens = d.input_tokens + EXCLUDED.input_tokens,
+        output_tokens = d.output_tokens + EXCLUDED.output_tokens,
+        cache_read_tokens = d.cache_read_tokens + EXCLUDED.cache_read_tokens,
+        cache_write_tokens = d.cache_write_tokens + EXCLUDED.cache_write_tokens,
+        provider_cost_pusd = CASE WHEN EXCLUDED.provider_cost_pusd IS NULL
+            THEN d.provider_cost_pusd
+            ELSE COALESCE(d.provider_cost_pusd, 0) + EXCLUDED.provider_cost_pusd END,
+        credits_charged_pusd = d.credits_charged_pusd + EXCLUDED.credits_charged_pusd,
+        cost_pusd = d.cost_pusd + EXCLUDED.cost_pusd,
+        unpriced = d.unpriced + EXCLUDED.unpriced,
+        estimated = d.estimated + EXCLUDED.estimated;
+    RETURN NULL;
+END
+$fn$"""
+
+PG_MIGRATIONS: list[tuple[str, list[str]]] = [
+    (
+        "001_create_requests",
+        [
+            _PG_REQUESTS,
+            "CREATE UNIQUE INDEX requests_client_id ON requests (client_id)",
+            "CREATE INDEX requests_request_id ON requests (request_id)",
+            "CREATE INDEX requests_ts ON requests (ts_ms)",
+            "CREATE INDEX requests_project_ts ON requests (project, ts_ms)",
+            """CREATE TABLE wallet_transactions (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            ts_ms BIGINT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('topup', 'usage', 'refund', 'adjustment')),
+            amount_pusd BIGINT NOT NULL,
+            balance_before_pusd BIGINT NOT NULL,
+            balance_after_pusd BIGINT NOT NULL,
+            request_id TEXT,
+            project TEXT,
+            note TEXT,
+            client_id TEXT
+        )""",
+            "CREATE UNIQUE INDEX wallet_usage_client ON wallet_transactions (client_id)"
+            " WHERE kind = 'usage'",
+            "CREATE UNIQUE INDEX wallet_refund_client ON wallet_transactions (client_id)"
+            " WHERE kind = 'refund'",
+            """CREATE TABLE budget_alerts (
+            project TEXT NOT NULL,
+            month TEXT NOT NULL,
+            threshold INTEGER NOT NULL,
+            ts_ms BIGINT NOT NULL,
+            PRIMARY KEY (project, month, threshold)
+        )""",
+            """CREATE TABLE requests_daily (
+            day BIGINT NOT NULL,
+            project TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            route TEXT NOT NULL,
+            status TEXT NOT NULL,
+            requests BIGINT NOT NULL,
+            input_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            cache_read_tokens BIGINT NOT NULL,
+            cache_write_tokens BIGINT NOT NULL,
+            provider_cost_pusd BIGINT,
+            credits_charged_pusd BIGINT NOT NULL,
+            cost_pusd BIGINT NOT NULL,
+            unpriced BIGINT NOT NULL,
+            estimated BIGINT NOT NULL DEFAULT 0,
+            CONSTRAINT requests_daily_pkey
+                PRIMARY KEY (day, project, provider, model, route, status)
+        )""",
+            _PG_ROLLUP_FUNCTION.format(member_col="", member_val=""),
+            "CREATE TRIGGER requests_daily_insert AFTER INSERT ON requests "
+            "FOR EACH ROW EXECUTE FUNCTION requests_daily_add()",
+            """CREATE TABLE budget_reservations (
+            id TEXT PRIMARY KEY,
+            project TEXT NOT NULL,
+            amount_pusd BIGINT NOT NULL,
+            pid INTEGER NOT NULL,
+            host TEXT NOT NULL,
+            created_ms BIGINT NOT NULL
+        )""",
+            "CREATE INDEX budget_reservations_project ON budget_reservations (project)",
+        ],
+    ),
+    ("002_wallet_and_budget_alerts", []),
+    ("003_daily_rollup", []),
+    ("004_cost_rule_and_reservations", []),
+    ("005_client_ids_and_interrupted", []),
+    ("006_gateway_receipts", []),
+    (
+        "007_members_and_team_budgets",
+        [
+            "ALTER TABLE requests ADD COLUMN member TEXT NOT NULL DEFAULT ''",
+            "CREATE INDEX requests_member_ts ON requests (member, ts_ms)",
+            "ALTER TABLE requests_daily ADD COLUMN member TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE requests_daily DROP CONSTRAINT requests_daily_pkey",
+            "ALTER TABLE requests_daily ADD CONSTRAINT requests_daily_pkey "
+            "PRIMARY KEY (day, project, member, provider, model, route, status)",
+            _PG_ROLLUP_FUNCTION.format(member_col="member, ", member_val="NEW.member, "),
+            "ALTER TABLE budget_reservations ADD COLUMN member TEXT NOT NULL DEFAULT ''",
+            """CREATE TABLE budgets (
+            scope TEXT NOT NULL CHECK (scope IN ('project', 'member')),
+            name TEXT NOT NULL,
+            soft_budget_pusd BIGINT,
+            hard_cap_pusd BIGINT,
+            updated_ms BIGINT NOT NULL,
+            PRIMARY KEY (scope, name)
+        )""",
         ],
     ),
 ]

@@ -33,37 +33,43 @@ GROUPINGS: dict[str, str] = {
     "day": "day",
     # Monday of the ISO week: day 0 (1970-01-01) was a Thursday
     "week": "day - ((day + 3) % 7)",
-    "month": "strftime('%Y-%m', day * 86400, 'unixepoch')",
+    "month": "strftime('%Y-%m', day * 86400, 'unixepoch')",  # PostgreSQL: _PG_GROUPINGS
     "provider": "provider",
     "model": "model",
     "route": "route",
     "project": "project",
     "status": "status",
+    "member": "member",
 }
+# what differs on a PostgreSQL ledger (no strftime there)
+_PG_GROUPINGS = {"month": "to_char(to_timestamp(day * 86400) AT TIME ZONE 'UTC', 'YYYY-MM')"}
 _TIME_KEYS = {"day", "week"}
 _SOURCE_COLUMNS = (
-    "day, project, provider, model, route, status, requests, input_tokens, "
+    "day, project, member, provider, model, route, status, requests, input_tokens, "
     "output_tokens, cache_read_tokens, cache_write_tokens, provider_cost_pusd, "
     "credits_charged_pusd, cost_pusd, unpriced, estimated"
 )
 _RAW_AS_SOURCE = (
-    f"ts_ms / {DAY_MS}, project, provider, COALESCE(model, model_requested, ''), route, "
-    "status, 1, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
+    f"ts_ms / {DAY_MS}, project, member, provider, COALESCE(model, model_requested, ''), "
+    "route, status, 1, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
     f"provider_cost_pusd, credits_charged_pusd, COALESCE({COST_SQL}, 0), "
-    "provider_cost_pusd IS NULL, estimated != 0"
+    "CASE WHEN provider_cost_pusd IS NULL THEN 1 ELSE 0 END, "
+    "CASE WHEN estimated != 0 THEN 1 ELSE 0 END"
 )
 
 
-def _daily_source(since: Any, project: str | None) -> tuple[str, list[Any]]:
+def _daily_source(
+    since: Any, project: str | None, member: str | None = None
+) -> tuple[str, list[Any]]:
     """A ``WITH src AS (...)`` clause: whole days from the ``requests_daily`` rollup, and the
     rows of a partial first day (when ``since`` is not midnight) from ``requests``."""
     since_ms = parse_since(since)
-    proj = " AND project = ?" if project else ""
-    pparam = [project] if project else []
+    proj = (" AND project = ?" if project else "") + (" AND member = ?" if member else "")
+    pparam = ([project] if project else []) + ([member] if member else [])
     if since_ms is None:
         return (
             f"WITH src AS (SELECT {_SOURCE_COLUMNS} FROM requests_daily "  # noqa: S608
-            f"WHERE 1{proj})",
+            f"WHERE TRUE{proj})",
             pparam,
         )
     first_full_day = -(-since_ms // DAY_MS)  # ceil: the first whole day
@@ -87,8 +93,9 @@ def _usd(pusd: Any) -> float:
     return math.nan if pusd is None else int(pusd) / PUSD
 
 
-def usage(since: Any = None, project: str | None = None) -> Any:
-    """Ledger rows as a DataFrame, oldest first.
+def usage(since: Any = None, project: str | None = None, member: str | None = None) -> Any:
+    """Ledger rows as a DataFrame, oldest first: every member's rows (the ``member``
+    column says whose) unless ``member`` names one.
 
     ``since``: ``"7d"``, ``"24h"``, ``"30m"``, ``"2w"``, an ISO date, a ``datetime`` or a
     ``date``. Money columns are float USD (NaN = no price known); ``time`` is UTC.
@@ -98,7 +105,7 @@ def usage(since: Any = None, project: str | None = None) -> Any:
     import pandas as pd
 
     led = default_ledger()
-    where, params = led.where(since=since, project=project)
+    where, params = led.where(since=since, project=project, member=member)
     # constant column names and expressions; values are bound parameters
     sql = (
         f"SELECT {', '.join(COLUMNS)} FROM requests "  # noqa: S608
@@ -134,9 +141,15 @@ def _by_list(by: str | Iterable[str]) -> list[str]:
     return keys
 
 
-def spend(by: str | Iterable[str] = "day", since: Any = None, project: str | None = None) -> Any:
+def spend(
+    by: str | Iterable[str] = "day",
+    since: Any = None,
+    project: str | None = None,
+    member: str | None = None,
+) -> Any:
     """Spend grouped by ``day``, ``week``, ``month``, ``provider``, ``model``, ``route``,
-    ``project`` or ``status`` (or a list of them), computed with SQL ``GROUP BY`` over the
+    ``project``, ``member`` or ``status`` (or a list of them), of every member unless
+    ``member`` names one, computed with SQL ``GROUP BY`` over the
     ledger's per-day rollup (plus the rows of a partial first day when ``since`` is not a
     UTC midnight), so a million-row ledger answers in milliseconds.
 
@@ -153,8 +166,9 @@ def spend(by: str | Iterable[str] = "day", since: Any = None, project: str | Non
 
     keys = _by_list(by)
     led = default_ledger()
-    source, params = _daily_source(since, project)
-    key_sql = ", ".join(f"{GROUPINGS[k]} AS k{i}" for i, k in enumerate(keys))
+    source, params = _daily_source(since, project, member)
+    groupings = {**GROUPINGS, **_PG_GROUPINGS} if led.dialect == "postgresql" else GROUPINGS
+    key_sql = ", ".join(f"{groupings[k]} AS k{i}" for i, k in enumerate(keys))
     group = ", ".join(f"k{i}" for i in range(len(keys)))
     ok = BILLED_SQL
     # keys come from GROUPINGS (validated); values are bound parameters

@@ -7,7 +7,12 @@ win over the file:
 - ``CENCORI_NB_SANDBOX``: base URL of a running sandbox (``http://127.0.0.1:PORT``); when
   set, every adapter talks to it instead of the real providers, with demo keys only
   (:mod:`cencori_nb.egress`);
-- ``CENCORI_NB_SANDBOX_ALLOW_REMOTE``: host names a non-loopback sandbox may run on.
+- ``CENCORI_NB_SANDBOX_ALLOW_REMOTE``: host names a non-loopback sandbox may run on;
+- ``CENCORI_NB_MEMBER``: who is making requests, written on every ledger row (else the
+  ``member`` setting, else ``user@host``);
+- ``CENCORI_NB_LEDGER_URL``: a PostgreSQL ledger shared by a team (else the URL saved by
+  ``cencori-nb ledger use URL`` in its own 0600 file, see :mod:`cencori_nb.ledger_postgres`;
+  else the SQLite ledger in the home).
 
 Where keys may go (:mod:`cencori_nb.egress`): ``base_urls`` on a remote host other than the
 provider's own needs that host in ``trusted_hosts[provider]`` (see :func:`trust_host`).
@@ -31,6 +36,7 @@ __all__ = [
     "ProjectSettings",
     "Settings",
     "config_path",
+    "current_member",
     "current_project",
     "load_settings",
     "refuse_key_as_project",
@@ -43,6 +49,7 @@ __all__ = [
 
 ENV_PROJECT = "CENCORI_NB_PROJECT"
 ENV_SANDBOX = "CENCORI_NB_SANDBOX"
+ENV_MEMBER = "CENCORI_NB_MEMBER"
 DEFAULT_PROJECT = "default"
 ByokPolicy = Literal["zero", "percent", "managed"]
 
@@ -83,6 +90,8 @@ class Settings:
     # chat() refuses it unless max_cost_usd covers it, the magic and a terminal CLI ask.
     # None turns the question off.
     confirm_above_usd: Decimal | None = Decimal("0.10")
+    # Who makes this machine's requests, as the team ledger names them (None: user@host).
+    member: str | None = None
 
     def for_project(self, project: str | None = None) -> ProjectSettings:
         return self.projects.get(project or self.project, ProjectSettings())
@@ -282,6 +291,47 @@ def current_project(explicit: str | None = None) -> str:
     if explicit:
         return explicit
     return load_settings().project
+
+
+_member_memo: tuple[str | None, Settings, str] | None = None
+
+
+def current_member() -> str:
+    """Who is making requests, as written on each ledger row: ``CENCORI_NB_MEMBER``, else
+    the ``member`` setting, else the OS user and host (``ana@laptop``)."""
+    global _member_memo
+    env = os.environ.get(ENV_MEMBER)
+    settings = load_settings()
+    memo = _member_memo
+    if memo is not None and memo[0] == env and memo[1] is settings:
+        return memo[2]
+    name = (env or settings.member or "").strip()
+    if name:
+        refuse_key_as_member(name)
+    else:
+        import getpass
+        import socket
+
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # a container uid with no passwd entry
+            user = f"uid{os.getuid()}"
+        name = f"{user}@{socket.gethostname()}"
+    _member_memo = (env, settings, name)
+    return name
+
+
+def refuse_key_as_member(name: str) -> None:
+    """A member name goes on every row of a shared ledger: never a key, or key-shaped."""
+    from .errors import KeyAsNameError
+    from .redact import holds_secret, looks_like_key
+
+    if holds_secret(name) or looks_like_key(name) or len(name) > 200:
+        raise KeyAsNameError(
+            "The member name (CENCORI_NB_MEMBER or the member setting) is one of your API "
+            "keys, shaped like one, or longer than 200 characters; nothing was sent.",
+            hint="Use a person's name or email, e.g. CENCORI_NB_MEMBER=ana@example.org.",
+        )
 
 
 def sandbox_url() -> str | None:

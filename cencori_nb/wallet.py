@@ -38,7 +38,6 @@ adapters as :class:`~cencori_nb.errors.CreditsExhaustedError` /
 from __future__ import annotations
 
 import html
-import sqlite3
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -155,7 +154,7 @@ def parse_amount(value: Any, *, allow_zero: bool = False, what: str = "amount") 
     return amount
 
 
-def _balance_pusd(conn: sqlite3.Connection) -> int:
+def _balance_pusd(conn: Any) -> int:
     row = conn.execute(
         "SELECT balance_after_pusd FROM wallet_transactions ORDER BY id DESC LIMIT 1"
     ).fetchone()
@@ -163,7 +162,7 @@ def _balance_pusd(conn: sqlite3.Connection) -> int:
 
 
 def _insert(
-    conn: sqlite3.Connection,
+    conn: Any,
     kind: str,
     delta_pusd: int,
     before_pusd: int,
@@ -177,7 +176,7 @@ def _insert(
     cur = conn.execute(
         "INSERT INTO wallet_transactions (ts_ms, kind, amount_pusd, balance_before_pusd, "
         "balance_after_pusd, request_id, project, note, client_id) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (
             ts,
             kind,
@@ -190,9 +189,10 @@ def _insert(
             client_id,
         ),
     )
+    (tx_id,) = cur.fetchone()  # RETURNING: the same on SQLite and PostgreSQL
     return _tx(
         (
-            cur.lastrowid,
+            tx_id,
             ts,
             kind,
             delta_pusd,
@@ -241,7 +241,7 @@ def set_balance(
 
 
 def debit_in(
-    conn: sqlite3.Connection,
+    conn: Any,
     client_id: str,
     amount: Decimal,
     *,

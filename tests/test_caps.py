@@ -167,7 +167,8 @@ def test_reservation_of_a_dead_process_expires(sbx: SandboxServer) -> None:
     dead.wait()
     with default_ledger().transaction() as conn:
         conn.execute(
-            "INSERT INTO budget_reservations VALUES ('ghost', 'default', ?, ?, ?, ?)",
+            "INSERT INTO budget_reservations (id, project, amount_pusd, pid, host, created_ms) "
+            "VALUES ('ghost', 'default', ?, ?, ?, ?)",
             (to_pusd(Decimal("0.0099")), dead.pid, accounting._HOST, now_ms()),
         )
     cencori_nb.chat("hello", model=MODEL, max_tokens=10)
@@ -181,12 +182,14 @@ def test_live_and_remote_reservations_count_until_their_ttl(sbx: SandboxServer) 
     old = now_ms() - accounting.RESERVATION_TTL_MS - 1
     with default_ledger().transaction() as conn:
         conn.execute(
-            "INSERT INTO budget_reservations VALUES ('remote-old', 'default', ?, 1, "
+            "INSERT INTO budget_reservations (id, project, amount_pusd, pid, host, created_ms) "
+            "VALUES ('remote-old', 'default', ?, 1, "
             "'another-host', ?)",
             (to_pusd(Decimal("0.009")), old),
         )
         conn.execute(
-            "INSERT INTO budget_reservations VALUES ('parent', 'other-project', ?, ?, ?, ?)",
+            "INSERT INTO budget_reservations (id, project, amount_pusd, pid, host, created_ms) "
+            "VALUES ('parent', 'other-project', ?, ?, ?, ?)",
             (to_pusd(Decimal(5)), os.getppid(), accounting._HOST, now_ms()),
         )
     cencori_nb.chat("hello", model=MODEL, max_tokens=10)  # the old remote one expired

@@ -44,10 +44,12 @@ EXPECTED_REQUESTS_COLUMNS = [
     ("test_mode", "INTEGER"),
     ("gateway_cache", "TEXT"),
     ("model_original", "TEXT"),
+    ("member", "TEXT"),
 ]
 EXPECTED_DAILY_COLUMNS = [
     ("day", "INTEGER"),
     ("project", "TEXT"),
+    ("member", "TEXT"),
     ("provider", "TEXT"),
     ("model", "TEXT"),
     ("route", "TEXT"),
@@ -99,6 +101,7 @@ def test_schema_from_an_empty_file(private_home: Path) -> None:
         "004_cost_rule_and_reservations",
         "005_client_ids_and_interrupted",
         "006_gateway_receipts",
+        "007_members_and_team_budgets",
     ]
     assert _columns(conn, "requests") == EXPECTED_REQUESTS_COLUMNS
     assert _columns(conn, "requests_daily") == EXPECTED_DAILY_COLUMNS
@@ -124,6 +127,8 @@ def test_schema_from_an_empty_file(private_home: Path) -> None:
         ("trigger", "requests_daily_insert"),
         ("table", "budget_reservations"),
         ("index", "budget_reservations_project"),
+        ("index", "requests_member_ts"),
+        ("table", "budgets"),
     }
     assert led.path == private_home / "ledger.sqlite"
 
@@ -192,8 +197,10 @@ def test_migration_from_the_previous_schema_backfills_the_rollup(tmp_path: Path)
             ts_ms=day + 4,
         )
     )
+    # (rows written before 007 have member '', later ones the current member: two keys)
     assert led.query(
-        "SELECT requests, provider_cost_pusd, cost_pusd FROM requests_daily WHERE route = 'byok'"
+        "SELECT SUM(requests), SUM(provider_cost_pusd), SUM(cost_pusd) FROM requests_daily "
+        "WHERE route = 'byok'"
     ) == [(3, 101, 106)]
     led.close()
 

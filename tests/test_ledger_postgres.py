@@ -1,11 +1,46 @@
-"""The PostgreSQL ledger (issue 17), against a real throwaway server (tests/pg_cluster.py)."""
+"""The PostgreSQL ledger (issue 17), against a real throwaway server (tests/pg_cluster.py):
+same migrations and views as SQLite, members, team caps held across processes, errors
+that never show a password, nothing secret in any table, and the server going away."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
+import traceback
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
+
+import cencori_nb
+from cencori_nb import accounting, keys, reports, wallet
+from cencori_nb.cli import main
+from cencori_nb.errors import BudgetExceededError, ConfigurationError, LedgerError
+from cencori_nb.ledger import Ledger, LedgerRow, default_ledger
+from cencori_nb.ledger_postgres import PostgresLedger, parse_url
+from cencori_nb.migrations import MIGRATIONS
+from cencori_nb.sandbox.server import SandboxServer
+from cencori_nb.settings import update_settings
+from cencori_nb.tokens import estimate_messages_tokens
+
+OPENAI_KEY = "sk-test-pgledger-" + "B" * 20 + "p9q8"
+MODEL = "gpt-4o"
+
+
+@pytest.fixture
+def sbx(sandbox_env: SandboxServer) -> SandboxServer:
+    keys.set("openai", OPENAI_KEY)
+    return sandbox_env
+
+
+def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql.encode()).fetchall()
 
 
 def test_cluster_is_real_and_not_root(pg_cluster: Any, pg_url: str) -> None:
@@ -15,14 +50,461 @@ def test_cluster_is_real_and_not_root(pg_cluster: Any, pg_url: str) -> None:
         (db,) = conn.execute("SELECT current_database()").fetchone()  # type: ignore[misc]
     assert int(version) >= 130000
     assert pg_url.endswith("/" + db)
-    owner = os.stat(pg_cluster.data).st_uid
-    assert owner != 0
+    assert os.stat(pg_cluster.data).st_uid != 0
     assert pg_cluster.proc is not None and pg_cluster.proc.poll() is None
-    # a wrong password is refused: host connections really use password auth
     bad = pg_url.replace(":pw-", ":wrong-")
-    try:
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(bad, connect_timeout=5).close()
-    except psycopg.OperationalError as exc:
-        assert "password authentication failed" in str(exc)
+
+
+def test_same_migrations_by_name_and_idempotent(
+    pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cencori-nb ledger migrate` brings an empty database to the same named migrations as
+    the SQLite ledger, once; the tables and columns callers use are all there."""
+    assert main(["ledger", "migrate", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    names = [n for n, _ in MIGRATIONS]
+    assert first["migrations"] == names
+    assert first["ledger"].startswith("postgresql://…@127.0.0.1:") and "pw-" not in first["ledger"]
+    assert main(["ledger", "migrate", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["applied_now"] == []
+    cols = {
+        r[0]
+        for r in _rows(
+            pg_url,
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'requests'",
+        )
+    }
+    from cencori_nb.ledger import COLUMNS
+
+    assert set(COLUMNS) <= cols
+    tables = {
+        r[0] for r in _rows(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    }
+    assert tables == {
+        "_migrations",
+        "requests",
+        "requests_daily",
+        "wallet_transactions",
+        "budget_alerts",
+        "budget_reservations",
+        "budgets",
+    }
+
+
+def test_rows_wallet_and_views_match_sqlite(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same rows written to PostgreSQL and to SQLite give the same usage(), spend() by
+    member / project / day / month, month cost and wallet; a row is written once."""
+    rows = [
+        LedgerRow(
+            request_id=f"r{i}",
+            project=("alpha", "beta")[i % 2],
+            provider="openai",
+            route="byok" if i % 3 else "managed",
+            model="gpt-4o-mini",
+            input_tokens=10 * i,
+            output_tokens=i,
+            provider_cost_usd=Decimal(i) / 1000 if i % 4 else None,
+            credits_charged_usd=Decimal(i) / 400,
+            member=("ana@lab", "bo@lab", "cy@lab")[i % 3],
+            status=("ok", "ok", "error", "cached", "interrupted")[i % 5],
+            ts_ms=1_764_000_000_000 + i * 40_000_000,
+        )
+        for i in range(40)
+    ]
+    results = {}
+    for backend in ("postgresql", "sqlite"):
+        if backend == "sqlite":
+            monkeypatch.delenv("CENCORI_NB_LEDGER_URL")
+        from tests.conftest import _reset_process_state
+
+        _reset_process_state()
+        led = default_ledger()
+        assert led.dialect == backend
+        assert led.record(rows[0]) is True
+        assert led.record(rows[0]) is False  # keyed on the client id: never twice
+        wallet.top_up("100")
+        for r in rows[1:]:
+            led.submit(r, debit_usd=r.credits_charged_usd if r.status == "ok" else None)
+        led.flush()
+        out: dict[str, Any] = {}
+        for by in ("member", "project", "day", "month", ["member", "project"], "week"):
+            frame = reports.spend(by=by, since="2020-01-01")
+            out[str(by)] = frame.astype(str).values.tolist()
+        frame = reports.usage(since="2020-01-01")
+        out["usage"] = frame.drop(columns=["time"]).astype(str).values.tolist()
+        out["usage_bo"] = len(reports.usage(since="2020-01-01", member="bo@lab"))
+        out["balance"] = wallet.balance()
+        out["credits"] = wallet.credits().credits_spent_this_month
+        out["rows"] = [(r.client_id, r.member, r.cost_usd) for r in led.rows(since="2020-01-01")]
+        results[backend] = out
+    assert results["postgresql"] == results["sqlite"]
+    assert results["postgresql"]["usage_bo"] == 13
+    members = [r[0] for r in results["postgresql"]["member"]]
+    assert sorted(members) == ["ana@lab", "bo@lab", "cy@lab"]
+
+
+def test_chat_records_member_and_caches_after_the_ledger(
+    sbx: SandboxServer, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real chat through the sandbox lands in PostgreSQL with the member and project; the
+    same prompt again is a cache hit recorded as its own row."""
+    monkeypatch.setenv("CENCORI_NB_MEMBER", "ana@example.org")
+    first = cencori_nb.chat("Say hi to the team ledger.", model=MODEL, max_tokens=20)
+    again = cencori_nb.chat("Say hi to the team ledger.", model=MODEL, max_tokens=20)
+    assert again.cached and not first.cached
+    default_ledger().flush()  # rows are written by the background writer
+    got = _rows(pg_url, "SELECT client_id, member, project, status FROM requests ORDER BY id")
+    assert [(g[1], g[2], g[3]) for g in got] == [
+        ("ana@example.org", "default", "ok"),
+        ("ana@example.org", "default", "cached"),
+    ]
+    assert got[0][0] == first.client_id
+    assert list(reports.usage()["member"]) == ["ana@example.org"] * 2
+
+
+def test_member_names_that_are_keys_are_refused(
+    sbx: SandboxServer, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key given as the member name never reaches the shared server."""
+    for bad in (OPENAI_KEY, "sk-proj-" + "Q" * 40, "x" * 300):
+        monkeypatch.setenv("CENCORI_NB_MEMBER", bad)
+        with pytest.raises(ConfigurationError, match="member name"):
+            cencori_nb.chat("hello", model=MODEL, max_tokens=5)
+    monkeypatch.delenv("CENCORI_NB_MEMBER")
+    dump = " ".join(str(r) for r in _rows(pg_url, "SELECT * FROM requests"))
+    assert "sk-" not in dump
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def test_no_key_or_password_in_any_table(
+    sbx: SandboxServer, pg_url: str, canary: str, pg_cluster: Any
+) -> None:
+    """Keys stay in the local store: after requests (answered, failed, cached), a top-up
+    and a team budget, no table of the server holds a key, the canary, or the password."""
+    keys.set("openai", canary)  # the key the requests below are made with
+    update_settings(byok_policy="percent", byok_fee_pct=Decimal(5))
+    wallet.top_up("5")
+    accounting.set_team_budget(project="default", hard_cap_usd=Decimal(50))
+    cencori_nb.chat("one", model=MODEL, max_tokens=10)
+    cencori_nb.chat("one", model=MODEL, max_tokens=10)
+    cencori_nb.chat("two", model="gpt-4o-mini", max_tokens=10)
+    with pytest.raises(Exception):  # noqa: B017 - any refusal: the point is what is stored
+        cencori_nb.chat("three", model="no-such-model-xyz", provider="openai", max_tokens=5)
+    default_ledger().flush()
+    tables = [
+        r[0] for r in _rows(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname='public'")
+    ]
+    assert len(tables) == 7
+    dump = ""
+    for table in tables:
+        dump += "\n".join(r[0] for r in _rows(pg_url, f'SELECT t::text FROM "{table}" t'))  # noqa: S608
+    assert _rows(pg_url, "SELECT COUNT(*) FROM requests")[0][0] >= 3
+    password = pg_url.split(":")[2].split("@")[0]
+    for secret in (canary, OPENAI_KEY, password, canary[-12:], OPENAI_KEY[-12:]):
+        assert secret not in dump
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["scheme", "password", "database", "port", "version", "garbage"],
+)
+def test_connection_errors_are_one_line_and_never_show_the_password(
+    case: str, pg_cluster: Any, pg_url: str, monkeypatch: pytest.MonkeyPatch, sbx: SandboxServer
+) -> None:
+    """Wrong URL, bad credentials, missing database, nothing listening, an old server:
+    each a one-line error naming the problem; the password is in no message, hint,
+    traceback or repr; no request is sent."""
+    import socket
+
+    secret = "S3cret-" + "pw" * 8
+    good = parse_url(pg_url)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free_port = s.getsockname()[1]
+    url, want = {
+        "scheme": (f"mysql://u:{secret}@h/db", "not a PostgreSQL URL"),
+        "password": (pg_url.replace(pg_url.split(":")[2].split("@")[0], secret), "credentials"),
+        "database": (pg_url.rsplit("/", 1)[0] + "/nope_db", "does not exist"),
+        "port": (f"postgresql://cnb_admin:{secret}@127.0.0.1:{free_port}/x", "cannot be reached"),
+        "version": (pg_url, "needs 99 or newer"),
+        "garbage": (f"postgresql://u:{secret}@[::1/db", "cannot be read as a URL"),
+    }[case]
+    if case == "version":
+        monkeypatch.setattr("cencori_nb.ledger_postgres.MIN_SERVER_VERSION", 990000)
+        secret = pg_url.split(":")[2].split("@")[0]
+    monkeypatch.setenv("CENCORI_NB_LEDGER_URL", url)
+    from tests.conftest import _reset_process_state
+
+    _reset_process_state()
+    before = sum(sbx.stats["routes"].values())
+    if case == "port":
+        # nothing listening: rows would wait on disk, so a budgeted request is refused
+        accounting._team_cache.clear()
+        with pytest.raises(LedgerError) as info:
+            accounting.team_budgets()
     else:
-        raise AssertionError("a wrong password was accepted")
+        with pytest.raises((LedgerError, ConfigurationError)) as info:
+            cencori_nb.chat("hello", model=MODEL, max_tokens=5)
+    exc = info.value
+    text = " ".join(
+        [str(exc), exc.message, exc.hint or "", repr(exc), *traceback.format_exception(exc)]
+    )
+    assert want in exc.message, exc.message
+    assert "\n" not in exc.message
+    assert secret not in text
+    assert sum(sbx.stats["routes"].values()) == before
+    assert good.secret not in repr(good) and "…@127.0.0.1" in repr(good)
+
+
+def test_url_file_must_be_private(
+    pg_url: str, private_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """`cencori-nb ledger use -` reads the URL from stdin and saves it 0600; a saved URL
+    that others can read is refused; `ledger use sqlite` goes back."""
+    import io
+
+    monkeypatch.delenv("CENCORI_NB_LEDGER_URL")
+    monkeypatch.setattr("sys.stdin", io.StringIO(pg_url + "\n"))
+    assert main(["ledger", "use", "-"]) == 0
+    out = capsys.readouterr().out
+    password = pg_url.split(":")[2].split("@")[0]
+    assert "team ledger postgresql://…@127.0.0.1" in out and password not in out
+    saved = private_home / "ledger_url"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    from tests.conftest import _reset_process_state
+
+    _reset_process_state()
+    assert isinstance(default_ledger(), PostgresLedger)
+    assert main(["ledger", "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["backend"] == "postgresql" and status["migrations_missing"] == []
+    os.chmod(saved, 0o644)
+    _reset_process_state()
+    with pytest.raises(ConfigurationError, match="can be read by other users"):
+        default_ledger()
+    assert main(["ledger", "use", "sqlite"]) == 0
+    _reset_process_state()
+    assert type(default_ledger()) is Ledger
+
+
+# --------------------------------------------------------------------------- team caps
+
+_WORKER = r"""
+import json, os, sys, time
+from decimal import Decimal
+from pathlib import Path
+import cencori_nb
+from cencori_nb import keys
+from cencori_nb.settings import update_settings
+tag, n, barrier = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+keys.set("openai", sys.argv[6])
+update_settings(byok_policy="percent", byok_fee_pct=Decimal(10))
+(barrier / f"ready-{tag}").touch()
+while not (barrier / "go").exists():
+    time.sleep(0.005)
+prompts = [f"Process {tag} request {i}: say something about the number {i}." for i in range(n)]
+t0 = time.perf_counter()
+out = cencori_nb.map(prompts, model=sys.argv[4], max_tokens=int(sys.argv[5]), concurrency=8,
+                     cache=False, progress=False, temperature=0.5)
+errors = [e for e in out["error"] if isinstance(e, str)]
+print(json.dumps({"ok": int(out["error"].isna().sum()), "errors": errors[:3],
+                  "refused": sum("BudgetExceededError" in e for e in errors),
+                  "n_errors": len(errors), "seconds": time.perf_counter() - t0,
+                  "cost": str(sum(c for c in out["cost_usd"] if c is not None))}))
+"""
+
+
+def run_team(
+    sandbox_url: str,
+    ledger_url: str,
+    workdir: Path,
+    *,
+    processes: int,
+    requests: int,
+    cap: Decimal,
+    max_tokens: int = 60,
+) -> dict[str, Any]:
+    """``processes`` workers, each its own home (another machine, as far as local files
+    go) and member, ``map(concurrency=8)`` over ``requests`` prompts, all recording into
+    one PostgreSQL ledger under one team hard cap on the project. Returns the figures."""
+    led = default_ledger()
+    assert led.is_shared
+    update_settings(byok_policy="percent", byok_fee_pct=Decimal(10))  # as the workers: a
+    wallet.top_up("1000")  # BYOK fee, so every answered request debits the wallet
+    accounting.set_team_budget(project="default", hard_cap_usd=cap)
+    barrier = workdir / "barrier"
+    barrier.mkdir()
+    procs = []
+    for i in range(processes):
+        home = workdir / f"home-{i}"
+        env = {
+            **os.environ,
+            "CENCORI_NB_HOME": str(home),
+            "CENCORI_NB_MEMBER": f"member-{i}@host-{i % 3}",
+            "CENCORI_NB_LEDGER_URL": ledger_url,
+            "CENCORI_NB_SANDBOX": sandbox_url,
+        }
+        argv = [
+            sys.executable,
+            "-c",
+            _WORKER,
+            str(i),
+            str(requests),
+            str(barrier),
+            MODEL,
+            str(max_tokens),
+            OPENAI_KEY,
+        ]
+        procs.append(
+            subprocess.Popen(
+                argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    deadline = time.monotonic() + 300
+    while not all((barrier / f"ready-{i}").exists() for i in range(processes)):
+        assert time.monotonic() < deadline, "workers did not start"
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.02)
+    (barrier / "go").touch()
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=1800)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    led.flush()
+    spent = led.month_cost("default")
+    prompt = "Process 0 request 100: say something about the number 100."
+    bound, _, _ = accounting.estimate_for(
+        "openai", MODEL, "byok", estimate_messages_tokens([prompt]), max_tokens
+    )
+    assert bound is not None
+    (ok_rows,) = led.query("SELECT COUNT(*) FROM requests WHERE status = 'ok'")[0]
+    (charged,) = led.query(
+        "SELECT COALESCE(SUM(credits_charged_pusd), 0) FROM requests WHERE status = 'ok'"
+    )[0]
+    (debits, debit_rows) = led.query(
+        "SELECT COALESCE(-SUM(amount_pusd), 0), COUNT(*) FROM wallet_transactions "
+        "WHERE kind = 'usage'"
+    )[0]
+    members = led.query("SELECT COUNT(DISTINCT member) FROM requests")[0][0]
+    return {
+        "results": results,
+        "answered": sum(r["ok"] for r in results),
+        "refused": sum(r["refused"] for r in results),
+        "ok_rows": int(ok_rows),
+        "spent": spent,
+        "cap": cap,
+        "bound": bound,
+        "overshoot": max(spent - cap, Decimal(0)),
+        "charged_pusd": int(charged),
+        "debited_pusd": int(debits),
+        "debit_rows": int(debit_rows),
+        "balance": wallet.balance(),
+        "members": int(members),
+        "held": led.query("SELECT COUNT(*) FROM budget_reservations")[0][0],
+        "seconds": max(r["seconds"] for r in results),
+    }
+
+
+def test_team_cap_holds_across_processes(
+    sbx: SandboxServer, pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """4 processes (own homes, own members) × concurrency 8 × 30 requests, one PostgreSQL
+    ledger, one team hard cap: rows recorded = requests answered, overshoot within one
+    reservation, the wallet mirror equals the ledger, nothing left reserved.
+    (benchmarks/team_ledger.py runs the full 8 × 8 × 200.)"""
+    fig = run_team(sbx.url, pg_url, tmp_path, processes=4, requests=30, cap=Decimal("0.03"))
+    with capsys.disabled():
+        print(
+            f"\n[team] cap ${fig['cap']} spent ${fig['spent']} overshoot ${fig['overshoot']} "
+            f"bound ${fig['bound']} answered {fig['answered']} refused {fig['refused']}"
+        )
+    why = str(fig)
+    assert fig["answered"] == fig["ok_rows"], why
+    assert fig["overshoot"] <= fig["bound"], why
+    assert fig["spent"] > fig["cap"] - fig["bound"], why  # the cap was used, not refused early
+    assert fig["refused"] > 0, why
+    assert fig["debited_pusd"] == fig["charged_pusd"] and fig["debit_rows"] == fig["ok_rows"]
+    assert fig["balance"] == Decimal(1000) - Decimal(fig["charged_pusd"]) / 10**12, why
+    assert fig["members"] == 4 and fig["held"] == 0, why
+
+
+def test_member_cap_refuses_only_that_member(
+    sbx: SandboxServer, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member's team cap stops that member (in every project), not the others; the
+    refusal names the member and how to change the cap."""
+    keys.set("openai", OPENAI_KEY, project="other")
+    monkeypatch.setenv("CENCORI_NB_MEMBER", "ana@lab")
+    cencori_nb.chat("first", model=MODEL, max_tokens=10)
+    accounting.set_team_budget(member="ana@lab", hard_cap_usd=Decimal("0.0001"))
+    with pytest.raises(BudgetExceededError) as info:
+        cencori_nb.chat("second", model=MODEL, max_tokens=10, project="other")
+    assert "Member 'ana@lab'" in info.value.message
+    assert "ledger budget --member ana@lab" in (info.value.hint or "")
+    monkeypatch.setenv("CENCORI_NB_MEMBER", "bo@lab")
+    cencori_nb.chat("third", model=MODEL, max_tokens=10, project="other")
+    assert default_ledger().query("SELECT COUNT(*) FROM budget_reservations")[0][0] == 0
+
+
+# --------------------------------------------------------------------------- server away
+
+
+def test_server_killed_mid_run_loses_nothing_and_writes_nothing_twice(
+    sbx: SandboxServer, pg_url: str, pg_cluster: Any
+) -> None:
+    """No hard cap: the server is killed (SIGQUIT, like a crash) between requests; the
+    requests go on, their rows wait in the local spill file, and once it is back they are
+    written exactly once (with their wallet debits). Under a team hard cap, a request
+    while it is away is refused with a one-line message, and nothing is sent."""
+    update_settings(byok_policy="percent", byok_fee_pct=Decimal(10))
+    wallet.top_up("10")
+    led = default_ledger()
+    assert isinstance(led, PostgresLedger)
+    sent: list[str] = []
+    for i in range(5):
+        sent.append(cencori_nb.chat(f"before {i}", model=MODEL, max_tokens=10).client_id)
+    led.flush()
+    assert led.count() == 5
+    pg_cluster.stop(mode="immediate")
+    try:
+        for i in range(6):
+            sent.append(cencori_nb.chat(f"during {i}", model=MODEL, max_tokens=10).client_id)
+        led.flush()
+        assert led.waiting == 6
+        assert len(led.spill_path.read_text().splitlines()) == 6
+        # a budget check needs the server: the last-read budgets say none applies here, but
+        # reading usage does need it, and says so in one line
+        with pytest.raises(LedgerError, match="cannot be reached"):
+            reports.usage()
+    finally:
+        pg_cluster.start()
+    assert led.retry() is True
+    sent.append(cencori_nb.chat("after", model=MODEL, max_tokens=10).client_id)
+    led.flush()
+    got = [r[0] for r in led.query("SELECT client_id FROM requests WHERE status = 'ok'")]
+    assert sorted(got) == sorted(sent) and len(got) == 12
+    (debits,) = led.query("SELECT COUNT(*) FROM wallet_transactions WHERE kind = 'usage'")[0]
+    assert debits == 12
+    assert led.waiting == 0 and led.spill_path.stat().st_size == 0
+    assert led.retry() is True  # again: nothing twice
+    assert led.count() == 12
+
+    # under a hard cap, nothing is sent while the server is away
+    accounting.set_team_budget(project="default", hard_cap_usd=Decimal(100))
+    before = sum(sbx.stats["routes"].values())
+    pg_cluster.stop(mode="immediate")
+    try:
+        with pytest.raises(LedgerError) as info:
+            cencori_nb.chat("capped", model=MODEL, max_tokens=10)
+        assert "cannot be reached" in info.value.message
+        assert "\n" not in info.value.message
+        assert sum(sbx.stats["routes"].values()) == before
+    finally:
+        pg_cluster.start()
+    cencori_nb.chat("capped, back", model=MODEL, max_tokens=10)
+    assert led.count() == 13

@@ -18,7 +18,7 @@ from ..errors import user_error
 __all__ = ["build_parser", "main"]
 
 # Modules registering sub-commands, in the order they appear in --help.
-_COMMAND_MODULES = ("keys", "ask", "money", "jobs", "sandbox", "lab")
+_COMMAND_MODULES = ("keys", "ask", "money", "ledger", "jobs", "sandbox", "lab")
 
 
 class _Parser(argparse.ArgumentParser):

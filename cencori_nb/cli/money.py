@@ -2,7 +2,7 @@
 
 ::
 
-    cencori-nb usage [--since 7d] [--project P] [--json | --csv]
+    cencori-nb usage [--since 7d] [--project P] [--member M] [--json | --csv]
     cencori-nb credits [--json]
     cencori-nb credits top-up AMOUNT [--note TEXT]
     cencori-nb credits set-balance AMOUNT
@@ -57,6 +57,7 @@ USAGE_FIELDS = (
     "client_id",
     "gateway_cache",
     "model_original",
+    "member",
 )
 
 
@@ -73,6 +74,7 @@ def register(subparsers: Any) -> None:
         help='how far back: "7d", "24h", "30m", "2w" or a date (default 7d)',
     )
     usage.add_argument("--project", help="only this project")
+    usage.add_argument("--member", help="only this member's requests (default: everyone's)")
     fmt = usage.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON object: rows and totals")
     fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
@@ -141,7 +143,7 @@ def _usage(args: argparse.Namespace) -> int:
     from ..ledger import BILLED_STATUSES, default_ledger, parse_since
 
     parse_since(args.since)  # a clear error before touching the ledger
-    rows = default_ledger().rows(since=args.since, project=args.project)
+    rows = default_ledger().rows(since=args.since, project=args.project, member=args.member)
     records = []
     for r in rows:
         rec: dict[str, Any] = {f: getattr(r, f, None) for f in USAGE_FIELDS if f != "time"}
@@ -166,6 +168,7 @@ def _usage(args: argparse.Namespace) -> int:
         # billed rows whose tokens (so cost) are estimates: a cut or stopped stream
         "cost_estimated_rows": sum(bool(r.estimated) for r in ok),
         "test_mode_rows": sum(bool(r.test_mode) for r in rows),
+        "by_member": _by_member(rows),
     }
     if args.json:
         json.dump(
@@ -183,12 +186,24 @@ def _usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _by_member(rows: list[Any]) -> dict[str, dict[str, Any]]:
+    """Requests and all spend incl. BYOK per member (who made them), largest first."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        m = out.setdefault(r.member, {"requests": 0, "cost_usd": Decimal(0)})
+        m["requests"] += 1
+        m["cost_usd"] += r.cost_usd or Decimal(0)
+    ranked = sorted(out.items(), key=lambda kv: (-kv[1]["cost_usd"], kv[0]))
+    return {k: {"requests": v["requests"], "cost_usd": str(v["cost_usd"])} for k, v in ranked}
+
+
 def _print_usage_table(rows: list[Any], totals: dict[str, Any], since: str) -> None:
     if not rows:
         print(f"No requests recorded since {since}.")
         return
     header = (
         "time (UTC)",
+        "member",
         "project",
         "provider",
         "model",
@@ -213,6 +228,7 @@ def _print_usage_table(rows: list[Any], totals: dict[str, Any], since: str) -> N
         table.append(
             (
                 _iso(r.ts_ms)[:19].replace("T", " "),
+                r.member,
                 r.project,
                 r.provider,
                 (r.model or r.model_requested or "") + ("*" if r.estimated else ""),
@@ -226,7 +242,7 @@ def _print_usage_table(rows: list[Any], totals: dict[str, Any], since: str) -> N
             )
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    numeric = {6, 7, 8, 9, 10}
+    numeric = {7, 8, 9, 10, 11}
     for row in table:
         print(
             "  ".join(
@@ -253,6 +269,14 @@ def _print_usage_table(rows: list[Any], totals: dict[str, Any], since: str) -> N
         )
         + ("  (* estimated)" if any(r.estimated for r in rows) else "")
     )
+    members = totals["by_member"]
+    if len(members) > 1:
+        print("\nBy member (all spend incl. BYOK):")
+        width = max(len(m) for m in members)
+        for name, m in members.items():
+            print(
+                f"  {name.ljust(width)}  {m['requests']:>6} requests  ${Decimal(m['cost_usd']):.6f}"
+            )
 
 
 def _credits_show(args: argparse.Namespace) -> int:

@@ -109,6 +109,13 @@ def _usage_cmd(magics: CencoriMagics, args: LineArgs) -> None:
     total line), then the spend chart. ``cencori_nb.usage()`` has every row."""
     from .. import charts, reports
 
+    if args.team:
+        team = reports.spend(by="member", since=args.since, project=args.project)
+        if not len(team):
+            show(notice_bundle("no requests recorded."))
+            return
+        show(team_summary_bundle(team, since=args.since, project=args.project))
+        return
     frame = reports.spend(by=["provider", "route"], since=args.since, project=args.project)
     if not len(frame):
         show(
@@ -168,6 +175,37 @@ def usage_summary_bundle(frame: Any, *, since: str | None, project: str) -> Bund
         rows,
         title=f"Usage{when} — project {project} (every request: cencori_nb.usage())",
         numeric=range(2, len(head)),
+    )
+
+
+def team_summary_bundle(frame: Any, *, since: str | None, project: str | None) -> Bundle:
+    """The ``%cencori usage --team`` table from a ``reports.spend(by="member")`` frame:
+    who spent what (largest first), with a total line."""
+    head = ("member", "requests", "errors", "cached", "input tokens", "output tokens", "cost")
+    counts = ("requests", "errors", "cached", "input_tokens", "output_tokens")
+    rows: list[tuple[str, ...]] = [
+        (
+            str(r.member) or "(before members were recorded)",
+            *(f"{int(getattr(r, c)):,}" for c in counts),
+            _dollars(r.cost_usd),
+        )
+        for r in frame.itertuples(index=False)
+    ]
+    if len(rows) > 1:
+        rows.append(
+            (
+                "total",
+                *(f"{int(frame[c].sum()):,}" for c in counts),
+                _dollars(frame["cost_usd"].sum()),
+            )
+        )
+    when = f" since {since}" if since else ""
+    scope = f"project {project}" if project else "every project"
+    return _table(
+        head,
+        rows,
+        title=f"Spend by member{when} — {scope} (cencori_nb.spend(by='member'))",
+        numeric=range(1, len(head)),
     )
 
 

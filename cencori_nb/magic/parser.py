@@ -226,6 +226,7 @@ class LineArgs:
     model: str | None = None  # route MODEL
     route: str = "auto"  # route --route
     since: str | None = None  # usage --since
+    team: bool = False  # usage --team: by member
     action: str | None = None  # cache clear | sandbox on/off | credits reconcile
     period: str = "24h"  # credits reconcile --period
     url: str | None = None  # sandbox on URL
@@ -250,6 +251,7 @@ def _line_parser() -> MagicParser:
     s = sub.add_parser("usage")
     s.add_argument("--since", default=None)
     s.add_argument("--project", default=None)
+    s.add_argument("--team", action="store_true")
     s = sub.add_parser("credits")
     s.add_argument("action", nargs="?", choices=("reconcile",), default=None)
     s.add_argument("--period", choices=("1h", "24h", "7d", "30d", "mtd"), default="24h")
@@ -324,6 +326,7 @@ HELP = """\
 %cencori route MODEL [--provider P] [--route R] [--project P]
                                  explain which provider, route and key would be used
 %cencori usage [--since 7d]      usage table and chart
+%cencori usage --team            spend by member (who spent it; a team's shared ledger)
 %cencori credits                 credit wallet: balance, credits spent, all spend incl. BYOK
 %cencori credits reconcile [--period 1h|24h|7d|30d|mtd]
                                  ledger's managed spend vs the gateway's (Metrics API)

@@ -15,7 +15,7 @@ import pytest
 from cencori_nb import wallet
 from cencori_nb.cli import main
 from cencori_nb.ledger import LedgerRow, default_ledger, now_ms
-from cencori_nb.settings import load_settings
+from cencori_nb.settings import current_member, load_settings
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -93,8 +93,10 @@ def test_usage_json_shape(rows: None, capsys: pytest.CaptureFixture[str]) -> Non
         "cost_unknown_rows": 1,
         "cost_estimated_rows": 1,
         "test_mode_rows": 0,
+        "by_member": {current_member(): {"requests": 3, "cost_usd": "0.01125"}},
     }
     assert all(len(r["client_id"]) == 32 for r in data["rows"])
+    assert {r["member"] for r in data["rows"]} == {current_member()}
 
 
 def test_usage_csv_shape(rows: None, capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,6 +132,7 @@ def test_usage_csv_shape(rows: None, capsys: pytest.CaptureFixture[str]) -> None
         "client_id",
         "gateway_cache",
         "model_original",
+        "member",
     ]
     assert table[1]["credits_charged_usd"] == "0.01125"
 
@@ -139,11 +142,31 @@ def test_usage_table(rows: None, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(capsys, "usage")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split()[:3] == ["time", "(UTC)", "project"]
+    assert lines[0].split()[:4] == ["time", "(UTC)", "member", "project"]
     assert any("gpt-4o" in line and "0.011250" in line for line in lines)
     assert any("error:spend_cap_reached" in line for line in lines)
     assert any("llama3.2*" in line for line in lines)
     assert lines[-1].startswith("3 requests (1 failed, 0 cached)")
+
+
+def test_usage_groups_by_member(capsys: pytest.CaptureFixture[str]) -> None:
+    """Rows of several members: each row names its member, a per-member summary follows
+    (largest spend first), and --member shows one member's rows only."""
+    default_ledger().record_many(
+        [
+            LedgerRow("m1", "p1", "openai", "byok", member="ana@lab", cost_usd=Decimal("0.5")),
+            LedgerRow("m2", "p1", "openai", "byok", member="bo@lab", cost_usd=Decimal("2")),
+            LedgerRow("m3", "p2", "openai", "byok", member="bo@lab", cost_usd=Decimal("1")),
+        ]
+    )
+    code, out, _ = _run(capsys, "usage")
+    assert code == 0
+    tail = out.split("By member (all spend incl. BYOK):")[1].split()
+    assert tail == ["bo@lab", "2", "requests", "$3.000000", "ana@lab", "1", "requests", "$0.500000"]
+    code, out, _ = _run(capsys, "usage", "--json", "--member", "ana@lab")
+    data = json.loads(out)
+    assert [r["request_id"] for r in data["rows"]] == ["m1"]
+    assert data["totals"]["by_member"] == {"ana@lab": {"requests": 1, "cost_usd": "0.5"}}
 
 
 def test_usage_empty_and_bad_since(capsys: pytest.CaptureFixture[str]) -> None:

@@ -388,6 +388,25 @@ def test_usage_summary_and_chart(shell: InteractiveShell, openai_key: str) -> No
     assert any("application/vnd.plotly.v1+json" in o.data for o in cap.outputs[1:])
 
 
+def test_usage_team_groups_by_member(
+    shell: InteractiveShell, openai_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """usage --team: one line per member who spent (largest first) and a total line."""
+    monkeypatch.setenv("CENCORI_NB_MEMBER", "ana@lab")
+    run(shell, "%%cencori --no-stream --no-cache\nana asks")
+    monkeypatch.setenv("CENCORI_NB_MEMBER", "bo@lab")
+    run(shell, "%%cencori --no-stream --no-cache\nbo asks a longer question than ana did")
+    run(shell, "%%cencori --no-stream --no-cache\nbo asks again")
+    cap, _ = run(shell, "%cencori usage --team")
+    lines = cap.outputs[0].data["text/plain"].splitlines()
+    assert lines[0].startswith("Spend by member — every project")
+    assert [line.split()[:2] for line in lines[2:]] == [
+        ["bo@lab", "2"],
+        ["ana@lab", "1"],
+        ["total", "3"],
+    ]
+
+
 def test_credits(shell: InteractiveShell) -> None:
     from cencori_nb import wallet
 
