@@ -57,7 +57,7 @@ SELECT
     CASE WHEN g % 5 < 2 THEN ((50 + g % 3950) * 2500000 + (10 + g % 990) * 10000000) * 3 / 2
          ELSE (50 + g % 3950) * 2500000 + (10 + g % 990) * 10000000 END,
     'member-' || (g % 40) || '@team'
-FROM generate_series({start}, {stop}) AS g
+FROM generate_series({start}::bigint, {stop}::bigint) AS g
 """
 
 ROLLUP_SQL = """
@@ -239,6 +239,7 @@ def main() -> None:
     parser.add_argument("--team", default="8x200", help="PROCESSESxREQUESTS")
     parser.add_argument("--skip-team", action="store_true")
     parser.add_argument("--skip-rows", action="store_true")
+    parser.add_argument("--skip-record", action="store_true")
     args = parser.parse_args()
     from tests.pg_cluster import Cluster, find_bindir
 
@@ -253,8 +254,9 @@ def main() -> None:
             cluster.init()
             cluster.start()
             print(f"PostgreSQL {cluster.version} (throwaway cluster, fsync off)")
-            print("== recording overhead per request")
-            recording(cluster, args.record)
+            if not args.skip_record:
+                print("== recording overhead per request")
+                recording(cluster, args.record)
             if not args.skip_rows:
                 print(f"== spend views on {args.rows:,} rows")
                 spend_views(cluster, args.rows)

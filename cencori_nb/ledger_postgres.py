@@ -44,7 +44,7 @@ from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigurationError, LedgerError
 from .home import atomic_write, ensure_home, home_dir
-from .ledger import ENV_LEDGER_URL, Ledger, _Item
+from .ledger import ENV_LEDGER_URL, INSERT_SQL, Ledger, _Item
 from .migrations import PG_MIGRATIONS
 
 __all__ = [
@@ -464,6 +464,24 @@ class PostgresLedger(Ledger):
     def _begin(self, conn: Any) -> None:
         conn.execute("BEGIN")
         conn.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+
+    def _insert_items(self, conn: Any, batch: list[_Item]) -> None:
+        """Rows with nothing to do after their insert (no debit, no callback) go in one
+        ``executemany`` (psycopg pipelines it: one round trip instead of one per row); a
+        row with a debit or callback needs its own insert's answer, so it goes alone."""
+        plain: list[tuple[Any, ...]] = []
+        for item in batch:
+            if item.params is None:
+                continue
+            if item.debit_pusd is None and item.callback is None:
+                plain.append(item.params)
+                continue
+            if plain:
+                conn.executemany(INSERT_SQL, plain)
+                plain = []
+            self._insert_item(conn, item)
+        if plain:
+            conn.executemany(INSERT_SQL, plain)
 
     def _insert_guarded(self, conn: Any, item: _Item) -> int:
         # a failed statement ends a PostgreSQL transaction: fence each row in a savepoint
