@@ -83,6 +83,7 @@ class Schema:
     __slots__ = (
         "_adapter",
         "_columns",
+        "_forms",
         "_strict",
         "_validator",
         "fingerprint",
@@ -100,6 +101,7 @@ class Schema:
         self.json_schema = json_schema
         self.name = name
         self._strict: dict[str, Any] | None = None
+        self._forms: dict[str, dict[str, Any]] = {}
         self._columns: list[Column] | None = None
         self._adapter: Any = None
         self._validator: Any = None
@@ -129,6 +131,21 @@ class Schema:
     def gemini_json_schema(self) -> dict[str, Any]:
         """The schema for Gemini's ``responseJsonSchema`` (JSON Schema, refs kept)."""
         return typing.cast(dict[str, Any], _copy(self.json_schema))
+
+    def wire(self, form: Literal["strict", "anthropic", "gemini"]) -> dict[str, Any]:
+        """The schema in one provider's subset, built once and shared: adapters put it in a
+        request body (serialised, never changed). Everyone else gets a copy from the public
+        methods above."""
+        built = self._forms.get(form)
+        if built is None:
+            if form == "strict":
+                built = self.strict_json_schema()
+            elif form == "anthropic":
+                built = self.anthropic_json_schema()
+            else:
+                built = self.gemini_json_schema()
+            self._forms[form] = built
+        return built
 
     # --- reading an answer ------------------------------------------------------------------
 

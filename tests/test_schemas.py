@@ -332,3 +332,15 @@ def test_property_garbage_text_never_escapes_as_another_error(text: str) -> None
         as_schema(Invoice).parse(text)
     except SchemaMismatchError:
         pass
+
+
+def test_wire_forms_are_built_once_and_public_ones_are_copies() -> None:
+    """Adapters share one built form per provider subset; callers get copies to change."""
+    schema = as_schema(Invoice)
+    assert schema.wire("strict") is schema.wire("strict")
+    assert schema.wire("strict") == schema.strict_json_schema()
+    assert schema.wire("anthropic") == schema.anthropic_json_schema()
+    assert schema.wire("gemini") == schema.gemini_json_schema()
+    mine = schema.strict_json_schema()
+    mine["properties"].clear()
+    assert schema.wire("strict")["properties"]

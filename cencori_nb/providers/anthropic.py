@@ -99,7 +99,7 @@ def structured_output_fields(schema: Schema, model: str) -> dict[str, Any]:
     answer is then the tool call's ``input`` (read back as the text, see
     :meth:`AnthropicProvider.parse_response`).
     """
-    json_schema = schema.anthropic_json_schema()
+    json_schema = schema.wire("anthropic")
     if has_structured_output(model):
         return {"output_config": {"format": {"type": "json_schema", "schema": json_schema}}}
     return {

@@ -73,7 +73,7 @@ def response_format(schema: Schema) -> dict[str, Any]:
         "type": "json_schema",
         "json_schema": {
             "name": schema.name,
-            "schema": schema.strict_json_schema(),
+            "schema": schema.wire("strict"),
             "strict": True,
         },
     }

@@ -73,7 +73,7 @@ def response_schema_config(schema: Schema) -> dict[str, Any]:
     ``response_json_schema=``)."""
     return {
         "responseMimeType": "application/json",
-        "responseJsonSchema": schema.gemini_json_schema(),
+        "responseJsonSchema": schema.wire("gemini"),
     }
 
 

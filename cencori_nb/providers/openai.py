@@ -57,7 +57,7 @@ def response_format(schema: Schema) -> dict[str, Any]:
     return {
         "type": "json_schema",
         "json_schema": {
-            "schema": schema.strict_json_schema(),
+            "schema": schema.wire("strict"),
             "name": schema.name,
             "strict": True,
         },
