@@ -1,0 +1,269 @@
+"""The aiohttp transport under httpx2's API: the same bytes on the wire, the same answers and
+the same failures (as httpx2 exceptions, so the one error table names them) as httpx2's own
+transport. Each case sends the same ``httpx2.Request`` through both to a real loopback
+server and compares what the server received and what the caller got."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import http.server
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import pytest
+
+from cencori_nb import transport
+from cencori_nb.errors import ProviderTimeoutError, ProviderUnavailableError
+from cencori_nb.transport.aio import AiohttpTransport
+
+BODY = b'{"ok":true}'
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen: list[dict[str, Any]] = []
+
+    def log_message(self, *args: Any) -> None:  # keep the test output clean
+        return None
+
+    def _record(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.seen.append(
+            {
+                "method": self.command,
+                "path": self.path,
+                "headers": [(k.lower(), v) for k, v in self.headers.items()],
+                "body": body,
+            }
+        )
+        return body
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self._answer()
+
+    def _answer(self) -> None:
+        self._record()
+        kind = self.path.strip("/").split("?")[0]
+        if kind == "gzip":
+            data = gzip.compress(BODY)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        elif kind == "redirect":
+            self.send_response(302)
+            self.send_header("Location", "/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif kind == "truncate":
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b'{"partial":')
+            self.wfile.flush()
+            self.close_connection = True
+        elif kind == "slow":
+            time.sleep(1.0)
+            self._ok(BODY)
+        elif kind == "garbage":
+            self.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
+            self.close_connection = True
+        elif kind == "sse":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(3):
+                chunk = f"data: {i}\n\n".encode()
+                self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                self.wfile.flush()
+                time.sleep(0.3 if i == 0 else 0)
+            self.wfile.write(b"0\r\n\r\n")
+        elif kind == "status":
+            self.send_response(429)
+            self.send_header("Retry-After", "7")
+            self.send_header("Content-Length", str(len(BODY)))
+            self.end_headers()
+            self.wfile.write(BODY)
+        else:
+            self._ok(BODY)
+
+    def _ok(self, data: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Set-Cookie", "a=1")
+        self.send_header("Set-Cookie", "b=2")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.daemon_threads = True
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def _request(url: str, **kw: Any) -> httpx2.Request:
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "Authorization": "Bearer sk-test-aio",
+        "X-Twice": "1",
+        **kw.pop("headers", {}),
+    }
+    return httpx2.Request(kw.pop("method", "POST"), url, headers=headers, **kw)
+
+
+def _both(request_for: Any, *, timeout: float = 5.0, stream: bool = False) -> list[Any]:
+    """Send the same request with httpx2's transport and with aiohttp's; return both
+    outcomes (a Response read to its end, or the exception raised)."""
+
+    async def one(aio: bool) -> Any:
+        kw: dict[str, Any] = {"timeout": httpx2.Timeout(timeout, connect=2.0)}
+        if aio:
+            kw["transport"] = AiohttpTransport(max_connections=8, keepalive_expiry=5)
+        async with httpx2.AsyncClient(**kw) as client:
+            try:
+                response = await client.send(request_for(), stream=stream)
+                if stream:
+                    chunks = []
+                    started = time.monotonic()
+                    async for chunk in response.aiter_bytes():
+                        chunks.append((round(time.monotonic() - started, 1), chunk))
+                    await response.aclose()
+                    return response, chunks
+                return response
+            except httpx2.HTTPError as exc:
+                return exc
+
+    return [asyncio.run(one(False)), asyncio.run(one(True))]
+
+
+def test_same_bytes_on_the_wire_and_same_answer(server: str) -> None:
+    """Method, path and query, every header (none added: no User-Agent, Accept-Encoding)
+    and the body reach the server identical; status, headers (a repeated Set-Cookie too)
+    and body come back identical."""
+    _Handler.seen.clear()
+    native, aio = _both(lambda: _request(server + "/ok?x=1&y=%2F", content=b'{"q":"\xc3\xa9"}'))
+    assert len(_Handler.seen) == 2
+    a, b = _Handler.seen
+    assert (a["method"], a["path"], a["body"]) == (b["method"], b["path"], b["body"])
+    assert a["path"] == "/ok?x=1&y=%2F" and a["body"] == b'{"q":"\xc3\xa9"}'
+    assert sorted(a["headers"]) == sorted(b["headers"])
+    assert not any(k in ("user-agent", "accept-encoding") for k, _ in b["headers"])
+    assert native.status_code == aio.status_code == 200
+    assert native.content == aio.content == BODY
+    assert native.headers.get_list("set-cookie") == aio.headers.get_list("set-cookie")
+    assert native.http_version == aio.http_version == "HTTP/1.1"
+
+
+def test_a_get_without_body_sends_no_body(server: str) -> None:
+    _Handler.seen.clear()
+    native, aio = _both(lambda: _request(server + "/ok", method="GET"))
+    a, b = _Handler.seen
+    assert a["body"] == b["body"] == b""
+    assert sorted(a["headers"]) == sorted(b["headers"])
+    assert native.status_code == aio.status_code == 200
+
+
+def test_a_compressed_body_is_decoded_once(server: str) -> None:
+    native, aio = _both(lambda: _request(server + "/gzip", headers={"Accept-Encoding": "gzip"}))
+    assert native.content == aio.content == BODY
+    assert aio.json() == {"ok": True}
+
+
+def test_redirects_are_not_followed(server: str) -> None:
+    native, aio = _both(lambda: _request(server + "/redirect"))
+    assert native.status_code == aio.status_code == 302
+    assert aio.headers["location"] == "/elsewhere"
+
+
+def test_an_error_status_is_an_answer_not_an_exception(server: str) -> None:
+    native, aio = _both(lambda: _request(server + "/status"))
+    assert native.status_code == aio.status_code == 429
+    assert aio.headers["retry-after"] == "7" and aio.content == BODY
+
+
+def test_a_stream_arrives_as_it_is_sent(server: str) -> None:
+    """SSE chunks are not buffered to the end of the body: the first arrives well before
+    the last (the server waits 0.3 s after it)."""
+    (native, native_chunks), (aio, aio_chunks) = _both(
+        lambda: _request(server + "/sse", headers={"Accept": "text/event-stream"}), stream=True
+    )
+    assert b"".join(c for _, c in native_chunks) == b"".join(c for _, c in aio_chunks)
+    assert b"".join(c for _, c in aio_chunks) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+    assert aio_chunks[0][0] < aio_chunks[-1][0]
+
+
+@pytest.mark.parametrize(
+    ("path", "timeout", "httpx_cls", "ours"),
+    [
+        ("/truncate", 5.0, httpx2.RemoteProtocolError, ProviderUnavailableError),
+        ("/slow", 0.3, httpx2.ReadTimeout, ProviderTimeoutError),
+        ("/garbage", 5.0, httpx2.RemoteProtocolError, ProviderUnavailableError),
+    ],
+)
+def test_failures_are_httpx2_exceptions_named_by_the_one_table(
+    server: str, path: str, timeout: float, httpx_cls: type[Exception], ours: type[Exception]
+) -> None:
+    """A peer that closes early, a read timeout, a reply that is not HTTP: the same httpx2
+    exception class as httpx2's own transport raises, so transport.map_exception gives the
+    same CencoriError."""
+    native, aio = _both(lambda: _request(server + path), timeout=timeout)
+    assert isinstance(native, httpx_cls), native
+    assert isinstance(aio, httpx_cls), aio
+    assert aio.request.url == httpx2.URL(server + path)
+    assert type(transport.map_exception(aio)) is type(transport.map_exception(native)) is ours
+
+
+def test_connection_refused_is_a_connect_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed on leaving: nothing listens there
+    native, aio = _both(lambda: _request(f"http://127.0.0.1:{port}/"))
+    assert isinstance(native, httpx2.ConnectError) and isinstance(aio, httpx2.ConnectError)
+    assert type(transport.map_exception(aio)) is type(transport.map_exception(native))
+
+
+def test_the_pooled_async_client_sends_over_aiohttp_unless_a_test_transport_is_set() -> None:
+    async def grab() -> Any:
+        return transport.get_async_client()._transport  # noqa: SLF001
+
+    assert isinstance(asyncio.run(grab()), AiohttpTransport)
+    mock = httpx2.MockTransport(lambda request: httpx2.Response(200))
+    transport.set_transport(async_transport=mock)
+    try:
+        assert asyncio.run(grab()) is mock
+    finally:
+        transport.set_transport(None)
+
+
+def test_closing_closes_the_session(server: str) -> None:
+    """The loop's client closes its aiohttp session (and connections) on aclose."""
+
+    async def go() -> Any:
+        t = AiohttpTransport(max_connections=2, keepalive_expiry=5)
+        async with httpx2.AsyncClient(transport=t) as client:
+            await client.send(_request(server + "/ok"))
+            session = t._session
+            assert session is not None and not session.closed
+        return session
+
+    assert asyncio.run(go()).closed
