@@ -2,17 +2,25 @@
 
 Run::
 
-    .venv/bin/python benchmarks/batch.py                 # everything (~2 minutes)
-    .venv/bin/python benchmarks/batch.py --skip-rpm      # (a) and (c) only (~30 s)
-    .venv/bin/python benchmarks/batch.py --profile       # + where map's time goes
+    .venv/bin/python benchmarks/batch.py --skip-rpm              # (a), (f), (c) (~3 minutes)
+    .venv/bin/python benchmarks/batch.py                         # + (b), the rate-limited run
+    .venv/bin/python benchmarks/batch.py --profile --skip-rpm    # + where map's time goes
 
 The sandbox runs in a separate *process* (``python -m cencori_nb sandbox``), so the server
-does not share the client's GIL. Everything lives in a throwaway ``CENCORI_NB_HOME``.
+does not share the client's GIL or CPU account. Everything lives in a throwaway
+``CENCORI_NB_HOME``.
 
-(a) ``--rows`` prompts (2,000) at ``--latency-ms`` (50 ms) sandbox latency, concurrency 64,
-    ``--rounds`` rounds with the contenders interleaved in a rotating order, each round with
-    fresh prompts (no cache hits): requests/s, and ratios measured in the same run. The
+(a) warm: ``--rows`` prompts (1,000) at ``--latency-ms`` (50 ms) sandbox latency,
+    concurrency 64, ``--rounds`` rounds (5) with the contenders interleaved in a rotating
+    order in this one process, each warmed once before the first round and each round with
+    fresh prompts (no cache hits): requests/s, the client process's CPU per request (every
+    thread; ``map`` ends with its ledger flush so the background writer's commits count),
+    and the ratios map / httpx2 and map / AsyncOpenAI per round and on the medians. The
     ideal is concurrency / latency = 1,280 requests/s.
+(f) first call in a fresh process: each round starts one process per contender (map, raw
+    httpx2), interleaved, that imports its library, then times its first batch of
+    ``--rows`` prompts (connections opened on the way; for map also the key store unlock,
+    the ledger, price tables and its lazy imports).
 (b) a rate-limited run: a second sandbox with ``--rpm`` (sliding 60-second window per key),
     ``--rpm-rows`` prompts through ``map`` on the managed route (so the wallet is debited):
     achieved rate over allowed rate, failed rows, duplicate debits per request id, and
@@ -20,7 +28,7 @@ does not share the client's GIL. Everything lives in a throwaway ``CENCORI_NB_HO
 (c) the last (a) round of ``map`` run again: every row from the response cache.
 
 All figures are from one run on whatever machine runs it; on a shared machine they are noisy
-(we print the spread across rounds). Compare the ratios, not the absolute rates.
+(we print the load and the spread across rounds). Compare the ratios, not the absolute rates.
 """
 
 from __future__ import annotations
@@ -111,14 +119,19 @@ def sandbox_reset(url: str) -> None:
 
 # ------------------------------------------------------------------------------ contenders
 def run_map(prompts: list[str], concurrency: int, **kw: Any) -> tuple[float, Any]:
+    """One ``map``, timed until its ledger rows are committed (the writer's work counts)."""
     import cencori_nb
+    from cencori_nb.ledger import default_ledger
 
     t0 = time.perf_counter()
     df = cencori_nb.map(prompts, model=MODEL, concurrency=concurrency, progress=False, **kw)
+    default_ledger().flush()
     return time.perf_counter() - t0, df
 
 
-def run_openai(url: str, prompts: list[str], concurrency: int) -> tuple[float, int]:
+def run_openai(
+    url: str, prompts: list[str], concurrency: int, *, warm: bool = True
+) -> tuple[float, int]:
     import openai
 
     async def main() -> tuple[float, int]:
@@ -137,7 +150,8 @@ def run_openai(url: str, prompts: list[str], concurrency: int) -> tuple[float, i
                 except openai.OpenAIError:
                     errors += 1
 
-        await asyncio.gather(*(one(f"warm {i}") for i in range(concurrency)))
+        if warm:
+            await asyncio.gather(*(one(f"warm {i}") for i in range(concurrency)))
         errors = 0
         t0 = time.perf_counter()
         await asyncio.gather(*(one(p) for p in prompts))
@@ -148,7 +162,9 @@ def run_openai(url: str, prompts: list[str], concurrency: int) -> tuple[float, i
     return asyncio.run(main())
 
 
-def run_httpx2(url: str, prompts: list[str], concurrency: int) -> tuple[float, int]:
+def run_httpx2(
+    url: str, prompts: list[str], concurrency: int, *, warm: bool = True
+) -> tuple[float, int]:
     import httpx2
 
     async def main() -> tuple[float, int]:
@@ -172,7 +188,8 @@ def run_httpx2(url: str, prompts: list[str], concurrency: int) -> tuple[float, i
                         return
                     _ = r.json()["choices"][0]["message"]["content"]
 
-            await asyncio.gather(*(one(f"warm {i}") for i in range(concurrency)))
+            if warm:
+                await asyncio.gather(*(one(f"warm {i}") for i in range(concurrency)))
             errors = 0
             t0 = time.perf_counter()
             await asyncio.gather(*(one(p) for p in prompts))
@@ -220,6 +237,67 @@ def part_a(
 def _map_contender(prompts: list[str], concurrency: int) -> tuple[float, int]:
     elapsed, df = run_map(prompts, concurrency)
     return elapsed, int(df["error"].notna().sum())
+
+
+def part_f(url: str, rows: int, concurrency: int, rounds: int) -> dict[str, list[float]]:
+    """The first batch in a fresh process, per contender, interleaved over ``rounds``."""
+    rates: dict[str, list[float]] = {"map": [], "httpx2": []}
+    names = list(rates)
+    for r in range(rounds):
+        order = names[r % 2 :] + names[: r % 2]
+        for name in order:
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--first",
+                    name,
+                    "--url",
+                    url,
+                    "--rows",
+                    str(rows),
+                    "--concurrency",
+                    str(concurrency),
+                    "--tag",
+                    f"first {r}",
+                ],
+                cwd=ROOT,
+                env={**os.environ, "CENCORI_NB_SANDBOX": url},
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=False,
+            )
+            if out.returncode != 0 or out.stderr.strip():
+                raise RuntimeError(f"first-call run of {name} failed:\n{out.stderr[-2000:]}")
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            rates[name].append(rows / got["elapsed"])
+            print(
+                f"  round {r + 1} {name:7s} {rows / got['elapsed']:8.1f} req/s  "
+                f"({got['elapsed']:5.2f} s, {got['errors']} errors)  client CPU "
+                f"{got['cpu_us']:6.0f} µs/request (fresh process)",
+                flush=True,
+            )
+    return rates
+
+
+def first_call(name: str, url: str, rows: int, concurrency: int, tag: str) -> int:
+    """In a fresh process: import the contender's library, then time its first batch."""
+    prompts = [f"{tag} {name}: summarise item {i} in one line." for i in range(rows)]
+    if name == "map":
+        import cencori_nb  # noqa: F401  (what a script imports; map's lazy imports count)
+
+        cpu0 = time.process_time()
+        elapsed, df = run_map(prompts, concurrency)
+        errors = int(df["error"].notna().sum())
+    else:
+        import httpx2  # noqa: F401
+
+        cpu0 = time.process_time()
+        elapsed, errors = run_httpx2(url, prompts, concurrency, warm=False)
+    cpu_us = (time.process_time() - cpu0) * 1e6 / rows
+    print(json.dumps({"elapsed": elapsed, "errors": errors, "cpu_us": cpu_us}))
+    return 0
 
 
 def part_b(rpm: int, rows: int, concurrency: int, latency_ms: float) -> dict[str, Any]:
@@ -341,16 +419,22 @@ def _bucket(filename: str, fn: str = "") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows", type=int, default=2000)
+    ap.add_argument("--rows", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--latency-ms", type=float, default=50.0)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--skip-first", action="store_true", help="skip (f), the fresh processes")
+    ap.add_argument("--first", choices=["map", "httpx2"], help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
+    ap.add_argument("--tag", default="first", help=argparse.SUPPRESS)
     ap.add_argument("--rpm", type=int, default=600)
     ap.add_argument("--rpm-rows", type=int, default=1200)
     ap.add_argument("--skip-rpm", action="store_true")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = ap.parse_args(argv)
+    if args.first:  # a child of part_f: the home and the keys are the parent's
+        return first_call(args.first, args.url, args.rows, args.concurrency, args.tag)
     _setup_env()
 
     from cencori_nb import keys
@@ -391,7 +475,25 @@ def main(argv: list[str] | None = None) -> int:
             + ")"
         )
         print(f"  map / ideal  = {med['map'] / ideal:.2f}")
+        print(
+            f"  map CPU / httpx2 CPU = {cpu_med['map'] / cpu_med['httpx2']:.2f}  (per round: "
+            + ", ".join(
+                f"{m / h:.2f}" for m, h in zip(cpu_us["map"], cpu_us["httpx2"], strict=True)
+            )
+            + ")"
+        )
         results["a"] = {"rates": rates, "medians": med, "ideal": ideal, "cpu_us": cpu_us}
+        if not args.skip_first:
+            print(f"(f) the first batch of {args.rows} prompts in a fresh process:")
+            f = part_f(url, args.rows, args.concurrency, args.rounds)
+            fmed = {k: statistics.median(v) for k, v in f.items()}
+            print(
+                f"  first map / first httpx2 = {fmed['map'] / fmed['httpx2']:.2f} on the "
+                "medians (per round: "
+                + ", ".join(f"{m / h:.2f}" for m, h in zip(f["map"], f["httpx2"], strict=True))
+                + ")"
+            )
+            results["f"] = {"rates": f, "medians": fmed}
 
         c = part_c(last, args.concurrency, url)
         print(

@@ -68,7 +68,7 @@ accessors), :mod:`.ratelimit` (the adaptive limiter) and :mod:`.progress` (the d
 
 from __future__ import annotations
 
-from .accessors import register_accessors
+from .accessors import register_when_pandas_loads
 from .cost import DEFAULT_OUTPUT_TOKENS, BatchEstimate, estimate
 from .runner import COLUMNS, BatchInterrupted, amap, map
 from .templates import fill_template
@@ -84,4 +84,4 @@ __all__ = [
     "map",
 ]
 
-register_accessors()
+register_when_pandas_loads()

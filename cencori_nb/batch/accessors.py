@@ -1,8 +1,17 @@
 """The ``.cencori`` pandas accessors: ``df.cencori.prompt("Summarise: {text}")`` and
-``series.cencori.prompt("Sentiment of: {}")``, registered when this package is imported."""
+``series.cencori.prompt("Sentiment of: {}")``.
+
+They exist as soon as both this package and pandas are imported, in either order: at once
+when pandas is already loaded, otherwise right after pandas' own import finishes (whoever
+imports it; ``map`` does while its first requests are in flight). Importing the package
+does not import pandas itself: a script's first ``map`` would pay pandas' half-second
+import before sending anything.
+"""
 
 from __future__ import annotations
 
+import importlib.abc
+import sys
 from typing import TYPE_CHECKING, Any
 
 from .cost import BatchEstimate, estimate
@@ -14,7 +23,12 @@ from .templates import fill_series_template, fill_template, with_reasons
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["CencoriFrameAccessor", "CencoriSeriesAccessor", "register_accessors"]
+__all__ = [
+    "CencoriFrameAccessor",
+    "CencoriSeriesAccessor",
+    "register_accessors",
+    "register_when_pandas_loads",
+]
 
 
 class _Accessor:
@@ -89,3 +103,38 @@ def register_accessors() -> None:
         warnings.filterwarnings("ignore", message=".*cencori.*overriding", category=UserWarning)
         pd.api.extensions.register_dataframe_accessor("cencori")(CencoriFrameAccessor)
         pd.api.extensions.register_series_accessor("cencori")(CencoriSeriesAccessor)
+
+
+def register_when_pandas_loads() -> None:
+    """Register the accessors now if pandas is loaded, else once its import completes."""
+    if "pandas" in sys.modules:
+        register_accessors()
+    elif not any(isinstance(f, _AfterPandasImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterPandasImport())
+
+
+class _AfterPandasImport(importlib.abc.MetaPathFinder):
+    """Finds pandas with the other finders, then registers the accessors when it has run."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != "pandas":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)  # once: also when the import below fails
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = find(fullname, path, target) if find is not None else None
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        run = getattr(loader, "exec_module", None)
+        if run is not None:
+
+            def exec_module(module: Any) -> None:
+                run(module)
+                register_accessors()
+
+            loader.exec_module = exec_module  # this spec's own loader instance
+        return spec

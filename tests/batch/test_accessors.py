@@ -71,3 +71,23 @@ def test_series_accessor_fills_value_and_aligns() -> None:
     assert s.cencori.prompt(achat=FakeAchat(), progress=False)["prompt"].tolist() == ["good", "bad"]
     with pytest.raises(ConfigurationError, match="Series has one value"):
         s.cencori.prompt("Sentiment of: {review}", achat=fake, progress=False)
+
+
+def test_accessor_arrives_when_pandas_is_imported_after_the_package() -> None:
+    """Importing cencori_nb.batch does not import pandas (a script's first map would pay
+    for it before sending); the accessor is registered as soon as pandas is imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, cencori_nb.batch; "
+        "print('pandas' in sys.modules); "
+        "import pandas as pd; "
+        "print(pd.DataFrame({'t': ['x']}).cencori.prompts('Say {t}').tolist()); "
+        "print(pd.Series(['y']).cencori.prompts('Say {}').tolist())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split("\n")[:3] == ["False", "['Say x']", "['Say y']"]
+    assert out.stderr == ""

@@ -8,10 +8,14 @@ are checked at the source.
 from __future__ import annotations
 
 import _thread
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -331,3 +335,47 @@ def test_dataframe_accessor_against_sandbox(sbx: SandboxServer) -> None:
     assert list(out.index) == [9, 3, 5]
     assert "red apples" in out.loc[9, "text"] and "blue plums" in out.loc[5, "text"]
     assert sbx.stats["requests"] == 3
+
+
+_EXIT_SCRIPT = """
+import atexit
+
+def report():  # registered first, so it runs last: after cencori_nb's own exit handlers
+    from cencori_nb.batch import runner
+    from cencori_nb.transport import pool
+
+    loop = runner._loop
+    client = pool._async_clients.get(loop)
+    print(f"loop closed: {loop.is_closed()}; client closed: {client.is_closed}", flush=True)
+
+atexit.register(report)
+
+import cencori_nb
+
+rows = [f"row {i}" for i in range(40)]
+df = cencori_nb.map(rows, model="gpt-4o-mini", concurrency=16, progress=False)
+print("rows ok:", int(df["error"].isna().sum()), flush=True)
+"""
+
+
+def test_a_script_that_calls_map_exits_cleanly(sbx: SandboxServer, tmp_path: Path) -> None:
+    """A script that calls map() ends with nothing on stderr: no
+    "Task exception was never retrieved … Event loop is closed", no "Unclosed client
+    session", no ResourceWarning; the batch loop's pooled connections were closed on that
+    loop at exit, not left to the garbage collector."""
+    script = tmp_path / "uses_map.py"
+    script.write_text(_EXIT_SCRIPT, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(Path(cencori_nb.__file__).parents[1])}
+    out = subprocess.run(
+        [sys.executable, "-W", "default", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "rows ok: 40" in out.stdout
+    assert "loop closed: True; client closed: True" in out.stdout
+    assert out.stderr == ""
