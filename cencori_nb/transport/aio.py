@@ -14,7 +14,8 @@ What it keeps equal to httpx2's own transport (tests/transport/test_aio.py):
   ``Accept`` or ``Accept-Encoding`` of its own), its body, no redirects followed, the
   response body undecoded (httpx2 decodes ``Content-Encoding`` itself);
 - the request's timeouts (``request.extensions["timeout"]``: connect, read, pool);
-- TLS verification with httpx2's default context, and proxies from the environment;
+- TLS verification with httpx2's default context, and proxies from the environment (read
+  once, like httpx2; ``NO_PROXY`` honoured);
 - failures as httpx2's exceptions (timeouts, connect errors, a peer that closes early,
   broken HTTP), so :func:`~cencori_nb.transport.map_exception` names them as before;
 - streaming: the body is read as it arrives (an SSE stream is not buffered to its end).
@@ -97,10 +98,17 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[str, Any] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         import aiohttp
         import httpcore2
+        from aiohttp.helpers import proxies_from_env
+
+        # Proxies from the environment, read once as httpx2 reads them once per client (not
+        # aiohttp's trust_env, which looks them up, and ~/.netrc, in a thread per request,
+        # and would add netrc credentials beside our Authorization header).
+        self._proxies = proxies_from_env()
 
         connector = aiohttp.TCPConnector(
             limit=self._max_connections,
@@ -111,7 +119,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             connector=connector,
             auto_decompress=False,
             skip_auto_headers=_SKIP_AUTO_HEADERS,
-            trust_env=True,
+            trust_env=False,
             timeout=aiohttp.ClientTimeout(total=None),
         )
         return self._session
@@ -122,11 +130,15 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
 
         session = self._session or self._open()
         timeout = request.extensions.get("timeout") or {}
+        url = URL(str(request.url), encoded=True)
+        proxy = self._proxy_for(url)
         try:
             body = await request.aread()
             response = await session.request(
                 request.method,
-                URL(str(request.url), encoded=True),
+                url,
+                proxy=proxy.proxy if proxy is not None else None,
+                proxy_auth=proxy.proxy_auth if proxy is not None else None,
                 headers=_headers(request),
                 data=body or None,
                 allow_redirects=False,
@@ -145,6 +157,17 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             stream=_ResponseStream(response, request),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": _reason(response)},
         )
+
+    def _proxy_for(self, url: Any) -> Any:
+        """The environment's proxy for ``url`` (None: direct), honouring ``NO_PROXY``."""
+        if not self._proxies:
+            return None
+        from urllib.request import proxy_bypass
+
+        info = self._proxies.get(url.scheme)
+        if info is None or (url.host and proxy_bypass(url.host)):
+            return None
+        return info
 
     async def aclose(self) -> None:
         session, self._session = self._session, None

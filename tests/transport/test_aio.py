@@ -267,3 +267,18 @@ def test_closing_closes_the_session(server: str) -> None:
         return session
 
     assert asyncio.run(go()).closed
+
+
+def test_proxies_from_the_environment_like_httpx2(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY routes a request through the proxy (the server sees the absolute URL),
+    NO_PROXY exempts a host; read from the environment as httpx2 reads it."""
+    monkeypatch.setenv("HTTP_PROXY", server)
+    monkeypatch.setenv("NO_PROXY", "exempt.invalid")
+    _Handler.seen.clear()
+    native, aio = _both(lambda: _request("http://api.example.invalid/ok"))
+    assert native.status_code == aio.status_code == 200
+    assert [s["path"] for s in _Handler.seen] == ["http://api.example.invalid/ok"] * 2
+    native, aio = _both(lambda: _request("http://exempt.invalid/ok"), timeout=2.0)
+    assert isinstance(native, httpx2.ConnectError) and isinstance(aio, httpx2.ConnectError)
