@@ -177,7 +177,7 @@ class Schema:
             if errors:
                 raise self._mismatch(
                     "; ".join(
-                        f"{_dotted(e.absolute_path)}: {e.message}"
+                        f"{_clip(_dotted(e.absolute_path))}: {_clip(e.message)}"
                         for e in errors[:_MAX_ERRORS_SHOWN]
                     )
                 )
@@ -189,7 +189,8 @@ class Schema:
         except pydantic.ValidationError as exc:
             raise self._mismatch(
                 "; ".join(
-                    f"{_dotted(e['loc'])}: {e['msg']}" for e in exc.errors()[:_MAX_ERRORS_SHOWN]
+                    f"{_clip(_dotted(e['loc']))}: {_clip(e['msg'])}"
+                    for e in exc.errors()[:_MAX_ERRORS_SHOWN]
                 )
             ) from None
 
@@ -693,6 +694,18 @@ def _plain(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     return value
+
+
+_MAX_ERROR_CHARS = 160
+
+
+def _clip(text: str) -> str:
+    """One line of a validation message, at most 160 characters: it quotes the model's own
+    values (and keys), which may be long or hostile, into an error, a row and the retry."""
+    one_line = " ".join(str(text).split())
+    if len(one_line) <= _MAX_ERROR_CHARS:
+        return one_line
+    return one_line[: _MAX_ERROR_CHARS - 1] + "…"
 
 
 def _dotted(path: Any) -> str:
