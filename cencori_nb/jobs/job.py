@@ -552,18 +552,20 @@ class BatchJob:
                     latest[pos] = r
         return latest
 
-    def result(self, *, wait: bool = True, timeout: float | None = None) -> pd.DataFrame:
+    def result(
+        self, *, wait: bool = True, timeout: float | None = None, progress: Any = True
+    ) -> pd.DataFrame:
         """The results as :func:`cencori_nb.map` returns them: one row per input row, in
         input order (aligned with the input's index), columns
         :data:`cencori_nb.batch.COLUMNS`. Expired and failed rows have their reason in
         ``error`` (:meth:`resubmit` sends only those again). ``wait=False``: what has been
-        fetched so far, the rest ``pending``."""
+        fetched so far, the rest ``pending``. ``progress``: as for :meth:`wait`."""
         import pandas as pd
 
         from ..batch import COLUMNS
 
         if wait:
-            self.wait(timeout=timeout, progress=False)
+            self.wait(timeout=timeout, progress=progress)
         latest = self._latest_results()
         records: list[dict[str, Any]] = []
         for pos, (prompt, reason) in enumerate(self._inputs()):
