@@ -76,6 +76,17 @@ class RowResult:
     message: str | None = None
 
 
+def _line(raw: str) -> dict[str, Any] | None:
+    """One results line as an object, or None for a line that is not one (torn, garbage):
+    skipped, so its row comes back "missing" (not billed; resubmit() sends it again)
+    rather than one bad line stopping every other row from being recorded."""
+    try:
+        item = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return item if isinstance(item, dict) else None
+
+
 def _send(req: httpx2.Request, adapter: Provider, *, stream: bool = False) -> httpx2.Response:
     from .. import transport
 
@@ -242,7 +253,9 @@ class OpenAIBatches(API):
                 for raw in resp.iter_lines():
                     if not raw.strip():
                         continue
-                    yield self._row(json.loads(raw))
+                    item = _line(raw)
+                    if item is not None:
+                        yield self._row(item)
             finally:
                 resp.close()
 
@@ -334,7 +347,9 @@ class AnthropicBatches(API):
             for raw in resp.iter_lines():
                 if not raw.strip():
                     continue
-                item = json.loads(raw)
+                item = _line(raw)
+                if item is None:
+                    continue
                 cid = str(item.get("custom_id"))
                 result = item.get("result") or {}
                 kind = result.get("type")
