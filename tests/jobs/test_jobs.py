@@ -293,3 +293,29 @@ def test_map_via_batch_is_submit_and_wait(sbx):
     assert len(cencori_nb.jobs()) == 1
     with pytest.raises(cencori_nb.ConfigurationError, match="via must be"):
         cencori_nb.map(s, model="gpt-4o-mini", via="later")
+
+
+def test_split_respects_request_and_byte_limits():
+    """Parts never exceed the provider's requests or bytes per job, keep input order, and
+    cover every row once (a row bigger than the byte limit still goes, alone)."""
+    from cencori_nb.jobs.job import _split
+    from cencori_nb.jobs.wire import LIMITS
+
+    max_rows, max_bytes = LIMITS["openai"]
+    positions = list(range(10))
+    sizes = dict.fromkeys(positions, max_bytes // 3)
+    chunks = list(_split(positions, sizes, "openai", 10**9))
+    assert chunks == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    assert all(sum(sizes[p] for p in c) <= max_bytes for c in chunks)
+    assert list(_split(positions, dict.fromkeys(positions, 1), "openai", 4)) == [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [8, 9],
+    ]
+    many = list(range(max_rows + 1))
+    assert [len(c) for c in _split(many, dict.fromkeys(many, 1), "openai", 10**9)] == [
+        max_rows,
+        1,
+    ]
+    huge = {0: 1, 1: max_bytes + 1, 2: 1}
+    assert list(_split([0, 1, 2], huge, "openai", 10**9)) == [[0], [1], [2]]
