@@ -17,6 +17,10 @@ a throwaway ``CENCORI_NB_HOME``.
 (b) validation CPU per row, in process and without the network: ``Schema.parse`` (JSON →
     the pydantic model) over the answers of the last round, and ``Schema.frame`` (the typed
     columns) over the parsed values; medians of ``--rounds`` repetitions.
+(c) client CPU of one ``chat`` call, plain vs ``schema=``, sequential against a second
+    sandbox at 0 ms latency (no concurrency, so far less noise than (a)): blocks of
+    ``--calls`` calls interleaved, medians; the difference is what ``schema=`` adds to a
+    request (the larger body, the JSON answer, validation).
 """
 
 from __future__ import annotations
@@ -126,12 +130,30 @@ def part_b(df: Any, rounds: int) -> dict[str, float]:
     }
 
 
+def part_c(calls: int, rounds: int) -> dict[str, float]:
+    import cencori_nb
+
+    per_call: dict[str, list[float]] = {"plain": [], "schema": []}
+    with sandbox_process("--latency-ms", "0") as url:
+        os.environ["CENCORI_NB_SANDBOX"] = url
+        for r in range(max(rounds, 3) * 2):
+            name, schema = ("plain", None) if r % 2 == 0 else ("schema", Invoice)
+            prompts = records(f"sequential {r} {name}", calls)
+            cencori_nb.chat(prompts[0], model=MODEL, schema=schema, cache=False)  # warm
+            cpu0 = time.process_time()
+            for prompt in prompts:
+                cencori_nb.chat(prompt, model=MODEL, schema=schema, cache=False)
+            per_call[name].append((time.process_time() - cpu0) * 1e6 / calls)
+    return {k: statistics.median(v) for k, v in per_call.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--latency-ms", type=float, default=50.0)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--calls", type=int, default=200, help="calls per block in (c)")
     args = ap.parse_args(argv)
     _setup_env()
 
@@ -167,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"(b) validation CPU over {b['rows']} answers: parse {b['parse_us']:.1f} µs/row, "
         f"typed columns {b['frame_us']:.1f} µs/row"
+    )
+    c = part_c(args.calls, args.rounds)
+    print(
+        f"(c) client CPU per sequential chat call: plain {c['plain']:.0f} µs, schema "
+        f"{c['schema']:.0f} µs; schema= adds {c['schema'] - c['plain']:.0f} µs"
     )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"load average after: {load:.2f}")

@@ -85,6 +85,7 @@ class Schema:
         "_columns",
         "_forms",
         "_strict",
+        "_widened",
         "_validator",
         "fingerprint",
         "json_schema",
@@ -102,6 +103,7 @@ class Schema:
         self.name = name
         self._strict: dict[str, Any] | None = None
         self._forms: dict[str, dict[str, Any]] = {}
+        self._widened: bool | None = None  # any optional key strict mode made nullable?
         self._columns: list[Column] | None = None
         self._adapter: Any = None
         self._validator: Any = None
@@ -171,7 +173,10 @@ class Schema:
         """``value`` (decoded JSON) checked and converted to the user's type."""
         if not isinstance(value, dict):
             raise self._mismatch(f"expected a JSON object, got {_json_type(value)}")
-        value = _drop_widened_nulls(value, self.json_schema, self.json_schema)
+        if self._widened is None:
+            self._widened = _has_widened(self.json_schema, self.json_schema, ())
+        if self._widened:  # else nothing to drop: skip the walk (most schemas, most rows)
+            value = _drop_widened_nulls(value, self.json_schema, self.json_schema)
         if self.kind == "json_schema":
             errors = sorted(self._json_validator().iter_errors(value), key=lambda e: list(e.path))
             if errors:
@@ -552,6 +557,32 @@ def _anthropic(node: dict[str, Any]) -> dict[str, Any]:
 
 def _is_primitive(value: object) -> bool:
     return value is None or isinstance(value, str | int | float | bool)
+
+
+def _has_widened(node: Any, root: dict[str, Any], seen: tuple[str, ...]) -> bool:
+    """Whether some object in the schema has an optional property without a default that
+    does not allow null (what :func:`_strict` widens and :func:`_drop_widened_nulls` undoes)."""
+    if isinstance(node, list):
+        return any(_has_widened(item, root, seen) for item in node)
+    if not isinstance(node, dict):
+        return False
+    ref = node.get("$ref")
+    if isinstance(ref, str):
+        if ref in seen:
+            return False
+        return _has_widened(_resolve(node, root), root, (*seen, ref))
+    props = node.get("properties")
+    if isinstance(props, dict):
+        required = set(node.get("required") or [])
+        for key, prop in props.items():
+            resolved = _resolve(prop, root) if isinstance(prop, dict) else {}
+            if key not in required and "default" not in resolved and not _is_nullable(resolved):
+                return True
+    return any(
+        _has_widened(value, root, seen)
+        for key, value in node.items()
+        if key not in ("$defs", "definitions", "enum", "const", "default")
+    )
 
 
 def _drop_widened_nulls(value: Any, node: Any, root: dict[str, Any]) -> Any:

@@ -362,3 +362,24 @@ def test_a_schema_holding_a_python_object_is_refused() -> None:
     bad = {"type": "object", "properties": {"a": {"type": "string", "default": object()}}}
     with pytest.raises(SchemaError, match="not JSON"):
         as_schema(bad)
+
+
+def test_the_null_dropping_walk_runs_only_where_strict_mode_widened_a_key() -> None:
+    """All-required schemas skip it; a NotRequired key (also nested, also behind a $ref)
+    turns it on."""
+    from cencori_nb.schemas import _has_widened
+
+    for plain in (Ticket, Invoice):  # all required, or optional with a default
+        built = as_schema(plain).json_schema
+        assert not _has_widened(built, built, ())
+    for schema in (Contact, CONTACT_JSON):
+        built = as_schema(schema).json_schema
+        assert _has_widened(built, built, ())
+    nested = {
+        "type": "object",
+        "$defs": {"C": CONTACT_JSON},
+        "properties": {"who": {"$ref": "#/$defs/C"}},
+        "required": ["who"],
+    }
+    assert _has_widened(nested, nested, ())
+    assert as_schema(nested).parse('{"who": {"name": "A", "age": null}}') == {"who": {"name": "A"}}
