@@ -745,6 +745,8 @@ class StreamRedactor:
         self._held = ""
 
     def feed(self, delta: str) -> str:
+        if not delta:  # an event without text (usage, finish): what is held stays held
+            return ""
         text = remove_stored_keys(self._held + delta)
         keep = 0
         tails = _key_start_at_end(_registered)

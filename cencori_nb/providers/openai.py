@@ -355,7 +355,10 @@ class ChatCompletionsStreamParser(c.AdapterStreamParser):
         if not isinstance(choices, list):
             return None
         for choice in choices:
-            if not isinstance(choice, dict) or c.to_int(choice.get("index")) != 0:
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index")
+            if index != 0 and c.to_int(index) != 0:  # the common 0 without a call
                 continue
             if choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
@@ -363,7 +366,8 @@ class ChatCompletionsStreamParser(c.AdapterStreamParser):
             if isinstance(delta, dict):
                 if isinstance(delta.get("refusal"), str):
                     self.refusal = (self.refusal or "") + delta["refusal"]
-                return self.emit(content_text(delta.get("content")))
+                content = delta.get("content")
+                return self.emit(content if type(content) is str else content_text(content))
         return None
 
 
