@@ -642,9 +642,7 @@ def map(
     loop = _batch_loop()
     future = asyncio.run_coroutine_threadsafe(batch.run(), loop)
     try:
-        # The answer is a DataFrame: import pandas (half a second in a fresh process) here,
-        # while the first requests are in flight, not before sending them.
-        import pandas  # noqa: F401
+        _warm_up()
 
         # Wait in short slices: a lock wait is not interruptible everywhere (Windows, or an
         # interrupt raised by _thread.interrupt_main), and Ctrl-C must get through at once.
@@ -671,6 +669,19 @@ def map(
             partial,
         ) from None
     return batch.frame(index)
+
+
+def _warm_up() -> None:
+    """Import what the first map() of a process needs besides sending: pandas (the answer
+    is a DataFrame) and the price tables (each settled row is priced), about 0.75 s of CPU
+    together. map() calls it on the caller's thread once the batch is submitted, so the
+    imports overlap the first requests in flight instead of delaying them or stalling the
+    batch loop between answers."""
+    import pandas  # noqa: F401
+
+    from .. import pricing
+
+    pricing.price_version()
 
 
 # One private event loop on a daemon thread, shared by every map() call in the process:
