@@ -1026,6 +1026,7 @@ def _row(
         test_mode=c.test_mode,
         gateway_cache=c.gateway_cache,
         model_original=c.model_original,
+        image_tokens=c.image_tokens,
     )
     for key, value in overrides.items():
         setattr(row, key, value)

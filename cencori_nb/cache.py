@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
 from .home import ensure_home, home_dir, open_private
-from .types import ChatRequest, Completion
+from .types import ChatRequest, Completion, Message
 
 if TYPE_CHECKING:
     from .router import Decision
@@ -89,7 +89,7 @@ def cache_key(decision: Decision, request: ChatRequest) -> str:
         decision.provider,
         decision.model,
         decision.base_url,
-        [[m.role, m.content] for m in request.messages],
+        [_message_key(m) for m in request.messages],
         request.temperature,
         request.max_tokens,
         request.extra or None,
@@ -100,6 +100,18 @@ def cache_key(decision: Decision, request: ChatRequest) -> str:
         payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str
     )
     return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _message_key(message: Message) -> list[Any]:
+    """What of a message makes the answer: role and text, and with images their order, type
+    and SHA-256 (two charts never share an answer; text-only keys are unchanged)."""
+    if not message.parts:
+        return [message.role, message.content]
+    return [
+        message.role,
+        message.content,
+        [p if isinstance(p, str) else f"image:{p.mime}:{p.sha256}" for p in message.parts],
+    ]
 
 
 def _connect() -> sqlite3.Connection:

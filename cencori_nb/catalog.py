@@ -7,9 +7,17 @@ prefixes, the widgets the model lists for their dropdowns. Wire formats live in
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-__all__ = ["CENCORI", "PROVIDERS", "ProviderInfo", "is_known_provider", "provider_info"]
+__all__ = [
+    "CENCORI",
+    "PROVIDERS",
+    "ProviderInfo",
+    "is_known_provider",
+    "provider_info",
+    "takes_images",
+]
 
 CENCORI = "cencori"  # the managed route's pseudo-provider (the Cencori project key)
 # Where a person tops up the credit wallet: the gateway's own top_up_url ("/billing",
@@ -161,3 +169,49 @@ def provider_info(name: str) -> ProviderInfo:
             " the managed Cencori project key).",
             provider=name,
         ) from None
+
+
+# Which models read images, by the providers' own model pages (OpenAI "Models", Anthropic
+# "Models overview", Gemini "Models", Mistral "Models", xAI "Models and pricing", Groq and
+# Together model lists), as of 2026. ``_TEXT_ONLY`` names the known models that do not;
+# a model in neither is unknown, and an image for it is refused (fail closed).
+_VISION: dict[str, str] = {
+    "openai": r"gpt-4o|chatgpt-4o|gpt-4\.1|gpt-4\.5|gpt-4-turbo|gpt-4-vision|gpt-5|gpt-6"
+    r"|o1(?!-mini|-preview)|o3(?!-mini)|o4",
+    "anthropic": r"claude-3|claude-(opus|sonnet|haiku)",
+    "google": r"gemini-(1\.5|2|3|exp)|gemini-\d+(\.\d+)?-(flash|pro)",
+    "mistral": r"pixtral|mistral-(small|medium|large)|magistral",
+    "groq": r"meta-llama/llama-4|llama-4|.*vision",
+    "xai": r"grok-4|grok-2-vision|grok-.*vision",
+    "together": r".*llama-4|.*vision|.*-vl",
+    "local": r"llava|bakllava|moondream|.*vision|.*-vl|gemma3|llama3\.2-vision|minicpm-v",
+}
+_TEXT_ONLY: dict[str, str] = {
+    "openai": r"gpt-3\.5|gpt-4($|-\d{4})|o1-mini|o1-preview|o3-mini|text-|davinci|babbage",
+    "anthropic": r"claude-(2|instant)",
+    "google": r"gemini-(1\.0-)?pro$|gemma",
+    "mistral": r"codestral|open-mistral|open-mixtral|mistral-tiny|ministral|devstral",
+    "groq": r"llama-3|mixtral|gemma|qwen|deepseek",
+    "xai": r"grok-(1|2|3)(?!.*vision)",
+    "deepseek": r".*",
+    "together": r".*",
+}
+
+
+def takes_images(provider: str, model: str) -> bool | None:
+    """Whether ``model`` on ``provider`` reads images: True, False, or None (unknown).
+
+    OpenRouter's ``vendor/model`` ids follow the vendor's list (``openai/gpt-4o-mini``)."""
+    name = model.strip().lower()
+    if provider == "openrouter" and "/" in name:
+        vendor, _, rest = name.partition("/")
+        vendor = {"meta-llama": "together", "x-ai": "xai", "google": "google"}.get(vendor, vendor)
+        if vendor in _VISION or vendor in _TEXT_ONLY:
+            return takes_images(vendor, rest.removesuffix(":free"))
+        return None
+    name = name.removeprefix("models/")
+    if provider in _VISION and re.match(_VISION[provider], name):
+        return True
+    if provider in _TEXT_ONLY and re.match(_TEXT_ONLY[provider], name):
+        return False
+    return None

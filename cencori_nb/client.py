@@ -241,7 +241,7 @@ def _reserve_args(request: ChatRequest, decision: Decision) -> _ReserveArgs | No
         decision.provider,
         decision.model,
         decision.route,
-        _prompt_tokens(request),
+        _prompt_tokens(request, decision),
         request.max_tokens,
     )
     return {
@@ -261,13 +261,34 @@ def _reserve_args(request: ChatRequest, decision: Decision) -> _ReserveArgs | No
 _last_estimate: tuple[object, int] = ((), 0)
 
 
-def _prompt_tokens(request: ChatRequest) -> int:
+def _prompt_tokens(request: ChatRequest, decision: Decision) -> int:
+    """The prompt's estimated input tokens: its text, plus its images by the formula of
+    the provider that will read them (:func:`cencori_nb.images.image_tokens`)."""
     global _last_estimate
     messages, tokens = _last_estimate
     if messages is not request.messages:
         tokens = estimate_messages_tokens(m.content for m in request.messages)
         _last_estimate = (request.messages, tokens)
-    return tokens
+    return tokens + _image_tokens(request, decision)
+
+
+def _image_tokens(request: ChatRequest, decision: Decision) -> int:
+    parts = request.images
+    if not parts:
+        return 0
+    from .images import parts_tokens
+
+    return parts_tokens(parts, decision.provider, decision.model)
+
+
+def _check_images(request: ChatRequest, decision: Decision) -> None:
+    """Refuse images the routed model or provider cannot take, before anything is sent
+    (:func:`cencori_nb.images.check_request`)."""
+    if not request.images:
+        return
+    from .images import check_request
+
+    check_request(request, provider=decision.provider, model=decision.model, route=decision.route)
 
 
 def _confirm(request: ChatRequest, decision: Decision, reservation: Reservation | None) -> None:
@@ -278,7 +299,7 @@ def _confirm(request: ChatRequest, decision: Decision, reservation: Reservation 
             decision.provider,
             decision.model,
             decision.route,
-            _prompt_tokens(request),
+            _prompt_tokens(request, decision),
             request.max_tokens,
             request.max_cost_usd,
             free=_test_mode(decision),
@@ -393,7 +414,7 @@ def _begin(decision: Decision, request: ChatRequest) -> str:
             model=decision.model,
             credential_source=decision.credential_source,
             error_code="process_ended",
-            input_tokens=_prompt_tokens(request),
+            input_tokens=_prompt_tokens(request, decision),
             estimated=True,
             cost_usd=None,
             test_mode=_test_mode(decision),
@@ -417,7 +438,7 @@ def _record_interrupted(
         model=decision.model,
         provider=decision.provider,
         route=decision.route,
-        input_tokens=_prompt_tokens(request),
+        input_tokens=_prompt_tokens(request, decision),
         latency_ms=(_perf() - started) * 1000.0,
         estimated=True,
         model_requested=request.model,
@@ -451,12 +472,12 @@ def _completion(
     usage = result.usage
     estimated = usage is None or not complete
     if usage is None:
-        input_tokens = estimate_messages_tokens(m.content for m in request.messages)
+        input_tokens = _prompt_tokens(request, decision)
         output_tokens = estimate_tokens(text)
         cache_read = cache_write = thinking = 0
     else:
         input_tokens = usage.input_tokens or (
-            estimate_messages_tokens(m.content for m in request.messages) if not complete else 0
+            _prompt_tokens(request, decision) if not complete else 0
         )
         output_tokens = (
             usage.output_tokens if complete else max(usage.output_tokens, estimate_tokens(text))
@@ -490,6 +511,10 @@ def _completion(
         interrupted=not complete,
         gateway_cache=result.gateway_cache,
         model_original=result.model_original,
+        image_tokens=min(
+            input_tokens,
+            (usage.image_tokens if usage is not None else 0) or _image_tokens(request, decision),
+        ),
     )
 
 
@@ -503,7 +528,7 @@ def _http_request(adapter: Provider, request: ChatRequest, decision: Decision) -
 
 
 def chat(
-    prompt_or_messages: str | list[dict[str, str]] | list[Message],
+    prompt_or_messages: str | list[Any],
     *,
     model: str | None = None,
     provider: str | None = None,
@@ -561,10 +586,13 @@ def _prepare(request: ChatRequest) -> tuple[Decision, str | None, Completion | N
     a prompt larger than the model's context window. The budget reservation and the cost
     confirmation follow (sync or async), only on a miss."""
     decision = _resolve(request)
+    _check_images(request, decision)
     _ledger_ready()
     key, hit = _cache_hit(request, decision)
     if hit is None:
-        accounting.check_context(decision.provider, decision.model, _prompt_tokens(request))
+        accounting.check_context(
+            decision.provider, decision.model, _prompt_tokens(request, decision)
+        )
     return decision, key, hit
 
 
@@ -733,7 +761,7 @@ def _chat(request: ChatRequest, retries: int | None) -> Completion:
 
 
 async def achat(
-    prompt_or_messages: str | list[dict[str, str]] | list[Message],
+    prompt_or_messages: str | list[Any],
     *,
     model: str | None = None,
     provider: str | None = None,
@@ -1091,7 +1119,7 @@ class ChatStream:
 
 
 def stream(
-    prompt_or_messages: str | list[dict[str, str]] | list[Message],
+    prompt_or_messages: str | list[Any],
     *,
     model: str | None = None,
     provider: str | None = None,
@@ -1213,7 +1241,7 @@ class AsyncChatStream:
 
 
 def astream(
-    prompt_or_messages: str | list[dict[str, str]] | list[Message],
+    prompt_or_messages: str | list[Any],
     *,
     model: str | None = None,
     provider: str | None = None,

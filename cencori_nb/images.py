@@ -31,8 +31,9 @@ file's contents:
 Sizes per provider, checked before sending (:func:`fit_for`): each provider scales large
 images down on its side and charges for the scaled size, so we scale down first to the
 same bound and send fewer bytes. OpenAI: within 2048 × 2048; Anthropic: 1568 px on the long
-side; Gemini: 3072 px on the long side. An image still above the provider's byte limit after
-that (Anthropic 5 MB per image, OpenAI 20 MB, Gemini 20 MB for the inline request) is refused.
+side and about 1.15 megapixels (1092 × 1092); Gemini: 3072 px on the long side. An image
+still above the provider's byte limit after that (Anthropic 5 MB per image, OpenAI 20 MB)
+is refused, and so is a request above its total (:func:`check_request`).
 
 Tokens (:func:`image_tokens`), as each provider documents them, for the estimate before
 sending (the bill itself uses the usage the provider returns):
@@ -42,7 +43,7 @@ sending (the bill itself uses the usage the provider returns):
   tiles`` for GPT-4o / GPT-4.1 / o-series (``2833 + 5667 × tiles`` for gpt-4o-mini);
   GPT-4.1-mini/nano and o4-mini count 32-px patches (at most 1536) times 1.62 / 2.46 / 1.72;
 - Anthropic (docs.anthropic.com, "Vision", *Calculate image costs*): ``width × height /
-  750`` after scaling to 1568 px on the long side;
+  750`` after scaling to 1568 px on the long side and 1.15 megapixels;
 - Gemini (ai.google.dev, "Understand and count tokens"): 258 when both sides are ≤ 384 px,
   else 258 per 768 × 768 tile.
 """
@@ -62,13 +63,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ImageError
+from .errors import ImageError, ModelTakesNoImagesError
 
 __all__ = [
     "MAX_FILE_BYTES",
     "MAX_PIXELS",
     "ImagePart",
     "as_image",
+    "check_request",
     "image",
     "fit_for",
     "image_tokens",
@@ -524,10 +526,17 @@ def wire_of(provider: str) -> str:
     return provider if provider in _MAX_SIDE else "openai"
 
 
+# Anthropic also scales anything above ~1.15 megapixels (its table of the largest sizes sent
+# unscaled: 1092 × 1092 for 1:1 … 784 × 1568 for 1:2).
+_MAX_AREA: dict[str, int] = {"anthropic": 1092 * 1092}
+
+
 def fitted_size(width: int, height: int, provider: str) -> tuple[int, int]:
     """The size :func:`fit_for` sends for a ``width`` × ``height`` image."""
-    bound = _MAX_SIDE[wire_of(provider)]
-    scale = min(1.0, bound / max(width, height))
+    wire = wire_of(provider)
+    scale = min(1.0, _MAX_SIDE[wire] / max(width, height))
+    if wire in _MAX_AREA:
+        scale = min(scale, math.sqrt(_MAX_AREA[wire] / (width * height)))
     if scale >= 1.0:
         return width, height
     return max(1, round(width * scale)), max(1, round(height * scale))
@@ -618,3 +627,72 @@ def parts_tokens(parts: Iterable[Any], provider: str, model: str) -> int:
     return sum(
         image_tokens(p.width, p.height, provider, model) for p in parts if isinstance(p, ImagePart)
     )
+
+
+# Images per request and bytes per request, by each API's documented limits (OpenAI 500
+# images / 50 MB; Anthropic 100 images / a 32 MB request; Gemini 3,600 images / 20 MB of
+# inline data), and Cencori's gateway, which reads one image (chat-vision-router.ts keeps
+# the last one and drops the others).
+_MAX_COUNT = {"openai": 500, "anthropic": 100, "google": 3600}
+_MAX_TOTAL = {"openai": 50 * 1024 * 1024, "anthropic": 32 * 1024 * 1024, "google": 20 * 1024 * 1024}
+
+
+def check_request(request: Any, *, provider: str, model: str, route: str) -> None:
+    """Refuse, before anything is sent, a request whose images cannot go where it is
+    routed: an image outside a user message, a model that reads no images (by
+    :func:`cencori_nb.catalog.takes_images`; unknown counts as no) on a route that will not
+    upgrade it, more images or bytes than the API takes, more than one image through
+    Cencori. The managed route goes through Cencori's gateway, which answers an image
+    request to a text model with a vision model (``X-Model-Upgraded``), so it is let
+    through. ``request`` is a :class:`~cencori_nb.types.ChatRequest`."""
+    from .catalog import takes_images
+
+    found = [(m.role, p) for m in request.messages for p in m.images]
+    if not found:
+        return
+    if any(role != "user" for role, _ in found):
+        raise ImageError(
+            "Images can only be sent in user messages (not system or assistant ones).",
+            provider=provider,
+            model=model,
+        )
+    parts = [p for _, p in found]
+    if route == "managed":
+        if len(parts) > 1:
+            raise ImageError(
+                f"Cencori's gateway reads one image per request; this one has {len(parts)}.",
+                hint="Send one image per request, or use your own key for the provider "
+                "(route='byok').",
+                provider=provider,
+                model=model,
+            )
+        rules = "anthropic"  # the gateway may answer with any provider's model
+    else:
+        reads = takes_images(provider, model)
+        if not reads:
+            known = "reads only text" if reads is False else "is not known to read images"
+            raise ModelTakesNoImagesError(
+                f"{provider}/{model} {known}; the prompt holds "
+                f"{len(parts)} image{'s' if len(parts) > 1 else ''}. Nothing was sent.",
+                hint="Pick a vision model (e.g. gpt-4o-mini, claude-sonnet-4-5, "
+                "gemini-2.5-flash), or route through Cencori (route='managed'), which "
+                "upgrades the model to one that sees.",
+                provider=provider,
+                model=model,
+            )
+        rules = wire_of(provider)
+    if len(parts) > _MAX_COUNT[rules]:
+        raise ImageError(
+            f"{len(parts)} images in one request; {provider} takes at most {_MAX_COUNT[rules]}.",
+            provider=provider,
+            model=model,
+        )
+    total = sum(fit_for(p, rules).nbytes for p in parts) * 4 // 3  # as base64
+    if total > _MAX_TOTAL[rules]:
+        raise ImageError(
+            f"The images come to {_kb(total)} as sent, above the {_kb(_MAX_TOTAL[rules])} "
+            f"{provider} takes in one request.",
+            hint="Send fewer or smaller images per request.",
+            provider=provider,
+            model=model,
+        )

@@ -218,6 +218,7 @@ class LedgerRow:
     # who made the request (settings.current_member(): CENCORI_NB_MEMBER, the member
     # setting, else user@host); filled in when the row is stored
     member: str = ""
+    image_tokens: int = 0  # of input_tokens, the images' share
 
     def as_params(self) -> tuple[Any, ...]:
         return (
@@ -248,6 +249,7 @@ class LedgerRow:
             self.gateway_cache,
             self.model_original,
             self.member,
+            int(self.image_tokens),
         )
 
 
@@ -280,10 +282,11 @@ COLUMNS = (
     "gateway_cache",
     "model_original",
     "member",
+    "image_tokens",
 )
 # what a row written by a version before a column existed holds in it (spill and journal
 # lines outlive upgrades)
-_COLUMN_DEFAULTS: dict[str, Any] = {"member": ""}
+_COLUMN_DEFAULTS: dict[str, Any] = {"member": "", "image_tokens": 0}
 
 
 def _member() -> str:
@@ -1072,7 +1075,10 @@ def _journal_row(data: Any) -> dict[str, Any]:
     ``{"v": 1, "row": {column: value}}`` (written by older versions, left by a process that
     died under one). Raises ValueError, TypeError or KeyError on anything else."""
     if isinstance(data, list) and data and data[0] == JOURNAL_VERSION:
-        return dict(zip(COLUMNS, data[1:], strict=True))
+        if len(data) - 1 > len(COLUMNS):
+            raise ValueError("a journal line with more values than columns")
+        # a shorter line was written before a column was added: _params_from fills it
+        return dict(zip(COLUMNS, data[1:], strict=False))
     if isinstance(data, dict) and data.get("v") == 1:
         return dict(data["row"])
     raise ValueError("not a journal line")

@@ -377,6 +377,12 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         )""",
         ],
     ),
+    # Images in prompts (issue 15.2): of input_tokens, the images' share (as the provider
+    # reported it, else by its documented formula). Priced with the rest of the input.
+    (
+        "008_image_tokens",
+        ["ALTER TABLE requests ADD COLUMN image_tokens INTEGER NOT NULL DEFAULT 0"],
+    ),
 ]
 
 # The same migrations, by the same names, for a PostgreSQL ledger (issue 17). PostgreSQL
@@ -536,6 +542,12 @@ PG_MIGRATIONS: list[tuple[str, list[str]]] = [
             PRIMARY KEY (scope, name)
         )""",
         ],
+    ),
+    # Images in prompts (issue 15.2): of input_tokens, the images' share (as the provider
+    # reported it, else by its documented formula). Priced with the rest of the input.
+    (
+        "008_image_tokens",
+        ["ALTER TABLE requests ADD COLUMN image_tokens BIGINT NOT NULL DEFAULT 0"],
     ),
 ]
 

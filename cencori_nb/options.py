@@ -21,14 +21,14 @@ from dataclasses import dataclass, fields
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from .types import ChatRequest, Message
+from .types import ChatRequest
 
 if TYPE_CHECKING:
     from .schemas import Schema
 
 __all__ = ["ChatOptions", "parse_max_cost"]
 
-Prompt = str | list[dict[str, str]] | list[Message]
+Prompt = str | list[Any]  # text, messages, or text and images (types.ChatRequest.from_prompt)
 
 # The options every call passes (an injected achat must accept them). Later fields are
 # passed only when set; see the module docstring.

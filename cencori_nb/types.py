@@ -10,11 +10,13 @@ including ``cache_read_tokens`` and ``cache_write_tokens``; ``output_tokens`` in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from .images import ImagePart
     from .schemas import Schema
 
 __all__ = ["ChatRequest", "Completion", "Message", "Route", "Usage"]
@@ -25,10 +27,42 @@ RouteChoice = Literal["auto", "byok", "managed"]
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One chat message: ``role`` is ``system``, ``user`` or ``assistant``."""
+    """One chat message: ``role`` is ``system``, ``user`` or ``assistant``.
+
+    A message with images keeps its text and images in order in ``parts`` (``str`` and
+    :class:`~cencori_nb.images.ImagePart` items); ``content`` is then its text alone (what
+    the key checks and token estimates read). Build one with :meth:`from_parts`.
+    """
 
     role: str
     content: str
+    parts: tuple[str | ImagePart, ...] = ()
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        """The images in this message, in order."""
+        return tuple(p for p in self.parts if not isinstance(p, str))
+
+    @classmethod
+    def from_parts(cls, role: str, items: Sequence[Any]) -> Message:
+        """A message from text and images in order: ``str`` items (or ``{"type": "text",
+        "text": …}`` dicts) are text, anything else goes through
+        :func:`cencori_nb.images.as_image` (an :class:`~cencori_nb.errors.ImageError` if it
+        is not an image). Without images it is a plain text message."""
+        from .images import as_image
+
+        parts: list[str | ImagePart] = []
+        for item in items:
+            if isinstance(item, str):
+                parts.append(item)
+            elif isinstance(item, dict) and item.get("type") == "text":
+                parts.append(str(item.get("text") or ""))
+            else:
+                parts.append(as_image(item))
+        text = "".join(p for p in parts if isinstance(p, str))
+        if all(isinstance(p, str) for p in parts):
+            return cls(role, text)
+        return cls(role, text, tuple(parts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,25 +89,36 @@ class ChatRequest:
     @classmethod
     def from_prompt(
         cls,
-        prompt: str | list[dict[str, str]] | list[Message],
+        prompt: str | Sequence[Any],
         *,
         system: str | None = None,
         **kwargs: Any,
     ) -> ChatRequest:
-        """Build from a prompt string or a list of ``{"role", "content"}`` dicts."""
+        """Build from a prompt string, a list of ``{"role", "content"}`` dicts (``content``
+        a string, or a list of text and images), or a list of text and images that is one
+        user message (``["What does this chart show?", fig]``)."""
         messages: list[Message] = []
         if system:
             messages.append(Message("system", system))
         if isinstance(prompt, str):
             messages.append(Message("user", prompt))
+        elif prompt and not any(isinstance(i, (dict, Message)) for i in prompt):
+            messages.append(Message.from_parts("user", list(prompt)))
         else:
-            for item in prompt:
-                messages.append(
-                    item
-                    if isinstance(item, Message)
-                    else Message(str(item["role"]), str(item["content"]))
-                )
+            items: list[Any] = list(prompt)
+            for item in items:
+                if isinstance(item, Message):
+                    messages.append(item)
+                elif isinstance(item["content"], (list, tuple)):
+                    messages.append(Message.from_parts(str(item["role"]), item["content"]))
+                else:
+                    messages.append(Message(str(item["role"]), str(item["content"])))
         return cls(messages=tuple(messages), **kwargs)
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        """Every image in the request's messages, in order."""
+        return tuple(image for m in self.messages for image in m.images)
 
 
 @dataclass(slots=True)
@@ -85,6 +130,7 @@ class Usage:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     thinking_tokens: int = 0
+    image_tokens: int = 0  # of input_tokens, the images' share (when the provider says)
 
     @property
     def total_tokens(self) -> int:
@@ -155,6 +201,10 @@ class Completion:
     # What earlier attempts of this answer cost (a schema= answer retried once after it did
     # not match): each attempt has its own ledger row; this is only what the faces add up.
     earlier_cost_usd: Decimal = Decimal(0)
+    # Of input_tokens, the images' share: as the provider reported it (OpenAI
+    # prompt_tokens_details.image_tokens, Gemini's IMAGE modality), else by the provider's
+    # documented formula (Anthropic reports none). Priced like the rest of the input.
+    image_tokens: int = 0
 
     @property
     def usage(self) -> Usage:
@@ -164,6 +214,7 @@ class Completion:
             self.cache_read_tokens,
             self.cache_write_tokens,
             self.thinking_tokens,
+            self.image_tokens,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,7 +249,9 @@ class Completion:
         if self.route == "managed" and self.request_id:
             receipts += f" · request {self.request_id}"
         return (
-            f"{self.model} · {route} · {self.input_tokens} in / {self.output_tokens} out"
+            f"{self.model} · {route} · {self.input_tokens} in"
+            + (f" ({self.image_tokens} image)" if self.image_tokens else "")
+            + f" / {self.output_tokens} out"
             f" · {cost_s}{est}{receipts}"
         )
 

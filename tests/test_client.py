@@ -355,6 +355,8 @@ def test_a_name_checked_clean_is_refused_once_it_becomes_a_stored_key(
 def test_each_request_gets_its_own_prompt_estimate() -> None:
     """The prompt-token estimate is computed once per request and never reused for
     another request's messages, even ones equal in length."""
+    from types import SimpleNamespace
+
     from cencori_nb import client
     from cencori_nb.tokens import estimate_messages_tokens
     from cencori_nb.types import ChatRequest
@@ -362,7 +364,8 @@ def test_each_request_gets_its_own_prompt_estimate() -> None:
     short = ChatRequest.from_prompt("one two")
     long = ChatRequest.from_prompt("word " * 500)
     same_text = ChatRequest.from_prompt("one two")
+    routed = SimpleNamespace(provider="openai", model="gpt-4o")  # images are counted by it
     for request in (short, long, short, same_text, long):
         expected = estimate_messages_tokens(m.content for m in request.messages)
-        assert client._prompt_tokens(request) == expected
-    assert client._prompt_tokens(long) > 500 > client._prompt_tokens(short)
+        assert client._prompt_tokens(request, routed) == expected
+    assert client._prompt_tokens(long, routed) > 500 > client._prompt_tokens(short, routed)

@@ -323,15 +323,22 @@ def test_fit_scales_down_to_each_providers_bound() -> None:
     assert fit_for(jpeg, "anthropic").mime == "image/jpeg"
 
 
-def test_fit_refuses_what_is_still_too_large_for_anthropic() -> None:
-    """Random pixels do not compress: 1500×1500 noise is ~6.8 MB as PNG, above Anthropic's
-    5 MB, and within its 1568-px bound so scaling cannot help."""
-    noise = io.BytesIO()
-    PIL.frombytes("RGB", (1500, 1500), os.urandom(1500 * 1500 * 3)).save(noise, format="PNG")
-    part = as_image(noise.getvalue())
-    with pytest.raises(errors.ImageError, match="above the 5.0 MB anthropic takes"):
-        fit_for(part, "anthropic")
-    assert fit_for(part, "openai") is part
+def test_more_bytes_than_one_gemini_request_takes_is_refused_before_sending() -> None:
+    """Random pixels do not compress: two 2400×2400 noise PNGs (~17 MB each) fit Gemini's
+    3072-px bound one by one, but not its 20 MB of inline data per request."""
+    from cencori_nb.images import check_request
+    from cencori_nb.types import ChatRequest
+
+    def noise() -> bytes:
+        buf = io.BytesIO()
+        PIL.frombytes("RGB", (2400, 2400), os.urandom(2400 * 2400 * 3)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    request = ChatRequest.from_prompt(["compare", noise(), noise()])
+    with pytest.raises(errors.ImageError, match="above the 20.0 MB google takes in one request"):
+        check_request(request, provider="google", model="gemini-2.5-flash", route="byok")
+    with pytest.raises(errors.ImageError, match="one image per request"):
+        check_request(request, provider="google", model="gemini-2.5-flash", route="managed")
 
 
 @pytest.mark.parametrize(
@@ -354,7 +361,137 @@ def test_image_tokens_follow_each_providers_documented_formula(
     assert image_tokens(*size, provider, model) == tokens, basis
 
 
+def test_estimates_against_real_recordings_of_one_image() -> None:
+    """pydantic-ai recorded the same 3008×2000 PNG (plus one short question) sent to each
+    provider (tests/corpus/*/…image_input.json). OpenAI's tile count and Anthropic's
+    w×h/750 after its 1.15-megapixel scaling land on the billed counts; Gemini's documented
+    768-px tiles give 12 × 258 where it billed 13 × 258 (3354): an estimate 8 % low, which is
+    why the bill always uses the provider's usage."""
+    import json
+
+    corpus = Path(__file__).parent / "corpus"
+
+    def usage(name: str) -> dict:
+        return json.loads((corpus / name).read_text())["body"][
+            "usage" if "gemini" not in name else "usageMetadata"
+        ]
+
+    openai = usage("openai/chat_gpt4o_image_input.json")["prompt_tokens"]
+    est = image_tokens(3008, 2000, "openai", "gpt-4o")
+    assert est == 1105 and 0 < openai - est < 60  # the rest: the question and message framing
+    anthropic = usage("anthropic/messages_sonnet35_image_input.json")["input_tokens"]
+    est = image_tokens(3008, 2000, "anthropic", "claude-3-5-sonnet-latest")
+    assert abs(anthropic - est) / anthropic < 0.01
+    details = json.loads((corpus / "google/generate_20flash_image_input.json").read_text())
+    billed = next(
+        d["tokenCount"]
+        for d in details["body"]["usageMetadata"]["promptTokensDetails"]
+        if d["modality"] == "IMAGE"
+    )
+    est = image_tokens(3008, 2000, "google", "gemini-2.0-flash")
+    assert (billed, est) == (3354, 3096) and abs(billed - est) / billed < 0.10
+
+
 def test_the_part_displays_as_the_image() -> None:
     bundle = as_image(png_bytes(4, 4))._repr_mimebundle_()
     assert bundle["image/png"].startswith("iVBOR")
     assert isinstance(as_image(png_bytes(4, 4)), ImagePart)
+
+
+# --------------------------------------------------------------------------- through chat
+
+GROQ_KEY = "gsk_images_test_" + "G" * 24 + "a1b2"
+OPENAI_KEY = "sk-test-images-" + "O" * 24 + "c3d4"
+CENCORI_KEY = "csk_live_images_" + "C" * 24 + "e5f6"
+
+
+def _rows() -> list:
+    from cencori_nb.ledger import default_ledger
+
+    led = default_ledger()
+    led.flush()
+    return led.rows()
+
+
+def test_a_text_only_model_is_refused_before_anything_is_sent(sandbox_env: object) -> None:
+    """Groq's llama-3.3 reads only text: refused with the way out, no request, no row."""
+    import cencori_nb
+    from cencori_nb import keys
+
+    keys.set("groq", GROQ_KEY)
+    before = sandbox_env.stats["requests"]  # type: ignore[attr-defined]
+    with pytest.raises(errors.ModelTakesNoImagesError) as info:
+        cencori_nb.chat(["What is this?", png_bytes()], model="llama-3.3-70b-versatile")
+    assert "reads only text" in str(info.value) and "route='managed'" in str(info.value)
+    assert sandbox_env.stats["requests"] == before  # type: ignore[attr-defined]
+    assert _rows() == []
+
+
+def test_an_unknown_model_is_refused_too(sandbox_env: object) -> None:
+    """Fail closed: a model the catalogue does not know is not sent an image."""
+    import cencori_nb
+    from cencori_nb import keys
+
+    keys.set("openai", OPENAI_KEY)
+    with pytest.raises(errors.ModelTakesNoImagesError, match="not known to read images"):
+        with pytest.warns(UserWarning, match="not in the price catalogue"):
+            cencori_nb.chat(["What is this?", png_bytes()], model="openai/my-finetune-x")
+
+
+def test_image_tokens_are_estimated_recorded_and_shown(sandbox_env: object) -> None:
+    """gpt-4o BYOK: the footer shows the images' share, the ledger row keeps it, and a
+    different image with the same words is a different cache entry."""
+    import cencori_nb
+    from cencori_nb import keys
+
+    keys.set("openai", OPENAI_KEY)
+    first = cencori_nb.chat(["Describe", png_bytes(1024, 1024)], model="gpt-4o")
+    assert first.image_tokens == 765  # 4 tiles: 85 + 4 × 170
+    assert first.input_tokens > 765
+    assert "(765 image)" in first.footer()
+    (row,) = _rows()
+    assert row.image_tokens == 765
+    again = cencori_nb.chat(["Describe", png_bytes(1024, 1024)], model="gpt-4o")
+    assert again.cached and again.text == first.text
+    other = cencori_nb.chat(["Describe", png_bytes(1024, 1024, (0, 0, 0))], model="gpt-4o")
+    assert not other.cached
+
+
+def test_cencori_upgrades_a_text_model_and_the_footer_says_so(sandbox_env: object) -> None:
+    """Managed route: the magic's refusal does not apply; the gateway answers with a vision
+    model and X-Model-Upgraded / X-Model-Original, shown in the footer and stored."""
+    import cencori_nb
+    from cencori_nb import keys
+
+    keys.set_cencori_key(CENCORI_KEY)
+    c = cencori_nb.chat(["What is this?", png_bytes()], model="gpt-3.5-turbo", cache=False)
+    assert c.route == "managed" and c.model_original == "gpt-3.5-turbo"
+    assert "upgraded from gpt-3.5-turbo" in c.footer()
+    (row,) = _rows()
+    assert row.model_original == "gpt-3.5-turbo" and row.image_tokens > 0
+
+
+def test_two_images_through_cencori_are_refused(sandbox_env: object) -> None:
+    """The gateway keeps only the last image: refused rather than silently dropped."""
+    import cencori_nb
+    from cencori_nb import keys
+
+    keys.set_cencori_key(CENCORI_KEY)
+    with pytest.raises(errors.ImageError, match="one image per request; this one has 2"):
+        cencori_nb.chat(["a", png_bytes(), "b", png_bytes(8, 8)], model="gpt-4o")
+    assert _rows() == []
+
+
+def test_images_only_in_user_messages(sandbox_env: object) -> None:
+    import cencori_nb
+    from cencori_nb import keys
+
+    keys.set("openai", OPENAI_KEY)
+    with pytest.raises(errors.ImageError, match="only be sent in user messages"):
+        cencori_nb.chat(
+            [
+                {"role": "system", "content": ["look", png_bytes()]},
+                {"role": "user", "content": "hi"},
+            ],
+            model="gpt-4o",
+        )

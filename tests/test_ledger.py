@@ -45,6 +45,7 @@ EXPECTED_REQUESTS_COLUMNS = [
     ("gateway_cache", "TEXT"),
     ("model_original", "TEXT"),
     ("member", "TEXT"),
+    ("image_tokens", "INTEGER"),
 ]
 EXPECTED_DAILY_COLUMNS = [
     ("day", "INTEGER"),
@@ -102,6 +103,7 @@ def test_schema_from_an_empty_file(private_home: Path) -> None:
         "005_client_ids_and_interrupted",
         "006_gateway_receipts",
         "007_members_and_team_budgets",
+        "008_image_tokens",
     ]
     assert _columns(conn, "requests") == EXPECTED_REQUESTS_COLUMNS
     assert _columns(conn, "requests_daily") == EXPECTED_DAILY_COLUMNS
@@ -611,11 +613,15 @@ def test_journals_of_this_and_older_versions_are_reclaimed(private_home: Path) -
         + "\n"
         + json.dumps([2, *intent("new-2")])
         + "\n"
+        # this version's line, written before the last column (image_tokens) existed
+        + json.dumps([2, *intent("mid-3")[:-1]])
+        + "\n"
         + '[2, 1796000000000, "torn'
     )
     ledger_mod._reset_for_tests()  # the next start reclaims what the dead process left
     rows = sorted(default_ledger().rows(), key=lambda r: r.client_id)
     assert [(r.client_id, r.status, r.error_code, r.input_tokens) for r in rows] == [
+        ("mid-3", "interrupted", "process_ended", 1000),
         ("new-2", "interrupted", "process_ended", 1000),
         ("old-1", "interrupted", "process_ended", 1000),
     ]

@@ -58,6 +58,7 @@ USAGE_FIELDS = (
     "gateway_cache",
     "model_original",
     "member",
+    "image_tokens",
 )
 
 

@@ -26,7 +26,7 @@ from IPython.display import display
 from traitlets import Bool, Enum, Int, Unicode, validate
 
 from ..errors import CencoriError, CostConfirmationError, user_error
-from .interpolate import interpolate
+from .interpolate import interpolate_parts
 from .parser import (
     FORMATS,
     ROUTES,
@@ -131,8 +131,10 @@ class CencoriMagics(Magics):
             return
         user_ns = self.shell.user_ns if self.shell is not None else {}
         # IPython hands the body over with its final newline; it is not part of the prompt.
-        prompt = interpolate(cell.rstrip("\n"), user_ns)
-        if not prompt.strip():
+        # A placeholder naming a figure or an image ({fig}) becomes an image part.
+        parts = interpolate_parts(cell.rstrip("\n"), user_ns)
+        prompt = "".join(p for p in parts if isinstance(p, str))
+        if not prompt.strip() and len(parts) <= 1:
             raise _usage("the cell is empty: write the prompt below the %%cencori line.")
         from .parser import refuse_key_in_prompt
 
@@ -146,19 +148,24 @@ class CencoriMagics(Magics):
         if args.schema is not None:
             options["schema"] = _schema_from(args.schema, user_ns)
             fmt = args.format or "json"
+        message: str | list[Any] = prompt
+        if any(not isinstance(p, str) for p in parts):
+            from ..images import as_image
+
+            message = [p if isinstance(p, str) else as_image(p) for p in parts]
         if args.dry_run:
             from .commands import dry_run
 
-            dry_run(prompt, options)
+            dry_run(message, options)
             return
         try:
-            completion, view = self._send(prompt, options, stream=args.stream and self.stream)
+            completion, view = self._send(message, options, stream=args.stream and self.stream)
         except CostConfirmationError as exc:
             if not _confirmed(exc):
                 raise
             accepted = exc.estimate_usd  # nothing was sent the first time
             completion, view = self._send(
-                prompt, {**options, "max_cost_usd": accepted}, stream=args.stream and self.stream
+                message, {**options, "max_cost_usd": accepted}, stream=args.stream and self.stream
             )
         if completion is None:
             return
@@ -191,7 +198,7 @@ class CencoriMagics(Magics):
         }
 
     def _send(
-        self, prompt: str, options: dict[str, Any], *, stream: bool
+        self, prompt: str | list[Any], options: dict[str, Any], *, stream: bool
     ) -> tuple[Any, StreamView | None]:
         """Send the prompt: ``(completion, view)``, or ``(None, view)`` after showing an error
         in the streaming display. Errors before a display exists propagate to the caller."""

@@ -329,8 +329,9 @@ _HANDLERS = {
 
 
 # ----------------------------------------------------------------------------- dry run
-def dry_run(prompt: str, options: dict[str, Any]) -> None:
-    """Show the routing decision and an estimated cost; send nothing."""
+def dry_run(prompt: str | list[Any], options: dict[str, Any]) -> None:
+    """Show the routing decision and an estimated cost; send nothing. ``prompt`` is the
+    text, or text and :class:`~cencori_nb.images.ImagePart` items in order."""
     from .. import accounting, pricing, router
     from ..settings import load_settings
     from ..tokens import estimate_messages_tokens
@@ -341,13 +342,30 @@ def dry_run(prompt: str, options: dict[str, Any]) -> None:
         route=options["route"],
         project=options["project"],
     )
-    contents = [c for c in (options.get("system"), prompt) if c]
+    parts = [prompt] if isinstance(prompt, str) else prompt
+    text = "".join(p for p in parts if isinstance(p, str))
+    contents = [c for c in (options.get("system"), text) if c]
     input_tokens = estimate_messages_tokens(contents)
+    image_note = ""
+    if not isinstance(prompt, str):
+        from ..images import check_request, parts_tokens
+        from ..types import ChatRequest
+
+        check_request(
+            ChatRequest.from_prompt(prompt),
+            provider=decision.provider,
+            model=decision.model,
+            route=decision.route,
+        )
+        images = parts_tokens(parts, decision.provider, decision.model)
+        count = sum(not isinstance(p, str) for p in parts)
+        input_tokens += images
+        image_note = f" (of which {images} for {count} image{'s' if count > 1 else ''})"
     assumed = options.get("max_tokens") is None
     output_tokens = options.get("max_tokens") or DRY_RUN_OUTPUT_TOKENS
     cost = pricing.estimate_cost(decision.provider, decision.model, input_tokens, output_tokens)
     lines = [
-        f"dry run — nothing was sent. Estimated ~{input_tokens} input tokens and "
+        f"dry run — nothing was sent. Estimated ~{input_tokens} input tokens{image_note} and "
         f"{'up to ' if not assumed else ''}{output_tokens} output tokens"
         f"{' (assumed; set --max-tokens)' if assumed else ''}."
     ]

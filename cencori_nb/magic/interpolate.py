@@ -16,6 +16,10 @@ Grammar of a placeholder (no expressions are evaluated, ever)::
 - If any step fails (missing key, attribute, index), the placeholder stays as written.
 - ``{{…}}`` with no brace inside gives a literal ``{…}`` (so ``{{name}}`` shows ``{name}``).
   A lone ``{{`` or ``}}`` (nested dict literals: ``{"a": {"b": 1}}``) is left alone.
+
+:func:`interpolate_parts` does the same, except that a value which is an image (a figure,
+a PIL or IPython image, a ``pathlib.Path``, image bytes: :func:`cencori_nb.images.is_image_like`)
+is kept as its own part instead of becoming text, so ``Describe {fig}`` sends the chart.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["interpolate"]
+__all__ = ["interpolate", "interpolate_parts"]
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _INDEX = r"""\[(?:-?\d+|'[^'\\\]\n]*'|"[^"\\\]\n]*"|[A-Za-z0-9_\-]+)\]"""
@@ -85,3 +89,29 @@ def interpolate(text: str, namespace: Mapping[str, Any]) -> str:
         return str(value)
 
     return _TOKEN.sub(replace, text)
+
+
+def interpolate_parts(text: str, namespace: Mapping[str, Any]) -> list[Any]:
+    """Like :func:`interpolate`, but image values stay objects: a list of ``str`` and
+    image-like items in order (adjacent text merged). Converting an image is left to the
+    caller (:func:`cencori_nb.images.as_image`), so nothing here reads a file."""
+    from ..images import is_image_like
+
+    parts: list[Any] = []
+    at = 0
+    for match in _TOKEN.finditer(text):
+        value = None
+        if match.group("escaped") is None:
+            value = _resolve(match.group("path"), namespace)
+        if value is not None and value is not _MISSING and is_image_like(value):
+            parts.append(interpolate(text[at : match.start()], namespace))
+            parts.append(value)
+            at = match.end()
+    parts.append(interpolate(text[at:], namespace))
+    merged: list[Any] = []
+    for part in parts:
+        if isinstance(part, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += part
+        elif not (isinstance(part, str) and not part):
+            merged.append(part)
+    return merged

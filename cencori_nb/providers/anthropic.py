@@ -33,6 +33,7 @@ from ..errors import (
 )
 from ..types import ChatRequest, Usage
 from . import _common as c
+from ._images import anthropic_content
 from .base import Provider, ProviderResult, register
 
 if TYPE_CHECKING:
@@ -139,7 +140,7 @@ class AnthropicProvider(Provider):
             if request.max_tokens is not None
             else DEFAULT_MAX_TOKENS,
             "messages": [
-                {"role": m.role, "content": m.content}
+                {"role": m.role, "content": anthropic_content(m)}
                 for m in request.messages
                 if m.role != "system"
             ],

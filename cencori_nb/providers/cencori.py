@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ..types import ChatRequest
 from . import _common as c
+from ._images import openai_content
 from .base import Provider, ProviderResult, register
 from .openai import openai_usage
 
@@ -162,7 +163,9 @@ class CencoriGatewayProvider(Provider):
         """``POST {base_url}/api/ai/chat`` with the ``CENCORI_API_KEY`` header."""
         body: dict[str, Any] = {
             "model": model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": [
+                {"role": m.role, "content": openai_content(m, self.name)} for m in request.messages
+            ],
         }
         if request.temperature is not None:
             body["temperature"] = request.temperature

@@ -32,6 +32,7 @@ from ..errors import (
 )
 from ..types import ChatRequest, Usage
 from . import _common as c
+from ._images import google_parts
 from .base import Provider, ProviderResult, register
 
 if TYPE_CHECKING:
@@ -64,6 +65,11 @@ def gemini_usage(raw: Any) -> Usage | None:
         output_tokens=c.to_int(raw.get("candidatesTokenCount")) + thoughts,
         cache_read_tokens=c.to_int(raw.get("cachedContentTokenCount")),
         thinking_tokens=thoughts,
+        image_tokens=sum(
+            c.to_int(d.get("tokenCount"))
+            for d in raw.get("promptTokensDetails") or ()
+            if isinstance(d, dict) and d.get("modality") == "IMAGE"
+        ),
     )
 
 
@@ -125,7 +131,7 @@ class GoogleProvider(Provider):
             "contents": [
                 {
                     "role": "model" if m.role == "assistant" else "user",
-                    "parts": [{"text": m.content}],
+                    "parts": google_parts(m),
                 }
                 for m in request.messages
                 if m.role != "system"

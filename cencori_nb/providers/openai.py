@@ -30,6 +30,7 @@ from ..errors import (
 )
 from ..types import ChatRequest, Usage
 from . import _common as c
+from ._images import openai_content
 from .base import Provider, ProviderResult, register
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ def openai_usage(raw: Any) -> Usage | None:
         cache_read_tokens=cached,
         cache_write_tokens=cache_write,
         thinking_tokens=reasoning,
+        image_tokens=c.to_int(c.dig(raw, "prompt_tokens_details", "image_tokens")),
     )
 
 
@@ -138,7 +140,9 @@ class OpenAIProvider(Provider):
             headers["Authorization"] = f"Bearer {key}"
         body: dict[str, Any] = {
             "model": model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": [
+                {"role": m.role, "content": openai_content(m, self.name)} for m in request.messages
+            ],
         }
         if request.temperature is not None:
             body["temperature"] = request.temperature

@@ -36,6 +36,7 @@ from .common import (
     max_tokens_of,
     text_of,
 )
+from .images import find_images
 from .models import context_window, dated, is_known
 from .openai import SANDBOX_TAG
 from .replies import Reply
@@ -191,6 +192,7 @@ class AnthropicDoor(Door):
             stream=bool(body.get("stream")),
             schema=schema,
             tool=tool,
+            images=find_images(messages),
         )
 
     def model_known(self, call: ChatCall) -> bool:

@@ -151,6 +151,7 @@ class ChatCall:
     schema: dict[str, Any] | None = None  # the JSON Schema the answer must match
     tool: str | None = None  # Anthropic without output_config: answer as this forced tool
     refused: bool = False  # the answer is the provider's refusal (see .structured)
+    images: list[Any] = field(default_factory=list)  # sandbox.images.SeenImage, in order
 
     @property
     def answered_model(self) -> str:
@@ -505,6 +506,16 @@ class Door:
                 label=call.label(self.via),
                 conversation=call.conversation,
                 last_user=call.last_user,
+                max_tokens=call.max_tokens,
+            )
+        if call.images:
+            from .images import with_images
+
+            reply = with_images(
+                reply,
+                call.images,
+                provider=call.provider,
+                model=call.model,
                 max_tokens=call.max_tokens,
             )
         window = self.context_window(call)

@@ -32,6 +32,7 @@ from .common import (
     max_tokens_of,
     text_of,
 )
+from .images import find_images
 from .models import context_window, is_known
 from .openai import SANDBOX_TAG
 from .replies import Reply
@@ -211,6 +212,7 @@ class GoogleDoor(Door):
             max_tokens=max_tokens,
             stream=stream,
             schema=schema,
+            images=find_images(contents, key="contents"),
             extra={
                 "sse": ex.req.query.get("alt") == "sse",
                 "version": version,
@@ -285,7 +287,13 @@ class GoogleDoor(Door):
         }
         if thoughts:  # Google only sends the field when the model thought
             usage["thoughtsTokenCount"] = thoughts
-        usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": reply.input_tokens}]
+        usage["promptTokensDetails"] = [
+            {"modality": "TEXT", "tokenCount": reply.input_tokens - reply.image_tokens}
+        ]
+        if reply.image_tokens:
+            usage["promptTokensDetails"].append(
+                {"modality": "IMAGE", "tokenCount": reply.image_tokens}
+            )
         return usage
 
     async def respond(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:

@@ -43,6 +43,7 @@ from .common import (
     max_tokens_of,
     text_of,
 )
+from .images import find_images
 from .models import MODELS, context_window, dated, is_known
 from .replies import Reply
 from .wallet import provider_cost
@@ -192,6 +193,7 @@ def read_openai_chat(body: Any, *, default_model: str | None = None) -> dict[str
         "stream": bool(body.get("stream")),
         "include_usage": bool(isinstance(options, dict) and options.get("include_usage")),
         "schema": response_format_schema(body.get("response_format")),
+        "images": find_images(messages),
     }
 
 

@@ -98,6 +98,7 @@ class Reply:
     input_tokens: int
     output_tokens: int
     truncated: bool  # cut at max_tokens (finish reason "length" and friends)
+    image_tokens: int = 0  # of input_tokens, the images' share (sandbox/images.py)
 
 
 def make_reply(

@@ -133,6 +133,7 @@ def test_usage_csv_shape(rows: None, capsys: pytest.CaptureFixture[str]) -> None
         "gateway_cache",
         "model_original",
         "member",
+        "image_tokens",
     ]
     assert table[1]["credits_charged_usd"] == "0.01125"
 

@@ -199,6 +199,7 @@ _USAGE = (
     "cache_read_tokens",
     "cache_write_tokens",
     "thinking_tokens",
+    "image_tokens",
 )
 
 

@@ -303,13 +303,18 @@ def test_cache_can_be_turned_off_and_is_reset():
 
 
 def test_image_to_a_model_without_vision_is_upgraded(sandbox):
-    """chat-vision-router.ts: the answer comes from the vision model, with both headers."""
+    """chat-vision-router.ts: the answer comes from the vision model, with both headers.
+    (A real 2×2 PNG: the sandbox now opens what it is sent, as a vision model must.)"""
+    png = (
+        "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANHQED"
+        "asKb6QAAAABJRU5ErkJggg=="
+    )
     image = [
         {
             "role": "user",
             "content": [
                 {"type": "text", "text": "What is in this picture?"},
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64," + png}},
             ],
         }
     ]

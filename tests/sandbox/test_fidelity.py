@@ -228,6 +228,11 @@ TRIGGERS: dict[str, dict[str, Any]] = {
     },
     "anthropic/structured_output_config.json": {"schema": True},
     "google/structured_native_output.json": {"schema": True},
+    # images in prompts (issue 15.2): a 3008 x 2000 PNG, as in the recordings, in each
+    # provider's own part shape
+    "openai/chat_gpt4o_image_input.json": {"image": True},
+    "anthropic/messages_sonnet35_image_input.json": {"image": True},
+    "google/generate_20flash_image_input.json": {"image": True},
 }
 
 # corpus file -> why the sandbox has no way to produce it
@@ -539,6 +544,36 @@ KNOWN_DIFFERENCES.update(
 )
 
 
+_WHY_EARLY_2025 = (
+    "recorded in February 2025 (pydantic-ai's image tests): answers then had no "
+    "message.annotations (OpenAI) and no usage.cache_creation or service_tier (Anthropic); "
+    "the sandbox follows the newer recordings"
+)
+KNOWN_DIFFERENCES.update(
+    {
+        ("openai/chat_gpt4o_image_input.json", "body.choices[0].message.annotations: extra"): (
+            _WHY_EARLY_2025
+        ),
+        ("anthropic/messages_sonnet35_image_input.json", "body.usage.cache_creation: extra"): (
+            _WHY_EARLY_2025
+        ),
+        ("anthropic/messages_sonnet35_image_input.json", "body.usage.service_tier: extra"): (
+            _WHY_EARLY_2025
+        ),
+        ("google/generate_20flash_image_input.json", "body.candidates[0].avgLogprobs: missing"): (
+            _WHY_GEMINI_20
+        ),
+        ("google/generate_20flash_image_input.json", "body.candidates[0].index: extra"): (
+            _WHY_GEMINI_20
+        ),
+        (
+            "google/generate_20flash_image_input.json",
+            "body.usageMetadata.candidatesTokensDetails: missing",
+        ): _WHY_GEMINI_20,
+    }
+)
+
+
 # --------------------------------------------------------------------------- the diff
 
 
@@ -691,10 +726,15 @@ def ask(name: str) -> httpx2.Response:
     if trigger.get("fault"):
         headers["X-Sandbox-Fault"] = trigger["fault"]
     schema = as_schema(record["request"]["schema"]) if trigger.get("schema") else None
+    image = _kiwi_sized_png() if trigger.get("image") else None
     if provider == "google":
         verb = "streamGenerateContent?alt=sse" if stream else "generateContent"
         path = f"/google/v1beta/models/{model}:{verb}"
         body: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
+        if image is not None:
+            body["contents"][0]["parts"].append(
+                {"inlineData": {"mimeType": "image/png", "data": image}}
+            )
         if schema is not None:
             body["generationConfig"] = {
                 "responseMimeType": "application/json",
@@ -710,6 +750,14 @@ def ask(name: str) -> httpx2.Response:
             "stream": stream,
             "messages": [{"role": "user", "content": prompt}],
         }
+        if image is not None:
+            body["messages"][0]["content"] = [
+                {"type": "text", "text": prompt},
+                {
+                    "type": "image",
+                    "source": {"type": "base64", "media_type": "image/png", "data": image},
+                },
+            ]
         if schema is not None:
             body["output_config"] = {
                 "format": {"type": "json_schema", "schema": schema.anthropic_json_schema()}
@@ -720,6 +768,11 @@ def ask(name: str) -> httpx2.Response:
     else:
         path = DOORS[provider]
         body = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": stream}
+        if image is not None:
+            body["messages"][0]["content"] = [
+                {"type": "text", "text": prompt},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64," + image}},
+            ]
         if "temperature" in trigger:
             body["temperature"] = trigger["temperature"]
         if trigger.get("include_usage"):
@@ -741,6 +794,18 @@ def ask(name: str) -> httpx2.Response:
             else:
                 headers["Authorization"] = f"Bearer {key}"
     return HTTP.post(sandbox.url + path, json=body, headers=headers)  # type: ignore[operator]
+
+
+def _kiwi_sized_png() -> str:
+    """A 3008 × 2000 PNG, the size of the image in the recordings, as base64."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (3008, 2000), (120, 170, 60)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def differences(name: str) -> list[str]:
