@@ -234,6 +234,49 @@ def test_replay_success(path: Path, replay: ReplayServer) -> None:
         assert completion.gateway_cost_usd == Decimal(expect["gateway_cost_usd"])
 
 
+STRUCTURED = [p for p in SUCCESS if "schema" in load(p).get("request", {})]
+
+
+@pytest.mark.parametrize("path", STRUCTURED, ids=ids(STRUCTURED))
+def test_replay_structured(path: Path, replay: ReplayServer) -> None:
+    """The structured recordings asked for with schema=: the value the SDK parsed, the
+    refusal as RefusalError, an answer the SDK rejects as SchemaMismatchError; one request
+    each (a refusal and a cut answer are not retried), and the request carried the schema
+    in the provider's native field."""
+    rec = load(path)
+    replay.serve(rec)
+    expect = rec["expect"]
+    kwargs = {**call_kwargs(rec), "schema": rec["request"]["schema"]}
+    if is_stream(rec):
+
+        def ask() -> Any:
+            with cencori_nb.stream("Replay", **kwargs) as s:
+                list(s)
+            return s.completion
+    else:
+
+        def ask() -> Any:
+            return cencori_nb.chat("Replay", **kwargs)
+
+    if "refusal" in expect:
+        with pytest.raises(errors.RefusalError) as refused:
+            ask()
+        assert refused.value.refusal == expect["refusal"]
+    elif "schema_mismatch" in expect:
+        with pytest.raises(errors.SchemaMismatchError, match=expect["schema_mismatch"]):
+            ask()
+    else:
+        assert ask().parsed == expect["parsed"]
+    assert len(replay.requests) == 1
+    sent = replay.requests[0]["json"]
+    native = {
+        "openai": "response_format",
+        "anthropic": "output_config",
+        "google": "generationConfig",
+    }
+    assert native[rec["provider"]] in sent
+
+
 @pytest.mark.parametrize("path", FAILURE, ids=ids(FAILURE))
 def test_replay_error(path: Path, replay: ReplayServer) -> None:
     """The error class, code, retry hint and context the SDKs and docs give this response."""
