@@ -76,7 +76,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, TypeVar
 
-from . import pricing, wallet
+from . import pricing, state, wallet
 from .egress import CENCORI_TEST_PREFIX
 from .errors import (
     BudgetExceededError,
@@ -721,9 +721,10 @@ class TeamBudget:
 # Team budgets are read at most once a second per process (a change by a teammate takes
 # effect within a second); the last read is also kept in a local 0600 file, so a process
 # that starts while a shared ledger's server is away still knows whether a cap applies.
-TEAM_BUDGETS_TTL_S = 1.0
+TEAM_BUDGETS_TTL_S = state.FRESH_S  # the one-second rule, on cencori_nb.state's clock
 _team_lock = threading.Lock()
 _team_cache: dict[str, tuple[float, dict[tuple[str, str], TeamBudget]]] = {}
+state.on_reset("accounting.team_budgets", _team_cache.clear, env=())  # keyed by ledger
 
 
 def _budgets_file(led: Ledger) -> Any:
@@ -739,7 +740,7 @@ def team_budgets(
     from .home import atomic_write
 
     led = ledger or default_ledger()
-    now = time.monotonic()
+    now = state.now()
     with _team_lock:
         hit = _team_cache.get(led.label)
         if hit is not None and not fresh and now - hit[0] < TEAM_BUDGETS_TTL_S:
@@ -978,6 +979,14 @@ def _write(
 # debits show up at the next reload, which is soon enough for a warning.
 _hint_lock = threading.Lock()
 _hint: dict[str, Any] = {"ledger": None, "generation": -1, "pusd": None}
+
+
+def _forget_hint() -> None:
+    with _hint_lock:
+        _hint.update(ledger=None, generation=-1, pusd=None)
+
+
+state.on_reset("accounting.balance_hint", _forget_hint)
 
 
 def _predict_low_balance(led: Ledger, charge: Decimal) -> None:

@@ -36,6 +36,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import state
 from .errors import ConfigurationError
 from .home import ensure_home, home_dir, open_private
 from .types import ChatRequest, Completion, Message
@@ -249,10 +250,12 @@ def store_after_commit(key: str, completion: Completion) -> None:
 
     snapshot = dataclasses.replace(completion)
     _pending.add(key)
+    path = cache_path()
 
     def write() -> None:
         _pending.discard(key)
-        store(key, snapshot)
+        if cache_path() == path:  # the home moved meanwhile: not cached in a home that did not pay
+            store(key, snapshot)
 
     default_ledger().after_commit(write)
 
@@ -321,11 +324,14 @@ def stats() -> dict[str, Any]:
     }
 
 
-def _reset_for_tests() -> None:
-    """Close the connection and zero the counters."""
+def _forget() -> None:
+    """Close the connection and zero the counters (a new home, or a reset)."""
     global _conn, _conn_path, _hits, _misses, _warned
     with _lock:
         if _conn is not None:
             _conn.close()
         _conn, _conn_path, _hits, _misses, _warned = None, None, 0, 0, False
         _pending.clear()
+
+
+state.on_reset("cache", _forget)

@@ -45,9 +45,11 @@ the ledger's in-flight journal (``Ledger.begin``), so even a process killed mid-
 (SIGKILL, a crashed kernel) has that request recorded, as ``interrupted``, at the next
 start.
 
-Per-call overhead is kept small on purpose: settings are re-read only when ``config.json``'s
-mtime changes, the key store is unlocked once per process and cached, the JSON body is built
-once by the adapter, and nothing is logged on the success path.
+Per-call overhead is kept small on purpose: settings and the key store are re-read only when
+their file changes, looked at (``stat``) at most once a second (:mod:`cencori_nb.state`:
+another process's change may be noticed up to a second late, never later than the retry
+after a 401 or a "not configured" error), the key store is unlocked once per process, the
+JSON body is built once by the adapter, and nothing is logged on the success path.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from . import accounting, cache, pacing, router, transport
 from .errors import (
+    AuthenticationError,
     BadResponseError,
     CencoriError,
     ConfigurationError,
@@ -85,6 +88,7 @@ from .redact import (
     remove_stored_keys,
 )
 from .schemas import as_schema
+from .state import on_reset, recheck
 from .tokens import estimate_messages_tokens, estimate_tokens
 from .types import ChatRequest, Completion, Message
 
@@ -167,6 +171,7 @@ def _refuse_invalid_text(request: ChatRequest) -> None:
 # the same model and project names come with every request, and the check runs twice per
 # request (before and after routing); a name is checked again once a key is registered.
 _clean_names: dict[str, frozenset[str]] = {}
+on_reset("client.clean_names", _clean_names.clear, env=())
 
 
 def _refuse_key_as_name(request: ChatRequest, project: str | None = None) -> None:
@@ -368,6 +373,10 @@ def _failed(
     loop), which the caller does with the decision returned here.
     """
     _record_failure(decision, request, err, started, reservation, client_id)
+    if isinstance(err, AuthenticationError):
+        # The key may have been replaced by another process less than a second ago (the
+        # one-second rule): the next call, a retry, reads the key store afresh.
+        recheck()
     fallback = _fallback(decision, err)
     if fallback is None:
         raise err

@@ -14,14 +14,16 @@ Two ways to write, both measured in ``benchmarks/ledger.py``:
   ``accounting.settle`` uses it (with the wallet debit in the same transaction as its
   row), because the synchronous commit was most of the toolkit's per-call overhead
   against a raw HTTP call (docs/benchmarks.md, "Per-call overhead"). Every read flushes
-  first, so a program never sees its own rows missing; ``flush()``,
-  ``_reset_for_tests()`` and interpreter exit (``atexit``) write what is queued. A
-  process killed hard (SIGKILL, a crashed kernel) before its rows commit leaves them in
-  its in-flight journal, recorded as ``interrupted`` at the next start; never a
+  first, so a program never sees its own rows missing; ``flush()``, closing (a change of
+  home, :func:`cencori_nb.state.reset`) and interpreter exit (``atexit``) write what is
+  queued. A process killed hard (SIGKILL, a crashed kernel) before its rows commit leaves
+  them in its in-flight journal, recorded as ``interrupted`` at the next start; never a
   half-written row or a debit without its row.
 
-One :class:`Ledger` per process and home: :func:`default_ledger`. It reopens itself after a
-``fork`` (a SQLite connection must not cross processes) and when ``CENCORI_NB_HOME`` moves.
+One :class:`Ledger` per process and home: :func:`default_ledger` (registered with
+:mod:`cencori_nb.state`). It reopens itself after a ``fork`` (a SQLite connection must not
+cross processes); when ``CENCORI_NB_HOME`` moves, the next call flushes and closes it and
+opens the new home's.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
+from . import state
 from .errors import ConfigurationError, LedgerCorruptError, LedgerError, LedgerWriteError
 from .home import ENV_HOME, ensure_home, home_dir, open_private, private_umask
 from .migrations import migrate
@@ -556,7 +559,7 @@ class Ledger:
         ``on_insert`` runs a callback, both inside that transaction right after the row is
         inserted (not when it was a duplicate), so a debit commits together with its row or
         not at all. Every read (``query``, ``rows``, ``transaction``…) flushes first, as do
-        :meth:`flush`, ``_reset_for_tests`` and interpreter exit.
+        :meth:`flush`, closing and interpreter exit.
 
         If the writer cannot commit (disk full, file locked too long, damaged file), the
         rows go to the spill file instead and the next request fails (:meth:`check`).
@@ -1212,60 +1215,35 @@ class _Writer:
                     self.cond.notify_all()
 
 
-_default: Ledger | None = None
-_default_env: str | None = None  # CENCORI_NB_HOME when _default was opened
-_default_lock = threading.Lock()
-
-
 ENV_LEDGER_URL = "CENCORI_NB_LEDGER_URL"
+
+
+def _open() -> Ledger:
+    from .ledger_postgres import PostgresLedger, configured_url  # here: it imports this module
+
+    url = configured_url()
+    return Ledger() if url is None else PostgresLedger(url)
+
+
+def _close(led: Ledger) -> None:
+    led.flush()
+    led.close()
+
+
+# The ledger of the current home and ledger URL, registered with cencori_nb.state: when
+# CENCORI_NB_HOME or CENCORI_NB_LEDGER_URL changes, the next call flushes and closes this
+# one and opens the new one (`cencori-nb ledger use` resets it when it saves a URL).
+_default = state.register("ledger", open=_open, close=_close, env=(ENV_HOME, ENV_LEDGER_URL))
 
 
 def default_ledger() -> Ledger:
     """The process's ledger (opened and migrated on first use): PostgreSQL when a ledger
     URL is configured (``CENCORI_NB_LEDGER_URL``, else ``cencori-nb ledger use URL``), else
     ``ledger.sqlite`` in the current home."""
-    global _default, _default_env
-    env = f"{os.environ.get(ENV_HOME)}\0{os.environ.get(ENV_LEDGER_URL)}"
-    led = _default
-    if led is not None and env == _default_env:  # cheap: no path building per request
-        return led
-    with _default_lock:
-        from .ledger_postgres import configured_url  # here: it imports this module
-
-        url = configured_url()
-        if _default is not None and (
-            _default.path != ledger_path() if url is None else _default.target != url.key
-        ):
-            _default.close()
-            _default = None
-        if _default is None:
-            if url is None:
-                _default = Ledger()
-            else:
-                from .ledger_postgres import PostgresLedger
-
-                _default = PostgresLedger(url)
-        _default_env = env
-        return _default
-
-
-def _reset_for_tests() -> None:
-    """Flush and close the process's ledger (the next use reopens it); also forget the
-    wallet's once-per-process low-balance warning, which belongs to the same state."""
-    global _default
-    with _default_lock:
-        if _default is not None:
-            _default.flush()
-            _default.close()
-        _default = None
-    import sys
-
-    wallet = sys.modules.get("cencori_nb.wallet")
-    if wallet is not None:
-        wallet._reset_for_tests()
+    return _default.get()
 
 
 @atexit.register
 def _close_at_exit() -> None:  # pragma: no cover - interpreter shutdown
     with contextlib.suppress(Exception):
-        _reset_for_tests()
+        _default.reset()  # what the writer still holds is written

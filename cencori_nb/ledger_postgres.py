@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from . import state
 from .errors import ConfigurationError, LedgerError
 from .home import atomic_write, ensure_home, home_dir
 from .ledger import ENV_LEDGER_URL, INSERT_SQL, Ledger, _Item
@@ -176,9 +177,11 @@ def save_url(url: str | None) -> LedgerURL | None:
     if url is None or url.strip().lower() in ("", "sqlite", "none"):
         with contextlib.suppress(FileNotFoundError):
             _url_file().unlink()
+        state.reset("ledger")  # this process's next call uses the SQLite ledger
         return None
     parsed = parse_url(url)
     atomic_write(_url_file(), parsed.secret.encode() + b"\n")
+    state.reset("ledger")  # this process's next call uses the saved URL
     return parsed
 
 

@@ -27,6 +27,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from . import state
+
 if TYPE_CHECKING:
     from .router import Decision
     from .settings import Settings
@@ -151,8 +153,17 @@ async def apace(decision: Decision, clock: Clock | None = None) -> float:
     return wait
 
 
-def _reset_for_tests() -> None:
-    """Forget pacers and sandbox probes."""
+def _forget_pacers() -> None:
     with _lock:
         _pacers.clear()
+
+
+def _forget_probes() -> None:
+    with _lock:
         _sandbox_rpm.clear()
+
+
+# A pacer follows a gateway and a project key, whatever the home; a sandbox's --rpm is
+# asked again when CENCORI_NB_SANDBOX changes (another sandbox may answer on the same URL).
+state.on_reset("pacing.pacers", _forget_pacers, env=())
+state.on_reset("pacing.sandbox_rpm", _forget_probes, env=("CENCORI_NB_SANDBOX",))

@@ -35,6 +35,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from . import state
 from .errors import PricingError
 
 if TYPE_CHECKING:
@@ -366,7 +367,10 @@ def require_price(provider: str, model: str) -> None:
         )
 
 
-def _reset_for_tests() -> None:
+def _forget() -> None:
     with _lock:
         _lookups.clear()
         _rates.clear()
+
+
+state.on_reset("pricing", _forget, env=())  # prices do not depend on the home

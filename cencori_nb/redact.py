@@ -39,6 +39,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+from . import state
+
 __all__ = [
     "CONTEXT_PATTERN",
     "KEY_PREFIXES",
@@ -227,10 +229,15 @@ def registered_secrets() -> frozenset[str]:
     return _registered
 
 
-def _reset_for_tests() -> None:
+def _forget() -> None:
     global _registered
     with _registry_lock:
         _registered = frozenset()
+
+
+# Keys seen once stay scrubbed whatever the home: only a full reset (a fresh process, for
+# tests) forgets them.
+state.on_reset("redact.secrets", _forget, env=())
 
 
 # --------------------------------------------------------------------------- encodings

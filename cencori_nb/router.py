@@ -58,17 +58,15 @@ which rule let the URL through.
 from __future__ import annotations
 
 import functools
-import os
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import egress
+from . import egress, state
 from .catalog import CENCORI, PROVIDERS, provider_info
 from .errors import ConfigurationError, ProviderNotConfiguredError, UnknownModelError
-from .home import ENV_HOME
 from .keystore.secret import Secret
-from .settings import ENV_PROJECT, ENV_SANDBOX, config_path, load_settings
+from .settings import load_settings
 from .types import ChatRequest, Message
 
 __all__ = [
@@ -671,43 +669,31 @@ def _decide(model: str | None, provider: str | None, route: str, project: str | 
 
 
 # (model, provider, route, project) → (state token, Decision). A decision is reused while
-# the state it was computed from is unchanged: the home, project and sandbox variables and
-# the signatures (inode, mtime, size) of config.json and of the key store file, which costs
-# two stats, where resolving again costs several store lookups and a base-URL computation
-# (per-call overhead matters: see benchmarks/overhead.py).
+# the state it was computed from is unchanged: the settings (the object load_settings()
+# returns changes with config.json and with CENCORI_NB_PROJECT / _SANDBOX) and the key
+# store file's signature (a stat at most once a second: the one-second rule of
+# cencori_nb.state). A change of any CENCORI_NB_* variable clears the memo (registered
+# below). Resolving again costs several store lookups and a base-URL computation (per-call
+# overhead matters: see benchmarks/overhead.py).
 _memo: dict[tuple[Any, ...], tuple[tuple[Any, ...], Decision]] = {}
 _MEMO_MAX = 256
-_paths: dict[str | None, tuple[str, str]] = {}  # CENCORI_NB_HOME → (config, store) paths
-
-
-def _sig(path: str) -> tuple[int, int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+state.on_reset("router.memo", _memo.clear, env=state.ALL)
 
 
 def _state_token() -> tuple[Any, ...]:
-    environ = os.environ
-    home = environ.get(ENV_HOME)
-    paths = _paths.get(home)
-    if paths is None:
-        paths = _paths[home] = (str(config_path()), str(_store().path))
-    return (
-        home,
-        environ.get(ENV_PROJECT),
-        environ.get(ENV_SANDBOX),
-        environ.get(egress.ENV_SANDBOX_ALLOW_REMOTE),
-        _sig(paths[0]),
-        _sig(paths[1]),
-    )
+    return (load_settings(), _store().signature())
 
 
 def resolve(request: ChatRequest) -> Decision:
-    """The :class:`Decision` for ``request`` (its model, provider, route and project)."""
+    """The :class:`Decision` for ``request`` (its model, provider, route and project).
+
+    Before a request is refused as not configured (no key, no default provider), the key
+    store and the settings are looked at afresh (:func:`cencori_nb.state.recheck`): another
+    process may have added the key less than a second ago.
+    """
     from .redact import register_secret
 
+    state.check()
     key = (request.model, request.provider, request.route, request.project)
     token = _state_token()
     hit = _memo.get(key)
@@ -715,7 +701,15 @@ def resolve(request: ChatRequest) -> Decision:
         decision = hit[1]
         register_secret(decision.credential)  # cheap; the registry may have been reset
         return decision
-    decision = _decide(request.model, request.provider, request.route, request.project)
+    try:
+        decision = _decide(request.model, request.provider, request.route, request.project)
+    except ConfigurationError:
+        state.recheck()
+        fresh = _state_token()
+        if fresh == token:
+            raise
+        token = fresh
+        decision = _decide(request.model, request.provider, request.route, request.project)
     budgets = load_settings().for_project(decision.project)
     if budgets.soft_budget_usd is not None or budgets.hard_cap_usd is not None:
         fallback = decision.fallback
@@ -728,12 +722,6 @@ def resolve(request: ChatRequest) -> Decision:
         _memo.clear()
     _memo[key] = (token, decision)
     return decision
-
-
-def _reset_for_tests() -> None:
-    """Forget memoised decisions."""
-    _memo.clear()
-    _paths.clear()
 
 
 def explain_route(

@@ -18,6 +18,11 @@ Where keys may go (:mod:`cencori_nb.egress`): ``base_urls`` on a remote host oth
 provider's own needs that host in ``trusted_hosts[provider]`` (see :func:`trust_host`).
 
 Secrets never live here; they live in the key store.
+
+The file is read again when its signature changes; like the key store's, the signature is
+looked at (``stat``) at most once a second, so an edit made by another process is noticed
+up to a second late (:mod:`cencori_nb.state`, the one-second rule); this process's own
+writes are seen at once.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
+from . import state
 from .errors import ConfigurationError
 from .home import atomic_write, ensure_home, home_dir
 
@@ -97,18 +103,23 @@ class Settings:
         return self.projects.get(project or self.project, ProjectSettings())
 
 
-_config_memo: tuple[Path, Path] | None = None  # (home, config path): home_dir() is memoised
+# (home, config path, its watch): home_dir() is memoised, so its identity says "same home"
+_config_memo: tuple[Path, Path, state.FileWatch] | None = None
 
 
 def config_path() -> Path:
+    return _config()[1]
+
+
+def _config() -> tuple[Path, Path, state.FileWatch]:
     global _config_memo
     home = home_dir()
     memo = _config_memo
     if memo is not None and memo[0] is home:
-        return memo[1]
+        return memo
     path = home / "config.json"
-    _config_memo = (home, path)
-    return path
+    memo = _config_memo = (home, path, state.watch(path))
+    return memo
 
 
 def _decode(raw: dict[str, Any]) -> Settings:
@@ -170,22 +181,37 @@ def _encode(settings: Settings) -> bytes:
     return json.dumps(asdict(settings), default=default, indent=2, sort_keys=True).encode()
 
 
-_cache: tuple[float, Settings] | None = None
+_cache: tuple[Path, Any, Settings] | None = None  # (path, file signature, its settings)
 _DEFAULTS = Settings()  # returned while no config.json exists (one object: memo-friendly)
 # load_settings() runs several times per request: memoise the env overlay on the file's
 # Settings object (held here, so its identity cannot be reused) and the two env values.
 _overlaid: tuple[Settings, str | None, str | None, Settings] | None = None
 
 
+def _forget() -> None:
+    global _cache, _overlaid
+    _cache = _overlaid = None
+
+
+state.on_reset("settings", _forget)
+
+
 def _load_file() -> Settings:
     global _cache
-    path = config_path()
+    _home, path, watch = _config()
     try:
-        mtime = path.stat().st_mtime_ns
-    except FileNotFoundError:
+        sig = watch.signature()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"The settings file {path} cannot be read ({exc.strerror or type(exc).__name__}).",
+            hint="Check its permissions, or delete it to return to the defaults.",
+            path=path,
+        ) from None
+    if sig is None:
         return _DEFAULTS
-    if _cache is not None and _cache[0] == mtime:
-        return _cache[1]
+    cached = _cache
+    if cached is not None and cached[0] is path and cached[1] == sig:
+        return cached[2]
     try:
         raw = json.loads(path.read_bytes())
     except ValueError as exc:  # also bytes that are not UTF-8
@@ -206,7 +232,7 @@ def _load_file() -> Settings:
             hint="Fix it by hand or delete it to return to the defaults.",
             path=path,
         ) from None
-    _cache = (mtime, settings)
+    _cache = (path, sig, settings)
     return settings
 
 
@@ -231,8 +257,10 @@ def load_settings() -> Settings:
 def save_settings(settings: Settings) -> None:
     global _cache
     ensure_home()
-    atomic_write(config_path(), _encode(settings))
+    _home, path, watch = _config()
+    atomic_write(path, _encode(settings))
     _cache = None
+    watch.stat()  # seen at once by this process
 
 
 def refuse_key_as_project(name: object) -> None:

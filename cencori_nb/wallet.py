@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from . import state
 from .catalog import CENCORI_BILLING_URL
 from .errors import ConfigurationError, CreditsError
 from .ledger import (
@@ -342,6 +343,16 @@ generation = 0
 def _changed() -> None:
     global generation
     generation += 1
+
+
+def _forget() -> None:
+    """A new home (or a reset): its balance is warned about afresh, and reloaded."""
+    global _warned_low
+    _warned_low = False
+    _changed()
+
+
+state.on_reset("wallet", _forget)
 
 
 def known_balance_pusd(ledger: Ledger | None = None) -> int | None:
@@ -728,9 +739,3 @@ def reconcile(
         ledger_requests=int(count),
         gateway_requests=gateway_requests,
     )
-
-
-def _reset_for_tests() -> None:
-    global _warned_low
-    _warned_low = False
-    _changed()

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,31 +39,27 @@ def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     home = tmp_path / "cencori-home"
     monkeypatch.setenv("CENCORI_NB_HOME", str(home))
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring")
-    from cencori_nb import settings
+    from cencori_nb import state
 
-    settings._cache = None
-    _reset_process_state()
+    state.reset()  # every piece of process state, in one place (cencori_nb/state.py)
     yield home
-    _reset_process_state()
+    state.reset()
 
 
-def _reset_process_state() -> None:
-    """Drop per-process caches (unlocked store, shared client, ledger) between tests."""
-    import importlib
-    import sys
+@pytest.fixture
+def state_clock() -> Iterator[Callable[[float], None]]:
+    """Stop the clock cencori_nb.state judges file freshness by (the one-second rule);
+    return ``advance(seconds)``. Time moves only when the test says so."""
+    from cencori_nb import state
 
-    for module_name, fn in (
-        ("cencori_nb.keystore", "_reset_for_tests"),
-        ("cencori_nb.transport", "_reset_for_tests"),
-        ("cencori_nb.ledger", "_reset_for_tests"),
-        ("cencori_nb.cache", "_reset_for_tests"),
-        ("cencori_nb.jupyter.scrubber", "_reset_for_tests"),
-        ("cencori_nb.pacing", "_reset_for_tests"),
-    ):
-        if module_name in sys.modules:
-            reset = getattr(importlib.import_module(module_name), fn, None)
-            if reset is not None:
-                reset()
+    now = [1_000.0]
+
+    def advance(seconds: float) -> None:
+        now[0] += seconds
+
+    previous = state.set_clock(lambda: now[0])
+    yield advance
+    state.set_clock(previous)
 
 
 # --- signals and child processes: the suite runs the same under any launcher ----------------
@@ -145,7 +141,9 @@ def _close_process_wide_objects() -> Iterator[None]:
     import gc
     import sys
 
-    _reset_process_state()
+    from cencori_nb import state
+
+    state.reset()
     _close_clients_from(0)  # module-level clients of test files
     shell_mod = sys.modules.get("IPython.core.interactiveshell")
     if shell_mod is not None and shell_mod.InteractiveShell.initialized():
@@ -339,7 +337,9 @@ def pg_url(pg_cluster: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     name = pg_cluster.create_database()
     url = pg_cluster.url(name)
     monkeypatch.setenv("CENCORI_NB_LEDGER_URL", url)
-    _reset_process_state()
+    from cencori_nb import state
+
+    state.reset()
     yield url
-    _reset_process_state()
+    state.reset()
     pg_cluster.drop_database(name)

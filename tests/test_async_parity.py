@@ -32,10 +32,9 @@ import httpx2
 import pytest
 
 import cencori_nb
-from cencori_nb import errors, keys, settings, transport
+from cencori_nb import errors, keys, settings, state, transport
 from cencori_nb.ledger import default_ledger
 from cencori_nb.sandbox.server import SandboxServer
-from tests.conftest import _reset_process_state
 
 OPENAI_KEY = "sk-test-parity-" + "P" * 20 + "w9x8"
 CENCORI_KEY = "csk_live_parity_" + "Q" * 20 + "v7u6"
@@ -409,8 +408,7 @@ def _observe(
 ) -> Observed:
     """Run one face of one scenario in a fresh home against the reset sandbox."""
     monkeypatch.setenv("CENCORI_NB_HOME", str(home))
-    settings._cache = None
-    _reset_process_state()
+    state.reset()
     sbx.reset()
     faults = _FaultTransports()
     transport.set_transport(faults.sync, async_transport=faults.async_)

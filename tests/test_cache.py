@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cencori_nb import cache
+from cencori_nb import cache, state
 from cencori_nb.keystore.secret import Secret
 from cencori_nb.router import Decision
 from cencori_nb.types import ChatRequest, Completion
@@ -140,7 +140,7 @@ def test_bytes_on_disk_hold_the_answer_not_a_key(private_home: Path, canary: str
     decision = _decision(key=canary)
     key = cache.cache_key(decision, ChatRequest.from_prompt("hi"))
     cache.store(key, _completion("the answer"))
-    cache._reset_for_tests()  # close, so the WAL is checkpointed
+    state.reset("cache")  # close, so the WAL is checkpointed
     rows = (
         sqlite3.connect(private_home / "cache.sqlite")
         .execute("SELECT key, provider, model, completion FROM responses")
@@ -163,7 +163,7 @@ def test_clear_returns_count(private_home: Path) -> None:
 def test_another_process_sees_entries(private_home: Path) -> None:
     """Entries are on disk: a fresh connection (another kernel) gets the same hit."""
     cache.store("shared", _completion("from kernel A"))
-    cache._reset_for_tests()
+    state.reset("cache")
     hit = cache.lookup("shared")
     assert hit is not None and hit.text == "from kernel A"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import cencori_nb
-from cencori_nb import accounting, keys
+from cencori_nb import accounting, keys, state
 from cencori_nb.errors import BudgetExceededError, ProviderUnavailableError
 from cencori_nb.ledger import default_ledger, now_ms, to_pusd
 from cencori_nb.sandbox.faults import FaultPicker
@@ -275,7 +275,6 @@ def test_failed_and_abandoned_requests_release_their_reservation(sbx: SandboxSer
 
 
 def test_bad_settings_are_refused(private_home: Path) -> None:
-    from cencori_nb import settings
     from cencori_nb.errors import ConfigurationError
     from cencori_nb.settings import load_settings
 
@@ -286,6 +285,6 @@ def test_bad_settings_are_refused(private_home: Path) -> None:
         {"unpriced_models_allowed": "llama3.2"},
     ):
         (private_home / "config.json").write_text(json.dumps(bad))
-        settings._cache = None
+        state.recheck()  # edited by hand: looked at afresh
         with pytest.raises(ConfigurationError):
             load_settings()

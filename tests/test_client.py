@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import cencori_nb
-from cencori_nb import errors, keys
+from cencori_nb import errors, keys, state
 from cencori_nb.egress import DEMO_KEYS
 from cencori_nb.keystore.secret import Secret
 from cencori_nb.ledger import default_ledger
@@ -262,7 +262,7 @@ def test_canary_key_never_leaks(
         assert canary not in text
     assert any(r.name == "httpx2" for r in caplog.records)
     default_ledger().flush()
-    cencori_nb.cache._reset_for_tests()
+    state.reset("cache")
     assert canary.encode() not in all_bytes_under(private_home)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import cencori_nb
-from cencori_nb import errors
+from cencori_nb import errors, state
 from cencori_nb.home import atomic_write, ensure_home, home_dir, open_private
 from cencori_nb.keystore.secret import Secret, key_hint
 from cencori_nb.settings import (
@@ -144,6 +144,7 @@ def test_settings_reject_bad_policy_and_bad_file(private_home: Path) -> None:
         update_settings(byok_policy="sometimes")
     ensure_home()
     (private_home / "config.json").write_text("{not json")
+    state.recheck()  # a hand edit is another writer: seen within a second, or at a recheck
     with pytest.raises(ConfigurationError, match="delete it"):
         load_settings()
 

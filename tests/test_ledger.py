@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cencori_nb import ledger as ledger_mod
+from cencori_nb import state
 from cencori_nb.errors import ConfigurationError
 from cencori_nb.ledger import Ledger, LedgerRow, default_ledger, from_pusd, parse_since, to_pusd
 from cencori_nb.migrations import MIGRATIONS, migrate
@@ -391,13 +392,15 @@ def test_reopens_after_fork(private_home: Path) -> None:
 
 
 def test_default_ledger_follows_the_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Moving CENCORI_NB_HOME opens the ledger there; _reset_for_tests closes it."""
+    """Moving CENCORI_NB_HOME opens the ledger there at the next call and closes the old
+    one; a reset (cencori_nb.state) closes it."""
     first = default_ledger()
     monkeypatch.setenv("CENCORI_NB_HOME", str(tmp_path / "other"))
     second = default_ledger()
     assert second is not first and second.path == tmp_path / "other" / "ledger.sqlite"
-    ledger_mod._reset_for_tests()
-    assert ledger_mod._default is None
+    assert first._conn is None
+    state.reset("ledger")
+    assert ledger_mod._default.peek() is None
 
 
 def test_parse_since() -> None:
@@ -618,7 +621,7 @@ def test_journals_of_this_and_older_versions_are_reclaimed(private_home: Path) -
         + "\n"
         + '[2, 1796000000000, "torn'
     )
-    ledger_mod._reset_for_tests()  # the next start reclaims what the dead process left
+    state.reset("ledger", "wallet")  # the next start reclaims what the dead process left
     rows = sorted(default_ledger().rows(), key=lambda r: r.client_id)
     assert [(r.client_id, r.status, r.error_code, r.input_tokens) for r in rows] == [
         ("mid-3", "interrupted", "process_ended", 1000),

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 import cencori_nb
-from cencori_nb import accounting, keys, reports, wallet
+from cencori_nb import accounting, keys, reports, state, wallet
 from cencori_nb.cli import main
 from cencori_nb.errors import BudgetExceededError, ConfigurationError, LedgerError
 from cencori_nb.ledger import Ledger, LedgerRow, default_ledger
@@ -117,9 +117,7 @@ def test_rows_wallet_and_views_match_sqlite(pg_url: str, monkeypatch: pytest.Mon
     for backend in ("postgresql", "sqlite"):
         if backend == "sqlite":
             monkeypatch.delenv("CENCORI_NB_LEDGER_URL")
-        from tests.conftest import _reset_process_state
-
-        _reset_process_state()
+        state.reset()
         led = default_ledger()
         assert led.dialect == backend
         assert led.record(rows[0]) is True
@@ -237,9 +235,7 @@ def test_connection_errors_are_one_line_and_never_show_the_password(
         monkeypatch.setattr("cencori_nb.ledger_postgres.MIN_SERVER_VERSION", 990000)
         secret = pg_url.split(":")[2].split("@")[0]
     monkeypatch.setenv("CENCORI_NB_LEDGER_URL", url)
-    from tests.conftest import _reset_process_state
-
-    _reset_process_state()
+    state.reset()
     before = sum(sbx.stats["routes"].values())
     if case == "port":
         # nothing listening: rows would wait on disk, so a budgeted request is refused
@@ -275,19 +271,17 @@ def test_url_file_must_be_private(
     assert "team ledger postgresql://…@127.0.0.1" in out and password not in out
     saved = private_home / "ledger_url"
     assert saved.stat().st_mode & 0o777 == 0o600
-    from tests.conftest import _reset_process_state
-
-    _reset_process_state()
+    state.reset()
     assert isinstance(default_ledger(), PostgresLedger)
     assert main(["ledger", "status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["backend"] == "postgresql" and status["migrations_missing"] == []
     os.chmod(saved, 0o644)
-    _reset_process_state()
+    state.reset()
     with pytest.raises(ConfigurationError, match="can be read by other users"):
         default_ledger()
     assert main(["ledger", "use", "sqlite"]) == 0
-    _reset_process_state()
+    state.reset()
     assert type(default_ledger()) is Ledger
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 import cencori_nb
-from cencori_nb import cache, keys, wallet
+from cencori_nb import cache, keys, state, wallet
 from cencori_nb.errors import LedgerCorruptError, LedgerError, LedgerWriteError
 from cencori_nb.ledger import Ledger, LedgerRow, _Item, default_ledger
 from tests.magic.support import assert_one_error_line, run
@@ -448,9 +448,7 @@ def test_sigkill_mid_request_is_recorded_at_the_next_start(private_home: Path, s
 
 
 def ledger_mod_reset_and_open() -> None:
-    from cencori_nb import ledger as ledger_mod
-
-    ledger_mod._reset_for_tests()
+    state.reset("ledger", "wallet")
     default_ledger()
 
 

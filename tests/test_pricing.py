@@ -8,7 +8,7 @@ from decimal import Decimal
 import genai_prices
 import pytest
 
-from cencori_nb import pricing
+from cencori_nb import pricing, state
 from cencori_nb.errors import PricingError
 from cencori_nb.types import Usage
 
@@ -131,7 +131,7 @@ def test_when_selects_time_versioned_prices() -> None:
 
 def test_lookups_are_cached_per_provider_and_model() -> None:
     """A second quote reuses the cached lookup (misses are cached too)."""
-    pricing._reset_for_tests()
+    state.reset("pricing")
     pricing.provider_cost("openai", "gpt-4o", Usage(1, 1))
     pricing.provider_cost("openai", "nope-model", Usage(1, 1))
     assert ("openai", "gpt-4o") in pricing._lookups

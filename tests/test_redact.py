@@ -11,6 +11,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cencori_nb import state
 from cencori_nb.jupyter import scrubber
 from cencori_nb.magic import parser
 from cencori_nb.providers import _common
@@ -269,4 +270,4 @@ def test_stream_redactor_holds_back_exactly_what_the_old_loop_did(
         shown.append(out)
     shown.append(stream.close())
     assert "".join(shown) == redact.remove_stored_keys("".join(pieces))
-    redact._reset_for_tests()
+    state.reset("redact")

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import state
 from ..redact import BEARER_TOKEN, MARKER, NOTEBOOK, NOTEBOOK_KEY_SHAPES, encoded_forms
 
 __all__ = [
@@ -404,6 +405,9 @@ def stored_secrets(logger: logging.Logger | None = None, *, warn: bool = False) 
     says so on ``logger`` (WARNING when ``warn``, else DEBUG).
     """
     logger = logger or log
+    # A save reads every store as it is now: the one-second rule is for requests, and a
+    # key another kernel stored a moment ago must not reach the notebook file.
+    state.recheck()
     secrets: list[str] = []
     for path in _store_paths():
         try:
@@ -547,8 +551,13 @@ def _replace_keeping_mode(target: Path, data: bytes) -> None:
         raise
 
 
-def _reset_for_tests() -> None:
+def _forget() -> None:
     """Forget the extra stores opened and the first-save warning."""
     global _warned_on_save
     _extra_stores.clear()
     _warned_on_save = False
+
+
+# Stores are kept by path (the homes are read from the environment at each save): only a
+# full reset, a fresh process for tests, forgets them.
+state.on_reset("scrubber", _forget, env=())

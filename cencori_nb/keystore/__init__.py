@@ -5,16 +5,18 @@
 - :mod:`.kek`: where the key-encryption key comes from (passphrase, OS keyring, key file);
 - :mod:`.store`: the file, its lock, its cache, and the :class:`KeyStore` reads and writes.
 
-:func:`default_store` is the one store of this process: opened (KDF run) once, then every
-lookup costs one ``stat`` and a dict lookup. ``import cencori_nb.keystore`` stays cheap:
-``cryptography`` and ``filelock`` load on first use.
+:func:`default_store` is the one store of this process (registered with
+:mod:`cencori_nb.state`): opened (KDF run) once, then a lookup is a dict lookup, with a
+``stat`` at most once a second to notice another process's write (the one-second rule).
+``import cencori_nb.keystore`` stays cheap: ``cryptography`` and ``filelock`` load on first
+use.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any
 
+from .. import state
 from .secret import Secret, key_hint
 
 if TYPE_CHECKING:
@@ -22,42 +24,25 @@ if TYPE_CHECKING:
 
 __all__ = ["KeyStatus", "KeyStore", "ProviderKey", "Secret", "default_store", "key_hint"]
 
-_default: KeyStore | None = None
-_lock = threading.Lock()
+
+def _open_default() -> KeyStore:
+    from ..home import home_dir, verify_home
+    from ..ipython_hygiene import guard_running_shell
+    from .store import STORE_FILE, KeyStore
+
+    path = home_dir() / STORE_FILE
+    verify_home(path.parent)  # never read a store through a planted symlink
+    guard_running_shell()  # keys now live in this process: keep them out of tracebacks
+    return KeyStore(path)
+
+
+# The store of the current home: reopened (at the next call) when CENCORI_NB_HOME changes.
+_default = state.register("keystore", open=_open_default)
 
 
 def default_store() -> KeyStore:
     """The process's key store for the current home (``CENCORI_NB_HOME``)."""
-    global _default
-    from ..home import home_dir
-    from .store import STORE_FILE, KeyStore
-
-    path = home_dir() / STORE_FILE
-    store = _default
-    if store is not None and store.path == path:
-        return store
-    with _lock:
-        if _default is None or _default.path != path:
-            from ..home import verify_home
-
-            verify_home(path.parent)  # never read a store through a planted symlink
-            from ..ipython_hygiene import guard_running_shell
-
-            guard_running_shell()  # keys now live in this process: keep them out of tracebacks
-            _default = KeyStore(path)
-        return _default
-
-
-def _reset_for_tests() -> None:
-    """Forget the default store and every cached data key."""
-    global _default
-    import sys
-
-    with _lock:
-        _default = None
-    store_module = sys.modules.get(f"{__name__}.store")
-    if store_module is not None:
-        store_module._reset_cache()
+    return _default.get()
 
 
 def __getattr__(name: str) -> Any:

@@ -18,8 +18,11 @@ fsync, keep the old file as ``keystore.bak``, ``os.replace``, fsync the director
 that does not open (wrong passphrase, damaged) is never written: every write goes through
 the same load first.
 
-Reading: the process keeps the opened store and checks one ``stat`` per access (inode,
-mtime, ctime, size); another process's write changes it and the file is read again. The
+Reading: the process keeps the opened store and compares the file's signature (inode,
+mtime, ctime, size) with the one it read; another process's write changes it and the file
+is read again. The signature comes from :class:`cencori_nb.state.FileWatch`: a ``stat`` at
+most once a second, and at once after :func:`cencori_nb.state.recheck` (before a retry
+after a 401, before "not configured"); this process's own writes are seen at once. The
 unwrapped data key is cached per wrapped key, so the KDF runs once per process.
 """
 
@@ -40,6 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .. import state
 from ..catalog import CENCORI, PROVIDERS, provider_info
 from ..errors import (
     CencoriError,
@@ -89,10 +93,9 @@ _FINAL_CODES = frozenset(
 # wrapped-DEK fingerprint -> DEK. A wrapped key this process has opened once is not opened
 # again (no second Argon2id), whichever KeyStore object reads it.
 _dek_cache: dict[bytes, bytes] = {}
-
-
-def _reset_cache() -> None:
-    _dek_cache.clear()
+# Unwrapped keys do not depend on the home (a wrapped key opens to the same key anywhere):
+# dropped only by a full reset (a fresh process, for tests).
+state.on_reset("keystore.data_keys", _dek_cache.clear, env=())
 
 
 # --------------------------------------------------------------------------- public values
@@ -410,8 +413,9 @@ class KeyStore:
     """The encrypted per-user key store. Use :func:`cencori_nb.keystore.default_store`.
 
     Reads (``get``, ``cencori_key``, ``project_default``, ``all_secrets``, ``projects``,
-    ``status``) cost one ``stat`` and a dict lookup once the store is open. Writes take the
-    file lock and re-read the file inside it.
+    ``status``) cost a dict lookup once the store is open, and a ``stat`` at most once a
+    second (the module docstring says when sooner). Writes take the file lock and re-read
+    the file inside it.
     """
 
     def __init__(
@@ -432,6 +436,7 @@ class KeyStore:
         self._mutex = threading.RLock()
         self._state: _State | None = None
         self._sig: _Sig | None = None
+        self._watch = state.watch(self.path)  # shared by every KeyStore of this path
         self._warned = False
 
     def __repr__(self) -> str:
@@ -507,6 +512,14 @@ class KeyStore:
         """``passphrase``, ``keyring`` or ``keyfile``; None while no store file exists."""
         state = self._snapshot()
         return state.kek_header["source"] if state is not None else None
+
+    def signature(self) -> _Sig | None:
+        """The store file's signature (None: no file), at most a second old: what a cache
+        of answers derived from the store compares to know they still hold."""
+        try:
+            return self._watch.signature()
+        except OSError as exc:
+            raise self._unreadable(exc) from None
 
     def is_open(self) -> bool:
         """True once this process holds the opened (unlocked) store."""
@@ -794,13 +807,8 @@ class KeyStore:
         return state.records if state is not None else {}
 
     def _snapshot(self) -> _State | None:
-        """The current generation; one ``stat``, a re-read only when the file changed."""
-        try:
-            sig: _Sig | None = _sig(os.stat(self.path))
-        except FileNotFoundError:
-            sig = None
-        except OSError as exc:
-            raise self._unreadable(exc) from None
+        """The current generation; a re-read only when the file's signature changed."""
+        sig = self.signature()
         state = self._state
         if state is not None and sig == self._sig:
             return state
@@ -830,6 +838,7 @@ class KeyStore:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             self._state, self._sig = None, None
+            self._watch.note(None)
             return None
         except OSError as exc:
             raise self._unreadable(exc) from None
@@ -839,6 +848,7 @@ class KeyStore:
                 raw = fh.read()
         except OSError as exc:  # e.g. a folder where the file should be
             raise self._unreadable(exc) from None
+        self._watch.note(sig)  # what was read is the freshest signature there is
         if self._state is not None and raw == self._state.raw and passphrase is None:
             self._sig = sig
             return self._state
@@ -1301,7 +1311,7 @@ class KeyStore:
             if new_ref is not None and new_ref not in (old_ref, backup_before):
                 kek.retire(new_ref, self.path, backend)  # no file refers to it
             raise
-        sig = _sig(os.stat(self.path))
+        sig = self._watch.stat()  # every reader in this process sees this write at once
         self._state = replace(new, raw=raw, generation=generation, records=records)
         self._sig = sig
         _register(records)

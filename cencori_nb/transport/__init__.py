@@ -21,8 +21,6 @@ This package re-exports the public names, so ``from cencori_nb import transport`
 
 from __future__ import annotations
 
-from .. import redact
-from . import pool
 from .clock import Clock, set_clock
 from .errors import error_class, error_for_status, map_exception
 from .logs import REDACTED, RedactingFilter, install_log_redaction, register_secret, scrub
@@ -74,13 +72,6 @@ __all__ = [
     "set_transport",
     "should_retry_header",
 ]
-
-
-def _reset_for_tests() -> None:
-    """Close the shared clients, forget injected transports, the clock and registered keys."""
-    pool._reset_for_tests()
-    set_clock(None)
-    redact._reset_for_tests()
 
 
 # Loggers that exist at import time get the filter now; later ones at the next request.

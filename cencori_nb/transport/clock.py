@@ -12,6 +12,8 @@ import asyncio
 import random
 import time
 
+from .. import state
+
 __all__ = ["Clock", "current_clock", "set_clock"]
 
 
@@ -49,6 +51,13 @@ def set_clock(clock: Clock | None) -> Clock:
     previous = _clock
     _clock = clock if clock is not None else Clock()
     return previous
+
+
+def _real_clock() -> None:
+    set_clock(None)
+
+
+state.on_reset("transport.clock", _real_clock, env=())  # a test's fake clock goes
 
 
 def current_clock() -> Clock:

@@ -7,7 +7,8 @@
   (:mod:`.aio`), which costs a third of the CPU a request of httpx2's own async stack.
   Tests inject ``httpx2.MockTransport`` with :func:`set_transport`.
 - **Timeouts**: connect 10 s, read 60 s (Cencori's per-attempt figure; ``CENCORI_NB_TIMEOUT``
-  overrides it), write/pool 60 s.
+  overrides it, also in a running process: the clients are registered with
+  :mod:`cencori_nb.state` and rebuilt at the next call when it changes), write/pool 60 s.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import weakref
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from .. import state
 from ..errors import ConfigurationError
 from .logs import install_log_redaction
 
@@ -86,6 +88,7 @@ def _client_options() -> dict[str, Any]:
 def get_client() -> httpx2.Client:
     """The process-wide pooled ``httpx2.Client`` (created on first use; a forked child gets
     its own, never the parent's sockets)."""
+    state.check()
     client = _client
     if client is not None and _client_pid == os.getpid():
         return client
@@ -110,6 +113,7 @@ def get_async_client() -> httpx2.AsyncClient:
     It is closed when its loop shuts down (``asyncio.run`` finalises async generators, and
     a small one per client closes it), so no connection outlives its loop.
     """
+    state.check()
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
@@ -167,6 +171,6 @@ def _close_clients() -> None:
     _closers.clear()
 
 
-def _reset_for_tests() -> None:
-    """Close the shared clients and forget injected transports."""
-    set_transport(None)
+# The clients are built with CENCORI_NB_TIMEOUT's read timeout: rebuilt when it changes.
+state.on_reset("transport.clients", _close_clients, env=(ENV_TIMEOUT,))
+state.on_reset("transport.injected", set_transport, env=())  # tests' MockTransports

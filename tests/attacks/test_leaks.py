@@ -41,6 +41,7 @@ from typing import Any
 
 import pytest
 
+from cencori_nb import state
 from cencori_nb.egress import DEMO_KEYS
 from tests.attacks.audit import Audit, encodings, find
 
@@ -453,7 +454,6 @@ def test_passphrases_stay_out_of_python_tracebacks(
 ) -> None:
     """A wrong passphrase (given, or in the environment) fails with tracebacks whose frame
     values (``%xmode Verbose``, ``--showlocals``) show no passphrase and no key material."""
-    import cencori_nb.keystore as keystore
     from cencori_nb import keys
     from cencori_nb.errors import CencoriError
 
@@ -465,7 +465,7 @@ def test_passphrases_stay_out_of_python_tracebacks(
     audit.secrets.update({"passphrase": right, "wrong passphrase": wrong, "new passphrase": new})
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", right)
     keys.set("openai", canary)
-    keystore._reset_for_tests()
+    state.reset("keystore")
     attempts = [
         ("change_passphrase(new, old=wrong)", lambda: keys.change_passphrase(new, old=wrong)),
         ("change_passphrase(wrong, new)", lambda: keys.change_passphrase(wrong, new)),
@@ -479,7 +479,7 @@ def test_passphrases_stay_out_of_python_tracebacks(
         ("status() with a wrong env passphrase", keys.status),
         ("rotate() with a wrong env passphrase", keys.rotate),
     ):
-        keystore._reset_for_tests()
+        state.reset("keystore")
         with pytest.raises(CencoriError) as err:
             call()
         audit.add_exception(name, err.value)
@@ -689,8 +689,8 @@ def test_panel_value_set_from_python_never_reaches_the_browser(
     assert store.cencori_key("default") == Secret(CENCORI_CANARY)
     for msg_type, data in sent:
         audit.add(f"comm {msg_type}", json.dumps(data, default=str))
-    for state in states:
-        audit.add("widget state while the key was in the field (a notebook saved then)", state)
+    for shown in states:
+        audit.add("widget state while the key was in the field (a notebook saved then)", shown)
     audit.assert_clean()
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from cencori_nb import keys, keystore
+from cencori_nb import keys, keystore, state
 from cencori_nb.errors import (
     KeystoreCorruptError,
     KeystoreError,
@@ -45,7 +45,7 @@ def _path(home: Path) -> Path:
 
 
 def _fresh() -> KeyStore:
-    keystore._reset_for_tests()
+    state.reset("keystore")
     return keystore.default_store()
 
 
@@ -55,7 +55,7 @@ def _doc(path: Path) -> dict:
 
 def _dek_of(copy: Path, *, passphrase: str | None = None, ring: object = None) -> bytes:
     """The data key an attacker gets from an old copy and the old secret."""
-    keystore._reset_for_tests()
+    state.reset("keystore")
     store = KeyStore(copy, keyring_backend=ring)
     store._reload(passphrase=passphrase)
     assert store._state is not None
@@ -109,7 +109,7 @@ def test_old_copy_and_old_passphrase_open_nothing_written_after_a_change(
     _assert_dek_opens_nothing(old_dek, private_home / "keystore.bak")
     assert _dek_of(path, passphrase=NEW_PHRASE) != old_dek
     for candidate in (path, private_home / "keystore.bak"):
-        keystore._reset_for_tests()
+        state.reset("keystore")
         with pytest.raises(WrongPassphraseError):
             KeyStore(candidate)._reload(passphrase=OLD_PHRASE)
     store = _fresh()
@@ -130,7 +130,7 @@ def test_records_spliced_into_the_old_copy_do_not_open(
     old, new = _doc(old_copy), _doc(_path(private_home))
     spliced = {**old, "records": new["records"]}
     old_copy.write_bytes(crypto.dump_document(spliced))
-    keystore._reset_for_tests()
+    state.reset("keystore")
     with pytest.raises(KeystoreCorruptError):
         KeyStore(old_copy)._reload(passphrase=OLD_PHRASE)
 
@@ -181,7 +181,7 @@ def test_passphrase_in_the_environment_switches_a_weaker_store_before_writing(
     old_copy = _copy_store(private_home, tmp_path / "attacker")
     old_dek = _dek_of(old_copy)
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", NEW_PHRASE)
-    keystore._reset_for_tests()
+    state.reset("keystore")
     with caplog.at_level("WARNING", logger="cencori_nb.keystore"):
         keys.set("groq", LATER)
     assert "Switching the key store" in caplog.text
@@ -497,7 +497,7 @@ def test_read_only_directory_is_a_keystore_error(tmp_path: Path) -> None:
             assert info.value.code == "keystore_write_failed"
             assert str(directory) in str(info.value) and "try again" in str(info.value)
             assert _snapshot(directory) == before
-    keystore._reset_for_tests()
+    state.reset("keystore")
     assert KeyStore(directory / "keystore.json").get("groq", "default") is None
 
 
@@ -561,7 +561,7 @@ def test_read_only_file_system_is_a_keystore_error(tmp_path: Path) -> None:
             store.set_key("groq", LATER, project="default")
         assert "EROFS" in str(info.value) and "read-only file system" in str(info.value)
         assert _snapshot(mount) == before
-        keystore._reset_for_tests()  # reading still works
+        state.reset("keystore")  # reading still works
         assert KeyStore(mount / "keystore.json").get("openai", "default") is not None
 
 
@@ -569,13 +569,13 @@ def test_read_only_file_system_is_a_keystore_error(tmp_path: Path) -> None:
 
 _READER = """
 import pathlib, sys
-from cencori_nb import keystore
+from cencori_nb import state
 from cencori_nb.keystore.store import KeyStore
 path, done, expected = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
 reads = 0
 print("ready", flush=True)
 while not done.exists() or reads < 5:
-    keystore._reset_for_tests()            # a cold open each time, as a new process does
+    state.reset("keystore")            # a cold open each time, as a new process does
     got = KeyStore(path).get("openai", "default")
     assert got is not None and got.api_key.reveal() == expected, got
     reads += 1
@@ -680,7 +680,7 @@ def test_a_reader_waits_for_a_writer_holding_the_lock(
 
     import threading
 
-    keystore._reset_for_tests()
+    state.reset("keystore")
     threading.Thread(target=release_soon).start()
     got = reader.get("openai", "default")
     assert released and served

@@ -24,6 +24,7 @@ from typing import Any
 import nbformat
 import pytest
 
+from cencori_nb import state
 from cencori_nb.jupyter import install
 from cencori_nb.jupyter.scrubber import MARKER, WIDGET_STATE_MIME
 
@@ -471,15 +472,14 @@ def test_unreadable_store_warns_at_startup_and_first_save(
     (not only DEBUG), never the key; key shapes are still removed."""
     from jupyter_server.services.contents.largefilemanager import LargeFileManager
 
-    from cencori_nb import keys, keystore
+    from cencori_nb import keys
 
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "correct horse battery staple")
     keys.set("local", STORED)
     monkeypatch.delenv("CENCORI_NB_PASSPHRASE")
-    keystore._reset_for_tests()
-    from cencori_nb import redact
+    state.reset("keystore")
 
-    redact._reset_for_tests()  # a fresh server process knows no keys
+    state.reset("redact")  # a fresh server process knows no keys
     root = tmp_path / "root"
     root.mkdir()
     manager = LargeFileManager(root_dir=str(root))
@@ -507,7 +507,7 @@ def test_sandbox_home_still_scrubs_the_real_stores_keys(
     the scrubber also reads the real home's store, read-only."""
     from jupyter_server.services.contents.largefilemanager import LargeFileManager
 
-    from cencori_nb import keys, keystore, redact
+    from cencori_nb import keys
     from cencori_nb.cli import lab as lab_cli
 
     keys.set("local", STORED)  # the real store
@@ -518,8 +518,8 @@ def test_sandbox_home_still_scrubs_the_real_stores_keys(
     )
     for name, value in plan.env_changes.items():
         monkeypatch.setenv(name, value)
-    keystore._reset_for_tests()
-    redact._reset_for_tests()  # the server process starts afresh
+    state.reset("keystore")
+    state.reset("redact")  # the server process starts afresh
     root = tmp_path / "root"
     root.mkdir()
     manager = LargeFileManager(root_dir=str(root))

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import cencori_nb
-from cencori_nb import errors, keys, settings
+from cencori_nb import errors, keys, settings, state
 from cencori_nb.egress import DEMO_KEYS
 from tests.attacks.support import RecordingSandbox
 from tests.conftest import all_bytes_under
@@ -124,7 +124,7 @@ def test_client_refusal_forgets_the_cell(
     from cencori_nb.ledger import default_ledger
 
     default_ledger().flush()
-    cencori_nb.cache._reset_for_tests()
+    state.reset("cache")
     assert all(c.encode() not in all_bytes_under(private_home) for c in CANARIES)
 
 
@@ -257,9 +257,7 @@ def test_a_failed_key_write_traceback_shows_no_key(
 
 def _home(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
     monkeypatch.setenv("CENCORI_NB_HOME", str(path))
-    from tests.conftest import _reset_process_state
-
-    _reset_process_state()
+    state.reset()
 
 
 def test_home_that_is_a_symlink_is_refused(

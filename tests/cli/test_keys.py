@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cencori_nb import keys, keystore
+from cencori_nb import keys, keystore, state
 from cencori_nb.cli import main
 from tests.conftest import all_bytes_under
 
@@ -112,7 +112,7 @@ def test_canary_never_leaks(
         outputs.append(f"{argv[:3]} -> {code}\n{out}\n{err}")  # argv[3] may be the key
     assert codes == [0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0]
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "canary passphrase 1")
-    keystore._reset_for_tests()
+    state.reset("keystore")
     keys.set("google", "AIza" + canary, project="api", default_model="gemini-2.5-flash")
     keys.set("mistral", canary, project="api", make_default=True, force=True)
     keys.set_cencori_key("csk_" + canary, project="api")
@@ -133,7 +133,7 @@ def test_canary_never_leaks(
     outputs.append(out + err)
 
     # it really is stored, under every name used above
-    keystore._reset_for_tests()
+    state.reset("keystore")
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "canary passphrase 2")
     store = keystore.default_store()
     assert store.get("openai", "default").api_key.reveal() == canary  # type: ignore[union-attr]
@@ -270,7 +270,7 @@ def test_passphrase_command(
     _run(monkeypatch, capsys, ["keys", "set", "openai"], "sk-proj-passphrase-test-1")
     code, out, err = _run(monkeypatch, capsys, ["keys", "passphrase"], "first secret phrase\n")
     assert code == 0 and "CENCORI_NB_PASSPHRASE" in out
-    keystore._reset_for_tests()
+    state.reset("keystore")
     code, out, err = _run(monkeypatch, capsys, ["keys", "passphrase"], "wrong\nthird\n")
     assert code == 1 and "does not open" in err and len(err.splitlines()) == 1
     code, out, err = _run(
@@ -278,7 +278,7 @@ def test_passphrase_command(
     )
     assert code == 0, err
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "second secret phrase")
-    keystore._reset_for_tests()
+    state.reset("keystore")
     assert keystore.default_store().get("openai") is not None
     code, out, err = _run(monkeypatch, capsys, ["keys", "passphrase"], "a\nb\nc\n")
     assert code == 1
@@ -362,7 +362,7 @@ def test_rotate_command(
     _run(monkeypatch, capsys, ["keys", "set", "openai"], "sk-proj-rotate-me-00001")
     code, out, _ = _run(monkeypatch, capsys, ["keys", "rotate"])
     assert code == 0 and "1 records re-encrypted" in out and "new key file" in out
-    keystore._reset_for_tests()
+    state.reset("keystore")
     assert keystore.default_store().get("openai") is not None
 
 
@@ -373,7 +373,7 @@ def test_locked_store_fails_before_the_prompt(
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "locked up")
     keys.set("openai", "sk-proj-locked-store-0001")
     monkeypatch.delenv("CENCORI_NB_PASSPHRASE")
-    keystore._reset_for_tests()
+    state.reset("keystore")
     asked: list[str] = []
     monkeypatch.setattr("getpass.getpass", lambda prompt="": asked.append(prompt) or "x")
     code, out, err = _run(monkeypatch, capsys, ["keys", "set", "groq"], tty=True)
@@ -431,7 +431,7 @@ def test_key_of_the_wrong_shape_is_refused_unless_forced(
     assert not (private_home / "keystore.json").exists()
     code, out, err = _run(monkeypatch, capsys, ["keys", "set", provider, "--force"], key)
     assert code == 0 and out.startswith(f"Stored {provider} key"), err
-    keystore._reset_for_tests()
+    state.reset("keystore")
     assert keystore.default_store().get(provider).api_key.reveal() == key  # type: ignore
 
 
@@ -514,7 +514,7 @@ def test_accept_rollback_command(
     _run(monkeypatch, capsys, ["keys", "set", "openai"], "sk-proj-first-key-0000Qx4F\n")
     _run(monkeypatch, capsys, ["keys", "set", "groq"], "gsk_Ab1Cd2Ef3Gh4Ij5\n")
     shutil.copy(private_home / "keystore.bak", private_home / "keystore.json")
-    keystore._reset_for_tests()
+    state.reset("keystore")
     code, out, err = _run(monkeypatch, capsys, ["keys", "list"])
     assert code == 1 and len(err.splitlines()) == 1 and "--accept-rollback" in err
     code, out, err = _run(monkeypatch, capsys, ["keys", "rotate", "--accept-rollback"])

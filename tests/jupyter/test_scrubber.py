@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cencori_nb import redact
+from cencori_nb import redact, state
 from cencori_nb.jupyter import scrubber
 from cencori_nb.jupyter.scrubber import MARKER, pre_save_hook, scrub_notebook, scrub_text
 
@@ -334,13 +334,13 @@ def test_unreadable_store_falls_back_to_patterns(
     monkeypatch: pytest.MonkeyPatch, canary: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A passphrase store without its passphrase: patterns still apply, nothing is raised."""
-    from cencori_nb import keys, keystore
+    from cencori_nb import keys
 
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "correct horse battery staple")
     keys.set("openai", canary)
     keys.set("local", "shapeless-local-token")
     monkeypatch.delenv("CENCORI_NB_PASSPHRASE")
-    keystore._reset_for_tests()
+    state.reset("keystore")
     with caplog.at_level(logging.DEBUG, logger="cencori_nb.jupyter.scrubber"):
         assert scrubber.stored_secrets() == []
     assert "key patterns only" in caplog.text

@@ -18,6 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from cencori_nb import state
 from cencori_nb.jupyter.scrubber import MARKER, WIDGET_STATE_MIME
 from tests.jupyter_procs import JupyterProcess, isolated_jupyter_env
 
@@ -222,9 +223,9 @@ def test_stored_key_of_any_shape_is_removed(
     server = servers["on"]
     monkeypatch.setenv("CENCORI_NB_HOME", str(server.home))  # type: ignore[attr-defined]
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring")
-    from cencori_nb import keys, keystore
+    from cencori_nb import keys
 
-    keystore._reset_for_tests()
+    state.reset("keystore")
     odd = "local-server-pass-" + "shapeless"
     keys.set("local", odd)
     _put(server, "odd.ipynb", _leaky_notebook(odd))
@@ -238,12 +239,12 @@ def test_save_goes_on_when_the_key_store_cannot_be_opened(
 ) -> None:
     """A passphrase store and no passphrase in the server's environment: the notebook is
     still saved, key shapes are still removed; only exact matching is lost (documented)."""
-    from cencori_nb import keys, keystore
+    from cencori_nb import keys
 
     home = tmp_path / "locked-home"
     monkeypatch.setenv("CENCORI_NB_HOME", str(home))
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "correct horse battery staple")
-    keystore._reset_for_tests()
+    state.reset("keystore")
     keys.set("openai", canary)
     keys.set("local", "shapeless-local-secret")
     monkeypatch.delenv("CENCORI_NB_PASSPHRASE")

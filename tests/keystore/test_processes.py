@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cencori_nb import keystore
+from cencori_nb import keystore, state
 from cencori_nb.keystore.store import KeyStore
 
 _WRITER = """
@@ -79,7 +79,7 @@ def test_two_processes_writing_at_once_lose_nothing(
     assert a0 < b1 and b0 < a1, f"the writers did not overlap: {spans}"
     if passphrase:
         monkeypatch.setenv("CENCORI_NB_PASSPHRASE", passphrase)
-    keystore._reset_for_tests()
+    state.reset("keystore")
     store = keystore.default_store()
     assert len(store.projects()) == 100
     for tag, provider in (("a", "openai"), ("b", "anthropic")):
@@ -116,7 +116,7 @@ def test_writer_killed_mid_write_leaves_a_whole_generation(private_home: Path) -
         leftover_temps += len(list(private_home.glob(".keystore.json.*.tmp")))
         if not path.exists():  # killed before the very first write finished
             continue
-        keystore._reset_for_tests()
+        state.reset("keystore")
         store = KeyStore(path)
         status = store.status("default")  # raises if the file is torn
         generation = json.loads(path.read_bytes())["generation"]
@@ -159,7 +159,7 @@ def test_threads_writing_at_once_lose_nothing(private_home: Path) -> None:
     for th in threads:
         th.join(timeout=120)
     assert not errors
-    keystore._reset_for_tests()
+    state.reset("keystore")
     store = keystore.default_store()
     assert len(store.projects()) == 40
     assert store.get("openai", "t3-9").api_key.reveal() == "sk-thread-3-009-padding"  # type: ignore

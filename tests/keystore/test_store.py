@@ -10,13 +10,14 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cencori_nb import keys, keystore
+from cencori_nb import keys, keystore, state
 from cencori_nb.errors import (
     CencoriError,
     ConfigurationError,
@@ -49,7 +50,7 @@ def _fill() -> None:
 
 def _fresh() -> keystore.KeyStore:
     """A cold open, as a new process would do it."""
-    keystore._reset_for_tests()
+    state.reset("keystore")
     return keystore.default_store()
 
 
@@ -256,7 +257,7 @@ def test_aad_binds_record_to_project_and_provider() -> None:
 def _assert_refused(path: Path, damaged: bytes) -> KeystoreError:
     """Opening fails with a KeystoreError naming the file, and the bytes stay as they are."""
     path.write_bytes(damaged)
-    keystore._reset_for_tests()
+    state.reset("keystore")
     store = KeyStore(path)
     with pytest.raises(CencoriError) as info:
         store.get("openai", "default")
@@ -333,7 +334,7 @@ def test_damaged_store_refuses_writes_and_backup_restores(private_home: Path) ->
     bak = private_home / "keystore.bak"
     path.write_bytes(path.read_bytes()[:-40])
     damaged, bak_bytes = path.read_bytes(), bak.read_bytes()
-    keystore._reset_for_tests()
+    state.reset("keystore")
     with pytest.raises(KeystoreCorruptError) as info:
         keys.set("anthropic", ANTHROPIC)
     assert str(bak) in str(info.value)
@@ -441,7 +442,7 @@ def test_change_passphrase_keeps_records_and_retires_the_old(
     for candidate in (path, private_home / "keystore.bak"):
         copy = private_home / "copy.json"
         shutil.copy(candidate, copy)
-        keystore._reset_for_tests()
+        state.reset("keystore")
         with pytest.raises(WrongPassphraseError):
             KeyStore(copy).status()
         copy.unlink()
@@ -460,7 +461,7 @@ def test_change_passphrase_checks_old_and_takes_contract_form(
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "first")
     keys.set("openai", OPENAI)
     monkeypatch.delenv("CENCORI_NB_PASSPHRASE")
-    keystore._reset_for_tests()
+    state.reset("keystore")
     with pytest.raises(WrongPassphraseError):
         keys.change_passphrase("second", old="not it")
     keys.change_passphrase("first", "second")  # docs/contracts.md order: old, new
@@ -520,19 +521,20 @@ def test_rotate_passphrase_store_needs_the_current_passphrase(
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "not the passphrase")
     store = KeyStore(path)
     before = path.read_bytes()
-    keystore._reset_for_tests()
+    state.reset("keystore")
     with pytest.raises(WrongPassphraseError):
         store.rotate()
     assert path.read_bytes() == before
 
 
 def test_kdf_runs_once_per_process_and_other_writes_are_seen(
-    private_home: Path, monkeypatch: pytest.MonkeyPatch
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, state_clock: Callable[[float], None]
 ) -> None:
-    """One Argon2id per process; a write by another process is noticed without another."""
+    """One Argon2id per process; a write by another process is noticed without another,
+    once a second has passed (the one-second rule of cencori_nb.state)."""
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "once")
     keys.set("openai", OPENAI)
-    keystore._reset_for_tests()
+    state.reset("keystore")
     start = crypto.kdf_runs()
     store = keystore.default_store()
     for _ in range(200):
@@ -541,6 +543,8 @@ def test_kdf_runs_once_per_process_and_other_writes_are_seen(
     assert crypto.kdf_runs() == start + 1
     code = "from cencori_nb import keys; keys.set('groq', 'gsk_' + 'q' * 20, project='other')"
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ), timeout=60)
+    assert store.get("groq", "other") is None  # within the second: not looked at yet
+    state_clock(1.0)
     got = store.get("groq", "other")
     assert got is not None and got.api_key.reveal() == "gsk_" + "q" * 20
     assert crypto.kdf_runs() == start + 1
@@ -598,9 +602,9 @@ def test_keyring_kek_source(private_home: Path, monkeypatch: pytest.MonkeyPatch)
     store.rotate()
     (entry2,) = ring.items
     assert entry2 != entry
-    keystore._reset_for_tests()
+    state.reset("keystore")
     assert KeyStore(path, keyring_backend=ring).get("openai", "default") is not None
-    keystore._reset_for_tests()  # a new process, where no keyring is reachable
+    state.reset("keystore")  # a new process, where no keyring is reachable
     with pytest.raises(KeystoreError) as info:
         KeyStore(path, keyring_backend=None).status("default")
     assert info.value.code == "keyring_unavailable" and str(path) in str(info.value)
@@ -738,8 +742,8 @@ def test_opening_the_store_registers_its_keys_with_redact(private_home: Path) ->
 
     keys.set("openai", OPENAI)
     assert OPENAI in redact.registered_secrets()  # written → registered
-    keystore._reset_for_tests()
-    redact._reset_for_tests()
+    state.reset("keystore")
+    state.reset("redact")
     keystore.default_store()
     assert OPENAI not in redact.registered_secrets()  # created but not yet opened
     keystore.default_store().status()

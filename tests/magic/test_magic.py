@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
+from cencori_nb import state
 from cencori_nb.magic import CencoriMagics
 from tests.magic.support import assert_one_error_line, last_request, magics_of, run, texts
 
@@ -473,12 +474,12 @@ def test_key_refusal_with_a_locked_store(
     shell: InteractiveShell, canary: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A passphrase store opened without its passphrase: the refusal is still one line."""
-    from cencori_nb import keys, keystore
+    from cencori_nb import keys
 
     monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "correct horse battery staple")
     keys.set("openai", OPENAI_KEY)
     monkeypatch.delenv("CENCORI_NB_PASSPHRASE")
-    keystore._reset_for_tests()
+    state.reset("keystore")
     cap, result = run(shell, f"%cencori use {canary}")
     assert_one_error_line(cap, result, "looks like it contains an API key")
 

@@ -6,7 +6,7 @@ import asyncio
 
 import httpx2
 
-from cencori_nb import transport
+from cencori_nb import state, transport
 
 
 def test_one_shared_client_with_pool_and_timeouts() -> None:
@@ -14,7 +14,7 @@ def test_one_shared_client_with_pool_and_timeouts() -> None:
     client = transport.get_client()
     assert transport.get_client() is client
     assert client.timeout.connect == 10.0 and client.timeout.read == 60.0
-    transport._reset_for_tests()
+    state.reset("transport")
     assert transport.get_client() is not client
     assert client.is_closed
 

@@ -1,0 +1,450 @@
+"""cencori_nb.state: one registry of process state, changes of CENCORI_NB_* noticed at the
+next call without a reset, and the one-second rule for other processes' changes."""
+
+from __future__ import annotations
+
+import ast
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import cencori_nb
+from cencori_nb import keys, settings, state, transport
+from cencori_nb.errors import (
+    AuthenticationError,
+    ProviderNotConfiguredError,
+    ProviderTimeoutError,
+)
+from cencori_nb.keystore.secret import Secret
+from cencori_nb.ledger import default_ledger
+from cencori_nb.sandbox.server import SandboxServer
+from cencori_nb.transport import pool
+
+KEY_A = "sk-test-state-home-a-" + "A" * 20 + "a1a1"
+KEY_B = "sk-test-state-home-b-" + "B" * 20 + "b2b2"
+KEY_NEW = "sk-test-state-another-" + "N" * 20 + "n3n3"
+KEY_REVOKED = "sk-test-state-revoked-" + "R" * 20 + "r4r4"
+PACKAGE = Path(cencori_nb.__file__).parent
+
+
+def _hint(key: str) -> str:
+    return Secret(key).hint
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def test_a_value_is_built_once_and_closed_and_rebuilt_when_its_variable_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slot's value is built at the first get, reused, and at the first get after its
+    variable changed the old one is closed and a new one built; no reset call."""
+    reg = state.Registry()
+    built: list[str | None] = []
+    closed: list[str | None] = []
+
+    def open_() -> str | None:
+        built.append(os.environ.get("CENCORI_NB_HOME"))
+        return built[-1]
+
+    slot = reg.register("thing", open=open_, close=closed.append)
+    monkeypatch.setenv("CENCORI_NB_HOME", "/one")
+    assert slot.get() == "/one" and slot.get() == "/one"
+    assert built == ["/one"] and closed == []
+    monkeypatch.setenv("CENCORI_NB_HOME", "/two")
+    assert slot.get() == "/two"
+    assert built == ["/one", "/two"] and closed == ["/one"]
+    monkeypatch.delenv("CENCORI_NB_HOME")
+    assert slot.get() is None and closed == ["/one", "/two"]
+
+
+def test_only_the_state_that_depends_on_a_variable_is_reset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A change of CENCORI_NB_PROJECT resets what depends on it (noticed by any check),
+    not what depends only on the home, nor state that depends on no variable."""
+    reg = state.Registry()
+    dropped: list[str] = []
+    reg.on_reset("by-home", lambda: dropped.append("by-home"))
+    reg.on_reset("by-project", lambda: dropped.append("by-project"), env="CENCORI_NB_PROJECT")
+    reg.on_reset("pure", lambda: dropped.append("pure"), env=())
+    reg.check()
+    assert dropped == []
+    monkeypatch.setenv("CENCORI_NB_PROJECT", "other")
+    reg.check()
+    assert dropped == ["by-project"]
+    reg.check()
+    assert dropped == ["by-project"]  # once per change
+    reg.reset()
+    assert sorted(dropped[1:]) == ["by-home", "by-project", "pure"]
+
+
+def test_reset_by_name_resets_that_entry_and_those_under_it() -> None:
+    """reset("keystore") is the store and its data keys, not the ledger; an unknown name
+    is refused rather than silently resetting nothing."""
+    reg = state.Registry()
+    dropped: list[str] = []
+    for name in ("keystore", "keystore.data_keys", "keystores", "ledger"):
+        reg.on_reset(name, lambda name=name: dropped.append(name))
+    reg.reset("keystore")
+    assert sorted(dropped) == ["keystore", "keystore.data_keys"]
+    with pytest.raises(ValueError, match="'ledgr'"):
+        reg.reset("ledgr")
+
+
+def test_closing_happens_in_reverse_order_and_a_failing_close_does_not_stop_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What was registered later is closed first; one close that raises is logged and
+    the rest are still closed."""
+    reg = state.Registry()
+    closed: list[str] = []
+
+    def broken(_value: object) -> None:
+        raise OSError("disk gone")
+
+    first = reg.register("first", open=lambda: "first", close=closed.append)
+    middle = reg.register("middle", open=lambda: "middle", close=broken)
+    last = reg.register("last", open=lambda: "last", close=closed.append)
+    for slot in (first, middle, last):
+        slot.get()
+    with caplog.at_level(logging.WARNING, logger="cencori_nb.state"):
+        reg.reset()
+    assert closed == ["last", "first"]
+    assert "resetting middle failed" in caplog.text
+    assert (first.peek(), middle.peek(), last.peek()) == (None, None, None)
+
+
+def test_every_piece_of_package_state_is_registered() -> None:
+    """The modules that keep process state register it (so the fixtures' one reset covers
+    them all); the ledger closes after the cache that writes after its commits."""
+    import cencori_nb.client  # noqa: F401
+    import cencori_nb.jupyter.scrubber  # noqa: F401
+    import cencori_nb.keystore.store  # noqa: F401
+
+    names = state.registered()
+    for name in (
+        "keystore",
+        "keystore.data_keys",
+        "settings",
+        "router.memo",
+        "ledger",
+        "wallet",
+        "accounting.balance_hint",
+        "accounting.team_budgets",
+        "client.clean_names",
+        "cache",
+        "transport.clients",
+        "transport.injected",
+        "transport.clock",
+        "redact.secrets",
+        "pacing.pacers",
+        "pacing.sandbox_rpm",
+        "pricing",
+        "scrubber",
+    ):
+        assert name in names, name
+    assert names.index("ledger") < names.index("cache")
+
+
+# --------------------------------------------------------------------------- file freshness
+
+
+def test_a_file_is_looked_at_at_most_once_a_second_and_at_once_after_recheck(
+    tmp_path: Path, state_clock: Callable[[float], None]
+) -> None:
+    """The watch's stat follows the injected clock: a change is seen once a full second
+    has passed, or at once after recheck(); note() records this process's own view."""
+    path = tmp_path / "f.json"
+    path.write_text("one")
+    watch = state.watch(path)
+    assert state.watch(str(path)) is watch  # one per path in the process
+    first = watch.signature()
+    assert first is not None
+    os.replace(_write(tmp_path / "g", "two!"), path)  # another writer: a new inode
+    state_clock(0.999)
+    assert watch.signature() == first
+    state_clock(0.001)
+    second = watch.signature()
+    assert second not in (None, first)
+    path.unlink()
+    assert watch.signature() == second
+    state.recheck()
+    assert watch.signature() is None
+    watch.note(first)
+    assert watch.signature() == first
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# --------------------------------------------------------------------------- the environment
+
+
+def _use_home(
+    monkeypatch: pytest.MonkeyPatch,
+    home: Path,
+    sandbox: SandboxServer,
+    key: str,
+    project: str = "default",
+) -> None:
+    """A home whose OpenAI base URL is the sandbox's OpenAI door on loopback (so the stored
+    key itself is sent, and the sandbox shows its hint) with ``key`` in ``project``."""
+    monkeypatch.setenv("CENCORI_NB_HOME", str(home))
+    settings.update_settings(base_urls={"openai": sandbox.url + "/openai/v1"}, project=project)
+    keys.set("openai", key, project=project)
+
+
+def _ledger_rows(path: Path) -> list[tuple[str, str, str]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT status, project, credential_source FROM requests").fetchall()
+    finally:
+        conn.close()
+
+
+def test_changing_the_home_between_two_chats_switches_key_ledger_cache_and_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer
+) -> None:
+    """In one running process, CENCORI_NB_HOME moves between two identical chat calls
+    with no reset call: the second sends the new home's key, is recorded in the new home's
+    ledger (not the old), follows the new home's settings (its project) and does not hit
+    the old home's cache."""
+    home_a, home_b = tmp_path / "a", tmp_path / "b"
+    _use_home(monkeypatch, home_a, sandbox, KEY_A)
+    _use_home(monkeypatch, home_b, sandbox, KEY_B, project="beta")
+    monkeypatch.setenv("CENCORI_NB_HOME", str(home_a))
+
+    first = cencori_nb.chat("Which home am I in?", model="gpt-4o-mini")
+    assert sandbox.stats["recent"][-1]["headers"]["authorization"] == f"Bearer {_hint(KEY_A)}"
+    assert first.project == "default"
+
+    monkeypatch.setenv("CENCORI_NB_HOME", str(home_b))
+    second = cencori_nb.chat("Which home am I in?", model="gpt-4o-mini")
+    assert not second.cached  # home a's cache is not home b's
+    assert sandbox.stats["requests"] == 2
+    assert sandbox.stats["recent"][-1]["headers"]["authorization"] == f"Bearer {_hint(KEY_B)}"
+    assert second.project == "beta"  # home b's config.json
+
+    led = default_ledger()
+    assert led.path == home_b / "ledger.sqlite"
+    led.flush()
+    assert _ledger_rows(home_a / "ledger.sqlite") == [("ok", "default", "keystore:byok:openai")]
+    assert _ledger_rows(home_b / "ledger.sqlite") == [("ok", "beta", "keystore:byok:openai")]
+
+
+def test_changing_the_project_variable_between_two_chats_takes_effect_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer
+) -> None:
+    """CENCORI_NB_PROJECT set between two calls: the second sends that project's key and
+    its ledger row names that project."""
+    home = tmp_path / "h"
+    _use_home(monkeypatch, home, sandbox, KEY_A)
+    keys.set("openai", KEY_B, project="second")
+    cencori_nb.chat("Project one", model="gpt-4o-mini", cache=False)
+    assert sandbox.stats["recent"][-1]["key"] == _hint(KEY_A)
+    monkeypatch.setenv("CENCORI_NB_PROJECT", "second")
+    c = cencori_nb.chat("Project two", model="gpt-4o-mini", cache=False)
+    assert sandbox.stats["recent"][-1]["key"] == _hint(KEY_B)
+    assert c.project == "second"
+    default_ledger().flush()
+    assert [r[1] for r in _ledger_rows(home / "ledger.sqlite")] == ["default", "second"]
+
+
+def test_changing_the_timeout_variable_rebuilds_the_http_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer
+) -> None:
+    """CENCORI_NB_TIMEOUT set in a running process: the next call uses a client built with
+    it (the old one is closed), so a sandbox slower than the new timeout times out."""
+    _use_home(monkeypatch, tmp_path / "h", sandbox, KEY_A)
+    sandbox.latency_ms = 1500  # type: ignore[attr-defined]
+    cencori_nb.chat("Slow but fine", model="gpt-4o-mini", cache=False, retries=0)
+    before = transport.get_client()
+    assert before.timeout.read == pool.READ_TIMEOUT
+    monkeypatch.setenv("CENCORI_NB_TIMEOUT", "0.2")
+    with pytest.raises(ProviderTimeoutError):
+        cencori_nb.chat("Too slow now", model="gpt-4o-mini", cache=False, retries=0)
+    after = transport.get_client()
+    assert after is not before and before.is_closed
+    assert after.timeout.read == 0.2
+
+
+# --------------------------------------------------------------------------- another process
+
+_KEYS_CHILD = """
+import sys
+from cencori_nb import keys
+action, provider = sys.argv[1], sys.argv[2]
+if action == "set":
+    keys.set(provider, sys.argv[3])
+else:
+    keys.enable(provider)
+"""
+
+
+def _another_process(*args: str) -> None:
+    """Change the key store from a real second process (same home, same environment)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _KEYS_CHILD, *args],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_another_process_replacing_a_key_is_noticed_once_a_second_has_passed(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sandbox: SandboxServer,
+    state_clock: Callable[[float], None],
+) -> None:
+    """The one-second rule: another kernel's `keys set` may be noticed up to a second
+    late (no stat per request), and is noticed once the clock has passed one second."""
+    _use_home(monkeypatch, tmp_path / "h", sandbox, KEY_A)
+    cencori_nb.chat("Before", model="gpt-4o-mini", cache=False)
+    _another_process("set", "openai", KEY_NEW)
+    cencori_nb.chat("Within the second", model="gpt-4o-mini", cache=False)
+    assert sandbox.stats["recent"][-1]["key"] == _hint(KEY_A)
+    state_clock(0.5)
+    cencori_nb.chat("Still within it", model="gpt-4o-mini", cache=False)
+    assert sandbox.stats["recent"][-1]["key"] == _hint(KEY_A)
+    state_clock(0.5)
+    cencori_nb.chat("A second later", model="gpt-4o-mini", cache=False)
+    assert sandbox.stats["recent"][-1]["key"] == _hint(KEY_NEW)
+
+
+def test_after_a_401_the_next_call_reads_the_key_store_afresh(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sandbox: SandboxServer,
+    state_clock: Callable[[float], None],
+) -> None:
+    """A 401, then another process sets a good key, then a retry within the same second
+    (the clock does not move): the retry sends the new key."""
+    _use_home(monkeypatch, tmp_path / "h", sandbox, KEY_REVOKED)
+    with pytest.raises(AuthenticationError):
+        cencori_nb.chat("Rejected", model="gpt-4o-mini", cache=False)
+    assert sandbox.stats["recent"][-1]["key"] == _hint(KEY_REVOKED)
+    _another_process("set", "openai", KEY_NEW)
+    c = cencori_nb.chat("Retried", model="gpt-4o-mini", cache=False)
+    assert sandbox.stats["recent"][-1]["key"] == _hint(KEY_NEW)
+    assert c.route == "byok"
+
+
+def test_before_not_configured_is_reported_the_key_store_is_read_afresh(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sandbox: SandboxServer,
+    state_clock: Callable[[float], None],
+) -> None:
+    """A disabled key is "not configured"; another process enables it; a call within the
+    same second (the clock does not move) finds it rather than reporting the stale view."""
+    _use_home(monkeypatch, tmp_path / "h", sandbox, KEY_A)
+    keys.disable("openai")
+    with pytest.raises(ProviderNotConfiguredError, match="disabled"):
+        cencori_nb.chat("Not yet", model="gpt-4o-mini", cache=False)
+    _another_process("enable", "openai")
+    c = cencori_nb.chat("Now", model="gpt-4o-mini", cache=False)
+    assert sandbox.stats["recent"][-1]["key"] == _hint(KEY_A)
+    assert c.route == "byok"
+
+
+def test_settings_written_by_this_process_are_seen_at_once(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sandbox: SandboxServer,
+    state_clock: Callable[[float], None],
+) -> None:
+    """The one-second rule is for other processes: this process's own writes (a key, a
+    setting) count at the next call, with the clock standing still."""
+    _use_home(monkeypatch, tmp_path / "h", sandbox, KEY_A)
+    cencori_nb.chat("One", model="gpt-4o-mini", cache=False)
+    keys.set("openai", KEY_B)
+    cencori_nb.chat("Two", model="gpt-4o-mini", cache=False)
+    assert sandbox.stats["recent"][-1]["key"] == _hint(KEY_B)
+    keys.set("openai", KEY_NEW, project="third")
+    settings.update_settings(project="third")
+    c = cencori_nb.chat("Three", model="gpt-4o-mini", cache=False)
+    assert sandbox.stats["recent"][-1]["key"] == _hint(KEY_NEW) and c.project == "third"
+
+
+# --------------------------------------------------------------------------- sys.modules
+
+
+def _reaches_through_sys_modules(source: str) -> list[int]:
+    """Lines where ``sys.modules`` is used for anything but asking whether a module is
+    loaded (``"x" in sys.modules``), getting a module that is not ours, or a module's
+    own object (``sys.modules[__name__]``)."""
+    tree = ast.parse(source)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    bad = []
+    for node in ast.walk(tree):
+        if not (
+            isinstance(node, ast.Attribute)
+            and node.attr == "modules"
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "sys"
+        ):
+            continue
+        parent = parents.get(node)
+        if (
+            isinstance(parent, ast.Subscript)
+            and isinstance(parent.slice, ast.Name)
+            and parent.slice.id == "__name__"
+        ):
+            continue  # the module's own object (e.g. to make the module callable)
+        if isinstance(parent, ast.Compare) and all(
+            isinstance(op, ast.In | ast.NotIn) for op in parent.ops
+        ):
+            continue  # a membership test reads no state
+        call = parents.get(parent) if isinstance(parent, ast.Attribute) else None
+        if (
+            isinstance(parent, ast.Attribute)
+            and parent.attr == "get"
+            and isinstance(call, ast.Call)
+            and call.args
+            and isinstance(call.args[0], ast.Constant)
+            and isinstance(call.args[0].value, str)
+            and not call.args[0].value.startswith("cencori_nb")
+        ):
+            continue  # another package's module (IPython), by its literal name
+        bad.append(node.lineno)
+    return bad
+
+
+def test_no_module_reaches_another_modules_state_through_sys_modules() -> None:
+    """State is reset through cencori_nb.state; no module of the package looks up one of
+    its own modules in sys.modules to reach its state."""
+    found = {
+        str(path.relative_to(PACKAGE)): lines
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (lines := _reaches_through_sys_modules(path.read_text(encoding="utf-8")))
+    }
+    assert found == {}
+
+
+@pytest.mark.parametrize(
+    ("source", "flagged"),
+    [
+        ('import sys\nw = sys.modules.get("cencori_nb.wallet")\n', True),
+        ('import sys\nsys.modules.get(f"{__name__}.store")._reset_cache()\n', True),
+        ('import sys\nsys.modules["cencori_nb.ledger"]._default = None\n', True),
+        ("import sys\nm = sys.modules\n", True),
+        ('import sys\nif "cencori_nb.batch" in sys.modules:\n    pass\n', False),
+        ('import sys\nipython = sys.modules.get("IPython")\n', False),
+        ("import sys\nsys.modules[__name__].__class__ = type\n", False),
+    ],
+)
+def test_the_sys_modules_guard_catches_reaches(source: str, flagged: bool) -> None:
+    """The guard above is not vacuous: each way of reaching a module's state is caught."""
+    assert bool(_reaches_through_sys_modules(source)) is flagged
