@@ -18,8 +18,10 @@ import cencori_nb
 from cencori_nb import keys, settings, state, transport
 from cencori_nb.errors import (
     AuthenticationError,
+    ConfigurationError,
     ProviderNotConfiguredError,
     ProviderTimeoutError,
+    UnsafeHomeError,
 )
 from cencori_nb.keystore.secret import Secret
 from cencori_nb.ledger import default_ledger
@@ -275,6 +277,49 @@ def test_changing_the_timeout_variable_rebuilds_the_http_client(
     after = transport.get_client()
     assert after is not before and before.is_closed
     assert after.timeout.read == 0.2
+
+
+def test_moving_the_home_onto_a_symlink_mid_session_is_refused_at_the_next_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer
+) -> None:
+    """A running session whose CENCORI_NB_HOME is pointed at a planted symlink: the next
+    call is refused (the old home's open store is not used for the new value), nothing is
+    sent and nothing is written where the link points; moving back works again."""
+    home = tmp_path / "h"
+    _use_home(monkeypatch, home, sandbox, KEY_A)
+    cencori_nb.chat("Fine", model="gpt-4o-mini", cache=False)
+    elsewhere = tmp_path / "synced"
+    elsewhere.mkdir()
+    link = tmp_path / "home-link"
+    link.symlink_to(elsewhere)
+    monkeypatch.setenv("CENCORI_NB_HOME", str(link))
+    with pytest.raises(UnsafeHomeError, match="is a symlink"):
+        cencori_nb.chat("Through the link", model="gpt-4o-mini", cache=False)
+    assert list(elsewhere.iterdir()) == []
+    assert sandbox.stats["requests"] == 1
+    monkeypatch.setenv("CENCORI_NB_HOME", str(home))
+    cencori_nb.chat("Back home", model="gpt-4o-mini", cache=False)
+    assert sandbox.stats["recent"][-1]["key"] == _hint(KEY_A)
+    default_ledger().flush()
+    assert len(_ledger_rows(home / "ledger.sqlite")) == 2
+
+
+def test_a_bad_timeout_set_mid_session_is_refused_and_unsetting_it_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer
+) -> None:
+    """CENCORI_NB_TIMEOUT set to nonsense in a running kernel: the next call raises a
+    ConfigurationError naming the variable (no traceback from deep inside httpx2); fixing
+    the variable is enough for the call after."""
+    _use_home(monkeypatch, tmp_path / "h", sandbox, KEY_A)
+    cencori_nb.chat("Fine", model="gpt-4o-mini", cache=False)
+    for bad in ("soon", "-1", "0", "1e9"):
+        monkeypatch.setenv("CENCORI_NB_TIMEOUT", bad)
+        with pytest.raises(ConfigurationError, match="CENCORI_NB_TIMEOUT"):
+            cencori_nb.chat("Refused", model="gpt-4o-mini", cache=False)
+    monkeypatch.setenv("CENCORI_NB_TIMEOUT", "30")
+    cencori_nb.chat("Fixed", model="gpt-4o-mini", cache=False)
+    assert transport.get_client().timeout.read == 30.0
+    assert sandbox.stats["requests"] == 2
 
 
 # --------------------------------------------------------------------------- another process
