@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import typing_extensions
 
+from . import state
 from .errors import SchemaError, SchemaMismatchError
 
 if TYPE_CHECKING:
@@ -257,8 +258,17 @@ class Schema:
 
 # --- normalising what the user passed -------------------------------------------------------
 
-_CACHE: dict[int, tuple[Any, Schema]] = {}
+_CACHE: dict[int, tuple[Any, Schema]] = {}  # id(type) -> (the type, its Schema)
 _CACHE_LOCK = threading.Lock()
+
+
+def _forget_types() -> None:
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+# pure results of the types themselves: no environment variable changes them
+state.on_reset("schemas.types", _forget_types, env=())
 
 
 def as_schema(schema: Any) -> Schema:

@@ -261,9 +261,15 @@ def test_frame_holds_typed_values_and_missing_rows() -> None:
 
 
 def test_schema_is_built_once_per_type() -> None:
-    """map over many rows normalises the type once."""
-    assert as_schema(Invoice) is as_schema(Invoice)
-    assert as_schema(as_schema(Invoice)) is as_schema(Invoice)
+    """map over many rows normalises the type once; the registry's reset forgets it."""
+    from cencori_nb import state
+
+    first = as_schema(Invoice)
+    assert as_schema(Invoice) is first
+    assert as_schema(as_schema(Invoice)) is first
+    assert "schemas.types" in state.registered()
+    state.reset()
+    assert as_schema(Invoice) is not first
 
 
 # --- properties -------------------------------------------------------------------------------
