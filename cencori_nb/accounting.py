@@ -560,12 +560,15 @@ def _reserve_steps(
         and tmember is None
     ):
         return None
-    if ps.soft_budget_usd is not None:
-        _soft_warnings(led, name, led.month_cost(name), ps.soft_budget_usd)
-    for scope, who, budget in (("project", name, tproject), ("member", member, tmember)):
-        if budget is not None and budget.soft_usd is not None:
-            spent = led.month_cost(None, member=who) if scope == "member" else led.month_cost(who)
-            _soft_warnings(led, who, spent, budget.soft_usd, scope=scope)
+    with _unless_away(led):
+        if ps.soft_budget_usd is not None:
+            _soft_warnings(led, name, led.month_cost(name), ps.soft_budget_usd)
+        for scope, who, budget in (("project", name, tproject), ("member", member, tmember)):
+            if budget is not None and budget.soft_usd is not None:
+                spent = (
+                    led.month_cost(None, member=who) if scope == "member" else led.month_cost(who)
+                )
+                _soft_warnings(led, who, spent, budget.soft_usd, scope=scope)
     caps = [_Cap("local", name, ps.hard_cap_usd)] if ps.hard_cap_usd is not None else []
     for scope, who, budget in (("project", name, tproject), ("member", member, tmember)):
         if budget is not None and budget.hard_cap_usd is not None:
@@ -938,10 +941,23 @@ def settle(
         _predict_low_balance(led, charge)
     ps = s.for_project(completion.project)
     if ps.soft_budget_usd is not None:
-        _soft_warnings(
-            led, completion.project, led.month_cost(completion.project), ps.soft_budget_usd
-        )
+        with _unless_away(led):
+            _soft_warnings(
+                led, completion.project, led.month_cost(completion.project), ps.soft_budget_usd
+            )
     return completion
+
+
+@contextlib.contextmanager
+def _unless_away(led: Ledger) -> Generator[None, None, None]:
+    """Skip a warning-only step (soft budgets, the low-balance forecast) that needs a
+    shared ledger's server while it is away: the request is not refused for a warning.
+    A hard cap still needs the server (its reservation fails with one line)."""
+    try:
+        yield
+    except LedgerError:
+        if not led.is_shared:
+            raise
 
 
 def _write(
@@ -992,9 +1008,10 @@ state.on_reset("accounting.balance_hint", _forget_hint)
 def _predict_low_balance(led: Ledger, charge: Decimal) -> None:
     with _hint_lock:
         if _hint["ledger"] is not led or _hint["generation"] != wallet.generation:
-            _hint.update(
-                ledger=led, generation=wallet.generation, pusd=wallet.known_balance_pusd(led)
-            )
+            known: int | None = None
+            with _unless_away(led):
+                known = wallet.known_balance_pusd(led)
+            _hint.update(ledger=led, generation=wallet.generation, pusd=known)
         before = _hint["pusd"]
         if before is None:
             return  # the mirror is not tracking

@@ -361,6 +361,7 @@ class PostgresLedger(Ledger):
         self._pool_pid = -1
         self._active: _Connection | None = None  # the connection of the open statement(s)
         self._away = False  # the last failure was the server being unreachable
+        self._retrying = False  # retry() is writing the waiting rows
         self._last_retry = 0.0
         self.server_version = 0
         digest = hashlib.sha256(self.url.key.encode()).hexdigest()[:12]
@@ -456,6 +457,12 @@ class PostgresLedger(Ledger):
         if self._active is not None and self._pid == os.getpid():
             yield self._active  # a query inside a transaction: same connection, same lock
             return
+        if self._away and not self._retrying:
+            import psycopg
+
+            # fail at once instead of waiting on the pool: rows go to the spill file, a
+            # warning-only read is skipped, a hard cap refuses; check() retries
+            raise psycopg.OperationalError(f"server away: {self._failure or 'unreachable'}")
         self._pid = os.getpid()
         with self._get_pool().connection() as raw:
             self._active = _Connection(raw)
@@ -536,13 +543,20 @@ class PostgresLedger(Ledger):
             if self._failure is None:
                 return True
             try:
-                if self.server_version == 0:
-                    self.migrate()  # it was away when this process started
-                self._write_spill()
-                if not self._unspilled:
-                    self._replay_spill()
-                    self._failure, self._pending, self._away = None, 0, False
-                    return True
+                # a direct connection first (also migrates, if it was away at start); then a
+                # fresh pool: the old one may be deep in its reconnect backoff
+                self.migrate()
+                with self._lock:
+                    self._close_connection()
+                    self._retrying = True
+                try:
+                    self._write_spill()
+                    if not self._unspilled:
+                        self._replay_spill()
+                        self._failure, self._pending, self._away = None, 0, False
+                        return True
+                finally:
+                    self._retrying = False
             except LedgerError as exc:
                 self._failure = exc.reason or exc.message
                 self._away = bool(getattr(exc, "away", False))

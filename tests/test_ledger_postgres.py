@@ -25,7 +25,7 @@ from cencori_nb.ledger import Ledger, LedgerRow, default_ledger
 from cencori_nb.ledger_postgres import PostgresLedger, parse_url
 from cencori_nb.migrations import MIGRATIONS
 from cencori_nb.sandbox.server import SandboxServer
-from cencori_nb.settings import update_settings
+from cencori_nb.settings import current_member, update_settings
 from cencori_nb.tokens import estimate_messages_tokens
 
 OPENAI_KEY = "sk-test-pgledger-" + "B" * 20 + "p9q8"
@@ -453,10 +453,14 @@ def test_server_killed_mid_run_loses_nothing_and_writes_nothing_twice(
 ) -> None:
     """No hard cap: the server is killed (SIGQUIT, like a crash) between requests; the
     requests go on, their rows wait in the local spill file, and once it is back they are
-    written exactly once (with their wallet debits). Under a team hard cap, a request
-    while it is away is refused with a one-line message, and nothing is sent."""
+    written exactly once (with their wallet debits). A process that starts while it is away
+    (a soft team budget set: a warning never refuses) does the same. Under a team hard
+    cap, a request while it is away is refused with a one-line message, nothing sent."""
+    from tests.conftest import _reset_process_state
+
     update_settings(byok_policy="percent", byok_fee_pct=Decimal(10))
     wallet.top_up("10")
+    accounting.set_team_budget(member=current_member(), soft_usd=Decimal(5))
     led = default_ledger()
     assert isinstance(led, PostgresLedger)
     sent: list[str] = []
@@ -475,18 +479,26 @@ def test_server_killed_mid_run_loses_nothing_and_writes_nothing_twice(
         # reading usage does need it, and says so in one line
         with pytest.raises(LedgerError, match="cannot be reached"):
             reports.usage()
+        _reset_process_state()  # a new process (a restarted kernel) while it is away
+        accounting._team_cache.clear()
+        for i in range(2):
+            sent.append(cencori_nb.chat(f"restarted {i}", model=MODEL, max_tokens=10).client_id)
+        led = default_ledger()
+        assert isinstance(led, PostgresLedger)
+        led.flush()
+        assert len(led.spill_path.read_text().splitlines()) == 8
     finally:
         pg_cluster.start()
     assert led.retry() is True
     sent.append(cencori_nb.chat("after", model=MODEL, max_tokens=10).client_id)
     led.flush()
     got = [r[0] for r in led.query("SELECT client_id FROM requests WHERE status = 'ok'")]
-    assert sorted(got) == sorted(sent) and len(got) == 12
+    assert sorted(got) == sorted(sent) and len(got) == 14
     (debits,) = led.query("SELECT COUNT(*) FROM wallet_transactions WHERE kind = 'usage'")[0]
-    assert debits == 12
+    assert debits == 14
     assert led.waiting == 0 and led.spill_path.stat().st_size == 0
     assert led.retry() is True  # again: nothing twice
-    assert led.count() == 12
+    assert led.count() == 14
 
     # under a hard cap, nothing is sent while the server is away
     accounting.set_team_budget(project="default", hard_cap_usd=Decimal(100))
@@ -501,4 +513,4 @@ def test_server_killed_mid_run_loses_nothing_and_writes_nothing_twice(
     finally:
         pg_cluster.start()
     cencori_nb.chat("capped, back", model=MODEL, max_tokens=10)
-    assert led.count() == 13
+    assert led.count() == 15
