@@ -83,9 +83,9 @@ def _median(fn, repeats: int = 5) -> float:  # type: ignore[no-untyped-def]
 
 
 def _reset() -> None:
-    from tests.conftest import _reset_process_state
+    from cencori_nb import state
 
-    _reset_process_state()
+    state.reset()
 
 
 def spend_views(cluster, rows: int) -> None:  # type: ignore[no-untyped-def]

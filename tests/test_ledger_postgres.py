@@ -456,8 +456,6 @@ def test_server_killed_mid_run_loses_nothing_and_writes_nothing_twice(
     written exactly once (with their wallet debits). A process that starts while it is away
     (a soft team budget set: a warning never refuses) does the same. Under a team hard
     cap, a request while it is away is refused with a one-line message, nothing sent."""
-    from tests.conftest import _reset_process_state
-
     update_settings(byok_policy="percent", byok_fee_pct=Decimal(10))
     wallet.top_up("10")
     accounting.set_team_budget(member=current_member(), soft_usd=Decimal(5))
@@ -479,8 +477,7 @@ def test_server_killed_mid_run_loses_nothing_and_writes_nothing_twice(
         # reading usage does need it, and says so in one line
         with pytest.raises(LedgerError, match="cannot be reached"):
             reports.usage()
-        _reset_process_state()  # a new process (a restarted kernel) while it is away
-        accounting._team_cache.clear()
+        state.reset()  # a new process (a restarted kernel) while it is away
         for i in range(2):
             sent.append(cencori_nb.chat(f"restarted {i}", model=MODEL, max_tokens=10).client_id)
         led = default_ledger()
