@@ -266,24 +266,25 @@ def _reserve_args(request: ChatRequest, decision: Decision) -> _ReserveArgs | No
 _last_estimate: tuple[object, int] = ((), 0)
 
 
-def _prompt_tokens(request: ChatRequest, decision: Decision) -> int:
+def _prompt_tokens(request: ChatRequest, decision: Decision, model: str | None = None) -> int:
     """The prompt's estimated input tokens: its text, plus its images by the formula of
-    the provider that will read them (:func:`cencori_nb.images.image_tokens`)."""
+    the provider that will read them (:func:`cencori_nb.images.image_tokens`); ``model``:
+    the one that answered, when known (a gateway may have upgraded it)."""
     global _last_estimate
     messages, tokens = _last_estimate
     if messages is not request.messages:
         tokens = estimate_messages_tokens(m.content for m in request.messages)
         _last_estimate = (request.messages, tokens)
-    return tokens + _image_tokens(request, decision)
+    return tokens + _image_tokens(request, decision, model)
 
 
-def _image_tokens(request: ChatRequest, decision: Decision) -> int:
+def _image_tokens(request: ChatRequest, decision: Decision, model: str | None = None) -> int:
     parts = request.images
     if not parts:
         return 0
     from .images import parts_tokens
 
-    return parts_tokens(parts, decision.provider, decision.model)
+    return parts_tokens(parts, decision.provider, model or decision.model)
 
 
 def _check_images(request: ChatRequest, decision: Decision) -> None:
@@ -481,12 +482,12 @@ def _completion(
     usage = result.usage
     estimated = usage is None or not complete
     if usage is None:
-        input_tokens = _prompt_tokens(request, decision)
+        input_tokens = _prompt_tokens(request, decision, result.model)
         output_tokens = estimate_tokens(text)
         cache_read = cache_write = thinking = 0
     else:
         input_tokens = usage.input_tokens or (
-            _prompt_tokens(request, decision) if not complete else 0
+            _prompt_tokens(request, decision, result.model) if not complete else 0
         )
         output_tokens = (
             usage.output_tokens if complete else max(usage.output_tokens, estimate_tokens(text))
@@ -522,7 +523,8 @@ def _completion(
         model_original=result.model_original,
         image_tokens=min(
             input_tokens,
-            (usage.image_tokens if usage is not None else 0) or _image_tokens(request, decision),
+            (usage.image_tokens if usage is not None else 0)
+            or _image_tokens(request, decision, result.model),
         ),
     )
 

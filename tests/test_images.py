@@ -495,3 +495,20 @@ def test_images_only_in_user_messages(sandbox_env: object) -> None:
             ],
             model="gpt-4o",
         )
+
+
+def test_a_streamed_image_through_cencori_takes_the_vision_path(sandbox_env: object) -> None:
+    """Streamed, the gateway's vision path answers in OpenAI chunks without usage: the text
+    arrives, the upgrade is shown, and the tokens are estimated (and say so)."""
+    import cencori_nb
+    from cencori_nb import keys
+
+    keys.set_cencori_key(CENCORI_KEY)
+    data = png_bytes(64, 48)
+    with cencori_nb.stream(["What is this?", data], model="gpt-3.5-turbo") as s:
+        text = "".join(s)
+    c = s.completion
+    assert c is not None and text == c.text and "Image 1: image/png 64x48" in text
+    assert c.model_original == "gpt-3.5-turbo" and c.estimated
+    assert c.image_tokens == image_tokens(64, 48, "openai", "gpt-4o-mini") == 2833 + 5667
+    assert "(estimated)" in c.footer() and "upgraded from gpt-3.5-turbo" in c.footer()

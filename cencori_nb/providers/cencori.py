@@ -397,7 +397,20 @@ class CencoriStreamParser(c.AdapterStreamParser):
             self.usage = openai_usage(line["usage"])
         if line.get("cost_usd") is not None:
             self.gateway_cost_usd = c.to_decimal(line["cost_usd"])
+        if isinstance(line.get("choices"), list):
+            return self._vision_chunk(line["choices"])
         return self.emit(line.get("delta"))
+
+    def _vision_chunk(self, choices: list[Any]) -> str | None:
+        """A request with an image is answered by the gateway's vision path
+        (``chat-vision-router.ts``), which streams OpenAI ``chat.completion.chunk`` lines
+        (``choices[0].delta.content``) with no usage or cost line: the tokens are then
+        estimated and the row says so."""
+        first = choices[0] if choices and isinstance(choices[0], dict) else {}
+        if first.get("finish_reason"):
+            self.finish_reason = str(first["finish_reason"])
+        delta = first.get("delta")
+        return self.emit(delta.get("content") if isinstance(delta, dict) else None)
 
 
 register(CencoriGatewayProvider())

@@ -779,6 +779,9 @@ class CencoriNativeDoor(_Gateway, Door):
                 [*self.ok_headers(ex), *self.receipt_headers(call, call.extra.get("cache"))],
             )
             return
+        if call.images:
+            await self._stream_vision(ex, call, reply)
+            return
         finish = "refusal" if call.refused else "length" if reply.truncated else "stop"
         usage = {
             "prompt_tokens": reply.input_tokens,
@@ -793,6 +796,26 @@ class CencoriNativeDoor(_Gateway, Door):
             await sse.frame('{"delta":' + json_str(piece) + "}", content=True)
         await sse.frame(f'{{"delta":"","finish_reason":"{finish}"}}')
         await sse.frame(dumps({"usage": usage, "cost_usd": float(self.charge(call, reply))}))
+        await sse.frame("[DONE]")
+        await sse.close()
+
+    async def _stream_vision(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
+        """A streamed request with an image takes the gateway's vision path
+        (``chat-vision-router.ts``), which streams in OpenAI's chunk shape on both doors:
+        the whole (guarded) answer in one chunk, a finish chunk, ``[DONE]``; no usage and no
+        cost line (the wallet is still charged)."""
+        base = {
+            "id": "chatcmpl-vision-" + ex.request_id[4:],
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": call.answered_model,
+        }
+        sse = ex.sse([*self.ok_headers(ex), *self.receipt_headers(call, None)], content_frames=1)
+        delta = {"index": 0, "delta": {"content": reply.text}, "finish_reason": None}
+        await sse.frame(dumps({**base, "choices": [delta]}), content=True)
+        await sse.frame(
+            dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        )
         await sse.frame("[DONE]")
         await sse.close()
 

@@ -283,3 +283,52 @@ def test_chat_prompt_forms_with_images() -> None:
     assert two.messages[0].content == "Hi " and two.images[0].sha256 == image.sha256
     plain = ChatRequest.from_prompt([{"role": "user", "content": ["just ", "text"]}])
     assert plain.messages[0] == Message("user", "just text")
+
+
+def test_cencori_vision_stream_in_openai_chunks_is_read() -> None:
+    """Cencori's vision path streams OpenAI chunk lines (chat-vision-router.ts:
+    chatStreamChunkShape, chatStreamFinalShape, then [DONE]) with no usage or cost line;
+    the native parser reads their text and finish reason, and reports no usage."""
+    frames = [
+        {
+            "id": "chatcmpl-vision-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "gpt-4o-mini",
+            "choices": [
+                {"index": 0, "delta": {"content": "A bar chart of totals."}, "finish_reason": None}
+            ],
+        },
+        {
+            "id": "chatcmpl-vision-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        },
+    ]
+    body = "".join(f"data: {json.dumps(f)}\n\n" for f in frames) + "data: [DONE]\n\n"
+    response = httpx2.Response(
+        200,
+        headers={
+            "content-type": "text/event-stream",
+            "x-model-upgraded": "true",
+            "x-model-original": "gpt-3.5-turbo",
+        },
+        content=body.encode(),
+    )
+    parser = get_provider("cencori").stream_parser(response)
+    from httpx2 import ServerSentEvent
+
+    deltas = [parser.feed(ServerSentEvent(data=json.dumps(f))) for f in frames]
+    parser.feed(ServerSentEvent(data="[DONE]"))
+    result = parser.result()
+    assert deltas == ["A bar chart of totals.", None]
+    assert (result.text, result.finish_reason, result.usage) == (
+        "A bar chart of totals.",
+        "stop",
+        None,
+    )
+    assert (
+        parser.done and result.model == "gpt-4o-mini" and result.model_original == "gpt-3.5-turbo"
+    )
