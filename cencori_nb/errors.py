@@ -384,10 +384,11 @@ class ModelTakesNoImagesError(ImageError):
 class JobError(CencoriError):
     """A provider batch job (``cencori_nb.submit``) cannot do what was asked: an unknown job
     id, a damaged job record, results asked before the job ended, a job the provider failed.
-    ``job_id`` names it."""
+    ``job_id`` names it; ``path`` the job's record when that file is at fault."""
 
     code = "job_error"
     job_id: str | None = None
+    path: Path | None = None
 
 
 class LocalEnvironmentError(CencoriError):
