@@ -57,7 +57,7 @@ import errno
 import os
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict, Unpack, cast
 
 from .redact import remove_stored_keys
 
@@ -109,6 +109,77 @@ __all__ = [
 ]
 
 
+class ErrorContext(TypedDict, total=False):
+    """Every context field an error can carry, with its type: the keyword arguments of
+    :class:`CencoriError` (mypy checks each one at every ``raise``) and the attributes users
+    read (``err.provider``, ``err.status_code``…).
+
+    Each error class declares the fields it carries as annotated class attributes (default
+    None), and only those may be passed to it; ``tests/test_errors.py`` holds this table and
+    those declarations equal, so a new field is added in both places or neither.
+    """
+
+    # on every error (a response or a stream may set them on any class)
+    retry_after: float | None
+    should_retry: bool | None
+    completion: Completion | None
+    detail: str | None
+    # who and what
+    provider: str | None
+    project: str | None
+    route: str | None
+    model: str | None
+    source: str | None
+    schema_name: str | None
+    # a provider's answer
+    status_code: int | None
+    request_id: str | None
+    retryable: bool
+    rpc_status: str | None
+    missing: str | None
+    cause_code: str | None
+    errors: str | None
+    refusal: str | None
+    # files (a settings, store or ledger file is a Path; LocalEnvironmentError names a str)
+    path: Path | str | None
+    key_file: Path | None
+    backup: Path | None
+    spill_path: Path | None
+    errno: int | None
+    generation: int | None
+    seen: int | None
+    reason: str | None
+    pending: int
+    # money
+    balance: Decimal | None
+    top_up_url: str | None
+    spend_current: Decimal | None
+    spend_cap: Decimal | None
+    spent_usd: Decimal | None
+    cap_usd: Decimal | None
+    estimated_usd: Decimal | None
+    estimate_usd: Decimal | None
+    max_cost_usd: Decimal | None
+    limit_usd: Decimal | None
+    rows: int | None
+    prompt_tokens: int | None
+    context_window: int | None
+
+
+_FIELDS_BY_CLASS: dict[type, frozenset[str]] = {}
+
+
+def _declared_fields(cls: type) -> frozenset[str]:
+    """The context fields ``cls`` declares (annotated class attributes along its MRO)."""
+    fields = _FIELDS_BY_CLASS.get(cls)
+    if fields is None:
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            names.update(vars(klass).get("__annotations__", {}))
+        fields = _FIELDS_BY_CLASS[cls] = frozenset(names & ErrorContext.__annotations__.keys())
+    return fields
+
+
 class CencoriError(Exception):
     """Root of every error cencori_nb raises on purpose.
 
@@ -124,14 +195,25 @@ class CencoriError(Exception):
     detail: str | None = None  # an HTTP library failure: what it said, scrubbed
 
     def __init__(
-        self, message: str, *, code: str | None = None, hint: str | None = None, **context: Any
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        hint: str | None = None,
+        **context: Unpack[ErrorContext],
     ) -> None:
+        declared = _declared_fields(type(self))
+        undeclared = context.keys() - declared
+        if undeclared:  # a bug in the raise, not the user's input: fail loudly in tests
+            raise TypeError(
+                f"{type(self).__name__} has no context field {', '.join(sorted(undeclared))}"
+            )
         # One rule for every error: a stored key the caller passed where a name was
         # expected (`route=`, a file name, a header) is never repeated, in the message, the
         # hint, `args` or a context attribute.
         message = remove_stored_keys(message)
         hint = None if hint is None else remove_stored_keys(hint)
-        context = {
+        cleaned = {
             name: remove_stored_keys(value) if isinstance(value, str) else value
             for name, value in context.items()
         }
@@ -140,8 +222,8 @@ class CencoriError(Exception):
         if code is not None:
             self.code = code
         self.hint = hint
-        self.context = context
-        for name, value in context.items():
+        self.context = cast(ErrorContext, cleaned)
+        for name, value in cleaned.items():
             setattr(self, name, value)
 
     def __str__(self) -> str:

@@ -382,7 +382,7 @@ def destination(
     from .providers import get_provider
 
     adapter = get_provider(adapter_name)
-    default = getattr(adapter, "default_base_url", "") or (
+    default = adapter.default_base_url or (
         PROVIDERS[provider].base_url if provider in PROVIDERS else ""
     )
     configured = settings.base_urls.get(provider if adapter_name != CENCORI else CENCORI)

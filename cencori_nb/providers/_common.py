@@ -21,6 +21,7 @@ from ..errors import (
     BadResponseError,
     CencoriError,
     ConfigurationError,
+    ErrorContext,
     InvalidRequestError,
     PermissionDeniedError,
     ProviderTimeoutError,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AdapterStreamParser",
     "BaseStreamParser",
+    "StreamContext",
     "Where",
     "as_list",
     "as_object",
@@ -366,7 +368,7 @@ def build_error(
     hint: str | None = None,
     retryable: bool | None = None,
     headline: str | None = None,
-    **extra: Any,
+    rpc_status: str | None = None,
 ) -> CencoriError:
     """A CencoriError with the house message: what happened, what the provider said, what next.
 
@@ -421,13 +423,14 @@ def build_error(
         default_hint = None
     if headline:
         what = headline
-    context: dict[str, Any] = {
+    context: ErrorContext = {
         "provider": provider,
         "status_code": status,
         "request_id": request_id,
         "retry_after": retry_after,
-        **extra,
     }
+    if rpc_status is not None:
+        context["rpc_status"] = rpc_status
     if retryable is not None:
         context["retryable"] = retryable
     return cls(what + tail, code=code, hint=hint or default_hint, **context)
@@ -464,7 +467,14 @@ def map_error_body(adapter: Provider, response: httpx2.Response, body: Any) -> C
     )
 
 
-def stream_context(adapter: Provider, response: httpx2.Response | None) -> dict[str, Any]:
+class StreamContext(TypedDict):
+    """What a stream parser knows of its response before the first event."""
+
+    request_id: str | None
+    key: str | None  # the key the request carried (scrubbed from in-stream error messages)
+
+
+def stream_context(adapter: Provider, response: httpx2.Response | None) -> StreamContext:
     """``request_id`` and ``key`` for an adapter's stream parser (both None without a response)."""
     if response is None:
         return {"request_id": None, "key": None}
@@ -517,8 +527,10 @@ class AdapterStreamParser(BaseStreamParser):
     """A stream parser that maps in-stream errors through its adapter's ``error_from_body``,
     scrubbing the ``key`` the request carried from the message."""
 
+    adapter: Provider
+
     def __init__(
-        self, adapter: Any, *, request_id: str | None = None, key: str | None = None
+        self, adapter: Provider, *, request_id: str | None = None, key: str | None = None
     ) -> None:
         super().__init__(adapter.name, request_id)
         self.adapter = adapter

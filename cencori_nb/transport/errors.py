@@ -9,7 +9,7 @@ every adapter); :func:`error_for_status` maps an error response no adapter mappe
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import (
     AuthenticationError,
@@ -17,6 +17,7 @@ from ..errors import (
     CencoriError,
     ConfigurationError,
     CreditsExhaustedError,
+    ErrorContext,
     InvalidRequestError,
     PermissionDeniedError,
     PricingError,
@@ -239,7 +240,7 @@ def map_exception(exc: BaseException, *, provider: str | None = None) -> Cencori
     message = template.format(where=_where(exc), url=_origin(exc))
     if detail:
         message = f"{message} ({type(exc).__name__}: {detail})"
-    context: dict[str, Any] = {"detail": detail}
+    context: ErrorContext = {"detail": detail}
     if issubclass(err_cls, ProviderError):
         context["provider"] = provider
     return err_cls(message, hint=hint, **context)
@@ -356,7 +357,7 @@ def error_for_status(response: httpx2.Response, *, provider: str | None = None) 
     status = response.status_code
     where = response.request.url.host if response.request is not None else "the provider"
     request_id = response.headers.get("x-request-id")
-    ctx: dict[str, Any] = {"provider": provider, "status_code": status, "request_id": request_id}
+    ctx: ErrorContext = {"provider": provider, "status_code": status, "request_id": request_id}
     cls = error_class(status)
     if status < 400:
         return ProviderError(f"{where} answered {status}.", **ctx)
@@ -373,11 +374,8 @@ def error_for_status(response: httpx2.Response, *, provider: str | None = None) 
             return ProviderError(f"{where} answered {status}.", **ctx)
         return InvalidRequestError(f"{where} rejected the request ({status}).", **ctx)
     if cls is RateLimitError:
-        return RateLimitError(
-            f"{where} is rate limiting requests (429).",
-            retry_after=retry_after_from_response(response),
-            **ctx,
-        )
+        ctx["retry_after"] = retry_after_from_response(response)
+        return RateLimitError(f"{where} is rate limiting requests (429).", **ctx)
     if cls is ProviderTimeoutError:
         return ProviderTimeoutError(f"{where} timed out the request ({status}).", **ctx)
     return ProviderUnavailableError(f"{where} failed with {status}.", **ctx)

@@ -1,7 +1,12 @@
 """The adapter registry, and what holds for every adapter: no key in a repr or an error,
-malformed stream events are bad responses."""
+malformed stream events are bad responses, and every method an adapter implements is declared
+on :class:`~cencori_nb.providers.base.Provider` with the same parameters (so code typed
+against ``Provider`` reaches nothing mypy cannot see)."""
 
 from __future__ import annotations
+
+import inspect
+from typing import Any
 
 import httpx2
 import pytest
@@ -10,7 +15,7 @@ from cencori_nb import errors
 from cencori_nb.catalog import PROVIDERS
 from cencori_nb.keystore.secret import Secret
 from cencori_nb.providers import get_provider, load_builtin
-from cencori_nb.providers.base import _REGISTRY, Provider
+from cencori_nb.providers.base import _REGISTRY, Provider, ProviderResult, StreamParser
 from tests.providers.support import BASE, assert_no_leak, chat, map_status
 
 # --- registry -------------------------------------------------------------------------------
@@ -90,3 +95,93 @@ def test_stream_event_that_is_json_but_not_an_object_is_a_bad_response(name: str
         parser.feed(event)
     assert err.value.provider == name
     assert "not a JSON object" in str(err.value)
+
+
+# --- the interface ---------------------------------------------------------------------------
+
+
+def _public_callables(cls: type) -> dict[str, Any]:
+    """Public callables ``cls`` defines below Provider (its own and its adapter bases')."""
+    found: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__[: cls.__mro__.index(Provider)]):
+        for name, value in vars(klass).items():
+            if not name.startswith("_") and callable(value):
+                found[name] = value
+    return found
+
+
+def _shape(function: Any) -> list[tuple[str, Any, bool]]:
+    """Each parameter's name, kind and whether it has a default (annotations aside)."""
+    return [
+        (p.name, p.kind, p.default is not inspect.Parameter.empty)
+        for p in inspect.signature(function).parameters.values()
+    ]
+
+
+def drift(cls: type) -> list[str]:
+    """What ``cls`` implements that Provider does not declare, or declares otherwise."""
+    problems = []
+    for name, function in sorted(_public_callables(cls).items()):
+        declared = getattr(Provider, name, None)
+        if declared is None:
+            problems.append(f"{cls.__name__}.{name} is not declared on Provider")
+        elif _shape(function) != _shape(declared):
+            problems.append(f"{cls.__name__}.{name}{inspect.signature(function)} differs")
+    return problems
+
+
+ADAPTER_NAMES = sorted({"cencori", *PROVIDERS})
+
+
+@pytest.mark.parametrize("name", ADAPTER_NAMES)
+def test_every_adapter_method_is_declared_on_provider(name: str) -> None:
+    adapter = get_provider(name)
+    assert isinstance(adapter, Provider)
+    assert adapter.name and adapter.default_base_url.startswith(("https://", "http://")), name
+    assert drift(type(adapter)) == []
+
+
+def test_the_check_catches_an_undeclared_method_and_a_changed_signature() -> None:
+    adapter_cls = type(get_provider("openai"))
+
+    class Drifted(adapter_cls):  # type: ignore[valid-type,misc]  # a dynamic base on purpose
+        def upload_batch(self, rows: list[str]) -> None:  # not on Provider
+            pass
+
+        def map_error(self, response: httpx2.Response, extra: int) -> Any:  # a new parameter
+            return None
+
+    assert drift(Drifted) == [
+        "Drifted.map_error(self, response: 'httpx2.Response', extra: 'int') -> 'Any' differs",
+        "Drifted.upload_batch is not declared on Provider",
+    ]
+
+
+def test_an_adapter_without_error_from_body_cannot_exist() -> None:
+    """The abstract methods are the contract: leaving one out fails at construction (and mypy
+    reports the instantiation of an abstract class)."""
+
+    class Partial(Provider):
+        def build_request(self, *args: Any, **kwargs: Any) -> httpx2.Request:
+            raise NotImplementedError
+
+        def parse_response(self, response: httpx2.Response) -> ProviderResult:
+            raise NotImplementedError
+
+        def stream_parser(self, response: httpx2.Response | None = None) -> StreamParser:
+            raise NotImplementedError
+
+        def map_error(self, response: httpx2.Response) -> Any:
+            raise NotImplementedError
+
+    with pytest.raises(TypeError, match="error_from_body"):
+        Partial()  # type: ignore[abstract]  # the omission under test
+
+
+@pytest.mark.parametrize("name", ADAPTER_NAMES)
+def test_every_stream_parser_keeps_to_the_stream_parser_interface(name: str) -> None:
+    parser = get_provider(name).stream_parser(None)
+    assert isinstance(parser, StreamParser)
+    for method in ("feed", "result"):
+        assert _shape(getattr(type(parser), method)) == _shape(getattr(StreamParser, method))
+    assert parser.done is False and parser.result().text == ""
