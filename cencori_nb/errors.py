@@ -139,7 +139,9 @@ class ErrorContext(TypedDict, total=False):
     missing: str | None
     cause_code: str | None
     errors: str | None
+    attempts: int
     refusal: str | None
+    job_id: str | None
     # files (a settings, store or ledger file is a Path; LocalEnvironmentError names a str)
     path: Path | str | None
     key_file: Path | None
@@ -470,7 +472,7 @@ class JobError(CencoriError):
 
     code = "job_error"
     job_id: str | None = None
-    path: Path | None = None
+    path: Path | None = None  # the job's record file, when it is the one at fault
 
 
 class LocalEnvironmentError(CencoriError):
