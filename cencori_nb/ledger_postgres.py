@@ -63,6 +63,7 @@ __all__ = [
 MIN_SERVER_VERSION = 140000
 RETRY_S = 5.0  # how often a request retries writing rows that wait for an away server
 CONNECT_TIMEOUT_S = 5
+CHECK_IDLE_S = 2.0  # a pooled connection idle this long is checked before it is lent
 # Advisory lock keys (any constant bigint; these spell "cnb-write" and "cnb-migr" in ASCII).
 WRITE_LOCK = 0x636E622D7772
 MIGRATE_LOCK = 0x636E622D6D67
@@ -362,6 +363,7 @@ class PostgresLedger(Ledger):
         self._active: _Connection | None = None  # the connection of the open statement(s)
         self._away = False  # the last failure was the server being unreachable
         self._retrying = False  # retry() is writing the waiting rows
+        self._used: dict[int, float] = {}  # pooled connection id -> when last returned
         self._last_retry = 0.0
         self.server_version = 0
         digest = hashlib.sha256(self.url.key.encode()).hexdigest()[:12]
@@ -445,7 +447,7 @@ class PostgresLedger(Ledger):
                 max_size=2,  # one connection is used at a time (the ledger's lock)
                 kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
                 timeout=CONNECT_TIMEOUT_S,
-                check=ConnectionPool.check_connection,
+                check=self._check_if_idle,
                 name="cencori-nb-ledger",
                 open=True,
             )
@@ -470,6 +472,17 @@ class PostgresLedger(Ledger):
                 yield self._active
             finally:
                 self._active = None
+                self._used[id(raw)] = time.monotonic()
+
+    def _check_if_idle(self, raw: Any) -> None:
+        """The pool's check before lending a connection: a round trip, but only for one idle
+        for :data:`CHECK_IDLE_S` or more (a server restart is then caught before it costs a
+        request). One used just now is lent as it is; if the server went away meanwhile, the
+        statement fails and its rows wait on disk like any other while it is away."""
+        from psycopg_pool import ConnectionPool
+
+        if time.monotonic() - self._used.get(id(raw), 0.0) >= CHECK_IDLE_S:
+            ConnectionPool.check_connection(raw)
 
     def _begin(self, conn: Any) -> None:
         conn.execute("BEGIN")
