@@ -700,6 +700,8 @@ def _batch_loop() -> asyncio.AbstractEventLoop:
     with _loop_lock:
         if _loop is None or _loop_thread is None or not _loop_thread.is_alive():
             loop = asyncio.new_event_loop()
+            # this loop is shut down at exit (below), closing its client: aiohttp may serve it
+            transport.pool.use_aiohttp_on(loop)
             thread = threading.Thread(
                 target=_run_loop, args=(loop,), name="cencori-batch", daemon=True
             )

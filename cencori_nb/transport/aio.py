@@ -1,4 +1,4 @@
-"""aiohttp's client under httpx2's async API: the transport of the pooled ``AsyncClient``.
+"""aiohttp's client under httpx2's async API: the transport of the batch loop's ``AsyncClient``.
 
 Why: on a batch (``map`` at concurrency 64 against a 50 ms server) httpx2's own async stack
 (httpcore2, h11, anyio) took about 1.4 ms of client CPU a request on the shared machine;

@@ -3,9 +3,13 @@
 - **Pooling**: one ``httpx2.Client`` per process (a forked child builds its own) and one
   ``httpx2.AsyncClient`` per event loop (an ``AsyncClient`` is bound to the loop that opened
   its connections; it is closed when that loop shuts down), keep-alive on, limits sized for
-  about a hundred concurrent requests. The async client sends over aiohttp's
-  (:mod:`.aio`), which costs a third of the CPU a request of httpx2's own async stack.
-  Tests inject ``httpx2.MockTransport`` with :func:`set_transport`.
+  about a hundred concurrent requests. On a loop registered with :func:`use_aiohttp_on`
+  (the batch runner's private loop) the async client sends over aiohttp's (:mod:`.aio`),
+  a third of the CPU a request of httpx2's own async stack; other loops keep httpx2's,
+  because an aiohttp session left open when its loop is dropped without a shutdown (a
+  kernel's loop, ``new_event_loop()`` never closed) prints "Unclosed client session" at
+  exit, where httpx2's stays silent. Tests inject ``httpx2.MockTransport`` with
+  :func:`set_transport`.
 - **Timeouts**: connect 10 s, read 60 s (Cencori's per-attempt figure; ``CENCORI_NB_TIMEOUT``
   overrides it, also in a running process: the clients are registered with
   :mod:`cencori_nb.state` and rebuilt at the next call when it changes), write/pool 60 s.
@@ -27,7 +31,7 @@ from .logs import install_log_redaction
 if TYPE_CHECKING:
     import httpx2
 
-__all__ = ["get_async_client", "get_client", "read_timeout", "set_transport"]
+__all__ = ["get_async_client", "get_client", "read_timeout", "set_transport", "use_aiohttp_on"]
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
@@ -45,6 +49,7 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx2.Asyn
 _closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]] = (
     weakref.WeakKeyDictionary()
 )
+_aiohttp_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 _transport: Any = None  # an httpx2.BaseTransport injected by tests
 _async_transport: Any = None  # an httpx2.AsyncBaseTransport injected by tests
 
@@ -120,7 +125,9 @@ def get_async_client() -> httpx2.AsyncClient:
         import httpx2
 
         install_log_redaction()
-        transport = _async_transport or _default_async_transport()
+        transport = _async_transport
+        if transport is None and loop in _aiohttp_loops:
+            transport = _aiohttp_transport()
         client = httpx2.AsyncClient(transport=transport, **_client_options())
         _async_clients[loop] = client
         closer = _close_with_loop(client)
@@ -129,7 +136,16 @@ def get_async_client() -> httpx2.AsyncClient:
     return client
 
 
-def _default_async_transport() -> Any:
+def use_aiohttp_on(loop: asyncio.AbstractEventLoop) -> None:
+    """Send ``loop``'s requests over aiohttp (:mod:`.aio`) from its next client on.
+
+    Only for a loop whose owner shuts it down properly at the end (``shutdown_asyncgens``,
+    which closes the loop's client): the batch runner's private loop does, at exit.
+    """
+    _aiohttp_loops.add(loop)
+
+
+def _aiohttp_transport() -> Any:
     """aiohttp's client under httpx2's API (:mod:`.aio`): a third of httpx2's own client CPU
     a request, which is what a batch at concurrency 64 is bound by."""
     from .aio import AiohttpTransport

@@ -109,9 +109,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return None  # a client that hung up on a fault case is the point, not news
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv = _Server(("127.0.0.1", 0), _Handler)
     srv.daemon_threads = True
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -242,17 +247,83 @@ def test_connection_refused_is_a_connect_error() -> None:
     assert type(transport.map_exception(aio)) is type(transport.map_exception(native))
 
 
-def test_the_pooled_async_client_sends_over_aiohttp_unless_a_test_transport_is_set() -> None:
-    async def grab() -> Any:
+def test_aiohttp_serves_only_loops_registered_for_it() -> None:
+    """The batch runner's private loop (registered, shut down at exit) gets aiohttp; any
+    other loop keeps httpx2's own transport; an injected test transport wins over both."""
+
+    async def grab(register: bool) -> Any:
+        if register:
+            transport.pool.use_aiohttp_on(asyncio.get_running_loop())
         return transport.get_async_client()._transport  # noqa: SLF001
 
-    assert isinstance(asyncio.run(grab()), AiohttpTransport)
+    assert isinstance(asyncio.run(grab(True)), AiohttpTransport)
+    assert isinstance(asyncio.run(grab(False)), httpx2.AsyncHTTPTransport)
     mock = httpx2.MockTransport(lambda request: httpx2.Response(200))
     transport.set_transport(async_transport=mock)
     try:
-        assert asyncio.run(grab()) is mock
+        assert asyncio.run(grab(True)) is mock
     finally:
         transport.set_transport(None)
+
+
+def test_map_runs_on_aiohttp() -> None:
+    from cencori_nb.batch import runner
+
+    loop = runner._batch_loop()  # noqa: SLF001
+    got = asyncio.run_coroutine_threadsafe(_client_transport(), loop).result(30)
+    assert isinstance(got, AiohttpTransport)
+
+
+async def _client_transport() -> Any:
+    return transport.get_async_client()._transport  # noqa: SLF001
+
+
+_FOREIGN_LOOP_SCRIPT = """
+import asyncio, os
+from cencori_nb.sandbox import SandboxServer
+
+os.environ["CENCORI_NB_SANDBOX"] = SandboxServer(latency_ms=0).start_in_thread()
+import cencori_nb
+from cencori_nb import keys
+
+keys.set("openai", "sk-sandbox-demo-openai")
+loop = asyncio.new_event_loop()  # the caller's own loop, never shut down properly
+print(loop.run_until_complete(cencori_nb.achat("hi", model="gpt-4o-mini")).text[:7])
+loop.close()
+"""
+
+
+def test_achat_on_a_loop_that_is_never_shut_down_leaves_stderr_clean(tmp_path: Any) -> None:
+    """A loop dropped without shutdown_asyncgens (a kernel's, or new_event_loop() closed
+    bare) keeps httpx2's transport, which stays silent at exit; an aiohttp session there
+    printed "Unclosed client session"."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import cencori_nb
+
+    script = tmp_path / "own_loop.py"
+    script.write_text(_FOREIGN_LOOP_SCRIPT, encoding="utf-8")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(cencori_nb.__file__).parents[1]),
+        "CENCORI_NB_HOME": str(tmp_path / "home"),
+        "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring",
+    }
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("[sandbo")
+    assert out.stderr == ""
 
 
 def test_closing_closes_the_session(server: str) -> None:
