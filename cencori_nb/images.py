@@ -279,9 +279,26 @@ def from_bytes(data: bytes, *, source: str) -> ImagePart:
             hint="Export it as PNG (an SVG: render it first, e.g. with cairosvg).",
             source=source,
         )
+    _refuse_stored_keys(data, source)
     width, height = _header_size(data, mime, source)
     _check_pixels(width, height, source)
     return _decode_check(data, mime, width, height, source)
+
+
+def _refuse_stored_keys(data: bytes, source: str) -> None:
+    """An image is not a secret, but its bytes may carry one: a PNG text chunk or EXIF
+    comment holding a stored API key would leave, base64-encoded, inside the request
+    (where no text check looks). Refused, naming neither the key nor the bytes."""
+    from .redact import registered_secrets
+
+    for secret in registered_secrets():
+        if secret.encode() in data:
+            raise ImageError(
+                f"Refused: the image ({source}) holds one of your stored API keys in its "
+                "bytes (in its metadata or text), which would be sent with it.",
+                hint="Save the image again without metadata (e.g. re-export the figure).",
+                source=source,
+            )
 
 
 def _check_pixels(width: int, height: int, source: str) -> None:
@@ -428,9 +445,10 @@ def _from_plotly(fig: Any) -> ImagePart:
     try:
         data = fig.to_image(format="png")
     except (ValueError, RuntimeError, ImportError, OSError) as exc:
+        said = " ".join(str(exc).split())[:160]  # kaleido's own words, for the diagnosis
         raise ImageError(
             "A plotly figure needs the kaleido package and a Chrome or Chromium to become "
-            f"an image, and it failed here ({type(exc).__name__}).",
+            f"an image, and it failed here ({type(exc).__name__}: {said}).",
             hint="pip install kaleido, then install Chrome (plotly_get_chrome) or Chromium "
             "(apt install chromium); or save it yourself with fig.write_image('chart.png') "
             "and pass pathlib.Path('chart.png').",
@@ -657,6 +675,8 @@ def check_request(request: Any, *, provider: str, model: str, route: str) -> Non
             model=model,
         )
     parts = [p for _, p in found]
+    for part in parts:  # again: routing has opened the store, so every key is known now
+        _refuse_stored_keys(part.data, part.source)
     if route == "managed":
         if len(parts) > 1:
             raise ImageError(

@@ -512,3 +512,54 @@ def test_a_streamed_image_through_cencori_takes_the_vision_path(sandbox_env: obj
     assert c.model_original == "gpt-3.5-turbo" and c.estimated
     assert c.image_tokens == image_tokens(64, 48, "openai", "gpt-4o-mini") == 2833 + 5667
     assert "(estimated)" in c.footer() and "upgraded from gpt-3.5-turbo" in c.footer()
+
+
+def test_an_image_carrying_a_stored_key_in_its_metadata_is_refused(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PNG text chunk holding a stored key would leave base64-encoded inside the request,
+    where no prompt check looks: refused, the key named nowhere."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from cencori_nb import keys
+
+    monkeypatch.setenv("CENCORI_NB_PASSPHRASE", "a passphrase for this test")
+    key = "sk-proj-imagemeta" + "Z9" * 20
+    keys.set("openai", key)
+    info = PngInfo()
+    info.add_text("Comment", f"exported with OPENAI_API_KEY={key}")
+    buf = io.BytesIO()
+    PIL.new("RGB", (20, 20)).save(buf, format="PNG", pnginfo=info)
+    (workdir / "meta.png").write_bytes(buf.getvalue())
+    for value in (Path("meta.png"), buf.getvalue()):
+        with pytest.raises(errors.ImageError, match="holds one of your stored API keys") as err:
+            as_image(value)
+        assert key not in str(err.value) and "Z9Z9" not in repr(err.value.args)
+    plain = io.BytesIO()
+    PIL.new("RGB", (20, 20)).save(plain, format="PNG")
+    assert as_image(plain.getvalue()).width == 20
+
+
+def test_a_key_in_an_image_is_caught_after_routing_too(
+    sandbox_env: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a fresh process the store is opened by routing, after the image was read: the
+    check runs again then, and nothing is sent."""
+    from PIL.PngImagePlugin import PngInfo
+
+    import cencori_nb
+    from cencori_nb import keys, redact, state
+
+    keys.set("openai", OPENAI_KEY)
+    info = PngInfo()
+    info.add_text("Comment", OPENAI_KEY)
+    buf = io.BytesIO()
+    PIL.new("RGB", (20, 20)).save(buf, format="PNG", pnginfo=info)
+    state.reset("redact.secrets")  # as a new kernel: no key registered until routing
+    assert not redact.registered_secrets()
+    part = as_image(buf.getvalue())  # not known yet: accepted here
+    before = sandbox_env.stats["requests"]  # type: ignore[attr-defined]
+    with pytest.raises(errors.ImageError, match="stored API keys"):
+        cencori_nb.chat(["Describe", part], model="gpt-4o")
+    assert sandbox_env.stats["requests"] == before  # type: ignore[attr-defined]
+    assert _rows() == []
