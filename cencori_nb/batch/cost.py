@@ -78,8 +78,6 @@ def _resolve(params: ChatOptions) -> tuple[str, str, str]:
 def estimate_rows(
     prompts: Sequence[Prompt], params: ChatOptions, skipped: int = 0
 ) -> BatchEstimate:
-    from .. import pricing
-    from ..settings import load_settings
     from ..tokens import estimate_messages_tokens
 
     provider, model, route = _resolve(params)
@@ -93,15 +91,13 @@ def estimate_rows(
         input_tokens += estimate_messages_tokens(contents)
     per_row_out = params.max_tokens if params.max_tokens is not None else DEFAULT_OUTPUT_TOKENS
     output_tokens = per_row_out * len(prompts)
-    cost = (
-        pricing.estimate_cost(provider, model, input_tokens, output_tokens)
-        if prompts
-        else Decimal(0)
-    )
-    if cost is not None:  # list price → what it would cost you, by the one cost rule
-        from ..accounting import charge_for, cost_of
+    cost: Decimal | None = Decimal(0)
+    if prompts:
+        # What it would cost you, by the one estimate rule (list price, then cost_of); the
+        # batch passes its whole output allowance, so no per-request default applies.
+        from ..accounting import estimate_for
 
-        cost = cost_of(route, cost, charge_for(route, cost, settings=load_settings()))
+        cost, _, _ = estimate_for(provider, model, route, input_tokens, output_tokens)
     return BatchEstimate(
         rows=len(prompts),
         input_tokens=input_tokens,
