@@ -35,12 +35,10 @@ async def aiter_sse(
     import httpx2
 
     errors = httpx_errors()
-    events = httpx2.EventSource(response).__aiter__()
-    while True:
-        try:
-            event = await events.__anext__()
-        except StopAsyncIteration:
-            return
-        except errors as exc:
-            raise map_exception(exc, provider=provider) from exc
-        yield event
+    try:
+        # as in iter_sse: one try for the whole stream, not an __anext__ call and a try per
+        # event (nothing is thrown into this generator; aclose's GeneratorExit passes through)
+        async for event in httpx2.EventSource(response):
+            yield event
+    except errors as exc:
+        raise map_exception(exc, provider=provider) from exc
