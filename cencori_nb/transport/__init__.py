@@ -5,6 +5,7 @@ Everything that goes over the network to a provider or to the Cencori gateway pa
 
 - :mod:`.pool`: the pooled ``httpx2.Client`` (one per process) and ``httpx2.AsyncClient`` (one
   per event loop), their timeouts and limits; :func:`set_transport` for tests.
+- :mod:`.aio`: aiohttp's client under the pooled ``AsyncClient`` (an ``httpx2`` transport).
 - :mod:`.errors`: the one translation of httpx2 exceptions (:func:`map_exception`) and HTTP
   statuses plus provider error codes (:func:`error_class`, :func:`error_for_status`) into
   :class:`~cencori_nb.errors.CencoriError` s.
