@@ -116,6 +116,8 @@ class _LazyPattern:
         return self.compiled().subn(*args)
 
     def __getattr__(self, name: str) -> Any:  # finditer, match, pattern, …
+        if name.startswith("_"):  # _compiled unset (a copy being built), __deepcopy__, …
+            raise AttributeError(name)
         return getattr(self.compiled(), name)
 
     def __repr__(self) -> str:

@@ -271,3 +271,24 @@ def test_stream_redactor_holds_back_exactly_what_the_old_loop_did(
     shown.append(stream.close())
     assert "".join(shown) == redact.remove_stored_keys("".join(pieces))
     state.reset("redact")
+
+
+def test_module_patterns_compile_on_first_use_and_behave_as_compiled() -> None:
+    """redact's patterns are compiled when first used (importing the package compiles
+    none), then match, substitute, iterate, copy and pickle like the compiled pattern."""
+    import copy
+    import pickle
+
+    lazy = key_pattern({"sk-": 8})
+    eager = re.compile(lazy.pattern)
+    text = "a sk-abcdefgh12 b sk-short c sk-zyxwvuts99"
+    assert lazy.sub("#", text) == eager.sub("#", text)
+    assert lazy.subn("#", text) == eager.subn("#", text)
+    assert [m.span() for m in lazy.finditer(text)] == [m.span() for m in eager.finditer(text)]
+    assert lazy.search(text) is not None and lazy.search(text).group(0) == "sk-abcdefgh12"
+    pickled = pickle.loads(pickle.dumps(lazy))  # noqa: S301 (bytes pickled on this line)
+    for clone in (copy.copy(lazy), copy.deepcopy(lazy), pickled):
+        assert clone.sub("#", text) == eager.sub("#", text)
+    fresh = key_pattern({"gsk_": 8})
+    assert fresh._compiled is None  # type: ignore[attr-defined]  # not compiled until used
+    assert fresh.search("gsk_abcdefgh1") and fresh._compiled is not None  # type: ignore[attr-defined]
