@@ -445,6 +445,29 @@ def test_member_cap_refuses_only_that_member(
     assert default_ledger().query("SELECT COUNT(*) FROM budget_reservations")[0][0] == 0
 
 
+def test_team_soft_budget_warns_once_per_threshold_for_everyone(
+    sbx: SandboxServer, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A team soft budget on the project warns (never refuses) once per threshold and month,
+    remembered in the shared ledger: a second member crossing no new threshold is not
+    warned again."""
+    accounting.set_team_budget(project="default", soft_usd=Decimal("0.0001"))
+    monkeypatch.setenv("CENCORI_NB_MEMBER", "ana@lab")
+    cencori_nb.chat("one", model=MODEL, max_tokens=10)
+    default_ledger().flush()
+    with pytest.warns(accounting.BudgetWarning, match="the team's project") as seen:
+        cencori_nb.chat("two", model=MODEL, max_tokens=10)
+    assert {str(w.message).split("%")[0][-3:] for w in seen} == {" 50", " 80", "100"}
+    monkeypatch.setenv("CENCORI_NB_MEMBER", "bo@lab")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", accounting.BudgetWarning)
+        cencori_nb.chat("three", model=MODEL, max_tokens=10)
+    alerts = _rows(pg_url, "SELECT project, threshold FROM budget_alerts ORDER BY threshold")
+    assert alerts == [("team-project:default", t) for t in (50, 80, 100)]
+
+
 # --------------------------------------------------------------------------- server away
 
 
