@@ -334,4 +334,6 @@ def _forget() -> None:
         _pending.clear()
 
 
-state.on_reset("cache", _forget)
+# The ledger's queued rows fill the cache when they commit (cache after ledger): at a reset
+# the ledger is flushed and closed first, then this connection.
+state.on_reset("cache", _forget, after=("ledger",))

@@ -118,12 +118,19 @@ else:  # pragma: no cover - Windows
 class _Entry:
     """One registered piece of state."""
 
-    __slots__ = ("env", "name", "reset_fn")
+    __slots__ = ("after", "env", "name", "reset_fn")
 
-    def __init__(self, name: str, env: frozenset[str], reset_fn: Callable[[], None] | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        env: frozenset[str],
+        reset_fn: Callable[[], None] | None,
+        after: tuple[str, ...] = (),
+    ) -> None:
         self.name = name
         self.env = env
         self.reset_fn = reset_fn
+        self.after = after  # reset after these entries when both are reset together
 
     def reset(self) -> None:
         if self.reset_fn is not None:
@@ -206,11 +213,18 @@ class Registry:
         return slot
 
     def on_reset(
-        self, name: str, fn: Callable[[], None], *, env: Iterable[str] | str = (ENV_HOME,)
+        self,
+        name: str,
+        fn: Callable[[], None],
+        *,
+        env: Iterable[str] | str = (ENV_HOME,),
+        after: Iterable[str] = (),
     ) -> None:
         """Register ``fn`` to drop a module's caches when a variable in ``env`` changes
-        and at :meth:`reset`. The module calls :meth:`check` where it reads them."""
-        self._add(_Entry(name, _env_names(env), fn))
+        and at :meth:`reset`. The module calls :meth:`check` where it reads them.
+        ``after`` names entries whose reset must come first when both are reset (their
+        close still uses this state, e.g. a ledger flush that fills the response cache)."""
+        self._add(_Entry(name, _env_names(env), fn, tuple(after)))
 
     def check(self) -> None:
         """Notice a change of a watched variable now (resetting what depends on it).
@@ -254,8 +268,22 @@ class Registry:
             _reset_entries(e for e in self.entries if e.env & moved)
 
 
+def _reset_order(entries: Iterable[_Entry]) -> list[_Entry]:
+    """Reverse order of registration, except that an entry comes after the entries it
+    names in ``after`` (when they are reset too)."""
+    order = list(reversed(list(entries)))
+    for entry in [e for e in order if e.after]:
+        later = [i for i, e in enumerate(order) if _named(e.name, entry.after)]
+        if later and max(later) > order.index(entry):
+            order.remove(entry)
+            order.insert(
+                max(i for i, e in enumerate(order) if _named(e.name, entry.after)) + 1, entry
+            )
+    return order
+
+
 def _reset_entries(entries: Iterable[_Entry]) -> None:
-    for entry in reversed(list(entries)):
+    for entry in _reset_order(entries):
         try:
             entry.reset()
         except Exception:  # noqa: BLE001 - one failing close must not keep the others open

@@ -4,6 +4,7 @@ next call without a reset, and the one-second rule for other processes' changes.
 from __future__ import annotations
 
 import ast
+import gc
 import logging
 import os
 import sqlite3
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,6 +123,45 @@ def test_closing_happens_in_reverse_order_and_a_failing_close_does_not_stop_the_
     assert closed == ["last", "first"]
     assert "resetting middle failed" in caplog.text
     assert (first.peek(), middle.peek(), last.peek()) == (None, None, None)
+
+
+def test_an_entry_registered_after_another_can_ask_to_be_reset_after_it() -> None:
+    """``after=``: the response cache is registered after the ledger, yet reset after it,
+    because closing the ledger commits queued rows whose callbacks fill the cache."""
+    reg = state.Registry()
+    events: list[str] = []
+    ledger = reg.register("ledger", open=lambda: "ledger", close=lambda _v: events.append("ledger"))
+    reg.on_reset("cache", lambda: events.append("cache"), after=("ledger",))
+    reg.on_reset("later", lambda: events.append("later"))
+    ledger.get()
+    reg.reset()
+    assert events == ["later", "ledger", "cache"]
+    events.clear()
+    reg.reset("cache")  # alone: nothing to wait for
+    assert events == ["cache"]
+
+
+def test_the_package_flushes_the_ledger_before_it_closes_the_response_cache(
+    sandbox_env: Any,
+) -> None:
+    """A row queued in the ledger whose commit writes the cache, then a reset: the row is
+    in the ledger, the answer in the cache, and no "closed database" warning."""
+    import warnings
+
+    from cencori_nb import cache, ledger
+
+    order = [e.name for e in state._reset_order(state._registry.entries)]
+    assert order.index("ledger") < order.index("cache")
+    keys.set("openai", "sk-test-order-0000000000Ab12")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cencori_nb.chat("state order", model="gpt-4o-mini", temperature=0)
+        state.reset()
+        gc.collect()
+    rows = ledger.default_ledger().rows()
+    assert [r.status for r in rows] == ["ok"]
+    again = cencori_nb.chat("state order", model="gpt-4o-mini", temperature=0)
+    assert again.cached and cache.stats()["hits"] >= 1
 
 
 def test_every_piece_of_package_state_is_registered() -> None:
