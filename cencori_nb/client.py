@@ -479,15 +479,18 @@ def _completion(
     # A reply that echoes a stored key (a hostile endpoint on a custom base_url) must not
     # carry it into the cache, a batch checkpoint, a DataFrame or a display.
     text = remove_stored_keys(result.text if text is None else text)
+    # and from the model and id it chose to send, which the ledger keeps
+    model = result.model and remove_stored_keys(result.model)
+    request_id = result.request_id and remove_stored_keys(result.request_id)
     usage = result.usage
     estimated = usage is None or not complete
     if usage is None:
-        input_tokens = _prompt_tokens(request, decision, result.model)
+        input_tokens = _prompt_tokens(request, decision, model)
         output_tokens = estimate_tokens(text)
         cache_read = cache_write = thinking = 0
     else:
         input_tokens = usage.input_tokens or (
-            _prompt_tokens(request, decision, result.model) if not complete else 0
+            _prompt_tokens(request, decision, model) if not complete else 0
         )
         output_tokens = (
             usage.output_tokens if complete else max(usage.output_tokens, estimate_tokens(text))
@@ -499,7 +502,7 @@ def _completion(
         provider = result.served_by
     return Completion(
         text=text,
-        model=result.model or decision.model,
+        model=model or decision.model,
         provider=provider,
         route=decision.route,
         input_tokens=input_tokens,
@@ -507,7 +510,7 @@ def _completion(
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
         thinking_tokens=thinking,
-        request_id=result.request_id or uuid.uuid4().hex,
+        request_id=request_id or uuid.uuid4().hex,
         latency_ms=latency_ms,
         ttft_ms=ttft_ms,
         finish_reason=result.finish_reason,
@@ -524,7 +527,7 @@ def _completion(
         image_tokens=min(
             input_tokens,
             (usage.image_tokens if usage is not None else 0)
-            or _image_tokens(request, decision, result.model),
+            or _image_tokens(request, decision, model),
         ),
     )
 

@@ -27,6 +27,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ EXPIRED_MESSAGE = (
 )
 CANCELLED_MESSAGE = "cancelled: the job was cancelled before this row ran"
 PENDING = "pending: the provider has not finished this row yet"
+
+
+_JOB_ID = re.compile(r"job_[A-Za-z0-9_-]{1,64}")
 
 
 def jobs_dir() -> Path:
@@ -145,9 +149,11 @@ class BatchJob:
     @classmethod
     def load(cls, job_id: str) -> BatchJob:
         """The job with this id, from the home; :class:`JobError` if there is none."""
-        if not isinstance(job_id, str) or not job_id.startswith("job_") or "/" in job_id:
+        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+            # the id becomes a folder name under the home: only the shape submit makes
+            # (no separator, NUL, dot-dot, newline or a name too long for the file system)
             raise JobError(
-                f"{job_id!r} is not a job id (they look like job_1a2b3c…).",
+                f"{str(job_id)[:40]!r} is not a job id (they look like job_1a2b3c…).",
                 hint="List them with cencori_nb.jobs() or `cencori-nb jobs list`.",
                 job_id=str(job_id),
             )
@@ -249,6 +255,7 @@ class BatchJob:
             rows = [(f"r{pos}", body_of(pos)) for pos in _positions(part["ranges"])]
             try:
                 pid = api.create(rows, decision, tag=f"{self.id}-{part['index']}")
+                _refuse_key_in_id(pid, self.provider)
             except CencoriError as exc:
                 part["failure"] = f"not submitted: {type(exc).__name__}: {exc.message}"
                 part["ended"] = True
@@ -775,6 +782,22 @@ def _pos_of(custom_id: str) -> int | None:
     return None
 
 
+def _refuse_key_in_id(pid: str, provider: str) -> None:
+    """A batch id holding a stored key (a hostile endpoint echoing it) is not kept: the id
+    is saved in job.json, listed by jobs() and put in a DataFrame's attrs, and it cannot be
+    masked (it is needed to ask about the job). Fail closed: the part is not submitted."""
+    from ..errors import BadResponseError
+    from ..redact import remove_stored_keys
+
+    if remove_stored_keys(pid) != pid:
+        raise BadResponseError(
+            f"{provider} answered the batch call with a job id that holds one of your stored "
+            "API keys; the job is not kept.",
+            hint="Check the provider's base URL: a genuine provider never echoes the key.",
+            provider=provider,
+        )
+
+
 def _scrubbed(exc: BaseException) -> str:
     from ..transport import scrub
 
@@ -790,11 +813,22 @@ def _read_record(path: Path, job_id: str) -> dict[str, Any]:
             hint="List them with cencori_nb.jobs() or `cencori-nb jobs list`.",
             job_id=job_id,
         ) from None
+    except OSError as exc:  # a folder where the file should be, no permission
+        raise JobError(
+            f"The record of job {job_id} ({path}) cannot be read "
+            f"({exc.strerror or type(exc).__name__}).",
+            job_id=job_id,
+            path=path,
+        ) from None
+    except UnicodeDecodeError:
+        text = ""  # damaged: said below, without quoting the bytes
     try:
         record = json.loads(text)
         if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
             raise ValueError("not a job record")
-        record["parts"]  # noqa: B018  (must be there)
+        parts = record["parts"]
+        if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
+            raise ValueError("its parts are not a list of records")
     except (ValueError, KeyError) as exc:
         raise JobError(
             f"The record of job {job_id} ({path}) is damaged ({exc}).",

@@ -63,6 +63,15 @@ class PartState:
     failure: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # the provider's own words: saved in job.json and shown in status and jobs(), so a
+        # hostile endpoint echoing the key it received must not put it there
+        from ..redact import remove_stored_keys
+
+        self.state = remove_stored_keys(self.state)
+        if self.failure is not None:
+            self.failure = remove_stored_keys(self.failure)
+
 
 @dataclass
 class RowResult:
@@ -74,6 +83,14 @@ class RowResult:
     body: Any = None
     status: int | None = None
     message: str | None = None
+
+    def __post_init__(self) -> None:
+        # a row's error message is the provider's text: it reaches results.jsonl and the
+        # DataFrame's error column
+        if self.message is not None:
+            from ..redact import remove_stored_keys
+
+            self.message = remove_stored_keys(self.message)
 
 
 def _line(raw: str) -> dict[str, Any] | None:
@@ -140,7 +157,9 @@ class API:
             headers={"content-type": "application/json"},
             request=self._request,
         )
-        return self.adapter.parse_response(resp)
+        # the answer's text, model and id reach results.jsonl, the DataFrame and the
+        # ledger: a stored key echoed in any of them goes, as in a live chat
+        return self.adapter.parse_response(resp).without_stored_keys()
 
     def error_text(self, body: Any, status: int | None) -> str:
         """``Type (status): message`` of a row's error body, read by the live adapter."""

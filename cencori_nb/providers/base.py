@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,26 @@ class ProviderResult:
     # The model declined (OpenAI ``refusal``, Anthropic ``stop_reason: refusal``, a Gemini
     # safety stop): what it said, "" when it said nothing; None when it did not refuse.
     refusal: str | None = None
+
+    def without_stored_keys(self) -> ProviderResult:
+        """This result with every stored key removed from what the provider chose to say
+        (text, model, request id, refusal): a hostile endpoint can echo the key it got into
+        any of them, and each is kept (the model and id in the ledger, the text in a
+        DataFrame, the cache, a batch job's results file)."""
+        from ..redact import remove_stored_keys
+
+        def clean(value: str | None) -> str | None:
+            return None if value is None else remove_stored_keys(value)
+
+        return replace(
+            self,
+            text=remove_stored_keys(self.text),
+            model=clean(self.model),
+            request_id=clean(self.request_id),
+            refusal=clean(self.refusal),
+            model_original=clean(self.model_original),
+            served_by=clean(self.served_by),
+        )
 
 
 class StreamParser(ABC):

@@ -1,0 +1,231 @@
+"""An attacker's pass over the surfaces of issues 15-17: batch-job ids used as folder names,
+a hostile Batch API echoing the stored key into every field it answers with, image paths
+into the home or at things that are not files, a structured answer echoing the key, and a
+PostgreSQL ledger URL's password. Each input is a case here; nothing may leak or trace back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+import cencori_nb
+from cencori_nb import keys, transport
+from cencori_nb.errors import CencoriError, JobError
+from cencori_nb.jobs import BatchJob, jobs, load_job
+from cencori_nb.jobs.job import jobs_dir
+from cencori_nb.ledger import default_ledger
+from tests.attacks.audit import find
+from tests.attacks.support import CANARIES
+from tests.conftest import all_bytes_under
+
+KEY = CANARIES["openai"]
+
+
+# --------------------------------------------------------------------------- job ids
+
+
+@pytest.mark.parametrize(
+    "job_id",
+    [
+        "job_\x00x",  # NUL: ValueError from the file system layer
+        "job_" + "a" * 300,  # too long for a file name: OSError
+        "job_..",
+        "job_/../../x",
+        "../job_x",
+        "/etc/passwd",
+        "job_ok\n",
+        "job_\\..\\x",
+        "job_ x",
+        5,
+        None,
+    ],
+)
+def test_a_job_id_that_is_not_one_is_a_job_error(job_id: Any, private_home: Path) -> None:
+    with pytest.raises(JobError, match="is not a job id"):
+        BatchJob.load(job_id)
+    with pytest.raises(JobError):
+        load_job(job_id)
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "says"),
+    [
+        ("job_dir", lambda p: p.mkdir(), "cannot be read"),
+        ("job_bytes", lambda p: p.write_bytes(b"\xff\xfe\x00garbage"), "damaged"),
+        ("job_parts", lambda p: p.write_text('{"version": 1, "parts": 5}'), "damaged"),
+        ("job_partsx", lambda p: p.write_text('{"version": 1, "parts": [1]}'), "damaged"),
+    ],
+)
+def test_a_damaged_job_record_is_a_job_error_and_the_listing_goes_on(
+    name: str, make: Any, says: str, private_home: Path
+) -> None:
+    """A job.json that is a folder, not UTF-8, or whose parts are not records: a JobError
+    naming the file (never a traceback), and jobs() lists it as unreadable with the rest."""
+    d = jobs_dir() / name
+    d.mkdir()
+    make(d / "job.json")
+    with pytest.raises(JobError, match=says) as info:
+        load_job(name)
+    assert "garbage" not in str(info.value)  # the bytes are not quoted
+    listing = jobs()
+    assert listing.loc[0, "job_id"] == name
+    assert listing.loc[0, "state"].startswith("unreadable")
+
+
+def test_cli_jobs_status_with_a_traversal_id(
+    private_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cencori_nb.cli import main
+
+    for bad in ("../../etc/passwd", "job_\x00", "job_" + "b" * 400):
+        assert main(["jobs", "status", bad]) != 0
+        err = capsys.readouterr().err
+        assert "is not a job id" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- a hostile Batch API
+
+
+def _hostile_openai_batch(
+    key: str, *, fail: bool = False, key_in_id: bool = False
+) -> httpx2.MockTransport:
+    """An OpenAI Batch API that puts the key it received into every field it answers with:
+    the batch id, the status, a failure message, each row's text, model, id and error."""
+
+    def completion(i: int) -> dict:
+        return {
+            "id": f"chatcmpl-{key}",
+            "object": "chat.completion",
+            "created": 1,
+            "model": f"gpt-4o-mini {key}",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": f"row {i}: {key}"}}
+            ],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        }
+
+    lines = [
+        json.dumps({"custom_id": "r0", "response": {"status_code": 200, "body": completion(0)}}),
+        json.dumps(
+            {
+                "custom_id": "r1",
+                "response": {
+                    "status_code": 400,
+                    "body": {"error": {"message": f"bad key {key}", "type": key, "code": key}},
+                },
+            }
+        ),
+        json.dumps({"custom_id": "r2", "response": None, "error": {"code": key, "message": key}}),
+    ]
+    bid = f"batch_{key}" if key_in_id else "batch_abc123"
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        path = request.url.path
+        if path.endswith("/files"):
+            return httpx2.Response(200, json={"id": f"file-{key}", "object": "file"})
+        if path.endswith("/batches") and request.method == "POST":
+            return httpx2.Response(200, json={"id": bid, "object": "batch", "status": key})
+        if "/batches/" in path:
+            body = {
+                "id": bid,
+                "object": "batch",
+                "status": "failed" if fail else "completed",
+                "output_file_id": "file-out",
+                "error_file_id": None,
+                "request_counts": {"total": 3, "completed": 3, "failed": 0},
+                "errors": {"data": [{"code": key, "message": f"nope {key}"}]},
+            }
+            return httpx2.Response(200, json=body)
+        if path.endswith("/files/file-out/content"):
+            return httpx2.Response(200, content="\n".join(lines).encode())
+        return httpx2.Response(404, json={"error": {"message": key, "type": "invalid_request"}})
+
+    return httpx2.MockTransport(handler)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_batch_api_echoing_the_key_leaves_it_nowhere(
+    private_home: Path, fail: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every field of the answers (status, failure, row text, model, id, error code and
+    message) holds the stored key: none of it reaches the job files, the DataFrame, its
+    attrs, jobs(), the ledger or the terminal. Found leaking: row text (results.jsonl and the
+    DataFrame), the completion id (the ledger's request_id), the failure (job.json)."""
+    keys.set("openai", KEY)
+    transport.set_transport(_hostile_openai_batch(KEY, fail=fail))
+    try:
+        job = cencori_nb.submit(["a", "b", "c"], model="gpt-4o-mini", max_tokens=5)
+        shown = [repr(job), str(job.status()), job._repr_markdown_()]
+        try:
+            out = job.result(timeout=30, progress=False)
+            shown.append(out.to_csv())
+            shown.append(json.dumps(out.attrs, default=str))
+        except CencoriError as exc:
+            shown.append(str(exc))
+        shown.append(jobs().to_csv())
+        shown.append(repr(load_job(job.id)))
+    finally:
+        transport.set_transport(None)
+    led = default_ledger()
+    led.flush()
+    rows = led.rows()
+    assert len(rows) == 3
+    shown.append(repr(rows))
+    captured = capsys.readouterr()
+    shown += [captured.out, captured.err]
+    assert find("\n".join(shown), {"openai": KEY}) == []
+    for path in private_home.rglob("*"):  # the store holds it encrypted; nothing else does
+        if path.is_file():
+            assert find(path.read_bytes(), {"openai": KEY}) == [], path
+    if not fail:
+        assert "row 0:" in out.loc[0, "text"]  # the answer kept, the key masked
+
+
+def test_a_batch_id_holding_the_key_is_refused(private_home: Path) -> None:
+    """The provider's job id is saved and listed and cannot be masked (it is needed to ask
+    about the job): a submit whose id holds the key fails with BadResponseError."""
+    from cencori_nb.errors import BadResponseError
+
+    keys.set("openai", KEY)
+    transport.set_transport(_hostile_openai_batch(KEY, key_in_id=True))
+    try:
+        with pytest.raises(BadResponseError, match="job id that holds"):
+            cencori_nb.submit(["a", "b"], model="gpt-4o-mini", max_tokens=5)
+    finally:
+        transport.set_transport(None)
+    assert find(all_bytes_under(jobs_dir()), {"openai": KEY}) == []
+    assert find(jobs().to_csv(), {"openai": KEY}) == []
+
+
+def test_a_live_answer_echoing_the_key_in_its_id_and_model(private_home: Path) -> None:
+    """The live path's twin of the batch finding: the completion id and model a provider
+    sends are kept in the ledger (request_id, model) and on the Completion."""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        body = {
+            "id": f"chatcmpl-{KEY}",
+            "object": "chat.completion",
+            "created": 1,
+            "model": f"gpt-4o-mini-{KEY}",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+        }
+        return httpx2.Response(200, json=body)
+
+    keys.set("openai", KEY)
+    transport.set_transport(httpx2.MockTransport(handler))
+    try:
+        c = cencori_nb.chat("hello", model="gpt-4o-mini", max_tokens=5)
+    finally:
+        transport.set_transport(None)
+    assert c.text == "hi"
+    led = default_ledger()
+    led.flush()
+    assert find(repr(c) + c.request_id + c.model + repr(led.rows()), {"openai": KEY}) == []
+    for path in private_home.rglob("*"):
+        if path.is_file():
+            assert find(path.read_bytes(), {"openai": KEY}) == [], path
