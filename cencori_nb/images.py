@@ -264,6 +264,11 @@ image = as_image  # the public name: ``cencori_nb.image(fig)``
 
 def from_bytes(data: bytes, *, source: str) -> ImagePart:
     """Check ``data`` (type from its signature, size, pixel count, full decode)."""
+    from .redact import remove_stored_keys
+
+    # the source (a file's name) is kept on the part and shown (repr, describe, a chat's
+    # display): a file named after a stored key must not carry it there
+    source = remove_stored_keys(source)
     if len(data) > MAX_FILE_BYTES:
         raise ImageError(
             f"The image ({source}) is {_kb(len(data))}, above the {_kb(MAX_FILE_BYTES)} "
@@ -489,6 +494,8 @@ def from_path(
         raise ImageError(f"No image file at {shown!r}.", source=shown) from None
     except (OSError, RuntimeError) as exc:  # a symlink loop, a permission error
         raise ImageError(f"Cannot open {shown!r} ({type(exc).__name__}).", source=shown) from None
+    except ValueError:  # a NUL in the path: no file can have that name
+        raise ImageError(f"No image file at {shown!r}.", source=shown) from None
     folder = Path(os.getcwd() if root is None else root).resolve()
     home = home_dir().expanduser().resolve()
     if _inside(resolved, home):
@@ -505,7 +512,9 @@ def from_path(
             source=shown,
         )
     try:
-        fd = os.open(resolved, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        # O_NOFOLLOW: the checked path has no symlink left; one swapped in since is refused
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(resolved, flags)
     except OSError as exc:
         raise ImageError(
             f"Cannot read {shown!r} ({exc.strerror or type(exc).__name__}).", source=shown

@@ -229,3 +229,85 @@ def test_a_live_answer_echoing_the_key_in_its_id_and_model(private_home: Path) -
     for path in private_home.rglob("*"):
         if path.is_file():
             assert find(path.read_bytes(), {"openai": KEY}) == [], path
+
+
+# --------------------------------------------------------------------------- image paths
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "work"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), "red").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_image_paths_at_the_home_or_holding_the_key(workdir: Path, private_home: Path) -> None:
+    """Paths an attacker (or a slip) might hand to image(): through /proc/self/fd, a
+    hard link to the store, a text file or a file name holding the key, a NUL. Each is an
+    ImageError; no message quotes the key or the file's bytes."""
+    import os
+
+    from cencori_nb.errors import ImageError
+    from cencori_nb.images import as_image
+
+    keys.set("openai", KEY)
+    store = next(p for p in private_home.rglob("*") if p.is_file() and p.stat().st_size > 0)
+    fd = os.open(store, os.O_RDONLY)
+    try:
+        os.link(store, workdir / "hard.png")
+        (workdir / "note.png").write_text(f"my key is {KEY}")
+        (workdir / f"{KEY}.png").write_bytes(_png())
+        cases = {
+            Path(f"/proc/self/fd/{fd}"): "cencori-nb home",
+            Path("hard.png"): "not PNG",  # the store's bytes are no image; none quoted
+            Path("note.png"): "it is text",
+            Path(f"{KEY}.png"): None,  # an image: accepted, its name never shown
+            Path("a\x00.png"): "No image file",  # was a bare ValueError
+            Path(f"missing-{KEY}.png"): "No image file",
+        }
+        for path, says in cases.items():
+            if says is None:
+                part = as_image(path)
+                assert find(repr(part) + part.describe(), {"openai": KEY}) == []
+                continue
+            with pytest.raises(ImageError, match=says) as info:
+                as_image(path)
+            text = str(info.value) + repr(info.value.args) + repr(vars(info.value))
+            assert find(text, {"openai": KEY}) == [], path
+            assert "my key is" not in text
+    finally:
+        os.close(fd)
+
+
+def test_an_image_path_swapped_for_a_symlink_after_the_check_is_not_followed(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder check resolves the path, then the file is opened: a symlink swapped in
+    between (here: the check is made to see the link's own path) is not followed."""
+    from cencori_nb.errors import ImageError
+    from cencori_nb.images import as_image
+
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(_png())
+    (workdir / "pic.png").symlink_to(outside)
+    real_resolve = Path.resolve
+
+    def resolve_before_the_swap(self: Path, strict: bool = False) -> Path:
+        if self.name == "pic.png":
+            return workdir / "pic.png"  # what the check saw: a file in the folder
+        return real_resolve(self, strict=strict)
+
+    monkeypatch.setattr(Path, "resolve", resolve_before_the_swap)
+    with pytest.raises(ImageError, match="Cannot read"):
+        as_image(Path("pic.png"))
