@@ -71,7 +71,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, TypeVar
@@ -282,6 +282,8 @@ class Reservation:
     output_tokens: int = 0
     output_assumed: bool = False  # max_tokens was not set: reserve_output_tokens used
     released: bool = False
+    # the ledger it is held in: released there even if the home changed meanwhile
+    ledger: Ledger | None = field(default=None, repr=False, compare=False)
 
     def release(self) -> None:
         """Drop the reservation now (idempotent; best effort: a stale one expires)."""
@@ -289,7 +291,7 @@ class Reservation:
             return
         self.released = True
         with contextlib.suppress(sqlite3.Error, CencoriError, OSError):
-            with default_ledger().transaction() as conn:
+            with (self.ledger or default_ledger()).transaction() as conn:
                 conn.execute("DELETE FROM budget_reservations WHERE id = ?", (self.id,))
 
 
@@ -531,7 +533,7 @@ def _try_reserve(
             "created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (rid, project, current_member(), est, os.getpid(), _HOST, now_ms()),
         )
-    return Reservation(rid, project, estimate, output_tokens, assumed)
+    return Reservation(rid, project, estimate, output_tokens, assumed, ledger=led)
 
 
 def _reserve_steps(
@@ -879,6 +881,7 @@ def settle(
     when: datetime | None = None,
     reservation: Reservation | None = None,
     batch: bool = False,
+    ledger: Ledger | None = None,
 ) -> Completion:
     """Price, charge, debit and record one successful request; returns the completion.
 
@@ -889,6 +892,9 @@ def settle(
     status. With a ``reservation`` the row is written now, in the transaction that
     releases it. ``batch``: the request ran through the provider's Batch API, priced at
     :func:`cencori_nb.pricing.batch_price` (``provider_cost_usd`` is the batch price).
+    ``ledger``: the ledger the request began in (its in-flight journal entry is there),
+    recorded there even if the home or the ledger URL changed meanwhile; by default the
+    reservation's ledger, else the current one.
     """
     if completion.cached:
         if reservation is not None:
@@ -932,7 +938,7 @@ def settle(
     completion.credits_charged_usd = charge if charge is not None else Decimal(0)
     completion.cost_usd = cost_of(completion.route, provider_cost, charge, test_mode=test)
     row = _row(completion, status="interrupted" if completion.interrupted else "ok", when=when)
-    led = default_ledger()
+    led = _ledger_for(ledger, reservation)
     debit_usd: Decimal | None = None
     if charge:
         debit_usd = charge  # debited in the row's transaction, once per client_id
@@ -960,6 +966,16 @@ def _unless_away(led: Ledger) -> Generator[None, None, None]:
             raise
 
 
+def _ledger_for(ledger: Ledger | None, reservation: Reservation | None) -> Ledger:
+    """Where a request's row goes: the ledger it began in, else its reservation's, else
+    the current one (the home or ledger URL may have changed while it was in flight)."""
+    if ledger is not None:
+        return ledger
+    if reservation is not None and reservation.ledger is not None:
+        return reservation.ledger
+    return default_ledger()
+
+
 def _write(
     led: Ledger, row: LedgerRow, debit_usd: Decimal | None, reservation: Reservation | None
 ) -> None:
@@ -971,6 +987,12 @@ def _write(
     the cap until it expires: fail closed)."""
     if reservation is None or reservation.released:
         led.submit(row, debit_usd=debit_usd)
+        return
+    if reservation.ledger is not None and reservation.ledger is not led:
+        # reserved in another ledger (the home changed between the reservation and the
+        # send): the row goes where the request began, the reservation is dropped where held
+        led.submit(row, debit_usd=debit_usd)
+        reservation.release()
         return
     rid = reservation.id
 
@@ -1104,9 +1126,11 @@ def record_failure(
     test_mode: bool = False,
     reservation: Reservation | None = None,
     client_id: str | None = None,
+    ledger: Ledger | None = None,
 ) -> None:
     """Record a failed request: one ``error`` row with the error's code; nothing is debited
-    (its ``cost_usd`` is 0). Releases ``reservation`` with the row.
+    (its ``cost_usd`` is 0). Releases ``reservation`` with the row. ``ledger``: the one the
+    request began in (as for :func:`settle`).
 
     ``error`` is the exception (its ``code`` attribute, e.g. ``credit_balance_exhausted``, is
     stored) or a code string.
@@ -1133,4 +1157,4 @@ def record_failure(
         cost_usd=Decimal(0),
         test_mode=test_mode,
     )
-    _write(default_ledger(), row, None, reservation)
+    _write(_ledger_for(ledger, reservation), row, None, reservation)

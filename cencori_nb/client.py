@@ -363,6 +363,7 @@ def _failed(
     reservation: Reservation | None,
     started: float,
     client_id: str,
+    ledger: Ledger | None = None,
 ) -> Decision:
     """The one failure step of chat, achat, stream and astream: an attempt sent on
     ``decision`` failed with ``err``. Records it (its own ledger row; the row releases the
@@ -373,7 +374,7 @@ def _failed(
     reserving for the next attempt (``_reserve`` may wait in a thread, ``_areserve`` on the
     loop), which the caller does with the decision returned here.
     """
-    _record_failure(decision, request, err, started, reservation, client_id)
+    _record_failure(decision, request, err, started, reservation, client_id, ledger)
     if isinstance(err, AuthenticationError):
         # The key may have been replaced by another process less than a second ago (the
         # one-second rule): the next call, a retry, reads the key store afresh.
@@ -391,6 +392,7 @@ def _record_failure(
     started: float,
     reservation: Reservation | None = None,
     client_id: str | None = None,
+    ledger: Ledger | None = None,
 ) -> None:
     accounting.record_failure(
         client_id=client_id,
@@ -404,15 +406,21 @@ def _record_failure(
         latency_ms=(_perf() - started) * 1000.0,
         test_mode=_test_mode(decision),
         reservation=reservation,
+        ledger=ledger,
     )
 
 
-def _begin(decision: Decision, request: ChatRequest) -> str:
+def _begin(decision: Decision, request: ChatRequest) -> tuple[str, Ledger]:
     """A fresh client id for one attempt, noted in the ledger's in-flight journal before
     the request is sent: if this process dies before the attempt's row is committed, the
-    next start records it as ``interrupted`` (estimated) instead of losing it."""
+    next start records it as ``interrupted`` (estimated) instead of losing it.
+
+    Returns the id and that ledger: the attempt's row goes there however it ends, even if
+    ``CENCORI_NB_HOME`` or the ledger URL changes while it is in flight (else the old
+    home's journal would also record it, as interrupted: twice, in two ledgers)."""
     client_id = new_client_id()
-    default_ledger().begin(
+    led = default_ledger()
+    led.begin(
         LedgerRow(
             client_id=client_id,
             request_id="",
@@ -430,7 +438,7 @@ def _begin(decision: Decision, request: ChatRequest) -> str:
             test_mode=_test_mode(decision),
         )
     )
-    return client_id
+    return client_id, led
 
 
 def _record_interrupted(
@@ -439,6 +447,7 @@ def _record_interrupted(
     started: float,
     client_id: str,
     reservation: Reservation | None,
+    ledger: Ledger | None = None,
 ) -> None:
     """The caller stopped a sent request before its answer (Ctrl-C, a cancelled task): the
     provider may bill the prompt, so it is recorded as ``interrupted`` with estimated
@@ -459,7 +468,7 @@ def _record_interrupted(
         interrupted=True,
     )
     try:
-        accounting.settle(completion, reservation=reservation)
+        accounting.settle(completion, reservation=reservation, ledger=ledger)
     except Exception:  # noqa: BLE001 - the journal still holds it for the next start
         _log.warning("cencori_nb: could not record the interrupted request %s", client_id)
 
@@ -618,12 +627,13 @@ def _finish(
     key: str | None,
     reservation: Reservation | None = None,
     client_id: str = "",
+    ledger: Ledger | None = None,
 ) -> Completion:
     """Turn a parsed answer into a settled Completion and cache it (sync and async alike)."""
     completion = _completion(
         decision, request, result, latency_ms=(_perf() - started) * 1000.0, client_id=client_id
     )
-    completion = accounting.settle(completion, reservation=reservation)
+    completion = accounting.settle(completion, reservation=reservation, ledger=ledger)
     _read_structured(request, completion, result.refusal)  # raises before caching
     if key is not None:
         cache.store_after_commit(key, completion)
@@ -753,7 +763,7 @@ def _chat(request: ChatRequest, retries: int | None) -> Completion:
             adapter = get_provider(decision.adapter)
             pacing.pace(decision)
             started = _perf()
-            client_id = _begin(decision, request)
+            client_id, led = _begin(decision, request)
             try:
                 response = transport.send(
                     _http_request(adapter, request, decision),
@@ -763,13 +773,13 @@ def _chat(request: ChatRequest, retries: int | None) -> Completion:
                 )
                 result = adapter.parse_response(response)
             except CencoriError as err:
-                decision = _failed(decision, err, request, reservation, started, client_id)
+                decision = _failed(decision, err, request, reservation, started, client_id, led)
                 reservation = _reserve(request, decision)
                 continue
             except BaseException:  # Ctrl-C while waiting: the request was sent
-                _record_interrupted(decision, request, started, client_id, reservation)
+                _record_interrupted(decision, request, started, client_id, reservation, led)
                 raise
-            return _finish(decision, request, result, started, key, reservation, client_id)
+            return _finish(decision, request, result, started, key, reservation, client_id, led)
     finally:
         _release(reservation)
 
@@ -818,7 +828,7 @@ async def _achat(request: ChatRequest, retries: int | None) -> Completion:
             adapter = get_provider(decision.adapter)
             await pacing.apace(decision)
             started = _perf()
-            client_id = _begin(decision, request)
+            client_id, led = _begin(decision, request)
             try:
                 response = await transport.asend(
                     _http_request(adapter, request, decision),
@@ -828,13 +838,13 @@ async def _achat(request: ChatRequest, retries: int | None) -> Completion:
                 )
                 result = adapter.parse_response(response)
             except CencoriError as err:
-                decision = _failed(decision, err, request, reservation, started, client_id)
+                decision = _failed(decision, err, request, reservation, started, client_id, led)
                 reservation = await _areserve(request, decision)
                 continue
             except BaseException:  # Ctrl-C or a cancelled task (map): the request was sent
-                _record_interrupted(decision, request, started, client_id, reservation)
+                _record_interrupted(decision, request, started, client_id, reservation, led)
                 raise
-            return _finish(decision, request, result, started, key, reservation, client_id)
+            return _finish(decision, request, result, started, key, reservation, client_id, led)
     finally:
         _release(reservation)
 
@@ -860,6 +870,7 @@ class _StreamState:
         self.event_error: CencoriError | None = None  # an error event inside the stream
         self.reservation: Reservation | None = None  # held against a hard cap until settled
         self.client_id = ""  # the attempt sent (its ledger row)
+        self.ledger: Ledger | None = None  # where it began (its journal): its row goes there
 
     def feed(self, event: httpx2.ServerSentEvent) -> str | None:
         try:
@@ -888,7 +899,7 @@ class _StreamState:
             complete=complete,
             client_id=self.client_id,
         )
-        completion = accounting.settle(completion, reservation=self.reservation)
+        completion = accounting.settle(completion, reservation=self.reservation, ledger=self.ledger)
         self.completion = completion
         return completion
 
@@ -904,7 +915,13 @@ class _StreamState:
                 hint="Try again; use stream=False if this keeps happening.",
             )
             _record_failure(
-                self.decision, self.request, err, self.started, self.reservation, self.client_id
+                self.decision,
+                self.request,
+                err,
+                self.started,
+                self.reservation,
+                self.client_id,
+                self.ledger,
             )
             raise err
         completion = self._settle(complete=complete)
@@ -927,7 +944,13 @@ class _StreamState:
         self.finished = True
         if not self.parts:
             _record_failure(
-                self.decision, self.request, err, self.started, self.reservation, self.client_id
+                self.decision,
+                self.request,
+                err,
+                self.started,
+                self.reservation,
+                self.client_id,
+                self.ledger,
             )
             return err
         completion = self._settle(complete=False)
@@ -965,7 +988,7 @@ def _open_stream(state: _StreamState, retries: int | None) -> None:
         adapter = get_provider(decision.adapter)
         pacing.pace(decision)
         state.started = _perf()
-        state.client_id = _begin(decision, state.request)
+        state.client_id, state.ledger = _begin(decision, state.request)
         try:
             response = transport.send(
                 _http_request(adapter, state.request, decision),
@@ -976,14 +999,25 @@ def _open_stream(state: _StreamState, retries: int | None) -> None:
             )
         except CencoriError as err:
             state.decision = _failed(
-                decision, err, state.request, state.reservation, state.started, state.client_id
+                decision,
+                err,
+                state.request,
+                state.reservation,
+                state.started,
+                state.client_id,
+                state.ledger,
             )
             state.reservation = _reserve(state.request, state.decision)
             continue
         except BaseException:  # Ctrl-C before the first byte: the request was sent
             state.finished = True
             _record_interrupted(
-                decision, state.request, state.started, state.client_id, state.reservation
+                decision,
+                state.request,
+                state.started,
+                state.client_id,
+                state.reservation,
+                state.ledger,
             )
             raise
         state.adapter, state.response = adapter, response
@@ -997,7 +1031,7 @@ async def _aopen_stream(state: _StreamState, retries: int | None) -> None:
         adapter = get_provider(decision.adapter)
         await pacing.apace(decision)
         state.started = _perf()
-        state.client_id = _begin(decision, state.request)
+        state.client_id, state.ledger = _begin(decision, state.request)
         try:
             response = await transport.asend(
                 _http_request(adapter, state.request, decision),
@@ -1008,14 +1042,25 @@ async def _aopen_stream(state: _StreamState, retries: int | None) -> None:
             )
         except CencoriError as err:
             state.decision = _failed(
-                decision, err, state.request, state.reservation, state.started, state.client_id
+                decision,
+                err,
+                state.request,
+                state.reservation,
+                state.started,
+                state.client_id,
+                state.ledger,
             )
             state.reservation = await _areserve(state.request, state.decision)
             continue
         except BaseException:  # Ctrl-C or cancelled before the first byte
             state.finished = True
             _record_interrupted(
-                decision, state.request, state.started, state.client_id, state.reservation
+                decision,
+                state.request,
+                state.started,
+                state.client_id,
+                state.reservation,
+                state.ledger,
             )
             raise
         state.adapter, state.response = adapter, response

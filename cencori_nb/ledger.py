@@ -404,6 +404,8 @@ class Ledger:
         self._failure_reported = False
         self._pending = 0  # rows not in the ledger: spilled or in memory
         self._unspilled: list[_Item] = []  # rows the spill file could not take either
+        # closed (the home or the ledger URL changed): requests begun here still settle here
+        self._closed = False
         self._open()
 
     def _open(self) -> None:
@@ -519,6 +521,10 @@ class Ledger:
             finally:
                 inserted, self._inserted = self._inserted, []
             self._resolve(inserted)
+        if self._closed:  # a late write (a reservation settled after the close)
+            with self._lock:
+                self._close_connection()
+            self._close_journal_if_done()
 
     @contextlib.contextmanager
     def _holding(self) -> Iterator[None]:
@@ -574,6 +580,9 @@ class Ledger:
         self._enqueue(_Item(None, callback, None))
 
     def _enqueue(self, item: _Item) -> None:
+        if self._closed and self._writer is None:
+            self._write_late(item)
+            return
         writer = self._writer
         if writer is None or writer.pid != os.getpid():
             if writer is not None:  # forked: a lock copied mid-use would never open
@@ -701,17 +710,49 @@ class Ledger:
 
     def close(self) -> None:
         """Write what is queued, stop the writer and close the connection (and this
-        process's in-flight journal, removed when no request in it is unrecorded)."""
+        process's in-flight journal, removed when no request in it is unrecorded).
+
+        A request begun on this ledger and still in flight (the home or the ledger URL
+        changed under it) settles here all the same: its journal stays open and locked
+        until its row is in (so no other start records it as interrupted), and a row
+        submitted after the close is written at once (:meth:`_write_late`), reopening the
+        connection for that write only."""
+        self._closed = True
         writer = self._writer
         if writer is not None and writer.pid == os.getpid():
             writer.stop()
         self._writer = None
-        journal = self._journal
-        if journal is not None and journal.pid == os.getpid():
-            journal.close()
-        self._journal = None
+        self._close_journal_if_done()
         with self._lock:
             self._close_connection()
+
+    def _close_journal_if_done(self) -> None:
+        """Once closed, the journal is closed when no request in it is unrecorded."""
+        journal = self._journal
+        if journal is None or journal.pid != os.getpid():
+            self._journal = None
+            return
+        if journal.pending():
+            return  # a request begun here is in flight: it settles into this ledger
+        journal.close()
+        self._journal = None
+
+    def _write_late(self, item: _Item) -> None:
+        """A row (or an after-commit callback) submitted after :meth:`close`: committed
+        now in the caller's thread (no writer is started again), or kept in the spill file
+        like any row the ledger cannot take, never dropped."""
+        try:
+            with self._lock, self._connection():
+                pass  # reopen first: a file that cannot be opened now spills the row
+        except LedgerError as exc:
+            self._spill([item], exc.reason or exc.message)
+        except self._db_errors as exc:
+            self._spill([item], self._reason(exc))
+        else:
+            self._write_batch([item])  # rows spilled before wait ahead of it, in order
+        with self._lock:
+            self._close_connection()
+        self._close_journal_if_done()
 
     def _close_connection(self) -> None:
         if self._conn is not None and self._pid == os.getpid():
@@ -1059,6 +1100,11 @@ class _Journal:
             if not self.open:
                 with contextlib.suppress(OSError):
                     os.ftruncate(self.fd, 0)
+
+    def pending(self) -> bool:
+        """Whether a noted request's row is not committed yet."""
+        with self.lock:
+            return bool(self.open)
 
     def close(self) -> None:
         with self.lock:

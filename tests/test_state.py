@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from cencori_nb.errors import (
     UnsafeHomeError,
 )
 from cencori_nb.keystore.secret import Secret
-from cencori_nb.ledger import default_ledger
+from cencori_nb.ledger import Ledger, default_ledger
 from cencori_nb.sandbox.server import SandboxServer
 from cencori_nb.transport import pool
 
@@ -367,6 +368,7 @@ def test_a_bad_timeout_set_mid_session_is_refused_and_unsetting_it_recovers(
 
 _KEYS_CHILD = """
 import sys
+import threading
 from cencori_nb import keys
 action, provider = sys.argv[1], sys.argv[2]
 if action == "set":
@@ -534,3 +536,130 @@ def test_no_module_reaches_another_modules_state_through_sys_modules() -> None:
 def test_the_sys_modules_guard_catches_reaches(source: str, flagged: bool) -> None:
     """The guard above is not vacuous: each way of reaching a module's state is caught."""
     assert bool(_reaches_through_sys_modules(source)) is flagged
+
+
+# --------------------------------------------------------------------------- in flight
+
+
+def _all_rows(path: Path) -> list[tuple[str, str]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT client_id, status FROM requests").fetchall()
+    finally:
+        conn.close()
+
+
+def _journals(home: Path) -> list[Path]:
+    return sorted((home / "ledger-inflight").glob("*.jsonl"))
+
+
+def _assert_settled_in_a_only(home_a: Path, home_b: Path, status: str) -> None:
+    """One row, in A's ledger; none in B's; A's journal resolved (a later start of A
+    records nothing more: the request is not also counted as interrupted)."""
+    default_ledger().flush()
+    state.reset("ledger")  # closes B's ledger (and A's, if still open): all flushed
+    rows_a = _all_rows(home_a / "ledger.sqlite")
+    assert [s for _, s in rows_a] == [status]
+    if (home_b / "ledger.sqlite").exists():
+        assert _all_rows(home_b / "ledger.sqlite") == []
+    assert _journals(home_a) == []
+    later = Ledger(home_a / "ledger.sqlite")  # what the next start of A would reclaim
+    try:
+        assert later.count() == 1
+    finally:
+        later.close()
+    assert _all_rows(home_a / "ledger.sqlite") == rows_a
+
+
+@pytest.mark.parametrize("a_closed", [True, False], ids=["a-closed", "a-still-open"])
+def test_a_stream_in_flight_when_the_home_changes_settles_in_the_home_it_began_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer, a_closed: bool
+) -> None:
+    """A stream started in home A, CENCORI_NB_HOME switched to B, then read to its end:
+    its row is in A's ledger (where its start was journaled), none in B's, and A's
+    journal is resolved, whether A's ledger was already closed by a call in B (the row is
+    written at once into the closed ledger) or not yet."""
+    home_a, home_b = tmp_path / "a", tmp_path / "b"
+    _use_home(monkeypatch, home_b, sandbox, KEY_B)
+    _use_home(monkeypatch, home_a, sandbox, KEY_A)
+    s = cencori_nb.stream("Tell me about two homes", model="gpt-4o-mini", cache=False)
+    assert len(_journals(home_a)) == 1  # its start is journaled in A
+    monkeypatch.setenv("CENCORI_NB_HOME", str(home_b))
+    if a_closed:
+        assert default_ledger().path == home_b / "ledger.sqlite"  # A's ledger is closed now
+        assert len(_journals(home_a)) == 1  # kept (and locked) while the stream is open
+    text = "".join(s)
+    assert text and s.completion is not None and s.completion.project == "default"
+    _assert_settled_in_a_only(home_a, home_b, "ok")
+
+
+@pytest.mark.parametrize("ending", ["answered", "cut", "failed"])
+def test_a_chat_in_flight_in_another_thread_when_the_home_changes_settles_in_its_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer, ending: str
+) -> None:
+    """A chat in another thread is sent in home A; while it waits for the answer the main
+    thread moves CENCORI_NB_HOME to B and uses B's ledger (closing A's); the answer (or the
+    failure, or an interrupt) is recorded once, in A's ledger, never in B's."""
+    home_a, home_b = tmp_path / "a", tmp_path / "b"
+    _use_home(monkeypatch, home_b, sandbox, KEY_B)
+    _use_home(monkeypatch, home_a, sandbox, KEY_A)
+    sent, go = threading.Event(), threading.Event()
+    send = transport.send
+
+    def gated_send(*args: Any, **kwargs: Any) -> Any:
+        response = send(*args, **kwargs)  # the request is sent and answered
+        sent.set()
+        assert go.wait(30)
+        if ending == "cut":
+            raise KeyboardInterrupt  # as if Ctrl-C arrived before the answer was read
+        if ending == "failed":
+            raise ProviderTimeoutError("The provider did not answer in time.", provider="openai")
+        return response
+
+    monkeypatch.setattr(transport, "send", gated_send)
+    outcome: list[BaseException | str] = []
+
+    def run() -> None:
+        try:
+            outcome.append(cencori_nb.chat("Hello from home A", model="gpt-4o-mini").text)
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert sent.wait(30)
+    monkeypatch.setenv("CENCORI_NB_HOME", str(home_b))
+    assert default_ledger().path == home_b / "ledger.sqlite"  # A's ledger is closed now
+    go.set()
+    worker.join(30)
+    assert not worker.is_alive()
+    if ending == "answered":
+        assert isinstance(outcome[0], str) and outcome[0]
+    elif ending == "cut":
+        assert isinstance(outcome[0], KeyboardInterrupt)
+    else:
+        assert isinstance(outcome[0], ProviderTimeoutError)
+    status = {"answered": "ok", "cut": "interrupted", "failed": "error"}[ending]
+    _assert_settled_in_a_only(home_a, home_b, status)
+
+
+def test_a_row_for_a_closed_ledger_that_cannot_be_written_goes_to_its_spill_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer
+) -> None:
+    """Fault: the home a stream began in cannot be written when the stream ends (its
+    ledger closed, the file replaced by garbage): the row is kept in that home's spill
+    file, not lost and not written to the new home's ledger."""
+    home_a, home_b = tmp_path / "a", tmp_path / "b"
+    _use_home(monkeypatch, home_b, sandbox, KEY_B)
+    _use_home(monkeypatch, home_a, sandbox, KEY_A)
+    s = cencori_nb.stream("Tell me about a broken home", model="gpt-4o-mini", cache=False)
+    monkeypatch.setenv("CENCORI_NB_HOME", str(home_b))
+    default_ledger()  # closes A's ledger
+    (home_a / "ledger.sqlite").write_bytes(b"this is not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        (home_a / f"ledger.sqlite{suffix}").unlink(missing_ok=True)
+    assert "".join(s)
+    spill = (home_a / "ledger-spill.jsonl").read_text()
+    assert s.completion is not None and s.completion.client_id in spill
+    default_ledger().flush()
+    assert _all_rows(home_b / "ledger.sqlite") == []
