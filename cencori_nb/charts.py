@@ -79,22 +79,36 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def spend_over_time(since: Any = None, project: str | None = None, *, by: str = "day") -> Any:
-    """Stacked bars of what requests cost per ``day`` or ``week`` (UTC), one trace per route.
+STACKS = ("route", "member")  # what spend_over_time stacks its bars by
+SPEND_BY = ("provider", "model", "route", "project", "member")  # what spend_by groups by
+
+
+def spend_over_time(
+    since: Any = None,
+    project: str | None = None,
+    *,
+    by: str = "day",
+    stack: str = "route",
+    member: str | None = None,
+) -> Any:
+    """Stacked bars of what requests cost per ``day`` or ``week`` (UTC), one trace per
+    ``route``, or with ``stack="member"`` one per team member (who spent what, each day).
+    ``member`` keeps one member's requests only.
 
     Bar height is ``cost_usd`` (credits charged plus the provider price of BYOK requests).
     """
     from . import reports
+    from .errors import ConfigurationError
 
     if by not in ("day", "week"):
-        from .errors import ConfigurationError
-
         raise ConfigurationError(f"spend_over_time(by={by!r}): use 'day' or 'week'.")
+    if stack not in STACKS:
+        raise ConfigurationError(f"spend_over_time(stack={stack!r}): use 'route' or 'member'.")
     go = _go()
-    frame = reports.spend(by=[by, "route"], since=since, project=project)
+    frame = reports.spend(by=[by, stack], since=since, project=project, member=member)
     fig = go.Figure()
-    for route in sorted(frame["route"].unique()) if len(frame) else []:
-        part = frame[frame["route"] == route]
+    for group in sorted(frame[stack].unique()) if len(frame) else []:
+        part = frame[frame[stack] == group]
         fig.add_trace(
             go.Bar(
                 # plain dates: a UTC day is a date, not an instant (no time zone to misread)
@@ -103,8 +117,8 @@ def spend_over_time(since: Any = None, project: str | None = None, *, by: str = 
                 # On a date axis a bar's width is in milliseconds; plotly guesses it from the
                 # gaps between bars, so one lone bar would be 1 ms wide (invisible).
                 width=BAR_SHARE * (DAY_MS if by == "day" else 7 * DAY_MS),
-                name=ROUTE_NAMES.get(route, route),
-                marker_color=ROUTE_COLOURS.get(route),
+                name=_trace_name(stack, group),
+                marker_color=ROUTE_COLOURS.get(group) if stack == "route" else None,
                 customdata=list(
                     zip(
                         part["requests"],
@@ -121,10 +135,10 @@ def spend_over_time(since: Any = None, project: str | None = None, *, by: str = 
     # The title promises routes: the legend names them even when there is only one.
     fig.update_layout(
         barmode="stack",
-        title=f"Spend per {by} by route",
+        title=f"Spend per {by} by {stack}",
         xaxis_title=f"{unit} (UTC)",
         yaxis_title="Cost (USD)",
-        legend_title="Route",
+        legend_title=stack.capitalize(),
         showlegend=True,
         xaxis=date_axis(frame[by] if len(frame) else [], step_days=1 if by == "day" else 7),
         yaxis=money_axis(frame["cost_usd"] if len(frame) else []),
@@ -132,19 +146,41 @@ def spend_over_time(since: Any = None, project: str | None = None, *, by: str = 
     return fig
 
 
-def spend_by(by: str = "provider", since: Any = None, project: str | None = None) -> Any:
-    """Bars of cost per ``provider`` or ``model`` (largest first)."""
+def _trace_name(stack: str, group: str) -> str:
+    if stack == "route":
+        return ROUTE_NAMES.get(group, group)
+    return group or UNNAMED_MEMBER
+
+
+# rows recorded before members existed (or with no member set) have an empty member
+UNNAMED_MEMBER = "(no member)"
+
+
+def spend_by(
+    by: str = "provider",
+    since: Any = None,
+    project: str | None = None,
+    *,
+    member: str | None = None,
+) -> Any:
+    """Bars of cost per ``provider``, ``model``, ``route``, ``project`` or ``member`` (a
+    team ledger: what each member spent). ``member`` keeps one member's requests only."""
     from . import reports
 
-    if by not in ("provider", "model", "route", "project"):
+    if by not in SPEND_BY:
         from .errors import ConfigurationError
 
-        raise ConfigurationError(f"spend_by(by={by!r}): use 'provider' or 'model'.")
+        raise ConfigurationError(
+            f"spend_by(by={by!r}): use one of " + ", ".join(repr(k) for k in SPEND_BY) + "."
+        )
     go = _go()
-    frame = reports.spend(by=by, since=since, project=project)
+    frame = reports.spend(by=by, since=since, project=project, member=member)
+    labels = list(frame[by])
+    if by == "member":
+        labels = [m or UNNAMED_MEMBER for m in labels]
     fig = go.Figure(
         go.Bar(
-            x=list(frame[by]),
+            x=labels,
             y=list(frame["cost_usd"]),
             name="Cost",
             customdata=list(

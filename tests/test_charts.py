@@ -12,7 +12,7 @@ import pytest
 
 from cencori_nb import charts, reports, wallet
 from cencori_nb.errors import ConfigurationError
-from cencori_nb.ledger import LedgerRow, default_ledger
+from cencori_nb.ledger import COLUMNS, LedgerRow, default_ledger
 
 TODAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 YESTERDAY = TODAY - timedelta(days=1)
@@ -265,3 +265,99 @@ def test_usage_summary_table_totals_two_routes_in_whole_numbers() -> None:
         ["openai", "BYOK", "2", "0", "0", "3,000", "500", "$0.000400"],
         ["total", "4", "0", "0", "6,000", "1,000", "$0.001000"],
     ]
+
+
+@pytest.fixture
+def two_members() -> None:
+    """A team ledger's rows: ana spent on two days (one BYOK, one managed), bo on one, and
+    one old row recorded before members existed (empty member)."""
+    default_ledger().record_many(
+        [
+            LedgerRow(
+                "m1",
+                "p",
+                "openai",
+                "byok",
+                model="gpt-4o",
+                input_tokens=1000,
+                output_tokens=500,
+                provider_cost_usd=Decimal("0.0075"),
+                ts_ms=_ms(YESTERDAY) + 1,
+                member="ana@example.org",
+            ),
+            LedgerRow(
+                "m2",
+                "p",
+                "openai",
+                "managed",
+                model="gpt-4o",
+                input_tokens=1000,
+                output_tokens=500,
+                provider_cost_usd=Decimal("0.0075"),
+                credits_charged_usd=Decimal("0.01125"),
+                ts_ms=_ms(TODAY) + 1,
+                member="ana@example.org",
+            ),
+            LedgerRow(
+                "m3",
+                "p",
+                "anthropic",
+                "byok",
+                model="claude-haiku-4-5",
+                input_tokens=2000,
+                output_tokens=100,
+                provider_cost_usd=Decimal("0.0025"),
+                ts_ms=_ms(TODAY) + 2,
+                member="bo@example.org",
+            ),
+        ]
+    )
+    # a row recorded before members existed: the migration gave it an empty member
+    legacy = LedgerRow(
+        "m4",
+        "p",
+        "openai",
+        "byok",
+        model="gpt-4o",
+        input_tokens=10,
+        output_tokens=10,
+        provider_cost_usd=Decimal("0.0001"),
+        ts_ms=_ms(TODAY) + 3,
+    ).as_params()
+    at = COLUMNS.index("member")  # as_params() is in COLUMNS order
+    default_ledger().record_many([(*legacy[:at], "", *legacy[at + 1 :])])
+
+
+def test_spend_by_member_is_one_bar_per_member(two_members: None) -> None:
+    """A team sees what each member spent: one bar per member (largest first), the old
+    member-less rows under a name that says so; ``member=`` keeps one member."""
+    fig = charts.spend_by("member")
+    (bar,) = fig.data
+    assert list(bar.x) == ["ana@example.org", "bo@example.org", charts.UNNAMED_MEMBER]
+    assert list(bar.y) == pytest.approx([0.0075 + 0.01125, 0.0025, 0.0001])
+    assert [list(c)[:3] for c in bar.customdata] == [[2, 2000, 1000], [1, 2000, 100], [1, 10, 10]]
+    assert fig.layout.title.text == "Spend by member"
+    assert fig.layout.xaxis.title.text == "Member"
+    (only,) = charts.spend_by("member", member="bo@example.org").data
+    assert list(only.x) == ["bo@example.org"] and list(only.y) == [0.0025]
+    with pytest.raises(ConfigurationError, match="'member'"):
+        charts.spend_by("colour")
+
+
+def test_spend_over_time_can_stack_by_member(two_members: None) -> None:
+    """``stack="member"``: one trace per member, each day's bar split between them."""
+    fig = charts.spend_over_time(stack="member")
+    assert fig.layout.title.text == "Spend per day by member"
+    assert fig.layout.legend.title.text == "Member"
+    names = [t.name for t in fig.data]
+    assert names == [charts.UNNAMED_MEMBER, "ana@example.org", "bo@example.org"]
+    legacy, ana, bo = fig.data
+    assert list(ana.x) == [f"{YESTERDAY:%Y-%m-%d}", f"{TODAY:%Y-%m-%d}"]
+    assert list(ana.y) == pytest.approx([0.0075, 0.01125])
+    assert list(bo.x) == [f"{TODAY:%Y-%m-%d}"] and list(bo.y) == [0.0025]
+    assert list(legacy.y) == [0.0001]
+    assert all(t.marker.color is None for t in fig.data)  # route colours are for routes
+    (ana_only,) = charts.spend_over_time(stack="member", member="ana@example.org").data
+    assert ana_only.name == "ana@example.org"
+    with pytest.raises(ConfigurationError, match="'route' or 'member'"):
+        charts.spend_over_time(stack="provider")
