@@ -4,6 +4,7 @@ next call without a reset, and the one-second rule for other processes' changes.
 from __future__ import annotations
 
 import ast
+import asyncio
 import gc
 import logging
 import os
@@ -663,3 +664,29 @@ def test_a_row_for_a_closed_ledger_that_cannot_be_written_goes_to_its_spill_file
     assert s.completion is not None and s.completion.client_id in spill
     default_ledger().flush()
     assert _all_rows(home_b / "ledger.sqlite") == []
+
+
+@pytest.mark.parametrize("ending", ["read", "stopped"])
+def test_an_async_stream_across_a_home_change_settles_in_the_home_it_began_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer, ending: str
+) -> None:
+    """astream: the first delta read in home A, the home moved to B (A's ledger closed),
+    then read to the end (``ok``) or stopped early (``interrupted``): one row, in A."""
+    home_a, home_b = tmp_path / "a", tmp_path / "b"
+    _use_home(monkeypatch, home_b, sandbox, KEY_B)
+    _use_home(monkeypatch, home_a, sandbox, KEY_A)
+
+    async def run() -> None:
+        async with cencori_nb.astream(
+            "Tell me about two homes, slowly", model="gpt-4o-mini", cache=False
+        ) as s:
+            assert await s.__anext__()  # sent and answering, journaled in A
+            monkeypatch.setenv("CENCORI_NB_HOME", str(home_b))
+            assert default_ledger().path == home_b / "ledger.sqlite"
+            if ending == "read":
+                async for _ in s:
+                    pass
+                assert s.completion is not None and s.completion.project == "default"
+
+    asyncio.run(run())
+    _assert_settled_in_a_only(home_a, home_b, "ok" if ending == "read" else "interrupted")
