@@ -162,13 +162,16 @@ class Schema:
         """The JSON value in ``text`` (a ```` ```json ```` fence around it is tolerated)."""
         body = _unfence(text)
         try:
-            return json.loads(body)
+            value = json.loads(body)
         except json.JSONDecodeError as exc:
             raise self._mismatch(
                 f"the answer is not JSON ({exc.msg} at character {exc.pos})"
             ) from None
         except RecursionError:  # '[[[[…' from a looping model: not worth a traceback
             raise self._mismatch("the answer is JSON nested too deeply to read") from None
+        if "\\" in body:  # an escape (\u0063) can spell a stored key the text check missed
+            value = _without_stored_keys(value)
+        return value
 
     def validate(self, value: Any) -> Any:
         """``value`` (decoded JSON) checked and converted to the user's type."""
@@ -740,10 +743,27 @@ def _plain(value: Any) -> Any:
 _MAX_ERROR_CHARS = 160
 
 
+def _without_stored_keys(value: Any) -> Any:
+    """Decoded JSON with every stored key removed from its strings (keys and values).
+
+    The answer's text has stored keys removed before it is read, but a hostile model can
+    write one with JSON escapes (``"sk-\\u0070roj-…"``) that only decoding spells out; the
+    parsed value then reaches ``.parsed``, a DataFrame and a job's results file. Rebuilt
+    only when a key is really there (re-encoding is the cheap test)."""
+    from .redact import remove_stored_keys
+
+    encoded = json.dumps(value, ensure_ascii=False)
+    cleaned = remove_stored_keys(encoded)
+    return value if cleaned == encoded else json.loads(cleaned)
+
+
 def _clip(text: str) -> str:
     """One line of a validation message, at most 160 characters: it quotes the model's own
-    values (and keys), which may be long or hostile, into an error, a row and the retry."""
-    one_line = " ".join(str(text).split())
+    values (and keys), which may be long or hostile, into an error, a row and the retry.
+    Stored keys go first: a key cut by the clip would survive the error's own scrub."""
+    from .redact import remove_stored_keys
+
+    one_line = " ".join(remove_stored_keys(str(text)).split())
     if len(one_line) <= _MAX_ERROR_CHARS:
         return one_line
     return one_line[: _MAX_ERROR_CHARS - 1] + "…"

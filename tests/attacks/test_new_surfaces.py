@@ -311,3 +311,86 @@ def test_an_image_path_swapped_for_a_symlink_after_the_check_is_not_followed(
     monkeypatch.setattr(Path, "resolve", resolve_before_the_swap)
     with pytest.raises(ImageError, match="Cannot read"):
         as_image(Path("pic.png"))
+
+
+# --------------------------------------------------------------------------- structured output
+
+_ESCAPED = KEY.replace("c", "\\u0063", 1)  # JSON for the key that is not the key as text
+_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+def _answering(content: str, sent: list[bytes]) -> httpx2.MockTransport:
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request.content)
+        body = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-4o-mini",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+        }
+        return httpx2.Response(200, json=body)
+
+    return httpx2.MockTransport(handler)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"name": "' + _ESCAPED + '", "age": 3}',  # valid: was in .parsed and the DataFrame
+        '{"name": "n", "age": 3, "' + _ESCAPED + '": 1}',  # as a property name
+        '{"name": "n", "age": "' + "y" * 130 + _ESCAPED + '"}',  # quoted by the validator
+        '{"name": "' + KEY + '", "age": "x"}',  # in clear, invalid: error and retry prompt
+        "not json " + KEY,
+    ],
+)
+def test_a_structured_answer_spelling_the_key_with_escapes(
+    private_home: Path, content: str
+) -> None:
+    """The reply's text has stored keys removed before it is parsed, but JSON escapes
+    (\\u0063) spell the key only once decoded: the parsed value, the mismatch error, the
+    retry prompt and map's DataFrame must not carry it (the parsed value did)."""
+    keys.set("openai", KEY)
+    sent: list[bytes] = []
+    shown: list[str] = []
+    transport.set_transport(_answering(content, sent))
+    try:
+        try:
+            c = cencori_nb.chat("hello", model="gpt-4o-mini", schema=_SCHEMA, cache=False)
+            shown += [repr(c.parsed), repr(c)]
+        except CencoriError as exc:
+            shown += [str(exc), repr(exc.args), repr(vars(exc))]
+        df = cencori_nb.map(["a"], model="gpt-4o-mini", schema=_SCHEMA, progress=False)
+        shown.append(df.to_csv())
+    finally:
+        transport.set_transport(None)
+    blob = "\n".join(shown) + b"".join(sent).decode()
+    assert find(blob, {"openai": KEY}) == []
+    assert KEY[:16] not in blob  # not even a piece of it
+
+
+def test_a_validation_message_never_cuts_a_key_in_half(private_home: Path) -> None:
+    """Messages quoting the answer are clipped to 160 characters; a key cut by the clip
+    would survive the error's own scrub, which matches whole keys only."""
+    from cencori_nb.errors import SchemaMismatchError
+    from cencori_nb.schemas import as_schema
+
+    keys.set("openai", KEY)
+    schema = as_schema(_SCHEMA)
+    for pad in range(120, 160, 3):
+        text = '{"name": "n", "age": "' + "y" * pad + KEY + '"}'
+        with pytest.raises(SchemaMismatchError) as info:
+            schema.parse(text)
+        assert KEY[:12] not in str(info.value) + repr(info.value.errors), pad
