@@ -394,3 +394,58 @@ def test_a_validation_message_never_cuts_a_key_in_half(private_home: Path) -> No
         with pytest.raises(SchemaMismatchError) as info:
             schema.parse(text)
         assert KEY[:12] not in str(info.value) + repr(info.value.errors), pad
+
+
+# --------------------------------------------------------------------------- the team ledger URL
+
+_PW = "Hunter2-" + "q7" * 6
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "pct_bad",  # a percent escape libpq cannot decode: it quotes the token it choked on
+        "pct_ok",  # an encoded '@' and ':' in the password
+        "query",  # the password as ?password=
+        "both",  # in the user part and in the query
+        "sslpassword",  # the client key's passphrase as a query parameter
+        "option",  # an unknown option after the password
+    ],
+)
+def test_a_ledger_url_password_in_unusual_places_is_never_shown(
+    shape: str, pg_cluster: Any, pg_url: str, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """The driver's own messages quote parts of the URL; whatever the password's shape,
+    the error, its traceback, the ledger's repr and the CLI's output never show it."""
+    import traceback
+
+    from cencori_nb import state
+    from cencori_nb.cli import main
+    from cencori_nb.errors import ConfigurationError, LedgerError
+
+    base = pg_url.split("://", 1)[1].split("@", 1)[1]  # host:port/db
+    user = pg_url.split("://", 1)[1].split(":", 1)[0]
+    url = {
+        "pct_bad": f"postgresql://{user}:{_PW}%zz@{base}",
+        "pct_ok": f"postgresql://{user}:{_PW}%40x%3A@{base}",
+        "query": f"postgresql://{user}@{base}?password={_PW}",
+        "both": f"postgresql://{user}:{_PW}@{base}?password={_PW}x",
+        "sslpassword": f"postgresql://{user}:{_PW}@{base}?sslpassword={_PW}s",
+        "option": f"postgresql://{user}:{_PW}@{base}?nosuchoption={_PW}o",
+    }[shape]
+    monkeypatch.setenv("CENCORI_NB_LEDGER_URL", url)
+    state.reset()
+    texts: list[str] = []
+    try:
+        led = default_ledger()
+        texts.append(repr(led))
+        led.rows()
+    except (LedgerError, ConfigurationError) as exc:
+        texts += [str(exc), repr(exc), repr(vars(exc)), *traceback.format_exception(exc)]
+    main(["ledger"])
+    main(["usage"])
+    out = capsys.readouterr()
+    texts += [out.out, out.err]
+    blob = "\n".join(texts)
+    assert _PW not in blob, blob[blob.find(_PW) - 80 : blob.find(_PW) + 40]
+    state.reset()
