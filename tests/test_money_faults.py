@@ -166,6 +166,11 @@ FULL_DISK_CHILD = """
         try:
             cencori_nb.chat(f"full {{i}}", model="{model}", cache=False)
             answered += 1
+            # The writer commits in the background, gathering rows for up to 20 ms: a burst
+            # of fast requests may all go out before its first commit fails (their rows are
+            # spilled, none is lost). Waiting for it here makes "the request after a failed
+            # commit is refused" deterministic on a fast machine.
+            default_ledger().flush()
         except LedgerWriteError as exc:
             refused += 1
             messages.append(str(exc))
