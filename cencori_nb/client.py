@@ -131,6 +131,8 @@ def _resolve(request: ChatRequest) -> Decision:
         _refuse_key_as_name(request, project=decision.project)
         for message in request.messages:
             refuse_key_in_prompt(message.content, shapes=False)
+        if request.schema is not None:  # sent with the prompt: the same rule
+            request.schema.refuse_stored_keys()
     except KeyInPromptError:
         from .ipython_hygiene import forget_refused_input
 

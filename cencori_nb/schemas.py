@@ -83,6 +83,7 @@ class Schema:
 
     __slots__ = (
         "_adapter",
+        "_canonical",
         "_columns",
         "_forms",
         "_strict",
@@ -110,6 +111,21 @@ class Schema:
         self._validator: Any = None
         canonical = json.dumps(json_schema, sort_keys=True, separators=(",", ":"), default=str)
         self.fingerprint = hashlib.sha256(f"{name}\0{canonical}".encode()).hexdigest()[:32]
+        self._canonical = f"{name}\0{canonical}"
+
+    def refuse_stored_keys(self) -> None:
+        """:class:`KeyInPromptError` if a stored API key is anywhere in the schema (a
+        description, title, enum value or field name): the schema is sent with every request
+        and saved with a batch job, like a prompt. Called once routing has opened the store."""
+        from .errors import KeyInPromptError
+        from .redact import remove_stored_keys
+
+        if remove_stored_keys(self._canonical) != self._canonical:
+            raise KeyInPromptError(
+                f"Not sent: the schema {self.name} holds one of your stored API keys (in a "
+                "description, title, enum value or field name); the provider would receive it.",
+                hint="Remove the key from the schema.",
+            )
 
     def __repr__(self) -> str:
         return f"Schema({self.name!r}, kind={self.kind!r})"
@@ -250,12 +266,15 @@ class Schema:
         """A typed DataFrame with one row per parsed value (None: a row with no value)."""
         import pandas as pd
 
+        from .redact import remove_stored_keys
+
         cols = self.columns()
         rows = [self.as_dict(v) if v is not None else None for v in values]
         data: dict[str, Any] = {}
         for col in cols:
             raw = [_get(row, col.path) if row is not None else None for row in rows]
-            data[col.name] = _series(raw, col.dtype, index)
+            # a field named after a stored key (refused when sent) must not head a column
+            data[remove_stored_keys(col.name)] = _series(raw, col.dtype, index)
         return pd.DataFrame(data, index=index)
 
 

@@ -706,6 +706,9 @@ def body_maker(
     from ..redact import refuse_key_in_prompt
     from ..types import ChatRequest
 
+    if schema is not None:  # sent with every row and saved in job.json: as a prompt
+        schema.refuse_stored_keys()
+
     def build(prompt: Any) -> dict[str, Any]:
         request = ChatRequest.from_prompt(
             prompt,

@@ -449,3 +449,39 @@ def test_a_ledger_url_password_in_unusual_places_is_never_shown(
     blob = "\n".join(texts)
     assert _PW not in blob, blob[blob.find(_PW) - 80 : blob.find(_PW) + 40]
     state.reset()
+
+
+@pytest.mark.parametrize("where", ["description", "title", "property", "enum", "pydantic"])
+def test_a_schema_holding_a_stored_key_is_not_sent_or_saved(private_home: Path, where: str) -> None:
+    """The schema goes out with every request (and into job.json and each JSONL row): a
+    stored key in it is refused like one in a prompt, by chat, map and submit; nothing is
+    sent and no job file holds it. Found sent and saved before."""
+    from pydantic import Field, create_model
+
+    from cencori_nb.errors import KeyInPromptError
+
+    schema: Any = {
+        "description": {
+            "type": "object",
+            "properties": {"a": {"type": "string", "description": "use " + KEY}},
+        },
+        "title": {"title": KEY, "type": "object", "properties": {"a": {"type": "string"}}},
+        "property": {"type": "object", "properties": {KEY: {"type": "string"}}},
+        "enum": {"type": "object", "properties": {"a": {"type": "string", "enum": ["x", KEY]}}},
+        "pydantic": create_model("M", a=(str, Field(description=KEY))),
+    }[where]
+    keys.set("openai", KEY)
+    sent: list[bytes] = []
+    transport.set_transport(_answering('{"a": "x"}', sent))
+    try:
+        with pytest.raises(KeyInPromptError, match="schema") as info:
+            cencori_nb.chat("hi", model="gpt-4o-mini", schema=schema, cache=False)
+        assert find(str(info.value), {"openai": KEY}) == []
+        df = cencori_nb.map(["a"], model="gpt-4o-mini", schema=schema, progress=False)
+        assert find(df.to_csv(), {"openai": KEY}) == []
+        with pytest.raises(KeyInPromptError):
+            cencori_nb.submit(["a"], model="gpt-4o-mini", schema=schema, max_tokens=5)
+    finally:
+        transport.set_transport(None)
+    assert sent == []
+    assert find(all_bytes_under(jobs_dir()), {"openai": KEY}) == []
