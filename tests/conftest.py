@@ -296,7 +296,12 @@ def _sandbox_session() -> Iterator[object]:
 @pytest.fixture
 def sandbox(_sandbox_session: object) -> object:
     """The running session :class:`SandboxServer`, reset (counters, rate windows, fault RNG,
-    wallet, latency) before each test. ``sandbox.url`` is its base URL."""
+    wallet, latency) before each test. ``sandbox.url`` is its base URL.
+
+    An earlier test's answers still due (its client killed mid-request; the sandbox answers
+    ``latency_ms`` later all the same) are given before the reset: counted there, they
+    would show up in this test's ``stats`` as answers nobody here asked for."""
+    assert _sandbox_session.wait_until_answered(), "an earlier test's request never ended"  # type: ignore[attr-defined]
     _sandbox_session.reset()  # type: ignore[attr-defined]
     return _sandbox_session
 

@@ -27,6 +27,7 @@ import copy
 import logging
 import secrets
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
@@ -204,6 +205,9 @@ class SandboxServer:
         self._thread: threading.Thread | None = None
         self._stop_event: asyncio.Event | None = None
         self._conns: set[HttpProtocol] = set()
+        # requests being handled that are not counted yet (their answer is still to come,
+        # e.g. held by latency_ms for a client that has died): see wait_until_answered
+        self._uncounted: set[int] = set()
         self.url: str | None = None
 
     # --- public API ---------------------------------------------------------------------
@@ -229,6 +233,19 @@ class SandboxServer:
 
     def set_balance(self, usd: Decimal | str | int | float) -> Decimal:
         return self.wallet.set(usd)
+
+    def wait_until_answered(self, timeout: float = 30.0) -> bool:
+        """Wait until every request received so far is counted in ``stats`` (answered, or
+        given up as a ``timeout`` fault); False if some still are not after ``timeout``.
+        Call it before :meth:`reset` so an answer still due to an earlier client (one
+        killed mid-request: the answer follows ``latency_ms`` later all the same) is not
+        counted after the reset, as if a later client had asked for it."""
+        deadline = time.monotonic() + timeout
+        while self._uncounted:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     def reset(self) -> None:
         """Back to the constructor's state: counters, rate windows, fault RNG, balance,
@@ -394,7 +411,8 @@ class SandboxServer:
         else:
             fault = self.faults.draw() if handler == "chat" else None
         ex = Exchange(self, req, resp, route, fault)
-        resp.on_head = lambda status: self._stats.record(
+        self._uncounted.add(id(ex))
+        resp.on_head = lambda status: self._record(
             ex, f"{status}-cut" if status == 200 and fault == "truncate" else str(status)
         )
         try:
@@ -419,6 +437,12 @@ class SandboxServer:
                 )
             else:
                 resp.close()
+        finally:
+            self._uncounted.discard(id(ex))
+
+    def _record(self, ex: Exchange, status: str) -> None:
+        self._stats.record(ex, status)
+        self._uncounted.discard(id(ex))
 
     async def _guarded(self, work: Any, req: Request, resp: Responder) -> None:
         """Run a handler; a sandbox bug answers 500, never something that looks real."""
@@ -442,7 +466,7 @@ class SandboxServer:
 
     def record_timeout(self, ex: Exchange) -> None:
         """Count a request the ``timeout`` fault will never answer."""
-        self._stats.record(ex, "timeout")
+        self._record(ex, "timeout")
 
     def _route(self, req: Request) -> tuple[str, str, Door]:
         """``(route label, "chat"|"models", door)``; ``HttpError`` 404/405 otherwise."""

@@ -188,6 +188,36 @@ def test_latency_is_applied_before_the_answer():
     assert int(r.headers["openai-processing-ms"]) >= 40
 
 
+def test_an_answer_due_to_a_dead_client_is_counted_before_a_reset():
+    """A client sends a request and dies while ``latency_ms`` holds the answer: the sandbox
+    answers all the same, later, and counts it then. ``wait_until_answered`` waits for that,
+    so the ``reset`` the ``sandbox`` fixture does next starts the next test's counters at
+    zero (without it, a killed child's answer from one test of test_money_faults.py was
+    counted in the next test, as an answer nobody there had asked for)."""
+    import time
+
+    server = SandboxServer(latency_ms=300)
+    with server as url:
+        host, port = url.removeprefix("http://").split(":")
+        body = json.dumps(chat_body("a question whose asker dies")).encode()
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(
+                b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                b"Authorization: Bearer " + KEY.encode() + b"\r\n"
+                b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+            )
+            deadline = time.monotonic() + 10
+            while not server._uncounted:  # received, its answer held by the latency
+                assert time.monotonic() < deadline, "the sandbox never got the request"
+                time.sleep(0.005)
+        assert server.stats["requests"] == 0  # the asker is gone, the answer not given yet
+        assert server.wait_until_answered()
+        assert server.stats["requests"] == 1 and server.stats["statuses"] == {"200": 1}
+        server.reset()
+        assert server.stats["requests"] == 0
+        assert server.wait_until_answered()  # nothing more to come
+
+
 # --- rate limits ---------------------------------------------------------------------------
 
 
