@@ -910,7 +910,7 @@ def settle(
     version = quote.version
     if batch:
         provider_cost = pricing.batch_price(completion.provider, provider_cost)
-        version += " (batch price)"
+        version += pricing.BATCH_PRICE_VERSION_SUFFIX
     if provider_cost is None:
         provider_cost = completion.provider_cost_usd  # a price the caller already had
     if completion.gateway_cache in ("HIT", "SEMANTIC-HIT"):

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BATCH_PRICE_FACTOR",
+    "BATCH_PRICE_VERSION_SUFFIX",
     "PROVIDER_IDS",
     "PriceQuote",
     "batch_price",
@@ -191,6 +192,11 @@ BATCH_PRICE_FACTOR: dict[str, Decimal] = {
     "anthropic": Decimal("0.5"),
     "google": Decimal("0.5"),
 }
+
+
+# Appended to a ledger row's price_version when it was recorded at the batch price: how
+# compare_costs tells rows already discounted (provider batch jobs) from live ones.
+BATCH_PRICE_VERSION_SUFFIX = " (batch price)"
 
 
 def batch_price(provider: str, list_price: Decimal | None) -> Decimal | None:

@@ -226,7 +226,7 @@ def spend(
 
 def _workload_rows(workload: Any, since: Any, project: str | None) -> list[dict[str, Any]]:
     """Normalise the workload into dicts with exact (Decimal) provider costs."""
-    if workload is None or (isinstance(workload, str) and workload == "ledger"):
+    if _is_ledger(workload):
         led = default_ledger()
         source, params = _daily_source(since, project)
         rows = led.query(
@@ -318,6 +318,7 @@ def compare_costs(
     plan_fee_usd: Decimal | float | None = None,
     since: Any = "30d",
     project: str | None = None,
+    include_batch: bool = False,
 ) -> Any:
     """Is BYOK or managed cheaper for this work? One row per model, monthly amounts in USD.
 
@@ -336,8 +337,13 @@ def compare_costs(
     workload), ``vercel_byok_usd`` (no markup), ``cloudflare_credits_usd`` (no markup, 5% on
     the credits bought). With ``plan_fee_usd`` (a monthly plan that makes BYOK cheaper):
     ``break_even_requests`` / ``break_even_tokens``, the monthly volume (whole, rounded up) at
-    which that model's savings pay the plan (inf if BYOK never saves). ``frame.attrs["totals"]``
-    holds the sums and the workload's own break-even multiple.
+    which that model's savings pay the plan (inf if BYOK never saves). With ``include_batch``
+    (opt-in): ``batch_usd``, what the same work costs through the provider's Batch API with
+    your own key (:func:`cencori_nb.pricing.batch_price` of the provider cost, the rule
+    :mod:`cencori_nb.jobs` bills by; NaN for a provider without a Batch API). Ledger rows a
+    batch job recorded are already at the batch price and count as recorded, not discounted
+    again. ``frame.attrs["totals"]`` holds the sums (``batch_usd`` too, over the rows that
+    have one) and the workload's own break-even multiple.
     """
     import pandas as pd
 
@@ -351,6 +357,11 @@ def compare_costs(
     markup = Decimal(str(markup_pct)) if markup_pct is not None else s.markup_pct
     plan = Decimal(str(plan_fee_usd)) if plan_fee_usd is not None else None
     rows = _workload_rows(workload_or_usage, since, project)
+    recorded_batch = (
+        _recorded_at_batch_price(since, project)
+        if include_batch and _is_ledger(workload_or_usage)
+        else {}
+    )
     total_requests = sum(r["requests"] for r in rows)
     waived_share = (
         Decimal(0)
@@ -364,6 +375,8 @@ def compare_costs(
         "managed_charge_usd": Decimal(0),
         "byok_total_usd": Decimal(0),
     }
+    if include_batch:
+        totals["batch_usd"] = Decimal(0)
     for r in rows:
         cost: Decimal | None = r["provider_cost"]
         rec: dict[str, Any] = {
@@ -401,6 +414,12 @@ def compare_costs(
             rec["cloudflare_credits_usd"] = (
                 None if cost is None else cost * (1 + CLOUDFLARE_CREDIT_FEE_PCT / 100)
             )
+        if include_batch:
+            already = recorded_batch.get((r["provider"], r["model"]), Decimal(0))
+            live_part = None if cost is None else pricing.batch_price(r["provider"], cost - already)
+            rec["batch_usd"] = None if live_part is None else live_part + already
+            if rec["batch_usd"] is not None:
+                totals["batch_usd"] += rec["batch_usd"]
         if plan is not None:
             tokens = r["input_tokens"] + r["output_tokens"]
             if savings is None:
@@ -419,7 +438,9 @@ def compare_costs(
             rec["plan_fee_usd"] = plan
         records.append(rec)
 
-    frame = pd.DataFrame.from_records(records, columns=_compare_columns(include_peers, plan))
+    frame = pd.DataFrame.from_records(
+        records, columns=_compare_columns(include_peers, plan, include_batch)
+    )
     money = [c for c in frame.columns if c.endswith("_usd")]
     for col in money:
         frame[col] = [math.nan if v is None else float(v) for v in frame[col]]
@@ -441,7 +462,28 @@ def compare_costs(
     return frame
 
 
-def _compare_columns(include_peers: bool, plan: Decimal | None) -> list[str]:
+def _is_ledger(workload: Any) -> bool:
+    return workload is None or (isinstance(workload, str) and workload == "ledger")
+
+
+def _recorded_at_batch_price(since: Any, project: str | None) -> dict[tuple[str, str], Decimal]:
+    """``{(provider, model): provider cost}`` of the ok ledger rows since ``since`` that a
+    provider batch job recorded (already at the batch price: their ``price_version`` ends
+    with :data:`cencori_nb.pricing.BATCH_PRICE_VERSION_SUFFIX`). Read from ``requests``:
+    the daily rollup does not keep the price version."""
+    where, params = default_ledger().where(since=since, project=project)
+    rows = default_ledger().query(
+        "SELECT provider, COALESCE(model, model_requested, ''), SUM(provider_cost_pusd) "  # noqa: S608
+        f"FROM requests WHERE {where} AND status = 'ok' AND price_version LIKE ? "
+        "GROUP BY 1, 2",
+        [*params, "%" + pricing.BATCH_PRICE_VERSION_SUFFIX],
+    )
+    return {(p, m): Decimal(int(c)) / PUSD for p, m, c in rows if c is not None}
+
+
+def _compare_columns(
+    include_peers: bool, plan: Decimal | None, include_batch: bool = False
+) -> list[str]:
     cols = [
         "provider",
         "model",
@@ -459,4 +501,6 @@ def _compare_columns(include_peers: bool, plan: Decimal | None) -> list[str]:
         cols += ["openrouter_byok_usd", "vercel_byok_usd", "cloudflare_credits_usd"]
     if plan is not None:
         cols += ["plan_fee_usd", "break_even_requests", "break_even_tokens"]
+    if include_batch:
+        cols.append("batch_usd")
     return cols

@@ -9,10 +9,13 @@ from decimal import Decimal
 import pandas as pd
 import pytest
 
-from cencori_nb import reports
+from cencori_nb import pricing, reports
+from cencori_nb.accounting import settle
 from cencori_nb.errors import ConfigurationError
+from cencori_nb.jobs.job import client_id
 from cencori_nb.ledger import LedgerRow, default_ledger
 from cencori_nb.settings import update_settings
+from cencori_nb.types import Completion
 
 NOW = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
 TODAY = NOW.replace(hour=0)
@@ -342,6 +345,101 @@ def test_compare_costs_accepts_a_dataframe_and_default_requests() -> None:
     assert frame["provider_cost_usd"].iloc[0] == pytest.approx(0.0125 + 0.001)
     with pytest.raises(ConfigurationError, match="model"):
         reports.compare_costs([{"input_tokens": 1}])
+
+
+def test_compare_costs_batch_column_is_the_jobs_batch_rule() -> None:
+    """include_batch: openai gpt-4o-mini's batch_usd is pricing.batch_price of the provider
+    cost (half: $0.15 + $0.30 → $0.225); mistral has no Batch API → NaN, out of the total."""
+    work = [
+        {
+            "model": "gpt-4o-mini",
+            "provider": "openai",
+            "input_tokens": 1_000_000,
+            "output_tokens": 500_000,
+            "requests": 1000,
+        },
+        {
+            "model": "mistral-small-latest",
+            "provider": "mistral",
+            "input_tokens": 1_000_000,
+            "output_tokens": 0,
+            "requests": 1000,
+        },
+    ]
+    frame = reports.compare_costs(work, include_batch=True)
+    mini, mistral = frame.iloc[0], frame.iloc[1]
+    assert mini["provider_cost_usd"] == 0.45
+    assert pricing.batch_price("openai", Decimal("0.45")) == Decimal("0.225")
+    assert mini["batch_usd"] == 0.225
+    assert mistral["provider_cost_usd"] == 0.15
+    assert math.isnan(mistral["batch_usd"])
+    assert frame.attrs["totals"]["batch_usd"] == 0.225
+    assert list(frame.columns)[-1] == "batch_usd"
+
+
+def test_compare_costs_without_include_batch_is_unchanged() -> None:
+    """include_batch=False (the default): the columns and totals are exactly as before."""
+    work = [
+        {"model": "gpt-4o-mini", "provider": "openai", "input_tokens": 1000, "output_tokens": 0}
+    ]
+    for kw in ({}, {"include_peers": False}, {"plan_fee_usd": 49}):
+        plain = reports.compare_costs(work, **kw)  # type: ignore[arg-type]
+        off = reports.compare_costs(work, include_batch=False, **kw)  # type: ignore[arg-type]
+        pd.testing.assert_frame_equal(plain, off)
+        assert "batch_usd" not in plain.columns and "batch_usd" not in plain.attrs["totals"]
+        with_batch = reports.compare_costs(work, include_batch=True, **kw)  # type: ignore[arg-type]
+        assert list(with_batch.columns) == [*plain.columns, "batch_usd"]
+    assert list(reports.compare_costs(work).columns) == [
+        "provider",
+        "model",
+        "requests",
+        "input_tokens",
+        "output_tokens",
+        "provider_cost_usd",
+        "managed_charge_usd",
+        "byok_fee_usd",
+        "byok_total_usd",
+        "savings_usd",
+        "cheaper",
+        "openrouter_byok_usd",
+        "vercel_byok_usd",
+        "cloudflare_credits_usd",
+    ]
+
+
+def test_compare_costs_batch_does_not_discount_batch_job_rows_again() -> None:
+    """From the ledger: a live row is halved; a row a batch job recorded (settle(batch=True),
+    as cencori_nb.jobs records them) is already at the batch price and counts as recorded."""
+    update_settings(byok_policy="zero")
+
+    def completion(request_id: str, client_id: str) -> Completion:
+        return Completion(
+            text="hi",
+            model="gpt-4o-mini",
+            provider="openai",
+            route="byok",
+            input_tokens=1_000_000,
+            output_tokens=500_000,
+            request_id=request_id,
+            model_requested="gpt-4o-mini",
+            credential_source="keystore:openai",
+            client_id=client_id,
+        )
+
+    settle(completion("live-1", "live-1"))
+    settle(completion("", client_id("job_x", 0, 0)), batch=True)
+    rows = {r.request_id: r for r in default_ledger().rows()}
+    assert rows["live-1"].provider_cost_usd == Decimal("0.45")
+    batch_row = next(r for r in rows.values() if r.request_id != "live-1")
+    assert batch_row.provider_cost_usd == Decimal("0.225")
+    frame = reports.compare_costs(include_batch=True)
+    row = frame.iloc[0]
+    assert row["requests"] == 2
+    assert row["provider_cost_usd"] == 0.675  # 0.45 live + 0.225 recorded at batch price
+    assert row["batch_usd"] == 0.45  # 0.45 / 2 (live, discounted) + 0.225 (batch, as is)
+    assert frame.attrs["totals"]["batch_usd"] == 0.45
+    # the same rows read with a since inside today go through the raw-rows path too
+    assert reports.compare_costs(since="1h", include_batch=True)["batch_usd"].iloc[0] == 0.45
 
 
 def test_spend_since_mid_day_reads_the_partial_day_from_rows(synthetic: list[LedgerRow]) -> None:
