@@ -77,7 +77,7 @@ from .errors import (
     SchemaMismatchError,
 )
 from .ledger import Ledger, LedgerRow, default_ledger, new_client_id
-from .options import ChatOptions, parse_max_cost
+from .options import ChatOptions
 from .providers import get_provider
 from .redact import (
     StreamRedactor,
@@ -87,7 +87,6 @@ from .redact import (
     registered_secrets,
     remove_stored_keys,
 )
-from .schemas import as_schema
 from .state import on_reset, recheck
 from .tokens import estimate_messages_tokens, estimate_tokens
 from .types import ChatRequest, Completion, Message
@@ -589,7 +588,7 @@ def chat(
     :class:`~cencori_nb.errors.RefusalError`. Both carry the recorded answer as
     ``.completion``.
     """
-    options = ChatOptions(
+    options = ChatOptions.from_arguments(
         model=model,
         provider=provider,
         route=route,
@@ -599,8 +598,8 @@ def chat(
         project=project,
         cache=cache,
         retries=retries,
-        max_cost_usd=parse_max_cost(max_cost_usd),
-        schema=None if schema is None else as_schema(schema),
+        max_cost_usd=max_cost_usd,
+        schema=schema,
     )
     request = options.request(prompt_or_messages)
     return _chat_structured(request, options.retries)
@@ -802,7 +801,7 @@ async def achat(
     schema: Any = None,
 ) -> Completion:
     """The async twin of :func:`chat` (on the running loop's shared connection pool)."""
-    options = ChatOptions(
+    options = ChatOptions.from_arguments(
         model=model,
         provider=provider,
         route=route,
@@ -812,8 +811,8 @@ async def achat(
         project=project,
         cache=cache,
         retries=retries,
-        max_cost_usd=parse_max_cost(max_cost_usd),
-        schema=None if schema is None else as_schema(schema),
+        max_cost_usd=max_cost_usd,
+        schema=schema,
     )
     request = options.request(prompt_or_messages)
     return await _achat_structured(request, options.retries)
@@ -1202,7 +1201,7 @@ def stream(
     the end; an answer that does not match raises
     :class:`~cencori_nb.errors.SchemaMismatchError` when the stream ends (it is not retried:
     its text was already shown; :func:`chat` retries once)."""
-    options = ChatOptions(
+    options = ChatOptions.from_arguments(
         model=model,
         provider=provider,
         route=route,
@@ -1212,8 +1211,8 @@ def stream(
         project=project,
         cache=cache,
         retries=retries,
-        max_cost_usd=parse_max_cost(max_cost_usd),
-        schema=None if schema is None else as_schema(schema),
+        max_cost_usd=max_cost_usd,
+        schema=schema,
     )
     request = options.request(prompt_or_messages, stream=True)
     return ChatStream(request, options.retries)
@@ -1317,7 +1316,7 @@ def astream(
     schema: Any = None,
 ) -> AsyncChatStream:
     """Async streaming: ``async for delta in astream(...)``; then ``.completion``."""
-    options = ChatOptions(
+    options = ChatOptions.from_arguments(
         model=model,
         provider=provider,
         route=route,
@@ -1327,8 +1326,8 @@ def astream(
         project=project,
         cache=cache,
         retries=retries,
-        max_cost_usd=parse_max_cost(max_cost_usd),
-        schema=None if schema is None else as_schema(schema),
+        max_cost_usd=max_cost_usd,
+        schema=schema,
     )
     request = options.request(prompt_or_messages, stream=True)
     return AsyncChatStream(request, options.retries)

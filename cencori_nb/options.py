@@ -80,6 +80,25 @@ class ChatOptions:
     # schema= (normalised by cencori_nb.schemas.as_schema): the answer must be JSON of it
     schema: Schema | None = None
 
+    @classmethod
+    def from_arguments(
+        cls,
+        *,
+        max_cost_usd: Decimal | float | str | None = None,
+        schema: Any = None,
+        **options: Any,
+    ) -> ChatOptions:
+        """The options from a public function's keyword arguments, as the user gave them:
+        ``max_cost_usd`` parsed (:func:`parse_max_cost`) and ``schema`` normalised
+        (:func:`cencori_nb.schemas.as_schema`), here once for every public function."""
+        from .schemas import as_schema  # here: schemas imports pydantic, only when used
+
+        return cls(
+            max_cost_usd=parse_max_cost(max_cost_usd),
+            schema=None if schema is None else as_schema(schema),
+            **options,
+        )
+
     @property
     def deterministic(self) -> bool:
         """Temperature 0 or unset: the same prompt gets the same answer (cacheable)."""

@@ -29,8 +29,7 @@ from ..errors import (
     RefusalError,
     SchemaMismatchError,
 )
-from ..options import ChatOptions, parse_max_cost
-from ..schemas import as_schema
+from ..options import ChatOptions
 from .checkpoint import Checkpoint, batch_id, from_json, row_key
 from .cost import estimate_rows, usd
 from .params import AChat, BatchOptions, Prompt, empty_reason, normalise
@@ -510,7 +509,7 @@ async def amap(
     ``CancelledError``; finished rows stay recorded (ledger, checkpoint).
     """
     options = BatchOptions(
-        ChatOptions(
+        ChatOptions.from_arguments(
             model=model,
             provider=provider,
             route=route,
@@ -520,8 +519,8 @@ async def amap(
             project=project,
             cache=bool(cache),
             retries=0,
-            max_cost_usd=parse_max_cost(max_cost_usd),
-            schema=None if schema is None else as_schema(schema),
+            max_cost_usd=max_cost_usd,
+            schema=schema,
         ),
         concurrency=concurrency,
         retries=transport.DEFAULT_RETRIES if retries is None else retries,
@@ -617,7 +616,7 @@ def map(
             hint="Use `await cencori_nb.amap(...)` in async code.",
         )
     options = BatchOptions(
-        ChatOptions(
+        ChatOptions.from_arguments(
             model=model,
             provider=provider,
             route=route,
@@ -627,8 +626,8 @@ def map(
             project=project,
             cache=bool(cache),
             retries=0,
-            max_cost_usd=parse_max_cost(max_cost_usd),
-            schema=None if schema is None else as_schema(schema),
+            max_cost_usd=max_cost_usd,
+            schema=schema,
         ),
         concurrency=concurrency,
         retries=transport.DEFAULT_RETRIES if retries is None else retries,
