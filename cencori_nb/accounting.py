@@ -150,19 +150,25 @@ def charge_for(
 ) -> Decimal | None:
     """What the Cencori wallet is charged for a request (None when it cannot be priced)."""
     s = settings or load_settings()
-    markup = Decimal(1) + Decimal(s.markup_pct) / 100
     if route == "managed":
         if gateway_cost is not None:
             return Decimal(gateway_cost)
-        return None if provider_cost is None else provider_cost * markup
+        return None if provider_cost is None else provider_cost * _markup(s)
     # BYOK
     if s.byok_policy == "zero":
-        return Decimal(0)
+        return _ZERO
     if provider_cost is None:
         return None
     if s.byok_policy == "percent":
         return provider_cost * Decimal(s.byok_fee_pct) / 100
-    return provider_cost * markup  # "managed": the full managed charge
+    return provider_cost * _markup(s)  # "managed": the full managed charge
+
+
+_ZERO = Decimal(0)
+
+
+def _markup(s: Settings) -> Decimal:
+    return Decimal(1) + Decimal(s.markup_pct) / 100
 
 
 def is_test_key(key: str | None) -> bool:

@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .state import env as _env
+
 ENV_HOME = "CENCORI_NB_HOME"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -42,7 +44,7 @@ def home_dir() -> Path:
     building a ``Path`` is not free); changing the variable is noticed at the next call.
     """
     global _home_memo
-    env = os.environ.get(ENV_HOME)
+    env = _env(ENV_HOME)
     memo = _home_memo
     if memo is not None and memo[0] == env:
         return memo[1]

@@ -102,8 +102,14 @@ def from_pusd(pusd: int | None) -> Decimal | None:
 
 
 def new_client_id() -> str:
-    """A fresh id for one request's ledger row (what rows are unique on; 32 hex chars)."""
-    return uuid.uuid4().hex
+    """A fresh id for one request's ledger row (what rows are unique on; 32 hex chars).
+
+    A random (version 4) UUID's hex, as ``uuid.uuid4().hex`` writes it, without building
+    the ``UUID`` object (a fifth of the cost; one or two per request)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    return raw.hex()
 
 
 def now_ms() -> int:
@@ -293,9 +299,15 @@ _COLUMN_DEFAULTS: dict[str, Any] = {"member": "", "image_tokens": 0}
 
 
 def _member() -> str:
-    from .settings import current_member  # here: settings is heavier than this module
+    global _current_member
+    if _current_member is None:
+        from .settings import current_member  # here: settings imports more than this module
 
-    return current_member()
+        _current_member = current_member
+    return _current_member()
+
+
+_current_member: Callable[[], str] | None = None  # settings.current_member, once imported
 
 
 def _params_from(row: dict[str, Any]) -> tuple[Any, ...]:

@@ -197,6 +197,11 @@ state.on_reset("settings", _forget)
 
 
 def _load_file() -> Settings:
+    return _read_file()[0]
+
+
+def _read_file() -> tuple[Settings, Any, state.FileWatch]:
+    """The file's settings, its signature when read and its watch."""
     global _cache
     _home, path, watch = _config()
     try:
@@ -208,10 +213,10 @@ def _load_file() -> Settings:
             path=path,
         ) from None
     if sig is None:
-        return _DEFAULTS
+        return _DEFAULTS, None, watch
     cached = _cache
     if cached is not None and cached[0] is path and cached[1] == sig:
-        return cached[2]
+        return cached[2], sig, watch
     try:
         raw = json.loads(path.read_bytes())
     except ValueError as exc:  # also bytes that are not UTF-8
@@ -233,24 +238,54 @@ def _load_file() -> Settings:
             path=path,
         ) from None
     _cache = (path, sig, settings)
-    return settings
+    return settings, sig, watch
+
+
+# The last answer of load_settings(), with the watch of the file it was read from and that
+# file's signature then: while the signature is the same (looked at by the one-second rule;
+# at once after this process's own save) and none of the variables it depends on changed
+# (the registry drops it at the state.check() below), it is the answer. load_settings()
+# runs a few times per request; this is a check of the environment and a signature.
+_last: tuple[state.FileWatch, Any, Settings] | None = None
+
+
+def _forget_last() -> None:
+    global _last
+    _last = None
+
+
+state.on_reset("settings.last", _forget_last, env=(state.ENV_HOME, ENV_PROJECT, ENV_SANDBOX))
 
 
 def load_settings() -> Settings:
     """The current settings, file values overridden by ``CENCORI_NB_PROJECT`` / ``_SANDBOX``."""
-    global _overlaid
-    base = _load_file()
-    env_project = os.environ.get(ENV_PROJECT)
-    env_sandbox = os.environ.get(ENV_SANDBOX)
+    state.check()
+    last = _last
+    if last is not None:
+        try:
+            if last[0].signature() == last[1]:
+                return last[2]
+        except OSError:
+            pass  # the full read says what is wrong with the file
+    return _load_settings()
+
+
+def _load_settings() -> Settings:
+    global _overlaid, _last
+    base, sig, watch = _read_file()
+    env_project = state.env(ENV_PROJECT)
+    env_sandbox = state.env(ENV_SANDBOX)
     memo = _overlaid
     if memo is not None and memo[0] is base and memo[1] == env_project and memo[2] == env_sandbox:
-        return memo[3]
-    settings = base
-    if env_project:
-        settings = replace(settings, project=env_project)
-    if env_sandbox:
-        settings = replace(settings, sandbox_url=env_sandbox.rstrip("/"))
-    _overlaid = (base, env_project, env_sandbox, settings)
+        settings = memo[3]
+    else:
+        settings = base
+        if env_project:
+            settings = replace(settings, project=env_project)
+        if env_sandbox:
+            settings = replace(settings, sandbox_url=env_sandbox.rstrip("/"))
+        _overlaid = (base, env_project, env_sandbox, settings)
+    _last = (watch, sig, settings)
     return settings
 
 
@@ -324,12 +359,14 @@ def current_project(explicit: str | None = None) -> str:
 _member_memo: tuple[str | None, Settings, str] | None = None
 
 
-def current_member() -> str:
+def current_member(settings: Settings | None = None) -> str:
     """Who is making requests, as written on each ledger row: ``CENCORI_NB_MEMBER``, else
-    the ``member`` setting, else the OS user and host (``ana@laptop``)."""
+    the ``member`` setting, else the OS user and host (``ana@laptop``). ``settings``: the
+    current ones when the caller has them already (:func:`load_settings` by default)."""
     global _member_memo
-    env = os.environ.get(ENV_MEMBER)
-    settings = load_settings()
+    env = state.env(ENV_MEMBER)
+    if settings is None:
+        settings = load_settings()
     memo = _member_memo
     if memo is not None and memo[0] == env and memo[1] is settings:
         return memo[2]

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -74,6 +75,7 @@ __all__ = [
     "Registry",
     "Slot",
     "check",
+    "env",
     "generation",
     "now",
     "on_reset",
@@ -113,6 +115,22 @@ if os.name == "posix" and isinstance(_environ_data, dict):
 else:  # pragma: no cover - Windows
     _env_get = os.environ.get
     _env_key = str
+_FS_ENCODING = sys.getfilesystemencoding()
+_env_keys: dict[str, Any] = {}  # variable name -> its key in the environment's dict
+
+
+def env(name: str) -> str | None:
+    """``os.environ.get(name)``, read from the environment's own dict: the one way this
+    package reads its ``CENCORI_NB_*`` variables on a request's path (several a request;
+    ``os.environ.get`` costs four Python-level calls each). Always the current value: a
+    change made with ``os.environ[...] = ...`` is seen by the next read."""
+    key = _env_keys.get(name)
+    if key is None:
+        key = _env_keys[name] = _env_key(name)
+    value = _env_get(key)
+    if value is None or value.__class__ is str:  # pragma: no branch - str on Windows
+        return value
+    return value.decode(_FS_ENCODING, "surrogateescape")
 
 
 class _Entry:

@@ -630,3 +630,17 @@ def test_journals_of_this_and_older_versions_are_reclaimed(private_home: Path) -
     ]
     assert all(r.cost_usd is not None and r.cost_usd > 0 for r in rows)  # priced
     assert list(inflight.glob("*.jsonl")) == []
+
+
+def test_client_ids_are_random_version_4_uuids_in_hex() -> None:
+    """new_client_id writes what uuid.uuid4().hex writes (rows are unique on it)."""
+    import uuid
+
+    from cencori_nb.ledger import new_client_id
+
+    ids = {new_client_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for cid in ids:
+        parsed = uuid.UUID(cid)
+        assert parsed.hex == cid and parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122

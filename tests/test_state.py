@@ -690,3 +690,24 @@ def test_an_async_stream_across_a_home_change_settles_in_the_home_it_began_in(
 
     asyncio.run(run())
     _assert_settled_in_a_only(home_a, home_b, "ok" if ending == "read" else "interrupted")
+
+
+# --------------------------------------------------------------------------- state.env
+
+
+def test_env_reads_what_os_environ_holds_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """state.env, the package's fast read of a variable, answers as os.environ.get after
+    every kind of change (monkeypatch, os.environ, os.environb, a value that is not UTF-8)."""
+    name = "CENCORI_NB_TEST_ENV_READ"
+    monkeypatch.delenv(name, raising=False)
+    assert state.env(name) is None
+    monkeypatch.setenv(name, "one")
+    assert state.env(name) == "one"
+    os.environ[name] = "ünïcode ✓"
+    assert state.env(name) == os.environ.get(name) == "ünïcode ✓"
+    os.environb[os.fsencode(name)] = b"\xff-not-utf8"
+    assert state.env(name) == os.environ.get(name)
+    os.environ[name] = ""
+    assert state.env(name) == ""
+    del os.environ[name]
+    assert state.env(name) is None
