@@ -1,6 +1,9 @@
 """The pooled HTTP clients every request goes out on, their timeouts and limits.
 
-- **Pooling**: one ``httpx2.Client`` per process (a forked child builds its own) and one
+- **Pooling**: one sync sender per process (a forked child builds its own): httpcore2's
+  pool driven directly (:mod:`.direct`, the lighter half of httpx2), or an
+  ``httpx2.Client`` when the environment names a proxy or a test injected a transport;
+  one ``httpx2.Client`` per process for callers that want a client, and one
   ``httpx2.AsyncClient`` per event loop (an ``AsyncClient`` is bound to the loop that opened
   its connections; it is closed when that loop shuts down), keep-alive on, limits sized for
   about a hundred concurrent requests. On a loop registered with :func:`use_aiohttp_on`
@@ -22,7 +25,7 @@ import os
 import threading
 import weakref
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import state
 from ..errors import ConfigurationError
@@ -31,7 +34,15 @@ from .logs import install_log_redaction
 if TYPE_CHECKING:
     import httpx2
 
-__all__ = ["get_async_client", "get_client", "read_timeout", "set_transport", "use_aiohttp_on"]
+__all__ = [
+    "Sender",
+    "get_async_client",
+    "get_client",
+    "get_sender",
+    "read_timeout",
+    "set_transport",
+    "use_aiohttp_on",
+]
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
@@ -40,9 +51,21 @@ MAX_KEEPALIVE = 100
 KEEPALIVE_EXPIRY = 30.0
 USER_AGENT = "cencori-nb/0.1.0"
 
+
+
+class Sender(Protocol):
+    """What :func:`~cencori_nb.transport.send` sends with: ``httpx2.Client.send``'s shape."""
+
+    def send(self, request: httpx2.Request, *, stream: bool = False) -> httpx2.Response: ...
+
+    def close(self) -> None: ...
+
+
 _lock = threading.Lock()
 _client: httpx2.Client | None = None
 _client_pid = 0
+_sender: Sender | None = None
+_sender_pid = 0
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx2.AsyncClient] = (
     weakref.WeakKeyDictionary()
 )
@@ -75,11 +98,17 @@ def read_timeout() -> float:
     return value
 
 
+def _timeout() -> httpx2.Timeout:
+    import httpx2
+
+    return httpx2.Timeout(read_timeout(), connect=CONNECT_TIMEOUT)
+
+
 def _client_options() -> dict[str, Any]:
     import httpx2
 
     return {
-        "timeout": httpx2.Timeout(read_timeout(), connect=CONNECT_TIMEOUT),
+        "timeout": _timeout(),
         "limits": httpx2.Limits(
             max_connections=MAX_CONNECTIONS,
             max_keepalive_connections=MAX_KEEPALIVE,
@@ -110,6 +139,52 @@ def _make_client() -> httpx2.Client:
             _client = httpx2.Client(transport=_transport, **_client_options())
             _client_pid = os.getpid()
         return _client
+
+
+def get_sender() -> Sender:
+    """The process-wide sender of sync requests (created on first use, one per process).
+
+    httpcore2's pool driven directly (:class:`~.direct.DirectSender`), unless the
+    environment names a proxy (then the ``httpx2.Client`` of :func:`get_client`, whose
+    proxy routing honours ``NO_PROXY``) or a test injected a transport (the same client
+    over it).
+    """
+    state.check()
+    sender = _sender
+    if sender is not None and _sender_pid == os.getpid():
+        return sender
+    return _make_sender()
+
+
+def _make_sender() -> Sender:
+    global _sender, _sender_pid
+    if _transport is not None or _proxy_in_environment():
+        client: Sender = get_client()
+        with _lock:
+            _sender, _sender_pid = client, os.getpid()
+        return client
+    from .direct import DirectSender
+
+    with _lock:
+        if _sender is None or _sender_pid != os.getpid():
+            install_log_redaction()
+            _sender = DirectSender(
+                timeout=_timeout().as_dict(),
+                max_connections=MAX_CONNECTIONS,
+                max_keepalive_connections=MAX_KEEPALIVE,
+                keepalive_expiry=KEEPALIVE_EXPIRY,
+            )
+            _sender_pid = os.getpid()
+        return _sender
+
+
+def _proxy_in_environment() -> bool:
+    """Whether the environment names a proxy httpx2 would use (``HTTP_PROXY``,
+    ``HTTPS_PROXY``, ``ALL_PROXY`` in either case), read when the sender is built, as
+    httpx2 reads it when a client is built."""
+    from urllib.request import getproxies_environment
+
+    return any(scheme != "no" and url for scheme, url in getproxies_environment().items())
 
 
 def get_async_client() -> httpx2.AsyncClient:
@@ -176,9 +251,12 @@ def set_transport(transport: Any = None, *, async_transport: Any = None) -> None
 
 
 def _close_clients() -> None:
-    global _client
+    global _client, _sender
     with _lock:
         client, _client = _client, None
+        sender, _sender = _sender, None
+    if sender is not None and sender is not client and _sender_pid == os.getpid():
+        sender.close()
     if client is not None:
         client.close()
     # Async clients belong to their loops, which close them on shutdown; forget them here

@@ -17,7 +17,7 @@ from ..errors import CencoriError
 from .clock import Clock, current_clock
 from .errors import error_for_status, httpx_errors, map_exception
 from .logs import _ensure_redaction
-from .pool import get_async_client, get_client
+from .pool import Sender, get_async_client, get_sender
 from .retry import DEFAULT_RETRIES, next_wait, should_retry_header
 
 if TYPE_CHECKING:
@@ -54,9 +54,9 @@ def send(
     clock: Clock | None = None,
     map_error: MapError | None = None,
     provider: str | None = None,
-    client: httpx2.Client | None = None,
+    client: Sender | None = None,
 ) -> httpx2.Response:
-    """Send ``request`` on the shared client with bounded retries; return a 2xx/3xx response.
+    """Send ``request`` on the shared sender with bounded retries; return a 2xx/3xx response.
 
     ``stream=True`` returns the response unread (the caller iterates and closes it).
     ``map_error`` (an adapter's ``map_error``) turns an error response into our error; a
@@ -66,7 +66,7 @@ def send(
     clock = clock or current_clock()
     attempts = 1 + (DEFAULT_RETRIES if retries is None else max(0, retries))  # for the log
     _ensure_redaction()
-    http = client or get_client()
+    http = client or get_sender()
     errors = httpx_errors()
     attempt = 0
     while True:

@@ -1,0 +1,183 @@
+"""httpx2's own engine without its client: sync requests straight onto httpcore2's pool.
+
+Why: a ``chat`` spent more client CPU in ``httpx2.Client.send`` and the ``HTTPTransport``
+under it (auth and redirect generators, event hooks, cookie extraction, the request log
+line, httpx2's stream wrappers and content decoders layered per chunk) than in all of its
+own bookkeeping; on this machine the same request sent straight on httpcore2's connection
+pool took about 0.7x the client CPU of ``httpx2.Client.post`` (docs/benchmarks.md, "The
+sync send path"). httpcore2 is what ``httpx2.HTTPTransport`` sends with: the bytes on the
+wire, TLS and the connection pool are the same; this module is a translation, not an HTTP
+implementation. The adapters still build ``httpx2.Request`` objects and read
+``httpx2.Response`` objects.
+
+What it keeps equal to ``httpx2.Client(...).send`` (tests/transport/test_direct.py):
+
+- the request exactly as built (method, URL, headers in order, body): ``Client.send`` adds
+  nothing to a request built outside the client but its timeouts, which are added here
+  from the same values when the request carries none;
+- no redirects followed (the pool's client has ``follow_redirects=False``), no cookies kept
+  (the client's jar is only sent by ``Client.build_request``, which we never use);
+- TLS verification with httpx2's default context (``SSL_CERT_FILE``/``SSL_CERT_DIR``
+  honoured), the same pool limits and keep-alive expiry, HTTP/1.1;
+- the response: status, headers as received, the body decoded by ``httpx2.Response``
+  itself (``Content-Encoding``), ``response.request`` set, streamed bodies read as they
+  arrive and the connection released on close;
+- failures as httpx2's exceptions (the same httpcore2 → httpx2 mapping ``HTTPTransport``
+  applies), so :func:`~cencori_nb.transport.map_exception` names them as before.
+
+Proxies: when the environment names one (``HTTPS_PROXY`` …), :mod:`.pool` keeps the
+``httpx2.Client`` (its proxy routing and ``NO_PROXY`` rules); so do tests that inject a
+transport.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+
+if TYPE_CHECKING:
+    import httpcore2
+
+__all__ = ["DirectSender"]
+
+# httpx2's logger and its INFO line per request, so a notebook that turned on
+# logging.INFO to watch its requests (a common habit with httpx) still sees them; the
+# redaction filter of .logs is on this logger like on every HTTP-stack logger.
+_log = logging.getLogger("httpx2")
+
+
+def _exception_pairs() -> tuple[tuple[type[BaseException], type[httpx2.TransportError]], ...]:
+    """httpcore2's exceptions and the httpx2 ones ``HTTPTransport`` raises for them, the
+    most specific first (a ``ReadTimeout`` is also a ``TimeoutException``)."""
+    import httpcore2
+
+    return (
+        (httpcore2.ConnectTimeout, httpx2.ConnectTimeout),
+        (httpcore2.ReadTimeout, httpx2.ReadTimeout),
+        (httpcore2.WriteTimeout, httpx2.WriteTimeout),
+        (httpcore2.PoolTimeout, httpx2.PoolTimeout),
+        (httpcore2.TimeoutException, httpx2.TimeoutException),
+        (httpcore2.ConnectError, httpx2.ConnectError),
+        (httpcore2.ReadError, httpx2.ReadError),
+        (httpcore2.WriteError, httpx2.WriteError),
+        (httpcore2.NetworkError, httpx2.NetworkError),
+        (httpcore2.ProxyError, httpx2.ProxyError),
+        (httpcore2.UnsupportedProtocol, httpx2.UnsupportedProtocol),
+        (httpcore2.RemoteProtocolError, httpx2.RemoteProtocolError),
+        (httpcore2.LocalProtocolError, httpx2.LocalProtocolError),
+        (httpcore2.ProtocolError, httpx2.ProtocolError),
+    )
+
+
+_PAIRS: tuple[tuple[type[BaseException], type[httpx2.TransportError]], ...] = ()
+_CORE_ERRORS: tuple[type[BaseException], ...] = ()
+
+
+def _translate(exc: BaseException, request: httpx2.Request) -> BaseException:
+    """The httpx2 exception for an httpcore2 one (the exception itself if it is not one)."""
+    for core, ours in _PAIRS:
+        if isinstance(exc, core):
+            return ours(str(exc), request=request)
+    return exc
+
+
+class _BodyStream(httpx2.SyncByteStream):
+    """A streamed body as httpcore2 receives it; closing releases the connection."""
+
+    def __init__(self, response: httpcore2.Response, request: httpx2.Request) -> None:
+        self._response = response
+        self._request = request
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._response.iter_stream()
+        except _CORE_ERRORS as exc:
+            raise _translate(exc, self._request) from exc
+
+    def close(self) -> None:
+        self._response.close()
+
+
+class DirectSender:
+    """Sends ``httpx2.Request`` objects on one ``httpcore2.ConnectionPool``.
+
+    ``timeout`` is httpx2's timeout dict (``connect``, ``read``, ``write``, ``pool``), used
+    for a request that carries none, as ``httpx2.Client.send`` does.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: dict[str, float | None],
+        max_connections: int,
+        max_keepalive_connections: int,
+        keepalive_expiry: float,
+    ) -> None:
+        global _PAIRS, _CORE_ERRORS
+        import httpcore2
+
+        if not _PAIRS:
+            _PAIRS = _exception_pairs()
+            _CORE_ERRORS = tuple(core for core, _ours in _PAIRS)
+        self._timeout = {"timeout": dict(timeout)}
+        self._pool = httpcore2.ConnectionPool(
+            ssl_context=httpcore2.default_ssl_context(_trust_env=True),
+            max_connections=max_connections,
+            max_keepalive_connections=max_keepalive_connections,
+            keepalive_expiry=keepalive_expiry,
+            http1=True,
+            http2=False,
+        )
+
+    def send(self, request: httpx2.Request, *, stream: bool = False) -> httpx2.Response:
+        """Send ``request``; the body is read unless ``stream`` (then the caller closes)."""
+        import httpcore2
+
+        url = request.url
+        extensions: Any = request.extensions
+        if "timeout" not in extensions:
+            extensions = {**extensions, **self._timeout}
+            request.extensions = extensions
+        core = httpcore2.Request(
+            method=request.method,
+            url=httpcore2.URL(
+                scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+            ),
+            headers=request.headers.raw,
+            content=request.read(),  # bytes already for every request we build
+            extensions=extensions,
+        )
+        try:
+            answer = self._pool.handle_request(core)
+            if not stream:
+                try:
+                    body = answer.read()
+                finally:
+                    answer.close()
+        except _CORE_ERRORS as exc:
+            raise _translate(exc, request) from exc
+        response = httpx2.Response(
+            answer.status,
+            headers=answer.headers,
+            stream=_BodyStream(answer, request) if stream else httpx2.ByteStream(body),
+            request=request,
+            extensions=answer.extensions,
+        )
+        if not stream:
+            response.read()  # httpx2 decodes Content-Encoding, as for the client's responses
+        if _log.isEnabledFor(logging.INFO):
+            _log.info(
+                'HTTP Request: %s %s "%s %d %s"',
+                request.method,
+                request.url,
+                response.http_version,
+                response.status_code,
+                response.reason_phrase,
+            )
+        return response
+
+    def close(self) -> None:
+        self._pool.close()
