@@ -6,12 +6,8 @@ server and compares what the server received and what the caller got."""
 from __future__ import annotations
 
 import asyncio
-import gzip
-import http.server
 import socket
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx2
@@ -20,109 +16,7 @@ import pytest
 from cencori_nb import transport
 from cencori_nb.errors import ProviderTimeoutError, ProviderUnavailableError
 from cencori_nb.transport.aio import AiohttpTransport
-
-BODY = b'{"ok":true}'
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    seen: list[dict[str, Any]] = []
-
-    def log_message(self, *args: Any) -> None:  # keep the test output clean
-        return None
-
-    def _record(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        self.seen.append(
-            {
-                "method": self.command,
-                "path": self.path,
-                "headers": [(k.lower(), v) for k, v in self.headers.items()],
-                "body": body,
-            }
-        )
-        return body
-
-    def do_GET(self) -> None:
-        self._answer()
-
-    def do_POST(self) -> None:
-        self._answer()
-
-    def _answer(self) -> None:
-        self._record()
-        kind = self.path.strip("/").split("?")[0]
-        if kind == "gzip":
-            data = gzip.compress(BODY)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Encoding", "gzip")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        elif kind == "redirect":
-            self.send_response(302)
-            self.send_header("Location", "/elsewhere")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-        elif kind == "truncate":
-            self.send_response(200)
-            self.send_header("Content-Length", "100")
-            self.end_headers()
-            self.wfile.write(b'{"partial":')
-            self.wfile.flush()
-            self.close_connection = True
-        elif kind == "slow":
-            time.sleep(1.0)
-            self._ok(BODY)
-        elif kind == "garbage":
-            self.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
-            self.close_connection = True
-        elif kind == "sse":
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            for i in range(3):
-                chunk = f"data: {i}\n\n".encode()
-                self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-                self.wfile.flush()
-                time.sleep(0.3 if i == 0 else 0)
-            self.wfile.write(b"0\r\n\r\n")
-        elif kind == "status":
-            self.send_response(429)
-            self.send_header("Retry-After", "7")
-            self.send_header("Content-Length", str(len(BODY)))
-            self.end_headers()
-            self.wfile.write(BODY)
-        else:
-            self._ok(BODY)
-
-    def _ok(self, data: bytes) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Set-Cookie", "a=1")
-        self.send_header("Set-Cookie", "b=2")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        return None  # a client that hung up on a fault case is the point, not news
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    srv = _Server(("127.0.0.1", 0), _Handler)
-    srv.daemon_threads = True
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+from tests.transport.loopback import BODY, Handler
 
 
 def _request(url: str, **kw: Any) -> httpx2.Request:
@@ -165,10 +59,10 @@ def test_same_bytes_on_the_wire_and_same_answer(server: str) -> None:
     """Method, path and query, every header (none added: no User-Agent, Accept-Encoding)
     and the body reach the server identical; status, headers (a repeated Set-Cookie too)
     and body come back identical."""
-    _Handler.seen.clear()
+    Handler.seen.clear()
     native, aio = _both(lambda: _request(server + "/ok?x=1&y=%2F", content=b'{"q":"\xc3\xa9"}'))
-    assert len(_Handler.seen) == 2
-    a, b = _Handler.seen
+    assert len(Handler.seen) == 2
+    a, b = Handler.seen
     assert (a["method"], a["path"], a["body"]) == (b["method"], b["path"], b["body"])
     assert a["path"] == "/ok?x=1&y=%2F" and a["body"] == b'{"q":"\xc3\xa9"}'
     assert sorted(a["headers"]) == sorted(b["headers"])
@@ -180,9 +74,9 @@ def test_same_bytes_on_the_wire_and_same_answer(server: str) -> None:
 
 
 def test_a_get_without_body_sends_no_body(server: str) -> None:
-    _Handler.seen.clear()
+    Handler.seen.clear()
     native, aio = _both(lambda: _request(server + "/ok", method="GET"))
-    a, b = _Handler.seen
+    a, b = Handler.seen
     assert a["body"] == b["body"] == b""
     assert sorted(a["headers"]) == sorted(b["headers"])
     assert native.status_code == aio.status_code == 200
@@ -347,9 +241,9 @@ def test_proxies_from_the_environment_like_httpx2(
     NO_PROXY exempts a host; read from the environment as httpx2 reads it."""
     monkeypatch.setenv("HTTP_PROXY", server)
     monkeypatch.setenv("NO_PROXY", "exempt.invalid")
-    _Handler.seen.clear()
+    Handler.seen.clear()
     native, aio = _both(lambda: _request("http://api.example.invalid/ok"))
     assert native.status_code == aio.status_code == 200
-    assert [s["path"] for s in _Handler.seen] == ["http://api.example.invalid/ok"] * 2
+    assert [s["path"] for s in Handler.seen] == ["http://api.example.invalid/ok"] * 2
     native, aio = _both(lambda: _request("http://exempt.invalid/ok"), timeout=2.0)
     assert isinstance(native, httpx2.ConnectError) and isinstance(aio, httpx2.ConnectError)

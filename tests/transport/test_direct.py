@@ -1,0 +1,267 @@
+"""The direct sender (httpcore2's pool without httpx2.Client's layers): the same bytes on the
+wire, the same answers and the same failures as ``httpx2.Client.send``. Each case sends the
+same ``httpx2.Request`` through both to a real loopback server and compares what the server
+received and what the caller got."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from typing import Any
+
+import httpx2
+import pytest
+
+from cencori_nb import transport
+from cencori_nb.errors import ProviderTimeoutError, ProviderUnavailableError
+from cencori_nb.transport import pool
+from cencori_nb.transport.direct import DirectSender
+from tests.transport.loopback import BODY, Handler
+
+
+def _request(url: str, **kw: Any) -> httpx2.Request:
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "Authorization": "Bearer sk-test-direct",
+        "X-Twice": "1",
+        **kw.pop("headers", {}),
+    }
+    return httpx2.Request(kw.pop("method", "POST"), url, headers=headers, **kw)
+
+
+def _sender(timeout: float) -> DirectSender:
+    return DirectSender(
+        timeout=httpx2.Timeout(timeout, connect=2.0).as_dict(),
+        max_connections=4,
+        max_keepalive_connections=4,
+        keepalive_expiry=5.0,
+    )
+
+
+def _both(request_for: Any, *, timeout: float = 5.0, stream: bool = False) -> list[Any]:
+    """Send the same request with ``httpx2.Client.send`` (as the pool's client is built:
+    no redirects) and with the direct sender; return both outcomes (a Response read to its
+    end, with its chunks and their arrival times when streamed, or the exception raised)."""
+    client = httpx2.Client(timeout=httpx2.Timeout(timeout, connect=2.0), follow_redirects=False)
+    direct = _sender(timeout)
+    out = []
+    for sender in (client, direct):
+        try:
+            response = sender.send(request_for(), stream=stream)
+            if stream:
+                chunks = []
+                started = time.monotonic()
+                for chunk in response.iter_bytes():
+                    chunks.append((time.monotonic() - started, chunk))
+                response.close()
+                out.append((response, chunks))
+            else:
+                out.append(response)
+        except httpx2.HTTPError as exc:
+            out.append(exc)
+        finally:
+            sender.close()
+    return out
+
+
+def test_same_bytes_on_the_wire_and_same_answer(server: str) -> None:
+    """Method, path and query, every header and the body reach the server identical;
+    status, headers (a repeated Set-Cookie too), body, version and reason come back
+    identical, with ``response.request`` set."""
+    Handler.seen.clear()
+    client, direct = _both(lambda: _request(server + "/ok?x=1&y=%2F", content=b'{"q":"\xc3\xa9"}'))
+    assert len(Handler.seen) == 2
+    a, b = Handler.seen
+    assert (a["method"], a["path"], a["body"]) == (b["method"], b["path"], b["body"])
+    assert a["path"] == "/ok?x=1&y=%2F" and a["body"] == b'{"q":"\xc3\xa9"}'
+    assert a["headers"] == b["headers"]  # same names, values and order
+    assert client.status_code == direct.status_code == 200
+    assert client.content == direct.content == BODY
+    assert list(client.headers.multi_items()) == list(direct.headers.multi_items())
+    assert direct.headers.get_list("set-cookie") == ["a=1", "b=2"]
+    assert client.http_version == direct.http_version == "HTTP/1.1"
+    assert client.reason_phrase == direct.reason_phrase == "OK"
+    assert direct.request.url == httpx2.URL(server + "/ok?x=1&y=%2F")
+    assert direct.is_closed and direct.json() == {"ok": True}
+
+
+def test_a_get_without_body_sends_no_body(server: str) -> None:
+    Handler.seen.clear()
+    client, direct = _both(lambda: _request(server + "/ok", method="GET"))
+    a, b = Handler.seen
+    assert a["body"] == b["body"] == b""
+    assert a["headers"] == b["headers"]
+    assert client.status_code == direct.status_code == 200
+
+
+def test_a_compressed_body_is_decoded_once(server: str) -> None:
+    client, direct = _both(lambda: _request(server + "/gzip", headers={"Accept-Encoding": "gzip"}))
+    assert client.content == direct.content == BODY
+    assert direct.headers["content-encoding"] == "gzip"
+
+
+def test_redirects_are_not_followed(server: str) -> None:
+    Handler.seen.clear()
+    client, direct = _both(lambda: _request(server + "/redirect"))
+    assert client.status_code == direct.status_code == 302
+    assert direct.headers["location"] == "/elsewhere"
+    assert [s["path"] for s in Handler.seen] == ["/redirect", "/redirect"]
+
+
+def test_an_error_status_is_an_answer_not_an_exception(server: str) -> None:
+    client, direct = _both(lambda: _request(server + "/status"))
+    assert client.status_code == direct.status_code == 429
+    assert direct.headers["retry-after"] == "7" and direct.content == BODY
+
+
+def test_a_stream_arrives_as_it_is_sent(server: str) -> None:
+    """SSE chunks are not buffered to the end of the body: the first arrives before the
+    server sends the rest (it waits 0.3 s after the first)."""
+    (client, client_chunks), (direct, direct_chunks) = _both(
+        lambda: _request(server + "/sse", headers={"Accept": "text/event-stream"}), stream=True
+    )
+    assert b"".join(c for _, c in client_chunks) == b"".join(c for _, c in direct_chunks)
+    assert b"".join(c for _, c in direct_chunks) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+    assert len(direct_chunks) > 1 and direct_chunks[0][0] < direct_chunks[-1][0]
+    assert direct.is_closed
+
+
+def test_closing_a_stream_unread_releases_its_connection(server: str) -> None:
+    """A stream dropped after its first chunk gives its connection back: the pool is not
+    exhausted by streams closed early (one connection allowed, three streams in a row)."""
+    sender = DirectSender(
+        timeout=httpx2.Timeout(2.0).as_dict(),
+        max_connections=1,
+        max_keepalive_connections=1,
+        keepalive_expiry=5.0,
+    )
+    try:
+        for _ in range(3):
+            response = sender.send(
+                _request(server + "/sse", headers={"Accept": "text/event-stream"}), stream=True
+            )
+            assert next(response.iter_bytes()).startswith(b"data: 0")
+            response.close()
+        assert sender.send(_request(server + "/ok")).content == BODY
+    finally:
+        sender.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "timeout", "httpx_cls", "ours"),
+    [
+        ("/truncate", 5.0, httpx2.RemoteProtocolError, ProviderUnavailableError),
+        ("/slow", 0.3, httpx2.ReadTimeout, ProviderTimeoutError),
+        ("/garbage", 5.0, httpx2.RemoteProtocolError, ProviderUnavailableError),
+    ],
+)
+def test_failures_are_httpx2_exceptions_named_by_the_one_table(
+    server: str, path: str, timeout: float, httpx_cls: type[Exception], ours: type[Exception]
+) -> None:
+    """A peer that closes early, a read timeout, a reply that is not HTTP: the same httpx2
+    exception class as the client raises, carrying the request, so transport.map_exception
+    gives the same CencoriError."""
+    client, direct = _both(lambda: _request(server + path), timeout=timeout)
+    assert isinstance(client, httpx_cls), client
+    assert isinstance(direct, httpx_cls), direct
+    assert direct.request.url == httpx2.URL(server + path)
+    assert type(transport.map_exception(direct)) is type(transport.map_exception(client)) is ours
+
+
+def test_a_peer_closing_mid_stream_is_an_httpx2_exception(server: str) -> None:
+    sender = _sender(5.0)
+    try:
+        response = sender.send(_request(server + "/truncate"), stream=True)
+        with pytest.raises(httpx2.RemoteProtocolError) as info:
+            response.read()
+        assert info.value.request.url == httpx2.URL(server + "/truncate")
+    finally:
+        sender.close()
+
+
+def test_connection_refused_is_a_connect_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed on leaving: nothing listens there
+    client, direct = _both(lambda: _request(f"http://127.0.0.1:{port}/"))
+    assert isinstance(client, httpx2.ConnectError) and isinstance(direct, httpx2.ConnectError)
+    assert type(transport.map_exception(direct)) is type(transport.map_exception(client))
+
+
+def test_a_request_keeps_its_own_timeout_and_gets_the_senders_otherwise(server: str) -> None:
+    """Like ``Client.send``: a request built with a timeout keeps it (0.3 s: the slow
+    answer times out although the sender allows 5 s); one without gets the sender's."""
+    sender = _sender(5.0)
+    try:
+        request = _request(server + "/slow")
+        request.extensions["timeout"] = httpx2.Timeout(0.3).as_dict()
+        with pytest.raises(httpx2.ReadTimeout):
+            sender.send(request)
+        bare = _request(server + "/ok")
+        assert "timeout" not in bare.extensions
+        sender.send(bare)
+        assert bare.extensions["timeout"] == httpx2.Timeout(5.0, connect=2.0).as_dict()
+    finally:
+        sender.close()
+
+
+def test_each_request_is_logged_like_httpx2_and_scrubbed(
+    server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The INFO line httpx2's client writes per request (a notebook at logging.INFO still
+    sees its requests), on httpx2's logger, with a key in the URL redacted."""
+    transport.install_log_redaction()
+    canary = "sk-proj-" + "Q" * 40
+    transport.register_secret(canary)
+    caplog.set_level(logging.INFO, logger="httpx2")
+    sender = _sender(5.0)
+    try:
+        sender.send(_request(server + f"/ok?key={canary}"))
+    finally:
+        sender.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpx2"]
+    assert len(lines) == 1 and lines[0].startswith("HTTP Request: POST http://127.0.0.1:")
+    assert lines[0].endswith('"HTTP/1.1 200 OK"')
+    assert canary not in caplog.text
+
+
+def test_the_pool_sends_directly_unless_a_proxy_or_a_test_transport_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No proxy in the environment: the direct sender. ``HTTPS_PROXY`` (or ``http_proxy``):
+    the pool's ``httpx2.Client``, whose proxy routing honours ``NO_PROXY``. An injected
+    test transport: the client over it."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("all_proxy", raising=False)
+    pool._close_clients()  # noqa: SLF001
+    assert isinstance(transport.pool.get_sender(), DirectSender)
+    for name in ("HTTPS_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, "http://proxy.invalid:3128")
+        pool._close_clients()  # noqa: SLF001
+        assert transport.pool.get_sender() is transport.get_client()
+        monkeypatch.delenv(name)
+    mock = httpx2.MockTransport(lambda request: httpx2.Response(204))
+    transport.set_transport(mock)
+    try:
+        assert transport.pool.get_sender() is transport.get_client()
+        assert transport.send(_request("http://127.0.0.1:9/x")).status_code == 204
+    finally:
+        transport.set_transport(None)
+    assert isinstance(transport.pool.get_sender(), DirectSender)
+
+
+def test_a_new_read_timeout_builds_a_new_sender(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``CENCORI_NB_TIMEOUT`` changed in a running process reaches the next request's
+    sender (the registry resets the pool), as it reaches the clients."""
+    monkeypatch.setenv("CENCORI_NB_TIMEOUT", "7")
+    first = transport.pool.get_sender()
+    assert isinstance(first, DirectSender)
+    assert first._timeout["timeout"]["read"] == 7.0  # noqa: SLF001
+    monkeypatch.setenv("CENCORI_NB_TIMEOUT", "9")
+    second = transport.pool.get_sender()
+    assert second is not first
+    assert isinstance(second, DirectSender)
+    assert second._timeout["timeout"]["read"] == 9.0  # noqa: SLF001
