@@ -285,30 +285,40 @@ def json_request(
         "Accept": "text/event-stream" if stream else "application/json",
     }
     all_headers.update(headers)
-    content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=_json_default)
-    return httpx2.Request(
-        "POST", _parsed_url(url, params), headers=all_headers, content=content.encode("utf-8")
-    )
+    payload = json.dumps(
+        body, ensure_ascii=False, separators=(",", ":"), default=_json_default
+    ).encode("utf-8")
+    parsed, host = _parsed_url(url, params)
+    # The headers httpx2.Request(content=...) would end with, in its order (Host first,
+    # Content-Length last), given at once: with stream= it does not re-parse and re-scan
+    # them (a third of building a request). tests/providers/test_common.py checks the
+    # result is the same request.
+    raw = [("Host", host), *all_headers.items(), ("Content-Length", str(len(payload)))]
+    request = httpx2.Request("POST", parsed, headers=raw, stream=httpx2.ByteStream(payload))
+    request.read()  # .content is there, as for a request built with content=
+    return request
 
 
 # Parsed endpoint URLs: a notebook talks to a handful of endpoints, and parsing one
 # (httpx2.URL: a regex, percent-encoding checks per character) was a tenth of the client
 # CPU of building a request. httpx2.URL is immutable, so one parse serves every request.
-_URLS: dict[tuple[str, tuple[tuple[str, str], ...]], httpx2.URL] = {}
+_URLS: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[httpx2.URL, str]] = {}
 _URLS_MAX = 256
 
 
-def _parsed_url(url: str, params: Mapping[str, str] | None) -> httpx2.URL:
+def _parsed_url(url: str, params: Mapping[str, str] | None) -> tuple[httpx2.URL, str]:
+    """``url`` (with ``params``) parsed, and its Host header value."""
     import httpx2
 
     key = (url, tuple(params.items()) if params else ())
-    parsed = _URLS.get(key)
-    if parsed is None:
+    found = _URLS.get(key)
+    if found is None:
         parsed = httpx2.URL(url, params=params) if params else httpx2.URL(url)
+        found = (parsed, parsed.netloc.decode("ascii"))
         if len(_URLS) >= _URLS_MAX:
             _URLS.clear()  # a process that builds many URLs (base_url per call) stays bounded
-        _URLS[key] = parsed
-    return parsed
+        _URLS[key] = found
+    return found
 
 
 def _json_default(value: Any) -> Any:

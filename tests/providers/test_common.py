@@ -148,3 +148,54 @@ def test_extra_params_pass_through_but_cannot_replace_the_model() -> None:
         adapter.build_request(
             chat(extra={"stream": True}), model="gpt-4o-mini", api_key=Secret("sk-x"), base_url=BASE
         )
+
+
+@pytest.mark.parametrize(
+    ("url", "headers", "stream", "params"),
+    [
+        (
+            "http://127.0.0.1:8000/openai/v1/chat/completions",
+            {"Authorization": "Bearer x"},
+            False,
+            None,
+        ),
+        (
+            "https://generativelanguage.googleapis.com/v1beta/models/g:streamGenerateContent",
+            {"x-goog-api-key": "k"},
+            True,
+            {"alt": "sse"},
+        ),
+        (
+            "http://[::1]:9/v1/messages?beta=true",
+            {"Content-Type": "application/json; x=1"},
+            False,
+            None,
+        ),
+        ("https://api.example.com/v1/a%2Fb", {"anthropic-version": "2023-06-01"}, True, None),
+    ],
+)
+def test_json_request_is_the_request_httpx2_would_build(
+    url: str, headers: dict[str, str], stream: bool, params: dict[str, str] | None
+) -> None:
+    """json_request gives httpx2 its final headers at once (Host first, Content-Length
+    last) and reuses parsed URLs; the request is the one ``httpx2.Request(content=...)``
+    builds from the same parts: method, URL, headers in order, body; built twice (the
+    second from the URL cache) the same again."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "é ☃ \u2028"}], "n": 1.5}
+    want_headers = {
+        "Content-Type": "application/json",
+        "Accept": "text/event-stream" if stream else "application/json",
+    }
+    want_headers.update(headers)
+    want = httpx2.Request(
+        "POST",
+        url,
+        headers=want_headers,
+        params=params,
+        content=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
+    )
+    for _ in range(2):
+        got = _common.json_request(url, headers, body, stream=stream, params=params)
+        assert (got.method, got.url, got.content) == (want.method, want.url, want.content)
+        assert got.headers.raw == want.headers.raw
+        assert got.stream is not None and b"".join(got.stream) == want.content
