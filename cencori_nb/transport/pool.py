@@ -52,7 +52,6 @@ KEEPALIVE_EXPIRY = 30.0
 USER_AGENT = "cencori-nb/0.1.0"
 
 
-
 class Sender(Protocol):
     """What :func:`~cencori_nb.transport.send` sends with: ``httpx2.Client.send``'s shape."""
 
