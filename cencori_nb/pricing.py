@@ -21,33 +21,50 @@ from the adapter, and :func:`require_price` lets a caller fail closed *before* s
 
 Lookups are cached per ``(provider, model)`` and the common chat price shapes are computed
 directly (checked against genai-prices' own calculation for every mapped model), so pricing
-a request costs a few microseconds after the first call (the first imports the 1.5 MB
-price table, about 0.5 s).
+a request costs a few microseconds after the first call.
+
+**The price table on disk.** Importing genai-prices (pydantic, its 1.5 MB data module) costs
+about 0.2 s of CPU, paid by the first request or ``map`` of every process. So each lookup's
+result (the model id, its context window, its price periods in the form the fast path
+uses) is also written to ``prices.json`` in the home, keyed by the installed genai-prices
+files (path, size, modification time) and this module's own: a later process prices from
+that file without importing genai-prices, with the same numbers and the same
+``price_version``. Only the first process after an install or upgrade, and a model no
+process has priced yet, import genai-prices. A price shape the fast path does not cover is
+recorded as such and computed by genai-prices itself, as before. The file is an
+optimisation and is trusted no more than that: a symlink, a file or home writable by others
+or owned by someone else, a damaged file or one written for other genai-prices files (a
+synced home, an upgrade) is ignored and replaced; a home that does not exist is not
+created for it. A custom genai-prices snapshot set in the process (``UpdatePrices``) is
+always used directly.
 """
 
 from __future__ import annotations
 
+import atexit
+import json
+import os
 import re
+import stat
+import sys
 import threading
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal
-from functools import lru_cache
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
 from . import state
 from .errors import PricingError
 
 if TYPE_CHECKING:
-    from genai_prices.types import ModelInfo, ModelPrice, TieredPrices
+    from genai_prices.types import ModelInfo, ModelPrice
     from genai_prices.types import Provider as GenaiProvider
 
     from .types import Usage
 
     _Found = tuple[GenaiProvider, ModelInfo]
-    _Price = Decimal | TieredPrices
-    # input, output, cache read, cache write per million tokens; fee per thousand requests
-    _Rates = tuple[_Price, _Price, _Price, _Price, _Price | None]
 
 __all__ = [
     "BATCH_PRICE_FACTOR",
@@ -94,13 +111,30 @@ class PriceQuote:
     version: str
 
 
-@lru_cache(maxsize=1)
+_version: str | None = None  # price_version(), once per process
+
+
 def price_version() -> str:
     """``genai-prices <version> (data <date>)``: the price table every cost comes from.
 
     The date is the most recent "verified on / checked / as of" date in the bundled data,
-    read once per process (the package has no explicit snapshot date).
+    read once per process (the package has no explicit snapshot date), from the price
+    table on disk when it has it.
     """
+    global _version
+    version = _version
+    if version is None:
+        table = _disk_table()
+        version = table.version if table is not None and table.version else None
+        if version is None:
+            version = _genai_price_version()
+            if table is not None:
+                table.version = version
+        _version = version
+    return version
+
+
+def _genai_price_version() -> str:
     import genai_prices
     from genai_prices import data_snapshot
 
@@ -137,14 +171,36 @@ def genai_provider_id(provider: str, model: str) -> list[tuple[str | None, str]]
 
 
 _lock = threading.Lock()
-_lookups: dict[tuple[str, str], _Found | None] = {}  # (provider, model) -> its prices
+_lookups: dict[tuple[str, str], _Model | None] = {}  # (provider, model) -> its prices
+_found: dict[tuple[str, str], _Found | None] = {}  # the same in genai-prices' own objects
 
 
-def _lookup(provider: str, model: str) -> _Found | None:
-    """The cached genai-prices (provider, model info) pair, or None if it has no price."""
+def _lookup(provider: str, model: str) -> _Model | None:
+    """The prices of ``model`` at ``provider`` (None if it has none): from this process's
+    memo, else the price table on disk, else genai-prices (then written to the table)."""
     key = (provider, model)
     try:
         return _lookups[key]
+    except KeyError:
+        pass
+    table = _disk_table()
+    if table is not None and key in table.entries:
+        entry = table.entries[key]
+    else:
+        found = _genai_lookup(provider, model)
+        entry = None if found is None else _model_of(found[1])
+        if table is not None:
+            _remember(table, key, entry)
+    with _lock:
+        _lookups[key] = entry
+    return entry
+
+
+def _genai_lookup(provider: str, model: str) -> _Found | None:
+    """genai-prices' (provider, model info) pair for ``model``, or None if it has no price."""
+    key = (provider, model)
+    try:
+        return _found[key]
     except KeyError:
         pass
     found: _Found | None = None
@@ -160,8 +216,35 @@ def _lookup(provider: str, model: str) -> _Found | None:
         except LookupError:
             continue
     with _lock:
-        _lookups[key] = found
+        _found[key] = found
     return found
+
+
+def catalogue_models(provider: str) -> tuple[str, ...]:
+    """The model ids genai-prices lists for ``provider`` (ours; empty for local servers)."""
+    pid = PROVIDER_IDS.get(provider)
+    if not pid:
+        return ()
+    table = _disk_table()
+    if table is not None and table.models is not None:
+        return table.models.get(pid, ())
+    models = _genai_models()
+    if table is not None:
+        with _table_lock:
+            table.models = models
+        _save(table)
+    return models.get(pid, ())
+
+
+def _genai_models() -> dict[str, tuple[str, ...]]:
+    from genai_prices import data_snapshot
+
+    wanted = {pid for pid in PROVIDER_IDS.values() if pid}
+    out: dict[str, list[str]] = {}
+    for entry in data_snapshot.get_snapshot().providers:
+        if entry.id in wanted:
+            out.setdefault(entry.id, []).extend(m.id for m in entry.models)
+    return {pid: tuple(ids) for pid, ids in out.items()}
 
 
 def _genai_usage(usage: Usage) -> Any:
@@ -219,15 +302,17 @@ def provider_cost(
     version = price_version()
     if not model:
         return PriceQuote(None, version)
-    found = _lookup(provider, model)
-    if found is None:
+    entry = _lookup(provider, model)
+    if entry is None:
         return PriceQuote(None, version)
-    gprovider, ginfo = found
     ts = _utc(when)
-    model_price = ginfo.get_prices(ts)
-    _, rates = _fast_rates(model_price)
+    rates = entry.rates_at(ts)
     if rates is not None:
         return PriceQuote(_fast_cost(rates, usage), version)
+    found = _genai_lookup(provider, model)
+    if found is None:  # pragma: no cover - the table said it has a price; genai-prices agrees
+        return PriceQuote(None, version)
+    gprovider, ginfo = found
     calc = ginfo.calc_price(_genai_usage(usage), gprovider, genai_request_timestamp=ts)
     return PriceQuote(Decimal(calc.total_price), version)
 
@@ -264,46 +349,139 @@ _ZERO_USAGE_KEYS = {
     "input_annotated_document_kpages",
     "input_gpixels",
 }
-# id(ModelPrice) -> (that ModelPrice, its rates or None: use genai-prices)
-_rates: dict[int, tuple[ModelPrice, _Rates | None]] = {}
 _MTOK = Decimal(1_000_000)
 
 
-def _fast_rates(model_price: ModelPrice) -> tuple[ModelPrice, _Rates | None]:
-    key = id(model_price)
-    try:
-        return _rates[key]
-    except KeyError:
-        pass
-    values: dict[str, _Price] = {
+@dataclass(frozen=True, slots=True)
+class _Tiers:
+    """genai-prices' ``TieredPrices``: ``base`` until the first ``(start, price)`` tier."""
+
+    base: Decimal
+    tiers: tuple[tuple[int, Decimal], ...]  # ascending start
+
+
+_Price = Decimal | _Tiers
+# input, output, cache read, cache write per million tokens; fee per thousand requests
+_Rates = tuple[_Price, _Price, _Price, _Price, _Price | None]
+# when a period's prices apply: always, from a UTC date on, or daily between two UTC times
+_When = date | tuple[time, time] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Period:
+    when: _When
+    rates: _Rates | None  # None: a price shape only genai-prices computes
+
+    def active(self, ts: datetime) -> bool:
+        """genai-prices' ``StartDateConstraint`` / ``TimeOfDateConstraint``, in UTC."""
+        when = self.when
+        if when is None:
+            return True
+        if isinstance(when, tuple):
+            start, end = when
+            now = ts.astimezone(UTC).time()
+            if end < start:
+                return now >= start or now < end
+            return start <= now < end
+        return ts.astimezone(UTC).date() >= when
+
+
+@dataclass(frozen=True, slots=True)
+class _Model:
+    """What a lookup found: the model's id, context window and price periods."""
+
+    model_id: str
+    context_window: int | None
+    # in genai-prices' order: the last active period applies, the first when none is;
+    # empty: prices this module cannot select (genai-prices computes every request)
+    periods: tuple[_Period, ...]
+
+    def rates_at(self, ts: datetime) -> _Rates | None:
+        """The fast-path rates at ``ts``, or None: ask genai-prices."""
+        periods = self.periods
+        if not periods:
+            return None
+        if len(periods) == 1:
+            return periods[0].rates
+        for period in reversed(periods):
+            if period.active(ts):
+                return period.rates
+        return periods[0].rates
+
+
+def _model_of(ginfo: ModelInfo) -> _Model:
+    """A genai-prices ``ModelInfo`` as a :class:`_Model` (the same prices, plain values)."""
+    from genai_prices.types import ModelPrice, StartDateConstraint, TimeOfDateConstraint
+
+    window = int(ginfo.context_window) if ginfo.context_window else None
+    prices = ginfo.prices
+    periods: list[_Period] = []
+    if isinstance(prices, ModelPrice):
+        periods.append(_Period(None, _rates_of(prices)))
+    else:
+        for conditional in prices:
+            constraint = conditional.constraint
+            when: _When
+            if constraint is None:
+                when = None
+            elif isinstance(constraint, StartDateConstraint):
+                when = constraint.start_date
+            elif isinstance(constraint, TimeOfDateConstraint):
+                when = (_utc_time(constraint.start_time), _utc_time(constraint.end_time))
+            else:  # a constraint newer than this module: genai-prices decides every time
+                return _Model(ginfo.id, window, ())
+            periods.append(_Period(when, _rates_of(conditional.prices)))
+    return _Model(ginfo.id, window, tuple(periods))
+
+
+def _utc_time(value: time) -> time:
+    """A time of day as a naive UTC time (a naive one is UTC already), like genai-prices."""
+    if value.tzinfo is None:
+        return value
+    return datetime.combine(date(1970, 1, 1), value).astimezone(UTC).time()
+
+
+def _rates_of(model_price: ModelPrice) -> _Rates | None:
+    """The fast-path rates of a ``ModelPrice``, or None if its shape needs genai-prices."""
+    from genai_prices.types import TieredPrices
+
+    values: dict[str, Any] = {
         k: v for k, v in model_price.__dict__.items() if not k.startswith("_") and v is not None
     }
-    rates: _Rates | None = None
-    if (
+    if not (
         set(values) <= _FAST_KEYS | _ZERO_USAGE_KEYS
         and "input_mtok" in values
         and "output_mtok" in values
     ):
-        inp = values["input_mtok"]
-        rates = (
-            inp,
-            values["output_mtok"],
-            values.get("cache_read_mtok", inp),
-            values.get("cache_write_mtok", inp),
-            values.get("requests_kcount"),
-        )
-    with _lock:
-        _rates[key] = (model_price, rates)  # keep the object alive: ids stay unique
-    return _rates[key]
+        return None
+    plain: dict[str, _Price] = {}
+    for name in _FAST_KEYS & set(values):
+        value = values[name]
+        if isinstance(value, TieredPrices):
+            # genai-prices keeps its tiers sorted by start (TieredPrices.__post_init__)
+            tiers = tuple((int(t.start), Decimal(t.price)) for t in value.tiers)
+            plain[name] = _Tiers(Decimal(value.base), tiers)
+        elif isinstance(value, Decimal):
+            plain[name] = value
+        else:  # a price type newer than this module
+            return None
+    inp = plain["input_mtok"]
+    return (
+        inp,
+        plain["output_mtok"],
+        plain.get("cache_read_mtok", inp),
+        plain.get("cache_write_mtok", inp),
+        plain.get("requests_kcount"),
+    )
 
 
 def _tier(price: _Price, total_input: int) -> Decimal:
     """genai-prices' "cliff" tiers: past a threshold, every token pays the tier price."""
     if isinstance(price, Decimal):
         return price
-    for tier in reversed(price.tiers):
-        if total_input > tier.start:
-            return tier.price
+    for start, tier_price in reversed(price.tiers):
+        if total_input > start:
+            return tier_price
     return price.base
 
 
@@ -333,8 +511,10 @@ def estimate_cost(
 
 def unit_prices(provider: str, model: str, *, when: datetime | None = None) -> dict[str, Any]:
     """Input/output price per million tokens (base tier) for display, or {} if unknown."""
-    found = _lookup(provider, model)
-    if found is None:
+    if _lookup(provider, model) is None:
+        return {}
+    found = _genai_lookup(provider, model)  # display only: genai-prices' own objects
+    if found is None:  # pragma: no cover - the table said it has a price; genai-prices agrees
         return {}
     _, ginfo = found
     prices = ginfo.get_prices(_utc(when))
@@ -355,10 +535,7 @@ def context_window(provider: str, model: str | None) -> int | None:
     if not model:
         return None
     found = _lookup(provider, model)
-    if found is None:
-        return None
-    window = getattr(found[1], "context_window", None)
-    return int(window) if window else None
+    return None if found is None else found.context_window
 
 
 def require_price(provider: str, model: str) -> None:
@@ -373,10 +550,313 @@ def require_price(provider: str, model: str) -> None:
         )
 
 
+# -- the price table on disk ---------------------------------------------------------------
+# See the module docstring. One JSON file in the home; its "key" names the genai-prices
+# files (and this module) it was derived from, so another install's or version's table is
+# never read as this one's.
+TABLE_NAME = "prices.json"
+_TABLE_FORMAT = 1
+_TABLE_MAX_BYTES = 4 << 20
+_table_lock = threading.Lock()
+
+
+@dataclass
+class _Table:
+    path: Path
+    key: list[Any]
+    version: str | None = None
+    models: dict[str, tuple[str, ...]] | None = None  # genai-prices provider id -> model ids
+    entries: dict[tuple[str, str], _Model | None] = field(default_factory=dict)
+
+
+_table_memo: _Table | None = None
+
+
+class _Damaged(ValueError):
+    """A price table that does not parse as one this module writes."""
+
+
+def _disk_table() -> _Table | None:
+    """This home's price table for the installed genai-prices (read at most once per home;
+    empty if absent, refused or damaged), or None: no table (a custom snapshot is set, or
+    genai-prices' files cannot be found)."""
+    global _table_memo
+    snapshot = sys.modules.get("genai_prices.data_snapshot")
+    if snapshot is not None and getattr(snapshot, "_custom_snapshot", None) is not None:
+        return None  # UpdatePrices or set_custom_snapshot: genai-prices decides, always
+    from .home import home_dir
+
+    path = home_dir() / TABLE_NAME
+    memo = _table_memo
+    if memo is not None and memo.path == path:
+        return memo
+    key = _table_key()
+    if key is None:
+        return None
+    table = _read_table(path, key) or _Table(path, key)
+    with _table_lock:
+        _table_memo = table
+    return table
+
+
+def _table_key(package: Path | None = None) -> list[Any] | None:
+    """What the table was derived from: the genai-prices package folder and the size and
+    modification time of its data, logic and version files, and of this module. Found
+    without importing genai-prices; None if it is not installed as files."""
+    try:
+        if package is None:
+            import importlib.util
+
+            spec = importlib.util.find_spec("genai_prices")
+            locations = list(spec.submodule_search_locations or []) if spec else []
+            if not locations:
+                return None
+            package = Path(locations[0])
+        key: list[Any] = [_TABLE_FORMAT, str(package)]
+        sources = [package / n for n in ("data.py", "types.py", "__init__.py")]
+        for source in (*sources, Path(__file__)):
+            st = os.stat(source)
+            key.append([source.name, st.st_size, st.st_mtime_ns])
+    except (OSError, ImportError, ValueError):
+        return None
+    return key
+
+
+def _private_dir(path: Path) -> bool:
+    """The home exists, is a real folder (not a symlink), ours, and no one else can write
+    into it (so no one else can swap the table in it)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    if os.name == "posix" and (st.st_uid != os.geteuid() or st.st_mode & 0o022):
+        return False
+    return True
+
+
+def _read_table(path: Path, key: list[Any]) -> _Table | None:
+    """The table at ``path`` if it is a private regular file of ours in a private home,
+    derived from ``key``, and well formed; else None (it will be replaced)."""
+    if not _private_dir(path.parent):
+        return None
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # absent, or a symlink (ELOOP)
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _TABLE_MAX_BYTES:
+            return None
+        if os.name == "posix" and (st.st_uid != os.geteuid() or st.st_mode & 0o077):
+            return None
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(_TABLE_MAX_BYTES + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        return _decode_table(path, key, json.loads(data))
+    except (ValueError, TypeError, KeyError, IndexError, InvalidOperation, RecursionError):
+        return None
+
+
+def _decode_table(path: Path, key: list[Any], raw: Any) -> _Table | None:
+    if not isinstance(raw, dict) or raw.get("format") != _TABLE_FORMAT:
+        raise _Damaged("not a price table of this format")
+    if raw.get("key") != key:
+        return None  # another install's, version's or machine's table
+    version = raw["version"]
+    if not isinstance(version, str) or not version.startswith("genai-prices "):
+        raise _Damaged("version")
+    models: dict[str, tuple[str, ...]] = {}
+    for pid, ids in _dict(raw["models"]).items():
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise _Damaged("models")
+        models[pid] = tuple(ids)
+    entries: dict[tuple[str, str], _Model | None] = {}
+    for item in _list(raw["entries"]):
+        provider, model, entry = _list(item)
+        if not isinstance(provider, str) or not isinstance(model, str):
+            raise _Damaged("entry key")
+        entries[(provider, model)] = None if entry is None else _decode_model(entry)
+    return _Table(path, key, version, models, entries)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Damaged("expected an object")
+    return value
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise _Damaged("expected a list")
+    return value
+
+
+def _decode_model(raw: Any) -> _Model:
+    model_id, window, periods = _list(raw)
+    if not isinstance(model_id, str):
+        raise _Damaged("model id")
+    if window is not None and (type(window) is not int or window <= 0):
+        raise _Damaged("context window")
+    out = []
+    for when_raw, rates_raw in map(_list, _list(periods)):
+        out.append(_Period(_decode_when(when_raw), _decode_rates(rates_raw)))
+    return _Model(model_id, window, tuple(out))
+
+
+def _decode_when(raw: Any) -> _When:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return date.fromisoformat(raw)
+    start, end = _list(raw)
+    return (time.fromisoformat(start), time.fromisoformat(end))
+
+
+def _decode_rates(raw: Any) -> _Rates | None:
+    if raw is None:
+        return None
+    p_in, p_out, p_cr, p_cw, p_req = (_decode_price(v) for v in _list(raw))
+    if p_in is None or p_out is None or p_cr is None or p_cw is None:
+        raise _Damaged("rates")
+    return (p_in, p_out, p_cr, p_cw, p_req)
+
+
+def _decode_price(raw: Any) -> _Price | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return _decimal(raw)
+    base, tiers = _list(raw)
+    pairs = []
+    for start, price in map(_list, _list(tiers)):
+        if type(start) is not int:
+            raise _Damaged("tier start")
+        pairs.append((start, _decimal(price)))
+    return _Tiers(_decimal(base), tuple(pairs))
+
+
+def _decimal(raw: Any) -> Decimal:
+    if not isinstance(raw, str):
+        raise _Damaged("price")
+    value = Decimal(raw)
+    if not value.is_finite() or value < 0:
+        raise _Damaged("price")
+    return value
+
+
+def _encode_table(table: _Table) -> bytes:
+    entries = [
+        [provider, model, None if entry is None else _encode_model(entry)]
+        for (provider, model), entry in sorted(table.entries.items())
+    ]
+    raw = {
+        "format": _TABLE_FORMAT,
+        "key": table.key,
+        "version": table.version,
+        "models": {pid: list(ids) for pid, ids in sorted((table.models or {}).items())},
+        "entries": entries,
+    }
+    return json.dumps(raw, separators=(",", ":")).encode()
+
+
+def _encode_model(entry: _Model) -> list[Any]:
+    periods = [[_encode_when(p.when), _encode_rates(p.rates)] for p in entry.periods]
+    return [entry.model_id, entry.context_window, periods]
+
+
+def _encode_when(when: _When) -> Any:
+    if when is None:
+        return None
+    if isinstance(when, tuple):
+        return [when[0].isoformat(), when[1].isoformat()]
+    return when.isoformat()
+
+
+def _encode_rates(rates: _Rates | None) -> Any:
+    return None if rates is None else [_encode_price(p) for p in rates]
+
+
+def _encode_price(price: _Price | None) -> Any:
+    if price is None:
+        return None
+    if isinstance(price, Decimal):
+        return str(price)
+    return [str(price.base), [[start, str(p)] for start, p in price.tiers]]
+
+
+def _remember(table: _Table, key: tuple[str, str], entry: _Model | None) -> None:
+    """Add one lookup to the table and save it (genai-prices is loaded by now anyway): at
+    once the first time, then at most once a second while lookups keep coming (a report
+    over every model), and at exit for the rest."""
+    global _dirty
+    with _table_lock:
+        table.entries[key] = entry
+        _dirty = table
+        due = _monotonic() >= _saved_at + _SAVE_EVERY_S
+    if due:
+        _save(table)
+
+
+_SAVE_EVERY_S = 1.0
+_saved_at = float("-inf")
+_dirty: _Table | None = None  # a table with lookups not yet on disk
+
+
+def _flush_table() -> None:
+    """Save what lookups the last second added (at exit)."""
+    table = _dirty
+    if table is not None:
+        _save(table)
+
+
+def _save(table: _Table) -> None:
+    """Write the table (with what another process added meanwhile), if the home is ours.
+
+    Never creates the home, never raises: the table only saves time."""
+    global _dirty, _saved_at
+    with _table_lock:
+        _saved_at = _monotonic()
+        if _dirty is table:
+            _dirty = None
+    if not _private_dir(table.path.parent):
+        return
+    try:
+        if table.version is None:
+            table.version = price_version()
+        if table.models is None:
+            table.models = _genai_models()
+        with _table_lock:
+            other = _read_table(table.path, table.key)
+            if other is not None:
+                for k, v in other.entries.items():
+                    table.entries.setdefault(k, v)
+            data = _encode_table(table)
+            from .home import atomic_write
+
+            atomic_write(table.path, data)
+    except (OSError, ValueError):
+        pass
+
+
 def _forget() -> None:
+    global _table_memo, _saved_at
+    _flush_table()
     with _lock:
         _lookups.clear()
-        _rates.clear()
+        _found.clear()
+    with _table_lock:
+        _table_memo = None
+        _saved_at = float("-inf")
+
+
+atexit.register(_flush_table)
 
 
 state.on_reset("pricing", _forget, env=())  # prices do not depend on the home

@@ -318,15 +318,9 @@ def _gateway_model(provider: str, model: str, why: list[str]) -> tuple[str, str]
 def _provider_models(provider: str) -> tuple[str, ...]:
     """Model ids the provider is known to serve: our catalog and the price catalogue's."""
     names = list(PROVIDERS[provider].models) if provider in PROVIDERS else []
-    from .pricing import PROVIDER_IDS
+    from .pricing import catalogue_models
 
-    pid = PROVIDER_IDS.get(provider)
-    if pid:
-        from genai_prices import data_snapshot
-
-        for entry in data_snapshot.get_snapshot().providers:
-            if entry.id == pid:
-                names += [m.id for m in entry.models]
+    names += catalogue_models(provider)
     return tuple(dict.fromkeys(names))
 
 
