@@ -672,10 +672,12 @@ def map(
 
 def _warm_up() -> None:
     """Import what the first map() of a process needs besides sending: pandas (the answer
-    is a DataFrame) and the price tables (each settled row is priced), about 0.75 s of CPU
-    together. map() calls it on the caller's thread once the batch is submitted, so the
-    imports overlap the first requests in flight instead of delaying them or stalling the
-    batch loop between answers."""
+    is a DataFrame, about 0.3 s of CPU) and the price version (read from the price table on
+    disk, or from genai-prices in the first process after an install: see
+    :mod:`cencori_nb.pricing`). map() calls it on the caller's thread once the batch is
+    submitted, so the imports overlap the batch's start instead of following it or stalling
+    the batch loop between answers. (Starting pandas only once the first answers are in
+    was measured too: no better, the client is CPU-bound at high concurrency.)"""
     import pandas  # noqa: F401
 
     from .. import pricing
