@@ -3,8 +3,10 @@
 Everything that goes over the network to a provider or to the Cencori gateway passes through
 :func:`send` / :func:`asend`. One concern per module:
 
-- :mod:`.pool`: the pooled ``httpx2.Client`` (one per process) and ``httpx2.AsyncClient`` (one
-  per event loop), their timeouts and limits; :func:`set_transport` for tests.
+- :mod:`.pool`: the sync sender (one per process), the pooled ``httpx2.Client`` and
+  ``httpx2.AsyncClient`` (one per event loop), their timeouts and limits;
+  :func:`set_transport` for tests.
+- :mod:`.direct`: the sync sender, httpcore2's pool driven without ``httpx2.Client``.
 - :mod:`.aio`: aiohttp's client under the pooled ``AsyncClient`` (an ``httpx2`` transport).
 - :mod:`.errors`: the one translation of httpx2 exceptions (:func:`map_exception`) and HTTP
   statuses plus provider error codes (:func:`error_class`, :func:`error_for_status`) into
@@ -13,7 +15,8 @@ Everything that goes over the network to a provider or to the Cencori gateway pa
   server's requested wait (:func:`retry_after`).
 - :mod:`.clock`: the :class:`Clock` every wait goes through (tests replace it).
 - :mod:`.sending`: :func:`send` / :func:`asend`, the loop that puts the above together.
-- :mod:`.sse`: server-sent events with errors mapped (:func:`iter_sse` / :func:`aiter_sse`).
+- :mod:`.sse`: server-sent events with errors mapped (:func:`iter_sse` / :func:`aiter_sse`),
+  parsed by :class:`~.sse.EventParser`.
 - :mod:`.logs`: the :class:`RedactingFilter` on every HTTP-stack and cencori_nb logger.
 
 This package re-exports the public names, so ``from cencori_nb import transport`` and
