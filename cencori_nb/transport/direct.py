@@ -155,6 +155,8 @@ class DirectSender:
         import httpcore2
 
         url = request.url
+        if url.userinfo:  # Client.send's Basic auth from the URL (egress refuses such base URLs)
+            next(httpx2.BasicAuth(url.username, url.password).sync_auth_flow(request))
         extensions: Any = request.extensions
         if "timeout" not in extensions:
             extensions = {**extensions, **self._timeout}

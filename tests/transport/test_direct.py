@@ -87,6 +87,18 @@ def test_same_bytes_on_the_wire_and_same_answer(server: str) -> None:
     assert direct.is_closed and direct.json() == {"ok": True}
 
 
+def test_credentials_in_the_url_are_sent_as_the_client_sends_them(server: str) -> None:
+    """``Client.send`` turns ``user:pass@`` into Basic auth; so does the direct sender
+    (egress refuses such base URLs; a caller-built request still gets the same bytes)."""
+    Handler.seen.clear()
+    authority = server.replace("http://", "http://ana:s%3Acret@")
+    client, direct = _both(lambda: _request(authority + "/ok", headers={"Authorization": ""}))
+    a, b = Handler.seen
+    assert a["headers"] == b["headers"]
+    assert ("authorization", "Basic YW5hOnM6Y3JldA==") in b["headers"]
+    assert client.status_code == direct.status_code == 200
+
+
 def test_a_get_without_body_sends_no_body(server: str) -> None:
     Handler.seen.clear()
     client, direct = _both(lambda: _request(server + "/ok", method="GET"))
