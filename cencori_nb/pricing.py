@@ -50,7 +50,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
@@ -660,7 +660,7 @@ def _read_table(path: Path, key: list[Any]) -> _Table | None:
         os.close(fd)
     try:
         return _decode_table(path, key, json.loads(data))
-    except (ValueError, TypeError, KeyError, IndexError, InvalidOperation, RecursionError):
+    except Exception:  # noqa: BLE001  (any damage: ValueError, KeyError, InvalidOperation…)
         return None
 
 
@@ -715,8 +715,10 @@ def _decode_when(raw: Any) -> _When:
         return None
     if isinstance(raw, str):
         return date.fromisoformat(raw)
-    start, end = _list(raw)
-    return (time.fromisoformat(start), time.fromisoformat(end))
+    start, end = (time.fromisoformat(t) for t in _list(raw))
+    if start.tzinfo is not None or end.tzinfo is not None:
+        raise _Damaged("times of day are written as naive UTC")
+    return (start, end)
 
 
 def _decode_rates(raw: Any) -> _Rates | None:
@@ -734,9 +736,9 @@ def _decode_price(raw: Any) -> _Price | None:
     if isinstance(raw, str):
         return _decimal(raw)
     base, tiers = _list(raw)
-    pairs = []
+    pairs: list[tuple[int, Decimal]] = []
     for start, price in map(_list, _list(tiers)):
-        if type(start) is not int:
+        if type(start) is not int or (pairs and start < pairs[-1][0]):
             raise _Damaged("tier start")
         pairs.append((start, _decimal(price)))
     return _Tiers(_decimal(base), tuple(pairs))
@@ -841,7 +843,7 @@ def _save(table: _Table) -> None:
             from .home import atomic_write
 
             atomic_write(table.path, data)
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001, S110  (an optimisation must not fail a request or the exit)
         pass
 
 

@@ -475,3 +475,66 @@ def test_a_custom_snapshot_is_used_directly(private_home: Path) -> None:
         assert cost == Decimal("0.0075")
     finally:
         data_snapshot.set_custom_snapshot(None)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        ["00:30:00+00:00", "16:30:00"],  # an aware time would fail every later comparison
+        ["25:00:00", "16:30:00"],
+        ["00:30:00"],
+        "2026-13-01",
+        {"from": "2025-01-01"},
+    ],
+)
+def test_a_table_with_a_bad_price_period_is_ignored(private_home: Path, when: object) -> None:
+    """A period this module would not write makes the whole table unreadable, not a
+    request that fails later."""
+    ensure_home()
+    key = pricing._table_key()
+    assert key is not None
+    rates = ["0.27", "1.1", "0.07", "0.27", None]
+    raw = {
+        "format": 1,
+        "key": key,
+        "version": pricing._genai_price_version(),
+        "models": {},
+        "entries": [["deepseek", "deepseek-chat", ["deepseek-chat", 64000, [[when, rates]]]]],
+    }
+    path = private_home / pricing.TABLE_NAME
+    path.write_bytes(json.dumps(raw).encode())
+    os.chmod(path, 0o600)
+    assert pricing._read_table(path, key) is None
+    when_ok = ["00:30:00", "16:30:00"]
+    raw["entries"][0][2][2][0][0] = when_ok  # type: ignore[index]
+    path.write_bytes(json.dumps(raw).encode())
+    table = pricing._read_table(path, key)
+    assert table is not None and ("deepseek", "deepseek-chat") in table.entries
+
+
+def test_the_table_is_saved_at_exit_without_a_traceback(private_home: Path) -> None:
+    """Lookups of the last second are written at exit; a failure there prints nothing."""
+    ensure_home()
+    script = (
+        "from cencori_nb import pricing\n"
+        "from cencori_nb.types import Usage\n"
+        "for m in ('gpt-4o', 'gpt-4o-mini', 'gpt-4.1', 'o3-mini'):\n"
+        "    pricing.provider_cost('openai', m, Usage(10, 10))\n"
+    )
+    env = {**os.environ, "CENCORI_NB_HOME": str(private_home), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and out.stderr == ""
+    saved = {
+        (p, m)
+        for p, m, _ in json.loads((private_home / pricing.TABLE_NAME).read_bytes())["entries"]
+    }
+    assert {("openai", m) for m in ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "o3-mini")} <= saved
+    # a home that vanished before exit: nothing to write, nothing printed
+    script += "import shutil, os; shutil.rmtree(os.environ['CENCORI_NB_HOME'])\n"
+    script = script.replace("'gpt-4o', ", "'gpt-4o', 'gpt-4.1-mini', ")
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and out.stderr == ""
