@@ -72,6 +72,21 @@ class EventParser:
     def _text(self, text: str) -> list[httpx2.ServerSentEvent]:
         if not text or self.error is not None:
             return []
+        if (
+            text[:6] == "data: "
+            and text[-2:] == "\n\n"
+            and not (self._tail or self._cr or self._pending)
+            and text.count("\n") == 2
+            and "\r" not in text
+        ):
+            # One whole event of one data line, the way providers send each chunk: the
+            # general loop below would give the same event, line by line.
+            data = text[6:-2]
+            if self._max is None or self._event_size + 6 + _size(data) <= self._max:
+                import httpx2
+
+                self._event_size = 0
+                return [httpx2.ServerSentEvent("message", data, self._id, None)]
         if self._cr:
             text = "\r" + text
             self._cr = False

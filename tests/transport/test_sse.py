@@ -172,6 +172,34 @@ def test_our_events_are_httpx2_event_sources_for_any_stream_cut_anywhere(
     assert _ours(chunks, max_size) == _judge(chunks, max_size)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(
+            st.sampled_from(
+                ["data: ", "data:", "data:  ", "event: x\ndata: ", ": c\ndata: ", "id: 7\ndata: "]
+            ),
+            st.text(
+                st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"),
+                max_size=30,
+            ),
+            st.sampled_from(["\n\n", "\n", "\r\n\r\n", "\n\n\n"]),
+        ),
+        max_size=10,
+    ),
+    max_size=st.sampled_from([None, 20, 1024 * 1024]),
+)
+def test_one_event_per_chunk_as_providers_send_them_parses_as_httpx2_does(
+    events: list[tuple[str, str, str]], max_size: int | None
+) -> None:
+    """Each chunk one event (the shape a provider sends, and the parser's fast path), with
+    neighbours that are not quite that shape (no space, two spaces, an event name, an id, a
+    comment, an event left open, CRLF, an extra blank line): the events of
+    httpx2.EventSource."""
+    chunks = [(head + data + end).encode() for head, data, end in events]
+    assert _ours(chunks, max_size) == _judge(chunks, max_size)
+
+
 def test_real_recorded_streams_parse_as_httpx2_parses_them() -> None:
     """The recorded provider streams of the corpus (``kind: sse``; tests/corpus/README.md
     names each source), whole and cut into 7-byte chunks: the same events as
