@@ -746,16 +746,16 @@ def team_budgets(
     ledger: Ledger | None = None, *, fresh: bool = False
 ) -> dict[tuple[str, str], TeamBudget]:
     """Every team budget, keyed ``(scope, name)``; cached for :data:`TEAM_BUDGETS_TTL_S`."""
-    import json
-
-    from .home import atomic_write
-
     led = ledger or default_ledger()
     now = state.now()
     with _team_lock:
         hit = _team_cache.get(led.label)
         if hit is not None and not fresh and now - hit[0] < TEAM_BUDGETS_TTL_S:
             return hit[1]
+    import json  # here: only when the budgets are read (once a second), not per request
+
+    from .home import atomic_write
+
     try:
         rows = led.query("SELECT scope, name, soft_budget_pusd, hard_cap_pusd FROM budgets")
     except LedgerError:
@@ -888,6 +888,7 @@ def settle(
     reservation: Reservation | None = None,
     batch: bool = False,
     ledger: Ledger | None = None,
+    settings: Settings | None = None,
 ) -> Completion:
     """Price, charge, debit and record one successful request; returns the completion.
 
@@ -900,13 +901,14 @@ def settle(
     :func:`cencori_nb.pricing.batch_price` (``provider_cost_usd`` is the batch price).
     ``ledger``: the ledger the request began in (its in-flight journal entry is there),
     recorded there even if the home or the ledger URL changed meanwhile; by default the
-    reservation's ledger, else the current one.
+    reservation's ledger, else the current one. ``settings``: the ones the request was
+    sent under (the client reads them once per request), else the current ones.
     """
     if completion.cached:
         if reservation is not None:
             reservation.release()
         return record_cached(completion)
-    s = load_settings()
+    s = settings or load_settings()
     completion.project = _project(completion.project, s)
     if not completion.request_id:
         completion.request_id = "cnb-" + uuid.uuid4().hex
@@ -943,7 +945,12 @@ def settle(
     completion.price_version = version
     completion.credits_charged_usd = charge if charge is not None else Decimal(0)
     completion.cost_usd = cost_of(completion.route, provider_cost, charge, test_mode=test)
-    row = _row(completion, status="interrupted" if completion.interrupted else "ok", when=when)
+    row = _row(
+        completion,
+        status="interrupted" if completion.interrupted else "ok",
+        when=when,
+        member=current_member(s),
+    )
     led = _ledger_for(ledger, reservation)
     debit_usd: Decimal | None = None
     if charge:
@@ -1049,7 +1056,12 @@ def _predict_low_balance(led: Ledger, charge: Decimal) -> None:
 
 
 def _row(
-    c: Completion, *, status: str, when: datetime | None = None, **overrides: Any
+    c: Completion,
+    *,
+    status: str,
+    when: datetime | None = None,
+    member: str = "",
+    **overrides: Any,
 ) -> LedgerRow:
     ts = int(when.timestamp() * 1000) if when is not None else now_ms()
     if not c.client_id:
@@ -1081,6 +1093,7 @@ def _row(
         gateway_cache=c.gateway_cache,
         model_original=c.model_original,
         image_tokens=c.image_tokens,
+        member=member,  # empty: the current member (LedgerRow)
     )
     for key, value in overrides.items():
         setattr(row, key, value)

@@ -58,7 +58,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -87,6 +87,7 @@ from .redact import (
     registered_secrets,
     remove_stored_keys,
 )
+from .settings import Settings, current_member, load_settings
 from .state import on_reset, recheck
 from .tokens import estimate_messages_tokens, estimate_tokens
 from .types import ChatRequest, Completion, Message
@@ -108,7 +109,7 @@ _FALLBACK_ERRORS = (RateLimitError, ProviderTimeoutError, ProviderUnavailableErr
 # --------------------------------------------------------------------------- shared steps
 
 
-def _resolve(request: ChatRequest) -> Decision:
+def _resolve(request: ChatRequest, settings: Settings) -> Decision:
     """Route the request, refusing it first if it holds one of the stored keys.
 
     In a message, the provider would receive the key and its reply could repeat it into
@@ -121,7 +122,7 @@ def _resolve(request: ChatRequest) -> Decision:
     try:
         _refuse_key_as_name(request)  # the keys registered so far
         try:
-            decision = router.resolve(request)
+            decision = router.resolve(request, settings)
         except CencoriError:
             _refuse_key_as_name(request)  # routing opened the store: before its message shows
             raise
@@ -239,7 +240,9 @@ class _ReserveArgs(TypedDict):
     test_mode: bool
 
 
-def _reserve_args(request: ChatRequest, decision: Decision) -> _ReserveArgs | None:
+def _reserve_args(
+    request: ChatRequest, decision: Decision, settings: Settings
+) -> _ReserveArgs | None:
     """Arguments for accounting.reserve; None when the project has no budget (no estimate)."""
     if not decision.budgeted and not accounting.team_budgeted(decision.project):
         return None
@@ -249,6 +252,7 @@ def _reserve_args(request: ChatRequest, decision: Decision) -> _ReserveArgs | No
         decision.route,
         _prompt_tokens(request, decision),
         request.max_tokens,
+        settings=settings,
     )
     return {
         "estimate": estimate,
@@ -260,11 +264,11 @@ def _reserve_args(request: ChatRequest, decision: Decision) -> _ReserveArgs | No
     }
 
 
-# (messages, their estimate): the estimate is asked for up to four times per request (the
-# context check, the cost confirmation, the budget reservation, the in-flight note) and
-# counts every word of the prompt; one entry, by identity, since a request's messages
-# tuple is built once and never changes.
-_last_estimate: tuple[object, int] = ((), 0)
+# (messages, their text's estimate, whether they hold images): the estimate is asked for
+# up to four times per request (the context check, the cost confirmation, the budget
+# reservation, the in-flight note) and counts every word of the prompt; one entry, by
+# identity, since a request's messages tuple is built once and never changes.
+_last_estimate: tuple[object, int, bool] = ((), 0, False)
 
 
 def _prompt_tokens(request: ChatRequest, decision: Decision, model: str | None = None) -> int:
@@ -272,14 +276,18 @@ def _prompt_tokens(request: ChatRequest, decision: Decision, model: str | None =
     the provider that will read them (:func:`cencori_nb.images.image_tokens`); ``model``:
     the one that answered, when known (a gateway may have upgraded it)."""
     global _last_estimate
-    messages, tokens = _last_estimate
+    messages, tokens, images = _last_estimate
     if messages is not request.messages:
         tokens = estimate_messages_tokens(m.content for m in request.messages)
-        _last_estimate = (request.messages, tokens)
-    return tokens + _image_tokens(request, decision, model)
+        images = bool(request.images)
+        _last_estimate = (request.messages, tokens, images)
+    return tokens + _image_tokens(request, decision, model) if images else tokens
 
 
 def _image_tokens(request: ChatRequest, decision: Decision, model: str | None = None) -> int:
+    known = _last_estimate
+    if known[0] is request.messages and not known[2]:
+        return 0  # a text-only prompt, seen by _prompt_tokens
     parts = request.images
     if not parts:
         return 0
@@ -298,7 +306,12 @@ def _check_images(request: ChatRequest, decision: Decision) -> None:
     check_request(request, provider=decision.provider, model=decision.model, route=decision.route)
 
 
-def _confirm(request: ChatRequest, decision: Decision, reservation: Reservation | None) -> None:
+def _confirm(
+    request: ChatRequest,
+    decision: Decision,
+    reservation: Reservation | None,
+    settings: Settings,
+) -> None:
     """Refuse a request above the cost the caller accepted (after the hard cap has had its
     say: a capped request is refused, not offered); the reservation goes with it."""
     try:
@@ -310,27 +323,30 @@ def _confirm(request: ChatRequest, decision: Decision, reservation: Reservation 
             request.max_tokens,
             request.max_cost_usd,
             free=_test_mode(decision),
+            settings=settings,
         )
     except BaseException:
         _release(reservation)
         raise
 
 
-def _reserve(request: ChatRequest, decision: Decision) -> Reservation | None:
+def _reserve(request: ChatRequest, decision: Decision, settings: Settings) -> Reservation | None:
     """Hold the request's estimated maximum cost against a hard cap (may wait; may refuse),
     then check it against the cost the caller accepted."""
-    args = _reserve_args(request, decision)
+    args = _reserve_args(request, decision, settings)
     reservation = None if args is None else _caught_up(accounting.reserve(decision.project, **args))
-    _confirm(request, decision, reservation)
+    _confirm(request, decision, reservation, settings)
     return reservation
 
 
-async def _areserve(request: ChatRequest, decision: Decision) -> Reservation | None:
-    args = _reserve_args(request, decision)
+async def _areserve(
+    request: ChatRequest, decision: Decision, settings: Settings
+) -> Reservation | None:
+    args = _reserve_args(request, decision, settings)
     reservation = (
         None if args is None else _caught_up(await accounting.areserve(decision.project, **args))
     )
-    _confirm(request, decision, reservation)
+    _confirm(request, decision, reservation, settings)
     return reservation
 
 
@@ -411,7 +427,7 @@ def _record_failure(
     )
 
 
-def _begin(decision: Decision, request: ChatRequest) -> tuple[str, Ledger]:
+def _begin(decision: Decision, request: ChatRequest, settings: Settings) -> tuple[str, Ledger]:
     """A fresh client id for one attempt, noted in the ledger's in-flight journal before
     the request is sent: if this process dies before the attempt's row is committed, the
     next start records it as ``interrupted`` (estimated) instead of losing it.
@@ -437,6 +453,7 @@ def _begin(decision: Decision, request: ChatRequest) -> tuple[str, Ledger]:
             estimated=True,
             cost_usd=None,
             test_mode=_test_mode(decision),
+            member=current_member(settings),
         )
     )
     return client_id, led
@@ -605,11 +622,16 @@ def chat(
     return _chat_structured(request, options.retries)
 
 
-def _prepare(request: ChatRequest) -> tuple[Decision, str | None, Completion | None]:
-    """Route and look in the cache: (decision, cache key, cached answer); on a miss, refuse
-    a prompt larger than the model's context window. The budget reservation and the cost
-    confirmation follow (sync or async), only on a miss."""
-    decision = _resolve(request)
+def _prepare(request: ChatRequest) -> tuple[Decision, str | None, Completion | None, Settings]:
+    """Route and look in the cache: (decision, cache key, cached answer, settings); on a
+    miss, refuse a prompt larger than the model's context window. The budget reservation
+    and the cost confirmation follow (sync or async), only on a miss.
+
+    The settings are read once here and are the request's for every later step (the cost
+    confirmation, the reservation, the in-flight note, settling): one view of them per
+    request, the one its route was decided under; a change counts from the next call."""
+    settings = load_settings()
+    decision = _resolve(request, settings)
     _check_images(request, decision)
     _ledger_ready()
     key, hit = _cache_hit(request, decision)
@@ -617,7 +639,7 @@ def _prepare(request: ChatRequest) -> tuple[Decision, str | None, Completion | N
         accounting.check_context(
             decision.provider, decision.model, _prompt_tokens(request, decision)
         )
-    return decision, key, hit
+    return decision, key, hit, settings
 
 
 def _finish(
@@ -629,12 +651,15 @@ def _finish(
     reservation: Reservation | None = None,
     client_id: str = "",
     ledger: Ledger | None = None,
+    settings: Settings | None = None,
 ) -> Completion:
     """Turn a parsed answer into a settled Completion and cache it (sync and async alike)."""
     completion = _completion(
         decision, request, result, latency_ms=(_perf() - started) * 1000.0, client_id=client_id
     )
-    completion = accounting.settle(completion, reservation=reservation, ledger=ledger)
+    completion = accounting.settle(
+        completion, reservation=reservation, ledger=ledger, settings=settings
+    )
     _read_structured(request, completion, result.refusal)  # raises before caching
     if key is not None:
         cache.store_after_commit(key, completion)
@@ -754,17 +779,17 @@ async def _achat_structured(request: ChatRequest, retries: int | None) -> Comple
 
 
 def _chat(request: ChatRequest, retries: int | None) -> Completion:
-    decision, key, hit = _prepare(request)
+    decision, key, hit, settings = _prepare(request)
     hit = _structured_hit(request, hit)
     if hit is not None:
         return hit
-    reservation = _reserve(request, decision)
+    reservation = _reserve(request, decision, settings)
     try:
         while True:
             adapter = get_provider(decision.adapter)
             pacing.pace(decision)
             started = _perf()
-            client_id, led = _begin(decision, request)
+            client_id, led = _begin(decision, request, settings)
             try:
                 response = transport.send(
                     _http_request(adapter, request, decision),
@@ -775,12 +800,14 @@ def _chat(request: ChatRequest, retries: int | None) -> Completion:
                 result = adapter.parse_response(response)
             except CencoriError as err:
                 decision = _failed(decision, err, request, reservation, started, client_id, led)
-                reservation = _reserve(request, decision)
+                reservation = _reserve(request, decision, settings)
                 continue
             except BaseException:  # Ctrl-C while waiting: the request was sent
                 _record_interrupted(decision, request, started, client_id, reservation, led)
                 raise
-            return _finish(decision, request, result, started, key, reservation, client_id, led)
+            return _finish(
+                decision, request, result, started, key, reservation, client_id, led, settings
+            )
     finally:
         _release(reservation)
 
@@ -819,17 +846,17 @@ async def achat(
 
 
 async def _achat(request: ChatRequest, retries: int | None) -> Completion:
-    decision, key, hit = _prepare(request)
+    decision, key, hit, settings = _prepare(request)
     hit = _structured_hit(request, hit)
     if hit is not None:
         return hit
-    reservation = await _areserve(request, decision)
+    reservation = await _areserve(request, decision, settings)
     try:
         while True:
             adapter = get_provider(decision.adapter)
             await pacing.apace(decision)
             started = _perf()
-            client_id, led = _begin(decision, request)
+            client_id, led = _begin(decision, request, settings)
             try:
                 response = await transport.asend(
                     _http_request(adapter, request, decision),
@@ -840,12 +867,14 @@ async def _achat(request: ChatRequest, retries: int | None) -> Completion:
                 result = adapter.parse_response(response)
             except CencoriError as err:
                 decision = _failed(decision, err, request, reservation, started, client_id, led)
-                reservation = await _areserve(request, decision)
+                reservation = await _areserve(request, decision, settings)
                 continue
             except BaseException:  # Ctrl-C or a cancelled task (map): the request was sent
                 _record_interrupted(decision, request, started, client_id, reservation, led)
                 raise
-            return _finish(decision, request, result, started, key, reservation, client_id, led)
+            return _finish(
+                decision, request, result, started, key, reservation, client_id, led, settings
+            )
     finally:
         _release(reservation)
 
@@ -856,9 +885,10 @@ async def _achat(request: ChatRequest, retries: int | None) -> Completion:
 class _StreamState:
     """What a stream (sync or async) accumulates, and how it ends."""
 
-    def __init__(self, request: ChatRequest, decision: Decision) -> None:
+    def __init__(self, request: ChatRequest, decision: Decision, settings: Settings) -> None:
         self.request = request
         self.decision = decision
+        self.settings = settings  # the request's view of them (see _prepare)
         self.key: str | None = None
         self.adapter: Provider | None = None
         self.response: httpx2.Response | None = None
@@ -900,7 +930,9 @@ class _StreamState:
             complete=complete,
             client_id=self.client_id,
         )
-        completion = accounting.settle(completion, reservation=self.reservation, ledger=self.ledger)
+        completion = accounting.settle(
+            completion, reservation=self.reservation, ledger=self.ledger, settings=self.settings
+        )
         self.completion = completion
         return completion
 
@@ -989,7 +1021,7 @@ def _open_stream(state: _StreamState, retries: int | None) -> None:
         adapter = get_provider(decision.adapter)
         pacing.pace(decision)
         state.started = _perf()
-        state.client_id, state.ledger = _begin(decision, state.request)
+        state.client_id, state.ledger = _begin(decision, state.request, state.settings)
         try:
             response = transport.send(
                 _http_request(adapter, state.request, decision),
@@ -1008,7 +1040,7 @@ def _open_stream(state: _StreamState, retries: int | None) -> None:
                 state.client_id,
                 state.ledger,
             )
-            state.reservation = _reserve(state.request, state.decision)
+            state.reservation = _reserve(state.request, state.decision, state.settings)
             continue
         except BaseException:  # Ctrl-C before the first byte: the request was sent
             state.finished = True
@@ -1032,7 +1064,7 @@ async def _aopen_stream(state: _StreamState, retries: int | None) -> None:
         adapter = get_provider(decision.adapter)
         await pacing.apace(decision)
         state.started = _perf()
-        state.client_id, state.ledger = _begin(decision, state.request)
+        state.client_id, state.ledger = _begin(decision, state.request, state.settings)
         try:
             response = await transport.asend(
                 _http_request(adapter, state.request, decision),
@@ -1051,7 +1083,7 @@ async def _aopen_stream(state: _StreamState, retries: int | None) -> None:
                 state.client_id,
                 state.ledger,
             )
-            state.reservation = await _areserve(state.request, state.decision)
+            state.reservation = await _areserve(state.request, state.decision, state.settings)
             continue
         except BaseException:  # Ctrl-C or cancelled before the first byte
             state.finished = True
@@ -1082,16 +1114,16 @@ class ChatStream:
     """
 
     def __init__(self, request: ChatRequest, retries: int | None = None) -> None:
-        decision, key, hit = _prepare(request)  # the same first steps as chat()
+        decision, key, hit, settings = _prepare(request)  # the same first steps as chat()
         hit = _structured_hit(request, hit)
-        self._state = _StreamState(request, decision)
+        self._state = _StreamState(request, decision, settings)
         self._state.key = key
         if hit is not None:
             self._state.finished = True
             self._state.completion = hit
             self._iter: Iterator[str] = iter([hit.text] if hit.text else [])
             return
-        self._state.reservation = _reserve(request, decision)
+        self._state.reservation = _reserve(request, decision, settings)
         try:
             _open_stream(self._state, retries)
         except BaseException:
@@ -1142,8 +1174,10 @@ class ChatStream:
         response.close()
         state.end()
 
-    def __iter__(self) -> ChatStream:
-        return self
+    def __iter__(self) -> Iterator[str]:
+        # the deltas themselves: a for loop then resumes the generator directly, without a
+        # __next__ call per delta; next(stream) works too
+        return self._iter
 
     def __next__(self) -> str:
         return next(self._iter)
@@ -1237,9 +1271,9 @@ class AsyncChatStream:
 
     async def _deltas(self) -> AsyncGenerator[str, None]:
         request = self._request
-        decision, key, hit = _prepare(request)  # the same first steps as achat()
+        decision, key, hit, settings = _prepare(request)  # the same first steps as achat()
         hit = _structured_hit(request, hit)
-        state = self._state = _StreamState(request, decision)
+        state = self._state = _StreamState(request, decision, settings)
         state.key = key
         if hit is not None:
             state.finished = True
@@ -1247,7 +1281,7 @@ class AsyncChatStream:
             if hit.text:
                 yield hit.text
             return
-        state.reservation = await _areserve(request, decision)
+        state.reservation = await _areserve(request, decision, settings)
         try:
             await _aopen_stream(state, self._retries)
         except BaseException:
@@ -1278,8 +1312,8 @@ class AsyncChatStream:
         await response.aclose()
         state.end()
 
-    def __aiter__(self) -> AsyncChatStream:
-        return self
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._agen  # as ChatStream.__iter__: no __anext__ call per delta
 
     async def __anext__(self) -> str:
         return await self._agen.__anext__()

@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +231,7 @@ class LedgerRow:
     image_tokens: int = 0  # of input_tokens, the images' share
 
     def as_params(self) -> tuple[Any, ...]:
+        credits = self.credits_charged_usd
         return (
             self.ts_ms or now_ms(),
             self.client_id or new_client_id(),
@@ -248,7 +250,7 @@ class LedgerRow:
             int(self.cache_write_tokens),
             int(self.thinking_tokens),
             to_pusd(self.provider_cost_usd),
-            to_pusd(self.credits_charged_usd) or 0,
+            (to_pusd(credits) or 0) if credits else 0,  # 0 for most rows: no call
             int(bool(self.estimated)),
             self.price_version,
             self.latency_ms,
@@ -1099,7 +1101,7 @@ class _Journal:
         # ``[2, ts_ms, client_id, …]``: the row's values in COLUMNS order. A list, not the
         # ``{"v": 1, "row": {column: value}}`` object older versions wrote (still read):
         # a third of the encoding time, paid on every request.
-        line = _JOURNAL_ENCODER.encode((JOURNAL_VERSION, *params)) + "\n"
+        line = "".join(_journal_chunks((JOURNAL_VERSION, *params), 0)) + "\n"
         with self.lock:
             self.open.add(client_id)
             os.write(self.fd, line.encode())  # no fsync: a killed process's writes persist
@@ -1129,6 +1131,17 @@ class _Journal:
 
 JOURNAL_VERSION = 2
 _JOURNAL_ENCODER = json.JSONEncoder(separators=(",", ":"))
+# What _JOURNAL_ENCODER.encode writes, from its C encoder built once (encode builds one per
+# call, through two Python frames, with a dict for cycles a flat row of values cannot have).
+_journal_chunks: Callable[[Any, int], Any]
+try:
+    from _json import make_encoder as _make_encoder
+except ImportError:  # pragma: no cover - a Python without json's C accelerator
+    _journal_chunks = lambda values, _level: (_JOURNAL_ENCODER.encode(values),)  # noqa: E731
+else:
+    _journal_chunks = _make_encoder(
+        None, _JOURNAL_ENCODER.default, encode_basestring_ascii, None, ":", ",", False, False, True
+    )
 
 
 def _journal_row(data: Any) -> dict[str, Any]:

@@ -91,13 +91,11 @@ class ChatOptions:
         """The options from a public function's keyword arguments, as the user gave them:
         ``max_cost_usd`` parsed (:func:`parse_max_cost`) and ``schema`` normalised
         (:func:`cencori_nb.schemas.as_schema`), here once for every public function."""
-        from .schemas import as_schema  # here: schemas imports pydantic, only when used
+        if schema is not None:
+            from .schemas import as_schema  # here: schemas imports pydantic, only when used
 
-        return cls(
-            max_cost_usd=parse_max_cost(max_cost_usd),
-            schema=None if schema is None else as_schema(schema),
-            **options,
-        )
+            schema = as_schema(schema)
+        return cls(max_cost_usd=parse_max_cost(max_cost_usd), schema=schema, **options)
 
     @property
     def deterministic(self) -> bool:

@@ -489,6 +489,16 @@ def _fast_cost(rates: _Rates, usage: Usage) -> Decimal:
     p_in, p_out, p_cr, p_cw, p_req = rates
     total_in = usage.input_tokens
     cr, cw = usage.cache_read_tokens, usage.cache_write_tokens
+    if (
+        p_req is None
+        and isinstance(p_in, Decimal)
+        and isinstance(p_out, Decimal)
+        and isinstance(p_cr, Decimal)
+        and isinstance(p_cw, Decimal)
+    ):  # no tiers, no fee (most models): the same sum without four calls
+        return (
+            p_in * (total_in - cr - cw) + p_cr * cr + p_cw * cw + p_out * usage.output_tokens
+        ) / _MTOK
     cost = (
         _tier(p_in, total_in) * (total_in - cr - cw)
         + _tier(p_cr, total_in) * cr

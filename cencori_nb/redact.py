@@ -223,7 +223,9 @@ def register_secrets(values: Iterable[Any]) -> None:
 
 def register_secret(value: Any) -> None:
     """:func:`register_secrets` for one credential."""
-    register_secrets((value,))
+    raw = _reveal(value)
+    if raw not in _registered:  # the router hands out the same key with every request
+        register_secrets((raw,))
 
 
 def registered_secrets() -> frozenset[str]:
@@ -752,20 +754,37 @@ class StreamRedactor:
 
     def __init__(self) -> None:
         self._held = ""
+        # the registered keys last seen, and their two regexes (rebuilt when a key is
+        # registered mid-stream): one feed per delta, so no lookups per delta
+        self._secrets: frozenset[str] | None = None
+        self._exact: re.Pattern[str] | None = None
+        self._tails: tuple[re.Pattern[str], int] | None = None
 
     def feed(self, delta: str) -> str:
         if not delta:  # an event without text (usage, finish): what is held stays held
             return ""
-        text = remove_stored_keys(self._held + delta)
-        keep = 0
-        tails = _key_start_at_end(_registered)
-        if tails is not None:
-            regex, longest = tails
-            found = regex.search(text, max(0, len(text) - longest))
-            if found is not None:  # the leftmost match: the longest tail to hold back
-                keep = len(text) - found.start()
-        self._held = text[len(text) - keep :] if keep else ""
-        return text[: len(text) - keep]
+        secrets = _registered
+        if secrets is not self._secrets:
+            self._exact = _exact_regex(secrets, False, MIN_REGISTERED)
+            self._tails = _key_start_at_end(secrets)
+            self._secrets = secrets
+        text = self._held + delta
+        exact = self._exact
+        if exact is not None:  # remove_stored_keys, inline
+            text = exact.sub(MARKER, text)
+        tails = self._tails
+        if tails is None:
+            self._held = ""
+            return text
+        regex, longest = tails
+        found = regex.search(text, max(0, len(text) - longest))
+        if found is None:
+            self._held = ""
+            return text
+        # the leftmost match: the longest tail that could start a key is held back
+        cut = found.start()
+        self._held = text[cut:]
+        return text[:cut]
 
     def close(self) -> str:
         rest, self._held = remove_stored_keys(self._held), ""
@@ -779,11 +798,11 @@ def refuse_key_in_prompt(prompt: str, secrets: Iterable[Any] = (), *, shapes: bo
     Long random-looking tokens alone are allowed: prompts legitimately carry hashes and
     base64. The message never repeats the key.
     """
-    from .errors import KeyInPromptError
-
     if (shapes and any(p.search(prompt) for p in PROMPT_KEY_SHAPES)) or holds_secret(
         prompt, secrets
     ):
+        from .errors import KeyInPromptError  # here: errors imports this module
+
         raise KeyInPromptError(
             "Not sent: the prompt contains an API key. The provider would receive it and the "
             "reply could repeat it into the notebook.",

@@ -65,8 +65,10 @@ from typing import Any
 from . import egress, state
 from .catalog import CENCORI, PROVIDERS, provider_info
 from .errors import ConfigurationError, ProviderNotConfiguredError, UnknownModelError
+from .keystore import default_store
 from .keystore.secret import Secret
-from .settings import load_settings
+from .redact import register_secret
+from .settings import Settings, load_settings
 from .types import ChatRequest, Message
 
 __all__ = [
@@ -363,8 +365,6 @@ def _warn_unknown_model(provider: str, model: str) -> None:
 
 
 def _store() -> Any:
-    from .keystore import default_store
-
     return default_store()
 
 
@@ -517,8 +517,6 @@ def _default_provider(
 
 
 def _decide(model: str | None, provider: str | None, route: str, project: str | None) -> Decision:
-    from .redact import register_secret
-
     if route not in ("auto", "byok", "managed"):
         raise ConfigurationError(
             f"Unknown route {route!r}.", hint="Use 'auto', 'byok' or 'managed'.", route=route
@@ -674,22 +672,23 @@ _MEMO_MAX = 256
 state.on_reset("router.memo", _memo.clear, env=state.ALL)
 
 
-def _state_token() -> tuple[Any, ...]:
-    return (load_settings(), _store().signature())
+def _state_token(settings: Settings | None = None) -> tuple[Any, ...]:
+    return (settings or load_settings(), _store().signature())
 
 
-def resolve(request: ChatRequest) -> Decision:
+def resolve(request: ChatRequest, settings: Settings | None = None) -> Decision:
     """The :class:`Decision` for ``request`` (its model, provider, route and project).
+
+    ``settings``: the current settings when the caller has just read them (the client
+    reads them once per request), else they are read here.
 
     Before a request is refused as not configured (no key, no default provider), the key
     store and the settings are looked at afresh (:func:`cencori_nb.state.recheck`): another
     process may have added the key less than a second ago.
     """
-    from .redact import register_secret
-
     state.check()
     key = (request.model, request.provider, request.route, request.project)
-    token = _state_token()
+    token = _state_token(settings)
     hit = _memo.get(key)
     if hit is not None and hit[0] == token:
         decision = hit[1]
@@ -704,7 +703,7 @@ def resolve(request: ChatRequest) -> Decision:
             raise
         token = fresh
         decision = _decide(request.model, request.provider, request.route, request.project)
-    budgets = load_settings().for_project(decision.project)
+    budgets = token[0].for_project(decision.project)
     if budgets.soft_budget_usd is not None or budgets.hard_cap_usd is not None:
         fallback = decision.fallback
         decision = replace(

@@ -41,6 +41,8 @@ class Message:
     @property
     def images(self) -> tuple[ImagePart, ...]:
         """The images in this message, in order."""
+        if not self.parts:  # a text message (most): no generator to run
+            return ()
         return tuple(p for p in self.parts if not isinstance(p, str))
 
     @classmethod
@@ -118,7 +120,11 @@ class ChatRequest:
     @property
     def images(self) -> tuple[ImagePart, ...]:
         """Every image in the request's messages, in order."""
-        return tuple(image for m in self.messages for image in m.images)
+        found: tuple[ImagePart, ...] = ()
+        for m in self.messages:  # asked several times per request: no generator, no call
+            if m.parts:  # for a text message
+                found += m.images
+        return found
 
 
 @dataclass(slots=True)

@@ -144,6 +144,20 @@ def test_stream_closed_early_is_settled_as_estimated(sbx: SandboxServer) -> None
     assert len(rows) == 1 and rows[0].estimated and rows[0].status == "interrupted"
 
 
+def test_stream_read_with_next_then_a_loop_yields_every_delta_once(sbx: SandboxServer) -> None:
+    """A for loop reads the deltas themselves (iter() of a stream is its generator): mixed
+    with next(), every delta comes once, in order, and the stream settles as completed."""
+    whole = "".join(cencori_nb.stream("Mix next and for", model="gpt-4o-mini", cache=False))
+    s = cencori_nb.stream("Mix next and for", model="gpt-4o-mini", cache=False)
+    first = next(s)
+    rest = [delta for delta in s]
+    assert first + "".join(rest) == whole and rest
+    assert list(s) == [] and next(iter(s), None) is None  # exhausted, like any iterator
+    c = s.completion
+    assert c is not None and c.text == whole and not c.estimated
+    assert [r.status for r in _rows()] == ["ok", "ok"]
+
+
 def test_stream_managed(sbx: SandboxServer) -> None:
     """Managed streams carry the gateway's terminal usage/cost chunk."""
     s = cencori_nb.stream("Managed stream", model="gemini-2.5-flash", route="managed", cache=False)

@@ -644,3 +644,33 @@ def test_client_ids_are_random_version_4_uuids_in_hex() -> None:
         parsed = uuid.UUID(cid)
         assert parsed.hex == cid and parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
+
+
+def test_a_journal_line_is_what_json_writes_for_the_rows_values() -> None:
+    """The in-flight journal's encoder (built once) writes what json.dumps writes for the
+    same values, so every older and newer reader parses it the same."""
+    import json
+
+    from cencori_nb.ledger import JOURNAL_VERSION, _journal_chunks
+
+    values = (
+        JOURNAL_VERSION,
+        1_790_000_000_123,
+        "c" * 32,
+        "",
+        'projét ✓ \\u2028 "quoted" \n',
+        None,
+        True,
+        False,
+        0,
+        -7,
+        12.5,
+        1e-7,
+        float("inf"),
+        10**30,
+    )
+    line = "".join(_journal_chunks(values, 0))
+    assert line == json.dumps(list(values), separators=(",", ":"))
+    assert json.loads(line) == list(values)
+    with pytest.raises(TypeError):  # a value JSON cannot hold is refused, as before
+        "".join(_journal_chunks((JOURNAL_VERSION, object()), 0))

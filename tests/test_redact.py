@@ -292,3 +292,20 @@ def test_module_patterns_compile_on_first_use_and_behave_as_compiled() -> None:
     fresh = key_pattern({"gsk_": 8})
     assert fresh._compiled is None  # type: ignore[attr-defined]  # not compiled until used
     assert fresh.search("gsk_abcdefgh1") and fresh._compiled is not None  # type: ignore[attr-defined]
+
+
+def test_stream_redactor_removes_a_key_registered_after_it_started() -> None:
+    """The redactor keeps the regexes of the keys registered when it last fed; a key
+    registered mid-stream (the store opened by another call) is removed from the next
+    delta on, also when it is split over deltas."""
+    from cencori_nb import redact
+
+    redact.register_secret("first-key-" + "f" * 20)
+    late = "late-key-" + "L" * 20
+    r = redact.StreamRedactor()
+    assert r.feed("before ") == "before "
+    redact.register_secret(late)
+    shown = r.feed("x " + late[:7]) + r.feed(late[7:] + " y") + r.close()
+    assert late not in shown and shown == "x [redacted] y"
+    state.reset("redact")
+    assert redact.StreamRedactor().feed(late) == late  # forgotten at a reset: no stale regex

@@ -12,7 +12,7 @@ what the provider said (scrubbed of anything key-shaped, shortened), and what to
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -145,6 +145,9 @@ def to_decimal(value: Any) -> Decimal | None:
 # One decoder for every body and stream event: ``json.loads(..., parse_float=…)`` would
 # build a new decoder per call, which shows on streams of many small events.
 _DECODER = json.JSONDecoder(parse_float=Decimal)
+# (text, index) -> (value, end), StopIteration when no value starts there: the decoder's C
+# scanner, which JSONDecoder.decode calls through two Python frames (not in typeshed)
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def _decode(data: str | bytes) -> Any:
@@ -531,7 +534,15 @@ class BaseStreamParser(StreamParser):
         self.refusal: str | None = None
 
     def json(self, event: httpx2.ServerSentEvent) -> Any:
-        return loads(event.data, provider=self.provider, what="stream event")
+        data = event.data
+        try:  # once per event: the decoder's C scanner straight away
+            value, end = _SCAN(data, 0)
+            if end == len(data):
+                return value
+        except (StopIteration, ValueError, TypeError):
+            pass
+        # not one bare JSON value: what loads says (whitespace around it, or its error)
+        return loads(data, provider=self.provider, what="stream event")
 
     def emit(self, text: Any) -> str | None:
         if isinstance(text, str) and text:

@@ -74,15 +74,24 @@ def openai_usage(raw: Any) -> Usage | None:
     """
     if not isinstance(raw, dict):
         return None
-    prompt = c.to_int(raw.get("prompt_tokens"))
-    completion = c.to_int(raw.get("completion_tokens"))
-    cached = c.to_int(
-        c.dig(raw, "prompt_tokens_details", "cached_tokens") or raw.get("prompt_cache_hit_tokens")
-    )
-    cache_write = c.to_int(c.dig(raw, "prompt_tokens_details", "cache_write_tokens"))
-    reasoning = c.to_int(
-        c.dig(raw, "completion_tokens_details", "reasoning_tokens") or raw.get("reasoning_tokens")
-    )
+    # Once per answer: a plain int is taken as it is, anything else goes through c.to_int
+    # (None, junk, a float); a missing or non-object *_details reads as {} (c.dig's None).
+    ptd = raw.get("prompt_tokens_details")
+    ptd = ptd if isinstance(ptd, dict) else {}
+    ctd = raw.get("completion_tokens_details")
+    ctd = ctd if isinstance(ctd, dict) else {}
+    v = raw.get("prompt_tokens")
+    prompt = v if type(v) is int else c.to_int(v)
+    v = raw.get("completion_tokens")
+    completion = v if type(v) is int else c.to_int(v)
+    v = ptd.get("cached_tokens") or raw.get("prompt_cache_hit_tokens")
+    cached = v if type(v) is int else c.to_int(v)
+    v = ptd.get("cache_write_tokens")
+    cache_write = v if type(v) is int else c.to_int(v)
+    v = ctd.get("reasoning_tokens") or raw.get("reasoning_tokens")
+    reasoning = v if type(v) is int else c.to_int(v)
+    v = ptd.get("image_tokens")
+    image_tokens = v if type(v) is int else c.to_int(v)
     total = raw.get("total_tokens")
     output = completion
     if (
@@ -98,7 +107,7 @@ def openai_usage(raw: Any) -> Usage | None:
         cache_read_tokens=cached,
         cache_write_tokens=cache_write,
         thinking_tokens=reasoning,
-        image_tokens=c.to_int(c.dig(raw, "prompt_tokens_details", "image_tokens")),
+        image_tokens=image_tokens,
     )
 
 
@@ -371,7 +380,12 @@ class ChatCompletionsStreamParser(c.AdapterStreamParser):
                 if isinstance(delta.get("refusal"), str):
                     self.refusal = (self.refusal or "") + delta["refusal"]
                 content = delta.get("content")
-                return self.emit(content if type(content) is str else content_text(content))
+                if type(content) is str:  # the common delta: emit(), inline (once per event)
+                    if content:
+                        self.parts.append(content)
+                        return content
+                    return None
+                return self.emit(content_text(content))
         return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from email.utils import format_datetime
 
 import httpx2
@@ -199,3 +200,25 @@ def test_json_request_is_the_request_httpx2_would_build(
         assert (got.method, got.url, got.content) == (want.method, want.url, want.content)
         assert got.headers.raw == want.headers.raw
         assert got.stream is not None and b"".join(got.stream) == want.content
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ('{"a": 1.5}', {"a": Decimal("1.5")}),
+        ('  {"a": [1, "b"]}\n', {"a": [1, "b"]}),  # whitespace around it: still one value
+        ("[]", []),
+        ('"text"', "text"),
+    ],
+)
+def test_a_stream_event_is_parsed_as_json_with_decimal_floats(data: str, expected: object) -> None:
+    parser = get_provider("openai").stream_parser()
+    value = parser.json(httpx2.ServerSentEvent(data=data))
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize("data", ["", "{", '{"a": 1} trailing', "{'a': 1}", "NaN x", '{"a":1}{}'])
+def test_a_stream_event_that_is_not_one_json_value_is_a_bad_response(data: str) -> None:
+    parser = get_provider("openai").stream_parser()
+    with pytest.raises(errors.BadResponseError, match="stream event that is not valid JSON"):
+        parser.json(httpx2.ServerSentEvent(data=data))

@@ -377,3 +377,58 @@ def test_html_error_page_is_mapped_by_status_without_quoting_html() -> None:
     )
     assert isinstance(err, errors.ProviderUnavailableError)
     assert "<html>" not in str(err)
+
+
+def _usage_before_the_inline_reads(raw: Any) -> Usage | None:
+    """openai_usage as it was written with c.to_int and c.dig on every field (the reference
+    its faster version must equal)."""
+    from cencori_nb.providers import _common as c
+
+    if not isinstance(raw, dict):
+        return None
+    prompt = c.to_int(raw.get("prompt_tokens"))
+    completion = c.to_int(raw.get("completion_tokens"))
+    cached = c.to_int(
+        c.dig(raw, "prompt_tokens_details", "cached_tokens") or raw.get("prompt_cache_hit_tokens")
+    )
+    cache_write = c.to_int(c.dig(raw, "prompt_tokens_details", "cache_write_tokens"))
+    reasoning = c.to_int(
+        c.dig(raw, "completion_tokens_details", "reasoning_tokens") or raw.get("reasoning_tokens")
+    )
+    total = raw.get("total_tokens")
+    output = completion
+    if (
+        reasoning
+        and total is not None
+        and c.to_int(total) == prompt + completion + reasoning
+        and c.to_int(total) != prompt + completion
+    ):
+        output = completion + reasoning
+    return Usage(prompt, output, cached, cache_write, reasoning,
+                 c.to_int(c.dig(raw, "prompt_tokens_details", "image_tokens")))  # fmt: skip
+
+
+_JUNK: list[Any] = [None, 0, 7, -3, True, False, 2.9, "12", "x", [], [5], {}, {"a": 1}]
+
+
+@pytest.mark.parametrize("junk", _JUNK)
+def test_openai_usage_reads_every_field_shape_as_before(junk: Any) -> None:
+    """Each usage field (and each *_details object) holding an int, a bool, a float, a
+    string, a list, an object or nothing gives the Usage the old reads gave."""
+    from cencori_nb.providers.openai import openai_usage
+
+    base: dict[str, Any] = {
+        "prompt_tokens": 30,
+        "completion_tokens": 9,
+        "total_tokens": 39,
+        "prompt_tokens_details": {"cached_tokens": 4, "image_tokens": 2},
+        "completion_tokens_details": {"reasoning_tokens": 3},
+    }
+    shapes = [base, junk, {**base, "total_tokens": 42}]  # 42: reasoning beside completion
+    for field in (*base, "prompt_cache_hit_tokens", "reasoning_tokens"):
+        shapes.append({**base, field: junk})
+    for details in ("prompt_tokens_details", "completion_tokens_details"):
+        for field in ("cached_tokens", "cache_write_tokens", "image_tokens", "reasoning_tokens"):
+            shapes.append({**base, details: {field: junk}})
+    for raw in shapes:
+        assert openai_usage(raw) == _usage_before_the_inline_reads(raw), raw
