@@ -302,12 +302,15 @@ def _no_network(
     flush: Callable[[], None],
 ) -> list[str]:
     """The same contenders with the network taken out: both clients get the sandbox's
-    recorded answers (status, headers, body bytes) from an ``httpx2.MockTransport``, so what
-    is left is each client's own CPU, free of loopback and of the sandbox's scheduling (on
-    a loaded machine the steadier reading of the bookkeeping's cost in µs)."""
+    recorded answers (status, headers, body bytes; a stream one event per chunk) at the
+    level they send on: the raw client from an ``httpx2.MockTransport``, cencori_nb's
+    direct sender from a replaying stand-in for its httpcore2 pool. What is left is each
+    client's own CPU, free of loopback and of the sandbox's scheduling (on a loaded machine
+    the steadier reading of the bookkeeping's cost in µs)."""
     import httpx2
 
     from cencori_nb import transport
+    from cencori_nb.transport.direct import DirectSender
 
     raw_call, nb_call, raw_stream, nb_stream = contenders
     recorded: dict[bool, tuple[int, list[tuple[str, str]], bytes]] = {}
@@ -333,14 +336,51 @@ def _no_network(
             headers = [(k, v) for k, v in answer.headers.items() if k.lower() != "content-length"]
             recorded[streamed] = (answer.status_code, headers, answer.content)
 
+    def chunks(streamed: bool, content: bytes) -> list[bytes]:
+        # a stream arrives one event per chunk, as the sandbox (and a provider) sends it
+        if not streamed:
+            return [content]
+        return [part + b"\n\n" for part in content.split(b"\n\n") if part]
+
+    class Replay(httpx2.SyncByteStream):
+        def __init__(self, parts: list[bytes]) -> None:
+            self.parts = parts
+
+        def __iter__(self) -> Any:
+            yield from self.parts
+
     def replay(request: httpx2.Request) -> httpx2.Response:
-        status, headers, content = recorded[b'"stream":true' in request.content]
-        return httpx2.Response(status, headers=headers, content=content)
+        streamed = b'"stream":true' in request.content
+        status, headers, content = recorded[streamed]
+        return httpx2.Response(status, headers=headers, stream=Replay(chunks(streamed, content)))
+
+    class ReplayPool:
+        """In place of the direct sender's httpcore2 pool: the same recorded answers, so
+        cencori_nb's own send path (transport/direct.py) is measured, not httpx2.Client."""
+
+        def handle_request(self, request: Any) -> Any:
+            import httpcore2
+
+            streamed = b'"stream":true' in b"".join(request.stream)
+            status, headers, content = recorded[streamed]
+            return httpcore2.Response(
+                status,
+                headers=[(k.encode(), v.encode()) for k, v in headers],
+                content=chunks(streamed, content),
+            )
+
+        def close(self) -> None:
+            return None
 
     mock = httpx2.MockTransport(replay)
     saved = raw_client._transport  # the raw contenders' client: the mock for a while
     raw_client._transport = mock
-    transport.set_transport(mock)
+    sender = transport.pool.get_sender()
+    direct = isinstance(sender, DirectSender)
+    if direct:
+        saved_pool, sender._pool = sender._pool, ReplayPool()  # noqa: SLF001
+    else:  # a proxy in the environment: cencori_nb sends through httpx2.Client
+        transport.set_transport(mock)
     try:
         out = []
         for title, group in (
@@ -356,12 +396,15 @@ def _no_network(
             extra = statistics.median(
                 v[0] - b[0] for v, b in zip(samples[ours], samples[base], strict=True)
             )
-            out.append(f"{title} (MockTransport replaying the sandbox's answers):")
+            out.append(f"{title} (the sandbox's answers replayed below each client):")
             out += summary(samples, base)
             out.append(f"  {ours} spends {extra:.0f} µs more client CPU per call (median)")
         return out
     finally:
-        transport.set_transport(None)
+        if direct:
+            sender._pool = saved_pool  # noqa: SLF001
+        else:
+            transport.set_transport(None)
         raw_client._transport = saved
 
 
