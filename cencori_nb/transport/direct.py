@@ -161,13 +161,17 @@ class DirectSender:
         if "timeout" not in extensions:
             extensions = {**extensions, **self._timeout}
             request.extensions = extensions
+        try:
+            content: Any = request.content  # read already: every request json_request builds
+        except httpx2.RequestNotRead:
+            content = request.stream  # e.g. a job's multipart upload: sent as read, not copied
         core = httpcore2.Request(
             method=request.method,
             url=httpcore2.URL(
                 scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
             ),
             headers=request.headers.raw,
-            content=request.read(),  # bytes already for every request we build
+            content=content,
             extensions=extensions,
         )
         try:

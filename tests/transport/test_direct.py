@@ -99,6 +99,30 @@ def test_credentials_in_the_url_are_sent_as_the_client_sends_them(server: str) -
     assert client.status_code == direct.status_code == 200
 
 
+def test_a_multipart_upload_is_sent_as_the_client_sends_it(server: str) -> None:
+    """A batch job's file upload (``files=``: a stream httpx2 has not read) reaches the
+    server byte for byte as through the client, with its Content-Length."""
+    Handler.seen.clear()
+    data = b'{"custom_id":"r1"}\n' * 500
+
+    def upload() -> httpx2.Request:
+        return httpx2.Request(
+            "POST",
+            server + "/ok",
+            headers={"Content-Type": "multipart/form-data; boundary=cencori-test-boundary"},
+            data={"purpose": "batch"},
+            files={"file": ("job.jsonl", data, "application/jsonl")},
+        )
+
+    assert not hasattr(upload(), "_content")  # unread: sent as a stream, not copied first
+    client, direct = _both(upload)
+    a, b = Handler.seen
+    assert a["headers"] == b["headers"] and a["body"] == b["body"]
+    assert data in b["body"] and b"cencori-test-boundary" in b["body"]
+    assert ("content-length", str(len(b["body"]))) in b["headers"]
+    assert client.status_code == direct.status_code == 200
+
+
 def test_a_get_without_body_sends_no_body(server: str) -> None:
     Handler.seen.clear()
     client, direct = _both(lambda: _request(server + "/ok", method="GET"))
