@@ -8,6 +8,7 @@ are checked at the source.
 from __future__ import annotations
 
 import _thread
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import genai_prices
 import pandas as pd
 import pytest
 
@@ -379,3 +381,52 @@ def test_a_script_that_calls_map_exits_cleanly(sbx: SandboxServer, tmp_path: Pat
     assert "rows ok: 40" in out.stdout
     assert "loop closed: True; client closed: True" in out.stdout
     assert out.stderr == ""
+
+
+_FIRST_MAP_SCRIPT = """
+import json
+import sys
+import cencori_nb
+
+df = cencori_nb.map(
+    [f"{sys.argv[1]} row {i}" for i in range(8)], model="gpt-4o-mini", progress=False
+)
+heavy = [m for m in ("genai_prices", "pydantic", "cencori_nb.schemas") if m in sys.modules]
+rows = df[["model", "input_tokens", "output_tokens", "provider_cost_usd"]].values.tolist()
+print(json.dumps([[m, int(i), int(o), str(c)] for m, i, o, c in rows]), flush=True)
+print("imported:", heavy, flush=True)
+"""
+
+
+def test_a_second_process_first_map_imports_no_price_package(
+    sbx: SandboxServer, tmp_path: Path
+) -> None:
+    """The first map of a process imports what it needs and no more: the first process
+    after an install builds the price table (genai-prices, pydantic), the next prices its
+    rows from it (same costs) without them, and nothing imports schemas without schema=."""
+    script = tmp_path / "first_map.py"
+    script.write_text(_FIRST_MAP_SCRIPT, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(Path(cencori_nb.__file__).parents[1])}
+
+    def run(tag: str) -> list[str]:
+        out = subprocess.run(
+            [sys.executable, str(script), tag],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        assert out.returncode == 0 and out.stderr == "", out.stderr
+        return out.stdout.splitlines()
+
+    first = run("first")
+    assert first[1] == "imported: ['genai_prices', 'pydantic']"
+    second = run("second")
+    assert second[1] == "imported: []"
+    for model, tokens_in, tokens_out, cost in json.loads(first[0]) + json.loads(second[0]):
+        usage = genai_prices.Usage(input_tokens=tokens_in, output_tokens=tokens_out)
+        assert (
+            Decimal(cost) == genai_prices.calc_price(usage, model, provider_id="openai").total_price
+        )
