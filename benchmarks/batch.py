@@ -308,15 +308,17 @@ def first_call(name: str, url: str, rows: int, concurrency: int, tag: str) -> in
     table = False
     if name == "map":
         import cencori_nb  # noqa: F401  (what a script imports; map's lazy imports count)
-        from cencori_nb import pricing
-        from cencori_nb.home import home_dir
 
-        # the price table a previous process left (pricing.py); the first process builds it
-        table = (home_dir() / pricing.TABLE_NAME).is_file()
+        # the price table a previous process left (pricing.TABLE_NAME, checked below without
+        # importing pricing before the clock starts); the first process builds it
+        table = (Path(os.environ["CENCORI_NB_HOME"]) / "prices.json").is_file()
 
         cpu0 = time.process_time()
         elapsed, df = run_map(prompts, concurrency)
         errors = int(df["error"].notna().sum())
+        from cencori_nb import pricing
+
+        assert pricing.TABLE_NAME == "prices.json"
     else:
         import httpx2  # noqa: F401
 
