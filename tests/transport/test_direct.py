@@ -301,3 +301,125 @@ def test_a_new_read_timeout_builds_a_new_sender(monkeypatch: pytest.MonkeyPatch)
     assert second is not first
     assert isinstance(second, DirectSender)
     assert second._timeout["timeout"]["read"] == 9.0  # noqa: SLF001
+
+
+class _Socket:
+    """A stand-in for httpcore2's socket stream: records each write (the system calls the
+    connection makes), fails writes when told to, answers reads."""
+
+    def __init__(self, *, fail_writes: bool = False) -> None:
+        self.writes: list[tuple[bytes, float | None]] = []
+        self.events: list[str] = []
+        self.fail_writes = fail_writes
+        self.closed = False
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.events.append("write")
+        if self.fail_writes:
+            import httpcore2
+
+            raise httpcore2.WriteError("broken pipe")
+        self.writes.append((bytes(buffer), timeout))
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self.events.append("read")
+        return b"HTTP/1.1 413 Payload Too Large\r\n\r\n"[:max_bytes]
+
+    def close(self) -> None:
+        self.closed = True
+
+    def start_tls(self, *args: Any) -> _Socket:
+        self.events.append("tls")
+        return _Socket()
+
+    def get_extra_info(self, info: str) -> Any:
+        return f"info:{info}"
+
+
+def test_a_requests_head_and_body_go_out_in_one_write_at_the_first_read() -> None:
+    """httpcore2 writes a request's head and body separately; the connection's stream
+    holds them and sends them with one call when the answer is first read (with the
+    write's timeout), then reads."""
+    from cencori_nb.transport.direct import _HeldWrites
+
+    sock = _Socket()
+    stream = _HeldWrites(sock)
+    stream.write(b"POST /v1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n", timeout=3.0)
+    stream.write(b"{}", timeout=3.0)
+    stream.write(b"", timeout=3.0)  # h11's end of message for a sized body
+    assert sock.events == []
+    assert stream.read(1024, timeout=9.0).startswith(b"HTTP/1.1 413")
+    assert sock.events == ["write", "read"]
+    assert sock.writes == [(b"POST /v1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", 3.0)]
+    stream.read(1024)  # nothing held: a plain read
+    assert sock.events == ["write", "read", "read"]
+    assert stream.get_extra_info("is_readable") == "info:is_readable"
+
+
+def test_a_large_upload_goes_out_as_it_is_written() -> None:
+    from cencori_nb.transport.direct import MAX_HELD_BYTES, _HeldWrites
+
+    sock = _Socket()
+    stream = _HeldWrites(sock)
+    stream.write(b"head\r\n\r\n")
+    stream.write(b"x" * MAX_HELD_BYTES)  # past the bound: sent now, with the head
+    assert [len(w) for w, _ in sock.writes] == [8 + MAX_HELD_BYTES]
+    stream.write(b"tail")
+    stream.read(10)
+    assert [w for w, _ in sock.writes][1] == b"tail"
+
+
+def test_a_write_error_when_sending_is_dropped_and_the_answer_read() -> None:
+    """The server closed its side while we sent (it may have answered early, e.g. 413):
+    as httpcore2 does for a write error while sending a request, the error is dropped and
+    the answer read; the held bytes are gone, not sent again."""
+    from cencori_nb.transport.direct import _HeldWrites
+
+    sock = _Socket(fail_writes=True)
+    stream = _HeldWrites(sock)
+    stream.write(b"POST / HTTP/1.1\r\n\r\n")
+    assert stream.read(1024).startswith(b"HTTP/1.1 413")
+    assert sock.events == ["write", "read"]
+    stream.read(1024)
+    assert sock.events == ["write", "read", "read"]
+
+
+def test_tls_starts_after_what_is_held_and_its_stream_holds_too() -> None:
+    from cencori_nb.transport.direct import _HeldWrites
+
+    sock = _Socket()
+    stream = _HeldWrites(sock)
+    stream.write(b"CONNECT api.example.com:443 HTTP/1.1\r\n\r\n")
+    tls = stream.start_tls(object(), "api.example.com", 5.0)
+    assert sock.events == ["write", "tls"]
+    assert isinstance(tls, _HeldWrites)
+    tls.write(b"GET / HTTP/1.1\r\n\r\n")
+    assert tls.read(5) == b"HTTP/"
+    stream.close()
+    assert sock.closed
+
+
+def test_the_senders_connections_send_each_request_in_one_write(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end: every request the direct sender makes (a POST with a body, a GET) leaves
+    its connection in one write of head and body together."""
+    from cencori_nb.transport import direct
+
+    writes: list[bytes] = []
+    real = direct._HeldWrites._send
+
+    def counting(self: Any) -> None:
+        writes.append(b"".join(self._held))
+        real(self)
+
+    monkeypatch.setattr(direct._HeldWrites, "_send", counting)
+    sender = _sender(5.0)
+    try:
+        assert sender.send(_request(server + "/ok", content=b'{"q":1}')).content == BODY
+        assert sender.send(_request(server + "/ok", method="GET")).status_code == 200
+    finally:
+        sender.close()
+    assert len(writes) == 2
+    assert writes[0].startswith(b"POST /ok HTTP/1.1\r\n") and writes[0].endswith(b'\r\n\r\n{"q":1}')
+    assert writes[1].startswith(b"GET /ok HTTP/1.1\r\n") and writes[1].endswith(b"\r\n\r\n")
