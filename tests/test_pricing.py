@@ -538,3 +538,37 @@ def test_the_table_is_saved_at_exit_without_a_traceback(private_home: Path) -> N
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0 and out.stderr == ""
+
+
+def test_lookups_another_process_saved_meanwhile_are_kept(private_home: Path) -> None:
+    """Two kernels price different models: each save merges what the other wrote since
+    this process read the table, so neither loses the other's lookups."""
+    ensure_home()
+    pricing.provider_cost("openai", "gpt-4o", Usage(10, 10))  # read (empty) and saved
+    _probe(private_home)  # another process adds gpt-4o-mini-2024-07-18 meanwhile
+    state.reset("pricing")
+    pricing._disk_table()  # this process's view: both so far
+    _probe_model = "claude-sonnet-4-5-20250929"
+    other = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from cencori_nb import pricing; from cencori_nb.types import Usage; "
+            "pricing.provider_cost('anthropic', 'claude-3-5-haiku-latest', Usage(1, 1))",
+        ],
+        env={**os.environ, "CENCORI_NB_HOME": str(private_home), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert other.stderr == ""
+    pricing.provider_cost("anthropic", _probe_model, Usage(10, 10))  # saves, merging
+    raw = json.loads((private_home / pricing.TABLE_NAME).read_bytes())
+    saved = {(p, m) for p, m, _ in raw["entries"]}
+    assert {
+        ("openai", "gpt-4o"),
+        ("openai", DATED),
+        ("anthropic", "claude-3-5-haiku-latest"),
+        ("anthropic", _probe_model),
+    } <= saved
