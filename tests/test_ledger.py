@@ -674,3 +674,26 @@ def test_a_journal_line_is_what_json_writes_for_the_rows_values() -> None:
     assert json.loads(line) == list(values)
     with pytest.raises(TypeError):  # a value JSON cannot hold is refused, as before
         "".join(_journal_chunks((JOURNAL_VERSION, object()), 0))
+
+
+def test_a_forked_child_draws_client_ids_of_its_own() -> None:
+    """Client ids come from a per-process key and counter: a forked child is given a new
+    key (and the parent keeps its own), so the two never hand out the same next id."""
+    import os
+
+    from cencori_nb.ledger import new_client_id
+
+    new_client_id()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write, " ".join(new_client_id() for _ in range(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 4096).decode().split()
+    os.close(read)
+    parent = [new_client_id() for _ in range(3)]
+    assert len(child) == 3 and not set(child) & set(parent)
