@@ -391,8 +391,11 @@ def _wait_for(predicate: Any, what: str, timeout: float = 60.0) -> None:
         time.sleep(0.01)
 
 
-def _journal_has_a_request(home: Path) -> bool:
-    return any(p.stat().st_size > 0 for p in (home / "ledger-inflight").glob("*.jsonl"))
+def _journal_has_a_request(home: Path, pid: int) -> bool:
+    """Whether process ``pid`` noted a request in its in-flight journal (named by its pid:
+    another process's line, e.g. a thread of this test process, must not be taken for the
+    child's and signal it before it has even started)."""
+    return any(p.stat().st_size > 0 for p in (home / "ledger-inflight").glob(f"{pid}-*.jsonl"))
 
 
 def _spawn(code: str, home: Path, sandbox: Any) -> subprocess.Popen[str]:
@@ -423,7 +426,7 @@ def test_sigkill_mid_request_is_recorded_at_the_next_start(private_home: Path, s
         sbx,
     )
     try:
-        _wait_for(lambda: _journal_has_a_request(private_home), "the request to be sent")
+        _wait_for(lambda: _journal_has_a_request(private_home, child.pid), "the request to be sent")
         # the sandbox holds the answer for 1.5 s: kill once the child's connection is open
         _wait_for(lambda: len(sbx._conns) > connections, "the child to connect")
         assert sbx.stats["requests"] == 0  # not answered yet
@@ -660,7 +663,7 @@ def test_ctrl_c_before_the_first_token_is_recorded(private_home: Path, sbx: Any)
     """Ctrl-C while the provider has not answered yet: one interrupted row, estimated
     prompt tokens, no output (the provider may bill the prompt)."""
     sbx.latency_ms = 2000
-    rows = _ctrl_c(private_home, sbx, lambda child: _journal_has_a_request(private_home))
+    rows = _ctrl_c(private_home, sbx, lambda child: _journal_has_a_request(private_home, child.pid))
     assert len(rows) == 1
     status, estimated, input_tokens, output_tokens, _cost = rows[0]
     assert (status, estimated, output_tokens) == ("interrupted", True, 0)

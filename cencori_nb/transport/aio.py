@@ -102,8 +102,9 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
 
     def _open(self) -> aiohttp.ClientSession:
         import aiohttp
-        import httpcore2
         from aiohttp.helpers import proxies_from_env
+
+        from .pool import ssl_context
 
         # Proxies from the environment, read once as httpx2 reads them once per client (not
         # aiohttp's trust_env, which looks them up, and ~/.netrc, in a thread per request,
@@ -113,7 +114,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         connector = aiohttp.TCPConnector(
             limit=self._max_connections,
             keepalive_timeout=self._keepalive_expiry,
-            ssl=httpcore2.default_ssl_context(_trust_env=True),
+            ssl=ssl_context(),
         )
         self._session = aiohttp.ClientSession(
             connector=connector,

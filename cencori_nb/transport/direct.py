@@ -227,16 +227,19 @@ class DirectSender:
         max_connections: int,
         max_keepalive_connections: int,
         keepalive_expiry: float,
+        ssl_context: Any = None,
     ) -> None:
         global _PAIRS, _CORE_ERRORS
         import httpcore2
 
+        if ssl_context is None:
+            ssl_context = httpcore2.default_ssl_context(_trust_env=True)  # httpx2's default
         if not _PAIRS:
             _PAIRS = _exception_pairs()
             _CORE_ERRORS = tuple(core for core, _ours in _PAIRS)
         self._timeout = {"timeout": dict(timeout)}
         self._pool = httpcore2.ConnectionPool(
-            ssl_context=httpcore2.default_ssl_context(_trust_env=True),
+            ssl_context=ssl_context,
             max_connections=max_connections,
             max_keepalive_connections=max_keepalive_connections,
             keepalive_expiry=keepalive_expiry,

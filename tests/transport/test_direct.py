@@ -6,6 +6,7 @@ received and what the caller got."""
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from typing import Any
@@ -423,3 +424,40 @@ def test_the_senders_connections_send_each_request_in_one_write(
     assert len(writes) == 2
     assert writes[0].startswith(b"POST /ok HTTP/1.1\r\n") and writes[0].endswith(b'\r\n\r\n{"q":1}')
     assert writes[1].startswith(b"GET /ok HTTP/1.1\r\n") and writes[1].endswith(b"\r\n\r\n")
+
+
+def test_one_tls_context_serves_the_sender_and_the_batch_loop(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading the CA store is done once per process: the sync sender and the aiohttp
+    connector of map's loop verify with the same context; SSL_CERT_FILE changed in a
+    running process gives the next request a new context built from that file, and a new
+    sender with it."""
+    import asyncio
+    import ssl
+
+    from cencori_nb.transport.aio import AiohttpTransport
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    shared = pool.ssl_context()
+    assert isinstance(shared, ssl.SSLContext) and shared.verify_mode == ssl.CERT_REQUIRED
+    sender = pool.get_sender()
+    assert isinstance(sender, DirectSender)
+    assert sender._pool._ssl_context is shared  # noqa: SLF001
+
+    async def connector_context() -> Any:
+        t = AiohttpTransport(max_connections=2, keepalive_expiry=5)
+        session = t._open()  # noqa: SLF001
+        try:
+            return session.connector._ssl  # type: ignore[union-attr]  # noqa: SLF001
+        finally:
+            await t.aclose()
+
+    assert asyncio.run(connector_context()) is shared
+    cafile = ssl.get_default_verify_paths().openssl_cafile
+    if not os.path.isfile(cafile):
+        pytest.skip("no system CA file to point SSL_CERT_FILE at")
+    monkeypatch.setenv("SSL_CERT_FILE", cafile)
+    assert pool.ssl_context() is not shared
+    assert pool.get_sender() is not sender
