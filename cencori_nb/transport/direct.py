@@ -41,7 +41,7 @@ import httpx2
 if TYPE_CHECKING:
     import httpcore2
 
-__all__ = ["DirectSender"]
+__all__ = ["DirectSender", "load", "log_response", "prepare"]
 
 # httpx2's logger and its INFO line per request, so a notebook that turned on
 # logging.INFO to watch its requests (a common habit with httpx) still sees them; the
@@ -101,7 +101,35 @@ class _BodyStream(httpx2.SyncByteStream):
         self._response.close()
 
 
-def _load(response: httpx2.Response, body: bytes) -> None:
+def prepare(request: httpx2.Request, timeout: dict[str, Any]) -> Any:
+    """What ``httpx2.Client.send`` adds to a request built outside the client: the client's
+    timeouts (``timeout``: ``{"timeout": {...}}``) when the request carries none, and Basic
+    auth from credentials in its URL (egress refuses such base URLs; a caller-built
+    request gets the same bytes either way). Returns the request's extensions."""
+    url = request.url
+    if url.userinfo:
+        next(httpx2.BasicAuth(url.username, url.password).sync_auth_flow(request))
+    extensions: Any = request.extensions
+    if "timeout" not in extensions:
+        extensions = {**extensions, **timeout}
+        request.extensions = extensions
+    return extensions
+
+
+def log_response(request: httpx2.Request, response: httpx2.Response) -> None:
+    """httpx2's INFO line per request (see ``_log``)."""
+    if _log.isEnabledFor(logging.INFO):
+        _log.info(
+            'HTTP Request: %s %s "%s %d %s"',
+            request.method,
+            request.url,
+            response.http_version,
+            response.status_code,
+            response.reason_phrase,
+        )
+
+
+def load(response: httpx2.Response, body: bytes) -> None:
     """Give ``response`` its body, read: what ``response.read()`` leaves behind.
 
     An identity-encoded body (every API answer we have seen) is the content as it is:
@@ -253,12 +281,7 @@ class DirectSender:
         import httpcore2
 
         url = request.url
-        if url.userinfo:  # Client.send's Basic auth from the URL (egress refuses such base URLs)
-            next(httpx2.BasicAuth(url.username, url.password).sync_auth_flow(request))
-        extensions: Any = request.extensions
-        if "timeout" not in extensions:
-            extensions = {**extensions, **self._timeout}
-            request.extensions = extensions
+        extensions = prepare(request, self._timeout)
         try:
             content: Any = request.content  # read already: every request json_request builds
         except httpx2.RequestNotRead:
@@ -289,16 +312,8 @@ class DirectSender:
             extensions=answer.extensions,
         )
         if not stream:
-            _load(response, body)
-        if _log.isEnabledFor(logging.INFO):
-            _log.info(
-                'HTTP Request: %s %s "%s %d %s"',
-                request.method,
-                request.url,
-                response.http_version,
-                response.status_code,
-                response.reason_phrase,
-            )
+            load(response, body)
+        log_response(request, response)
         return response
 
     def close(self) -> None:

@@ -35,8 +35,10 @@ if TYPE_CHECKING:
     import httpx2
 
 __all__ = [
+    "AsyncSender",
     "Sender",
     "get_async_client",
+    "get_async_sender",
     "get_client",
     "get_sender",
     "read_timeout",
@@ -60,6 +62,13 @@ class Sender(Protocol):
     def close(self) -> None: ...
 
 
+class AsyncSender(Protocol):
+    """What :func:`~cencori_nb.transport.asend` sends with: ``httpx2.AsyncClient.send``'s
+    shape."""
+
+    async def send(self, request: httpx2.Request, *, stream: bool = False) -> httpx2.Response: ...
+
+
 _lock = threading.Lock()
 _client: httpx2.Client | None = None
 _client_pid = 0
@@ -72,6 +81,9 @@ _closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]] 
     weakref.WeakKeyDictionary()
 )
 _aiohttp_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+_async_senders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncSender] = (
+    weakref.WeakKeyDictionary()
+)
 _transport: Any = None  # an httpx2.BaseTransport injected by tests
 _async_transport: Any = None  # an httpx2.AsyncBaseTransport injected by tests
 
@@ -225,10 +237,23 @@ def get_async_client() -> httpx2.AsyncClient:
             transport = _aiohttp_transport()
         client = httpx2.AsyncClient(transport=transport, **_client_options())
         _async_clients[loop] = client
+        if transport is not None and transport is not _async_transport:
+            from .aio import AiohttpSender
+
+            _async_senders[loop] = AiohttpSender(transport, _timeout().as_dict())
         closer = _close_with_loop(client)
         # The loop holds async generators weakly: keep the closer alive with the client.
         _closers[loop] = (closer, loop.create_task(_arm(closer)))
     return client
+
+
+def get_async_sender() -> AsyncSender:
+    """What the running loop's async requests go out with: on a loop registered with
+    :func:`use_aiohttp_on`, the aiohttp transport driven directly (:class:`~.aio.
+    AiohttpSender`); elsewhere the loop's ``httpx2.AsyncClient``."""
+    client = get_async_client()
+    sender = _async_senders.get(asyncio.get_running_loop())
+    return client if sender is None else sender
 
 
 def use_aiohttp_on(loop: asyncio.AbstractEventLoop) -> None:
@@ -282,6 +307,7 @@ def _close_clients() -> None:
     # Async clients belong to their loops, which close them on shutdown; forget them here
     # rather than awaiting a close on a foreign loop.
     _async_clients.clear()
+    _async_senders.clear()
     _closers.clear()
 
 

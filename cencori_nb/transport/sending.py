@@ -17,7 +17,7 @@ from ..errors import CencoriError
 from .clock import Clock, current_clock
 from .errors import error_for_status, httpx_errors, map_exception
 from .logs import _ensure_redaction
-from .pool import Sender, get_async_client, get_sender
+from .pool import AsyncSender, Sender, get_async_sender, get_sender
 from .retry import DEFAULT_RETRIES, next_wait, should_retry_header
 
 if TYPE_CHECKING:
@@ -107,13 +107,13 @@ async def asend(
     clock: Clock | None = None,
     map_error: MapError | None = None,
     provider: str | None = None,
-    client: httpx2.AsyncClient | None = None,
+    client: AsyncSender | None = None,
 ) -> httpx2.Response:
-    """The async twin of :func:`send`, on the running loop's shared ``AsyncClient``."""
+    """The async twin of :func:`send`, on the running loop's shared sender."""
     clock = clock or current_clock()
     attempts = 1 + (DEFAULT_RETRIES if retries is None else max(0, retries))  # for the log
     _ensure_redaction()
-    http = client or get_async_client()
+    http = client or get_async_sender()
     errors = httpx_errors()
     attempt = 0
     while True:

@@ -247,3 +247,102 @@ def test_proxies_from_the_environment_like_httpx2(
     assert [s["path"] for s in Handler.seen] == ["http://api.example.invalid/ok"] * 2
     native, aio = _both(lambda: _request("http://exempt.invalid/ok"), timeout=2.0)
     assert isinstance(native, httpx2.ConnectError) and isinstance(aio, httpx2.ConnectError)
+
+
+# --- the sender: the transport driven without httpx2.AsyncClient.send ------------------------
+
+
+def _via_sender(request_for: Any, *, timeout: float = 5.0, max_connections: int = 8) -> list[Any]:
+    """The same request through ``AsyncClient.send`` over aiohttp and through the
+    :class:`AiohttpSender` over aiohttp; both outcomes (a Response read, or the exception)."""
+    from cencori_nb.transport.aio import AiohttpSender
+
+    async def one(direct: bool) -> Any:
+        t = AiohttpTransport(max_connections=max_connections, keepalive_expiry=5)
+        limits = httpx2.Timeout(timeout, connect=2.0)
+        async with httpx2.AsyncClient(transport=t, timeout=limits) as client:
+            sender: Any = AiohttpSender(t, limits.as_dict()) if direct else client
+            try:
+                return await sender.send(request_for())
+            except httpx2.HTTPError as exc:
+                return exc
+
+    return [asyncio.run(one(False)), asyncio.run(one(True))]
+
+
+def test_the_sender_sends_the_same_bytes_and_reads_the_same_answer(server: str) -> None:
+    Handler.seen.clear()
+    client, direct = _via_sender(
+        lambda: _request(server + "/ok?x=1", content=b'{"q":"\xc3\xa9"}', headers={"X-B": "2"})
+    )
+    a, b = Handler.seen
+    assert (a["method"], a["path"], a["body"]) == (b["method"], b["path"], b["body"])
+    assert sorted(a["headers"]) == sorted(b["headers"])
+    assert client.status_code == direct.status_code == 200
+    assert client.content == direct.content == BODY
+    assert list(client.headers.multi_items()) == list(direct.headers.multi_items())
+    assert direct.is_closed and direct.request.url == httpx2.URL(server + "/ok?x=1")
+    assert direct.extensions["http_version"] == b"HTTP/1.1"
+
+
+def test_the_sender_decodes_a_compressed_body_once(server: str) -> None:
+    client, direct = _via_sender(
+        lambda: _request(server + "/gzip", headers={"Accept-Encoding": "gzip"})
+    )
+    assert client.content == direct.content == BODY
+
+
+def test_the_sender_adds_the_clients_timeout_and_url_credentials(server: str) -> None:
+    """What AsyncClient.send adds to a request built outside it: its timeout (0.3 s: the
+    slow answer times out) and Basic auth from credentials in the URL."""
+    client, direct = _via_sender(lambda: _request(server + "/slow"), timeout=0.3)
+    assert isinstance(client, httpx2.ReadTimeout) and isinstance(direct, httpx2.ReadTimeout)
+    Handler.seen.clear()
+    authority = server.replace("http://", "http://ana:s%3Acret@")
+    _via_sender(lambda: _request(authority + "/ok", headers={"Authorization": ""}))
+    a, b = Handler.seen
+    assert sorted(a["headers"]) == sorted(b["headers"])
+    assert ("authorization", "Basic YW5hOnM6Y3JldA==") in b["headers"]
+
+
+@pytest.mark.parametrize(
+    ("path", "httpx_cls"),
+    [("/truncate", httpx2.RemoteProtocolError), ("/garbage", httpx2.RemoteProtocolError)],
+)
+def test_the_sender_fails_with_the_clients_exceptions(
+    server: str, path: str, httpx_cls: type[Exception]
+) -> None:
+    client, direct = _via_sender(lambda: _request(server + path))
+    assert isinstance(client, httpx_cls) and isinstance(direct, httpx_cls), (client, direct)
+    assert type(transport.map_exception(direct)) is type(transport.map_exception(client))
+
+
+def test_the_sender_gives_each_connection_back_after_reading(server: str) -> None:
+    """One connection allowed, five requests in a row (each read to its end, one of them
+    an error status): none waits for a connection that was not released."""
+    from cencori_nb.transport.aio import AiohttpSender
+
+    async def go() -> list[int]:
+        t = AiohttpTransport(max_connections=1, keepalive_expiry=5)
+        async with httpx2.AsyncClient(transport=t) as client:
+            sender = AiohttpSender(t, httpx2.Timeout(2.0).as_dict())
+            assert client is not None
+            statuses = []
+            for path in ("/ok", "/status", "/ok", "/gzip", "/ok"):
+                statuses.append((await sender.send(_request(server + path))).status_code)
+            return statuses
+
+    assert asyncio.run(go()) == [200, 429, 200, 200, 200]
+
+
+def test_map_sends_with_the_aiohttp_sender() -> None:
+    from cencori_nb.batch import runner
+    from cencori_nb.transport.aio import AiohttpSender
+
+    loop = runner._batch_loop()  # noqa: SLF001
+    got = asyncio.run_coroutine_threadsafe(_sender_of_loop(), loop).result(30)
+    assert isinstance(got, AiohttpSender)
+
+
+async def _sender_of_loop() -> Any:
+    return transport.pool.get_async_sender()
