@@ -11,6 +11,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx2
+
+from cencori_nb.errors import ProviderTimeoutError, ProviderUnavailableError
+
 BODY = b'{"ok":true}'
 
 
@@ -113,3 +117,24 @@ def serve() -> Iterator[str]:
     yield f"http://127.0.0.1:{srv.server_address[1]}"
     srv.shutdown()
     srv.server_close()
+
+
+def request_to(url: str, **kw: Any) -> httpx2.Request:
+    """A POST (or ``method=``) to ``url`` with the headers every comparison sends."""
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "Authorization": "Bearer sk-test-loopback",
+        "X-Twice": "1",
+        **kw.pop("headers", {}),
+    }
+    return httpx2.Request(kw.pop("method", "POST"), url, headers=headers, **kw)
+
+
+# The failures every transport must raise as httpx2's own does: (path, read timeout, the
+# httpx2 exception, the CencoriError the one table names it).
+FAILURES = [
+    ("/truncate", 5.0, httpx2.RemoteProtocolError, ProviderUnavailableError),
+    ("/slow", 0.3, httpx2.ReadTimeout, ProviderTimeoutError),
+    ("/garbage", 5.0, httpx2.RemoteProtocolError, ProviderUnavailableError),
+]

@@ -14,20 +14,8 @@ import httpx2
 import pytest
 
 from cencori_nb import transport
-from cencori_nb.errors import ProviderTimeoutError, ProviderUnavailableError
 from cencori_nb.transport.aio import AiohttpTransport
-from tests.transport.loopback import BODY, Handler
-
-
-def _request(url: str, **kw: Any) -> httpx2.Request:
-    headers = {
-        "Content-Type": "application/json",
-        "Accept": "application/json",
-        "Authorization": "Bearer sk-test-aio",
-        "X-Twice": "1",
-        **kw.pop("headers", {}),
-    }
-    return httpx2.Request(kw.pop("method", "POST"), url, headers=headers, **kw)
+from tests.transport.loopback import BODY, FAILURES, Handler, request_to
 
 
 def _both(request_for: Any, *, timeout: float = 5.0, stream: bool = False) -> list[Any]:
@@ -60,7 +48,7 @@ def test_same_bytes_on_the_wire_and_same_answer(server: str) -> None:
     and the body reach the server identical; status, headers (a repeated Set-Cookie too)
     and body come back identical."""
     Handler.seen.clear()
-    native, aio = _both(lambda: _request(server + "/ok?x=1&y=%2F", content=b'{"q":"\xc3\xa9"}'))
+    native, aio = _both(lambda: request_to(server + "/ok?x=1&y=%2F", content=b'{"q":"\xc3\xa9"}'))
     assert len(Handler.seen) == 2
     a, b = Handler.seen
     assert (a["method"], a["path"], a["body"]) == (b["method"], b["path"], b["body"])
@@ -75,7 +63,7 @@ def test_same_bytes_on_the_wire_and_same_answer(server: str) -> None:
 
 def test_a_get_without_body_sends_no_body(server: str) -> None:
     Handler.seen.clear()
-    native, aio = _both(lambda: _request(server + "/ok", method="GET"))
+    native, aio = _both(lambda: request_to(server + "/ok", method="GET"))
     a, b = Handler.seen
     assert a["body"] == b["body"] == b""
     assert sorted(a["headers"]) == sorted(b["headers"])
@@ -83,19 +71,19 @@ def test_a_get_without_body_sends_no_body(server: str) -> None:
 
 
 def test_a_compressed_body_is_decoded_once(server: str) -> None:
-    native, aio = _both(lambda: _request(server + "/gzip", headers={"Accept-Encoding": "gzip"}))
+    native, aio = _both(lambda: request_to(server + "/gzip", headers={"Accept-Encoding": "gzip"}))
     assert native.content == aio.content == BODY
     assert aio.json() == {"ok": True}
 
 
 def test_redirects_are_not_followed(server: str) -> None:
-    native, aio = _both(lambda: _request(server + "/redirect"))
+    native, aio = _both(lambda: request_to(server + "/redirect"))
     assert native.status_code == aio.status_code == 302
     assert aio.headers["location"] == "/elsewhere"
 
 
 def test_an_error_status_is_an_answer_not_an_exception(server: str) -> None:
-    native, aio = _both(lambda: _request(server + "/status"))
+    native, aio = _both(lambda: request_to(server + "/status"))
     assert native.status_code == aio.status_code == 429
     assert aio.headers["retry-after"] == "7" and aio.content == BODY
 
@@ -104,7 +92,7 @@ def test_a_stream_arrives_as_it_is_sent(server: str) -> None:
     """SSE chunks are not buffered to the end of the body: the first arrives well before
     the last (the server waits 0.3 s after it)."""
     (native, native_chunks), (aio, aio_chunks) = _both(
-        lambda: _request(server + "/sse", headers={"Accept": "text/event-stream"}), stream=True
+        lambda: request_to(server + "/sse", headers={"Accept": "text/event-stream"}), stream=True
     )
     assert b"".join(c for _, c in native_chunks) == b"".join(c for _, c in aio_chunks)
     assert b"".join(c for _, c in aio_chunks) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
@@ -113,11 +101,7 @@ def test_a_stream_arrives_as_it_is_sent(server: str) -> None:
 
 @pytest.mark.parametrize(
     ("path", "timeout", "httpx_cls", "ours"),
-    [
-        ("/truncate", 5.0, httpx2.RemoteProtocolError, ProviderUnavailableError),
-        ("/slow", 0.3, httpx2.ReadTimeout, ProviderTimeoutError),
-        ("/garbage", 5.0, httpx2.RemoteProtocolError, ProviderUnavailableError),
-    ],
+    FAILURES,
 )
 def test_failures_are_httpx2_exceptions_named_by_the_one_table(
     server: str, path: str, timeout: float, httpx_cls: type[Exception], ours: type[Exception]
@@ -125,7 +109,7 @@ def test_failures_are_httpx2_exceptions_named_by_the_one_table(
     """A peer that closes early, a read timeout, a reply that is not HTTP: the same httpx2
     exception class as httpx2's own transport raises, so transport.map_exception gives the
     same CencoriError."""
-    native, aio = _both(lambda: _request(server + path), timeout=timeout)
+    native, aio = _both(lambda: request_to(server + path), timeout=timeout)
     assert isinstance(native, httpx_cls), native
     assert isinstance(aio, httpx_cls), aio
     assert aio.request.url == httpx2.URL(server + path)
@@ -136,7 +120,7 @@ def test_connection_refused_is_a_connect_error() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed on leaving: nothing listens there
-    native, aio = _both(lambda: _request(f"http://127.0.0.1:{port}/"))
+    native, aio = _both(lambda: request_to(f"http://127.0.0.1:{port}/"))
     assert isinstance(native, httpx2.ConnectError) and isinstance(aio, httpx2.ConnectError)
     assert type(transport.map_exception(aio)) is type(transport.map_exception(native))
 
@@ -226,7 +210,7 @@ def test_closing_closes_the_session(server: str) -> None:
     async def go() -> Any:
         t = AiohttpTransport(max_connections=2, keepalive_expiry=5)
         async with httpx2.AsyncClient(transport=t) as client:
-            await client.send(_request(server + "/ok"))
+            await client.send(request_to(server + "/ok"))
             session = t._session
             assert session is not None and not session.closed
         return session
@@ -242,10 +226,10 @@ def test_proxies_from_the_environment_like_httpx2(
     monkeypatch.setenv("HTTP_PROXY", server)
     monkeypatch.setenv("NO_PROXY", "exempt.invalid")
     Handler.seen.clear()
-    native, aio = _both(lambda: _request("http://api.example.invalid/ok"))
+    native, aio = _both(lambda: request_to("http://api.example.invalid/ok"))
     assert native.status_code == aio.status_code == 200
     assert [s["path"] for s in Handler.seen] == ["http://api.example.invalid/ok"] * 2
-    native, aio = _both(lambda: _request("http://exempt.invalid/ok"), timeout=2.0)
+    native, aio = _both(lambda: request_to("http://exempt.invalid/ok"), timeout=2.0)
     assert isinstance(native, httpx2.ConnectError) and isinstance(aio, httpx2.ConnectError)
 
 
@@ -273,7 +257,7 @@ def _via_sender(request_for: Any, *, timeout: float = 5.0, max_connections: int 
 def test_the_sender_sends_the_same_bytes_and_reads_the_same_answer(server: str) -> None:
     Handler.seen.clear()
     client, direct = _via_sender(
-        lambda: _request(server + "/ok?x=1", content=b'{"q":"\xc3\xa9"}', headers={"X-B": "2"})
+        lambda: request_to(server + "/ok?x=1", content=b'{"q":"\xc3\xa9"}', headers={"X-B": "2"})
     )
     a, b = Handler.seen
     assert (a["method"], a["path"], a["body"]) == (b["method"], b["path"], b["body"])
@@ -287,7 +271,7 @@ def test_the_sender_sends_the_same_bytes_and_reads_the_same_answer(server: str) 
 
 def test_the_sender_decodes_a_compressed_body_once(server: str) -> None:
     client, direct = _via_sender(
-        lambda: _request(server + "/gzip", headers={"Accept-Encoding": "gzip"})
+        lambda: request_to(server + "/gzip", headers={"Accept-Encoding": "gzip"})
     )
     assert client.content == direct.content == BODY
 
@@ -295,11 +279,11 @@ def test_the_sender_decodes_a_compressed_body_once(server: str) -> None:
 def test_the_sender_adds_the_clients_timeout_and_url_credentials(server: str) -> None:
     """What AsyncClient.send adds to a request built outside it: its timeout (0.3 s: the
     slow answer times out) and Basic auth from credentials in the URL."""
-    client, direct = _via_sender(lambda: _request(server + "/slow"), timeout=0.3)
+    client, direct = _via_sender(lambda: request_to(server + "/slow"), timeout=0.3)
     assert isinstance(client, httpx2.ReadTimeout) and isinstance(direct, httpx2.ReadTimeout)
     Handler.seen.clear()
     authority = server.replace("http://", "http://ana:s%3Acret@")
-    _via_sender(lambda: _request(authority + "/ok", headers={"Authorization": ""}))
+    _via_sender(lambda: request_to(authority + "/ok", headers={"Authorization": ""}))
     a, b = Handler.seen
     assert sorted(a["headers"]) == sorted(b["headers"])
     assert ("authorization", "Basic YW5hOnM6Y3JldA==") in b["headers"]
@@ -312,7 +296,7 @@ def test_the_sender_adds_the_clients_timeout_and_url_credentials(server: str) ->
 def test_the_sender_fails_with_the_clients_exceptions(
     server: str, path: str, httpx_cls: type[Exception]
 ) -> None:
-    client, direct = _via_sender(lambda: _request(server + path))
+    client, direct = _via_sender(lambda: request_to(server + path))
     assert isinstance(client, httpx_cls) and isinstance(direct, httpx_cls), (client, direct)
     assert type(transport.map_exception(direct)) is type(transport.map_exception(client))
 
@@ -329,7 +313,7 @@ def test_the_sender_gives_each_connection_back_after_reading(server: str) -> Non
             assert client is not None
             statuses = []
             for path in ("/ok", "/status", "/ok", "/gzip", "/ok"):
-                statuses.append((await sender.send(_request(server + path))).status_code)
+                statuses.append((await sender.send(request_to(server + path))).status_code)
             return statuses
 
     assert asyncio.run(go()) == [200, 429, 200, 200, 200]

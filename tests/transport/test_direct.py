@@ -15,21 +15,9 @@ import httpx2
 import pytest
 
 from cencori_nb import transport
-from cencori_nb.errors import ProviderTimeoutError, ProviderUnavailableError
 from cencori_nb.transport import pool
 from cencori_nb.transport.direct import DirectSender
-from tests.transport.loopback import BODY, Handler
-
-
-def _request(url: str, **kw: Any) -> httpx2.Request:
-    headers = {
-        "Content-Type": "application/json",
-        "Accept": "application/json",
-        "Authorization": "Bearer sk-test-direct",
-        "X-Twice": "1",
-        **kw.pop("headers", {}),
-    }
-    return httpx2.Request(kw.pop("method", "POST"), url, headers=headers, **kw)
+from tests.transport.loopback import BODY, FAILURES, Handler, request_to
 
 
 def _sender(timeout: float) -> DirectSender:
@@ -72,7 +60,9 @@ def test_same_bytes_on_the_wire_and_same_answer(server: str) -> None:
     status, headers (a repeated Set-Cookie too), body, version and reason come back
     identical, with ``response.request`` set."""
     Handler.seen.clear()
-    client, direct = _both(lambda: _request(server + "/ok?x=1&y=%2F", content=b'{"q":"\xc3\xa9"}'))
+    client, direct = _both(
+        lambda: request_to(server + "/ok?x=1&y=%2F", content=b'{"q":"\xc3\xa9"}')
+    )
     assert len(Handler.seen) == 2
     a, b = Handler.seen
     assert (a["method"], a["path"], a["body"]) == (b["method"], b["path"], b["body"])
@@ -93,7 +83,7 @@ def test_credentials_in_the_url_are_sent_as_the_client_sends_them(server: str) -
     (egress refuses such base URLs; a caller-built request still gets the same bytes)."""
     Handler.seen.clear()
     authority = server.replace("http://", "http://ana:s%3Acret@")
-    client, direct = _both(lambda: _request(authority + "/ok", headers={"Authorization": ""}))
+    client, direct = _both(lambda: request_to(authority + "/ok", headers={"Authorization": ""}))
     a, b = Handler.seen
     assert a["headers"] == b["headers"]
     assert ("authorization", "Basic YW5hOnM6Y3JldA==") in b["headers"]
@@ -126,7 +116,7 @@ def test_a_multipart_upload_is_sent_as_the_client_sends_it(server: str) -> None:
 
 def test_a_get_without_body_sends_no_body(server: str) -> None:
     Handler.seen.clear()
-    client, direct = _both(lambda: _request(server + "/ok", method="GET"))
+    client, direct = _both(lambda: request_to(server + "/ok", method="GET"))
     a, b = Handler.seen
     assert a["body"] == b["body"] == b""
     assert a["headers"] == b["headers"]
@@ -134,21 +124,23 @@ def test_a_get_without_body_sends_no_body(server: str) -> None:
 
 
 def test_a_compressed_body_is_decoded_once(server: str) -> None:
-    client, direct = _both(lambda: _request(server + "/gzip", headers={"Accept-Encoding": "gzip"}))
+    client, direct = _both(
+        lambda: request_to(server + "/gzip", headers={"Accept-Encoding": "gzip"})
+    )
     assert client.content == direct.content == BODY
     assert direct.headers["content-encoding"] == "gzip"
 
 
 def test_redirects_are_not_followed(server: str) -> None:
     Handler.seen.clear()
-    client, direct = _both(lambda: _request(server + "/redirect"))
+    client, direct = _both(lambda: request_to(server + "/redirect"))
     assert client.status_code == direct.status_code == 302
     assert direct.headers["location"] == "/elsewhere"
     assert [s["path"] for s in Handler.seen] == ["/redirect", "/redirect"]
 
 
 def test_an_error_status_is_an_answer_not_an_exception(server: str) -> None:
-    client, direct = _both(lambda: _request(server + "/status"))
+    client, direct = _both(lambda: request_to(server + "/status"))
     assert client.status_code == direct.status_code == 429
     assert direct.headers["retry-after"] == "7" and direct.content == BODY
 
@@ -157,7 +149,7 @@ def test_a_stream_arrives_as_it_is_sent(server: str) -> None:
     """SSE chunks are not buffered to the end of the body: the first arrives before the
     server sends the rest (it waits 0.3 s after the first)."""
     (client, client_chunks), (direct, direct_chunks) = _both(
-        lambda: _request(server + "/sse", headers={"Accept": "text/event-stream"}), stream=True
+        lambda: request_to(server + "/sse", headers={"Accept": "text/event-stream"}), stream=True
     )
     assert b"".join(c for _, c in client_chunks) == b"".join(c for _, c in direct_chunks)
     assert b"".join(c for _, c in direct_chunks) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
@@ -177,22 +169,18 @@ def test_closing_a_stream_unread_releases_its_connection(server: str) -> None:
     try:
         for _ in range(3):
             response = sender.send(
-                _request(server + "/sse", headers={"Accept": "text/event-stream"}), stream=True
+                request_to(server + "/sse", headers={"Accept": "text/event-stream"}), stream=True
             )
             assert next(response.iter_bytes()).startswith(b"data: 0")
             response.close()
-        assert sender.send(_request(server + "/ok")).content == BODY
+        assert sender.send(request_to(server + "/ok")).content == BODY
     finally:
         sender.close()
 
 
 @pytest.mark.parametrize(
     ("path", "timeout", "httpx_cls", "ours"),
-    [
-        ("/truncate", 5.0, httpx2.RemoteProtocolError, ProviderUnavailableError),
-        ("/slow", 0.3, httpx2.ReadTimeout, ProviderTimeoutError),
-        ("/garbage", 5.0, httpx2.RemoteProtocolError, ProviderUnavailableError),
-    ],
+    FAILURES,
 )
 def test_failures_are_httpx2_exceptions_named_by_the_one_table(
     server: str, path: str, timeout: float, httpx_cls: type[Exception], ours: type[Exception]
@@ -200,7 +188,7 @@ def test_failures_are_httpx2_exceptions_named_by_the_one_table(
     """A peer that closes early, a read timeout, a reply that is not HTTP: the same httpx2
     exception class as the client raises, carrying the request, so transport.map_exception
     gives the same CencoriError."""
-    client, direct = _both(lambda: _request(server + path), timeout=timeout)
+    client, direct = _both(lambda: request_to(server + path), timeout=timeout)
     assert isinstance(client, httpx_cls), client
     assert isinstance(direct, httpx_cls), direct
     assert direct.request.url == httpx2.URL(server + path)
@@ -210,7 +198,7 @@ def test_failures_are_httpx2_exceptions_named_by_the_one_table(
 def test_a_peer_closing_mid_stream_is_an_httpx2_exception(server: str) -> None:
     sender = _sender(5.0)
     try:
-        response = sender.send(_request(server + "/truncate"), stream=True)
+        response = sender.send(request_to(server + "/truncate"), stream=True)
         with pytest.raises(httpx2.RemoteProtocolError) as info:
             response.read()
         assert info.value.request.url == httpx2.URL(server + "/truncate")
@@ -222,7 +210,7 @@ def test_connection_refused_is_a_connect_error() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed on leaving: nothing listens there
-    client, direct = _both(lambda: _request(f"http://127.0.0.1:{port}/"))
+    client, direct = _both(lambda: request_to(f"http://127.0.0.1:{port}/"))
     assert isinstance(client, httpx2.ConnectError) and isinstance(direct, httpx2.ConnectError)
     assert type(transport.map_exception(direct)) is type(transport.map_exception(client))
 
@@ -232,11 +220,11 @@ def test_a_request_keeps_its_own_timeout_and_gets_the_senders_otherwise(server: 
     answer times out although the sender allows 5 s); one without gets the sender's."""
     sender = _sender(5.0)
     try:
-        request = _request(server + "/slow")
+        request = request_to(server + "/slow")
         request.extensions["timeout"] = httpx2.Timeout(0.3).as_dict()
         with pytest.raises(httpx2.ReadTimeout):
             sender.send(request)
-        bare = _request(server + "/ok")
+        bare = request_to(server + "/ok")
         assert "timeout" not in bare.extensions
         sender.send(bare)
         assert bare.extensions["timeout"] == httpx2.Timeout(5.0, connect=2.0).as_dict()
@@ -255,7 +243,7 @@ def test_each_request_is_logged_like_httpx2_and_scrubbed(
     caplog.set_level(logging.INFO, logger="httpx2")
     sender = _sender(5.0)
     try:
-        sender.send(_request(server + f"/ok?key={canary}"))
+        sender.send(request_to(server + f"/ok?key={canary}"))
     finally:
         sender.close()
     lines = [r.getMessage() for r in caplog.records if r.name == "httpx2"]
@@ -284,7 +272,7 @@ def test_the_pool_sends_directly_unless_a_proxy_or_a_test_transport_says_otherwi
     transport.set_transport(mock)
     try:
         assert transport.pool.get_sender() is transport.get_client()
-        assert transport.send(_request("http://127.0.0.1:9/x")).status_code == 204
+        assert transport.send(request_to("http://127.0.0.1:9/x")).status_code == 204
     finally:
         transport.set_transport(None)
     assert isinstance(transport.pool.get_sender(), DirectSender)
@@ -417,8 +405,8 @@ def test_the_senders_connections_send_each_request_in_one_write(
     monkeypatch.setattr(direct._HeldWrites, "_send", counting)
     sender = _sender(5.0)
     try:
-        assert sender.send(_request(server + "/ok", content=b'{"q":1}')).content == BODY
-        assert sender.send(_request(server + "/ok", method="GET")).status_code == 200
+        assert sender.send(request_to(server + "/ok", content=b'{"q":1}')).content == BODY
+        assert sender.send(request_to(server + "/ok", method="GET")).status_code == 200
     finally:
         sender.close()
     assert len(writes) == 2
