@@ -270,9 +270,17 @@ class Registry:
             self.entries = [e for e in self.entries if e.name != entry.name] + [entry]
             names = tuple(dict.fromkeys((*self.names, *sorted(entry.env))))
             if names != self.names:
-                # A variable watched from now on: its current value is the baseline.
-                self.names, self.keys = names, tuple(map(_env_key, names))
-                self.snapshot = tuple(map(_env_get, self.keys))
+                # A variable watched from now on: its current value is the baseline. The
+                # ones watched already keep theirs: re-reading them here would take in a
+                # change no check() has seen yet, and what depends on it would never be
+                # reset (a module imported after os.environ["CENCORI_NB_SANDBOX"] = url
+                # made the next request go to the real provider).
+                seen = dict(zip(self.names, self.snapshot, strict=True))
+                keys = tuple(map(_env_key, names))
+                self.snapshot = tuple(
+                    seen[n] if n in seen else _env_get(k) for n, k in zip(names, keys, strict=True)
+                )
+                self.names, self.keys = names, keys
 
     def changed(self) -> None:
         """Reset the entries that depend on a variable that changed since the snapshot."""

@@ -91,6 +91,65 @@ def test_only_the_state_that_depends_on_a_variable_is_reset(
     assert sorted(dropped[1:]) == ["by-home", "by-project", "pure"]
 
 
+def test_a_change_made_before_a_new_variable_is_watched_is_still_noticed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CENCORI_NB_SANDBOX changes, then a module registers state on a variable nobody
+    watched before (a lazy import on the first map), then the next check: what depends on
+    CENCORI_NB_SANDBOX is reset. Registering took the new variable's value as its baseline
+    and used to re-read the watched ones too, so the change was taken in unseen."""
+    monkeypatch.delenv("CENCORI_NB_SANDBOX", raising=False)
+    monkeypatch.delenv("CENCORI_NB_TIMEOUT", raising=False)
+    reg = state.Registry()
+    dropped: list[str] = []
+    reg.on_reset("by-sandbox", lambda: dropped.append("by-sandbox"), env="CENCORI_NB_SANDBOX")
+    reg.check()
+    monkeypatch.setenv("CENCORI_NB_SANDBOX", "http://127.0.0.1:9")
+    reg.on_reset("by-timeout", lambda: dropped.append("by-timeout"), env="CENCORI_NB_TIMEOUT")
+    reg.check()
+    assert dropped == ["by-sandbox"]
+    monkeypatch.setenv("CENCORI_NB_TIMEOUT", "5")  # the new variable's own changes count
+    reg.check()
+    assert dropped == ["by-sandbox", "by-timeout"]
+
+
+_SANDBOX_AFTER_IMPORT = """
+import os, sys
+from cencori_nb.sandbox import SandboxServer
+url = SandboxServer(latency_ms=0).start_in_thread()
+from cencori_nb import keys
+keys.set("openai", "sk-proj-" + "S" * 40)   # reads the settings: no sandbox yet
+os.environ["CENCORI_NB_SANDBOX"] = url      # what `%cencori sandbox start` does
+import cencori_nb                           # registers more state before any check
+route = cencori_nb.explain_route(model="gpt-4o-mini").base_url
+print(route.startswith(url), cencori_nb.chat("hi", model="gpt-4o-mini", cache=False).text[:15])
+"""
+
+
+def test_a_sandbox_started_mid_session_gets_the_next_request(tmp_path: Path) -> None:
+    """End to end in a fresh interpreter: the request goes to the sandbox set in
+    os.environ after the settings were first read, not to api.openai.com (no network here:
+    it would fail; with a real key and a network it would have been a paid request)."""
+    env = {
+        **os.environ,
+        "CENCORI_NB_HOME": str(tmp_path / "home"),
+        "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring",
+        "PYTHONPATH": str(Path(cencori_nb.__file__).parents[1]),
+    }
+    env.pop("CENCORI_NB_SANDBOX", None)
+    out = subprocess.run(
+        [sys.executable, "-c", _SANDBOX_AFTER_IMPORT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "True [sandbox reply", out.stdout
+
+
 def test_reset_by_name_resets_that_entry_and_those_under_it() -> None:
     """reset("keystore") is the store and its data keys, not the ledger; an unknown name
     is refused rather than silently resetting nothing."""
