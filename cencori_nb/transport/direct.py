@@ -34,12 +34,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import httpcore2
 import httpx2
-
-if TYPE_CHECKING:
-    import httpcore2
 
 __all__ = ["DirectSender", "load", "log_response", "prepare"]
 
@@ -49,31 +47,26 @@ __all__ = ["DirectSender", "load", "log_response", "prepare"]
 _log = logging.getLogger("httpx2")
 
 
-def _exception_pairs() -> tuple[tuple[type[BaseException], type[httpx2.TransportError]], ...]:
-    """httpcore2's exceptions and the httpx2 ones ``HTTPTransport`` raises for them, the
-    most specific first (a ``ReadTimeout`` is also a ``TimeoutException``)."""
-    import httpcore2
-
-    return (
-        (httpcore2.ConnectTimeout, httpx2.ConnectTimeout),
-        (httpcore2.ReadTimeout, httpx2.ReadTimeout),
-        (httpcore2.WriteTimeout, httpx2.WriteTimeout),
-        (httpcore2.PoolTimeout, httpx2.PoolTimeout),
-        (httpcore2.TimeoutException, httpx2.TimeoutException),
-        (httpcore2.ConnectError, httpx2.ConnectError),
-        (httpcore2.ReadError, httpx2.ReadError),
-        (httpcore2.WriteError, httpx2.WriteError),
-        (httpcore2.NetworkError, httpx2.NetworkError),
-        (httpcore2.ProxyError, httpx2.ProxyError),
-        (httpcore2.UnsupportedProtocol, httpx2.UnsupportedProtocol),
-        (httpcore2.RemoteProtocolError, httpx2.RemoteProtocolError),
-        (httpcore2.LocalProtocolError, httpx2.LocalProtocolError),
-        (httpcore2.ProtocolError, httpx2.ProtocolError),
-    )
-
-
-_PAIRS: tuple[tuple[type[BaseException], type[httpx2.TransportError]], ...] = ()
-_CORE_ERRORS: tuple[type[BaseException], ...] = ()
+# httpcore2's exceptions and the httpx2 ones ``HTTPTransport`` raises for them, the most
+# specific first (a ``ReadTimeout`` is also a ``TimeoutException``). This module is imported
+# only when the sender is built, so httpcore2 is loaded by then anyway.
+_PAIRS: tuple[tuple[type[BaseException], type[httpx2.TransportError]], ...] = (
+    (httpcore2.ConnectTimeout, httpx2.ConnectTimeout),
+    (httpcore2.ReadTimeout, httpx2.ReadTimeout),
+    (httpcore2.WriteTimeout, httpx2.WriteTimeout),
+    (httpcore2.PoolTimeout, httpx2.PoolTimeout),
+    (httpcore2.TimeoutException, httpx2.TimeoutException),
+    (httpcore2.ConnectError, httpx2.ConnectError),
+    (httpcore2.ReadError, httpx2.ReadError),
+    (httpcore2.WriteError, httpx2.WriteError),
+    (httpcore2.NetworkError, httpx2.NetworkError),
+    (httpcore2.ProxyError, httpx2.ProxyError),
+    (httpcore2.UnsupportedProtocol, httpx2.UnsupportedProtocol),
+    (httpcore2.RemoteProtocolError, httpx2.RemoteProtocolError),
+    (httpcore2.LocalProtocolError, httpx2.LocalProtocolError),
+    (httpcore2.ProtocolError, httpx2.ProtocolError),
+)
+_CORE_ERRORS: tuple[type[BaseException], ...] = tuple(core for core, _ours in _PAIRS)
 
 
 def _translate(exc: BaseException, request: httpx2.Request) -> BaseException:
@@ -188,8 +181,6 @@ class _HeldWrites:
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         if self._held:
-            import httpcore2
-
             try:
                 self._send()
             except httpcore2.WriteError:
@@ -216,8 +207,6 @@ class _HoldingBackend:
     """httpcore2's sync network backend, its streams wrapped in :class:`_HeldWrites`."""
 
     def __init__(self) -> None:
-        import httpcore2
-
         self._inner = httpcore2.SyncBackend()
 
     def connect_tcp(
@@ -245,7 +234,8 @@ class DirectSender:
     """Sends ``httpx2.Request`` objects on one ``httpcore2.ConnectionPool``.
 
     ``timeout`` is httpx2's timeout dict (``connect``, ``read``, ``write``, ``pool``), used
-    for a request that carries none, as ``httpx2.Client.send`` does.
+    for a request that carries none, as ``httpx2.Client.send`` does; ``ssl_context`` the
+    process's shared one (:func:`~cencori_nb.transport.pool.ssl_context`).
     """
 
     def __init__(
@@ -255,16 +245,8 @@ class DirectSender:
         max_connections: int,
         max_keepalive_connections: int,
         keepalive_expiry: float,
-        ssl_context: Any = None,
+        ssl_context: Any,
     ) -> None:
-        global _PAIRS, _CORE_ERRORS
-        import httpcore2
-
-        if ssl_context is None:
-            ssl_context = httpcore2.default_ssl_context(_trust_env=True)  # httpx2's default
-        if not _PAIRS:
-            _PAIRS = _exception_pairs()
-            _CORE_ERRORS = tuple(core for core, _ours in _PAIRS)
         self._timeout = {"timeout": dict(timeout)}
         self._pool = httpcore2.ConnectionPool(
             ssl_context=ssl_context,
@@ -278,8 +260,6 @@ class DirectSender:
 
     def send(self, request: httpx2.Request, *, stream: bool = False) -> httpx2.Response:
         """Send ``request``; the body is read unless ``stream`` (then the caller closes)."""
-        import httpcore2
-
         url = request.url
         extensions = prepare(request, self._timeout)
         try:

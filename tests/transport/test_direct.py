@@ -26,6 +26,7 @@ def _sender(timeout: float) -> DirectSender:
         max_connections=4,
         max_keepalive_connections=4,
         keepalive_expiry=5.0,
+        ssl_context=pool.ssl_context(),
     )
 
 
@@ -165,6 +166,7 @@ def test_closing_a_stream_unread_releases_its_connection(server: str) -> None:
         max_connections=1,
         max_keepalive_connections=1,
         keepalive_expiry=5.0,
+        ssl_context=pool.ssl_context(),
     )
     try:
         for _ in range(3):
