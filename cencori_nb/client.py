@@ -903,6 +903,44 @@ class _StreamState:
         self.client_id = ""  # the attempt sent (its ledger row)
         self.ledger: Ledger | None = None  # where it began (its journal): its row goes there
 
+    def failed(self, err: CencoriError) -> Decision:
+        """The attempt just sent failed with ``err``: recorded; the decision to try next
+        (:func:`_failed`, the one failure step)."""
+        return _failed(
+            self.decision,
+            err,
+            self.request,
+            self.reservation,
+            self.started,
+            self.client_id,
+            self.ledger,
+        )
+
+    def record_failure(self, err: CencoriError) -> None:
+        """The attempt's row for ``err`` (nothing of its answer arrived)."""
+        _record_failure(
+            self.decision,
+            self.request,
+            err,
+            self.started,
+            self.reservation,
+            self.client_id,
+            self.ledger,
+        )
+
+    def interrupted(self) -> None:
+        """Ctrl-C or a cancelled task before the first byte: the request was sent, so it
+        is recorded as interrupted (:func:`_record_interrupted`)."""
+        self.finished = True
+        _record_interrupted(
+            self.decision,
+            self.request,
+            self.started,
+            self.client_id,
+            self.reservation,
+            self.ledger,
+        )
+
     def feed(self, event: httpx2.ServerSentEvent) -> str | None:
         try:
             assert self.parser is not None  # set by the send before any event
@@ -947,15 +985,7 @@ class _StreamState:
                 provider=self.decision.provider,
                 hint="Try again; use stream=False if this keeps happening.",
             )
-            _record_failure(
-                self.decision,
-                self.request,
-                err,
-                self.started,
-                self.reservation,
-                self.client_id,
-                self.ledger,
-            )
+            self.record_failure(err)
             raise err
         completion = self._settle(complete=complete)
         if not complete:
@@ -976,15 +1006,7 @@ class _StreamState:
         """The stream failed mid-way with ``err``; return the error to raise."""
         self.finished = True
         if not self.parts:
-            _record_failure(
-                self.decision,
-                self.request,
-                err,
-                self.started,
-                self.reservation,
-                self.client_id,
-                self.ledger,
-            )
+            self.record_failure(err)
             return err
         completion = self._settle(complete=False)
         if err is self.event_error:  # the provider said why: keep its error
@@ -1031,27 +1053,11 @@ def _open_stream(state: _StreamState, retries: int | None) -> None:
                 provider=decision.provider,
             )
         except CencoriError as err:
-            state.decision = _failed(
-                decision,
-                err,
-                state.request,
-                state.reservation,
-                state.started,
-                state.client_id,
-                state.ledger,
-            )
+            state.decision = state.failed(err)
             state.reservation = _reserve(state.request, state.decision, state.settings)
             continue
         except BaseException:  # Ctrl-C before the first byte: the request was sent
-            state.finished = True
-            _record_interrupted(
-                decision,
-                state.request,
-                state.started,
-                state.client_id,
-                state.reservation,
-                state.ledger,
-            )
+            state.interrupted()
             raise
         state.adapter, state.response = adapter, response
         state.parser = adapter.stream_parser(response)
@@ -1074,27 +1080,11 @@ async def _aopen_stream(state: _StreamState, retries: int | None) -> None:
                 provider=decision.provider,
             )
         except CencoriError as err:
-            state.decision = _failed(
-                decision,
-                err,
-                state.request,
-                state.reservation,
-                state.started,
-                state.client_id,
-                state.ledger,
-            )
+            state.decision = state.failed(err)
             state.reservation = await _areserve(state.request, state.decision, state.settings)
             continue
         except BaseException:  # Ctrl-C or cancelled before the first byte
-            state.finished = True
-            _record_interrupted(
-                decision,
-                state.request,
-                state.started,
-                state.client_id,
-                state.reservation,
-                state.ledger,
-            )
+            state.interrupted()
             raise
         state.adapter, state.response = adapter, response
         state.parser = adapter.stream_parser(response)
