@@ -234,13 +234,13 @@ def get_async_client() -> httpx2.AsyncClient:
         install_log_redaction()
         transport = _async_transport
         if transport is None and loop in _aiohttp_loops:
-            transport = _aiohttp_transport()
-        client = httpx2.AsyncClient(transport=transport, **_client_options())
-        _async_clients[loop] = client
-        if transport is not None and transport is not _async_transport:
             from .aio import AiohttpSender
 
+            transport = _aiohttp_transport()
+            # requests go straight onto the transport; the client owns and closes it
             _async_senders[loop] = AiohttpSender(transport, _timeout().as_dict())
+        client = httpx2.AsyncClient(transport=transport, **_client_options())
+        _async_clients[loop] = client
         closer = _close_with_loop(client)
         # The loop holds async generators weakly: keep the closer alive with the client.
         _closers[loop] = (closer, loop.create_task(_arm(closer)))
