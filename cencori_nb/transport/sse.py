@@ -40,9 +40,16 @@ class EventParser:
     holds NUL; ``retry`` only when it is an integer; an event is dispatched at a blank line
     if any field was set. Invalid UTF-8 becomes U+FFFD."""
 
-    def __init__(self, encoding: str = "utf-8", max_event_bytes: int | None = MAX_EVENT_BYTES):
+    def __init__(
+        self,
+        encoding: str = "utf-8",
+        max_event_bytes: int | None = MAX_EVENT_BYTES,
+        *,
+        request: httpx2.Request | None = None,
+    ):
         self._decode = codecs.getincrementaldecoder(encoding)(errors="replace").decode
         self._max = max_event_bytes
+        self._request = request  # named on the size-limit error, as EventSource names it
         self._tail = ""  # the start of a line not ended yet
         self._cr = False  # the last text ended with CR: a LF at the next start ends that line
         self._event = ""
@@ -111,7 +118,9 @@ class EventParser:
         if self._max is not None and self._event_size + pending > self._max:
             import httpx2
 
-            self.error = httpx2.SSEError(f"Server-sent event exceeded the {self._max} byte limit.")
+            self.error = httpx2.SSEError(
+                f"Server-sent event exceeded the {self._max} byte limit.", request=self._request
+            )
 
     def _lines(self, lines: Iterable[str]) -> list[httpx2.ServerSentEvent]:
         import httpx2
@@ -167,7 +176,7 @@ def _parser_for(response: httpx2.Response) -> EventParser:
             f"Expected response with content type 'text/event-stream', got {content_type!r}.",
             request=response.request,
         )
-    return EventParser(response.encoding or "utf-8")
+    return EventParser(response.encoding or "utf-8", request=response.request)
 
 
 def _raw(response: httpx2.Response) -> bool:
@@ -194,7 +203,6 @@ def iter_sse(
         if parser.error is not None:
             raise parser.error
     except errors as exc:
-        _attach(exc, response)
         raise map_exception(exc, provider=provider) from exc
 
 
@@ -217,20 +225,4 @@ async def aiter_sse(
         if parser.error is not None:
             raise parser.error
     except errors as exc:
-        _attach(exc, response)
         raise map_exception(exc, provider=provider) from exc
-
-
-def _attach(exc: BaseException, response: httpx2.Response) -> None:
-    """Name the request on an error raised while parsing (``EventSource`` does so with its
-    request context), so the message says which host sent the bad stream."""
-    import httpx2
-
-    if isinstance(exc, httpx2.HTTPError):
-        try:
-            exc.request  # noqa: B018 - set already?
-        except RuntimeError:
-            try:
-                exc.request = response.request
-            except RuntimeError:
-                pass

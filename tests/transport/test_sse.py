@@ -228,3 +228,21 @@ def test_a_body_that_is_not_an_event_stream_is_refused_like_httpx2() -> None:
                 list(transport.iter_sse(response, provider="openai"))
     assert isinstance(info.value.__cause__, httpx2.SSEError)
     assert "application/json" in str(info.value.__cause__)
+
+
+def test_an_event_over_the_size_limit_names_the_host_that_sent_it() -> None:
+    """A server that never ends an event (past 1 MiB) is refused with our error, naming
+    the host, as EventSource's SSEError names its request; nothing more is read."""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        body = b"data: " + b"x" * (1024 * 1024 + 10) + b"\n\n" + b"data: never\n\n"
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    with httpx2.Client(transport=httpx2.MockTransport(handler)) as client:
+        with client.stream("POST", "http://hostile.example:9/x") as response:
+            with pytest.raises(errors.BadResponseError) as info:
+                list(transport.iter_sse(response, provider="openai"))
+    cause = info.value.__cause__
+    assert isinstance(cause, httpx2.SSEError) and "byte limit" in str(cause)
+    assert cause.request.url.host == "hostile.example"
+    assert "hostile.example" in str(info.value)
