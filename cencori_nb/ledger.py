@@ -106,22 +106,28 @@ def from_pusd(pusd: int | None) -> Decimal | None:
 
 def new_client_id() -> str:
     """A fresh id for one request's ledger row (what rows are unique on; 32 hex chars,
-    shaped as a random (version 4) UUID's hex, as ``uuid.uuid4().hex`` writes it).
+    shaped as a version 7 UUID's hex (RFC 9562): the Unix time in milliseconds, then 74
+    random bits).
 
-    Keyed BLAKE2b of a counter, under a 32-byte key drawn from ``os.urandom`` once per
-    process (again in a forked child): as unpredictable and as unique as random bytes
-    (a teammate sharing the ledger cannot guess the next id and take it), without a
-    ``getrandom`` system call per request, which also hands the GIL to the ledger's
-    writer thread (measured: a median 2.6 us, 20 us at p90 and ~1 ms at p99 of waiting
-    in the calling thread)."""
-    raw = bytearray(
-        _blake2b(next(_ids).to_bytes(8, "little"), key=_id_key, digest_size=16).digest()
-    )
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    Time first, so ids sort by when they were made and a new row's entry in the unique
+    index lands on the index's last page, not on a random one: a commit writes one page
+    of that index instead of one per row (measured: 22 -> 18 µs of writer CPU per row on
+    a 2,000-row ledger, 37 -> 31 on 100,000 rows; docs/benchmarks.md).
+
+    The random bits are keyed BLAKE2b of a counter, under a 32-byte key drawn from
+    ``os.urandom`` once per process (again in a forked child): as unpredictable and as
+    unique as random bytes (a teammate sharing the ledger cannot guess the next id and
+    take it), without a ``getrandom`` system call per request, which also hands the GIL
+    to the ledger's writer thread (measured: a median 2.6 us, 20 us at p90 and ~1 ms at
+    p99 of waiting in the calling thread)."""
+    raw = bytearray(int(_time() * 1000).to_bytes(6, "big"))
+    raw += _blake2b(next(_ids).to_bytes(8, "little"), key=_id_key, digest_size=10).digest()
+    raw[6] = (raw[6] & 0x0F) | 0x70  # version 7
     raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
     return raw.hex()
 
 
+_time = time.time
 _blake2b = hashlib.blake2b
 _id_key = os.urandom(32)
 _ids = itertools.count()  # next() on it is atomic: threads never share a number

@@ -632,18 +632,30 @@ def test_journals_of_this_and_older_versions_are_reclaimed(private_home: Path) -
     assert list(inflight.glob("*.jsonl")) == []
 
 
-def test_client_ids_are_random_version_4_uuids_in_hex() -> None:
-    """new_client_id writes what uuid.uuid4().hex writes (rows are unique on it)."""
+def test_client_ids_are_version_7_uuids_in_hex_ordered_by_time() -> None:
+    """new_client_id writes a version 7 UUID's hex (RFC 9562): its first 48 bits are the
+    Unix time in ms, so ids sort by when they were made (index locality), and 74 bits
+    are random (rows are unique on it; nobody can guess the next one)."""
+    import time
     import uuid
 
     from cencori_nb.ledger import new_client_id
 
-    ids = {new_client_id() for _ in range(2000)}
-    assert len(ids) == 2000
-    for cid in ids:
+    before = int(time.time() * 1000)
+    made = [new_client_id() for _ in range(2000)]
+    after = int(time.time() * 1000)
+    assert len(set(made)) == 2000
+    for cid in made:
         parsed = uuid.UUID(cid)
-        assert parsed.hex == cid and parsed.version == 4
+        assert parsed.hex == cid and parsed.version == 7
         assert parsed.variant == uuid.RFC_4122
+        assert before <= int(cid[:12], 16) <= after
+    times = [int(cid[:12], 16) for cid in made]
+    assert times == sorted(times)
+    # the random part: within one millisecond, ids differ in far more than a counter's bits
+    tails = {int(cid[13:], 16) for cid in made}
+    assert len(tails) == 2000
+    assert max(tails).bit_length() > 70
 
 
 def test_a_journal_line_is_what_json_writes_for_the_rows_values() -> None:
