@@ -613,7 +613,11 @@ class Ledger:
         If the writer cannot commit (disk full, file locked too long, damaged file), the
         rows go to the spill file instead and the next request fails (:meth:`check`).
         """
-        self._enqueue(_Item(row.as_params(), on_insert, to_pusd(debit_usd) or None))
+        item = _Item(row.as_params(), on_insert, to_pusd(debit_usd) or None)
+        journal = self._journal
+        if journal is not None and journal.pid == _pid:
+            journal.settled(row.client_id, item.debit_pusd, item.params)
+        self._enqueue(item)
 
     def after_commit(self, callback: Callable[[], Any]) -> None:
         """Run ``callback`` (in the writer thread) once every row submitted so far by this
@@ -958,13 +962,16 @@ class Ledger:
                     continue  # reclaimed already
                 with os.fdopen(os.dup(fd), "rb") as fh:
                     lines = fh.read().splitlines()
-                items = []
+                # per request, its last line: the settled row when the process lived to
+                # queue it, else the estimate noted before sending
+                items: dict[str, _Item] = {}
                 for line in lines:
                     try:
-                        items.append(_priced_intent(json.loads(line)))
-                    except (ValueError, TypeError, KeyError):
+                        client_id, item = _journal_item(json.loads(line))
+                    except (ValueError, TypeError, KeyError, IndexError):
                         continue  # a torn last line
-                written += self._replay_items(items)
+                    items[client_id] = item
+                written += self._replay_items(list(items.values()))
                 path.unlink()
             finally:
                 os.close(fd)
@@ -1131,6 +1138,17 @@ class _Journal:
             self.open.add(client_id)
             os.write(self.fd, line.encode())  # no fsync: a killed process's writes persist
 
+    def settled(self, client_id: str, debit_pusd: int | None, params: tuple[Any, ...]) -> None:
+        """The request's row as it is queued for the writer (real tokens and cost, and its
+        wallet debit): if this process dies before the writer commits it, the next start
+        records this row instead of the estimate :meth:`begin` noted. Only for a request
+        noted here; best effort (the estimate stays if the append fails)."""
+        if client_id not in self.open:
+            return
+        line = "".join(_journal_chunks((JOURNAL_SETTLED, debit_pusd, *params), 0)) + "\n"
+        with self.lock, contextlib.suppress(OSError):
+            os.write(self.fd, line.encode())
+
     def resolve(self, client_ids: list[str]) -> None:
         with self.lock:
             if not self.open:
@@ -1155,6 +1173,9 @@ class _Journal:
 
 
 JOURNAL_VERSION = 2
+# ``[3, debit_pusd, ts_ms, client_id, …]``: a noted request's row as it was queued for the
+# writer, written after its answer was settled; it replaces that request's estimate.
+JOURNAL_SETTLED = 3
 _JOURNAL_ENCODER = json.JSONEncoder(separators=(",", ":"))
 # What _JOURNAL_ENCODER.encode writes, from its C encoder built once (encode builds one per
 # call, through two Python frames, with a dict for cycles a flat row of values cannot have).
@@ -1181,6 +1202,23 @@ def _journal_row(data: Any) -> dict[str, Any]:
     if isinstance(data, dict) and data.get("v") == 1:
         return dict(data["row"])
     raise ValueError("not a journal line")
+
+
+def _journal_item(data: Any) -> tuple[str, _Item]:
+    """A journal line → (its request's client id, the item to record): a settled row as it
+    was queued (its debit too), or the estimate noted before sending, priced."""
+    if isinstance(data, list) and data and data[0] == JOURNAL_SETTLED:
+        values = data[2:]
+        if len(values) > len(COLUMNS):
+            raise ValueError("a journal line with more values than columns")
+        debit = data[1]
+        if debit is not None and (type(debit) is not int or debit < 0):
+            raise ValueError("a journal line with a bad debit")
+        row = dict(zip(COLUMNS, values, strict=False))
+        return str(row["client_id"]), _Item(_params_from(row), None, debit or None)
+    item = _priced_intent(data)
+    assert item.params is not None
+    return str(item.params[COLUMNS.index("client_id")]), item
 
 
 def _priced_intent(data: Any) -> _Item:
@@ -1237,10 +1275,14 @@ class _Item:
 # it gathers. One commit per request cost the writer ~300 µs of CPU a row (six WAL pages:
 # the row, its indexes, the daily rollup) and woke it, to contend for the GIL, on every
 # request; gathered, a row costs a fraction of that (docs/benchmarks.md, "Per-call
-# overhead"). Nothing waits for the linger: flush() (every read, a budget check, the cache
-# waiting for its row, interpreter exit) cuts it short, and a row not yet committed is in
-# the in-flight journal, so a process killed meanwhile still has it recorded.
-WRITER_LINGER_S = 0.02
+# overhead"), and the fewer commits overlap the caller's next requests, the less they slow
+# them. Nothing waits for the linger: flush() (every read, a budget check, the cache
+# waiting for its row, interpreter exit) cuts it short. A row not yet committed is in the
+# in-flight journal as it was queued (_Journal.settled), so a process killed meanwhile
+# still has it recorded exactly, tokens, cost and debit; the linger only decides how late
+# another process sees it (a hard cap never waits on it: a budgeted request's row is
+# written at once, with its reservation's release).
+WRITER_LINGER_S = 0.25
 WRITER_MAX_BATCH = 256
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cencori_nb import ledger as ledger_mod
-from cencori_nb import state
+from cencori_nb import state, wallet
 from cencori_nb.errors import ConfigurationError
 from cencori_nb.ledger import Ledger, LedgerRow, default_ledger, from_pusd, parse_since, to_pusd
 from cencori_nb.migrations import MIGRATIONS, migrate
@@ -630,6 +630,108 @@ def test_journals_of_this_and_older_versions_are_reclaimed(private_home: Path) -
     ]
     assert all(r.cost_usd is not None and r.cost_usd > 0 for r in rows)  # priced
     assert list(inflight.glob("*.jsonl")) == []
+
+
+def test_a_settled_line_replaces_the_estimate_and_a_bad_one_does_not(
+    private_home: Path,
+) -> None:
+    """A dead process's journal: a request whose settled row was journalled (``[3, debit,
+    values…]``, written when the row was queued) is recorded as that row, with its wallet
+    debit once; a request whose settled line is torn or damaged keeps its estimate."""
+    import json
+
+    def intent(client_id: str) -> list[object]:
+        return [
+            2,
+            *LedgerRow(
+                "",
+                "default",
+                "openai",
+                "managed",
+                status="interrupted",
+                model="gpt-4o-mini",
+                error_code="process_ended",
+                input_tokens=1000,
+                estimated=True,
+                cost_usd=None,
+                client_id=client_id,
+            ).as_params(),
+        ]
+
+    def settled(client_id: str, debit: object) -> list[object]:
+        row = LedgerRow(
+            "chatcmpl-" + client_id,
+            "default",
+            "openai",
+            "managed",
+            model="gpt-4o-mini",
+            input_tokens=12,
+            output_tokens=34,
+            provider_cost_usd=Decimal("0.000021"),
+            credits_charged_usd=Decimal("0.000025"),
+            cost_usd=Decimal("0.000025"),
+            client_id=client_id,
+        )
+        return [3, debit, *row.as_params()]
+
+    wallet.set_balance(1)  # the wallet mirror tracks: debits are written
+    inflight = default_ledger().inflight_dir
+    inflight.mkdir(exist_ok=True)
+    lines = [
+        intent("a-settled"),
+        intent("b-bad-debit"),
+        intent("c-torn"),
+        settled("a-settled", 25_000_000),  # 0.000025 USD in pico-dollars
+        settled("b-bad-debit", -5),
+    ]
+    torn = json.dumps(settled("c-torn", 25_000_000))[:-40]
+    (inflight / "999999-cafef00d.jsonl").write_text(
+        "".join(json.dumps(line) + "\n" for line in lines) + torn
+    )
+    state.reset("ledger", "wallet")  # the next start reclaims what the dead process left
+    state.reset("ledger", "wallet")  # and a second start records nothing twice
+    rows = sorted(default_ledger().rows(), key=lambda r: r.client_id)
+    assert [
+        (r.client_id, r.status, r.estimated, r.input_tokens, r.output_tokens) for r in rows
+    ] == [
+        ("a-settled", "ok", False, 12, 34),
+        ("b-bad-debit", "interrupted", True, 1000, 0),
+        ("c-torn", "interrupted", True, 1000, 0),
+    ]
+    assert rows[0].request_id == "chatcmpl-a-settled"
+    assert rows[0].credits_charged_usd == Decimal("0.000025")
+    usage = [t for t in wallet.transactions(as_frame=False) if t.kind == "usage"]
+    by_client = {t.client_id: t.amount for t in usage}
+    assert by_client["a-settled"] == Decimal("-0.000025")
+    assert len(usage) == len(by_client) == 3  # one debit per request, the rest estimated
+    assert list(inflight.glob("*.jsonl")) == []
+
+
+def test_the_journal_notes_a_queued_row_only_for_a_noted_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Queueing the row of a request noted in flight appends its settled line (before the
+    writer can commit it); a row of a request never noted adds nothing; once the rows
+    are committed the journal is empty again."""
+    import json
+
+    monkeypatch.setattr(ledger_mod, "WRITER_LINGER_S", 3600.0)  # only a flush commits
+    led = default_ledger()
+    noted = LedgerRow("", "default", "openai", "byok", status="interrupted", client_id="n-1")
+    led.begin(noted)
+    journal = led._journal
+    assert journal is not None
+    led.submit(LedgerRow("req-1", "default", "openai", "byok", client_id="n-1", input_tokens=7))
+    led.submit(LedgerRow("req-2", "default", "openai", "byok", client_id="never-noted"))
+    lines = [json.loads(x) for x in journal.path.read_text().splitlines()]
+    assert [(line[0], line[1] if line[0] == 3 else None) for line in lines] == [
+        (2, None),
+        (3, None),
+    ]
+    assert lines[1][2 + ledger_mod.COLUMNS.index("client_id")] == "n-1"
+    assert lines[1][2 + ledger_mod.COLUMNS.index("input_tokens")] == 7
+    led.flush()
+    assert journal.path.read_text() == ""
 
 
 def test_client_ids_are_version_7_uuids_in_hex_ordered_by_time() -> None:

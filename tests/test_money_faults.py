@@ -545,8 +545,8 @@ def test_sigkill_during_map_then_rerun_records_every_answer(private_home: Path, 
 
 # The child dies by its own SIGKILL at one chosen step of recording its second answer
 # (the first is recorded normally): in the writer before the batch commits (the answer
-# waits in the 20 ms linger), between the commit and the journal's resolve, or after the
-# resolve, before the after-commit steps (the response cache) run.
+# waits in the writer's linger), between the commit and the journal's resolve, or after
+# the resolve, before the after-commit steps (the response cache) run.
 KILL_AT_CHILD = """
     import os, signal
     import cencori_nb
@@ -599,9 +599,12 @@ def test_sigkill_at_each_step_of_recording_an_answer(
     private_home: Path, sbx: Any, where: str
 ) -> None:
     """SIGKILL at a chosen step of recording an answer (no randomness): every answer the
-    sandbox gave has exactly one row, ``ok`` if its row committed before the kill, else
-    ``interrupted`` (reclaimed from the in-flight journal); a cached answer's payer is
-    recorded; the journal is gone after the next start."""
+    sandbox gave has exactly one row, and it is the exact one (``ok``, real tokens, cost
+    and one wallet debit of its charge), also when the kill came before the writer
+    committed it (reclaimed from the settled line of the in-flight journal, not
+    estimated); a cached answer's payer is recorded; the journal is gone after the next
+    start."""
+    wallet.set_balance(100)  # the wallet mirror tracks: each answer's debit is written
     child = _spawn(KILL_AT_CHILD.format(where=where, model=MODEL), private_home, sbx)
     out, err = child.communicate(timeout=120)
     assert child.returncode == -signal.SIGKILL, err
@@ -611,9 +614,14 @@ def test_sigkill_at_each_step_of_recording_an_answer(
     for _ in range(2):  # two later starts: one row per answer, not two
         ledger_mod_reset_and_open()
     rows = default_ledger().rows()
-    second = "interrupted" if where == "before_commit" else "ok"
-    assert sorted(r.status for r in rows) == sorted(["ok", second])
+    assert [r.status for r in rows] == ["ok", "ok"]
+    assert not any(r.estimated for r in rows)
     assert len({r.client_id for r in rows}) == len(rows) == answered
+    assert all(r.output_tokens > 0 and r.credits_charged_usd > 0 for r in rows)
+    usage = [t for t in wallet.transactions(as_frame=False) if t.kind == "usage"]
+    assert sorted((t.client_id, -t.amount) for t in usage) == sorted(
+        (r.client_id, r.credits_charged_usd) for r in rows
+    )
     assert list((private_home / "ledger-inflight").glob("*.jsonl")) == []
     conn = sqlite3.connect(private_home / "cache.sqlite")
     payers = [
