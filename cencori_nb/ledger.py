@@ -10,15 +10,17 @@ Two ways to write, both measured in ``benchmarks/ledger.py``:
 
 - :meth:`Ledger.record` — a plain ``INSERT`` and commit, about 50 µs a row;
 - :meth:`Ledger.submit` — queue the row for a background writer thread that gathers
-  rows for up to 20 ms and commits them in one transaction, about 5 µs for the caller.
+  rows for up to 250 ms and commits them in one transaction, about 5 µs for the caller.
   ``accounting.settle`` uses it (with the wallet debit in the same transaction as its
   row), because the synchronous commit was most of the toolkit's per-call overhead
   against a raw HTTP call (docs/benchmarks.md, "Per-call overhead"). Every read flushes
   first, so a program never sees its own rows missing; ``flush()``, closing (a change of
   home, :func:`cencori_nb.state.reset`) and interpreter exit (``atexit``) write what is
   queued. A process killed hard (SIGKILL, a crashed kernel) before its rows commit leaves
-  them in its in-flight journal, recorded as ``interrupted`` at the next start; never a
-  half-written row or a debit without its row.
+  them in its in-flight journal: a request whose row was queued is recorded as that row
+  (its real tokens, cost and debit), one still waiting for its answer as ``interrupted``
+  with estimated tokens, at the next start; never a half-written row or a debit without
+  its row.
 
 One :class:`Ledger` per process and home: :func:`default_ledger` (registered with
 :mod:`cencori_nb.state`). It reopens itself after a ``fork`` (a SQLite connection must not
