@@ -615,11 +615,12 @@ class Ledger:
         If the writer cannot commit (disk full, file locked too long, damaged file), the
         rows go to the spill file instead and the next request fails (:meth:`check`).
         """
-        item = _Item(row.as_params(), on_insert, to_pusd(debit_usd) or None)
+        params = row.as_params()
+        debit_pusd = to_pusd(debit_usd) or None
         journal = self._journal
         if journal is not None and journal.pid == _pid:
-            journal.settled(row.client_id, item.debit_pusd, item.params)
-        self._enqueue(item)
+            journal.settled(row.client_id, debit_pusd, params)
+        self._enqueue(_Item(params, on_insert, debit_pusd))
 
     def after_commit(self, callback: Callable[[], Any]) -> None:
         """Run ``callback`` (in the writer thread) once every row submitted so far by this
