@@ -16,7 +16,8 @@ does not share the client's GIL or CPU account. Everything lives in a throwaway
     fresh prompts (no cache hits): requests/s, the client process's CPU per request (every
     thread; ``map`` ends with its ledger flush so the background writer's commits count),
     and the ratios map / httpx2 and map / AsyncOpenAI per round and on the medians. The
-    ideal is concurrency / latency = 1,280 requests/s.
+    ideal is concurrency / latency = 1,280 requests/s; the setup's real ceiling is the fourth
+    contender, bare asyncio sockets (`run_sockets`), and map and httpx2 are read against it.
 (f) first call in a fresh process: each round starts one process per contender (map, raw
     httpx2), interleaved, that imports its library, then times its first batch of
     ``--rows`` prompts (connections opened on the way; for map also the key store unlock,
@@ -51,6 +52,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -212,24 +214,69 @@ def run_httpx2(
     return asyncio.run(main())
 
 
+def run_sockets(url: str, prompts: list[str], concurrency: int) -> tuple[float, int]:
+    """The setup's ceiling, not a client anyone should use: ``concurrency`` workers, each
+    with one keep-alive connection made before the clock starts, writing the request's
+    bytes and reading ``Content-Length`` bytes back with asyncio streams, then taking the
+    text out with ``json.loads``. No pool, no TLS, no header parsing beyond the length:
+    what the sandbox and the loop allow, against which map and httpx2 are read."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+
+    async def main() -> tuple[float, int]:
+        conns = [await asyncio.open_connection(host, port) for _ in range(concurrency)]
+        errors = 0
+        todo = iter(prompts)
+
+        async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal errors
+            for p in todo:
+                body = json.dumps(
+                    {"model": MODEL, "messages": [{"role": "user", "content": p}]}
+                ).encode()
+                writer.write(
+                    b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: %s\r\n"
+                    b"Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s"
+                    % (parts.netloc.encode(), KEY.encode(), len(body), body)
+                )
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                answer = await reader.readexactly(length)
+                if not head.startswith(b"HTTP/1.1 200"):
+                    errors += 1
+                    continue
+                _ = json.loads(answer)["choices"][0]["message"]["content"]
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(r, w) for r, w in conns))
+        elapsed = time.perf_counter() - t0
+        for _, w in conns:
+            w.close()
+        return elapsed, errors
+
+    return asyncio.run(main())
+
+
 # ------------------------------------------------------------------------------ parts
 def part_a(
     url: str, rows: int, concurrency: int, rounds: int
 ) -> tuple[dict[str, list[float]], dict[str, list[float]], list[str]]:
-    rates: dict[str, list[float]] = {"map": [], "openai": [], "httpx2": []}
+    rates: dict[str, list[float]] = {"map": [], "openai": [], "httpx2": [], "sockets": []}
     # CPU time of this (client) process per request: the sandbox runs in another process, so
     # this is what each client costs, and it is far steadier than wall time on a busy box.
-    cpu_us: dict[str, list[float]] = {"map": [], "openai": [], "httpx2": []}
+    cpu_us: dict[str, list[float]] = {"map": [], "openai": [], "httpx2": [], "sockets": []}
     last_map_prompts: list[str] = []
     contenders: list[tuple[str, Callable[[list[str]], tuple[float, int]]]] = [
         ("map", lambda ps: _map_contender(ps, concurrency)),
         ("openai", lambda ps: run_openai(url, ps, concurrency)),
         ("httpx2", lambda ps: run_httpx2(url, ps, concurrency)),
+        ("sockets", lambda ps: run_sockets(url, ps, concurrency)),
     ]
     # warm the map path (key store unlock, pooled connections, price tables) once
     _map_contender([f"warm map {i}" for i in range(concurrency)], concurrency)
     for r in range(rounds):
-        order = contenders[r % 3 :] + contenders[: r % 3]
+        order = contenders[r % 4 :] + contenders[: r % 4]
         for name, fn in order:
             prompts = [f"Round {r} {name}: summarise item {i} in one line." for i in range(rows)]
             cpu0 = time.process_time()
@@ -512,6 +559,11 @@ def main(argv: list[str] | None = None) -> int:
             + ")"
         )
         print(f"  map / ideal  = {med['map'] / ideal:.2f}")
+        print(
+            f"  the setup's ceiling (bare asyncio sockets, run_sockets): {med['sockets']:.0f}/s; "
+            f"map / ceiling = {med['map'] / med['sockets']:.2f}, "
+            f"httpx2 / ceiling = {med['httpx2'] / med['sockets']:.2f}"
+        )
         print(
             f"  map CPU / httpx2 CPU = {cpu_med['map'] / cpu_med['httpx2']:.2f}  (per round: "
             + ", ".join(
