@@ -248,36 +248,77 @@ def store_after_commit(key: str, completion: Completion) -> None:
     included) is committed; never, if the ledger could not take them."""
     from .ledger import default_ledger
 
-    snapshot = dataclasses.replace(completion)
     _pending.add(key)
+    default_ledger().after_commit(_AfterCommit(key, dataclasses.replace(completion), cache_path()))
+
+
+_INSERT = (
+    "INSERT OR REPLACE INTO responses (key, created_ms, provider, model, completion)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _row(key: str, completion: Completion) -> tuple[str, int, str, str, str]:
+    data = completion.to_dict()
+    data["cached"] = False
+    return (
+        key,
+        int(time.time() * 1000),
+        completion.provider,
+        completion.model,
+        json.dumps(data, ensure_ascii=False),
+    )
+
+
+def _store_committed(entries: list[_AfterCommit]) -> None:
+    """Store answers whose ledger rows are committed, in one transaction: the ledger's
+    writer hands over each batch's answers at once (one commit for them all, not one
+    each: an autocommit write was ~34 µs of the writer's CPU a row, ~13 µs batched, and
+    the file's WAL grew and was checkpointed 250 times as often). An answer whose home
+    moved meanwhile is not cached in a home that did not pay for it."""
     path = cache_path()
+    rows = []
+    for entry in entries:
+        _pending.discard(entry.key)
+        if entry.path == path:
+            rows.append(_row(entry.key, entry.completion))
+    if not rows:
+        return
+    try:
+        conn = _connect()
+        with _lock:
+            conn.execute("BEGIN")
+            try:
+                conn.executemany(_INSERT, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+    except sqlite3.Error as exc:  # the answers were delivered and paid; only caching failed
+        _unusable(exc)
 
-    def write() -> None:
-        _pending.discard(key)
-        if cache_path() == path:  # the home moved meanwhile: not cached in a home that did not pay
-            store(key, snapshot)
 
-    default_ledger().after_commit(write)
+@dataclasses.dataclass(slots=True)
+class _AfterCommit:
+    """An answer to store once its ledger row is committed (``Ledger.after_commit``)."""
+
+    key: str
+    completion: Completion
+    path: Path
+
+    run_together = staticmethod(_store_committed)  # a batch's answers in one transaction
+
+    def __call__(self) -> None:
+        _store_committed([self])
 
 
 def store(key: str, completion: Completion) -> None:
     """Remember ``completion`` under ``key`` (replacing an older answer)."""
-    data = completion.to_dict()
-    data["cached"] = False
     try:
         conn = _connect()
         with _lock:
-            conn.execute(
-                "INSERT OR REPLACE INTO responses (key, created_ms, provider, model,"
-                " completion) VALUES (?, ?, ?, ?, ?)",
-                (
-                    key,
-                    int(time.time() * 1000),
-                    completion.provider,
-                    completion.model,
-                    json.dumps(data, ensure_ascii=False),
-                ),
-            )
+            conn.execute(_INSERT, _row(key, completion))
     except sqlite3.Error as exc:  # the answer was delivered and paid; only caching failed
         _unusable(exc)
 

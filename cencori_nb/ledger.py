@@ -33,6 +33,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
@@ -878,10 +879,19 @@ class Ledger:
         return inserted
 
     def _run_callbacks(self, batch: list[_Item]) -> None:
-        for item in batch:
-            if item.params is None and item.callback is not None:
+        """Run the batch's after-commit callbacks in order. A run of callbacks that can go
+        together (the same ``run_together`` attribute, e.g. the response cache's writes:
+        one transaction for the batch's answers instead of one each) is handed over as a
+        list to that function."""
+        callbacks = [i.callback for i in batch if i.params is None and i.callback is not None]
+        for together, run in itertools.groupby(callbacks, key=_run_together):
+            group = list(run)
+            steps: list[Callable[[], Any]] = (
+                group if together is None else [functools.partial(together, group)]
+            )
+            for step in steps:
                 try:
-                    item.callback()
+                    step()
                 except Exception as exc:  # noqa: BLE001 - e.g. a cache write: log, go on
                     _log.warning("cencori_nb: after-commit step failed: %s", exc)
 
@@ -1241,6 +1251,12 @@ def _priced_intent(data: Any) -> _Item:
     row["cost_pusd"] = to_pusd(cost_of(row["route"], quote.cost_usd, charge, test_mode=test_mode))
     row["price_version"] = quote.version
     return _Item(_params_from(row), None, row["credits_charged_pusd"] or None)
+
+
+def _run_together(callback: Callable[..., Any]) -> Callable[[list[Any]], Any] | None:
+    """What runs a run of such after-commit callbacks at once (their ``run_together``), or
+    None: each runs alone."""
+    return getattr(callback, "run_together", None)
 
 
 def _rollback(conn: Any) -> None:

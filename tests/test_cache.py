@@ -189,3 +189,43 @@ def test_damaged_cache_file_is_a_miss_not_a_failure(private_home: Path) -> None:
     assert cache.lookup("k") is None
     with pytest.raises(errors.ConfigurationError, match="Delete that file"):
         cache.clear()
+
+
+def test_a_writer_batchs_answers_are_stored_in_one_transaction(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers waiting for their ledger rows are stored when the writer commits them, each
+    run of them in one transaction (one COMMIT, not one per answer); a callback queued
+    between two runs still runs between them, in order; nothing is stored before its
+    row commits."""
+    from cencori_nb import ledger as ledger_mod
+    from cencori_nb.ledger import LedgerRow, default_ledger
+
+    monkeypatch.setattr(ledger_mod, "WRITER_LINGER_S", 3600.0)  # one batch, ended by flush
+    led = default_ledger()
+    cache.store("warm", _completion())  # opens the cache's connection
+    statements: list[str] = []
+    order: list[str] = []
+    cache._connect().set_trace_callback(statements.append)
+    for i in range(3):
+        led.submit(LedgerRow(f"req-a{i}", "default", "openai", "byok"))
+        cache.store_after_commit(f"a{i}", _completion(f"answer a{i}"))
+    led.after_commit(lambda: order.append(f"between, {len(statements)} statements"))
+    for i in range(2):
+        led.submit(LedgerRow(f"req-b{i}", "default", "openai", "byok"))
+        cache.store_after_commit(f"b{i}", _completion(f"answer b{i}"))
+    assert cache.pending() == 5 and statements == []  # nothing before the rows commit
+    led.flush()
+    assert cache.pending() == 0
+    words = [s.split()[0].upper() for s in statements]
+    assert words == ["BEGIN", *["INSERT"] * 3, "COMMIT", "BEGIN", *["INSERT"] * 2, "COMMIT"]
+    assert order == ["between, 5 statements"]
+    hits = {k: cache.lookup(k) for k in ("a0", "a1", "a2", "b0", "b1")}
+    assert {k: c.text if c else None for k, c in hits.items()} == {
+        "a0": "answer a0",
+        "a1": "answer a1",
+        "a2": "answer a2",
+        "b0": "answer b0",
+        "b1": "answer b1",
+    }
+    assert all(c is not None and c.cached and c.credits_charged_usd == 0 for c in hits.values())
