@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -1141,6 +1142,22 @@ class _Journal:
         self.pid = os.getpid()
         self.lock = threading.Lock()
         self.open: set[str] = set()
+        self.torn = False  # the last line was cut short and is not ended yet
+
+    def _append(self, line: str) -> None:
+        """Append one line (the caller holds the lock); no fsync: a killed process's
+        writes persist. A short write (the disk or the file size limit reached mid-line)
+        raises ENOSPC; its line is ended with a newline, now or before the next line, so
+        only that line is torn (the reader skips it), never the next one too."""
+        data = ("\n" + line if self.torn else line).encode()
+        written = os.write(self.fd, data)
+        if written == len(data):
+            self.torn = False
+            return
+        self.torn = True
+        with contextlib.suppress(OSError):
+            self.torn = os.write(self.fd, b"\n") != 1
+        raise OSError(errno.ENOSPC, "the in-flight journal line was cut short")
 
     def begin(self, client_id: str, params: tuple[Any, ...]) -> None:
         # ``[2, ts_ms, client_id, …]``: the row's values in COLUMNS order. A list, not the
@@ -1148,8 +1165,8 @@ class _Journal:
         # a third of the encoding time, paid on every request.
         line = "".join(_journal_chunks((JOURNAL_VERSION, *params), 0)) + "\n"
         with self.lock:
+            self._append(line)  # raises if not all written: then the request is not sent
             self.open.add(client_id)
-            os.write(self.fd, line.encode())  # no fsync: a killed process's writes persist
 
     def settled(self, client_id: str, debit_pusd: int | None, params: tuple[Any, ...]) -> None:
         """The request's row as it is queued for the writer (real tokens and cost, and its
@@ -1160,7 +1177,7 @@ class _Journal:
             return
         line = "".join(_journal_chunks((JOURNAL_SETTLED, debit_pusd, *params), 0)) + "\n"
         with self.lock, contextlib.suppress(OSError):
-            os.write(self.fd, line.encode())
+            self._append(line)
 
     def resolve(self, client_ids: list[str]) -> None:
         with self.lock:
@@ -1170,6 +1187,7 @@ class _Journal:
             if not self.open:
                 with contextlib.suppress(OSError):
                     os.ftruncate(self.fd, 0)
+                    self.torn = False
 
     def pending(self) -> bool:
         """Whether a noted request's row is not committed yet."""

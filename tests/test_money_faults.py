@@ -166,7 +166,7 @@ FULL_DISK_CHILD = """
         try:
             cencori_nb.chat(f"full {{i}}", model="{model}", cache=False)
             answered += 1
-            # The writer commits in the background, gathering rows for up to 20 ms: a burst
+            # The writer commits in the background, gathering rows for a moment: a burst
             # of fast requests may all go out before its first commit fails (their rows are
             # spilled, none is lost). Waiting for it here makes "the request after a failed
             # commit is refused" deterministic on a fast machine.
@@ -241,6 +241,61 @@ FULL_DISK_CAPPED_CHILD = """
             refused.append(type(exc).__name__)
     print(json.dumps({{"answered": answered, "refused": refused}}))
 """
+
+
+JOURNAL_CUT_CHILD = """
+    import os, resource, signal
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit is cut short
+    from cencori_nb.errors import LedgerError
+    from cencori_nb.ledger import LedgerRow, default_ledger
+
+    def noted(client_id):
+        return LedgerRow("", "default", "openai", "byok", status="interrupted",
+                         model="gpt-4o-mini", error_code="process_ended", input_tokens=100,
+                         estimated=True, cost_usd=None, client_id=client_id)
+
+    led = default_ledger()
+    led.begin(noted("noted-a"))
+    path = led._journal.path
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # the next line fits only in part: the file may grow 40 bytes more
+    resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 40, hard))
+    try:
+        led.begin(noted("cut-b"))
+        print("sent", flush=True)
+    except LedgerError as exc:
+        print("refused:", exc, flush=True)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    led.begin(noted("noted-c"))
+    print(repr(path.read_bytes()), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)   # dies with both noted requests in flight
+"""
+
+
+def test_a_journal_line_cut_short_refuses_its_request_and_spares_the_next(
+    private_home: Path, sbx: Any
+) -> None:
+    """The disk fills in the middle of a request's in-flight note (a short write): that
+    request is refused (never sent unrecorded), its torn line is ended so the next
+    request's note starts on a line of its own, and after a crash the next start records
+    both noted requests, not the refused one."""
+    child = _spawn(JOURNAL_CUT_CHILD, private_home, sbx)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == -signal.SIGKILL, err
+    lines = out.splitlines()
+    assert lines[0].startswith("refused: The usage ledger ") and "no request was" in lines[0], out
+    journal = eval(lines[1])  # noqa: S307 - the repr of bytes this test's child printed
+    parts = journal.split(b"\n")
+    assert parts[0].startswith(b"[2,") and b"noted-a" in parts[0]
+    assert parts[1].startswith(b"[2,") and len(parts[1]) == 40  # the cut line, ended
+    assert parts[2].startswith(b"[2,") and b"noted-c" in parts[2] and parts[3] == b""
+    ledger_mod_reset_and_open()
+    rows = default_ledger().rows()
+    assert sorted((r.client_id, r.status, r.estimated) for r in rows) == [
+        ("noted-a", "interrupted", True),
+        ("noted-c", "interrupted", True),
+    ]
+    assert list((private_home / "ledger-inflight").glob("*.jsonl")) == []
 
 
 def test_full_disk_under_a_hard_cap_sends_nothing_more(private_home: Path, sbx: Any) -> None:
