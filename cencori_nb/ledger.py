@@ -1018,9 +1018,14 @@ class Ledger:
             json.dumps(item.to_json(), separators=(",", ":")) + "\n" for item in self._unspilled
         ).encode()
         try:
-            fd = open_private(self.spill_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            fd = open_private(self.spill_path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # a replaying process truncates under it
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    # an earlier append was cut short (disk full, killed): end that line,
+                    # so only it is torn (skipped) and the first row here is not glued on
+                    data = b"\n" + data
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]

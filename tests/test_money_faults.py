@@ -346,15 +346,20 @@ def test_spill_replay_is_idempotent_and_debits_once(private_home: Path) -> None:
 
 
 def test_a_torn_spill_line_is_skipped_not_fatal(private_home: Path) -> None:
-    """A crash mid-append leaves half a line: the whole lines are written, the rest logged."""
+    """A crash mid-append leaves half a line: the whole lines are written, the rest logged;
+    a later spill ends the cut line first, so its own first row is not glued onto it."""
     led = default_ledger()
     row = LedgerRow("r", "p", "openai", "byok", client_id="whole")
     led._spill([_Item(row.as_params(), None, None)], "disk full")
     with led.spill_path.open("ab") as fh:
         fh.write(b'{"v":1,"row":{"ts_ms":1,"client_')
+    # the disk has room again: the next spill starts on a line of its own
+    after = LedgerRow("r2", "p", "openai", "byok", client_id="after-the-cut")
+    led._spill([_Item(after.as_params(), None, None)], "disk full")
+    assert led.spill_path.read_bytes().count(b"\n") == 3  # whole, the cut one ended, after
     led.close()
     reopened = Ledger(led.path)
-    assert [r.client_id for r in reopened.rows()] == ["whole"]
+    assert sorted(r.client_id for r in reopened.rows()) == ["after-the-cut", "whole"]
     reopened.close()
 
 
