@@ -72,6 +72,10 @@ class Checkpoint:
             with private_umask():
                 self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._fh = os.fdopen(open_private(self.path), "a", encoding="utf-8")
+            if _cut_short(self.path):
+                # an earlier run died (or the disk filled) mid-line: end that line, so only
+                # its row is sent again, not this run's first row too (glued onto it)
+                self._fh.write("\n")
         record = {"pos": pos, "key": key, **{k: _jsonable(v) for k, v in row.items()}}
         self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._fh.flush()
@@ -106,3 +110,13 @@ def from_json(value: Any) -> Any:
     if isinstance(value, dict) and "$dec" in value:
         return Decimal(value["$dec"])
     return value
+
+
+def _cut_short(path: Path) -> bool:
+    """Whether ``path`` ends inside a line (its last byte is not a newline)."""
+    with path.open("rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if not size:
+            return False
+        fh.seek(size - 1)
+        return fh.read(1) != b"\n"

@@ -459,3 +459,20 @@ def test_map_prints_progress_to_stderr_in_a_terminal(capsys: pytest.CaptureFixtu
     cencori_nb.map(["a", "b", "c"], achat=FakeAchat(), progress=True)
     err = capsys.readouterr().err
     assert err.endswith("cencori: 3/3 rows · 0 errors · $0.0030\n")
+
+
+def test_a_checkpoint_line_cut_short_costs_only_its_own_row(private_home: Path) -> None:
+    """A run killed mid-append leaves half a line in the checkpoint: the next run's first
+    record starts on a line of its own, so a later resume skips both finished rows (only
+    the cut one would be sent again)."""
+    from cencori_nb.batch.checkpoint import Checkpoint
+
+    first = Checkpoint("cut-batch")
+    first.append(0, "k0", {"text": "zero", "error": None})
+    first.close()
+    with first.path.open("ab") as fh:
+        fh.write(b'{"pos":1,"key":"k1","te')  # the process died here
+    second = Checkpoint("cut-batch")
+    second.append(2, "k2", {"text": "two", "error": None})
+    second.close()
+    assert sorted(Checkpoint("cut-batch").load()) == [0, 2]
