@@ -588,6 +588,23 @@ def test_forked_child_gets_its_own_writer(private_home: Path) -> None:
     assert sorted(r.request_id for r in led.rows()) == ["child-q", "parent-1", "parent-2"]
 
 
+def _noted(client_id: str, route: str) -> LedgerRow:
+    """The row a request's in-flight note holds: interrupted, 1,000 estimated tokens."""
+    return LedgerRow(
+        "",
+        "default",
+        "openai",
+        route,
+        status="interrupted",
+        model="gpt-4o-mini",
+        error_code="process_ended",
+        input_tokens=1000,
+        estimated=True,
+        cost_usd=None,
+        client_id=client_id,
+    )
+
+
 def test_journals_of_this_and_older_versions_are_reclaimed(private_home: Path) -> None:
     """A dead process's in-flight journal is recorded whether its lines are this version's
     ``[2, values…]`` or the ``{"v": 1, "row": {…}}`` objects older versions wrote; a torn
@@ -595,19 +612,7 @@ def test_journals_of_this_and_older_versions_are_reclaimed(private_home: Path) -
     import json
 
     def intent(client_id: str) -> tuple[object, ...]:
-        return LedgerRow(
-            "",
-            "default",
-            "openai",
-            "byok",
-            status="interrupted",
-            model="gpt-4o-mini",
-            error_code="process_ended",
-            input_tokens=1000,
-            estimated=True,
-            cost_usd=None,
-            client_id=client_id,
-        ).as_params()
+        return _noted(client_id, "byok").as_params()
 
     inflight = default_ledger().inflight_dir
     inflight.mkdir(exist_ok=True)
@@ -641,22 +646,7 @@ def test_a_settled_line_replaces_the_estimate_and_a_bad_one_does_not(
     import json
 
     def intent(client_id: str) -> list[object]:
-        return [
-            2,
-            *LedgerRow(
-                "",
-                "default",
-                "openai",
-                "managed",
-                status="interrupted",
-                model="gpt-4o-mini",
-                error_code="process_ended",
-                input_tokens=1000,
-                estimated=True,
-                cost_usd=None,
-                client_id=client_id,
-            ).as_params(),
-        ]
+        return [2, *_noted(client_id, "managed").as_params()]
 
     def settled(client_id: str, debit: object) -> list[object]:
         row = LedgerRow(
