@@ -39,6 +39,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -982,8 +983,8 @@ class Ledger:
                 for line in lines:
                     try:
                         client_id, item = _journal_item(json.loads(line))
-                    except (ValueError, TypeError, KeyError, IndexError):
-                        continue  # a torn last line
+                    except (ValueError, TypeError, KeyError, IndexError, ArithmeticError):
+                        continue  # a torn last line, or a value that cannot be a row
                     items[client_id] = item
                 written += self._replay_items(list(items.values()))
                 path.unlink()
@@ -1248,13 +1249,46 @@ def _journal_item(data: Any) -> tuple[str, _Item]:
         if len(values) > len(COLUMNS):
             raise ValueError("a journal line with more values than columns")
         debit = data[1]
-        if debit is not None and (type(debit) is not int or debit < 0):
-            raise ValueError("a journal line with a bad debit")
         row = dict(zip(COLUMNS, values, strict=False))
-        return str(row["client_id"]), _Item(_params_from(row), None, debit or None)
+        if debit is not None and (
+            type(debit) is not int or debit < 0 or debit != row["credits_charged_pusd"]
+        ):
+            # as queued, a row's debit is its charge (accounting.settle); anything else
+            # would leave the wallet and the ledger disagreeing
+            raise ValueError("a journal line with a bad debit")
+        item = _Item(_storable(_params_from(row)), None, debit or None)
+        return str(row["client_id"]), item
     item = _priced_intent(data)
     assert item.params is not None
-    return str(item.params[COLUMNS.index("client_id")]), item
+    return str(item.params[COLUMNS.index("client_id")]), _Item(
+        _storable(item.params), None, item.debit_pusd
+    )
+
+
+_INT64 = 1 << 63
+_MONEY = frozenset(
+    COLUMNS.index(c) for c in ("provider_cost_pusd", "credits_charged_pusd", "cost_pusd")
+)
+
+
+def _storable(params: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``params`` if every value is one a row can hold, else ValueError: a journal left in
+    a synced home may hold anything, and a value the database cannot bind (a list, an int
+    past 64 bits, a NUL in a text on PostgreSQL) would fail the whole reclaim, so the
+    ledger could not open again; a float as money would break every read of the rows."""
+    for index, value in enumerate(params):
+        kind = type(value)
+        if value is None or kind is bool:
+            continue
+        if kind is int:
+            ok = -_INT64 <= value < _INT64
+        elif index in _MONEY:
+            ok = False  # money is integer pico-USD
+        else:
+            ok = (kind is str and "\x00" not in value) or (kind is float and math.isfinite(value))
+        if not ok:
+            raise ValueError("a journal line with a value a row cannot hold")
+    return params
 
 
 def _priced_intent(data: Any) -> _Item:

@@ -697,6 +697,96 @@ def test_a_settled_line_replaces_the_estimate_and_a_bad_one_does_not(
     assert list(inflight.glob("*.jsonl")) == []
 
 
+def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
+    private_home: Path,
+) -> None:
+    """A dead process's journal (a synced home may hold anything) with lines whose values
+    cannot be a row: a list, a 2**100 token count, an Infinity, a float as money, a NUL
+    in a text, a debit that is not its row's charge (a debit on a BYOK row). Each such
+    line is skipped like a torn one (a request keeps its estimate when only its settled
+    line is bad), the ledger opens, and the wallet is debited only what rows say."""
+    import json
+
+    columns = ledger_mod.COLUMNS
+
+    def estimate(client_id: str, **change: object) -> list[object]:
+        values = list(
+            LedgerRow(
+                "",
+                "default",
+                "openai",
+                "byok",
+                status="interrupted",
+                model="gpt-4o-mini",
+                error_code="process_ended",
+                input_tokens=1000,
+                estimated=True,
+                cost_usd=None,
+                client_id=client_id,
+            ).as_params()
+        )
+        for name, value in change.items():
+            values[columns.index(name)] = value
+        return [2, *values]
+
+    def settled(client_id: str, debit: object = None, **change: object) -> list[object]:
+        values = list(
+            LedgerRow(
+                "chatcmpl-" + client_id,
+                "default",
+                "openai",
+                "byok",
+                model="gpt-4o-mini",
+                input_tokens=12,
+                output_tokens=34,
+                provider_cost_usd=Decimal("0.000021"),
+                cost_usd=Decimal("0.000021"),
+                client_id=client_id,
+            ).as_params()
+        )
+        for name, value in change.items():
+            values[columns.index(name)] = value
+        return [3, debit, *values]
+
+    hostile = {
+        "s-list": settled("s-list", request_id=["a", "b"]),
+        "s-huge": settled("s-huge", output_tokens=2**100),
+        "s-float-money": settled("s-float-money", cost_pusd=1e300),
+        "s-nul": settled("s-nul", request_id="chatcmpl-\x00"),
+        "s-byok-debit": settled("s-byok-debit", 10**30),  # a BYOK row charges nothing
+        "s-other-debit": settled(
+            "s-other-debit", 10**15, credits_charged_pusd=25_000_000, route="managed"
+        ),
+    }
+    lines: list[object] = [estimate(cid) for cid in hostile]
+    lines += hostile.values()
+    lines += [
+        estimate("e-list", project={"a": 1}),
+        estimate("e-huge", input_tokens=2**100),
+        settled("ok-settled"),
+    ]
+    wallet.set_balance(1)  # the wallet mirror tracks: debits would show
+    inflight = default_ledger().inflight_dir
+    inflight.mkdir(exist_ok=True)
+    (inflight / "999999-0badf11e.jsonl").write_text(
+        "".join(json.dumps(line) + "\n" for line in lines)
+        + '[2, 0, "e-inf", "", "default", "openai", null, "gpt-4o-mini", "byok", "", '
+        '"interrupted", "process_ended", Infinity]\n'
+    )
+    state.reset("ledger", "wallet")  # the next start reclaims what the dead process left
+    rows = {r.client_id: r for r in default_ledger().rows()}
+    assert sorted(rows) == sorted([*hostile, "ok-settled"])
+    for cid in hostile:  # each kept its estimate
+        assert (rows[cid].status, rows[cid].estimated, rows[cid].input_tokens) == (
+            "interrupted",
+            True,
+            1000,
+        )
+    assert (rows["ok-settled"].status, rows["ok-settled"].output_tokens) == ("ok", 34)
+    assert wallet.balance() == Decimal(1)  # BYOK rows: nothing debited
+    assert list(inflight.glob("*.jsonl")) == []
+
+
 def test_the_journal_notes_a_queued_row_only_for_a_noted_request(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
