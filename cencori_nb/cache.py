@@ -42,6 +42,7 @@ from .home import ensure_home, home_dir, open_private
 from .types import ChatRequest, Completion, Message
 
 if TYPE_CHECKING:
+    from .ledger import Ledger
     from .router import Decision
 
 __all__ = [
@@ -243,13 +244,19 @@ def pending() -> int:
     return len(_pending)
 
 
-def store_after_commit(key: str, completion: Completion) -> None:
+def store_after_commit(key: str, completion: Completion, ledger: Ledger | None = None) -> None:
     """Store ``completion`` once every ledger row this process submitted so far (its own
-    included) is committed; never, if the ledger could not take them."""
+    included) is committed; never, if the ledger could not take them. ``ledger``: the one
+    its row went to (where the request began); if that is no longer the current one (the
+    home moved while it was in flight), the answer is not cached: the current home did not
+    pay for it, and a hit there would record (and debit) the paying request again."""
     from .ledger import default_ledger
 
+    current = default_ledger()
+    if ledger is not None and ledger is not current:
+        return
     _pending.add(key)
-    default_ledger().after_commit(_AfterCommit(key, dataclasses.replace(completion), cache_path()))
+    current.after_commit(_AfterCommit(key, dataclasses.replace(completion), cache_path()))
 
 
 _INSERT = (

@@ -662,7 +662,7 @@ def _finish(
     )
     _read_structured(request, completion, result.refusal)  # raises before caching
     if key is not None:
-        cache.store_after_commit(key, completion)
+        cache.store_after_commit(key, completion, ledger)
     return completion
 
 
@@ -1000,7 +1000,7 @@ class _StreamState:
         assert self.parser is not None
         _read_structured(self.request, completion, self.parser.result().refusal)
         if self.key is not None:
-            cache.store_after_commit(self.key, completion)
+            cache.store_after_commit(self.key, completion, self.ledger)
 
     def broke(self, err: CencoriError) -> CencoriError:
         """The stream failed mid-way with ``err``; return the error to raise."""

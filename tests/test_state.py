@@ -703,6 +703,28 @@ def test_a_chat_in_flight_in_another_thread_when_the_home_changes_settles_in_its
     _assert_settled_in_a_only(home_a, home_b, status)
 
 
+def test_an_answer_paid_in_home_a_is_not_cached_in_home_b(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer
+) -> None:
+    """A stream begun in home A and read to its end after CENCORI_NB_HOME moved to B is
+    paid (recorded) in A; its answer must not go into B's cache either, else the same
+    prompt in B is a hit whose paying request B's ledger lacks, and B records (and
+    debits) that request a second time."""
+    home_a, home_b = tmp_path / "a", tmp_path / "b"
+    _use_home(monkeypatch, home_b, sandbox, KEY_B)
+    _use_home(monkeypatch, home_a, sandbox, KEY_A)
+    s = cencori_nb.stream("Which home paid for me?", model="gpt-4o-mini")
+    monkeypatch.setenv("CENCORI_NB_HOME", str(home_b))
+    assert "".join(s) and s.completion is not None
+    paid_in_a = s.completion.client_id
+    default_ledger().flush()  # an answer to cache would be stored by now
+    cencori_nb.chat("Which home paid for me?", model="gpt-4o-mini")  # in B
+    default_ledger().flush()
+    state.reset("ledger")
+    assert paid_in_a in [c for c, _ in _all_rows(home_a / "ledger.sqlite")]
+    assert paid_in_a not in [c for c, _ in _all_rows(home_b / "ledger.sqlite")]
+
+
 def test_a_row_for_a_closed_ledger_that_cannot_be_written_goes_to_its_spill_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer
 ) -> None:
