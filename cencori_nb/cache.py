@@ -284,26 +284,25 @@ def _store_committed(entries: list[_AfterCommit]) -> None:
     the file's WAL grew and was checkpointed 250 times as often). An answer whose home
     moved meanwhile is not cached in a home that did not pay for it."""
     path = cache_path()
-    rows = []
-    for entry in entries:
-        _pending.discard(entry.key)
-        if entry.path == path:
-            rows.append(_row(entry.key, entry.completion))
-    if not rows:
-        return
     try:
-        conn = _connect()
-        with _lock:
-            conn.execute("BEGIN")
-            try:
-                conn.executemany(_INSERT, rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        rows = [_row(e.key, e.completion) for e in entries if e.path == path]
+        if rows:
+            conn = _connect()
+            with _lock:
+                conn.execute("BEGIN")
+                try:
+                    conn.executemany(_INSERT, rows)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
     except sqlite3.Error as exc:  # the answers were delivered and paid; only caching failed
         _unusable(exc)
+    finally:
+        # only now: a lookup meanwhile waits for the answers (fetch) instead of missing them
+        for entry in entries:
+            _pending.discard(entry.key)
 
 
 @dataclasses.dataclass(slots=True)

@@ -229,3 +229,48 @@ def test_a_writer_batchs_answers_are_stored_in_one_transaction(
         "b1": "answer b1",
     }
     assert all(c is not None and c.cached and c.credits_charged_usd == 0 for c in hits.values())
+
+
+def test_an_answer_being_stored_is_waited_for_not_missed(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the ledger's writer stores a batch's answers, a lookup of one of them from
+    another thread waits for it (a hit), instead of finding it neither pending nor stored
+    (a miss: the caller would send, and pay for, the same request again)."""
+    import threading
+
+    from cencori_nb.ledger import LedgerRow, default_ledger
+
+    led = default_ledger()
+    cache.store("warm", _completion())  # opens the cache's connection
+    looked_up: list[Completion | None] = []
+    reached = threading.Event()  # the lookup is waiting, or done
+    wait_pending = cache._wait_pending
+
+    def waiting() -> None:
+        reached.set()
+        wait_pending()
+
+    def lookup() -> None:
+        looked_up.append(cache.lookup("k"))
+        reached.set()
+
+    connect = cache._connect
+    lookers: list[threading.Thread] = []
+
+    def connect_while_storing() -> sqlite3.Connection:
+        # the writer is about to store the batch: a lookup from another thread now
+        if threading.current_thread().name == "cencori-nb-ledger" and not lookers:
+            lookers.append(threading.Thread(target=lookup))
+            lookers[0].start()
+            assert reached.wait(30)
+        return connect()
+
+    monkeypatch.setattr(cache, "_wait_pending", waiting)
+    monkeypatch.setattr(cache, "_connect", connect_while_storing)
+    led.submit(LedgerRow("req-k", "default", "openai", "byok"))
+    cache.store_after_commit("k", _completion("answer k"))
+    led.flush()
+    assert lookers
+    lookers[0].join(30)
+    assert [c.text if c else None for c in looked_up] == ["answer k"]
