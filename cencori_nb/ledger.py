@@ -1256,13 +1256,15 @@ def _journal_item(data: Any) -> tuple[str, _Item]:
             # as queued, a row's debit is its charge (accounting.settle); anything else
             # would leave the wallet and the ledger disagreeing
             raise ValueError("a journal line with a bad debit")
-        item = _Item(_storable(_params_from(row)), None, debit or None)
-        return str(row["client_id"]), item
-    item = _priced_intent(data)
+        item = _Item(_params_from(row), None, debit or None)
+    else:
+        item = _priced_intent(data)
     assert item.params is not None
-    return str(item.params[COLUMNS.index("client_id")]), _Item(
-        _storable(item.params), None, item.debit_pusd
-    )
+    client_id = item.params[COLUMNS.index("client_id")]
+    if type(client_id) is not str or not client_id:  # what rows and debits are unique on
+        raise ValueError("a journal line without a client id")
+    _storable(item.params)
+    return client_id, item
 
 
 _INT64 = 1 << 63

@@ -702,14 +702,14 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
 ) -> None:
     """A dead process's journal (a synced home may hold anything) with lines whose values
     cannot be a row: a list, a 2**100 token count, an Infinity, a float as money, a NUL
-    in a text, a debit that is not its row's charge (a debit on a BYOK row). Each such
+    in a text, no client id, a debit that is not its row's charge (on a BYOK row). Each such
     line is skipped like a torn one (a request keeps its estimate when only its settled
     line is bad), the ledger opens, and the wallet is debited only what rows say."""
     import json
 
     columns = ledger_mod.COLUMNS
 
-    def estimate(client_id: str, **change: object) -> list[object]:
+    def estimate(cid: str, **change: object) -> list[object]:
         values = list(
             LedgerRow(
                 "",
@@ -722,17 +722,17 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
                 input_tokens=1000,
                 estimated=True,
                 cost_usd=None,
-                client_id=client_id,
+                client_id=cid,
             ).as_params()
         )
         for name, value in change.items():
             values[columns.index(name)] = value
         return [2, *values]
 
-    def settled(client_id: str, debit: object = None, **change: object) -> list[object]:
+    def settled(cid: str, debit: object = None, **change: object) -> list[object]:
         values = list(
             LedgerRow(
-                "chatcmpl-" + client_id,
+                "chatcmpl-" + cid,
                 "default",
                 "openai",
                 "byok",
@@ -741,7 +741,7 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
                 output_tokens=34,
                 provider_cost_usd=Decimal("0.000021"),
                 cost_usd=Decimal("0.000021"),
-                client_id=client_id,
+                client_id=cid,
             ).as_params()
         )
         for name, value in change.items():
@@ -761,6 +761,9 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
     lines: list[object] = [estimate(cid) for cid in hostile]
     lines += hostile.values()
     lines += [
+        # without a client id, a debit cannot be made idempotent (wallet.debit_in refuses)
+        settled("x", 25_000_000, client_id="", credits_charged_pusd=25_000_000, route="managed"),
+        estimate("x", client_id="", route="managed"),
         estimate("e-list", project={"a": 1}),
         estimate("e-huge", input_tokens=2**100),
         settled("ok-settled"),
