@@ -1268,28 +1268,45 @@ def _journal_item(data: Any) -> tuple[str, _Item]:
 
 
 _INT64 = 1 << 63
-_MONEY = frozenset(
-    COLUMNS.index(c) for c in ("provider_cost_pusd", "credits_charged_pusd", "cost_pusd")
+# what each column holds (the schema's types): anything else in a journal line is damage
+_REAL = frozenset(COLUMNS.index(c) for c in ("latency_ms", "ttft_ms"))
+_INTEGER = frozenset(
+    COLUMNS.index(c)
+    for c in (
+        "ts_ms",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "thinking_tokens",
+        "provider_cost_pusd",
+        "credits_charged_pusd",
+        "estimated",
+        "cost_pusd",
+        "test_mode",
+        "image_tokens",
+    )
 )
 
 
 def _storable(params: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``params`` if every value is one a row can hold, else ValueError: a journal left in
-    a synced home may hold anything, and a value the database cannot bind (a list, an int
-    past 64 bits, a NUL in a text on PostgreSQL) would fail the whole reclaim, so the
-    ledger could not open again; a float as money would break every read of the rows."""
+    """``params`` if every value is of its column's type, else ValueError: a journal left
+    in a synced home may hold anything, and a value the database cannot take (a list, an
+    int past 64 bits, a NUL or a word where PostgreSQL wants a number) would fail the
+    whole reclaim, so the ledger could not open again; a float as money would break every
+    read of the rows."""
     for index, value in enumerate(params):
-        kind = type(value)
-        if value is None or kind is bool:
+        if value is None:
             continue
-        if kind is int:
-            ok = -_INT64 <= value < _INT64
-        elif index in _MONEY:
-            ok = False  # money is integer pico-USD
+        kind = type(value)
+        if index in _INTEGER or (index in _REAL and kind is not float):
+            ok = (kind is int and -_INT64 <= value < _INT64) or kind is bool
+        elif index in _REAL:
+            ok = math.isfinite(value)
         else:
-            ok = (kind is str and "\x00" not in value) or (kind is float and math.isfinite(value))
+            ok = kind is str and "\x00" not in value
         if not ok:
-            raise ValueError("a journal line with a value a row cannot hold")
+            raise ValueError("a journal line with a value its column cannot hold")
     return params
 
 

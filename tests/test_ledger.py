@@ -702,9 +702,10 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
 ) -> None:
     """A dead process's journal (a synced home may hold anything) with lines whose values
     cannot be a row: a list, a 2**100 token count, an Infinity, a float as money, a NUL
-    in a text, no client id, a debit that is not its row's charge (on a BYOK row). Each such
-    line is skipped like a torn one (a request keeps its estimate when only its settled
-    line is bad), the ledger opens, and the wallet is debited only what rows say."""
+    in a text, a word as a count, a number as a name, no client id, a debit that is not
+    its row's charge (on a BYOK row). Each such line is skipped like a torn one (a request
+    keeps its estimate when only its settled line is bad), the ledger opens, and the
+    wallet is debited only what rows say."""
     import json
 
     columns = ledger_mod.COLUMNS
@@ -753,6 +754,8 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
         "s-huge": settled("s-huge", output_tokens=2**100),
         "s-float-money": settled("s-float-money", cost_pusd=1e300),
         "s-nul": settled("s-nul", request_id="chatcmpl-\x00"),
+        "s-word": settled("s-word", input_tokens="twelve"),  # PostgreSQL refuses it
+        "s-number": settled("s-number", project=7),
         "s-byok-debit": settled("s-byok-debit", 10**30),  # a BYOK row charges nothing
         "s-other-debit": settled(
             "s-other-debit", 10**15, credits_charged_pusd=25_000_000, route="managed"
