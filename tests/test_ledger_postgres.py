@@ -163,6 +163,44 @@ def test_chat_records_member_and_caches_after_the_ledger(
     assert list(reports.usage()["member"]) == ["ana@example.org"] * 2
 
 
+def test_a_dead_processs_journal_is_reclaimed_into_postgresql(pg_url: str) -> None:
+    """The PostgreSQL ledger shares the local in-flight journal: a dead process's settled
+    row is recorded as it was queued (its tokens, not the estimate), and a damaged line (a
+    word where a count goes, which PostgreSQL refuses) is skipped instead of failing the
+    reclaim, which would keep the ledger from opening at every start."""
+    led = default_ledger()
+    assert isinstance(led, PostgresLedger)
+
+    def line(kind: int, cid: str, **change: object) -> str:
+        row = LedgerRow(
+            "chatcmpl-" + cid,
+            "default",
+            "openai",
+            "byok",
+            model="gpt-4o-mini",
+            input_tokens=12,
+            output_tokens=34,
+            cost_usd=Decimal("0.000021"),
+            client_id=cid,
+        )
+        values = list(row.as_params())
+        for name, value in change.items():
+            values[ledger_mod.COLUMNS.index(name)] = value
+        return json.dumps([kind, *([None] if kind == 3 else []), *values]) + "\n"
+
+    led.inflight_dir.mkdir(exist_ok=True)
+    (led.inflight_dir / "999999-0badf11e.jsonl").write_text(
+        line(2, "pg-settled", status="interrupted", output_tokens=0, estimated=True)
+        + line(3, "pg-settled")
+        + line(3, "pg-word", input_tokens="twelve")
+    )
+    state.reset("ledger")  # the next start reclaims what the dead process left
+    default_ledger().flush()
+    got = _rows(pg_url, "SELECT client_id, status, input_tokens, output_tokens FROM requests")
+    assert got == [("pg-settled", "ok", 12, 34)]
+    assert list(led.inflight_dir.glob("*.jsonl")) == []
+
+
 def test_member_names_that_are_keys_are_refused(
     sbx: SandboxServer, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -538,41 +576,3 @@ def test_server_killed_mid_run_loses_nothing_and_writes_nothing_twice(
         pg_cluster.start()
     cencori_nb.chat("capped, back", model=MODEL, max_tokens=10)
     assert led.count() == 15
-
-
-def test_a_dead_processs_journal_is_reclaimed_into_postgresql(pg_url: str) -> None:
-    """The PostgreSQL ledger shares the local in-flight journal: a dead process's settled
-    row is recorded as it was queued (its tokens, not the estimate), and a damaged line (a
-    word where a count goes, which PostgreSQL refuses) is skipped instead of failing the
-    reclaim, which would keep the ledger from opening at every start."""
-    led = default_ledger()
-    assert isinstance(led, PostgresLedger)
-
-    def line(kind: int, cid: str, **change: object) -> str:
-        row = LedgerRow(
-            "chatcmpl-" + cid,
-            "default",
-            "openai",
-            "byok",
-            model="gpt-4o-mini",
-            input_tokens=12,
-            output_tokens=34,
-            cost_usd=Decimal("0.000021"),
-            client_id=cid,
-        )
-        values = list(row.as_params())
-        for name, value in change.items():
-            values[ledger_mod.COLUMNS.index(name)] = value
-        return json.dumps([kind, *([None] if kind == 3 else []), *values]) + "\n"
-
-    led.inflight_dir.mkdir(exist_ok=True)
-    (led.inflight_dir / "999999-0badf11e.jsonl").write_text(
-        line(2, "pg-settled", status="interrupted", output_tokens=0, estimated=True)
-        + line(3, "pg-settled")
-        + line(3, "pg-word", input_tokens="twelve")
-    )
-    state.reset("ledger")  # the next start reclaims what the dead process left
-    default_ledger().flush()
-    got = _rows(pg_url, "SELECT client_id, status, input_tokens, output_tokens FROM requests")
-    assert got == [("pg-settled", "ok", 12, 34)]
-    assert list(led.inflight_dir.glob("*.jsonl")) == []
