@@ -793,6 +793,53 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
     assert list(inflight.glob("*.jsonl")) == []
 
 
+def _send_a_row_past_64_bits(home: str) -> None:
+    import os
+
+    os.environ["CENCORI_NB_HOME"] = home
+    led = default_ledger()
+    led.begin(
+        LedgerRow(
+            "",
+            "default",
+            "openai",
+            "byok",
+            status="interrupted",
+            model="gpt-4o-mini",
+            error_code="process_ended",
+            input_tokens=1000,
+            estimated=True,
+            cost_usd=None,
+            client_id="huge-1",
+        )
+    )
+    led.submit(
+        LedgerRow(
+            "chatcmpl-huge", "default", "openai", "byok", input_tokens=2**70, client_id="huge-1"
+        )
+    )
+    led.flush()
+    assert not led.has_row("huge-1") and led.dropped == 1  # logged and dropped
+
+
+def test_a_row_past_64_bits_is_recorded_as_its_estimate_at_the_next_start(
+    private_home: Path,
+) -> None:
+    """A hostile endpoint can answer with a token count past 64 bits: the row cannot be
+    stored (the writer logs and drops it), so its request stays in the journal, settled
+    line and all, when the process ends. The next start must record the estimate, not
+    fail on the settled line at every start (OverflowError: the ledger never opens)."""
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=_send_a_row_past_64_bits, args=(str(private_home),))
+    proc.start()
+    proc.join(120)
+    assert proc.exitcode == 0
+    rows = default_ledger().rows()
+    assert [(r.client_id, r.status, r.estimated, r.input_tokens) for r in rows] == [
+        ("huge-1", "interrupted", True, 1000)
+    ]
+
+
 def test_the_journal_notes_a_queued_row_only_for_a_noted_request(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
