@@ -1060,9 +1060,13 @@ class Ledger:
             items, unreadable = [], 0
             for line in lines:
                 try:
-                    items.append(_Item.from_json(json.loads(line)))
+                    item = _Item.from_json(json.loads(line))
+                    assert item.params is not None
+                    _storable(item.params)  # else the replay fails at every start
                 except (ValueError, TypeError, KeyError):
-                    unreadable += 1  # a torn last line (a crash mid-append)
+                    unreadable += 1  # a torn last line (a crash mid-append), a bad value
+                    continue
+                items.append(item)
             written = self._replay_items(items)
             os.ftruncate(fd, 0)
             os.fsync(fd)

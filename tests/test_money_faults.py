@@ -363,6 +363,26 @@ def test_a_torn_spill_line_is_skipped_not_fatal(private_home: Path) -> None:
     reopened.close()
 
 
+def test_a_spilled_row_that_cannot_be_stored_is_skipped_not_fatal(private_home: Path) -> None:
+    """A batch spilled while the ledger could not be written (disk full) holds a row no
+    database can store (an endpoint's token count past 64 bits; live, the writer drops
+    such a row alone). Once the ledger is writable the other rows are written and the
+    bad one is skipped and logged, instead of OverflowError from every later request's
+    check and every start."""
+    led = default_ledger()
+    bad = LedgerRow("r1", "p", "openai", "byok", client_id="past-64-bits", input_tokens=2**70)
+    good = LedgerRow("r2", "p", "openai", "byok", client_id="fine")
+    led._spill([_Item(bad.as_params(), None, None), _Item(good.as_params(), None, None)], "full")
+    with pytest.raises(LedgerWriteError):
+        led.check()  # the first request after a failure is refused and told why
+    led.check()  # the ledger takes writes again: the waiting rows are written
+    assert [r.client_id for r in led.rows()] == ["fine"]
+    led.close()
+    reopened = Ledger(led.path)
+    assert [r.client_id for r in reopened.rows()] == ["fine"]
+    reopened.close()
+
+
 # ------------------------------------------------------------------ repeated provider ids
 
 
