@@ -1297,8 +1297,8 @@ def _storable(params: tuple[Any, ...]) -> tuple[Any, ...]:
     """``params`` if every value is of its column's type, else ValueError: a journal left
     in a synced home may hold anything, and a value the database cannot take (a list, an
     int past 64 bits, a NUL or a word where PostgreSQL wants a number) would fail the
-    whole reclaim, so the ledger could not open again; a float as money would break every
-    read of the rows."""
+    whole reclaim, so the ledger could not open again (a lone surrogate too: an endpoint's
+    id can hold one); a float as money would break every read of the rows."""
     for index, value in enumerate(params):
         if value is None:
             continue
@@ -1308,10 +1308,19 @@ def _storable(params: tuple[Any, ...]) -> tuple[Any, ...]:
         elif index in _REAL:
             ok = math.isfinite(value)
         else:
-            ok = kind is str and "\x00" not in value
+            ok = kind is str and "\x00" not in value and _utf8(value)
         if not ok:
             raise ValueError("a journal line with a value its column cannot hold")
     return params
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` can be stored (JSON can carry a lone surrogate; UTF-8 cannot)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _priced_intent(data: Any) -> _Item:

@@ -793,7 +793,7 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
     assert list(inflight.glob("*.jsonl")) == []
 
 
-def _send_a_row_past_64_bits(home: str) -> None:
+def _send_a_row_no_database_takes(home: str, field: str, value: object) -> None:
     import os
 
     os.environ["CENCORI_NB_HOME"] = home
@@ -813,24 +813,28 @@ def _send_a_row_past_64_bits(home: str) -> None:
             client_id="huge-1",
         )
     )
-    led.submit(
-        LedgerRow(
-            "chatcmpl-huge", "default", "openai", "byok", input_tokens=2**70, client_id="huge-1"
-        )
-    )
+    row = LedgerRow("chatcmpl-1", "default", "openai", "byok", client_id="huge-1")
+    setattr(row, field, value)
+    led.submit(row)
     led.flush()
     assert not led.has_row("huge-1") and led.dropped == 1  # logged and dropped
 
 
-def test_a_row_past_64_bits_is_recorded_as_its_estimate_at_the_next_start(
-    private_home: Path,
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("input_tokens", 2**70), ("request_id", "chatcmpl-\ud800")],
+    ids=["count-past-64-bits", "id-with-a-lone-surrogate"],
+)
+def test_a_row_no_database_takes_is_recorded_as_its_estimate_at_the_next_start(
+    private_home: Path, field: str, value: object
 ) -> None:
-    """A hostile endpoint can answer with a token count past 64 bits: the row cannot be
-    stored (the writer logs and drops it), so its request stays in the journal, settled
-    line and all, when the process ends. The next start must record the estimate, not
-    fail on the settled line at every start (OverflowError: the ledger never opens)."""
+    """A hostile endpoint can answer with a token count past 64 bits, or an id holding a
+    lone surrogate (valid JSON, not UTF-8): the row cannot be stored (the writer logs and
+    drops it), so its request stays in the journal, settled line and all, when the
+    process ends. The next start must record the estimate, not fail on the settled line
+    at every start (OverflowError, UnicodeEncodeError: the ledger never opens)."""
     ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=_send_a_row_past_64_bits, args=(str(private_home),))
+    proc = ctx.Process(target=_send_a_row_no_database_takes, args=(str(private_home), field, value))
     proc.start()
     proc.join(120)
     assert proc.exitcode == 0
