@@ -26,6 +26,7 @@ request beyond the key. A hit costs tens of microseconds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -291,7 +292,14 @@ def _store_committed(entries: list[_AfterCommit]) -> None:
             with _lock:
                 conn.execute("BEGIN")
                 try:
-                    conn.executemany(_INSERT, rows)
+                    try:
+                        conn.executemany(_INSERT, rows)
+                    except ValueError:
+                        # a text SQLite refuses (an endpoint's lone surrogate): the rest of
+                        # the batch still goes in, one by one (a row again is a no-op)
+                        for row in rows:
+                            with contextlib.suppress(ValueError):
+                                conn.execute(_INSERT, row)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:

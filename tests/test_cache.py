@@ -274,3 +274,28 @@ def test_an_answer_being_stored_is_waited_for_not_missed(
     assert lookers
     lookers[0].join(30)
     assert [c.text if c else None for c in looked_up] == ["answer k"]
+
+
+def test_an_answer_the_cache_cannot_store_does_not_lose_the_rest_of_its_batch(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endpoint's answer can hold a lone surrogate (valid JSON, not UTF-8: SQLite
+    refuses it). Stored in one transaction with the rest of its writer batch, it must not
+    take the other answers down with it: they are cached (a re-run gets them free), it
+    alone is not."""
+    from cencori_nb import ledger as ledger_mod
+    from cencori_nb.ledger import LedgerRow, default_ledger
+
+    monkeypatch.setattr(ledger_mod, "WRITER_LINGER_S", 3600.0)  # one batch, ended by flush
+    led = default_ledger()
+    for key, text in (("before", "fine"), ("bad", "half a pair \ud800"), ("after", "fine too")):
+        led.submit(LedgerRow(f"req-{key}", "default", "openai", "byok"))
+        cache.store_after_commit(key, _completion(text))
+    led.flush()
+    assert cache.pending() == 0
+    found = {k: cache.lookup(k) for k in ("before", "bad", "after")}
+    assert {k: c.text if c else None for k, c in found.items()} == {
+        "before": "fine",
+        "bad": None,
+        "after": "fine too",
+    }
