@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -387,6 +388,22 @@ def _forget() -> None:
             _conn.close()
         _conn, _conn_path, _hits, _misses, _warned = None, None, 0, 0, False
         _pending.clear()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child starts with a fresh lock (the parent's may have been copied held, by
+    the ledger's writer storing a batch: nobody here would release it) and opens its own
+    connection (a SQLite connection must not cross a fork; the parent's is kept, never
+    closed from here). The parent's pending answers are the parent's to store."""
+    global _lock, _conn, _conn_path
+    if _conn is not None:
+        _inherited.append(_conn)
+    _lock, _conn, _conn_path = threading.Lock(), None, None
+    _pending.clear()
+
+
+_inherited: list[sqlite3.Connection] = []  # a parent's connections, never used or closed here
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # The ledger's queued rows fill the cache when they commit (cache after ledger): at a reset

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import sqlite3
 import stat
 from decimal import Decimal
@@ -299,3 +300,28 @@ def test_an_answer_the_cache_cannot_store_does_not_lose_the_rest_of_its_batch(
         "bad": None,
         "after": "fine too",
     }
+
+
+def _child_looks_up(answers: Any) -> None:
+    hit = cache.lookup("shared")
+    answers.put(None if hit is None else hit.text)
+
+
+def test_a_child_forked_while_the_cache_is_busy_can_use_it(private_home: Path) -> None:
+    """A child forked while another thread holds the cache's lock (the ledger's writer
+    storing a batch's answers, now one transaction under it) must not inherit that lock
+    held: nobody in the child would ever release it, and its first lookup would hang.
+    It gets its own lock and connection (a SQLite connection must not cross a fork)."""
+    cache.store("shared", _completion("stored before the fork"))
+    ctx = multiprocessing.get_context("fork")
+    answers = ctx.Queue()
+    with cache._lock:  # as the writer thread holds it mid-batch
+        proc = ctx.Process(target=_child_looks_up, args=(answers,))
+        proc.start()
+    proc.join(60)
+    hung = proc.is_alive()
+    if hung:
+        proc.kill()
+        proc.join()
+    assert not hung and proc.exitcode == 0
+    assert answers.get(timeout=10) == "stored before the fork"
