@@ -46,6 +46,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -142,6 +143,15 @@ _pid = os.getpid()  # this process's id, kept up to date at fork (no system call
 def _after_fork_in_child() -> None:
     global _id_key, _ids, _pid
     _id_key, _ids, _pid = os.urandom(32), itertools.count(), os.getpid()
+    # a lock another thread held at the fork (the writer mid-commit) is copied held, and
+    # nobody in the child would release it: the child's first read or write would hang
+    for led in list(_ledgers):
+        led._lock, led._holder = threading.RLock(), None
+        led._journal_lock, led._writer_lock = threading.Lock(), threading.Lock()
+        led._spill_lock = threading.Lock()
+
+
+_ledgers: weakref.WeakSet[Ledger] = weakref.WeakSet()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -454,6 +464,7 @@ class Ledger:
         self._unspilled: list[_Item] = []  # rows the spill file could not take either
         # closed (the home or the ledger URL changed): requests begun here still settle here
         self._closed = False
+        _ledgers.add(self)  # its locks are made afresh in a forked child
         self._open()
 
     def _open(self) -> None:

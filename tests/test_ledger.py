@@ -391,6 +391,42 @@ def test_reopens_after_fork(private_home: Path) -> None:
     assert {r.request_id for r in led.rows()} == {"parent", "child"}
 
 
+def _child_counts() -> None:
+    assert default_ledger().count() == 1
+
+
+def test_a_child_forked_while_another_thread_holds_the_ledger_can_use_it(
+    private_home: Path,
+) -> None:
+    """A child forked while another thread holds the ledger's lock (the writer thread
+    mid-commit) must not inherit it held: nobody in the child would release it, and its
+    first read or write would hang forever."""
+    import threading
+
+    led = default_ledger()
+    led.record(LedgerRow("parent", "p", "openai", "byok"))
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with led._lock:  # as the writer holds it while it commits a batch
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(30)
+    proc = multiprocessing.get_context("fork").Process(target=_child_counts)
+    proc.start()
+    release.set()
+    holder.join(30)
+    proc.join(60)
+    hung = proc.is_alive()
+    if hung:
+        proc.kill()
+        proc.join()
+    assert not hung and proc.exitcode == 0
+
+
 def test_default_ledger_follows_the_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Moving CENCORI_NB_HOME opens the ledger there at the next call and closes the old
     one; a reset (cencori_nb.state) closes it."""
