@@ -1001,7 +1001,26 @@ class Ledger:
                 path.unlink()
             finally:
                 os.close(fd)
+        self._remove_dead_compactions()
         return written
+
+    def _remove_dead_compactions(self) -> None:
+        """Remove the half-written copies of journals (:meth:`_Journal._compact`) whose
+        process died while writing them: the journal they were to replace still holds
+        every request, and was reclaimed from."""
+        with contextlib.suppress(OSError):
+            for path in self.inflight_dir.glob("*" + COMPACTING_SUFFIX):
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    path.unlink()
+                except OSError:
+                    continue  # its process is alive and compacting (BlockingIOError)
+                finally:
+                    os.close(fd)
 
     # -- when the ledger cannot be written ------------------------------------------------
     def _spill(self, batch: list[_Item], reason: str) -> None:
@@ -1150,9 +1169,11 @@ class Ledger:
 
 
 class _Journal:
-    """This process's requests in flight: one JSON line per request about to be sent,
-    truncated whenever every noted request's row is committed. The file is locked for the
-    process's life, so a journal whose lock can be taken belongs to a dead process."""
+    """This process's requests in flight: one JSON line per request about to be sent (and
+    one more when its row is queued), truncated whenever every noted request's row is
+    committed, and compacted when it passes :data:`JOURNAL_COMPACT_BYTES` while requests
+    stay in flight (a long ``map`` never has none). The file is locked for the process's
+    life, so a journal whose lock can be taken belongs to a dead process."""
 
     def __init__(self, directory: Path) -> None:
         with private_umask():
@@ -1162,7 +1183,10 @@ class _Journal:
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         self.pid = os.getpid()
         self.lock = threading.Lock()
-        self.open: set[str] = set()
+        # the noted requests whose rows are not committed yet, each with its latest line
+        # (what a compacted journal keeps of it)
+        self.open: dict[str, str] = {}
+        self.size = 0  # bytes written since the file was last emptied or compacted
         self.torn = False  # the last line was cut short and is not ended yet
 
     def _append(self, line: str) -> None:
@@ -1172,6 +1196,7 @@ class _Journal:
         only that line is torn (the reader skips it), never the next one too."""
         data = ("\n" + line if self.torn else line).encode()
         written = os.write(self.fd, data)
+        self.size += written
         if written == len(data):
             self.torn = False
             return
@@ -1187,7 +1212,7 @@ class _Journal:
         line = "".join(_journal_chunks((JOURNAL_VERSION, *params), 0)) + "\n"
         with self.lock:
             self._append(line)  # raises if not all written: then the request is not sent
-            self.open.add(client_id)
+            self.open[client_id] = line
 
     def settled(self, client_id: str, debit_pusd: int | None, params: tuple[Any, ...]) -> None:
         """The request's row as it is queued for the writer (real tokens and cost, and its
@@ -1199,16 +1224,51 @@ class _Journal:
         line = "".join(_journal_chunks((JOURNAL_SETTLED, debit_pusd, *params), 0)) + "\n"
         with self.lock, contextlib.suppress(OSError):
             self._append(line)
+            if client_id in self.open:
+                self.open[client_id] = line
 
     def resolve(self, client_ids: list[str]) -> None:
+        """These requests' rows are committed (the writer thread calls this): their lines
+        are no longer needed. Empties the file when no request is left, else compacts it
+        once it has grown past :data:`JOURNAL_COMPACT_BYTES`."""
         with self.lock:
             if not self.open:
                 return
-            self.open.difference_update(client_ids)
+            for client_id in client_ids:
+                self.open.pop(client_id, None)
             if not self.open:
                 with contextlib.suppress(OSError):
                     os.ftruncate(self.fd, 0)
-                    self.torn = False
+                    self.size, self.torn = 0, False
+            elif self.size > JOURNAL_COMPACT_BYTES:
+                self._compact()
+
+    def _compact(self) -> None:
+        """Replace the file with one holding only the open requests' latest lines (the
+        caller holds the lock). Written whole under its own lock beside the journal (a name
+        no reclaimer reads), then renamed over it: a process killed at any point leaves
+        either the old file or the new one, each with every open request. A reclaimer
+        already waiting on the old file's lock finds it unlinked and leaves it. If the
+        new file cannot be written (disk full), the old one stays and grows."""
+        temporary = self.path.with_name(self.path.name + COMPACTING_SUFFIX)
+        data = "".join(self.open.values()).encode()
+        try:
+            fd = open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.replace(temporary, self.path)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            return
+        old, self.fd, self.size, self.torn = self.fd, fd, len(data), False
+        os.close(old)
 
     def pending(self) -> bool:
         """Whether a noted request's row is not committed yet."""
@@ -1225,6 +1285,10 @@ class _Journal:
 
 
 JOURNAL_VERSION = 2
+# A journal with requests still in flight is rewritten with only theirs once it has grown
+# past this (a long map: ~320 bytes a request, so about every 3,000 requests).
+JOURNAL_COMPACT_BYTES = 1 << 20
+COMPACTING_SUFFIX = ".compacting"  # the journal being rewritten; never read as a journal
 # ``[3, debit_pusd, ts_ms, client_id, …]``: a noted request's row as it was queued for the
 # writer, written after its answer was settled; it replaces that request's estimate.
 JOURNAL_SETTLED = 3

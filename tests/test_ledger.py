@@ -984,3 +984,54 @@ def test_a_forked_child_draws_client_ids_of_its_own() -> None:
     os.close(read)
     parent = [new_client_id() for _ in range(3)]
     assert len(child) == 3 and not set(child) & set(parent)
+
+
+def test_a_journal_with_requests_always_in_flight_is_compacted(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long map never has nothing in flight, so its journal is never emptied: past
+    JOURNAL_COMPACT_BYTES it is rewritten with only the open requests' latest lines. What
+    it then holds is what a later start reclaims: each open request once, nothing twice."""
+    import fcntl
+    import json
+    import os
+
+    monkeypatch.setattr(ledger_mod, "JOURNAL_COMPACT_BYTES", 4000)
+    monkeypatch.setattr(ledger_mod, "WRITER_LINGER_S", 3600.0)  # commits only at a flush
+    led = default_ledger()
+    for i in range(60):  # three requests in flight at any time, 60 in all
+        led.begin(_noted(f"r{i:02}", "byok"))
+        if i >= 2:
+            led.submit(
+                LedgerRow(f"req-{i - 2}", "default", "openai", "byok", client_id=f"r{i - 2:02}")
+            )
+            led.flush()  # committed: resolved, and compacted when past the limit
+    journal = led._journal
+    assert journal is not None
+    text = journal.path.read_text()
+    client_id = 1 + ledger_mod.COLUMNS.index("client_id")
+    lines = [json.loads(line) for line in text.splitlines()]
+    kept = [line[client_id + (1 if line[0] == 3 else 0)] for line in lines]
+    # 60 notes and 58 settled lines were written (~36 kB); what is left is a few lines
+    assert len(text) < 5000 and len(kept) < 30  # uncompacted: 118 lines
+    assert {"r58", "r59"} <= set(kept)
+    assert list(led.inflight_dir.glob("*.compacting")) == []
+    # a process killed mid-compaction leaves its half-written copy; a live one's is kept
+    dead = led.inflight_dir / "999999-deadbeef.jsonl.compacting"
+    dead.write_text('[2, "half')
+    live = led.inflight_dir / "999998-cafef00d.jsonl.compacting"
+    live.write_text("")
+    held = os.open(live, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    # this process dies now: what its journal holds is all a later start has
+    (led.inflight_dir / "999997-feedface.jsonl").write_text(text)
+    try:
+        state.reset("ledger", "wallet")  # the next start
+        rows = {r.client_id: r.status for r in default_ledger().rows()}
+        assert not dead.exists() and live.exists()
+    finally:
+        os.close(held)
+    assert rows == {f"r{i:02}": "ok" for i in range(58)} | {
+        "r58": "interrupted",
+        "r59": "interrupted",
+    }

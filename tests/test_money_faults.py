@@ -542,6 +542,9 @@ def ledger_mod_reset_and_open() -> None:
 
 MAP_CHILD = """
     import cencori_nb
+    from cencori_nb import ledger
+    if {compact}:  # the journal is compacted every few requests (commits every 5 ms)
+        ledger.JOURNAL_COMPACT_BYTES, ledger.WRITER_LINGER_S = {compact}, 0.005
     prompts = [f"row {{i}}: say something about the number {{i}}" for i in range({n})]
     df = cencori_nb.map(prompts, model="{model}", route="managed", concurrency=8,
                         progress=False)
@@ -549,16 +552,20 @@ MAP_CHILD = """
 """
 
 
-def test_sigkill_during_map_then_rerun_records_every_answer(private_home: Path, sbx: Any) -> None:
+@pytest.mark.parametrize("compact", [0, 1500], ids=["journal as is", "journal compacted"])
+def test_sigkill_during_map_then_rerun_records_every_answer(
+    private_home: Path, sbx: Any, compact: int
+) -> None:
     """SIGKILL at random points of a 60-row map, three times, then a full re-run: every
     answer the sandbox gave is in the ledger (ok, or interrupted when the process died
-    before recording it), and no cached answer lacks its paying row."""
+    before recording it), and no cached answer lacks its paying row; also while the
+    in-flight journal is being compacted every few requests."""
     import random
 
     rng = random.Random(11)
     sbx.latency_ms = 40
     n = 60
-    code = MAP_CHILD.format(n=n, model=MODEL)
+    code = MAP_CHILD.format(n=n, model=MODEL, compact=compact)
     kills = 0
     for _ in range(3):
         before = sbx.stats["requests"]
