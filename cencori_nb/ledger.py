@@ -308,37 +308,39 @@ class LedgerRow:
         )
 
 
-# Column order of LedgerRow.as_params(), as stored.
-COLUMNS = (
-    "ts_ms",
-    "client_id",
-    "request_id",
-    "project",
-    "provider",
-    "model_requested",
-    "model",
-    "route",
-    "credential_source",
-    "status",
-    "error_code",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "thinking_tokens",
-    "provider_cost_pusd",
-    "credits_charged_pusd",
-    "estimated",
-    "price_version",
-    "latency_ms",
-    "ttft_ms",
-    "cost_pusd",
-    "test_mode",
-    "gateway_cache",
-    "model_original",
-    "member",
-    "image_tokens",
-)
+# Column order of LedgerRow.as_params(), as stored, with what each holds (the schema's
+# types; a journal or spill line holding anything else is damage, see _storable).
+_COLUMN_TYPES: dict[str, type] = {
+    "ts_ms": int,
+    "client_id": str,
+    "request_id": str,
+    "project": str,
+    "provider": str,
+    "model_requested": str,
+    "model": str,
+    "route": str,
+    "credential_source": str,
+    "status": str,
+    "error_code": str,
+    "input_tokens": int,
+    "output_tokens": int,
+    "cache_read_tokens": int,
+    "cache_write_tokens": int,
+    "thinking_tokens": int,
+    "provider_cost_pusd": int,
+    "credits_charged_pusd": int,
+    "estimated": int,
+    "price_version": str,
+    "latency_ms": float,
+    "ttft_ms": float,
+    "cost_pusd": int,
+    "test_mode": int,
+    "gateway_cache": str,
+    "model_original": str,
+    "member": str,
+    "image_tokens": int,
+}
+COLUMNS = tuple(_COLUMN_TYPES)
 # what a row written by a version before a column existed holds in it (spill and journal
 # lines outlive upgrades)
 _COLUMN_DEFAULTS: dict[str, Any] = {"member": "", "image_tokens": 0}
@@ -1347,25 +1349,9 @@ def _journal_item(data: Any) -> tuple[str, _Item]:
 
 
 _INT64 = 1 << 63
-# what each column holds (the schema's types): anything else in a journal line is damage
-_REAL = frozenset(COLUMNS.index(c) for c in ("latency_ms", "ttft_ms"))
-_INTEGER = frozenset(
-    COLUMNS.index(c)
-    for c in (
-        "ts_ms",
-        "input_tokens",
-        "output_tokens",
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "thinking_tokens",
-        "provider_cost_pusd",
-        "credits_charged_pusd",
-        "estimated",
-        "cost_pusd",
-        "test_mode",
-        "image_tokens",
-    )
-)
+# the positions of the columns holding a number (the rest hold text): from _COLUMN_TYPES
+_REAL = frozenset(i for i, t in enumerate(_COLUMN_TYPES.values()) if t is float)
+_INTEGER = frozenset(i for i, t in enumerate(_COLUMN_TYPES.values()) if t is int)
 
 
 def _storable(params: tuple[Any, ...]) -> tuple[Any, ...]:
