@@ -127,7 +127,11 @@ def _wait_for_widget_state(path: Path, timeout: float = 60) -> dict:
     """The notebook file once JupyterLab has saved it with widget state."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        nb = json.loads(path.read_text())
+        try:
+            nb = json.loads(path.read_text())
+        except json.JSONDecodeError:  # read while the server was writing it: look again
+            time.sleep(0.2)
+            continue
         if nb.get("metadata", {}).get("widgets"):
             return nb
         time.sleep(0.5)
