@@ -747,21 +747,7 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
     columns = ledger_mod.COLUMNS
 
     def estimate(cid: str, **change: object) -> list[object]:
-        values = list(
-            LedgerRow(
-                "",
-                "default",
-                "openai",
-                "byok",
-                status="interrupted",
-                model="gpt-4o-mini",
-                error_code="process_ended",
-                input_tokens=1000,
-                estimated=True,
-                cost_usd=None,
-                client_id=cid,
-            ).as_params()
-        )
+        values = list(_noted(cid, "byok").as_params())
         for name, value in change.items():
             values[columns.index(name)] = value
         return [2, *values]
@@ -834,21 +820,7 @@ def _send_a_row_no_database_takes(home: str, field: str, value: object) -> None:
 
     os.environ["CENCORI_NB_HOME"] = home
     led = default_ledger()
-    led.begin(
-        LedgerRow(
-            "",
-            "default",
-            "openai",
-            "byok",
-            status="interrupted",
-            model="gpt-4o-mini",
-            error_code="process_ended",
-            input_tokens=1000,
-            estimated=True,
-            cost_usd=None,
-            client_id="huge-1",
-        )
-    )
+    led.begin(_noted("huge-1", "byok"))
     row = LedgerRow("chatcmpl-1", "default", "openai", "byok", client_id="huge-1")
     setattr(row, field, value)
     led.submit(row)
