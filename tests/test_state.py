@@ -227,7 +227,8 @@ def test_the_package_flushes_the_ledger_before_it_closes_the_response_cache(
 
 def test_every_piece_of_package_state_is_registered() -> None:
     """The modules that keep process state register it (so the fixtures' one reset covers
-    them all); the ledger closes after the cache that writes after its commits."""
+    them all); the ledger is closed (its queued rows committed) before the response cache
+    those commits write, whichever module was imported, so registered, first."""
     import cencori_nb.client  # noqa: F401
     import cencori_nb.jupyter.scrubber  # noqa: F401
     import cencori_nb.keystore.store  # noqa: F401
@@ -254,7 +255,11 @@ def test_every_piece_of_package_state_is_registered() -> None:
         "scrubber",
     ):
         assert name in names, name
-    assert names.index("ledger") < names.index("cache")
+    # the reset order, not the registration order: that follows import order (a test
+    # importing the cache alone first registers it before the ledger), and after= orders
+    # the reset whichever came first
+    order = [e.name for e in state._reset_order(state._registry.entries)]
+    assert order.index("ledger") < order.index("cache")
 
 
 # --------------------------------------------------------------------------- file freshness
