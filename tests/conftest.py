@@ -248,6 +248,8 @@ def _reap_children(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[subprocess.
     monkeypatch.setattr(subprocess.Popen, "__init__", tracking_init)
     yield started
     for proc in started:
+        if getattr(proc, "outlives_test", False):
+            continue  # the session's PostgreSQL server, restarted by a test (pg_cluster.py)
         if proc.poll() is None:
             try:
                 if os.getpgid(proc.pid) == proc.pid:

@@ -149,6 +149,9 @@ class Cluster:
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
             **self._as_server_user(),
         )
+        # a test that stops and starts the server (it going away mid-run) leaves it serving
+        # the rest of the run: the per-test reaper (conftest._reap_children) must not kill it
+        self.proc.outlives_test = True  # type: ignore[attr-defined]
         log.close()
         self.wait_ready()
 
