@@ -427,6 +427,8 @@ class Ledger:
     # what the driver raises: a database failure (→ LedgerError), and a bad row
     _db_errors: tuple[type[BaseException], ...] = (sqlite3.DatabaseError,)
     _integrity_errors: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
+    # what makes one row unstorable (the writer drops it alone, a replay skips it)
+    _bad_row_errors: tuple[type[BaseException], ...] = _integrity_errors
 
     @property
     def label(self) -> str:
@@ -544,12 +546,18 @@ class Ledger:
 
     def _insert_guarded(self, conn: Any, item: _Item) -> int:
         """Insert one replayed row inside a transaction; a bad row is logged and skipped
-        without ending the transaction."""
+        without ending the transaction. Fenced in a savepoint: a failed statement ends a
+        PostgreSQL transaction, and in both a row must not stay without its debit."""
+        conn.execute("SAVEPOINT row")
         try:
-            return int(self._insert_item(conn, item))
-        except self._integrity_errors as exc:  # a bad row: log, never block
+            inserted = int(self._insert_item(conn, item))
+        except self._bad_row_errors as exc:  # a bad row: log, never block
+            conn.execute("ROLLBACK TO SAVEPOINT row")
+            conn.execute("RELEASE SAVEPOINT row")
             self._drop([item], exc)
             return 0
+        conn.execute("RELEASE SAVEPOINT row")
+        return inserted
 
     @contextlib.contextmanager
     def _sqlite_errors(self) -> Iterator[None]:
@@ -831,7 +839,7 @@ class Ledger:
             return
         try:
             self._commit(batch)
-        except self._integrity_errors as exc:
+        except self._bad_row_errors as exc:
             self._salvage(batch, exc)
             return
         except self._db_errors as exc:
@@ -1357,9 +1365,11 @@ _INTEGER = frozenset(i for i, t in enumerate(_COLUMN_TYPES.values()) if t is int
 def _storable(params: tuple[Any, ...]) -> tuple[Any, ...]:
     """``params`` if every value is of its column's type, else ValueError: a journal left
     in a synced home may hold anything, and a value the database cannot take (a list, an
-    int past 64 bits, a NUL or a word where PostgreSQL wants a number) would fail the
-    whole reclaim, so the ledger could not open again (a lone surrogate too: an endpoint's
-    id can hold one); a float as money would break every read of the rows."""
+    int past 64 bits, a word where PostgreSQL wants a number) would fail the whole
+    reclaim, so the ledger could not open again (a lone surrogate too: an endpoint's id
+    can hold one); a float as money would break every read of the rows. A NUL in a text
+    is storable: SQLite keeps it, PostgreSQL gets U+FFFD in its place
+    (``ledger_postgres._pg_params``)."""
     for index, value in enumerate(params):
         if value is None:
             continue
@@ -1369,7 +1379,7 @@ def _storable(params: tuple[Any, ...]) -> tuple[Any, ...]:
         elif index in _REAL:
             ok = math.isfinite(value)
         else:
-            ok = kind is str and "\x00" not in value and _utf8(value)
+            ok = kind is str and _utf8(value)
         if not ok:
             raise ValueError("a journal line with a value its column cannot hold")
     return params

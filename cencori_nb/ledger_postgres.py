@@ -263,6 +263,19 @@ def _pg_sql(sql: str) -> str:
     return "".join(out)
 
 
+def _pg_params(params: Sequence[Any]) -> tuple[Any, ...]:
+    """``params`` with every NUL in a text replaced by U+FFFD: PostgreSQL text cannot hold
+    one (psycopg refuses the value, DataError), and a provider's id, model name or error
+    text may (SQLite stores it as it is). The row is stored with the character a decoder
+    puts for what it cannot show, so it and its wallet debit are recorded; refused, it
+    was spilled, and the spill replay skipped it: a charged request gone from the ledger.
+    The same rule for every statement, so a lookup by such a value finds what was stored."""
+    return tuple(
+        value.replace("\x00", "\ufffd") if value.__class__ is str and "\x00" in value else value
+        for value in params
+    )
+
+
 class _Connection:
     """A pooled psycopg connection (autocommit: transactions are explicit, as with the
     SQLite connection) answering the few sqlite3 calls the ledger's callers make."""
@@ -273,14 +286,14 @@ class _Connection:
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> Any:
         cur = self.raw.cursor()
         if params:
-            cur.execute(_pg_sql(sql), tuple(params))
+            cur.execute(_pg_sql(sql), _pg_params(params))
         else:
             cur.execute(sql)
         return cur
 
     def executemany(self, sql: str, seq: Any) -> Any:
         cur = self.raw.cursor()
-        cur.executemany(_pg_sql(sql), [tuple(p) for p in seq])
+        cur.executemany(_pg_sql(sql), [_pg_params(p) for p in seq])
         return cur
 
     @property
@@ -358,6 +371,9 @@ class PostgresLedger(Ledger):
         self.target = self.url.key
         self._db_errors = (psycopg.Error, PoolTimeout)
         self._integrity_errors = (psycopg.IntegrityError,)
+        # a value the server refuses (a number out of its column's range): the row's fault,
+        # like a failed CHECK; not the server's, which would spill it and stop requests
+        self._bad_row_errors = (psycopg.IntegrityError, psycopg.DataError)
         self._pool: Any = None
         self._pool_pid = -1
         self._active: _Connection | None = None  # the connection of the open statement(s)
@@ -505,18 +521,6 @@ class PostgresLedger(Ledger):
             self._insert_item(conn, item)
         if plain:
             conn.executemany(INSERT_SQL, plain)
-
-    def _insert_guarded(self, conn: Any, item: _Item) -> int:
-        # a failed statement ends a PostgreSQL transaction: fence each row in a savepoint
-        conn.execute("SAVEPOINT row")
-        try:
-            inserted = int(self._insert_item(conn, item))
-        except self._integrity_errors as exc:
-            conn.execute("ROLLBACK TO SAVEPOINT row")
-            self._drop([item], exc)
-            return 0
-        conn.execute("RELEASE SAVEPOINT row")
-        return inserted
 
     def _error(self, exc: BaseException) -> LedgerError:
         if isinstance(exc, LedgerError):

@@ -737,11 +737,12 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
     private_home: Path,
 ) -> None:
     """A dead process's journal (a synced home may hold anything) with lines whose values
-    cannot be a row: a list, a 2**100 token count, an Infinity, a float as money, a NUL
-    in a text, a word as a count, a number as a name, no client id, a debit that is not
-    its row's charge (on a BYOK row). Each such line is skipped like a torn one (a request
-    keeps its estimate when only its settled line is bad), the ledger opens, and the
-    wallet is debited only what rows say."""
+    cannot be a row: a list, a 2**100 token count, an Infinity, a float as money, a word
+    as a count, a number as a name, no client id, a debit that is not its row's charge (on
+    a BYOK row). Each such line is skipped like a torn one (a request keeps its estimate
+    when only its settled line is bad), the ledger opens, and the wallet is debited only
+    what rows say. A NUL in a text is not damage (a provider's id may hold one): that
+    settled row is recorded, the NUL kept (PostgreSQL stores U+FFFD in its place)."""
     import json
 
     columns = ledger_mod.COLUMNS
@@ -775,7 +776,6 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
         "s-list": settled("s-list", request_id=["a", "b"]),
         "s-huge": settled("s-huge", output_tokens=2**100),
         "s-float-money": settled("s-float-money", cost_pusd=1e300),
-        "s-nul": settled("s-nul", request_id="chatcmpl-\x00"),
         "s-word": settled("s-word", input_tokens="twelve"),  # PostgreSQL refuses it
         "s-number": settled("s-number", project=7),
         "s-byok-debit": settled("s-byok-debit", 10**30),  # a BYOK row charges nothing
@@ -792,6 +792,8 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
         estimate("e-list", project={"a": 1}),
         estimate("e-huge", input_tokens=2**100),
         settled("ok-settled"),
+        estimate("ok-nul"),
+        settled("ok-nul", request_id="chatcmpl-\x00"),
     ]
     wallet.set_balance(1)  # the wallet mirror tracks: debits would show
     inflight = default_ledger().inflight_dir
@@ -803,7 +805,7 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
     )
     state.reset("ledger", "wallet")  # the next start reclaims what the dead process left
     rows = {r.client_id: r for r in default_ledger().rows()}
-    assert sorted(rows) == sorted([*hostile, "ok-settled"])
+    assert sorted(rows) == sorted([*hostile, "ok-settled", "ok-nul"])
     for cid in hostile:  # each kept its estimate
         assert (rows[cid].status, rows[cid].estimated, rows[cid].input_tokens) == (
             "interrupted",
@@ -811,6 +813,7 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
             1000,
         )
     assert (rows["ok-settled"].status, rows["ok-settled"].output_tokens) == ("ok", 34)
+    assert (rows["ok-nul"].status, rows["ok-nul"].request_id) == ("ok", "chatcmpl-\x00")
     assert wallet.balance() == Decimal(1)  # BYOK rows: nothing debited
     assert list(inflight.glob("*.jsonl")) == []
 

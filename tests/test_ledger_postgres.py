@@ -576,3 +576,148 @@ def test_server_killed_mid_run_loses_nothing_and_writes_nothing_twice(
         pg_cluster.start()
     cencori_nb.chat("capped, back", model=MODEL, max_tokens=10)
     assert led.count() == 15
+
+
+# --------------------------------------------------------------------------- unstorable text
+
+
+def _charged(cid: str, request_id: str, model: str) -> LedgerRow:
+    """A managed row that charged the wallet 0.25 USD."""
+    return LedgerRow(
+        request_id,
+        "default",
+        "openai",
+        "managed",
+        model=model,
+        input_tokens=12,
+        output_tokens=34,
+        provider_cost_usd=Decimal("0.2"),
+        credits_charged_usd=Decimal("0.25"),
+        cost_usd=Decimal("0.25"),
+        client_id=cid,
+    )
+
+
+def test_a_nul_in_a_providers_text_is_stored_as_a_replacement_character_with_its_debit(
+    pg_url: str,
+) -> None:
+    """PostgreSQL text cannot hold a NUL (psycopg refuses the value with DataError), and a
+    provider's id or model name may hold one (SQLite stores it as it is). On every path
+    the row is stored with U+FFFD in its place, and its wallet debit with it: a row the
+    live writer commits, a row left in the spill file (written while the server was away,
+    replayed at the next start) and a dead process's settled journal line. Before, the
+    live row was spilled with its whole batch (the next request refused), and the spill
+    replay skipped it as unreadable: the row and its debit were gone; the settled line
+    fell back to the estimate (1,000 tokens instead of 12 + 34, no charge)."""
+    wallet.set_balance(10)
+    led = default_ledger()
+    assert isinstance(led, PostgresLedger)
+    with led._lock:  # one batch: the NUL row must not take the row after it down with it
+        led.submit(_charged("live", "chatcmpl-\x00live", "gpt-4o\x00"), debit_usd=Decimal("0.25"))
+        led.submit(_charged("next", "chatcmpl-next", "gpt-4o"), debit_usd=Decimal("0.25"))
+    led.flush()
+    led.check()  # nothing waits: the next request may go
+    assert led.waiting == 0
+
+    spilled = ledger_mod._Item(_charged("spill", "chatcmpl-\x00spill", "m").as_params(), None, 0)
+    spilled.debit_pusd = ledger_mod.to_pusd(Decimal("0.25"))
+    led.spill_path.write_text(json.dumps(spilled.to_json()) + "\n")
+    settled = _charged("journal", "chatcmpl-\x00journal", "m")
+    noted = LedgerRow(
+        "",
+        "default",
+        "openai",
+        "managed",
+        status="interrupted",
+        model="gpt-4o-mini",
+        error_code="process_ended",
+        input_tokens=1000,
+        estimated=True,
+        client_id="journal",
+    )
+    led.inflight_dir.mkdir(exist_ok=True)
+    (led.inflight_dir / "999999-00000000.jsonl").write_text(
+        json.dumps([2, *noted.as_params()])
+        + "\n"
+        + json.dumps([3, spilled.debit_pusd, *settled.as_params()])
+        + "\n"
+    )
+    state.reset("ledger", "wallet")  # the next start replays the spill file and the journal
+    default_ledger().flush()
+    got = _rows(
+        pg_url,
+        "SELECT client_id, request_id, status, input_tokens, credits_charged_pusd "
+        "FROM requests ORDER BY client_id",
+    )
+    pusd = 250_000_000_000
+    assert got == [
+        ("journal", "chatcmpl-\ufffdjournal", "ok", 12, pusd),
+        ("live", "chatcmpl-\ufffdlive", "ok", 12, pusd),
+        ("next", "chatcmpl-next", "ok", 12, pusd),
+        ("spill", "chatcmpl-\ufffdspill", "ok", 12, pusd),
+    ]
+    assert _rows(pg_url, "SELECT model FROM requests WHERE client_id = 'live'") == [
+        ("gpt-4o\ufffd",)
+    ]
+    debits = _rows(
+        pg_url,
+        "SELECT client_id, amount_pusd, request_id FROM wallet_transactions "
+        "WHERE kind = 'usage' ORDER BY client_id",
+    )
+    assert [(c, a) for c, a, _ in debits] == [(c, -pusd) for c, *_ in got]
+    assert debits[1][2] == "chatcmpl-\ufffdlive"
+    assert wallet.balance() == Decimal(9)
+    assert led.spill_path.read_text() == ""
+    assert list(led.inflight_dir.glob("*.jsonl")) == []
+
+
+def _send_a_row_the_server_refuses(home: str) -> None:
+    """In a fresh process: note a request, queue its row with a count past 64 bits (a
+    hostile endpoint's answer) in one batch with a good row, let the writer try them."""
+    os.environ["CENCORI_NB_HOME"] = home
+    led = default_ledger()
+    led.begin(
+        LedgerRow(
+            "",
+            "default",
+            "openai",
+            "byok",
+            status="interrupted",
+            model="gpt-4o-mini",
+            error_code="process_ended",
+            input_tokens=1000,
+            estimated=True,
+            client_id="huge-1",
+        )
+    )
+    huge = LedgerRow("chatcmpl-1", "default", "openai", "byok", client_id="huge-1")
+    huge.input_tokens = 2**70
+    with led._lock:  # one batch: the refused row must not take the good one down with it
+        led.submit(huge)
+        led.submit(LedgerRow("chatcmpl-2", "default", "openai", "byok", client_id="fine-2"))
+    led.flush()
+    led.check()  # the refused row is the row's fault: nothing waits, requests go on
+    assert led.has_row("fine-2") and not led.has_row("huge-1") and led.dropped == 1
+
+
+def test_a_row_the_server_refuses_is_recorded_as_its_estimate_at_the_next_start(
+    pg_url: str, private_home: Path
+) -> None:
+    """A count past 64 bits is refused by the server (DataError: bigint out of range), not
+    by a check. Like a failed CHECK it is the row's fault: the writer drops that row alone
+    (logged) and keeps its request in the journal, so the next start records the estimate
+    (the settled line cannot be stored either). Before, the server's refusal spilled the
+    whole batch (the next request refused) and the spill replay skipped the row as
+    unreadable, its journal line already resolved: the request was recorded nowhere."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=_send_a_row_the_server_refuses, args=(str(private_home),))
+    proc.start()
+    proc.join(120)
+    assert proc.exitcode == 0
+    rows = sorted(default_ledger().rows(), key=lambda r: r.client_id)
+    assert [(r.client_id, r.status, r.estimated, r.input_tokens) for r in rows] == [
+        ("fine-2", "ok", False, 0),
+        ("huge-1", "interrupted", True, 1000),
+    ]
