@@ -544,9 +544,10 @@ class Ledger:
         read-modify-write such as a reservation or a wallet debit cannot interleave)."""
         conn.execute("BEGIN IMMEDIATE")
 
-    def _insert_guarded(self, conn: Any, item: _Item) -> int:
+    def _insert_guarded(self, conn: Any, item: _Item, instead: _Item | None = None) -> int:
         """Insert one replayed row inside a transaction; a bad row is logged and skipped
-        without ending the transaction. Fenced in a savepoint: a failed statement ends a
+        without ending the transaction, and ``instead`` (its request's estimate) is
+        inserted in its place when given. Fenced in a savepoint: a failed statement ends a
         PostgreSQL transaction, and in both a row must not stay without its debit."""
         conn.execute("SAVEPOINT row")
         try:
@@ -554,8 +555,16 @@ class Ledger:
         except self._bad_row_errors as exc:  # a bad row: log, never block
             conn.execute("ROLLBACK TO SAVEPOINT row")
             conn.execute("RELEASE SAVEPOINT row")
-            self._drop([item], exc)
-            return 0
+            if instead is None:
+                self._drop([item], exc)
+                return 0
+            _log.error(
+                "cencori_nb: a dead process's ledger row could not be written to %s (%s); "
+                "its request is recorded as the estimate noted before it was sent",
+                self.label,
+                exc,
+            )
+            return self._insert_guarded(conn, instead)
         conn.execute("RELEASE SAVEPOINT row")
         return inserted
 
@@ -999,15 +1008,22 @@ class Ledger:
                 with os.fdopen(os.dup(fd), "rb") as fh:
                     lines = fh.read().splitlines()
                 # per request, its last line: the settled row when the process lived to
-                # queue it, else the estimate noted before sending
+                # queue it, else the estimate noted before sending. The estimate stays at
+                # hand: a settled row the database refuses (a failed CHECK, which is also
+                # why its writer never committed it) is recorded as the estimate, as it
+                # was before settled lines existed; a request paid for is never left out
                 items: dict[str, _Item] = {}
+                estimates: dict[str, _Item] = {}
                 for line in lines:
                     try:
-                        client_id, item = _journal_item(json.loads(line))
+                        data = json.loads(line)
+                        client_id, item = _journal_item(data)
                     except (ValueError, TypeError, KeyError, IndexError, ArithmeticError):
                         continue  # a torn last line, or a value that cannot be a row
                     items[client_id] = item
-                written += self._replay_items(list(items.values()))
+                    if not _is_settled(data):
+                        estimates[client_id] = item
+                written += self._replay_items(list(items.values()), estimates)
                 path.unlink()
             finally:
                 os.close(fd)
@@ -1118,13 +1134,21 @@ class Ledger:
             )
         return written
 
-    def _replay_items(self, items: list[_Item]) -> int:
+    def _replay_items(self, items: list[_Item], estimates: dict[str, _Item] | None = None) -> int:
+        """Insert rows left by a process (spill file, journal) in one transaction, each
+        fenced; a row the database refuses is replaced by its request's entry in
+        ``estimates`` (by client id) when there is one, else logged and skipped."""
         written = 0
+        estimates = estimates or {}
         with self._lock, self._sqlite_errors(), self._connection() as conn:
             self._begin(conn)
             try:
                 for item in items:
-                    written += self._insert_guarded(conn, item)
+                    assert item.params is not None
+                    estimate = estimates.get(item.params[1])
+                    written += self._insert_guarded(
+                        conn, item, None if estimate is item else estimate
+                    )
                 conn.execute("COMMIT")
             except BaseException:
                 _rollback(conn)
@@ -1234,8 +1258,11 @@ class _Journal:
         line = "".join(_journal_chunks((JOURNAL_SETTLED, debit_pusd, *params), 0)) + "\n"
         with self.lock, contextlib.suppress(OSError):
             self._append(line)
-            if client_id in self.open:
-                self.open[client_id] = line
+            noted = self.open.get(client_id)
+            if noted is not None:
+                # a compacted journal keeps the estimate too: what the next start records
+                # if the database refuses this row (see Ledger._reclaim_inflight)
+                self.open[client_id] = noted.partition("\n")[0] + "\n" + line
 
     def resolve(self, client_ids: list[str]) -> None:
         """These requests' rows are committed (the writer thread calls this): their lines
@@ -1330,10 +1357,15 @@ def _journal_row(data: Any) -> dict[str, Any]:
     raise ValueError("not a journal line")
 
 
+def _is_settled(data: Any) -> bool:
+    """Whether a journal line is a settled row (else it is an estimate)."""
+    return isinstance(data, list) and bool(data) and data[0] == JOURNAL_SETTLED
+
+
 def _journal_item(data: Any) -> tuple[str, _Item]:
     """A journal line → (its request's client id, the item to record): a settled row as it
     was queued (its debit too), or the estimate noted before sending, priced."""
-    if isinstance(data, list) and data and data[0] == JOURNAL_SETTLED:
+    if _is_settled(data):
         values = data[2:]
         if len(values) > len(COLUMNS):
             raise ValueError("a journal line with more values than columns")

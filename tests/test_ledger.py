@@ -855,6 +855,85 @@ def test_a_row_no_database_takes_is_recorded_as_its_estimate_at_the_next_start(
     ]
 
 
+def _queue_a_row_failing_a_check(home: str, how: str) -> None:
+    """In a fresh process: a managed request noted in flight, whose row as queued fails
+    the schema's CHECK (a status no version writes: a bug), then the process ends."""
+    import os
+    import signal
+
+    os.environ["CENCORI_NB_HOME"] = home
+    if how == "compacted, killed":
+        ledger_mod.JOURNAL_COMPACT_BYTES = 0  # rewritten at every commit with requests open
+    if how == "killed before commit":
+        ledger_mod.WRITER_LINGER_S = 3600.0  # nothing commits unless flushed
+    led = default_ledger()
+    led.begin(_noted("bad-1", "managed"))
+    row = LedgerRow(
+        "chatcmpl-bad-1",
+        "default",
+        "openai",
+        "managed",
+        status="weird",
+        model="gpt-4o-mini",
+        input_tokens=12,
+        output_tokens=34,
+        credits_charged_usd=Decimal("0.000025"),
+        cost_usd=Decimal("0.000025"),
+        client_id="bad-1",
+    )
+    led.submit(row, debit_usd=Decimal("0.000025"))
+    if how == "killed before commit":
+        os.kill(os.getpid(), signal.SIGKILL)
+    led.begin(_noted("good-2", "byok"))
+    led.submit(LedgerRow("chatcmpl-good-2", "default", "openai", "byok", client_id="good-2"))
+    led.flush()  # the writer drops bad-1 (logged) and commits good-2
+    assert led.dropped == 1 and led.has_row("good-2") and not led.has_row("bad-1")
+    if how == "compacted, killed":
+        journal = led._journal
+        assert journal is not None
+        assert b"good-2" not in journal.path.read_bytes()  # compacted: open requests only
+        os.kill(os.getpid(), signal.SIGKILL)
+    # else the process ends: its journal keeps the request whose row was never written
+
+
+@pytest.mark.parametrize("how", ["killed before commit", "dropped, exited", "compacted, killed"])
+def test_a_paid_row_failing_a_check_is_recorded_as_its_estimate_at_the_next_start(
+    private_home: Path, how: str
+) -> None:
+    """A request's row as queued fails a CHECK (the writer drops it, logged) after its
+    settled line is in the in-flight journal; the process is killed before the writer
+    tried it, or exits after, or is killed after the journal was compacted. The next
+    start cannot store the settled row either (the same CHECK): it records the estimate
+    noted before the request was sent (interrupted, estimated tokens, priced, and its
+    wallet debit), as it did before settled lines existed. Before, the settled row was
+    dropped at the reclaim too and the request, paid for, was recorded nowhere."""
+    import signal
+
+    wallet.set_balance(1)  # the wallet mirror tracks: the estimate's debit is written
+    state.reset("ledger", "wallet")
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=_queue_a_row_failing_a_check, args=(str(private_home), how))
+    proc.start()
+    proc.join(120)
+    assert proc.exitcode == (0 if how == "dropped, exited" else -signal.SIGKILL)
+    for _ in range(2):  # two later starts: recorded once
+        state.reset("ledger", "wallet")
+        default_ledger().flush()
+    rows = {r.client_id: r for r in default_ledger().rows()}
+    bad = rows["bad-1"]
+    assert (bad.status, bad.estimated, bad.input_tokens, bad.error_code) == (
+        "interrupted",
+        True,
+        1000,
+        "process_ended",
+    )
+    assert bad.credits_charged_usd > 0  # the estimate, priced on the managed route
+    assert sorted(rows) == (["bad-1"] if how == "killed before commit" else ["bad-1", "good-2"])
+    usage = [t for t in wallet.transactions(as_frame=False) if t.kind == "usage"]
+    assert [(t.client_id, -t.amount) for t in usage] == [("bad-1", bad.credits_charged_usd)]
+    assert list(default_ledger().inflight_dir.glob("*.jsonl")) == []
+
+
 def test_the_journal_notes_a_queued_row_only_for_a_noted_request(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
