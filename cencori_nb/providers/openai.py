@@ -43,6 +43,7 @@ __all__ = [
     "ChatCompletionsStreamParser",
     "OpenAIProvider",
     "content_text",
+    "filtered_refusal",
     "openai_usage",
     "response_format",
 ]
@@ -196,14 +197,17 @@ class OpenAIProvider(Provider):
         if text is None:  # a refusal, or only tool calls: no text to show
             text = refusal or ""
         usage_raw = body.get("usage")
+        finish = choice.get("finish_reason")
         return ProviderResult(
             text=str(text),
             model=body.get("model") or None,
             usage=openai_usage(usage_raw),
-            finish_reason=choice.get("finish_reason"),
+            finish_reason=finish,
             request_id=rid or body.get("id"),
             reported_cost_usd=c.to_decimal(c.dig(usage_raw, "cost")),
-            refusal=str(refusal) if isinstance(refusal, str) else None,
+            refusal=str(refusal)
+            if isinstance(refusal, str)
+            else filtered_refusal(finish, str(text), self.name),
         )
 
     def stream_parser(self, response: httpx2.Response | None = None) -> ChatCompletionsStreamParser:
@@ -308,6 +312,19 @@ def content_text(content: Any) -> str | None:
     return str(content)
 
 
+def filtered_refusal(finish_reason: Any, text: str, provider: str) -> str | None:
+    """The refusal a ``finish_reason: content_filter`` stands for, else None.
+
+    The provider's filter stopped the answer (``content`` is then ``""``, or the text up to
+    the cut): openai-python's ``chat.completions.parse()`` raises
+    ``ContentFilterFinishReasonError`` for it instead of parsing, so it is a refusal, not
+    an answer to validate (and retry, paid, to be filtered again).
+    """
+    if finish_reason != "content_filter":
+        return None
+    return text or f"stopped by {c.display_name(provider)}'s content filter (content_filter)"
+
+
 _BAD_KEY_400 = re.compile(r"\b(?:incorrect|invalid) api key\b", re.IGNORECASE)
 
 
@@ -333,6 +350,14 @@ class ChatCompletionsStreamParser(c.AdapterStreamParser):
     """
 
     adapter: OpenAIProvider
+
+    def result(self) -> ProviderResult:
+        """The accumulated result; a ``content_filter`` finish is a refusal (see
+        :func:`filtered_refusal`), whichever chunk carried it."""
+        result = super().result()
+        if result.refusal is None:
+            result.refusal = filtered_refusal(result.finish_reason, result.text, self.provider)
+        return result
 
     def feed(self, event: httpx2.ServerSentEvent) -> str | None:
         data = event.data.strip()

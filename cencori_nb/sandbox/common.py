@@ -23,7 +23,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any
 
@@ -151,6 +151,7 @@ class ChatCall:
     schema: dict[str, Any] | None = None  # the JSON Schema the answer must match
     tool: str | None = None  # Anthropic without output_config: answer as this forced tool
     refused: bool = False  # the answer is the provider's refusal (see .structured)
+    filtered: bool = False  # the provider's content filter stopped the answer (no text)
     images: list[Any] = field(default_factory=list)  # sandbox.images.SeenImage, in order
 
     @property
@@ -348,6 +349,9 @@ class Door:
 
     name = "door"  # provider name (labels, pricing, stats)
     via: str | None = None  # "cencori" when a gateway answers for another provider
+    # whether the format has a content-filter finish (OpenAI's finish_reason
+    # content_filter); a door without one answers the content-filter fault as a refusal
+    content_filter = False
 
     # --- the parts a door defines -------------------------------------------------------
     def api_key(self, req: Request) -> str | None:
@@ -474,6 +478,9 @@ class Door:
         if not self.precheck(ex, call):
             return
         server = ex.server
+        fault = ex.fault
+        if fault == "content-filter" and not self.content_filter:
+            fault = "refusal"  # a door without a content_filter finish: its own refusal
         script = scripted(call.last_user)
         if script is not None and script[0] == "error":
             self.send_error(ex, "bad_request", script[1])
@@ -486,7 +493,7 @@ class Door:
                 conversation=call.conversation,
                 first_user=call.first_user,
                 last_user=call.last_user,
-                fault=ex.fault,
+                fault=fault,
             )
             if script is None
             else None
@@ -518,6 +525,11 @@ class Door:
                 model=call.model,
                 max_tokens=call.max_tokens,
             )
+        if fault == "content-filter":
+            # stopped by the filter before any text: nothing said, nothing billed as output
+            # (tests/corpus/openai/chat_content_filter_empty.json)
+            call.filtered = True
+            reply = replace(reply, text="", pieces=(), output_tokens=0)
         window = self.context_window(call)
         if window is not None and reply.input_tokens > window:
             self.send_error(ex, "context", self.context_message(call, reply.input_tokens, window))

@@ -24,10 +24,20 @@ ERROR_FAULTS = frozenset({"401", "402", "403", "429", "500", "503", "529"})
 # Faults that change how a successful answer is delivered ("stream-error": a 200 stream
 # that stops half-way with the provider's own error event, as overloads arrive mid-stream).
 DELIVERY_FAULTS = frozenset(
-    {"timeout", "truncate", "malformed", "stream-error", "invalid-json", "refusal"}
+    {
+        "timeout",
+        "truncate",
+        "malformed",
+        "stream-error",
+        "invalid-json",
+        "refusal",
+        "content-filter",
+    }
 )
 # Faults in what the model says, not in how it is delivered: answered (and charged) in full.
-ANSWER_FAULTS = frozenset({"invalid-json", "refusal"})
+# "content-filter": the provider's filter stopped the answer (OpenAI-style finish_reason
+# content_filter, empty content; doors without that finish answer their own refusal).
+ANSWER_FAULTS = frozenset({"invalid-json", "refusal", "content-filter"})
 FAULTS = ERROR_FAULTS | DELIVERY_FAULTS
 
 

@@ -200,6 +200,8 @@ def read_openai_chat(body: Any, *, default_model: str | None = None) -> dict[str
 class OpenAIDoor(Door):
     """OpenAI (``name="openai"``) or one OpenAI-compatible provider."""
 
+    content_filter = True  # finish_reason "content_filter" (the content-filter fault)
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.openrouter = name == "openrouter"
@@ -708,7 +710,7 @@ class OpenAIDoor(Door):
         }
 
     async def respond(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
-        finish = "length" if reply.truncated else "stop"
+        finish = "content_filter" if call.filtered else "length" if reply.truncated else "stop"
         cid = ("gen-" if self.openrouter else "chatcmpl-") + ex.request_id[4:]
         created = int(time.time())
         if not call.stream:

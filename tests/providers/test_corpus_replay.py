@@ -277,6 +277,27 @@ def test_replay_structured(path: Path, replay: ReplayServer) -> None:
     assert native[rec["provider"]] in sent
 
 
+FILTERED = [p for p in SUCCESS if load(p)["expect"].get("filtered")]
+
+
+@pytest.mark.parametrize("path", FILTERED, ids=ids(FILTERED))
+def test_replay_content_filter_is_a_refusal(path: Path, replay: ReplayServer) -> None:
+    """An answer the provider's content filter stopped (``finish_reason: content_filter``),
+    asked for with schema=: openai-python's ``parse()`` raises
+    ContentFilterFinishReasonError rather than validating it, so it is a RefusalError,
+    sent once (never retried as a schema mismatch: the retry would be paid and filtered
+    again). Without schema= it is an ordinary answer (test_replay_success)."""
+    rec = load(path)
+    replay.serve(rec)
+    schema = {"type": "object", "properties": {"summary": {"type": "string"}}}
+    with pytest.raises(errors.RefusalError) as refused:
+        cencori_nb.chat("Replay", **call_kwargs(rec), schema=schema)
+    assert len(replay.requests) == 1
+    assert refused.value.completion is not None
+    assert refused.value.completion.finish_reason == rec["expect"]["finish_reason"]
+    assert "content filter" in str(refused.value)
+
+
 @pytest.mark.parametrize("path", FAILURE, ids=ids(FAILURE))
 def test_replay_error(path: Path, replay: ReplayServer) -> None:
     """The error class, code, retry hint and context the SDKs and docs give this response."""

@@ -10,6 +10,7 @@ import pytest
 from cencori_nb import errors
 from cencori_nb.keystore.secret import Secret
 from cencori_nb.providers import get_provider
+from cencori_nb.providers._common import display_name
 from cencori_nb.types import Usage
 from tests.providers.support import (
     BASE,
@@ -198,6 +199,45 @@ def test_openai_stream_with_final_usage_chunk() -> None:
     assert result.finish_reason == "stop"
     assert result.request_id == "req_stream_1"
     assert result.usage == Usage(12, 3, 0, 0, 0)
+
+
+@pytest.mark.parametrize("name", ["openai", "groq", "mistral", "openrouter"])
+def test_content_filter_finish_is_a_refusal_streamed_or_not(name: str) -> None:
+    """``finish_reason: content_filter`` (tests/corpus/openai/chat_content_filter_empty.json)
+    is a refusal: the text up to the cut, or a line naming the filter when nothing came;
+    openai-python's parse() raises ContentFilterFinishReasonError for it. Other finishes
+    leave ``refusal`` None."""
+    adapter = get_provider(name)
+    stream_request = adapter.build_request(
+        chat(stream=True), model="m", api_key=Secret("sk-x"), base_url=BASE
+    )
+    cut = sse(
+        data(openai_chunk("Hel")),
+        data(openai_chunk(finish="content_filter")),
+        data(openai_chunk(usage=OPENAI_STREAM_USAGE, choices=False)),
+        data("[DONE]"),
+    )
+    parser, _, _ = run_stream(adapter, stream_request, cut)
+    assert parser.result().finish_reason == "content_filter"
+    assert parser.result().refusal == "Hel"
+    silent = sse(data(openai_chunk(finish="content_filter")), data("[DONE]"))
+    parser, _, _ = run_stream(adapter, stream_request, silent)
+    assert parser.result().refusal == (
+        f"stopped by {display_name(name)}'s content filter (content_filter)"
+    )
+    done = sse(data(openai_chunk("Hi")), data(openai_chunk(finish="stop")), data("[DONE]"))
+    assert run_stream(adapter, stream_request, done)[0].result().refusal is None
+
+    request = adapter.build_request(chat(), model="m", api_key=Secret("sk-x"), base_url=BASE)
+    body = json.loads(json.dumps(OPENAI_RESPONSE))
+    body["choices"][0].update(finish_reason="content_filter")
+    body["choices"][0]["message"].update(content="")
+    response, _ = exchange(request, body=body)
+    result = adapter.parse_response(response)
+    assert (result.text, result.finish_reason) == ("", "content_filter")
+    assert result.refusal == f"stopped by {display_name(name)}'s content filter (content_filter)"
+    body["choices"][0].update(finish_reason="stop")
+    assert adapter.parse_response(exchange(request, body=body)[0]).refusal is None
 
 
 def test_openai_truncated_stream_is_not_done_and_has_no_usage() -> None:

@@ -213,6 +213,7 @@ TRIGGERS: dict[str, dict[str, Any]] = {
     "mistral/chat_magistral_thinking_list_content.json": {},
     "openai/chat_gpt4o_basic.json": {},
     "openai/chat_o3mini_reasoning.json": {},
+    "openai/chat_content_filter_empty.json": {"fault": "content-filter"},
     "openai/error_401_invalid_api_key.json": {"key": "revoked"},
     "openai/error_429_insufficient_quota.json": {"fault": "402"},
     "openai/error_429_insufficient_quota_code_null.json": {"fault": "402"},

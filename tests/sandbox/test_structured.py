@@ -154,6 +154,48 @@ def test_openai_invalid_json_fault_fails_the_sdks_parse(oai: openai.OpenAI) -> N
         )
 
 
+def test_openai_content_filter_fault_fails_the_sdks_parse(oai: openai.OpenAI) -> None:
+    """The content-filter fault: finish_reason content_filter and empty content (as in
+    tests/corpus/openai/chat_content_filter_empty.json); the SDK's parse raises its own
+    ContentFilterFinishReasonError, streamed or not, and create() shows the finish."""
+    ask = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": RECORD}],
+        "extra_headers": fault("content-filter"),
+    }
+    with pytest.raises(openai.ContentFilterFinishReasonError):
+        oai.chat.completions.parse(**ask, response_format=Invoice)  # type: ignore[arg-type]
+    with (
+        pytest.raises(openai.ContentFilterFinishReasonError),
+        oai.chat.completions.stream(**ask, response_format=Invoice) as stream,  # type: ignore[arg-type]
+    ):
+        list(stream)
+    plain = oai.chat.completions.create(**ask)  # type: ignore[call-overload]
+    assert plain.choices[0].finish_reason == "content_filter"
+    assert plain.choices[0].message.content == ""
+    assert plain.usage.completion_tokens == 0 and plain.usage.prompt_tokens > 0
+
+
+def test_content_filter_fault_is_a_refusal_where_the_format_has_no_filter_finish(
+    ant: anthropic.Anthropic, gem: genai.Client
+) -> None:
+    """Anthropic and Gemini have no content_filter finish: the fault answers their own
+    refusal (stop_reason refusal; finishReason SAFETY)."""
+    message = ant.messages.create(
+        model="claude-sonnet-4-5",
+        max_tokens=1024,
+        messages=[{"role": "user", "content": RECORD}],
+        extra_headers=fault("content-filter"),
+    )
+    assert message.stop_reason == "refusal"
+    response = gem.models.generate_content(
+        model="gemini-2.5-flash",
+        contents=RECORD,
+        config={"http_options": {"headers": fault("content-filter")}},
+    )
+    assert response.candidates and response.candidates[0].finish_reason == "SAFETY"
+
+
 def test_openai_refuses_a_non_strict_schema_under_strict(oai: openai.OpenAI) -> None:
     """strict with an object lacking additionalProperties:false: OpenAI's 400."""
     with pytest.raises(openai.BadRequestError) as info:
