@@ -1071,8 +1071,11 @@ class Ledger:
         """Append the rows held in memory to the spill file (caller holds _spill_lock)."""
         if not self._unspilled:
             return
+        journal = self._journal
+        noted = journal.noted if journal is not None and journal.pid == _pid else None
         data = "".join(
-            json.dumps(item.to_json(), separators=(",", ":")) + "\n" for item in self._unspilled
+            json.dumps(item.to_json(noted), separators=(",", ":")) + "\n"
+            for item in self._unspilled
         ).encode()
         try:
             fd = open_private(self.spill_path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
@@ -1113,17 +1116,35 @@ class Ledger:
             fcntl.flock(fd, fcntl.LOCK_EX)
             with os.fdopen(os.dup(fd), "rb") as fh:
                 lines = fh.read().splitlines()
-            items, unreadable = [], 0
+            items: list[_Item] = []
+            estimates: dict[str, _Item] = {}
+            unreadable = 0
             for line in lines:
                 try:
-                    item = _Item.from_json(json.loads(line))
-                    assert item.params is not None
+                    data = json.loads(line)
+                    item = _Item.from_json(data)
+                except (ValueError, TypeError, KeyError):
+                    unreadable += 1  # a torn last line (a crash mid-append)
+                    continue
+                assert item.params is not None
+                client_id = item.params[1]
+                estimate = _spilled_estimate(data, client_id)
+                try:
                     _storable(item.params)  # else the replay fails at every start
                 except (ValueError, TypeError, KeyError):
-                    unreadable += 1  # a torn last line (a crash mid-append), a bad value
-                    continue
+                    if estimate is None:
+                        unreadable += 1  # a bad value, and no estimate to record instead
+                        continue
+                    _log.error(
+                        "cencori_nb: a spilled ledger row holds a value no database can "
+                        "store; its request is recorded as the estimate noted before it "
+                        "was sent"
+                    )
+                    item = estimate
+                if estimate is not None:  # in the row's place if the database refuses it
+                    estimates[client_id] = estimate
                 items.append(item)
-            written = self._replay_items(items)
+            written = self._replay_items(items, estimates)
             os.ftruncate(fd, 0)
             os.fsync(fd)
         finally:
@@ -1307,6 +1328,12 @@ class _Journal:
         old, self.fd, self.size, self.torn = self.fd, fd, len(data), False
         os.close(old)
 
+    def noted(self, client_id: str) -> str | None:
+        """The estimate line :meth:`begin` wrote for a request still open, else None."""
+        with self.lock:
+            line = self.open.get(client_id)
+        return None if line is None else line.partition("\n")[0]
+
     def pending(self) -> bool:
         """Whether a noted request's row is not committed yet."""
         with self.lock:
@@ -1445,6 +1472,19 @@ def _priced_intent(data: Any) -> _Item:
     return _Item(_params_from(row), None, row["credits_charged_pusd"] or None)
 
 
+def _spilled_estimate(data: Any, client_id: str) -> _Item | None:
+    """A spill line's estimate for its request (the journal line noted before it was
+    sent, see _Item.to_json), priced; None when it has none or it cannot be a row."""
+    try:
+        noted = data.get("estimate")
+        if noted is None or _is_settled(noted):
+            return None
+        noted_id, item = _journal_item(noted)
+    except (ValueError, TypeError, KeyError, IndexError, ArithmeticError, AttributeError):
+        return None
+    return item if noted_id == client_id else None
+
+
 def _run_together(callback: Callable[..., Any]) -> Callable[[list[Any]], Any] | None:
     """What runs a run of such after-commit callbacks at once (their ``run_together``), or
     None: each runs alone."""
@@ -1467,15 +1507,21 @@ class _Item:
     callback: Callable[..., Any] | None
     debit_pusd: int | None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, noted: Callable[[str], str | None] | None = None) -> dict[str, Any]:
+        """The spill file's line; with the estimate ``noted`` holds for the row's request
+        (its in-flight journal line), recorded instead if the row cannot be stored."""
         assert self.params is not None
         if self.callback is not None:
             _log.error("cencori_nb: a spilled ledger row loses its on_insert callback")
-        return {
+        data = {
             "v": 1,
             "row": dict(zip(COLUMNS, self.params, strict=True)),
             "debit_pusd": self.debit_pusd,
         }
+        line = noted(self.params[1]) if noted is not None else None
+        if line is not None:
+            data["estimate"] = json.loads(line)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> _Item:

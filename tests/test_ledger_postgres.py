@@ -721,3 +721,65 @@ def test_a_row_the_server_refuses_is_recorded_as_its_estimate_at_the_next_start(
         ("fine-2", "ok", False, 0),
         ("huge-1", "interrupted", True, 1000),
     ]
+
+
+def test_rows_spilled_while_the_server_was_away_that_it_refuses_are_recorded_as_estimates(
+    pg_url: str, pg_cluster: Any
+) -> None:
+    """While the server is away every row waits in the spill file, so one the server will
+    refuse (a status its CHECK rejects, a count past 64 bits) is not dropped alone by the
+    writer but replayed later, its journal note already resolved. Once the server is
+    back, each refused row's request is recorded as the estimate noted before it was sent
+    (carried in its spill line), with its debit; the good row as it is. Before, both were
+    skipped at the replay: requests paid for and recorded nowhere."""
+    wallet.set_balance(10)
+    led = default_ledger()
+    assert isinstance(led, PostgresLedger)
+    pg_cluster.stop(mode="immediate")
+    try:
+        for cid, change in (
+            ("bad-check", {"status": "weird"}),
+            ("bad-huge", {"output_tokens": 2**70}),
+            ("good", {}),
+        ):
+            led.begin(
+                LedgerRow(
+                    "",
+                    "default",
+                    "openai",
+                    "managed",
+                    status="interrupted",
+                    model="gpt-4o-mini",
+                    error_code="process_ended",
+                    input_tokens=1000,
+                    estimated=True,
+                    client_id=cid,
+                )
+            )
+            row = _charged(cid, "chatcmpl-" + cid, "gpt-4o-mini")
+            for name, value in change.items():
+                setattr(row, name, value)
+            led.submit(row, debit_usd=Decimal("0.25"))
+        led.flush()
+        assert led.waiting == 3
+    finally:
+        pg_cluster.start()
+    assert led.retry() is True
+    got = _rows(
+        pg_url,
+        "SELECT client_id, status, estimated, input_tokens, credits_charged_pusd "
+        "FROM requests ORDER BY client_id",
+    )
+    assert [g[:4] for g in got] == [
+        ("bad-check", "interrupted", 1, 1000),
+        ("bad-huge", "interrupted", 1, 1000),
+        ("good", "ok", 0, 12),
+    ]
+    assert got[0][4] > 0 and got[2][4] == 250_000_000_000
+    debits = _rows(
+        pg_url,
+        "SELECT client_id, -amount_pusd FROM wallet_transactions WHERE kind = 'usage' "
+        "ORDER BY client_id",
+    )
+    assert debits == [(g[0], g[4]) for g in got]
+    assert led.spill_path.read_text() == ""

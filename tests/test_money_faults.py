@@ -383,6 +383,113 @@ def test_a_spilled_row_that_cannot_be_stored_is_skipped_not_fatal(private_home: 
     reopened.close()
 
 
+def _hold_the_write_lock(path: Path) -> subprocess.Popen[str]:
+    """Another process holding the ledger's write lock until a line on its stdin."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+            import sqlite3, sys
+            conn = sqlite3.connect({str(path)!r}, isolation_level=None)
+            conn.execute("BEGIN IMMEDIATE")
+            print("locked", flush=True)
+            sys.stdin.readline()
+            conn.execute("ROLLBACK")
+        """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_spilled_row_the_ledger_refuses_is_recorded_as_its_estimate(
+    private_home: Path,
+) -> None:
+    """The ledger is locked too long, so a batch is spilled; two of its requests' rows can
+    never be stored: one fails the status CHECK, one holds a count past 64 bits. Their
+    journal notes were resolved when they went to the spill file (they were safe there),
+    so the spill line carries the request's estimate: once the ledger takes writes, the
+    replay records the estimate in place of each refused row (interrupted, estimated,
+    priced, debited), and the good row as it is. Before, both were skipped (logged as
+    unreadable or dropped): two requests paid for and recorded nowhere."""
+    wallet.set_balance(1)  # the wallet mirror tracks: debits are written
+    state.reset("ledger", "wallet")
+    led = Ledger(busy_timeout_s=0.1)
+
+    def noted(cid: str) -> LedgerRow:
+        return LedgerRow(
+            "",
+            "default",
+            "openai",
+            "managed",
+            status="interrupted",
+            model="gpt-4o-mini",
+            error_code="process_ended",
+            input_tokens=1000,
+            estimated=True,
+            client_id=cid,
+        )
+
+    def answered(cid: str, **change: Any) -> LedgerRow:
+        row = LedgerRow(
+            "chatcmpl-" + cid,
+            "default",
+            "openai",
+            "managed",
+            model="gpt-4o-mini",
+            input_tokens=12,
+            output_tokens=34,
+            credits_charged_usd=Decimal("0.000025"),
+            cost_usd=Decimal("0.000025"),
+            client_id=cid,
+        )
+        for name, value in change.items():
+            setattr(row, name, value)
+        return row
+
+    holder = _hold_the_write_lock(led.path)
+    try:
+        for cid, change in (
+            ("bad-check", {"status": "weird"}),
+            ("bad-huge", {"output_tokens": 2**70}),
+            ("good", {}),
+        ):
+            led.begin(noted(cid))
+            led.submit(answered(cid, **change), debit_usd=Decimal("0.000025"))
+        led.flush()
+        with pytest.raises(LedgerWriteError, match="locked"):
+            led.check()
+        spilled = [json.loads(line) for line in led.spill_path.read_text().splitlines()]
+        assert [s["estimate"][0] for s in spilled] == [2, 2, 2]  # the notes, beside the rows
+        assert led._journal is not None and not led._journal.pending()  # safe in the spill
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.close()
+        holder.wait(30)
+    led.check()  # the lock is gone: the waiting rows are written, then the request goes
+    rows = {r.client_id: r for r in led.rows()}
+    assert sorted(rows) == ["bad-check", "bad-huge", "good"]
+    for cid in ("bad-check", "bad-huge"):
+        assert (rows[cid].status, rows[cid].estimated, rows[cid].input_tokens) == (
+            "interrupted",
+            True,
+            1000,
+        )
+        assert rows[cid].credits_charged_usd > 0
+    assert (rows["good"].status, rows["good"].output_tokens) == ("ok", 34)
+    debits = dict(
+        led.query("SELECT client_id, -amount_pusd FROM wallet_transactions WHERE kind = 'usage'")
+    )
+    assert debits == {cid: int(r.credits_charged_usd * 10**12) for cid, r in rows.items()}
+    assert led.spill_path.read_bytes() == b""
+    led.close()
+
+
 # ------------------------------------------------------------------ repeated provider ids
 
 
