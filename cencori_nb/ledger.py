@@ -1131,14 +1131,15 @@ class Ledger:
                 estimate = _spilled_estimate(data, client_id)
                 try:
                     _storable(item.params)  # else the replay fails at every start
+                    _checked_debit(item.debit_pusd, item.params[_CHARGED])
                 except (ValueError, TypeError, KeyError):
                     if estimate is None:
                         unreadable += 1  # a bad value, and no estimate to record instead
                         continue
                     _log.error(
                         "cencori_nb: a spilled ledger row holds a value no database can "
-                        "store; its request is recorded as the estimate noted before it "
-                        "was sent"
+                        "store or a bad debit; its request is recorded as the estimate "
+                        "noted before it was sent"
                     )
                     item = estimate
                 if estimate is not None:  # in the row's place if the database refuses it
@@ -1396,15 +1397,8 @@ def _journal_item(data: Any) -> tuple[str, _Item]:
         values = data[2:]
         if len(values) > len(COLUMNS):
             raise ValueError("a journal line with more values than columns")
-        debit = data[1]
         row = dict(zip(COLUMNS, values, strict=False))
-        if debit is not None and (
-            type(debit) is not int or debit < 0 or debit != row["credits_charged_pusd"]
-        ):
-            # as queued, a row's debit is its charge (accounting.settle); anything else
-            # would leave the wallet and the ledger disagreeing
-            raise ValueError("a journal line with a bad debit")
-        item = _Item(_params_from(row), None, debit or None)
+        item = _Item(_params_from(row), None, _checked_debit(data[1], row["credits_charged_pusd"]))
     else:
         item = _priced_intent(data)
     assert item.params is not None
@@ -1415,8 +1409,19 @@ def _journal_item(data: Any) -> tuple[str, _Item]:
     return client_id, item
 
 
+def _checked_debit(debit: Any, charge: Any) -> int | None:
+    """A left row's wallet debit (journal or spill line), or ValueError: as queued, a
+    row's debit is its charge (accounting.settle); anything else (negative, a float, a
+    word, more than the row charged) would leave the wallet and the ledger disagreeing,
+    or fail the replay at every start."""
+    if debit is not None and (type(debit) is not int or debit < 0 or debit != charge):
+        raise ValueError("a line with a bad debit")
+    return debit or None
+
+
 _INT64 = 1 << 63
 # the positions of the columns holding a number (the rest hold text): from _COLUMN_TYPES
+_CHARGED = COLUMNS.index("credits_charged_pusd")
 _REAL = frozenset(i for i, t in enumerate(_COLUMN_TYPES.values()) if t is float)
 _INTEGER = frozenset(i for i, t in enumerate(_COLUMN_TYPES.values()) if t is int)
 

@@ -383,6 +383,65 @@ def test_a_spilled_row_that_cannot_be_stored_is_skipped_not_fatal(private_home: 
     reopened.close()
 
 
+def test_a_spill_line_with_a_bad_debit_never_stops_the_ledger_or_drains_the_wallet(
+    private_home: Path,
+) -> None:
+    """A spill file (a synced home may hold anything) whose lines carry a debit that is
+    not their row's charge: negative, a float, a word, 10**30, a thousand times the
+    charge. Each such line is skipped like a torn one (recorded as its request's estimate
+    when the line carries one), the ledger opens, and the wallet is debited exactly what
+    the good row charged. Before, a negative debit or a word failed every start
+    (CreditsError, ValueError: the ledger never opened again), and a debit past the row's
+    charge emptied the wallet."""
+    wallet.set_balance(1)
+    led = default_ledger()
+    charge = 250_000_000_000  # 0.25 USD
+
+    def line(cid: str, debit: object, estimate: bool = False) -> str:
+        row = LedgerRow(
+            "r-" + cid,
+            "default",
+            "openai",
+            "managed",
+            client_id=cid,
+            credits_charged_usd=Decimal("0.25"),
+        )
+        data = _Item(row.as_params(), None, None).to_json()
+        data["debit_pusd"] = debit
+        if estimate:
+            noted = LedgerRow(
+                "",
+                "default",
+                "openai",
+                "managed",
+                status="interrupted",
+                model="gpt-4o-mini",
+                input_tokens=1000,
+                estimated=True,
+                client_id=cid,
+            )
+            data["estimate"] = [2, *noted.as_params()]
+        return json.dumps(data) + "\n"
+
+    led.spill_path.write_text(
+        line("negative", -5)
+        + line("float", 1e3)
+        + line("word", "x")
+        + line("huge", 10**30)
+        + line("more", charge * 1000)
+        + line("more-noted", charge * 1000, estimate=True)
+        + line("good", charge)
+    )
+    state.reset("ledger", "wallet")  # the next start replays the spill file
+    rows = {r.client_id: r for r in default_ledger().rows()}
+    assert sorted(rows) == ["good", "more-noted"]
+    assert (rows["more-noted"].status, rows["more-noted"].input_tokens) == ("interrupted", 1000)
+    estimated = rows["more-noted"].credits_charged_usd
+    assert Decimal(0) < estimated < Decimal("0.25")
+    assert wallet.balance() == Decimal(1) - Decimal("0.25") - estimated
+    assert default_ledger().spill_path.read_bytes() == b""
+
+
 def _hold_the_write_lock(path: Path) -> subprocess.Popen[str]:
     """Another process holding the ledger's write lock until a line on its stdin."""
     holder = subprocess.Popen(
