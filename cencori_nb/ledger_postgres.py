@@ -570,6 +570,9 @@ class PostgresLedger(Ledger):
                     self._write_spill()
                     if not self._unspilled:
                         self._replay_spill()
+                        # and what dead processes left in flight: a start while the server
+                        # was away could not record it (a team cap would not count it)
+                        self._reclaim_inflight()
                         self._failure, self._pending, self._away = None, 0, False
                         return True
                 finally:

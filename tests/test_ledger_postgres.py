@@ -783,3 +783,37 @@ def test_rows_spilled_while_the_server_was_away_that_it_refuses_are_recorded_as_
     )
     assert debits == [(g[0], g[4]) for g in got]
     assert led.spill_path.read_text() == ""
+
+
+def test_a_start_while_the_server_is_away_reclaims_dead_processes_requests_once_it_is_back(
+    pg_url: str, pg_cluster: Any
+) -> None:
+    """A process died with a request in flight (its settled row in the journal, a charge
+    and a debit); the next start finds the server away, so it cannot record it then. Once
+    the server answers (the next request's retry), the dead process's request is recorded
+    with its debit, before that request is sent. Before, only the spill file was written
+    then: the dead process's request waited for another start, uncounted by team caps and
+    budgets for as long as this process ran."""
+    wallet.set_balance(10)
+    led = default_ledger()
+    settled = _charged("dead-1", "chatcmpl-dead-1", "gpt-4o-mini")
+    led.inflight_dir.mkdir(exist_ok=True)
+    (led.inflight_dir / "999999-0dead0ff.jsonl").write_text(
+        json.dumps([3, 250_000_000_000, *settled.as_params()]) + "\n"
+    )
+    pg_cluster.stop(mode="immediate")
+    try:
+        state.reset("ledger", "wallet")
+        led = default_ledger()  # opens while the server is away: nothing reclaimed yet
+        assert isinstance(led, PostgresLedger) and led._away
+        assert list(led.inflight_dir.glob("*.jsonl")) != []
+    finally:
+        pg_cluster.start()
+    assert led.retry() is True
+    assert _rows(pg_url, "SELECT client_id, status, output_tokens FROM requests") == [
+        ("dead-1", "ok", 34)
+    ]
+    assert _rows(
+        pg_url, "SELECT client_id, -amount_pusd FROM wallet_transactions WHERE kind = 'usage'"
+    ) == [("dead-1", 250_000_000_000)]
+    assert list(led.inflight_dir.glob("*.jsonl")) == []
