@@ -16,6 +16,9 @@ of a DNS name is dropped (``api.openai.com.`` is the same host).
 
 *Loopback* means an IP address in 127.0.0.0/8 or ``::1`` (also IPv4-mapped), or exactly the
 name ``localhost``. ``localhost.evil.com`` and ``127.0.0.1.nip.io`` are remote names.
+A loopback request never goes through a proxy named by the environment (``HTTP_PROXY``,
+``ALL_PROXY``): it would carry the key in plain http to the proxy's host, which is not this
+machine. :data:`DIRECT_MOUNTS` says so to the HTTP clients (``transport/pool.py``).
 
 The rules, applied to every request that carries a key (a local server with no stored key
 carries none):
@@ -52,7 +55,9 @@ from .keystore.secret import Secret
 
 __all__ = [
     "DEMO_KEYS",
+    "DIRECT_MOUNTS",
     "ENV_SANDBOX_ALLOW_REMOTE",
+    "direct_to",
     "Destination",
     "Endpoint",
     "UnsafeURLError",
@@ -85,6 +90,27 @@ DEMO_KEYS: dict[str, str] = {
 CENCORI_TEST_PREFIX = "csk_test_"
 DEMO_CENCORI_TEST_KEY = "csk_test_sandbox_demo"
 _DEMO_VARIANT = re.compile(r"[-_][A-Za-z0-9_-]{1,48}")
+
+
+# httpx2 mount patterns for the loopback destinations above: mapped to no proxy, so an
+# environment proxy never sees a loopback request (plain http, carrying the stored key).
+DIRECT_MOUNTS: tuple[str, ...] = ("all://127.0.0.0/8", "all://[::1]", "all://localhost")
+
+
+def direct_to(host: str) -> bool:
+    """Whether a request to ``host`` (as a URL carries it) must bypass an environment proxy:
+    the loopback of the module docstring, as :data:`DIRECT_MOUNTS` says to httpx2 (for a
+    transport that routes proxies itself, such as aiohttp's)."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 class UnsafeURLError(ConfigurationError):

@@ -43,6 +43,7 @@ from . import state
 
 __all__ = [
     "CONTEXT_PATTERN",
+    "CREDENTIAL_HEADERS",
     "KEY_PREFIXES",
     "LOG_LINE",
     "MARKER",
@@ -56,6 +57,7 @@ __all__ = [
     "key_regex",
     "looks_like_key",
     "looks_like_secret",
+    "masked_headers",
     "refuse_key_in_prompt",
     "register_secret",
     "register_secrets",
@@ -176,16 +178,34 @@ def key_pattern(
 
 
 _ANY_KEY = key_pattern()
+# The request headers a credential travels in (every adapter's, the gateway's, a proxy's).
+CREDENTIAL_HEADERS: tuple[str, ...] = (
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "x-goog-api-key",
+    "api-key",
+    "cencori_api_key",
+)
+_HEADER_NAMES = "|".join(re.escape(name) for name in CREDENTIAL_HEADERS)
 _NOT_MARKER = r"(?!\[redacted\]|\[secure\]|<redacted>|\*\*\*)"
 # Credentials named by their context (the marker a scrub already left is not re-matched).
 CONTEXT_PATTERN = _lazy(
     rf"""(?ix)
       (\bbearer\s+){_NOT_MARKER}[^\s'",;}}\]]+
     | ((?:\b|_)(?:api[_-]?)?key=){_NOT_MARKER}[^&\s'",;}}\]]+
-    | ((?:x-api-key|x-goog-api-key|api-key|cencori_api_key|authorization)
+    | ((?:{_HEADER_NAMES})
        ['"]?\s*[:=]\s*(?:b?['"])?){_NOT_MARKER}[^'"\s,;}}\]]+
     """
 )
+
+
+def masked_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``headers`` (name, value pairs) with every :data:`CREDENTIAL_HEADERS` value replaced
+    by the marker: what a request kept for later (an exception's ``.request``) may hold."""
+    return [
+        (name, MARKER if name.lower() in CREDENTIAL_HEADERS else value) for name, value in headers
+    ]
 
 
 def scrub_context(text: str, marker: str = MARKER) -> str:

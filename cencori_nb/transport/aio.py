@@ -209,13 +209,16 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         )
 
     def _proxy_for(self, url: Any) -> Any:
-        """The environment's proxy for ``url`` (None: direct), honouring ``NO_PROXY``."""
+        """The environment's proxy for ``url`` (None: direct), honouring ``NO_PROXY``; never
+        for loopback (``egress.direct_to``: the proxy would get the key in plain http)."""
         if not self._proxies:
             return None
         from urllib.request import proxy_bypass
 
+        from ..egress import direct_to
+
         info = self._proxies.get(url.scheme)
-        if info is None or (url.host and proxy_bypass(url.host)):
+        if info is None or (url.host and (direct_to(url.host) or proxy_bypass(url.host))):
             return None
         return info
 

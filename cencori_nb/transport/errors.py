@@ -224,6 +224,13 @@ def map_exception(exc: BaseException, *, provider: str | None = None) -> Cencori
     Looks up the most specific class in the table along ``exc``'s MRO. The httpx2 message is
     kept as ``detail`` (scrubbed: h11 may quote a header value in it).
     """
+    try:
+        return _map(exc, provider)
+    finally:  # after the mapping, which may read the key to scrub it from the message
+        _disarm(exc)
+
+
+def _map(exc: BaseException, provider: str | None) -> CencoriError:
     import httpx2
 
     if isinstance(exc, httpx2.HTTPStatusError):
@@ -244,6 +251,39 @@ def map_exception(exc: BaseException, *, provider: str | None = None) -> Cencori
     if issubclass(err_cls, ProviderError):
         context["provider"] = provider
     return err_cls(message, hint=hint, **context)
+
+
+def _disarm(exc: BaseException) -> None:
+    """Point every httpx2 exception in ``exc``'s chain at a copy of its request with the
+    credential headers masked. The caller raises ``from exc``, so the chain outlives the
+    call (``sys.last_value``, ``%debug``, an ``except … as err`` in a cell), and
+    ``err.__cause__.request.headers`` would hand out the key (httpx2's repr masks only
+    ``authorization``, not ``x-api-key`` or ``x-goog-api-key``). The request itself is not
+    touched: a retry sends it again."""
+    import httpx2
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, httpx2.HTTPError):
+            request = current._request
+            if request is not None:
+                current.request = _masked(request)
+            response = getattr(current, "response", None)
+            if isinstance(response, httpx2.Response) and response._request is not None:
+                response.request = _masked(response._request)
+        current = current.__cause__ or current.__context__
+
+
+def _masked(request: httpx2.Request) -> httpx2.Request:
+    import httpx2
+
+    from ..redact import masked_headers
+
+    return httpx2.Request(
+        request.method, request.url, headers=masked_headers(request.headers.multi_items())
+    )
 
 
 # --------------------------------------------------------------------------- the error table

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import state
+from ..egress import DIRECT_MOUNTS
 from ..errors import ConfigurationError
 from .logs import install_log_redaction
 
@@ -147,6 +148,8 @@ def _client_options() -> dict[str, Any]:
         ),
         "headers": {"user-agent": USER_AGENT},
         "follow_redirects": False,  # a redirect from an API is a wrong base URL, not a hop
+        # loopback never through an environment proxy (it would get the key in plain http)
+        "mounts": dict.fromkeys(DIRECT_MOUNTS),
     }
 
 

@@ -9,15 +9,17 @@ every (secret, encoding, artifact) triple found, with a little context around th
 from __future__ import annotations
 
 import base64
+import collections
 import logging
 import sqlite3
 import traceback
+import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["Audit", "encodings", "exception_texts", "find", "sqlite_dump"]
+__all__ = ["Audit", "encodings", "exception_texts", "find", "reachable_texts", "sqlite_dump"]
 
 
 def _b64_cores(raw: bytes, encode: Any) -> list[bytes]:
@@ -95,10 +97,65 @@ def exception_texts(exc: BaseException) -> list[tuple[str, str]]:
                 out.append((f"{name}.{attr}.to_dict", repr(value.to_dict())))
         for note in getattr(e, "__notes__", ()) or ():
             out.append((f"{name} note", str(note)))
+        for path, text in reachable_texts(e):
+            out.append((f"{name} reachable value {path}", text))
         if e.__cause__ is not None:
             todo.append((f"{name}.__cause__", e.__cause__))
         if e.__context__ is not None:
             todo.append((f"{name}.__context__", e.__context__))
+    return out
+
+
+_OPAQUE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.CodeType)
+
+
+def reachable_texts(root: Any, max_depth: int = 8) -> list[tuple[str, str]]:
+    """Every string (and bytes, decoded) reachable from ``root`` through attributes
+    (``__dict__``, ``__slots__``), containers and exception chains, with its path: what
+    ``err.__cause__.request.headers[...]``, ``vars()`` or a debugger hands a user. A
+    ``Secret`` is not opened (it is the one holder allowed to keep the key); frames and
+    tracebacks are left to :func:`exception_texts`."""
+    out: list[tuple[str, str]] = []
+    seen: set[int] = set()
+    todo: collections.deque[tuple[Any, str, int]] = collections.deque([(root, "root", 0)])
+    while todo:  # breadth first: each object is reached by its shortest path
+        obj, path, depth = todo.popleft()
+        if id(obj) in seen or depth > max_depth:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, str):
+            out.append((path, obj))
+            continue
+        if isinstance(obj, bytes | bytearray):
+            out.append((path, bytes(obj).decode("latin-1")))
+            continue
+        if (
+            obj is None
+            or isinstance(obj, (int, float, *_OPAQUE))
+            or type(obj).__name__
+            in (
+                "Secret",
+                "frame",
+                "traceback",
+            )
+        ):
+            continue
+        children: list[tuple[Any, str]] = []
+        if isinstance(obj, dict):
+            children = [(v, f"{path}[{k!r}]") for k, v in obj.items()]
+            children += [(k, f"{path} key") for k in obj]
+        elif isinstance(obj, list | tuple | set | frozenset):
+            children = [(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+        else:
+            for name in ("__cause__", "__context__", "args"):
+                if hasattr(obj, name):
+                    children.append((getattr(obj, name), f"{path}.{name}"))
+            children += [(v, f"{path}.{k}") for k, v in getattr(obj, "__dict__", {}).items()]
+            for cls in type(obj).__mro__:
+                for slot in getattr(cls, "__slots__", ()) or ():
+                    if isinstance(slot, str) and hasattr(obj, slot):
+                        children.append((getattr(obj, slot), f"{path}.{slot}"))
+        todo.extend((child, name, depth + 1) for child, name in children)
     return out
 
 
