@@ -313,17 +313,29 @@ def _trie_pattern(words: Iterable[str]) -> str:
             node = node.setdefault(ch, {})
         node[""] = {}
 
-    def build(node: dict[str, Any]) -> str:
-        alternatives = [re.escape(ch) + build(child) for ch, child in node.items() if ch]
-        if not alternatives:
-            return ""
+    # Built children first with an explicit stack, not by recursion: the trie is as deep as
+    # the longest word, and a long token (a 1,500-character JWT stored as a key, its hex
+    # form twice that) went past Python's recursion limit, so storing it and every scrub
+    # after that raised RecursionError.
+    built: dict[int, str] = {}
+    todo: list[tuple[dict[str, Any], bool]] = [(trie, False)]
+    while todo:
+        node, children_built = todo.pop()
+        if not children_built:
+            todo.append((node, True))
+            todo.extend((child, False) for ch, child in node.items() if ch)
+            continue
+        alternatives = [re.escape(ch) + built.pop(id(child)) for ch, child in node.items() if ch]
         ends_here = "" in node
-        if len(alternatives) == 1 and not ends_here:
-            return alternatives[0]
-        group = "(?:" + "|".join(alternatives) + ")"
-        return group + "?" if ends_here else group  # greedy: the longer word wins
-
-    return build(trie)
+        if not alternatives:
+            text = ""
+        elif len(alternatives) == 1 and not ends_here:
+            text = alternatives[0]
+        else:
+            group = "(?:" + "|".join(alternatives) + ")"
+            text = group + "?" if ends_here else group  # greedy: the longer word wins
+        built[id(node)] = text
+    return built[id(trie)]
 
 
 @functools.lru_cache(maxsize=64)
