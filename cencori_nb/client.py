@@ -514,7 +514,7 @@ def _completion(
     if usage is None:
         input_tokens = _prompt_tokens(request, decision, model)
         output_tokens = estimate_tokens(text)
-        cache_read = cache_write = thinking = 0
+        cache_read = cache_write = cache_write_1h = thinking = 0
     else:
         input_tokens = usage.input_tokens or (
             _prompt_tokens(request, decision, model) if not complete else 0
@@ -523,6 +523,7 @@ def _completion(
             usage.output_tokens if complete else max(usage.output_tokens, estimate_tokens(text))
         )
         cache_read, cache_write = usage.cache_read_tokens, usage.cache_write_tokens
+        cache_write_1h = usage.cache_write_1h_tokens
         thinking = usage.thinking_tokens
     provider = decision.provider
     if decision.route == "managed" and result.served_by:
@@ -536,6 +537,7 @@ def _completion(
         output_tokens=output_tokens,
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
+        cache_write_1h_tokens=cache_write_1h,
         thinking_tokens=thinking,
         request_id=request_id or uuid.uuid4().hex,
         latency_ms=latency_ms,

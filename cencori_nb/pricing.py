@@ -255,6 +255,8 @@ def _genai_usage(usage: Usage) -> Any:
         values["cache_read_tokens"] = usage.cache_read_tokens
     if usage.cache_write_tokens:
         values["cache_write_tokens"] = usage.cache_write_tokens
+    if usage.cache_write_1h_tokens:  # of cache_write_tokens: genai-prices prices the share
+        values["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
     # thinking tokens are already inside output_tokens and billed as output
     return GenaiUsage(**values)
 
@@ -307,7 +309,8 @@ def provider_cost(
         return PriceQuote(None, version)
     ts = _utc(when)
     rates = entry.rates_at(ts)
-    if rates is not None:
+    # 1-hour cache writes have their own rate, which the fast path does not carry
+    if rates is not None and not usage.cache_write_1h_tokens:
         return PriceQuote(_fast_cost(rates, usage), version)
     found = _genai_lookup(provider, model)
     if found is None:  # pragma: no cover - the table said it has a price; genai-prices agrees
@@ -322,7 +325,9 @@ def provider_cost(
 # call. For the price shapes of chat models (input, output, cache read/write, optional
 # token tiers and a per-request fee) the same arithmetic is a few multiplications; any
 # other price key sends the request through genai-prices itself. Units we never report
-# (audio, images, searches…) have zero usage, so they add nothing and subtract nothing.
+# (audio, images, searches…) have zero usage, so they add nothing and subtract nothing;
+# 1-hour cache writes are reported (Anthropic) but priced by genai-prices (provider_cost
+# skips the fast path when a request has any).
 # tests/test_pricing.py checks the two agree on every model of every provider we map.
 _FAST_KEYS = {"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "requests_kcount"}
 _ZERO_USAGE_KEYS = {

@@ -137,6 +137,10 @@ class Usage:
     cache_write_tokens: int = 0
     thinking_tokens: int = 0
     image_tokens: int = 0  # of input_tokens, the images' share (when the provider says)
+    # Of cache_write_tokens, those written to Anthropic's 1-hour cache
+    # (usage.cache_creation.ephemeral_1h_input_tokens): billed at their own, higher rate
+    # (2x base input, against 1.25x for the 5-minute cache).
+    cache_write_1h_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -211,6 +215,8 @@ class Completion:
     # prompt_tokens_details.image_tokens, Gemini's IMAGE modality), else by the provider's
     # documented formula (Anthropic reports none). Priced like the rest of the input.
     image_tokens: int = 0
+    # Of cache_write_tokens, the 1-hour cache writes (see Usage); priced at their own rate.
+    cache_write_1h_tokens: int = 0
 
     @property
     def usage(self) -> Usage:
@@ -221,6 +227,7 @@ class Completion:
             self.cache_write_tokens,
             self.thinking_tokens,
             self.image_tokens,
+            self.cache_write_1h_tokens,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -481,6 +481,7 @@ class BatchJob:
                     output_tokens=usage.output_tokens if usage else 0,
                     cache_read_tokens=usage.cache_read_tokens if usage else 0,
                     cache_write_tokens=usage.cache_write_tokens if usage else 0,
+                    cache_write_1h_tokens=usage.cache_write_1h_tokens if usage else 0,
                     thinking_tokens=usage.thinking_tokens if usage else 0,
                     request_id=pr.request_id or "",
                     finish_reason=pr.finish_reason,

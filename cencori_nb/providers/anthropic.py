@@ -61,12 +61,16 @@ def anthropic_usage(raw: Any) -> Usage | None:
         return None
     cache_write = c.to_int(raw.get("cache_creation_input_tokens"))
     cache_read = c.to_int(raw.get("cache_read_input_tokens"))
+    # the 1-hour share of the writes (billed at 2x base input, the 5-minute ones at 1.25x);
+    # never more than the writes the total reports
+    write_1h = min(cache_write, c.to_int(c.dig(raw, "cache_creation", "ephemeral_1h_input_tokens")))
     return Usage(
         input_tokens=c.to_int(raw.get("input_tokens")) + cache_write + cache_read,
         output_tokens=c.to_int(raw.get("output_tokens")),
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
         thinking_tokens=c.to_int(c.dig(raw, "output_tokens_details", "thinking_tokens")),
+        cache_write_1h_tokens=max(0, write_1h),
     )
 
 

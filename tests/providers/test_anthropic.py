@@ -279,3 +279,46 @@ def test_anthropic_error_bodies(status: int, etype: str, cls: type, canary: str)
     if status == 429:
         assert err.retry_after == 12.0
     assert_no_leak(err, canary)
+
+
+@pytest.mark.parametrize(
+    ("cache_creation", "expected_1h"),
+    [
+        ({"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 3913}, 3913),
+        ({"ephemeral_5m_input_tokens": 913, "ephemeral_1h_input_tokens": 3000}, 3000),
+        ({"ephemeral_5m_input_tokens": 3913, "ephemeral_1h_input_tokens": 0}, 0),
+        (None, 0),  # older answers have no split: all 5-minute writes
+        ({"ephemeral_1h_input_tokens": 99_999}, 3913),  # never more than the writes
+        ({"ephemeral_1h_input_tokens": -5}, 0),
+        ({"ephemeral_1h_input_tokens": "junk"}, 0),
+        ("junk", 0),
+    ],
+)
+def test_one_hour_cache_writes_are_read_and_priced_at_their_rate(
+    cache_creation: object, expected_1h: int
+) -> None:
+    """usage.cache_creation.ephemeral_1h_input_tokens (recorded in
+    tests/corpus/anthropic/stream_sonnet46_cache_write_1h.json) is the 1-hour share of
+    cache_creation_input_tokens; Anthropic bills it at 2x base input, the 5-minute writes at
+    1.25x. Priced with the genai-prices rates of claude-sonnet-4-6 ($3 in, $3.75 and $6
+    cache writes, $15 out per million)."""
+    from decimal import Decimal
+
+    from cencori_nb.pricing import provider_cost
+    from cencori_nb.providers.anthropic import anthropic_usage
+
+    raw: dict[str, object] = {
+        "input_tokens": 13,
+        "cache_creation_input_tokens": 3913,
+        "cache_read_input_tokens": 0,
+        "output_tokens": 4,
+    }
+    if cache_creation is not None:
+        raw["cache_creation"] = cache_creation
+    usage = anthropic_usage(raw)
+    assert usage is not None
+    assert (usage.input_tokens, usage.cache_write_tokens) == (3926, 3913)
+    assert usage.cache_write_1h_tokens == expected_1h
+    per_million = 13 * 3 + (3913 - expected_1h) * Decimal("3.75") + expected_1h * 6 + 4 * 15
+    cost = provider_cost("anthropic", "claude-sonnet-4-6", usage).cost_usd
+    assert cost == per_million / 1_000_000

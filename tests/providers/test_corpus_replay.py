@@ -232,6 +232,8 @@ def test_replay_success(path: Path, replay: ReplayServer) -> None:
         assert completion.request_id == expect["request_id"]
     if "gateway_cost_usd" in expect:
         assert completion.gateway_cost_usd == Decimal(expect["gateway_cost_usd"])
+    if "provider_cost_usd" in expect:  # the list price, from the provider's own rates
+        assert completion.provider_cost_usd == Decimal(expect["provider_cost_usd"])
 
 
 STRUCTURED = [p for p in SUCCESS if "schema" in load(p).get("request", {})]

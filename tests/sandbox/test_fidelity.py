@@ -192,6 +192,7 @@ TRIGGERS: dict[str, dict[str, Any]] = {
     "anthropic/messages_opus_basic.json": {},
     "anthropic/stream_error_overloaded_after_200.json": {"fault": "stream-error"},
     "anthropic/stream_hello_docs.json": {},
+    "anthropic/stream_sonnet46_cache_write_1h.json": {},
     "cencori/native_200_chat.json": {"temperature": 0},
     "cencori/native_200_stream.json": {},
     "cencori/native_200_stream_blocked.json": {"fault": "stream-error"},
@@ -541,6 +542,30 @@ KNOWN_DIFFERENCES.update(
             "google/structured_native_output.json",
             "body.usageMetadata.candidatesTokensDetails: missing",
         ): _WHY_GEMINI_20,
+    }
+)
+
+
+_WHY_SONNET46 = (
+    "the newest Anthropic recording (October 2026, claude-sonnet-4-6) adds container, "
+    "stop_details and diagnostics (all null) to message_start and message_delta, "
+    "usage.inference_geo, and a traceresponse header; the sandbox follows the older "
+    "recordings, which lack them, and the toolkit reads none of them. What this recording "
+    "is in the corpus for, the 1-hour cache-write split, is read by the adapter "
+    "(tests/providers/test_corpus_replay.py prices it); the sandbox never caches"
+)
+KNOWN_DIFFERENCES.update(
+    {
+        ("anthropic/stream_sonnet46_cache_write_1h.json", where): _WHY_SONNET46
+        for where in (
+            "header traceresponse: missing",
+            "frame[0].message.container: missing",
+            "frame[0].message.stop_details: missing",
+            "frame[0].message.diagnostics: missing",
+            "frame[0].message.usage.inference_geo: missing",
+            "frame[5].delta.stop_details: missing",
+            "frame[5].delta.container: missing",
+        )
     }
 )
 
