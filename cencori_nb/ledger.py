@@ -929,10 +929,12 @@ class Ledger:
 
     def _salvage(self, batch: list[_Item], exc: BaseException) -> None:
         """A batch failed on a bad row: write its rows one by one so only the bad ones are
-        lost (logged), and the rest commit or spill as usual."""
+        lost (logged; a request noted in flight is recorded as its estimate instead), and
+        the rest commit or spill as usual."""
         rows = [item for item in batch if item.params is not None]
         if len(rows) == 1 and len(batch) == 1:
             self._drop(batch, exc)
+            self._write_estimate(batch[0])
             return
         for item in batch:
             if item.params is None:
@@ -940,6 +942,35 @@ class Ledger:
                     self._run_callbacks([item])
             else:
                 self._write_batch([item])
+
+    def _write_estimate(self, item: _Item) -> None:
+        """A noted request's row could not be stored: write the estimate noted before it
+        was sent in its place now (interrupted, estimated tokens, priced, its debit), as
+        the next start would from the journal; meanwhile budgets and caps would not see
+        a request that was paid for. Nothing if the request was not noted here, or when
+        this is that estimate failing too (it then waits in the journal, logged)."""
+        journal = self._journal
+        if item.params is None or journal is None or journal.pid != _pid or self._estimating:
+            return
+        line = journal.noted(item.params[1])
+        if line is None:
+            return
+        try:
+            client_id, estimate = _journal_item(json.loads(line))
+        except (ValueError, TypeError, KeyError, IndexError, ArithmeticError):
+            return
+        if client_id != item.params[1]:
+            return
+        _log.error(
+            "cencori_nb: the request's row is recorded as the estimate noted before it was sent"
+        )
+        self._estimating = True
+        try:
+            self._write_batch([estimate])
+        finally:
+            self._estimating = False
+
+    _estimating = False  # _write_estimate is writing one (never an estimate of an estimate)
 
     def _drop(self, batch: list[Any], exc: BaseException) -> None:
         self.dropped += len(batch)

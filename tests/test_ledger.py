@@ -828,7 +828,10 @@ def _send_a_row_no_database_takes(home: str, field: str, value: object) -> None:
     setattr(row, field, value)
     led.submit(row)
     led.flush()
-    assert not led.has_row("huge-1") and led.dropped == 1  # logged and dropped
+    assert led.dropped == 1  # logged and dropped, and its estimate written in its place
+    assert [(r.client_id, r.status, r.estimated) for r in led.rows()] == [
+        ("huge-1", "interrupted", True)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -836,14 +839,14 @@ def _send_a_row_no_database_takes(home: str, field: str, value: object) -> None:
     [("input_tokens", 2**70), ("request_id", "chatcmpl-\ud800")],
     ids=["count-past-64-bits", "id-with-a-lone-surrogate"],
 )
-def test_a_row_no_database_takes_is_recorded_as_its_estimate_at_the_next_start(
+def test_a_row_no_database_takes_is_recorded_as_its_estimate(
     private_home: Path, field: str, value: object
 ) -> None:
     """A hostile endpoint can answer with a token count past 64 bits, or an id holding a
     lone surrogate (valid JSON, not UTF-8): the row cannot be stored (the writer logs and
-    drops it), so its request stays in the journal, settled line and all, when the
-    process ends. The next start must record the estimate, not fail on the settled line
-    at every start (OverflowError, UnicodeEncodeError: the ledger never opens)."""
+    drops it), and the estimate noted before the request was sent is written in its
+    place at once; the next start records nothing more (a settled line that cannot be
+    stored is skipped there, not fatal: test_a_damaged_or_hostile_journal…)."""
     ctx = multiprocessing.get_context("spawn")
     proc = ctx.Process(target=_send_a_row_no_database_takes, args=(str(private_home), field, value))
     proc.start()
@@ -857,16 +860,24 @@ def test_a_row_no_database_takes_is_recorded_as_its_estimate_at_the_next_start(
 
 def _queue_a_row_failing_a_check(home: str, how: str) -> None:
     """In a fresh process: a managed request noted in flight, whose row as queued fails
-    the schema's CHECK (a status no version writes: a bug), then the process ends."""
+    the schema's CHECK (a status no version writes: a bug), queued after a good one;
+    then the process is killed (before the writer tries the row, or as the writer drops
+    it, after the journal was compacted) or goes on and exits."""
     import os
     import signal
 
     os.environ["CENCORI_NB_HOME"] = home
-    if how == "compacted, killed":
-        ledger_mod.JOURNAL_COMPACT_BYTES = 0  # rewritten at every commit with requests open
     if how == "killed before commit":
         ledger_mod.WRITER_LINGER_S = 3600.0  # nothing commits unless flushed
+    if how == "killed as dropped, compacted":
+        ledger_mod.JOURNAL_COMPACT_BYTES = 0  # rewritten at every commit with requests open
+
+        def die(self: Ledger, batch: list[object], exc: BaseException) -> None:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        Ledger._drop = die  # type: ignore[method-assign]
     led = default_ledger()
+    led.begin(_noted("good-2", "byok"))
     led.begin(_noted("bad-1", "managed"))
     row = LedgerRow(
         "chatcmpl-bad-1",
@@ -881,32 +892,32 @@ def _queue_a_row_failing_a_check(home: str, how: str) -> None:
         cost_usd=Decimal("0.000025"),
         client_id="bad-1",
     )
-    led.submit(row, debit_usd=Decimal("0.000025"))
+    with led._lock:  # one batch, the good row first: it commits (and compacts) first
+        led.submit(LedgerRow("chatcmpl-good-2", "default", "openai", "byok", client_id="good-2"))
+        led.submit(row, debit_usd=Decimal("0.000025"))
     if how == "killed before commit":
         os.kill(os.getpid(), signal.SIGKILL)
-    led.begin(_noted("good-2", "byok"))
-    led.submit(LedgerRow("chatcmpl-good-2", "default", "openai", "byok", client_id="good-2"))
-    led.flush()  # the writer drops bad-1 (logged) and commits good-2
-    assert led.dropped == 1 and led.has_row("good-2") and not led.has_row("bad-1")
-    if how == "compacted, killed":
-        journal = led._journal
-        assert journal is not None
-        assert b"good-2" not in journal.path.read_bytes()  # compacted: open requests only
-        os.kill(os.getpid(), signal.SIGKILL)
-    # else the process ends: its journal keeps the request whose row was never written
+    led.flush()  # the writer commits good-2, drops bad-1 (logged), writes its estimate
+    assert led.dropped == 1 and led.has_row("good-2")
+    assert [r.status for r in led.rows(status="interrupted")] == ["interrupted"]
 
 
-@pytest.mark.parametrize("how", ["killed before commit", "dropped, exited", "compacted, killed"])
-def test_a_paid_row_failing_a_check_is_recorded_as_its_estimate_at_the_next_start(
+@pytest.mark.parametrize(
+    "how", ["killed before commit", "killed as dropped, compacted", "dropped, exited"]
+)
+def test_a_paid_row_failing_a_check_is_recorded_as_its_estimate(
     private_home: Path, how: str
 ) -> None:
-    """A request's row as queued fails a CHECK (the writer drops it, logged) after its
-    settled line is in the in-flight journal; the process is killed before the writer
-    tried it, or exits after, or is killed after the journal was compacted. The next
-    start cannot store the settled row either (the same CHECK): it records the estimate
-    noted before the request was sent (interrupted, estimated tokens, priced, and its
-    wallet debit), as it did before settled lines existed. Before, the settled row was
-    dropped at the reclaim too and the request, paid for, was recorded nowhere."""
+    """A request's row as queued fails a CHECK after its settled line is in the in-flight
+    journal. Killed before the writer tried it, or as the writer drops it (the journal
+    compacted by the good row's commit just before), the next start cannot store the
+    settled row either (the same CHECK): it records the estimate noted before the request
+    was sent (interrupted, estimated tokens, priced, and its wallet debit), as it did
+    before settled lines existed. A process that lives on writes that estimate at once,
+    and the next start adds nothing. Before, the settled row was dropped at the reclaim
+    too, and a compacted journal had lost the estimate: the request, paid for, was
+    recorded nowhere."""
+    import json
     import signal
 
     wallet.set_balance(1)  # the wallet mirror tracks: the estimate's debit is written
@@ -916,10 +927,19 @@ def test_a_paid_row_failing_a_check_is_recorded_as_its_estimate_at_the_next_star
     proc.start()
     proc.join(120)
     assert proc.exitcode == (0 if how == "dropped, exited" else -signal.SIGKILL)
+    if how == "killed as dropped, compacted":  # only bad-1 is left: its estimate, its row
+        (journal,) = (private_home / "ledger-inflight").glob("*.jsonl")
+        left = [json.loads(line) for line in journal.read_text().splitlines()]
+        cid = 1 + ledger_mod.COLUMNS.index("client_id")
+        assert [(line[0], line[cid + (line[0] == 3)]) for line in left] == [
+            (2, "bad-1"),
+            (3, "bad-1"),
+        ]
     for _ in range(2):  # two later starts: recorded once
         state.reset("ledger", "wallet")
         default_ledger().flush()
     rows = {r.client_id: r for r in default_ledger().rows()}
+    assert sorted(rows) == ["bad-1", "good-2"]
     bad = rows["bad-1"]
     assert (bad.status, bad.estimated, bad.input_tokens, bad.error_code) == (
         "interrupted",
@@ -928,7 +948,6 @@ def test_a_paid_row_failing_a_check_is_recorded_as_its_estimate_at_the_next_star
         "process_ended",
     )
     assert bad.credits_charged_usd > 0  # the estimate, priced on the managed route
-    assert sorted(rows) == (["bad-1"] if how == "killed before commit" else ["bad-1", "good-2"])
     usage = [t for t in wallet.transactions(as_frame=False) if t.kind == "usage"]
     assert [(t.client_id, -t.amount) for t in usage] == [("bad-1", bad.credits_charged_usd)]
     assert list(default_ledger().inflight_dir.glob("*.jsonl")) == []

@@ -697,18 +697,20 @@ def _send_a_row_the_server_refuses(home: str) -> None:
         led.submit(LedgerRow("chatcmpl-2", "default", "openai", "byok", client_id="fine-2"))
     led.flush()
     led.check()  # the refused row is the row's fault: nothing waits, requests go on
-    assert led.has_row("fine-2") and not led.has_row("huge-1") and led.dropped == 1
+    assert led.has_row("fine-2") and led.dropped == 1
+    # in its place, at once, the estimate noted before the request was sent
+    assert [r.estimated for r in led.rows() if r.client_id == "huge-1"] == [True]
 
 
-def test_a_row_the_server_refuses_is_recorded_as_its_estimate_at_the_next_start(
+def test_a_row_the_server_refuses_is_recorded_as_its_estimate(
     pg_url: str, private_home: Path
 ) -> None:
     """A count past 64 bits is refused by the server (DataError: bigint out of range), not
     by a check. Like a failed CHECK it is the row's fault: the writer drops that row alone
-    (logged) and keeps its request in the journal, so the next start records the estimate
-    (the settled line cannot be stored either). Before, the server's refusal spilled the
-    whole batch (the next request refused) and the spill replay skipped the row as
-    unreadable, its journal line already resolved: the request was recorded nowhere."""
+    (logged) and writes the estimate noted before the request was sent in its place; the
+    next start adds nothing. Before, the server's refusal spilled the whole batch (the
+    next request refused) and the spill replay skipped the row as unreadable, its journal
+    line already resolved: the request was recorded nowhere."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
