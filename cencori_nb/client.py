@@ -23,7 +23,7 @@ async faces differ only in how they send (tests/test_async_parity.py holds them 
 Streams, and what a cut costs (the rule this module implements):
 
 - The text deltas are yielded as they arrive; ``.completion`` is set once the stream ends.
-- The provider's terminal event seen (``parser.done``) → the stream *completed*. If usage
+- The provider's terminal event seen (``parser.complete()``) → the stream *completed*. If usage
   never arrived, tokens are estimated (``tokens.estimate_*``) and ``estimated=True``; no
   error is raised, the completion is settled and cached.
 - The stream ended or broke before the terminal event → it was *cut*. If any text arrived,
@@ -979,7 +979,7 @@ class _StreamState:
     def end(self) -> None:
         """The server closed the stream: completed or cut (see the module docstring)."""
         self.finished = True
-        complete = bool(self.parser is not None and self.parser.done)
+        complete = bool(self.parser is not None and self.parser.complete())
         if not complete and not self.parts:
             err = BadResponseError(
                 f"The stream from {self.decision.provider} ended before any text or its final "

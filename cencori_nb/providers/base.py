@@ -78,6 +78,11 @@ class StreamParser(ABC):
     def result(self) -> ProviderResult:
         """The accumulated result so far (usage None if it never arrived)."""
 
+    def complete(self) -> bool:
+        """Once the stream has ended: whether the answer arrived whole (else it was cut).
+        By default, whether the provider's terminal event was seen (:attr:`done`)."""
+        return self.done
+
 
 class Provider(ABC):
     """One wire format. Subclasses set ``name`` and implement the abstract methods."""

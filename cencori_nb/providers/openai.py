@@ -359,6 +359,15 @@ class ChatCompletionsStreamParser(c.AdapterStreamParser):
             result.refusal = filtered_refusal(result.finish_reason, result.text, self.provider)
         return result
 
+    def complete(self) -> bool:
+        """``data: [DONE]`` seen, or the finish chunk and the usage arrived before the server
+        closed the stream. ``[DONE]`` is OpenAI's convention, not SSE's: compatible servers
+        close without it after a whole answer and its usage (ik_llama.cpp#467,
+        NousResearch/hermes-agent#90848, tempoxyz/mpp#975, GMI in
+        Dstack-TEE/private-ai-gateway#114), and openai-python ends such a stream without
+        error. Without usage the close may have cut the usage chunk: still a cut."""
+        return self.done or (self.finish_reason is not None and self.usage is not None)
+
     def feed(self, event: httpx2.ServerSentEvent) -> str | None:
         data = event.data.strip()
         if self.done or not data:

@@ -555,3 +555,52 @@ def test_a_forged_top_up_link_is_not_shown(replay: ReplayServer) -> None:
         cencori_nb.chat("Replay", **call_kwargs(rec))
     assert "evil.example" not in str(info.value)
     assert info.value.top_up_url == "https://cencori.com/billing"
+
+
+# --------------------------------------------------------------------------- no [DONE]
+
+_DONE_FRAME = "data: [DONE]\n\n"
+WITH_DONE = [
+    p
+    for p in SUCCESS
+    if load(p)["kind"] == "sse"
+    and _DONE_FRAME in load(p).get("body_text", "")
+    and not load(p)["expect"].get("estimated")
+    and "schema" not in load(p).get("request", {})
+    and load(p)["provider"] != "cencori"  # the gateway's native stream: its own format
+]
+
+
+@pytest.mark.parametrize("path", WITH_DONE, ids=ids(WITH_DONE))
+def test_a_whole_stream_closed_without_done_is_complete(path: Path, replay: ReplayServer) -> None:
+    """The recording without its ``data: [DONE]`` frame, as compatible servers send it
+    (ik_llama.cpp#467, NousResearch/hermes-agent#90848, tempoxyz/mpp#975: a finish chunk,
+    the usage, then a clean close): openai-python ends the stream without error, so the
+    answer is complete, with the recorded usage (not estimated, no "cut" error)."""
+    rec = load(path)
+    rec = {**rec, "body_text": rec["body_text"].replace(_DONE_FRAME, "")}
+    replay.serve(rec)
+    with cencori_nb.stream("Replay", **call_kwargs(rec)) as s:
+        deltas = list(s)
+    completion = s.completion
+    assert completion is not None
+    assert "".join(deltas) == completion.text == rec["expect"]["text"]
+    assert completion.estimated is False
+    assert completion.output_tokens == rec["expect"]["output_tokens"]
+
+
+def test_a_stream_closed_after_the_finish_but_before_its_usage_is_cut(
+    replay: ReplayServer,
+) -> None:
+    """Without ``[DONE]`` and without the usage chunk asked for, the close may have cut the
+    usage: the stream counts as cut (estimated tokens, BadResponseError with the text)."""
+    rec = load(CORPUS / "openai/stream_gpt4omini_include_usage.json")
+    frames = rec["body_text"].split("\n\n")
+    kept = [f for f in frames if f and '"choices":[]' not in f and f != "data: [DONE]"]
+    replay.serve({**rec, "body_text": "\n\n".join(kept) + "\n\n"})
+    with pytest.raises(errors.BadResponseError, match="cut") as info:
+        with cencori_nb.stream("Replay", **call_kwargs(rec)) as s:
+            list(s)
+    assert info.value.completion is not None
+    assert info.value.completion.text == rec["expect"]["text"]
+    assert info.value.completion.estimated is True
