@@ -48,6 +48,7 @@ __all__ = [
     "MessagesStreamParser",
     "anthropic_usage",
     "has_structured_output",
+    "refusal_said",
     "structured_output_fields",
 ]
 
@@ -120,6 +121,24 @@ def structured_output_fields(schema: Schema, model: str) -> dict[str, Any]:
 
 
 _STRUCTURED_FIELDS = frozenset({"output_config", "tools", "tool_choice"})
+
+
+def refusal_said(stop_details: Any, text: str) -> str:
+    """What a ``stop_reason: refusal`` said: ``stop_details.explanation`` (the SDK's
+    ``RefusalStopDetails``), else its policy ``category``, else the text.
+
+    Anthropic sends no refusal message ("No additional refusal message is included"): the
+    text blocks, if any, are what the model wrote before it was stopped; the reason is in
+    ``stop_details`` (``type: refusal``, ``category``, ``explanation``; both may be null).
+    """
+    details = c.as_object(stop_details)
+    explanation = details.get("explanation")
+    if isinstance(explanation, str) and explanation.strip():
+        return explanation
+    category = details.get("category")
+    if isinstance(category, str) and category.strip():
+        return f"declined ({category})"
+    return text
 
 
 class AnthropicProvider(Provider):
@@ -205,7 +224,7 @@ class AnthropicProvider(Provider):
             usage=anthropic_usage(usage),
             finish_reason=stop,
             request_id=rid or body.get("id"),
-            refusal=text if stop == "refusal" else None,
+            refusal=refusal_said(body.get("stop_details"), text) if stop == "refusal" else None,
         )
 
     def stream_parser(self, response: httpx2.Response | None = None) -> MessagesStreamParser:
@@ -308,7 +327,7 @@ class MessagesStreamParser(c.AdapterStreamParser):
             if isinstance(delta, dict) and delta.get("stop_reason"):
                 self.finish_reason = str(delta["stop_reason"])
                 if self.finish_reason == "refusal":
-                    self.refusal = "".join(self.parts)
+                    self.refusal = refusal_said(delta.get("stop_details"), "".join(self.parts))
             if isinstance(data.get("usage"), dict):
                 # cumulative counts: the latest value of each field wins
                 self._usage_raw.update({k: v for k, v in data["usage"].items() if v is not None})

@@ -309,9 +309,14 @@ class AnthropicDoor(Door):
         }
         block: dict[str, Any]
         content: list[Any]
+        refusal_details: dict[str, Any] = {}
         if call.refused:
             stop, block, deltas = "refusal", {"type": "text", "text": ""}, []
             content = []
+            # why, as the API says it (the SDK's RefusalStopDetails): no refusal text
+            refusal_details = {
+                "stop_details": {"type": "refusal", "category": None, "explanation": reply.text}
+            }
         else:
             stop = "max_tokens" if reply.truncated else "tool_use"
             tool_id = "toolu_" + ex.request_id[4:28]
@@ -333,6 +338,7 @@ class AnthropicDoor(Door):
                     "content": content,
                     "stop_reason": stop,
                     "stop_sequence": None,
+                    **refusal_details,
                     "usage": {**usage, "service_tier": "standard"},
                 },
                 self.ok_headers(ex),
@@ -367,7 +373,7 @@ class AnthropicDoor(Door):
         await sse.frame('{"type":"content_block_stop","index":0}', event="content_block_stop")
         delta = {
             "type": "message_delta",
-            "delta": {"stop_reason": stop, "stop_sequence": None},
+            "delta": {"stop_reason": stop, "stop_sequence": None, **refusal_details},
             "usage": usage,
         }
         await sse.frame(dumps(delta), event="message_delta")

@@ -324,6 +324,68 @@ def test_anthropic_refusal_stop_reason() -> None:
     assert result.refusal == ""
 
 
+@pytest.mark.parametrize(
+    ("stop_details", "said"),
+    [
+        ({"type": "refusal", "category": "cyber", "explanation": "declined"}, "declined"),
+        ({"type": "refusal", "category": "bio", "explanation": None}, "declined (bio)"),
+        ({"type": "refusal", "category": None, "explanation": None}, "Hello.."),
+        ({"type": "refusal", "category": None, "explanation": "  "}, "Hello.."),
+        (None, "Hello.."),
+        ("junk", "Hello.."),
+    ],
+)
+def test_anthropic_refusal_says_why_from_stop_details(stop_details: Any, said: str) -> None:
+    """The reason for stop_reason refusal is stop_details (the anthropic SDK's
+    RefusalStopDetails: category, explanation; either may be null), not the text: the docs'
+    refusal example has content 'Hello..' and "no additional refusal message". Read from the
+    message and, streamed, from message_delta's delta, as the SDK types both."""
+    reply = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5",
+        "content": [{"type": "text", "text": "Hello.."}],
+        "stop_reason": "refusal",
+        "stop_details": stop_details,
+        "usage": {"input_tokens": 20, "output_tokens": 3},
+    }
+    adapter = get_provider("anthropic")
+    result = adapter.parse_response(
+        httpx2.Response(200, json=reply, request=httpx2.Request("POST", BASE))
+    )
+    assert (result.text, result.refusal) == ("Hello..", said)
+
+    events = [
+        ("message_start", {"type": "message_start", "message": {**reply, "content": []}}),
+        (
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "Hello.."},
+            },
+        ),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {
+                    "stop_reason": "refusal",
+                    "stop_sequence": None,
+                    "stop_details": stop_details,
+                },
+                "usage": {"output_tokens": 3},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    parser = adapter.stream_parser()
+    for name, data in events:
+        parser.feed(httpx2.ServerSentEvent(name, json.dumps(data), "", None))
+    assert parser.result().refusal == said
+
+
 def test_gemini_safety_stop_is_a_refusal() -> None:
     """finishReason SAFETY on the candidate: a refusal naming the filter."""
     reply = {

@@ -272,6 +272,19 @@ def test_anthropic_refusal(ant: anthropic.Anthropic) -> None:
     )
     assert message.stop_reason == "refusal"
     assert message.content == []
+    # why, where the API and the SDK put it (RefusalStopDetails), also streamed
+    assert message.stop_details is not None
+    assert message.stop_details.type == "refusal"
+    assert message.stop_details.explanation == REFUSAL_TEXT
+    with ant.messages.stream(
+        model="claude-sonnet-4-5",
+        max_tokens=1024,
+        messages=[{"role": "user", "content": RECORD}],
+        extra_headers=fault("refusal"),
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "refusal"
+    assert final.stop_details is not None and final.stop_details.explanation == REFUSAL_TEXT
 
 
 # --- Gemini -----------------------------------------------------------------------------
