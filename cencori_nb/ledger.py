@@ -1433,11 +1433,8 @@ def _journal_item(data: Any) -> tuple[str, _Item]:
     else:
         item = _priced_intent(data)
     assert item.params is not None
-    client_id = item.params[COLUMNS.index("client_id")]
-    if type(client_id) is not str or not client_id:  # what rows and debits are unique on
-        raise ValueError("a journal line without a client id")
     _storable(item.params)
-    return client_id, item
+    return item.params[_CLIENT_ID], item
 
 
 def _checked_debit(debit: Any, charge: Any) -> int | None:
@@ -1453,6 +1450,7 @@ def _checked_debit(debit: Any, charge: Any) -> int | None:
 _INT64 = 1 << 63
 # the positions of the columns holding a number (the rest hold text): from _COLUMN_TYPES
 _CHARGED = COLUMNS.index("credits_charged_pusd")
+_CLIENT_ID = COLUMNS.index("client_id")
 _REAL = frozenset(i for i, t in enumerate(_COLUMN_TYPES.values()) if t is float)
 _INTEGER = frozenset(i for i, t in enumerate(_COLUMN_TYPES.values()) if t is int)
 
@@ -1464,7 +1462,11 @@ def _storable(params: tuple[Any, ...]) -> tuple[Any, ...]:
     reclaim, so the ledger could not open again (a lone surrogate too: an endpoint's id
     can hold one); a float as money would break every read of the rows. A NUL in a text
     is storable: SQLite keeps it, PostgreSQL gets U+FFFD in its place
-    (``ledger_postgres._pg_params``)."""
+    (``ledger_postgres._pg_params``). A row without a client id is damage too: rows and
+    debits are unique on it (a debit without one fails the replay at every start)."""
+    client_id = params[_CLIENT_ID]
+    if type(client_id) is not str or not client_id:
+        raise ValueError("a line without a client id")
     for index, value in enumerate(params):
         if value is None:
             continue

@@ -388,16 +388,16 @@ def test_a_spill_line_with_a_bad_debit_never_stops_the_ledger_or_drains_the_wall
 ) -> None:
     """A spill file (a synced home may hold anything) whose lines carry a debit that is
     not their row's charge: negative, a float, a word, 10**30, a thousand times the
-    charge. Each such line is skipped like a torn one (recorded as its request's estimate
-    when the line carries one), the ledger opens, and the wallet is debited exactly what
-    the good row charged. Before, a negative debit or a word failed every start
-    (CreditsError, ValueError: the ledger never opened again), and a debit past the row's
-    charge emptied the wallet."""
+    charge; or a row without a client id (empty, a list). Each such line is skipped like a
+    torn one (recorded as its request's estimate when the line carries one), the ledger
+    opens, and the wallet is debited exactly what the good row charged. Before, a negative
+    debit, a word or a missing client id failed every start (CreditsError, ValueError: the
+    ledger never opened again), and a debit past the row's charge emptied the wallet."""
     wallet.set_balance(1)
     led = default_ledger()
     charge = 250_000_000_000  # 0.25 USD
 
-    def line(cid: str, debit: object, estimate: bool = False) -> str:
+    def line(cid: str, debit: object, estimate: bool = False, stored_id: object = None) -> str:
         row = LedgerRow(
             "r-" + cid,
             "default",
@@ -408,6 +408,8 @@ def test_a_spill_line_with_a_bad_debit_never_stops_the_ledger_or_drains_the_wall
         )
         data = _Item(row.as_params(), None, None).to_json()
         data["debit_pusd"] = debit
+        if stored_id is not None:
+            data["row"]["client_id"] = stored_id
         if estimate:
             noted = LedgerRow(
                 "",
@@ -430,6 +432,8 @@ def test_a_spill_line_with_a_bad_debit_never_stops_the_ledger_or_drains_the_wall
         + line("huge", 10**30)
         + line("more", charge * 1000)
         + line("more-noted", charge * 1000, estimate=True)
+        + line("no-id", charge, stored_id="")  # a debit is idempotent on the client id
+        + line("list-id", charge, stored_id=["a"])
         + line("good", charge)
     )
     state.reset("ledger", "wallet")  # the next start replays the spill file
