@@ -141,6 +141,12 @@ def refusal_said(stop_details: Any, text: str) -> str:
     return text
 
 
+# Anthropic's 400 for an account without credit: "Your credit balance is too low to access
+# the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."
+# (tests/corpus/anthropic/error_400_credit_balance_too_low.json)
+_NO_CREDIT = re.compile(r"credit balance is too low", re.IGNORECASE)
+
+
 class AnthropicProvider(Provider):
     """The Anthropic Messages wire format."""
 
@@ -254,7 +260,17 @@ class AnthropicProvider(Provider):
         # The error type is more precise than the status (a 529 and a 500 differ only there).
         cls = c.error_class(status, str(err_type) if err_type else None)
         hint = None
-        if err_type == "billing_error":
+        if (
+            err_type == "invalid_request_error"
+            and isinstance(said, str)
+            and _NO_CREDIT.search(said)
+        ):
+            # a 400 whose type says "bad request" but whose cause is the account: no credit
+            hint = (
+                "The Anthropic account has no credit left: add credit in the Anthropic "
+                "console (Plans & Billing), or use another route."
+            )
+        elif err_type == "billing_error":
             hint = (
                 "The Anthropic account has a billing problem (no credit or no payment "
                 "method): fix it in the Anthropic console, or use another route."

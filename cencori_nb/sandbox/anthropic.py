@@ -48,10 +48,14 @@ SAMPLING_REMOVED_IN = "2026-10-21"  # first API version without temperature/top_
 _ERRORS: dict[str, tuple[int, str, str]] = {
     "missing_key": (401, "authentication_error", "x-api-key header is required"),
     "invalid_key": (401, "authentication_error", "invalid x-api-key"),
+    # an account without credit: a 400 invalid_request_error, as the API answers it
+    # (tests/corpus/anthropic/error_400_credit_balance_too_low.json), not the 402
+    # billing_error its docs list for payment problems
     "payment": (
-        402,
-        "billing_error",
-        "Your credit balance is too low to access the Anthropic API.",
+        400,
+        "invalid_request_error",
+        "Your credit balance is too low to access the Anthropic API. Please go to Plans & "
+        "Billing to upgrade or purchase credits.",
     ),
     "permission": (
         403,

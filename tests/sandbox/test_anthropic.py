@@ -225,3 +225,17 @@ def test_unknown_model_and_over_long_prompt(client):
     assert info.value.body["error"]["message"].startswith(
         "prompt is too long: 200001 tokens > 200000 maximum"
     )
+
+
+def test_an_account_without_credit_is_a_400_as_the_api_answers_it(client):
+    """The 402 fault (no credit): Anthropic answers a 400 invalid_request_error 'Your credit
+    balance is too low…' (tests/corpus/anthropic/error_400_credit_balance_too_low.json),
+    which the SDK raises as BadRequestError; not a 402 billing_error."""
+    with pytest.raises(anthropic.BadRequestError) as info:
+        create(client, extra_headers={"X-Sandbox-Fault": "402"})
+    assert info.value.status_code == 400
+    body = info.value.body
+    assert isinstance(body, dict) and body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["message"].startswith(
+        "Your credit balance is too low to access the Anthropic API."
+    )

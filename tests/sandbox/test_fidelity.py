@@ -157,6 +157,7 @@ KEYS = {
 #   balance: the gateway wallet before the request
 TRIGGERS: dict[str, dict[str, Any]] = {
     "anthropic/error_400_invalid_request.json": {"prompt": LONGER_PROMPT},
+    "anthropic/error_400_credit_balance_too_low.json": {"fault": "402"},
     "anthropic/error_401_invalid_x_api_key.json": {"key": "revoked"},
     "anthropic/error_404_model_not_found.json": {},  # its model id has a trailing space
     "anthropic/error_429_spend_limit_should_retry_false.json": {"fault": "402"},
@@ -272,8 +273,9 @@ _WHY_REQUEST_ID = (
 )
 _WHY_SPEND_LIMIT = (
     "the recording is a workspace spend limit (429 billing_error with "
-    "x-should-retry: false); the sandbox's 402 fault is Anthropic's documented "
-    "402 billing_error for an account without credit"
+    "x-should-retry: false); the sandbox's 402 fault is an account without credit, "
+    "which Anthropic answers with a 400 invalid_request_error "
+    "(error_400_credit_balance_too_low)"
 )
 _WHY_GEO = (
     "usage.inference_geo is in the newest recording (Sonnet 4.5) only; the sandbox "
@@ -400,8 +402,17 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
     ("anthropic/error_404_model_not_found.json", "body.request_id: extra"): _WHY_REQUEST_ID,
     (
         "anthropic/error_429_spend_limit_should_retry_false.json",
-        "status: 429 vs 402",
+        "status: 429 vs 400",
     ): _WHY_SPEND_LIMIT,
+    (
+        "anthropic/error_429_spend_limit_should_retry_false.json",
+        "body.error.type: 'billing_error' vs 'invalid_request_error'",
+    ): _WHY_SPEND_LIMIT,
+    ("anthropic/error_400_credit_balance_too_low.json", "body.request_id: extra"): (
+        "the published body has no request_id (the SDK printed the body without it), other "
+        "public quotes of the same 400 carry one ('req_011CZuavCSeNQTJad3jfHbUj'); the "
+        "sandbox always sends it"
+    ),
     (
         "anthropic/error_429_spend_limit_should_retry_false.json",
         "header x-should-retry: missing",
