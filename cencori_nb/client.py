@@ -671,7 +671,10 @@ def _finish(
 # --------------------------------------------------------------------------- schema=
 
 
-_CUT = frozenset({"length", "max_tokens", "MAX_TOKENS"})
+_CUT = frozenset({"length", "max_tokens", "MAX_TOKENS", "model_context_window_exceeded"})
+# Anthropic's stop when the conversation filled the model's context window (the SDK's
+# StopReason): a retry, longer by the cut answer and the fix, would be cut again (and paid).
+_CONTEXT_CUT = "model_context_window_exceeded"
 
 
 def _read_structured(request: ChatRequest, completion: Completion, refusal: str | None) -> None:
@@ -698,7 +701,12 @@ def _read_structured(request: ChatRequest, completion: Completion, refusal: str 
         err.completion = completion
         err.provider = completion.provider
         err.request_id = completion.request_id
-        if completion.finish_reason in _CUT:
+        if completion.finish_reason == _CONTEXT_CUT:
+            err.hint = (
+                "The answer was cut where the model's context window ends: shorten the "
+                "prompt or use a model with a longer context."
+            )
+        elif completion.finish_reason in _CUT:
             err.hint = (
                 f"The answer was cut at max_tokens ({request.max_tokens or 'the default'}): "
                 "raise max_tokens."

@@ -396,3 +396,33 @@ def test_gemini_safety_stop_is_a_refusal() -> None:
         httpx2.Response(200, json=reply, request=httpx2.Request("POST", BASE))
     )
     assert result.refusal == "stopped by Google's filter (SAFETY)"
+
+
+@pytest.mark.parametrize(
+    ("finish", "hint"),
+    [
+        ("model_context_window_exceeded", "context window"),
+        ("max_tokens", "raise max_tokens"),
+        ("length", "raise max_tokens"),
+        ("MAX_TOKENS", "raise max_tokens"),
+    ],
+)
+def test_a_cut_answer_is_not_retried_and_says_which_limit(finish: str, hint: str) -> None:
+    """A schema= answer cut by a limit is not sent again: Anthropic's
+    stop_reason model_context_window_exceeded (the SDK's StopReason) too, where a retry,
+    longer by the cut answer and the fix, would be cut again and paid; the hint names the
+    limit that cut it."""
+    import dataclasses
+
+    from cencori_nb import errors
+    from cencori_nb.client import _read_structured, _retry_request
+    from cencori_nb.types import Completion
+
+    request = dataclasses.replace(ChatRequest.from_prompt("Where?"), schema=as_schema(Location))
+    cut = Completion(
+        text='{"city": "S', model="m", provider="anthropic", route="byok", finish_reason=finish
+    )
+    with pytest.raises(errors.SchemaMismatchError) as info:
+        _read_structured(request, cut, None)
+    assert hint in (info.value.hint or "")
+    assert _retry_request(request, info.value) is None
