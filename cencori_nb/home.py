@@ -90,7 +90,14 @@ def ensure_home() -> Path:
 
 def verify_home(path: Path | None = None) -> None:
     """Raise :class:`~cencori_nb.errors.UnsafeHomeError` unless the home is a real directory
-    (not a symlink) owned by this user with no symlink anywhere inside it.
+    (not a symlink) owned by this user with no symlink anywhere inside it and nothing inside
+    it owned by another user (in a home that was group- or world-writable, someone else's
+    key file or store would have us seal keys under a KEK they hold).
+
+    The home and everything in it that others may read or write is made private (0700 /
+    0600) with a warning naming it: a synced folder, a copy restored from a backup or an
+    ``unzip`` under umask 022 leaves the key file (the KEK) and the store readable by the
+    group, which is all it takes to decrypt every stored key.
 
     Symlinks in the *parent* directories are fine (``/tmp`` is one on some systems); only the
     home itself and what it contains are checked, without following links.
@@ -128,16 +135,57 @@ def verify_home(path: Path | None = None) -> None:
             hint=hint,
             path=str(path),
         )
+    loose: list[tuple[str, int, int]] = []  # (path, its mode, the private mode) for POSIX
+    if os.name == "posix" and st.st_mode & 0o077:
+        loose.append((str(path), st.st_mode, DIR_MODE))
     for root, dirs, files in os.walk(path):
         for name in (*dirs, *files):
             entry = os.path.join(root, name)
-            if os.path.islink(entry):
+            try:
+                est = os.lstat(entry)
+            except FileNotFoundError:  # removed meanwhile (a temp file, a lock)
+                continue
+            if stat.S_ISLNK(est.st_mode):
                 raise UnsafeHomeError(
                     f"{entry} is a symlink (to {os.readlink(entry)}) inside the cencori-nb "
                     "home; it would send keys, the ledger or the cache elsewhere.",
                     hint=f"Remove it (rm {entry}); cencori-nb recreates what it needs.",
                     path=entry,
                 )
+            if os.name != "posix":
+                continue
+            if est.st_uid != os.geteuid():
+                raise UnsafeHomeError(
+                    f"{entry} inside the cencori-nb home belongs to another user (uid "
+                    f"{est.st_uid}); it may have been planted to read or swap your keys.",
+                    hint=f"Check it, remove it (rm -r {entry}) and rotate the keys stored in "
+                    "this home if you do not know where it came from.",
+                    path=entry,
+                )
+            if est.st_mode & 0o077:
+                private = DIR_MODE if stat.S_ISDIR(est.st_mode) else FILE_MODE
+                loose.append((entry, est.st_mode, private))
+    if loose:
+        _make_private(loose)
+
+
+def _make_private(loose: list[tuple[str, int, int]]) -> None:
+    """chmod each entry to its private mode and warn once, naming them (a reader may want
+    to rotate keys that were readable by others)."""
+    import logging
+
+    for entry, _mode, private in loose:
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(entry, private, follow_symlinks=False)
+    shown = ", ".join(f"{entry} ({oct(stat.S_IMODE(mode))})" for entry, mode, _ in loose[:5])
+    more = f" and {len(loose) - 5} more" if len(loose) > 5 else ""
+    logging.getLogger("cencori_nb.home").warning(
+        "cencori_nb: made private (0600 files, 0700 folders) what others could read or write "
+        "in the cencori-nb home: %s%s. If anyone else could read the key file or the key "
+        "store, rotate the keys stored there.",
+        shown,
+        more,
+    )
 
 
 def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_APPEND) -> int:
