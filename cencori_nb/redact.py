@@ -19,7 +19,11 @@ and every match becomes the one :data:`MARKER`:
   LaTeX-escaped (``csk\\_live…``), percent-encoded (``%5F``), JSON-escaped (``\\u005f``) or as
   HTML character references.
 
-Exact stored values (which need not be key-shaped) are removed first by every policy. They
+Exact stored values (which need not be key-shaped) are removed first by every policy.
+Every policy, and :func:`remove_stored_keys` for replies, also finds a key split by
+characters a reader does not see (zero-width and bidi characters, soft hyphens, terminal
+escape sequences): the text is searched with them folded away, and only what that reveals
+is replaced. They
 come from the secrets registry: the key store calls :func:`register_secrets` whenever it
 opens or writes a store, the router registers every credential it hands out, and callers may
 pass more for one call. Nothing here imports the key store.
@@ -363,6 +367,36 @@ _ESCAPES = _lazy(
     r"|\\(?P<tex>[_\-#$%&{}])"  # LaTeX: csk\_live
 )
 _LINE_BREAKS = _lazy(r"\r?\n|\r")
+# What a reader does not see between two characters: format characters (zero-width space
+# and joiners, soft hyphen, word joiner, BOM, bidi controls), variation selectors, C0
+# controls other than tab and line breaks, and terminal escape sequences (CSI colours, OSC
+# titles and links). A reply that slips them into a key shows the key all the same, in a
+# notebook or a terminal; every policy and the reply scrub also look at the text with them
+# folded away (only where folding reveals a key is anything replaced: an emoji's joiner or
+# a colour elsewhere stays).
+_HIDDEN_CHARS = (
+    "\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5"
+    "\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0"
+)
+_HIDDEN = _lazy(
+    "(?:\x1b\\[[0-?]*[ -/]*[@-~]"  # CSI: colours, cursor moves
+    "|\x1b\\][^\x07\x1b]*(?:\x07|\x1b\\\\)"  # OSC: titles, hyperlinks
+    f"|[{_HIDDEN_CHARS}])+"
+)
+_ANY_HIDDEN = _lazy(f"[{_HIDDEN_CHARS}]")
+_PARTIAL_ESCAPE = _lazy("\x1b(?:\\[[0-?]*[ -/]*|\\][^\x07\x1b]*\x1b?)?\\Z")
+
+
+def _drop(m: re.Match[str]) -> str:
+    return ""
+
+
+def _hidden_spans(text: str, finders: Iterable[re.Pattern[str]]) -> list[tuple[int, int]]:
+    """Spans of ``text`` that match one of ``finders`` once hidden characters are folded
+    away (none when ``text`` has no hidden character: one C-level scan)."""
+    if _ANY_HIDDEN.search(text) is None:
+        return []
+    return _spans_in_view(text, _HIDDEN, _drop, finders)
 
 
 def _unescape_one(m: re.Match[str]) -> str:
@@ -604,6 +638,11 @@ class Policy:
                 if new != text:
                     count += 1
                     text = new
+        if not binary:
+            spans = _hidden_spans(text, (*((exact_re,) if exact_re else ()), *self.shapes))
+            if spans:
+                text, n = _replace_spans(text, spans)
+                count += n
         if self.encoded:
             text, n = self._views(text, exact_re, binary)
             count += n
@@ -745,11 +784,14 @@ def looks_like_secret(text: str) -> bool:
 def holds_secret(text: str, secrets: Iterable[Any] = ()) -> bool:
     """True if ``text`` holds a registered credential or one of ``secrets`` verbatim."""
     regex = _exact_regex(_registered | frozenset(map(_reveal, secrets)), False, MIN_REGISTERED)
-    return regex is not None and regex.search(text) is not None
+    return regex is not None and (
+        regex.search(text) is not None or bool(_hidden_spans(text, (regex,)))
+    )
 
 
 def remove_stored_keys(text: str) -> str:
-    """``text`` with every registered credential (verbatim) replaced by :data:`MARKER`.
+    """``text`` with every registered credential replaced by :data:`MARKER`: verbatim, or
+    split by hidden characters (which would show it all the same).
 
     For a provider's reply: a hostile or compromised endpoint (a loopback proxy, a custom
     ``base_url``) can echo the key it received. The reply is kept byte for byte otherwise
@@ -758,7 +800,14 @@ def remove_stored_keys(text: str) -> str:
     or a display.
     """
     regex = _exact_regex(_registered, False, MIN_REGISTERED)
-    return text if regex is None else regex.sub(MARKER, text)
+    return text if regex is None else _remove_exact(text, regex)
+
+
+def _remove_exact(text: str, regex: re.Pattern[str]) -> str:
+    """``regex``'s matches replaced by the marker, also where hidden characters split one."""
+    text = regex.sub(MARKER, text)
+    spans = _hidden_spans(text, (regex,))
+    return _replace_spans(text, spans)[0] if spans else text
 
 
 @functools.lru_cache(maxsize=8)
@@ -809,12 +858,26 @@ class StreamRedactor:
             self._held = ""
             return text
         regex, longest = tails
-        found = regex.search(text, max(0, len(text) - longest))
-        if found is None:
+        if _ANY_HIDDEN.search(text) is None:
+            found = regex.search(text, max(0, len(text) - longest))
+            cut = None if found is None else found.start()
+        else:  # a key split by hidden characters: look at the text without them
+            if exact is not None:
+                text = _remove_exact(text, exact)
+            # an escape sequence cut by the delta's end is held back whole: its rest may
+            # arrive next, and only then does it fold away
+            pending = _PARTIAL_ESCAPE.search(text)
+            end = len(text) if pending is None else pending.start()
+            view, starts, _ends = _view(text[:end], _HIDDEN, _drop)
+            found = regex.search(view, max(0, len(view) - longest))
+            if found is not None:
+                cut = starts[found.start()]
+            else:
+                cut = None if pending is None else end
+        if cut is None:
             self._held = ""
             return text
         # the leftmost match: the longest tail that could start a key is held back
-        cut = found.start()
         self._held = text[cut:]
         return text[:cut]
 

@@ -318,6 +318,36 @@ def test_notebook_attack_leaves_no_form_of_the_key_on_disk(cm: Any, attack: str)
     assert MARKER.encode() in on_disk or b'"id"' in on_disk
 
 
+@pytest.mark.parametrize(
+    "hider",
+    ["\u200b", "\u00ad", "\ufeff", "\u2060", "\x1b[31m", "\x1b]8;;https://e.example\x1b\\"],
+    ids=["zero-width space", "soft hyphen", "BOM", "word joiner", "ANSI colour", "OSC 8 link"],
+)
+def test_a_key_split_by_invisible_characters_is_not_saved(cm: Any, hider: str) -> None:
+    """Both keys (stored, and key-shaped) with an invisible character or a terminal escape
+    every few characters, in a stream, an HTML output and the source: rendered, each reads
+    as the key. On disk, with those characters taken out (raw or JSON-escaped), no form of
+    either key is left."""
+
+    def hide(key: str) -> str:
+        return hider.join(key[i : i + 4] for i in range(0, len(key), 4))
+
+    nb = _nb(
+        _code(
+            source=f"token = '{hide(STORED)}'",
+            outputs=[
+                _stream(f"echo: {hide(SHAPED)} done\n"),
+                _display({"text/html": f"<b>{hide(STORED)}</b>", "text/plain": hide(SHAPED)}),
+            ],
+        )
+    )
+    on_disk = _save_nb(cm, "hidden.ipynb", nb).decode()
+    for form in sorted({hider, json.dumps(hider)[1:-1]}, key=len, reverse=True):
+        on_disk = on_disk.replace(form, "")
+    assert _leaks(on_disk) == []
+    assert on_disk.count(MARKER) == 4
+
+
 def test_two_keys_becoming_the_marker_keep_both_values(cm: Any) -> None:
     """Renamed keys never collide: no value is silently dropped."""
     saved = json.loads(_save_nb(cm, "a.ipynb", _nb(custom={STORED: 1, SHAPED: 2, "z": 3})))

@@ -51,10 +51,13 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
 
     echo = "{k}"
     status = 200
+    hide = ""  # slipped between every three characters of the key (invisible characters)
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
         key = self.headers.get("authorization", "").removeprefix("Bearer ")
+        if self.hide:
+            key = self.hide.join(key[i : i + 3] for i in range(0, len(key), 3))
         reply = self.echo.format(k=key)
         if self.status != 200:
             self._send(
@@ -377,6 +380,81 @@ def test_stream_redactor_any_split(canary: str) -> None:
     assert canary not in expected and canary[:-1] in expected
     for i in range(len(whole) + 1):
         for j in range(i, len(whole) + 1, 7):
+            r = redact.StreamRedactor()
+            shown = r.feed(whole[:i]) + r.feed(whole[i:j]) + r.feed(whole[j:]) + r.close()
+            assert shown == expected, (i, j)
+
+
+# What a reader does not see, slipped into an echoed key: the key still shows (a notebook
+# renders none of these; a terminal draws colours and links, not the escapes).
+HIDERS = {
+    "zero-width space": "\u200b",
+    "zero-width joiner": "\u200d",
+    "soft hyphen": "\u00ad",
+    "word joiner": "\u2060",
+    "BOM": "\ufeff",
+    "bidi override and pop": "\u202e\u202c",
+    "ANSI reset": "\x1b[0m",
+    "ANSI colour": "\x1b[1;31m",
+    "OSC 8 link": "\x1b]8;;https://e.example\x07",
+    "NUL": "\x00",
+}
+
+
+def _folded(data: str | bytes, hider: str) -> str:
+    """``data`` as a reader sees it: the hider gone, also JSON- or repr-escaped."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    escaped = {json.dumps(hider)[1:-1], repr(hider)[1:-1], hider}
+    for form in sorted(escaped, key=len, reverse=True):
+        text = text.replace(form, "")
+    return text
+
+
+@pytest.mark.parametrize("hider", list(HIDERS.values()), ids=list(HIDERS))
+def test_a_reply_hiding_the_echoed_key_behind_invisible_characters(
+    hostile: type[_Hostile], hider: str, canary: str, private_home: Path, ipython: Any
+) -> None:
+    """chat, stream (joined deltas and .text), the response cache and the magic's output:
+    the marker where the disguised key was, the rest of the reply unchanged (before: the
+    key, readable, everywhere, since only its exact spelling was looked for)."""
+    from IPython.utils.capture import capture_output
+
+    hostile.echo, hostile.hide = ECHOES["in a sentence"], hider
+    expected = ECHOES["in a sentence"].format(k=MARKER)
+    audit = Audit({"openai canary": canary})
+    plain = cencori_nb.chat("tell me a secret", model="gpt-4o-mini")
+    with cencori_nb.stream("tell me a secret", model="gpt-4o-mini", cache=False) as chunks:
+        deltas = list(chunks)
+    assert plain.text == expected
+    assert "".join(deltas) == expected and chunks.text == expected
+    assert cencori_nb.chat("tell me a secret", model="gpt-4o-mini").cached
+    with capture_output() as cap:
+        ipython.run_cell_magic("cencori", "-m gpt-4o-mini --no-cache", "tell me a secret")
+    shown = repr([o.data for o in cap.outputs]) + cap.stdout + cap.stderr
+    assert MARKER in shown
+    for where, data in (
+        ("chat", repr(plain)),
+        ("deltas", repr(deltas)),
+        ("magic", shown),
+        *((f"file {p.name}", p.read_bytes()) for p in private_home.rglob("*") if p.is_file()),
+    ):
+        audit.add(where, _folded(data, hider))
+    audit.assert_clean()
+
+
+@pytest.mark.parametrize("hider", ["\u200b", "\x1b[0m"], ids=["zero-width", "ANSI"])
+def test_stream_redactor_any_split_with_hidden_characters(canary: str, hider: str) -> None:
+    """A key disguised by hidden characters, cut anywhere into three pieces: what is shown
+    is the whole reply with the key replaced, never a piece of it released early."""
+    from cencori_nb import redact
+
+    redact.register_secret(canary)
+    disguised = hider.join(canary[i : i + 3] for i in range(0, len(canary), 3))
+    whole = f"a {disguised}\u200db {canary} c"
+    expected = redact.remove_stored_keys(whole)
+    assert expected == f"a {MARKER}\u200db {MARKER} c"
+    for i in range(len(whole) + 1):
+        for j in range(i, len(whole) + 1, 5):
             r = redact.StreamRedactor()
             shown = r.feed(whole[:i]) + r.feed(whole[i:j]) + r.feed(whole[j:]) + r.close()
             assert shown == expected, (i, j)
