@@ -60,10 +60,12 @@ __all__ = [
     "direct_to",
     "Destination",
     "Endpoint",
+    "KeyInURLError",
     "UnsafeURLError",
     "destination",
     "is_demo_key",
     "parse_url",
+    "refuse_key_in_url",
     "sandbox_credential",
     "sandbox_endpoint",
 ]
@@ -117,6 +119,31 @@ class UnsafeURLError(ConfigurationError):
     """A URL a key must not be sent to (or one too ambiguous to judge)."""
 
     code = "unsafe_url"
+
+
+class KeyInURLError(UnsafeURLError):
+    """A URL (or host) that holds an API key: stored, key-shaped, or percent-encoded."""
+
+    code = "key_in_url"
+
+
+def refuse_key_in_url(raw: str, what: str = "base URL") -> None:
+    """Raise :class:`KeyInURLError` if ``raw`` holds a stored key or a key shape, as is or
+    percent-decoded. A key in a URL's path or host would be written to ``config.json``,
+    shown by ``%cencori route`` and in every message that names the URL, and sent in the
+    request line to whoever serves it; the message never repeats the URL."""
+    from urllib.parse import unquote
+
+    from .redact import NOTEBOOK_KEY_SHAPES, holds_secret
+
+    for text in {raw, unquote(raw)}:
+        if holds_secret(text) or NOTEBOOK_KEY_SHAPES.search(text):
+            raise KeyInURLError(
+                f"Refused the {what}: it holds an API key (not repeated here); nothing was "
+                "sent or saved.",
+                hint="Keys belong in the key store (cencori_nb.keys.set, `%cencori setup`); "
+                "give the URL without the key.",
+            )
 
 
 # --------------------------------------------------------------------------- demo keys
@@ -194,6 +221,7 @@ def parse_url(raw: str, *, what: str = "base URL") -> Endpoint:
     """Parse ``raw`` strictly (see the module docstring) or raise :class:`UnsafeURLError`."""
     if not isinstance(raw, str) or not raw:
         raise UnsafeURLError(f"The {what} is empty.", hint="Give an http(s):// URL.")
+    refuse_key_in_url(raw, what)
     if any(
         ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp") for ch in raw
     ):

@@ -313,11 +313,28 @@ def refuse_key_as_project(name: object) -> None:
 def update_settings(**changes: Any) -> Settings:
     """Change top-level settings in the file and return the new settings."""
     refuse_key_as_project(changes.get("project"))
+    _refuse_keys_in_urls(changes)
     current = _load_file()
     new = replace(current, **changes)
     _decode(json.loads(_encode(new)))  # validate before writing
     save_settings(new)
     return load_settings()
+
+
+def _refuse_keys_in_urls(changes: dict[str, Any]) -> None:
+    """A base URL, sandbox URL or trusted host holding a key is refused before it is written
+    (:func:`cencori_nb.egress.refuse_key_in_url`); other URL problems are judged at use."""
+    from .egress import refuse_key_in_url
+
+    if isinstance(changes.get("sandbox_url"), str):
+        refuse_key_in_url(changes["sandbox_url"], "sandbox URL")
+    for url in (changes.get("base_urls") or {}).values():
+        if isinstance(url, str):
+            refuse_key_in_url(url, "base URL")
+    for hosts in (changes.get("trusted_hosts") or {}).values():
+        for host in hosts if isinstance(hosts, list | tuple) else ():
+            if isinstance(host, str):
+                refuse_key_in_url(host, "trusted host")
 
 
 def update_project(project: str | None = None, **changes: Any) -> ProjectSettings:
@@ -334,12 +351,14 @@ def trust_host(provider: str, host: str) -> Settings:
     """Allow ``host`` to receive ``provider``'s stored key through ``base_urls`` (an explicit
     opt-in, e.g. for your own proxy; loopback hosts need none)."""
     from .catalog import provider_info
-    from .egress import UnsafeURLError, parse_url
+    from .egress import KeyInURLError, UnsafeURLError, parse_url
 
     if provider != "cencori":
         provider_info(provider)
     try:
         name = parse_url(f"https://{host.strip()}", what="host").host
+    except KeyInURLError:
+        raise
     except UnsafeURLError:
         raise ConfigurationError(
             f"{host!r} is not a host name.", hint="Give just the host, e.g. 'proxy.example.com'."

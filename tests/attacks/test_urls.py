@@ -427,3 +427,95 @@ def test_cencori_test_key_keeps_test_mode_through_its_demo_key(
     assert c.test_mode and c.credits_charged_usd == 0
     assert srv.keys_received() == ["csk_test_sandbox_demo"]
     assert test_key not in json.dumps([h for _t, h, _b in srv.received])
+
+
+# ============================================================ keys inside URLs
+
+_SHAPED = "sk-proj-" + "unstoredShape7Qm3Zr8Tx1Lp6"  # key-shaped, not stored
+
+
+def _url_with_key(template: str, srv: RecordingSandbox) -> str:
+    from urllib.parse import quote
+
+    return template.format(
+        p=_port(srv),
+        k=CANARIES["openai"],
+        s=_SHAPED,
+        q=quote(CANARIES["openai"], safe=""),
+        h="".join(f"%{b:02X}" for b in CANARIES["openai"].encode()),
+    )
+
+
+KEYED_URLS = {
+    "stored key in the path": "http://127.0.0.1:{p}/openai/v1/{k}",
+    "stored key as a path segment before v1": "https://gw.example/{k}/v1",
+    "key-shaped path": "https://gw.example/v1/{s}",
+    "percent-encoded stored key": "http://127.0.0.1:{p}/{q}/openai/v1",
+    "every byte percent-encoded": "http://127.0.0.1:{p}/{h}/openai/v1",
+}
+
+
+@pytest.mark.parametrize("template", list(KEYED_URLS.values()), ids=list(KEYED_URLS))
+@pytest.mark.parametrize("where", ["base_urls", "sandbox_url", "environment"])
+def test_a_url_holding_a_key_is_refused_and_never_written(
+    srv: RecordingSandbox,
+    stored: None,
+    private_home: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    template: str,
+    where: str,
+) -> None:
+    """Before: accepted, written to config.json in clear, shown by %cencori route and
+    sent in the request line. Now one KeyInURLError that does not repeat the URL, nothing
+    on disk outside the store, nothing sent."""
+    from cencori_nb.egress import KeyInURLError
+
+    url = _url_with_key(template, srv)
+    with pytest.raises(KeyInURLError) as info:
+        if where == "base_urls":
+            settings.update_settings(base_urls={"openai": url})
+        elif where == "sandbox_url":
+            settings.update_settings(sandbox_url=url)
+        else:  # set where no write check runs: refused when used
+            monkeypatch.setenv("CENCORI_NB_SANDBOX", url)
+            cencori_nb.chat("hello", model="gpt-4o-mini")
+    shown = f"{info.value} {info.value.hint} {info.value!r}"
+    assert CANARIES["openai"] not in shown and _SHAPED not in shown
+    assert url not in shown and "%73%6B" not in shown.upper()  # "sk" percent-encoded
+    for path in private_home.rglob("*"):
+        if path.is_file() and not path.name.startswith("keystore"):
+            data = path.read_bytes()
+            assert CANARIES["openai"].encode() not in data and _SHAPED.encode() not in data
+    assert srv.received == []
+
+
+@pytest.mark.parametrize("host", ["{k}.example.com", "{s}.gw.example"])
+def test_trust_host_holding_a_key_is_refused_without_repeating_it(
+    srv: RecordingSandbox, stored: None, private_home: Any, host: str
+) -> None:
+    from cencori_nb.egress import KeyInURLError
+
+    host = _url_with_key(host, srv).lower()
+    with pytest.raises(KeyInURLError) as info:
+        settings.trust_host("openai", host)
+    assert host not in str(info.value)
+    assert (
+        not (private_home / "config.json").exists()
+        or host.encode() not in (private_home / "config.json").read_bytes()
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # Cloudflare AI Gateway: an account id (32 hex) and a gateway name in the path
+        "https://gateway.ai.cloudflare.com/v1/0123456789abcdef0123456789abcdef/my-gw/openai",
+        "https://gw.example/xai-compat/v1",
+        "https://gw.example/task-runner/sk-proxy/v1",
+    ],
+)
+def test_ordinary_urls_with_ids_in_the_path_are_not_mistaken_for_keys(
+    stored: None, url: str
+) -> None:
+    settings.update_settings(base_urls={"openai": url})
+    assert parse_url(url).url == url
