@@ -133,7 +133,8 @@ class Scrubber:
         JupyterLab merges them before saving, but other clients may not; a key split over
         two outputs would then slip past a per-string scan. Untouched when nothing spans.
         """
-        for cell in nb.get("cells") or ():
+        cells = nb.get("cells")
+        for cell in cells if isinstance(cells, list) else ():
             outputs = cell.get("outputs") if isinstance(cell, dict) else None
             if not isinstance(outputs, list):
                 continue
@@ -266,7 +267,7 @@ def scrub_notebook(nb: dict[str, Any], exact: Iterable[str] = ()) -> int:
     ids = [c.get("id") if isinstance(c, dict) else None for c in cells]
     s.tree(nb)
     if s.count:
-        taken = {c.get("id") for c in cells if isinstance(c, dict)}
+        taken = {c.get("id") for c in cells if isinstance(c, dict) and isinstance(c.get("id"), str)}
         for cell, before in zip(cells, ids, strict=False):
             if isinstance(cell, dict) and isinstance(cell.get("id"), str) and cell["id"] != before:
                 new = uuid.uuid4().hex[:8]
@@ -470,10 +471,42 @@ def pre_save_hook(
                 path or "notebook",
                 MARKER,
             )
-    except Exception:  # noqa: BLE001 - a save must never fail because of the scrubber
+    except Exception:  # noqa: BLE001 - a bug (or a malformed model) here: fall back
         logger.error(
-            "cencori_nb: secret scrubber failed on %s; saving unchanged", path, exc_info=True
+            "cencori_nb: secret scrubber failed on %s; scrubbing its JSON text instead",
+            path,
+            exc_info=True,
         )
+        _scrub_serialised(model, path, logger)
+
+
+def _scrub_serialised(model: dict[str, Any], path: str, logger: logging.Logger) -> None:
+    """The fallback when the structured scrub failed: the model's content as JSON text
+    through the notebook policy, parsed back. Saving unchanged would write every key the
+    notebook holds; if this fails too (the replacement broke the JSON), the save is refused
+    (HTTP 500: nothing is written, the notebook stays open in the browser)."""
+    try:
+        content = model.get("content")
+        if isinstance(content, str):
+            text, removed = Scrubber(tuple(_secrets_for_save(logger))).text(content), 0
+            if text != content:
+                model["content"], removed = text, 1
+        else:
+            raw = json.dumps(content, ensure_ascii=False)
+            new, removed = NOTEBOOK.subn(raw, _secrets_for_save(logger))
+            if removed:
+                model["content"] = json.loads(new)
+        if removed:
+            logger.warning("cencori_nb: removed secrets from %s before saving", path)
+    except Exception:  # noqa: BLE001 - refused below, the reason is logged
+        logger.error("cencori_nb: could not scrub %s; refusing the save", path, exc_info=True)
+        from tornado.web import HTTPError
+
+        raise HTTPError(
+            500,
+            "cencori_nb refused to save: its secret scrubber could not check this file "
+            "(see the server log). Nothing was written.",
+        ) from None
 
 
 def _refuse_key_in_name(path: str) -> None:

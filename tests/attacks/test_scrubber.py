@@ -620,3 +620,47 @@ def test_chunks_sent_after_a_refused_first_chunk_leave_no_file(cm: Any) -> None:
     for number in (2, -1):
         cm.save({"type": "file", "format": "text", "chunk": number, "content": "b"}, name)
     assert not any(SHAPED in p.name for p in cm.root.rglob("*"))
+
+
+# --------------------------------------------------------------------------- fail closed
+
+
+def test_a_scrubber_failure_falls_back_to_the_json_text(
+    cm: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any bug in the structured scrub (injected here): the notebook is scrubbed as JSON
+    text instead; it used to be saved unchanged."""
+    from cencori_nb.jupyter import scrubber
+
+    def broken(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("a bug in the scrubber")
+
+    monkeypatch.setattr(scrubber, "scrub_notebook", broken)
+    nb = _nb(_code(outputs=[_stream(f"key {STORED}\n")]), _md(f"and {SHAPED}"))
+    with caplog.at_level(logging.WARNING):
+        data = _save_nb(cm, "fallback.ipynb", nb)
+    assert_nothing_leaked(data, notebook=True)
+    assert data.count(MARKER.encode()) == 2
+    assert "scrubbing its JSON text instead" in caplog.text
+
+
+def test_when_the_fallback_fails_too_the_save_is_refused(
+    cm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tornado.web import HTTPError
+
+    from cencori_nb.jupyter import scrubber
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the scrubber")
+
+    class BrokenPolicy:
+        subn = exact_regex = broken
+
+    monkeypatch.setattr(scrubber, "scrub_notebook", broken)
+    monkeypatch.setattr(scrubber, "NOTEBOOK", BrokenPolicy())
+    nb = _nb(_code(outputs=[_stream(f"key {STORED}\n")]))
+    with pytest.raises(HTTPError) as info:
+        cm.save({"type": "notebook", "format": "json", "content": nb}, "refused.ipynb")
+    assert info.value.status_code == 500 and STORED not in str(info.value)
+    assert not (cm.root / "refused.ipynb").exists()

@@ -297,8 +297,10 @@ def test_pre_save_hook_scrubs_text_files_and_leaves_binary_ones(canary: str) -> 
     assert model["content"] == blob
 
 
-def test_pre_save_hook_never_raises(caplog: pytest.LogCaptureFixture) -> None:
-    """A broken model is logged and left alone: the save must go on."""
+def test_pre_save_hook_refuses_a_model_it_cannot_read(caplog: pytest.LogCaptureFixture) -> None:
+    """A model neither the scrubber nor its JSON-text fallback can read is refused (HTTP
+    500), with both failures logged. (It used to be saved unchanged: every key in it.)"""
+    from tornado.web import HTTPError
 
     class Exploding(dict):
         def items(self):  # type: ignore[override]
@@ -306,8 +308,11 @@ def test_pre_save_hook_never_raises(caplog: pytest.LogCaptureFixture) -> None:
 
     model = {"type": "notebook", "content": Exploding(cells=[])}
     with caplog.at_level(logging.ERROR, logger="test.contents_manager"):
-        pre_save_hook(model=model, path="x.ipynb", contents_manager=_CM())
+        with pytest.raises(HTTPError) as info:
+            pre_save_hook(model=model, path="x.ipynb", contents_manager=_CM())
+    assert info.value.status_code == 500
     assert "scrubber failed on x.ipynb" in caplog.text
+    assert "refusing the save" in caplog.text
 
 
 def test_stored_keys_are_scrubbed_through_the_keystore(canary: str) -> None:
