@@ -33,7 +33,7 @@ from .retry import retry_after_from_response
 if TYPE_CHECKING:
     import httpx2
 
-__all__ = ["error_class", "error_for_status", "map_exception"]
+__all__ = ["error_class", "error_for_status", "map_exception", "redirect_error"]
 
 
 def _request_url(exc: BaseException) -> httpx2.URL | None:
@@ -390,6 +390,31 @@ def error_class(status: int | None, *codes: str | None) -> type[CencoriError]:
         if code and code in _BROAD_CODES:
             return _BROAD_CODES[code]
     return ProviderUnavailableError
+
+
+def redirect_error(response: httpx2.Response, *, provider: str | None = None) -> CencoriError:
+    """The error for a 3xx answer: redirects are never followed (the request carries the
+    key, and the address it points to was never checked by the egress rules), so the
+    message says where it pointed (scheme, host and port only) and how to go there."""
+    from ..egress import UnsafeURLError
+
+    status = response.status_code
+    url = response.request.url
+    where = f"{url.host}:{url.port}" if url.port else url.host
+    try:
+        to = url.join(response.headers.get("location", ""))
+        target = f"{to.scheme}://{to.host}{f':{to.port}' if to.port else ''}"
+    except Exception:  # noqa: BLE001 - a malformed Location: say less
+        target = "another address"
+    target = scrub(target)[:120]
+    err = UnsafeURLError(
+        f"{where} answered {status}, a redirect to {target}; it was not followed, because "
+        "your key would have gone along to an address the base URL rules never checked.",
+        hint="If that is where the API lives, make it the base URL "
+        "(cencori_nb.settings.update_settings(base_urls=...)); the usual rules then apply.",
+    )
+    err.should_retry = False
+    return err
 
 
 def error_for_status(response: httpx2.Response, *, provider: str | None = None) -> CencoriError:

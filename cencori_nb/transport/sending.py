@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import CencoriError
 from .clock import Clock, current_clock
-from .errors import error_for_status, httpx_errors, map_exception
+from .errors import error_for_status, httpx_errors, map_exception, redirect_error
 from .logs import _ensure_redaction
 from .pool import AsyncSender, Sender, get_async_sender, get_sender
 from .retry import DEFAULT_RETRIES, next_wait, should_retry_header
@@ -35,6 +35,8 @@ MapError = Callable[["httpx2.Response"], CencoriError]
 def _status_error(
     response: httpx2.Response, map_error: MapError | None, provider: str | None
 ) -> CencoriError:
+    if response.status_code < 400:  # a redirect: never followed (it would carry the key)
+        return redirect_error(response, provider=provider)
     err = (
         map_error(response)
         if map_error is not None
@@ -56,7 +58,8 @@ def send(
     provider: str | None = None,
     client: Sender | None = None,
 ) -> httpx2.Response:
-    """Send ``request`` on the shared sender with bounded retries; return a 2xx/3xx response.
+    """Send ``request`` on the shared sender with bounded retries; return a 2xx response (a
+    redirect is an error, never followed).
 
     ``stream=True`` returns the response unread (the caller iterates and closes it).
     ``map_error`` (an adapter's ``map_error``) turns an error response into our error; a
@@ -73,7 +76,7 @@ def send(
         response: httpx2.Response | None = None
         try:
             response = http.send(request, stream=stream)
-            if response.status_code < 400:
+            if response.status_code < 300:
                 return response
             if stream:
                 response.read()
@@ -120,7 +123,7 @@ async def asend(
         response: httpx2.Response | None = None
         try:
             response = await http.send(request, stream=stream)
-            if response.status_code < 400:
+            if response.status_code < 300:
                 return response
             if stream:
                 await response.aread()

@@ -24,6 +24,7 @@ import pytest
 
 import cencori_nb
 from cencori_nb import keys, settings
+from cencori_nb.egress import UnsafeURLError
 from cencori_nb.errors import CencoriError
 from cencori_nb.redact import MARKER
 from cencori_nb.transport.clock import set_clock
@@ -231,3 +232,61 @@ def test_the_request_a_retry_resends_keeps_its_key() -> None:
     assert request.headers["x-api-key"] == "sk-ant-k3y-abcdef"
     assert exc.request is not request and exc.request.headers["x-api-key"] == MARKER
     assert not any("k3y" in text for _path, text in reachable_texts(err))
+
+
+# ============================================================ redirects
+
+
+class _Redirecting(http.server.BaseHTTPRequestHandler):
+    """Answers every request with ``status`` and a Location on another address (holding
+    the key it received, in the path and the query)."""
+
+    status = 307
+    target = ""
+    hits: list[str]
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        key = self.headers.get("authorization", "").removeprefix("Bearer ")
+        self.hits.append(self.path)
+        self.send_response(self.status)
+        self.send_header("location", f"{self.target}/steal/{key}?key={key}")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("how", ["chat", "stream", "achat", "map"])
+def test_a_redirect_is_one_clear_error_and_never_followed(
+    proxy: tuple[str, list[Any]], no_sleep: None, status: int, how: str
+) -> None:
+    """A loopback base URL answering 3xx with a Location elsewhere (the recording server
+    stands for the other address): nothing reaches it, the request is not retried, and the
+    error says where it pointed without the path or query (which hold the key). Before: a
+    BadResponseError 'not valid JSON', retried, that said nothing of the redirect."""
+    target, seen = proxy
+    hits: list[str] = []
+    handler = type("Handler", (_Redirecting,), {"status": status, "target": target, "hits": hits})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        keys.set("openai", CANARIES["openai"])
+        settings.update_settings(base_urls={"openai": f"http://127.0.0.1:{server.server_port}/v1"})
+        if how == "map":
+            rows = cencori_nb.map(["one"], model="gpt-4o-mini", progress=False, cache=False)
+            message = str(rows["error"][0])
+        else:
+            with pytest.raises(UnsafeURLError) as info:
+                _send(how, "gpt-4o-mini")
+            message = f"{info.value} {info.value.hint}"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == []
+    assert len(hits) == 1  # not retried
+    assert f"answered {status}, a redirect to {target};" in message
+    assert CANARIES["openai"] not in message and "steal" not in message
