@@ -107,12 +107,19 @@ def direct_to(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
+        return _unmapped(ipaddress.ip_address(host)).is_loopback
     except ValueError:
         return False
+
+
+def _unmapped(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IPv4-mapped IPv6 address (``::ffff:127.0.0.1``) as the IPv4 address it names:
+    loopback and 'any address' are judged on that."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
+        return ip.ipv4_mapped
+    return ip
 
 
 class UnsafeURLError(ConfigurationError):
@@ -310,8 +317,7 @@ def parse_url(raw: str, *, what: str = "base URL") -> Endpoint:
             what, raw, "its IPv6 address is malformed", "Write it like http://[::1]:PORT."
         )
     if ip is not None:
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        ip = _unmapped(ip)
         if ip.is_unspecified:
             raise _refuse(
                 what,

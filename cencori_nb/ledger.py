@@ -873,7 +873,9 @@ class Ledger:
                     except BaseException:
                         _rollback(conn)
                         raise
-                self._resolve([item.params[1] for item in batch if item.params is not None])
+                self._resolve(
+                    [item.params[_CLIENT_ID] for item in batch if item.params is not None]
+                )
                 return
             except sqlite3.OperationalError as exc:
                 # another process held the write lock past the busy timeout: try again
@@ -952,14 +954,14 @@ class Ledger:
         journal = self._journal
         if item.params is None or journal is None or journal.pid != _pid or self._estimating:
             return
-        line = journal.noted(item.params[1])
+        line = journal.noted(item.params[_CLIENT_ID])
         if line is None:
             return
         try:
             client_id, estimate = _journal_item(json.loads(line))
         except (ValueError, TypeError, KeyError, IndexError, ArithmeticError):
             return
-        if client_id != item.params[1]:
+        if client_id != item.params[_CLIENT_ID]:
             return
         _log.error(
             "cencori_nb: the request's row is recorded as the estimate noted before it was sent"
@@ -1128,7 +1130,9 @@ class Ledger:
                 "cencori_nb: cannot write the ledger spill file %s: %s", self.spill_path, exc
             )
             return
-        self._resolve([item.params[1] for item in self._unspilled if item.params is not None])
+        self._resolve(
+            [item.params[_CLIENT_ID] for item in self._unspilled if item.params is not None]
+        )
         self._unspilled = []
 
     def _replay_spill(self) -> int:
@@ -1158,7 +1162,7 @@ class Ledger:
                     unreadable += 1  # a torn last line (a crash mid-append)
                     continue
                 assert item.params is not None
-                client_id = item.params[1]
+                client_id = item.params[_CLIENT_ID]
                 estimate = _spilled_estimate(data, client_id)
                 try:
                     _storable(item.params)  # else the replay fails at every start
@@ -1198,7 +1202,7 @@ class Ledger:
             try:
                 for item in items:
                     assert item.params is not None
-                    estimate = estimates.get(item.params[1])
+                    estimate = estimates.get(item.params[_CLIENT_ID])
                     written += self._insert_guarded(
                         conn, item, None if estimate is item else estimate
                     )
@@ -1556,7 +1560,7 @@ class _Item:
             "row": dict(zip(COLUMNS, self.params, strict=True)),
             "debit_pusd": self.debit_pusd,
         }
-        line = noted(self.params[1]) if noted is not None else None
+        line = noted(self.params[_CLIENT_ID]) if noted is not None else None
         if line is not None:
             data["estimate"] = json.loads(line)
         return data
