@@ -67,6 +67,7 @@ __all__ = [
     "PUSD",
     "Ledger",
     "LedgerRow",
+    "clean_text",
     "default_ledger",
     "from_pusd",
     "ledger_path",
@@ -88,6 +89,32 @@ BILLED_STATUSES = ("ok", "interrupted")
 BILLED_SQL = "status IN ('ok', 'interrupted')"
 _PICO = Decimal(1).scaleb(-12)
 DAY_MS = 86_400_000
+
+# What no ledger text may hold, on either backend: a lone surrogate (JSON carries one, a
+# hostile reply's id or model name can hold one; it is not UTF-8, so neither SQLite nor
+# PostgreSQL can store it) and a NUL (PostgreSQL text refuses it; SQLite keeps it, but C
+# string functions and exports stop at it).
+_UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` with every lone surrogate and NUL replaced by U+FFFD, the character a
+    decoder puts for what it cannot show: the one rule for text the ledger stores, on
+    SQLite and PostgreSQL alike, so a row holding such a text is recorded with its real
+    tokens, cost and debit (refused, it was recorded as its pre-send estimate) and reports
+    and exports can encode every row."""
+    if text.isascii():
+        return text.replace("\x00", "\ufffd") if "\x00" in text else text
+    return _UNSTORABLE_TEXT.sub("\ufffd", text)
+
+
+def clean_params(params: Sequence[Any]) -> tuple[Any, ...]:
+    """``params`` with :func:`clean_text` applied to every text (the same tuple when none
+    needs it: the check costs under a microsecond a row)."""
+    for value in params:
+        if value.__class__ is str and (not value.isascii() or "\x00" in value):
+            return tuple(clean_text(v) if v.__class__ is str else v for v in params)
+    return params if isinstance(params, tuple) else tuple(params)
 
 
 def to_pusd(amount: Decimal | int | str | None) -> int | None:
@@ -275,36 +302,40 @@ class LedgerRow:
     image_tokens: int = 0  # of input_tokens, the images' share
 
     def as_params(self) -> tuple[Any, ...]:
+        """The row's values in :data:`COLUMNS` order, as stored (texts cleaned by
+        :func:`clean_text`): what the INSERT, the in-flight journal and the spill file get."""
         credits = self.credits_charged_usd
-        return (
-            self.ts_ms or now_ms(),
-            self.client_id or new_client_id(),
-            self.request_id,
-            self.project,
-            self.provider,
-            self.model_requested,
-            self.model,
-            self.route,
-            self.credential_source,
-            self.status,
-            self.error_code,
-            int(self.input_tokens),
-            int(self.output_tokens),
-            int(self.cache_read_tokens),
-            int(self.cache_write_tokens),
-            int(self.thinking_tokens),
-            to_pusd(self.provider_cost_usd),
-            (to_pusd(credits) or 0) if credits else 0,  # 0 for most rows: no call
-            int(bool(self.estimated)),
-            self.price_version,
-            self.latency_ms,
-            self.ttft_ms,
-            to_pusd(self.cost_usd),
-            int(bool(self.test_mode)),
-            self.gateway_cache,
-            self.model_original,
-            self.member,
-            int(self.image_tokens),
+        return clean_params(
+            (
+                self.ts_ms or now_ms(),
+                self.client_id or new_client_id(),
+                self.request_id,
+                self.project,
+                self.provider,
+                self.model_requested,
+                self.model,
+                self.route,
+                self.credential_source,
+                self.status,
+                self.error_code,
+                int(self.input_tokens),
+                int(self.output_tokens),
+                int(self.cache_read_tokens),
+                int(self.cache_write_tokens),
+                int(self.thinking_tokens),
+                to_pusd(self.provider_cost_usd),
+                (to_pusd(credits) or 0) if credits else 0,  # 0 for most rows: no call
+                int(bool(self.estimated)),
+                self.price_version,
+                self.latency_ms,
+                self.ttft_ms,
+                to_pusd(self.cost_usd),
+                int(bool(self.test_mode)),
+                self.gateway_cache,
+                self.model_original,
+                self.member,
+                int(self.image_tokens),
+            )
         )
 
 
@@ -359,8 +390,9 @@ _current_member: Callable[[], str] | None = None  # settings.current_member, onc
 
 
 def _params_from(row: dict[str, Any]) -> tuple[Any, ...]:
-    """A stored row (spill file, journal) → INSERT parameters in COLUMNS order."""
-    return tuple(row[c] if c in row else _COLUMN_DEFAULTS[c] for c in COLUMNS)
+    """A stored row (spill file, journal) → INSERT parameters in COLUMNS order, its texts
+    cleaned (:func:`clean_text`: a line an older version wrote may hold a lone surrogate)."""
+    return clean_params([row[c] if c in row else _COLUMN_DEFAULTS[c] for c in COLUMNS])
 
 
 # ON CONFLICT DO NOTHING (not INSERT OR IGNORE, which would also drop rows failing a CHECK)
@@ -679,7 +711,7 @@ class Ledger:
 
     def record_many(self, rows: Sequence[LedgerRow] | Sequence[tuple[Any, ...]]) -> None:
         """Write many rows (LedgerRow or raw parameter tuples) in one transaction."""
-        params = [r.as_params() if isinstance(r, LedgerRow) else r for r in rows]
+        params = [r.as_params() if isinstance(r, LedgerRow) else clean_params(r) for r in rows]
         with self.transaction() as conn:
             conn.executemany(INSERT_SQL, params)
 
@@ -698,9 +730,11 @@ class Ledger:
             yield conn
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read after a flush; texts in ``params`` are cleaned as stored ones were
+        (:func:`clean_text`), so a lookup by a raw value finds its row."""
         self.flush()
         with self._lock, self._sqlite_errors(), self._connection() as conn:
-            return list(conn.execute(sql, params).fetchall())
+            return list(conn.execute(sql, clean_params(params)).fetchall())
 
     def rows(
         self,
@@ -1463,11 +1497,11 @@ def _storable(params: tuple[Any, ...]) -> tuple[Any, ...]:
     """``params`` if every value is of its column's type, else ValueError: a journal left
     in a synced home may hold anything, and a value the database cannot take (a list, an
     int past 64 bits, a word where PostgreSQL wants a number) would fail the whole
-    reclaim, so the ledger could not open again (a lone surrogate too: an endpoint's id
-    can hold one); a float as money would break every read of the rows. A NUL in a text
-    is storable: SQLite keeps it, PostgreSQL gets U+FFFD in its place
-    (``ledger_postgres._pg_params``). A row without a client id is damage too: rows and
-    debits are unique on it (a debit without one fails the replay at every start)."""
+    reclaim, so the ledger could not open again; a float as money would break every read
+    of the rows. A lone surrogate or NUL in a text is not damage: :func:`_params_from`
+    replaced it with U+FFFD already (:func:`clean_text`). A row without a client id is
+    damage too: rows and debits are unique on it (a debit without one fails the replay at
+    every start)."""
     client_id = params[_CLIENT_ID]
     if type(client_id) is not str or not client_id:
         raise ValueError("a line without a client id")
@@ -1480,19 +1514,10 @@ def _storable(params: tuple[Any, ...]) -> tuple[Any, ...]:
         elif index in _REAL:
             ok = math.isfinite(value)
         else:
-            ok = kind is str and _utf8(value)
+            ok = kind is str
         if not ok:
             raise ValueError("a journal line with a value its column cannot hold")
     return params
-
-
-def _utf8(text: str) -> bool:
-    """Whether ``text`` can be stored (JSON can carry a lone surrogate; UTF-8 cannot)."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _priced_intent(data: Any) -> _Item:

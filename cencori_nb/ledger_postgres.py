@@ -45,7 +45,7 @@ from urllib.parse import unquote, urlsplit
 from . import state
 from .errors import ConfigurationError, LedgerError
 from .home import atomic_write, ensure_home, home_dir
-from .ledger import ENV_LEDGER_URL, INSERT_SQL, Ledger, _Item
+from .ledger import ENV_LEDGER_URL, INSERT_SQL, Ledger, _Item, clean_params
 from .migrations import PG_MIGRATIONS
 
 __all__ = [
@@ -264,16 +264,12 @@ def _pg_sql(sql: str) -> str:
 
 
 def _pg_params(params: Sequence[Any]) -> tuple[Any, ...]:
-    """``params`` with every NUL in a text replaced by U+FFFD: PostgreSQL text cannot hold
-    one (psycopg refuses the value, DataError), and a provider's id, model name or error
-    text may (SQLite stores it as it is). The row is stored with the character a decoder
-    puts for what it cannot show, so it and its wallet debit are recorded; refused, it
-    was spilled, and the spill replay skipped it: a charged request gone from the ledger.
-    The same rule for every statement, so a lookup by such a value finds what was stored."""
-    return tuple(
-        value.replace("\x00", "\ufffd") if value.__class__ is str and "\x00" in value else value
-        for value in params
-    )
+    """``params`` with the ledger's one text rule applied (:func:`cencori_nb.ledger.
+    clean_text`: a NUL, which PostgreSQL text cannot hold, or a lone surrogate becomes
+    U+FFFD). Rows are cleaned when built; this applies it to every statement on a
+    connection (the wallet's, the budgets'), so a lookup by such a value finds what was
+    stored and no value is refused for its text."""
+    return clean_params(params)
 
 
 class _Connection:

@@ -742,7 +742,7 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
     a BYOK row). Each such line is skipped like a torn one (a request keeps its estimate
     when only its settled line is bad), the ledger opens, and the wallet is debited only
     what rows say. A NUL in a text is not damage (a provider's id may hold one): that
-    settled row is recorded, the NUL kept (PostgreSQL stores U+FFFD in its place)."""
+    settled row is recorded with U+FFFD in its place (clean_text, on both backends)."""
     import json
 
     columns = ledger_mod.COLUMNS
@@ -813,7 +813,7 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
             1000,
         )
     assert (rows["ok-settled"].status, rows["ok-settled"].output_tokens) == ("ok", 34)
-    assert (rows["ok-nul"].status, rows["ok-nul"].request_id) == ("ok", "chatcmpl-\x00")
+    assert (rows["ok-nul"].status, rows["ok-nul"].request_id) == ("ok", "chatcmpl-\ufffd")
     assert wallet.balance() == Decimal(1)  # BYOK rows: nothing debited
     assert list(inflight.glob("*.jsonl")) == []
 
@@ -834,19 +834,16 @@ def _send_a_row_no_database_takes(home: str, field: str, value: object) -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [("input_tokens", 2**70), ("request_id", "chatcmpl-\ud800")],
-    ids=["count-past-64-bits", "id-with-a-lone-surrogate"],
-)
+@pytest.mark.parametrize(("field", "value"), [("input_tokens", 2**70)], ids=["count-past-64-bits"])
 def test_a_row_no_database_takes_is_recorded_as_its_estimate(
     private_home: Path, field: str, value: object
 ) -> None:
-    """A hostile endpoint can answer with a token count past 64 bits, or an id holding a
-    lone surrogate (valid JSON, not UTF-8): the row cannot be stored (the writer logs and
-    drops it), and the estimate noted before the request was sent is written in its
-    place at once; the next start records nothing more (a settled line that cannot be
-    stored is skipped there, not fatal: test_a_damaged_or_hostile_journal…)."""
+    """A hostile endpoint can answer with a token count past 64 bits: the row cannot be
+    stored (the writer logs and drops it), and the estimate noted before the request was
+    sent is written in its place at once; the next start records nothing more (a settled
+    line that cannot be stored is skipped there, not fatal: test_a_damaged_or_hostile…).
+    An id holding a lone surrogate was such a row too; it is now stored cleaned, with its
+    real usage (test_text_no_database_holds_is_stored_as_replacement_characters)."""
     ctx = multiprocessing.get_context("spawn")
     proc = ctx.Process(target=_send_a_row_no_database_takes, args=(str(private_home), field, value))
     proc.start()
@@ -1108,3 +1105,90 @@ def test_a_journal_with_requests_always_in_flight_is_compacted(
         "r58": "interrupted",
         "r59": "interrupted",
     }
+
+
+# ------------------------------------------------------------------ text no database holds
+
+# A hostile reply's id (valid JSON: "\ud800" is a lone surrogate, not UTF-8) with a NUL
+# (PostgreSQL text cannot hold one) and a trailing low surrogate.
+HOSTILE_ID = "chatcmpl-\ud800x\x00y\udfff"
+CLEANED_ID = "chatcmpl-\ufffdx\ufffdy\ufffd"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_text_no_database_holds_is_stored_as_replacement_characters(
+    backend: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A provider's id or model name holding a lone surrogate or a NUL is stored with
+    U+FFFD in their place, on both backends (one rule): the row the live writer commits,
+    a row left in the spill file and a dead process's settled journal line keep their
+    real tokens, charge and wallet debit; a lookup by the raw text finds what was stored;
+    the usage table, its CSV export and `cencori-nb usage --csv` work. Before, a lone
+    surrogate made the row unstorable: the live row and the settled line were recorded as
+    the pre-send estimate (1,000 tokens, no answer's cost), the spilled one was skipped,
+    and SQLite kept a NUL as it was."""
+    import json
+
+    from cencori_nb import reports
+    from cencori_nb.cli import main
+    from tests.ledger_rows import charged_row, noted_row
+
+    if backend == "postgresql":
+        request.getfixturevalue("pg_url")
+    wallet.set_balance(10)
+    led = default_ledger()
+    assert led.dialect == backend
+    led.begin(noted_row("live", "managed"))
+    led.submit(
+        charged_row("live", HOSTILE_ID, model="gpt-4o-mini\ud800"), debit_usd=Decimal("0.25")
+    )
+    led.flush()
+    led.check()  # nothing waits: the next request may go
+    assert led.dropped == 0
+
+    spilled = ledger_mod._Item(charged_row("spill", HOSTILE_ID).as_params(), None, None)
+    line = spilled.to_json()
+    line["row"]["request_id"] = HOSTILE_ID  # as an older version wrote it, raw
+    line["debit_pusd"] = line["row"]["credits_charged_pusd"]
+    led.spill_path.write_text(json.dumps(line) + "\n")
+    settled = list(charged_row("journal").as_params())
+    settled[ledger_mod.COLUMNS.index("request_id")] = HOSTILE_ID
+    led.inflight_dir.mkdir(exist_ok=True)
+    (led.inflight_dir / "999999-0000beef.jsonl").write_text(
+        json.dumps([2, *noted_row("journal", "managed").as_params()])
+        + "\n"
+        + json.dumps([3, settled[ledger_mod.COLUMNS.index("credits_charged_pusd")], *settled])
+        + "\n"
+    )
+    state.reset("ledger", "wallet")  # the next start replays the spill file and the journal
+    led = default_ledger()
+    led.flush()
+    rows = {r.client_id: r for r in led.rows()}
+    assert sorted(rows) == ["journal", "live", "spill"]
+    for row in rows.values():
+        assert (row.status, row.estimated, row.input_tokens, row.output_tokens) == (
+            "ok",
+            False,
+            12,
+            34,
+        )
+        assert (row.request_id, row.credits_charged_usd) == (CLEANED_ID, Decimal("0.25"))
+    assert rows["live"].model == "gpt-4o-mini\ufffd"
+    debits = led.query(
+        "SELECT client_id, -amount_pusd, request_id FROM wallet_transactions "
+        "WHERE kind = 'usage' ORDER BY client_id"
+    )
+    assert debits == [(cid, 250_000_000_000, CLEANED_ID) for cid in ("journal", "live", "spill")]
+    assert wallet.balance() == Decimal("9.25")
+    assert led.query(
+        "SELECT client_id FROM requests WHERE request_id = ? ORDER BY client_id", (HOSTILE_ID,)
+    ) == [("journal",), ("live",), ("spill",)]
+
+    frame = reports.usage()
+    exported = frame.to_csv(index=False)
+    assert exported.encode("utf-8").count(CLEANED_ID.encode()) == 3
+    capsys.readouterr()
+    assert main(["usage", "--csv"]) == 0
+    assert capsys.readouterr().out.count(CLEANED_ID) == 3
+    assert led.spill_path.read_text() == ""
+    assert list(led.inflight_dir.glob("*.jsonl")) == []
