@@ -52,6 +52,7 @@ __all__ = [
     "LOG_LINE",
     "MARKER",
     "NOTEBOOK",
+    "PROXY_CREDENTIAL_HEADERS",
     "REDACTED",
     "USER_MESSAGE",
     "Policy",
@@ -182,14 +183,20 @@ def key_pattern(
 
 
 _ANY_KEY = key_pattern()
-# The request headers a credential travels in (every adapter's, the gateway's, a proxy's).
+# The request headers a credential travels in (every adapter's, the gateway's, a proxy's),
+# lower case: the one list of them. ``cencori-api-key`` is the gateway's header as a proxy
+# that rewrites ``_`` to ``-`` forwards it (the sandbox accepts both spellings).
+# :data:`PROXY_CREDENTIAL_HEADERS` are the ones whose credential is a proxy's, not the
+# provider key a message names (providers/_common.PROVIDER_KEY_HEADERS leaves them out).
+PROXY_CREDENTIAL_HEADERS: tuple[str, ...] = ("proxy-authorization",)
 CREDENTIAL_HEADERS: tuple[str, ...] = (
     "authorization",
-    "proxy-authorization",
+    *PROXY_CREDENTIAL_HEADERS,
     "x-api-key",
     "x-goog-api-key",
     "api-key",
     "cencori_api_key",
+    "cencori-api-key",
 )
 _HEADER_NAMES = "|".join(re.escape(name) for name in CREDENTIAL_HEADERS)
 _NOT_MARKER = r"(?!\[redacted\]|\[secure\]|<redacted>|\*\*\*)"

@@ -309,3 +309,17 @@ def test_stream_redactor_removes_a_key_registered_after_it_started() -> None:
     assert late not in shown and shown == "x [redacted] y"
     state.reset("redact")
     assert redact.StreamRedactor().feed(late) == late  # forgotten at a reset: no stale regex
+
+
+def test_every_credential_header_is_masked_by_the_sandbox_and_scrubbed_from_log_lines() -> None:
+    """The sandbox keeps its own list (it imports nothing of the client it judges): it must
+    mask every header the client calls a credential; a log line naming any of them loses
+    the value."""
+    from cencori_nb.redact import CREDENTIAL_HEADERS, LOG_LINE, masked_headers
+    from cencori_nb.sandbox import server
+
+    assert set(CREDENTIAL_HEADERS) <= server._SECRET_HEADERS
+    for name in CREDENTIAL_HEADERS:
+        line = f"sent {name}: opaqueValue0123 to the proxy"
+        assert "opaqueValue0123" not in LOG_LINE.scrub(line), name
+        assert masked_headers([(name.title(), "opaqueValue0123")]) == [(name.title(), "[redacted]")]

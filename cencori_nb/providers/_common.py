@@ -29,7 +29,7 @@ from ..errors import (
     RateLimitError,
 )
 from ..keystore.secret import key_hint
-from ..redact import MARKER, USER_MESSAGE
+from ..redact import CREDENTIAL_HEADERS, MARKER, PROXY_CREDENTIAL_HEADERS, USER_MESSAGE
 from ..transport.errors import error_class
 from ..transport.retry import retry_after, retryable_code
 from ..types import ChatRequest, Usage
@@ -362,7 +362,13 @@ def join_base(base_url: str, path: str) -> str:
 
 # --- responses: credential, retry hints -----------------------------------------
 
-_KEY_HEADERS = ("x-api-key", "x-goog-api-key", "cencori_api_key")
+# The headers that carry the provider's own key: every credential header (the one list,
+# redact.CREDENTIAL_HEADERS) but a proxy's (Proxy-Authorization is the proxy's credential,
+# not the key a "key …1234 was rejected" message names). ``authorization`` is read first,
+# without its scheme.
+PROVIDER_KEY_HEADERS: tuple[str, ...] = tuple(
+    name for name in CREDENTIAL_HEADERS if name not in PROXY_CREDENTIAL_HEADERS
+)
 
 
 def sent_key(response: httpx2.Response) -> str | None:
@@ -375,12 +381,11 @@ def sent_key(response: httpx2.Response) -> str | None:
         headers = response.request.headers
     except RuntimeError:  # a Response built without its request (tests, odd callers)
         return None
-    auth = headers.get("authorization")
-    if auth:
-        return auth.split(" ", 1)[1] if " " in auth else auth
-    for name in _KEY_HEADERS:
+    for name in PROVIDER_KEY_HEADERS:
         value = headers.get(name)
         if value:
+            if name == "authorization" and " " in value:  # "Bearer sk-…": the key alone
+                return value.split(" ", 1)[1]
             return value
     return ""
 

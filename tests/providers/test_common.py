@@ -222,3 +222,37 @@ def test_a_stream_event_that_is_not_one_json_value_is_a_bad_response(data: str) 
     parser = get_provider("openai").stream_parser()
     with pytest.raises(errors.BadResponseError, match="stream event that is not valid JSON"):
         parser.json(httpx2.ServerSentEvent(data=data))
+
+
+# --- which headers carry the provider key (one list: redact.CREDENTIAL_HEADERS) -------------
+
+_SENT = "sk-proj-sentKey" + "0123456789Ab"
+
+
+def _response_to(headers: dict[str, str]) -> httpx2.Response:
+    return httpx2.Response(
+        401, request=httpx2.Request("POST", "http://127.0.0.1:9/v1", headers=headers)
+    )
+
+
+@pytest.mark.parametrize("name", _common.PROVIDER_KEY_HEADERS)
+def test_sent_key_reads_every_provider_key_header(name: str) -> None:
+    """Each credential header a provider key travels in is read back (Authorization
+    without its scheme), in any case; a request without one carried no key."""
+    value = f"Bearer {_SENT}" if name == "authorization" else _SENT
+    assert _common.sent_key(_response_to({name.upper(): value})) == _SENT
+    assert _common.sent_key(_response_to({"content-type": "application/json"})) == ""
+
+
+def test_the_provider_key_headers_are_the_credential_headers_but_a_proxys() -> None:
+    """One list (redact.CREDENTIAL_HEADERS): the provider-key headers are all of it but
+    Proxy-Authorization, whose credential is the proxy's: a request carrying only that sent
+    no provider key ("no key was sent", not "the key …1234 was rejected")."""
+    from cencori_nb.redact import CREDENTIAL_HEADERS, PROXY_CREDENTIAL_HEADERS
+
+    assert set(_common.PROVIDER_KEY_HEADERS) == set(CREDENTIAL_HEADERS) - {"proxy-authorization"}
+    assert PROXY_CREDENTIAL_HEADERS == ("proxy-authorization",)
+    assert _common.PROVIDER_KEY_HEADERS[0] == "authorization"  # read first, as before
+    assert _common.sent_key(_response_to({"Proxy-Authorization": f"Basic {_SENT}"})) == ""
+    both = {"Proxy-Authorization": "Basic cHJveHk6cHc=", "x-api-key": _SENT}
+    assert _common.sent_key(_response_to(both)) == _SENT
