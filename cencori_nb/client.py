@@ -662,10 +662,19 @@ def _finish(
     completion = accounting.settle(
         completion, reservation=reservation, ledger=ledger, settings=settings
     )
+    _raise_billed_error(result.error, completion)
     _read_structured(request, completion, result.refusal)  # raises before caching
     if key is not None:
         cache.store_after_commit(key, completion, ledger)
     return completion
+
+
+def _raise_billed_error(err: CencoriError | None, completion: Completion) -> None:
+    """A billed non-answer (:attr:`ProviderResult.error`, e.g. a Gemini prompt blocked
+    before the model ran): raised once its usage is recorded, with the completion on it."""
+    if err is not None:
+        err.completion = completion
+        raise err
 
 
 # --------------------------------------------------------------------------- schema=
@@ -1008,6 +1017,7 @@ class _StreamState:
                 hint="Try again; use stream=False if this keeps happening.",
             )
         assert self.parser is not None
+        _raise_billed_error(self.parser.result().error, completion)
         _read_structured(self.request, completion, self.parser.result().refusal)
         if self.key is not None:
             cache.store_after_commit(self.key, completion, self.ledger)

@@ -492,8 +492,11 @@ class BatchJob:
                     estimated=usage is None,
                 )
                 settle(c, batch=True)
-                error, parsed = None, None
-                if self.schema is not None:  # paid for either way: recorded above
+                # a billed non-answer (a Gemini prompt blocked before the model ran):
+                # recorded above as paid, shown as the row's error
+                error = None if pr.error is None else _scrubbed(pr.error)
+                parsed = None
+                if self.schema is not None and error is None:  # paid either way: recorded
                     try:  # kept as the JSON it came in; result() reads it into the type
                         parsed = self.schema.loads(c.text)
                         self.schema.validate(parsed)

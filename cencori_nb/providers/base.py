@@ -43,6 +43,11 @@ class ProviderResult:
     # The model declined (OpenAI ``refusal``, Anthropic ``stop_reason: refusal``, a Gemini
     # safety stop): what it said, "" when it said nothing; None when it did not refuse.
     refusal: str | None = None
+    # An answer the provider billed that is no answer (a Gemini prompt blocked before the
+    # model ran: ``promptFeedback.blockReason``, no candidates, the prompt tokens counted):
+    # the client records and prices the usage like any answer, then raises this error with
+    # the settled completion attached as ``.completion``. None for an ordinary answer.
+    error: CencoriError | None = None
 
     def without_stored_keys(self) -> ProviderResult:
         """This result with every stored key removed from what the provider chose to say

@@ -13,6 +13,13 @@
 - stream: each ``data:`` frame is a whole ``GenerateContentResponse``; there is no
   ``[DONE]``: the frame whose candidate has a ``finishReason`` (it carries the final
   ``usageMetadata``) ends it.
+- blocks: a prompt Google's filters stop before the model runs comes back **200** with
+  ``promptFeedback.blockReason``, no ``candidates`` and ``usageMetadata`` counting the
+  prompt (``promptTokenCount``, no ``candidatesTokenCount``): the prompt is billed, so the
+  usage is recorded and priced, then :class:`RefusalError` (``code: prompt_blocked``) is
+  raised with that completion. A candidate stopped by a filter (``finishReason: SAFETY``,
+  ``RECITATION``, ``PROHIBITED_CONTENT``…) is an answer with no text whose ``refusal`` is
+  set, as the other adapters treat a refusal (``schema=`` turns it into RefusalError).
 - errors: Google RPC ``{"error": {"code", "message", "status", "details": [...]}}``; an
   invalid key is ``INVALID_ARGUMENT`` (400) with ``ErrorInfo.reason == "API_KEY_INVALID"``;
   ``RetryInfo.retryDelay`` (``"34s"``) is the retry hint.
@@ -27,8 +34,8 @@ from ..catalog import PROVIDERS
 from ..errors import (
     BadResponseError,
     CencoriError,
-    PermissionDeniedError,
     RateLimitError,
+    RefusalError,
 )
 from ..types import ChatRequest, Usage
 from . import _common as c
@@ -43,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "API_VERSION",
+    "blocked_prompt",
     "GeminiStreamParser",
     "GoogleProvider",
     "gemini_usage",
@@ -84,16 +92,70 @@ def response_schema_config(schema: Schema) -> dict[str, Any]:
 
 
 # finishReasons that mean the model was stopped for what it would say, not for length
+# (google-genai's FinishReason); MALFORMED_FUNCTION_CALL and OTHER are not refusals.
 _REFUSAL_REASONS = frozenset(
-    {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY", "RECITATION"}
+    {
+        "SAFETY",
+        "PROHIBITED_CONTENT",
+        "BLOCKLIST",
+        "SPII",
+        "RECITATION",
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_RECITATION",
+    }
 )
+# The one blockReason safetySettings can relax (the harm-category thresholds); the others
+# (PROHIBITED_CONTENT, BLOCKLIST, OTHER, IMAGE_SAFETY…) are not adjustable.
+_ADJUSTABLE_BLOCK = "SAFETY"
 
 
 def _refusal(candidate: Any, text: str) -> str | None:
     reason = candidate.get("finishReason") if isinstance(candidate, dict) else None
     if reason in _REFUSAL_REASONS:
-        return text or f"stopped by Google's filter ({reason})"
+        return text or f"stopped by Google's content filter ({reason})"
     return None
+
+
+def blocked_prompt(
+    body: dict[str, Any], *, request_id: str | None, key: str | None = None
+) -> RefusalError | None:
+    """The error for a prompt Google blocked before the model ran (a 200 with
+    ``promptFeedback.blockReason`` and no candidates), or None for any other body.
+
+    The prompt is billed (``usageMetadata.promptTokenCount``), so this is not raised here:
+    it rides on the :class:`ProviderResult` and the client raises it once the usage is
+    recorded, with the completion attached."""
+    feedback = body.get("promptFeedback")
+    reason = feedback.get("blockReason") if isinstance(feedback, dict) else None
+    if not reason or body.get("candidates"):
+        return None
+    secrets = [key] if key else []
+    reason = c.quote(str(reason)[:64], secrets)
+    said = feedback.get("blockReasonMessage") if isinstance(feedback, dict) else None
+    quoted = c.quote(str(said), secrets) if said else ""
+    if quoted and quoted[-1] not in ".!?…":
+        quoted += "."
+    tokens = c.to_int(c.dig(body, "usageMetadata", "promptTokenCount"))
+    billed = (
+        f" Its {tokens} prompt tokens were billed and are recorded (.completion)." if tokens else ""
+    )
+    hint = (
+        "Rephrase the prompt, or relax the thresholds with safetySettings "
+        "(ChatRequest.extra['safetySettings'])."
+        if reason == _ADJUSTABLE_BLOCK
+        else f"Rephrase the prompt: a {reason} block cannot be turned off with safetySettings."
+    )
+    return RefusalError(
+        f"Google blocked the prompt before the model answered ({reason})."
+        + (f" Google said: {quoted}" if quoted else "")
+        + billed,
+        code="prompt_blocked",
+        hint=hint,
+        provider="google",
+        request_id=request_id,
+        refusal=f"prompt blocked ({reason})",
+    )
 
 
 def _candidate_text(candidate: Any) -> str:
@@ -168,7 +230,16 @@ class GoogleProvider(Provider):
         rid = rid or body.get("responseId")
         if body.get("error"):
             raise self.error_from_body(body, status=None, key=c.sent_key(response), request_id=rid)
-        self._raise_if_blocked(body, rid)
+        blocked = blocked_prompt(body, request_id=rid, key=c.sent_key(response))
+        if blocked is not None:
+            return ProviderResult(
+                text="",
+                model=body.get("modelVersion") or None,
+                usage=gemini_usage(body.get("usageMetadata")),
+                request_id=rid,
+                refusal=blocked.refusal,
+                error=blocked,
+            )
         where: c.Where = {
             "provider": self.name,
             "status_code": response.status_code,
@@ -184,21 +255,6 @@ class GoogleProvider(Provider):
             finish_reason=candidate.get("finishReason") if isinstance(candidate, dict) else None,
             request_id=rid,
         )
-
-    def _raise_if_blocked(self, body: dict[str, Any], request_id: str | None) -> None:
-        """A prompt Google's safety filter blocked comes back 200 with no candidates."""
-        reason = c.dig(body, "promptFeedback", "blockReason")
-        if reason and not body.get("candidates"):
-            raise c.build_error(
-                PermissionDeniedError,
-                provider=self.name,
-                status=None,
-                said=f"prompt blocked ({reason})",
-                code="prompt_blocked",
-                request_id=request_id,
-                hint="Google's safety filter blocked the prompt: rephrase it, or adjust "
-                "safetySettings through ChatRequest.extra.",
-            )
 
     def stream_parser(self, response: httpx2.Response | None = None) -> GeminiStreamParser:
         """A parser for ``alt=sse`` frames; the one with a ``finishReason`` ends the stream."""
@@ -285,6 +341,12 @@ class GeminiStreamParser(c.AdapterStreamParser):
     ) -> None:
         super().__init__(adapter, request_id=request_id, key=key)
         self._usage_raw: Any = None
+        self.error: RefusalError | None = None  # a blocked prompt (see blocked_prompt)
+
+    def result(self) -> ProviderResult:
+        result = super().result()
+        result.error = self.error
+        return result
 
     def feed(self, event: httpx2.ServerSentEvent) -> str | None:
         if not event.data.strip():
@@ -312,7 +374,13 @@ class GeminiStreamParser(c.AdapterStreamParser):
             self.model = str(frame["modelVersion"])
         if self.request_id is None and frame.get("responseId"):
             self.request_id = str(frame["responseId"])
-        self.adapter._raise_if_blocked(frame, self.request_id)
+        blocked = blocked_prompt(frame, request_id=self.request_id, key=self.key)
+        if blocked is not None:  # the only frame of a blocked prompt's stream
+            self.error = blocked
+            self.refusal = blocked.refusal
+            self.done = True
+            self.usage = gemini_usage(self._usage_raw)
+            return None
         candidates = frame.get("candidates")
         candidate = candidates[0] if isinstance(candidates, list) and candidates else None
         if not isinstance(candidate, dict):

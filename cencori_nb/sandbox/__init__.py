@@ -26,11 +26,12 @@ deepseek together openrouter local)
 Any non-empty key works; a key containing ``revoked`` gets the provider's bad-key answer
 (401; Gemini and xAI answer 400); Cencori keys
 must start with ``csk_``. A request header ``X-Sandbox-Fault: 401|402|403|429|500|503|529|
-timeout|truncate|malformed|stream-error|invalid-json|refusal|content-filter`` injects one
-fault (``stream-error``: a 200 stream that ends with the provider's own error event;
-``invalid-json``: a structured answer cut mid-way; ``refusal``: the provider's own refusal;
-``content-filter``: ``finish_reason: content_filter`` with no text on the OpenAI-style doors,
-the format's own refusal elsewhere);
+timeout|truncate|malformed|stream-error|invalid-json|refusal|content-filter|prompt-blocked``
+injects one fault (``stream-error``: a 200 stream that ends with the provider's own error
+event; ``invalid-json``: a structured answer cut mid-way; ``refusal``: the provider's own
+refusal; ``content-filter``: ``finish_reason: content_filter`` with no text on the
+OpenAI-style doors, the format's own refusal elsewhere; ``prompt-blocked``: Gemini's 200 with
+``promptFeedback.blockReason``, no candidates and the prompt billed, a refusal elsewhere);
 a model the provider does not serve (or an
 id containing ``does-not-exist``) gets its real 404, a prompt over the context window its
 real 400. Answers follow the recorded real ones in ``tests/corpus`` (checked field by field

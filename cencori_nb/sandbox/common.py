@@ -152,6 +152,7 @@ class ChatCall:
     tool: str | None = None  # Anthropic without output_config: answer as this forced tool
     refused: bool = False  # the answer is the provider's refusal (see .structured)
     filtered: bool = False  # the provider's content filter stopped the answer (no text)
+    prompt_blocked: bool = False  # the filter refused the prompt itself (no answer at all)
     images: list[Any] = field(default_factory=list)  # sandbox.images.SeenImage, in order
 
     @property
@@ -352,6 +353,9 @@ class Door:
     # whether the format has a content-filter finish (OpenAI's finish_reason
     # content_filter); a door without one answers the content-filter fault as a refusal
     content_filter = False
+    # whether the format blocks a prompt before the model runs (Gemini's promptFeedback
+    # .blockReason); a door without it answers the prompt-blocked fault as a refusal
+    prompt_block = False
 
     # --- the parts a door defines -------------------------------------------------------
     def api_key(self, req: Request) -> str | None:
@@ -481,6 +485,8 @@ class Door:
         fault = ex.fault
         if fault == "content-filter" and not self.content_filter:
             fault = "refusal"  # a door without a content_filter finish: its own refusal
+        if fault == "prompt-blocked" and not self.prompt_block:
+            fault = "refusal"  # a door without a prompt block: its own refusal
         script = scripted(call.last_user)
         if script is not None and script[0] == "error":
             self.send_error(ex, "bad_request", script[1])
@@ -525,10 +531,12 @@ class Door:
                 model=call.model,
                 max_tokens=call.max_tokens,
             )
-        if fault == "content-filter":
+        if fault in ("content-filter", "prompt-blocked"):
             # stopped by the filter before any text: nothing said, nothing billed as output
-            # (tests/corpus/openai/chat_content_filter_empty.json)
-            call.filtered = True
+            # (tests/corpus/openai/chat_content_filter_empty.json), only the prompt
+            # (tests/corpus/google/generate_blocked_prompt_prohibited_content.json)
+            call.filtered = fault == "content-filter"
+            call.prompt_blocked = fault == "prompt-blocked"
             reply = replace(reply, text="", pieces=(), output_tokens=0)
         window = self.context_window(call)
         if window is not None and reply.input_tokens > window:

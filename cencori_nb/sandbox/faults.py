@@ -32,12 +32,16 @@ DELIVERY_FAULTS = frozenset(
         "invalid-json",
         "refusal",
         "content-filter",
+        "prompt-blocked",
     }
 )
 # Faults in what the model says, not in how it is delivered: answered (and charged) in full.
 # "content-filter": the provider's filter stopped the answer (OpenAI-style finish_reason
 # content_filter, empty content; doors without that finish answer their own refusal).
-ANSWER_FAULTS = frozenset({"invalid-json", "refusal", "content-filter"})
+# "prompt-blocked": the provider's filter refused the prompt before the model ran, the
+# prompt still billed (Gemini's 200 with promptFeedback.blockReason and no candidates;
+# doors without that shape answer their own refusal).
+ANSWER_FAULTS = frozenset({"invalid-json", "refusal", "content-filter", "prompt-blocked"})
 FAULTS = ERROR_FAULTS | DELIVERY_FAULTS
 
 

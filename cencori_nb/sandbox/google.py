@@ -13,7 +13,11 @@ header, only a ``RetryInfo`` detail (``retryDelay: "Ns"``) and the "Please retry
 sentence; 2.5 Flash and Pro think by default, so their usage carries
 ``thoughtsTokenCount`` (billed as output) unless ``thinkingConfig.thinkingBudget`` is 0
 (Flash-Lite does not think unless given a budget); an unknown model is 404 ``NOT_FOUND``;
-a prompt over the context window is 400 ``INVALID_ARGUMENT``.
+a prompt over the context window is 400 ``INVALID_ARGUMENT``; the ``prompt-blocked`` fault
+is a 200 with ``promptFeedback.blockReason`` and no candidates, the ``refusal`` (and
+``content-filter``) fault a candidate stopped with ``finishReason: SAFETY`` and an empty
+``content``; both count the prompt in ``usageMetadata`` and send no
+``candidatesTokenCount``, as Google does.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ def _parts_text(content: Any) -> str:
 
 class GoogleDoor(Door):
     name = "google"
+    prompt_block = True  # promptFeedback.blockReason (the prompt-blocked fault)
 
     def api_key(self, req: Any) -> str | None:
         key = req.headers.get("x-goog-api-key") or req.query.get("key") or ""
@@ -296,7 +301,41 @@ class GoogleDoor(Door):
             )
         return usage
 
+    @staticmethod
+    def _prompt_usage(reply: Reply) -> dict[str, Any]:
+        """The usage of an answer with no output (a blocked prompt, a filtered candidate):
+        Google counts the prompt and sends no ``candidatesTokenCount`` at all."""
+        usage = GoogleDoor._usage(reply, 0, output=0)
+        del usage["candidatesTokenCount"]
+        usage["totalTokenCount"] = reply.input_tokens
+        return usage
+
+    async def _send_one(self, ex: Exchange, call: ChatCall, body: dict[str, Any]) -> None:
+        """A whole answer that is one response: a JSON body, a one-element array (a stream
+        without ``alt=sse``) or a single SSE frame."""
+        if not call.stream or not call.extra.get("sse"):
+            ex.send_json(200, [body] if call.stream else body, self.ok_headers(ex))
+            return
+        sse = ex.sse(self.ok_headers(ex), content_frames=1, separator="\r\n\r\n")
+        await sse.frame(dumps(body), content=True)
+        await sse.close()
+
     async def respond(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
+        if call.prompt_blocked:
+            # tests/corpus/google/{generate,stream}_blocked_prompt_prohibited_content.json:
+            # no candidates at all, the prompt counted (and billed), the same single
+            # response whether streamed or not
+            await self._send_one(
+                ex,
+                call,
+                {
+                    "promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
+                    "usageMetadata": self._prompt_usage(reply),
+                    "modelVersion": call.answered_model,
+                    "responseId": ex.request_id[4:],
+                },
+            )
+            return
         if call.refused:
             await self._respond_blocked(ex, call, reply)
             return
@@ -348,34 +387,35 @@ class GoogleDoor(Door):
         await sse.close()
 
     async def _respond_blocked(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
-        """A refusal as Gemini gives it: a candidate stopped with ``finishReason: SAFETY``,
-        no text, and the rating that stopped it."""
-        usage = self._usage(reply, 0, output=0)
+        """A refusal as Gemini gives it (tests/corpus/google/generate_25flash_safety_stop
+        .json): a candidate stopped with ``finishReason: SAFETY``, an empty ``content``
+        object, a rating per category with the one that stopped it ``blocked``, and usage
+        counting only the prompt."""
+        negligible = (
+            "HARM_CATEGORY_DANGEROUS_CONTENT",
+            "HARM_CATEGORY_HARASSMENT",
+            "HARM_CATEGORY_SEXUALLY_EXPLICIT",
+        )
         body = {
             "candidates": [
-                {
-                    "content": {"parts": [], "role": "model"},
+                {  # no "index" on a filtered candidate, as recorded
+                    "content": {},
                     "finishReason": "SAFETY",
-                    "index": 0,
                     "safetyRatings": [
                         {
-                            "category": "HARM_CATEGORY_DANGEROUS_CONTENT",
-                            "probability": "HIGH",
                             "blocked": True,
-                        }
+                            "category": "HARM_CATEGORY_HATE_SPEECH",
+                            "probability": "LOW",
+                        },
+                        *({"category": c, "probability": "NEGLIGIBLE"} for c in negligible),
                     ],
                 }
             ],
-            "usageMetadata": usage,
+            "usageMetadata": self._prompt_usage(reply),
             "modelVersion": call.answered_model,
             "responseId": ex.request_id[4:],
         }
-        if not call.stream or not call.extra.get("sse"):
-            ex.send_json(200, [body] if call.stream else body, self.ok_headers(ex))
-            return
-        sse = ex.sse(self.ok_headers(ex), content_frames=1, separator="\r\n\r\n")
-        await sse.frame(dumps(body), content=True)
-        await sse.close()
+        await self._send_one(ex, call, body)
 
 
 def _requested_schema(config: dict[str, Any]) -> dict[str, Any] | None:

@@ -338,6 +338,28 @@ def test_replay_error(path: Path, replay: ReplayServer) -> None:
         assert expect["message_contains"] in str(err), str(err)
     if "partial_text" in expect:
         assert "".join(parts) == expect["partial_text"]
+    if "billed" in expect:
+        # a billed non-answer (a Gemini prompt blocked before the model ran): its usage is
+        # recorded and priced like any answer, the completion rides on the error, one row
+        billed = expect["billed"]
+        done = err.completion
+        assert done is not None, "the billed usage must reach the error"
+        assert done.text == ""
+        assert (done.input_tokens, done.output_tokens) == (
+            billed["input_tokens"],
+            billed["output_tokens"],
+        )
+        assert done.model == billed["model"]
+        assert done.estimated is False
+        assert done.provider_cost_usd is not None and done.provider_cost_usd > 0
+        from cencori_nb.ledger import default_ledger
+
+        led = default_ledger()
+        led.flush()
+        rows = [r for r in led.rows() if r.request_id == done.request_id]
+        assert len(rows) == 1, rows
+        assert rows[0].input_tokens == billed["input_tokens"]
+        assert rows[0].provider_cost_usd == done.provider_cost_usd
     if "blames_user_key" in expect:
         names_our_key = "x7w6" in str(err) or "Cencori key" in err.message.split(".")[0]
         assert names_our_key is expect["blames_user_key"], str(err)

@@ -116,11 +116,106 @@ def test_google_parse_response_usage_and_model_version() -> None:
     )
 
 
-def test_google_blocked_prompt_is_permission_denied() -> None:
+def _blocked(reason: str, **feedback: str) -> dict[str, Any]:
+    return {
+        "promptFeedback": {"blockReason": reason, **feedback},
+        "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8},
+        "modelVersion": "gemini-2.5-flash",
+        "responseId": "blk-1",
+    }
+
+
+@pytest.mark.parametrize(
+    ("reason", "hint"),
+    [
+        ("SAFETY", "safetySettings"),  # the one adjustable block: the hint says how
+        ("PROHIBITED_CONTENT", "cannot be turned off"),
+        ("BLOCKLIST", "cannot be turned off"),
+        ("OTHER", "cannot be turned off"),
+    ],
+)
+def test_google_blocked_prompt_is_a_billed_refusal(reason: str, hint: str) -> None:
+    """A prompt blocked before the model ran (200, promptFeedback.blockReason, no
+    candidates) is not raised by the adapter: the prompt tokens are billed, so the result
+    carries the usage for the client to record and the RefusalError to raise after.
+    (Until this session it raised PermissionDeniedError here and the billed prompt went
+    unrecorded.)"""
+    adapter = get_provider("google")
+    response, _ = exchange(
+        adapter.build_request(
+            chat(), model="gemini-2.5-flash", api_key=Secret("AIza-x"), base_url=BASE
+        ),
+        body=_blocked(reason),
+    )
+    result = adapter.parse_response(response)
+    assert result.text == ""
+    assert result.usage == Usage(8, 0, 0, 0, 0)
+    assert result.model == "gemini-2.5-flash"
+    assert result.request_id == "blk-1"
+    assert isinstance(result.error, errors.RefusalError)
+    assert result.error.code == "prompt_blocked"
+    assert reason in str(result.error)
+    assert "8 prompt tokens were billed" in str(result.error)
+    assert hint in str(result.error)
+    assert result.refusal == f"prompt blocked ({reason})"
+
+
+def test_google_blocked_prompt_quotes_the_reason_message_without_the_key(canary: str) -> None:
+    """blockReasonMessage (Vertex and Model Armor send one) is quoted, one line, with the
+    key the request carried scrubbed out of it, as every provider message is."""
+    adapter = get_provider("google")
+    response, _ = exchange(
+        adapter.build_request(
+            chat(), model="gemini-2.5-flash", api_key=Secret(canary), base_url=BASE
+        ),
+        body=_blocked("MODEL_ARMOR", blockReasonMessage=f"The prompt\nviolated {canary} filters"),
+    )
+    err = adapter.parse_response(response).error
+    assert err is not None
+    assert "Google said: The prompt violated" in str(err)
+    assert_no_leak(err, canary)
+
+
+def test_google_candidates_beside_prompt_feedback_are_an_answer() -> None:
+    """promptFeedback with candidates is only feedback (no blockReason applies)."""
+    adapter = get_provider("google")
+    body = {**_gemini_frame("Fine.", finish="STOP"), "promptFeedback": {"blockReason": "OTHER"}}
+    response, _ = exchange(
+        adapter.build_request(
+            chat(), model="gemini-2.5-flash", api_key=Secret("AIza-x"), base_url=BASE
+        ),
+        body=body,
+    )
+    result = adapter.parse_response(response)
+    assert (result.text, result.error) == ("Fine.", None)
+
+
+def test_google_blocked_prompt_stream_is_one_complete_frame() -> None:
+    """The streamed block is one frame with no finishReason: it ends the stream (done, so
+    not "cut"), with the billed usage and the error for the client to raise."""
+    adapter = get_provider("google")
+    request = adapter.build_request(
+        chat(stream=True), model="gemini-2.5-flash", api_key=Secret("AIza-x"), base_url=BASE
+    )
+    parser, deltas, _ = run_stream(adapter, request, sse(data(_blocked("PROHIBITED_CONTENT"))))
+    assert deltas == []
+    assert parser.done and parser.complete()
+    result = parser.result()
+    assert result.usage == Usage(8, 0, 0, 0, 0)
+    assert isinstance(result.error, errors.RefusalError)
+    assert result.request_id == "req_stream_1"  # the header's id, as for every frame
+
+
+@pytest.mark.parametrize(
+    "finish", ["SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII"]
+)
+def test_google_filtered_candidate_is_an_empty_refused_answer(finish: str) -> None:
+    """A candidate a filter stopped: ``content: {}`` (no parts, no role), usage without
+    candidatesTokenCount. An answer with no text, the prompt billed, ``refusal`` set."""
     adapter = get_provider("google")
     body = {
-        "promptFeedback": {"blockReason": "SAFETY"},
-        "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8},
+        "candidates": [{"content": {}, "finishReason": finish, "index": 0}],
+        "usageMetadata": {"promptTokenCount": 14, "totalTokenCount": 14},
         "modelVersion": "gemini-2.5-flash",
     }
     response, _ = exchange(
@@ -129,8 +224,27 @@ def test_google_blocked_prompt_is_permission_denied() -> None:
         ),
         body=body,
     )
-    with pytest.raises(errors.PermissionDeniedError, match="SAFETY"):
-        adapter.parse_response(response)
+    result = adapter.parse_response(response)
+    assert (result.text, result.finish_reason, result.error) == ("", finish, None)
+    assert result.usage == Usage(14, 0, 0, 0, 0)
+    assert result.refusal == f"stopped by Google's content filter ({finish})"
+
+
+@pytest.mark.parametrize("finish", ["MALFORMED_FUNCTION_CALL", "OTHER", "MAX_TOKENS"])
+def test_google_other_stops_are_not_refusals(finish: str) -> None:
+    adapter = get_provider("google")
+    body = {
+        "candidates": [{"content": {}, "finishReason": finish, "index": 0}],
+        "usageMetadata": {"promptTokenCount": 14, "totalTokenCount": 14},
+    }
+    response, _ = exchange(
+        adapter.build_request(
+            chat(), model="gemini-2.5-flash", api_key=Secret("AIza-x"), base_url=BASE
+        ),
+        body=body,
+    )
+    result = adapter.parse_response(response)
+    assert (result.refusal, result.finish_reason) == (None, finish)
 
 
 def test_google_missing_candidates_is_named() -> None:
@@ -314,3 +428,116 @@ def test_google_rpc_statuses(status: int, rpc: str, cls: type) -> None:
     err = map_status(get_provider("google"), status, body)
     assert type(err) is cls
     assert err.rpc_status == rpc
+
+
+# --- blocks end to end: the billed prompt reaches the ledger --------------------------------
+
+GEMINI_KEY = "AIzaSyBlockedPrompt" + "K" * 16 + "b7c6"
+
+
+@pytest.fixture
+def blocking_sandbox(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A sandbox that blocks every prompt (the prompt-blocked fault), keyed for Google."""
+    from cencori_nb import keys
+    from cencori_nb.sandbox.server import SandboxServer
+
+    srv = SandboxServer(faults="prompt-blocked=1", seed=3)
+    monkeypatch.setenv("CENCORI_NB_SANDBOX", srv.start_in_thread())
+    keys.set("google", GEMINI_KEY)
+    yield srv
+    srv.stop()
+
+
+def _ledger_rows() -> list[Any]:
+    from cencori_nb.ledger import default_ledger
+
+    led = default_ledger()
+    led.flush()
+    return led.rows()
+
+
+def _assert_billed_block(err: errors.RefusalError, sandbox: Any) -> None:
+    assert err.code == "prompt_blocked"
+    assert "PROHIBITED_CONTENT" in str(err) and "cannot be turned off" in str(err)
+    done = err.completion
+    assert done is not None and done.text == "" and not done.estimated
+    assert done.input_tokens > 0 and done.output_tokens == 0
+    assert done.provider_cost_usd is not None and done.provider_cost_usd > 0
+    rows = _ledger_rows()
+    assert len(rows) == 1, rows  # one paid row, not an error row beside it
+    assert rows[0].status != "error"
+    assert rows[0].input_tokens == done.input_tokens
+    assert rows[0].provider_cost_usd == done.provider_cost_usd
+    assert sandbox.stats["requests"] == 1  # never retried: it would be blocked, and paid, again
+    assert GEMINI_KEY not in str(err)
+
+
+def test_chat_blocked_prompt_is_recorded_then_raised(blocking_sandbox: Any) -> None:
+    import cencori_nb
+
+    with pytest.raises(errors.RefusalError) as info:
+        cencori_nb.chat("Say hello", model="gemini-2.5-flash", route="byok", retries=3)
+    _assert_billed_block(info.value, blocking_sandbox)
+
+
+def test_achat_blocked_prompt_is_recorded_then_raised(blocking_sandbox: Any) -> None:
+    import asyncio
+
+    import cencori_nb
+
+    async def ask() -> Any:
+        return await cencori_nb.achat("Say hello", model="gemini-2.5-flash", route="byok")
+
+    with pytest.raises(errors.RefusalError) as info:
+        asyncio.run(ask())
+    _assert_billed_block(info.value, blocking_sandbox)
+
+
+def test_stream_blocked_prompt_is_recorded_then_raised(blocking_sandbox: Any) -> None:
+    """The one-frame blocked stream: no text, complete (not "cut"), the usage recorded."""
+    import cencori_nb
+
+    got: list[str] = []
+    with pytest.raises(errors.RefusalError) as info:
+        with cencori_nb.stream("Say hello", model="gemini-2.5-flash", route="byok") as s:
+            got.extend(s)
+    assert got == []
+    _assert_billed_block(info.value, blocking_sandbox)
+
+
+def test_blocked_prompt_is_not_cached(blocking_sandbox: Any) -> None:
+    """A deterministic blocked request is sent (and paid) each time it is asked: an answer
+    that is no answer is never served from the cache."""
+    import cencori_nb
+
+    for _ in range(2):
+        with pytest.raises(errors.RefusalError):
+            cencori_nb.chat("Same words", model="gemini-2.5-flash", route="byok", temperature=0)
+    assert blocking_sandbox.stats["requests"] == 2
+    assert cencori_nb.cache.stats()["entries"] == 0
+
+
+def test_filtered_candidate_is_an_empty_answer_and_a_schema_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The SAFETY-stopped candidate: without schema= an empty answer, finish_reason SAFETY,
+    the prompt billed; with schema= a RefusalError carrying that paid completion, sent
+    once (not retried as a schema mismatch)."""
+    import cencori_nb
+    from cencori_nb import keys
+    from cencori_nb.sandbox.server import SandboxServer
+
+    srv = SandboxServer(faults="content-filter=1", seed=3)
+    monkeypatch.setenv("CENCORI_NB_SANDBOX", srv.start_in_thread())
+    try:
+        keys.set("google", GEMINI_KEY)
+        c = cencori_nb.chat("Say hello", model="gemini-2.5-flash", route="byok", cache=False)
+        assert (c.text, c.finish_reason, c.output_tokens) == ("", "SAFETY", 0)
+        assert c.input_tokens > 0 and c.provider_cost_usd and c.provider_cost_usd > 0
+        schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+        with pytest.raises(errors.RefusalError, match="content filter") as info:
+            cencori_nb.chat("Say hello", model="gemini-2.5-flash", route="byok", schema=schema)
+        assert info.value.completion is not None
+        assert srv.stats["requests"] == 2
+    finally:
+        srv.stop()

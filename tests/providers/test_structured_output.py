@@ -395,7 +395,7 @@ def test_gemini_safety_stop_is_a_refusal() -> None:
     result = get_provider("google").parse_response(
         httpx2.Response(200, json=reply, request=httpx2.Request("POST", BASE))
     )
-    assert result.refusal == "stopped by Google's filter (SAFETY)"
+    assert result.refusal == "stopped by Google's content filter (SAFETY)"
 
 
 @pytest.mark.parametrize(

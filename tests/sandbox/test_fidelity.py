@@ -211,6 +211,9 @@ TRIGGERS: dict[str, dict[str, Any]] = {
     "google/error_400_api_key_not_found.json": {"key": "revoked"},
     "google/error_429_retryinfo.json": {"fault": "429"},
     "google/generate_25pro_thinking.json": {},
+    "google/generate_blocked_prompt_prohibited_content.json": {"fault": "prompt-blocked"},
+    "google/stream_blocked_prompt_prohibited_content.json": {"fault": "prompt-blocked"},
+    "google/generate_25flash_safety_stop.json": {"fault": "content-filter"},
     "groq/chat_llama33_basic.json": {},
     "mistral/chat_magistral_thinking_list_content.json": {},
     "openai/chat_gpt4o_basic.json": {},
@@ -326,7 +329,21 @@ _WHY_MISTRAL_STREAM = (
     "chunk and puts the usage on a separate finish chunk"
 )
 
+_WHY_SERVICE_TIER = (
+    "Gemini answers recorded in 2026 (vercel/ai fixtures) carry usageMetadata.serviceTier "
+    "'standard'; the 2025 recordings the sandbox's usage follows (pydantic-ai cassettes) do "
+    "not. The toolkit reads no service tier"
+)
+
 KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
+    (
+        "google/generate_blocked_prompt_prohibited_content.json",
+        "body.usageMetadata.serviceTier: missing",
+    ): _WHY_SERVICE_TIER,
+    (
+        "google/stream_blocked_prompt_prohibited_content.json",
+        "frame[0].usageMetadata.serviceTier: missing",
+    ): _WHY_SERVICE_TIER,
     (
         "anthropic/stream_hello_docs.json",
         "frame[0].message.usage.cache_creation_input_tokens: extra",

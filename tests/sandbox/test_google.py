@@ -232,3 +232,52 @@ def test_stream_error_fault_is_an_error_frame(sandbox):
         frames = [json.loads(line[6:]) for line in r.iter_lines() if line]
     assert r.status_code == 200 and "candidates" in frames[0]
     assert frames[-1]["error"]["status"] == "UNAVAILABLE"
+
+
+def _faulted(fault: str) -> genai_types.GenerateContentConfig:
+    return genai_types.GenerateContentConfig(
+        http_options=genai_types.HttpOptions(headers={"X-Sandbox-Fault": fault})
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_prompt_blocked_fault_reads_as_google_sdk_block(sandbox, stream):
+    """The prompt-blocked fault, read by google-genai as it reads Google's: no candidates,
+    no text, prompt_feedback.block_reason PROHIBITED_CONTENT, the prompt counted in
+    usage_metadata and no candidates_token_count (tests/corpus/google/*blocked_prompt*)."""
+    client = make_client(sandbox)
+    config = _faulted("prompt-blocked")
+    if stream:
+        chunks = list(
+            client.models.generate_content_stream(
+                model="gemini-2.5-flash", contents=PROMPT, config=config
+            )
+        )
+        assert len(chunks) == 1
+        r = chunks[0]
+    else:
+        r = client.models.generate_content(model="gemini-2.5-flash", contents=PROMPT, config=config)
+    assert r.candidates is None
+    assert r.text is None
+    assert r.prompt_feedback.block_reason == genai_types.BlockedReason.PROHIBITED_CONTENT
+    assert r.usage_metadata.prompt_token_count == count_tokens(PROMPT)
+    assert r.usage_metadata.candidates_token_count is None
+    assert r.usage_metadata.total_token_count == count_tokens(PROMPT)
+
+
+@pytest.mark.parametrize("fault", ["refusal", "content-filter"])
+def test_refusal_fault_is_a_safety_stopped_candidate(sandbox, fault):
+    """A filtered candidate as google-genai reads it: finish_reason SAFETY, an empty
+    Content (no parts), text None, a blocked rating; only the prompt in usage."""
+    client = make_client(sandbox)
+    r = client.models.generate_content(
+        model="gemini-2.5-flash", contents=PROMPT, config=_faulted(fault)
+    )
+    candidate = r.candidates[0]
+    assert candidate.finish_reason == genai_types.FinishReason.SAFETY
+    assert candidate.content.parts is None
+    assert r.text is None
+    assert any(rating.blocked for rating in candidate.safety_ratings)
+    assert r.usage_metadata.prompt_token_count == count_tokens(PROMPT)
+    assert r.usage_metadata.candidates_token_count is None
+    assert r.prompt_feedback is None
