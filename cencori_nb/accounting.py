@@ -1093,6 +1093,7 @@ def _row(
         gateway_cache=c.gateway_cache,
         model_original=c.model_original,
         image_tokens=c.image_tokens,
+        cache_write_1h_tokens=c.cache_write_1h_tokens,
         member=member,  # empty: the current member (LedgerRow)
     )
     for key, value in overrides.items():

@@ -300,6 +300,8 @@ class LedgerRow:
     # setting, else user@host); filled in when the row is stored
     member: str = ""
     image_tokens: int = 0  # of input_tokens, the images' share
+    # of cache_write_tokens, Anthropic's 1-hour cache writes (priced at their own rate)
+    cache_write_1h_tokens: int = 0
 
     def as_params(self) -> tuple[Any, ...]:
         """The row's values in :data:`COLUMNS` order, as stored (texts cleaned by
@@ -335,6 +337,7 @@ class LedgerRow:
                 self.model_original,
                 self.member,
                 int(self.image_tokens),
+                int(self.cache_write_1h_tokens),
             )
         )
 
@@ -370,11 +373,12 @@ _COLUMN_TYPES: dict[str, type] = {
     "model_original": str,
     "member": str,
     "image_tokens": int,
+    "cache_write_1h_tokens": int,
 }
 COLUMNS = tuple(_COLUMN_TYPES)
 # what a row written by a version before a column existed holds in it (spill and journal
 # lines outlive upgrades)
-_COLUMN_DEFAULTS: dict[str, Any] = {"member": "", "image_tokens": 0}
+_COLUMN_DEFAULTS: dict[str, Any] = {"member": "", "image_tokens": 0, "cache_write_1h_tokens": 0}
 
 
 def _member() -> str:
@@ -1528,7 +1532,15 @@ def _priced_intent(data: Any) -> _Item:
     from .types import Usage
 
     row = _journal_row(data)
-    usage = Usage(int(row["input_tokens"]), int(row["output_tokens"]), 0, 0, 0)
+    # every count the line has (a note holds no cache tokens today; a line from an older
+    # version may lack the later columns)
+    usage = Usage(
+        int(row["input_tokens"]),
+        int(row["output_tokens"]),
+        int(row.get("cache_read_tokens") or 0),
+        int(row.get("cache_write_tokens") or 0),
+        cache_write_1h_tokens=int(row.get("cache_write_1h_tokens") or 0),
+    )
     quote = provider_cost(row["provider"], row["model"] or row["model_requested"], usage)
     test_mode = bool(row.get("test_mode"))
     charge = Decimal(0) if test_mode else charge_for(row["route"], quote.cost_usd)

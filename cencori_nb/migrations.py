@@ -383,6 +383,13 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "008_image_tokens",
         ["ALTER TABLE requests ADD COLUMN image_tokens INTEGER NOT NULL DEFAULT 0"],
     ),
+    # Of cache_write_tokens, Anthropic's 1-hour cache writes (billed at 2x base input, the
+    # 5-minute ones at 1.25x): kept apart so a row priced again (reports, a reclaimed
+    # journal line) gets the price it was settled at. Rows from before read 0.
+    (
+        "009_cache_write_1h_tokens",
+        ["ALTER TABLE requests ADD COLUMN cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0"],
+    ),
 ]
 
 # The same migrations, by the same names, for a PostgreSQL ledger (issue 17). PostgreSQL
@@ -548,6 +555,10 @@ PG_MIGRATIONS: list[tuple[str, list[str]]] = [
     (
         "008_image_tokens",
         ["ALTER TABLE requests ADD COLUMN image_tokens BIGINT NOT NULL DEFAULT 0"],
+    ),
+    (
+        "009_cache_write_1h_tokens",
+        ["ALTER TABLE requests ADD COLUMN cache_write_1h_tokens BIGINT NOT NULL DEFAULT 0"],
     ),
 ]
 

@@ -272,14 +272,16 @@ def _workload_rows(workload: Any, since: Any, project: str | None) -> list[dict[
             req = max(1, math.ceil(inp / DEFAULT_TOKENS_PER_REQUEST))
         req = max(1, int(req))
         provider = rec.get("provider") or "cencori"  # "cencori": infer from the model name
-        cr = int(rec.get("cache_read_tokens") or 0)
-        cw = int(rec.get("cache_write_tokens") or 0)
+        cr = _count(rec, "cache_read_tokens")
+        cw = _count(rec, "cache_write_tokens")
+        # of cw, Anthropic's 1-hour writes: their own rate (a ledger row keeps them apart)
+        cw_1h = _count(rec, "cache_write_1h_tokens")
         # Price one average request, then multiply: tiers apply per request, not per month.
         n = Decimal(req)
         # Usage holds whole tokens; an average request's are fractional, and pricing's
         # arithmetic (Decimal throughout) takes them as they are.
         avg_tokens = (Decimal(inp) / n, Decimal(outp) / n, Decimal(cr) / n, Decimal(cw) / n)
-        avg = Usage(*avg_tokens)  # type: ignore[arg-type]  # fractional tokens, see above
+        avg = Usage(*avg_tokens, cache_write_1h_tokens=Decimal(cw_1h) / n)  # type: ignore[arg-type]  # fractional tokens, see above
         quote = pricing.provider_cost(str(provider), str(rec["model"]), avg)
         out.append(
             {
@@ -296,6 +298,15 @@ def _workload_rows(workload: Any, since: Any, project: str | None) -> list[dict[
     return out
 
 
+def _count(rec: Mapping[str, Any], name: str) -> int:
+    """A token count of a workload row; 0 when absent or NaN (a frame joining rows from
+    before a column existed)."""
+    value = rec.get(name)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return 0
+    return int(value)
+
+
 def _completion_record(obj: Any) -> dict[str, Any]:
     return {
         "model": obj.model,
@@ -305,6 +316,7 @@ def _completion_record(obj: Any) -> dict[str, Any]:
         "requests": 1,
         "cache_read_tokens": getattr(obj, "cache_read_tokens", 0),
         "cache_write_tokens": getattr(obj, "cache_write_tokens", 0),
+        "cache_write_1h_tokens": getattr(obj, "cache_write_1h_tokens", 0),
     }
 
 

@@ -47,6 +47,7 @@ EXPECTED_REQUESTS_COLUMNS = [
     ("model_original", "TEXT"),
     ("member", "TEXT"),
     ("image_tokens", "INTEGER"),
+    ("cache_write_1h_tokens", "INTEGER"),
 ]
 EXPECTED_DAILY_COLUMNS = [
     ("day", "INTEGER"),
@@ -105,6 +106,7 @@ def test_schema_from_an_empty_file(private_home: Path) -> None:
         "006_gateway_receipts",
         "007_members_and_team_budgets",
         "008_image_tokens",
+        "009_cache_write_1h_tokens",
     ]
     assert _columns(conn, "requests") == EXPECTED_REQUESTS_COLUMNS
     assert _columns(conn, "requests_daily") == EXPECTED_DAILY_COLUMNS
@@ -1192,3 +1194,129 @@ def test_text_no_database_holds_is_stored_as_replacement_characters(
     assert capsys.readouterr().out.count(CLEANED_ID) == 3
     assert led.spill_path.read_text() == ""
     assert list(led.inflight_dir.glob("*.jsonl")) == []
+
+
+# ------------------------------------------------------------------ 1-hour cache writes
+
+# claude-sonnet-4-6 in genai-prices: $3 in, $3.75 (5-minute) and $6 (1-hour) cache writes,
+# $15 out per million (tests/providers/test_anthropic.py checks the rates themselves).
+SONNET_1H_LIVE = (
+    13 * Decimal(3) + 913 * Decimal("3.75") + 3000 * Decimal(6) + 4 * Decimal(15)
+) / 1_000_000
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_one_hour_cache_writes_are_kept_so_a_repriced_row_equals_its_live_price(
+    backend: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Anthropic bills 1-hour cache writes at 2x base input against 1.25x for 5-minute
+    ones. The row keeps the 1-hour share (its own column), and so do the journal's
+    settled line and the spill line: every place that prices again from rows (the usage
+    table fed to compare_costs, a Completion list, a dead process's journal, the spill
+    replay) gets the price the request was settled at, not the 5-minute rate for all.
+    Lines written before the column existed read as 0. Before, only the total was kept
+    and a re-priced row came out $0.00675 cheaper than it was billed."""
+    import json
+
+    from cencori_nb import accounting, reports
+    from cencori_nb.cli import main
+    from cencori_nb.types import Completion
+
+    if backend == "postgresql":
+        request.getfixturevalue("pg_url")
+
+    def answered(cid: str) -> Completion:
+        return Completion(
+            text="ok",
+            model="claude-sonnet-4-6",
+            provider="anthropic",
+            route="byok",
+            input_tokens=3926,
+            output_tokens=4,
+            cache_write_tokens=3913,
+            cache_write_1h_tokens=3000,
+            request_id="msg_" + cid,
+            client_id=cid,
+        )
+
+    live = accounting.settle(answered("live"))
+    assert live.provider_cost_usd == SONNET_1H_LIVE
+    led = default_ledger()
+    assert led.dialect == backend
+    col = ledger_mod.COLUMNS.index("cache_write_1h_tokens")
+    # a dead process's settled line and note (priced again at the reclaim), a spilled row,
+    # and a settled line an older version wrote (no 1-hour column): what a start reads back
+    settled = ledger_mod._Item(
+        accounting._row(answered("journal"), status="ok").as_params(), None, None
+    )
+    old = list(accounting._row(answered("old"), status="ok").as_params())
+    assert settled.params is not None and settled.params[col] == 3000
+    noted = accounting._row(answered("noted"), status="interrupted", estimated=True)
+    led.inflight_dir.mkdir(exist_ok=True)
+    (led.inflight_dir / "999999-00c0ffee.jsonl").write_text(
+        json.dumps([3, None, *settled.params])
+        + "\n"
+        + json.dumps([3, None, *old[:col]])
+        + "\n"
+        + json.dumps([2, *noted.as_params()])
+        + "\n"
+    )
+    spilled = ledger_mod._Item(
+        accounting._row(answered("spill"), status="ok").as_params(), None, None
+    )
+    led.spill_path.write_text(json.dumps(spilled.to_json()) + "\n")
+    state.reset("ledger", "wallet")
+    led = default_ledger()
+    rows = {r.client_id: r for r in led.rows()}
+    assert {cid: r.cache_write_1h_tokens for cid, r in rows.items()} == {
+        "journal": 3000,
+        "live": 3000,
+        "noted": 3000,
+        "old": 0,
+        "spill": 3000,
+    }
+    assert led.query(
+        "SELECT SUM(cache_write_1h_tokens) FROM requests WHERE client_id != 'old'"
+    ) == [(12000,)]
+    # the note, priced from its row at the reclaim: the live price, not the 5-minute one
+    assert (rows["noted"].status, rows["noted"].provider_cost_usd) == (
+        "interrupted",
+        SONNET_1H_LIVE,
+    )
+    assert rows["live"].provider_cost_usd == SONNET_1H_LIVE
+
+    frame = reports.usage()
+    frame = frame[frame["client_id"] == "live"]
+    assert list(frame["cache_write_1h_tokens"]) == [3000]
+    repriced = reports.compare_costs(frame, include_peers=False)
+    assert list(repriced["provider_cost_usd"]) == [float(SONNET_1H_LIVE)]
+    from_completion = reports.compare_costs([live], include_peers=False)
+    assert list(from_completion["provider_cost_usd"]) == [float(SONNET_1H_LIVE)]
+    capsys.readouterr()
+    assert main(["usage", "--json"]) == 0
+    exported = {r["client_id"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert exported["live"]["cache_write_1h_tokens"] == 3000
+
+
+def test_a_ledger_from_before_the_one_hour_column_reads_its_rows_as_zero(
+    tmp_path: Path,
+) -> None:
+    """A file at 008 (before the 1-hour column) with a row migrates to the latest: the row
+    reads 0 one-hour writes, and new rows keep theirs."""
+    path = tmp_path / "old.sqlite"
+    conn = ledger_mod.connect(path)
+    migrate(conn, upto="008_image_tokens")
+    old = LedgerRow("r-old", "p", "anthropic", "byok", cache_write_tokens=50, client_id="old")
+    conn.execute(
+        f"INSERT INTO requests ({', '.join(ledger_mod.COLUMNS[:-1])}) "  # noqa: S608
+        f"VALUES ({', '.join('?' * (len(ledger_mod.COLUMNS) - 1))})",
+        old.as_params()[:-1],
+    )
+    conn.close()
+    led = Ledger(path)
+    led.record(
+        LedgerRow("r-new", "p", "anthropic", "byok", cache_write_1h_tokens=7, client_id="new")
+    )
+    got = {r.client_id: (r.cache_write_tokens, r.cache_write_1h_tokens) for r in led.rows()}
+    assert got == {"old": (50, 0), "new": (0, 7)}
+    led.close()

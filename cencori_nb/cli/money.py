@@ -59,6 +59,8 @@ USAGE_FIELDS = (
     "model_original",
     "member",
     "image_tokens",
+    # new columns go last: a script reading the CSV by position keeps working
+    "cache_write_1h_tokens",
 )
 
 

@@ -134,6 +134,7 @@ def test_usage_csv_shape(rows: None, capsys: pytest.CaptureFixture[str]) -> None
         "model_original",
         "member",
         "image_tokens",
+        "cache_write_1h_tokens",
     ]
     assert table[1]["credits_charged_usd"] == "0.01125"
 
