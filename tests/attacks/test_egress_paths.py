@@ -75,21 +75,6 @@ def proxy(
     return _proxy
 
 
-@pytest.fixture(scope="module")
-def _server() -> Iterator[RecordingSandbox]:
-    server = RecordingSandbox()
-    server.start_in_thread()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def srv(_server: RecordingSandbox) -> RecordingSandbox:
-    _server.reset()
-    _server.received.clear()
-    return _server
-
-
 class _NoSleep:
     """A transport clock whose retry waits pass at once."""
 

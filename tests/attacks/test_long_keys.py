@@ -43,21 +43,6 @@ def _token(length: int, seed: int) -> str:
 LENGTHS = [300, 1500, 4000]
 
 
-@pytest.fixture(scope="module")
-def _server() -> Any:
-    server = RecordingSandbox()
-    server.start_in_thread()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def srv(_server: RecordingSandbox) -> RecordingSandbox:
-    _server.reset()
-    _server.received.clear()
-    return _server
-
-
 @pytest.fixture
 def cm(tmp_path: Path) -> Any:
     from jupyter_server.services.contents.largefilemanager import LargeFileManager

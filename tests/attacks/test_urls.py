@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import httpx2
@@ -34,21 +33,6 @@ MODELS = {
     "together": "meta-llama/Llama-3.3-70B-Instruct-Turbo",
     "openrouter": "openai/gpt-4o-mini",
 }
-
-
-@pytest.fixture(scope="module")
-def _server() -> Iterator[RecordingSandbox]:
-    server = RecordingSandbox()
-    server.start_in_thread()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def srv(_server: RecordingSandbox) -> RecordingSandbox:
-    _server.reset()
-    _server.received.clear()
-    return _server
 
 
 @pytest.fixture
