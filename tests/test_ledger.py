@@ -901,11 +901,12 @@ def _queue_a_row_failing_a_check(home: str, how: str) -> None:
     assert [r.status for r in led.rows(status="interrupted")] == ["interrupted"]
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 @pytest.mark.parametrize(
     "how", ["killed before commit", "killed as dropped, compacted", "dropped, exited"]
 )
 def test_a_paid_row_failing_a_check_is_recorded_as_its_estimate(
-    private_home: Path, how: str
+    private_home: Path, how: str, backend: str, request: pytest.FixtureRequest
 ) -> None:
     """A request's row as queued fails a CHECK after its settled line is in the in-flight
     journal. Killed before the writer tried it, or as the writer drops it (the journal
@@ -915,10 +916,16 @@ def test_a_paid_row_failing_a_check_is_recorded_as_its_estimate(
     before settled lines existed. A process that lives on writes that estimate at once,
     and the next start adds nothing. Before, the settled row was dropped at the reclaim
     too, and a compacted journal had lost the estimate: the request, paid for, was
-    recorded nowhere."""
+    recorded nowhere. The same on a real PostgreSQL server, where the refused INSERT
+    aborts its transaction unless fenced (the child inherits CENCORI_NB_LEDGER_URL and is
+    killed by a real SIGKILL)."""
     import json
     import signal
 
+    if backend == "postgresql":
+        request.getfixturevalue("pg_url")
+    assert default_ledger().dialect == backend
+    inflight = default_ledger().inflight_dir
     wallet.set_balance(1)  # the wallet mirror tracks: the estimate's debit is written
     state.reset("ledger", "wallet")
     ctx = multiprocessing.get_context("spawn")
@@ -927,7 +934,7 @@ def test_a_paid_row_failing_a_check_is_recorded_as_its_estimate(
     proc.join(120)
     assert proc.exitcode == (0 if how == "dropped, exited" else -signal.SIGKILL)
     if how == "killed as dropped, compacted":  # only bad-1 is left: its estimate, its row
-        (journal,) = (private_home / "ledger-inflight").glob("*.jsonl")
+        (journal,) = inflight.glob("*.jsonl")
         left = [json.loads(line) for line in journal.read_text().splitlines()]
         cid = 1 + ledger_mod.COLUMNS.index("client_id")
         assert [(line[0], line[cid + (line[0] == 3)]) for line in left] == [

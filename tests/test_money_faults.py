@@ -854,16 +854,22 @@ KILL_AT_CHILD = """
 """
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 @pytest.mark.parametrize("where", ["before_commit", "before_resolve", "after_resolve"])
 def test_sigkill_at_each_step_of_recording_an_answer(
-    private_home: Path, sbx: Any, where: str
+    private_home: Path, sbx: Any, where: str, backend: str, request: pytest.FixtureRequest
 ) -> None:
     """SIGKILL at a chosen step of recording an answer (no randomness): every answer the
     sandbox gave has exactly one row, and it is the exact one (``ok``, real tokens, cost
     and one wallet debit of its charge), also when the kill came before the writer
     committed it (reclaimed from the settled line of the in-flight journal, not
     estimated); a cached answer's payer is recorded; the journal is gone after the next
-    start."""
+    start. On SQLite and on a real PostgreSQL server (the child inherits
+    CENCORI_NB_LEDGER_URL)."""
+    if backend == "postgresql":
+        request.getfixturevalue("pg_url")
+    assert default_ledger().dialect == backend
+    inflight = default_ledger().inflight_dir
     wallet.set_balance(100)  # the wallet mirror tracks: each answer's debit is written
     child = _spawn(KILL_AT_CHILD.format(where=where, model=MODEL), private_home, sbx)
     out, err = child.communicate(timeout=120)
@@ -882,7 +888,7 @@ def test_sigkill_at_each_step_of_recording_an_answer(
     assert sorted((t.client_id, -t.amount) for t in usage) == sorted(
         (r.client_id, r.credits_charged_usd) for r in rows
     )
-    assert list((private_home / "ledger-inflight").glob("*.jsonl")) == []
+    assert list(inflight.glob("*.jsonl")) == []
     conn = sqlite3.connect(private_home / "cache.sqlite")
     payers = [
         json.loads(c)["client_id"] for (c,) in conn.execute("SELECT completion FROM responses")
