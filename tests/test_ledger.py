@@ -16,6 +16,7 @@ from cencori_nb import state, wallet
 from cencori_nb.errors import ConfigurationError
 from cencori_nb.ledger import Ledger, LedgerRow, default_ledger, from_pusd, parse_since, to_pusd
 from cencori_nb.migrations import MIGRATIONS, migrate
+from tests.ledger_rows import charged_row, noted_row
 
 EXPECTED_REQUESTS_COLUMNS = [
     ("id", "INTEGER"),
@@ -626,23 +627,6 @@ def test_forked_child_gets_its_own_writer(private_home: Path) -> None:
     assert sorted(r.request_id for r in led.rows()) == ["child-q", "parent-1", "parent-2"]
 
 
-def _noted(client_id: str, route: str) -> LedgerRow:
-    """The row a request's in-flight note holds: interrupted, 1,000 estimated tokens."""
-    return LedgerRow(
-        "",
-        "default",
-        "openai",
-        route,
-        status="interrupted",
-        model="gpt-4o-mini",
-        error_code="process_ended",
-        input_tokens=1000,
-        estimated=True,
-        cost_usd=None,
-        client_id=client_id,
-    )
-
-
 def test_journals_of_this_and_older_versions_are_reclaimed(private_home: Path) -> None:
     """A dead process's in-flight journal is recorded whether its lines are this version's
     ``[2, values…]`` or the ``{"v": 1, "row": {…}}`` objects older versions wrote; a torn
@@ -650,7 +634,7 @@ def test_journals_of_this_and_older_versions_are_reclaimed(private_home: Path) -
     import json
 
     def intent(client_id: str) -> tuple[object, ...]:
-        return _noted(client_id, "byok").as_params()
+        return noted_row(client_id, "byok", cost_usd=None).as_params()
 
     inflight = default_ledger().inflight_dir
     inflight.mkdir(exist_ok=True)
@@ -684,7 +668,7 @@ def test_a_settled_line_replaces_the_estimate_and_a_bad_one_does_not(
     import json
 
     def intent(client_id: str) -> list[object]:
-        return [2, *_noted(client_id, "managed").as_params()]
+        return [2, *noted_row(client_id, "managed", cost_usd=None).as_params()]
 
     def settled(client_id: str, debit: object) -> list[object]:
         row = LedgerRow(
@@ -750,7 +734,7 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
     columns = ledger_mod.COLUMNS
 
     def estimate(cid: str, **change: object) -> list[object]:
-        values = list(_noted(cid, "byok").as_params())
+        values = list(noted_row(cid, "byok", cost_usd=None).as_params())
         for name, value in change.items():
             values[columns.index(name)] = value
         return [2, *values]
@@ -825,7 +809,7 @@ def _send_a_row_no_database_takes(home: str, field: str, value: object) -> None:
 
     os.environ["CENCORI_NB_HOME"] = home
     led = default_ledger()
-    led.begin(_noted("huge-1", "byok"))
+    led.begin(noted_row("huge-1", "byok", cost_usd=None))
     row = LedgerRow("chatcmpl-1", "default", "openai", "byok", client_id="huge-1")
     setattr(row, field, value)
     led.submit(row)
@@ -876,8 +860,8 @@ def _queue_a_row_failing_a_check(home: str, how: str) -> None:
 
         Ledger._drop = die  # type: ignore[method-assign]
     led = default_ledger()
-    led.begin(_noted("good-2", "byok"))
-    led.begin(_noted("bad-1", "managed"))
+    led.begin(noted_row("good-2", "byok", cost_usd=None))
+    led.begin(noted_row("bad-1", "managed", cost_usd=None))
     row = LedgerRow(
         "chatcmpl-bad-1",
         "default",
@@ -969,8 +953,7 @@ def test_the_journal_notes_a_queued_row_only_for_a_noted_request(
 
     monkeypatch.setattr(ledger_mod, "WRITER_LINGER_S", 3600.0)  # only a flush commits
     led = default_ledger()
-    noted = LedgerRow("", "default", "openai", "byok", status="interrupted", client_id="n-1")
-    led.begin(noted)
+    led.begin(noted_row("n-1"))
     journal = led._journal
     assert journal is not None
     led.submit(LedgerRow("req-1", "default", "openai", "byok", client_id="n-1", input_tokens=7))
@@ -1079,7 +1062,7 @@ def test_a_journal_with_requests_always_in_flight_is_compacted(
     monkeypatch.setattr(ledger_mod, "WRITER_LINGER_S", 3600.0)  # commits only at a flush
     led = default_ledger()
     for i in range(60):  # three requests in flight at any time, 60 in all
-        led.begin(_noted(f"r{i:02}", "byok"))
+        led.begin(noted_row(f"r{i:02}", "byok", cost_usd=None))
         if i >= 2:
             led.submit(
                 LedgerRow(f"req-{i - 2}", "default", "openai", "byok", client_id=f"r{i - 2:02}")
@@ -1140,7 +1123,6 @@ def test_text_no_database_holds_is_stored_as_replacement_characters(
 
     from cencori_nb import reports
     from cencori_nb.cli import main
-    from tests.ledger_rows import charged_row, noted_row
 
     if backend == "postgresql":
         request.getfixturevalue("pg_url")

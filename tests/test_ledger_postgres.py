@@ -28,6 +28,7 @@ from cencori_nb.migrations import MIGRATIONS
 from cencori_nb.sandbox.server import SandboxServer
 from cencori_nb.settings import current_member, update_settings
 from cencori_nb.tokens import estimate_messages_tokens
+from tests.ledger_rows import charged_row, noted_row
 
 OPENAI_KEY = "sk-test-pgledger-" + "B" * 20 + "p9q8"
 MODEL = "gpt-4o"
@@ -581,23 +582,6 @@ def test_server_killed_mid_run_loses_nothing_and_writes_nothing_twice(
 # --------------------------------------------------------------------------- unstorable text
 
 
-def _charged(cid: str, request_id: str, model: str) -> LedgerRow:
-    """A managed row that charged the wallet 0.25 USD."""
-    return LedgerRow(
-        request_id,
-        "default",
-        "openai",
-        "managed",
-        model=model,
-        input_tokens=12,
-        output_tokens=34,
-        provider_cost_usd=Decimal("0.2"),
-        credits_charged_usd=Decimal("0.25"),
-        cost_usd=Decimal("0.25"),
-        client_id=cid,
-    )
-
-
 def test_a_nul_in_a_providers_text_is_stored_as_a_replacement_character_with_its_debit(
     pg_url: str,
 ) -> None:
@@ -613,28 +597,21 @@ def test_a_nul_in_a_providers_text_is_stored_as_a_replacement_character_with_its
     led = default_ledger()
     assert isinstance(led, PostgresLedger)
     with led._lock:  # one batch: the NUL row must not take the row after it down with it
-        led.submit(_charged("live", "chatcmpl-\x00live", "gpt-4o\x00"), debit_usd=Decimal("0.25"))
-        led.submit(_charged("next", "chatcmpl-next", "gpt-4o"), debit_usd=Decimal("0.25"))
+        led.submit(
+            charged_row("live", "chatcmpl-\x00live", model="gpt-4o\x00"), debit_usd=Decimal("0.25")
+        )
+        led.submit(charged_row("next", "chatcmpl-next", model="gpt-4o"), debit_usd=Decimal("0.25"))
     led.flush()
     led.check()  # nothing waits: the next request may go
     assert led.waiting == 0
 
-    spilled = ledger_mod._Item(_charged("spill", "chatcmpl-\x00spill", "m").as_params(), None, 0)
+    spilled = ledger_mod._Item(
+        charged_row("spill", "chatcmpl-\x00spill", model="m").as_params(), None, 0
+    )
     spilled.debit_pusd = ledger_mod.to_pusd(Decimal("0.25"))
     led.spill_path.write_text(json.dumps(spilled.to_json()) + "\n")
-    settled = _charged("journal", "chatcmpl-\x00journal", "m")
-    noted = LedgerRow(
-        "",
-        "default",
-        "openai",
-        "managed",
-        status="interrupted",
-        model="gpt-4o-mini",
-        error_code="process_ended",
-        input_tokens=1000,
-        estimated=True,
-        client_id="journal",
-    )
+    settled = charged_row("journal", "chatcmpl-\x00journal", model="m")
+    noted = noted_row("journal", "managed")
     led.inflight_dir.mkdir(exist_ok=True)
     (led.inflight_dir / "999999-00000000.jsonl").write_text(
         json.dumps([2, *noted.as_params()])
@@ -676,20 +653,7 @@ def _send_a_row_the_server_refuses(home: str) -> None:
     hostile endpoint's answer) in one batch with a good row, let the writer try them."""
     os.environ["CENCORI_NB_HOME"] = home
     led = default_ledger()
-    led.begin(
-        LedgerRow(
-            "",
-            "default",
-            "openai",
-            "byok",
-            status="interrupted",
-            model="gpt-4o-mini",
-            error_code="process_ended",
-            input_tokens=1000,
-            estimated=True,
-            client_id="huge-1",
-        )
-    )
+    led.begin(noted_row("huge-1", "byok"))
     huge = LedgerRow("chatcmpl-1", "default", "openai", "byok", client_id="huge-1")
     huge.input_tokens = 2**70
     with led._lock:  # one batch: the refused row must not take the good one down with it
@@ -744,21 +708,8 @@ def test_rows_spilled_while_the_server_was_away_that_it_refuses_are_recorded_as_
             ("bad-huge", {"output_tokens": 2**70}),
             ("good", {}),
         ):
-            led.begin(
-                LedgerRow(
-                    "",
-                    "default",
-                    "openai",
-                    "managed",
-                    status="interrupted",
-                    model="gpt-4o-mini",
-                    error_code="process_ended",
-                    input_tokens=1000,
-                    estimated=True,
-                    client_id=cid,
-                )
-            )
-            row = _charged(cid, "chatcmpl-" + cid, "gpt-4o-mini")
+            led.begin(noted_row(cid, "managed"))
+            row = charged_row(cid, "chatcmpl-" + cid, model="gpt-4o-mini")
             for name, value in change.items():
                 setattr(row, name, value)
             led.submit(row, debit_usd=Decimal("0.25"))
@@ -798,7 +749,7 @@ def test_a_start_while_the_server_is_away_reclaims_dead_processes_requests_once_
     budgets for as long as this process ran."""
     wallet.set_balance(10)
     led = default_ledger()
-    settled = _charged("dead-1", "chatcmpl-dead-1", "gpt-4o-mini")
+    settled = charged_row("dead-1", "chatcmpl-dead-1", model="gpt-4o-mini")
     led.inflight_dir.mkdir(exist_ok=True)
     (led.inflight_dir / "999999-0dead0ff.jsonl").write_text(
         json.dumps([3, 250_000_000_000, *settled.as_params()]) + "\n"

@@ -28,6 +28,7 @@ import cencori_nb
 from cencori_nb import cache, keys, state, wallet
 from cencori_nb.errors import LedgerCorruptError, LedgerError, LedgerWriteError
 from cencori_nb.ledger import Ledger, LedgerRow, _Item, default_ledger
+from tests.ledger_rows import noted_row
 from tests.magic.support import assert_one_error_line, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -250,12 +251,11 @@ JOURNAL_CUT_CHILD = """
     import os, resource, signal
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit is cut short
     from cencori_nb.errors import LedgerError
-    from cencori_nb.ledger import LedgerRow, default_ledger
+    from cencori_nb.ledger import default_ledger
+    from tests.ledger_rows import noted_row
 
     def noted(client_id):
-        return LedgerRow("", "default", "openai", "byok", status="interrupted",
-                         model="gpt-4o-mini", error_code="process_ended", input_tokens=100,
-                         estimated=True, cost_usd=None, client_id=client_id)
+        return noted_row(client_id, "byok", input_tokens=100, cost_usd=None)
 
     led = default_ledger()
     led.begin(noted("noted-a"))
@@ -414,18 +414,7 @@ def test_a_spill_line_with_a_bad_debit_never_stops_the_ledger_or_drains_the_wall
         if stored_id is not None:
             data["row"]["client_id"] = stored_id
         if estimate:
-            noted = LedgerRow(
-                "",
-                "default",
-                "openai",
-                "managed",
-                status="interrupted",
-                model="gpt-4o-mini",
-                input_tokens=1000,
-                estimated=True,
-                client_id=cid,
-            )
-            data["estimate"] = [2, *noted.as_params()]
+            data["estimate"] = [2, *noted_row(cid, "managed").as_params()]
         return json.dumps(data) + "\n"
 
     led.spill_path.write_text(
@@ -486,20 +475,6 @@ def test_a_spilled_row_the_ledger_refuses_is_recorded_as_its_estimate(
     state.reset("ledger", "wallet")
     led = Ledger(busy_timeout_s=0.1)
 
-    def noted(cid: str) -> LedgerRow:
-        return LedgerRow(
-            "",
-            "default",
-            "openai",
-            "managed",
-            status="interrupted",
-            model="gpt-4o-mini",
-            error_code="process_ended",
-            input_tokens=1000,
-            estimated=True,
-            client_id=cid,
-        )
-
     def answered(cid: str, **change: Any) -> LedgerRow:
         row = LedgerRow(
             "chatcmpl-" + cid,
@@ -524,7 +499,7 @@ def test_a_spilled_row_the_ledger_refuses_is_recorded_as_its_estimate(
             ("bad-huge", {"output_tokens": 2**70}),
             ("good", {}),
         ):
-            led.begin(noted(cid))
+            led.begin(noted_row(cid, "managed"))
             led.submit(answered(cid, **change), debit_usd=Decimal("0.000025"))
         led.flush()
         with pytest.raises(LedgerWriteError, match="locked"):
