@@ -12,6 +12,7 @@ what the provider said (scrubbed of anything key-shaped, shortened), and what to
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     import httpx2
 
 __all__ = [
+    "CONTEXT_HINT",
+    "context_overflow",
     "AdapterStreamParser",
     "BaseStreamParser",
     "StreamContext",
@@ -71,6 +74,27 @@ __all__ = [
 ]
 
 MAX_QUOTED = 300  # characters of a provider's own error message we quote
+
+# A prompt over the model's context window, in each provider's own words (recorded in
+# tests/corpus): OpenAI's code context_length_exceeded says it by code; Anthropic's 400
+# "prompt is too long: N tokens > M maximum", Gemini's 400 INVALID_ARGUMENT "The input token
+# count (N) exceeds the maximum number of tokens allowed (M)" and xAI's "This model's
+# maximum prompt length is M" say it only in the message.
+_CONTEXT_OVERFLOW = re.compile(
+    r"prompt is too long|input token count \(?\d+\)? exceeds the maximum"
+    r"|maximum (?:prompt|context) length is",
+    re.IGNORECASE,
+)
+CONTEXT_HINT = (
+    "The prompt is longer than the model's context window: shorten it or use a model with "
+    "a longer context."
+)
+
+
+def context_overflow(said: Any) -> bool:
+    """Whether a provider's error message says the prompt is over the context window."""
+    return isinstance(said, str) and _CONTEXT_OVERFLOW.search(said) is not None
+
 
 REDACTED = MARKER
 

@@ -279,6 +279,8 @@ class AnthropicProvider(Provider):
             hint = "Check the model name: Anthropic does not know it or this key cannot use it."
         elif err_type == "request_too_large":
             hint = "The request is too large: shorten the prompt."
+        elif err_type == "invalid_request_error" and c.context_overflow(said):
+            hint = c.CONTEXT_HINT  # "prompt is too long: N tokens > M maximum"
         return c.build_error(
             cls,
             provider=self.name,

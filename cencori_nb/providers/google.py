@@ -309,6 +309,8 @@ class GoogleProvider(Provider):
             )
         elif rpc_status == "NOT_FOUND":
             hint = "Check the model name: Google does not know it or this key cannot use it."
+        elif rpc_status == "INVALID_ARGUMENT" and c.context_overflow(err.get("message")):
+            hint = c.CONTEXT_HINT  # "The input token count (N) exceeds the maximum …"
         elif rpc_status == "FAILED_PRECONDITION":
             hint = (
                 "Google refuses this request in the key's current state (e.g. billing "

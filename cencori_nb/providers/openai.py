@@ -267,11 +267,18 @@ class OpenAIProvider(Provider):
                 f"The {c.display_name(self.name)} account is out of quota or credit: "
                 "check its plan and billing, or use another route."
             )
-        elif code == "context_length_exceeded":
+        elif code == "invalid_prompt":
+            # OpenAI's safety check flagged the prompt before the model ran: a 400, not
+            # billed, and the same prompt is flagged again (the SDK's BadRequestError)
             hint = (
-                "The prompt is longer than the model's context window: shorten it or use "
-                "a model with a longer context."
+                f"{c.display_name(self.name)}'s safety check flagged the prompt before the "
+                "model ran (nothing was billed): rephrase it; sent again as is, it is "
+                "flagged again."
             )
+        elif code == "context_length_exceeded" or (
+            cls is InvalidRequestError and c.context_overflow(said)
+        ):
+            hint = c.CONTEXT_HINT  # xAI says it only in words: "maximum prompt length is"
         elif cls is InvalidRequestError and status == 404:
             hint = (
                 "Check the model name: the provider does not know it or this key cannot use it."

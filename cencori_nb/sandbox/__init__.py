@@ -31,7 +31,8 @@ injects one fault (``stream-error``: a 200 stream that ends with the provider's 
 event; ``invalid-json``: a structured answer cut mid-way; ``refusal``: the provider's own
 refusal; ``content-filter``: ``finish_reason: content_filter`` with no text on the
 OpenAI-style doors, the format's own refusal elsewhere; ``prompt-blocked``: Gemini's 200 with
-``promptFeedback.blockReason``, no candidates and the prompt billed, a refusal elsewhere);
+``promptFeedback.blockReason``, no candidates and the prompt billed, OpenAI's 400
+``invalid_prompt``, a refusal elsewhere);
 a model the provider does not serve (or an
 id containing ``does-not-exist``) gets its real 404, a prompt over the context window its
 real 400. Answers follow the recorded real ones in ``tests/corpus`` (checked field by field

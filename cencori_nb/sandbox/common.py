@@ -353,8 +353,9 @@ class Door:
     # whether the format has a content-filter finish (OpenAI's finish_reason
     # content_filter); a door without one answers the content-filter fault as a refusal
     content_filter = False
-    # whether the format blocks a prompt before the model runs (Gemini's promptFeedback
-    # .blockReason); a door without it answers the prompt-blocked fault as a refusal
+    # whether the format blocks a prompt before the model runs with a 200 (Gemini's
+    # promptFeedback.blockReason); a door without it answers the prompt-blocked fault with
+    # its prompt_blocked_error, or else as a refusal
     prompt_block = False
 
     # --- the parts a door defines -------------------------------------------------------
@@ -424,6 +425,11 @@ class Door:
         """The model's context window in tokens (None: not checked)."""
         return None
 
+    def prompt_blocked_error(self) -> str | None:
+        """The error kind this provider answers a prompt its safety check flags with,
+        before the model runs (OpenAI's 400 ``invalid_prompt``); None: it has none."""
+        return None
+
     def answer_early(self, ex: Exchange, call: ChatCall) -> bool:
         """Answer before the model "runs" (the gateway's cache); True when answered."""
         return False
@@ -486,6 +492,10 @@ class Door:
         if fault == "content-filter" and not self.content_filter:
             fault = "refusal"  # a door without a content_filter finish: its own refusal
         if fault == "prompt-blocked" and not self.prompt_block:
+            kind = self.prompt_blocked_error()
+            if kind is not None:  # refused before the model ran: an error, nothing billed
+                self.send_error(ex, kind)
+                return
             fault = "refusal"  # a door without a prompt block: its own refusal
         script = scripted(call.last_user)
         if script is not None and script[0] == "error":

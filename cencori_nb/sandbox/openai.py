@@ -19,9 +19,10 @@ OpenRouter names the upstream ``provider`` and a ``native_finish_reason`` and re
 
 As the real OpenAI API does: an alias is answered with its dated id (``gpt-4o`` →
 ``gpt-4o-2024-08-06``); an unknown model is 404 ``model_not_found``; a prompt over the
-context window is 400 ``context_length_exceeded``; running out of prepaid credit is **429**
-``insufficient_quota`` (no ``Retry-After``: waiting does not help), not 402; an error inside
-a 200 stream is a ``data: {"error": {…}}`` line.
+context window is 400 ``context_length_exceeded``; a prompt its safety check flags (the
+``prompt-blocked`` fault) is 400 ``invalid_prompt``, before the model runs; running out
+of prepaid credit is **429** ``insufficient_quota`` (no ``Retry-After``: waiting does not
+help), not 402; an error inside a 200 stream is a ``data: {"error": {…}}`` line.
 """
 
 from __future__ import annotations
@@ -213,6 +214,11 @@ class OpenAIDoor(Door):
     def api_key(self, req: Any) -> str | None:
         return bearer(req.headers)
 
+    def prompt_blocked_error(self) -> str | None:
+        """OpenAI refuses a flagged prompt with 400 ``invalid_prompt`` before the model runs
+        (the compatible providers answer the fault with their refusal)."""
+        return "invalid_prompt" if self.name == "openai" else None
+
     def error_object(
         self,
         ex: Exchange,
@@ -294,6 +300,15 @@ class OpenAIDoor(Door):
                 "model_not_found",
             ),
             "bad_request": (400, "Invalid request.", "invalid_request_error", None),
+            # tests/corpus/openai/error_400_invalid_prompt.json
+            "invalid_prompt": (
+                400,
+                "Invalid prompt: your prompt was flagged as potentially violating our usage "
+                "policy. Please try again with a different prompt: "
+                "https://platform.openai.com/docs/guides/reasoning#advice-on-prompting",
+                "invalid_request_error",
+                "invalid_prompt",
+            ),
         }
         default_status, default_message, type_, default_code = table.get(kind, table["server"])
         return status or default_status, {

@@ -256,3 +256,28 @@ def test_the_provider_key_headers_are_the_credential_headers_but_a_proxys() -> N
     assert _common.sent_key(_response_to({"Proxy-Authorization": f"Basic {_SENT}"})) == ""
     both = {"Proxy-Authorization": "Basic cHJveHk6cHc=", "x-api-key": _SENT}
     assert _common.sent_key(_response_to(both)) == _SENT
+
+
+@pytest.mark.parametrize(
+    ("said", "over"),
+    [
+        ("prompt is too long: 219898 tokens > 200000 maximum", True),  # Anthropic
+        (
+            "The input token count (3475108) exceeds the maximum number of tokens allowed "
+            "(1048576).",
+            True,
+        ),  # Gemini
+        ("This model's maximum prompt length is 131072 but the request contains 179111", True),
+        ("This model's maximum context length is 65536 tokens. However, you requested", True),
+        ('messages: roles must alternate between "user" and "assistant"', False),
+        # max_tokens over the model's output limit is not a prompt over the window
+        ("max_tokens: 100000 > 64000, which is the maximum allowed number of output", False),
+        ("Request contains an invalid argument.", False),
+        (None, False),
+        (42, False),
+    ],
+)
+def test_context_overflow_reads_each_providers_words(said: object, over: bool) -> None:
+    from cencori_nb.providers._common import context_overflow
+
+    assert context_overflow(said) is over

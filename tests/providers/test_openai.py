@@ -472,3 +472,33 @@ def test_openai_usage_reads_every_field_shape_as_before(junk: Any) -> None:
             shapes.append({**base, details: {field: junk}})
     for raw in shapes:
         assert openai_usage(raw) == _usage_before_the_inline_reads(raw), raw
+
+
+def test_flagged_prompt_is_an_unbilled_error_that_says_to_rephrase(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OpenAI's 400 invalid_prompt (tests/corpus/openai/error_400_invalid_prompt.json)
+    through chat against the sandbox: InvalidRequestError whose hint says to rephrase (not
+    "check the model name"), sent once, one error row that costs nothing."""
+    import cencori_nb
+    from cencori_nb import keys
+    from cencori_nb.ledger import default_ledger
+    from cencori_nb.sandbox.server import SandboxServer
+
+    srv = SandboxServer(faults="prompt-blocked=1", seed=5)
+    monkeypatch.setenv("CENCORI_NB_SANDBOX", srv.start_in_thread())
+    try:
+        keys.set("openai", "sk-proj-flagged" + "F" * 24 + "a1b2")
+        with pytest.raises(errors.InvalidRequestError) as info:
+            cencori_nb.chat("Say hello", model="gpt-4o-mini", route="byok", retries=3)
+        assert info.value.code == "invalid_prompt"
+        assert "rephrase it" in str(info.value) and "model name" not in str(info.value)
+        assert srv.stats["requests"] == 1
+        led = default_ledger()
+        led.flush()
+        rows = led.rows()
+        assert [(r.status, r.error_code, r.cost_usd) for r in rows] == [
+            ("error", "invalid_prompt", 0)
+        ]
+    finally:
+        srv.stop()

@@ -41,6 +41,7 @@ FILES = sorted(p.relative_to(CORPUS).as_posix() for p in CORPUS.glob("*/*.json")
 HTTP = httpx2.Client(timeout=60)
 LONG_PROMPT = "word " * 128_001  # over gpt-4o's 128k-token context window
 LONGER_PROMPT = "word " * 262_145  # over grok-3's 131072 and Claude's 200k
+GEMINI_PROMPT = "word " * 1_048_577  # over Gemini 2.5's 1048576
 
 # Values that differ by nature between two answers to two requests, by JSON key: compared
 # for type only. Anything else (object names, roles, error types and codes, statuses,
@@ -211,6 +212,8 @@ TRIGGERS: dict[str, dict[str, Any]] = {
     "google/error_400_api_key_not_found.json": {"key": "revoked"},
     "google/error_429_retryinfo.json": {"fault": "429"},
     "google/generate_25pro_thinking.json": {},
+    "google/error_400_input_token_count.json": {"prompt": GEMINI_PROMPT},
+    "anthropic/error_400_prompt_too_long.json": {"prompt": LONGER_PROMPT},
     "google/generate_blocked_prompt_prohibited_content.json": {"fault": "prompt-blocked"},
     "google/stream_blocked_prompt_prohibited_content.json": {"fault": "prompt-blocked"},
     "google/generate_25flash_safety_stop.json": {"fault": "content-filter"},
@@ -220,6 +223,7 @@ TRIGGERS: dict[str, dict[str, Any]] = {
     "openai/chat_o3mini_reasoning.json": {},
     "openai/chat_content_filter_empty.json": {"fault": "content-filter"},
     "openai/error_401_invalid_api_key.json": {"key": "revoked"},
+    "openai/error_400_invalid_prompt.json": {"fault": "prompt-blocked"},
     "openai/error_429_insufficient_quota.json": {"fault": "402"},
     "openai/error_429_insufficient_quota_code_null.json": {"fault": "402"},
     "openrouter/stream_error_in_200.json": {"fault": "stream-error"},

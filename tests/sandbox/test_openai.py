@@ -301,3 +301,27 @@ def test_mistral_stream_usage_on_last_chunk_and_no_stream_options(sandbox):
             stream_options={"include_usage": True},
         )
     assert info.value.code == "extra_forbidden"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_prompt_blocked_fault_is_invalid_prompt(client, sandbox, stream):
+    """The prompt-blocked fault on OpenAI: 400 invalid_prompt before the model runs, as
+    OpenAI refuses a flagged prompt (tests/corpus/openai/error_400_invalid_prompt.json);
+    the SDK raises BadRequestError with that code, for a stream too (nothing streamed)."""
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(client, stream=stream, extra_headers={"X-Sandbox-Fault": "prompt-blocked"})
+    assert info.value.code == "invalid_prompt"
+    assert info.value.type == "invalid_request_error"
+    assert info.value.body["message"].startswith("Invalid prompt: your prompt was flagged")
+    assert sandbox.stats["requests"] == 1
+
+
+def test_prompt_blocked_fault_on_a_compatible_door_is_its_refusal(sandbox):
+    """Groq has no invalid_prompt: the fault is answered as the door's own refusal (200)."""
+    groq = openai.OpenAI(base_url=sandbox.url + "/groq/v1", api_key=KEY, max_retries=0)
+    c = groq.chat.completions.create(
+        model="llama-3.3-70b-versatile",
+        messages=[{"role": "user", "content": PROMPT}],
+        extra_headers={"X-Sandbox-Fault": "prompt-blocked"},
+    )
+    assert c.choices[0].finish_reason == "stop"
