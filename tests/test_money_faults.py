@@ -1038,3 +1038,77 @@ def test_a_ledger_locked_too_long_spills_then_catches_up(tmp_path: Path) -> None
     assert [r.client_id for r in led.rows()] == ["while-locked"]
     assert led.spill_path.read_bytes() == b""
     led.close()
+
+
+# ------------------------------------------------------------------ a hostile reply's text
+
+# An OpenAI chat completion whose id holds a lone surrogate and whose system fingerprint a
+# NUL: valid JSON (the escapes decode), not storable as UTF-8 / PostgreSQL text.
+HOSTILE_REPLY = (
+    b'{"id": "chatcmpl-\\ud800hostile\\u0000", "object": "chat.completion", "created": 1,'
+    b' "model": "gpt-4o-mini", "system_fingerprint": "fp_\\udfff",'
+    b' "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},'
+    b' "finish_reason": "stop"}],'
+    b' "usage": {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}}'
+)
+
+
+@pytest.fixture
+def hostile_endpoint(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A real HTTP server on 127.0.0.1 answering every POST with HOSTILE_REPLY (and 404
+    to anything else), set as the sandbox the toolkit sends to."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(HOSTILE_REPLY)))
+            self.end_headers()
+            self.wfile.write(HOSTILE_REPLY)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_error(404)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("CENCORI_NB_SANDBOX", f"http://127.0.0.1:{server.server_port}")
+    keys.set("openai", OPENAI_KEY)
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_hostile_replys_text_is_recorded_with_its_real_usage(
+    hostile_endpoint: Any, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """An endpoint answers with an id holding a lone surrogate and a NUL. The request is
+    recorded as answered, with its real tokens and price (12 in, 34 out), the id stored
+    with U+FFFD in place of each; the usage table exports to CSV. Before, the row could
+    not be stored on either backend and the request was recorded as its pre-send estimate
+    (interrupted, estimated tokens, estimated price)."""
+    from cencori_nb import reports
+    from cencori_nb.pricing import estimate_cost
+
+    if backend == "postgresql":
+        request.getfixturevalue("pg_url")
+    reply = cencori_nb.chat("hello", model=MODEL, route="byok", cache=False)
+    assert (reply.input_tokens, reply.output_tokens) == (12, 34)
+    led = default_ledger()
+    assert led.dialect == backend
+    (row,) = led.rows()
+    assert (row.status, row.estimated, row.input_tokens, row.output_tokens) == ("ok", False, 12, 34)
+    assert row.request_id == "chatcmpl-\ufffdhostile\ufffd"
+    assert row.provider_cost_usd == estimate_cost("openai", MODEL, 12, 34) > 0
+    assert led.dropped == 0
+    exported = reports.usage().to_csv(index=False).encode("utf-8")
+    assert "chatcmpl-\ufffdhostile\ufffd".encode() in exported
