@@ -1495,6 +1495,10 @@ _CHARGED = COLUMNS.index("credits_charged_pusd")
 _CLIENT_ID = COLUMNS.index("client_id")
 _REAL = frozenset(i for i, t in enumerate(_COLUMN_TYPES.values()) if t is float)
 _INTEGER = frozenset(i for i, t in enumerate(_COLUMN_TYPES.values()) if t is int)
+# token counts and money: never below 0 in a row (a refund is the wallet's own kind)
+_NON_NEGATIVE = frozenset(
+    i for i, c in enumerate(COLUMNS) if c.endswith("_tokens") or c.endswith("_pusd")
+)
 
 
 def _storable(params: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -1515,6 +1519,7 @@ def _storable(params: tuple[Any, ...]) -> tuple[Any, ...]:
         kind = type(value)
         if index in _INTEGER or (index in _REAL and kind is not float):
             ok = (kind is int and -_INT64 <= value < _INT64) or kind is bool
+            ok = ok and (value >= 0 or index not in _NON_NEGATIVE)
         elif index in _REAL:
             ok = math.isfinite(value)
         else:
@@ -1541,6 +1546,14 @@ def _priced_intent(data: Any) -> _Item:
         int(row.get("cache_write_tokens") or 0),
         cache_write_1h_tokens=int(row.get("cache_write_1h_tokens") or 0),
     )
+    if (
+        min(usage.output_tokens, usage.cache_read_tokens, usage.cache_write_1h_tokens) < 0
+        or usage.cache_read_tokens + usage.cache_write_tokens > usage.input_tokens
+        or not 0 <= usage.cache_write_1h_tokens <= usage.cache_write_tokens
+    ):
+        # priced, such counts cost less than nothing: a negative charge the wallet refuses
+        # (the reclaim would fail at every start) or a cost that lowers spend and caps
+        raise ValueError("a note with counts no request has")
     quote = provider_cost(row["provider"], row["model"] or row["model_requested"], usage)
     test_mode = bool(row.get("test_mode"))
     charge = Decimal(0) if test_mode else charge_for(row["route"], quote.cost_usd)

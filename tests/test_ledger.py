@@ -725,10 +725,13 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
     """A dead process's journal (a synced home may hold anything) with lines whose values
     cannot be a row: a list, a 2**100 token count, an Infinity, a float as money, a word
     as a count, a number as a name, no client id, a debit that is not its row's charge (on
-    a BYOK row). Each such line is skipped like a torn one (a request keeps its estimate
-    when only its settled line is bad), the ledger opens, and the wallet is debited only
-    what rows say. A NUL in a text is not damage (a provider's id may hold one): that
-    settled row is recorded with U+FFFD in its place (clean_text, on both backends)."""
+    a BYOK row), a negative count or amount, a note whose cache counts exceed its input
+    (priced, it would cost less than nothing: a negative debit, refused by the wallet,
+    failed the reclaim at every start). Each such line is skipped like a torn one (a
+    request keeps its estimate when only its settled line is bad), the ledger opens, and
+    the wallet is debited only what rows say. A NUL in a text is not damage (a provider's
+    id may hold one): that settled row is recorded with U+FFFD in its place (clean_text,
+    on both backends)."""
     import json
 
     columns = ledger_mod.COLUMNS
@@ -768,6 +771,8 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
         "s-other-debit": settled(
             "s-other-debit", 10**15, credits_charged_pusd=25_000_000, route="managed"
         ),
+        "s-negative": settled("s-negative", output_tokens=-34),
+        "s-negative-cost": settled("s-negative-cost", cost_pusd=-21_000_000),
     }
     lines: list[object] = [estimate(cid) for cid in hostile]
     lines += hostile.values()
@@ -777,6 +782,9 @@ def test_a_damaged_or_hostile_journal_never_stops_the_ledger_opening(
         estimate("x", client_id="", route="managed"),
         estimate("e-list", project={"a": 1}),
         estimate("e-huge", input_tokens=2**100),
+        estimate("e-negative", input_tokens=-(10**9), route="managed"),
+        estimate("e-cache-read", cache_read_tokens=10**9, route="managed"),
+        estimate("e-cache-1h", cache_write_1h_tokens=10**9, route="managed"),
         settled("ok-settled"),
         estimate("ok-nul"),
         settled("ok-nul", request_id="chatcmpl-\x00"),
