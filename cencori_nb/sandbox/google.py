@@ -12,7 +12,9 @@ whose reason is ``API_KEY_INVALID``; a 429 ``RESOURCE_EXHAUSTED`` has **no** ``R
 header, only a ``RetryInfo`` detail (``retryDelay: "Ns"``) and the "Please retry in Ns"
 sentence; 2.5 Flash and Pro think by default, so their usage carries
 ``thoughtsTokenCount`` (billed as output) unless ``thinkingConfig.thinkingBudget`` is 0
-(Flash-Lite does not think unless given a budget); an unknown model is 404 ``NOT_FOUND``;
+(Flash-Lite does not think unless given a budget), and ``maxOutputTokens`` caps thinking
+and answer together (thinking that fills it leaves a candidate with no parts,
+``MAX_TOKENS``); an unknown model is 404 ``NOT_FOUND``;
 a prompt over the context window is 400 ``INVALID_ARGUMENT``; the ``prompt-blocked`` fault
 is a 200 with ``promptFeedback.blockReason`` and no candidates, the ``refusal`` (and
 ``content-filter``) fault a candidate stopped with ``finishReason: SAFETY`` and an empty
@@ -22,6 +24,7 @@ is a 200 with ``promptFeedback.blockReason`` and no candidates, the ``refusal`` 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from .common import (
@@ -285,11 +288,10 @@ class GoogleDoor(Door):
     @staticmethod
     def _usage(reply: Reply, thoughts: int, output: int | None = None) -> dict[str, Any]:
         out = reply.output_tokens if output is None else output
-        usage: dict[str, Any] = {
-            "promptTokenCount": reply.input_tokens,
-            "candidatesTokenCount": out,
-            "totalTokenCount": reply.input_tokens + out + thoughts,
-        }
+        usage: dict[str, Any] = {"promptTokenCount": reply.input_tokens}
+        if out:  # Google leaves the field out when nothing was answered (as recorded)
+            usage["candidatesTokenCount"] = out
+        usage["totalTokenCount"] = reply.input_tokens + out + thoughts
         if thoughts:  # Google only sends the field when the model thought
             usage["thoughtsTokenCount"] = thoughts
         usage["promptTokensDetails"] = [
@@ -305,10 +307,25 @@ class GoogleDoor(Door):
     def _prompt_usage(reply: Reply) -> dict[str, Any]:
         """The usage of an answer with no output (a blocked prompt, a filtered candidate):
         Google counts the prompt and sends no ``candidatesTokenCount`` at all."""
-        usage = GoogleDoor._usage(reply, 0, output=0)
-        del usage["candidatesTokenCount"]
-        usage["totalTokenCount"] = reply.input_tokens
-        return usage
+        return GoogleDoor._usage(reply, 0, output=0)
+
+    @staticmethod
+    def _within_max_output(call: ChatCall, reply: Reply, thoughts: int) -> tuple[Reply, int]:
+        """``maxOutputTokens`` caps thinking and answer together (recorded: a 2.5 Pro answer
+        with ``maxOutputTokens: 5`` is MAX_TOKENS with no text, only thoughts; measured
+        sums land on the cap): the thinking comes first, the answer gets what is left."""
+        limit = call.max_tokens
+        if limit is None or not thoughts:
+            return reply, thoughts
+        thoughts = min(thoughts, limit)
+        room = limit - thoughts
+        if reply.output_tokens <= room:
+            return reply, thoughts
+        pieces = reply.pieces[:room]
+        cut = replace(
+            reply, text="".join(pieces), pieces=pieces, output_tokens=room, truncated=True
+        )
+        return cut, thoughts
 
     async def _send_one(self, ex: Exchange, call: ChatCall, body: dict[str, Any]) -> None:
         """A whole answer that is one response: a JSON body, a one-element array (a stream
@@ -339,9 +356,25 @@ class GoogleDoor(Door):
         if call.refused:
             await self._respond_blocked(ex, call, reply)
             return
+        reply, thoughts = self._within_max_output(call, reply, self.thoughts(call, reply))
         finish = "MAX_TOKENS" if reply.truncated else "STOP"
         response_id = ex.request_id[4:]
-        thoughts = self.thoughts(call, reply)
+        if not reply.pieces:
+            # the thinking used the whole budget: a candidate with no parts
+            # (tests/corpus/google/generate_25pro_max_tokens_thinking_empty.json)
+            await self._send_one(
+                ex,
+                call,
+                {
+                    "candidates": [
+                        {"content": {"role": "model"}, "finishReason": finish, "index": 0}
+                    ],
+                    "usageMetadata": self._usage(reply, thoughts),
+                    "modelVersion": call.answered_model,
+                    "responseId": response_id,
+                },
+            )
+            return
         if not call.stream:
             ex.send_json(
                 200,

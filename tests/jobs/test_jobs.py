@@ -50,7 +50,7 @@ def test_submit_result_records_once_at_batch_price(sbx, provider):
     half the list price; fetching again records nothing more."""
     df = pd.DataFrame({"text": [f"item {i}" for i in range(5)] + [None]}, index=list("uvwxyz"))
     job = cencori_nb.submit(
-        df, "Summarise: {text}", model=MODELS[provider], max_tokens=40, rows_per_job=2
+        df, "Summarise: {text}", model=MODELS[provider], max_tokens=400, rows_per_job=2
     )
     assert isinstance(job, BatchJob) and job.id.startswith("job_")
     assert len(job.provider_job_ids) == 3  # 5 sendable rows, 2 a job

@@ -213,6 +213,7 @@ TRIGGERS: dict[str, dict[str, Any]] = {
     "google/error_429_retryinfo.json": {"fault": "429"},
     "google/generate_25pro_thinking.json": {},
     "google/error_400_input_token_count.json": {"prompt": GEMINI_PROMPT},
+    "google/generate_25pro_max_tokens_thinking_empty.json": {"max_tokens": 5},
     "anthropic/error_400_prompt_too_long.json": {"prompt": LONGER_PROMPT},
     "google/generate_blocked_prompt_prohibited_content.json": {"fault": "prompt-blocked"},
     "google/stream_blocked_prompt_prohibited_content.json": {"fault": "prompt-blocked"},
@@ -347,6 +348,10 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
     (
         "google/stream_blocked_prompt_prohibited_content.json",
         "frame[0].usageMetadata.serviceTier: missing",
+    ): _WHY_SERVICE_TIER,
+    (
+        "google/generate_25pro_max_tokens_thinking_empty.json",
+        "body.usageMetadata.serviceTier: missing",
     ): _WHY_SERVICE_TIER,
     (
         "anthropic/stream_hello_docs.json",
@@ -798,6 +803,8 @@ def ask(name: str) -> httpx2.Response:
                 "responseMimeType": "application/json",
                 "responseJsonSchema": schema.gemini_json_schema(),
             }
+        if trigger.get("max_tokens"):
+            body.setdefault("generationConfig", {})["maxOutputTokens"] = trigger["max_tokens"]
         if trigger.get("key") != "missing":
             headers["x-goog-api-key"] = key
     elif provider == "anthropic":

@@ -54,17 +54,54 @@ def test_generate_content_default_v1(sandbox):
 
 
 def test_system_instruction_and_max_output_tokens(sandbox):
+    """Thinking off: maxOutputTokens cuts the answer itself."""
     client = make_client(sandbox)
     r = client.models.generate_content(
         model="gemini-2.5-flash",
         contents=PROMPT,
         config=genai_types.GenerateContentConfig(
-            system_instruction="Be brief.", max_output_tokens=6
+            system_instruction="Be brief.",
+            max_output_tokens=6,
+            thinking_config=genai_types.ThinkingConfig(thinking_budget=0),
         ),
     )
     assert r.candidates[0].finish_reason == genai_types.FinishReason.MAX_TOKENS
     assert r.usage_metadata.candidates_token_count == 6
     assert r.usage_metadata.prompt_token_count == count_tokens(PROMPT) + count_tokens("Be brief.")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_output_tokens_caps_thinking_and_answer_together(sandbox, stream):
+    """2.5 thinks by default, and maxOutputTokens caps thinking and answer together (as
+    Google does; tests/corpus/google/generate_25pro_max_tokens_thinking_empty.json): a
+    small cap is used up by thinking, MAX_TOKENS with no text and no
+    candidates_token_count; a larger one leaves the answer what thinking did not use.
+    (Until this session the sandbox counted them apart: 6 answer tokens and thinking on
+    top, more output than the cap allows.)"""
+    client = make_client(sandbox)
+    for cap in (6, 200):
+        config = genai_types.GenerateContentConfig(max_output_tokens=cap)
+        if stream:
+            chunks = list(
+                client.models.generate_content_stream(
+                    model="gemini-2.5-pro", contents=PROMPT, config=config
+                )
+            )
+            r, text = chunks[-1], "".join(c.text or "" for c in chunks)
+        else:
+            r = client.models.generate_content(
+                model="gemini-2.5-pro", contents=PROMPT, config=config
+            )
+            text = r.text or ""
+        usage = r.usage_metadata
+        spent = (usage.thoughts_token_count or 0) + (usage.candidates_token_count or 0)
+        assert r.candidates[0].finish_reason == genai_types.FinishReason.MAX_TOKENS
+        assert spent == cap
+        if cap == 6:
+            assert text == "" and usage.candidates_token_count is None
+            assert r.candidates[0].content.parts is None
+        else:
+            assert usage.candidates_token_count == count_tokens(text) > 0
 
 
 @pytest.mark.parametrize(
