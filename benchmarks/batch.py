@@ -19,12 +19,17 @@ does not share the client's GIL or CPU account. Everything lives in a throwaway
     ideal is concurrency / latency = 1,280 requests/s; the setup's real ceiling is the fourth
     contender, bare asyncio sockets (`run_sockets`), and map and httpx2 are read against it.
 (f) first call in a fresh process: each round starts one process per contender (map, raw
-    httpx2), interleaved, that imports its library, then times its first batch of
-    ``--rows`` prompts (connections opened on the way; for map also the key store unlock,
-    the ledger, pandas, aiohttp and its other lazy imports). The price table on disk
-    (``prices.json`` in the home, see cencori_nb/pricing.py) is built by the first process
-    that prices anything after an install or upgrade of genai-prices, in a user's home as
-    here: with ``--only-first`` that is round 1's map, and its line says so.
+    httpx2, and map given a pandas column), interleaved, that imports its library, then
+    times its first batch of ``--rows`` prompts (connections opened on the way; for map
+    also the key store unlock, the ledger, pandas, aiohttp and its other lazy imports).
+    Three ratios: (1) the issue's, each batch timed after its library's import (map's
+    library is lazy, so its imports fall inside its clock, httpx2's outside); (2) from the
+    spawn of the process to the end of its batch, so both pay the interpreter and every
+    import; (3) ``map-df``: the prompts come as a pandas column, pandas imported before the
+    clock as a notebook that built the frame has, against the same httpx2 runs. The price
+    table on disk (``prices.json`` in the home, see cencori_nb/pricing.py) is built by the
+    first process that prices anything after an install or upgrade of genai-prices, in a
+    user's home as here: with ``--only-first`` that is round 1's map, and its line says so.
 (b) a rate-limited run: a second sandbox with ``--rpm`` (sliding 60-second window per key),
     ``--rpm-rows`` prompts through ``map`` on the managed route (so the wallet is debited):
     achieved rate over allowed rate, failed rows, duplicate debits per request id, and
@@ -302,15 +307,17 @@ def _map_contender(prompts: list[str], concurrency: int) -> tuple[float, int]:
 
 def part_f(
     url: str, rows: int, concurrency: int, rounds: int
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[float]]]:
     """The first batch in a fresh process, per contender, interleaved over ``rounds``:
-    requests/s and client CPU µs/request of each round."""
-    rates: dict[str, list[float]] = {"map": [], "httpx2": []}
-    cpu_us: dict[str, list[float]] = {"map": [], "httpx2": []}
+    requests/s, client CPU µs/request and requests/s from the process's spawn, per round."""
+    rates: dict[str, list[float]] = {"map": [], "httpx2": [], "map-df": []}
+    cpu_us: dict[str, list[float]] = {"map": [], "httpx2": [], "map-df": []}
+    spawned: dict[str, list[float]] = {"map": [], "httpx2": [], "map-df": []}
     names = list(rates)
     for r in range(rounds):
-        order = names[r % 2 :] + names[: r % 2]
+        order = names[r % 3 :] + names[: r % 3]
         for name in order:
+            t_spawn = time.time()  # the child's end is on the same clock
             out = subprocess.run(
                 [
                     sys.executable,
@@ -325,6 +332,8 @@ def part_f(
                     str(concurrency),
                     "--tag",
                     f"first {r}",
+                    "--spawned",
+                    repr(t_spawn),
                 ],
                 cwd=ROOT,
                 env={**os.environ, "CENCORI_NB_SANDBOX": url},
@@ -338,22 +347,28 @@ def part_f(
             got = json.loads(out.stdout.strip().splitlines()[-1])
             rates[name].append(rows / got["elapsed"])
             cpu_us[name].append(got["cpu_us"])
+            spawned[name].append(rows / got["since_spawn"])
             print(
                 f"  round {r + 1} {name:7s} {rows / got['elapsed']:8.1f} req/s  "
-                f"({got['elapsed']:5.2f} s, {got['errors']} errors)  client CPU "
+                f"({got['elapsed']:5.2f} s, {got['since_spawn']:5.2f} s from spawn, "
+                f"{got['errors']} errors)  client CPU "
                 f"{got['cpu_us']:6.0f} µs/request (fresh process"
-                + ("" if name != "map" or got["table"] else "; built the price table")
+                + ("" if name == "httpx2" or got["table"] else "; built the price table")
                 + ")",
                 flush=True,
             )
-    return rates, cpu_us
+    return rates, cpu_us, spawned
 
 
-def first_call(name: str, url: str, rows: int, concurrency: int, tag: str) -> int:
+def first_call(name: str, url: str, rows: int, concurrency: int, tag: str, spawned: float) -> int:
     """In a fresh process: import the contender's library, then time its first batch."""
-    prompts = [f"{tag} {name}: summarise item {i} in one line." for i in range(rows)]
+    prompts: Any = [f"{tag} {name}: summarise item {i} in one line." for i in range(rows)]
     table = False
-    if name == "map":
+    if name.startswith("map"):
+        if name == "map-df":  # a notebook that built its frame has pandas imported already
+            import pandas as pd
+
+            prompts = pd.Series(prompts, name="prompt")
         import cencori_nb  # noqa: F401  (what a script imports; map's lazy imports count)
 
         # the price table a previous process left (pricing.TABLE_NAME, checked below without
@@ -372,7 +387,18 @@ def first_call(name: str, url: str, rows: int, concurrency: int, tag: str) -> in
         cpu0 = time.process_time()
         elapsed, errors = run_httpx2(url, prompts, concurrency, warm=False)
     cpu_us = (time.process_time() - cpu0) * 1e6 / rows
-    print(json.dumps({"elapsed": elapsed, "errors": errors, "cpu_us": cpu_us, "table": table}))
+    since_spawn = time.time() - spawned
+    print(
+        json.dumps(
+            {
+                "elapsed": elapsed,
+                "errors": errors,
+                "cpu_us": cpu_us,
+                "table": table,
+                "since_spawn": since_spawn,
+            }
+        )
+    )
     return 0
 
 
@@ -503,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only-first", action="store_true", help="run only (f), the fresh processes (no rpm)"
     )
-    ap.add_argument("--first", choices=["map", "httpx2"], help=argparse.SUPPRESS)
+    ap.add_argument("--first", choices=["map", "httpx2", "map-df"], help=argparse.SUPPRESS)
+    ap.add_argument("--spawned", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--tag", default="first", help=argparse.SUPPRESS)
     ap.add_argument("--rpm", type=int, default=600)
@@ -513,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = ap.parse_args(argv)
     if args.first:  # a child of part_f: the home and the keys are the parent's
-        return first_call(args.first, args.url, args.rows, args.concurrency, args.tag)
+        return first_call(args.first, args.url, args.rows, args.concurrency, args.tag, args.spawned)
     _byte_compile()
     _setup_env()
 
@@ -600,15 +627,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report_f(url: str, args: argparse.Namespace) -> dict[str, Any]:
     print(f"(f) the first batch of {args.rows} prompts in a fresh process:")
-    f, cpu = part_f(url, args.rows, args.concurrency, args.rounds)
+    f, cpu, spawned = part_f(url, args.rows, args.concurrency, args.rounds)
     fmed = {k: statistics.median(v) for k, v in f.items()}
     cmed = {k: statistics.median(v) for k, v in cpu.items()}
-    print(
-        f"  first map / first httpx2 = {fmed['map'] / fmed['httpx2']:.2f} on the "
-        "medians (per round: "
-        + ", ".join(f"{m / h:.2f}" for m, h in zip(f["map"], f["httpx2"], strict=True))
-        + ")"
-    )
+    smed = {k: statistics.median(v) for k, v in spawned.items()}
+
+    def _ratio(label: str, table: dict[str, list[float]], med: dict[str, float], a: str) -> None:
+        print(
+            f"  {label} = {med[a] / med['httpx2']:.2f} on the medians (per round: "
+            + ", ".join(f"{m / h:.2f}" for m, h in zip(table[a], table["httpx2"], strict=True))
+            + ")"
+        )
+
+    _ratio("(1) first map / first httpx2, each after its import", f, fmed, "map")
+    _ratio("(2) the same from the process's spawn", spawned, smed, "map")
+    _ratio("(3) first map of a pandas column / first httpx2", f, fmed, "map-df")
     # CPU is the steadier figure on a shared machine (the client is CPU-bound at this
     # concurrency): the rate ratio cannot beat the inverse of this one for long.
     print(
@@ -617,7 +650,14 @@ def _report_f(url: str, args: argparse.Namespace) -> dict[str, Any]:
         + ", ".join(f"{m / h:.2f}" for m, h in zip(cpu["map"], cpu["httpx2"], strict=True))
         + ")"
     )
-    return {"rates": f, "medians": fmed, "cpu_us": cpu, "cpu_medians": cmed}
+    return {
+        "rates": f,
+        "medians": fmed,
+        "cpu_us": cpu,
+        "cpu_medians": cmed,
+        "from_spawn": spawned,
+        "from_spawn_medians": smed,
+    }
 
 
 def _finish(results: dict[str, Any], args: argparse.Namespace) -> int:
