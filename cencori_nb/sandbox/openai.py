@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from .common import (
@@ -520,7 +521,32 @@ class OpenAIDoor(Door):
             or (self.name == "deepseek" and call.model == "deepseek-reasoner")
             or (self.name == "xai" and call.model.startswith(("grok-4", "grok-3-mini")))
         )
-        return 2 * reply.output_tokens + 8 if reasons else 0
+        if not reasons:
+            return 0
+        if "reasoning_spent" in call.extra:  # capped with the answer (_within_max_completion)
+            return int(call.extra["reasoning_spent"])
+        return 2 * reply.output_tokens + 8
+
+    def _within_max_completion(self, call: ChatCall, reply: Reply) -> Reply:
+        """OpenAI's ``max_completion_tokens`` is "an upper bound for the number of tokens
+        that can be generated for a completion, including visible output tokens and
+        reasoning tokens" (API reference): the reasoning comes first, the answer gets what
+        is left, and reasoning that uses it all leaves ``content: ""`` with
+        ``finish_reason: length`` (as openai users report for gpt-5-nano)."""
+        if self.name != "openai" or call.max_tokens is None:
+            return reply
+        spent = self.reasoning(call, reply)
+        if not spent:
+            return reply
+        spent = min(spent, call.max_tokens)
+        call.extra["reasoning_spent"] = spent
+        room = call.max_tokens - spent
+        if reply.output_tokens <= room:
+            return reply
+        pieces = reply.pieces[:room]
+        return replace(
+            reply, text="".join(pieces), pieces=pieces, output_tokens=room, truncated=True
+        )
 
     def usage(self, call: ChatCall, reply: Reply) -> dict[str, Any]:
         prompt, out = reply.input_tokens, reply.output_tokens
@@ -725,6 +751,7 @@ class OpenAIDoor(Door):
         }
 
     async def respond(self, ex: Exchange, call: ChatCall, reply: Reply) -> None:
+        reply = self._within_max_completion(call, reply)
         finish = "content_filter" if call.filtered else "length" if reply.truncated else "stop"
         cid = ("gen-" if self.openrouter else "chatcmpl-") + ex.request_id[4:]
         created = int(time.time())

@@ -325,3 +325,40 @@ def test_prompt_blocked_fault_on_a_compatible_door_is_its_refusal(sandbox):
         extra_headers={"X-Sandbox-Fault": "prompt-blocked"},
     )
     assert c.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_completion_tokens_caps_reasoning_and_answer_together(client, stream):
+    """A reasoning model's max_completion_tokens bounds reasoning and visible output
+    together (OpenAI's API reference): a small cap is spent reasoning (content "",
+    finish_reason length, completion_tokens == reasoning_tokens == the cap); a larger one
+    leaves the answer what reasoning did not use. (The sandbox counted them apart until
+    this session: completion_tokens could pass the cap the request set.)"""
+    for cap in (20, 500):
+        kw = {"model": "o3-mini", "max_completion_tokens": cap}
+        if stream:
+            chunks = list(
+                client.chat.completions.create(
+                    messages=[{"role": "user", "content": PROMPT}],
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    **kw,
+                )
+            )
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            finish = next(
+                c.choices[0].finish_reason
+                for c in chunks
+                if c.choices and c.choices[0].finish_reason
+            )
+            usage = chunks[-1].usage
+        else:
+            c = client.chat.completions.create(messages=[{"role": "user", "content": PROMPT}], **kw)
+            text, finish, usage = c.choices[0].message.content, c.choices[0].finish_reason, c.usage
+        reasoning = usage.completion_tokens_details.reasoning_tokens
+        assert usage.completion_tokens <= cap
+        assert usage.completion_tokens == reasoning + count_tokens(text)
+        if cap == 20:
+            assert (text, finish, reasoning) == ("", "length", 20)
+        else:
+            assert text and reasoning > 0
