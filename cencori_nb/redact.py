@@ -357,6 +357,9 @@ def _exact_regex(secrets: frozenset[str], encoded: bool, minimum: int) -> re.Pat
         if len(s) >= minimum
         for form in (encoded_forms(s, minimum) if encoded else (s,))
     }
+    # and each as it reads (a key holding "-_" loses that "_" in the reader's view), so
+    # the one regex finds the key in the text and in its view
+    words |= {read for read in map(_as_read, words) if len(read) >= minimum}
     return re.compile(_trie_pattern(words)) if words else None
 
 
@@ -374,36 +377,192 @@ _ESCAPES = _lazy(
     r"|\\(?P<tex>[_\-#$%&{}])"  # LaTeX: csk\_live
 )
 _LINE_BREAKS = _lazy(r"\r?\n|\r")
-# What a reader does not see between two characters: format characters (zero-width space
-# and joiners, soft hyphen, word joiner, BOM, bidi controls), variation selectors, C0
-# controls other than tab and line breaks, and terminal escape sequences (CSI colours, OSC
-# titles and links). A reply that slips them into a key shows the key all the same, in a
-# notebook or a terminal; every policy and the reply scrub also look at the text with them
-# folded away (only where folding reveals a key is anything replaced: an emoji's joiner or
-# a colour elsewhere stays).
+# --------------------------------------------------------------------------- the reader's view
+#
+# A key shows as the key without being spelled as one when what sits between its characters
+# does not show, or shows as the key's own characters. The reader's view is the text as it
+# reads once that is folded away, in this order:
+#
+# 1. what a reader does not see: format characters (zero-width space and joiners, soft
+#    hyphen, word joiner, BOM, bidi controls), variation selectors, C0 controls other than
+#    tab and line breaks, terminal escape sequences (CSI colours, OSC titles and links);
+# 2. inline markup JupyterLab renders (text/markdown, text/html, a reply shown as
+#    Markdown): inline HTML tags (``sk-abc<b>def</b>ghi``, ``<span style=…>``) and
+#    comments, the ``*``, backtick and ``~`` marks of emphasis, code and strikethrough,
+#    Markdown backslash escapes (``sk\-…``). Block tags (``<td>``, ``<p>``, ``<br>``) stay:
+#    they break the line, so text on either side never reads as one word;
+# 3. HTML character references (``&#115;``, ``&#x73;``, ``&hyphen;``);
+# 4. compatibility characters, each by its NFKC form: fullwidth ``ｓｋ－…``, mathematical
+#    letters, circled and superscript digits read as the letters and digits they fold to;
+#    then (1) again, for a hidden character written as a reference;
+# 5. ``_`` emphasis: a run of ``_`` beside a non-alphanumeric (``sk-abc-_def_-ghi`` shows
+#    sk-abc-def-ghi). An ``_`` between two letters or digits stays: CommonMark shows it
+#    (``sk-abc_def_ghi`` is that text, not sk-abcdefghi). Stored keys are folded the same
+#    way before they are looked for in the view, so a key holding ``-_`` still matches.
+#
+# Every policy and the reply scrub look at the text this way too; only what the view
+# reveals is replaced (an emoji's joiner, a colour, bold text elsewhere stay). The view is
+# built with its index map only when a cheap fold (C-level substitutions) shows a hit.
 _HIDDEN_CHARS = (
     "\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5"
     "\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0"
 )
-_HIDDEN = _lazy(
-    "(?:\x1b\\[[0-?]*[ -/]*[@-~]"  # CSI: colours, cursor moves
+_HIDDEN_SOURCE = (
+    "\x1b\\[[0-?]*[ -/]*[@-~]"  # CSI: colours, cursor moves
     "|\x1b\\][^\x07\x1b]*(?:\x07|\x1b\\\\)"  # OSC: titles, hyperlinks
-    f"|[{_HIDDEN_CHARS}])+"
+    f"|[{_HIDDEN_CHARS}]"
 )
+_HIDDEN = _lazy(f"(?:{_HIDDEN_SOURCE})+")
 _ANY_HIDDEN = _lazy(f"[{_HIDDEN_CHARS}]")
 _PARTIAL_ESCAPE = _lazy("\x1b(?:\\[[0-?]*[ -/]*|\\][^\x07\x1b]*\x1b?)?\\Z")
+# HTML elements shown inline, in the flow of the text around them.
+_INLINE_TAGS = (
+    "a|abbr|b|bdi|bdo|big|cite|code|data|del|dfn|em|font|i|ins|kbd|mark|q|s|samp|small|span"
+    "|strike|strong|sub|sup|time|tt|u|var|wbr"
+)
+_MARKUP_SOURCE = (
+    r"<!--.*?-->"  # an HTML comment: shows nothing
+    rf"|</?(?i:{_INLINE_TAGS})(?:\s[^<>]*)?/?>"  # an inline tag, attributes and all
+    r"|[*`~]+"  # emphasis, code span, strikethrough marks
+    r"|\\(?=[!-/:-@\[-`{-~])"  # a Markdown backslash escape: \- shows -
+)
+_MARKUP = _lazy(_MARKUP_SOURCE, re.DOTALL)
+# a tag or reference cut by a delta's end: held back until its end arrives (a stream)
+_PARTIAL_MARKUP = _lazy(r"(?:<(?:[A-Za-z/!][^<>]{0,300})?|&#?[A-Za-z0-9]{0,32}|\\)\Z")
+# (not the everyday &amp; &lt; &gt; &quot; &apos; &nbsp;: none reads as a key character)
+_REFERENCE = _lazy(
+    r"&(?!(?:amp|lt|gt|quot|apos|nbsp);)"
+    r"(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});"
+)
+# Every character whose NFKC form is made of key characters (A-Z a-z 0-9 _ -), as ranges
+# (a few characters between them fold to something else: harmless, NFKC decides);
+# tests/test_redact.py checks the class against the running Python's Unicode data.
+_COMPATIBLE_SOURCE = (
+    "[\u00aa-\u00ba\u0132\u0133\u017f\u01c7-\u01f3\u02b0-\u02e3\u1d2c-\u1dbb\u2070-\u20a8"
+    "\u2102-\u217f\u2460-\u2473\u24b6-\u24ea\u2c7c\u2c7d\u3250-\u325f\u32b1-\u32cf"
+    "\u3371-\u33ff\ua7f2-\ua7f4\ufb00-\ufb06\ufe33-\ufe63\uff0d-\uff5a\U000107a5"
+    "\U0001d400-\U0001d6a3\U0001d7ce-\U0001d7ff\U0001f12b-\U0001f190\U0001fbf0-\U0001fbf9]"
+)
+_COMPATIBLE = _lazy(_COMPATIBLE_SOURCE)
+_UNDERSCORE_MARK = _lazy(r"(?<![A-Za-z0-9])_+|_+(?![A-Za-z0-9])")
+# Where folding can make a key: something that folds away between two key characters
+# (_JOINT; _NEAR_JOINT first, a one-class scan that rules most text out), a character
+# reference other than the everyday ones, a compatibility character. Text without one
+# reads as it is spelled (most replies: "**bold**" has a space on one side) and is not
+# folded at all.
+_FOLD_START = rf"[{_HIDDEN_CHARS}\x1b<*`~\\_]"  # the first character of anything that folds
+_FOLDS_AWAY = rf"(?:{_HIDDEN_SOURCE}|{_MARKUP_SOURCE}|(?<=-)_+|_+(?=-))+"
+_KEY_CHAR = r"[A-Za-z0-9_\-]"
+# (an "_" between two letters or digits shows: it is no joint)
+_NEAR_JOINT = _lazy(rf"{_FOLD_START}(?<={_KEY_CHAR}.)(?!(?<=[A-Za-z0-9]_)[A-Za-z0-9])", re.DOTALL)
+_JOINT = _lazy(rf"{_KEY_CHAR}(?={_FOLD_START}){_FOLDS_AWAY}(?={_KEY_CHAR})", re.DOTALL)
+_ODD_REFERENCE = _lazy(r"&(?!(?:amp|lt|gt|quot|apos|nbsp);)[#A-Za-z]")
+# any character that may fold, or start a fold (one class: a stream piece without one
+# reads as it is spelled, decided by one C-level scan)
+_ANY_FOLDABLE = _lazy(rf"[{_HIDDEN_CHARS}\x1b<*`~\\_&\x80-\U0010ffff]")
+# the last character of anything that folds away
+_ENDS_OPEN = _lazy(rf"[{_HIDDEN_CHARS}*`~_\\>]\Z")
+
+
+def _open_at_end(text: str) -> bool:
+    """Whether a stream piece may end inside a disguise (a fold, a tag, a reference or an
+    escape sequence cut by the delta's end): its other side may arrive next."""
+    return (
+        "\x1b" in text
+        or _ENDS_OPEN.search(text, len(text) - 1) is not None
+        or _PARTIAL_MARKUP.search(text) is not None
+    )
+
+
+def _may_fold_into_a_key(text: str) -> bool:
+    """Whether the reader's view of ``text`` can hold a key its spelling does not (cheap
+    scans only; a yes is confirmed by folding)."""
+    return (
+        (_NEAR_JOINT.search(text) is not None and _JOINT.search(text) is not None)
+        or ("&" in text and _ODD_REFERENCE.search(text) is not None)
+        or (not text.isascii() and _COMPATIBLE.search(text) is not None)
+    )
 
 
 def _drop(m: re.Match[str]) -> str:
     return ""
 
 
-def _hidden_spans(text: str, finders: Iterable[re.Pattern[str]]) -> list[tuple[int, int]]:
-    """Spans of ``text`` that match one of ``finders`` once hidden characters are folded
-    away (none when ``text`` has no hidden character: one C-level scan)."""
-    if _ANY_HIDDEN.search(text) is None:
+def _reference(m: re.Match[str]) -> str:
+    import html.entities
+
+    ref = m.group(0)
+    if ref[1] != "#":
+        return html.entities.html5.get(ref[1:], ref)
+    code = int(ref[3:-1], 16) if ref[2] in "xX" else int(ref[2:-1])
+    return chr(code) if code < 0x110000 and not 0xD800 <= code < 0xE000 else ref
+
+
+def _compatible(m: re.Match[str]) -> str:
+    import unicodedata
+
+    return unicodedata.normalize("NFKC", m.group(0))
+
+
+# (pattern, what a match reads as, whether the pass can apply to a text): in order.
+_READER_PASSES: tuple[
+    tuple[re.Pattern[str], Callable[[re.Match[str]], str], Callable[[str], bool]], ...
+] = (
+    (_HIDDEN, _drop, lambda t: _ANY_HIDDEN.search(t) is not None),
+    (_MARKUP, _drop, lambda t: _MARKUP.search(t) is not None),
+    (_REFERENCE, _reference, lambda t: "&" in t),
+    (_COMPATIBLE, _compatible, lambda t: not t.isascii()),
+    (_HIDDEN, _drop, lambda t: _ANY_HIDDEN.search(t) is not None),
+    (_UNDERSCORE_MARK, _drop, lambda t: "_" in t),
+)
+
+
+def _read_quickly(text: str) -> str:
+    """The reader's view without its index map (``text`` itself when nothing folds)."""
+    for pattern, decode, applies in _READER_PASSES:
+        if applies(text):
+            text = pattern.sub("" if decode is _drop else decode, text)
+    return text
+
+
+def _reader_view(text: str) -> tuple[str, list[int], list[int]]:
+    """``(view, starts, ends)`` of the reader's view: view character ``i`` came from
+    ``text[starts[i]:ends[i]]`` (as :func:`_view`, through every pass)."""
+    view = text
+    starts = list(range(len(text)))
+    ends = list(range(1, len(text) + 1))
+    for pattern, decode, applies in _READER_PASSES:
+        if not applies(view):
+            continue
+        view, s, e = _view(view, pattern, decode)
+        starts = [starts[i] for i in s]
+        ends = [ends[j - 1] for j in e]
+    return view, starts, ends
+
+
+def _as_read(secret: str) -> str:
+    """``secret`` as it appears in the reader's view (only ``_`` emphasis folds a key)."""
+    return _read_quickly(secret)
+
+
+def _reader_spans(text: str, finders: Iterable[re.Pattern[str]]) -> list[tuple[int, int]]:
+    """Spans of ``text`` that match one of ``finders`` in the reader's view (none when
+    nothing in ``text`` folds, or the folded text holds no match)."""
+    if not _may_fold_into_a_key(text):
         return []
-    return _spans_in_view(text, _HIDDEN, _drop, finders)
+    quick = _read_quickly(text)
+    if quick is text or quick == text:
+        return []
+    finders = tuple(finders)
+    if not any(f.search(quick) for f in finders):
+        return []
+    view, starts, ends = _reader_view(text)
+    spans = []
+    for finder in finders:
+        for m in finder.finditer(view):
+            if m.end() > m.start():
+                spans.append((starts[m.start()], ends[m.end() - 1]))
+    return spans
 
 
 def _unescape_one(m: re.Match[str]) -> str:
@@ -637,6 +796,12 @@ class Policy:
                 text, n = exact_re.subn(MARKER, text)
                 count += n
         if not binary:
+            # the reader's view before the shapes: a shape matching the key's first part
+            # (up to a tag) would leave the rest of it where the view no longer finds it
+            spans = _reader_spans(text, (*((exact_re,) if exact_re else ()), *self.shapes))
+            if spans:
+                text, n = _replace_spans(text, spans)
+                count += n
             for shape in self.shapes:
                 text, n = shape.subn(MARKER, text)
                 count += n
@@ -645,11 +810,6 @@ class Policy:
                 if new != text:
                     count += 1
                     text = new
-        if not binary:
-            spans = _hidden_spans(text, (*((exact_re,) if exact_re else ()), *self.shapes))
-            if spans:
-                text, n = _replace_spans(text, spans)
-                count += n
         if self.encoded:
             text, n = self._views(text, exact_re, binary)
             count += n
@@ -792,7 +952,7 @@ def holds_secret(text: str, secrets: Iterable[Any] = ()) -> bool:
     """True if ``text`` holds a registered credential or one of ``secrets`` verbatim."""
     regex = _exact_regex(_registered | frozenset(map(_reveal, secrets)), False, MIN_REGISTERED)
     return regex is not None and (
-        regex.search(text) is not None or bool(_hidden_spans(text, (regex,)))
+        regex.search(text) is not None or bool(_reader_spans(text, (regex,)))
     )
 
 
@@ -813,7 +973,7 @@ def remove_stored_keys(text: str) -> str:
 def _remove_exact(text: str, regex: re.Pattern[str]) -> str:
     """``regex``'s matches replaced by the marker, also where hidden characters split one."""
     text = regex.sub(MARKER, text)
-    spans = _hidden_spans(text, (regex,))
+    spans = _reader_spans(text, (regex,))
     return _replace_spans(text, spans)[0] if spans else text
 
 
@@ -823,7 +983,7 @@ def _key_start_at_end(secrets: frozenset[str]) -> tuple[re.Pattern[str], int] | 
     most the longest key's length minus one), and that length; None when none is
     registered. One C-level search per delta, where comparing every tail with every key
     cost a stream ~40 Python-level checks per delta."""
-    usable = [s for s in secrets if len(s) >= MIN_REGISTERED]
+    usable = {read for s in secrets for read in (s, _as_read(s)) if len(read) >= MIN_REGISTERED}
     if not usable:
         return None
     longest = max(map(len, usable)) - 1
@@ -865,17 +1025,19 @@ class StreamRedactor:
             self._held = ""
             return text
         regex, longest = tails
-        if _ANY_HIDDEN.search(text) is None:
+        if _ANY_FOLDABLE.search(text) is None or not (
+            _may_fold_into_a_key(text) or _open_at_end(text)
+        ):
             found = regex.search(text, max(0, len(text) - longest))
             cut = None if found is None else found.start()
-        else:  # a key split by hidden characters: look at the text without them
+        else:  # a key split by hidden characters or markup: look at the text as it reads
             if exact is not None:
                 text = _remove_exact(text, exact)
-            # an escape sequence cut by the delta's end is held back whole: its rest may
-            # arrive next, and only then does it fold away
-            pending = _PARTIAL_ESCAPE.search(text)
+            # an escape sequence, a tag or a reference cut by the delta's end is held back
+            # whole: its rest may arrive next, and only then does it fold away
+            pending = _PARTIAL_ESCAPE.search(text) or _PARTIAL_MARKUP.search(text)
             end = len(text) if pending is None else pending.start()
-            view, starts, _ends = _view(text[:end], _HIDDEN, _drop)
+            view, starts, _ends = _reader_view(text[:end])
             found = regex.search(view, max(0, len(view) - longest))
             if found is not None:
                 cut = starts[found.start()]

@@ -323,3 +323,22 @@ def test_every_credential_header_is_masked_by_the_sandbox_and_scrubbed_from_log_
         line = f"sent {name}: opaqueValue0123 to the proxy"
         assert "opaqueValue0123" not in LOG_LINE.scrub(line), name
         assert masked_headers([(name.title(), "opaqueValue0123")]) == [(name.title(), "[redacted]")]
+
+
+def test_the_compatibility_class_holds_every_character_folding_to_key_characters() -> None:
+    """redact._COMPATIBLE lists, as ranges, the characters whose NFKC form is made of key
+    characters (fullwidth, mathematical, circled, superscript…): every such character of
+    this Python's Unicode data is in it (a newer Unicode adding some fails here: widen it)."""
+    import unicodedata
+
+    from cencori_nb import redact
+
+    key_chars = re.compile(r"[A-Za-z0-9_\-]+\Z")
+    missing = [
+        f"U+{code:04X}"
+        for code in range(0x80, 0x110000)
+        if not 0xD800 <= code < 0xE000
+        and key_chars.match(unicodedata.normalize("NFKC", chr(code)))
+        and not redact._COMPATIBLE.match(chr(code))
+    ]
+    assert missing == [], missing[:20]
