@@ -19,6 +19,8 @@ Nothing here imports IPython: a shell is only used when one is already running.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable
@@ -26,6 +28,7 @@ from typing import Any
 
 __all__ = [
     "forget_in_history",
+    "forget_keys_in_frames",
     "forget_refused_input",
     "guard_running_shell",
     "guard_tracebacks",
@@ -134,6 +137,60 @@ def _scrub(text: str) -> str:
     return clean
 
 
+_LIBRARY_FILES = tuple(
+    os.sep + name + os.sep
+    for name in ("cencori_nb", "httpx2", "httpcore2", "h11", "httpx", "httpcore")
+)
+
+
+def _holds_key(value: Any) -> bool:
+    from .redact import holds_secret
+
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if isinstance(value, str):
+        return holds_secret(value)
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list | tuple):
+        return any(isinstance(v, str | bytes) and _holds_key(v) for v in value)
+    return False
+
+
+def forget_keys_in_frames(exc: BaseException) -> None:
+    """Leave no key in clear in the frames a failed call keeps alive (``%debug``, ``%tb``
+    under ``%xmode Verbose``, ``sys.last_traceback``), on the whole cause/context chain.
+
+    In each frame of cencori_nb or its HTTP stack: the credential headers of the requests
+    its locals reach are replaced by the marker (the call is over, they are sent); a frame
+    holding a stored key in a local string (or a dict or list of them) loses its locals
+    (``frame.clear()``: the traceback keeps its lines). The user's own frames are left
+    alone.
+    """
+    from .redact import forget_sent_credentials
+
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        todo += [err.__cause__, err.__context__]
+        tb = err.__traceback__
+        while tb is not None:
+            frame, tb = tb.tb_frame, tb.tb_next
+            if not any(part in frame.f_code.co_filename for part in _LIBRARY_FILES):
+                continue
+            values = list(frame.f_locals.values())
+            if any(_holds_key(value) for value in values):
+                with contextlib.suppress(RuntimeError):  # still running: not ours to clear
+                    frame.clear()
+                continue
+            for value in values:
+                forget_sent_credentials(value)
+
+
 def guard_tracebacks(shell: Any) -> None:
     """Scrub keys from every traceback ``shell`` renders (idempotent)."""
     tb = getattr(shell, "InteractiveTB", None)
@@ -151,6 +208,9 @@ def guard_tracebacks(shell: Any) -> None:
     show = shell._showtraceback
 
     def _showtraceback(etype: Any, evalue: Any, stb: Any) -> Any:
+        if isinstance(evalue, BaseException):  # before %debug or %tb can walk its frames
+            with contextlib.suppress(Exception):
+                forget_keys_in_frames(evalue)
         # A kernel sends str(evalue) to the browser next to the (already scrubbed) lines.
         try:
             text = str(evalue)

@@ -29,7 +29,7 @@ from ..errors import (
     ProviderUnavailableError,
     RateLimitError,
 )
-from ..keystore.secret import key_hint
+from ..keystore.secret import Secret, key_hint
 from ..redact import CREDENTIAL_HEADERS, MARKER, PROXY_CREDENTIAL_HEADERS, USER_MESSAGE
 from ..transport.errors import error_class
 from ..transport.retry import retry_after, retryable_code
@@ -604,4 +604,12 @@ class AdapterStreamParser(BaseStreamParser):
     ) -> None:
         super().__init__(adapter.name, request_id)
         self.adapter = adapter
-        self.key = key
+        # kept sealed: the parser lives as long as the stream object a notebook holds (and
+        # the frames a failed stream leaves to %debug), where a clear key could be read
+        self._key: Secret | str | None = Secret(key) if key else key
+
+    @property
+    def key(self) -> str | None:
+        """The key the request carried ("" none, None unknown), opened for the one message
+        that scrubs it."""
+        return self._key.reveal() if isinstance(self._key, Secret) else self._key
