@@ -100,9 +100,12 @@ _UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
 def clean_text(text: str) -> str:
     """``text`` with every lone surrogate and NUL replaced by U+FFFD, the character a
     decoder puts for what it cannot show: the one rule for text the ledger stores, on
-    SQLite and PostgreSQL alike, so a row holding such a text is recorded with its real
-    tokens, cost and debit (refused, it was recorded as its pre-send estimate) and reports
-    and exports can encode every row."""
+    SQLite and PostgreSQL alike, applied to every statement's parameters where they reach
+    the database (:class:`_SQLiteConnection`, ``ledger_postgres._pg_params``). So a row
+    holding such a text is recorded with its real tokens, cost and debit (refused, it was
+    recorded as its pre-send estimate), a lookup by the raw text finds it, a wallet note
+    is stored, and reports and exports can encode every row. Journal and spill lines keep
+    the text as it was (JSON escapes it); it is cleaned when they are written."""
     if text.isascii():
         return text.replace("\x00", "\ufffd") if "\x00" in text else text
     return _UNSTORABLE_TEXT.sub("\ufffd", text)
@@ -304,41 +307,40 @@ class LedgerRow:
     cache_write_1h_tokens: int = 0
 
     def as_params(self) -> tuple[Any, ...]:
-        """The row's values in :data:`COLUMNS` order, as stored (texts cleaned by
-        :func:`clean_text`): what the INSERT, the in-flight journal and the spill file get."""
+        """The row's values in :data:`COLUMNS` order: what the INSERT, the in-flight
+        journal and the spill file get (texts are cleaned at the database:
+        :func:`clean_text`)."""
         credits = self.credits_charged_usd
-        return clean_params(
-            (
-                self.ts_ms or now_ms(),
-                self.client_id or new_client_id(),
-                self.request_id,
-                self.project,
-                self.provider,
-                self.model_requested,
-                self.model,
-                self.route,
-                self.credential_source,
-                self.status,
-                self.error_code,
-                int(self.input_tokens),
-                int(self.output_tokens),
-                int(self.cache_read_tokens),
-                int(self.cache_write_tokens),
-                int(self.thinking_tokens),
-                to_pusd(self.provider_cost_usd),
-                (to_pusd(credits) or 0) if credits else 0,  # 0 for most rows: no call
-                int(bool(self.estimated)),
-                self.price_version,
-                self.latency_ms,
-                self.ttft_ms,
-                to_pusd(self.cost_usd),
-                int(bool(self.test_mode)),
-                self.gateway_cache,
-                self.model_original,
-                self.member,
-                int(self.image_tokens),
-                int(self.cache_write_1h_tokens),
-            )
+        return (
+            self.ts_ms or now_ms(),
+            self.client_id or new_client_id(),
+            self.request_id,
+            self.project,
+            self.provider,
+            self.model_requested,
+            self.model,
+            self.route,
+            self.credential_source,
+            self.status,
+            self.error_code,
+            int(self.input_tokens),
+            int(self.output_tokens),
+            int(self.cache_read_tokens),
+            int(self.cache_write_tokens),
+            int(self.thinking_tokens),
+            to_pusd(self.provider_cost_usd),
+            (to_pusd(credits) or 0) if credits else 0,  # 0 for most rows: no call
+            int(bool(self.estimated)),
+            self.price_version,
+            self.latency_ms,
+            self.ttft_ms,
+            to_pusd(self.cost_usd),
+            int(bool(self.test_mode)),
+            self.gateway_cache,
+            self.model_original,
+            self.member,
+            int(self.image_tokens),
+            int(self.cache_write_1h_tokens),
         )
 
 
@@ -394,9 +396,8 @@ _current_member: Callable[[], str] | None = None  # settings.current_member, onc
 
 
 def _params_from(row: dict[str, Any]) -> tuple[Any, ...]:
-    """A stored row (spill file, journal) → INSERT parameters in COLUMNS order, its texts
-    cleaned (:func:`clean_text`: a line an older version wrote may hold a lone surrogate)."""
-    return clean_params([row[c] if c in row else _COLUMN_DEFAULTS[c] for c in COLUMNS])
+    """A stored row (spill file, journal) → INSERT parameters in COLUMNS order."""
+    return tuple(row[c] if c in row else _COLUMN_DEFAULTS[c] for c in COLUMNS)
 
 
 # ON CONFLICT DO NOTHING (not INSERT OR IGNORE, which would also drop rows failing a CHECK)
@@ -426,6 +427,31 @@ def connect(path: Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqlite3.Conne
     _set_wal(conn)
     conn.execute("PRAGMA synchronous = NORMAL")
     return conn
+
+
+class _SQLiteConnection:
+    """The ledger's SQLite connection as its callers get it (rows, the wallet, budgets,
+    reservations, reads): each statement's parameters go through :func:`clean_params`,
+    the rule ``ledger_postgres._Connection`` applies on PostgreSQL, so both backends store
+    and look up the same text. Anything else is the ``sqlite3.Connection``'s own."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: sqlite3.Connection) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.raw.execute(sql, clean_params(params))
+
+    def executemany(self, sql: str, seq: Any) -> sqlite3.Cursor:
+        return self.raw.executemany(sql, [clean_params(p) for p in seq])
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.in_transaction
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
 
 
 def _set_wal(conn: sqlite3.Connection, attempts: int = 300) -> None:
@@ -572,8 +598,9 @@ class Ledger:
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[Any]:
-        """The connection to run statements on (the caller holds ``_lock``)."""
-        yield self.conn
+        """The connection to run statements on (the caller holds ``_lock``): texts in
+        every statement's parameters cleaned (:func:`clean_text`)."""
+        yield _SQLiteConnection(self.conn)
 
     def _begin(self, conn: Any) -> None:
         """Start a write transaction that excludes every other writer until it ends (so a
@@ -715,7 +742,7 @@ class Ledger:
 
     def record_many(self, rows: Sequence[LedgerRow] | Sequence[tuple[Any, ...]]) -> None:
         """Write many rows (LedgerRow or raw parameter tuples) in one transaction."""
-        params = [r.as_params() if isinstance(r, LedgerRow) else clean_params(r) for r in rows]
+        params = [r.as_params() if isinstance(r, LedgerRow) else r for r in rows]
         with self.transaction() as conn:
             conn.executemany(INSERT_SQL, params)
 
@@ -734,11 +761,9 @@ class Ledger:
             yield conn
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a read after a flush; texts in ``params`` are cleaned as stored ones were
-        (:func:`clean_text`), so a lookup by a raw value finds its row."""
         self.flush()
         with self._lock, self._sqlite_errors(), self._connection() as conn:
-            return list(conn.execute(sql, clean_params(params)).fetchall())
+            return list(conn.execute(sql, params).fetchall())
 
     def rows(
         self,
@@ -1506,8 +1531,8 @@ def _storable(params: tuple[Any, ...]) -> tuple[Any, ...]:
     in a synced home may hold anything, and a value the database cannot take (a list, an
     int past 64 bits, a word where PostgreSQL wants a number) would fail the whole
     reclaim, so the ledger could not open again; a float as money would break every read
-    of the rows. A lone surrogate or NUL in a text is not damage: :func:`_params_from`
-    replaced it with U+FFFD already (:func:`clean_text`). A row without a client id is
+    of the rows. A lone surrogate or NUL in a text is not damage: it is stored as U+FFFD
+    (:func:`clean_text`, where statements reach the database). A row without a client id is
     damage too: rows and debits are unique on it (a debit without one fails the replay at
     every start)."""
     client_id = params[_CLIENT_ID]

@@ -266,9 +266,9 @@ def _pg_sql(sql: str) -> str:
 def _pg_params(params: Sequence[Any]) -> tuple[Any, ...]:
     """``params`` with the ledger's one text rule applied (:func:`cencori_nb.ledger.
     clean_text`: a NUL, which PostgreSQL text cannot hold, or a lone surrogate becomes
-    U+FFFD). Rows are cleaned when built; this applies it to every statement on a
-    connection (the wallet's, the budgets'), so a lookup by such a value finds what was
-    stored and no value is refused for its text."""
+    U+FFFD), as ``ledger._SQLiteConnection`` does on SQLite: every statement (rows, the
+    wallet's, the budgets'), so no value is refused for its text and a lookup by such a
+    value finds what was stored."""
     return clean_params(params)
 
 

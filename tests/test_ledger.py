@@ -1123,10 +1123,11 @@ def test_text_no_database_holds_is_stored_as_replacement_characters(
     U+FFFD in their place, on both backends (one rule): the row the live writer commits,
     a row left in the spill file and a dead process's settled journal line keep their
     real tokens, charge and wallet debit; a lookup by the raw text finds what was stored;
-    the usage table, its CSV export and `cencori-nb usage --csv` work. Before, a lone
-    surrogate made the row unstorable: the live row and the settled line were recorded as
-    the pre-send estimate (1,000 tokens, no answer's cost), the spilled one was skipped,
-    and SQLite kept a NUL as it was."""
+    the usage table, its CSV export and `cencori-nb usage --csv` work; a wallet note is
+    stored the same way. Before, a lone surrogate made the row unstorable: the live row
+    and the settled line were recorded as the pre-send estimate (1,000 tokens, no
+    answer's cost), the spilled one was skipped, SQLite kept a NUL as it was, and a
+    wallet note with a surrogate was a UnicodeEncodeError on SQLite only."""
     import json
 
     from cencori_nb import reports
@@ -1191,6 +1192,11 @@ def test_text_no_database_holds_is_stored_as_replacement_characters(
     assert capsys.readouterr().out.count(CLEANED_ID) == 3
     assert led.spill_path.read_text() == ""
     assert list(led.inflight_dir.glob("*.jsonl")) == []
+    # every statement, not only rows: a wallet note (from a prompt built from bad bytes)
+    wallet.top_up(1, note="paid from \udcff bytes\x00")
+    assert [t.note for t in wallet.transactions(as_frame=False) if t.kind == "topup"] == [
+        "paid from \ufffd bytes\ufffd"
+    ]
 
 
 # ------------------------------------------------------------------ 1-hour cache writes
