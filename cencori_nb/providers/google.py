@@ -105,9 +105,6 @@ _REFUSAL_REASONS = frozenset(
         "IMAGE_RECITATION",
     }
 )
-# The one blockReason safetySettings can relax (the harm-category thresholds); the others
-# (PROHIBITED_CONTENT, BLOCKLIST, OTHER, IMAGE_SAFETY…) are not adjustable.
-_ADJUSTABLE_BLOCK = "SAFETY"
 
 
 def _refusal(candidate: Any, text: str) -> str | None:
@@ -140,12 +137,9 @@ def blocked_prompt(
     billed = (
         f" Its {tokens} prompt tokens were billed and are recorded (.completion)." if tokens else ""
     )
-    hint = (
-        "Rephrase the prompt, or relax the thresholds with safetySettings "
-        "(ChatRequest.extra['safetySettings'])."
-        if reason == _ADJUSTABLE_BLOCK
-        else f"Rephrase the prompt: a {reason} block cannot be turned off with safetySettings."
-    )
+    # cencori_nb sends Google's default safetySettings (chat() has no way to change them),
+    # so whatever the reason, the same prompt is blocked, and billed, again
+    hint = "Rephrase the prompt or use another provider: sent again as is, it is blocked again."
     return RefusalError(
         f"Google blocked the prompt before the model answered ({reason})."
         + (f" Google said: {quoted}" if quoted else "")
