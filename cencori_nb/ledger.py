@@ -1558,7 +1558,7 @@ def _priced_intent(data: Any) -> _Item:
     """A journal line → the ``interrupted`` row to record, priced from its estimated tokens
     by the one cost rule, with the wallet debit a cut stream would have."""
     from .accounting import charge_for, cost_of  # here: accounting imports this module
-    from .pricing import provider_cost
+    from .pricing import provider_cost, usage_problem
     from .types import Usage
 
     row = _journal_row(data)
@@ -1571,11 +1571,7 @@ def _priced_intent(data: Any) -> _Item:
         int(row.get("cache_write_tokens") or 0),
         cache_write_1h_tokens=int(row.get("cache_write_1h_tokens") or 0),
     )
-    if (
-        min(usage.output_tokens, usage.cache_read_tokens, usage.cache_write_1h_tokens) < 0
-        or usage.cache_read_tokens + usage.cache_write_tokens > usage.input_tokens
-        or not 0 <= usage.cache_write_1h_tokens <= usage.cache_write_tokens
-    ):
+    if usage_problem(usage) is not None:
         # priced, such counts cost less than nothing: a negative charge the wallet refuses
         # (the reclaim would fail at every start) or a cost that lowers spend and caps
         raise ValueError("a note with counts no request has")

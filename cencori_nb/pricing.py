@@ -79,6 +79,7 @@ __all__ = [
     "provider_cost",
     "require_price",
     "unit_prices",
+    "usage_problem",
 ]
 
 # Our provider names -> genai-prices provider ids. ``None``: no price table (local servers).
@@ -513,6 +514,42 @@ def _fast_cost(rates: _Rates, usage: Usage) -> Decimal:
     if p_req is not None:
         cost += _tier(p_req, total_in) / 1000
     return cost
+
+
+# The counts a price depends on, in the order a problem with them is named.
+_PRICED_COUNTS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+)
+
+
+def usage_problem(usage: Usage) -> str | None:
+    """What makes ``usage`` counts no request can have, in words naming the field, or None.
+
+    A count below 0; cache reads and writes past the input (``input_tokens`` include
+    them); 1-hour writes past the cache writes (``cache_write_tokens`` include them).
+    Priced, such counts cost less than nothing (or genai-prices refuses them): a caller
+    pricing counts it did not get from a provider (a what-if, a line left on disk) asks
+    this first."""
+    for name in _PRICED_COUNTS:
+        value = getattr(usage, name)
+        if value < 0:
+            return f"{name} is {value}, and a count cannot be negative"
+    cache_read, cache_write = usage.cache_read_tokens, usage.cache_write_tokens
+    if cache_read + cache_write > usage.input_tokens:
+        return (
+            f"cache_read_tokens + cache_write_tokens ({cache_read} + {cache_write}) exceed "
+            f"input_tokens ({usage.input_tokens}), which include them"
+        )
+    if usage.cache_write_1h_tokens > cache_write:
+        return (
+            f"cache_write_1h_tokens ({usage.cache_write_1h_tokens}) exceed "
+            f"cache_write_tokens ({cache_write}), which include them"
+        )
+    return None
 
 
 def estimate_cost(

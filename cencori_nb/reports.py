@@ -276,6 +276,15 @@ def _workload_rows(workload: Any, since: Any, project: str | None) -> list[dict[
         cw = _count(rec, "cache_write_tokens")
         # of cw, Anthropic's 1-hour writes: their own rate (a ledger row keeps them apart)
         cw_1h = _count(rec, "cache_write_1h_tokens")
+        problem = pricing.usage_problem(Usage(inp, outp, cr, cw, cache_write_1h_tokens=cw_1h))
+        if problem is not None:
+            from .errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"The workload row for model {rec['model']!r} cannot be priced: {problem}.",
+                hint="Give the counts as a provider reports them: input_tokens include the "
+                "cache reads and writes, cache_write_tokens the 1-hour writes; none below 0.",
+            )
         # Price one average request, then multiply: tiers apply per request, not per month.
         n = Decimal(req)
         # Usage holds whole tokens; an average request's are fractional, and pricing's

@@ -460,3 +460,30 @@ def test_usage_empty_ledger_has_the_columns() -> None:
     assert list(frame.columns)[:4] == ["time", "client_id", "request_id", "project"]
     assert {"provider_cost_usd", "credits_charged_usd", "cost_usd"} <= set(frame.columns)
     assert str(frame["time"].dt.tz) == "UTC"
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"cache_write_tokens": 100, "cache_write_1h_tokens": 500}, "cache_write_1h_tokens"),
+        ({"cache_read_tokens": 5000}, "cache_read_tokens"),
+        ({"cache_read_tokens": 600, "cache_write_tokens": 600}, "cache_write_tokens"),
+        ({"input_tokens": -1000}, "input_tokens"),
+        ({"output_tokens": -1}, "output_tokens"),
+    ],
+    ids=["1h-past-writes", "reads-past-input", "cache-past-input", "negative-in", "negative-out"],
+)
+def test_a_what_if_with_counts_no_request_has_is_one_clear_error(
+    change: dict[str, int], named: str
+) -> None:
+    """A what-if row whose counts no request can have (1-hour writes past the cache
+    writes, cache reads and writes past the input, a negative count) is one
+    ConfigurationError naming the field and the model. Before, the first was a raw
+    ValueError from genai-prices and the others were priced below zero (a negative
+    provider cost and a negative managed charge in the table)."""
+    rec = {"model": "claude-sonnet-4-6", "provider": "anthropic", "input_tokens": 1000}
+    rec["output_tokens"] = 10
+    rec.update(change)
+    with pytest.raises(ConfigurationError, match=named) as raised:
+        reports.compare_costs([rec], include_peers=False)
+    assert "claude-sonnet-4-6" in raised.value.message and "\n" not in raised.value.message
