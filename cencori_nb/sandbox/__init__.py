@@ -40,7 +40,9 @@ by ``tests/sandbox/test_fidelity.py``). Replies are deterministic in (seed, prom
 they come from the sandbox, and count tokens with one rule (:func:`replies.count_tokens`).
 A last user message starting with ``SANDBOX-ECHO:`` is answered with exactly the rest of
 the message, one starting with ``SANDBOX-ERROR:`` with a 400 carrying the rest as the
-error message (tests use them to make a "model" or "provider" say something hostile).
+error message (tests use them to make a "model" or "provider" say something hostile); one
+containing ``SANDBOX-BLOCK-PROMPT`` is answered as the ``prompt-blocked`` fault (how one row
+of a batch job gets blocked).
 A request with a schema (``response_format``, ``output_config``, a forced tool,
 ``responseJsonSchema``, ``responseFormat``) is answered with deterministic JSON matching it,
 filled from the last user message (:mod:`.structured`, which also documents the

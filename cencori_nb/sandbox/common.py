@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NOT_FOUND_MARK",
+    "PROMPT_BLOCK_MARK",
     "BadRequest",
     "ChatCall",
     "Door",
@@ -53,6 +54,9 @@ __all__ = [
 Headers = list[tuple[str, str]]
 
 NOT_FOUND_MARK = "does-not-exist"  # a model id containing this gets each door's 404
+# a last user message containing this is answered as the prompt-blocked fault (a batch row
+# has no fault header: this is how tests block one row of a job)
+PROMPT_BLOCK_MARK = "SANDBOX-BLOCK-PROMPT"
 
 # injected error fault -> the logical error kind each door renders in its own format
 FAULT_KINDS = {
@@ -491,6 +495,8 @@ class Door:
         fault = ex.fault
         if fault == "content-filter" and not self.content_filter:
             fault = "refusal"  # a door without a content_filter finish: its own refusal
+        if fault is None and PROMPT_BLOCK_MARK in call.last_user:
+            fault = "prompt-blocked"
         if fault == "prompt-blocked" and not self.prompt_block:
             kind = self.prompt_blocked_error()
             if kind is not None:  # refused before the model ran: an error, nothing billed

@@ -319,3 +319,25 @@ def test_split_respects_request_and_byte_limits():
     ]
     huge = {0: 1, 1: max_bytes + 1, 2: 1}
     assert list(_split([0, 1, 2], huge, "openai", 10**9)) == [[0], [1], [2]]
+
+
+def test_a_gemini_row_blocked_before_the_model_ran_is_paid_and_shown(sbx):
+    """One row of a Gemini batch job is a prompt Google blocked (200, promptFeedback,
+    no candidates, the prompt's tokens in usageMetadata): the row's error names the block,
+    and its ledger row records the billed prompt at the batch price, like any answer; the
+    other rows are ordinary answers."""
+    job = cencori_nb.submit(
+        ["Say hello", "SANDBOX-BLOCK-PROMPT say hello"],
+        model="gemini-2.5-flash",
+        max_tokens=400,
+    )
+    out = job.result(timeout=30)
+    assert out.loc[0, "error"] is None or pd.isna(out.loc[0, "error"])
+    blocked = out.loc[1]
+    assert "RefusalError" in blocked["error"] and "PROHIBITED_CONTENT" in blocked["error"]
+    assert blocked["text"] == ""
+    rows = {r.client_id: r for r in _ledger()}
+    row = rows[client_id(job.id, 0, 1)]
+    assert row.status == "ok" and row.input_tokens > 0 and row.output_tokens == 0
+    listed = pricing.provider_cost("google", row.model, Usage(row.input_tokens, 0)).cost_usd
+    assert listed is not None and listed > 0 and row.provider_cost_usd == listed / 2
