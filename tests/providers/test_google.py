@@ -533,3 +533,34 @@ def test_filtered_candidate_is_an_empty_answer_and_a_schema_refusal(
         assert srv.stats["requests"] == 2
     finally:
         srv.stop()
+
+
+def test_map_row_blocked_before_the_model_ran_is_paid_and_shown(blocking_sandbox: Any) -> None:
+    """map(): the blocked prompt is that row's error, and the row still carries what the
+    billed prompt cost (as a refusal's row does), recorded once in the ledger."""
+    import cencori_nb
+
+    out = cencori_nb.map(["Say hello"], model="gemini-2.5-flash", route="byok")
+    row = out.iloc[0]
+    assert "PROHIBITED_CONTENT" in row["error"]
+    done = _ledger_rows()
+    assert len(done) == 1 and done[0].input_tokens > 0 and done[0].status != "error"
+    assert row["cost_usd"] == done[0].cost_usd
+    assert blocking_sandbox.stats["requests"] == 1
+
+
+def test_astream_blocked_prompt_is_recorded_then_raised(blocking_sandbox: Any) -> None:
+    import asyncio
+
+    import cencori_nb
+
+    async def read() -> list[str]:
+        got: list[str] = []
+        async with cencori_nb.astream("Say hello", model="gemini-2.5-flash", route="byok") as s:
+            async for delta in s:
+                got.append(delta)
+        return got
+
+    with pytest.raises(errors.RefusalError) as info:
+        asyncio.run(read())
+    _assert_billed_block(info.value, blocking_sandbox)
