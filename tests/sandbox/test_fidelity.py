@@ -210,6 +210,7 @@ TRIGGERS: dict[str, dict[str, Any]] = {
     "cencori/native_503_provider_unavailable.json": {"fault": "503"},
     "google/error_400_api_key_invalid.json": {"key": "revoked"},
     "google/error_400_api_key_not_found.json": {"key": "revoked"},
+    "google/error_400_api_key_expired.json": {"key": "revoked"},
     "google/error_429_retryinfo.json": {"fault": "429"},
     "google/generate_25pro_thinking.json": {},
     "google/error_400_input_token_count.json": {"prompt": GEMINI_PROMPT},
