@@ -632,7 +632,11 @@ def _reader_spans(text: str, finders: Iterable[re.Pattern[str]]) -> list[tuple[i
     for finder in finders:
         for m in finder.finditer(view):
             if m.end() > m.start():
-                spans.append((starts[m.start()], ends[m.end() - 1]))
+                start, end = starts[m.start()], ends[m.end() - 1]
+                # spelled so in the text: the caller's own pass replaces it, to its exact
+                # end (a key ending in "_" loses that "_" in the view, not in the text)
+                if text[start:end] != m.group(0):
+                    spans.append((start, end))
     return spans
 
 

@@ -436,3 +436,12 @@ def test_log_lines_and_tracebacks(ipython: Any, caplog: pytest.LogCaptureFixture
     for record in caplog.records:
         for key in (STORED, SHAPED):
             assert not _shows(record.getMessage(), key)
+
+
+@pytest.mark.parametrize("surface", ["log line", "user message"])
+def test_a_key_spelled_plainly_is_replaced_to_its_end(surface: str) -> None:
+    """The view drops a key's trailing "_" (it sits beside a quote); the key spelled so
+    in the text is still replaced whole by the policy's own pass, not up to that "_"."""
+    for text in ('x "csk_live_Ab12Cd34_" y', "see `gsk_abc123def_` and"):
+        out = SURFACES[surface](text)
+        assert MARKER in out and "_" not in out.replace(MARKER, ""), out
