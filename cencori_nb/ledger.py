@@ -59,6 +59,7 @@ from . import state
 from .errors import ConfigurationError, LedgerCorruptError, LedgerError, LedgerWriteError
 from .home import ENV_HOME, ensure_home, home_dir, open_private, private_umask
 from .migrations import migrate
+from .text import LONE_SURROGATES
 
 __all__ = [
     "BILLED_SQL",
@@ -94,7 +95,7 @@ DAY_MS = 86_400_000
 # hostile reply's id or model name can hold one; it is not UTF-8, so neither SQLite nor
 # PostgreSQL can store it) and a NUL (PostgreSQL text refuses it; SQLite keeps it, but C
 # string functions and exports stop at it).
-_UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
+_UNSTORABLE_TEXT = re.compile(f"[\x00{LONE_SURROGATES}]")
 
 
 def clean_text(text: str) -> str:

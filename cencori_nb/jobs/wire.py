@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadResponseError, CencoriError
+from ..text import may_escape_surrogates, without_lone_surrogates
 
 if TYPE_CHECKING:
     import httpx2
@@ -101,6 +102,8 @@ def _line(raw: str) -> dict[str, Any] | None:
         item = json.loads(raw)
     except (ValueError, RecursionError):
         return None
+    if may_escape_surrogates(raw):  # a reply's "\ud800" (cencori_nb/text.py)
+        item = without_lone_surrogates(item)
     return item if isinstance(item, dict) else None
 
 
@@ -112,13 +115,15 @@ def _send(req: httpx2.Request, adapter: Provider, *, stream: bool = False) -> ht
 
 def _json(resp: httpx2.Response, provider: str) -> Any:
     try:
-        return resp.json()
+        value = resp.json()
     except ValueError:
         raise BadResponseError(
             f"{provider} answered a batch call with something that is not JSON.",
             provider=provider,
             status_code=resp.status_code,
         ) from None
+    # Gemini's inlined answers come in this body: a "\ud800" in one (cencori_nb/text.py)
+    return without_lone_surrogates(value) if may_escape_surrogates(resp.text) else value
 
 
 class API:

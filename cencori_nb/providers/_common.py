@@ -31,6 +31,7 @@ from ..errors import (
 )
 from ..keystore.secret import Secret, key_hint
 from ..redact import CREDENTIAL_HEADERS, MARKER, PROXY_CREDENTIAL_HEADERS, USER_MESSAGE
+from ..text import may_escape_surrogates, without_lone_surrogates
 from ..transport.errors import error_class
 from ..transport.retry import retry_after, retryable_code
 from ..types import ChatRequest, Usage
@@ -176,7 +177,9 @@ _SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignor
 
 def _decode(data: str | bytes) -> Any:
     text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-    return _DECODER.decode(text)
+    value = _DECODER.decode(text)
+    # a hostile or broken reply's "\ud800": text no encoder takes (cencori_nb/text.py)
+    return without_lone_surrogates(value) if may_escape_surrogates(text) else value
 
 
 def loads(data: str | bytes, *, provider: str, what: str = "response") -> Any:
@@ -567,6 +570,8 @@ class BaseStreamParser(StreamParser):
         try:  # once per event: the decoder's C scanner straight away
             value, end = _SCAN(data, 0)
             if end == len(data):
+                if may_escape_surrogates(data):  # as _decode: no lone surrogate gets out
+                    return without_lone_surrogates(value)
                 return value
         except (StopIteration, ValueError, TypeError):
             pass

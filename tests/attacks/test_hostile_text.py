@@ -1,0 +1,165 @@
+"""A reply holding a lone surrogate (``"\\ud800"``: valid JSON, no UTF-8 encoder takes the
+decoded text) from a real HTTP endpoint on 127.0.0.1. Before cencori_nb/text.py the answer
+came back holding it: ``print(reply.text)`` raised UnicodeEncodeError, a map's DataFrame
+could be neither printed, rendered as HTML (what a notebook shows) nor exported to CSV, a
+stream's delta could not be printed, and a provider batch row could not be read. Now every
+lone surrogate is U+FFFD where the JSON is decoded; a valid pair (an emoji escaped as two
+halves) is kept."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import pytest
+
+import cencori_nb
+from cencori_nb import keys
+from cencori_nb.ledger import default_ledger
+
+MODEL = "gpt-4o-mini"
+KEY = "sk-hostile-text-" + "T" * 24 + "7e7e"
+FFFD = "\ufffd"
+
+# What the endpoint sends, escapes as on the wire: a lone high half, a lone low half, and
+# a valid pair (U+1F600) that must survive.
+TEXT_ON_WIRE = "hi \\ud800 there \\udfff and \\ud83d\\ude00"
+TEXT_READ = f"hi {FFFD} there {FFFD} and \U0001f600"
+ID_ON_WIRE = "chatcmpl-\\udbff-x"
+
+
+def _on_wire(obj: dict[str, Any]) -> str:
+    """``obj`` as JSON, its @ID@ and @TEXT@ markers replaced by the escapes above (json.dumps
+    cannot write a lone surrogate's escape from a str that holds none)."""
+    return json.dumps(obj).replace("@ID@", ID_ON_WIRE).replace("@TEXT@", TEXT_ON_WIRE)
+
+
+def _reply() -> bytes:
+    return _on_wire(
+        {
+            "id": "@ID@",
+            "object": "chat.completion",
+            "created": 1,
+            "model": MODEL,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "@TEXT@"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16},
+        }
+    ).encode()
+
+
+def _stream() -> bytes:
+    def event(choices: list[Any], **extra: Any) -> str:
+        chunk = {"id": "@ID@", "object": "chat.completion.chunk", "created": 1, "model": MODEL}
+        return f"data: {_on_wire({**chunk, 'choices': choices, **extra})}\n\n"
+
+    pieces = ("hi \\ud800", " there", " \\ud83d\\ude00")
+    events = [
+        event([{"index": 0, "delta": {"content": "@P@"}}]).replace("@P@", piece) for piece in pieces
+    ]
+    events.append(event([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+    usage = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+    events.append(event([], usage=usage))
+    events.append("data: [DONE]\n\n")
+    return "".join(events).encode()
+
+
+@pytest.fixture
+def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An OpenAI-shaped endpoint answering every chat with the hostile text (a stream when
+    asked for one), set as the sandbox the toolkit sends to."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
+            streamed = bool(body.get("stream"))
+            data = _stream() if streamed else _reply()
+            self.send_response(200)
+            kind = "text/event-stream" if streamed else "application/json"
+            self.send_header("content-type", kind)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    monkeypatch.setenv("CENCORI_NB_SANDBOX", url)
+    keys.set("openai", KEY)
+    try:
+        yield url
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _printable(text: str) -> None:
+    """What print() to a UTF-8 terminal or a kernel's stream does with it."""
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    print(text, file=out)
+    out.flush()
+
+
+def test_a_chats_answer_and_id_can_be_printed(endpoint: str) -> None:
+    reply = cencori_nb.chat("hello", model=MODEL, route="byok", cache=False)
+    assert reply.text == TEXT_READ
+    assert reply.request_id == f"chatcmpl-{FFFD}-x"
+    _printable(reply.text)
+    _printable(repr(reply))
+    (row,) = default_ledger().rows()
+    assert (row.status, row.input_tokens, row.output_tokens) == ("ok", 9, 7)
+    assert row.request_id == f"chatcmpl-{FFFD}-x"
+
+
+def test_a_streams_deltas_can_be_printed_as_they_arrive(endpoint: str) -> None:
+    deltas = []
+    with cencori_nb.stream("hello", model=MODEL, route="byok") as s:
+        for delta in s:
+            _printable(delta)
+            deltas.append(delta)
+    assert "".join(deltas) == f"hi {FFFD} there \U0001f600"
+    assert s.completion is not None and s.completion.request_id == f"chatcmpl-{FFFD}-x"
+
+
+def test_a_maps_table_prints_renders_and_exports(endpoint: str) -> None:
+    df = cencori_nb.map(["a", "b"], model=MODEL, route="byok", cache=False, progress=False)
+    assert list(df["text"]) == [TEXT_READ, TEXT_READ]
+    assert df["error"].isna().all()
+    _printable(df.to_string())
+    df._repr_html_().encode("utf-8")  # what JupyterLab renders
+    df.to_csv(index=False).encode("utf-8")
+    json.dumps(df.to_dict(orient="records"), ensure_ascii=False, default=str).encode("utf-8")
+
+
+def test_a_batch_result_line_is_read(endpoint: str) -> None:
+    """A provider batch's results file (OpenAI's JSONL shape) whose answer holds the
+    hostile text: the line is read, its row's answer parsed with U+FFFD."""
+    from types import SimpleNamespace
+
+    from cencori_nb.jobs.wire import OpenAIBatches, _json, _line
+    from cencori_nb.providers import get_provider
+
+    line = json.dumps({"custom_id": "r0", "response": {"status_code": 200, "body": "@B@"}})
+    line = line.replace('"@B@"', _reply().decode())
+    item = _line(line)
+    assert item is not None
+    api = OpenAIBatches(get_provider("openai"))
+    row = api._row(item)
+    decision: Any = SimpleNamespace(base_url=endpoint + "/openai/v1")  # all parse_ok reads
+    result = api.parse_ok(row.body, decision)
+    assert result.text == TEXT_READ
+    wire = httpx2.Response(200, content=_reply(), request=httpx2.Request("GET", endpoint))
+    assert _json(wire, "openai")["choices"][0]["message"]["content"] == TEXT_READ
