@@ -81,6 +81,7 @@ from .options import ChatOptions
 from .providers import get_provider
 from .redact import (
     StreamRedactor,
+    forget_sent_credentials,
     holds_secret,
     looks_like_key,
     refuse_key_in_prompt,
@@ -993,9 +994,15 @@ class _StreamState:
         self.completion = completion
         return completion
 
+    def _finish(self) -> None:
+        self.finished = True
+        # the stream object outlives the call (a notebook holds it): its request was sent,
+        # its key is not kept in clear there
+        forget_sent_credentials(self.response)
+
     def end(self) -> None:
         """The server closed the stream: completed or cut (see the module docstring)."""
-        self.finished = True
+        self._finish()
         complete = bool(self.parser is not None and self.parser.complete())
         if not complete and not self.parts:
             err = BadResponseError(
@@ -1024,7 +1031,7 @@ class _StreamState:
 
     def broke(self, err: CencoriError) -> CencoriError:
         """The stream failed mid-way with ``err``; return the error to raise."""
-        self.finished = True
+        self._finish()
         if not self.parts:
             self.record_failure(err)
             return err
@@ -1049,7 +1056,7 @@ class _StreamState:
         if self.finished or self.parser is None:
             _release(self.reservation)
             return
-        self.finished = True
+        self._finish()
         try:
             self._settle(complete=False)
         except Exception:  # noqa: BLE001 - the journal still holds it for the next start

@@ -220,10 +220,11 @@ def masked_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     ]
 
 
+_MARKERS = (MARKER, MARKER.encode())  # str, bytes
 _HTTP_MODULES = ("cencori_nb", "httpx2", "httpcore2", "h11", "httpx", "httpcore")
 # Objects shared past one call (pools, clients, connections, the ledger, the key store):
 # not walked, so another thread's request in flight is never touched (and a Secret never
-# opened).
+# opened). A response's byte stream ("PoolByteStream") is its own, and walked.
 _SHARED = ("Pool", "Client", "Sender", "Connection", "Ledger", "Store", "Settings", "Secret")
 
 
@@ -254,17 +255,18 @@ def forget_sent_credentials(root: Any, *, max_depth: int = 8, max_objects: int =
         seen.add(id(obj))
         if isinstance(obj, list):
             for i, item in enumerate(obj):
+                if isinstance(item, str | bytes | int | float):
+                    continue
                 if (
                     isinstance(item, tuple)
                     and len(item) in (2, 3)
-                    and any(_names_a_credential(name) for name in item[:-1])
-                    and item[-1] not in (MARKER, MARKER.encode())
-                ):
-                    value = MARKER.encode() if isinstance(item[-1], bytes) else MARKER
-                    obj[i] = (*item[:-1], value)
-                    masked += 1
-                else:
-                    todo.append((item, depth + 1))
+                    and all(isinstance(part, str | bytes) for part in item)
+                ):  # a header: (name, value) or (raw name, name, value)
+                    if any(map(_names_a_credential, item[:-1])) and item[-1] not in _MARKERS:
+                        obj[i] = (*item[:-1], _MARKERS[isinstance(item[-1], bytes)])
+                        masked += 1
+                    continue
+                todo.append((item, depth + 1))
             continue
         if isinstance(obj, tuple | set | frozenset):
             todo.extend((item, depth + 1) for item in obj)
@@ -272,22 +274,42 @@ def forget_sent_credentials(root: Any, *, max_depth: int = 8, max_objects: int =
         if isinstance(obj, dict):
             todo.extend((value, depth + 1) for value in obj.values())
             continue
-        kind = type(obj)
-        if not (getattr(kind, "__module__", "") or "").startswith(_HTTP_MODULES) or any(
-            word in kind.__name__ for word in _SHARED
-        ):
+        slots = _walk_plan(type(obj))
+        if slots is None:
             continue
         attrs = getattr(obj, "__dict__", None)
         if isinstance(attrs, dict):
             todo.extend((value, depth + 1) for value in attrs.values())
-        for cls in type(obj).__mro__:
-            for slot in getattr(cls, "__slots__", ()) or ():
-                if isinstance(slot, str) and slot not in ("__dict__", "__weakref__"):
-                    try:
-                        todo.append((getattr(obj, slot), depth + 1))
-                    except AttributeError:
-                        continue
+        for slot in slots:
+            try:
+                todo.append((getattr(obj, slot), depth + 1))
+            except AttributeError:
+                continue
     return masked
+
+
+_WALK_PLANS: dict[type, tuple[str, ...] | None] = {}
+
+
+def _walk_plan(kind: type) -> tuple[str, ...] | None:
+    """The slots to walk in an object of ``kind`` (its ``__dict__`` too), or None when it
+    is not walked (not ours or the HTTP stack's, or shared past one call)."""
+    if kind in _WALK_PLANS:
+        return _WALK_PLANS[kind]
+    name = kind.__name__
+    plan: tuple[str, ...] | None = None
+    if (getattr(kind, "__module__", "") or "").startswith(_HTTP_MODULES) and not (
+        any(word in name for word in _SHARED) and "Stream" not in name
+    ):
+        plan = tuple(
+            slot
+            for cls in kind.__mro__
+            for slot in getattr(cls, "__slots__", ()) or ()
+            if isinstance(slot, str) and slot not in ("__dict__", "__weakref__")
+        )
+    if len(_WALK_PLANS) < 1024:  # types, not objects: a handful in practice
+        _WALK_PLANS[kind] = plan
+    return plan
 
 
 def scrub_context(text: str, marker: str = MARKER) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import json
 import sys
 import threading
 import traceback
@@ -38,6 +39,27 @@ class _Failing(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         self.rfile.read(int(self.headers.get("content-length", 0)))
+        if self.mode == "ok":  # a short stream that completes
+            chunk = {"id": "x", "model": "m", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+            last = {
+                "id": "x",
+                "model": "m",
+                "choices": [],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+            }
+            done = {
+                "id": "x",
+                "model": "m",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            }
+            data = "".join(f"data: {json.dumps(e)}\n\n" for e in (chunk, done, last))
+            data += "data: [DONE]\n\n"
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data.encode())
+            return
         if self.mode == "cut":  # headers promise a body that never comes
             self.send_response(200)
             self.send_header("content-type", "application/json")
@@ -146,4 +168,24 @@ def test_post_mortem_frames_hold_no_key(
     )
     assert _frames_reach(audit, exc) > 3
     assert "pp locals()" not in cap.stdout or "request" in cap.stdout  # the debugger ran
+    audit.assert_clean()
+
+
+@pytest.mark.parametrize("mode", ["ok", "cut"])
+def test_a_finished_stream_object_holds_no_key(failing: type[_Failing], mode: str) -> None:
+    """The stream object a notebook keeps after the call (``s`` below), completed or cut
+    (a refused one raises before there is an object): nothing reachable from it holds the
+    key (its response's request was sent)."""
+    import cencori_nb
+
+    failing.mode = mode
+    audit = Audit({"stored openai key": KEY})
+    s = cencori_nb.stream("hi", model="gpt-4o-mini", cache=False, retries=0)
+    try:
+        with s:
+            assert "".join(s) == "hi"
+    except cencori_nb.errors.CencoriError:
+        assert mode != "ok"
+    for path, text in reachable_texts(s, max_depth=10):
+        audit.add(f"stream object {path}", text)
     audit.assert_clean()
