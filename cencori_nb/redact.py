@@ -552,7 +552,7 @@ _JOINT = _lazy(rf"{_KEY_CHAR}(?={_FOLD_START}){_FOLDS_AWAY}(?={_KEY_CHAR})", re.
 _ODD_REFERENCE = _lazy(r"&(?!(?:amp|lt|gt|quot|apos|nbsp);)[#A-Za-z]")
 # any character that may fold, or start a fold (one class: a stream piece without one
 # reads as it is spelled, decided by one C-level scan)
-_ANY_FOLDABLE = _lazy(rf"[{_HIDDEN_CHARS}\x1b<*`~\\_&\x80-\U0010ffff]")
+_ANY_FOLDABLE = _lazy(rf"[{_HIDDEN_CHARS}\x1b<*`~\\_&{_COMPATIBLE_SOURCE[1:-1]}]")
 # the last character of anything that folds away
 _ENDS_OPEN = _lazy(rf"[{_HIDDEN_CHARS}*`~_\\>]\Z")
 
