@@ -342,3 +342,27 @@ def test_the_compatibility_class_holds_every_character_folding_to_key_characters
         and not redact._COMPATIBLE.match(chr(code))
     ]
     assert missing == [], missing[:20]
+
+
+def test_forget_sent_credentials_masks_a_finished_request_and_nothing_shared() -> None:
+    """A response's request (httpx2) and a raw header list (httpcore2/h11 shape) lose their
+    credential values; other headers stay; a pool (shared past one call: another thread's
+    request in flight) is not walked."""
+    import httpx2
+
+    from cencori_nb.redact import MARKER, forget_sent_credentials
+
+    key = "sk-proj-forgetMe0123456789abcdef"
+    request = httpx2.Request(
+        "POST", "http://127.0.0.1:9/v1", headers={"Authorization": f"Bearer {key}", "X-Trace": "t1"}
+    )
+    response = httpx2.Response(200, request=request)
+    raw = [(b"x-api-key", key.encode()), (b"accept", b"application/json")]
+    in_flight = httpx2.Request("POST", "http://127.0.0.1:9/v1", headers={"x-goog-api-key": key})
+    pool = type("ConnectionPool", (), {"__module__": "httpx2._fake"})()
+    pool.pending = [in_flight]
+    assert forget_sent_credentials({"response": response, "raw": raw, "pool": pool}) == 2
+    assert request.headers["authorization"] == MARKER and request.headers["x-trace"] == "t1"
+    assert raw == [(b"x-api-key", MARKER.encode()), (b"accept", b"application/json")]
+    assert in_flight.headers["x-goog-api-key"] == key  # not ours to touch
+    assert forget_sent_credentials(response) == 0  # already masked: idempotent
