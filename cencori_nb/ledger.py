@@ -59,7 +59,7 @@ from . import state
 from .errors import ConfigurationError, LedgerCorruptError, LedgerError, LedgerWriteError
 from .home import ENV_HOME, ensure_home, home_dir, open_private, private_umask
 from .migrations import migrate
-from .text import LONE_SURROGATES
+from .text import clean_text
 
 __all__ = [
     "BILLED_SQL",
@@ -91,30 +91,15 @@ BILLED_SQL = "status IN ('ok', 'interrupted')"
 _PICO = Decimal(1).scaleb(-12)
 DAY_MS = 86_400_000
 
-# What no ledger text may hold, on either backend: a lone surrogate (JSON carries one, a
-# hostile reply's id or model name can hold one; it is not UTF-8, so neither SQLite nor
-# PostgreSQL can store it) and a NUL (PostgreSQL text refuses it; SQLite keeps it, but C
-# string functions and exports stop at it).
-_UNSTORABLE_TEXT = re.compile(f"[\x00{LONE_SURROGATES}]")
 
-
-def clean_text(text: str) -> str:
-    """``text`` with every lone surrogate and NUL replaced by U+FFFD, the character a
-    decoder puts for what it cannot show: the one rule for text the ledger stores, on
-    SQLite and PostgreSQL alike, applied to every statement's parameters where they reach
-    the database (:class:`_SQLiteConnection`, ``ledger_postgres._pg_params``). So a row
-    holding such a text is recorded with its real tokens, cost and debit (refused, it was
-    recorded as its pre-send estimate), a lookup by the raw text finds it, a wallet note
-    is stored, and reports and exports can encode every row. Journal and spill lines keep
-    the text as it was (JSON escapes it); it is cleaned when they are written."""
-    if text.isascii():
-        return text.replace("\x00", "\ufffd") if "\x00" in text else text
-    return _UNSTORABLE_TEXT.sub("\ufffd", text)
-
-
+# Text the ledger stores follows one rule on both backends, text.clean_text (a lone
+# surrogate or a NUL becomes U+FFFD), applied to every statement's parameters where they
+# reach the database (_SQLiteConnection, ledger_postgres._pg_params): a row holding such a
+# text is recorded with its real tokens, cost and debit, a lookup by the raw text finds it,
+# and reports and exports can encode every row.
 def clean_params(params: Sequence[Any]) -> tuple[Any, ...]:
     """``params`` with :func:`clean_text` applied to every text (the same tuple when none
-    needs it: the check costs under a microsecond a row)."""
+    needs it: about a microsecond a row)."""
     for value in params:
         if value.__class__ is str and (not value.isascii() or "\x00" in value):
             return tuple(clean_text(v) if v.__class__ is str else v for v in params)

@@ -56,6 +56,7 @@ import typing_extensions
 
 from . import state
 from .errors import SchemaError, SchemaMismatchError
+from .text import decoded
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -186,7 +187,7 @@ class Schema:
         except RecursionError:  # '[[[[…' from a looping model: not worth a traceback
             raise self._mismatch("the answer is JSON nested too deeply to read") from None
         if "\\" in body:  # an escape (\u0063) can spell a stored key the text check missed
-            value = _without_stored_keys(value)
+            value = _without_stored_keys(decoded(value, body))  # or a lone "\ud800"
         return value
 
     def validate(self, value: Any) -> Any:

@@ -16,21 +16,46 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["LONE_SURROGATES", "REPLACEMENT", "may_escape_surrogates", "without_lone_surrogates"]
+__all__ = [
+    "LONE_SURROGATES",
+    "REPLACEMENT",
+    "clean_text",
+    "decoded",
+    "may_escape_surrogates",
+    "without_lone_surrogates",
+]
 
 REPLACEMENT = "\ufffd"
 # the code points of UTF-16 surrogates, as a regular-expression character range; decoded
 # text holds one only alone (a pair decodes to one character above U+FFFF)
 LONE_SURROGATES = "\ud800-\udfff"
 _LONE = re.compile(f"[{LONE_SURROGATES}]")
+# what no stored text may hold: a lone surrogate, and a NUL (PostgreSQL text refuses it;
+# SQLite keeps it, but C string functions and exports stop at it)
+_UNSTORABLE = re.compile(f"[\x00{LONE_SURROGATES}]")
 # a JSON escape of a surrogate (lone or half of a pair): only JSON holding one is walked
 _ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def may_escape_surrogates(raw: str) -> bool:
     """True when the JSON text ``raw`` escapes a surrogate (so its decoded value may hold a
-    lone one). A substring test first: most bodies have no ``\\u`` escape at all."""
-    return "\\u" in raw and _ESCAPE.search(raw) is not None
+    lone one). Substring tests first: most bodies have no such escape at all, and a body of
+    other escapes (``\\u00e9``…) is not scanned by the regular expression."""
+    return ("\\ud" in raw or "\\uD" in raw) and _ESCAPE.search(raw) is not None
+
+
+def decoded(value: Any, raw: str) -> Any:
+    """``value``, just decoded from the JSON text ``raw``, without lone surrogates: the one
+    call every reader of outside JSON makes (walked only when ``raw`` escapes one)."""
+    return without_lone_surrogates(value) if may_escape_surrogates(raw) else value
+
+
+def clean_text(text: str) -> str:
+    """``text`` with every lone surrogate and NUL replaced by U+FFFD: the rule for text the
+    ledger stores, on SQLite and PostgreSQL alike (``ledger``)."""
+    if text.isascii():
+        return text.replace("\x00", REPLACEMENT) if "\x00" in text else text
+    return _UNSTORABLE.sub(REPLACEMENT, text)
 
 
 def _clean(text: str) -> str:
@@ -40,7 +65,8 @@ def _clean(text: str) -> str:
 def without_lone_surrogates(value: Any) -> Any:
     """``value`` (a freshly decoded JSON value) with every lone surrogate in its texts,
     keys included, replaced by U+FFFD. Containers are changed in place and walked without
-    recursion (a hostile reply may nest as deep as the decoder allows)."""
+    recursion (a hostile reply may nest as deep as the decoder allows). A key that becomes
+    one already present replaces it, as a repeated key does when JSON is decoded."""
     if isinstance(value, str):
         return _clean(value)
     stack = [value]

@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from cencori_nb.text import REPLACEMENT, may_escape_surrogates, without_lone_surrogates
+from cencori_nb.text import (
+    REPLACEMENT,
+    clean_text,
+    decoded,
+    may_escape_surrogates,
+    without_lone_surrogates,
+)
 
 
 @pytest.mark.parametrize(
@@ -48,3 +54,25 @@ def test_nesting_as_deep_as_the_decoder_allows_is_walked_without_recursion() -> 
     for _ in range(depth):
         value = value[0]
     assert value == REPLACEMENT
+
+
+def test_decoded_walks_only_json_that_escapes_a_surrogate() -> None:
+    raw = '{"a": "\\ud800"}'
+    assert decoded(json.loads(raw), raw) == {"a": REPLACEMENT}
+    # a str holding a lone surrogate that the raw text does not escape is not looked for
+    odd = {"a": "\ud800"}
+    assert decoded(odd, '{"a": 1}') is odd
+
+
+@pytest.mark.parametrize(
+    ("text", "stored"),
+    [
+        ("plain", "plain"),
+        ("nul\x00here", "nul\ufffdhere"),
+        ("caf\u00e9 \ud800 \x00", "caf\u00e9 \ufffd \ufffd"),
+        ("\U0001f600", "\U0001f600"),
+    ],
+)
+def test_stored_text_has_no_lone_surrogate_and_no_nul(text: str, stored: str) -> None:
+    assert clean_text(text) == stored
+    stored.encode("utf-8")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadResponseError, CencoriError
-from ..text import may_escape_surrogates, without_lone_surrogates
+from ..text import decoded
 
 if TYPE_CHECKING:
     import httpx2
@@ -102,8 +102,7 @@ def _line(raw: str) -> dict[str, Any] | None:
         item = json.loads(raw)
     except (ValueError, RecursionError):
         return None
-    if may_escape_surrogates(raw):  # a reply's "\ud800" (cencori_nb/text.py)
-        item = without_lone_surrogates(item)
+    item = decoded(item, raw)  # a reply's "\ud800" (cencori_nb/text.py)
     return item if isinstance(item, dict) else None
 
 
@@ -123,7 +122,7 @@ def _json(resp: httpx2.Response, provider: str) -> Any:
             status_code=resp.status_code,
         ) from None
     # Gemini's inlined answers come in this body: a "\ud800" in one (cencori_nb/text.py)
-    return without_lone_surrogates(value) if may_escape_surrogates(resp.text) else value
+    return decoded(value, resp.text)
 
 
 class API:

@@ -21,6 +21,7 @@ from typing import Any
 
 from .. import safe_html
 from ..redact import remove_stored_keys
+from ..text import decoded
 
 __all__ = [
     "Rendered",
@@ -81,10 +82,10 @@ def _parse_json(text: str) -> Any:
     """Parse the reply as JSON, accepting one fenced ```json block around it."""
     stripped = text.strip()
     try:
-        return json.loads(stripped)
+        return decoded(json.loads(stripped), stripped)  # no lone "\ud800" (cencori_nb/text.py)
     except ValueError:
         code, _lang = extract_code(stripped)
-        return json.loads(code)
+        return decoded(json.loads(code), code)
 
 
 def _footer_html(footer: str) -> str:

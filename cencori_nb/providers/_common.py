@@ -31,7 +31,7 @@ from ..errors import (
 )
 from ..keystore.secret import Secret, key_hint
 from ..redact import CREDENTIAL_HEADERS, MARKER, PROXY_CREDENTIAL_HEADERS, USER_MESSAGE
-from ..text import may_escape_surrogates, without_lone_surrogates
+from ..text import decoded
 from ..transport.errors import error_class
 from ..transport.retry import retry_after, retryable_code
 from ..types import ChatRequest, Usage
@@ -177,9 +177,8 @@ _SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignor
 
 def _decode(data: str | bytes) -> Any:
     text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-    value = _DECODER.decode(text)
     # a hostile or broken reply's "\ud800": text no encoder takes (cencori_nb/text.py)
-    return without_lone_surrogates(value) if may_escape_surrogates(text) else value
+    return decoded(_DECODER.decode(text), text)
 
 
 def loads(data: str | bytes, *, provider: str, what: str = "response") -> Any:
@@ -570,9 +569,7 @@ class BaseStreamParser(StreamParser):
         try:  # once per event: the decoder's C scanner straight away
             value, end = _SCAN(data, 0)
             if end == len(data):
-                if may_escape_surrogates(data):  # as _decode: no lone surrogate gets out
-                    return without_lone_surrogates(value)
-                return value
+                return decoded(value, data)  # as _decode: no lone surrogate gets out
         except (StopIteration, ValueError, TypeError):
             pass
         # not one bare JSON value: what loads says (whitespace around it, or its error)

@@ -163,3 +163,24 @@ def test_a_batch_result_line_is_read(endpoint: str) -> None:
     assert result.text == TEXT_READ
     wire = httpx2.Response(200, content=_reply(), request=httpx2.Request("GET", endpoint))
     assert _json(wire, "openai")["choices"][0]["message"]["content"] == TEXT_READ
+
+
+def test_a_structured_answer_and_a_json_display_hold_no_lone_surrogate() -> None:
+    """The JSON inside an answer (``schema=``, ``%%cencori -f json``) is decoded again:
+    its own "\\ud800" escapes follow the same rule."""
+    from dataclasses import dataclass
+
+    from cencori_nb.magic.render import _parse_json
+    from cencori_nb.schemas import as_schema
+
+    @dataclass
+    class Person:
+        name: str
+
+    answer = '{"name": "ab\\ud800cd \\ud83d\\ude00"}'
+    parsed = as_schema(Person).parse(answer)
+    assert parsed == Person(name=f"ab{FFFD}cd \U0001f600")
+    _printable(repr(parsed))
+    shown = _parse_json("```json\n" + answer + "\n```")
+    assert shown == {"name": f"ab{FFFD}cd \U0001f600"}
+    _printable(json.dumps(shown, ensure_ascii=False))
