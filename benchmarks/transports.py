@@ -33,7 +33,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,26 +59,38 @@ def _body(prompt: str) -> bytes:
     ).encode()
 
 
+ENDPOINT = "/openai/v1/chat/completions"
+
+
+async def _timed(post: Callable[[bytes], Awaitable[bytes]], prompts: list[str], c: int) -> float:
+    """``c`` requests in flight at most: a warm-up of ``c`` (connections opened), then the
+    prompts, timed; each answer's text is taken out of its JSON."""
+    sem = asyncio.Semaphore(c)
+
+    async def one(p: str) -> None:
+        async with sem:
+            _ = json.loads(await post(_body(p)))["choices"][0]["message"]["content"]
+
+    await asyncio.gather(*(one(f"warm {i}") for i in range(c)))
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(p) for p in prompts))
+    return time.perf_counter() - t0
+
+
 def run_aiohttp(url: str, prompts: list[str], concurrency: int) -> float:
     import aiohttp
 
     async def main() -> float:
         connector = aiohttp.TCPConnector(limit=concurrency)
+        headers = {"Authorization": f"Bearer {B.KEY}", "Content-Type": "application/json"}
         async with aiohttp.ClientSession(connector=connector) as session:
-            sem = asyncio.Semaphore(concurrency)
-            endpoint = url + "/openai/v1/chat/completions"
-            headers = {"Authorization": f"Bearer {B.KEY}", "Content-Type": "application/json"}
 
-            async def one(p: str) -> None:
-                async with sem, session.post(endpoint, data=_body(p), headers=headers) as r:
-                    data = await r.read()
+            async def post(body: bytes) -> bytes:
+                async with session.post(url + ENDPOINT, data=body, headers=headers) as r:
                     assert r.status == 200, r.status
-                    _ = json.loads(data)["choices"][0]["message"]["content"]
+                    return await r.read()
 
-            await asyncio.gather(*(one(f"warm {i}") for i in range(concurrency)))
-            t0 = time.perf_counter()
-            await asyncio.gather(*(one(p) for p in prompts))
-            return time.perf_counter() - t0
+            return await _timed(post, prompts, concurrency)
 
     return asyncio.run(main())
 
@@ -89,28 +101,20 @@ def run_pyreqwest(url: str, prompts: list[str], concurrency: int) -> float:
     async def main() -> float:
         client = ClientBuilder().max_connections(concurrency).build()
         async with client:
-            sem = asyncio.Semaphore(concurrency)
-            endpoint = url + "/openai/v1/chat/completions"
-            auth = f"Bearer {B.KEY}"
 
-            async def one(p: str) -> None:
-                async with sem:
-                    r = await (
-                        client.post(endpoint)
-                        .header("Authorization", auth)
-                        .header("Content-Type", "application/json")
-                        .body_bytes(_body(p))
-                        .build()
-                        .send()
-                    )
-                    data = bytes(await r.bytes())
-                    assert r.status == 200, r.status
-                    _ = json.loads(data)["choices"][0]["message"]["content"]
+            async def post(body: bytes) -> bytes:
+                request = (
+                    client.post(url + ENDPOINT)
+                    .header("Authorization", f"Bearer {B.KEY}")
+                    .header("Content-Type", "application/json")
+                    .body_bytes(body)
+                    .build()
+                )
+                r = await request.send()
+                assert r.status == 200, r.status
+                return bytes(await r.bytes())
 
-            await asyncio.gather(*(one(f"warm {i}") for i in range(concurrency)))
-            t0 = time.perf_counter()
-            await asyncio.gather(*(one(p) for p in prompts))
-            return time.perf_counter() - t0
+            return await _timed(post, prompts, concurrency)
 
     return asyncio.run(main())
 
