@@ -524,6 +524,9 @@ _PRICED_COUNTS = (
     "cache_write_tokens",
     "cache_write_1h_tokens",
 )
+# Counts a price does not read that the ledger keeps all the same (a row holds no count
+# below 0: ledger._NON_NEGATIVE refuses it on a replay)
+_KEPT_COUNTS = ("thinking_tokens", "image_tokens")
 
 
 def usage_problem(usage: Usage) -> str | None:
@@ -533,8 +536,9 @@ def usage_problem(usage: Usage) -> str | None:
     them); 1-hour writes past the cache writes (``cache_write_tokens`` include them).
     Priced, such counts cost less than nothing (or genai-prices refuses them): a caller
     pricing counts it did not get from a provider (a what-if, a line left on disk) asks
-    this first."""
-    for name in _PRICED_COUNTS:
+    this first; so does a provider's reply (:class:`cencori_nb.providers.base.ProviderResult`),
+    whose usage is then taken as not sent."""
+    for name in _PRICED_COUNTS + _KEPT_COUNTS:
         value = getattr(usage, name)
         if value < 0:
             return f"{name} is {value}, and a count cannot be negative"

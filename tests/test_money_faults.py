@@ -1112,3 +1112,221 @@ def test_a_hostile_replys_text_is_recorded_with_its_real_usage(
     assert led.dropped == 0
     exported = reports.usage().to_csv(index=False).encode("utf-8")
     assert "chatcmpl-\ufffdhostile\ufffd".encode() in exported
+
+
+# ------------------------------------------------------------------ a hostile reply's usage
+
+# Counts no request can have (pricing.usage_problem): priced, each costs less than nothing.
+IMPOSSIBLE_USAGES = {
+    "negative prompt": {"prompt_tokens": -100000, "completion_tokens": 34, "total_tokens": 46},
+    "negative completion": {"prompt_tokens": 12, "completion_tokens": -34000, "total_tokens": 1},
+    "cached past the prompt": {
+        "prompt_tokens": 12,
+        "completion_tokens": 34,
+        "total_tokens": 46,
+        "prompt_tokens_details": {"cached_tokens": 900000},
+    },
+    "negative reasoning": {
+        "prompt_tokens": 12,
+        "completion_tokens": 34,
+        "total_tokens": 46,
+        "completion_tokens_details": {"reasoning_tokens": -5},
+    },
+}
+ANSWER = "a plain answer of a few words"
+
+
+@pytest.fixture
+def usage_endpoint(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A real HTTP server on 127.0.0.1, set as the sandbox: every POST is answered with
+    ANSWER and ``server.usage`` (left out when None), in OpenAI's shape (a stream when the
+    request asks for one) or, on Cencori's native door, the gateway's (with
+    ``server.cost_usd`` when set). ``server.posts`` counts the answers."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            sent = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
+            usage = server.usage  # type: ignore[attr-defined]
+            extra = {} if usage is None else {"usage": usage}
+            server.posts += 1  # type: ignore[attr-defined]
+            if self.path.endswith("/api/ai/chat"):
+                body = {"id": "c-1", "content": ANSWER, "model": MODEL, "provider": "openai"}
+                body.update(extra, finish_reason="stop")
+                if server.cost_usd is not None:  # type: ignore[attr-defined]
+                    body["cost_usd"] = server.cost_usd  # type: ignore[attr-defined]
+                self._send("application/json", json.dumps(body).encode())
+            elif sent.get("stream"):
+                head = {"id": "s-1", "object": "chat.completion.chunk", "model": MODEL}
+                chunks = [
+                    {**head, "choices": [{"index": 0, "delta": {"content": ANSWER}}]},
+                    {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                    {**head, "choices": [], **extra},
+                ]
+                events = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks)
+                self._send("text/event-stream", (events + "data: [DONE]\n\n").encode())
+            else:
+                body = {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": MODEL,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": ANSWER},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    **extra,
+                }
+                self._send("application/json", json.dumps(body).encode())
+
+        def _send(self, kind: str, data: bytes) -> None:
+            self.send_response(200)
+            self.send_header("content-type", kind)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_error(404)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.usage = None  # type: ignore[attr-defined]
+    server.cost_usd = None  # type: ignore[attr-defined]
+    server.posts = 0  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("CENCORI_NB_SANDBOX", f"http://127.0.0.1:{server.server_port}")
+    keys.set("openai", OPENAI_KEY)
+    keys.set_cencori_key(CENCORI_KEY)
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _as_without_usage(server: Any, send: Any) -> tuple[LedgerRow, LedgerRow]:
+    """The ledger row of ``send()`` answered with no usage at all, then with
+    ``server.usage`` as it is set now (the caller's hostile usage)."""
+    hostile, server.usage = server.usage, None
+    send()
+    server.usage = hostile
+    send()
+    control, row = default_ledger().rows()[-2:]
+    return control, row
+
+
+def _assert_recorded_as_estimated(control: LedgerRow, row: LedgerRow) -> None:
+    """``row`` (an answer with impossible usage) is what an answer without usage is: an
+    estimate, with the estimated tokens and their price, above zero; a row the replay of
+    the spill file or journal takes as it is (ledger._storable)."""
+    from cencori_nb.ledger import _storable
+    from cencori_nb.pricing import estimate_cost
+
+    assert (row.status, row.estimated) == ("ok", True)
+    assert (row.input_tokens, row.output_tokens) == (control.input_tokens, control.output_tokens)
+    assert row.input_tokens > 0 and row.output_tokens > 0
+    assert (row.cache_read_tokens, row.cache_write_tokens, row.thinking_tokens) == (0, 0, 0)
+    price = estimate_cost("openai", MODEL, row.input_tokens, row.output_tokens)
+    assert row.provider_cost_usd == control.provider_cost_usd == price > 0
+    assert row.cost_usd is not None and row.cost_usd >= price
+    _storable(row.as_params())  # raises ValueError for a count or a price below 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("case", sorted(IMPOSSIBLE_USAGES))
+def test_an_impossible_usage_is_recorded_as_an_estimate(
+    usage_endpoint: Any,
+    backend: str,
+    case: str,
+    request: pytest.FixtureRequest,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An endpoint answers with usage no request has (a negative count, cached tokens past
+    the prompt). chat and stream record the answer as if it came without usage:
+    estimated tokens and a price above zero, a warning naming the field. Before, a
+    ``prompt_tokens`` of -100000 was stored live as (-100000 tokens, -$0.015): a
+    negative charge; the same row replayed from the spill file was refused as damage."""
+    if backend == "postgresql":
+        request.getfixturevalue("pg_url")
+    usage_endpoint.usage = IMPOSSIBLE_USAGES[case]
+    with caplog.at_level("WARNING", logger="cencori_nb"):
+        control, row = _as_without_usage(
+            usage_endpoint,
+            lambda: cencori_nb.chat("hello there", model=MODEL, route="byok", cache=False),
+        )
+        _assert_recorded_as_estimated(control, row)
+        control, row = _as_without_usage(
+            usage_endpoint,
+            lambda: "".join(
+                cencori_nb.stream("hello there", model=MODEL, route="byok", cache=False)
+            ),
+        )
+        _assert_recorded_as_estimated(control, row)
+    assert default_ledger().dialect == backend
+    assert len(default_ledger().rows()) == 4 == usage_endpoint.posts
+    warned = [r.getMessage() for r in caplog.records if "usage is impossible" in r.getMessage()]
+    assert len(warned) == 2 and "recorded with estimated tokens" in warned[0]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_map_with_an_impossible_usage_charges_no_row_below_zero(
+    usage_endpoint: Any, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """map over 6 prompts, each answer with ``prompt_tokens: -100000``: 6 estimated rows,
+    each priced above zero; the frame's cost column is what the ledger holds."""
+    if backend == "postgresql":
+        request.getfixturevalue("pg_url")
+    usage_endpoint.usage = IMPOSSIBLE_USAGES["negative prompt"]
+    prompts = [f"question number {i}" for i in range(6)]
+    df = cencori_nb.map(prompts, model=MODEL, route="byok", cache=False, progress=False)
+    assert list(df["error"].isna()) == [True] * 6
+    rows = default_ledger().rows()
+    assert len(rows) == 6 == usage_endpoint.posts
+    assert all(r.estimated and r.input_tokens > 0 and r.output_tokens > 0 for r in rows)
+    assert all(r.provider_cost_usd is not None and r.provider_cost_usd > 0 for r in rows)
+    assert sum(df["cost_usd"]) == sum(r.cost_usd for r in rows if r.cost_usd is not None) > 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize(
+    ("usage", "cost_usd"),
+    [
+        (IMPOSSIBLE_USAGES["negative prompt"], None),  # priced here: provider price x markup
+        ({"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}, -5.0),
+        ({"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}, "NaN"),
+    ],
+    ids=["negative prompt", "negative cost_usd", "NaN cost_usd"],
+)
+def test_the_managed_wallet_is_never_credited_by_a_reply(
+    usage_endpoint: Any,
+    backend: str,
+    usage: dict[str, Any],
+    cost_usd: Any,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The managed route: the gateway's reply has a negative prompt count, or a
+    ``cost_usd`` below zero or not a number. The wallet is debited (never credited) what
+    the toolkit's own price says, the row charged the same, above zero. Before, the
+    negative price (or cost) became the charge."""
+    if backend == "postgresql":
+        request.getfixturevalue("pg_url")
+    usage_endpoint.usage, usage_endpoint.cost_usd = usage, cost_usd
+    wallet.top_up(10)
+    for _ in range(3):
+        reply = cencori_nb.chat("hello there", model=MODEL, route="managed", cache=False)
+        assert reply.credits_charged_usd > 0
+    rows = default_ledger().rows()
+    assert len(rows) == 3 == usage_endpoint.posts
+    assert all(r.credits_charged_usd > 0 and r.input_tokens > 0 for r in rows)
+    debits = [t for t in wallet.transactions(as_frame=False) if t.kind == "usage"]
+    assert len(debits) == 3 and all(t.amount < 0 for t in debits)
+    assert sum(-t.amount for t in debits) == sum(r.credits_charged_usd for r in rows)
+    assert wallet.balance() == Decimal(10) - sum(r.credits_charged_usd for r in rows)

@@ -557,6 +557,7 @@ class BaseStreamParser(StreamParser):
         self.parts: list[str] = []
         self.model: str | None = None
         self.usage: Usage | None = None
+        self._impossible: Usage | None = None  # self.usage, found impossible by result()
         self.finish_reason: str | None = None
         self.request_id = request_id
         self.served_by: str | None = None
@@ -582,10 +583,13 @@ class BaseStreamParser(StreamParser):
         return None
 
     def result(self) -> ProviderResult:
-        return ProviderResult(
+        usage = self.usage
+        if usage is not None and usage is self._impossible:
+            usage = None  # an earlier result() dropped it and said so: once per stream
+        result = ProviderResult(
             text="".join(self.parts),
             model=self.model,
-            usage=self.usage,
+            usage=usage,
             finish_reason=self.finish_reason,
             request_id=self.request_id,
             gateway_cost_usd=self.gateway_cost_usd,
@@ -593,6 +597,12 @@ class BaseStreamParser(StreamParser):
             reported_cost_usd=self.reported_cost_usd,
             refusal=self.refusal,
         )
+        if usage is not None and result.usage is None:  # impossible (ProviderResult)
+            self._impossible = usage
+        # a cost no request has is dropped (ProviderResult) and said so once
+        self.gateway_cost_usd = result.gateway_cost_usd
+        self.reported_cost_usd = result.reported_cost_usd
+        return result
 
 
 class AdapterStreamParser(BaseStreamParser):

@@ -8,12 +8,14 @@ store or the ledger. The client does the I/O through the shared transport.
 
 from __future__ import annotations
 
+import logging
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from ..pricing import usage_problem
 from ..types import ChatRequest, Usage
 
 if TYPE_CHECKING:
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
     from ..keystore.secret import Secret
 
 __all__ = ["Provider", "ProviderResult", "StreamParser", "get_provider", "register"]
+
+_log = logging.getLogger("cencori_nb")
 
 
 @dataclass(slots=True)
@@ -48,6 +52,36 @@ class ProviderResult:
     # the client records and prices the usage like any answer, then raises this error with
     # the settled completion attached as ``.completion``. None for an ordinary answer.
     error: CencoriError | None = None
+
+    def __post_init__(self) -> None:
+        """Counts and costs no request can have are taken as not sent: every adapter, its
+        stream parser and a batch job's result lines build their result here, so this is
+        where a provider's usage enters. Priced, a negative count or cache reads past the
+        input (:func:`cencori_nb.pricing.usage_problem`) cost less than nothing: a negative
+        charge, money made from nothing, that the ledger would keep if the row were
+        written at once but refuses as damage if the same row is replayed from the spill
+        file or the journal. Without usage the client records the request as estimated,
+        with tokens counted from its prompt and answer and a price of at least zero (fail
+        closed). A gateway cost below zero or not a number would be the wallet debit
+        itself; without it the charge is the provider price with the markup."""
+        if self.usage is not None:
+            problem = usage_problem(self.usage)
+            if problem is not None:
+                _log.warning(
+                    "cencori_nb: the provider's usage is impossible (%s); the request is"
+                    " recorded with estimated tokens",
+                    problem,
+                )
+                self.usage = None
+        for name in ("gateway_cost_usd", "reported_cost_usd"):
+            cost = getattr(self, name)
+            if cost is not None and not (cost.is_finite() and cost >= 0):
+                _log.warning(
+                    "cencori_nb: the provider's %s is %s, which no request costs; it is ignored",
+                    name,
+                    cost,
+                )
+                setattr(self, name, None)
 
     def without_stored_keys(self) -> ProviderResult:
         """This result with every stored key removed from what the provider chose to say

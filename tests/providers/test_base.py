@@ -16,7 +16,7 @@ from cencori_nb.catalog import PROVIDERS
 from cencori_nb.keystore.secret import Secret
 from cencori_nb.providers import get_provider, load_builtin
 from cencori_nb.providers.base import _REGISTRY, Provider, ProviderResult, StreamParser
-from tests.providers.support import BASE, assert_no_leak, chat, map_status
+from tests.providers.support import BASE, assert_no_leak, chat, exchange, map_status
 
 # --- registry -------------------------------------------------------------------------------
 
@@ -185,3 +185,133 @@ def test_every_stream_parser_keeps_to_the_stream_parser_interface(name: str) -> 
     for method in ("feed", "result"):
         assert _shape(getattr(type(parser), method)) == _shape(getattr(StreamParser, method))
     assert parser.done is False and parser.result().text == ""
+
+
+# --- impossible usage and cost --------------------------------------------------------------
+
+
+def _reply(provider: str, model: str, body: dict[str, Any]) -> ProviderResult:
+    adapter = get_provider(provider)
+    request = adapter.build_request(chat(), model=model, api_key=Secret("sk-x-1234"), base_url=BASE)
+    response, _ = exchange(request, body=body)
+    return adapter.parse_response(response)
+
+
+def _openai(usage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "c",
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}],
+        "usage": usage,
+    }
+
+
+def _anthropic(usage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "m",
+        "model": "claude-sonnet-4-5",
+        "content": [{"type": "text", "text": "hi"}],
+        "stop_reason": "end_turn",
+        "usage": usage,
+    }
+
+
+def _gemini(usage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "candidates": [{"content": {"parts": [{"text": "hi"}]}, "finishReason": "STOP"}],
+        "usageMetadata": usage,
+    }
+
+
+# (provider, model, body): each usage is one no request has
+IMPOSSIBLE = {
+    "openai negative prompt": (
+        "openai",
+        "gpt-4o-mini",
+        _openai({"prompt_tokens": -100000, "completion_tokens": 3}),
+    ),
+    "openai cached past the prompt": (
+        "openai",
+        "gpt-4o-mini",
+        _openai(
+            {
+                "prompt_tokens": 10,
+                "completion_tokens": 3,
+                "prompt_tokens_details": {"cached_tokens": 11},
+            }
+        ),
+    ),
+    "anthropic negative cache write": (
+        "anthropic",
+        "claude-sonnet-4-5",
+        _anthropic({"input_tokens": 5, "output_tokens": 3, "cache_creation_input_tokens": -900000}),
+    ),
+    "anthropic negative output": (
+        "anthropic",
+        "claude-sonnet-4-5",
+        _anthropic({"input_tokens": 5, "output_tokens": -3}),
+    ),
+    "gemini negative prompt": (
+        "google",
+        "gemini-2.5-flash",
+        _gemini({"promptTokenCount": -7, "candidatesTokenCount": 3}),
+    ),
+    "gemini cached past the prompt": (
+        "google",
+        "gemini-2.5-flash",
+        _gemini({"promptTokenCount": 7, "candidatesTokenCount": 3, "cachedContentTokenCount": 8}),
+    ),
+    "gemini negative thoughts": (
+        "google",
+        "gemini-2.5-flash",
+        _gemini({"promptTokenCount": 7, "candidatesTokenCount": 3, "thoughtsTokenCount": -9}),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IMPOSSIBLE))
+def test_an_impossible_usage_is_taken_as_not_sent(
+    case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Counts no request has (pricing.usage_problem), in each wire format: the result
+    has no usage (the client then records estimated tokens) and a warning names the
+    field. The answer itself is kept."""
+    provider, model, body = IMPOSSIBLE[case]
+    with caplog.at_level("WARNING", logger="cencori_nb"):
+        result = _reply(provider, model, body)
+    assert result.text == "hi" and result.usage is None
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "usage is impossible" in line and "_tokens" in line
+
+
+def test_a_possible_usage_is_kept_as_sent() -> None:
+    """The edges that are possible: every input token read from the cache, zero output."""
+    result = _reply(
+        "openai",
+        "gpt-4o-mini",
+        _openai(
+            {
+                "prompt_tokens": 10,
+                "completion_tokens": 0,
+                "prompt_tokens_details": {"cached_tokens": 10},
+            }
+        ),
+    )
+    assert result.usage is not None
+    assert (result.usage.input_tokens, result.usage.cache_read_tokens) == (10, 10)
+
+
+@pytest.mark.parametrize("cost", ["-0.5", "NaN", "sNaN", "Infinity", "-Infinity"])
+def test_a_cost_no_request_has_is_dropped(cost: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A gateway's cost_usd (the managed wallet's debit) or a provider's reported cost
+    below zero or not a finite number is taken as not sent; zero is kept."""
+    from decimal import Decimal
+
+    with caplog.at_level("WARNING", logger="cencori_nb"):
+        result = ProviderResult(
+            "x", gateway_cost_usd=Decimal(cost), reported_cost_usd=Decimal(cost)
+        )
+    assert (result.gateway_cost_usd, result.reported_cost_usd) == (None, None)
+    assert len(caplog.records) == 2
+    kept = ProviderResult("x", gateway_cost_usd=Decimal(0), reported_cost_usd=Decimal("0.01"))
+    assert (kept.gateway_cost_usd, kept.reported_cost_usd) == (Decimal(0), Decimal("0.01"))
