@@ -264,7 +264,10 @@ _COMPARE_TRACES = (
 def byok_vs_managed(compare_df: Any = None) -> Any:
     """Grouped bars per model of a :func:`cencori_nb.reports.compare_costs` frame (computed
     from the ledger when not given): provider price, BYOK total, managed charge, and the
-    peers' columns when present."""
+    peers' columns when present. For a what-if, pass ``compare_costs(workload)``: its
+    workload keys (``cache_write_1h_tokens`` among them) and the
+    :class:`~cencori_nb.errors.ConfigurationError` it raises for a row it cannot price are
+    described there."""
     from . import reports
 
     go = _go()

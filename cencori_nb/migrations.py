@@ -384,8 +384,13 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         ["ALTER TABLE requests ADD COLUMN image_tokens INTEGER NOT NULL DEFAULT 0"],
     ),
     # Of cache_write_tokens, Anthropic's 1-hour cache writes (billed at 2x base input, the
-    # 5-minute ones at 1.25x): kept apart so a row priced again (reports, a reclaimed
-    # journal line) gets the price it was settled at. Rows from before read 0.
+    # 5-minute ones at 1.25x), kept apart so a what-if priced again from rows
+    # (reports.compare_costs of a usage() frame) gets the price the row was settled at, and
+    # so usage() and its export show the split. Nothing else prices a row again: the
+    # ledger's reports, caps and budgets read the recorded provider_cost_pusd / cost_pusd;
+    # a spill or settled journal line is a priced row, inserted as it is; a reclaimed
+    # in-flight note is priced from its pre-send estimate, which has no cache counts.
+    # Rows from before read 0.
     (
         "009_cache_write_1h_tokens",
         ["ALTER TABLE requests ADD COLUMN cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0"],

@@ -262,7 +262,8 @@ def _workload_rows(workload: Any, since: Any, project: str | None) -> list[dict[
 
             raise ConfigurationError(
                 "Each workload row needs a 'model' (and 'input_tokens', 'output_tokens'; "
-                "optional 'requests', 'provider', 'cache_read_tokens')."
+                "optional 'requests', 'provider', 'cache_read_tokens', 'cache_write_tokens', "
+                "'cache_write_1h_tokens')."
             )
         inp = int(rec.get("input_tokens") or 0)
         outp = int(rec.get("output_tokens") or 0)
@@ -347,8 +348,10 @@ def compare_costs(
     ``since``, default the last 30 days, priced as recorded), or a what-if: a DataFrame, a
     list of dicts or one dict with ``model``, ``input_tokens``, ``output_tokens`` (monthly),
     optional ``requests`` (default: one per 1,000 input tokens), ``provider``,
-    ``cache_read_tokens``, ``cache_write_tokens``. What-ifs are priced per average request
-    with genai-prices (so long-context tiers apply per request).
+    ``cache_read_tokens``, ``cache_write_tokens`` and ``cache_write_1h_tokens`` (of the
+    cache writes, Anthropic's 1-hour ones, at their own rate; a :func:`usage` frame has
+    every column, so its rows are priced again as they were settled). What-ifs are priced
+    per average request with genai-prices (so long-context tiers apply per request).
 
     Columns: ``provider, model, requests, input_tokens, output_tokens, provider_cost_usd``
     (what BYOK pays the provider), ``managed_charge_usd`` (provider × (1 + markup)),
@@ -365,6 +368,11 @@ def compare_costs(
     batch job recorded are already at the batch price and count as recorded, not discounted
     again. ``frame.attrs["totals"]`` holds the sums (``batch_usd`` too, over the rows that
     have one) and the workload's own break-even multiple.
+
+    Raises :class:`~cencori_nb.errors.ConfigurationError` for a policy not in ``zero``,
+    ``percent``, ``managed``, a what-if row without ``model``, or one whose counts no
+    request has (:func:`cencori_nb.pricing.usage_problem`: a count below 0, cache reads and
+    writes past ``input_tokens``, 1-hour writes past ``cache_write_tokens``).
     """
     import pandas as pd
 
