@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from ..router import Decision
     from ..schemas import Schema
+    from ..types import Usage
 
 __all__ = ["BatchJob", "JobStatus", "jobs_dir"]
 
@@ -144,6 +145,7 @@ class BatchJob:
         # schema=: the user's own type in the process that submitted; elsewhere the stored
         # JSON Schema (answers then parse into dicts)
         self.schema = schema if schema is not None else stored_schema(record)
+        self._prompts: list[Any] | None = None  # input.jsonl's prompts, once one is needed
 
     # -- loading and saving ---------------------------------------------------------------
     @classmethod
@@ -472,24 +474,26 @@ class BatchJob:
                 rr = wire.RowResult(rr.custom_id, wire.ERROR, message=_scrubbed(exc))
             else:
                 usage = pr.usage
+                if usage is None:  # none sent, or none a request has (ProviderResult)
+                    usage = self._estimated_usage(pos, pr.text, decision)
                 c = Completion(
                     text=pr.text,
                     model=pr.model or decision.model,
                     provider=self.provider,
                     route="byok",
-                    input_tokens=usage.input_tokens if usage else 0,
-                    output_tokens=usage.output_tokens if usage else 0,
-                    cache_read_tokens=usage.cache_read_tokens if usage else 0,
-                    cache_write_tokens=usage.cache_write_tokens if usage else 0,
-                    cache_write_1h_tokens=usage.cache_write_1h_tokens if usage else 0,
-                    thinking_tokens=usage.thinking_tokens if usage else 0,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    cache_read_tokens=usage.cache_read_tokens,
+                    cache_write_tokens=usage.cache_write_tokens,
+                    cache_write_1h_tokens=usage.cache_write_1h_tokens,
+                    thinking_tokens=usage.thinking_tokens,
                     request_id=pr.request_id or "",
                     finish_reason=pr.finish_reason,
                     model_requested=self.record["model_requested"],
                     credential_source=decision.credential_source,
                     project=self.project,
                     client_id=cid,
-                    estimated=usage is None,
+                    estimated=pr.usage is None,
                 )
                 settle(c, batch=True)
                 # a billed non-answer (a Gemini prompt blocked before the model ran):
@@ -542,6 +546,23 @@ class BatchJob:
             )
         )
         return {**base, "o": rr.outcome, "text": None, "error": message, "cost": "0"}
+
+    def _estimated_usage(self, pos: int, text: str, decision: Decision) -> Usage:
+        """Row ``pos``'s tokens estimated from its prompt (system prompt and images
+        included) and its answer, as a live reply without usage is recorded
+        (client._completion): its result line sent no usage, or one no request has. Never
+        0 for a paid answer, so its price is not understated."""
+        from ..client import _prompt_tokens
+        from ..tokens import estimate_tokens
+        from ..types import ChatRequest, Usage
+
+        if self._prompts is None:  # read once, only when a line lacks usage
+            self._prompts = [p for p, _r in self._inputs()]
+        prompts = self._prompts
+        request = ChatRequest.from_prompt(
+            prompts[pos], system=self.record["params"].get("system"), model=decision.model
+        )
+        return Usage(_prompt_tokens(request, decision), estimate_tokens(text))
 
     def _latest_results(self) -> dict[int, dict[str, Any]]:
         """``{position: result line}``, the latest part's line winning (a resubmitted row)."""

@@ -81,3 +81,60 @@ def test_garbage_foreign_and_repeated_lines(sbx):
     assert ok == 1  # only r0 billed, once; r99 / evil are not ours
     st = job.status(refresh=False)
     assert (st.fetched, st.failed) == (4, 3)
+
+
+def test_a_line_without_usable_usage_is_billed_as_an_estimate(sbx):
+    """Three answers in a fetched batch: one with ``prompt_tokens: -100000`` (a usage no
+    request has), one with no usage, one with its usage. The first two are recorded alike:
+    estimated, with the tokens of their prompt and answer and their batch price above
+    zero (as a live reply without usage). Before, the first was priced below zero and
+    then, with the usage dropped, both at 0 tokens and $0: a paid answer billed as free."""
+    from cencori_nb import pricing
+    from cencori_nb.jobs.job import client_id
+
+    sbx.batches.configure({"delay_s": 600})
+    job = cencori_nb.submit(["same", "same", "same"], model="gpt-4o-mini", max_tokens=5)
+    bid = job.provider_job_ids[0]
+    hostile, missing = _completion("Same answer"), _completion("Same answer")
+    hostile["usage"] = {"prompt_tokens": -100000, "completion_tokens": 5, "total_tokens": 15}
+    del missing["usage"]
+    bodies = {"r0": hostile, "r1": missing, "r2": _completion("Same answer")}
+    lines = [
+        json.dumps({"custom_id": cid, "response": {"status_code": 200, "body": body}})
+        for cid, body in bodies.items()
+    ]
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        path = request.url.path
+        if path.endswith(f"/batches/{bid}"):
+            return httpx2.Response(
+                200,
+                json={
+                    "id": bid,
+                    "object": "batch",
+                    "status": "completed",
+                    "output_file_id": "file-out",
+                    "error_file_id": None,
+                    "request_counts": {"total": 3, "completed": 3, "failed": 0},
+                },
+            )
+        if path.endswith("/files/file-out/content"):
+            return httpx2.Response(200, content="\n".join(lines).encode())
+        return httpx2.Response(404, json={"error": {"message": "no", "type": "invalid_request"}})
+
+    transport.set_transport(httpx2.MockTransport(handler))
+    try:
+        out = job.result(timeout=30, progress=False)
+    finally:
+        transport.set_transport(None)
+    assert list(out["error"].isna()) == [True] * 3
+    rows = {r.client_id: r for r in default_ledger().rows()}
+    assert len(rows) == 3
+    r0, r1, r2 = (rows[client_id(job.id, 0, pos)] for pos in range(3))
+    assert (r2.estimated, r2.input_tokens, r2.output_tokens) == (False, 10, 5)
+    for row in (r0, r1):
+        assert row.estimated and row.status == "ok"
+        assert (row.input_tokens, row.output_tokens) == (r1.input_tokens, r1.output_tokens)
+        assert row.input_tokens > 0 and row.output_tokens > 0
+        listed = pricing.estimate_cost("openai", row.model, row.input_tokens, row.output_tokens)
+        assert row.provider_cost_usd == pricing.batch_price("openai", listed) > 0
