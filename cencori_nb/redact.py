@@ -38,8 +38,9 @@ import functools
 import math
 import re
 import threading
+import weakref
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -102,7 +103,7 @@ class _LazyPattern:
     40 ms, most of its load time (docs/benchmarks.md, "Extension load time"). Behaves as
     the compiled ``re.Pattern`` for every method and attribute."""
 
-    __slots__ = ("_compiled", "_flags", "_source")
+    __slots__ = ("__weakref__", "_compiled", "_flags", "_source")
 
     def __init__(self, source: str, flags: int = 0) -> None:
         self._source, self._flags = source, flags
@@ -123,7 +124,13 @@ class _LazyPattern:
     def subn(self, *args: Any) -> tuple[str, int]:
         return self.compiled().subn(*args)
 
-    def __getattr__(self, name: str) -> Any:  # finditer, match, pattern, …
+    def match(self, *args: Any) -> re.Match[str] | None:
+        return self.compiled().match(*args)
+
+    def finditer(self, *args: Any) -> Iterator[re.Match[str]]:
+        return self.compiled().finditer(*args)
+
+    def __getattr__(self, name: str) -> Any:  # pattern, fullmatch, …
         if name.startswith("_"):  # _compiled unset (a copy being built), __deepcopy__, …
             raise AttributeError(name)
         return getattr(self.compiled(), name)
@@ -453,7 +460,12 @@ def _exact_regex(secrets: frozenset[str], encoded: bool, minimum: int) -> re.Pat
     # and each as it reads (a key holding "-_" loses that "_" in the reader's view), so
     # the one regex finds the key in the text and in its view
     words |= {read for read in map(_as_read, words) if len(read) >= minimum}
-    return re.compile(_trie_pattern(words)) if words else None
+    if not words:
+        return None
+    regex = re.compile(_trie_pattern(words))
+    pairs = frozenset(word[i : i + 2] for word in words for i in range(len(word) - 1))
+    _REACH[regex] = (max(map(len, words)), pairs)
+    return regex
 
 
 # --------------------------------------------------------------------------- decoded views
@@ -516,7 +528,7 @@ _INLINE_TAGS = (
 _MARKUP_SOURCE = (
     r"<!--.*?-->"  # an HTML comment: shows nothing
     rf"|</?(?i:{_INLINE_TAGS})(?:\s[^<>]*)?/?>"  # an inline tag, attributes and all
-    r"|[*`~]+"  # emphasis, code span, strikethrough marks
+    r"|\*[*`~]*|`[*`~]*|~[*`~]*"  # emphasis, code span, strikethrough marks
     r"|\\(?=[!-/:-@\[-`{-~])"  # a Markdown backslash escape: \- shows -
 )
 _MARKUP = _lazy(_MARKUP_SOURCE, re.DOTALL)
@@ -537,7 +549,11 @@ _COMPATIBLE_SOURCE = (
     "\U0001d400-\U0001d6a3\U0001d7ce-\U0001d7ff\U0001f12b-\U0001f190\U0001fbf0-\U0001fbf9]"
 )
 _COMPATIBLE = _lazy(_COMPATIBLE_SOURCE)
-_UNDERSCORE_MARK = _lazy(r"(?<![A-Za-z0-9])_+|_+(?![A-Za-z0-9])")
+# (?<![A-Za-z0-9])_+|_+(?![A-Za-z0-9]), spelled to start with a literal "_": every
+# alternative of _MARKUP above starts with a literal too, so a search skips to the next
+# candidate character in C instead of trying each alternative at every position (a 4 KB
+# reply: 108 and 142 us a pass, now a few us)
+_UNDERSCORE_MARK = _lazy(r"_(?:(?<![A-Za-z0-9]_)_*|_*(?![A-Za-z0-9]))")
 # Where folding can make a key: something that folds away between two key characters
 # (_JOINT; _NEAR_JOINT first, a one-class scan that rules most text out), a character
 # reference other than the everyday ones, a compatibility character. Text without one
@@ -547,8 +563,32 @@ _FOLD_START = rf"[{_HIDDEN_CHARS}\x1b<*`~\\_]"  # the first character of anythin
 _FOLDS_AWAY = rf"(?:{_HIDDEN_SOURCE}|{_MARKUP_SOURCE}|(?<=-)_+|_+(?=-))+"
 _KEY_CHAR = r"[A-Za-z0-9_\-]"
 # (an "_" between two letters or digits shows: it is no joint)
-_NEAR_JOINT = _lazy(rf"{_FOLD_START}(?<={_KEY_CHAR}.)(?!(?<=[A-Za-z0-9]_)[A-Za-z0-9])", re.DOTALL)
+# (nor a mark run followed by a space or punctuation: the closing "*" of "*word* " or
+# "`code`," is no joint, and each candidate costs a _JOINT.match)
+_NEAR_JOINT = _lazy(
+    rf"{_FOLD_START}(?<={_KEY_CHAR}.)(?!(?<=[A-Za-z0-9]_)[A-Za-z0-9])"
+    r"""(?![*`~]*[ \t\r\n.,;:?)'"])""",
+    re.DOTALL,
+)
 _JOINT = _lazy(rf"{_KEY_CHAR}(?={_FOLD_START}){_FOLDS_AWAY}(?={_KEY_CHAR})", re.DOTALL)
+
+
+def _joints(text: str, pairs: frozenset[str] | None = None) -> Iterable[re.Match[str]]:
+    """_JOINT's matches in ``text``, in order: tried only where _NEAR_JOINT finds a
+    candidate (_JOINT.finditer tries every key character: ~70 us over a 4 KB reply).
+    With ``pairs``, only the joints whose two characters are one of them, or an "_" (it
+    may fold away too: then other characters meet)."""
+    end = 0
+    for near in _NEAR_JOINT.finditer(text):
+        if near.start() - 1 < end:  # inside the joint before
+            continue
+        joint = _JOINT.match(text, near.start() - 1)
+        if joint is not None:
+            end = joint.end()
+            if pairs is None or "_" in (pair := text[joint.start()] + text[end]) or pair in pairs:
+                yield joint
+
+
 _ODD_REFERENCE = _lazy(r"&(?!(?:amp|lt|gt|quot|apos|nbsp);)[#A-Za-z]")
 # any character that may fold, or start a fold (one class: a stream piece without one
 # reads as it is spelled, decided by one C-level scan)
@@ -567,11 +607,14 @@ def _open_at_end(text: str) -> bool:
     )
 
 
-def _may_fold_into_a_key(text: str) -> bool:
+def _may_fold_into_a_key(text: str, pairs: frozenset[str] | None = None) -> bool:
     """Whether the reader's view of ``text`` can hold a key its spelling does not (cheap
-    scans only; a yes is confirmed by folding)."""
+    scans only; a yes is confirmed by folding). ``pairs``: as in :func:`_fold_windows`."""
     return (
-        (_NEAR_JOINT.search(text) is not None and _JOINT.search(text) is not None)
+        (
+            _NEAR_JOINT.search(text) is not None
+            and next(iter(_joints(text, pairs)), None) is not None
+        )
         or ("&" in text and _ODD_REFERENCE.search(text) is not None)
         or (not text.isascii() and _COMPATIBLE.search(text) is not None)
     )
@@ -638,27 +681,72 @@ def _as_read(secret: str) -> str:
     return _read_quickly(secret)
 
 
-def _reader_spans(text: str, finders: Iterable[re.Pattern[str]]) -> list[tuple[int, int]]:
+# The reach of each exact regex (_exact_regex): its longest word, so a window around a
+# fold holds every key that fold can be part of, and the pairs of adjacent characters in
+# its words: a fold between two characters that are no such pair is in no key. A key
+# shape reaches _KEY_REACH, and any pair may be in one.
+_REACH: weakref.WeakKeyDictionary[re.Pattern[str], tuple[int, frozenset[str]]] = (
+    weakref.WeakKeyDictionary()
+)
+_KEY_RUN_BEFORE = _lazy(r"[A-Za-z0-9_\-]*\Z")
+_KEY_RUN_AFTER = _lazy(r"[A-Za-z0-9_\-]*")
+
+
+def _fold_windows(text: str, reach: int, pairs: frozenset[str] | None) -> list[list[int]]:
+    """The parts of ``text`` where folding can reveal a key, merged: ``reach`` characters
+    either side of each place something folds between key characters (_JOINT) that may
+    be in a key (the two characters it joins are one of ``pairs``, or None for any), each
+    odd character reference and each compatibility character, widened to whole runs of
+    key characters. Between two such places a key is spelled as it reads, so a key
+    revealed by folding lies inside one window when ``reach`` is at least its length."""
+    anchors = [m.span() for m in _joints(text, pairs)]
+    if "&" in text:
+        anchors += [m.span() for m in _REFERENCE.finditer(text)]
+    if not text.isascii():
+        anchors += [m.span() for m in _COMPATIBLE.finditer(text)]
+    if not anchors:
+        return []
+    windows: list[list[int]] = []
+    for start, end in sorted(anchors):
+        start, end = max(0, start - reach), end + reach
+        if windows and start <= windows[-1][1]:
+            windows[-1][1] = max(windows[-1][1], end)
+        else:
+            windows.append([start, end])
+    for window in windows:  # a window edge never cuts a run of key characters
+        start, end = window
+        before = _KEY_RUN_BEFORE.search(text, max(0, start - reach), start)
+        window[0] = start if before is None else before.start()
+        after = _KEY_RUN_AFTER.match(text, min(end, len(text)), end + reach)
+        window[1] = min(end, len(text)) if after is None else after.end()
+    return windows
+
+
+def _reader_spans(text: str, finders: tuple[re.Pattern[str], ...]) -> list[tuple[int, int]]:
     """Spans of ``text`` that match one of ``finders`` in the reader's view (none when
-    nothing in ``text`` folds, or the folded text holds no match)."""
-    if not _may_fold_into_a_key(text):
-        return []
-    quick = _read_quickly(text)
-    if quick is text or quick == text:
-        return []
-    finders = tuple(finders)
-    if not any(f.search(quick) for f in finders):
-        return []
-    view, starts, ends = _reader_view(text)
+    nothing in ``text`` folds, or the folded text holds no match).
+
+    Only the windows around what folds between key characters are folded (_fold_windows):
+    a reply whose code holds ``a_b*2`` is not folded whole (4 KB: about 330 us a reply)."""
+    infos = [_REACH.get(f) for f in finders]
+    reach = max((_KEY_REACH if info is None else info[0] for info in infos), default=0)
+    pairs = None if None in infos else frozenset().union(*(info[1] for info in infos if info))
     spans = []
-    for finder in finders:
-        for m in finder.finditer(view):
-            if m.end() > m.start():
-                start, end = starts[m.start()], ends[m.end() - 1]
-                # spelled so in the text: the caller's own pass replaces it, to its exact
-                # end (a key ending in "_" loses that "_" in the view, not in the text)
-                if text[start:end] != m.group(0):
-                    spans.append((start, end))
+    for start, end in _fold_windows(text, reach, pairs):
+        part = text[start:end]
+        quick = _read_quickly(part)
+        if quick is part or quick == part or not any(f.search(quick) for f in finders):
+            continue
+        view, starts, ends = _reader_view(part)
+        for finder in finders:
+            for m in finder.finditer(view):
+                if m.end() > m.start():
+                    first, last = start + starts[m.start()], start + ends[m.end() - 1]
+                    # spelled so in the text: the caller's own pass replaces it, to its
+                    # exact end (a key ending in "_" loses that "_" in the view, not in
+                    # the text)
+                    if text[first:last] != m.group(0):
+                        spans.append((first, last))
     return spans
 
 
@@ -1104,6 +1192,7 @@ class StreamRedactor:
         self._secrets: frozenset[str] | None = None
         self._exact: re.Pattern[str] | None = None
         self._tails: tuple[re.Pattern[str], int] | None = None
+        self._pairs: frozenset[str] | None = None
 
     def feed(self, delta: str) -> str:
         if not delta:  # an event without text (usage, finish): what is held stays held
@@ -1112,6 +1201,8 @@ class StreamRedactor:
         if secrets is not self._secrets:
             self._exact = _exact_regex(secrets, False, MIN_REGISTERED)
             self._tails = _key_start_at_end(secrets)
+            info = None if self._exact is None else _REACH.get(self._exact)
+            self._pairs = None if info is None else info[1]
             self._secrets = secrets
         text = self._held + delta
         exact = self._exact
@@ -1123,7 +1214,7 @@ class StreamRedactor:
             return text
         regex, longest = tails
         if _ANY_FOLDABLE.search(text) is None or not (
-            _may_fold_into_a_key(text) or _open_at_end(text)
+            _may_fold_into_a_key(text, self._pairs) or _open_at_end(text)
         ):
             found = regex.search(text, max(0, len(text) - longest))
             cut = None if found is None else found.start()

@@ -7,6 +7,7 @@ hypothesis checks that the patterns now built by :func:`key_pattern` behave exac
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -366,3 +367,101 @@ def test_forget_sent_credentials_masks_a_finished_request_and_nothing_shared() -
     assert raw == [(b"x-api-key", MARKER.encode()), (b"accept", b"application/json")]
     assert in_flight.headers["x-goog-api-key"] == key  # not ours to touch
     assert forget_sent_credentials(response) == 0  # already masked: idempotent
+
+
+def _folded_lengths(monkeypatch: Any) -> list[int]:
+    """Record the length of every text the reader's view folds (redact._read_quickly)."""
+    from cencori_nb import redact
+
+    lengths: list[int] = []
+    fold = redact._read_quickly
+
+    def recording(text: str) -> str:
+        lengths.append(len(text))
+        return fold(text)
+
+    monkeypatch.setattr(redact, "_read_quickly", recording)
+    return lengths
+
+
+_PROSE = (
+    "The **answer** is below. Use `numpy` and *pandas* for this; see [docs](https://x.org). "
+    "It keeps each row's *order*, and ~~never~~ drops a value.\n\n"
+)
+
+
+def test_the_reader_view_folds_only_around_what_folds_between_key_characters(
+    monkeypatch: Any,
+) -> None:
+    """A 4 KB Markdown reply whose code holds ``a_b*2`` is not folded whole: only a window
+    of the longest registered key's length either side of a joint whose two characters
+    may meet in a key (the reply scrub went from 15 to 350 us when every such reply was
+    folded whole). A key disguised far from the first joint, a long key split by many
+    tags, and a key of 450 characters split near its end are all still found."""
+    from cencori_nb import redact
+
+    key = "sk-proj-" + "Ab3dEf9hIjKlMn0pQrStUvWxYz" * 3
+    redact.register_secret(key)
+    code = "```python\ndef f(a_b):\n    return a_b*2 + len(x_y)\n```\n\n"
+    reply = (_PROSE * 20 + code + _PROSE * 20)[:4096]
+    redact.remove_stored_keys("")  # the key's regex built (it folds the key itself)
+    folded = _folded_lengths(monkeypatch)
+    assert redact.remove_stored_keys(reply) == reply
+    assert folded == []  # "b" and "2" are side by side in no registered key: nothing folds
+    joined = reply.replace("a_b*2", "A*b3")  # "Ab3" is in the key: this joint may be in it
+    assert redact.remove_stored_keys(joined) == joined
+    assert folded and max(folded) <= 3 * len(key)
+
+    far = _PROSE * 30 + key[:20] + "**" + key[20:] + "**" + _PROSE * 3
+    assert key not in redact.remove_stored_keys(far).replace("*", "")
+    assert redact.remove_stored_keys(far).count("[redacted]") == 1
+    tagged = "".join(f"{c}<b></b>" for c in key)  # the key spans 8x its length
+    assert redact.remove_stored_keys(_PROSE * 10 + tagged + _PROSE) == (
+        _PROSE * 10 + "[redacted]<b></b>" + _PROSE
+    )
+    long_key = ("tok-" + "Qw9eRt5yUi1oPz7xCv3bNm8" * 20)[:450]  # past _KEY_REACH
+    redact.register_secret(long_key)
+    split = long_key[:440] + "<span>" + long_key[440:] + "</span>"
+    assert redact.remove_stored_keys(_PROSE * 10 + split) == _PROSE * 10 + "[redacted]</span>"
+    stream = redact.StreamRedactor()
+    shown = "".join(stream.feed(split[i : i + 12]) for i in range(0, len(split), 12))
+    assert long_key not in (shown + stream.close()).replace("<span>", "")
+
+
+def test_the_markup_and_underscore_folds_match_as_their_plain_spellings() -> None:
+    """_MARKUP's marks and _UNDERSCORE_MARK are spelled to start with a literal character
+    (so a search skips to the next candidate in C); they match exactly what the plain
+    spellings did, on every short string of the characters that matter."""
+    import itertools
+
+    from cencori_nb import redact
+
+    plain_marks, marks = re.compile(r"[*`~]+"), re.compile(r"\*[*`~]*|`[*`~]*|~[*`~]*")
+    plain_under = re.compile(r"(?<![A-Za-z0-9])_+|_+(?![A-Za-z0-9])")
+    under = redact._UNDERSCORE_MARK
+    for n in range(1, 7):
+        for chars in itertools.product("a_-* `~", repeat=n):
+            text = "".join(chars)
+            assert [m.span() for m in plain_marks.finditer(text)] == [
+                m.span() for m in marks.finditer(text)
+            ], text
+            assert [m.span() for m in plain_under.finditer(text)] == [
+                m.span() for m in under.finditer(text)
+            ], text
+    assert r"|\*[*`~]*|`[*`~]*|~[*`~]*" in redact._MARKUP_SOURCE
+
+
+def test_joints_are_found_as_one_joint_scan_finds_them() -> None:
+    """redact._joints (candidates from the one-class _NEAR_JOINT scan, each tried with
+    _JOINT.match) yields exactly _JOINT.finditer's matches."""
+    import random
+
+    from cencori_nb import redact
+
+    rng = random.Random(7)
+    alphabet = [*"ab_-*`~<>/ \n.,\\", "<b>", "</b>", "<!-- x -->", "\u200b", "\x1b[1m", "\x0b"]
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 14)))
+        assert [m.span() for m in redact._JOINT.finditer(text)] == [
+            m.span() for m in redact._joints(text)
+        ], text
