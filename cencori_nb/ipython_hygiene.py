@@ -161,11 +161,13 @@ def forget_keys_in_frames(exc: BaseException) -> None:
     """Leave no key in clear in the frames a failed call keeps alive (``%debug``, ``%tb``
     under ``%xmode Verbose``, ``sys.last_traceback``), on the whole cause/context chain.
 
-    In each frame of cencori_nb or its HTTP stack: the credential headers of the requests
-    its locals reach are replaced by the marker (the call is over, they are sent); a frame
-    holding a stored key in a local string (or a dict or list of them) loses its locals
-    (``frame.clear()``: the traceback keeps its lines). The user's own frames are left
-    alone.
+    In each frame of cencori_nb or its HTTP stack: the credential headers holding a stored
+    key in the requests its locals reach are replaced by the marker (the call is over,
+    they are sent); a frame holding a stored key in a local string (or a dict or list of
+    them) loses its locals (``frame.clear()``: the traceback keeps its lines). The user's
+    own frames are left alone, and so is a request the user sent with their own token
+    (an httpx2 call's ``raise_for_status()`` fails in httpx2's frame: ``exc.request`` must
+    still be re-sendable).
     """
     from .redact import forget_sent_credentials
 
@@ -188,7 +190,7 @@ def forget_keys_in_frames(exc: BaseException) -> None:
                     frame.clear()
                 continue
             for value in values:
-                forget_sent_credentials(value)
+                forget_sent_credentials(value, stored_only=True)
 
 
 def guard_tracebacks(shell: Any) -> None:

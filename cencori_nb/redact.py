@@ -241,11 +241,15 @@ def _names_a_credential(name: Any) -> bool:
     return isinstance(name, str) and name.lower() in CREDENTIAL_HEADERS
 
 
-def forget_sent_credentials(root: Any, *, max_depth: int = 8, max_objects: int = 20_000) -> int:
+def forget_sent_credentials(
+    root: Any, *, stored_only: bool = False, max_depth: int = 8, max_objects: int = 20_000
+) -> int:
     """Replace, in place, the value of every :data:`CREDENTIAL_HEADERS` header in the
     requests reachable from ``root`` (through containers and the attributes of cencori_nb
     and HTTP-stack objects: a response's request, a connection's pending request); return
-    how many.
+    how many. With ``stored_only``, only values holding a registered credential
+    (:func:`holds_secret`): a request the user built with their own token stays
+    re-sendable.
 
     For requests that are over: what a failed call leaves in the frames ``%debug`` walks
     (``request.headers["authorization"]`` there held the key in clear). Header lists are
@@ -269,7 +273,11 @@ def forget_sent_credentials(root: Any, *, max_depth: int = 8, max_objects: int =
                     and len(item) in (2, 3)
                     and all(isinstance(part, str | bytes) for part in item)
                 ):  # a header: (name, value) or (raw name, name, value)
-                    if any(map(_names_a_credential, item[:-1])) and item[-1] not in _MARKERS:
+                    if (
+                        any(map(_names_a_credential, item[:-1]))
+                        and item[-1] not in _MARKERS
+                        and (not stored_only or _holds_stored(item[-1]))
+                    ):
                         obj[i] = (*item[:-1], _MARKERS[isinstance(item[-1], bytes)])
                         masked += 1
                     continue
@@ -293,6 +301,10 @@ def forget_sent_credentials(root: Any, *, max_depth: int = 8, max_objects: int =
             except AttributeError:
                 continue
     return masked
+
+
+def _holds_stored(value: str | bytes) -> bool:
+    return holds_secret(value.decode("latin-1") if isinstance(value, bytes) else value)
 
 
 _WALK_PLANS: dict[type, tuple[str, ...] | None] = {}
