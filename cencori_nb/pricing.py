@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BATCH_PRICE_FACTOR",
     "BATCH_PRICE_VERSION_SUFFIX",
+    "MAX_REQUEST_TOKENS",
     "PROVIDER_IDS",
     "PriceQuote",
     "batch_price",
@@ -77,6 +78,7 @@ __all__ = [
     "genai_provider_id",
     "price_version",
     "provider_cost",
+    "request_usage_problem",
     "require_price",
     "unit_prices",
     "usage_problem",
@@ -536,8 +538,8 @@ def usage_problem(usage: Usage) -> str | None:
     them); 1-hour writes past the cache writes (``cache_write_tokens`` include them).
     Priced, such counts cost less than nothing (or genai-prices refuses them): a caller
     pricing counts it did not get from a provider (a what-if, a line left on disk) asks
-    this first; so does a provider's reply (:class:`cencori_nb.providers.base.ProviderResult`),
-    whose usage is then taken as not sent."""
+    this first; a provider's reply asks :func:`request_usage_problem` (this, and a bound
+    on one request), and its usage is then taken as not sent."""
     for name in _PRICED_COUNTS + _KEPT_COUNTS:
         value = getattr(usage, name)
         if value < 0:
@@ -553,6 +555,28 @@ def usage_problem(usage: Usage) -> str | None:
             f"cache_write_1h_tokens ({usage.cache_write_1h_tokens}) exceed "
             f"cache_write_tokens ({cache_write}), which include them"
         )
+    return None
+
+
+# No request has a billion tokens in any count (the largest context windows hold about 10
+# million): a reply that says so is broken or hostile. The bound also keeps one request's
+# price within a ledger row's 64-bit pico-USD ($9.2 million): 10**9 input and 10**9 output
+# tokens at the dearest list price in genai-prices ($600 per million, o1-pro's output) are
+# $1.2 million. A workload (reports' what-ifs) is many requests: not bounded by it.
+MAX_REQUEST_TOKENS = 10**9
+
+
+def request_usage_problem(usage: Usage) -> str | None:
+    """:func:`usage_problem`, or a count above :data:`MAX_REQUEST_TOKENS`: what makes
+    ``usage`` impossible for one request (a provider's reply, see
+    :class:`cencori_nb.providers.base.ProviderResult`), or None."""
+    problem = usage_problem(usage)
+    if problem is not None:
+        return problem
+    for name in _PRICED_COUNTS + _KEPT_COUNTS:
+        value = getattr(usage, name)
+        if value > MAX_REQUEST_TOKENS:
+            return f"{name} is {value}, more than any request has ({MAX_REQUEST_TOKENS:,})"
     return None
 
 

@@ -1126,6 +1126,7 @@ IMPOSSIBLE_USAGES = {
         "total_tokens": 46,
         "prompt_tokens_details": {"cached_tokens": 900000},
     },
+    "past any request": {"prompt_tokens": 10**20, "completion_tokens": 34, "total_tokens": 1},
     "negative reasoning": {
         "prompt_tokens": 12,
         "completion_tokens": 34,
@@ -1302,8 +1303,9 @@ def test_map_with_an_impossible_usage_charges_no_row_below_zero(
         (IMPOSSIBLE_USAGES["negative prompt"], None),  # priced here: provider price x markup
         ({"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}, -5.0),
         ({"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}, "NaN"),
+        ({"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}, 1e30),
     ],
-    ids=["negative prompt", "negative cost_usd", "NaN cost_usd"],
+    ids=["negative prompt", "negative cost_usd", "NaN cost_usd", "huge cost_usd"],
 )
 def test_the_managed_wallet_is_never_credited_by_a_reply(
     usage_endpoint: Any,
@@ -1313,19 +1315,23 @@ def test_the_managed_wallet_is_never_credited_by_a_reply(
     request: pytest.FixtureRequest,
 ) -> None:
     """The managed route: the gateway's reply has a negative prompt count, or a
-    ``cost_usd`` below zero or not a number. The wallet is debited (never credited) what
-    the toolkit's own price says, the row charged the same, above zero. Before, the
-    negative price (or cost) became the charge."""
+    ``cost_usd`` below zero, not a number or past what a row holds. The wallet is debited
+    (never credited) what the toolkit's own price says, the row and the answer charged
+    the same, above zero. Before, the negative price (or cost) became the charge; NaN
+    failed the settle; 1e30 was the answer's charge while its row held the estimate."""
     if backend == "postgresql":
         request.getfixturevalue("pg_url")
     usage_endpoint.usage, usage_endpoint.cost_usd = usage, cost_usd
     wallet.top_up(10)
-    for _ in range(3):
-        reply = cencori_nb.chat("hello there", model=MODEL, route="managed", cache=False)
-        assert reply.credits_charged_usd > 0
+    replies = [
+        cencori_nb.chat("hello there", model=MODEL, route="managed", cache=False) for _ in range(3)
+    ]
     rows = default_ledger().rows()
     assert len(rows) == 3 == usage_endpoint.posts
-    assert all(r.credits_charged_usd > 0 and r.input_tokens > 0 for r in rows)
+    assert all(r.status == "ok" and r.credits_charged_usd > 0 < r.input_tokens for r in rows)
+    # what the answer says it cost is what the row holds (a cost past what a row holds
+    # was shown as charged while the row became the pre-send estimate)
+    assert [a.credits_charged_usd for a in replies] == [r.credits_charged_usd for r in rows]
     debits = [t for t in wallet.transactions(as_frame=False) if t.kind == "usage"]
     assert len(debits) == 3 and all(t.amount < 0 for t in debits)
     assert sum(-t.amount for t in debits) == sum(r.credits_charged_usd for r in rows)

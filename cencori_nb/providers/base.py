@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from ..pricing import usage_problem
+from ..pricing import request_usage_problem
 from ..types import ChatRequest, Usage
 
 if TYPE_CHECKING:
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["Provider", "ProviderResult", "StreamParser", "get_provider", "register"]
 
 _log = logging.getLogger("cencori_nb")
+# the most a ledger row's 64-bit pico-USD holds (about $9.2 million)
+_MAX_ROW_USD = Decimal(2**63 - 1) / 10**12
 
 
 @dataclass(slots=True)
@@ -57,15 +59,18 @@ class ProviderResult:
         """Counts and costs no request can have are taken as not sent: every adapter, its
         stream parser and a batch job's result lines build their result here, so this is
         where a provider's usage enters. Priced, a negative count or cache reads past the
-        input (:func:`cencori_nb.pricing.usage_problem`) cost less than nothing: a negative
-        charge, money made from nothing, that the ledger would keep if the row were
-        written at once but refuses as damage if the same row is replayed from the spill
-        file or the journal. Without usage the client records the request as estimated,
+        input (:func:`cencori_nb.pricing.request_usage_problem`) cost less than nothing: a
+        negative charge, money made from nothing, that the ledger would keep if the row
+        were written at once but refuses as damage if the same row is replayed from the
+        spill file or the journal; a count past any request's makes a price no row can
+        hold (the row became its pre-send estimate, marked interrupted, while the answer
+        showed the price). Without usage the client records the request as estimated,
         with tokens counted from its prompt and answer and a price of at least zero (fail
-        closed). A gateway cost below zero or not a number would be the wallet debit
-        itself; without it the charge is the provider price with the markup."""
+        closed). A gateway cost below zero, not a number or past what a row holds would
+        be the wallet debit itself; without it the charge is the provider price with the
+        markup."""
         if self.usage is not None:
-            problem = usage_problem(self.usage)
+            problem = request_usage_problem(self.usage)
             if problem is not None:
                 _log.warning(
                     "cencori_nb: the provider's usage is impossible (%s); the request is"
@@ -75,7 +80,7 @@ class ProviderResult:
                 self.usage = None
         for name in ("gateway_cost_usd", "reported_cost_usd"):
             cost = getattr(self, name)
-            if cost is not None and not (cost.is_finite() and cost >= 0):
+            if cost is not None and not (cost.is_finite() and 0 <= cost <= _MAX_ROW_USD):
                 _log.warning(
                     "cencori_nb: the provider's %s is %s, which no request costs; it is ignored",
                     name,

@@ -261,6 +261,11 @@ IMPOSSIBLE = {
         "gemini-2.5-flash",
         _gemini({"promptTokenCount": 7, "candidatesTokenCount": 3, "cachedContentTokenCount": 8}),
     ),
+    "anthropic past any request": (
+        "anthropic",
+        "claude-sonnet-4-5",
+        _anthropic({"input_tokens": 10**9 + 1, "output_tokens": 3}),
+    ),
     "gemini negative thoughts": (
         "google",
         "gemini-2.5-flash",
@@ -285,7 +290,10 @@ def test_an_impossible_usage_is_taken_as_not_sent(
 
 
 def test_a_possible_usage_is_kept_as_sent() -> None:
-    """The edges that are possible: every input token read from the cache, zero output."""
+    """The edges that are possible: every input token read from the cache, zero output;
+    a billion tokens."""
+    big = _reply("openai", "gpt-4o-mini", _openai({"prompt_tokens": 10**9, "completion_tokens": 1}))
+    assert big.usage is not None and big.usage.input_tokens == 10**9
     result = _reply(
         "openai",
         "gpt-4o-mini",
@@ -301,10 +309,11 @@ def test_a_possible_usage_is_kept_as_sent() -> None:
     assert (result.usage.input_tokens, result.usage.cache_read_tokens) == (10, 10)
 
 
-@pytest.mark.parametrize("cost", ["-0.5", "NaN", "sNaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("cost", ["-0.5", "NaN", "sNaN", "Infinity", "-Infinity", "1e13"])
 def test_a_cost_no_request_has_is_dropped(cost: str, caplog: pytest.LogCaptureFixture) -> None:
     """A gateway's cost_usd (the managed wallet's debit) or a provider's reported cost
-    below zero or not a finite number is taken as not sent; zero is kept."""
+    below zero, not a finite number or past what a ledger row holds is taken as not sent;
+    zero is kept."""
     from decimal import Decimal
 
     with caplog.at_level("WARNING", logger="cencori_nb"):
