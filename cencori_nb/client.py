@@ -81,7 +81,7 @@ from .options import ChatOptions
 from .providers import get_provider
 from .redact import (
     StreamRedactor,
-    forget_sent_credentials,
+    forget_response_credentials,
     holds_secret,
     looks_like_key,
     refuse_key_in_prompt,
@@ -998,7 +998,7 @@ class _StreamState:
         self.finished = True
         # the stream object outlives the call (a notebook holds it): its request was sent,
         # its key is not kept in clear there
-        forget_sent_credentials(self.response)
+        forget_response_credentials(self.response)
 
     def end(self) -> None:
         """The server closed the stream: completed or cut (see the module docstring)."""

@@ -59,6 +59,7 @@ __all__ = [
     "Policy",
     "StreamRedactor",
     "encoded_forms",
+    "forget_response_credentials",
     "forget_sent_credentials",
     "key_pattern",
     "key_regex",
@@ -300,6 +301,42 @@ def forget_sent_credentials(
                 todo.append((getattr(obj, slot), depth + 1))
             except AttributeError:
                 continue
+    return masked
+
+
+def forget_response_credentials(response: Any) -> int:
+    """:func:`forget_sent_credentials` for a finished response, in constant time: only the
+    requests it holds by name are masked (its httpx2 request; the request its byte stream
+    keeps: cencori_nb's transports' ``_request``, httpcore2's in its pool stream), not its
+    whole object graph (~60 us at every stream's end)."""
+    requests = [getattr(response, "_request", None)]
+    outer = getattr(response, "stream", None)
+    # httpx2.Client wraps the transport's stream (BoundSyncStream._stream)
+    for stream in (outer, getattr(outer, "_stream", None)):
+        core = getattr(stream, "_response", None)  # cencori_nb.transport.direct: httpcore2's
+        pools = (
+            getattr(getattr(core, "stream", None), "_pool_request", None),
+            getattr(getattr(stream, "_httpcore_stream", None), "_pool_request", None),  # httpx2's
+        )
+        requests += [
+            getattr(stream, "_request", None),
+            *(getattr(p, "request", None) for p in pools),
+        ]
+    masked = 0
+    for request in {id(r): r for r in requests if r is not None}.values():
+        headers = getattr(request, "headers", None)
+        items = getattr(headers, "_list", headers)  # httpx2.Headers: (raw, lower, value)
+        if not isinstance(items, list):  # (httpcore2 keeps a plain list of pairs)
+            continue
+        for i, item in enumerate(items):
+            if (
+                isinstance(item, tuple)
+                and len(item) in (2, 3)
+                and item[-1] not in _MARKERS
+                and any(map(_names_a_credential, item[:-1]))
+            ):
+                items[i] = (*item[:-1], _MARKERS[isinstance(item[-1], bytes)])
+                masked += 1
     return masked
 
 

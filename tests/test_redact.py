@@ -465,3 +465,56 @@ def test_joints_are_found_as_one_joint_scan_finds_them() -> None:
         assert [m.span() for m in redact._JOINT.finditer(text)] == [
             m.span() for m in redact._joints(text)
         ], text
+
+
+def test_a_finished_response_loses_its_credentials_without_a_graph_walk(
+    monkeypatch: Any,
+) -> None:
+    """forget_response_credentials (every stream's end) masks the request a response holds
+    and httpcore2's request in its pool stream by name, in constant time: it never walks
+    the object graph (forget_sent_credentials, ~55 us a stream)."""
+    import http.server
+    import threading
+
+    import httpx2
+
+    from cencori_nb import redact
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    key = "sk-proj-finishedResponse" + "Qx7Lm2Vr9Tz4Wn1Bh"
+    try:
+        with (
+            httpx2.Client() as client,
+            client.stream(
+                "GET",
+                f"http://127.0.0.1:{server.server_port}/",
+                headers={"authorization": f"Bearer {key}", "x-api-key": key, "x-other": "kept"},
+            ) as response,
+        ):
+            assert response.read() == b"ok"
+            core = response.stream._stream._httpcore_stream._pool_request.request  # type: ignore[attr-defined]
+            assert (b"authorization", f"Bearer {key}".encode()) in core.headers
+            monkeypatch.setattr(redact, "forget_sent_credentials", None)  # no walk
+            assert redact.forget_response_credentials(response) == 4
+            assert redact.forget_response_credentials(response) == 0  # idempotent
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert response.request.headers["authorization"] == "[redacted]"
+    assert response.request.headers["x-api-key"] == "[redacted]"
+    assert response.request.headers["x-other"] == "kept"
+    assert dict(core.headers)[b"authorization"] == b"[redacted]"
+    assert dict(core.headers)[b"x-api-key"] == b"[redacted]"
