@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -115,10 +116,15 @@ def _refusal(candidate: Any, text: str) -> str | None:
 
 
 def blocked_prompt(
-    body: dict[str, Any], *, request_id: str | None, key: str | None = None
+    body: dict[str, Any],
+    *,
+    request_id: str | None,
+    key: str | Callable[[], str | None] | None = None,
 ) -> RefusalError | None:
     """The error for a prompt Google blocked before the model ran (a 200 with
     ``promptFeedback.blockReason`` and no candidates), or None for any other body.
+    ``key`` (kept out of the message) may be a function: called only for a blocked
+    prompt, not for every answer.
 
     The prompt is billed (``usageMetadata.promptTokenCount``), so this is not raised here:
     it rides on the :class:`ProviderResult` and the client raises it once the usage is
@@ -127,6 +133,8 @@ def blocked_prompt(
     reason = feedback.get("blockReason") if isinstance(feedback, dict) else None
     if not reason or body.get("candidates"):
         return None
+    if callable(key):
+        key = key()
     secrets = [key] if key else []
     reason = c.quote(str(reason)[:64], secrets)
     said = feedback.get("blockReasonMessage") if isinstance(feedback, dict) else None
@@ -224,7 +232,7 @@ class GoogleProvider(Provider):
         rid = rid or body.get("responseId")
         if body.get("error"):
             raise self.error_from_body(body, status=None, key=c.sent_key(response), request_id=rid)
-        blocked = blocked_prompt(body, request_id=rid, key=c.sent_key(response))
+        blocked = blocked_prompt(body, request_id=rid, key=lambda: c.sent_key(response))
         if blocked is not None:
             return ProviderResult(
                 text="",

@@ -168,6 +168,34 @@ def test_google_blocked_prompt_quotes_the_reason_message_without_the_key(canary:
     assert_no_leak(err, canary)
 
 
+def test_google_reads_the_sent_key_only_for_a_blocked_prompt(
+    canary: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key the request carried is looked up (to keep it out of a blocked prompt's
+    message) only when the prompt was blocked, not on every Gemini 200."""
+    from cencori_nb.providers import _common
+
+    adapter = get_provider("google")
+    calls: list[object] = []
+    lookup = _common.sent_key
+
+    def counting(response: Any) -> str | None:
+        calls.append(response)
+        return lookup(response)
+
+    monkeypatch.setattr(_common, "sent_key", counting)
+    request = adapter.build_request(
+        chat(), model="gemini-2.5-flash", api_key=Secret(canary), base_url=BASE
+    )
+    response, _ = exchange(request, body=GEMINI_RESPONSE)
+    assert adapter.parse_response(response).text
+    assert calls == []
+    response, _ = exchange(request, body=_blocked("OTHER", blockReasonMessage=f"no {canary}"))
+    err = adapter.parse_response(response).error
+    assert err is not None and calls == [response]
+    assert_no_leak(err, canary)
+
+
 def test_google_candidates_beside_prompt_feedback_are_an_answer() -> None:
     """promptFeedback with candidates is only feedback (no blockReason applies)."""
     adapter = get_provider("google")
