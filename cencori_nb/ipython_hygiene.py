@@ -137,10 +137,11 @@ def _scrub(text: str) -> str:
     return clean
 
 
-_LIBRARY_FILES = tuple(
-    os.sep + name + os.sep
-    for name in ("cencori_nb", "httpx2", "httpcore2", "h11", "httpx", "httpcore")
-)
+def _library_files() -> tuple[str, ...]:
+    """The path parts of a frame in cencori_nb or its HTTP stack (redact.HTTP_MODULES)."""
+    from .redact import HTTP_MODULES
+
+    return tuple(os.sep + name + os.sep for name in HTTP_MODULES)
 
 
 def _holds_key(value: Any) -> bool:
@@ -171,6 +172,7 @@ def forget_keys_in_frames(exc: BaseException) -> None:
     """
     from .redact import forget_sent_credentials
 
+    library_files = _library_files()
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     while todo:
@@ -182,7 +184,7 @@ def forget_keys_in_frames(exc: BaseException) -> None:
         tb = err.__traceback__
         while tb is not None:
             frame, tb = tb.tb_frame, tb.tb_next
-            if not any(part in frame.f_code.co_filename for part in _LIBRARY_FILES):
+            if not any(part in frame.f_code.co_filename for part in library_files):
                 continue
             values = list(frame.f_locals.values())
             if any(_holds_key(value) for value in values):

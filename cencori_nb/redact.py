@@ -229,7 +229,9 @@ def masked_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 _MARKERS = (MARKER, MARKER.encode())  # str, bytes
-_HTTP_MODULES = ("cencori_nb", "httpx2", "httpcore2", "h11", "httpx", "httpcore")
+# cencori_nb and its HTTP stack: the objects forget_sent_credentials walks, and the frames
+# ipython_hygiene.forget_keys_in_frames looks in (the one list of them)
+HTTP_MODULES = ("cencori_nb", "httpx2", "httpcore2", "h11", "httpx", "httpcore")
 # Objects shared past one call (pools, clients, connections, the ledger, the key store):
 # not walked, so another thread's request in flight is never touched (and a Secret never
 # opened). A response's byte stream ("PoolByteStream") is its own, and walked.
@@ -354,7 +356,7 @@ def _walk_plan(kind: type) -> tuple[str, ...] | None:
         return _WALK_PLANS[kind]
     name = kind.__name__
     plan: tuple[str, ...] | None = None
-    if (getattr(kind, "__module__", "") or "").startswith(_HTTP_MODULES) and not (
+    if (getattr(kind, "__module__", "") or "").startswith(HTTP_MODULES) and not (
         any(word in name for word in _SHARED) and "Stream" not in name
     ):
         plan = tuple(

@@ -313,9 +313,8 @@ def test_stream_redactor_removes_a_key_registered_after_it_started() -> None:
 
 
 def test_every_credential_header_is_masked_by_the_sandbox_and_scrubbed_from_log_lines() -> None:
-    """The sandbox keeps its own list (it imports nothing of the client it judges): it must
-    mask every header the client calls a credential; a log line naming any of them loses
-    the value."""
+    """The sandbox masks redact's one list of credential headers (and cookies) in its
+    stats; a log line naming any of them loses the value."""
     from cencori_nb.redact import CREDENTIAL_HEADERS, LOG_LINE, masked_headers
     from cencori_nb.sandbox import server
 

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from ..redact import CREDENTIAL_HEADERS
 from .common import Door, Exchange, dumps, key_hint, new_id
 from .faults import FAULTS, FaultPicker, RateLimiter, parse_faults
 from .http import HttpError, HttpProtocol, Request, Responder
@@ -46,19 +47,9 @@ COMPATIBLE_PROVIDERS = ("mistral", "groq", "xai", "deepseek", "together", "openr
 
 RECENT = 100  # requests kept in stats["recent"]
 
-# headers whose values are credentials: masked in stats["recent"]
-_SECRET_HEADERS = frozenset(
-    {
-        "authorization",
-        "x-api-key",
-        "x-goog-api-key",
-        "cencori_api_key",
-        "cencori-api-key",
-        "api-key",
-        "proxy-authorization",
-        "cookie",
-    }
-)
+# headers whose values are credentials: masked in stats["recent"] (redact's one list, and
+# a cookie, which no client sends a key in but a browser may send a session in)
+_SECRET_HEADERS = frozenset(CREDENTIAL_HEADERS) | {"cookie"}
 
 
 class _Stats:

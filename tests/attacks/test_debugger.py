@@ -17,7 +17,6 @@ import http.server
 import io
 import json
 import sys
-import threading
 import traceback
 from collections.abc import Iterator
 from types import TracebackType
@@ -26,7 +25,6 @@ from typing import Any
 import pytest
 from IPython.utils.capture import capture_output
 
-from cencori_nb import keys, settings
 from tests.attacks.audit import Audit, reachable_texts
 
 KEY = "sk-proj-debugCanary" + "Vq7Lm2Xr9Tz4Wn1Bh"
@@ -82,20 +80,11 @@ class _Failing(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def failing(ipython: Any) -> Iterator[type[_Failing]]:
-    handler = type("Handler", (_Failing,), {})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    keys.set("openai", KEY, default_model="gpt-4o-mini", make_default=True)
-    settings.update_settings(base_urls={"openai": f"http://127.0.0.1:{server.server_port}/v1"})
+def failing(ipython: Any, loopback_openai: Any) -> Iterator[type[_Failing]]:
     try:
-        yield handler
+        yield loopback_openai(_Failing, KEY)
     finally:
         ipython.run_line_magic("xmode", "Context")
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def _tracebacks(exc: BaseException) -> Iterator[TracebackType]:

@@ -21,9 +21,8 @@ from __future__ import annotations
 import http.server
 import json
 import logging
-import threading
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from html.parser import HTMLParser
 from typing import Any
 
@@ -31,7 +30,7 @@ import mistune
 import pytest
 
 import cencori_nb
-from cencori_nb import keys, redact, settings
+from cencori_nb import keys, redact
 from cencori_nb.redact import MARKER
 
 STORED = "sk-proj-disguiseStored" + "Q7m2Xr9Tz4Wn1Bh5Kd"  # the stored openai key
@@ -307,20 +306,10 @@ class _Echo(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def echo() -> Iterator[type[_Echo]]:
+def echo(loopback_openai: Any) -> type[_Echo]:
     """A loopback endpoint as the openai ``base_url`` (it receives the stored key)."""
-    handler = type("Handler", (_Echo,), {})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    keys.set("openai", STORED, default_model="gpt-4o-mini", make_default=True)
-    settings.update_settings(base_urls={"openai": f"http://127.0.0.1:{server.server_port}/v1"})
-    try:
-        yield handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    handler: type[_Echo] = loopback_openai(_Echo, STORED)
+    return handler
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,6 @@ import pickle
 import stat
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 
 import cencori_nb
-from cencori_nb import errors, keys, settings
+from cencori_nb import errors, keys
 from cencori_nb.redact import MARKER
 from tests.attacks.audit import Audit
 
@@ -128,20 +127,10 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def hostile(canary: str) -> Iterator[type[_Hostile]]:
+def hostile(canary: str, loopback_openai: Any) -> type[_Hostile]:
     """A hostile endpoint as the openai ``base_url``; the canary is the stored openai key."""
-    handler = type("Handler", (_Hostile,), {})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    keys.set("openai", canary, default_model="gpt-4o-mini", make_default=True)
-    settings.update_settings(base_urls={"openai": f"http://127.0.0.1:{server.server_port}/v1"})
-    try:
-        yield handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    handler: type[_Hostile] = loopback_openai(_Hostile, canary)
+    return handler
 
 
 @pytest.fixture
