@@ -40,7 +40,7 @@ import re
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -98,13 +98,19 @@ _START = r"(?<![A-Za-z0-9_\-])"  # "task-runner" or "disk-…" never start a key
 _DIGIT_AHEAD = r"(?=[A-Za-z_\-]*[0-9])"
 
 
+# The methods a compiled pattern lends a _LazyPattern once compiled: read from a slot, a
+# call costs what the compiled pattern's does (a wrapper method added a Python call, about
+# a third of a microsecond, to each of the stream redactor's checks of every delta).
+_LENT = ("finditer", "match", "search", "sub", "subn")
+
+
 class _LazyPattern:
     """A regex compiled on its first use. This module defines some 25 patterns; compiling
     them all at import cost ``import cencori_nb`` (and so ``%load_ext cencori_nb``) about
     40 ms, most of its load time (docs/benchmarks.md, "Extension load time"). Behaves as
     the compiled ``re.Pattern`` for every method and attribute."""
 
-    __slots__ = ("__weakref__", "_compiled", "_flags", "_source")
+    __slots__ = ("__weakref__", "_compiled", "_flags", "_source", *_LENT)
 
     def __init__(self, source: str, flags: int = 0) -> None:
         self._source, self._flags = source, flags
@@ -113,28 +119,19 @@ class _LazyPattern:
     def compiled(self) -> re.Pattern[str]:
         found = self._compiled
         if found is None:  # two threads may both compile: the same pattern either way
-            found = self._compiled = re.compile(self._source, self._flags)
+            found = re.compile(self._source, self._flags)
+            for name in _LENT:
+                setattr(self, name, getattr(found, name))
+            self._compiled = found
         return found
 
-    def search(self, *args: Any) -> re.Match[str] | None:
-        return self.compiled().search(*args)
-
-    def sub(self, *args: Any) -> str:
-        return self.compiled().sub(*args)
-
-    def subn(self, *args: Any) -> tuple[str, int]:
-        return self.compiled().subn(*args)
-
-    def match(self, *args: Any) -> re.Match[str] | None:
-        return self.compiled().match(*args)
-
-    def finditer(self, *args: Any) -> Iterator[re.Match[str]]:
-        return self.compiled().finditer(*args)
-
-    def __getattr__(self, name: str) -> Any:  # pattern, fullmatch, …
+    def __getattr__(self, name: str) -> Any:  # search… before compiling; pattern, fullmatch…
         if name.startswith("_"):  # _compiled unset (a copy being built), __deepcopy__, …
             raise AttributeError(name)
         return getattr(self.compiled(), name)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # a copy or a pickle compiles on its own use
+        return (_LazyPattern, (self._source, self._flags))
 
     def __repr__(self) -> str:
         return f"re.compile({self._source!r}) (compiled on first use)"

@@ -287,6 +287,9 @@ def test_module_patterns_compile_on_first_use_and_behave_as_compiled() -> None:
     assert lazy.subn("#", text) == eager.subn("#", text)
     assert [m.span() for m in lazy.finditer(text)] == [m.span() for m in eager.finditer(text)]
     assert lazy.search(text) is not None and lazy.search(text).group(0) == "sk-abcdefgh12"
+    # once compiled, its methods are the compiled pattern's own (no wrapper call per use)
+    for name in ("search", "sub", "subn", "match", "finditer"):
+        assert getattr(lazy, name).__self__ is lazy.compiled(), name  # type: ignore[attr-defined]
     pickled = pickle.loads(pickle.dumps(lazy))  # noqa: S301 (bytes pickled on this line)
     for clone in (copy.copy(lazy), copy.deepcopy(lazy), pickled):
         assert clone.sub("#", text) == eager.sub("#", text)
