@@ -1210,18 +1210,49 @@ def _remove_exact(text: str, regex: re.Pattern[str]) -> str:
     return _replace_spans(text, spans)[0] if spans else text
 
 
+# A prefix trie nests one group per character of its longest word, and Python's regex
+# compiler recurses per group: past about 450 it raised RecursionError, so registering a
+# long key (a stored JWT) broke every stream after it. Keys longer than this are looked
+# for by a scan instead (few keys are; the scan is a handful of str.find calls).
+_TRIE_DEPTH = 300
+
+
+class _KeyStarts:
+    """Where, at the end of a text, a start of one of the registered keys begins (a prefix
+    of at most the longest key's length minus one). One C-level search per delta for the
+    usual keys, where comparing every tail with every key cost a stream ~40 Python-level
+    checks per delta; a scan for keys longer than :data:`_TRIE_DEPTH`."""
+
+    def __init__(self, usable: set[str]) -> None:
+        self.longest = max(map(len, usable)) - 1
+        short = [s for s in usable if len(s) <= _TRIE_DEPTH]
+        starts = {s[:n] for s in short for n in range(1, min(len(s), self.longest) + 1)}
+        self._regex = re.compile("(?:" + _trie_pattern(starts) + r")\Z") if starts else None
+        self._long = tuple(sorted(s for s in usable if len(s) > _TRIE_DEPTH))
+
+    def find(self, text: str) -> int | None:
+        """The leftmost index from which the rest of ``text`` starts a key, or None."""
+        best = None
+        if self._regex is not None:
+            found = self._regex.search(text, max(0, len(text) - self.longest))
+            best = None if found is None else found.start()
+        for key in self._long:
+            stop = len(text) if best is None else best  # only a start left of it matters
+            i = text.find(key[0], max(0, len(text) - len(key) + 1), stop)
+            while i != -1:
+                if key.startswith(text[i:]):
+                    best = i
+                    break
+                i = text.find(key[0], i + 1, stop)
+        return best
+
+
 @functools.lru_cache(maxsize=8)
-def _key_start_at_end(secrets: frozenset[str]) -> tuple[re.Pattern[str], int] | None:
-    """A regex matching, at the end of a text, a start of one of ``secrets`` (a prefix of at
-    most the longest key's length minus one), and that length; None when none is
-    registered. One C-level search per delta, where comparing every tail with every key
-    cost a stream ~40 Python-level checks per delta."""
+def _key_start_at_end(secrets: frozenset[str]) -> _KeyStarts | None:
+    """The starts of ``secrets`` (and of each as it reads) to look for at a text's end;
+    None when none is registered."""
     usable = {read for s in secrets for read in (s, _as_read(s)) if len(read) >= MIN_REGISTERED}
-    if not usable:
-        return None
-    longest = max(map(len, usable)) - 1
-    starts = {s[:n] for s in usable for n in range(1, min(len(s), longest) + 1)}
-    return re.compile("(?:" + _trie_pattern(starts) + r")\Z"), longest
+    return _KeyStarts(usable) if usable else None
 
 
 class StreamRedactor:
@@ -1239,7 +1270,7 @@ class StreamRedactor:
         # registered mid-stream): one feed per delta, so no lookups per delta
         self._secrets: frozenset[str] | None = None
         self._exact: re.Pattern[str] | None = None
-        self._tails: tuple[re.Pattern[str], int] | None = None
+        self._tails: _KeyStarts | None = None
         self._pairs: frozenset[str] | None = None
 
     def feed(self, delta: str) -> str:
@@ -1260,12 +1291,10 @@ class StreamRedactor:
         if tails is None:
             self._held = ""
             return text
-        regex, longest = tails
         if _ANY_FOLDABLE.search(text) is None or not (
             _may_fold_into_a_key(text, self._pairs) or _open_at_end(text)
         ):
-            found = regex.search(text, max(0, len(text) - longest))
-            cut = None if found is None else found.start()
+            cut = tails.find(text)
         else:  # a key split by hidden characters or markup: look at the text as it reads
             if exact is not None:
                 text = _remove_exact(text, exact)
@@ -1274,9 +1303,9 @@ class StreamRedactor:
             pending = _PARTIAL_ESCAPE.search(text) or _PARTIAL_MARKUP.search(text)
             end = len(text) if pending is None else pending.start()
             view, starts, _ends = _reader_view(text[:end])
-            found = regex.search(view, max(0, len(view) - longest))
-            if found is not None:
-                cut = starts[found.start()]
+            at = tails.find(view)
+            if at is not None:
+                cut = starts[at]
             else:
                 cut = None if pending is None else end
         if cut is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -271,6 +272,40 @@ def test_stream_redactor_holds_back_exactly_what_the_old_loop_did(
         shown.append(out)
     shown.append(stream.close())
     assert "".join(shown) == redact.remove_stored_keys("".join(pieces))
+    state.reset("redact")
+
+
+@pytest.mark.parametrize("length", [299, 301, 520, 1500])
+def test_stream_redactor_takes_a_key_too_long_for_a_prefix_regex(length: int) -> None:
+    """A stored key of hundreds of characters (a JWT) beside a short one: each delta shows
+    what the old tail-by-tail check showed, the whole stream shows remove_stored_keys, and
+    no part of either key shows. A prefix regex nests one group per character: from about
+    450 characters the stream redactor raised RecursionError on every delta."""
+    import random
+
+    from cencori_nb import redact
+
+    rng = random.Random(length)
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+    long_key = "eyJ" + "".join(rng.choice(alphabet) for _ in range(length - 3))
+    short_key = "sk-short-" + "s" * 20
+    redact.register_secret(long_key)
+    redact.register_secret(short_key)
+    secrets = redact.registered_secrets()
+    whole = f"a {long_key} b {short_key} c {long_key[:40]} d {long_key}"
+    for cuts in ([3, length - 1, length + 2], [length // 2, length + 30], [1, 2, len(whole) - 2]):
+        pieces = [whole[i:j] for i, j in zip([0, *cuts], [*cuts, len(whole)], strict=True)]
+        stream, held, shown = redact.StreamRedactor(), "", []
+        for piece in pieces:
+            text = redact.remove_stored_keys(held + piece)
+            keep = _old_held_tail(text, secrets)
+            held = text[len(text) - keep :] if keep else ""
+            out = stream.feed(piece)
+            assert out == text[: len(text) - keep]
+            shown.append(out)
+        shown.append(stream.close())
+        assert "".join(shown) == redact.remove_stored_keys(whole)
+        assert long_key not in "".join(shown) and short_key not in "".join(shown)
     state.reset("redact")
 
 
