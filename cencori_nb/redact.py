@@ -776,6 +776,10 @@ def _reader_spans(text: str, finders: tuple[re.Pattern[str], ...]) -> list[tuple
 
     Only the windows around what folds between key characters are folded (_fold_windows):
     a reply whose code holds ``a_b*2`` is not folded whole (4 KB: about 330 us a reply)."""
+    if _ANY_FOLDABLE.search(text) is None or (
+        _NEAR_JOINT.search(text) is None and "&" not in text and text.isascii()
+    ):  # no anchor _fold_windows could find (an id's "req_8…"): it reads as it is spelled
+        return []
     infos = [_REACH.get(f) for f in finders]
     reach = max((_KEY_REACH if info is None else info[0] for info in infos), default=0)
     pairs = None if None in infos else frozenset().union(*(info[1] for info in infos if info))
