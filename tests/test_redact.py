@@ -246,6 +246,25 @@ def _old_held_tail(text: str, secrets: frozenset[str]) -> int:
     return 0
 
 
+def _stream_as_the_old_loop(pieces: list[str]) -> str:
+    """Feed ``pieces`` to a StreamRedactor: each delta shows what the old tail-by-tail check
+    showed, and the whole stream shows remove_stored_keys(whole). Returns what it showed."""
+    from cencori_nb import redact
+
+    secrets = redact.registered_secrets()
+    stream, held, shown = redact.StreamRedactor(), "", []
+    for piece in pieces:
+        text = redact.remove_stored_keys(held + piece)
+        keep = _old_held_tail(text, secrets)
+        held = text[len(text) - keep :] if keep else ""
+        out = stream.feed(piece)
+        assert out == text[: len(text) - keep]
+        shown.append(out)
+    shown.append(stream.close())
+    assert "".join(shown) == redact.remove_stored_keys("".join(pieces))
+    return "".join(shown)
+
+
 _KEYS = st.lists(st.text("ab-k1", min_size=6, max_size=14), min_size=1, max_size=3)
 
 
@@ -260,18 +279,7 @@ def test_stream_redactor_holds_back_exactly_what_the_old_loop_did(
 
     for key in keys:
         redact.register_secret(key)
-    secrets = redact.registered_secrets()
-    stream, held = redact.StreamRedactor(), ""
-    shown = []
-    for piece in pieces:
-        text = redact.remove_stored_keys(held + piece)
-        keep = _old_held_tail(text, secrets)
-        held = text[len(text) - keep :] if keep else ""
-        out = stream.feed(piece)
-        assert out == text[: len(text) - keep]
-        shown.append(out)
-    shown.append(stream.close())
-    assert "".join(shown) == redact.remove_stored_keys("".join(pieces))
+    _stream_as_the_old_loop(pieces)
     state.reset("redact")
 
 
@@ -291,21 +299,11 @@ def test_stream_redactor_takes_a_key_too_long_for_a_prefix_regex(length: int) ->
     short_key = "sk-short-" + "s" * 20
     redact.register_secret(long_key)
     redact.register_secret(short_key)
-    secrets = redact.registered_secrets()
     whole = f"a {long_key} b {short_key} c {long_key[:40]} d {long_key}"
     for cuts in ([3, length - 1, length + 2], [length // 2, length + 30], [1, 2, len(whole) - 2]):
         pieces = [whole[i:j] for i, j in zip([0, *cuts], [*cuts, len(whole)], strict=True)]
-        stream, held, shown = redact.StreamRedactor(), "", []
-        for piece in pieces:
-            text = redact.remove_stored_keys(held + piece)
-            keep = _old_held_tail(text, secrets)
-            held = text[len(text) - keep :] if keep else ""
-            out = stream.feed(piece)
-            assert out == text[: len(text) - keep]
-            shown.append(out)
-        shown.append(stream.close())
-        assert "".join(shown) == redact.remove_stored_keys(whole)
-        assert long_key not in "".join(shown) and short_key not in "".join(shown)
+        shown = _stream_as_the_old_loop(pieces)
+        assert long_key not in shown and short_key not in shown
     state.reset("redact")
 
 

@@ -11,15 +11,12 @@ from __future__ import annotations
 import http.server
 import io
 import json
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 import pytest
 
 import cencori_nb
-from cencori_nb import keys
 from cencori_nb.ledger import default_ledger
 
 MODEL = "gpt-4o-mini"
@@ -74,36 +71,27 @@ def _stream() -> bytes:
     return "".join(events).encode()
 
 
+class _Hostile(http.server.BaseHTTPRequestHandler):
+    """Answers every chat with the hostile text (a stream when asked for one)."""
+
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
+        streamed = bool(body.get("stream"))
+        data = _stream() if streamed else _reply()
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream" if streamed else "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
 @pytest.fixture
-def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """An OpenAI-shaped endpoint answering every chat with the hostile text (a stream when
-    asked for one), set as the sandbox the toolkit sends to."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-            body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
-            streamed = bool(body.get("stream"))
-            data = _stream() if streamed else _reply()
-            self.send_response(200)
-            kind = "text/event-stream" if streamed else "application/json"
-            self.send_header("content-type", kind)
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}"
-    monkeypatch.setenv("CENCORI_NB_SANDBOX", url)
-    keys.set("openai", KEY)
-    try:
-        yield url
-    finally:
-        server.shutdown()
-        server.server_close()
+def endpoint(loopback_openai: Any) -> None:
+    """The hostile endpoint as the openai ``base_url`` (a real server on 127.0.0.1)."""
+    loopback_openai(_Hostile, KEY)
 
 
 def _printable(text: str) -> None:
@@ -113,7 +101,7 @@ def _printable(text: str) -> None:
     out.flush()
 
 
-def test_a_chats_answer_and_id_can_be_printed(endpoint: str) -> None:
+def test_a_chats_answer_and_id_can_be_printed(endpoint: None) -> None:
     reply = cencori_nb.chat("hello", model=MODEL, route="byok", cache=False)
     assert reply.text == TEXT_READ
     assert reply.request_id == f"chatcmpl-{FFFD}-x"
@@ -124,7 +112,7 @@ def test_a_chats_answer_and_id_can_be_printed(endpoint: str) -> None:
     assert row.request_id == f"chatcmpl-{FFFD}-x"
 
 
-def test_a_streams_deltas_can_be_printed_as_they_arrive(endpoint: str) -> None:
+def test_a_streams_deltas_can_be_printed_as_they_arrive(endpoint: None) -> None:
     deltas = []
     with cencori_nb.stream("hello", model=MODEL, route="byok") as s:
         for delta in s:
@@ -134,7 +122,7 @@ def test_a_streams_deltas_can_be_printed_as_they_arrive(endpoint: str) -> None:
     assert s.completion is not None and s.completion.request_id == f"chatcmpl-{FFFD}-x"
 
 
-def test_a_maps_table_prints_renders_and_exports(endpoint: str) -> None:
+def test_a_maps_table_prints_renders_and_exports(endpoint: None) -> None:
     df = cencori_nb.map(["a", "b"], model=MODEL, route="byok", cache=False, progress=False)
     assert list(df["text"]) == [TEXT_READ, TEXT_READ]
     assert df["error"].isna().all()
@@ -144,7 +132,7 @@ def test_a_maps_table_prints_renders_and_exports(endpoint: str) -> None:
     json.dumps(df.to_dict(orient="records"), ensure_ascii=False, default=str).encode("utf-8")
 
 
-def test_a_batch_result_line_is_read(endpoint: str) -> None:
+def test_a_batch_result_line_is_read() -> None:
     """A provider batch's results file (OpenAI's JSONL shape) whose answer holds the
     hostile text: the line is read, its row's answer parsed with U+FFFD."""
     from types import SimpleNamespace
@@ -158,10 +146,12 @@ def test_a_batch_result_line_is_read(endpoint: str) -> None:
     assert item is not None
     api = OpenAIBatches(get_provider("openai"))
     row = api._row(item)
-    decision: Any = SimpleNamespace(base_url=endpoint + "/openai/v1")  # all parse_ok reads
+    decision: Any = SimpleNamespace(base_url="http://127.0.0.1/v1")  # all parse_ok reads
     result = api.parse_ok(row.body, decision)
     assert result.text == TEXT_READ
-    wire = httpx2.Response(200, content=_reply(), request=httpx2.Request("GET", endpoint))
+    wire = httpx2.Response(
+        200, content=_reply(), request=httpx2.Request("GET", "http://127.0.0.1/")
+    )
     assert _json(wire, "openai")["choices"][0]["message"]["content"] == TEXT_READ
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +28,11 @@ SHAPED = "sk-proj-trailCanary" + "Hj3Kl6Zx1Cv4"
 CANARIES = (PLAIN, SHAPED)
 
 
-@pytest.fixture(scope="module")
-def _server() -> Iterator[RecordingSandbox]:
-    server = RecordingSandbox()
-    server.start_in_thread()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def srv(_server: RecordingSandbox, monkeypatch: pytest.MonkeyPatch) -> RecordingSandbox:
-    _server.reset()
-    _server.received.clear()
-    monkeypatch.setenv("CENCORI_NB_SANDBOX", _server.url)
-    return _server
+def srv(srv: RecordingSandbox, monkeypatch: pytest.MonkeyPatch) -> RecordingSandbox:
+    """The shared recording sandbox (tests/attacks/conftest.py), set as the sandbox."""
+    monkeypatch.setenv("CENCORI_NB_SANDBOX", srv.url)
+    return srv
 
 
 @pytest.fixture
