@@ -896,6 +896,11 @@ class Ledger:
             self._spill(batch, self._failure)
             return
         try:
+            for item in batch:
+                if item.params is not None:
+                    # the one rule for a row, as a replay checks it (a count below zero,
+                    # money as a float, …): refused here, a live row and its replay agree
+                    _storable(item.params)
             self._commit(batch)
         except self._bad_row_errors as exc:
             self._salvage(batch, exc)

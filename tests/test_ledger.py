@@ -828,14 +828,27 @@ def _send_a_row_no_database_takes(home: str, field: str, value: object) -> None:
     ]
 
 
-@pytest.mark.parametrize(("field", "value"), [("input_tokens", 2**70)], ids=["count-past-64-bits"])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("input_tokens", 2**70),
+        ("output_tokens", -5),
+        ("cache_read_tokens", -1),
+        ("provider_cost_usd", Decimal("-0.015")),
+        ("credits_charged_usd", Decimal("-5")),
+    ],
+    ids=["past-64-bits", "negative-count", "negative-cache", "negative-cost", "negative-charge"],
+)
 def test_a_row_no_database_takes_is_recorded_as_its_estimate(
     private_home: Path, field: str, value: object
 ) -> None:
     """A hostile endpoint can answer with a token count past 64 bits: the row cannot be
     stored (the writer logs and drops it), and the estimate noted before the request was
-    sent is written in its place at once; the next start records nothing more (a settled
-    line that cannot be stored is skipped there, not fatal: test_a_damaged_or_hostile…).
+    sent is written in its place at once. A row with a count or an amount below zero is
+    refused the same way, by the check a replay makes (ledger._storable): stored live, it
+    was a negative charge, and its replay from the journal was damage. The next start
+    records nothing more (a settled line that cannot be stored is skipped there, not
+    fatal: test_a_damaged_or_hostile…).
     An id holding a lone surrogate was such a row too; it is now stored cleaned, with its
     real usage (test_text_no_database_holds_is_stored_as_replacement_characters)."""
     ctx = multiprocessing.get_context("spawn")
