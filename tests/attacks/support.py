@@ -3,6 +3,7 @@ and a CLI run under a file-size limit."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cencori_nb.redact import CREDENTIAL_HEADERS
 from cencori_nb.sandbox.server import SandboxServer
 
 CANARIES = {
@@ -24,9 +26,6 @@ CANARIES = {
     "openrouter": "sk-or-v1-canaryUrl" + "Ik9Ol2Pm5",
     "cencori": "csk_canaryUrl" + "Zx3Cv6Bn9Mq",
 }
-
-
-KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "cencori_api_key")
 
 
 class RecordingSandbox(SandboxServer):
@@ -45,7 +44,7 @@ class RecordingSandbox(SandboxServer):
         """Every credential value received, ``Bearer`` stripped."""
         out = []
         for _target, headers, _body in self.received:
-            for name in KEY_HEADERS:
+            for name in CREDENTIAL_HEADERS:  # redact's one list
                 value = headers.get(name)
                 if value:
                     out.append(value.removeprefix("Bearer "))
@@ -55,6 +54,24 @@ class RecordingSandbox(SandboxServer):
         blob = json.dumps([(t, h, b.decode("utf-8", "replace")) for t, h, b in self.received])
         for name, canary in CANARIES.items():
             assert canary not in blob, f"the stored {name} key reached the server"
+
+
+class LoopbackHandler(http.server.BaseHTTPRequestHandler):
+    """The base of the attack suites' loopback endpoints (see ``loopback_openai`` in
+    conftest.py): reads a request's body, answers with a whole body, logs nothing."""
+
+    def request_body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("content-length") or 0))
+
+    def answer(self, status: int, kind: str, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("content-type", kind)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
 _FSIZE = """

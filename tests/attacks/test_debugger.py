@@ -13,7 +13,6 @@ cause/context chain.
 
 from __future__ import annotations
 
-import http.server
 import io
 import json
 import sys
@@ -26,17 +25,18 @@ import pytest
 from IPython.utils.capture import capture_output
 
 from tests.attacks.audit import Audit, reachable_texts
+from tests.attacks.support import LoopbackHandler
 
 KEY = "sk-proj-debugCanary" + "Vq7Lm2Xr9Tz4Wn1Bh"
 
 
-class _Failing(http.server.BaseHTTPRequestHandler):
+class _Failing(LoopbackHandler):
     """An OpenAI-compatible endpoint that fails every request the way ``mode`` says."""
 
     mode = "401"
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.request_body()
         if self.mode == "ok":  # a short stream that completes
             chunk = {"id": "x", "model": "m", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
             last = {
@@ -52,11 +52,7 @@ class _Failing(http.server.BaseHTTPRequestHandler):
             }
             data = "".join(f"data: {json.dumps(e)}\n\n" for e in (chunk, done, last))
             data += "data: [DONE]\n\n"
-            self.send_response(200)
-            self.send_header("content-type", "text/event-stream")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data.encode())
+            self.answer(200, "text/event-stream", data.encode())
             return
         if self.mode == "cut":  # headers promise a body that never comes
             self.send_response(200)
@@ -67,16 +63,8 @@ class _Failing(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.connection.close()
             return
-        status = int(self.mode)
         data = b'{"error": {"message": "no", "type": "invalid_request_error"}}'
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.answer(int(self.mode), "application/json", data)
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ must come through unchanged.
 
 from __future__ import annotations
 
-import http.server
 import json
 import logging
 import unicodedata
@@ -32,6 +31,7 @@ import pytest
 import cencori_nb
 from cencori_nb import keys, redact
 from cencori_nb.redact import MARKER
+from tests.attacks.support import LoopbackHandler
 
 STORED = "sk-proj-disguiseStored" + "Q7m2Xr9Tz4Wn1Bh5Kd"  # the stored openai key
 STORED_CSK = "csk_live_disguise" + "9Hd2Kq7Lm4Zx"  # a stored key holding "_"
@@ -243,13 +243,13 @@ def test_stream_redactor_any_split_of_a_disguised_key(disguise: str) -> None:
 # --------------------------------------------------------------------------- real surfaces
 
 
-class _Echo(http.server.BaseHTTPRequestHandler):
+class _Echo(LoopbackHandler):
     """An OpenAI-compatible endpoint whose reply echoes the key it received, disguised."""
 
     disguise: Callable[[str], str] = staticmethod(lambda k: k)
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        body = json.loads(self.request_body())
         key = self.headers.get("authorization", "").removeprefix("Bearer ")
         reply = f"Here it is: {type(self).disguise(key)} (done)"
         if body.get("stream"):
@@ -295,14 +295,7 @@ class _Echo(http.server.BaseHTTPRequestHandler):
                 }
             )
             kind = "application/json"
-        self.send_response(200)
-        self.send_header("content-type", kind)
-        self.send_header("content-length", str(len(data.encode())))
-        self.end_headers()
-        self.wfile.write(data.encode())
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.answer(200, kind, data.encode())
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ halves) is kept."""
 
 from __future__ import annotations
 
-import http.server
 import io
 import json
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 import cencori_nb
 from cencori_nb.ledger import default_ledger
+from tests.attacks.support import LoopbackHandler
 
 MODEL = "gpt-4o-mini"
 KEY = "sk-hostile-text-" + "T" * 24 + "7e7e"
@@ -71,21 +71,13 @@ def _stream() -> bytes:
     return "".join(events).encode()
 
 
-class _Hostile(http.server.BaseHTTPRequestHandler):
+class _Hostile(LoopbackHandler):
     """Answers every chat with the hostile text (a stream when asked for one)."""
 
     def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-        body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
-        streamed = bool(body.get("stream"))
-        data = _stream() if streamed else _reply()
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream" if streamed else "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        streamed = bool(json.loads(self.request_body()).get("stream"))
+        kind = "text/event-stream" if streamed else "application/json"
+        self.answer(200, kind, _stream() if streamed else _reply())
 
 
 @pytest.fixture

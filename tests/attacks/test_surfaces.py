@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import http.server
 import json
 import pickle
 import stat
@@ -29,6 +28,7 @@ import cencori_nb
 from cencori_nb import errors, keys
 from cencori_nb.redact import MARKER
 from tests.attacks.audit import Audit
+from tests.attacks.support import LoopbackHandler
 
 # How a hostile reply carries the key it received ({k}).
 ECHOES = {
@@ -45,7 +45,7 @@ ECHOES = {
 }
 
 
-class _Hostile(http.server.BaseHTTPRequestHandler):
+class _Hostile(LoopbackHandler):
     """An OpenAI-compatible endpoint that puts the received key in its reply (or error)."""
 
     echo = "{k}"
@@ -53,13 +53,13 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
     hide = ""  # slipped between every three characters of the key (invisible characters)
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        body = json.loads(self.request_body())
         key = self.headers.get("authorization", "").removeprefix("Bearer ")
         if self.hide:
             key = self.hide.join(key[i : i + 3] for i in range(0, len(key), 3))
         reply = self.echo.format(k=key)
         if self.status != 200:
-            self._send(
+            self.answer(
                 self.status,
                 "application/json",
                 json.dumps({"error": {"message": reply, "type": "invalid_request_error"}}).encode(),
@@ -92,9 +92,9 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
                 }
             )
             data = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
-            self._send(200, "text/event-stream", data.encode())
+            self.answer(200, "text/event-stream", data.encode())
         else:
-            self._send(
+            self.answer(
                 200,
                 "application/json",
                 json.dumps(
@@ -114,16 +114,6 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
                     }
                 ).encode(),
             )
-
-    def _send(self, status: int, kind: str, data: bytes) -> None:
-        self.send_response(status)
-        self.send_header("content-type", kind)
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture
