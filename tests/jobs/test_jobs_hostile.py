@@ -26,6 +26,31 @@ def _completion(text: str) -> dict:
     }
 
 
+def _completed_batch(bid: str, lines: list[str], total: int) -> httpx2.MockTransport:
+    """OpenAI's answers for batch ``bid`` completed with ``total`` rows whose output file
+    holds ``lines`` (as the provider sent them); 404 for anything else."""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        path = request.url.path
+        if path.endswith(f"/batches/{bid}"):
+            return httpx2.Response(
+                200,
+                json={
+                    "id": bid,
+                    "object": "batch",
+                    "status": "completed",
+                    "output_file_id": "file-out",
+                    "error_file_id": None,
+                    "request_counts": {"total": total, "completed": total, "failed": 0},
+                },
+            )
+        if path.endswith("/files/file-out/content"):
+            return httpx2.Response(200, content="\n".join(lines).encode())
+        return httpx2.Response(404, json={"error": {"message": "no", "type": "invalid_request"}})
+
+    return httpx2.MockTransport(handler)
+
+
 def test_garbage_foreign_and_repeated_lines(sbx):
     sbx.batches.configure({"delay_s": 600})
     job = cencori_nb.submit(["a", "b", "c", "d"], model="gpt-4o-mini", max_tokens=5)
@@ -47,25 +72,7 @@ def test_garbage_foreign_and_repeated_lines(sbx):
         json.dumps({"custom_id": "r3", "response": None, "error": {"code": "batch_expired"}}),
     ]
 
-    def handler(request: httpx2.Request) -> httpx2.Response:
-        path = request.url.path
-        if path.endswith(f"/batches/{bid}"):
-            return httpx2.Response(
-                200,
-                json={
-                    "id": bid,
-                    "object": "batch",
-                    "status": "completed",
-                    "output_file_id": "file-out",
-                    "error_file_id": None,
-                    "request_counts": {"total": 4, "completed": 4, "failed": 0},
-                },
-            )
-        if path.endswith("/files/file-out/content"):
-            return httpx2.Response(200, content="\n".join(lines).encode())
-        return httpx2.Response(404, json={"error": {"message": "no", "type": "invalid_request"}})
-
-    transport.set_transport(httpx2.MockTransport(handler))
+    transport.set_transport(_completed_batch(bid, lines, 4))
     try:
         out = job.result(timeout=30, progress=False)
         assert job.fetch() == 0
@@ -104,25 +111,7 @@ def test_a_line_without_usable_usage_is_billed_as_an_estimate(sbx):
         for cid, body in bodies.items()
     ]
 
-    def handler(request: httpx2.Request) -> httpx2.Response:
-        path = request.url.path
-        if path.endswith(f"/batches/{bid}"):
-            return httpx2.Response(
-                200,
-                json={
-                    "id": bid,
-                    "object": "batch",
-                    "status": "completed",
-                    "output_file_id": "file-out",
-                    "error_file_id": None,
-                    "request_counts": {"total": 3, "completed": 3, "failed": 0},
-                },
-            )
-        if path.endswith("/files/file-out/content"):
-            return httpx2.Response(200, content="\n".join(lines).encode())
-        return httpx2.Response(404, json={"error": {"message": "no", "type": "invalid_request"}})
-
-    transport.set_transport(httpx2.MockTransport(handler))
+    transport.set_transport(_completed_batch(bid, lines, 3))
     try:
         out = job.result(timeout=30, progress=False)
     finally:
