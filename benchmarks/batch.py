@@ -519,12 +519,17 @@ def _bucket(filename: str, fn: str = "") -> str:
     return "other"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def batch_arguments(ap: argparse.ArgumentParser) -> None:
+    """The batch set-up every map benchmark shares (benchmarks/extract.py, transports.py)."""
     ap.add_argument("--rows", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--latency-ms", type=float, default=50.0)
     ap.add_argument("--rounds", type=int, default=5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    batch_arguments(ap)
     ap.add_argument("--skip-first", action="store_true", help="skip (f), the fresh processes")
     ap.add_argument(
         "--only-first", action="store_true", help="run only (f), the fresh processes (no rpm)"

@@ -42,7 +42,13 @@ for path in (str(ROOT), str(HERE)):
         sys.path.insert(0, path)
 
 import pydantic  # noqa: E402
-from batch import KEY, MODEL, _setup_env, sandbox_process  # noqa: E402  (benchmarks/batch.py)
+from batch import (  # noqa: E402  (benchmarks/batch.py)
+    KEY,
+    MODEL,
+    _setup_env,
+    batch_arguments,
+    sandbox_process,
+)
 
 
 class Currency(enum.Enum):
@@ -149,10 +155,7 @@ def part_c(calls: int, rounds: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows", type=int, default=1000)
-    ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--latency-ms", type=float, default=50.0)
-    ap.add_argument("--rounds", type=int, default=5)
+    batch_arguments(ap)
     ap.add_argument("--calls", type=int, default=200, help="calls per block in (c)")
     args = ap.parse_args(argv)
     _setup_env()

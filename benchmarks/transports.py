@@ -186,10 +186,7 @@ def _run_map(kind: str, prompts: list[str], concurrency: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows", type=int, default=1000)
-    ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--latency-ms", type=float, default=50.0)
-    ap.add_argument("--rounds", type=int, default=5)
+    B.batch_arguments(ap)
     args = ap.parse_args(argv)
     B._byte_compile()
     B._setup_env()
